@@ -1,1 +1,6 @@
+//! goosepipe: declarative, content-addressed pipelines for PHATGOOSE.
+//!
+//! Layers flow one way: manifest -> plan -> exec -> steps -> (model, train, route,
+//! data, eval). See ARCHITECTURE.md.
 
+pub mod manifest;

@@ -1,0 +1,103 @@
+//! The validated manifest: every node checked against the schema, defaults filled in,
+//! references resolved, every value still pointing at its source text.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::source::{Loc, Sources};
+use super::value::Value;
+
+/// Where a value came from; `explain` shows it so users see why a value is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Written on the node itself.
+    Explicit,
+    /// Inherited from the manifest's `defaults` node.
+    Defaults,
+    /// The schema's default.
+    Schema,
+}
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub value: Value,
+    pub loc: Option<Loc>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub enum Child {
+    Group(Block),
+    List(Vec<Field>),
+    Records(Vec<Block>),
+}
+
+/// One node (or group, or record) after validation.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Name of the node kind or child.
+    pub name: String,
+    pub loc: Loc,
+    pub arg: Option<Field>,
+    pub props: BTreeMap<String, Field>,
+    pub children: BTreeMap<String, Child>,
+}
+
+impl Block {
+    pub fn get(&self, prop: &str) -> Option<&Value> {
+        self.props.get(prop).map(|f| &f.value)
+    }
+    pub fn str(&self, prop: &str) -> Option<&str> {
+        self.get(prop).and_then(Value::as_str)
+    }
+    pub fn group(&self, name: &str) -> Option<&Block> {
+        match self.children.get(name) {
+            Some(Child::Group(b)) => Some(b),
+            _ => None,
+        }
+    }
+    pub fn list(&self, name: &str) -> &[Field] {
+        match self.children.get(name) {
+            Some(Child::List(l)) => l,
+            _ => &[],
+        }
+    }
+    pub fn records(&self, name: &str) -> &[Block] {
+        match self.children.get(name) {
+            Some(Child::Records(r)) => r,
+            _ => &[],
+        }
+    }
+}
+
+/// A named top-level node: model, dataset, expert, pool or eval.
+#[derive(Debug, Clone)]
+pub struct Entity {
+    pub kind: String,
+    pub name: String,
+    pub name_loc: Loc,
+    pub block: Block,
+}
+
+#[derive(Debug)]
+pub struct Manifest {
+    /// The manifest file given on the command line.
+    pub path: PathBuf,
+    /// The project folder: includes and paths must stay inside it.
+    pub root: PathBuf,
+    pub sources: Sources,
+    pub pipeline: Option<String>,
+    pub entities: Vec<Entity>,
+}
+
+impl Manifest {
+    pub fn entity(&self, kind: &str, name: &str) -> Option<&Entity> {
+        self.entities
+            .iter()
+            .find(|e| e.kind == kind && e.name == name)
+    }
+
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Entity> + 'a {
+        self.entities.iter().filter(move |e| e.kind == kind)
+    }
+}

@@ -1,0 +1,384 @@
+//! The manifest schema, read from `schemas/manifest.kdl` (embedded at build time).
+//!
+//! The validator is driven entirely by this data: node kinds, their properties, types,
+//! ranges, defaults and docs. A unit test checks that the embedded file parses, so a
+//! broken schema never ships.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use kdl::{KdlDocument, KdlNode, KdlValue};
+
+use super::value::Value;
+
+/// The schema text exactly as shipped; `goosepipe schema` prints it.
+pub const SCHEMA_TEXT: &str = include_str!("../../schemas/manifest.kdl");
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Type {
+    Str,
+    Int,
+    Float,
+    Bool,
+    Path,
+    Name,
+    Enum(Vec<String>),
+    Ref(String),
+}
+
+impl Type {
+    pub fn describe(&self) -> String {
+        match self {
+            Type::Str => "a string".into(),
+            Type::Int => "an integer".into(),
+            Type::Float => "a number".into(),
+            Type::Bool => "#true or #false".into(),
+            Type::Path => "a path string".into(),
+            Type::Name => "a name string".into(),
+            Type::Enum(v) => format!("one of {}", quote_list(v)),
+            Type::Ref(kind) => format!("the name of a {kind}"),
+        }
+    }
+}
+
+pub fn quote_list(v: &[String]) -> String {
+    v.iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Clone)]
+pub struct PropSpec {
+    pub name: String,
+    pub ty: Type,
+    pub default: Option<Value>,
+    pub required: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub doc: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListSpec {
+    pub ty: Type,
+    pub min: usize,
+    pub ordered: bool,
+    pub default: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChildKind {
+    /// A reusable group (settable in `defaults`).
+    Group(String),
+    /// A node whose arguments are a list of values.
+    List(ListSpec),
+    /// An inline block, possibly repeated.
+    Block(Box<BlockSpec>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    pub name: String,
+    pub kind: ChildKind,
+    pub required: bool,
+    pub repeat: bool,
+    pub doc: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BlockSpec {
+    pub name: String,
+    pub doc: String,
+    pub arg: Option<PropSpec>,
+    pub props: Vec<PropSpec>,
+    pub children: Vec<ChildSpec>,
+    pub one_of: Vec<Vec<String>>,
+    /// The first argument names an entity other nodes can refer to.
+    pub named: bool,
+    /// At most one such node per manifest.
+    pub unique: bool,
+    /// Whether the values enter content keys.
+    pub keyed: bool,
+}
+
+impl BlockSpec {
+    pub fn prop(&self, name: &str) -> Option<&PropSpec> {
+        self.props.iter().find(|p| p.name == name)
+    }
+    pub fn child(&self, name: &str) -> Option<&ChildSpec> {
+        self.children.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub version: i64,
+    pub nodes: Vec<BlockSpec>,
+    pub groups: BTreeMap<String, BlockSpec>,
+}
+
+impl Schema {
+    pub fn embedded() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        SCHEMA.get_or_init(|| {
+            Schema::parse(SCHEMA_TEXT).unwrap_or_else(|e| panic!("embedded schema is invalid: {e}"))
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Option<&BlockSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&BlockSpec> {
+        self.groups.get(name)
+    }
+
+    /// The block spec a child resolves to (its group, or its inline block).
+    pub fn child_block<'a>(&'a self, child: &'a ChildSpec) -> Option<&'a BlockSpec> {
+        match &child.kind {
+            ChildKind::Group(g) => self.groups.get(g),
+            ChildKind::Block(b) => Some(b),
+            ChildKind::List(_) => None,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Schema, String> {
+        let doc: KdlDocument = text.parse().map_err(|e| format!("{e:?}"))?;
+        let mut schema = Schema {
+            version: 0,
+            nodes: vec![],
+            groups: BTreeMap::new(),
+        };
+        for node in doc.nodes() {
+            match node.name().value() {
+                "schema" => {
+                    schema.version = int_prop(node, "version")?.ok_or("schema needs version=")?
+                }
+                "node" => schema.nodes.push(parse_block(node)?),
+                "group" => {
+                    let b = parse_block(node)?;
+                    schema.groups.insert(b.name.clone(), b);
+                }
+                other => return Err(format!("unknown schema node {other}")),
+            }
+        }
+        // Every group reference must resolve.
+        let check = |b: &BlockSpec| -> Result<(), String> {
+            for c in &b.children {
+                if let ChildKind::Group(g) = &c.kind
+                    && !schema.groups.contains_key(g)
+                {
+                    return Err(format!("{}: unknown group {g}", b.name));
+                }
+            }
+            Ok(())
+        };
+        for n in &schema.nodes {
+            check(n)?;
+        }
+        for g in schema.groups.values() {
+            check(g)?;
+        }
+        Ok(schema)
+    }
+}
+
+fn first_arg(node: &KdlNode) -> Result<String, String> {
+    match node.get(0) {
+        Some(KdlValue::String(s)) => Ok(s.clone()),
+        _ => Err(format!("{} needs a string argument", node.name().value())),
+    }
+}
+
+fn str_prop(node: &KdlNode, key: &str) -> Option<String> {
+    match node.get(key) {
+        Some(KdlValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int_prop(node: &KdlNode, key: &str) -> Result<Option<i64>, String> {
+    match node.get(key) {
+        Some(KdlValue::Integer(i)) => Ok(Some(*i as i64)),
+        None => Ok(None),
+        Some(v) => Err(format!("{key} must be an integer, got {v}")),
+    }
+}
+
+fn num_prop(node: &KdlNode, key: &str) -> Option<f64> {
+    match node.get(key) {
+        Some(KdlValue::Integer(i)) => Some(*i as f64),
+        Some(KdlValue::Float(f)) => Some(*f),
+        _ => None,
+    }
+}
+
+fn bool_prop(node: &KdlNode, key: &str) -> bool {
+    matches!(node.get(key), Some(KdlValue::Bool(true)))
+}
+
+fn doc_of(node: &KdlNode) -> String {
+    node.children()
+        .and_then(|c| c.get("doc"))
+        .and_then(|d| d.get(0))
+        .and_then(|v| v.as_string())
+        .map(str::to_string)
+        .or_else(|| str_prop(node, "doc"))
+        .unwrap_or_default()
+}
+
+fn enum_values(node: &KdlNode) -> Vec<String> {
+    node.children()
+        .and_then(|c| c.get("values"))
+        .map(|v| {
+            v.entries()
+                .iter()
+                .filter(|e| e.name().is_none())
+                .filter_map(|e| e.value().as_string().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_type(node: &KdlNode) -> Result<Type, String> {
+    let t = str_prop(node, "type")
+        .ok_or_else(|| format!("{} needs type=", first_arg(node).unwrap_or_default()))?;
+    Ok(match t.as_str() {
+        "string" => Type::Str,
+        "integer" => Type::Int,
+        "float" => Type::Float,
+        "boolean" => Type::Bool,
+        "path" => Type::Path,
+        "name" => Type::Name,
+        "enum" => {
+            let values = enum_values(node);
+            if values.is_empty() {
+                return Err(format!("enum {} has no values", first_arg(node)?));
+            }
+            Type::Enum(values)
+        }
+        r if r.starts_with("ref:") => Type::Ref(r[4..].to_string()),
+        other => return Err(format!("unknown type {other}")),
+    })
+}
+
+/// A schema default written as a KDL value, converted to the declared type.
+pub fn schema_value(v: &KdlValue, ty: &Type) -> Option<Value> {
+    Some(match (v, ty) {
+        (KdlValue::Integer(i), Type::Float) => Value::Float(*i as f64),
+        (KdlValue::Integer(i), _) => Value::Int(i64::try_from(*i).ok()?),
+        (KdlValue::Float(f), _) => Value::Float(*f),
+        (KdlValue::Bool(b), _) => Value::Bool(*b),
+        (KdlValue::String(s), _) => Value::Str(s.clone()),
+        (KdlValue::Null, _) => return None,
+    })
+}
+
+fn parse_prop(node: &KdlNode) -> Result<PropSpec, String> {
+    let name = first_arg(node)?;
+    let ty = parse_type(node)?;
+    let default = node.get("default").and_then(|d| schema_value(d, &ty));
+    Ok(PropSpec {
+        default,
+        required: bool_prop(node, "required"),
+        min: num_prop(node, "min"),
+        max: num_prop(node, "max"),
+        doc: str_prop(node, "doc").unwrap_or_else(|| doc_of(node)),
+        name,
+        ty,
+    })
+}
+
+fn parse_block(node: &KdlNode) -> Result<BlockSpec, String> {
+    let mut b = BlockSpec {
+        name: first_arg(node)?,
+        doc: doc_of(node),
+        named: bool_prop(node, "named"),
+        unique: bool_prop(node, "unique"),
+        keyed: !matches!(node.get("keyed"), Some(KdlValue::Bool(false))),
+        ..Default::default()
+    };
+    let Some(children) = node.children() else {
+        return Ok(b);
+    };
+    for c in children.nodes() {
+        match c.name().value() {
+            "doc" | "values" | "default" => {}
+            "arg" => b.arg = Some(parse_prop(c)?),
+            "prop" => b.props.push(parse_prop(c)?),
+            "one-of" => b.one_of.push(
+                c.entries()
+                    .iter()
+                    .filter_map(|e| e.value().as_string().map(str::to_string))
+                    .collect(),
+            ),
+            "child" => b.children.push(parse_child(c)?),
+            other => return Err(format!("{}: unknown schema entry {other}", b.name)),
+        }
+    }
+    Ok(b)
+}
+
+fn parse_child(c: &KdlNode) -> Result<ChildSpec, String> {
+    let name = first_arg(c)?;
+    let kind = if let Some(g) = str_prop(c, "group") {
+        ChildKind::Group(g)
+    } else if bool_prop(c, "list") {
+        let ty = parse_type(c)?;
+        let default = c.children().and_then(|d| d.get("default")).map(|d| {
+            d.entries()
+                .iter()
+                .filter_map(|e| schema_value(e.value(), &ty))
+                .collect()
+        });
+        ChildKind::List(ListSpec {
+            min: int_prop(c, "min")?.unwrap_or(0) as usize,
+            ordered: bool_prop(c, "ordered"),
+            default,
+            ty,
+        })
+    } else {
+        let mut inner = parse_block(c)?;
+        inner.keyed = true;
+        ChildKind::Block(Box::new(inner))
+    };
+    Ok(ChildSpec {
+        doc: str_prop(c, "doc").unwrap_or_else(|| doc_of(c)),
+        required: bool_prop(c, "required"),
+        repeat: bool_prop(c, "repeat"),
+        name,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_schema_parses_and_documents_everything() {
+        let s = Schema::parse(SCHEMA_TEXT).unwrap();
+        assert_eq!(s.version, 1);
+        for kind in [
+            "pipeline", "include", "model", "defaults", "dataset", "expert", "pool", "eval",
+        ] {
+            assert!(s.node(kind).is_some(), "schema lacks node {kind}");
+        }
+        let mut blocks: Vec<&BlockSpec> = s.nodes.iter().chain(s.groups.values()).collect();
+        while let Some(b) = blocks.pop() {
+            assert!(!b.doc.is_empty(), "{} has no doc", b.name);
+            for p in b.props.iter().chain(b.arg.iter()) {
+                assert!(!p.doc.is_empty(), "{}.{} has no doc", b.name, p.name);
+            }
+            for c in &b.children {
+                if let ChildKind::Block(inner) = &c.kind {
+                    blocks.push(inner);
+                }
+                if !matches!(c.kind, ChildKind::Group(_)) {
+                    assert!(!c.doc.is_empty(), "{}.{} has no doc", b.name, c.name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Manifest source files. Every value the validator produces keeps a [`Loc`] into one
+//! of these, so any later layer (plan, run) can point a diagnostic at the exact text.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::{NamedSource, SourceSpan};
+
+pub type FileId = usize;
+
+/// A position in a manifest source: which file, which byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub file: FileId,
+    pub span: SourceSpan,
+}
+
+impl Loc {
+    pub fn new(file: FileId, span: SourceSpan) -> Self {
+        Loc { file, span }
+    }
+}
+
+#[derive(Debug)]
+pub struct SourceFile {
+    /// Absolute path on disk.
+    pub path: PathBuf,
+    /// The name diagnostics show: the path relative to the project folder.
+    pub display: String,
+    pub text: Arc<String>,
+}
+
+/// All files of one manifest: the root file first, then its includes.
+#[derive(Debug, Default)]
+pub struct Sources {
+    files: Vec<SourceFile>,
+}
+
+impl Sources {
+    pub fn add(&mut self, path: PathBuf, display: String, text: String) -> FileId {
+        self.files.push(SourceFile {
+            path,
+            display,
+            text: Arc::new(text),
+        });
+        self.files.len() - 1
+    }
+
+    pub fn get(&self, id: FileId) -> &SourceFile {
+        &self.files[id]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
+        self.files.iter().enumerate()
+    }
+
+    pub fn find(&self, path: &Path) -> Option<FileId> {
+        self.files.iter().position(|f| f.path == path)
+    }
+
+    pub fn named(&self, id: FileId) -> NamedSource<Arc<String>> {
+        let f = &self.files[id];
+        NamedSource::new(f.display.clone(), f.text.clone()).with_language("kdl")
+    }
+
+    /// The source text a location covers (for messages that quote the user's spelling).
+    pub fn snippet(&self, loc: Loc) -> &str {
+        let text = &self.files[loc.file].text;
+        let start = loc.span.offset().min(text.len());
+        let end = (start + loc.span.len()).min(text.len());
+        &text[start..end]
+    }
+}

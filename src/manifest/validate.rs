@@ -1,0 +1,1140 @@
+//! KDL text -> validated [`Manifest`], driven by the schema.
+//!
+//! The validator never stops at the first problem: it keeps walking and collects every
+//! error of every file, so one `goosepipe check` shows the whole list.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use miette::SourceSpan;
+
+use super::diag::{ManifestError, ManifestErrors, did_you_mean};
+use super::model::{Block, Child, Entity, Field, Manifest, Origin};
+use super::schema::{BlockSpec, ChildKind, PropSpec, Schema, Type, quote_list};
+use super::source::{FileId, Loc, Sources};
+use super::value::Value;
+
+/// Reads, parses and validates a manifest and everything it includes.
+pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
+    let schema = Schema::embedded();
+    let display_root = path.display().to_string();
+    let abs = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(ManifestErrors {
+                file: display_root,
+                errors: vec![io_error(path, &e)],
+            });
+        }
+    };
+    let root = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = match std::fs::read_to_string(&abs) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ManifestErrors {
+                file: display_root,
+                errors: vec![io_error(path, &e)],
+            });
+        }
+    };
+    let mut v = Validator {
+        schema,
+        sources: Sources::default(),
+        errors: vec![],
+        root: root.clone(),
+        raw: vec![],
+        include_stack: vec![],
+    };
+    let name = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| display_root.clone());
+    let id = v.sources.add(abs.clone(), name, text);
+    v.load_file(id);
+    let manifest = v.finish(abs, root);
+    match manifest {
+        Ok(m) => Ok(m),
+        Err(errors) => Err(ManifestErrors {
+            file: display_root,
+            errors,
+        }),
+    }
+}
+
+/// A manifest file that cannot even be read: no source to point into, so a plain
+/// diagnostic with the path and the OS reason.
+fn io_error(path: &Path, e: &std::io::Error) -> ManifestError {
+    let mut s = Sources::default();
+    let id = s.add(
+        path.to_path_buf(),
+        path.display().to_string(),
+        String::new(),
+    );
+    ManifestError::new(
+        &s,
+        "manifest::unreadable",
+        Loc::new(id, SourceSpan::from(0..0)),
+        format!("cannot read manifest {}: {e}", path.display()),
+        "here",
+    )
+    .help("check the path; manifests are KDL v2 files such as pipelines/quickstart.kdl")
+}
+
+struct RawNode {
+    file: FileId,
+    node: KdlNode,
+}
+
+struct Validator {
+    schema: &'static Schema,
+    sources: Sources,
+    errors: Vec<ManifestError>,
+    root: PathBuf,
+    raw: Vec<RawNode>,
+    include_stack: Vec<PathBuf>,
+}
+
+impl Validator {
+    fn err(
+        &mut self,
+        code: &'static str,
+        loc: Loc,
+        msg: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let e = ManifestError::new(&self.sources, code, loc, msg, label).help(help);
+        self.errors.push(e);
+    }
+
+    fn load_file(&mut self, id: FileId) {
+        let path = self.sources.get(id).path.clone();
+        self.include_stack.push(path.clone());
+        let text = self.sources.get(id).text.clone();
+        let doc: KdlDocument = match text.parse() {
+            Ok(d) => d,
+            Err(e) => {
+                self.syntax_errors(id, &e);
+                self.include_stack.pop();
+                return;
+            }
+        };
+        for node in doc.nodes() {
+            if node.name().value() == "include" {
+                self.include(id, node);
+            } else {
+                self.raw.push(RawNode {
+                    file: id,
+                    node: node.clone(),
+                });
+            }
+        }
+        self.include_stack.pop();
+    }
+
+    fn syntax_errors(&mut self, id: FileId, e: &kdl::KdlError) {
+        if e.diagnostics.is_empty() {
+            self.err(
+                "manifest::syntax",
+                Loc::new(id, SourceSpan::from(0..0)),
+                "invalid KDL",
+                "the parser gave up here",
+                "manifests are KDL v2: https://kdl.dev",
+            );
+        }
+        for d in &e.diagnostics {
+            let msg = d
+                .message
+                .clone()
+                .unwrap_or_else(|| "invalid KDL syntax".into());
+            let label = d.label.clone().unwrap_or_else(|| "here".into());
+            let help = d.help.clone().unwrap_or_else(|| {
+                "manifests are KDL v2 (strings in double quotes, #true/#false, props as key=value)"
+                    .into()
+            });
+            self.err(
+                "manifest::syntax",
+                Loc::new(id, d.span),
+                format!("syntax error: {msg}"),
+                label,
+                help,
+            );
+        }
+    }
+
+    fn include(&mut self, file: FileId, node: &KdlNode) {
+        let loc = Loc::new(file, node.span());
+        // Validate the include node's own shape first (one path argument, nothing else).
+        let spec = self.schema.node("include").expect("schema has include");
+        let (block, _) = self.block(file, node, spec, false);
+        let Some(Field {
+            value: Value::Str(p),
+            loc: ploc,
+            ..
+        }) = block.arg
+        else {
+            return;
+        };
+        let ploc = ploc.unwrap_or(loc);
+        let base = self
+            .sources
+            .get(file)
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let target = normalize(&base.join(&p));
+        if !target.starts_with(&self.root) {
+            self.err(
+                "manifest::include-escapes",
+                ploc,
+                format!("include \"{p}\" leaves the project folder"),
+                "this path resolves outside the project",
+                "includes must stay inside the project folder (the folder of the manifest given on the command line)",
+            );
+            return;
+        }
+        let real = match std::fs::canonicalize(&target) {
+            Ok(r) => r,
+            Err(_) => {
+                self.err(
+                    "manifest::include-missing",
+                    ploc,
+                    format!("included file \"{p}\" does not exist"),
+                    "no such file",
+                    format!(
+                        "looked for {} in the project folder",
+                        target.strip_prefix(&self.root).unwrap_or(&target).display()
+                    ),
+                );
+                return;
+            }
+        };
+        if !real.starts_with(&self.root) {
+            self.err(
+                "manifest::include-escapes",
+                ploc,
+                format!("include \"{p}\" leaves the project folder (through a symlink)"),
+                "this path resolves outside the project",
+                "includes must stay inside the project folder (the folder of the manifest given on the command line)",
+            );
+            return;
+        }
+        if self.include_stack.contains(&real) {
+            self.err(
+                "manifest::include-cycle",
+                ploc,
+                format!("include \"{p}\" forms a cycle"),
+                "this file is already being included",
+                "remove one of the includes in the cycle",
+            );
+            return;
+        }
+        if self.sources.find(&real).is_some() {
+            self.err(
+                "manifest::include-twice",
+                ploc,
+                format!("\"{p}\" is included more than once"),
+                "included again here",
+                "include each file once; its nodes would otherwise be defined twice",
+            );
+            return;
+        }
+        let text = match std::fs::read_to_string(&real) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(
+                    "manifest::include-missing",
+                    ploc,
+                    format!("cannot read included file \"{p}\": {e}"),
+                    "unreadable",
+                    "check the file's permissions",
+                );
+                return;
+            }
+        };
+        let display = real
+            .strip_prefix(&self.root)
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|_| real.display().to_string());
+        let id = self.sources.add(real, display, text);
+        self.load_file(id);
+    }
+
+    fn finish(mut self, path: PathBuf, root: PathBuf) -> Result<Manifest, Vec<ManifestError>> {
+        let raw = std::mem::take(&mut self.raw);
+        let mut pipeline: Option<(String, Loc)> = None;
+        let mut defaults: Option<Block> = None;
+        let mut defaults_loc: Option<Loc> = None;
+        let mut entities: Vec<Entity> = vec![];
+        let kinds: Vec<&str> = self.schema.nodes.iter().map(|n| n.name.as_str()).collect();
+        for RawNode { file, node } in &raw {
+            let kind = node.name().value();
+            let nloc = Loc::new(*file, node.name().span());
+            let Some(spec) = self.schema.node(kind) else {
+                let help = match did_you_mean(kind, kinds.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("node kinds are: {}", kinds.join(", ")),
+                };
+                self.err(
+                    "manifest::unknown-node",
+                    nloc,
+                    format!("unknown node `{kind}`"),
+                    "not a goosepipe node",
+                    help,
+                );
+                continue;
+            };
+            // A node with errors still defines its name, so references to it and
+            // duplicates of it are judged correctly instead of cascading.
+            let (block, _) = self.block(*file, node, spec, false);
+            if spec.unique {
+                let prev = if kind == "pipeline" {
+                    pipeline.as_ref().map(|p| p.1)
+                } else {
+                    defaults_loc
+                };
+                if let Some(prev) = prev {
+                    let mut e = ManifestError::new(
+                        &self.sources,
+                        "manifest::duplicate",
+                        nloc,
+                        format!("`{kind}` is given more than once"),
+                        "second one here",
+                    )
+                    .help(format!("a manifest has at most one `{kind}` node"));
+                    if prev.file == nloc.file {
+                        e = e.also(prev, "first one here");
+                    }
+                    self.errors.push(e);
+                    continue;
+                }
+            }
+            match kind {
+                "pipeline" => {
+                    if let Some(Field {
+                        value: Value::Str(s),
+                        ..
+                    }) = &block.arg
+                    {
+                        pipeline = Some((s.clone(), nloc));
+                    }
+                }
+                "defaults" => {
+                    defaults = Some(block);
+                    defaults_loc = Some(nloc);
+                }
+                _ if spec.named => {
+                    let Some(Field {
+                        value: Value::Str(name),
+                        loc: Some(name_loc),
+                        ..
+                    }) = block.arg.clone()
+                    else {
+                        continue;
+                    };
+                    if let Some(prev) = entities.iter().find(|e| e.kind == kind && e.name == name) {
+                        let mut e = ManifestError::new(
+                            &self.sources,
+                            "manifest::duplicate",
+                            name_loc,
+                            format!("{kind} \"{name}\" is defined twice"),
+                            "defined again here",
+                        );
+                        if prev.name_loc.file == name_loc.file {
+                            e = e
+                                .also(prev.name_loc, "first defined here")
+                                .help(format!("rename one of them; {kind} names must be unique"));
+                        } else {
+                            e = e.help(format!(
+                                "it is first defined in {}; {kind} names must be unique",
+                                self.sources.get(prev.name_loc.file).display
+                            ));
+                        }
+                        self.errors.push(e);
+                        continue;
+                    }
+                    entities.push(Entity {
+                        kind: kind.to_string(),
+                        name,
+                        name_loc,
+                        block,
+                    });
+                }
+                _ => {}
+            }
+        }
+        // Inherit `defaults` groups, then the schema's defaults.
+        for e in &mut entities {
+            apply_defaults(self.schema, &mut e.block, defaults.as_ref());
+        }
+        self.check_refs(&entities);
+        self.check_pools(&entities);
+        self.check_cycles(&entities);
+        if !self.errors.is_empty() {
+            // Report in source order, file by file, so the output reads top to bottom.
+            self.errors.sort_by_key(|e| {
+                let l = e.labels.first().map(|l| l.offset()).unwrap_or(0);
+                let f = self
+                    .sources
+                    .iter()
+                    .position(|(_, s)| s.display == e.src.name())
+                    .unwrap_or(0);
+                (f, l)
+            });
+            return Err(self.errors);
+        }
+        Ok(Manifest {
+            path,
+            root,
+            sources: self.sources,
+            pipeline: pipeline.map(|p| p.0),
+            entities,
+        })
+    }
+
+    /// Validates one node (or group/record) against its spec. Returns None when the
+    /// node is too broken to use (errors are recorded either way).
+    fn block(
+        &mut self,
+        file: FileId,
+        node: &KdlNode,
+        spec: &BlockSpec,
+        in_defaults: bool,
+    ) -> (Block, bool) {
+        let loc = Loc::new(file, node.span());
+        let name_loc = Loc::new(file, node.name().span());
+        let mut block = Block {
+            name: spec.name.clone(),
+            loc,
+            arg: None,
+            props: BTreeMap::new(),
+            children: BTreeMap::new(),
+        };
+        let mut ok = true;
+        let mut args: Vec<&KdlEntry> = vec![];
+        for entry in node.entries() {
+            match entry.name() {
+                None => args.push(entry),
+                Some(key) => {
+                    let key = key.value();
+                    let vloc = value_loc(&self.sources, file, entry);
+                    let Some(pspec) = spec.prop(key) else {
+                        let names: Vec<&str> = spec.props.iter().map(|p| p.name.as_str()).collect();
+                        let help = match did_you_mean(key, names.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None if names.is_empty() => {
+                                format!("`{}` takes no properties", spec.name)
+                            }
+                            None => format!("`{}` accepts: {}", spec.name, names.join(", ")),
+                        };
+                        self.err(
+                            "manifest::unknown-property",
+                            Loc::new(file, entry.span()),
+                            format!("unknown property `{key}` on `{}`", spec.name),
+                            "not in the schema",
+                            help,
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    if block.props.contains_key(key) {
+                        self.err(
+                            "manifest::duplicate",
+                            Loc::new(file, entry.span()),
+                            format!("property `{key}` is given twice"),
+                            "given again here",
+                            "KDL keeps only the last one; remove one of them",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    if let Some(v) = self.typed(entry.value(), pspec, vloc, &spec.name) {
+                        block.props.insert(
+                            key.to_string(),
+                            Field {
+                                value: v,
+                                loc: Some(vloc),
+                                origin: Origin::Explicit,
+                            },
+                        );
+                    } else {
+                        ok = false;
+                    }
+                }
+            }
+        }
+        // Positional arguments.
+        match (&spec.arg, args.as_slice()) {
+            (Some(aspec), [a, rest @ ..]) => {
+                let vloc = Loc::new(file, a.span());
+                if let Some(v) = self.typed(a.value(), aspec, vloc, &spec.name) {
+                    block.arg = Some(Field {
+                        value: v,
+                        loc: Some(vloc),
+                        origin: Origin::Explicit,
+                    });
+                } else {
+                    ok = false;
+                }
+                for extra in rest {
+                    self.extra_arg(file, extra, spec);
+                    ok = false;
+                }
+            }
+            (Some(aspec), []) => {
+                if aspec.required {
+                    self.err(
+                        "manifest::missing-argument",
+                        name_loc,
+                        format!("`{}` needs its {} argument", spec.name, aspec.name),
+                        format!("{} missing", aspec.name),
+                        format!(
+                            "write it as: {} \"{}\" ...  ({})",
+                            spec.name, aspec.name, aspec.doc
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            (None, extra) => {
+                for e in extra {
+                    self.extra_arg(file, e, spec);
+                    ok = false;
+                }
+            }
+        }
+        // Children.
+        if let Some(children) = node.children() {
+            for c in children.nodes() {
+                let cname = c.name().value();
+                let cloc = Loc::new(file, c.name().span());
+                let Some(cspec) = spec.child(cname) else {
+                    let names: Vec<&str> = spec.children.iter().map(|c| c.name.as_str()).collect();
+                    let help = match did_you_mean(cname, names.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None if names.is_empty() => format!("`{}` takes no child nodes", spec.name),
+                        None => {
+                            format!("`{}` accepts the children: {}", spec.name, names.join(", "))
+                        }
+                    };
+                    self.err(
+                        "manifest::unknown-node",
+                        cloc,
+                        format!("unknown child `{cname}` in `{}`", spec.name),
+                        "not in the schema",
+                        help,
+                    );
+                    ok = false;
+                    continue;
+                };
+                if !cspec.repeat && block.children.contains_key(cname) {
+                    self.err(
+                        "manifest::duplicate",
+                        cloc,
+                        format!("`{cname}` is given twice in `{}`", spec.name),
+                        "given again here",
+                        "merge the two into one node",
+                    );
+                    ok = false;
+                    continue;
+                }
+                match &cspec.kind {
+                    ChildKind::List(lspec) => {
+                        let mut items = vec![];
+                        for e in c.entries() {
+                            let eloc = Loc::new(file, e.span());
+                            if let Some(k) = e.name() {
+                                self.err(
+                                    "manifest::unknown-property",
+                                    eloc,
+                                    format!("unknown property `{}` on `{cname}`", k.value()),
+                                    "lists take values only",
+                                    format!("write the values as arguments: {cname} \"a\" \"b\""),
+                                );
+                                ok = false;
+                                continue;
+                            }
+                            let pspec = PropSpec {
+                                name: cname.to_string(),
+                                ty: lspec.ty.clone(),
+                                default: None,
+                                required: false,
+                                min: None,
+                                max: None,
+                                doc: cspec.doc.clone(),
+                            };
+                            match self.typed(e.value(), &pspec, eloc, &spec.name) {
+                                Some(v) => {
+                                    if items.iter().any(|f: &Field| f.value == v) {
+                                        self.err(
+                                            "manifest::duplicate",
+                                            eloc,
+                                            format!("{v} is listed twice in `{cname}`"),
+                                            "listed again here",
+                                            "remove the repeated entry",
+                                        );
+                                        ok = false;
+                                    } else {
+                                        items.push(Field {
+                                            value: v,
+                                            loc: Some(eloc),
+                                            origin: Origin::Explicit,
+                                        });
+                                    }
+                                }
+                                None => ok = false,
+                            }
+                        }
+                        if items.len() < lspec.min {
+                            self.err(
+                                "manifest::out-of-range",
+                                cloc,
+                                format!("`{cname}` needs at least {} value(s)", lspec.min),
+                                "empty list",
+                                cspec.doc.clone(),
+                            );
+                            ok = false;
+                        }
+                        if c.children().is_some() {
+                            self.err(
+                                "manifest::unknown-node",
+                                cloc,
+                                format!("`{cname}` takes no child nodes"),
+                                "has a block",
+                                format!("write the values as arguments: {cname} \"a\" \"b\""),
+                            );
+                            ok = false;
+                        }
+                        block.children.insert(cname.to_string(), Child::List(items));
+                    }
+                    ChildKind::Group(_) | ChildKind::Block(_) => {
+                        let inner_spec = self
+                            .schema
+                            .child_block(cspec)
+                            .expect("schema checked")
+                            .clone();
+                        let (b, child_ok) = self.block(file, c, &inner_spec, in_defaults);
+                        ok &= child_ok;
+                        {
+                            if cspec.repeat {
+                                let recs = block
+                                    .children
+                                    .entry(cname.to_string())
+                                    .or_insert_with(|| Child::Records(vec![]));
+                                if let Child::Records(r) = recs {
+                                    if let (Some(newname), true) =
+                                        (b.arg.as_ref(), inner_spec.arg.is_some())
+                                    {
+                                        if let Some(prev) = r.iter().find(|p| {
+                                            p.arg.as_ref().map(|a| &a.value) == Some(&newname.value)
+                                        }) {
+                                            let mut e = ManifestError::new(
+                                                &self.sources,
+                                                "manifest::duplicate",
+                                                newname.loc.unwrap_or(cloc),
+                                                format!("{cname} {} is given twice", newname.value),
+                                                "given again here",
+                                            )
+                                            .help(format!("each `{cname}` needs its own name"));
+                                            if let Some(pl) = prev.arg.as_ref().and_then(|a| a.loc)
+                                            {
+                                                e = e.also(pl, "first given here");
+                                            }
+                                            self.errors.push(e);
+                                            ok = false;
+                                            continue;
+                                        }
+                                    }
+                                    r.push(b);
+                                }
+                            } else {
+                                block.children.insert(cname.to_string(), Child::Group(b));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Required props and children, one-of constraints (not inside `defaults`,
+        // which only sets what it sets).
+        if !in_defaults && spec.name != "defaults" {
+            for p in &spec.props {
+                if p.required && !block.props.contains_key(&p.name) {
+                    self.err(
+                        "manifest::missing-property",
+                        name_loc,
+                        format!("`{}` needs `{}`", spec.name, p.name),
+                        format!("{} missing", p.name),
+                        format!("add {}=...  ({}; {})", p.name, p.doc, p.ty.describe()),
+                    );
+                    ok = false;
+                }
+            }
+            for c in &spec.children {
+                if c.required && !block.children.contains_key(&c.name) {
+                    self.err(
+                        "manifest::missing-property",
+                        name_loc,
+                        format!("`{}` needs a `{}` child", spec.name, c.name),
+                        format!("{} missing", c.name),
+                        format!("add a child node `{}`: {}", c.name, c.doc),
+                    );
+                    ok = false;
+                }
+            }
+            for group in &spec.one_of {
+                let present: Vec<&String> = group
+                    .iter()
+                    .filter(|n| block.props.contains_key(*n) || block.children.contains_key(*n))
+                    .collect();
+                if present.len() != 1 {
+                    let (msg, label) = if present.is_empty() {
+                        (
+                            format!("`{}` needs one of {}", spec.name, quote_list(group)),
+                            "source missing".to_string(),
+                        )
+                    } else {
+                        (
+                            format!("`{}` takes only one of {}", spec.name, quote_list(group)),
+                            format!(
+                                "has {}",
+                                present
+                                    .iter()
+                                    .map(|s| s.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" and ")
+                            ),
+                        )
+                    };
+                    self.err(
+                        "manifest::one-of",
+                        name_loc,
+                        msg,
+                        label,
+                        format!(
+                            "say where the {} comes from with exactly one of: {}",
+                            spec.name,
+                            group.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        (block, ok)
+    }
+
+    fn extra_arg(&mut self, file: FileId, e: &KdlEntry, spec: &BlockSpec) {
+        let help = match &spec.arg {
+            Some(a) => format!(
+                "`{}` takes one argument ({}); properties are written key=value",
+                spec.name, a.name
+            ),
+            None => format!(
+                "`{}` takes no arguments; properties are written key=value",
+                spec.name
+            ),
+        };
+        self.err(
+            "manifest::unexpected-argument",
+            Loc::new(file, e.span()),
+            format!("unexpected argument on `{}`", spec.name),
+            "extra value",
+            help,
+        );
+    }
+
+    /// Converts a KDL value to the declared type, checking ranges and enum values.
+    fn typed(&mut self, v: &KdlValue, spec: &PropSpec, loc: Loc, owner: &str) -> Option<Value> {
+        let wrong = |this: &mut Self, got: &str| {
+            this.err(
+                "manifest::wrong-type",
+                loc,
+                format!(
+                    "`{}` on `{owner}` must be {}",
+                    spec.name,
+                    spec.ty.describe()
+                ),
+                format!("this is {got}"),
+                if spec.doc.is_empty() {
+                    spec.ty.describe()
+                } else {
+                    spec.doc.clone()
+                },
+            );
+            None
+        };
+        let got = match v {
+            KdlValue::String(_) => "a string",
+            KdlValue::Integer(_) => "an integer",
+            KdlValue::Float(_) => "a float",
+            KdlValue::Bool(_) => "a boolean",
+            KdlValue::Null => "#null",
+        };
+        let value = match (&spec.ty, v) {
+            (Type::Int, KdlValue::Integer(i)) => match i64::try_from(*i) {
+                Ok(i) => Value::Int(i),
+                Err(_) => return wrong(self, "an integer too large"),
+            },
+            (Type::Float, KdlValue::Integer(i)) => Value::Float(*i as f64),
+            (Type::Float, KdlValue::Float(f)) if f.is_finite() => Value::Float(*f),
+            (Type::Bool, KdlValue::Bool(b)) => Value::Bool(*b),
+            (Type::Str | Type::Path | Type::Name | Type::Ref(_), KdlValue::String(s)) => {
+                if s.is_empty() && !matches!(spec.ty, Type::Str) {
+                    return wrong(self, "an empty string");
+                }
+                Value::Str(s.clone())
+            }
+            (Type::Enum(values), KdlValue::String(s)) => {
+                if !values.contains(s) {
+                    let help = match did_you_mean(s, values.iter().map(String::as_str)) {
+                        Some(d) => {
+                            format!("did you mean \"{d}\"? (allowed: {})", quote_list(values))
+                        }
+                        None => format!("allowed: {}", quote_list(values)),
+                    };
+                    self.err(
+                        "manifest::wrong-value",
+                        loc,
+                        format!("\"{s}\" is not a valid `{}`", spec.name),
+                        "not one of the allowed values",
+                        help,
+                    );
+                    return None;
+                }
+                Value::Str(s.clone())
+            }
+            _ => return wrong(self, got),
+        };
+        let num = value
+            .as_float()
+            .filter(|_| matches!(spec.ty, Type::Int | Type::Float));
+        if let Some(x) = num {
+            let below = spec.min.is_some_and(|m| x < m);
+            let above = spec.max.is_some_and(|m| x > m);
+            if below || above {
+                let range = match (spec.min, spec.max) {
+                    (Some(a), Some(b)) => format!("between {a} and {b}"),
+                    (Some(a), None) => format!("at least {a}"),
+                    (None, Some(b)) => format!("at most {b}"),
+                    _ => unreachable!(),
+                };
+                self.err(
+                    "manifest::out-of-range",
+                    loc,
+                    format!("`{}` = {value} is out of range", spec.name),
+                    format!("must be {range}"),
+                    spec.doc.clone(),
+                );
+                return None;
+            }
+        }
+        Some(value)
+    }
+
+    fn check_refs(&mut self, entities: &[Entity]) {
+        let mut names: HashMap<&str, Vec<&str>> = HashMap::new();
+        for e in entities {
+            names.entry(&e.kind).or_default().push(&e.name);
+        }
+        let mut refs = vec![];
+        for e in entities {
+            let spec = self.schema.node(&e.kind).expect("validated kind");
+            collect_refs(self.schema, &e.block, spec, &mut refs);
+        }
+        for (kind, name, loc) in refs {
+            let known = names.get(kind.as_str()).cloned().unwrap_or_default();
+            if known.contains(&name.as_str()) {
+                continue;
+            }
+            let help = match did_you_mean(&name, known.iter().copied()) {
+                Some(s) => format!("did you mean \"{s}\"?"),
+                None if known.is_empty() => {
+                    format!("this manifest defines no {kind}; add `{kind} \"{name}\" ...`")
+                }
+                None => format!(
+                    "defined {kind}s: {}",
+                    known
+                        .iter()
+                        .map(|k| format!("\"{k}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            self.err(
+                "manifest::undefined-reference",
+                loc,
+                format!("no {kind} named \"{name}\""),
+                format!("undefined {kind}"),
+                help,
+            );
+        }
+    }
+
+    /// A pool routes among experts of one base model; mixing models is meaningless.
+    fn check_pools(&mut self, entities: &[Entity]) {
+        for pool in entities.iter().filter(|e| e.kind == "pool") {
+            let mut first: Option<(&str, &str)> = None;
+            for f in pool.block.list("experts") {
+                let Some(ename) = f.value.as_str() else {
+                    continue;
+                };
+                let Some(exp) = entities
+                    .iter()
+                    .find(|e| e.kind == "expert" && e.name == ename)
+                else {
+                    continue;
+                };
+                let Some(model) = exp.block.str("model") else {
+                    continue;
+                };
+                match first {
+                    None => first = Some((ename, model)),
+                    Some((fe, fm)) if fm != model => {
+                        self.err(
+                            "manifest::mixed-models",
+                            f.loc.unwrap_or(pool.name_loc),
+                            format!("pool \"{}\" mixes base models", pool.name),
+                            format!("expert \"{ename}\" is on model \"{model}\""),
+                            format!("expert \"{fe}\" is on model \"{fm}\"; all experts of a pool must share one base model"),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// References between entities must form a DAG (e.g. a model pretrained on a
+    /// dataset that is tokenized by that same model would never be buildable).
+    fn check_cycles(&mut self, entities: &[Entity]) {
+        let index: HashMap<(&str, &str), usize> = entities
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ((e.kind.as_str(), e.name.as_str()), i))
+            .collect();
+        let mut edges: Vec<Vec<(usize, Loc)>> = vec![vec![]; entities.len()];
+        for (i, e) in entities.iter().enumerate() {
+            let spec = self.schema.node(&e.kind).expect("validated kind");
+            let mut refs = vec![];
+            collect_refs(self.schema, &e.block, spec, &mut refs);
+            for (kind, name, loc) in refs {
+                if let Some(&j) = index.get(&(kind.as_str(), name.as_str())) {
+                    edges[i].push((j, loc));
+                }
+            }
+        }
+        // Iterative DFS with colours; report each cycle once, at the edge closing it.
+        let mut colour = vec![0u8; entities.len()];
+        let mut reported = BTreeSet::new();
+        for start in 0..entities.len() {
+            if colour[start] != 0 {
+                continue;
+            }
+            let mut stack = vec![(start, 0usize)];
+            let mut path = vec![start];
+            colour[start] = 1;
+            while let Some((node, next)) = stack.pop() {
+                if next < edges[node].len() {
+                    stack.push((node, next + 1));
+                    let (to, loc) = edges[node][next];
+                    match colour[to] {
+                        0 => {
+                            colour[to] = 1;
+                            path.push(to);
+                            stack.push((to, 0));
+                        }
+                        1 => {
+                            let pos = path.iter().position(|&p| p == to).unwrap_or(0);
+                            let cycle: Vec<usize> = path[pos..].to_vec();
+                            let mut key = cycle.clone();
+                            key.sort();
+                            if reported.insert(key) {
+                                let desc = cycle
+                                    .iter()
+                                    .chain(std::iter::once(&to))
+                                    .map(|&c| {
+                                        format!("{} \"{}\"", entities[c].kind, entities[c].name)
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(" -> ");
+                                self.err(
+                                    "manifest::cycle",
+                                    loc,
+                                    format!("reference cycle: {desc}"),
+                                    "this reference closes the cycle",
+                                    "a step cannot depend on its own output; break the cycle",
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
+                } else {
+                    colour[node] = 2;
+                    path.pop();
+                }
+            }
+        }
+    }
+}
+
+/// Every reference-typed value in a block (recursively): (kind, name, where).
+fn collect_refs(
+    schema: &Schema,
+    block: &Block,
+    spec: &BlockSpec,
+    out: &mut Vec<(String, String, Loc)>,
+) {
+    for p in &spec.props {
+        if let (Type::Ref(kind), Some(f)) = (&p.ty, block.props.get(&p.name))
+            && let (Value::Str(name), Some(loc)) = (&f.value, f.loc)
+        {
+            out.push((kind.clone(), name.clone(), loc));
+        }
+    }
+    for c in &spec.children {
+        match (&c.kind, block.children.get(&c.name)) {
+            (ChildKind::List(l), Some(Child::List(items))) => {
+                if let Type::Ref(kind) = &l.ty {
+                    for f in items {
+                        if let (Value::Str(name), Some(loc)) = (&f.value, f.loc) {
+                            out.push((kind.clone(), name.clone(), loc));
+                        }
+                    }
+                }
+            }
+            (_, Some(Child::Group(b))) => {
+                if let Some(inner) = schema.child_block(c) {
+                    collect_refs(schema, b, inner, out);
+                }
+            }
+            (_, Some(Child::Records(rs))) => {
+                if let Some(inner) = schema.child_block(c) {
+                    for r in rs {
+                        collect_refs(schema, r, inner, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Fills every group a node accepts: first from `defaults`, then from the schema.
+fn apply_defaults(schema: &Schema, block: &mut Block, defaults: Option<&Block>) {
+    let spec = match schema.node(&block.name) {
+        Some(s) => s.clone(),
+        None => return,
+    };
+    fill(schema, block, &spec, defaults);
+}
+
+fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&Block>) {
+    for p in &spec.props {
+        if !block.props.contains_key(&p.name)
+            && let Some(d) = &p.default
+        {
+            block.props.insert(
+                p.name.clone(),
+                Field {
+                    value: d.clone(),
+                    loc: None,
+                    origin: Origin::Schema,
+                },
+            );
+        }
+    }
+    for c in &spec.children {
+        match &c.kind {
+            ChildKind::Group(gname) => {
+                let gspec = schema.group(gname).expect("schema checked").clone();
+                let inherited = defaults.and_then(|d| d.group(&c.name));
+                let entry = block.children.entry(c.name.clone()).or_insert_with(|| {
+                    Child::Group(Block {
+                        name: gname.clone(),
+                        loc: block.loc,
+                        arg: None,
+                        props: BTreeMap::new(),
+                        children: BTreeMap::new(),
+                    })
+                });
+                if let Child::Group(g) = entry {
+                    if let Some(inh) = inherited {
+                        for (k, f) in &inh.props {
+                            g.props.entry(k.clone()).or_insert_with(|| Field {
+                                origin: Origin::Defaults,
+                                ..f.clone()
+                            });
+                        }
+                        for (k, ch) in &inh.children {
+                            g.children.entry(k.clone()).or_insert_with(|| ch.clone());
+                        }
+                    }
+                    fill(schema, g, &gspec, None);
+                }
+            }
+            ChildKind::List(l) => {
+                if !block.children.contains_key(&c.name)
+                    && let Some(d) = &l.default
+                {
+                    block.children.insert(
+                        c.name.clone(),
+                        Child::List(
+                            d.iter()
+                                .map(|v| Field {
+                                    value: v.clone(),
+                                    loc: None,
+                                    origin: Origin::Schema,
+                                })
+                                .collect(),
+                        ),
+                    );
+                }
+            }
+            ChildKind::Block(inner) => {
+                if let Some(Child::Records(rs)) = block.children.get_mut(&c.name) {
+                    for r in rs {
+                        fill(schema, r, inner, None);
+                    }
+                } else if let Some(Child::Group(g)) = block.children.get_mut(&c.name) {
+                    fill(schema, g, inner, None);
+                }
+            }
+        }
+    }
+}
+
+/// The span of an entry's value alone (for `key=value`, the part after `=`), so labels
+/// point at what is wrong rather than at the key.
+fn value_loc(sources: &Sources, file: FileId, entry: &KdlEntry) -> Loc {
+    let span = entry.span();
+    let loc = Loc::new(file, span);
+    let text = sources.snippet(loc);
+    match text.find('=') {
+        Some(eq) if entry.name().is_some() => {
+            let start = span.offset() + eq + 1;
+            let trimmed = text[eq + 1..].trim_end();
+            let lead = trimmed.len() - trimmed.trim_start().len();
+            Loc::new(file, SourceSpan::from(start + lead..start + trimmed.len()))
+        }
+        _ => loc,
+    }
+}
+
+/// Lexical normalization (no filesystem access): resolves `.` and `..` so an include
+/// that escapes the project is caught even when the target does not exist.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
