@@ -88,6 +88,9 @@ pub struct Manifest {
     pub sources: Sources,
     pub pipeline: Option<String>,
     pub entities: Vec<Entity>,
+    /// Every group of the `defaults` node, filled with schema defaults: what a step
+    /// that belongs to no node (e.g. the multitask baseline) is configured with.
+    pub default_groups: BTreeMap<String, Block>,
 }
 
 impl Manifest {

@@ -385,12 +385,14 @@ impl Validator {
             });
             return Err(self.errors);
         }
+        let default_groups = default_groups(self.schema, defaults.as_ref());
         Ok(Manifest {
             path,
             root,
             sources: self.sources,
             pipeline: pipeline.map(|p| p.0),
             entities,
+            default_groups,
         })
     }
 
@@ -624,28 +626,38 @@ impl Validator {
                                     .entry(cname.to_string())
                                     .or_insert_with(|| Child::Records(vec![]));
                                 if let Child::Records(r) = recs {
-                                    if let (Some(newname), true) =
-                                        (b.arg.as_ref(), inner_spec.arg.is_some())
-                                    {
-                                        if let Some(prev) = r.iter().find(|p| {
-                                            p.arg.as_ref().map(|a| &a.value) == Some(&newname.value)
-                                        }) {
-                                            let mut e = ManifestError::new(
-                                                &self.sources,
-                                                "manifest::duplicate",
-                                                newname.loc.unwrap_or(cloc),
-                                                format!("{cname} {} is given twice", newname.value),
-                                                "given again here",
-                                            )
-                                            .help(format!("each `{cname}` needs its own name"));
-                                            if let Some(pl) = prev.arg.as_ref().and_then(|a| a.loc)
-                                            {
-                                                e = e.also(pl, "first given here");
-                                            }
-                                            self.errors.push(e);
-                                            ok = false;
-                                            continue;
+                                    let dup = b
+                                        .arg
+                                        .as_ref()
+                                        .filter(|_| inner_spec.arg.is_some())
+                                        .and_then(|newname| {
+                                            r.iter()
+                                                .find(|p| {
+                                                    p.arg.as_ref().map(|a| &a.value)
+                                                        == Some(&newname.value)
+                                                })
+                                                .map(|prev| {
+                                                    (
+                                                        newname.clone(),
+                                                        prev.arg.as_ref().and_then(|a| a.loc),
+                                                    )
+                                                })
+                                        });
+                                    if let Some((newname, prev_loc)) = dup {
+                                        let mut e = ManifestError::new(
+                                            &self.sources,
+                                            "manifest::duplicate",
+                                            newname.loc.unwrap_or(cloc),
+                                            format!("{cname} {} is given twice", newname.value),
+                                            "given again here",
+                                        )
+                                        .help(format!("each `{cname}` needs its own name"));
+                                        if let Some(pl) = prev_loc {
+                                            e = e.also(pl, "first given here");
                                         }
+                                        self.errors.push(e);
+                                        ok = false;
+                                        continue;
                                     }
                                     r.push(b);
                                 }
@@ -1020,6 +1032,33 @@ fn collect_refs(
             _ => {}
         }
     }
+}
+
+/// The `defaults` node's groups, each filled with the schema's defaults.
+fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String, Block> {
+    let spec = schema
+        .node("defaults")
+        .expect("schema has defaults")
+        .clone();
+    let mut block = Block {
+        name: "defaults".into(),
+        loc: defaults
+            .map(|d| d.loc)
+            .unwrap_or(Loc::new(0, SourceSpan::from(0..0))),
+        arg: None,
+        props: BTreeMap::new(),
+        children: BTreeMap::new(),
+    };
+    // `fill` inherits from `defaults` into the groups of a block, then the schema.
+    fill(schema, &mut block, &spec, defaults);
+    block
+        .children
+        .into_iter()
+        .filter_map(|(name, child)| match child {
+            Child::Group(g) => Some((name, g)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Fills every group a node accepts: first from `defaults`, then from the schema.

@@ -1,0 +1,320 @@
+//! The commands behind the CLI. `main.rs` only parses arguments and calls these; each
+//! returns the process exit code, and user-facing errors come back as miette reports.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use miette::{Report, miette};
+
+use crate::exec::{self, CancelFlag, Registry, RunOptions};
+use crate::plan::{self, Plan, Status, render};
+use crate::store::fsutil::human_size;
+use crate::store::lockfile::{Lockfile, lock_path};
+use crate::store::{HashCache, Store};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+/// `plan --check-cached`: something would run.
+pub const EXIT_PENDING: i32 = 2;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Loads, validates and plans a manifest (no store needed).
+pub fn load_plan(path: &Path, registry: &Registry, hashes: &HashCache) -> Result<Plan, Report> {
+    let manifest = crate::manifest::load(path).map_err(Report::new)?;
+    plan::build(manifest, registry, hashes).map_err(Report::new)
+}
+
+fn open_store(root: &Path) -> Result<Store, Report> {
+    Store::open(root).map_err(|e| {
+        miette!(
+            help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
+            "cannot open the store: {e}"
+        )
+    })
+}
+
+fn read_lock(manifest: &Path) -> Result<Lockfile, Report> {
+    Lockfile::read(&lock_path(manifest)).map_err(|e| miette!("{e}"))
+}
+
+/// `goosepipe check`.
+pub fn check(path: &Path, registry: &Registry, out: &mut dyn Write) -> Result<i32, Report> {
+    let plan = load_plan(path, registry, &HashCache::in_memory())?;
+    let mut counts: Vec<(String, usize)> = vec![];
+    for s in &plan.steps {
+        match counts.iter_mut().find(|(k, _)| *k == s.spec.kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s.spec.kind.clone(), 1)),
+        }
+    }
+    let summary = counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "{} is valid: {} files, {} steps ({summary})",
+        path.display(),
+        plan.manifest.sources.iter().count(),
+        plan.steps.len()
+    );
+    Ok(EXIT_OK)
+}
+
+fn plan_with_status(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+) -> Result<(Plan, Status, Store, Lockfile), Report> {
+    let store = open_store(store_root)?;
+    let hashes = store.hash_cache();
+    let plan = load_plan(path, registry, &hashes)?;
+    hashes.save();
+    let lock = read_lock(path)?;
+    let status = plan::status::status(&plan, &store, &lock);
+    Ok((plan, status, store, lock))
+}
+
+/// `goosepipe plan`.
+pub fn plan_cmd(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    json: bool,
+    check_cached: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status, _, _) = plan_with_status(path, store_root, registry)?;
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&render::plan_json(&plan, &status)).expect("json")
+        );
+    } else {
+        let _ = write!(out, "{}", render::plan_text(&plan, &status));
+    }
+    Ok(if check_cached && status.stale_count() > 0 {
+        EXIT_PENDING
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `goosepipe graph`.
+pub fn graph(
+    path: &Path,
+    store_root: Option<&Path>,
+    registry: &Registry,
+    mermaid: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status) = match store_root {
+        Some(root) => {
+            let (p, s, _, _) = plan_with_status(path, root, registry)?;
+            (p, Some(s))
+        }
+        None => (load_plan(path, registry, &HashCache::in_memory())?, None),
+    };
+    let text = if mermaid {
+        render::mermaid(&plan, status.as_ref())
+    } else {
+        render::dot(&plan, status.as_ref())
+    };
+    let _ = write!(out, "{text}");
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe explain`.
+pub fn explain(
+    path: &Path,
+    step: &str,
+    store_root: &Path,
+    registry: &Registry,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status, _, _) = plan_with_status(path, store_root, registry)?;
+    let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
+    let _ = write!(out, "{}", render::explain(&plan, &status, i));
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe run`.
+pub fn run(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    opts: &RunOptions,
+    quiet: bool,
+    cancel: &CancelFlag,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status, store, old_lock) = plan_with_status(path, store_root, registry)?;
+    let reporter = exec::reporter_for_stderr(quiet);
+    let report = exec::run(
+        &plan,
+        &status,
+        &store,
+        registry,
+        &old_lock,
+        opts,
+        reporter.as_ref(),
+        cancel,
+    )
+    .map_err(|e| miette!("{e}"))?;
+    let new_lock = exec::updated_lock(&plan, &store, &old_lock);
+    let lock_file = lock_path(path);
+    let manifest_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if opts.locked {
+        exec::run::check_locked_digests(&new_lock, &old_lock).map_err(|e| miette!("{e}"))?;
+    } else if new_lock != old_lock || !lock_file.exists() {
+        new_lock
+            .write(&lock_file, &manifest_name)
+            .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
+    }
+    let built = report.built.len() + report.reused.len();
+    if !report.cancelled.is_empty() {
+        let _ = writeln!(
+            out,
+            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept. Run `goosepipe run {}` again to resume.",
+            report.cancelled.len(),
+            path.display()
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if !report.failed.is_empty() {
+        let _ = writeln!(out, "{} step(s) failed:", report.failed.len());
+        for (id, msg) in &report.failed {
+            let _ = writeln!(out, "  {id}: {msg}");
+        }
+        if !report.skipped.is_empty() {
+            let _ = writeln!(
+                out,
+                "not run because of the failure: {}",
+                report.skipped.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{built} step(s) finished and published; they will not run again."
+        );
+        return Ok(EXIT_ERROR);
+    }
+    if built == 0 {
+        let _ = writeln!(
+            out,
+            "nothing to do: all {} steps are cached",
+            plan.steps.len()
+        );
+    } else {
+        let _ = writeln!(out, "done: {built} step(s) built, {} cached", report.cached);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe gc`.
+pub fn gc(
+    manifests: &[PathBuf],
+    store_root: &Path,
+    registry: &Registry,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let store = open_store(store_root)?;
+    let hashes = store.hash_cache();
+    let mut reachable = HashSet::new();
+    for m in manifests {
+        let plan = load_plan(m, registry, &hashes)?;
+        reachable.extend(plan.steps.iter().map(|s| s.spec.key));
+    }
+    hashes.save();
+    let entries = store.gc_candidates(&reachable);
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    for e in &entries {
+        let rel = e.path.strip_prefix(&store.root).unwrap_or(&e.path);
+        let _ = writeln!(
+            out,
+            "{:>10}  {}  ({})",
+            human_size(e.size),
+            rel.display(),
+            e.reason.label()
+        );
+    }
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "would free {} in {} entries (dry run: nothing deleted)",
+            human_size(total),
+            entries.len()
+        );
+    } else {
+        let freed = store
+            .gc_delete(&entries)
+            .map_err(|e| miette!("gc failed: {e}"))?;
+        let _ = writeln!(
+            out,
+            "freed {} in {} entries",
+            human_size(freed),
+            entries.len()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe show`.
+pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> Result<i32, Report> {
+    let store = open_store(store_root)?;
+    let meta = store.find(what).map_err(|e| miette!("{e}"))?;
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&meta).expect("json")
+        );
+        return Ok(EXIT_OK);
+    }
+    let s = &meta.spec;
+    let _ = writeln!(
+        out,
+        "{}  ({} \"{}\", implementation version {})",
+        s.id, s.kind, s.name, s.version
+    );
+    let _ = writeln!(out, "key      {}", meta.key);
+    let _ = writeln!(out, "digest   {}", meta.digest);
+    let _ = writeln!(
+        out,
+        "built    {} on {} in {:.1}s by goosepipe {}",
+        crate::store::artifact::format_unix(meta.started_unix),
+        meta.host,
+        meta.seconds(),
+        meta.tool_version
+    );
+    let _ = writeln!(out, "params   {}", s.params);
+    if s.settings.as_object().is_some_and(|o| !o.is_empty()) {
+        let _ = writeln!(out, "settings {}", s.settings);
+    }
+    for i in &s.inputs {
+        let _ = writeln!(out, "input    {:24} {} {}", i.role, i.id, i.key.short());
+    }
+    for e in &s.externals {
+        let _ = writeln!(out, "external {:24} {}", e.role(), e.identity());
+    }
+    for (k, v) in &meta.pins {
+        let _ = writeln!(out, "pinned   {k} -> {v}");
+    }
+    let _ = writeln!(
+        out,
+        "files    ({} in {})",
+        meta.files.len(),
+        store.files_dir(&meta.key).display()
+    );
+    for f in &meta.files {
+        let _ = writeln!(out, "  {:>10}  {}", human_size(f.size), f.path);
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,545 @@
+//! The local scheduler: runs stale steps in dependency order, `-j N` at a time,
+//! publishing each artifact atomically and never running a step whose key another
+//! run is building (per-key locks; the second run waits, then reuses).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::progress::{Outcome, Reporter};
+use super::step::{CancelFlag, InputArtifact, Registry, StepContext, StepError};
+use crate::plan::{Plan, Status};
+use crate::store::artifact::now_unix;
+use crate::store::lockfile::{LockedStep, Lockfile};
+use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub jobs: usize,
+    /// Run only these steps (ids or names); their inputs must already be built.
+    pub only: Vec<String>,
+    /// Run this step and whatever it needs.
+    pub until: Option<String>,
+    pub keep_going: bool,
+    /// Fail instead of changing the lockfile.
+    pub locked: bool,
+    pub device: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: 1,
+            only: vec![],
+            until: None,
+            keep_going: false,
+            locked: false,
+            device: "cpu".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub built: Vec<String>,
+    pub reused: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+    pub cancelled: Vec<String>,
+    pub cached: usize,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.cancelled.is_empty() && self.skipped.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Selection(String),
+    #[error("--locked: {0}")]
+    Locked(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which steps this run builds, in plan order.
+pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usize>, RunError> {
+    let n = plan.steps.len();
+    let mut want = vec![false; n];
+    if !opts.only.is_empty() {
+        for name in &opts.only {
+            let i = plan.resolve(name).map_err(RunError::Selection)?;
+            want[i] = !matches!(status.states[i], crate::plan::State::Cached);
+        }
+        for i in 0..n {
+            if !want[i] {
+                continue;
+            }
+            for j in plan.inputs_of(i) {
+                if !want[j] && !matches!(status.states[j], crate::plan::State::Cached) {
+                    return Err(RunError::Selection(format!(
+                        "{} needs {}, which is not built; add it to --only or use --until {}",
+                        plan.steps[i].id(),
+                        plan.steps[j].id(),
+                        plan.steps[i].id()
+                    )));
+                }
+            }
+        }
+    } else if let Some(t) = &opts.until {
+        let t = plan.resolve(t).map_err(RunError::Selection)?;
+        let mut stack = vec![t];
+        while let Some(i) = stack.pop() {
+            if want[i] || matches!(status.states[i], crate::plan::State::Cached) {
+                continue;
+            }
+            want[i] = true;
+            stack.extend(plan.inputs_of(i));
+        }
+    } else {
+        for (w, st) in want.iter_mut().zip(&status.states) {
+            *w = st.will_run();
+        }
+    }
+    Ok((0..n).filter(|&i| want[i]).collect())
+}
+
+/// Checks, before anything runs, that `--locked` can hold: every step and local file
+/// must be exactly as the lockfile says.
+pub fn check_locked(plan: &Plan, lock: &Lockfile) -> Result<(), RunError> {
+    let mut problems = vec![];
+    for s in &plan.steps {
+        match lock.steps.get(&s.spec.id) {
+            None => problems.push(format!("{} is not in the lockfile", s.spec.id)),
+            Some(l) if l.key != s.spec.key => problems.push(format!(
+                "{} has key {}, the lockfile pins {}",
+                s.spec.id,
+                s.spec.key.short(),
+                l.key.short()
+            )),
+            _ => {}
+        }
+        for e in &s.spec.externals {
+            if let External::Path { blake3, .. } = e {
+                let name = e.lock_name();
+                match lock.externals.get(&name) {
+                    Some(v) if v == blake3 => {}
+                    Some(v) => problems.push(format!(
+                        "{name} changed (blake3 {}, locked {})",
+                        &blake3[..12],
+                        &v[..12.min(v.len())]
+                    )),
+                    None => problems.push(format!("{name} is not in the lockfile")),
+                }
+            }
+        }
+    }
+    for id in lock.steps.keys() {
+        if plan.get(id).is_none() {
+            problems.push(format!(
+                "the lockfile has {id}, which the manifest no longer defines"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        problems.dedup();
+        Err(RunError::Locked(format!(
+            "the lockfile would change:\n  {}\n(run without --locked to update it)",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+/// Re-hashes every cached artifact that a step of this run will read. A corrupt one is
+/// quarantined and joins the run, so it is rebuilt rather than consumed.
+fn verify_inputs(plan: &Plan, status: &Status, store: &Store, opts: &RunOptions, reporter: &dyn Reporter) -> Result<Status, RunError> {
+    let mut status = status.clone();
+    let mut verified = BTreeSet::new();
+    loop {
+        let selected = select(plan, &status, opts)?;
+        let mut changed = false;
+        for &i in &selected {
+            for j in plan.inputs_of(i) {
+                if !matches!(status.states[j], crate::plan::State::Cached) || !verified.insert(j) {
+                    continue;
+                }
+                let key = plan.steps[j].spec.key;
+                if let Err(e) = store.verify(&key) {
+                    reporter.note(&format!("{}: {e}; it will be rebuilt", plan.steps[j].id()));
+                    store.quarantine(&key)?;
+                    status.states[j] = crate::plan::State::Stale {
+                        reasons: vec![crate::plan::Reason::Corrupt { detail: e.to_string() }],
+                    };
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return Ok(status);
+        }
+    }
+}
+
+enum Done {
+    Ok(usize, Outcome, f64),
+    Err(usize, Outcome, f64, String),
+}
+
+/// Runs the selected steps. Artifacts that finish are published even if others fail.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    plan: &Plan,
+    status: &Status,
+    store: &Store,
+    registry: &Registry,
+    lock: &Lockfile,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+    cancel: &CancelFlag,
+) -> Result<RunReport, RunError> {
+    if opts.locked {
+        check_locked(plan, lock)?;
+    }
+    let status = &verify_inputs(plan, status, store, opts, reporter)?;
+    let selected = select(plan, status, opts)?;
+    let mut report = RunReport {
+        cached: status
+            .states
+            .iter()
+            .filter(|s| matches!(s, crate::plan::State::Cached))
+            .count(),
+        ..Default::default()
+    };
+    for &i in &selected {
+        let kind = &plan.steps[i].spec.kind;
+        if registry.get(kind).is_none() {
+            return Err(RunError::Selection(format!(
+                "step {} is of kind `{kind}`, which this build of goosepipe can plan but not run",
+                plan.steps[i].id()
+            )));
+        }
+    }
+    reporter.begin(selected.len(), report.cached);
+    let in_run: BTreeSet<usize> = selected.iter().copied().collect();
+    let mut waiting_on: BTreeMap<usize, usize> = BTreeMap::new();
+    for &i in &selected {
+        let deps = plan
+            .inputs_of(i)
+            .into_iter()
+            .filter(|j| in_run.contains(j))
+            .count();
+        waiting_on.insert(i, deps);
+    }
+    let mut ready: VecDeque<usize> = selected
+        .iter()
+        .copied()
+        .filter(|i| waiting_on[i] == 0)
+        .collect();
+    let mut blocked: BTreeSet<usize> = BTreeSet::new();
+    let mut stop = false;
+    let jobs = opts.jobs.max(1);
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut running = 0usize;
+    let mut remaining = selected.len();
+    std::thread::scope(|scope| {
+        loop {
+            while !stop && !cancel.is_cancelled() && running < jobs {
+                let Some(i) = ready.pop_front() else { break };
+                running += 1;
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let t0 = Instant::now();
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        execute(
+                            &plan.steps[i].spec,
+                            store,
+                            registry,
+                            lock,
+                            opts,
+                            reporter,
+                            cancel,
+                        )
+                    }));
+                    let secs = t0.elapsed().as_secs_f64();
+                    let msg = match result {
+                        Ok(Ok(outcome)) => Done::Ok(i, outcome, secs),
+                        Ok(Err(StepError::Cancelled)) => {
+                            Done::Err(i, Outcome::Cancelled, secs, String::new())
+                        }
+                        Ok(Err(StepError::Failed(m))) => Done::Err(i, Outcome::Failed, secs, m),
+                        Err(p) => {
+                            let what = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            Done::Err(
+                                i,
+                                Outcome::Failed,
+                                secs,
+                                format!(
+                                    "internal error (a bug in goosepipe, please report it): {what}"
+                                ),
+                            )
+                        }
+                    };
+                    let _ = tx.send(msg);
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok(done) = rx.recv() else { break };
+            running -= 1;
+            remaining -= 1;
+            match done {
+                Done::Ok(i, outcome, secs) => {
+                    let id = plan.steps[i].id().to_string();
+                    reporter.finished(&id, outcome, secs, "");
+                    if outcome == Outcome::Reused {
+                        report.reused.push(id);
+                    } else {
+                        report.built.push(id);
+                    }
+                    for c in plan.consumers_of(i) {
+                        if let Some(w) = waiting_on.get_mut(&c) {
+                            *w -= 1;
+                            if *w == 0 && !blocked.contains(&c) {
+                                ready.push_back(c);
+                            }
+                        }
+                    }
+                }
+                Done::Err(i, outcome, secs, msg) => {
+                    let id = plan.steps[i].id().to_string();
+                    if outcome == Outcome::Cancelled {
+                        reporter.finished(
+                            &id,
+                            outcome,
+                            secs,
+                            "its checkpoints are kept; run the same command again to resume",
+                        );
+                        report.cancelled.push(id);
+                    } else {
+                        reporter.finished(&id, outcome, secs, &msg);
+                        report.failed.push((id, msg));
+                        if !opts.keep_going {
+                            stop = true;
+                        }
+                    }
+                    // Everything downstream of a failure cannot run.
+                    let mut stack = plan.consumers_of(i);
+                    while let Some(c) = stack.pop() {
+                        if in_run.contains(&c) && blocked.insert(c) {
+                            stack.extend(plan.consumers_of(c));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let _ = remaining;
+    let finished: BTreeSet<&str> = report
+        .built
+        .iter()
+        .chain(&report.reused)
+        .chain(report.failed.iter().map(|(id, _)| id))
+        .chain(&report.cancelled)
+        .map(String::as_str)
+        .collect();
+    for &i in &selected {
+        let id = plan.steps[i].id();
+        if !finished.contains(id) {
+            report.skipped.push(id.to_string());
+        }
+    }
+    reporter.end();
+    Ok(report)
+}
+
+/// Builds one step: lock its key, reuse if someone else built it meanwhile, verify
+/// inputs, run into a staging folder, publish. Used by the local scheduler and by
+/// cluster workers (`goosepipe exec --key`).
+pub fn execute(
+    spec: &StepSpec,
+    store: &Store,
+    registry: &Registry,
+    lock: &Lockfile,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+    cancel: &CancelFlag,
+) -> Result<Outcome, StepError> {
+    let store_err = |e: StoreError| StepError::msg(e.to_string());
+    store.save_recipe(spec).map_err(store_err)?;
+    let _guard = match store.try_lock(&spec.key).map_err(store_err)? {
+        Some(g) => g,
+        None => {
+            reporter.note(&format!(
+                "{}: another run is building this key; waiting for it",
+                spec.id
+            ));
+            store.lock(&spec.key).map_err(store_err)?
+        }
+    };
+    match store.presence(&spec.key) {
+        Presence::Present(_) => return Ok(Outcome::Reused),
+        Presence::Corrupt(why) => {
+            reporter.note(&format!(
+                "{}: stored artifact is corrupt ({why}); rebuilding",
+                spec.id
+            ));
+            store.quarantine(&spec.key).map_err(store_err)?;
+        }
+        Presence::Missing => {}
+    }
+    let runner = registry.get(&spec.kind).ok_or_else(|| {
+        StepError::msg(format!(
+            "no runner for step kind `{}` in this build",
+            spec.kind
+        ))
+    })?;
+    let mut inputs = vec![];
+    for inp in &spec.inputs {
+        let meta: ArtifactMeta = match store.verify(&inp.key) {
+            Ok(m) => m,
+            Err(e) => {
+                if matches!(e, StoreError::Corrupt { .. }) {
+                    let _ = store.quarantine(&inp.key);
+                }
+                return Err(StepError::msg(format!(
+                    "input {} ({}) cannot be used: {e}; run again to rebuild it",
+                    inp.id,
+                    inp.key.short()
+                )));
+            }
+        };
+        inputs.push(InputArtifact {
+            role: inp.role.clone(),
+            id: inp.id.clone(),
+            key: inp.key,
+            files: store.files_dir(&inp.key),
+            meta,
+        });
+    }
+    let staging = store.begin(&spec.key).map_err(store_err)?;
+    let work = store.work_dir(&spec.key);
+    std::fs::create_dir_all(&work)?;
+    let progress = reporter.started(&spec.id, &spec.key.short());
+    let ctx = StepContext {
+        spec,
+        inputs,
+        out: staging.files.clone(),
+        work: work.clone(),
+        store,
+        progress: progress.as_ref(),
+        cancel,
+        device: &opts.device,
+        locked: &lock.externals,
+        pins: Mutex::new(BTreeMap::new()),
+        strict: opts.locked,
+    };
+    let started = now_unix();
+    let result = runner.run(&ctx);
+    let pins = ctx.take_pins();
+    drop(ctx);
+    drop(progress);
+    match result {
+        Ok(()) => {
+            store
+                .publish(staging, spec, pins, started)
+                .map_err(store_err)?;
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(Outcome::Built)
+        }
+        Err(e) => {
+            store.abandon(staging);
+            Err(e)
+        }
+    }
+}
+
+/// The lockfile after a run: every step of the plan that is in the store, every local
+/// file's digest, every pin recorded by the artifacts. Steps the manifest no longer
+/// has are dropped.
+pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
+    let mut lock = Lockfile::default();
+    for s in &plan.steps {
+        match store.meta(&s.spec.key) {
+            Some(meta) => {
+                lock.steps.insert(
+                    s.spec.id.clone(),
+                    LockedStep {
+                        key: s.spec.key,
+                        digest: Some(meta.digest.clone()),
+                    },
+                );
+                for (k, v) in meta.pins {
+                    lock.externals.insert(k, v);
+                }
+            }
+            None => {
+                // Not built yet: keep what the lockfile said about this step if the
+                // key is unchanged, so a failed run does not lose information.
+                if let Some(l) = old.steps.get(&s.spec.id).filter(|l| l.key == s.spec.key) {
+                    lock.steps.insert(s.spec.id.clone(), l.clone());
+                } else {
+                    lock.steps.insert(
+                        s.spec.id.clone(),
+                        LockedStep {
+                            key: s.spec.key,
+                            digest: None,
+                        },
+                    );
+                }
+            }
+        }
+        for e in &s.spec.externals {
+            match e {
+                External::Path { blake3, .. } => {
+                    lock.externals.insert(e.lock_name(), blake3.clone());
+                }
+                External::Hub { .. } => {
+                    let name = e.lock_name();
+                    if let Some(v) = old.externals.get(&name) {
+                        lock.externals.entry(name).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+        }
+    }
+    lock
+}
+
+/// After a `--locked` run: rebuilt artifacts must have the digests the lockfile pins.
+pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<(), RunError> {
+    let mut problems = vec![];
+    for (id, s) in &new.steps {
+        if let (Some(o), Some(d)) = (old.steps.get(id), &s.digest)
+            && let Some(od) = &o.digest
+            && od != d
+        {
+            problems.push(format!(
+                "{id} was rebuilt with digest {}, the lockfile pins {} (not reproducible)",
+                &d[..12],
+                &od[..12.min(od.len())]
+            ));
+        }
+    }
+    for (name, v) in &new.externals {
+        if old.externals.get(name).is_some_and(|o| o != v) {
+            problems.push(format!("{name} resolved differently"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Locked(problems.join("\n  ")))
+    }
+}

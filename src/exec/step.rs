@@ -1,0 +1,200 @@
+//! The one trait through which the engine runs a step, and what a step gets to see.
+//!
+//! The engine knows nothing about models or data: a step kind is a [`StepRunner`]
+//! that reads its declared inputs and parameters from a [`StepContext`] and writes its
+//! output files into `ctx.out`. Everything it reads must be a declared input or a
+//! parameter (that is what makes the content key honest).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::store::{ArtifactMeta, Key, StepSpec, Store};
+
+use super::progress::StepProgress;
+
+pub trait StepRunner: Send + Sync {
+    /// The step kind this runner implements ("expert", "gate", ...).
+    fn kind(&self) -> &'static str;
+    /// Bumped whenever the step's output for the same inputs would change. Part of
+    /// every key of this kind.
+    fn version(&self) -> u32;
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StepError {
+    pub fn msg(m: impl Into<String>) -> StepError {
+        StepError::Failed(m.into())
+    }
+}
+
+impl From<std::io::Error> for StepError {
+    fn from(e: std::io::Error) -> Self {
+        StepError::Failed(format!("I/O error: {e}"))
+    }
+}
+
+/// A shared flag set by Ctrl-C; long steps poll it between units of work.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// `Err(Cancelled)` once cancellation was asked for: `ctx.cancel.check()?`.
+    pub fn check(&self) -> Result<(), StepError> {
+        if self.is_cancelled() {
+            Err(StepError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A published input of the running step.
+#[derive(Debug, Clone)]
+pub struct InputArtifact {
+    pub role: String,
+    pub id: String,
+    pub key: Key,
+    /// The artifact's payload folder (read-only).
+    pub files: PathBuf,
+    pub meta: ArtifactMeta,
+}
+
+pub struct StepContext<'a> {
+    pub spec: &'a StepSpec,
+    pub inputs: Vec<InputArtifact>,
+    /// Write the step's output files here; they are published atomically on success.
+    pub out: PathBuf,
+    /// Scratch that survives an interrupted run of the same key (checkpoints).
+    pub work: PathBuf,
+    pub store: &'a Store,
+    pub progress: &'a dyn StepProgress,
+    pub cancel: &'a CancelFlag,
+    /// Compute device requested by the user ("cpu", "cuda", "cuda:1").
+    pub device: &'a str,
+    /// External resolutions the lockfile pins (lock name -> resolved identity).
+    pub locked: &'a BTreeMap<String, String>,
+    pub(crate) pins: Mutex<BTreeMap<String, String>>,
+    pub(crate) strict: bool,
+}
+
+impl StepContext<'_> {
+    pub fn input(&self, role: &str) -> Result<&InputArtifact, StepError> {
+        self.inputs.iter().find(|i| i.role == role).ok_or_else(|| {
+            StepError::msg(format!(
+                "step {} has no input `{role}` (a bug in the plan)",
+                self.spec.id
+            ))
+        })
+    }
+
+    /// Inputs whose role starts with `prefix` (e.g. every `expert:` of a pool).
+    pub fn inputs_with_prefix<'s>(
+        &'s self,
+        prefix: &'s str,
+    ) -> impl Iterator<Item = &'s InputArtifact> + 's {
+        self.inputs
+            .iter()
+            .filter(move |i| i.role.starts_with(prefix))
+    }
+
+    pub fn param(&self, path: &str) -> Option<&serde_json::Value> {
+        let mut v = &self.spec.params;
+        for part in path.split('.') {
+            v = v.get(part)?;
+        }
+        Some(v)
+    }
+
+    /// The resolution the lockfile pins for an external, if any: a step resolving a
+    /// hub revision must use it, so reruns are reproducible.
+    pub fn locked_pin(&self, name: &str) -> Option<&str> {
+        self.locked.get(name).map(String::as_str)
+    }
+
+    /// Records what an external resolved to (written to the lockfile after the run).
+    /// Under `run --locked`, a resolution that differs from the lockfile is an error.
+    pub fn pin(&self, name: &str, resolved: &str) -> Result<(), StepError> {
+        if self.strict {
+            match self.locked.get(name) {
+                Some(l) if l == resolved => {}
+                Some(l) => {
+                    return Err(StepError::msg(format!(
+                        "--locked: {name} now resolves to {resolved}, the lockfile pins {l}"
+                    )));
+                }
+                None => {
+                    return Err(StepError::msg(format!(
+                        "--locked: the lockfile has no resolution for {name} (run without --locked to record it)"
+                    )));
+                }
+            }
+        }
+        self.pins
+            .lock()
+            .map_err(|_| StepError::msg("pin table poisoned"))?
+            .insert(name.to_string(), resolved.to_string());
+        Ok(())
+    }
+
+    pub(crate) fn take_pins(&self) -> BTreeMap<String, String> {
+        self.pins.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// Step kinds by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    runners: HashMap<&'static str, Arc<dyn StepRunner>>,
+    /// Kinds this build can plan (their version is known) but not run.
+    declared: HashMap<&'static str, u32>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+    pub fn register(&mut self, r: Arc<dyn StepRunner>) {
+        self.runners.insert(r.kind(), r);
+    }
+    pub fn with(mut self, r: impl StepRunner + 'static) -> Registry {
+        self.register(Arc::new(r));
+        self
+    }
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn StepRunner>> {
+        self.runners.get(kind)
+    }
+    /// Declares a kind that can be planned (keys need its version) without a runner in
+    /// this build; running such a step fails with a clear message.
+    pub fn declare(&mut self, kind: &'static str, version: u32) {
+        self.declared.insert(kind, version);
+    }
+}
+
+impl crate::plan::Catalog for Registry {
+    fn version(&self, kind: &str) -> Option<u32> {
+        self.runners
+            .get(kind)
+            .map(|r| r.version())
+            .or_else(|| self.declared.get(kind).copied())
+    }
+}

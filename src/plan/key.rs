@@ -1,0 +1,41 @@
+//! Content keys: blake3 over a format tag, the step kind and its implementation
+//! version, canonical parameters, external identities and input keys (by role).
+//!
+//! Everything hashed is length-delimited, so no two ingredient lists can collide by
+//! concatenation. Changing anything here changes every key: bump `KEY_FORMAT`.
+
+use crate::manifest::Value;
+use crate::store::{External, Key, SpecInput};
+
+pub const KEY_FORMAT: &str = "goosepipe-key-v1";
+
+fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Inputs and externals must already be sorted by role (the plan does so).
+pub fn compute(
+    kind: &str,
+    version: u32,
+    params: &Value,
+    externals: &[External],
+    inputs: &[SpecInput],
+) -> Key {
+    let mut h = blake3::Hasher::new();
+    field(&mut h, KEY_FORMAT.as_bytes());
+    field(&mut h, kind.as_bytes());
+    field(&mut h, &version.to_le_bytes());
+    field(&mut h, params.canonical().as_bytes());
+    field(&mut h, &(externals.len() as u64).to_le_bytes());
+    for e in externals {
+        field(&mut h, e.role().as_bytes());
+        field(&mut h, e.identity().as_bytes());
+    }
+    field(&mut h, &(inputs.len() as u64).to_le_bytes());
+    for i in inputs {
+        field(&mut h, i.role.as_bytes());
+        field(&mut h, &i.key.0);
+    }
+    h.finalize().into()
+}

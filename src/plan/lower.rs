@@ -1,0 +1,630 @@
+//! Lowering: manifest entities -> steps.
+//!
+//! model M        -> model:M
+//! dataset D      -> dataset:D
+//! expert E       -> expert:E (model, data) and gate:E (model, expert, data)
+//! pool P         -> pool:P (expert:E and gate:E of every member)
+//! eval V         -> eval:V (model, pool, task datasets, per-method baseline steps)
+//!   average-activation -> average-activation:E per member (model, expert, data)
+//!   retrieval          -> retrieval-index:E per member (data)
+//!   multitask          -> multitask:P (model, every member's data)
+//!
+//! Per-expert steps (gate, average activation, retrieval index) depend only on that
+//! expert, never on the pool, so growing a pool never rebuilds them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use petgraph::graph::DiGraph;
+
+use super::methods::{self, Method};
+use super::params::{self, Collected};
+use super::{Catalog, Plan, Step, key};
+use crate::manifest::diag::did_you_mean;
+use crate::manifest::schema::Schema;
+use crate::manifest::{Entity, Loc, Manifest, ManifestError, ManifestErrors, Origin, Value};
+use crate::store::{External, HashCache, SpecInput, StepSpec};
+
+#[derive(Debug, Clone, PartialEq)]
+struct Proto {
+    id: String,
+    kind: String,
+    name: String,
+    params: BTreeMap<String, Value>,
+    settings: BTreeMap<String, Value>,
+    inputs: Vec<(String, String)>,
+    externals: Vec<External>,
+    loc: Option<Loc>,
+    origins: BTreeMap<String, (Origin, Option<Loc>)>,
+}
+
+impl Proto {
+    fn new(kind: &str, name: &str, loc: Option<Loc>) -> Proto {
+        Proto {
+            id: format!("{kind}:{name}"),
+            kind: kind.into(),
+            name: name.into(),
+            params: BTreeMap::new(),
+            settings: BTreeMap::new(),
+            inputs: vec![],
+            externals: vec![],
+            loc,
+            origins: BTreeMap::new(),
+        }
+    }
+
+    fn absorb(&mut self, c: Collected) {
+        self.params.extend(c.keyed);
+        self.settings.extend(c.settings);
+        self.origins.extend(c.origins);
+    }
+
+    /// Same ingredients (ignoring labels), so one step can serve several consumers.
+    fn same_work(&self, other: &Proto) -> bool {
+        self.kind == other.kind
+            && self.params == other.params
+            && self.inputs == other.inputs
+            && self.externals == other.externals
+    }
+}
+
+struct Lowerer<'a> {
+    manifest: &'a Manifest,
+    schema: &'static Schema,
+    hashes: &'a HashCache,
+    protos: Vec<Proto>,
+    ids: HashMap<String, usize>,
+    errors: Vec<ManifestError>,
+}
+
+/// Builds the plan: lowers entities to steps, hashes local inputs, computes keys.
+/// Semantic errors (unknown method, unreadable data file, ...) come back as manifest
+/// diagnostics, all at once.
+pub fn build(
+    manifest: Manifest,
+    catalog: &dyn Catalog,
+    hashes: &HashCache,
+) -> Result<Plan, ManifestErrors> {
+    let schema = Schema::embedded();
+    let mut l = Lowerer {
+        manifest: &manifest,
+        schema,
+        hashes,
+        protos: vec![],
+        ids: HashMap::new(),
+        errors: vec![],
+    };
+    for e in &manifest.entities {
+        match e.kind.as_str() {
+            "model" => l.model(e),
+            "dataset" => l.dataset(e),
+            "expert" => l.expert(e),
+            "pool" => l.pool(e),
+            _ => {}
+        }
+    }
+    for e in manifest.of_kind("eval") {
+        l.eval(e);
+    }
+    for p in &l.protos {
+        if catalog.version(&p.kind).is_none() {
+            let loc = p.loc.unwrap_or(Loc::new(0, (0..0).into()));
+            l.errors.push(
+                ManifestError::new(
+                    &manifest.sources,
+                    "plan::unknown-step-kind",
+                    loc,
+                    format!("this build of goosepipe has no step kind `{}`", p.kind),
+                    "needs it",
+                )
+                .help("upgrade goosepipe, or remove the node"),
+            );
+        }
+    }
+    if !l.errors.is_empty() {
+        let errors = std::mem::take(&mut l.errors);
+        return Err(ManifestErrors {
+            file: manifest.path.display().to_string(),
+            errors,
+        });
+    }
+    let protos = std::mem::take(&mut l.protos);
+    drop(l);
+    finish(manifest, protos, catalog)
+}
+
+fn finish(
+    manifest: Manifest,
+    protos: Vec<Proto>,
+    catalog: &dyn Catalog,
+) -> Result<Plan, ManifestErrors> {
+    let mut g: DiGraph<usize, ()> = DiGraph::new();
+    let nodes: Vec<_> = (0..protos.len()).map(|i| g.add_node(i)).collect();
+    let ids: HashMap<&str, usize> = protos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.as_str(), i))
+        .collect();
+    for (i, p) in protos.iter().enumerate() {
+        for (_, id) in &p.inputs {
+            let j = ids[id.as_str()];
+            g.add_edge(nodes[j], nodes[i], ());
+        }
+    }
+    let order = match ordered_toposort(&g, &protos) {
+        Some(o) => o,
+        None => {
+            // Unreachable for validated manifests (entity cycles are rejected there),
+            // but a derived graph could still close a loop: report, never hang.
+            let p = &protos[0];
+            let loc = p.loc.unwrap_or(Loc::new(0, (0..0).into()));
+            return Err(ManifestErrors {
+                file: manifest.path.display().to_string(),
+                errors: vec![
+                    ManifestError::new(
+                        &manifest.sources,
+                        "manifest::cycle",
+                        loc,
+                        "the steps of this manifest depend on each other in a cycle".to_string(),
+                        "part of a cycle",
+                    )
+                    .help("break the cycle between these nodes"),
+                ],
+            });
+        }
+    };
+    let mut keys: Vec<Option<crate::store::Key>> = vec![None; protos.len()];
+    let mut steps = Vec::with_capacity(protos.len());
+    let mut index = HashMap::new();
+    let mut new_pos = vec![0usize; protos.len()];
+    for n in order {
+        let i = g[n];
+        let p = &protos[i];
+        let mut inputs: Vec<SpecInput> = p
+            .inputs
+            .iter()
+            .map(|(role, id)| SpecInput {
+                role: role.clone(),
+                id: id.clone(),
+                key: keys[ids[id.as_str()]].expect("inputs come first in topological order"),
+            })
+            .collect();
+        inputs.sort_by(|a, b| a.role.cmp(&b.role));
+        let mut externals = p.externals.clone();
+        externals.sort_by(|a, b| a.role().cmp(b.role()));
+        let version = catalog.version(&p.kind).expect("checked above");
+        let params = Value::Map(p.params.clone());
+        let k = key::compute(&p.kind, version, &params, &externals, &inputs);
+        keys[i] = Some(k);
+        new_pos[i] = steps.len();
+        index.insert(p.id.clone(), steps.len());
+        steps.push(Step {
+            spec: StepSpec {
+                key: k,
+                id: p.id.clone(),
+                kind: p.kind.clone(),
+                name: p.name.clone(),
+                version,
+                params: params.to_json(),
+                settings: Value::Map(p.settings.clone()).to_json(),
+                inputs,
+                externals,
+            },
+            params,
+            loc: p.loc,
+            origins: p.origins.clone(),
+        });
+    }
+    let mut graph: DiGraph<usize, ()> = DiGraph::new();
+    let nodes: Vec<_> = (0..steps.len()).map(|i| graph.add_node(i)).collect();
+    for (i, s) in steps.iter().enumerate() {
+        for inp in &s.spec.inputs {
+            graph.add_edge(nodes[index[&inp.id]], nodes[i], ());
+        }
+    }
+    Ok(Plan {
+        manifest,
+        steps,
+        index,
+        graph,
+        nodes,
+    })
+}
+
+/// Display order of step kinds: the pipeline read top to bottom.
+fn kind_rank(kind: &str) -> usize {
+    const ORDER: &[&str] = &[
+        "model",
+        "dataset",
+        "expert",
+        "gate",
+        "average-activation",
+        "retrieval-index",
+        "multitask",
+        "pool",
+        "eval",
+    ];
+    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
+}
+
+/// Kahn's algorithm, always taking the ready step that reads best (kind, then name),
+/// so plans print in a stable, pipeline-shaped order. None on a cycle.
+fn ordered_toposort(
+    g: &DiGraph<usize, ()>,
+    protos: &[Proto],
+) -> Option<Vec<petgraph::graph::NodeIndex>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indeg: Vec<usize> = g
+        .node_indices()
+        .map(|n| {
+            g.neighbors_directed(n, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let rank = |n: petgraph::graph::NodeIndex| {
+        let p = &protos[g[n]];
+        Reverse((kind_rank(&p.kind), p.name.clone(), p.id.clone(), n))
+    };
+    let mut heap: BinaryHeap<_> = g
+        .node_indices()
+        .filter(|n| indeg[n.index()] == 0)
+        .map(rank)
+        .collect();
+    let mut out = Vec::with_capacity(protos.len());
+    while let Some(Reverse((_, _, _, n))) = heap.pop() {
+        out.push(n);
+        for m in g.neighbors_directed(n, petgraph::Direction::Outgoing) {
+            indeg[m.index()] -= 1;
+            if indeg[m.index()] == 0 {
+                heap.push(rank(m));
+            }
+        }
+    }
+    (out.len() == protos.len()).then_some(out)
+}
+
+impl Lowerer<'_> {
+    fn push(&mut self, mut p: Proto, disambiguator: &str) -> String {
+        if let Some(&i) = self.ids.get(&p.id) {
+            if self.protos[i].same_work(&p) {
+                return p.id;
+            }
+            // Same step name, different work (e.g. two evals asking for different
+            // example counts): keep both, told apart by the node that asked.
+            let base = format!("{}@{disambiguator}", p.id);
+            p.id = base.clone();
+            let mut n = 2;
+            while let Some(&j) = self.ids.get(&p.id) {
+                if self.protos[j].same_work(&p) {
+                    return p.id;
+                }
+                p.id = format!("{base}{n}");
+                n += 1;
+            }
+        }
+        let id = p.id.clone();
+        self.ids.insert(id.clone(), self.protos.len());
+        self.protos.push(p);
+        id
+    }
+
+    fn file_dir(&self, loc: Option<Loc>) -> PathBuf {
+        match loc {
+            Some(l) => self
+                .manifest
+                .sources
+                .get(l.file)
+                .path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.manifest.root.clone()),
+            None => self.manifest.root.clone(),
+        }
+    }
+
+    /// Turns the local paths of a block into hashed externals.
+    fn paths(&mut self, p: &mut Proto, c: &Collected) {
+        for u in &c.paths {
+            let abs = self.file_dir(u.loc).join(&u.value);
+            let abs = crate::manifest::validate::normalize(&abs);
+            match self.hashes.path(&abs) {
+                Ok(h) => {
+                    let display = abs
+                        .strip_prefix(&self.manifest.root)
+                        .map(|r| r.display().to_string())
+                        .unwrap_or_else(|_| abs.display().to_string());
+                    p.externals.push(External::Path {
+                        role: u.path.clone(),
+                        path: abs.display().to_string(),
+                        display,
+                        blake3: h.to_hex().to_string(),
+                    });
+                }
+                Err(e) => {
+                    let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
+                    let (msg, label) = if e.kind() == std::io::ErrorKind::NotFound {
+                        (
+                            format!("{} \"{}\" does not exist", u.path, u.value),
+                            "no such file or folder".to_string(),
+                        )
+                    } else {
+                        (
+                            format!("cannot read {} \"{}\": {e}", u.path, u.value),
+                            "unreadable".to_string(),
+                        )
+                    };
+                    self.errors.push(
+                        ManifestError::new(
+                            &self.manifest.sources,
+                            "manifest::missing-file",
+                            loc,
+                            msg,
+                            label,
+                        )
+                        .help(format!(
+                            "paths are relative to the file that names them; looked for {}",
+                            abs.display()
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    fn collect(&self, e: &Entity, only: Option<&[&str]>) -> Collected {
+        let spec = self.schema.node(&e.kind).expect("validated kind");
+        params::collect(self.schema, &e.block, spec, only)
+    }
+
+    fn hub(&self, e: &Entity, repo_type: &str, p: &mut Proto) {
+        if let Some(repo) = e.block.str("hub") {
+            p.externals.push(External::Hub {
+                role: "hub".into(),
+                repo_type: repo_type.into(),
+                repo: repo.into(),
+                revision: e.block.str("revision").unwrap_or("main").into(),
+            });
+        }
+    }
+
+    fn model(&mut self, e: &Entity) {
+        let mut p = Proto::new("model", &e.name, Some(e.name_loc));
+        let c = self.collect(e, None);
+        self.paths(&mut p, &c);
+        for r in &c.refs {
+            // init.corpus -> the corpus dataset
+            p.inputs
+                .push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
+        }
+        self.hub(e, "model", &mut p);
+        p.absorb(c);
+        self.push(p, &e.name);
+    }
+
+    fn dataset(&mut self, e: &Entity) {
+        let mut p = Proto::new("dataset", &e.name, Some(e.name_loc));
+        let c = self.collect(e, None);
+        self.paths(&mut p, &c);
+        for r in &c.refs {
+            p.inputs
+                .push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
+        }
+        self.hub(e, "dataset", &mut p);
+        p.absorb(c);
+        self.push(p, &e.name);
+    }
+
+    fn expert(&mut self, e: &Entity) {
+        let model = format!("model:{}", e.block.str("model").unwrap_or_default());
+        let data = format!("dataset:{}", e.block.str("dataset").unwrap_or_default());
+        let mut x = Proto::new("expert", &e.name, Some(e.name_loc));
+        x.absorb(self.collect(e, Some(&["lora", "train", "resources"])));
+        x.inputs = vec![
+            ("model".into(), model.clone()),
+            ("data".into(), data.clone()),
+        ];
+        let expert_id = self.push(x, &e.name);
+        let mut g = Proto::new("gate", &e.name, Some(e.name_loc));
+        g.absorb(self.collect(e, Some(&["gate", "resources"])));
+        g.inputs = vec![
+            ("model".into(), model),
+            ("expert".into(), expert_id),
+            ("data".into(), data),
+        ];
+        self.push(g, &e.name);
+    }
+
+    fn pool(&mut self, e: &Entity) {
+        let mut p = Proto::new("pool", &e.name, Some(e.name_loc));
+        let mut members: Vec<String> = e
+            .block
+            .list("experts")
+            .iter()
+            .filter_map(|f| f.value.as_str().map(str::to_string))
+            .collect();
+        members.sort();
+        for m in &members {
+            p.inputs
+                .push((format!("expert:{m}"), format!("expert:{m}")));
+            p.inputs.push((format!("gate:{m}"), format!("gate:{m}")));
+        }
+        // Member names label routing decisions and reports, so they are part of the
+        // pool's identity; their order is not.
+        p.params.insert(
+            "members".into(),
+            Value::List(members.into_iter().map(Value::Str).collect()),
+        );
+        self.push(p, &e.name);
+    }
+}
+
+/// The experts of a pool, sorted by name.
+fn members_of<'m>(manifest: &'m Manifest, pool: &str) -> Vec<&'m Entity> {
+    {
+        let Some(p) = manifest.entity("pool", pool) else {
+            return vec![];
+        };
+        let mut out: Vec<&Entity> = p
+            .block
+            .list("experts")
+            .iter()
+            .filter_map(|f| f.value.as_str())
+            .filter_map(|n| manifest.entity("expert", n))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+impl Lowerer<'_> {
+    fn eval(&mut self, e: &Entity) {
+        let pool = e.block.str("pool").unwrap_or_default().to_string();
+        let manifest = self.manifest;
+        let members = members_of(manifest, &pool);
+        let model = members
+            .first()
+            .and_then(|m| m.block.str("model"))
+            .unwrap_or_default()
+            .to_string();
+        let routing = e.block.group("routing");
+        let rint = |k: &str| {
+            routing
+                .and_then(|r| r.get(k))
+                .cloned()
+                .unwrap_or(Value::Int(0))
+        };
+        let rstr = |k: &str| {
+            routing
+                .and_then(|r| r.get(k))
+                .cloned()
+                .unwrap_or(Value::Str(String::new()))
+        };
+        let mut v = Proto::new("eval", &e.name, Some(e.name_loc));
+        let c = self.collect(
+            e,
+            Some(&[
+                "batch",
+                "max-examples",
+                "seed",
+                "methods",
+                "task",
+                "routing",
+                "resources",
+            ]),
+        );
+        for r in &c.refs {
+            // task.NAME.dataset -> role task:NAME
+            let role = r
+                .path
+                .strip_prefix("task.")
+                .and_then(|rest| rest.strip_suffix(".dataset"))
+                .map(|t| format!("task:{t}"))
+                .unwrap_or_else(|| r.path.clone());
+            v.inputs.push((role, format!("{}:{}", r.kind, r.name)));
+        }
+        v.absorb(c);
+        v.inputs.push(("pool".into(), format!("pool:{pool}")));
+        v.inputs.push(("model".into(), format!("model:{model}")));
+        let member_names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        for f in e.block.list("methods") {
+            let Some(s) = f.value.as_str() else { continue };
+            let loc = f.loc.unwrap_or(e.name_loc);
+            match methods::parse(s) {
+                None => {
+                    let help = match did_you_mean(s, methods::METHODS.iter().copied()) {
+                        Some(d) => format!("did you mean \"{d}\"?"),
+                        None => format!(
+                            "methods are {}, or expert:NAME",
+                            methods::METHODS.join(", ")
+                        ),
+                    };
+                    self.errors.push(
+                        ManifestError::new(
+                            &self.manifest.sources,
+                            "manifest::unknown-method",
+                            loc,
+                            format!("unknown method \"{s}\""),
+                            "not a method",
+                        )
+                        .help(help),
+                    );
+                }
+                Some(Method::Expert(name)) => {
+                    if !member_names.contains(&name.as_str()) {
+                        let help = match did_you_mean(&name, member_names.iter().copied()) {
+                            Some(d) => format!("did you mean \"expert:{d}\"?"),
+                            None => format!("pool \"{pool}\" has: {}", member_names.join(", ")),
+                        };
+                        self.errors.push(
+                            ManifestError::new(
+                                &self.manifest.sources,
+                                "manifest::undefined-reference",
+                                loc,
+                                format!("expert \"{name}\" is not in pool \"{pool}\""),
+                                "not a pool member",
+                            )
+                            .help(help),
+                        );
+                    }
+                }
+                Some(Method::Named("average-activation")) => {
+                    for m in &members {
+                        let mut a = Proto::new("average-activation", &m.name, Some(m.name_loc));
+                        a.params
+                            .insert("examples".into(), rint("activation-examples"));
+                        a.inputs = vec![
+                            ("model".into(), format!("model:{model}")),
+                            ("expert".into(), format!("expert:{}", m.name)),
+                            (
+                                "data".into(),
+                                format!("dataset:{}", m.block.str("dataset").unwrap_or_default()),
+                            ),
+                        ];
+                        let id = self.push(a, &e.name);
+                        v.inputs
+                            .push((format!("average-activation:{}", m.name), id));
+                    }
+                }
+                Some(Method::Named("retrieval")) => {
+                    for m in &members {
+                        let mut a = Proto::new("retrieval-index", &m.name, Some(m.name_loc));
+                        a.params
+                            .insert("examples".into(), rint("retrieval-examples"));
+                        a.params.insert("embedder".into(), rstr("embedder"));
+                        a.inputs = vec![(
+                            "data".into(),
+                            format!("dataset:{}", m.block.str("dataset").unwrap_or_default()),
+                        )];
+                        let id = self.push(a, &e.name);
+                        v.inputs.push((format!("retrieval-index:{}", m.name), id));
+                    }
+                }
+                Some(Method::Named("multitask")) => {
+                    let mut a = Proto::new("multitask", &pool, Some(e.name_loc));
+                    for g in ["lora", "train"] {
+                        if let Some(b) = self.manifest.default_groups.get(g) {
+                            let spec = self.schema.group(g).expect("schema group");
+                            let c = params::collect(self.schema, b, spec, None);
+                            a.params.insert(g.into(), Value::Map(c.keyed));
+                        }
+                    }
+                    a.inputs.push(("model".into(), format!("model:{model}")));
+                    let mut datasets: Vec<&str> = members
+                        .iter()
+                        .filter_map(|m| m.block.str("dataset"))
+                        .collect();
+                    datasets.sort();
+                    datasets.dedup();
+                    for d in datasets {
+                        a.inputs.push((format!("data:{d}"), format!("dataset:{d}")));
+                    }
+                    let id = self.push(a, &e.name);
+                    v.inputs.push(("multitask".into(), id));
+                }
+                Some(Method::Named(_)) => {}
+            }
+        }
+        self.push(v, &e.name);
+    }
+}

@@ -1,0 +1,106 @@
+//! Plan layer: validated manifest -> DAG of steps with content keys, and what is stale.
+//!
+//! A step's key is a pure function of its ingredients (see [`key`]); the plan never
+//! downloads, never trains, and reads local files only to hash them.
+
+pub mod key;
+pub mod lower;
+pub mod methods;
+pub mod params;
+pub mod render;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::manifest::{Loc, Manifest, Origin, Value};
+use crate::store::StepSpec;
+
+pub use lower::build;
+pub use status::{Reason, State, Status};
+
+/// Implementation versions of the step kinds, supplied by whoever can run them (the
+/// steps layer in the product, a test double in engine tests). A version is part of
+/// every key of its kind, so a change of semantics invalidates exactly that kind.
+pub trait Catalog {
+    fn version(&self, kind: &str) -> Option<u32>;
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub spec: StepSpec,
+    pub params: Value,
+    /// The manifest node this step comes from (for diagnostics and explain).
+    pub loc: Option<Loc>,
+    /// Where each param value came from.
+    pub origins: BTreeMap<String, (Origin, Option<Loc>)>,
+}
+
+impl Step {
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub manifest: Manifest,
+    /// Steps in a topological order (inputs before consumers).
+    pub steps: Vec<Step>,
+    pub index: HashMap<String, usize>,
+    /// Edges input -> consumer, over indices into `steps`.
+    pub graph: DiGraph<usize, ()>,
+    pub nodes: Vec<NodeIndex>,
+}
+
+impl Plan {
+    pub fn get(&self, id: &str) -> Option<&Step> {
+        self.index.get(id).map(|&i| &self.steps[i])
+    }
+
+    /// Indices of the steps that `i` reads.
+    pub fn inputs_of(&self, i: usize) -> Vec<usize> {
+        self.steps[i]
+            .spec
+            .inputs
+            .iter()
+            .filter_map(|inp| self.index.get(&inp.id).copied())
+            .collect()
+    }
+
+    /// Indices of the steps that read `i`.
+    pub fn consumers_of(&self, i: usize) -> Vec<usize> {
+        self.graph
+            .neighbors_directed(self.nodes[i], petgraph::Direction::Outgoing)
+            .map(|n| self.graph[n])
+            .collect()
+    }
+
+    /// Looks a step up by id (`expert:x`) or, when unambiguous, by bare name (`x`).
+    pub fn resolve(&self, what: &str) -> Result<usize, String> {
+        if let Some(&i) = self.index.get(what) {
+            return Ok(i);
+        }
+        let hits: Vec<usize> = (0..self.steps.len())
+            .filter(|&i| self.steps[i].spec.name == what)
+            .collect();
+        match hits.as_slice() {
+            [i] => Ok(*i),
+            [] => {
+                let ids: Vec<&str> = self.steps.iter().map(|s| s.id()).collect();
+                let hint = crate::manifest::diag::did_you_mean(what, ids.iter().copied())
+                    .map(|d| format!("; did you mean {d}?"))
+                    .unwrap_or_default();
+                Err(format!("no step named {what:?} in this plan{hint}"))
+            }
+            many => Err(format!(
+                "{what:?} is ambiguous: {}; use the full id",
+                many.iter()
+                    .map(|&i| self.steps[i].id())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}

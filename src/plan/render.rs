@@ -1,0 +1,285 @@
+//! Human and machine renderings of a plan: the `plan` table, `--json`, DOT and
+//! Mermaid graphs, and `explain`.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use super::Plan;
+use super::status::{State, Status};
+use crate::manifest::{Origin, Value};
+
+fn pipeline_name(plan: &Plan) -> String {
+    plan.manifest.pipeline.clone().unwrap_or_else(|| {
+        plan.manifest
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// The `goosepipe plan` table.
+pub fn plan_text(plan: &Plan, status: &Status) -> String {
+    let mut out = String::new();
+    let stale = status.stale_count();
+    let cached = status
+        .states
+        .iter()
+        .filter(|s| matches!(s, State::Cached))
+        .count();
+    let _ = writeln!(
+        out,
+        "pipeline {:?}: {} steps, {} to run, {} cached",
+        pipeline_name(plan),
+        plan.steps.len(),
+        stale,
+        cached
+    );
+    let wk = plan
+        .steps
+        .iter()
+        .map(|s| s.spec.kind.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let wn = plan
+        .steps
+        .iter()
+        .map(|s| s.spec.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(out, "  {:wk$}  {:wn$}  {:12}  STATE", "KIND", "NAME", "KEY");
+    for (s, st) in plan.steps.iter().zip(&status.states) {
+        let reasons: Vec<String> = st.reasons().iter().map(|r| r.describe()).collect();
+        let state = if reasons.is_empty() {
+            st.label().to_string()
+        } else {
+            format!("{}: {}", st.label(), reasons.join("; "))
+        };
+        let name = if s.spec.id == format!("{}:{}", s.spec.kind, s.spec.name) {
+            s.spec.name.clone()
+        } else {
+            s.spec.id[s.spec.kind.len() + 1..].to_string()
+        };
+        let _ = writeln!(
+            out,
+            "  {:wk$}  {:wn$}  {}  {}",
+            s.spec.kind,
+            name,
+            s.spec.key.short(),
+            state
+        );
+    }
+    if stale == 0 {
+        let _ = writeln!(out, "nothing to do: every step is cached");
+    }
+    out
+}
+
+pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
+    let steps: Vec<_> = plan
+        .steps
+        .iter()
+        .zip(&status.states)
+        .map(|(s, st)| {
+            json!({
+                "id": s.spec.id,
+                "kind": s.spec.kind,
+                "name": s.spec.name,
+                "key": s.spec.key.hex(),
+                "short_key": s.spec.key.short(),
+                "state": st.label(),
+                "will_run": st.will_run(),
+                "reasons": st.reasons(),
+                "reasons_text": st.reasons().iter().map(|r| r.describe()).collect::<Vec<_>>(),
+                "inputs": s.spec.inputs.iter().map(|i| json!({"role": i.role, "id": i.id, "key": i.key.hex()})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "pipeline": pipeline_name(plan),
+        "manifest": plan.manifest.path.display().to_string(),
+        "summary": {
+            "steps": plan.steps.len(),
+            "to_run": status.stale_count(),
+            "cached": status.states.iter().filter(|s| matches!(s, State::Cached)).count(),
+        },
+        "steps": steps,
+    })
+}
+
+fn colour(st: Option<&State>) -> &'static str {
+    match st {
+        Some(State::Cached) => "#c8e6c9",
+        Some(State::Stale { .. }) => "#ffe0b2",
+        Some(State::Unneeded { .. }) => "#eeeeee",
+        None => "#ffffff",
+    }
+}
+
+pub fn dot(plan: &Plan, status: Option<&Status>) -> String {
+    let mut out = format!(
+        "digraph {:?} {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n",
+        pipeline_name(plan)
+    );
+    for (i, s) in plan.steps.iter().enumerate() {
+        let st = status.map(|st| &st.states[i]);
+        let label = format!(
+            "{}\\n{}\\n{}{}",
+            s.spec.kind,
+            s.spec.name,
+            s.spec.key.short(),
+            st.map(|s| format!(" ({})", s.label())).unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  {:?} [label=\"{}\", fillcolor=\"{}\"];",
+            s.spec.id,
+            label,
+            colour(st)
+        );
+    }
+    for s in &plan.steps {
+        for i in &s.spec.inputs {
+            let _ = writeln!(out, "  {:?} -> {:?};", i.id, s.spec.id);
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+pub fn mermaid(plan: &Plan, status: Option<&Status>) -> String {
+    let mut out = String::from("flowchart LR\n");
+    let node_id = |i: usize| format!("s{i}");
+    for (i, s) in plan.steps.iter().enumerate() {
+        let st = status.map(|st| st.states[i].label());
+        let _ = writeln!(
+            out,
+            "  {}[\"{} {}<br/>{}{}\"]",
+            node_id(i),
+            s.spec.kind,
+            s.spec.name.replace('"', "#quot;"),
+            s.spec.key.short(),
+            st.map(|s| format!(" ({s})")).unwrap_or_default()
+        );
+    }
+    for (i, s) in plan.steps.iter().enumerate() {
+        for inp in &s.spec.inputs {
+            if let Some(&j) = plan.index.get(&inp.id) {
+                let _ = writeln!(out, "  {} --> {}", node_id(j), node_id(i));
+            }
+        }
+    }
+    if let Some(status) = status {
+        out.push_str("  classDef cached fill:#c8e6c9\n  classDef stale fill:#ffe0b2\n  classDef unneeded fill:#eeeeee\n");
+        for (i, st) in status.states.iter().enumerate() {
+            let class = match st {
+                State::Cached => "cached",
+                State::Stale { .. } => "stale",
+                State::Unneeded { .. } => "unneeded",
+            };
+            let _ = writeln!(out, "  class {} {class}", node_id(i));
+        }
+    }
+    out
+}
+
+/// `goosepipe explain`: the key's ingredients, the inputs, and why the step is stale.
+pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
+    let s = &plan.steps[i];
+    let st = &status.states[i];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "step {}  ({} \"{}\")",
+        s.spec.id, s.spec.kind, s.spec.name
+    );
+    let _ = writeln!(out, "key  {}", s.spec.key.hex());
+    let _ = writeln!(out, "state  {}", st.label());
+    for r in st.reasons() {
+        let _ = writeln!(out, "  - {}", r.describe());
+    }
+    let _ = writeln!(out, "\nkey ingredients ({}):", super::key::KEY_FORMAT);
+    let _ = writeln!(
+        out,
+        "  kind     {} (implementation version {})",
+        s.spec.kind, s.spec.version
+    );
+    let _ = writeln!(out, "  params   {}", s.params.canonical());
+    let mut flat = vec![];
+    flatten_value("", &s.params, &mut flat);
+    for (path, v) in flat {
+        let origin = match s.origins.get(&path) {
+            Some((Origin::Explicit, Some(loc))) => {
+                let f = plan.manifest.sources.get(loc.file);
+                let line = f.text[..loc.span.offset().min(f.text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
+                format!("set at {}:{line}", f.display)
+            }
+            Some((Origin::Explicit, None)) => "set in the manifest".into(),
+            Some((Origin::Defaults, _)) => "from `defaults`".into(),
+            Some((Origin::Schema, _)) => "schema default".into(),
+            None => "derived".into(),
+        };
+        let _ = writeln!(out, "    {path:28} = {v:<24} {origin}");
+    }
+    if !s.spec.externals.is_empty() {
+        let _ = writeln!(out, "  externals");
+        for e in &s.spec.externals {
+            let _ = writeln!(out, "    {:28} {}", e.role(), e.identity());
+        }
+    }
+    if !s.spec.inputs.is_empty() {
+        let _ = writeln!(out, "  inputs");
+        for inp in &s.spec.inputs {
+            let state = plan
+                .index
+                .get(&inp.id)
+                .map(|&j| status.states[j].label())
+                .unwrap_or("?");
+            let _ = writeln!(
+                out,
+                "    {:28} {} {} ({state})",
+                inp.role,
+                inp.id,
+                inp.key.short()
+            );
+        }
+    }
+    let consumers = plan.consumers_of(i);
+    if !consumers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nread by: {}",
+            consumers
+                .iter()
+                .map(|&c| plan.steps[c].id())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !s.spec.settings.as_object().is_none_or(|o| o.is_empty()) {
+        let _ = writeln!(out, "settings (not in the key): {}", s.spec.settings);
+    }
+    out
+}
+
+fn flatten_value(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Map(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_value(&p, x, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}

@@ -1,0 +1,310 @@
+//! Staleness: for each step, is its artifact in the store, and if not, why not.
+//!
+//! The reason names the first differing ingredient of the key against the step's
+//! previous key (from the lockfile), whose recipe the store keeps: which parameter
+//! changed (old -> new), which input changed, or that the implementation version moved.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::Plan;
+use crate::manifest::Value;
+use crate::store::lockfile::Lockfile;
+use crate::store::{Key, Presence, StepSpec, Store};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum Reason {
+    /// Never built (no earlier key for this step in the lockfile or store).
+    New,
+    /// Same key as locked, but the store does not have it.
+    Missing,
+    /// The stored artifact failed its check.
+    Corrupt {
+        detail: String,
+    },
+    ParamsChanged {
+        changes: Vec<ParamChange>,
+    },
+    InputChanged {
+        inputs: Vec<String>,
+    },
+    InputsAdded {
+        inputs: Vec<String>,
+    },
+    InputsRemoved {
+        inputs: Vec<String>,
+    },
+    ExternalChanged {
+        externals: Vec<String>,
+    },
+    VersionChanged {
+        old: u32,
+        new: u32,
+    },
+    /// The key changed but the old recipe is not in this store to compare with.
+    KeyChanged {
+        old: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamChange {
+    pub param: String,
+    pub old: Option<serde_json::Value>,
+    pub new: Option<serde_json::Value>,
+}
+
+impl Reason {
+    pub fn describe(&self) -> String {
+        match self {
+            Reason::New => "new".into(),
+            Reason::Missing => "artifact missing from the store".into(),
+            Reason::Corrupt { detail } => format!("artifact corrupt ({detail})"),
+            Reason::ParamsChanged { changes } => format!(
+                "parameters changed: {}",
+                changes
+                    .iter()
+                    .map(|c| format!("{} {} -> {}", c.param, show(&c.old), show(&c.new)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Reason::InputChanged { inputs } => format!("input changed: {}", inputs.join(", ")),
+            Reason::InputsAdded { inputs } => format!("inputs added: {}", inputs.join(", ")),
+            Reason::InputsRemoved { inputs } => format!("inputs removed: {}", inputs.join(", ")),
+            Reason::ExternalChanged { externals } => {
+                format!("external input changed: {}", externals.join(", "))
+            }
+            Reason::VersionChanged { old, new } => {
+                format!("implementation version changed: {old} -> {new}")
+            }
+            Reason::KeyChanged { old } => {
+                format!("key changed (was {old}; its recipe is not in this store)")
+            }
+        }
+    }
+}
+
+fn show(v: &Option<serde_json::Value>) -> String {
+    match v {
+        None => "(unset)".into(),
+        Some(j) => Value::from_json(j)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| j.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum State {
+    Cached,
+    Stale {
+        reasons: Vec<Reason>,
+    },
+    /// Stale, but nothing needs it: every consumer is cached (e.g. an intermediate
+    /// artifact was garbage-collected after its consumers were built).
+    Unneeded {
+        reasons: Vec<Reason>,
+    },
+}
+
+impl State {
+    pub fn will_run(&self) -> bool {
+        matches!(self, State::Stale { .. })
+    }
+    pub fn label(&self) -> &'static str {
+        match self {
+            State::Cached => "cached",
+            State::Stale { .. } => "stale",
+            State::Unneeded { .. } => "not needed",
+        }
+    }
+    pub fn reasons(&self) -> &[Reason] {
+        match self {
+            State::Cached => &[],
+            State::Stale { reasons } | State::Unneeded { reasons } => reasons,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub states: Vec<State>,
+}
+
+impl Status {
+    pub fn stale_count(&self) -> usize {
+        self.states.iter().filter(|s| s.will_run()).count()
+    }
+    pub fn stale_ids<'a>(&self, plan: &'a Plan) -> BTreeSet<&'a str> {
+        self.states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.will_run())
+            .map(|(i, _)| plan.steps[i].id())
+            .collect()
+    }
+}
+
+/// Judges every step of the plan against the store and the lockfile.
+pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
+    let n = plan.steps.len();
+    let mut built = vec![false; n];
+    let mut reasons: Vec<Vec<Reason>> = vec![vec![]; n];
+    for (i, step) in plan.steps.iter().enumerate() {
+        match store.presence(&step.spec.key) {
+            Presence::Present(_) => built[i] = true,
+            Presence::Corrupt(detail) => reasons[i].push(Reason::Corrupt { detail }),
+            Presence::Missing => reasons[i].extend(why_missing(&step.spec, store, lock)),
+        }
+    }
+    // What has to run: missing artifacts that are wanted. Sinks are wanted; a missing
+    // input of a step that runs is wanted.
+    let mut needed = vec![false; n];
+    for i in (0..n).rev() {
+        if built[i] {
+            continue;
+        }
+        let consumers = plan.consumers_of(i);
+        if consumers.is_empty() || consumers.iter().any(|&c| needed[c]) {
+            needed[i] = true;
+        }
+    }
+    let states = (0..n)
+        .map(|i| {
+            if built[i] {
+                State::Cached
+            } else if needed[i] {
+                State::Stale {
+                    reasons: std::mem::take(&mut reasons[i]),
+                }
+            } else {
+                State::Unneeded {
+                    reasons: std::mem::take(&mut reasons[i]),
+                }
+            }
+        })
+        .collect();
+    Status { states }
+}
+
+fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
+    let Some(locked) = lock.steps.get(&spec.id) else {
+        return vec![Reason::New];
+    };
+    if locked.key == spec.key {
+        return vec![Reason::Missing];
+    }
+    let old = store
+        .recipe(&locked.key)
+        .or_else(|| store.meta(&locked.key).map(|m| m.spec));
+    match old {
+        Some(old) => diff(&old, spec),
+        None => vec![Reason::KeyChanged {
+            old: locked.key.short(),
+        }],
+    }
+}
+
+/// The ingredients that differ between an old and a new spec of the same step.
+pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
+    let mut out = vec![];
+    if old.version != new.version {
+        out.push(Reason::VersionChanged {
+            old: old.version,
+            new: new.version,
+        });
+    }
+    let mut changes = vec![];
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &old.params, &mut a);
+    flatten("", &new.params, &mut b);
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            changes.push(ParamChange {
+                param: k.clone(),
+                old: x.cloned(),
+                new: y.cloned(),
+            });
+        }
+    }
+    if !changes.is_empty() {
+        out.push(Reason::ParamsChanged { changes });
+    }
+    let old_in: BTreeMap<&str, &Key> = old
+        .inputs
+        .iter()
+        .map(|i| (i.role.as_str(), &i.key))
+        .collect();
+    let new_in: BTreeMap<&str, (&Key, &str)> = new
+        .inputs
+        .iter()
+        .map(|i| (i.role.as_str(), (&i.key, i.id.as_str())))
+        .collect();
+    let changed: Vec<String> = new_in
+        .iter()
+        .filter(|(r, (k, _))| old_in.get(*r).is_some_and(|ok| ok != k))
+        .map(|(_, (_, id))| id.to_string())
+        .collect();
+    let added: Vec<String> = new_in
+        .iter()
+        .filter(|(r, _)| !old_in.contains_key(*r))
+        .map(|(_, (_, id))| id.to_string())
+        .collect();
+    let removed: Vec<String> = old
+        .inputs
+        .iter()
+        .filter(|i| !new_in.contains_key(i.role.as_str()))
+        .map(|i| i.id.clone())
+        .collect();
+    if !added.is_empty() {
+        out.push(Reason::InputsAdded { inputs: added });
+    }
+    if !removed.is_empty() {
+        out.push(Reason::InputsRemoved { inputs: removed });
+    }
+    if !changed.is_empty() {
+        out.push(Reason::InputChanged { inputs: changed });
+    }
+    let ext: Vec<String> = new
+        .externals
+        .iter()
+        .filter(|e| {
+            !old.externals
+                .iter()
+                .any(|o| o.role() == e.role() && o.identity() == e.identity())
+        })
+        .map(|e| e.lock_name())
+        .collect();
+    if !ext.is_empty() {
+        out.push(Reason::ExternalChanged { externals: ext });
+    }
+    if out.is_empty() {
+        out.push(Reason::KeyChanged {
+            old: old.key.short(),
+        });
+    }
+    out
+}
+
+/// `{"train":{"lr":0.005}}` -> `train.lr = 0.005`; lists stay whole.
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&p, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Garbage collection: delete what no given manifest reaches, and leftovers of
+//! interrupted runs. Anything locked by a live run is left alone.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use super::fsutil::disk_size;
+use super::{Key, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcReason {
+    /// A published artifact no manifest reaches.
+    Unreachable,
+    /// Staging folder of a run that died before publishing.
+    InterruptedStaging,
+    /// Resumable scratch of a step no manifest reaches any more.
+    OrphanWork,
+    /// A corrupt artifact moved aside.
+    Quarantined,
+    /// Recipe or lock file of an unreachable key.
+    Bookkeeping,
+}
+
+impl GcReason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            GcReason::Unreachable => "unreachable artifact",
+            GcReason::InterruptedStaging => "leftover of an interrupted run",
+            GcReason::OrphanWork => "checkpoints of an unreachable step",
+            GcReason::Quarantined => "corrupt artifact (quarantined)",
+            GcReason::Bookkeeping => "recipe/lock of an unreachable step",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GcEntry {
+    pub path: PathBuf,
+    pub key: Option<Key>,
+    pub size: u64,
+    pub reason: GcReason,
+}
+
+fn key_prefix(name: &str) -> Option<Key> {
+    name.get(..64)?.parse().ok()
+}
+
+impl Store {
+    /// What gc would delete, given the keys the manifests reach.
+    pub fn gc_candidates(&self, reachable: &HashSet<Key>) -> Vec<GcEntry> {
+        let mut out = vec![];
+        for k in self.keys() {
+            if !reachable.contains(&k) {
+                let p = self.object_dir(&k);
+                out.push(GcEntry {
+                    size: disk_size(&p),
+                    path: p,
+                    key: Some(k),
+                    reason: GcReason::Unreachable,
+                });
+            }
+        }
+        let list = |sub: &str| -> Vec<(PathBuf, String)> {
+            std::fs::read_dir(self.root.join(sub))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| (e.path(), e.file_name().to_string_lossy().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (p, name) in list("tmp") {
+            if name.starts_with("corrupt.") {
+                out.push(GcEntry {
+                    size: disk_size(&p),
+                    path: p,
+                    key: name.get(8..).and_then(key_prefix),
+                    reason: GcReason::Quarantined,
+                });
+                continue;
+            }
+            let key = key_prefix(&name);
+            // A staging folder whose key is locked belongs to a live run.
+            if let Some(k) = key
+                && matches!(self.try_lock(&k), Ok(None))
+            {
+                continue;
+            }
+            out.push(GcEntry {
+                size: disk_size(&p),
+                path: p,
+                key,
+                reason: GcReason::InterruptedStaging,
+            });
+        }
+        for (p, name) in list("work") {
+            let key = key_prefix(&name);
+            if key.is_some_and(|k| reachable.contains(&k)) {
+                continue; // kept so the step resumes from its checkpoint
+            }
+            if let Some(k) = key
+                && matches!(self.try_lock(&k), Ok(None))
+            {
+                continue;
+            }
+            out.push(GcEntry {
+                size: disk_size(&p),
+                path: p,
+                key,
+                reason: GcReason::OrphanWork,
+            });
+        }
+        for sub in ["recipes", "locks"] {
+            for (p, name) in list(sub) {
+                let key = key_prefix(&name);
+                if key.is_some_and(|k| reachable.contains(&k)) {
+                    continue;
+                }
+                if sub == "locks"
+                    && let Some(k) = key
+                    && matches!(self.try_lock(&k), Ok(None))
+                {
+                    continue;
+                }
+                out.push(GcEntry {
+                    size: disk_size(&p),
+                    path: p,
+                    key,
+                    reason: GcReason::Bookkeeping,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Deletes the given entries; returns bytes freed. An object is first renamed out
+    /// of `objects/` so a concurrent reader never sees it half-deleted.
+    pub fn gc_delete(&self, entries: &[GcEntry]) -> std::io::Result<u64> {
+        let mut freed = 0;
+        for e in entries {
+            if e.reason == GcReason::Unreachable {
+                let aside = self
+                    .root
+                    .join("tmp")
+                    .join(format!("gc.{}", super::fsutil::nanos()));
+                std::fs::rename(&e.path, &aside)?;
+                std::fs::remove_dir_all(&aside)?;
+            } else if e.path.is_dir() {
+                std::fs::remove_dir_all(&e.path)?;
+            } else if e.path.exists() {
+                std::fs::remove_file(&e.path)?;
+            }
+            freed += e.size;
+        }
+        Ok(freed)
+    }
+}

@@ -1,0 +1,191 @@
+//! File and folder hashing with blake3, memory-mapped and multi-threaded, behind a
+//! stat cache so an unchanged file is never read twice (DVC's idea, blake3's speed).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::write_atomic;
+
+/// blake3 of a file's bytes. Large files are memory-mapped and hashed on all cores.
+pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap_rayon(path)?;
+    Ok(h.finalize())
+}
+
+/// blake3 of a folder: every regular file, by sorted relative path, as
+/// `path NUL size NUL hash NL` lines; symlinks are followed, other entries skipped.
+pub fn hash_dir_with(
+    path: &Path,
+    mut file_hash: impl FnMut(&Path) -> io::Result<blake3::Hash>,
+) -> io::Result<blake3::Hash> {
+    let mut files = vec![];
+    walk(path, path, &mut files)?;
+    files.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(b"goosepipe-dir-v1\n");
+    for rel in files {
+        let full = path.join(&rel);
+        let size = std::fs::metadata(&full)?.len();
+        let fh = file_hash(&full)?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(b"\0");
+        h.update(size.to_string().as_bytes());
+        h.update(b"\0");
+        h.update(fh.to_hex().as_bytes());
+        h.update(b"\n");
+    }
+    Ok(h.finalize())
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let p = entry.path();
+        let md = std::fs::metadata(&p)?;
+        if md.is_dir() {
+            walk(root, &p, out)?;
+        } else if md.is_file() {
+            out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stat {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Stat {
+    fn of(md: &std::fs::Metadata) -> Stat {
+        Stat {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheEntry {
+    stat: Stat,
+    blake3: String,
+}
+
+/// path -> (dev, inode, size, mtime) -> blake3. A file whose stat is unchanged is not
+/// re-read. Entries whose mtime is within the last 2 seconds of their recording are
+/// not trusted (a write in the same mtime tick could go unnoticed).
+#[derive(Debug, Default)]
+pub struct HashCache {
+    path: Option<PathBuf>,
+    entries: Mutex<BTreeMap<String, CacheEntry>>,
+    dirty: Mutex<bool>,
+}
+
+impl HashCache {
+    /// A cache persisted at `path` (created on first save).
+    pub fn open(path: PathBuf) -> HashCache {
+        let entries = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        HashCache {
+            path: Some(path),
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
+    }
+
+    /// A cache that lives only in memory.
+    pub fn in_memory() -> HashCache {
+        HashCache::default()
+    }
+
+    pub fn file(&self, path: &Path) -> io::Result<blake3::Hash> {
+        let md = std::fs::metadata(path)?;
+        let stat = Stat::of(&md);
+        let key = path.to_string_lossy().to_string();
+        if let Some(e) = self.entries.lock().expect("hash cache lock").get(&key)
+            && e.stat == stat
+            && let Ok(h) = blake3::Hash::from_hex(&e.blake3)
+        {
+            return Ok(h);
+        }
+        let h = hash_file(path)?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        // Only remember hashes of files that have been quiet for a moment.
+        if now_ns - stat.mtime_ns > 2_000_000_000 {
+            self.entries.lock().expect("hash cache lock").insert(
+                key,
+                CacheEntry {
+                    stat,
+                    blake3: h.to_hex().to_string(),
+                },
+            );
+            *self.dirty.lock().expect("hash cache lock") = true;
+        }
+        Ok(h)
+    }
+
+    pub fn dir(&self, path: &Path) -> io::Result<blake3::Hash> {
+        hash_dir_with(path, |f| self.file(f))
+    }
+
+    /// A file or a folder.
+    pub fn path(&self, path: &Path) -> io::Result<blake3::Hash> {
+        if std::fs::metadata(path)?.is_dir() {
+            self.dir(path)
+        } else {
+            self.file(path)
+        }
+    }
+
+    /// Persists the cache if anything changed. Failure to save is not an error for the
+    /// caller: the cache only saves time.
+    pub fn save(&self) {
+        let Some(path) = &self.path else { return };
+        if !*self.dirty.lock().expect("hash cache lock") {
+            return;
+        }
+        let entries = self.entries.lock().expect("hash cache lock");
+        if let Ok(bytes) = serde_json::to_vec(&*entries) {
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = write_atomic(path, &bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_hash_depends_on_names_and_content() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"1").unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::fs::write(t.path().join("sub/b"), b"2").unwrap();
+        let c = HashCache::in_memory();
+        let h1 = c.dir(t.path()).unwrap();
+        std::fs::write(t.path().join("sub/b"), b"3").unwrap();
+        let h2 = c.dir(t.path()).unwrap();
+        assert_ne!(h1, h2);
+        std::fs::rename(t.path().join("a"), t.path().join("c")).unwrap();
+        assert_ne!(c.dir(t.path()).unwrap(), h2);
+    }
+}

@@ -1,0 +1,94 @@
+//! Per-key locks that work across processes and hosts.
+//!
+//! Open-file-description locks (`F_OFD_SETLKW`): held per open file, so two threads of
+//! one run exclude each other as two processes do, and on NFS they map to POSIX byte
+//! range locks (NLM), so they also work between cluster nodes sharing a store. The lock
+//! is released when the [`KeyLock`] is dropped or the process dies (no stale lock files
+//! to clean by hand after a crash).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct KeyLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+fn flock(file: &File, cmd: libc::c_int, typ: libc::c_short) -> io::Result<bool> {
+    // SAFETY: `flock` is a plain C struct; zeroed is a valid value (whole-file range).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    loop {
+        // SAFETY: valid fd and a pointer to an initialised flock struct.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EACCES) if cmd == libc::F_OFD_SETLK => {
+                return Ok(false);
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+impl KeyLock {
+    /// Takes the exclusive lock, waiting as long as another holder keeps it.
+    pub fn acquire(path: &Path) -> io::Result<KeyLock> {
+        let file = open(path)?;
+        flock(&file, libc::F_OFD_SETLKW, libc::F_WRLCK as libc::c_short)?;
+        Ok(KeyLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Takes the lock if it is free right now.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<KeyLock>> {
+        let file = open(path)?;
+        if flock(&file, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short)? {
+            Ok(Some(KeyLock {
+                _file: file,
+                path: path.to_path_buf(),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_excluded_until_release() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("k.lock");
+        let a = KeyLock::acquire(&p).unwrap();
+        assert!(KeyLock::try_acquire(&p).unwrap().is_none());
+        drop(a);
+        assert!(KeyLock::try_acquire(&p).unwrap().is_some());
+    }
+}

@@ -1,0 +1,160 @@
+//! The lockfile (`FILE.lock` beside the manifest): what external inputs resolved to
+//! (hub revision -> commit, local file -> blake3) and each step's key and output
+//! digest. Meant to be committed; `run --locked` refuses to change it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use kdl::{KdlDocument, KdlValue};
+
+use super::fsutil::write_atomic;
+use super::key::Key;
+
+pub const LOCK_VERSION: i64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedStep {
+    pub key: Key,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lockfile {
+    /// External name (see `External::lock_name`) -> resolved identity.
+    pub externals: BTreeMap<String, String>,
+    /// Step id -> key and digest.
+    pub steps: BTreeMap<String, LockedStep>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lockfile {path} is unreadable: {reason} (delete it and `goosepipe run` writes a fresh one)"
+)]
+pub struct LockfileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// `pipelines/t0.kdl` -> `pipelines/t0.kdl.lock`.
+pub fn lock_path(manifest: &Path) -> PathBuf {
+    let mut s = manifest.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+impl Lockfile {
+    /// Reads a lockfile; a missing file is an empty lockfile.
+    pub fn read(path: &Path) -> Result<Lockfile, LockfileError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lockfile::default()),
+            Err(e) => {
+                return Err(LockfileError {
+                    path: path.into(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let bad = |reason: String| LockfileError {
+            path: path.into(),
+            reason,
+        };
+        let doc: KdlDocument = text
+            .parse()
+            .map_err(|e: kdl::KdlError| bad(format!("{e}")))?;
+        let mut lock = Lockfile::default();
+        for node in doc.nodes() {
+            let name = match node.get(0) {
+                Some(KdlValue::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let s = |k: &str| match node.get(k) {
+                Some(KdlValue::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            match node.name().value() {
+                "lockfile" => match node.get("version") {
+                    Some(KdlValue::Integer(v)) if *v as i64 == LOCK_VERSION => {}
+                    other => return Err(bad(format!("unsupported lockfile version {other:?}"))),
+                },
+                "external" => {
+                    let v = s("resolved")
+                        .ok_or_else(|| bad(format!("external {name} has no resolved=")))?;
+                    lock.externals.insert(name, v);
+                }
+                "step" => {
+                    let key = s("key")
+                        .ok_or_else(|| bad(format!("step {name} has no key=")))?
+                        .parse()
+                        .map_err(bad)?;
+                    lock.steps.insert(
+                        name,
+                        LockedStep {
+                            key,
+                            digest: s("digest"),
+                        },
+                    );
+                }
+                other => return Err(bad(format!("unknown lockfile node {other}"))),
+            }
+        }
+        Ok(lock)
+    }
+
+    pub fn render(&self, manifest_name: &str) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("string encodes");
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "// goosepipe lockfile for {manifest_name}: what external inputs resolved to, and each\n// step's key and output digest. Written by `goosepipe run`; commit it.\nlockfile version={LOCK_VERSION}"
+        );
+        for (name, v) in &self.externals {
+            let _ = writeln!(out, "external {} resolved={}", q(name), q(v));
+        }
+        for (id, s) in &self.steps {
+            match &s.digest {
+                Some(d) => {
+                    let _ = writeln!(
+                        out,
+                        "step {} key={} digest={}",
+                        q(id),
+                        q(&s.key.hex()),
+                        q(d)
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "step {} key={}", q(id), q(&s.key.hex()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn write(&self, path: &Path, manifest_name: &str) -> std::io::Result<()> {
+        write_atomic(path, self.render(manifest_name).as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let mut l = Lockfile::default();
+        l.externals
+            .insert("hub:model:google/t5-xl-lm-adapt@main".into(), "abc".into());
+        l.steps.insert(
+            "expert:x".into(),
+            LockedStep {
+                key: Key([7; 32]),
+                digest: Some("d".into()),
+            },
+        );
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.kdl.lock");
+        l.write(&p, "m.kdl").unwrap();
+        assert_eq!(Lockfile::read(&p).unwrap(), l);
+    }
+}

@@ -1,0 +1,383 @@
+//! The content-addressed artifact store.
+//!
+//! Layout (all below the store folder, default `.goosepipe/`):
+//! ```text
+//! objects/<k0k1>/<key>/meta.json   published artifact: metadata (ArtifactMeta)
+//! objects/<k0k1>/<key>/files/...   published artifact: payload
+//! tmp/<key>.<pid>.<nanos>/         staging of a step being built (gc removes leftovers)
+//! work/<key>/                      resumable scratch (checkpoints) of an unfinished step
+//! recipes/<key>.json               frozen StepSpec, written before the step runs
+//! locks/<key>.lock                 per-key lock (fcntl OFD)
+//! hashcache.json                   stat cache of hashed local files
+//! runs/                            run logs
+//! ```
+//! Invariant: anything under `objects/` is complete. Publishing is rename of a fully
+//! written, fsynced staging folder, so a kill -9 at any moment leaves either no object
+//! or a complete one.
+
+pub mod artifact;
+pub mod fsutil;
+pub mod gc;
+pub mod hashing;
+pub mod key;
+pub mod lock;
+pub mod lockfile;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use artifact::{ArtifactMeta, FileEntry};
+pub use hashing::HashCache;
+pub use key::Key;
+pub use lock::KeyLock;
+pub use spec::{External, SpecInput, StepSpec};
+
+use fsutil::{nanos, sync_dir, sync_tree, write_atomic};
+
+/// Environment variable naming the store folder (overridden by `--store`).
+pub const STORE_ENV: &str = "GOOSEPIPE_STORE";
+pub const DEFAULT_STORE: &str = ".goosepipe";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("artifact {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the store has for a key, judged cheaply (no hashing of payload bytes).
+#[derive(Debug)]
+pub enum Presence {
+    Missing,
+    Present(Box<ArtifactMeta>),
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+/// A step's output being built: write files into `files`, then [`Store::publish`].
+#[derive(Debug)]
+pub struct Staging {
+    pub key: Key,
+    pub dir: PathBuf,
+    pub files: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        for sub in ["objects", "tmp", "work", "recipes", "locks", "runs"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// The store folder to use: `--store`, else $GOOSEPIPE_STORE, else `.goosepipe`.
+    pub fn resolve_root(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os(STORE_ENV) {
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            _ => PathBuf::from(DEFAULT_STORE),
+        }
+    }
+
+    pub fn object_dir(&self, key: &Key) -> PathBuf {
+        let h = key.hex();
+        self.root.join("objects").join(&h[..2]).join(h)
+    }
+
+    pub fn files_dir(&self, key: &Key) -> PathBuf {
+        self.object_dir(key).join("files")
+    }
+
+    pub fn work_dir(&self, key: &Key) -> PathBuf {
+        self.root.join("work").join(key.hex())
+    }
+
+    pub fn lock_path(&self, key: &Key) -> PathBuf {
+        self.root.join("locks").join(format!("{}.lock", key.hex()))
+    }
+
+    pub fn hash_cache(&self) -> HashCache {
+        HashCache::open(self.root.join("hashcache.json"))
+    }
+
+    pub fn lock(&self, key: &Key) -> Result<KeyLock, StoreError> {
+        let p = self.lock_path(key);
+        KeyLock::acquire(&p).map_err(io_err(&p))
+    }
+
+    pub fn try_lock(&self, key: &Key) -> Result<Option<KeyLock>, StoreError> {
+        let p = self.lock_path(key);
+        KeyLock::try_acquire(&p).map_err(io_err(&p))
+    }
+
+    /// Reads an artifact's metadata and checks that every file is there with its
+    /// recorded size. Cheap enough for `plan` on thousands of steps.
+    pub fn presence(&self, key: &Key) -> Presence {
+        let dir = self.object_dir(key);
+        let meta_path = dir.join("meta.json");
+        let bytes = match std::fs::read(&meta_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return if dir.exists() {
+                    Presence::Corrupt("meta.json is missing".into())
+                } else {
+                    Presence::Missing
+                };
+            }
+            Err(e) => return Presence::Corrupt(format!("meta.json unreadable: {e}")),
+        };
+        let meta: ArtifactMeta = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => return Presence::Corrupt(format!("meta.json does not parse: {e}")),
+        };
+        if meta.key != *key {
+            return Presence::Corrupt(format!("meta.json names key {}", meta.key.short()));
+        }
+        if artifact::digest_of(&meta.files) != meta.digest {
+            return Presence::Corrupt("file list does not match its digest".into());
+        }
+        let files = dir.join("files");
+        for f in &meta.files {
+            match std::fs::metadata(files.join(&f.path)) {
+                Ok(md) if md.len() == f.size => {}
+                Ok(md) => {
+                    return Presence::Corrupt(format!(
+                        "{} has {} bytes, recorded {}",
+                        f.path,
+                        md.len(),
+                        f.size
+                    ));
+                }
+                Err(_) => return Presence::Corrupt(format!("{} is missing", f.path)),
+            }
+        }
+        Presence::Present(Box::new(meta))
+    }
+
+    /// Re-hashes every payload file against the recorded digests: the check done before
+    /// an artifact is used as an input, so a flipped bit is rebuilt, never consumed.
+    pub fn verify(&self, key: &Key) -> Result<ArtifactMeta, StoreError> {
+        let meta = match self.presence(key) {
+            Presence::Present(m) => *m,
+            Presence::Missing => {
+                return Err(StoreError::Corrupt {
+                    key: key.hex(),
+                    reason: "not in the store".into(),
+                });
+            }
+            Presence::Corrupt(reason) => {
+                return Err(StoreError::Corrupt {
+                    key: key.hex(),
+                    reason,
+                });
+            }
+        };
+        let files = self.files_dir(key);
+        for f in &meta.files {
+            let p = files.join(&f.path);
+            let h = hashing::hash_file(&p).map_err(io_err(&p))?;
+            if h.to_hex().as_str() != f.blake3 {
+                return Err(StoreError::Corrupt {
+                    key: key.hex(),
+                    reason: format!("{} does not match its recorded blake3", f.path),
+                });
+            }
+        }
+        Ok(meta)
+    }
+
+    pub fn meta(&self, key: &Key) -> Option<ArtifactMeta> {
+        match self.presence(key) {
+            Presence::Present(m) => Some(*m),
+            _ => None,
+        }
+    }
+
+    /// Moves a corrupt object out of `objects/` (atomically) so it is never read again;
+    /// gc deletes it later.
+    pub fn quarantine(&self, key: &Key) -> Result<(), StoreError> {
+        let dir = self.object_dir(key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let to = self
+            .root
+            .join("tmp")
+            .join(format!("corrupt.{}.{}", key.hex(), nanos()));
+        std::fs::rename(&dir, &to).map_err(io_err(&dir))
+    }
+
+    /// A fresh staging folder for building `key`.
+    pub fn begin(&self, key: &Key) -> Result<Staging, StoreError> {
+        let dir =
+            self.root
+                .join("tmp")
+                .join(format!("{}.{}.{}", key.hex(), std::process::id(), nanos()));
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files).map_err(io_err(&files))?;
+        Ok(Staging {
+            key: *key,
+            dir,
+            files,
+        })
+    }
+
+    /// Publishes a staging folder as the artifact for its key: hashes and fsyncs the
+    /// payload, writes meta.json, and renames the folder into `objects/`. If another run
+    /// published the same key first, its artifact wins and ours is discarded (same key,
+    /// same content by construction).
+    pub fn publish(
+        &self,
+        staging: Staging,
+        spec: &StepSpec,
+        pins: BTreeMap<String, String>,
+        started_unix: f64,
+    ) -> Result<ArtifactMeta, StoreError> {
+        let files = artifact::scan_files(&staging.files).map_err(io_err(&staging.files))?;
+        let meta = ArtifactMeta {
+            format: artifact::META_FORMAT,
+            key: staging.key,
+            spec: spec.clone(),
+            digest: artifact::digest_of(&files),
+            files,
+            pins,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: hostname(),
+            started_unix,
+            finished_unix: artifact::now_unix(),
+        };
+        let meta_bytes = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        let meta_path = staging.dir.join("meta.json");
+        std::fs::write(&meta_path, meta_bytes).map_err(io_err(&meta_path))?;
+        sync_tree(&staging.dir).map_err(io_err(&staging.dir))?;
+        let target = self.object_dir(&staging.key);
+        let parent = target
+            .parent()
+            .expect("object dir has a parent")
+            .to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        match std::fs::rename(&staging.dir, &target) {
+            Ok(()) => {
+                sync_dir(&parent).map_err(io_err(&parent))?;
+                Ok(meta)
+            }
+            Err(e) if target.exists() => {
+                // Lost a race with another publisher of the same key.
+                let _ = std::fs::remove_dir_all(&staging.dir);
+                match self.presence(&staging.key) {
+                    Presence::Present(m) => Ok(*m),
+                    _ => Err(io_err(&target)(e)),
+                }
+            }
+            Err(e) => Err(io_err(&target)(e)),
+        }
+    }
+
+    /// Throws a staging folder away (failed or cancelled step).
+    pub fn abandon(&self, staging: Staging) {
+        let _ = std::fs::remove_dir_all(&staging.dir);
+    }
+
+    pub fn save_recipe(&self, spec: &StepSpec) -> Result<(), StoreError> {
+        let p = self
+            .root
+            .join("recipes")
+            .join(format!("{}.json", spec.key.hex()));
+        if p.exists() {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(spec).expect("spec serializes");
+        write_atomic(&p, &bytes).map_err(io_err(&p))
+    }
+
+    pub fn recipe(&self, key: &Key) -> Option<StepSpec> {
+        let p = self
+            .root
+            .join("recipes")
+            .join(format!("{}.json", key.hex()));
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+
+    /// Every published key (for gc and `show`).
+    pub fn keys(&self) -> Vec<Key> {
+        let mut out = vec![];
+        let objects = self.root.join("objects");
+        if let Ok(rd) = std::fs::read_dir(&objects) {
+            for shard in rd.flatten() {
+                if let Ok(inner) = std::fs::read_dir(shard.path()) {
+                    for e in inner.flatten() {
+                        if let Ok(k) = e.file_name().to_string_lossy().parse::<Key>() {
+                            out.push(k);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Resolves a user's `STEP|KEY` argument: a full key, a unique key prefix, or a step
+    /// id / name recorded in artifact metadata (the newest match wins).
+    pub fn find(&self, what: &str) -> Result<ArtifactMeta, String> {
+        let keys = self.keys();
+        if what.len() >= 4 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: Vec<&Key> = keys.iter().filter(|k| k.hex().starts_with(what)).collect();
+            match matches.as_slice() {
+                [k] => {
+                    return self
+                        .meta(k)
+                        .ok_or_else(|| format!("artifact {} is corrupt", k.short()));
+                }
+                [] => {}
+                many => {
+                    return Err(format!(
+                        "key prefix {what} is ambiguous ({} artifacts); give more digits",
+                        many.len()
+                    ));
+                }
+            }
+        }
+        let mut best: Option<ArtifactMeta> = None;
+        for k in &keys {
+            if let Some(m) = self.meta(k)
+                && (m.spec.id == what || m.spec.name == what)
+                && best
+                    .as_ref()
+                    .is_none_or(|b| m.finished_unix > b.finished_unix)
+            {
+                best = Some(m);
+            }
+        }
+        best.ok_or_else(|| format!("no artifact in {} matches {what:?} (a key, key prefix, or step id such as expert:NAME)", self.root.display()))
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
