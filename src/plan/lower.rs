@@ -526,6 +526,12 @@ impl Lowerer<'_> {
         v.absorb(c);
         v.inputs.push(("pool".into(), format!("pool:{pool}")));
         v.inputs.push(("model".into(), format!("model:{model}")));
+        // The eval reads the members' files itself, so they are declared inputs too
+        // (verified before use); their keys add nothing the pool's key lacks.
+        for m in &members {
+            v.inputs.push((format!("expert:{}", m.name), format!("expert:{}", m.name)));
+            v.inputs.push((format!("gate:{}", m.name), format!("gate:{}", m.name)));
+        }
         let member_names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         for f in e.block.list("methods") {
             let Some(s) = f.value.as_str() else { continue };

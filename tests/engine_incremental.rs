@@ -1,0 +1,122 @@
+//! The headline behaviour: growing a pool runs exactly the new expert's work, the
+//! pool and the evals that read it; an immediate re-run does nothing.
+
+mod support;
+
+use goosepipe::exec::RunOptions;
+use support::{BASE, Behaviour, Log, Project, registry};
+
+fn ids(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    let (code, _) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0);
+    assert_eq!(log.take().len(), 10, "first run builds every step");
+
+    // Re-run: nothing to do.
+    assert!(p.stale(&reg).is_empty());
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert!(log.take().is_empty());
+
+    // Grow the pool by one expert on a new dataset.
+    let grown = BASE
+        .replace(
+            "expert \"b\" model=\"base\" dataset=\"b\"",
+            "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"x\" hub=\"org/data\" config=\"x\"\nexpert \"x\" model=\"base\" dataset=\"x\"",
+        )
+        .replace("experts \"a\" \"b\"", "experts \"a\" \"b\" \"x\"");
+    p.write(&grown);
+    let expected = ids(&["dataset:x", "expert:x", "gate:x", "pool:p", "eval:e"]);
+    assert_eq!(p.stale(&reg), expected);
+
+    // The reasons say why.
+    let plan = p.plan(&reg);
+    let store = goosepipe::store::Store::open(p.store()).unwrap();
+    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest())).unwrap();
+    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(text.contains("expert:x"), "{text}");
+    let line = |id: &str| {
+        let (kind, name) = id.split_once(':').unwrap();
+        text.lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(kind) && w.next() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no line for {id} in\n{text}"))
+            .to_string()
+    };
+    assert!(line("expert:x").ends_with("stale: new"), "{text}");
+    assert!(line("pool:p").contains("inputs added: expert:x, gate:x"), "{text}");
+    assert!(line("pool:p").contains("members"), "{text}");
+    assert!(line("eval:e").contains("input changed: pool:p"), "{text}");
+    assert!(line("expert:a").ends_with("cached"), "{text}");
+
+    let (code, _) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0);
+    assert_eq!(log.take(), expected, "the run does exactly what plan said");
+    assert!(p.stale(&reg).is_empty());
+}
+
+#[test]
+fn an_expert_on_an_existing_dataset_reuses_the_dataset() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    p.run(&reg, &RunOptions::default());
+    log.take();
+    let grown = BASE
+        .replace(
+            "expert \"b\" model=\"base\" dataset=\"b\"",
+            "expert \"b\" model=\"base\" dataset=\"b\"\nexpert \"a2\" model=\"base\" dataset=\"a\" {\n    train lr=1e-3\n}",
+        )
+        .replace("experts \"a\" \"b\"", "experts \"b\" \"a2\" \"a\"");
+    p.write(&grown);
+    assert_eq!(p.stale(&reg), ids(&["expert:a2", "gate:a2", "pool:p", "eval:e"]));
+}
+
+#[test]
+fn removing_an_expert_rebuilds_only_pool_and_eval() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    p.run(&reg, &RunOptions::default());
+    p.write(&BASE.replace("experts \"a\" \"b\"", "experts \"a\""));
+    assert_eq!(p.stale(&reg), ids(&["pool:p", "eval:e"]));
+}
+
+#[test]
+fn per_expert_baseline_steps_do_not_depend_on_the_pool() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let with_baselines = BASE.replace(
+        "methods \"phatgoose\" \"base\"",
+        "methods \"phatgoose\" \"average-activation\" \"retrieval\"",
+    );
+    let p = Project::new(&with_baselines);
+    p.run(&reg, &RunOptions::default());
+    log.take();
+    let grown = with_baselines
+        .replace(
+            "expert \"b\" model=\"base\" dataset=\"b\"",
+            "expert \"b\" model=\"base\" dataset=\"b\"\nexpert \"c\" model=\"base\" dataset=\"b\" {\n    lora rank=4\n}",
+        )
+        .replace("experts \"a\" \"b\"", "experts \"a\" \"b\" \"c\"");
+    p.write(&grown);
+    // The new expert's own baseline steps run; its retrieval index is the same work as
+    // b's (same dataset), so it is already cached.
+    assert_eq!(
+        p.stale(&reg),
+        ids(&["expert:c", "gate:c", "average-activation:c", "pool:p", "eval:e"])
+    );
+}

@@ -1,0 +1,192 @@
+//! Test-only step kinds for engine tests: they write small deterministic files derived
+//! from their parameters and inputs, and record what ran, so tests can assert exactly
+//! which steps executed. Never part of the product.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use goosepipe::app;
+use goosepipe::exec::{CancelFlag, Registry, RunOptions, StepContext, StepError, StepRunner};
+use goosepipe::plan::Plan;
+use goosepipe::store::HashCache;
+
+#[derive(Clone, Default)]
+pub struct Log(pub Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn take(&self) -> Vec<String> {
+        let mut v = std::mem::take(&mut *self.0.lock().unwrap());
+        v.sort();
+        v
+    }
+}
+
+/// What a fake step does besides writing its output.
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Step ids that fail.
+    pub fail: Vec<String>,
+    /// Sleep per step (to make concurrency observable).
+    pub delay: Duration,
+    /// A step id that, when run, writes part of its output, signals `started`, and then
+    /// waits forever (until cancelled or killed).
+    pub hang: Option<(String, PathBuf)>,
+    /// A step id that trains for `n` units, checkpointing each unit to its work folder
+    /// and resuming from it; it cancels itself after `stop_at` units if set.
+    pub resumable: Option<(String, u64, Option<u64>)>,
+}
+
+pub struct Fake {
+    kind: &'static str,
+    version: u32,
+    log: Log,
+    behaviour: Behaviour,
+}
+
+impl StepRunner for Fake {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let id = ctx.spec.id.clone();
+        self.log.0.lock().unwrap().push(id.clone());
+        std::thread::sleep(self.behaviour.delay);
+        if self.behaviour.fail.contains(&id) {
+            return Err(StepError::msg(format!("{id} failed on purpose")));
+        }
+        let mut lines = vec![format!("kind={} params={}", ctx.spec.kind, ctx.spec.params)];
+        for i in &ctx.inputs {
+            let data = std::fs::read_to_string(i.files.join("output.txt")).unwrap_or_default();
+            lines.push(format!("input {} = {}", i.role, blake3::hash(data.as_bytes()).to_hex()));
+        }
+        if let Some((hang_id, started)) = &self.behaviour.hang
+            && *hang_id == id
+        {
+            std::fs::write(ctx.out.join("partial.bin"), vec![7u8; 1 << 20])?;
+            std::fs::write(started, b"started")?;
+            loop {
+                ctx.cancel.check()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if let Some((rid, total, stop_at)) = &self.behaviour.resumable
+            && *rid == id
+        {
+            let ckpt = ctx.work.join("checkpoint");
+            let start: u64 = std::fs::read_to_string(&ckpt).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            if start > 0 {
+                ctx.progress.log(&format!("resumed from unit {start}"));
+                self.log.0.lock().unwrap().push(format!("{id} resumed at {start}"));
+            }
+            ctx.progress.set_total(*total, "units");
+            for u in start..*total {
+                if stop_at.is_some_and(|s| u == s) {
+                    ctx.cancel.cancel();
+                }
+                ctx.cancel.check()?;
+                std::fs::write(&ckpt, (u + 1).to_string())?;
+                ctx.progress.set_position(u + 1);
+            }
+            lines.push(format!("trained {total} units"));
+        }
+        std::fs::write(ctx.out.join("output.txt"), lines.join("\n"))?;
+        Ok(())
+    }
+}
+
+pub fn registry(log: &Log, behaviour: &Behaviour) -> Registry {
+    registry_with_versions(log, behaviour, &[])
+}
+
+/// Every product kind, faked; `bumps` overrides implementation versions.
+pub fn registry_with_versions(log: &Log, behaviour: &Behaviour, bumps: &[(&str, u32)]) -> Registry {
+    let mut r = Registry::new();
+    for (kind, v) in goosepipe::steps::VERSIONS {
+        let version = bumps.iter().find(|(k, _)| k == kind).map(|(_, v)| *v).unwrap_or(*v);
+        r.register(Arc::new(Fake {
+            kind,
+            version,
+            log: log.clone(),
+            behaviour: behaviour.clone(),
+        }));
+    }
+    r
+}
+
+/// A project folder with one manifest.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(manifest: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pipeline.kdl"), manifest).unwrap();
+        Project { dir }
+    }
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.path().join("pipeline.kdl")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join(".goosepipe")
+    }
+    pub fn write(&self, text: &str) {
+        std::fs::write(self.manifest(), text).unwrap();
+    }
+    pub fn file(&self, rel: &str, text: &str) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    pub fn plan(&self, reg: &Registry) -> Plan {
+        plan_of(&self.manifest(), reg)
+    }
+    /// Runs like `goosepipe run` does; returns the exit code and the output.
+    pub fn run(&self, reg: &Registry, opts: &RunOptions) -> (i32, String) {
+        self.run_cancellable(reg, opts, &CancelFlag::new())
+    }
+    pub fn run_cancellable(&self, reg: &Registry, opts: &RunOptions, cancel: &CancelFlag) -> (i32, String) {
+        let mut out = Vec::new();
+        let code = app::run(&self.manifest(), &self.store(), reg, opts, true, cancel, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
+        (code, String::from_utf8(out).unwrap())
+    }
+    /// The ids `plan` says would run.
+    pub fn stale(&self, reg: &Registry) -> Vec<String> {
+        let plan = self.plan(reg);
+        let store = goosepipe::store::Store::open(self.store()).unwrap();
+        let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&self.manifest())).unwrap();
+        let status = goosepipe::plan::status::status(&plan, &store, &lock);
+        status.stale_ids(&plan).into_iter().map(String::from).collect()
+    }
+}
+
+pub fn plan_of(path: &Path, reg: &Registry) -> Plan {
+    app::load_plan(path, reg, &HashCache::in_memory()).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// A two-expert pipeline used by most engine tests.
+pub const BASE: &str = r#"
+pipeline "engine-test"
+model "base" hub="org/tiny-t5" revision="main"
+defaults {
+    train steps=10 batch=4
+    gate steps=5
+}
+dataset "a" hub="org/data" config="a"
+dataset "b" hub="org/data" config="b"
+dataset "heldout" hub="org/data" config="h" split="validation"
+expert "a" model="base" dataset="a"
+expert "b" model="base" dataset="b"
+pool "p" {
+    experts "a" "b"
+}
+eval "e" pool="p" {
+    methods "phatgoose" "base"
+    task "h" dataset="heldout"
+}
+"#;
