@@ -181,7 +181,7 @@ pub fn run(
     if !report.cancelled.is_empty() {
         let _ = writeln!(
             out,
-            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept. Run `goosepipe run {}` again to resume.",
+            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept; run `goosepipe run {}` again to resume.",
             report.cancelled.len(),
             path.display()
         );

@@ -42,7 +42,10 @@ fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
     // The reasons say why.
     let plan = p.plan(&reg);
     let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest())).unwrap();
+    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
+        &p.manifest(),
+    ))
+    .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(text.contains("expert:x"), "{text}");
@@ -57,7 +60,10 @@ fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
             .to_string()
     };
     assert!(line("expert:x").ends_with("stale: new"), "{text}");
-    assert!(line("pool:p").contains("inputs added: expert:x, gate:x"), "{text}");
+    assert!(
+        line("pool:p").contains("inputs added: expert:x, gate:x"),
+        "{text}"
+    );
     assert!(line("pool:p").contains("members"), "{text}");
     assert!(line("eval:e").contains("input changed: pool:p"), "{text}");
     assert!(line("expert:a").ends_with("cached"), "{text}");
@@ -82,7 +88,10 @@ fn an_expert_on_an_existing_dataset_reuses_the_dataset() {
         )
         .replace("experts \"a\" \"b\"", "experts \"b\" \"a2\" \"a\"");
     p.write(&grown);
-    assert_eq!(p.stale(&reg), ids(&["expert:a2", "gate:a2", "pool:p", "eval:e"]));
+    assert_eq!(
+        p.stale(&reg),
+        ids(&["expert:a2", "gate:a2", "pool:p", "eval:e"])
+    );
 }
 
 #[test]
@@ -117,6 +126,12 @@ fn per_expert_baseline_steps_do_not_depend_on_the_pool() {
     // b's (same dataset), so it is already cached.
     assert_eq!(
         p.stale(&reg),
-        ids(&["expert:c", "gate:c", "average-activation:c", "pool:p", "eval:e"])
+        ids(&[
+            "expert:c",
+            "gate:c",
+            "average-activation:c",
+            "pool:p",
+            "eval:e"
+        ])
     );
 }

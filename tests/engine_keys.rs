@@ -9,11 +9,18 @@ use goosepipe::exec::RunOptions;
 use support::{BASE, Behaviour, Log, Project, plan_of, registry, registry_with_versions};
 
 fn keys(p: &Project, reg: &goosepipe::exec::Registry) -> BTreeMap<String, String> {
-    p.plan(reg).steps.iter().map(|s| (s.spec.id.clone(), s.spec.key.hex())).collect()
+    p.plan(reg)
+        .steps
+        .iter()
+        .map(|s| (s.spec.id.clone(), s.spec.key.hex()))
+        .collect()
 }
 
 fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-    a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect()
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// BASE, reformatted: nodes reordered, comments, different spacing, numbers spelled
@@ -58,24 +65,36 @@ fn a_parameter_change_moves_exactly_that_step_and_its_dependents() {
         "expert \"b\" model=\"base\" dataset=\"b\"",
         "expert \"b\" model=\"base\" dataset=\"b\" {\n    train lr=0.001\n}",
     ));
-    assert_eq!(changed(&keys(&a, &reg), &keys(&b, &reg)), vec!["eval:e", "expert:b", "gate:b", "pool:p"]);
+    assert_eq!(
+        changed(&keys(&a, &reg), &keys(&b, &reg)),
+        vec!["eval:e", "expert:b", "gate:b", "pool:p"]
+    );
 
     // A gate setting moves the gate, not the expert.
     let c = Project::new(&BASE.replace(
         "expert \"b\" model=\"base\" dataset=\"b\"",
         "expert \"b\" model=\"base\" dataset=\"b\" {\n    gate lr=0.01\n}",
     ));
-    assert_eq!(changed(&keys(&a, &reg), &keys(&c, &reg)), vec!["eval:e", "gate:b", "pool:p"]);
+    assert_eq!(
+        changed(&keys(&a, &reg), &keys(&c, &reg)),
+        vec!["eval:e", "gate:b", "pool:p"]
+    );
 
     // A default moves every expert that inherits it.
     let d = Project::new(&BASE.replace("train steps=10 batch=4", "train steps=11 batch=4"));
     assert_eq!(
         changed(&keys(&a, &reg), &keys(&d, &reg)),
-        vec!["eval:e", "expert:a", "expert:b", "gate:a", "gate:b", "pool:p"]
+        vec![
+            "eval:e", "expert:a", "expert:b", "gate:a", "gate:b", "pool:p"
+        ]
     );
 
     // Renaming an expert keeps its own key (names are labels) but not the pool's.
-    let e = Project::new(&BASE.replace("expert \"b\"", "expert \"bee\"").replace("experts \"a\" \"b\"", "experts \"a\" \"bee\""));
+    let e = Project::new(
+        &BASE
+            .replace("expert \"b\"", "expert \"bee\"")
+            .replace("experts \"a\" \"b\"", "experts \"a\" \"bee\""),
+    );
     let (ka, ke) = (keys(&a, &reg), keys(&e, &reg));
     assert_eq!(ka["expert:b"], ke["expert:bee"]);
     assert_ne!(ka["pool:p"], ke["pool:p"]);
@@ -92,13 +111,24 @@ fn stale_reasons_name_the_changed_parameter_and_input() {
     ));
     let plan = p.plan(&reg);
     let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest())).unwrap();
+    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
+        &p.manifest(),
+    ))
+    .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let reason = |id: &str| {
         let i = plan.index[id];
-        status.states[i].reasons().iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ")
+        status.states[i]
+            .reasons()
+            .iter()
+            .map(|r| r.describe())
+            .collect::<Vec<_>>()
+            .join("; ")
     };
-    assert_eq!(reason("expert:b"), "parameters changed: train.lr 0.005 -> 0.001");
+    assert_eq!(
+        reason("expert:b"),
+        "parameters changed: train.lr 0.005 -> 0.001"
+    );
     assert_eq!(reason("gate:b"), "input changed: expert:b");
     assert_eq!(reason("pool:p"), "input changed: expert:b, gate:b");
     assert_eq!(reason("expert:a"), "");
@@ -116,10 +146,16 @@ fn implementation_version_is_part_of_the_key() {
     assert_eq!(stale, vec!["eval:e", "gate:a", "gate:b", "pool:p"]);
     let plan = p.plan(&bumped);
     let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest())).unwrap();
+    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
+        &p.manifest(),
+    ))
+    .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let i = plan.index["gate:a"];
-    assert_eq!(status.states[i].reasons()[0].describe(), "implementation version changed: 1 -> 2");
+    assert_eq!(
+        status.states[i].reasons()[0].describe(),
+        "implementation version changed: 1 -> 2"
+    );
 }
 
 #[test]
@@ -137,7 +173,10 @@ fn local_files_enter_keys_by_content() {
     assert_eq!(keys(&p, &reg), k1);
     p.file("data/a.jsonl", "{\"input\": \"x\", \"target\": \"z\"}\n");
     let k2 = keys(&p, &reg);
-    assert_eq!(changed(&k1, &k2), vec!["dataset:a", "eval:e", "expert:a", "gate:a", "pool:p"]);
+    assert_eq!(
+        changed(&k1, &k2),
+        vec!["dataset:a", "eval:e", "expert:a", "gate:a", "pool:p"]
+    );
 }
 
 /// Pins the keys of a fixed manifest. If this fails, a change altered what keys mean:

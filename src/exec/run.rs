@@ -159,7 +159,13 @@ pub fn check_locked(plan: &Plan, lock: &Lockfile) -> Result<(), RunError> {
 
 /// Re-hashes every cached artifact that a step of this run will read. A corrupt one is
 /// quarantined and joins the run, so it is rebuilt rather than consumed.
-fn verify_inputs(plan: &Plan, status: &Status, store: &Store, opts: &RunOptions, reporter: &dyn Reporter) -> Result<Status, RunError> {
+fn verify_inputs(
+    plan: &Plan,
+    status: &Status,
+    store: &Store,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Result<Status, RunError> {
     let mut status = status.clone();
     let mut verified = BTreeSet::new();
     loop {
@@ -175,7 +181,9 @@ fn verify_inputs(plan: &Plan, status: &Status, store: &Store, opts: &RunOptions,
                     reporter.note(&format!("{}: {e}; it will be rebuilt", plan.steps[j].id()));
                     store.quarantine(&key)?;
                     status.states[j] = crate::plan::State::Stale {
-                        reasons: vec![crate::plan::Reason::Corrupt { detail: e.to_string() }],
+                        reasons: vec![crate::plan::Reason::Corrupt {
+                            detail: e.to_string(),
+                        }],
                     };
                     changed = true;
                 }

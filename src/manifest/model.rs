@@ -81,8 +81,10 @@ pub struct Entity {
 
 #[derive(Debug)]
 pub struct Manifest {
-    /// The manifest file given on the command line.
+    /// The manifest file given on the command line (absolute).
     pub path: PathBuf,
+    /// That path as the user spelled it, for messages.
+    pub display: String,
     /// The project folder: includes and paths must stay inside it.
     pub root: PathBuf,
     pub sources: Sources,

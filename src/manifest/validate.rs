@@ -52,7 +52,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
         .unwrap_or_else(|| display_root.clone());
     let id = v.sources.add(abs.clone(), name, text);
     v.load_file(id);
-    let manifest = v.finish(abs, root);
+    let manifest = v.finish(abs, root, display_root.clone());
     match manifest {
         Ok(m) => Ok(m),
         Err(errors) => Err(ManifestErrors {
@@ -153,9 +153,10 @@ impl Validator {
                 "manifests are KDL v2 (strings in double quotes, #true/#false, props as key=value)"
                     .into()
             });
+            let span = narrow_span(&self.sources.get(id).text, d.span);
             self.err(
                 "manifest::syntax",
-                Loc::new(id, d.span),
+                Loc::new(id, span),
                 format!("syntax error: {msg}"),
                 label,
                 help,
@@ -262,7 +263,12 @@ impl Validator {
         self.load_file(id);
     }
 
-    fn finish(mut self, path: PathBuf, root: PathBuf) -> Result<Manifest, Vec<ManifestError>> {
+    fn finish(
+        mut self,
+        path: PathBuf,
+        root: PathBuf,
+        display: String,
+    ) -> Result<Manifest, Vec<ManifestError>> {
         let raw = std::mem::take(&mut self.raw);
         let mut pipeline: Option<(String, Loc)> = None;
         let mut defaults: Option<Block> = None;
@@ -388,6 +394,7 @@ impl Validator {
         let default_groups = default_groups(self.schema, defaults.as_ref());
         Ok(Manifest {
             path,
+            display,
             root,
             sources: self.sources,
             pipeline: pipeline.map(|p| p.0),
@@ -679,7 +686,7 @@ impl Validator {
                         name_loc,
                         format!("`{}` needs `{}`", spec.name, p.name),
                         format!("{} missing", p.name),
-                        format!("add {}=...  ({}; {})", p.name, p.doc, p.ty.describe()),
+                        format!("add {}=... ({}): {}", p.name, p.ty.describe(), p.doc),
                     );
                     ok = false;
                 }
@@ -1143,6 +1150,23 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
             }
         }
     }
+}
+
+/// The KDL parser sometimes reports a span from the start of the document to the
+/// offending token; point at the last token of such a span, where the problem is.
+fn narrow_span(text: &str, span: SourceSpan) -> SourceSpan {
+    let start = span.offset().min(text.len());
+    let end = (start + span.len()).min(text.len());
+    let covered = &text[start..end];
+    if !covered.trim_end().contains('\n') {
+        return span;
+    }
+    let trimmed = covered.trim_end();
+    let tok_start = trimmed
+        .rfind(char::is_whitespace)
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    SourceSpan::from(start + tok_start..start + trimmed.len())
 }
 
 /// The span of an entry's value alone (for `key=value`, the part after `=`), so labels

@@ -124,7 +124,7 @@ pub fn build(
     if !l.errors.is_empty() {
         let errors = std::mem::take(&mut l.errors);
         return Err(ManifestErrors {
-            file: manifest.path.display().to_string(),
+            file: manifest.display.clone(),
             errors,
         });
     }
@@ -159,7 +159,7 @@ fn finish(
             let p = &protos[0];
             let loc = p.loc.unwrap_or(Loc::new(0, (0..0).into()));
             return Err(ManifestErrors {
-                file: manifest.path.display().to_string(),
+                file: manifest.display.clone(),
                 errors: vec![
                     ManifestError::new(
                         &manifest.sources,
@@ -364,7 +364,9 @@ impl Lowerer<'_> {
                         )
                         .help(format!(
                             "paths are relative to the file that names them; looked for {}",
-                            abs.display()
+                            abs.strip_prefix(&self.manifest.root)
+                                .unwrap_or(&abs)
+                                .display()
                         )),
                     );
                 }
@@ -529,8 +531,10 @@ impl Lowerer<'_> {
         // The eval reads the members' files itself, so they are declared inputs too
         // (verified before use); their keys add nothing the pool's key lacks.
         for m in &members {
-            v.inputs.push((format!("expert:{}", m.name), format!("expert:{}", m.name)));
-            v.inputs.push((format!("gate:{}", m.name), format!("gate:{}", m.name)));
+            v.inputs
+                .push((format!("expert:{}", m.name), format!("expert:{}", m.name)));
+            v.inputs
+                .push((format!("gate:{}", m.name), format!("gate:{}", m.name)));
         }
         let member_names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         for f in e.block.list("methods") {

@@ -167,7 +167,11 @@ pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
             continue;
         }
         let consumers = plan.consumers_of(i);
-        if consumers.is_empty() || consumers.iter().any(|&c| needed[c]) {
+        // A corrupt artifact is always rebuilt: it must never be consumed later.
+        let corrupt = reasons[i]
+            .iter()
+            .any(|r| matches!(r, Reason::Corrupt { .. }));
+        if corrupt || consumers.is_empty() || consumers.iter().any(|&c| needed[c]) {
             needed[i] = true;
         }
     }

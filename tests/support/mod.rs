@@ -62,7 +62,11 @@ impl StepRunner for Fake {
         let mut lines = vec![format!("kind={} params={}", ctx.spec.kind, ctx.spec.params)];
         for i in &ctx.inputs {
             let data = std::fs::read_to_string(i.files.join("output.txt")).unwrap_or_default();
-            lines.push(format!("input {} = {}", i.role, blake3::hash(data.as_bytes()).to_hex()));
+            lines.push(format!(
+                "input {} = {}",
+                i.role,
+                blake3::hash(data.as_bytes()).to_hex()
+            ));
         }
         if let Some((hang_id, started)) = &self.behaviour.hang
             && *hang_id == id
@@ -78,10 +82,17 @@ impl StepRunner for Fake {
             && *rid == id
         {
             let ckpt = ctx.work.join("checkpoint");
-            let start: u64 = std::fs::read_to_string(&ckpt).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            let start: u64 = std::fs::read_to_string(&ckpt)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
             if start > 0 {
                 ctx.progress.log(&format!("resumed from unit {start}"));
-                self.log.0.lock().unwrap().push(format!("{id} resumed at {start}"));
+                self.log
+                    .0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{id} resumed at {start}"));
             }
             ctx.progress.set_total(*total, "units");
             for u in start..*total {
@@ -107,7 +118,11 @@ pub fn registry(log: &Log, behaviour: &Behaviour) -> Registry {
 pub fn registry_with_versions(log: &Log, behaviour: &Behaviour, bumps: &[(&str, u32)]) -> Registry {
     let mut r = Registry::new();
     for (kind, v) in goosepipe::steps::VERSIONS {
-        let version = bumps.iter().find(|(k, _)| k == kind).map(|(_, v)| *v).unwrap_or(*v);
+        let version = bumps
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, v)| *v)
+            .unwrap_or(*v);
         r.register(Arc::new(Fake {
             kind,
             version,
@@ -150,18 +165,39 @@ impl Project {
     pub fn run(&self, reg: &Registry, opts: &RunOptions) -> (i32, String) {
         self.run_cancellable(reg, opts, &CancelFlag::new())
     }
-    pub fn run_cancellable(&self, reg: &Registry, opts: &RunOptions, cancel: &CancelFlag) -> (i32, String) {
+    pub fn run_cancellable(
+        &self,
+        reg: &Registry,
+        opts: &RunOptions,
+        cancel: &CancelFlag,
+    ) -> (i32, String) {
         let mut out = Vec::new();
-        let code = app::run(&self.manifest(), &self.store(), reg, opts, true, cancel, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
+        let code = app::run(
+            &self.manifest(),
+            &self.store(),
+            reg,
+            opts,
+            true,
+            cancel,
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
         (code, String::from_utf8(out).unwrap())
     }
     /// The ids `plan` says would run.
     pub fn stale(&self, reg: &Registry) -> Vec<String> {
         let plan = self.plan(reg);
         let store = goosepipe::store::Store::open(self.store()).unwrap();
-        let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&self.manifest())).unwrap();
+        let lock = goosepipe::store::lockfile::Lockfile::read(
+            &goosepipe::store::lockfile::lock_path(&self.manifest()),
+        )
+        .unwrap();
         let status = goosepipe::plan::status::status(&plan, &store, &lock);
-        status.stale_ids(&plan).into_iter().map(String::from).collect()
+        status
+            .stale_ids(&plan)
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 }
 
