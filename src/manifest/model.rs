@@ -1,7 +1,7 @@
 //! The validated manifest: every node checked against the schema, defaults filled in,
 //! references resolved, every value still pointing at its source text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use super::source::{Loc, Sources};
@@ -93,13 +93,15 @@ pub struct Manifest {
     /// Every group of the `defaults` node, filled with schema defaults: what a step
     /// that belongs to no node (e.g. the multitask baseline) is configured with.
     pub default_groups: BTreeMap<String, Block>,
+    /// (kind, name) -> position in `entities`.
+    pub index: HashMap<(String, String), usize>,
 }
 
 impl Manifest {
     pub fn entity(&self, kind: &str, name: &str) -> Option<&Entity> {
-        self.entities
-            .iter()
-            .find(|e| e.kind == kind && e.name == name)
+        self.index
+            .get(&(kind.to_string(), name.to_string()))
+            .map(|&i| &self.entities[i])
     }
 
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Entity> + 'a {

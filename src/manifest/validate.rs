@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
-use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use kdl::{KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use super::diag::{ManifestError, ManifestErrors, did_you_mean};
@@ -112,7 +112,7 @@ impl Validator {
         let path = self.sources.get(id).path.clone();
         self.include_stack.push(path.clone());
         let text = self.sources.get(id).text.clone();
-        let doc: KdlDocument = match text.parse() {
+        let nodes = match super::parse::parse_nodes(&text) {
             Ok(d) => d,
             Err(e) => {
                 self.syntax_errors(id, &e);
@@ -120,14 +120,11 @@ impl Validator {
                 return;
             }
         };
-        for node in doc.nodes() {
+        for node in nodes {
             if node.name().value() == "include" {
-                self.include(id, node);
+                self.include(id, &node);
             } else {
-                self.raw.push(RawNode {
-                    file: id,
-                    node: node.clone(),
-                });
+                self.raw.push(RawNode { file: id, node });
             }
         }
         self.include_stack.pop();
@@ -274,6 +271,7 @@ impl Validator {
         let mut defaults: Option<Block> = None;
         let mut defaults_loc: Option<Loc> = None;
         let mut entities: Vec<Entity> = vec![];
+        let mut index: HashMap<(String, String), usize> = HashMap::new();
         let kinds: Vec<&str> = self.schema.nodes.iter().map(|n| n.name.as_str()).collect();
         for RawNode { file, node } in &raw {
             let kind = node.name().value();
@@ -340,7 +338,10 @@ impl Validator {
                     else {
                         continue;
                     };
-                    if let Some(prev) = entities.iter().find(|e| e.kind == kind && e.name == name) {
+                    if let Some(prev) = index
+                        .get(&(kind.to_string(), name.clone()))
+                        .map(|&i| &entities[i])
+                    {
                         let mut e = ManifestError::new(
                             &self.sources,
                             "manifest::duplicate",
@@ -361,6 +362,7 @@ impl Validator {
                         self.errors.push(e);
                         continue;
                     }
+                    index.insert((kind.to_string(), name.clone()), entities.len());
                     entities.push(Entity {
                         kind: kind.to_string(),
                         name,
@@ -376,7 +378,7 @@ impl Validator {
             apply_defaults(self.schema, &mut e.block, defaults.as_ref());
         }
         self.check_refs(&entities);
-        self.check_pools(&entities);
+        self.check_pools(&entities, &index);
         self.check_cycles(&entities);
         if !self.errors.is_empty() {
             // Report in source order, file by file, so the output reads top to bottom.
@@ -400,6 +402,7 @@ impl Validator {
             pipeline: pipeline.map(|p| p.0),
             entities,
             default_groups,
+            index,
         })
     }
 
@@ -552,6 +555,16 @@ impl Validator {
                 match &cspec.kind {
                     ChildKind::List(lspec) => {
                         let mut items = vec![];
+                        let mut seen = std::collections::HashSet::new();
+                        let pspec = PropSpec {
+                            name: cname.to_string(),
+                            ty: lspec.ty.clone(),
+                            default: None,
+                            required: false,
+                            min: None,
+                            max: None,
+                            doc: cspec.doc.clone(),
+                        };
                         for e in c.entries() {
                             let eloc = Loc::new(file, e.span());
                             if let Some(k) = e.name() {
@@ -565,18 +578,9 @@ impl Validator {
                                 ok = false;
                                 continue;
                             }
-                            let pspec = PropSpec {
-                                name: cname.to_string(),
-                                ty: lspec.ty.clone(),
-                                default: None,
-                                required: false,
-                                min: None,
-                                max: None,
-                                doc: cspec.doc.clone(),
-                            };
                             match self.typed(e.value(), &pspec, eloc, &spec.name) {
                                 Some(v) => {
-                                    if items.iter().any(|f: &Field| f.value == v) {
+                                    if !seen.insert(v.canonical()) {
                                         self.err(
                                             "manifest::duplicate",
                                             eloc,
@@ -619,12 +623,9 @@ impl Validator {
                         block.children.insert(cname.to_string(), Child::List(items));
                     }
                     ChildKind::Group(_) | ChildKind::Block(_) => {
-                        let inner_spec = self
-                            .schema
-                            .child_block(cspec)
-                            .expect("schema checked")
-                            .clone();
-                        let (b, child_ok) = self.block(file, c, &inner_spec, in_defaults);
+                        let schema: &'static Schema = self.schema;
+                        let inner_spec = schema.child_block(cspec).expect("schema checked");
+                        let (b, child_ok) = self.block(file, c, inner_spec, in_defaults);
                         ok &= child_ok;
                         {
                             if cspec.repeat {
@@ -854,9 +855,9 @@ impl Validator {
     }
 
     fn check_refs(&mut self, entities: &[Entity]) {
-        let mut names: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut names: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
         for e in entities {
-            names.entry(&e.kind).or_default().push(&e.name);
+            names.entry(&e.kind).or_default().insert(&e.name);
         }
         let mut refs = vec![];
         for e in entities {
@@ -864,10 +865,14 @@ impl Validator {
             collect_refs(self.schema, &e.block, spec, &mut refs);
         }
         for (kind, name, loc) in refs {
-            let known = names.get(kind.as_str()).cloned().unwrap_or_default();
-            if known.contains(&name.as_str()) {
+            let known_set = names.get(kind.as_str());
+            if known_set.is_some_and(|k| k.contains(name.as_str())) {
                 continue;
             }
+            let mut known: Vec<&str> = known_set
+                .map(|k| k.iter().copied().collect())
+                .unwrap_or_default();
+            known.sort();
             let help = match did_you_mean(&name, known.iter().copied()) {
                 Some(s) => format!("did you mean \"{s}\"?"),
                 None if known.is_empty() => {
@@ -893,16 +898,16 @@ impl Validator {
     }
 
     /// A pool routes among experts of one base model; mixing models is meaningless.
-    fn check_pools(&mut self, entities: &[Entity]) {
+    fn check_pools(&mut self, entities: &[Entity], index: &HashMap<(String, String), usize>) {
         for pool in entities.iter().filter(|e| e.kind == "pool") {
             let mut first: Option<(&str, &str)> = None;
             for f in pool.block.list("experts") {
                 let Some(ename) = f.value.as_str() else {
                     continue;
                 };
-                let Some(exp) = entities
-                    .iter()
-                    .find(|e| e.kind == "expert" && e.name == ename)
+                let Some(exp) = index
+                    .get(&("expert".to_string(), ename.to_string()))
+                    .map(|&i| &entities[i])
                 else {
                     continue;
                 };
@@ -1043,10 +1048,7 @@ fn collect_refs(
 
 /// The `defaults` node's groups, each filled with the schema's defaults.
 fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String, Block> {
-    let spec = schema
-        .node("defaults")
-        .expect("schema has defaults")
-        .clone();
+    let spec = schema.node("defaults").expect("schema has defaults");
     let mut block = Block {
         name: "defaults".into(),
         loc: defaults
@@ -1057,7 +1059,7 @@ fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String,
         children: BTreeMap::new(),
     };
     // `fill` inherits from `defaults` into the groups of a block, then the schema.
-    fill(schema, &mut block, &spec, defaults);
+    fill(schema, &mut block, spec, defaults);
     block
         .children
         .into_iter()
@@ -1070,11 +1072,10 @@ fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String,
 
 /// Fills every group a node accepts: first from `defaults`, then from the schema.
 fn apply_defaults(schema: &Schema, block: &mut Block, defaults: Option<&Block>) {
-    let spec = match schema.node(&block.name) {
-        Some(s) => s.clone(),
-        None => return,
-    };
-    fill(schema, block, &spec, defaults);
+    let name = block.name.clone();
+    if let Some(spec) = schema.node(&name) {
+        fill(schema, block, spec, defaults);
+    }
 }
 
 fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&Block>) {
@@ -1095,7 +1096,7 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
     for c in &spec.children {
         match &c.kind {
             ChildKind::Group(gname) => {
-                let gspec = schema.group(gname).expect("schema checked").clone();
+                let gspec = schema.group(gname).expect("schema checked");
                 let inherited = defaults.and_then(|d| d.group(&c.name));
                 let entry = block.children.entry(c.name.clone()).or_insert_with(|| {
                     Child::Group(Block {
@@ -1118,7 +1119,7 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
                             g.children.entry(k.clone()).or_insert_with(|| ch.clone());
                         }
                     }
-                    fill(schema, g, &gspec, None);
+                    fill(schema, g, gspec, None);
                 }
             }
             ChildKind::List(l) => {

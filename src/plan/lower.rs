@@ -135,15 +135,15 @@ pub fn build(
 
 fn finish(
     manifest: Manifest,
-    protos: Vec<Proto>,
+    mut protos: Vec<Proto>,
     catalog: &dyn Catalog,
 ) -> Result<Plan, ManifestErrors> {
     let mut g: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<_> = (0..protos.len()).map(|i| g.add_node(i)).collect();
-    let ids: HashMap<&str, usize> = protos
+    let ids: HashMap<String, usize> = protos
         .iter()
         .enumerate()
-        .map(|(i, p)| (p.id.as_str(), i))
+        .map(|(i, p)| (p.id.clone(), i))
         .collect();
     for (i, p) in protos.iter().enumerate() {
         for (_, id) in &p.inputs {
@@ -179,21 +179,21 @@ fn finish(
     let mut new_pos = vec![0usize; protos.len()];
     for n in order {
         let i = g[n];
-        let p = &protos[i];
+        // Each proto is visited once: move its parts instead of cloning them.
+        let p = std::mem::replace(&mut protos[i], Proto::new("", "", None));
         let mut inputs: Vec<SpecInput> = p
             .inputs
-            .iter()
-            .map(|(role, id)| SpecInput {
-                role: role.clone(),
-                id: id.clone(),
-                key: keys[ids[id.as_str()]].expect("inputs come first in topological order"),
+            .into_iter()
+            .map(|(role, id)| {
+                let key = keys[ids[id.as_str()]].expect("inputs come first in topological order");
+                SpecInput { role, id, key }
             })
             .collect();
         inputs.sort_by(|a, b| a.role.cmp(&b.role));
-        let mut externals = p.externals.clone();
+        let mut externals = p.externals;
         externals.sort_by(|a, b| a.role().cmp(b.role()));
         let version = catalog.version(&p.kind).expect("checked above");
-        let params = Value::Map(p.params.clone());
+        let params = Value::Map(p.params);
         let k = key::compute(&p.kind, version, &params, &externals, &inputs);
         keys[i] = Some(k);
         new_pos[i] = steps.len();
@@ -201,18 +201,18 @@ fn finish(
         steps.push(Step {
             spec: StepSpec {
                 key: k,
-                id: p.id.clone(),
-                kind: p.kind.clone(),
-                name: p.name.clone(),
+                id: p.id,
+                kind: p.kind,
+                name: p.name,
                 version,
                 params: params.to_json(),
-                settings: Value::Map(p.settings.clone()).to_json(),
+                settings: Value::Map(p.settings).to_json(),
                 inputs,
                 externals,
             },
             params,
             loc: p.loc,
-            origins: p.origins.clone(),
+            origins: p.origins,
         });
     }
     let mut graph: DiGraph<usize, ()> = DiGraph::new();

@@ -128,6 +128,6 @@ mod tests {
     #[test]
     fn formats_dates() {
         assert_eq!(format_unix(0.0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_unix(1_795_000_000.0), "2026-11-18T07:46:40Z");
+        assert_eq!(format_unix(1_795_000_000.0), "2026-11-18T11:06:40Z");
     }
 }

@@ -1,0 +1,133 @@
+//! The command line as users and CI call it: exit codes, outputs, formats.
+
+use std::process::{Command, Output};
+
+fn goosepipe(args: &[&str], store: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(args)
+        .env("GOOSEPIPE_STORE", store)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+const GOLDEN: &str = "tests/manifests/golden.kdl";
+
+#[test]
+fn check_reports_success_and_every_error_with_exit_1() {
+    let t = tempfile::tempdir().unwrap();
+    let ok = goosepipe(&["check", GOLDEN], t.path());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("is valid: 1 files, 15 steps"),
+        "{}",
+        text(&ok.stdout)
+    );
+
+    let bad = goosepipe(
+        &["check", "tests/manifests/errors/many_errors.kdl"],
+        t.path(),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(err.contains("5 errors in manifest"), "{err}");
+    assert!(err.contains("did you mean `revision`?"), "{err}");
+    assert!(
+        err.contains("bad_datasets.kdl"),
+        "errors of included files are reported too: {err}"
+    );
+}
+
+#[test]
+fn plan_json_and_check_cached_for_ci() {
+    let t = tempfile::tempdir().unwrap();
+    let out = goosepipe(&["plan", GOLDEN, "--json"], t.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["summary"]["steps"], 15);
+    assert_eq!(j["summary"]["to_run"], 15);
+    let first = &j["steps"][0];
+    assert_eq!(first["id"], "model:base");
+    assert_eq!(first["state"], "stale");
+    assert_eq!(first["reasons"][0]["reason"], "new");
+    assert_eq!(first["key"].as_str().unwrap().len(), 64);
+
+    let guard = goosepipe(&["plan", GOLDEN, "--check-cached"], t.path());
+    assert_eq!(guard.status.code(), Some(2), "work pending exits 2");
+    let table = text(&guard.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["eval", "e"]),
+        "{table}"
+    );
+}
+
+#[test]
+fn graph_explain_schema_and_show() {
+    let t = tempfile::tempdir().unwrap();
+    let dot = text(&goosepipe(&["graph", GOLDEN], t.path()).stdout);
+    assert!(
+        dot.starts_with("digraph") && dot.contains("\"pool:p\" -> \"eval:e\""),
+        "{dot}"
+    );
+    let mm = text(
+        &goosepipe(
+            &["graph", GOLDEN, "--format", "mermaid", "--status"],
+            t.path(),
+        )
+        .stdout,
+    );
+    assert!(
+        mm.starts_with("flowchart LR") && mm.contains("class s0 stale"),
+        "{mm}"
+    );
+
+    let ex = goosepipe(&["explain", GOLDEN, "gate:a"], t.path());
+    let ex = text(&ex.stdout);
+    assert!(
+        ex.contains("gate.steps") && ex.contains("from `defaults`"),
+        "{ex}"
+    );
+    assert!(ex.contains("expert                       expert:a"), "{ex}");
+
+    let schema = text(&goosepipe(&["schema"], t.path()).stdout);
+    assert_eq!(schema, goosepipe::manifest::schema::SCHEMA_TEXT);
+
+    let show = goosepipe(&["show", "expert:a"], t.path());
+    assert_eq!(show.status.code(), Some(1));
+    assert!(
+        text(&show.stderr).contains("no artifact in"),
+        "{}",
+        text(&show.stderr)
+    );
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let out = goosepipe(&["plan"], t.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("<FILE>"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = goosepipe(&["run", GOLDEN, "--only", "x", "--until", "y"], t.path());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = goosepipe(&["explain", GOLDEN, "expert:zz"], t.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no step named \"expert:zz\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
