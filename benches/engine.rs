@@ -19,7 +19,9 @@ fn manifest(experts: usize) -> String {
         let _ = writeln!(m, "dataset \"d{i}\" hub=\"org/data\" config=\"c{i}\"");
         let _ = writeln!(m, "expert \"e{i}\" model=\"base\" dataset=\"d{i}\"");
     }
-    m.push_str("dataset \"heldout\" hub=\"org/data\" config=\"h\" split=\"validation\"\npool \"all\" {\n    experts");
+    m.push_str(
+        "dataset \"heldout\" hub=\"org/data\" config=\"h\" split=\"validation\"\npool \"all\" {\n    experts",
+    );
     for i in 0..experts {
         let _ = write!(m, " \"e{i}\"");
     }
@@ -78,31 +80,14 @@ fn noop_rerun(c: &mut Criterion) {
     let reg = registry();
     let mut sink = Vec::new();
     let opts = RunOptions::default();
-    goosepipe::app::run(
-        &path,
-        &store,
-        &reg,
-        &opts,
-        true,
-        &CancelFlag::new(),
-        &mut sink,
-    )
-    .unwrap();
+    goosepipe::app::run(&path, &store, &reg, &opts, true, &CancelFlag::new(), &mut sink).unwrap();
     let mut g = c.benchmark_group("run");
     g.sample_size(20);
     g.bench_function("no-op re-run, 36 experts all cached", |b| {
         b.iter(|| {
             let mut out = Vec::new();
-            let code = goosepipe::app::run(
-                &path,
-                &store,
-                &reg,
-                &opts,
-                true,
-                &CancelFlag::new(),
-                &mut out,
-            )
-            .unwrap();
+            let code =
+                goosepipe::app::run(&path, &store, &reg, &opts, true, &CancelFlag::new(), &mut out).unwrap();
             assert_eq!(code, 0);
             assert!(out.starts_with(b"nothing to do"));
         })

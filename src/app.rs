@@ -206,11 +206,7 @@ pub fn run(
         return Ok(EXIT_ERROR);
     }
     if built == 0 {
-        let _ = writeln!(
-            out,
-            "nothing to do: all {} steps are cached",
-            plan.steps.len()
-        );
+        let _ = writeln!(out, "nothing to do: all {} steps are cached", plan.steps.len());
     } else {
         let _ = writeln!(out, "done: {built} step(s) built, {} cached", report.cached);
     }
@@ -253,15 +249,8 @@ pub fn gc(
             entries.len()
         );
     } else {
-        let freed = store
-            .gc_delete(&entries)
-            .map_err(|e| miette!("gc failed: {e}"))?;
-        let _ = writeln!(
-            out,
-            "freed {} in {} entries",
-            human_size(freed),
-            entries.len()
-        );
+        let freed = store.gc_delete(&entries).map_err(|e| miette!("gc failed: {e}"))?;
+        let _ = writeln!(out, "freed {} in {} entries", human_size(freed), entries.len());
     }
     Ok(EXIT_OK)
 }
@@ -271,11 +260,7 @@ pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> R
     let store = open_store(store_root)?;
     let meta = store.find(what).map_err(|e| miette!("{e}"))?;
     if json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&meta).expect("json")
-        );
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&meta).expect("json"));
         return Ok(EXIT_OK);
     }
     let s = &meta.spec;

@@ -140,11 +140,7 @@ fn main() -> ExitCode {
             };
             app::run(&file, &store, &registry, &opts, quiet, &cancel, &mut out)
         }
-        Command::Graph {
-            file,
-            format,
-            status,
-        } => app::graph(
+        Command::Graph { file, format, status } => app::graph(
             &file,
             status.then_some(store.as_path()),
             &registry,

@@ -28,10 +28,7 @@ fn check_reports_success_and_every_error_with_exit_1() {
         text(&ok.stdout)
     );
 
-    let bad = goosepipe(
-        &["check", "tests/manifests/errors/many_errors.kdl"],
-        t.path(),
-    );
+    let bad = goosepipe(&["check", "tests/manifests/errors/many_errors.kdl"], t.path());
     assert_eq!(bad.status.code(), Some(1));
     let err = text(&bad.stderr);
     assert!(err.contains("5 errors in manifest"), "{err}");
@@ -75,13 +72,7 @@ fn graph_explain_schema_and_show() {
         dot.starts_with("digraph") && dot.contains("\"pool:p\" -> \"eval:e\""),
         "{dot}"
     );
-    let mm = text(
-        &goosepipe(
-            &["graph", GOLDEN, "--format", "mermaid", "--status"],
-            t.path(),
-        )
-        .stdout,
-    );
+    let mm = text(&goosepipe(&["graph", GOLDEN, "--format", "mermaid", "--status"], t.path()).stdout);
     assert!(
         mm.starts_with("flowchart LR") && mm.contains("class s0 stale"),
         "{mm}"
@@ -112,11 +103,7 @@ fn bad_flags_are_clear_errors() {
     let t = tempfile::tempdir().unwrap();
     let out = goosepipe(&["plan"], t.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("<FILE>"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("<FILE>"), "{}", text(&out.stderr));
     let out = goosepipe(&["run", GOLDEN, "--only", "x", "--until", "y"], t.path());
     assert!(
         text(&out.stderr).contains("cannot be used with"),

@@ -44,16 +44,8 @@ golden!(
     "manifest::unknown-property"
 );
 golden!(wrong_type, "manifest::wrong-type", "manifest::wrong-type");
-golden!(
-    out_of_range,
-    "manifest::out-of-range",
-    "manifest::out-of-range"
-);
-golden!(
-    wrong_value,
-    "manifest::wrong-value",
-    "manifest::wrong-value"
-);
+golden!(out_of_range, "manifest::out-of-range", "manifest::out-of-range");
+golden!(wrong_value, "manifest::wrong-value", "manifest::wrong-value");
 golden!(
     undefined_reference,
     "manifest::undefined-reference",
@@ -87,11 +79,7 @@ golden!(
     "manifest::unknown-method",
     "manifest::undefined-reference"
 );
-golden!(
-    missing_file,
-    "manifest::missing-file",
-    "manifest::missing-file"
-);
+golden!(missing_file, "manifest::missing-file", "manifest::missing-file");
 golden!(mixed_models, "manifest::mixed-models");
 golden!(
     many_errors,
@@ -104,7 +92,6 @@ golden!(
 
 #[test]
 fn unreadable_manifest_is_a_diagnostic_not_a_panic() {
-    let err = goosepipe::manifest::load(Path::new("tests/manifests/errors/does-not-exist.kdl"))
-        .unwrap_err();
+    let err = goosepipe::manifest::load(Path::new("tests/manifests/errors/does-not-exist.kdl")).unwrap_err();
     assert_eq!(err.codes(), vec!["manifest::unreadable"]);
 }

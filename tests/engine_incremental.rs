@@ -42,10 +42,9 @@ fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
     // The reasons say why.
     let plan = p.plan(&reg);
     let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
-        &p.manifest(),
-    ))
-    .unwrap();
+    let lock =
+        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
+            .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(text.contains("expert:x"), "{text}");
@@ -88,10 +87,7 @@ fn an_expert_on_an_existing_dataset_reuses_the_dataset() {
         )
         .replace("experts \"a\" \"b\"", "experts \"b\" \"a2\" \"a\"");
     p.write(&grown);
-    assert_eq!(
-        p.stale(&reg),
-        ids(&["expert:a2", "gate:a2", "pool:p", "eval:e"])
-    );
+    assert_eq!(p.stale(&reg), ids(&["expert:a2", "gate:a2", "pool:p", "eval:e"]));
 }
 
 #[test]
@@ -126,12 +122,6 @@ fn per_expert_baseline_steps_do_not_depend_on_the_pool() {
     // b's (same dataset), so it is already cached.
     assert_eq!(
         p.stale(&reg),
-        ids(&[
-            "expert:c",
-            "gate:c",
-            "average-activation:c",
-            "pool:p",
-            "eval:e"
-        ])
+        ids(&["expert:c", "gate:c", "average-activation:c", "pool:p", "eval:e"])
     );
 }

@@ -84,9 +84,7 @@ fn a_parameter_change_moves_exactly_that_step_and_its_dependents() {
     let d = Project::new(&BASE.replace("train steps=10 batch=4", "train steps=11 batch=4"));
     assert_eq!(
         changed(&keys(&a, &reg), &keys(&d, &reg)),
-        vec![
-            "eval:e", "expert:a", "expert:b", "gate:a", "gate:b", "pool:p"
-        ]
+        vec!["eval:e", "expert:a", "expert:b", "gate:a", "gate:b", "pool:p"]
     );
 
     // Renaming an expert keeps its own key (names are labels) but not the pool's.
@@ -111,10 +109,9 @@ fn stale_reasons_name_the_changed_parameter_and_input() {
     ));
     let plan = p.plan(&reg);
     let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
-        &p.manifest(),
-    ))
-    .unwrap();
+    let lock =
+        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
+            .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let reason = |id: &str| {
         let i = plan.index[id];
@@ -125,10 +122,7 @@ fn stale_reasons_name_the_changed_parameter_and_input() {
             .collect::<Vec<_>>()
             .join("; ")
     };
-    assert_eq!(
-        reason("expert:b"),
-        "parameters changed: train.lr 0.005 -> 0.001"
-    );
+    assert_eq!(reason("expert:b"), "parameters changed: train.lr 0.005 -> 0.001");
     assert_eq!(reason("gate:b"), "input changed: expert:b");
     assert_eq!(reason("pool:p"), "input changed: expert:b, gate:b");
     assert_eq!(reason("expert:a"), "");
@@ -146,10 +140,9 @@ fn implementation_version_is_part_of_the_key() {
     assert_eq!(stale, vec!["eval:e", "gate:a", "gate:b", "pool:p"]);
     let plan = p.plan(&bumped);
     let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
-        &p.manifest(),
-    ))
-    .unwrap();
+    let lock =
+        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
+            .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let i = plan.index["gate:a"];
     assert_eq!(

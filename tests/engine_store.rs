@@ -131,10 +131,9 @@ fn truncated_artifact_is_stale_and_rebuilt() {
     let k = key_of(&p, &reg, "expert:a");
     std::fs::write(store.files_dir(&k).join("output.txt"), "x").unwrap();
     let plan = p.plan(&reg);
-    let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
-        &p.manifest(),
-    ))
-    .unwrap();
+    let lock =
+        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
+            .unwrap();
     let status = goosepipe::plan::status::status(&plan, &store, &lock);
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(text.contains("artifact corrupt"), "{text}");
@@ -185,10 +184,7 @@ fn a_failure_stops_dependents_and_keeps_finished_work() {
         },
     );
     assert_eq!(code, 1);
-    assert!(
-        out.contains("expert:b: expert:b failed on purpose"),
-        "{out}"
-    );
+    assert!(out.contains("expert:b: expert:b failed on purpose"), "{out}");
     assert!(out.contains("not run because of the failure: "), "{out}");
     let ran = log.take();
     assert!(
@@ -198,10 +194,7 @@ fn a_failure_stops_dependents_and_keeps_finished_work() {
     assert!(!ran.contains(&"gate:b".to_string()) && !ran.contains(&"pool:p".to_string()));
     // Fixing the failure runs only what is left.
     let reg = registry(&log, &Behaviour::default());
-    assert_eq!(
-        p.stale(&reg),
-        vec!["eval:e", "expert:b", "gate:b", "pool:p"]
-    );
+    assert_eq!(p.stale(&reg), vec!["eval:e", "expert:b", "gate:b", "pool:p"]);
 }
 
 #[test]
@@ -234,10 +227,7 @@ fn cancelled_step_resumes_from_its_checkpoint() {
     let (code, _) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0);
     assert!(log.take().contains(&"expert:a resumed at 20".to_string()));
-    assert!(
-        !store.work_dir(&k).exists(),
-        "scratch is removed once published"
-    );
+    assert!(!store.work_dir(&k).exists(), "scratch is removed once published");
 }
 
 #[test]
@@ -253,10 +243,7 @@ fn only_and_until_select_a_sub_dag() {
         },
     );
     assert_eq!(code, 0);
-    assert_eq!(
-        log.take(),
-        vec!["dataset:a", "expert:a", "gate:a", "model:base"]
-    );
+    assert_eq!(log.take(), vec!["dataset:a", "expert:a", "gate:a", "model:base"]);
     let (code, _) = p.run(
         &reg,
         &RunOptions {
@@ -302,11 +289,7 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
     let plan = p.plan(&reg);
     for s in &plan.steps {
         assert!(
-            lock_text.contains(&format!(
-                "step \"{}\" key=\"{}\"",
-                s.spec.id,
-                s.spec.key.hex()
-            )),
+            lock_text.contains(&format!("step \"{}\" key=\"{}\"", s.spec.id, s.spec.key.hex())),
             "{lock_text}"
         );
     }
@@ -383,13 +366,9 @@ fn gc_deletes_only_unreachable_entries() {
     let mut out = Vec::new();
     goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, &mut out).unwrap();
     assert!(!store.object_dir(&kb).exists());
-    let reachable: std::collections::HashSet<Key> =
-        p.plan(&reg).steps.iter().map(|s| s.spec.key).collect();
+    let reachable: std::collections::HashSet<Key> = p.plan(&reg).steps.iter().map(|s| s.spec.key).collect();
     assert_eq!(
-        store
-            .keys()
-            .into_iter()
-            .collect::<std::collections::HashSet<_>>(),
+        store.keys().into_iter().collect::<std::collections::HashSet<_>>(),
         reachable
     );
     assert!(

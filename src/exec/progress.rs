@@ -97,10 +97,7 @@ impl StepProgress for PlainStep<'_> {
         s.pos = pos;
         // One line per 10% or per 10 s, whichever comes first: readable in CI logs.
         let pct = (pos * 100).checked_div(s.total).unwrap_or(0);
-        if pct / 10 > s.last_pct / 10
-            || s.last.elapsed() > Duration::from_secs(10)
-            || pos == s.total
-        {
+        if pct / 10 > s.last_pct / 10 || s.last.elapsed() > Duration::from_secs(10) || pos == s.total {
             s.last = Instant::now();
             s.last_pct = pct;
             let el = s.started.elapsed().as_secs_f64();
@@ -109,10 +106,7 @@ impl StepProgress for PlainStep<'_> {
             } else {
                 String::new()
             };
-            let line = format!(
-                "  {} {}/{} {}{} {}",
-                self.id, pos, s.total, s.unit, eta, s.msg
-            );
+            let line = format!("  {} {}/{} {}{} {}", self.id, pos, s.total, s.unit, eta, s.msg);
             drop(s);
             self.r.line(&line);
         }
@@ -178,9 +172,11 @@ impl BarReporter {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:>8.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise} (eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise} (eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         overall.set_prefix("pipeline");
         BarReporter { multi, overall }
@@ -228,8 +224,7 @@ impl Reporter for BarReporter {
     fn started(&self, id: &str, _short_key: &str) -> Box<dyn StepProgress + '_> {
         let bar = self.multi.add(ProgressBar::new_spinner());
         bar.set_style(
-            ProgressStyle::with_template("  {prefix:30} {spinner} {elapsed} {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template("  {prefix:30} {spinner} {elapsed} {msg}").expect("valid template"),
         );
         bar.set_prefix(id.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));

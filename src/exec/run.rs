@@ -245,11 +245,7 @@ pub fn run(
             .count();
         waiting_on.insert(i, deps);
     }
-    let mut ready: VecDeque<usize> = selected
-        .iter()
-        .copied()
-        .filter(|i| waiting_on[i] == 0)
-        .collect();
+    let mut ready: VecDeque<usize> = selected.iter().copied().filter(|i| waiting_on[i] == 0).collect();
     let mut blocked: BTreeSet<usize> = BTreeSet::new();
     let mut stop = false;
     let jobs = opts.jobs.max(1);
@@ -265,15 +261,7 @@ pub fn run(
                 scope.spawn(move || {
                     let t0 = Instant::now();
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        execute(
-                            &plan.steps[i].spec,
-                            store,
-                            registry,
-                            lock,
-                            opts,
-                            reporter,
-                            cancel,
-                        )
+                        execute(&plan.steps[i].spec, store, registry, lock, opts, reporter, cancel)
                     }));
                     let secs = t0.elapsed().as_secs_f64();
                     let msg = match result {
@@ -292,9 +280,7 @@ pub fn run(
                                 i,
                                 Outcome::Failed,
                                 secs,
-                                format!(
-                                    "internal error (a bug in goosepipe, please report it): {what}"
-                                ),
+                                format!("internal error (a bug in goosepipe, please report it): {what}"),
                             )
                         }
                     };
@@ -407,12 +393,9 @@ pub fn execute(
         }
         Presence::Missing => {}
     }
-    let runner = registry.get(&spec.kind).ok_or_else(|| {
-        StepError::msg(format!(
-            "no runner for step kind `{}` in this build",
-            spec.kind
-        ))
-    })?;
+    let runner = registry
+        .get(&spec.kind)
+        .ok_or_else(|| StepError::msg(format!("no runner for step kind `{}` in this build", spec.kind)))?;
     let mut inputs = vec![];
     for inp in &spec.inputs {
         let meta: ArtifactMeta = match store.verify(&inp.key) {
@@ -460,9 +443,7 @@ pub fn execute(
     drop(progress);
     match result {
         Ok(()) => {
-            store
-                .publish(staging, spec, pins, started)
-                .map_err(store_err)?;
+            store.publish(staging, spec, pins, started).map_err(store_err)?;
             let _ = std::fs::remove_dir_all(&work);
             Ok(Outcome::Built)
         }

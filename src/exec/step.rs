@@ -108,13 +108,8 @@ impl StepContext<'_> {
     }
 
     /// Inputs whose role starts with `prefix` (e.g. every `expert:` of a pool).
-    pub fn inputs_with_prefix<'s>(
-        &'s self,
-        prefix: &'s str,
-    ) -> impl Iterator<Item = &'s InputArtifact> + 's {
-        self.inputs
-            .iter()
-            .filter(move |i| i.role.starts_with(prefix))
+    pub fn inputs_with_prefix<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s InputArtifact> + 's {
+        self.inputs.iter().filter(move |i| i.role.starts_with(prefix))
     }
 
     pub fn param(&self, path: &str) -> Option<&serde_json::Value> {

@@ -32,10 +32,7 @@ impl ManifestError {
             code,
             message: message.into(),
             src: sources.named(loc.file),
-            labels: vec![LabeledSpan::new_primary_with_span(
-                Some(label.into()),
-                loc.span,
-            )],
+            labels: vec![LabeledSpan::new_primary_with_span(Some(label.into()), loc.span)],
             help: None,
         }
     }
@@ -114,10 +111,7 @@ impl Diagnostic for ManifestErrors {
 
 /// "did you mean" for a misspelled name: the closest candidate by Jaro-Winkler
 /// similarity, if it is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(
-    wrong: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let mut best: Option<(&str, f64)> = None;
     for c in candidates {
         let s = strsim::jaro_winkler(wrong, c);

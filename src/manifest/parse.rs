@@ -233,14 +233,12 @@ mod tests {
 
     #[test]
     fn parallel_parse_equals_serial_parse() {
-        same_as_serial(&big(
-            "dataset \"d\" hub=\"x\" config=\"c\" // comment { \"\n\
+        same_as_serial(&big("dataset \"d\" hub=\"x\" config=\"c\" // comment { \"\n\
              expert \"e\" model=\"m\" dataset=\"d\" {\n    train steps=10\n}\n\
              /* block\n comment */ model \"m\" hub=#\"raw \" string\"#\n\
              raw #\"\"\"\n  raw { multi\n  \"\"\"#\n\
              note \"\"\"\n  multi\n  line {\n  \"\"\"\n\
              cont \"a\" \\\n    b=1\n\
-             /-\nskipped \"x\"\n",
-        ));
+             /-\nskipped \"x\"\n"));
     }
 }

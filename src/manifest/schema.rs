@@ -152,9 +152,7 @@ impl Schema {
         };
         for node in doc.nodes() {
             match node.name().value() {
-                "schema" => {
-                    schema.version = int_prop(node, "version")?.ok_or("schema needs version=")?
-                }
+                "schema" => schema.version = int_prop(node, "version")?.ok_or("schema needs version=")?,
                 "node" => schema.nodes.push(parse_block(node)?),
                 "group" => {
                     let b = parse_block(node)?;

@@ -66,11 +66,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
 /// diagnostic with the path and the OS reason.
 fn io_error(path: &Path, e: &std::io::Error) -> ManifestError {
     let mut s = Sources::default();
-    let id = s.add(
-        path.to_path_buf(),
-        path.display().to_string(),
-        String::new(),
-    );
+    let id = s.add(path.to_path_buf(), path.display().to_string(), String::new());
     ManifestError::new(
         &s,
         "manifest::unreadable",
@@ -141,14 +137,10 @@ impl Validator {
             );
         }
         for d in &e.diagnostics {
-            let msg = d
-                .message
-                .clone()
-                .unwrap_or_else(|| "invalid KDL syntax".into());
+            let msg = d.message.clone().unwrap_or_else(|| "invalid KDL syntax".into());
             let label = d.label.clone().unwrap_or_else(|| "here".into());
             let help = d.help.clone().unwrap_or_else(|| {
-                "manifests are KDL v2 (strings in double quotes, #true/#false, props as key=value)"
-                    .into()
+                "manifests are KDL v2 (strings in double quotes, #true/#false, props as key=value)".into()
             });
             let span = narrow_span(&self.sources.get(id).text, d.span);
             self.err(
@@ -318,8 +310,7 @@ impl Validator {
             match kind {
                 "pipeline" => {
                     if let Some(Field {
-                        value: Value::Str(s),
-                        ..
+                        value: Value::Str(s), ..
                     }) = &block.arg
                     {
                         pipeline = Some((s.clone(), nloc));
@@ -408,13 +399,7 @@ impl Validator {
 
     /// Validates one node (or group/record) against its spec. Returns None when the
     /// node is too broken to use (errors are recorded either way).
-    fn block(
-        &mut self,
-        file: FileId,
-        node: &KdlNode,
-        spec: &BlockSpec,
-        in_defaults: bool,
-    ) -> (Block, bool) {
+    fn block(&mut self, file: FileId, node: &KdlNode, spec: &BlockSpec, in_defaults: bool) -> (Block, bool) {
         let loc = Loc::new(file, node.span());
         let name_loc = Loc::new(file, node.name().span());
         let mut block = Block {
@@ -634,23 +619,17 @@ impl Validator {
                                     .entry(cname.to_string())
                                     .or_insert_with(|| Child::Records(vec![]));
                                 if let Child::Records(r) = recs {
-                                    let dup = b
-                                        .arg
-                                        .as_ref()
-                                        .filter(|_| inner_spec.arg.is_some())
-                                        .and_then(|newname| {
+                                    let dup = b.arg.as_ref().filter(|_| inner_spec.arg.is_some()).and_then(
+                                        |newname| {
                                             r.iter()
                                                 .find(|p| {
-                                                    p.arg.as_ref().map(|a| &a.value)
-                                                        == Some(&newname.value)
+                                                    p.arg.as_ref().map(|a| &a.value) == Some(&newname.value)
                                                 })
                                                 .map(|prev| {
-                                                    (
-                                                        newname.clone(),
-                                                        prev.arg.as_ref().and_then(|a| a.loc),
-                                                    )
+                                                    (newname.clone(), prev.arg.as_ref().and_then(|a| a.loc))
                                                 })
-                                        });
+                                        },
+                                    );
                                     if let Some((newname, prev_loc)) = dup {
                                         let mut e = ManifestError::new(
                                             &self.sources,
@@ -772,11 +751,7 @@ impl Validator {
             this.err(
                 "manifest::wrong-type",
                 loc,
-                format!(
-                    "`{}` on `{owner}` must be {}",
-                    spec.name,
-                    spec.ty.describe()
-                ),
+                format!("`{}` on `{owner}` must be {}", spec.name, spec.ty.describe()),
                 format!("this is {got}"),
                 if spec.doc.is_empty() {
                     spec.ty.describe()
@@ -869,9 +844,7 @@ impl Validator {
             if known_set.is_some_and(|k| k.contains(name.as_str())) {
                 continue;
             }
-            let mut known: Vec<&str> = known_set
-                .map(|k| k.iter().copied().collect())
-                .unwrap_or_default();
+            let mut known: Vec<&str> = known_set.map(|k| k.iter().copied().collect()).unwrap_or_default();
             known.sort();
             let help = match did_you_mean(&name, known.iter().copied()) {
                 Some(s) => format!("did you mean \"{s}\"?"),
@@ -979,9 +952,7 @@ impl Validator {
                                 let desc = cycle
                                     .iter()
                                     .chain(std::iter::once(&to))
-                                    .map(|&c| {
-                                        format!("{} \"{}\"", entities[c].kind, entities[c].name)
-                                    })
+                                    .map(|&c| format!("{} \"{}\"", entities[c].kind, entities[c].name))
                                     .collect::<Vec<_>>()
                                     .join(" -> ");
                                 self.err(
@@ -1005,12 +976,7 @@ impl Validator {
 }
 
 /// Every reference-typed value in a block (recursively): (kind, name, where).
-fn collect_refs(
-    schema: &Schema,
-    block: &Block,
-    spec: &BlockSpec,
-    out: &mut Vec<(String, String, Loc)>,
-) {
+fn collect_refs(schema: &Schema, block: &Block, spec: &BlockSpec, out: &mut Vec<(String, String, Loc)>) {
     for p in &spec.props {
         if let (Type::Ref(kind), Some(f)) = (&p.ty, block.props.get(&p.name))
             && let (Value::Str(name), Some(loc)) = (&f.value, f.loc)
@@ -1163,10 +1129,7 @@ fn narrow_span(text: &str, span: SourceSpan) -> SourceSpan {
         return span;
     }
     let trimmed = covered.trim_end();
-    let tok_start = trimmed
-        .rfind(char::is_whitespace)
-        .map(|i| i + 1)
-        .unwrap_or(0);
+    let tok_start = trimmed.rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
     SourceSpan::from(start + tok_start..start + trimmed.len())
 }
 

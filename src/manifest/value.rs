@@ -196,10 +196,7 @@ mod tests {
 
     #[test]
     fn floats_are_normalized() {
-        assert_eq!(
-            Value::Float(5e-3).canonical(),
-            Value::Float(0.005).canonical()
-        );
+        assert_eq!(Value::Float(5e-3).canonical(), Value::Float(0.005).canonical());
         assert_eq!(Value::Float(-0.0).canonical(), "0.0");
         assert_eq!(Value::Float(1000.0).canonical(), "1000.0");
         assert_ne!(Value::Float(1.0).canonical(), Value::Int(1).canonical());

@@ -80,11 +80,7 @@ struct Lowerer<'a> {
 /// Builds the plan: lowers entities to steps, hashes local inputs, computes keys.
 /// Semantic errors (unknown method, unreadable data file, ...) come back as manifest
 /// diagnostics, all at once.
-pub fn build(
-    manifest: Manifest,
-    catalog: &dyn Catalog,
-    hashes: &HashCache,
-) -> Result<Plan, ManifestErrors> {
+pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> Result<Plan, ManifestErrors> {
     let schema = Schema::embedded();
     let mut l = Lowerer {
         manifest: &manifest,
@@ -133,11 +129,7 @@ pub fn build(
     finish(manifest, protos, catalog)
 }
 
-fn finish(
-    manifest: Manifest,
-    mut protos: Vec<Proto>,
-    catalog: &dyn Catalog,
-) -> Result<Plan, ManifestErrors> {
+fn finish(manifest: Manifest, mut protos: Vec<Proto>, catalog: &dyn Catalog) -> Result<Plan, ManifestErrors> {
     let mut g: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<_> = (0..protos.len()).map(|i| g.add_node(i)).collect();
     let ids: HashMap<String, usize> = protos
@@ -249,18 +241,12 @@ fn kind_rank(kind: &str) -> usize {
 
 /// Kahn's algorithm, always taking the ready step that reads best (kind, then name),
 /// so plans print in a stable, pipeline-shaped order. None on a cycle.
-fn ordered_toposort(
-    g: &DiGraph<usize, ()>,
-    protos: &[Proto],
-) -> Option<Vec<petgraph::graph::NodeIndex>> {
+fn ordered_toposort(g: &DiGraph<usize, ()>, protos: &[Proto]) -> Option<Vec<petgraph::graph::NodeIndex>> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let mut indeg: Vec<usize> = g
         .node_indices()
-        .map(|n| {
-            g.neighbors_directed(n, petgraph::Direction::Incoming)
-                .count()
-        })
+        .map(|n| g.neighbors_directed(n, petgraph::Direction::Incoming).count())
         .collect();
     let rank = |n: petgraph::graph::NodeIndex| {
         let p = &protos[g[n]];
@@ -355,19 +341,11 @@ impl Lowerer<'_> {
                         )
                     };
                     self.errors.push(
-                        ManifestError::new(
-                            &self.manifest.sources,
-                            "manifest::missing-file",
-                            loc,
-                            msg,
-                            label,
-                        )
-                        .help(format!(
-                            "paths are relative to the file that names them; looked for {}",
-                            abs.strip_prefix(&self.manifest.root)
-                                .unwrap_or(&abs)
-                                .display()
-                        )),
+                        ManifestError::new(&self.manifest.sources, "manifest::missing-file", loc, msg, label)
+                            .help(format!(
+                                "paths are relative to the file that names them; looked for {}",
+                                abs.strip_prefix(&self.manifest.root).unwrap_or(&abs).display()
+                            )),
                     );
                 }
             }
@@ -396,8 +374,7 @@ impl Lowerer<'_> {
         self.paths(&mut p, &c);
         for r in &c.refs {
             // init.corpus -> the corpus dataset
-            p.inputs
-                .push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
+            p.inputs.push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
         }
         self.hub(e, "model", &mut p);
         p.absorb(c);
@@ -409,8 +386,7 @@ impl Lowerer<'_> {
         let c = self.collect(e, None);
         self.paths(&mut p, &c);
         for r in &c.refs {
-            p.inputs
-                .push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
+            p.inputs.push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
         }
         self.hub(e, "dataset", &mut p);
         p.absorb(c);
@@ -422,10 +398,7 @@ impl Lowerer<'_> {
         let data = format!("dataset:{}", e.block.str("dataset").unwrap_or_default());
         let mut x = Proto::new("expert", &e.name, Some(e.name_loc));
         x.absorb(self.collect(e, Some(&["lora", "train", "resources"])));
-        x.inputs = vec![
-            ("model".into(), model.clone()),
-            ("data".into(), data.clone()),
-        ];
+        x.inputs = vec![("model".into(), model.clone()), ("data".into(), data.clone())];
         let expert_id = self.push(x, &e.name);
         let mut g = Proto::new("gate", &e.name, Some(e.name_loc));
         g.absorb(self.collect(e, Some(&["gate", "resources"])));
@@ -447,8 +420,7 @@ impl Lowerer<'_> {
             .collect();
         members.sort();
         for m in &members {
-            p.inputs
-                .push((format!("expert:{m}"), format!("expert:{m}")));
+            p.inputs.push((format!("expert:{m}"), format!("expert:{m}")));
             p.inputs.push((format!("gate:{m}"), format!("gate:{m}")));
         }
         // Member names label routing decisions and reports, so they are part of the
@@ -490,12 +462,7 @@ impl Lowerer<'_> {
             .unwrap_or_default()
             .to_string();
         let routing = e.block.group("routing");
-        let rint = |k: &str| {
-            routing
-                .and_then(|r| r.get(k))
-                .cloned()
-                .unwrap_or(Value::Int(0))
-        };
+        let rint = |k: &str| routing.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Int(0));
         let rstr = |k: &str| {
             routing
                 .and_then(|r| r.get(k))
@@ -544,10 +511,7 @@ impl Lowerer<'_> {
                 None => {
                     let help = match did_you_mean(s, methods::METHODS.iter().copied()) {
                         Some(d) => format!("did you mean \"{d}\"?"),
-                        None => format!(
-                            "methods are {}, or expert:NAME",
-                            methods::METHODS.join(", ")
-                        ),
+                        None => format!("methods are {}, or expert:NAME", methods::METHODS.join(", ")),
                     };
                     self.errors.push(
                         ManifestError::new(
@@ -581,8 +545,7 @@ impl Lowerer<'_> {
                 Some(Method::Named("average-activation")) => {
                     for m in &members {
                         let mut a = Proto::new("average-activation", &m.name, Some(m.name_loc));
-                        a.params
-                            .insert("examples".into(), rint("activation-examples"));
+                        a.params.insert("examples".into(), rint("activation-examples"));
                         a.inputs = vec![
                             ("model".into(), format!("model:{model}")),
                             ("expert".into(), format!("expert:{}", m.name)),
@@ -592,15 +555,13 @@ impl Lowerer<'_> {
                             ),
                         ];
                         let id = self.push(a, &e.name);
-                        v.inputs
-                            .push((format!("average-activation:{}", m.name), id));
+                        v.inputs.push((format!("average-activation:{}", m.name), id));
                     }
                 }
                 Some(Method::Named("retrieval")) => {
                     for m in &members {
                         let mut a = Proto::new("retrieval-index", &m.name, Some(m.name_loc));
-                        a.params
-                            .insert("examples".into(), rint("retrieval-examples"));
+                        a.params.insert("examples".into(), rint("retrieval-examples"));
                         a.params.insert("embedder".into(), rstr("embedder"));
                         a.inputs = vec![(
                             "data".into(),
@@ -620,10 +581,8 @@ impl Lowerer<'_> {
                         }
                     }
                     a.inputs.push(("model".into(), format!("model:{model}")));
-                    let mut datasets: Vec<&str> = members
-                        .iter()
-                        .filter_map(|m| m.block.str("dataset"))
-                        .collect();
+                    let mut datasets: Vec<&str> =
+                        members.iter().filter_map(|m| m.block.str("dataset")).collect();
                     datasets.sort();
                     datasets.dedup();
                     for d in datasets {

@@ -38,12 +38,7 @@ pub struct Collected {
 }
 
 /// Collects the params of `block` (spec `spec`); `only` limits to these props/children.
-pub fn collect(
-    schema: &Schema,
-    block: &Block,
-    spec: &BlockSpec,
-    only: Option<&[&str]>,
-) -> Collected {
+pub fn collect(schema: &Schema, block: &Block, spec: &BlockSpec, only: Option<&[&str]>) -> Collected {
     let mut c = Collected::default();
     let mut keyed = BTreeMap::new();
     let mut settings = BTreeMap::new();
@@ -114,11 +109,7 @@ fn walk(
             Type::Name => {}
             _ => {
                 c.origins.insert(path.clone(), (f.origin, f.loc));
-                let target = if keyed_here {
-                    &mut *keyed
-                } else {
-                    &mut *settings
-                };
+                let target = if keyed_here { &mut *keyed } else { &mut *settings };
                 target.insert(p.name.clone(), f.value.clone());
             }
         }
@@ -152,11 +143,7 @@ fn walk(
                     .map(|f| (f.origin, f.loc))
                     .unwrap_or((Origin::Schema, None));
                 c.origins.insert(path.clone(), origin);
-                let target = if keyed_here {
-                    &mut *keyed
-                } else {
-                    &mut *settings
-                };
+                let target = if keyed_here { &mut *keyed } else { &mut *settings };
                 target.insert(ch.name.clone(), Value::List(vals));
             }
             (_, Some(Child::Group(g))) => {

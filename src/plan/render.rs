@@ -191,11 +191,7 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
     let s = &plan.steps[i];
     let st = &status.states[i];
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "step {}  ({} \"{}\")",
-        s.spec.id, s.spec.kind, s.spec.name
-    );
+    let _ = writeln!(out, "step {}  ({} \"{}\")", s.spec.id, s.spec.kind, s.spec.name);
     let _ = writeln!(out, "key  {}", s.spec.key.hex());
     let _ = writeln!(out, "state  {}", st.label());
     for r in st.reasons() {

@@ -168,9 +168,7 @@ pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
         }
         let consumers = plan.consumers_of(i);
         // A corrupt artifact is always rebuilt: it must never be consumed later.
-        let corrupt = reasons[i]
-            .iter()
-            .any(|r| matches!(r, Reason::Corrupt { .. }));
+        let corrupt = reasons[i].iter().any(|r| matches!(r, Reason::Corrupt { .. }));
         if corrupt || consumers.is_empty() || consumers.iter().any(|&c| needed[c]) {
             needed[i] = true;
         }
@@ -238,11 +236,7 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
     if !changes.is_empty() {
         out.push(Reason::ParamsChanged { changes });
     }
-    let old_in: BTreeMap<&str, &Key> = old
-        .inputs
-        .iter()
-        .map(|i| (i.role.as_str(), &i.key))
-        .collect();
+    let old_in: BTreeMap<&str, &Key> = old.inputs.iter().map(|i| (i.role.as_str(), &i.key)).collect();
     let new_in: BTreeMap<&str, (&Key, &str)> = new
         .inputs
         .iter()
@@ -287,9 +281,7 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
         out.push(Reason::ExternalChanged { externals: ext });
     }
     if out.is_empty() {
-        out.push(Reason::KeyChanged {
-            old: old.key.short(),
-        });
+        out.push(Reason::KeyChanged { old: old.key.short() });
     }
     out
 }

@@ -28,9 +28,7 @@ pub struct Lockfile {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "lockfile {path} is unreadable: {reason} (delete it and `goosepipe run` writes a fresh one)"
-)]
+#[error("lockfile {path} is unreadable: {reason} (delete it and `goosepipe run` writes a fresh one)")]
 pub struct LockfileError {
     pub path: PathBuf,
     pub reason: String,
@@ -60,9 +58,7 @@ impl Lockfile {
             path: path.into(),
             reason,
         };
-        let doc: KdlDocument = text
-            .parse()
-            .map_err(|e: kdl::KdlError| bad(format!("{e}")))?;
+        let doc: KdlDocument = text.parse().map_err(|e: kdl::KdlError| bad(format!("{e}")))?;
         let mut lock = Lockfile::default();
         for node in doc.nodes() {
             let name = match node.get(0) {
@@ -79,8 +75,7 @@ impl Lockfile {
                     other => return Err(bad(format!("unsupported lockfile version {other:?}"))),
                 },
                 "external" => {
-                    let v = s("resolved")
-                        .ok_or_else(|| bad(format!("external {name} has no resolved=")))?;
+                    let v = s("resolved").ok_or_else(|| bad(format!("external {name} has no resolved=")))?;
                     lock.externals.insert(name, v);
                 }
                 "step" => {
@@ -115,13 +110,7 @@ impl Lockfile {
         for (id, s) in &self.steps {
             match &s.digest {
                 Some(d) => {
-                    let _ = writeln!(
-                        out,
-                        "step {} key={} digest={}",
-                        q(id),
-                        q(&s.key.hex()),
-                        q(d)
-                    );
+                    let _ = writeln!(out, "step {} key={} digest={}", q(id), q(&s.key.hex()), q(d));
                 }
                 None => {
                     let _ = writeln!(out, "step {} key={}", q(id), q(&s.key.hex()));

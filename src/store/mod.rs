@@ -232,10 +232,10 @@ impl Store {
 
     /// A fresh staging folder for building `key`.
     pub fn begin(&self, key: &Key) -> Result<Staging, StoreError> {
-        let dir =
-            self.root
-                .join("tmp")
-                .join(format!("{}.{}.{}", key.hex(), std::process::id(), nanos()));
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}.{}", key.hex(), std::process::id(), nanos()));
         let files = dir.join("files");
         std::fs::create_dir_all(&files).map_err(io_err(&files))?;
         Ok(Staging {
@@ -274,10 +274,7 @@ impl Store {
         std::fs::write(&meta_path, meta_bytes).map_err(io_err(&meta_path))?;
         sync_tree(&staging.dir).map_err(io_err(&staging.dir))?;
         let target = self.object_dir(&staging.key);
-        let parent = target
-            .parent()
-            .expect("object dir has a parent")
-            .to_path_buf();
+        let parent = target.parent().expect("object dir has a parent").to_path_buf();
         std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
         match std::fs::rename(&staging.dir, &target) {
             Ok(()) => {
@@ -302,10 +299,7 @@ impl Store {
     }
 
     pub fn save_recipe(&self, spec: &StepSpec) -> Result<(), StoreError> {
-        let p = self
-            .root
-            .join("recipes")
-            .join(format!("{}.json", spec.key.hex()));
+        let p = self.root.join("recipes").join(format!("{}.json", spec.key.hex()));
         if p.exists() {
             return Ok(());
         }
@@ -314,10 +308,7 @@ impl Store {
     }
 
     pub fn recipe(&self, key: &Key) -> Option<StepSpec> {
-        let p = self
-            .root
-            .join("recipes")
-            .join(format!("{}.json", key.hex()));
+        let p = self.root.join("recipes").join(format!("{}.json", key.hex()));
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()
     }
 
@@ -365,14 +356,17 @@ impl Store {
         for k in &keys {
             if let Some(m) = self.meta(k)
                 && (m.spec.id == what || m.spec.name == what)
-                && best
-                    .as_ref()
-                    .is_none_or(|b| m.finished_unix > b.finished_unix)
+                && best.as_ref().is_none_or(|b| m.finished_unix > b.finished_unix)
             {
                 best = Some(m);
             }
         }
-        best.ok_or_else(|| format!("no artifact in {} matches {what:?} (a key, key prefix, or step id such as expert:NAME)", self.root.display()))
+        best.ok_or_else(|| {
+            format!(
+                "no artifact in {} matches {what:?} (a key, key prefix, or step id such as expert:NAME)",
+                self.root.display()
+            )
+        })
     }
 }
 

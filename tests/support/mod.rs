@@ -165,39 +165,22 @@ impl Project {
     pub fn run(&self, reg: &Registry, opts: &RunOptions) -> (i32, String) {
         self.run_cancellable(reg, opts, &CancelFlag::new())
     }
-    pub fn run_cancellable(
-        &self,
-        reg: &Registry,
-        opts: &RunOptions,
-        cancel: &CancelFlag,
-    ) -> (i32, String) {
+    pub fn run_cancellable(&self, reg: &Registry, opts: &RunOptions, cancel: &CancelFlag) -> (i32, String) {
         let mut out = Vec::new();
-        let code = app::run(
-            &self.manifest(),
-            &self.store(),
-            reg,
-            opts,
-            true,
-            cancel,
-            &mut out,
-        )
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        let code = app::run(&self.manifest(), &self.store(), reg, opts, true, cancel, &mut out)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         (code, String::from_utf8(out).unwrap())
     }
     /// The ids `plan` says would run.
     pub fn stale(&self, reg: &Registry) -> Vec<String> {
         let plan = self.plan(reg);
         let store = goosepipe::store::Store::open(self.store()).unwrap();
-        let lock = goosepipe::store::lockfile::Lockfile::read(
-            &goosepipe::store::lockfile::lock_path(&self.manifest()),
-        )
+        let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
+            &self.manifest(),
+        ))
         .unwrap();
         let status = goosepipe::plan::status::status(&plan, &store, &lock);
-        status
-            .stale_ids(&plan)
-            .into_iter()
-            .map(String::from)
-            .collect()
+        status.stale_ids(&plan).into_iter().map(String::from).collect()
     }
 }
 
