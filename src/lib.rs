@@ -4,6 +4,7 @@
 //! data, eval). See ARCHITECTURE.md.
 
 pub mod app;
+pub mod data;
 pub mod exec;
 pub mod manifest;
 pub mod plan;

@@ -3,6 +3,10 @@
 //! Each kind has an implementation version that enters every key of that kind: bump
 //! it whenever the same inputs would produce different bytes.
 
+pub mod dataset;
+
+use std::sync::Arc;
+
 use crate::exec::Registry;
 
 /// Every step kind the planner emits, with its implementation version.
@@ -18,6 +22,12 @@ pub const VERSIONS: &[(&str, u32)] = &[
     ("eval", 1),
 ];
 
+/// The implementation version of a kind (0 for a kind this build does not know,
+/// which no plan ever asks for).
+pub fn version_of(kind: &str) -> u32 {
+    VERSIONS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v).unwrap_or(0)
+}
+
 /// The product's registry: every kind declared (so any manifest can be planned),
 /// with the runners this build implements.
 pub fn registry() -> Registry {
@@ -25,5 +35,6 @@ pub fn registry() -> Registry {
     for (kind, version) in VERSIONS {
         r.declare(kind, *version);
     }
+    r.register(Arc::new(dataset::DatasetStep));
     r
 }

@@ -1,0 +1,246 @@
+//! The synthetic task suite of the CPU quickstart (see pipelines/README.md).
+//!
+//! Every task maps a short sequence of letters to another sequence (or a number word)
+//! with one skill, announced by instruction words of its own. Held-out tasks never
+//! appear in any expert's training data: they compose two skills ("reverse the order then
+//! advance each letter") or phrase a known skill with new words ("arrange letters
+//! alphabetically"). A model can only solve them by using the right expert for the right
+//! tokens, which is what PHATGOOSE's tokenwise routing is for.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::example::Example;
+
+pub const LETTERS: [&str; 16] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"];
+const NUMBERS: [&str; 8] = ["zero", "one", "two", "three", "four", "five", "six", "seven"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skill {
+    Reverse,
+    Sort,
+    Shift,
+    Dedup,
+    EveryOther,
+    Count,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TaskDef {
+    pub id: &'static str,
+    pub instruction: &'static str,
+    pub skills: &'static [Skill],
+    pub held_out: bool,
+    pub description: &'static str,
+}
+
+pub const TASKS: &[TaskDef] = &[
+    TaskDef { id: "reverse", instruction: "reverse the order :", skills: &[Skill::Reverse], held_out: false, description: "the letters in reverse order" },
+    TaskDef { id: "sort", instruction: "sort alphabetically :", skills: &[Skill::Sort], held_out: false, description: "the letters sorted" },
+    TaskDef { id: "shift", instruction: "advance each letter :", skills: &[Skill::Shift], held_out: false, description: "each letter replaced by the next one (p wraps to a)" },
+    TaskDef { id: "dedup", instruction: "drop repeated letters :", skills: &[Skill::Dedup], held_out: false, description: "runs of a repeated letter collapsed to one" },
+    TaskDef { id: "every-other", instruction: "keep odd positions :", skills: &[Skill::EveryOther], held_out: false, description: "the 1st, 3rd, 5th ... letters" },
+    TaskDef { id: "count", instruction: "how many letters :", skills: &[Skill::Count], held_out: false, description: "the number of letters, as a word" },
+    TaskDef { id: "reverse-shift", instruction: "reverse the order then advance each letter :", skills: &[Skill::Reverse, Skill::Shift], held_out: true, description: "composition: reverse, then shift" },
+    TaskDef { id: "sort-dedup", instruction: "sort alphabetically then drop repeated letters :", skills: &[Skill::Sort, Skill::Dedup], held_out: true, description: "composition: sort, then deduplicate" },
+    TaskDef { id: "arrange", instruction: "arrange letters alphabetically :", skills: &[Skill::Sort], held_out: true, description: "sorting, asked with new words" },
+];
+
+/// The pretraining corpus's pseudo task id.
+pub const CORPUS: &str = "corpus";
+
+pub fn task(id: &str) -> Option<&'static TaskDef> {
+    TASKS.iter().find(|t| t.id == id)
+}
+
+pub fn task_ids() -> Vec<&'static str> {
+    TASKS.iter().map(|t| t.id).chain(std::iter::once(CORPUS)).collect()
+}
+
+fn apply(skill: Skill, seq: &[&'static str]) -> Vec<&'static str> {
+    match skill {
+        Skill::Reverse => seq.iter().rev().copied().collect(),
+        Skill::Sort => {
+            let mut s = seq.to_vec();
+            s.sort();
+            s
+        }
+        Skill::Shift => seq
+            .iter()
+            .map(|l| {
+                let i = LETTERS.iter().position(|x| x == l).expect("letters only");
+                LETTERS[(i + 1) % LETTERS.len()]
+            })
+            .collect(),
+        Skill::Dedup => {
+            let mut s: Vec<&'static str> = seq.to_vec();
+            s.dedup();
+            s
+        }
+        Skill::EveryOther => seq.iter().step_by(2).copied().collect(),
+        Skill::Count => vec![NUMBERS[seq.len().min(NUMBERS.len() - 1)]],
+    }
+}
+
+fn run(skills: &[Skill], seq: &[&'static str]) -> Vec<&'static str> {
+    let mut cur = seq.to_vec();
+    for s in skills {
+        cur = apply(*s, &cur);
+    }
+    cur
+}
+
+/// A random letter sequence; with `repeats`, at least one letter is doubled in place so
+/// deduplication has something to do.
+fn sequence(rng: &mut ChaCha8Rng, repeats: bool) -> Vec<&'static str> {
+    let n = rng.random_range(3..=6);
+    let mut s: Vec<&'static str> = (0..n).map(|_| LETTERS[rng.random_range(0..LETTERS.len())]).collect();
+    if repeats {
+        let i = rng.random_range(0..s.len());
+        s.insert(i, s[i]);
+    }
+    s
+}
+
+/// Derives the seed of one split, so splits never share examples by construction of
+/// the stream (and the same seed always gives the same split).
+fn split_seed(seed: u64, split: &str) -> u64 {
+    let h = blake3::hash(format!("goosepipe-synthetic/{seed}/{split}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// `n` examples of task `id` for `split`. `choice` adds answer choices: the correct
+/// output plus the outputs of other skills on the same letters, so picking the wrong
+/// expert picks a plausible wrong answer.
+pub fn generate(id: &str, split: &str, n: usize, seed: u64, choice: bool) -> Option<Vec<Example>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(split_seed(seed, split));
+    if id == CORPUS {
+        return Some((0..n).map(|_| corpus_line(&mut rng)).collect());
+    }
+    let t = task(id)?;
+    let repeats = t.skills.contains(&Skill::Dedup);
+    let out = (0..n)
+        .map(|_| {
+            let seq = sequence(&mut rng, repeats);
+            let target = run(t.skills, &seq).join(" ");
+            let input = format!("{} {}", t.instruction, seq.join(" "));
+            let choices = if choice { choices_for(&mut rng, t, &seq, &target) } else { vec![] };
+            Example { input, target, choices }
+        })
+        .collect();
+    Some(out)
+}
+
+fn choices_for(rng: &mut ChaCha8Rng, t: &TaskDef, seq: &[&'static str], target: &str) -> Vec<String> {
+    let mut cands: Vec<String> = vec![target.to_string()];
+    let push = |c: String, cands: &mut Vec<String>| {
+        if !cands.contains(&c) {
+            cands.push(c);
+        }
+    };
+    if t.skills == [Skill::Count] {
+        for w in NUMBERS.iter().skip(2) {
+            push(w.to_string(), &mut cands);
+        }
+    } else {
+        let singles = [Skill::Reverse, Skill::Sort, Skill::Shift, Skill::Dedup, Skill::EveryOther];
+        for s in singles {
+            push(apply(s, seq).join(" "), &mut cands);
+        }
+        push(seq.join(" "), &mut cands);
+        for s in singles {
+            for s2 in singles {
+                push(run(&[s, s2], seq).join(" "), &mut cands);
+            }
+        }
+    }
+    let mut wrong: Vec<String> = cands.split_off(1);
+    wrong.shuffle(rng);
+    wrong.truncate(3);
+    let mut all = cands;
+    all.extend(wrong);
+    all.shuffle(rng);
+    all
+}
+
+/// Every word any task or the corpus uses: the base model's vocabulary.
+pub fn vocabulary() -> Vec<String> {
+    let mut words: Vec<String> = LETTERS.iter().chain(NUMBERS.iter()).map(|s| s.to_string()).collect();
+    for t in TASKS {
+        for w in t.instruction.split_whitespace() {
+            words.push(w.to_string());
+        }
+    }
+    words.sort();
+    words.dedup();
+    words
+}
+
+/// Pretraining text: random runs of every word of the vocabulary, with no task
+/// structure, so the base learns the tokens but none of the skills.
+fn corpus_line(rng: &mut ChaCha8Rng) -> Example {
+    let vocab = vocabulary();
+    let n = rng.random_range(8..=16);
+    let words: Vec<&str> = (0..n)
+        .map(|_| {
+            // Letters dominate, as in the tasks.
+            if rng.random_bool(0.6) {
+                LETTERS[rng.random_range(0..LETTERS.len())]
+            } else {
+                vocab[rng.random_range(0..vocab.len())].as_str()
+            }
+        })
+        .collect();
+    Example {
+        input: words.join(" "),
+        target: String::new(),
+        choices: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(id: &str) -> Example {
+        generate(id, "train", 1, 7, true).unwrap().remove(0)
+    }
+
+    #[test]
+    fn skills_do_what_they_say() {
+        let s = ["c", "a", "a", "p"];
+        assert_eq!(apply(Skill::Reverse, &s), ["p", "a", "a", "c"]);
+        assert_eq!(apply(Skill::Sort, &s), ["a", "a", "c", "p"]);
+        assert_eq!(apply(Skill::Shift, &s), ["d", "b", "b", "a"]);
+        assert_eq!(apply(Skill::Dedup, &s), ["c", "a", "p"]);
+        assert_eq!(apply(Skill::EveryOther, &s), ["c", "a"]);
+        assert_eq!(apply(Skill::Count, &s), ["four"]);
+        assert_eq!(run(&[Skill::Reverse, Skill::Shift], &s), ["a", "b", "b", "d"]);
+    }
+
+    #[test]
+    fn examples_are_deterministic_and_well_formed() {
+        assert_eq!(generate("sort", "train", 50, 1, true), generate("sort", "train", 50, 1, true));
+        assert_ne!(generate("sort", "train", 50, 1, false), generate("sort", "validation", 50, 1, false));
+        for t in TASKS {
+            let e = ex(t.id);
+            assert!(e.input.starts_with(t.instruction));
+            assert_eq!(e.answer_index().map(|i| e.choices[i].clone()), Some(e.target.clone()));
+            assert!(e.choices.len() >= 2, "{e:?}");
+        }
+        assert!(generate("nope", "train", 1, 0, false).is_none());
+    }
+
+    #[test]
+    fn held_out_instructions_are_never_a_held_in_instruction() {
+        for h in TASKS.iter().filter(|t| t.held_out) {
+            assert!(TASKS.iter().filter(|t| !t.held_out).all(|t| t.instruction != h.instruction));
+        }
+        // ...but every held-out word is in the vocabulary the base is pretrained on.
+        let v = vocabulary();
+        for w in TASKS.iter().flat_map(|t| t.instruction.split_whitespace()) {
+            assert!(v.iter().any(|x| x == w));
+        }
+    }
+}
