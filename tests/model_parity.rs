@@ -79,3 +79,90 @@ fn v1_1_gated_gelu_untied_matches_transformers() {
 fn original_relu_tied_scaled_matches_transformers() {
     check_family("orig", true);
 }
+
+/// The v1_1 fixture with adapters attached by `attach`, compared with the
+/// reference logits `key` computed in torch with forward hooks.
+fn check_adapter(
+    key: &str,
+    attach: impl FnOnce(&mut T5Model, &[goosepipe::model::LoraExpert], &[goosepipe::model::GateVectors]),
+) {
+    let dir = fixture("v1_1");
+    let mut model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let experts: Vec<_> = ["expert_c", "expert_a", "expert_b"] // deliberately unsorted
+        .iter()
+        .map(|e| {
+            goosepipe::model::LoraExpert::load(
+                &dir.join(format!("{e}.safetensors")),
+                &model.config,
+                &Device::Cpu,
+                DType::F32,
+            )
+            .unwrap()
+        })
+        .collect();
+    let gates: Vec<_> = ["expert_b", "expert_c", "expert_a"]
+        .iter()
+        .map(|e| {
+            goosepipe::model::GateVectors::load(
+                &dir.join(format!("{e}.gates.safetensors")),
+                &model.config,
+                &Device::Cpu,
+                DType::F32,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(experts[1].name, "expert_a");
+    assert_eq!(experts[1].rank, 4);
+    assert_eq!(experts[1].modules.len(), 36);
+    attach(&mut model, &experts, &gates);
+    let inputs = load_st(dir.join("inputs.safetensors"));
+    let reference = load_st(dir.join("reference.safetensors"));
+    let b = batch(&inputs);
+    let logits = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap();
+    let d = max_abs_diff(&logits, &reference[key]);
+    // The adapters must change the output, or the comparison proves nothing.
+    let moved = max_abs_diff(&reference[key], &reference["logits"]);
+    assert!(
+        moved > 1e-2,
+        "{key}: adapters barely change the logits ({moved})"
+    );
+    assert!(d < 1e-4, "{key}: logits differ from transformers by {d}");
+}
+
+#[test]
+fn lora_on_every_linear_matches_torch_hooks() {
+    check_adapter("lora_logits", |m, experts, _| {
+        m.set_adapters(goosepipe::model::AdapterSet::from_lora(&experts[1]))
+            .unwrap();
+    });
+}
+
+#[test]
+fn gated_lora_matches_torch_hooks() {
+    check_adapter("gated_logits", |m, experts, gates| {
+        let g = gates.iter().find(|g| g.name == "expert_a").unwrap();
+        m.set_adapters(goosepipe::model::AdapterSet::from_gated(&experts[1], g).unwrap())
+            .unwrap();
+    });
+}
+
+#[test]
+fn phatgoose_top2_routing_matches_torch_hooks() {
+    check_adapter("routed_logits", |m, experts, gates| {
+        let set = goosepipe::model::AdapterSet::phatgoose(experts, gates, 2, DType::F32).unwrap();
+        m.set_adapters(set).unwrap();
+        m.start_routing_log(false);
+    });
+}
+
+#[test]
+fn uniform_merge_matches_torch_hooks() {
+    check_adapter("merged_logits", |m, experts, _| {
+        let w = goosepipe::model::MixWeights::Shared(vec![1.0 / 3.0; 3]);
+        let set = goosepipe::model::AdapterSet::mixture(experts, w, DType::F32).unwrap();
+        m.set_adapters(set).unwrap();
+    });
+}

@@ -6,16 +6,19 @@ pub mod adapter;
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod expert_file;
 pub mod ffn;
 pub mod load;
 pub mod names;
 pub mod norm;
+pub mod pool;
 pub mod position_bias;
 pub mod rng;
 pub mod routing;
 pub mod st_io;
 pub mod store;
 pub mod t5;
+pub mod trainable;
 pub mod weights;
 
 pub use adapter::{
@@ -23,6 +26,7 @@ pub use adapter::{
 };
 pub use config::{FeedForward, T5Config};
 pub use error::{ModelError, Result};
+pub use expert_file::{GateVectors, LoraExpert};
 pub use names::{LinearSite, adapted_linears};
 pub use routing::{Router, Routing, Scoring};
 pub use store::TensorStore;
