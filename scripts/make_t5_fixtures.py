@@ -95,15 +95,43 @@ def main():
         inp = make_inputs(seed + 10)
         out = run(m, inp)
         save_file({k: v.contiguous() for k, v in inp.items()}, os.path.join(d, "inputs.safetensors"))
+        with torch.no_grad():
+            gen = m.generate(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"],
+                             max_new_tokens=12, do_sample=False, num_beams=1)
         ref = {
+            "generated": gen,
             "encoder_last_hidden_state": out.encoder_last_hidden_state,
             "logits": out.logits,
             "loss": out.loss.reshape(1),
         }
         if name == "v1_1":
+            make_tokenizer(os.path.join(d, "tokenizer.json"))
             ref.update(adapter_references(m, inp, d))
         save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(d, "reference.safetensors"))
         print(name, "loss", out.loss.item(), "config", json.load(open(os.path.join(d, "config.json"))).get("scale_decoder_outputs"))
+
+
+CORPUS = [
+    "the cat sat on the mat", "a dog ran in the park", "is the sky blue today",
+    "yes", "no", "maybe", "the answer is yes", "the answer is no", "red green blue",
+    "one two three four five", "premise: it rained. hypothesis: the ground is wet.",
+]
+
+
+def make_tokenizer(path):
+    """A tiny T5-style Unigram tokenizer (pad 0, eos 1, unk 2; `$A </s>`) within the 128-id vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    assert tok.get_vocab_size() <= 128, tok.get_vocab_size()
+    assert tok.token_to_id("</s>") == 1 and tok.token_to_id("<pad>") == 0
+    tok.save(path)
 
 
 def adapter_references(m, inp, d):

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod expert_file;
 pub mod ffn;
+pub mod generate;
 pub mod load;
 pub mod names;
 pub mod norm;
@@ -27,6 +28,7 @@ pub use adapter::{
 pub use config::{FeedForward, T5Config};
 pub use error::{ModelError, Result};
 pub use expert_file::{GateVectors, LoraExpert};
+pub use generate::{ChoiceItem, ChoiceScore, predict};
 pub use names::{LinearSite, adapted_linears};
 pub use routing::{Router, Routing, Scoring};
 pub use store::TensorStore;
