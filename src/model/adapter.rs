@@ -156,6 +156,14 @@ impl ExpertStack {
             perm[at] = (slot / k) as u32;
             w[at] = wt * inv_r;
         }
+        if super::routed_cpu::applicable(u, &self.at) {
+            let groups = super::routed_cpu::Groups {
+                perm: &perm,
+                weights: &w,
+                offsets: &offsets,
+            };
+            return super::routed_cpu::routed_delta(u, &self.at, &self.bt, &groups);
+        }
         let device = u.device();
         let perm_t = Tensor::from_vec(perm, total, device)?;
         let w_t = Tensor::from_vec(w, (total, 1), device)?.to_dtype(u.dtype())?;
