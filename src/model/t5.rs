@@ -359,6 +359,16 @@ impl T5Model {
             .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Attention biases and masks are added in the softmax's precision:
+    /// f64 for f64 models, f32 otherwise (also for bf16, as HF does).
+    fn bias_dtype(&self) -> DType {
+        if self.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
     fn ctx(&self) -> AdapterCtx<'_> {
         AdapterCtx {
             adapters: &self.adapters,
@@ -388,7 +398,7 @@ impl T5Model {
         }
         let ctx = self.ctx();
         let mut h = self.embed(input_ids)?;
-        let mask = key_mask(attention_mask, DType::F32)?;
+        let mask = key_mask(attention_mask, self.bias_dtype())?;
         let bias = match &self.encoder.rel_bias {
             Some(rel) => position_bias(
                 rel,
@@ -398,7 +408,7 @@ impl T5Model {
                 true,
                 self.config.relative_attention_max_distance,
             )?
-            .to_dtype(DType::F32)?
+            .to_dtype(self.bias_dtype())?
             .broadcast_add(&mask)?,
             None => mask,
         };
@@ -432,7 +442,7 @@ impl T5Model {
         Ok(DecoderCache {
             self_kv: vec![None; self.decoder.blocks.len()],
             cross_kv,
-            cross_bias: key_mask(attention_mask, DType::F32)?,
+            cross_bias: key_mask(attention_mask, self.bias_dtype())?,
             len: 0,
         })
     }
@@ -445,7 +455,7 @@ impl T5Model {
         let ctx = self.ctx();
         let offset = cache.len;
         let k_len = offset + t;
-        let causal = causal_mask(offset, t, k_len, DType::F32, &self.device)?;
+        let causal = causal_mask(offset, t, k_len, self.bias_dtype(), &self.device)?;
         let self_bias = match &self.decoder.rel_bias {
             Some(rel) => position_bias(
                 rel,
@@ -455,7 +465,7 @@ impl T5Model {
                 false,
                 self.config.relative_attention_max_distance,
             )?
-            .to_dtype(DType::F32)?
+            .to_dtype(self.bias_dtype())?
             .broadcast_add(&causal)?,
             None => causal,
         };
