@@ -7,6 +7,7 @@ pub mod app;
 pub mod data;
 pub mod exec;
 pub mod manifest;
+pub mod model;
 pub mod plan;
 pub mod steps;
 pub mod store;

@@ -32,7 +32,11 @@ pub enum DataError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {reason}")]
-    Bad { path: String, line: usize, reason: String },
+    Bad {
+        path: String,
+        line: usize,
+        reason: String,
+    },
     #[error("{0}")]
     Other(String),
 }

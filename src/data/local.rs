@@ -25,17 +25,32 @@ fn text_of(v: &serde_json::Value) -> Option<String> {
 /// must be a list of strings that contains the target.
 pub fn read_jsonl_mapped(path: &Path, f: &Fields<'_>) -> Result<Vec<Example>, DataError> {
     let shown = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: shown.clone(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: shown.clone(),
+        source,
+    })?;
     let mut out = vec![];
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io { path: shown.clone(), source })?;
+        let line = line.map_err(|source| DataError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| DataError::Bad { path: shown.clone(), line: i + 1, reason };
-        let obj: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let bad = |reason: String| DataError::Bad {
+            path: shown.clone(),
+            line: i + 1,
+            reason,
+        };
+        let obj: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
         let get = |field: &str| -> Result<String, DataError> {
-            let v = obj.get(field).ok_or_else(|| bad(format!("no field \"{field}\" (set input-field= / target-field= on the dataset)")))?;
+            let v = obj.get(field).ok_or_else(|| {
+                bad(format!(
+                    "no field \"{field}\" (set input-field= / target-field= on the dataset)"
+                ))
+            })?;
             text_of(v).ok_or_else(|| bad(format!("field \"{field}\" is not a string")))
         };
         let input = get(f.input)?;
@@ -51,7 +66,11 @@ pub fn read_jsonl_mapped(path: &Path, f: &Fields<'_>) -> Result<Vec<Example>, Da
         if !choices.is_empty() && !choices.contains(&target) {
             return Err(bad(format!("the target {target:?} is not among the choices")));
         }
-        out.push(Example { input, target, choices });
+        out.push(Example {
+            input,
+            target,
+            choices,
+        });
     }
     if out.is_empty() {
         return Err(DataError::Other(format!("{shown} has no examples")));
@@ -67,10 +86,21 @@ mod tests {
     fn maps_fields_and_points_at_bad_lines() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("d.jsonl");
-        std::fs::write(&p, "{\"q\": \"2+2\", \"a\": 4, \"opts\": [\"3\", \"4\"]}\n\n{\"q\": \"x\"}\n").unwrap();
-        let f = Fields { input: "q", target: "a", choices: "opts" };
+        std::fs::write(
+            &p,
+            "{\"q\": \"2+2\", \"a\": 4, \"opts\": [\"3\", \"4\"]}\n\n{\"q\": \"x\"}\n",
+        )
+        .unwrap();
+        let f = Fields {
+            input: "q",
+            target: "a",
+            choices: "opts",
+        };
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
-        assert!(err.ends_with("d.jsonl:3: no field \"a\" (set input-field= / target-field= on the dataset)"), "{err}");
+        assert!(
+            err.ends_with("d.jsonl:3: no field \"a\" (set input-field= / target-field= on the dataset)"),
+            "{err}"
+        );
         std::fs::write(&p, "{\"q\": \"2+2\", \"a\": 4, \"opts\": [\"3\", \"4\"]}\n").unwrap();
         let ex = read_jsonl_mapped(&p, &f).unwrap();
         assert_eq!(ex[0].target, "4");

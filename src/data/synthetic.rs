@@ -13,7 +13,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::example::Example;
 
-pub const LETTERS: [&str; 16] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"];
+pub const LETTERS: [&str; 16] = [
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p",
+];
 const NUMBERS: [&str; 8] = ["zero", "one", "two", "three", "four", "five", "six", "seven"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +38,69 @@ pub struct TaskDef {
 }
 
 pub const TASKS: &[TaskDef] = &[
-    TaskDef { id: "reverse", instruction: "reverse the order :", skills: &[Skill::Reverse], held_out: false, description: "the letters in reverse order" },
-    TaskDef { id: "sort", instruction: "sort alphabetically :", skills: &[Skill::Sort], held_out: false, description: "the letters sorted" },
-    TaskDef { id: "shift", instruction: "advance each letter :", skills: &[Skill::Shift], held_out: false, description: "each letter replaced by the next one (p wraps to a)" },
-    TaskDef { id: "dedup", instruction: "drop repeated letters :", skills: &[Skill::Dedup], held_out: false, description: "runs of a repeated letter collapsed to one" },
-    TaskDef { id: "every-other", instruction: "keep odd positions :", skills: &[Skill::EveryOther], held_out: false, description: "the 1st, 3rd, 5th ... letters" },
-    TaskDef { id: "count", instruction: "how many letters :", skills: &[Skill::Count], held_out: false, description: "the number of letters, as a word" },
-    TaskDef { id: "reverse-shift", instruction: "reverse the order then advance each letter :", skills: &[Skill::Reverse, Skill::Shift], held_out: true, description: "composition: reverse, then shift" },
-    TaskDef { id: "sort-dedup", instruction: "sort alphabetically then drop repeated letters :", skills: &[Skill::Sort, Skill::Dedup], held_out: true, description: "composition: sort, then deduplicate" },
-    TaskDef { id: "arrange", instruction: "arrange letters alphabetically :", skills: &[Skill::Sort], held_out: true, description: "sorting, asked with new words" },
+    TaskDef {
+        id: "reverse",
+        instruction: "reverse the order :",
+        skills: &[Skill::Reverse],
+        held_out: false,
+        description: "the letters in reverse order",
+    },
+    TaskDef {
+        id: "sort",
+        instruction: "sort alphabetically :",
+        skills: &[Skill::Sort],
+        held_out: false,
+        description: "the letters sorted",
+    },
+    TaskDef {
+        id: "shift",
+        instruction: "advance each letter :",
+        skills: &[Skill::Shift],
+        held_out: false,
+        description: "each letter replaced by the next one (p wraps to a)",
+    },
+    TaskDef {
+        id: "dedup",
+        instruction: "drop repeated letters :",
+        skills: &[Skill::Dedup],
+        held_out: false,
+        description: "runs of a repeated letter collapsed to one",
+    },
+    TaskDef {
+        id: "every-other",
+        instruction: "keep odd positions :",
+        skills: &[Skill::EveryOther],
+        held_out: false,
+        description: "the 1st, 3rd, 5th ... letters",
+    },
+    TaskDef {
+        id: "count",
+        instruction: "how many letters :",
+        skills: &[Skill::Count],
+        held_out: false,
+        description: "the number of letters, as a word",
+    },
+    TaskDef {
+        id: "reverse-shift",
+        instruction: "reverse the order then advance each letter :",
+        skills: &[Skill::Reverse, Skill::Shift],
+        held_out: true,
+        description: "composition: reverse, then shift",
+    },
+    TaskDef {
+        id: "sort-dedup",
+        instruction: "sort alphabetically then drop repeated letters :",
+        skills: &[Skill::Sort, Skill::Dedup],
+        held_out: true,
+        description: "composition: sort, then deduplicate",
+    },
+    TaskDef {
+        id: "arrange",
+        instruction: "arrange letters alphabetically :",
+        skills: &[Skill::Sort],
+        held_out: true,
+        description: "sorting, asked with new words",
+    },
 ];
 
 /// The pretraining corpus's pseudo task id.
@@ -55,7 +111,11 @@ pub fn task(id: &str) -> Option<&'static TaskDef> {
 }
 
 pub fn task_ids() -> Vec<&'static str> {
-    TASKS.iter().map(|t| t.id).chain(std::iter::once(CORPUS)).collect()
+    TASKS
+        .iter()
+        .map(|t| t.id)
+        .chain(std::iter::once(CORPUS))
+        .collect()
 }
 
 fn apply(skill: Skill, seq: &[&'static str]) -> Vec<&'static str> {
@@ -95,7 +155,9 @@ fn run(skills: &[Skill], seq: &[&'static str]) -> Vec<&'static str> {
 /// deduplication has something to do.
 fn sequence(rng: &mut ChaCha8Rng, repeats: bool) -> Vec<&'static str> {
     let n = rng.random_range(3..=6);
-    let mut s: Vec<&'static str> = (0..n).map(|_| LETTERS[rng.random_range(0..LETTERS.len())]).collect();
+    let mut s: Vec<&'static str> = (0..n)
+        .map(|_| LETTERS[rng.random_range(0..LETTERS.len())])
+        .collect();
     if repeats {
         let i = rng.random_range(0..s.len());
         s.insert(i, s[i]);
@@ -125,8 +187,16 @@ pub fn generate(id: &str, split: &str, n: usize, seed: u64, choice: bool) -> Opt
             let seq = sequence(&mut rng, repeats);
             let target = run(t.skills, &seq).join(" ");
             let input = format!("{} {}", t.instruction, seq.join(" "));
-            let choices = if choice { choices_for(&mut rng, t, &seq, &target) } else { vec![] };
-            Example { input, target, choices }
+            let choices = if choice {
+                choices_for(&mut rng, t, &seq, &target)
+            } else {
+                vec![]
+            };
+            Example {
+                input,
+                target,
+                choices,
+            }
         })
         .collect();
     Some(out)
@@ -144,7 +214,13 @@ fn choices_for(rng: &mut ChaCha8Rng, t: &TaskDef, seq: &[&'static str], target: 
             push(w.to_string(), &mut cands);
         }
     } else {
-        let singles = [Skill::Reverse, Skill::Sort, Skill::Shift, Skill::Dedup, Skill::EveryOther];
+        let singles = [
+            Skill::Reverse,
+            Skill::Sort,
+            Skill::Shift,
+            Skill::Dedup,
+            Skill::EveryOther,
+        ];
         for s in singles {
             push(apply(s, seq).join(" "), &mut cands);
         }
@@ -166,7 +242,11 @@ fn choices_for(rng: &mut ChaCha8Rng, t: &TaskDef, seq: &[&'static str], target: 
 
 /// Every word any task or the corpus uses: the base model's vocabulary.
 pub fn vocabulary() -> Vec<String> {
-    let mut words: Vec<String> = LETTERS.iter().chain(NUMBERS.iter()).map(|s| s.to_string()).collect();
+    let mut words: Vec<String> = LETTERS
+        .iter()
+        .chain(NUMBERS.iter())
+        .map(|s| s.to_string())
+        .collect();
     for t in TASKS {
         for w in t.instruction.split_whitespace() {
             words.push(w.to_string());
@@ -221,12 +301,21 @@ mod tests {
 
     #[test]
     fn examples_are_deterministic_and_well_formed() {
-        assert_eq!(generate("sort", "train", 50, 1, true), generate("sort", "train", 50, 1, true));
-        assert_ne!(generate("sort", "train", 50, 1, false), generate("sort", "validation", 50, 1, false));
+        assert_eq!(
+            generate("sort", "train", 50, 1, true),
+            generate("sort", "train", 50, 1, true)
+        );
+        assert_ne!(
+            generate("sort", "train", 50, 1, false),
+            generate("sort", "validation", 50, 1, false)
+        );
         for t in TASKS {
             let e = ex(t.id);
             assert!(e.input.starts_with(t.instruction));
-            assert_eq!(e.answer_index().map(|i| e.choices[i].clone()), Some(e.target.clone()));
+            assert_eq!(
+                e.answer_index().map(|i| e.choices[i].clone()),
+                Some(e.target.clone())
+            );
             assert!(e.choices.len() >= 2, "{e:?}");
         }
         assert!(generate("nope", "train", 1, 0, false).is_none());
@@ -235,7 +324,12 @@ mod tests {
     #[test]
     fn held_out_instructions_are_never_a_held_in_instruction() {
         for h in TASKS.iter().filter(|t| t.held_out) {
-            assert!(TASKS.iter().filter(|t| !t.held_out).all(|t| t.instruction != h.instruction));
+            assert!(
+                TASKS
+                    .iter()
+                    .filter(|t| !t.held_out)
+                    .all(|t| t.instruction != h.instruction)
+            );
         }
         // ...but every held-out word is in the vocabulary the base is pretrained on.
         let v = vocabulary();

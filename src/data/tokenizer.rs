@@ -30,7 +30,11 @@ fn err(e: impl std::fmt::Display) -> DataError {
 
 /// Trains on `texts`: the `max_words` most frequent words (ties broken alphabetically,
 /// so the result is deterministic), then `sentinels` sentinel tokens.
-pub fn train_word_level(texts: &[String], max_words: usize, sentinels: usize) -> Result<Tokenizer, DataError> {
+pub fn train_word_level(
+    texts: &[String],
+    max_words: usize,
+    sentinels: usize,
+) -> Result<Tokenizer, DataError> {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for t in texts {
         for w in t.split_whitespace() {
@@ -52,7 +56,11 @@ pub fn train_word_level(texts: &[String], max_words: usize, sentinels: usize) ->
         let id = vocab.len() as u32;
         vocab.insert(sentinel(i), id);
     }
-    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token(UNK.into()).build().map_err(err)?;
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token(UNK.into())
+        .build()
+        .map_err(err)?;
     let mut tok = Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(WhitespaceSplit));
     let post = TemplateProcessing::builder()

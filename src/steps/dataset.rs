@@ -52,7 +52,11 @@ fn hold_back(ex: Vec<Example>, seed: u64) -> (Vec<Example>, Vec<Example>) {
     let val: std::collections::BTreeSet<usize> = idx.into_iter().take(n_val).collect();
     let (mut train, mut valid) = (vec![], vec![]);
     for (i, e) in ex.into_iter().enumerate() {
-        if val.contains(&i) { valid.push(e) } else { train.push(e) }
+        if val.contains(&i) {
+            valid.push(e)
+        } else {
+            train.push(e)
+        }
     }
     (train, valid)
 }
@@ -81,13 +85,16 @@ impl StepRunner for DatasetStep {
             };
             let val_split = p_str(ctx, "validation-split").unwrap_or("validation");
             (make(split, n)?, make(val_split, (n / 10).max(32))?)
-        } else if let Some(External::Path { path, .. }) = ctx.spec.externals.iter().find(|e| e.role() == "path") {
+        } else if let Some(External::Path { path, .. }) =
+            ctx.spec.externals.iter().find(|e| e.role() == "path")
+        {
             let fields = Fields {
                 input: p_str(ctx, "input-field").unwrap_or("input"),
                 target: p_str(ctx, "target-field").unwrap_or("target"),
                 choices: p_str(ctx, "choices-field").unwrap_or("choices"),
             };
-            let all = read_jsonl_mapped(std::path::Path::new(path), &fields).map_err(|e| StepError::msg(e.to_string()))?;
+            let all = read_jsonl_mapped(std::path::Path::new(path), &fields)
+                .map_err(|e| StepError::msg(e.to_string()))?;
             hold_back(all, 0)
         } else {
             return Err(StepError::msg(format!(
@@ -96,8 +103,14 @@ impl StepRunner for DatasetStep {
             )));
         };
         let examples = cap(examples, max, 0);
-        ctx.progress.log(&format!("{} examples, {} for validation", examples.len(), validation.len()));
-        let w = |name: &str, ex: &[Example]| write_jsonl(&ctx.out.join(name), ex).map_err(|e| StepError::msg(e.to_string()));
+        ctx.progress.log(&format!(
+            "{} examples, {} for validation",
+            examples.len(),
+            validation.len()
+        ));
+        let w = |name: &str, ex: &[Example]| {
+            write_jsonl(&ctx.out.join(name), ex).map_err(|e| StepError::msg(e.to_string()))
+        };
         w(EXAMPLES, &examples)?;
         w(VALIDATION, &validation)
     }

@@ -25,7 +25,11 @@ pub const VERSIONS: &[(&str, u32)] = &[
 /// The implementation version of a kind (0 for a kind this build does not know,
 /// which no plan ever asks for).
 pub fn version_of(kind: &str) -> u32 {
-    VERSIONS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v).unwrap_or(0)
+    VERSIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| *v)
+        .unwrap_or(0)
 }
 
 /// The product's registry: every kind declared (so any manifest can be planned),

@@ -1,0 +1,69 @@
+//! Typed errors for the model layer. Every variant names the file, tensor or
+//! shape that is wrong so that a user can act on the message.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("{file}: missing tensor `{name}`")]
+    MissingTensor { file: String, name: String },
+
+    #[error("{file}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        file: String,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error("{file}: {message}")]
+    BadFile { file: String, message: String },
+
+    #[error(
+        "no weights found in {dir}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )]
+    NoWeights { dir: PathBuf },
+
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("hub: {0}")]
+    Hub(String),
+
+    #[error("invalid input: {0}")]
+    Input(String),
+
+    #[error("adapter for module `{module}`: {message}")]
+    Adapter { module: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn adapter(module: impl Into<String>, message: impl Into<String>) -> Self {
+        ModelError::Adapter {
+            module: module.into(),
+            message: message.into(),
+        }
+    }
+}

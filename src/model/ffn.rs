@@ -1,0 +1,47 @@
+//! T5 feed-forward block: `wo(act(wi x))` or, gated, `wo(act(wi_0 x) * wi_1 x)`.
+
+use candle_core::Tensor;
+
+use super::adapter::{AdapterCtx, Linear};
+use super::config::FeedForward;
+use super::error::Result;
+
+#[derive(Debug, Clone)]
+pub enum Ffn {
+    Single {
+        wi: Linear,
+        wo: Linear,
+        kind: FeedForward,
+    },
+    Gated {
+        wi_0: Linear,
+        wi_1: Linear,
+        wo: Linear,
+        kind: FeedForward,
+    },
+}
+
+fn activate(x: &Tensor, kind: FeedForward) -> Result<Tensor> {
+    Ok(match kind {
+        FeedForward::Relu | FeedForward::GatedRelu => x.relu()?,
+        FeedForward::Gelu => x.gelu_erf()?,
+        // candle's `gelu` is the tanh approximation, i.e. HF's gelu_new.
+        FeedForward::GatedGelu => x.gelu()?,
+        FeedForward::Silu | FeedForward::GatedSilu => x.silu()?,
+    })
+}
+
+impl Ffn {
+    pub fn forward(&self, x: &Tensor, ctx: AdapterCtx<'_>) -> Result<Tensor> {
+        match self {
+            Ffn::Single { wi, wo, kind } => {
+                let h = activate(&wi.forward(x, ctx)?, *kind)?;
+                wo.forward(&h, ctx)
+            }
+            Ffn::Gated { wi_0, wi_1, wo, kind } => {
+                let h = (activate(&wi_0.forward(x, ctx)?, *kind)? * wi_1.forward(x, ctx)?)?;
+                wo.forward(&h, ctx)
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! CPU fast path of the routed mixture (inference only). The generic path in
+//! `adapter.rs` issues about six candle ops per used expert, which dominates
+//! at 100+ experts; this one gathers each expert's tokens into a buffer and
+//! calls gemm directly, with experts processed in parallel. Work stays O(k)
+//! per token. Used only for f32 CPU tensors that carry no autograd graph.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::error::{ModelError, Result};
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(ModelError::Input(
+            "routed CPU path called with a non-CPU tensor".into(),
+        ));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| ModelError::Input("routed CPU path needs contiguous tensors".into()))?;
+    f(&data[start..end])
+}
+
+/// Whether the fast path applies to these tensors.
+pub fn applicable(u: &Tensor, at: &Tensor) -> bool {
+    matches!(u.device(), Device::Cpu) && u.dtype() == DType::F32 && at.dtype() == DType::F32 && !u.track_op()
+}
+
+/// Expert rows grouped by expert: `perm[offsets[z]..offsets[z+1]]` are the
+/// token rows routed to expert z, `weights` the matching scaled weights.
+pub struct Groups<'a> {
+    pub perm: &'a [u32],
+    pub weights: &'a [f64],
+    pub offsets: &'a [usize],
+}
+
+/// `out[t] = sum over (t, z) pairs of w * u[t] At_z Bt_z`, `u` `[n, d_in]`,
+/// `at` `[N, d_in, r]`, `bt` `[N, r, d_out]`.
+pub fn routed_delta(u: &Tensor, at: &Tensor, bt: &Tensor, g: &Groups<'_>) -> Result<Tensor> {
+    let u = u.contiguous()?;
+    let (n, d_in) = u.dims2()?;
+    let (n_exp, _, r) = at.dims3()?;
+    let d_out = bt.dims3()?.2;
+    let out = with_f32(&u, |us| {
+        with_f32(at, |ats| {
+            with_f32(bt, |bts| {
+                let used: Vec<usize> = (0..n_exp).filter(|&z| g.offsets[z + 1] > g.offsets[z]).collect();
+                let parts: Vec<(usize, Vec<f32>)> = used
+                    .par_iter()
+                    .map(|&z| {
+                        let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
+                        let m = hi - lo;
+                        let mut x = vec![0f32; m * d_in];
+                        for (i, &t) in g.perm[lo..hi].iter().enumerate() {
+                            let t = t as usize;
+                            x[i * d_in..(i + 1) * d_in].copy_from_slice(&us[t * d_in..(t + 1) * d_in]);
+                        }
+                        let a = &ats[z * d_in * r..(z + 1) * d_in * r];
+                        let b = &bts[z * r * d_out..(z + 1) * r * d_out];
+                        let mut h = vec![0f32; m * r];
+                        // SAFETY: every pointer covers exactly the row-major
+                        // matrix its dimensions and strides describe.
+                        unsafe {
+                            gemm::gemm(
+                                m,
+                                r,
+                                d_in,
+                                h.as_mut_ptr(),
+                                1,
+                                r as isize,
+                                false,
+                                x.as_ptr(),
+                                1,
+                                d_in as isize,
+                                a.as_ptr(),
+                                1,
+                                r as isize,
+                                0.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        for (i, &w) in g.weights[lo..hi].iter().enumerate() {
+                            for v in &mut h[i * r..(i + 1) * r] {
+                                *v *= w as f32;
+                            }
+                        }
+                        let mut y = vec![0f32; m * d_out];
+                        // SAFETY: as above.
+                        unsafe {
+                            gemm::gemm(
+                                m,
+                                d_out,
+                                r,
+                                y.as_mut_ptr(),
+                                1,
+                                d_out as isize,
+                                false,
+                                h.as_ptr(),
+                                1,
+                                r as isize,
+                                b.as_ptr(),
+                                1,
+                                d_out as isize,
+                                0.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        (z, y)
+                    })
+                    .collect();
+                let mut out = vec![0f32; n * d_out];
+                for (z, y) in parts {
+                    for (i, &t) in g.perm[g.offsets[z]..g.offsets[z + 1]].iter().enumerate() {
+                        let t = t as usize;
+                        for (o, v) in out[t * d_out..(t + 1) * d_out]
+                            .iter_mut()
+                            .zip(&y[i * d_out..(i + 1) * d_out])
+                        {
+                            *o += v;
+                        }
+                    }
+                }
+                Ok(out)
+            })
+        })
+    })?;
+    Ok(Tensor::from_vec(out, (n, d_out), &Device::Cpu)?)
+}

@@ -1,0 +1,142 @@
+//! Per-token routing among N experts at one linear layer: score every expert
+//! against the layer input, softmax over all N, keep the top k, renormalise.
+
+use candle_core::{D, DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ModelError, Result};
+
+/// How a token activation `u` is scored against an expert embedding `v`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Scoring {
+    /// PHATGOOSE and average activation: `LN(u)·LN(v)/sqrt(d)` with LN a
+    /// LayerNorm without affine (eps 1e-5, biased variance).
+    Standardized,
+    /// Arrow: `|u·v| / sqrt(d) / temperature`, no normalisation.
+    Arrow { temperature: f64 },
+}
+
+const LN_EPS: f64 = 1e-5;
+const RENORM_EPS: f64 = 1e-6;
+
+/// LayerNorm without affine over the last dimension, in f32 or f64.
+pub fn standardize(x: &Tensor) -> Result<Tensor> {
+    let x = match x.dtype() {
+        DType::F64 => x.clone(),
+        _ => x.to_dtype(DType::F32)?,
+    };
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centered.broadcast_div(&(var + LN_EPS)?.sqrt()?)?)
+}
+
+/// The router of one module: N expert embeddings, prepared once.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// `[d, N]`, standardised for `Scoring::Standardized`, f32 or f64.
+    embeddings_t: Tensor,
+    scoring: Scoring,
+    top_k: usize,
+    d: usize,
+    n: usize,
+}
+
+/// The experts chosen for each of `n` tokens: `k` (expert, weight) pairs per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub k: usize,
+    pub experts: Vec<u32>,
+    pub weights: Vec<f64>,
+}
+
+impl Router {
+    /// `embeddings`: `[N, d]`, row z is expert z's vector (experts sorted by name
+    /// by the caller, so that index order breaks ties).
+    pub fn new(module: &str, embeddings: &Tensor, scoring: Scoring, top_k: usize) -> Result<Self> {
+        let (n, d) = embeddings.dims2().map_err(|_| {
+            ModelError::adapter(
+                module,
+                format!("router embeddings must be [N, d], got {:?}", embeddings.dims()),
+            )
+        })?;
+        if n == 0 {
+            return Err(ModelError::adapter(module, "router has no experts"));
+        }
+        if top_k == 0 {
+            return Err(ModelError::adapter(module, "top_k must be at least 1"));
+        }
+        if let Scoring::Arrow { temperature } = scoring
+            && (temperature.is_nan() || temperature <= 0.0)
+        {
+            return Err(ModelError::adapter(module, "arrow temperature must be positive"));
+        }
+        let e = match embeddings.dtype() {
+            DType::F64 => embeddings.clone(),
+            _ => embeddings.to_dtype(DType::F32)?,
+        };
+        let e = match scoring {
+            Scoring::Standardized => standardize(&e)?,
+            Scoring::Arrow { .. } => e,
+        };
+        Ok(Router {
+            embeddings_t: e.t()?.contiguous()?,
+            scoring,
+            top_k: top_k.min(n),
+            d,
+            n,
+        })
+    }
+
+    pub fn num_experts(&self) -> usize {
+        self.n
+    }
+
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// Softmax probabilities over all experts, `[n_tokens, N]`, from inputs `[n_tokens, d]`.
+    pub fn probabilities(&self, u: &Tensor) -> Result<Tensor> {
+        let u = u.to_dtype(self.embeddings_t.dtype())?;
+        let scale = 1.0 / (self.d as f64).sqrt();
+        let scores = match self.scoring {
+            Scoring::Standardized => (standardize(&u)?.matmul(&self.embeddings_t)? * scale)?,
+            Scoring::Arrow { temperature } => (u.matmul(&self.embeddings_t)?.abs()? * (scale / temperature))?,
+        };
+        Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
+    }
+
+    /// Top-k experts per token with renormalised weights
+    /// `w = p / (sum of kept p + 1e-6)`. Ties go to the lower index.
+    pub fn route(&self, u: &Tensor) -> Result<Routing> {
+        let probs = self.probabilities(u)?.to_dtype(DType::F64)?;
+        let rows: Vec<Vec<f64>> = probs.to_vec2()?;
+        let k = self.top_k;
+        let mut experts = Vec::with_capacity(rows.len() * k);
+        let mut weights = Vec::with_capacity(rows.len() * k);
+        let mut kept: Vec<u32> = Vec::with_capacity(k + 1);
+        for p in &rows {
+            // O(N*k) selection: insert each expert into the sorted kept list only
+            // if it beats an entry strictly, so the lower index wins ties.
+            kept.clear();
+            for z in 0..self.n {
+                let pz = p[z];
+                let pos = kept
+                    .iter()
+                    .position(|&j| pz > p[j as usize])
+                    .unwrap_or(kept.len());
+                if pos < k {
+                    kept.insert(pos, z as u32);
+                    kept.truncate(k);
+                }
+            }
+            let total: f64 = kept.iter().map(|&z| p[z as usize]).sum();
+            for &z in &kept {
+                experts.push(z);
+                weights.push(p[z as usize] / (total + RENORM_EPS));
+            }
+        }
+        Ok(Routing { k, experts, weights })
+    }
+}

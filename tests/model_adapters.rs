@@ -1,0 +1,422 @@
+//! Adapter plumbing: routing records, tie-breaking, Arrow scoring, O(k)
+//! routed compute, per-example mixtures, expert-file validation, seeded init.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use goosepipe::model::routing::{Router, Scoring};
+use goosepipe::model::{
+    AdapterSet, GateVectors, LoraExpert, LoraWeights, MixWeights, ModelError, Seq2SeqBatch, T5Config,
+    T5Model, T5Weights,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5")
+        .join(name)
+}
+
+fn v1_1() -> (T5Model, Vec<LoraExpert>, Vec<GateVectors>) {
+    let dir = fixture("v1_1");
+    let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let experts = ["expert_a", "expert_b", "expert_c"]
+        .iter()
+        .map(|e| {
+            LoraExpert::load(
+                &dir.join(format!("{e}.safetensors")),
+                &model.config,
+                &Device::Cpu,
+                DType::F32,
+            )
+            .unwrap()
+        })
+        .collect();
+    let gates = ["expert_a", "expert_b", "expert_c"]
+        .iter()
+        .map(|e| {
+            GateVectors::load(
+                &dir.join(format!("{e}.gates.safetensors")),
+                &model.config,
+                &Device::Cpu,
+                DType::F32,
+            )
+            .unwrap()
+        })
+        .collect();
+    (model, experts, gates)
+}
+
+fn small_batch(cfg: &T5Config) -> Seq2SeqBatch {
+    let inputs = vec![vec![5, 6, 7, 8, 9, 10, 1], vec![11, 12, 1]];
+    let targets = vec![vec![20, 21, 22, 1], vec![23, 1]];
+    Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn routing_log_counts_every_token_k_times() {
+    let (mut model, experts, gates) = v1_1();
+    model
+        .set_adapters(AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
+        .unwrap();
+    model.start_routing_log(true);
+    let b = small_batch(&model.config);
+    model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap();
+    let log = model.take_routing_log().unwrap();
+    assert_eq!(log.modules.len(), 36);
+    let enc = &log.modules["encoder.block.1.layer.1.DenseReluDense.wo"];
+    assert_eq!(enc.expert_names, vec!["expert_a", "expert_b", "expert_c"]);
+    assert_eq!(enc.tokens, 2 * 7); // padded tokens are routed too, as in the paper's code
+    assert_eq!(enc.counts.iter().sum::<u64>(), 2 * enc.tokens);
+    let dec = &log.modules["decoder.block.0.layer.1.EncDecAttention.q"];
+    assert_eq!(dec.tokens, 2 * 4);
+    let kv = &log.modules["decoder.block.0.layer.1.EncDecAttention.k"];
+    assert_eq!(kv.tokens, 2 * 7, "cross-attention k routes encoder tokens");
+    assert_eq!(enc.choices.len(), 1);
+    let w: f64 = enc.weight_sums.iter().sum();
+    assert!(
+        (w - enc.tokens as f64).abs() < 1e-3,
+        "renormalised weights sum to one per token"
+    );
+}
+
+#[test]
+fn routing_ties_go_to_the_expert_first_by_name() {
+    let (mut model, mut experts, mut gates) = v1_1();
+    // Identical gates for all experts: every score ties.
+    let same = gates[1].gates.clone();
+    for g in &mut gates {
+        g.gates = same.clone();
+    }
+    experts.reverse(); // listing order must not matter
+    gates.reverse();
+    model
+        .set_adapters(AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
+        .unwrap();
+    model.start_routing_log(false);
+    let b = small_batch(&model.config);
+    model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap();
+    for (m, r) in model.take_routing_log().unwrap().modules {
+        assert_eq!(r.counts[2], 0, "{m}: expert_c chosen despite a tie with a-b");
+        assert_eq!(r.counts[0], r.tokens);
+        assert_eq!(r.counts[1], r.tokens);
+    }
+}
+
+#[test]
+fn arrow_scores_absolute_dot_products_without_standardising() {
+    let emb = Tensor::new(&[[2f32, 0.0], [0.0, 3.0], [-4.0, 0.0]], &Device::Cpu).unwrap();
+    let r = Router::new("m", &emb, Scoring::Arrow { temperature: 10.0 }, 2).unwrap();
+    let u = Tensor::new(&[[1f32, 0.0]], &Device::Cpu).unwrap();
+    let routing = r.route(&u).unwrap();
+    assert_eq!(routing.experts, vec![2, 0]);
+    let s: Vec<f64> = [2.0f64, 0.0, 4.0]
+        .iter()
+        .map(|x| x / 2f64.sqrt() / 10.0)
+        .collect();
+    let z: f64 = s.iter().map(|x| x.exp()).sum();
+    let p: Vec<f64> = s.iter().map(|x| x.exp() / z).collect();
+    let kept = p[2] + p[0];
+    assert!((routing.weights[0] - p[2] / (kept + 1e-6)).abs() < 1e-6);
+    assert!((routing.weights[1] - p[0] / (kept + 1e-6)).abs() < 1e-6);
+    assert!(Router::new("m", &emb, Scoring::Arrow { temperature: 0.0 }, 2).is_err());
+}
+
+#[test]
+fn unchosen_experts_are_never_computed() {
+    // 20 extra experts carry NaN in B and router embeddings that can never
+    // make the top 2. If the routed path computed all N experts and masked
+    // them with zero weights, NaN * 0 would leak into the logits.
+    let (mut model, experts, _) = v1_1();
+    let mut pool = experts.clone();
+    for i in 0..20 {
+        let mut e = experts[0].clone();
+        e.name = format!("z_poison_{i:02}");
+        for l in e.modules.values_mut() {
+            l.b = (l.b.clone() * f64::NAN).unwrap();
+        }
+        pool.push(e);
+    }
+    // Arrow scores |u.v|: real experts z = 0, 1, 2 have v = (1 + z) e_0 and the
+    // poison ones v = e_0, so they at best tie with expert 0, and ties go to
+    // the lower index: the top 2 is always among the real experts.
+    let mut emb = BTreeMap::new();
+    for (m, l) in &experts[0].modules {
+        let d = l.a.dims()[1];
+        let rows: Vec<Tensor> = (0..pool.len())
+            .map(|i| {
+                let mut v = vec![0f32; d];
+                v[0] = if i < 3 { 1.0 + i as f32 } else { 1.0 };
+                Tensor::from_vec(v, d, &Device::Cpu).unwrap()
+            })
+            .collect();
+        emb.insert(m.clone(), Tensor::stack(&rows, 0).unwrap());
+    }
+    let set = AdapterSet::routed(&pool, &emb, Scoring::Arrow { temperature: 1.0 }, 2, DType::F32).unwrap();
+    model.set_adapters(set).unwrap();
+    let b = small_batch(&model.config);
+    let logits = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap();
+    let values = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        values.iter().all(|x| x.is_finite()),
+        "a never-chosen expert was computed"
+    );
+}
+
+#[test]
+fn per_example_one_hot_mixture_equals_single_expert_runs() {
+    let (mut model, experts, _) = v1_1();
+    let b = small_batch(&model.config);
+    let weights = MixWeights::PerExample(vec![vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]]);
+    model
+        .set_adapters(AdapterSet::mixture(&experts, weights, DType::F32).unwrap())
+        .unwrap();
+    let mixed = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap();
+    for (row, e) in [(0usize, 1usize), (1, 2)] {
+        model.set_adapters(AdapterSet::from_lora(&experts[e])).unwrap();
+        let single = model
+            .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+            .unwrap();
+        let d = max_diff(&mixed.get(row).unwrap(), &single.get(row).unwrap());
+        assert!(
+            d < 1e-5,
+            "row {row}: one-hot mixture differs from expert {e} by {d}"
+        );
+    }
+    // Wrong number of rows is a typed error, not a panic.
+    model
+        .set_adapters(
+            AdapterSet::mixture(
+                &experts,
+                MixWeights::PerExample(vec![vec![1.0, 0.0, 0.0]]),
+                DType::F32,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let err = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Adapter { .. }), "{err}");
+}
+
+fn expect_err_containing(r: Result<LoraExpert, ModelError>, needles: &[&str]) {
+    let msg = r.expect_err("loading must fail").to_string();
+    for n in needles {
+        assert!(msg.contains(n), "error `{msg}` does not mention `{n}`");
+    }
+}
+
+#[test]
+fn expert_files_round_trip_and_bad_files_name_the_problem() {
+    let (model, experts, gates) = v1_1();
+    let cfg = &model.config;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mine.safetensors");
+    experts[0].save(&p).unwrap();
+    let back = LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(back.name, "expert_a");
+    assert_eq!(back.rank, 4);
+    for (m, l) in &experts[0].modules {
+        assert_eq!(max_diff(&l.a, &back.modules[m].a), 0.0);
+        assert_eq!(max_diff(&l.b, &back.modules[m].b), 0.0);
+    }
+    let gp = dir.path().join("mine.gates.safetensors");
+    gates[0].save(&gp).unwrap();
+    assert_eq!(
+        GateVectors::load(&gp, cfg, &Device::Cpu, DType::F32)
+            .unwrap()
+            .gates
+            .len(),
+        36
+    );
+    // A gate file is not an expert.
+    expect_err_containing(LoraExpert::load(&gp, cfg, &Device::Cpu, DType::F32), &["gate"]);
+
+    let module = "decoder.block.1.layer.2.DenseReluDense.wo";
+    let mut bad = experts[0].clone();
+    let l = bad.modules[module].clone();
+    bad.modules.insert(
+        module.into(),
+        LoraWeights {
+            a: l.a.clone(),
+            b: Tensor::zeros((31, 4), DType::F32, &Device::Cpu).unwrap(),
+        },
+    );
+    bad.save(&p).unwrap();
+    expect_err_containing(
+        LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32),
+        &[module, "lora_B", "[31, 4]", "[32, 4]"],
+    );
+
+    let mut bad = experts[0].clone();
+    let l = bad.modules[module].clone();
+    bad.modules
+        .insert("decoder.block.7.layer.2.DenseReluDense.wo".into(), l);
+    bad.save(&p).unwrap();
+    expect_err_containing(
+        LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32),
+        &["decoder.block.7", "does not have"],
+    );
+
+    let only_a: Vec<(String, Tensor)> =
+        vec![(format!("{module}.lora_A"), experts[0].modules[module].a.clone())];
+    goosepipe::model::st_io::save_with_metadata(&p, &only_a, Default::default()).unwrap();
+    expect_err_containing(
+        LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32),
+        &["missing tensor", "lora_B"],
+    );
+
+    std::fs::write(&p, b"not a safetensors file").unwrap();
+    assert!(LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32).is_err());
+}
+
+#[test]
+fn seeded_init_is_deterministic_and_saves_as_a_loadable_hf_folder() {
+    let cfg = T5Config::tiny_v1_1(64, 16, 2);
+    let a = T5Weights::init_random(&cfg, 42).unwrap();
+    let b = T5Weights::init_random(&cfg, 42).unwrap();
+    let c = T5Weights::init_random(&cfg, 43).unwrap();
+    let name = "decoder.block.1.layer.1.EncDecAttention.k.weight";
+    assert_eq!(max_diff(&a.tensors[name], &b.tensors[name]), 0.0);
+    assert!(max_diff(&a.tensors[name], &c.tensors[name]) > 0.0);
+    let std = a.tensors[name]
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt();
+    assert!(
+        (std - 0.25).abs() < 0.05,
+        "k init std {std}, expected d_model^-0.5 = 0.25"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    a.save_pretrained(dir.path()).unwrap();
+    let loaded = T5Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(loaded.config, cfg);
+    let direct = T5Model::from_weights(&a, &Device::Cpu, DType::F32).unwrap();
+    let batch = small_batch(&cfg);
+    let l1 = loaded.forward_loss(&batch).unwrap().to_scalar::<f32>().unwrap();
+    let l2 = direct.forward_loss(&batch).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(l1, l2);
+    assert!(l1.is_finite() && l1 > 0.0);
+}
+
+#[test]
+fn config_errors_name_the_field_and_tie_rule_follows_the_checkpoint() {
+    let p = std::path::Path::new("config.json");
+    let err = T5Config::from_json_str(
+        r#"{"vocab_size": 10, "num_layers": 1, "num_heads": 1, "d_ff": 4}"#,
+        p,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("d_model"), "{err}");
+    let base = r#""vocab_size": 10, "d_model": 8, "num_layers": 1, "num_heads": 2, "d_ff": 4"#;
+    let err = T5Config::from_json_str(
+        &format!(r#"{{{base}, "feed_forward_proj": "swish-glu"}}"#),
+        p,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("swish-glu"), "{err}");
+    // transformers 5 writes tie_word_embeddings=true always: the head decides tying,
+    // scale_decoder_outputs decides scaling.
+    let c = T5Config::from_json_str(
+        &format!(r#"{{{base}, "tie_word_embeddings": true, "scale_decoder_outputs": false}}"#),
+        p,
+        Some(true),
+    )
+    .unwrap();
+    assert!(!c.tie_word_embeddings && !c.scale_decoder_outputs);
+    // Legacy config without scale_decoder_outputs: the tie flag decides scaling.
+    let c = T5Config::from_json_str(
+        &format!(r#"{{{base}, "tie_word_embeddings": true}}"#),
+        p,
+        Some(false),
+    )
+    .unwrap();
+    assert!(c.tie_word_embeddings && c.scale_decoder_outputs);
+    assert_eq!(c.d_kv, 4);
+    // A missing tensor is reported by name.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = T5Config::tiny_v1_1(32, 8, 1);
+    let mut w = T5Weights::init_random(&cfg, 1).unwrap();
+    w.tensors.remove("decoder.final_layer_norm.weight");
+    w.save_pretrained(dir.path()).unwrap();
+    let err = T5Model::load(dir.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("decoder.final_layer_norm.weight"), "{err}");
+}
+
+#[test]
+fn generic_routed_path_agrees_with_the_cpu_fast_path() {
+    // f32 on CPU takes the gemm fast path; f64 takes the generic candle-op
+    // path (the one CUDA uses). Both must give the same logits.
+    let dir = fixture("v1_1");
+    let run = |dtype: DType| -> Tensor {
+        let mut model = T5Model::load(&dir, &Device::Cpu, dtype).unwrap();
+        let load = |f: &str| dir.join(f);
+        let experts: Vec<LoraExpert> = ["expert_a", "expert_b", "expert_c"]
+            .iter()
+            .map(|e| {
+                LoraExpert::load(
+                    &load(&format!("{e}.safetensors")),
+                    &model.config,
+                    &Device::Cpu,
+                    dtype,
+                )
+                .unwrap()
+            })
+            .collect();
+        let gates: Vec<GateVectors> = ["expert_a", "expert_b", "expert_c"]
+            .iter()
+            .map(|e| {
+                GateVectors::load(
+                    &load(&format!("{e}.gates.safetensors")),
+                    &model.config,
+                    &Device::Cpu,
+                    dtype,
+                )
+                .unwrap()
+            })
+            .collect();
+        model
+            .set_adapters(AdapterSet::phatgoose(&experts, &gates, 2, dtype).unwrap())
+            .unwrap();
+        let b = small_batch(&model.config);
+        model
+            .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let d = max_diff(&run(DType::F32), &run(DType::F64));
+    assert!(d < 1e-4, "fast and generic routed paths differ by {d}");
+}

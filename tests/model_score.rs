@@ -1,0 +1,94 @@
+//! The library side of `goosepipe score`: tokenizer + model (+ experts) to
+//! per-token log-probabilities, as a struct, JSON and text.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use goosepipe::model::load::load_tokenizer;
+use goosepipe::model::score::RouterChoice;
+use goosepipe::model::{ChoiceItem, ScoreRequest, T5Model, render_text, score};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5")
+        .join(name)
+}
+
+#[test]
+fn score_reports_per_token_logprobs_that_sum_to_the_total() {
+    let dir = fixture("v1_1");
+    let req = ScoreRequest::new(
+        dir.to_str().unwrap(),
+        "is the sky blue today",
+        "the answer is yes",
+    );
+    let r = score(&req).unwrap();
+    assert_eq!(r.tokens.last().unwrap().piece, "</s>");
+    assert_eq!(
+        r.tokens.iter().filter(|t| t.id == 1).count(),
+        1,
+        "exactly one EOS"
+    );
+    let sum: f64 = r.tokens.iter().map(|t| t.logprob).sum();
+    assert!((sum - r.total).abs() < 1e-9);
+    assert!((r.mean - r.total / r.tokens.len() as f64).abs() < 1e-12);
+    assert!(r.tokens.iter().all(|t| t.logprob < 0.0 && t.logprob.is_finite()));
+
+    // Same numbers as scoring the token ids directly.
+    let tok = load_tokenizer(&dir.join("tokenizer.json")).unwrap();
+    let input = tok
+        .encode("is the sky blue today", true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(input, r.input_ids);
+    let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let target: Vec<u32> = r.tokens[..r.tokens.len() - 1].iter().map(|t| t.id).collect();
+    let direct = model
+        .score_choices(
+            &[ChoiceItem {
+                input,
+                choices: vec![target],
+            }],
+            8,
+        )
+        .unwrap();
+    assert!((direct[0][0].sum - r.total).abs() < 1e-6);
+
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["tokens"].as_array().unwrap().len(), r.tokens.len());
+    let text = render_text(&r);
+    assert!(text.contains("total") && text.contains("</s>"), "{text}");
+}
+
+#[test]
+fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
+    let dir = fixture("v1_1");
+    let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
+    let base = score(&req).unwrap();
+    req.experts = ["expert_c", "expert_a", "expert_b"]
+        .iter()
+        .map(|e| dir.join(format!("{e}.safetensors")))
+        .collect();
+    req.router = RouterChoice::Phatgoose;
+    let routed = score(&req).unwrap();
+    assert_eq!(routed.experts, vec!["expert_a", "expert_b", "expert_c"]);
+    assert_eq!(routed.tokens.len(), base.tokens.len());
+    assert!(
+        (routed.total - base.total).abs() > 1e-3,
+        "experts must change the score"
+    );
+    req.router = RouterChoice::Merged;
+    let merged = score(&req).unwrap();
+    assert!((merged.total - routed.total).abs() > 1e-6);
+
+    req.router = RouterChoice::Single;
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("router"), "{err}");
+    req.model = fixture("orig").to_str().unwrap().to_owned();
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+    req.model = dir.to_str().unwrap().to_owned();
+    req.device = "tpu".into();
+    assert!(score(&req).unwrap_err().to_string().contains("tpu"));
+}
