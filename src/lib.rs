@@ -5,12 +5,14 @@
 
 pub mod app;
 pub mod data;
+pub mod eval;
 pub mod exec;
 pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod steps;
 pub mod store;
+pub mod train;
 
 /// Planning large manifests is allocation-bound (tens of thousands of small maps);
 /// mimalloc roughly halves that time against glibc malloc, and is neutral for the

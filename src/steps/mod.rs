@@ -3,7 +3,11 @@
 //! Each kind has an implementation version that enters every key of that kind: bump
 //! it whenever the same inputs would produce different bytes.
 
+pub mod common;
 pub mod dataset;
+pub mod eval;
+pub mod expert;
+pub mod model;
 
 use std::sync::Arc;
 
@@ -40,5 +44,10 @@ pub fn registry() -> Registry {
         r.declare(kind, *version);
     }
     r.register(Arc::new(dataset::DatasetStep));
+    r.register(Arc::new(model::ModelStep));
+    r.register(Arc::new(expert::ExpertStep));
+    r.register(Arc::new(expert::GateStep));
+    r.register(Arc::new(expert::PoolStep));
+    r.register(Arc::new(eval::EvalStep));
     r
 }

@@ -1,0 +1,6 @@
+//! Evaluation: metrics and result tables.
+
+pub mod metrics;
+pub mod table;
+
+pub use table::Results;

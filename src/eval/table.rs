@@ -1,0 +1,98 @@
+//! The results table: tasks as rows, methods as columns, the best of each row in
+//! bold, and the benchmark mean (unweighted over tasks) as the last row.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub title: String,
+    pub tasks: Vec<String>,
+    pub methods: Vec<String>,
+    /// scores[task][method], in [0, 1].
+    pub scores: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Footnotes per method (e.g. "uses test labels").
+    pub notes: BTreeMap<String, String>,
+    /// Metric per task.
+    pub metrics: BTreeMap<String, String>,
+}
+
+impl Results {
+    pub fn mean(&self, method: &str) -> Option<f64> {
+        let v: Vec<f64> = self.tasks.iter().filter_map(|t| self.scores.get(t)?.get(method).copied()).collect();
+        (v.len() == self.tasks.len() && !v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    fn rows(&self) -> Vec<(String, Vec<Option<f64>>)> {
+        let mut rows: Vec<(String, Vec<Option<f64>>)> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                let label = match self.metrics.get(t) {
+                    Some(m) => format!("{t} ({m})"),
+                    None => t.clone(),
+                };
+                (label, self.methods.iter().map(|m| self.scores.get(t).and_then(|s| s.get(m)).copied()).collect())
+            })
+            .collect();
+        rows.push(("mean".into(), self.methods.iter().map(|m| self.mean(m)).collect()));
+        rows
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "### {}\n", self.title);
+        let _ = writeln!(out, "| task | {} |", self.methods.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---:|".repeat(self.methods.len()));
+        for (label, vals) in self.rows() {
+            let best = vals.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let cells: Vec<String> = vals
+                .iter()
+                .map(|v| match v {
+                    Some(x) if (*x - best).abs() < 1e-12 => format!("**{:.1}**", x * 100.0),
+                    Some(x) => format!("{:.1}", x * 100.0),
+                    None => "–".into(),
+                })
+                .collect();
+            let label = if label == "mean" { "**mean**".to_string() } else { label };
+            let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for (m, n) in &self.notes {
+                let _ = writeln!(out, "- {m}: {n}");
+            }
+        }
+        out
+    }
+
+    pub fn csv(&self) -> String {
+        let mut out = format!("task,{}\n", self.methods.join(","));
+        for (label, vals) in self.rows() {
+            let cells: Vec<String> = vals.iter().map(|v| v.map(|x| format!("{x:.6}")).unwrap_or_default()).collect();
+            let _ = writeln!(out, "{},{}", label.replace(',', ";"), cells.join(","));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_best_in_bold_and_mean() {
+        let mut r = Results { title: "held-out".into(), tasks: vec!["a".into(), "b".into()], methods: vec!["base".into(), "phatgoose".into()], ..Default::default() };
+        r.scores.insert("a".into(), BTreeMap::from([("base".into(), 0.25), ("phatgoose".into(), 0.75)]));
+        r.scores.insert("b".into(), BTreeMap::from([("base".into(), 0.5), ("phatgoose".into(), 0.5)]));
+        r.notes.insert("oracle".into(), "uses test labels".into());
+        let md = r.markdown();
+        assert_eq!(
+            md,
+            "### held-out\n\n| task | base | phatgoose |\n|---|---:|---:|\n| a | 25.0 | **75.0** |\n| b | **50.0** | **50.0** |\n| **mean** | 37.5 | **62.5** |\n\n- oracle: uses test labels\n"
+        );
+        assert_eq!(r.csv(), "task,base,phatgoose\na,0.250000,0.750000\nb,0.500000,0.500000\nmean,0.375000,0.625000\n");
+    }
+}

@@ -1,0 +1,131 @@
+//! What the ML steps share: the compute device, the base model of a step, tokenizing
+//! a dataset artifact into training pairs, and the bridge from the engine's progress
+//! and Ctrl-C flag to the training loop.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use super::dataset::{EXAMPLES, VALIDATION};
+use crate::data::{Example, read_jsonl};
+use crate::exec::{InputArtifact, StepContext, StepError};
+use crate::model::{T5Config, T5Model};
+use crate::train::{Monitor, Pair, TrainError};
+
+/// Where a `model` artifact's weights live. Pipeline-built models keep their files in
+/// the artifact; hub and local models point at their folder (the lockfile pins them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelPointer {
+    pub source: String,
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+pub const MODEL_JSON: &str = "model.json";
+
+pub fn fail(e: impl std::fmt::Display) -> StepError {
+    StepError::msg(e.to_string())
+}
+
+pub fn train_err(e: TrainError) -> StepError {
+    match e {
+        TrainError::Cancelled { .. } => StepError::Cancelled,
+        other => StepError::msg(other.to_string()),
+    }
+}
+
+pub fn device(ctx: &StepContext) -> Result<Device, StepError> {
+    crate::model::score::parse_device(ctx.device).map_err(fail)
+}
+
+/// The folder holding config.json, weights and tokenizer.json of a model artifact.
+pub fn model_dir(model: &InputArtifact) -> Result<PathBuf, StepError> {
+    let p: ModelPointer = serde_json::from_slice(&std::fs::read(model.files.join(MODEL_JSON))?)
+        .map_err(|e| fail(format!("{}: bad {MODEL_JSON}: {e}", model.id)))?;
+    let dir = if p.dir.is_absolute() { p.dir } else { model.files.join(p.dir) };
+    if !dir.is_dir() {
+        return Err(fail(format!(
+            "{}: the model folder {} is gone (was the HF cache cleared?); `goosepipe gc` then run again",
+            model.id,
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+pub struct Base {
+    pub dir: PathBuf,
+    pub model: T5Model,
+    pub tokenizer: Tokenizer,
+}
+
+impl Base {
+    pub fn config(&self) -> &T5Config {
+        &self.model.config
+    }
+}
+
+/// Loads the step's `model` input (frozen, memory-mapped) and its tokenizer.
+pub fn load_base(ctx: &StepContext, device: &Device) -> Result<Base, StepError> {
+    let dir = model_dir(ctx.input("model")?)?;
+    let model = T5Model::load(&dir, device, DType::F32).map_err(fail)?;
+    let tokenizer = crate::model::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
+    Ok(Base { dir, model, tokenizer })
+}
+
+pub fn examples(input: &InputArtifact) -> Result<(Vec<Example>, Vec<Example>), StepError> {
+    let r = |name: &str| read_jsonl(&input.files.join(name)).map_err(fail);
+    Ok((r(EXAMPLES)?, r(VALIDATION)?))
+}
+
+/// Token ids of `text` with the tokenizer's post-processing (T5: EOS appended).
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, StepError> {
+    Ok(tok.encode(text, true).map_err(|e| fail(format!("tokenizer: {e}")))?.get_ids().to_vec())
+}
+
+/// Input/target pairs, truncated to the length limits; targets end with EOS.
+pub fn pairs(tok: &Tokenizer, ex: &[Example], max_in: usize, max_tgt: usize, eos: u32) -> Result<Vec<Pair>, StepError> {
+    ex.iter()
+        .map(|e| {
+            let mut target = encode(tok, &e.target)?;
+            if target.last() != Some(&eos) {
+                target.push(eos);
+            }
+            let input = encode(tok, &e.input)?;
+            Ok(crate::train::batches::truncate(Pair { input, target }, max_in, max_tgt, eos))
+        })
+        .collect()
+}
+
+/// The engine's progress bar and Ctrl-C flag, as the training loop sees them.
+pub struct CtxMonitor<'a>(pub &'a StepContext<'a>);
+
+impl Monitor for CtxMonitor<'_> {
+    fn start(&self, total: usize) {
+        self.0.progress.set_total(total as u64, "steps");
+    }
+    fn step(&self, step: usize, message: &str) {
+        self.0.progress.set_message(message);
+        self.0.progress.set_position(step as u64);
+    }
+    fn log(&self, line: &str) {
+        self.0.progress.log(line);
+    }
+    fn cancelled(&self) -> bool {
+        self.0.cancel.is_cancelled()
+    }
+}
+
+/// metrics.jsonl of a training step.
+pub fn write_metrics(out: &Path, metrics: &[serde_json::Value]) -> Result<(), StepError> {
+    let mut s = String::new();
+    for m in metrics {
+        s.push_str(&m.to_string());
+        s.push('\n');
+    }
+    std::fs::write(out.join("metrics.jsonl"), s)?;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The `expert` step (one LoRA on a frozen base, trained on one dataset) and the
+//! `gate` step (one gate vector per adapted linear, base and LoRA frozen).
+//!
+//! Outputs: `expert.safetensors` (PEFT-like names, e.g.
+//! `encoder.block.3.layer.1.DenseReluDense.wi_0.lora_A`) or `gates.safetensors`,
+//! plus `metrics.jsonl` (loss curve, validation) and `summary.json`.
+
+use candle_core::{DType, Tensor, Var};
+use candle_nn::VarMap;
+
+use super::common::{CtxMonitor, Base, device, examples, fail, load_base, pairs, train_err, write_metrics};
+use crate::exec::{StepContext, StepError, StepRunner};
+use crate::model::trainable::{gates_from, lora_expert_from, new_trainable_gates, new_trainable_lora};
+use crate::model::{LoraExpert, Seq2SeqBatch, T5Model};
+use crate::train::{Objective, Pair, TrainConfig, train};
+
+pub const EXPERT_FILE: &str = "expert.safetensors";
+pub const GATES_FILE: &str = "gates.safetensors";
+
+/// The loss of the (adapted) model on a batch of pairs.
+pub struct AdaptedModel<'a> {
+    pub model: &'a T5Model,
+}
+
+impl Objective for AdaptedModel<'_> {
+    fn loss(&mut self, batch: &[&Pair]) -> crate::model::Result<Tensor> {
+        let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
+        let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
+        let b = Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, self.model.device())?;
+        self.model.forward_loss(&b)
+    }
+}
+
+/// Which adapted linears a `lora.targets` list selects.
+pub fn target_filter(targets: &[String]) -> impl Fn(&str) -> bool + '_ {
+    move |module: &str| {
+        let kind = if module.contains("EncDecAttention") {
+            "cross-attention"
+        } else if module.contains("SelfAttention") {
+            "self-attention"
+        } else {
+            "ffn"
+        };
+        targets.iter().any(|t| t == kind)
+    }
+}
+
+fn vars_sorted(varmap: &VarMap) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = varmap.data().lock().expect("varmap").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn cfg_of(ctx: &StepContext, group: &str) -> Result<TrainConfig, StepError> {
+    let g = ctx.param(group).ok_or_else(|| fail(format!("missing `{group}` parameters")))?;
+    TrainConfig::from_params(g).map_err(fail)
+}
+
+fn base_identity(ctx: &StepContext) -> Result<String, StepError> {
+    Ok(ctx.input("model")?.key.hex())
+}
+
+/// Trains on the step's `data` input; returns the best weights' outcome.
+fn fit(
+    ctx: &StepContext,
+    base: &Base,
+    vars: &[(String, Var)],
+    cfg: &TrainConfig,
+) -> Result<crate::train::TrainOutcome, StepError> {
+    let (train_ex, valid_ex) = examples(ctx.input("data")?)?;
+    let eos = base.config().eos_token_id;
+    let tp = pairs(&base.tokenizer, &train_ex, cfg.max_input_len, cfg.max_target_len, eos)?;
+    let vp = pairs(&base.tokenizer, &valid_ex, cfg.max_input_len, cfg.max_target_len, eos)?;
+    let mut obj = AdaptedModel { model: &base.model };
+    let outcome = train(&mut obj, vars, &tp, &vp, cfg, &ctx.work, &CtxMonitor(ctx)).map_err(train_err)?;
+    // Load the kept (best) weights back into the vars before snapshotting.
+    for (n, v) in vars {
+        if let Some(t) = outcome.weights.get(n) {
+            v.set(t).map_err(fail)?;
+        }
+    }
+    Ok(outcome)
+}
+
+fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<(), StepError> {
+    write_metrics(&ctx.out, &outcome.metrics)?;
+    let last_val = outcome.metrics.iter().rev().find_map(|m| m.get("val_loss").and_then(|v| v.as_f64()));
+    let s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val, "resumed_from": outcome.resumed_from});
+    std::fs::write(ctx.out.join("summary.json"), serde_json::to_vec_pretty(&s).expect("json"))?;
+    Ok(())
+}
+
+pub struct ExpertStep;
+
+impl StepRunner for ExpertStep {
+    fn kind(&self) -> &'static str {
+        "expert"
+    }
+    fn version(&self) -> u32 {
+        super::version_of(self.kind())
+    }
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let dev = device(ctx)?;
+        let mut base = load_base(ctx, &dev)?;
+        let cfg = cfg_of(ctx, "train")?;
+        let rank = ctx.param("lora.rank").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
+        let targets: Vec<String> = ctx
+            .param("lora.targets")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let varmap = VarMap::new();
+        let adapters = new_trainable_lora(base.config(), rank, cfg.seed, target_filter(&targets), &varmap, &dev, DType::F32).map_err(fail)?;
+        base.model.set_adapters(adapters.clone()).map_err(fail)?;
+        let vars = vars_sorted(&varmap);
+        let outcome = fit(ctx, &base, &vars, &cfg)?;
+        let expert = lora_expert_from(&adapters, &ctx.spec.name, Some(base_identity(ctx)?)).map_err(fail)?;
+        expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
+        summary(ctx, &outcome)
+    }
+}
+
+pub fn load_expert(ctx: &StepContext, role: &str, name: &str, base: &Base) -> Result<LoraExpert, StepError> {
+    let inp = ctx.input(role)?;
+    let mut e = LoraExpert::load(&inp.files.join(EXPERT_FILE), base.config(), base.model.device(), DType::F32).map_err(fail)?;
+    e.name = name.to_string();
+    Ok(e)
+}
+
+pub struct GateStep;
+
+impl StepRunner for GateStep {
+    fn kind(&self) -> &'static str {
+        "gate"
+    }
+    fn version(&self) -> u32 {
+        super::version_of(self.kind())
+    }
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let dev = device(ctx)?;
+        let mut base = load_base(ctx, &dev)?;
+        let mut cfg = cfg_of(ctx, "gate")?;
+        // The paper's gate training validates only once, at the end: keep the final.
+        cfg.eval_every = None;
+        let expert = load_expert(ctx, "expert", &ctx.spec.name, &base)?;
+        let varmap = VarMap::new();
+        let adapters = new_trainable_gates(&expert, &varmap, &dev, DType::F32).map_err(fail)?;
+        base.model.set_adapters(adapters.clone()).map_err(fail)?;
+        let vars = vars_sorted(&varmap);
+        let outcome = fit(ctx, &base, &vars, &cfg)?;
+        let gates = gates_from(&adapters, &ctx.spec.name, Some(base_identity(ctx)?)).map_err(fail)?;
+        gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
+        summary(ctx, &outcome)
+    }
+}
+
+/// The `pool` step: the member list, by name, with the keys of their artifacts. The
+/// pool holds no weights; evals read the experts' own files (no repacking).
+pub struct PoolStep;
+
+impl StepRunner for PoolStep {
+    fn kind(&self) -> &'static str {
+        "pool"
+    }
+    fn version(&self) -> u32 {
+        super::version_of(self.kind())
+    }
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let mut members = vec![];
+        for inp in ctx.inputs_with_prefix("expert:") {
+            let name = &inp.role["expert:".len()..];
+            let gate = ctx.input(&format!("gate:{name}"))?;
+            members.push(serde_json::json!({"name": name, "expert": inp.key.hex(), "gate": gate.key.hex()}));
+        }
+        let doc = serde_json::json!({"pool": ctx.spec.name, "members": members});
+        std::fs::write(ctx.out.join("pool.json"), serde_json::to_vec_pretty(&doc).expect("json"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Training: the loop, AdamW, schedules and batching, shared by every training step.
+
+pub mod adamw;
+pub mod batches;
+pub mod schedule;
+pub mod trainer;
+
+pub use batches::Pair;
+pub use schedule::Schedule;
+pub use trainer::{Monitor, Objective, TrainConfig, TrainError, TrainOutcome, train};

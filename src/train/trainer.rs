@@ -1,0 +1,303 @@
+//! The training loop shared by expert, gate, multitask and pretraining steps.
+//!
+//! As in the paper's code: AdamW, linear warmup then constant (or linear decay),
+//! global grad-norm clipping, gradient accumulation up to the effective batch,
+//! validation every N steps keeping the best weights (ties go to the later check, and
+//! the untrained start is the first candidate), and a resumable checkpoint every N
+//! steps. Everything random comes from the seed, so a run is bitwise reproducible.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use serde_json::json;
+
+use super::adamw::{AdamW, accumulate, clip_global_norm, grads_of};
+use super::batches::{Pair, batch_at};
+use super::schedule::{Schedule, lr_at};
+use crate::model::{ModelError, Result as ModelResult};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub steps: usize,
+    /// Effective batch: sequences per optimizer step.
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: f64,
+    pub schedule: Schedule,
+    pub grad_clip: f64,
+    pub max_input_len: usize,
+    pub max_target_len: usize,
+    /// Validate every N steps (None: no validation, the final weights are kept).
+    pub eval_every: Option<usize>,
+    pub eval_examples: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Reads a `train`/`gate` group of step parameters (schema defaults are filled in
+    /// by the manifest layer, so every field is present).
+    pub fn from_params(g: &serde_json::Value) -> std::result::Result<TrainConfig, String> {
+        let u = |k: &str, d: u64| g.get(k).and_then(|v| v.as_u64()).unwrap_or(d) as usize;
+        let f = |k: &str, d: f64| g.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+        let schedule = match g.get("schedule").and_then(|v| v.as_str()).unwrap_or("constant") {
+            "constant" => Schedule::Constant,
+            "linear-decay" => Schedule::LinearDecay,
+            other => return Err(format!("unknown schedule {other:?}")),
+        };
+        let cfg = TrainConfig {
+            steps: u("steps", 1000),
+            batch: u("batch", 1024),
+            micro_batch: u("micro-batch", 8),
+            lr: f("lr", 5e-3),
+            weight_decay: f("weight-decay", 0.0),
+            warmup: f("warmup", 0.06),
+            schedule,
+            grad_clip: f("grad-clip", 1.0),
+            max_input_len: u("max-input-len", 512),
+            max_target_len: u("max-target-len", 512),
+            eval_every: g.get("eval-every").and_then(|v| v.as_u64()).map(|v| v as usize),
+            eval_examples: u("eval-examples", 1000),
+            checkpoint_every: u("checkpoint-every", 100),
+            seed: u("seed", 42) as u64,
+        };
+        if cfg.steps == 0 || cfg.batch == 0 || cfg.micro_batch == 0 {
+            return Err("steps, batch and micro-batch must be positive".into());
+        }
+        Ok(cfg)
+    }
+
+    /// Micro-batches per optimizer step (the effective batch, rounded up).
+    pub fn accumulation(&self) -> usize {
+        self.batch.div_ceil(self.micro_batch.min(self.batch)).max(1)
+    }
+
+    fn micro(&self) -> usize {
+        self.micro_batch.min(self.batch)
+    }
+}
+
+/// What the loop trains: a loss over a micro-batch of pairs.
+pub trait Objective {
+    /// Mean loss over the batch, differentiable with respect to the trained vars.
+    fn loss(&mut self, batch: &[&Pair]) -> ModelResult<Tensor>;
+    /// Called after every optimizer update (to refresh weights derived from vars).
+    fn updated(&mut self) -> ModelResult<()> {
+        Ok(())
+    }
+}
+
+/// How the loop reports and learns that it should stop (the steps layer adapts its
+/// progress bar and Ctrl-C flag to this).
+pub trait Monitor {
+    fn start(&self, total_steps: usize);
+    fn step(&self, step: usize, message: &str);
+    fn log(&self, line: &str);
+    fn cancelled(&self) -> bool;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cancelled at step {step}; the checkpoint is kept")]
+    Cancelled { step: usize },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: String, message: String },
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Model(ModelError::from(e))
+    }
+}
+
+pub struct TrainOutcome {
+    /// The kept weights (best validation, or final), by var name.
+    pub weights: HashMap<String, Tensor>,
+    pub best_step: usize,
+    /// One JSON object per logged step and validation (the artifact's metrics.jsonl).
+    pub metrics: Vec<serde_json::Value>,
+    pub resumed_from: Option<usize>,
+}
+
+const STATE: &str = "train-state.safetensors";
+const STATE_JSON: &str = "train-state.json";
+
+fn snapshot(vars: &[(String, Var)]) -> ModelResult<HashMap<String, Tensor>> {
+    vars.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect()
+}
+
+fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Mean validation loss over up to `max` pairs.
+fn validate(obj: &mut dyn Objective, valid: &[Pair], micro: usize, max: usize) -> ModelResult<f64> {
+    let take = &valid[..valid.len().min(max)];
+    let (mut sum, mut n) = (0f64, 0usize);
+    for chunk in take.chunks(micro.max(1)) {
+        let refs: Vec<&Pair> = chunk.iter().collect();
+        let l = obj.loss(&refs)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sum += l * chunk.len() as f64;
+        n += chunk.len();
+    }
+    Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+}
+
+/// Trains `vars` on `train` with `obj`; validates on `valid`. `work` holds the
+/// resumable state (a previous interrupted run of the same step resumes from it).
+pub fn train(
+    obj: &mut dyn Objective,
+    vars: &[(String, Var)],
+    train: &[Pair],
+    valid: &[Pair],
+    cfg: &TrainConfig,
+    work: &Path,
+    monitor: &dyn Monitor,
+) -> Result<TrainOutcome, TrainError> {
+    if train.is_empty() {
+        return Err(TrainError::Config("no training examples".into()));
+    }
+    let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let mut opt = AdamW::new(1e-8, cfg.weight_decay);
+    let mut step = 0usize;
+    let mut metrics: Vec<serde_json::Value> = vec![];
+    let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
+    let mut resumed_from = None;
+    let state_path = work.join(STATE);
+    let json_path = work.join(STATE_JSON);
+    if let (true, Ok(meta)) = (state_path.exists(), std::fs::read(&json_path)) {
+        let meta: serde_json::Value = serde_json::from_slice(&meta).map_err(|e| ckpt_err(&json_path, e))?;
+        let tensors = candle_core::safetensors::load(&state_path, &device).map_err(|e| ckpt_err(&state_path, e))?;
+        for (name, var) in vars {
+            let t = tensors.get(&format!("var/{name}")).ok_or_else(|| ckpt_err(&state_path, format!("no var/{name}")))?;
+            var.set(t)?;
+            if let Some(m) = tensors.get(&format!("m/{name}")) {
+                opt.m.insert(name.clone(), m.clone());
+            }
+            if let Some(v) = tensors.get(&format!("v/{name}")) {
+                opt.v.insert(name.clone(), v.clone());
+            }
+        }
+        step = meta["step"].as_u64().unwrap_or(0) as usize;
+        opt.t = meta["adam_t"].as_u64().unwrap_or(0) as usize;
+        if let Some(score) = meta["best_score"].as_f64() {
+            let w: HashMap<String, Tensor> = vars
+                .iter()
+                .filter_map(|(n, _)| tensors.get(&format!("best/{n}")).map(|t| (n.clone(), t.clone())))
+                .collect();
+            best = Some((score, meta["best_step"].as_u64().unwrap_or(0) as usize, w));
+        }
+        metrics = meta["metrics"].as_array().cloned().unwrap_or_default();
+        obj.updated()?;
+        resumed_from = Some(step);
+        monitor.log(&format!("resumed from the checkpoint at step {step}"));
+    }
+    let save_state = |step: usize, opt: &AdamW, best: &Option<(f64, usize, HashMap<String, Tensor>)>, metrics: &[serde_json::Value]| -> Result<(), TrainError> {
+        let mut t: HashMap<String, Tensor> = HashMap::new();
+        for (n, v) in vars {
+            t.insert(format!("var/{n}"), v.as_tensor().clone());
+        }
+        for (n, m) in &opt.m {
+            t.insert(format!("m/{n}"), m.clone());
+        }
+        for (n, v) in &opt.v {
+            t.insert(format!("v/{n}"), v.clone());
+        }
+        if let Some((_, _, w)) = best {
+            for (n, x) in w {
+                t.insert(format!("best/{n}"), x.clone());
+            }
+        }
+        let tmp = work.join(format!("{STATE}.tmp"));
+        candle_core::safetensors::save(&t, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
+        std::fs::rename(&tmp, &state_path).map_err(|e| ckpt_err(&state_path, e))?;
+        let meta = json!({
+            "step": step,
+            "adam_t": opt.t,
+            "best_score": best.as_ref().map(|b| b.0),
+            "best_step": best.as_ref().map(|b| b.1),
+            "metrics": metrics,
+        });
+        std::fs::write(&json_path, serde_json::to_vec(&meta).expect("json")).map_err(|e| ckpt_err(&json_path, e))
+    };
+    let micro = cfg.micro();
+    let accum = cfg.accumulation();
+    monitor.start(cfg.steps);
+    // The untrained start is the first candidate for "best" (as in the paper's code).
+    if step == 0
+        && let Some(_) = cfg.eval_every
+        && !valid.is_empty()
+    {
+        let vl = validate(obj, valid, micro, cfg.eval_examples)?;
+        metrics.push(json!({"step": 0, "val_loss": vl}));
+        best = Some((-vl, 0, snapshot(vars)?));
+        monitor.log(&format!("step 0: validation loss {vl:.4}"));
+    }
+    let t0 = Instant::now();
+    let start_step = step;
+    while step < cfg.steps {
+        if monitor.cancelled() {
+            save_state(step, &opt, &best, &metrics)?;
+            return Err(TrainError::Cancelled { step });
+        }
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let mut loss_sum = 0f64;
+        for a in 0..accum {
+            let k = step * accum + a;
+            let idx = batch_at(train, micro, cfg.seed, k);
+            let refs: Vec<&Pair> = idx.iter().map(|&i| &train[i]).collect();
+            let loss = obj.loss(&refs)?;
+            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let scaled = (loss / accum as f64)?;
+            let g = scaled.backward()?;
+            accumulate(&mut grads, grads_of(vars, &g))?;
+        }
+        let norm = clip_global_norm(&mut grads, cfg.grad_clip)?;
+        let lr = lr_at(cfg.lr, step, cfg.steps, cfg.warmup, cfg.schedule);
+        opt.step(vars, &grads, lr)?;
+        obj.updated()?;
+        step += 1;
+        let loss = loss_sum / accum as f64;
+        metrics.push(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm}));
+        let rate = (step - start_step) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        monitor.step(step, &format!("loss {loss:.4} | {rate:.1} steps/s"));
+        if let Some(every) = cfg.eval_every
+            && !valid.is_empty()
+            && (step % every == 0 || step == cfg.steps)
+        {
+            let vl = validate(obj, valid, micro, cfg.eval_examples)?;
+            let score = -vl;
+            // `>=`: ties go to the later checkpoint.
+            let better = best.as_ref().is_none_or(|b| score >= b.0);
+            metrics.push(json!({"step": step, "val_loss": vl, "best": better}));
+            monitor.log(&format!("step {step}: validation loss {vl:.4}{}", if better { " (best so far)" } else { "" }));
+            if better {
+                best = Some((score, step, snapshot(vars)?));
+            }
+        }
+        if step % cfg.checkpoint_every.max(1) == 0 && step < cfg.steps {
+            save_state(step, &opt, &best, &metrics)?;
+        }
+    }
+    let (weights, best_step) = match best {
+        Some((_, s, w)) => (w, s),
+        None => (snapshot(vars)?, step),
+    };
+    Ok(TrainOutcome {
+        weights,
+        best_step,
+        metrics,
+        resumed_from,
+    })
+}
