@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use candle_core::{D, DType, Device, Tensor};
 
-use super::adapter::{AdapterCtx, AdapterSet, Linear, RoutingLog};
+use super::adapter::{ActivationLog, ActivationTap, AdapterCtx, AdapterSet, Linear, RoutingLog};
 use super::attention::Attention;
 use super::config::T5Config;
 use super::error::{ModelError, Result};
@@ -177,6 +177,7 @@ pub struct T5Model {
     decoder: Stack,
     adapters: AdapterSet,
     routing_log: Option<Mutex<RoutingLog>>,
+    tap: Option<ActivationTap>,
 }
 
 impl T5Model {
@@ -292,6 +293,7 @@ impl T5Model {
             decoder: build_stack("decoder", config.num_decoder_layers, true)?,
             adapters: AdapterSet::new(),
             routing_log: None,
+            tap: None,
         })
     }
 
@@ -373,6 +375,7 @@ impl T5Model {
         AdapterCtx {
             adapters: &self.adapters,
             log: self.routing_log.as_ref(),
+            tap: self.tap.as_ref(),
         }
     }
 
@@ -514,6 +517,42 @@ impl T5Model {
         let enc = self.encode(input_ids, attention_mask)?;
         let mut cache = self.start_decoding(&enc, attention_mask)?;
         self.decode_step(decoder_input_ids, &mut cache)
+    }
+
+    /// Adds, for every adapted linear, each example's masked mean input
+    /// activation (teacher-forced; encoder-side inputs masked by the input
+    /// mask, decoder-side ones by the label mask) to `log`. Averaging these
+    /// over an expert's data gives the "average activation" router embeddings.
+    pub fn accumulate_mean_activations(
+        &mut self,
+        batch: &Seq2SeqBatch,
+        log: &mut ActivationLog,
+    ) -> Result<()> {
+        let per_example = |mask: &Tensor| -> Result<Tensor> {
+            let m = mask.to_dtype(DType::F64)?;
+            let len = m.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?;
+            Ok(m.broadcast_div(&len)?.flatten_all()?)
+        };
+        let shared = std::sync::Arc::new(Mutex::new(std::mem::take(log)));
+        self.tap = Some(ActivationTap {
+            encoder_rows: per_example(&batch.attention_mask)?,
+            decoder_rows: per_example(&batch.label_mask)?,
+            log: shared.clone(),
+        });
+        let result = self.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            &batch.decoder_input_ids,
+        );
+        self.tap = None;
+        let mut inner = match std::sync::Arc::try_unwrap(shared) {
+            Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(arc) => arc.lock().map(|g| g.clone()).unwrap_or_default(),
+        };
+        result?;
+        inner.examples += batch.input_ids.dims()[0] as u64;
+        *log = inner;
+        Ok(())
     }
 
     /// Mean cross-entropy over the target positions with `label_mask == 1`
