@@ -51,8 +51,9 @@ impl LoraWeights {
     pub fn delta(&self, u: &Tensor) -> Result<Tensor> {
         let a = cast(&self.a, u.dtype())?;
         let b = cast(&self.b, u.dtype())?;
-        let h = u.matmul(&a.t()?)?;
-        Ok((h.matmul(&b.t()?)? / self.rank() as f64)?)
+        // Scale the [n, r] intermediate, not the [n, d_out] output: same result, r/d_out the work.
+        let h = (u.matmul(&a.t()?)? / self.rank() as f64)?;
+        Ok(h.matmul(&b.t()?)?)
     }
 }
 
@@ -125,9 +126,10 @@ impl ExpertStack {
     }
 
     /// Expert z's LoRA output `u A_z^T B_z^T / r` for `u` `[n, d_in]`.
-    fn delta_one(&self, u: &Tensor, z: usize) -> Result<Tensor> {
-        let h = u.matmul(&self.at.get(z)?)?;
-        Ok((h.matmul(&self.bt.get(z)?)? / self.rank as f64)?)
+    /// `weight * u A_z^T B_z^T / r`, scaling the small `[n, r]` intermediate.
+    fn delta_one(&self, u: &Tensor, z: usize, weight: f64) -> Result<Tensor> {
+        let h = (u.matmul(&self.at.get(z)?)? * (weight / self.rank as f64))?;
+        Ok(h.matmul(&self.bt.get(z)?)?)
     }
 
     /// Routed LoRA output for `u` `[n, d_in]`: only the chosen experts are
@@ -486,7 +488,7 @@ impl Linear {
                 }
                 for (z, &wz) in w.iter().enumerate() {
                     if wz != 0.0 {
-                        acc = (acc + (stack.delta_one(u, z)? * wz)?)?;
+                        acc = (acc + stack.delta_one(u, z, wz)?)?;
                     }
                 }
             }
@@ -510,7 +512,7 @@ impl Linear {
                     let wz =
                         Tensor::from_vec(col, (batch, 1, 1), u.device())?.to_dtype(u.dtype())?;
                     let d = stack
-                        .delta_one(u, z)?
+                        .delta_one(u, z, 1.0)?
                         .reshape((batch, per_example, self.d_out()))?
                         .broadcast_mul(&wz)?
                         .reshape((n, self.d_out()))?;

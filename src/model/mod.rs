@@ -3,6 +3,7 @@
 //! equal to Hugging Face transformers.
 
 pub mod adapter;
+pub mod alloc;
 pub mod attention;
 pub mod config;
 pub mod error;

@@ -189,6 +189,7 @@ impl T5Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        super::alloc::tune_allocator_for_tensors();
         config.validate().map_err(|message| ModelError::Config {
             path: store.label().into(),
             message,
