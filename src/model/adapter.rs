@@ -333,6 +333,8 @@ pub struct AdapterCtx<'a> {
     pub adapters: &'a AdapterSet,
     pub log: Option<&'a Mutex<RoutingLog>>,
     pub tap: Option<&'a ActivationTap>,
+    /// Training-time dropout (attention probabilities, FFN hidden); None at eval.
+    pub dropout: Option<&'a super::dropout::Dropout>,
 }
 
 fn is_encoder_side(module: &str) -> bool {

@@ -45,7 +45,7 @@ impl Ffn {
     pub fn forward(&self, x: &Tensor, ctx: AdapterCtx<'_>) -> Result<Tensor> {
         match self {
             Ffn::Single { wi, wo, kind } => {
-                let h = activate(&wi.forward(x, ctx)?, *kind)?;
+                let h = super::dropout::maybe(ctx.dropout, activate(&wi.forward(x, ctx)?, *kind)?)?;
                 wo.forward(&h, ctx)
             }
             Ffn::Gated {
@@ -55,6 +55,7 @@ impl Ffn {
                 kind,
             } => {
                 let h = (activate(&wi_0.forward(x, ctx)?, *kind)? * wi_1.forward(x, ctx)?)?;
+                let h = super::dropout::maybe(ctx.dropout, h)?;
                 wo.forward(&h, ctx)
             }
         }

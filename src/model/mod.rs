@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod alloc;
 pub mod attention;
 pub mod config;
+pub mod dropout;
 pub mod error;
 pub mod expert_file;
 pub mod ffn;

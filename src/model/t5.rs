@@ -9,6 +9,7 @@ use candle_core::{D, DType, Device, Tensor};
 use super::adapter::{ActivationLog, ActivationTap, AdapterCtx, AdapterSet, Linear, RoutingLog};
 use super::attention::Attention;
 use super::config::T5Config;
+use super::dropout::Dropout;
 use super::error::{ModelError, Result};
 use super::ffn::Ffn;
 use super::norm::rms_norm;
@@ -178,6 +179,7 @@ pub struct T5Model {
     adapters: AdapterSet,
     routing_log: Option<Mutex<RoutingLog>>,
     tap: Option<ActivationTap>,
+    dropout: Option<Dropout>,
 }
 
 impl T5Model {
@@ -295,6 +297,7 @@ impl T5Model {
             adapters: AdapterSet::new(),
             routing_log: None,
             tap: None,
+            dropout: None,
         })
     }
 
@@ -362,6 +365,23 @@ impl T5Model {
             .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Turns on dropout with `rate` at HF T5's places (embeddings, attention
+    /// probabilities, sublayer outputs, FFN hidden, final norms), drawing masks
+    /// from a stream seeded by `seed`. For training only: turn it off for
+    /// evaluation and generation.
+    pub fn enable_dropout(&mut self, rate: f64, seed: u64) -> Result<()> {
+        self.dropout = Some(Dropout::new(rate, seed)?);
+        Ok(())
+    }
+
+    pub fn disable_dropout(&mut self) {
+        self.dropout = None;
+    }
+
+    fn drop(&self, x: Tensor) -> Result<Tensor> {
+        super::dropout::maybe(self.dropout.as_ref(), x)
+    }
+
     /// Attention biases and masks are added in the softmax's precision:
     /// f64 for f64 models, f32 otherwise (also for bf16, as HF does).
     fn bias_dtype(&self) -> DType {
@@ -377,6 +397,7 @@ impl T5Model {
             adapters: &self.adapters,
             log: self.routing_log.as_ref(),
             tap: self.tap.as_ref(),
+            dropout: self.dropout.as_ref(),
         }
     }
 
@@ -401,7 +422,7 @@ impl T5Model {
             )));
         }
         let ctx = self.ctx();
-        let mut h = self.embed(input_ids)?;
+        let mut h = self.drop(self.embed(input_ids)?)?;
         let mask = key_mask(attention_mask, self.bias_dtype())?;
         let bias = match &self.encoder.rel_bias {
             Some(rel) => position_bias(
@@ -420,11 +441,11 @@ impl T5Model {
         for block in &self.encoder.blocks {
             let x = rms_norm(&h, &block.self_norm, eps)?;
             let (k, v) = block.self_attn.key_values(&x, ctx)?;
-            h = (h + block.self_attn.attend(&x, &k, &v, &bias, ctx)?)?;
+            h = (h + self.drop(block.self_attn.attend(&x, &k, &v, &bias, ctx)?)?)?;
             let x = rms_norm(&h, &block.ffn_norm, eps)?;
-            h = (h + block.ffn.forward(&x, ctx)?)?;
+            h = (h + self.drop(block.ffn.forward(&x, ctx)?)?)?;
         }
-        rms_norm(&h, &self.encoder.final_norm, eps)
+        self.drop(rms_norm(&h, &self.encoder.final_norm, eps)?)
     }
 
     /// Prepares incremental decoding against an encoder output: computes every
@@ -474,7 +495,7 @@ impl T5Model {
             None => causal,
         };
         let eps = self.config.layer_norm_epsilon;
-        let mut h = self.embed(ids)?;
+        let mut h = self.drop(self.embed(ids)?)?;
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let x = rms_norm(&h, &block.self_norm, eps)?;
             let (k_new, v_new) = block.self_attn.key_values(&x, ctx)?;
@@ -485,7 +506,7 @@ impl T5Model {
                 ),
                 None => (k_new, v_new),
             };
-            h = (h + block.self_attn.attend(&x, &k, &v, &self_bias, ctx)?)?;
+            h = (h + self.drop(block.self_attn.attend(&x, &k, &v, &self_bias, ctx)?)?)?;
             cache.self_kv[i] = Some((k, v));
             let (cross, cross_norm) = block
                 .cross
@@ -493,12 +514,12 @@ impl T5Model {
                 .ok_or_else(|| ModelError::Input("decoder block without cross-attention".into()))?;
             let x = rms_norm(&h, cross_norm, eps)?;
             let (ck, cv) = &cache.cross_kv[i];
-            h = (h + cross.attend(&x, ck, cv, &cache.cross_bias, ctx)?)?;
+            h = (h + self.drop(cross.attend(&x, ck, cv, &cache.cross_bias, ctx)?)?)?;
             let x = rms_norm(&h, &block.ffn_norm, eps)?;
-            h = (h + block.ffn.forward(&x, ctx)?)?;
+            h = (h + self.drop(block.ffn.forward(&x, ctx)?)?)?;
         }
         cache.len = k_len;
-        let mut h = rms_norm(&h, &self.decoder.final_norm, eps)?;
+        let mut h = self.drop(rms_norm(&h, &self.decoder.final_norm, eps)?)?;
         if self.config.scale_decoder_outputs {
             h = (h * (self.config.d_model as f64).powf(-0.5))?;
         }
