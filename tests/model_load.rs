@@ -125,3 +125,59 @@ fn folders_without_weights_or_config_give_clear_errors() {
         .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn bf16_models_run_with_f32_norms_and_softmax() {
+    let model = T5Model::load(&fixture("v1_1"), &Device::Cpu, DType::BF16).unwrap();
+    assert_eq!(model.dtype(), DType::BF16);
+    let st =
+        candle_core::safetensors::load(fixture("v1_1").join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture("v1_1").join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let b = Seq2SeqBatch::from_hf(
+        &st["input_ids"],
+        &st["attention_mask"],
+        &st["decoder_input_ids"],
+        &st["labels"],
+    )
+    .unwrap();
+    let logits = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let r = &reference["logits"];
+    let err = (&logits - r)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = r
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        err / scale < 0.05,
+        "bf16 logits off by {err} at scale {scale}"
+    );
+    let loss = model
+        .forward_loss(&b)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let ref_loss = reference["loss"].to_vec1::<f32>().unwrap()[0];
+    assert!(
+        (loss - ref_loss).abs() / ref_loss < 0.02,
+        "bf16 loss {loss} vs {ref_loss}"
+    );
+}
