@@ -248,6 +248,15 @@ fn expert_files_round_trip_and_bad_files_name_the_problem() {
     let back = LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(back.name, "expert_a");
     assert_eq!(back.rank, 4);
+    back.check_base_model("fixture:v1_1").unwrap();
+    let err = back
+        .check_base_model("google/t5-xl-lm-adapt")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fixture:v1_1") && err.contains("google/t5-xl-lm-adapt"),
+        "{err}"
+    );
     for (m, l) in &experts[0].modules {
         assert_eq!(max_diff(&l.a, &back.modules[m].a), 0.0);
         assert_eq!(max_diff(&l.b, &back.modules[m].b), 0.0);
