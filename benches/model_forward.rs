@@ -76,6 +76,12 @@ fn bench_lora(c: &mut Criterion) {
     let cfg = config();
     let b = batch(&cfg);
     let mut model = T5Model::init_random(&cfg, 1, &Device::Cpu, DType::F32).unwrap();
+    let mut g = c.benchmark_group("t5_d256_4x4_b8x128_base");
+    g.sample_size(10);
+    g.bench_function("forward", |bench| {
+        bench.iter(|| black_box(model.forward_loss(&b).unwrap()))
+    });
+    g.finish();
     let varmap = VarMap::new();
     let set = new_trainable_lora(&cfg, RANK, 2, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap();
     model.set_adapters(set).unwrap();

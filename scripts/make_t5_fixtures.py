@@ -10,6 +10,7 @@ Made with transformers 5.23 / torch 2.15. Writes two HF folders (config.json + m
   v1_1/  T5.1.1 family: gated-gelu, untied lm_head (transformers 5 ties on save unless lm_head.weight
          is replaced by a new Parameter first), no logit scaling.
   orig/  original T5 family: relu FFN, tied head, logits scaled by d_model^-0.5.
+  orig_bin/  the same orig weights as pytorch_model.bin (pickle), embedding only as encoder.embed_tokens.weight.
 and, per folder, inputs.safetensors (input_ids, attention_mask, decoder_input_ids, labels with -100)
 and reference.safetensors (encoder_last_hidden_state, logits, loss).
 For v1_1 it also writes three LoRA experts and their gate vectors in goosepipe's expert-file naming
@@ -104,11 +105,26 @@ def main():
             "logits": out.logits,
             "loss": out.loss.reshape(1),
         }
+        if name == "orig":
+            save_pickle_copy(m, d)
         if name == "v1_1":
             make_tokenizer(os.path.join(d, "tokenizer.json"))
             ref.update(adapter_references(m, inp, d))
         save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(d, "reference.safetensors"))
         print(name, "loss", out.loss.item(), "config", json.load(open(os.path.join(d, "config.json"))).get("scale_decoder_outputs"))
+
+
+def save_pickle_copy(m, d):
+    """orig_bin/: the orig model as an old-style pytorch_model.bin (no safetensors) whose embedding is
+    stored only as encoder.embed_tokens.weight, as in early HF checkpoints; it shares orig's references."""
+    out = os.path.join(os.path.dirname(d), "orig_bin")
+    os.makedirs(out, exist_ok=True)
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    for k in ["shared.weight", "decoder.embed_tokens.weight", "lm_head.weight"]:
+        sd.pop(k, None)
+    torch.save(sd, os.path.join(out, "pytorch_model.bin"))
+    with open(os.path.join(d, "config.json")) as src, open(os.path.join(out, "config.json"), "w") as dst:
+        dst.write(src.read())
 
 
 CORPUS = [

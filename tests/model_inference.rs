@@ -66,8 +66,51 @@ fn greedy_generation_matches_transformers_orig() {
 
 #[test]
 fn cached_decoding_equals_teacher_forcing_past_16_positions() {
+    cached_equals_full(false);
+}
+
+#[test]
+fn cached_decoding_with_phatgoose_routing_equals_teacher_forcing() {
+    // Decoder tokens are routed one at a time when generating; per-token
+    // routing must give the same logits as routing the whole sequence.
+    cached_equals_full(true);
+}
+
+fn cached_equals_full(routed: bool) {
     let dir = fixture("v1_1");
-    let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let mut model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    if routed {
+        let names = ["expert_a", "expert_b", "expert_c"];
+        let experts: Vec<_> = names
+            .iter()
+            .map(|e| {
+                goosepipe::model::LoraExpert::load(
+                    &dir.join(format!("{e}.safetensors")),
+                    &model.config,
+                    &Device::Cpu,
+                    DType::F32,
+                )
+                .unwrap()
+            })
+            .collect();
+        let gates: Vec<_> = names
+            .iter()
+            .map(|e| {
+                goosepipe::model::GateVectors::load(
+                    &dir.join(format!("{e}.gates.safetensors")),
+                    &model.config,
+                    &Device::Cpu,
+                    DType::F32,
+                )
+                .unwrap()
+            })
+            .collect();
+        model
+            .set_adapters(
+                goosepipe::model::AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap(),
+            )
+            .unwrap();
+    }
     let st = load_st(dir.join("inputs.safetensors"));
     let ids = st["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = st["attention_mask"].to_dtype(DType::F32).unwrap();

@@ -48,8 +48,9 @@ impl LoraWeights {
     pub fn delta(&self, u: &Tensor) -> Result<Tensor> {
         let a = cast(&self.a, u.dtype())?;
         let b = cast(&self.b, u.dtype())?;
-        let h = u.matmul(&a.t()?)?;
-        Ok((h.matmul(&b.t()?)? / self.rank() as f64)?)
+        // Scale the [n, r] intermediate, not the [n, d_out] output: same result, r/d_out the work.
+        let h = (u.matmul(&a.t()?)? / self.rank() as f64)?;
+        Ok(h.matmul(&b.t()?)?)
     }
 }
 
@@ -117,9 +118,10 @@ impl ExpertStack {
     }
 
     /// Expert z's LoRA output `u A_z^T B_z^T / r` for `u` `[n, d_in]`.
-    fn delta_one(&self, u: &Tensor, z: usize) -> Result<Tensor> {
-        let h = u.matmul(&self.at.get(z)?)?;
-        Ok((h.matmul(&self.bt.get(z)?)? / self.rank as f64)?)
+    /// `weight * u A_z^T B_z^T / r`, scaling the small `[n, r]` intermediate.
+    fn delta_one(&self, u: &Tensor, z: usize, weight: f64) -> Result<Tensor> {
+        let h = (u.matmul(&self.at.get(z)?)? * (weight / self.rank as f64))?;
+        Ok(h.matmul(&self.bt.get(z)?)?)
     }
 
     /// Routed LoRA output for `u` `[n, d_in]`: only the chosen experts are
@@ -280,11 +282,51 @@ impl RoutingLog {
     }
 }
 
+/// Per-module mean input activations (the "average activation" router's
+/// embeddings): `sum` is the sum over examples of each example's masked mean
+/// input, `examples` how many examples were added. Divide to get the mean.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ActivationLog {
+    pub examples: u64,
+    pub sums: BTreeMap<String, Vec<f64>>,
+}
+
+impl ActivationLog {
+    /// `sums[module] / examples` as `[d_in]` vectors.
+    pub fn means(&self) -> BTreeMap<String, Vec<f64>> {
+        let n = self.examples.max(1) as f64;
+        self.sums
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|x| x / n).collect()))
+            .collect()
+    }
+}
+
+/// Row weights that turn a weighted row sum into a sum of per-example masked
+/// means: `mask[b, t] / sum_t mask[b, t]`, flattened. Encoder-side inputs
+/// (encoder modules and cross-attention k/v) use the encoder mask, the other
+/// decoder modules the target mask.
+#[derive(Debug, Clone)]
+pub struct ActivationTap {
+    pub encoder_rows: Tensor,
+    pub decoder_rows: Tensor,
+    pub log: std::sync::Arc<Mutex<ActivationLog>>,
+}
+
 /// What a linear needs besides its input at forward time.
 #[derive(Clone, Copy)]
 pub struct AdapterCtx<'a> {
     pub adapters: &'a AdapterSet,
     pub log: Option<&'a Mutex<RoutingLog>>,
+    pub tap: Option<&'a ActivationTap>,
+    /// Training-time dropout (attention probabilities, FFN hidden); None at eval.
+    pub dropout: Option<&'a super::dropout::Dropout>,
+}
+
+fn is_encoder_side(module: &str) -> bool {
+    module.starts_with("encoder.")
+        || module.ends_with("EncDecAttention.k")
+        || module.ends_with("EncDecAttention.v")
 }
 
 /// A frozen linear layer without bias, stored as `W^T` (`[d_in, d_out]`,
@@ -334,6 +376,9 @@ impl Linear {
         }
         let n: usize = dims[..dims.len() - 1].iter().product();
         let u = x.reshape((n, d_in))?;
+        if let Some(tap) = ctx.tap {
+            self.record_activation(&u, tap)?;
+        }
         let mut y = u.matmul(&self.wt)?;
         if let Some(adapter) = ctx.adapters.get(&self.name) {
             let delta = self.adapter_delta(&u, &dims, adapter, ctx)?;
@@ -342,6 +387,42 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty, checked above") = self.d_out();
         Ok(y.reshape(out_dims)?)
+    }
+
+    fn record_activation(&self, u: &Tensor, tap: &ActivationTap) -> Result<()> {
+        let rows = if is_encoder_side(&self.name) {
+            &tap.encoder_rows
+        } else {
+            &tap.decoder_rows
+        };
+        if rows.dims() != [u.dims()[0]] {
+            return Err(ModelError::adapter(
+                &self.name,
+                format!(
+                    "activation row weights have {:?} entries for {} rows",
+                    rows.dims(),
+                    u.dims()[0]
+                ),
+            ));
+        }
+        let w = rows.to_dtype(u.dtype())?.unsqueeze(0)?;
+        let sum: Vec<f64> = w
+            .matmul(&u.detach())?
+            .squeeze(0)?
+            .to_dtype(DType::F64)?
+            .to_vec1()?;
+        let mut log = tap
+            .log
+            .lock()
+            .map_err(|_| ModelError::adapter(&self.name, "activation log lock poisoned"))?;
+        let acc = log
+            .sums
+            .entry(self.name.clone())
+            .or_insert_with(|| vec![0.0; sum.len()]);
+        for (a, s) in acc.iter_mut().zip(sum) {
+            *a += s;
+        }
+        Ok(())
     }
 
     fn adapter_delta(
@@ -393,7 +474,7 @@ impl Linear {
                 }
                 for (z, &wz) in w.iter().enumerate() {
                     if wz != 0.0 {
-                        acc = (acc + (stack.delta_one(u, z)? * wz)?)?;
+                        acc = (acc + stack.delta_one(u, z, wz)?)?;
                     }
                 }
             }
@@ -413,7 +494,7 @@ impl Linear {
                     }
                     let wz = Tensor::from_vec(col, (batch, 1, 1), u.device())?.to_dtype(u.dtype())?;
                     let d = stack
-                        .delta_one(u, z)?
+                        .delta_one(u, z, 1.0)?
                         .reshape((batch, per_example, self.d_out()))?
                         .broadcast_mul(&wz)?
                         .reshape((n, self.d_out()))?;

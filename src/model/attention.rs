@@ -57,6 +57,7 @@ impl Attention {
             .broadcast_add(&bias.to_dtype(compute)?)?;
         // ops::softmax (not softmax_last_dim) because it has a backward pass.
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+        let probs = super::dropout::maybe(ctx.dropout, probs)?;
         let ctx_vec = probs.matmul(v)?; // [B, H, T, dk]
         let merged = ctx_vec.transpose(1, 2)?.reshape((b, t, self.heads * self.d_kv))?;
         self.o.forward(&merged, ctx)

@@ -53,6 +53,18 @@ fn expert_name(path: &Path, meta: &HashMap<String, String>) -> String {
     stem.strip_suffix(".gates").unwrap_or(stem).to_owned()
 }
 
+fn check_base(name: &str, recorded: Option<&str>, expected: &str) -> Result<()> {
+    match recorded {
+        Some(b) if b == expected => Ok(()),
+        Some(b) => Err(ModelError::Input(format!(
+            "expert `{name}` was made for base model `{b}`, not `{expected}`"
+        ))),
+        None => Err(ModelError::Input(format!(
+            "expert `{name}` does not record its base model (metadata `{META_BASE}`)"
+        ))),
+    }
+}
+
 fn sites_by_name(cfg: &T5Config) -> HashMap<String, LinearSite> {
     adapted_linears(cfg)
         .into_iter()
@@ -179,6 +191,13 @@ impl LoraExpert {
         })
     }
 
+    /// Checks the base-model identity recorded in the file's metadata. An
+    /// expert trained on another base would load (shapes can coincide) but
+    /// produce garbage, so callers that know the base should check it.
+    pub fn check_base_model(&self, expected: &str) -> Result<()> {
+        check_base(&self.name, self.base_model.as_deref(), expected)
+    }
+
     /// Writes the expert in the file format above.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = Vec::with_capacity(self.modules.len() * 2);
@@ -231,6 +250,11 @@ impl GateVectors {
             base_model: meta.get(META_BASE).cloned(),
             gates,
         })
+    }
+
+    /// See [`LoraExpert::check_base_model`].
+    pub fn check_base_model(&self, expected: &str) -> Result<()> {
+        check_base(&self.name, self.base_model.as_deref(), expected)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

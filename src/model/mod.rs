@@ -1,10 +1,38 @@
 //! The ML core: a T5 encoder-decoder in candle with adapter-aware linears
 //! (LoRA, gated LoRA, fixed and routed mixtures of LoRA experts), numerically
-//! equal to Hugging Face transformers.
+//! equal to Hugging Face transformers (tests/model_parity.rs).
+//!
+//! Map for the other layers:
+//! - Load: [`T5Model::load`] (HF folder: safetensors, shards or pickle),
+//!   [`hub::resolve_model`] (repo id through the HF cache), or
+//!   [`T5Model::init_random`] / [`T5Weights::init_random`] + `save_pretrained`
+//!   for a from-scratch model. [`load::load_tokenizer`] for `tokenizer.json`.
+//! - Train an expert: [`trainable::new_trainable_lora`] puts `Var`s named
+//!   `<module>.lora_A/B` into a `VarMap` and returns an [`AdapterSet`] for
+//!   [`T5Model::set_adapters`]; optimise `varmap.all_vars()` on
+//!   [`T5Model::forward_loss`] of a [`Seq2SeqBatch`]; snapshot with
+//!   [`trainable::lora_expert_from`] and [`LoraExpert::save`]. Dropout:
+//!   [`T5Model::enable_dropout`].
+//! - Train gates: [`trainable::new_trainable_gates`] on a frozen
+//!   [`LoraExpert`]; save with [`trainable::gates_from`] + [`GateVectors::save`].
+//! - Route/merge: [`AdapterSet::phatgoose`], [`AdapterSet::routed`] (any router
+//!   embeddings, [`Scoring::Standardized`] or [`Scoring::Arrow`]),
+//!   [`AdapterSet::mixture`] (uniform merge, or per-example one-hot for
+//!   retrieval), [`AdapterSet::from_lora`] / [`AdapterSet::from_gated`].
+//!   Routing analysis: [`T5Model::start_routing_log`]. Average-activation
+//!   embeddings: [`T5Model::accumulate_mean_activations`].
+//! - Evaluate: [`T5Model::score_choices`] + [`predict`] (rank classification),
+//!   [`T5Model::generate_greedy`] (KV cache), [`score::score`] (the CLI's
+//!   `goosepipe score`).
+//!
+//! Experts are always ordered by name inside a pool, so routing ties and
+//! mixture weights never depend on listing order.
 
 pub mod adapter;
+pub mod alloc;
 pub mod attention;
 pub mod config;
+pub mod dropout;
 pub mod error;
 pub mod expert_file;
 pub mod ffn;
@@ -25,7 +53,10 @@ pub mod t5;
 pub mod trainable;
 pub mod weights;
 
-pub use adapter::{AdapterSet, ExpertStack, Linear, LoraWeights, MixWeights, ModuleAdapter, RoutingLog};
+pub use adapter::{
+    ActivationLog, AdapterSet, ExpertStack, Linear, LoraWeights, MixWeights, ModuleAdapter,
+    RoutingLog,
+};
 pub use config::{FeedForward, T5Config};
 pub use error::{ModelError, Result};
 pub use expert_file::{GateVectors, LoraExpert};

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 
 use candle_core::{D, DType, Device, Tensor};
 
-use super::adapter::{AdapterCtx, AdapterSet, Linear, RoutingLog};
+use super::adapter::{ActivationLog, ActivationTap, AdapterCtx, AdapterSet, Linear, RoutingLog};
 use super::attention::Attention;
 use super::config::T5Config;
+use super::dropout::Dropout;
 use super::error::{ModelError, Result};
 use super::ffn::Ffn;
 use super::norm::rms_norm;
@@ -177,12 +178,20 @@ pub struct T5Model {
     decoder: Stack,
     adapters: AdapterSet,
     routing_log: Option<Mutex<RoutingLog>>,
+    tap: Option<ActivationTap>,
+    dropout: Option<Dropout>,
 }
 
 impl T5Model {
     /// Builds the model from named tensors in HF naming, checking every name
     /// and shape first.
-    pub fn from_store(config: &T5Config, store: &TensorStore, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn from_store(
+        config: &T5Config,
+        store: &TensorStore,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        super::alloc::tune_allocator_for_tensors();
         config.validate().map_err(|message| ModelError::Config {
             path: store.label().into(),
             message,
@@ -285,6 +294,8 @@ impl T5Model {
             decoder: build_stack("decoder", config.num_decoder_layers, true)?,
             adapters: AdapterSet::new(),
             routing_log: None,
+            tap: None,
+            dropout: None,
         })
     }
 
@@ -347,6 +358,23 @@ impl T5Model {
             .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Turns on dropout with `rate` at HF T5's places (embeddings, attention
+    /// probabilities, sublayer outputs, FFN hidden, final norms), drawing masks
+    /// from a stream seeded by `seed`. For training only: turn it off for
+    /// evaluation and generation.
+    pub fn enable_dropout(&mut self, rate: f64, seed: u64) -> Result<()> {
+        self.dropout = Some(Dropout::new(rate, seed)?);
+        Ok(())
+    }
+
+    pub fn disable_dropout(&mut self) {
+        self.dropout = None;
+    }
+
+    fn drop(&self, x: Tensor) -> Result<Tensor> {
+        super::dropout::maybe(self.dropout.as_ref(), x)
+    }
+
     /// Attention biases and masks are added in the softmax's precision:
     /// f64 for f64 models, f32 otherwise (also for bf16, as HF does).
     fn bias_dtype(&self) -> DType {
@@ -361,6 +389,8 @@ impl T5Model {
         AdapterCtx {
             adapters: &self.adapters,
             log: self.routing_log.as_ref(),
+            tap: self.tap.as_ref(),
+            dropout: self.dropout.as_ref(),
         }
     }
 
@@ -385,7 +415,7 @@ impl T5Model {
             )));
         }
         let ctx = self.ctx();
-        let mut h = self.embed(input_ids)?;
+        let mut h = self.drop(self.embed(input_ids)?)?;
         let mask = key_mask(attention_mask, self.bias_dtype())?;
         let bias = match &self.encoder.rel_bias {
             Some(rel) => position_bias(rel, 0, s, s, true, self.config.relative_attention_max_distance)?
@@ -397,11 +427,11 @@ impl T5Model {
         for block in &self.encoder.blocks {
             let x = rms_norm(&h, &block.self_norm, eps)?;
             let (k, v) = block.self_attn.key_values(&x, ctx)?;
-            h = (h + block.self_attn.attend(&x, &k, &v, &bias, ctx)?)?;
+            h = (h + self.drop(block.self_attn.attend(&x, &k, &v, &bias, ctx)?)?)?;
             let x = rms_norm(&h, &block.ffn_norm, eps)?;
-            h = (h + block.ffn.forward(&x, ctx)?)?;
+            h = (h + self.drop(block.ffn.forward(&x, ctx)?)?)?;
         }
-        rms_norm(&h, &self.encoder.final_norm, eps)
+        self.drop(rms_norm(&h, &self.encoder.final_norm, eps)?)
     }
 
     /// Prepares incremental decoding against an encoder output: computes every
@@ -447,7 +477,7 @@ impl T5Model {
             None => causal,
         };
         let eps = self.config.layer_norm_epsilon;
-        let mut h = self.embed(ids)?;
+        let mut h = self.drop(self.embed(ids)?)?;
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let x = rms_norm(&h, &block.self_norm, eps)?;
             let (k_new, v_new) = block.self_attn.key_values(&x, ctx)?;
@@ -455,7 +485,7 @@ impl T5Model {
                 Some((k0, v0)) => (Tensor::cat(&[k0, &k_new], 2)?, Tensor::cat(&[v0, &v_new], 2)?),
                 None => (k_new, v_new),
             };
-            h = (h + block.self_attn.attend(&x, &k, &v, &self_bias, ctx)?)?;
+            h = (h + self.drop(block.self_attn.attend(&x, &k, &v, &self_bias, ctx)?)?)?;
             cache.self_kv[i] = Some((k, v));
             let (cross, cross_norm) = block
                 .cross
@@ -463,12 +493,12 @@ impl T5Model {
                 .ok_or_else(|| ModelError::Input("decoder block without cross-attention".into()))?;
             let x = rms_norm(&h, cross_norm, eps)?;
             let (ck, cv) = &cache.cross_kv[i];
-            h = (h + cross.attend(&x, ck, cv, &cache.cross_bias, ctx)?)?;
+            h = (h + self.drop(cross.attend(&x, ck, cv, &cache.cross_bias, ctx)?)?)?;
             let x = rms_norm(&h, &block.ffn_norm, eps)?;
-            h = (h + block.ffn.forward(&x, ctx)?)?;
+            h = (h + self.drop(block.ffn.forward(&x, ctx)?)?)?;
         }
         cache.len = k_len;
-        let mut h = rms_norm(&h, &self.decoder.final_norm, eps)?;
+        let mut h = self.drop(rms_norm(&h, &self.decoder.final_norm, eps)?)?;
         if self.config.scale_decoder_outputs {
             h = (h * (self.config.d_model as f64).powf(-0.5))?;
         }
@@ -488,6 +518,42 @@ impl T5Model {
         let enc = self.encode(input_ids, attention_mask)?;
         let mut cache = self.start_decoding(&enc, attention_mask)?;
         self.decode_step(decoder_input_ids, &mut cache)
+    }
+
+    /// Adds, for every adapted linear, each example's masked mean input
+    /// activation (teacher-forced; encoder-side inputs masked by the input
+    /// mask, decoder-side ones by the label mask) to `log`. Averaging these
+    /// over an expert's data gives the "average activation" router embeddings.
+    pub fn accumulate_mean_activations(
+        &mut self,
+        batch: &Seq2SeqBatch,
+        log: &mut ActivationLog,
+    ) -> Result<()> {
+        let per_example = |mask: &Tensor| -> Result<Tensor> {
+            let m = mask.to_dtype(DType::F64)?;
+            let len = m.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?;
+            Ok(m.broadcast_div(&len)?.flatten_all()?)
+        };
+        let shared = std::sync::Arc::new(Mutex::new(std::mem::take(log)));
+        self.tap = Some(ActivationTap {
+            encoder_rows: per_example(&batch.attention_mask)?,
+            decoder_rows: per_example(&batch.label_mask)?,
+            log: shared.clone(),
+        });
+        let result = self.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            &batch.decoder_input_ids,
+        );
+        self.tap = None;
+        let mut inner = match std::sync::Arc::try_unwrap(shared) {
+            Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(arc) => arc.lock().map(|g| g.clone()).unwrap_or_default(),
+        };
+        result?;
+        inner.examples += batch.input_ids.dims()[0] as u64;
+        *log = inner;
+        Ok(())
     }
 
     /// Mean cross-entropy over the target positions with `label_mask == 1`

@@ -1,0 +1,63 @@
+//! Dropout for training, driven by our seeded RNG (candle's CPU RNG cannot be
+//! seeded). Off unless enabled; placed where HF T5 applies `dropout_rate`.
+
+use std::sync::Mutex;
+
+use candle_core::Tensor;
+
+use super::error::{ModelError, Result};
+use super::rng::SeededRng;
+
+pub struct Dropout {
+    rate: f64,
+    rng: Mutex<SeededRng>,
+}
+
+impl Dropout {
+    /// `rate` in `[0, 1)`; masks are drawn from a ChaCha stream seeded by `seed`.
+    pub fn new(rate: f64, seed: u64) -> Result<Self> {
+        if !(0.0..1.0).contains(&rate) {
+            return Err(ModelError::Input(format!(
+                "dropout rate {rate} is not in [0, 1)"
+            )));
+        }
+        Ok(Dropout {
+            rate,
+            rng: Mutex::new(SeededRng::new(seed)),
+        })
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Zeroes each element with probability `rate` and scales the rest by
+    /// `1 / (1 - rate)`. The mask is a constant, so gradients flow through.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.rate == 0.0 {
+            return Ok(x.clone());
+        }
+        let n = x.elem_count();
+        let keep = 1.0 - self.rate;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| ModelError::Input("dropout RNG lock poisoned".into()))?;
+            (0..n)
+                .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// Applies `dropout` if present.
+pub fn maybe(dropout: Option<&Dropout>, x: Tensor) -> Result<Tensor> {
+    match dropout {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}

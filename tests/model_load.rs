@@ -1,0 +1,183 @@
+//! The model-folder loader: single safetensors (covered by model_parity),
+//! sharded safetensors with an index, PyTorch pickle, and clear errors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use goosepipe::model::{ModelError, Seq2SeqBatch, T5Model};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5")
+        .join(name)
+}
+
+/// Max |logits - reference logits| of `model` on the fixture inputs of `family`.
+fn logits_error(model: &T5Model, family: &str) -> f32 {
+    let st =
+        candle_core::safetensors::load(fixture(family).join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture(family).join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let b = Seq2SeqBatch::from_hf(
+        &st["input_ids"],
+        &st["attention_mask"],
+        &st["decoder_input_ids"],
+        &st["labels"],
+    )
+    .unwrap();
+    let logits = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap();
+    (logits - &reference["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn pytorch_pickle_checkpoint_loads_and_matches_transformers() {
+    let model = T5Model::load(&fixture("orig_bin"), &Device::Cpu, DType::F32).unwrap();
+    assert!(model.config.tie_word_embeddings && model.config.scale_decoder_outputs);
+    let d = logits_error(&model, "orig");
+    assert!(d < 1e-4, "pickle-loaded logits differ by {d}");
+}
+
+#[test]
+fn sharded_safetensors_with_index_load_and_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("v1_1");
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (mut enc, mut rest): (HashMap<String, Tensor>, HashMap<String, Tensor>) =
+        (HashMap::new(), HashMap::new());
+    let mut weight_map = serde_json::Map::new();
+    for (k, v) in all {
+        let shard = if k.starts_with("encoder.") {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
+        weight_map.insert(k.clone(), shard.into());
+        if k.starts_with("encoder.") {
+            enc.insert(k, v)
+        } else {
+            rest.insert(k, v)
+        };
+    }
+    candle_core::safetensors::save(&enc, tmp.path().join("model-00001-of-00002.safetensors"))
+        .unwrap();
+    candle_core::safetensors::save(&rest, tmp.path().join("model-00002-of-00002.safetensors"))
+        .unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let model = T5Model::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    assert!(!model.config.tie_word_embeddings);
+    let d = logits_error(&model, "v1_1");
+    assert!(d < 1e-4, "sharded logits differ by {d}");
+
+    // An index that points outside the folder is refused.
+    let bad = serde_json::json!({ "weight_map": { "shared.weight": "../model.safetensors" } });
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        bad.to_string(),
+    )
+    .unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("outside"), "{err}");
+}
+
+#[test]
+fn folders_without_weights_or_config_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::copy(
+        fixture("v1_1").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap();
+    assert!(matches!(err, ModelError::NoWeights { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"));
+    std::fs::write(tmp.path().join("model.safetensors"), b"garbage").unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn bf16_models_run_with_f32_norms_and_softmax() {
+    let model = T5Model::load(&fixture("v1_1"), &Device::Cpu, DType::BF16).unwrap();
+    assert_eq!(model.dtype(), DType::BF16);
+    let st =
+        candle_core::safetensors::load(fixture("v1_1").join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture("v1_1").join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let b = Seq2SeqBatch::from_hf(
+        &st["input_ids"],
+        &st["attention_mask"],
+        &st["decoder_input_ids"],
+        &st["labels"],
+    )
+    .unwrap();
+    let logits = model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let r = &reference["logits"];
+    let err = (&logits - r)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = r
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        err / scale < 0.05,
+        "bf16 logits off by {err} at scale {scale}"
+    );
+    let loss = model
+        .forward_loss(&b)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let ref_loss = reference["loss"].to_vec1::<f32>().unwrap()[0];
+    assert!(
+        (loss - ref_loss).abs() / ref_loss < 0.02,
+        "bf16 loss {loss} vs {ref_loss}"
+    );
+}
