@@ -446,8 +446,7 @@ fn mean_activations_are_per_example_masked_means() {
     // One example at a time (no padding) gives the same sums: padding is masked.
     let mut split = goosepipe::model::ActivationLog::default();
     for i in 0..2 {
-        let one =
-            Seq2SeqBatch::from_pairs(&cfg, &inputs[i..=i], &targets[i..=i], &Device::Cpu).unwrap();
+        let one = Seq2SeqBatch::from_pairs(&cfg, &inputs[i..=i], &targets[i..=i], &Device::Cpu).unwrap();
         model.accumulate_mean_activations(&one, &mut split).unwrap();
     }
     assert_eq!(split.examples, 2);
@@ -460,9 +459,7 @@ fn mean_activations_are_per_example_masked_means() {
     // First encoder layer: q's input is RMSNorm(embedding) * w, computed by hand.
     let st = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let emb: Vec<Vec<f32>> = st["shared.weight"].to_vec2().unwrap();
-    let w: Vec<f32> = st["encoder.block.0.layer.0.layer_norm.weight"]
-        .to_vec1()
-        .unwrap();
+    let w: Vec<f32> = st["encoder.block.0.layer.0.layer_norm.weight"].to_vec1().unwrap();
     let mut expected = vec![0f64; cfg.d_model];
     for x in &inputs {
         for &t in x {

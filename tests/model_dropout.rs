@@ -31,8 +31,7 @@ fn dropout_masks_are_unbiased_and_seeded() {
 fn model_dropout_is_off_by_default_reproducible_and_keeps_gradients() {
     let cfg = T5Config::tiny_v1_1(32, 16, 2);
     let batch =
-        Seq2SeqBatch::from_pairs(&cfg, &[vec![3, 4, 5, 6, 1]], &[vec![7, 8, 1]], &Device::Cpu)
-            .unwrap();
+        Seq2SeqBatch::from_pairs(&cfg, &[vec![3, 4, 5, 6, 1]], &[vec![7, 8, 1]], &Device::Cpu).unwrap();
     let loss = |m: &T5Model| m.forward_loss(&batch).unwrap().to_scalar::<f32>().unwrap();
     let mut a = T5Model::init_random(&cfg, 3, &Device::Cpu, DType::F32).unwrap();
     let plain = loss(&a);
@@ -47,10 +46,8 @@ fn model_dropout_is_off_by_default_reproducible_and_keeps_gradients() {
     assert_eq!(plain, loss(&a));
 
     let varmap = VarMap::new();
-    b.set_adapters(
-        new_trainable_lora(&cfg, 2, 1, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap(),
-    )
-    .unwrap();
+    b.set_adapters(new_trainable_lora(&cfg, 2, 1, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap())
+        .unwrap();
     let grads = b.forward_loss(&batch).unwrap().backward().unwrap();
     let with_grad = varmap
         .all_vars()

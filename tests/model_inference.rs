@@ -106,9 +106,7 @@ fn cached_equals_full(routed: bool) {
             })
             .collect();
         model
-            .set_adapters(
-                goosepipe::model::AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap(),
-            )
+            .set_adapters(goosepipe::model::AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
             .unwrap();
     }
     let st = load_st(dir.join("inputs.safetensors"));

@@ -16,11 +16,9 @@ fn fixture(name: &str) -> PathBuf {
 /// Max |logits - reference logits| of `model` on the fixture inputs of `family`.
 fn logits_error(model: &T5Model, family: &str) -> f32 {
     let st =
-        candle_core::safetensors::load(fixture(family).join("inputs.safetensors"), &Device::Cpu)
-            .unwrap();
+        candle_core::safetensors::load(fixture(family).join("inputs.safetensors"), &Device::Cpu).unwrap();
     let reference =
-        candle_core::safetensors::load(fixture(family).join("reference.safetensors"), &Device::Cpu)
-            .unwrap();
+        candle_core::safetensors::load(fixture(family).join("reference.safetensors"), &Device::Cpu).unwrap();
     let b = Seq2SeqBatch::from_hf(
         &st["input_ids"],
         &st["attention_mask"],
@@ -71,16 +69,10 @@ fn sharded_safetensors_with_index_load_and_match_transformers() {
             rest.insert(k, v)
         };
     }
-    candle_core::safetensors::save(&enc, tmp.path().join("model-00001-of-00002.safetensors"))
-        .unwrap();
-    candle_core::safetensors::save(&rest, tmp.path().join("model-00002-of-00002.safetensors"))
-        .unwrap();
+    candle_core::safetensors::save(&enc, tmp.path().join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&rest, tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(
-        tmp.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let model = T5Model::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
     assert!(!model.config.tie_word_embeddings);
     let d = logits_error(&model, "v1_1");
@@ -88,11 +80,7 @@ fn sharded_safetensors_with_index_load_and_match_transformers() {
 
     // An index that points outside the folder is refused.
     let bad = serde_json::json!({ "weight_map": { "shared.weight": "../model.safetensors" } });
-    std::fs::write(
-        tmp.path().join("model.safetensors.index.json"),
-        bad.to_string(),
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), bad.to_string()).unwrap();
     let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
         .err()
         .unwrap()
@@ -113,9 +101,7 @@ fn folders_without_weights_or_config_give_clear_errors() {
         tmp.path().join("config.json"),
     )
     .unwrap();
-    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
-        .err()
-        .unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32).err().unwrap();
     assert!(matches!(err, ModelError::NoWeights { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"));
     std::fs::write(tmp.path().join("model.safetensors"), b"garbage").unwrap();
@@ -131,11 +117,9 @@ fn bf16_models_run_with_f32_norms_and_softmax() {
     let model = T5Model::load(&fixture("v1_1"), &Device::Cpu, DType::BF16).unwrap();
     assert_eq!(model.dtype(), DType::BF16);
     let st =
-        candle_core::safetensors::load(fixture("v1_1").join("inputs.safetensors"), &Device::Cpu)
-            .unwrap();
+        candle_core::safetensors::load(fixture("v1_1").join("inputs.safetensors"), &Device::Cpu).unwrap();
     let reference =
-        candle_core::safetensors::load(fixture("v1_1").join("reference.safetensors"), &Device::Cpu)
-            .unwrap();
+        candle_core::safetensors::load(fixture("v1_1").join("reference.safetensors"), &Device::Cpu).unwrap();
     let b = Seq2SeqBatch::from_hf(
         &st["input_ids"],
         &st["attention_mask"],
@@ -157,17 +141,8 @@ fn bf16_models_run_with_f32_norms_and_softmax() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let scale = r
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(
-        err / scale < 0.05,
-        "bf16 logits off by {err} at scale {scale}"
-    );
+    let scale = r.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(err / scale < 0.05, "bf16 logits off by {err} at scale {scale}");
     let loss = model
         .forward_loss(&b)
         .unwrap()

@@ -16,7 +16,11 @@ pub fn rouge_l(prediction: &str, target: &str) -> f64 {
     let mut dp = vec![vec![0usize; t.len() + 1]; p.len() + 1];
     for i in 1..=p.len() {
         for j in 1..=t.len() {
-            dp[i][j] = if p[i - 1] == t[j - 1] { dp[i - 1][j - 1] + 1 } else { dp[i - 1][j].max(dp[i][j - 1]) };
+            dp[i][j] = if p[i - 1] == t[j - 1] {
+                dp[i - 1][j - 1] + 1
+            } else {
+                dp[i - 1][j].max(dp[i][j - 1])
+            };
         }
     }
     let lcs = dp[p.len()][t.len()] as f64;

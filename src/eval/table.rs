@@ -21,7 +21,11 @@ pub struct Results {
 
 impl Results {
     pub fn mean(&self, method: &str) -> Option<f64> {
-        let v: Vec<f64> = self.tasks.iter().filter_map(|t| self.scores.get(t)?.get(method).copied()).collect();
+        let v: Vec<f64> = self
+            .tasks
+            .iter()
+            .filter_map(|t| self.scores.get(t)?.get(method).copied())
+            .collect();
         (v.len() == self.tasks.len() && !v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     }
 
@@ -34,7 +38,13 @@ impl Results {
                     Some(m) => format!("{t} ({m})"),
                     None => t.clone(),
                 };
-                (label, self.methods.iter().map(|m| self.scores.get(t).and_then(|s| s.get(m)).copied()).collect())
+                (
+                    label,
+                    self.methods
+                        .iter()
+                        .map(|m| self.scores.get(t).and_then(|s| s.get(m)).copied())
+                        .collect(),
+                )
             })
             .collect();
         rows.push(("mean".into(), self.methods.iter().map(|m| self.mean(m)).collect()));
@@ -56,7 +66,11 @@ impl Results {
                     None => "–".into(),
                 })
                 .collect();
-            let label = if label == "mean" { "**mean**".to_string() } else { label };
+            let label = if label == "mean" {
+                "**mean**".to_string()
+            } else {
+                label
+            };
             let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
         }
         if !self.notes.is_empty() {
@@ -71,7 +85,10 @@ impl Results {
     pub fn csv(&self) -> String {
         let mut out = format!("task,{}\n", self.methods.join(","));
         for (label, vals) in self.rows() {
-            let cells: Vec<String> = vals.iter().map(|v| v.map(|x| format!("{x:.6}")).unwrap_or_default()).collect();
+            let cells: Vec<String> = vals
+                .iter()
+                .map(|v| v.map(|x| format!("{x:.6}")).unwrap_or_default())
+                .collect();
             let _ = writeln!(out, "{},{}", label.replace(',', ";"), cells.join(","));
         }
         out
@@ -84,15 +101,29 @@ mod tests {
 
     #[test]
     fn renders_with_best_in_bold_and_mean() {
-        let mut r = Results { title: "held-out".into(), tasks: vec!["a".into(), "b".into()], methods: vec!["base".into(), "phatgoose".into()], ..Default::default() };
-        r.scores.insert("a".into(), BTreeMap::from([("base".into(), 0.25), ("phatgoose".into(), 0.75)]));
-        r.scores.insert("b".into(), BTreeMap::from([("base".into(), 0.5), ("phatgoose".into(), 0.5)]));
+        let mut r = Results {
+            title: "held-out".into(),
+            tasks: vec!["a".into(), "b".into()],
+            methods: vec!["base".into(), "phatgoose".into()],
+            ..Default::default()
+        };
+        r.scores.insert(
+            "a".into(),
+            BTreeMap::from([("base".into(), 0.25), ("phatgoose".into(), 0.75)]),
+        );
+        r.scores.insert(
+            "b".into(),
+            BTreeMap::from([("base".into(), 0.5), ("phatgoose".into(), 0.5)]),
+        );
         r.notes.insert("oracle".into(), "uses test labels".into());
         let md = r.markdown();
         assert_eq!(
             md,
             "### held-out\n\n| task | base | phatgoose |\n|---|---:|---:|\n| a | 25.0 | **75.0** |\n| b | **50.0** | **50.0** |\n| **mean** | 37.5 | **62.5** |\n\n- oracle: uses test labels\n"
         );
-        assert_eq!(r.csv(), "task,base,phatgoose\na,0.250000,0.750000\nb,0.500000,0.500000\nmean,0.375000,0.625000\n");
+        assert_eq!(
+            r.csv(),
+            "task,base,phatgoose\na,0.250000,0.750000\nb,0.500000,0.500000\nmean,0.375000,0.625000\n"
+        );
     }
 }

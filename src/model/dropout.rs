@@ -17,9 +17,7 @@ impl Dropout {
     /// `rate` in `[0, 1)`; masks are drawn from a ChaCha stream seeded by `seed`.
     pub fn new(rate: f64, seed: u64) -> Result<Self> {
         if !(0.0..1.0).contains(&rate) {
-            return Err(ModelError::Input(format!(
-                "dropout rate {rate} is not in [0, 1)"
-            )));
+            return Err(ModelError::Input(format!("dropout rate {rate} is not in [0, 1)")));
         }
         Ok(Dropout {
             rate,

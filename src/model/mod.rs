@@ -54,8 +54,7 @@ pub mod trainable;
 pub mod weights;
 
 pub use adapter::{
-    ActivationLog, AdapterSet, ExpertStack, Linear, LoraWeights, MixWeights, ModuleAdapter,
-    RoutingLog,
+    ActivationLog, AdapterSet, ExpertStack, Linear, LoraWeights, MixWeights, ModuleAdapter, RoutingLog,
 };
 pub use config::{FeedForward, T5Config};
 pub use error::{ModelError, Result};

@@ -185,12 +185,7 @@ pub struct T5Model {
 impl T5Model {
     /// Builds the model from named tensors in HF naming, checking every name
     /// and shape first.
-    pub fn from_store(
-        config: &T5Config,
-        store: &TensorStore,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn from_store(config: &T5Config, store: &TensorStore, device: &Device, dtype: DType) -> Result<Self> {
         super::alloc::tune_allocator_for_tensors();
         config.validate().map_err(|message| ModelError::Config {
             path: store.label().into(),
@@ -540,11 +535,7 @@ impl T5Model {
             decoder_rows: per_example(&batch.label_mask)?,
             log: shared.clone(),
         });
-        let result = self.forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            &batch.decoder_input_ids,
-        );
+        let result = self.forward(&batch.input_ids, &batch.attention_mask, &batch.decoder_input_ids);
         self.tap = None;
         let mut inner = match std::sync::Arc::try_unwrap(shared) {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),

@@ -45,7 +45,11 @@ pub fn device(ctx: &StepContext) -> Result<Device, StepError> {
 pub fn model_dir(model: &InputArtifact) -> Result<PathBuf, StepError> {
     let p: ModelPointer = serde_json::from_slice(&std::fs::read(model.files.join(MODEL_JSON))?)
         .map_err(|e| fail(format!("{}: bad {MODEL_JSON}: {e}", model.id)))?;
-    let dir = if p.dir.is_absolute() { p.dir } else { model.files.join(p.dir) };
+    let dir = if p.dir.is_absolute() {
+        p.dir
+    } else {
+        model.files.join(p.dir)
+    };
     if !dir.is_dir() {
         return Err(fail(format!(
             "{}: the model folder {} is gone (was the HF cache cleared?); `goosepipe gc` then run again",
@@ -73,7 +77,11 @@ pub fn load_base(ctx: &StepContext, device: &Device) -> Result<Base, StepError> 
     let dir = model_dir(ctx.input("model")?)?;
     let model = T5Model::load(&dir, device, DType::F32).map_err(fail)?;
     let tokenizer = crate::model::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
-    Ok(Base { dir, model, tokenizer })
+    Ok(Base {
+        dir,
+        model,
+        tokenizer,
+    })
 }
 
 pub fn examples(input: &InputArtifact) -> Result<(Vec<Example>, Vec<Example>), StepError> {
@@ -83,11 +91,21 @@ pub fn examples(input: &InputArtifact) -> Result<(Vec<Example>, Vec<Example>), S
 
 /// Token ids of `text` with the tokenizer's post-processing (T5: EOS appended).
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, StepError> {
-    Ok(tok.encode(text, true).map_err(|e| fail(format!("tokenizer: {e}")))?.get_ids().to_vec())
+    Ok(tok
+        .encode(text, true)
+        .map_err(|e| fail(format!("tokenizer: {e}")))?
+        .get_ids()
+        .to_vec())
 }
 
 /// Input/target pairs, truncated to the length limits; targets end with EOS.
-pub fn pairs(tok: &Tokenizer, ex: &[Example], max_in: usize, max_tgt: usize, eos: u32) -> Result<Vec<Pair>, StepError> {
+pub fn pairs(
+    tok: &Tokenizer,
+    ex: &[Example],
+    max_in: usize,
+    max_tgt: usize,
+    eos: u32,
+) -> Result<Vec<Pair>, StepError> {
     ex.iter()
         .map(|e| {
             let mut target = encode(tok, &e.target)?;
@@ -95,7 +113,12 @@ pub fn pairs(tok: &Tokenizer, ex: &[Example], max_in: usize, max_tgt: usize, eos
                 target.push(eos);
             }
             let input = encode(tok, &e.input)?;
-            Ok(crate::train::batches::truncate(Pair { input, target }, max_in, max_tgt, eos))
+            Ok(crate::train::batches::truncate(
+                Pair { input, target },
+                max_in,
+                max_tgt,
+                eos,
+            ))
         })
         .collect()
 }

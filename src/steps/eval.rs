@@ -48,7 +48,9 @@ pub fn arrow_vector(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let b = b.to_dtype(DType::F64)?;
     let d_in = a.dims()[1];
     // A deterministic, non-degenerate start vector.
-    let init: Vec<f64> = (0..d_in).map(|i| 1.0 + (i as f64 * 0.618_033_988_7).fract()).collect();
+    let init: Vec<f64> = (0..d_in)
+        .map(|i| 1.0 + (i as f64 * 0.618_033_988_7).fract())
+        .collect();
     let mut v = Tensor::from_vec(init, (d_in, 1), a.device())?;
     for _ in 0..200 {
         let w = a.t()?.matmul(&b.t()?.matmul(&b.matmul(&a.matmul(&v)?)?)?)?;
@@ -69,7 +71,10 @@ fn arrow_set(experts: &[LoraExpert], top_k: usize, temperature: f64) -> Result<A
         let rows = sorted
             .iter()
             .map(|e| {
-                let l = e.modules.get(module).ok_or_else(|| fail(format!("{} lacks {module}", e.name)))?;
+                let l = e
+                    .modules
+                    .get(module)
+                    .ok_or_else(|| fail(format!("{} lacks {module}", e.name)))?;
                 arrow_vector(&l.a, &l.b).map_err(fail)
             })
             .collect::<Result<Vec<_>, StepError>>()?;
@@ -78,20 +83,32 @@ fn arrow_set(experts: &[LoraExpert], top_k: usize, temperature: f64) -> Result<A
     AdapterSet::routed(experts, &emb, Scoring::Arrow { temperature }, top_k, DType::F32).map_err(fail)
 }
 
-fn score_task(ctx: &StepContext, base: &Base, task: &Task, batch: usize, done: &mut u64) -> Result<f64, StepError> {
+fn score_task(
+    ctx: &StepContext,
+    base: &Base,
+    task: &Task,
+    batch: usize,
+    done: &mut u64,
+) -> Result<f64, StepError> {
     let tok = &base.tokenizer;
     let eos = base.config().eos_token_id;
     let mut total = 0f64;
     for chunk in task.examples.chunks(batch.max(1)) {
         ctx.cancel.check()?;
-        let inputs: Vec<Vec<u32>> = chunk.iter().map(|e| encode(tok, &e.input)).collect::<Result<_, _>>()?;
+        let inputs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|e| encode(tok, &e.input))
+            .collect::<Result<_, _>>()?;
         if task.metric == "rank-classification" {
             let items = chunk
                 .iter()
                 .zip(&inputs)
                 .map(|(e, inp)| {
                     if e.choices.is_empty() {
-                        return Err(fail(format!("task {}: rank classification needs answer choices, and an example has none", task.name)));
+                        return Err(fail(format!(
+                            "task {}: rank classification needs answer choices, and an example has none",
+                            task.name
+                        )));
                     }
                     let choices = e
                         .choices
@@ -105,7 +122,10 @@ fn score_task(ctx: &StepContext, base: &Base, task: &Task, batch: usize, done: &
                             Ok(ids)
                         })
                         .collect::<Result<Vec<_>, StepError>>()?;
-                    Ok(ChoiceItem { input: inp.clone(), choices })
+                    Ok(ChoiceItem {
+                        input: inp.clone(),
+                        choices,
+                    })
                 })
                 .collect::<Result<Vec<_>, StepError>>()?;
             let scores = base.model.score_choices(&items, batch).map_err(fail)?;
@@ -115,10 +135,17 @@ fn score_task(ctx: &StepContext, base: &Base, task: &Task, batch: usize, done: &
                 }
             }
         } else {
-            let outs = base.model.generate_greedy(&inputs, task.max_new_tokens).map_err(fail)?;
+            let outs = base
+                .model
+                .generate_greedy(&inputs, task.max_new_tokens)
+                .map_err(fail)?;
             for (e, ids) in chunk.iter().zip(&outs) {
                 let text = tok.decode(ids, true).map_err(|x| fail(format!("decode: {x}")))?;
-                total += if task.metric == "rouge-l" { rouge_l(&text, &e.target) } else { exact_match(&text, &e.target) as u8 as f64 };
+                total += if task.metric == "rouge-l" {
+                    rouge_l(&text, &e.target)
+                } else {
+                    exact_match(&text, &e.target) as u8 as f64
+                };
             }
         }
         *done += chunk.len() as u64;
@@ -138,10 +165,16 @@ impl StepRunner for EvalStep {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
         let batch = ctx.param("batch").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
-        let cap = ctx.param("max-examples").and_then(|v| v.as_u64()).map(|v| v as usize);
+        let cap = ctx
+            .param("max-examples")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize);
         let seed = ctx.param("seed").and_then(|v| v.as_u64()).unwrap_or(42);
         let top_k = ctx.param("routing.top-k").and_then(|v| v.as_u64()).unwrap_or(2) as usize;
-        let temperature = ctx.param("routing.arrow-temperature").and_then(|v| v.as_f64()).unwrap_or(10.0);
+        let temperature = ctx
+            .param("routing.arrow-temperature")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10.0);
         let methods: Vec<String> = ctx
             .param("methods")
             .and_then(|v| v.as_array())
@@ -154,21 +187,32 @@ impl StepRunner for EvalStep {
                 let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
                 tasks.push(Task {
                     name: name.clone(),
-                    metric: p.get("metric").and_then(|v| v.as_str()).unwrap_or("rank-classification").to_string(),
+                    metric: p
+                        .get("metric")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("rank-classification")
+                        .to_string(),
                     max_new_tokens: p.get("max-new-tokens").and_then(|v| v.as_u64()).unwrap_or(64) as usize,
                     examples: sample(ex, cap, seed),
                 });
             }
         }
         // The pool's members, in name order.
-        let mut names: Vec<String> = ctx.inputs_with_prefix("expert:").map(|i| i.role["expert:".len()..].to_string()).collect();
+        let mut names: Vec<String> = ctx
+            .inputs_with_prefix("expert:")
+            .map(|i| i.role["expert:".len()..].to_string())
+            .collect();
         names.sort();
-        let experts: Vec<LoraExpert> = names.iter().map(|n| load_expert(ctx, &format!("expert:{n}"), n, &base)).collect::<Result<_, _>>()?;
+        let experts: Vec<LoraExpert> = names
+            .iter()
+            .map(|n| load_expert(ctx, &format!("expert:{n}"), n, &base))
+            .collect::<Result<_, _>>()?;
         let gates: Vec<GateVectors> = names
             .iter()
             .map(|n| {
                 let inp = ctx.input(&format!("gate:{n}"))?;
-                let mut g = GateVectors::load(&inp.files.join(GATES_FILE), base.config(), &dev, DType::F32).map_err(fail)?;
+                let mut g = GateVectors::load(&inp.files.join(GATES_FILE), base.config(), &dev, DType::F32)
+                    .map_err(fail)?;
                 g.name = n.clone();
                 Ok(g)
             })
@@ -196,12 +240,21 @@ impl StepRunner for EvalStep {
         for m in &plan {
             let set = match m.as_str() {
                 "base" => AdapterSet::new(),
-                "phatgoose" => AdapterSet::phatgoose(&experts, &gates, top_k.min(experts.len()), DType::F32).map_err(fail)?,
-                "merged" => AdapterSet::mixture(&experts, MixWeights::Shared(vec![1.0 / experts.len() as f64; experts.len()]), DType::F32).map_err(fail)?,
+                "phatgoose" => AdapterSet::phatgoose(&experts, &gates, top_k.min(experts.len()), DType::F32)
+                    .map_err(fail)?,
+                "merged" => AdapterSet::mixture(
+                    &experts,
+                    MixWeights::Shared(vec![1.0 / experts.len() as f64; experts.len()]),
+                    DType::F32,
+                )
+                .map_err(fail)?,
                 "arrow" => arrow_set(&experts, top_k.min(experts.len()), temperature)?,
                 e if e.starts_with("expert:") => {
                     let name = &e["expert:".len()..];
-                    let x = experts.iter().find(|x| x.name == name).ok_or_else(|| fail(format!("{e}: not in the pool")))?;
+                    let x = experts
+                        .iter()
+                        .find(|x| x.name == name)
+                        .ok_or_else(|| fail(format!("{e}: not in the pool")))?;
                     AdapterSet::from_lora(x)
                 }
                 other => {
@@ -234,10 +287,15 @@ impl StepRunner for EvalStep {
             for m in &methods {
                 let v = match m.as_str() {
                     "best-individual" => {
-                        let best = names.iter().max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)));
+                        let best = names
+                            .iter()
+                            .max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)));
                         best.map(|n| scores[&format!("expert:{n}")][&t.name])
                     }
-                    "oracle" => names.iter().map(|n| scores[&format!("expert:{n}")][&t.name]).max_by(f64::total_cmp),
+                    "oracle" => names
+                        .iter()
+                        .map(|n| scores[&format!("expert:{n}")][&t.name])
+                        .max_by(f64::total_cmp),
                     _ => scores.get(m).and_then(|s| s.get(&t.name)).copied(),
                 };
                 if let Some(v) = v {
@@ -246,18 +304,33 @@ impl StepRunner for EvalStep {
             }
         }
         if methods.iter().any(|m| m == "oracle") {
-            results.notes.insert("oracle".into(), "the best single expert per task, picked with test labels (not zero-shot)".into());
+            results.notes.insert(
+                "oracle".into(),
+                "the best single expert per task, picked with test labels (not zero-shot)".into(),
+            );
         }
         if methods.iter().any(|m| m == "best-individual") {
-            let best = names.iter().max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)));
+            let best = names
+                .iter()
+                .max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)));
             if let Some(b) = best {
-                results.notes.insert("best-individual".into(), format!("expert \"{b}\", the best mean over these tasks (picked with test labels)"));
+                results.notes.insert(
+                    "best-individual".into(),
+                    format!("expert \"{b}\", the best mean over these tasks (picked with test labels)"),
+                );
             }
         }
         if methods.iter().any(|m| m == "merged") {
-            results.notes.insert("merged".into(), "W + mean_i(B_i A_i)/r (outer-product average; the paper's merging code is not public)".into());
+            results.notes.insert(
+                "merged".into(),
+                "W + mean_i(B_i A_i)/r (outer-product average; the paper's merging code is not public)"
+                    .into(),
+            );
         }
-        std::fs::write(ctx.out.join("results.json"), serde_json::to_vec_pretty(&results).expect("json"))?;
+        std::fs::write(
+            ctx.out.join("results.json"),
+            serde_json::to_vec_pretty(&results).expect("json"),
+        )?;
         std::fs::write(ctx.out.join("results.md"), results.markdown())?;
         std::fs::write(ctx.out.join("results.csv"), results.csv())?;
         Ok(())
@@ -275,6 +348,9 @@ mod tests {
         let a = Tensor::new(&[[0.0f32, 0.0, 3.0], [0.0, 1.0, 0.0]], &Device::Cpu).unwrap(); // [r=2, d_in=3]
         let b = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap(); // [d_out=2, r=2]
         let v = arrow_vector(&a, &b).unwrap().to_vec1::<f32>().unwrap();
-        assert!(v[2].abs() > 0.999 && v[0].abs() < 1e-3 && v[1].abs() < 1e-3, "{v:?}");
+        assert!(
+            v[2].abs() > 0.999 && v[0].abs() < 1e-3 && v[1].abs() < 1e-3,
+            "{v:?}"
+        );
     }
 }

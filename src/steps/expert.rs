@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::common::{CtxMonitor, Base, device, examples, fail, load_base, pairs, train_err, write_metrics};
+use super::common::{Base, CtxMonitor, device, examples, fail, load_base, pairs, train_err, write_metrics};
 use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::trainable::{gates_from, lora_expert_from, new_trainable_gates, new_trainable_lora};
 use crate::model::{LoraExpert, Seq2SeqBatch, T5Model};
@@ -46,13 +46,21 @@ pub fn target_filter(targets: &[String]) -> impl Fn(&str) -> bool + '_ {
 }
 
 fn vars_sorted(varmap: &VarMap) -> Vec<(String, Var)> {
-    let mut v: Vec<(String, Var)> = varmap.data().lock().expect("varmap").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut v: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 fn cfg_of(ctx: &StepContext, group: &str) -> Result<TrainConfig, StepError> {
-    let g = ctx.param(group).ok_or_else(|| fail(format!("missing `{group}` parameters")))?;
+    let g = ctx
+        .param(group)
+        .ok_or_else(|| fail(format!("missing `{group}` parameters")))?;
     TrainConfig::from_params(g).map_err(fail)
 }
 
@@ -69,8 +77,20 @@ fn fit(
 ) -> Result<crate::train::TrainOutcome, StepError> {
     let (train_ex, valid_ex) = examples(ctx.input("data")?)?;
     let eos = base.config().eos_token_id;
-    let tp = pairs(&base.tokenizer, &train_ex, cfg.max_input_len, cfg.max_target_len, eos)?;
-    let vp = pairs(&base.tokenizer, &valid_ex, cfg.max_input_len, cfg.max_target_len, eos)?;
+    let tp = pairs(
+        &base.tokenizer,
+        &train_ex,
+        cfg.max_input_len,
+        cfg.max_target_len,
+        eos,
+    )?;
+    let vp = pairs(
+        &base.tokenizer,
+        &valid_ex,
+        cfg.max_input_len,
+        cfg.max_target_len,
+        eos,
+    )?;
     let mut obj = AdaptedModel { model: &base.model };
     let outcome = train(&mut obj, vars, &tp, &vp, cfg, &ctx.work, &CtxMonitor(ctx)).map_err(train_err)?;
     // Load the kept (best) weights back into the vars before snapshotting.
@@ -84,9 +104,16 @@ fn fit(
 
 fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<(), StepError> {
     write_metrics(&ctx.out, &outcome.metrics)?;
-    let last_val = outcome.metrics.iter().rev().find_map(|m| m.get("val_loss").and_then(|v| v.as_f64()));
+    let last_val = outcome
+        .metrics
+        .iter()
+        .rev()
+        .find_map(|m| m.get("val_loss").and_then(|v| v.as_f64()));
     let s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val, "resumed_from": outcome.resumed_from});
-    std::fs::write(ctx.out.join("summary.json"), serde_json::to_vec_pretty(&s).expect("json"))?;
+    std::fs::write(
+        ctx.out.join("summary.json"),
+        serde_json::to_vec_pretty(&s).expect("json"),
+    )?;
     Ok(())
 }
 
@@ -110,7 +137,16 @@ impl StepRunner for ExpertStep {
             .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
         let varmap = VarMap::new();
-        let adapters = new_trainable_lora(base.config(), rank, cfg.seed, target_filter(&targets), &varmap, &dev, DType::F32).map_err(fail)?;
+        let adapters = new_trainable_lora(
+            base.config(),
+            rank,
+            cfg.seed,
+            target_filter(&targets),
+            &varmap,
+            &dev,
+            DType::F32,
+        )
+        .map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
         let outcome = fit(ctx, &base, &vars, &cfg)?;
@@ -122,7 +158,13 @@ impl StepRunner for ExpertStep {
 
 pub fn load_expert(ctx: &StepContext, role: &str, name: &str, base: &Base) -> Result<LoraExpert, StepError> {
     let inp = ctx.input(role)?;
-    let mut e = LoraExpert::load(&inp.files.join(EXPERT_FILE), base.config(), base.model.device(), DType::F32).map_err(fail)?;
+    let mut e = LoraExpert::load(
+        &inp.files.join(EXPERT_FILE),
+        base.config(),
+        base.model.device(),
+        DType::F32,
+    )
+    .map_err(fail)?;
     e.name = name.to_string();
     Ok(e)
 }
@@ -173,7 +215,10 @@ impl StepRunner for PoolStep {
             members.push(serde_json::json!({"name": name, "expert": inp.key.hex(), "gate": gate.key.hex()}));
         }
         let doc = serde_json::json!({"pool": ctx.spec.name, "members": members});
-        std::fs::write(ctx.out.join("pool.json"), serde_json::to_vec_pretty(&doc).expect("json"))?;
+        std::fs::write(
+            ctx.out.join("pool.json"),
+            serde_json::to_vec_pretty(&doc).expect("json"),
+        )?;
         Ok(())
     }
 }

@@ -36,7 +36,10 @@ impl StepRunner for ModelStep {
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let pointer = |p: &ModelPointer| -> Result<(), StepError> {
-            std::fs::write(ctx.out.join(MODEL_JSON), serde_json::to_vec_pretty(p).expect("json"))?;
+            std::fs::write(
+                ctx.out.join(MODEL_JSON),
+                serde_json::to_vec_pretty(p).expect("json"),
+            )?;
             Ok(())
         };
         for e in &ctx.spec.externals {
@@ -47,12 +50,23 @@ impl StepRunner for ModelStep {
                     let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
                     let opts = HubOptions::default();
                     let dir = resolve_model(repo, &rev, &opts).map_err(fail)?;
-                    let commit = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or(rev);
+                    let commit = dir
+                        .file_name()
+                        .map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or(rev);
                     ctx.pin(&name, &commit)?;
-                    return pointer(&ModelPointer { source: format!("hub:{repo}"), dir, commit: Some(commit) });
+                    return pointer(&ModelPointer {
+                        source: format!("hub:{repo}"),
+                        dir,
+                        commit: Some(commit),
+                    });
                 }
                 External::Path { path, role, .. } if role == "path" => {
-                    return pointer(&ModelPointer { source: "path".into(), dir: PathBuf::from(path), commit: None });
+                    return pointer(&ModelPointer {
+                        source: "path".into(),
+                        dir: PathBuf::from(path),
+                        commit: None,
+                    });
                 }
                 _ => {}
             }
@@ -60,7 +74,10 @@ impl StepRunner for ModelStep {
         if ctx.param("init").is_some() {
             return init_and_pretrain(ctx, &pointer);
         }
-        Err(StepError::msg(format!("model {} has no source (hub=, path= or init)", ctx.spec.name)))
+        Err(StepError::msg(format!(
+            "model {} has no source (hub=, path= or init)",
+            ctx.spec.name
+        )))
     }
 }
 
@@ -135,8 +152,16 @@ struct FullModel {
 
 impl FullModel {
     fn build(config: &T5Config, vars: &[(String, Var)], device: &Device) -> crate::model::Result<T5Model> {
-        let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        T5Model::from_store(config, &TensorStore::memory("pretraining", tensors), device, DType::F32)
+        let tensors: HashMap<String, Tensor> = vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        T5Model::from_store(
+            config,
+            &TensorStore::memory("pretraining", tensors),
+            device,
+            DType::F32,
+        )
     }
 }
 
@@ -155,10 +180,17 @@ impl Objective for FullModel {
     }
 }
 
-fn init_and_pretrain(ctx: &StepContext, pointer: &dyn Fn(&ModelPointer) -> Result<(), StepError>) -> Result<(), StepError> {
+fn init_and_pretrain(
+    ctx: &StepContext,
+    pointer: &dyn Fn(&ModelPointer) -> Result<(), StepError>,
+) -> Result<(), StepError> {
     let corpus = ctx.input("init.corpus")?;
     let (train_ex, valid_ex) = super::common::examples(corpus)?;
-    let texts: Vec<String> = train_ex.iter().chain(&valid_ex).map(|e| format!("{} {}", e.input, e.target)).collect();
+    let texts: Vec<String> = train_ex
+        .iter()
+        .chain(&valid_ex)
+        .map(|e| format!("{} {}", e.input, e.target))
+        .collect();
     let vocab_cap = ctx.param("init.vocab").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
     let tok = train_word_level(&texts, vocab_cap, SENTINELS).map_err(fail)?;
     let vocab = tok.get_vocab_size(true);
@@ -174,9 +206,16 @@ fn init_and_pretrain(ctx: &StepContext, pointer: &dyn Fn(&ModelPointer) -> Resul
     names.sort();
     let vars: Vec<(String, Var)> = names
         .into_iter()
-        .map(|n| Ok((n.clone(), Var::from_tensor(&weights.tensors[n].to_device(&dev).map_err(fail)?).map_err(fail)?)))
+        .map(|n| {
+            Ok((
+                n.clone(),
+                Var::from_tensor(&weights.tensors[n].to_device(&dev).map_err(fail)?).map_err(fail)?,
+            ))
+        })
         .collect::<Result<_, StepError>>()?;
-    let sentinel_ids: Vec<u32> = (0..SENTINELS).map(|i| tok.token_to_id(&sentinel(i)).expect("sentinels exist")).collect();
+    let sentinel_ids: Vec<u32> = (0..SENTINELS)
+        .map(|i| tok.token_to_id(&sentinel(i)).expect("sentinels exist"))
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut corrupt = |ex: &[crate::data::Example]| -> Result<Vec<Pair>, StepError> {
         ex.iter()
@@ -188,7 +227,10 @@ fn init_and_pretrain(ctx: &StepContext, pointer: &dyn Fn(&ModelPointer) -> Resul
             .collect()
     };
     let train_pairs = corrupt(&train_ex)?;
-    let steps = ctx.param("init.pretrain-steps").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let steps = ctx
+        .param("init.pretrain-steps")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
     let batch = ctx.param("init.batch").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
     let tensors = if steps > 0 {
         let tcfg = TrainConfig {
@@ -208,8 +250,22 @@ fn init_and_pretrain(ctx: &StepContext, pointer: &dyn Fn(&ModelPointer) -> Resul
             seed,
         };
         let model = FullModel::build(&cfg, &vars, &dev).map_err(fail)?;
-        let mut obj = FullModel { config: cfg.clone(), vars: vars.clone(), model, device: dev.clone() };
-        let outcome = train(&mut obj, &vars, &train_pairs, &[], &tcfg, &ctx.work, &CtxMonitor(ctx)).map_err(train_err)?;
+        let mut obj = FullModel {
+            config: cfg.clone(),
+            vars: vars.clone(),
+            model,
+            device: dev.clone(),
+        };
+        let outcome = train(
+            &mut obj,
+            &vars,
+            &train_pairs,
+            &[],
+            &tcfg,
+            &ctx.work,
+            &CtxMonitor(ctx),
+        )
+        .map_err(train_err)?;
         write_metrics(&ctx.out, &outcome.metrics)?;
         outcome.weights
     } else {
@@ -220,9 +276,18 @@ fn init_and_pretrain(ctx: &StepContext, pointer: &dyn Fn(&ModelPointer) -> Resul
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu).map_err(fail)?)))
         .collect::<Result<_, StepError>>()?;
-    T5Weights { config: cfg, tensors: cpu }.save_pretrained(&dir).map_err(fail)?;
+    T5Weights {
+        config: cfg,
+        tensors: cpu,
+    }
+    .save_pretrained(&dir)
+    .map_err(fail)?;
     save_tokenizer(&tok, &dir.join("tokenizer.json")).map_err(fail)?;
-    pointer(&ModelPointer { source: "init".into(), dir: PathBuf::from("model"), commit: None })
+    pointer(&ModelPointer {
+        source: "init".into(),
+        dir: PathBuf::from("model"),
+        commit: None,
+    })
 }
 
 #[cfg(test)]
@@ -247,7 +312,11 @@ mod tests {
         }
         let mut rebuilt = vec![];
         for &t in &p.input[..p.input.len() - 1] {
-            if sent.contains(&t) { rebuilt.extend(&spans[&t]) } else { rebuilt.push(t) }
+            if sent.contains(&t) {
+                rebuilt.extend(&spans[&t])
+            } else {
+                rebuilt.push(t)
+            }
         }
         assert_eq!(rebuilt, toks);
         assert!(p.target.len() > 2 && p.input.len() < toks.len() + 1);

@@ -53,7 +53,11 @@ impl AdamW {
             let v_hat = (&v / bc2)?;
             let update = (m_hat / (v_hat.sqrt()? + self.eps)?)?;
             let theta = var.as_tensor();
-            let decayed = if self.weight_decay > 0.0 { (theta * (1.0 - lr * self.weight_decay))? } else { theta.clone() };
+            let decayed = if self.weight_decay > 0.0 {
+                (theta * (1.0 - lr * self.weight_decay))?
+            } else {
+                theta.clone()
+            };
             var.set(&(decayed - (update * lr)?)?)?;
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
@@ -86,7 +90,11 @@ pub fn accumulate(acc: &mut HashMap<String, Tensor>, more: HashMap<String, Tenso
 pub fn clip_global_norm(grads: &mut HashMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {
@@ -108,12 +116,18 @@ mod tests {
         let var = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap()).unwrap();
         let vars = vec![("w".to_string(), var.clone())];
         let mut opt = AdamW::new(1e-8, 0.1);
-        let g = HashMap::from([("w".to_string(), Tensor::new(&[0.5f64, -1.0], &Device::Cpu).unwrap())]);
+        let g = HashMap::from([(
+            "w".to_string(),
+            Tensor::new(&[0.5f64, -1.0], &Device::Cpu).unwrap(),
+        )]);
         opt.step(&vars, &g, 0.01).unwrap();
         // First step: m_hat = g, v_hat = g^2, update = sign(g) (up to eps).
         let w = var.as_tensor().to_vec1::<f64>().unwrap();
         let expect = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
-        assert!((w[0] - expect[0]).abs() < 1e-9 && (w[1] - expect[1]).abs() < 1e-9, "{w:?}");
+        assert!(
+            (w[0] - expect[0]).abs() < 1e-9 && (w[1] - expect[1]).abs() < 1e-9,
+            "{w:?}"
+        );
     }
 
     #[test]

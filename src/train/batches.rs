@@ -50,7 +50,9 @@ pub fn batch_at(pairs: &[Pair], size: usize, seed: u64, k: usize) -> Vec<usize> 
     let per_epoch = pairs.len().div_ceil(size.max(1)).max(1);
     let epoch = k / per_epoch;
     let mut bs = buckets(pairs, size, seed.wrapping_add(epoch as u64 * 0x9e37_79b9));
-    bs.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x85eb_ca6b)));
+    bs.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x85eb_ca6b),
+    ));
     bs.swap_remove(k % bs.len())
 }
 
@@ -59,7 +61,12 @@ mod tests {
     use super::*;
 
     fn pairs(n: usize) -> Vec<Pair> {
-        (0..n).map(|i| Pair { input: vec![5; 1 + i % 7], target: vec![1] }).collect()
+        (0..n)
+            .map(|i| Pair {
+                input: vec![5; 1 + i % 7],
+                target: vec![1],
+            })
+            .collect()
     }
 
     #[test]
@@ -74,7 +81,21 @@ mod tests {
 
     #[test]
     fn truncation_keeps_eos() {
-        let t = truncate(Pair { input: vec![9, 9, 9, 1], target: vec![8, 8, 1] }, 3, 2, 1);
-        assert_eq!(t, Pair { input: vec![9, 9, 1], target: vec![8, 1] });
+        let t = truncate(
+            Pair {
+                input: vec![9, 9, 9, 1],
+                target: vec![8, 8, 1],
+            },
+            3,
+            2,
+            1,
+        );
+        assert_eq!(
+            t,
+            Pair {
+                input: vec![9, 9, 1],
+                target: vec![8, 1]
+            }
+        );
     }
 }

@@ -131,7 +131,9 @@ const STATE: &str = "train-state.safetensors";
 const STATE_JSON: &str = "train-state.json";
 
 fn snapshot(vars: &[(String, Var)]) -> ModelResult<HashMap<String, Tensor>> {
-    vars.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect()
+    vars.iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+        .collect()
 }
 
 fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -147,7 +149,10 @@ fn validate(obj: &mut dyn Objective, valid: &[Pair], micro: usize, max: usize) -
     let (mut sum, mut n) = (0f64, 0usize);
     for chunk in take.chunks(micro.max(1)) {
         let refs: Vec<&Pair> = chunk.iter().collect();
-        let l = obj.loss(&refs)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let l = obj
+            .loss(&refs)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         sum += l * chunk.len() as f64;
         n += chunk.len();
     }
@@ -168,7 +173,10 @@ pub fn train(
     if train.is_empty() {
         return Err(TrainError::Config("no training examples".into()));
     }
-    let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let device = vars
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(Device::Cpu);
     let mut opt = AdamW::new(1e-8, cfg.weight_decay);
     let mut step = 0usize;
     let mut metrics: Vec<serde_json::Value> = vec![];
@@ -178,9 +186,12 @@ pub fn train(
     let json_path = work.join(STATE_JSON);
     if let (true, Ok(meta)) = (state_path.exists(), std::fs::read(&json_path)) {
         let meta: serde_json::Value = serde_json::from_slice(&meta).map_err(|e| ckpt_err(&json_path, e))?;
-        let tensors = candle_core::safetensors::load(&state_path, &device).map_err(|e| ckpt_err(&state_path, e))?;
+        let tensors =
+            candle_core::safetensors::load(&state_path, &device).map_err(|e| ckpt_err(&state_path, e))?;
         for (name, var) in vars {
-            let t = tensors.get(&format!("var/{name}")).ok_or_else(|| ckpt_err(&state_path, format!("no var/{name}")))?;
+            let t = tensors
+                .get(&format!("var/{name}"))
+                .ok_or_else(|| ckpt_err(&state_path, format!("no var/{name}")))?;
             var.set(t)?;
             if let Some(m) = tensors.get(&format!("m/{name}")) {
                 opt.m.insert(name.clone(), m.clone());
@@ -203,7 +214,11 @@ pub fn train(
         resumed_from = Some(step);
         monitor.log(&format!("resumed from the checkpoint at step {step}"));
     }
-    let save_state = |step: usize, opt: &AdamW, best: &Option<(f64, usize, HashMap<String, Tensor>)>, metrics: &[serde_json::Value]| -> Result<(), TrainError> {
+    let save_state = |step: usize,
+                      opt: &AdamW,
+                      best: &Option<(f64, usize, HashMap<String, Tensor>)>,
+                      metrics: &[serde_json::Value]|
+     -> Result<(), TrainError> {
         let mut t: HashMap<String, Tensor> = HashMap::new();
         for (n, v) in vars {
             t.insert(format!("var/{n}"), v.as_tensor().clone());
@@ -229,7 +244,8 @@ pub fn train(
             "best_step": best.as_ref().map(|b| b.1),
             "metrics": metrics,
         });
-        std::fs::write(&json_path, serde_json::to_vec(&meta).expect("json")).map_err(|e| ckpt_err(&json_path, e))
+        std::fs::write(&json_path, serde_json::to_vec(&meta).expect("json"))
+            .map_err(|e| ckpt_err(&json_path, e))
     };
     let micro = cfg.micro();
     let accum = cfg.accumulation();
@@ -281,7 +297,10 @@ pub fn train(
             // `>=`: ties go to the later checkpoint.
             let better = best.as_ref().is_none_or(|b| score >= b.0);
             metrics.push(json!({"step": step, "val_loss": vl, "best": better}));
-            monitor.log(&format!("step {step}: validation loss {vl:.4}{}", if better { " (best so far)" } else { "" }));
+            monitor.log(&format!(
+                "step {step}: validation loss {vl:.4}{}",
+                if better { " (best so far)" } else { "" }
+            ));
             if better {
                 best = Some((score, step, snapshot(vars)?));
             }
