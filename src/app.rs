@@ -209,6 +209,50 @@ pub fn run(
         let _ = writeln!(out, "nothing to do: all {} steps are cached", plan.steps.len());
     } else {
         let _ = writeln!(out, "done: {built} step(s) built, {} cached", report.cached);
+        // The results of every evaluation that ran, as the last thing the user sees.
+        for s in plan.steps.iter().filter(|s| s.spec.kind == "eval" && report.built.contains(&s.spec.id)) {
+            if let Ok(md) = std::fs::read_to_string(store.files_dir(&s.spec.key).join("results.md")) {
+                let _ = writeln!(out, "\n{md}");
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe report`: the results tables of a manifest's evals, from the store.
+pub fn report(path: &Path, store_root: &Path, registry: &Registry, format: &str, out: &mut dyn Write) -> Result<i32, Report> {
+    let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
+    let mut any = false;
+    for s in plan.steps.iter().filter(|s| s.spec.kind == "eval") {
+        let file = match format {
+            "csv" => "results.csv",
+            "json" => "results.json",
+            _ => "results.md",
+        };
+        match std::fs::read_to_string(store.files_dir(&s.spec.key).join(file)) {
+            Ok(text) => {
+                any = true;
+                let _ = writeln!(out, "{text}");
+            }
+            Err(_) => {
+                let _ = writeln!(out, "{}: not built yet (run `goosepipe run {}`)", s.spec.id, path.display());
+            }
+        }
+    }
+    if !any {
+        return Err(miette!(help = "run the pipeline first", "no evaluation of {} is in the store", path.display()));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe score`: per-token log-probabilities of a target under a model (and
+/// experts), to check a checkpoint by hand against another implementation.
+pub fn score(req: &crate::model::ScoreRequest, json: bool, out: &mut dyn Write) -> Result<i32, Report> {
+    let r = crate::model::score(req).map_err(|e| miette!("{e}"))?;
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r).expect("json"));
+    } else {
+        let _ = write!(out, "{}", crate::model::render_text(&r));
     }
     Ok(EXIT_OK)
 }

@@ -94,6 +94,46 @@ enum Command {
     },
     /// Print the manifest schema (every node and property, documented).
     Schema,
+    /// The results tables of a manifest's evaluations, from the store (runs nothing).
+    Report {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+    },
+    /// Per-token log-probabilities of TARGET given INPUT under a model (and experts).
+    Score {
+        /// A local checkpoint folder or a hub repo id.
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// LoRA expert files (gates are found beside them as NAME.gates.safetensors).
+        #[arg(long, num_args = 1..)]
+        experts: Vec<PathBuf>,
+        /// Gate files, when not beside the experts.
+        #[arg(long, num_args = 1..)]
+        gates: Vec<PathBuf>,
+        /// How several experts combine: phatgoose, merged, or single.
+        #[arg(long, default_value = "single")]
+        router: String,
+        #[arg(long, default_value_t = 2)]
+        top_k: usize,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Md,
+    Csv,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +190,38 @@ fn main() -> ExitCode {
         Command::Explain { file, step } => app::explain(&file, &step, &store, &registry, &mut out),
         Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
         Command::Show { what, json } => app::show(&what, &store, json, &mut out),
+        Command::Report { file, format } => {
+            let f = match format {
+                ReportFormat::Md => "md",
+                ReportFormat::Csv => "csv",
+                ReportFormat::Json => "json",
+            };
+            app::report(&file, &store, &registry, f, &mut out)
+        }
+        Command::Score {
+            model,
+            revision,
+            experts,
+            gates,
+            router,
+            top_k,
+            input,
+            target,
+            device,
+            json,
+        } => match goosepipe::model::score::RouterChoice::parse(&router) {
+            Err(e) => Err(miette::miette!("--router: {e}")),
+            Ok(router) => {
+                let mut req = goosepipe::model::ScoreRequest::new(model, input, target);
+                req.revision = revision;
+                req.experts = experts;
+                req.gates = gates;
+                req.router = router;
+                req.top_k = top_k;
+                req.device = device;
+                app::score(&req, json, &mut out)
+            }
+        },
         Command::Schema => {
             print!("{}", goosepipe::manifest::schema::SCHEMA_TEXT);
             Ok(app::EXIT_OK)

@@ -4,8 +4,8 @@
 //!   to is pinned in the lockfile, and a later run uses the pinned commit.
 //! - `path=`: a local checkpoint folder (its content is already in the key).
 //! - `init`: trains a word-level tokenizer on the corpus, initialises a small T5 from
-//!   the seed and pretrains it with span corruption on the corpus, so the base knows
-//!   the vocabulary but no task. Everything is written into the artifact.
+//!   the seed and pretrains it on the corpus, so the base knows
+//!   the vocabulary but no task (text infilling; see `denoise`). Everything is written into the artifact.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -101,6 +101,18 @@ fn config_from(ctx: &StepContext, vocab: usize) -> Result<T5Config, StepError> {
     Ok(cfg)
 }
 
+/// Text infilling (BART's denoising objective, with T5's sentinels): about 15% of the
+/// tokens, in spans of 1-5, are replaced by sentinels in the input, and the target is
+/// the whole original text. On a corpus without task structure this teaches the base
+/// the vocabulary and to read and reproduce text (what any pretrained LM can), and
+/// nothing about the tasks.
+pub fn denoise(tokens: &[u32], sentinel_ids: &[u32], eos: u32, rng: &mut ChaCha8Rng) -> Pair {
+    let corrupted = span_corrupt(tokens, sentinel_ids, eos, rng);
+    let mut target = tokens.to_vec();
+    target.push(eos);
+    Pair { input: corrupted.input, target }
+}
+
 /// T5's span corruption: about 15% of the tokens, in spans of mean length 3, are
 /// replaced by sentinels in the input; the target lists each sentinel with its span.
 pub fn span_corrupt(tokens: &[u32], sentinel_ids: &[u32], eos: u32, rng: &mut ChaCha8Rng) -> Pair {
@@ -113,9 +125,9 @@ pub fn span_corrupt(tokens: &[u32], sentinel_ids: &[u32], eos: u32, rng: &mut Ch
         guard += 1;
         let len = rng.random_range(1..=5).min(budget - masked);
         let start = rng.random_range(0..n);
-        for i in start..(start + len).min(n) {
-            if !noise[i] {
-                noise[i] = true;
+        for slot in noise.iter_mut().take((start + len).min(n)).skip(start) {
+            if !*slot {
+                *slot = true;
                 masked += 1;
             }
         }
@@ -222,7 +234,7 @@ fn init_and_pretrain(
             .map(|e| {
                 let mut ids = super::common::encode(&tok, &e.input)?;
                 ids.pop(); // the EOS the tokenizer appended; span_corrupt adds its own
-                Ok(span_corrupt(&ids, &sentinel_ids, cfg.eos_token_id, &mut rng))
+                Ok(denoise(&ids, &sentinel_ids, cfg.eos_token_id, &mut rng))
             })
             .collect()
     };

@@ -106,6 +106,8 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("{0}")]
     Config(String),
+    #[error("training diverged at step {step} (loss {loss}); lower the learning rate or raise grad clipping")]
+    Diverged { step: usize, loss: f64 },
     #[error("cancelled at step {step}; the checkpoint is kept")]
     Cancelled { step: usize },
     #[error("checkpoint {path}: {message}")]
@@ -285,14 +287,20 @@ pub fn train(
         obj.updated()?;
         step += 1;
         let loss = loss_sum / accum as f64;
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged { step, loss });
+        }
         metrics.push(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm}));
         let rate = (step - start_step) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         monitor.step(step, &format!("loss {loss:.4} | {rate:.1} steps/s"));
         if let Some(every) = cfg.eval_every
             && !valid.is_empty()
-            && (step % every == 0 || step == cfg.steps)
+            && (step.is_multiple_of(every) || step == cfg.steps)
         {
             let vl = validate(obj, valid, micro, cfg.eval_examples)?;
+            if !vl.is_finite() {
+                return Err(TrainError::Diverged { step, loss: vl });
+            }
             let score = -vl;
             // `>=`: ties go to the later checkpoint.
             let better = best.as_ref().is_none_or(|b| score >= b.0);
@@ -305,7 +313,7 @@ pub fn train(
                 best = Some((score, step, snapshot(vars)?));
             }
         }
-        if step % cfg.checkpoint_every.max(1) == 0 && step < cfg.steps {
+        if step.is_multiple_of(cfg.checkpoint_every.max(1)) && step < cfg.steps {
             save_state(step, &opt, &best, &metrics)?;
         }
     }
