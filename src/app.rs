@@ -210,7 +210,11 @@ pub fn run(
     } else {
         let _ = writeln!(out, "done: {built} step(s) built, {} cached", report.cached);
         // The results of every evaluation that ran, as the last thing the user sees.
-        for s in plan.steps.iter().filter(|s| s.spec.kind == "eval" && report.built.contains(&s.spec.id)) {
+        for s in plan
+            .steps
+            .iter()
+            .filter(|s| s.spec.kind == "eval" && report.built.contains(&s.spec.id))
+        {
             if let Ok(md) = std::fs::read_to_string(store.files_dir(&s.spec.key).join("results.md")) {
                 let _ = writeln!(out, "\n{md}");
             }
@@ -220,7 +224,13 @@ pub fn run(
 }
 
 /// `goosepipe report`: the results tables of a manifest's evals, from the store.
-pub fn report(path: &Path, store_root: &Path, registry: &Registry, format: &str, out: &mut dyn Write) -> Result<i32, Report> {
+pub fn report(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    format: &str,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
     let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
     let mut any = false;
     for s in plan.steps.iter().filter(|s| s.spec.kind == "eval") {
@@ -235,12 +245,21 @@ pub fn report(path: &Path, store_root: &Path, registry: &Registry, format: &str,
                 let _ = writeln!(out, "{text}");
             }
             Err(_) => {
-                let _ = writeln!(out, "{}: not built yet (run `goosepipe run {}`)", s.spec.id, path.display());
+                let _ = writeln!(
+                    out,
+                    "{}: not built yet (run `goosepipe run {}`)",
+                    s.spec.id,
+                    path.display()
+                );
             }
         }
     }
     if !any {
-        return Err(miette!(help = "run the pipeline first", "no evaluation of {} is in the store", path.display()));
+        return Err(miette!(
+            help = "run the pipeline first",
+            "no evaluation of {} is in the store",
+            path.display()
+        ));
     }
     Ok(EXIT_OK)
 }

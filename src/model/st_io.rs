@@ -17,8 +17,37 @@ pub fn save_with_metadata(
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(contiguous, Some(metadata), path)
-        .map_err(|e| ModelError::io(path, std::io::Error::other(e.to_string())))
+    let bytes = safetensors::serialize(contiguous, Some(metadata))
+        .map_err(|e| ModelError::io(path, std::io::Error::other(e.to_string())))?;
+    let bytes = sort_metadata(bytes).map_err(|m| ModelError::io(path, std::io::Error::other(m)))?;
+    std::fs::write(path, bytes).map_err(|e| ModelError::io(path, e))
+}
+
+/// The safetensors writer emits header metadata in `HashMap` order, which changes from
+/// run to run; content-addressed artifacts must be bitwise reproducible, so the
+/// `__metadata__` entries are rewritten in sorted order (same length, same content).
+fn sort_metadata(mut bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or("short file")?
+            .try_into()
+            .map_err(|_| "short file")?,
+    ) as usize;
+    let header = bytes.get(8..8 + n).ok_or("bad header length")?;
+    let mut v: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    if let Some(meta) = v.get_mut("__metadata__").and_then(|m| m.as_object_mut()) {
+        let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+            meta.iter().map(|(k, x)| (k.clone(), x.clone())).collect();
+        *meta = sorted.into_iter().collect();
+    }
+    let mut text = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
+    if text.len() > n {
+        return Err("header grew while sorting".into());
+    }
+    text.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&text);
+    Ok(bytes)
 }
 
 /// The `__metadata__` map of a safetensors file (empty when absent).

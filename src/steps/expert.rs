@@ -109,7 +109,8 @@ fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<()
         .iter()
         .rev()
         .find_map(|m| m.get("val_loss").and_then(|v| v.as_f64()));
-    let s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val, "resumed_from": outcome.resumed_from});
+    // Not whether it was resumed: a resumed run must produce the same bytes.
+    let s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val});
     std::fs::write(
         ctx.out.join("summary.json"),
         serde_json::to_vec_pretty(&s).expect("json"),

@@ -110,7 +110,10 @@ pub fn denoise(tokens: &[u32], sentinel_ids: &[u32], eos: u32, rng: &mut ChaCha8
     let corrupted = span_corrupt(tokens, sentinel_ids, eos, rng);
     let mut target = tokens.to_vec();
     target.push(eos);
-    Pair { input: corrupted.input, target }
+    Pair {
+        input: corrupted.input,
+        target,
+    }
 }
 
 /// T5's span corruption: about 15% of the tokens, in spans of mean length 3, are

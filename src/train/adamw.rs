@@ -2,7 +2,7 @@
 //! written out so its state (moments, step) can be checkpointed and a run resumed
 //! bit for bit; candle-nn's AdamW keeps its moments private.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Tensor, Var, backprop::GradStore};
 
@@ -35,7 +35,7 @@ impl AdamW {
 
     /// Applies one update with learning rate `lr` to `vars` from accumulated `grads`
     /// (by name). Variables without a gradient are left alone.
-    pub fn step(&mut self, vars: &[(String, Var)], grads: &HashMap<String, Tensor>, lr: f64) -> Result<()> {
+    pub fn step(&mut self, vars: &[(String, Var)], grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
@@ -67,14 +67,14 @@ impl AdamW {
 }
 
 /// Collects the gradients of `vars` from a backward pass, by name.
-pub fn grads_of(vars: &[(String, Var)], store: &GradStore) -> HashMap<String, Tensor> {
+pub fn grads_of(vars: &[(String, Var)], store: &GradStore) -> BTreeMap<String, Tensor> {
     vars.iter()
         .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
         .collect()
 }
 
 /// Adds `more` into `acc` (gradient accumulation).
-pub fn accumulate(acc: &mut HashMap<String, Tensor>, more: HashMap<String, Tensor>) -> Result<()> {
+pub fn accumulate(acc: &mut BTreeMap<String, Tensor>, more: BTreeMap<String, Tensor>) -> Result<()> {
     for (k, g) in more {
         let next = match acc.remove(&k) {
             Some(a) => (a + g)?,
@@ -85,9 +85,10 @@ pub fn accumulate(acc: &mut HashMap<String, Tensor>, more: HashMap<String, Tenso
     Ok(())
 }
 
-/// Rescales gradients so their global L2 norm is at most `max_norm` (0 disables);
+/// Rescales gradients so their global L2 norm (summed in name order, so the result is
+/// the same on every run) is at most `max_norm` (0 disables);
 /// returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut HashMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+pub fn clip_global_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
         sq += g
@@ -132,7 +133,7 @@ mod tests {
 
     #[test]
     fn clipping_caps_the_global_norm() {
-        let mut g = HashMap::from([
+        let mut g = BTreeMap::from([
             ("a".to_string(), Tensor::new(&[3.0f32], &Device::Cpu).unwrap()),
             ("b".to_string(), Tensor::new(&[4.0f32], &Device::Cpu).unwrap()),
         ]);

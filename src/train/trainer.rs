@@ -6,7 +6,7 @@
 //! the untrained start is the first candidate), and a resumable checkpoint every N
 //! steps. Everything random comes from the seed, so a run is bitwise reproducible.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
@@ -269,7 +269,7 @@ pub fn train(
             save_state(step, &opt, &best, &metrics)?;
             return Err(TrainError::Cancelled { step });
         }
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
         for a in 0..accum {
             let k = step * accum + a;
