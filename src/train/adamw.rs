@@ -117,7 +117,7 @@ mod tests {
         let var = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap()).unwrap();
         let vars = vec![("w".to_string(), var.clone())];
         let mut opt = AdamW::new(1e-8, 0.1);
-        let g = HashMap::from([(
+        let g = BTreeMap::from([(
             "w".to_string(),
             Tensor::new(&[0.5f64, -1.0], &Device::Cpu).unwrap(),
         )]);
