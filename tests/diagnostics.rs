@@ -81,6 +81,7 @@ golden!(
 );
 golden!(missing_file, "manifest::missing-file", "manifest::missing-file");
 golden!(mixed_models, "manifest::mixed-models");
+golden!(mixed_ranks, "manifest::mixed-ranks");
 golden!(
     many_errors,
     "manifest::unknown-property",

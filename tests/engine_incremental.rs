@@ -114,7 +114,7 @@ fn per_expert_baseline_steps_do_not_depend_on_the_pool() {
     let grown = with_baselines
         .replace(
             "expert \"b\" model=\"base\" dataset=\"b\"",
-            "expert \"b\" model=\"base\" dataset=\"b\"\nexpert \"c\" model=\"base\" dataset=\"b\" {\n    lora rank=4\n}",
+            "expert \"b\" model=\"base\" dataset=\"b\"\nexpert \"c\" model=\"base\" dataset=\"b\" {\n    train lr=0.001\n}",
         )
         .replace("experts \"a\" \"b\"", "experts \"a\" \"b\" \"c\"");
     p.write(&grown);

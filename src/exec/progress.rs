@@ -28,6 +28,23 @@ pub enum Outcome {
     Skipped,
 }
 
+/// How a finished step is announced: the outcome word and the ": detail" suffix.
+fn finish_words(outcome: Outcome, detail: &str) -> (&'static str, String) {
+    let word = match outcome {
+        Outcome::Built => "done",
+        Outcome::Reused => "reused (built by another run)",
+        Outcome::Failed => "FAILED",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Skipped => "skipped",
+    };
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    (word, detail)
+}
+
 pub trait Reporter: Send + Sync {
     fn begin(&self, to_run: usize, cached: usize);
     fn started(&self, id: &str, short_key: &str) -> Box<dyn StepProgress + '_>;
@@ -142,18 +159,7 @@ impl Reporter for PlainReporter {
         })
     }
     fn finished(&self, id: &str, outcome: Outcome, seconds: f64, detail: &str) {
-        let what = match outcome {
-            Outcome::Built => "done",
-            Outcome::Reused => "reused (built by another run)",
-            Outcome::Failed => "FAILED",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Skipped => "skipped",
-        };
-        let detail = if detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {detail}")
-        };
+        let (what, detail) = finish_words(outcome, detail);
         self.line(&format!("{what} {id} ({seconds:.1}s){detail}"));
     }
     fn note(&self, line: &str) {
@@ -231,18 +237,7 @@ impl Reporter for BarReporter {
         Box::new(BarStep { bar })
     }
     fn finished(&self, id: &str, outcome: Outcome, seconds: f64, detail: &str) {
-        let mark = match outcome {
-            Outcome::Built => "done",
-            Outcome::Reused => "reused",
-            Outcome::Failed => "FAILED",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Skipped => "skipped",
-        };
-        let detail = if detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {detail}")
-        };
+        let (mark, detail) = finish_words(outcome, detail);
         self.overall
             .println(format!("{mark:>9} {id} ({seconds:.1}s){detail}"));
         if matches!(outcome, Outcome::Built | Outcome::Reused) {
