@@ -57,7 +57,9 @@ fn quickstart_end_to_end() {
     // The run ends with the results tables.
     assert!(
         out.contains("### held-out")
-            && out.contains("| task | phatgoose | base | merged | arrow | best-individual | oracle |"),
+            && out.contains(
+                "| task | phatgoose | base | merged | arrow | multitask | best-individual | oracle |"
+            ),
         "{out}"
     );
 

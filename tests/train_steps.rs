@@ -25,7 +25,7 @@ expert "sort" model="t" dataset="sort"
 expert "shift" model="t" dataset="shift"
 pool "p" { experts "sort" "shift"; }
 eval "e" pool="p" {
-    methods "phatgoose" "base" "merged" "arrow" "expert:sort" "best-individual" "oracle"
+    methods "phatgoose" "base" "merged" "arrow" "multitask" "expert:sort" "best-individual" "oracle"
     task "arrange" dataset="arrange"
     task "arrange-gen" dataset="arrange" metric="exact-match" max-new-tokens=6
 }
@@ -68,13 +68,13 @@ fn two_clean_runs_give_bitwise_identical_artifacts() {
         assert_eq!(code, 0, "{out}");
         assert!(
             out.contains(
-                "| task | phatgoose | base | merged | arrow | expert:sort | best-individual | oracle |"
+                "| task | phatgoose | base | merged | arrow | multitask | expert:sort | best-individual | oracle |"
             ),
             "{out}"
         );
     }
     let (da, db) = (digests(a.path()), digests(b.path()));
-    assert_eq!(da.len(), 11);
+    assert_eq!(da.len(), 12);
     assert_eq!(da, db);
     // Training steps keep their loss curve and validation results.
     let store = Store::open(a.path().join("store")).unwrap();

@@ -3,7 +3,7 @@
 //!
 //! Methods implemented here: `base`, `phatgoose`, `merged` (uniform average of the
 //! experts' B·A, i.e. W + mean_i(B_i A_i)/r; the paper's code for merging is not
-//! public, this is the outer-product average), `arrow`, `expert:NAME`,
+//! public, this is the outer-product average), `arrow`, `multitask`, `expert:NAME`,
 //! `best-individual` and `oracle` (per-task best expert: uses test labels).
 
 use std::collections::{BTreeMap, HashMap};
@@ -249,6 +249,17 @@ impl StepRunner for EvalStep {
                 )
                 .map_err(fail)?,
                 "arrow" => arrow_set(&experts, top_k.min(experts.len()), temperature)?,
+                "multitask" => {
+                    let inp = ctx.input("multitask")?;
+                    let e = LoraExpert::load(
+                        &inp.files.join(super::expert::EXPERT_FILE),
+                        base.config(),
+                        &dev,
+                        DType::F32,
+                    )
+                    .map_err(fail)?;
+                    AdapterSet::from_lora(&e)
+                }
                 e if e.starts_with("expert:") => {
                     let name = &e["expert:".len()..];
                     let x = experts
@@ -259,7 +270,7 @@ impl StepRunner for EvalStep {
                 }
                 other => {
                     return Err(fail(format!(
-                        "method `{other}` needs steps this build cannot run yet (average-activation, retrieval and multitask land with the evaluation issue)"
+                        "method `{other}` needs steps this build cannot run yet (average-activation and retrieval land with the evaluation issue)"
                     )));
                 }
             };
@@ -319,6 +330,13 @@ impl StepRunner for EvalStep {
                     format!("expert \"{b}\", the best mean over these tasks (picked with test labels)"),
                 );
             }
+        }
+        if methods.iter().any(|m| m == "multitask") {
+            results.notes.insert(
+                "multitask".into(),
+                "one LoRA trained on the union of the pool's datasets: needs all data at once (not post-hoc)"
+                    .into(),
+            );
         }
         if methods.iter().any(|m| m == "merged") {
             results.notes.insert(

@@ -68,14 +68,24 @@ fn base_identity(ctx: &StepContext) -> Result<String, StepError> {
     Ok(ctx.input("model")?.key.hex())
 }
 
-/// Trains on the step's `data` input; returns the best weights' outcome.
+/// Trains on the examples of the step's data inputs (`data`, or every `data:*` of a
+/// multitask step, concatenated); returns the best weights' outcome.
 fn fit(
     ctx: &StepContext,
     base: &Base,
     vars: &[(String, Var)],
     cfg: &TrainConfig,
 ) -> Result<crate::train::TrainOutcome, StepError> {
-    let (train_ex, valid_ex) = examples(ctx.input("data")?)?;
+    let (mut train_ex, mut valid_ex) = (vec![], vec![]);
+    for inp in ctx
+        .inputs
+        .iter()
+        .filter(|i| i.role == "data" || i.role.starts_with("data:"))
+    {
+        let (t, v) = examples(inp)?;
+        train_ex.extend(t);
+        valid_ex.extend(v);
+    }
     let eos = base.config().eos_token_id;
     let tp = pairs(
         &base.tokenizer,
@@ -118,11 +128,16 @@ fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<()
     Ok(())
 }
 
-pub struct ExpertStep;
+/// `expert` trains one LoRA on one dataset; `multitask` trains one LoRA on the union
+/// of a pool's datasets (the paper's multitask reference: it needs every
+/// contributor's data at once, so it does not fit the post-hoc setting).
+pub struct ExpertStep {
+    pub kind: &'static str,
+}
 
 impl StepRunner for ExpertStep {
     fn kind(&self) -> &'static str {
-        "expert"
+        self.kind
     }
     fn version(&self) -> u32 {
         super::version_of(self.kind())

@@ -45,7 +45,8 @@ pub fn registry() -> Registry {
     }
     r.register(Arc::new(dataset::DatasetStep));
     r.register(Arc::new(model::ModelStep));
-    r.register(Arc::new(expert::ExpertStep));
+    r.register(Arc::new(expert::ExpertStep { kind: "expert" }));
+    r.register(Arc::new(expert::ExpertStep { kind: "multitask" }));
     r.register(Arc::new(expert::GateStep));
     r.register(Arc::new(expert::PoolStep));
     r.register(Arc::new(eval::EvalStep));
