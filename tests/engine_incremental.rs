@@ -40,12 +40,7 @@ fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
     assert_eq!(p.stale(&reg), expected);
 
     // The reasons say why.
-    let plan = p.plan(&reg);
-    let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock =
-        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
-            .unwrap();
-    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let (plan, status) = p.status(&reg);
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(text.contains("expert:x"), "{text}");
     let line = |id: &str| {

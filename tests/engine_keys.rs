@@ -107,12 +107,7 @@ fn stale_reasons_name_the_changed_parameter_and_input() {
         "expert \"b\" model=\"base\" dataset=\"b\"",
         "expert \"b\" model=\"base\" dataset=\"b\" {\n    train lr=0.001\n}",
     ));
-    let plan = p.plan(&reg);
-    let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock =
-        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
-            .unwrap();
-    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let (plan, status) = p.status(&reg);
     let reason = |id: &str| {
         let i = plan.index[id];
         status.states[i]
@@ -138,12 +133,7 @@ fn implementation_version_is_part_of_the_key() {
     let mut stale = p.stale(&bumped);
     stale.sort();
     assert_eq!(stale, vec!["eval:e", "gate:a", "gate:b", "pool:p"]);
-    let plan = p.plan(&bumped);
-    let store = goosepipe::store::Store::open(p.store()).unwrap();
-    let lock =
-        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
-            .unwrap();
-    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let (plan, status) = p.status(&bumped);
     let i = plan.index["gate:a"];
     assert_eq!(
         status.states[i].reasons()[0].describe(),

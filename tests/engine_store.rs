@@ -130,11 +130,7 @@ fn truncated_artifact_is_stale_and_rebuilt() {
     let store = Store::open(p.store()).unwrap();
     let k = key_of(&p, &reg, "expert:a");
     std::fs::write(store.files_dir(&k).join("output.txt"), "x").unwrap();
-    let plan = p.plan(&reg);
-    let lock =
-        goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&p.manifest()))
-            .unwrap();
-    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let (plan, status) = p.status(&reg);
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(text.contains("artifact corrupt"), "{text}");
     p.run(&reg, &RunOptions::default());

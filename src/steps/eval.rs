@@ -293,16 +293,19 @@ impl StepRunner for EvalStep {
             let s = &scores[&format!("expert:{n}")];
             s.values().sum::<f64>() / s.len().max(1) as f64
         };
+        // The single expert with the best mean over the tasks (ties: first by name).
+        let best = needs_all
+            .then(|| {
+                names
+                    .iter()
+                    .max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)))
+            })
+            .flatten();
         for t in &tasks {
             let row = results.scores.entry(t.name.clone()).or_default();
             for m in &methods {
                 let v = match m.as_str() {
-                    "best-individual" => {
-                        let best = names
-                            .iter()
-                            .max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)));
-                        best.map(|n| scores[&format!("expert:{n}")][&t.name])
-                    }
+                    "best-individual" => best.map(|n| scores[&format!("expert:{n}")][&t.name]),
                     "oracle" => names
                         .iter()
                         .map(|n| scores[&format!("expert:{n}")][&t.name])
@@ -320,16 +323,13 @@ impl StepRunner for EvalStep {
                 "the best single expert per task, picked with test labels (not zero-shot)".into(),
             );
         }
-        if methods.iter().any(|m| m == "best-individual") {
-            let best = names
-                .iter()
-                .max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)));
-            if let Some(b) = best {
-                results.notes.insert(
-                    "best-individual".into(),
-                    format!("expert \"{b}\", the best mean over these tasks (picked with test labels)"),
-                );
-            }
+        if methods.iter().any(|m| m == "best-individual")
+            && let Some(b) = best
+        {
+            results.notes.insert(
+                "best-individual".into(),
+                format!("expert \"{b}\", the best mean over these tasks (picked with test labels)"),
+            );
         }
         if methods.iter().any(|m| m == "multitask") {
             results.notes.insert(

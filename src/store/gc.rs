@@ -41,23 +41,33 @@ pub struct GcEntry {
     pub reason: GcReason,
 }
 
+impl GcEntry {
+    fn new(path: PathBuf, key: Option<Key>, reason: GcReason) -> GcEntry {
+        GcEntry {
+            size: disk_size(&path),
+            path,
+            key,
+            reason,
+        }
+    }
+}
+
 fn key_prefix(name: &str) -> Option<Key> {
     name.get(..64)?.parse().ok()
 }
 
 impl Store {
+    /// Whether a run holds the lock of this key right now (its files are in use).
+    fn held_by_live_run(&self, key: Option<Key>) -> bool {
+        key.is_some_and(|k| matches!(self.try_lock(&k), Ok(None)))
+    }
+
     /// What gc would delete, given the keys the manifests reach.
     pub fn gc_candidates(&self, reachable: &HashSet<Key>) -> Vec<GcEntry> {
         let mut out = vec![];
         for k in self.keys() {
             if !reachable.contains(&k) {
-                let p = self.object_dir(&k);
-                out.push(GcEntry {
-                    size: disk_size(&p),
-                    path: p,
-                    key: Some(k),
-                    reason: GcReason::Unreachable,
-                });
+                out.push(GcEntry::new(self.object_dir(&k), Some(k), GcReason::Unreachable));
             }
         }
         let list = |sub: &str| -> Vec<(PathBuf, String)> {
@@ -71,63 +81,33 @@ impl Store {
         };
         for (p, name) in list("tmp") {
             if name.starts_with("corrupt.") {
-                out.push(GcEntry {
-                    size: disk_size(&p),
-                    path: p,
-                    key: name.get(8..).and_then(key_prefix),
-                    reason: GcReason::Quarantined,
-                });
+                out.push(GcEntry::new(
+                    p,
+                    name.get(8..).and_then(key_prefix),
+                    GcReason::Quarantined,
+                ));
                 continue;
             }
             let key = key_prefix(&name);
             // A staging folder whose key is locked belongs to a live run.
-            if let Some(k) = key
-                && matches!(self.try_lock(&k), Ok(None))
-            {
-                continue;
+            if !self.held_by_live_run(key) {
+                out.push(GcEntry::new(p, key, GcReason::InterruptedStaging));
             }
-            out.push(GcEntry {
-                size: disk_size(&p),
-                path: p,
-                key,
-                reason: GcReason::InterruptedStaging,
-            });
         }
-        for (p, name) in list("work") {
-            let key = key_prefix(&name);
-            if key.is_some_and(|k| reachable.contains(&k)) {
-                continue; // kept so the step resumes from its checkpoint
-            }
-            if let Some(k) = key
-                && matches!(self.try_lock(&k), Ok(None))
-            {
-                continue;
-            }
-            out.push(GcEntry {
-                size: disk_size(&p),
-                path: p,
-                key,
-                reason: GcReason::OrphanWork,
-            });
-        }
-        for sub in ["recipes", "locks"] {
+        for (sub, reason) in [
+            ("work", GcReason::OrphanWork),
+            ("recipes", GcReason::Bookkeeping),
+            ("locks", GcReason::Bookkeeping),
+        ] {
             for (p, name) in list(sub) {
                 let key = key_prefix(&name);
-                if key.is_some_and(|k| reachable.contains(&k)) {
-                    continue;
+                // Work of a reachable key is kept so the step resumes from its checkpoint.
+                let kept = key.is_some_and(|k| reachable.contains(&k));
+                // Recipes are read only by runs that also hold the key's lock.
+                let live = sub != "recipes" && self.held_by_live_run(key);
+                if !kept && !live {
+                    out.push(GcEntry::new(p, key, reason.clone()));
                 }
-                if sub == "locks"
-                    && let Some(k) = key
-                    && matches!(self.try_lock(&k), Ok(None))
-                {
-                    continue;
-                }
-                out.push(GcEntry {
-                    size: disk_size(&p),
-                    path: p,
-                    key,
-                    reason: GcReason::Bookkeeping,
-                });
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));

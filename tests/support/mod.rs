@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use goosepipe::app;
 use goosepipe::exec::{CancelFlag, Registry, RunOptions, StepContext, StepError, StepRunner};
-use goosepipe::plan::Plan;
+use goosepipe::plan::{Plan, Status};
 use goosepipe::store::HashCache;
 
 #[derive(Clone, Default)]
@@ -171,8 +171,8 @@ impl Project {
             .unwrap_or_else(|e| panic!("{e:?}"));
         (code, String::from_utf8(out).unwrap())
     }
-    /// The ids `plan` says would run.
-    pub fn stale(&self, reg: &Registry) -> Vec<String> {
+    /// The plan and its status against the project's store and lockfile.
+    pub fn status(&self, reg: &Registry) -> (Plan, Status) {
         let plan = self.plan(reg);
         let store = goosepipe::store::Store::open(self.store()).unwrap();
         let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
@@ -180,6 +180,11 @@ impl Project {
         ))
         .unwrap();
         let status = goosepipe::plan::status::status(&plan, &store, &lock);
+        (plan, status)
+    }
+    /// The ids `plan` says would run.
+    pub fn stale(&self, reg: &Registry) -> Vec<String> {
+        let (plan, status) = self.status(reg);
         status.stale_ids(&plan).into_iter().map(String::from).collect()
     }
 }
