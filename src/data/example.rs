@@ -14,12 +14,30 @@ pub struct Example {
     /// Answer choices (one of them equals `target`); empty for generation tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// Every acceptable answer when there is more than one (BIG-bench multi-answer
+    /// tasks); empty means `target` alone is right.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
 }
 
 impl Example {
     /// Index of the target among the choices, if this is a multiple-choice example.
     pub fn answer_index(&self) -> Option<usize> {
         self.choices.iter().position(|c| *c == self.target)
+    }
+
+    /// The acceptable answers: `answers`, or `target` alone.
+    pub fn accepted(&self) -> Vec<&str> {
+        if self.answers.is_empty() {
+            vec![self.target.as_str()]
+        } else {
+            self.answers.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Whether choice `i` is an acceptable answer.
+    pub fn choice_is_right(&self, i: usize) -> bool {
+        self.choices.get(i).is_some_and(|c| self.accepted().contains(&c.as_str()))
     }
 }
 

@@ -4,6 +4,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::example::{DataError, Example};
+use super::rows::Row;
 
 pub struct Fields<'a> {
     pub input: &'a str,
@@ -20,9 +21,38 @@ fn text_of(v: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// Maps one row to an example; the error is the reason, without the location.
+pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
+    let get = |field: &str| -> Result<String, String> {
+        let v = obj
+            .get(field)
+            .ok_or_else(|| format!("no field \"{field}\" (set input-field= / target-field= on the dataset)"))?;
+        text_of(v).ok_or_else(|| format!("field \"{field}\" is not a string"))
+    };
+    let input = get(f.input)?;
+    let target = get(f.target)?;
+    let choices = match obj.get(f.choices) {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|c| text_of(c).ok_or_else(|| format!("field \"{}\" must hold strings", f.choices)))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(format!("field \"{}\" must be a list", f.choices)),
+    };
+    if !choices.is_empty() && !choices.contains(&target) {
+        return Err(format!("the target {target:?} is not among the choices"));
+    }
+    Ok(Example {
+        input,
+        target,
+        choices,
+        answers: vec![],
+    })
+}
+
 /// Reads a JSONL file; every line must be an object with the input and target fields
 /// (strings, numbers or booleans). The choices field is optional; when present it
-/// must be a list of strings that contains the target.
+/// must be a list of strings that contains the target. Errors name the line.
 pub fn read_jsonl_mapped(path: &Path, f: &Fields<'_>) -> Result<Vec<Example>, DataError> {
     let shown = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| DataError::Io {
@@ -43,37 +73,24 @@ pub fn read_jsonl_mapped(path: &Path, f: &Fields<'_>) -> Result<Vec<Example>, Da
             line: i + 1,
             reason,
         };
-        let obj: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let get = |field: &str| -> Result<String, DataError> {
-            let v = obj.get(field).ok_or_else(|| {
-                bad(format!(
-                    "no field \"{field}\" (set input-field= / target-field= on the dataset)"
-                ))
-            })?;
-            text_of(v).ok_or_else(|| bad(format!("field \"{field}\" is not a string")))
-        };
-        let input = get(f.input)?;
-        let target = get(f.target)?;
-        let choices = match obj.get(f.choices) {
-            None | Some(serde_json::Value::Null) => vec![],
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|c| text_of(c).ok_or_else(|| bad(format!("field \"{}\" must hold strings", f.choices))))
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => return Err(bad(format!("field \"{}\" must be a list", f.choices))),
-        };
-        if !choices.is_empty() && !choices.contains(&target) {
-            return Err(bad(format!("the target {target:?} is not among the choices")));
-        }
-        out.push(Example {
-            input,
-            target,
-            choices,
-        });
+        let obj: Row = serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+        out.push(map_row(&obj, f).map_err(bad)?);
     }
     if out.is_empty() {
         return Err(DataError::Other(format!("{shown} has no examples")));
+    }
+    Ok(out)
+}
+
+/// Maps rows read from `source` (a parquet file or a hub split); errors name the row.
+pub fn map_rows(source: &str, rows: &[Row], f: &Fields<'_>) -> Result<Vec<Example>, DataError> {
+    let out = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| map_row(r, f).map_err(|reason| DataError::Other(format!("{source}: row {}: {reason}", i + 1))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if out.is_empty() {
+        return Err(DataError::Other(format!("{source} has no examples")));
     }
     Ok(out)
 }

@@ -1,7 +1,12 @@
 //! Data layer: dataset sources and the example format every step reads.
 
+pub mod bigbench;
 pub mod example;
+pub mod hub;
 pub mod local;
+mod numpy_rng;
+pub mod promptsource;
+pub mod rows;
 pub mod synthetic;
 pub mod tokenizer;
 

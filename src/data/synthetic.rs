@@ -196,6 +196,7 @@ pub fn generate(id: &str, split: &str, n: usize, seed: u64, choice: bool) -> Opt
                 input,
                 target,
                 choices,
+                answers: vec![],
             }
         })
         .collect();
@@ -276,6 +277,7 @@ fn corpus_line(rng: &mut ChaCha8Rng) -> Example {
         input: words.join(" "),
         target: String::new(),
         choices: vec![],
+        answers: vec![],
     }
 }
 

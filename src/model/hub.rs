@@ -48,7 +48,7 @@ enum Fetch {
     Absent,
 }
 
-fn client(opts: &HubOptions) -> Result<hf_hub::HFClientSync> {
+pub(crate) fn client(opts: &HubOptions) -> Result<hf_hub::HFClientSync> {
     let mut b = HFClient::builder().retry_max_attempts(1);
     if let Some(dir) = &opts.cache_dir {
         b = b.cache_dir(dir.clone());

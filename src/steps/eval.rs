@@ -130,7 +130,7 @@ fn score_task(
                 .collect::<Result<Vec<_>, StepError>>()?;
             let scores = base.model.score_choices(&items, batch).map_err(fail)?;
             for (e, s) in chunk.iter().zip(&scores) {
-                if predict(s) == e.answer_index() {
+                if predict(s).is_some_and(|i| e.choice_is_right(i)) {
                     total += 1.0;
                 }
             }
@@ -141,11 +141,18 @@ fn score_task(
                 .map_err(fail)?;
             for (e, ids) in chunk.iter().zip(&outs) {
                 let text = tok.decode(ids, true).map_err(|x| fail(format!("decode: {x}")))?;
-                total += if task.metric == "rouge-l" {
-                    rouge_l(&text, &e.target)
-                } else {
-                    exact_match(&text, &e.target) as u8 as f64
-                };
+                // Several accepted answers: the best match counts (BIG-bench's rule).
+                total += e
+                    .accepted()
+                    .iter()
+                    .map(|a| {
+                        if task.metric == "rouge-l" {
+                            rouge_l(&text, a)
+                        } else {
+                            exact_match(&text, a) as u8 as f64
+                        }
+                    })
+                    .fold(0.0, f64::max);
             }
         }
         *done += chunk.len() as u64;

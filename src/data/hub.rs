@@ -1,0 +1,223 @@
+//! Hugging Face hub datasets: the parquet files of one (config, split) at a revision,
+//! from the standard HF cache (`datasets--org--name/{refs,snapshots,blobs}`), else
+//! downloaded into it. Works offline when the files are cached; the resolved commit is
+//! returned so the lockfile can pin it.
+//!
+//! Which files belong to a split, for the layouts the hub uses:
+//! - the hub's parquet conversion (`revision="refs/convert/parquet"`):
+//!   `CONFIG/SPLIT/0000.parquet` and the older `CONFIG/NAME-SPLIT.parquet`;
+//! - `push_to_hub` layouts: `data/SPLIT-00000-of-00001.parquet`,
+//!   `CONFIG/SPLIT-00000-of-00001.parquet`, `data/CONFIG/SPLIT-...`.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use hf_hub::HFError;
+
+use super::example::DataError;
+use crate::model::hub::HubOptions;
+
+/// The files of a split and the commit they were read at.
+#[derive(Debug, Clone)]
+pub struct SplitFiles {
+    pub commit: String,
+    pub files: Vec<PathBuf>,
+}
+
+fn err(repo: &str, revision: &str, what: impl std::fmt::Display) -> DataError {
+    DataError::Other(format!("hub dataset {repo}@{revision}: {what}"))
+}
+
+/// Whether the repo-relative `path` is a parquet file of `split` in `config`.
+pub fn matches(path: &str, config: Option<&str>, split: &str) -> bool {
+    let Some(stem) = path.strip_suffix(".parquet") else {
+        return false;
+    };
+    let comps: Vec<&str> = stem.split('/').collect();
+    let (dirs, file) = comps.split_at(comps.len() - 1);
+    let file = file[0];
+    let split_ok = dirs.last() == Some(&split)
+        || file == split
+        || file.starts_with(&format!("{split}-"))
+        || file.ends_with(&format!("-{split}"))
+        || file.contains(&format!("-{split}-"));
+    // In CONFIG/SPLIT/0000.parquet the split is a folder; any other folder is a config.
+    let config_dirs: Vec<&str> = if dirs.last() == Some(&split) {
+        dirs[..dirs.len() - 1].to_vec()
+    } else {
+        dirs.to_vec()
+    };
+    let config_ok = match config {
+        Some(c) => config_dirs.contains(&c),
+        None => config_dirs.iter().all(|d| *d == "data" || *d == "default"),
+    };
+    split_ok && config_ok
+}
+
+/// The cache folder of a dataset repo, as huggingface_hub names it.
+fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("datasets--{}", repo.replace('/', "--")))
+}
+
+fn cache_dir(opts: &HubOptions) -> Result<PathBuf, DataError> {
+    if let Some(d) = &opts.cache_dir {
+        return Ok(d.clone());
+    }
+    Ok(hf_hub::resolve_cache_dir())
+}
+
+/// A revision that is already a full commit sha.
+fn is_commit(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Lists the split's files in the cached snapshot of `revision`, if there is one.
+fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split: &str) -> Option<SplitFiles> {
+    let folder = repo_folder(cache, repo);
+    let commit = if is_commit(revision) {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(folder.join("refs").join(revision)).ok()?.trim().to_string()
+    };
+    let snap = folder.join("snapshots").join(&commit);
+    let mut files = vec![];
+    let mut stack = vec![snap.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(&snap) {
+                let rel = rel.to_string_lossy().replace('\\', "/");
+                if matches(&rel, config, split) {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    files.sort();
+    (!files.is_empty()).then_some(SplitFiles { commit, files })
+}
+
+/// The parquet files of `repo` (config, split) at `revision`: from the cache, else
+/// (unless offline) listed on the hub and downloaded into the cache.
+pub fn split_files(
+    repo: &str,
+    revision: &str,
+    config: Option<&str>,
+    split: &str,
+    opts: &HubOptions,
+) -> Result<SplitFiles, DataError> {
+    let cache = cache_dir(opts)?;
+    if let Some(found) = cached(&cache, repo, revision, config, split) {
+        return Ok(found);
+    }
+    let what = format!(
+        "split `{split}`{} has no parquet files in the cache at {}",
+        config.map(|c| format!(" of config `{c}`")).unwrap_or_default(),
+        repo_folder(&cache, repo).display()
+    );
+    if opts.offline {
+        return Err(err(
+            repo,
+            revision,
+            format!("{what} (offline; run once with network access, or copy the HF cache here)"),
+        ));
+    }
+    let (org, name) = match repo.split_once('/') {
+        Some((o, n)) => (o.to_string(), n.to_string()),
+        None => (String::new(), repo.to_string()),
+    };
+    let client = crate::model::hub::client(opts).map_err(|e| err(repo, revision, e))?;
+    let ds = client.dataset(org, name);
+    // Listing runs on its own thread so an unreachable hub gives an error, not a hang.
+    let (tx, rx) = mpsc::channel();
+    let (rev, cfg, spl) = (revision.to_string(), config.map(String::from), split.to_string());
+    std::thread::spawn(move || {
+        let r = ds.list_tree().revision(rev.clone()).recursive(true).send().map(|entries| {
+            entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    hf_hub::repository::RepoTreeEntry::File { path, .. } => Some(path),
+                    _ => None,
+                })
+                .filter(|p| matches(p, cfg.as_deref(), &spl))
+                .collect::<Vec<_>>()
+        });
+        let _ = tx.send((r, ds));
+    });
+    let (listed, ds) = rx.recv_timeout(opts.timeout).map_err(|_| {
+        err(
+            repo,
+            revision,
+            format!("{what}, and the hub did not answer within {} s", opts.timeout.as_secs()),
+        )
+    })?;
+    let mut names = listed.map_err(|e| match e {
+        HFError::RepoNotFound { .. } => err(repo, revision, "no such dataset repo on the hub"),
+        e => err(repo, revision, format!("{what}, and listing the repo failed: {e}")),
+    })?;
+    names.sort();
+    if names.is_empty() {
+        return Err(err(
+            repo,
+            revision,
+            format!(
+                "no parquet files for split `{split}`{} (for datasets without their own parquet, use revision=\"refs/convert/parquet\")",
+                config.map(|c| format!(" of config `{c}`")).unwrap_or_default()
+            ),
+        ));
+    }
+    for n in &names {
+        ds.download_file()
+            .filename(n.clone())
+            .revision(revision.to_string())
+            .send()
+            .map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
+    }
+    cached(&cache, repo, revision, config, split)
+        .ok_or_else(|| err(repo, revision, "downloaded files did not appear in the cache"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_layouts() {
+        assert!(matches("rte/validation/0000.parquet", Some("rte"), "validation"));
+        assert!(matches("rte/super_glue-validation.parquet", Some("rte"), "validation"));
+        assert!(matches("data/train-00000-of-00002.parquet", None, "train"));
+        assert!(matches("boolean_expressions/train-00000-of-00001.parquet", Some("boolean_expressions"), "train"));
+        assert!(!matches("rte/train/0000.parquet", Some("rte"), "validation"));
+        assert!(!matches("cb/validation/0000.parquet", Some("rte"), "validation"));
+        assert!(!matches("rte/validation/0000.parquet", None, "validation"));
+        assert!(!matches("data/train.jsonl", None, "train"));
+    }
+
+    /// A folder laid out as the HF cache (refs, snapshots, blobs) is read offline.
+    #[test]
+    fn reads_an_offline_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("datasets--org--ds");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(repo.join("refs/refs/convert")).unwrap();
+        std::fs::write(repo.join("refs/refs/convert/parquet"), commit).unwrap();
+        let snap = repo.join("snapshots").join(commit).join("cfg/train");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs/abc"), b"PAR1").unwrap();
+        std::os::unix::fs::symlink("../../../../blobs/abc", snap.join("0000.parquet")).unwrap();
+        let opts = HubOptions {
+            cache_dir: Some(t.path().to_path_buf()),
+            offline: true,
+            ..Default::default()
+        };
+        let f = split_files("org/ds", "refs/convert/parquet", Some("cfg"), "train", &opts).unwrap();
+        assert_eq!(f.commit, commit);
+        assert_eq!(f.files.len(), 1);
+        assert_eq!(std::fs::read(&f.files[0]).unwrap(), b"PAR1");
+        let e = split_files("org/ds", "main", Some("cfg"), "train", &opts).unwrap_err().to_string();
+        assert!(e.contains("offline") && e.contains("datasets--org--ds"), "{e}");
+    }
+}
