@@ -214,3 +214,19 @@ eval "e" pool="p" {
     task "h" dataset="heldout"
 }
 "#;
+
+/// A folder of third-party test data fetched by `scripts/fetch-test-data.sh`
+/// (`$GOOSEPIPE_TEST_DATA`, else `.cache/test-data` in the repo). Missing data fails
+/// the test with the command that fetches it: nothing is skipped silently.
+pub fn test_data(rel: &str) -> PathBuf {
+    let root = std::env::var_os("GOOSEPIPE_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/test-data"));
+    let p = root.join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `scripts/fetch-test-data.sh` (it downloads promptsource 0.2.3 and bigbench 1.0.0 from PyPI)",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Fetches the real third-party files the tests read, from PyPI, into .cache/test-data/
+# (or $GOOSEPIPE_TEST_DATA). CI runs it before `cargo test`; it is idempotent and
+# fetches nothing that is already there.
+#   promptsource 0.2.3 (sdist): the P3 templates (templates/*/templates.yaml)
+#   bigbench 1.0.0 (sdist): BIG-bench task.json files (only the tasks tests read are unpacked)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest="${GOOSEPIPE_TEST_DATA:-.cache/test-data}"
+mkdir -p "$dest/downloads"
+
+fetch() { # name version extra-pip-flags...
+    local name=$1 version=$2; shift 2
+    if ! ls "$dest/downloads/$name-$version".* >/dev/null 2>&1; then
+        python3 -m pip download --quiet --no-deps --no-binary=:all: --ignore-requires-python \
+            -d "$dest/downloads" "$@" "$name==$version"
+    fi
+}
+
+fetch promptsource 0.2.3
+if [ ! -f "$dest/promptsource-0.2.3/PKG-INFO" ]; then
+    tar -xzf "$dest/downloads/promptsource-0.2.3.tar.gz" -C "$dest"
+fi
+
+fetch bigbench 1.0.0
+tasks=(strategyqa object_counting logical_deduction geometric_shapes bbq_lite_json)
+want=()
+for t in "${tasks[@]}"; do
+    [ -f "$dest/bigbench-1.0.0/bigbench/benchmark_tasks/$t/task.json" ] || want+=("bigbench-1.0.0/bigbench/benchmark_tasks/$t")
+done
+if [ ${#want[@]} -gt 0 ]; then
+    tar -xzf "$dest/downloads/bigbench-1.0.0.tar.gz" -C "$dest" --wildcards "${want[@]/%//*task.json}" bigbench-1.0.0/PKG-INFO
+fi
+echo "test data ready in $dest"

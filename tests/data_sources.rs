@@ -1,0 +1,135 @@
+//! Dataset sources against real third-party files: promptsource 0.2.3's templates and
+//! BIG-bench 1.0.0's task.json files (fetched from PyPI by scripts/fetch-test-data.sh).
+
+mod support;
+
+use goosepipe::data::bigbench::read_task;
+use goosepipe::data::promptsource::{Renderer, Selection, find_root, load, templates_file};
+use serde_json::Value;
+
+fn promptsource_root() -> std::path::PathBuf {
+    find_root(Some(&support::test_data("promptsource-0.2.3"))).unwrap()
+}
+
+/// Every template of the fixture renders exactly as promptsource's own Template.apply
+/// (Jinja2) rendered it (scripts/make_promptsource_fixture.py made the fixture).
+#[test]
+fn promptsource_rendering_matches_jinja2() {
+    let root = promptsource_root();
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/promptsource/rendered.json")).unwrap();
+    let r = Renderer::default();
+    let mut checked = 0;
+    for case in fixture["rendered"].as_array().unwrap() {
+        let set_name = case["templates"].as_str().unwrap();
+        let set = load(&templates_file(&root, set_name)).unwrap();
+        let t = set.templates.iter().find(|t| t.name == case["template"].as_str().unwrap()).unwrap();
+        let row = fixture["rows"][set_name][case["row"].as_u64().unwrap() as usize].as_object().unwrap();
+        let parts: Vec<&str> = case["parts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let got = r.apply(t, row, 0).unwrap();
+        let what = format!("{set_name} / {}", t.name);
+        match parts.as_slice() {
+            [input, target] if !input.is_empty() && !target.is_empty() => {
+                let ex = got.unwrap_or_else(|| panic!("{what}: no example"));
+                assert_eq!(ex.input, *input, "{what}");
+                assert_eq!(ex.target, *target, "{what}");
+            }
+            _ => assert!(got.is_none(), "{what}: promptsource yields {parts:?}"),
+        }
+        let want_choices: Option<Vec<String>> = case["choices"]
+            .as_array()
+            .map(|c| c.iter().map(|x| x.as_str().unwrap().to_string()).collect());
+        assert_eq!(r.answer_choices(t, row).unwrap(), want_choices, "{what}");
+        checked += 1;
+    }
+    assert!(checked > 150, "{checked}");
+}
+
+/// The T0 held-out evaluation's template counts (METHOD.md section 5).
+#[test]
+fn t0_held_out_original_task_template_counts() {
+    let root = promptsource_root();
+    let copa_ignored = [
+        "…which may be caused by",
+        "…What could happen next, C1 or C2?",
+        "…As a result, C1 or C2?",
+        "…why? C1 or C2",
+    ];
+    for (name, ignore, want) in [
+        ("super_glue/rte", &[][..], 10),
+        ("hellaswag", &[][..], 4),
+        ("super_glue/copa", &copa_ignored[..], 8),
+        ("super_glue/wic", &[][..], 10),
+        ("winogrande/winogrande_xl", &[][..], 5),
+        ("super_glue/cb", &[][..], 15),
+        ("story_cloze/2016", &[][..], 5),
+        ("anli", &[][..], 15),
+        ("super_glue/wsc.fixed", &[][..], 10),
+    ] {
+        let set = load(&templates_file(&root, name)).unwrap();
+        let sel = Selection {
+            original_task: true,
+            include: vec![],
+            ignore: ignore.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(set.select(&sel).unwrap().len(), want, "{name}");
+    }
+    // A misspelt template name is an error that lists the real names.
+    let set = load(&templates_file(&root, "super_glue/rte")).unwrap();
+    let e = set
+        .select(&Selection {
+            ignore: vec!["can we infers".into()],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no template named \"can we infers\"") && e.contains("\"can we infer\""), "{e}");
+}
+
+/// Every template of the 36 held-in P3 datasets parses (promptsource 0.2.3 has 302).
+#[test]
+fn held_in_template_sets_parse() {
+    let root = promptsource_root();
+    let names = [
+        "ag_news", "amazon_polarity", "cosmos_qa", "samsum", "quartz", "ropes", "wiki_bio", "paws/labeled_final",
+        "wiki_qa", "social_i_qa", "qasc", "quail", "dream", "wiqa", "quarel", "sciq", "quoref",
+        "duorc/ParaphraseRC", "rotten_tomatoes", "yelp_review_full", "common_gen", "gigaword", "xsum",
+        "glue/mrpc", "glue/qqp", "commonsense_qa", "cos_e/v1.11", "wiki_hop/original", "hotpot_qa/fullwiki",
+        "app_reviews", "trec", "multi_news", "imdb", "adversarial_qa/adversarialQA", "cnn_dailymail/3.0.0",
+        "dbpedia_14",
+    ];
+    let mut total = 0;
+    for n in names {
+        let set = load(&templates_file(&root, n)).unwrap();
+        assert!(!set.templates.is_empty(), "{n}");
+        total += set.templates.len();
+    }
+    assert_eq!(total, 302);
+}
+
+fn bb(task: &str) -> std::path::PathBuf {
+    support::test_data(&format!("bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json"))
+}
+
+#[test]
+fn bigbench_tasks_read_as_the_paper_formats_them() {
+    let ex = read_task(&bb("strategyqa")).unwrap();
+    assert_eq!(ex.len(), 2290);
+    assert_eq!(ex[0].choices, vec!["Yes", "No"]);
+    assert_eq!(ex[0].target, "Yes");
+    assert!(ex[0].input.starts_with("\nQ: Is it common to see frost during some college commencements?"));
+    assert!(ex[0].input.ends_with("\nA: \nAnswer:"), "{:?}", ex[0].input);
+
+    // Generation with several accepted answers.
+    let ex = read_task(&bb("object_counting")).unwrap();
+    assert_eq!(ex.len(), 1000);
+    assert!(ex[0].choices.is_empty());
+    assert_eq!(ex[0].accepted(), vec!["three", "3"]);
+
+    // A parent task: every sub-task (every object count), in name order.
+    let ex = read_task(&bb("logical_deduction")).unwrap();
+    assert_eq!(ex.len(), 300 + 500 + 700);
+    assert!(ex.iter().all(|e| e.answer_index().is_some()));
+    let ex = read_task(&bb("bbq_lite_json")).unwrap();
+    assert!(ex.len() > 10_000, "{}", ex.len());
+}
