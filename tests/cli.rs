@@ -23,7 +23,7 @@ fn check_reports_success_and_every_error_with_exit_1() {
     let ok = goosepipe(&["check", GOLDEN], t.path());
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
     assert!(
-        text(&ok.stdout).contains("is valid: 1 files, 15 steps"),
+        text(&ok.stdout).contains("is valid: 1 files, 17 steps"),
         "{}",
         text(&ok.stdout)
     );
@@ -45,8 +45,8 @@ fn plan_json_and_check_cached_for_ci() {
     let out = goosepipe(&["plan", GOLDEN, "--json"], t.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(j["summary"]["steps"], 15);
-    assert_eq!(j["summary"]["to_run"], 15);
+    assert_eq!(j["summary"]["steps"], 17);
+    assert_eq!(j["summary"]["to_run"], 17);
     let first = &j["steps"][0];
     assert_eq!(first["id"], "model:base");
     assert_eq!(first["state"], "stale");

@@ -16,16 +16,26 @@ fn promptsource_root() -> std::path::PathBuf {
 #[test]
 fn promptsource_rendering_matches_jinja2() {
     let root = promptsource_root();
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/promptsource/rendered.json")).unwrap();
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/promptsource/rendered.json")).unwrap();
     let r = Renderer::default();
     let mut checked = 0;
     for case in fixture["rendered"].as_array().unwrap() {
         let set_name = case["templates"].as_str().unwrap();
         let set = load(&templates_file(&root, set_name)).unwrap();
-        let t = set.templates.iter().find(|t| t.name == case["template"].as_str().unwrap()).unwrap();
-        let row = fixture["rows"][set_name][case["row"].as_u64().unwrap() as usize].as_object().unwrap();
-        let parts: Vec<&str> = case["parts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let t = set
+            .templates
+            .iter()
+            .find(|t| t.name == case["template"].as_str().unwrap())
+            .unwrap();
+        let row = fixture["rows"][set_name][case["row"].as_u64().unwrap() as usize]
+            .as_object()
+            .unwrap();
+        let parts: Vec<&str> = case["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
         let got = r.apply(t, row, 0).unwrap();
         let what = format!("{set_name} / {}", t.name);
         match parts.as_slice() {
@@ -83,7 +93,10 @@ fn t0_held_out_original_task_template_counts() {
         })
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no template named \"can we infers\"") && e.contains("\"can we infer\""), "{e}");
+    assert!(
+        e.contains("no template named \"can we infers\"") && e.contains("\"can we infer\""),
+        "{e}"
+    );
 }
 
 /// Every template of the 36 held-in P3 datasets parses (promptsource 0.2.3 has 302).
@@ -91,11 +104,41 @@ fn t0_held_out_original_task_template_counts() {
 fn held_in_template_sets_parse() {
     let root = promptsource_root();
     let names = [
-        "ag_news", "amazon_polarity", "cosmos_qa", "samsum", "quartz", "ropes", "wiki_bio", "paws/labeled_final",
-        "wiki_qa", "social_i_qa", "qasc", "quail", "dream", "wiqa", "quarel", "sciq", "quoref",
-        "duorc/ParaphraseRC", "rotten_tomatoes", "yelp_review_full", "common_gen", "gigaword", "xsum",
-        "glue/mrpc", "glue/qqp", "commonsense_qa", "cos_e/v1.11", "wiki_hop/original", "hotpot_qa/fullwiki",
-        "app_reviews", "trec", "multi_news", "imdb", "adversarial_qa/adversarialQA", "cnn_dailymail/3.0.0",
+        "ag_news",
+        "amazon_polarity",
+        "cosmos_qa",
+        "samsum",
+        "quartz",
+        "ropes",
+        "wiki_bio",
+        "paws/labeled_final",
+        "wiki_qa",
+        "social_i_qa",
+        "qasc",
+        "quail",
+        "dream",
+        "wiqa",
+        "quarel",
+        "sciq",
+        "quoref",
+        "duorc/ParaphraseRC",
+        "rotten_tomatoes",
+        "yelp_review_full",
+        "common_gen",
+        "gigaword",
+        "xsum",
+        "glue/mrpc",
+        "glue/qqp",
+        "commonsense_qa",
+        "cos_e/v1.11",
+        "wiki_hop/original",
+        "hotpot_qa/fullwiki",
+        "app_reviews",
+        "trec",
+        "multi_news",
+        "imdb",
+        "adversarial_qa/adversarialQA",
+        "cnn_dailymail/3.0.0",
         "dbpedia_14",
     ];
     let mut total = 0;
@@ -108,7 +151,9 @@ fn held_in_template_sets_parse() {
 }
 
 fn bb(task: &str) -> std::path::PathBuf {
-    support::test_data(&format!("bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json"))
+    support::test_data(&format!(
+        "bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json"
+    ))
 }
 
 #[test]
@@ -117,7 +162,11 @@ fn bigbench_tasks_read_as_the_paper_formats_them() {
     assert_eq!(ex.len(), 2290);
     assert_eq!(ex[0].choices, vec!["Yes", "No"]);
     assert_eq!(ex[0].target, "Yes");
-    assert!(ex[0].input.starts_with("\nQ: Is it common to see frost during some college commencements?"));
+    assert!(
+        ex[0]
+            .input
+            .starts_with("\nQ: Is it common to see frost during some college commencements?")
+    );
     assert!(ex[0].input.ends_with("\nA: \nAnswer:"), "{:?}", ex[0].input);
 
     // Generation with several accepted answers.

@@ -19,7 +19,7 @@ fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
     let p = Project::new(BASE);
     let (code, _) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0);
-    assert_eq!(log.take().len(), 10, "first run builds every step");
+    assert_eq!(log.take().len(), 12, "first run builds every step");
 
     // Re-run: nothing to do.
     assert!(p.stale(&reg).is_empty());
@@ -36,7 +36,14 @@ fn adding_an_expert_runs_exactly_its_steps_the_pool_and_the_eval() {
         )
         .replace("experts \"a\" \"b\"", "experts \"a\" \"b\" \"x\"");
     p.write(&grown);
-    let expected = ids(&["dataset:x", "expert:x", "gate:x", "pool:p", "eval:e"]);
+    let expected = ids(&[
+        "dataset:x",
+        "tokenize:x",
+        "expert:x",
+        "gate:x",
+        "pool:p",
+        "eval:e",
+    ]);
     assert_eq!(p.stale(&reg), expected);
 
     // The reasons say why.

@@ -116,7 +116,7 @@ fn concurrent_runs_on_one_store_build_each_step_once() {
     let mut unique = ran.clone();
     unique.dedup();
     assert_eq!(ran, unique, "a step ran twice");
-    assert_eq!(ran.len(), 10);
+    assert_eq!(ran.len(), 12);
     assert!(p.stale(&reg).is_empty());
 }
 
@@ -239,7 +239,10 @@ fn only_and_until_select_a_sub_dag() {
         },
     );
     assert_eq!(code, 0);
-    assert_eq!(log.take(), vec!["dataset:a", "expert:a", "gate:a", "model:base"]);
+    assert_eq!(
+        log.take(),
+        vec!["dataset:a", "expert:a", "gate:a", "model:base", "tokenize:a"]
+    );
     let (code, _) = p.run(
         &reg,
         &RunOptions {

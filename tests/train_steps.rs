@@ -74,7 +74,7 @@ fn two_clean_runs_give_bitwise_identical_artifacts() {
         );
     }
     let (da, db) = (digests(a.path()), digests(b.path()));
-    assert_eq!(da.len(), 12);
+    assert_eq!(da.len(), 14);
     assert_eq!(da, db);
     // Training steps keep their loss curve and validation results.
     let store = Store::open(a.path().join("store")).unwrap();

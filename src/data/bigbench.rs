@@ -47,14 +47,22 @@ pub fn read_task(file: &Path) -> Result<Vec<Example>, DataError> {
     let input_prefix = str_field(&task, "example_input_prefix", "\nQ: ");
     let output_prefix = str_field(&task, "example_output_prefix", "\nA: ");
     let choice_prefix = str_field(&task, "choice_prefix", "\n  choice: ");
-    let append_choices = task.get("append_choices_to_input").and_then(Value::as_bool).unwrap_or(true);
+    let append_choices = task
+        .get("append_choices_to_input")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let mut out = Vec::with_capacity(examples.len());
     for (i, ex) in examples.iter().enumerate() {
         let bad = |reason: &str| DataError::Other(format!("{}: example {}: {reason}", file.display(), i + 1));
-        let input = ex.get("input").and_then(Value::as_str).ok_or_else(|| bad("no string `input`"))?;
+        let input = ex
+            .get("input")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no string `input`"))?;
         let mut text = input.to_string();
         let (target, choices, answers) = if let Some(scores) = ex.get("target_scores") {
-            let scores = scores.as_object().ok_or_else(|| bad("`target_scores` is not an object"))?;
+            let scores = scores
+                .as_object()
+                .ok_or_else(|| bad("`target_scores` is not an object"))?;
             let choices: Vec<String> = scores.keys().cloned().collect();
             let vals: Vec<f64> = scores.values().map(|v| v.as_f64().unwrap_or(0.0)).collect();
             let max = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

@@ -37,7 +37,9 @@ impl Example {
 
     /// Whether choice `i` is an acceptable answer.
     pub fn choice_is_right(&self, i: usize) -> bool {
-        self.choices.get(i).is_some_and(|c| self.accepted().contains(&c.as_str()))
+        self.choices
+            .get(i)
+            .is_some_and(|c| self.accepted().contains(&c.as_str()))
     }
 }
 

@@ -77,7 +77,10 @@ fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split:
     let commit = if is_commit(revision) {
         revision.to_string()
     } else {
-        std::fs::read_to_string(folder.join("refs").join(revision)).ok()?.trim().to_string()
+        std::fs::read_to_string(folder.join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_string()
     };
     let snap = folder.join("snapshots").join(&commit);
     let mut files = vec![];
@@ -134,28 +137,40 @@ pub fn split_files(
     let (tx, rx) = mpsc::channel();
     let (rev, cfg, spl) = (revision.to_string(), config.map(String::from), split.to_string());
     std::thread::spawn(move || {
-        let r = ds.list_tree().revision(rev.clone()).recursive(true).send().map(|entries| {
-            entries
-                .into_iter()
-                .filter_map(|e| match e {
-                    hf_hub::repository::RepoTreeEntry::File { path, .. } => Some(path),
-                    _ => None,
-                })
-                .filter(|p| matches(p, cfg.as_deref(), &spl))
-                .collect::<Vec<_>>()
-        });
+        let r = ds
+            .list_tree()
+            .revision(rev.clone())
+            .recursive(true)
+            .send()
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        hf_hub::repository::RepoTreeEntry::File { path, .. } => Some(path),
+                        _ => None,
+                    })
+                    .filter(|p| matches(p, cfg.as_deref(), &spl))
+                    .collect::<Vec<_>>()
+            });
         let _ = tx.send((r, ds));
     });
     let (listed, ds) = rx.recv_timeout(opts.timeout).map_err(|_| {
         err(
             repo,
             revision,
-            format!("{what}, and the hub did not answer within {} s", opts.timeout.as_secs()),
+            format!(
+                "{what}, and the hub did not answer within {} s",
+                opts.timeout.as_secs()
+            ),
         )
     })?;
     let mut names = listed.map_err(|e| match e {
         HFError::RepoNotFound { .. } => err(repo, revision, "no such dataset repo on the hub"),
-        e => err(repo, revision, format!("{what}, and listing the repo failed: {e}")),
+        e => err(
+            repo,
+            revision,
+            format!("{what}, and listing the repo failed: {e}"),
+        ),
     })?;
     names.sort();
     if names.is_empty() {
@@ -186,9 +201,17 @@ mod tests {
     #[test]
     fn split_layouts() {
         assert!(matches("rte/validation/0000.parquet", Some("rte"), "validation"));
-        assert!(matches("rte/super_glue-validation.parquet", Some("rte"), "validation"));
+        assert!(matches(
+            "rte/super_glue-validation.parquet",
+            Some("rte"),
+            "validation"
+        ));
         assert!(matches("data/train-00000-of-00002.parquet", None, "train"));
-        assert!(matches("boolean_expressions/train-00000-of-00001.parquet", Some("boolean_expressions"), "train"));
+        assert!(matches(
+            "boolean_expressions/train-00000-of-00001.parquet",
+            Some("boolean_expressions"),
+            "train"
+        ));
         assert!(!matches("rte/train/0000.parquet", Some("rte"), "validation"));
         assert!(!matches("cb/validation/0000.parquet", Some("rte"), "validation"));
         assert!(!matches("rte/validation/0000.parquet", None, "validation"));
@@ -217,7 +240,9 @@ mod tests {
         assert_eq!(f.commit, commit);
         assert_eq!(f.files.len(), 1);
         assert_eq!(std::fs::read(&f.files[0]).unwrap(), b"PAR1");
-        let e = split_files("org/ds", "main", Some("cfg"), "train", &opts).unwrap_err().to_string();
+        let e = split_files("org/ds", "main", Some("cfg"), "train", &opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("offline") && e.contains("datasets--org--ds"), "{e}");
     }
 }

@@ -24,9 +24,9 @@ fn text_of(v: &serde_json::Value) -> Option<String> {
 /// Maps one row to an example; the error is the reason, without the location.
 pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
     let get = |field: &str| -> Result<String, String> {
-        let v = obj
-            .get(field)
-            .ok_or_else(|| format!("no field \"{field}\" (set input-field= / target-field= on the dataset)"))?;
+        let v = obj.get(field).ok_or_else(|| {
+            format!("no field \"{field}\" (set input-field= / target-field= on the dataset)")
+        })?;
         text_of(v).ok_or_else(|| format!("field \"{field}\" is not a string"))
     };
     let input = get(f.input)?;
@@ -87,7 +87,9 @@ pub fn map_rows(source: &str, rows: &[Row], f: &Fields<'_>) -> Result<Vec<Exampl
     let out = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| map_row(r, f).map_err(|reason| DataError::Other(format!("{source}: row {}: {reason}", i + 1))))
+        .map(|(i, r)| {
+            map_row(r, f).map_err(|reason| DataError::Other(format!("{source}: row {}: {reason}", i + 1)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if out.is_empty() {
         return Err(DataError::Other(format!("{source} has no examples")));

@@ -9,5 +9,6 @@ pub mod promptsource;
 pub mod rows;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod tokens;
 
 pub use example::{DataError, Example, read_jsonl, write_jsonl};

@@ -74,10 +74,11 @@ pub fn find_root(explicit: Option<&Path>) -> Result<PathBuf, DataError> {
         None => std::env::var_os("GOOSEPIPE_PROMPTSOURCE")
             .map(PathBuf::from)
             .into_iter()
-            .chain(
-                std::env::var_os("HOME")
-                    .map(|h| PathBuf::from(h).join(".cache/goosepipe").join(format!("promptsource-{VERSION}"))),
-            )
+            .chain(std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h)
+                    .join(".cache/goosepipe")
+                    .join(format!("promptsource-{VERSION}"))
+            }))
             .collect(),
     };
     for c in &candidates {
@@ -95,7 +96,11 @@ pub fn find_root(explicit: Option<&Path>) -> Result<PathBuf, DataError> {
         if candidates.is_empty() {
             "nowhere: HOME is unset".to_string()
         } else {
-            candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     )))
 }
@@ -177,7 +182,11 @@ impl TemplateSet {
                 return Err(DataError::Other(format!(
                     "{}: no template named {n:?}; it has: {}",
                     self.file.display(),
-                    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                    names
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -282,7 +291,10 @@ fn extra_methods(state: &mut State, value: &Value, method: &str, args: &[Value])
     match (value.kind(), method) {
         (ValueKind::Seq, "index") => {
             let [what] = args else {
-                return Err(Error::new(ErrorKind::InvalidOperation, "index() takes one argument"));
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "index() takes one argument",
+                ));
             };
             for (i, item) in value.try_iter()?.enumerate() {
                 if item == *what {
@@ -296,9 +308,15 @@ fn extra_methods(state: &mut State, value: &Value, method: &str, args: &[Value])
         }
         (ValueKind::String, "index") => {
             let [what] = args else {
-                return Err(Error::new(ErrorKind::InvalidOperation, "index() takes one argument"));
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "index() takes one argument",
+                ));
             };
-            let (s, w) = (value.as_str().unwrap_or_default(), what.as_str().unwrap_or_default());
+            let (s, w) = (
+                value.as_str().unwrap_or_default(),
+                what.as_str().unwrap_or_default(),
+            );
             match s.find(w) {
                 Some(b) => Ok(Value::from(s[..b].chars().count())),
                 None => Err(Error::new(ErrorKind::InvalidOperation, "substring not found")),
@@ -312,14 +330,18 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_unknown_method_callback(extra_methods);
     env.set_formatter(|out, _state, value| {
-        out.write_str(&py_str(value)).map_err(|e| Error::new(ErrorKind::WriteFailure, e.to_string()))
+        out.write_str(&py_str(value))
+            .map_err(|e| Error::new(ErrorKind::WriteFailure, e.to_string()))
     });
     env.add_filter("string", |v: Value| py_str(&v));
     env.add_filter("truncate", |s: String, n: Option<usize>| truncate(s, n));
     env.add_filter("choice", |v: Value| -> Result<Value, Error> {
         let items: Vec<Value> = v.try_iter()?.collect();
         if items.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidOperation, "choice() of an empty sequence"));
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "choice() of an empty sequence",
+            ));
         }
         let i = CHOICE_RNG.with(|r| r.borrow_mut().random_range(0..items.len()));
         Ok(items[i].clone())
@@ -338,7 +360,11 @@ fn environment() -> Environment<'static> {
         }
         let max = counts.iter().map(|(_, c)| *c).max().unwrap_or(0);
         Ok(Value::from(
-            counts.into_iter().filter(|(_, c)| *c == max).map(|(k, _)| k).collect::<Vec<_>>(),
+            counts
+                .into_iter()
+                .filter(|(_, c)| *c == max)
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>(),
         ))
     });
     env.add_function("zip", |a: Value, b: Value| -> Result<Value, Error> {
@@ -367,13 +393,43 @@ impl Default for Renderer {
 fn protect(row: &serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
     row.iter()
         .map(|(k, v)| match v {
-            serde_json::Value::String(s) => (k.clone(), serde_json::Value::String(s.replace(PIPE, PIPE_PROTECTOR))),
+            serde_json::Value::String(s) => (
+                k.clone(),
+                serde_json::Value::String(s.replace(PIPE, PIPE_PROTECTOR)),
+            ),
             other => (k.clone(), other.clone()),
         })
         .collect()
 }
 
+/// The template's Jinja with apply's truncation added to every `}}`.
+fn truncating(jinja: &str) -> String {
+    jinja.replace("}}", &format!(" | string | truncate({TRUNCATE}) }}}}"))
+}
+
 impl Renderer {
+    /// Compiles `t` once, so that rendering it on many rows does not re-parse it.
+    pub fn prepare(&mut self, t: &Template) -> Result<(), DataError> {
+        self.env
+            .add_template_owned(format!("{}:jinja", t.id), truncating(&t.jinja))
+            .map_err(|e| render_err(t, "jinja", e))?;
+        if let Some(c) = &t.answer_choices {
+            self.env
+                .add_template_owned(format!("{}:answer_choices", t.id), c.clone())
+                .map_err(|e| render_err(t, "answer_choices", e))?;
+        }
+        Ok(())
+    }
+
+    /// Renders part `what` of `t` (prepared, else parsed now).
+    fn render(&self, t: &Template, what: &str, source: &str, ctx: Value) -> Result<String, DataError> {
+        match self.env.get_template(&format!("{}:{what}", t.id)) {
+            Ok(tpl) => tpl.render(ctx),
+            Err(_) => self.env.render_str(source, ctx),
+        }
+        .map_err(|e| render_err(t, what, e))
+    }
+
     /// The answer choices of `t` for `row` (None when the template has none).
     pub fn answer_choices(
         &self,
@@ -383,12 +439,11 @@ impl Renderer {
         let Some(expr) = &t.answer_choices else {
             return Ok(None);
         };
-        let out = self
-            .env
-            .render_str(expr, Value::from(Serde(&protect(row))))
-            .map_err(|e| render_err(t, "answer_choices", e))?;
+        let out = self.render(t, "answer_choices", expr, Value::from(Serde(&protect(row))))?;
         Ok(Some(
-            out.split(PIPE).map(|c| c.trim().replace(PIPE_PROTECTOR, PIPE)).collect(),
+            out.split(PIPE)
+                .map(|c| c.trim().replace(PIPE_PROTECTOR, PIPE))
+                .collect(),
         ))
     }
 
@@ -409,7 +464,6 @@ impl Renderer {
         }
         CHOICE_RNG.with(|r| *r.borrow_mut() = ChaCha8Rng::seed_from_u64(seed));
         let choices = self.answer_choices(t, row)?;
-        let jinja = t.jinja.replace("}}", &format!(" | string | truncate({TRUNCATE}) }}}}"));
         let mut ctx = protect(row);
         ctx.insert(
             "answer_choices".into(),
@@ -418,8 +472,11 @@ impl Renderer {
                 None => serde_json::Value::Null,
             },
         );
-        let out = self.env.render_str(&jinja, Value::from(Serde(&ctx))).map_err(|e| render_err(t, "jinja", e))?;
-        let parts: Vec<String> = out.split(PIPE).map(|p| p.replace(PIPE_PROTECTOR, PIPE).trim().to_string()).collect();
+        let out = self.render(t, "jinja", &truncating(&t.jinja), Value::from(Serde(&ctx)))?;
+        let parts: Vec<String> = out
+            .split(PIPE)
+            .map(|p| p.replace(PIPE_PROTECTOR, PIPE).trim().to_string())
+            .collect();
         let (input, target) = match parts.as_slice() {
             [input, target] => (input.clone(), target.clone()),
             _ => return Ok(None),
@@ -441,7 +498,10 @@ impl Renderer {
 }
 
 fn render_err(t: &Template, what: &str, e: Error) -> DataError {
-    DataError::Other(format!("template {:?} ({}): {what} failed to render: {e}", t.name, t.id))
+    DataError::Other(format!(
+        "template {:?} ({}): {what} failed to render: {e}",
+        t.name, t.id
+    ))
 }
 
 /// The seed of one (row, template) pair: stable across runs and thread counts.
@@ -479,14 +539,26 @@ mod tests {
             Some("Yes ||| No"),
         );
         let ex = r
-            .apply(&t, &row(serde_json::json!({"premise": "A |||b", "hypothesis": "c", "label": 1})), 0)
+            .apply(
+                &t,
+                &row(serde_json::json!({"premise": "A |||b", "hypothesis": "c", "label": 1})),
+                0,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(ex.input, "A |||b Is \"c\" true?");
         assert_eq!(ex.target, "No");
         assert_eq!(ex.choices, vec!["Yes", "No"]);
         // Unlabeled rows give an empty target and are dropped.
-        assert!(r.apply(&t, &row(serde_json::json!({"premise": "p", "hypothesis": "h", "label": -1})), 0).unwrap().is_none());
+        assert!(
+            r.apply(
+                &t,
+                &row(serde_json::json!({"premise": "p", "hypothesis": "h", "label": -1})),
+                0
+            )
+            .unwrap()
+            .is_none()
+        );
     }
 
     #[test]
@@ -497,15 +569,28 @@ mod tests {
             None,
         );
         let ex = r
-            .apply(&t, &row(serde_json::json!({"words": "A Big cat", "opts": ["a", "b"], "flag": true, "none": null})), 0)
+            .apply(
+                &t,
+                &row(
+                    serde_json::json!({"words": "A Big cat", "opts": ["a", "b"], "flag": true, "none": null}),
+                ),
+                0,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(ex.input, "big 1 True None ['a', 'b']");
         assert_eq!(ex.target, "a, b");
         let long = "word ".repeat(600);
         let t = tpl("{{ text }} ||| x", None);
-        let ex = r.apply(&t, &row(serde_json::json!({"text": long})), 0).unwrap().unwrap();
-        assert!(ex.input.ends_with("word..."), "{}", &ex.input[ex.input.len() - 20..]);
+        let ex = r
+            .apply(&t, &row(serde_json::json!({"text": long})), 0)
+            .unwrap()
+            .unwrap();
+        assert!(
+            ex.input.ends_with("word..."),
+            "{}",
+            &ex.input[ex.input.len() - 20..]
+        );
         assert!(ex.input.chars().count() <= 2048);
     }
 
@@ -514,8 +599,12 @@ mod tests {
         let r = Renderer::default();
         let t = tpl("{{ [\"a\", \"b\", \"c\", \"d\", \"e\"] | choice }} ||| x", None);
         let row = row(serde_json::json!({}));
-        let a: Vec<String> = (0..20).map(|s| r.apply(&t, &row, s).unwrap().unwrap().input).collect();
-        let b: Vec<String> = (0..20).map(|s| r.apply(&t, &row, s).unwrap().unwrap().input).collect();
+        let a: Vec<String> = (0..20)
+            .map(|s| r.apply(&t, &row, s).unwrap().unwrap().input)
+            .collect();
+        let b: Vec<String> = (0..20)
+            .map(|s| r.apply(&t, &row, s).unwrap().unwrap().input)
+            .collect();
         assert_eq!(a, b);
         assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 1);
     }

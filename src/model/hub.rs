@@ -27,7 +27,9 @@ impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
             cache_dir: None,
-            offline: false,
+            // huggingface_hub's switch: set, the cache is all there is.
+            offline: std::env::var("HF_HUB_OFFLINE")
+                .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes")),
             timeout: Duration::from_secs(60),
         }
     }

@@ -2,12 +2,13 @@
 //!
 //! model M        -> model:M
 //! dataset D      -> dataset:D
-//! expert E       -> expert:E (model, data) and gate:E (model, expert, data)
+//! expert E       -> tokenize:D (model, dataset D), expert:E (model, data = tokenize:D)
+//!                   and gate:E (model, expert, data = tokenize:D)
 //! pool P         -> pool:P (expert:E and gate:E of every member)
 //! eval V         -> eval:V (model, pool, task datasets, per-method baseline steps)
-//!   average-activation -> average-activation:E per member (model, expert, data)
+//!   average-activation -> average-activation:E per member (model, expert, data = tokenize:D)
 //!   retrieval          -> retrieval-index:E per member (data)
-//!   multitask          -> multitask:P (model, every member's data)
+//!   multitask          -> multitask:P (model, every member's tokenize:D)
 //!
 //! Per-expert steps (gate, average activation, retrieval index) depend only on that
 //! expert, never on the pool, so growing a pool never rebuilds them.
@@ -228,6 +229,7 @@ fn kind_rank(kind: &str) -> usize {
     const ORDER: &[&str] = &[
         "model",
         "dataset",
+        "tokenize",
         "expert",
         "gate",
         "average-activation",
@@ -395,9 +397,12 @@ impl Lowerer<'_> {
 
     fn expert(&mut self, e: &Entity) {
         let model = format!("model:{}", e.block.str("model").unwrap_or_default());
-        let data = format!("dataset:{}", e.block.str("dataset").unwrap_or_default());
         let mut x = Proto::new("expert", &e.name, Some(e.name_loc));
         x.absorb(self.collect(e, Some(&["lora", "train", "resources"])));
+        let data = self.tokens(
+            e.block.str("dataset").unwrap_or_default(),
+            e.block.str("model").unwrap_or_default(),
+        );
         x.inputs = vec![("model".into(), model.clone()), ("data".into(), data.clone())];
         let expert_id = self.push(x, &e.name);
         let mut g = Proto::new("gate", &e.name, Some(e.name_loc));
@@ -408,6 +413,17 @@ impl Lowerer<'_> {
             ("data".into(), data),
         ];
         self.push(g, &e.name);
+    }
+
+    /// The `tokenize` step of (dataset, model): one per pair, shared by every trainer.
+    fn tokens(&mut self, dataset: &str, model: &str) -> String {
+        let loc = self.manifest.entity("dataset", dataset).map(|d| d.name_loc);
+        let mut t = Proto::new("tokenize", dataset, loc);
+        t.inputs = vec![
+            ("model".into(), format!("model:{model}")),
+            ("data".into(), format!("dataset:{dataset}")),
+        ];
+        self.push(t, model)
     }
 
     fn pool(&mut self, e: &Entity) {
@@ -576,13 +592,11 @@ impl Lowerer<'_> {
                     for m in &members {
                         let mut a = Proto::new("average-activation", &m.name, Some(m.name_loc));
                         a.params.insert("examples".into(), rint("activation-examples"));
+                        let data = self.tokens(m.block.str("dataset").unwrap_or_default(), &model);
                         a.inputs = vec![
                             ("model".into(), format!("model:{model}")),
                             ("expert".into(), format!("expert:{}", m.name)),
-                            (
-                                "data".into(),
-                                format!("dataset:{}", m.block.str("dataset").unwrap_or_default()),
-                            ),
+                            ("data".into(), data),
                         ];
                         let id = self.push(a, &e.name);
                         v.inputs.push((format!("average-activation:{}", m.name), id));
@@ -616,7 +630,8 @@ impl Lowerer<'_> {
                     datasets.sort();
                     datasets.dedup();
                     for d in datasets {
-                        a.inputs.push((format!("data:{d}"), format!("dataset:{d}")));
+                        let t = self.tokens(d, &model);
+                        a.inputs.push((format!("data:{d}"), t));
                     }
                     let id = self.push(a, &e.name);
                     v.inputs.push(("multitask".into(), id));

@@ -8,11 +8,11 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::dataset::{EXAMPLES, VALIDATION};
+use super::dataset::{EXAMPLES, TRAIN, VALIDATION};
 use crate::data::{Example, read_jsonl};
 use crate::exec::{InputArtifact, StepContext, StepError};
 use crate::model::{T5Config, T5Model};
-use crate::train::{Monitor, Pair, TrainError};
+use crate::train::{Monitor, TrainError};
 
 /// Where a `model` artifact's weights live. Pipeline-built models keep their files in
 /// the artifact; hub and local models point at their folder (the lockfile pins them).
@@ -84,9 +84,16 @@ pub fn load_base(ctx: &StepContext, device: &Device) -> Result<Base, StepError> 
     })
 }
 
+/// A dataset artifact's training and validation examples (training: the split minus
+/// the held-back slice when one was held back).
 pub fn examples(input: &InputArtifact) -> Result<(Vec<Example>, Vec<Example>), StepError> {
     let r = |name: &str| read_jsonl(&input.files.join(name)).map_err(fail);
-    Ok((r(EXAMPLES)?, r(VALIDATION)?))
+    let train = if input.files.join(TRAIN).is_file() {
+        TRAIN
+    } else {
+        EXAMPLES
+    };
+    Ok((r(train)?, r(VALIDATION)?))
 }
 
 /// Token ids of `text` with the tokenizer's post-processing (T5: EOS appended).
@@ -96,31 +103,6 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, StepError> {
         .map_err(|e| fail(format!("tokenizer: {e}")))?
         .get_ids()
         .to_vec())
-}
-
-/// Input/target pairs, truncated to the length limits; targets end with EOS.
-pub fn pairs(
-    tok: &Tokenizer,
-    ex: &[Example],
-    max_in: usize,
-    max_tgt: usize,
-    eos: u32,
-) -> Result<Vec<Pair>, StepError> {
-    ex.iter()
-        .map(|e| {
-            let mut target = encode(tok, &e.target)?;
-            if target.last() != Some(&eos) {
-                target.push(eos);
-            }
-            let input = encode(tok, &e.input)?;
-            Ok(crate::train::batches::truncate(
-                Pair { input, target },
-                max_in,
-                max_tgt,
-                eos,
-            ))
-        })
-        .collect()
 }
 
 /// The engine's progress bar and Ctrl-C flag, as the training loop sees them.

@@ -1,21 +1,33 @@
 //! The `dataset` step: materializes a dataset node as JSON Lines of examples.
 //!
-//! Output: `examples.jsonl` (the node's `split`) and `validation.jsonl` (its
-//! `validation-split`, or a held-back slice of the examples when it has none).
+//! Output:
+//! - `examples.jsonl`: every example of the node's `split` (what eval tasks score);
+//! - `validation.jsonl`: the `validation-split`, or a held-back 10% of the split;
+//! - `train.jsonl`: the split minus the held-back slice (only when one was held back;
+//!   training reads it, else `examples.jsonl`);
+//! - `data.json`: where the rows came from (hub commit, files, templates, counts).
+
+use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
-use crate::data::local::{Fields, read_jsonl_mapped};
-use crate::data::{Example, synthetic, write_jsonl};
+use crate::data::local::{Fields, map_rows, read_jsonl_mapped};
+use crate::data::promptsource::{self, Renderer, Selection};
+use crate::data::rows::{Row, read_parquet_rows, read_rows};
+use crate::data::{Example, bigbench, hub, synthetic, write_jsonl};
 use crate::exec::{StepContext, StepError, StepRunner};
+use crate::model::hub::HubOptions;
 use crate::store::External;
 
 pub struct DatasetStep;
 
 pub const EXAMPLES: &str = "examples.jsonl";
+pub const TRAIN: &str = "train.jsonl";
 pub const VALIDATION: &str = "validation.jsonl";
+pub const DATA_JSON: &str = "data.json";
 
 fn p_str<'a>(ctx: &'a StepContext, k: &str) -> Option<&'a str> {
     ctx.param(k).and_then(|v| v.as_str())
@@ -23,6 +35,17 @@ fn p_str<'a>(ctx: &'a StepContext, k: &str) -> Option<&'a str> {
 
 fn p_u64(ctx: &StepContext, k: &str) -> Option<u64> {
     ctx.param(k).and_then(|v| v.as_u64())
+}
+
+fn p_strings(ctx: &StepContext, k: &str) -> Vec<String> {
+    ctx.param(k)
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+fn fail(e: impl std::fmt::Display) -> StepError {
+    StepError::msg(e.to_string())
 }
 
 /// A seeded sample of `n` examples (order preserved), for `max-examples`.
@@ -44,21 +67,185 @@ fn cap(mut ex: Vec<Example>, n: Option<u64>, seed: u64) -> Vec<Example> {
     out
 }
 
-/// Holds back a deterministic 10% (at least one example) for validation.
-fn hold_back(ex: Vec<Example>, seed: u64) -> (Vec<Example>, Vec<Example>) {
+/// Splits off a deterministic 10% (at least one example) for validation.
+fn hold_back(ex: &[Example], seed: u64) -> (Vec<Example>, Vec<Example>) {
     let n_val = (ex.len() / 10).max(1).min(ex.len().saturating_sub(1));
     let mut idx: Vec<usize> = (0..ex.len()).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed));
     let val: std::collections::BTreeSet<usize> = idx.into_iter().take(n_val).collect();
     let (mut train, mut valid) = (vec![], vec![]);
-    for (i, e) in ex.into_iter().enumerate() {
+    for (i, e) in ex.iter().enumerate() {
         if val.contains(&i) {
-            valid.push(e)
+            valid.push(e.clone())
         } else {
-            train.push(e)
+            train.push(e.clone())
         }
     }
     (train, valid)
+}
+
+/// Where the rows came from, for `data.json`.
+#[derive(Default, serde::Serialize)]
+struct Provenance {
+    source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit: Option<String>,
+    files: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    templates: Vec<String>,
+    rows: usize,
+    /// (row, template) pairs rendered, and those dropped because the template yields
+    /// no target for the row (e.g. unlabeled rows) or fails on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pairs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<usize>,
+    examples: usize,
+    validation: usize,
+}
+
+/// Rows -> examples: through the templates when the node has them, else the field mapping.
+fn examples_of(
+    ctx: &StepContext,
+    label: &str,
+    rows: &[Row],
+    prov: &mut Provenance,
+) -> Result<Vec<Example>, StepError> {
+    prov.rows += rows.len();
+    if p_str(ctx, "templates.name").is_some() {
+        return render(ctx, rows, prov);
+    }
+    let fields = Fields {
+        input: p_str(ctx, "input-field").unwrap_or("input"),
+        target: p_str(ctx, "target-field").unwrap_or("target"),
+        choices: p_str(ctx, "choices-field").unwrap_or("choices"),
+    };
+    map_rows(label, rows, &fields).map_err(fail)
+}
+
+/// Every selected (row, template) pair, or a seeded sample of `max-pairs` of them.
+fn render(ctx: &StepContext, rows: &[Row], prov: &mut Provenance) -> Result<Vec<Example>, StepError> {
+    let name = p_str(ctx, "templates.name").unwrap_or_default();
+    let root = promptsource::find_root(None).map_err(fail)?;
+    let file = promptsource::templates_file(&root, name);
+    if !file.is_file() {
+        return Err(StepError::msg(format!(
+            "promptsource {} has no template set {name:?} (no {})",
+            promptsource::VERSION,
+            file.display()
+        )));
+    }
+    let set = promptsource::load(&file).map_err(fail)?;
+    let chosen = set
+        .select(&Selection {
+            original_task: ctx
+                .param("templates.original-task")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            include: p_strings(ctx, "templates.include"),
+            ignore: p_strings(ctx, "templates.ignore"),
+        })
+        .map_err(fail)?;
+    let mut r = Renderer::default();
+    for t in &chosen {
+        r.prepare(t).map_err(fail)?;
+    }
+    prov.templates = chosen.iter().map(|t| t.name.clone()).collect();
+    let seed = p_u64(ctx, "templates.seed").unwrap_or(42);
+    let n_t = chosen.len();
+    let total = rows.len() * n_t;
+    let picks: Vec<usize> = match p_u64(ctx, "templates.max-pairs").map(|m| m as usize) {
+        Some(m) if m < total => {
+            let mut p = rand::seq::index::sample(&mut ChaCha8Rng::seed_from_u64(seed), total, m).into_vec();
+            p.sort_unstable();
+            p
+        }
+        _ => (0..total).collect(),
+    };
+    ctx.progress.log(&format!(
+        "rendering {} (row, template) pairs: {} rows x {n_t} templates of {name}",
+        picks.len(),
+        rows.len()
+    ));
+    let rendered: Vec<Result<Option<Example>, String>> = picks
+        .par_iter()
+        .map(|&k| {
+            let (ri, ti) = (k / n_t, k % n_t);
+            r.apply(chosen[ti], &rows[ri], promptsource::pair_seed(seed, ri, ti))
+                .map_err(|e| format!("row {}: {e}", ri + 1))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(rendered.len());
+    let mut first_err = None;
+    for x in rendered {
+        match x {
+            Ok(Some(e)) => out.push(e),
+            Ok(None) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    prov.pairs = Some(prov.pairs.unwrap_or(0) + picks.len());
+    prov.dropped = Some(prov.dropped.unwrap_or(0) + picks.len() - out.len());
+    if out.is_empty() {
+        return Err(StepError::msg(format!(
+            "the templates of {name} yield no example on these rows{}",
+            first_err
+                .map(|e| format!(" (first failure: {e})"))
+                .unwrap_or_default()
+        )));
+    }
+    if let Some(e) = first_err {
+        ctx.progress.log(&format!(
+            "some pairs failed to render and were dropped; first: {e}"
+        ));
+    }
+    Ok(out)
+}
+
+/// Rows of a hub split (splits joined with `+` are concatenated); pins the commit.
+fn hub_rows(
+    ctx: &StepContext,
+    ext: &External,
+    split: &str,
+    prov: &mut Provenance,
+) -> Result<Vec<Row>, StepError> {
+    let External::Hub { repo, revision, .. } = ext else {
+        return Ok(vec![]);
+    };
+    let name = ext.lock_name();
+    // A pinned commit wins over a moving branch: reruns read the same bytes.
+    let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
+    let opts = HubOptions::default();
+    let config = p_str(ctx, "config");
+    let mut rows = vec![];
+    for s in split.split('+') {
+        let f = hub::split_files(repo, &rev, config, s, &opts).map_err(fail)?;
+        ctx.pin(&name, &f.commit)?;
+        prov.commit = Some(f.commit.clone());
+        let snapshot = format!("snapshots/{}/", f.commit);
+        for file in &f.files {
+            // Repo-relative names: the artifact must not depend on where the cache is.
+            let shown = file.display().to_string();
+            prov.files.push(match shown.split_once(&snapshot) {
+                Some((_, rel)) => rel.to_string(),
+                None => shown.clone(),
+            });
+            rows.extend(read_parquet_rows(file).map_err(fail)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// A BIG-bench external may name the task folder or its task.json.
+fn task_json(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_dir() {
+        p.join("task.json")
+    } else {
+        p.to_path_buf()
+    }
 }
 
 impl StepRunner for DatasetStep {
@@ -70,8 +257,11 @@ impl StepRunner for DatasetStep {
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let split = p_str(ctx, "split").unwrap_or("train");
-        let max = p_u64(ctx, "max-examples");
+        let val_split = p_str(ctx, "validation-split");
+        let ext = |role: &str| ctx.spec.externals.iter().find(|e| e.role() == role);
+        let mut prov = Provenance::default();
         let (examples, validation) = if let Some(task) = p_str(ctx, "synthetic.task") {
+            prov.source = format!("synthetic:{task}");
             let n = p_u64(ctx, "synthetic.examples").unwrap_or(2000) as usize;
             let seed = p_u64(ctx, "synthetic.seed").unwrap_or(0);
             let choice = p_str(ctx, "synthetic.format") == Some("choice");
@@ -83,35 +273,77 @@ impl StepRunner for DatasetStep {
                     ))
                 })
             };
-            let val_split = p_str(ctx, "validation-split").unwrap_or("validation");
-            (make(split, n)?, make(val_split, (n / 10).max(32))?)
-        } else if let Some(External::Path { path, .. }) =
-            ctx.spec.externals.iter().find(|e| e.role() == "path")
-        {
-            let fields = Fields {
-                input: p_str(ctx, "input-field").unwrap_or("input"),
-                target: p_str(ctx, "target-field").unwrap_or("target"),
-                choices: p_str(ctx, "choices-field").unwrap_or("choices"),
+            (
+                make(split, n)?,
+                Some(make(val_split.unwrap_or("validation"), (n / 10).max(32))?),
+            )
+        } else if let Some(External::Path { path, display, .. }) = ext("bigbench") {
+            prov.source = "bigbench".into();
+            prov.files.push(display.clone());
+            (bigbench::read_task(&task_json(path)).map_err(fail)?, None)
+        } else if let Some(h) = ext("hub") {
+            prov.source = format!("hub:{}", h.identity());
+            let rows = hub_rows(ctx, h, split, &mut prov)?;
+            let examples = examples_of(ctx, split, &rows, &mut prov)?;
+            let validation = match val_split {
+                Some(v) => {
+                    let rows = hub_rows(ctx, h, v, &mut prov)?;
+                    Some(examples_of(ctx, v, &rows, &mut prov)?)
+                }
+                None => None,
             };
-            let all = read_jsonl_mapped(std::path::Path::new(path), &fields)
-                .map_err(|e| StepError::msg(e.to_string()))?;
-            hold_back(all, 0)
+            (examples, validation)
+        } else if let Some(External::Path { path, display, .. }) = ext("path") {
+            prov.source = "path".into();
+            prov.files.push(display.clone());
+            let p = Path::new(path);
+            let is_jsonl = matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("jsonl") | Some("ndjson")
+            );
+            if is_jsonl && p_str(ctx, "templates.name").is_none() {
+                // Line-accurate errors for the common case.
+                let fields = Fields {
+                    input: p_str(ctx, "input-field").unwrap_or("input"),
+                    target: p_str(ctx, "target-field").unwrap_or("target"),
+                    choices: p_str(ctx, "choices-field").unwrap_or("choices"),
+                };
+                (read_jsonl_mapped(p, &fields).map_err(fail)?, None)
+            } else {
+                let rows = read_rows(p).map_err(fail)?;
+                (examples_of(ctx, path, &rows, &mut prov)?, None)
+            }
         } else {
             return Err(StepError::msg(format!(
-                "dataset {}: only synthetic and local JSONL datasets can be read by this build (hub, parquet and BIG-bench sources are not implemented yet)",
+                "dataset {} has no source (hub=, path=, bigbench= or synthetic)",
                 ctx.spec.name
             )));
         };
-        let examples = cap(examples, max, 0);
+        let examples = cap(examples, p_u64(ctx, "max-examples"), 0);
+        let (train, validation) = match validation {
+            Some(v) => (None, v),
+            None => {
+                let (t, v) = hold_back(&examples, 0);
+                (Some(t), v)
+            }
+        };
+        prov.examples = examples.len();
+        prov.validation = validation.len();
         ctx.progress.log(&format!(
             "{} examples, {} for validation",
             examples.len(),
             validation.len()
         ));
-        let w = |name: &str, ex: &[Example]| {
-            write_jsonl(&ctx.out.join(name), ex).map_err(|e| StepError::msg(e.to_string()))
-        };
+        let w = |name: &str, ex: &[Example]| write_jsonl(&ctx.out.join(name), ex).map_err(fail);
         w(EXAMPLES, &examples)?;
-        w(VALIDATION, &validation)
+        if let Some(t) = &train {
+            w(TRAIN, t)?;
+        }
+        w(VALIDATION, &validation)?;
+        std::fs::write(
+            ctx.out.join(DATA_JSON),
+            serde_json::to_vec_pretty(&prov).map_err(fail)?,
+        )?;
+        Ok(())
     }
 }

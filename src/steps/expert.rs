@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::common::{Base, CtxMonitor, device, examples, fail, load_base, pairs, train_err, write_metrics};
+use super::common::{Base, CtxMonitor, device, fail, load_base, train_err, write_metrics};
 use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::trainable::{gates_from, lora_expert_from, new_trainable_gates, new_trainable_lora};
 use crate::model::{LoraExpert, Seq2SeqBatch, T5Model};
@@ -76,31 +76,30 @@ fn fit(
     vars: &[(String, Var)],
     cfg: &TrainConfig,
 ) -> Result<crate::train::TrainOutcome, StepError> {
-    let (mut train_ex, mut valid_ex) = (vec![], vec![]);
+    // Token ids come from the datasets' `tokenize` steps; each trainer truncates them to
+    // its own length limits.
+    let eos = base.config().eos_token_id;
+    let cut = |p: crate::data::tokens::TokenPair| {
+        crate::train::batches::truncate(
+            Pair {
+                input: p.input,
+                target: p.target,
+            },
+            cfg.max_input_len,
+            cfg.max_target_len,
+            eos,
+        )
+    };
+    let (mut tp, mut vp) = (vec![], vec![]);
     for inp in ctx
         .inputs
         .iter()
         .filter(|i| i.role == "data" || i.role.starts_with("data:"))
     {
-        let (t, v) = examples(inp)?;
-        train_ex.extend(t);
-        valid_ex.extend(v);
+        let (t, v) = super::tokenize::read_tokens(inp)?;
+        tp.extend(t.into_iter().map(cut));
+        vp.extend(v.into_iter().map(cut));
     }
-    let eos = base.config().eos_token_id;
-    let tp = pairs(
-        &base.tokenizer,
-        &train_ex,
-        cfg.max_input_len,
-        cfg.max_target_len,
-        eos,
-    )?;
-    let vp = pairs(
-        &base.tokenizer,
-        &valid_ex,
-        cfg.max_input_len,
-        cfg.max_target_len,
-        eos,
-    )?;
     let mut obj = AdaptedModel { model: &base.model };
     let outcome = train(&mut obj, vars, &tp, &vp, cfg, &ctx.work, &CtxMonitor(ctx)).map_err(train_err)?;
     // Load the kept (best) weights back into the vars before snapshotting.

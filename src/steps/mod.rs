@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod eval;
 pub mod expert;
 pub mod model;
+pub mod tokenize;
 
 use std::sync::Arc;
 
@@ -16,13 +17,14 @@ use crate::exec::Registry;
 /// Every step kind the planner emits, with its implementation version.
 pub const VERSIONS: &[(&str, u32)] = &[
     ("model", 1),
-    ("dataset", 1),
-    ("expert", 1),
-    ("gate", 1),
+    ("dataset", 2),
+    ("tokenize", 1),
+    ("expert", 2),
+    ("gate", 2),
     ("pool", 1),
     ("average-activation", 1),
     ("retrieval-index", 1),
-    ("multitask", 1),
+    ("multitask", 2),
     ("eval", 1),
 ];
 
@@ -45,6 +47,7 @@ pub fn registry() -> Registry {
     }
     r.register(Arc::new(dataset::DatasetStep));
     r.register(Arc::new(model::ModelStep));
+    r.register(Arc::new(tokenize::TokenizeStep));
     r.register(Arc::new(expert::ExpertStep { kind: "expert" }));
     r.register(Arc::new(expert::ExpertStep { kind: "multitask" }));
     r.register(Arc::new(expert::GateStep));

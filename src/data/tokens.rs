@@ -1,0 +1,138 @@
+//! Tokenized examples on disk: one safetensors file holding, per split, the input and
+//! target token ids of every example as flat u32 arrays plus u64 offsets. Written once
+//! per (dataset, tokenizer) by the `tokenize` step and memory-read by every expert,
+//! gate and baseline trained on that dataset, so no step re-tokenizes another's data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use super::example::DataError;
+
+/// Token ids of one example: the input, and the target (ending with EOS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPair {
+    pub input: Vec<u32>,
+    pub target: Vec<u32>,
+}
+
+fn flat(seqs: impl Iterator<Item = Vec<u32>>) -> (Vec<u8>, Vec<u8>, usize, usize) {
+    let (mut ids, mut offs) = (Vec::new(), vec![0u8; 8]);
+    let (mut n_ids, mut n) = (0usize, 0usize);
+    for s in seqs {
+        for t in &s {
+            ids.extend_from_slice(&t.to_le_bytes());
+        }
+        n_ids += s.len();
+        n += 1;
+        offs.extend_from_slice(&(n_ids as u64).to_le_bytes());
+    }
+    (ids, offs, n_ids, n + 1)
+}
+
+/// Writes `splits` (name -> pairs) to `path`.
+pub fn write(path: &Path, splits: &BTreeMap<String, Vec<TokenPair>>) -> Result<(), DataError> {
+    let mut bufs: Vec<(String, Dtype, usize, Vec<u8>)> = vec![];
+    for (name, pairs) in splits {
+        for (part, seqs) in [
+            ("input", pairs.iter().map(|p| p.input.clone()).collect::<Vec<_>>()),
+            (
+                "target",
+                pairs.iter().map(|p| p.target.clone()).collect::<Vec<_>>(),
+            ),
+        ] {
+            let (ids, offs, n_ids, n_offs) = flat(seqs.into_iter());
+            bufs.push((format!("{name}.{part}.ids"), Dtype::U32, n_ids, ids));
+            bufs.push((format!("{name}.{part}.offsets"), Dtype::U64, n_offs, offs));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, d, len, b)| {
+            TensorView::new(*d, vec![*len], b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
+        })
+        .collect::<Result<_, _>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
+}
+
+fn seqs(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Vec<Vec<u32>>, DataError> {
+    let bad = |what: String| DataError::Other(format!("{}: {what}", file.display()));
+    let get = |n: String| st.tensor(&n).map_err(|e| bad(format!("{n}: {e}")));
+    let ids_t = get(format!("{name}.ids"))?;
+    let offs_t = get(format!("{name}.offsets"))?;
+    if ids_t.dtype() != Dtype::U32 || offs_t.dtype() != Dtype::U64 {
+        return Err(bad(format!("{name}: unexpected dtypes")));
+    }
+    let ids: Vec<u32> = ids_t
+        .data()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
+        .collect();
+    let offs: Vec<usize> = offs_t
+        .data()
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
+        .collect();
+    offs.windows(2)
+        .map(|w| {
+            ids.get(w[0]..w[1])
+                .map(<[u32]>::to_vec)
+                .ok_or_else(|| bad(format!("{name}: offsets out of range")))
+        })
+        .collect()
+}
+
+/// Reads one split written by [`write`].
+pub fn read(path: &Path, split: &str) -> Result<Vec<TokenPair>, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| DataError::Other(format!("{}: not a token file: {e}", path.display())))?;
+    let inputs = seqs(&st, &format!("{split}.input"), path)?;
+    let targets = seqs(&st, &format!("{split}.target"), path)?;
+    if inputs.len() != targets.len() {
+        return Err(DataError::Other(format!(
+            "{}: {split}: input and target counts differ",
+            path.display()
+        )));
+    }
+    Ok(inputs
+        .into_iter()
+        .zip(targets)
+        .map(|(input, target)| TokenPair { input, target })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("tokens.safetensors");
+        let mut m = BTreeMap::new();
+        let a = vec![
+            TokenPair {
+                input: vec![5, 6, 1],
+                target: vec![7, 1],
+            },
+            TokenPair {
+                input: vec![],
+                target: vec![1],
+            },
+        ];
+        m.insert("train".to_string(), a.clone());
+        m.insert("validation".to_string(), vec![]);
+        write(&f, &m).unwrap();
+        assert_eq!(read(&f, "train").unwrap(), a);
+        assert!(read(&f, "validation").unwrap().is_empty());
+        assert!(read(&f, "test").is_err());
+    }
+}

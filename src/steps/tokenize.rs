@@ -1,0 +1,65 @@
+//! The `tokenize` step: a dataset's training and validation examples as token ids of
+//! one model's tokenizer, untruncated (each trainer truncates to its own limits).
+//! One per (dataset, tokenizer): every expert, gate and multitask baseline trained on
+//! the dataset reads it, so adding an expert never re-tokenizes another one's data.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::common::{encode, examples, fail, model_dir};
+use crate::data::Example;
+use crate::data::tokens::{self, TokenPair};
+use crate::exec::{InputArtifact, StepContext, StepError, StepRunner};
+use crate::model::T5Config;
+
+pub struct TokenizeStep;
+
+pub const TOKENS: &str = "tokens.safetensors";
+
+fn encode_all(tok: &tokenizers::Tokenizer, ex: &[Example], eos: u32) -> Result<Vec<TokenPair>, StepError> {
+    ex.par_iter()
+        .map(|e| {
+            let mut target = encode(tok, &e.target)?;
+            if target.last() != Some(&eos) {
+                target.push(eos);
+            }
+            Ok(TokenPair {
+                input: encode(tok, &e.input)?,
+                target,
+            })
+        })
+        .collect()
+}
+
+impl StepRunner for TokenizeStep {
+    fn kind(&self) -> &'static str {
+        "tokenize"
+    }
+    fn version(&self) -> u32 {
+        super::version_of(self.kind())
+    }
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let dir = model_dir(ctx.input("model")?)?;
+        let tok = crate::model::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
+        let eos = T5Config::from_file(&dir.join("config.json"), None)
+            .map_err(fail)?
+            .eos_token_id;
+        let (train, valid) = examples(ctx.input("data")?)?;
+        ctx.progress
+            .log(&format!("tokenizing {} + {} examples", train.len(), valid.len()));
+        let mut splits = BTreeMap::new();
+        splits.insert("train".to_string(), encode_all(&tok, &train, eos)?);
+        splits.insert("validation".to_string(), encode_all(&tok, &valid, eos)?);
+        tokens::write(&ctx.out.join(TOKENS), &splits).map_err(fail)
+    }
+}
+
+/// The training and validation pairs of a `tokenize` artifact.
+pub fn read_tokens(input: &InputArtifact) -> Result<(Vec<TokenPair>, Vec<TokenPair>), StepError> {
+    let f = input.files.join(TOKENS);
+    Ok((
+        tokens::read(&f, "train").map_err(fail)?,
+        tokens::read(&f, "validation").map_err(fail)?,
+    ))
+}
