@@ -306,3 +306,68 @@ dataset "bb" path="bb.parquet" input-field="inputs" target-field="targets" choic
         "{err}"
     );
 }
+
+/// FLAN as the paper reads it: the `save_to_disk` Arrow file of one task folder in
+/// r-three/Phatgoose_flanv2_offline (from an offline HF cache), zero-shot template
+/// types only, empty targets dropped, and FLAN's numpy RandomState(1234) holdout.
+#[test]
+fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("hf");
+    let commit = "19f179d0000000000000000000000000000000ab";
+    let arrow = std::fs::read("tests/fixtures/data/flan-data.arrow").unwrap();
+    let folder = "FLANV2/Flan2021/number_words:1.0.0";
+    hf_cache_dataset(
+        &cache,
+        "r-three/Phatgoose_flanv2_offline",
+        "main",
+        commit,
+        &[
+            (&format!("{folder}/train/data-00000-of-00001.arrow"), &arrow),
+            (&format!("{folder}/train/state.json"), b"{}"),
+        ],
+    );
+    std::fs::write(
+        t.path().join("f.kdl"),
+        format!(
+            r#"dataset "numbers" hub="r-three/Phatgoose_flanv2_offline" config="{folder}" split="train" input-field="inputs" target-field="targets" keep-field="_template_type" drop-empty=#true holdout="flan" {{
+    keep-values "zs_opt" "zs_noopt"
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let store = t.path().join("store");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "f.kdl", "--store"])
+        .arg(&store)
+        .current_dir(t.path())
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = goosepipe::store::Store::open(&store).unwrap();
+    let plan = goosepipe::app::load_plan(
+        &t.path().join("f.kdl"),
+        &goosepipe::steps::registry(),
+        &st.hash_cache(),
+    )
+    .unwrap();
+    let files = st.files_dir(&plan.get("dataset:numbers").unwrap().spec.key);
+    let all = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
+    // 40 rows, 20 zero-shot, one with an empty target.
+    assert_eq!(all.len(), 19);
+    let valid = goosepipe::data::read_jsonl(&files.join("validation.jsonl")).unwrap();
+    let train = goosepipe::data::read_jsonl(&files.join("train.jsonl")).unwrap();
+    // numpy: RandomState(1234).choice(19, 19, replace=False)[0] == 3 -> the 4th kept row (i = 8).
+    assert_eq!(valid.len(), 1);
+    assert_eq!(valid[0].input, "Translate number 8 to words.");
+    assert_eq!(train.len(), 18);
+    assert!(!train.contains(&valid[0]));
+}

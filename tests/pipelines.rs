@@ -153,3 +153,52 @@ fn t0_checks_and_plans_offline() {
         .len();
     assert_eq!(methods, 9, "every method of the evaluation");
 }
+
+#[test]
+fn flan_checks_and_plans_offline() {
+    let check = goosepipe(&["check", "pipelines/flan.kdl"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let plan_out = goosepipe(&["plan", "pipelines/flan.kdl", "--json"]);
+    assert_eq!(
+        plan_out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plan_out.stderr)
+    );
+
+    let p = plan("pipelines/flan.kdl");
+    let k = kinds(&p);
+    assert_eq!(k["expert"], 166, "{k:?}");
+    assert_eq!(k["gate"], 166);
+    let members = p.get("pool:flan").unwrap().spec.params["members"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(members, 166);
+    // Its P3 experts are t0.kdl's, key for key: one store trains them once.
+    let t0 = plan("pipelines/t0.kdl");
+    for e in T0_HELD_IN {
+        let id = format!("expert:{e}");
+        assert_eq!(
+            p.get(&id).unwrap().spec.key,
+            t0.get(&id).unwrap().spec.key,
+            "{id}"
+        );
+    }
+    let d = &p.get("dataset:flan-niv2-paraphrasing").unwrap().spec.params;
+    assert_eq!(d["config"], "FLANV2/NIV2/Paraphrasing");
+    assert_eq!(d["holdout"], "flan");
+    let tasks = |eval: &str| {
+        p.get(eval).unwrap().spec.params["task"]
+            .as_object()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(tasks("eval:flan-bbh"), 22);
+    assert_eq!(tasks("eval:flan-bbl"), 17);
+}

@@ -1,4 +1,5 @@
-//! Hugging Face hub datasets: the parquet files of one (config, split) at a revision,
+//! Hugging Face hub datasets: the parquet (or `save_to_disk` Arrow) files of one
+//! (config, split) at a revision,
 //! from the standard HF cache (`datasets--org--name/{refs,snapshots,blobs}`), else
 //! downloaded into it. Works offline when the files are cached; the resolved commit is
 //! returned so the lockfile can pin it.
@@ -31,7 +32,8 @@ fn err(repo: &str, revision: &str, what: impl std::fmt::Display) -> DataError {
 /// Whether the repo-relative `path` is a parquet file of `split` in `config`.
 pub fn matches(path: &str, config: Option<&str>, split: &str) -> bool {
     split_config(path, split).is_some_and(|dirs| match config {
-        Some(c) => dirs.contains(&c),
+        // A config is one folder, or a folder path (FLANV2/NIV2/Paraphrasing).
+        Some(c) => dirs.contains(&c) || dirs.join("/") == c,
         None => dirs.iter().all(|d| *d == "data" || *d == "default"),
     })
 }
@@ -62,7 +64,9 @@ pub fn select(paths: &[String], config: Option<&str>, split: &str) -> Vec<String
 /// For a parquet file of `split`, the folders that name its config (the path's
 /// folders, less a trailing `SPLIT/` folder); None for files of other splits.
 fn split_config<'a>(path: &'a str, split: &str) -> Option<Vec<&'a str>> {
-    let stem = path.strip_suffix(".parquet")?;
+    let stem = path
+        .strip_suffix(".parquet")
+        .or_else(|| path.strip_suffix(".arrow"))?;
     let comps: Vec<&str> = stem.split('/').collect();
     let (dirs, file) = comps.split_at(comps.len() - 1);
     let file = file[0];
@@ -140,7 +144,7 @@ pub fn split_files(
         return Ok(found);
     }
     let what = format!(
-        "split `{split}`{} has no parquet files in the cache at {}",
+        "split `{split}`{} has no data files in the cache at {}",
         config.map(|c| format!(" of config `{c}`")).unwrap_or_default(),
         repo_folder(&cache, repo).display()
     );
@@ -206,7 +210,7 @@ pub fn split_files(
             repo,
             revision,
             format!(
-                "no parquet files for split `{split}`{} (for datasets without their own parquet, use revision=\"refs/convert/parquet\")",
+                "no parquet or arrow files for split `{split}`{} (for datasets without their own parquet, use revision=\"refs/convert/parquet\")",
                 config.map(|c| format!(" of config `{c}`")).unwrap_or_default()
             ),
         ));
@@ -244,6 +248,16 @@ mod tests {
         assert!(!matches("cb/validation/0000.parquet", Some("rte"), "validation"));
         assert!(!matches("rte/validation/0000.parquet", None, "validation"));
         assert!(!matches("data/train.jsonl", None, "train"));
+        assert!(matches(
+            "FLANV2/NIV2/Paraphrasing/train/data-00000-of-00001.arrow",
+            Some("FLANV2/NIV2/Paraphrasing"),
+            "train"
+        ));
+        assert!(!matches(
+            "FLANV2/NIV2/Paraphrasing/train/state.json",
+            Some("FLANV2/NIV2/Paraphrasing"),
+            "train"
+        ));
         let paths: Vec<String> = [
             "plain_text/test/0000.parquet",
             "plain_text/train/0000.parquet",

@@ -12,3 +12,4 @@ pub mod tokenizer;
 pub mod tokens;
 
 pub use example::{DataError, Example, read_jsonl, write_jsonl};
+pub use numpy_rng::permutation as numpy_permutation;

@@ -1,4 +1,4 @@
-//! Dataset rows as JSON objects, read from JSON Lines or parquet files. Rows are what
+//! Dataset rows as JSON objects, read from JSON Lines, parquet or Arrow stream files. Rows are what
 //! templates render and what field mappings pick from; they keep the source's types
 //! (a `label` column stays an integer, a nested `answers` column stays an object).
 
@@ -63,13 +63,89 @@ pub fn read_parquet_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     Ok(out)
 }
 
-/// Rows of a local data file, by extension (.jsonl / .json lines, .parquet).
+/// One value of an Arrow column as JSON (the types datasets' files hold).
+fn arrow_value(col: &dyn arrow_array::Array, i: usize) -> Result<serde_json::Value, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_schema::DataType as T;
+    use serde_json::Value as J;
+    if col.is_null(i) {
+        return Ok(J::Null);
+    }
+    Ok(match col.data_type() {
+        T::Utf8 => J::from(col.as_string::<i32>().value(i)),
+        T::LargeUtf8 => J::from(col.as_string::<i64>().value(i)),
+        T::Utf8View => J::from(col.as_string_view().value(i)),
+        T::Boolean => J::from(col.as_boolean().value(i)),
+        T::Int8 => J::from(col.as_primitive::<Int8Type>().value(i)),
+        T::Int16 => J::from(col.as_primitive::<Int16Type>().value(i)),
+        T::Int32 => J::from(col.as_primitive::<Int32Type>().value(i)),
+        T::Int64 => J::from(col.as_primitive::<Int64Type>().value(i)),
+        T::UInt8 => J::from(col.as_primitive::<UInt8Type>().value(i)),
+        T::UInt16 => J::from(col.as_primitive::<UInt16Type>().value(i)),
+        T::UInt32 => J::from(col.as_primitive::<UInt32Type>().value(i)),
+        T::UInt64 => J::from(col.as_primitive::<UInt64Type>().value(i)),
+        T::Float32 => J::from(col.as_primitive::<Float32Type>().value(i) as f64),
+        T::Float64 => J::from(col.as_primitive::<Float64Type>().value(i)),
+        T::List(_) => {
+            let l = col.as_list::<i32>().value(i);
+            J::Array(
+                (0..l.len())
+                    .map(|j| arrow_value(l.as_ref(), j))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        T::LargeList(_) => {
+            let l = col.as_list::<i64>().value(i);
+            J::Array(
+                (0..l.len())
+                    .map(|j| arrow_value(l.as_ref(), j))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        T::Struct(fields) => {
+            let st = col.as_struct();
+            let mut m = serde_json::Map::new();
+            for (f, c) in fields.iter().zip(st.columns()) {
+                m.insert(f.name().clone(), arrow_value(c.as_ref(), i)?);
+            }
+            J::Object(m)
+        }
+        other => return Err(format!("unsupported Arrow column type {other}")),
+    })
+}
+
+/// All rows of an Arrow IPC stream file, as `datasets`' `save_to_disk` writes them
+/// (`data-00000-of-00001.arrow`).
+pub fn read_arrow_rows(path: &Path) -> Result<Vec<Row>, DataError> {
+    let bad = |e: String| DataError::Other(format!("{}: not a readable Arrow stream: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(file), None)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut out = vec![];
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let mut row = Row::new();
+            for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                let v = arrow_value(col.as_ref(), i).map_err(|e| bad(format!("column {}: {e}", f.name())))?;
+                row.insert(f.name().clone(), v);
+            }
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of a data file, by extension (.jsonl / .ndjson, .parquet, .arrow).
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("parquet") => read_parquet_rows(path),
+        Some("arrow") => read_arrow_rows(path),
         Some("jsonl") | Some("ndjson") => read_jsonl_rows(path),
         _ => Err(DataError::Other(format!(
-            "{}: unknown data file type (expected .jsonl or .parquet)",
+            "{}: unknown data file type (expected .jsonl, .parquet or .arrow)",
             path.display()
         ))),
     }

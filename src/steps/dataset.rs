@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::data::local::{Fields, map_rows, read_jsonl_mapped};
 use crate::data::promptsource::{self, Renderer, Selection};
-use crate::data::rows::{Row, read_parquet_rows, read_rows};
+use crate::data::rows::{Row, read_rows};
 use crate::data::{Example, bigbench, hub, synthetic, write_jsonl};
 use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::hub::HubOptions;
@@ -65,6 +65,16 @@ fn cap(mut ex: Vec<Example>, n: Option<u64>, seed: u64) -> Vec<Example> {
         }
     }
     out
+}
+
+/// FLAN's split (the paper's FlanDataset): a numpy `RandomState(1234)` permutation;
+/// its first min(10%, 10000) examples validate, the rest train.
+fn hold_back_flan(ex: &[Example]) -> (Vec<Example>, Vec<Example>) {
+    let order = crate::data::numpy_permutation(1234, ex.len());
+    let n_val = (ex.len() / 10).min(10_000);
+    let valid = order[..n_val].iter().map(|&i| ex[i].clone()).collect();
+    let train = order[n_val..].iter().map(|&i| ex[i].clone()).collect();
+    (train, valid)
 }
 
 /// Splits off a deterministic 10% (at least one example) for validation.
@@ -122,12 +132,40 @@ fn examples_of(
     rows: &[Row],
     prov: &mut Provenance,
 ) -> Result<Vec<Example>, StepError> {
+    let kept: Vec<Row>;
+    let rows = match p_str(ctx, "keep-field") {
+        Some(field) => {
+            let values = p_strings(ctx, "keep-values");
+            kept = rows
+                .iter()
+                .filter(|r| {
+                    r.get(field)
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| values.iter().any(|k| k == v))
+                })
+                .cloned()
+                .collect();
+            if kept.is_empty() {
+                return Err(StepError::msg(format!(
+                    "{label}: no row has {field} in {values:?} ({} rows read)",
+                    rows.len()
+                )));
+            }
+            &kept[..]
+        }
+        None => rows,
+    };
     prov.rows += rows.len();
-    if p_str(ctx, "templates.name").is_some() {
-        return render(ctx, rows, prov);
+    let mut ex = if p_str(ctx, "templates.name").is_some() {
+        render(ctx, rows, prov)?
+    } else {
+        let fixed = p_strings(ctx, "choices");
+        map_rows(label, rows, &fields(ctx, &fixed)).map_err(fail)?
+    };
+    if ctx.param("drop-empty").and_then(|v| v.as_bool()) == Some(true) {
+        ex.retain(|e| !e.input.trim().is_empty() && !e.target.trim().is_empty());
     }
-    let fixed = p_strings(ctx, "choices");
-    map_rows(label, rows, &fields(ctx, &fixed)).map_err(fail)
+    Ok(ex)
 }
 
 /// Every selected (row, template) pair, or a seeded sample of `max-pairs` of them.
@@ -239,7 +277,7 @@ fn hub_rows(
                 Some((_, rel)) => rel.to_string(),
                 None => shown.clone(),
             });
-            rows.extend(read_parquet_rows(file).map_err(fail)?);
+            rows.extend(read_rows(file).map_err(fail)?);
         }
     }
     Ok(rows)
@@ -326,7 +364,11 @@ impl StepRunner for DatasetStep {
         let (train, validation) = match validation {
             Some(v) => (None, v),
             None => {
-                let (t, v) = hold_back(&examples, 0);
+                let (t, v) = if p_str(ctx, "holdout") == Some("flan") {
+                    hold_back_flan(&examples)
+                } else {
+                    hold_back(&examples, 0)
+                };
                 (Some(t), v)
             }
         };

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Writes the small parquet files the dataset tests read, with pyarrow (the writer the
-hub and `datasets` use), snappy-compressed like the hub's parquet conversion:
+"""Writes the small data files the dataset tests read, with pyarrow (the writer the
+hub and `datasets` use): parquet snappy-compressed like the hub's parquet conversion,
+and an Arrow IPC stream like `datasets`' save_to_disk:
 
     pip install pyarrow
-    python3 scripts/make_parquet_fixture.py
+    python3 scripts/make_data_fixtures.py
 
 tests/fixtures/data/rte-validation.parquet   super_glue/rte-shaped rows (one unlabeled)
 tests/fixtures/data/bigbench-mixed.parquet   tasksource/bigbench-shaped rows (list columns)
+tests/fixtures/data/flan-data.arrow          FLAN-shaped rows (template types, an empty target)
 """
 import os
 
@@ -32,3 +34,15 @@ bb = pa.table({
     "multiple_choice_scores": [[1, 0], [], [1, 0, 1]],
 })
 pq.write_table(bb, os.path.join(out, "bigbench-mixed.parquet"), compression="snappy")
+
+n = 40
+flan = pa.table({
+    "inputs": [f"Translate number {i} to words." for i in range(n)],
+    "targets": ["" if i == 5 else f"number {i}" for i in range(n)],
+    "_template_type": [["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"][i % 4] for i in range(n)],
+    "_task_name": ["number_words"] * n,
+    "_template_idx": pa.array([i % 7 for i in range(n)], pa.int64()),
+})
+with pa.OSFile(os.path.join(out, "flan-data.arrow"), "wb") as f:
+    with pa.ipc.new_stream(f, flan.schema) as w:
+        w.write_table(flan, max_chunksize=16)
