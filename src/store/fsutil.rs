@@ -8,7 +8,11 @@ use std::path::Path;
 /// never a torn file, even across a crash: temp file in the same folder, fsync, rename,
 /// fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has the empty path as parent, which cannot be opened for fsync.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
