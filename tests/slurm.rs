@@ -31,7 +31,11 @@ fn slurm_available(test: &str) -> bool {
             "the Slurm integration tests need a Slurm cluster: `sinfo` {} and SLURM_CONF is {}.\n\
              Start the local one with `scripts/slurm-local.sh up && eval \"$(scripts/slurm-local.sh env)\"`\n\
              (or set GOOSEPIPE_NO_SLURM=1 to skip these tests, which CI never does).",
-            if sinfo.is_ok() { "is installed" } else { "is not on PATH" },
+            if sinfo.is_ok() {
+                "is installed"
+            } else {
+                "is not on PATH"
+            },
             if conf.is_some() { "set" } else { "unset" }
         );
     }
@@ -72,7 +76,9 @@ struct Project {
 impl Project {
     fn new(steps: u32, extra: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
-        let text = MICRO.replace("{STEPS}", &steps.to_string()).replace("{EXTRA}", extra);
+        let text = MICRO
+            .replace("{STEPS}", &steps.to_string())
+            .replace("{EXTRA}", extra);
         std::fs::write(dir.path().join("micro.kdl"), text).unwrap();
         Project { dir }
     }
@@ -148,8 +154,14 @@ fn pipeline_runs_as_slurm_jobs_and_a_rerun_is_a_no_op() {
     let t0 = Instant::now();
     let (code, out) = p.run(&[]);
     assert_eq!(code, Some(0), "{out}");
-    eprintln!("slurm run of the micro pipeline: {:.1}s", t0.elapsed().as_secs_f64());
-    assert!(out.contains("| task | phatgoose | base | merged | expert:sort |"), "{out}");
+    eprintln!(
+        "slurm run of the micro pipeline: {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.contains("| task | phatgoose | base | merged | expert:sort |"),
+        "{out}"
+    );
     for id in ALL {
         assert!(p.published(id), "{id} is not in the store\n{out}");
     }
@@ -158,7 +170,10 @@ fn pipeline_runs_as_slurm_jobs_and_a_rerun_is_a_no_op() {
     assert!(subs.values().all(|jobs| jobs.len() == 1), "{subs:?}");
     // Independent experts went out together, as one job array.
     let (a, b) = (&subs["expert:sort"][0], &subs["expert:shift"][0]);
-    assert!(a.contains('_') && a.split('_').next() == b.split('_').next(), "{subs:?}");
+    assert!(
+        a.contains('_') && a.split('_').next() == b.split('_').next(),
+        "{subs:?}"
+    );
 
     let (code, out) = p.run(&[]);
     assert_eq!(code, Some(0), "{out}");
@@ -174,12 +189,7 @@ fn a_killed_head_is_adopted_and_no_step_is_submitted_twice() {
     // Experts that train long enough to still be running when the head dies.
     let p = Project::new(400, "");
     let log = std::fs::File::create(p.path().join("head1.log")).unwrap();
-    let mut head = p
-        .command(&[])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut head = p.command(&[]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let t0 = Instant::now();
     loop {
         let subs = p.submissions();
@@ -201,7 +211,10 @@ fn a_killed_head_is_adopted_and_no_step_is_submitted_twice() {
 
     let (code, out) = p.run(&[]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("adopted job"), "the second head adopts the live experts:\n{out}");
+    assert!(
+        out.contains("adopted job"),
+        "the second head adopts the live experts:\n{out}"
+    );
     let subs = p.submissions();
     for id in ALL {
         assert!(p.published(id), "{id} is not in the store\n{out}");
@@ -220,7 +233,11 @@ expert "broken" model="t" dataset="broken"
 
 fn failing_project() -> Project {
     let p = Project::new(12, BROKEN);
-    std::fs::write(p.path().join("broken.jsonl"), "{\"input\": \"a\", \"target\": \"b\"}\nthis is not json\n").unwrap();
+    std::fs::write(
+        p.path().join("broken.jsonl"),
+        "{\"input\": \"a\", \"target\": \"b\"}\nthis is not json\n",
+    )
+    .unwrap();
     p
 }
 
@@ -230,8 +247,17 @@ fn assert_failure_contained(p: &Project, out: &str) {
     for id in ["expert:broken", "gate:broken"] {
         assert!(!p.published(id), "{id} must not be built\n{out}");
     }
-    for id in ["expert:sort", "expert:shift", "gate:sort", "gate:shift", "model:t"] {
-        assert!(p.published(id), "{id} is independent of the failure and must be built\n{out}");
+    for id in [
+        "expert:sort",
+        "expert:shift",
+        "gate:sort",
+        "gate:shift",
+        "model:t",
+    ] {
+        assert!(
+            p.published(id),
+            "{id} is independent of the failure and must be built\n{out}"
+        );
     }
 }
 
@@ -271,7 +297,10 @@ fn submit_all_chains_jobs_and_slurm_cancels_the_dependents_of_a_failure() {
     assert_failure_contained(&p, &out);
     let subs = p.submissions();
     // Everything was submitted up front, dependents of the failure included ...
-    assert!(subs.contains_key("expert:broken") && subs.contains_key("eval:e"), "{subs:?}");
+    assert!(
+        subs.contains_key("expert:broken") && subs.contains_key("eval:e"),
+        "{subs:?}"
+    );
     assert!(out.contains(" after "), "jobs were chained with afterok:\n{out}");
     // ... and those jobs never started (Slurm creates a job's log when it starts), the
     // steps independent of the failure finished, and nothing was submitted twice.
