@@ -102,6 +102,15 @@ enum St {
     NotRun,
 }
 
+/// Steps submitted together as one array: same kind, same sbatch flags, same
+/// dependencies. A step that must go alone has a kind tag of its own.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    kind: String,
+    sbatch: Vec<String>,
+    after: Vec<String>,
+}
+
 struct Head<'a> {
     plan: &'a Plan,
     store: &'a Store,
@@ -338,7 +347,7 @@ impl<'a> Head<'a> {
                 .into_iter()
                 .filter(|&i| self.in_run_inputs(i).iter().all(|j| !ready_set.contains(j)))
                 .collect();
-            let mut groups: BTreeMap<(String, Vec<String>, Vec<String>, bool), Vec<usize>> = BTreeMap::new();
+            let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
             for i in wave {
                 let after: Vec<String> = self
                     .in_run_inputs(i)
@@ -356,19 +365,21 @@ impl<'a> Head<'a> {
                 } else {
                     self.plan.steps[i].spec.kind.clone()
                 };
-                groups
-                    .entry((kind, self.resources[&i].sbatch_args(), after, single))
-                    .or_default()
-                    .push(i);
+                let key = GroupKey {
+                    kind,
+                    sbatch: self.resources[&i].sbatch_args(),
+                    after,
+                };
+                groups.entry(key).or_default().push(i);
             }
             let max = self
                 .sopts
                 .max_array
                 .unwrap_or_else(|| self.sched.max_array_tasks())
                 .max(1);
-            for ((_, _, after, _), members) in groups {
+            for (key, members) in groups {
                 for chunk in array_chunks(members.len(), max) {
-                    self.submit(&members[chunk], &after);
+                    self.submit(&members[chunk], &key.after);
                 }
             }
         }

@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn arrays_split_at_the_site_limit() {
-        assert_eq!(array_chunks(5, 1000), [0..5]);
+        assert_eq!(array_chunks(5, 1000).len(), 1);
+        assert_eq!(array_chunks(5, 1000)[0], 0..5);
         assert_eq!(array_chunks(5, 2), [0..2, 2..4, 4..5]);
         assert_eq!(array_chunks(4, 2), [0..2, 2..4]);
         assert!(array_chunks(0, 3).is_empty());
