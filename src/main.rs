@@ -185,6 +185,9 @@ struct SlurmArgs {
     /// Largest array to submit [default: the cluster's MaxArraySize]; bigger batches are split.
     #[arg(long, value_name = "N")]
     max_array_size: Option<usize>,
+    /// At most N jobs (array tasks count one each) queued or running at once.
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<usize>,
     /// Resubmissions of a job that ended TIMEOUT, OUT_OF_MEMORY, NODE_FAIL or PREEMPTED.
     #[arg(long, default_value_t = 1, value_name = "N")]
     retries: u32,
@@ -213,6 +216,7 @@ impl SlurmArgs {
             arrays: !self.no_arrays,
             throttle: self.array_throttle,
             max_array: self.max_array_size,
+            max_jobs: self.max_jobs.map(|n| n.max(1)),
             retry: RetryPolicy {
                 max_retries: self.retries,
                 ..Default::default()

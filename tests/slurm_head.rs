@@ -43,6 +43,10 @@ struct FakeSlurm {
     /// Set this flag at the Nth poll (a Ctrl-C).
     interrupt: Mutex<Option<(usize, CancelFlag)>>,
     polls: AtomicUsize,
+    /// Refuse submissions (Busy) beyond this many live tasks, like MaxSubmitJobs.
+    limit: Option<usize>,
+    /// The most tasks ever alive at once.
+    max_alive: AtomicUsize,
 }
 
 impl FakeSlurm {
@@ -59,6 +63,8 @@ impl FakeSlurm {
             frozen: Mutex::new(false),
             interrupt: Mutex::new(None),
             polls: AtomicUsize::new(0),
+            limit: None,
+            max_alive: AtomicUsize::new(0),
         }
     }
     fn script(&self, step: &str, ends: &[End]) {
@@ -134,8 +140,12 @@ impl FakeSlurm {
 
 impl Scheduler for FakeSlurm {
     fn submit(&self, sub: &Submission) -> Result<String, SchedError> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst).to_string();
         let mut tasks = self.tasks.lock().unwrap();
+        let alive = tasks.values().filter(|t| t.state.alive()).count();
+        if self.limit.is_some_and(|l| alive + sub.keys.len() > l) {
+            return Err(SchedError::Busy("QOSMaxSubmitJobPerUserLimit".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst).to_string();
         for (i, key) in sub.keys.iter().enumerate() {
             tasks.insert(
                 sub.task_ref(&id, i),
@@ -147,6 +157,8 @@ impl Scheduler for FakeSlurm {
                 },
             );
         }
+        let alive = tasks.values().filter(|t| t.state.alive()).count();
+        self.max_alive.fetch_max(alive, Ordering::SeqCst);
         self.submissions.lock().unwrap().push(sub.clone());
         Ok(id)
     }
@@ -493,4 +505,30 @@ fn exec_builds_a_step_from_its_recipe_alone_and_exits_at_once_when_published() {
     assert!(store.meta(&spec.key).is_some());
     assert_eq!(exec(), 0);
     assert!(log.take().is_empty(), "a published key is not built again");
+}
+
+#[test]
+fn max_jobs_caps_what_is_queued_and_a_submit_limit_is_waited_out() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    let s = SlurmOptions {
+        max_jobs: Some(2),
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fake.max_alive.load(Ordering::SeqCst), 2);
+
+    // A site that refuses the third live job: the head waits for one to end.
+    let (p, reg, _) = setup();
+    let mut fake = FakeSlurm::new(&p, &reg);
+    fake.limit = Some(3);
+    let s = SlurmOptions {
+        arrays: false,
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_eq!(code, 0, "{out}");
+    assert!(p.stale(&reg).is_empty());
+    assert!(fake.max_alive.load(Ordering::SeqCst) <= 3);
 }

@@ -44,6 +44,13 @@ fn transient(stderr: &str) -> bool {
     .any(|w| s.contains(w))
 }
 
+/// Refusals that mean "too many jobs of yours are queued": wait for some to end.
+fn submit_limit(stderr: &str) -> bool {
+    ["MaxSubmitJob", "SubmitJobLimit", "job submit limit"]
+        .iter()
+        .any(|w| stderr.contains(w))
+}
+
 /// The base job ids of refs (`123_4` -> `123`), without repeats.
 fn base_ids(refs: &[String]) -> Vec<String> {
     let set: BTreeSet<&str> = refs.iter().map(|r| r.split('_').next().unwrap_or(r)).collect();
@@ -173,6 +180,9 @@ impl Scheduler for SlurmCli {
                 return Ok(id);
             }
             last = text(&out.stderr);
+            if submit_limit(&last) {
+                return Err(SchedError::Busy(last));
+            }
             if !transient(&last) {
                 break;
             }
@@ -295,6 +305,8 @@ mod tests {
             "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
         ));
         assert!(!transient("sbatch: error: invalid partition specified: gpu"));
+        assert!(submit_limit("sbatch: error: QOSMaxSubmitJobPerUserLimit"));
+        assert!(submit_limit("sbatch: error: AssocMaxSubmitJobLimit"));
         assert_eq!(base_ids(&["4_1".into(), "4_2".into(), "7".into()]), ["4", "7"]);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::poll::{Backoff, RetryPolicy, array_chunks};
 use super::resources::Resources;
 use super::runlog::{Record, RunLog};
-use super::scheduler::{End, JobState, Scheduler, Submission};
+use super::scheduler::{End, JobState, SchedError, Scheduler, Submission};
 use super::script::{ExecArgs, log_of, write_job};
 use crate::exec::progress::{Outcome, Reporter, StepProgress};
 use crate::exec::run::{RunError, RunOptions, RunReport, check_locked, select, verify_inputs};
@@ -45,6 +45,10 @@ pub struct SlurmOptions {
     pub throttle: Option<usize>,
     /// Overrides the site's MaxArraySize (arrays are split to fit).
     pub max_array: Option<usize>,
+    /// At most this many jobs (array tasks count one each) queued or running at once:
+    /// sites cap them per user (MaxSubmitJobs), and a refusal for that reason is also
+    /// waited out.
+    pub max_jobs: Option<usize>,
     pub retry: RetryPolicy,
     pub poll_min: Duration,
     pub poll_max: Duration,
@@ -67,6 +71,7 @@ impl Default for SlurmOptions {
             arrays: true,
             throttle: None,
             max_array: None,
+            max_jobs: None,
             retry: RetryPolicy::default(),
             poll_min: Duration::from_millis(500),
             poll_max: Duration::from_secs(30),
@@ -129,6 +134,8 @@ struct Head<'a> {
     bars: HashMap<usize, Box<dyn StepProgress + 'a>>,
     report: RunReport,
     stop: bool,
+    /// The scheduler refused a submission for a per-user limit: no more until a job ends.
+    busy: bool,
     counter: usize,
 }
 
@@ -207,6 +214,7 @@ pub fn run_slurm(
             ..Default::default()
         },
         stop: false,
+        busy: false,
         counter: 0,
     };
     reporter.begin(head.selected.len(), head.report.cached);
@@ -336,7 +344,13 @@ impl<'a> Head<'a> {
 
     fn submit_ready(&mut self) {
         loop {
-            let ready = self.submittable();
+            if self.busy {
+                return;
+            }
+            let mut ready = self.submittable();
+            if let Some(max) = self.sopts.max_jobs {
+                ready.truncate(max.saturating_sub(self.in_flight().len()));
+            }
             if ready.is_empty() {
                 return;
             }
@@ -427,6 +441,14 @@ impl<'a> Head<'a> {
         };
         let job = match self.sched.submit(&sub) {
             Ok(j) => j,
+            Err(SchedError::Busy(why)) if !self.in_flight().is_empty() => {
+                // Our own jobs fill the site's quota: submit again when one ends.
+                self.reporter.note(&format!(
+                    "the cluster takes no more jobs for now ({why}); waiting for some to end"
+                ));
+                self.busy = true;
+                return;
+            }
             Err(e) => {
                 for &i in members {
                     self.fail(i, format!("submission failed: {e}"));
@@ -496,6 +518,7 @@ impl<'a> Head<'a> {
                 return;
             }
             if self.poll() {
+                self.busy = false;
                 backoff.reset();
             }
         }

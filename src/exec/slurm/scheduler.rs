@@ -166,6 +166,9 @@ pub fn expand_job_ids(s: &str) -> Vec<String> {
 pub enum SchedError {
     #[error("{0}")]
     Command(String),
+    /// The site refuses more jobs for now (MaxSubmitJobs and the like): try later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub trait Scheduler: Send + Sync {
