@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use goosepipe::exec::slurm::{Record, RunLog};
+use goosepipe::exec::slurm::{End, JobState, Record, RunLog, Scheduler, SlurmCli};
 use goosepipe::store::Store;
 
 /// False (after saying so loudly) when the developer opted out; panics when Slurm is
@@ -223,6 +223,70 @@ fn a_killed_head_is_adopted_and_no_step_is_submitted_twice() {
     let (code, out) = p.run(&[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("nothing to do"), "{out}");
+}
+
+/// Starts a head and returns once the run log shows both experts submitted.
+fn spawn_until_experts_submitted(p: &Project, extra: &[&str]) -> std::process::Child {
+    let log = std::fs::File::create(p.path().join("head1.log")).unwrap();
+    let mut head = p
+        .command(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let subs = p.submissions();
+        if subs.contains_key("expert:sort") && subs.contains_key("expert:shift") {
+            return head;
+        }
+        if let Some(status) = head.try_wait().unwrap() {
+            panic!(
+                "the head ended ({status}) before submitting the experts:\n{}",
+                std::fs::read_to_string(p.path().join("head1.log")).unwrap()
+            );
+        }
+        assert!(t0.elapsed() < Duration::from_secs(240), "experts never submitted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A job's state as the executor's own Slurm client reads it.
+fn job_state(job: &str) -> JobState {
+    let refs = [job.to_string()];
+    SlurmCli::new().query(&refs).unwrap()[job].state.clone()
+}
+
+#[test]
+fn ctrl_c_on_the_head_can_scancel_what_it_submitted() {
+    if !slurm_available("ctrl_c_on_the_head_can_scancel_what_it_submitted") {
+        return;
+    }
+    let p = Project::new(800, "");
+    let mut head = spawn_until_experts_submitted(&p, &["--on-interrupt", "cancel"]);
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(head.id() as i32, libc::SIGINT) }, 0);
+    let status = head.wait().unwrap();
+    let err = std::fs::read_to_string(p.path().join("head1.log")).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("cancelled job(s)"), "{err}");
+    let subs = p.submissions();
+    for id in ["expert:sort", "expert:shift"] {
+        let job = &subs[id][0];
+        let t0 = Instant::now();
+        let cancelled = JobState::Ended(End::Cancelled);
+        while job_state(job) != cancelled && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(job_state(job), cancelled, "{id} job {job}");
+        assert!(!p.published(id));
+    }
+    // The same command again finishes the pipeline.
+    let (code, out) = p.run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    for id in ALL {
+        assert!(p.published(id), "{id}\n{out}");
+    }
 }
 
 /// A dataset whose file is not JSON: its step fails inside its job.

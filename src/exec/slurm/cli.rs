@@ -74,6 +74,11 @@ pub fn parse_scontrol(out: &str) -> BTreeMap<String, JobInfo> {
                 .map(String::from),
         };
         let refs = match (field("ArrayJobId"), field("ArrayTaskId")) {
+            // An array cancelled or ended before its tasks were split off is one record
+            // with ArrayTaskId=4294967294 (NO_VAL): it stands for every task of it.
+            (Some(a), Some(t)) if t.parse::<u32>().is_ok_and(|n| n >= 0xFFFF_FFF0) => {
+                vec![format!("{a}_*")]
+            }
             (Some(a), Some(t)) => expand_job_ids(&format!("{a}_[{t}]")),
             _ => field("JobId").map(|j| vec![j.to_string()]).unwrap_or_default(),
         };
@@ -225,13 +230,18 @@ impl Scheduler for SlurmCli {
         // Jobs that left the queue: their final state, while slurmctld remembers them.
         let gone: Vec<String> = refs.iter().filter(|r| !found.contains_key(*r)).cloned().collect();
         for id in base_ids(&gone) {
-            let out = run("scontrol", &["-o".into(), "show".into(), "job".into(), id])?;
+            let out = run(
+                "scontrol",
+                &["-o".into(), "show".into(), "job".into(), id.clone()],
+            )?;
             if out.status.success() {
-                found.extend(
-                    parse_scontrol(&text(&out.stdout))
-                        .into_iter()
-                        .filter(|(r, _)| gone.contains(r)),
-                );
+                let m = parse_scontrol(&text(&out.stdout));
+                let whole = m.get(&format!("{id}_*")).cloned();
+                for r in gone.iter().filter(|r| r.split('_').next() == Some(id.as_str())) {
+                    if let Some(info) = m.get(r).or(whole.as_ref()) {
+                        found.insert(r.clone(), info.clone());
+                    }
+                }
             } else if !text(&out.stderr).contains("Invalid job id") {
                 return Err(SchedError::Command(format!("scontrol: {}", text(&out.stderr))));
             }
@@ -287,6 +297,8 @@ mod tests {
         assert_eq!(m["2_0"].state, JobState::Ended(End::Timeout));
         assert_eq!(m["2_0"].node.as_deref(), Some("n7"));
         assert_eq!(m["9"].state, JobState::Ended(End::Completed));
+        let whole = parse_scontrol("JobId=121 ArrayJobId=121 ArrayTaskId=4294967294 JobState=CANCELLED");
+        assert_eq!(whole["121_*"].state, JobState::Ended(End::Cancelled));
     }
 
     #[test]
