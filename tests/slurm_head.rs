@@ -19,6 +19,7 @@ use goosepipe::store::{Key, Store};
 use support::{BASE, Behaviour, Log, Project, registry};
 
 struct Task {
+    name: String,
     key: Key,
     after: Vec<String>,
     state: JobState,
@@ -150,6 +151,7 @@ impl Scheduler for FakeSlurm {
             tasks.insert(
                 sub.task_ref(&id, i),
                 Task {
+                    name: sub.name.clone(),
                     key: *key,
                     after: sub.after_ok.clone(),
                     state: JobState::Queued,
@@ -183,6 +185,7 @@ impl Scheduler for FakeSlurm {
                     .map(|t| JobInfo {
                         state: t.state.clone(),
                         node: t.node.clone(),
+                        name: Some(t.name.clone()),
                     })
                     .unwrap_or(JobInfo::new(JobState::Unknown));
                 (r.clone(), info)

@@ -72,6 +72,7 @@ pub fn parse_scontrol(out: &str) -> BTreeMap<String, JobInfo> {
             node: field("NodeList")
                 .filter(|n| *n != "(null)" && !n.is_empty())
                 .map(String::from),
+            name: field("JobName").map(String::from),
         };
         let refs = match (field("ArrayJobId"), field("ArrayTaskId")) {
             // An array cancelled or ended before its tasks were split off is one record
@@ -89,7 +90,8 @@ pub fn parse_scontrol(out: &str) -> BTreeMap<String, JobInfo> {
     m
 }
 
-/// Parses `ID|STATE|NODES` lines (squeue -o '%i|%T|%N', sacct -P JobID,State,NodeList).
+/// Parses `ID|STATE|NODES|NAME` lines (squeue -o '%i|%T|%N|%j', sacct -P
+/// JobID,State,NodeList,JobName).
 pub fn parse_table(out: &str) -> BTreeMap<String, JobInfo> {
     let mut m = BTreeMap::new();
     for line in out.lines() {
@@ -102,12 +104,17 @@ pub fn parse_table(out: &str) -> BTreeMap<String, JobInfo> {
             .map(str::trim)
             .filter(|n| !n.is_empty() && *n != "None assigned" && *n != "(null)")
             .map(String::from);
+        let name = cols
+            .next()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
         for r in expand_job_ids(id.trim()) {
             m.insert(
                 r,
                 JobInfo {
                     state: parse_state(state),
                     node: node.clone(),
+                    name: name.clone(),
                 },
             );
         }
@@ -128,7 +135,7 @@ impl SlurmCli {
             "-n".into(),
             "-P".into(),
             "-X".into(),
-            "--format=JobID,State,NodeList".into(),
+            "--format=JobID,State,NodeList,JobName".into(),
             "-j".into(),
             base_ids(refs).join(","),
         ];
@@ -209,7 +216,7 @@ impl Scheduler for SlurmCli {
                 "-h".into(),
                 "-r".into(),
                 "-o".into(),
-                "%i|%T|%N".into(),
+                "%i|%T|%N|%j".into(),
                 "-j".into(),
                 base_ids(&missing).join(","),
             ];
@@ -303,7 +310,8 @@ mod tests {
 
     #[test]
     fn squeue_and_sacct_tables() {
-        let m = parse_table("5_[2-3]|PENDING|\n5_0|RUNNING|n1\n6|CANCELLED by 0|None assigned");
+        let m = parse_table("5_[2-3]|PENDING||gp-a\n5_0|RUNNING|n1|gp-a\n6|CANCELLED by 0|None assigned|x");
+        assert_eq!(m["5_2"].name.as_deref(), Some("gp-a"));
         assert_eq!(m.len(), 4);
         assert_eq!(m["5_3"].state, JobState::Queued);
         assert_eq!(m["5_0"].node.as_deref(), Some("n1"));

@@ -259,14 +259,14 @@ impl<'a> Head<'a> {
         let latest = self.log.latest_submissions();
         let mut candidates = BTreeMap::new();
         for &i in &self.selected {
-            if let Some((job, attempt, log)) = latest.get(&self.plan.steps[i].spec.key) {
-                candidates.insert(i, (job.clone(), *attempt, PathBuf::from(log)));
+            if let Some(s) = latest.get(&self.plan.steps[i].spec.key) {
+                candidates.insert(i, s.clone());
             }
         }
         if candidates.is_empty() {
             return;
         }
-        let refs: Vec<String> = candidates.values().map(|(j, _, _)| j.clone()).collect();
+        let refs: Vec<String> = candidates.values().map(|s| s.job.clone()).collect();
         let infos = match self.sched.query(&refs) {
             Ok(m) => m,
             Err(e) => {
@@ -280,9 +280,16 @@ impl<'a> Head<'a> {
             }
         };
         let mut stale_children = vec![];
-        for (&i, (job, attempt, log)) in &candidates {
+        for (&i, sub) in &candidates {
+            let (job, attempt, log) = (&sub.job, &sub.attempt, PathBuf::from(&sub.log));
             let Some(info) = infos.get(job) else { continue };
-            if !info.state.alive() {
+            // A live job of that id but another name is not ours: job ids start over
+            // when a cluster loses its state.
+            let foreign = info
+                .name
+                .as_ref()
+                .is_some_and(|n| !sub.name.is_empty() && *n != sub.name);
+            if !info.state.alive() || foreign {
                 self.next_attempt.insert(i, attempt + 1);
                 continue;
             }
@@ -308,7 +315,7 @@ impl<'a> Head<'a> {
                 St::InFlight(Job {
                     job: job.clone(),
                     attempt: *attempt,
-                    log: log.clone(),
+                    log,
                     submitted: Instant::now(),
                     started,
                 }),
@@ -468,6 +475,7 @@ impl<'a> Head<'a> {
                 attempt,
                 unix: now_unix(),
                 log: log_file.display().to_string(),
+                name: sub.name.clone(),
             });
             self.st.insert(
                 i,

@@ -24,6 +24,9 @@ pub enum Record {
         unix: f64,
         /// The job's log file.
         log: String,
+        /// The job name given to sbatch.
+        #[serde(default)]
+        name: String,
     },
     /// The head saw the job end.
     End {
@@ -32,6 +35,15 @@ pub enum Record {
         state: String,
         unix: f64,
     },
+}
+
+/// A key's latest submission, as the run log has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub job: String,
+    pub attempt: u32,
+    pub log: String,
+    pub name: String,
 }
 
 pub struct RunLog {
@@ -84,8 +96,8 @@ impl RunLog {
             .collect()
     }
 
-    /// The latest submission of each key: (job ref, attempt, log).
-    pub fn latest_submissions(&self) -> std::collections::HashMap<Key, (String, u32, String)> {
+    /// The latest submission of each key.
+    pub fn latest_submissions(&self) -> std::collections::HashMap<Key, Submitted> {
         let mut out = std::collections::HashMap::new();
         for r in self.read() {
             if let Record::Submit {
@@ -93,10 +105,19 @@ impl RunLog {
                 job,
                 attempt,
                 log,
+                name,
                 ..
             } = r
             {
-                out.insert(key, (job, attempt, log));
+                out.insert(
+                    key,
+                    Submitted {
+                        job,
+                        attempt,
+                        log,
+                        name,
+                    },
+                );
             }
         }
         out
@@ -132,6 +153,7 @@ mod tests {
             attempt,
             unix: 0.0,
             log: String::new(),
+            name: "gp".into(),
         };
         log.append(&[sub("10", 1)]).unwrap();
         log.append(&[sub("11_2", 2)]).unwrap();
@@ -142,12 +164,10 @@ mod tests {
             .write_all(b"{\"event\":\"sub")
             .unwrap();
         assert_eq!(log.read().len(), 2);
-        assert_eq!(
-            log.latest_submissions()[&k],
-            ("11_2".to_string(), 2, String::new())
-        );
+        assert_eq!(log.latest_submissions()[&k].job, "11_2");
+        assert_eq!(log.latest_submissions()[&k].attempt, 2);
         log.append(&[sub("12", 3)]).unwrap();
         assert_eq!(log.read().len(), 3, "a record after a torn line is kept");
-        assert_eq!(log.latest_submissions()[&k].0, "12");
+        assert_eq!(log.latest_submissions()[&k].job, "12");
     }
 }

@@ -106,11 +106,18 @@ impl JobState {
 pub struct JobInfo {
     pub state: JobState,
     pub node: Option<String>,
+    /// The job name, when the scheduler says: a job id in the run log is only adopted
+    /// if the name matches too (ids restart when a cluster loses its state).
+    pub name: Option<String>,
 }
 
 impl JobInfo {
     pub fn new(state: JobState) -> JobInfo {
-        JobInfo { state, node: None }
+        JobInfo {
+            state,
+            node: None,
+            name: None,
+        }
     }
 }
 
