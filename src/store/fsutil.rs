@@ -8,7 +8,7 @@ use std::path::Path;
 /// never a torn file, even across a crash: temp file in the same folder, fsync, rename,
 /// fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    // A bare file name has the empty path as parent, which cannot be opened for fsync.
+    // A bare file name has the empty path as parent; syncing that would fail.
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
