@@ -121,6 +121,10 @@ impl Project {
         )
         .unwrap()
     }
+    /// Every step id of the plan (the plan decides, not this test: step kinds come and go).
+    fn ids(&self) -> Vec<String> {
+        self.plan().steps.iter().map(|s| s.id().to_string()).collect()
+    }
     fn published(&self, id: &str) -> bool {
         let store = Store::open(self.store()).unwrap();
         store.meta(&self.plan().get(id).unwrap().spec.key).is_some()
@@ -136,20 +140,6 @@ impl Project {
         m
     }
 }
-
-const ALL: [&str; 11] = [
-    "dataset:corpus",
-    "dataset:sort",
-    "dataset:shift",
-    "dataset:arrange",
-    "model:t",
-    "expert:sort",
-    "expert:shift",
-    "gate:sort",
-    "gate:shift",
-    "pool:p",
-    "eval:e",
-];
 
 #[test]
 fn pipeline_runs_as_slurm_jobs_and_a_rerun_is_a_no_op() {
@@ -168,14 +158,14 @@ fn pipeline_runs_as_slurm_jobs_and_a_rerun_is_a_no_op() {
         out.contains("| task | phatgoose | base | merged | expert:sort |"),
         "{out}"
     );
-    for id in ALL {
+    for id in &p.ids() {
         assert!(p.published(id), "{id} is not in the store\n{out}");
     }
     let subs = p.submissions();
-    assert_eq!(subs.len(), ALL.len(), "{subs:?}");
+    assert_eq!(subs.len(), p.ids().len(), "{subs:?}");
     assert!(subs.values().all(|jobs| jobs.len() == 1), "{subs:?}");
-    // Independent experts went out together, as one job array.
-    let (a, b) = (&subs["expert:sort"][0], &subs["expert:shift"][0]);
+    // Independent steps ready together (the datasets) went out as one job array.
+    let (a, b) = (&subs["dataset:sort"][0], &subs["dataset:shift"][0]);
     assert!(
         a.contains('_') && a.split('_').next() == b.split('_').next(),
         "{subs:?}"
@@ -222,7 +212,7 @@ fn a_killed_head_is_adopted_and_no_step_is_submitted_twice() {
         "the second head adopts the live experts:\n{out}"
     );
     let subs = p.submissions();
-    for id in ALL {
+    for id in &p.ids() {
         assert!(p.published(id), "{id} is not in the store\n{out}");
         assert_eq!(subs[id].len(), 1, "{id} was submitted {:?}\n{out}", subs[id]);
     }
@@ -290,7 +280,7 @@ fn ctrl_c_on_the_head_can_scancel_what_it_submitted() {
     // The same command again finishes the pipeline.
     let (code, out) = p.run(&[]);
     assert_eq!(code, Some(0), "{out}");
-    for id in ALL {
+    for id in &p.ids() {
         assert!(p.published(id), "{id}\n{out}");
     }
 }
@@ -353,7 +343,7 @@ fn a_failing_step_leaves_its_dependents_unsubmitted_while_independent_steps_fini
         .flatten()
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
-    assert!(all.contains("not JSON"), "{all}");
+    assert!(all.contains("not JSON") || all.contains("not a JSON"), "{all}");
 }
 
 #[test]
