@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use miette::{Report, miette};
 
+use crate::exec::slurm::{Scheduler, SlurmOptions};
 use crate::exec::{self, CancelFlag, Registry, RunOptions};
 use crate::plan::{self, Plan, Status, render};
 use crate::store::fsutil::human_size;
@@ -141,7 +142,18 @@ pub fn explain(
     Ok(EXIT_OK)
 }
 
-/// `goosepipe run`.
+/// Where `run` builds the steps.
+pub enum Executor<'a> {
+    /// Threads of this process (`-j`).
+    Local,
+    /// Jobs of a Slurm cluster, submitted and followed by this process.
+    Slurm {
+        opts: SlurmOptions,
+        scheduler: &'a dyn Scheduler,
+    },
+}
+
+/// `goosepipe run` (local executor).
 pub fn run(
     path: &Path,
     store_root: &Path,
@@ -151,18 +163,65 @@ pub fn run(
     cancel: &CancelFlag,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
+    run_with(
+        path,
+        store_root,
+        registry,
+        opts,
+        &Executor::Local,
+        quiet,
+        cancel,
+        out,
+    )
+}
+
+/// `goosepipe run --executor ...`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_with(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    opts: &RunOptions,
+    executor: &Executor,
+    quiet: bool,
+    cancel: &CancelFlag,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
     let (plan, status, store, old_lock) = plan_with_status(path, store_root, registry)?;
     let reporter = exec::reporter_for_stderr(quiet);
-    let report = exec::run(
-        &plan,
-        &status,
-        &store,
-        registry,
-        &old_lock,
-        opts,
-        reporter.as_ref(),
-        cancel,
-    )
+    let report = match executor {
+        Executor::Local => exec::run(
+            &plan,
+            &status,
+            &store,
+            registry,
+            &old_lock,
+            opts,
+            reporter.as_ref(),
+            cancel,
+        ),
+        Executor::Slurm {
+            opts: sopts,
+            scheduler,
+        } => {
+            let mut sopts = sopts.clone();
+            if sopts.lockfile.is_none() {
+                sopts.lockfile = Some(std::path::absolute(lock_path(path)).unwrap_or(lock_path(path)));
+            }
+            exec::slurm::run_slurm(
+                &plan,
+                &status,
+                &store,
+                registry,
+                &old_lock,
+                opts,
+                &sopts,
+                *scheduler,
+                reporter.as_ref(),
+                cancel,
+            )
+        }
+    }
     .map_err(|e| miette!("{e}"))?;
     let new_lock = exec::updated_lock(&plan, &store, &old_lock);
     let lock_file = lock_path(path);
@@ -221,6 +280,42 @@ pub fn run(
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Which key `goosepipe exec` builds: given, or line N of a key list (array tasks).
+pub enum ExecTarget {
+    Key(String),
+    List { file: PathBuf, index: usize },
+}
+
+/// `goosepipe exec`: builds one step from its recipe in the store (what a cluster job
+/// runs). Exit 0 when the key is published (now or before), 1 when the step failed,
+/// 130 when interrupted (its checkpoints are kept for the next attempt).
+pub fn exec_cmd(
+    store_root: &Path,
+    target: &ExecTarget,
+    lockfile: Option<&Path>,
+    opts: &RunOptions,
+    registry: &Registry,
+    cancel: &CancelFlag,
+) -> Result<i32, Report> {
+    let store = open_store(store_root)?;
+    let key = match target {
+        ExecTarget::Key(k) => k.parse().map_err(|e: String| miette!("--key: {e}"))?,
+        ExecTarget::List { file, index } => {
+            exec::worker::key_from_list(file, *index).map_err(|e| miette!("{e}"))?
+        }
+    };
+    let lock = match lockfile {
+        Some(p) => Lockfile::read(p).map_err(|e| miette!("{e}"))?,
+        None => Lockfile::default(),
+    };
+    let reporter = exec::PlainReporter::new(false);
+    match exec::worker::exec_key(&store, &key, registry, &lock, opts, &reporter, cancel) {
+        Ok(_) => Ok(EXIT_OK),
+        Err(exec::worker::ExecError::Step(exec::StepError::Cancelled)) => Ok(EXIT_INTERRUPTED),
+        Err(e) => Err(miette!("{e}")),
+    }
 }
 
 /// `goosepipe report`: the results tables of a manifest's evals, from the store.

@@ -66,6 +66,33 @@ enum Command {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// Where steps run: threads here (local), or jobs of a Slurm cluster submitted
+        /// from here (slurm; the store must be on a file system the nodes share).
+        #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
+        executor: ExecutorArg,
+        #[command(flatten)]
+        slurm: SlurmArgs,
+    },
+    /// Build one step from its recipe in the store, as a cluster job does (the manifest
+    /// is not read). Exits 0 at once if the key is already published.
+    Exec {
+        /// The step's key (64 hex digits).
+        #[arg(long, required_unless_present = "keys_file", conflicts_with = "keys_file")]
+        key: Option<String>,
+        /// A file of keys, one per line (job arrays); builds line --index.
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
+        /// Line of --keys-file, from 0 [default: $SLURM_ARRAY_TASK_ID].
+        #[arg(long, env = "SLURM_ARRAY_TASK_ID")]
+        index: Option<usize>,
+        /// The manifest's lockfile (pinned hub resolutions).
+        #[arg(long)]
+        lockfile: Option<PathBuf>,
+        /// Fail if an external resolves differently from the lockfile.
+        #[arg(long)]
+        locked: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// The step graph as DOT (default) or Mermaid.
     Graph {
@@ -129,6 +156,84 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InterruptArg {
+    Ask,
+    Cancel,
+    Leave,
+}
+
+/// Options of `--executor slurm` (ignored by the local executor).
+#[derive(clap::Args)]
+#[command(next_help_heading = "Slurm executor")]
+struct SlurmArgs {
+    /// Submit the whole stale graph at once, chained with --dependency=afterok.
+    #[arg(long)]
+    submit_all: bool,
+    /// Submit every step as its own job (no job arrays).
+    #[arg(long)]
+    no_arrays: bool,
+    /// At most N tasks of one job array run at once (--array=...%N).
+    #[arg(long, value_name = "N")]
+    array_throttle: Option<usize>,
+    /// Largest array to submit [default: the cluster's MaxArraySize]; bigger batches are split.
+    #[arg(long, value_name = "N")]
+    max_array_size: Option<usize>,
+    /// At most N jobs (array tasks count one each) queued or running at once.
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<usize>,
+    /// Resubmissions of a job that ended TIMEOUT, OUT_OF_MEMORY, NODE_FAIL or PREEMPTED.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    retries: u32,
+    /// Longest wait between two polls of the scheduler, in seconds (the wait starts at
+    /// half a second and grows while nothing changes).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    poll_max: f64,
+    /// How long a finished job's artifact may take to show up on the shared file system.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    latency_wait: f64,
+    /// An extra sbatch flag for every job (repeatable), e.g. --sbatch-arg=--qos=high.
+    #[arg(long = "sbatch-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+    /// On Ctrl-C: ask whether to scancel the submitted jobs (on a terminal; otherwise
+    /// they are left running), cancel them, or leave them running for the next run to adopt.
+    #[arg(long, value_enum, default_value_t = InterruptArg::Ask)]
+    on_interrupt: InterruptArg,
+}
+
+impl SlurmArgs {
+    fn options(&self) -> goosepipe::exec::slurm::SlurmOptions {
+        use goosepipe::exec::slurm::{OnInterrupt, RetryPolicy, SlurmOptions};
+        let d = SlurmOptions::default();
+        SlurmOptions {
+            submit_all: self.submit_all,
+            arrays: !self.no_arrays,
+            throttle: self.array_throttle,
+            max_array: self.max_array_size,
+            max_jobs: self.max_jobs.map(|n| n.max(1)),
+            retry: RetryPolicy {
+                max_retries: self.retries,
+                ..Default::default()
+            },
+            poll_max: std::time::Duration::from_secs_f64(self.poll_max.max(0.1)),
+            latency_wait: std::time::Duration::from_secs_f64(self.latency_wait.max(0.0)),
+            extra_sbatch: self.sbatch_args.clone(),
+            on_interrupt: match self.on_interrupt {
+                InterruptArg::Ask => OnInterrupt::Ask,
+                InterruptArg::Cancel => OnInterrupt::Cancel,
+                InterruptArg::Leave => OnInterrupt::Leave,
+            },
+            ..d
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ReportFormat {
     Md,
@@ -157,6 +262,8 @@ fn main() -> ExitCode {
             locked,
             device,
             quiet,
+            executor,
+            slurm,
         } => {
             let cancel = CancelFlag::new();
             let c = cancel.clone();
@@ -178,7 +285,45 @@ fn main() -> ExitCode {
                 locked,
                 device,
             };
-            app::run(&file, &store, &registry, &opts, quiet, &cancel, &mut out)
+            let cli = goosepipe::exec::slurm::SlurmCli::new();
+            let executor = match executor {
+                ExecutorArg::Local => app::Executor::Local,
+                ExecutorArg::Slurm => app::Executor::Slurm {
+                    opts: slurm.options(),
+                    scheduler: &cli,
+                },
+            };
+            app::run_with(
+                &file, &store, &registry, &opts, &executor, quiet, &cancel, &mut out,
+            )
+        }
+        Command::Exec {
+            key,
+            keys_file,
+            index,
+            lockfile,
+            locked,
+            device,
+        } => {
+            // Slurm sends SIGTERM before killing a job at its time limit or on
+            // preemption: stop at the next checkpoint so a retry resumes from it.
+            let cancel = CancelFlag::new();
+            let c = cancel.clone();
+            let _ = ctrlc::set_handler(move || c.cancel());
+            let target = match (key, keys_file) {
+                (Some(k), _) => app::ExecTarget::Key(k),
+                (None, Some(file)) => app::ExecTarget::List {
+                    file,
+                    index: index.unwrap_or(0),
+                },
+                (None, None) => unreachable!("clap requires --key or --keys-file"),
+            };
+            let opts = RunOptions {
+                locked,
+                device,
+                ..Default::default()
+            };
+            app::exec_cmd(&store, &target, lockfile.as_deref(), &opts, &registry, &cancel)
         }
         Command::Graph { file, format, status } => app::graph(
             &file,

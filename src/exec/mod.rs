@@ -1,8 +1,12 @@
-//! Execution layer: runs the stale steps of a plan through the [`StepRunner`] trait.
+//! Execution layer: runs the stale steps of a plan through the [`StepRunner`] trait,
+//! locally ([`run`]) or as Slurm jobs ([`slurm`]), each of which builds its step with
+//! [`worker::exec_key`].
 
 pub mod progress;
 pub mod run;
+pub mod slurm;
 pub mod step;
+pub mod worker;
 
 pub use progress::{Outcome, PlainReporter, Reporter, StepProgress, reporter_for_stderr};
 pub use run::{RunError, RunOptions, RunReport, execute, run, select, updated_lock};

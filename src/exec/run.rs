@@ -159,7 +159,7 @@ pub fn check_locked(plan: &Plan, lock: &Lockfile) -> Result<(), RunError> {
 
 /// Re-hashes every cached artifact that a step of this run will read. A corrupt one is
 /// quarantined and joins the run, so it is rebuilt rather than consumed.
-fn verify_inputs(
+pub(crate) fn verify_inputs(
     plan: &Plan,
     status: &Status,
     store: &Store,

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# slurm-local.sh: a real single-node Slurm (slurmctld + slurmd + a private munged) on
+# loopback, for the Slurm executor's integration test (tests/slurm.rs) and for trying
+# `goosepipe run --executor slurm` on one machine.
+#
+#   scripts/slurm-local.sh up     install if missing (Debian packages), write the config,
+#                                 start the daemons, wait until the node is idle
+#   scripts/slurm-local.sh down   cancel leftover jobs, stop the daemons this script
+#                                 started (by their pid files), remove the folder
+#   scripts/slurm-local.sh env    print `export SLURM_CONF=...` (eval it)
+#   scripts/slurm-local.sh status
+#
+# Every command is idempotent. Everything (config, state, spool, logs, pids, munge key and
+# socket) lives under $GOOSEPIPE_SLURM_DIR (default /tmp/goosepipe-slurm); nothing is written
+# to /etc except by apt itself. Needs root for apt-get and slurmd.
+#
+# Knobs: GOOSEPIPE_SLURM_DIR, GOOSEPIPE_SLURM_CTLD_PORT (6817), GOOSEPIPE_SLURM_SLURMD_PORT
+# (6818), GOOSEPIPE_SLURM_CPUS (nproc), GOOSEPIPE_SLURM_MEM_MB (80% of RAM),
+# GOOSEPIPE_SLURM_KEEP=1 (down keeps the logs).
+#
+# Tested on Debian 12 (bookworm): slurm 22.05.8, munge 0.5.15.
+set -euo pipefail
+
+DIR=${GOOSEPIPE_SLURM_DIR:-/tmp/goosepipe-slurm}
+CTLD_PORT=${GOOSEPIPE_SLURM_CTLD_PORT:-6817}
+SLURMD_PORT=${GOOSEPIPE_SLURM_SLURMD_PORT:-6818}
+CPUS=${GOOSEPIPE_SLURM_CPUS:-$(nproc)}
+# Advertise 80% of the machine's memory: jobs asking for goosepipe's default --mem fit,
+# and a node never claims more than it has (slurmd would drain it).
+MEM_MB=${GOOSEPIPE_SLURM_MEM_MB:-$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.8 }' /proc/meminfo)}
+NODE=localnode
+CONF=$DIR/slurm.conf
+SOCK=$DIR/munge/munge.socket
+export SLURM_CONF=$CONF
+
+say() { printf 'slurm-local: %s\n' "$*" >&2; }
+fail() { say "error: $*"; exit 1; }
+
+# until_ok SECONDS CMD...: retry CMD every 0.1 s until it succeeds or time runs out.
+until_ok() {
+  local deadline=$(( $(date +%s) + $1 )); shift
+  until "$@" >/dev/null 2>&1; do
+    (( $(date +%s) < deadline )) || return 1
+    sleep 0.1
+  done
+}
+
+running() { # running PIDFILE
+  [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+install() {
+  local missing=0 b
+  for b in slurmctld slurmd sbatch squeue scontrol scancel munged mungekey; do
+    command -v "$b" >/dev/null || missing=1
+  done
+  (( missing )) || return 0
+  [[ $(id -u) == 0 ]] || fail "Slurm is not installed and installing it needs root"
+  say "installing slurmctld slurmd slurm-client munge from Debian packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Without recommends: 8 packages instead of the 43 of the slurm-wlm metapackage. The
+  # packages' own services are not started (no systemd here) and never used.
+  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+}
+
+configure() {
+  mkdir -p "$DIR"/{state,spool,log,run,munge}
+  # munged refuses a socket folder that is not executable by all, and a readable key.
+  chmod 755 "$DIR" "$DIR/munge"
+  [[ -s $DIR/munge/munge.key ]] || mungekey --create --keyfile="$DIR/munge/munge.key"
+  chmod 400 "$DIR/munge/munge.key"
+  cat >"$CONF.tmp" <<EOF
+# Written by goosepipe scripts/slurm-local.sh: one node on loopback, root daemons.
+ClusterName=goosepipe
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$SOCK
+CredType=cred/munge
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+# No cgroups in containers: plain process tracking, no task binding.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+# No slurmdbd, so no sacct: the executor falls back to squeue + scontrol.
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$DIR/log/jobcomp.log
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+# Start a dependent about 1 s after its parent instead of about 3 s.
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+# Cancel afterok dependents of a failed job (they would stay pending forever).
+DependencyParameters=kill_invalid_depend
+# Keep finished jobs visible to scontrol for 10 minutes.
+MinJobAge=600
+ReturnToService=2
+MpiDefault=none
+NodeName=$NODE NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+EOF
+  mv "$CONF.tmp" "$CONF"
+}
+
+node_idle() { [[ $(sinfo -h -n "$NODE" -o %t 2>/dev/null) == idle* ]]; }
+ctld_up() { scontrol ping 2>/dev/null | grep -q "is UP"; }
+munge_ok() { munge -n -S "$SOCK" | unmunge -S "$SOCK"; }
+
+up() {
+  install
+  configure
+  if ! running "$DIR/munge/munged.pid"; then
+    rm -f "$SOCK" "$SOCK.lock"
+    munged --socket="$SOCK" --key-file="$DIR/munge/munge.key" \
+      --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" \
+      --seed-file="$DIR/munge/munged.seed"
+  fi
+  until_ok 10 munge_ok || fail "munged is not answering (see $DIR/munge/munged.log)"
+  running "$DIR/run/slurmctld.pid" || slurmctld -f "$CONF" || fail "slurmctld did not start"
+  until_ok 30 ctld_up || fail "slurmctld is not answering (see $DIR/log/slurmctld.log)"
+  running "$DIR/run/slurmd.pid" || slurmd -f "$CONF" -N "$NODE" || fail "slurmd did not start"
+  until_ok 60 node_idle || { sinfo -N -l >&2 || true; fail "the node never became idle (see $DIR/log)"; }
+  say "up; clients need: export SLURM_CONF=$CONF"
+}
+
+down() {
+  if running "$DIR/run/slurmctld.pid"; then
+    # Cancel what is left so no job outlives slurmd.
+    scancel --full --partition=debug 2>/dev/null || true
+    until_ok 10 sh -c '[ -z "$(squeue -h -o %i)" ]' || true
+  fi
+  # SIGTERM all three at once (each takes 1-2 s), wait up to 10 s, then SIGKILL.
+  local f pids=()
+  for f in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/munge/munged.pid"; do
+    if running "$f"; then
+      pids+=("$(cat "$f")")
+      kill "$(cat "$f")" 2>/dev/null || true
+    fi
+  done
+  local p i
+  for i in $(seq 100); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [[ ${GOOSEPIPE_SLURM_KEEP:-0} == 1 ]]; then
+    rm -f "$DIR"/run/*.pid "$DIR/munge/munged.pid"
+  else
+    rm -rf "$DIR"
+  fi
+  say "down"
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down ;;
+  env) echo "export SLURM_CONF=$CONF" ;;
+  status) scontrol ping; sinfo; squeue ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+esac

@@ -1,0 +1,173 @@
+//! The run log: `runs/slurm.jsonl` in the store, one JSON record per line, appended
+//! and fsynced at every submission (and at every job end, for the record). A head that
+//! was killed reads it back to adopt the jobs still queued or running instead of
+//! submitting their steps again. Only one head at a time writes it (`runs/slurm.head.lock`).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Key;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Record {
+    /// A job (or array task) was submitted to build `key`.
+    Submit {
+        key: Key,
+        step: String,
+        /// The job ref: `123`, or `123_4` for task 4 of array 123.
+        job: String,
+        attempt: u32,
+        unix: f64,
+        /// The job's log file.
+        log: String,
+        /// The job name given to sbatch.
+        #[serde(default)]
+        name: String,
+    },
+    /// The head saw the job end.
+    End {
+        key: Key,
+        job: String,
+        state: String,
+        unix: f64,
+    },
+}
+
+/// A key's latest submission, as the run log has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub job: String,
+    pub attempt: u32,
+    pub log: String,
+    pub name: String,
+}
+
+pub struct RunLog {
+    path: PathBuf,
+}
+
+impl RunLog {
+    pub fn new(store_root: &Path) -> RunLog {
+        RunLog {
+            path: store_root.join("runs").join("slurm.jsonl"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends records durably (one write per call, then fsync), so that what sbatch
+    /// accepted is on disk before the head does anything else.
+    pub fn append(&self, records: &[Record]) -> std::io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = String::new();
+        for r in records {
+            buf.push_str(&serde_json::to_string(r).expect("record serializes"));
+            buf.push('\n');
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        // A head killed mid-write leaves a torn last line: start on a fresh line so the
+        // next record is not glued to it.
+        if ends_without_newline(&mut f)? {
+            buf.insert(0, '\n');
+        }
+        f.write_all(buf.as_bytes())?;
+        f.sync_data()
+    }
+
+    /// Every record, oldest first. A torn last line (a head killed mid-write) is skipped.
+    pub fn read(&self) -> Vec<Record> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return vec![];
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The latest submission of each key.
+    pub fn latest_submissions(&self) -> std::collections::HashMap<Key, Submitted> {
+        let mut out = std::collections::HashMap::new();
+        for r in self.read() {
+            if let Record::Submit {
+                key,
+                job,
+                attempt,
+                log,
+                name,
+                ..
+            } = r
+            {
+                out.insert(
+                    key,
+                    Submitted {
+                        job,
+                        attempt,
+                        log,
+                        name,
+                    },
+                );
+            }
+        }
+        out
+    }
+}
+
+fn ends_without_newline(f: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_submission_wins_and_a_torn_line_is_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("runs")).unwrap();
+        let log = RunLog::new(t.path());
+        let k = Key([1; 32]);
+        let sub = |job: &str, attempt| Record::Submit {
+            key: k,
+            step: "expert:a".into(),
+            job: job.into(),
+            attempt,
+            unix: 0.0,
+            log: String::new(),
+            name: "gp".into(),
+        };
+        log.append(&[sub("10", 1)]).unwrap();
+        log.append(&[sub("11_2", 2)]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"{\"event\":\"sub")
+            .unwrap();
+        assert_eq!(log.read().len(), 2);
+        assert_eq!(log.latest_submissions()[&k].job, "11_2");
+        assert_eq!(log.latest_submissions()[&k].attempt, 2);
+        log.append(&[sub("12", 3)]).unwrap();
+        assert_eq!(log.read().len(), 3, "a record after a torn line is kept");
+        assert_eq!(log.latest_submissions()[&k].job, "12");
+    }
+}

@@ -1,0 +1,125 @@
+//! `goosepipe exec`: builds one step from the store alone, as a cluster job does. The
+//! step's frozen spec is `recipes/KEY.json` (written by the head before submitting), so
+//! a job never parses the manifest.
+
+use std::path::Path;
+
+use super::progress::{Outcome, Reporter};
+use super::run::{RunOptions, execute};
+use super::step::{CancelFlag, Registry, StepError};
+use crate::store::lockfile::Lockfile;
+use crate::store::{Key, Presence, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+/// The key at line `index` (0-based) of a key list file (one hex key per line): how a
+/// task of a job array finds its step.
+pub fn key_from_list(path: &Path, index: usize) -> Result<Key, ExecError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ExecError::Usage(format!("cannot read the key list {}: {e}", path.display())))?;
+    let line = text.lines().nth(index).ok_or_else(|| {
+        ExecError::Usage(format!(
+            "the key list {} has no line {index} (it has {})",
+            path.display(),
+            text.lines().count()
+        ))
+    })?;
+    line.trim().parse().map_err(ExecError::Usage)
+}
+
+/// Builds `key` unless it is already published. Idempotent: a job that finds its key
+/// published (an earlier job, another head, a local run) returns at once, and the
+/// per-key lock inside [`execute`] keeps two jobs from building the same key.
+pub fn exec_key(
+    store: &Store,
+    key: &Key,
+    registry: &Registry,
+    lock: &Lockfile,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+    cancel: &CancelFlag,
+) -> Result<Outcome, ExecError> {
+    if let Presence::Present(m) = store.presence(key) {
+        reporter.note(&format!(
+            "{} ({}) is already published; nothing to do",
+            m.spec.id,
+            key.short()
+        ));
+        return Ok(Outcome::Reused);
+    }
+    let spec = store.recipe(key).ok_or_else(|| {
+        ExecError::Usage(format!(
+            "the store {} has no recipe for key {} (recipes/{}.json); the head writes it before submitting",
+            store.root.display(),
+            key.short(),
+            key.hex()
+        ))
+    })?;
+    if spec.key != *key {
+        return Err(ExecError::Usage(format!(
+            "recipes/{}.json describes key {}",
+            key.hex(),
+            spec.key.short()
+        )));
+    }
+    let t0 = std::time::Instant::now();
+    let result = execute(&spec, store, registry, lock, opts, reporter, cancel);
+    let secs = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(outcome) => {
+            reporter.finished(&spec.id, outcome, secs, "");
+            Ok(outcome)
+        }
+        Err(e) => {
+            let outcome = if matches!(e, StepError::Cancelled) {
+                Outcome::Cancelled
+            } else {
+                Outcome::Failed
+            };
+            reporter.finished(&spec.id, outcome, secs, &e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lists_are_indexed_from_zero() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("k");
+        let (a, b) = (Key([1; 32]), Key([2; 32]));
+        std::fs::write(&p, format!("{}\n{}\n", a.hex(), b.hex())).unwrap();
+        assert_eq!(key_from_list(&p, 1).unwrap(), b);
+        assert!(
+            key_from_list(&p, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("no line 2")
+        );
+    }
+
+    #[test]
+    fn a_key_without_recipe_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let r = exec_key(
+            &store,
+            &Key([3; 32]),
+            &Registry::new(),
+            &Lockfile::default(),
+            &RunOptions::default(),
+            &super::super::PlainReporter::new(true),
+            &CancelFlag::new(),
+        );
+        assert!(r.unwrap_err().to_string().contains("no recipe"));
+    }
+}

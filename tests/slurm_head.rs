@@ -1,0 +1,537 @@
+//! The Slurm head's decisions, driven by a fake scheduler that runs each job in-process
+//! with the test step kinds: retries, keep-going, adoption after a head dies, array
+//! splitting, submit-all chains, Ctrl-C. Fast (no Slurm); tests/slurm.rs covers the real one.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use goosepipe::app::{self, Executor};
+use goosepipe::exec::slurm::{
+    End, JobInfo, JobState, OnInterrupt, Record, RunLog, SchedError, Scheduler, SlurmOptions, Submission,
+};
+use goosepipe::exec::{CancelFlag, PlainReporter, Registry, RunOptions, execute};
+use goosepipe::store::lockfile::Lockfile;
+use goosepipe::store::{Key, Store};
+use support::{BASE, Behaviour, Log, Project, registry};
+
+struct Task {
+    name: String,
+    key: Key,
+    after: Vec<String>,
+    state: JobState,
+    node: Option<String>,
+}
+
+/// A scheduler whose jobs run in this process when polled: a queued task starts when
+/// its dependencies completed (and is cancelled when one of them did not, like
+/// `--kill-on-invalid-dep=yes`), a running one builds its step on the next poll.
+struct FakeSlurm {
+    store: Store,
+    registry: Registry,
+    tasks: Mutex<BTreeMap<String, Task>>,
+    next_id: AtomicUsize,
+    /// Scripted ends per step id, one per attempt, before the step is really built.
+    ends: Mutex<HashMap<String, VecDeque<End>>>,
+    submissions: Mutex<Vec<Submission>>,
+    cancelled: Mutex<Vec<String>>,
+    max_array: usize,
+    /// Jobs never progress (a cluster that is busy).
+    frozen: Mutex<bool>,
+    /// Set this flag at the Nth poll (a Ctrl-C).
+    interrupt: Mutex<Option<(usize, CancelFlag)>>,
+    polls: AtomicUsize,
+    /// Refuse submissions (Busy) beyond this many live tasks, like MaxSubmitJobs.
+    limit: Option<usize>,
+    /// The most tasks ever alive at once.
+    max_alive: AtomicUsize,
+}
+
+impl FakeSlurm {
+    fn new(p: &Project, reg: &Registry) -> FakeSlurm {
+        FakeSlurm {
+            store: Store::open(p.store()).unwrap(),
+            registry: reg.clone(),
+            tasks: Mutex::new(BTreeMap::new()),
+            next_id: AtomicUsize::new(100),
+            ends: Mutex::new(HashMap::new()),
+            submissions: Mutex::new(vec![]),
+            cancelled: Mutex::new(vec![]),
+            max_array: 1000,
+            frozen: Mutex::new(false),
+            interrupt: Mutex::new(None),
+            polls: AtomicUsize::new(0),
+            limit: None,
+            max_alive: AtomicUsize::new(0),
+        }
+    }
+    fn script(&self, step: &str, ends: &[End]) {
+        self.ends
+            .lock()
+            .unwrap()
+            .insert(step.into(), ends.iter().cloned().collect());
+    }
+    fn subs(&self) -> Vec<Submission> {
+        self.submissions.lock().unwrap().clone()
+    }
+    /// Submissions naming a step.
+    fn subs_of(&self, step: &str) -> Vec<Submission> {
+        self.subs()
+            .into_iter()
+            .filter(|s| s.steps.iter().any(|x| x == step))
+            .collect()
+    }
+    fn advance(&self, r: &str) {
+        let mut tasks = self.tasks.lock().unwrap();
+        let Some(t) = tasks.get(r) else { return };
+        match &t.state {
+            JobState::Queued => {
+                let deps: Vec<JobState> = t
+                    .after
+                    .iter()
+                    .map(|d| tasks.get(d).map(|x| x.state.clone()).unwrap_or(JobState::Unknown))
+                    .collect();
+                let next = if deps.iter().all(|s| *s == JobState::Ended(End::Completed)) {
+                    JobState::Running
+                } else if deps
+                    .iter()
+                    .any(|s| matches!(s, JobState::Ended(e) if *e != End::Completed))
+                {
+                    JobState::Ended(End::Cancelled)
+                } else {
+                    JobState::Queued
+                };
+                tasks.get_mut(r).unwrap().state = next;
+            }
+            JobState::Running => {
+                let key = t.key;
+                let spec = self.store.recipe(&key).expect("the head saved the recipe");
+                let scripted = self
+                    .ends
+                    .lock()
+                    .unwrap()
+                    .get_mut(&spec.id)
+                    .and_then(|q| q.pop_front());
+                let end = match scripted {
+                    Some(e) => e,
+                    None => {
+                        let r = execute(
+                            &spec,
+                            &self.store,
+                            &self.registry,
+                            &Lockfile::default(),
+                            &RunOptions::default(),
+                            &PlainReporter::new(true),
+                            &CancelFlag::new(),
+                        );
+                        if r.is_ok() { End::Completed } else { End::Failed }
+                    }
+                };
+                let t = tasks.get_mut(r).unwrap();
+                t.state = JobState::Ended(end);
+                t.node = Some("n1".into());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Scheduler for FakeSlurm {
+    fn submit(&self, sub: &Submission) -> Result<String, SchedError> {
+        let mut tasks = self.tasks.lock().unwrap();
+        let alive = tasks.values().filter(|t| t.state.alive()).count();
+        if self.limit.is_some_and(|l| alive + sub.keys.len() > l) {
+            return Err(SchedError::Busy("QOSMaxSubmitJobPerUserLimit".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst).to_string();
+        for (i, key) in sub.keys.iter().enumerate() {
+            tasks.insert(
+                sub.task_ref(&id, i),
+                Task {
+                    name: sub.name.clone(),
+                    key: *key,
+                    after: sub.after_ok.clone(),
+                    state: JobState::Queued,
+                    node: None,
+                },
+            );
+        }
+        let alive = tasks.values().filter(|t| t.state.alive()).count();
+        self.max_alive.fetch_max(alive, Ordering::SeqCst);
+        self.submissions.lock().unwrap().push(sub.clone());
+        Ok(id)
+    }
+    fn query(&self, refs: &[String]) -> Result<BTreeMap<String, JobInfo>, SchedError> {
+        let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((at, flag)) = &*self.interrupt.lock().unwrap()
+            && n >= *at
+        {
+            flag.cancel();
+        }
+        if !*self.frozen.lock().unwrap() {
+            for r in refs {
+                self.advance(r);
+            }
+        }
+        let tasks = self.tasks.lock().unwrap();
+        Ok(refs
+            .iter()
+            .map(|r| {
+                let info = tasks
+                    .get(r)
+                    .map(|t| JobInfo {
+                        state: t.state.clone(),
+                        node: t.node.clone(),
+                        name: Some(t.name.clone()),
+                    })
+                    .unwrap_or(JobInfo::new(JobState::Unknown));
+                (r.clone(), info)
+            })
+            .collect())
+    }
+    fn cancel(&self, refs: &[String]) -> Result<(), SchedError> {
+        let mut tasks = self.tasks.lock().unwrap();
+        for r in refs {
+            if let Some(t) = tasks.get_mut(r)
+                && t.state.alive()
+            {
+                t.state = JobState::Ended(End::Cancelled);
+            }
+        }
+        self.cancelled.lock().unwrap().extend(refs.iter().cloned());
+        Ok(())
+    }
+    fn max_array_tasks(&self) -> usize {
+        self.max_array
+    }
+}
+
+fn sopts() -> SlurmOptions {
+    SlurmOptions {
+        poll_min: Duration::from_millis(1),
+        poll_max: Duration::from_millis(4),
+        latency_wait: Duration::ZERO,
+        on_interrupt: OnInterrupt::Leave,
+        ..Default::default()
+    }
+}
+
+fn run(p: &Project, reg: &Registry, fake: &FakeSlurm, opts: &RunOptions, s: SlurmOptions) -> (i32, String) {
+    run_cancellable(p, reg, fake, opts, s, &CancelFlag::new())
+}
+
+fn run_cancellable(
+    p: &Project,
+    reg: &Registry,
+    fake: &FakeSlurm,
+    opts: &RunOptions,
+    s: SlurmOptions,
+    cancel: &CancelFlag,
+) -> (i32, String) {
+    let mut out = Vec::new();
+    let ex = Executor::Slurm {
+        opts: s,
+        scheduler: fake,
+    };
+    let code = app::run_with(&p.manifest(), &p.store(), reg, opts, &ex, true, cancel, &mut out)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    (code, String::from_utf8(out).unwrap())
+}
+
+fn setup() -> (Project, Registry, Log) {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    (Project::new(BASE), reg, log)
+}
+
+#[test]
+fn builds_everything_with_independent_steps_as_arrays() {
+    let (p, reg, log) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), sopts());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take().len(), p.plan(&reg).steps.len());
+    assert!(p.stale(&reg).is_empty());
+    let experts = fake.subs_of("expert:a");
+    assert_eq!(experts.len(), 1);
+    assert_eq!(
+        experts[0].steps,
+        ["expert:a", "expert:b"],
+        "one array for both experts"
+    );
+    assert!(
+        experts[0].after_ok.is_empty(),
+        "head mode submits only ready steps"
+    );
+    // A re-run submits nothing.
+    let n = fake.subs().len();
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), sopts());
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(fake.subs().len(), n);
+}
+
+#[test]
+fn arrays_are_split_at_the_site_limit_and_throttled() {
+    let (p, reg, _) = setup();
+    let mut fake = FakeSlurm::new(&p, &reg);
+    fake.max_array = 2;
+    let s = SlurmOptions {
+        throttle: Some(1),
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_eq!(code, 0, "{out}");
+    // model + 3 datasets are ready at once: datasets (3) split into 2 + 1.
+    let sizes: Vec<usize> = fake
+        .subs()
+        .iter()
+        .filter(|s| s.steps[0].starts_with("dataset:"))
+        .map(|s| s.keys.len())
+        .collect();
+    assert_eq!(sizes, [2, 1]);
+    let arrays: Vec<Option<usize>> = fake
+        .subs()
+        .iter()
+        .filter(|s| s.is_array())
+        .map(|s| s.throttle)
+        .collect();
+    assert!(
+        !arrays.is_empty() && arrays.iter().all(|t| *t == Some(1)),
+        "{arrays:?}"
+    );
+}
+
+#[test]
+fn a_timeout_is_retried_once_and_an_out_of_memory_retry_gets_twice_the_memory() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    fake.script("expert:a", &[End::Timeout]);
+    fake.script("expert:b", &[End::OutOfMemory]);
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), sopts());
+    assert_eq!(code, 0, "{out}");
+    let a = fake.subs_of("expert:a");
+    assert_eq!(a.len(), 2, "first attempt + one retry");
+    assert_eq!(a[1].steps, ["expert:a"], "a retry is its own job");
+    let b = fake.subs_of("expert:b");
+    assert_eq!(
+        b[1].resources.memory.as_deref(),
+        Some("64G"),
+        "{:?}",
+        b[1].resources
+    );
+    // The run log numbers the attempts.
+    let attempts: Vec<u32> = RunLog::new(&p.store())
+        .read()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Submit { step, attempt, .. } if step == "expert:a" => Some(attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, [1, 2]);
+}
+
+#[test]
+fn retries_are_bounded_and_a_failed_step_is_not_retried() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    fake.script("expert:a", &[End::Timeout, End::Timeout]);
+    fake.script("expert:b", &[End::Failed]);
+    // --keep-going: without it the first failure stops the run, retries included.
+    let opts = RunOptions {
+        keep_going: true,
+        ..Default::default()
+    };
+    let (code, out) = run(&p, &reg, &fake, &opts, sopts());
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(fake.subs_of("expert:a").len(), 2);
+    assert_eq!(
+        fake.subs_of("expert:b").len(),
+        1,
+        "FAILED is the step's own failure"
+    );
+    assert!(
+        out.contains("ended TIMEOUT") && out.contains("raise `resources time=`"),
+        "{out}"
+    );
+    assert!(fake.subs_of("gate:a").is_empty() && fake.subs_of("pool:p").is_empty());
+}
+
+#[test]
+fn keep_going_finishes_independent_branches_and_never_submits_dependents() {
+    let log = Log::default();
+    let reg = registry(
+        &log,
+        &Behaviour {
+            fail: vec!["expert:a".into()],
+            ..Default::default()
+        },
+    );
+    let p = Project::new(BASE);
+    let fake = FakeSlurm::new(&p, &reg);
+    let opts = RunOptions {
+        keep_going: true,
+        ..Default::default()
+    };
+    let (code, out) = run(&p, &reg, &fake, &opts, sopts());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("expert:a"), "{out}");
+    for id in ["gate:a", "pool:p", "eval:e"] {
+        assert!(fake.subs_of(id).is_empty(), "{id} submitted");
+    }
+    assert_eq!(fake.subs_of("gate:b").len(), 1, "the independent branch finishes");
+    assert_eq!(p.stale(&reg), ["eval:e", "expert:a", "gate:a", "pool:p"]);
+}
+
+#[test]
+fn submit_all_chains_dependencies_and_resubmits_dependents_of_a_retried_job() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    fake.script("expert:a", &[End::NodeFail]);
+    let s = SlurmOptions {
+        submit_all: true,
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_eq!(code, 0, "{out}");
+    let first = &fake.subs()[..];
+    let eval = fake.subs_of("eval:e");
+    assert!(!eval[0].after_ok.is_empty(), "submitted up front with afterok");
+    assert_eq!(
+        first
+            .iter()
+            .filter(|s| s.steps.contains(&"eval:e".to_string()))
+            .count(),
+        2
+    );
+    let a = fake.subs_of("expert:a");
+    assert!(
+        a[1].resources.sbatch.contains(&"--exclude=n1".to_string()),
+        "{:?}",
+        a[1].resources
+    );
+    // gate:a waited on the dead job: cancelled, and submitted again after the retry.
+    let g = fake.subs_of("gate:a");
+    assert_eq!(g.len(), 2);
+    assert!(!fake.cancelled.lock().unwrap().is_empty());
+    assert!(p.stale(&reg).is_empty());
+}
+
+#[test]
+fn a_new_head_adopts_live_jobs_and_submits_each_step_once() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    // The first head submits the ready steps, then is interrupted and leaves them queued.
+    *fake.frozen.lock().unwrap() = true;
+    let cancel = CancelFlag::new();
+    *fake.interrupt.lock().unwrap() = Some((2, cancel.clone()));
+    let (code, out) = run_cancellable(&p, &reg, &fake, &RunOptions::default(), sopts(), &cancel);
+    assert_eq!(code, 130, "{out}");
+    let first = fake.subs().len();
+    assert!(first > 0);
+    assert!(fake.cancelled.lock().unwrap().is_empty(), "left running");
+    // The next head adopts them: nothing is submitted twice.
+    *fake.frozen.lock().unwrap() = false;
+    *fake.interrupt.lock().unwrap() = None;
+    let mut out = Vec::new();
+    let ex = Executor::Slurm {
+        opts: sopts(),
+        scheduler: &fake,
+    };
+    let code = app::run_with(
+        &p.manifest(),
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        &ex,
+        false,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    let mut per_step: HashMap<String, usize> = HashMap::new();
+    for s in fake.subs() {
+        for id in s.steps {
+            *per_step.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(per_step.len(), p.plan(&reg).steps.len());
+    assert!(per_step.values().all(|&n| n == 1), "{per_step:?}");
+    assert!(p.stale(&reg).is_empty());
+}
+
+#[test]
+fn ctrl_c_can_cancel_what_was_submitted() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    *fake.frozen.lock().unwrap() = true;
+    let cancel = CancelFlag::new();
+    *fake.interrupt.lock().unwrap() = Some((1, cancel.clone()));
+    let s = SlurmOptions {
+        on_interrupt: OnInterrupt::Cancel,
+        ..sopts()
+    };
+    let (code, out) = run_cancellable(&p, &reg, &fake, &RunOptions::default(), s, &cancel);
+    assert_eq!(code, 130, "{out}");
+    let submitted: usize = fake.subs().iter().map(|s| s.keys.len()).sum();
+    assert_eq!(fake.cancelled.lock().unwrap().len(), submitted);
+}
+
+#[test]
+fn exec_builds_a_step_from_its_recipe_alone_and_exits_at_once_when_published() {
+    let (p, reg, log) = setup();
+    let plan = p.plan(&reg);
+    let store = Store::open(p.store()).unwrap();
+    let spec = &plan.get("dataset:a").unwrap().spec;
+    store.save_recipe(spec).unwrap();
+    // The manifest is gone: a job only has the store.
+    std::fs::remove_file(p.manifest()).unwrap();
+    let target = app::ExecTarget::Key(spec.key.hex());
+    let exec = || {
+        app::exec_cmd(
+            &p.store(),
+            &target,
+            None,
+            &RunOptions::default(),
+            &reg,
+            &CancelFlag::new(),
+        )
+        .unwrap()
+    };
+    assert_eq!(exec(), 0);
+    assert_eq!(log.take(), ["dataset:a"]);
+    assert!(store.meta(&spec.key).is_some());
+    assert_eq!(exec(), 0);
+    assert!(log.take().is_empty(), "a published key is not built again");
+}
+
+#[test]
+fn max_jobs_caps_what_is_queued_and_a_submit_limit_is_waited_out() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    let s = SlurmOptions {
+        max_jobs: Some(2),
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fake.max_alive.load(Ordering::SeqCst), 2);
+
+    // A site that refuses the third live job: the head waits for one to end.
+    let (p, reg, _) = setup();
+    let mut fake = FakeSlurm::new(&p, &reg);
+    fake.limit = Some(3);
+    let s = SlurmOptions {
+        arrays: false,
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_eq!(code, 0, "{out}");
+    assert!(p.stale(&reg).is_empty());
+    assert!(fake.max_alive.load(Ordering::SeqCst) <= 3);
+}
