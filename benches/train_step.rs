@@ -1,0 +1,92 @@
+//! Training-step benchmarks (targets from the training issue): one full optimizer step
+//! of expert (LoRA) training — forward, backward, gradient collection, global-norm
+//! clipping, AdamW update — at two sizes:
+//! - the quickstart model (d_model 128, d_ff 256, 2+2 layers, 4 heads, rank 16,
+//!   32 sequences of 32 input / 16 target tokens: pipelines/quickstart.kdl's settings);
+//! - T5-small size (d_model 512, d_ff 2048, 6+6 layers, 8 heads of 64, vocab 32128,
+//!   rank 16, 8 sequences of 128 input / 32 target tokens).
+//! Steps per second = 1 / the reported time. benches/README.md records the numbers and
+//! the PyTorch + peft comparison (scripts/bench_torch_train_step.py).
+
+use std::hint::black_box;
+
+use candle_core::{DType, Device, Var};
+use candle_nn::VarMap;
+use criterion::{Criterion, criterion_group, criterion_main};
+use goosepipe::model::rng::SeededRng;
+use goosepipe::model::trainable::new_trainable_lora;
+use goosepipe::model::{Seq2SeqBatch, T5Config, T5Model};
+use goosepipe::train::adamw::{AdamW, clip_global_norm, grads_of};
+
+struct Size {
+    name: &'static str,
+    cfg: T5Config,
+    batch: usize,
+    src: usize,
+    tgt: usize,
+}
+
+fn sizes() -> Vec<Size> {
+    let mut quick = T5Config::tiny_v1_1(512, 128, 2);
+    quick.num_heads = 4;
+    quick.d_kv = 32;
+    quick.d_ff = 256;
+    let mut small = T5Config::tiny_v1_1(32128, 512, 6);
+    small.num_heads = 8;
+    small.d_kv = 64;
+    small.d_ff = 2048;
+    vec![
+        Size {
+            name: "quickstart_d128_2x2_b32x32",
+            cfg: quick,
+            batch: 32,
+            src: 32,
+            tgt: 16,
+        },
+        Size {
+            name: "t5small_d512_6x6_b8x128",
+            cfg: small,
+            batch: 8,
+            src: 128,
+            tgt: 32,
+        },
+    ]
+}
+
+fn batch(s: &Size) -> Seq2SeqBatch {
+    let mut rng = SeededRng::new(5);
+    let vocab = s.cfg.vocab_size as f64 - 3.0;
+    let mut tok = |n: usize| -> Vec<u32> { (0..n).map(|_| 2 + (rng.uniform() * vocab) as u32).collect() };
+    let inputs: Vec<Vec<u32>> = (0..s.batch).map(|_| tok(s.src)).collect();
+    let targets: Vec<Vec<u32>> = (0..s.batch).map(|_| tok(s.tgt)).collect();
+    Seq2SeqBatch::from_pairs(&s.cfg, &inputs, &targets, &Device::Cpu).unwrap()
+}
+
+fn train_step(c: &mut Criterion) {
+    for s in sizes() {
+        let b = batch(&s);
+        let mut model = T5Model::init_random(&s.cfg, 1, &Device::Cpu, DType::F32).unwrap();
+        let varmap = VarMap::new();
+        let set = new_trainable_lora(&s.cfg, 16, 2, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap();
+        model.set_adapters(set).unwrap();
+        let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().clone().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut opt = AdamW::new(1e-8, 0.0);
+        let mut g = c.benchmark_group(s.name);
+        g.sample_size(10);
+        g.bench_function("lora_r16_optimizer_step", |bench| {
+            bench.iter(|| {
+                let loss = model.forward_loss(&b).unwrap();
+                let store = loss.backward().unwrap();
+                let mut grads = grads_of(&vars, &store);
+                clip_global_norm(&mut grads, 1.0).unwrap();
+                opt.step(&vars, &grads, 5e-3).unwrap();
+                black_box(loss)
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
