@@ -13,7 +13,7 @@ use goosepipe::data::tokens::TokenPair;
 use goosepipe::exec::{CancelFlag, RunOptions};
 use goosepipe::model::sentence::SentenceEmbedder;
 use goosepipe::model::{AdapterSet, LoraExpert, T5Model};
-use goosepipe::steps::average_activation::mean_activations;
+use goosepipe::steps::average_activation::{GEN_TOKENS, mean_activations};
 use goosepipe::steps::retrieval_index::{embed_examples, pick_experts, retrieval_text};
 use goosepipe::store::Store;
 use support::test_data;
@@ -87,7 +87,10 @@ fn retrieval_picks_the_expert_whose_examples_match() {
     let sports = [
         ex("The striker scored twice in the second half.", &[]),
         ex("Who won the tennis final at Wimbledon?", &[]),
-        ex("The marathon runner crossed the finish line first.", &["fast", "slow"]),
+        ex(
+            "The marathon runner crossed the finish line first.",
+            &["fast", "slow"],
+        ),
     ];
     let libs: Vec<Tensor> = [&cooking[..], &finance[..], &sports[..]]
         .iter()
@@ -115,7 +118,9 @@ fn pick_experts_takes_the_max_cosine_and_breaks_ties_by_name_order() {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5/v1_1").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5/v1_1")
+        .join(name)
 }
 
 #[test]
@@ -155,7 +160,10 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
     let d = model.config.d_model;
     let mut want = vec![0f64; d];
     for p in &pairs {
-        let ids = Tensor::new(p.input.as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+        let ids = Tensor::new(p.input.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let mask = Tensor::ones((1, p.input.len()), DType::F32, &dev).unwrap();
         let enc = model.encode(&ids, &mask).unwrap().squeeze(0).unwrap();
         let rows: Vec<Vec<f32>> = enc.to_vec2().unwrap();
@@ -172,9 +180,49 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
         .map(|(a, b)| (*a as f64 - b).abs())
         .fold(0.0, f64::max);
     assert!(err < 1e-5, "{module}: max error {err}");
+    // Decoder modules keep the activation of each example's last greedy decoding
+    // step. Block 0's self-attention q sees RMSNorm(embedding of the token fed at
+    // that step) (T5 has no absolute positions): recompute it from the raw weights.
+    let raw = candle_core::safetensors::load(fixture("model.safetensors"), &dev).unwrap();
+    let shared: Vec<Vec<f32>> = raw["shared.weight"].to_vec2().unwrap();
+    let norm_w: Vec<f32> = raw["decoder.block.0.layer.0.layer_norm.weight"]
+        .to_vec1()
+        .unwrap();
+    let eps = model.config.layer_norm_epsilon;
+    let mut want = vec![0f64; d];
+    for p in &pairs {
+        let mut g = model
+            .generate_greedy(std::slice::from_ref(&p.input), GEN_TOKENS)
+            .unwrap()
+            .remove(0);
+        if g.len() < GEN_TOKENS {
+            g.push(model.config.eos_token_id);
+        }
+        let fed = if g.len() >= 2 {
+            g[g.len() - 2]
+        } else {
+            model.config.decoder_start_token_id
+        };
+        let e = &shared[fed as usize];
+        let ms: f64 = e.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / d as f64;
+        for j in 0..d {
+            want[j] += e[j] as f64 / (ms + eps).sqrt() * norm_w[j] as f64 / pairs.len() as f64;
+        }
+    }
+    let module = "decoder.block.0.layer.0.SelfAttention.q";
+    let v: Vec<f32> = got[module].to_vec1().unwrap();
+    let err = v
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-5, "{module}: max error {err}");
     // The LoRA matters: without it the encoder output, hence the vector, differs.
     model.clear_adapters();
-    let ids = Tensor::new(pairs[0].input.as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(pairs[0].input.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mask = Tensor::ones((1, pairs[0].input.len()), DType::F32, &dev).unwrap();
     let plain = model.encode(&ids, &mask).unwrap();
     model.set_adapters(AdapterSet::from_lora(&expert)).unwrap();
@@ -187,7 +235,10 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(diff > 1e-4, "expert_a does not change the encoder output ({diff})");
+    assert!(
+        diff > 1e-4,
+        "expert_a does not change the encoder output ({diff})"
+    );
 }
 
 fn micro(embedder: &Path) -> String {

@@ -101,7 +101,7 @@ impl Bert {
                 message: format!("hidden_act `{}` is not supported (gelu only)", config.hidden_act),
             });
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(ModelError::Config {
                 path: files.config.clone(),
                 message: "hidden_size must be a multiple of num_attention_heads".into(),
@@ -118,7 +118,11 @@ impl Bert {
             prefix,
             device,
         };
-        let (d, ff, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let (d, ff, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
@@ -167,7 +171,10 @@ impl Bert {
         let d = self.config.hidden_size;
         let heads = self.config.num_attention_heads;
         let dh = d / heads;
-        let words = self.words.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, d))?;
+        let words = self
+            .words
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, s, d))?;
         let pos = self.positions.narrow(0, 0, s)?.unsqueeze(0)?;
         let typ = self.types.narrow(0, 0, 1)?.unsqueeze(0)?;
         let mut h = self

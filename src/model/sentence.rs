@@ -46,11 +46,13 @@ impl SentenceEmbedder {
         let mut tokenizer = super::load::load_tokenizer(&tok_path)?;
         let st = dir.join("sentence_bert_config.json");
         let max_seq_length = if st.is_file() {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&st).map_err(|e| ModelError::io(&st, e))?)
-                .map_err(|e| ModelError::Config {
-                    path: st.clone(),
-                    message: e.to_string(),
-                })?;
+            let v: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&st).map_err(|e| ModelError::io(&st, e))?,
+            )
+            .map_err(|e| ModelError::Config {
+                path: st.clone(),
+                message: e.to_string(),
+            })?;
             v.get("max_seq_length")
                 .and_then(|x| x.as_u64())
                 .map(|x| x as usize)

@@ -1,17 +1,17 @@
 //! The `average-activation` step (one per expert): the expert's router embedding
 //! at every adapted module is the mean input activation of that module over up to
-//! `examples` (default 1000) of the expert's own training examples, with the
-//! expert's LoRA active. Each example contributes its masked mean over real tokens
-//! (encoder modules and cross-attention k/v: input tokens; other decoder modules:
-//! target tokens, teacher-forced), then examples are averaged.
+//! `examples` (default 1000) of the expert's own training examples (seeded sample),
+//! with the expert's LoRA active. As in the paper's code (METHOD.md section 4),
+//! activations are collected while generating greedily (at most 20 tokens):
+//! encoder modules and cross-attention k/v contribute each example's masked mean
+//! over its real input tokens; the other decoder modules (self-attention, cross-
+//! attention q/o, FFN) contribute the activation at the example's last decoding
+//! step. Examples are then averaged. (The paper overwrote one global value per
+//! decoding step of a whole batch, so finished rows there saw pad steps; here each
+//! example's own last step counts, independent of batching.)
 //!
 //! Output: `embeddings.safetensors` in the gate-vector layout (`<module>.gate`
 //! `[d_in]`), so the eval routes with it exactly like PHATGOOSE.
-//!
-//! Deviation from the paper's code (METHOD.md section 4): there the hiddens were
-//! collected while generating, so decoder self-attention and FFN modules kept
-//! only the last decoding step's activation; here they are the masked mean over
-//! the teacher-forced target tokens.
 
 use std::collections::BTreeMap;
 
@@ -28,8 +28,10 @@ use crate::model::{ActivationLog, AdapterSet, GateVectors, LoraExpert, Seq2SeqBa
 use crate::train::Pair;
 
 pub const EMBEDDINGS_FILE: &str = "embeddings.safetensors";
-/// The paper's limits on input and target length.
+/// The paper's input length limit.
 const MAX_LEN: usize = 512;
+/// The paper's generation limit while collecting activations.
+pub const GEN_TOKENS: usize = 20;
 const BATCH: usize = 8;
 const SEED: u64 = 42;
 
@@ -45,9 +47,10 @@ pub fn sample_pairs(mut pairs: Vec<TokenPair>, n: usize, seed: u64) -> Vec<Token
     pairs
 }
 
-/// The mean activation vectors of `expert`'s modules over `pairs` (already
-/// truncated), `batch` pairs per forward pass; `check` runs before each batch (for
-/// Ctrl-C) and `progress` after it with the number of pairs done.
+/// The mean activation vectors of `expert`'s modules over the inputs of `pairs`
+/// (already truncated; targets are not used: the decoder runs on the model's own
+/// greedy output), `batch` pairs per forward pass; `check` runs before each batch
+/// (for Ctrl-C) and at the end, with the number of pairs done.
 pub fn mean_activations(
     model: &mut T5Model,
     expert: &LoraExpert,
@@ -62,13 +65,33 @@ pub fn mean_activations(
         )));
     }
     model.set_adapters(AdapterSet::from_lora(expert)).map_err(fail)?;
+    let eos = model.config.eos_token_id;
     let mut log = ActivationLog::default();
     let mut done = 0;
     for chunk in pairs.chunks(batch.max(1)) {
         check(done)?;
         let inputs: Vec<Vec<u32>> = chunk.iter().map(|p| p.input.clone()).collect();
-        let targets: Vec<Vec<u32>> = chunk.iter().map(|p| p.target.clone()).collect();
-        let b = Seq2SeqBatch::from_pairs(&model.config, &inputs, &targets, model.device()).map_err(fail)?;
+        // The generated tokens with the EOS that ended them (if one did): teacher-
+        // forcing them replays the decoding steps, and the last position is the last step.
+        let targets: Vec<Vec<u32>> = model
+            .generate_greedy(&inputs, GEN_TOKENS)
+            .map_err(fail)?
+            .into_iter()
+            .map(|mut g| {
+                if g.len() < GEN_TOKENS {
+                    g.push(eos);
+                }
+                g
+            })
+            .collect();
+        let mut b =
+            Seq2SeqBatch::from_pairs(&model.config, &inputs, &targets, model.device()).map_err(fail)?;
+        let t = targets.iter().map(Vec::len).max().unwrap_or(1);
+        let mut last = vec![0f32; targets.len() * t];
+        for (i, g) in targets.iter().enumerate() {
+            last[i * t + g.len() - 1] = 1.0;
+        }
+        b.label_mask = Tensor::from_vec(last, (targets.len(), t), model.device()).map_err(fail)?;
         model.accumulate_mean_activations(&b, &mut log).map_err(fail)?;
         done += chunk.len();
     }

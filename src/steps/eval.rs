@@ -19,7 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{Base, device, encode, fail, load_base};
 use super::dataset::EXAMPLES;
 use super::expert::{GATES_FILE, load_expert};
-use super::retrieval_index::{DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library, pick_experts};
+use super::retrieval_index::{
+    DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library, pick_experts,
+};
 use crate::data::{Example, read_jsonl};
 use crate::eval::Results;
 use crate::eval::metrics::{exact_match, rouge_l};
@@ -438,13 +440,14 @@ impl StepRunner for EvalStep {
         if methods.iter().any(|m| m == "retrieval") {
             results.notes.insert(
                 "retrieval".into(),
-                "one expert per example: the highest cosine to its training examples (sentence embeddings)".into(),
+                "one expert per example: the highest cosine to its training examples (sentence embeddings)"
+                    .into(),
             );
         }
         if methods.iter().any(|m| m == "average-activation") {
             results.notes.insert(
                 "average-activation".into(),
-                "routed like phatgoose with each expert's mean input activations (decoder: teacher-forced target tokens)"
+                "routed like phatgoose with each expert's mean input activations over its training inputs (decoder: last greedy decoding step)"
                     .into(),
             );
         }

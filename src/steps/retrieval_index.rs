@@ -120,7 +120,10 @@ impl StepRunner for RetrievalIndexStep {
             .to_string();
         let (mut train, _) = examples(ctx.input("data")?)?;
         if train.is_empty() {
-            return Err(fail(format!("`{}`: the dataset has no training examples", ctx.spec.name)));
+            return Err(fail(format!(
+                "`{}`: the dataset has no training examples",
+                ctx.spec.name
+            )));
         }
         if train.len() > n {
             train.shuffle(&mut ChaCha8Rng::seed_from_u64(SEED));
