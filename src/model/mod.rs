@@ -21,6 +21,8 @@
 //!   retrieval), [`AdapterSet::from_lora`] / [`AdapterSet::from_gated`].
 //!   Routing analysis: [`T5Model::start_routing_log`]. Average-activation
 //!   embeddings: [`T5Model::accumulate_mean_activations`].
+//! - Retrieval: [`sentence::SentenceEmbedder`] (sentence-transformers style mean
+//!   pooling on the compact [`bert::Bert`]), e.g. all-MiniLM-L6-v2.
 //! - Evaluate: [`T5Model::score_choices`] + [`predict`] (rank classification),
 //!   [`T5Model::generate_greedy`] (KV cache), [`score::score`] (the CLI's
 //!   `goosepipe score`).
@@ -31,6 +33,7 @@
 pub mod adapter;
 pub mod alloc;
 pub mod attention;
+pub mod bert;
 pub mod config;
 pub mod dropout;
 pub mod error;
@@ -47,6 +50,7 @@ pub mod rng;
 pub mod routed_cpu;
 pub mod routing;
 pub mod score;
+pub mod sentence;
 pub mod st_io;
 pub mod store;
 pub mod t5;

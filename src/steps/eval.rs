@@ -3,8 +3,11 @@
 //!
 //! Methods implemented here: `base`, `phatgoose`, `merged` (uniform average of the
 //! experts' B·A, i.e. W + mean_i(B_i A_i)/r; the paper's code for merging is not
-//! public, this is the outer-product average), `arrow`, `multitask`, `expert:NAME`,
-//! `best-individual` and `oracle` (per-task best expert: uses test labels).
+//! public, this is the outer-product average), `arrow`, `average-activation`
+//! (routed like phatgoose with the `average-activation` steps' vectors),
+//! `retrieval` (one expert per example, picked by the `retrieval-index` libraries),
+//! `multitask`, `expert:NAME`, `best-individual` and `oracle` (per-task best
+//! expert: uses test labels).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{Base, device, encode, fail, load_base};
 use super::dataset::EXAMPLES;
 use super::expert::{GATES_FILE, load_expert};
+use super::retrieval_index::{
+    DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library, pick_experts,
+};
 use crate::data::{Example, read_jsonl};
 use crate::eval::Results;
 use crate::eval::metrics::{exact_match, rouge_l};
@@ -161,6 +167,70 @@ fn score_task(
     Ok(total / task.examples.len().max(1) as f64)
 }
 
+/// Retrieval: each example goes to the expert whose library holds its nearest
+/// neighbour (top-1 one-hot on every module). Examples are grouped by expert and
+/// each group is scored with that expert's LoRA alone, which is the same thing.
+fn score_retrieval(
+    ctx: &StepContext,
+    base: &mut Base,
+    tasks: &[Task],
+    experts: &[LoraExpert],
+    batch: usize,
+    done: &mut u64,
+) -> Result<BTreeMap<String, f64>, StepError> {
+    let spec = ctx
+        .param("routing.embedder")
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_EMBEDDER)
+        .to_string();
+    let emb = load_embedder(&spec, base.model.device())?;
+    // `experts` are in name order, and so are the libraries.
+    let libraries = experts
+        .iter()
+        .map(|e| {
+            let inp = ctx.input(&format!("retrieval-index:{}", e.name))?;
+            load_library(&inp.files.join(LIBRARY_FILE), emb.dim(), base.model.device())
+        })
+        .collect::<Result<Vec<_>, StepError>>()?;
+    let mut out = BTreeMap::new();
+    let mut counts = vec![0usize; experts.len()];
+    for t in tasks {
+        ctx.cancel.check()?;
+        let picks = pick_experts(&embed_examples(&emb, &t.examples)?, &libraries)?;
+        let mut total = 0f64;
+        for (z, e) in experts.iter().enumerate() {
+            let group: Vec<Example> = t
+                .examples
+                .iter()
+                .zip(&picks)
+                .filter(|(_, p)| **p == z)
+                .map(|(x, _)| x.clone())
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            counts[z] += group.len();
+            let sub = Task {
+                name: t.name.clone(),
+                metric: t.metric.clone(),
+                max_new_tokens: t.max_new_tokens,
+                examples: group,
+            };
+            base.model.set_adapters(AdapterSet::from_lora(e)).map_err(fail)?;
+            total += score_task(ctx, base, &sub, batch, done)? * sub.examples.len() as f64;
+        }
+        out.insert(t.name.clone(), total / t.examples.len().max(1) as f64);
+    }
+    let share: Vec<String> = experts
+        .iter()
+        .zip(&counts)
+        .map(|(e, c)| format!("{} {c}", e.name))
+        .collect();
+    ctx.progress
+        .log(&format!("retrieval: examples per expert: {}", share.join(", ")));
+    Ok(out)
+}
+
 impl StepRunner for EvalStep {
     fn kind(&self) -> &'static str {
         "eval"
@@ -245,6 +315,13 @@ impl StepRunner for EvalStep {
         let mut done = 0u64;
         let mut scores: HashMap<String, BTreeMap<String, f64>> = HashMap::new(); // method -> task -> score
         for m in &plan {
+            if m == "retrieval" {
+                let s = score_retrieval(ctx, &mut base, &tasks, &experts, batch, &mut done)?;
+                let mean: f64 = s.values().sum::<f64>() / tasks.len().max(1) as f64;
+                scores.insert(m.clone(), s);
+                ctx.progress.log(&format!("{m}: mean {:.1}", mean * 100.0));
+                continue;
+            }
             let set = match m.as_str() {
                 "base" => AdapterSet::new(),
                 "phatgoose" => AdapterSet::phatgoose(&experts, &gates, top_k.min(experts.len()), DType::F32)
@@ -256,6 +333,25 @@ impl StepRunner for EvalStep {
                 )
                 .map_err(fail)?,
                 "arrow" => arrow_set(&experts, top_k.min(experts.len()), temperature)?,
+                "average-activation" => {
+                    let vectors = names
+                        .iter()
+                        .map(|n| {
+                            let inp = ctx.input(&format!("average-activation:{n}"))?;
+                            let mut g = GateVectors::load(
+                                &inp.files.join(super::average_activation::EMBEDDINGS_FILE),
+                                base.config(),
+                                &dev,
+                                DType::F32,
+                            )
+                            .map_err(fail)?;
+                            g.name = n.clone();
+                            Ok(g)
+                        })
+                        .collect::<Result<Vec<_>, StepError>>()?;
+                    AdapterSet::phatgoose(&experts, &vectors, top_k.min(experts.len()), DType::F32)
+                        .map_err(fail)?
+                }
                 "multitask" => {
                     let inp = ctx.input("multitask")?;
                     let e = LoraExpert::load(
@@ -275,11 +371,7 @@ impl StepRunner for EvalStep {
                         .ok_or_else(|| fail(format!("{e}: not in the pool")))?;
                     AdapterSet::from_lora(x)
                 }
-                other => {
-                    return Err(fail(format!(
-                        "method `{other}` needs steps this build cannot run yet (average-activation and retrieval land with the evaluation issue)"
-                    )));
-                }
+                other => return Err(fail(format!("unknown method `{other}`"))),
             };
             base.model.set_adapters(set).map_err(fail)?;
             for t in &tasks {
@@ -342,6 +434,20 @@ impl StepRunner for EvalStep {
             results.notes.insert(
                 "multitask".into(),
                 "one LoRA trained on the union of the pool's datasets: needs all data at once (not post-hoc)"
+                    .into(),
+            );
+        }
+        if methods.iter().any(|m| m == "retrieval") {
+            results.notes.insert(
+                "retrieval".into(),
+                "one expert per example: the highest cosine to its training examples (sentence embeddings)"
+                    .into(),
+            );
+        }
+        if methods.iter().any(|m| m == "average-activation") {
+            results.notes.insert(
+                "average-activation".into(),
+                "routed like phatgoose with each expert's mean input activations over its training inputs (decoder: last greedy decoding step)"
                     .into(),
             );
         }

@@ -3,11 +3,13 @@
 //! Each kind has an implementation version that enters every key of that kind: bump
 //! it whenever the same inputs would produce different bytes.
 
+pub mod average_activation;
 pub mod common;
 pub mod dataset;
 pub mod eval;
 pub mod expert;
 pub mod model;
+pub mod retrieval_index;
 pub mod tokenize;
 
 use std::sync::Arc;
@@ -52,6 +54,8 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expert::ExpertStep { kind: "multitask" }));
     r.register(Arc::new(expert::GateStep));
     r.register(Arc::new(expert::PoolStep));
+    r.register(Arc::new(average_activation::AverageActivationStep));
+    r.register(Arc::new(retrieval_index::RetrievalIndexStep));
     r.register(Arc::new(eval::EvalStep));
     r
 }

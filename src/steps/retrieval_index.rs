@@ -1,0 +1,140 @@
+//! The `retrieval-index` step (one per expert): the expert's retrieval library,
+//! i.e. up to `examples` (default 1000) of its dataset's training examples
+//! (sampled with seed 42) embedded with the sentence embedder `embedder` (default
+//! sentence-transformers/all-MiniLM-L6-v2; a hub id or a local folder).
+//!
+//! Output: `library.safetensors` with `embeddings` `[n, dim]` (unit rows).
+//! The eval embeds each query the same way and gives the whole example to the
+//! expert whose library holds the highest cosine ([`pick_experts`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::common::{device, examples, fail};
+use crate::data::Example;
+use crate::exec::{StepContext, StepError, StepRunner};
+use crate::model::hub::HubOptions;
+use crate::model::sentence::{SentenceEmbedder, resolve_embedder};
+
+pub const LIBRARY_FILE: &str = "library.safetensors";
+pub const DEFAULT_EMBEDDER: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const SEED: u64 = 42;
+const BATCH: usize = 32;
+
+pub struct RetrievalIndexStep;
+
+/// The text retrieval embeds for an example (METHOD.md section 4):
+/// `Answer Choices: c1, c2, ..., Instance: input`, with `None` for no choices.
+pub fn retrieval_text(e: &Example) -> String {
+    let choices = if e.choices.is_empty() {
+        "None".to_string()
+    } else {
+        e.choices.join(", ")
+    };
+    format!("Answer Choices: {choices}, Instance: {}", e.input)
+}
+
+/// Loads the embedder named by a step's `embedder` parameter.
+pub fn load_embedder(spec: &str, dev: &Device) -> Result<SentenceEmbedder, StepError> {
+    let dir = resolve_embedder(spec, &HubOptions::default()).map_err(fail)?;
+    SentenceEmbedder::load(&dir, dev).map_err(fail)
+}
+
+/// Unit-length embeddings of the examples' retrieval texts.
+pub fn embed_examples(emb: &SentenceEmbedder, ex: &[Example]) -> Result<Tensor, StepError> {
+    let texts: Vec<String> = ex.iter().map(retrieval_text).collect();
+    emb.embed(&texts, BATCH).map_err(fail)
+}
+
+/// For every query row (unit length), the index of the library with the highest
+/// cosine between the query and any of its rows; ties go to the lower index
+/// (libraries are in expert-name order).
+pub fn pick_experts(queries: &Tensor, libraries: &[Tensor]) -> Result<Vec<usize>, StepError> {
+    if libraries.is_empty() {
+        return Err(fail("retrieval needs at least one expert library"));
+    }
+    let n = queries.dims()[0];
+    let mut best: Vec<(usize, f32)> = vec![(0, f32::NEG_INFINITY); n];
+    for (z, lib) in libraries.iter().enumerate() {
+        if lib.dims()[0] == 0 {
+            continue;
+        }
+        let sims = queries
+            .matmul(&lib.t().map_err(fail)?)
+            .and_then(|s| s.max(D::Minus1))
+            .and_then(|s| s.to_dtype(DType::F32))
+            .and_then(|s| s.to_vec1::<f32>())
+            .map_err(fail)?;
+        for (b, s) in best.iter_mut().zip(sims) {
+            if s > b.1 {
+                *b = (z, s);
+            }
+        }
+    }
+    Ok(best.into_iter().map(|(z, _)| z).collect())
+}
+
+pub fn save_library(path: &Path, embeddings: &Tensor, embedder: &str) -> Result<(), StepError> {
+    let meta = HashMap::from([
+        ("format".to_owned(), "pt".to_owned()),
+        ("goosepipe.kind".to_owned(), "retrieval-library".to_owned()),
+        ("goosepipe.embedder".to_owned(), embedder.to_owned()),
+    ]);
+    crate::model::st_io::save_with_metadata(path, &[("embeddings".to_string(), embeddings.clone())], meta)
+        .map_err(fail)
+}
+
+pub fn load_library(path: &Path, dim: usize, dev: &Device) -> Result<Tensor, StepError> {
+    let t = candle_core::safetensors::load(path, dev)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?
+        .remove("embeddings")
+        .ok_or_else(|| fail(format!("{}: no `embeddings` tensor", path.display())))?;
+    match t.dims() {
+        [_, d] if *d == dim => t.to_dtype(DType::F32).map_err(fail),
+        other => Err(fail(format!(
+            "{}: embeddings have shape {other:?}, the embedder gives {dim}-d vectors (built with another embedder?)",
+            path.display()
+        ))),
+    }
+}
+
+impl StepRunner for RetrievalIndexStep {
+    fn kind(&self) -> &'static str {
+        "retrieval-index"
+    }
+    fn version(&self) -> u32 {
+        super::version_of(self.kind())
+    }
+    fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let dev = device(ctx)?;
+        let n = ctx.param("examples").and_then(|v| v.as_u64()).unwrap_or(1000) as usize;
+        let spec = ctx
+            .param("embedder")
+            .and_then(|v| v.as_str())
+            .unwrap_or(DEFAULT_EMBEDDER)
+            .to_string();
+        let (mut train, _) = examples(ctx.input("data")?)?;
+        if train.is_empty() {
+            return Err(fail(format!(
+                "`{}`: the dataset has no training examples",
+                ctx.spec.name
+            )));
+        }
+        if train.len() > n {
+            train.shuffle(&mut ChaCha8Rng::seed_from_u64(SEED));
+            train.truncate(n);
+        }
+        ctx.cancel.check()?;
+        ctx.progress
+            .log(&format!("embedding {} examples with {spec}", train.len()));
+        let emb = load_embedder(&spec, &dev)?;
+        let lib = embed_examples(&emb, &train)?;
+        ctx.cancel.check()?;
+        save_library(&ctx.out.join(LIBRARY_FILE), &lib, &spec)
+    }
+}

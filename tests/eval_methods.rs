@@ -1,0 +1,327 @@
+//! The average-activation and retrieval baselines: the BERT sentence embedder
+//! against a reference (real all-MiniLM-L6-v2 weights), retrieval's expert choice,
+//! average-activation vectors against an independent computation, and both
+//! methods end to end on a micro pipeline (seconds).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use goosepipe::data::Example;
+use goosepipe::data::tokens::TokenPair;
+use goosepipe::exec::{CancelFlag, RunOptions};
+use goosepipe::model::sentence::SentenceEmbedder;
+use goosepipe::model::{AdapterSet, LoraExpert, T5Model};
+use goosepipe::steps::average_activation::{GEN_TOKENS, mean_activations};
+use goosepipe::steps::retrieval_index::{embed_examples, pick_experts, retrieval_text};
+use goosepipe::store::Store;
+use support::test_data;
+
+fn minilm() -> SentenceEmbedder {
+    SentenceEmbedder::load(&test_data("all-minilm-l6-v2"), &Device::Cpu).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn minilm_embeddings_match_the_reference() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/embeddings.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let sentences: Vec<String> = serde_json::from_value(doc["sentences"].clone()).unwrap();
+    let reference: Vec<Vec<f32>> = serde_json::from_value(doc["embeddings"].clone()).unwrap();
+    let emb = minilm();
+    assert_eq!((emb.dim(), emb.max_seq_length), (384, 256));
+    // Batched with padding (3 per pass) and alone must both match.
+    let got = emb.embed(&sentences, 3).unwrap().to_vec2::<f32>().unwrap();
+    for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+        let c = cosine(g, r);
+        assert!(c >= 0.999, "sentence {i} ({:?}): cosine {c}", sentences[i]);
+        let norm: f32 = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not unit length: {norm}");
+    }
+    let alone = emb.embed(&sentences[..1], 1).unwrap().to_vec2::<f32>().unwrap();
+    assert!(cosine(&alone[0], &got[0]) > 0.99999);
+}
+
+fn ex(input: &str, choices: &[&str]) -> Example {
+    Example {
+        input: input.into(),
+        target: choices.first().map(|c| c.to_string()).unwrap_or_default(),
+        choices: choices.iter().map(|c| c.to_string()).collect(),
+        answers: vec![],
+    }
+}
+
+#[test]
+fn retrieval_text_follows_the_paper() {
+    assert_eq!(
+        retrieval_text(&ex("Is it raining?", &["yes", "no"])),
+        "Answer Choices: yes, no, Instance: Is it raining?"
+    );
+    assert_eq!(
+        retrieval_text(&ex("Summarize: a b c", &[])),
+        "Answer Choices: None, Instance: Summarize: a b c"
+    );
+}
+
+#[test]
+fn retrieval_picks_the_expert_whose_examples_match() {
+    let emb = minilm();
+    // Libraries in expert-name order: cooking, finance, sports.
+    let cooking = [
+        ex("How long should I boil an egg for a soft yolk?", &[]),
+        ex("Add the garlic to the pan and fry it until golden.", &[]),
+        ex("Which spice gives curry its yellow color?", &["turmeric", "salt"]),
+    ];
+    let finance = [
+        ex("The central bank raised interest rates by half a point.", &[]),
+        ex("Is this stock a good long-term investment?", &["yes", "no"]),
+        ex("Quarterly earnings beat analyst expectations.", &[]),
+    ];
+    let sports = [
+        ex("The striker scored twice in the second half.", &[]),
+        ex("Who won the tennis final at Wimbledon?", &[]),
+        ex(
+            "The marathon runner crossed the finish line first.",
+            &["fast", "slow"],
+        ),
+    ];
+    let libs: Vec<Tensor> = [&cooking[..], &finance[..], &sports[..]]
+        .iter()
+        .map(|l| embed_examples(&emb, l).unwrap())
+        .collect();
+    let queries = [
+        ex("What temperature do you bake bread at?", &[]),
+        ex("Goalkeeper saves a penalty in the final minute.", &[]),
+        ex("Bond yields fell after the inflation report.", &["up", "down"]),
+        ex("Simmer the tomato sauce for twenty minutes.", &[]),
+    ];
+    let picks = pick_experts(&embed_examples(&emb, &queries).unwrap(), &libs).unwrap();
+    assert_eq!(picks, vec![0, 2, 1, 0]);
+}
+
+#[test]
+fn pick_experts_takes_the_max_cosine_and_breaks_ties_by_name_order() {
+    let dev = Device::Cpu;
+    let q = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [0.6, 0.8]], &dev).unwrap();
+    // Library 0 holds one near match for the first query; library 1 an exact match
+    // for the second among a far one; both tie on the third.
+    let l0 = Tensor::new(&[[0.8f32, 0.6], [0.6, 0.8]], &dev).unwrap();
+    let l1 = Tensor::new(&[[-1f32, 0.0], [0.0, 1.0], [0.6, 0.8]], &dev).unwrap();
+    assert_eq!(pick_experts(&q, &[l0, l1]).unwrap(), vec![0, 1, 0]);
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5/v1_1")
+        .join(name)
+}
+
+#[test]
+fn average_activation_vectors_equal_an_independent_masked_mean() {
+    let dev = Device::Cpu;
+    let mut model = T5Model::load(&fixture(""), &dev, DType::F32).unwrap();
+    let expert = LoraExpert::load(&fixture("expert_a.safetensors"), &model.config, &dev, DType::F32).unwrap();
+    // Different lengths, so that padding would show if it leaked into the means.
+    let pairs = vec![
+        TokenPair {
+            input: vec![5, 6, 7, 8, 9, 10, 1],
+            target: vec![20, 21, 22, 1],
+        },
+        TokenPair {
+            input: vec![11, 12, 1],
+            target: vec![23, 1],
+        },
+        TokenPair {
+            input: vec![13, 14, 15, 16, 1],
+            target: vec![24, 25, 26, 27, 28, 1],
+        },
+    ];
+    let mut calls = 0;
+    let got = mean_activations(&mut model, &expert, &pairs, 2, |_| {
+        calls += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(calls, 3, "checked before each of 2 batches and at the end");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expert.modules.keys().collect::<Vec<_>>()
+    );
+    // Cross-attention k reads the encoder output: recompute it one example at a
+    // time (no padding at all) with the expert's LoRA on, and average by hand.
+    model.set_adapters(AdapterSet::from_lora(&expert)).unwrap();
+    let d = model.config.d_model;
+    let mut want = vec![0f64; d];
+    for p in &pairs {
+        let ids = Tensor::new(p.input.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mask = Tensor::ones((1, p.input.len()), DType::F32, &dev).unwrap();
+        let enc = model.encode(&ids, &mask).unwrap().squeeze(0).unwrap();
+        let rows: Vec<Vec<f32>> = enc.to_vec2().unwrap();
+        for j in 0..d {
+            let mean: f64 = rows.iter().map(|r| r[j] as f64).sum::<f64>() / rows.len() as f64;
+            want[j] += mean / pairs.len() as f64;
+        }
+    }
+    let module = "decoder.block.1.layer.1.EncDecAttention.k";
+    let v: Vec<f32> = got[module].to_vec1().unwrap();
+    let err = v
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-5, "{module}: max error {err}");
+    // Decoder modules keep the activation of each example's last greedy decoding
+    // step. Block 0's self-attention q sees RMSNorm(embedding of the token fed at
+    // that step) (T5 has no absolute positions): recompute it from the raw weights.
+    let raw = candle_core::safetensors::load(fixture("model.safetensors"), &dev).unwrap();
+    let shared: Vec<Vec<f32>> = raw["shared.weight"].to_vec2().unwrap();
+    let norm_w: Vec<f32> = raw["decoder.block.0.layer.0.layer_norm.weight"]
+        .to_vec1()
+        .unwrap();
+    let eps = model.config.layer_norm_epsilon;
+    let mut want = vec![0f64; d];
+    for p in &pairs {
+        let mut g = model
+            .generate_greedy(std::slice::from_ref(&p.input), GEN_TOKENS)
+            .unwrap()
+            .remove(0);
+        if g.len() < GEN_TOKENS {
+            g.push(model.config.eos_token_id);
+        }
+        let fed = if g.len() >= 2 {
+            g[g.len() - 2]
+        } else {
+            model.config.decoder_start_token_id
+        };
+        let e = &shared[fed as usize];
+        let ms: f64 = e.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / d as f64;
+        for j in 0..d {
+            want[j] += e[j] as f64 / (ms + eps).sqrt() * norm_w[j] as f64 / pairs.len() as f64;
+        }
+    }
+    let module = "decoder.block.0.layer.0.SelfAttention.q";
+    let v: Vec<f32> = got[module].to_vec1().unwrap();
+    let err = v
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-5, "{module}: max error {err}");
+    // The LoRA matters: without it the encoder output, hence the vector, differs.
+    model.clear_adapters();
+    let ids = Tensor::new(pairs[0].input.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mask = Tensor::ones((1, pairs[0].input.len()), DType::F32, &dev).unwrap();
+    let plain = model.encode(&ids, &mask).unwrap();
+    model.set_adapters(AdapterSet::from_lora(&expert)).unwrap();
+    let adapted = model.encode(&ids, &mask).unwrap();
+    let diff = (plain - adapted)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff > 1e-4,
+        "expert_a does not change the encoder output ({diff})"
+    );
+}
+
+fn micro(embedder: &Path) -> String {
+    format!(
+        r#"
+pipeline "micro"
+dataset "corpus" {{ synthetic task="corpus" examples=200 seed=1; }}
+model "t" {{
+    init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=8 batch=8
+}}
+defaults {{
+    lora rank=4
+    train steps=6 batch=8 micro-batch=8 eval-every=6 eval-examples=8 checkpoint-every=6
+    gate steps=2 batch=8 micro-batch=8
+}}
+dataset "sort" {{ synthetic task="sort" format="choice" examples=48; }}
+dataset "shift" {{ synthetic task="shift" format="choice" examples=48; }}
+dataset "arrange" split="test" {{ synthetic task="arrange" format="choice" examples=12 seed=5; }}
+expert "sort" model="t" dataset="sort"
+expert "shift" model="t" dataset="shift"
+pool "p" {{ experts "sort" "shift"; }}
+eval "e" pool="p" {{
+    methods "average-activation" "retrieval" "phatgoose"
+    task "arrange" dataset="arrange"
+    task "arrange-gen" dataset="arrange" metric="exact-match" max-new-tokens=4
+    routing activation-examples=20 retrieval-examples=16 embedder="{}"
+}}
+"#,
+        embedder.display()
+    )
+}
+
+#[test]
+fn micro_pipeline_runs_average_activation_and_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = test_data("all-minilm-l6-v2");
+    std::fs::write(dir.path().join("micro.kdl"), micro(&embedder)).unwrap();
+    let reg = goosepipe::steps::registry();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &dir.path().join("micro.kdl"),
+        &dir.path().join("store"),
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("| task | average-activation | retrieval | phatgoose |"),
+        "{out}"
+    );
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(&dir.path().join("micro.kdl"), &reg, &store.hash_cache()).unwrap();
+    let files = |id: &str| store.files_dir(&plan.get(id).unwrap().spec.key);
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("eval:e").join("results.json")).unwrap()).unwrap();
+    for task in ["arrange", "arrange-gen"] {
+        for m in ["average-activation", "retrieval", "phatgoose"] {
+            let s = results["scores"][task][m]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {m} score for {task}: {results}"));
+            assert!(s.is_finite() && (0.0..=1.0).contains(&s), "{task}/{m}: {s}");
+        }
+    }
+    // Per-expert artifacts: router vectors in the gate layout, 16-example libraries.
+    let lib = candle_core::safetensors::load(
+        files("retrieval-index:sort").join("library.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(lib["embeddings"].dims(), &[16, 384]);
+    let vecs = candle_core::safetensors::load(
+        files("average-activation:shift").join("embeddings.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(!vecs.is_empty() && vecs.keys().all(|k| k.ends_with(".gate")));
+    for t in vecs.values() {
+        let v: Vec<f32> = t.to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != 0.0));
+    }
+}
