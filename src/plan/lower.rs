@@ -415,6 +415,49 @@ impl Lowerer<'_> {
         self.push(g, &e.name);
     }
 
+    /// The sentence embedder of the retrieval method as a keyed external: a local
+    /// folder (relative to the manifest) by content, else a hub repo whose commit the
+    /// lockfile pins. Its name alone would let a changed folder or a moved branch
+    /// reuse stale libraries.
+    fn embedder(&mut self, spec: &str, loc: Option<Loc>) -> Option<External> {
+        if spec.is_empty() {
+            return None;
+        }
+        let local = self.manifest.root.join(spec);
+        let looks_local = spec.starts_with('.') || spec.starts_with('/') || local.is_dir();
+        if !looks_local {
+            return Some(External::Hub {
+                role: "embedder".into(),
+                repo_type: "model".into(),
+                repo: spec.into(),
+                revision: "main".into(),
+            });
+        }
+        let abs = crate::manifest::validate::normalize(&local);
+        match self.hashes.path(&abs) {
+            Ok(h) => Some(External::Path {
+                role: "embedder".into(),
+                path: abs.display().to_string(),
+                display: spec.into(),
+                blake3: h.to_hex().to_string(),
+            }),
+            Err(e) => {
+                let loc = loc.unwrap_or(Loc::new(0, (0..0).into()));
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::missing-file",
+                        loc,
+                        format!("the retrieval embedder folder \"{spec}\" cannot be read: {e}"),
+                        "embedder",
+                    )
+                    .help("routing.embedder is a hub id (org/name) or a folder relative to the manifest"),
+                );
+                None
+            }
+        }
+    }
+
     /// The `tokenize` step of (dataset, model): one per pair, shared by every trainer.
     fn tokens(&mut self, dataset: &str, model: &str) -> String {
         let loc = self.manifest.entity("dataset", dataset).map(|d| d.name_loc);
@@ -607,12 +650,21 @@ impl Lowerer<'_> {
                         let mut a = Proto::new("retrieval-index", &m.name, Some(m.name_loc));
                         a.params.insert("examples".into(), rint("retrieval-examples"));
                         a.params.insert("embedder".into(), rstr("embedder"));
+                        let spec = rstr("embedder").as_str().unwrap_or_default().to_string();
+                        if let Some(x) = self.embedder(&spec, Some(e.name_loc)) {
+                            a.externals.push(x);
+                        }
                         a.inputs = vec![(
                             "data".into(),
                             format!("dataset:{}", m.block.str("dataset").unwrap_or_default()),
                         )];
                         let id = self.push(a, &e.name);
                         v.inputs.push((format!("retrieval-index:{}", m.name), id));
+                    }
+                    // The eval embeds its queries with the same embedder.
+                    let spec = rstr("embedder").as_str().unwrap_or_default().to_string();
+                    if let Some(x) = self.embedder(&spec, Some(e.name_loc)) {
+                        v.externals.push(x);
                     }
                 }
                 Some(Method::Named("multitask")) => {

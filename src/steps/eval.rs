@@ -183,7 +183,7 @@ fn score_retrieval(
         .and_then(|v| v.as_str())
         .unwrap_or(DEFAULT_EMBEDDER)
         .to_string();
-    let emb = load_embedder(&spec, base.model.device())?;
+    let emb = load_embedder(ctx, &spec, base.model.device())?;
     // `experts` are in name order, and so are the libraries.
     let libraries = experts
         .iter()

@@ -20,6 +20,7 @@ use crate::data::Example;
 use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::hub::HubOptions;
 use crate::model::sentence::{SentenceEmbedder, resolve_embedder};
+use crate::store::External;
 
 pub const LIBRARY_FILE: &str = "library.safetensors";
 pub const DEFAULT_EMBEDDER: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -39,9 +40,24 @@ pub fn retrieval_text(e: &Example) -> String {
     format!("Answer Choices: {choices}, Instance: {}", e.input)
 }
 
-/// Loads the embedder named by a step's `embedder` parameter.
-pub fn load_embedder(spec: &str, dev: &Device) -> Result<SentenceEmbedder, StepError> {
-    let dir = resolve_embedder(spec, &HubOptions::default()).map_err(fail)?;
+/// Loads the step's embedder: its keyed external (a hashed local folder, or a hub
+/// repo at the commit the lockfile pins, which it records), else the `spec` name.
+pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<SentenceEmbedder, StepError> {
+    let dir = match ctx.spec.externals.iter().find(|e| e.role() == "embedder") {
+        Some(External::Path { path, .. }) => std::path::PathBuf::from(path),
+        Some(ext @ External::Hub { repo, revision, .. }) => {
+            let name = ext.lock_name();
+            let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
+            let dir = crate::model::hub::resolve_model(repo, &rev, &HubOptions::default()).map_err(fail)?;
+            let commit = dir
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or(rev);
+            ctx.pin(&name, &commit)?;
+            dir
+        }
+        None => resolve_embedder(spec, &HubOptions::default()).map_err(fail)?,
+    };
     SentenceEmbedder::load(&dir, dev).map_err(fail)
 }
 
@@ -132,7 +148,7 @@ impl StepRunner for RetrievalIndexStep {
         ctx.cancel.check()?;
         ctx.progress
             .log(&format!("embedding {} examples with {spec}", train.len()));
-        let emb = load_embedder(&spec, &dev)?;
+        let emb = load_embedder(ctx, &spec, &dev)?;
         let lib = embed_examples(&emb, &train)?;
         ctx.cancel.check()?;
         save_library(&ctx.out.join(LIBRARY_FILE), &lib, &spec)
