@@ -25,7 +25,8 @@ pub struct Resources {
 /// request would only make jobs wait for hardware they do not use.
 pub fn defaults_for(kind: &str, trains: bool, gpu_run: bool) -> Resources {
     let (gpus, cpus, mem, time) = match kind {
-        "dataset" => (0, 2, "4G", "2:00:00"),
+        // Rendering up to 500,000 templated pairs; tokenizing them.
+        "dataset" | "tokenize" => (0, 2, "8G", "2:00:00"),
         "pool" => (0, 1, "1G", "0:10:00"),
         // A model step only computes when it pretrains (`init`); a hub or local model
         // step just records a pointer.
@@ -34,6 +35,10 @@ pub fn defaults_for(kind: &str, trains: bool, gpu_run: bool) -> Resources {
         "expert" | "multitask" => (1, 4, "32G", "8:00:00"),
         "gate" => (1, 4, "32G", "4:00:00"),
         "eval" => (1, 4, "32G", "8:00:00"),
+        // Forward passes of the base with one LoRA over 1000 examples.
+        "average-activation" => (1, 4, "32G", "2:00:00"),
+        // MiniLM over 1000 examples: small enough for CPUs.
+        "retrieval-index" => (0, 4, "8G", "1:00:00"),
         _ => (0, 1, "4G", "2:00:00"),
     };
     Resources {
