@@ -149,16 +149,19 @@ impl Status {
 
 /// Judges every step of the plan against the store and the lockfile.
 pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
+    use rayon::prelude::*;
     let n = plan.steps.len();
-    let mut built = vec![false; n];
-    let mut reasons: Vec<Vec<Reason>> = vec![vec![]; n];
-    for (i, step) in plan.steps.iter().enumerate() {
-        match store.presence(&step.spec.key) {
-            Presence::Present(_) => built[i] = true,
-            Presence::Corrupt(detail) => reasons[i].push(Reason::Corrupt { detail }),
-            Presence::Missing => reasons[i].extend(why_missing(&step.spec, store, lock)),
-        }
-    }
+    // One stat (and for missing steps a lockfile lookup) per step, independent of each
+    // other: in parallel, which matters for plans of tens of thousands of steps.
+    let (built, mut reasons): (Vec<bool>, Vec<Vec<Reason>>) = plan
+        .steps
+        .par_iter()
+        .map(|step| match store.presence(&step.spec.key) {
+            Presence::Present(_) => (true, vec![]),
+            Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
+            Presence::Missing => (false, why_missing(&step.spec, store, lock)),
+        })
+        .unzip();
     // What has to run: missing artifacts that are wanted. Sinks are wanted; a missing
     // input of a step that runs is wanted.
     let mut needed = vec![false; n];
