@@ -3,8 +3,8 @@
 //! clipping, AdamW update — at two sizes:
 //! - the quickstart model (d_model 128, d_ff 256, 2+2 layers, 4 heads, rank 16,
 //!   32 sequences of 32 input / 16 target tokens: pipelines/quickstart.kdl's settings);
-//! - T5-small size (d_model 512, d_ff 2048, 6+6 layers, 8 heads of 64, vocab 32128,
-//!   rank 16, 8 sequences of 128 input / 32 target tokens).
+//! - T5-small size (T5.1.1-small's shape: d_model 512, d_ff 1024, 8+8 layers, 6 heads of
+//!   64, vocab 32128; rank 16, 8 sequences of 128 input / 32 target tokens).
 //! Steps per second = 1 / the reported time. benches/README.md records the numbers and
 //! the PyTorch + peft comparison (scripts/bench_torch_train_step.py).
 
@@ -31,10 +31,10 @@ fn sizes() -> Vec<Size> {
     quick.num_heads = 4;
     quick.d_kv = 32;
     quick.d_ff = 256;
-    let mut small = T5Config::tiny_v1_1(32128, 512, 6);
-    small.num_heads = 8;
+    let mut small = T5Config::tiny_v1_1(32128, 512, 8);
+    small.num_heads = 6;
     small.d_kv = 64;
-    small.d_ff = 2048;
+    small.d_ff = 1024;
     vec![
         Size {
             name: "quickstart_d128_2x2_b32x32",
@@ -44,7 +44,7 @@ fn sizes() -> Vec<Size> {
             tgt: 16,
         },
         Size {
-            name: "t5small_d512_6x6_b8x128",
+            name: "t5small_d512_8x8_b8x128",
             cfg: small,
             batch: 8,
             src: 128,

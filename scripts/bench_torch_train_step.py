@@ -20,7 +20,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 SIZES = [
     # name, d_model, d_ff, layers, heads, d_kv, vocab, batch, src, tgt
     ("quickstart_d128_2x2_b32x32", 128, 256, 2, 4, 32, 512, 32, 32, 16),
-    ("t5small_d512_6x6_b8x128", 512, 2048, 6, 8, 64, 32128, 8, 128, 32),
+    ("t5small_d512_8x8_b8x128", 512, 1024, 8, 6, 64, 32128, 8, 128, 32),
 ]
 
 
