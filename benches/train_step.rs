@@ -5,6 +5,7 @@
 //!   32 sequences of 32 input / 16 target tokens: pipelines/quickstart.kdl's settings);
 //! - T5-small size (T5.1.1-small's shape: d_model 512, d_ff 1024, 8+8 layers, 6 heads of
 //!   64, vocab 32128; rank 16, 8 sequences of 128 input / 32 target tokens).
+//!
 //! Steps per second = 1 / the reported time. benches/README.md records the numbers and
 //! the PyTorch + peft comparison (scripts/bench_torch_train_step.py).
 
