@@ -328,11 +328,37 @@ pub fn report(
     store_root: &Path,
     registry: &Registry,
     format: &str,
+    plots: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
     let mut any = false;
     for s in plan.steps.iter().filter(|s| s.spec.kind == "eval") {
+        if let Some(dir) = plots {
+            let files = store.files_dir(&s.spec.key);
+            if let Ok(bytes) = std::fs::read(files.join("results.json")) {
+                let results: crate::eval::Results = serde_json::from_slice(&bytes)
+                    .map_err(|e| miette!("{}: unreadable results.json: {e}", s.spec.id))?;
+                let routing: Option<crate::eval::plots::RoutingRecord> =
+                    match std::fs::read(files.join(crate::eval::plots::ROUTING_JSON)) {
+                        Ok(b) => Some(
+                            serde_json::from_slice(&b)
+                                .map_err(|e| miette!("{}: unreadable routing record: {e}", s.spec.id))?,
+                        ),
+                        Err(_) => None,
+                    };
+                let written = crate::eval::plots::write_plots(
+                    &dir.join(&s.spec.name),
+                    &s.spec.name,
+                    &results,
+                    routing.as_ref(),
+                )
+                .map_err(|e| miette!("{}: drawing the plots failed: {e}", s.spec.id))?;
+                for f in written {
+                    let _ = writeln!(out, "wrote {}", f.display());
+                }
+            }
+        }
         let file = match format {
             "csv" => "results.csv",
             "json" => "results.json",

@@ -126,6 +126,9 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
+        /// Also draw routing heatmaps and score charts (SVG and PNG) into DIR/EVAL/.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
     },
     /// Per-token log-probabilities of TARGET given INPUT under a model (and experts).
     Score {
@@ -335,13 +338,13 @@ fn main() -> ExitCode {
         Command::Explain { file, step } => app::explain(&file, &step, &store, &registry, &mut out),
         Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
         Command::Show { what, json } => app::show(&what, &store, json, &mut out),
-        Command::Report { file, format } => {
+        Command::Report { file, format, plots } => {
             let f = match format {
                 ReportFormat::Md => "md",
                 ReportFormat::Csv => "csv",
                 ReportFormat::Json => "json",
             };
-            app::report(&file, &store, &registry, f, &mut out)
+            app::report(&file, &store, &registry, f, plots.as_deref(), &mut out)
         }
         Command::Score {
             model,

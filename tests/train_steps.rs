@@ -133,3 +133,80 @@ fn interrupted_training_resumes_to_the_same_artifact() {
         "resuming gives the same bytes as an uninterrupted run"
     );
 }
+
+/// The eval records which experts every module chose per routed method and task, and
+/// `goosepipe report --plots` draws them (SVG with labels, PNG) with a score chart.
+#[test]
+fn report_draws_routing_heatmaps_and_score_charts() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("micro.kdl"), MICRO).unwrap();
+    let (code, out) = run(t.path(), &CancelFlag::default());
+    assert_eq!(code, 0, "{out}");
+    let store = Store::open(t.path().join("store")).unwrap();
+    let reg = goosepipe::steps::registry();
+    let plan = goosepipe::app::load_plan(&t.path().join("micro.kdl"), &reg, &store.hash_cache()).unwrap();
+    let eval = store.files_dir(&plan.get("eval:e").unwrap().spec.key);
+    let routing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval.join("routing.json")).unwrap()).unwrap();
+    // Two experts, top-2: every token of every module picks both, once each.
+    for method in ["phatgoose", "arrow"] {
+        let modules = routing[method]["arrange"].as_object().unwrap();
+        assert!(
+            modules.contains_key("encoder.block.0.layer.0.SelfAttention.q"),
+            "{method}"
+        );
+        for (name, m) in modules {
+            let counts: Vec<u64> = m["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .collect();
+            let tokens = m["tokens"].as_u64().unwrap();
+            assert!(tokens > 0, "{name}");
+            assert_eq!(counts, vec![tokens, tokens], "{method} {name}");
+        }
+    }
+    assert!(routing.get("merged").is_none() && routing.get("base").is_none());
+
+    let plots = t.path().join("plots");
+    let mut out = Vec::new();
+    let code = goosepipe::app::report(
+        &t.path().join("micro.kdl"),
+        &t.path().join("store"),
+        &reg,
+        "md",
+        Some(&plots),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    let svg = std::fs::read_to_string(plots.join("e/routing-phatgoose-arrange.svg")).unwrap();
+    let labels = svg_texts(&svg);
+    assert!(
+        labels
+            .iter()
+            .any(|l| l == "encoder.block.0.layer.0.SelfAttention.q")
+            && labels.iter().any(|l| l == "sort"),
+        "labelled SVG: {labels:?}"
+    );
+    let png = std::fs::read(plots.join("e/routing-arrow-arrange-gen.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let bars = svg_texts(&std::fs::read_to_string(plots.join("e/scores.svg")).unwrap());
+    assert!(
+        bars.iter().any(|l| l == "phatgoose") && bars.iter().any(|l| l == "oracle"),
+        "{bars:?}"
+    );
+    assert!(plots.join("e/scores.png").is_file());
+}
+
+/// The text labels of an SVG (what `<text>` elements hold).
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}

@@ -1,6 +1,7 @@
-//! Evaluation: metrics and result tables.
+//! Evaluation: metrics, result tables, and the report's plots.
 
 pub mod metrics;
+pub mod plots;
 pub mod table;
 
 pub use table::Results;

@@ -314,6 +314,11 @@ impl StepRunner for EvalStep {
         ctx.progress.set_total(per_method * plan.len() as u64, "examples");
         let mut done = 0u64;
         let mut scores: HashMap<String, BTreeMap<String, f64>> = HashMap::new(); // method -> task -> score
+        // method -> task -> module -> expert choice counts
+        let mut routing: BTreeMap<
+            String,
+            BTreeMap<String, BTreeMap<String, crate::model::adapter::ModuleRouting>>,
+        > = BTreeMap::new();
         for m in &plan {
             if m == "retrieval" {
                 let s = score_retrieval(ctx, &mut base, &tasks, &experts, batch, &mut done)?;
@@ -374,9 +379,21 @@ impl StepRunner for EvalStep {
                 other => return Err(fail(format!("unknown method `{other}`"))),
             };
             base.model.set_adapters(set).map_err(fail)?;
+            // Token-level routers: record which experts each module picks, per task,
+            // for the routing analysis (`goosepipe report --plots`).
+            let routed = matches!(m.as_str(), "phatgoose" | "arrow" | "average-activation");
             for t in &tasks {
+                if routed {
+                    base.model.start_routing_log(false);
+                }
                 let s = score_task(ctx, &base, t, batch, &mut done)?;
                 scores.entry(m.clone()).or_default().insert(t.name.clone(), s);
+                if let Some(log) = base.model.take_routing_log() {
+                    routing
+                        .entry(m.clone())
+                        .or_default()
+                        .insert(t.name.clone(), log.modules);
+                }
             }
             let mean: f64 = scores[m].values().sum::<f64>() / tasks.len().max(1) as f64;
             ctx.progress.log(&format!("{m}: mean {:.1}", mean * 100.0));
@@ -464,6 +481,12 @@ impl StepRunner for EvalStep {
         )?;
         std::fs::write(ctx.out.join("results.md"), results.markdown())?;
         std::fs::write(ctx.out.join("results.csv"), results.csv())?;
+        if !routing.is_empty() {
+            std::fs::write(
+                ctx.out.join(crate::eval::plots::ROUTING_JSON),
+                serde_json::to_vec_pretty(&routing).expect("json"),
+            )?;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,268 @@
+//! Routing analysis and score charts for `goosepipe report --plots DIR`: for every
+//! token-level routed method (phatgoose, arrow, average-activation) and task, a heatmap
+//! of which experts each adapted module chose (rows: modules in network order;
+//! columns: experts; colour: share of the module's (token, slot) choices), and a bar
+//! chart of each method's mean score. Each is written as SVG (labelled) and PNG (the
+//! same picture without text: the PNG backend has no fonts to draw with).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde::Deserialize;
+
+use super::Results;
+
+/// The eval artifact's routing record: method -> task -> module -> choices.
+pub const ROUTING_JSON: &str = "routing.json";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModuleChoices {
+    pub expert_names: Vec<String>,
+    pub counts: Vec<u64>,
+    pub tokens: u64,
+}
+
+pub type RoutingRecord = BTreeMap<String, BTreeMap<String, BTreeMap<String, ModuleChoices>>>;
+
+/// Network order: encoder before decoder, blocks numerically, then the module path.
+fn module_order(name: &str) -> (u8, usize, String) {
+    let side = u8::from(name.starts_with("decoder"));
+    let block = name
+        .split('.')
+        .skip_while(|p| *p != "block")
+        .nth(1)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    (side, block, name.to_string())
+}
+
+/// File-name-safe form of a label.
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// White (never chosen) to dark blue (always chosen).
+fn shade(v: f64) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let l = |full: f64| (255.0 - (255.0 - full) * v) as u8;
+    RGBColor(l(8.0), l(48.0), l(107.0))
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Rows of shares: for each module (in network order), each expert's share of choices.
+fn shares(modules: &BTreeMap<String, ModuleChoices>) -> (Vec<String>, Vec<String>, Vec<Vec<f64>>) {
+    let mut names: Vec<&String> = modules.keys().collect();
+    names.sort_by_key(|n| module_order(n));
+    let experts = modules
+        .values()
+        .next()
+        .map(|m| m.expert_names.clone())
+        .unwrap_or_default();
+    let rows = names
+        .iter()
+        .map(|n| {
+            let m = &modules[*n];
+            let total: u64 = m.counts.iter().sum();
+            m.counts.iter().map(|&c| c as f64 / total.max(1) as f64).collect()
+        })
+        .collect();
+    (names.into_iter().cloned().collect(), experts, rows)
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    modules: &[String],
+    experts: &[String],
+    rows: &[Vec<f64>],
+    labels: bool,
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(err)?;
+    let (w, h) = root.dim_in_pixel();
+    let (left, top) = if labels { (340i32, 40i32) } else { (4, 4) };
+    let bottom = if labels { 120i32 } else { 4 };
+    let cw = ((w as i32 - left - 4) / experts.len().max(1) as i32).max(1);
+    let ch = ((h as i32 - top - bottom) / modules.len().max(1) as i32).max(1);
+    for (i, row) in rows.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            let (x, y) = (left + j as i32 * cw, top + i as i32 * ch);
+            root.draw(&Rectangle::new([(x, y), (x + cw, y + ch)], shade(*v).filled()))
+                .map_err(err)?;
+        }
+    }
+    if labels {
+        let font = ("sans-serif", 14).into_font();
+        root.draw(&Text::new(title.to_string(), (left, 10), font.clone()))
+            .map_err(err)?;
+        let small = ("sans-serif", 10).into_font();
+        for (i, m) in modules.iter().enumerate() {
+            root.draw(&Text::new(m.clone(), (4, top + i as i32 * ch), small.clone()))
+                .map_err(err)?;
+        }
+        let rotated = small.transform(FontTransform::Rotate90);
+        for (j, e) in experts.iter().enumerate() {
+            let y = top + modules.len() as i32 * ch + 4;
+            root.draw(&Text::new(
+                e.clone(),
+                (left + j as i32 * cw + cw / 2, y),
+                rotated.clone(),
+            ))
+            .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    bars: &[(String, f64)],
+    labels: bool,
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(err)?;
+    let (w, h) = root.dim_in_pixel();
+    let (left, top, bottom) = if labels { (40i32, 40i32, 120i32) } else { (4, 4, 4) };
+    let bw = ((w as i32 - left - 4) / bars.len().max(1) as i32).max(2);
+    let span = (h as i32 - top - bottom).max(1);
+    let best = bars.iter().map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max);
+    for (j, (name, v)) in bars.iter().enumerate() {
+        let x = left + j as i32 * bw;
+        let y = top + span - (v.clamp(0.0, 1.0) * span as f64) as i32;
+        let color = if *v == best {
+            RGBColor(8, 48, 107)
+        } else {
+            RGBColor(107, 174, 214)
+        };
+        root.draw(&Rectangle::new(
+            [(x + 2, y), (x + bw - 2, top + span)],
+            color.filled(),
+        ))
+        .map_err(err)?;
+        if labels {
+            let small = ("sans-serif", 11).into_font();
+            root.draw(&Text::new(
+                format!("{:.1}", v * 100.0),
+                (x + 4, y - 14),
+                small.clone(),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(
+                name.clone(),
+                (x + bw / 2, top + span + 4),
+                small.transform(FontTransform::Rotate90),
+            ))
+            .map_err(err)?;
+        }
+    }
+    if labels {
+        root.draw(&Text::new(
+            title.to_string(),
+            (left, 10),
+            ("sans-serif", 14).into_font(),
+        ))
+        .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+/// Writes `stem.svg` and `stem.png` with the same drawing.
+fn both(
+    dir: &Path,
+    stem: &str,
+    size: (u32, u32),
+    draw: impl Fn(&DrawingArea<SVGBackend, Shift>) -> Result<(), String>,
+    draw_png: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
+) -> Result<Vec<PathBuf>, String> {
+    let svg = dir.join(format!("{stem}.svg"));
+    let png = dir.join(format!("{stem}.png"));
+    draw(&SVGBackend::new(&svg, size).into_drawing_area())?;
+    draw_png(&BitMapBackend::new(&png, size).into_drawing_area())?;
+    Ok(vec![svg, png])
+}
+
+/// Draws the routing heatmaps and the score chart of one evaluation into `dir`;
+/// returns the files written.
+pub fn write_plots(
+    dir: &Path,
+    eval: &str,
+    results: &Results,
+    routing: Option<&RoutingRecord>,
+) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = vec![];
+    for (method, tasks) in routing.into_iter().flatten() {
+        for (task, modules) in tasks {
+            let (names, experts, rows) = shares(modules);
+            if names.is_empty() {
+                continue;
+            }
+            let title = format!("{eval}: {method} routing on {task} (share of choices per module)");
+            let size = (
+                (340 + 24 * experts.len() as u32 + 8).max(480),
+                (40 + 14 * names.len() as u32 + 124).max(240),
+            );
+            let stem = format!("routing-{}-{}", slug(method), slug(task));
+            written.extend(both(
+                dir,
+                &stem,
+                size,
+                |a| draw_heatmap(a, &title, &names, &experts, &rows, true),
+                |a| draw_heatmap(a, &title, &names, &experts, &rows, false),
+            )?);
+        }
+    }
+    let bars: Vec<(String, f64)> = results
+        .methods
+        .iter()
+        .filter_map(|m| {
+            let v: Vec<f64> = results
+                .tasks
+                .iter()
+                .filter_map(|t| results.scores.get(t)?.get(m).copied())
+                .collect();
+            (!v.is_empty()).then(|| (m.clone(), v.iter().sum::<f64>() / v.len() as f64))
+        })
+        .collect();
+    if !bars.is_empty() {
+        let title = format!("{eval}: mean score per method");
+        let size = ((40 + 48 * bars.len() as u32 + 8).max(400), 420);
+        written.extend(both(
+            dir,
+            "scores",
+            size,
+            |a| draw_bars(a, &title, &bars, true),
+            |a| draw_bars(a, &title, &bars, false),
+        )?);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_in_network_order() {
+        let mut v = [
+            "decoder.block.0.layer.0.SelfAttention.q",
+            "encoder.block.10.layer.1.DenseReluDense.wo",
+            "encoder.block.2.layer.0.SelfAttention.q",
+        ];
+        v.sort_by_key(|n| module_order(n));
+        assert_eq!(v[0], "encoder.block.2.layer.0.SelfAttention.q");
+        assert_eq!(v[2], "decoder.block.0.layer.0.SelfAttention.q");
+    }
+}
