@@ -96,3 +96,4 @@ fn unreadable_manifest_is_a_diagnostic_not_a_panic() {
     let err = goosepipe::manifest::load(Path::new("tests/manifests/errors/does-not-exist.kdl")).unwrap_err();
     assert_eq!(err.codes(), vec!["manifest::unreadable"]);
 }
+golden!(list_continuation, "manifest::unknown-node");

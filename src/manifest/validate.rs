@@ -509,7 +509,20 @@ impl Validator {
                 let cloc = Loc::new(file, c.name().span());
                 let Some(cspec) = spec.child(cname) else {
                     let names: Vec<&str> = spec.children.iter().map(|c| c.name.as_str()).collect();
+                    // `experts "a" "b"` continued on a new line without a trailing `\`
+                    // makes the next line a node named by its first quoted value.
+                    let quoted = c.name().repr().is_some_and(|r| r.starts_with('"'));
+                    let lists: Vec<&str> = spec
+                        .children
+                        .iter()
+                        .filter(|c| matches!(c.kind, ChildKind::List(_)))
+                        .map(|c| c.name.as_str())
+                        .collect();
                     let help = match did_you_mean(cname, names.iter().copied()) {
+                        None if quoted && !lists.is_empty() => format!(
+                            "a line that starts with a quoted value is a new node; to continue the `{}` list from the line above, end that line with `\\`",
+                            lists.join("`/`")
+                        ),
                         Some(s) => format!("did you mean `{s}`?"),
                         None if names.is_empty() => format!("`{}` takes no child nodes", spec.name),
                         None => {
