@@ -183,6 +183,26 @@ fn bigbench_tasks_read_as_the_paper_formats_them() {
     assert!(ex.len() > 10_000, "{}", ex.len());
 }
 
+/// `goosepipe run MANIFEST` in `dir` with the store at `dir/store`, offline, reading the
+/// HF cache at `cache` (and the fetched promptsource templates when `templates`).
+fn run_offline(
+    dir: &std::path::Path,
+    manifest: &str,
+    cache: &std::path::Path,
+    templates: bool,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"));
+    cmd.args(["run", manifest, "--store"])
+        .arg(dir.join("store"))
+        .current_dir(dir)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1");
+    if templates {
+        cmd.env("GOOSEPIPE_PROMPTSOURCE", support::test_data("promptsource-0.2.3"));
+    }
+    cmd.output().unwrap()
+}
+
 /// Lays out `files` (repo path -> bytes) as the HF cache holds a dataset repo at a
 /// commit that `revision` points to: refs/, snapshots/COMMIT/ symlinks, blobs/.
 fn hf_cache_dataset(
@@ -239,15 +259,7 @@ dataset "bb" path="bb.parquet" input-field="inputs" target-field="targets" choic
     )
     .unwrap();
     let store = t.path().join("store");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["run", "d.kdl", "--store"])
-        .arg(&store)
-        .current_dir(t.path())
-        .env("HF_HUB_CACHE", &cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("GOOSEPIPE_PROMPTSOURCE", support::test_data("promptsource-0.2.3"))
-        .output()
-        .unwrap();
+    let out = run_offline(t.path(), "d.kdl", &cache, true);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let lock = std::fs::read_to_string(t.path().join("d.kdl.lock")).unwrap();
@@ -290,15 +302,7 @@ dataset "bb" path="bb.parquet" input-field="inputs" target-field="targets" choic
             .replace("split=\"validation\"", "split=\"train\""),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["run", "d.kdl", "--store"])
-        .arg(&store)
-        .current_dir(t.path())
-        .env("HF_HUB_CACHE", &cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("GOOSEPIPE_PROMPTSOURCE", support::test_data("promptsource-0.2.3"))
-        .output()
-        .unwrap();
+    let out = run_offline(t.path(), "d.kdl", &cache, true);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -338,14 +342,7 @@ fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
     )
     .unwrap();
     let store = t.path().join("store");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["run", "f.kdl", "--store"])
-        .arg(&store)
-        .current_dir(t.path())
-        .env("HF_HUB_CACHE", &cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let out = run_offline(t.path(), "f.kdl", &cache, false);
     assert_eq!(
         out.status.code(),
         Some(0),

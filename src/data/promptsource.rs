@@ -421,11 +421,17 @@ impl Renderer {
         Ok(())
     }
 
-    /// Renders part `what` of `t` (prepared, else parsed now).
-    fn render(&self, t: &Template, what: &str, source: &str, ctx: Value) -> Result<String, DataError> {
+    /// Renders part `what` of `t`: the prepared template, else `source()` parsed now.
+    fn render(
+        &self,
+        t: &Template,
+        what: &str,
+        source: impl FnOnce() -> String,
+        ctx: Value,
+    ) -> Result<String, DataError> {
         match self.env.get_template(&format!("{}:{what}", t.id)) {
             Ok(tpl) => tpl.render(ctx),
-            Err(_) => self.env.render_str(source, ctx),
+            Err(_) => self.env.render_str(&source(), ctx),
         }
         .map_err(|e| render_err(t, what, e))
     }
@@ -436,10 +442,24 @@ impl Renderer {
         t: &Template,
         row: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Option<Vec<String>>, DataError> {
+        self.choices_of(t, &protect(row))
+    }
+
+    /// The answer choices of `t` for an already pipe-protected row.
+    fn choices_of(
+        &self,
+        t: &Template,
+        protected: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<Vec<String>>, DataError> {
         let Some(expr) = &t.answer_choices else {
             return Ok(None);
         };
-        let out = self.render(t, "answer_choices", expr, Value::from(Serde(&protect(row))))?;
+        let out = self.render(
+            t,
+            "answer_choices",
+            || expr.clone(),
+            Value::from(Serde(protected)),
+        )?;
         Ok(Some(
             out.split(PIPE)
                 .map(|c| c.trim().replace(PIPE_PROTECTOR, PIPE))
@@ -463,8 +483,8 @@ impl Renderer {
             ));
         }
         CHOICE_RNG.with(|r| *r.borrow_mut() = ChaCha8Rng::seed_from_u64(seed));
-        let choices = self.answer_choices(t, row)?;
         let mut ctx = protect(row);
+        let choices = self.choices_of(t, &ctx)?;
         ctx.insert(
             "answer_choices".into(),
             match &choices {
@@ -472,7 +492,7 @@ impl Renderer {
                 None => serde_json::Value::Null,
             },
         );
-        let out = self.render(t, "jinja", &truncating(&t.jinja), Value::from(Serde(&ctx)))?;
+        let out = self.render(t, "jinja", || truncating(&t.jinja), Value::from(Serde(&ctx)))?;
         let parts: Vec<String> = out
             .split(PIPE)
             .map(|p| p.replace(PIPE_PROTECTOR, PIPE).trim().to_string())

@@ -129,38 +129,29 @@ fn fields<'a>(ctx: &'a StepContext, fixed: &'a [String]) -> Fields<'a> {
 fn examples_of(
     ctx: &StepContext,
     label: &str,
-    rows: &[Row],
+    mut rows: Vec<Row>,
     prov: &mut Provenance,
 ) -> Result<Vec<Example>, StepError> {
-    let kept: Vec<Row>;
-    let rows = match p_str(ctx, "keep-field") {
-        Some(field) => {
-            let values = p_strings(ctx, "keep-values");
-            kept = rows
-                .iter()
-                .filter(|r| {
-                    r.get(field)
-                        .and_then(|v| v.as_str())
-                        .is_some_and(|v| values.iter().any(|k| k == v))
-                })
-                .cloned()
-                .collect();
-            if kept.is_empty() {
-                return Err(StepError::msg(format!(
-                    "{label}: no row has {field} in {values:?} ({} rows read)",
-                    rows.len()
-                )));
-            }
-            &kept[..]
+    if let Some(field) = p_str(ctx, "keep-field") {
+        let values = p_strings(ctx, "keep-values");
+        let read = rows.len();
+        rows.retain(|r| {
+            r.get(field)
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| values.iter().any(|k| k == v))
+        });
+        if rows.is_empty() {
+            return Err(StepError::msg(format!(
+                "{label}: no row has {field} in {values:?} ({read} rows read)"
+            )));
         }
-        None => rows,
-    };
+    }
     prov.rows += rows.len();
     let mut ex = if p_str(ctx, "templates.name").is_some() {
-        render(ctx, rows, prov)?
+        render(ctx, &rows, prov)?
     } else {
         let fixed = p_strings(ctx, "choices");
-        map_rows(label, rows, &fields(ctx, &fixed)).map_err(fail)?
+        map_rows(label, &rows, &fields(ctx, &fixed)).map_err(fail)?
     };
     if ctx.param("drop-empty").and_then(|v| v.as_bool()) == Some(true) {
         ex.retain(|e| !e.input.trim().is_empty() && !e.target.trim().is_empty());
@@ -329,11 +320,11 @@ impl StepRunner for DatasetStep {
         } else if let Some(h) = ext("hub") {
             prov.source = format!("hub:{}", h.identity());
             let rows = hub_rows(ctx, h, split, &mut prov)?;
-            let examples = examples_of(ctx, split, &rows, &mut prov)?;
+            let examples = examples_of(ctx, split, rows, &mut prov)?;
             let validation = match val_split {
                 Some(v) => {
                     let rows = hub_rows(ctx, h, v, &mut prov)?;
-                    Some(examples_of(ctx, v, &rows, &mut prov)?)
+                    Some(examples_of(ctx, v, rows, &mut prov)?)
                 }
                 None => None,
             };
@@ -352,7 +343,7 @@ impl StepRunner for DatasetStep {
                 (read_jsonl_mapped(p, &fields(ctx, &fixed)).map_err(fail)?, None)
             } else {
                 let rows = read_rows(p).map_err(fail)?;
-                (examples_of(ctx, path, &rows, &mut prov)?, None)
+                (examples_of(ctx, path, rows, &mut prov)?, None)
             }
         } else {
             return Err(StepError::msg(format!(
