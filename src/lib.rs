@@ -10,6 +10,7 @@ pub mod exec;
 pub mod manifest;
 pub mod model;
 pub mod plan;
+pub mod route;
 pub mod steps;
 pub mod store;
 pub mod train;

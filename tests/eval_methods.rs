@@ -13,8 +13,9 @@ use goosepipe::data::tokens::TokenPair;
 use goosepipe::exec::{CancelFlag, RunOptions};
 use goosepipe::model::sentence::SentenceEmbedder;
 use goosepipe::model::{AdapterSet, LoraExpert, T5Model};
+use goosepipe::route::retrieval::pick_experts;
 use goosepipe::steps::average_activation::{GEN_TOKENS, mean_activations};
-use goosepipe::steps::retrieval_index::{embed_examples, pick_experts, retrieval_text};
+use goosepipe::steps::retrieval_index::{embed_examples, retrieval_text};
 use goosepipe::store::Store;
 use support::test_data;
 
@@ -307,6 +308,37 @@ fn micro_pipeline_runs_average_activation_and_retrieval() {
             assert!(s.is_finite() && (0.0..=1.0).contains(&s), "{task}/{m}: {s}");
         }
     }
+    // Retrieval's choices are recorded as one routing row per task: one choice per
+    // example, all of them counted.
+    let routing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("eval:e").join("routing.json")).unwrap()).unwrap();
+    for task in ["arrange", "arrange-gen"] {
+        let rows = routing["retrieval"][task].as_object().unwrap();
+        let row = &rows[goosepipe::route::retrieval::ROUTING_ROW];
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let counts: u64 = row["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert!(counts > 0 && counts == row["tokens"].as_u64().unwrap(), "{row}");
+        assert!(routing["average-activation"][task].as_object().unwrap().len() > 1);
+    }
+    // ... and drawn by `report --plots` like the token routers.
+    let plots = dir.path().join("plots");
+    goosepipe::app::report(
+        &dir.path().join("micro.kdl"),
+        &dir.path().join("store"),
+        &reg,
+        "md",
+        Some(&plots),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let svg = std::fs::read_to_string(plots.join("e/routing-retrieval-arrange.svg")).unwrap();
+    assert!(svg.contains(goosepipe::route::retrieval::ROUTING_ROW), "{svg}");
+    assert!(plots.join("e/routing-average-activation-arrange.png").is_file());
     // Per-expert artifacts: router vectors in the gate layout, 16-example libraries.
     let lib = candle_core::safetensors::load(
         files("retrieval-index:sort").join("library.safetensors"),

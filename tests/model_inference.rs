@@ -191,3 +191,93 @@ fn choice_scores_match_reference_logits_and_do_not_depend_on_batching() {
         assert!(predict(&batched[i]).is_some());
     }
 }
+
+/// Rank classification where the right answer is known in closed form: the fixture
+/// model is rewired so that its next-token distribution is the same fixed softmax at
+/// every position, for every input (all embeddings equal, every decoder sublayer's
+/// output projection zero, so the decoder's residual stream is constant; the head
+/// then gives token t the logit `l_t`). A choice's score is then exactly the mean of
+/// `log softmax(l)` over its tokens and EOS.
+#[test]
+fn rank_classification_picks_the_answer_a_known_distribution_favours() {
+    let src = fixture("v1_1");
+    let mut w = load_st(src.join("model.safetensors"));
+    let d = 32usize;
+    let vocab = 128usize;
+    let mut logits = vec![0f64; vocab];
+    for (t, l) in [(1usize, 3.0), (5, 4.0), (6, 2.0), (7, 1.0)] {
+        logits[t] = l;
+    }
+    let dev = Device::Cpu;
+    for (name, t) in w.iter_mut() {
+        let zero_out =
+            name.starts_with("decoder.") && (name.ends_with(".o.weight") || name.ends_with(".wo.weight"));
+        if zero_out {
+            *t = t.zeros_like().unwrap();
+        } else if name == "shared.weight" || name == "decoder.final_layer_norm.weight" {
+            *t = t.ones_like().unwrap();
+        } else if name == "lm_head.weight" {
+            // Row t = (l_t / d) * ones: with a unit hidden state the logit is l_t.
+            let rows: Vec<f32> = logits
+                .iter()
+                .flat_map(|l| std::iter::repeat_n((*l / d as f64) as f32, d))
+                .collect();
+            *t = Tensor::from_vec(rows, (vocab, d), &dev).unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let model = T5Model::load(dir.path(), &dev, DType::F32).unwrap();
+
+    // The hidden state is RMSNorm(ones) = 1/sqrt(1 + eps) per dimension.
+    let scale = 1.0 / (1.0 + 1e-6f64).sqrt();
+    let eos = 1u32;
+    let lse = logits.iter().map(|l| (l * scale).exp()).sum::<f64>().ln();
+    let logp = |t: u32| logits[t as usize] * scale - lse;
+    // log p: EOS -2.34, 5 -1.34, 6 -3.34, 7 -4.34, any other token -5.34. By mean,
+    // [5, 5, 5, 5] + EOS (-1.54) beats [5] + EOS (-1.84); by sum it is the other way.
+    let choices: Vec<Vec<u32>> = vec![vec![7, 7], vec![6, 5], vec![5], vec![5, 5, 5, 5], vec![9, 9, 9]];
+    let closed_form = |c: &[u32]| -> (f64, f64) {
+        let all: Vec<f64> = c.iter().chain([&eos]).map(|&t| logp(t)).collect();
+        let sum = all.iter().sum::<f64>();
+        (sum, sum / all.len() as f64)
+    };
+    let items = vec![
+        ChoiceItem {
+            input: vec![10, 11, 12, eos],
+            choices: choices.clone(),
+        },
+        // Another input, the choices in another order: the same distribution.
+        ChoiceItem {
+            input: vec![40, 41, 42, 43, 44, 45, eos],
+            choices: vec![choices[4].clone(), choices[3].clone(), choices[0].clone()],
+        },
+    ];
+    let scores = model.score_choices(&items, 2).unwrap();
+    for (s, c) in scores[0].iter().zip(&choices) {
+        let (sum, mean) = closed_form(c);
+        assert!(
+            (s.sum - sum).abs() < 1e-5,
+            "{c:?}: sum {} vs closed form {sum}",
+            s.sum
+        );
+        assert!(
+            (s.mean - mean).abs() < 1e-5,
+            "{c:?}: mean {} vs closed form {mean}",
+            s.mean
+        );
+        assert_eq!(s.token_ids.last(), Some(&eos), "EOS is scored");
+    }
+    // Rank classification uses the length-normalised score.
+    assert_eq!(predict(&scores[0]), Some(3));
+    assert_eq!(predict(&scores[1]), Some(1));
+    let by_sum = scores[0]
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.sum.total_cmp(&b.1.sum))
+        .map(|(i, _)| i);
+    assert_eq!(by_sum, Some(2), "the sum would pick the short answer");
+}

@@ -1,7 +1,7 @@
 //! Routing analysis and score charts for `goosepipe report --plots DIR`: for every
-//! token-level routed method (phatgoose, arrow, average-activation) and task, a heatmap
-//! of which experts each adapted module chose (rows: modules in network order;
-//! columns: experts; colour: share of the module's (token, slot) choices), and a bar
+//! routed method and task, a heatmap of which experts each adapted module chose
+//! (rows: modules in network order; columns: experts; colour: share of the module's
+//! (token, slot) choices; retrieval has one row, its per-example choice), and a bar
 //! chart of each method's mean score. Each is written as SVG (labelled) and PNG (the
 //! same picture without text: the PNG backend has no fonts to draw with).
 

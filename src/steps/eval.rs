@@ -1,17 +1,14 @@
 //! The `eval` step: scores every requested method on every task with the pool's
 //! experts, and writes the results table (results.md, results.csv, results.json).
 //!
-//! Methods implemented here: `base`, `phatgoose`, `merged` (uniform average of the
-//! experts' B·A, i.e. W + mean_i(B_i A_i)/r; the paper's code for merging is not
-//! public, this is the outer-product average), `arrow`, `average-activation`
-//! (routed like phatgoose with the `average-activation` steps' vectors),
-//! `retrieval` (one expert per example, picked by the `retrieval-index` libraries),
-//! `multitask`, `expert:NAME`, `best-individual` and `oracle` (per-task best
-//! expert: uses test labels).
+//! Each method is a router in `crate::route` (one file each); this step loads what
+//! the methods are built from (experts, gates, average activations, retrieval
+//! libraries, the multitask LoRA), scores the tasks (rank classification or
+//! greedy generation) and logs the token routers' choices for `report --plots`.
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -19,16 +16,19 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{Base, device, encode, fail, load_base};
 use super::dataset::EXAMPLES;
 use super::expert::{GATES_FILE, load_expert};
-use super::retrieval_index::{
-    DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library, pick_experts,
-};
+use super::retrieval_index::{DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library};
 use crate::data::{Example, read_jsonl};
 use crate::eval::Results;
 use crate::eval::metrics::{exact_match, rouge_l};
 use crate::exec::{StepContext, StepError, StepRunner};
-use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, MixWeights, Scoring, predict};
+use crate::model::adapter::ModuleRouting;
+use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, predict};
+use crate::route;
 
 pub struct EvalStep;
+
+/// Per task, per module: the experts a method chose (saved as routing.json).
+type TaskRouting = BTreeMap<String, BTreeMap<String, ModuleRouting>>;
 
 struct Task {
     name: String,
@@ -45,48 +45,6 @@ fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
         ex.truncate(n);
     }
     ex
-}
-
-/// Arrow's router embedding of one LoRA: the top right-singular vector of B·A (the
-/// input direction the update amplifies most), by power iteration on (BA)ᵀ(BA).
-pub fn arrow_vector(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let a = a.to_dtype(DType::F64)?;
-    let b = b.to_dtype(DType::F64)?;
-    let d_in = a.dims()[1];
-    // A deterministic, non-degenerate start vector.
-    let init: Vec<f64> = (0..d_in)
-        .map(|i| 1.0 + (i as f64 * 0.618_033_988_7).fract())
-        .collect();
-    let mut v = Tensor::from_vec(init, (d_in, 1), a.device())?;
-    for _ in 0..200 {
-        let w = a.t()?.matmul(&b.t()?.matmul(&b.matmul(&a.matmul(&v)?)?)?)?;
-        let norm = w.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
-        if norm == 0.0 {
-            break;
-        }
-        v = (w / norm)?;
-    }
-    v.flatten_all()?.to_dtype(DType::F32)
-}
-
-fn arrow_set(experts: &[LoraExpert], top_k: usize, temperature: f64) -> Result<AdapterSet, StepError> {
-    let mut sorted: Vec<&LoraExpert> = experts.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut emb = BTreeMap::new();
-    for module in sorted[0].modules.keys() {
-        let rows = sorted
-            .iter()
-            .map(|e| {
-                let l = e
-                    .modules
-                    .get(module)
-                    .ok_or_else(|| fail(format!("{} lacks {module}", e.name)))?;
-                arrow_vector(&l.a, &l.b).map_err(fail)
-            })
-            .collect::<Result<Vec<_>, StepError>>()?;
-        emb.insert(module.clone(), Tensor::stack(&rows, 0).map_err(fail)?);
-    }
-    AdapterSet::routed(experts, &emb, Scoring::Arrow { temperature }, top_k, DType::F32).map_err(fail)
 }
 
 fn score_task(
@@ -170,6 +128,8 @@ fn score_task(
 /// Retrieval: each example goes to the expert whose library holds its nearest
 /// neighbour (top-1 one-hot on every module). Examples are grouped by expert and
 /// each group is scored with that expert's LoRA alone, which is the same thing.
+/// Returns the task scores and, per task, the choices as one routing row (every
+/// module makes the same choice, once per example).
 fn score_retrieval(
     ctx: &StepContext,
     base: &mut Base,
@@ -177,7 +137,7 @@ fn score_retrieval(
     experts: &[LoraExpert],
     batch: usize,
     done: &mut u64,
-) -> Result<BTreeMap<String, f64>, StepError> {
+) -> Result<(BTreeMap<String, f64>, TaskRouting), StepError> {
     let spec = ctx
         .param("routing.embedder")
         .and_then(|v| v.as_str())
@@ -193,10 +153,12 @@ fn score_retrieval(
         })
         .collect::<Result<Vec<_>, StepError>>()?;
     let mut out = BTreeMap::new();
+    let mut routing = BTreeMap::new();
     let mut counts = vec![0usize; experts.len()];
     for t in tasks {
         ctx.cancel.check()?;
-        let picks = pick_experts(&embed_examples(&emb, &t.examples)?, &libraries)?;
+        let picks =
+            route::retrieval::pick_experts(&embed_examples(&emb, &t.examples)?, &libraries).map_err(fail)?;
         let mut total = 0f64;
         for (z, e) in experts.iter().enumerate() {
             let group: Vec<Example> = t
@@ -220,6 +182,21 @@ fn score_retrieval(
             total += score_task(ctx, base, &sub, batch, done)? * sub.examples.len() as f64;
         }
         out.insert(t.name.clone(), total / t.examples.len().max(1) as f64);
+        let mut chosen = vec![0u64; experts.len()];
+        for &z in &picks {
+            chosen[z] += 1;
+        }
+        let row = ModuleRouting {
+            expert_names: experts.iter().map(|e| e.name.clone()).collect(),
+            weight_sums: chosen.iter().map(|&c| c as f64).collect(),
+            counts: chosen,
+            tokens: picks.len() as u64,
+            choices: vec![],
+        };
+        routing.insert(
+            t.name.clone(),
+            BTreeMap::from([(route::retrieval::ROUTING_ROW.to_string(), row)]),
+        );
     }
     let share: Vec<String> = experts
         .iter()
@@ -228,7 +205,7 @@ fn score_retrieval(
         .collect();
     ctx.progress
         .log(&format!("retrieval: examples per expert: {}", share.join(", ")));
-    Ok(out)
+    Ok((out, routing))
 }
 
 impl StepRunner for EvalStep {
@@ -315,29 +292,21 @@ impl StepRunner for EvalStep {
         let mut done = 0u64;
         let mut scores: HashMap<String, BTreeMap<String, f64>> = HashMap::new(); // method -> task -> score
         // method -> task -> module -> expert choice counts
-        let mut routing: BTreeMap<
-            String,
-            BTreeMap<String, BTreeMap<String, crate::model::adapter::ModuleRouting>>,
-        > = BTreeMap::new();
+        let mut routing: BTreeMap<String, TaskRouting> = BTreeMap::new();
         for m in &plan {
             if m == "retrieval" {
-                let s = score_retrieval(ctx, &mut base, &tasks, &experts, batch, &mut done)?;
+                let (s, r) = score_retrieval(ctx, &mut base, &tasks, &experts, batch, &mut done)?;
+                routing.insert(m.clone(), r);
                 let mean: f64 = s.values().sum::<f64>() / tasks.len().max(1) as f64;
                 scores.insert(m.clone(), s);
                 ctx.progress.log(&format!("{m}: mean {:.1}", mean * 100.0));
                 continue;
             }
             let set = match m.as_str() {
-                "base" => AdapterSet::new(),
-                "phatgoose" => AdapterSet::phatgoose(&experts, &gates, top_k.min(experts.len()), DType::F32)
-                    .map_err(fail)?,
-                "merged" => AdapterSet::mixture(
-                    &experts,
-                    MixWeights::Shared(vec![1.0 / experts.len() as f64; experts.len()]),
-                    DType::F32,
-                )
-                .map_err(fail)?,
-                "arrow" => arrow_set(&experts, top_k.min(experts.len()), temperature)?,
+                "base" => route::base::adapters(),
+                "phatgoose" => route::phatgoose::adapters(&experts, &gates, top_k).map_err(fail)?,
+                "merged" => route::merged::adapters(&experts).map_err(fail)?,
+                "arrow" => route::arrow::adapters(&experts, top_k, temperature).map_err(fail)?,
                 "average-activation" => {
                     let vectors = names
                         .iter()
@@ -354,8 +323,7 @@ impl StepRunner for EvalStep {
                             Ok(g)
                         })
                         .collect::<Result<Vec<_>, StepError>>()?;
-                    AdapterSet::phatgoose(&experts, &vectors, top_k.min(experts.len()), DType::F32)
-                        .map_err(fail)?
+                    route::average_activation::adapters(&experts, &vectors, top_k).map_err(fail)?
                 }
                 "multitask" => {
                     let inp = ctx.input("multitask")?;
@@ -366,22 +334,17 @@ impl StepRunner for EvalStep {
                         DType::F32,
                     )
                     .map_err(fail)?;
-                    AdapterSet::from_lora(&e)
+                    route::multitask::adapters(&e)
                 }
                 e if e.starts_with("expert:") => {
-                    let name = &e["expert:".len()..];
-                    let x = experts
-                        .iter()
-                        .find(|x| x.name == name)
-                        .ok_or_else(|| fail(format!("{e}: not in the pool")))?;
-                    AdapterSet::from_lora(x)
+                    route::expert::adapters(&experts, &e["expert:".len()..]).map_err(fail)?
                 }
                 other => return Err(fail(format!("unknown method `{other}`"))),
             };
             base.model.set_adapters(set).map_err(fail)?;
             // Token-level routers: record which experts each module picks, per task,
             // for the routing analysis (`goosepipe report --plots`).
-            let routed = matches!(m.as_str(), "phatgoose" | "arrow" | "average-activation");
+            let routed = route::routes_tokens(m);
             for t in &tasks {
                 if routed {
                     base.model.start_routing_log(false);
@@ -405,27 +368,21 @@ impl StepRunner for EvalStep {
             metrics: tasks.iter().map(|t| (t.name.clone(), t.metric.clone())).collect(),
             ..Default::default()
         };
-        let expert_mean = |n: &str| -> f64 {
-            let s = &scores[&format!("expert:{n}")];
-            s.values().sum::<f64>() / s.len().max(1) as f64
-        };
-        // The single expert with the best mean over the tasks (ties: first by name).
+        // Per expert, per task: the single experts' scores best-individual and oracle
+        // choose among.
+        let singles: route::best_individual::ExpertScores = names
+            .iter()
+            .filter_map(|n| Some((n.clone(), scores.get(&format!("expert:{n}"))?.clone())))
+            .collect();
         let best = needs_all
-            .then(|| {
-                names
-                    .iter()
-                    .max_by(|a, b| expert_mean(a).total_cmp(&expert_mean(b)).then(b.cmp(a)))
-            })
+            .then(|| route::best_individual::pick(&singles))
             .flatten();
         for t in &tasks {
             let row = results.scores.entry(t.name.clone()).or_default();
             for m in &methods {
                 let v = match m.as_str() {
-                    "best-individual" => best.map(|n| scores[&format!("expert:{n}")][&t.name]),
-                    "oracle" => names
-                        .iter()
-                        .map(|n| scores[&format!("expert:{n}")][&t.name])
-                        .max_by(f64::total_cmp),
+                    "best-individual" => best.and_then(|n| singles[n].get(&t.name).copied()),
+                    "oracle" => route::oracle::score(&singles, &t.name),
                     _ => scores.get(m).and_then(|s| s.get(&t.name)).copied(),
                 };
                 if let Some(v) = v {
@@ -433,47 +390,14 @@ impl StepRunner for EvalStep {
                 }
             }
         }
-        if methods.iter().any(|m| m == "oracle") {
-            results.notes.insert(
-                "oracle".into(),
-                "the best single expert per task, picked with test labels (not zero-shot)".into(),
-            );
-        }
-        if methods.iter().any(|m| m == "best-individual")
-            && let Some(b) = best
-        {
-            results.notes.insert(
-                "best-individual".into(),
-                format!("expert \"{b}\", the best mean over these tasks (picked with test labels)"),
-            );
-        }
-        if methods.iter().any(|m| m == "multitask") {
-            results.notes.insert(
-                "multitask".into(),
-                "one LoRA trained on the union of the pool's datasets: needs all data at once (not post-hoc)"
-                    .into(),
-            );
-        }
-        if methods.iter().any(|m| m == "retrieval") {
-            results.notes.insert(
-                "retrieval".into(),
-                "one expert per example: the highest cosine to its training examples (sentence embeddings)"
-                    .into(),
-            );
-        }
-        if methods.iter().any(|m| m == "average-activation") {
-            results.notes.insert(
-                "average-activation".into(),
-                "routed like phatgoose with each expert's mean input activations over its training inputs (decoder: last greedy decoding step)"
-                    .into(),
-            );
-        }
-        if methods.iter().any(|m| m == "merged") {
-            results.notes.insert(
-                "merged".into(),
-                "W + mean_i(B_i A_i)/r (outer-product average; the paper's merging code is not public)"
-                    .into(),
-            );
+        for m in &methods {
+            let note = match m.as_str() {
+                "best-individual" => best.map(route::best_individual::note),
+                other => route::note(other).map(str::to_string),
+            };
+            if let Some(note) = note {
+                results.notes.insert(m.clone(), note);
+            }
         }
         std::fs::write(
             ctx.out.join("results.json"),
@@ -488,23 +412,5 @@ impl StepRunner for EvalStep {
             )?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn arrow_vector_is_the_top_right_singular_vector() {
-        // B·A = diag-like map that stretches e_2 the most.
-        let a = Tensor::new(&[[0.0f32, 0.0, 3.0], [0.0, 1.0, 0.0]], &Device::Cpu).unwrap(); // [r=2, d_in=3]
-        let b = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap(); // [d_out=2, r=2]
-        let v = arrow_vector(&a, &b).unwrap().to_vec1::<f32>().unwrap();
-        assert!(
-            v[2].abs() > 0.999 && v[0].abs() < 1e-3 && v[1].abs() < 1e-3,
-            "{v:?}"
-        );
     }
 }

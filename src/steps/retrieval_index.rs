@@ -5,12 +5,12 @@
 //!
 //! Output: `library.safetensors` with `embeddings` `[n, dim]` (unit rows).
 //! The eval embeds each query the same way and gives the whole example to the
-//! expert whose library holds the highest cosine ([`pick_experts`]).
+//! expert whose library holds the highest cosine (`route::retrieval`).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -65,34 +65,6 @@ pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Sent
 pub fn embed_examples(emb: &SentenceEmbedder, ex: &[Example]) -> Result<Tensor, StepError> {
     let texts: Vec<String> = ex.iter().map(retrieval_text).collect();
     emb.embed(&texts, BATCH).map_err(fail)
-}
-
-/// For every query row (unit length), the index of the library with the highest
-/// cosine between the query and any of its rows; ties go to the lower index
-/// (libraries are in expert-name order).
-pub fn pick_experts(queries: &Tensor, libraries: &[Tensor]) -> Result<Vec<usize>, StepError> {
-    if libraries.is_empty() {
-        return Err(fail("retrieval needs at least one expert library"));
-    }
-    let n = queries.dims()[0];
-    let mut best: Vec<(usize, f32)> = vec![(0, f32::NEG_INFINITY); n];
-    for (z, lib) in libraries.iter().enumerate() {
-        if lib.dims()[0] == 0 {
-            continue;
-        }
-        let sims = queries
-            .matmul(&lib.t().map_err(fail)?)
-            .and_then(|s| s.max(D::Minus1))
-            .and_then(|s| s.to_dtype(DType::F32))
-            .and_then(|s| s.to_vec1::<f32>())
-            .map_err(fail)?;
-        for (b, s) in best.iter_mut().zip(sims) {
-            if s > b.1 {
-                *b = (z, s);
-            }
-        }
-    }
-    Ok(best.into_iter().map(|(z, _)| z).collect())
 }
 
 pub fn save_library(path: &Path, embeddings: &Tensor, embedder: &str) -> Result<(), StepError> {

@@ -1,0 +1,19 @@
+//! `merged`: one module made from the whole pool, `W + mean_i(B_i A_i)/r` (the
+//! outer-product average; the paper's merging code is not public).
+
+use candle_core::DType;
+
+use crate::model::{AdapterSet, LoraExpert, MixWeights, Result};
+
+pub const NOTE: &str =
+    "W + mean_i(B_i A_i)/r (outer-product average; the paper's merging code is not public)";
+
+/// The uniform mixture of every expert's LoRA on every module.
+pub fn adapters(experts: &[LoraExpert]) -> Result<AdapterSet> {
+    let n = experts.len().max(1);
+    AdapterSet::mixture(
+        experts,
+        MixWeights::Shared(vec![1.0 / n as f64; experts.len()]),
+        DType::F32,
+    )
+}

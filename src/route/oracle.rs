@@ -1,0 +1,38 @@
+//! `oracle`: per task, the score of the best single expert for that task. It
+//! reads test labels to choose, so it is an upper reference, not zero-shot.
+
+use super::best_individual::ExpertScores;
+
+pub const NOTE: &str = "the best single expert per task, picked with test labels (not zero-shot)";
+
+/// The best `expert:NAME` score on `task`, or None when no expert scored it.
+pub fn score(scores: &ExpertScores, task: &str) -> Option<f64> {
+    scores
+        .values()
+        .filter_map(|s| s.get(task).copied())
+        .max_by(f64::total_cmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_the_best_expert_per_task() {
+        let s: ExpertScores = [
+            ("a", [("t1", 0.9), ("t2", 0.1)]),
+            ("b", [("t1", 0.2), ("t2", 0.7)]),
+        ]
+        .into_iter()
+        .map(|(e, t)| {
+            (
+                e.to_string(),
+                t.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            )
+        })
+        .collect();
+        assert_eq!(score(&s, "t1"), Some(0.9));
+        assert_eq!(score(&s, "t2"), Some(0.7));
+        assert_eq!(score(&s, "t3"), None);
+    }
+}
