@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use goosepipe::model::rng::SeededRng;
 use goosepipe::model::trainable::new_trainable_lora;
 use goosepipe::model::{
@@ -127,4 +127,9 @@ fn bench_routed(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_lora, bench_routed);
-criterion_main!(benches);
+fn main() {
+    // SAFETY: first thing in main, before any thread exists.
+    unsafe { goosepipe::model::threads::pin_thread_count() };
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

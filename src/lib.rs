@@ -16,7 +16,7 @@ pub mod store;
 pub mod train;
 
 /// Planning large manifests is allocation-bound (tens of thousands of small maps);
-/// mimalloc roughly halves that time against glibc malloc, and is neutral for the
-/// tensor code, whose buffers are few and large.
+/// mimalloc roughly halves that time against glibc malloc. For the tensor code it
+/// is tuned by `model::alloc` (no purging of freed pages).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -245,6 +245,8 @@ enum ReportFormat {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread exists.
+    unsafe { goosepipe::model::threads::pin_thread_count() };
     let cli = Cli::parse();
     let store = Store::resolve_root(cli.store.as_deref());
     let registry = goosepipe::steps::registry();

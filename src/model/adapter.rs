@@ -379,7 +379,7 @@ impl Linear {
         if let Some(tap) = ctx.tap {
             self.record_activation(&u, tap)?;
         }
-        let mut y = u.matmul(&self.wt)?;
+        let mut y = super::frozen_matmul::frozen_matmul(&u, &self.wt)?;
         if let Some(adapter) = ctx.adapters.get(&self.name) {
             let delta = self.adapter_delta(&u, &dims, adapter, ctx)?;
             y = (y + delta)?;

@@ -39,6 +39,7 @@ pub mod dropout;
 pub mod error;
 pub mod expert_file;
 pub mod ffn;
+pub mod frozen_matmul;
 pub mod generate;
 pub mod hub;
 pub mod load;
@@ -54,6 +55,7 @@ pub mod sentence;
 pub mod st_io;
 pub mod store;
 pub mod t5;
+pub mod threads;
 pub mod trainable;
 pub mod weights;
 

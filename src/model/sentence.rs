@@ -41,6 +41,7 @@ impl SentenceEmbedder {
     /// tokenizer's own padding/truncation settings are replaced by
     /// sentence-transformers' (no fixed padding; truncation at `max_seq_length`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        super::alloc::tune_allocator_for_tensors();
         let bert = Bert::load(dir, device)?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = super::load::load_tokenizer(&tok_path)?;

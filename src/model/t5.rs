@@ -498,9 +498,8 @@ impl T5Model {
             h = (h * (self.config.d_model as f64).powf(-0.5))?;
         }
         let (b, t, d) = h.dims3()?;
-        Ok(h.reshape((b * t, d))?
-            .matmul(&self.head_t)?
-            .reshape((b, t, self.config.vocab_size))?)
+        let h = h.reshape((b * t, d))?;
+        Ok(super::frozen_matmul::frozen_matmul(&h, &self.head_t)?.reshape((b, t, self.config.vocab_size))?)
     }
 
     /// Teacher-forced logits `[B, T, vocab]`.

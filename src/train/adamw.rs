@@ -89,13 +89,16 @@ pub fn accumulate(acc: &mut BTreeMap<String, Tensor>, more: BTreeMap<String, Ten
 /// the same on every run) is at most `max_norm` (0 disables);
 /// returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+    // Summed on the host in f64, in a fixed order: the norm is logged in
+    // metrics.jsonl and decides clipping, so it must not depend on how a device
+    // reduction happens to be split.
     let mut sq = 0f64;
     for g in grads.values() {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        let v = g
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        sq += v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {

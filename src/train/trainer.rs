@@ -328,3 +328,23 @@ pub fn train(
         resumed_from,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// A resumed run reads the metrics of the steps before the interruption back
+    /// from train-state.json; they must parse to the same f64s, or the artifact's
+    /// metrics.jsonl differs from an uninterrupted run's (serde_json's default
+    /// float parser is off by one ulp for this value; `float_roundtrip` is exact).
+    #[test]
+    fn checkpointed_metrics_round_trip_exactly() {
+        for x in [0.10380577415915991f64, 8.704417705535889, 1e-300, 0.1 + 0.2] {
+            let text = serde_json::to_string(&serde_json::json!({ "grad_norm": x })).unwrap();
+            let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                back["grad_norm"].as_f64().unwrap().to_bits(),
+                x.to_bits(),
+                "{text}"
+            );
+        }
+    }
+}
