@@ -118,10 +118,18 @@ fn pick_experts_takes_the_max_cosine_and_breaks_ties_by_name_order() {
     assert_eq!(pick_experts(&q, &[l0, l1]).unwrap(), vec![0, 1, 0]);
 }
 
+/// The largest |v_j - want_j| of a 1-D tensor against f64 expectations.
+fn max_err(v: &Tensor, want: &[f64]) -> f64 {
+    let v: Vec<f32> = v.to_vec1().unwrap();
+    assert_eq!(v.len(), want.len());
+    v.iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max)
+}
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5/v1_1")
-        .join(name)
+    support::t5_fixture("v1_1").join(name)
 }
 
 #[test]
@@ -174,12 +182,7 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
         }
     }
     let module = "decoder.block.1.layer.1.EncDecAttention.k";
-    let v: Vec<f32> = got[module].to_vec1().unwrap();
-    let err = v
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0.0, f64::max);
+    let err = max_err(&got[module], &want);
     assert!(err < 1e-5, "{module}: max error {err}");
     // Decoder modules keep the activation of each example's last greedy decoding
     // step. Block 0's self-attention q sees RMSNorm(embedding of the token fed at
@@ -211,12 +214,7 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
         }
     }
     let module = "decoder.block.0.layer.0.SelfAttention.q";
-    let v: Vec<f32> = got[module].to_vec1().unwrap();
-    let err = v
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0.0, f64::max);
+    let err = max_err(&got[module], &want);
     assert!(err < 1e-5, "{module}: max error {err}");
     // The LoRA matters: without it the encoder output, hence the vector, differs.
     model.clear_adapters();
@@ -228,14 +226,7 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
     let plain = model.encode(&ids, &mask).unwrap();
     model.set_adapters(AdapterSet::from_lora(&expert)).unwrap();
     let adapted = model.encode(&ids, &mask).unwrap();
-    let diff = (plain - adapted)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = support::max_abs_diff(&plain, &adapted);
     assert!(
         diff > 1e-4,
         "expert_a does not change the encoder output ({diff})"

@@ -1,8 +1,9 @@
 //! Adapter plumbing: routing records, tie-breaking, Arrow scoring, O(k)
 //! routed compute, per-example mixtures, expert-file validation, seeded init.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use goosepipe::model::routing::{Router, Scoring};
@@ -10,12 +11,7 @@ use goosepipe::model::{
     AdapterSet, GateVectors, LoraExpert, LoraWeights, MixWeights, ModelError, Seq2SeqBatch, T5Config,
     T5Model, T5Weights,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5")
-        .join(name)
-}
+use support::{max_abs_diff as max_diff, t5_fixture as fixture};
 
 fn v1_1() -> (T5Model, Vec<LoraExpert>, Vec<GateVectors>) {
     let dir = fixture("v1_1");
@@ -51,17 +47,6 @@ fn small_batch(cfg: &T5Config) -> Seq2SeqBatch {
     let inputs = vec![vec![5, 6, 7, 8, 9, 10, 1], vec![11, 12, 1]];
     let targets = vec![vec![20, 21, 22, 1], vec![23, 1]];
     Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

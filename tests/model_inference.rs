@@ -1,21 +1,13 @@
 //! Greedy generation (KV cache) and rank-classification scoring, checked
 //! against transformers' `generate` and reference logits from the fixtures.
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{D, DType, Device, Tensor};
 use goosepipe::model::{ChoiceItem, T5Model, predict};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5")
-        .join(name)
-}
-
-fn load_st(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
-}
+use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture};
 
 /// The unpadded input rows of the fixture batch.
 fn inputs(st: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
@@ -128,14 +120,7 @@ fn cached_equals_full(routed: bool) {
     }
     assert_eq!(cache.len(), t);
     let inc = Tensor::cat(&steps, 1).unwrap();
-    let d = (inc - full)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&inc, &full);
     assert!(
         d < 1e-5,
         "incremental logits differ from teacher-forced ones by {d}"

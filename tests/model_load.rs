@@ -1,24 +1,18 @@
 //! The model-folder loader: single safetensors (covered by model_parity),
 //! sharded safetensors with an index, PyTorch pickle, and clear errors.
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use goosepipe::model::{ModelError, Seq2SeqBatch, T5Model};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5")
-        .join(name)
-}
+use support::{load_safetensors, max_abs_diff, t5_fixture as fixture};
 
 /// Max |logits - reference logits| of `model` on the fixture inputs of `family`.
-fn logits_error(model: &T5Model, family: &str) -> f32 {
-    let st =
-        candle_core::safetensors::load(fixture(family).join("inputs.safetensors"), &Device::Cpu).unwrap();
-    let reference =
-        candle_core::safetensors::load(fixture(family).join("reference.safetensors"), &Device::Cpu).unwrap();
+fn logits_error(model: &T5Model, family: &str) -> f64 {
+    let st = load_safetensors(fixture(family).join("inputs.safetensors"));
+    let reference = load_safetensors(fixture(family).join("reference.safetensors"));
     let b = Seq2SeqBatch::from_hf(
         &st["input_ids"],
         &st["attention_mask"],
@@ -29,14 +23,7 @@ fn logits_error(model: &T5Model, family: &str) -> f32 {
     let logits = model
         .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
         .unwrap();
-    (logits - &reference["logits"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs_diff(&logits, &reference["logits"])
 }
 
 #[test]
@@ -133,15 +120,8 @@ fn bf16_models_run_with_f32_norms_and_softmax() {
         .to_dtype(DType::F32)
         .unwrap();
     let r = &reference["logits"];
-    let err = (&logits - r)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = r.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let err = max_abs_diff(&logits, r);
+    let scale = r.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     assert!(err / scale < 0.05, "bf16 logits off by {err} at scale {scale}");
     let loss = model
         .forward_loss(&b)

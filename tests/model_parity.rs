@@ -3,35 +3,13 @@
 //! T5.1.1 family (gated-GELU, untied head) and the original T5 family (ReLU,
 //! tied head with d_model^-0.5 scaling).
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use goosepipe::model::{Seq2SeqBatch, T5Model};
-
-pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5")
-        .join(name)
-}
-
-fn load_st(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    a.to_dtype(DType::F64)
-        .unwrap()
-        .sub(&b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
+use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture};
 
 fn batch(inputs: &HashMap<String, Tensor>) -> Seq2SeqBatch {
     Seq2SeqBatch::from_hf(

@@ -1,18 +1,13 @@
 //! The library side of `goosepipe score`: tokenizer + model (+ experts) to
 //! per-token log-probabilities, as a struct, JSON and text.
 
-use std::path::PathBuf;
+mod support;
 
 use candle_core::{DType, Device};
 use goosepipe::model::load::load_tokenizer;
 use goosepipe::model::score::RouterChoice;
 use goosepipe::model::{ChoiceItem, ScoreRequest, T5Model, render_text, score};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5")
-        .join(name)
-}
+use support::t5_fixture as fixture;
 
 #[test]
 fn score_reports_per_token_logprobs_that_sum_to_the_total() {

@@ -184,23 +184,7 @@ fn a_killed_head_is_adopted_and_no_step_is_submitted_twice() {
     }
     // Experts that train long enough to still be running when the head dies.
     let p = Project::new(400, "");
-    let log = std::fs::File::create(p.path().join("head1.log")).unwrap();
-    let mut head = p.command(&[]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let subs = p.submissions();
-        if subs.contains_key("expert:sort") && subs.contains_key("expert:shift") {
-            break;
-        }
-        if let Some(status) = head.try_wait().unwrap() {
-            panic!(
-                "the head ended ({status}) before submitting the experts:\n{}",
-                std::fs::read_to_string(p.path().join("head1.log")).unwrap()
-            );
-        }
-        assert!(t0.elapsed() < Duration::from_secs(240), "experts never submitted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut head = spawn_until_experts_submitted(&p, &[]);
     head.kill().unwrap(); // SIGKILL: no chance to clean up
     head.wait().unwrap();
     assert!(!p.published("expert:sort") && !p.published("expert:shift"));

@@ -230,3 +230,32 @@ pub fn test_data(rel: &str) -> PathBuf {
     );
     p
 }
+
+/// A file or folder under tests/fixtures/t5: the tiny transformers checkpoints and
+/// reference outputs made by scripts/make_t5_fixtures.py.
+pub fn t5_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5")
+        .join(name)
+}
+
+/// Every tensor of a safetensors file, on the CPU.
+pub fn load_safetensors(path: impl AsRef<Path>) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(path.as_ref(), &candle_core::Device::Cpu).unwrap()
+}
+
+/// The largest |a - b| over all elements, computed in f64; the shapes must match.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    use candle_core::DType;
+    assert_eq!(a.dims(), b.dims());
+    a.to_dtype(DType::F64)
+        .unwrap()
+        .sub(&b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
