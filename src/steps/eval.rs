@@ -208,6 +208,32 @@ fn score_retrieval(
     Ok((out, routing))
 }
 
+/// Per pool member, in `names` order, the router vectors (gate layout) in file
+/// `file` of the input `{role}:{name}`, named after the expert.
+fn load_vectors(
+    ctx: &StepContext,
+    role: &str,
+    file: &str,
+    names: &[String],
+    base: &Base,
+) -> Result<Vec<GateVectors>, StepError> {
+    names
+        .iter()
+        .map(|n| {
+            let inp = ctx.input(&format!("{role}:{n}"))?;
+            let mut g = GateVectors::load(
+                &inp.files.join(file),
+                base.config(),
+                base.model.device(),
+                DType::F32,
+            )
+            .map_err(fail)?;
+            g.name = n.clone();
+            Ok(g)
+        })
+        .collect()
+}
+
 impl StepRunner for EvalStep {
     fn kind(&self) -> &'static str {
         "eval"
@@ -261,16 +287,7 @@ impl StepRunner for EvalStep {
             .iter()
             .map(|n| load_expert(ctx, &format!("expert:{n}"), n, &base))
             .collect::<Result<_, _>>()?;
-        let gates: Vec<GateVectors> = names
-            .iter()
-            .map(|n| {
-                let inp = ctx.input(&format!("gate:{n}"))?;
-                let mut g = GateVectors::load(&inp.files.join(GATES_FILE), base.config(), &dev, DType::F32)
-                    .map_err(fail)?;
-                g.name = n.clone();
-                Ok(g)
-            })
-            .collect::<Result<_, StepError>>()?;
+        let gates = load_vectors(ctx, "gate", GATES_FILE, &names, &base)?;
         let needs_all = methods.iter().any(|m| m == "best-individual" || m == "oracle");
         let mut plan: Vec<String> = vec![];
         for m in &methods {
@@ -308,21 +325,13 @@ impl StepRunner for EvalStep {
                 "merged" => route::merged::adapters(&experts).map_err(fail)?,
                 "arrow" => route::arrow::adapters(&experts, top_k, temperature).map_err(fail)?,
                 "average-activation" => {
-                    let vectors = names
-                        .iter()
-                        .map(|n| {
-                            let inp = ctx.input(&format!("average-activation:{n}"))?;
-                            let mut g = GateVectors::load(
-                                &inp.files.join(super::average_activation::EMBEDDINGS_FILE),
-                                base.config(),
-                                &dev,
-                                DType::F32,
-                            )
-                            .map_err(fail)?;
-                            g.name = n.clone();
-                            Ok(g)
-                        })
-                        .collect::<Result<Vec<_>, StepError>>()?;
+                    let vectors = load_vectors(
+                        ctx,
+                        "average-activation",
+                        super::average_activation::EMBEDDINGS_FILE,
+                        &names,
+                        &base,
+                    )?;
                     route::average_activation::adapters(&experts, &vectors, top_k).map_err(fail)?
                 }
                 "multitask" => {
