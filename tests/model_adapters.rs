@@ -468,3 +468,82 @@ fn mean_activations_are_per_example_masked_means() {
     }
     assert_eq!(means["encoder.block.0.layer.0.SelfAttention.k"], *got);
 }
+
+/// Routes random tokens with the f32 CPU path and with the generic candle-op
+/// path in f64 (the reference) and checks they choose the same experts with
+/// the same weights. Where the reference probabilities of the k-th and
+/// (k+1)-th expert are within f32 rounding of each other either choice is
+/// right; those near-ties are counted and must stay rare.
+fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bool) -> Router {
+    use goosepipe::model::rng::SeededRng;
+    let d = 256;
+    let mut rng = SeededRng::new(n as u64);
+    let emb = rng.normal_tensor(&[n, d], 1.0, DType::F32, &Device::Cpu).unwrap();
+    let mut u = rng
+        .normal_tensor(&[1500, d], 1.0, DType::F32, &Device::Cpu)
+        .unwrap();
+    if outliers {
+        // T5 activations carry a few huge dimensions; they coarsen the int8 grid.
+        let mut scale = vec![1f32; d];
+        scale[3] = 60.0;
+        scale[100] = -25.0;
+        u = u
+            .broadcast_mul(&Tensor::from_vec(scale, d, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let r = Router::new("m", &emb, scoring, 2).unwrap();
+    let fast = r.route(&u).unwrap();
+    let r64 = Router::new("m", &emb.to_dtype(DType::F64).unwrap(), scoring, 2).unwrap();
+    let u64 = u.to_dtype(DType::F64).unwrap();
+    let reference = r64.route(&u64).unwrap();
+    let probs: Vec<Vec<f64>> = r64.probabilities(&u64).unwrap().to_vec2().unwrap();
+    let mut near_ties = 0;
+    for (t, p) in probs.iter().enumerate() {
+        let (f, g) = (
+            &fast.experts[2 * t..2 * t + 2],
+            &reference.experts[2 * t..2 * t + 2],
+        );
+        if f != g {
+            let pf: f64 = f.iter().map(|&z| p[z as usize]).sum();
+            let pg: f64 = g.iter().map(|&z| p[z as usize]).sum();
+            assert!(
+                (pf - pg).abs() <= 1e-5 * pg,
+                "token {t}: chose {f:?} (p {pf}), reference {g:?} (p {pg})"
+            );
+            near_ties += 1;
+            continue;
+        }
+        for s in 2 * t..2 * t + 2 {
+            let (a, b) = (fast.weights[s], reference.weights[s]);
+            assert!((a - b).abs() < 2e-6, "token {t}: weight {a} vs {b}");
+        }
+    }
+    assert!(near_ties <= 3, "{near_ties} near-ties out of 1500 tokens");
+    r
+}
+
+#[test]
+fn cpu_routing_equals_the_reference_with_and_without_int8_screening() {
+    let vnni = cfg!(target_arch = "x86_64") && {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    for outliers in [false, true] {
+        let r = assert_cpu_routing_matches_reference(166, Scoring::Standardized, outliers);
+        assert_eq!(
+            r.screens(),
+            vnni,
+            "166 experts are screened where the CPU has VNNI"
+        );
+        assert_cpu_routing_matches_reference(40, Scoring::Arrow { temperature: 3.0 }, outliers);
+    }
+    let r = assert_cpu_routing_matches_reference(8, Scoring::Standardized, false);
+    assert!(!r.screens(), "a few experts are scored exactly");
+}

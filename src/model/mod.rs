@@ -50,6 +50,9 @@ pub mod position_bias;
 pub mod rng;
 pub mod routed_cpu;
 pub mod routing;
+#[cfg(target_arch = "x86_64")]
+mod routing_avx512;
+mod routing_cpu;
 pub mod score;
 pub mod sentence;
 pub mod st_io;

@@ -5,6 +5,7 @@ use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
+use super::routing_cpu::{CpuRouter, ScoreFn};
 
 /// How a token activation `u` is scored against an expert embedding `v`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,8 @@ pub struct Router {
     top_k: usize,
     d: usize,
     n: usize,
+    /// The same router for f32 inputs on the CPU (see `routing_cpu`).
+    cpu: Option<CpuRouter>,
 }
 
 /// The experts chosen for each of `n` tokens: `k` (expert, weight) pairs per token.
@@ -79,8 +82,21 @@ impl Router {
             Scoring::Standardized => standardize(&e)?,
             Scoring::Arrow { .. } => e,
         };
+        let cpu = match (e.dtype(), e.device()) {
+            (DType::F32, candle_core::Device::Cpu) => {
+                let (score_fn, temperature) = match scoring {
+                    Scoring::Standardized => (ScoreFn::Standardized, 1.0),
+                    Scoring::Arrow { temperature } => (ScoreFn::Absolute, temperature),
+                };
+                let w = e.flatten_all()?.to_vec1::<f32>()?;
+                let scale = 1.0 / (d as f64).sqrt() / temperature;
+                Some(CpuRouter::new(w, n, d, top_k.min(n), score_fn, scale))
+            }
+            _ => None,
+        };
         Ok(Router {
             embeddings_t: e.t()?.contiguous()?,
+            cpu,
             scoring,
             top_k: top_k.min(n),
             d,
@@ -110,6 +126,32 @@ impl Router {
     /// Top-k experts per token with renormalised weights
     /// `w = p / (sum of kept p + 1e-6)`. Ties go to the lower index.
     pub fn route(&self, u: &Tensor) -> Result<Routing> {
+        if let Some(cpu) = &self.cpu
+            && matches!(u.device(), candle_core::Device::Cpu)
+            && u.dtype() == DType::F32
+        {
+            let (n_tok, d) = u.dims2()?;
+            if d != self.d {
+                return Err(ModelError::Input(format!(
+                    "router input has width {d}, its experts {}",
+                    self.d
+                )));
+            }
+            let u = u.contiguous()?;
+            return super::routed_cpu::with_f32(&u, |us| Ok(cpu.route(us, n_tok)));
+        }
+        self.route_generic(u)
+    }
+
+    /// Whether f32 CPU routing screens scores in int8 first (AVX-512 VNNI and
+    /// enough experts).
+    pub fn screens(&self) -> bool {
+        self.cpu.as_ref().is_some_and(CpuRouter::screens)
+    }
+
+    /// [`Router::route`] through candle ops, on any device and dtype: the
+    /// reference the CPU path is tested against.
+    pub fn route_generic(&self, u: &Tensor) -> Result<Routing> {
         let probs = self.probabilities(u)?.to_dtype(DType::F64)?;
         let rows: Vec<Vec<f64>> = probs.to_vec2()?;
         let k = self.top_k;

@@ -1,0 +1,508 @@
+//! CPU fast path of [`super::routing::Router::route`] for f32 inputs.
+//!
+//! The generic path scores with candle ops (standardise, matmul, softmax,
+//! copy to f64 rows): about ten passes over a `[tokens, N]` matrix and one
+//! libm `exp` per score. Here each block of tokens is standardised, scored,
+//! selected and normalised in one go, in parallel over token blocks.
+//!
+//! With many experts the scoring itself dominates (`N d` multiply-adds per
+//! token and module, 47 % of the base model's FLOPs at d_model 256 and 166
+//! experts). There the scores are first *screened* in int8 with AVX-512 VNNI
+//! (four times the f32 multiply-add rate), each approximate score carrying a
+//! rigorous error radius from the quantisation residuals (Cauchy-Schwarz).
+//! Every expert whose score interval could reach the k-th best lower bound is
+//! rescored exactly in f32, so the chosen experts and their weights are those
+//! of exact scoring: an expert left out provably scores below k others. The
+//! only approximate quantity is the softmax denominator's share from the
+//! left-out experts, which enters the weights through the `1e-6` of the
+//! renormalisation `p / (sum of kept p + 1e-6)` alone (relative effect on a
+//! weight below `1e-6 * N/k * (e^radius - 1)`; the test holds it to 1e-6).
+
+use rayon::prelude::*;
+
+use super::routing::Routing;
+#[cfg(target_arch = "x86_64")]
+use super::routing_avx512 as avx512;
+
+/// Experts per int8 screening group: one AVX-512 register of i32 lanes.
+pub(super) const GROUP: usize = 16;
+/// Screening pays off from this many experts on.
+const SCREEN_FROM: usize = 2 * GROUP;
+/// Tokens per parallel task.
+const BLOCK: usize = 64;
+const LN_EPS: f32 = 1e-5;
+const RENORM_EPS: f64 = 1e-6;
+
+/// How a dot product `x·w` becomes a score (before the softmax scale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScoreFn {
+    /// `LN(u)·LN(v)`: inputs are standardised, the score is the dot product.
+    Standardized,
+    /// `|u·v|`: raw inputs, absolute dot product.
+    Absolute,
+}
+
+/// One module's router, prepared for the CPU: row-major f32 embeddings and,
+/// where the CPU has AVX-512 VNNI and there are enough experts, their int8
+/// screening copy.
+#[derive(Debug, Clone)]
+pub struct CpuRouter {
+    n: usize,
+    d: usize,
+    top_k: usize,
+    score_fn: ScoreFn,
+    /// Multiplies scores before the softmax: `1/sqrt(d)` (and `1/t` for arrow).
+    logit_scale: f32,
+    /// `[N, d]`, already standardised for [`ScoreFn::Standardized`].
+    w: Vec<f32>,
+    /// `|w_z|`, zero-padded to whole screening groups.
+    w_norm_padded: Vec<f32>,
+    screen: Option<Int8Screen>,
+}
+
+/// Int8 copy of the embeddings, packed for `vpdpbusd`: for each group of 16
+/// experts and each quad of input dimensions, 16 x 4 bytes (expert-major).
+#[derive(Debug, Clone)]
+pub(super) struct Int8Screen {
+    groups: usize,
+    packed: Vec<i8>,
+    /// Per (padded) expert: quantisation scale, sum of the int8 values, and
+    /// the norm of the quantisation residual `w - scale * w_q`.
+    pub(super) scale: Vec<f32>,
+    pub(super) sum_q: Vec<i32>,
+    pub(super) err_norm: Vec<f32>,
+}
+
+/// Whether this CPU can run the int8 screen.
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") && has!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Sum with 16 partial sums (vectorises), reduced as a tree.
+fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let (chunks, rest) = x.as_chunks::<16>();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += f(c[i]);
+        }
+    }
+    let b: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);
+    let c: [f32; 4] = std::array::from_fn(|i| b[i] + b[i + 4]);
+    (c[0] + c[2]) + (c[1] + c[3]) + rest.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// LayerNorm without affine of one row, in place.
+pub(super) fn standardize_row(x: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = sum16(x, |v| v) / n;
+    let var = sum16(x, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + LN_EPS).sqrt();
+    for v in x.iter_mut() {
+        *v = (*v - mean) * inv;
+    }
+}
+
+/// Symmetric int8 quantisation of an expert embedding into `out` (rest zero):
+/// returns the scale `s` with `x ≈ s * q` and the residual norm `|x - s q|`.
+fn quantize(x: &[f32], out: &mut [i8]) -> (f32, f32) {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    out.fill(0);
+    if max == 0.0 {
+        return (1.0, 0.0);
+    }
+    let s = max / 127.0;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v / s).round().clamp(-127.0, 127.0) as i8;
+    }
+    let err = x
+        .iter()
+        .zip(out.iter())
+        .map(|(&v, &q)| (v as f64 - s as f64 * q as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    (s, err as f32)
+}
+
+/// `sum exp(score(a) * c - m)` over approximate dot products, by `2^n * p(f)`:
+/// branch-free so it vectorises, relative error about 1e-7. It only feeds the
+/// part of the softmax denominator that reaches the weights through the 1e-6
+/// renormalisation term.
+#[inline(always)]
+fn sum_exp(a: &[f32], score: impl Fn(f32) -> f32, c: f32, m: f32) -> f64 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    sum16(a, |v| {
+        let y = ((score(v) * c - m) * LOG2E).clamp(-126.0, 126.0);
+        let shifted = y + MAGIC;
+        let n = shifted - MAGIC;
+        let t = (y - n) * std::f32::consts::LN_2; // |t| <= ln2 / 2
+        let p =
+            1.0 + t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t / 720.0)))));
+        // The integer n sits in the low mantissa bits of `shifted`; integer
+        // arithmetic on the bits vectorises where an f32 -> i32 cast does not.
+        let two_n = (shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23;
+        f32::from_bits(two_n) * p
+    }) as f64
+}
+
+impl CpuRouter {
+    /// `w`: `[N, d]` row-major embeddings, already standardised for
+    /// [`ScoreFn::Standardized`]; `logit_scale` multiplies scores before the softmax.
+    pub fn new(w: Vec<f32>, n: usize, d: usize, top_k: usize, score_fn: ScoreFn, logit_scale: f64) -> Self {
+        let mut w_norm_padded: Vec<f32> = w.chunks_exact(d).map(|r| sum16(r, |v| v * v).sqrt()).collect();
+        w_norm_padded.resize(n.div_ceil(GROUP) * GROUP, 0.0);
+        // The AVX-512 row kernels work on whole vectors of 16 floats.
+        let screen = (n >= SCREEN_FROM && d.is_multiple_of(16) && vnni_available()).then(|| Int8Screen::new(&w, n, d));
+        CpuRouter {
+            n,
+            d,
+            top_k,
+            score_fn,
+            logit_scale: logit_scale as f32,
+            w,
+            w_norm_padded,
+            screen,
+        }
+    }
+
+    /// Whether scores are screened in int8 before exact rescoring.
+    pub fn screens(&self) -> bool {
+        self.screen.is_some()
+    }
+
+    /// Routes `n_tok` tokens given row-major `[n_tok, d]` inputs.
+    pub fn route(&self, u: &[f32], n_tok: usize) -> Routing {
+        debug_assert_eq!(u.len(), n_tok * self.d);
+        let parts: Vec<(Vec<u32>, Vec<f64>)> = u
+            .par_chunks(BLOCK * self.d)
+            .map(|rows| {
+                let mut out = (
+                    Vec::with_capacity(BLOCK * self.top_k),
+                    Vec::with_capacity(BLOCK * self.top_k),
+                );
+                match &self.screen {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: a screen exists only where vnni_available() held.
+                    Some(screen) => unsafe { self.route_screened(screen, rows, &mut out) },
+                    _ => self.route_exact(rows, &mut out),
+                }
+                out
+            })
+            .collect();
+        let mut experts = Vec::with_capacity(n_tok * self.top_k);
+        let mut weights = Vec::with_capacity(n_tok * self.top_k);
+        for (e, w) in parts {
+            experts.extend(e);
+            weights.extend(w);
+        }
+        Routing {
+            k: self.top_k,
+            experts,
+            weights,
+        }
+    }
+
+    /// Exact f32 scores for every expert (one gemm per block), then selection.
+    fn route_exact(&self, rows: &[f32], out: &mut (Vec<u32>, Vec<f64>)) {
+        let (d, n) = (self.d, self.n);
+        let t = rows.len() / d;
+        let mut x = rows.to_vec();
+        if self.score_fn == ScoreFn::Standardized {
+            x.chunks_exact_mut(d).for_each(standardize_row);
+        }
+        let mut dots = vec![0f32; t * n];
+        exact_scores(&x, &self.w, t, d, n, &mut dots);
+        let mut s = RowScratch::default();
+        for a in dots.chunks_exact(n) {
+            s.lo.clear();
+            s.lo.extend(a.iter().map(|&v| self.score(v)));
+            self.select(a, None, &mut s, |z| a[z], out);
+        }
+    }
+
+    /// Int8 screen, then exact rescoring of the candidates.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+    unsafe fn route_screened(&self, sc: &Int8Screen, rows: &[f32], out: &mut (Vec<u32>, Vec<f64>)) {
+        let (d, n) = (self.d, self.n);
+        let t = rows.len() / d;
+        let mut x = rows.to_vec();
+        let mut xu8 = vec![0u8; t * d];
+        let mut terms = Vec::with_capacity(t);
+        for (row, q) in x.chunks_exact_mut(d).zip(xu8.chunks_exact_mut(d)) {
+            // SAFETY: AVX-512 is enabled here; d is a multiple of 16.
+            terms.push(unsafe { avx512::prep_row(row, self.score_fn == ScoreFn::Standardized, q) });
+        }
+        let padded = sc.groups * GROUP;
+        let mut acc = vec![0i32; t * padded];
+        // SAFETY: buffer sizes match the layout `dots` documents.
+        unsafe { avx512::dots(&xu8, t, d, &sc.packed, sc.groups, &mut acc) };
+        let mut s = RowScratch::default();
+        let slack = d as f32 * 1.2e-7 + 1e-6;
+        for i in 0..t {
+            let xi = &x[i * d..(i + 1) * d];
+            let r = terms[i];
+            // |x·w - a| <= |s_x q_x| |e_w| + |e_x| |w|, widened by 0.1 % for
+            // rounding of the norms and by d 2^-23 |x| |w| for the f32
+            // rounding of the exact dot product.
+            let (ra, rb) = (r.q_norm * 1.001, r.err_norm * 1.001 + slack * r.norm);
+            s.approx.resize(padded, 0.0);
+            s.lo.resize(padded, 0.0);
+            s.hi.resize(padded, 0.0);
+            // SAFETY: AVX-512 is enabled here; every slice is `padded` long.
+            unsafe {
+                avx512::bounds(
+                    &acc[i * padded..(i + 1) * padded],
+                    sc,
+                    &self.w_norm_padded,
+                    (r.scale, ra, rb),
+                    self.score_fn == ScoreFn::Absolute,
+                    (&mut s.approx, &mut s.lo, &mut s.hi),
+                )
+            };
+            s.approx.truncate(n);
+            s.lo.truncate(n);
+            s.hi.truncate(n);
+            let approx = std::mem::take(&mut s.approx);
+            let hi = std::mem::take(&mut s.hi);
+            self.select(
+                &approx,
+                Some(&hi),
+                &mut s,
+                |z| {
+                    // SAFETY: AVX-512F is enabled here; equal lengths, multiple of 16.
+                    unsafe { avx512::dot(xi, &self.w[z * d..(z + 1) * d]) }
+                },
+                out,
+            );
+            s.approx = approx;
+            s.hi = hi;
+        }
+    }
+
+    #[inline(always)]
+    fn score(&self, dot: f32) -> f32 {
+        match self.score_fn {
+            ScoreFn::Standardized => dot,
+            ScoreFn::Absolute => dot.abs(),
+        }
+    }
+
+    /// Chooses the top-k of one token (ties to the lower index) and writes
+    /// their renormalised weights. `approx` are the dot products, exact when
+    /// `hi` is `None`; `s.lo` (and `hi`) bound the scores. Every expert whose
+    /// upper bound reaches the k-th best lower bound is rescored exactly.
+    #[inline(always)]
+    fn select(
+        &self,
+        approx: &[f32],
+        hi: Option<&[f32]>,
+        s: &mut RowScratch,
+        rescore: impl Fn(usize) -> f32,
+        (experts, weights): &mut (Vec<u32>, Vec<f64>),
+    ) {
+        let k = self.top_k;
+        // k-th best lower bound. A NaN never enters, so NaN inputs make every
+        // expert a candidate and the NaN reaches the weights, as on the
+        // generic path.
+        s.best.clear();
+        s.best.resize(k, f32::NEG_INFINITY);
+        // Chunks of 16 are tested with one vector compare; only a chunk with
+        // a new contender is walked element by element.
+        // The k-th best chunk maximum bounds the k-th best element from
+        // below, so only chunks whose maximum reaches it are walked.
+        let (chunks, rest) = s.lo.as_chunks::<16>();
+        let chunk_max = |c: &[f32; 16]| {
+            c.iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+        };
+        chunks.iter().for_each(|c| push_best(&mut s.best, chunk_max(c)));
+        let bar = s.best[k - 1];
+        s.best.fill(f32::NEG_INFINITY);
+        for c in chunks {
+            if chunk_max(c) >= bar {
+                c.iter().for_each(|&v| push_best(&mut s.best, v));
+            }
+        }
+        rest.iter().for_each(|&v| push_best(&mut s.best, v));
+        let threshold = s.best[k - 1];
+        let everyone = threshold == f32::NEG_INFINITY;
+        let upper = hi.unwrap_or(&s.lo);
+        s.kept.clear();
+        s.cands.clear();
+        let (chunks, rest) = upper.as_chunks::<16>();
+        let reaching = chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| everyone || c.iter().fold(false, |any, &h| any | (h >= threshold)))
+            .flat_map(|(ci, c)| c.iter().enumerate().map(move |(j, &h)| (ci * 16 + j, h)))
+            .chain(rest.iter().enumerate().map(|(j, &h)| (chunks.len() * 16 + j, h)));
+        for (z, h) in reaching {
+            if !(h >= threshold || everyone) {
+                continue;
+            }
+            let sc = match hi {
+                Some(_) => self.score(rescore(z)),
+                None => h,
+            };
+            s.cands.push((z, sc));
+            // Index order and strict > keep the lower index on ties.
+            let pos = s.kept.iter().position(|&(_, o)| sc > o).unwrap_or(s.kept.len());
+            if pos < k {
+                s.kept.insert(pos, (z as u32, sc));
+                s.kept.truncate(k);
+            }
+        }
+        // Softmax over all experts: approximate scores for everyone, then the
+        // candidates' exact terms swapped in.
+        let c = self.logit_scale;
+        let m = s.kept[0].1 * c;
+        let mut z_sum = sum_exp(approx, |v| self.score(v), c, m);
+        if hi.is_some() {
+            for &(z, sc) in &s.cands {
+                z_sum += ((sc * c - m) as f64).exp() - ((self.score(approx[z]) * c - m) as f64).exp();
+            }
+        }
+        let mut total = 0.0;
+        for &(_, sc) in &s.kept {
+            total += ((sc * c - m) as f64).exp() / z_sum;
+        }
+        for &(z, sc) in &s.kept {
+            experts.push(z);
+            weights.push(((sc * c - m) as f64).exp() / z_sum / (total + RENORM_EPS));
+        }
+    }
+}
+
+/// Inserts `v` into the descending list `best` if it beats the last entry
+/// (strictly: NaN never enters).
+#[inline(always)]
+fn push_best(best: &mut [f32], v: f32) {
+    let k = best.len();
+    if v.is_nan() || v <= best[k - 1] {
+        return;
+    }
+    let mut i = k - 1;
+    while i > 0 && v > best[i - 1] {
+        best[i] = best[i - 1];
+        i -= 1;
+    }
+    best[i] = v;
+}
+
+/// Per-token terms of a row's quantisation: scale `s`, `|s q|`, `|x - s q|`, `|x|`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RowTerms {
+    pub scale: f32,
+    pub q_norm: f32,
+    pub err_norm: f32,
+    pub norm: f32,
+}
+
+/// Per-row buffers reused across the tokens of a block.
+#[derive(Default)]
+struct RowScratch {
+    approx: Vec<f32>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    best: Vec<f32>,
+    cands: Vec<(usize, f32)>,
+    kept: Vec<(u32, f32)>,
+}
+
+/// `out[t, z] = x[t] · w[z]` with one gemm call.
+fn exact_scores(x: &[f32], w: &[f32], t: usize, d: usize, n: usize, out: &mut [f32]) {
+    // SAFETY: x is [t, d] row-major, w is [n, d] row-major read as the
+    // [d, n] right-hand side (row stride 1, column stride d), out is [t, n].
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            d,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            d as isize,
+            w.as_ptr(),
+            d as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+impl Int8Screen {
+    fn new(w: &[f32], n: usize, d: usize) -> Self {
+        let groups = n.div_ceil(GROUP);
+        let quads = d / 4;
+        let padded = groups * GROUP;
+        let mut packed = vec![0i8; groups * quads * GROUP * 4];
+        let mut scale = vec![1f32; padded];
+        let mut sum_q = vec![0i32; padded];
+        let mut err_norm = vec![0f32; padded];
+        let mut q = vec![0i8; d];
+        for z in 0..n {
+            (scale[z], err_norm[z]) = quantize(&w[z * d..(z + 1) * d], &mut q);
+            sum_q[z] = q.iter().map(|&v| v as i32).sum();
+            let (g, lane) = (z / GROUP, z % GROUP);
+            for qd in 0..quads {
+                let at = ((g * quads + qd) * GROUP + lane) * 4;
+                packed[at..at + 4].copy_from_slice(&q[qd * 4..qd * 4 + 4]);
+            }
+        }
+        Int8Screen {
+            groups,
+            packed,
+            scale,
+            sum_q,
+            err_norm,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_sum_matches_libm() {
+        let xs: Vec<f32> = (0..200).map(|i| -60.0 + i as f32 * 0.37).collect();
+        let want: f64 = xs.iter().map(|&v| (v as f64 - 1.5).exp()).sum();
+        let got = sum_exp(&xs, |v| v, 1.0, 1.5);
+        assert!((got / want - 1.0).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    #[test]
+    fn expert_quantisation_residual_is_what_the_radius_assumes() {
+        let x: Vec<f32> = (0..36).map(|i| ((i * 7919) % 101) as f32 / 13.0 - 3.0).collect();
+        let mut q = vec![0i8; 36];
+        let (s, e) = quantize(&x, &mut q);
+        // Each element is off by at most half a step.
+        assert!(e <= 0.5 * s * (x.len() as f32).sqrt() + 1e-6);
+        let direct: f32 = x
+            .iter()
+            .zip(&q)
+            .map(|(&v, &q)| (v - s * q as f32).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        assert!((e - direct).abs() < 1e-5);
+        assert_eq!(q.iter().map(|v| v.unsigned_abs()).max(), Some(127));
+    }
+}
