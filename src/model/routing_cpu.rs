@@ -161,7 +161,8 @@ impl CpuRouter {
         let mut w_norm_padded: Vec<f32> = w.chunks_exact(d).map(|r| sum16(r, |v| v * v).sqrt()).collect();
         w_norm_padded.resize(n.div_ceil(GROUP) * GROUP, 0.0);
         // The AVX-512 row kernels work on whole vectors of 16 floats.
-        let screen = (n >= SCREEN_FROM && d.is_multiple_of(16) && vnni_available()).then(|| Int8Screen::new(&w, n, d));
+        let screen =
+            (n >= SCREEN_FROM && d.is_multiple_of(16) && vnni_available()).then(|| Int8Screen::new(&w, n, d));
         CpuRouter {
             n,
             d,
