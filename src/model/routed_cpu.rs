@@ -24,6 +24,48 @@ pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
     f(&data[start..end])
 }
 
+/// `dst[m, n] = lhs[m, k] · rhs`, row-major f32, on the calling thread;
+/// `rhs` is `[k, n]`, or `[n, k]` read transposed when `rhs_transposed`.
+pub(super) fn gemm_f32(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    rhs_transposed: bool,
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    let (rhs_cs, rhs_rs) = if rhs_transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    // SAFETY: the lengths asserted above cover every element the strides
+    // address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Whether the fast path applies to these tensors.
 pub fn applicable(u: &Tensor, at: &Tensor) -> bool {
     matches!(u.device(), Device::Cpu) && u.dtype() == DType::F32 && at.dtype() == DType::F32 && !u.track_op()
@@ -61,61 +103,14 @@ pub fn routed_delta(u: &Tensor, at: &Tensor, bt: &Tensor, g: &Groups<'_>) -> Res
                         let a = &ats[z * d_in * r..(z + 1) * d_in * r];
                         let b = &bts[z * r * d_out..(z + 1) * r * d_out];
                         let mut h = vec![0f32; m * r];
-                        // SAFETY: every pointer covers exactly the row-major
-                        // matrix its dimensions and strides describe.
-                        unsafe {
-                            gemm::gemm(
-                                m,
-                                r,
-                                d_in,
-                                h.as_mut_ptr(),
-                                1,
-                                r as isize,
-                                false,
-                                x.as_ptr(),
-                                1,
-                                d_in as isize,
-                                a.as_ptr(),
-                                1,
-                                r as isize,
-                                0.0f32,
-                                1.0f32,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        gemm_f32(&mut h, &x, a, (m, r, d_in), false);
                         for (i, &w) in g.weights[lo..hi].iter().enumerate() {
                             for v in &mut h[i * r..(i + 1) * r] {
                                 *v *= w as f32;
                             }
                         }
                         let mut y = vec![0f32; m * d_out];
-                        // SAFETY: as above.
-                        unsafe {
-                            gemm::gemm(
-                                m,
-                                d_out,
-                                r,
-                                y.as_mut_ptr(),
-                                1,
-                                d_out as isize,
-                                false,
-                                h.as_ptr(),
-                                1,
-                                r as isize,
-                                b.as_ptr(),
-                                1,
-                                d_out as isize,
-                                0.0f32,
-                                1.0f32,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        gemm_f32(&mut y, &h, b, (m, d_out, r), false);
                         (z, y)
                     })
                     .collect();

@@ -17,8 +17,10 @@ pub enum Scoring {
     Arrow { temperature: f64 },
 }
 
-const LN_EPS: f64 = 1e-5;
-const RENORM_EPS: f64 = 1e-6;
+/// LayerNorm epsilon of the standardised scoring (every routing path).
+pub(super) const LN_EPS: f64 = 1e-5;
+/// The `1e-6` of the top-k renormalisation `p / (sum of kept p + 1e-6)`.
+pub(super) const RENORM_EPS: f64 = 1e-6;
 
 /// LayerNorm without affine over the last dimension, in f32 or f64.
 pub fn standardize(x: &Tensor) -> Result<Tensor> {
@@ -74,6 +76,7 @@ impl Router {
         {
             return Err(ModelError::adapter(module, "arrow temperature must be positive"));
         }
+        let top_k = top_k.min(n);
         let e = match embeddings.dtype() {
             DType::F64 => embeddings.clone(),
             _ => embeddings.to_dtype(DType::F32)?,
@@ -90,7 +93,7 @@ impl Router {
                 };
                 let w = e.flatten_all()?.to_vec1::<f32>()?;
                 let scale = 1.0 / (d as f64).sqrt() / temperature;
-                Some(CpuRouter::new(w, n, d, top_k.min(n), score_fn, scale))
+                Some(CpuRouter::new(w, n, d, top_k, score_fn, scale))
             }
             _ => None,
         };
@@ -98,7 +101,7 @@ impl Router {
             embeddings_t: e.t()?.contiguous()?,
             cpu,
             scoring,
-            top_k: top_k.min(n),
+            top_k,
             d,
             n,
         })

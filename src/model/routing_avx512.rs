@@ -6,9 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use super::routing::LN_EPS;
 use super::routing_cpu::{GROUP, Int8Screen, RowTerms};
-
-const LN_EPS: f32 = 1e-5;
 
 /// Standardises `x` in place when asked (LayerNorm without affine), then
 /// quantises it to int8 with scale `max|x| / 127`, written as `q + 128` into
@@ -35,7 +34,7 @@ pub unsafe fn prep_row(x: &mut [f32], standardize: bool, out: &mut [u8]) -> RowT
                 let c = _mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mean);
                 var = _mm512_fmadd_ps(c, c, var);
             }
-            let inv = _mm512_set1_ps(1.0 / (_mm512_reduce_add_ps(var) / n as f32 + LN_EPS).sqrt());
+            let inv = _mm512_set1_ps(1.0 / (_mm512_reduce_add_ps(var) / n as f32 + LN_EPS as f32).sqrt());
             for i in (0..n).step_by(16) {
                 let c = _mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mean);
                 _mm512_storeu_ps(p.add(i), _mm512_mul_ps(c, inv));

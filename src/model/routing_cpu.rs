@@ -16,11 +16,13 @@
 //! only approximate quantity is the softmax denominator's share from the
 //! left-out experts, which enters the weights through the `1e-6` of the
 //! renormalisation `p / (sum of kept p + 1e-6)` alone (relative effect on a
-//! weight below `1e-6 * N/k * (e^radius - 1)`; the test holds it to 1e-6).
+//! weight below `1e-6 * N/k * (e^radius - 1)`; the test holds the weights to
+//! 2e-6 of the f64 reference).
 
 use rayon::prelude::*;
 
-use super::routing::Routing;
+use super::routed_cpu::gemm_f32;
+use super::routing::{LN_EPS, RENORM_EPS, Routing};
 #[cfg(target_arch = "x86_64")]
 use super::routing_avx512 as avx512;
 
@@ -30,8 +32,6 @@ pub(super) const GROUP: usize = 16;
 const SCREEN_FROM: usize = 2 * GROUP;
 /// Tokens per parallel task.
 const BLOCK: usize = 64;
-const LN_EPS: f32 = 1e-5;
-const RENORM_EPS: f64 = 1e-6;
 
 /// How a dot product `x·w` becomes a score (before the softmax scale).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,11 +101,11 @@ fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// LayerNorm without affine of one row, in place.
-pub(super) fn standardize_row(x: &mut [f32]) {
+fn standardize_row(x: &mut [f32]) {
     let n = x.len() as f32;
     let mean = sum16(x, |v| v) / n;
     let var = sum16(x, |v| (v - mean) * (v - mean)) / n;
-    let inv = 1.0 / (var + LN_EPS).sqrt();
+    let inv = 1.0 / (var + LN_EPS as f32).sqrt();
     for v in x.iter_mut() {
         *v = (*v - mean) * inv;
     }
@@ -221,12 +221,12 @@ impl CpuRouter {
             x.chunks_exact_mut(d).for_each(standardize_row);
         }
         let mut dots = vec![0f32; t * n];
-        exact_scores(&x, &self.w, t, d, n, &mut dots);
-        let mut s = RowScratch::default();
+        gemm_f32(&mut dots, &x, &self.w, (t, n, d), true);
+        let (mut picks, mut scores) = (Picks::default(), Vec::with_capacity(n));
         for a in dots.chunks_exact(n) {
-            s.lo.clear();
-            s.lo.extend(a.iter().map(|&v| self.score(v)));
-            self.select(a, None, &mut s, |z| a[z], out);
+            scores.clear();
+            scores.extend(a.iter().map(|&v| self.score(v)));
+            self.select(a, &scores, None, &mut picks, |z| a[z], out);
         }
     }
 
@@ -247,7 +247,10 @@ impl CpuRouter {
         let mut acc = vec![0i32; t * padded];
         // SAFETY: buffer sizes match the layout `dots` documents.
         unsafe { avx512::dots(&xu8, t, d, &sc.packed, sc.groups, &mut acc) };
-        let mut s = RowScratch::default();
+        let mut picks = Picks::default();
+        // Approximate dot products and score bounds of one token, padded to
+        // whole groups for the kernel; selection reads the first n.
+        let (mut approx, mut lo, mut hi) = (vec![0f32; padded], vec![0f32; padded], vec![0f32; padded]);
         let slack = d as f32 * 1.2e-7 + 1e-6;
         for i in 0..t {
             let xi = &x[i * d..(i + 1) * d];
@@ -256,9 +259,6 @@ impl CpuRouter {
             // rounding of the norms and by d 2^-23 |x| |w| for the f32
             // rounding of the exact dot product.
             let (ra, rb) = (r.q_norm * 1.001, r.err_norm * 1.001 + slack * r.norm);
-            s.approx.resize(padded, 0.0);
-            s.lo.resize(padded, 0.0);
-            s.hi.resize(padded, 0.0);
             // SAFETY: AVX-512 is enabled here; every slice is `padded` long.
             unsafe {
                 avx512::bounds(
@@ -267,26 +267,20 @@ impl CpuRouter {
                     &self.w_norm_padded,
                     (r.scale, ra, rb),
                     self.score_fn == ScoreFn::Absolute,
-                    (&mut s.approx, &mut s.lo, &mut s.hi),
+                    (&mut approx, &mut lo, &mut hi),
                 )
             };
-            s.approx.truncate(n);
-            s.lo.truncate(n);
-            s.hi.truncate(n);
-            let approx = std::mem::take(&mut s.approx);
-            let hi = std::mem::take(&mut s.hi);
             self.select(
-                &approx,
-                Some(&hi),
-                &mut s,
+                &approx[..n],
+                &lo[..n],
+                Some(&hi[..n]),
+                &mut picks,
                 |z| {
                     // SAFETY: AVX-512F is enabled here; equal lengths, multiple of 16.
                     unsafe { avx512::dot(xi, &self.w[z * d..(z + 1) * d]) }
                 },
                 out,
             );
-            s.approx = approx;
-            s.hi = hi;
         }
     }
 
@@ -300,14 +294,15 @@ impl CpuRouter {
 
     /// Chooses the top-k of one token (ties to the lower index) and writes
     /// their renormalised weights. `approx` are the dot products, exact when
-    /// `hi` is `None`; `s.lo` (and `hi`) bound the scores. Every expert whose
+    /// `hi` is `None`; `lo` (and `hi`) bound the scores. Every expert whose
     /// upper bound reaches the k-th best lower bound is rescored exactly.
     #[inline(always)]
     fn select(
         &self,
         approx: &[f32],
+        lo: &[f32],
         hi: Option<&[f32]>,
-        s: &mut RowScratch,
+        s: &mut Picks,
         rescore: impl Fn(usize) -> f32,
         (experts, weights): &mut (Vec<u32>, Vec<f64>),
     ) {
@@ -317,11 +312,9 @@ impl CpuRouter {
         // generic path.
         s.best.clear();
         s.best.resize(k, f32::NEG_INFINITY);
-        // Chunks of 16 are tested with one vector compare; only a chunk with
-        // a new contender is walked element by element.
         // The k-th best chunk maximum bounds the k-th best element from
         // below, so only chunks whose maximum reaches it are walked.
-        let (chunks, rest) = s.lo.as_chunks::<16>();
+        let (chunks, rest) = lo.as_chunks::<16>();
         let chunk_max = |c: &[f32; 16]| {
             c.iter()
                 .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
@@ -337,7 +330,7 @@ impl CpuRouter {
         rest.iter().for_each(|&v| push_best(&mut s.best, v));
         let threshold = s.best[k - 1];
         let everyone = threshold == f32::NEG_INFINITY;
-        let upper = hi.unwrap_or(&s.lo);
+        let upper = hi.unwrap_or(lo);
         s.kept.clear();
         s.cands.clear();
         let (chunks, rest) = upper.as_chunks::<16>();
@@ -409,44 +402,12 @@ pub(super) struct RowTerms {
     pub norm: f32,
 }
 
-/// Per-row buffers reused across the tokens of a block.
+/// Selection buffers reused across the tokens of a block.
 #[derive(Default)]
-struct RowScratch {
-    approx: Vec<f32>,
-    lo: Vec<f32>,
-    hi: Vec<f32>,
+struct Picks {
     best: Vec<f32>,
     cands: Vec<(usize, f32)>,
     kept: Vec<(u32, f32)>,
-}
-
-/// `out[t, z] = x[t] · w[z]` with one gemm call.
-fn exact_scores(x: &[f32], w: &[f32], t: usize, d: usize, n: usize, out: &mut [f32]) {
-    // SAFETY: x is [t, d] row-major, w is [n, d] row-major read as the
-    // [d, n] right-hand side (row stride 1, column stride d), out is [t, n].
-    unsafe {
-        gemm::gemm(
-            t,
-            n,
-            d,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            d as isize,
-            w.as_ptr(),
-            d as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 impl Int8Screen {
