@@ -27,7 +27,7 @@ pub const VERSIONS: &[(&str, u32)] = &[
     ("average-activation", 1),
     ("retrieval-index", 1),
     ("multitask", 2),
-    ("eval", 3),
+    ("eval", 4),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,
