@@ -1,6 +1,9 @@
 //! Gradients of the training paths against central finite differences in f64
 //! on a tiny model: LoRA A and B (expert training) and gate vectors (gate
 //! training). The base model is frozen, so only the VarMap's variables move.
+//! The finite-difference checks run in f64, where the model uses candle's
+//! primitive ops; f32 on the CPU runs the fused kernels of `model::fused`,
+//! whose gradients are checked against that f64 reference.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -73,9 +76,13 @@ fn check(model: &T5Model, batch: &Seq2SeqBatch, varmap: &VarMap, names: &[String
 
 fn randomize(varmap: &VarMap, seed: u64, std: f64) {
     let mut rng = SeededRng::new(seed);
-    for var in varmap.data().lock().unwrap().values() {
+    let data = varmap.data().lock().unwrap();
+    // In name order, so that the same seed gives the same values in every dtype.
+    let mut vars: Vec<_> = data.iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, var) in vars {
         let dims = var.as_tensor().dims().to_vec();
-        var.set(&rng.normal_tensor(&dims, std, DType::F64, &Device::Cpu).unwrap())
+        var.set(&rng.normal_tensor(&dims, std, var.dtype(), &Device::Cpu).unwrap())
             .unwrap();
     }
 }
@@ -124,5 +131,82 @@ fn gate_gradients_match_finite_differences() {
     let grads = l.backward().unwrap();
     for var in lora_vars.all_vars() {
         assert!(grads.get(var.as_tensor()).is_none(), "frozen LoRA got a gradient");
+    }
+}
+
+/// Every trainable variable's gradient `[name -> values]` in f64, for a model
+/// of `dtype` with LoRA (`gates == false`) or gate (`gates == true`) training.
+fn gradients_in(dtype: DType, gates: bool) -> (f64, Vec<(String, Vec<f64>)>) {
+    // Widths that are not multiples of 16 exercise the kernels' remainder paths.
+    let mut cfg = T5Config::tiny_v1_1(50, 40, 2);
+    cfg.num_heads = 4;
+    cfg.d_kv = 10;
+    cfg.d_ff = 72;
+    let mut model = T5Model::init_random(&cfg, 7, &Device::Cpu, dtype).unwrap();
+    let inputs = vec![vec![5, 6, 7, 8, 9, 20, 30, 40, 1], vec![3, 4, 1]];
+    let targets = vec![vec![10, 11, 12, 44, 1], vec![13, 1]];
+    let batch = Seq2SeqBatch::from_pairs(&cfg, &inputs, &targets, &Device::Cpu).unwrap();
+    let lora_vars = VarMap::new();
+    let lora = new_trainable_lora(&cfg, 4, 3, |_| true, &lora_vars, &Device::Cpu, dtype).unwrap();
+    randomize(&lora_vars, 21, 0.3);
+    let trained = if gates {
+        let expert = lora_expert_from(&lora, "e", None).unwrap();
+        let gate_vars = VarMap::new();
+        model
+            .set_adapters(new_trainable_gates(&expert, &gate_vars, &Device::Cpu, dtype).unwrap())
+            .unwrap();
+        randomize(&gate_vars, 22, 0.7);
+        gate_vars
+    } else {
+        model.set_adapters(lora).unwrap();
+        lora_vars
+    };
+    let l = model.forward_loss(&batch).unwrap();
+    let grads = l.backward().unwrap();
+    let value = l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let data = trained.data().lock().unwrap();
+    let mut out: Vec<(String, Vec<f64>)> = data
+        .iter()
+        .map(|(name, var)| {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient reached {name}"));
+            (
+                name.clone(),
+                g.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    (value, out)
+}
+
+#[test]
+fn fused_f32_gradients_equal_the_f64_reference() {
+    for gates in [false, true] {
+        let (l64, g64) = gradients_in(DType::F64, gates);
+        let (l32, g32) = gradients_in(DType::F32, gates);
+        assert!((l64 - l32).abs() < 1e-5 * l64.abs(), "loss {l32} vs {l64}");
+        assert_eq!(g64.len(), g32.len());
+        for ((name, a), (_, b)) in g64.iter().zip(&g32) {
+            let norm = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f64>()
+                .sqrt();
+            assert!(norm > 0.0, "{name}: zero gradient");
+            assert!(
+                diff < 1e-4 * norm,
+                "{name}: f32 gradient off by {:e} relative",
+                diff / norm
+            );
+        }
     }
 }

@@ -379,11 +379,22 @@ impl Linear {
         if let Some(tap) = ctx.tap {
             self.record_activation(&u, tap)?;
         }
-        let mut y = super::frozen_matmul::frozen_matmul(&u, &self.wt)?;
-        if let Some(adapter) = ctx.adapters.get(&self.name) {
-            let delta = self.adapter_delta(&u, &dims, adapter, ctx)?;
-            y = (y + delta)?;
-        }
+        let adapter = ctx.adapters.get(&self.name);
+        // One trainable LoRA (expert training): one fused op on CPU f32.
+        let fused = match adapter {
+            Some(ModuleAdapter::Lora(l)) => {
+                super::fused::lora_linear::lora_linear(&u, &self.wt, &l.a, &l.b, 1.0 / l.rank() as f64)?
+            }
+            _ => None,
+        };
+        let y = match (fused, adapter) {
+            (Some(y), _) => y,
+            (None, Some(adapter)) => {
+                let base = super::frozen_matmul::frozen_matmul(&u, &self.wt)?;
+                (base + self.adapter_delta(&u, &dims, adapter, ctx)?)?
+            }
+            (None, None) => super::frozen_matmul::frozen_matmul(&u, &self.wt)?,
+        };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty, checked above") = self.d_out();
         Ok(y.reshape(out_dims)?)

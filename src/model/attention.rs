@@ -2,10 +2,11 @@
 //! by T5's initialisation), an additive bias that carries the relative
 //! positions and masks, and a softmax in at least f32.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::adapter::{AdapterCtx, Linear};
 use super::error::Result;
+use super::fused::softmax::biased_softmax;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -52,11 +53,7 @@ impl Attention {
         } else {
             DType::F32
         };
-        let scores = scores
-            .to_dtype(compute)?
-            .broadcast_add(&bias.to_dtype(compute)?)?;
-        // ops::softmax (not softmax_last_dim) because it has a backward pass.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+        let probs = biased_softmax(&scores.to_dtype(compute)?, &bias.to_dtype(compute)?)?.to_dtype(dtype)?;
         let probs = super::dropout::maybe(ctx.dropout, probs)?;
         let ctx_vec = probs.matmul(v)?; // [B, H, T, dk]
         let merged = ctx_vec.transpose(1, 2)?.reshape((b, t, self.heads * self.d_kv))?;

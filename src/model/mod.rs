@@ -40,6 +40,7 @@ pub mod error;
 pub mod expert_file;
 pub mod ffn;
 pub mod frozen_matmul;
+pub mod fused;
 pub mod generate;
 pub mod hub;
 pub mod load;

@@ -7,6 +7,8 @@
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::fused::gemm::{Mat, gemm};
+
 use super::error::{ModelError, Result};
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
@@ -33,37 +35,12 @@ pub(super) fn gemm_f32(
     (m, n, k): (usize, usize, usize),
     rhs_transposed: bool,
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    let (rhs_cs, rhs_rs) = if rhs_transposed {
-        (k as isize, 1)
+    let rhs = if rhs_transposed {
+        Mat::new(rhs, n, k).t()
     } else {
-        (1, n as isize)
+        Mat::new(rhs, k, n)
     };
-    // SAFETY: the lengths asserted above cover every element the strides
-    // address.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    gemm(dst, Mat::new(lhs, m, k), rhs, 1.0, false, false);
 }
 
 /// Whether the fast path applies to these tensors.

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::adapter::{ActivationLog, ActivationTap, AdapterCtx, AdapterSet, Linear, RoutingLog};
 use super::attention::Attention;
@@ -573,8 +573,10 @@ pub fn token_nll(logits: &Tensor, labels: &Tensor, label_mask: &Tensor) -> Resul
     } else {
         DType::F32
     };
-    let lp = candle_nn::ops::log_softmax(&logits.to_dtype(compute)?.reshape((b * t, v))?, D::Minus1)?;
-    let picked = lp.gather(&labels.reshape((b * t, 1))?.to_dtype(DType::U32)?, 1)?;
-    let nll = picked.neg()?.reshape((b, t))?;
+    let nll = super::fused::cross_entropy::cross_entropy(
+        &logits.to_dtype(compute)?.reshape((b * t, v))?,
+        &labels.reshape(b * t)?,
+    )?
+    .reshape((b, t))?;
     Ok((nll, label_mask.to_dtype(compute)?))
 }

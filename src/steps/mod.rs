@@ -18,16 +18,16 @@ use crate::exec::Registry;
 
 /// Every step kind the planner emits, with its implementation version.
 pub const VERSIONS: &[(&str, u32)] = &[
-    ("model", 1),
+    ("model", 2),
     ("dataset", 2),
     ("tokenize", 1),
-    ("expert", 2),
-    ("gate", 2),
+    ("expert", 3),
+    ("gate", 3),
     ("pool", 1),
-    ("average-activation", 1),
+    ("average-activation", 2),
     ("retrieval-index", 1),
-    ("multitask", 2),
-    ("eval", 4),
+    ("multitask", 3),
+    ("eval", 5),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,
