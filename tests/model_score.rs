@@ -86,4 +86,14 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
     req.model = dir.to_str().unwrap().to_owned();
     req.device = "tpu".into();
     assert!(score(&req).unwrap_err().to_string().contains("tpu"));
+    // A CPU-only build says how to get CUDA, in one line (no backtrace).
+    if !cfg!(feature = "cuda") {
+        req.device = "cuda:0".into();
+        let err = score(&req).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot use device `cuda:0`") && err.contains("--features cuda"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
 }

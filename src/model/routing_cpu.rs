@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use super::fused::fast_exp;
 use super::routed_cpu::gemm_f32;
 use super::routing::{LN_EPS, RENORM_EPS, Routing};
 #[cfg(target_arch = "x86_64")]
@@ -132,26 +133,13 @@ fn quantize(x: &[f32], out: &mut [i8]) -> (f32, f32) {
     (s, err as f32)
 }
 
-/// `sum exp(score(a) * c - m)` over approximate dot products, by `2^n * p(f)`:
-/// branch-free so it vectorises, relative error about 1e-7. It only feeds the
-/// part of the softmax denominator that reaches the weights through the 1e-6
+/// `sum exp(score(a) * c - m)` over approximate dot products, with the
+/// vectorising exp of `fused::fast_exp` (a few ulp). It only feeds the part of
+/// the softmax denominator that reaches the weights through the 1e-6
 /// renormalisation term.
 #[inline(always)]
 fn sum_exp(a: &[f32], score: impl Fn(f32) -> f32, c: f32, m: f32) -> f64 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    sum16(a, |v| {
-        let y = ((score(v) * c - m) * LOG2E).clamp(-126.0, 126.0);
-        let shifted = y + MAGIC;
-        let n = shifted - MAGIC;
-        let t = (y - n) * std::f32::consts::LN_2; // |t| <= ln2 / 2
-        let p =
-            1.0 + t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t / 720.0)))));
-        // The integer n sits in the low mantissa bits of `shifted`; integer
-        // arithmetic on the bits vectorises where an f32 -> i32 cast does not.
-        let two_n = (shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23;
-        f32::from_bits(two_n) * p
-    }) as f64
+    sum16(a, |v| fast_exp::exp(score(v) * c - m)) as f64
 }
 
 impl CpuRouter {

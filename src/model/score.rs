@@ -99,7 +99,19 @@ pub struct ScoreReport {
 /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
     let cuda = |n: usize| {
-        Device::new_cuda(n).map_err(|e| ModelError::Input(format!("cannot use device `{s}`: {e}")))
+        Device::new_cuda(n).map_err(|e| {
+            // candle attaches a backtrace to driver errors; the cause is enough here.
+            let cause = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                e => e,
+            };
+            let hint = if cfg!(feature = "cuda") {
+                "is a GPU visible and the NVIDIA driver loaded?"
+            } else {
+                "this build has no CUDA support: rebuild with `--features cuda`"
+            };
+            ModelError::Input(format!("cannot use device `{s}`: {cause} ({hint})"))
+        })
     };
     match s {
         "cpu" => Ok(Device::Cpu),

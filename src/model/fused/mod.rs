@@ -19,7 +19,7 @@
 //! count.
 
 pub mod cross_entropy;
-mod fast_exp;
+pub mod fast_exp;
 pub mod gated_gelu;
 pub mod gemm;
 pub mod lora_linear;
