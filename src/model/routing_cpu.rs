@@ -298,40 +298,12 @@ impl CpuRouter {
         // k-th best lower bound. A NaN never enters, so NaN inputs make every
         // expert a candidate and the NaN reaches the weights, as on the
         // generic path.
-        s.best.clear();
-        s.best.resize(k, f32::NEG_INFINITY);
-        // The k-th best chunk maximum bounds the k-th best element from
-        // below, so only chunks whose maximum reaches it are walked.
-        let (chunks, rest) = lo.as_chunks::<16>();
-        let chunk_max = |c: &[f32; 16]| {
-            c.iter()
-                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
-        };
-        chunks.iter().for_each(|c| push_best(&mut s.best, chunk_max(c)));
-        let bar = s.best[k - 1];
-        s.best.fill(f32::NEG_INFINITY);
-        for c in chunks {
-            if chunk_max(c) >= bar {
-                c.iter().for_each(|&v| push_best(&mut s.best, v));
-            }
-        }
-        rest.iter().for_each(|&v| push_best(&mut s.best, v));
-        let threshold = s.best[k - 1];
+        let threshold = kth_largest(lo, k, &mut s.lanes, &mut s.best);
         let everyone = threshold == f32::NEG_INFINITY;
         let upper = hi.unwrap_or(lo);
         s.kept.clear();
         s.cands.clear();
-        let (chunks, rest) = upper.as_chunks::<16>();
-        let reaching = chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| everyone || c.iter().fold(false, |any, &h| any | (h >= threshold)))
-            .flat_map(|(ci, c)| c.iter().enumerate().map(move |(j, &h)| (ci * 16 + j, h)))
-            .chain(rest.iter().enumerate().map(|(j, &h)| (chunks.len() * 16 + j, h)));
-        for (z, h) in reaching {
-            if !(h >= threshold || everyone) {
-                continue;
-            }
+        let mut consider = |z: usize, h: f32| {
             let sc = match hi {
                 Some(_) => self.score(rescore(z)),
                 None => h,
@@ -343,24 +315,44 @@ impl CpuRouter {
                 s.kept.insert(pos, (z as u32, sc));
                 s.kept.truncate(k);
             }
+        };
+        let (chunks, rest) = upper.as_chunks::<16>();
+        for (ci, c) in chunks.iter().enumerate() {
+            // Bit j: expert ci*16+j reaches the threshold (a compare and a
+            // mask move per chunk), then the set bits in index order.
+            let mut bits = if everyone {
+                u16::MAX
+            } else {
+                (0..16).fold(0u16, |b, j| b | (((c[j] >= threshold) as u16) << j))
+            };
+            while bits != 0 {
+                let j = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                consider(ci * 16 + j, c[j]);
+            }
+        }
+        for (j, &h) in rest.iter().enumerate() {
+            if everyone || h >= threshold {
+                consider(chunks.len() * 16 + j, h);
+            }
         }
         // Softmax over all experts: approximate scores for everyone, then the
-        // candidates' exact terms swapped in.
+        // candidates' exact terms swapped in. The exps are `fast_exp`'s (a few
+        // ulp, well inside the weights' 2e-6 tolerance against f64); libm's
+        // f64 exp here cost a sixth of the router.
         let c = self.logit_scale;
         let m = s.kept[0].1 * c;
+        let e = |sc: f32| fast_exp::exp(sc * c - m) as f64;
         let mut z_sum = sum_exp(approx, |v| self.score(v), c, m);
         if hi.is_some() {
             for &(z, sc) in &s.cands {
-                z_sum += ((sc * c - m) as f64).exp() - ((self.score(approx[z]) * c - m) as f64).exp();
+                z_sum += e(sc) - e(self.score(approx[z]));
             }
         }
-        let mut total = 0.0;
-        for &(_, sc) in &s.kept {
-            total += ((sc * c - m) as f64).exp() / z_sum;
-        }
+        let total: f64 = s.kept.iter().map(|&(_, sc)| e(sc) / z_sum).sum();
         for &(z, sc) in &s.kept {
             experts.push(z);
-            weights.push(((sc * c - m) as f64).exp() / z_sum / (total + RENORM_EPS));
+            weights.push(e(sc) / z_sum / (total + RENORM_EPS));
         }
     }
 }
@@ -381,6 +373,46 @@ fn push_best(best: &mut [f32], v: f32) {
     best[i] = v;
 }
 
+/// The k-th largest value of `xs` counting repeats, NaN ignored; -inf when
+/// fewer than k values are not NaN. Each of 16 lanes keeps its own top k with
+/// a compare-exchange network (vector selects, no scalar chain over the row),
+/// and the global k-th largest is then among those 16 k values.
+#[inline(always)]
+fn kth_largest(xs: &[f32], k: usize, lanes: &mut Vec<[f32; 16]>, best: &mut Vec<f32>) -> f32 {
+    lanes.clear();
+    lanes.resize(k, [f32::NEG_INFINITY; 16]);
+    let (chunks, rest) = xs.as_chunks::<16>();
+    for c in chunks {
+        let mut v: [f32; 16] = std::array::from_fn(|j| if c[j].is_nan() { f32::NEG_INFINITY } else { c[j] });
+        for t in lanes.iter_mut() {
+            for j in 0..16 {
+                let (hi, lo) = if v[j] > t[j] { (v[j], t[j]) } else { (t[j], v[j]) };
+                t[j] = hi;
+                v[j] = lo;
+            }
+        }
+    }
+    best.clear();
+    best.resize(k, f32::NEG_INFINITY);
+    // Lane maxima first; deeper levels are lane-wise smaller, so only the
+    // lanes that beat the current k-th best are looked at.
+    for (level, t) in lanes.iter().enumerate() {
+        let bar = best[k - 1];
+        let mut bits = if level == 0 {
+            u16::MAX
+        } else {
+            (0..16).fold(0u16, |b, j| b | (((t[j] > bar) as u16) << j))
+        };
+        while bits != 0 {
+            let j = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            push_best(best, t[j]);
+        }
+    }
+    rest.iter().for_each(|&v| push_best(best, v));
+    best[k - 1]
+}
+
 /// Per-token terms of a row's quantisation: scale `s`, `|s q|`, `|x - s q|`, `|x|`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RowTerms {
@@ -393,6 +425,7 @@ pub(super) struct RowTerms {
 /// Selection buffers reused across the tokens of a block.
 #[derive(Default)]
 struct Picks {
+    lanes: Vec<[f32; 16]>,
     best: Vec<f32>,
     cands: Vec<(usize, f32)>,
     kept: Vec<(u32, f32)>,

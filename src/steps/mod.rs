@@ -27,7 +27,7 @@ pub const VERSIONS: &[(&str, u32)] = &[
     ("average-activation", 2),
     ("retrieval-index", 1),
     ("multitask", 3),
-    ("eval", 5),
+    ("eval", 6),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,
