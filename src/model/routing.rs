@@ -68,6 +68,12 @@ impl Router {
         if n == 0 {
             return Err(ModelError::adapter(module, "router has no experts"));
         }
+        if d == 0 {
+            return Err(ModelError::adapter(
+                module,
+                "router embeddings are empty (width 0)",
+            ));
+        }
         if top_k == 0 {
             return Err(ModelError::adapter(module, "top_k must be at least 1"));
         }

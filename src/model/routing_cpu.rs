@@ -133,13 +133,13 @@ fn quantize(x: &[f32], out: &mut [i8]) -> (f32, f32) {
     (s, err as f32)
 }
 
-/// `sum exp(score(a) * c - m)` over approximate dot products, with the
+/// `sum exp(min(score(a) * c - m, 0))` over approximate dot products, with the
 /// vectorising exp of `fused::fast_exp` (a few ulp). It only feeds the part of
 /// the softmax denominator that reaches the weights through the 1e-6
 /// renormalisation term.
 #[inline(always)]
 fn sum_exp(a: &[f32], score: impl Fn(f32) -> f32, c: f32, m: f32) -> f64 {
-    sum16(a, |v| fast_exp::exp(score(v) * c - m)) as f64
+    sum16(a, |v| fast_exp::exp((score(v) * c - m).min(0.0))) as f64
 }
 
 impl CpuRouter {
@@ -342,7 +342,11 @@ impl CpuRouter {
         // f64 exp here cost a sixth of the router.
         let c = self.logit_scale;
         let m = s.kept[0].1 * c;
-        let e = |sc: f32| fast_exp::exp(sc * c - m) as f64;
+        // Exponents are capped at 0: an exact score never exceeds the best
+        // (m); only a candidate's approximate score can (by its radius), and
+        // that capped term is added in `sum_exp` and taken out again below,
+        // so a large radius never gives inf - inf.
+        let e = |sc: f32| fast_exp::exp((sc * c - m).min(0.0)) as f64;
         let mut z_sum = sum_exp(approx, |v| self.score(v), c, m);
         if hi.is_some() {
             for &(z, sc) in &s.cands {
@@ -467,9 +471,12 @@ mod tests {
     #[test]
     fn fast_exp_sum_matches_libm() {
         let xs: Vec<f32> = (0..200).map(|i| -60.0 + i as f32 * 0.37).collect();
-        let want: f64 = xs.iter().map(|&v| (v as f64 - 1.5).exp()).sum();
-        let got = sum_exp(&xs, |v| v, 1.0, 1.5);
+        let want: f64 = xs.iter().map(|&v| (v as f64 - 14.0).exp()).sum();
+        let got = sum_exp(&xs, |v| v, 1.0, 14.0);
         assert!((got / want - 1.0).abs() < 1e-6, "{got} vs {want}");
+        // Above the best score (only an approximate score can be) the term is
+        // capped at 1 instead of overflowing.
+        assert_eq!(sum_exp(&[1e3, 0.0], |v| v, 1.0, 0.0), 2.0);
     }
 
     #[test]

@@ -18,16 +18,16 @@ use crate::exec::Registry;
 
 /// Every step kind the planner emits, with its implementation version.
 pub const VERSIONS: &[(&str, u32)] = &[
-    ("model", 2),
+    ("model", 3),
     ("dataset", 2),
     ("tokenize", 1),
-    ("expert", 3),
-    ("gate", 3),
+    ("expert", 4),
+    ("gate", 4),
     ("pool", 1),
-    ("average-activation", 2),
+    ("average-activation", 3),
     ("retrieval-index", 1),
-    ("multitask", 3),
-    ("eval", 6),
+    ("multitask", 4),
+    ("eval", 7),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,

@@ -5,7 +5,7 @@
 //! fresh 33 MB buffer at T5's 32k vocabulary and 256 target tokens. Fused:
 //! forward reads each row twice (max, then the sum of exponentials) and
 //! writes one number per row; backward writes `g (softmax(x) - onehot)` in
-//! one pass. The log-sum-exp is not stored: it is `nll + x[label]`.
+//! one pass (after recomputing each row's log-sum-exp, one more read).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
@@ -53,6 +53,11 @@ impl CustomOp2 for CrossEntropy {
         let labels = labels_u32(s2, l2)?;
         check_labels(labels, n, v)?;
         let mut out = vec![0f32; n];
+        if v == 0 {
+            // No classes: log Σ over nothing is -inf, as log_softmax would give.
+            out.fill(f32::NEG_INFINITY);
+            return Ok((CpuStorage::F32(out), Shape::from(n)));
+        }
         out.par_iter_mut()
             .zip(x.par_chunks(v))
             .zip(labels.par_iter())
@@ -66,21 +71,25 @@ impl CustomOp2 for CrossEntropy {
         &self,
         logits: &Tensor,
         labels: &Tensor,
-        nll: &Tensor,
+        _nll: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, v) = logits.dims2()?;
         let labels: Vec<u32> = labels.to_vec1()?;
-        let nll: Vec<f32> = nll.to_vec1()?;
         let grad: Vec<f32> = grad.to_vec1()?;
         let mut d = vec![0f32; n * v];
+        if v == 0 {
+            return Ok((Some(Tensor::from_vec(d, (n, v), logits.device())?), None));
+        }
         with_f32(logits, self.name(), |x| {
             d.par_chunks_mut(v)
                 .zip(x.par_chunks(v))
                 .enumerate()
-                .for_each(|(i, (out, row))| {
+                .for_each_init(Vec::new, |scratch, (i, (out, row))| {
                     let label = labels[i] as usize;
-                    let lse = nll[i] + row[label];
+                    // Recomputed, not `nll + x[label]`: that sum loses the
+                    // log-sum-exp when the label's logit is huge or -inf.
+                    let lse = log_sum_exp(row, scratch);
                     let g = grad[i];
                     for (o, &xj) in out.iter_mut().zip(row) {
                         *o = g * fast_exp::exp(xj - lse);
@@ -171,6 +180,38 @@ mod tests {
         for (a, b) in gf.iter().zip(&gr) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn the_gradient_stays_exact_when_the_label_logit_is_extreme() {
+        let x0 = Tensor::new(
+            &[[0f32, 0.0, f32::MIN], [0.0, 1.0, f32::NEG_INFINITY]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = Var::from_tensor(&x0).unwrap();
+        let labels = Tensor::new(&[2u32, 2], &Device::Cpu).unwrap();
+        let g = cross_entropy(x.as_tensor(), &labels)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let e = 1.0 / (1.0 + std::f32::consts::E);
+        let want = [[0.5, 0.5, -1.0], [e, 1.0 - e, -1.0]];
+        for (row, want) in g.iter().zip(want) {
+            for (a, b) in row.iter().zip(want) {
+                assert!((a - b).abs() < 1e-6, "{g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_inputs_give_empty_outputs() {
+        let x = Tensor::zeros((0, 5), DType::F32, &Device::Cpu).unwrap();
+        let labels = Tensor::zeros(0, DType::U32, &Device::Cpu).unwrap();
+        assert_eq!(cross_entropy(&x, &labels).unwrap().dims(), [0]);
     }
 
     #[test]

@@ -37,6 +37,9 @@ impl CustomOp1 for RmsNorm {
             );
         }
         let mut y = vec![0f32; x.len()];
+        if d == 0 {
+            return Ok((CpuStorage::F32(y), l.shape().clone()));
+        }
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(out, row)| {
             let r = self.inv_rms(row);
             for ((o, &xj), &wj) in out.iter_mut().zip(row).zip(&self.weight) {
@@ -49,6 +52,9 @@ impl CustomOp1 for RmsNorm {
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let d = self.weight.len();
         let mut dx = vec![0f32; x.elem_count()];
+        if d == 0 {
+            return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
+        }
         with_f32(x, self.name(), |x| {
             with_f32(grad, self.name(), |g| {
                 dx.par_chunks_mut(d)

@@ -101,7 +101,13 @@ impl CustomOp1 for BiasedSoftmax {
 /// scores' shape. Fused for CPU f32 with a frozen bias; the primitive
 /// composition otherwise.
 pub fn biased_softmax(scores: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    if cpu_f32(scores) && cpu_f32(bias) && !bias.track_op() {
+    // The kernel reads bias rows in place: the bias must broadcast to the
+    // scores' shape (not the other way) and be contiguous along the last dim.
+    let rows_readable = bias.broadcast_as(scores.shape()).is_ok_and(|b| {
+        let n = scores.dims().last().copied().unwrap_or(0);
+        n <= 1 || b.stride().last() == Some(&1)
+    });
+    if cpu_f32(scores) && cpu_f32(bias) && !bias.track_op() && rows_readable {
         scores
             .contiguous()?
             .apply_op1(BiasedSoftmax { bias: bias.clone() })
@@ -139,6 +145,10 @@ mod tests {
             Tensor::from_vec(mask, (2, 1, 1, 19), &Device::Cpu).unwrap(),
             draw(&mut rng, &dims),
             draw(&mut rng, &[5, 19]),
+            // Broadcast along the last dimension, and a transposed view: the
+            // composition handles these.
+            draw(&mut rng, &[2, 3, 5, 1]),
+            draw(&mut rng, &[19, 5]).t().unwrap(),
         ];
         for bias in &biases {
             let x = Var::from_tensor(&draw(&mut rng, &dims)).unwrap();
