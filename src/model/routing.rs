@@ -147,7 +147,7 @@ impl Router {
                 )));
             }
             let u = u.contiguous()?;
-            return super::routed_cpu::with_f32(&u, |us| Ok(cpu.route(us, n_tok)));
+            return Ok(cpu.route(&super::fused::F32Data::of(&u, "router")?, n_tok));
         }
         self.route_generic(u)
     }

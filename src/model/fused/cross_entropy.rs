@@ -7,23 +7,12 @@
 //! writes one number per row; backward writes `g (softmax(x) - onehot)` in
 //! one pass (after recomputing each row's log-sum-exp, one more read).
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, f32_slice, fast_exp, lane_sum, row_max, with_f32};
+use super::{F32Data, cpu_f32, fast_exp, lane_sum, row_max, slice_of};
 
 struct CrossEntropy;
-
-fn labels_u32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
-    let CpuStorage::U32(v) = s else {
-        candle_core::bail!("cross-entropy: labels must be u32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("cross-entropy: labels are not contiguous"),
-    }
-}
 
 /// `log Σ exp(row)`, max-shifted.
 fn log_sum_exp(row: &[f32], scratch: &mut Vec<f32>) -> f32 {
@@ -49,8 +38,8 @@ impl CustomOp2 for CrossEntropy {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, v) = l1.shape().dims2()?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let labels = labels_u32(s2, l2)?;
+        let x = slice_of::<f32>(s1, l1, self.name())?;
+        let labels = slice_of::<u32>(s2, l2, self.name())?;
         check_labels(labels, n, v)?;
         let mut out = vec![0f32; n];
         if v == 0 {
@@ -81,23 +70,21 @@ impl CustomOp2 for CrossEntropy {
         if v == 0 {
             return Ok((Some(Tensor::from_vec(d, (n, v), logits.device())?), None));
         }
-        with_f32(logits, self.name(), |x| {
-            d.par_chunks_mut(v)
-                .zip(x.par_chunks(v))
-                .enumerate()
-                .for_each_init(Vec::new, |scratch, (i, (out, row))| {
-                    let label = labels[i] as usize;
-                    // Recomputed, not `nll + x[label]`: that sum loses the
-                    // log-sum-exp when the label's logit is huge or -inf.
-                    let lse = log_sum_exp(row, scratch);
-                    let g = grad[i];
-                    for (o, &xj) in out.iter_mut().zip(row) {
-                        *o = g * fast_exp::exp(xj - lse);
-                    }
-                    out[label] -= g;
-                });
-            Ok(())
-        })?;
+        let x = F32Data::of(logits, self.name())?;
+        d.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (i, (out, row))| {
+                let label = labels[i] as usize;
+                // Recomputed, not `nll + x[label]`: that sum loses the
+                // log-sum-exp when the label's logit is huge or -inf.
+                let lse = log_sum_exp(row, scratch);
+                let g = grad[i];
+                for (o, &xj) in out.iter_mut().zip(row) {
+                    *o = g * fast_exp::exp(xj - lse);
+                }
+                out[label] -= g;
+            });
         Ok((Some(Tensor::from_vec(d, (n, v), logits.device())?), None))
     }
 }
@@ -136,19 +123,16 @@ pub fn composite(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{draw, gradient_gap};
     use super::*;
     use crate::model::rng::SeededRng;
     use candle_core::{Device, Var};
-
-    fn random(rng: &mut SeededRng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| rng.standard_normal() as f32 * scale).collect()
-    }
 
     #[test]
     fn equals_log_softmax_and_gather_in_value_and_gradient() {
         let (n, v) = (7, 1000);
         let mut rng = SeededRng::new(3);
-        let x0 = Tensor::from_vec(random(&mut rng, n * v, 4.0), (n, v), &Device::Cpu).unwrap();
+        let x0 = draw(&mut rng, &[n, v], 4.0);
         let labels = Tensor::new(&[0u32, 999, 5, 17, 500, 3, 998], &Device::Cpu).unwrap();
         let w = Tensor::new(&[1f32, 0.5, 0.0, 2.0, -1.0, 1.0, 3.0], &Device::Cpu).unwrap();
         let x = Var::from_tensor(&x0).unwrap();
@@ -161,25 +145,8 @@ mod tests {
         for (a, b) in a.iter().zip(&b) {
             assert!((a - b).abs() < 2e-5 * b.abs().max(1.0), "{a} vs {b}");
         }
-        let gf = fused.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = reference.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gf = gf
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let gr = gr
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        for (a, b) in gf.iter().zip(&gr) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-        }
+        let diff = gradient_gap(&fused, &reference, &w, &[&x]);
+        assert!(diff < 1e-6, "gradients differ by {diff}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, f32_slice, fast_exp, with_f32};
+use super::{F32Data, cpu_f32, fast_exp, slice_of};
 
 const K: f32 = 1.595_769_2; // 2 sqrt(2/π)
 const C: f32 = 0.044_715;
@@ -45,8 +45,8 @@ impl CustomOp2 for GatedGelu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("gated-gelu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
         }
-        let a = f32_slice(s1, l1, self.name())?;
-        let b = f32_slice(s2, l2, self.name())?;
+        let a = slice_of::<f32>(s1, l1, self.name())?;
+        let b = slice_of::<f32>(s2, l2, self.name())?;
         let mut h = vec![0f32; a.len()];
         h.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
@@ -67,27 +67,27 @@ impl CustomOp2 for GatedGelu {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let n = a.elem_count();
         let (mut da, mut db) = (vec![0f32; n], vec![0f32; n]);
-        with_f32(a, self.name(), |av| {
-            with_f32(b, self.name(), |bv| {
-                with_f32(grad, self.name(), |g| {
-                    da.par_chunks_mut(CHUNK)
-                        .zip(db.par_chunks_mut(CHUNK))
-                        .zip(
-                            av.par_chunks(CHUNK)
-                                .zip(bv.par_chunks(CHUNK))
-                                .zip(g.par_chunks(CHUNK)),
-                        )
-                        .for_each(|((da, db), ((a, b), g))| {
-                            for i in 0..a.len() {
-                                let (gelu, slope) = gelu_and_slope(a[i]);
-                                da[i] = g[i] * b[i] * slope;
-                                db[i] = g[i] * gelu;
-                            }
-                        });
-                    Ok(())
-                })
-            })
-        })?;
+        let grad = grad.contiguous()?;
+        let name = self.name();
+        let (av, bv, g) = (
+            F32Data::of(a, name)?,
+            F32Data::of(b, name)?,
+            F32Data::of(&grad, name)?,
+        );
+        da.par_chunks_mut(CHUNK)
+            .zip(db.par_chunks_mut(CHUNK))
+            .zip(
+                av.par_chunks(CHUNK)
+                    .zip(bv.par_chunks(CHUNK))
+                    .zip(g.par_chunks(CHUNK)),
+            )
+            .for_each(|((da, db), ((a, b), g))| {
+                for i in 0..a.len() {
+                    let (gelu, slope) = gelu_and_slope(a[i]);
+                    da[i] = g[i] * b[i] * slope;
+                    db[i] = g[i] * gelu;
+                }
+            });
         let da = a
             .track_op()
             .then(|| Tensor::from_vec(da, a.shape(), a.device()))
@@ -128,42 +128,22 @@ pub fn gelu_new(x: &Tensor) -> candle_core::Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{draw, gradient_gap, max_abs_diff};
     use super::*;
     use crate::model::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     #[test]
     fn equals_the_primitive_composition_in_value_and_both_gradients() {
         let mut rng = SeededRng::new(8);
-        let mut draw = |scale: f32| -> Tensor {
-            let v: Vec<f32> = (0..3 * 40_000)
-                .map(|_| rng.standard_normal() as f32 * scale)
-                .collect();
-            Tensor::from_vec(v, (3, 40_000), &Device::Cpu).unwrap()
-        };
-        let (a, b, c) = (
-            Var::from_tensor(&draw(3.0)).unwrap(),
-            Var::from_tensor(&draw(1.0)).unwrap(),
-            draw(1.0),
-        );
+        let dims = [3, 40_000];
+        let a = Var::from_tensor(&draw(&mut rng, &dims, 3.0)).unwrap();
+        let b = Var::from_tensor(&draw(&mut rng, &dims, 1.0)).unwrap();
+        let c = draw(&mut rng, &dims, 1.0);
         let fused = gated_gelu(a.as_tensor(), b.as_tensor()).unwrap();
         let reference = composite(a.as_tensor(), b.as_tensor()).unwrap();
-        let max_diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(max_diff(&fused, &reference) < 1e-5);
-        let gf = (fused * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&a, &b] {
-            let d = max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
-            assert!(d < 1e-5, "gradients differ by {d}");
-        }
+        assert!(max_abs_diff(&fused, &reference) < 1e-5);
+        let d = gradient_gap(&fused, &reference, &c, &[&a, &b]);
+        assert!(d < 1e-5, "gradients differ by {d}");
     }
 }

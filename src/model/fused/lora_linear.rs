@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::gemm::{Mat, gemm};
-use super::{cpu_f32, f32_slice, with_f32};
+use super::{F32Data, cpu_f32, slice_of};
 
 /// `wt` is `Wᵀ` (`[d_in, d_out]`, the layout `Linear` keeps); operands are
 /// `u` `[n, d_in]`, `A` `[r, d_in]`, `B` `[d_out, r]`.
@@ -52,9 +52,9 @@ impl CustomOp3 for LoraLinear {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, d_in, r, d_out) = self.dims(lu.shape(), la.shape(), lb.shape())?;
         let (u, a, b) = (
-            f32_slice(su, lu, self.name())?,
-            f32_slice(sa, la, self.name())?,
-            f32_slice(sb, lb, self.name())?,
+            slice_of::<f32>(su, lu, self.name())?,
+            slice_of::<f32>(sa, la, self.name())?,
+            slice_of::<f32>(sb, lb, self.name())?,
         );
         let mut h = vec![0f32; n * r];
         gemm(
@@ -66,17 +66,15 @@ impl CustomOp3 for LoraLinear {
             true,
         );
         let mut y = vec![0f32; n * d_out];
-        with_f32(&self.wt, self.name(), |wt| {
-            gemm(
-                &mut y,
-                Mat::new(u, n, d_in),
-                Mat::new(wt, d_in, d_out),
-                1.0,
-                false,
-                true,
-            );
-            Ok(())
-        })?;
+        let wt = F32Data::of(&self.wt, self.name())?;
+        gemm(
+            &mut y,
+            Mat::new(u, n, d_in),
+            Mat::new(&wt, d_in, d_out),
+            1.0,
+            false,
+            true,
+        );
         gemm(
             &mut y,
             Mat::new(&h, n, r),
@@ -99,52 +97,49 @@ impl CustomOp3 for LoraLinear {
         let (n, d_in, r, d_out) = self.dims(u.shape(), a.shape(), b.shape())?;
         let dev = u.device();
         let name = self.name();
-        with_f32(u, name, |uv| {
-            with_f32(a, name, |av| {
-                with_f32(b, name, |bv| {
-                    with_f32(grad, name, |g| {
-                        let (um, am, bm, gm) = (
-                            Mat::new(uv, n, d_in),
-                            Mat::new(av, r, d_in),
-                            Mat::new(bv, d_out, r),
-                            Mat::new(g, n, d_out),
-                        );
-                        // gh = s g B, [n, r]: the gradient at the LoRA bottleneck.
-                        let mut gh = vec![0f32; n * r];
-                        gemm(&mut gh, gm, bm, self.scale, false, true);
-                        let ghm = Mat::new(&gh, n, r);
-                        let du = if u.track_op() {
-                            let mut du = vec![0f32; n * d_in];
-                            with_f32(&self.wt, name, |wt| {
-                                gemm(&mut du, gm, Mat::new(wt, d_in, d_out).t(), 1.0, false, true);
-                                Ok(())
-                            })?;
-                            gemm(&mut du, ghm, am, 1.0, true, true);
-                            Some(Tensor::from_vec(du, (n, d_in), dev)?)
-                        } else {
-                            None
-                        };
-                        let da = if a.track_op() {
-                            let mut da = vec![0f32; r * d_in];
-                            gemm(&mut da, ghm.t(), um, 1.0, false, true);
-                            Some(Tensor::from_vec(da, (r, d_in), dev)?)
-                        } else {
-                            None
-                        };
-                        let db = if b.track_op() {
-                            let mut h = vec![0f32; n * r];
-                            gemm(&mut h, um, am.t(), self.scale, false, true);
-                            let mut db = vec![0f32; d_out * r];
-                            gemm(&mut db, gm.t(), Mat::new(&h, n, r), 1.0, false, true);
-                            Some(Tensor::from_vec(db, (d_out, r), dev)?)
-                        } else {
-                            None
-                        };
-                        Ok((du, da, db))
-                    })
-                })
-            })
-        })
+        let grad = grad.contiguous()?;
+        let (uv, av, bv) = (
+            F32Data::of(u, name)?,
+            F32Data::of(a, name)?,
+            F32Data::of(b, name)?,
+        );
+        let g = F32Data::of(&grad, name)?;
+        let (um, am, bm, gm) = (
+            Mat::new(&uv, n, d_in),
+            Mat::new(&av, r, d_in),
+            Mat::new(&bv, d_out, r),
+            Mat::new(&g, n, d_out),
+        );
+        // gh = s g B, [n, r]: the gradient at the LoRA bottleneck.
+        let mut gh = vec![0f32; n * r];
+        gemm(&mut gh, gm, bm, self.scale, false, true);
+        let ghm = Mat::new(&gh, n, r);
+        let du = if u.track_op() {
+            let mut du = vec![0f32; n * d_in];
+            let wt = F32Data::of(&self.wt, name)?;
+            gemm(&mut du, gm, Mat::new(&wt, d_in, d_out).t(), 1.0, false, true);
+            gemm(&mut du, ghm, am, 1.0, true, true);
+            Some(Tensor::from_vec(du, (n, d_in), dev)?)
+        } else {
+            None
+        };
+        let da = if a.track_op() {
+            let mut da = vec![0f32; r * d_in];
+            gemm(&mut da, ghm.t(), um, 1.0, false, true);
+            Some(Tensor::from_vec(da, (r, d_in), dev)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            let mut h = vec![0f32; n * r];
+            gemm(&mut h, um, am.t(), self.scale, false, true);
+            let mut db = vec![0f32; d_out * r];
+            gemm(&mut db, gm.t(), Mat::new(&h, n, r), 1.0, false, true);
+            Some(Tensor::from_vec(db, (d_out, r), dev)?)
+        } else {
+            None
+        };
+        Ok((du, da, db))
     }
 }
 
@@ -175,50 +170,31 @@ pub fn lora_linear(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{draw, gradient_gap, max_abs_diff};
     use super::*;
     use crate::model::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     #[test]
     fn equals_frozen_product_plus_lora_in_value_and_every_gradient() {
         let (n, d_in, r, d_out) = (37, 24, 4, 19);
         let mut rng = SeededRng::new(9);
-        let mut draw = |dims: (usize, usize)| -> Tensor {
-            let v: Vec<f32> = (0..dims.0 * dims.1)
-                .map(|_| rng.standard_normal() as f32)
-                .collect();
-            Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-        };
-        let (wt, c) = (draw((d_in, d_out)), draw((n, d_out)));
-        let u = Var::from_tensor(&draw((n, d_in))).unwrap();
-        let a = Var::from_tensor(&draw((r, d_in))).unwrap();
-        let b = Var::from_tensor(&draw((d_out, r))).unwrap();
+        let (wt, c) = (
+            draw(&mut rng, &[d_in, d_out], 1.0),
+            draw(&mut rng, &[n, d_out], 1.0),
+        );
+        let u = Var::from_tensor(&draw(&mut rng, &[n, d_in], 1.0)).unwrap();
+        let a = Var::from_tensor(&draw(&mut rng, &[r, d_in], 1.0)).unwrap();
+        let b = Var::from_tensor(&draw(&mut rng, &[d_out, r], 1.0)).unwrap();
         let fused = lora_linear(&u, &wt, &a, &b, 0.25)
             .unwrap()
             .expect("fused on CPU f32");
-        let reference = (u.matmul(&wt).unwrap()
-            + (u.matmul(&a.t().unwrap()).unwrap() * 0.25)
-                .unwrap()
-                .matmul(&b.t().unwrap())
-                .unwrap())
-        .unwrap();
-        let max_diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(max_diff(&fused, &reference) < 1e-4);
-        let gf = (fused * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&u, &a, &b] {
-            let d = max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
-            assert!(d < 1e-4, "gradients differ by {d}");
-        }
-        assert!(gf.get(&wt).is_none(), "no gradient for the frozen weight");
+        let lora = (u.matmul(&a.t().unwrap()).unwrap() * 0.25).unwrap();
+        let reference = (u.matmul(&wt).unwrap() + lora.matmul(&b.t().unwrap()).unwrap()).unwrap();
+        assert!(max_abs_diff(&fused, &reference) < 1e-4);
+        let d = gradient_gap(&fused, &reference, &c, &[&u, &a, &b]);
+        assert!(d < 1e-4, "gradients differ by {d}");
+        let grads = fused.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&wt).is_none(), "no gradient for the frozen weight");
     }
 }

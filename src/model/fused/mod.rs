@@ -25,14 +25,18 @@ pub mod gemm;
 pub mod lora_linear;
 pub mod rms_norm;
 pub mod softmax;
+#[cfg(test)]
+mod test_support;
+
+use std::ops::{Deref, Range};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Storage, StorageRef, Tensor, WithDType};
 
-/// The contiguous f32 data of a custom op's operand.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: expected f32 data, got {:?}", s.dtype())
+/// The contiguous data of a custom op's operand, of element type `T`.
+fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+    let Ok(v) = s.as_slice::<T>() else {
+        candle_core::bail!("{op}: expected {:?} data, got {:?}", T::DTYPE, s.dtype())
     };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&v[start..end]),
@@ -40,19 +44,44 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result
     }
 }
 
-/// Runs `f` on the contiguous f32 data of `t` (made contiguous first if it is
-/// not): how the backward passes read their tensors.
-fn with_f32<R>(
-    t: &Tensor,
-    op: &str,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("{op}: tensor is not on the CPU")
-    };
-    f(f32_slice(cpu, layout, op)?)
+/// The f32 data of a contiguous CPU tensor, read in place (the tensor's storage
+/// stays read-locked while the view lives): how backward passes and the
+/// routed CPU paths read their tensors.
+pub(crate) struct F32Data<'a> {
+    storage: StorageRef<'a>,
+    range: Range<usize>,
+}
+
+impl<'a> F32Data<'a> {
+    pub(crate) fn of(t: &'a Tensor, op: &str) -> candle_core::Result<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        if !matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) {
+            candle_core::bail!(
+                "{op}: expected an f32 CPU tensor, got {:?} on {:?}",
+                t.dtype(),
+                t.device()
+            )
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{op}: tensor is not contiguous")
+        };
+        Ok(F32Data {
+            storage,
+            range: start..end,
+        })
+    }
+}
+
+impl Deref for F32Data<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+            // `of` accepted only f32 CPU storage, and the read lock keeps it so.
+            _ => unreachable!("F32Data holds f32 CPU storage"),
+        }
+    }
 }
 
 /// Whether the fused kernels apply to `t`: an f32 tensor on the CPU.

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, f32_slice, lane_dot, with_f32};
+use super::{F32Data, cpu_f32, lane_dot, slice_of};
 
 struct RmsNorm {
     weight: Vec<f32>,
@@ -28,7 +28,7 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = slice_of::<f32>(s, l, self.name())?;
         let d = self.weight.len();
         if l.shape().dims().last() != Some(&d) {
             candle_core::bail!(
@@ -55,26 +55,23 @@ impl CustomOp1 for RmsNorm {
         if d == 0 {
             return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
         }
-        with_f32(x, self.name(), |x| {
-            with_f32(grad, self.name(), |g| {
-                dx.par_chunks_mut(d)
-                    .zip(x.par_chunks(d).zip(g.par_chunks(d)))
-                    .for_each_init(
-                        || vec![0f32; d],
-                        |gw, (out, (row, grow))| {
-                            for ((a, &gj), &wj) in gw.iter_mut().zip(grow).zip(&self.weight) {
-                                *a = gj * wj;
-                            }
-                            let r = self.inv_rms(row);
-                            let c = r * r * r * lane_dot(gw, row) / d as f32;
-                            for ((o, &a), &xj) in out.iter_mut().zip(gw.iter()).zip(row) {
-                                *o = r * a - xj * c;
-                            }
-                        },
-                    );
-                Ok(())
-            })
-        })?;
+        let grad = grad.contiguous()?;
+        let (xv, g) = (F32Data::of(x, self.name())?, F32Data::of(&grad, self.name())?);
+        dx.par_chunks_mut(d)
+            .zip(xv.par_chunks(d).zip(g.par_chunks(d)))
+            .for_each_init(
+                || vec![0f32; d],
+                |gw, (out, (row, grow))| {
+                    for ((a, &gj), &wj) in gw.iter_mut().zip(grow).zip(&self.weight) {
+                        *a = gj * wj;
+                    }
+                    let r = self.inv_rms(row);
+                    let c = r * r * r * lane_dot(gw, row) / d as f32;
+                    for ((o, &a), &xj) in out.iter_mut().zip(gw.iter()).zip(row) {
+                        *o = r * a - xj * c;
+                    }
+                },
+            );
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -110,41 +107,23 @@ pub fn composite(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<T
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{draw, gradient_gap, max_abs_diff};
     use super::*;
     use crate::model::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     #[test]
     fn equals_the_primitive_composition_in_value_and_input_gradient() {
-        let (rows, d) = (9, 70);
+        let d = 70;
         let mut rng = SeededRng::new(4);
-        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.standard_normal() as f32).collect() };
-        let x0 = Tensor::from_vec(draw(rows * d), (3, 3, d), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec(draw(d), d, &Device::Cpu).unwrap();
-        let c = Tensor::from_vec(draw(rows * d), (3, 3, d), &Device::Cpu).unwrap();
-        let x = Var::from_tensor(&x0).unwrap();
+        let x = Var::from_tensor(&draw(&mut rng, &[3, 3, d], 1.0)).unwrap();
+        let w = draw(&mut rng, &[d], 1.0);
+        let c = draw(&mut rng, &[3, 3, d], 1.0);
         let fused = rms_norm(x.as_tensor(), &w, 1e-6).unwrap();
         let reference = composite(x.as_tensor(), &w, 1e-6).unwrap();
-        let diff = (&fused - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&fused, &reference);
         assert!(diff < 1e-5, "values differ by {diff}");
-        let gf = (fused * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        let (gf, gr) = (gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
-        let diff = (gf - gr)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = gradient_gap(&fused, &reference, &c, &[&x]);
         assert!(diff < 1e-5, "gradients differ by {diff}");
     }
 }

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, f32_slice, fast_exp, lane_dot, lane_sum, row_max, with_f32};
+use super::{F32Data, cpu_f32, fast_exp, lane_dot, lane_sum, row_max, slice_of};
 
 /// `bias` is broadcast to the scores' shape; rows are addressed through its
 /// strides, so a `[1, H, T, S]` position bias or a `[B, 1, 1, S]` mask is never
@@ -24,7 +24,7 @@ impl CustomOp1 for BiasedSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = slice_of::<f32>(s, l, self.name())?;
         let shape = l.shape().clone();
         let dims = shape.dims();
         let Some(&n) = dims.last() else {
@@ -79,19 +79,16 @@ impl CustomOp1 for BiasedSoftmax {
         let n = p.dim(D::Minus1)?;
         let mut ds = vec![0f32; p.elem_count()];
         if n > 0 {
-            with_f32(p, self.name(), |p| {
-                with_f32(grad, self.name(), |g| {
-                    ds.par_chunks_mut(n)
-                        .zip(p.par_chunks(n).zip(g.par_chunks(n)))
-                        .for_each(|(out, (prow, grow))| {
-                            let dot = lane_dot(prow, grow);
-                            for ((o, &pj), &gj) in out.iter_mut().zip(prow).zip(grow) {
-                                *o = pj * (gj - dot);
-                            }
-                        });
-                    Ok(())
-                })
-            })?;
+            let grad = grad.contiguous()?;
+            let (pv, g) = (F32Data::of(p, self.name())?, F32Data::of(&grad, self.name())?);
+            ds.par_chunks_mut(n)
+                .zip(pv.par_chunks(n).zip(g.par_chunks(n)))
+                .for_each(|(out, (prow, grow))| {
+                    let dot = lane_dot(prow, grow);
+                    for ((o, &pj), &gj) in out.iter_mut().zip(prow).zip(grow) {
+                        *o = pj * (gj - dot);
+                    }
+                });
         }
         Ok(Some(Tensor::from_vec(ds, p.shape(), p.device())?))
     }
@@ -123,15 +120,10 @@ pub fn composite(scores: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{draw, gradient_gap, max_abs_diff};
     use super::*;
     use crate::model::rng::SeededRng;
     use candle_core::{Device, Var};
-
-    fn draw(rng: &mut SeededRng, dims: &[usize]) -> Tensor {
-        let n = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.standard_normal() as f32 * 3.0).collect();
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
 
     #[test]
     fn equals_the_primitive_composition_for_every_bias_broadcast() {
@@ -141,40 +133,23 @@ mod tests {
         mask[3] = -1e9;
         mask[19 + 18] = f32::MIN;
         let biases = [
-            draw(&mut rng, &[1, 3, 5, 19]),
+            draw(&mut rng, &[1, 3, 5, 19], 3.0),
             Tensor::from_vec(mask, (2, 1, 1, 19), &Device::Cpu).unwrap(),
-            draw(&mut rng, &dims),
-            draw(&mut rng, &[5, 19]),
+            draw(&mut rng, &dims, 3.0),
+            draw(&mut rng, &[5, 19], 3.0),
             // Broadcast along the last dimension, and a transposed view: the
             // composition handles these.
-            draw(&mut rng, &[2, 3, 5, 1]),
-            draw(&mut rng, &[19, 5]).t().unwrap(),
+            draw(&mut rng, &[2, 3, 5, 1], 3.0),
+            draw(&mut rng, &[19, 5], 3.0).t().unwrap(),
         ];
         for bias in &biases {
-            let x = Var::from_tensor(&draw(&mut rng, &dims)).unwrap();
-            let c = draw(&mut rng, &dims);
+            let x = Var::from_tensor(&draw(&mut rng, &dims, 3.0)).unwrap();
+            let c = draw(&mut rng, &dims, 3.0);
             let fused = biased_softmax(x.as_tensor(), bias).unwrap();
             let reference = composite(x.as_tensor(), bias).unwrap();
-            let diff = (&fused - &reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&fused, &reference);
             assert!(diff < 1e-6, "values differ by {diff} for bias {:?}", bias.dims());
-            let gf = (fused * &c).unwrap().sum_all().unwrap().backward().unwrap();
-            let gr = (reference * &c).unwrap().sum_all().unwrap().backward().unwrap();
-            let (gf, gr) = (gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
-            let diff = (gf - gr)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = gradient_gap(&fused, &reference, &c, &[&x]);
             assert!(
                 diff < 1e-5,
                 "gradients differ by {diff} for bias {:?}",
