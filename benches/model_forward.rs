@@ -1,5 +1,5 @@
 //! Forward and forward+backward of a small T5 with LoRA on every linear, and
-//! routed forward with 2..166 experts at top-2. Sample sizes are small so the
+//! routed forward with 2..166 experts at top-2, and the router alone. Sample sizes are small so the
 //! whole run takes a few minutes on 2 cores. Numbers: benches/README.md.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,8 @@ use criterion::{Criterion, criterion_group};
 use goosepipe::model::rng::SeededRng;
 use goosepipe::model::trainable::new_trainable_lora;
 use goosepipe::model::{
-    AdapterSet, GateVectors, LoraExpert, LoraWeights, Seq2SeqBatch, T5Config, T5Model, adapted_linears,
+    AdapterSet, GateVectors, LoraExpert, LoraWeights, Router, Scoring, Seq2SeqBatch, T5Config, T5Model,
+    adapted_linears,
 };
 
 const BATCH: usize = 8;
@@ -126,7 +127,27 @@ fn bench_routed(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_lora, bench_routed);
+/// The router alone (scores, top-2, weights) for one module's 1024 tokens
+/// at d 256: where the routed forward's N-dependent cost starts.
+fn bench_router(c: &mut Criterion) {
+    let mut rng = SeededRng::new(9);
+    let u = rng
+        .normal_tensor(&[BATCH * SRC_LEN, 256], 1.0, DType::F32, &Device::Cpu)
+        .unwrap();
+    let mut g = c.benchmark_group("router_d256_1024_tokens_top2");
+    for n in [2usize, 166] {
+        let gates = rng
+            .normal_tensor(&[n, 256], 1.0, DType::F32, &Device::Cpu)
+            .unwrap();
+        let router = Router::new("bench", &gates, Scoring::Standardized, 2).unwrap();
+        g.bench_function(format!("route_{n}_experts"), |bench| {
+            bench.iter(|| black_box(router.route(&u).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_lora, bench_routed, bench_router);
 fn main() {
     // SAFETY: first thing in main, before any thread exists.
     unsafe { goosepipe::model::threads::pin_thread_count() };

@@ -474,7 +474,7 @@ fn mean_activations_are_per_example_masked_means() {
 /// the same weights. Where the reference probabilities of the k-th and
 /// (k+1)-th expert are within f32 rounding of each other either choice is
 /// right; those near-ties are counted and must stay rare.
-fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bool) -> Router {
+fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bool, k: usize) -> Router {
     use goosepipe::model::rng::SeededRng;
     let d = 256;
     let mut rng = SeededRng::new(n as u64);
@@ -491,17 +491,17 @@ fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bo
             .broadcast_mul(&Tensor::from_vec(scale, d, &Device::Cpu).unwrap())
             .unwrap();
     }
-    let r = Router::new("m", &emb, scoring, 2).unwrap();
+    let r = Router::new("m", &emb, scoring, k).unwrap();
     let fast = r.route(&u).unwrap();
-    let r64 = Router::new("m", &emb.to_dtype(DType::F64).unwrap(), scoring, 2).unwrap();
+    let r64 = Router::new("m", &emb.to_dtype(DType::F64).unwrap(), scoring, k).unwrap();
     let u64 = u.to_dtype(DType::F64).unwrap();
     let reference = r64.route(&u64).unwrap();
     let probs: Vec<Vec<f64>> = r64.probabilities(&u64).unwrap().to_vec2().unwrap();
     let mut near_ties = 0;
     for (t, p) in probs.iter().enumerate() {
         let (f, g) = (
-            &fast.experts[2 * t..2 * t + 2],
-            &reference.experts[2 * t..2 * t + 2],
+            &fast.experts[k * t..k * (t + 1)],
+            &reference.experts[k * t..k * (t + 1)],
         );
         if f != g {
             let pf: f64 = f.iter().map(|&z| p[z as usize]).sum();
@@ -513,7 +513,7 @@ fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bo
             near_ties += 1;
             continue;
         }
-        for s in 2 * t..2 * t + 2 {
+        for s in k * t..k * (t + 1) {
             let (a, b) = (fast.weights[s], reference.weights[s]);
             assert!((a - b).abs() < 2e-6, "token {t}: weight {a} vs {b}");
         }
@@ -529,6 +529,8 @@ fn cpu_routing_equals_the_reference_with_and_without_int8_screening() {
         {
             std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512dq")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -536,14 +538,22 @@ fn cpu_routing_equals_the_reference_with_and_without_int8_screening() {
         }
     };
     for outliers in [false, true] {
-        let r = assert_cpu_routing_matches_reference(166, Scoring::Standardized, outliers);
+        let r = assert_cpu_routing_matches_reference(166, Scoring::Standardized, outliers, 2);
         assert_eq!(
             r.screens(),
             vnni,
             "166 experts are screened where the CPU has VNNI"
         );
-        assert_cpu_routing_matches_reference(40, Scoring::Arrow { temperature: 3.0 }, outliers);
+        assert_cpu_routing_matches_reference(40, Scoring::Arrow { temperature: 3.0 }, outliers, 2);
     }
-    let r = assert_cpu_routing_matches_reference(8, Scoring::Standardized, false);
+    // Other k: the screen's top-k network is sized per k (1-4, then 8 levels
+    // for 5-8); beyond 8 every expert is scored exactly.
+    for k in [1, 3, 6] {
+        let r = assert_cpu_routing_matches_reference(70, Scoring::Standardized, true, k);
+        assert_eq!(r.screens(), vnni);
+    }
+    let r = assert_cpu_routing_matches_reference(70, Scoring::Standardized, false, 9);
+    assert!(!r.screens(), "top-9 is scored exactly");
+    let r = assert_cpu_routing_matches_reference(8, Scoring::Standardized, false, 2);
     assert!(!r.screens(), "a few experts are scored exactly");
 }

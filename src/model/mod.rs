@@ -49,6 +49,8 @@ pub mod norm;
 pub mod pool;
 pub mod position_bias;
 pub mod rng;
+#[cfg(target_arch = "x86_64")]
+mod routed_avx512;
 pub mod routed_cpu;
 pub mod routing;
 #[cfg(target_arch = "x86_64")]

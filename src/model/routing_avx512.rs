@@ -9,84 +9,137 @@ use std::arch::x86_64::*;
 use super::routing::LN_EPS;
 use super::routing_cpu::{GROUP, Int8Screen, RowTerms};
 
-/// Standardises `x` in place when asked (LayerNorm without affine), then
-/// quantises it to int8 with scale `max|x| / 127`, written as `q + 128` into
-/// `out` for `vpdpbusd` (unsigned by signed). Returns the terms the error
-/// radius needs. A non-finite row gets a NaN scale.
+/// Writes `x` into `dst`, standardised when asked (LayerNorm without
+/// affine), then quantises it to int8 with scale `max|x| / 127` into `out`
+/// (the signed operand of `vpdpbusd`, broadcast from memory). Returns the
+/// terms the error radius needs and the sum of the int8 values. A non-finite row gets a NaN scale.
+///
+/// Three passes: the sum; the centred squares and `max|x - mean|`; then the
+/// standardised values written, quantised and their norms accumulated. The
+/// reductions use four accumulators so that they are not latency-bound.
 ///
 /// # Safety
-/// AVX-512F/BW/VL; `x.len() == out.len()`, a multiple of 16.
+/// AVX-512F/BW/VL; `x`, `dst` and `out` have one length, a multiple of 16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-pub unsafe fn prep_row(x: &mut [f32], standardize: bool, out: &mut [u8]) -> RowTerms {
-    debug_assert!(x.len() == out.len() && x.len().is_multiple_of(16));
+pub unsafe fn prep_row(x: &[f32], dst: &mut [f32], standardize: bool, out: &mut [i8]) -> RowTerms {
+    assert!(x.len() == out.len() && x.len() == dst.len() && x.len().is_multiple_of(16));
     let n = x.len();
-    let p = x.as_mut_ptr();
-    // SAFETY (every pointer below): offsets i < n step 16 stay inside `x` and `out`.
-    unsafe {
-        if standardize {
-            let mut sum = _mm512_setzero_ps();
-            for i in (0..n).step_by(16) {
-                sum = _mm512_add_ps(sum, _mm512_loadu_ps(p.add(i)));
-            }
-            let mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / n as f32);
-            let mut var = _mm512_setzero_ps();
-            for i in (0..n).step_by(16) {
-                let c = _mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mean);
-                var = _mm512_fmadd_ps(c, c, var);
-            }
-            let inv = _mm512_set1_ps(1.0 / (_mm512_reduce_add_ps(var) / n as f32 + LN_EPS as f32).sqrt());
-            for i in (0..n).step_by(16) {
-                let c = _mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mean);
-                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(c, inv));
-            }
-        }
+    let p = x.as_ptr();
+    let zero = _mm512_setzero_ps();
+    // SAFETY (every pointer below): offsets i < n step 16 stay inside `x`,
+    // `dst` and `out`.
+    let at = |i: usize| unsafe { _mm512_loadu_ps(p.add(i)) };
+    let (shift, scale_by, max) = if standardize {
+        let mut s = [zero; 4];
+        fold4(n, |i, j| s[j] = _mm512_add_ps(s[j], at(i)));
+        let mean = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(s[0], s[1]),
+            _mm512_add_ps(s[2], s[3]),
+        )) / n as f32;
+        let vmean = _mm512_set1_ps(mean);
+        // Lanes 0-1: centred squares; 2-3: max |x - mean|.
+        let mut q = [zero; 4];
+        fold4(n, |i, j| {
+            let c = _mm512_sub_ps(at(i), vmean);
+            let h = j & 1;
+            q[h] = _mm512_fmadd_ps(c, c, q[h]);
+            q[2 + h] = _mm512_max_ps(q[2 + h], _mm512_abs_ps(c));
+        });
+        let var = _mm512_reduce_add_ps(_mm512_add_ps(q[0], q[1])) / n as f32;
+        let inv = 1.0 / (var + LN_EPS as f32).sqrt();
+        let maxc = _mm512_reduce_max_ps(_mm512_max_ps(q[2], q[3]));
+        // A NaN or infinite element makes the mean or the variance non-finite.
+        let max = if mean.is_finite() && var.is_finite() {
+            maxc * inv
+        } else {
+            f32::NAN
+        };
+        (mean, inv, max)
+    } else {
         // max |x|, and x * 0 summed: NaN when any element is NaN or infinite.
-        let mut max = _mm512_setzero_ps();
-        let mut poison = _mm512_setzero_ps();
-        let zero = _mm512_setzero_ps();
-        for i in (0..n).step_by(16) {
-            let v = _mm512_loadu_ps(p.add(i));
-            max = _mm512_max_ps(max, _mm512_abs_ps(v));
-            poison = _mm512_fmadd_ps(v, zero, poison);
-        }
-        let max = _mm512_reduce_max_ps(max);
-        if _mm512_reduce_add_ps(poison).is_nan() {
-            out.fill(128);
-            return RowTerms {
-                scale: f32::NAN,
-                q_norm: f32::NAN,
-                err_norm: f32::NAN,
-                norm: f32::NAN,
+        let mut q = [zero; 4];
+        fold4(n, |i, j| {
+            let (v, h) = (at(i), j & 1);
+            q[h] = _mm512_max_ps(q[h], _mm512_abs_ps(v));
+            q[2 + h] = _mm512_fmadd_ps(v, zero, q[2 + h]);
+        });
+        let poison = _mm512_reduce_add_ps(_mm512_add_ps(q[2], q[3]));
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(q[0], q[1]));
+        (0.0, 1.0, if poison.is_nan() { f32::NAN } else { max })
+    };
+    if max.is_nan() {
+        out.fill(0);
+        // The exact rescoring then gives NaN scores, which reach the weights.
+        dst.fill(f32::NAN);
+        return RowTerms {
+            scale: f32::NAN,
+            q_norm: f32::NAN,
+            err_norm: f32::NAN,
+            norm: f32::NAN,
+            sum_q: 0,
+        };
+    }
+    let scale = if max == 0.0 { 1.0 } else { max / 127.0 };
+    let inv = _mm512_set1_ps(1.0 / scale);
+    let s = _mm512_set1_ps(scale);
+    let (vshift, vscale) = (_mm512_set1_ps(shift), _mm512_set1_ps(scale_by));
+    let mut qsum = _mm512_setzero_si512();
+    // Two sets of (|q|^2, |x - s q|^2, |x|^2) accumulators.
+    let mut acc = [zero; 6];
+    for (step, i) in (0..n).step_by(16).enumerate() {
+        // SAFETY: i + 16 <= n.
+        let v = unsafe {
+            let v = if standardize {
+                _mm512_mul_ps(_mm512_sub_ps(at(i), vshift), vscale)
+            } else {
+                at(i)
             };
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), v);
+            v
+        };
+        // Round to nearest even (the default MXCSR mode); |v / s| <= 127
+        // up to rounding, and the clamp keeps it in range.
+        let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+        let q = _mm512_max_epi32(
+            _mm512_min_epi32(q, _mm512_set1_epi32(127)),
+            _mm512_set1_epi32(-127),
+        );
+        let qf = _mm512_cvtepi32_ps(q);
+        let e = _mm512_fnmadd_ps(s, qf, v);
+        let h = 3 * (step & 1);
+        acc[h] = _mm512_fmadd_ps(qf, qf, acc[h]);
+        acc[h + 1] = _mm512_fmadd_ps(e, e, acc[h + 1]);
+        acc[h + 2] = _mm512_fmadd_ps(v, v, acc[h + 2]);
+        qsum = _mm512_add_epi32(qsum, q);
+        // SAFETY: 16 bytes at i < n inside `out`.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(q)) };
+    }
+    let total = |j: usize| _mm512_reduce_add_ps(_mm512_add_ps(acc[j], acc[j + 3]));
+    RowTerms {
+        scale,
+        q_norm: scale * total(0).sqrt(),
+        err_norm: total(1).sqrt(),
+        norm: total(2).sqrt(),
+        sum_q: _mm512_reduce_add_epi32(qsum),
+    }
+}
+
+/// Calls `f(offset, slot)` for every vector of a row of `n` floats, four
+/// consecutive vectors in slots 0-3 (independent accumulators), the tail in
+/// slot 0.
+#[inline(always)]
+fn fold4(n: usize, mut f: impl FnMut(usize, usize)) {
+    let whole = n / 64 * 64;
+    let mut i = 0;
+    while i < whole {
+        for j in 0..4 {
+            f(i + 16 * j, j);
         }
-        let scale = if max == 0.0 { 1.0 } else { max / 127.0 };
-        let inv = _mm512_set1_ps(1.0 / scale);
-        let s = _mm512_set1_ps(scale);
-        let bias = _mm512_set1_epi32(128);
-        let (mut qq, mut ee, mut xx) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-        for i in (0..n).step_by(16) {
-            let v = _mm512_loadu_ps(p.add(i));
-            // Round to nearest even (the default MXCSR mode); |v / s| <= 127
-            // up to rounding, and the saturating pack keeps it in range.
-            let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
-            let q = _mm512_max_epi32(
-                _mm512_min_epi32(q, _mm512_set1_epi32(127)),
-                _mm512_set1_epi32(-127),
-            );
-            let qf = _mm512_cvtepi32_ps(q);
-            qq = _mm512_fmadd_ps(qf, qf, qq);
-            let e = _mm512_fnmadd_ps(s, qf, v);
-            ee = _mm512_fmadd_ps(e, e, ee);
-            xx = _mm512_fmadd_ps(v, v, xx);
-            let u = _mm512_add_epi32(q, bias); // 1..=255
-            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(u));
-        }
-        RowTerms {
-            scale,
-            q_norm: scale * _mm512_reduce_add_ps(qq).sqrt(),
-            err_norm: _mm512_reduce_add_ps(ee).sqrt(),
-            norm: _mm512_reduce_add_ps(xx).sqrt(),
-        }
+        i += 64;
+    }
+    while i < n {
+        f(i, 0);
+        i += 16;
     }
 }
 
@@ -123,100 +176,138 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     ))
 }
 
-/// `acc[i, z] = sum_j xu8[i, j] * w_q[z, j]` for all `t` rows and padded experts.
+/// `acc[i, z] = sum_j (w_q[z, j] + 128) * x_q[i, j]` for all `t` rows and
+/// padded experts (the expert side is stored offset to unsigned, so that the
+/// token side can be the signed operand that `vpdpbusd` broadcasts straight
+/// from memory: one micro-fused instruction per multiply-add group instead of
+/// a broadcast and a multiply-add).
 ///
 /// # Safety
-/// AVX-512F/BW/VNNI; `xu8` is `[t, d]`, `packed` `[groups, d/4, 16, 4]`,
+/// AVX-512F/BW/VNNI; `xq` is `[t, d]`, `packed` `[groups, d/4, 16, 4]`,
 /// `acc` `[t, groups * 16]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn dots(xu8: &[u8], t: usize, d: usize, packed: &[i8], groups: usize, acc: &mut [i32]) {
+pub unsafe fn dots(xq: &[i8], t: usize, d: usize, packed: &[u8], groups: usize, acc: &mut [i32]) {
     let quads = d / 4;
-    assert!(xu8.len() >= t * d && packed.len() >= groups * quads * GROUP * 4);
+    assert!(xq.len() >= t * d && packed.len() >= groups * quads * GROUP * 4);
     assert!(acc.len() >= t * groups * GROUP);
-    let mut i = 0;
     let stride = groups * GROUP;
-    // SAFETY (both loops): bounds asserted above.
-    while i + 4 <= t {
+    let group_len = quads * GROUP * 4;
+    // Pairs of groups outermost: their packed weights (2 d x 16 bytes) stay
+    // in L1 while every token of the block passes over them. Token-outer
+    // order streamed all N d bytes from L2 for every four tokens and ran at
+    // half the vpdpbusd rate.
+    let mut g = 0;
+    while g < groups {
+        let two = g + 2 <= groups;
+        let w = packed[g * group_len..].as_ptr();
+        let mut i = 0;
+        // SAFETY (both loops): bounds asserted above; `two` only when a
+        // second group follows.
         unsafe {
-            block::<4>(
-                xu8.as_ptr().add(i * d),
-                d,
-                packed.as_ptr(),
-                groups,
-                acc.as_mut_ptr().add(i * stride),
-            )
-        };
-        i += 4;
-    }
-    while i < t {
-        unsafe {
-            block::<1>(
-                xu8.as_ptr().add(i * d),
-                d,
-                packed.as_ptr(),
-                groups,
-                acc.as_mut_ptr().add(i * stride),
-            )
-        };
-        i += 1;
+            let (x, out) = (xq.as_ptr(), acc.as_mut_ptr().add(g * GROUP));
+            while i + 8 <= t {
+                tile::<8>(x.add(i * d), d, w, group_len, two, out.add(i * stride), stride);
+                i += 8;
+            }
+            while i + 4 <= t {
+                tile::<4>(x.add(i * d), d, w, group_len, two, out.add(i * stride), stride);
+                i += 4;
+            }
+            while i < t {
+                tile::<1>(x.add(i * d), d, w, group_len, two, out.add(i * stride), stride);
+                i += 1;
+            }
+        }
+        g += if two { 2 } else { 1 };
     }
 }
 
-/// `TB` token rows against every group: each packed register is loaded once
-/// and used for all `TB` rows.
+/// `TB` token rows against one group, or two consecutive groups when `two`:
+/// each packed register is loaded once for all `TB` rows and each broadcast
+/// token quad used for both groups, so there are `2 TB` independent
+/// accumulator chains to hide `vpdpbusd`'s latency.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn block<const TB: usize>(x: *const u8, d: usize, packed: *const i8, groups: usize, out: *mut i32) {
+unsafe fn tile<const TB: usize>(
+    x: *const i8,
+    d: usize,
+    w: *const u8,
+    group_len: usize,
+    two: bool,
+    out: *mut i32,
+    stride: usize,
+) {
     let quads = d / 4;
-    let stride = groups * GROUP;
-    for g in 0..groups {
-        let mut acc = [_mm512_setzero_si512(); TB];
-        // SAFETY: offsets stay inside the buffers `dots` checked.
-        unsafe {
-            let wg = packed.add(g * quads * GROUP * 4);
+    let (mut acc0, mut acc1) = ([_mm512_setzero_si512(); TB], [_mm512_setzero_si512(); TB]);
+    // SAFETY: offsets stay inside the buffers `dots` checked.
+    unsafe {
+        if two {
             for q in 0..quads {
-                let w = _mm512_loadu_si512(wg.add(q * GROUP * 4) as *const __m512i);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let xq = (x.add(j * d + q * 4) as *const i32).read_unaligned();
-                    *a = _mm512_dpbusd_epi32(*a, _mm512_set1_epi32(xq), w);
+                let a = _mm512_loadu_si512(w.add(q * GROUP * 4) as *const __m512i);
+                let b = _mm512_loadu_si512(w.add(group_len + q * GROUP * 4) as *const __m512i);
+                for (j, (s0, s1)) in acc0.iter_mut().zip(acc1.iter_mut()).enumerate() {
+                    let xq = _mm512_set1_epi32((x.add(j * d + q * 4) as *const i32).read_unaligned());
+                    *s0 = _mm512_dpbusd_epi32(*s0, a, xq);
+                    *s1 = _mm512_dpbusd_epi32(*s1, b, xq);
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                _mm512_storeu_si512(out.add(j * stride + g * GROUP) as *mut __m512i, *a);
+        } else {
+            for q in 0..quads {
+                let a = _mm512_loadu_si512(w.add(q * GROUP * 4) as *const __m512i);
+                for (j, s0) in acc0.iter_mut().enumerate() {
+                    let xq = _mm512_set1_epi32((x.add(j * d + q * 4) as *const i32).read_unaligned());
+                    *s0 = _mm512_dpbusd_epi32(*s0, a, xq);
+                }
+            }
+        }
+        for j in 0..TB {
+            _mm512_storeu_si512(out.add(j * stride) as *mut __m512i, acc0[j]);
+            if two {
+                _mm512_storeu_si512(out.add(j * stride + GROUP) as *mut __m512i, acc1[j]);
             }
         }
     }
 }
 
-/// One token's approximate dot products and score bounds for every padded
-/// expert: `a = s_x s_z (acc - 128 sum q_z)`, radius `ra |e_z| + rb |w_z| +
-/// 1e-6`, score interval `[lo, hi]` (of `|a|` for arrow, floored at 0).
+/// Most experts a token keeps on the screened path: the lane-wise top-k
+/// network holds one register per kept expert.
+pub const MAX_SCREEN_K: usize = 8;
+
+/// One token's screen in one pass over its padded experts: the approximate
+/// dot products `a = s_x s_z (acc - 128 sum q_x)`, the upper score bounds
+/// `hi` (score `a`, or `|a|` for arrow, plus the radius `ra |e_z| + rb |w_z| +
+/// 1e-6`; -inf on padding), and in `lanes[level][lane]` each lane's `K`
+/// largest lower bounds (descending by level; -inf where fewer, and a NaN
+/// bound never enters), from a compare-exchange network of vector selects.
 ///
 /// # Safety
-/// AVX-512F/DQ; every slice has the padded expert count (a multiple of 16).
+/// AVX-512F/DQ and FMA; `acc`, `approx`, `hi`, the screen's per-expert
+/// vectors have the padded expert count (a multiple of 16, at
+/// most 15 above `n`).
 #[target_feature(enable = "avx512f,avx512dq,fma")]
-pub unsafe fn bounds(
+pub unsafe fn screen_token<const K: usize>(
     acc: &[i32],
     sc: &Int8Screen,
-    w_norm: &[f32],
-    (row_scale, ra, rb): (f32, f32, f32),
+    (row_scale, ra, rb, row_sum_q): (f32, f32, f32, i32),
     abs: bool,
-    (approx, lo, hi): (&mut [f32], &mut [f32], &mut [f32]),
+    n: usize,
+    (approx, hi): (&mut [f32], &mut [f32]),
+    lanes: &mut [[f32; 16]; K],
 ) {
-    let n = acc.len();
-    assert!(sc.sum_q.len() == n && sc.scale.len() == n && sc.err_norm.len() == n && w_norm.len() == n);
-    assert!(approx.len() == n && lo.len() == n && hi.len() == n && n.is_multiple_of(16));
+    let padded = acc.len();
+    assert!(sc.scale.len() == padded && sc.err_norm.len() == padded && sc.w_norm.len() == padded);
+    assert!(approx.len() == padded && hi.len() == padded);
+    assert!(padded.is_multiple_of(16) && n <= padded && padded - n < 16);
     let (rs, ra, rb) = (_mm512_set1_ps(row_scale), _mm512_set1_ps(ra), _mm512_set1_ps(rb));
-    let (eps, zero, c128) = (_mm512_set1_ps(1e-6), _mm512_setzero_ps(), _mm512_set1_epi32(128));
-    // SAFETY: i + 16 <= n for every slice, asserted above.
+    let (eps, zero) = (_mm512_set1_ps(1e-6), _mm512_setzero_ps());
+    // The offset's share: 128 times the token's int8 sum (at most 127 d).
+    let offset = _mm512_set1_epi32(row_sum_q.wrapping_mul(128));
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut top = [ninf; K];
+    // SAFETY: i + 16 <= padded for every slice, asserted above.
     unsafe {
-        for i in (0..n).step_by(16) {
-            let raw = _mm512_sub_epi32(
-                _mm512_loadu_si512(acc.as_ptr().add(i) as *const __m512i),
-                _mm512_mullo_epi32(
-                    c128,
-                    _mm512_loadu_si512(sc.sum_q.as_ptr().add(i) as *const __m512i),
-                ),
-            );
+        for i in (0..padded).step_by(16) {
+            let raw = _mm512_sub_epi32(_mm512_loadu_si512(acc.as_ptr().add(i) as *const __m512i), offset);
             let a = _mm512_mul_ps(
                 _mm512_mul_ps(rs, _mm512_loadu_ps(sc.scale.as_ptr().add(i))),
                 _mm512_cvtepi32_ps(raw),
@@ -224,16 +315,115 @@ pub unsafe fn bounds(
             let rad = _mm512_fmadd_ps(
                 ra,
                 _mm512_loadu_ps(sc.err_norm.as_ptr().add(i)),
-                _mm512_fmadd_ps(rb, _mm512_loadu_ps(w_norm.as_ptr().add(i)), eps),
+                _mm512_fmadd_ps(rb, _mm512_loadu_ps(sc.w_norm.as_ptr().add(i)), eps),
             );
             let c = if abs { _mm512_abs_ps(a) } else { a };
             let l = _mm512_sub_ps(c, rad);
+            let mut lo = if abs { _mm512_max_ps(l, zero) } else { l };
+            // Padding lanes (experts n..padded) never compete.
+            let real: __mmask16 = if i + 16 <= n {
+                0xffff
+            } else {
+                (1u16 << (n - i)) - 1
+            };
+            lo = _mm512_mask_blend_ps(real, ninf, lo);
             _mm512_storeu_ps(approx.as_mut_ptr().add(i), a);
             _mm512_storeu_ps(
-                lo.as_mut_ptr().add(i),
-                if abs { _mm512_max_ps(l, zero) } else { l },
+                hi.as_mut_ptr().add(i),
+                _mm512_mask_blend_ps(real, ninf, _mm512_add_ps(c, rad)),
             );
-            _mm512_storeu_ps(hi.as_mut_ptr().add(i), _mm512_add_ps(c, rad));
+            for t in top.iter_mut() {
+                // Ordered compare: false for NaN, which therefore never enters.
+                let up = _mm512_cmp_ps_mask(lo, *t, _CMP_GT_OQ);
+                let kept = _mm512_mask_blend_ps(up, *t, lo);
+                lo = _mm512_mask_blend_ps(up, lo, *t);
+                *t = kept;
+            }
+        }
+        for (dst, t) in lanes.iter_mut().zip(&top) {
+            _mm512_storeu_ps(dst.as_mut_ptr(), *t);
         }
     }
+}
+
+/// Appends to `out` the indices `i` with `xs[i] >= bar`, in index order.
+///
+/// # Safety
+/// AVX-512F; `xs.len()` is a multiple of 16.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn indices_at_least(xs: &[f32], bar: f32, out: &mut Vec<u32>) {
+    assert!(xs.len().is_multiple_of(16));
+    // Room for a whole vector past the last index written.
+    out.reserve(xs.len() + 16);
+    let b = _mm512_set1_ps(bar);
+    let step = _mm512_set1_epi32(16);
+    let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut len = out.len();
+    // SAFETY: loads stay inside `xs`; each step stores 16 lanes at `len`,
+    // inside the reserved capacity, of which `len` keeps only the selected.
+    // (Compressing in a register and storing the whole vector: the
+    // compress-to-memory form is microcoded and slow on AMD cores.)
+    unsafe {
+        for i in (0..xs.len()).step_by(16) {
+            let m = _mm512_cmp_ps_mask(_mm512_loadu_ps(xs.as_ptr().add(i)), b, _CMP_GE_OQ);
+            _mm512_storeu_si512(
+                out.as_mut_ptr().add(len) as *mut __m512i,
+                _mm512_maskz_compress_epi32(m, idx),
+            );
+            len += m.count_ones() as usize;
+            idx = _mm512_add_epi32(idx, step);
+        }
+        out.set_len(len);
+    }
+}
+
+/// `sum over z < n of exp(min(score(a_z) * c - m, 0))`, score `a` or `|a|`,
+/// with `fused::fast_exp`'s reduction and polynomial in vector form (inputs
+/// are at most 0, so `2^n` is one normal factor; below `MIN_X` a term is 0).
+///
+/// # Safety
+/// AVX-512F/DQ and FMA; `a.len()` is a multiple of 16 and at least `n`.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub unsafe fn sum_exp(a: &[f32], n: usize, abs: bool, c: f32, m: f32) -> f32 {
+    use super::fused::fast_exp::{LN2_HI, LN2_LO, LOG2_E, MIN_X, ROUND, TAYLOR};
+    assert!(a.len().is_multiple_of(16) && n <= a.len());
+    let (vc, vm, zero) = (_mm512_set1_ps(c), _mm512_set1_ps(m), _mm512_setzero_ps());
+    let (round, min_x) = (_mm512_set1_ps(ROUND), _mm512_set1_ps(MIN_X));
+    let round_bits = _mm512_set1_epi32(ROUND.to_bits() as i32);
+    let mut sum = zero;
+    let mut i = 0;
+    while i < n {
+        let real: __mmask16 = if i + 16 <= n {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        // SAFETY: i + 16 <= a.len().
+        let v = unsafe { _mm512_loadu_ps(a.as_ptr().add(i)) };
+        let s = if abs { _mm512_abs_ps(v) } else { v };
+        // min(NaN, 0) is 0 here as in f32::min: a NaN score adds 1.
+        let x = _mm512_min_ps(_mm512_fmsub_ps(s, vc, vm), zero);
+        let xc = _mm512_max_ps(x, min_x);
+        let t = _mm512_fmadd_ps(xc, _mm512_set1_ps(LOG2_E), round);
+        let e = _mm512_sub_epi32(_mm512_castps_si512(t), round_bits);
+        let nf = _mm512_sub_ps(t, round);
+        let r = _mm512_fnmadd_ps(
+            nf,
+            _mm512_set1_ps(LN2_LO),
+            _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_HI), xc),
+        );
+        let mut p = _mm512_set1_ps(TAYLOR[7]);
+        for &coef in TAYLOR[..7].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
+        }
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            e,
+            _mm512_set1_epi32(127),
+        )));
+        let y = _mm512_mul_ps(p, scale);
+        let live = real & _mm512_cmp_ps_mask(x, min_x, _CMP_GE_OQ);
+        sum = _mm512_mask_add_ps(sum, live, sum, y);
+        i += 16;
+    }
+    _mm512_reduce_add_ps(sum)
 }

@@ -10,14 +10,24 @@
 //! experts). There the scores are first *screened* in int8 with AVX-512 VNNI
 //! (four times the f32 multiply-add rate), each approximate score carrying a
 //! rigorous error radius from the quantisation residuals (Cauchy-Schwarz).
-//! Every expert whose score interval could reach the k-th best lower bound is
-//! rescored exactly in f32, so the chosen experts and their weights are those
-//! of exact scoring: an expert left out provably scores below k others. The
-//! only approximate quantity is the softmax denominator's share from the
-//! left-out experts, which enters the weights through the `1e-6` of the
-//! renormalisation `p / (sum of kept p + 1e-6)` alone (relative effect on a
-//! weight below `1e-6 * N/k * (e^radius - 1)`; the test holds the weights to
-//! 2e-6 of the f64 reference).
+//! Candidates are the experts whose upper bound reaches the k-th best lower
+//! bound. The k candidates with the best approximate scores are rescored
+//! exactly in f32 first; the k-th best of those exact scores is a lower bound
+//! on the true k-th best, so of the other candidates only those whose upper
+//! bound reaches it are rescored (about half as many dot products as
+//! rescoring every candidate). The chosen experts and their weights are
+//! therefore those of exact scoring: an expert left out provably scores
+//! below k others. The only approximate quantity is the softmax denominator's
+//! share from the experts not rescored, which enters the weights through the
+//! `1e-6` of the renormalisation `p / (sum of kept p + 1e-6)` alone (relative
+//! effect on a weight below `1e-6 * N/k * (e^radius - 1)`; the test holds the
+//! weights to 2e-6 of the f64 reference).
+//!
+//! Per token the screened path is one pass over the experts' int8 scores
+//! (bounds and a lane-wise top-k network of vector selects), one compare and
+//! compress for the candidates, and one vectorised `exp` pass for the
+//! denominator; buffers are reused per thread, and a one-thread pool runs the
+//! blocks on the calling thread instead of handing them to its worker.
 
 use rayon::prelude::*;
 
@@ -29,6 +39,11 @@ use super::routing_avx512 as avx512;
 
 /// Experts per int8 screening group: one AVX-512 register of i32 lanes.
 pub(super) const GROUP: usize = 16;
+/// The screened path keeps at most this many experts per token.
+#[cfg(target_arch = "x86_64")]
+const MAX_SCREEN_K: usize = avx512::MAX_SCREEN_K;
+#[cfg(not(target_arch = "x86_64"))]
+const MAX_SCREEN_K: usize = 0;
 /// Screening pays off from this many experts on.
 const SCREEN_FROM: usize = 2 * GROUP;
 /// Tokens per parallel task.
@@ -56,22 +71,21 @@ pub struct CpuRouter {
     logit_scale: f32,
     /// `[N, d]`, already standardised for [`ScoreFn::Standardized`].
     w: Vec<f32>,
-    /// `|w_z|`, zero-padded to whole screening groups.
-    w_norm_padded: Vec<f32>,
     screen: Option<Int8Screen>,
 }
 
-/// Int8 copy of the embeddings, packed for `vpdpbusd`: for each group of 16
-/// experts and each quad of input dimensions, 16 x 4 bytes (expert-major).
+/// Int8 copy of the embeddings, packed for `vpdpbusd` as its unsigned
+/// operand (`q + 128`): for each group of 16 experts and each quad of input
+/// dimensions, 16 x 4 bytes (expert-major).
 #[derive(Debug, Clone)]
 pub(super) struct Int8Screen {
     groups: usize,
-    packed: Vec<i8>,
-    /// Per (padded) expert: quantisation scale, sum of the int8 values, and
-    /// the norm of the quantisation residual `w - scale * w_q`.
+    packed: Vec<u8>,
+    /// Per (padded) expert: quantisation scale, the norm of the
+    /// quantisation residual `w - scale * w_q`, and `|w|`.
     pub(super) scale: Vec<f32>,
-    pub(super) sum_q: Vec<i32>,
     pub(super) err_norm: Vec<f32>,
+    pub(super) w_norm: Vec<f32>,
 }
 
 /// Whether this CPU can run the int8 screen.
@@ -79,7 +93,12 @@ fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") && has!("fma")
+        has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512dq")
+            && has!("avx512vnni")
+            && has!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -146,11 +165,9 @@ impl CpuRouter {
     /// `w`: `[N, d]` row-major embeddings, already standardised for
     /// [`ScoreFn::Standardized`]; `logit_scale` multiplies scores before the softmax.
     pub fn new(w: Vec<f32>, n: usize, d: usize, top_k: usize, score_fn: ScoreFn, logit_scale: f64) -> Self {
-        let mut w_norm_padded: Vec<f32> = w.chunks_exact(d).map(|r| sum16(r, |v| v * v).sqrt()).collect();
-        w_norm_padded.resize(n.div_ceil(GROUP) * GROUP, 0.0);
         // The AVX-512 row kernels work on whole vectors of 16 floats.
-        let screen =
-            (n >= SCREEN_FROM && d.is_multiple_of(16) && vnni_available()).then(|| Int8Screen::new(&w, n, d));
+        let screen = (n >= SCREEN_FROM && d.is_multiple_of(16) && top_k <= MAX_SCREEN_K && vnni_available())
+            .then(|| Int8Screen::new(&w, n, d));
         CpuRouter {
             n,
             d,
@@ -158,7 +175,6 @@ impl CpuRouter {
             score_fn,
             logit_scale: logit_scale as f32,
             w,
-            w_norm_padded,
             screen,
         }
     }
@@ -171,22 +187,26 @@ impl CpuRouter {
     /// Routes `n_tok` tokens given row-major `[n_tok, d]` inputs.
     pub fn route(&self, u: &[f32], n_tok: usize) -> Routing {
         debug_assert_eq!(u.len(), n_tok * self.d);
-        let parts: Vec<(Vec<u32>, Vec<f64>)> = u
-            .par_chunks(BLOCK * self.d)
-            .map(|rows| {
-                let mut out = (
-                    Vec::with_capacity(BLOCK * self.top_k),
-                    Vec::with_capacity(BLOCK * self.top_k),
-                );
-                match &self.screen {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: a screen exists only where vnni_available() held.
-                    Some(screen) => unsafe { self.route_screened(screen, rows, &mut out) },
-                    _ => self.route_exact(rows, &mut out),
-                }
-                out
-            })
-            .collect();
+        let block = |rows: &[f32]| {
+            let mut out = (
+                Vec::with_capacity(BLOCK * self.top_k),
+                Vec::with_capacity(BLOCK * self.top_k),
+            );
+            match &self.screen {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a screen exists only where vnni_available() held.
+                Some(screen) => unsafe { self.route_screened(screen, rows, &mut out) },
+                _ => self.route_exact(rows, &mut out),
+            }
+            out
+        };
+        let parts: Vec<(Vec<u32>, Vec<f64>)> = if rayon::current_num_threads() == 1 {
+            // Handing a job to a one-thread pool parks this thread and wakes
+            // the worker (two futex calls per router call).
+            u.chunks(BLOCK * self.d).map(block).collect()
+        } else {
+            u.par_chunks(BLOCK * self.d).map(block).collect()
+        };
         let mut experts = Vec::with_capacity(n_tok * self.top_k);
         let mut weights = Vec::with_capacity(n_tok * self.top_k);
         for (e, w) in parts {
@@ -214,61 +234,212 @@ impl CpuRouter {
         for a in dots.chunks_exact(n) {
             scores.clear();
             scores.extend(a.iter().map(|&v| self.score(v)));
-            self.select(a, &scores, None, &mut picks, |z| a[z], out);
+            self.select(a, &scores, &mut picks, out);
         }
     }
 
     /// Int8 screen, then exact rescoring of the candidates.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")]
     unsafe fn route_screened(&self, sc: &Int8Screen, rows: &[f32], out: &mut (Vec<u32>, Vec<f64>)) {
-        let (d, n) = (self.d, self.n);
+        SCRATCH.with_borrow_mut(|s| {
+            // SAFETY: AVX-512 is enabled here (the caller's contract).
+            unsafe { self.route_screened_in(sc, rows, s, out) }
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")]
+    unsafe fn route_screened_in(
+        &self,
+        sc: &Int8Screen,
+        rows: &[f32],
+        s: &mut Scratch,
+        out: &mut (Vec<u32>, Vec<f64>),
+    ) {
+        let d = self.d;
         let t = rows.len() / d;
-        let mut x = rows.to_vec();
-        let mut xu8 = vec![0u8; t * d];
-        let mut terms = Vec::with_capacity(t);
-        for (row, q) in x.chunks_exact_mut(d).zip(xu8.chunks_exact_mut(d)) {
-            // SAFETY: AVX-512 is enabled here; d is a multiple of 16.
-            terms.push(unsafe { avx512::prep_row(row, self.score_fn == ScoreFn::Standardized, q) });
-        }
         let padded = sc.groups * GROUP;
-        let mut acc = vec![0i32; t * padded];
+        // Every element of these is written below before it is read, so the
+        // buffers are only resized, not cleared, between blocks.
+        s.x.resize(t * d, 0.0);
+        s.xq.resize(t * d, 0);
+        s.acc.resize(t * padded, 0);
+        s.approx.resize(padded, 0.0);
+        s.hi.resize(padded, 0.0);
+        s.terms.clear();
+        for ((src, row), q) in rows
+            .chunks_exact(d)
+            .zip(s.x.chunks_exact_mut(d))
+            .zip(s.xq.chunks_exact_mut(d))
+        {
+            // SAFETY: AVX-512 is enabled here; d is a multiple of 16.
+            s.terms
+                .push(unsafe { avx512::prep_row(src, row, self.score_fn == ScoreFn::Standardized, q) });
+        }
         // SAFETY: buffer sizes match the layout `dots` documents.
-        unsafe { avx512::dots(&xu8, t, d, &sc.packed, sc.groups, &mut acc) };
-        let mut picks = Picks::default();
-        // Approximate dot products and score bounds of one token, padded to
-        // whole groups for the kernel; selection reads the first n.
-        let (mut approx, mut lo, mut hi) = (vec![0f32; padded], vec![0f32; padded], vec![0f32; padded]);
+        unsafe {
+            avx512::dots(
+                &s.xq[..t * d],
+                t,
+                d,
+                &sc.packed,
+                sc.groups,
+                &mut s.acc[..t * padded],
+            )
+        };
         let slack = d as f32 * 1.2e-7 + 1e-6;
         for i in 0..t {
-            let xi = &x[i * d..(i + 1) * d];
-            let r = terms[i];
+            let r = s.terms[i];
             // |x·w - a| <= |s_x q_x| |e_w| + |e_x| |w|, widened by 0.1 % for
             // rounding of the norms and by d 2^-23 |x| |w| for the f32
             // rounding of the exact dot product.
-            let (ra, rb) = (r.q_norm * 1.001, r.err_norm * 1.001 + slack * r.norm);
+            let radius = (r.q_norm * 1.001, r.err_norm * 1.001 + slack * r.norm);
+            let screen = (&s.acc[i * padded..(i + 1) * padded], radius, r.scale, r.sum_q);
+            let bufs = (&mut s.approx[..padded], &mut s.hi[..padded]);
             // SAFETY: AVX-512 is enabled here; every slice is `padded` long.
+            let threshold = unsafe { self.screen_token(sc, screen, bufs, &mut s.picks) };
+            let xi = &s.x[i * d..(i + 1) * d];
+            // SAFETY: AVX-512 is enabled here.
             unsafe {
-                avx512::bounds(
-                    &acc[i * padded..(i + 1) * padded],
-                    sc,
-                    &self.w_norm_padded,
-                    (r.scale, ra, rb),
-                    self.score_fn == ScoreFn::Absolute,
-                    (&mut approx, &mut lo, &mut hi),
+                self.select_screened(
+                    xi,
+                    &s.approx[..padded],
+                    &s.hi[..padded],
+                    threshold,
+                    &mut s.picks,
+                    out,
                 )
             };
-            self.select(
-                &approx[..n],
-                &lo[..n],
-                Some(&hi[..n]),
-                &mut picks,
-                |z| {
-                    // SAFETY: AVX-512F is enabled here; equal lengths, multiple of 16.
-                    unsafe { avx512::dot(xi, &self.w[z * d..(z + 1) * d]) }
-                },
-                out,
-            );
+        }
+    }
+
+    /// Runs [`avx512::screen_token`] with the top-k network sized for this
+    /// router's k and returns the k-th best lower bound (-inf when fewer
+    /// than k bounds are not NaN).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma")]
+    unsafe fn screen_token(
+        &self,
+        sc: &Int8Screen,
+        (acc, radius, scale, sum_q): (&[i32], (f32, f32), f32, i32),
+        bufs: (&mut [f32], &mut [f32]),
+        s: &mut Picks,
+    ) -> f32 {
+        let abs = self.score_fn == ScoreFn::Absolute;
+        macro_rules! run {
+            ($k:literal) => {{
+                let mut lanes = [[f32::NEG_INFINITY; 16]; $k];
+                // SAFETY: AVX-512 is enabled here; the buffers are padded.
+                unsafe {
+                    avx512::screen_token::<$k>(
+                        acc,
+                        sc,
+                        (scale, radius.0, radius.1, sum_q),
+                        abs,
+                        self.n,
+                        bufs,
+                        &mut lanes,
+                    )
+                };
+                kth_of_lanes(&lanes, self.top_k, &mut s.best)
+            }};
+        }
+        match self.top_k {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            _ => run!(8),
+        }
+    }
+
+    /// Top-k of one screened token. Candidates are the experts whose upper
+    /// bound reaches the k-th best lower bound; the k of them with the best
+    /// approximate scores are rescored exactly first, and the k-th best of
+    /// those exact scores (a lower bound on the true k-th best) then rules
+    /// out every remaining candidate whose upper bound is below it, so only
+    /// those that could still place are rescored.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma")]
+    unsafe fn select_screened(
+        &self,
+        xi: &[f32],
+        approx: &[f32],
+        hi: &[f32],
+        threshold: f32,
+        s: &mut Picks,
+        out: &mut (Vec<u32>, Vec<f64>),
+    ) {
+        let (k, d, n) = (self.top_k, self.d, self.n);
+        s.ids.clear();
+        if threshold == f32::NEG_INFINITY {
+            // Fewer than k usable bounds (NaN inputs): everyone is a candidate,
+            // and the NaN reaches the weights, as on the generic path.
+            s.ids.extend(0..n as u32);
+        } else {
+            // SAFETY: AVX-512F is enabled here; `hi` is padded (-inf padding).
+            unsafe { avx512::indices_at_least(hi, threshold, &mut s.ids) };
+        }
+        // SAFETY: AVX-512F is enabled here; equal lengths, multiple of 16.
+        let exact =
+            |z: u32| self.score(unsafe { avx512::dot(xi, &self.w[z as usize * d..(z as usize + 1) * d]) });
+        // The k best approximate scores among the candidates.
+        s.first.clear();
+        for &z in &s.ids {
+            insert_best(&mut s.first, (z, self.score(approx[z as usize])), k);
+        }
+        s.kept.clear();
+        s.cands.clear();
+        for &(z, _) in &s.first {
+            let sc = exact(z);
+            s.cands.push((z as usize, sc));
+            insert_best(&mut s.kept, (z, sc), k);
+        }
+        for &z in &s.ids {
+            // k exact scores at least this high exist: a bound below it
+            // cannot place (nor tie, so index order is not at stake).
+            let bar = if s.kept.len() == k {
+                s.kept[k - 1].1
+            } else {
+                f32::NEG_INFINITY
+            };
+            if hi[z as usize] >= bar && !s.first.iter().any(|&(f, _)| f == z) {
+                let sc = exact(z);
+                s.cands.push((z as usize, sc));
+                insert_best(&mut s.kept, (z, sc), k);
+            }
+        }
+        // Softmax over all experts: approximate scores for everyone, then the
+        // rescored experts' exact terms swapped in.
+        let c = self.logit_scale;
+        let m = s.kept[0].1 * c;
+        let abs = self.score_fn == ScoreFn::Absolute;
+        // SAFETY: AVX-512 is enabled here; `approx` is padded.
+        let mut z_sum = unsafe { avx512::sum_exp(approx, n, abs, c, m) } as f64;
+        let e = |sc: f32| fast_exp::exp((sc * c - m).min(0.0)) as f64;
+        for &(z, sc) in &s.cands {
+            z_sum += e(sc) - e(self.score(approx[z]));
+        }
+        self.write_weights(&s.kept, z_sum, m, out);
+    }
+
+    /// Appends the kept experts and their renormalised weights
+    /// `p / (sum of kept p + 1e-6)`, `p = e^(score c - m) / z_sum`.
+    #[inline(always)]
+    fn write_weights(
+        &self,
+        kept: &[(u32, f32)],
+        z_sum: f64,
+        m: f32,
+        (experts, weights): &mut (Vec<u32>, Vec<f64>),
+    ) {
+        let c = self.logit_scale;
+        let e = |sc: f32| fast_exp::exp((sc * c - m).min(0.0)) as f64;
+        let total: f64 = kept.iter().map(|&(_, sc)| e(sc) / z_sum).sum();
+        for &(z, sc) in kept {
+            experts.push(z);
+            weights.push(e(sc) / z_sum / (total + RENORM_EPS));
         }
     }
 
@@ -280,43 +451,18 @@ impl CpuRouter {
         }
     }
 
-    /// Chooses the top-k of one token (ties to the lower index) and writes
-    /// their renormalised weights. `approx` are the dot products, exact when
-    /// `hi` is `None`; `lo` (and `hi`) bound the scores. Every expert whose
-    /// upper bound reaches the k-th best lower bound is rescored exactly.
+    /// Chooses the top-k of one token from its exact dot products (ties to
+    /// the lower index) and writes their renormalised weights.
     #[inline(always)]
-    fn select(
-        &self,
-        approx: &[f32],
-        lo: &[f32],
-        hi: Option<&[f32]>,
-        s: &mut Picks,
-        rescore: impl Fn(usize) -> f32,
-        (experts, weights): &mut (Vec<u32>, Vec<f64>),
-    ) {
+    fn select(&self, dots: &[f32], scores: &[f32], s: &mut Picks, out: &mut (Vec<u32>, Vec<f64>)) {
         let k = self.top_k;
-        // k-th best lower bound. A NaN never enters, so NaN inputs make every
+        // k-th best score. A NaN never enters, so NaN inputs make every
         // expert a candidate and the NaN reaches the weights, as on the
         // generic path.
-        let threshold = kth_largest(lo, k, &mut s.lanes, &mut s.best);
+        let threshold = kth_largest(scores, k, &mut s.lanes, &mut s.best);
         let everyone = threshold == f32::NEG_INFINITY;
-        let upper = hi.unwrap_or(lo);
         s.kept.clear();
-        s.cands.clear();
-        let mut consider = |z: usize, h: f32| {
-            let sc = match hi {
-                Some(_) => self.score(rescore(z)),
-                None => h,
-            };
-            s.cands.push((z, sc));
-            // Index order and strict > keep the lower index on ties.
-            let pos = s.kept.iter().position(|&(_, o)| sc > o).unwrap_or(s.kept.len());
-            if pos < k {
-                s.kept.insert(pos, (z as u32, sc));
-                s.kept.truncate(k);
-            }
-        };
-        let (chunks, rest) = upper.as_chunks::<16>();
+        let (chunks, rest) = scores.as_chunks::<16>();
         for (ci, c) in chunks.iter().enumerate() {
             // Bit j: expert ci*16+j reaches the threshold (a compare and a
             // mask move per chunk), then the set bits in index order.
@@ -328,36 +474,23 @@ impl CpuRouter {
             while bits != 0 {
                 let j = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                consider(ci * 16 + j, c[j]);
+                insert_best(&mut s.kept, ((ci * 16 + j) as u32, c[j]), k);
             }
         }
-        for (j, &h) in rest.iter().enumerate() {
-            if everyone || h >= threshold {
-                consider(chunks.len() * 16 + j, h);
+        for (j, &sc) in rest.iter().enumerate() {
+            if everyone || sc >= threshold {
+                insert_best(&mut s.kept, ((chunks.len() * 16 + j) as u32, sc), k);
             }
         }
-        // Softmax over all experts: approximate scores for everyone, then the
-        // candidates' exact terms swapped in. The exps are `fast_exp`'s (a few
-        // ulp, well inside the weights' 2e-6 tolerance against f64); libm's
-        // f64 exp here cost a sixth of the router.
+        // Softmax over all experts. The exps are `fast_exp`'s (a few ulp,
+        // well inside the weights' 2e-6 tolerance against f64); libm's f64
+        // exp here cost a sixth of the router. Exponents are capped at 0 (an
+        // exact score never exceeds the best, m; on the screened path an
+        // approximate one can, by its radius, and the cap keeps that finite).
         let c = self.logit_scale;
         let m = s.kept[0].1 * c;
-        // Exponents are capped at 0: an exact score never exceeds the best
-        // (m); only a candidate's approximate score can (by its radius), and
-        // that capped term is added in `sum_exp` and taken out again below,
-        // so a large radius never gives inf - inf.
-        let e = |sc: f32| fast_exp::exp((sc * c - m).min(0.0)) as f64;
-        let mut z_sum = sum_exp(approx, |v| self.score(v), c, m);
-        if hi.is_some() {
-            for &(z, sc) in &s.cands {
-                z_sum += e(sc) - e(self.score(approx[z]));
-            }
-        }
-        let total: f64 = s.kept.iter().map(|&(_, sc)| e(sc) / z_sum).sum();
-        for &(z, sc) in &s.kept {
-            experts.push(z);
-            weights.push(e(sc) / z_sum / (total + RENORM_EPS));
-        }
+        let z_sum = sum_exp(dots, |v| self.score(v), c, m);
+        self.write_weights(&s.kept, z_sum, m, out);
     }
 }
 
@@ -375,6 +508,22 @@ fn push_best(best: &mut [f32], v: f32) {
         i -= 1;
     }
     best[i] = v;
+}
+
+/// Inserts the scored expert `(z, score)` into `kept`, at most `k` long and
+/// ordered best first, ties to the lower index. A NaN score beats nothing,
+/// so it is kept only while there is room (and then the NaN reaches the
+/// weights).
+#[inline(always)]
+fn insert_best(kept: &mut Vec<(u32, f32)>, (z, sc): (u32, f32), k: usize) {
+    let pos = kept
+        .iter()
+        .position(|&(oz, o)| sc > o || (sc == o && z < oz))
+        .unwrap_or(kept.len());
+    if pos < k {
+        kept.insert(pos, (z, sc));
+        kept.truncate(k);
+    }
 }
 
 /// The k-th largest value of `xs` counting repeats, NaN ignored; -inf when
@@ -396,6 +545,16 @@ fn kth_largest(xs: &[f32], k: usize, lanes: &mut Vec<[f32; 16]>, best: &mut Vec<
             }
         }
     }
+    kth_of_lanes(lanes, k, best);
+    rest.iter().for_each(|&v| push_best(best, v));
+    best[k - 1]
+}
+
+/// The k-th largest of lane-wise sorted levels (`lanes[level][lane]`,
+/// descending by level), left in `best` with the k largest; -inf when fewer
+/// than k are finite or above -inf.
+#[inline(always)]
+fn kth_of_lanes(lanes: &[[f32; 16]], k: usize, best: &mut Vec<f32>) -> f32 {
     best.clear();
     best.resize(k, f32::NEG_INFINITY);
     // Lane maxima first; deeper levels are lane-wise smaller, so only the
@@ -413,17 +572,34 @@ fn kth_largest(xs: &[f32], k: usize, lanes: &mut Vec<[f32; 16]>, best: &mut Vec<
             push_best(best, t[j]);
         }
     }
-    rest.iter().for_each(|&v| push_best(best, v));
     best[k - 1]
 }
 
-/// Per-token terms of a row's quantisation: scale `s`, `|s q|`, `|x - s q|`, `|x|`.
+/// Per-token terms of a row's quantisation: scale `s`, `|s q|`, `|x - s q|`,
+/// `|x|`, and the sum of the int8 values `q`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RowTerms {
     pub scale: f32,
     pub q_norm: f32,
     pub err_norm: f32,
     pub norm: f32,
+    pub sum_q: i32,
+}
+
+/// Buffers of the screened path, kept per thread across blocks and calls.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xq: Vec<i8>,
+    acc: Vec<i32>,
+    approx: Vec<f32>,
+    hi: Vec<f32>,
+    terms: Vec<RowTerms>,
+    picks: Picks,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Selection buffers reused across the tokens of a block.
@@ -431,6 +607,10 @@ pub(super) struct RowTerms {
 struct Picks {
     lanes: Vec<[f32; 16]>,
     best: Vec<f32>,
+    /// Screened path: candidate experts in index order, the k of them with
+    /// the best approximate scores, and every expert rescored exactly.
+    ids: Vec<u32>,
+    first: Vec<(u32, f32)>,
     cands: Vec<(usize, f32)>,
     kept: Vec<(u32, f32)>,
 }
@@ -440,26 +620,31 @@ impl Int8Screen {
         let groups = n.div_ceil(GROUP);
         let quads = d / 4;
         let padded = groups * GROUP;
-        let mut packed = vec![0i8; groups * quads * GROUP * 4];
+        // 128 is q = 0: padding experts score exactly 0 (and are masked).
+        let mut packed = vec![128u8; groups * quads * GROUP * 4];
         let mut scale = vec![1f32; padded];
-        let mut sum_q = vec![0i32; padded];
         let mut err_norm = vec![0f32; padded];
+        let mut w_norm = vec![0f32; padded];
         let mut q = vec![0i8; d];
         for z in 0..n {
-            (scale[z], err_norm[z]) = quantize(&w[z * d..(z + 1) * d], &mut q);
-            sum_q[z] = q.iter().map(|&v| v as i32).sum();
+            let wz = &w[z * d..(z + 1) * d];
+            (scale[z], err_norm[z]) = quantize(wz, &mut q);
+            w_norm[z] = sum16(wz, |v| v * v).sqrt();
             let (g, lane) = (z / GROUP, z % GROUP);
             for qd in 0..quads {
                 let at = ((g * quads + qd) * GROUP + lane) * 4;
-                packed[at..at + 4].copy_from_slice(&q[qd * 4..qd * 4 + 4]);
+                for (o, &v) in packed[at..at + 4].iter_mut().zip(&q[qd * 4..qd * 4 + 4]) {
+                    // |v| <= 127, so v + 128 is 1..=255.
+                    *o = (v as i16 + 128) as u8;
+                }
             }
         }
         Int8Screen {
             groups,
             packed,
             scale,
-            sum_q,
             err_norm,
+            w_norm,
         }
     }
 }

@@ -5,17 +5,29 @@
 //! bits. Accurate to a few ulp over the whole f32 range; 0 below the smallest
 //! normal result, +inf above the largest, NaN for NaN.
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split so that `n * LN2_HI` is exact for |n| < 2^9.
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
 /// 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer,
 /// which then sits in the low mantissa bits.
-const ROUND: f32 = 12_582_912.0;
+pub(crate) const ROUND: f32 = 12_582_912.0;
 /// Below this e^x is subnormal (2^-126 = e^-87.34): flushed to 0.
-const MIN_X: f32 = -87.33;
+pub(crate) const MIN_X: f32 = -87.33;
 /// Above this e^x overflows f32.
 const MAX_X: f32 = 88.72;
+
+/// `1/j!` for j = 0..=7, the Taylor coefficients of `e^r`.
+pub(crate) const TAYLOR: [f32; 8] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5040.0,
+];
 
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
@@ -24,11 +36,7 @@ pub fn exp(x: f32) -> f32 {
     let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let nf = t - ROUND;
     let r = (xc - nf * LN2_HI) - nf * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = TAYLOR.iter().rev().fold(0.0, |acc, &c| acc * r + c);
     // 2^n in two normal halves: n reaches 128 just below MAX_X, where 2^n
     // alone is not a finite f32 but p 2^n still is.
     let half = n >> 1;
