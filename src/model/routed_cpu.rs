@@ -8,12 +8,12 @@
 //! carry no autograd graph.
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 use super::fused::F32Data;
 use super::fused::gemm::{Mat, gemm};
 
 use super::error::Result;
+use super::threads::map_on_pool;
 
 /// `dst[m, n] = lhs[m, k] · rhs`, row-major f32, on the calling thread;
 /// `rhs` is `[k, n]`, or `[n, k]` read transposed when `rhs_transposed`.
@@ -59,52 +59,79 @@ pub fn routed_delta(u: &Tensor, at: &Tensor, bt: &Tensor, g: &Groups<'_>) -> Res
         F32Data::of(bt, name)?,
     );
     let used: Vec<usize> = (0..n_exp).filter(|&z| g.offsets[z + 1] > g.offsets[z]).collect();
+    let s = Stacks {
+        u: &us,
+        at: &ats,
+        bt: &bts,
+        d_in,
+        r,
+        d_out,
+    };
     #[cfg(target_arch = "x86_64")]
     if super::routed_avx512::applies(r, d_out) {
-        let out = direct(&us, (d_in, r, d_out), &ats, &bts, g, &used);
-        return Ok(Tensor::from_vec(out, (n, d_out), &Device::Cpu)?);
+        return Ok(Tensor::from_vec(direct(&s, g, &used), (n, d_out), &Device::Cpu)?);
     }
-    let out = grouped_gemm(&us, (d_in, r, d_out), &ats, &bts, g, &used);
-    Ok(Tensor::from_vec(out, (n, d_out), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        grouped_gemm(&s, g, &used),
+        (n, d_out),
+        &Device::Cpu,
+    )?)
+}
+
+/// The token rows and the stacked expert matrices of one routed module, as
+/// row-major f32: `u` `[n, d_in]`, `at` `[N, d_in, r]`, `bt` `[N, r, d_out]`.
+struct Stacks<'a> {
+    u: &'a [f32],
+    at: &'a [f32],
+    bt: &'a [f32],
+    d_in: usize,
+    r: usize,
+    d_out: usize,
+}
+
+impl Stacks<'_> {
+    fn tokens(&self) -> usize {
+        self.u.len() / self.d_in
+    }
+
+    /// Expert z's `A^T`, `[d_in, r]`.
+    fn a(&self, z: usize) -> &[f32] {
+        let len = self.d_in * self.r;
+        &self.at[z * len..(z + 1) * len]
+    }
+
+    /// Expert z's `B^T`, `[r, d_out]`.
+    fn b(&self, z: usize) -> &[f32] {
+        let len = self.r * self.d_out;
+        &self.bt[z * len..(z + 1) * len]
+    }
 }
 
 /// [`routed_delta`] with two gemm calls per used expert on a gathered copy
 /// of its token rows, then a scatter-add: for shapes the AVX-512 kernels do
 /// not cover, and their reference in tests.
-fn grouped_gemm(
-    us: &[f32],
-    (d_in, r, d_out): (usize, usize, usize),
-    ats: &[f32],
-    bts: &[f32],
-    g: &Groups<'_>,
-    used: &[usize],
-) -> Vec<f32> {
-    let n = us.len() / d_in;
-    let parts: Vec<(usize, Vec<f32>)> = used
-        .par_iter()
-        .map(|&z| {
-            let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
-            let m = hi - lo;
-            let mut x = vec![0f32; m * d_in];
-            for (i, &t) in g.perm[lo..hi].iter().enumerate() {
-                let t = t as usize;
-                x[i * d_in..(i + 1) * d_in].copy_from_slice(&us[t * d_in..(t + 1) * d_in]);
+fn grouped_gemm(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
+    let (d_in, r, d_out) = (s.d_in, s.r, s.d_out);
+    let parts = map_on_pool(used.to_vec(), |z| {
+        let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
+        let m = hi - lo;
+        let mut x = vec![0f32; m * d_in];
+        for (i, &t) in g.perm[lo..hi].iter().enumerate() {
+            let t = t as usize;
+            x[i * d_in..(i + 1) * d_in].copy_from_slice(&s.u[t * d_in..(t + 1) * d_in]);
+        }
+        let mut h = vec![0f32; m * r];
+        gemm_f32(&mut h, &x, s.a(z), (m, r, d_in), false);
+        for (i, &w) in g.weights[lo..hi].iter().enumerate() {
+            for v in &mut h[i * r..(i + 1) * r] {
+                *v *= w as f32;
             }
-            let a = &ats[z * d_in * r..(z + 1) * d_in * r];
-            let b = &bts[z * r * d_out..(z + 1) * r * d_out];
-            let mut h = vec![0f32; m * r];
-            gemm_f32(&mut h, &x, a, (m, r, d_in), false);
-            for (i, &w) in g.weights[lo..hi].iter().enumerate() {
-                for v in &mut h[i * r..(i + 1) * r] {
-                    *v *= w as f32;
-                }
-            }
-            let mut y = vec![0f32; m * d_out];
-            gemm_f32(&mut y, &h, b, (m, d_out, r), false);
-            (z, y)
-        })
-        .collect();
-    let mut out = vec![0f32; n * d_out];
+        }
+        let mut y = vec![0f32; m * d_out];
+        gemm_f32(&mut y, &h, s.b(z), (m, d_out, r), false);
+        (z, y)
+    });
+    let mut out = vec![0f32; s.tokens() * d_out];
     for (z, y) in parts {
         for (i, &t) in g.perm[g.offsets[z]..g.offsets[z + 1]].iter().enumerate() {
             let t = t as usize;
@@ -125,16 +152,9 @@ fn grouped_gemm(
 /// over column ranges (each thread owns whole columns, so no two write the
 /// same float).
 #[cfg(target_arch = "x86_64")]
-fn direct(
-    us: &[f32],
-    (d_in, r, d_out): (usize, usize, usize),
-    ats: &[f32],
-    bts: &[f32],
-    g: &Groups<'_>,
-    used: &[usize],
-) -> Vec<f32> {
+fn direct(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
     use super::routed_avx512::{lora_down, lora_up};
-    let n = us.len() / d_in;
+    let (r, d_out) = (s.r, s.d_out);
     let total = g.perm.len();
     let mut h = vec![0f32; total * r];
     // One disjoint slice of `h` per used expert.
@@ -149,32 +169,22 @@ fn direct(
         rest = tail;
         at = hi;
     }
-    let down = |(z, hz): (usize, &mut [f32])| {
+    map_on_pool(slices, |(z, hz)| {
         let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
-        let a = &ats[z * d_in * r..(z + 1) * d_in * r];
         // SAFETY: `applies` held (AVX-512F, FMA, r); row indices come from
-        // the routing of these n tokens; the slices have the sizes asserted
+        // the routing of these tokens; the slices have the sizes asserted
         // inside.
-        unsafe { lora_down(us, d_in, &g.perm[lo..hi], &g.weights[lo..hi], a, r, hz) };
-    };
-    // A one-thread pool runs the work here: handing it over would park this
-    // thread and wake the worker for every call.
-    let single = rayon::current_num_threads() == 1;
-    if single {
-        slices.into_iter().for_each(down);
-    } else {
-        slices.into_par_iter().for_each(down);
-    }
-    let mut out = vec![0f32; n * d_out];
+        unsafe { lora_down(s.u, s.d_in, &g.perm[lo..hi], &g.weights[lo..hi], s.a(z), r, hz) };
+    });
+    let mut out = vec![0f32; s.tokens() * d_out];
     let vectors = d_out / 16;
     let tasks = rayon::current_num_threads().min(vectors).max(1);
     let ptr = OutPtr(out.as_mut_ptr());
-    let up = |task: usize| {
+    map_on_pool((0..tasks).collect(), |task| {
         let cols = (vectors * task / tasks * 16)..(vectors * (task + 1) / tasks * 16);
         let ptr = &ptr;
         for &z in used {
             let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
-            let b = &bts[z * r * d_out..(z + 1) * r * d_out];
             // SAFETY: as above; `out` has n rows of d_out floats, every
             // routed row is below n, and the tasks' column ranges are disjoint.
             unsafe {
@@ -182,19 +192,14 @@ fn direct(
                     &h[lo * r..hi * r],
                     r,
                     &g.perm[lo..hi],
-                    b,
+                    s.b(z),
                     d_out,
                     cols.clone(),
                     ptr.0,
                 )
             };
         }
-    };
-    if single {
-        (0..tasks).for_each(up);
-    } else {
-        (0..tasks).into_par_iter().for_each(up);
-    }
+    });
     out
 }
 
@@ -241,8 +246,15 @@ mod tests {
                 offsets: &offsets,
             };
             let used: Vec<usize> = (0..n_exp).filter(|&z| offsets[z + 1] > offsets[z]).collect();
-            let want = grouped_gemm(&us, (d_in, r, d_out), &ats, &bts, &g, &used);
-            let got = direct(&us, (d_in, r, d_out), &ats, &bts, &g, &used);
+            let s = Stacks {
+                u: &us,
+                at: &ats,
+                bt: &bts,
+                d_in,
+                r,
+                d_out,
+            };
+            let (want, got) = (grouped_gemm(&s, &g, &used), direct(&s, &g, &used));
             let worst = want
                 .iter()
                 .zip(&got)

@@ -29,13 +29,12 @@
 //! denominator; buffers are reused per thread, and a one-thread pool runs the
 //! blocks on the calling thread instead of handing them to its worker.
 
-use rayon::prelude::*;
-
 use super::fused::fast_exp;
 use super::routed_cpu::gemm_f32;
 use super::routing::{LN_EPS, RENORM_EPS, Routing};
 #[cfg(target_arch = "x86_64")]
 use super::routing_avx512 as avx512;
+use super::threads::map_on_pool;
 
 /// Experts per int8 screening group: one AVX-512 register of i32 lanes.
 pub(super) const GROUP: usize = 16;
@@ -200,13 +199,7 @@ impl CpuRouter {
             }
             out
         };
-        let parts: Vec<(Vec<u32>, Vec<f64>)> = if rayon::current_num_threads() == 1 {
-            // Handing a job to a one-thread pool parks this thread and wakes
-            // the worker (two futex calls per router call).
-            u.chunks(BLOCK * self.d).map(block).collect()
-        } else {
-            u.par_chunks(BLOCK * self.d).map(block).collect()
-        };
+        let parts = map_on_pool(u.chunks(BLOCK * self.d).collect(), block);
         let mut experts = Vec::with_capacity(n_tok * self.top_k);
         let mut weights = Vec::with_capacity(n_tok * self.top_k);
         for (e, w) in parts {
@@ -417,9 +410,8 @@ impl CpuRouter {
         let abs = self.score_fn == ScoreFn::Absolute;
         // SAFETY: AVX-512 is enabled here; `approx` is padded.
         let mut z_sum = unsafe { avx512::sum_exp(approx, n, abs, c, m) } as f64;
-        let e = |sc: f32| fast_exp::exp((sc * c - m).min(0.0)) as f64;
         for &(z, sc) in &s.cands {
-            z_sum += e(sc) - e(self.score(approx[z]));
+            z_sum += self.softmax_term(sc, m) - self.softmax_term(self.score(approx[z]), m);
         }
         self.write_weights(&s.kept, z_sum, m, out);
     }
@@ -434,13 +426,18 @@ impl CpuRouter {
         m: f32,
         (experts, weights): &mut (Vec<u32>, Vec<f64>),
     ) {
-        let c = self.logit_scale;
-        let e = |sc: f32| fast_exp::exp((sc * c - m).min(0.0)) as f64;
-        let total: f64 = kept.iter().map(|&(_, sc)| e(sc) / z_sum).sum();
+        let total: f64 = kept.iter().map(|&(_, sc)| self.softmax_term(sc, m) / z_sum).sum();
         for &(z, sc) in kept {
             experts.push(z);
-            weights.push(e(sc) / z_sum / (total + RENORM_EPS));
+            weights.push(self.softmax_term(sc, m) / z_sum / (total + RENORM_EPS));
         }
+    }
+
+    /// One softmax numerator `e^(score c - m)`, exponent capped at 0 (see
+    /// [`CpuRouter::select`]).
+    #[inline(always)]
+    fn softmax_term(&self, sc: f32, m: f32) -> f64 {
+        fast_exp::exp((sc * self.logit_scale - m).min(0.0)) as f64
     }
 
     #[inline(always)]

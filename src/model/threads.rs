@@ -58,3 +58,16 @@ fn heterogeneous() -> bool {
         _ => false,
     }
 }
+
+/// `items` mapped by `f`, in order, on the rayon pool, or on the calling
+/// thread when the pool has one thread: handing work to a one-thread pool
+/// parks the caller and wakes the worker (two futex calls, about 35 us per
+/// call measured on the routed paths, which run 144 times per forward).
+pub fn map_on_pool<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if rayon::current_num_threads() == 1 {
+        items.into_iter().map(f).collect()
+    } else {
+        items.into_par_iter().map(f).collect()
+    }
+}
