@@ -54,6 +54,8 @@ mod routed_avx512;
 pub mod routed_cpu;
 pub mod routing;
 #[cfg(target_arch = "x86_64")]
+mod routing_amx;
+#[cfg(target_arch = "x86_64")]
 mod routing_avx512;
 mod routing_cpu;
 pub mod score;

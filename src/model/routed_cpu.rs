@@ -69,7 +69,12 @@ pub fn routed_delta(u: &Tensor, at: &Tensor, bt: &Tensor, g: &Groups<'_>) -> Res
     };
     #[cfg(target_arch = "x86_64")]
     if super::routed_avx512::applies(r, d_out) {
-        return Ok(Tensor::from_vec(direct(&s, g, &used), (n, d_out), &Device::Cpu)?);
+        let prefetch = super::routed_avx512::Prefetch::for_this_cpu();
+        return Ok(Tensor::from_vec(
+            direct(&s, g, &used, prefetch),
+            (n, d_out),
+            &Device::Cpu,
+        )?);
     }
     Ok(Tensor::from_vec(
         grouped_gemm(&s, g, &used),
@@ -150,9 +155,15 @@ fn grouped_gemm(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
 /// expert's down-projection for its tokens in parallel into one `[picks, r]`
 /// buffer, then the up-projections accumulated into the output, in parallel
 /// over column ranges (each thread owns whole columns, so no two write the
-/// same float).
+/// same float). `prefetch`: whether the next expert's weights are prefetched
+/// meanwhile (no effect on the result).
 #[cfg(target_arch = "x86_64")]
-fn direct(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
+fn direct(
+    s: &Stacks<'_>,
+    g: &Groups<'_>,
+    used: &[usize],
+    prefetch: super::routed_avx512::Prefetch,
+) -> Vec<f32> {
     use super::routed_avx512::{lora_down, lora_up};
     let (r, d_out) = (s.r, s.d_out);
     let total = g.perm.len();
@@ -169,12 +180,27 @@ fn direct(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
         rest = tail;
         at = hi;
     }
-    map_on_pool(slices, |(z, hz)| {
+    // The expert used after each used expert, whose weights are prefetched.
+    let next_of = |i: usize| used.get(i + 1).copied();
+    let slices: Vec<_> = slices.into_iter().enumerate().collect();
+    map_on_pool(slices, |(i, (z, hz))| {
         let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
+        let next = next_of(i).map_or(&[][..], |n| s.a(n));
         // SAFETY: `applies` held (AVX-512F, FMA, r); row indices come from
         // the routing of these tokens; the slices have the sizes asserted
         // inside.
-        unsafe { lora_down(s.u, s.d_in, &g.perm[lo..hi], &g.weights[lo..hi], s.a(z), r, hz) };
+        unsafe {
+            lora_down(
+                s.u,
+                s.d_in,
+                &g.perm[lo..hi],
+                &g.weights[lo..hi],
+                (s.a(z), next),
+                r,
+                hz,
+                prefetch,
+            )
+        };
     });
     let mut out = vec![0f32; s.tokens() * d_out];
     let vectors = d_out / 16;
@@ -183,8 +209,9 @@ fn direct(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
     map_on_pool((0..tasks).collect(), |task| {
         let cols = (vectors * task / tasks * 16)..(vectors * (task + 1) / tasks * 16);
         let ptr = &ptr;
-        for &z in used {
+        for (i, &z) in used.iter().enumerate() {
             let (lo, hi) = (g.offsets[z], g.offsets[z + 1]);
+            let next = next_of(i).map_or(&[][..], |n| s.b(n));
             // SAFETY: as above; `out` has n rows of d_out floats, every
             // routed row is below n, and the tasks' column ranges are disjoint.
             unsafe {
@@ -192,10 +219,11 @@ fn direct(s: &Stacks<'_>, g: &Groups<'_>, used: &[usize]) -> Vec<f32> {
                     &h[lo * r..hi * r],
                     r,
                     &g.perm[lo..hi],
-                    s.b(z),
+                    (s.b(z), next),
                     d_out,
                     cols.clone(),
                     ptr.0,
+                    prefetch,
                 )
             };
         }
@@ -254,7 +282,13 @@ mod tests {
                 r,
                 d_out,
             };
-            let (want, got) = (grouped_gemm(&s, &g, &used), direct(&s, &g, &used));
+            use crate::model::routed_avx512::Prefetch;
+            let (want, got) = (
+                grouped_gemm(&s, &g, &used),
+                direct(&s, &g, &used, Prefetch(false)),
+            );
+            // Prefetching the next expert changes nothing but timing.
+            assert_eq!(got, direct(&s, &g, &used, Prefetch(true)));
             let worst = want
                 .iter()
                 .zip(&got)

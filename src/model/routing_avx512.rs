@@ -184,13 +184,20 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 ///
 /// # Safety
 /// AVX-512F/BW/VNNI; `xq` is `[t, d]`, `packed` `[groups, d/4, 16, 4]`,
-/// `acc` `[t, groups * 16]`.
+/// `acc` `[t, stride]` with `stride >= groups * 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn dots(xq: &[i8], t: usize, d: usize, packed: &[u8], groups: usize, acc: &mut [i32]) {
+pub unsafe fn dots(
+    xq: &[i8],
+    t: usize,
+    d: usize,
+    packed: &[u8],
+    groups: usize,
+    acc: &mut [i32],
+    stride: usize,
+) {
     let quads = d / 4;
     assert!(xq.len() >= t * d && packed.len() >= groups * quads * GROUP * 4);
-    assert!(acc.len() >= t * groups * GROUP);
-    let stride = groups * GROUP;
+    assert!(stride >= groups * GROUP && acc.len() >= t * stride);
     let group_len = quads * GROUP * 4;
     // Pairs of groups outermost: their packed weights (2 d x 16 bytes) stay
     // in L1 while every token of the block passes over them. Token-outer
@@ -378,52 +385,117 @@ pub unsafe fn indices_at_least(xs: &[f32], bar: f32, out: &mut Vec<u32>) {
 }
 
 /// `sum over z < n of exp(min(score(a_z) * c - m, 0))`, score `a` or `|a|`,
-/// with `fused::fast_exp`'s reduction and polynomial in vector form (inputs
-/// are at most 0, so `2^n` is one normal factor; below `MIN_X` a term is 0).
+/// with [`exp_nonpositive`].
 ///
 /// # Safety
 /// AVX-512F/DQ and FMA; `a.len()` is a multiple of 16 and at least `n`.
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 pub unsafe fn sum_exp(a: &[f32], n: usize, abs: bool, c: f32, m: f32) -> f32 {
-    use super::fused::fast_exp::{LN2_HI, LN2_LO, LOG2_E, MIN_X, ROUND, TAYLOR};
     assert!(a.len().is_multiple_of(16) && n <= a.len());
-    let (vc, vm, zero) = (_mm512_set1_ps(c), _mm512_set1_ps(m), _mm512_setzero_ps());
-    let (round, min_x) = (_mm512_set1_ps(ROUND), _mm512_set1_ps(MIN_X));
-    let round_bits = _mm512_set1_epi32(ROUND.to_bits() as i32);
-    let mut sum = zero;
+    let (vc, vm) = (_mm512_set1_ps(c), _mm512_set1_ps(m));
+    let mut sum = _mm512_setzero_ps();
     let mut i = 0;
     while i < n {
-        let real: __mmask16 = if i + 16 <= n {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        };
+        let real = lanes_below(n - i);
         // SAFETY: i + 16 <= a.len().
         let v = unsafe { _mm512_loadu_ps(a.as_ptr().add(i)) };
         let s = if abs { _mm512_abs_ps(v) } else { v };
-        // min(NaN, 0) is 0 here as in f32::min: a NaN score adds 1.
-        let x = _mm512_min_ps(_mm512_fmsub_ps(s, vc, vm), zero);
-        let xc = _mm512_max_ps(x, min_x);
-        let t = _mm512_fmadd_ps(xc, _mm512_set1_ps(LOG2_E), round);
-        let e = _mm512_sub_epi32(_mm512_castps_si512(t), round_bits);
-        let nf = _mm512_sub_ps(t, round);
-        let r = _mm512_fnmadd_ps(
-            nf,
-            _mm512_set1_ps(LN2_LO),
-            _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_HI), xc),
-        );
-        let mut p = _mm512_set1_ps(TAYLOR[7]);
-        for &coef in TAYLOR[..7].iter().rev() {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
-        }
-        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-            e,
-            _mm512_set1_epi32(127),
-        )));
-        let y = _mm512_mul_ps(p, scale);
-        let live = real & _mm512_cmp_ps_mask(x, min_x, _CMP_GE_OQ);
-        sum = _mm512_mask_add_ps(sum, live, sum, y);
+        sum = _mm512_mask_add_ps(sum, real, sum, exp_nonpositive(_mm512_fmsub_ps(s, vc, vm)));
         i += 16;
     }
     _mm512_reduce_add_ps(sum)
+}
+
+/// `sum over i of exp(min(exact_i c - m, 0)) - exp(min(approx_i c - m, 0))`:
+/// what swapping the rescored experts' exact scores for their approximate
+/// ones changes in [`sum_exp`]'s total.
+///
+/// # Safety
+/// AVX-512F/DQ and FMA; `exact` and `approx` have one length.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub unsafe fn exp_swap_sum(exact: &[f32], approx: &[f32], c: f32, m: f32) -> f32 {
+    assert_eq!(exact.len(), approx.len());
+    let (vc, vm) = (_mm512_set1_ps(c), _mm512_set1_ps(m));
+    let mut sum = _mm512_setzero_ps();
+    for (e, a) in exact.chunks(16).zip(approx.chunks(16)) {
+        let real = lanes_below(e.len());
+        // SAFETY: masked loads read only the `e.len()` lanes that exist.
+        let (ve, va) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(real, e.as_ptr()),
+                _mm512_maskz_loadu_ps(real, a.as_ptr()),
+            )
+        };
+        let d = _mm512_sub_ps(
+            exp_nonpositive(_mm512_fmsub_ps(ve, vc, vm)),
+            exp_nonpositive(_mm512_fmsub_ps(va, vc, vm)),
+        );
+        sum = _mm512_mask_add_ps(sum, real, sum, d);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// The first `len` of 16 lanes (all for `len >= 16`).
+#[inline(always)]
+fn lanes_below(len: usize) -> __mmask16 {
+    if len >= 16 { 0xffff } else { (1u16 << len) - 1 }
+}
+
+/// `exp(min(x, 0))` per lane with `fused::fast_exp`'s reduction and
+/// polynomial in vector form (inputs are at most 0, so `2^n` is one normal
+/// factor; below `MIN_X` a lane is 0). `min(NaN, 0)` is 0 here as in
+/// `f32::min`, so a NaN lane gives 1.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+fn exp_nonpositive(x: __m512) -> __m512 {
+    use super::fused::fast_exp::{LN2_HI, LN2_LO, LOG2_E, MIN_X, ROUND, TAYLOR};
+    let (round, min_x) = (_mm512_set1_ps(ROUND), _mm512_set1_ps(MIN_X));
+    let x = _mm512_min_ps(x, _mm512_setzero_ps());
+    let xc = _mm512_max_ps(x, min_x);
+    let t = _mm512_fmadd_ps(xc, _mm512_set1_ps(LOG2_E), round);
+    let e = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(ROUND.to_bits() as i32));
+    let nf = _mm512_sub_ps(t, round);
+    let r = _mm512_fnmadd_ps(
+        nf,
+        _mm512_set1_ps(LN2_LO),
+        _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_HI), xc),
+    );
+    let mut p = _mm512_set1_ps(TAYLOR[7]);
+    for &coef in TAYLOR[..7].iter().rev() {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
+    }
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+        e,
+        _mm512_set1_epi32(127),
+    )));
+    let live = _mm512_cmp_ps_mask(x, min_x, _CMP_GE_OQ);
+    _mm512_maskz_mul_ps(live, p, scale)
+}
+
+/// The k-th largest value over lane-wise sorted levels (`lanes[level][lane]`,
+/// descending by level, as [`screen_token`] leaves them), counting repeats;
+/// -inf when fewer than k are above -inf. The maximum is taken k times, each
+/// time popping the lane it came from (the lowest such lane) one level up.
+///
+/// # Safety
+/// AVX-512F; `1 <= k <= K`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn kth_of_levels<const K: usize>(lanes: &[[f32; 16]; K], k: usize) -> f32 {
+    assert!((1..=K).contains(&k));
+    // SAFETY: each level is 16 floats.
+    let mut v: [__m512; K] = std::array::from_fn(|l| unsafe { _mm512_loadu_ps(lanes[l].as_ptr()) });
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    for j in 0..k {
+        let m = _mm512_reduce_max_ps(v[0]);
+        if j + 1 == k || m == f32::NEG_INFINITY {
+            return m;
+        }
+        let eq = _mm512_cmp_ps_mask(v[0], _mm512_set1_ps(m), _CMP_EQ_OQ);
+        let lane = eq & eq.wrapping_neg();
+        for l in 0..K - 1 {
+            v[l] = _mm512_mask_blend_ps(lane, v[l], v[l + 1]);
+        }
+        v[K - 1] = _mm512_mask_blend_ps(lane, v[K - 1], ninf);
+    }
+    f32::NEG_INFINITY
 }

@@ -7,31 +7,37 @@
 //!
 //! With many experts the scoring itself dominates (`N d` multiply-adds per
 //! token and module, 47 % of the base model's FLOPs at d_model 256 and 166
-//! experts). There the scores are first *screened* in int8 with AVX-512 VNNI
-//! (four times the f32 multiply-add rate), each approximate score carrying a
-//! rigorous error radius from the quantisation residuals (Cauchy-Schwarz).
-//! Candidates are the experts whose upper bound reaches the k-th best lower
-//! bound. The k candidates with the best approximate scores are rescored
-//! exactly in f32 first; the k-th best of those exact scores is a lower bound
-//! on the true k-th best, so of the other candidates only those whose upper
-//! bound reaches it are rescored (about half as many dot products as
-//! rescoring every candidate). The chosen experts and their weights are
-//! therefore those of exact scoring: an expert left out provably scores
-//! below k others. The only approximate quantity is the softmax denominator's
-//! share from the experts not rescored, which enters the weights through the
-//! `1e-6` of the renormalisation `p / (sum of kept p + 1e-6)` alone (relative
-//! effect on a weight below `1e-6 * N/k * (e^radius - 1)`; the test holds the
-//! weights to 2e-6 of the f64 reference).
+//! experts). There the scores are first *screened* in int8, with AMX tiles
+//! where the CPU has AMX-INT8 (`routing_amx`) and with AVX-512 VNNI
+//! otherwise (four times the f32 multiply-add rate; both give the same
+//! integers), each approximate score carrying a rigorous error radius from
+//! the quantisation residuals (Cauchy-Schwarz). Candidates are the experts
+//! whose upper bound reaches the k-th best lower bound. They are rescored
+//! exactly in f32 in descending order of approximate score: the first k
+//! always, and each later one only if its upper bound reaches the k-th best
+//! exact score found so far, a lower bound on the true k-th best (about half
+//! as many dot products as rescoring every candidate). The chosen experts and
+//! their weights are therefore those of exact scoring: an expert left out
+//! provably scores below k others. The only approximate quantity is the
+//! softmax denominator's share from the experts not rescored, which enters
+//! the weights through the `1e-6` of the renormalisation
+//! `p / (sum of kept p + 1e-6)` alone (relative effect on a weight below
+//! `1e-6 * N/k * (e^radius - 1)`; the test holds the weights to 2e-6 of the
+//! f64 reference).
 //!
 //! Per token the screened path is one pass over the experts' int8 scores
-//! (bounds and a lane-wise top-k network of vector selects), one compare and
-//! compress for the candidates, and one vectorised `exp` pass for the
-//! denominator; buffers are reused per thread, and a one-thread pool runs the
-//! blocks on the calling thread instead of handing them to its worker.
+//! (bounds and a lane-wise top-k network of vector selects, whose k-th best
+//! is read off in registers), one compare and compress for the candidates, a
+//! short insertion sort of them, and vectorised `exp` passes for the
+//! denominator and for swapping the rescored experts' exact terms in;
+//! buffers are reused per thread, and a one-thread pool runs the blocks on
+//! the calling thread instead of handing them to its worker.
 
 use super::fused::fast_exp;
 use super::routed_cpu::gemm_f32;
 use super::routing::{LN_EPS, RENORM_EPS, Routing};
+#[cfg(target_arch = "x86_64")]
+use super::routing_amx as amx;
 #[cfg(target_arch = "x86_64")]
 use super::routing_avx512 as avx512;
 use super::threads::map_on_pool;
@@ -45,6 +51,8 @@ const MAX_SCREEN_K: usize = avx512::MAX_SCREEN_K;
 const MAX_SCREEN_K: usize = 0;
 /// Screening pays off from this many experts on.
 const SCREEN_FROM: usize = 2 * GROUP;
+/// Kept experts whose softmax terms `write_weights` holds on the stack.
+const MAX_KEPT_TERMS: usize = 16;
 /// Tokens per parallel task.
 const BLOCK: usize = 64;
 
@@ -75,11 +83,15 @@ pub struct CpuRouter {
 
 /// Int8 copy of the embeddings, packed for `vpdpbusd` as its unsigned
 /// operand (`q + 128`): for each group of 16 experts and each quad of input
-/// dimensions, 16 x 4 bytes (expert-major).
+/// dimensions, 16 x 4 bytes (expert-major). The same bytes are the expert
+/// tiles of the AMX screen (`routing_amx`), which works on pairs of groups:
+/// an odd group count gets one all-zero group more.
 #[derive(Debug, Clone)]
 pub(super) struct Int8Screen {
     groups: usize,
     packed: Vec<u8>,
+    /// Whether `dots` run on AMX tiles (Intel AMX-INT8, `d` a multiple of 64).
+    amx: bool,
     /// Per (padded) expert: quantisation scale, the norm of the
     /// quantisation residual `w - scale * w_q`, and `|w|`.
     pub(super) scale: Vec<f32>,
@@ -101,6 +113,19 @@ fn vnni_available() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        false
+    }
+}
+
+/// Whether the int8 screen of width `d` can run on AMX tiles here.
+fn amx_usable(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        d.is_multiple_of(amx::TILE_DIMS) && amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
         false
     }
 }
@@ -166,7 +191,7 @@ impl CpuRouter {
     pub fn new(w: Vec<f32>, n: usize, d: usize, top_k: usize, score_fn: ScoreFn, logit_scale: f64) -> Self {
         // The AVX-512 row kernels work on whole vectors of 16 floats.
         let screen = (n >= SCREEN_FROM && d.is_multiple_of(16) && top_k <= MAX_SCREEN_K && vnni_available())
-            .then(|| Int8Screen::new(&w, n, d));
+            .then(|| Int8Screen::new(&w, n, d, true));
         CpuRouter {
             n,
             d,
@@ -253,11 +278,21 @@ impl CpuRouter {
         let d = self.d;
         let t = rows.len() / d;
         let padded = sc.groups * GROUP;
+        // Rows of the int8 sums: whole group pairs (AMX works on pairs; the
+        // extra group of an odd count is all zeros), and the token rows
+        // padded to whole tile pairs for AMX (the padding rows' sums are
+        // never read).
+        let stride = sc.groups.next_multiple_of(2) * GROUP;
+        let t_rows = if sc.amx {
+            t.next_multiple_of(2 * amx::TILE_ROWS)
+        } else {
+            t
+        };
         // Every element of these is written below before it is read, so the
         // buffers are only resized, not cleared, between blocks.
         s.x.resize(t * d, 0.0);
-        s.xq.resize(t * d, 0);
-        s.acc.resize(t * padded, 0);
+        s.xq.resize(t_rows * d, 0);
+        s.acc.resize(t_rows * stride, 0);
         s.approx.resize(padded, 0.0);
         s.hi.resize(padded, 0.0);
         s.terms.clear();
@@ -270,17 +305,15 @@ impl CpuRouter {
             s.terms
                 .push(unsafe { avx512::prep_row(src, row, self.score_fn == ScoreFn::Standardized, q) });
         }
-        // SAFETY: buffer sizes match the layout `dots` documents.
-        unsafe {
-            avx512::dots(
-                &s.xq[..t * d],
-                t,
-                d,
-                &sc.packed,
-                sc.groups,
-                &mut s.acc[..t * padded],
-            )
-        };
+        let (xq, acc) = (&s.xq[..t_rows * d], &mut s.acc[..t_rows * stride]);
+        if sc.amx {
+            // SAFETY: `amx` is set only where `amx::available()` held and d
+            // is a multiple of 64; rows, groups and stride are padded above.
+            unsafe { amx::dots(xq, t_rows, d, &sc.packed, stride / GROUP, acc, stride) };
+        } else {
+            // SAFETY: buffer sizes match the layout `dots` documents.
+            unsafe { avx512::dots(xq, t, d, &sc.packed, sc.groups, acc, stride) };
+        }
         let slack = d as f32 * 1.2e-7 + 1e-6;
         for i in 0..t {
             let r = s.terms[i];
@@ -288,10 +321,10 @@ impl CpuRouter {
             // rounding of the norms and by d 2^-23 |x| |w| for the f32
             // rounding of the exact dot product.
             let radius = (r.q_norm * 1.001, r.err_norm * 1.001 + slack * r.norm);
-            let screen = (&s.acc[i * padded..(i + 1) * padded], radius, r.scale, r.sum_q);
+            let screen = (&s.acc[i * stride..i * stride + padded], radius, r.scale, r.sum_q);
             let bufs = (&mut s.approx[..padded], &mut s.hi[..padded]);
             // SAFETY: AVX-512 is enabled here; every slice is `padded` long.
-            let threshold = unsafe { self.screen_token(sc, screen, bufs, &mut s.picks) };
+            let threshold = unsafe { self.screen_token(sc, screen, bufs) };
             let xi = &s.x[i * d..(i + 1) * d];
             // SAFETY: AVX-512 is enabled here.
             unsafe {
@@ -317,7 +350,6 @@ impl CpuRouter {
         sc: &Int8Screen,
         (acc, radius, scale, sum_q): (&[i32], (f32, f32), f32, i32),
         bufs: (&mut [f32], &mut [f32]),
-        s: &mut Picks,
     ) -> f32 {
         let abs = self.score_fn == ScoreFn::Absolute;
         macro_rules! run {
@@ -335,7 +367,8 @@ impl CpuRouter {
                         &mut lanes,
                     )
                 };
-                kth_of_lanes(&lanes, self.top_k, &mut s.best)
+                // SAFETY: AVX-512F is enabled here; top_k <= $k.
+                unsafe { avx512::kth_of_levels(&lanes, self.top_k) }
             }};
         }
         match self.top_k {
@@ -348,11 +381,11 @@ impl CpuRouter {
     }
 
     /// Top-k of one screened token. Candidates are the experts whose upper
-    /// bound reaches the k-th best lower bound; the k of them with the best
-    /// approximate scores are rescored exactly first, and the k-th best of
-    /// those exact scores (a lower bound on the true k-th best) then rules
-    /// out every remaining candidate whose upper bound is below it, so only
-    /// those that could still place are rescored.
+    /// bound reaches the k-th best lower bound. They are rescored exactly in
+    /// descending order of approximate score: the first k always, each later
+    /// one only if its upper bound reaches the k-th best exact score so far
+    /// (a lower bound on the true k-th best), so that only candidates that
+    /// could still place are rescored.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma")]
     unsafe fn select_screened(
@@ -374,45 +407,47 @@ impl CpuRouter {
             // SAFETY: AVX-512F is enabled here; `hi` is padded (-inf padding).
             unsafe { avx512::indices_at_least(hi, threshold, &mut s.ids) };
         }
-        // SAFETY: AVX-512F is enabled here; equal lengths, multiple of 16.
-        let exact =
-            |z: u32| self.score(unsafe { avx512::dot(xi, &self.w[z as usize * d..(z as usize + 1) * d]) });
-        // The k best approximate scores among the candidates.
-        s.first.clear();
+        // Candidates by descending approximate score, ties (and NaN) in index
+        // order: an insertion sort, as there are a handful.
+        s.order.clear();
         for &z in &s.ids {
-            insert_best(&mut s.first, (z, self.score(approx[z as usize])), k);
+            let a = self.score(approx[z as usize]);
+            let mut at = s.order.len();
+            while at > 0 && a > s.order[at - 1].1 {
+                at -= 1;
+            }
+            s.order.insert(at, (z, a));
         }
         s.kept.clear();
-        s.cands.clear();
-        for &(z, _) in &s.first {
-            let sc = exact(z);
-            s.cands.push((z as usize, sc));
-            insert_best(&mut s.kept, (z, sc), k);
-        }
-        for &z in &s.ids {
+        s.exact.clear();
+        s.approx.clear();
+        for (i, &(z, a)) in s.order.iter().enumerate() {
             // k exact scores at least this high exist: a bound below it
-            // cannot place (nor tie, so index order is not at stake).
-            let bar = if s.kept.len() == k {
-                s.kept[k - 1].1
-            } else {
-                f32::NEG_INFINITY
-            };
-            if hi[z as usize] >= bar && !s.first.iter().any(|&(f, _)| f == z) {
-                let sc = exact(z);
-                s.cands.push((z as usize, sc));
-                insert_best(&mut s.kept, (z, sc), k);
+            // cannot place (nor tie, so index order is not at stake), and
+            // neither can anything against a NaN score.
+            if i >= k {
+                let could_place = hi[z as usize] >= s.kept[k - 1].1;
+                if !could_place {
+                    continue;
+                }
             }
+            // SAFETY: AVX-512F is enabled here; equal lengths, multiple of 16.
+            let sc = self.score(unsafe { avx512::dot(xi, &self.w[z as usize * d..(z as usize + 1) * d]) });
+            s.exact.push(sc);
+            s.approx.push(a);
+            insert_best(&mut s.kept, (z, sc), k);
         }
         // Softmax over all experts: approximate scores for everyone, then the
         // rescored experts' exact terms swapped in.
         let c = self.logit_scale;
         let m = s.kept[0].1 * c;
         let abs = self.score_fn == ScoreFn::Absolute;
-        // SAFETY: AVX-512 is enabled here; `approx` is padded.
-        let mut z_sum = unsafe { avx512::sum_exp(approx, n, abs, c, m) } as f64;
-        for &(z, sc) in &s.cands {
-            z_sum += self.softmax_term(sc, m) - self.softmax_term(self.score(approx[z]), m);
-        }
+        // SAFETY: AVX-512 is enabled here; `approx` is padded, the rescored
+        // lists have one length.
+        let z_sum = unsafe {
+            avx512::sum_exp(approx, n, abs, c, m) as f64
+                + avx512::exp_swap_sum(&s.exact, &s.approx, c, m) as f64
+        };
         self.write_weights(&s.kept, z_sum, m, out);
     }
 
@@ -426,10 +461,21 @@ impl CpuRouter {
         m: f32,
         (experts, weights): &mut (Vec<u32>, Vec<f64>),
     ) {
-        let total: f64 = kept.iter().map(|&(_, sc)| self.softmax_term(sc, m) / z_sum).sum();
-        for &(z, sc) in kept {
+        // Each kept expert's term once (k is small; the heap only past 16).
+        let (mut stack, mut heap) = ([0f64; MAX_KEPT_TERMS], Vec::new());
+        let terms: &mut [f64] = if kept.len() <= MAX_KEPT_TERMS {
+            &mut stack[..kept.len()]
+        } else {
+            heap.resize(kept.len(), 0.0);
+            &mut heap
+        };
+        for (t, &(_, sc)) in terms.iter_mut().zip(kept) {
+            *t = self.softmax_term(sc, m);
+        }
+        let total: f64 = terms.iter().map(|&t| t / z_sum).sum();
+        for (&(z, _), &t) in kept.iter().zip(terms.iter()) {
             experts.push(z);
-            weights.push(self.softmax_term(sc, m) / z_sum / (total + RENORM_EPS));
+            weights.push(t / z_sum / (total + RENORM_EPS));
         }
     }
 
@@ -604,21 +650,25 @@ thread_local! {
 struct Picks {
     lanes: Vec<[f32; 16]>,
     best: Vec<f32>,
-    /// Screened path: candidate experts in index order, the k of them with
-    /// the best approximate scores, and every expert rescored exactly.
+    /// Screened path: candidate experts in index order, the same by
+    /// descending approximate score, and the exact and approximate scores of
+    /// every expert rescored.
     ids: Vec<u32>,
-    first: Vec<(u32, f32)>,
-    cands: Vec<(usize, f32)>,
+    order: Vec<(u32, f32)>,
+    exact: Vec<f32>,
+    approx: Vec<f32>,
     kept: Vec<(u32, f32)>,
 }
 
 impl Int8Screen {
-    fn new(w: &[f32], n: usize, d: usize) -> Self {
+    /// The screen of `n` experts of width `d`, on AMX tiles when `amx` and the
+    /// CPU has them (and `d` suits them).
+    fn new(w: &[f32], n: usize, d: usize, amx: bool) -> Self {
         let groups = n.div_ceil(GROUP);
         let quads = d / 4;
         let padded = groups * GROUP;
         // 128 is q = 0: padding experts score exactly 0 (and are masked).
-        let mut packed = vec![128u8; groups * quads * GROUP * 4];
+        let mut packed = vec![128u8; groups.next_multiple_of(2) * quads * GROUP * 4];
         let mut scale = vec![1f32; padded];
         let mut err_norm = vec![0f32; padded];
         let mut w_norm = vec![0f32; padded];
@@ -639,6 +689,7 @@ impl Int8Screen {
         Int8Screen {
             groups,
             packed,
+            amx: amx && amx_usable(d),
             scale,
             err_norm,
             w_norm,
@@ -649,6 +700,115 @@ impl Int8Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::rng::SeededRng;
+
+    fn draw(rng: &mut SeededRng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.standard_normal() as f32).collect()
+    }
+
+    /// The AMX screen gives the very integers of the VNNI screen, so routing
+    /// through either is bit-identical: odd and even group counts (the AMX
+    /// path pads odd ones), token counts off the 64-token block and the
+    /// 32-row tile pair, and inputs with outlier dimensions.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_and_vnni_screens_route_identically() {
+        if !(vnni_available() && amx_usable(256)) {
+            eprintln!("skipped: this CPU has no AMX-INT8 (or no VNNI) to compare");
+            return;
+        }
+        let mut rng = SeededRng::new(11);
+        for (n, d, k, t) in [
+            (166, 256, 2, 150),
+            (40, 256, 1, 70),
+            (64, 320, 3, 33),
+            (33, 192, 2, 5),
+        ] {
+            let mut w = draw(&mut rng, n * d);
+            w.chunks_exact_mut(d).for_each(standardize_row);
+            let mut u = draw(&mut rng, t * d);
+            for row in u.chunks_exact_mut(d) {
+                row[5] *= 40.0;
+            }
+            let amx = CpuRouter::new(w.clone(), n, d, k, ScoreFn::Standardized, 1.0 / (d as f64).sqrt());
+            let mut vnni = amx.clone();
+            vnni.screen = Some(Int8Screen::new(&w, n, d, false));
+            assert!(
+                amx.screen.as_ref().is_some_and(|s| s.amx),
+                "{n} experts of width {d}: AMX screen"
+            );
+            assert!(!vnni.screen.as_ref().is_some_and(|s| s.amx));
+            let (a, b) = (amx.route(&u, t), vnni.route(&u, t));
+            assert_eq!(a.experts, b.experts, "{n} experts, {t} tokens");
+            assert_eq!(a.weights, b.weights, "{n} experts, {t} tokens");
+        }
+    }
+
+    /// The vector k-th best of lane-wise sorted levels equals the scalar one,
+    /// with repeated values, -inf padding and every k up to the level count.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn kth_of_levels_equals_the_scalar_selection() {
+        if !vnni_available() {
+            return;
+        }
+        fn check<const K: usize>(rng: &mut SeededRng) {
+            for _ in 0..200 {
+                let mut lanes = [[f32::NEG_INFINITY; 16]; K];
+                // Filled lane by lane (a column of the levels at a time).
+                #[allow(clippy::needless_range_loop)]
+                for lane in 0..16 {
+                    // Lane-wise descending, a few lanes short of K values,
+                    // values on a coarse grid so that repeats are common.
+                    let filled = (rng.uniform() * (K + 1) as f64) as usize;
+                    let mut vals: Vec<f32> = (0..filled.min(K))
+                        .map(|_| (rng.uniform() * 6.0).floor() as f32 - 3.0)
+                        .collect();
+                    vals.sort_by(|a, b| b.total_cmp(a));
+                    for (level, v) in vals.into_iter().enumerate() {
+                        lanes[level][lane] = v;
+                    }
+                }
+                for k in 1..=K {
+                    let mut best = Vec::new();
+                    let want = kth_of_lanes(&lanes, k, &mut best);
+                    // SAFETY: AVX-512F is present (checked above); k <= K.
+                    let got = unsafe { avx512::kth_of_levels(&lanes, k) };
+                    assert_eq!(got, want, "K {K}, k {k}, lanes {lanes:?}");
+                }
+            }
+        }
+        let mut rng = SeededRng::new(4);
+        check::<1>(&mut rng);
+        check::<2>(&mut rng);
+        check::<4>(&mut rng);
+        check::<8>(&mut rng);
+    }
+
+    /// What swapping exact for approximate terms adds to the denominator,
+    /// against f64 sums of libm exps, for list lengths around the 16-lane
+    /// chunks (including none).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_swap_sum_matches_libm() {
+        if !vnni_available() {
+            return;
+        }
+        let mut rng = SeededRng::new(8);
+        for len in [0, 1, 5, 16, 17, 40] {
+            let exact: Vec<f32> = (0..len).map(|_| rng.uniform() as f32 * 20.0 - 10.0).collect();
+            let approx: Vec<f32> = exact.iter().map(|&e| e + rng.uniform() as f32 - 0.5).collect();
+            let (c, m) = (0.7f32, 6.0f32);
+            let term = |x: f32| ((x as f64 * c as f64 - m as f64).min(0.0)).exp();
+            let want: f64 = exact.iter().zip(&approx).map(|(&e, &a)| term(e) - term(a)).sum();
+            // SAFETY: AVX-512 is present (checked above); equal lengths.
+            let got = unsafe { avx512::exp_swap_sum(&exact, &approx, c, m) } as f64;
+            assert!(
+                (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "len {len}: {got} vs {want}"
+            );
+        }
+    }
 
     #[test]
     fn fast_exp_sum_matches_libm() {

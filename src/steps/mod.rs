@@ -27,7 +27,7 @@ pub const VERSIONS: &[(&str, u32)] = &[
     ("average-activation", 3),
     ("retrieval-index", 1),
     ("multitask", 4),
-    ("eval", 8),
+    ("eval", 9),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,
