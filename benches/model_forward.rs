@@ -2,76 +2,17 @@
 //! routed forward with 2..166 experts at top-2, and the router alone. Sample sizes are small so the
 //! whole run takes a few minutes on 2 cores. Numbers: benches/README.md.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
+use common::{BATCH, RANK, SRC_LEN, batch, config, route_among};
 use criterion::{Criterion, criterion_group};
 use goosepipe::model::rng::SeededRng;
 use goosepipe::model::trainable::new_trainable_lora;
-use goosepipe::model::{
-    AdapterSet, GateVectors, LoraExpert, LoraWeights, Router, Scoring, Seq2SeqBatch, T5Config, T5Model,
-    adapted_linears,
-};
+use goosepipe::model::{Router, Scoring, T5Model};
 
-const BATCH: usize = 8;
-const SRC_LEN: usize = 128;
-const TGT_LEN: usize = 32;
-const RANK: usize = 16;
-
-fn config() -> T5Config {
-    let mut cfg = T5Config::tiny_v1_1(1024, 256, 4);
-    cfg.num_heads = 4;
-    cfg.d_kv = 64;
-    // T5-XL's d_ff / d_model ratio (5120 / 2048).
-    cfg.d_ff = 640;
-    cfg
-}
-
-fn batch(cfg: &T5Config) -> Seq2SeqBatch {
-    let mut rng = SeededRng::new(5);
-    let mut tok = |n: usize| -> Vec<u32> { (0..n).map(|_| 2 + (rng.uniform() * 1000.0) as u32).collect() };
-    let inputs: Vec<Vec<u32>> = (0..BATCH).map(|_| tok(SRC_LEN)).collect();
-    let targets: Vec<Vec<u32>> = (0..BATCH).map(|_| tok(TGT_LEN)).collect();
-    Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, &Device::Cpu).unwrap()
-}
-
-fn random_expert(cfg: &T5Config, name: &str, seed: u64) -> (LoraExpert, GateVectors) {
-    let mut rng = SeededRng::new(seed);
-    let mut modules = BTreeMap::new();
-    let mut gates = BTreeMap::new();
-    for s in adapted_linears(cfg) {
-        let a = rng
-            .normal_tensor(&[RANK, s.d_in], 0.01, DType::F32, &Device::Cpu)
-            .unwrap();
-        let b = rng
-            .normal_tensor(&[s.d_out, RANK], 0.01, DType::F32, &Device::Cpu)
-            .unwrap();
-        gates.insert(
-            s.name.clone(),
-            rng.normal_tensor(&[s.d_in], 1.0, DType::F32, &Device::Cpu)
-                .unwrap(),
-        );
-        modules.insert(
-            s.name.clone(),
-            LoraWeights::new(&s.name, a, b, s.d_in, s.d_out).unwrap(),
-        );
-    }
-    (
-        LoraExpert {
-            name: name.into(),
-            rank: RANK,
-            base_model: None,
-            modules,
-        },
-        GateVectors {
-            name: name.into(),
-            base_model: None,
-            gates,
-        },
-    )
-}
+mod common;
 
 fn bench_lora(c: &mut Criterion) {
     let cfg = config();
@@ -107,13 +48,7 @@ fn bench_routed(c: &mut Criterion) {
     let mut g = c.benchmark_group("t5_d256_4x4_b8x128_routed_top2");
     g.sample_size(10);
     for n in [2usize, 8, 36, 166] {
-        let (experts, gates): (Vec<_>, Vec<_>) = (0..n)
-            .map(|i| random_expert(&cfg, &format!("e{i:03}"), 100 + i as u64))
-            .unzip();
-        model
-            .set_adapters(AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
-            .unwrap();
-        drop(experts);
+        route_among(&mut model, &cfg, n);
         g.bench_function(format!("forward_{n}_experts"), |bench| {
             bench.iter(|| {
                 black_box(
