@@ -11,12 +11,12 @@
 //!   `CONFIG/SPLIT-00000-of-00001.parquet`, `data/CONFIG/SPLIT-...`.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use hf_hub::HFError;
 
 use super::example::DataError;
 use crate::model::hub::HubOptions;
+use crate::model::hub_watch::watched;
 
 /// The files of a split and the commit they were read at.
 #[derive(Debug, Clone)]
@@ -166,10 +166,10 @@ pub fn split_files(
     };
     let client = crate::model::hub::client(opts).map_err(|e| err(repo, revision, e))?;
     let ds = client.dataset(org, name);
-    // Listing runs on its own thread so an unreachable hub gives an error, not a hang.
-    let (tx, rx) = mpsc::channel();
+    // Listing and downloads are watched for silence, so an unreachable or
+    // stalled hub gives an error, not a hang.
     let (rev, cfg, spl) = (revision.to_string(), config.map(String::from), split.to_string());
-    std::thread::spawn(move || {
+    let (listed, mut ds) = watched(opts.timeout, move |_| {
         let r = ds
             .list_tree()
             .revision(rev.clone())
@@ -185,16 +185,13 @@ pub fn split_files(
                     .filter(|p| matches(p, cfg.as_deref(), &spl))
                     .collect::<Vec<_>>()
             });
-        let _ = tx.send((r, ds));
-    });
-    let (listed, ds) = rx.recv_timeout(opts.timeout).map_err(|_| {
+        (r, ds)
+    })
+    .map_err(|silence| {
         err(
             repo,
             revision,
-            format!(
-                "{what}, and the hub did not answer within {} s",
-                opts.timeout.as_secs()
-            ),
+            format!("{what}, and {}", silence.explain(opts.timeout)),
         )
     })?;
     let names = listed.map_err(|e| match e {
@@ -216,11 +213,25 @@ pub fn split_files(
         ));
     }
     for n in &names {
-        ds.download_file()
-            .filename(n.clone())
-            .revision(revision.to_string())
-            .send()
-            .map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
+        let (file, rev) = (n.clone(), revision.to_string());
+        let (got, back) = watched(opts.timeout, move |progress| {
+            let r = ds
+                .download_file()
+                .filename(file)
+                .revision(rev)
+                .progress(progress)
+                .send();
+            (r, ds)
+        })
+        .map_err(|silence| {
+            err(
+                repo,
+                revision,
+                format!("downloading `{n}`: {}", silence.explain(opts.timeout)),
+            )
+        })?;
+        got.map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
+        ds = back;
     }
     cached(&cache, repo, revision, config, split)
         .ok_or_else(|| err(repo, revision, "downloaded files did not appear in the cache"))

@@ -1,16 +1,17 @@
 //! Resolving a Hugging Face repo id + revision to a local snapshot folder in
 //! the standard HF cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`). The cache is always tried first with
-//! `local_files_only`, so cached models work offline; network downloads run
-//! under a deadline so an unreachable hub gives an error, not a hang.
+//! `local_files_only`, so cached models work offline; network requests are
+//! watched for silence (`hub_watch`), so an unreachable or stalled hub gives
+//! an error, not a hang, and a large checkpoint may take as long as it takes.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use hf_hub::{HFClient, HFError};
 
 use super::error::{ModelError, Result};
+use super::hub_watch::watched;
 use super::load::{PICKLE, SAFETENSORS, SAFETENSORS_INDEX, shard_names};
 
 #[derive(Debug, Clone)]
@@ -19,8 +20,12 @@ pub struct HubOptions {
     pub cache_dir: Option<PathBuf>,
     /// Never touch the network.
     pub offline: bool,
-    /// Upper bound for each network download.
+    /// How long the hub may stay silent: before it answers a request, or
+    /// between two pieces of a download. Not a bound on a whole download.
     pub timeout: Duration,
+    /// The hub's address (else `HF_ENDPOINT`, else huggingface.co): a mirror,
+    /// or a local server in tests.
+    pub endpoint: Option<String>,
 }
 
 impl Default for HubOptions {
@@ -30,7 +35,29 @@ impl Default for HubOptions {
             // huggingface_hub's switch: set, the cache is all there is.
             offline: std::env::var("HF_HUB_OFFLINE")
                 .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes")),
-            timeout: Duration::from_secs(60),
+            timeout: silence_limit(std::env::var("HF_HUB_DOWNLOAD_TIMEOUT").ok().as_deref()),
+            endpoint: None,
+        }
+    }
+}
+
+/// The silence limit: `HF_HUB_DOWNLOAD_TIMEOUT` (huggingface_hub's setting of
+/// the same meaning, in seconds) when set, else 60 s. A value that is not a
+/// positive number of seconds is reported once on stderr and not used.
+fn silence_limit(env: Option<&str>) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(60);
+    let Some(v) = env else { return DEFAULT };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        _ => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "goosepipe: ignoring HF_HUB_DOWNLOAD_TIMEOUT={v:?} (not a positive number of seconds); the hub may stay silent for {} s",
+                    DEFAULT.as_secs()
+                )
+            });
+            DEFAULT
         }
     }
 }
@@ -55,11 +82,14 @@ pub(crate) fn client(opts: &HubOptions) -> Result<hf_hub::HFClientSync> {
     if let Some(dir) = &opts.cache_dir {
         b = b.cache_dir(dir.clone());
     }
+    if let Some(url) = &opts.endpoint {
+        b = b.endpoint(url.clone());
+    }
     b.build_sync()
         .map_err(|e| ModelError::Hub(format!("cannot create the hub client: {e}")))
 }
 
-/// One file: cache first, then (unless offline) the network under the deadline.
+/// One file: cache first, then (unless offline) the network, watched for silence.
 fn fetch(repo_id: &str, revision: &str, file: &str, opts: &HubOptions) -> Result<Fetch> {
     let (org, name) = parse_repo_id(repo_id)?;
     let cached = client(opts)?
@@ -81,7 +111,6 @@ fn fetch(repo_id: &str, revision: &str, file: &str, opts: &HubOptions) -> Result
     if opts.offline {
         return Ok(Fetch::Absent);
     }
-    let (tx, rx) = mpsc::channel();
     let (org, name, file_s, rev, o) = (
         org.to_owned(),
         name.to_owned(),
@@ -89,33 +118,30 @@ fn fetch(repo_id: &str, revision: &str, file: &str, opts: &HubOptions) -> Result
         revision.to_owned(),
         opts.clone(),
     );
-    // The download runs on its own thread so that we can stop waiting for it;
-    // if the deadline passes the thread is left to finish or fail on its own.
-    std::thread::spawn(move || {
-        let r = client(&o).map(|c| {
+    let answer = watched(opts.timeout, move |progress| {
+        client(&o).map(|c| {
             match c
                 .model(org, name)
                 .download_file()
                 .filename(file_s)
                 .revision(rev)
+                .progress(progress)
                 .send()
             {
                 Ok(p) => Ok(Fetch::Found(p)),
                 Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
                 Err(e) => Err(e.to_string()),
             }
-        });
-        let _ = tx.send(r);
+        })
     });
-    match rx.recv_timeout(opts.timeout) {
+    let what = format!("{repo_id}@{revision}: `{file}` is not in the local cache and");
+    match answer {
         Ok(Ok(Ok(f))) => Ok(f),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(Err(e))) => Err(ModelError::Hub(format!(
-            "{repo_id}@{revision}: `{file}` is not in the local cache and downloading it failed: {e}"
-        ))),
-        Err(_) => Err(ModelError::Hub(format!(
-            "{repo_id}@{revision}: `{file}` is not in the local cache and the hub did not answer within {} s",
-            opts.timeout.as_secs()
+        Ok(Ok(Err(e))) => Err(ModelError::Hub(format!("{what} downloading it failed: {e}"))),
+        Err(silence) => Err(ModelError::Hub(format!(
+            "{what} {}",
+            silence.explain(opts.timeout)
         ))),
     }
 }
@@ -174,4 +200,19 @@ pub fn resolve_model(repo_id: &str, revision: &str, opts: &HubOptions) -> Result
     // The tokenizer is optional (training from scratch has none).
     let _ = fetch(repo_id, revision, "tokenizer.json", opts)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_silence_limit_follows_hf_hub_download_timeout() {
+        assert_eq!(silence_limit(None), Duration::from_secs(60));
+        assert_eq!(silence_limit(Some("2.5")), Duration::from_millis(2500));
+        assert_eq!(silence_limit(Some(" 300 ")), Duration::from_secs(300));
+        for bad in ["", "ten", "0", "-1", "inf", "NaN"] {
+            assert_eq!(silence_limit(Some(bad)), Duration::from_secs(60), "{bad:?}");
+        }
+    }
 }

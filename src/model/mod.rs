@@ -43,6 +43,7 @@ pub mod frozen_matmul;
 pub mod fused;
 pub mod generate;
 pub mod hub;
+pub(crate) mod hub_watch;
 pub mod load;
 pub mod names;
 pub mod norm;

@@ -1,0 +1,248 @@
+//! Downloads from the hub are watched for silence, not bounded in total: a
+//! download that keeps delivering may take far longer than the limit (an
+//! 11 GB checkpoint does), while a hub that never answers, or stops sending
+//! in the middle of a file, gives an error within about the limit. Against a
+//! local HTTP server that speaks the part of the hub protocol hf-hub uses
+//! (HEAD and GET on `resolve/`, the `tree` listing), paced by the test.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use goosepipe::data::hub::split_files;
+use goosepipe::model::T5Model;
+use goosepipe::model::hub::{HubOptions, resolve_model};
+
+const SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
+/// The silence limit of every test; the server's pauses are set against it.
+const LIMIT: Duration = Duration::from_millis(800);
+
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Every body in 6 pieces, 250 ms apart: 1.25 s of steady progress per
+    /// file, longer than the limit.
+    Trickle,
+    /// Headers and the first piece of a body, then nothing.
+    StallInBody,
+    /// Reads the request and never answers.
+    Mute,
+}
+
+struct FakeHub {
+    /// URL path (after the host) -> body.
+    files: HashMap<String, Vec<u8>>,
+    /// URL path prefix -> JSON of a `tree` listing.
+    trees: HashMap<String, String>,
+    pace: Pace,
+}
+
+impl FakeHub {
+    fn serve(self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hub = Arc::new(self);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let hub = Arc::clone(&hub);
+                std::thread::spawn(move || hub.answer(conn));
+            }
+        });
+        url
+    }
+
+    fn answer(&self, mut conn: TcpStream) {
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                break;
+            }
+        }
+        if let Pace::Mute = self.pace {
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        let path = target.split('?').next().unwrap_or("").to_string();
+        let head = |status: &str, len: usize, extra: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\nX-Repo-Commit: {SHA}\r\n{extra}Content-Length: {len}\r\nConnection: close\r\n\r\n"
+            )
+        };
+        if let Some(json) = self.trees.get(&path) {
+            let _ =
+                conn.write_all(head("200 OK", json.len(), "Content-Type: application/json\r\n").as_bytes());
+            let _ = conn.write_all(json.as_bytes());
+            return;
+        }
+        let Some(body) = self.files.get(&path) else {
+            let _ = conn.write_all(head("404 Not Found", 0, "X-Error-Code: EntryNotFound\r\n").as_bytes());
+            return;
+        };
+        let etag = format!("ETag: \"{}\"\r\n", blake3::hash(body).to_hex());
+        let _ = conn.write_all(head("200 OK", body.len(), &etag).as_bytes());
+        if method == "HEAD" {
+            return;
+        }
+        let piece = body.len().div_ceil(6).max(1);
+        for (i, chunk) in body.chunks(piece).enumerate() {
+            if i > 0 {
+                match self.pace {
+                    Pace::StallInBody => {
+                        std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(250)),
+                }
+            }
+            if conn.write_all(chunk).and_then(|_| conn.flush()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t5")
+        .join(name)
+}
+
+/// A model repo `goosepipe/far-t5` with the tiny T5.1.1 fixture's files.
+fn model_hub(pace: Pace) -> FakeHub {
+    let files = ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .map(|f| {
+            (
+                format!("/goosepipe/far-t5/resolve/main/{f}"),
+                std::fs::read(fixture("v1_1").join(f)).unwrap(),
+            )
+        })
+        .collect();
+    FakeHub {
+        files,
+        trees: HashMap::new(),
+        pace,
+    }
+}
+
+fn options(endpoint: String, cache: &std::path::Path) -> HubOptions {
+    HubOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        offline: false,
+        timeout: LIMIT,
+        endpoint: Some(endpoint),
+    }
+}
+
+#[test]
+fn a_steady_download_may_outlast_the_silence_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(model_hub(Pace::Trickle).serve(), tmp.path());
+    let t0 = Instant::now();
+    let dir = resolve_model("goosepipe/far-t5", "main", &opts).unwrap();
+    // Three files of 1.25 s each: far past a limit of 0.8 s in total.
+    assert!(t0.elapsed() > LIMIT * 3, "took only {:?}", t0.elapsed());
+    assert!(dir.ends_with(SHA), "{}", dir.display());
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(dir.join(f)).unwrap(),
+            std::fs::read(fixture("v1_1").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let got = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let want = T5Model::load(&fixture("v1_1"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(got.config, want.config);
+
+    // Now cached: no server needed.
+    let offline = HubOptions {
+        offline: true,
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..opts
+    };
+    assert_eq!(resolve_model("goosepipe/far-t5", "main", &offline).unwrap(), dir);
+}
+
+#[test]
+fn a_download_that_stops_midway_fails_within_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(model_hub(Pace::StallInBody).serve(), tmp.path());
+    let t0 = Instant::now();
+    let err = resolve_model("goosepipe/far-t5", "main", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(t0.elapsed() < LIMIT * 4, "took {:?}", t0.elapsed());
+    assert!(
+        err.contains("goosepipe/far-t5@main: `config.json` is not in the local cache and the download stalled: no data for 0.8 s after"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hub_that_never_answers_fails_within_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(model_hub(Pace::Mute).serve(), tmp.path());
+    let t0 = Instant::now();
+    let err = resolve_model("goosepipe/far-t5", "main", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(t0.elapsed() < LIMIT * 4, "took {:?}", t0.elapsed());
+    assert!(
+        err.ends_with("goosepipe/far-t5@main: `config.json` is not in the local cache and the hub did not answer within 0.8 s"),
+        "{err}"
+    );
+}
+
+/// A dataset repo `org/far-ds` with one parquet file for split `train` of
+/// config `cfg` (the bytes need not be parquet: the hub layer only finds files).
+fn data_hub(pace: Pace, body: &[u8]) -> FakeHub {
+    let file = "cfg/train/0000.parquet";
+    let tree = format!(
+        r#"[{{"type":"file","oid":"1","size":{},"path":"{file}"}}]"#,
+        body.len()
+    );
+    FakeHub {
+        files: HashMap::from([(format!("/datasets/org/far-ds/resolve/main/{file}"), body.to_vec())]),
+        trees: HashMap::from([("/api/datasets/org/far-ds/tree/main".to_string(), tree)]),
+        pace,
+    }
+}
+
+#[test]
+fn dataset_files_are_downloaded_under_the_same_watch() {
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(data_hub(Pace::Trickle, &body).serve(), tmp.path());
+    let t0 = Instant::now();
+    let got = split_files("org/far-ds", "main", Some("cfg"), "train", &opts).unwrap();
+    assert!(t0.elapsed() > LIMIT, "took only {:?}", t0.elapsed());
+    assert_eq!(got.commit, SHA);
+    assert_eq!(got.files.len(), 1);
+    assert_eq!(std::fs::read(&got.files[0]).unwrap(), body);
+
+    // A data file that stops midway: an error naming it, not a hang.
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(data_hub(Pace::StallInBody, &body).serve(), tmp.path());
+    let t0 = Instant::now();
+    let err = split_files("org/far-ds", "main", Some("cfg"), "train", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(t0.elapsed() < LIMIT * 4, "took {:?}", t0.elapsed());
+    assert!(
+        err.contains("hub dataset org/far-ds@main: downloading `cfg/train/0000.parquet`: the download stalled: no data for 0.8 s after 500 of 3000 bytes"),
+        "{err}"
+    );
+}
