@@ -122,12 +122,22 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A model repo `goosepipe/far-t5` with the tiny T5.1.1 fixture's files.
 fn model_hub(pace: Pace) -> FakeHub {
-    let files = ["config.json", "model.safetensors", "tokenizer.json"]
+    repo_of(
+        "goosepipe/far-t5",
+        "v1_1",
+        &["config.json", "model.safetensors", "tokenizer.json"],
+        pace,
+    )
+}
+
+/// Model repo `repo` serving `files` of fixture folder `folder` at `main`.
+fn repo_of(repo: &str, folder: &str, files: &[&str], pace: Pace) -> FakeHub {
+    let files = files
         .iter()
         .map(|f| {
             (
-                format!("/goosepipe/far-t5/resolve/main/{f}"),
-                std::fs::read(fixture("v1_1").join(f)).unwrap(),
+                format!("/{repo}/resolve/main/{f}"),
+                std::fs::read(fixture(folder).join(f)).unwrap(),
             )
         })
         .collect();
@@ -174,6 +184,26 @@ fn a_steady_download_may_outlast_the_silence_limit() {
         ..opts
     };
     assert_eq!(resolve_model("goosepipe/far-t5", "main", &offline).unwrap(), dir);
+}
+
+#[test]
+fn a_repo_with_only_a_pickle_checkpoint_and_no_tokenizer_resolves_and_loads() {
+    // The layout of google/t5-xl-lm-adapt's main branch: config.json and
+    // pytorch_model.bin; the safetensors candidates and tokenizer.json are 404s.
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = repo_of(
+        "google/pickle-t5",
+        "orig_bin",
+        &["config.json", "pytorch_model.bin"],
+        Pace::Trickle,
+    );
+    let opts = options(hub.serve(), tmp.path());
+    let dir = resolve_model("google/pickle-t5", "main", &opts).unwrap();
+    assert!(dir.ends_with(SHA), "{}", dir.display());
+    assert!(!dir.join("model.safetensors").exists() && !dir.join("tokenizer.json").exists());
+    let got = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let want = T5Model::load(&fixture("orig"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(got.config, want.config);
 }
 
 #[test]
