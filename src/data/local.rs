@@ -1,11 +1,10 @@
 //! Field mapping: rows (JSON Lines, parquet, hub splits) to examples by naming the
 //! input, target and choices fields.
 
-use std::io::BufRead;
 use std::path::Path;
 
 use super::example::{DataError, Example};
-use super::rows::Row;
+use super::rows::{Row, visit_jsonl_rows};
 
 #[derive(Default)]
 pub struct Fields<'a> {
@@ -75,30 +74,13 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
 /// (strings, numbers or booleans). The choices field is optional; when present it
 /// must be a list of strings that contains the target. Errors name the line.
 pub fn read_jsonl_mapped(path: &Path, f: &Fields<'_>) -> Result<Vec<Example>, DataError> {
-    let shown = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
-        path: shown.clone(),
-        source,
-    })?;
     let mut out = vec![];
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |reason: String| DataError::Bad {
-            path: shown.clone(),
-            line: i + 1,
-            reason,
-        };
-        let obj: Row = serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
-        out.push(map_row(&obj, f).map_err(bad)?);
-    }
+    visit_jsonl_rows(path, |row| {
+        out.push(map_row(&row, f)?);
+        Ok(())
+    })?;
     if out.is_empty() {
-        return Err(DataError::Other(format!("{shown} has no examples")));
+        return Err(DataError::Other(format!("{} has no examples", path.display())));
     }
     Ok(out)
 }

@@ -18,8 +18,18 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
 
 /// Every non-blank line must be a JSON object.
 pub fn read_jsonl_rows(path: &Path) -> Result<Vec<Row>, DataError> {
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut out = vec![];
+    visit_jsonl_rows(path, |row| {
+        out.push(row);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hands each non-blank line's object to `f` in order; a line that is not a
+/// JSON object, or whose object `f` rejects, is an error naming the line.
+pub fn visit_jsonl_rows(path: &Path, mut f: impl FnMut(Row) -> Result<(), String>) -> Result<(), DataError> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io_err(path))?;
         if line.trim().is_empty() {
@@ -31,11 +41,11 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Vec<Row>, DataError> {
             reason,
         };
         match serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))? {
-            serde_json::Value::Object(m) => out.push(m),
+            serde_json::Value::Object(m) => f(m).map_err(bad)?,
             _ => return Err(bad("not a JSON object".into())),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// All rows of a parquet file, columns by name (nested groups become objects, lists
