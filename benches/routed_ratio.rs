@@ -7,6 +7,7 @@
 //! cancel, where criterion's one-group-after-the-other means do not.
 //!
 //! Run: `cargo bench --bench routed_ratio [-- [--rounds R] [--max-ratio X] [N ...]]`
+//! (on a GPU: `GOOSEPIPE_BENCH_DEVICE=cuda` with a `--features cuda` build)
 //! (expert counts default to 2 8 36 166; the first is the baseline). With
 //! `--max-ratio`, exits 1 when the last count's median ratio exceeds it.
 //! Numbers: benches/README.md.
@@ -15,7 +16,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use goosepipe::model::T5Model;
 
 mod common;
@@ -78,13 +79,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let dev = common::device();
     let cfg = common::config();
-    let b = common::batch(&cfg);
+    let b = common::batch(&cfg, &dev);
     let models: Vec<T5Model> = args
         .counts
         .iter()
         .map(|&n| {
-            let mut model = T5Model::init_random(&cfg, 1, &Device::Cpu, DType::F32).unwrap();
+            let mut model = T5Model::init_random(&cfg, 1, &dev, DType::F32).unwrap();
             common::route_among(&mut model, &cfg, n);
             model
         })
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
             m.forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
                 .unwrap(),
         );
+        common::sync(&dev);
         t.elapsed().as_secs_f64() * 1e3
     };
     for m in &models {
@@ -110,7 +113,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "routed forward, d_model 256, batch {}x{}, top-2, {} threads, {} rounds",
+        "routed forward on {dev:?}, d_model 256, batch {}x{}, top-2, {} threads, {} rounds",
         common::BATCH,
         common::SRC_LEN,
         rayon::current_num_threads(),

@@ -3,7 +3,11 @@
 //! training). The base model is frozen, so only the VarMap's variables move.
 //! The finite-difference checks run in f64, where the model uses candle's
 //! primitive ops; f32 on the CPU runs the fused kernels of `model::fused`,
-//! whose gradients are checked against that f64 reference.
+//! whose gradients are checked against that f64 reference. That f32 check
+//! runs on the device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default), so
+//! a CUDA build checks the GPU's training gradients the same way.
+
+mod support;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -82,7 +86,7 @@ fn randomize(varmap: &VarMap, seed: u64, std: f64) {
     vars.sort_by(|a, b| a.0.cmp(b.0));
     for (_, var) in vars {
         let dims = var.as_tensor().dims().to_vec();
-        var.set(&rng.normal_tensor(&dims, std, var.dtype(), &Device::Cpu).unwrap())
+        var.set(&rng.normal_tensor(&dims, std, var.dtype(), var.device()).unwrap())
             .unwrap();
     }
 }
@@ -136,24 +140,24 @@ fn gate_gradients_match_finite_differences() {
 
 /// Every trainable variable's gradient `[name -> values]` in f64, for a model
 /// of `dtype` with LoRA (`gates == false`) or gate (`gates == true`) training.
-fn gradients_in(dtype: DType, gates: bool) -> (f64, Vec<(String, Vec<f64>)>) {
+fn gradients_in(dev: &Device, dtype: DType, gates: bool) -> (f64, Vec<(String, Vec<f64>)>) {
     // Widths that are not multiples of 16 exercise the kernels' remainder paths.
     let mut cfg = T5Config::tiny_v1_1(50, 40, 2);
     cfg.num_heads = 4;
     cfg.d_kv = 10;
     cfg.d_ff = 72;
-    let mut model = T5Model::init_random(&cfg, 7, &Device::Cpu, dtype).unwrap();
+    let mut model = T5Model::init_random(&cfg, 7, dev, dtype).unwrap();
     let inputs = vec![vec![5, 6, 7, 8, 9, 20, 30, 40, 1], vec![3, 4, 1]];
     let targets = vec![vec![10, 11, 12, 44, 1], vec![13, 1]];
-    let batch = Seq2SeqBatch::from_pairs(&cfg, &inputs, &targets, &Device::Cpu).unwrap();
+    let batch = Seq2SeqBatch::from_pairs(&cfg, &inputs, &targets, dev).unwrap();
     let lora_vars = VarMap::new();
-    let lora = new_trainable_lora(&cfg, 4, 3, |_| true, &lora_vars, &Device::Cpu, dtype).unwrap();
+    let lora = new_trainable_lora(&cfg, 4, 3, |_| true, &lora_vars, dev, dtype).unwrap();
     randomize(&lora_vars, 21, 0.3);
     let trained = if gates {
         let expert = lora_expert_from(&lora, "e", None).unwrap();
         let gate_vars = VarMap::new();
         model
-            .set_adapters(new_trainable_gates(&expert, &gate_vars, &Device::Cpu, dtype).unwrap())
+            .set_adapters(new_trainable_gates(&expert, &gate_vars, dev, dtype).unwrap())
             .unwrap();
         randomize(&gate_vars, 22, 0.7);
         gate_vars
@@ -187,10 +191,11 @@ fn gradients_in(dtype: DType, gates: bool) -> (f64, Vec<(String, Vec<f64>)>) {
 }
 
 #[test]
-fn fused_f32_gradients_equal_the_f64_reference() {
+fn f32_gradients_equal_the_f64_reference() {
+    let dev = support::test_device();
     for gates in [false, true] {
-        let (l64, g64) = gradients_in(DType::F64, gates);
-        let (l32, g32) = gradients_in(DType::F32, gates);
+        let (l64, g64) = gradients_in(&Device::Cpu, DType::F64, gates);
+        let (l32, g32) = gradients_in(&dev, DType::F32, gates);
         assert!((l64 - l32).abs() < 1e-5 * l64.abs(), "loss {l32} vs {l64}");
         assert_eq!(g64.len(), g32.len());
         for ((name, a), (_, b)) in g64.iter().zip(&g32) {

@@ -1,5 +1,6 @@
 //! Greedy generation (KV cache) and rank-classification scoring, checked
-//! against transformers' `generate` and reference logits from the fixtures.
+//! against transformers' `generate` and reference logits from the fixtures,
+//! on the device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default).
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor};
 use goosepipe::model::{ChoiceItem, T5Model, predict};
-use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture};
+use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture, test_device};
 
 /// The unpadded input rows of the fixture batch.
 fn inputs(st: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
@@ -27,7 +28,7 @@ fn inputs(st: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
 
 fn greedy_matches_hf(name: &str) {
     let dir = fixture(name);
-    let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let model = T5Model::load(&dir, &test_device(), DType::F32).unwrap();
     let st = load_st(dir.join("inputs.safetensors"));
     let reference = load_st(dir.join("reference.safetensors"));
     let hf: Vec<Vec<i64>> = reference["generated"].to_vec2().unwrap();
@@ -70,7 +71,8 @@ fn cached_decoding_with_phatgoose_routing_equals_teacher_forcing() {
 
 fn cached_equals_full(routed: bool) {
     let dir = fixture("v1_1");
-    let mut model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let dev = test_device();
+    let mut model = T5Model::load(&dir, &dev, DType::F32).unwrap();
     if routed {
         let names = ["expert_a", "expert_b", "expert_c"];
         let experts: Vec<_> = names
@@ -79,7 +81,7 @@ fn cached_equals_full(routed: bool) {
                 goosepipe::model::LoraExpert::load(
                     &dir.join(format!("{e}.safetensors")),
                     &model.config,
-                    &Device::Cpu,
+                    &dev,
                     DType::F32,
                 )
                 .unwrap()
@@ -91,7 +93,7 @@ fn cached_equals_full(routed: bool) {
                 goosepipe::model::GateVectors::load(
                     &dir.join(format!("{e}.gates.safetensors")),
                     &model.config,
-                    &Device::Cpu,
+                    &dev,
                     DType::F32,
                 )
                 .unwrap()
@@ -102,9 +104,12 @@ fn cached_equals_full(routed: bool) {
             .unwrap();
     }
     let st = load_st(dir.join("inputs.safetensors"));
-    let ids = st["input_ids"].to_dtype(DType::U32).unwrap();
-    let mask = st["attention_mask"].to_dtype(DType::F32).unwrap();
-    let dec = st["decoder_input_ids"].to_dtype(DType::U32).unwrap();
+    let on = |k: &str, dt: DType| st[k].to_dtype(dt).unwrap().to_device(&dev).unwrap();
+    let (ids, mask, dec) = (
+        on("input_ids", DType::U32),
+        on("attention_mask", DType::F32),
+        on("decoder_input_ids", DType::U32),
+    );
     let full = model.forward(&ids, &mask, &dec).unwrap();
     let enc = model.encode(&ids, &mask).unwrap();
     let mut cache = model.start_decoding(&enc, &mask).unwrap();
@@ -130,7 +135,7 @@ fn cached_equals_full(routed: bool) {
 #[test]
 fn choice_scores_match_reference_logits_and_do_not_depend_on_batching() {
     let dir = fixture("v1_1");
-    let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let model = T5Model::load(&dir, &test_device(), DType::F32).unwrap();
     let st = load_st(dir.join("inputs.safetensors"));
     let reference = load_st(dir.join("reference.safetensors"));
     let labels: Vec<Vec<i64>> = st["labels"].to_vec2().unwrap();

@@ -1,7 +1,10 @@
 //! Parity with Hugging Face transformers on tiny random checkpoints made by
 //! scripts/make_t5_fixtures.py: encoder output, logits and loss, for the
 //! T5.1.1 family (gated-GELU, untied head) and the original T5 family (ReLU,
-//! tied head with d_model^-0.5 scaling).
+//! tied head with d_model^-0.5 scaling); and the adapters (LoRA, gated LoRA,
+//! PHATGOOSE routing, a uniform merge) against torch forward hooks. On the
+//! device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default), so a CUDA build
+//! checks the GPU against the same references (scripts/gpu-check.sh).
 
 mod support;
 
@@ -9,26 +12,28 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use goosepipe::model::{Seq2SeqBatch, T5Model};
-use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture};
+use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture, test_device};
 
-fn batch(inputs: &HashMap<String, Tensor>) -> Seq2SeqBatch {
+fn batch(inputs: &HashMap<String, Tensor>, dev: &Device) -> Seq2SeqBatch {
+    let on = |k: &str| inputs[k].to_device(dev).unwrap();
     Seq2SeqBatch::from_hf(
-        &inputs["input_ids"],
-        &inputs["attention_mask"],
-        &inputs["decoder_input_ids"],
-        &inputs["labels"],
+        &on("input_ids"),
+        &on("attention_mask"),
+        &on("decoder_input_ids"),
+        &on("labels"),
     )
     .unwrap()
 }
 
 fn check_family(name: &str, expect_tied: bool) {
     let dir = fixture(name);
-    let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let dev = test_device();
+    let model = T5Model::load(&dir, &dev, DType::F32).unwrap();
     assert_eq!(model.config.tie_word_embeddings, expect_tied);
     assert_eq!(model.config.scale_decoder_outputs, expect_tied);
     let inputs = load_st(dir.join("inputs.safetensors"));
     let reference = load_st(dir.join("reference.safetensors"));
-    let b = batch(&inputs);
+    let b = batch(&inputs, &dev);
 
     let enc = model.encode(&b.input_ids, &b.attention_mask).unwrap();
     let d_enc = max_abs_diff(&enc, &reference["encoder_last_hidden_state"]);
@@ -40,7 +45,7 @@ fn check_family(name: &str, expect_tied: bool) {
     let d_logits = max_abs_diff(&logits, &reference["logits"]);
     assert!(d_logits < 1e-4, "{name}: logits differ by {d_logits}");
 
-    let loss = model.forward_loss(&b).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let loss = model.forward_loss(&b).unwrap().to_vec0::<f32>().unwrap() as f64;
     let ref_loss = reference["loss"].to_vec1::<f32>().unwrap()[0] as f64;
     assert!(
         (loss - ref_loss).abs() < 1e-4,
@@ -65,14 +70,15 @@ fn check_adapter(
     attach: impl FnOnce(&mut T5Model, &[goosepipe::model::LoraExpert], &[goosepipe::model::GateVectors]),
 ) {
     let dir = fixture("v1_1");
-    let mut model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let dev = test_device();
+    let mut model = T5Model::load(&dir, &dev, DType::F32).unwrap();
     let experts: Vec<_> = ["expert_c", "expert_a", "expert_b"] // deliberately unsorted
         .iter()
         .map(|e| {
             goosepipe::model::LoraExpert::load(
                 &dir.join(format!("{e}.safetensors")),
                 &model.config,
-                &Device::Cpu,
+                &dev,
                 DType::F32,
             )
             .unwrap()
@@ -84,7 +90,7 @@ fn check_adapter(
             goosepipe::model::GateVectors::load(
                 &dir.join(format!("{e}.gates.safetensors")),
                 &model.config,
-                &Device::Cpu,
+                &dev,
                 DType::F32,
             )
             .unwrap()
@@ -96,7 +102,7 @@ fn check_adapter(
     attach(&mut model, &experts, &gates);
     let inputs = load_st(dir.join("inputs.safetensors"));
     let reference = load_st(dir.join("reference.safetensors"));
-    let b = batch(&inputs);
+    let b = batch(&inputs, &dev);
     let logits = model
         .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
         .unwrap();

@@ -1,7 +1,9 @@
 //! The routed-forward benchmark setup shared by `model_forward` (criterion)
 //! and `routed_ratio` (paired runs): a T5.1.1-style model at d_model 256,
 //! a batch of 8 x 128 input and 8 x 32 target tokens, and random rank-16
-//! LoRA experts with gate vectors on all 72 adapted linears.
+//! LoRA experts with gate vectors on all 72 adapted linears. Everything is
+//! built on the device `GOOSEPIPE_BENCH_DEVICE` names (`cpu`, `cuda`,
+//! `cuda:N`; the CPU when unset).
 
 use std::collections::BTreeMap;
 
@@ -25,29 +27,42 @@ pub fn config() -> T5Config {
     cfg
 }
 
-pub fn batch(cfg: &T5Config) -> Seq2SeqBatch {
+/// The device to benchmark on (`GOOSEPIPE_BENCH_DEVICE`); exits with the
+/// reason when it cannot be used.
+pub fn device() -> Device {
+    let spec = std::env::var("GOOSEPIPE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    goosepipe::model::score::parse_device(&spec).unwrap_or_else(|e| {
+        eprintln!("GOOSEPIPE_BENCH_DEVICE={spec}: {e}");
+        std::process::exit(2)
+    })
+}
+
+/// Waits for the device's queued work (a no-op on the CPU), so a timing
+/// covers the computation and not just its launch.
+pub fn sync(dev: &Device) {
+    dev.synchronize().unwrap();
+}
+
+pub fn batch(cfg: &T5Config, dev: &Device) -> Seq2SeqBatch {
     let mut rng = SeededRng::new(5);
     let mut tok = |n: usize| -> Vec<u32> { (0..n).map(|_| 2 + (rng.uniform() * 1000.0) as u32).collect() };
     let inputs: Vec<Vec<u32>> = (0..BATCH).map(|_| tok(SRC_LEN)).collect();
     let targets: Vec<Vec<u32>> = (0..BATCH).map(|_| tok(TGT_LEN)).collect();
-    Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, &Device::Cpu).unwrap()
+    Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, dev).unwrap()
 }
 
-pub fn random_expert(cfg: &T5Config, name: &str, seed: u64) -> (LoraExpert, GateVectors) {
+pub fn random_expert(cfg: &T5Config, name: &str, seed: u64, dev: &Device) -> (LoraExpert, GateVectors) {
     let mut rng = SeededRng::new(seed);
     let mut modules = BTreeMap::new();
     let mut gates = BTreeMap::new();
     for s in adapted_linears(cfg) {
-        let a = rng
-            .normal_tensor(&[RANK, s.d_in], 0.01, DType::F32, &Device::Cpu)
-            .unwrap();
+        let a = rng.normal_tensor(&[RANK, s.d_in], 0.01, DType::F32, dev).unwrap();
         let b = rng
-            .normal_tensor(&[s.d_out, RANK], 0.01, DType::F32, &Device::Cpu)
+            .normal_tensor(&[s.d_out, RANK], 0.01, DType::F32, dev)
             .unwrap();
         gates.insert(
             s.name.clone(),
-            rng.normal_tensor(&[s.d_in], 1.0, DType::F32, &Device::Cpu)
-                .unwrap(),
+            rng.normal_tensor(&[s.d_in], 1.0, DType::F32, dev).unwrap(),
         );
         modules.insert(
             s.name.clone(),
@@ -71,8 +86,9 @@ pub fn random_expert(cfg: &T5Config, name: &str, seed: u64) -> (LoraExpert, Gate
 
 /// PHATGOOSE top-2 routing among `n` random experts on `model`.
 pub fn route_among(model: &mut T5Model, cfg: &T5Config, n: usize) {
+    let dev = model.device().clone();
     let (experts, gates): (Vec<_>, Vec<_>) = (0..n)
-        .map(|i| random_expert(cfg, &format!("e{i:03}"), 100 + i as u64))
+        .map(|i| random_expert(cfg, &format!("e{i:03}"), 100 + i as u64, &dev))
         .unzip();
     model
         .set_adapters(AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())

@@ -221,7 +221,7 @@ eval "e" pool="p" {
 pub fn test_data(rel: &str) -> PathBuf {
     let root = std::env::var_os("GOOSEPIPE_TEST_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/test-data"));
+        .unwrap_or_else(|| repo_root().join(".cache/test-data"));
     let p = root.join(rel);
     assert!(
         p.exists(),
@@ -234,9 +234,25 @@ pub fn test_data(rel: &str) -> PathBuf {
 /// A file or folder under tests/fixtures/t5: the tiny transformers checkpoints and
 /// reference outputs made by scripts/make_t5_fixtures.py.
 pub fn t5_fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/t5")
-        .join(name)
+    repo_root().join("tests/fixtures/t5").join(name)
+}
+
+/// The repository the fixtures are read from: `GOOSEPIPE_REPO` when set (a
+/// test binary built here and run on another machine, see
+/// scripts/gpu-check.sh), else the checkout it was built from.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("GOOSEPIPE_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The device the parity tests run on: `GOOSEPIPE_TEST_DEVICE` (`cpu`,
+/// `cuda`, `cuda:N`; the CPU when unset), so a `--features cuda` build checks
+/// the GPU against the same transformers references.
+pub fn test_device() -> candle_core::Device {
+    let spec = std::env::var("GOOSEPIPE_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    goosepipe::model::score::parse_device(&spec)
+        .unwrap_or_else(|e| panic!("GOOSEPIPE_TEST_DEVICE={spec}: {e}"))
 }
 
 /// Every tensor of a safetensors file, on the CPU.
@@ -246,8 +262,12 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> std::collections::HashMap<Str
 
 /// The largest |a - b| over all elements, computed in f64; the shapes must match.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
-    use candle_core::DType;
+    use candle_core::{DType, Device};
     assert_eq!(a.dims(), b.dims());
+    let (a, b) = (
+        a.to_device(&Device::Cpu).unwrap(),
+        b.to_device(&Device::Cpu).unwrap(),
+    );
     a.to_dtype(DType::F64)
         .unwrap()
         .sub(&b.to_dtype(DType::F64).unwrap())
