@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 3 as one prepared run: the transformers parity tests, the
+# gradient check and the generation/scoring tests on the GPU, `goosepipe score` on the GPU
+# against the CPU, and the routed-forward and model benchmarks. Two halves, because the GPU
+# machine has no Rust toolchain:
+#
+#   scripts/gpu-check.sh build     # here: a --features cuda build of those test and bench
+#                                  # binaries and goosepipe, into .gpu-kit/ (git ignores it)
+#   scripts/gpu-check.sh device    # there, from the repository root, with .gpu-kit/ carried:
+#                                  # runs everything on cuda:0, log in ${OUT:-.}/gpu-check.log
+#
+# `build` prepares the CUDA 13.0 toolchain with ../shared/tools/cuda-toolchain.sh (about
+# 10 minutes the first time) and builds into target/cuda, apart from the CPU build.
+# `device` finds the CUDA libraries in the image's python (site-packages/nvidia/cu13/lib)
+# unless LD_LIBRARY_PATH already has libcublas.so.13, runs every part even when one
+# fails, and exits 1 if any did. Each part is bounded (timeout) so the whole stays within
+# about 8 minutes on an H100/H200.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+KIT=.gpu-kit
+TESTS=(model_parity model_inference model_grad)
+BENCHES=(routed_ratio model_forward)
+
+build() {
+  set -e
+  # shellcheck disable=SC1091
+  source ../shared/tools/cuda-toolchain.sh .cuda/toolchain
+  export CARGO_TARGET_DIR=target/cuda
+  rm -rf "$KIT" && mkdir -p "$KIT"
+  local args=() t b
+  for t in "${TESTS[@]}"; do args+=(--test "$t"); done
+  cargo test --release --features cuda --locked --no-run "${args[@]}" --message-format=json \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])' > "$KIT/tests.txt"
+  args=()
+  for b in "${BENCHES[@]}"; do args+=(--bench "$b"); done
+  cargo bench --features cuda --locked --no-run "${args[@]}" --message-format=json \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
+        print(m["target"]["name"], m["executable"])' > "$KIT/benches.txt"
+  cargo build --release --features cuda --locked --bin goosepipe
+  local name exe
+  while read -r name exe; do cp "$exe" "$KIT/$name"; done < <(cat "$KIT/tests.txt" "$KIT/benches.txt")
+  cp "$CARGO_TARGET_DIR/release/goosepipe" "$KIT/goosepipe"
+  strip "$KIT"/* 2>/dev/null || true
+  for t in "${TESTS[@]}" "${BENCHES[@]}" goosepipe; do
+    [ -x "$KIT/$t" ] || { echo "gpu-check: $KIT/$t was not built" >&2; exit 1; }
+  done
+  # The kit travels compressed: the binaries carry candle's CUDA kernels as PTX text.
+  tar -C "$KIT" -I "xz -T0" -cf "$KIT.tar.xz" "${TESTS[@]}" "${BENCHES[@]}" goosepipe
+  rm -rf "$KIT" && mkdir -p "$KIT" && mv "$KIT.tar.xz" "$KIT/kit.tar.xz"
+  ls -l "$KIT"
+  echo "gpu-check: carry $KIT and run: bash scripts/gpu-check.sh device"
+}
+
+# One bounded part of the device run: its output goes to the log; a failure is counted.
+FAILED=()
+part() {
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG"
+  [ "$rc" -eq 0 ] || FAILED+=("$name")
+}
+
+device() {
+  local out=${OUT:-.}
+  LOG=$out/gpu-check.log
+  : >"$LOG"
+  [ -f "$KIT/kit.tar.xz" ] || { echo "gpu-check: no $KIT/kit.tar.xz: run 'scripts/gpu-check.sh build' and carry $KIT" >&2; exit 2; }
+  local bin
+  bin=$(mktemp -d)
+  tar -C "$bin" -xJf "$KIT/kit.tar.xz"
+  if ! ldconfig -p 2>/dev/null | grep -q libcublas.so.13 && [[ ":${LD_LIBRARY_PATH:-}:" != *cu13* ]]; then
+    local lib
+    lib=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null)
+    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  export GOOSEPIPE_REPO=$PWD GOOSEPIPE_TEST_DEVICE=cuda:0 GOOSEPIPE_BENCH_DEVICE=cuda:0
+  { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >>"$LOG"
+  local t
+  for t in "${TESTS[@]}"; do part "test $t" 120 "$bin/$t" --test-threads 1; done
+  local fx=tests/fixtures/t5/v1_1
+  part "score cpu" 60 "$bin/goosepipe" score --model "$fx" --input "the cat sat" --target "yes" --json --device cpu
+  part "score cuda" 60 "$bin/goosepipe" score --model "$fx" --input "the cat sat" --target "yes" --json --device cuda:0
+  part "score cuda routed" 60 "$bin/goosepipe" score --model "$fx" --experts "$fx/expert_a.safetensors" "$fx/expert_b.safetensors" "$fx/expert_c.safetensors" --router phatgoose --top-k 2 --input "the cat sat" --target "yes" --json --device cuda:0
+  part "bench routed_ratio" 150 "$bin/routed_ratio" --rounds 20 2 8 36 166
+  part "bench model_forward" 180 "$bin/model_forward" --bench --warm-up-time 1 --measurement-time 3
+  rm -rf "$bin"
+  if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "gpu-check: failed: ${FAILED[*]} (see $LOG)"
+    exit 1
+  fi
+  echo "gpu-check: all parts passed (see $LOG)"
+}
+
+case "${1:-}" in
+  build) build ;;
+  device) device ;;
+  *) echo "usage: scripts/gpu-check.sh build|device" >&2; exit 2 ;;
+esac
