@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use goosepipe::data::hub::split_files;
+use goosepipe::data::hub::split_files_reporting;
 use goosepipe::model::T5Model;
-use goosepipe::model::hub::{HubOptions, resolve_model};
+use goosepipe::model::hub::{HubOptions, resolve_model, resolve_model_reporting};
 
 const SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
 /// The silence limit of every test; the server's pauses are set against it.
@@ -162,9 +162,22 @@ fn a_steady_download_may_outlast_the_silence_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = options(model_hub(Pace::Trickle).serve(), tmp.path());
     let t0 = Instant::now();
-    let dir = resolve_model("goosepipe/far-t5", "main", &opts).unwrap();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let report =
+        |file: &str, bytes: u64, total: u64| seen.borrow_mut().push((file.to_string(), bytes, total));
+    let dir = resolve_model_reporting("goosepipe/far-t5", "main", &opts, Some(&report)).unwrap();
     // Three files of 1.25 s each: far past a limit of 0.8 s in total.
     assert!(t0.elapsed() > LIMIT * 3, "took only {:?}", t0.elapsed());
+    // About once a second, each download said how far it was.
+    let seen = seen.into_inner();
+    assert!(seen.len() >= 2, "{seen:?}");
+    for (file, bytes, total) in &seen {
+        let size = std::fs::metadata(fixture("v1_1").join(file)).unwrap().len();
+        assert!(
+            *total == size && *bytes <= size,
+            "{file}: {bytes} of {total}, size {size}"
+        );
+    }
     assert!(dir.ends_with(SHA), "{}", dir.display());
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert_eq!(
@@ -258,7 +271,15 @@ fn dataset_files_are_downloaded_under_the_same_watch() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = options(data_hub(Pace::Trickle, &body).serve(), tmp.path());
     let t0 = Instant::now();
-    let got = split_files("org/far-ds", "main", Some("cfg"), "train", &opts).unwrap();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let report =
+        |file: &str, bytes: u64, total: u64| seen.borrow_mut().push((file.to_string(), bytes, total));
+    let got =
+        split_files_reporting("org/far-ds", "main", Some("cfg"), "train", &opts, Some(&report)).unwrap();
+    assert_eq!(
+        seen.borrow()[0],
+        ("cfg/train/0000.parquet".to_string(), seen.borrow()[0].1, 3000)
+    );
     assert!(t0.elapsed() > LIMIT, "took only {:?}", t0.elapsed());
     assert_eq!(got.commit, SHA);
     assert_eq!(got.files.len(), 1);
@@ -268,7 +289,7 @@ fn dataset_files_are_downloaded_under_the_same_watch() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = options(data_hub(Pace::StallInBody, &body).serve(), tmp.path());
     let t0 = Instant::now();
-    let err = split_files("org/far-ds", "main", Some("cfg"), "train", &opts)
+    let err = split_files_reporting("org/far-ds", "main", Some("cfg"), "train", &opts, None)
         .unwrap_err()
         .to_string();
     assert!(t0.elapsed() < LIMIT * 4, "took {:?}", t0.elapsed());

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::HFError;
 
 use super::example::DataError;
-use crate::model::hub::HubOptions;
+use crate::model::hub::{DownloadReport, HubOptions};
 use crate::model::hub_watch::watched;
 
 /// The files of a split and the commit they were read at.
@@ -139,6 +139,18 @@ pub fn split_files(
     split: &str,
     opts: &HubOptions,
 ) -> Result<SplitFiles, DataError> {
+    split_files_reporting(repo, revision, config, split, opts, None)
+}
+
+/// [`split_files`], telling `report` how each download is going.
+pub fn split_files_reporting(
+    repo: &str,
+    revision: &str,
+    config: Option<&str>,
+    split: &str,
+    opts: &HubOptions,
+    report: Option<&DownloadReport<'_>>,
+) -> Result<SplitFiles, DataError> {
     let cache = cache_dir(opts)?;
     if let Some(found) = cached(&cache, repo, revision, config, split) {
         return Ok(found);
@@ -169,7 +181,7 @@ pub fn split_files(
     // Listing and downloads are watched for silence, so an unreachable or
     // stalled hub gives an error, not a hang.
     let (rev, cfg, spl) = (revision.to_string(), config.map(String::from), split.to_string());
-    let (listed, mut ds) = watched(opts.timeout, move |_| {
+    let (listed, mut ds) = watched(opts.timeout, None, move |_| {
         let r = ds
             .list_tree()
             .revision(rev.clone())
@@ -214,15 +226,20 @@ pub fn split_files(
     }
     for n in &names {
         let (file, rev) = (n.clone(), revision.to_string());
-        let (got, back) = watched(opts.timeout, move |progress| {
-            let r = ds
-                .download_file()
-                .filename(file)
-                .revision(rev)
-                .progress(progress)
-                .send();
-            (r, ds)
-        })
+        let report = report.map(|f| move |bytes, total| f(n, bytes, total));
+        let (got, back) = watched(
+            opts.timeout,
+            report.as_ref().map(|f| f as &dyn Fn(u64, u64)),
+            move |progress| {
+                let r = ds
+                    .download_file()
+                    .filename(file)
+                    .revision(rev)
+                    .progress(progress)
+                    .send();
+                (r, ds)
+            },
+        )
         .map_err(|silence| {
             err(
                 repo,

@@ -89,97 +89,134 @@ pub(crate) fn client(opts: &HubOptions) -> Result<hf_hub::HFClientSync> {
         .map_err(|e| ModelError::Hub(format!("cannot create the hub client: {e}")))
 }
 
-/// One file: cache first, then (unless offline) the network, watched for silence.
-fn fetch(repo_id: &str, revision: &str, file: &str, opts: &HubOptions) -> Result<Fetch> {
-    let (org, name) = parse_repo_id(repo_id)?;
-    let cached = client(opts)?
-        .model(org, name)
-        .download_file()
-        .filename(file)
-        .revision(revision)
-        .local_files_only(true)
-        .send();
-    match cached {
-        Ok(p) => return Ok(Fetch::Found(p)),
-        Err(HFError::LocalEntryNotFound { .. }) => {}
-        Err(e) => {
-            return Err(ModelError::Hub(format!(
-                "{repo_id}@{revision}: reading `{file}` from the cache failed: {e}"
-            )));
-        }
-    }
-    if opts.offline {
-        return Ok(Fetch::Absent);
-    }
-    let (org, name, file_s, rev, o) = (
-        org.to_owned(),
-        name.to_owned(),
-        file.to_owned(),
-        revision.to_owned(),
-        opts.clone(),
-    );
-    let answer = watched(opts.timeout, move |progress| {
-        client(&o).map(|c| {
-            match c
-                .model(org, name)
-                .download_file()
-                .filename(file_s)
-                .revision(rev)
-                .progress(progress)
-                .send()
-            {
-                Ok(p) => Ok(Fetch::Found(p)),
-                Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-    });
-    let what = format!("{repo_id}@{revision}: `{file}` is not in the local cache and");
-    match answer {
-        Ok(Ok(Ok(f))) => Ok(f),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(Err(e))) => Err(ModelError::Hub(format!("{what} downloading it failed: {e}"))),
-        Err(silence) => Err(ModelError::Hub(format!(
-            "{what} {}",
-            silence.explain(opts.timeout)
-        ))),
-    }
+/// Told about a running download about once a second: the file, the bytes
+/// received and the total (0 when the hub did not say).
+pub type DownloadReport<'a> = dyn Fn(&str, u64, u64) + 'a;
+
+/// One repo at one revision, as the resolution below walks its files.
+struct Repo<'a> {
+    id: &'a str,
+    revision: &'a str,
+    report: Option<&'a DownloadReport<'a>>,
 }
 
-fn require(repo_id: &str, revision: &str, file: &str, opts: &HubOptions) -> Result<PathBuf> {
-    match fetch(repo_id, revision, file, opts)? {
-        Fetch::Found(p) => Ok(p),
-        Fetch::Absent => Err(ModelError::Hub(format!(
-            "{repo_id}@{revision}: `{file}` is not in the local cache{}",
-            if opts.offline {
-                " (offline)"
-            } else {
-                " nor on the hub"
+impl Repo<'_> {
+    /// One file: cache first, then (unless offline) the network, watched for silence.
+    fn fetch(&self, file: &str, opts: &HubOptions) -> Result<Fetch> {
+        let (repo_id, revision) = (self.id, self.revision);
+        let (org, name) = parse_repo_id(repo_id)?;
+        let cached = client(opts)?
+            .model(org, name)
+            .download_file()
+            .filename(file)
+            .revision(revision)
+            .local_files_only(true)
+            .send();
+        match cached {
+            Ok(p) => return Ok(Fetch::Found(p)),
+            Err(HFError::LocalEntryNotFound { .. }) => {}
+            Err(e) => {
+                return Err(ModelError::Hub(format!(
+                    "{repo_id}@{revision}: reading `{file}` from the cache failed: {e}"
+                )));
             }
-        ))),
-    }
-}
-
-/// Looks for single, sharded or pickle weights with `pass`'s network policy;
-/// shards of an index are then required under `opts`.
-fn find_weights(repo_id: &str, revision: &str, pass: &HubOptions, opts: &HubOptions) -> Result<bool> {
-    if let Fetch::Found(_) = fetch(repo_id, revision, SAFETENSORS, pass)? {
-        return Ok(true);
-    }
-    if let Fetch::Found(index) = fetch(repo_id, revision, SAFETENSORS_INDEX, pass)? {
-        for shard in shard_names(&index)? {
-            require(repo_id, revision, &shard, opts)?;
         }
-        return Ok(true);
+        if opts.offline {
+            return Ok(Fetch::Absent);
+        }
+        let (org, name, file_s, rev, o) = (
+            org.to_owned(),
+            name.to_owned(),
+            file.to_owned(),
+            revision.to_owned(),
+            opts.clone(),
+        );
+        let report = self.report.map(|f| move |bytes, total| f(file, bytes, total));
+        let answer = watched(
+            opts.timeout,
+            report.as_ref().map(|f| f as &dyn Fn(u64, u64)),
+            move |progress| {
+                client(&o).map(|c| {
+                    match c
+                        .model(org, name)
+                        .download_file()
+                        .filename(file_s)
+                        .revision(rev)
+                        .progress(progress)
+                        .send()
+                    {
+                        Ok(p) => Ok(Fetch::Found(p)),
+                        Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            },
+        );
+        let what = format!("{repo_id}@{revision}: `{file}` is not in the local cache and");
+        match answer {
+            Ok(Ok(Ok(f))) => Ok(f),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Err(e))) => Err(ModelError::Hub(format!("{what} downloading it failed: {e}"))),
+            Err(silence) => Err(ModelError::Hub(format!(
+                "{what} {}",
+                silence.explain(opts.timeout)
+            ))),
+        }
     }
-    Ok(matches!(fetch(repo_id, revision, PICKLE, pass)?, Fetch::Found(_)))
+
+    fn require(&self, file: &str, opts: &HubOptions) -> Result<PathBuf> {
+        match self.fetch(file, opts)? {
+            Fetch::Found(p) => Ok(p),
+            Fetch::Absent => Err(ModelError::Hub(format!(
+                "{}@{}: `{file}` is not in the local cache{}",
+                self.id,
+                self.revision,
+                if opts.offline {
+                    " (offline)"
+                } else {
+                    " nor on the hub"
+                }
+            ))),
+        }
+    }
+
+    /// Looks for single, sharded or pickle weights with `pass`'s network policy;
+    /// shards of an index are then required under `opts`.
+    fn find_weights(&self, pass: &HubOptions, opts: &HubOptions) -> Result<bool> {
+        if let Fetch::Found(_) = self.fetch(SAFETENSORS, pass)? {
+            return Ok(true);
+        }
+        if let Fetch::Found(index) = self.fetch(SAFETENSORS_INDEX, pass)? {
+            for shard in shard_names(&index)? {
+                self.require(&shard, opts)?;
+            }
+            return Ok(true);
+        }
+        Ok(matches!(self.fetch(PICKLE, pass)?, Fetch::Found(_)))
+    }
 }
 
 /// Makes the model folder of `repo_id` at `revision` (branch, tag or commit)
 /// available locally and returns the snapshot folder that holds `config.json`,
 /// the weights (single, sharded or pickle) and `tokenizer.json` when the repo has one.
 pub fn resolve_model(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<PathBuf> {
-    let config = require(repo_id, revision, "config.json", opts)?;
+    resolve_model_reporting(repo_id, revision, opts, None)
+}
+
+/// [`resolve_model`], telling `report` how each download is going (a step's
+/// progress bar: an 11 GB checkpoint takes minutes).
+pub fn resolve_model_reporting(
+    repo_id: &str,
+    revision: &str,
+    opts: &HubOptions,
+    report: Option<&DownloadReport<'_>>,
+) -> Result<PathBuf> {
+    let repo = Repo {
+        id: repo_id,
+        revision,
+        report,
+    };
+    let config = repo.require("config.json", opts)?;
     let dir = config
         .parent()
         .map(Path::to_path_buf)
@@ -190,15 +227,14 @@ pub fn resolve_model(repo_id: &str, revision: &str, opts: &HubOptions) -> Result
         offline: true,
         ..opts.clone()
     };
-    let found = find_weights(repo_id, revision, &offline, opts)?
-        || (!opts.offline && find_weights(repo_id, revision, opts, opts)?);
+    let found = repo.find_weights(&offline, opts)? || (!opts.offline && repo.find_weights(opts, opts)?);
     if !found {
         return Err(ModelError::Hub(format!(
             "{repo_id}@{revision}: no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE} found"
         )));
     }
     // The tokenizer is optional (training from scratch has none).
-    let _ = fetch(repo_id, revision, "tokenizer.json", opts)?;
+    let _ = repo.fetch("tokenizer.json", opts)?;
     Ok(dir)
 }
 

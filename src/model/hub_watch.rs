@@ -86,11 +86,20 @@ impl ProgressHandler for Heartbeat {
     }
 }
 
+/// How often a running download is reported.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs `request` on its own thread and returns its result, or why it was
 /// given up after `silence` without a sign of life. `request` gets a
 /// progress handler to pass to hf-hub; requests that report no progress
-/// (listings, metadata) are bounded by `silence` in total.
-pub(crate) fn watched<T, F>(silence: Duration, request: F) -> Result<T, Silence>
+/// (listings, metadata) are bounded by `silence` in total. Once a download
+/// has started, `report` gets (bytes received, total or 0) about once a
+/// second, on the calling thread.
+pub(crate) fn watched<T, F>(
+    silence: Duration,
+    report: Option<&dyn Fn(u64, u64)>,
+    request: F,
+) -> Result<T, Silence>
 where
     T: Send + 'static,
     F: FnOnce(Progress) -> T + Send + 'static,
@@ -108,8 +117,11 @@ where
     });
     loop {
         let last = beat.last.lock().map(|l| *l).unwrap_or_else(|p| *p.into_inner());
-        let left = silence.saturating_sub(last.elapsed());
-        match rx.recv_timeout(left) {
+        let mut wait = silence.saturating_sub(last.elapsed());
+        if report.is_some() {
+            wait = wait.min(REPORT_EVERY);
+        }
+        match rx.recv_timeout(wait) {
             Ok(result) => return Ok(result),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // The request thread died without sending (a panic inside
@@ -119,7 +131,16 @@ where
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let quiet = beat.last.lock().map(|l| l.elapsed()).unwrap_or(silence);
                 if quiet < silence {
-                    continue; // it spoke meanwhile
+                    // Still talking (or a report is due before the limit).
+                    if let Some(report) = report
+                        && beat.started.load(Ordering::Relaxed) == 1
+                    {
+                        report(
+                            beat.bytes.load(Ordering::Relaxed),
+                            beat.total.load(Ordering::Relaxed),
+                        );
+                    }
+                    continue;
                 }
                 return Err(if beat.started.load(Ordering::Relaxed) == 0 {
                     Silence::NoAnswer
@@ -154,7 +175,13 @@ mod tests {
     fn a_request_that_keeps_reporting_may_take_longer_than_the_limit() {
         let limit = Duration::from_millis(150);
         let t0 = Instant::now();
-        let got = watched(limit, |p| {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let report = |b: u64, t: u64| seen.borrow_mut().push((b, t));
+        let got = watched(limit, Some(&report), |p| {
+            p.on_progress(&ProgressEvent::Download(DownloadEvent::Start {
+                total_files: 1,
+                total_bytes: 100,
+            }));
             for b in 1..=8 {
                 std::thread::sleep(Duration::from_millis(60));
                 tick(&p, b * 10);
@@ -163,16 +190,19 @@ mod tests {
         });
         assert_eq!(got, Ok("done"));
         assert!(t0.elapsed() > limit * 3);
+        // 0.5 s of download with reports due every second at the latest.
+        let seen = seen.into_inner();
+        assert!(seen.iter().all(|&(b, t)| b <= 80 && t == 100), "{seen:?}");
     }
 
     #[test]
     fn silence_before_any_answer_and_after_a_start_are_told_apart() {
         let limit = Duration::from_millis(100);
         let t0 = Instant::now();
-        let none = watched(limit, |_| std::thread::sleep(Duration::from_secs(2)));
+        let none = watched(limit, None, |_| std::thread::sleep(Duration::from_secs(2)));
         assert_eq!(none, Err(Silence::NoAnswer));
         assert!(t0.elapsed() < Duration::from_secs(1));
-        let stalled = watched(limit, |p| {
+        let stalled = watched(limit, None, |p| {
             p.on_progress(&ProgressEvent::Download(DownloadEvent::Start {
                 total_files: 1,
                 total_bytes: 100,

@@ -37,6 +37,18 @@ pub fn train_err(e: TrainError) -> StepError {
     }
 }
 
+/// A hub download's progress on the step's bar, in MB, named by file.
+pub fn download_report<'a>(ctx: &'a StepContext<'_>) -> impl Fn(&str, u64, u64) + 'a {
+    move |file, bytes, total| {
+        const MB: u64 = 1 << 20;
+        if total > 0 {
+            ctx.progress.set_total(total.div_ceil(MB), "MB");
+        }
+        ctx.progress.set_message(&format!("downloading {file}"));
+        ctx.progress.set_position(bytes / MB);
+    }
+}
+
 pub fn device(ctx: &StepContext) -> Result<Device, StepError> {
     crate::model::score::parse_device(ctx.device).map_err(fail)
 }

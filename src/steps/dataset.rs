@@ -257,7 +257,8 @@ fn hub_rows(
     let config = p_str(ctx, "config");
     let mut rows = vec![];
     for s in split.split('+') {
-        let f = hub::split_files(repo, &rev, config, s, &opts).map_err(fail)?;
+        let report = super::common::download_report(ctx);
+        let f = hub::split_files_reporting(repo, &rev, config, s, &opts, Some(&report)).map_err(fail)?;
         ctx.pin(&name, &f.commit)?;
         prov.commit = Some(f.commit.clone());
         let snapshot = format!("snapshots/{}/", f.commit);

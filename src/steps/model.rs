@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{CtxMonitor, MODEL_JSON, ModelPointer, fail, train_err, write_metrics};
 use crate::data::tokenizer::{save as save_tokenizer, sentinel, train_word_level};
 use crate::exec::{StepContext, StepError, StepRunner};
-use crate::model::hub::{HubOptions, resolve_model};
+use crate::model::hub::{HubOptions, resolve_model_reporting};
 use crate::model::{FeedForward, Seq2SeqBatch, T5Config, T5Model, T5Weights, TensorStore};
 use crate::store::External;
 use crate::train::{Objective, Pair, Schedule, TrainConfig, train};
@@ -49,7 +49,8 @@ impl StepRunner for ModelStep {
                     // A pinned commit wins over a moving branch: reruns are reproducible.
                     let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
                     let opts = HubOptions::default();
-                    let dir = resolve_model(repo, &rev, &opts).map_err(fail)?;
+                    let report = super::common::download_report(ctx);
+                    let dir = resolve_model_reporting(repo, &rev, &opts, Some(&report)).map_err(fail)?;
                     let commit = dir
                         .file_name()
                         .map(|s| s.to_string_lossy().to_string())
