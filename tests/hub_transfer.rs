@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use goosepipe::data::hub::split_files_reporting;
+use goosepipe::data::hub::{SplitFiles, split_files_reporting};
 use goosepipe::model::T5Model;
 use goosepipe::model::hub::{HubOptions, resolve_model, resolve_model_reporting};
 
@@ -28,6 +28,9 @@ enum Pace {
     Trickle,
     /// Headers and the first piece of a body, then nothing.
     StallInBody,
+    /// Files whose path ends so: headers and the first piece, then nothing
+    /// for 2 s, then the connection closes. Other files in one piece.
+    StallIn(&'static str),
     /// Reads the request and never answers.
     Mute,
 }
@@ -96,12 +99,19 @@ impl FakeHub {
         if method == "HEAD" {
             return;
         }
-        let piece = body.len().div_ceil(6).max(1);
-        for (i, chunk) in body.chunks(piece).enumerate() {
+        let pieces = match self.pace {
+            Pace::StallIn(end) if !path.ends_with(end) => 1,
+            _ => 6,
+        };
+        for (i, chunk) in body.chunks(body.len().div_ceil(pieces).max(1)).enumerate() {
             if i > 0 {
                 match self.pace {
                     Pace::StallInBody => {
                         std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                    Pace::StallIn(_) => {
+                        std::thread::sleep(Duration::from_secs(2));
                         return;
                     }
                     _ => std::thread::sleep(Duration::from_millis(250)),
@@ -250,51 +260,112 @@ fn a_hub_that_never_answers_fails_within_the_limit() {
     );
 }
 
-/// A dataset repo `org/far-ds` with one parquet file for split `train` of
+/// A dataset repo `org/far-ds` with parquet files for split `train` of
 /// config `cfg` (the bytes need not be parquet: the hub layer only finds files).
-fn data_hub(pace: Pace, body: &[u8]) -> FakeHub {
-    let file = "cfg/train/0000.parquet";
-    let tree = format!(
-        r#"[{{"type":"file","oid":"1","size":{},"path":"{file}"}}]"#,
-        body.len()
-    );
+fn data_hub(pace: Pace, files: &[(&str, &[u8])]) -> FakeHub {
+    let entries: Vec<String> = files
+        .iter()
+        .map(|(f, body)| {
+            format!(
+                r#"{{"type":"file","oid":"1","size":{},"path":"{f}"}}"#,
+                body.len()
+            )
+        })
+        .collect();
     FakeHub {
-        files: HashMap::from([(format!("/datasets/org/far-ds/resolve/main/{file}"), body.to_vec())]),
-        trees: HashMap::from([("/api/datasets/org/far-ds/tree/main".to_string(), tree)]),
+        files: files
+            .iter()
+            .map(|(f, body)| (format!("/datasets/org/far-ds/resolve/main/{f}"), body.to_vec()))
+            .collect(),
+        trees: HashMap::from([(
+            "/api/datasets/org/far-ds/tree/main".to_string(),
+            format!("[{}]", entries.join(",")),
+        )]),
         pace,
     }
+}
+
+fn split(
+    opts: &HubOptions,
+    report: Option<&goosepipe::model::hub::DownloadReport<'_>>,
+) -> Result<SplitFiles, String> {
+    split_files_reporting("org/far-ds", "main", Some("cfg"), "train", opts, report).map_err(|e| e.to_string())
 }
 
 #[test]
 fn dataset_files_are_downloaded_under_the_same_watch() {
     let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let file = "cfg/train/0000.parquet";
     let tmp = tempfile::tempdir().unwrap();
-    let opts = options(data_hub(Pace::Trickle, &body).serve(), tmp.path());
+    let opts = options(data_hub(Pace::Trickle, &[(file, &body)]).serve(), tmp.path());
     let t0 = Instant::now();
     let seen = std::cell::RefCell::new(Vec::new());
     let report =
         |file: &str, bytes: u64, total: u64| seen.borrow_mut().push((file.to_string(), bytes, total));
-    let got =
-        split_files_reporting("org/far-ds", "main", Some("cfg"), "train", &opts, Some(&report)).unwrap();
-    assert_eq!(
-        seen.borrow()[0],
-        ("cfg/train/0000.parquet".to_string(), seen.borrow()[0].1, 3000)
-    );
+    let got = split(&opts, Some(&report)).unwrap();
     assert!(t0.elapsed() > LIMIT, "took only {:?}", t0.elapsed());
+    let seen = seen.into_inner();
+    assert!(!seen.is_empty(), "no progress report");
+    assert!(
+        seen.iter().all(|(f, b, t)| f == file && *b <= 3000 && *t == 3000),
+        "{seen:?}"
+    );
     assert_eq!(got.commit, SHA);
     assert_eq!(got.files.len(), 1);
     assert_eq!(std::fs::read(&got.files[0]).unwrap(), body);
 
     // A data file that stops midway: an error naming it, not a hang.
     let tmp = tempfile::tempdir().unwrap();
-    let opts = options(data_hub(Pace::StallInBody, &body).serve(), tmp.path());
+    let opts = options(data_hub(Pace::StallInBody, &[(file, &body)]).serve(), tmp.path());
     let t0 = Instant::now();
-    let err = split_files_reporting("org/far-ds", "main", Some("cfg"), "train", &opts, None)
-        .unwrap_err()
-        .to_string();
+    let err = split(&opts, None).unwrap_err();
     assert!(t0.elapsed() < LIMIT * 4, "took {:?}", t0.elapsed());
     assert!(
         err.contains("hub dataset org/far-ds@main: downloading `cfg/train/0000.parquet`: the download stalled: no data for 0.8 s after 500 of 3000 bytes"),
         "{err}"
     );
+}
+
+#[test]
+fn a_split_whose_download_was_interrupted_is_not_taken_for_the_whole_split() {
+    let (a, b): (Vec<u8>, Vec<u8>) = ((0..3000u32).map(|i| i as u8).collect(), vec![7u8; 1200]);
+    let files = [
+        ("cfg/train/0000.parquet", &a[..]),
+        ("cfg/train/0001.parquet", &b[..]),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    // The first file arrives; the second stalls.
+    let opts = options(
+        data_hub(Pace::StallIn("0001.parquet"), &files).serve(),
+        tmp.path(),
+    );
+    let err = split(&opts, None).unwrap_err();
+    assert!(
+        err.contains("downloading `cfg/train/0001.parquet`: the download stalled"),
+        "{err}"
+    );
+    // The first file is in the snapshot now, but it is not the split.
+    let offline = HubOptions {
+        offline: true,
+        ..opts.clone()
+    };
+    let err = split(&offline, None).unwrap_err();
+    assert!(
+        err.contains("has only part of its data files (an earlier download was interrupted)")
+            && err.contains("offline"),
+        "{err}"
+    );
+    // With the hub back (once the stalled connection has closed: until then
+    // the abandoned download holds hf-hub's lock on that file, see
+    // model/hub_watch.rs), the split is completed and then read from the cache.
+    std::thread::sleep(Duration::from_secs(2));
+    let opts = HubOptions {
+        endpoint: Some(data_hub(Pace::Trickle, &files).serve()),
+        ..opts
+    };
+    let got = split(&opts, None).unwrap();
+    assert_eq!(got.files.len(), 2);
+    assert_eq!(std::fs::read(&got.files[0]).unwrap(), a);
+    assert_eq!(std::fs::read(&got.files[1]).unwrap(), b);
+    assert_eq!(split(&offline, None).unwrap().files, got.files);
 }

@@ -130,6 +130,17 @@ fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split:
     (!files.is_empty()).then_some(SplitFiles { commit, files })
 }
 
+/// Marks a split whose download is under way: written before its first file
+/// is fetched, removed after the last. A split cached with its marker still
+/// there is what an interrupted download left (some files missing), not the
+/// split, so it is fetched again.
+fn pending_marker(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split: &str) -> PathBuf {
+    let id = format!("{revision}\n{}\n{split}", config.unwrap_or(""));
+    repo_folder(cache, repo)
+        .join(".goosepipe-pending")
+        .join(&blake3::hash(id.as_bytes()).to_hex()[..16])
+}
+
 /// The parquet files of `repo` (config, split) at `revision`: from the cache, else
 /// (unless offline) listed on the hub and downloaded into the cache.
 pub fn split_files(
@@ -152,12 +163,19 @@ pub fn split_files_reporting(
     report: Option<&DownloadReport<'_>>,
 ) -> Result<SplitFiles, DataError> {
     let cache = cache_dir(opts)?;
-    if let Some(found) = cached(&cache, repo, revision, config, split) {
+    let pending = pending_marker(&cache, repo, revision, config, split);
+    let interrupted = pending.exists();
+    if !interrupted && let Some(found) = cached(&cache, repo, revision, config, split) {
         return Ok(found);
     }
     let what = format!(
-        "split `{split}`{} has no data files in the cache at {}",
+        "split `{split}`{} has {} in the cache at {}",
         config.map(|c| format!(" of config `{c}`")).unwrap_or_default(),
+        if interrupted {
+            "only part of its data files (an earlier download was interrupted)"
+        } else {
+            "no data files"
+        },
         repo_folder(&cache, repo).display()
     );
     if opts.offline {
@@ -199,13 +217,7 @@ pub fn split_files_reporting(
             });
         (r, ds)
     })
-    .map_err(|silence| {
-        err(
-            repo,
-            revision,
-            format!("{what}, and {}", silence.explain(opts.timeout)),
-        )
-    })?;
+    .map_err(|silence| err(repo, revision, format!("{what}, and {}", silence.explain())))?;
     let names = listed.map_err(|e| match e {
         HFError::RepoNotFound { .. } => err(repo, revision, "no such dataset repo on the hub"),
         e => err(
@@ -224,6 +236,11 @@ pub fn split_files_reporting(
             ),
         ));
     }
+    let mark = |r: std::io::Result<()>| {
+        r.map_err(|e| err(repo, revision, format!("cannot write {}: {e}", pending.display())))
+    };
+    mark(std::fs::create_dir_all(pending.parent().unwrap_or(&cache)))?;
+    mark(std::fs::write(&pending, names.join("\n")))?;
     for n in &names {
         let (file, rev) = (n.clone(), revision.to_string());
         let report = report.map(|f| move |bytes, total| f(n, bytes, total));
@@ -244,14 +261,19 @@ pub fn split_files_reporting(
             err(
                 repo,
                 revision,
-                format!("downloading `{n}`: {}", silence.explain(opts.timeout)),
+                format!("downloading `{n}`: {}", silence.explain()),
             )
         })?;
         got.map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
         ds = back;
     }
-    cached(&cache, repo, revision, config, split)
-        .ok_or_else(|| err(repo, revision, "downloaded files did not appear in the cache"))
+    let found = cached(&cache, repo, revision, config, split)
+        .ok_or_else(|| err(repo, revision, "downloaded files did not appear in the cache"))?;
+    match std::fs::remove_file(&pending) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => mark(Err(e))?,
+        _ => {}
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

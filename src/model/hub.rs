@@ -42,13 +42,20 @@ impl Default for HubOptions {
 }
 
 /// The silence limit: `HF_HUB_DOWNLOAD_TIMEOUT` (huggingface_hub's setting of
-/// the same meaning, in seconds) when set, else 60 s. A value that is not a
-/// positive number of seconds is reported once on stderr and not used.
+/// the same meaning, in seconds) when set, else 60 s; at least 1 ms. A value
+/// that is not a positive number of seconds a `Duration` can hold is
+/// reported once on stderr and not used.
 fn silence_limit(env: Option<&str>) -> Duration {
     const DEFAULT: Duration = Duration::from_secs(60);
     let Some(v) = env else { return DEFAULT };
-    match v.trim().parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+    match v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        // A limit shorter than a millisecond would fail every request at once.
+        Some(d) if !d.is_zero() => d.max(Duration::from_millis(1)),
         _ => {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
@@ -157,10 +164,7 @@ impl Repo<'_> {
             Ok(Ok(Ok(f))) => Ok(f),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Err(e))) => Err(ModelError::Hub(format!("{what} downloading it failed: {e}"))),
-            Err(silence) => Err(ModelError::Hub(format!(
-                "{what} {}",
-                silence.explain(opts.timeout)
-            ))),
+            Err(silence) => Err(ModelError::Hub(format!("{what} {}", silence.explain()))),
         }
     }
 
@@ -247,7 +251,8 @@ mod tests {
         assert_eq!(silence_limit(None), Duration::from_secs(60));
         assert_eq!(silence_limit(Some("2.5")), Duration::from_millis(2500));
         assert_eq!(silence_limit(Some(" 300 ")), Duration::from_secs(300));
-        for bad in ["", "ten", "0", "-1", "inf", "NaN"] {
+        assert_eq!(silence_limit(Some("0.0001")), Duration::from_millis(1));
+        for bad in ["", "ten", "0", "1e-12", "-1", "inf", "NaN", "1e20"] {
             assert_eq!(silence_limit(Some(bad)), Duration::from_secs(60), "{bad:?}");
         }
     }
