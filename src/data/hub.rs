@@ -243,20 +243,15 @@ pub fn split_files_reporting(
     mark(std::fs::write(&pending, names.join("\n")))?;
     for n in &names {
         let (file, rev) = (n.clone(), revision.to_string());
-        let report = report.map(|f| move |bytes, total| f(n, bytes, total));
-        let (got, back) = watched(
-            opts.timeout,
-            report.as_ref().map(|f| f as &dyn Fn(u64, u64)),
-            move |progress| {
-                let r = ds
-                    .download_file()
-                    .filename(file)
-                    .revision(rev)
-                    .progress(progress)
-                    .send();
-                (r, ds)
-            },
-        )
+        let (got, back) = watched(opts.timeout, report.map(|r| (n.as_str(), r)), move |progress| {
+            let r = ds
+                .download_file()
+                .filename(file)
+                .revision(rev)
+                .progress(progress)
+                .send();
+            (r, ds)
+        })
         .map_err(|silence| {
             err(
                 repo,

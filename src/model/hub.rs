@@ -11,6 +11,7 @@ use std::time::Duration;
 use hf_hub::{HFClient, HFError};
 
 use super::error::{ModelError, Result};
+pub use super::hub_watch::DownloadReport;
 use super::hub_watch::watched;
 use super::load::{PICKLE, SAFETENSORS, SAFETENSORS_INDEX, shard_names};
 
@@ -96,10 +97,6 @@ pub(crate) fn client(opts: &HubOptions) -> Result<hf_hub::HFClientSync> {
         .map_err(|e| ModelError::Hub(format!("cannot create the hub client: {e}")))
 }
 
-/// Told about a running download about once a second: the file, the bytes
-/// received and the total (0 when the hub did not say).
-pub type DownloadReport<'a> = dyn Fn(&str, u64, u64) + 'a;
-
 /// One repo at one revision, as the resolution below walks its files.
 struct Repo<'a> {
     id: &'a str,
@@ -138,27 +135,22 @@ impl Repo<'_> {
             revision.to_owned(),
             opts.clone(),
         );
-        let report = self.report.map(|f| move |bytes, total| f(file, bytes, total));
-        let answer = watched(
-            opts.timeout,
-            report.as_ref().map(|f| f as &dyn Fn(u64, u64)),
-            move |progress| {
-                client(&o).map(|c| {
-                    match c
-                        .model(org, name)
-                        .download_file()
-                        .filename(file_s)
-                        .revision(rev)
-                        .progress(progress)
-                        .send()
-                    {
-                        Ok(p) => Ok(Fetch::Found(p)),
-                        Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
-            },
-        );
+        let answer = watched(opts.timeout, self.report.map(|r| (file, r)), move |progress| {
+            client(&o).map(|c| {
+                match c
+                    .model(org, name)
+                    .download_file()
+                    .filename(file_s)
+                    .revision(rev)
+                    .progress(progress)
+                    .send()
+                {
+                    Ok(p) => Ok(Fetch::Found(p)),
+                    Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        });
         let what = format!("{repo_id}@{revision}: `{file}` is not in the local cache and");
         match answer {
             Ok(Ok(Ok(f))) => Ok(f),

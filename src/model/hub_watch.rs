@@ -28,6 +28,10 @@ use hf_hub::progress::{DownloadEvent, Progress, ProgressEvent, ProgressHandler};
 /// How many times the silence limit a xet download may stay silent.
 pub(crate) const XET_PATIENCE: u32 = 5;
 
+/// Told about a running download about once a second: the file, the bytes
+/// received and the total (0 when the hub did not say).
+pub type DownloadReport<'a> = dyn Fn(&str, u64, u64) + 'a;
+
 /// How often a running download is reported.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -123,11 +127,12 @@ impl ProgressHandler for Heartbeat {
 /// given up after `silence` without a sign of life. `request` gets a
 /// progress handler to pass to hf-hub; requests that report no progress
 /// (listings, metadata) are bounded by `silence` in total. Once a download
-/// has started, `report` gets (bytes received, total or 0) about once a
-/// second, on the calling thread.
+/// has started, `report` (a file name and where to tell) gets the file,
+/// bytes received and total (or 0) about once a second, on the calling
+/// thread.
 pub(crate) fn watched<T, F>(
     silence: Duration,
-    report: Option<&dyn Fn(u64, u64)>,
+    report: Option<(&str, &DownloadReport<'_>)>,
     request: F,
 ) -> Result<T, Silence>
 where
@@ -167,7 +172,7 @@ where
             });
         }
         let now = Instant::now();
-        if let Some(report) = report
+        if let Some((file, report)) = report
             && now >= next_report
         {
             // From now, not from the missed time: no burst of catch-up reports
@@ -175,6 +180,7 @@ where
             next_report = now + REPORT_EVERY;
             if beat.started.load(Ordering::Relaxed) {
                 report(
+                    file,
                     beat.bytes.load(Ordering::Relaxed),
                     beat.total.load(Ordering::Relaxed),
                 );
@@ -228,8 +234,8 @@ mod tests {
         let limit = Duration::from_millis(400);
         let t0 = Instant::now();
         let seen = std::cell::RefCell::new(Vec::new());
-        let report = |b: u64, t: u64| seen.borrow_mut().push((b, t));
-        let got = watched(limit, Some(&report), |p| {
+        let report = |f: &str, b: u64, t: u64| seen.borrow_mut().push((f.to_string(), b, t));
+        let got = watched(limit, Some(("f", &report)), |p| {
             start(&p, 200);
             for b in 1..=12 {
                 std::thread::sleep(Duration::from_millis(100));
@@ -244,7 +250,8 @@ mod tests {
         let seen = seen.into_inner();
         assert!(!seen.is_empty() && seen.len() <= 2, "{seen:?}");
         assert!(
-            seen.iter().all(|&(b, t)| (10..=120).contains(&b) && t == 200),
+            seen.iter()
+                .all(|(f, b, t)| f == "f" && (10..=120).contains(b) && *t == 200),
             "{seen:?}"
         );
     }
