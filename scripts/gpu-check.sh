@@ -22,31 +22,34 @@ KIT=.gpu-kit
 TESTS=(model_parity model_inference model_grad)
 BENCHES=(routed_ratio model_forward)
 
+# Builds the named test or bench targets (KIND test|bench) with --features cuda and
+# copies their executables into the kit, named by target.
+kit_binaries() {
+  local kind=$1 args=() t name exe
+  shift
+  # `cargo bench` always builds the bench profile; tests are asked for release.
+  [ "$kind" = bench ] || args+=(--release)
+  for t in "$@"; do args+=("--$kind" "$t"); done
+  cargo "$kind" --features cuda --locked --no-run "${args[@]}" --message-format=json \
+    | python3 -c 'import json, sys
+kind = sys.argv[1]
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == [kind]:
+        print(m["target"]["name"], m["executable"])' "$kind" > "$KIT/$kind.txt"
+  while read -r name exe; do cp "$exe" "$KIT/$name"; done < "$KIT/$kind.txt"
+}
+
 build() {
   set -e
   # shellcheck disable=SC1091
   source ../shared/tools/cuda-toolchain.sh .cuda/toolchain
   export CARGO_TARGET_DIR=target/cuda
   rm -rf "$KIT" && mkdir -p "$KIT"
-  local args=() t b
-  for t in "${TESTS[@]}"; do args+=(--test "$t"); done
-  cargo test --release --features cuda --locked --no-run "${args[@]}" --message-format=json \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["target"]["name"], m["executable"])' > "$KIT/tests.txt"
-  args=()
-  for b in "${BENCHES[@]}"; do args+=(--bench "$b"); done
-  cargo bench --features cuda --locked --no-run "${args[@]}" --message-format=json \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
-        print(m["target"]["name"], m["executable"])' > "$KIT/benches.txt"
+  local t
+  kit_binaries test "${TESTS[@]}"
+  kit_binaries bench "${BENCHES[@]}"
   cargo build --release --features cuda --locked --bin goosepipe
-  local name exe
-  while read -r name exe; do cp "$exe" "$KIT/$name"; done < <(cat "$KIT/tests.txt" "$KIT/benches.txt")
   cp "$CARGO_TARGET_DIR/release/goosepipe" "$KIT/goosepipe"
   strip "$KIT"/* 2>/dev/null || true
   for t in "${TESTS[@]}" "${BENCHES[@]}" goosepipe; do
