@@ -39,9 +39,17 @@ fn read_lock(manifest: &Path) -> Result<Lockfile, Report> {
     Lockfile::read(&lock_path(manifest)).map_err(|e| miette!("{e}"))
 }
 
+/// The plan's warnings, rendered as diagnostics.
+fn warn(plan: &Plan, out: &mut dyn Write) {
+    for w in &plan.warnings {
+        let _ = writeln!(out, "{:?}", Report::new(w.clone()));
+    }
+}
+
 /// `goosepipe check`.
 pub fn check(path: &Path, registry: &Registry, out: &mut dyn Write) -> Result<i32, Report> {
     let plan = load_plan(path, registry, &HashCache::in_memory())?;
+    warn(&plan, out);
     let mut counts: Vec<(String, usize)> = vec![];
     for s in &plan.steps {
         match counts.iter_mut().find(|(k, _)| *k == s.spec.kind) {
@@ -69,12 +77,27 @@ fn plan_with_status(
     store_root: &Path,
     registry: &Registry,
 ) -> Result<(Plan, Status, Store, Lockfile), Report> {
+    plan_with_status_verified(path, store_root, registry, false)
+}
+
+/// The plan and its status; with `verify`, cached artifacts are re-hashed first.
+fn plan_with_status_verified(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    verify: bool,
+) -> Result<(Plan, Status, Store, Lockfile), Report> {
     let store = open_store(store_root)?;
     let hashes = store.hash_cache();
     let plan = load_plan(path, registry, &hashes)?;
     hashes.save();
+    warn(&plan, &mut std::io::stderr());
     let lock = read_lock(path)?;
-    let status = plan::status::status(&plan, &store, &lock);
+    let status = if verify {
+        plan::status::status_verified(&plan, &store, &lock)
+    } else {
+        plan::status::status(&plan, &store, &lock)
+    };
     Ok((plan, status, store, lock))
 }
 
@@ -85,9 +108,10 @@ pub fn plan_cmd(
     registry: &Registry,
     json: bool,
     check_cached: bool,
+    verify: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status, _, _) = plan_with_status(path, store_root, registry)?;
+    let (plan, status, _, _) = plan_with_status_verified(path, store_root, registry, verify)?;
     if json {
         let _ = writeln!(
             out,
@@ -191,7 +215,7 @@ pub fn run_with(
     cancel: &CancelFlag,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status, store, old_lock) = plan_with_status(path, store_root, registry)?;
+    let (plan, status, store, old_lock) = plan_with_status_verified(path, store_root, registry, opts.verify)?;
     let reporter = exec::reporter_for_stderr(quiet);
     let report = match executor {
         Executor::Local => exec::run(
@@ -271,7 +295,18 @@ pub fn run_with(
     if built == 0 {
         let _ = writeln!(out, "nothing to do: all {} steps are cached", plan.steps.len());
     } else {
-        let _ = writeln!(out, "done: {built} step(s) built, {} cached", report.cached);
+        // A step another run built while this one waited for it is not ours to claim.
+        let by_other = if report.reused.is_empty() {
+            String::new()
+        } else {
+            format!(", {} built by another run at the same time", report.reused.len())
+        };
+        let _ = writeln!(
+            out,
+            "done: {} step(s) built{by_other}, {} cached",
+            report.built.len(),
+            report.cached
+        );
         // The results of every evaluation that ran, as the last thing the user sees.
         for s in plan
             .steps
@@ -334,6 +369,19 @@ pub fn report(
     let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
     let mut any = false;
     for s in plan.steps.iter().filter(|s| s.spec.kind == "eval") {
+        // Results are small: re-hash them, so a damaged table is never printed.
+        if let Err(crate::store::StoreError::Corrupt { reason, .. }) = store.verify(&s.spec.key)
+            && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
+        {
+            let _ = store.quarantine(&s.spec.key);
+            let _ = writeln!(
+                out,
+                "{}: its artifact is corrupt ({reason}); moved aside, `goosepipe run {}` rebuilds it",
+                s.spec.id,
+                path.display()
+            );
+            continue;
+        }
         if let Some(dir) = plots {
             let files = store.files_dir(&s.spec.key);
             if let Ok(bytes) = std::fs::read(files.join("results.json")) {
@@ -348,7 +396,7 @@ pub fn report(
                         Err(_) => None,
                     };
                 let written = crate::eval::plots::write_plots(
-                    &dir.join(&s.spec.name),
+                    &dir.join(crate::eval::plots::slug(&s.spec.name)),
                     &s.spec.name,
                     &results,
                     routing.as_ref(),
@@ -368,6 +416,20 @@ pub fn report(
             Ok(text) => {
                 any = true;
                 let _ = writeln!(out, "{text}");
+                if format == "md"
+                    && let Ok(bytes) = std::fs::read(
+                        store
+                            .files_dir(&s.spec.key)
+                            .join(crate::eval::routing_quality::QUALITY_JSON),
+                    )
+                {
+                    let q: crate::eval::routing_quality::RoutingQuality = serde_json::from_slice(&bytes)
+                        .map_err(|e| miette!("{}: unreadable routing-quality record: {e}", s.spec.id))?;
+                    let text = crate::eval::routing_quality::markdown(&s.spec.name, &q);
+                    if !text.is_empty() {
+                        let _ = writeln!(out, "{text}");
+                    }
+                }
             }
             Err(_) => {
                 let _ = writeln!(
@@ -443,12 +505,98 @@ pub fn gc(
     Ok(EXIT_OK)
 }
 
+/// `goosepipe verify`: re-hashes artifacts against the digests recorded when they were
+/// published (the manifests' artifacts, or with `all` everything in the store); a
+/// mismatch is moved out of `objects/` (quarantined) so nothing reads it again, and the
+/// next `run` rebuilds it. Exit 1 when anything was corrupt.
+pub fn verify(
+    manifests: &[PathBuf],
+    all: bool,
+    store_root: &Path,
+    registry: &Registry,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    use rayon::prelude::*;
+    if manifests.is_empty() && !all {
+        return Err(miette!(
+            help = "goosepipe verify pipelines/quickstart.kdl, or goosepipe verify --all",
+            "say what to verify: manifests (their artifacts), or --all (the whole store)"
+        ));
+    }
+    let store = open_store(store_root)?;
+    let mut keys: Vec<crate::store::Key> = if all { store.keys() } else { vec![] };
+    let hashes = store.hash_cache();
+    for m in manifests {
+        let plan = load_plan(m, registry, &hashes)?;
+        keys.extend(
+            plan.steps
+                .iter()
+                .map(|s| s.spec.key)
+                .filter(|k| !matches!(store.presence(k), crate::store::Presence::Missing)),
+        );
+    }
+    hashes.save();
+    keys.sort();
+    keys.dedup();
+    let results: Vec<_> = keys.par_iter().map(|k| (*k, store.verify(k))).collect();
+    let (mut bytes, mut corrupt) = (0u64, 0usize);
+    for (key, r) in results {
+        match r {
+            Ok(meta) => bytes += meta.files.iter().map(|f| f.size).sum::<u64>(),
+            Err(e) => {
+                corrupt += 1;
+                let reason = match e {
+                    crate::store::StoreError::Corrupt { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                let id = store
+                    .recipe(&key)
+                    .map(|r| r.id)
+                    .unwrap_or_else(|| "(unknown step)".into());
+                match store.quarantine(&key) {
+                    Ok(()) => {
+                        let _ = writeln!(
+                            out,
+                            "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
+                            key.short()
+                        );
+                    }
+                    Err(qe) => {
+                        let _ = writeln!(
+                            out,
+                            "corrupt  {id} {}: {reason}; could not move it aside: {qe}",
+                            key.short()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "verified {} artifact(s): {} ok ({}), {corrupt} corrupt",
+        keys.len(),
+        keys.len() - corrupt,
+        human_size(bytes)
+    );
+    Ok(if corrupt > 0 { EXIT_ERROR } else { EXIT_OK })
+}
+
 /// `goosepipe show`.
 pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> Result<i32, Report> {
     let store = open_store(store_root)?;
     let meta = store.find(what).map_err(|e| miette!("{e}"))?;
+    // The payload is re-hashed: a flipped byte of the same size is only seen this way.
+    let integrity = match store.verify(&meta.key) {
+        Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
+        Err(e) => {
+            format!("CORRUPT: {e}; `goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it")
+        }
+    };
     if json {
-        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&meta).expect("json"));
+        let mut v = serde_json::to_value(&meta).expect("json");
+        v["verified"] = serde_json::json!(integrity.starts_with("ok"));
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(EXIT_OK);
     }
     let s = &meta.spec;
@@ -459,6 +607,7 @@ pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> R
     );
     let _ = writeln!(out, "key      {}", meta.key);
     let _ = writeln!(out, "digest   {}", meta.digest);
+    let _ = writeln!(out, "status   {integrity}");
     let _ = writeln!(
         out,
         "built    {} on {} in {:.1}s by goosepipe {}",

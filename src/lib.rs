@@ -7,6 +7,7 @@ pub mod app;
 pub mod data;
 pub mod eval;
 pub mod exec;
+pub mod faults;
 pub mod manifest;
 pub mod model;
 pub mod plan;

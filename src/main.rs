@@ -41,6 +41,10 @@ enum Command {
         /// Exit with code 2 if anything would run (CI guard).
         #[arg(long)]
         check_cached: bool,
+        /// Re-hash every cached artifact against its recorded digests first; corrupt
+        /// ones are moved aside and shown as stale.
+        #[arg(long)]
+        verify: bool,
     },
     /// Run the stale steps in dependency order and update the lockfile.
     Run {
@@ -60,6 +64,10 @@ enum Command {
         /// Fail if the lockfile would change (external resolutions, keys, digests).
         #[arg(long)]
         locked: bool,
+        /// Re-hash every cached artifact of the manifest before running; corrupt ones
+        /// are moved aside and rebuilt.
+        #[arg(long)]
+        verify: bool,
         /// Compute device: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -112,6 +120,16 @@ enum Command {
         /// List what would be deleted, with sizes, and delete nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Re-hash artifacts against the digests recorded when they were published; move
+    /// corrupt ones aside (the next run rebuilds them). Exit 1 if any was corrupt.
+    Verify {
+        /// Manifests whose artifacts to verify.
+        #[arg(required_unless_present = "all")]
+        files: Vec<PathBuf>,
+        /// Verify every artifact in the store.
+        #[arg(long)]
+        all: bool,
     },
     /// An artifact's metadata and files, by step id, name, key or key prefix.
     Show {
@@ -257,7 +275,9 @@ fn main() -> ExitCode {
             file,
             json,
             check_cached,
-        } => app::plan_cmd(&file, &store, &registry, json, check_cached, &mut out),
+            verify,
+        } => app::plan_cmd(&file, &store, &registry, json, check_cached, verify, &mut out),
+        Command::Verify { files, all } => app::verify(&files, all, &store, &registry, &mut out),
         Command::Run {
             file,
             jobs,
@@ -265,6 +285,7 @@ fn main() -> ExitCode {
             until,
             keep_going,
             locked,
+            verify,
             device,
             quiet,
             executor,
@@ -288,6 +309,7 @@ fn main() -> ExitCode {
                 until,
                 keep_going,
                 locked,
+                verify,
                 device,
             };
             let cli = goosepipe::exec::slurm::SlurmCli::new();

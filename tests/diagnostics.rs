@@ -97,3 +97,220 @@ fn unreadable_manifest_is_a_diagnostic_not_a_panic() {
     assert_eq!(err.codes(), vec!["manifest::unreadable"]);
 }
 golden!(list_continuation, "manifest::unknown-node");
+golden!(too_deep, "manifest::too-deep");
+golden!(bad_name, "manifest::bad-name", "manifest::bad-name");
+golden!(path_escapes, "manifest::path-escapes", "manifest::path-escapes");
+golden!(
+    unknown_synthetic,
+    "manifest::wrong-value",
+    "manifest::wrong-value"
+);
+
+/// `goosepipe check` of a manifest in a temporary project folder.
+fn check_text(files: &[(&str, &str)]) -> (Result<String, String>, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(d.path().join(name), text).unwrap();
+    }
+    let mut out = Vec::new();
+    let r = goosepipe::app::check(
+        &d.path().join(files[0].0),
+        &goosepipe::steps::registry(),
+        &mut out,
+    );
+    let text = String::from_utf8(out).unwrap();
+    (
+        match r {
+            Ok(_) => Ok(text),
+            Err(e) => Err(format!("{e:?}")),
+        },
+        d,
+    )
+}
+
+#[test]
+fn nesting_one_level_too_deep_is_a_diagnostic_and_any_depth_is_safe() {
+    let nest = |n: usize| "x {".repeat(n) + &"}".repeat(n);
+    let limit = goosepipe::manifest::parse::MAX_DEPTH;
+    // At the limit the parser runs (and the schema rejects `x`), just over it and far
+    // over it (1,281 levels overflowed the stack before) it is refused unparsed.
+    let (r, _d) = check_text(&[("m.kdl", &nest(limit))]);
+    assert!(r.unwrap_err().contains("unknown node"));
+    for n in [limit + 1, 1281, 100_000] {
+        let (r, _d) = check_text(&[("m.kdl", &nest(n))]);
+        assert!(r.unwrap_err().contains("blocks nest deeper than"), "{n}");
+    }
+    let comments = "/*".repeat(5000) + &"*/".repeat(5000);
+    let (r, _d) = check_text(&[("m.kdl", &comments)]);
+    assert!(r.unwrap_err().contains("blocks nest deeper than"));
+}
+
+#[test]
+fn include_chains_are_bounded() {
+    let files: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("f{i}.kdl"), format!("include \"f{}.kdl\"\n", i + 1)))
+        .chain([(
+            "f40.kdl".to_string(),
+            "dataset \"d\" { synthetic task=\"sort\"; }\n".to_string(),
+        )])
+        .collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let (r, _d) = check_text(&refs);
+    assert!(r.unwrap_err().contains("includes nest deeper than 32 files"));
+}
+
+#[test]
+fn an_empty_manifest_is_valid_with_a_warning() {
+    for text in ["", "   \n\t\n", "// only a comment\n"] {
+        let (r, _d) = check_text(&[("m.kdl", text)]);
+        let out = r.unwrap();
+        assert!(out.contains("the manifest defines no steps"), "{out}");
+        assert!(out.contains("0 steps"), "{out}");
+    }
+}
+
+#[test]
+fn special_files_are_refused_not_read() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("pipe.jsonl");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let inc = d.path().join("inc.kdl");
+    std::process::Command::new("mkfifo").arg(&inc).status().unwrap();
+    std::fs::write(
+        d.path().join("m.kdl"),
+        "pipeline \"p\" allow-outside-paths=#true\n\
+         dataset \"fifo\" path=\"pipe.jsonl\" input-field=\"q\" target-field=\"a\"\n\
+         dataset \"zero\" path=\"/dev/zero\" input-field=\"q\" target-field=\"a\"\n",
+    )
+    .unwrap();
+    let reg = goosepipe::steps::registry();
+    let t0 = std::time::Instant::now();
+    let err = goosepipe::app::check(&d.path().join("m.kdl"), &reg, &mut Vec::new()).unwrap_err();
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("it is a FIFO, not a regular file or folder"),
+        "{text}"
+    );
+    assert!(text.contains("it is a character device"), "{text}");
+    std::fs::write(d.path().join("n.kdl"), "include \"inc.kdl\"\n").unwrap();
+    let err = goosepipe::app::check(&d.path().join("n.kdl"), &reg, &mut Vec::new()).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("it is not a regular file (a FIFO)"),
+        "{err:?}"
+    );
+    let err = goosepipe::app::check(&inc, &reg, &mut Vec::new()).unwrap_err();
+    assert!(format!("{err:?}").contains("not a regular file"), "{err:?}");
+    assert!(t0.elapsed().as_secs() < 10, "nothing blocked on a read");
+}
+
+#[test]
+fn paths_outside_the_project_need_the_pipeline_to_allow_them() {
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(outer.path().join("data.jsonl"), "{\"q\": \"x\", \"a\": \"y\"}\n").unwrap();
+    let project = outer.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    // Through a symlink inside the project.
+    std::os::unix::fs::symlink(outer.path().join("data.jsonl"), project.join("link.jsonl")).unwrap();
+    let body = "dataset \"a\" path=\"../data.jsonl\" input-field=\"q\" target-field=\"a\"\n\
+                dataset \"b\" path=\"link.jsonl\" input-field=\"q\" target-field=\"a\"\n";
+    std::fs::write(project.join("m.kdl"), body).unwrap();
+    let reg = goosepipe::steps::registry();
+    let errors = errors_of(&project.join("m.kdl"));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].1.ends_with("it is outside the project folder"),
+        "{errors:?}"
+    );
+    assert!(errors[1].1.ends_with("through a symlink"), "{errors:?}");
+    assert!(errors.iter().all(|e| e.0 == "manifest::path-escapes"));
+    std::fs::write(
+        project.join("m.kdl"),
+        format!("pipeline \"p\" allow-outside-paths=#true\n{body}"),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    goosepipe::app::check(&project.join("m.kdl"), &reg, &mut out).unwrap();
+}
+
+#[test]
+fn a_model_too_large_for_this_machine_is_a_warning_at_check() {
+    let text = "dataset \"c\" { synthetic task=\"corpus\"; }\n\
+                model \"huge\" { init corpus=\"c\" d-model=16384 d-ff=65536 heads=128 d-kv=128 layers=128 vocab=262144; }\n";
+    let (r, d) = check_text(&[("m.kdl", text)]);
+    let out = r.unwrap();
+    assert!(out.contains("plan::model-too-large"), "{out}");
+    let plan = goosepipe::app::load_plan(
+        &d.path().join("m.kdl"),
+        &goosepipe::steps::registry(),
+        &goosepipe::store::HashCache::in_memory(),
+    )
+    .unwrap();
+    assert_eq!(plan.warnings.len(), 1);
+    let w = &plan.warnings[0];
+    assert!(w.warning);
+    assert!(
+        w.message.starts_with(
+            "model \"huge\" has about 1245554319360 parameters: pretraining it needs at least 18.1 TiB"
+        ),
+        "{}",
+        w.message
+    );
+}
+
+/// (code, message) of every error of a manifest, from loading and planning it.
+fn errors_of(path: &Path) -> Vec<(&'static str, String)> {
+    let reg = goosepipe::steps::registry();
+    let err = match goosepipe::manifest::load(path) {
+        Err(e) => e,
+        Ok(m) => match goosepipe::plan::build(m, &reg, &goosepipe::store::HashCache::in_memory()) {
+            Err(e) => e,
+            Ok(_) => return vec![],
+        },
+    };
+    err.errors.iter().map(|e| (e.code, e.message.clone())).collect()
+}
+
+/// 20,000 errors in one manifest: reported in linear time, the first 50 shown with a
+/// count of the rest; 4,000 on one long line: each excerpt bounded, not the line.
+#[test]
+fn many_errors_render_in_linear_time_with_bounded_output() {
+    let d = tempfile::tempdir().unwrap();
+    let nodes: String = (0..20_000).map(|i| format!("unknown{i} \"x\"\n")).collect();
+    std::fs::write(d.path().join("nodes.kdl"), &nodes).unwrap();
+    let props: String = format!(
+        "dataset \"d\" {}{{ synthetic task=\"sort\"; }}\n",
+        (0..4000).map(|i| format!("p{i}=1 ")).collect::<String>()
+    );
+    std::fs::write(d.path().join("props.kdl"), &props).unwrap();
+    let render = |name: &str| {
+        let err = goosepipe::manifest::load(&d.path().join(name)).unwrap_err();
+        let n = err.errors.len();
+        let mut out = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100)
+            .render_report(&mut out, &err)
+            .unwrap();
+        (n, out)
+    };
+    // Best of three, so a busy machine does not fail a linear-time renderer.
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let (n, out) = render("nodes.kdl");
+        best = best.min(t0.elapsed().as_secs_f64());
+        assert_eq!(n, 20_000);
+        assert!(out.contains("20000 errors in manifest"), "{}", &out[..200]);
+        assert!(out.contains("the first 50 are shown, 19950 more not"));
+        assert_eq!(out.matches("unknown node").count(), 50);
+        if best < 1.0 {
+            break;
+        }
+    }
+    assert!(best < 1.0, "20,000 errors took {best:.2} s");
+    let (n, out) = render("props.kdl");
+    assert_eq!(n, 4000);
+    // Each of the 50 shown errors quotes at most a few hundred bytes of the 24 KB line.
+    assert!(out.len() < 50 * 2_000, "{} bytes of output", out.len());
+    assert!(out.contains("unknown property `p3999`") || out.contains("unknown property `p49`"));
+}

@@ -111,7 +111,7 @@ fn interrupted_training_resumes_to_the_same_artifact() {
     )
     .unwrap();
     let key = plan.get("expert:shift").unwrap().spec.key;
-    let ckpt = store.work_dir(&key).join("train-state.json");
+    let ckpt = store.work_dir(&key).join("train-state.safetensors");
     let cancel = CancelFlag::new();
     let c2 = cancel.clone();
     let watcher = std::thread::spawn(move || {
@@ -124,7 +124,9 @@ fn interrupted_training_resumes_to_the_same_artifact() {
     let (code, out) = run(b.path(), &cancel);
     watcher.join().unwrap();
     assert_eq!(code, 130, "{out}");
-    assert!(!store.object_dir(&key).exists() && store.work_dir(&key).join("train-state.json").exists());
+    assert!(
+        !store.object_dir(&key).exists() && store.work_dir(&key).join("train-state.safetensors").exists()
+    );
     let (code, out) = run(b.path(), &CancelFlag::new());
     assert_eq!(code, 0, "{out}");
     assert_eq!(

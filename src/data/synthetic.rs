@@ -105,17 +105,15 @@ pub const TASKS: &[TaskDef] = &[
 
 /// The pretraining corpus's pseudo task id.
 pub const CORPUS: &str = "corpus";
+/// A pretraining corpus with topical structure (experimental).
+pub const TOPIC_CORPUS: &str = "topic-corpus";
 
 pub fn task(id: &str) -> Option<&'static TaskDef> {
     TASKS.iter().find(|t| t.id == id)
 }
 
 pub fn task_ids() -> Vec<&'static str> {
-    TASKS
-        .iter()
-        .map(|t| t.id)
-        .chain(std::iter::once(CORPUS))
-        .collect()
+    TASKS.iter().map(|t| t.id).chain([CORPUS, TOPIC_CORPUS]).collect()
 }
 
 fn apply(skill: Skill, seq: &[&'static str]) -> Vec<&'static str> {
@@ -179,6 +177,10 @@ pub fn generate(id: &str, split: &str, n: usize, seed: u64, choice: bool) -> Opt
     let mut rng = ChaCha8Rng::seed_from_u64(split_seed(seed, split));
     if id == CORPUS {
         return Some((0..n).map(|_| corpus_line(&mut rng)).collect());
+    }
+    if id == TOPIC_CORPUS {
+        let topics = topics();
+        return Some((0..n).map(|_| topic_line(&mut rng, &topics)).collect());
     }
     let t = task(id)?;
     let repeats = t.skills.contains(&Skill::Dedup);
@@ -256,6 +258,58 @@ pub fn vocabulary() -> Vec<String> {
     words.sort();
     words.dedup();
     words
+}
+
+/// Topics of the topical corpus: each a weight per vocabulary word, sparse (a third
+/// of the words), drawn from a fixed seed (part of the suite's definition).
+fn topics() -> Vec<Vec<f64>> {
+    let vocab = vocabulary();
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7091c5);
+    (0..8)
+        .map(|_| {
+            vocab
+                .iter()
+                .map(|_| {
+                    if rng.random_bool(0.33) {
+                        rng.random_range(0.2..1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A line of one or two topics' words: which words occur together depends on the
+/// line's topics, as in real text, so infilling it rewards reading the context.
+fn topic_line(rng: &mut ChaCha8Rng, topics: &[Vec<f64>]) -> Example {
+    let vocab = vocabulary();
+    let a = rng.random_range(0..topics.len());
+    let b = rng.random_range(0..topics.len());
+    let n = rng.random_range(8..=16);
+    let words: Vec<&str> = (0..n)
+        .map(|_| {
+            let t = &topics[if rng.random_bool(0.5) { a } else { b }];
+            let total: f64 = t.iter().sum();
+            let mut x = rng.random_range(0.0..total);
+            let mut pick = 0;
+            for (i, w) in t.iter().enumerate() {
+                if x < *w {
+                    pick = i;
+                    break;
+                }
+                x -= w;
+            }
+            vocab[pick].as_str()
+        })
+        .collect();
+    Example {
+        input: words.join(" "),
+        target: String::new(),
+        choices: vec![],
+        answers: vec![],
+    }
 }
 
 /// Pretraining text: random runs of every word of the vocabulary, with no task

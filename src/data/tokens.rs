@@ -31,9 +31,43 @@ fn flat(seqs: impl Iterator<Item = Vec<u32>>) -> (Vec<u8>, Vec<u8>, usize, usize
     (ids, offs, n_ids, n + 1)
 }
 
-/// Writes `splits` (name -> pairs) to `path`.
-pub fn write(path: &Path, splits: &BTreeMap<String, Vec<TokenPair>>) -> Result<(), DataError> {
+/// The answer choices of one example, as token ids without EOS, and which choices are
+/// right (what a trainer's validation needs to measure rank-classification accuracy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenChoices {
+    pub choices: Vec<Vec<u32>>,
+    pub right: Vec<bool>,
+}
+
+fn u64s(xs: impl Iterator<Item = u64>) -> (Vec<u8>, usize) {
+    let mut n = 0;
+    let b = xs
+        .flat_map(|x| {
+            n += 1;
+            x.to_le_bytes()
+        })
+        .collect();
+    (b, n)
+}
+
+/// Writes `splits` (name -> pairs) to `path`, with the answer choices of the splits in
+/// `choices` (name -> one entry per pair) when there are any.
+pub fn write(
+    path: &Path,
+    splits: &BTreeMap<String, Vec<TokenPair>>,
+    choices: &BTreeMap<String, Vec<TokenChoices>>,
+) -> Result<(), DataError> {
     let mut bufs: Vec<(String, Dtype, usize, Vec<u8>)> = vec![];
+    for (name, items) in choices {
+        // Choice sequences flat; per example its number of choices; per choice 1 if right.
+        let (ids, offs, n_ids, n_offs) = flat(items.iter().flat_map(|c| c.choices.clone()));
+        bufs.push((format!("{name}.choice.ids"), Dtype::U32, n_ids, ids));
+        bufs.push((format!("{name}.choice.offsets"), Dtype::U64, n_offs, offs));
+        let (counts, n) = u64s(items.iter().map(|c| c.choices.len() as u64));
+        bufs.push((format!("{name}.choice.counts"), Dtype::U64, n, counts));
+        let (right, n) = u64s(items.iter().flat_map(|c| c.right.iter().map(|&r| r as u64)));
+        bufs.push((format!("{name}.choice.right"), Dtype::U64, n, right));
+    }
     for (name, pairs) in splits {
         for (part, seqs) in [
             ("input", pairs.iter().map(|p| p.input.clone()).collect::<Vec<_>>()),
@@ -86,6 +120,55 @@ fn seqs(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Vec<Vec<u32>>, 
         .collect()
 }
 
+fn u64_vec(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Vec<u64>, DataError> {
+    let t = st
+        .tensor(name)
+        .map_err(|e| DataError::Other(format!("{}: {name}: {e}", file.display())))?;
+    if t.dtype() != Dtype::U64 {
+        return Err(DataError::Other(format!(
+            "{}: {name}: unexpected dtype",
+            file.display()
+        )));
+    }
+    Ok(t.data()
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect())
+}
+
+/// The answer choices of a split written by [`write`], one entry per pair; None when
+/// the split has none (generation data, or a file written before choices were kept).
+pub fn read_choices(path: &Path, split: &str) -> Result<Option<Vec<TokenChoices>>, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| DataError::Other(format!("{}: not a token file: {e}", path.display())))?;
+    if st.tensor(&format!("{split}.choice.counts")).is_err() {
+        return Ok(None);
+    }
+    let all = seqs(&st, &format!("{split}.choice"), path)?;
+    let counts = u64_vec(&st, &format!("{split}.choice.counts"), path)?;
+    let right = u64_vec(&st, &format!("{split}.choice.right"), path)?;
+    if counts.iter().sum::<u64>() as usize != all.len() || right.len() != all.len() {
+        return Err(DataError::Other(format!(
+            "{}: {split}: choice counts do not add up",
+            path.display()
+        )));
+    }
+    let (mut out, mut at) = (vec![], 0usize);
+    for c in counts {
+        let range = at..at + c as usize;
+        out.push(TokenChoices {
+            choices: all[range.clone()].to_vec(),
+            right: right[range.clone()].iter().map(|&r| r != 0).collect(),
+        });
+        at = range.end;
+    }
+    Ok(Some(out))
+}
+
 /// Reads one split written by [`write`].
 pub fn read(path: &Path, split: &str) -> Result<Vec<TokenPair>, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
@@ -130,9 +213,21 @@ mod tests {
         ];
         m.insert("train".to_string(), a.clone());
         m.insert("validation".to_string(), vec![]);
-        write(&f, &m).unwrap();
+        let c = vec![
+            TokenChoices {
+                choices: vec![vec![7], vec![8, 9]],
+                right: vec![true, false],
+            },
+            TokenChoices {
+                choices: vec![],
+                right: vec![],
+            },
+        ];
+        write(&f, &m, &BTreeMap::from([("train".to_string(), c.clone())])).unwrap();
         assert_eq!(read(&f, "train").unwrap(), a);
         assert!(read(&f, "validation").unwrap().is_empty());
         assert!(read(&f, "test").is_err());
+        assert_eq!(read_choices(&f, "train").unwrap(), Some(c));
+        assert_eq!(read_choices(&f, "validation").unwrap(), None);
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod metrics;
 pub mod plots;
+pub mod routing_quality;
 pub mod table;
 
 pub use table::Results;

@@ -21,6 +21,9 @@ pub const ROUTING_JSON: &str = "routing.json";
 pub struct ModuleChoices {
     pub expert_names: Vec<String>,
     pub counts: Vec<u64>,
+    /// Sum of the routing weights each expert received (absent in old records).
+    #[serde(default)]
+    pub weight_sums: Vec<f64>,
     pub tokens: u64,
 }
 
@@ -39,7 +42,10 @@ fn module_order(name: &str) -> (u8, usize, String) {
 }
 
 /// File-name-safe form of a label.
-fn slug(s: &str) -> String {
+/// `s` as a file or folder name: letters, digits, `-` and `_` kept, anything else
+/// (path separators, dots, spaces) becomes `-`, so no manifest text can name a path
+/// outside the folder it is joined to.
+pub fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

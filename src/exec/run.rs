@@ -25,6 +25,9 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Fail instead of changing the lockfile.
     pub locked: bool,
+    /// Re-hash cached artifacts before planning (done by the caller when it judges
+    /// staleness; carried here so every executor sees the choice).
+    pub verify: bool,
     pub device: String,
 }
 
@@ -36,6 +39,7 @@ impl Default for RunOptions {
             until: None,
             keep_going: false,
             locked: false,
+            verify: false,
             device: "cpu".into(),
         }
     }
@@ -383,7 +387,11 @@ pub fn execute(
         }
     };
     match store.presence(&spec.key) {
-        Presence::Present(_) => return Ok(Outcome::Reused),
+        Presence::Present(_) => {
+            // A run killed between publishing and cleaning up left its checkpoints.
+            let _ = std::fs::remove_dir_all(store.work_dir(&spec.key));
+            return Ok(Outcome::Reused);
+        }
         Presence::Corrupt(why) => {
             reporter.note(&format!(
                 "{}: stored artifact is corrupt ({why}); rebuilding",

@@ -89,6 +89,8 @@ pub struct Manifest {
     pub root: PathBuf,
     pub sources: Sources,
     pub pipeline: Option<String>,
+    /// `pipeline ... allow-outside-paths=#true`: local paths may leave the project.
+    pub allow_outside_paths: bool,
     pub entities: Vec<Entity>,
     /// Every group of the `defaults` node, filled with schema defaults: what a step
     /// that belongs to no node (e.g. the multitask baseline) is configured with.

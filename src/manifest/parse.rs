@@ -173,6 +173,74 @@ fn cut_points(text: &str, pieces: usize) -> Vec<usize> {
     if depth != 0 { vec![] } else { cuts }
 }
 
+/// Deepest nesting of children blocks (and of block comments) a manifest may have.
+/// The schema nests three levels; the KDL parser recurses once per level, so unbounded
+/// nesting would overflow the stack (`x {` 1,281 times did, in 5 KB of input).
+pub const MAX_DEPTH: usize = 64;
+
+/// The byte offset of the first `{` (or `/*`) that opens a level deeper than
+/// [`MAX_DEPTH`], outside strings and comments; None when the text nests less.
+pub fn too_deep(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut nest = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        nest += 1;
+                        if nest > MAX_DEPTH {
+                            return Some(i);
+                        }
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        nest -= 1;
+                        i += 2;
+                        if nest == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'"' => {
+                i = skip_string(b, i, 0);
+                continue;
+            }
+            b'#' => {
+                let mut h = 0;
+                while b.get(i + h) == Some(&b'#') {
+                    h += 1;
+                }
+                if b.get(i + h) == Some(&b'"') {
+                    i = skip_string(b, i + h, h);
+                    continue;
+                }
+            }
+            b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Skips a string starting at the `"` at `i`; `hashes` > 0 for raw strings. Returns the
 /// index after its end (or the end of input for an unterminated one).
 fn skip_string(b: &[u8], i: usize, hashes: usize) -> usize {
@@ -235,6 +303,26 @@ mod tests {
                 assert_eq!(x.span(), y.span());
             }
         }
+    }
+
+    #[test]
+    fn nesting_depth_is_found_outside_strings_and_comments() {
+        let nest = |n: usize| "x {".repeat(n) + &"}".repeat(n);
+        assert_eq!(too_deep(&nest(MAX_DEPTH)), None);
+        assert_eq!(too_deep(&nest(MAX_DEPTH + 1)), Some(3 * MAX_DEPTH + 2));
+        let quoted = format!(
+            "x \"{}\" // {}\n#\"{}\"#",
+            "{".repeat(500),
+            "{".repeat(500),
+            "{".repeat(500)
+        );
+        assert_eq!(too_deep(&quoted), None);
+        let comments = "/*".repeat(MAX_DEPTH + 1) + &"*/".repeat(MAX_DEPTH + 1);
+        assert_eq!(too_deep(&comments), Some(2 * MAX_DEPTH));
+        assert_eq!(
+            too_deep(&("/*".repeat(MAX_DEPTH) + &"*/".repeat(MAX_DEPTH))),
+            None
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! of these, so any later layer (plan, run) can point a diagnostic at the exact text.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use miette::{NamedSource, SourceSpan};
 
@@ -28,6 +28,29 @@ pub struct SourceFile {
     /// The name diagnostics show: the path relative to the project folder.
     pub display: String,
     pub text: Arc<String>,
+    /// Byte offsets where lines start, computed once on first use (diagnostics find
+    /// their line by binary search instead of scanning the file each time).
+    lines: OnceLock<Arc<Vec<usize>>>,
+}
+
+impl SourceFile {
+    pub fn line_starts(&self) -> Arc<Vec<usize>> {
+        self.lines
+            .get_or_init(|| Arc::new(line_starts(&self.text)))
+            .clone()
+    }
+}
+
+/// Byte offsets of the starts of the lines of `text`.
+pub fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect()
 }
 
 /// All files of one manifest: the root file first, then its includes.
@@ -42,6 +65,7 @@ impl Sources {
             path,
             display,
             text: Arc::new(text),
+            lines: OnceLock::new(),
         });
         self.files.len() - 1
     }

@@ -29,7 +29,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
         }
     };
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_default();
-    let text = match std::fs::read_to_string(&abs) {
+    let text = match read_regular(&abs) {
         Ok(t) => t,
         Err(e) => {
             return Err(ManifestErrors {
@@ -60,6 +60,22 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
             errors,
         }),
     }
+}
+
+/// How many files deep includes may nest (a chain of includes recurses once per file).
+const MAX_INCLUDE_DEPTH: usize = 32;
+
+/// Reads a manifest file, refusing anything but a regular file: a FIFO or a device
+/// would block the read forever (or never end, as /dev/zero).
+fn read_regular(path: &Path) -> std::io::Result<String> {
+    let md = std::fs::metadata(path)?;
+    if !md.is_file() {
+        return Err(std::io::Error::other(format!(
+            "it is not a regular file (a {})",
+            crate::store::fsutil::file_kind(&md)
+        )));
+    }
+    std::fs::read_to_string(path)
 }
 
 /// A manifest file that cannot even be read: no source to point into, so a plain
@@ -108,6 +124,17 @@ impl Validator {
         let path = self.sources.get(id).path.clone();
         self.include_stack.push(path.clone());
         let text = self.sources.get(id).text.clone();
+        if let Some(at) = super::parse::too_deep(&text) {
+            self.err(
+                "manifest::too-deep",
+                Loc::new(id, SourceSpan::from(at..at + 1)),
+                format!("blocks nest deeper than {} levels", super::parse::MAX_DEPTH),
+                "this block is one level too deep",
+                "goosepipe manifests nest at most three levels (node { group { ... } }); close the open blocks",
+            );
+            self.include_stack.pop();
+            return;
+        }
         let nodes = match super::parse::parse_nodes(&text) {
             Ok(d) => d,
             Err(e) => {
@@ -211,6 +238,16 @@ impl Validator {
             );
             return;
         }
+        if self.include_stack.len() >= MAX_INCLUDE_DEPTH {
+            self.err(
+                "manifest::too-deep",
+                ploc,
+                format!("includes nest deeper than {MAX_INCLUDE_DEPTH} files"),
+                "one include too many",
+                "flatten the include chain: include the files from fewer levels",
+            );
+            return;
+        }
         if self.include_stack.contains(&real) {
             self.err(
                 "manifest::include-cycle",
@@ -231,7 +268,7 @@ impl Validator {
             );
             return;
         }
-        let text = match std::fs::read_to_string(&real) {
+        let text = match read_regular(&real) {
             Ok(t) => t,
             Err(e) => {
                 self.err(
@@ -239,7 +276,7 @@ impl Validator {
                     ploc,
                     format!("cannot read included file \"{p}\": {e}"),
                     "unreadable",
-                    "check the file's permissions",
+                    "an include names a regular KDL file the user can read",
                 );
                 return;
             }
@@ -260,6 +297,7 @@ impl Validator {
     ) -> Result<Manifest, Vec<ManifestError>> {
         let raw = std::mem::take(&mut self.raw);
         let mut pipeline: Option<(String, Loc)> = None;
+        let mut allow_outside_paths = false;
         let mut defaults: Option<Block> = None;
         let mut defaults_loc: Option<Loc> = None;
         let mut entities: Vec<Entity> = vec![];
@@ -315,6 +353,10 @@ impl Validator {
                     {
                         pipeline = Some((s.clone(), nloc));
                     }
+                    allow_outside_paths = matches!(
+                        block.props.get("allow-outside-paths").map(|f| &f.value),
+                        Some(Value::Bool(true))
+                    );
                 }
                 "defaults" => {
                     defaults = Some(block);
@@ -391,6 +433,7 @@ impl Validator {
             root,
             sources: self.sources,
             pipeline: pipeline.map(|p| p.0),
+            allow_outside_paths,
             entities,
             default_groups,
             index,
@@ -410,6 +453,7 @@ impl Validator {
             children: BTreeMap::new(),
         };
         let mut ok = true;
+        let mut given_bad: Vec<String> = vec![];
         let mut args: Vec<&KdlEntry> = vec![];
         for entry in node.entries() {
             match entry.name() {
@@ -457,6 +501,8 @@ impl Validator {
                             },
                         );
                     } else {
+                        // Reported already; not "missing" as well.
+                        given_bad.push(key.to_string());
                         ok = false;
                     }
                 }
@@ -673,7 +719,7 @@ impl Validator {
         // which only sets what it sets).
         if !in_defaults && spec.name != "defaults" {
             for p in &spec.props {
-                if p.required && !block.props.contains_key(&p.name) {
+                if p.required && !block.props.contains_key(&p.name) && !given_bad.contains(&p.name) {
                     self.err(
                         "manifest::missing-property",
                         name_loc,
@@ -792,6 +838,18 @@ impl Validator {
             (Type::Str | Type::Path | Type::Name | Type::Ref(_), KdlValue::String(s)) => {
                 if s.is_empty() && !matches!(spec.ty, Type::Str) {
                     return wrong(self, "an empty string");
+                }
+                if matches!(spec.ty, Type::Name)
+                    && let Some(why) = unfit_name(s)
+                {
+                    self.err(
+                        "manifest::bad-name",
+                        loc,
+                        format!("\"{}\" cannot be a name", s.escape_debug()),
+                        why,
+                        "names become folder and file names (report --plots, exports): no `/`, `\\`, control characters or leading `.`, at most 200 bytes",
+                    );
+                    return None;
                 }
                 Value::Str(s.clone())
             }
@@ -1134,6 +1192,22 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
 
 /// The KDL parser sometimes reports a span from the start of the document to the
 /// offending token; point at the last token of such a span, where the problem is.
+/// Why `name` cannot be used as a name (every name may end up as a file or folder
+/// name), or None when it can.
+fn unfit_name(name: &str) -> Option<&'static str> {
+    if name.contains(['/', '\\']) {
+        Some("contains a path separator")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if name.starts_with('.') {
+        Some("starts with `.`")
+    } else if name.len() > 200 {
+        Some("is longer than 200 bytes")
+    } else {
+        None
+    }
+}
+
 fn narrow_span(text: &str, span: SourceSpan) -> SourceSpan {
     let start = span.offset().min(text.len());
     let end = (start + span.len()).min(text.len());

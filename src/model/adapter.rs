@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
 use super::routing::{Router, Routing};
@@ -239,8 +239,9 @@ impl AdapterSet {
     }
 }
 
-/// Routing decisions of one module accumulated over forward passes.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Routing decisions of one module accumulated over forward passes. Only real tokens
+/// count: padding rows of the batch are left out of every count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModuleRouting {
     pub expert_names: Vec<String>,
     /// How many (token, slot) choices picked each expert.
@@ -258,10 +259,29 @@ pub struct ModuleRouting {
 pub struct RoutingLog {
     pub keep_choices: bool,
     pub modules: BTreeMap<String, ModuleRouting>,
+    /// Which rows of the current encoder-side input (encoder modules, cross-attention
+    /// keys and values) are real tokens; set by the model before those modules run.
+    #[serde(skip)]
+    pub encoder_rows: Option<Vec<bool>>,
+    /// The same for the current decoder input (set by whoever decodes: scoring knows
+    /// which target positions are padding, generation which rows have finished).
+    #[serde(skip)]
+    pub decoder_rows: Option<Vec<bool>>,
 }
 
 impl RoutingLog {
     fn record(&mut self, module: &str, names: &[String], routing: &Routing) {
+        let rows = if is_encoder_side(module) {
+            &self.encoder_rows
+        } else {
+            &self.decoder_rows
+        };
+        let n_tok = routing.experts.len() / routing.k.max(1);
+        // A mask of the wrong length (a caller that did not say) counts every row.
+        let real = |t: usize| match rows {
+            Some(r) if r.len() == n_tok => r[t],
+            _ => true,
+        };
         let entry = self
             .modules
             .entry(module.to_owned())
@@ -271,11 +291,14 @@ impl RoutingLog {
                 weight_sums: vec![0.0; names.len()],
                 ..Default::default()
             });
-        for (&z, &w) in routing.experts.iter().zip(&routing.weights) {
-            entry.counts[z as usize] += 1;
-            entry.weight_sums[z as usize] += w;
+        let k = routing.k.max(1);
+        for (slot, (&z, &w)) in routing.experts.iter().zip(&routing.weights).enumerate() {
+            if real(slot / k) {
+                entry.counts[z as usize] += 1;
+                entry.weight_sums[z as usize] += w;
+            }
         }
-        entry.tokens += (routing.experts.len() / routing.k.max(1)) as u64;
+        entry.tokens += (0..n_tok).filter(|&t| real(t)).count() as u64;
         if self.keep_choices {
             entry.choices.push(routing.clone());
         }

@@ -49,3 +49,27 @@ mod tests {
         assert_eq!(v, -1);
     }
 }
+
+/// `MemAvailable` (or `MemTotal` with `total`) of /proc/meminfo in bytes; None where
+/// the system does not say.
+fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Memory this machine can give a new allocation now, in bytes.
+pub fn memory_available() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+/// This machine's memory, in bytes.
+pub fn memory_total() -> Option<u64> {
+    meminfo("MemTotal:")
+}

@@ -109,6 +109,25 @@ impl T5Config {
         self.num_heads * self.d_kv
     }
 
+    /// Parameters of the whole model (embeddings, untied head, every linear and norm),
+    /// in u128 so absurd sizes from a manifest cannot overflow.
+    pub fn parameter_count(&self) -> u128 {
+        let (d, inner, ff) = (self.d_model as u128, self.inner_dim() as u128, self.d_ff as u128);
+        let ffn = if self.feed_forward.is_gated() { 3 } else { 2 } * d * ff;
+        let attention = 4 * d * inner;
+        let bias = (self.relative_attention_num_buckets * self.num_heads) as u128;
+        let encoder = self.num_layers as u128 * (attention + ffn + 2 * d) + bias + d;
+        let decoder = self.num_decoder_layers as u128 * (2 * attention + ffn + 3 * d) + bias + d;
+        let head = if self.tie_word_embeddings { 0 } else { 1 };
+        (1 + head) * self.vocab_size as u128 * d + encoder + decoder
+    }
+
+    /// Bytes that training every parameter in f32 holds at least: weights, gradients
+    /// and AdamW's two moments (activations come on top).
+    pub fn training_bytes(&self) -> u128 {
+        16 * self.parameter_count()
+    }
+
     /// Parses an HF `config.json`. `has_lm_head` says whether the checkpoint has a
     /// separate `lm_head.weight`; pass `None` to trust the config's tie flag.
     pub fn from_json_str(text: &str, path: &Path, has_lm_head: Option<bool>) -> Result<Self> {

@@ -6,11 +6,13 @@ use std::sync::Mutex;
 use candle_core::Tensor;
 
 use super::error::{ModelError, Result};
-use super::rng::SeededRng;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 pub struct Dropout {
     rate: f64,
-    rng: Mutex<SeededRng>,
+    /// The mask stream; None while dropout is off (validation, evaluation).
+    rng: Mutex<Option<ChaCha8Rng>>,
 }
 
 impl Dropout {
@@ -21,12 +23,24 @@ impl Dropout {
         }
         Ok(Dropout {
             rate,
-            rng: Mutex::new(SeededRng::new(seed)),
+            rng: Mutex::new(Some(ChaCha8Rng::seed_from_u64(seed))),
         })
     }
 
     pub fn rate(&self) -> f64 {
         self.rate
+    }
+
+    /// Restarts the mask stream from `seed` (Some), or turns dropout off (None). A
+    /// trainer reseeds at every micro-step from (its seed, the micro-step), so the masks
+    /// are a pure function of the step and a resumed run draws the same ones.
+    pub fn reseed(&self, seed: Option<u64>) -> Result<()> {
+        let mut rng = self
+            .rng
+            .lock()
+            .map_err(|_| ModelError::Input("dropout RNG lock poisoned".into()))?;
+        *rng = seed.map(ChaCha8Rng::seed_from_u64);
+        Ok(())
     }
 
     /// Zeroes each element with probability `rate` and scales the rest by
@@ -38,13 +52,18 @@ impl Dropout {
         let n = x.elem_count();
         let keep = 1.0 - self.rate;
         let scale = (1.0 / keep) as f32;
+        // An element is kept when a uniform u32 falls below keep * 2^32.
+        let threshold = (keep * 4294967296.0).min(u32::MAX as f64) as u32;
         let mask: Vec<f32> = {
             let mut rng = self
                 .rng
                 .lock()
                 .map_err(|_| ModelError::Input("dropout RNG lock poisoned".into()))?;
+            let Some(rng) = rng.as_mut() else {
+                return Ok(x.clone());
+            };
             (0..n)
-                .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+                .map(|_| if rng.next_u32() < threshold { scale } else { 0.0 })
                 .collect()
         };
         let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;

@@ -73,6 +73,8 @@ impl T5Model {
         let mut next = vec![self.config.decoder_start_token_id; b];
         for _ in 0..max_new_tokens {
             let step = Tensor::from_vec(next.clone(), (b, 1), self.device())?;
+            // Rows that finished feed padding: not tokens the router should count.
+            self.set_decoder_rows(Some(done.iter().map(|d| !d).collect()));
             let logits = self.decode_step(&step, &mut cache)?; // [B, 1, V]
             let best: Vec<u32> = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
             for i in 0..b {
@@ -133,6 +135,16 @@ impl T5Model {
             let targets: Vec<Vec<u32>> = chunk.iter().map(|(_, t)| t.clone()).collect();
             let batch = Seq2SeqBatch::from_pairs(&self.config, &dummy_inputs, &targets, self.device())?;
             let mut cache = self.start_decoding(&enc, &mask)?;
+            // Decoder position j is a real token iff it predicts a real target token.
+            let rows: Vec<bool> = batch
+                .label_mask
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|m| m > 0.5)
+                .collect();
+            self.set_decoder_rows(Some(rows));
             let logits = self.decode_step(&batch.decoder_input_ids, &mut cache)?;
             let (nll, _) = token_nll(&logits, &batch.labels, &batch.label_mask)?;
             let nll: Vec<Vec<f64>> = nll.to_dtype(DType::F64)?.to_vec2()?;

@@ -346,6 +346,33 @@ impl T5Model {
         }));
     }
 
+    /// Tells the routing log which rows of the next decoder inputs are real tokens
+    /// (`[B * T]`, row-major); padding rows are not counted. No-op when not logging.
+    pub fn set_decoder_rows(&self, rows: Option<Vec<bool>>) {
+        if let Some(log) = &self.routing_log
+            && let Ok(mut log) = log.lock()
+        {
+            log.decoder_rows = rows;
+        }
+    }
+
+    /// The same for encoder-side inputs, from a 0/1 attention mask.
+    fn set_encoder_rows(&self, attention_mask: &Tensor) -> Result<()> {
+        if let Some(log) = &self.routing_log {
+            let rows: Vec<bool> = attention_mask
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|m| m > 0.5)
+                .collect();
+            if let Ok(mut log) = log.lock() {
+                log.encoder_rows = Some(rows);
+            }
+        }
+        Ok(())
+    }
+
     /// Stops recording and returns what was recorded.
     pub fn take_routing_log(&mut self) -> Option<RoutingLog> {
         self.routing_log
@@ -360,6 +387,15 @@ impl T5Model {
     pub fn enable_dropout(&mut self, rate: f64, seed: u64) -> Result<()> {
         self.dropout = Some(Dropout::new(rate, seed)?);
         Ok(())
+    }
+
+    /// Reseeds the dropout masks (Some) or pauses dropout (None) without `&mut`: a
+    /// trainer switches between training micro-steps and validation this way.
+    pub fn set_dropout_seed(&self, seed: Option<u64>) -> Result<()> {
+        match &self.dropout {
+            Some(d) => d.reseed(seed),
+            None => Ok(()),
+        }
     }
 
     pub fn disable_dropout(&mut self) {
@@ -409,6 +445,7 @@ impl T5Model {
                 input_ids.dims()
             )));
         }
+        self.set_encoder_rows(attention_mask)?;
         let ctx = self.ctx();
         let mut h = self.drop(self.embed(input_ids)?)?;
         let mask = key_mask(attention_mask, self.bias_dtype())?;
@@ -432,6 +469,7 @@ impl T5Model {
     /// Prepares incremental decoding against an encoder output: computes every
     /// layer's cross-attention keys and values once.
     pub fn start_decoding(&self, encoder_out: &Tensor, attention_mask: &Tensor) -> Result<DecoderCache> {
+        self.set_encoder_rows(attention_mask)?;
         let ctx = self.ctx();
         let mut cross_kv = Vec::with_capacity(self.decoder.blocks.len());
         for block in &self.decoder.blocks {

@@ -24,6 +24,7 @@ use super::params::{self, Collected};
 use super::{Catalog, Plan, Step, key};
 use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::Schema;
+use crate::manifest::source::Sources;
 use crate::manifest::{Entity, Loc, Manifest, ManifestError, ManifestErrors, Origin, Value};
 use crate::store::{External, HashCache, SpecInput, StepSpec};
 
@@ -77,6 +78,7 @@ struct Lowerer<'a> {
     protos: Vec<Proto>,
     ids: HashMap<String, usize>,
     errors: Vec<ManifestError>,
+    warnings: Vec<ManifestError>,
 }
 
 /// Builds the plan: lowers entities to steps, hashes local inputs, computes keys.
@@ -91,6 +93,7 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
         protos: vec![],
         ids: HashMap::new(),
         errors: vec![],
+        warnings: vec![],
     };
     // Collecting a node's parameters (schema walk, defaults, origins) is most of
     // lowering and independent per node: done for all nodes in parallel first.
@@ -149,8 +152,24 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
         });
     }
     let protos = std::mem::take(&mut l.protos);
+    let mut warnings = std::mem::take(&mut l.warnings);
     drop(l);
-    finish(manifest, protos, catalog)
+    if manifest.entities.is_empty() {
+        warnings.push(
+            ManifestError::new(
+                &manifest.sources,
+                "plan::empty",
+                Loc::new(0, (0..0).into()),
+                "the manifest defines no steps",
+                "nothing here",
+            )
+            .help("a pipeline needs at least a model or a dataset; see pipelines/quickstart.kdl")
+            .as_warning(),
+        );
+    }
+    let mut plan = finish(manifest, protos, catalog)?;
+    plan.warnings = warnings;
+    Ok(plan)
 }
 
 /// One step from its proto, once the keys of its inputs are known.
@@ -292,6 +311,7 @@ fn finish(manifest: Manifest, protos: Vec<Proto>, catalog: &dyn Catalog) -> Resu
         index,
         graph,
         nodes,
+        warnings: vec![],
     })
 }
 
@@ -387,6 +407,12 @@ impl Lowerer<'_> {
         for u in &c.paths {
             let abs = self.file_dir(u.loc).join(&u.value);
             let abs = crate::manifest::validate::normalize(&abs);
+            if let Some(why) = self.escapes(&abs) {
+                let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
+                self.errors
+                    .push(escape_error(&self.manifest.sources, loc, &u.path, &u.value, why));
+                continue;
+            }
             match self.hashes.path(&abs) {
                 Ok(h) => {
                     let display = abs
@@ -425,6 +451,58 @@ impl Lowerer<'_> {
         }
     }
 
+    /// Warns when a model built by the pipeline cannot be trained in this machine's
+    /// memory (the model step refuses it then, instead of aborting in the allocator).
+    fn model_size(&mut self, e: &Entity, init: &crate::manifest::Block) {
+        let int = |k: &str| init.get(k).and_then(|v| v.as_int()).unwrap_or(0).max(0) as usize;
+        let mut cfg = crate::model::T5Config::tiny_v1_1(int("vocab") + 100, int("d-model"), int("layers"));
+        cfg.d_ff = int("d-ff");
+        cfg.d_kv = int("d-kv");
+        cfg.num_heads = int("heads");
+        let (Some(total), need) = (crate::model::alloc::memory_total(), cfg.training_bytes()) else {
+            return;
+        };
+        if need > total as u128 {
+            let size = |b: u128| crate::store::fsutil::human_size(b.min(u64::MAX as u128) as u64);
+            let loc = init.loc;
+            self.warnings.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "plan::model-too-large",
+                    loc,
+                    format!(
+                        "model \"{}\" has about {} parameters: pretraining it needs at least {} (weights, gradients, AdamW moments), more than this machine's {}",
+                        e.name,
+                        cfg.parameter_count(),
+                        size(need),
+                        size(total as u128)
+                    ),
+                    "this size",
+                )
+                .help("its model step will refuse to start here; lower d-model, d-ff, layers or vocab, or run it where memory suffices")
+                .as_warning(),
+            );
+        }
+    }
+
+    /// Why a local path may not be read (it leaves the project folder, as written or
+    /// through a symlink, and the manifest did not allow that), or None.
+    fn escapes(&self, abs: &Path) -> Option<&'static str> {
+        if self.manifest.allow_outside_paths {
+            return None;
+        }
+        let root = &self.manifest.root;
+        if !abs.starts_with(root) {
+            return Some("it is outside the project folder");
+        }
+        match std::fs::canonicalize(abs) {
+            Ok(real) if !real.starts_with(root) => {
+                Some("it leads outside the project folder through a symlink")
+            }
+            _ => None,
+        }
+    }
+
     fn collect(&self, e: &Entity, only: Option<&[&str]>) -> Collected {
         let spec = self.schema.node(&e.kind).expect("validated kind");
         params::collect(self.schema, &e.block, spec, only)
@@ -442,6 +520,9 @@ impl Lowerer<'_> {
     }
 
     fn model(&mut self, e: &Entity, c: Collected) {
+        if let Some(init) = e.block.group("init") {
+            self.model_size(e, init);
+        }
         let mut p = Proto::new("model", &e.name, Some(e.name_loc));
         self.paths(&mut p, &c);
         for r in &c.refs {
@@ -504,6 +585,17 @@ impl Lowerer<'_> {
             });
         }
         let abs = crate::manifest::validate::normalize(&local);
+        if let Some(why) = self.escapes(&abs) {
+            let loc = loc.unwrap_or(Loc::new(0, (0..0).into()));
+            self.errors.push(escape_error(
+                &self.manifest.sources,
+                loc,
+                "routing.embedder",
+                spec,
+                why,
+            ));
+            return None;
+        }
         match self.hashes.path(&abs) {
             Ok(h) => Some(External::Path {
                 role: "embedder".into(),
@@ -611,6 +703,56 @@ fn members_of<'m>(manifest: &'m Manifest, pool: &str) -> Vec<&'m Entity> {
 }
 
 impl Lowerer<'_> {
+    /// Each task's owning expert (`task ... expert=NAME`, or the one pool member trained
+    /// on the task's dataset), checked against the pool and written into the task's
+    /// parameters so the eval can measure routing to it.
+    fn task_owners(&mut self, e: &Entity, members: &[&Entity], pool: &str, v: &mut Proto) {
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        let Some(Value::Map(tasks)) = v.params.get_mut("task") else {
+            return;
+        };
+        for t in e.block.records("task") {
+            let Some(name) = t.arg.as_ref().and_then(|a| a.value.as_str()) else {
+                continue;
+            };
+            let Some(Value::Map(params)) = tasks.get_mut(name) else {
+                continue;
+            };
+            match t.props.get("expert") {
+                Some(f) => {
+                    let owner = f.value.as_str().unwrap_or_default();
+                    if !names.contains(&owner) {
+                        let help = match did_you_mean(owner, names.iter().copied()) {
+                            Some(d) => format!("did you mean \"{d}\"?"),
+                            None => format!("pool \"{pool}\" has: {}", names.join(", ")),
+                        };
+                        self.errors.push(
+                            ManifestError::new(
+                                &self.manifest.sources,
+                                "manifest::undefined-reference",
+                                f.loc.unwrap_or(e.name_loc),
+                                format!("expert \"{owner}\" is not in pool \"{pool}\""),
+                                "not a pool member",
+                            )
+                            .help(help),
+                        );
+                    }
+                }
+                None => {
+                    let data = t.str("dataset").unwrap_or_default();
+                    let owners: Vec<&str> = members
+                        .iter()
+                        .filter(|m| m.block.str("dataset") == Some(data))
+                        .map(|m| m.name.as_str())
+                        .collect();
+                    if let [owner] = owners.as_slice() {
+                        params.insert("expert".into(), Value::Str(owner.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
     fn eval(&mut self, e: &Entity) {
         let pool = e.block.str("pool").unwrap_or_default().to_string();
         let manifest = self.manifest;
@@ -652,6 +794,7 @@ impl Lowerer<'_> {
             v.inputs.push((role, format!("{}:{}", r.kind, r.name)));
         }
         v.absorb(c);
+        self.task_owners(e, &members, &pool, &mut v);
         v.inputs.push(("pool".into(), format!("pool:{pool}")));
         v.inputs.push(("model".into(), format!("model:{model}")));
         // The eval reads the members' files itself, so they are declared inputs too
@@ -763,4 +906,19 @@ impl Lowerer<'_> {
         }
         self.push(v, &e.name);
     }
+}
+
+/// The diagnostic for a local path that leaves the project folder.
+fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str) -> ManifestError {
+    ManifestError::new(
+        sources,
+        "manifest::path-escapes",
+        loc,
+        format!("{what} \"{value}\" is not inside the project: {why}"),
+        "outside the project folder",
+    )
+    .help(
+        "keep data inside the folder of the manifest given on the command line (so a checkout carries what it \
+         reads), or allow it for this pipeline: pipeline \"NAME\" allow-outside-paths=#true",
+    )
 }

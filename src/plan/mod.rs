@@ -52,6 +52,9 @@ pub struct Plan {
     /// Edges input -> consumer, over indices into `steps`.
     pub graph: DiGraph<usize, ()>,
     pub nodes: Vec<NodeIndex>,
+    /// Things worth saying that do not stop the plan (an empty manifest, a model too
+    /// large for this machine), rendered like manifest diagnostics.
+    pub warnings: Vec<crate::manifest::ManifestError>,
 }
 
 impl Plan {

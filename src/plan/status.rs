@@ -18,8 +18,11 @@ use crate::store::{Key, Presence, StepSpec, Store};
 pub enum Reason {
     /// Never built (no earlier key for this step in the lockfile or store).
     New,
-    /// Same key as locked, but the store does not have it.
+    /// Same key as locked, built before, but the store does not have it.
     Missing,
+    /// Started by an earlier run that was interrupted; its saved progress is kept, so
+    /// it resumes.
+    Interrupted,
     /// The stored artifact failed its check.
     Corrupt {
         detail: String,
@@ -60,7 +63,8 @@ impl Reason {
     pub fn describe(&self) -> String {
         match self {
             Reason::New => "new".into(),
-            Reason::Missing => "artifact missing from the store".into(),
+            Reason::Missing => "artifact missing from the store (it was built before)".into(),
+            Reason::Interrupted => "interrupted in an earlier run; resumes from its saved progress".into(),
             Reason::Corrupt { detail } => format!("artifact corrupt ({detail})"),
             Reason::ParamsChanged { changes } => format!(
                 "parameters changed: {}",
@@ -147,8 +151,20 @@ impl Status {
     }
 }
 
-/// Judges every step of the plan against the store and the lockfile.
+/// Judges every step of the plan against the store and the lockfile (metadata and
+/// file sizes; see [`status_verified`] for re-hashing).
 pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
+    status_with(plan, store, lock, false)
+}
+
+/// [`status`], with every present artifact re-hashed against its recorded digests
+/// first (`plan --verify`, `run --verify`): a mismatch is quarantined and its step is
+/// stale with the reason.
+pub fn status_verified(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
+    status_with(plan, store, lock, true)
+}
+
+fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Status {
     use rayon::prelude::*;
     let n = plan.steps.len();
     // One stat (and for missing steps a lockfile lookup) per step, independent of each
@@ -157,6 +173,17 @@ pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
         .steps
         .par_iter()
         .map(|step| match store.presence(&step.spec.key) {
+            Presence::Present(_) if verify => match store.verify(&step.spec.key) {
+                Ok(_) => (true, vec![]),
+                Err(e) => {
+                    let detail = match e {
+                        crate::store::StoreError::Corrupt { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    let _ = store.quarantine(&step.spec.key);
+                    (false, vec![Reason::Corrupt { detail }])
+                }
+            },
             Presence::Present(_) => (true, vec![]),
             Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
             Presence::Missing => (false, why_missing(&step.spec, store, lock)),
@@ -194,12 +221,27 @@ pub fn status(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
     Status { states }
 }
 
+/// Whether an earlier attempt left saved progress (checkpoints) for this step.
+fn has_progress(store: &Store, spec: &StepSpec) -> bool {
+    std::fs::read_dir(store.work_dir(&spec.key)).is_ok_and(|mut d| d.next().is_some())
+}
+
 fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
     let Some(locked) = lock.steps.get(&spec.id) else {
-        return vec![Reason::New];
+        return vec![if has_progress(store, spec) {
+            Reason::Interrupted
+        } else {
+            Reason::New
+        }];
     };
     if locked.key == spec.key {
-        return vec![Reason::Missing];
+        return vec![if locked.digest.is_some() {
+            Reason::Missing
+        } else if has_progress(store, spec) {
+            Reason::Interrupted
+        } else {
+            Reason::New
+        }];
     }
     let old = store
         .recipe(&locked.key)

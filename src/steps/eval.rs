@@ -20,6 +20,7 @@ use super::retrieval_index::{DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, loa
 use crate::data::{Example, read_jsonl};
 use crate::eval::Results;
 use crate::eval::metrics::{exact_match, rouge_l};
+use crate::eval::routing_quality::RoutingQuality;
 use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::adapter::ModuleRouting;
 use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, predict};
@@ -34,7 +35,47 @@ struct Task {
     name: String,
     metric: String,
     max_new_tokens: usize,
+    /// The pool member trained on this task's data, whose share of the routing the
+    /// eval records.
+    owner: Option<String>,
     examples: Vec<Example>,
+}
+
+/// The finished (method, task) results of this eval, saved one by one in its work
+/// folder, so an interrupted eval resumes at the first unfinished task instead of
+/// example 0. A result reloads bit for bit (scores and routing sums are f64 written
+/// with round-trip precision), so a resumed eval publishes the same bytes.
+struct Progress {
+    dir: std::path::PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Finished {
+    method: String,
+    task: String,
+    score: f64,
+    routing: Option<BTreeMap<String, ModuleRouting>>,
+}
+
+impl Progress {
+    fn file(&self, method: &str, task: &str) -> std::path::PathBuf {
+        let h = blake3::hash(format!("{method}\0{task}").as_bytes());
+        self.dir.join(format!("{}.json", &h.to_hex()[..32]))
+    }
+
+    /// A finished result, if this eval saved one (anything unreadable is redone).
+    fn load(&self, method: &str, task: &str) -> Option<Finished> {
+        let f: Finished = serde_json::from_slice(&std::fs::read(self.file(method, task)).ok()?).ok()?;
+        (f.method == method && f.task == task).then_some(f)
+    }
+
+    fn save(&self, f: &Finished) -> Result<(), StepError> {
+        std::fs::create_dir_all(&self.dir)?;
+        let bytes = serde_json::to_vec(f).expect("json");
+        crate::store::fsutil::write_atomic(&self.file(&f.method, &f.task), &bytes)?;
+        crate::faults::point("eval.task-saved");
+        Ok(())
+    }
 }
 
 fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
@@ -128,37 +169,44 @@ fn score_task(
 /// Retrieval: each example goes to the expert whose library holds its nearest
 /// neighbour (top-1 one-hot on every module). Examples are grouped by expert and
 /// each group is scored with that expert's LoRA alone, which is the same thing.
-/// Returns the task scores and, per task, the choices as one routing row (every
-/// module makes the same choice, once per example).
-fn score_retrieval(
-    ctx: &StepContext,
-    base: &mut Base,
-    tasks: &[Task],
-    experts: &[LoraExpert],
-    batch: usize,
-    done: &mut u64,
-) -> Result<(BTreeMap<String, f64>, TaskRouting), StepError> {
-    let spec = ctx
-        .param("routing.embedder")
-        .and_then(|v| v.as_str())
-        .unwrap_or(DEFAULT_EMBEDDER)
-        .to_string();
-    let emb = load_embedder(ctx, &spec, base.model.device())?;
-    // `experts` are in name order, and so are the libraries.
-    let libraries = experts
-        .iter()
-        .map(|e| {
-            let inp = ctx.input(&format!("retrieval-index:{}", e.name))?;
-            load_library(&inp.files.join(LIBRARY_FILE), emb.dim(), base.model.device())
-        })
-        .collect::<Result<Vec<_>, StepError>>()?;
-    let mut out = BTreeMap::new();
-    let mut routing = BTreeMap::new();
-    let mut counts = vec![0usize; experts.len()];
-    for t in tasks {
-        ctx.cancel.check()?;
+struct Retrieval {
+    embedder: crate::model::sentence::SentenceEmbedder,
+    libraries: Vec<candle_core::Tensor>,
+}
+
+impl Retrieval {
+    fn load(ctx: &StepContext, base: &Base, experts: &[LoraExpert]) -> Result<Retrieval, StepError> {
+        let spec = ctx
+            .param("routing.embedder")
+            .and_then(|v| v.as_str())
+            .unwrap_or(DEFAULT_EMBEDDER)
+            .to_string();
+        let embedder = load_embedder(ctx, &spec, base.model.device())?;
+        // `experts` are in name order, and so are the libraries.
+        let libraries = experts
+            .iter()
+            .map(|e| {
+                let inp = ctx.input(&format!("retrieval-index:{}", e.name))?;
+                load_library(&inp.files.join(LIBRARY_FILE), embedder.dim(), base.model.device())
+            })
+            .collect::<Result<Vec<_>, StepError>>()?;
+        Ok(Retrieval { embedder, libraries })
+    }
+
+    /// The task's score, and its choices as one routing row (every module makes the
+    /// same choice, once per example).
+    fn score(
+        &self,
+        ctx: &StepContext,
+        base: &mut Base,
+        t: &Task,
+        experts: &[LoraExpert],
+        batch: usize,
+        done: &mut u64,
+    ) -> Result<(f64, BTreeMap<String, ModuleRouting>), StepError> {
         let picks =
-            route::retrieval::pick_experts(&embed_examples(&emb, &t.examples)?, &libraries).map_err(fail)?;
+            route::retrieval::pick_experts(&embed_examples(&self.embedder, &t.examples)?, &self.libraries)
+                .map_err(fail)?;
         let mut total = 0f64;
         for (z, e) in experts.iter().enumerate() {
             let group: Vec<Example> = t
@@ -171,17 +219,16 @@ fn score_retrieval(
             if group.is_empty() {
                 continue;
             }
-            counts[z] += group.len();
             let sub = Task {
                 name: t.name.clone(),
                 metric: t.metric.clone(),
                 max_new_tokens: t.max_new_tokens,
+                owner: t.owner.clone(),
                 examples: group,
             };
             base.model.set_adapters(AdapterSet::from_lora(e)).map_err(fail)?;
             total += score_task(ctx, base, &sub, batch, done)? * sub.examples.len() as f64;
         }
-        out.insert(t.name.clone(), total / t.examples.len().max(1) as f64);
         let mut chosen = vec![0u64; experts.len()];
         for &z in &picks {
             chosen[z] += 1;
@@ -193,19 +240,11 @@ fn score_retrieval(
             tokens: picks.len() as u64,
             choices: vec![],
         };
-        routing.insert(
-            t.name.clone(),
+        Ok((
+            total / t.examples.len().max(1) as f64,
             BTreeMap::from([(route::retrieval::ROUTING_ROW.to_string(), row)]),
-        );
+        ))
     }
-    let share: Vec<String> = experts
-        .iter()
-        .zip(&counts)
-        .map(|(e, c)| format!("{} {c}", e.name))
-        .collect();
-    ctx.progress
-        .log(&format!("retrieval: examples per expert: {}", share.join(", ")));
-    Ok((out, routing))
 }
 
 /// Per pool member, in `names` order, the router vectors (gate layout) in file
@@ -232,6 +271,91 @@ fn load_vectors(
             Ok(g)
         })
         .collect()
+}
+
+/// The pool as the eval loaded it, in name order.
+struct Members<'a> {
+    names: &'a [String],
+    experts: &'a [LoraExpert],
+    gates: &'a [GateVectors],
+}
+
+/// What the model runs with for method `m` (every method but retrieval, which picks
+/// one expert per example).
+fn adapters_for(
+    ctx: &StepContext,
+    m: &str,
+    base: &Base,
+    pool: &Members,
+    top_k: usize,
+    temperature: f64,
+) -> Result<AdapterSet, StepError> {
+    let experts = pool.experts;
+    Ok(match m {
+        "base" => route::base::adapters(),
+        "phatgoose" => route::phatgoose::adapters(experts, pool.gates, top_k).map_err(fail)?,
+        "merged" => route::merged::adapters(experts).map_err(fail)?,
+        "arrow" => route::arrow::adapters(experts, top_k, temperature).map_err(fail)?,
+        "average-activation" => {
+            let vectors = load_vectors(
+                ctx,
+                "average-activation",
+                super::average_activation::EMBEDDINGS_FILE,
+                pool.names,
+                base,
+            )?;
+            route::average_activation::adapters(experts, &vectors, top_k).map_err(fail)?
+        }
+        "multitask" => {
+            let inp = ctx.input("multitask")?;
+            let e = LoraExpert::load(
+                &inp.files.join(super::expert::EXPERT_FILE),
+                base.config(),
+                base.model.device(),
+                DType::F32,
+            )
+            .map_err(fail)?;
+            route::multitask::adapters(&e)
+        }
+        e if e.starts_with("expert:") => {
+            route::expert::adapters(experts, &e["expert:".len()..]).map_err(fail)?
+        }
+        other => return Err(fail(format!("unknown method `{other}`"))),
+    })
+}
+
+/// The owners' share of each routed method's routing, and how alike the gates are.
+fn routing_quality(
+    tasks: &[Task],
+    routing: &BTreeMap<String, TaskRouting>,
+    gates: &[GateVectors],
+) -> Result<RoutingQuality, StepError> {
+    let mut q = RoutingQuality::default();
+    for (method, per_task) in routing {
+        for t in tasks {
+            let (Some(owner), Some(modules)) = (&t.owner, per_task.get(&t.name)) else {
+                continue;
+            };
+            // The record as routing.json stores it.
+            let record: BTreeMap<String, crate::eval::plots::ModuleChoices> =
+                serde_json::from_value(serde_json::to_value(modules).expect("json")).map_err(fail)?;
+            if let Some(r) = crate::eval::routing_quality::own_routing(owner, &record) {
+                q.own.entry(method.clone()).or_default().insert(t.name.clone(), r);
+            }
+        }
+    }
+    let vectors = gates
+        .iter()
+        .map(|g| {
+            g.gates
+                .iter()
+                .map(|(m, v)| Ok((m.clone(), v.to_dtype(DType::F64)?.to_vec1::<f64>()?)))
+                .collect::<candle_core::Result<BTreeMap<_, _>>>()
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(fail)?;
+    q.gates = crate::eval::routing_quality::gate_similarity(&vectors);
+    Ok(q)
 }
 
 impl StepRunner for EvalStep {
@@ -273,6 +397,7 @@ impl StepRunner for EvalStep {
                         .unwrap_or("rank-classification")
                         .to_string(),
                     max_new_tokens: p.get("max-new-tokens").and_then(|v| v.as_u64()).unwrap_or(64) as usize,
+                    owner: p.get("expert").and_then(|v| v.as_str()).map(str::to_string),
                     examples: sample(ex, cap, seed),
                 });
             }
@@ -310,65 +435,91 @@ impl StepRunner for EvalStep {
         let mut scores: HashMap<String, BTreeMap<String, f64>> = HashMap::new(); // method -> task -> score
         // method -> task -> module -> expert choice counts
         let mut routing: BTreeMap<String, TaskRouting> = BTreeMap::new();
+        let progress = Progress {
+            dir: ctx.work.join("eval-progress"),
+        };
+        let mut resumed = 0usize;
+        let mut retrieval: Option<Retrieval> = None;
         for m in &plan {
-            if m == "retrieval" {
-                let (s, r) = score_retrieval(ctx, &mut base, &tasks, &experts, batch, &mut done)?;
-                routing.insert(m.clone(), r);
-                let mean: f64 = s.values().sum::<f64>() / tasks.len().max(1) as f64;
-                scores.insert(m.clone(), s);
-                ctx.progress.log(&format!("{m}: mean {:.1}", mean * 100.0));
-                continue;
-            }
-            let set = match m.as_str() {
-                "base" => route::base::adapters(),
-                "phatgoose" => route::phatgoose::adapters(&experts, &gates, top_k).map_err(fail)?,
-                "merged" => route::merged::adapters(&experts).map_err(fail)?,
-                "arrow" => route::arrow::adapters(&experts, top_k, temperature).map_err(fail)?,
-                "average-activation" => {
-                    let vectors = load_vectors(
-                        ctx,
-                        "average-activation",
-                        super::average_activation::EMBEDDINGS_FILE,
-                        &names,
-                        &base,
-                    )?;
-                    route::average_activation::adapters(&experts, &vectors, top_k).map_err(fail)?
-                }
-                "multitask" => {
-                    let inp = ctx.input("multitask")?;
-                    let e = LoraExpert::load(
-                        &inp.files.join(super::expert::EXPERT_FILE),
-                        base.config(),
-                        &dev,
-                        DType::F32,
-                    )
-                    .map_err(fail)?;
-                    route::multitask::adapters(&e)
-                }
-                e if e.starts_with("expert:") => {
-                    route::expert::adapters(&experts, &e["expert:".len()..]).map_err(fail)?
-                }
-                other => return Err(fail(format!("unknown method `{other}`"))),
-            };
-            base.model.set_adapters(set).map_err(fail)?;
-            // Token-level routers: record which experts each module picks, per task,
-            // for the routing analysis (`goosepipe report --plots`).
-            let routed = route::routes_tokens(m);
+            // Adapters are built only when a task of this method still has to run.
+            let mut prepared = false;
             for t in &tasks {
-                if routed {
-                    base.model.start_routing_log(false);
-                }
-                let s = score_task(ctx, &base, t, batch, &mut done)?;
-                scores.entry(m.clone()).or_default().insert(t.name.clone(), s);
-                if let Some(log) = base.model.take_routing_log() {
-                    routing
+                if let Some(f) = progress.load(m, &t.name) {
+                    resumed += 1;
+                    done += t.examples.len() as u64;
+                    ctx.progress.set_position(done);
+                    scores
                         .entry(m.clone())
                         .or_default()
-                        .insert(t.name.clone(), log.modules);
+                        .insert(t.name.clone(), f.score);
+                    if let Some(r) = f.routing {
+                        routing.entry(m.clone()).or_default().insert(t.name.clone(), r);
+                    }
+                    continue;
+                }
+                ctx.cancel.check()?;
+                let (score, routed) = if m == "retrieval" {
+                    if retrieval.is_none() {
+                        retrieval = Some(Retrieval::load(ctx, &base, &experts)?);
+                    }
+                    let r = retrieval.as_ref().expect("loaded above");
+                    let (s, row) = r.score(ctx, &mut base, t, &experts, batch, &mut done)?;
+                    (s, Some(row))
+                } else {
+                    if !prepared {
+                        let pool = Members {
+                            names: &names,
+                            experts: &experts,
+                            gates: &gates,
+                        };
+                        let set = adapters_for(ctx, m, &base, &pool, top_k, temperature)?;
+                        base.model.set_adapters(set).map_err(fail)?;
+                        prepared = true;
+                    }
+                    // Token-level routers: record which experts each module picks, per
+                    // task, for the routing analysis (report and `report --plots`).
+                    if route::routes_tokens(m) {
+                        base.model.start_routing_log(false);
+                    }
+                    let s = score_task(ctx, &base, t, batch, &mut done)?;
+                    (s, base.model.take_routing_log().map(|log| log.modules))
+                };
+                progress.save(&Finished {
+                    method: m.clone(),
+                    task: t.name.clone(),
+                    score,
+                    routing: routed.clone(),
+                })?;
+                scores.entry(m.clone()).or_default().insert(t.name.clone(), score);
+                if let Some(r) = routed {
+                    routing.entry(m.clone()).or_default().insert(t.name.clone(), r);
                 }
             }
-            let mean: f64 = scores[m].values().sum::<f64>() / tasks.len().max(1) as f64;
+            let mean: f64 =
+                scores.get(m).map(|s| s.values().sum::<f64>()).unwrap_or(0.0) / tasks.len().max(1) as f64;
             ctx.progress.log(&format!("{m}: mean {:.1}", mean * 100.0));
+            if m == "retrieval"
+                && let Some(r) = routing.get(m)
+            {
+                let mut counts = vec![0u64; experts.len()];
+                for row in r.values().flat_map(|t| t.values()) {
+                    for (c, x) in counts.iter_mut().zip(&row.counts) {
+                        *c += x;
+                    }
+                }
+                let share: Vec<String> = experts
+                    .iter()
+                    .zip(&counts)
+                    .map(|(e, c)| format!("{} {c}", e.name))
+                    .collect();
+                ctx.progress
+                    .log(&format!("retrieval: examples per expert: {}", share.join(", ")));
+            }
+        }
+        if resumed > 0 {
+            ctx.progress.log(&format!(
+                "resumed: {resumed} (method, task) result(s) were kept from the interrupted run"
+            ));
         }
         let mut results = Results {
             title: format!("{} (pool of {} experts)", ctx.spec.name, experts.len()),
@@ -420,6 +571,11 @@ impl StepRunner for EvalStep {
                 serde_json::to_vec_pretty(&routing).expect("json"),
             )?;
         }
+        let quality = routing_quality(&tasks, &routing, &gates)?;
+        std::fs::write(
+            ctx.out.join(crate::eval::routing_quality::QUALITY_JSON),
+            serde_json::to_vec_pretty(&quality).expect("json"),
+        )?;
         Ok(())
     }
 }

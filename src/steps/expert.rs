@@ -9,17 +9,58 @@ use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::common::{Base, CtxMonitor, device, fail, load_base, train_err, write_metrics};
+use crate::data::tokens::TokenChoices;
 use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::trainable::{gates_from, lora_expert_from, new_trainable_gates, new_trainable_lora};
-use crate::model::{LoraExpert, Seq2SeqBatch, T5Model};
+use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
 use crate::train::{Objective, Pair, TrainConfig, train};
 
 pub const EXPERT_FILE: &str = "expert.safetensors";
 pub const GATES_FILE: &str = "gates.safetensors";
 
-/// The loss of the (adapted) model on a batch of pairs.
+/// The loss of the (adapted) model on a batch of pairs, and the validation metric of
+/// its data: rank-classification accuracy for examples with answer choices, exact
+/// match of greedy generation for the others.
 pub struct AdaptedModel<'a> {
     pub model: &'a T5Model,
+    /// The validation pairs (as the trainer truncated them) with their choices, if any.
+    pub validation: Vec<(Pair, Option<TokenChoices>)>,
+    /// Examples per scoring batch.
+    pub batch: usize,
+}
+
+impl AdaptedModel<'_> {
+    /// Whether each of `items` is answered right.
+    fn correct(&self, items: &[(Pair, Option<TokenChoices>)]) -> crate::model::Result<Vec<bool>> {
+        let eos = self.model.config.eos_token_id;
+        let (choice, generate): (Vec<_>, Vec<_>) =
+            items.iter().enumerate().partition(|(_, (_, c))| c.is_some());
+        let mut right = vec![false; items.len()];
+        let asks: Vec<ChoiceItem> = choice
+            .iter()
+            .map(|(_, (p, c))| ChoiceItem {
+                input: p.input.clone(),
+                choices: c.as_ref().map(|c| c.choices.clone()).unwrap_or_default(),
+            })
+            .collect();
+        if !asks.is_empty() {
+            let scores = self.model.score_choices(&asks, self.batch)?;
+            for ((i, (_, c)), s) in choice.iter().zip(&scores) {
+                let rights = &c.as_ref().expect("partitioned on Some").right;
+                right[*i] = predict(s).is_some_and(|k| rights.get(k).copied().unwrap_or(false));
+            }
+        }
+        for chunk in generate.chunks(self.batch.max(1)) {
+            let inputs: Vec<Vec<u32>> = chunk.iter().map(|(_, (p, _))| p.input.clone()).collect();
+            let longest = chunk.iter().map(|(_, (p, _))| p.target.len()).max().unwrap_or(1);
+            let outs = self.model.generate_greedy(&inputs, longest)?;
+            for ((i, (p, _)), out) in chunk.iter().zip(&outs) {
+                let target = p.target.strip_suffix(&[eos]).unwrap_or(&p.target);
+                right[*i] = out.as_slice() == target;
+            }
+        }
+        Ok(right)
+    }
 }
 
 impl Objective for AdaptedModel<'_> {
@@ -28,6 +69,21 @@ impl Objective for AdaptedModel<'_> {
         let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
         let b = Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, self.model.device())?;
         self.model.forward_loss(&b)
+    }
+
+    fn set_training(&mut self, dropout_seed: Option<u64>) -> crate::model::Result<()> {
+        self.model.set_dropout_seed(dropout_seed)
+    }
+
+    fn validation_metric(&mut self, max: usize) -> crate::model::Result<Option<f64>> {
+        let items = &self.validation[..self.validation.len().min(max)];
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let right = self.correct(items)?;
+        Ok(Some(
+            right.iter().filter(|&&r| r).count() as f64 / right.len() as f64,
+        ))
     }
 }
 
@@ -72,7 +128,7 @@ fn base_identity(ctx: &StepContext) -> Result<String, StepError> {
 /// multitask step, concatenated); returns the best weights' outcome.
 fn fit(
     ctx: &StepContext,
-    base: &Base,
+    base: &mut Base,
     vars: &[(String, Var)],
     cfg: &TrainConfig,
 ) -> Result<crate::train::TrainOutcome, StepError> {
@@ -90,17 +146,37 @@ fn fit(
             eos,
         )
     };
-    let (mut tp, mut vp) = (vec![], vec![]);
+    let (mut tp, mut vp, mut vc) = (vec![], vec![], vec![]);
     for inp in ctx
         .inputs
         .iter()
         .filter(|i| i.role == "data" || i.role.starts_with("data:"))
     {
         let (t, v) = super::tokenize::read_tokens(inp)?;
+        let choices = super::tokenize::read_validation_choices(inp)?;
+        match choices {
+            Some(c) if c.len() == v.len() => vc.extend(c.into_iter().map(Some)),
+            Some(_) => {
+                return Err(fail(format!(
+                    "{}: validation choices do not match its examples",
+                    inp.id
+                )));
+            }
+            None => vc.extend(std::iter::repeat_n(None, v.len())),
+        }
         tp.extend(t.into_iter().map(cut));
         vp.extend(v.into_iter().map(cut));
     }
-    let mut obj = AdaptedModel { model: &base.model };
+    // Dropout as the paper's code trains (train mode); the trainer reseeds it per
+    // micro-step and turns it off to validate.
+    if cfg.dropout > 0.0 {
+        base.model.enable_dropout(cfg.dropout, cfg.seed).map_err(fail)?;
+    }
+    let mut obj = AdaptedModel {
+        model: &base.model,
+        validation: vp.iter().cloned().zip(vc).collect(),
+        batch: cfg.micro_batch.max(1),
+    };
     let outcome = train(&mut obj, vars, &tp, &vp, cfg, &ctx.work, &CtxMonitor(ctx)).map_err(train_err)?;
     // Load the kept (best) weights back into the vars before snapshotting.
     for (n, v) in vars {
@@ -164,7 +240,7 @@ impl StepRunner for ExpertStep {
         .map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        let outcome = fit(ctx, &base, &vars, &cfg)?;
+        let outcome = fit(ctx, &mut base, &vars, &cfg)?;
         let expert = lora_expert_from(&adapters, &ctx.spec.name, Some(base_identity(ctx)?)).map_err(fail)?;
         expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
@@ -204,7 +280,7 @@ impl StepRunner for GateStep {
         let adapters = new_trainable_gates(&expert, &varmap, &dev, DType::F32).map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        let outcome = fit(ctx, &base, &vars, &cfg)?;
+        let outcome = fit(ctx, &mut base, &vars, &cfg)?;
         let gates = gates_from(&adapters, &ctx.spec.name, Some(base_identity(ctx)?)).map_err(fail)?;
         gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
         summary(ctx, &outcome)

@@ -20,14 +20,14 @@ use crate::exec::Registry;
 pub const VERSIONS: &[(&str, u32)] = &[
     ("model", 3),
     ("dataset", 2),
-    ("tokenize", 1),
-    ("expert", 4),
-    ("gate", 4),
+    ("tokenize", 2),
+    ("expert", 5),
+    ("gate", 5),
     ("pool", 1),
     ("average-activation", 3),
     ("retrieval-index", 1),
-    ("multitask", 4),
-    ("eval", 9),
+    ("multitask", 5),
+    ("eval", 10),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,

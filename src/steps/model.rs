@@ -216,6 +216,17 @@ fn init_and_pretrain(
         "tokenizer: {vocab} tokens; T5 d_model {} x {} layers ({:?})",
         cfg.d_model, cfg.num_layers, cfg.feed_forward
     ));
+    // Refuse a model this machine cannot hold instead of aborting in the allocator.
+    if let Some(avail) = crate::model::alloc::memory_available()
+        && cfg.training_bytes() > avail as u128
+    {
+        return Err(fail(format!(
+            "a T5 of this size has {} parameters and needs at least {} to pretrain (weights, gradients, AdamW moments); this machine has {} available. Lower init d-model, d-ff, layers or vocab",
+            cfg.parameter_count(),
+            crate::store::fsutil::human_size(cfg.training_bytes().min(u64::MAX as u128) as u64),
+            crate::store::fsutil::human_size(avail)
+        )));
+    }
     let weights = T5Weights::init_random(&cfg, seed).map_err(fail)?;
     let dev = super::common::device(ctx)?;
     let mut names: Vec<&String> = weights.tensors.keys().collect();
@@ -264,6 +275,7 @@ fn init_and_pretrain(
             eval_examples: 0,
             checkpoint_every: 100,
             seed,
+            dropout: 0.0,
         };
         let model = FullModel::build(&cfg, &vars, &dev).map_err(fail)?;
         let mut obj = FullModel {

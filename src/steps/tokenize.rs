@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::common::{encode, examples, fail, model_dir};
 use crate::data::Example;
-use crate::data::tokens::{self, TokenPair};
+use crate::data::tokens::{self, TokenChoices, TokenPair};
 use crate::exec::{InputArtifact, StepContext, StepError, StepRunner};
 use crate::model::T5Config;
 
@@ -51,8 +51,46 @@ impl StepRunner for TokenizeStep {
         let mut splits = BTreeMap::new();
         splits.insert("train".to_string(), encode_all(&tok, &train, eos)?);
         splits.insert("validation".to_string(), encode_all(&tok, &valid, eos)?);
-        tokens::write(&ctx.out.join(TOKENS), &splits).map_err(fail)
+        // Validation choices let trainers keep the checkpoint with the best accuracy.
+        let mut choices = BTreeMap::new();
+        if valid.iter().any(|e| !e.choices.is_empty()) {
+            choices.insert("validation".to_string(), encode_choices(&tok, &valid, eos)?);
+        }
+        tokens::write(&ctx.out.join(TOKENS), &splits, &choices).map_err(fail)
     }
+}
+
+/// Every example's choices as token ids without EOS (scoring appends it), and which
+/// are right.
+fn encode_choices(
+    tok: &tokenizers::Tokenizer,
+    ex: &[Example],
+    eos: u32,
+) -> Result<Vec<TokenChoices>, StepError> {
+    ex.par_iter()
+        .map(|e| {
+            let choices = e
+                .choices
+                .iter()
+                .map(|c| {
+                    let mut ids = encode(tok, c)?;
+                    if ids.last() == Some(&eos) {
+                        ids.pop();
+                    }
+                    Ok(ids)
+                })
+                .collect::<Result<Vec<_>, StepError>>()?;
+            Ok(TokenChoices {
+                right: (0..choices.len()).map(|i| e.choice_is_right(i)).collect(),
+                choices,
+            })
+        })
+        .collect()
+}
+
+/// The validation split's answer choices, one entry per validation pair, if it has any.
+pub fn read_validation_choices(input: &InputArtifact) -> Result<Option<Vec<TokenChoices>>, StepError> {
+    tokens::read_choices(&input.files.join(TOKENS), "validation").map_err(fail)
 }
 
 /// The training and validation pairs of a `tokenize` artifact.

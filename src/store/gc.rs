@@ -13,7 +13,8 @@ pub enum GcReason {
     Unreachable,
     /// Staging folder of a run that died before publishing.
     InterruptedStaging,
-    /// Resumable scratch of a step no manifest reaches any more.
+    /// Resumable scratch of a step no manifest reaches any more, or whose artifact is
+    /// already published.
     OrphanWork,
     /// A corrupt artifact moved aside.
     Quarantined,
@@ -26,7 +27,7 @@ impl GcReason {
         match self {
             GcReason::Unreachable => "unreachable artifact",
             GcReason::InterruptedStaging => "leftover of an interrupted run",
-            GcReason::OrphanWork => "checkpoints of an unreachable step",
+            GcReason::OrphanWork => "checkpoints of an unreachable or finished step",
             GcReason::Quarantined => "corrupt artifact (quarantined)",
             GcReason::Bookkeeping => "recipe/lock of an unreachable step",
         }
@@ -101,8 +102,11 @@ impl Store {
         ] {
             for (p, name) in list(sub) {
                 let key = key_prefix(&name);
-                // Work of a reachable key is kept so the step resumes from its checkpoint.
-                let kept = key.is_some_and(|k| reachable.contains(&k));
+                // Work of a reachable key is kept so the step resumes from its checkpoint,
+                // until the key is published (a kill between publishing and removing the
+                // work folder leaves it behind).
+                let published = sub == "work" && key.is_some_and(|k| self.object_dir(&k).exists());
+                let kept = key.is_some_and(|k| reachable.contains(&k)) && !published;
                 // Recipes are read only by runs that also hold the key's lock.
                 let live = sub != "recipes" && self.held_by_live_run(key);
                 if !kept && !live {

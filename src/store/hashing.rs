@@ -25,7 +25,7 @@ pub fn hash_dir_with(
     mut file_hash: impl FnMut(&Path) -> io::Result<blake3::Hash>,
 ) -> io::Result<blake3::Hash> {
     let mut files = vec![];
-    walk(path, path, &mut files)?;
+    walk(path, path, &mut files, &mut vec![])?;
     files.sort();
     let mut h = blake3::Hasher::new();
     h.update(b"goosepipe-dir-v1\n");
@@ -43,17 +43,39 @@ pub fn hash_dir_with(
     Ok(h.finalize())
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+/// Folders deeper than this below a hashed folder are refused (a path of one-letter
+/// folders hits the OS path limit long before).
+const MAX_DIR_DEPTH: usize = 256;
+
+/// `ancestors`: (device, inode) of the folders being walked, so a symlink back to one
+/// of them is reported instead of recursing forever.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<(u64, u64)>) -> io::Result<()> {
+    let md = std::fs::metadata(dir)?;
+    let id = (md.dev(), md.ino());
+    if ancestors.contains(&id) {
+        return Err(io::Error::other(format!(
+            "{} leads back into a folder above it (a symlink loop)",
+            dir.display()
+        )));
+    }
+    if ancestors.len() >= MAX_DIR_DEPTH {
+        return Err(io::Error::other(format!(
+            "{} is more than {MAX_DIR_DEPTH} folders deep",
+            dir.display()
+        )));
+    }
+    ancestors.push(id);
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let p = entry.path();
         let md = std::fs::metadata(&p)?;
         if md.is_dir() {
-            walk(root, &p, out)?;
+            walk(root, &p, out, ancestors)?;
         } else if md.is_file() {
             out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
         }
     }
+    ancestors.pop();
     Ok(())
 }
 
@@ -145,11 +167,22 @@ impl HashCache {
     }
 
     /// A file or a folder.
+    /// FIFOs, sockets and devices are refused: reading one would block (or, for
+    /// /dev/zero, never end).
     pub fn path(&self, path: &Path) -> io::Result<blake3::Hash> {
-        if std::fs::metadata(path)?.is_dir() {
+        let md = std::fs::metadata(path)?;
+        if md.is_dir() {
             self.dir(path)
-        } else {
+        } else if md.is_file() {
             self.file(path)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "it is a {}, not a regular file or folder",
+                    super::fsutil::file_kind(&md)
+                ),
+            ))
         }
     }
 
@@ -173,6 +206,17 @@ impl HashCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlink_loops_and_special_files_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(t.path(), t.path().join("sub/up")).unwrap();
+        let e = HashCache::in_memory().dir(t.path()).unwrap_err();
+        assert!(e.to_string().contains("symlink loop"), "{e}");
+        let e = HashCache::in_memory().path(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+    }
 
     #[test]
     fn dir_hash_depends_on_names_and_content() {

@@ -273,12 +273,14 @@ impl Store {
         let meta_path = staging.dir.join("meta.json");
         std::fs::write(&meta_path, meta_bytes).map_err(io_err(&meta_path))?;
         sync_tree(&staging.dir).map_err(io_err(&staging.dir))?;
+        crate::faults::point("publish.meta-written");
         let target = self.object_dir(&staging.key);
         let parent = target.parent().expect("object dir has a parent").to_path_buf();
         std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
         match std::fs::rename(&staging.dir, &target) {
             Ok(()) => {
                 sync_dir(&parent).map_err(io_err(&parent))?;
+                crate::faults::point("publish.renamed");
                 Ok(meta)
             }
             Err(e) if target.exists() => {
@@ -339,9 +341,14 @@ impl Store {
             let matches: Vec<&Key> = keys.iter().filter(|k| k.hex().starts_with(what)).collect();
             match matches.as_slice() {
                 [k] => {
-                    return self
-                        .meta(k)
-                        .ok_or_else(|| format!("artifact {} is corrupt", k.short()));
+                    return match self.presence(k) {
+                        Presence::Present(m) => Ok(*m),
+                        Presence::Corrupt(reason) => Err(format!(
+                            "artifact {} is corrupt: {reason}; `goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it",
+                            k.short()
+                        )),
+                        Presence::Missing => Err(format!("artifact {} vanished", k.short())),
+                    };
                 }
                 [] => {}
                 many => {
@@ -353,13 +360,35 @@ impl Store {
             }
         }
         let mut best: Option<ArtifactMeta> = None;
+        let mut corrupt: Option<(Key, String)> = None;
         for k in &keys {
-            if let Some(m) = self.meta(k)
-                && (m.spec.id == what || m.spec.name == what)
-                && best.as_ref().is_none_or(|b| m.finished_unix > b.finished_unix)
-            {
-                best = Some(m);
+            match self.presence(k) {
+                Presence::Present(m)
+                    if (m.spec.id == what || m.spec.name == what)
+                        && best.as_ref().is_none_or(|b| m.finished_unix > b.finished_unix) =>
+                {
+                    best = Some(*m);
+                }
+                Presence::Corrupt(reason) => {
+                    // Its metadata may be what is damaged: the recipe names the step too.
+                    let spec = self.recipe(k).or_else(|| {
+                        let bytes = std::fs::read(self.object_dir(k).join("meta.json")).ok()?;
+                        serde_json::from_slice::<ArtifactMeta>(&bytes)
+                            .ok()
+                            .map(|m| m.spec)
+                    });
+                    if spec.is_some_and(|s| s.id == what || s.name == what) {
+                        corrupt = Some((*k, reason));
+                    }
+                }
+                _ => {}
             }
+        }
+        if let (None, Some((k, reason))) = (&best, corrupt) {
+            return Err(format!(
+                "the artifact of {what} ({}) is corrupt: {reason}; `goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it",
+                k.short()
+            ));
         }
         best.ok_or_else(|| {
             format!(

@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod batches;
+pub mod checkpoint;
 pub mod schedule;
 pub mod trainer;
 

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::adamw::{AdamW, accumulate, clip_global_norm, grads_of};
 use super::batches::{Pair, batch_at};
+use super::checkpoint;
 use super::schedule::{Schedule, lr_at};
 use crate::model::{ModelError, Result as ModelResult};
 
@@ -36,6 +37,8 @@ pub struct TrainConfig {
     pub eval_examples: usize,
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// Dropout rate while training (0: none).
+    pub dropout: f64,
 }
 
 impl TrainConfig {
@@ -64,6 +67,7 @@ impl TrainConfig {
             eval_examples: u("eval-examples", 1000),
             checkpoint_every: u("checkpoint-every", 100),
             seed: u("seed", 42) as u64,
+            dropout: f("dropout", 0.0),
         };
         if cfg.steps == 0 || cfg.batch == 0 || cfg.micro_batch == 0 {
             return Err("steps, batch and micro-batch must be positive".into());
@@ -89,6 +93,30 @@ pub trait Objective {
     fn updated(&mut self) -> ModelResult<()> {
         Ok(())
     }
+    /// Training mode for the next losses: `Some(seed)` before a training micro-batch
+    /// (dropout on, its masks drawn from `seed`, a pure function of the run's seed and
+    /// the micro-step), `None` before validation (dropout off).
+    fn set_training(&mut self, _dropout_seed: Option<u64>) -> ModelResult<()> {
+        Ok(())
+    }
+    /// The validation metric over the first `max` validation examples, higher is
+    /// better (accuracy, exact match), or None where the data has no metric: the best
+    /// checkpoint is then the one with the lowest validation loss.
+    fn validation_metric(&mut self, _max: usize) -> ModelResult<Option<f64>> {
+        Ok(None)
+    }
+}
+
+/// The dropout seed of micro-step `k` of a run seeded `seed` (splitmix64 of the pair,
+/// so neighbouring steps get unrelated streams).
+pub fn dropout_seed(seed: u64, k: usize) -> u64 {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(k as u64)
+        .wrapping_add(0x6A09_E667_F3BC_C908);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// How the loop reports and learns that it should stop (the steps layer adapts its
@@ -129,20 +157,85 @@ pub struct TrainOutcome {
     pub resumed_from: Option<usize>,
 }
 
-const STATE: &str = "train-state.safetensors";
-const STATE_JSON: &str = "train-state.json";
-
 fn snapshot(vars: &[(String, Var)]) -> ModelResult<HashMap<String, Tensor>> {
     vars.iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
         .collect()
 }
 
-fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.display().to_string(),
-        message: e.to_string(),
+/// Whether a verified checkpoint belongs to this run: every variable (and moment, and
+/// best weight, where present) with the variable's shape, and a step within the run.
+fn check_state(s: &checkpoint::TrainState, vars: &[(String, Var)], cfg: &TrainConfig) -> Result<(), String> {
+    let step = s.meta["step"].as_u64().ok_or("its bookkeeping has no step")? as usize;
+    if step > cfg.steps {
+        return Err(format!(
+            "it is at step {step}, past this run's {} steps",
+            cfg.steps
+        ));
     }
+    if !s.meta["metrics"].is_array() {
+        return Err("its bookkeeping has no metrics".into());
+    }
+    let has_best = s.meta["best_score"].as_f64().is_some();
+    for (name, var) in vars {
+        for (prefix, required) in [("var", true), ("m", false), ("v", false), ("best", has_best)] {
+            let key = format!("{prefix}/{name}");
+            match s.tensors.get(&key) {
+                Some(t) if t.dims() == var.dims() && t.dtype() == var.dtype() => {}
+                Some(t) => {
+                    return Err(format!(
+                        "{key} is {:?} {:?}, the run's variable is {:?} {:?}",
+                        t.dtype(),
+                        t.dims(),
+                        var.dtype(),
+                        var.dims()
+                    ));
+                }
+                None if required => return Err(format!("it has no {key}")),
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One validation: the mean loss, and the metric where the data has one.
+struct Validation {
+    loss: f64,
+    metric: Option<f64>,
+}
+
+impl Validation {
+    /// What "best" compares: the metric, else the negated loss.
+    fn score(&self) -> f64 {
+        self.metric.unwrap_or(-self.loss)
+    }
+
+    fn record(&self, step: usize, best: Option<bool>) -> serde_json::Value {
+        let mut r = json!({"step": step, "val_loss": self.loss});
+        if let Some(m) = self.metric {
+            r["val_metric"] = json!(m);
+        }
+        if let Some(b) = best {
+            r["best"] = json!(b);
+        }
+        r
+    }
+
+    fn describe(&self) -> String {
+        match self.metric {
+            Some(m) => format!("validation metric {:.1}, loss {:.4}", m * 100.0, self.loss),
+            None => format!("validation loss {:.4}", self.loss),
+        }
+    }
+}
+
+/// Validates with dropout off: the loss over up to `max` pairs, and the metric.
+fn validation(obj: &mut dyn Objective, valid: &[Pair], micro: usize, max: usize) -> ModelResult<Validation> {
+    obj.set_training(None)?;
+    let loss = validate(obj, valid, micro, max)?;
+    let metric = obj.validation_metric(max)?;
+    Ok(Validation { loss, metric })
 }
 
 /// Mean validation loss over up to `max` pairs.
@@ -184,17 +277,16 @@ pub fn train(
     let mut metrics: Vec<serde_json::Value> = vec![];
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
     let mut resumed_from = None;
-    let state_path = work.join(STATE);
-    let json_path = work.join(STATE_JSON);
-    if let (true, Ok(meta)) = (state_path.exists(), std::fs::read(&json_path)) {
-        let meta: serde_json::Value = serde_json::from_slice(&meta).map_err(|e| ckpt_err(&json_path, e))?;
-        let tensors =
-            candle_core::safetensors::load(&state_path, &device).map_err(|e| ckpt_err(&state_path, e))?;
+    let loaded = checkpoint::load(work, &device, |s| check_state(s, vars, cfg));
+    for w in &loaded.warnings {
+        monitor.log(&format!(
+            "warning: {w}; training restarts from the last good state"
+        ));
+    }
+    if let Some(state) = loaded.state {
+        let tensors = &state.tensors;
         for (name, var) in vars {
-            let t = tensors
-                .get(&format!("var/{name}"))
-                .ok_or_else(|| ckpt_err(&state_path, format!("no var/{name}")))?;
-            var.set(t)?;
+            var.set(&tensors[&format!("var/{name}")])?;
             if let Some(m) = tensors.get(&format!("m/{name}")) {
                 opt.m.insert(name.clone(), m.clone());
             }
@@ -202,6 +294,7 @@ pub fn train(
                 opt.v.insert(name.clone(), v.clone());
             }
         }
+        let meta = &state.meta;
         step = meta["step"].as_u64().unwrap_or(0) as usize;
         opt.t = meta["adam_t"].as_u64().unwrap_or(0) as usize;
         if let Some(score) = meta["best_score"].as_f64() {
@@ -236,9 +329,6 @@ pub fn train(
                 t.insert(format!("best/{n}"), x.clone());
             }
         }
-        let tmp = work.join(format!("{STATE}.tmp"));
-        candle_core::safetensors::save(&t, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
-        std::fs::rename(&tmp, &state_path).map_err(|e| ckpt_err(&state_path, e))?;
         let meta = json!({
             "step": step,
             "adam_t": opt.t,
@@ -246,8 +336,12 @@ pub fn train(
             "best_step": best.as_ref().map(|b| b.1),
             "metrics": metrics,
         });
-        std::fs::write(&json_path, serde_json::to_vec(&meta).expect("json"))
-            .map_err(|e| ckpt_err(&json_path, e))
+        checkpoint::save(work, &checkpoint::TrainState { tensors: t, meta }).map_err(|message| {
+            TrainError::Checkpoint {
+                path: work.join(checkpoint::STATE).display().to_string(),
+                message,
+            }
+        })
     };
     let micro = cfg.micro();
     let accum = cfg.accumulation();
@@ -257,10 +351,10 @@ pub fn train(
         && let Some(_) = cfg.eval_every
         && !valid.is_empty()
     {
-        let vl = validate(obj, valid, micro, cfg.eval_examples)?;
-        metrics.push(json!({"step": 0, "val_loss": vl}));
-        best = Some((-vl, 0, snapshot(vars)?));
-        monitor.log(&format!("step 0: validation loss {vl:.4}"));
+        let v = validation(obj, valid, micro, cfg.eval_examples)?;
+        metrics.push(v.record(0, None));
+        best = Some((v.score(), 0, snapshot(vars)?));
+        monitor.log(&format!("step 0: {}", v.describe()));
     }
     let t0 = Instant::now();
     let start_step = step;
@@ -273,6 +367,7 @@ pub fn train(
         let mut loss_sum = 0f64;
         for a in 0..accum {
             let k = step * accum + a;
+            obj.set_training((cfg.dropout > 0.0).then(|| dropout_seed(cfg.seed, k)))?;
             let idx = batch_at(train, micro, cfg.seed, k);
             let refs: Vec<&Pair> = idx.iter().map(|&i| &train[i]).collect();
             let loss = obj.loss(&refs)?;
@@ -297,16 +392,17 @@ pub fn train(
             && !valid.is_empty()
             && (step.is_multiple_of(every) || step == cfg.steps)
         {
-            let vl = validate(obj, valid, micro, cfg.eval_examples)?;
-            if !vl.is_finite() {
-                return Err(TrainError::Diverged { step, loss: vl });
+            let v = validation(obj, valid, micro, cfg.eval_examples)?;
+            if !v.loss.is_finite() {
+                return Err(TrainError::Diverged { step, loss: v.loss });
             }
-            let score = -vl;
+            let score = v.score();
             // `>=`: ties go to the later checkpoint.
             let better = best.as_ref().is_none_or(|b| score >= b.0);
-            metrics.push(json!({"step": step, "val_loss": vl, "best": better}));
+            metrics.push(v.record(step, Some(better)));
             monitor.log(&format!(
-                "step {step}: validation loss {vl:.4}{}",
+                "step {step}: {}{}",
+                v.describe(),
                 if better { " (best so far)" } else { "" }
             ));
             if better {

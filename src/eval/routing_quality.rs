@@ -1,0 +1,238 @@
+//! How well a router routes: for tasks an expert of the pool owns (it was trained on
+//! the task's data), the share of routing weight and the top-k hit rate that expert
+//! gets over the task's real tokens (padding never counts), averaged over modules,
+//! encoder and decoder apart; and how alike the pool's gate vectors are (the mean
+//! off-diagonal correlation of the standardized gates, module by module). A router
+//! that works sends a held-in task's tokens to that task's expert; gates that all
+//! look alike cannot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::plots::ModuleChoices;
+
+/// The eval artifact's routing-quality record.
+pub const QUALITY_JSON: &str = "routing-quality.json";
+
+/// The owning expert's part of one method's routing on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnRouting {
+    pub expert: String,
+    /// Mean over modules of the owner's share of the routing weight.
+    pub share: f64,
+    /// Mean over modules of the fraction of tokens whose top-k holds the owner.
+    pub hit: f64,
+    pub encoder_share: Option<f64>,
+    pub encoder_hit: Option<f64>,
+    pub decoder_share: Option<f64>,
+    pub decoder_hit: Option<f64>,
+    /// Modules averaged (those that saw at least one real token).
+    pub modules: usize,
+}
+
+/// How alike the gate vectors of a pool are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateSimilarity {
+    /// Mean over modules of the mean off-diagonal Pearson correlation between experts.
+    pub mean_correlation: f64,
+    /// The largest correlation of any pair in any module.
+    pub max_correlation: f64,
+    pub modules: usize,
+    pub experts: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoutingQuality {
+    /// method -> task -> the owner's routing.
+    pub own: BTreeMap<String, BTreeMap<String, OwnRouting>>,
+    /// The gate vectors of the evaluated pool (PHATGOOSE's router embeddings).
+    pub gates: Option<GateSimilarity>,
+}
+
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+/// The owner's routing over the given modules' records; None when the owner is not
+/// among the routed experts or no module saw a real token.
+pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> Option<OwnRouting> {
+    let (mut share, mut hit) = (vec![], vec![]);
+    let (mut es, mut eh, mut ds, mut dh) = (vec![], vec![], vec![], vec![]);
+    for (name, m) in modules {
+        let o = m.expert_names.iter().position(|n| n == expert)?;
+        if m.tokens == 0 {
+            continue;
+        }
+        let s = m.weight_sums.get(o).copied().unwrap_or(0.0) / m.tokens as f64;
+        let h = m.counts.get(o).copied().unwrap_or(0) as f64 / m.tokens as f64;
+        share.push(s);
+        hit.push(h);
+        if name.starts_with("decoder.") {
+            ds.push(s);
+            dh.push(h);
+        } else {
+            es.push(s);
+            eh.push(h);
+        }
+    }
+    Some(OwnRouting {
+        expert: expert.to_string(),
+        share: mean(&share)?,
+        hit: mean(&hit)?,
+        encoder_share: mean(&es),
+        encoder_hit: mean(&eh),
+        decoder_share: mean(&ds),
+        decoder_hit: mean(&dh),
+        modules: share.len(),
+    })
+}
+
+/// `v` standardized as PHATGOOSE's router does (LayerNorm without affine, eps 1e-5).
+fn standardize(v: &[f64]) -> Vec<f64> {
+    let n = v.len().max(1) as f64;
+    let mu = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mu) * (x - mu)).sum::<f64>() / n;
+    let inv = 1.0 / (var + 1e-5).sqrt();
+    v.iter().map(|x| (x - mu) * inv).collect()
+}
+
+/// `gates[z]`: expert z's gate vector per module. Modules missing from any expert,
+/// or pools of fewer than two experts, are skipped.
+pub fn gate_similarity(gates: &[BTreeMap<String, Vec<f64>>]) -> Option<GateSimilarity> {
+    if gates.len() < 2 {
+        return None;
+    }
+    let (mut per_module, mut max) = (vec![], f64::NEG_INFINITY);
+    for module in gates[0].keys() {
+        let Some(vs) = gates
+            .iter()
+            .map(|g| g.get(module).map(|v| standardize(v)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let d = vs[0].len().max(1) as f64;
+        let mut pairs = vec![];
+        for i in 0..vs.len() {
+            for j in i + 1..vs.len() {
+                let c = vs[i].iter().zip(&vs[j]).map(|(a, b)| a * b).sum::<f64>() / d;
+                max = max.max(c);
+                pairs.push(c);
+            }
+        }
+        per_module.extend(mean(&pairs));
+    }
+    Some(GateSimilarity {
+        mean_correlation: mean(&per_module)?,
+        max_correlation: max,
+        modules: per_module.len(),
+        experts: gates.len(),
+    })
+}
+
+/// The report's routing-quality section of one eval (empty when it has nothing).
+pub fn markdown(title: &str, q: &RoutingQuality) -> String {
+    let mut out = String::new();
+    if !q.own.is_empty() {
+        let _ = writeln!(
+            out,
+            "#### {title}: routing to each task's own expert (real tokens, mean over modules)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| method | task | own expert | weight share | top-k hit | encoder share | decoder share |"
+        );
+        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|");
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        for (method, tasks) in &q.own {
+            let mut shares = vec![];
+            for (task, r) in tasks {
+                shares.push(r.share);
+                let _ = writeln!(
+                    out,
+                    "| {method} | {task} | {} | {:.2} | {:.2} | {} | {} |",
+                    r.expert,
+                    r.share,
+                    r.hit,
+                    f(r.encoder_share),
+                    f(r.decoder_share)
+                );
+            }
+            if let Some(m) = mean(&shares) {
+                let _ = writeln!(out, "| {method} | **mean** | | **{m:.2}** | | | |");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nChance is 1/N of the weight with N experts. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner."
+        );
+    }
+    if let Some(g) = &q.gates {
+        let _ = writeln!(
+            out,
+            "\nGate vectors of the pool ({} experts, {} modules): mean off-diagonal correlation {:.2} after standardization (max {:.2}); gates that tell experts apart correlate little.",
+            g.experts, g.modules, g.mean_correlation, g.max_correlation
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(names: &[&str], counts: &[u64], weights: &[f64], tokens: u64) -> ModuleChoices {
+        ModuleChoices {
+            expert_names: names.iter().map(|s| s.to_string()).collect(),
+            counts: counts.to_vec(),
+            weight_sums: weights.to_vec(),
+            tokens,
+        }
+    }
+
+    #[test]
+    fn own_share_and_hit_average_over_modules_with_sides_apart() {
+        let names = ["a", "b", "c"];
+        let modules = BTreeMap::from([
+            (
+                "encoder.block.0.q".to_string(),
+                module(&names, &[10, 6, 4], &[8.0, 1.0, 1.0], 10),
+            ),
+            (
+                "decoder.block.0.q".to_string(),
+                module(&names, &[2, 4, 4], &[1.0, 2.0, 1.0], 4),
+            ),
+            (
+                "decoder.block.0.k".to_string(),
+                module(&names, &[0, 0, 0], &[0.0, 0.0, 0.0], 0),
+            ),
+        ]);
+        let r = own_routing("a", &modules).unwrap();
+        assert_eq!(r.modules, 2);
+        assert!((r.share - (0.8 + 0.25) / 2.0).abs() < 1e-12);
+        assert!((r.hit - (1.0 + 0.5) / 2.0).abs() < 1e-12);
+        assert_eq!(r.encoder_share, Some(0.8));
+        assert_eq!(r.decoder_hit, Some(0.5));
+        assert!(own_routing("zz", &modules).is_none());
+    }
+
+    #[test]
+    fn gate_correlation_is_pearson_after_standardization() {
+        let g = |v: &[f64]| BTreeMap::from([("m".to_string(), v.to_vec())]);
+        // b is an affine copy of a (correlation 1), c its mirror (-1).
+        let s = gate_similarity(&[
+            g(&[1.0, 2.0, 3.0, 4.0]),
+            g(&[10.0, 12.0, 14.0, 16.0]),
+            g(&[4.0, 3.0, 2.0, 1.0]),
+        ])
+        .unwrap();
+        assert!((s.max_correlation - 1.0).abs() < 1e-4, "{s:?}");
+        assert!(
+            (s.mean_correlation - (1.0 - 1.0 - 1.0) / 3.0).abs() < 1e-4,
+            "{s:?}"
+        );
+        assert!(gate_similarity(&[g(&[1.0, 2.0])]).is_none());
+    }
+}

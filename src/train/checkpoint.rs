@@ -1,0 +1,296 @@
+//! The trainer's resumable state as one self-verifying file.
+//!
+//! A checkpoint is a single safetensors file (`train-state.safetensors`) holding the
+//! trained variables, the AdamW moments and the best weights so far, with the loop's
+//! bookkeeping (step, metrics, best score) as JSON in its header, and a blake3 digest
+//! over all of it (every tensor's name, dtype, shape and bytes, and the JSON). Nothing
+//! else is written, so there is no pair of files a kill can cut apart.
+//!
+//! Saving writes the new state to a temporary file and syncs it, moves the current state
+//! aside as `train-state.prev.safetensors`, and renames the new one in. A kill at any
+//! moment leaves at least one complete state: the current one, or the previous one
+//! with no current. Loading verifies the digest and the header; a damaged or
+//! unreadable state is discarded with a warning, and the previous one (or a fresh
+//! start) is used instead. Training data order is a pure function of the step, so
+//! resuming from an older state still publishes the same bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use safetensors::{SafeTensors, View};
+
+use crate::faults;
+
+/// The current checkpoint.
+pub const STATE: &str = "train-state.safetensors";
+/// The checkpoint before the current one, kept until the next one is in place.
+pub const PREVIOUS: &str = "train-state.prev.safetensors";
+/// Written by earlier versions beside the state (a torn pair cannot be trusted).
+const LEGACY_JSON: &str = "train-state.json";
+const FORMAT: &str = "goosepipe-train-state/2";
+
+/// Tensors by name and the loop's bookkeeping.
+pub struct TrainState {
+    pub tensors: HashMap<String, Tensor>,
+    pub meta: serde_json::Value,
+}
+
+/// The digest of a state: format tag, the bookkeeping JSON, then every tensor (name,
+/// dtype, shape, bytes) in name order, each length-delimited.
+fn digest<'a>(
+    meta_text: &str,
+    tensors: impl Iterator<Item = (&'a str, String, Vec<usize>, &'a [u8])>,
+) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut field = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(FORMAT.as_bytes());
+    field(meta_text.as_bytes());
+    for (name, dtype, shape, bytes) in tensors {
+        field(name.as_bytes());
+        field(dtype.as_bytes());
+        let dims: Vec<u8> = shape.iter().flat_map(|d| (*d as u64).to_le_bytes()).collect();
+        field(&dims);
+        field(bytes);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Writes `state` into `work` as described in the module docs.
+pub fn save(work: &Path, state: &TrainState) -> Result<(), String> {
+    let meta_text = serde_json::to_string(&state.meta).map_err(|e| e.to_string())?;
+    let sorted: BTreeMap<&str, Tensor> = state
+        .tensors
+        .iter()
+        .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let datas: Vec<(&str, String, Vec<usize>, std::borrow::Cow<'_, [u8]>)> = sorted
+        .iter()
+        .map(|(k, t)| (*k, format!("{:?}", t.dtype()), t.dims().to_vec(), View::data(t)))
+        .collect();
+    let sum = digest(
+        &meta_text,
+        datas
+            .iter()
+            .map(|(k, d, s, b)| (*k, d.clone(), s.clone(), b.as_ref())),
+    );
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("meta".to_string(), meta_text),
+        ("digest".to_string(), sum),
+    ]);
+    let bytes = safetensors::serialize(sorted.iter().map(|(k, t)| (*k, t)), Some(metadata))
+        .map_err(|e| e.to_string())?;
+    let tmp = work.join(format!("{STATE}.tmp"));
+    let write = |p: &Path| -> std::io::Result<()> {
+        let mut f = File::create(p)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    };
+    write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    faults::point("checkpoint.written");
+    let current = work.join(STATE);
+    if current.exists() {
+        std::fs::rename(&current, work.join(PREVIOUS)).map_err(|e| format!("{}: {e}", current.display()))?;
+    }
+    faults::point("checkpoint.previous-kept");
+    std::fs::rename(&tmp, &current).map_err(|e| format!("{}: {e}", current.display()))?;
+    crate::store::fsutil::sync_dir(work).map_err(|e| format!("{}: {e}", work.display()))?;
+    faults::point("checkpoint.replaced");
+    // The previous state is no longer needed once the new one is durable.
+    let _ = std::fs::remove_file(work.join(PREVIOUS));
+    Ok(())
+}
+
+/// Reads and verifies one state file.
+fn read(path: &Path, device: &Device) -> Result<TrainState, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("not a complete safetensors file: {e}"))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("bad header: {e}"))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    match meta.get("format").map(String::as_str) {
+        Some(FORMAT) => {}
+        Some(other) => {
+            return Err(format!(
+                "written in format {other:?}, this build reads {FORMAT:?}"
+            ));
+        }
+        None => return Err("has no format tag (written by an older goosepipe)".into()),
+    }
+    let meta_text = meta.get("meta").ok_or("has no bookkeeping")?;
+    let recorded = meta.get("digest").ok_or("has no digest")?;
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let views = names
+        .iter()
+        .map(|n| st.tensor(n).map(|v| (n.as_str(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let actual = digest(
+        meta_text,
+        views.iter().map(|(n, v)| {
+            let dtype = candle_core::DType::try_from(v.dtype())
+                .map(|d| format!("{d:?}"))
+                .unwrap_or_else(|_| format!("{:?}", v.dtype()));
+            (*n, dtype, v.shape().to_vec(), v.data())
+        }),
+    );
+    if &actual != recorded {
+        return Err("its contents do not match their recorded digest".into());
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(meta_text).map_err(|e| format!("bookkeeping does not parse: {e}"))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| e.to_string())?;
+    Ok(TrainState { tensors, meta })
+}
+
+/// What loading found, for the trainer to report.
+pub struct Loaded {
+    pub state: Option<TrainState>,
+    /// One line per discarded file: which, and why.
+    pub warnings: Vec<String>,
+}
+
+/// The newest good state in `work`: the current one, else the previous one. `check`
+/// judges a verified state against the run (shapes of the variables, the step range);
+/// a file that fails either is deleted, with a warning, so it is never tried again.
+pub fn load(work: &Path, device: &Device, check: impl Fn(&TrainState) -> Result<(), String>) -> Loaded {
+    let mut warnings = vec![];
+    let legacy = work.join(LEGACY_JSON);
+    if legacy.exists() {
+        let _ = std::fs::remove_file(&legacy);
+        warnings.push(format!(
+            "discarded {} (an older checkpoint format that a kill could leave torn)",
+            legacy.display()
+        ));
+    }
+    let _ = std::fs::remove_file(work.join(format!("{STATE}.tmp")));
+    for name in [STATE, PREVIOUS] {
+        let path: PathBuf = work.join(name);
+        if !path.exists() {
+            continue;
+        }
+        match read(&path, device).and_then(|s| check(&s).map(|()| s)) {
+            Ok(state) => {
+                return Loaded {
+                    state: Some(state),
+                    warnings,
+                };
+            }
+            Err(why) => {
+                let _ = std::fs::remove_file(&path);
+                warnings.push(format!(
+                    "discarded the damaged checkpoint {}: {why}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Loaded {
+        state: None,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(x: f32, step: u64) -> TrainState {
+        TrainState {
+            tensors: HashMap::from([
+                (
+                    "var/a".to_string(),
+                    Tensor::new(&[x, 2.0, 3.0], &Device::Cpu).unwrap(),
+                ),
+                (
+                    "m/a".to_string(),
+                    Tensor::new(&[[0.5f32], [0.25]], &Device::Cpu).unwrap(),
+                ),
+            ]),
+            meta: serde_json::json!({"step": step, "metrics": [{"loss": 0.1 + 0.2}]}),
+        }
+    }
+
+    fn ok(_: &TrainState) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[test]
+    fn a_saved_state_loads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &state(1.5, 4)).unwrap();
+        save(dir.path(), &state(2.5, 8)).unwrap();
+        let got = load(dir.path(), &Device::Cpu, ok);
+        assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+        let s = got.state.unwrap();
+        assert_eq!(s.meta["step"], 8);
+        assert_eq!(s.tensors["var/a"].to_vec1::<f32>().unwrap(), [2.5, 2.0, 3.0]);
+        assert_eq!(s.tensors["m/a"].dims(), [2, 1]);
+        assert!(!dir.path().join(PREVIOUS).exists());
+    }
+
+    #[test]
+    fn a_flipped_bit_falls_back_to_the_previous_state_and_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cur, prev) = (dir.path().join(STATE), dir.path().join(PREVIOUS));
+        save(dir.path(), &state(1.5, 4)).unwrap();
+        let older = std::fs::read(&cur).unwrap();
+        save(dir.path(), &state(2.5, 8)).unwrap();
+        // The previous state is kept only while the new one is not in place; put it
+        // back, and damage the current one: the previous one is used.
+        std::fs::write(&prev, older).unwrap();
+        let mut bytes = std::fs::read(&cur).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&cur, &bytes).unwrap();
+        let got = load(dir.path(), &Device::Cpu, ok);
+        assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+        assert!(
+            got.warnings[0].contains("do not match their recorded digest"),
+            "{:?}",
+            got.warnings
+        );
+        assert_eq!(got.state.unwrap().meta["step"], 4);
+        assert!(!cur.exists(), "the damaged state is deleted");
+        // With only the previous state (a kill between moving it aside and renaming
+        // the new one in), that one is used without a warning.
+        let got = load(dir.path(), &Device::Cpu, ok);
+        assert!(got.warnings.is_empty());
+        assert_eq!(got.state.unwrap().meta["step"], 4);
+    }
+
+    #[test]
+    fn truncation_header_damage_and_a_failed_check_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &state(1.5, 4)).unwrap();
+        let full = std::fs::read(dir.path().join(STATE)).unwrap();
+        for (label, bytes) in [
+            ("truncated", full[..full.len() - 3].to_vec()),
+            ("empty", vec![]),
+            ("header", {
+                let mut b = full.clone();
+                b[20] ^= 0x20;
+                b
+            }),
+        ] {
+            std::fs::write(dir.path().join(STATE), &bytes).unwrap();
+            let got = load(dir.path(), &Device::Cpu, ok);
+            assert!(got.state.is_none(), "{label}");
+            assert_eq!(got.warnings.len(), 1, "{label}: {:?}", got.warnings);
+        }
+        save(dir.path(), &state(1.5, 4)).unwrap();
+        let got = load(dir.path(), &Device::Cpu, |_| {
+            Err("var/a has shape [3], expected [4]".into())
+        });
+        assert!(got.state.is_none());
+        assert!(got.warnings[0].contains("expected [4]"), "{:?}", got.warnings);
+        assert!(!dir.path().join(STATE).exists());
+    }
+}

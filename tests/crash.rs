@@ -1,0 +1,266 @@
+//! Crash safety, tested the way it fails: the real binary is killed (aborted, as by
+//! `kill -9`) at every point where a step has written one file and not yet the next
+//! (GOOSEPIPE_FAULT, see src/faults.rs), run after run, and the store must then publish
+//! byte-identical artifacts to an uninterrupted run's, never a partial object, and
+//! leave no work folder behind. Damaged checkpoints are discarded with a warning.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use goosepipe::store::Store;
+
+/// Every step kind that writes more than one file or checkpoints: pretraining (its
+/// checkpoint at step 100), two experts and the multitask LoRA (checkpoints at steps 4
+/// and 8), gates, and an eval whose (method, task) results are saved one by one.
+const MANIFEST: &str = r#"
+pipeline "crash"
+dataset "corpus" { synthetic task="corpus" examples=200 seed=1; }
+model "t" {
+    init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=104 batch=4
+}
+defaults {
+    lora rank=4
+    train steps=12 batch=8 micro-batch=4 eval-every=6 eval-examples=16 checkpoint-every=4
+    gate steps=4 batch=8 micro-batch=8
+}
+dataset "sort" { synthetic task="sort" format="choice" examples=64; }
+dataset "shift" { synthetic task="shift" format="choice" examples=64; }
+dataset "arrange" split="test" { synthetic task="arrange" format="choice" examples=16 seed=5; }
+expert "sort" model="t" dataset="sort"
+expert "shift" model="t" dataset="shift"
+pool "p" { experts "sort" "shift"; }
+eval "e" pool="p" {
+    methods "phatgoose" "base" "multitask" "expert:sort"
+    task "arrange" dataset="arrange"
+    task "arrange-gen" dataset="arrange" metric="exact-match" max-new-tokens=4
+}
+"#;
+
+struct Run {
+    code: Option<i32>,
+    text: String,
+}
+
+fn goosepipe(dir: &Path, fault: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_goosepipe"));
+    cmd.args(args)
+        .arg("--store")
+        .arg(dir.join("store"))
+        .current_dir(dir)
+        .env_remove("GOOSEPIPE_FAULT");
+    if let Some(f) = fault {
+        cmd.env("GOOSEPIPE_FAULT", f);
+    }
+    let out = cmd.output().expect("the goosepipe binary runs");
+    Run {
+        code: out.status.code(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn setup() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("crash.kdl"), MANIFEST).unwrap();
+    d
+}
+
+fn run(dir: &Path, fault: Option<&str>) -> Run {
+    goosepipe(dir, fault, &["run", "crash.kdl"])
+}
+
+/// Step id -> digest of every published artifact.
+fn digests(dir: &Path) -> BTreeMap<String, String> {
+    let store = Store::open(dir.join("store")).unwrap();
+    store
+        .keys()
+        .into_iter()
+        .map(|k| {
+            let m = store.verify(&k).expect("every published artifact verifies");
+            (m.spec.id.clone(), m.digest)
+        })
+        .collect()
+}
+
+fn reference() -> BTreeMap<String, String> {
+    let d = setup();
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    digests(d.path())
+}
+
+fn work_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("store/work"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills the pipeline at every write point of a whole run, one kill per fresh store
+/// (`*:K`: the K-th point reached, for every K until a run finishes), then resumes
+/// it. Every write of every step kind gets cut this way; everything published must
+/// equal the uninterrupted run, and nothing is left in work/ after gc.
+#[test]
+fn a_kill_between_any_two_writes_resumes_to_identical_bytes() {
+    let want = reference();
+    assert_eq!(want.len(), 14, "{want:?}");
+    let mut kills: BTreeMap<String, usize> = BTreeMap::new();
+    for k in 1.. {
+        assert!(k < 200, "the pipeline does not finish: {kills:?}");
+        let d = setup();
+        let r = run(d.path(), Some(&format!("*:{k}")));
+        if r.code == Some(0) {
+            break;
+        }
+        let point = goosepipe::faults::POINTS
+            .iter()
+            .find(|p| r.text.contains(&format!("fault injected at {p} ")))
+            .unwrap_or_else(|| panic!("*:{k}: {}", r.text));
+        *kills.entry(point.to_string()).or_default() += 1;
+        let r = run(d.path(), None);
+        assert_eq!(r.code, Some(0), "after a kill at {point} (*:{k}): {}", r.text);
+        assert_eq!(digests(d.path()), want, "after a kill at {point} (*:{k})");
+        let gc = goosepipe(d.path(), None, &["gc", "crash.kdl"]);
+        assert_eq!(gc.code, Some(0), "{}", gc.text);
+        assert!(work_left(d.path()).is_empty(), "*:{k}: {:?}", work_left(d.path()));
+    }
+    // Pretraining checkpoints once, the two experts and the multitask LoRA twice each;
+    // the eval saves 8 (method, task) results; 14 steps publish.
+    let want_kills = [
+        ("checkpoint.written", 7),
+        ("checkpoint.previous-kept", 7),
+        ("checkpoint.replaced", 7),
+        ("eval.task-saved", 8),
+        ("publish.meta-written", 14),
+        ("publish.renamed", 14),
+    ];
+    for (point, n) in want_kills {
+        assert_eq!(kills.get(point).copied(), Some(n), "{kills:?}");
+    }
+}
+
+/// The worst moment of the old two-file checkpoint, many times over: a kill right
+/// after a checkpoint is written (before and after it replaces the previous one),
+/// at each of the first six checkpoint writes, each run resuming the last.
+#[test]
+fn kills_around_every_checkpoint_write_keep_the_experts_identical() {
+    let want = reference();
+    let d = setup();
+    for n in 1..=6 {
+        for point in ["checkpoint.written", "checkpoint.previous-kept"] {
+            let r = run(d.path(), Some(&format!("{point}:{n}")));
+            if r.code != Some(0) {
+                assert!(r.text.contains("fault injected"), "{}", r.text);
+            }
+        }
+    }
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert_eq!(digests(d.path()), want);
+}
+
+/// A checkpoint damaged on disk (a flipped bit) is discarded with a warning and the
+/// step restarts from scratch, publishing the same bytes; the work folder is reused,
+/// not left to fail every later run.
+#[test]
+fn a_damaged_checkpoint_is_discarded_and_training_restarts() {
+    let want = reference();
+    let d = setup();
+    // Die right after the first expert checkpoint is in place.
+    let r = run(d.path(), Some("checkpoint.replaced:2"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    let work: Vec<_> = work_left(d.path());
+    let damaged = work
+        .iter()
+        .map(|k| {
+            d.path()
+                .join("store/work")
+                .join(k)
+                .join("train-state.safetensors")
+        })
+        .find(|p| p.exists())
+        .expect("a checkpoint in a work folder");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x10;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert!(
+        r.text.contains("discarded the damaged checkpoint")
+            && r.text.contains("do not match their recorded digest"),
+        "{}",
+        r.text
+    );
+    assert_eq!(digests(d.path()), want);
+    // Garbage in place of a checkpoint: same outcome.
+    let d = setup();
+    let r = run(d.path(), Some("checkpoint.replaced:2"));
+    assert_ne!(r.code, Some(0));
+    let k = work_left(d.path()).into_iter().next().unwrap();
+    std::fs::write(
+        d.path()
+            .join("store/work")
+            .join(&k)
+            .join("train-state.safetensors"),
+        b"",
+    )
+    .unwrap();
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert!(r.text.contains("discarded the damaged checkpoint"), "{}", r.text);
+    assert_eq!(digests(d.path()), want);
+}
+
+/// An eval killed after some (method, task) results are saved resumes from them, and
+/// says so; plan calls the interrupted step interrupted, not missing.
+#[test]
+fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
+    let want = reference();
+    let d = setup();
+    let r = run(d.path(), Some("eval.task-saved:3"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
+    assert!(
+        plan.text
+            .contains("interrupted in an earlier run; resumes from its saved progress"),
+        "{}",
+        plan.text
+    );
+    assert!(!plan.text.contains("artifact missing"), "{}", plan.text);
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert!(
+        r.text.contains("resumed: 3 (method, task) result(s) were kept"),
+        "{}",
+        r.text
+    );
+    assert_eq!(digests(d.path()), want);
+}
+
+/// A kill between publishing and removing the work folder leaves the folder; gc
+/// removes it (the key is published), and so does the next run that reaches the key.
+#[test]
+fn gc_removes_work_folders_of_published_keys() {
+    let d = setup();
+    let r = run(d.path(), Some("publish.renamed:10"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    assert!(!work_left(d.path()).is_empty());
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    let gc = goosepipe(d.path(), None, &["gc", "crash.kdl"]);
+    assert_eq!(gc.code, Some(0), "{}", gc.text);
+    assert!(
+        work_left(d.path()).is_empty(),
+        "{:?}\n{}",
+        work_left(d.path()),
+        gc.text
+    );
+}
