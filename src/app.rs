@@ -307,13 +307,15 @@ pub fn run_with(
             report.built.len(),
             report.cached
         );
-        // The results of every evaluation that ran, as the last thing the user sees.
-        for s in plan
-            .steps
-            .iter()
-            .filter(|s| s.spec.kind == "eval" && report.built.contains(&s.spec.id))
-        {
-            if let Ok(md) = std::fs::read_to_string(store.files_dir(&s.spec.key).join("results.md")) {
+        // The results of every evaluation and study that ran, as the last thing the
+        // user sees.
+        for s in plan.steps.iter().filter(|s| report.built.contains(&s.spec.id)) {
+            let file = match s.spec.kind.as_str() {
+                "eval" => "results.md",
+                "study" => crate::steps::study::STUDY_MD,
+                _ => continue,
+            };
+            if let Ok(md) = std::fs::read_to_string(store.files_dir(&s.spec.key).join(file)) {
                 let _ = writeln!(out, "\n{md}");
             }
         }
@@ -357,7 +359,8 @@ pub fn exec_cmd(
     }
 }
 
-/// `goosepipe report`: the results tables of a manifest's evals, from the store.
+/// `goosepipe report`: the results tables of a manifest's evals (with their routing
+/// quality) and studies, from the store.
 pub fn report(
     path: &Path,
     store_root: &Path,
@@ -368,7 +371,13 @@ pub fn report(
 ) -> Result<i32, Report> {
     let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
     let mut any = false;
-    for s in plan.steps.iter().filter(|s| s.spec.kind == "eval") {
+    // Gate statistics belong to a pool: printed once however many evals read it.
+    let mut pools_shown = HashSet::new();
+    for s in plan
+        .steps
+        .iter()
+        .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
+    {
         // Results are small: re-hash them, so a damaged table is never printed.
         if let Err(crate::store::StoreError::Corrupt { reason, .. }) = store.verify(&s.spec.key)
             && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
@@ -382,62 +391,49 @@ pub fn report(
             );
             continue;
         }
-        if let Some(dir) = plots {
-            let files = store.files_dir(&s.spec.key);
-            if let Ok(bytes) = std::fs::read(files.join("results.json")) {
-                let results: crate::eval::Results = serde_json::from_slice(&bytes)
-                    .map_err(|e| miette!("{}: unreadable results.json: {e}", s.spec.id))?;
-                let routing: Option<crate::eval::plots::RoutingRecord> =
-                    match std::fs::read(files.join(crate::eval::plots::ROUTING_JSON)) {
-                        Ok(b) => Some(
-                            serde_json::from_slice(&b)
-                                .map_err(|e| miette!("{}: unreadable routing record: {e}", s.spec.id))?,
-                        ),
-                        Err(_) => None,
-                    };
-                let written = crate::eval::plots::write_plots(
-                    &dir.join(crate::eval::plots::slug(&s.spec.name)),
-                    &s.spec.name,
-                    &results,
-                    routing.as_ref(),
-                )
-                .map_err(|e| miette!("{}: drawing the plots failed: {e}", s.spec.id))?;
-                for f in written {
-                    let _ = writeln!(out, "wrote {}", f.display());
+        let files = store.files_dir(&s.spec.key);
+        if s.spec.kind == "study" {
+            let file = if format == "json" {
+                crate::steps::study::STUDY_JSON
+            } else {
+                crate::steps::study::STUDY_MD
+            };
+            match std::fs::read_to_string(files.join(file)) {
+                Ok(text) => {
+                    any = true;
+                    let _ = writeln!(out, "{text}");
                 }
+                Err(_) => not_built(out, &s.spec.id, path),
             }
+            continue;
+        }
+        if let Some(dir) = plots {
+            draw_plots(&files, dir, &s.spec.name, &s.spec.id, out)?;
         }
         let file = match format {
             "csv" => "results.csv",
             "json" => "results.json",
             _ => "results.md",
         };
-        match std::fs::read_to_string(store.files_dir(&s.spec.key).join(file)) {
-            Ok(text) => {
-                any = true;
-                let _ = writeln!(out, "{text}");
-                if format == "md"
-                    && let Ok(bytes) = std::fs::read(
-                        store
-                            .files_dir(&s.spec.key)
-                            .join(crate::eval::routing_quality::QUALITY_JSON),
-                    )
-                {
-                    let q: crate::eval::routing_quality::RoutingQuality = serde_json::from_slice(&bytes)
-                        .map_err(|e| miette!("{}: unreadable routing-quality record: {e}", s.spec.id))?;
-                    let text = crate::eval::routing_quality::markdown(&s.spec.name, &q);
-                    if !text.is_empty() {
-                        let _ = writeln!(out, "{text}");
-                    }
-                }
+        let Ok(text) = std::fs::read_to_string(files.join(file)) else {
+            not_built(out, &s.spec.id, path);
+            continue;
+        };
+        any = true;
+        let _ = writeln!(out, "{text}");
+        if format != "md" {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(files.join(crate::eval::routing_quality::QUALITY_JSON)) {
+            let mut q: crate::eval::routing_quality::RoutingQuality = serde_json::from_slice(&bytes)
+                .map_err(|e| miette!("{}: unreadable routing-quality record: {e}", s.spec.id))?;
+            let pool = s.spec.inputs.iter().find(|i| i.role == "pool").map(|i| i.key);
+            if !pool.is_some_and(|k| pools_shown.insert(k)) {
+                q.gates = None;
             }
-            Err(_) => {
-                let _ = writeln!(
-                    out,
-                    "{}: not built yet (run `goosepipe run {}`)",
-                    s.spec.id,
-                    path.display()
-                );
+            let text = crate::eval::routing_quality::markdown(&s.spec.name, &q);
+            if !text.is_empty() {
+                let _ = writeln!(out, "{text}");
             }
         }
     }
@@ -449,6 +445,41 @@ pub fn report(
         ));
     }
     Ok(EXIT_OK)
+}
+
+fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {
+    let _ = writeln!(
+        out,
+        "{id}: not built yet (run `goosepipe run {}`)",
+        manifest.display()
+    );
+}
+
+/// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/.
+fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, out: &mut dyn Write) -> Result<(), Report> {
+    let Ok(bytes) = std::fs::read(files.join("results.json")) else {
+        return Ok(());
+    };
+    let results: crate::eval::Results =
+        serde_json::from_slice(&bytes).map_err(|e| miette!("{id}: unreadable results.json: {e}"))?;
+    let routing: Option<crate::eval::plots::RoutingRecord> =
+        match std::fs::read(files.join(crate::eval::plots::ROUTING_JSON)) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b).map_err(|e| miette!("{id}: unreadable routing record: {e}"))?,
+            ),
+            Err(_) => None,
+        };
+    let written = crate::eval::plots::write_plots(
+        &dir.join(crate::eval::plots::slug(name)),
+        name,
+        &results,
+        routing.as_ref(),
+    )
+    .map_err(|e| miette!("{id}: drawing the plots failed: {e}"))?;
+    for f in written {
+        let _ = writeln!(out, "wrote {}", f.display());
+    }
+    Ok(())
 }
 
 /// `goosepipe score`: per-token log-probabilities of a target under a model (and

@@ -264,3 +264,71 @@ fn gc_removes_work_folders_of_published_keys() {
         gc.text
     );
 }
+
+/// Flips one byte of a published file, keeping its size.
+fn flip(dir: &Path, step: &str, file: &str) {
+    let store = Store::open(dir.join("store")).unwrap();
+    let key = store
+        .keys()
+        .into_iter()
+        .find(|k| store.meta(k).is_some_and(|m| m.spec.id == step))
+        .unwrap();
+    let p = store.files_dir(&key).join(file);
+    let mut b = std::fs::read(&p).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x01;
+    std::fs::write(&p, b).unwrap();
+}
+
+/// Same-size corruption is invisible to sizes and metadata: verify, plan --verify,
+/// run --verify, show and report find it by re-hashing, move it aside, and the next run
+/// rebuilds the same bytes.
+#[test]
+fn same_size_corruption_is_found_quarantined_and_rebuilt() {
+    let want = reference();
+    let d = setup();
+    assert_eq!(run(d.path(), None).code, Some(0));
+    flip(d.path(), "expert:sort", "expert.safetensors");
+    let show = goosepipe(d.path(), None, &["show", "expert:sort"]);
+    assert!(show.text.contains("status   CORRUPT"), "{}", show.text);
+    let quick = goosepipe(d.path(), None, &["plan", "crash.kdl", "--check-cached"]);
+    assert_eq!(quick.code, Some(0), "sizes and metadata alone do not see it");
+    let plan = goosepipe(
+        d.path(),
+        None,
+        &["plan", "crash.kdl", "--check-cached", "--verify"],
+    );
+    assert_eq!(plan.code, Some(2), "{}", plan.text);
+    assert!(
+        plan.text
+            .contains("artifact corrupt (expert.safetensors does not match its recorded blake3)"),
+        "{}",
+        plan.text
+    );
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert_eq!(digests(d.path()), want);
+
+    flip(d.path(), "eval:e", "results.json");
+    let v = goosepipe(d.path(), None, &["verify", "--all"]);
+    assert_eq!(v.code, Some(1), "{}", v.text);
+    assert!(v.text.contains("corrupt  eval:e"), "{}", v.text);
+    assert!(v.text.contains("verified 14 artifact(s): 13 ok"), "{}", v.text);
+    let v = goosepipe(d.path(), None, &["verify", "crash.kdl"]);
+    assert_eq!(v.code, Some(0), "{}", v.text);
+    let rep = goosepipe(d.path(), None, &["report", "crash.kdl"]);
+    assert!(rep.text.contains("eval:e: not built yet"), "{}", rep.text);
+    let r = goosepipe(d.path(), None, &["run", "crash.kdl", "--verify"]);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert_eq!(digests(d.path()), want);
+
+    flip(d.path(), "eval:e", "results.md");
+    let rep = goosepipe(d.path(), None, &["report", "crash.kdl"]);
+    assert!(
+        rep.text.contains("eval:e: its artifact is corrupt"),
+        "{}",
+        rep.text
+    );
+    let v = goosepipe(d.path(), None, &["verify"]);
+    assert_ne!(v.code, Some(0), "verify needs manifests or --all");
+}

@@ -73,7 +73,7 @@ fn retrieval_text_follows_the_paper() {
 
 #[test]
 fn retrieval_picks_the_expert_whose_examples_match() {
-    let emb = minilm();
+    let emb = goosepipe::steps::retrieval_index::Embedder::Sentence(minilm());
     // Libraries in expert-name order: cooking, finance, sports.
     let cooking = [
         ex("How long should I boil an egg for a soft yolk?", &[]),
@@ -236,7 +236,7 @@ fn average_activation_vectors_equal_an_independent_masked_mean() {
 fn micro(embedder: &Path) -> String {
     format!(
         r#"
-pipeline "micro"
+pipeline "micro" allow-outside-paths=#true
 dataset "corpus" {{ synthetic task="corpus" examples=200 seed=1; }}
 model "t" {{
     init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=8 batch=8

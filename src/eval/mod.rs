@@ -3,6 +3,7 @@
 pub mod metrics;
 pub mod plots;
 pub mod routing_quality;
+pub mod study;
 pub mod table;
 
 pub use table::Results;

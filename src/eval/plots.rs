@@ -25,6 +25,13 @@ pub struct ModuleChoices {
     #[serde(default)]
     pub weight_sums: Vec<f64>,
     pub tokens: u64,
+    /// Counts over the tokens marked as telling the task apart (absent when none were).
+    #[serde(default)]
+    pub marked_counts: Vec<u64>,
+    #[serde(default)]
+    pub marked_weight_sums: Vec<f64>,
+    #[serde(default)]
+    pub marked_tokens: u64,
 }
 
 pub type RoutingRecord = BTreeMap<String, BTreeMap<String, BTreeMap<String, ModuleChoices>>>;

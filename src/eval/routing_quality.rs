@@ -28,6 +28,14 @@ pub struct OwnRouting {
     pub encoder_hit: Option<f64>,
     pub decoder_share: Option<f64>,
     pub decoder_hit: Option<f64>,
+    /// The owner's share on the tokens only this task uses (its instruction words,
+    /// say) and on the tokens it shares with other tasks, each averaged over the
+    /// modules that saw such tokens: a router that reads tokens can only be right on
+    /// the first kind by the token alone.
+    pub distinct_share: Option<f64>,
+    pub shared_share: Option<f64>,
+    /// The fraction of the task's real tokens that are distinct (over all modules).
+    pub distinct_fraction: Option<f64>,
     /// Modules averaged (those that saw at least one real token).
     pub modules: usize,
 }
@@ -60,6 +68,7 @@ fn mean(xs: &[f64]) -> Option<f64> {
 pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> Option<OwnRouting> {
     let (mut share, mut hit) = (vec![], vec![]);
     let (mut es, mut eh, mut ds, mut dh) = (vec![], vec![], vec![], vec![]);
+    let (mut distinct, mut shared, mut marked, mut total) = (vec![], vec![], 0u64, 0u64);
     for (name, m) in modules {
         let o = m.expert_names.iter().position(|n| n == expert)?;
         if m.tokens == 0 {
@@ -69,6 +78,18 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
         let h = m.counts.get(o).copied().unwrap_or(0) as f64 / m.tokens as f64;
         share.push(s);
         hit.push(h);
+        if let (Some(&mw), true) = (m.marked_weight_sums.get(o), !m.marked_counts.is_empty()) {
+            marked += m.marked_tokens;
+            total += m.tokens;
+            if m.marked_tokens > 0 {
+                distinct.push(mw / m.marked_tokens as f64);
+            }
+            let rest = m.tokens - m.marked_tokens;
+            if rest > 0 {
+                let w = m.weight_sums.get(o).copied().unwrap_or(0.0);
+                shared.push((w - mw) / rest as f64);
+            }
+        }
         if name.starts_with("decoder.") {
             ds.push(s);
             dh.push(h);
@@ -85,6 +106,9 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
         encoder_hit: mean(&eh),
         decoder_share: mean(&ds),
         decoder_hit: mean(&dh),
+        distinct_share: mean(&distinct),
+        shared_share: mean(&shared),
+        distinct_fraction: (total > 0).then(|| marked as f64 / total as f64),
         modules: share.len(),
     })
 }
@@ -142,31 +166,36 @@ pub fn markdown(title: &str, q: &RoutingQuality) -> String {
         );
         let _ = writeln!(
             out,
-            "| method | task | own expert | weight share | top-k hit | encoder share | decoder share |"
+            "| method | task | own expert | weight share | top-k hit | encoder share | decoder share | share on distinct tokens | share on shared tokens |"
         );
-        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|");
         let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         for (method, tasks) in &q.own {
             let mut shares = vec![];
             for (task, r) in tasks {
                 shares.push(r.share);
+                let distinct = match (r.distinct_share, r.distinct_fraction) {
+                    (Some(s), Some(p)) => format!("{s:.2} ({:.0}% of tokens)", 100.0 * p),
+                    _ => "-".into(),
+                };
                 let _ = writeln!(
                     out,
-                    "| {method} | {task} | {} | {:.2} | {:.2} | {} | {} |",
+                    "| {method} | {task} | {} | {:.2} | {:.2} | {} | {} | {distinct} | {} |",
                     r.expert,
                     r.share,
                     r.hit,
                     f(r.encoder_share),
-                    f(r.decoder_share)
+                    f(r.decoder_share),
+                    f(r.shared_share)
                 );
             }
             if let Some(m) = mean(&shares) {
-                let _ = writeln!(out, "| {method} | **mean** | | **{m:.2}** | | | |");
+                let _ = writeln!(out, "| {method} | **mean** | | **{m:.2}** | | | | | |");
             }
         }
         let _ = writeln!(
             out,
-            "\nChance is 1/N of the weight with N experts. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner."
+            "\nChance is 1/N of the weight with N experts. Distinct tokens occur in this task's examples and no other owned task's. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner."
         );
     }
     if let Some(g) = &q.gates {
@@ -189,7 +218,23 @@ mod tests {
             counts: counts.to_vec(),
             weight_sums: weights.to_vec(),
             tokens,
+            marked_counts: vec![],
+            marked_weight_sums: vec![],
+            marked_tokens: 0,
         }
+    }
+
+    #[test]
+    fn distinct_and_shared_tokens_are_averaged_apart() {
+        let mut m = module(&["a", "b"], &[10, 10], &[7.0, 3.0], 10);
+        // 4 marked tokens, all to "a"; the 6 others split 3/3.
+        m.marked_counts = vec![4, 4];
+        m.marked_weight_sums = vec![4.0, 0.0];
+        m.marked_tokens = 4;
+        let r = own_routing("a", &BTreeMap::from([("encoder.x".to_string(), m)])).unwrap();
+        assert_eq!(r.distinct_share, Some(1.0));
+        assert_eq!(r.shared_share, Some(0.5));
+        assert_eq!(r.distinct_fraction, Some(0.4));
     }
 
     #[test]

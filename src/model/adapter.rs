@@ -249,6 +249,14 @@ pub struct ModuleRouting {
     /// Sum of the renormalised weights each expert received.
     pub weight_sums: Vec<f64>,
     pub tokens: u64,
+    /// The same three counts over the marked tokens only (tokens that tell the task
+    /// apart; see [`RoutingLog::marked`]), when the log marks any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marked_counts: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marked_weight_sums: Vec<f64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub marked_tokens: u64,
     /// Every call's per-token choices, kept only when requested.
     #[serde(skip)]
     pub choices: Vec<Routing>,
@@ -267,14 +275,27 @@ pub struct RoutingLog {
     /// which target positions are padding, generation which rows have finished).
     #[serde(skip)]
     pub decoder_rows: Option<Vec<bool>>,
+    /// Token ids of the current encoder-side and decoder inputs' rows (set with the
+    /// rows above), so marked tokens can be counted apart.
+    #[serde(skip)]
+    pub encoder_ids: Option<Vec<u32>>,
+    #[serde(skip)]
+    pub decoder_ids: Option<Vec<u32>>,
+    /// Token ids counted apart as well (an eval marks the tokens only one task uses).
+    #[serde(skip)]
+    pub marked: Option<std::collections::HashSet<u32>>,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 impl RoutingLog {
     fn record(&mut self, module: &str, names: &[String], routing: &Routing) {
-        let rows = if is_encoder_side(module) {
-            &self.encoder_rows
+        let (rows, ids) = if is_encoder_side(module) {
+            (&self.encoder_rows, &self.encoder_ids)
         } else {
-            &self.decoder_rows
+            (&self.decoder_rows, &self.decoder_ids)
         };
         let n_tok = routing.experts.len() / routing.k.max(1);
         // A mask of the wrong length (a caller that did not say) counts every row.
@@ -282,6 +303,11 @@ impl RoutingLog {
             Some(r) if r.len() == n_tok => r[t],
             _ => true,
         };
+        let marked = |t: usize| match (&self.marked, ids) {
+            (Some(m), Some(ids)) if ids.len() == n_tok => m.contains(&ids[t]),
+            _ => false,
+        };
+        let marking = self.marked.is_some();
         let entry = self
             .modules
             .entry(module.to_owned())
@@ -291,14 +317,23 @@ impl RoutingLog {
                 weight_sums: vec![0.0; names.len()],
                 ..Default::default()
             });
+        if marking && entry.marked_counts.is_empty() {
+            entry.marked_counts = vec![0; names.len()];
+            entry.marked_weight_sums = vec![0.0; names.len()];
+        }
         let k = routing.k.max(1);
         for (slot, (&z, &w)) in routing.experts.iter().zip(&routing.weights).enumerate() {
             if real(slot / k) {
                 entry.counts[z as usize] += 1;
                 entry.weight_sums[z as usize] += w;
+                if marking && marked(slot / k) {
+                    entry.marked_counts[z as usize] += 1;
+                    entry.marked_weight_sums[z as usize] += w;
+                }
             }
         }
         entry.tokens += (0..n_tok).filter(|&t| real(t)).count() as u64;
+        entry.marked_tokens += (0..n_tok).filter(|&t| real(t) && marked(t)).count() as u64;
         if self.keep_choices {
             entry.choices.push(routing.clone());
         }

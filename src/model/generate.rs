@@ -130,6 +130,8 @@ impl T5Model {
                 .collect();
             let rows_t = Tensor::from_vec(rows, chunk.len(), self.device())?;
             let enc = enc.index_select(&rows_t, 0)?;
+            // The routing log counts cross-attention rows by the tokens they come from.
+            self.set_encoder_ids(&ids.index_select(&rows_t, 0)?)?;
             let mask = mask.index_select(&rows_t, 0)?;
             let dummy_inputs: Vec<Vec<u32>> = vec![vec![self.config.pad_token_id]; chunk.len()];
             let targets: Vec<Vec<u32>> = chunk.iter().map(|(_, t)| t.clone()).collect();

@@ -36,6 +36,7 @@ pub mod attention;
 pub mod bert;
 pub mod config;
 pub mod dropout;
+pub mod encoder_embedder;
 pub mod error;
 pub mod expert_file;
 pub mod ffn;

@@ -340,10 +340,32 @@ impl T5Model {
     /// Starts recording routing decisions (counts per expert per module; the
     /// per-token choices too when `keep_choices`).
     pub fn start_routing_log(&mut self, keep_choices: bool) {
+        self.start_routing_log_marked(keep_choices, None);
+    }
+
+    /// [`Self::start_routing_log`], also counting the tokens in `marked` apart.
+    pub fn start_routing_log_marked(
+        &mut self,
+        keep_choices: bool,
+        marked: Option<std::collections::HashSet<u32>>,
+    ) {
         self.routing_log = Some(Mutex::new(RoutingLog {
             keep_choices,
+            marked,
             ..Default::default()
         }));
+    }
+
+    /// Tells the routing log the token ids of the next encoder-side rows (when the
+    /// encoder output was expanded, as choice scoring does, after the expansion).
+    pub fn set_encoder_ids(&self, input_ids: &Tensor) -> Result<()> {
+        if let Some(log) = &self.routing_log {
+            let ids: Vec<u32> = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+            if let Ok(mut log) = log.lock() {
+                log.encoder_ids = Some(ids);
+            }
+        }
+        Ok(())
     }
 
     /// Tells the routing log which rows of the next decoder inputs are real tokens
@@ -446,6 +468,7 @@ impl T5Model {
             )));
         }
         self.set_encoder_rows(attention_mask)?;
+        self.set_encoder_ids(input_ids)?;
         let ctx = self.ctx();
         let mut h = self.drop(self.embed(input_ids)?)?;
         let mask = key_mask(attention_mask, self.bias_dtype())?;
@@ -492,6 +515,12 @@ impl T5Model {
     /// Teacher forcing is one call on a fresh cache.
     pub fn decode_step(&self, ids: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
+        if let Some(log) = &self.routing_log {
+            let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+            if let Ok(mut log) = log.lock() {
+                log.decoder_ids = Some(flat);
+            }
+        }
         let ctx = self.ctx();
         let offset = cache.len;
         let k_len = offset + t;

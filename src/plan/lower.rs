@@ -129,6 +129,9 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
     for e in manifest.of_kind("eval") {
         l.eval(e);
     }
+    for e in manifest.of_kind("study") {
+        l.study(e);
+    }
     for p in &l.protos {
         if catalog.version(&p.kind).is_none() {
             let loc = p.loc.unwrap_or(Loc::new(0, (0..0).into()));
@@ -328,6 +331,7 @@ fn kind_rank(kind: &str) -> usize {
         "multitask",
         "pool",
         "eval",
+        "study",
     ];
     ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
 }
@@ -703,6 +707,88 @@ fn members_of<'m>(manifest: &'m Manifest, pool: &str) -> Vec<&'m Entity> {
 }
 
 impl Lowerer<'_> {
+    /// A study reads its evals' per-example scores; they must be replicates of one
+    /// design (same tasks on the same datasets, same methods), or the comparison is
+    /// meaningless.
+    fn study(&mut self, e: &Entity) {
+        let c = self.collect(e, Some(&["compare", "samples", "seed"]));
+        let mut p = Proto::new("study", &e.name, Some(e.name_loc));
+        p.absorb(c);
+        let mut first: Option<(&str, String)> = None;
+        let mut names = vec![];
+        for f in e.block.list("evals") {
+            let Some(name) = f.value.as_str() else { continue };
+            let Some(ev) = self.manifest.entity("eval", name) else {
+                continue;
+            };
+            // The design: tasks with their datasets and metrics, and the methods.
+            let tasks: Vec<String> = ev
+                .block
+                .records("task")
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}={}/{}",
+                        t.arg.as_ref().and_then(|a| a.value.as_str()).unwrap_or_default(),
+                        t.str("dataset").unwrap_or_default(),
+                        t.str("metric").unwrap_or_default()
+                    )
+                })
+                .collect();
+            let methods: Vec<&str> = ev
+                .block
+                .list("methods")
+                .iter()
+                .filter_map(|m| m.value.as_str())
+                .collect();
+            let design = format!("tasks {} | methods {}", tasks.join(", "), methods.join(", "));
+            match &first {
+                None => first = Some((name, design)),
+                Some((fname, fdesign)) if *fdesign != design => {
+                    self.errors.push(
+                        ManifestError::new(
+                            &self.manifest.sources,
+                            "manifest::study-mismatch",
+                            f.loc.unwrap_or(e.name_loc),
+                            format!("eval \"{name}\" is not a replicate of eval \"{fname}\""),
+                            "different design",
+                        )
+                        .help(format!(
+                            "a study's evals must have the same tasks (name, dataset, metric) and methods; \"{fname}\" has {fdesign}; \"{name}\" has {design}"
+                        )),
+                    );
+                }
+                _ => {}
+            }
+            let methods_set: Vec<&str> = methods.clone();
+            let compare = e.block.str("compare").unwrap_or("phatgoose");
+            if first.as_ref().is_some_and(|(n, _)| *n == name) && !methods_set.contains(&compare) {
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::undefined-reference",
+                        e.block
+                            .props
+                            .get("compare")
+                            .and_then(|f| f.loc)
+                            .unwrap_or(e.name_loc),
+                        format!("the compared method \"{compare}\" is not a method of eval \"{name}\""),
+                        "not evaluated",
+                    )
+                    .help(format!("its methods are: {}", methods_set.join(", "))),
+                );
+            }
+            names.push(name.to_string());
+            p.inputs.push((format!("eval:{name}"), format!("eval:{name}")));
+        }
+        // Replicates are named in the order the manifest lists them.
+        p.params.insert(
+            "evals".into(),
+            Value::List(names.into_iter().map(Value::Str).collect()),
+        );
+        self.push(p, &e.name);
+    }
+
     /// Each task's owning expert (`task ... expert=NAME`, or the one pool member trained
     /// on the task's dataset), checked against the pool and written into the task's
     /// parameters so the eval can measure routing to it.
@@ -859,26 +945,30 @@ impl Lowerer<'_> {
                     }
                 }
                 Some(Method::Named("retrieval")) => {
+                    // One embedder for the libraries and the queries: resolved (and
+                    // hashed, or refused) once. The base encoder is the `model` input.
+                    let spec = rstr("embedder").as_str().unwrap_or_default().to_string();
+                    let external = if spec == BASE_ENCODER {
+                        None
+                    } else {
+                        self.embedder(&spec, Some(e.name_loc))
+                    };
                     for m in &members {
                         let mut a = Proto::new("retrieval-index", &m.name, Some(m.name_loc));
                         a.params.insert("examples".into(), rint("retrieval-examples"));
                         a.params.insert("embedder".into(), rstr("embedder"));
-                        let spec = rstr("embedder").as_str().unwrap_or_default().to_string();
-                        if let Some(x) = self.embedder(&spec, Some(e.name_loc)) {
-                            a.externals.push(x);
-                        }
                         a.inputs = vec![(
                             "data".into(),
                             format!("dataset:{}", m.block.str("dataset").unwrap_or_default()),
                         )];
+                        if spec == BASE_ENCODER {
+                            a.inputs.push(("model".into(), format!("model:{model}")));
+                        }
+                        a.externals.extend(external.clone());
                         let id = self.push(a, &e.name);
                         v.inputs.push((format!("retrieval-index:{}", m.name), id));
                     }
-                    // The eval embeds its queries with the same embedder.
-                    let spec = rstr("embedder").as_str().unwrap_or_default().to_string();
-                    if let Some(x) = self.embedder(&spec, Some(e.name_loc)) {
-                        v.externals.push(x);
-                    }
+                    v.externals.extend(external);
                 }
                 Some(Method::Named("multitask")) => {
                     let mut a = Proto::new("multitask", &pool, Some(e.name_loc));
@@ -907,6 +997,9 @@ impl Lowerer<'_> {
         self.push(v, &e.name);
     }
 }
+
+/// `routing embedder="base-encoder"`: retrieval embeds with the base model's encoder.
+const BASE_ENCODER: &str = "base-encoder";
 
 /// The diagnostic for a local path that leaves the project folder.
 fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str) -> ManifestError {

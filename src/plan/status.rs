@@ -186,6 +186,12 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             },
             Presence::Present(_) => (true, vec![]),
             Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
+            Presence::Missing if store.was_quarantined(&step.spec.key) => (
+                false,
+                vec![Reason::Corrupt {
+                    detail: "found corrupt and moved aside".into(),
+                }],
+            ),
             Presence::Missing => (false, why_missing(&step.spec, store, lock)),
         })
         .unzip();

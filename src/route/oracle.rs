@@ -7,10 +7,20 @@ pub const NOTE: &str = "the best single expert per task, picked with test labels
 
 /// The best `expert:NAME` score on `task`, or None when no expert scored it.
 pub fn score(scores: &ExpertScores, task: &str) -> Option<f64> {
-    scores
-        .values()
-        .filter_map(|s| s.get(task).copied())
-        .max_by(f64::total_cmp)
+    pick(scores, task).and_then(|n| scores[n].get(task).copied())
+}
+
+/// The expert with the best score on `task` (ties to the first by name).
+pub fn pick<'a>(scores: &'a ExpertScores, task: &str) -> Option<&'a str> {
+    let mut best: Option<(&str, f64)> = None;
+    for (name, s) in scores {
+        if let Some(&v) = s.get(task)
+            && best.is_none_or(|(_, b)| v > b)
+        {
+            best = Some((name.as_str(), v));
+        }
+    }
+    best.map(|(n, _)| n)
 }
 
 #[cfg(test)]

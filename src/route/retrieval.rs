@@ -12,7 +12,7 @@ use crate::model::{ModelError, Result};
 pub const ROUTING_ROW: &str = "all modules (per example)";
 
 pub const NOTE: &str =
-    "one expert per example: the highest cosine to its training examples (sentence embeddings)";
+    "one expert per example: the highest cosine to its training examples (embedded by the routing embedder)";
 
 /// For every query row (unit length), the index of the library with the highest
 /// cosine between the query and any of its rows; ties go to the lower index

@@ -28,6 +28,9 @@ use crate::route;
 
 pub struct EvalStep;
 
+/// method -> task -> every example's score, in the task's example order.
+pub const PER_EXAMPLE_JSON: &str = "per-example.json";
+
 /// Per task, per module: the experts a method chose (saved as routing.json).
 type TaskRouting = BTreeMap<String, BTreeMap<String, ModuleRouting>>;
 
@@ -53,7 +56,8 @@ struct Progress {
 struct Finished {
     method: String,
     task: String,
-    score: f64,
+    /// Per example, in example order.
+    scores: Vec<f64>,
     routing: Option<BTreeMap<String, ModuleRouting>>,
 }
 
@@ -88,16 +92,18 @@ fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
     ex
 }
 
+/// Every example's score (1/0 for rank classification and exact match, ROUGE-L F for
+/// rouge-l), in example order.
 fn score_task(
     ctx: &StepContext,
     base: &Base,
     task: &Task,
     batch: usize,
     done: &mut u64,
-) -> Result<f64, StepError> {
+) -> Result<Vec<f64>, StepError> {
     let tok = &base.tokenizer;
     let eos = base.config().eos_token_id;
-    let mut total = 0f64;
+    let mut per_example = Vec::with_capacity(task.examples.len());
     for chunk in task.examples.chunks(batch.max(1)) {
         ctx.cancel.check()?;
         let inputs: Vec<Vec<u32>> = chunk
@@ -135,9 +141,8 @@ fn score_task(
                 .collect::<Result<Vec<_>, StepError>>()?;
             let scores = base.model.score_choices(&items, batch).map_err(fail)?;
             for (e, s) in chunk.iter().zip(&scores) {
-                if predict(s).is_some_and(|i| e.choice_is_right(i)) {
-                    total += 1.0;
-                }
+                let right = predict(s).is_some_and(|i| e.choice_is_right(i));
+                per_example.push(f64::from(u8::from(right)));
             }
         } else {
             let outs = base
@@ -147,7 +152,7 @@ fn score_task(
             for (e, ids) in chunk.iter().zip(&outs) {
                 let text = tok.decode(ids, true).map_err(|x| fail(format!("decode: {x}")))?;
                 // Several accepted answers: the best match counts (BIG-bench's rule).
-                total += e
+                let best = e
                     .accepted()
                     .iter()
                     .map(|a| {
@@ -158,19 +163,25 @@ fn score_task(
                         }
                     })
                     .fold(0.0, f64::max);
+                per_example.push(best);
             }
         }
         *done += chunk.len() as u64;
         ctx.progress.set_position(*done);
     }
-    Ok(total / task.examples.len().max(1) as f64)
+    Ok(per_example)
+}
+
+/// The task score: the mean over its examples.
+fn mean(per_example: &[f64]) -> f64 {
+    per_example.iter().sum::<f64>() / per_example.len().max(1) as f64
 }
 
 /// Retrieval: each example goes to the expert whose library holds its nearest
 /// neighbour (top-1 one-hot on every module). Examples are grouped by expert and
 /// each group is scored with that expert's LoRA alone, which is the same thing.
 struct Retrieval {
-    embedder: crate::model::sentence::SentenceEmbedder,
+    embedder: super::retrieval_index::Embedder,
     libraries: Vec<candle_core::Tensor>,
 }
 
@@ -193,8 +204,8 @@ impl Retrieval {
         Ok(Retrieval { embedder, libraries })
     }
 
-    /// The task's score, and its choices as one routing row (every module makes the
-    /// same choice, once per example).
+    /// The task's per-example scores, and its choices as one routing row (every module
+    /// makes the same choice, once per example).
     fn score(
         &self,
         ctx: &StepContext,
@@ -203,19 +214,14 @@ impl Retrieval {
         experts: &[LoraExpert],
         batch: usize,
         done: &mut u64,
-    ) -> Result<(f64, BTreeMap<String, ModuleRouting>), StepError> {
+    ) -> Result<(Vec<f64>, BTreeMap<String, ModuleRouting>), StepError> {
         let picks =
             route::retrieval::pick_experts(&embed_examples(&self.embedder, &t.examples)?, &self.libraries)
                 .map_err(fail)?;
-        let mut total = 0f64;
+        let mut per_example = vec![0f64; t.examples.len()];
         for (z, e) in experts.iter().enumerate() {
-            let group: Vec<Example> = t
-                .examples
-                .iter()
-                .zip(&picks)
-                .filter(|(_, p)| **p == z)
-                .map(|(x, _)| x.clone())
-                .collect();
+            let members: Vec<usize> = (0..picks.len()).filter(|&i| picks[i] == z).collect();
+            let group: Vec<Example> = members.iter().map(|&i| t.examples[i].clone()).collect();
             if group.is_empty() {
                 continue;
             }
@@ -227,7 +233,9 @@ impl Retrieval {
                 examples: group,
             };
             base.model.set_adapters(AdapterSet::from_lora(e)).map_err(fail)?;
-            total += score_task(ctx, base, &sub, batch, done)? * sub.examples.len() as f64;
+            for (i, score) in members.iter().zip(score_task(ctx, base, &sub, batch, done)?) {
+                per_example[*i] = score;
+            }
         }
         let mut chosen = vec![0u64; experts.len()];
         for &z in &picks {
@@ -238,10 +246,10 @@ impl Retrieval {
             weight_sums: chosen.iter().map(|&c| c as f64).collect(),
             counts: chosen,
             tokens: picks.len() as u64,
-            choices: vec![],
+            ..Default::default()
         };
         Ok((
-            total / t.examples.len().max(1) as f64,
+            per_example,
             BTreeMap::from([(route::retrieval::ROUTING_ROW.to_string(), row)]),
         ))
     }
@@ -271,6 +279,36 @@ fn load_vectors(
             Ok(g)
         })
         .collect()
+}
+
+/// Per task with an owner, the token ids that occur in its examples (inputs and
+/// answer choices) and in no other owned task's: where its routing can tell it apart
+/// by the token alone. The routing quality counts them apart from the shared tokens.
+fn distinct_tokens(
+    tasks: &[Task],
+    tok: &tokenizers::Tokenizer,
+) -> Result<BTreeMap<String, std::collections::HashSet<u32>>, StepError> {
+    use std::collections::HashSet;
+    let mut sets: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.owner.is_some()) {
+        let mut set = HashSet::new();
+        for e in &t.examples {
+            set.extend(encode(tok, &e.input)?);
+            for c in &e.choices {
+                set.extend(encode(tok, c)?);
+            }
+        }
+        sets.insert(t.name.clone(), set);
+    }
+    let all: Vec<(String, HashSet<u32>)> = sets.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (name, set) in sets.iter_mut() {
+        for (other, theirs) in &all {
+            if other != name {
+                set.retain(|id| !theirs.contains(id));
+            }
+        }
+    }
+    Ok(sets)
 }
 
 /// The pool as the eval loaded it, in name order.
@@ -433,11 +471,14 @@ impl StepRunner for EvalStep {
         ctx.progress.set_total(per_method * plan.len() as u64, "examples");
         let mut done = 0u64;
         let mut scores: HashMap<String, BTreeMap<String, f64>> = HashMap::new(); // method -> task -> score
+        // method -> task -> per-example scores (per-example.json: what a study resamples)
+        let mut examples: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
         // method -> task -> module -> expert choice counts
         let mut routing: BTreeMap<String, TaskRouting> = BTreeMap::new();
         let progress = Progress {
             dir: ctx.work.join("eval-progress"),
         };
+        let distinct = distinct_tokens(&tasks, &base.tokenizer)?;
         let mut resumed = 0usize;
         let mut retrieval: Option<Retrieval> = None;
         for m in &plan {
@@ -451,7 +492,11 @@ impl StepRunner for EvalStep {
                     scores
                         .entry(m.clone())
                         .or_default()
-                        .insert(t.name.clone(), f.score);
+                        .insert(t.name.clone(), mean(&f.scores));
+                    examples
+                        .entry(m.clone())
+                        .or_default()
+                        .insert(t.name.clone(), f.scores);
                     if let Some(r) = f.routing {
                         routing.entry(m.clone()).or_default().insert(t.name.clone(), r);
                     }
@@ -479,7 +524,8 @@ impl StepRunner for EvalStep {
                     // Token-level routers: record which experts each module picks, per
                     // task, for the routing analysis (report and `report --plots`).
                     if route::routes_tokens(m) {
-                        base.model.start_routing_log(false);
+                        base.model
+                            .start_routing_log_marked(false, distinct.get(&t.name).cloned());
                     }
                     let s = score_task(ctx, &base, t, batch, &mut done)?;
                     (s, base.model.take_routing_log().map(|log| log.modules))
@@ -487,17 +533,24 @@ impl StepRunner for EvalStep {
                 progress.save(&Finished {
                     method: m.clone(),
                     task: t.name.clone(),
-                    score,
+                    scores: score.clone(),
                     routing: routed.clone(),
                 })?;
-                scores.entry(m.clone()).or_default().insert(t.name.clone(), score);
+                scores
+                    .entry(m.clone())
+                    .or_default()
+                    .insert(t.name.clone(), mean(&score));
+                examples
+                    .entry(m.clone())
+                    .or_default()
+                    .insert(t.name.clone(), score);
                 if let Some(r) = routed {
                     routing.entry(m.clone()).or_default().insert(t.name.clone(), r);
                 }
             }
-            let mean: f64 =
+            let avg: f64 =
                 scores.get(m).map(|s| s.values().sum::<f64>()).unwrap_or(0.0) / tasks.len().max(1) as f64;
-            ctx.progress.log(&format!("{m}: mean {:.1}", mean * 100.0));
+            ctx.progress.log(&format!("{m}: mean {:.1}", avg * 100.0));
             if m == "retrieval"
                 && let Some(r) = routing.get(m)
             {
@@ -571,6 +624,28 @@ impl StepRunner for EvalStep {
                 serde_json::to_vec_pretty(&routing).expect("json"),
             )?;
         }
+        // Per example, for studies that resample examples; best-individual and oracle
+        // are the chosen single experts' rows.
+        for m in &methods {
+            for t in &tasks {
+                let source = match m.as_str() {
+                    "best-individual" => best.map(|n| format!("expert:{n}")),
+                    "oracle" => route::oracle::pick(&singles, &t.name).map(|n| format!("expert:{n}")),
+                    _ => None,
+                };
+                if let Some(rows) = source.and_then(|src| examples.get(&src)?.get(&t.name).cloned()) {
+                    examples
+                        .entry(m.clone())
+                        .or_default()
+                        .insert(t.name.clone(), rows);
+                }
+            }
+        }
+        examples.retain(|m, _| methods.contains(m));
+        std::fs::write(
+            ctx.out.join(PER_EXAMPLE_JSON),
+            serde_json::to_vec(&examples).expect("json"),
+        )?;
         let quality = routing_quality(&tasks, &routing, &gates)?;
         std::fs::write(
             ctx.out.join(crate::eval::routing_quality::QUALITY_JSON),

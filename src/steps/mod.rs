@@ -10,6 +10,7 @@ pub mod eval;
 pub mod expert;
 pub mod model;
 pub mod retrieval_index;
+pub mod study;
 pub mod tokenize;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub const VERSIONS: &[(&str, u32)] = &[
     ("retrieval-index", 1),
     ("multitask", 5),
     ("eval", 10),
+    ("study", 1),
 ];
 
 /// The implementation version of a kind (0 for a kind this build does not know,
@@ -57,5 +59,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(average_activation::AverageActivationStep));
     r.register(Arc::new(retrieval_index::RetrievalIndexStep));
     r.register(Arc::new(eval::EvalStep));
+    r.register(Arc::new(study::StudyStep));
     r
 }

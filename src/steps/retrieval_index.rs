@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{device, examples, fail};
 use crate::data::Example;
 use crate::exec::{StepContext, StepError, StepRunner};
+use crate::model::encoder_embedder::EncoderEmbedder;
 use crate::model::hub::HubOptions;
 use crate::model::sentence::{SentenceEmbedder, resolve_embedder};
 use crate::store::External;
@@ -40,9 +41,43 @@ pub fn retrieval_text(e: &Example) -> String {
     format!("Answer Choices: {choices}, Instance: {}", e.input)
 }
 
-/// Loads the step's embedder: its keyed external (a hashed local folder, or a hub
+/// `embedder="base-encoder"`: the pipeline's own base model, its encoder mean-pooled
+/// (no download; a deviation from the paper's MiniLM, for the CPU quickstart).
+pub const BASE_ENCODER: &str = "base-encoder";
+
+/// What retrieval embeds with.
+pub enum Embedder {
+    Sentence(SentenceEmbedder),
+    BaseEncoder(EncoderEmbedder),
+}
+
+impl Embedder {
+    pub fn dim(&self) -> usize {
+        match self {
+            Embedder::Sentence(e) => e.dim(),
+            Embedder::BaseEncoder(e) => e.dim(),
+        }
+    }
+
+    pub fn embed(&self, texts: &[String], batch: usize) -> crate::model::Result<Tensor> {
+        match self {
+            Embedder::Sentence(e) => e.embed(texts, batch),
+            Embedder::BaseEncoder(e) => e.embed(texts, batch),
+        }
+    }
+}
+
+/// Loads the step's embedder: the base model's encoder (`base-encoder`, from the
+/// step's `model` input), else its keyed external (a hashed local folder, or a hub
 /// repo at the commit the lockfile pins, which it records), else the `spec` name.
-pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<SentenceEmbedder, StepError> {
+pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Embedder, StepError> {
+    if spec == BASE_ENCODER {
+        let base = super::common::load_base(ctx, dev)?;
+        return Ok(Embedder::BaseEncoder(EncoderEmbedder::new(
+            base.model,
+            base.tokenizer,
+        )));
+    }
     let dir = match ctx.spec.externals.iter().find(|e| e.role() == "embedder") {
         Some(External::Path { path, .. }) => std::path::PathBuf::from(path),
         Some(ext @ External::Hub { repo, revision, .. }) => {
@@ -58,11 +93,13 @@ pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Sent
         }
         None => resolve_embedder(spec, &HubOptions::default()).map_err(fail)?,
     };
-    SentenceEmbedder::load(&dir, dev).map_err(fail)
+    SentenceEmbedder::load(&dir, dev)
+        .map(Embedder::Sentence)
+        .map_err(fail)
 }
 
 /// Unit-length embeddings of the examples' retrieval texts.
-pub fn embed_examples(emb: &SentenceEmbedder, ex: &[Example]) -> Result<Tensor, StepError> {
+pub fn embed_examples(emb: &Embedder, ex: &[Example]) -> Result<Tensor, StepError> {
     let texts: Vec<String> = ex.iter().map(retrieval_text).collect();
     emb.embed(&texts, BATCH).map_err(fail)
 }

@@ -230,6 +230,16 @@ impl Store {
         std::fs::rename(&dir, &to).map_err(io_err(&dir))
     }
 
+    /// Whether a corrupt artifact of `key` was moved aside (and gc has not yet deleted
+    /// it): the step is then rebuilt even if nothing needs it, so the store is whole again.
+    pub fn was_quarantined(&self, key: &Key) -> bool {
+        let prefix = format!("corrupt.{}.", key.hex());
+        std::fs::read_dir(self.root.join("tmp")).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+    }
+
     /// A fresh staging folder for building `key`.
     pub fn begin(&self, key: &Key) -> Result<Staging, StoreError> {
         let dir = self

@@ -1,0 +1,317 @@
+//! Ranking methods with their uncertainty: the same evaluation repeated over training
+//! seeds (replicates), every method's mean with a 95% bootstrap interval, and the
+//! paired difference between one method and each other one with its interval.
+//!
+//! The bootstrap is hierarchical and paired: each resample draws the replicates (seeds)
+//! with replacement and, per task, the examples with replacement (the same draw for
+//! every replicate and method, since all score the same test examples), then averages
+//! examples within a task, tasks within a replicate (the unweighted mean over tasks, as
+//! the results table does), and replicates. Percentile intervals, 2.5% and 97.5%.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// One replicate: method -> task -> per-example scores.
+pub type Replicate = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Interval {
+    pub fn excludes_zero(&self) -> bool {
+        self.lo > 0.0 || self.hi < 0.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyResult {
+    pub replicates: Vec<String>,
+    pub tasks: Vec<String>,
+    /// Examples per task.
+    pub examples: BTreeMap<String, usize>,
+    pub samples: usize,
+    pub seed: u64,
+    /// Method -> mean over replicates, with its interval.
+    pub methods: BTreeMap<String, Interval>,
+    /// Method -> per replicate, its mean over tasks.
+    pub per_replicate: BTreeMap<String, Vec<f64>>,
+    /// The compared method.
+    pub compare: String,
+    /// Other method -> `compare` minus it, with its interval.
+    pub differences: BTreeMap<String, Interval>,
+    /// Methods in display order.
+    pub order: Vec<String>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = p * (sorted.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos - pos.floor());
+    let next = sorted[(i + 1).min(sorted.len() - 1)];
+    sorted[i] * (1.0 - frac) + next * frac
+}
+
+fn interval(mean: f64, mut draws: Vec<f64>) -> Interval {
+    draws.sort_by(f64::total_cmp);
+    Interval {
+        mean,
+        lo: percentile(&draws, 0.025),
+        hi: percentile(&draws, 0.975),
+    }
+}
+
+/// Bootstraps `replicates` (named, all with the same methods, tasks and example counts;
+/// checked). `methods` in display order; `compare` is one of them.
+pub fn bootstrap(
+    names: &[String],
+    replicates: &[Replicate],
+    methods: &[String],
+    compare: &str,
+    samples: usize,
+    seed: u64,
+) -> Result<StudyResult, String> {
+    let first = replicates
+        .first()
+        .ok_or("a study needs at least one evaluation")?;
+    if !methods.iter().any(|m| m == compare) {
+        return Err(format!(
+            "the compared method `{compare}` is not among the methods {methods:?}"
+        ));
+    }
+    let tasks: Vec<String> = first
+        .get(compare)
+        .ok_or_else(|| format!("`{}` has no per-example scores of `{compare}`", names[0]))?
+        .keys()
+        .cloned()
+        .collect();
+    let mut examples = BTreeMap::new();
+    for t in &tasks {
+        examples.insert(t.clone(), first[compare][t].len());
+    }
+    // Every replicate has every method and task, with the same number of examples.
+    for (name, r) in names.iter().zip(replicates) {
+        for m in methods {
+            let per_task = r
+                .get(m)
+                .ok_or_else(|| format!("evaluation `{name}` has no per-example scores of `{m}`"))?;
+            for t in &tasks {
+                let n = per_task
+                    .get(t)
+                    .ok_or_else(|| format!("evaluation `{name}` has no scores of `{m}` on task `{t}`"))?
+                    .len();
+                if n != examples[t] || n == 0 {
+                    return Err(format!(
+                        "evaluation `{name}` scored {n} examples of task `{t}` with `{m}`, `{}` scored {}; a study compares the same examples",
+                        names[0], examples[t]
+                    ));
+                }
+            }
+        }
+    }
+    let (s_count, m_count) = (replicates.len(), methods.len());
+    // scores[s][m][t][i]
+    let scores: Vec<Vec<Vec<&[f64]>>> = replicates
+        .iter()
+        .map(|r| {
+            methods
+                .iter()
+                .map(|m| tasks.iter().map(|t| r[m][t].as_slice()).collect())
+                .collect()
+        })
+        .collect();
+    let avg = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let per_replicate: Vec<Vec<f64>> = (0..m_count)
+        .map(|m| {
+            (0..s_count)
+                .map(|s| avg(&scores[s][m].iter().map(|x| avg(x)).collect::<Vec<_>>()))
+                .collect()
+        })
+        .collect();
+    let point: Vec<f64> = per_replicate.iter().map(|r| avg(r)).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut draws = vec![Vec::with_capacity(samples); m_count];
+    let mut idx: Vec<Vec<usize>> = tasks.iter().map(|t| vec![0; examples[t]]).collect();
+    let mut picked = vec![0usize; s_count];
+    for _ in 0..samples {
+        for p in picked.iter_mut() {
+            *p = rng.random_range(0..s_count);
+        }
+        for row in idx.iter_mut() {
+            let n = row.len();
+            for i in row.iter_mut() {
+                *i = rng.random_range(0..n);
+            }
+        }
+        for (m, out) in draws.iter_mut().enumerate() {
+            let mut total = 0.0;
+            for &s in &picked {
+                let mut over_tasks = 0.0;
+                for (t, rows) in idx.iter().enumerate() {
+                    let x = scores[s][m][t];
+                    over_tasks += rows.iter().map(|&i| x[i]).sum::<f64>() / rows.len() as f64;
+                }
+                total += over_tasks / tasks.len() as f64;
+            }
+            out.push(total / s_count as f64);
+        }
+    }
+    let c = methods.iter().position(|m| m == compare).expect("checked above");
+    let mut result = StudyResult {
+        replicates: names.to_vec(),
+        tasks: tasks.clone(),
+        examples,
+        samples,
+        seed,
+        methods: BTreeMap::new(),
+        per_replicate: BTreeMap::new(),
+        compare: compare.to_string(),
+        differences: BTreeMap::new(),
+        order: methods.to_vec(),
+    };
+    for (m, name) in methods.iter().enumerate() {
+        result
+            .methods
+            .insert(name.clone(), interval(point[m], draws[m].clone()));
+        result
+            .per_replicate
+            .insert(name.clone(), per_replicate[m].clone());
+        if m != c {
+            let diff: Vec<f64> = draws[c].iter().zip(&draws[m]).map(|(a, b)| a - b).collect();
+            result
+                .differences
+                .insert(name.clone(), interval(point[c] - point[m], diff));
+        }
+    }
+    Ok(result)
+}
+
+/// The study as markdown (scores in percent).
+pub fn markdown(title: &str, r: &StudyResult) -> String {
+    let mut out = String::new();
+    let n: Vec<String> = r.tasks.iter().map(|t| format!("{t} {}", r.examples[t])).collect();
+    let _ = writeln!(
+        out,
+        "### {title}: {} replicates ({}), {} tasks (examples: {})\n",
+        r.replicates.len(),
+        r.replicates.join(", "),
+        r.tasks.len(),
+        n.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "Mean over tasks and replicates, with 95% intervals from {} paired bootstrap resamples of replicates and examples (seed {}).\n",
+        r.samples, r.seed
+    );
+    let _ = writeln!(out, "| method | mean | 95% interval | per replicate |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for m in &r.order {
+        let i = &r.methods[m];
+        let per: Vec<String> = r.per_replicate[m]
+            .iter()
+            .map(|x| format!("{:.1}", 100.0 * x))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {m} | {:.1} | [{:.1}, {:.1}] | {} |",
+            100.0 * i.mean,
+            100.0 * i.lo,
+            100.0 * i.hi,
+            per.join(" / ")
+        );
+    }
+    let _ = writeln!(out, "\n| {} minus | difference | 95% interval | |", r.compare);
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for m in &r.order {
+        let Some(d) = r.differences.get(m) else { continue };
+        let verdict = match (d.excludes_zero(), d.mean > 0.0) {
+            (true, true) => format!("{} ahead", r.compare),
+            (true, false) => format!("{m} ahead"),
+            (false, _) => "not distinguishable".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {m} | {:+.1} | [{:+.1}, {:+.1}] | {verdict} |",
+            100.0 * d.mean,
+            100.0 * d.lo,
+            100.0 * d.hi
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(rows: &[(&str, &str, Vec<f64>)]) -> Replicate {
+        let mut r = Replicate::new();
+        for (m, t, x) in rows {
+            r.entry(m.to_string())
+                .or_default()
+                .insert(t.to_string(), x.clone());
+        }
+        r
+    }
+
+    #[test]
+    fn a_clear_difference_excludes_zero_and_noise_does_not() {
+        // 200 examples: "a" right 80% of the time, "b" 50%, "c" like "a" but shifted.
+        let make = |offset: usize| {
+            let a: Vec<f64> = (0..200)
+                .map(|i| f64::from(u8::from((i + offset) % 5 != 0)))
+                .collect();
+            let b: Vec<f64> = (0..200)
+                .map(|i| f64::from(u8::from((i + offset) % 2 == 0)))
+                .collect();
+            let c: Vec<f64> = (0..200)
+                .map(|i| f64::from(u8::from((i + offset + 1) % 5 != 0)))
+                .collect();
+            rep(&[("a", "t", a), ("b", "t", b), ("c", "t", c)])
+        };
+        let names: Vec<String> = vec!["s1".into(), "s2".into(), "s3".into()];
+        let methods: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+        let r = bootstrap(&names, &[make(0), make(1), make(2)], &methods, "a", 1000, 7).unwrap();
+        assert!((r.methods["a"].mean - 0.8).abs() < 1e-9);
+        let ab = &r.differences["b"];
+        assert!((ab.mean - 0.3).abs() < 1e-9 && ab.excludes_zero(), "{ab:?}");
+        let ac = &r.differences["c"];
+        assert!(ac.mean.abs() < 1e-9 && !ac.excludes_zero(), "{ac:?}");
+        assert!(r.methods["a"].lo < 0.8 && r.methods["a"].hi > 0.8);
+        // Reproducible from its seed.
+        assert_eq!(
+            r,
+            bootstrap(&names, &[make(0), make(1), make(2)], &methods, "a", 1000, 7).unwrap()
+        );
+        let md = markdown("s", &r);
+        assert!(md.contains("| b | +30.0 |") && md.contains("a ahead"), "{md}");
+    }
+
+    #[test]
+    fn replicates_must_score_the_same_examples() {
+        let names: Vec<String> = vec!["s1".into(), "s2".into()];
+        let methods: Vec<String> = vec!["a".into()];
+        let e = bootstrap(
+            &names,
+            &[
+                rep(&[("a", "t", vec![1.0; 10])]),
+                rep(&[("a", "t", vec![1.0; 9])]),
+            ],
+            &methods,
+            "a",
+            10,
+            0,
+        )
+        .unwrap_err();
+        assert!(e.contains("scored 9 examples"), "{e}");
+    }
+}
