@@ -64,18 +64,61 @@ fn routing_log_counts_every_token_k_times() {
     assert_eq!(log.modules.len(), 36);
     let enc = &log.modules["encoder.block.1.layer.1.DenseReluDense.wo"];
     assert_eq!(enc.expert_names, vec!["expert_a", "expert_b", "expert_c"]);
-    assert_eq!(enc.tokens, 2 * 7); // padded tokens are routed too, as in the paper's code
+    // Padded tokens are routed (as in the paper's code) but never counted.
+    assert_eq!(enc.tokens, 7 + 3);
     assert_eq!(enc.counts.iter().sum::<u64>(), 2 * enc.tokens);
     let dec = &log.modules["decoder.block.0.layer.1.EncDecAttention.q"];
-    assert_eq!(dec.tokens, 2 * 4);
+    assert_eq!(dec.tokens, 2 * 4, "a bare forward does not say which decoder rows are padding");
     let kv = &log.modules["decoder.block.0.layer.1.EncDecAttention.k"];
-    assert_eq!(kv.tokens, 2 * 7, "cross-attention k routes encoder tokens");
+    assert_eq!(kv.tokens, 7 + 3, "cross-attention k routes encoder tokens");
     assert_eq!(enc.choices.len(), 1);
     let w: f64 = enc.weight_sums.iter().sum();
     assert!(
         (w - enc.tokens as f64).abs() < 1e-3,
         "renormalised weights sum to one per token"
     );
+}
+
+/// Choice scoring pads inputs and choices to batches; the routing record counts only
+/// real tokens: each input once per encoder module, once per choice in the
+/// cross-attention keys and values, and each choice's tokens plus EOS in the decoder.
+/// Marked tokens are counted apart.
+#[test]
+fn routing_counts_leave_padding_out_and_count_marked_tokens_apart() {
+    let (mut model, experts, gates) = v1_1();
+    model
+        .set_adapters(AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
+        .unwrap();
+    let items = vec![
+        goosepipe::model::ChoiceItem {
+            input: vec![5, 6, 7, 8, 9, 10, 1],
+            choices: vec![vec![20, 21], vec![22]],
+        },
+        goosepipe::model::ChoiceItem {
+            input: vec![11, 12, 1],
+            choices: vec![vec![23, 24, 25], vec![26]],
+        },
+    ];
+    model.start_routing_log_marked(false, Some([5u32, 6, 26].into_iter().collect()));
+    model.score_choices(&items, 4).unwrap();
+    let log = model.take_routing_log().unwrap();
+    let enc = &log.modules["encoder.block.0.layer.0.SelfAttention.q"];
+    assert_eq!(enc.tokens, 7 + 3);
+    assert_eq!(enc.marked_tokens, 2, "tokens 5 and 6");
+    assert_eq!(enc.marked_counts.iter().sum::<u64>(), 2 * 2);
+    let kv = &log.modules["decoder.block.1.layer.1.EncDecAttention.v"];
+    assert_eq!(kv.tokens, 2 * 7 + 2 * 3, "every choice reads its input");
+    assert_eq!(kv.marked_tokens, 2 * 2);
+    let dec = &log.modules["decoder.block.0.layer.0.SelfAttention.q"];
+    assert_eq!(dec.tokens, (2 + 1) + (1 + 1) + (3 + 1) + (1 + 1));
+    assert_eq!(dec.marked_tokens, 1, "token 26 is a decoder input once");
+    // Generation: rows that finished feed padding and are not counted.
+    model.start_routing_log(false);
+    let out = model.generate_greedy(&[vec![5, 6, 1], vec![7, 1]], 3).unwrap();
+    let log = model.take_routing_log().unwrap();
+    let dec = &log.modules["decoder.block.0.layer.0.SelfAttention.q"];
+    let live: u64 = out.iter().map(|o| (o.len() + 1).min(3) as u64).sum();
+    assert_eq!(dec.tokens, live, "{out:?}");
 }
 
 #[test]

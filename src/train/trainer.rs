@@ -427,6 +427,91 @@ pub fn train(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// A one-variable objective: the loss is (x - 3)^2 and falls all run long, while
+    /// the metric peaks when x passes 1.5; dropout seeds are recorded.
+    struct Toy {
+        x: Var,
+        seeds: Vec<Option<u64>>,
+        metric: bool,
+    }
+
+    impl Objective for Toy {
+        fn loss(&mut self, _batch: &[&Pair]) -> ModelResult<Tensor> {
+            Ok((self.x.as_tensor() - 3.0)?.sqr()?.sum_all()?)
+        }
+        fn set_training(&mut self, seed: Option<u64>) -> ModelResult<()> {
+            self.seeds.push(seed);
+            Ok(())
+        }
+        fn validation_metric(&mut self, _max: usize) -> ModelResult<Option<f64>> {
+            let x = self.x.as_tensor().to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            Ok(self.metric.then(|| 1.0 - (x - 1.5).abs()))
+        }
+    }
+
+    struct Quiet;
+    impl Monitor for Quiet {
+        fn start(&self, _: usize) {}
+        fn step(&self, _: usize, _: &str) {}
+        fn log(&self, _: &str) {}
+        fn cancelled(&self) -> bool {
+            false
+        }
+    }
+
+    fn config() -> TrainConfig {
+        let mut cfg = TrainConfig::from_params(&serde_json::json!({
+            "steps": 40, "batch": 1, "micro-batch": 1, "lr": 0.1, "warmup": 0.0,
+            "eval-every": 5, "checkpoint-every": 1000, "dropout": 0.1
+        }))
+        .unwrap();
+        cfg.grad_clip = 0.0;
+        cfg
+    }
+
+    fn fit(metric: bool) -> (TrainOutcome, Vec<Option<u64>>) {
+        let x = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let mut obj = Toy {
+            x: x.clone(),
+            seeds: vec![],
+            metric,
+        };
+        let data = vec![Pair {
+            input: vec![1],
+            target: vec![1],
+        }];
+        let work = tempfile::tempdir().unwrap();
+        let out = train(&mut obj, &[("x".into(), x)], &data, &data, &config(), work.path(), &Quiet).unwrap();
+        (out, obj.seeds)
+    }
+
+    #[test]
+    fn the_best_checkpoint_is_chosen_by_the_metric_where_there_is_one() {
+        let (by_metric, seeds) = fit(true);
+        let (by_loss, _) = fit(false);
+        // The loss keeps falling: the last check wins on loss; the metric peaks early.
+        assert_eq!(by_loss.best_step, 40);
+        assert!(by_metric.best_step > 0 && by_metric.best_step < 40, "{}", by_metric.best_step);
+        let x = by_metric.weights["x"].to_vec1::<f32>().unwrap()[0];
+        assert!((x - 1.5).abs() < 0.5, "kept x = {x}");
+        let recorded = by_metric
+            .metrics
+            .iter()
+            .filter(|m| m.get("val_metric").is_some())
+            .count();
+        assert_eq!(recorded, 9, "steps 0, 5, ..., 40 validated");
+        // Dropout is on (a seed per micro-step, a pure function of seed and step) while
+        // training and off (None) for every validation.
+        assert_eq!(seeds.iter().filter(|s| s.is_none()).count(), 9);
+        let train_seeds: Vec<u64> = seeds.iter().flatten().copied().collect();
+        assert_eq!(train_seeds.len(), 40);
+        assert_eq!(train_seeds[3], dropout_seed(42, 3));
+        assert_ne!(train_seeds[3], train_seeds[4]);
+    }
+
     /// A resumed run reads the metrics of the steps before the interruption back
     /// from train-state.json; they must parse to the same f64s, or the artifact's
     /// metrics.jsonl differs from an uninterrupted run's (serde_json's default

@@ -1,0 +1,141 @@
+//! Studies end to end on a micro suite: two seeds of experts and gates, an eval per
+//! seed, a study that ranks the methods with bootstrap intervals; the routing-quality
+//! record of tasks whose owner is inferred; replicates that do not match are refused.
+
+use std::path::Path;
+
+use goosepipe::exec::{CancelFlag, RunOptions};
+use goosepipe::store::Store;
+
+fn manifest(second_tasks: &str) -> String {
+    let mut m = String::from(
+        r#"
+pipeline "micro-study"
+dataset "corpus" { synthetic task="corpus" examples=200 seed=1; }
+model "t" {
+    init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=12 batch=8
+}
+defaults {
+    lora rank=4
+    train steps=8 batch=8 micro-batch=8 eval-every=4 eval-examples=8 checkpoint-every=4
+    gate steps=3 batch=8 micro-batch=8
+}
+dataset "sort" { synthetic task="sort" format="choice" examples=48; }
+dataset "shift" { synthetic task="shift" format="choice" examples=48; }
+dataset "arrange" split="test" { synthetic task="arrange" format="choice" examples=24 seed=5; }
+"#,
+    );
+    for s in [1, 2] {
+        m.push_str(&format!(
+            "expert \"sort-{s}\" model=\"t\" dataset=\"sort\" {{ train seed={s}; gate seed={s}; }}\n\
+             expert \"shift-{s}\" model=\"t\" dataset=\"shift\" {{ train seed={s}; gate seed={s}; }}\n\
+             pool \"p{s}\" {{ experts \"sort-{s}\" \"shift-{s}\"; }}\n"
+        ));
+    }
+    m.push_str(
+        r#"
+eval "e1" pool="p1" {
+    methods "phatgoose" "base" "merged" "arrow" "oracle"
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort"
+}
+"#,
+    );
+    m.push_str(&format!(
+        "eval \"e2\" pool=\"p2\" {{\n    methods \"phatgoose\" \"base\" \"merged\" \"arrow\" \"oracle\"\n{second_tasks}}}\n"
+    ));
+    m.push_str("study \"z\" { evals \"e1\" \"e2\"; }\n");
+    m
+}
+
+const SAME: &str = "    task \"arrange\" dataset=\"arrange\"\n    task \"sort\" dataset=\"sort\"\n";
+
+fn run(dir: &Path) -> (i32, String) {
+    let reg = goosepipe::steps::registry();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &dir.join("m.kdl"),
+        &dir.join("store"),
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("m.kdl"), manifest(SAME)).unwrap();
+    let (code, out) = run(d.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("### study z: 2 replicates (e1, e2), 2 tasks"), "{out}");
+    assert!(out.contains("| phatgoose minus | difference | 95% interval |"), "{out}");
+
+    let store = Store::open(d.path().join("store")).unwrap();
+    let reg = goosepipe::steps::registry();
+    let plan = goosepipe::app::load_plan(&d.path().join("m.kdl"), &reg, &store.hash_cache()).unwrap();
+    let files = |id: &str| store.files_dir(&plan.get(id).unwrap().spec.key);
+    let study: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("study:z").join("study.json")).unwrap()).unwrap();
+    for m in ["phatgoose", "base", "merged", "arrow", "oracle"] {
+        let i = &study["methods"][m];
+        let (mean, lo, hi) = (
+            i["mean"].as_f64().unwrap(),
+            i["lo"].as_f64().unwrap(),
+            i["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= mean && mean <= hi, "{m}: {i}");
+        assert_eq!(study["per_replicate"][m].as_array().unwrap().len(), 2);
+    }
+    assert_eq!(study["differences"].as_object().unwrap().len(), 4);
+    assert_eq!(study["examples"]["arrange"], 24);
+
+    // Per-example scores: one per example and method, the mean is the table's score.
+    let per: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("eval:e1").join("per-example.json")).unwrap()).unwrap();
+    let results: goosepipe::eval::Results =
+        serde_json::from_slice(&std::fs::read(files("eval:e1").join("results.json")).unwrap()).unwrap();
+    let rows: Vec<f64> = serde_json::from_value(per["phatgoose"]["arrange"].clone()).unwrap();
+    assert_eq!(rows.len(), 24);
+    let mean = rows.iter().sum::<f64>() / 24.0;
+    assert!((mean - results.scores["arrange"]["phatgoose"]).abs() < 1e-12);
+
+    // The "sort" task reads expert sort-1's own training data: its owner is inferred,
+    // and the routing-quality record says how much routing it gets.
+    let q: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("eval:e1").join("routing-quality.json")).unwrap()).unwrap();
+    let own = &q["own"]["phatgoose"]["sort"];
+    assert_eq!(own["expert"], "sort-1");
+    let share = own["share"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&share), "{own}");
+    assert!(q["own"]["phatgoose"].get("arrange").is_none(), "no owner for a held-out task");
+    assert_eq!(q["gates"]["experts"], 2);
+
+    let mut rep = Vec::new();
+    goosepipe::app::report(&d.path().join("m.kdl"), &d.path().join("store"), &reg, "md", None, &mut rep).unwrap();
+    let rep = String::from_utf8(rep).unwrap();
+    assert!(rep.contains("### study z") && rep.contains("routing to each task's own expert"), "{rep}");
+}
+
+#[test]
+fn a_study_of_evals_that_are_not_replicates_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("m.kdl"),
+        manifest("    task \"arrange\" dataset=\"arrange\"\n"),
+    )
+    .unwrap();
+    let err = goosepipe::manifest::load(&d.path().join("m.kdl"))
+        .map(|m| {
+            goosepipe::plan::build(m, &goosepipe::steps::registry(), &goosepipe::store::HashCache::in_memory())
+                .map(|_| ())
+        })
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.codes(), vec!["manifest::study-mismatch"]);
+    assert!(err.errors[0].message.contains("eval \"e2\" is not a replicate of eval \"e1\""));
+}
