@@ -379,10 +379,10 @@ pub fn report(
         .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
     {
         // Results are small: re-hash them, so a damaged table is never printed.
-        if let Err(crate::store::StoreError::Corrupt { reason, .. }) = store.verify(&s.spec.key)
+        if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&s.spec.key)
             && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
+            && let Ok(Some(reason)) = store.quarantine_if_corrupt(&s.spec.key)
         {
-            let _ = store.quarantine(&s.spec.key);
             let _ = writeln!(
                 out,
                 "{}: its artifact is corrupt ({reason}); moved aside, `goosepipe run {}` rebuilds it",
@@ -572,34 +572,32 @@ pub fn verify(
     let results: Vec<_> = keys.par_iter().map(|k| (*k, store.verify(k))).collect();
     let (mut bytes, mut corrupt) = (0u64, 0usize);
     for (key, r) in results {
+        let id = store
+            .recipe(&key)
+            .map(|r| r.id)
+            .unwrap_or_else(|| "(unknown step)".into());
         match r {
             Ok(meta) => bytes += meta.files.iter().map(|f| f.size).sum::<u64>(),
+            // Moved aside only if still corrupt with its lock held (a run may be
+            // rebuilding it right now).
+            Err(crate::store::StoreError::Corrupt { .. }) => match store.quarantine_if_corrupt(&key) {
+                Ok(Some(reason)) => {
+                    corrupt += 1;
+                    let _ = writeln!(
+                        out,
+                        "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
+                        key.short()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    corrupt += 1;
+                    let _ = writeln!(out, "corrupt  {id} {}: could not move it aside: {e}", key.short());
+                }
+            },
             Err(e) => {
                 corrupt += 1;
-                let reason = match e {
-                    crate::store::StoreError::Corrupt { reason, .. } => reason,
-                    other => other.to_string(),
-                };
-                let id = store
-                    .recipe(&key)
-                    .map(|r| r.id)
-                    .unwrap_or_else(|| "(unknown step)".into());
-                match store.quarantine(&key) {
-                    Ok(()) => {
-                        let _ = writeln!(
-                            out,
-                            "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
-                            key.short()
-                        );
-                    }
-                    Err(qe) => {
-                        let _ = writeln!(
-                            out,
-                            "corrupt  {id} {}: {reason}; could not move it aside: {qe}",
-                            key.short()
-                        );
-                    }
-                }
+                let _ = writeln!(out, "unreadable  {id} {}: {e}", key.short());
             }
         }
     }
@@ -620,9 +618,7 @@ pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> R
     // The payload is re-hashed: a flipped byte of the same size is only seen this way.
     let integrity = match store.verify(&meta.key) {
         Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
-        Err(e) => {
-            format!("CORRUPT: {e}; `goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it")
-        }
+        Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
     };
     if json {
         let mut v = serde_json::to_value(&meta).expect("json");

@@ -368,3 +368,19 @@ fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
     assert_eq!(train.len(), 18);
     assert!(!train.contains(&valid[0]));
 }
+
+/// The schema lists the synthetic suite's tasks (so `check` refuses an unknown one);
+/// the list and the suite must not drift apart.
+#[test]
+fn the_schema_knows_every_synthetic_task_and_no_other() {
+    let schema = goosepipe::manifest::Schema::embedded();
+    let task = schema.group("synthetic").unwrap().prop("task").unwrap();
+    let goosepipe::manifest::schema::Type::Enum(values) = &task.ty else {
+        panic!("synthetic task is not an enum: {:?}", task.ty)
+    };
+    let mut listed: Vec<&str> = values.iter().map(String::as_str).collect();
+    let mut suite = goosepipe::data::synthetic::task_ids();
+    listed.sort();
+    suite.sort();
+    assert_eq!(listed, suite);
+}

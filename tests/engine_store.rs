@@ -121,7 +121,8 @@ fn concurrent_runs_on_one_store_build_each_step_once() {
     };
     assert_eq!(built(&a.1) + built(&b.1), 12, "{}\n{}", a.1, b.1);
     assert!(
-        a.1.contains("built by another run at the same time") || b.1.contains("built by another run at the same time"),
+        a.1.contains("built by another run at the same time")
+            || b.1.contains("built by another run at the same time"),
         "{}\n{}",
         a.1,
         b.1

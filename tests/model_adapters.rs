@@ -68,7 +68,11 @@ fn routing_log_counts_every_token_k_times() {
     assert_eq!(enc.tokens, 7 + 3);
     assert_eq!(enc.counts.iter().sum::<u64>(), 2 * enc.tokens);
     let dec = &log.modules["decoder.block.0.layer.1.EncDecAttention.q"];
-    assert_eq!(dec.tokens, 2 * 4, "a bare forward does not say which decoder rows are padding");
+    assert_eq!(
+        dec.tokens,
+        2 * 4,
+        "a bare forward does not say which decoder rows are padding"
+    );
     let kv = &log.modules["decoder.block.0.layer.1.EncDecAttention.k"];
     assert_eq!(kv.tokens, 7 + 3, "cross-attention k routes encoder tokens");
     assert_eq!(enc.choices.len(), 1);
@@ -112,6 +116,19 @@ fn routing_counts_leave_padding_out_and_count_marked_tokens_apart() {
     let dec = &log.modules["decoder.block.0.layer.0.SelfAttention.q"];
     assert_eq!(dec.tokens, (2 + 1) + (1 + 1) + (3 + 1) + (1 + 1));
     assert_eq!(dec.marked_tokens, 1, "token 26 is a decoder input once");
+    // Batches of 3 pairs split the second item's choices over two batches: its input is
+    // encoded twice but counted once.
+    model.start_routing_log(false);
+    model.score_choices(&items, 3).unwrap();
+    let log = model.take_routing_log().unwrap();
+    assert_eq!(
+        log.modules["encoder.block.0.layer.0.SelfAttention.q"].tokens,
+        7 + 3
+    );
+    assert_eq!(
+        log.modules["decoder.block.1.layer.1.EncDecAttention.v"].tokens,
+        2 * 7 + 2 * 3
+    );
     // Generation: rows that finished feed padding and are not counted.
     model.start_routing_log(false);
     let out = model.generate_greedy(&[vec![5, 6, 1], vec![7, 1]], 3).unwrap();

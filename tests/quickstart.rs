@@ -58,7 +58,7 @@ fn quickstart_end_to_end() {
     assert!(
         out.contains("### held-out")
             && out.contains(
-                "| task | phatgoose | base | merged | arrow | multitask | best-individual | oracle |"
+                "| task | phatgoose | base | merged | arrow | average-activation | retrieval | multitask | best-individual | oracle |"
             ),
         "{out}"
     );
@@ -88,7 +88,9 @@ fn quickstart_end_to_end() {
     assert_eq!(code, 0);
     assert!(out.starts_with("nothing to do"), "{out}");
 
-    // Adding one expert trains exactly that expert and its gate, then re-evaluates.
+    // Adding one expert trains exactly that expert, its gate and its average
+    // activations (its retrieval library is the one of its dataset, already built),
+    // then re-evaluates.
     let grown = text
         .replace(
             "expert \"count\" model=\"tiny-t5\" dataset=\"count\"",
@@ -100,6 +102,7 @@ fn quickstart_end_to_end() {
     let expected: BTreeSet<String> = [
         "expert:sort-small",
         "gate:sort-small",
+        "average-activation:sort-small",
         "pool:held-in",
         "eval:held-out",
         "eval:held-in",
@@ -110,6 +113,6 @@ fn quickstart_end_to_end() {
     assert_eq!(stale(&manifest, &store), expected);
     let (code, out) = run(&manifest, &store);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("done: 5 step(s) built"), "{out}");
+    assert!(out.contains("done: 6 step(s) built"), "{out}");
     assert!(stale(&manifest, &store).is_empty());
 }

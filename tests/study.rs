@@ -72,8 +72,14 @@ fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
     std::fs::write(d.path().join("m.kdl"), manifest(SAME)).unwrap();
     let (code, out) = run(d.path());
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("### study z: 2 replicates (e1, e2), 2 tasks"), "{out}");
-    assert!(out.contains("| phatgoose minus | difference | 95% interval |"), "{out}");
+    assert!(
+        out.contains("### study z: 2 replicates (e1, e2), 2 tasks"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| phatgoose minus | difference | 95% interval |"),
+        "{out}"
+    );
 
     let store = Store::open(d.path().join("store")).unwrap();
     let reg = goosepipe::steps::registry();
@@ -107,18 +113,33 @@ fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
     // The "sort" task reads expert sort-1's own training data: its owner is inferred,
     // and the routing-quality record says how much routing it gets.
     let q: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(files("eval:e1").join("routing-quality.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(files("eval:e1").join("routing-quality.json")).unwrap())
+            .unwrap();
     let own = &q["own"]["phatgoose"]["sort"];
     assert_eq!(own["expert"], "sort-1");
     let share = own["share"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&share), "{own}");
-    assert!(q["own"]["phatgoose"].get("arrange").is_none(), "no owner for a held-out task");
+    assert!(
+        q["own"]["phatgoose"].get("arrange").is_none(),
+        "no owner for a held-out task"
+    );
     assert_eq!(q["gates"]["experts"], 2);
 
     let mut rep = Vec::new();
-    goosepipe::app::report(&d.path().join("m.kdl"), &d.path().join("store"), &reg, "md", None, &mut rep).unwrap();
+    goosepipe::app::report(
+        &d.path().join("m.kdl"),
+        &d.path().join("store"),
+        &reg,
+        "md",
+        None,
+        &mut rep,
+    )
+    .unwrap();
     let rep = String::from_utf8(rep).unwrap();
-    assert!(rep.contains("### study z") && rep.contains("routing to each task's own expert"), "{rep}");
+    assert!(
+        rep.contains("### study z") && rep.contains("routing to each task's own expert"),
+        "{rep}"
+    );
 }
 
 #[test]
@@ -131,11 +152,19 @@ fn a_study_of_evals_that_are_not_replicates_is_refused() {
     .unwrap();
     let err = goosepipe::manifest::load(&d.path().join("m.kdl"))
         .map(|m| {
-            goosepipe::plan::build(m, &goosepipe::steps::registry(), &goosepipe::store::HashCache::in_memory())
-                .map(|_| ())
+            goosepipe::plan::build(
+                m,
+                &goosepipe::steps::registry(),
+                &goosepipe::store::HashCache::in_memory(),
+            )
+            .map(|_| ())
         })
         .unwrap()
         .unwrap_err();
     assert_eq!(err.codes(), vec!["manifest::study-mismatch"]);
-    assert!(err.errors[0].message.contains("eval \"e2\" is not a replicate of eval \"e1\""));
+    assert!(
+        err.errors[0]
+            .message
+            .contains("eval \"e2\" is not a replicate of eval \"e1\"")
+    );
 }

@@ -174,10 +174,10 @@ fn run(skills: &[Skill], seq: &[&'static str]) -> Vec<&'static str> {
 
 /// A random letter sequence; with `repeats`, at least one letter is doubled in place so
 /// deduplication has something to do.
-fn sequence(rng: &mut ChaCha8Rng, repeats: bool) -> Vec<&'static str> {
+fn sequence(rng: &mut ChaCha8Rng, repeats: bool, letters: &[&'static str]) -> Vec<&'static str> {
     let n = rng.random_range(3..=6);
     let mut s: Vec<&'static str> = (0..n)
-        .map(|_| LETTERS[rng.random_range(0..LETTERS.len())])
+        .map(|_| letters[rng.random_range(0..letters.len())])
         .collect();
     if repeats {
         let i = rng.random_range(0..s.len());
@@ -197,6 +197,37 @@ fn split_seed(seed: u64, split: &str) -> u64 {
 /// output plus the outputs of other skills on the same letters, so picking the wrong
 /// expert picks a plausible wrong answer.
 pub fn generate(id: &str, split: &str, n: usize, seed: u64, choice: bool) -> Option<Vec<Example>> {
+    generate_from(id, split, n, seed, choice, &LETTERS)
+}
+
+/// The letters a `synthetic letters="..."` setting names, each one of the suite's.
+pub fn parse_letters(spec: &str) -> Result<Vec<&'static str>, String> {
+    let mut out: Vec<&'static str> = vec![];
+    for c in spec.chars() {
+        let l = LETTERS
+            .iter()
+            .find(|l| l.starts_with(c))
+            .ok_or_else(|| format!("'{c}' is not a letter of the suite (a to p)"))?;
+        if !out.contains(l) {
+            out.push(l);
+        }
+    }
+    if out.is_empty() {
+        return Err("no letters given".into());
+    }
+    Ok(out)
+}
+
+/// [`generate`], drawing the letter sequences from `letters` only (a task whose
+/// inputs have content of their own, as real datasets do).
+pub fn generate_from(
+    id: &str,
+    split: &str,
+    n: usize,
+    seed: u64,
+    choice: bool,
+    letters: &[&'static str],
+) -> Option<Vec<Example>> {
     let mut rng = ChaCha8Rng::seed_from_u64(split_seed(seed, split));
     if id == CORPUS {
         return Some((0..n).map(|_| corpus_line(&mut rng)).collect());
@@ -209,7 +240,7 @@ pub fn generate(id: &str, split: &str, n: usize, seed: u64, choice: bool) -> Opt
     let repeats = t.skills.contains(&Skill::Dedup);
     let out = (0..n)
         .map(|_| {
-            let seq = sequence(&mut rng, repeats);
+            let seq = sequence(&mut rng, repeats, letters);
             let target = run(t.skills, &seq).join(" ");
             let input = format!("{} {}", t.instruction, seq.join(" "));
             let choices = if choice {

@@ -48,12 +48,13 @@ fn module_order(name: &str) -> (u8, usize, String) {
     (side, block, name.to_string())
 }
 
-/// File-name-safe form of a label.
 /// `s` as a file or folder name: letters, digits, `-` and `_` kept, anything else
 /// (path separators, dots, spaces) becomes `-`, so no manifest text can name a path
-/// outside the folder it is joined to.
+/// outside the folder it is joined to. A label that had to change gets a short hash
+/// of itself appended, so two labels never share a file ("held out", "held-out").
 pub fn slug(s: &str) -> String {
-    s.chars()
+    let safe: String = s
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -61,7 +62,12 @@ pub fn slug(s: &str) -> String {
                 '-'
             }
         })
-        .collect()
+        .collect();
+    if safe == s && !s.is_empty() {
+        safe
+    } else {
+        format!("{safe}-{}", &blake3::hash(s.as_bytes()).to_hex()[..8])
+    }
 }
 
 /// White (never chosen) to dark blue (always chosen).
@@ -277,5 +283,24 @@ mod tests {
         v.sort_by_key(|n| module_order(n));
         assert_eq!(v[0], "encoder.block.2.layer.0.SelfAttention.q");
         assert_eq!(v[2], "decoder.block.0.layer.0.SelfAttention.q");
+    }
+}
+
+#[cfg(test)]
+mod slug_tests {
+    use super::slug;
+
+    #[test]
+    fn slugs_stay_inside_their_folder_and_never_collide() {
+        assert_eq!(slug("held-out"), "held-out");
+        let (a, b) = (slug("held out"), slug("held-out"));
+        assert_ne!(a, b);
+        for s in ["../../x", "/abs/x", "a/b", "..", ""] {
+            let x = slug(s);
+            assert!(
+                !x.contains('/') && !x.starts_with('.') && !x.is_empty(),
+                "{s:?} -> {x:?}"
+            );
+        }
     }
 }

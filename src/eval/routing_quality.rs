@@ -90,12 +90,14 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
                 shared.push((w - mw) / rest as f64);
             }
         }
-        if name.starts_with("decoder.") {
-            ds.push(s);
-            dh.push(h);
-        } else {
+        // Cross-attention keys and values read encoder tokens: encoder side. A
+        // per-example row (retrieval) is neither.
+        if reads_encoder_tokens(name) {
             es.push(s);
             eh.push(h);
+        } else if name.starts_with("decoder.") {
+            ds.push(s);
+            dh.push(h);
         }
     }
     Some(OwnRouting {
@@ -111,6 +113,14 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
         distinct_fraction: (total > 0).then(|| marked as f64 / total as f64),
         modules: share.len(),
     })
+}
+
+/// Whether a module's input rows are encoder tokens (encoder modules, and the
+/// decoder's cross-attention keys and values).
+fn reads_encoder_tokens(module: &str) -> bool {
+    module.starts_with("encoder.")
+        || module.ends_with("EncDecAttention.k")
+        || module.ends_with("EncDecAttention.v")
 }
 
 /// `v` standardized as PHATGOOSE's router does (LayerNorm without affine, eps 1e-5).
@@ -253,12 +263,18 @@ mod tests {
                 "decoder.block.0.k".to_string(),
                 module(&names, &[0, 0, 0], &[0.0, 0.0, 0.0], 0),
             ),
+            // Cross-attention values route encoder tokens: encoder side.
+            (
+                "decoder.block.0.layer.1.EncDecAttention.v".to_string(),
+                module(&names, &[10, 5, 5], &[6.0, 2.0, 2.0], 10),
+            ),
         ]);
         let r = own_routing("a", &modules).unwrap();
-        assert_eq!(r.modules, 2);
-        assert!((r.share - (0.8 + 0.25) / 2.0).abs() < 1e-12);
-        assert!((r.hit - (1.0 + 0.5) / 2.0).abs() < 1e-12);
-        assert_eq!(r.encoder_share, Some(0.8));
+        assert_eq!(r.modules, 3);
+        assert!((r.share - (0.8 + 0.25 + 0.6) / 3.0).abs() < 1e-12);
+        assert!((r.hit - (1.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((r.encoder_share.unwrap() - 0.7).abs() < 1e-12);
+        assert_eq!(r.decoder_share, Some(0.25));
         assert_eq!(r.decoder_hit, Some(0.5));
         assert!(own_routing("zz", &modules).is_none());
     }

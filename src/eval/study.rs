@@ -109,7 +109,12 @@ pub fn bootstrap(
                     .get(t)
                     .ok_or_else(|| format!("evaluation `{name}` has no scores of `{m}` on task `{t}`"))?
                     .len();
-                if n != examples[t] || n == 0 {
+                if n == 0 {
+                    return Err(format!(
+                        "evaluation `{name}` scored no example of task `{t}` with `{m}`"
+                    ));
+                }
+                if n != examples[t] {
                     return Err(format!(
                         "evaluation `{name}` scored {n} examples of task `{t}` with `{m}`, `{}` scored {}; a study compares the same examples",
                         names[0], examples[t]

@@ -387,11 +387,7 @@ pub fn execute(
         }
     };
     match store.presence(&spec.key) {
-        Presence::Present(_) => {
-            // A run killed between publishing and cleaning up left its checkpoints.
-            let _ = std::fs::remove_dir_all(store.work_dir(&spec.key));
-            return Ok(Outcome::Reused);
-        }
+        Presence::Present(_) => return Ok(Outcome::Reused),
         Presence::Corrupt(why) => {
             reporter.note(&format!(
                 "{}: stored artifact is corrupt ({why}); rebuilding",

@@ -1190,8 +1190,6 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
     }
 }
 
-/// The KDL parser sometimes reports a span from the start of the document to the
-/// offending token; point at the last token of such a span, where the problem is.
 /// Why `name` cannot be used as a name (every name may end up as a file or folder
 /// name), or None when it can.
 fn unfit_name(name: &str) -> Option<&'static str> {
@@ -1208,6 +1206,8 @@ fn unfit_name(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The KDL parser sometimes reports a span from the start of the document to the
+/// offending token; point at the last token of such a span, where the problem is.
 fn narrow_span(text: &str, span: SourceSpan) -> SourceSpan {
     let start = span.offset().min(text.len());
     let end = (start + span.len()).min(text.len());

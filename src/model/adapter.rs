@@ -275,6 +275,10 @@ pub struct RoutingLog {
     /// which target positions are padding, generation which rows have finished).
     #[serde(skip)]
     pub decoder_rows: Option<Vec<bool>>,
+    /// Rows for the next encoder pass instead of its attention mask (choice scoring
+    /// encodes an input again when its choices span two batches: counted once).
+    #[serde(skip)]
+    pub next_encoder_rows: Option<Vec<bool>>,
     /// Token ids of the current encoder-side and decoder inputs' rows (set with the
     /// rows above), so marked tokens can be counted apart.
     #[serde(skip)]

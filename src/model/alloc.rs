@@ -50,8 +50,8 @@ mod tests {
     }
 }
 
-/// `MemAvailable` (or `MemTotal` with `total`) of /proc/meminfo in bytes; None where
-/// the system does not say.
+/// A field of /proc/meminfo (`MemTotal:`, ...) in bytes; None where the system does
+/// not say.
 fn meminfo(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
@@ -62,11 +62,6 @@ fn meminfo(field: &str) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
-}
-
-/// Memory this machine can give a new allocation now, in bytes.
-pub fn memory_available() -> Option<u64> {
-    meminfo("MemAvailable:")
 }
 
 /// This machine's memory, in bytes.

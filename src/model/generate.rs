@@ -5,7 +5,7 @@ use candle_core::{D, DType, Tensor};
 use serde::Serialize;
 
 use super::error::{ModelError, Result};
-use super::t5::{Seq2SeqBatch, T5Model, token_nll};
+use super::t5::{Seq2SeqBatch, T5Model, mask_rows, token_nll};
 
 /// Log-probabilities of one answer choice given its input.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -117,12 +117,23 @@ impl T5Model {
             }
         }
         let mut scores: Vec<ChoiceScore> = Vec::with_capacity(pairs.len());
+        let mut first_encoding = std::collections::HashSet::new();
         for chunk in pairs.chunks(batch_size) {
             // Encode the distinct inputs of this chunk once, then expand per choice.
             let mut uniq: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
             uniq.dedup();
             let refs: Vec<&[u32]> = uniq.iter().map(|&i| items[i].input.as_slice()).collect();
             let (ids, mask) = pad_inputs(self, &refs)?;
+            // An input whose choices began in the previous batch is encoded again here;
+            // the routing record counts its tokens once.
+            let s = ids.dims()[1];
+            let mut count = mask_rows(&mask)?;
+            for (row, i) in uniq.iter().enumerate() {
+                if !first_encoding.insert(*i) {
+                    count[row * s..(row + 1) * s].fill(false);
+                }
+            }
+            self.set_next_encoder_rows(count);
             let enc = self.encode(&ids, &mask)?;
             let rows: Vec<u32> = chunk
                 .iter()
@@ -138,15 +149,7 @@ impl T5Model {
             let batch = Seq2SeqBatch::from_pairs(&self.config, &dummy_inputs, &targets, self.device())?;
             let mut cache = self.start_decoding(&enc, &mask)?;
             // Decoder position j is a real token iff it predicts a real target token.
-            let rows: Vec<bool> = batch
-                .label_mask
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(|m| m > 0.5)
-                .collect();
-            self.set_decoder_rows(Some(rows));
+            self.set_decoder_rows(Some(mask_rows(&batch.label_mask)?));
             let logits = self.decode_step(&batch.decoder_input_ids, &mut cache)?;
             let (nll, _) = token_nll(&logits, &batch.labels, &batch.label_mask)?;
             let nll: Vec<Vec<f64>> = nll.to_dtype(DType::F64)?.to_vec2()?;

@@ -156,6 +156,17 @@ impl Seq2SeqBatch {
     }
 }
 
+/// A 0/1 mask tensor as one bool per element (row-major).
+pub fn mask_rows(mask: &Tensor) -> Result<Vec<bool>> {
+    Ok(mask
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|m| m > 0.5)
+        .collect())
+}
+
 fn check_token(tok: u32, cfg: &T5Config) -> Result<()> {
     if tok as usize >= cfg.vocab_size {
         return Err(ModelError::Input(format!(
@@ -378,21 +389,26 @@ impl T5Model {
         }
     }
 
-    /// The same for encoder-side inputs, from a 0/1 attention mask.
+    /// The same for encoder-side inputs, from a 0/1 attention mask (or the rows set
+    /// for this pass with [`Self::set_next_encoder_rows`]).
     fn set_encoder_rows(&self, attention_mask: &Tensor) -> Result<()> {
         if let Some(log) = &self.routing_log {
-            let rows: Vec<bool> = attention_mask
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(|m| m > 0.5)
-                .collect();
+            let rows = mask_rows(attention_mask)?;
             if let Ok(mut log) = log.lock() {
+                let rows = log.next_encoder_rows.take().unwrap_or(rows);
                 log.encoder_rows = Some(rows);
             }
         }
         Ok(())
+    }
+
+    /// Which rows the next encoder pass counts, instead of its attention mask.
+    pub fn set_next_encoder_rows(&self, rows: Vec<bool>) {
+        if let Some(log) = &self.routing_log
+            && let Ok(mut log) = log.lock()
+        {
+            log.next_encoder_rows = Some(rows);
+        }
     }
 
     /// Stops recording and returns what was recorded.

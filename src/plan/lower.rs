@@ -26,6 +26,7 @@ use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::Schema;
 use crate::manifest::source::Sources;
 use crate::manifest::{Entity, Loc, Manifest, ManifestError, ManifestErrors, Origin, Value};
+use crate::route::retrieval::BASE_ENCODER;
 use crate::store::{External, HashCache, SpecInput, StepSpec};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -539,6 +540,20 @@ impl Lowerer<'_> {
     }
 
     fn dataset(&mut self, e: &Entity, c: Collected) {
+        if let Some(f) = e.block.group("synthetic").and_then(|g| g.props.get("letters"))
+            && let Err(why) = crate::data::synthetic::parse_letters(f.value.as_str().unwrap_or_default())
+        {
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::wrong-value",
+                    f.loc.unwrap_or(e.name_loc),
+                    format!("synthetic letters: {why}"),
+                    "not the suite's letters",
+                )
+                .help("letters are some of a to p, written together, e.g. letters=\"abcdef\""),
+            );
+        }
         let mut p = Proto::new("dataset", &e.name, Some(e.name_loc));
         self.paths(&mut p, &c);
         for r in &c.refs {
@@ -741,7 +756,20 @@ impl Lowerer<'_> {
                 .iter()
                 .filter_map(|m| m.value.as_str())
                 .collect();
-            let design = format!("tasks {} | methods {}", tasks.join(", "), methods.join(", "));
+            // Sampling decides which examples are scored: replicates must sample alike.
+            let sampling = format!(
+                "max-examples {}, seed {}",
+                ev.block
+                    .get("max-examples")
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "all".into()),
+                ev.block.get("seed").map(|v| v.to_string()).unwrap_or_default()
+            );
+            let design = format!(
+                "tasks {} | methods {} | {sampling}",
+                tasks.join(", "),
+                methods.join(", ")
+            );
             match &first {
                 None => first = Some((name, design)),
                 Some((fname, fdesign)) if *fdesign != design => {
@@ -997,9 +1025,6 @@ impl Lowerer<'_> {
         self.push(v, &e.name);
     }
 }
-
-/// `routing embedder="base-encoder"`: retrieval embeds with the base model's encoder.
-const BASE_ENCODER: &str = "base-encoder";
 
 /// The diagnostic for a local path that leaves the project folder.
 fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str) -> ManifestError {

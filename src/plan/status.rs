@@ -175,14 +175,26 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         .map(|step| match store.presence(&step.spec.key) {
             Presence::Present(_) if verify => match store.verify(&step.spec.key) {
                 Ok(_) => (true, vec![]),
-                Err(e) => {
-                    let detail = match e {
-                        crate::store::StoreError::Corrupt { reason, .. } => reason,
-                        other => other.to_string(),
-                    };
-                    let _ = store.quarantine(&step.spec.key);
-                    (false, vec![Reason::Corrupt { detail }])
+                Err(crate::store::StoreError::Corrupt { .. }) => {
+                    match store.quarantine_if_corrupt(&step.spec.key) {
+                        Ok(Some(detail)) => (false, vec![Reason::Corrupt { detail }]),
+                        // Fine on a second read, or being rebuilt by a run right now.
+                        Ok(None) => (true, vec![]),
+                        Err(e) => (
+                            false,
+                            vec![Reason::Corrupt {
+                                detail: e.to_string(),
+                            }],
+                        ),
+                    }
                 }
+                // Unreadable is not corrupt: stale, but nothing is moved.
+                Err(e) => (
+                    false,
+                    vec![Reason::Corrupt {
+                        detail: e.to_string(),
+                    }],
+                ),
             },
             Presence::Present(_) => (true, vec![]),
             Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),

@@ -11,6 +11,10 @@ use crate::model::{ModelError, Result};
 /// counted once per example.
 pub const ROUTING_ROW: &str = "all modules (per example)";
 
+/// `routing embedder="base-encoder"`: retrieval embeds with the pool's base model's
+/// own encoder (mean-pooled), instead of a sentence embedder.
+pub const BASE_ENCODER: &str = "base-encoder";
+
 pub const NOTE: &str =
     "one expert per example: the highest cosine to its training examples (embedded by the routing embedder)";
 

@@ -302,8 +302,13 @@ impl StepRunner for DatasetStep {
             let n = p_u64(ctx, "synthetic.examples").unwrap_or(2000) as usize;
             let seed = p_u64(ctx, "synthetic.seed").unwrap_or(0);
             let choice = p_str(ctx, "synthetic.format") == Some("choice");
+            let letters = match p_str(ctx, "synthetic.letters") {
+                Some(spec) => synthetic::parse_letters(spec)
+                    .map_err(|e| StepError::msg(format!("synthetic letters: {e}")))?,
+                None => synthetic::LETTERS.to_vec(),
+            };
             let make = |split: &str, n: usize| {
-                synthetic::generate(task, split, n, seed, choice).ok_or_else(|| {
+                synthetic::generate_from(task, split, n, seed, choice, &letters).ok_or_else(|| {
                     StepError::msg(format!(
                         "unknown synthetic task {task:?}; the suite has: {}",
                         synthetic::task_ids().join(", ")

@@ -155,7 +155,11 @@ fn fit(
         let (t, v) = super::tokenize::read_tokens(inp)?;
         let choices = super::tokenize::read_validation_choices(inp)?;
         match choices {
-            Some(c) if c.len() == v.len() => vc.extend(c.into_iter().map(Some)),
+            // An example without choices (a template without answer choices, in a
+            // dataset that has some) is scored by generation.
+            Some(c) if c.len() == v.len() => {
+                vc.extend(c.into_iter().map(|c| (!c.choices.is_empty()).then_some(c)))
+            }
             Some(_) => {
                 return Err(fail(format!(
                     "{}: validation choices do not match its examples",

@@ -217,14 +217,14 @@ fn init_and_pretrain(
         cfg.d_model, cfg.num_layers, cfg.feed_forward
     ));
     // Refuse a model this machine cannot hold instead of aborting in the allocator.
-    if let Some(avail) = crate::model::alloc::memory_available()
-        && cfg.training_bytes() > avail as u128
+    if let Some(total) = crate::model::alloc::memory_total()
+        && cfg.training_bytes() > total as u128
     {
         return Err(fail(format!(
-            "a T5 of this size has {} parameters and needs at least {} to pretrain (weights, gradients, AdamW moments); this machine has {} available. Lower init d-model, d-ff, layers or vocab",
+            "a T5 of this size has {} parameters and needs at least {} to pretrain (weights, gradients, AdamW moments); this machine has {} of memory. Lower init d-model, d-ff, layers or vocab",
             cfg.parameter_count(),
             crate::store::fsutil::human_size(cfg.training_bytes().min(u64::MAX as u128) as u64),
-            crate::store::fsutil::human_size(avail)
+            crate::store::fsutil::human_size(total)
         )));
     }
     let weights = T5Weights::init_random(&cfg, seed).map_err(fail)?;

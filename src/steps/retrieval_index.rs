@@ -21,6 +21,7 @@ use crate::exec::{StepContext, StepError, StepRunner};
 use crate::model::encoder_embedder::EncoderEmbedder;
 use crate::model::hub::HubOptions;
 use crate::model::sentence::{SentenceEmbedder, resolve_embedder};
+use crate::route::retrieval::BASE_ENCODER;
 use crate::store::External;
 
 pub const LIBRARY_FILE: &str = "library.safetensors";
@@ -40,10 +41,6 @@ pub fn retrieval_text(e: &Example) -> String {
     };
     format!("Answer Choices: {choices}, Instance: {}", e.input)
 }
-
-/// `embedder="base-encoder"`: the pipeline's own base model, its encoder mean-pooled
-/// (no download; a deviation from the paper's MiniLM, for the CPU quickstart).
-pub const BASE_ENCODER: &str = "base-encoder";
 
 /// What retrieval embeds with.
 pub enum Embedder {

@@ -52,6 +52,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// What a user does about a corrupt artifact.
+pub const CORRUPT_HELP: &str = "`goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it";
+
 pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
@@ -230,6 +233,23 @@ impl Store {
         std::fs::rename(&dir, &to).map_err(io_err(&dir))
     }
 
+    /// Re-verifies `key` holding its lock and moves it aside only if it is still
+    /// corrupt, returning why. A key a run holds right now (it is rebuilding or
+    /// publishing it) is left alone, and an artifact that reads fine the second time
+    /// is kept: None.
+    pub fn quarantine_if_corrupt(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        let Some(_lock) = self.try_lock(key)? else {
+            return Ok(None);
+        };
+        match self.verify(key) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                self.quarantine(key)?;
+                Ok(Some(reason))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Whether a corrupt artifact of `key` was moved aside (and gc has not yet deleted
     /// it): the step is then rebuilt even if nothing needs it, so the store is whole again.
     pub fn was_quarantined(&self, key: &Key) -> bool {
@@ -354,7 +374,7 @@ impl Store {
                     return match self.presence(k) {
                         Presence::Present(m) => Ok(*m),
                         Presence::Corrupt(reason) => Err(format!(
-                            "artifact {} is corrupt: {reason}; `goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it",
+                            "artifact {} is corrupt: {reason}; {CORRUPT_HELP}",
                             k.short()
                         )),
                         Presence::Missing => Err(format!("artifact {} vanished", k.short())),
@@ -396,7 +416,7 @@ impl Store {
         }
         if let (None, Some((k, reason))) = (&best, corrupt) {
             return Err(format!(
-                "the artifact of {what} ({}) is corrupt: {reason}; `goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it",
+                "the artifact of {what} ({}) is corrupt: {reason}; {CORRUPT_HELP}",
                 k.short()
             ));
         }

@@ -278,10 +278,13 @@ pub fn train(
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
     let mut resumed_from = None;
     let loaded = checkpoint::load(work, &device, |s| check_state(s, vars, cfg));
+    let fallback = if loaded.state.is_some() {
+        "training resumes from the previous checkpoint"
+    } else {
+        "training starts from scratch"
+    };
     for w in &loaded.warnings {
-        monitor.log(&format!(
-            "warning: {w}; training restarts from the last good state"
-        ));
+        monitor.log(&format!("warning: {w}; {fallback}"));
     }
     if let Some(state) = loaded.state {
         let tensors = &state.tensors;
@@ -346,8 +349,9 @@ pub fn train(
     let micro = cfg.micro();
     let accum = cfg.accumulation();
     monitor.start(cfg.steps);
-    // The untrained start is the first candidate for "best" (as in the paper's code).
-    if step == 0
+    // The untrained start is the first candidate for "best" (as in the paper's code);
+    // a run resumed at step 0 has its record already.
+    if resumed_from.is_none()
         && let Some(_) = cfg.eval_every
         && !valid.is_empty()
     {
@@ -447,7 +451,12 @@ mod tests {
             Ok(())
         }
         fn validation_metric(&mut self, _max: usize) -> ModelResult<Option<f64>> {
-            let x = self.x.as_tensor().to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            let x = self
+                .x
+                .as_tensor()
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
             Ok(self.metric.then(|| 1.0 - (x - 1.5).abs()))
         }
     }
@@ -484,8 +493,74 @@ mod tests {
             target: vec![1],
         }];
         let work = tempfile::tempdir().unwrap();
-        let out = train(&mut obj, &[("x".into(), x)], &data, &data, &config(), work.path(), &Quiet).unwrap();
+        let out = train(
+            &mut obj,
+            &[("x".into(), x)],
+            &data,
+            &data,
+            &config(),
+            work.path(),
+            &Quiet,
+        )
+        .unwrap();
         (out, obj.seeds)
+    }
+
+    /// Cancels at the first check of each listed step.
+    struct CancelAt(std::cell::Cell<Vec<usize>>, std::cell::Cell<usize>);
+    impl Monitor for CancelAt {
+        fn start(&self, _: usize) {}
+        fn step(&self, s: usize, _: &str) {
+            self.1.set(s);
+        }
+        fn log(&self, _: &str) {}
+        fn cancelled(&self) -> bool {
+            let mut at = self.0.take();
+            let hit = at.first() == Some(&self.1.get());
+            if hit {
+                at.remove(0);
+            }
+            self.0.set(at);
+            hit
+        }
+    }
+
+    /// Stopped at step 0 (right after the untrained start's validation) or later, a
+    /// resumed run ends with the same weights and the same metrics record.
+    #[test]
+    fn a_run_stopped_at_step_zero_or_later_resumes_to_the_same_record() {
+        let (want, _) = fit(true);
+        for stops in [vec![0], vec![0, 7], vec![13]] {
+            let x = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
+            let data = vec![Pair {
+                input: vec![1],
+                target: vec![1],
+            }];
+            let work = tempfile::tempdir().unwrap();
+            let monitor = CancelAt(std::cell::Cell::new(stops.clone()), std::cell::Cell::new(0));
+            let vars = [("x".to_string(), x.clone())];
+            let mut runs = 0;
+            let out = loop {
+                runs += 1;
+                let mut obj = Toy {
+                    x: x.clone(),
+                    seeds: vec![],
+                    metric: true,
+                };
+                match train(&mut obj, &vars, &data, &data, &config(), work.path(), &monitor) {
+                    Ok(out) => break out,
+                    Err(TrainError::Cancelled { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            assert_eq!(runs, stops.len() + 1);
+            assert_eq!(out.metrics, want.metrics, "stopped at {stops:?}");
+            assert_eq!(out.best_step, want.best_step);
+            assert_eq!(
+                out.weights["x"].to_vec1::<f32>().unwrap(),
+                want.weights["x"].to_vec1::<f32>().unwrap()
+            );
+        }
     }
 
     #[test]
@@ -494,7 +569,11 @@ mod tests {
         let (by_loss, _) = fit(false);
         // The loss keeps falling: the last check wins on loss; the metric peaks early.
         assert_eq!(by_loss.best_step, 40);
-        assert!(by_metric.best_step > 0 && by_metric.best_step < 40, "{}", by_metric.best_step);
+        assert!(
+            by_metric.best_step > 0 && by_metric.best_step < 40,
+            "{}",
+            by_metric.best_step
+        );
         let x = by_metric.weights["x"].to_vec1::<f32>().unwrap()[0];
         assert!((x - 1.5).abs() < 0.5, "kept x = {x}");
         let recorded = by_metric
