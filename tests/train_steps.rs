@@ -212,3 +212,35 @@ fn svg_texts(svg: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A dataset whose examples only sometimes have answer choices (promptsource mixes
+/// templates with and without them): validation scores the ones with choices by rank
+/// classification and the others by generation, and training succeeds.
+#[test]
+fn an_expert_trains_on_data_that_mixes_choice_and_generation_examples() {
+    let d = tempfile::tempdir().unwrap();
+    let rows: String = (0..60)
+        .map(|i| {
+            let choices = if i % 2 == 0 { "[\"a b\", \"b a\"]" } else { "null" };
+            format!("{{\"q\": \"reverse the order : b a {i}\", \"a\": \"a b\", \"c\": {choices}}}\n")
+        })
+        .collect();
+    std::fs::write(d.path().join("mixed.jsonl"), rows).unwrap();
+    let manifest = MICRO.replace(
+        "dataset \"sort\" { synthetic task=\"sort\" format=\"choice\" examples=64; }",
+        "dataset \"sort\" path=\"mixed.jsonl\" input-field=\"q\" target-field=\"a\" choices-field=\"c\"",
+    );
+    std::fs::write(d.path().join("micro.kdl"), manifest).unwrap();
+    let (code, out) = run(d.path(), &CancelFlag::new());
+    assert_eq!(code, 0, "{out}");
+    let store = Store::open(d.path().join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(
+        &d.path().join("micro.kdl"),
+        &goosepipe::steps::registry(),
+        &store.hash_cache(),
+    )
+    .unwrap();
+    let k = plan.get("expert:sort").unwrap().spec.key;
+    let metrics = std::fs::read_to_string(store.files_dir(&k).join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"val_metric\""), "{metrics}");
+}

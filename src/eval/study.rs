@@ -43,6 +43,8 @@ pub struct StudyResult {
     pub methods: BTreeMap<String, Interval>,
     /// Method -> per replicate, its mean over tasks.
     pub per_replicate: BTreeMap<String, Vec<f64>>,
+    /// Method -> task -> its mean over replicates (where each method wins or loses).
+    pub per_task: BTreeMap<String, BTreeMap<String, f64>>,
     /// The compared method.
     pub compare: String,
     /// Other method -> `compare` minus it, with its interval.
@@ -143,6 +145,21 @@ pub fn bootstrap(
         })
         .collect();
     let point: Vec<f64> = per_replicate.iter().map(|r| avg(r)).collect();
+    let per_task: BTreeMap<String, BTreeMap<String, f64>> = methods
+        .iter()
+        .enumerate()
+        .map(|(m, name)| {
+            let by_task = tasks
+                .iter()
+                .enumerate()
+                .map(|(t, task)| {
+                    let over: Vec<f64> = (0..s_count).map(|s| avg(scores[s][m][t])).collect();
+                    (task.clone(), avg(&over))
+                })
+                .collect();
+            (name.clone(), by_task)
+        })
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut draws = vec![Vec::with_capacity(samples); m_count];
     let mut idx: Vec<Vec<usize>> = tasks.iter().map(|t| vec![0; examples[t]]).collect();
@@ -179,6 +196,7 @@ pub fn bootstrap(
         seed,
         methods: BTreeMap::new(),
         per_replicate: BTreeMap::new(),
+        per_task,
         compare: compare.to_string(),
         differences: BTreeMap::new(),
         order: methods.to_vec(),
@@ -233,6 +251,17 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
             100.0 * i.hi,
             per.join(" / ")
         );
+    }
+    let _ = writeln!(out, "\nPer task (mean over replicates):\n");
+    let _ = writeln!(out, "| method | {} |", r.tasks.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(r.tasks.len()));
+    for m in &r.order {
+        let cells: Vec<String> = r
+            .tasks
+            .iter()
+            .map(|t| format!("{:.1}", 100.0 * r.per_task[m][t]))
+            .collect();
+        let _ = writeln!(out, "| {m} | {} |", cells.join(" | "));
     }
     let _ = writeln!(out, "\n| {} minus | difference | 95% interval | |", r.compare);
     let _ = writeln!(out, "|---|---:|---:|---|");
