@@ -73,7 +73,7 @@ fn retrieval_text_follows_the_paper() {
 
 #[test]
 fn retrieval_picks_the_expert_whose_examples_match() {
-    let emb = goosepipe::steps::retrieval_index::Embedder::Sentence(minilm());
+    let emb = goosepipe::steps::retrieval_index::Embedder::Sentence(Box::new(minilm()));
     // Libraries in expert-name order: cooking, finance, sports.
     let cooking = [
         ex("How long should I boil an egg for a soft yolk?", &[]),

@@ -302,13 +302,13 @@ mod tests {
         // 200 examples: "a" right 80% of the time, "b" 50%, "c" like "a" but shifted.
         let make = |offset: usize| {
             let a: Vec<f64> = (0..200)
-                .map(|i| f64::from(u8::from((i + offset) % 5 != 0)))
+                .map(|i| f64::from(u8::from(!(i + offset).is_multiple_of(5))))
                 .collect();
             let b: Vec<f64> = (0..200)
-                .map(|i| f64::from(u8::from((i + offset) % 2 == 0)))
+                .map(|i| f64::from(u8::from((i + offset).is_multiple_of(2))))
                 .collect();
             let c: Vec<f64> = (0..200)
-                .map(|i| f64::from(u8::from((i + offset + 1) % 5 != 0)))
+                .map(|i| f64::from(u8::from(!(i + offset + 1).is_multiple_of(5))))
                 .collect();
             rep(&[("a", "t", a), ("b", "t", b), ("c", "t", c)])
         };

@@ -39,17 +39,6 @@ pub fn tune_allocator_for_tensors() {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mimalloc_keeps_freed_pages() {
-        super::tune_allocator_for_tensors();
-        // SAFETY: reading an option value.
-        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(v, -1);
-    }
-}
-
 /// A field of /proc/meminfo (`MemTotal:`, ...) in bytes; None where the system does
 /// not say.
 fn meminfo(field: &str) -> Option<u64> {
@@ -67,4 +56,15 @@ fn meminfo(field: &str) -> Option<u64> {
 /// This machine's memory, in bytes.
 pub fn memory_total() -> Option<u64> {
     meminfo("MemTotal:")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mimalloc_keeps_freed_pages() {
+        super::tune_allocator_for_tensors();
+        // SAFETY: reading an option value.
+        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(v, -1);
+    }
 }

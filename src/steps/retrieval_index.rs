@@ -44,8 +44,8 @@ pub fn retrieval_text(e: &Example) -> String {
 
 /// What retrieval embeds with.
 pub enum Embedder {
-    Sentence(SentenceEmbedder),
-    BaseEncoder(EncoderEmbedder),
+    Sentence(Box<SentenceEmbedder>),
+    BaseEncoder(Box<EncoderEmbedder>),
 }
 
 impl Embedder {
@@ -70,10 +70,10 @@ impl Embedder {
 pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Embedder, StepError> {
     if spec == BASE_ENCODER {
         let base = super::common::load_base(ctx, dev)?;
-        return Ok(Embedder::BaseEncoder(EncoderEmbedder::new(
+        return Ok(Embedder::BaseEncoder(Box::new(EncoderEmbedder::new(
             base.model,
             base.tokenizer,
-        )));
+        ))));
     }
     let dir = match ctx.spec.externals.iter().find(|e| e.role() == "embedder") {
         Some(External::Path { path, .. }) => std::path::PathBuf::from(path),
@@ -91,7 +91,7 @@ pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Embe
         None => resolve_embedder(spec, &HubOptions::default()).map_err(fail)?,
     };
     SentenceEmbedder::load(&dir, dev)
-        .map(Embedder::Sentence)
+        .map(|e| Embedder::Sentence(Box::new(e)))
         .map_err(fail)
 }
 

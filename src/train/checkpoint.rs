@@ -70,15 +70,13 @@ pub fn save(work: &Path, state: &TrainState) -> Result<(), String> {
         .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
         .collect::<candle_core::Result<_>>()
         .map_err(|e| e.to_string())?;
-    let datas: Vec<(&str, String, Vec<usize>, std::borrow::Cow<'_, [u8]>)> = sorted
-        .iter()
-        .map(|(k, t)| (*k, format!("{:?}", t.dtype()), t.dims().to_vec(), View::data(t)))
-        .collect();
+    let datas: Vec<std::borrow::Cow<'_, [u8]>> = sorted.values().map(View::data).collect();
     let sum = digest(
         &meta_text,
-        datas
+        sorted
             .iter()
-            .map(|(k, d, s, b)| (*k, d.clone(), s.clone(), b.as_ref())),
+            .zip(&datas)
+            .map(|((k, t), b)| (*k, format!("{:?}", t.dtype()), t.dims().to_vec(), b.as_ref())),
     );
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
