@@ -101,6 +101,19 @@ fn cut_points(text: &str, pieces: usize) -> Vec<usize> {
     let mut line_start = 0;
     let mut last_token_end = 0; // end of the last non-comment, non-space byte on this line
     while i < b.len() {
+        match skipped(b, i) {
+            Skip::Code => {}
+            Skip::LineComment(end) => {
+                i = end;
+                continue;
+            }
+            // A block comment spanning lines makes this line's state unclear.
+            Skip::BlockComment { end, .. } | Skip::Str(end) => {
+                i = end;
+                last_token_end = i;
+                continue;
+            }
+        }
         let c = b[i];
         match c {
             b'\n' => {
@@ -120,46 +133,6 @@ fn cut_points(text: &str, pieces: usize) -> Vec<usize> {
                 line_start = i;
                 last_token_end = i;
                 continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nest = 1;
-                i += 2;
-                while i < b.len() && nest > 0 {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        nest += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        nest -= 1;
-                        i += 2;
-                    } else {
-                        i += 1;
-                    }
-                }
-                // A block comment spanning lines makes this line's state unclear.
-                last_token_end = i;
-                continue;
-            }
-            b'"' => {
-                i = skip_string(b, i, 0);
-                last_token_end = i;
-                continue;
-            }
-            b'#' => {
-                let mut h = 0;
-                while b.get(i + h) == Some(&b'#') {
-                    h += 1;
-                }
-                if b.get(i + h) == Some(&b'"') {
-                    i = skip_string(b, i + h, h);
-                    last_token_end = i;
-                    continue;
-                }
             }
             b'{' => depth += 1,
             b'}' => depth -= 1,
@@ -185,48 +158,17 @@ pub fn too_deep(text: &str) -> Option<usize> {
     let mut depth = 0usize;
     let mut i = 0;
     while i < b.len() {
+        match skipped(b, i) {
+            Skip::Code => {}
+            Skip::BlockComment {
+                too_deep: Some(at), ..
+            } => return Some(at),
+            Skip::LineComment(end) | Skip::BlockComment { end, .. } | Skip::Str(end) => {
+                i = end;
+                continue;
+            }
+        }
         match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nest = 0usize;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        nest += 1;
-                        if nest > MAX_DEPTH {
-                            return Some(i);
-                        }
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        nest -= 1;
-                        i += 2;
-                        if nest == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                continue;
-            }
-            b'"' => {
-                i = skip_string(b, i, 0);
-                continue;
-            }
-            b'#' => {
-                let mut h = 0;
-                while b.get(i + h) == Some(&b'#') {
-                    h += 1;
-                }
-                if b.get(i + h) == Some(&b'"') {
-                    i = skip_string(b, i + h, h);
-                    continue;
-                }
-            }
             b'{' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -239,6 +181,64 @@ pub fn too_deep(text: &str) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// What starts at byte `i` of a KDL text: a comment or a string (with where it ends),
+/// or code. Both scanners above skip the same things the same way.
+enum Skip {
+    LineComment(usize),
+    /// Block comments nest; `too_deep` is where nesting first passes [`MAX_DEPTH`].
+    BlockComment {
+        end: usize,
+        too_deep: Option<usize>,
+    },
+    Str(usize),
+    Code,
+}
+
+fn skipped(b: &[u8], mut i: usize) -> Skip {
+    match b[i] {
+        b'/' if b.get(i + 1) == Some(&b'/') => {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            Skip::LineComment(i)
+        }
+        b'/' if b.get(i + 1) == Some(&b'*') => {
+            let (mut nest, mut too_deep) = (0usize, None);
+            while i < b.len() {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    nest += 1;
+                    if nest > MAX_DEPTH && too_deep.is_none() {
+                        too_deep = Some(i);
+                    }
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    nest -= 1;
+                    i += 2;
+                    if nest == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            Skip::BlockComment { end: i, too_deep }
+        }
+        b'"' => Skip::Str(skip_string(b, i, 0)),
+        b'#' => {
+            let mut h = 0;
+            while b.get(i + h) == Some(&b'#') {
+                h += 1;
+            }
+            if b.get(i + h) == Some(&b'"') {
+                Skip::Str(skip_string(b, i + h, h))
+            } else {
+                Skip::Code
+            }
+        }
+        _ => Skip::Code,
+    }
 }
 
 /// Skips a string starting at the `"` at `i`; `hashes` > 0 for raw strings. Returns the

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use tokenizers::Tokenizer;
 
 use super::error::{ModelError, Result};
-use super::sentence::mean_pool_normalized;
+use super::sentence::{mean_pool_normalized, padded_batch};
 use super::t5::T5Model;
 
 /// The longest text embedded, in tokens (the rest is cut, as sentence-transformers does).
@@ -45,18 +45,7 @@ impl EncoderEmbedder {
                         .map_err(|e| ModelError::Input(format!("tokenizer: {e}")))
                 })
                 .collect::<Result<_>>()?;
-            let s = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
-            let b = ids.len();
-            let mut flat = vec![pad; b * s];
-            let mut mask = vec![0f32; b * s];
-            for (i, row) in ids.iter().enumerate() {
-                for (j, &t) in row.iter().enumerate() {
-                    flat[i * s + j] = t;
-                    mask[i * s + j] = 1.0;
-                }
-            }
-            let ids_t = Tensor::from_vec(flat, (b, s), &dev)?;
-            let mask_t = Tensor::from_vec(mask, (b, s), &dev)?;
+            let (ids_t, mask_t) = padded_batch(&ids, pad, &dev)?;
             let h = self.model.encode(&ids_t, &mask_t)?.to_dtype(DType::F32)?;
             out.push(mean_pool_normalized(&h, &mask_t)?);
         }

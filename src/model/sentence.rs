@@ -98,18 +98,7 @@ impl SentenceEmbedder {
                         .map_err(|e| ModelError::Input(format!("embedder tokenizer: {e}")))
                 })
                 .collect::<Result<_>>()?;
-            let s = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
-            let b = ids.len();
-            let mut flat = vec![0u32; b * s];
-            let mut mask = vec![0f32; b * s];
-            for (i, row) in ids.iter().enumerate() {
-                for (j, &t) in row.iter().enumerate() {
-                    flat[i * s + j] = t;
-                    mask[i * s + j] = 1.0;
-                }
-            }
-            let ids_t = Tensor::from_vec(flat, (b, s), dev)?;
-            let mask_t = Tensor::from_vec(mask, (b, s), dev)?;
+            let (ids_t, mask_t) = padded_batch(&ids, 0, dev)?;
             let h = self.bert.forward(&ids_t, &mask_t)?;
             out.push(mean_pool_normalized(&h, &mask_t)?);
         }
@@ -118,6 +107,25 @@ impl SentenceEmbedder {
         }
         Ok(Tensor::cat(&out, 0)?)
     }
+}
+
+/// Token id rows padded with `pad` to one length: ids `[B, S]` (u32) and a 0/1 mask
+/// `[B, S]` (f32).
+pub fn padded_batch(ids: &[Vec<u32>], pad: u32, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let s = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let b = ids.len();
+    let mut flat = vec![pad; b * s];
+    let mut mask = vec![0f32; b * s];
+    for (i, row) in ids.iter().enumerate() {
+        for (j, &t) in row.iter().enumerate() {
+            flat[i * s + j] = t;
+            mask[i * s + j] = 1.0;
+        }
+    }
+    Ok((
+        Tensor::from_vec(flat, (b, s), dev)?,
+        Tensor::from_vec(mask, (b, s), dev)?,
+    ))
 }
 
 /// Mean of `h` `[B, S, d]` over the positions where `mask` `[B, S]` is 1, then

@@ -117,6 +117,21 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, StepError> {
         .to_vec())
 }
 
+/// An example's answer choices as token ids without a trailing EOS (choice scoring
+/// appends it to every choice itself).
+pub fn encode_choices(tok: &Tokenizer, choices: &[String], eos: u32) -> Result<Vec<Vec<u32>>, StepError> {
+    choices
+        .iter()
+        .map(|c| {
+            let mut ids = encode(tok, c)?;
+            if ids.last() == Some(&eos) {
+                ids.pop();
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
 /// The engine's progress bar and Ctrl-C flag, as the training loop sees them.
 pub struct CtxMonitor<'a>(pub &'a StepContext<'a>);
 

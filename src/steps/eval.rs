@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::common::{Base, device, encode, fail, load_base};
+use super::common::{Base, device, encode, encode_choices, fail, load_base};
 use super::dataset::EXAMPLES;
 use super::expert::{GATES_FILE, load_expert};
 use super::retrieval_index::{DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library};
@@ -121,21 +121,9 @@ fn score_task(
                             task.name
                         )));
                     }
-                    let choices = e
-                        .choices
-                        .iter()
-                        .map(|c| {
-                            let mut ids = encode(tok, c)?;
-                            // score_choices appends EOS itself.
-                            if ids.last() == Some(&eos) {
-                                ids.pop();
-                            }
-                            Ok(ids)
-                        })
-                        .collect::<Result<Vec<_>, StepError>>()?;
                     Ok(ChoiceItem {
                         input: inp.clone(),
-                        choices,
+                        choices: encode_choices(tok, &e.choices, eos)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StepError>>()?;

@@ -69,17 +69,7 @@ fn encode_choices(
 ) -> Result<Vec<TokenChoices>, StepError> {
     ex.par_iter()
         .map(|e| {
-            let choices = e
-                .choices
-                .iter()
-                .map(|c| {
-                    let mut ids = encode(tok, c)?;
-                    if ids.last() == Some(&eos) {
-                        ids.pop();
-                    }
-                    Ok(ids)
-                })
-                .collect::<Result<Vec<_>, StepError>>()?;
+            let choices = super::common::encode_choices(tok, &e.choices, eos)?;
             Ok(TokenChoices {
                 right: (0..choices.len()).map(|i| e.choice_is_right(i)).collect(),
                 choices,
