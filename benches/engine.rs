@@ -11,6 +11,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use goosepipe::exec::{CancelFlag, Registry, RunOptions, StepContext, StepError, StepRunner};
 use goosepipe::store::HashCache;
 
+/// The allocator the goosepipe binary runs with (its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn manifest(experts: usize) -> String {
     let mut m = String::from(
         "pipeline \"bench\"\nmodel \"base\" hub=\"org/t5\"\ndefaults {\n    train steps=10\n}\n",
@@ -29,14 +33,11 @@ fn manifest(experts: usize) -> String {
     m
 }
 
-struct Touch(&'static str, u32);
+struct Touch(&'static str);
 
 impl StepRunner for Touch {
     fn kind(&self) -> &'static str {
         self.0
-    }
-    fn version(&self) -> u32 {
-        self.1
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         std::fs::write(ctx.out.join("out"), ctx.spec.key.hex())?;
@@ -45,9 +46,9 @@ impl StepRunner for Touch {
 }
 
 fn registry() -> Registry {
-    let mut r = Registry::new();
-    for (k, v) in goosepipe::steps::VERSIONS {
-        r.register(Arc::new(Touch(k, *v)));
+    let mut r = goosepipe::steps::registry();
+    for k in goosepipe::steps::KINDS {
+        r.register(Arc::new(Touch(k.name)));
     }
     r
 }

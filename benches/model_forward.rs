@@ -9,11 +9,15 @@ use candle_core::DType;
 use candle_nn::VarMap;
 use common::{BATCH, RANK, SRC_LEN, batch, config, device, route_among, sync};
 use criterion::{Criterion, criterion_group};
-use goosepipe::model::rng::SeededRng;
-use goosepipe::model::trainable::new_trainable_lora;
+use goosepipe::model::adapter::trainable::new_trainable_lora;
 use goosepipe::model::{Router, Scoring, T5Model};
+use goosepipe::rng::SeededRng;
 
 mod common;
+
+/// The allocator the goosepipe binary runs with (its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn bench_lora(c: &mut Criterion) {
     let dev = device();
@@ -103,7 +107,7 @@ fn bench_router(c: &mut Criterion) {
 criterion_group!(benches, bench_lora, bench_routed, bench_router);
 fn main() {
     // SAFETY: first thing in main, before any thread exists.
-    unsafe { goosepipe::model::threads::pin_thread_count() };
+    unsafe { goosepipe::process::threads::pin_thread_count() };
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -21,6 +21,10 @@ use goosepipe::model::T5Model;
 
 mod common;
 
+/// The allocator the goosepipe binary runs with (its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     counts: Vec<usize>,
     rounds: usize,
@@ -71,7 +75,7 @@ fn quantile(xs: &[f64], q: f64) -> f64 {
 
 fn main() -> ExitCode {
     // SAFETY: first thing in main, before any thread exists.
-    unsafe { goosepipe::model::threads::pin_thread_count() };
+    unsafe { goosepipe::process::threads::pin_thread_count() };
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -14,10 +14,14 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Var};
 use candle_nn::VarMap;
 use criterion::{Criterion, criterion_group};
-use goosepipe::model::rng::SeededRng;
-use goosepipe::model::trainable::new_trainable_lora;
+use goosepipe::model::adapter::trainable::new_trainable_lora;
 use goosepipe::model::{Seq2SeqBatch, T5Config, T5Model};
+use goosepipe::rng::SeededRng;
 use goosepipe::train::adamw::{AdamW, clip_global_norm, grads_of};
+
+/// The allocator the goosepipe binary runs with (its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Size {
     name: &'static str,
@@ -93,7 +97,7 @@ fn train_step(c: &mut Criterion) {
 criterion_group!(benches, train_step);
 fn main() {
     // SAFETY: first thing in main, before any thread exists.
-    unsafe { goosepipe::model::threads::pin_thread_count() };
+    unsafe { goosepipe::process::threads::pin_thread_count() };
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -183,3 +183,20 @@ fn golden_keys() {
         .collect();
     insta::assert_snapshot!(text);
 }
+
+/// The shipped pipelines' keys, pinned: a refactoring that is meant to change no
+/// step's output must leave every one of them byte-identical (a step whose output
+/// really changes bumps its version, and the snapshot is updated knowingly).
+#[test]
+fn shipped_pipelines_keep_their_keys() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let reg = goosepipe::steps::registry();
+    let mut all = BTreeMap::new();
+    for name in ["quickstart", "study", "t0", "flan"] {
+        let plan = plan_of(&root.join(format!("{name}.kdl")), &reg);
+        for s in &plan.steps {
+            all.insert(format!("{name} {}", s.spec.id), s.spec.key.hex());
+        }
+    }
+    insta::assert_debug_snapshot!(all);
+}

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use goosepipe::data::hub::{SplitFiles, split_files_reporting};
+use goosepipe::hub::dataset::{SplitFiles, split_files_reporting};
+use goosepipe::hub::{HubOptions, resolve_model, resolve_model_reporting};
 use goosepipe::model::T5Model;
-use goosepipe::model::hub::{HubOptions, resolve_model, resolve_model_reporting};
 
 const SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
 /// The silence limit of every test; the server's pauses are set against it.
@@ -287,7 +287,7 @@ fn data_hub(pace: Pace, files: &[(&str, &[u8])]) -> FakeHub {
 
 fn split(
     opts: &HubOptions,
-    report: Option<&goosepipe::model::hub::DownloadReport<'_>>,
+    report: Option<&goosepipe::hub::DownloadReport<'_>>,
 ) -> Result<SplitFiles, String> {
     split_files_reporting("org/far-ds", "main", Some("cfg"), "train", opts, report).map_err(|e| e.to_string())
 }
@@ -357,7 +357,7 @@ fn a_split_whose_download_was_interrupted_is_not_taken_for_the_whole_split() {
     );
     // With the hub back (once the stalled connection has closed: until then
     // the abandoned download holds hf-hub's lock on that file, see
-    // model/hub_watch.rs), the split is completed and then read from the cache.
+    // hub/watch.rs), the split is completed and then read from the cache.
     std::thread::sleep(Duration::from_secs(2));
     let opts = HubOptions {
         endpoint: Some(data_hub(Pace::Trickle, &files).serve()),

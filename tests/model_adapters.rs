@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use goosepipe::model::routing::{Router, Scoring};
+use goosepipe::model::router::{Router, Scoring};
 use goosepipe::model::{
     AdapterSet, GateVectors, LoraExpert, LoraWeights, MixWeights, ModelError, Seq2SeqBatch, T5Config,
     T5Model, T5Weights,
@@ -334,7 +334,7 @@ fn expert_files_round_trip_and_bad_files_name_the_problem() {
 
     let only_a: Vec<(String, Tensor)> =
         vec![(format!("{module}.lora_A"), experts[0].modules[module].a.clone())];
-    goosepipe::model::st_io::save_with_metadata(&p, &only_a, Default::default()).unwrap();
+    goosepipe::model::checkpoint::st_io::save_with_metadata(&p, &only_a, Default::default()).unwrap();
     expect_err_containing(
         LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32),
         &["missing tensor", "lora_B"],
@@ -535,7 +535,7 @@ fn mean_activations_are_per_example_masked_means() {
 /// (k+1)-th expert are within f32 rounding of each other either choice is
 /// right; those near-ties are counted and must stay rare.
 fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bool, k: usize) -> Router {
-    use goosepipe::model::rng::SeededRng;
+    use goosepipe::rng::SeededRng;
     let d = 256;
     let mut rng = SeededRng::new(n as u64);
     let emb = rng.normal_tensor(&[n, d], 1.0, DType::F32, &Device::Cpu).unwrap();

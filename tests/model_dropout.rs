@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use goosepipe::model::dropout::Dropout;
-use goosepipe::model::trainable::new_trainable_lora;
+use goosepipe::model::adapter::trainable::new_trainable_lora;
+use goosepipe::model::t5::dropout::Dropout;
 use goosepipe::model::{Seq2SeqBatch, T5Config, T5Model};
 
 #[test]

@@ -2,7 +2,7 @@
 //! on a tiny model: LoRA A and B (expert training) and gate vectors (gate
 //! training). The base model is frozen, so only the VarMap's variables move.
 //! The finite-difference checks run in f64, where the model uses candle's
-//! primitive ops; f32 on the CPU runs the fused kernels of `model::fused`,
+//! primitive ops; f32 on the CPU runs the fused kernels of `kernels::fused`,
 //! whose gradients are checked against that f64 reference. That f32 check
 //! runs on the device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default), so
 //! a CUDA build checks the GPU's training gradients the same way.
@@ -11,9 +11,9 @@ mod support;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use goosepipe::model::rng::SeededRng;
-use goosepipe::model::trainable::{lora_expert_from, new_trainable_gates, new_trainable_lora};
+use goosepipe::model::adapter::trainable::{lora_expert_from, new_trainable_gates, new_trainable_lora};
 use goosepipe::model::{Seq2SeqBatch, T5Config, T5Model};
+use goosepipe::rng::SeededRng;
 
 fn tiny() -> (T5Config, T5Model, Seq2SeqBatch) {
     let mut cfg = T5Config::tiny_v1_1(24, 8, 2);

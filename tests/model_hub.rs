@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
+use goosepipe::app::score::{ScoreRequest, score};
+use goosepipe::hub::{HubOptions, resolve_model};
 use goosepipe::model::T5Model;
-use goosepipe::model::hub::{HubOptions, resolve_model};
-use goosepipe::model::score::{ScoreRequest, score};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 

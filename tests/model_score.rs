@@ -4,9 +4,10 @@
 mod support;
 
 use candle_core::{DType, Device};
-use goosepipe::model::load::load_tokenizer;
-use goosepipe::model::score::RouterChoice;
-use goosepipe::model::{ChoiceItem, ScoreRequest, T5Model, render_text, score};
+use goosepipe::app::score::RouterChoice;
+use goosepipe::app::score::{ScoreRequest, render_text, score};
+use goosepipe::model::checkpoint::load::load_tokenizer;
+use goosepipe::model::{ChoiceItem, T5Model};
 use support::t5_fixture as fixture;
 
 #[test]
@@ -65,7 +66,7 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
         .iter()
         .map(|e| dir.join(format!("{e}.safetensors")))
         .collect();
-    req.router = RouterChoice::Phatgoose;
+    req.router = RouterChoice::parse("phatgoose").unwrap();
     let routed = score(&req).unwrap();
     assert_eq!(routed.experts, vec!["expert_a", "expert_b", "expert_c"]);
     assert_eq!(routed.tokens.len(), base.tokens.len());
@@ -73,7 +74,7 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
         (routed.total - base.total).abs() > 1e-3,
         "experts must change the score"
     );
-    req.router = RouterChoice::Merged;
+    req.router = RouterChoice::parse("merged").unwrap();
     let merged = score(&req).unwrap();
     assert!((merged.total - routed.total).abs() > 1e-6);
 

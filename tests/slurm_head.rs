@@ -9,9 +9,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use goosepipe::app::{self, Executor};
+use goosepipe::app;
 use goosepipe::exec::slurm::{
-    End, JobInfo, JobState, OnInterrupt, Record, RunLog, SchedError, Scheduler, SlurmOptions, Submission,
+    End, JobInfo, JobState, OnInterrupt, Record, RunLog, SchedError, Scheduler, Slurm, SlurmOptions,
+    Submission,
 };
 use goosepipe::exec::{CancelFlag, PlainReporter, Registry, RunOptions, execute};
 use goosepipe::store::lockfile::Lockfile;
@@ -232,12 +233,21 @@ fn run_cancellable(
     cancel: &CancelFlag,
 ) -> (i32, String) {
     let mut out = Vec::new();
-    let ex = Executor::Slurm {
+    let ex = Slurm {
         opts: s,
         scheduler: fake,
     };
-    let code = app::run_with(&p.manifest(), &p.store(), reg, opts, &ex, true, cancel, &mut out)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let (manifest, store) = (p.manifest(), p.store());
+    let req = app::RunRequest {
+        manifest: &manifest,
+        store: &store,
+        registry: reg,
+        opts,
+        executor: &ex,
+        quiet: true,
+        cancel,
+    };
+    let code = app::run_with(&req, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
     (code, String::from_utf8(out).unwrap())
 }
 
@@ -438,21 +448,21 @@ fn a_new_head_adopts_live_jobs_and_submits_each_step_once() {
     *fake.frozen.lock().unwrap() = false;
     *fake.interrupt.lock().unwrap() = None;
     let mut out = Vec::new();
-    let ex = Executor::Slurm {
+    let ex = Slurm {
         opts: sopts(),
         scheduler: &fake,
     };
-    let code = app::run_with(
-        &p.manifest(),
-        &p.store(),
-        &reg,
-        &RunOptions::default(),
-        &ex,
-        false,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap();
+    let (manifest, store) = (p.manifest(), p.store());
+    let req = app::RunRequest {
+        manifest: &manifest,
+        store: &store,
+        registry: &reg,
+        opts: &RunOptions::default(),
+        executor: &ex,
+        quiet: false,
+        cancel: &CancelFlag::new(),
+    };
+    let code = app::run_with(&req, &mut out).unwrap();
     assert_eq!(code, 0);
     let mut per_step: HashMap<String, usize> = HashMap::new();
     for s in fake.subs() {

@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device};
-use goosepipe::model::rng::SeededRng;
 use goosepipe::model::{
     AdapterSet, GateVectors, LoraExpert, LoraWeights, Seq2SeqBatch, T5Config, T5Model, adapted_linears,
 };
+use goosepipe::rng::SeededRng;
 
 pub const BATCH: usize = 8;
 pub const SRC_LEN: usize = 128;
@@ -31,7 +31,7 @@ pub fn config() -> T5Config {
 /// reason when it cannot be used.
 pub fn device() -> Device {
     let spec = std::env::var("GOOSEPIPE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    goosepipe::model::score::parse_device(&spec).unwrap_or_else(|e| {
+    goosepipe::model::device::parse_device(&spec).unwrap_or_else(|e| {
         eprintln!("GOOSEPIPE_BENCH_DEVICE={spec}: {e}");
         std::process::exit(2)
     })

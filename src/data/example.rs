@@ -59,6 +59,9 @@ pub enum DataError {
     },
     #[error("{0}")]
     Other(String),
+
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 pub fn write_jsonl(path: &Path, examples: &[Example]) -> Result<(), DataError> {

@@ -2,7 +2,6 @@
 
 pub mod bigbench;
 pub mod example;
-pub mod hub;
 pub mod local;
 mod numpy_rng;
 pub mod promptsource;

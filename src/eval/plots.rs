@@ -14,8 +14,7 @@ use serde::Deserialize;
 
 use super::Results;
 
-/// The eval artifact's routing record: method -> task -> module -> choices.
-pub const ROUTING_JSON: &str = "routing.json";
+pub use crate::artifact_files::ROUTING_JSON;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModuleChoices {

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plots::ModuleChoices;
 
-/// The eval artifact's routing-quality record.
-pub const QUALITY_JSON: &str = "routing-quality.json";
+pub use crate::artifact_files::QUALITY_JSON;
 
 /// The owning expert's part of one method's routing on one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

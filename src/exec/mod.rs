@@ -2,12 +2,16 @@
 //! locally ([`run`]) or as Slurm jobs ([`slurm`]), each of which builds its step with
 //! [`worker::exec_key`].
 
+pub mod executor;
+pub mod kind;
 pub mod progress;
 pub mod run;
 pub mod slurm;
 pub mod step;
 pub mod worker;
 
+pub use executor::{Executor, Local, RunContext};
+pub use kind::{JobDefaults, JobResources, Kind};
 pub use progress::{Outcome, PlainReporter, Reporter, StepProgress, reporter_for_stderr};
 pub use run::{RunError, RunOptions, RunReport, execute, run, select, updated_lock};
 pub use step::{CancelFlag, InputArtifact, Registry, StepContext, StepError, StepRunner};

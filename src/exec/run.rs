@@ -8,68 +8,14 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Instant;
 
+use super::executor::{Executor, Local, RunContext};
+pub use super::executor::{RunError, RunOptions, RunReport};
 use super::progress::{Outcome, Reporter};
 use super::step::{CancelFlag, InputArtifact, Registry, StepContext, StepError};
 use crate::plan::{Plan, Status};
 use crate::store::artifact::now_unix;
 use crate::store::lockfile::{LockedStep, Lockfile};
 use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
-
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub jobs: usize,
-    /// Run only these steps (ids or names); their inputs must already be built.
-    pub only: Vec<String>,
-    /// Run this step and whatever it needs.
-    pub until: Option<String>,
-    pub keep_going: bool,
-    /// Fail instead of changing the lockfile.
-    pub locked: bool,
-    /// Re-hash cached artifacts before planning (done by the caller when it judges
-    /// staleness; carried here so every executor sees the choice).
-    pub verify: bool,
-    pub device: String,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            jobs: 1,
-            only: vec![],
-            until: None,
-            keep_going: false,
-            locked: false,
-            verify: false,
-            device: "cpu".into(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct RunReport {
-    pub built: Vec<String>,
-    pub reused: Vec<String>,
-    pub failed: Vec<(String, String)>,
-    pub skipped: Vec<String>,
-    pub cancelled: Vec<String>,
-    pub cached: usize,
-}
-
-impl RunReport {
-    pub fn ok(&self) -> bool {
-        self.failed.is_empty() && self.cancelled.is_empty() && self.skipped.is_empty()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Selection(String),
-    #[error("--locked: {0}")]
-    Locked(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Which steps this run builds, in plan order.
 pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usize>, RunError> {
@@ -204,18 +150,25 @@ enum Done {
     Err(usize, Outcome, f64, String),
 }
 
-/// Runs the selected steps. Artifacts that finish are published even if others fail.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    plan: &Plan,
-    status: &Status,
-    store: &Store,
-    registry: &Registry,
-    lock: &Lockfile,
-    opts: &RunOptions,
-    reporter: &dyn Reporter,
-    cancel: &CancelFlag,
-) -> Result<RunReport, RunError> {
+impl Executor for Local {
+    fn execute(&self, cx: &RunContext) -> Result<RunReport, RunError> {
+        run(cx)
+    }
+}
+
+/// Runs the selected steps on threads of this process (the [`Local`] executor). Artifacts that finish are published even if others fail.
+pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
+    let RunContext {
+        plan,
+        status,
+        store,
+        registry,
+        lock,
+        opts,
+        reporter,
+        cancel,
+        ..
+    } = *cx;
     if opts.locked {
         check_locked(plan, lock)?;
     }

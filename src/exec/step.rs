@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::plan::{MethodInfo, Needed, Review};
 use crate::store::{ArtifactMeta, Key, StepSpec, Store};
+
+use super::kind::Kind;
 
 use super::progress::StepProgress;
 
 pub trait StepRunner: Send + Sync {
-    /// The step kind this runner implements ("expert", "gate", ...).
+    /// The step kind this runner implements ("expert", "gate", ...); its version,
+    /// order and resources are its [`Kind`] declaration's.
     fn kind(&self) -> &'static str;
-    /// Bumped whenever the step's output for the same inputs would change. Part of
-    /// every key of this kind.
-    fn version(&self) -> u32;
     fn run(&self, ctx: &StepContext) -> Result<(), StepError>;
 }
 
@@ -112,6 +113,19 @@ impl StepContext<'_> {
         self.inputs.iter().filter(move |i| i.role.starts_with(prefix))
     }
 
+    /// The step's parameters as its kind's parameter struct. The manifest schema
+    /// fills in every default before a key is computed, so the struct needs none of
+    /// its own; a recipe that does not fit (written by another build) is an error
+    /// naming the field.
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, StepError> {
+        T::deserialize(&self.spec.params).map_err(|e| {
+            StepError::msg(format!(
+                "{}: its parameters do not fit a `{}` step: {e}",
+                self.spec.id, self.spec.kind
+            ))
+        })
+    }
+
     pub fn param(&self, path: &str) -> Option<&serde_json::Value> {
         let mut v = &self.spec.params;
         for part in path.split('.') {
@@ -156,17 +170,23 @@ impl StepContext<'_> {
     }
 }
 
-/// Step kinds by name.
+/// Step kinds by name: what each is ([`Kind`], which plans need) and, for the
+/// kinds this build runs, its runner; and the evaluation methods.
 #[derive(Clone, Default)]
 pub struct Registry {
+    kinds: HashMap<&'static str, Kind>,
     runners: HashMap<&'static str, Arc<dyn StepRunner>>,
-    /// Kinds this build can plan (their version is known) but not run.
-    declared: HashMap<&'static str, u32>,
+    methods: Vec<MethodInfo>,
 }
 
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+    /// Declares a kind: it can be planned (keys need its version); running one of its
+    /// steps needs a runner too, or fails with a clear message.
+    pub fn declare(&mut self, kind: Kind) {
+        self.kinds.insert(kind.name, kind);
     }
     pub fn register(&mut self, r: Arc<dyn StepRunner>) {
         self.runners.insert(r.kind(), r);
@@ -175,21 +195,35 @@ impl Registry {
         self.register(Arc::new(r));
         self
     }
+    /// The evaluation methods manifests may list.
+    pub fn set_methods(&mut self, methods: Vec<MethodInfo>) {
+        self.methods = methods;
+    }
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn StepRunner>> {
         self.runners.get(kind)
     }
-    /// Declares a kind that can be planned (keys need its version) without a runner in
-    /// this build; running such a step fails with a clear message.
-    pub fn declare(&mut self, kind: &'static str, version: u32) {
-        self.declared.insert(kind, version);
+    pub fn kind(&self, kind: &str) -> Option<&Kind> {
+        self.kinds.get(kind)
     }
 }
 
 impl crate::plan::Catalog for Registry {
     fn version(&self, kind: &str) -> Option<u32> {
-        self.runners
+        self.kinds.get(kind).map(|k| k.version)
+    }
+    fn order(&self, kind: &str) -> Option<u32> {
+        self.kinds.get(kind).map(|k| k.order)
+    }
+    fn needed(&self, kind: &str) -> Option<Needed> {
+        self.kinds.get(kind).and_then(|k| k.needed)
+    }
+    fn methods(&self) -> Vec<MethodInfo> {
+        self.methods.clone()
+    }
+    fn review(&self, kind: &str, name: &str, params: &serde_json::Value) -> Vec<Review> {
+        self.kinds
             .get(kind)
-            .map(|r| r.version())
-            .or_else(|| self.declared.get(kind).copied())
+            .map(|k| (k.review)(name, params))
+            .unwrap_or_default()
     }
 }

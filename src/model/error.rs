@@ -40,8 +40,8 @@ pub enum ModelError {
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
 
-    #[error("hub: {0}")]
-    Hub(String),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 
     #[error("invalid input: {0}")]
     Input(String),

@@ -19,14 +19,12 @@ use std::path::{Path, PathBuf};
 use petgraph::graph::DiGraph;
 use rayon::prelude::*;
 
-use super::methods::{self, Method};
 use super::params::{self, Collected};
-use super::{Catalog, Plan, Step, key};
+use super::{Catalog, MemberData, Needed, Plan, Step, key};
 use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::Schema;
 use crate::manifest::source::Sources;
 use crate::manifest::{Entity, Loc, Manifest, ManifestError, ManifestErrors, Origin, Value};
-use crate::route::retrieval::BASE_ENCODER;
 use crate::store::{External, HashCache, SpecInput, StepSpec};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +72,7 @@ impl Proto {
 
 struct Lowerer<'a> {
     manifest: &'a Manifest,
+    catalog: &'a dyn Catalog,
     schema: &'static Schema,
     hashes: &'a HashCache,
     protos: Vec<Proto>,
@@ -89,6 +88,7 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
     let schema = Schema::embedded();
     let mut l = Lowerer {
         manifest: &manifest,
+        catalog,
         schema,
         hashes,
         protos: vec![],
@@ -229,7 +229,7 @@ fn finish(manifest: Manifest, protos: Vec<Proto>, catalog: &dyn Catalog) -> Resu
             g.add_edge(nodes[j], nodes[i], ());
         }
     }
-    let order = match ordered_toposort(&g, &protos) {
+    let order = match ordered_toposort(&g, &protos, catalog) {
         Some(o) => o,
         None => {
             // Unreachable for validated manifests (entity cycles are rejected there),
@@ -319,27 +319,13 @@ fn finish(manifest: Manifest, protos: Vec<Proto>, catalog: &dyn Catalog) -> Resu
     })
 }
 
-/// Display order of step kinds: the pipeline read top to bottom.
-fn kind_rank(kind: &str) -> usize {
-    const ORDER: &[&str] = &[
-        "model",
-        "dataset",
-        "tokenize",
-        "expert",
-        "gate",
-        "average-activation",
-        "retrieval-index",
-        "multitask",
-        "pool",
-        "eval",
-        "study",
-    ];
-    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
-}
-
 /// Kahn's algorithm, always taking the ready step that reads best (kind, then name),
 /// so plans print in a stable, pipeline-shaped order. None on a cycle.
-fn ordered_toposort(g: &DiGraph<usize, ()>, protos: &[Proto]) -> Option<Vec<petgraph::graph::NodeIndex>> {
+fn ordered_toposort(
+    g: &DiGraph<usize, ()>,
+    protos: &[Proto],
+    catalog: &dyn Catalog,
+) -> Option<Vec<petgraph::graph::NodeIndex>> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let mut indeg: Vec<usize> = g
@@ -348,7 +334,12 @@ fn ordered_toposort(g: &DiGraph<usize, ()>, protos: &[Proto]) -> Option<Vec<petg
         .collect();
     let rank = |n: petgraph::graph::NodeIndex| {
         let p = &protos[g[n]];
-        Reverse((kind_rank(&p.kind), p.name.clone(), p.id.clone(), n))
+        Reverse((
+            catalog.order(&p.kind).unwrap_or(u32::MAX),
+            p.name.clone(),
+            p.id.clone(),
+            n,
+        ))
     };
     let mut heap: BinaryHeap<_> = g
         .node_indices()
@@ -456,37 +447,17 @@ impl Lowerer<'_> {
         }
     }
 
-    /// Warns when a model built by the pipeline cannot be trained in this machine's
-    /// memory (the model step refuses it then, instead of aborting in the allocator).
-    fn model_size(&mut self, e: &Entity, init: &crate::manifest::Block) {
-        let int = |k: &str| init.get(k).and_then(|v| v.as_int()).unwrap_or(0).max(0) as usize;
-        let mut cfg = crate::model::T5Config::tiny_v1_1(int("vocab") + 100, int("d-model"), int("layers"));
-        cfg.d_ff = int("d-ff");
-        cfg.d_kv = int("d-kv");
-        cfg.num_heads = int("heads");
-        let (Some(total), need) = (crate::model::alloc::memory_total(), cfg.training_bytes()) else {
-            return;
-        };
-        if need > total as u128 {
-            let size = |b: u128| crate::store::fsutil::human_size(b.min(u64::MAX as u128) as u64);
-            let loc = init.loc;
-            self.warnings.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "plan::model-too-large",
-                    loc,
-                    format!(
-                        "model \"{}\" has about {} parameters: pretraining it needs at least {} (weights, gradients, AdamW moments), more than this machine's {}",
-                        e.name,
-                        cfg.parameter_count(),
-                        size(need),
-                        size(total as u128)
-                    ),
-                    "this size",
-                )
-                .help("its model step will refuse to start here; lower d-model, d-ff, layers or vocab, or run it where memory suffices")
-                .as_warning(),
-            );
+    /// The catalog's findings about a node's step, placed at the fields they name.
+    fn review(&mut self, e: &Entity, p: &Proto) {
+        let params = Value::Map(p.params.clone()).to_json();
+        for r in self.catalog.review(&p.kind, &e.name, &params) {
+            let loc = field_loc(&e.block, &r.at).unwrap_or(e.name_loc);
+            let d = ManifestError::new(&self.manifest.sources, r.code, loc, r.message, r.label).help(r.help);
+            if r.warning {
+                self.warnings.push(d.as_warning());
+            } else {
+                self.errors.push(d);
+            }
         }
     }
 
@@ -525,9 +496,6 @@ impl Lowerer<'_> {
     }
 
     fn model(&mut self, e: &Entity, c: Collected) {
-        if let Some(init) = e.block.group("init") {
-            self.model_size(e, init);
-        }
         let mut p = Proto::new("model", &e.name, Some(e.name_loc));
         self.paths(&mut p, &c);
         for r in &c.refs {
@@ -536,24 +504,11 @@ impl Lowerer<'_> {
         }
         self.hub(e, "model", &mut p);
         p.absorb(c);
+        self.review(e, &p);
         self.push(p, &e.name);
     }
 
     fn dataset(&mut self, e: &Entity, c: Collected) {
-        if let Some(f) = e.block.group("synthetic").and_then(|g| g.props.get("letters"))
-            && let Err(why) = crate::data::synthetic::parse_letters(f.value.as_str().unwrap_or_default())
-        {
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::wrong-value",
-                    f.loc.unwrap_or(e.name_loc),
-                    format!("synthetic letters: {why}"),
-                    "not the suite's letters",
-                )
-                .help("letters are some of a to p, written together, e.g. letters=\"abcdef\""),
-            );
-        }
         let mut p = Proto::new("dataset", &e.name, Some(e.name_loc));
         self.paths(&mut p, &c);
         for r in &c.refs {
@@ -561,6 +516,7 @@ impl Lowerer<'_> {
         }
         self.hub(e, "dataset", &mut p);
         p.absorb(c);
+        self.review(e, &p);
         self.push(p, &e.name);
     }
 
@@ -789,7 +745,11 @@ impl Lowerer<'_> {
                 _ => {}
             }
             let methods_set: Vec<&str> = methods.clone();
-            let compare = e.block.str("compare").unwrap_or("phatgoose");
+            let compare = p
+                .params
+                .get("compare")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if first.as_ref().is_some_and(|(n, _)| *n == name) && !methods_set.contains(&compare) {
                 self.errors.push(
                     ManifestError::new(
@@ -920,106 +880,132 @@ impl Lowerer<'_> {
                 .push((format!("gate:{}", m.name), format!("gate:{}", m.name)));
         }
         let member_names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        let methods = self.catalog.methods();
         for f in e.block.list("methods") {
             let Some(s) = f.value.as_str() else { continue };
             let loc = f.loc.unwrap_or(e.name_loc);
-            match methods::parse(s) {
-                None => {
-                    let help = match did_you_mean(s, methods::METHODS.iter().copied()) {
-                        Some(d) => format!("did you mean \"{d}\"?"),
-                        None => format!("methods are {}, or expert:NAME", methods::METHODS.join(", ")),
+            if let Some(name) = s.strip_prefix("expert:") {
+                if !member_names.contains(&name) {
+                    let help = match did_you_mean(name, member_names.iter().copied()) {
+                        Some(d) => format!("did you mean \"expert:{d}\"?"),
+                        None => format!("pool \"{pool}\" has: {}", member_names.join(", ")),
                     };
                     self.errors.push(
                         ManifestError::new(
                             &self.manifest.sources,
-                            "manifest::unknown-method",
+                            "manifest::undefined-reference",
                             loc,
-                            format!("unknown method \"{s}\""),
-                            "not a method",
+                            format!("expert \"{name}\" is not in pool \"{pool}\""),
+                            "not a pool member",
                         )
                         .help(help),
                     );
                 }
-                Some(Method::Expert(name)) => {
-                    if !member_names.contains(&name.as_str()) {
-                        let help = match did_you_mean(&name, member_names.iter().copied()) {
-                            Some(d) => format!("did you mean \"expert:{d}\"?"),
-                            None => format!("pool \"{pool}\" has: {}", member_names.join(", ")),
+                continue;
+            }
+            let Some(method) = methods.iter().find(|m| m.name == s) else {
+                let names: Vec<&str> = methods.iter().map(|m| m.name).collect();
+                let help = match did_you_mean(s, names.iter().copied()) {
+                    Some(d) => format!("did you mean \"{d}\"?"),
+                    None => format!("methods are {}, or expert:NAME", names.join(", ")),
+                };
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::unknown-method",
+                        loc,
+                        format!("unknown method \"{s}\""),
+                        "not a method",
+                    )
+                    .help(help),
+                );
+                continue;
+            };
+            for kind in method.needs {
+                match self.catalog.needed(kind) {
+                    Some(Needed::PerMember {
+                        settings,
+                        data,
+                        expert,
+                        model: reads_model,
+                        embedder,
+                    }) => {
+                        // A named embedder is resolved (and hashed, or refused) once, for
+                        // every member's step and the eval's queries.
+                        let (spec, own) = embedder.map_or((String::new(), true), |(k, own)| {
+                            let spec = rstr(k).as_str().unwrap_or_default().to_string();
+                            let is_own = spec == own;
+                            (spec, is_own)
+                        });
+                        let external = if own {
+                            None
+                        } else {
+                            self.embedder(&spec, Some(e.name_loc))
                         };
+                        for m in &members {
+                            let mut a = Proto::new(kind, &m.name, Some(m.name_loc));
+                            for (param, setting) in settings {
+                                let v = if embedder.is_some_and(|(k, _)| k == *setting) {
+                                    rstr(setting)
+                                } else {
+                                    rint(setting)
+                                };
+                                a.params.insert((*param).into(), v);
+                            }
+                            let dataset = m.block.str("dataset").unwrap_or_default();
+                            if reads_model || (embedder.is_some() && own) {
+                                a.inputs.push(("model".into(), format!("model:{model}")));
+                            }
+                            if expert {
+                                a.inputs.push(("expert".into(), format!("expert:{}", m.name)));
+                            }
+                            let data = match data {
+                                MemberData::Tokens => self.tokens(dataset, &model),
+                                MemberData::Examples => format!("dataset:{dataset}"),
+                            };
+                            a.inputs.push(("data".into(), data));
+                            a.externals.extend(external.clone());
+                            let id = self.push(a, &e.name);
+                            v.inputs.push((format!("{kind}:{}", m.name), id));
+                        }
+                        v.externals.extend(external);
+                    }
+                    Some(Needed::Pooled) => {
+                        let mut a = Proto::new(kind, &pool, Some(e.name_loc));
+                        for g in ["lora", "train"] {
+                            if let Some(b) = self.manifest.default_groups.get(g) {
+                                let spec = self.schema.group(g).expect("schema group");
+                                let c = params::collect(self.schema, b, spec, None);
+                                a.params.insert(g.into(), Value::Map(c.keyed));
+                            }
+                        }
+                        a.inputs.push(("model".into(), format!("model:{model}")));
+                        let mut datasets: Vec<&str> =
+                            members.iter().filter_map(|m| m.block.str("dataset")).collect();
+                        datasets.sort();
+                        datasets.dedup();
+                        for d in datasets {
+                            let t = self.tokens(d, &model);
+                            a.inputs.push((format!("data:{d}"), t));
+                        }
+                        let id = self.push(a, &e.name);
+                        v.inputs.push(((*kind).into(), id));
+                    }
+                    None => {
                         self.errors.push(
                             ManifestError::new(
                                 &self.manifest.sources,
-                                "manifest::undefined-reference",
+                                "plan::unknown-step-kind",
                                 loc,
-                                format!("expert \"{name}\" is not in pool \"{pool}\""),
-                                "not a pool member",
+                                format!(
+                                    "method \"{s}\" needs step kind `{kind}`, which this build cannot lower"
+                                ),
+                                "needs it",
                             )
-                            .help(help),
+                            .help("upgrade goosepipe, or remove the method"),
                         );
                     }
                 }
-                Some(Method::Named("average-activation")) => {
-                    for m in &members {
-                        let mut a = Proto::new("average-activation", &m.name, Some(m.name_loc));
-                        a.params.insert("examples".into(), rint("activation-examples"));
-                        let data = self.tokens(m.block.str("dataset").unwrap_or_default(), &model);
-                        a.inputs = vec![
-                            ("model".into(), format!("model:{model}")),
-                            ("expert".into(), format!("expert:{}", m.name)),
-                            ("data".into(), data),
-                        ];
-                        let id = self.push(a, &e.name);
-                        v.inputs.push((format!("average-activation:{}", m.name), id));
-                    }
-                }
-                Some(Method::Named("retrieval")) => {
-                    // One embedder for the libraries and the queries: resolved (and
-                    // hashed, or refused) once. The base encoder is the `model` input.
-                    let spec = rstr("embedder").as_str().unwrap_or_default().to_string();
-                    let external = if spec == BASE_ENCODER {
-                        None
-                    } else {
-                        self.embedder(&spec, Some(e.name_loc))
-                    };
-                    for m in &members {
-                        let mut a = Proto::new("retrieval-index", &m.name, Some(m.name_loc));
-                        a.params.insert("examples".into(), rint("retrieval-examples"));
-                        a.params.insert("embedder".into(), rstr("embedder"));
-                        a.inputs = vec![(
-                            "data".into(),
-                            format!("dataset:{}", m.block.str("dataset").unwrap_or_default()),
-                        )];
-                        if spec == BASE_ENCODER {
-                            a.inputs.push(("model".into(), format!("model:{model}")));
-                        }
-                        a.externals.extend(external.clone());
-                        let id = self.push(a, &e.name);
-                        v.inputs.push((format!("retrieval-index:{}", m.name), id));
-                    }
-                    v.externals.extend(external);
-                }
-                Some(Method::Named("multitask")) => {
-                    let mut a = Proto::new("multitask", &pool, Some(e.name_loc));
-                    for g in ["lora", "train"] {
-                        if let Some(b) = self.manifest.default_groups.get(g) {
-                            let spec = self.schema.group(g).expect("schema group");
-                            let c = params::collect(self.schema, b, spec, None);
-                            a.params.insert(g.into(), Value::Map(c.keyed));
-                        }
-                    }
-                    a.inputs.push(("model".into(), format!("model:{model}")));
-                    let mut datasets: Vec<&str> =
-                        members.iter().filter_map(|m| m.block.str("dataset")).collect();
-                    datasets.sort();
-                    datasets.dedup();
-                    for d in datasets {
-                        let t = self.tokens(d, &model);
-                        a.inputs.push((format!("data:{d}"), t));
-                    }
-                    let id = self.push(a, &e.name);
-                    v.inputs.push(("multitask".into(), id));
-                }
-                Some(Method::Named(_)) => {}
             }
         }
         self.push(v, &e.name);
@@ -1039,4 +1025,16 @@ fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str)
         "keep data inside the folder of the manifest given on the command line (so a checkout carries what it \
          reads), or allow it for this pipeline: pipeline \"NAME\" allow-outside-paths=#true",
     )
+}
+
+/// Where the field at `path` ("group.prop", "group" or "prop") of a node is written.
+fn field_loc(block: &crate::manifest::Block, path: &str) -> Option<Loc> {
+    match path.split_once('.') {
+        Some((group, prop)) => block.group(group)?.props.get(prop)?.loc,
+        None => block
+            .props
+            .get(path)
+            .and_then(|f| f.loc)
+            .or_else(|| block.group(path).map(|g| g.loc)),
+    }
 }

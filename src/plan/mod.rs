@@ -3,9 +3,9 @@
 //! A step's key is a pure function of its ingredients (see [`key`]); the plan never
 //! downloads, never trains, and reads local files only to hash them.
 
+pub mod catalog;
 pub mod key;
 pub mod lower;
-pub mod methods;
 pub mod params;
 pub mod render;
 pub mod status;
@@ -17,15 +17,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::manifest::{Loc, Manifest, Origin, Value};
 use crate::store::StepSpec;
 
+pub use catalog::{Catalog, MemberData, MethodInfo, Needed, Review};
 pub use lower::build;
 pub use status::{Reason, State, Status};
-
-/// Implementation versions of the step kinds, supplied by whoever can run them (the
-/// steps layer in the product, a test double in engine tests). A version is part of
-/// every key of its kind, so a change of semantics invalidates exactly that kind.
-pub trait Catalog {
-    fn version(&self, kind: &str) -> Option<u32>;
-}
 
 #[derive(Debug, Clone)]
 pub struct Step {

@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
 
+use super::{Method, Pool};
 use crate::model::{AdapterSet, LoraExpert, ModelError, Result, Scoring};
+
+/// `goosepipe score`'s Arrow temperature: the manifest schema's default `routing arrow-temperature`.
+pub const DEFAULT_TEMPERATURE: f64 = 10.0;
 
 /// Power-iteration steps; B·A has rank <= r, so convergence is fast.
 const ITERATIONS: usize = 200;
@@ -36,7 +40,7 @@ pub fn arrow_vector(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 
 /// The `[N, d_in]` router embeddings per module, rows in expert-name order.
 pub fn embeddings(experts: &[LoraExpert]) -> Result<BTreeMap<String, Tensor>> {
-    let sorted = crate::model::pool::sorted_by_name(experts)?;
+    let sorted = crate::model::adapter::pool::sorted_by_name(experts)?;
     let mut emb = BTreeMap::new();
     for module in sorted[0].modules.keys() {
         let rows = sorted
@@ -61,6 +65,20 @@ pub fn adapters(experts: &[LoraExpert], top_k: usize, temperature: f64) -> Resul
         top_k.min(experts.len()),
         DType::F32,
     )
+}
+
+pub struct Arrow;
+
+impl Method for Arrow {
+    fn name(&self) -> &'static str {
+        "arrow"
+    }
+    fn routes_tokens(&self) -> bool {
+        true
+    }
+    fn adapters(&self, pool: &Pool) -> Result<AdapterSet> {
+        adapters(pool.experts, pool.top_k, pool.arrow_temperature)
+    }
 }
 
 #[cfg(test)]

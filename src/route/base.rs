@@ -1,7 +1,19 @@
 //! `base`: the frozen model with no expert, the floor every method must beat.
 
-use crate::model::AdapterSet;
+use super::{Method, Pool};
+use crate::model::{AdapterSet, Result};
 
 pub fn adapters() -> AdapterSet {
     AdapterSet::new()
+}
+
+pub struct Base;
+
+impl Method for Base {
+    fn name(&self) -> &'static str {
+        "base"
+    }
+    fn adapters(&self, _pool: &Pool) -> Result<AdapterSet> {
+        Ok(adapters())
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::{Method, Scoring};
+
 /// Per expert name, per task, the score of `expert:NAME`.
 pub type ExpertScores = BTreeMap<String, BTreeMap<String, f64>>;
 
@@ -17,6 +19,23 @@ pub fn pick(scores: &ExpertScores) -> Option<&str> {
 
 pub fn note(expert: &str) -> String {
     format!("expert \"{expert}\", the best mean over these tasks (picked with test labels)")
+}
+
+pub struct BestIndividual;
+
+impl Method for BestIndividual {
+    fn name(&self) -> &'static str {
+        "best-individual"
+    }
+    fn scoring(&self) -> Scoring {
+        Scoring::FromSingles
+    }
+    fn note(&self, singles: &ExpertScores) -> Option<String> {
+        pick(singles).map(note)
+    }
+    fn pick<'a>(&self, singles: &'a ExpertScores, _task: &str) -> Option<&'a str> {
+        pick(singles)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use candle_core::DType;
 
+use super::best_individual::ExpertScores;
+use super::{Method, Pool};
 use crate::model::{AdapterSet, LoraExpert, MixWeights, Result};
 
 pub const NOTE: &str =
@@ -16,4 +18,18 @@ pub fn adapters(experts: &[LoraExpert]) -> Result<AdapterSet> {
         MixWeights::Shared(vec![1.0 / n as f64; experts.len()]),
         DType::F32,
     )
+}
+
+pub struct Merged;
+
+impl Method for Merged {
+    fn name(&self) -> &'static str {
+        "merged"
+    }
+    fn note(&self, _singles: &ExpertScores) -> Option<String> {
+        Some(NOTE.into())
+    }
+    fn adapters(&self, pool: &Pool) -> Result<AdapterSet> {
+        adapters(pool.experts)
+    }
 }

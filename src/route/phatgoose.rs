@@ -5,9 +5,24 @@
 
 use candle_core::DType;
 
+use super::{Method, Pool};
 use crate::model::{AdapterSet, GateVectors, LoraExpert, Result};
 
 /// `gates` are matched to `experts` by name; `top_k` is capped at the pool size.
 pub fn adapters(experts: &[LoraExpert], gates: &[GateVectors], top_k: usize) -> Result<AdapterSet> {
     AdapterSet::phatgoose(experts, gates, top_k.min(experts.len()), DType::F32)
+}
+
+pub struct Phatgoose;
+
+impl Method for Phatgoose {
+    fn name(&self) -> &'static str {
+        "phatgoose"
+    }
+    fn routes_tokens(&self) -> bool {
+        true
+    }
+    fn adapters(&self, pool: &Pool) -> Result<AdapterSet> {
+        adapters(pool.experts, pool.gates, pool.top_k)
+    }
 }

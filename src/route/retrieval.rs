@@ -5,6 +5,8 @@
 
 use candle_core::{D, DType, Tensor};
 
+use super::best_individual::ExpertScores;
+use super::{Method, Scoring};
 use crate::model::{ModelError, Result};
 
 /// The routing record's one row for retrieval: the same expert on every module,
@@ -45,4 +47,21 @@ pub fn pick_experts(queries: &Tensor, libraries: &[Tensor]) -> Result<Vec<usize>
         }
     }
     Ok(best.into_iter().map(|(z, _)| z).collect())
+}
+
+pub struct Retrieval;
+
+impl Method for Retrieval {
+    fn name(&self) -> &'static str {
+        "retrieval"
+    }
+    fn scoring(&self) -> Scoring {
+        Scoring::PerExample
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["retrieval-index"]
+    }
+    fn note(&self, _singles: &ExpertScores) -> Option<String> {
+        Some(NOTE.into())
+    }
 }

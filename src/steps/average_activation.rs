@@ -23,17 +23,43 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{device, fail, load_base};
 use super::expert::load_expert;
 use crate::data::tokens::TokenPair;
-use crate::exec::{StepContext, StepError, StepRunner};
+use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::{ActivationLog, AdapterSet, GateVectors, LoraExpert, Seq2SeqBatch, T5Model};
+use crate::plan::{MemberData, Needed};
 use crate::train::Pair;
 
-pub const EMBEDDINGS_FILE: &str = "embeddings.safetensors";
+pub use crate::artifact_files::EMBEDDINGS_FILE;
 /// The paper's input length limit.
 const MAX_LEN: usize = 512;
 /// The paper's generation limit while collecting activations.
 pub const GEN_TOKENS: usize = 20;
 const BATCH: usize = 8;
 const SEED: u64 = 42;
+
+/// Forward passes of the base with one LoRA over its training inputs, one step per
+/// pool member for the methods that need it.
+pub const KIND: Kind = Kind {
+    needed: Some(Needed::PerMember {
+        settings: &[("examples", "activation-examples")],
+        data: MemberData::Tokens,
+        expert: true,
+        model: true,
+        embedder: None,
+    }),
+    ..Kind::new(
+        "average-activation",
+        3,
+        5,
+        JobDefaults::new(1, 4, "32G", "2:00:00"),
+    )
+};
+
+/// The parameter of a per-member step an eval lowers with an example count
+/// (`routing activation-examples` / `retrieval-examples`).
+#[derive(Debug, serde::Deserialize)]
+pub struct ExamplesParam {
+    pub examples: usize,
+}
 
 pub struct AverageActivationStep;
 
@@ -115,13 +141,10 @@ impl StepRunner for AverageActivationStep {
     fn kind(&self) -> &'static str {
         "average-activation"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
-        let n = ctx.param("examples").and_then(|v| v.as_u64()).unwrap_or(1000) as usize;
+        let n = ctx.params::<ExamplesParam>()?.examples;
         let expert = load_expert(ctx, "expert", &ctx.spec.name, &base)?;
         let eos = base.config().eos_token_id;
         let (train, _) = super::tokenize::read_tokens(ctx.input("data")?)?;
@@ -156,7 +179,7 @@ impl StepRunner for AverageActivationStep {
         };
         g.save(&ctx.out.join(EMBEDDINGS_FILE)).map_err(fail)?;
         std::fs::write(
-            ctx.out.join("summary.json"),
+            ctx.out.join(crate::artifact_files::SUMMARY_JSON),
             serde_json::to_vec_pretty(&serde_json::json!({"examples": pairs.len()})).expect("json"),
         )?;
         Ok(())

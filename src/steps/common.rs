@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::dataset::{EXAMPLES, TRAIN, VALIDATION};
+use crate::artifact_files::{EXAMPLES, TRAIN, VALIDATION};
 use crate::data::{Example, read_jsonl};
 use crate::exec::{InputArtifact, StepContext, StepError};
 use crate::model::{T5Config, T5Model};
@@ -24,7 +24,7 @@ pub struct ModelPointer {
     pub commit: Option<String>,
 }
 
-pub const MODEL_JSON: &str = "model.json";
+pub use crate::artifact_files::MODEL_JSON;
 
 pub fn fail(e: impl std::fmt::Display) -> StepError {
     StepError::msg(e.to_string())
@@ -50,7 +50,7 @@ pub fn download_report<'a>(ctx: &'a StepContext<'_>) -> impl Fn(&str, u64, u64) 
 }
 
 pub fn device(ctx: &StepContext) -> Result<Device, StepError> {
-    crate::model::score::parse_device(ctx.device).map_err(fail)
+    crate::model::device::parse_device(ctx.device).map_err(fail)
 }
 
 /// The folder holding config.json, weights and tokenizer.json of a model artifact.
@@ -88,7 +88,8 @@ impl Base {
 pub fn load_base(ctx: &StepContext, device: &Device) -> Result<Base, StepError> {
     let dir = model_dir(ctx.input("model")?)?;
     let model = T5Model::load(&dir, device, DType::F32).map_err(fail)?;
-    let tokenizer = crate::model::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
+    let tokenizer =
+        crate::model::checkpoint::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
     Ok(Base {
         dir,
         model,
@@ -158,6 +159,6 @@ pub fn write_metrics(out: &Path, metrics: &[serde_json::Value]) -> Result<(), St
         s.push_str(&m.to_string());
         s.push('\n');
     }
-    std::fs::write(out.join("metrics.jsonl"), s)?;
+    std::fs::write(out.join(crate::artifact_files::METRICS_JSONL), s)?;
     Ok(())
 }

@@ -17,17 +17,42 @@ use rayon::prelude::*;
 use crate::data::local::{Fields, map_rows, read_jsonl_mapped};
 use crate::data::promptsource::{self, Renderer, Selection};
 use crate::data::rows::{Row, read_rows};
-use crate::data::{Example, bigbench, hub, synthetic, write_jsonl};
-use crate::exec::{StepContext, StepError, StepRunner};
-use crate::model::hub::HubOptions;
+use crate::data::{Example, bigbench, synthetic, write_jsonl};
+use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
+use crate::hub::{HubOptions, dataset as hub};
+use crate::plan::Review;
 use crate::store::External;
+
+/// Rendering up to 500,000 templated pairs is CPU work.
+pub const KIND: Kind = Kind {
+    review: review_letters,
+    ..Kind::new("dataset", 2, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
+};
+
+/// A synthetic dataset's `letters=` must name letters of the suite.
+fn review_letters(_name: &str, params: &serde_json::Value) -> Vec<Review> {
+    let Some(letters) = params.pointer("/synthetic/letters").and_then(|v| v.as_str()) else {
+        return vec![];
+    };
+    match synthetic::parse_letters(letters) {
+        Ok(_) => vec![],
+        Err(why) => vec![Review {
+            at: "synthetic.letters".into(),
+            code: "manifest::wrong-value",
+            message: format!("synthetic letters: {why}"),
+            label: "not the suite's letters".into(),
+            help: "letters are some of a to p, written together, e.g. letters=\"abcdef\"".into(),
+            warning: false,
+        }],
+    }
+}
 
 pub struct DatasetStep;
 
-pub const EXAMPLES: &str = "examples.jsonl";
-pub const TRAIN: &str = "train.jsonl";
-pub const VALIDATION: &str = "validation.jsonl";
-pub const DATA_JSON: &str = "data.json";
+pub use crate::artifact_files::DATA_JSON;
+pub use crate::artifact_files::EXAMPLES;
+pub use crate::artifact_files::TRAIN;
+pub use crate::artifact_files::VALIDATION;
 
 fn p_str<'a>(ctx: &'a StepContext, k: &str) -> Option<&'a str> {
     ctx.param(k).and_then(|v| v.as_str())
@@ -288,9 +313,6 @@ fn task_json(path: &str) -> PathBuf {
 impl StepRunner for DatasetStep {
     fn kind(&self) -> &'static str {
         "dataset"
-    }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let split = p_str(ctx, "split").unwrap_or("train");

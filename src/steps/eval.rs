@@ -16,20 +16,25 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{Base, device, encode, encode_choices, fail, load_base};
 use super::dataset::EXAMPLES;
 use super::expert::{GATES_FILE, load_expert};
-use super::retrieval_index::{DEFAULT_EMBEDDER, LIBRARY_FILE, embed_examples, load_embedder, load_library};
+use super::retrieval_index::{LIBRARY_FILE, embed_examples, load_embedder, load_library};
 use crate::data::{Example, read_jsonl};
 use crate::eval::Results;
 use crate::eval::metrics::{exact_match, rouge_l};
 use crate::eval::routing_quality::RoutingQuality;
-use crate::exec::{StepContext, StepError, StepRunner};
+use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::adapter::ModuleRouting;
 use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, predict};
-use crate::route;
+use crate::route::{self, Chosen, Scoring};
 
-pub struct EvalStep;
+/// Every method over every task: a GPU job of hours at the paper's scale.
+pub const KIND: Kind = Kind::new("eval", 10, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
-/// method -> task -> every example's score, in the task's example order.
-pub const PER_EXAMPLE_JSON: &str = "per-example.json";
+pub struct EvalStep {
+    /// The methods it can run (`route::METHODS` in the product).
+    pub methods: Vec<&'static dyn route::Method>,
+}
+
+pub use crate::artifact_files::PER_EXAMPLE_JSON;
 
 /// Per task, per module: the experts a method chose (saved as routing.json).
 type TaskRouting = BTreeMap<String, BTreeMap<String, ModuleRouting>>;
@@ -165,6 +170,37 @@ fn mean(per_example: &[f64]) -> f64 {
     per_example.iter().sum::<f64>() / per_example.len().max(1) as f64
 }
 
+/// An eval step's parameters (the schema's `eval` node, defaults filled).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct EvalParams {
+    batch: usize,
+    max_examples: Option<usize>,
+    seed: u64,
+    methods: Vec<String>,
+    /// Per task name (its dataset is the `task:NAME` input).
+    #[serde(default)]
+    task: BTreeMap<String, TaskParams>,
+    routing: RoutingParams,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct TaskParams {
+    metric: String,
+    max_new_tokens: usize,
+    /// The pool member that owns the task, when known.
+    expert: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RoutingParams {
+    top_k: usize,
+    arrow_temperature: f64,
+    embedder: String,
+}
+
 /// Retrieval: each example goes to the expert whose library holds its nearest
 /// neighbour (top-1 one-hot on every module). Examples are grouped by expert and
 /// each group is scored with that expert's LoRA alone, which is the same thing.
@@ -175,11 +211,7 @@ struct Retrieval {
 
 impl Retrieval {
     fn load(ctx: &StepContext, base: &Base, experts: &[LoraExpert]) -> Result<Retrieval, StepError> {
-        let spec = ctx
-            .param("routing.embedder")
-            .and_then(|v| v.as_str())
-            .unwrap_or(DEFAULT_EMBEDDER)
-            .to_string();
+        let spec = ctx.params::<EvalParams>()?.routing.embedder;
         let embedder = load_embedder(ctx, &spec, base.model.device())?;
         // `experts` are in name order, and so are the libraries.
         let libraries = experts
@@ -306,48 +338,46 @@ struct Members<'a> {
     gates: &'a [GateVectors],
 }
 
-/// What the model runs with for method `m` (every method but retrieval, which picks
-/// one expert per example).
+/// What the model runs with for method `m` (every method that runs with adapters):
+/// the outputs of the steps it needs are loaded first.
 fn adapters_for(
     ctx: &StepContext,
-    m: &str,
+    m: Chosen,
     base: &Base,
     pool: &Members,
     top_k: usize,
     temperature: f64,
 ) -> Result<AdapterSet, StepError> {
-    let experts = pool.experts;
-    Ok(match m {
-        "base" => route::base::adapters(),
-        "phatgoose" => route::phatgoose::adapters(experts, pool.gates, top_k).map_err(fail)?,
-        "merged" => route::merged::adapters(experts).map_err(fail)?,
-        "arrow" => route::arrow::adapters(experts, top_k, temperature).map_err(fail)?,
-        "average-activation" => {
-            let vectors = load_vectors(
-                ctx,
-                "average-activation",
-                super::average_activation::EMBEDDINGS_FILE,
-                pool.names,
-                base,
-            )?;
-            route::average_activation::adapters(experts, &vectors, top_k).map_err(fail)?
-        }
-        "multitask" => {
-            let inp = ctx.input("multitask")?;
-            let e = LoraExpert::load(
-                &inp.files.join(super::expert::EXPERT_FILE),
-                base.config(),
-                base.model.device(),
-                DType::F32,
-            )
-            .map_err(fail)?;
-            route::multitask::adapters(&e)
-        }
-        e if e.starts_with("expert:") => {
-            route::expert::adapters(experts, &e["expert:".len()..]).map_err(fail)?
-        }
-        other => return Err(fail(format!("unknown method `{other}`"))),
-    })
+    let method = match m {
+        Chosen::Expert(name) => return route::expert::adapters(pool.experts, name).map_err(fail),
+        Chosen::Listed(method) => method,
+    };
+    // The folders of the steps it needs: one per member (`KIND:NAME`), or one (`KIND`).
+    let mut needed = BTreeMap::new();
+    for kind in method.needs() {
+        let per_member: Vec<std::path::PathBuf> = pool
+            .names
+            .iter()
+            .filter_map(|n| ctx.input(&format!("{kind}:{n}")).ok().map(|i| i.files.clone()))
+            .collect();
+        let dirs = if !per_member.is_empty() && per_member.len() == pool.names.len() {
+            per_member
+        } else {
+            vec![ctx.input(kind)?.files.clone()]
+        };
+        needed.insert(kind.to_string(), dirs);
+    }
+    method
+        .adapters(&route::Pool {
+            experts: pool.experts,
+            gates: pool.gates,
+            needed: &needed,
+            config: base.config(),
+            device: base.model.device(),
+            top_k,
+            arrow_temperature: temperature,
+        })
+        .map_err(fail)
 }
 
 /// The owners' share of each routed method's routing, and how alike the gates are.
@@ -388,45 +418,24 @@ impl StepRunner for EvalStep {
     fn kind(&self) -> &'static str {
         "eval"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
-        let batch = ctx.param("batch").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
-        let cap = ctx
-            .param("max-examples")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize);
-        let seed = ctx.param("seed").and_then(|v| v.as_u64()).unwrap_or(42);
-        let top_k = ctx.param("routing.top-k").and_then(|v| v.as_u64()).unwrap_or(2) as usize;
-        let temperature = ctx
-            .param("routing.arrow-temperature")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(10.0);
-        let methods: Vec<String> = ctx
-            .param("methods")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
+        let params: EvalParams = ctx.params()?;
+        let (batch, seed) = (params.batch, params.seed);
+        let (top_k, temperature) = (params.routing.top_k, params.routing.arrow_temperature);
+        let methods = params.methods;
         let mut tasks = vec![];
-        if let Some(t) = ctx.param("task").and_then(|v| v.as_object()) {
-            for (name, p) in t {
-                let data = ctx.input(&format!("task:{name}"))?;
-                let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
-                tasks.push(Task {
-                    name: name.clone(),
-                    metric: p
-                        .get("metric")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("rank-classification")
-                        .to_string(),
-                    max_new_tokens: p.get("max-new-tokens").and_then(|v| v.as_u64()).unwrap_or(64) as usize,
-                    owner: p.get("expert").and_then(|v| v.as_str()).map(str::to_string),
-                    examples: sample(ex, cap, seed),
-                });
-            }
+        for (name, p) in params.task {
+            let data = ctx.input(&format!("task:{name}"))?;
+            let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
+            tasks.push(Task {
+                name,
+                metric: p.metric,
+                max_new_tokens: p.max_new_tokens,
+                owner: p.expert,
+                examples: sample(ex, params.max_examples, seed),
+            });
         }
         // The pool's members, in name order.
         let mut names: Vec<String> = ctx
@@ -439,12 +448,24 @@ impl StepRunner for EvalStep {
             .map(|n| load_expert(ctx, &format!("expert:{n}"), n, &base))
             .collect::<Result<_, _>>()?;
         let gates = load_vectors(ctx, "gate", GATES_FILE, &names, &base)?;
-        let needs_all = methods.iter().any(|m| m == "best-individual" || m == "oracle");
+        // Every method as the manifest named it (the planner checked the names).
+        let chosen: BTreeMap<&str, Chosen> = methods
+            .iter()
+            .map(|m| {
+                route::parse(&self.methods, m)
+                    .map(|c| (m.as_str(), c))
+                    .ok_or_else(|| fail(format!("unknown method `{m}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let scoring = |m: &str| match chosen.get(m) {
+            Some(Chosen::Listed(x)) => x.scoring(),
+            _ => Scoring::Adapters,
+        };
+        let needs_all = methods.iter().any(|m| scoring(m) == Scoring::FromSingles);
         let mut plan: Vec<String> = vec![];
         for m in &methods {
-            match m.as_str() {
-                "best-individual" | "oracle" => {}
-                other => plan.push(other.to_string()),
+            if scoring(m) != Scoring::FromSingles {
+                plan.push(m.clone());
             }
         }
         if needs_all {
@@ -491,7 +512,7 @@ impl StepRunner for EvalStep {
                     continue;
                 }
                 ctx.cancel.check()?;
-                let (score, routed) = if m == "retrieval" {
+                let (score, routed) = if scoring(m) == Scoring::PerExample {
                     if retrieval.is_none() {
                         retrieval = Some(Retrieval::load(ctx, &base, &experts)?);
                     }
@@ -505,13 +526,19 @@ impl StepRunner for EvalStep {
                             experts: &experts,
                             gates: &gates,
                         };
-                        let set = adapters_for(ctx, m, &base, &pool, top_k, temperature)?;
+                        let c = match chosen.get(m.as_str()) {
+                            Some(c) => *c,
+                            // `expert:NAME` rows added for best-individual and oracle.
+                            None => route::parse(&self.methods, m)
+                                .ok_or_else(|| fail(format!("unknown method `{m}`")))?,
+                        };
+                        let set = adapters_for(ctx, c, &base, &pool, top_k, temperature)?;
                         base.model.set_adapters(set).map_err(fail)?;
                         prepared = true;
                     }
                     // Token-level routers: record which experts each module picks, per
                     // task, for the routing analysis (report and `report --plots`).
-                    if route::routes_tokens(m) {
+                    if route::parse(&self.methods, m).is_some_and(|c| c.routes_tokens()) {
                         base.model
                             .start_routing_log_marked(false, distinct.get(&t.name).cloned());
                     }
@@ -539,7 +566,7 @@ impl StepRunner for EvalStep {
             let avg: f64 =
                 scores.get(m).map(|s| s.values().sum::<f64>()).unwrap_or(0.0) / tasks.len().max(1) as f64;
             ctx.progress.log(&format!("{m}: mean {:.1}", avg * 100.0));
-            if m == "retrieval"
+            if scoring(m) == Scoring::PerExample
                 && let Some(r) = routing.get(m)
             {
                 let mut counts = vec![0u64; experts.len()];
@@ -575,15 +602,16 @@ impl StepRunner for EvalStep {
             .iter()
             .filter_map(|n| Some((n.clone(), scores.get(&format!("expert:{n}"))?.clone())))
             .collect();
-        let best = needs_all
-            .then(|| route::best_individual::pick(&singles))
-            .flatten();
+        // The single expert standing for a method on a task.
+        let picked = |m: &str, task: &str| match chosen.get(m) {
+            Some(Chosen::Listed(x)) if x.scoring() == Scoring::FromSingles => x.pick(&singles, task),
+            _ => None,
+        };
         for t in &tasks {
             let row = results.scores.entry(t.name.clone()).or_default();
             for m in &methods {
-                let v = match m.as_str() {
-                    "best-individual" => best.and_then(|n| singles[n].get(&t.name).copied()),
-                    "oracle" => route::oracle::score(&singles, &t.name),
+                let v = match scoring(m) {
+                    Scoring::FromSingles => picked(m, &t.name).and_then(|n| singles[n].get(&t.name).copied()),
                     _ => scores.get(m).and_then(|s| s.get(&t.name)).copied(),
                 };
                 if let Some(v) = v {
@@ -592,20 +620,23 @@ impl StepRunner for EvalStep {
             }
         }
         for m in &methods {
-            let note = match m.as_str() {
-                "best-individual" => best.map(route::best_individual::note),
-                other => route::note(other).map(str::to_string),
+            let note = match chosen.get(m.as_str()) {
+                Some(Chosen::Listed(x)) => x.note(&singles),
+                _ => None,
             };
             if let Some(note) = note {
                 results.notes.insert(m.clone(), note);
             }
         }
         std::fs::write(
-            ctx.out.join("results.json"),
+            ctx.out.join(crate::artifact_files::RESULTS_JSON),
             serde_json::to_vec_pretty(&results).expect("json"),
         )?;
-        std::fs::write(ctx.out.join("results.md"), results.markdown())?;
-        std::fs::write(ctx.out.join("results.csv"), results.csv())?;
+        std::fs::write(
+            ctx.out.join(crate::artifact_files::RESULTS_MD),
+            results.markdown(),
+        )?;
+        std::fs::write(ctx.out.join(crate::artifact_files::RESULTS_CSV), results.csv())?;
         if !routing.is_empty() {
             std::fs::write(
                 ctx.out.join(crate::eval::plots::ROUTING_JSON),
@@ -616,11 +647,7 @@ impl StepRunner for EvalStep {
         // are the chosen single experts' rows.
         for m in &methods {
             for t in &tasks {
-                let source = match m.as_str() {
-                    "best-individual" => best.map(|n| format!("expert:{n}")),
-                    "oracle" => route::oracle::pick(&singles, &t.name).map(|n| format!("expert:{n}")),
-                    _ => None,
-                };
+                let source = picked(m, &t.name).map(|n| format!("expert:{n}"));
                 if let Some(rows) = source.and_then(|src| examples.get(&src)?.get(&t.name).cloned()) {
                     examples
                         .entry(m.clone())

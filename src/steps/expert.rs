@@ -10,13 +10,16 @@ use candle_nn::VarMap;
 
 use super::common::{Base, CtxMonitor, device, fail, load_base, train_err, write_metrics};
 use crate::data::tokens::TokenChoices;
-use crate::exec::{StepContext, StepError, StepRunner};
-use crate::model::trainable::{gates_from, lora_expert_from, new_trainable_gates, new_trainable_lora};
+use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
+use crate::model::adapter::trainable::{
+    gates_from, lora_expert_from, new_trainable_gates, new_trainable_lora,
+};
 use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
+use crate::plan::Needed;
 use crate::train::{Objective, Pair, TrainConfig, train};
 
-pub const EXPERT_FILE: &str = "expert.safetensors";
-pub const GATES_FILE: &str = "gates.safetensors";
+pub use crate::artifact_files::EXPERT_FILE;
+pub use crate::artifact_files::GATES_FILE;
 
 /// The loss of the (adapted) model on a batch of pairs, and the validation metric of
 /// its data: rank-classification accuracy for examples with answer choices, exact
@@ -201,10 +204,37 @@ fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<()
     // Not whether it was resumed: a resumed run must produce the same bytes.
     let s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val});
     std::fs::write(
-        ctx.out.join("summary.json"),
+        ctx.out.join(crate::artifact_files::SUMMARY_JSON),
         serde_json::to_vec_pretty(&s).expect("json"),
     )?;
     Ok(())
+}
+
+/// One LoRA per expert: a GPU job of hours.
+pub const EXPERT: Kind = Kind::new("expert", 5, 3, JobDefaults::new(1, 4, "32G", "8:00:00"));
+/// The gate vectors of one expert, everything else frozen.
+pub const GATE: Kind = Kind::new("gate", 5, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
+/// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
+pub const MULTITASK: Kind = Kind {
+    needed: Some(Needed::Pooled),
+    ..Kind::new("multitask", 5, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
+};
+/// A pool's member list.
+pub const POOL: Kind = Kind::new("pool", 1, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
+
+/// An expert or multitask step's adapter parameters (its `lora` group; the
+/// `train` group is read by [`TrainConfig::from_params`]).
+#[derive(Debug, serde::Deserialize)]
+struct ExpertParams {
+    lora: LoraParams,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoraParams {
+    rank: usize,
+    /// Which adapted linears get a LoRA (all when empty).
+    #[serde(default)]
+    targets: Vec<String>,
 }
 
 /// `expert` trains one LoRA on one dataset; `multitask` trains one LoRA on the union
@@ -218,19 +248,11 @@ impl StepRunner for ExpertStep {
     fn kind(&self) -> &'static str {
         self.kind
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
         let cfg = cfg_of(ctx, "train")?;
-        let rank = ctx.param("lora.rank").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
-        let targets: Vec<String> = ctx
-            .param("lora.targets")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
+        let LoraParams { rank, targets } = ctx.params::<ExpertParams>()?.lora;
         let varmap = VarMap::new();
         let adapters = new_trainable_lora(
             base.config(),
@@ -270,9 +292,6 @@ impl StepRunner for GateStep {
     fn kind(&self) -> &'static str {
         "gate"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
@@ -299,9 +318,6 @@ impl StepRunner for PoolStep {
     fn kind(&self) -> &'static str {
         "pool"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let mut members = vec![];
         for inp in ctx.inputs_with_prefix("expert:") {
@@ -311,7 +327,7 @@ impl StepRunner for PoolStep {
         }
         let doc = serde_json::json!({"pool": ctx.spec.name, "members": members});
         std::fs::write(
-            ctx.out.join("pool.json"),
+            ctx.out.join(crate::artifact_files::POOL_JSON),
             serde_json::to_vec_pretty(&doc).expect("json"),
         )?;
         Ok(())

@@ -1,7 +1,9 @@
 //! Step kinds: the only layer that knows both the pipeline and the ML.
 //!
-//! Each kind has an implementation version that enters every key of that kind: bump
-//! it whenever the same inputs would produce different bytes.
+//! A step kind is one file: its runner and its [`Kind`] declaration (implementation
+//! version, which enters every key of the kind: bump it whenever the same inputs
+//! would produce different bytes; its place in the pipeline; its Slurm defaults; how
+//! an eval lowers it when a method needs it), plus its schema entry.
 
 pub mod average_activation;
 pub mod common;
@@ -15,40 +17,48 @@ pub mod tokenize;
 
 use std::sync::Arc;
 
-use crate::exec::Registry;
+use crate::exec::{Kind, Registry};
+use crate::plan::MethodInfo;
+use crate::route::Method;
 
-/// Every step kind the planner emits, with its implementation version.
-pub const VERSIONS: &[(&str, u32)] = &[
-    ("model", 3),
-    ("dataset", 2),
-    ("tokenize", 2),
-    ("expert", 5),
-    ("gate", 5),
-    ("pool", 1),
-    ("average-activation", 3),
-    ("retrieval-index", 1),
-    ("multitask", 5),
-    ("eval", 10),
-    ("study", 1),
+/// Every step kind the planner emits, each declared beside its runner.
+pub const KINDS: &[Kind] = &[
+    model::KIND,
+    dataset::KIND,
+    tokenize::KIND,
+    expert::EXPERT,
+    expert::GATE,
+    average_activation::KIND,
+    retrieval_index::KIND,
+    expert::MULTITASK,
+    expert::POOL,
+    eval::KIND,
+    study::KIND,
 ];
 
-/// The implementation version of a kind (0 for a kind this build does not know,
-/// which no plan ever asks for).
-pub fn version_of(kind: &str) -> u32 {
-    VERSIONS
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, v)| *v)
-        .unwrap_or(0)
+/// Evaluation methods as the planner sees them.
+pub fn methods(list: &[&'static dyn Method]) -> Vec<MethodInfo> {
+    list.iter()
+        .map(|m| MethodInfo {
+            name: m.name(),
+            needs: m.needs(),
+        })
+        .collect()
 }
 
 /// The product's registry: every kind declared (so any manifest can be planned),
-/// with the runners this build implements.
+/// with its runner, and the evaluation methods of `route::METHODS`.
 pub fn registry() -> Registry {
+    registry_with_methods(crate::route::METHODS)
+}
+
+/// The product's registry with these evaluation methods (a test adds its own).
+pub fn registry_with_methods(list: &[&'static dyn Method]) -> Registry {
     let mut r = Registry::new();
-    for (kind, version) in VERSIONS {
-        r.declare(kind, *version);
+    for kind in KINDS {
+        r.declare(*kind);
     }
+    r.set_methods(methods(list));
     r.register(Arc::new(dataset::DatasetStep));
     r.register(Arc::new(model::ModelStep));
     r.register(Arc::new(tokenize::TokenizeStep));
@@ -58,7 +68,9 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expert::PoolStep));
     r.register(Arc::new(average_activation::AverageActivationStep));
     r.register(Arc::new(retrieval_index::RetrievalIndexStep));
-    r.register(Arc::new(eval::EvalStep));
+    r.register(Arc::new(eval::EvalStep {
+        methods: list.to_vec(),
+    }));
     r.register(Arc::new(study::StudyStep));
     r
 }

@@ -16,11 +16,62 @@ use rand_chacha::ChaCha8Rng;
 
 use super::common::{CtxMonitor, MODEL_JSON, ModelPointer, fail, train_err, write_metrics};
 use crate::data::tokenizer::{save as save_tokenizer, sentinel, train_word_level};
-use crate::exec::{StepContext, StepError, StepRunner};
-use crate::model::hub::{HubOptions, resolve_model_reporting};
+use crate::exec::{JobDefaults, JobResources, Kind, StepContext, StepError, StepRunner};
+use crate::hub::{HubOptions, resolve_model_reporting};
 use crate::model::{FeedForward, Seq2SeqBatch, T5Config, T5Model, T5Weights, TensorStore};
+use crate::plan::Review;
 use crate::store::External;
 use crate::train::{Objective, Pair, Schedule, TrainConfig, train};
+
+/// A hub or local model step only records a pointer; one with `init` pretrains.
+pub const KIND: Kind = Kind {
+    resources: JobResources::ByParams(|p| {
+        if pretrains(p) {
+            JobDefaults::new(1, 4, "32G", "8:00:00")
+        } else {
+            JobDefaults::new(0, 2, "4G", "2:00:00")
+        }
+    }),
+    review: review_size,
+    ..Kind::new("model", 3, 0, JobDefaults::OTHER)
+};
+
+fn pretrains(params: &serde_json::Value) -> bool {
+    params.get("init").is_some_and(|v| !v.is_null())
+}
+
+/// Warns when a model the pipeline builds cannot be trained in this machine's memory
+/// (its step refuses it then, instead of aborting in the allocator).
+fn review_size(name: &str, params: &serde_json::Value) -> Vec<Review> {
+    if !pretrains(params) {
+        return vec![];
+    }
+    let int = |k: &str| params["init"].get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let mut cfg = T5Config::tiny_v1_1(int("vocab") + 100, int("d-model"), int("layers"));
+    cfg.d_ff = int("d-ff");
+    cfg.d_kv = int("d-kv");
+    cfg.num_heads = int("heads");
+    let (Some(total), need) = (crate::process::alloc::memory_total(), cfg.training_bytes()) else {
+        return vec![];
+    };
+    if need <= total as u128 {
+        return vec![];
+    }
+    let size = |b: u128| crate::store::fsutil::human_size(b.min(u64::MAX as u128) as u64);
+    vec![Review {
+        at: "init".into(),
+        code: "plan::model-too-large",
+        message: format!(
+            "model \"{name}\" has about {} parameters: pretraining it needs at least {} (weights, gradients, AdamW moments), more than this machine's {}",
+            cfg.parameter_count(),
+            size(need),
+            size(total as u128)
+        ),
+        label: "this size".into(),
+        help: "its model step will refuse to start here; lower d-model, d-ff, layers or vocab, or run it where memory suffices".into(),
+        warning: true,
+    }]
+}
 
 pub struct ModelStep;
 
@@ -30,9 +81,6 @@ const SENTINELS: usize = 16;
 impl StepRunner for ModelStep {
     fn kind(&self) -> &'static str {
         "model"
-    }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let pointer = |p: &ModelPointer| -> Result<(), StepError> {
@@ -217,7 +265,7 @@ fn init_and_pretrain(
         cfg.d_model, cfg.num_layers, cfg.feed_forward
     ));
     // Refuse a model this machine cannot hold instead of aborting in the allocator.
-    if let Some(total) = crate::model::alloc::memory_total()
+    if let Some(total) = crate::process::alloc::memory_total()
         && cfg.training_bytes() > total as u128
     {
         return Err(fail(format!(

@@ -17,17 +17,30 @@ use rand_chacha::ChaCha8Rng;
 
 use super::common::{device, examples, fail};
 use crate::data::Example;
-use crate::exec::{StepContext, StepError, StepRunner};
-use crate::model::encoder_embedder::EncoderEmbedder;
-use crate::model::hub::HubOptions;
-use crate::model::sentence::{SentenceEmbedder, resolve_embedder};
+use crate::embed::base_encoder::EncoderEmbedder;
+use crate::embed::sentence::{SentenceEmbedder, resolve_embedder};
+use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
+use crate::hub::HubOptions;
+use crate::plan::{MemberData, Needed};
 use crate::route::retrieval::BASE_ENCODER;
 use crate::store::External;
 
-pub const LIBRARY_FILE: &str = "library.safetensors";
+pub use crate::artifact_files::LIBRARY_FILE;
 pub const DEFAULT_EMBEDDER: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const SEED: u64 = 42;
 const BATCH: usize = 32;
+
+/// A sentence embedder over one member's training examples: small enough for CPUs.
+pub const KIND: Kind = Kind {
+    needed: Some(Needed::PerMember {
+        settings: &[("examples", "retrieval-examples"), ("embedder", "embedder")],
+        data: MemberData::Examples,
+        expert: false,
+        model: false,
+        embedder: Some(("embedder", BASE_ENCODER)),
+    }),
+    ..Kind::new("retrieval-index", 1, 6, JobDefaults::new(0, 4, "8G", "1:00:00"))
+};
 
 pub struct RetrievalIndexStep;
 
@@ -80,7 +93,7 @@ pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Embe
         Some(ext @ External::Hub { repo, revision, .. }) => {
             let name = ext.lock_name();
             let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
-            let dir = crate::model::hub::resolve_model(repo, &rev, &HubOptions::default()).map_err(fail)?;
+            let dir = crate::hub::resolve_model(repo, &rev, &HubOptions::default()).map_err(fail)?;
             let commit = dir
                 .file_name()
                 .map(|s| s.to_string_lossy().to_string())
@@ -107,8 +120,12 @@ pub fn save_library(path: &Path, embeddings: &Tensor, embedder: &str) -> Result<
         ("goosepipe.kind".to_owned(), "retrieval-library".to_owned()),
         ("goosepipe.embedder".to_owned(), embedder.to_owned()),
     ]);
-    crate::model::st_io::save_with_metadata(path, &[("embeddings".to_string(), embeddings.clone())], meta)
-        .map_err(fail)
+    crate::model::checkpoint::st_io::save_with_metadata(
+        path,
+        &[("embeddings".to_string(), embeddings.clone())],
+        meta,
+    )
+    .map_err(fail)
 }
 
 pub fn load_library(path: &Path, dim: usize, dev: &Device) -> Result<Tensor, StepError> {
@@ -129,12 +146,9 @@ impl StepRunner for RetrievalIndexStep {
     fn kind(&self) -> &'static str {
         "retrieval-index"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
-        let n = ctx.param("examples").and_then(|v| v.as_u64()).unwrap_or(1000) as usize;
+        let n = ctx.params::<super::average_activation::ExamplesParam>()?.examples;
         let spec = ctx
             .param("embedder")
             .and_then(|v| v.as_str())

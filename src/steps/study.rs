@@ -8,10 +8,23 @@
 use super::common::fail;
 use super::eval::PER_EXAMPLE_JSON;
 use crate::eval::study::{Replicate, bootstrap, markdown};
-use crate::exec::{StepContext, StepError, StepRunner};
+use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 
-pub const STUDY_JSON: &str = "study.json";
-pub const STUDY_MD: &str = "study.md";
+pub use crate::artifact_files::STUDY_JSON;
+pub use crate::artifact_files::STUDY_MD;
+
+/// Bootstraps over the replicates' per-example scores: seconds on one CPU.
+pub const KIND: Kind = Kind::new("study", 1, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
+
+/// A study step's parameters (the schema's `study` node, defaults filled).
+#[derive(Debug, serde::Deserialize)]
+struct StudyParams {
+    /// The replicates, in the manifest's order.
+    evals: Vec<String>,
+    compare: String,
+    samples: usize,
+    seed: u64,
+}
 
 pub struct StudyStep;
 
@@ -19,21 +32,14 @@ impl StepRunner for StudyStep {
     fn kind(&self) -> &'static str {
         "study"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
-        let names: Vec<String> = ctx
-            .param("evals")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        let compare = ctx
-            .param("compare")
-            .and_then(|v| v.as_str())
-            .unwrap_or("phatgoose");
-        let samples = ctx.param("samples").and_then(|v| v.as_u64()).unwrap_or(2000) as usize;
-        let seed = ctx.param("seed").and_then(|v| v.as_u64()).unwrap_or(0);
+        let StudyParams {
+            evals: names,
+            compare,
+            samples,
+            seed,
+        } = ctx.params()?;
+        let compare = compare.as_str();
         let mut replicates: Vec<Replicate> = vec![];
         let mut methods: Vec<String> = vec![];
         for name in &names {
@@ -45,7 +51,7 @@ impl StepRunner for StudyStep {
             // The first eval's column order is the study's.
             if methods.is_empty() {
                 let results: crate::eval::Results = serde_json::from_slice(
-                    &std::fs::read(inp.files.join("results.json"))
+                    &std::fs::read(inp.files.join(crate::artifact_files::RESULTS_JSON))
                         .map_err(|e| fail(format!("{name}: {e}")))?,
                 )
                 .map_err(|e| fail(format!("{name}: results.json: {e}")))?;

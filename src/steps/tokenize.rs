@@ -10,12 +10,15 @@ use rayon::prelude::*;
 use super::common::{encode, examples, fail, model_dir};
 use crate::data::Example;
 use crate::data::tokens::{self, TokenChoices, TokenPair};
-use crate::exec::{InputArtifact, StepContext, StepError, StepRunner};
+use crate::exec::{InputArtifact, JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::T5Config;
+
+/// One per (dataset, model tokenizer): token ids for every trainer of that dataset.
+pub const KIND: Kind = Kind::new("tokenize", 2, 2, JobDefaults::new(0, 2, "8G", "2:00:00"));
 
 pub struct TokenizeStep;
 
-pub const TOKENS: &str = "tokens.safetensors";
+pub use crate::artifact_files::TOKENS;
 
 fn encode_all(tok: &tokenizers::Tokenizer, ex: &[Example], eos: u32) -> Result<Vec<TokenPair>, StepError> {
     ex.par_iter()
@@ -36,12 +39,10 @@ impl StepRunner for TokenizeStep {
     fn kind(&self) -> &'static str {
         "tokenize"
     }
-    fn version(&self) -> u32 {
-        super::version_of(self.kind())
-    }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dir = model_dir(ctx.input("model")?)?;
-        let tok = crate::model::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
+        let tok =
+            crate::model::checkpoint::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
         let eos = T5Config::from_file(&dir.join("config.json"), None)
             .map_err(fail)?
             .eos_token_id;

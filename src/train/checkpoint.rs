@@ -24,10 +24,8 @@ use safetensors::{SafeTensors, View};
 
 use crate::faults;
 
-/// The current checkpoint.
-pub const STATE: &str = "train-state.safetensors";
-/// The checkpoint before the current one, kept until the next one is in place.
-pub const PREVIOUS: &str = "train-state.prev.safetensors";
+pub use crate::artifact_files::PREVIOUS;
+pub use crate::artifact_files::STATE;
 /// Written by earlier versions beside the state (a torn pair cannot be trusted).
 const LEGACY_JSON: &str = "train-state.json";
 const FORMAT: &str = "goosepipe-train-state/2";

@@ -40,7 +40,6 @@ pub struct Behaviour {
 
 pub struct Fake {
     kind: &'static str,
-    version: u32,
     log: Log,
     behaviour: Behaviour,
 }
@@ -48,9 +47,6 @@ pub struct Fake {
 impl StepRunner for Fake {
     fn kind(&self) -> &'static str {
         self.kind
-    }
-    fn version(&self) -> u32 {
-        self.version
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let id = ctx.spec.id.clone();
@@ -116,16 +112,16 @@ pub fn registry(log: &Log, behaviour: &Behaviour) -> Registry {
 
 /// Every product kind, faked; `bumps` overrides implementation versions.
 pub fn registry_with_versions(log: &Log, behaviour: &Behaviour, bumps: &[(&str, u32)]) -> Registry {
-    let mut r = Registry::new();
-    for (kind, v) in goosepipe::steps::VERSIONS {
-        let version = bumps
-            .iter()
-            .find(|(k, _)| k == kind)
-            .map(|(_, v)| *v)
-            .unwrap_or(*v);
+    // The product's kinds and methods, with fakes for runners.
+    let mut r = goosepipe::steps::registry();
+    for kind in goosepipe::steps::KINDS {
+        let mut kind = *kind;
+        if let Some((_, v)) = bumps.iter().find(|(k, _)| *k == kind.name) {
+            kind.version = *v;
+        }
+        r.declare(kind);
         r.register(Arc::new(Fake {
-            kind,
-            version,
+            kind: kind.name,
             log: log.clone(),
             behaviour: behaviour.clone(),
         }));
@@ -251,7 +247,7 @@ pub fn repo_root() -> PathBuf {
 /// the GPU against the same transformers references.
 pub fn test_device() -> candle_core::Device {
     let spec = std::env::var("GOOSEPIPE_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
-    goosepipe::model::score::parse_device(&spec)
+    goosepipe::model::device::parse_device(&spec)
         .unwrap_or_else(|e| panic!("GOOSEPIPE_TEST_DEVICE={spec}: {e}"))
 }
 

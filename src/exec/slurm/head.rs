@@ -17,12 +17,12 @@ use super::resources::Resources;
 use super::runlog::{Record, RunLog};
 use super::scheduler::{End, JobState, SchedError, Scheduler, Submission};
 use super::script::{ExecArgs, log_of, write_job};
+use crate::exec::executor::{Executor, RunContext};
 use crate::exec::progress::{Outcome, Reporter, StepProgress};
 use crate::exec::run::{RunError, RunOptions, RunReport, check_locked, select, verify_inputs};
-use crate::exec::step::{CancelFlag, Registry};
-use crate::plan::{Plan, Status};
+use crate::exec::step::CancelFlag;
+use crate::plan::Plan;
 use crate::store::artifact::now_unix;
-use crate::store::lockfile::Lockfile;
 use crate::store::{KeyLock, Presence, Store};
 
 /// What to do with submitted jobs when the head is interrupted (Ctrl-C).
@@ -139,21 +139,40 @@ struct Head<'a> {
     counter: usize,
 }
 
+/// Jobs of a Slurm cluster, submitted and followed by this process (the head).
+pub struct Slurm<'a> {
+    pub opts: SlurmOptions,
+    pub scheduler: &'a dyn Scheduler,
+}
+
+impl Executor for Slurm<'_> {
+    fn execute(&self, cx: &RunContext) -> Result<RunReport, RunError> {
+        let mut sopts = self.opts.clone();
+        if sopts.lockfile.is_none() {
+            sopts.lockfile = Some(std::path::absolute(&cx.lock_path).unwrap_or(cx.lock_path.clone()));
+        }
+        run_slurm(cx, &sopts, self.scheduler)
+    }
+}
+
 /// Runs the selected stale steps as Slurm jobs. Returns when every submitted job has
 /// ended (or on interrupt); the artifacts are in the store, published by the jobs.
-#[allow(clippy::too_many_arguments)]
 pub fn run_slurm(
-    plan: &Plan,
-    status: &Status,
-    store: &Store,
-    registry: &Registry,
-    lock: &Lockfile,
-    opts: &RunOptions,
+    cx: &RunContext,
     sopts: &SlurmOptions,
     sched: &dyn Scheduler,
-    reporter: &dyn Reporter,
-    cancel: &CancelFlag,
 ) -> Result<RunReport, RunError> {
+    let RunContext {
+        plan,
+        status,
+        store,
+        registry,
+        lock,
+        opts,
+        reporter,
+        cancel,
+        ..
+    } = *cx;
     if opts.locked {
         check_locked(plan, lock)?;
     }
@@ -201,7 +220,16 @@ pub fn run_slurm(
         next_attempt: HashMap::new(),
         resources: selected
             .iter()
-            .map(|&i| (i, Resources::for_step(&plan.steps[i].spec, &opts.device)))
+            .map(|&i| {
+                (
+                    i,
+                    Resources::for_step(
+                        &plan.steps[i].spec,
+                        registry.kind(&plan.steps[i].spec.kind),
+                        &opts.device,
+                    ),
+                )
+            })
             .collect(),
         selected,
         bars: HashMap::new(),

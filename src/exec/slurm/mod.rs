@@ -18,7 +18,7 @@ pub mod scheduler;
 pub mod script;
 
 pub use cli::SlurmCli;
-pub use head::{OnInterrupt, SlurmOptions, run_slurm};
+pub use head::{OnInterrupt, Slurm, SlurmOptions, run_slurm};
 pub use poll::{Backoff, RetryPolicy};
 pub use resources::Resources;
 pub use runlog::{Record, RunLog};

@@ -1,9 +1,10 @@
-//! What a step asks of Slurm: per-kind defaults, overridden by the manifest's
+//! What a step asks of Slurm: its kind's defaults (declared with the kind), overridden by the manifest's
 //! `resources` block (which reaches the step as `settings.resources`, outside its key),
 //! rendered as sbatch flags.
 
 use serde_json::Value as Json;
 
+use crate::exec::kind::{JobDefaults, Kind};
 use crate::store::StepSpec;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,41 +21,18 @@ pub struct Resources {
     pub sbatch: Vec<String>,
 }
 
-/// The defaults of a step kind, documented in the schema's `resources` group. GPUs are
-/// only asked for when the run computes on a GPU (`--device cuda...`): on a CPU run a GPU
-/// request would only make jobs wait for hardware they do not use.
-pub fn defaults_for(kind: &str, trains: bool, gpu_run: bool) -> Resources {
-    let (gpus, cpus, mem, time) = match kind {
-        // Rendering up to 500,000 templated pairs; tokenizing them.
-        "dataset" | "tokenize" => (0, 2, "8G", "2:00:00"),
-        "pool" => (0, 1, "1G", "0:10:00"),
-        // A model step only computes when it pretrains (`init`); a hub or local model
-        // step just records a pointer.
-        "model" if !trains => (0, 2, "4G", "2:00:00"),
-        "model" => (1, 4, "32G", "8:00:00"),
-        "expert" | "multitask" => (1, 4, "32G", "8:00:00"),
-        "gate" => (1, 4, "32G", "4:00:00"),
-        "eval" => (1, 4, "32G", "8:00:00"),
-        // Forward passes of the base with one LoRA over 1000 examples.
-        "average-activation" => (1, 4, "32G", "2:00:00"),
-        // MiniLM over 1000 examples: small enough for CPUs.
-        "retrieval-index" => (0, 4, "8G", "1:00:00"),
-        _ => (0, 1, "4G", "2:00:00"),
-    };
-    Resources {
-        gpus: Some(if gpu_run { gpus } else { 0 }),
-        cpus: Some(cpus),
-        memory: Some(mem.into()),
-        time: Some(time.into()),
-        ..Default::default()
-    }
-}
-
 impl Resources {
-    /// The kind's defaults, then whatever the manifest set for this step.
-    pub fn for_step(spec: &StepSpec, device: &str) -> Resources {
-        let trains = spec.params.get("init").is_some_and(|v| !v.is_null());
-        let mut r = defaults_for(&spec.kind, trains, device.starts_with("cuda"));
+    /// The kind's defaults (`kind`: its declaration, when this build has one), then
+    /// whatever the manifest set for this step.
+    pub fn for_step(spec: &StepSpec, kind: Option<&Kind>, device: &str) -> Resources {
+        let d = kind.map_or(JobDefaults::OTHER, |k| k.job_defaults(&spec.params));
+        let mut r = Resources {
+            gpus: Some(if device.starts_with("cuda") { d.gpus } else { 0 }),
+            cpus: Some(d.cpus),
+            memory: Some(d.memory.into()),
+            time: Some(d.time.into()),
+            ..Default::default()
+        };
         if let Some(m) = spec.settings.get("resources") {
             r.overlay(m);
         }
@@ -136,14 +114,16 @@ mod tests {
         }
     }
 
+    const TRAINER: Kind = Kind::new("trainer", 1, 0, JobDefaults::new(1, 4, "32G", "8:00:00"));
+
     #[test]
     fn kind_defaults_then_manifest_overrides() {
         let s = spec(
-            "expert",
+            "trainer",
             serde_json::json!({}),
             serde_json::json!({"resources": {"memory": "500M", "partition": "gpu", "sbatch": ["--qos=low"]}}),
         );
-        let r = Resources::for_step(&s, "cuda");
+        let r = Resources::for_step(&s, Some(&TRAINER), "cuda");
         assert_eq!(
             r.sbatch_args(),
             [
@@ -156,25 +136,49 @@ mod tests {
             ]
         );
         // A CPU run asks for no GPU unless the manifest says so.
-        assert!(!Resources::for_step(&s, "cpu").sbatch_args()[0].starts_with("--gres"));
+        assert!(!Resources::for_step(&s, Some(&TRAINER), "cpu").sbatch_args()[0].starts_with("--gres"));
         let g = spec(
-            "gate",
+            "trainer",
             serde_json::json!({}),
             serde_json::json!({"resources": {"gpus": 2}}),
         );
-        assert_eq!(Resources::for_step(&g, "cpu").sbatch_args()[0], "--gres=gpu:2");
+        assert_eq!(
+            Resources::for_step(&g, Some(&TRAINER), "cpu").sbatch_args()[0],
+            "--gres=gpu:2"
+        );
+        // A kind this build does not declare gets the modest defaults.
+        let other = Resources::for_step(
+            &spec("other", serde_json::json!({}), serde_json::json!({})),
+            None,
+            "cuda",
+        );
+        assert_eq!(
+            other.sbatch_args(),
+            ["--cpus-per-task=1", "--mem=4G", "--time=2:00:00"]
+        );
     }
 
     #[test]
-    fn a_model_only_asks_for_a_gpu_when_it_pretrains() {
-        let hub = spec("model", serde_json::json!({"hub": "t5"}), serde_json::json!({}));
+    fn a_kind_may_choose_its_defaults_by_its_parameters() {
+        let kind = Kind {
+            resources: crate::exec::kind::JobResources::ByParams(|p| {
+                let gpus = u64::from(p.get("init").is_some_and(|v| !v.is_null()));
+                JobDefaults::new(gpus, 2, "4G", "2:00:00")
+            }),
+            ..Kind::new("pretrainer", 1, 0, JobDefaults::OTHER)
+        };
+        let hub = spec(
+            "pretrainer",
+            serde_json::json!({"hub": "t5"}),
+            serde_json::json!({}),
+        );
         let init = spec(
-            "model",
+            "pretrainer",
             serde_json::json!({"init": {"layers": 2}}),
             serde_json::json!({}),
         );
-        assert_eq!(Resources::for_step(&hub, "cuda").gpus, Some(0));
-        assert_eq!(Resources::for_step(&init, "cuda").gpus, Some(1));
+        assert_eq!(Resources::for_step(&hub, Some(&kind), "cuda").gpus, Some(0));
+        assert_eq!(Resources::for_step(&init, Some(&kind), "cuda").gpus, Some(1));
     }
 
     #[test]

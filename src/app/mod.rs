@@ -1,0 +1,646 @@
+//! The commands behind the CLI. `main.rs` only parses arguments and calls these; each
+//! returns the process exit code, and user-facing errors come back as miette reports.
+
+pub mod score;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use miette::{Report, miette};
+
+use crate::exec::{self, CancelFlag, Registry, RunOptions};
+use crate::plan::{self, Plan, Status, render};
+use crate::store::fsutil::human_size;
+use crate::store::lockfile::{Lockfile, lock_path};
+use crate::store::{HashCache, Store};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+/// `plan --check-cached`: something would run.
+pub const EXIT_PENDING: i32 = 2;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Loads, validates and plans a manifest (no store needed).
+pub fn load_plan(path: &Path, registry: &Registry, hashes: &HashCache) -> Result<Plan, Report> {
+    let manifest = crate::manifest::load(path).map_err(Report::new)?;
+    plan::build(manifest, registry, hashes).map_err(Report::new)
+}
+
+fn open_store(root: &Path) -> Result<Store, Report> {
+    Store::open(root).map_err(|e| {
+        miette!(
+            help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
+            "cannot open the store: {e}"
+        )
+    })
+}
+
+fn read_lock(manifest: &Path) -> Result<Lockfile, Report> {
+    Lockfile::read(&lock_path(manifest)).map_err(|e| miette!("{e}"))
+}
+
+/// The plan's warnings, rendered as diagnostics.
+fn warn(plan: &Plan, out: &mut dyn Write) {
+    for w in &plan.warnings {
+        let _ = writeln!(out, "{:?}", Report::new(w.clone()));
+    }
+}
+
+/// `goosepipe check`.
+pub fn check(path: &Path, registry: &Registry, out: &mut dyn Write) -> Result<i32, Report> {
+    let plan = load_plan(path, registry, &HashCache::in_memory())?;
+    warn(&plan, out);
+    let mut counts: Vec<(String, usize)> = vec![];
+    for s in &plan.steps {
+        match counts.iter_mut().find(|(k, _)| *k == s.spec.kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s.spec.kind.clone(), 1)),
+        }
+    }
+    let summary = counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "{} is valid: {} files, {} steps ({summary})",
+        path.display(),
+        plan.manifest.sources.iter().count(),
+        plan.steps.len()
+    );
+    Ok(EXIT_OK)
+}
+
+fn plan_with_status(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+) -> Result<(Plan, Status, Store, Lockfile), Report> {
+    plan_with_status_verified(path, store_root, registry, false)
+}
+
+/// The plan and its status; with `verify`, cached artifacts are re-hashed first.
+fn plan_with_status_verified(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    verify: bool,
+) -> Result<(Plan, Status, Store, Lockfile), Report> {
+    let store = open_store(store_root)?;
+    let hashes = store.hash_cache();
+    let plan = load_plan(path, registry, &hashes)?;
+    hashes.save();
+    warn(&plan, &mut std::io::stderr());
+    let lock = read_lock(path)?;
+    let status = if verify {
+        plan::status::status_verified(&plan, &store, &lock)
+    } else {
+        plan::status::status(&plan, &store, &lock)
+    };
+    Ok((plan, status, store, lock))
+}
+
+/// `goosepipe plan`.
+pub fn plan_cmd(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    json: bool,
+    check_cached: bool,
+    verify: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status, _, _) = plan_with_status_verified(path, store_root, registry, verify)?;
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&render::plan_json(&plan, &status)).expect("json")
+        );
+    } else {
+        let _ = write!(out, "{}", render::plan_text(&plan, &status));
+    }
+    let code = if check_cached && status.stale_count() > 0 {
+        EXIT_PENDING
+    } else {
+        EXIT_OK
+    };
+    // Freeing a large plan object by object takes a tenth of a second at 10,000
+    // experts; the answer is out, so let that happen off the caller's path.
+    std::thread::spawn(move || drop((plan, status)));
+    Ok(code)
+}
+
+/// `goosepipe graph`.
+pub fn graph(
+    path: &Path,
+    store_root: Option<&Path>,
+    registry: &Registry,
+    mermaid: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status) = match store_root {
+        Some(root) => {
+            let (p, s, _, _) = plan_with_status(path, root, registry)?;
+            (p, Some(s))
+        }
+        None => (load_plan(path, registry, &HashCache::in_memory())?, None),
+    };
+    let text = if mermaid {
+        render::mermaid(&plan, status.as_ref())
+    } else {
+        render::dot(&plan, status.as_ref())
+    };
+    let _ = write!(out, "{text}");
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe explain`.
+pub fn explain(
+    path: &Path,
+    step: &str,
+    store_root: &Path,
+    registry: &Registry,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, status, _, _) = plan_with_status(path, store_root, registry)?;
+    let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
+    let _ = write!(out, "{}", render::explain(&plan, &status, i));
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe run` (local executor).
+pub fn run(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    opts: &RunOptions,
+    quiet: bool,
+    cancel: &CancelFlag,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    run_with(
+        &RunRequest {
+            manifest: path,
+            store: store_root,
+            registry,
+            opts,
+            executor: &exec::Local,
+            quiet,
+            cancel,
+        },
+        out,
+    )
+}
+
+/// What `goosepipe run` was asked to do.
+pub struct RunRequest<'a> {
+    pub manifest: &'a Path,
+    pub store: &'a Path,
+    pub registry: &'a Registry,
+    pub opts: &'a RunOptions,
+    /// Where the steps are built (`exec::Local`, `exec::slurm::Slurm`).
+    pub executor: &'a dyn exec::Executor,
+    /// No progress bars.
+    pub quiet: bool,
+    pub cancel: &'a CancelFlag,
+}
+
+/// `goosepipe run --executor ...`.
+pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
+    let (path, opts) = (req.manifest, req.opts);
+    let (plan, status, store, old_lock) =
+        plan_with_status_verified(path, req.store, req.registry, opts.verify)?;
+    let reporter = exec::reporter_for_stderr(req.quiet);
+    let report = req
+        .executor
+        .execute(&exec::RunContext {
+            plan: &plan,
+            status: &status,
+            store: &store,
+            registry: req.registry,
+            lock: &old_lock,
+            lock_path: lock_path(path),
+            opts,
+            reporter: reporter.as_ref(),
+            cancel: req.cancel,
+        })
+        .map_err(|e| miette!("{e}"))?;
+    let new_lock = exec::updated_lock(&plan, &store, &old_lock);
+    let lock_file = lock_path(path);
+    let manifest_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if opts.locked {
+        exec::run::check_locked_digests(&new_lock, &old_lock).map_err(|e| miette!("{e}"))?;
+    } else if new_lock != old_lock || !lock_file.exists() {
+        new_lock
+            .write(&lock_file, &manifest_name)
+            .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
+    }
+    let built = report.built.len() + report.reused.len();
+    if !report.cancelled.is_empty() {
+        let _ = writeln!(
+            out,
+            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept; run `goosepipe run {}` again to resume.",
+            report.cancelled.len(),
+            path.display()
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if !report.failed.is_empty() {
+        let _ = writeln!(out, "{} step(s) failed:", report.failed.len());
+        for (id, msg) in &report.failed {
+            let _ = writeln!(out, "  {id}: {msg}");
+        }
+        if !report.skipped.is_empty() {
+            let _ = writeln!(
+                out,
+                "not run because of the failure: {}",
+                report.skipped.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{built} step(s) finished and published; they will not run again."
+        );
+        return Ok(EXIT_ERROR);
+    }
+    if built == 0 {
+        let _ = writeln!(out, "nothing to do: all {} steps are cached", plan.steps.len());
+    } else {
+        // A step another run built while this one waited for it is not ours to claim.
+        let by_other = if report.reused.is_empty() {
+            String::new()
+        } else {
+            format!(", {} built by another run at the same time", report.reused.len())
+        };
+        let _ = writeln!(
+            out,
+            "done: {} step(s) built{by_other}, {} cached",
+            report.built.len(),
+            report.cached
+        );
+        // The results of every evaluation and study that ran, as the last thing the
+        // user sees.
+        for s in plan.steps.iter().filter(|s| report.built.contains(&s.spec.id)) {
+            let file = match s.spec.kind.as_str() {
+                "eval" => crate::artifact_files::RESULTS_MD,
+                "study" => crate::steps::study::STUDY_MD,
+                _ => continue,
+            };
+            if let Ok(md) = std::fs::read_to_string(store.files_dir(&s.spec.key).join(file)) {
+                let _ = writeln!(out, "\n{md}");
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Which key `goosepipe exec` builds: given, or line N of a key list (array tasks).
+pub enum ExecTarget {
+    Key(String),
+    List { file: PathBuf, index: usize },
+}
+
+/// `goosepipe exec`: builds one step from its recipe in the store (what a cluster job
+/// runs). Exit 0 when the key is published (now or before), 1 when the step failed,
+/// 130 when interrupted (its checkpoints are kept for the next attempt).
+pub fn exec_cmd(
+    store_root: &Path,
+    target: &ExecTarget,
+    lockfile: Option<&Path>,
+    opts: &RunOptions,
+    registry: &Registry,
+    cancel: &CancelFlag,
+) -> Result<i32, Report> {
+    let store = open_store(store_root)?;
+    let key = match target {
+        ExecTarget::Key(k) => k.parse().map_err(|e: String| miette!("--key: {e}"))?,
+        ExecTarget::List { file, index } => {
+            exec::worker::key_from_list(file, *index).map_err(|e| miette!("{e}"))?
+        }
+    };
+    let lock = match lockfile {
+        Some(p) => Lockfile::read(p).map_err(|e| miette!("{e}"))?,
+        None => Lockfile::default(),
+    };
+    let reporter = exec::PlainReporter::new(false);
+    match exec::worker::exec_key(&store, &key, registry, &lock, opts, &reporter, cancel) {
+        Ok(_) => Ok(EXIT_OK),
+        Err(exec::worker::ExecError::Step(exec::StepError::Cancelled)) => Ok(EXIT_INTERRUPTED),
+        Err(e) => Err(miette!("{e}")),
+    }
+}
+
+/// `goosepipe report`: the results tables of a manifest's evals (with their routing
+/// quality) and studies, from the store.
+pub fn report(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    format: &str,
+    plots: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
+    let mut any = false;
+    // Gate statistics belong to a pool: printed once however many evals read it.
+    let mut pools_shown = HashSet::new();
+    for s in plan
+        .steps
+        .iter()
+        .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
+    {
+        // Results are small: re-hash them, so a damaged table is never printed.
+        if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&s.spec.key)
+            && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
+            && let Ok(Some(reason)) = store.quarantine_if_corrupt(&s.spec.key)
+        {
+            let _ = writeln!(
+                out,
+                "{}: its artifact is corrupt ({reason}); moved aside, `goosepipe run {}` rebuilds it",
+                s.spec.id,
+                path.display()
+            );
+            continue;
+        }
+        let files = store.files_dir(&s.spec.key);
+        if s.spec.kind == "study" {
+            let file = if format == "json" {
+                crate::steps::study::STUDY_JSON
+            } else {
+                crate::steps::study::STUDY_MD
+            };
+            match std::fs::read_to_string(files.join(file)) {
+                Ok(text) => {
+                    any = true;
+                    let _ = writeln!(out, "{text}");
+                }
+                Err(_) => not_built(out, &s.spec.id, path),
+            }
+            continue;
+        }
+        if let Some(dir) = plots {
+            draw_plots(&files, dir, &s.spec.name, &s.spec.id, out)?;
+        }
+        let file = match format {
+            "csv" => crate::artifact_files::RESULTS_CSV,
+            "json" => crate::artifact_files::RESULTS_JSON,
+            _ => crate::artifact_files::RESULTS_MD,
+        };
+        let Ok(text) = std::fs::read_to_string(files.join(file)) else {
+            not_built(out, &s.spec.id, path);
+            continue;
+        };
+        any = true;
+        let _ = writeln!(out, "{text}");
+        if format != "md" {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(files.join(crate::eval::routing_quality::QUALITY_JSON)) {
+            let mut q: crate::eval::routing_quality::RoutingQuality = serde_json::from_slice(&bytes)
+                .map_err(|e| miette!("{}: unreadable routing-quality record: {e}", s.spec.id))?;
+            let pool = s.spec.inputs.iter().find(|i| i.role == "pool").map(|i| i.key);
+            if !pool.is_some_and(|k| pools_shown.insert(k)) {
+                q.gates = None;
+            }
+            let text = crate::eval::routing_quality::markdown(&s.spec.name, &q);
+            if !text.is_empty() {
+                let _ = writeln!(out, "{text}");
+            }
+        }
+    }
+    if !any {
+        return Err(miette!(
+            help = "run the pipeline first",
+            "no evaluation of {} is in the store",
+            path.display()
+        ));
+    }
+    Ok(EXIT_OK)
+}
+
+fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {
+    let _ = writeln!(
+        out,
+        "{id}: not built yet (run `goosepipe run {}`)",
+        manifest.display()
+    );
+}
+
+/// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/.
+fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, out: &mut dyn Write) -> Result<(), Report> {
+    let Ok(bytes) = std::fs::read(files.join(crate::artifact_files::RESULTS_JSON)) else {
+        return Ok(());
+    };
+    let results: crate::eval::Results =
+        serde_json::from_slice(&bytes).map_err(|e| miette!("{id}: unreadable results.json: {e}"))?;
+    let routing: Option<crate::eval::plots::RoutingRecord> =
+        match std::fs::read(files.join(crate::eval::plots::ROUTING_JSON)) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b).map_err(|e| miette!("{id}: unreadable routing record: {e}"))?,
+            ),
+            Err(_) => None,
+        };
+    let written = crate::eval::plots::write_plots(
+        &dir.join(crate::eval::plots::slug(name)),
+        name,
+        &results,
+        routing.as_ref(),
+    )
+    .map_err(|e| miette!("{id}: drawing the plots failed: {e}"))?;
+    for f in written {
+        let _ = writeln!(out, "wrote {}", f.display());
+    }
+    Ok(())
+}
+
+/// `goosepipe score`: per-token log-probabilities of a target under a model (and
+/// experts), to check a checkpoint by hand against another implementation.
+pub fn score(req: &score::ScoreRequest, json: bool, out: &mut dyn Write) -> Result<i32, Report> {
+    let r = score::score(req).map_err(|e| miette!("{e}"))?;
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r).expect("json"));
+    } else {
+        let _ = write!(out, "{}", score::render_text(&r));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe gc`.
+pub fn gc(
+    manifests: &[PathBuf],
+    store_root: &Path,
+    registry: &Registry,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let store = open_store(store_root)?;
+    let hashes = store.hash_cache();
+    let mut reachable = HashSet::new();
+    for m in manifests {
+        let plan = load_plan(m, registry, &hashes)?;
+        reachable.extend(plan.steps.iter().map(|s| s.spec.key));
+    }
+    hashes.save();
+    let entries = store.gc_candidates(&reachable);
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    for e in &entries {
+        let rel = e.path.strip_prefix(&store.root).unwrap_or(&e.path);
+        let _ = writeln!(
+            out,
+            "{:>10}  {}  ({})",
+            human_size(e.size),
+            rel.display(),
+            e.reason.label()
+        );
+    }
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "would free {} in {} entries (dry run: nothing deleted)",
+            human_size(total),
+            entries.len()
+        );
+    } else {
+        let freed = store.gc_delete(&entries).map_err(|e| miette!("gc failed: {e}"))?;
+        let _ = writeln!(out, "freed {} in {} entries", human_size(freed), entries.len());
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe verify`: re-hashes artifacts against the digests recorded when they were
+/// published (the manifests' artifacts, or with `all` everything in the store); a
+/// mismatch is moved out of `objects/` (quarantined) so nothing reads it again, and the
+/// next `run` rebuilds it. Exit 1 when anything was corrupt.
+pub fn verify(
+    manifests: &[PathBuf],
+    all: bool,
+    store_root: &Path,
+    registry: &Registry,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    use rayon::prelude::*;
+    if manifests.is_empty() && !all {
+        return Err(miette!(
+            help = "goosepipe verify pipelines/quickstart.kdl, or goosepipe verify --all",
+            "say what to verify: manifests (their artifacts), or --all (the whole store)"
+        ));
+    }
+    let store = open_store(store_root)?;
+    let mut keys: Vec<crate::store::Key> = if all { store.keys() } else { vec![] };
+    let hashes = store.hash_cache();
+    for m in manifests {
+        let plan = load_plan(m, registry, &hashes)?;
+        keys.extend(
+            plan.steps
+                .iter()
+                .map(|s| s.spec.key)
+                .filter(|k| !matches!(store.presence(k), crate::store::Presence::Missing)),
+        );
+    }
+    hashes.save();
+    keys.sort();
+    keys.dedup();
+    let results: Vec<_> = keys.par_iter().map(|k| (*k, store.verify(k))).collect();
+    let (mut bytes, mut corrupt) = (0u64, 0usize);
+    for (key, r) in results {
+        let id = store
+            .recipe(&key)
+            .map(|r| r.id)
+            .unwrap_or_else(|| "(unknown step)".into());
+        match r {
+            Ok(meta) => bytes += meta.files.iter().map(|f| f.size).sum::<u64>(),
+            // Moved aside only if still corrupt with its lock held (a run may be
+            // rebuilding it right now).
+            Err(crate::store::StoreError::Corrupt { .. }) => match store.quarantine_if_corrupt(&key) {
+                Ok(Some(reason)) => {
+                    corrupt += 1;
+                    let _ = writeln!(
+                        out,
+                        "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
+                        key.short()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    corrupt += 1;
+                    let _ = writeln!(out, "corrupt  {id} {}: could not move it aside: {e}", key.short());
+                }
+            },
+            Err(e) => {
+                corrupt += 1;
+                let _ = writeln!(out, "unreadable  {id} {}: {e}", key.short());
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "verified {} artifact(s): {} ok ({}), {corrupt} corrupt",
+        keys.len(),
+        keys.len() - corrupt,
+        human_size(bytes)
+    );
+    Ok(if corrupt > 0 { EXIT_ERROR } else { EXIT_OK })
+}
+
+/// `goosepipe show`.
+pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> Result<i32, Report> {
+    let store = open_store(store_root)?;
+    let meta = store.find(what).map_err(|e| miette!("{e}"))?;
+    // The payload is re-hashed: a flipped byte of the same size is only seen this way.
+    let integrity = match store.verify(&meta.key) {
+        Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
+        Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
+    };
+    if json {
+        let mut v = serde_json::to_value(&meta).expect("json");
+        v["verified"] = serde_json::json!(integrity.starts_with("ok"));
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(EXIT_OK);
+    }
+    let s = &meta.spec;
+    let _ = writeln!(
+        out,
+        "{}  ({} \"{}\", implementation version {})",
+        s.id, s.kind, s.name, s.version
+    );
+    let _ = writeln!(out, "key      {}", meta.key);
+    let _ = writeln!(out, "digest   {}", meta.digest);
+    let _ = writeln!(out, "status   {integrity}");
+    let _ = writeln!(
+        out,
+        "built    {} on {} in {:.1}s by goosepipe {}",
+        crate::store::artifact::format_unix(meta.started_unix),
+        meta.host,
+        meta.seconds(),
+        meta.tool_version
+    );
+    let _ = writeln!(out, "params   {}", s.params);
+    if s.settings.as_object().is_some_and(|o| !o.is_empty()) {
+        let _ = writeln!(out, "settings {}", s.settings);
+    }
+    for i in &s.inputs {
+        let _ = writeln!(out, "input    {:24} {} {}", i.role, i.id, i.key.short());
+    }
+    for e in &s.externals {
+        let _ = writeln!(out, "external {:24} {}", e.role(), e.identity());
+    }
+    for (k, v) in &meta.pins {
+        let _ = writeln!(out, "pinned   {k} -> {v}");
+    }
+    let _ = writeln!(
+        out,
+        "files    ({} in {})",
+        meta.files.len(),
+        store.files_dir(&meta.key).display()
+    );
+    for f in &meta.files {
+        let _ = writeln!(out, "  {:>10}  {}", human_size(f.size), f.path);
+    }
+    Ok(EXIT_OK)
+}

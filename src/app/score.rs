@@ -1,0 +1,274 @@
+//! `goosepipe score`: log-probabilities of a target text given an input text
+//! under a base model, optionally with LoRA experts (single, merged, or routed
+//! with PHATGOOSE). The CLI calls [`score`] and prints [`render_text`] or the
+//! JSON of [`ScoreReport`].
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use serde::Serialize;
+
+use crate::hub::{HubOptions, resolve_model_dir};
+use crate::model::adapter::AdapterSet;
+use crate::model::checkpoint::expert_file::{GateVectors, LoraExpert};
+use crate::model::checkpoint::load::{load_tokenizer, locate};
+use crate::model::device::parse_device;
+use crate::model::error::{ModelError, Result};
+use crate::model::t5::T5Model;
+use crate::model::t5::generate::ChoiceItem;
+use crate::route::{self, Method, Scoring};
+
+/// How several experts are combined: a method of the evaluation list that runs
+/// with adapters and needs no steps of its own (`phatgoose`, `merged`, `arrow`,
+/// `base`), or none.
+#[derive(Clone, Copy)]
+pub enum RouterChoice {
+    /// No routing: zero experts (base model) or exactly one (its LoRA, gated
+    /// by its gate vectors when a gate file is given).
+    Single,
+    Method(&'static dyn Method),
+}
+
+impl RouterChoice {
+    pub fn parse(s: &str) -> Result<Self> {
+        fn usable(m: &&'static dyn Method) -> bool {
+            m.scoring() == Scoring::Adapters && m.needs().is_empty()
+        }
+        match s {
+            "single" | "none" => Ok(RouterChoice::Single),
+            "merge" => Ok(RouterChoice::Method(&crate::route::merged::Merged)),
+            _ => route::find(route::METHODS, s)
+                .filter(usable)
+                .map(RouterChoice::Method)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = route::METHODS
+                        .iter()
+                        .copied()
+                        .filter(usable)
+                        .map(|m| m.name())
+                        .collect();
+                    ModelError::Input(format!(
+                        "unknown router `{s}` (expected {} or single)",
+                        names.join(", ")
+                    ))
+                }),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            RouterChoice::Single => "single",
+            RouterChoice::Method(m) => m.name(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RouterChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq for RouterChoice {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Serialize for RouterChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScoreRequest {
+    /// A local HF model folder, or a hub repo id (`org/name`).
+    pub model: String,
+    pub revision: String,
+    pub experts: Vec<PathBuf>,
+    /// Gate files; when empty, `<expert>.gates.safetensors` beside each expert
+    /// file is used if it exists.
+    pub gates: Vec<PathBuf>,
+    pub router: RouterChoice,
+    pub top_k: usize,
+    pub input: String,
+    pub target: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub hub: HubOptions,
+}
+
+impl ScoreRequest {
+    pub fn new(model: impl Into<String>, input: impl Into<String>, target: impl Into<String>) -> Self {
+        ScoreRequest {
+            model: model.into(),
+            revision: "main".into(),
+            experts: Vec::new(),
+            gates: Vec::new(),
+            router: RouterChoice::Single,
+            top_k: 2,
+            input: input.into(),
+            target: target.into(),
+            device: "cpu".into(),
+            hub: HubOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoredToken {
+    pub id: u32,
+    pub piece: String,
+    pub logprob: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreReport {
+    pub model_dir: PathBuf,
+    pub experts: Vec<String>,
+    pub router: RouterChoice,
+    pub input_ids: Vec<u32>,
+    /// Target tokens including the final EOS.
+    pub tokens: Vec<ScoredToken>,
+    pub total: f64,
+    pub mean: f64,
+}
+
+fn default_gate_path(expert: &Path) -> PathBuf {
+    let name = expert.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
+    let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+    expert.with_file_name(format!("{stem}.gates.safetensors"))
+}
+
+fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<u32>> {
+    let enc = tok.encode(text, true).map_err(|e| ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        message: format!("cannot encode {text:?}: {e}"),
+    })?;
+    Ok(enc.get_ids().to_vec())
+}
+
+pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
+    let device = parse_device(&req.device)?;
+    let dir = resolve_model_dir(&req.model, &req.revision, &req.hub)?;
+    let files = locate(&dir)?;
+    let tok_path = files.tokenizer.clone().ok_or_else(|| ModelError::Tokenizer {
+        path: dir.join("tokenizer.json"),
+        message: "the model folder has no tokenizer.json".into(),
+    })?;
+    let tok = load_tokenizer(&tok_path)?;
+    let mut model = T5Model::load(&dir, &device, DType::F32)?;
+    let cfg = model.config.clone();
+
+    let experts = req
+        .experts
+        .iter()
+        .map(|p| LoraExpert::load(p, &cfg, &device, DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    let gate_paths: Vec<PathBuf> = if req.gates.is_empty() {
+        req.experts
+            .iter()
+            .map(|p| default_gate_path(p))
+            .filter(|p| p.is_file())
+            .collect()
+    } else {
+        req.gates.clone()
+    };
+    let gates = gate_paths
+        .iter()
+        .map(|p| GateVectors::load(p, &cfg, &device, DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    let adapters = match (req.router, experts.len()) {
+        (_, 0) => AdapterSet::new(),
+        (RouterChoice::Single, 1) => match gates.first() {
+            Some(g) => AdapterSet::from_gated(&experts[0], g)?,
+            None => AdapterSet::from_lora(&experts[0]),
+        },
+        (RouterChoice::Single, n) => {
+            return Err(ModelError::Input(format!(
+                "{n} experts given without a router; pass --router phatgoose or merged"
+            )));
+        }
+        (RouterChoice::Method(m), _) => m.adapters(&route::Pool {
+            experts: &experts,
+            gates: &gates,
+            needed: &Default::default(),
+            config: &cfg,
+            device: &device,
+            top_k: req.top_k,
+            arrow_temperature: route::arrow::DEFAULT_TEMPERATURE,
+        })?,
+    };
+    model.set_adapters(adapters)?;
+
+    let input_ids = tokenize(&tok, &req.input, &tok_path)?;
+    let mut target = tokenize(&tok, &req.target, &tok_path)?;
+    // score_choices appends EOS itself; T5 tokenizers already add one.
+    if target.last() == Some(&cfg.eos_token_id) {
+        target.pop();
+    }
+    if input_ids.is_empty() {
+        return Err(ModelError::Input("the input text encodes to no tokens".into()));
+    }
+    let item = ChoiceItem {
+        input: input_ids.clone(),
+        choices: vec![target],
+    };
+    let scores = model.score_choices(&[item], 1)?;
+    let s = scores
+        .into_iter()
+        .next()
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| ModelError::Input("scoring returned nothing".into()))?;
+    let tokens = s
+        .token_ids
+        .iter()
+        .zip(&s.logprobs)
+        .map(|(&id, &lp)| ScoredToken {
+            id,
+            piece: tok.id_to_token(id).unwrap_or_else(|| format!("<id {id}>")),
+            logprob: lp,
+        })
+        .collect();
+    let mut names: Vec<String> = experts.iter().map(|e| e.name.clone()).collect();
+    names.sort();
+    Ok(ScoreReport {
+        model_dir: dir,
+        experts: names,
+        router: req.router,
+        input_ids,
+        tokens,
+        total: s.sum,
+        mean: s.mean,
+    })
+}
+
+/// A plain-text table of the report.
+pub fn render_text(r: &ScoreReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "model: {}", r.model_dir.display());
+    if !r.experts.is_empty() {
+        let _ = writeln!(out, "experts ({:?}): {}", r.router, r.experts.join(", "));
+    }
+    let width = r
+        .tokens
+        .iter()
+        .map(|t| t.piece.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(out, "{:>6}  {:<width$}  {:>10}", "id", "piece", "logprob");
+    for t in &r.tokens {
+        let _ = writeln!(out, "{:>6}  {:<width$}  {:>10.4}", t.id, t.piece, t.logprob);
+    }
+    let _ = writeln!(
+        out,
+        "total {:.4}  mean {:.4}  ({} tokens)",
+        r.total,
+        r.mean,
+        r.tokens.len()
+    );
+    out
+}

@@ -1,0 +1,91 @@
+//! Where a run builds its steps: the [`Executor`] trait, with [`Local`] (threads of
+//! this process) and `slurm::Slurm` (jobs of a cluster), and the [`RunContext`]
+//! every executor gets.
+
+use std::path::PathBuf;
+
+use super::progress::Reporter;
+use super::step::{CancelFlag, Registry};
+use crate::plan::{Plan, Status};
+use crate::store::lockfile::Lockfile;
+use crate::store::{Store, StoreError};
+
+/// What a run executes: the plan and its status, the store, how to run each kind,
+/// the lockfile as it was, the user's options, and where to report.
+pub struct RunContext<'a> {
+    pub plan: &'a Plan,
+    pub status: &'a Status,
+    pub store: &'a Store,
+    pub registry: &'a Registry,
+    pub lock: &'a Lockfile,
+    /// Where the lockfile lives (cluster jobs record their pins beside it).
+    pub lock_path: PathBuf,
+    pub opts: &'a RunOptions,
+    pub reporter: &'a dyn Reporter,
+    pub cancel: &'a CancelFlag,
+}
+
+/// Builds the selected stale steps of a plan and says what happened; finished
+/// artifacts are published even when other steps fail.
+pub trait Executor {
+    fn execute(&self, cx: &RunContext) -> Result<RunReport, RunError>;
+}
+
+/// Threads of this process (`-j`); runs in `run.rs`.
+pub struct Local;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub jobs: usize,
+    /// Run only these steps (ids or names); their inputs must already be built.
+    pub only: Vec<String>,
+    /// Run this step and whatever it needs.
+    pub until: Option<String>,
+    pub keep_going: bool,
+    /// Fail instead of changing the lockfile.
+    pub locked: bool,
+    /// Re-hash cached artifacts before planning (done by the caller when it judges
+    /// staleness; carried here so every executor sees the choice).
+    pub verify: bool,
+    pub device: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: 1,
+            only: vec![],
+            until: None,
+            keep_going: false,
+            locked: false,
+            verify: false,
+            device: "cpu".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub built: Vec<String>,
+    pub reused: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+    pub cancelled: Vec<String>,
+    pub cached: usize,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.cancelled.is_empty() && self.skipped.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Selection(String),
+    #[error("--locked: {0}")]
+    Locked(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,356 @@
+//! Hugging Face hub datasets: the parquet (or `save_to_disk` Arrow) files of one
+//! (config, split) at a revision,
+//! from the standard HF cache (`datasets--org--name/{refs,snapshots,blobs}`), else
+//! downloaded into it. Works offline when the files are cached; the resolved commit is
+//! returned so the lockfile can pin it.
+//!
+//! Which files belong to a split, for the layouts the hub uses:
+//! - the hub's parquet conversion (`revision="refs/convert/parquet"`):
+//!   `CONFIG/SPLIT/0000.parquet` and the older `CONFIG/NAME-SPLIT.parquet`;
+//! - `push_to_hub` layouts: `data/SPLIT-00000-of-00001.parquet`,
+//!   `CONFIG/SPLIT-00000-of-00001.parquet`, `data/CONFIG/SPLIT-...`.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::HFError;
+
+use super::error::HubError;
+use super::options::{HubOptions, client};
+use super::watch::{DownloadReport, watched};
+
+/// The files of a split and the commit they were read at.
+#[derive(Debug, Clone)]
+pub struct SplitFiles {
+    pub commit: String,
+    pub files: Vec<PathBuf>,
+}
+
+fn err(repo: &str, revision: &str, what: impl std::fmt::Display) -> HubError {
+    HubError::Dataset {
+        repo: repo.to_owned(),
+        revision: revision.to_owned(),
+        message: what.to_string(),
+    }
+}
+
+/// Whether the repo-relative `path` is a parquet file of `split` in `config`.
+pub fn matches(path: &str, config: Option<&str>, split: &str) -> bool {
+    split_config(path, split).is_some_and(|dirs| match config {
+        // A config is one folder, or a folder path (FLANV2/NIV2/Paraphrasing).
+        Some(c) => dirs.contains(&c) || dirs.join("/") == c,
+        None => dirs.iter().all(|d| *d == "data" || *d == "default"),
+    })
+}
+
+/// The files of (config, split) among repo-relative `paths`, sorted. Without a config,
+/// a repo whose split lives in exactly one config folder (e.g. `plain_text/`) is read
+/// from that folder.
+pub fn select(paths: &[String], config: Option<&str>, split: &str) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter(|p| matches(p, config, split))
+        .cloned()
+        .collect();
+    if out.is_empty() && config.is_none() {
+        let of_split: Vec<(&String, Vec<&str>)> = paths
+            .iter()
+            .filter_map(|p| split_config(p, split).map(|d| (p, d)))
+            .collect();
+        let configs: std::collections::BTreeSet<&Vec<&str>> = of_split.iter().map(|(_, d)| d).collect();
+        if configs.len() == 1 {
+            out = of_split.into_iter().map(|(p, _)| p.clone()).collect();
+        }
+    }
+    out.sort();
+    out
+}
+
+/// For a parquet file of `split`, the folders that name its config (the path's
+/// folders, less a trailing `SPLIT/` folder); None for files of other splits.
+fn split_config<'a>(path: &'a str, split: &str) -> Option<Vec<&'a str>> {
+    let stem = path
+        .strip_suffix(".parquet")
+        .or_else(|| path.strip_suffix(".arrow"))?;
+    let comps: Vec<&str> = stem.split('/').collect();
+    let (dirs, file) = comps.split_at(comps.len() - 1);
+    let file = file[0];
+    let split_ok = dirs.last() == Some(&split)
+        || file == split
+        || file.starts_with(&format!("{split}-"))
+        || file.ends_with(&format!("-{split}"))
+        || file.contains(&format!("-{split}-"));
+    // In CONFIG/SPLIT/0000.parquet the split is a folder; any other folder is a config.
+    split_ok.then(|| {
+        if dirs.last() == Some(&split) {
+            dirs[..dirs.len() - 1].to_vec()
+        } else {
+            dirs.to_vec()
+        }
+    })
+}
+
+/// The cache folder of a dataset repo, as huggingface_hub names it.
+fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("datasets--{}", repo.replace('/', "--")))
+}
+
+fn cache_dir(opts: &HubOptions) -> Result<PathBuf, HubError> {
+    if let Some(d) = &opts.cache_dir {
+        return Ok(d.clone());
+    }
+    Ok(hf_hub::resolve_cache_dir())
+}
+
+/// A revision that is already a full commit sha.
+fn is_commit(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Lists the split's files in the cached snapshot of `revision`, if there is one.
+fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split: &str) -> Option<SplitFiles> {
+    let folder = repo_folder(cache, repo);
+    let commit = if is_commit(revision) {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(folder.join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    let snap = folder.join("snapshots").join(&commit);
+    let mut all = vec![];
+    let mut stack = vec![snap.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(&snap) {
+                all.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let files: Vec<PathBuf> = select(&all, config, split).iter().map(|r| snap.join(r)).collect();
+    (!files.is_empty()).then_some(SplitFiles { commit, files })
+}
+
+/// Marks a split whose download is under way: written before its first file
+/// is fetched, removed after the last. A split cached with its marker still
+/// there is what an interrupted download left (some files missing), not the
+/// split, so it is fetched again.
+fn pending_marker(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split: &str) -> PathBuf {
+    let id = format!("{revision}\n{}\n{split}", config.unwrap_or(""));
+    repo_folder(cache, repo)
+        .join(".goosepipe-pending")
+        .join(&blake3::hash(id.as_bytes()).to_hex()[..16])
+}
+
+/// The parquet files of `repo` (config, split) at `revision`: from the cache, else
+/// (unless offline) listed on the hub and downloaded into the cache.
+pub fn split_files(
+    repo: &str,
+    revision: &str,
+    config: Option<&str>,
+    split: &str,
+    opts: &HubOptions,
+) -> Result<SplitFiles, HubError> {
+    split_files_reporting(repo, revision, config, split, opts, None)
+}
+
+/// [`split_files`], telling `report` how each download is going.
+pub fn split_files_reporting(
+    repo: &str,
+    revision: &str,
+    config: Option<&str>,
+    split: &str,
+    opts: &HubOptions,
+    report: Option<&DownloadReport<'_>>,
+) -> Result<SplitFiles, HubError> {
+    let cache = cache_dir(opts)?;
+    let pending = pending_marker(&cache, repo, revision, config, split);
+    let interrupted = pending.exists();
+    if !interrupted && let Some(found) = cached(&cache, repo, revision, config, split) {
+        return Ok(found);
+    }
+    let what = format!(
+        "split `{split}`{} has {} in the cache at {}",
+        config.map(|c| format!(" of config `{c}`")).unwrap_or_default(),
+        if interrupted {
+            "only part of its data files (an earlier download was interrupted)"
+        } else {
+            "no data files"
+        },
+        repo_folder(&cache, repo).display()
+    );
+    if opts.offline {
+        return Err(err(
+            repo,
+            revision,
+            format!("{what} (offline; run once with network access, or copy the HF cache here)"),
+        ));
+    }
+    let Some((org, name)) = repo.split_once('/').map(|(o, n)| (o.to_string(), n.to_string())) else {
+        return Err(err(
+            repo,
+            revision,
+            format!(
+                "{what}, and `{repo}` names no organisation: the hub moved its canonical datasets under organisations (e.g. fancyzhx/ag_news); use the org/name id"
+            ),
+        ));
+    };
+    let client = client(opts).map_err(|e| err(repo, revision, e))?;
+    let ds = client.dataset(org, name);
+    // Listing and downloads are watched for silence, so an unreachable or
+    // stalled hub gives an error, not a hang.
+    let (rev, cfg, spl) = (revision.to_string(), config.map(String::from), split.to_string());
+    let (listed, mut ds) = watched(opts.timeout, None, move |_| {
+        let r = ds
+            .list_tree()
+            .revision(rev.clone())
+            .recursive(true)
+            .send()
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        hf_hub::repository::RepoTreeEntry::File { path, .. } => Some(path),
+                        _ => None,
+                    })
+                    .filter(|p| matches(p, cfg.as_deref(), &spl))
+                    .collect::<Vec<_>>()
+            });
+        (r, ds)
+    })
+    .map_err(|silence| err(repo, revision, format!("{what}, and {}", silence.explain())))?;
+    let names = listed.map_err(|e| match e {
+        HFError::RepoNotFound { .. } => err(repo, revision, "no such dataset repo on the hub"),
+        e => err(
+            repo,
+            revision,
+            format!("{what}, and listing the repo failed: {e}"),
+        ),
+    })?;
+    if names.is_empty() {
+        return Err(err(
+            repo,
+            revision,
+            format!(
+                "no parquet or arrow files for split `{split}`{} (for datasets without their own parquet, use revision=\"refs/convert/parquet\")",
+                config.map(|c| format!(" of config `{c}`")).unwrap_or_default()
+            ),
+        ));
+    }
+    let mark = |r: std::io::Result<()>| {
+        r.map_err(|e| err(repo, revision, format!("cannot write {}: {e}", pending.display())))
+    };
+    mark(std::fs::create_dir_all(pending.parent().unwrap_or(&cache)))?;
+    mark(std::fs::write(&pending, names.join("\n")))?;
+    for n in &names {
+        let (file, rev) = (n.clone(), revision.to_string());
+        let (got, back) = watched(opts.timeout, report.map(|r| (n.as_str(), r)), move |progress| {
+            let r = ds
+                .download_file()
+                .filename(file)
+                .revision(rev)
+                .progress(progress)
+                .send();
+            (r, ds)
+        })
+        .map_err(|silence| {
+            err(
+                repo,
+                revision,
+                format!("downloading `{n}`: {}", silence.explain()),
+            )
+        })?;
+        got.map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
+        ds = back;
+    }
+    let found = cached(&cache, repo, revision, config, split)
+        .ok_or_else(|| err(repo, revision, "downloaded files did not appear in the cache"))?;
+    match std::fs::remove_file(&pending) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => mark(Err(e))?,
+        _ => {}
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_layouts() {
+        assert!(matches("rte/validation/0000.parquet", Some("rte"), "validation"));
+        assert!(matches(
+            "rte/super_glue-validation.parquet",
+            Some("rte"),
+            "validation"
+        ));
+        assert!(matches("data/train-00000-of-00002.parquet", None, "train"));
+        assert!(matches(
+            "boolean_expressions/train-00000-of-00001.parquet",
+            Some("boolean_expressions"),
+            "train"
+        ));
+        assert!(!matches("rte/train/0000.parquet", Some("rte"), "validation"));
+        assert!(!matches("cb/validation/0000.parquet", Some("rte"), "validation"));
+        assert!(!matches("rte/validation/0000.parquet", None, "validation"));
+        assert!(!matches("data/train.jsonl", None, "train"));
+        assert!(matches(
+            "FLANV2/NIV2/Paraphrasing/train/data-00000-of-00001.arrow",
+            Some("FLANV2/NIV2/Paraphrasing"),
+            "train"
+        ));
+        assert!(!matches(
+            "FLANV2/NIV2/Paraphrasing/train/state.json",
+            Some("FLANV2/NIV2/Paraphrasing"),
+            "train"
+        ));
+        let paths: Vec<String> = [
+            "plain_text/test/0000.parquet",
+            "plain_text/train/0000.parquet",
+            "plain_text/train/0001.parquet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(select(&paths, None, "train"), &paths[1..]);
+        let two: Vec<String> = ["a/train/0.parquet", "b/train/0.parquet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(
+            select(&two, None, "train").is_empty(),
+            "ambiguous without a config"
+        );
+    }
+
+    /// A folder laid out as the HF cache (refs, snapshots, blobs) is read offline.
+    #[test]
+    fn reads_an_offline_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("datasets--org--ds");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(repo.join("refs/refs/convert")).unwrap();
+        std::fs::write(repo.join("refs/refs/convert/parquet"), commit).unwrap();
+        let snap = repo.join("snapshots").join(commit).join("cfg/train");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs/abc"), b"PAR1").unwrap();
+        std::os::unix::fs::symlink("../../../../blobs/abc", snap.join("0000.parquet")).unwrap();
+        let opts = HubOptions {
+            cache_dir: Some(t.path().to_path_buf()),
+            offline: true,
+            ..Default::default()
+        };
+        let f = split_files("org/ds", "refs/convert/parquet", Some("cfg"), "train", &opts).unwrap();
+        assert_eq!(f.commit, commit);
+        assert_eq!(f.files.len(), 1);
+        assert_eq!(std::fs::read(&f.files[0]).unwrap(), b"PAR1");
+        let e = split_files("org/ds", "main", Some("cfg"), "train", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("offline") && e.contains("datasets--org--ds"), "{e}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Resolving a Hugging Face repo id + revision to a local snapshot folder in
+//! the standard HF cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+//! `~/.cache/huggingface/hub`). The cache is always tried first with
+//! `local_files_only`, so cached models work offline; network requests are
+//! watched for silence (`hub::watch`), so an unreachable or stalled hub gives
+//! an error, not a hang, and a large checkpoint may take as long as it takes.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::HFError;
+
+use super::error::{HubError, Result};
+use super::options::{HubOptions, client, parse_repo_id};
+use super::watch::{DownloadReport, watched};
+use super::weight_files::{PICKLE, SAFETENSORS, SAFETENSORS_INDEX, shard_names};
+
+/// Whether a file is in the repo (and where it landed).
+enum Fetch {
+    Found(PathBuf),
+    Absent,
+}
+
+/// One repo at one revision, as the resolution below walks its files.
+struct Repo<'a> {
+    id: &'a str,
+    revision: &'a str,
+    report: Option<&'a DownloadReport<'a>>,
+}
+
+impl Repo<'_> {
+    /// One file: cache first, then (unless offline) the network, watched for silence.
+    fn fetch(&self, file: &str, opts: &HubOptions) -> Result<Fetch> {
+        let (repo_id, revision) = (self.id, self.revision);
+        let (org, name) = parse_repo_id(repo_id)?;
+        let cached = client(opts)?
+            .model(org, name)
+            .download_file()
+            .filename(file)
+            .revision(revision)
+            .local_files_only(true)
+            .send();
+        match cached {
+            Ok(p) => return Ok(Fetch::Found(p)),
+            Err(HFError::LocalEntryNotFound { .. }) => {}
+            Err(e) => {
+                return Err(HubError::Request(format!(
+                    "{repo_id}@{revision}: reading `{file}` from the cache failed: {e}"
+                )));
+            }
+        }
+        if opts.offline {
+            return Ok(Fetch::Absent);
+        }
+        let (org, name, file_s, rev, o) = (
+            org.to_owned(),
+            name.to_owned(),
+            file.to_owned(),
+            revision.to_owned(),
+            opts.clone(),
+        );
+        let answer = watched(opts.timeout, self.report.map(|r| (file, r)), move |progress| {
+            client(&o).map(|c| {
+                match c
+                    .model(org, name)
+                    .download_file()
+                    .filename(file_s)
+                    .revision(rev)
+                    .progress(progress)
+                    .send()
+                {
+                    Ok(p) => Ok(Fetch::Found(p)),
+                    Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        });
+        let what = format!("{repo_id}@{revision}: `{file}` is not in the local cache and");
+        match answer {
+            Ok(Ok(Ok(f))) => Ok(f),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Err(e))) => Err(HubError::Request(format!("{what} downloading it failed: {e}"))),
+            Err(silence) => Err(HubError::Request(format!("{what} {}", silence.explain()))),
+        }
+    }
+
+    fn require(&self, file: &str, opts: &HubOptions) -> Result<PathBuf> {
+        match self.fetch(file, opts)? {
+            Fetch::Found(p) => Ok(p),
+            Fetch::Absent => Err(HubError::Request(format!(
+                "{}@{}: `{file}` is not in the local cache{}",
+                self.id,
+                self.revision,
+                if opts.offline {
+                    " (offline)"
+                } else {
+                    " nor on the hub"
+                }
+            ))),
+        }
+    }
+
+    /// Looks for single, sharded or pickle weights with `pass`'s network policy;
+    /// shards of an index are then required under `opts`.
+    fn find_weights(&self, pass: &HubOptions, opts: &HubOptions) -> Result<bool> {
+        if let Fetch::Found(_) = self.fetch(SAFETENSORS, pass)? {
+            return Ok(true);
+        }
+        if let Fetch::Found(index) = self.fetch(SAFETENSORS_INDEX, pass)? {
+            for shard in shard_names(&index)? {
+                self.require(&shard, opts)?;
+            }
+            return Ok(true);
+        }
+        Ok(matches!(self.fetch(PICKLE, pass)?, Fetch::Found(_)))
+    }
+}
+
+/// Makes the model folder of `repo_id` at `revision` (branch, tag or commit)
+/// available locally and returns the snapshot folder that holds `config.json`,
+/// the weights (single, sharded or pickle) and `tokenizer.json` when the repo has one.
+pub fn resolve_model(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<PathBuf> {
+    resolve_model_reporting(repo_id, revision, opts, None)
+}
+
+/// [`resolve_model`], telling `report` how each download is going (a step's
+/// progress bar: an 11 GB checkpoint takes minutes).
+pub fn resolve_model_reporting(
+    repo_id: &str,
+    revision: &str,
+    opts: &HubOptions,
+    report: Option<&DownloadReport<'_>>,
+) -> Result<PathBuf> {
+    let repo = Repo {
+        id: repo_id,
+        revision,
+        report,
+    };
+    let config = repo.require("config.json", opts)?;
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| HubError::Request(format!("odd cache path {}", config.display())))?;
+    // Cached copies first for every candidate, so an offline cache with a
+    // pickle checkpoint does not trigger network lookups for safetensors.
+    let offline = HubOptions {
+        offline: true,
+        ..opts.clone()
+    };
+    let found = repo.find_weights(&offline, opts)? || (!opts.offline && repo.find_weights(opts, opts)?);
+    if !found {
+        return Err(HubError::Request(format!(
+            "{repo_id}@{revision}: no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE} found"
+        )));
+    }
+    // The tokenizer is optional (training from scratch has none).
+    let _ = repo.fetch("tokenizer.json", opts)?;
+    Ok(dir)
+}
+
+/// A local folder if `model` is one, else a hub repo id resolved through the cache.
+pub fn resolve_model_dir(model: &str, revision: &str, hub: &HubOptions) -> Result<PathBuf> {
+    let p = Path::new(model);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    resolve_model(model, revision, hub)
+}

@@ -1,0 +1,142 @@
+//! Safe strided f32 matrix products on gemm, for the fused ops and the routed
+//! CPU paths: views carry their strides, so transposes cost nothing, and a
+//! product can accumulate into its destination (`dst += lhs · rhs`), which is
+//! how a LoRA branch joins the frozen product without a separate add pass.
+
+/// A read-only view of an f32 matrix with arbitrary row and column strides.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transposed view.
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// One past the largest index the view addresses (0 when empty).
+    fn span(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// `dst = scale · lhs · rhs`, or `dst += scale · lhs · rhs` when `accumulate`;
+/// `dst` is row-major `[lhs.rows, rhs.cols]`. `parallel` splits the product
+/// over the rayon pool (worth it for large products only).
+pub fn gemm(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, parallel: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "gemm: inner dimensions differ");
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    assert!(
+        lhs.data.len() >= lhs.span() && rhs.data.len() >= rhs.span(),
+        "gemm: a view addresses past its data"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = match rayon::current_num_threads() {
+        t if parallel && t > 1 => gemm::Parallelism::Rayon(t),
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: every index the strides address is inside the slices (asserted
+    // above), and `dst` is not aliased by `lhs` or `rhs` (borrow rules).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs`, row-major f32, on the calling thread;
+/// `rhs` is `[k, n]`, or `[n, k]` read transposed when `rhs_transposed`.
+pub fn gemm_f32(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    rhs_transposed: bool,
+) {
+    let rhs = if rhs_transposed {
+        Mat::new(rhs, n, k).t()
+    } else {
+        Mat::new(rhs, k, n)
+    };
+    gemm(dst, Mat::new(lhs, m, k), rhs, 1.0, false, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_of_transposed_views_accumulate() {
+        // a [2, 3], b [2, 3]: a · bᵀ is [2, 2].
+        let a = [1f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [1f32, 0.0, -1.0, 2.0, 1.0, 0.0];
+        let mut dst = [10f32, 20.0, 30.0, 40.0];
+        gemm(
+            &mut dst,
+            Mat::new(&a, 2, 3),
+            Mat::new(&b, 2, 3).t(),
+            0.5,
+            true,
+            false,
+        );
+        assert_eq!(dst, [10.0 - 1.0, 20.0 + 2.0, 30.0 - 1.0, 40.0 + 6.5]);
+        // aᵀ · b is [3, 3].
+        let mut dst = [0f32; 9];
+        gemm(
+            &mut dst,
+            Mat::new(&a, 2, 3).t(),
+            Mat::new(&b, 2, 3),
+            1.0,
+            false,
+            true,
+        );
+        assert_eq!(dst, [9.0, 4.0, -1.0, 12.0, 5.0, -2.0, 15.0, 6.0, -3.0]);
+    }
+}

@@ -1,0 +1,286 @@
+//! T5 hyper-parameters, read from a Hugging Face `config.json` or built by hand.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::error::{ModelError, Result};
+
+/// Activation of the feed-forward block. `Gated*` variants use two input
+/// projections (`wi_0`, `wi_1`) and multiply them; the others use one (`wi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedForward {
+    Relu,
+    /// Exact (erf) GELU, HF `"gelu"`.
+    Gelu,
+    Silu,
+    GatedRelu,
+    /// HF maps `"gated-gelu"` to `gelu_new`, the tanh approximation.
+    GatedGelu,
+    GatedSilu,
+}
+
+impl FeedForward {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "relu" => FeedForward::Relu,
+            "gelu" => FeedForward::Gelu,
+            "silu" => FeedForward::Silu,
+            "gated-relu" => FeedForward::GatedRelu,
+            "gated-gelu" | "gated-gelu_new" => FeedForward::GatedGelu,
+            "gated-silu" => FeedForward::GatedSilu,
+            _ => return None,
+        })
+    }
+
+    pub fn as_hf_str(self) -> &'static str {
+        match self {
+            FeedForward::Relu => "relu",
+            FeedForward::Gelu => "gelu",
+            FeedForward::Silu => "silu",
+            FeedForward::GatedRelu => "gated-relu",
+            FeedForward::GatedGelu => "gated-gelu",
+            FeedForward::GatedSilu => "gated-silu",
+        }
+    }
+
+    pub fn is_gated(self) -> bool {
+        matches!(
+            self,
+            FeedForward::GatedRelu | FeedForward::GatedGelu | FeedForward::GatedSilu
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_decoder_layers: usize,
+    pub num_heads: usize,
+    pub relative_attention_num_buckets: usize,
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    pub feed_forward: FeedForward,
+    pub pad_token_id: u32,
+    pub eos_token_id: u32,
+    pub decoder_start_token_id: u32,
+    /// The LM head reuses `shared.weight`. Decided by the checkpoint (absence of
+    /// `lm_head.weight`), not by the config, because transformers 5 always writes
+    /// `tie_word_embeddings: true`.
+    pub tie_word_embeddings: bool,
+    /// Multiply the decoder output by `d_model^-0.5` before the head.
+    pub scale_decoder_outputs: bool,
+}
+
+fn field<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    v.get(key).filter(|x| !x.is_null())
+}
+
+impl T5Config {
+    /// A small T5.1.1-style config (gated-GELU, untied head); handy for tests and
+    /// for quickstart pipelines that train from scratch.
+    pub fn tiny_v1_1(vocab_size: usize, d_model: usize, num_layers: usize) -> Self {
+        let num_heads = 4.min(d_model).max(1);
+        T5Config {
+            vocab_size,
+            d_model,
+            d_kv: d_model / num_heads,
+            d_ff: d_model * 2,
+            num_layers,
+            num_decoder_layers: num_layers,
+            num_heads,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward: FeedForward::GatedGelu,
+            pad_token_id: 0,
+            eos_token_id: 1,
+            decoder_start_token_id: 0,
+            tie_word_embeddings: false,
+            scale_decoder_outputs: false,
+        }
+    }
+
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// Parameters of the whole model (embeddings, untied head, every linear and norm),
+    /// in u128 so absurd sizes from a manifest cannot overflow.
+    pub fn parameter_count(&self) -> u128 {
+        let (d, inner, ff) = (self.d_model as u128, self.inner_dim() as u128, self.d_ff as u128);
+        let ffn = if self.feed_forward.is_gated() { 3 } else { 2 } * d * ff;
+        let attention = 4 * d * inner;
+        let bias = (self.relative_attention_num_buckets * self.num_heads) as u128;
+        let encoder = self.num_layers as u128 * (attention + ffn + 2 * d) + bias + d;
+        let decoder = self.num_decoder_layers as u128 * (2 * attention + ffn + 3 * d) + bias + d;
+        let head = if self.tie_word_embeddings { 0 } else { 1 };
+        (1 + head) * self.vocab_size as u128 * d + encoder + decoder
+    }
+
+    /// Bytes that training every parameter in f32 holds at least: weights, gradients
+    /// and AdamW's two moments (activations come on top).
+    pub fn training_bytes(&self) -> u128 {
+        16 * self.parameter_count()
+    }
+
+    /// Parses an HF `config.json`. `has_lm_head` says whether the checkpoint has a
+    /// separate `lm_head.weight`; pass `None` to trust the config's tie flag.
+    pub fn from_json_str(text: &str, path: &Path, has_lm_head: Option<bool>) -> Result<Self> {
+        let bad = |message: String| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let usize_of = |key: &str| -> Result<Option<usize>> {
+            match field(&v, key) {
+                None => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| bad(format!("`{key}` must be a non-negative integer, got {x}"))),
+            }
+        };
+        let need = |key: &str| -> Result<usize> {
+            usize_of(key)?.ok_or_else(|| bad(format!("missing required field `{key}`")))
+        };
+        let d_model = need("d_model")?;
+        let num_layers = need("num_layers")?;
+        let num_heads = need("num_heads")?;
+        let ff_text = field(&v, "feed_forward_proj")
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(format!("`feed_forward_proj` must be a string, got {x}")))
+            })
+            .transpose()?
+            .unwrap_or_else(|| "relu".to_owned());
+        let feed_forward = FeedForward::parse(&ff_text)
+            .ok_or_else(|| bad(format!("unsupported feed_forward_proj `{ff_text}`")))?;
+        let bool_of = |key: &str| -> Result<Option<bool>> {
+            match field(&v, key) {
+                None => Ok(None),
+                Some(x) => x
+                    .as_bool()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("`{key}` must be a boolean, got {x}"))),
+            }
+        };
+        let tie_flag = bool_of("tie_word_embeddings")?.unwrap_or(true);
+        // transformers 5 writes tie_word_embeddings=true always and keeps the real
+        // "scale like a tied model" flag in scale_decoder_outputs.
+        let scale_decoder_outputs = bool_of("scale_decoder_outputs")?.unwrap_or(tie_flag);
+        let tie_word_embeddings = match has_lm_head {
+            Some(has) => !has,
+            None => tie_flag,
+        };
+        let eps = match field(&v, "layer_norm_epsilon") {
+            None => 1e-6,
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| bad(format!("`layer_norm_epsilon` must be a number, got {x}")))?,
+        };
+        let id = |key: &str, default: u32| -> Result<u32> {
+            Ok(usize_of(key)?.map(|n| n as u32).unwrap_or(default))
+        };
+        let pad_token_id = id("pad_token_id", 0)?;
+        let cfg = T5Config {
+            vocab_size: need("vocab_size")?,
+            d_model,
+            d_kv: usize_of("d_kv")?.unwrap_or(d_model / num_heads.max(1)),
+            d_ff: need("d_ff")?,
+            num_layers,
+            num_decoder_layers: usize_of("num_decoder_layers")?.unwrap_or(num_layers),
+            num_heads,
+            relative_attention_num_buckets: usize_of("relative_attention_num_buckets")?.unwrap_or(32),
+            relative_attention_max_distance: usize_of("relative_attention_max_distance")?.unwrap_or(128),
+            layer_norm_epsilon: eps,
+            feed_forward,
+            pad_token_id,
+            eos_token_id: id("eos_token_id", 1)?,
+            decoder_start_token_id: id("decoder_start_token_id", pad_token_id)?,
+            tie_word_embeddings,
+            scale_decoder_outputs,
+        };
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path, has_lm_head: Option<bool>) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_json_str(&text, path, has_lm_head)
+    }
+
+    /// Checks the relations between fields that the forward pass relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_heads", self.num_heads),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+        ];
+        for (k, n) in positive {
+            if n == 0 {
+                return Err(format!("`{k}` must be positive"));
+            }
+        }
+        if self.relative_attention_num_buckets < 4 {
+            return Err("`relative_attention_num_buckets` must be at least 4".into());
+        }
+        if self.relative_attention_max_distance * 2 <= self.relative_attention_num_buckets {
+            return Err("`relative_attention_max_distance` must exceed half the bucket count".into());
+        }
+        for (k, id) in [
+            ("pad_token_id", self.pad_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("decoder_start_token_id", self.decoder_start_token_id),
+        ] {
+            if id as usize >= self.vocab_size {
+                return Err(format!(
+                    "`{k}` {id} is outside the vocabulary ({})",
+                    self.vocab_size
+                ));
+            }
+        }
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
+            return Err("`layer_norm_epsilon` must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The config as HF `config.json` (transformers-5 style: the tie flag is
+    /// written as `scale_decoder_outputs`, the head's presence decides tying).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["T5ForConditionalGeneration"],
+            "model_type": "t5",
+            "vocab_size": self.vocab_size,
+            "d_model": self.d_model,
+            "d_kv": self.d_kv,
+            "d_ff": self.d_ff,
+            "num_layers": self.num_layers,
+            "num_decoder_layers": self.num_decoder_layers,
+            "num_heads": self.num_heads,
+            "relative_attention_num_buckets": self.relative_attention_num_buckets,
+            "relative_attention_max_distance": self.relative_attention_max_distance,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "feed_forward_proj": self.feed_forward.as_hf_str(),
+            "dropout_rate": 0.0,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "scale_decoder_outputs": self.scale_decoder_outputs,
+            "is_encoder_decoder": true,
+        })
+    }
+}
