@@ -182,15 +182,7 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
             .count(),
         ..Default::default()
     };
-    for &i in &selected {
-        let kind = &plan.steps[i].spec.kind;
-        if registry.get(kind).is_none() {
-            return Err(RunError::Selection(format!(
-                "step {} is of kind `{kind}`, which this build of goosepipe can plan but not run",
-                plan.steps[i].id()
-            )));
-        }
-    }
+    ensure_runnable(plan, registry, &selected)?;
     reporter.begin(selected.len(), report.cached);
     let in_run: BTreeSet<usize> = selected.iter().copied().collect();
     let mut waiting_on: BTreeMap<usize, usize> = BTreeMap::new();
@@ -216,32 +208,7 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
                 running += 1;
                 let tx = tx.clone();
                 scope.spawn(move || {
-                    let t0 = Instant::now();
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        execute(&plan.steps[i].spec, store, registry, lock, opts, reporter, cancel)
-                    }));
-                    let secs = t0.elapsed().as_secs_f64();
-                    let msg = match result {
-                        Ok(Ok(outcome)) => Done::Ok(i, outcome, secs),
-                        Ok(Err(StepError::Cancelled)) => {
-                            Done::Err(i, Outcome::Cancelled, secs, String::new())
-                        }
-                        Ok(Err(StepError::Failed(m))) => Done::Err(i, Outcome::Failed, secs, m),
-                        Err(p) => {
-                            let what = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            Done::Err(
-                                i,
-                                Outcome::Failed,
-                                secs,
-                                format!("internal error (a bug in goosepipe, please report it): {what}"),
-                            )
-                        }
-                    };
-                    let _ = tx.send(msg);
+                    let _ = tx.send(execute_caught(cx, i));
                 });
             }
             if running == 0 {
@@ -297,6 +264,62 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
         }
     });
     let _ = remaining;
+    report.skipped = not_finished(plan, &selected, &report);
+    reporter.end();
+    Ok(report)
+}
+
+/// Every selected step's kind has a runner in this build.
+fn ensure_runnable(plan: &Plan, registry: &Registry, selected: &[usize]) -> Result<(), RunError> {
+    for &i in selected {
+        let kind = &plan.steps[i].spec.kind;
+        if registry.get(kind).is_none() {
+            return Err(RunError::Selection(format!(
+                "step {} is of kind `{kind}`, which this build of goosepipe can plan but not run",
+                plan.steps[i].id()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Step `i` built on this thread; a panic in its runner becomes its failure.
+fn execute_caught(cx: &RunContext, i: usize) -> Done {
+    let t0 = Instant::now();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        execute(
+            &cx.plan.steps[i].spec,
+            cx.store,
+            cx.registry,
+            cx.lock,
+            cx.opts,
+            cx.reporter,
+            cx.cancel,
+        )
+    }));
+    let secs = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(outcome)) => Done::Ok(i, outcome, secs),
+        Ok(Err(StepError::Cancelled)) => Done::Err(i, Outcome::Cancelled, secs, String::new()),
+        Ok(Err(StepError::Failed(m))) => Done::Err(i, Outcome::Failed, secs, m),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Done::Err(
+                i,
+                Outcome::Failed,
+                secs,
+                format!("internal error (a bug in goosepipe, please report it): {what}"),
+            )
+        }
+    }
+}
+
+/// The selected steps that neither finished, failed nor stopped (blocked by a failure).
+fn not_finished(plan: &Plan, selected: &[usize], report: &RunReport) -> Vec<String> {
     let finished: BTreeSet<&str> = report
         .built
         .iter()
@@ -305,14 +328,12 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
         .chain(&report.cancelled)
         .map(String::as_str)
         .collect();
-    for &i in &selected {
-        let id = plan.steps[i].id();
-        if !finished.contains(id) {
-            report.skipped.push(id.to_string());
-        }
-    }
-    reporter.end();
-    Ok(report)
+    selected
+        .iter()
+        .map(|&i| plan.steps[i].id())
+        .filter(|id| !finished.contains(id))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Builds one step: lock its key, reuse if someone else built it meanwhile, verify

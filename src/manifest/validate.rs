@@ -452,9 +452,29 @@ impl Validator {
             props: BTreeMap::new(),
             children: BTreeMap::new(),
         };
-        let mut ok = true;
         let mut given_bad: Vec<String> = vec![];
-        let mut args: Vec<&KdlEntry> = vec![];
+        let (props_ok, args) = self.props(file, node, spec, &mut block, &mut given_bad);
+        let arg_ok = self.positional(file, name_loc, spec, &args, &mut block);
+        let children_ok = self.children(file, node, spec, in_defaults, &mut block);
+        let required_ok =
+            in_defaults || spec.name == "defaults" || self.required(name_loc, spec, &block, &given_bad);
+        let ok = props_ok && arg_ok && children_ok && required_ok;
+        (block, ok)
+    }
+
+    /// The node's properties, typed against the schema, into `block`; `given_bad`
+    /// gets those given with a bad value (reported already, so not "missing" too).
+    /// Returns whether all were good, and the positional arguments.
+    fn props<'n>(
+        &mut self,
+        file: FileId,
+        node: &'n KdlNode,
+        spec: &BlockSpec,
+        block: &mut Block,
+        given_bad: &mut Vec<String>,
+    ) -> (bool, Vec<&'n KdlEntry>) {
+        let mut ok = true;
+        let mut args: Vec<&'n KdlEntry> = vec![];
         for entry in node.entries() {
             match entry.name() {
                 None => args.push(entry),
@@ -508,8 +528,21 @@ impl Validator {
                 }
             }
         }
+        (ok, args)
+    }
+
+    /// The node's argument, when its spec takes one; extra arguments are errors.
+    fn positional(
+        &mut self,
+        file: FileId,
+        name_loc: Loc,
+        spec: &BlockSpec,
+        args: &[&KdlEntry],
+        block: &mut Block,
+    ) -> bool {
+        let mut ok = true;
         // Positional arguments.
-        match (&spec.arg, args.as_slice()) {
+        match (&spec.arg, args) {
             (Some(aspec), [a, rest @ ..]) => {
                 let vloc = Loc::new(file, a.span());
                 if let Some(v) = self.typed(a.value(), aspec, vloc, &spec.name) {
@@ -548,6 +581,19 @@ impl Validator {
                 }
             }
         }
+        ok
+    }
+
+    /// The node's children: lists and groups (validated recursively).
+    fn children(
+        &mut self,
+        file: FileId,
+        node: &KdlNode,
+        spec: &BlockSpec,
+        in_defaults: bool,
+        block: &mut Block,
+    ) -> bool {
+        let mut ok = true;
         // Children.
         if let Some(children) = node.children() {
             for c in children.nodes() {
@@ -715,73 +761,76 @@ impl Validator {
                 }
             }
         }
-        // Required props and children, one-of constraints (not inside `defaults`,
-        // which only sets what it sets).
-        if !in_defaults && spec.name != "defaults" {
-            for p in &spec.props {
-                if p.required && !block.props.contains_key(&p.name) && !given_bad.contains(&p.name) {
-                    self.err(
-                        "manifest::missing-property",
-                        name_loc,
-                        format!("`{}` needs `{}`", spec.name, p.name),
-                        format!("{} missing", p.name),
-                        format!("add {}=... ({}): {}", p.name, p.ty.describe(), p.doc),
-                    );
-                    ok = false;
-                }
-            }
-            for c in &spec.children {
-                if c.required && !block.children.contains_key(&c.name) {
-                    self.err(
-                        "manifest::missing-property",
-                        name_loc,
-                        format!("`{}` needs a `{}` child", spec.name, c.name),
-                        format!("{} missing", c.name),
-                        format!("add a child node `{}`: {}", c.name, c.doc),
-                    );
-                    ok = false;
-                }
-            }
-            for group in &spec.one_of {
-                let present: Vec<&String> = group
-                    .iter()
-                    .filter(|n| block.props.contains_key(*n) || block.children.contains_key(*n))
-                    .collect();
-                if present.len() != 1 {
-                    let (msg, label) = if present.is_empty() {
-                        (
-                            format!("`{}` needs one of {}", spec.name, quote_list(group)),
-                            "source missing".to_string(),
-                        )
-                    } else {
-                        (
-                            format!("`{}` takes only one of {}", spec.name, quote_list(group)),
-                            format!(
-                                "has {}",
-                                present
-                                    .iter()
-                                    .map(|s| s.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(" and ")
-                            ),
-                        )
-                    };
-                    self.err(
-                        "manifest::one-of",
-                        name_loc,
-                        msg,
-                        label,
-                        format!(
-                            "say where the {} comes from with exactly one of: {}",
-                            spec.name,
-                            group.join(", ")
-                        ),
-                    );
-                    ok = false;
-                }
+        ok
+    }
+
+    /// Required props and children, one-of constraints (not inside `defaults`,
+    /// which only sets what it sets).
+    fn required(&mut self, name_loc: Loc, spec: &BlockSpec, block: &Block, given_bad: &[String]) -> bool {
+        let mut ok = true;
+        for p in &spec.props {
+            if p.required && !block.props.contains_key(&p.name) && !given_bad.contains(&p.name) {
+                self.err(
+                    "manifest::missing-property",
+                    name_loc,
+                    format!("`{}` needs `{}`", spec.name, p.name),
+                    format!("{} missing", p.name),
+                    format!("add {}=... ({}): {}", p.name, p.ty.describe(), p.doc),
+                );
+                ok = false;
             }
         }
-        (block, ok)
+        for c in &spec.children {
+            if c.required && !block.children.contains_key(&c.name) {
+                self.err(
+                    "manifest::missing-property",
+                    name_loc,
+                    format!("`{}` needs a `{}` child", spec.name, c.name),
+                    format!("{} missing", c.name),
+                    format!("add a child node `{}`: {}", c.name, c.doc),
+                );
+                ok = false;
+            }
+        }
+        for group in &spec.one_of {
+            let present: Vec<&String> = group
+                .iter()
+                .filter(|n| block.props.contains_key(*n) || block.children.contains_key(*n))
+                .collect();
+            if present.len() != 1 {
+                let (msg, label) = if present.is_empty() {
+                    (
+                        format!("`{}` needs one of {}", spec.name, quote_list(group)),
+                        "source missing".to_string(),
+                    )
+                } else {
+                    (
+                        format!("`{}` takes only one of {}", spec.name, quote_list(group)),
+                        format!(
+                            "has {}",
+                            present
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        ),
+                    )
+                };
+                self.err(
+                    "manifest::one-of",
+                    name_loc,
+                    msg,
+                    label,
+                    format!(
+                        "say where the {} comes from with exactly one of: {}",
+                        spec.name,
+                        group.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok
     }
 
     fn extra_arg(&mut self, file: FileId, e: &KdlEntry, spec: &BlockSpec) {

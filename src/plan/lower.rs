@@ -20,7 +20,7 @@ use petgraph::graph::DiGraph;
 use rayon::prelude::*;
 
 use super::params::{self, Collected};
-use super::{Catalog, MemberData, Needed, Plan, Step, key};
+use super::{Catalog, MemberData, MethodInfo, Needed, Plan, Step, key};
 use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::Schema;
 use crate::manifest::source::Sources;
@@ -836,14 +836,6 @@ impl Lowerer<'_> {
             .and_then(|m| m.block.str("model"))
             .unwrap_or_default()
             .to_string();
-        let routing = e.block.group("routing");
-        let rint = |k: &str| routing.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Int(0));
-        let rstr = |k: &str| {
-            routing
-                .and_then(|r| r.get(k))
-                .cloned()
-                .unwrap_or(Value::Str(String::new()))
-        };
         let mut v = Proto::new("eval", &e.name, Some(e.name_loc));
         let c = self.collect(
             e,
@@ -879,137 +871,192 @@ impl Lowerer<'_> {
             v.inputs
                 .push((format!("gate:{}", m.name), format!("gate:{}", m.name)));
         }
-        let member_names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         let methods = self.catalog.methods();
         for f in e.block.list("methods") {
-            let Some(s) = f.value.as_str() else { continue };
             let loc = f.loc.unwrap_or(e.name_loc);
-            if let Some(name) = s.strip_prefix("expert:") {
-                if !member_names.contains(&name) {
-                    let help = match did_you_mean(name, member_names.iter().copied()) {
-                        Some(d) => format!("did you mean \"expert:{d}\"?"),
-                        None => format!("pool \"{pool}\" has: {}", member_names.join(", ")),
-                    };
-                    self.errors.push(
-                        ManifestError::new(
-                            &self.manifest.sources,
-                            "manifest::undefined-reference",
-                            loc,
-                            format!("expert \"{name}\" is not in pool \"{pool}\""),
-                            "not a pool member",
-                        )
-                        .help(help),
-                    );
-                }
-                continue;
-            }
-            let Some(method) = methods.iter().find(|m| m.name == s) else {
-                let names: Vec<&str> = methods.iter().map(|m| m.name).collect();
-                let help = match did_you_mean(s, names.iter().copied()) {
-                    Some(d) => format!("did you mean \"{d}\"?"),
-                    None => format!("methods are {}, or expert:NAME", names.join(", ")),
-                };
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::unknown-method",
-                        loc,
-                        format!("unknown method \"{s}\""),
-                        "not a method",
-                    )
-                    .help(help),
-                );
+            let Some(method) = self.method(
+                f.value.as_str().unwrap_or_default(),
+                loc,
+                &members,
+                &pool,
+                &methods,
+            ) else {
                 continue;
             };
             for kind in method.needs {
-                match self.catalog.needed(kind) {
-                    Some(Needed::PerMember {
-                        settings,
-                        data,
-                        expert,
-                        model: reads_model,
-                        embedder,
-                    }) => {
-                        // A named embedder is resolved (and hashed, or refused) once, for
-                        // every member's step and the eval's queries.
-                        let (spec, own) = embedder.map_or((String::new(), true), |(k, own)| {
-                            let spec = rstr(k).as_str().unwrap_or_default().to_string();
-                            let is_own = spec == own;
-                            (spec, is_own)
-                        });
-                        let external = if own {
-                            None
-                        } else {
-                            self.embedder(&spec, Some(e.name_loc))
-                        };
-                        for m in &members {
-                            let mut a = Proto::new(kind, &m.name, Some(m.name_loc));
-                            for (param, setting) in settings {
-                                let v = if embedder.is_some_and(|(k, _)| k == *setting) {
-                                    rstr(setting)
-                                } else {
-                                    rint(setting)
-                                };
-                                a.params.insert((*param).into(), v);
-                            }
-                            let dataset = m.block.str("dataset").unwrap_or_default();
-                            if reads_model || (embedder.is_some() && own) {
-                                a.inputs.push(("model".into(), format!("model:{model}")));
-                            }
-                            if expert {
-                                a.inputs.push(("expert".into(), format!("expert:{}", m.name)));
-                            }
-                            let data = match data {
-                                MemberData::Tokens => self.tokens(dataset, &model),
-                                MemberData::Examples => format!("dataset:{dataset}"),
-                            };
-                            a.inputs.push(("data".into(), data));
-                            a.externals.extend(external.clone());
-                            let id = self.push(a, &e.name);
-                            v.inputs.push((format!("{kind}:{}", m.name), id));
-                        }
-                        v.externals.extend(external);
-                    }
-                    Some(Needed::Pooled) => {
-                        let mut a = Proto::new(kind, &pool, Some(e.name_loc));
-                        for g in ["lora", "train"] {
-                            if let Some(b) = self.manifest.default_groups.get(g) {
-                                let spec = self.schema.group(g).expect("schema group");
-                                let c = params::collect(self.schema, b, spec, None);
-                                a.params.insert(g.into(), Value::Map(c.keyed));
-                            }
-                        }
-                        a.inputs.push(("model".into(), format!("model:{model}")));
-                        let mut datasets: Vec<&str> =
-                            members.iter().filter_map(|m| m.block.str("dataset")).collect();
-                        datasets.sort();
-                        datasets.dedup();
-                        for d in datasets {
-                            let t = self.tokens(d, &model);
-                            a.inputs.push((format!("data:{d}"), t));
-                        }
-                        let id = self.push(a, &e.name);
-                        v.inputs.push(((*kind).into(), id));
-                    }
-                    None => {
-                        self.errors.push(
-                            ManifestError::new(
-                                &self.manifest.sources,
-                                "plan::unknown-step-kind",
-                                loc,
-                                format!(
-                                    "method \"{s}\" needs step kind `{kind}`, which this build cannot lower"
-                                ),
-                                "needs it",
-                            )
-                            .help("upgrade goosepipe, or remove the method"),
-                        );
-                    }
+                let Some(needed) = self.catalog.needed(kind) else {
+                    self.errors.push(
+                        ManifestError::new(
+                            &self.manifest.sources,
+                            "plan::unknown-step-kind",
+                            loc,
+                            format!(
+                                "method \"{}\" needs step kind `{kind}`, which this build cannot lower",
+                                method.name
+                            ),
+                            "needs it",
+                        )
+                        .help("upgrade goosepipe, or remove the method"),
+                    );
+                    continue;
+                };
+                let needs = Needs {
+                    eval: e,
+                    members: &members,
+                    pool: &pool,
+                    model: &model,
+                };
+                match needed {
+                    Needed::PerMember { .. } => self.per_member_steps(&needs, kind, needed, &mut v),
+                    Needed::Pooled => self.pooled_step(&needs, kind, &mut v),
                 }
             }
         }
         self.push(v, &e.name);
     }
+
+    /// The method a manifest names in an eval's `methods` (None, with the error
+    /// pushed, for an unknown one; `expert:NAME` needs no steps and is checked
+    /// against the pool).
+    fn method(
+        &mut self,
+        s: &str,
+        loc: Loc,
+        members: &[&Entity],
+        pool: &str,
+        methods: &[MethodInfo],
+    ) -> Option<MethodInfo> {
+        if let Some(name) = s.strip_prefix("expert:") {
+            let member_names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            if !member_names.contains(&name) {
+                let help = match did_you_mean(name, member_names.iter().copied()) {
+                    Some(d) => format!("did you mean \"expert:{d}\"?"),
+                    None => format!("pool \"{pool}\" has: {}", member_names.join(", ")),
+                };
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::undefined-reference",
+                        loc,
+                        format!("expert \"{name}\" is not in pool \"{pool}\""),
+                        "not a pool member",
+                    )
+                    .help(help),
+                );
+            }
+            return None;
+        }
+        let found = methods.iter().find(|m| m.name == s).copied();
+        if found.is_none() {
+            let names: Vec<&str> = methods.iter().map(|m| m.name).collect();
+            let help = match did_you_mean(s, names.iter().copied()) {
+                Some(d) => format!("did you mean \"{d}\"?"),
+                None => format!("methods are {}, or expert:NAME", names.join(", ")),
+            };
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::unknown-method",
+                    loc,
+                    format!("unknown method \"{s}\""),
+                    "not a method",
+                )
+                .help(help),
+            );
+        }
+        found
+    }
+
+    /// One step of a needed kind per pool member (`KIND:MEMBER` inputs of the eval).
+    fn per_member_steps(&mut self, n: &Needs, kind: &str, needed: Needed, v: &mut Proto) {
+        let Needed::PerMember {
+            settings,
+            data,
+            expert,
+            model: reads_model,
+            embedder,
+        } = needed
+        else {
+            return;
+        };
+        let routing = n.eval.block.group("routing");
+        let rint = |k: &str| routing.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Int(0));
+        let rstr = |k: &str| {
+            routing
+                .and_then(|r| r.get(k))
+                .cloned()
+                .unwrap_or(Value::Str(String::new()))
+        };
+        // A named embedder is resolved (and hashed, or refused) once, for
+        // every member's step and the eval's queries.
+        let (spec, own) = embedder.map_or((String::new(), true), |(k, own)| {
+            let spec = rstr(k).as_str().unwrap_or_default().to_string();
+            let is_own = spec == own;
+            (spec, is_own)
+        });
+        let external = if own {
+            None
+        } else {
+            self.embedder(&spec, Some(n.eval.name_loc))
+        };
+        for m in n.members {
+            let mut a = Proto::new(kind, &m.name, Some(m.name_loc));
+            for (param, setting) in settings {
+                let v = if embedder.is_some_and(|(k, _)| k == *setting) {
+                    rstr(setting)
+                } else {
+                    rint(setting)
+                };
+                a.params.insert((*param).into(), v);
+            }
+            let dataset = m.block.str("dataset").unwrap_or_default();
+            if reads_model || (embedder.is_some() && own) {
+                a.inputs.push(("model".into(), format!("model:{}", n.model)));
+            }
+            if expert {
+                a.inputs.push(("expert".into(), format!("expert:{}", m.name)));
+            }
+            let data = match data {
+                MemberData::Tokens => self.tokens(dataset, n.model),
+                MemberData::Examples => format!("dataset:{dataset}"),
+            };
+            a.inputs.push(("data".into(), data));
+            a.externals.extend(external.clone());
+            let id = self.push(a, &n.eval.name);
+            v.inputs.push((format!("{kind}:{}", m.name), id));
+        }
+        v.externals.extend(external);
+    }
+
+    /// One step of a needed kind for the whole pool (the eval's `KIND` input).
+    fn pooled_step(&mut self, n: &Needs, kind: &str, v: &mut Proto) {
+        let mut a = Proto::new(kind, n.pool, Some(n.eval.name_loc));
+        for g in ["lora", "train"] {
+            if let Some(b) = self.manifest.default_groups.get(g) {
+                let spec = self.schema.group(g).expect("schema group");
+                let c = params::collect(self.schema, b, spec, None);
+                a.params.insert(g.into(), Value::Map(c.keyed));
+            }
+        }
+        a.inputs.push(("model".into(), format!("model:{}", n.model)));
+        let mut datasets: Vec<&str> = n.members.iter().filter_map(|m| m.block.str("dataset")).collect();
+        datasets.sort();
+        datasets.dedup();
+        for d in datasets {
+            let t = self.tokens(d, n.model);
+            a.inputs.push((format!("data:{d}"), t));
+        }
+        let id = self.push(a, &n.eval.name);
+        v.inputs.push(((*kind).into(), id));
+    }
+}
+
+/// The eval whose methods need steps, and its pool.
+struct Needs<'a> {
+    eval: &'a Entity,
+    members: &'a [&'a Entity],
+    pool: &'a str,
+    model: &'a str,
 }
 
 /// The diagnostic for a local path that leaves the project folder.

@@ -421,23 +421,81 @@ impl StepRunner for EvalStep {
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
+        let run = EvalRun::load(ctx, &base, &self.methods)?;
+        let scored = run.score_all(&mut base)?;
+        run.write(scored)
+    }
+}
+
+/// What the eval scored, per method and task (resumed or computed).
+#[derive(Default)]
+struct Scored {
+    /// method -> task -> mean score
+    means: HashMap<String, BTreeMap<String, f64>>,
+    /// method -> task -> per-example scores (per-example.json: what a study resamples)
+    examples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    /// method -> task -> module -> expert choices
+    routing: BTreeMap<String, TaskRouting>,
+    /// (method, task) results kept from an interrupted run.
+    resumed: usize,
+}
+
+impl Scored {
+    fn record(
+        &mut self,
+        method: &str,
+        task: &str,
+        scores: Vec<f64>,
+        routing: Option<BTreeMap<String, ModuleRouting>>,
+    ) {
+        self.means
+            .entry(method.to_string())
+            .or_default()
+            .insert(task.to_string(), mean(&scores));
+        self.examples
+            .entry(method.to_string())
+            .or_default()
+            .insert(task.to_string(), scores);
+        if let Some(r) = routing {
+            self.routing
+                .entry(method.to_string())
+                .or_default()
+                .insert(task.to_string(), r);
+        }
+    }
+}
+
+/// One eval: its parameters and tasks, the pool in name order, and the methods it
+/// can run.
+struct EvalRun<'a> {
+    ctx: &'a StepContext<'a>,
+    params: EvalParams,
+    tasks: Vec<Task>,
+    names: Vec<String>,
+    experts: Vec<LoraExpert>,
+    gates: Vec<GateVectors>,
+    list: &'a [&'static dyn route::Method],
+}
+
+impl<'a> EvalRun<'a> {
+    fn load(
+        ctx: &'a StepContext<'a>,
+        base: &Base,
+        list: &'a [&'static dyn route::Method],
+    ) -> Result<Self, StepError> {
         let params: EvalParams = ctx.params()?;
-        let (batch, seed) = (params.batch, params.seed);
-        let (top_k, temperature) = (params.routing.top_k, params.routing.arrow_temperature);
-        let methods = params.methods;
         let mut tasks = vec![];
-        for (name, p) in params.task {
+        for (name, p) in &params.task {
             let data = ctx.input(&format!("task:{name}"))?;
             let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
             tasks.push(Task {
-                name,
-                metric: p.metric,
+                name: name.clone(),
+                metric: p.metric.clone(),
                 max_new_tokens: p.max_new_tokens,
-                owner: p.expert,
-                examples: sample(ex, params.max_examples, seed),
+                owner: p.expert.clone(),
+                examples: sample(ex, params.max_examples, params.seed),
             });
         }
-        // The pool's members, in name order.
         let mut names: Vec<String> = ctx
             .inputs_with_prefix("expert:")
             .map(|i| i.role["expert:".len()..].to_string())
@@ -445,104 +503,115 @@ impl StepRunner for EvalStep {
         names.sort();
         let experts: Vec<LoraExpert> = names
             .iter()
-            .map(|n| load_expert(ctx, &format!("expert:{n}"), n, &base))
+            .map(|n| load_expert(ctx, &format!("expert:{n}"), n, base))
             .collect::<Result<_, _>>()?;
-        let gates = load_vectors(ctx, "gate", GATES_FILE, &names, &base)?;
-        // Every method as the manifest named it (the planner checked the names).
-        let chosen: BTreeMap<&str, Chosen> = methods
-            .iter()
-            .map(|m| {
-                route::parse(&self.methods, m)
-                    .map(|c| (m.as_str(), c))
-                    .ok_or_else(|| fail(format!("unknown method `{m}`")))
-            })
-            .collect::<Result<_, _>>()?;
-        let scoring = |m: &str| match chosen.get(m) {
-            Some(Chosen::Listed(x)) => x.scoring(),
-            _ => Scoring::Adapters,
+        let gates = load_vectors(ctx, "gate", GATES_FILE, &names, base)?;
+        let run = EvalRun {
+            ctx,
+            params,
+            tasks,
+            names,
+            experts,
+            gates,
+            list,
         };
-        let needs_all = methods.iter().any(|m| scoring(m) == Scoring::FromSingles);
-        let mut plan: Vec<String> = vec![];
-        for m in &methods {
-            if scoring(m) != Scoring::FromSingles {
-                plan.push(m.clone());
-            }
+        // The planner checked the names; a recipe from another build may not fit.
+        for m in &run.params.methods {
+            run.chosen(m)?;
         }
-        if needs_all {
-            for n in &names {
+        Ok(run)
+    }
+
+    fn chosen<'m>(&self, method: &'m str) -> Result<Chosen<'m>, StepError> {
+        route::parse(self.list, method).ok_or_else(|| fail(format!("unknown method `{method}`")))
+    }
+
+    fn scoring(&self, method: &str) -> Scoring {
+        match self.chosen(method) {
+            Ok(Chosen::Listed(x)) => x.scoring(),
+            _ => Scoring::Adapters,
+        }
+    }
+
+    /// The methods to score, in the manifest's order; a method that stands on the
+    /// single experts' scores adds every `expert:NAME` instead.
+    fn order(&self) -> Vec<String> {
+        let methods = &self.params.methods;
+        let mut order: Vec<String> = methods
+            .iter()
+            .filter(|m| self.scoring(m) != Scoring::FromSingles)
+            .cloned()
+            .collect();
+        if methods.iter().any(|m| self.scoring(m) == Scoring::FromSingles) {
+            for n in &self.names {
                 let m = format!("expert:{n}");
-                if !plan.contains(&m) {
-                    plan.push(m);
+                if !order.contains(&m) {
+                    order.push(m);
                 }
             }
         }
-        let per_method: u64 = tasks.iter().map(|t| t.examples.len() as u64).sum();
-        ctx.progress.set_total(per_method * plan.len() as u64, "examples");
+        order
+    }
+
+    /// Every (method, task), resuming the ones an interrupted run finished.
+    fn score_all(&self, base: &mut Base) -> Result<Scored, StepError> {
+        let ctx = self.ctx;
+        let order = self.order();
+        let per_method: u64 = self.tasks.iter().map(|t| t.examples.len() as u64).sum();
+        ctx.progress
+            .set_total(per_method * order.len() as u64, "examples");
         let mut done = 0u64;
-        let mut scores: HashMap<String, BTreeMap<String, f64>> = HashMap::new(); // method -> task -> score
-        // method -> task -> per-example scores (per-example.json: what a study resamples)
-        let mut examples: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-        // method -> task -> module -> expert choice counts
-        let mut routing: BTreeMap<String, TaskRouting> = BTreeMap::new();
+        let mut scored = Scored::default();
         let progress = Progress {
             dir: ctx.work.join("eval-progress"),
         };
-        let distinct = distinct_tokens(&tasks, &base.tokenizer)?;
-        let mut resumed = 0usize;
+        let distinct = distinct_tokens(&self.tasks, &base.tokenizer)?;
         let mut retrieval: Option<Retrieval> = None;
-        for m in &plan {
+        for m in &order {
             // Adapters are built only when a task of this method still has to run.
             let mut prepared = false;
-            for t in &tasks {
+            for t in &self.tasks {
                 if let Some(f) = progress.load(m, &t.name) {
-                    resumed += 1;
+                    scored.resumed += 1;
                     done += t.examples.len() as u64;
                     ctx.progress.set_position(done);
-                    scores
-                        .entry(m.clone())
-                        .or_default()
-                        .insert(t.name.clone(), mean(&f.scores));
-                    examples
-                        .entry(m.clone())
-                        .or_default()
-                        .insert(t.name.clone(), f.scores);
-                    if let Some(r) = f.routing {
-                        routing.entry(m.clone()).or_default().insert(t.name.clone(), r);
-                    }
+                    scored.record(m, &t.name, f.scores, f.routing);
                     continue;
                 }
                 ctx.cancel.check()?;
-                let (score, routed) = if scoring(m) == Scoring::PerExample {
+                let (score, routed) = if self.scoring(m) == Scoring::PerExample {
                     if retrieval.is_none() {
-                        retrieval = Some(Retrieval::load(ctx, &base, &experts)?);
+                        retrieval = Some(Retrieval::load(ctx, base, &self.experts)?);
                     }
                     let r = retrieval.as_ref().expect("loaded above");
-                    let (s, row) = r.score(ctx, &mut base, t, &experts, batch, &mut done)?;
+                    let (s, row) = r.score(ctx, base, t, &self.experts, self.params.batch, &mut done)?;
                     (s, Some(row))
                 } else {
                     if !prepared {
                         let pool = Members {
-                            names: &names,
-                            experts: &experts,
-                            gates: &gates,
+                            names: &self.names,
+                            experts: &self.experts,
+                            gates: &self.gates,
                         };
-                        let c = match chosen.get(m.as_str()) {
-                            Some(c) => *c,
-                            // `expert:NAME` rows added for best-individual and oracle.
-                            None => route::parse(&self.methods, m)
-                                .ok_or_else(|| fail(format!("unknown method `{m}`")))?,
-                        };
-                        let set = adapters_for(ctx, c, &base, &pool, top_k, temperature)?;
+                        let routing = &self.params.routing;
+                        let set = adapters_for(
+                            ctx,
+                            self.chosen(m)?,
+                            base,
+                            &pool,
+                            routing.top_k,
+                            routing.arrow_temperature,
+                        )?;
                         base.model.set_adapters(set).map_err(fail)?;
                         prepared = true;
                     }
                     // Token-level routers: record which experts each module picks, per
                     // task, for the routing analysis (report and `report --plots`).
-                    if route::parse(&self.methods, m).is_some_and(|c| c.routes_tokens()) {
+                    if self.chosen(m)?.routes_tokens() {
                         base.model
                             .start_routing_log_marked(false, distinct.get(&t.name).cloned());
                     }
-                    let s = score_task(ctx, &base, t, batch, &mut done)?;
+                    let s = score_task(ctx, base, t, self.params.batch, &mut done)?;
                     (s, base.model.take_routing_log().map(|log| log.modules))
                 };
                 progress.save(&Finished {
@@ -551,80 +620,88 @@ impl StepRunner for EvalStep {
                     scores: score.clone(),
                     routing: routed.clone(),
                 })?;
-                scores
-                    .entry(m.clone())
-                    .or_default()
-                    .insert(t.name.clone(), mean(&score));
-                examples
-                    .entry(m.clone())
-                    .or_default()
-                    .insert(t.name.clone(), score);
-                if let Some(r) = routed {
-                    routing.entry(m.clone()).or_default().insert(t.name.clone(), r);
-                }
+                scored.record(m, &t.name, score, routed);
             }
-            let avg: f64 =
-                scores.get(m).map(|s| s.values().sum::<f64>()).unwrap_or(0.0) / tasks.len().max(1) as f64;
-            ctx.progress.log(&format!("{m}: mean {:.1}", avg * 100.0));
-            if scoring(m) == Scoring::PerExample
-                && let Some(r) = routing.get(m)
-            {
-                let mut counts = vec![0u64; experts.len()];
-                for row in r.values().flat_map(|t| t.values()) {
-                    for (c, x) in counts.iter_mut().zip(&row.counts) {
-                        *c += x;
-                    }
-                }
-                let share: Vec<String> = experts
-                    .iter()
-                    .zip(&counts)
-                    .map(|(e, c)| format!("{} {c}", e.name))
-                    .collect();
-                ctx.progress
-                    .log(&format!("retrieval: examples per expert: {}", share.join(", ")));
-            }
+            self.log_method(m, &scored);
         }
-        if resumed > 0 {
+        if scored.resumed > 0 {
             ctx.progress.log(&format!(
-                "resumed: {resumed} (method, task) result(s) were kept from the interrupted run"
+                "resumed: {} (method, task) result(s) were kept from the interrupted run",
+                scored.resumed
             ));
         }
+        Ok(scored)
+    }
+
+    /// A method's mean, and for per-example methods how often each expert was chosen.
+    fn log_method(&self, m: &str, scored: &Scored) {
+        let avg: f64 = scored
+            .means
+            .get(m)
+            .map(|s| s.values().sum::<f64>())
+            .unwrap_or(0.0)
+            / self.tasks.len().max(1) as f64;
+        self.ctx.progress.log(&format!("{m}: mean {:.1}", avg * 100.0));
+        if self.scoring(m) == Scoring::PerExample
+            && let Some(r) = scored.routing.get(m)
+        {
+            let mut counts = vec![0u64; self.experts.len()];
+            for row in r.values().flat_map(|t| t.values()) {
+                for (c, x) in counts.iter_mut().zip(&row.counts) {
+                    *c += x;
+                }
+            }
+            let share: Vec<String> = self
+                .experts
+                .iter()
+                .zip(&counts)
+                .map(|(e, c)| format!("{} {c}", e.name))
+                .collect();
+            self.ctx
+                .progress
+                .log(&format!("{m}: examples per expert: {}", share.join(", ")));
+        }
+    }
+
+    /// The results tables, the routing record, the per-example scores and the
+    /// routing quality.
+    fn write(&self, mut scored: Scored) -> Result<(), StepError> {
+        let (ctx, methods, tasks) = (self.ctx, &self.params.methods, &self.tasks);
+        // Per expert, per task: the single experts' scores that methods of the
+        // `FromSingles` kind choose among.
+        let singles: route::best_individual::ExpertScores = self
+            .names
+            .iter()
+            .filter_map(|n| Some((n.clone(), scored.means.get(&format!("expert:{n}"))?.clone())))
+            .collect();
+        // The single expert standing for a method on a task.
+        let picked = |m: &str, task: &str| match self.chosen(m) {
+            Ok(Chosen::Listed(x)) if x.scoring() == Scoring::FromSingles => x.pick(&singles, task),
+            _ => None,
+        };
         let mut results = Results {
-            title: format!("{} (pool of {} experts)", ctx.spec.name, experts.len()),
+            title: format!("{} (pool of {} experts)", ctx.spec.name, self.experts.len()),
             tasks: tasks.iter().map(|t| t.name.clone()).collect(),
             methods: methods.clone(),
             metrics: tasks.iter().map(|t| (t.name.clone(), t.metric.clone())).collect(),
             ..Default::default()
         };
-        // Per expert, per task: the single experts' scores best-individual and oracle
-        // choose among.
-        let singles: route::best_individual::ExpertScores = names
-            .iter()
-            .filter_map(|n| Some((n.clone(), scores.get(&format!("expert:{n}"))?.clone())))
-            .collect();
-        // The single expert standing for a method on a task.
-        let picked = |m: &str, task: &str| match chosen.get(m) {
-            Some(Chosen::Listed(x)) if x.scoring() == Scoring::FromSingles => x.pick(&singles, task),
-            _ => None,
-        };
-        for t in &tasks {
+        for t in tasks {
             let row = results.scores.entry(t.name.clone()).or_default();
-            for m in &methods {
-                let v = match scoring(m) {
+            for m in methods {
+                let v = match self.scoring(m) {
                     Scoring::FromSingles => picked(m, &t.name).and_then(|n| singles[n].get(&t.name).copied()),
-                    _ => scores.get(m).and_then(|s| s.get(&t.name)).copied(),
+                    _ => scored.means.get(m).and_then(|s| s.get(&t.name)).copied(),
                 };
                 if let Some(v) = v {
                     row.insert(m.clone(), v);
                 }
             }
         }
-        for m in &methods {
-            let note = match chosen.get(m.as_str()) {
-                Some(Chosen::Listed(x)) => x.note(&singles),
-                _ => None,
-            };
-            if let Some(note) = note {
+        for m in methods {
+            if let Ok(Chosen::Listed(x)) = self.chosen(m)
+                && let Some(note) = x.note(&singles)
+            {
                 results.notes.insert(m.clone(), note);
             }
         }
@@ -637,16 +714,17 @@ impl StepRunner for EvalStep {
             results.markdown(),
         )?;
         std::fs::write(ctx.out.join(crate::artifact_files::RESULTS_CSV), results.csv())?;
-        if !routing.is_empty() {
+        if !scored.routing.is_empty() {
             std::fs::write(
                 ctx.out.join(crate::eval::plots::ROUTING_JSON),
-                serde_json::to_vec_pretty(&routing).expect("json"),
+                serde_json::to_vec_pretty(&scored.routing).expect("json"),
             )?;
         }
-        // Per example, for studies that resample examples; best-individual and oracle
-        // are the chosen single experts' rows.
-        for m in &methods {
-            for t in &tasks {
+        // Per example, for studies that resample examples; a method standing on
+        // single experts gets the chosen expert's rows.
+        let examples = &mut scored.examples;
+        for m in methods {
+            for t in tasks {
                 let source = picked(m, &t.name).map(|n| format!("expert:{n}"));
                 if let Some(rows) = source.and_then(|src| examples.get(&src)?.get(&t.name).cloned()) {
                     examples
@@ -661,7 +739,7 @@ impl StepRunner for EvalStep {
             ctx.out.join(PER_EXAMPLE_JSON),
             serde_json::to_vec(&examples).expect("json"),
         )?;
-        let quality = routing_quality(&tasks, &routing, &gates)?;
+        let quality = routing_quality(tasks, &scored.routing, &self.gates)?;
         std::fs::write(
             ctx.out.join(crate::eval::routing_quality::QUALITY_JSON),
             serde_json::to_vec_pretty(&quality).expect("json"),

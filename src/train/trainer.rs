@@ -268,86 +268,8 @@ pub fn train(
     if train.is_empty() {
         return Err(TrainError::Config("no training examples".into()));
     }
-    let device = vars
-        .first()
-        .map(|(_, v)| v.device().clone())
-        .unwrap_or(Device::Cpu);
-    let mut opt = AdamW::new(1e-8, cfg.weight_decay);
-    let mut step = 0usize;
-    let mut metrics: Vec<serde_json::Value> = vec![];
-    let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
-    let mut resumed_from = None;
-    let loaded = checkpoint::load(work, &device, |s| check_state(s, vars, cfg));
-    let fallback = if loaded.state.is_some() {
-        "training resumes from the previous checkpoint"
-    } else {
-        "training starts from scratch"
-    };
-    for w in &loaded.warnings {
-        monitor.log(&format!("warning: {w}; {fallback}"));
-    }
-    if let Some(state) = loaded.state {
-        let tensors = &state.tensors;
-        for (name, var) in vars {
-            var.set(&tensors[&format!("var/{name}")])?;
-            if let Some(m) = tensors.get(&format!("m/{name}")) {
-                opt.m.insert(name.clone(), m.clone());
-            }
-            if let Some(v) = tensors.get(&format!("v/{name}")) {
-                opt.v.insert(name.clone(), v.clone());
-            }
-        }
-        let meta = &state.meta;
-        step = meta["step"].as_u64().unwrap_or(0) as usize;
-        opt.t = meta["adam_t"].as_u64().unwrap_or(0) as usize;
-        if let Some(score) = meta["best_score"].as_f64() {
-            let w: HashMap<String, Tensor> = vars
-                .iter()
-                .filter_map(|(n, _)| tensors.get(&format!("best/{n}")).map(|t| (n.clone(), t.clone())))
-                .collect();
-            best = Some((score, meta["best_step"].as_u64().unwrap_or(0) as usize, w));
-        }
-        metrics = meta["metrics"].as_array().cloned().unwrap_or_default();
-        obj.updated()?;
-        resumed_from = Some(step);
-        monitor.log(&format!("resumed from the checkpoint at step {step}"));
-    }
-    let save_state = |step: usize,
-                      opt: &AdamW,
-                      best: &Option<(f64, usize, HashMap<String, Tensor>)>,
-                      metrics: &[serde_json::Value]|
-     -> Result<(), TrainError> {
-        let mut t: HashMap<String, Tensor> = HashMap::new();
-        for (n, v) in vars {
-            t.insert(format!("var/{n}"), v.as_tensor().clone());
-        }
-        for (n, m) in &opt.m {
-            t.insert(format!("m/{n}"), m.clone());
-        }
-        for (n, v) in &opt.v {
-            t.insert(format!("v/{n}"), v.clone());
-        }
-        if let Some((_, _, w)) = best {
-            for (n, x) in w {
-                t.insert(format!("best/{n}"), x.clone());
-            }
-        }
-        let meta = json!({
-            "step": step,
-            "adam_t": opt.t,
-            "best_score": best.as_ref().map(|b| b.0),
-            "best_step": best.as_ref().map(|b| b.1),
-            "metrics": metrics,
-        });
-        checkpoint::save(work, &checkpoint::TrainState { tensors: t, meta }).map_err(|message| {
-            TrainError::Checkpoint {
-                path: work.join(checkpoint::STATE).display().to_string(),
-                message,
-            }
-        })
-    };
+    let (mut st, resumed_from) = RunState::resume(obj, vars, cfg, work, monitor)?;
     let micro = cfg.micro();
-    let accum = cfg.accumulation();
     monitor.start(cfg.steps);
     // The untrained start is the first candidate for "best" (as in the paper's code);
     // a run resumed at step 0 has its record already.
@@ -356,77 +278,210 @@ pub fn train(
         && !valid.is_empty()
     {
         let v = validation(obj, valid, micro, cfg.eval_examples)?;
-        metrics.push(v.record(0, None));
-        best = Some((v.score(), 0, snapshot(vars)?));
+        st.metrics.push(v.record(0, None));
+        st.best = Some((v.score(), 0, snapshot(vars)?));
         monitor.log(&format!("step 0: {}", v.describe()));
     }
     let t0 = Instant::now();
-    let start_step = step;
-    while step < cfg.steps {
+    let start_step = st.step;
+    while st.step < cfg.steps {
         if monitor.cancelled() {
-            save_state(step, &opt, &best, &metrics)?;
-            return Err(TrainError::Cancelled { step });
+            st.save(vars, work)?;
+            return Err(TrainError::Cancelled { step: st.step });
         }
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut loss_sum = 0f64;
-        for a in 0..accum {
-            let k = step * accum + a;
-            obj.set_training((cfg.dropout > 0.0).then(|| dropout_seed(cfg.seed, k)))?;
-            let idx = batch_at(train, micro, cfg.seed, k);
-            let refs: Vec<&Pair> = idx.iter().map(|&i| &train[i]).collect();
-            let loss = obj.loss(&refs)?;
-            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            let scaled = (loss / accum as f64)?;
-            let g = scaled.backward()?;
-            accumulate(&mut grads, grads_of(vars, &g))?;
-        }
+        let (loss, mut grads) = accumulated_gradients(obj, vars, train, cfg, st.step)?;
         let norm = clip_global_norm(&mut grads, cfg.grad_clip)?;
-        let lr = lr_at(cfg.lr, step, cfg.steps, cfg.warmup, cfg.schedule);
-        opt.step(vars, &grads, lr)?;
+        let lr = lr_at(cfg.lr, st.step, cfg.steps, cfg.warmup, cfg.schedule);
+        st.opt.step(vars, &grads, lr)?;
         obj.updated()?;
-        step += 1;
-        let loss = loss_sum / accum as f64;
+        st.step += 1;
+        let step = st.step;
         if !loss.is_finite() {
             return Err(TrainError::Diverged { step, loss });
         }
-        metrics.push(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm}));
+        st.metrics
+            .push(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm}));
         let rate = (step - start_step) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         monitor.step(step, &format!("loss {loss:.4} | {rate:.1} steps/s"));
         if let Some(every) = cfg.eval_every
             && !valid.is_empty()
             && (step.is_multiple_of(every) || step == cfg.steps)
         {
-            let v = validation(obj, valid, micro, cfg.eval_examples)?;
-            if !v.loss.is_finite() {
-                return Err(TrainError::Diverged { step, loss: v.loss });
-            }
-            let score = v.score();
-            // `>=`: ties go to the later checkpoint.
-            let better = best.as_ref().is_none_or(|b| score >= b.0);
-            metrics.push(v.record(step, Some(better)));
-            monitor.log(&format!(
-                "step {step}: {}{}",
-                v.describe(),
-                if better { " (best so far)" } else { "" }
-            ));
-            if better {
-                best = Some((score, step, snapshot(vars)?));
-            }
+            st.validate(obj, vars, valid, cfg, monitor)?;
         }
         if step.is_multiple_of(cfg.checkpoint_every.max(1)) && step < cfg.steps {
-            save_state(step, &opt, &best, &metrics)?;
+            st.save(vars, work)?;
         }
     }
-    let (weights, best_step) = match best {
+    let (weights, best_step) = match st.best {
         Some((_, s, w)) => (w, s),
-        None => (snapshot(vars)?, step),
+        None => (snapshot(vars)?, st.step),
     };
     Ok(TrainOutcome {
         weights,
         best_step,
-        metrics,
+        metrics: st.metrics,
         resumed_from,
     })
+}
+
+/// One optimizer step's gradients, accumulated over its micro-batches (each with
+/// its own dropout seed), and its mean loss.
+fn accumulated_gradients(
+    obj: &mut dyn Objective,
+    vars: &[(String, Var)],
+    train: &[Pair],
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<(f64, BTreeMap<String, Tensor>), TrainError> {
+    let (micro, accum) = (cfg.micro(), cfg.accumulation());
+    let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut loss_sum = 0f64;
+    for a in 0..accum {
+        let k = step * accum + a;
+        obj.set_training((cfg.dropout > 0.0).then(|| dropout_seed(cfg.seed, k)))?;
+        let idx = batch_at(train, micro, cfg.seed, k);
+        let refs: Vec<&Pair> = idx.iter().map(|&i| &train[i]).collect();
+        let loss = obj.loss(&refs)?;
+        loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let scaled = (loss / accum as f64)?;
+        let g = scaled.backward()?;
+        accumulate(&mut grads, grads_of(vars, &g))?;
+    }
+    Ok((loss_sum / accum as f64, grads))
+}
+
+/// The best weights so far: (validation score, step, weights).
+type Best = Option<(f64, usize, HashMap<String, Tensor>)>;
+
+/// What a run carries from step to step: what its checkpoint holds.
+struct RunState {
+    step: usize,
+    opt: AdamW,
+    best: Best,
+    metrics: Vec<serde_json::Value>,
+}
+
+impl RunState {
+    /// The state of the last good checkpoint in `work` (the vars and the objective
+    /// updated to it), or a fresh one; with the step it resumed from.
+    fn resume(
+        obj: &mut dyn Objective,
+        vars: &[(String, Var)],
+        cfg: &TrainConfig,
+        work: &Path,
+        monitor: &dyn Monitor,
+    ) -> Result<(RunState, Option<usize>), TrainError> {
+        let device = vars
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let mut st = RunState {
+            step: 0,
+            opt: AdamW::new(1e-8, cfg.weight_decay),
+            best: None,
+            metrics: vec![],
+        };
+        let loaded = checkpoint::load(work, &device, |s| check_state(s, vars, cfg));
+        let fallback = if loaded.state.is_some() {
+            "training resumes from the previous checkpoint"
+        } else {
+            "training starts from scratch"
+        };
+        for w in &loaded.warnings {
+            monitor.log(&format!("warning: {w}; {fallback}"));
+        }
+        let Some(state) = loaded.state else {
+            return Ok((st, None));
+        };
+        let tensors = &state.tensors;
+        for (name, var) in vars {
+            var.set(&tensors[&format!("var/{name}")])?;
+            if let Some(m) = tensors.get(&format!("m/{name}")) {
+                st.opt.m.insert(name.clone(), m.clone());
+            }
+            if let Some(v) = tensors.get(&format!("v/{name}")) {
+                st.opt.v.insert(name.clone(), v.clone());
+            }
+        }
+        let meta = &state.meta;
+        st.step = meta["step"].as_u64().unwrap_or(0) as usize;
+        st.opt.t = meta["adam_t"].as_u64().unwrap_or(0) as usize;
+        if let Some(score) = meta["best_score"].as_f64() {
+            let w: HashMap<String, Tensor> = vars
+                .iter()
+                .filter_map(|(n, _)| tensors.get(&format!("best/{n}")).map(|t| (n.clone(), t.clone())))
+                .collect();
+            st.best = Some((score, meta["best_step"].as_u64().unwrap_or(0) as usize, w));
+        }
+        st.metrics = meta["metrics"].as_array().cloned().unwrap_or_default();
+        obj.updated()?;
+        monitor.log(&format!("resumed from the checkpoint at step {}", st.step));
+        let step = st.step;
+        Ok((st, Some(step)))
+    }
+
+    /// Writes the checkpoint of this state (vars, Adam moments, best weights, metrics).
+    fn save(&self, vars: &[(String, Var)], work: &Path) -> Result<(), TrainError> {
+        let mut t: HashMap<String, Tensor> = HashMap::new();
+        for (n, v) in vars {
+            t.insert(format!("var/{n}"), v.as_tensor().clone());
+        }
+        for (n, m) in &self.opt.m {
+            t.insert(format!("m/{n}"), m.clone());
+        }
+        for (n, v) in &self.opt.v {
+            t.insert(format!("v/{n}"), v.clone());
+        }
+        if let Some((_, _, w)) = &self.best {
+            for (n, x) in w {
+                t.insert(format!("best/{n}"), x.clone());
+            }
+        }
+        let meta = json!({
+            "step": self.step,
+            "adam_t": self.opt.t,
+            "best_score": self.best.as_ref().map(|b| b.0),
+            "best_step": self.best.as_ref().map(|b| b.1),
+            "metrics": self.metrics,
+        });
+        checkpoint::save(work, &checkpoint::TrainState { tensors: t, meta }).map_err(|message| {
+            TrainError::Checkpoint {
+                path: work.join(checkpoint::STATE).display().to_string(),
+                message,
+            }
+        })
+    }
+
+    /// Validates at the current step and keeps the weights when they are the best
+    /// so far (ties go to the later step).
+    fn validate(
+        &mut self,
+        obj: &mut dyn Objective,
+        vars: &[(String, Var)],
+        valid: &[Pair],
+        cfg: &TrainConfig,
+        monitor: &dyn Monitor,
+    ) -> Result<(), TrainError> {
+        let step = self.step;
+        let v = validation(obj, valid, cfg.micro(), cfg.eval_examples)?;
+        if !v.loss.is_finite() {
+            return Err(TrainError::Diverged { step, loss: v.loss });
+        }
+        let score = v.score();
+        // `>=`: ties go to the later checkpoint.
+        let better = self.best.as_ref().is_none_or(|b| score >= b.0);
+        self.metrics.push(v.record(step, Some(better)));
+        monitor.log(&format!(
+            "step {step}: {}{}",
+            v.describe(),
+            if better { " (best so far)" } else { "" }
+        ));
+        if better {
+            self.best = Some((score, step, snapshot(vars)?));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
