@@ -2,12 +2,9 @@
 //! every op and frees it soon after, so the same few sizes are allocated and
 //! freed thousands of times per training step. If freed pages go back to the OS,
 //! every reuse faults them in again and the kernel zeroes them, which cost more
-//! than the arithmetic:
-//! - glibc malloc with its dynamic mmap threshold: a d256 T5 forward took 557 ms
-//!   instead of 121 ms;
-//! - mimalloc (our global allocator) purges freed pages after 10 ms by default:
-//!   a quickstart training step took 158 ms instead of 97 ms, 13 % of it in the
-//!   kernel's page zeroing.
+//! than the arithmetic (glibc malloc with its dynamic mmap threshold; mimalloc,
+//! our global allocator, which purges freed pages after 10 ms by default; the
+//! measurements are in benches/README.md, "Allocator and threads").
 //!
 //! Both are told to keep freed memory; resident memory then stays near the peak
 //! working set, which a training or evaluation step reaches every batch anyway.

@@ -2,13 +2,12 @@
 //!
 //! - candle asks for its thread count on every matmul. Unless `RAYON_NUM_THREADS`
 //!   is set, that call counts physical cores by parsing /proc/cpuinfo again
-//!   (num_cpus), which took 5 to 6 % of a quickstart training step.
+//!   (num_cpus), a measurable share of a small training step.
 //! - candle runs its elementwise ops on a second pool (`candle-bp-*` threads)
-//!   whose idle workers spin for about half a millisecond after each op, next to
-//!   the rayon pool that runs gemm: on 2 cores a T5-small training step spent a
-//!   fifth of its CPU time in that spin and took 1.42 to 1.46 s (median of 7
-//!   steps, three runs) against 1.30 to 1.38 s with the elementwise ops on the
-//!   calling thread (`CANDLE_NUM_THREADS=1`). The heavy row-wise work
+//!   whose idle workers spin after each op, next to the rayon pool that runs
+//!   gemm: on 2 cores that spin took CPU time from gemm, so the elementwise ops
+//!   run on the calling thread (`CANDLE_NUM_THREADS=1`; measurements in
+//!   benches/README.md, "Allocator and threads"). The heavy row-wise work
 //!   (norms, softmaxes, the loss, activations) is in `kernels::fused`, which runs
 //!   on the same rayon pool as gemm, so what is left on the caller is light.
 

@@ -117,8 +117,8 @@ pub fn composite(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 
 /// HF's `gelu_new`, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written
 /// as the identical `x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`: candle's
-/// fused `gelu` calls a scalar `tanh` per element and was 1.7x slower than
-/// these exp-based primitive ops (which also carry the backward pass).
+/// fused `gelu` calls a scalar `tanh` per element, slower than these exp-based
+/// primitive ops (which also carry the backward pass; benches/README.md).
 pub fn gelu_new(x: &Tensor) -> candle_core::Result<Tensor> {
     let c = (2.0f64 / std::f64::consts::PI).sqrt();
     let inner = ((x.sqr()? * 0.044715)? + 1.0)?.mul(x)?;

@@ -6,8 +6,8 @@
 //! selected and normalised in one go, in parallel over token blocks.
 //!
 //! With many experts the scoring itself dominates (`N d` multiply-adds per
-//! token and module, 47 % of the base model's FLOPs at d_model 256 and 166
-//! experts). There the scores are first *screened* in int8, with AMX tiles
+//! token and module, comparable to the base model's own FLOPs at the routing
+//! benchmark's 166 experts; benches/README.md). There the scores are first *screened* in int8, with AMX tiles
 //! where the CPU has AMX-INT8 (`amx`) and with AVX-512 VNNI
 //! otherwise (four times the f32 multiply-add rate; both give the same
 //! integers), each approximate score carrying a rigorous error radius from
