@@ -156,7 +156,8 @@ impl Executor for Local {
     }
 }
 
-/// Runs the selected steps on threads of this process (the [`Local`] executor). Artifacts that finish are published even if others fail.
+/// Runs the selected steps on threads of this process (the [`Local`] executor).
+/// Artifacts that finish are published even if others fail.
 pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
     let RunContext {
         plan,

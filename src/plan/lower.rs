@@ -979,18 +979,15 @@ impl Lowerer<'_> {
         else {
             return;
         };
+        // The eval's `routing` group: validation filled in every setting's default.
         let routing = n.eval.block.group("routing");
-        let rint = |k: &str| routing.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Int(0));
-        let rstr = |k: &str| {
-            routing
-                .and_then(|r| r.get(k))
-                .cloned()
-                .unwrap_or(Value::Str(String::new()))
-        };
+        let setting = |k: &str| routing.and_then(|r| r.get(k)).cloned();
         // A named embedder is resolved (and hashed, or refused) once, for
         // every member's step and the eval's queries.
         let (spec, own) = embedder.map_or((String::new(), true), |(k, own)| {
-            let spec = rstr(k).as_str().unwrap_or_default().to_string();
+            let spec = setting(k)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             let is_own = spec == own;
             (spec, is_own)
         });
@@ -1001,13 +998,10 @@ impl Lowerer<'_> {
         };
         for m in n.members {
             let mut a = Proto::new(kind, &m.name, Some(m.name_loc));
-            for (param, setting) in settings {
-                let v = if embedder.is_some_and(|(k, _)| k == *setting) {
-                    rstr(setting)
-                } else {
-                    rint(setting)
-                };
-                a.params.insert((*param).into(), v);
+            for (param, name) in settings {
+                if let Some(v) = setting(name) {
+                    a.params.insert((*param).into(), v);
+                }
             }
             let dataset = m.block.str("dataset").unwrap_or_default();
             if reads_model || (embedder.is_some() && own) {

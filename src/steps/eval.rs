@@ -210,9 +210,14 @@ struct Retrieval {
 }
 
 impl Retrieval {
-    fn load(ctx: &StepContext, base: &Base, experts: &[LoraExpert]) -> Result<Retrieval, StepError> {
-        let spec = ctx.params::<EvalParams>()?.routing.embedder;
-        let embedder = load_embedder(ctx, &spec, base.model.device())?;
+    /// `spec`: the eval's `routing embedder`.
+    fn load(
+        ctx: &StepContext,
+        spec: &str,
+        base: &Base,
+        experts: &[LoraExpert],
+    ) -> Result<Retrieval, StepError> {
+        let embedder = load_embedder(ctx, spec, base.model.device())?;
         // `experts` are in name order, and so are the libraries.
         let libraries = experts
             .iter()
@@ -329,55 +334,6 @@ fn distinct_tokens(
         }
     }
     Ok(sets)
-}
-
-/// The pool as the eval loaded it, in name order.
-struct Members<'a> {
-    names: &'a [String],
-    experts: &'a [LoraExpert],
-    gates: &'a [GateVectors],
-}
-
-/// What the model runs with for method `m` (every method that runs with adapters):
-/// the outputs of the steps it needs are loaded first.
-fn adapters_for(
-    ctx: &StepContext,
-    m: Chosen,
-    base: &Base,
-    pool: &Members,
-    top_k: usize,
-    temperature: f64,
-) -> Result<AdapterSet, StepError> {
-    let method = match m {
-        Chosen::Expert(name) => return route::expert::adapters(pool.experts, name).map_err(fail),
-        Chosen::Listed(method) => method,
-    };
-    // The folders of the steps it needs: one per member (`KIND:NAME`), or one (`KIND`).
-    let mut needed = BTreeMap::new();
-    for kind in method.needs() {
-        let per_member: Vec<std::path::PathBuf> = pool
-            .names
-            .iter()
-            .filter_map(|n| ctx.input(&format!("{kind}:{n}")).ok().map(|i| i.files.clone()))
-            .collect();
-        let dirs = if !per_member.is_empty() && per_member.len() == pool.names.len() {
-            per_member
-        } else {
-            vec![ctx.input(kind)?.files.clone()]
-        };
-        needed.insert(kind.to_string(), dirs);
-    }
-    method
-        .adapters(&route::Pool {
-            experts: pool.experts,
-            gates: pool.gates,
-            needed: &needed,
-            config: base.config(),
-            device: base.model.device(),
-            top_k,
-            arrow_temperature: temperature,
-        })
-        .map_err(fail)
 }
 
 /// The owners' share of each routed method's routing, and how alike the gates are.
@@ -553,6 +509,40 @@ impl<'a> EvalRun<'a> {
         order
     }
 
+    /// What the model runs with for method `m` (every method that runs with
+    /// adapters), given the folders of the steps it needs.
+    fn adapters(&self, m: Chosen, base: &Base) -> Result<AdapterSet, StepError> {
+        let method = match m {
+            Chosen::Expert(name) => return route::expert::adapters(&self.experts, name).map_err(fail),
+            Chosen::Listed(method) => method,
+        };
+        // A needed kind is the eval's input `KIND` (one for the pool) or `KIND:NAME`
+        // (one per member, in name order).
+        let mut needed = BTreeMap::new();
+        for kind in method.needs() {
+            let dirs = match self.ctx.input(kind) {
+                Ok(pooled) => vec![pooled.files.clone()],
+                Err(_) => self
+                    .names
+                    .iter()
+                    .map(|n| Ok(self.ctx.input(&format!("{kind}:{n}"))?.files.clone()))
+                    .collect::<Result<_, StepError>>()?,
+            };
+            needed.insert(kind.to_string(), dirs);
+        }
+        method
+            .adapters(&route::Pool {
+                experts: &self.experts,
+                gates: &self.gates,
+                needed: &needed,
+                config: base.config(),
+                device: base.model.device(),
+                top_k: self.params.routing.top_k,
+                arrow_temperature: self.params.routing.arrow_temperature,
+            })
+            .map_err(fail)
+    }
+
     /// Every (method, task), resuming the ones an interrupted run finished.
     fn score_all(&self, base: &mut Base) -> Result<Scored, StepError> {
         let ctx = self.ctx;
@@ -581,27 +571,19 @@ impl<'a> EvalRun<'a> {
                 ctx.cancel.check()?;
                 let (score, routed) = if self.scoring(m) == Scoring::PerExample {
                     if retrieval.is_none() {
-                        retrieval = Some(Retrieval::load(ctx, base, &self.experts)?);
+                        retrieval = Some(Retrieval::load(
+                            ctx,
+                            &self.params.routing.embedder,
+                            base,
+                            &self.experts,
+                        )?);
                     }
                     let r = retrieval.as_ref().expect("loaded above");
                     let (s, row) = r.score(ctx, base, t, &self.experts, self.params.batch, &mut done)?;
                     (s, Some(row))
                 } else {
                     if !prepared {
-                        let pool = Members {
-                            names: &self.names,
-                            experts: &self.experts,
-                            gates: &self.gates,
-                        };
-                        let routing = &self.params.routing;
-                        let set = adapters_for(
-                            ctx,
-                            self.chosen(m)?,
-                            base,
-                            &pool,
-                            routing.top_k,
-                            routing.arrow_temperature,
-                        )?;
+                        let set = self.adapters(self.chosen(m)?, base)?;
                         base.model.set_adapters(set).map_err(fail)?;
                         prepared = true;
                     }
