@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 
 use super::{Method, Pool};
-use crate::model::{AdapterSet, LoraExpert, ModelError, Result, Scoring};
+use crate::model::{AdapterSet, LoraExpert, Result, Scoring};
 
 /// `goosepipe score`'s Arrow temperature: the manifest schema's default `routing arrow-temperature`.
 pub const DEFAULT_TEMPERATURE: f64 = 10.0;
@@ -38,21 +38,20 @@ pub fn arrow_vector(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     v.flatten_all()?.to_dtype(DType::F32)
 }
 
-/// The `[N, d_in]` router embeddings per module, rows in expert-name order.
+/// The router embeddings per module: one row per expert that adapts it, in
+/// expert-name order (`[N, d_in]` when every expert adapts every module).
 pub fn embeddings(experts: &[LoraExpert]) -> Result<BTreeMap<String, Tensor>> {
     let sorted = crate::model::adapter::pool::sorted_by_name(experts)?;
     let mut emb = BTreeMap::new();
-    for module in sorted[0].modules.keys() {
-        let rows = sorted
+    for (module, members) in crate::model::adapter::pool::module_members(&sorted) {
+        let rows = members
             .iter()
-            .map(|e| {
-                let l = e.modules.get(module).ok_or_else(|| {
-                    ModelError::adapter(module, format!("expert `{}` has no LoRA here", e.name))
-                })?;
+            .map(|&z| {
+                let l = &sorted[z].modules[&module];
                 Ok(arrow_vector(&l.a, &l.b)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        emb.insert(module.clone(), Tensor::stack(&rows, 0)?);
+        emb.insert(module, Tensor::stack(&rows, 0)?);
     }
     Ok(emb)
 }

@@ -51,18 +51,18 @@ impl AdapterSet {
     }
 
     /// A fixed mixture `sum_z w_z * LoRA_z` on every module. `weights` index the
-    /// experts in name order (see [`sorted_by_name`]).
+    /// experts in name order (see [`sorted_by_name`]); on a module that some experts
+    /// do not adapt, those contribute nothing (their weights are not handed on).
     pub fn mixture(experts: &[LoraExpert], weights: MixWeights, dtype: DType) -> Result<Self> {
         let sorted = sorted_by_name(experts)?;
         let mut set = AdapterSet::new();
-        for (module, stack) in stacks(&sorted, dtype)? {
-            set.insert(
-                module,
-                ModuleAdapter::Mixture {
-                    stack,
-                    weights: weights.clone(),
-                },
-            );
+        for (module, members, stack) in stacks(&sorted, dtype)? {
+            let pick = |w: &[f64]| members.iter().map(|&z| w.get(z).copied().unwrap_or(0.0)).collect();
+            let weights = match &weights {
+                MixWeights::Shared(w) => MixWeights::Shared(pick(w)),
+                MixWeights::PerExample(rows) => MixWeights::PerExample(rows.iter().map(|w| pick(w)).collect()),
+            };
+            set.insert(module, ModuleAdapter::Mixture { stack, weights });
         }
         Ok(set)
     }
@@ -78,25 +78,26 @@ impl AdapterSet {
         let by_name: BTreeMap<&str, &GateVectors> = gates.iter().map(|g| (g.name.as_str(), g)).collect();
         let sorted = sorted_by_name(experts)?;
         let mut embeddings = BTreeMap::new();
-        for module in sorted[0].modules.keys() {
-            let mut rows = Vec::with_capacity(sorted.len());
-            for e in &sorted {
+        for (module, members) in module_members(&sorted) {
+            let mut rows = Vec::with_capacity(members.len());
+            for e in members.iter().map(|&z| sorted[z]) {
                 let g = by_name.get(e.name.as_str()).ok_or_else(|| {
-                    ModelError::adapter(module, format!("no gate file for expert `{}`", e.name))
+                    ModelError::adapter(&module, format!("no gate file for expert `{}`", e.name))
                 })?;
-                let v = g.gates.get(module).ok_or_else(|| {
-                    ModelError::adapter(module, format!("gates of `{}` lack this module", e.name))
+                let v = g.gates.get(&module).ok_or_else(|| {
+                    ModelError::adapter(&module, format!("gates of `{}` lack this module", e.name))
                 })?;
                 rows.push(v.clone());
             }
-            embeddings.insert(module.clone(), Tensor::stack(&rows, 0)?);
+            embeddings.insert(module, Tensor::stack(&rows, 0)?);
         }
         Self::routed(experts, &embeddings, Scoring::Standardized, top_k, dtype)
     }
 
-    /// A routed pool with arbitrary router embeddings: `embeddings[module]` is
-    /// `[N, d_in]`, row z for the z-th expert in name order. This is how other
-    /// routers (average activation, Arrow) plug in.
+    /// A routed pool with arbitrary router embeddings: `embeddings[module]` has one
+    /// row per expert that adapts the module, in name order (on a module every expert
+    /// adapts: row z for the z-th expert). This is how other routers (average
+    /// activation, Arrow) plug in. Each module routes among the experts that adapt it.
     pub fn routed(
         experts: &[LoraExpert],
         embeddings: &BTreeMap<String, Tensor>,
@@ -106,7 +107,7 @@ impl AdapterSet {
     ) -> Result<Self> {
         let sorted = sorted_by_name(experts)?;
         let mut set = AdapterSet::new();
-        for (module, stack) in stacks(&sorted, dtype)? {
+        for (module, _, stack) in stacks(&sorted, dtype)? {
             let emb = embeddings
                 .get(&module)
                 .ok_or_else(|| ModelError::adapter(&module, "no router embeddings for this module"))?;
@@ -144,27 +145,47 @@ pub fn sorted_by_name(experts: &[LoraExpert]) -> Result<Vec<&LoraExpert>> {
     Ok(sorted)
 }
 
-/// Per module, the stack of all experts' LoRAs. Every expert must adapt the
-/// same modules with the same rank.
-fn stacks(sorted: &[&LoraExpert], dtype: DType) -> Result<Vec<(String, ExpertStack)>> {
-    let first = sorted[0];
-    for e in sorted {
-        if e.modules.len() != first.modules.len() || e.modules.keys().any(|k| !first.modules.contains_key(k))
-        {
-            return Err(ModelError::Input(format!(
-                "experts `{}` and `{}` adapt different modules",
-                first.name, e.name
-            )));
+/// Per adapted module (the union over the experts), the positions in `sorted` of the
+/// experts that adapt it. Imported adapters may cover a subset of the modules.
+pub fn module_members(sorted: &[&LoraExpert]) -> BTreeMap<String, Vec<usize>> {
+    let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (z, e) in sorted.iter().enumerate() {
+        for m in e.modules.keys() {
+            members.entry(m.clone()).or_default().push(z);
         }
     }
-    let names: Vec<String> = sorted.iter().map(|e| e.name.clone()).collect();
-    let mut out = Vec::with_capacity(first.modules.len());
-    for module in first.modules.keys() {
-        let loras: Vec<LoraWeights> = sorted.iter().map(|e| e.modules[module].clone()).collect();
-        out.push((
-            module.clone(),
-            ExpertStack::new(module, names.clone(), &loras, dtype)?,
-        ));
+    members
+}
+
+/// Per module, the stack of the LoRAs of the experts that adapt it, with their
+/// positions in `sorted`. Experts of different ranks are padded to the largest with
+/// zero rows of A and columns of B, and B rescaled by `R / r` so the stack's `1 / R`
+/// gives each expert exactly its own `1 / r`.
+fn stacks(sorted: &[&LoraExpert], dtype: DType) -> Result<Vec<(String, Vec<usize>, ExpertStack)>> {
+    let mut out = vec![];
+    for (module, members) in module_members(sorted) {
+        let loras: Vec<&LoraWeights> = members.iter().map(|&z| &sorted[z].modules[&module]).collect();
+        let rank = loras.iter().map(|l| l.rank()).max().unwrap_or(0);
+        let loras = loras
+            .into_iter()
+            .map(|l| pad_rank(&module, l, rank))
+            .collect::<Result<Vec<_>>>()?;
+        let names = members.iter().map(|&z| sorted[z].name.clone()).collect();
+        let stack = ExpertStack::new(&module, names, &loras, dtype)?;
+        out.push((module, members, stack));
     }
     Ok(out)
+}
+
+fn pad_rank(module: &str, l: &LoraWeights, rank: usize) -> Result<LoraWeights> {
+    let r = l.rank();
+    if r == rank {
+        return Ok(l.clone());
+    }
+    let (d_in, d_out) = (l.a.dims()[1], l.b.dims()[0]);
+    let zeros_a = Tensor::zeros((rank - r, d_in), l.a.dtype(), l.a.device())?;
+    let zeros_b = Tensor::zeros((d_out, rank - r), l.b.dtype(), l.b.device())?;
+    let a = Tensor::cat(&[&l.a, &zeros_a], 0)?;
+    let b = Tensor::cat(&[&(&l.b * (rank as f64 / r as f64))?, &zeros_b], 1)?;
+    LoraWeights::new(module, a, b, d_in, d_out)
 }

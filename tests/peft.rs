@@ -1,0 +1,254 @@
+//! PEFT adapters in and out (issue 20). The fixtures are made by
+//! scripts/make_peft_fixtures.py with transformers + peft on the tiny T5.1.1 fixture:
+//! imported adapters must give the PeftModel's logits; a goosepipe expert exported as
+//! a PEFT folder and imported again must give exactly its own outputs; unsupported
+//! configurations are refused with the field's name.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use goosepipe::model::checkpoint::peft;
+use goosepipe::model::{AdapterSet, GateVectors, LoraExpert, MixWeights, Seq2SeqBatch, T5Model};
+use support::{load_safetensors as load_st, max_abs_diff, t5_fixture};
+
+fn peft_fixture(name: &str) -> PathBuf {
+    support::repo_root().join("tests/fixtures/peft").join(name)
+}
+
+fn base() -> T5Model {
+    T5Model::load(&t5_fixture("v1_1"), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn logits(model: &T5Model) -> Tensor {
+    let inputs = load_st(t5_fixture("v1_1").join("inputs.safetensors"));
+    let b = Seq2SeqBatch::from_hf(
+        &inputs["input_ids"],
+        &inputs["attention_mask"],
+        &inputs["decoder_input_ids"],
+        &inputs["labels"],
+    )
+    .unwrap();
+    model
+        .forward(&b.input_ids, &b.attention_mask, &b.decoder_input_ids)
+        .unwrap()
+}
+
+fn with_adapters(set: AdapterSet) -> Tensor {
+    let mut m = base();
+    m.set_adapters(set).unwrap();
+    logits(&m)
+}
+
+fn import(name: &str) -> peft::PeftImport {
+    let m = base();
+    peft::import(&peft_fixture(name), name, &m.config, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn imported_peft_adapters_match_transformers_and_peft() {
+    let reference = load_st(peft_fixture("reference.safetensors"));
+    let plain = logits(&base());
+    // (fixture, modules covered of 36, PEFT's scaling)
+    for (name, modules, scaling) in [
+        ("alpha", 36, 16.0 / 4.0),
+        ("rslora", 36, 8.0 / 8f64.sqrt()),
+        ("attention", 12, 8.0 / 4.0),
+        ("bin", 14, 4.0 / 2.0),
+    ] {
+        let imp = import(name);
+        assert_eq!(imp.source.modules, modules, "{name}");
+        assert_eq!(imp.source.base_modules, 36, "{name}");
+        assert!((imp.source.scaling - scaling).abs() < 1e-12, "{name}: scaling {}", imp.source.scaling);
+        assert_eq!(imp.source.base_model_name_or_path.as_deref(), Some("tests/fixtures/t5/v1_1"));
+        let got = with_adapters(AdapterSet::from_lora(&imp.expert));
+        let want = &reference[&format!("{name}_logits")];
+        assert!(max_abs_diff(want, &plain) > 1e-2, "{name}: the adapter must move the logits");
+        let d = max_abs_diff(&got, want);
+        assert!(d < 1e-4, "{name}: logits differ from transformers + peft by {d}");
+    }
+    assert_eq!(import("bin").source.weights_file, "adapter_model.bin");
+}
+
+fn v1_1_expert(name: &str) -> (LoraExpert, GateVectors) {
+    let dir = t5_fixture("v1_1");
+    let cfg = base().config;
+    let e = LoraExpert::load(&dir.join(format!("{name}.safetensors")), &cfg, &Device::Cpu, DType::F32).unwrap();
+    let g = GateVectors::load(&dir.join(format!("{name}.gates.safetensors")), &cfg, &Device::Cpu, DType::F32)
+        .unwrap();
+    (e, g)
+}
+
+#[test]
+fn an_exported_expert_reimports_with_identical_outputs_and_gates() {
+    let (expert, gates) = v1_1_expert("expert_a");
+    let cfg = base().config;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("expert_a-peft");
+    let written = peft::export(&expert, Some(&gates), &cfg, Some("tests/fixtures/t5/v1_1"), &out).unwrap();
+    let names: Vec<String> = written
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["adapter_config.json", "adapter_model.safetensors", "phatgoose_gates.safetensors", "phatgoose.json"]
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["lora_alpha"], 1, "goosepipe's 1/r is PEFT's lora_alpha 1");
+    assert_eq!(config["target_modules"], serde_json::json!(["k", "o", "q", "v", "wi_0", "wi_1", "wo"]));
+    let st = load_st(out.join("adapter_model.safetensors"));
+    assert!(st.contains_key("base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"));
+    assert_eq!(st.len(), 72);
+
+    let back = peft::import(&out, "expert_a", &cfg, &Device::Cpu).unwrap();
+    let own = with_adapters(AdapterSet::from_lora(&expert));
+    let again = with_adapters(AdapterSet::from_lora(&back.expert));
+    assert_eq!(max_abs_diff(&own, &again), 0.0, "a round trip must not change a bit");
+    // And both are the torch reference's LoRA (the script checks peft loads the export).
+    let reference = load_st(t5_fixture("v1_1").join("reference.safetensors"));
+    assert!(max_abs_diff(&again, &reference["lora_logits"]) < 1e-4);
+    let g = peft::import_gates(&out, "expert_a", &cfg, &Device::Cpu).unwrap().unwrap();
+    for (m, v) in &gates.gates {
+        assert_eq!(max_abs_diff(v, &g.gates[m]), 0.0, "{m}");
+    }
+}
+
+#[test]
+fn an_adapter_on_a_subset_exports_a_regex_that_selects_exactly_it() {
+    let cfg = base().config;
+    let imp = import("attention");
+    let dir = tempfile::tempdir().unwrap();
+    peft::export(&imp.expert, None, &cfg, None, dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    // q and v of every attention, k and o of none: short names would be ["q", "v"], which
+    // selects the same 12 modules, so the list form is used.
+    assert_eq!(config["target_modules"], serde_json::json!(["q", "v"]));
+    let back = peft::import(dir.path(), "attention", &cfg, &Device::Cpu).unwrap();
+    assert_eq!(back.expert.modules.len(), 12);
+    let a = with_adapters(AdapterSet::from_lora(&imp.expert));
+    let b = with_adapters(AdapterSet::from_lora(&back.expert));
+    assert!(max_abs_diff(&a, &b) < 1e-6);
+
+    // Only the encoder's self-attention q: no short-name list selects exactly that.
+    let mut only = imp.expert.clone();
+    only.modules.retain(|m, _| m.starts_with("encoder.") && m.ends_with("SelfAttention.q"));
+    assert_eq!(only.modules.len(), 2);
+    let dir2 = tempfile::tempdir().unwrap();
+    peft::export(&only, None, &cfg, None, dir2.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir2.path().join("adapter_config.json")).unwrap()).unwrap();
+    let t = config["target_modules"].as_str().expect("a regex");
+    assert!(t.contains(r"encoder\.block\.0\.layer\.0\.SelfAttention\.q"), "{t}");
+    let back = peft::import(dir2.path(), "only", &cfg, &Device::Cpu).unwrap();
+    assert_eq!(back.expert.modules.len(), 2);
+}
+
+#[test]
+fn pools_mix_ranks_and_module_subsets_exactly() {
+    // alpha: rank 4 on all 36 modules; bin: rank 2 on 14 of them.
+    let alpha = import("alpha").expert;
+    let bin = import("bin").expert;
+    let pool = vec![bin.clone(), alpha.clone()];
+    let only = |w: Vec<f64>| with_adapters(AdapterSet::mixture(&pool, MixWeights::Shared(w), DType::F32).unwrap());
+    // Name order: alpha (0), bin (1). A one-hot mixture is that expert alone.
+    let d_alpha = max_abs_diff(&only(vec![1.0, 0.0]), &with_adapters(AdapterSet::from_lora(&alpha)));
+    let d_bin = max_abs_diff(&only(vec![0.0, 1.0]), &with_adapters(AdapterSet::from_lora(&bin)));
+    assert!(d_alpha < 1e-4, "alpha inside the pool differs by {d_alpha}");
+    assert!(d_bin < 1e-4, "bin (rank 2, padded to 4) inside the pool differs by {d_bin}");
+
+    // Routed: each module routes among the experts that adapt it.
+    let emb = goosepipe::route::arrow::embeddings(&pool).unwrap();
+    assert_eq!(emb["encoder.block.0.layer.0.SelfAttention.k"].dims()[0], 1);
+    assert_eq!(emb["encoder.block.0.layer.0.SelfAttention.q"].dims()[0], 2);
+    let set = goosepipe::route::arrow::adapters(&pool, 2, 1.0).unwrap();
+    let mut m = base();
+    m.set_adapters(set).unwrap();
+    m.start_routing_log(false);
+    let _ = logits(&m);
+    let log = m.take_routing_log().unwrap();
+    assert_eq!(log.modules["encoder.block.0.layer.0.SelfAttention.k"].expert_names, ["alpha"]);
+    assert_eq!(log.modules["encoder.block.0.layer.0.SelfAttention.q"].expert_names, ["alpha", "bin"]);
+}
+
+/// The `alpha` fixture copied with its config edited by `edit`.
+fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = peft_fixture("alpha");
+    std::fs::copy(src.join("adapter_model.safetensors"), dir.path().join("adapter_model.safetensors")).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(dir.path().join("adapter_config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    dir
+}
+
+fn import_err(dir: &Path, model: &T5Model) -> String {
+    match peft::import(dir, "x", &model.config, &Device::Cpu) {
+        Ok(_) => panic!("{} imported", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unsupported_configurations_are_refused_naming_the_field() {
+    let m = base();
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &[&str])> = vec![
+        ("non-LoRA", Box::new(|c| c["peft_type"] = "IA3".into()), &["`peft_type`", "IA3"]),
+        ("DoRA", Box::new(|c| c["use_dora"] = true.into()), &["`use_dora`", "DoRA"]),
+        ("bias", Box::new(|c| c["bias"] = "all".into()), &["`bias`", "\"all\""]),
+        (
+            "modules_to_save",
+            Box::new(|c| c["modules_to_save"] = serde_json::json!(["lm_head"])),
+            &["`modules_to_save`"],
+        ),
+        (
+            "layers_to_transform",
+            Box::new(|c| c["layers_to_transform"] = serde_json::json!([0])),
+            &["`layers_to_transform`"],
+        ),
+        (
+            "rank_pattern",
+            Box::new(|c| c["rank_pattern"] = serde_json::json!({"q": 8})),
+            &["`rank_pattern`"],
+        ),
+        ("wrong r", Box::new(|c| c["r"] = 8.into()), &["rank 4", "`r`", "is 8"]),
+        (
+            "target_modules",
+            Box::new(|c| c["target_modules"] = serde_json::json!(["q"])),
+            &["`target_modules`", "does not select"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let dir = edited(edit);
+        let e = import_err(dir.path(), &m);
+        for n in needles {
+            assert!(e.contains(n), "{what}: `{n}` not in: {e}");
+        }
+    }
+    // An adapter made for another base: the original-T5 fixture has `wi`, not `wi_0`.
+    let orig = T5Model::load(&t5_fixture("orig"), &Device::Cpu, DType::F32).unwrap();
+    let e = import_err(&peft_fixture("alpha"), &orig);
+    assert!(e.contains("not an adapted linear of this base model"), "{e}");
+    // No weights beside the config.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(peft_fixture("alpha/adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
+    let e = import_err(dir.path(), &m);
+    assert!(e.contains("adapter_model.safetensors or adapter_model.bin"), "{e}");
+    // A tensor that is not a LoRA weight (a DoRA magnitude).
+    let dir = edited(|_| {});
+    let mut t: HashMap<String, Tensor> = load_st(dir.path().join("adapter_model.safetensors"));
+    t.insert(
+        "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_magnitude_vector".into(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&t, dir.path().join("adapter_model.safetensors")).unwrap();
+    let e = import_err(dir.path(), &m);
+    assert!(e.contains("DoRA magnitude"), "{e}");
+}
