@@ -143,6 +143,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write an artifact in another tool's format: an expert (with its gate) or a gate as
+    /// a PEFT adapter folder, a base model as a Hugging Face checkpoint folder.
+    Export {
+        /// A step id (expert:NAME, gate:NAME, multitask:NAME, model:NAME), name, key or
+        /// key prefix in the store; or a goosepipe expert file (then --model is needed).
+        what: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Peft)]
+        format: ExportFormat,
+        /// The folder to write (created; existing adapter files are replaced).
+        dir: PathBuf,
+        /// The base model folder of an expert file given by path.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Print the manifest schema (every node and property, documented).
     Schema,
     /// The results tables of a manifest's evaluations, from the store (runs nothing).
@@ -161,7 +175,8 @@ enum Command {
         model: String,
         #[arg(long, default_value = "main")]
         revision: String,
-        /// LoRA expert files (gates are found beside them as NAME.gates.safetensors).
+        /// LoRA experts: goosepipe expert files (gates found beside them as
+        /// NAME.gates.safetensors) or PEFT adapter folders (adapter_config.json + weights).
         #[arg(long, num_args = 1..)]
         experts: Vec<PathBuf>,
         /// Gate files, when not beside the experts.
@@ -260,6 +275,12 @@ impl SlurmArgs {
             ..d
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// Hugging Face PEFT (adapter_config.json + adapter_model.safetensors).
+    Peft,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -380,6 +401,12 @@ fn main() -> ExitCode {
         Command::Explain { file, step } => app::explain(&file, &step, &store, &registry, &mut out),
         Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
         Command::Show { what, json } => app::show(&what, &store, json, &mut out),
+        Command::Export {
+            what,
+            format: ExportFormat::Peft,
+            dir,
+            model,
+        } => app::export(&what, model.as_deref(), &dir, &store, &mut out),
         Command::Report { file, format, plots } => {
             let f = match format {
                 ReportFormat::Md => "md",

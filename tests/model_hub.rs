@@ -20,14 +20,21 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn make_cache(cache: &Path) {
-    let repo = cache.join("models--goosepipe--tiny-t5");
+    cache_repo(cache, "models--goosepipe--tiny-t5", &fixture("v1_1"), &["config.json", "model.safetensors", "tokenizer.json"]);
+    // A PEFT adapter repo (the pickle-stored fixture, as older repos are).
+    let peft = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft/bin");
+    cache_repo(cache, "models--goosepipe--tiny-peft", &peft, &["adapter_config.json", "adapter_model.bin"]);
+}
+
+fn cache_repo(cache: &Path, folder: &str, from: &Path, files: &[&str]) {
+    let repo = cache.join(folder);
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     let snap = repo.join("snapshots").join(SHA);
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::write(repo.join("refs/main"), SHA).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        let bytes = std::fs::read(fixture("v1_1").join(f)).unwrap();
+    for f in files {
+        let bytes = std::fs::read(from.join(f)).unwrap();
         let etag = blake3::hash(&bytes).to_hex().to_string();
         std::fs::write(repo.join("blobs").join(&etag), bytes).unwrap();
         std::os::unix::fs::symlink(format!("../../blobs/{etag}"), snap.join(f)).unwrap();
@@ -96,4 +103,53 @@ fn hub_resolution_uses_the_hf_cache_and_fails_fast_without_network() {
     );
 
     assert!(resolve_model("not-a-repo-id", "main", &opts).is_err());
+
+    // A PEFT adapter from the cache, offline: resolved, and imported by a pipeline
+    // whose lockfile pins the commit.
+    let adapter = goosepipe::hub::resolve_adapter("goosepipe/tiny-peft", "main", &offline, None).unwrap();
+    assert!(adapter.ends_with(SHA) && adapter.join("adapter_model.bin").is_file());
+    let err = goosepipe::hub::resolve_adapter("goosepipe/tiny-t5", "main", &offline, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter_config.json"), "{err}");
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let rows: String = (0..16)
+        .map(|i| format!("{{\"q\": \"the cat sat {i}\", \"a\": \"yes\"}}\n"))
+        .collect();
+    std::fs::write(project.join("d.jsonl"), rows).unwrap();
+    std::fs::write(
+        project.join("hub.kdl"),
+        r#"
+model "t" hub="goosepipe/tiny-t5"
+dataset "d" path="d.jsonl" input-field="q" target-field="a"
+expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
+    gate steps=1 batch=4 micro-batch=4 dropout=0.0
+}
+"#,
+    )
+    .unwrap();
+    unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
+    let reg = goosepipe::steps::registry();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &project.join("hub.kdl"),
+        &project.join("store"),
+        &reg,
+        &goosepipe::exec::RunOptions::default(),
+        true,
+        &goosepipe::exec::CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0, "{out}");
+    let lock = std::fs::read_to_string(project.join("hub.kdl.lock")).unwrap_or_else(|_| {
+        let names: Vec<_> = std::fs::read_dir(&project).unwrap().flatten().map(|e| e.file_name()).collect();
+        panic!("no lockfile among {names:?}")
+    });
+    assert!(
+        lock.contains(&format!("external \"hub:peft:goosepipe/tiny-peft@main\" resolved=\"{SHA}\"")),
+        "{lock}"
+    );
 }

@@ -98,3 +98,39 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
         assert!(!err.contains('\n'), "{err}");
     }
 }
+
+#[test]
+fn score_takes_peft_adapter_folders_with_their_gates() {
+    use goosepipe::model::checkpoint::peft;
+    use goosepipe::model::{GateVectors, LoraExpert, T5Model};
+    let dir = fixture("v1_1");
+    let cfg = T5Model::load(&dir, &candle_core::Device::Cpu, candle_core::DType::F32)
+        .unwrap()
+        .config;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
+    req.router = RouterChoice::parse("phatgoose").unwrap();
+    let names = ["expert_a", "expert_b", "expert_c"];
+    req.experts = names.iter().map(|e| dir.join(format!("{e}.safetensors"))).collect();
+    let from_files = score(&req).unwrap();
+    // The same experts and gates as PEFT folders, as `goosepipe export --format peft` writes them.
+    req.experts = names
+        .iter()
+        .map(|e| {
+            let (dev, f32) = (candle_core::Device::Cpu, candle_core::DType::F32);
+            let x = LoraExpert::load(&dir.join(format!("{e}.safetensors")), &cfg, &dev, f32).unwrap();
+            let g = GateVectors::load(&dir.join(format!("{e}.gates.safetensors")), &cfg, &dev, f32).unwrap();
+            let folder = out.path().join(e);
+            peft::export(&x, Some(&g), &cfg, None, &folder).unwrap();
+            folder
+        })
+        .collect();
+    let from_folders = score(&req).unwrap();
+    assert_eq!(from_folders.experts, from_files.experts, "named after their folders");
+    assert_eq!(from_folders.total, from_files.total);
+    // A folder that is neither says what an expert may be.
+    req.experts = vec![out.path().to_path_buf()];
+    req.router = RouterChoice::Single;
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("PEFT adapter folder"), "{err}");
+}

@@ -252,3 +252,206 @@ fn unsupported_configurations_are_refused_naming_the_field() {
     let e = import_err(dir.path(), &m);
     assert!(e.contains("DoRA magnitude"), "{e}");
 }
+
+// ---- imported experts in a pipeline ----
+
+const WORDS: &[&str] = &["the cat sat on the mat", "a dog ran in the park", "is the sky blue today", "red green blue"];
+
+fn jsonl(rows: usize, seed: usize) -> String {
+    (0..rows)
+        .map(|i| {
+            let q = WORDS[(i + seed) % WORDS.len()];
+            let a = ["yes", "no", "maybe"][(i * 7 + seed) % 3];
+            serde_json::json!({"q": q, "a": a, "c": ["yes", "no", "maybe"]}).to_string() + "\n"
+        })
+        .collect()
+}
+
+fn pipeline(dir: &Path, experts: &str) -> PathBuf {
+    std::fs::write(dir.join("one.jsonl"), jsonl(24, 0)).unwrap();
+    std::fs::write(dir.join("two.jsonl"), jsonl(24, 1)).unwrap();
+    std::fs::write(dir.join("test.jsonl"), jsonl(9, 2)).unwrap();
+    let text = format!(
+        r#"
+pipeline "imports" allow-outside-paths=#true
+model "t" path="{base}"
+defaults {{
+    lora rank=4
+    train steps=2 batch=8 micro-batch=8 eval-every=2 eval-examples=4 checkpoint-every=2 dropout=0.0
+    gate steps=2 batch=8 micro-batch=8 dropout=0.0
+}}
+dataset "one" path="one.jsonl" input-field="q" target-field="a" choices-field="c"
+dataset "two" path="two.jsonl" input-field="q" target-field="a" choices-field="c"
+dataset "test" path="test.jsonl" split="test" input-field="q" target-field="a" choices-field="c"
+{experts}
+pool "p" {{ experts "alpha" "bin" "trained"; }}
+eval "e" pool="p" {{
+    methods "phatgoose" "merged" "arrow" "average-activation" "expert:bin"
+    task "test" dataset="test"
+    routing activation-examples=8
+}}
+"#,
+        base = t5_fixture("v1_1").display()
+    );
+    let path = dir.join("imports.kdl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn experts_block(alpha_name: &str) -> String {
+    format!(
+        r#"expert "{alpha_name}" model="t" dataset="one" peft="{}"
+expert "bin" model="t" dataset="two" peft="{}"
+expert "trained" model="t" dataset="two""#,
+        peft_fixture("alpha").display(),
+        peft_fixture("bin").display()
+    )
+}
+
+#[test]
+fn imported_adapters_pool_with_trained_experts_and_export_again() {
+    use goosepipe::exec::{CancelFlag, RunOptions};
+    use goosepipe::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = pipeline(dir.path(), &experts_block("alpha"));
+    let store_dir = dir.path().join("store");
+    let reg = goosepipe::steps::registry();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(&manifest, &store_dir, &reg, &RunOptions::default(), true, &CancelFlag::new(), &mut out)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("| task | phatgoose | merged | arrow | average-activation | expert:bin |"), "{out}");
+
+    let store = Store::open(&store_dir).unwrap();
+    let plan = goosepipe::app::load_plan(&manifest, &reg, &store.hash_cache()).unwrap();
+    let step = |id: &str| plan.get(id).unwrap_or_else(|| panic!("no step {id}"));
+    // An imported expert depends on its base and its files, not on its dataset.
+    let inputs: Vec<&str> = step("expert:alpha").spec.inputs.iter().map(|i| i.role.as_str()).collect();
+    assert_eq!(inputs, ["model"]);
+    assert_eq!(step("expert:alpha").spec.externals[0].role(), "peft");
+    let files = |id: &str| store.files_dir(&step(id).spec.key);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("expert:bin").join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["imported"], "peft");
+    assert_eq!(summary["adapter"]["weights_file"], "adapter_model.bin");
+    assert!(summary["from"].as_str().unwrap().starts_with("path:"), "{summary}");
+    // The stored expert computes what peft computes.
+    let cfg = base().config;
+    let stored = LoraExpert::load(&files("expert:alpha").join("expert.safetensors"), &cfg, &Device::Cpu, DType::F32)
+        .unwrap();
+    let reference = load_st(peft_fixture("reference.safetensors"));
+    assert!(max_abs_diff(&with_adapters(AdapterSet::from_lora(&stored)), &reference["alpha_logits"]) < 1e-4);
+    assert!(files("gate:alpha").join("gates.safetensors").is_file());
+    // Its gate covers exactly its 14 modules; bin routes only where it has a LoRA.
+    let g = GateVectors::load(&files("gate:bin").join("gates.safetensors"), &cfg, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(g.gates.len(), 14);
+
+    // The same adapter under another name in another manifest is the same artifact.
+    let other = tempfile::tempdir().unwrap();
+    let m2 = pipeline(other.path(), &experts_block("alpha2").replace("pool \"p\"", "pool \"q\""));
+    let text = std::fs::read_to_string(&m2).unwrap().replace("\"alpha\" \"bin\"", "\"alpha2\" \"bin\"");
+    std::fs::write(&m2, text).unwrap();
+    let plan2 = goosepipe::app::load_plan(&m2, &reg, &store.hash_cache()).unwrap();
+    assert_eq!(plan2.get("expert:alpha2").unwrap().spec.key, step("expert:alpha").spec.key);
+
+    // Export it back: peft's files, its gate beside it, the base named by its folder.
+    let exported = dir.path().join("alpha-peft");
+    goosepipe::app::export("expert:alpha", None, &exported, &store_dir, &mut Vec::new()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exported.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model_name_or_path"], t5_fixture("v1_1").display().to_string());
+    assert!(exported.join("phatgoose_gates.safetensors").is_file());
+    let again = peft::import(&exported, "alpha", &cfg, &Device::Cpu).unwrap();
+    assert_eq!(
+        max_abs_diff(&with_adapters(AdapterSet::from_lora(&again.expert)), &with_adapters(AdapterSet::from_lora(&stored))),
+        0.0
+    );
+    // A dataset is not an adapter.
+    let err = goosepipe::app::export("dataset:one", None, &exported, &store_dir, &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("export takes an expert"), "{err}");
+}
+
+#[test]
+fn an_imported_expert_says_what_is_wrong_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = goosepipe::steps::registry();
+    let store = goosepipe::store::Store::open(dir.path().join("store")).unwrap();
+    let plan_err = |experts: &str| -> String {
+        let m = pipeline(dir.path(), experts);
+        match goosepipe::app::load_plan(&m, &reg, &store.hash_cache()) {
+            Ok(_) => panic!("planned: {experts}"),
+            Err(e) => format!("{e:?}"),
+        }
+    };
+    let alpha = peft_fixture("alpha").display().to_string();
+    let both = format!(
+        "expert \"alpha\" model=\"t\" dataset=\"one\" peft=\"{alpha}\" peft-hub=\"org/a\"\nexpert \"bin\" model=\"t\" dataset=\"two\" peft=\"{alpha}\"\nexpert \"trained\" model=\"t\" dataset=\"two\""
+    );
+    assert!(plan_err(&both).contains("names both peft= and peft-hub="));
+    let rev = experts_block("alpha").replace("expert \"trained\" model=\"t\" dataset=\"two\"", "expert \"trained\" model=\"t\" dataset=\"two\" revision=\"v2\"");
+    assert!(plan_err(&rev).contains("sets revision= but imports nothing"));
+    let missing = experts_block("alpha").replace(&alpha, "/nonexistent/adapter");
+    assert!(plan_err(&missing).contains("does not exist"));
+}
+
+#[test]
+fn an_expert_of_a_pipeline_built_base_exports_with_its_base() {
+    use goosepipe::exec::{CancelFlag, RunOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("built.kdl");
+    std::fs::write(
+        &manifest,
+        r#"
+dataset "corpus" { synthetic task="corpus" examples=100 seed=1; }
+model "t" { init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=4 batch=8; }
+dataset "sort" { synthetic task="sort" examples=32; }
+expert "sort" model="t" dataset="sort" {
+    lora rank=2
+    train steps=2 batch=8 micro-batch=8 eval-every=2 eval-examples=4 checkpoint-every=2
+    gate steps=1 batch=8 micro-batch=8
+}
+"#,
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let reg = goosepipe::steps::registry();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(&manifest, &store, &reg, &RunOptions::default(), true, &CancelFlag::new(), &mut out)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+
+    let to = dir.path().join("sort-peft");
+    let mut said = Vec::new();
+    goosepipe::app::export("expert:sort", None, &to, &store, &mut said).unwrap();
+    let said = String::from_utf8(said).unwrap();
+    assert!(said.contains("the base model was built by the pipeline"), "{said}");
+    // The base travels along as an HF folder that loads, and the adapter names it.
+    let base_dir = to.join("base-model");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(base_dir.join(f).is_file(), "{f} missing");
+    }
+    let mut model = T5Model::load(&base_dir, &Device::Cpu, DType::F32).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(to.join("adapter_config.json")).unwrap()).unwrap();
+    assert!(config["base_model_name_or_path"].as_str().unwrap().ends_with("base-model"));
+    assert!(to.join("phatgoose_gates.safetensors").is_file(), "the gate was in the store");
+
+    // The export computes what the stored expert computes.
+    let s = goosepipe::store::Store::open(&store).unwrap();
+    let stored = s.files_dir(&s.find("expert:sort").unwrap().key).join("expert.safetensors");
+    let stored = LoraExpert::load(&stored, &model.config, &Device::Cpu, DType::F32).unwrap();
+    let again = peft::import(&to, "sort", &model.config, &Device::Cpu).unwrap().expert;
+    let ids = Tensor::new(&[[5u32, 9, 12, 1]], &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, 4), DType::F32, &Device::Cpu).unwrap();
+    model.set_adapters(AdapterSet::from_lora(&stored)).unwrap();
+    let a = model.encode(&ids, &mask).unwrap();
+    model.set_adapters(AdapterSet::from_lora(&again)).unwrap();
+    let b = model.encode(&ids, &mask).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+
+    // A model step exports as an HF checkpoint folder.
+    let m = dir.path().join("model");
+    goosepipe::app::export("model:t", None, &m, &store, &mut Vec::new()).unwrap();
+    assert!(T5Model::load(&m, &Device::Cpu, DType::F32).is_ok());
+}

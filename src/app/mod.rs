@@ -1,6 +1,7 @@
 //! The commands behind the CLI. `main.rs` only parses arguments and calls these; each
 //! returns the process exit code, and user-facing errors come back as miette reports.
 
+pub mod export;
 pub mod score;
 
 use std::collections::HashSet;
@@ -467,6 +468,41 @@ pub fn score(req: &score::ScoreRequest, json: bool, out: &mut dyn Write) -> Resu
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r).expect("json"));
     } else {
         let _ = write!(out, "{}", score::render_text(&r));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `goosepipe export WHAT --format peft DIR`: a store artifact, or an expert file with
+/// `--model`, as a PEFT adapter folder (a model as an HF checkpoint folder).
+pub fn export(
+    what: &str,
+    model: Option<&Path>,
+    dir: &Path,
+    store_root: &Path,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let as_file = Path::new(what);
+    let done = if as_file.is_file() {
+        let model = model.ok_or_else(|| {
+            miette!(
+                help = "give the base model folder it was trained on, e.g. --model tests/fixtures/t5/v1_1",
+                "{what} is an expert file: export needs --model"
+            )
+        })?;
+        export::export_peft_file(as_file, model, dir)
+    } else {
+        if model.is_some() {
+            return Err(miette!("--model is only for an expert file given by path; a store artifact knows its base"));
+        }
+        export::export_peft(&open_store(store_root)?, what, dir)
+    }
+    .map_err(|e| miette!("export {what}: {e}"))?;
+    let _ = writeln!(out, "exported {} to {}", done.step, dir.display());
+    for f in &done.files {
+        let _ = writeln!(out, "  {}", f.display());
+    }
+    for n in &done.notes {
+        let _ = writeln!(out, "note: {n}");
     }
     Ok(EXIT_OK)
 }

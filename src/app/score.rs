@@ -13,6 +13,7 @@ use crate::hub::{HubOptions, resolve_model_dir};
 use crate::model::adapter::AdapterSet;
 use crate::model::checkpoint::expert_file::{GateVectors, LoraExpert};
 use crate::model::checkpoint::load::{load_tokenizer, locate};
+use crate::model::checkpoint::peft;
 use crate::model::device::parse_device;
 use crate::model::error::{ModelError, Result};
 use crate::model::t5::T5Model;
@@ -142,6 +143,41 @@ fn default_gate_path(expert: &Path) -> PathBuf {
     expert.with_file_name(format!("{stem}.gates.safetensors"))
 }
 
+/// An expert given on the command line: a goosepipe expert file (its gates beside it
+/// as `NAME.gates.safetensors`, if there) or a PEFT adapter folder (named after the
+/// folder; gates exported beside it, if there).
+fn load_expert(
+    path: &Path,
+    cfg: &crate::model::T5Config,
+    device: &candle_core::Device,
+) -> Result<(LoraExpert, Option<GateVectors>)> {
+    if peft::is_peft_dir(path) {
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("adapter")
+            .to_owned();
+        let imported = peft::import(path, &name, cfg, device)?;
+        let gates = peft::import_gates(path, &name, cfg, device)?;
+        return Ok((imported.expert, gates));
+    }
+    if path.is_dir() {
+        return Err(ModelError::Input(format!(
+            "{} is a folder without {}: an expert is a goosepipe expert file or a PEFT adapter folder",
+            path.display(),
+            peft::CONFIG_FILE
+        )));
+    }
+    let expert = LoraExpert::load(path, cfg, device, DType::F32)?;
+    let gate_path = default_gate_path(path);
+    let gates = if gate_path.is_file() {
+        Some(GateVectors::load(&gate_path, cfg, device, DType::F32)?)
+    } else {
+        None
+    };
+    Ok((expert, gates))
+}
+
 fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<u32>> {
     let enc = tok.encode(text, true).map_err(|e| ModelError::Tokenizer {
         path: path.to_path_buf(),
@@ -162,24 +198,20 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let mut model = T5Model::load(&dir, &device, DType::F32)?;
     let cfg = model.config.clone();
 
-    let experts = req
+    let loaded = req
         .experts
         .iter()
-        .map(|p| LoraExpert::load(p, &cfg, &device, DType::F32))
+        .map(|p| load_expert(p, &cfg, &device))
         .collect::<Result<Vec<_>>>()?;
-    let gate_paths: Vec<PathBuf> = if req.gates.is_empty() {
-        req.experts
-            .iter()
-            .map(|p| default_gate_path(p))
-            .filter(|p| p.is_file())
-            .collect()
+    let gates = if req.gates.is_empty() {
+        loaded.iter().filter_map(|(_, g)| g.clone()).collect()
     } else {
-        req.gates.clone()
+        req.gates
+            .iter()
+            .map(|p| GateVectors::load(p, &cfg, &device, DType::F32))
+            .collect::<Result<Vec<_>>>()?
     };
-    let gates = gate_paths
-        .iter()
-        .map(|p| GateVectors::load(p, &cfg, &device, DType::F32))
-        .collect::<Result<Vec<_>>>()?;
+    let experts: Vec<LoraExpert> = loaded.into_iter().map(|(e, _)| e).collect();
     let adapters = match (req.router, experts.len()) {
         (_, 0) => AdapterSet::new(),
         (RouterChoice::Single, 1) => match gates.first() {

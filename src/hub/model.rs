@@ -12,7 +12,9 @@ use hf_hub::HFError;
 use super::error::{HubError, Result};
 use super::options::{HubOptions, client, parse_repo_id};
 use super::watch::{DownloadReport, watched};
-use super::weight_files::{PICKLE, SAFETENSORS, SAFETENSORS_INDEX, shard_names};
+use super::weight_files::{
+    ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_SAFETENSORS, PICKLE, SAFETENSORS, SAFETENSORS_INDEX, shard_names,
+};
 
 /// Whether a file is in the repo (and where it landed).
 enum Fetch {
@@ -155,6 +157,45 @@ pub fn resolve_model_reporting(
     // The tokenizer is optional (training from scratch has none).
     let _ = repo.fetch("tokenizer.json", opts)?;
     Ok(dir)
+}
+
+/// Makes the PEFT adapter of `repo_id` at `revision` available locally (cache first,
+/// as [`resolve_model`]) and returns the snapshot folder holding `adapter_config.json`
+/// and its weights (`adapter_model.safetensors`, else `adapter_model.bin`).
+pub fn resolve_adapter(
+    repo_id: &str,
+    revision: &str,
+    opts: &HubOptions,
+    report: Option<&DownloadReport<'_>>,
+) -> Result<PathBuf> {
+    let repo = Repo {
+        id: repo_id,
+        revision,
+        report,
+    };
+    let config = repo.require(ADAPTER_CONFIG, opts)?;
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| HubError::Request(format!("odd cache path {}", config.display())))?;
+    let offline = HubOptions {
+        offline: true,
+        ..opts.clone()
+    };
+    for pass in [&offline, opts] {
+        for file in [ADAPTER_SAFETENSORS, ADAPTER_PICKLE] {
+            if let Fetch::Found(_) = repo.fetch(file, pass)? {
+                return Ok(dir);
+            }
+        }
+        if opts.offline {
+            break;
+        }
+    }
+    Err(HubError::Request(format!(
+        "{repo_id}@{revision}: {ADAPTER_CONFIG} but no {ADAPTER_SAFETENSORS} or {ADAPTER_PICKLE}{}",
+        if opts.offline { " in the local cache (offline)" } else { "" }
+    )))
 }
 
 /// A local folder if `model` is one, else a hub repo id resolved through the cache.

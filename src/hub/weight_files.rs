@@ -43,3 +43,9 @@ pub fn shard_names(index_path: &Path) -> Result<Vec<String>> {
     }
     Ok(files.into_iter().collect())
 }
+
+/// A PEFT adapter folder: its configuration and its weights (safetensors, or a
+/// pickle in older repos).
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_SAFETENSORS: &str = "adapter_model.safetensors";
+pub const ADAPTER_PICKLE: &str = "adapter_model.bin";

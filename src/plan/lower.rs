@@ -107,6 +107,10 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
             match e.kind.as_str() {
                 "model" | "dataset" => vec![c(None)],
                 // Popped from the back: the expert's groups first, then the gate's.
+                "expert" if imported(&e.block) => vec![
+                    c(Some(&["gate", "resources"])),
+                    c(Some(&["peft", "resources"])),
+                ],
                 "expert" => vec![
                     c(Some(&["gate", "resources"])),
                     c(Some(&["lora", "train", "resources"])),
@@ -174,6 +178,11 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
     let mut plan = finish(manifest, protos, catalog)?;
     plan.warnings = warnings;
     Ok(plan)
+}
+
+/// Whether an expert node imports an existing adapter instead of training one.
+fn imported(block: &crate::manifest::Block) -> bool {
+    block.props.contains_key("peft") || block.props.contains_key("peft-hub")
 }
 
 /// One step from its proto, once the keys of its inputs are known.
@@ -520,16 +529,38 @@ impl Lowerer<'_> {
         self.push(p, &e.name);
     }
 
-    /// `cx`: the expert's groups (lora, train, resources); `cg`: the gate's.
+    /// `cx`: the expert's groups (lora, train, resources; or peft, resources for an
+    /// imported adapter); `cg`: the gate's.
     fn expert(&mut self, e: &Entity, cx: Collected, cg: Collected) {
         let model = format!("model:{}", e.block.str("model").unwrap_or_default());
         let mut x = Proto::new("expert", &e.name, Some(e.name_loc));
-        x.absorb(cx);
         let data = self.tokens(
             e.block.str("dataset").unwrap_or_default(),
             e.block.str("model").unwrap_or_default(),
         );
-        x.inputs = vec![("model".into(), model.clone()), ("data".into(), data.clone())];
+        if imported(&e.block) {
+            self.import_source(e, &cx, &mut x);
+            x.absorb(cx);
+            // The adapter's files (or hub commit) and the base are all it depends on.
+            x.params.insert("import".into(), Value::Str("peft".into()));
+            x.inputs = vec![("model".into(), model.clone())];
+        } else {
+            if let Some(f) = e.block.props.get("revision").filter(|f| f.origin != Origin::Schema) {
+                let loc = f.loc.unwrap_or(e.name_loc);
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::revision-without-hub",
+                        loc,
+                        format!("expert \"{}\" sets revision= but imports nothing from the hub", e.name),
+                        "only with peft-hub=",
+                    )
+                    .help("add peft-hub=\"org/name\" to import a PEFT adapter, or remove revision="),
+                );
+            }
+            x.absorb(cx);
+            x.inputs = vec![("model".into(), model.clone()), ("data".into(), data.clone())];
+        }
         let expert_id = self.push(x, &e.name);
         let mut g = Proto::new("gate", &e.name, Some(e.name_loc));
         g.absorb(cg);
@@ -539,6 +570,54 @@ impl Lowerer<'_> {
             ("data".into(), data),
         ];
         self.push(g, &e.name);
+    }
+
+    /// An imported expert's source: the hashed folder (`peft=`) or the hub repo
+    /// (`peft-hub=`), exactly one; `lora`/`train` settings written on it are ignored,
+    /// which the user is told.
+    fn import_source(&mut self, e: &Entity, cx: &Collected, x: &mut Proto) {
+        let (local, hub) = (e.block.props.get("peft"), e.block.props.get("peft-hub"));
+        if let (Some(_), Some(h)) = (local, hub) {
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::two-sources",
+                    h.loc.unwrap_or(e.name_loc),
+                    format!("expert \"{}\" names both peft= and peft-hub=", e.name),
+                    "a second source",
+                )
+                .help("an imported expert comes from one adapter: keep one of them"),
+            );
+            return;
+        }
+        self.paths(x, cx);
+        if let Some(repo) = e.block.str("peft-hub") {
+            x.externals.push(External::Hub {
+                role: "peft-hub".into(),
+                repo_type: "peft".into(),
+                repo: repo.into(),
+                revision: e.block.str("revision").unwrap_or("main").into(),
+            });
+        }
+        for group in ["lora", "train"] {
+            // Written on the node itself, not inherited from `defaults`.
+            if let Some(b) = e.block.group(group)
+                && b.props.values().any(|f| f.origin == Origin::Explicit)
+            {
+                let loc = b.loc;
+                self.warnings.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "plan::ignored-settings",
+                        loc,
+                        format!("expert \"{}\" is imported: its `{group}` settings are not used", e.name),
+                        "ignored",
+                    )
+                    .help("an imported adapter is not trained; remove the group, or remove peft= to train the expert")
+                    .as_warning(),
+                );
+            }
+        }
     }
 
     /// The sentence embedder of the retrieval method as a keyed external: a local

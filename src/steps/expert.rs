@@ -249,6 +249,9 @@ impl StepRunner for ExpertStep {
         self.kind
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        if ctx.param("import").is_some() {
+            return super::peft_import::run(ctx);
+        }
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
         let cfg = cfg_of(ctx, "train")?;

@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod eval;
 pub mod expert;
 pub mod model;
+pub mod peft_import;
 pub mod retrieval_index;
 pub mod study;
 pub mod tokenize;

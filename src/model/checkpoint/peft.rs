@@ -31,9 +31,10 @@ use crate::model::error::{ModelError, Result};
 use crate::model::t5::config::T5Config;
 use crate::model::t5::names::{LinearSite, adapted_linears};
 
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_SAFETENSORS: &str = "adapter_model.safetensors";
-pub const WEIGHTS_PICKLE: &str = "adapter_model.bin";
+pub use crate::hub::weight_files::{
+    ADAPTER_CONFIG as CONFIG_FILE, ADAPTER_PICKLE as WEIGHTS_PICKLE,
+    ADAPTER_SAFETENSORS as WEIGHTS_SAFETENSORS,
+};
 /// Gate vectors exported beside an adapter (`<module>.gate`, `[d_in]`).
 pub const GATES_FILE: &str = "phatgoose_gates.safetensors";
 /// How the router uses the exported gates.

@@ -1,0 +1,225 @@
+//! `goosepipe export WHAT --format peft DIR`: artifacts out of the store in the formats
+//! other tools read. An expert (or the multitask adapter) becomes a PEFT adapter folder
+//! that `PeftModel.from_pretrained(base, DIR)` loads, with its gate vectors and
+//! `phatgoose.json` beside it when the store holds its gate; a gate exports its expert
+//! with it; a base model becomes a Hugging Face checkpoint folder. An expert whose base
+//! the pipeline built (no hub id or folder anyone else has) takes its base along, in
+//! `DIR/base-model/`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::artifact_files::{EXPERT_FILE, GATES_FILE, MODEL_JSON};
+use crate::model::checkpoint::load::{SAFETENSORS_INDEX, locate, shard_names};
+use crate::model::checkpoint::peft;
+use crate::model::{GateVectors, LoraExpert, T5Config};
+use crate::steps::common::ModelPointer;
+use crate::store::Store;
+use crate::store::artifact::ArtifactMeta;
+
+/// Where the base of an exported adapter is written when the pipeline built it.
+pub const BASE_FOLDER: &str = "base-model";
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    /// The step the files came from (`expert:NAME`, ...).
+    pub step: String,
+    pub files: Vec<PathBuf>,
+    /// Why something one might expect is not there (no gate in the store, several).
+    pub notes: Vec<String>,
+}
+
+/// A base model's folder as its model step recorded it, and the name PEFT should
+/// record for it (the hub id, or the folder).
+struct BaseModel {
+    dir: PathBuf,
+    hub: Option<String>,
+    built: bool,
+}
+
+fn base_of(store: &Store, meta: &ArtifactMeta) -> Result<BaseModel, String> {
+    let input = meta
+        .spec
+        .inputs
+        .iter()
+        .find(|i| i.role == "model")
+        .ok_or_else(|| format!("{} has no model input", meta.spec.id))?;
+    let model = store.meta(&input.key).ok_or_else(|| {
+        format!(
+            "the base model of {} ({}, {}) is not in the store; run the pipeline first",
+            meta.spec.id,
+            input.id,
+            input.key.short()
+        )
+    })?;
+    pointer_of(store, &model)
+}
+
+fn pointer_of(store: &Store, model: &ArtifactMeta) -> Result<BaseModel, String> {
+    let files = store.files_dir(&model.key);
+    let text = std::fs::read(files.join(MODEL_JSON)).map_err(|e| format!("{}: {e}", model.spec.id))?;
+    let p: ModelPointer =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: bad {MODEL_JSON}: {e}", model.spec.id))?;
+    let dir = if p.dir.is_absolute() { p.dir } else { files.join(p.dir) };
+    if !dir.is_dir() {
+        return Err(format!(
+            "the folder of {} ({}) is gone (was the HF cache cleared?)",
+            model.spec.id,
+            dir.display()
+        ));
+    }
+    Ok(BaseModel {
+        dir,
+        hub: p.source.strip_prefix("hub:").map(str::to_owned),
+        built: p.source != "path" && !p.source.starts_with("hub:"),
+    })
+}
+
+fn config_of(dir: &Path) -> Result<T5Config, String> {
+    T5Config::from_file(&dir.join("config.json"), None).map_err(|e| e.to_string())
+}
+
+/// Copies a model folder's config, weights and tokenizer into `out` as an HF checkpoint.
+fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
+    let files = locate(dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut sources = vec![files.config.clone()];
+    match &files.weights {
+        crate::model::checkpoint::load::WeightFiles::Safetensors(paths) => {
+            sources.extend(paths.iter().cloned());
+            if dir.join(SAFETENSORS_INDEX).is_file() {
+                sources.push(dir.join(SAFETENSORS_INDEX));
+                let _ = shard_names(&dir.join(SAFETENSORS_INDEX)).map_err(|e| e.to_string())?;
+            }
+        }
+        crate::model::checkpoint::load::WeightFiles::Pickle(p) => sources.push(p.clone()),
+    }
+    sources.extend(files.tokenizer.iter().cloned());
+    let mut written = vec![];
+    for src in sources {
+        let to = out.join(src.file_name().expect("a file"));
+        std::fs::copy(&src, &to).map_err(|e| format!("copying {} to {}: {e}", src.display(), to.display()))?;
+        written.push(to);
+    }
+    Ok(written)
+}
+
+/// The gate artifacts in the store trained for the expert artifact `key`.
+fn gates_of(store: &Store, expert: &ArtifactMeta) -> Vec<ArtifactMeta> {
+    store
+        .keys()
+        .into_iter()
+        .filter_map(|k| store.meta(&k))
+        .filter(|m| {
+            m.spec.kind == "gate" && m.spec.inputs.iter().any(|i| i.role == "expert" && i.key == expert.key)
+        })
+        .collect()
+}
+
+/// Exports `what` (a step id, name, key or key prefix in the store) in PEFT's format into `out`.
+pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, String> {
+    let meta = store.find(what)?;
+    let mut notes = vec![];
+    let (expert_meta, gate_meta) = match meta.spec.kind.as_str() {
+        "model" => {
+            let base = pointer_of(store, &meta)?;
+            return Ok(Exported {
+                step: meta.spec.id.clone(),
+                files: write_base(&base.dir, out)?,
+                notes,
+            });
+        }
+        "expert" | "multitask" => {
+            let gates = if meta.spec.kind == "expert" { gates_of(store, &meta) } else { vec![] };
+            let gate = match gates.len() {
+                0 => {
+                    if meta.spec.kind == "expert" {
+                        notes.push(format!("no gate of {} in the store: the adapter goes without gates", meta.spec.id));
+                    }
+                    None
+                }
+                1 => gates.into_iter().next(),
+                n => {
+                    notes.push(format!(
+                        "{n} gates of {} in the store (different gate settings): export the gate artifact by its key to choose one",
+                        meta.spec.id
+                    ));
+                    None
+                }
+            };
+            (meta, gate)
+        }
+        "gate" => {
+            let input = meta
+                .spec
+                .inputs
+                .iter()
+                .find(|i| i.role == "expert")
+                .ok_or_else(|| format!("{} has no expert input", meta.spec.id))?;
+            let expert = store
+                .meta(&input.key)
+                .ok_or_else(|| format!("the expert of {} ({}) is not in the store", meta.spec.id, input.id))?;
+            (expert, Some(meta))
+        }
+        other => {
+            return Err(format!(
+                "{} is a `{other}` artifact; export takes an expert, multitask, gate or model step (expert:NAME, gate:NAME, model:NAME)",
+                meta.spec.id
+            ));
+        }
+    };
+    let base = base_of(store, &expert_meta)?;
+    let cfg = config_of(&base.dir)?;
+    let dev = Device::Cpu;
+    let mut expert = LoraExpert::load(&store.files_dir(&expert_meta.key).join(EXPERT_FILE), &cfg, &dev, DType::F32)
+        .map_err(|e| e.to_string())?;
+    expert.name = expert_meta.spec.name.clone();
+    let gates = gate_meta
+        .map(|g| GateVectors::load(&store.files_dir(&g.key).join(GATES_FILE), &cfg, &dev, DType::F32))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut files = vec![];
+    let base_name = if base.built {
+        let folder = out.join(BASE_FOLDER);
+        files.extend(write_base(&base.dir, &folder)?);
+        notes.push(format!(
+            "the base model was built by the pipeline: written to {} (load it with from_pretrained)",
+            folder.display()
+        ));
+        Some(std::path::absolute(&folder).unwrap_or(folder).display().to_string())
+    } else {
+        Some(base.hub.unwrap_or_else(|| base.dir.display().to_string()))
+    };
+    let mut written =
+        peft::export(&expert, gates.as_ref(), &cfg, base_name.as_deref(), out).map_err(|e| e.to_string())?;
+    written.append(&mut files);
+    Ok(Exported {
+        step: expert_meta.spec.id.clone(),
+        files: written,
+        notes,
+    })
+}
+
+/// Exports a goosepipe expert file (with `NAME.gates.safetensors` beside it, if there)
+/// for the base model folder `model`.
+pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exported, String> {
+    let cfg = config_of(model)?;
+    let dev = Device::Cpu;
+    let expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
+    let name = file.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
+    let gate_path = file.with_file_name(format!("{}.gates.safetensors", name.strip_suffix(".safetensors").unwrap_or(name)));
+    let gates = gate_path
+        .is_file()
+        .then(|| GateVectors::load(&gate_path, &cfg, &dev, DType::F32))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let base = std::path::absolute(model).unwrap_or(model.to_path_buf()).display().to_string();
+    let files = peft::export(&expert, gates.as_ref(), &cfg, Some(&base), out).map_err(|e| e.to_string())?;
+    Ok(Exported {
+        step: file.display().to_string(),
+        files,
+        notes: vec![],
+    })
+}
