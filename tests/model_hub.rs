@@ -20,10 +20,20 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn make_cache(cache: &Path) {
-    cache_repo(cache, "models--goosepipe--tiny-t5", &fixture("v1_1"), &["config.json", "model.safetensors", "tokenizer.json"]);
+    cache_repo(
+        cache,
+        "models--goosepipe--tiny-t5",
+        &fixture("v1_1"),
+        &["config.json", "model.safetensors", "tokenizer.json"],
+    );
     // A PEFT adapter repo (the pickle-stored fixture, as older repos are).
     let peft = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft/bin");
-    cache_repo(cache, "models--goosepipe--tiny-peft", &peft, &["adapter_config.json", "adapter_model.bin"]);
+    cache_repo(
+        cache,
+        "models--goosepipe--tiny-peft",
+        &peft,
+        &["adapter_config.json", "adapter_model.bin"],
+    );
 }
 
 fn cache_repo(cache: &Path, folder: &str, from: &Path, files: &[&str]) {
@@ -145,11 +155,17 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
     let out = String::from_utf8(out).unwrap();
     assert_eq!(code, 0, "{out}");
     let lock = std::fs::read_to_string(project.join("hub.kdl.lock")).unwrap_or_else(|_| {
-        let names: Vec<_> = std::fs::read_dir(&project).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&project)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         panic!("no lockfile among {names:?}")
     });
     assert!(
-        lock.contains(&format!("external \"hub:peft:goosepipe/tiny-peft@main\" resolved=\"{SHA}\"")),
+        lock.contains(&format!(
+            "external \"hub:peft:goosepipe/tiny-peft@main\" resolved=\"{SHA}\""
+        )),
         "{lock}"
     );
 }

@@ -111,7 +111,10 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
     let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
     req.router = RouterChoice::parse("phatgoose").unwrap();
     let names = ["expert_a", "expert_b", "expert_c"];
-    req.experts = names.iter().map(|e| dir.join(format!("{e}.safetensors"))).collect();
+    req.experts = names
+        .iter()
+        .map(|e| dir.join(format!("{e}.safetensors")))
+        .collect();
     let from_files = score(&req).unwrap();
     // The same experts and gates as PEFT folders, as `goosepipe export --format peft` writes them.
     req.experts = names
@@ -126,7 +129,10 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
         })
         .collect();
     let from_folders = score(&req).unwrap();
-    assert_eq!(from_folders.experts, from_files.experts, "named after their folders");
+    assert_eq!(
+        from_folders.experts, from_files.experts,
+        "named after their folders"
+    );
     assert_eq!(from_folders.total, from_files.total);
     // A folder that is neither says what an expert may be.
     req.experts = vec![out.path().to_path_buf()];

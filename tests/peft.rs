@@ -61,11 +61,21 @@ fn imported_peft_adapters_match_transformers_and_peft() {
         let imp = import(name);
         assert_eq!(imp.source.modules, modules, "{name}");
         assert_eq!(imp.source.base_modules, 36, "{name}");
-        assert!((imp.source.scaling - scaling).abs() < 1e-12, "{name}: scaling {}", imp.source.scaling);
-        assert_eq!(imp.source.base_model_name_or_path.as_deref(), Some("tests/fixtures/t5/v1_1"));
+        assert!(
+            (imp.source.scaling - scaling).abs() < 1e-12,
+            "{name}: scaling {}",
+            imp.source.scaling
+        );
+        assert_eq!(
+            imp.source.base_model_name_or_path.as_deref(),
+            Some("tests/fixtures/t5/v1_1")
+        );
         let got = with_adapters(AdapterSet::from_lora(&imp.expert));
         let want = &reference[&format!("{name}_logits")];
-        assert!(max_abs_diff(want, &plain) > 1e-2, "{name}: the adapter must move the logits");
+        assert!(
+            max_abs_diff(want, &plain) > 1e-2,
+            "{name}: the adapter must move the logits"
+        );
         let d = max_abs_diff(&got, want);
         assert!(d < 1e-4, "{name}: logits differ from transformers + peft by {d}");
     }
@@ -75,9 +85,20 @@ fn imported_peft_adapters_match_transformers_and_peft() {
 fn v1_1_expert(name: &str) -> (LoraExpert, GateVectors) {
     let dir = t5_fixture("v1_1");
     let cfg = base().config;
-    let e = LoraExpert::load(&dir.join(format!("{name}.safetensors")), &cfg, &Device::Cpu, DType::F32).unwrap();
-    let g = GateVectors::load(&dir.join(format!("{name}.gates.safetensors")), &cfg, &Device::Cpu, DType::F32)
-        .unwrap();
+    let e = LoraExpert::load(
+        &dir.join(format!("{name}.safetensors")),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let g = GateVectors::load(
+        &dir.join(format!("{name}.gates.safetensors")),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     (e, g)
 }
 
@@ -94,14 +115,22 @@ fn an_exported_expert_reimports_with_identical_outputs_and_gates() {
         .collect();
     assert_eq!(
         names,
-        ["adapter_config.json", "adapter_model.safetensors", "phatgoose_gates.safetensors", "phatgoose.json"]
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "phatgoose_gates.safetensors",
+            "phatgoose.json"
+        ]
     );
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 4);
     assert_eq!(config["lora_alpha"], 1, "goosepipe's 1/r is PEFT's lora_alpha 1");
-    assert_eq!(config["target_modules"], serde_json::json!(["k", "o", "q", "v", "wi_0", "wi_1", "wo"]));
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["k", "o", "q", "v", "wi_0", "wi_1", "wo"])
+    );
     let st = load_st(out.join("adapter_model.safetensors"));
     assert!(st.contains_key("base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"));
     assert_eq!(st.len(), 72);
@@ -109,11 +138,17 @@ fn an_exported_expert_reimports_with_identical_outputs_and_gates() {
     let back = peft::import(&out, "expert_a", &cfg, &Device::Cpu).unwrap();
     let own = with_adapters(AdapterSet::from_lora(&expert));
     let again = with_adapters(AdapterSet::from_lora(&back.expert));
-    assert_eq!(max_abs_diff(&own, &again), 0.0, "a round trip must not change a bit");
+    assert_eq!(
+        max_abs_diff(&own, &again),
+        0.0,
+        "a round trip must not change a bit"
+    );
     // And both are the torch reference's LoRA (the script checks peft loads the export).
     let reference = load_st(t5_fixture("v1_1").join("reference.safetensors"));
     assert!(max_abs_diff(&again, &reference["lora_logits"]) < 1e-4);
-    let g = peft::import_gates(&out, "expert_a", &cfg, &Device::Cpu).unwrap().unwrap();
+    let g = peft::import_gates(&out, "expert_a", &cfg, &Device::Cpu)
+        .unwrap()
+        .unwrap();
     for (m, v) in &gates.gates {
         assert_eq!(max_abs_diff(v, &g.gates[m]), 0.0, "{m}");
     }
@@ -138,14 +173,18 @@ fn an_adapter_on_a_subset_exports_a_regex_that_selects_exactly_it() {
 
     // Only the encoder's self-attention q: no short-name list selects exactly that.
     let mut only = imp.expert.clone();
-    only.modules.retain(|m, _| m.starts_with("encoder.") && m.ends_with("SelfAttention.q"));
+    only.modules
+        .retain(|m, _| m.starts_with("encoder.") && m.ends_with("SelfAttention.q"));
     assert_eq!(only.modules.len(), 2);
     let dir2 = tempfile::tempdir().unwrap();
     peft::export(&only, None, &cfg, None, dir2.path()).unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir2.path().join("adapter_config.json")).unwrap()).unwrap();
     let t = config["target_modules"].as_str().expect("a regex");
-    assert!(t.contains(r"encoder\.block\.0\.layer\.0\.SelfAttention\.q"), "{t}");
+    assert!(
+        t.contains(r"encoder\.block\.0\.layer\.0\.SelfAttention\.q"),
+        "{t}"
+    );
     let back = peft::import(dir2.path(), "only", &cfg, &Device::Cpu).unwrap();
     assert_eq!(back.expert.modules.len(), 2);
 }
@@ -156,12 +195,19 @@ fn pools_mix_ranks_and_module_subsets_exactly() {
     let alpha = import("alpha").expert;
     let bin = import("bin").expert;
     let pool = vec![bin.clone(), alpha.clone()];
-    let only = |w: Vec<f64>| with_adapters(AdapterSet::mixture(&pool, MixWeights::Shared(w), DType::F32).unwrap());
+    let only =
+        |w: Vec<f64>| with_adapters(AdapterSet::mixture(&pool, MixWeights::Shared(w), DType::F32).unwrap());
     // Name order: alpha (0), bin (1). A one-hot mixture is that expert alone.
-    let d_alpha = max_abs_diff(&only(vec![1.0, 0.0]), &with_adapters(AdapterSet::from_lora(&alpha)));
+    let d_alpha = max_abs_diff(
+        &only(vec![1.0, 0.0]),
+        &with_adapters(AdapterSet::from_lora(&alpha)),
+    );
     let d_bin = max_abs_diff(&only(vec![0.0, 1.0]), &with_adapters(AdapterSet::from_lora(&bin)));
     assert!(d_alpha < 1e-4, "alpha inside the pool differs by {d_alpha}");
-    assert!(d_bin < 1e-4, "bin (rank 2, padded to 4) inside the pool differs by {d_bin}");
+    assert!(
+        d_bin < 1e-4,
+        "bin (rank 2, padded to 4) inside the pool differs by {d_bin}"
+    );
 
     // Routed: each module routes among the experts that adapt it.
     let emb = goosepipe::route::arrow::embeddings(&pool).unwrap();
@@ -173,19 +219,35 @@ fn pools_mix_ranks_and_module_subsets_exactly() {
     m.start_routing_log(false);
     let _ = logits(&m);
     let log = m.take_routing_log().unwrap();
-    assert_eq!(log.modules["encoder.block.0.layer.0.SelfAttention.k"].expert_names, ["alpha"]);
-    assert_eq!(log.modules["encoder.block.0.layer.0.SelfAttention.q"].expert_names, ["alpha", "bin"]);
+    assert_eq!(
+        log.modules["encoder.block.0.layer.0.SelfAttention.k"].expert_names,
+        ["alpha"]
+    );
+    assert_eq!(
+        log.modules["encoder.block.0.layer.0.SelfAttention.q"].expert_names,
+        ["alpha", "bin"]
+    );
 }
+
+type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Value)>;
 
 /// The `alpha` fixture copied with its config edited by `edit`.
 fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = peft_fixture("alpha");
-    std::fs::copy(src.join("adapter_model.safetensors"), dir.path().join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dir.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
     let mut c: serde_json::Value =
         serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
     edit(&mut c);
-    std::fs::write(dir.path().join("adapter_config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        serde_json::to_vec(&c).unwrap(),
+    )
+    .unwrap();
     dir
 }
 
@@ -199,10 +261,22 @@ fn import_err(dir: &Path, model: &T5Model) -> String {
 #[test]
 fn unsupported_configurations_are_refused_naming_the_field() {
     let m = base();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &[&str])> = vec![
-        ("non-LoRA", Box::new(|c| c["peft_type"] = "IA3".into()), &["`peft_type`", "IA3"]),
-        ("DoRA", Box::new(|c| c["use_dora"] = true.into()), &["`use_dora`", "DoRA"]),
-        ("bias", Box::new(|c| c["bias"] = "all".into()), &["`bias`", "\"all\""]),
+    let cases: Vec<(&str, ConfigEdit, &[&str])> = vec![
+        (
+            "non-LoRA",
+            Box::new(|c| c["peft_type"] = "IA3".into()),
+            &["`peft_type`", "IA3"],
+        ),
+        (
+            "DoRA",
+            Box::new(|c| c["use_dora"] = true.into()),
+            &["`use_dora`", "DoRA"],
+        ),
+        (
+            "bias",
+            Box::new(|c| c["bias"] = "all".into()),
+            &["`bias`", "\"all\""],
+        ),
         (
             "modules_to_save",
             Box::new(|c| c["modules_to_save"] = serde_json::json!(["lm_head"])),
@@ -218,7 +292,11 @@ fn unsupported_configurations_are_refused_naming_the_field() {
             Box::new(|c| c["rank_pattern"] = serde_json::json!({"q": 8})),
             &["`rank_pattern`"],
         ),
-        ("wrong r", Box::new(|c| c["r"] = 8.into()), &["rank 4", "`r`", "is 8"]),
+        (
+            "wrong r",
+            Box::new(|c| c["r"] = 8.into()),
+            &["rank 4", "`r`", "is 8"],
+        ),
         (
             "target_modules",
             Box::new(|c| c["target_modules"] = serde_json::json!(["q"])),
@@ -238,9 +316,16 @@ fn unsupported_configurations_are_refused_naming_the_field() {
     assert!(e.contains("not an adapted linear of this base model"), "{e}");
     // No weights beside the config.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(peft_fixture("alpha/adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        peft_fixture("alpha/adapter_config.json"),
+        dir.path().join("adapter_config.json"),
+    )
+    .unwrap();
     let e = import_err(dir.path(), &m);
-    assert!(e.contains("adapter_model.safetensors or adapter_model.bin"), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors or adapter_model.bin"),
+        "{e}"
+    );
     // A tensor that is not a LoRA weight (a DoRA magnitude).
     let dir = edited(|_| {});
     let mut t: HashMap<String, Tensor> = load_st(dir.path().join("adapter_model.safetensors"));
@@ -255,7 +340,12 @@ fn unsupported_configurations_are_refused_naming_the_field() {
 
 // ---- imported experts in a pipeline ----
 
-const WORDS: &[&str] = &["the cat sat on the mat", "a dog ran in the park", "is the sky blue today", "red green blue"];
+const WORDS: &[&str] = &[
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "is the sky blue today",
+    "red green blue",
+];
 
 fn jsonl(rows: usize, seed: usize) -> String {
     (0..rows)
@@ -310,24 +400,28 @@ expert "trained" model="t" dataset="two""#,
 
 #[test]
 fn imported_adapters_pool_with_trained_experts_and_export_again() {
-    use goosepipe::exec::{CancelFlag, RunOptions};
     use goosepipe::store::Store;
     let dir = tempfile::tempdir().unwrap();
     let manifest = pipeline(dir.path(), &experts_block("alpha"));
     let store_dir = dir.path().join("store");
     let reg = goosepipe::steps::registry();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(&manifest, &store_dir, &reg, &RunOptions::default(), true, &CancelFlag::new(), &mut out)
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let out = String::from_utf8(out).unwrap();
+    let (code, out) = support::run_product(&manifest, &store_dir);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("| task | phatgoose | merged | arrow | average-activation | expert:bin |"), "{out}");
+    assert!(
+        out.contains("| task | phatgoose | merged | arrow | average-activation | expert:bin |"),
+        "{out}"
+    );
 
     let store = Store::open(&store_dir).unwrap();
     let plan = goosepipe::app::load_plan(&manifest, &reg, &store.hash_cache()).unwrap();
     let step = |id: &str| plan.get(id).unwrap_or_else(|| panic!("no step {id}"));
     // An imported expert depends on its base and its files, not on its dataset.
-    let inputs: Vec<&str> = step("expert:alpha").spec.inputs.iter().map(|i| i.role.as_str()).collect();
+    let inputs: Vec<&str> = step("expert:alpha")
+        .spec
+        .inputs
+        .iter()
+        .map(|i| i.role.as_str())
+        .collect();
     assert_eq!(inputs, ["model"]);
     assert_eq!(step("expert:alpha").spec.externals[0].role(), "peft");
     let files = |id: &str| store.files_dir(&step(id).spec.key);
@@ -335,40 +429,74 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
         serde_json::from_slice(&std::fs::read(files("expert:bin").join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["imported"], "peft");
     assert_eq!(summary["adapter"]["weights_file"], "adapter_model.bin");
-    assert!(summary["from"].as_str().unwrap().starts_with("path:"), "{summary}");
+    assert!(
+        summary["from"].as_str().unwrap().starts_with("path:"),
+        "{summary}"
+    );
     // The stored expert computes what peft computes.
     let cfg = base().config;
-    let stored = LoraExpert::load(&files("expert:alpha").join("expert.safetensors"), &cfg, &Device::Cpu, DType::F32)
-        .unwrap();
+    let stored = LoraExpert::load(
+        &files("expert:alpha").join("expert.safetensors"),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     let reference = load_st(peft_fixture("reference.safetensors"));
-    assert!(max_abs_diff(&with_adapters(AdapterSet::from_lora(&stored)), &reference["alpha_logits"]) < 1e-4);
+    assert!(
+        max_abs_diff(
+            &with_adapters(AdapterSet::from_lora(&stored)),
+            &reference["alpha_logits"]
+        ) < 1e-4
+    );
     assert!(files("gate:alpha").join("gates.safetensors").is_file());
     // Its gate covers exactly its 14 modules; bin routes only where it has a LoRA.
-    let g = GateVectors::load(&files("gate:bin").join("gates.safetensors"), &cfg, &Device::Cpu, DType::F32).unwrap();
+    let g = GateVectors::load(
+        &files("gate:bin").join("gates.safetensors"),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     assert_eq!(g.gates.len(), 14);
 
     // The same adapter under another name in another manifest is the same artifact.
     let other = tempfile::tempdir().unwrap();
-    let m2 = pipeline(other.path(), &experts_block("alpha2").replace("pool \"p\"", "pool \"q\""));
-    let text = std::fs::read_to_string(&m2).unwrap().replace("\"alpha\" \"bin\"", "\"alpha2\" \"bin\"");
+    let m2 = pipeline(
+        other.path(),
+        &experts_block("alpha2").replace("pool \"p\"", "pool \"q\""),
+    );
+    let text = std::fs::read_to_string(&m2)
+        .unwrap()
+        .replace("\"alpha\" \"bin\"", "\"alpha2\" \"bin\"");
     std::fs::write(&m2, text).unwrap();
     let plan2 = goosepipe::app::load_plan(&m2, &reg, &store.hash_cache()).unwrap();
-    assert_eq!(plan2.get("expert:alpha2").unwrap().spec.key, step("expert:alpha").spec.key);
+    assert_eq!(
+        plan2.get("expert:alpha2").unwrap().spec.key,
+        step("expert:alpha").spec.key
+    );
 
     // Export it back: peft's files, its gate beside it, the base named by its folder.
     let exported = dir.path().join("alpha-peft");
     goosepipe::app::export("expert:alpha", None, &exported, &store_dir, &mut Vec::new()).unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(exported.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!(config["base_model_name_or_path"], t5_fixture("v1_1").display().to_string());
+    assert_eq!(
+        config["base_model_name_or_path"],
+        t5_fixture("v1_1").display().to_string()
+    );
     assert!(exported.join("phatgoose_gates.safetensors").is_file());
     let again = peft::import(&exported, "alpha", &cfg, &Device::Cpu).unwrap();
     assert_eq!(
-        max_abs_diff(&with_adapters(AdapterSet::from_lora(&again.expert)), &with_adapters(AdapterSet::from_lora(&stored))),
+        max_abs_diff(
+            &with_adapters(AdapterSet::from_lora(&again.expert)),
+            &with_adapters(AdapterSet::from_lora(&stored))
+        ),
         0.0
     );
     // A dataset is not an adapter.
-    let err = goosepipe::app::export("dataset:one", None, &exported, &store_dir, &mut Vec::new()).unwrap_err();
+    let err =
+        goosepipe::app::export("dataset:one", None, &exported, &store_dir, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("export takes an expert"), "{err}");
 }
 
@@ -389,7 +517,10 @@ fn an_imported_expert_says_what_is_wrong_before_anything_runs() {
         "expert \"alpha\" model=\"t\" dataset=\"one\" peft=\"{alpha}\" peft-hub=\"org/a\"\nexpert \"bin\" model=\"t\" dataset=\"two\" peft=\"{alpha}\"\nexpert \"trained\" model=\"t\" dataset=\"two\""
     );
     assert!(plan_err(&both).contains("names both peft= and peft-hub="));
-    let rev = experts_block("alpha").replace("expert \"trained\" model=\"t\" dataset=\"two\"", "expert \"trained\" model=\"t\" dataset=\"two\" revision=\"v2\"");
+    let rev = experts_block("alpha").replace(
+        "expert \"trained\" model=\"t\" dataset=\"two\"",
+        "expert \"trained\" model=\"t\" dataset=\"two\" revision=\"v2\"",
+    );
     assert!(plan_err(&rev).contains("sets revision= but imports nothing"));
     let missing = experts_block("alpha").replace(&alpha, "/nonexistent/adapter");
     assert!(plan_err(&missing).contains("does not exist"));
@@ -397,7 +528,6 @@ fn an_imported_expert_says_what_is_wrong_before_anything_runs() {
 
 #[test]
 fn an_expert_of_a_pipeline_built_base_exports_with_its_base() {
-    use goosepipe::exec::{CancelFlag, RunOptions};
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("built.kdl");
     std::fs::write(
@@ -415,17 +545,17 @@ expert "sort" model="t" dataset="sort" {
     )
     .unwrap();
     let store = dir.path().join("store");
-    let reg = goosepipe::steps::registry();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(&manifest, &store, &reg, &RunOptions::default(), true, &CancelFlag::new(), &mut out)
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    let (code, out) = support::run_product(&manifest, &store);
+    assert_eq!(code, 0, "{out}");
 
     let to = dir.path().join("sort-peft");
     let mut said = Vec::new();
     goosepipe::app::export("expert:sort", None, &to, &store, &mut said).unwrap();
     let said = String::from_utf8(said).unwrap();
-    assert!(said.contains("the base model was built by the pipeline"), "{said}");
+    assert!(
+        said.contains("the base model was built by the pipeline"),
+        "{said}"
+    );
     // The base travels along as an HF folder that loads, and the adapter names it.
     let base_dir = to.join("base-model");
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
@@ -434,14 +564,26 @@ expert "sort" model="t" dataset="sort" {
     let mut model = T5Model::load(&base_dir, &Device::Cpu, DType::F32).unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(to.join("adapter_config.json")).unwrap()).unwrap();
-    assert!(config["base_model_name_or_path"].as_str().unwrap().ends_with("base-model"));
-    assert!(to.join("phatgoose_gates.safetensors").is_file(), "the gate was in the store");
+    assert!(
+        config["base_model_name_or_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("base-model")
+    );
+    assert!(
+        to.join("phatgoose_gates.safetensors").is_file(),
+        "the gate was in the store"
+    );
 
     // The export computes what the stored expert computes.
     let s = goosepipe::store::Store::open(&store).unwrap();
-    let stored = s.files_dir(&s.find("expert:sort").unwrap().key).join("expert.safetensors");
+    let stored = s
+        .files_dir(&s.find("expert:sort").unwrap().key)
+        .join("expert.safetensors");
     let stored = LoraExpert::load(&stored, &model.config, &Device::Cpu, DType::F32).unwrap();
-    let again = peft::import(&to, "sort", &model.config, &Device::Cpu).unwrap().expert;
+    let again = peft::import(&to, "sort", &model.config, &Device::Cpu)
+        .unwrap()
+        .expert;
     let ids = Tensor::new(&[[5u32, 9, 12, 1]], &Device::Cpu).unwrap();
     let mask = Tensor::ones((1, 4), DType::F32, &Device::Cpu).unwrap();
     model.set_adapters(AdapterSet::from_lora(&stored)).unwrap();

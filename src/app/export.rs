@@ -62,7 +62,11 @@ fn pointer_of(store: &Store, model: &ArtifactMeta) -> Result<BaseModel, String> 
     let text = std::fs::read(files.join(MODEL_JSON)).map_err(|e| format!("{}: {e}", model.spec.id))?;
     let p: ModelPointer =
         serde_json::from_slice(&text).map_err(|e| format!("{}: bad {MODEL_JSON}: {e}", model.spec.id))?;
-    let dir = if p.dir.is_absolute() { p.dir } else { files.join(p.dir) };
+    let dir = if p.dir.is_absolute() {
+        p.dir
+    } else {
+        files.join(p.dir)
+    };
     if !dir.is_dir() {
         return Err(format!(
             "the folder of {} ({}) is gone (was the HF cache cleared?)",
@@ -100,7 +104,8 @@ fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     let mut written = vec![];
     for src in sources {
         let to = out.join(src.file_name().expect("a file"));
-        std::fs::copy(&src, &to).map_err(|e| format!("copying {} to {}: {e}", src.display(), to.display()))?;
+        std::fs::copy(&src, &to)
+            .map_err(|e| format!("copying {} to {}: {e}", src.display(), to.display()))?;
         written.push(to);
     }
     Ok(written)
@@ -113,7 +118,11 @@ fn gates_of(store: &Store, expert: &ArtifactMeta) -> Vec<ArtifactMeta> {
         .into_iter()
         .filter_map(|k| store.meta(&k))
         .filter(|m| {
-            m.spec.kind == "gate" && m.spec.inputs.iter().any(|i| i.role == "expert" && i.key == expert.key)
+            m.spec.kind == "gate"
+                && m.spec
+                    .inputs
+                    .iter()
+                    .any(|i| i.role == "expert" && i.key == expert.key)
         })
         .collect()
 }
@@ -132,11 +141,18 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
             });
         }
         "expert" | "multitask" => {
-            let gates = if meta.spec.kind == "expert" { gates_of(store, &meta) } else { vec![] };
+            let gates = if meta.spec.kind == "expert" {
+                gates_of(store, &meta)
+            } else {
+                vec![]
+            };
             let gate = match gates.len() {
                 0 => {
                     if meta.spec.kind == "expert" {
-                        notes.push(format!("no gate of {} in the store: the adapter goes without gates", meta.spec.id));
+                        notes.push(format!(
+                            "no gate of {} in the store: the adapter goes without gates",
+                            meta.spec.id
+                        ));
                     }
                     None
                 }
@@ -158,9 +174,12 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
                 .iter()
                 .find(|i| i.role == "expert")
                 .ok_or_else(|| format!("{} has no expert input", meta.spec.id))?;
-            let expert = store
-                .meta(&input.key)
-                .ok_or_else(|| format!("the expert of {} ({}) is not in the store", meta.spec.id, input.id))?;
+            let expert = store.meta(&input.key).ok_or_else(|| {
+                format!(
+                    "the expert of {} ({}) is not in the store",
+                    meta.spec.id, input.id
+                )
+            })?;
             (expert, Some(meta))
         }
         other => {
@@ -173,8 +192,13 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
     let base = base_of(store, &expert_meta)?;
     let cfg = config_of(&base.dir)?;
     let dev = Device::Cpu;
-    let mut expert = LoraExpert::load(&store.files_dir(&expert_meta.key).join(EXPERT_FILE), &cfg, &dev, DType::F32)
-        .map_err(|e| e.to_string())?;
+    let mut expert = LoraExpert::load(
+        &store.files_dir(&expert_meta.key).join(EXPERT_FILE),
+        &cfg,
+        &dev,
+        DType::F32,
+    )
+    .map_err(|e| e.to_string())?;
     expert.name = expert_meta.spec.name.clone();
     let gates = gate_meta
         .map(|g| GateVectors::load(&store.files_dir(&g.key).join(GATES_FILE), &cfg, &dev, DType::F32))
@@ -188,7 +212,12 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
             "the base model was built by the pipeline: written to {} (load it with from_pretrained)",
             folder.display()
         ));
-        Some(std::path::absolute(&folder).unwrap_or(folder).display().to_string())
+        Some(
+            std::path::absolute(&folder)
+                .unwrap_or(folder)
+                .display()
+                .to_string(),
+        )
     } else {
         Some(base.hub.unwrap_or_else(|| base.dir.display().to_string()))
     };
@@ -209,13 +238,19 @@ pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exporte
     let dev = Device::Cpu;
     let expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
     let name = file.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
-    let gate_path = file.with_file_name(format!("{}.gates.safetensors", name.strip_suffix(".safetensors").unwrap_or(name)));
+    let gate_path = file.with_file_name(format!(
+        "{}.gates.safetensors",
+        name.strip_suffix(".safetensors").unwrap_or(name)
+    ));
     let gates = gate_path
         .is_file()
         .then(|| GateVectors::load(&gate_path, &cfg, &dev, DType::F32))
         .transpose()
         .map_err(|e| e.to_string())?;
-    let base = std::path::absolute(model).unwrap_or(model.to_path_buf()).display().to_string();
+    let base = std::path::absolute(model)
+        .unwrap_or(model.to_path_buf())
+        .display()
+        .to_string();
     let files = peft::export(&expert, gates.as_ref(), &cfg, Some(&base), out).map_err(|e| e.to_string())?;
     Ok(Exported {
         step: file.display().to_string(),

@@ -492,7 +492,9 @@ pub fn export(
         export::export_peft_file(as_file, model, dir)
     } else {
         if model.is_some() {
-            return Err(miette!("--model is only for an expert file given by path; a store artifact knows its base"));
+            return Err(miette!(
+                "--model is only for an expert file given by path; a store artifact knows its base"
+            ));
         }
         export::export_peft(&open_store(store_root)?, what, dir)
     }

@@ -117,6 +117,21 @@ impl Repo<'_> {
     }
 }
 
+/// The snapshot folder a cached file lies in.
+fn snapshot_of(file: &Path) -> Result<PathBuf> {
+    file.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| HubError::Request(format!("odd cache path {}", file.display())))
+}
+
+/// `opts` without the network: for looking at cached copies first.
+fn cache_only(opts: &HubOptions) -> HubOptions {
+    HubOptions {
+        offline: true,
+        ..opts.clone()
+    }
+}
+
 /// Makes the model folder of `repo_id` at `revision` (branch, tag or commit)
 /// available locally and returns the snapshot folder that holds `config.json`,
 /// the weights (single, sharded or pickle) and `tokenizer.json` when the repo has one.
@@ -137,17 +152,10 @@ pub fn resolve_model_reporting(
         revision,
         report,
     };
-    let config = repo.require("config.json", opts)?;
-    let dir = config
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| HubError::Request(format!("odd cache path {}", config.display())))?;
+    let dir = snapshot_of(&repo.require("config.json", opts)?)?;
     // Cached copies first for every candidate, so an offline cache with a
     // pickle checkpoint does not trigger network lookups for safetensors.
-    let offline = HubOptions {
-        offline: true,
-        ..opts.clone()
-    };
+    let offline = cache_only(opts);
     let found = repo.find_weights(&offline, opts)? || (!opts.offline && repo.find_weights(opts, opts)?);
     if !found {
         return Err(HubError::Request(format!(
@@ -173,15 +181,8 @@ pub fn resolve_adapter(
         revision,
         report,
     };
-    let config = repo.require(ADAPTER_CONFIG, opts)?;
-    let dir = config
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| HubError::Request(format!("odd cache path {}", config.display())))?;
-    let offline = HubOptions {
-        offline: true,
-        ..opts.clone()
-    };
+    let dir = snapshot_of(&repo.require(ADAPTER_CONFIG, opts)?)?;
+    let offline = cache_only(opts);
     for pass in [&offline, opts] {
         for file in [ADAPTER_SAFETENSORS, ADAPTER_PICKLE] {
             if let Fetch::Found(_) = repo.fetch(file, pass)? {
@@ -194,7 +195,11 @@ pub fn resolve_adapter(
     }
     Err(HubError::Request(format!(
         "{repo_id}@{revision}: {ADAPTER_CONFIG} but no {ADAPTER_SAFETENSORS} or {ADAPTER_PICKLE}{}",
-        if opts.offline { " in the local cache (offline)" } else { "" }
+        if opts.offline {
+            " in the local cache (offline)"
+        } else {
+            ""
+        }
     )))
 }
 

@@ -4,6 +4,8 @@
 //! dataset D      -> dataset:D
 //! expert E       -> tokenize:D (model, dataset D), expert:E (model, data = tokenize:D)
 //!                   and gate:E (model, expert, data = tokenize:D)
+//! expert E peft=    -> expert:E (model; the adapter folder or hub repo as an external:
+//!                   an import, not training) and gate:E as above
 //! pool P         -> pool:P (expert:E and gate:E of every member)
 //! eval V         -> eval:V (model, pool, task datasets, per-method baseline steps)
 //!   average-activation -> average-activation:E per member (model, expert, data = tokenize:D)
@@ -107,10 +109,9 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
             match e.kind.as_str() {
                 "model" | "dataset" => vec![c(None)],
                 // Popped from the back: the expert's groups first, then the gate's.
-                "expert" if imported(&e.block) => vec![
-                    c(Some(&["gate", "resources"])),
-                    c(Some(&["peft", "resources"])),
-                ],
+                "expert" if imported(&e.block) => {
+                    vec![c(Some(&["gate", "resources"])), c(Some(&["peft", "resources"]))]
+                }
                 "expert" => vec![
                     c(Some(&["gate", "resources"])),
                     c(Some(&["lora", "train", "resources"])),
@@ -545,14 +546,22 @@ impl Lowerer<'_> {
             x.params.insert("import".into(), Value::Str("peft".into()));
             x.inputs = vec![("model".into(), model.clone())];
         } else {
-            if let Some(f) = e.block.props.get("revision").filter(|f| f.origin != Origin::Schema) {
+            if let Some(f) = e
+                .block
+                .props
+                .get("revision")
+                .filter(|f| f.origin != Origin::Schema)
+            {
                 let loc = f.loc.unwrap_or(e.name_loc);
                 self.errors.push(
                     ManifestError::new(
                         &self.manifest.sources,
                         "manifest::revision-without-hub",
                         loc,
-                        format!("expert \"{}\" sets revision= but imports nothing from the hub", e.name),
+                        format!(
+                            "expert \"{}\" sets revision= but imports nothing from the hub",
+                            e.name
+                        ),
                         "only with peft-hub=",
                     )
                     .help("add peft-hub=\"org/name\" to import a PEFT adapter, or remove revision="),

@@ -22,7 +22,9 @@ fn adapter_dir(ctx: &StepContext) -> Result<(PathBuf, String), StepError> {
             External::Path {
                 role, path, display, ..
             } if role == "peft" => return Ok((PathBuf::from(path), format!("path:{display}"))),
-            External::Hub { role, repo, revision, .. } if role == "peft-hub" => {
+            External::Hub {
+                role, repo, revision, ..
+            } if role == "peft-hub" => {
                 let name = e.lock_name();
                 // A pinned commit wins over a moving branch: reruns are reproducible.
                 let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();

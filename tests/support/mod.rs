@@ -168,10 +168,7 @@ impl Project {
         self.run_cancellable(reg, opts, &CancelFlag::new())
     }
     pub fn run_cancellable(&self, reg: &Registry, opts: &RunOptions, cancel: &CancelFlag) -> (i32, String) {
-        let mut out = Vec::new();
-        let code = app::run(&self.manifest(), &self.store(), reg, opts, true, cancel, &mut out)
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        (code, String::from_utf8(out).unwrap())
+        run_manifest(&self.manifest(), &self.store(), reg, opts, cancel)
     }
     /// The plan and its status against the project's store and lockfile.
     pub fn status(&self, reg: &Registry) -> (Plan, Status) {
@@ -189,6 +186,31 @@ impl Project {
         let (plan, status) = self.status(reg);
         status.stale_ids(&plan).into_iter().map(String::from).collect()
     }
+}
+
+/// Runs `manifest` like `goosepipe run` does; returns the exit code and the output.
+pub fn run_manifest(
+    manifest: &Path,
+    store: &Path,
+    reg: &Registry,
+    opts: &RunOptions,
+    cancel: &CancelFlag,
+) -> (i32, String) {
+    let mut out = Vec::new();
+    let code =
+        app::run(manifest, store, reg, opts, true, cancel, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// Runs `manifest` with the product's step kinds and default options.
+pub fn run_product(manifest: &Path, store: &Path) -> (i32, String) {
+    run_manifest(
+        manifest,
+        store,
+        &goosepipe::steps::registry(),
+        &RunOptions::default(),
+        &CancelFlag::new(),
+    )
 }
 
 pub fn plan_of(path: &Path, reg: &Registry) -> Plan {

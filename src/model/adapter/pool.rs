@@ -57,10 +57,17 @@ impl AdapterSet {
         let sorted = sorted_by_name(experts)?;
         let mut set = AdapterSet::new();
         for (module, members, stack) in stacks(&sorted, dtype)? {
-            let pick = |w: &[f64]| members.iter().map(|&z| w.get(z).copied().unwrap_or(0.0)).collect();
+            let pick = |w: &[f64]| {
+                members
+                    .iter()
+                    .map(|&z| w.get(z).copied().unwrap_or(0.0))
+                    .collect()
+            };
             let weights = match &weights {
                 MixWeights::Shared(w) => MixWeights::Shared(pick(w)),
-                MixWeights::PerExample(rows) => MixWeights::PerExample(rows.iter().map(|w| pick(w)).collect()),
+                MixWeights::PerExample(rows) => {
+                    MixWeights::PerExample(rows.iter().map(|w| pick(w)).collect())
+                }
             };
             set.insert(module, ModuleAdapter::Mixture { stack, weights });
         }

@@ -92,8 +92,8 @@ struct Config {
 fn read_config(dir: &Path) -> Result<Config> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-    let v: Value = serde_json::from_slice(&text)
-        .map_err(|e| bad(dir, CONFIG_FILE, format!("not valid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(&text).map_err(|e| bad(dir, CONFIG_FILE, format!("not valid JSON: {e}")))?;
     let obj = v
         .as_object()
         .ok_or_else(|| bad(dir, CONFIG_FILE, "not a JSON object"))?;
@@ -103,7 +103,9 @@ fn read_config(dir: &Path) -> Result<Config> {
         Some(other) => {
             return Err(refuse(
                 "peft_type",
-                format!("`{other}` adapters are not supported; goosepipe imports LoRA adapters (peft_type \"LORA\")"),
+                format!(
+                    "`{other}` adapters are not supported; goosepipe imports LoRA adapters (peft_type \"LORA\")"
+                ),
             ));
         }
         None => return Err(refuse("peft_type", "missing; expected \"LORA\"".into())),
@@ -134,13 +136,25 @@ fn read_config(dir: &Path) -> Result<Config> {
         return Err(refuse("lora_bias", "a bias on lora_B is not supported".into()));
     }
     for (field, why) in [
-        ("modules_to_save", "fully trained copies of base modules are not a LoRA; goosepipe keeps the base frozen"),
-        ("layers_to_transform", "adapters on a subset of layers by index are not supported"),
+        (
+            "modules_to_save",
+            "fully trained copies of base modules are not a LoRA; goosepipe keeps the base frozen",
+        ),
+        (
+            "layers_to_transform",
+            "adapters on a subset of layers by index are not supported",
+        ),
         ("rank_pattern", "per-module ranks are not supported"),
         ("alpha_pattern", "per-module alphas are not supported"),
         ("layer_replication", "replicated layers change the base model"),
-        ("target_parameters", "LoRA on raw parameters (not linear modules) is not supported"),
-        ("trainable_token_indices", "trained embedding rows change the base model"),
+        (
+            "target_parameters",
+            "LoRA on raw parameters (not linear modules) is not supported",
+        ),
+        (
+            "trainable_token_indices",
+            "trained embedding rows change the base model",
+        ),
     ] {
         if non_empty(field) {
             return Err(refuse(field, why.into()));
@@ -176,9 +190,10 @@ fn read_config(dir: &Path) -> Result<Config> {
 /// linear but the output layer).
 fn targets(target_modules: &Value, module: &str, regex: &Option<regex::Regex>) -> bool {
     match target_modules {
-        Value::Array(list) => list.iter().filter_map(Value::as_str).any(|t| {
-            module == t || module.ends_with(&format!(".{t}"))
-        }),
+        Value::Array(list) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|t| module == t || module.ends_with(&format!(".{t}"))),
         Value::String(s) if s == "all-linear" => true,
         Value::String(_) => regex.as_ref().is_some_and(|re| re.is_match(module)),
         _ => true,
@@ -191,7 +206,10 @@ fn split_peft_name(name: &str) -> Option<(&str, &str, Option<&str>)> {
     let rest = rest.strip_suffix(".weight")?;
     for part in ["lora_A", "lora_B"] {
         let marker = format!(".{part}");
-        if let Some(at) = rest.find(&format!("{marker}.")).or_else(|| rest.ends_with(&marker).then(|| rest.len() - marker.len())) {
+        if let Some(at) = rest
+            .find(&format!("{marker}."))
+            .or_else(|| rest.ends_with(&marker).then(|| rest.len() - marker.len()))
+        {
             let module = &rest[..at];
             let after = &rest[at + marker.len()..];
             let adapter = after.strip_prefix('.').filter(|a| !a.is_empty());
@@ -206,14 +224,19 @@ fn split_peft_name(name: &str) -> Option<(&str, &str, Option<&str>)> {
 
 fn weights_store(dir: &Path) -> Result<(TensorStore, &'static str)> {
     if dir.join(WEIGHTS_SAFETENSORS).is_file() {
-        Ok((TensorStore::mmap(&[dir.join(WEIGHTS_SAFETENSORS)])?, WEIGHTS_SAFETENSORS))
+        Ok((
+            TensorStore::mmap(&[dir.join(WEIGHTS_SAFETENSORS)])?,
+            WEIGHTS_SAFETENSORS,
+        ))
     } else if dir.join(WEIGHTS_PICKLE).is_file() {
         Ok((TensorStore::pickle(&dir.join(WEIGHTS_PICKLE))?, WEIGHTS_PICKLE))
     } else {
         Err(bad(
             dir,
             WEIGHTS_SAFETENSORS,
-            format!("no adapter weights: expected {WEIGHTS_SAFETENSORS} or {WEIGHTS_PICKLE} beside {CONFIG_FILE}"),
+            format!(
+                "no adapter weights: expected {WEIGHTS_SAFETENSORS} or {WEIGHTS_PICKLE} beside {CONFIG_FILE}"
+            ),
         ))
     }
 }
@@ -224,14 +247,22 @@ fn weights_store(dir: &Path) -> Result<(TensorStore, &'static str)> {
 pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result<PeftImport> {
     let conf = read_config(dir)?;
     let regex = match &conf.target_modules {
-        Value::String(s) if s != "all-linear" => Some(
-            regex::Regex::new(&format!("^(?:{s})$"))
-                .map_err(|e| bad(dir, CONFIG_FILE, format!("`target_modules`: not a regex goosepipe can read: {e}")))?,
-        ),
+        Value::String(s) if s != "all-linear" => {
+            Some(regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| {
+                bad(
+                    dir,
+                    CONFIG_FILE,
+                    format!("`target_modules`: not a regex goosepipe can read: {e}"),
+                )
+            })?)
+        }
         _ => None,
     };
     let (store, file) = weights_store(dir)?;
-    let sites: HashMap<String, LinearSite> = adapted_linears(cfg).into_iter().map(|s| (s.name.clone(), s)).collect();
+    let sites: HashMap<String, LinearSite> = adapted_linears(cfg)
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
     let mut pairs: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     let mut adapter_names = BTreeSet::new();
     let mut names = store.names();
@@ -263,7 +294,10 @@ pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result
             return Err(bad(
                 dir,
                 file,
-                format!("tensor `{tensor}` adapts `{module}`, which `target_modules` ({}) does not select", conf.target_modules),
+                format!(
+                    "tensor `{tensor}` adapts `{module}`, which `target_modules` ({}) does not select",
+                    conf.target_modules
+                ),
             ));
         }
         if let Some(a) = adapter {
@@ -277,7 +311,11 @@ pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result
             })?
             .to_dtype(DType::F32)?;
         let e = pairs.entry(module.to_owned()).or_default();
-        if part == "lora_A" { e.0 = Some(t) } else { e.1 = Some(t) }
+        if part == "lora_A" {
+            e.0 = Some(t)
+        } else {
+            e.1 = Some(t)
+        }
     }
     if adapter_names.len() > 1 {
         return Err(bad(
@@ -307,7 +345,8 @@ pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result
         let site = &sites[&module];
         let shape_err = |part: &str, expected: Vec<usize>, actual: &[usize]| {
             let rank_only = actual.len() == 2
-                && (part == "lora_A" && actual[1] == site.d_in || part == "lora_B" && actual[0] == site.d_out);
+                && (part == "lora_A" && actual[1] == site.d_in
+                    || part == "lora_B" && actual[0] == site.d_out);
             bad(
                 dir,
                 file,
@@ -332,7 +371,10 @@ pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result
             return Err(shape_err("lora_B", vec![site.d_out, conf.r], b.dims()));
         }
         let b = (b * fold)?;
-        modules.insert(module.clone(), LoraWeights::new(&module, a, b, site.d_in, site.d_out)?);
+        modules.insert(
+            module.clone(),
+            LoraWeights::new(&module, a, b, site.d_in, site.d_out)?,
+        );
     }
     let source = PeftSource {
         r: conf.r,
@@ -428,7 +470,11 @@ pub fn export(
         tensors.push((format!("{PREFIX}{m}.lora_B.weight"), l.b.to_dtype(DType::F32)?));
     }
     let weights = dir.join(WEIGHTS_SAFETENSORS);
-    save_with_metadata(&weights, &tensors, HashMap::from([("format".to_owned(), "pt".to_owned())]))?;
+    save_with_metadata(
+        &weights,
+        &tensors,
+        HashMap::from([("format".to_owned(), "pt".to_owned())]),
+    )?;
     written.push(weights);
     if let Some(g) = gates {
         if let Some(m) = g.gates.keys().find(|m| !expert.modules.contains_key(*m)) {
