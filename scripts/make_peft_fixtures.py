@@ -19,6 +19,7 @@ By hand, the other direction (an export of goosepipe's expert_a fixture must loa
 give the torch-hook LoRA logits that tests/model_parity.rs checks goosepipe against):
     goosepipe export tests/fixtures/t5/v1_1/expert_a.safetensors --format peft /tmp/expert_a-peft
     /work/.venv-ref/bin/python scripts/make_peft_fixtures.py --check-export /tmp/expert_a-peft
+Last checked 2026-12-03 (peft 0.21.2): max |logits - reference| = 1.5e-05.
 """
 import argparse
 import json

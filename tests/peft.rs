@@ -597,3 +597,40 @@ expert "sort" model="t" dataset="sort" {
     goosepipe::app::export("model:t", None, &m, &store, &mut Vec::new()).unwrap();
     assert!(T5Model::load(&m, &Device::Cpu, DType::F32).is_ok());
 }
+
+#[test]
+fn tensor_names_with_the_adapter_name_segment_import_the_same() {
+    // As a PeftModel's state_dict names them (`...q.lora_A.default.weight`), not as
+    // save_pretrained does; and without the `base_model.model.` prefix.
+    let dir = edited(|_| {});
+    let st = dir.path().join("adapter_model.safetensors");
+    let renamed: HashMap<String, Tensor> = load_st(&st)
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k
+                .strip_prefix("base_model.model.")
+                .unwrap()
+                .replace(".lora_A.weight", ".lora_A.default.weight")
+                .replace(".lora_B.weight", ".lora_B.default.weight");
+            (k, v)
+        })
+        .collect();
+    candle_core::safetensors::save(&renamed, &st).unwrap();
+    let m = base();
+    let a = import("alpha").expert;
+    let b = peft::import(dir.path(), "alpha", &m.config, &Device::Cpu)
+        .unwrap()
+        .expert;
+    assert_eq!(a.modules.len(), b.modules.len());
+    for (name, l) in &a.modules {
+        assert_eq!(max_abs_diff(&l.b, &b.modules[name].b), 0.0, "{name}");
+    }
+    // Two adapters in one file are refused.
+    let mut two = renamed.clone();
+    for (k, v) in &renamed {
+        two.insert(k.replace(".default.", ".other."), v.clone());
+    }
+    candle_core::safetensors::save(&two, &st).unwrap();
+    let e = import_err(dir.path(), &m);
+    assert!(e.contains("several adapters"), "{e}");
+}
