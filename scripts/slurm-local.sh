@@ -28,6 +28,9 @@ CPUS=${GOOSEPIPE_SLURM_CPUS:-$(nproc)}
 # Advertise 80% of the machine's memory: jobs asking for goosepipe's default --mem fit,
 # and a node never claims more than it has (slurmd would drain it).
 MEM_MB=${GOOSEPIPE_SLURM_MEM_MB:-$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.8 }' /proc/meminfo)}
+# GPUs that are not there (placeholder devices, see configure): jobs can ask for and
+# get --gres=gpu:N, so GPU requests are tested on machines without GPUs. 0 declares none.
+GPUS=${GOOSEPIPE_SLURM_GPUS:-2}
 NODE=localnode
 CONF=$DIR/slurm.conf
 SOCK=$DIR/munge/munge.socket
@@ -106,9 +109,24 @@ DependencyParameters=kill_invalid_depend
 MinJobAge=600
 ReturnToService=2
 MpiDefault=none
-NodeName=$NODE NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+$( (( GPUS > 0 )) && echo "GresTypes=gpu" )
+NodeName=$NODE NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $( (( GPUS > 0 )) && echo "Gres=gpu:$GPUS" ) State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# A partition with a 10-minute limit: requests over it are refused before submission.
+PartitionName=short Nodes=$NODE MaxTime=00:10:00 State=UP
 EOF
+  if (( GPUS > 0 )); then
+    # Slurm 22.05 drops GPUs without a File=: each gets a character device, a copy of
+    # /dev/null's (jobs never open it; task/none confines nothing).
+    mkdir -p "$DIR/dev"
+    local g
+    for (( g = 0; g < GPUS; g++ )); do
+      [[ -c $DIR/dev/gpu$g ]] || mknod "$DIR/dev/gpu$g" c 1 3
+    done
+    printf "AutoDetect=off\nNodeName=%s Name=gpu File=%s/dev/gpu[0-%s]\n" "$NODE" "$DIR" "$((GPUS - 1))" >"$DIR/gres.conf"
+  else
+    rm -f "$DIR/gres.conf"
+  fi
   mv "$CONF.tmp" "$CONF"
 }
 
@@ -137,6 +155,7 @@ down() {
   if running "$DIR/run/slurmctld.pid"; then
     # Cancel what is left so no job outlives slurmd.
     scancel --full --partition=debug 2>/dev/null || true
+    scancel --full --partition=short 2>/dev/null || true
     until_ok 10 sh -c '[ -z "$(squeue -h -o %i)" ]' || true
   fi
   # SIGTERM all three at once (each takes 1-2 s), wait up to 10 s, then SIGKILL.

@@ -244,10 +244,25 @@ struct SlurmArgs {
     /// An extra sbatch flag for every job (repeatable), e.g. --sbatch-arg=--qos=high.
     #[arg(long = "sbatch-arg", value_name = "FLAG", allow_hyphen_values = true)]
     sbatch_args: Vec<String>,
+    /// How long a job may pend for a reason that never clears by itself
+    /// (PartitionConfig, PartitionTimeLimit, InvalidAccount, ...) before its step fails
+    /// and the job is cancelled.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pending_grace: f64,
     /// On Ctrl-C: ask whether to scancel the submitted jobs (on a terminal; otherwise
     /// they are left running), cancel them, or leave them running for the next run to adopt.
     #[arg(long, value_enum, default_value_t = InterruptArg::Ask)]
     on_interrupt: InterruptArg,
+}
+
+/// A seconds flag as a duration: negative or NaN is zero, and anything beyond a year is
+/// a year (Duration::from_secs_f64 would panic on infinity).
+fn seconds(x: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 365.0 * 86400.0)
+    })
 }
 
 impl SlurmArgs {
@@ -264,9 +279,10 @@ impl SlurmArgs {
                 max_retries: self.retries,
                 ..Default::default()
             },
-            poll_max: std::time::Duration::from_secs_f64(self.poll_max.max(0.1)),
-            latency_wait: std::time::Duration::from_secs_f64(self.latency_wait.max(0.0)),
+            poll_max: seconds(self.poll_max).max(std::time::Duration::from_millis(100)),
+            latency_wait: seconds(self.latency_wait),
             extra_sbatch: self.sbatch_args.clone(),
+            pending_grace: seconds(self.pending_grace),
             on_interrupt: match self.on_interrupt {
                 InterruptArg::Ask => OnInterrupt::Ask,
                 InterruptArg::Cancel => OnInterrupt::Cancel,

@@ -358,3 +358,162 @@ fn submit_all_chains_jobs_and_slurm_cancels_the_dependents_of_a_failure() {
     assert!(subs.values().all(|j| j.len() == 1), "{subs:?}");
     assert!(p.published("pool:p") && p.published("eval:e"), "{out}");
 }
+
+/// The micro project with its `defaults` resources line replaced.
+fn sized(resources: &str, extra: &str) -> Project {
+    let p = Project::new(12, extra);
+    let path = p.path().join("micro.kdl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(r#"resources cpus=1 memory="1G" time="0:30:00""#, resources);
+    std::fs::write(path, text).unwrap();
+    p
+}
+
+#[test]
+fn requests_no_node_can_satisfy_are_refused_in_seconds_before_anything_is_submitted() {
+    if !slurm_available("requests_no_node_can_satisfy_are_refused_in_seconds_before_anything_is_submitted") {
+        return;
+    }
+    // scripts/slurm-local.sh: one node (nproc CPUs, 80% of the memory, 2 GPUs), partitions
+    // `debug` (default, unlimited) and `short` (10 minutes).
+    for (resources, needles) in [
+        (
+            r#"resources cpus=64 memory="1G" time="0:30:00""#,
+            &[
+                "asks for cpus=64",
+                "which no node of partition `debug` has",
+                "change `resources`",
+            ][..],
+        ),
+        (
+            r#"resources cpus=1 memory="1T" time="0:30:00""#,
+            &["memory=1T", "partition `debug`"][..],
+        ),
+        (
+            r#"resources cpus=1 memory="1G" time="1:00:00" partition="short""#,
+            &["over the time limit of partition `short` (0:10:00)"][..],
+        ),
+        (
+            r#"resources cpus=1 memory="1G" time="0:30:00" gpus=3"#,
+            &["gpus=3", "2 GPUs"][..],
+        ),
+        (
+            r#"resources cpus=1 memory="1G" time="0:30:00" partition="gpu-a100""#,
+            &["partition `gpu-a100`, which this cluster does not have (it has: debug, short)"][..],
+        ),
+    ] {
+        let p = sized(resources, "");
+        let t0 = Instant::now();
+        let (code, out) = p.run(&[]);
+        // The error report wraps long lines in a frame: read it as one line.
+        let out = out
+            .replace('│', " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+        assert_eq!(code, Some(1), "{resources}: {out}");
+        assert!(out.contains("nothing was submitted"), "{resources}: {out}");
+        for n in needles {
+            assert!(out.contains(n), "{resources}: `{n}` not in\n{out}");
+        }
+        assert!(p.submissions().is_empty(), "{resources}: {:?}", p.submissions());
+    }
+}
+
+#[test]
+fn a_job_held_for_a_reason_that_never_clears_fails_its_step_and_is_cancelled() {
+    if !slurm_available("a_job_held_for_a_reason_that_never_clears_fails_its_step_and_is_cancelled") {
+        return;
+    }
+    // A raw sbatch flag is passed as given (not checked before submission): over the
+    // `short` partition's limit, Slurm holds the job with PartitionTimeLimit forever.
+    let p = Project::new(12, "");
+    let path = p.path().join("micro.kdl");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        r#"expert "sort" model="t" dataset="sort""#,
+        r#"expert "sort" model="t" dataset="sort" { resources partition="short" { sbatch "--time=1:00:00"; }; }"#,
+    );
+    std::fs::write(path, text).unwrap();
+    let (code, out) = p.run(&["--keep-going", "--pending-grace", "2"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("pending (PartitionTimeLimit)"),
+        "the reason is on screen:\n{out}"
+    );
+    assert!(
+        out.contains("can never start: Slurm holds it with reason PartitionTimeLimit")
+            && out.contains("To fix:"),
+        "{out}"
+    );
+    let job = p.submissions()["expert:sort"][0].clone();
+    assert_eq!(
+        job_state(&job),
+        JobState::Ended(End::Cancelled),
+        "the held job is cancelled"
+    );
+    // The other branch went on (--keep-going).
+    assert!(p.published("gate:shift"), "{out}");
+    assert!(!p.published("eval:e"));
+}
+
+#[test]
+fn gpu_requests_are_granted_and_cpu_steps_never_ask_for_gpus() {
+    if !slurm_available("gpu_requests_are_granted_and_cpu_steps_never_ask_for_gpus") {
+        return;
+    }
+    let p = Project::new(12, "");
+    // --device cuda: the pretraining model step asks for a GPU, datasets do not. (This
+    // build has no CUDA, so the model job itself fails: what is checked is the request.)
+    let (_, out) = p.run(&["--device", "cuda", "--until", "model:t"]);
+    let subs = p.submissions();
+    let tres = |job: &str| {
+        let out = Command::new("scontrol")
+            .args(["-o", "show", "job", job])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let model = tres(&subs["model:t"][0]);
+    assert!(
+        model.contains("gres/gpu=1") || model.contains("gres:gpu:1"),
+        "{model}\n{out}"
+    );
+    let corpus = tres(&subs["dataset:corpus"][0]);
+    assert!(!corpus.contains("gpu"), "a CPU step asked for a GPU: {corpus}");
+    // And a GPU job gets one: the cluster's GPUs are placeholders, but Slurm grants them.
+    let script = p.path().join("gpu.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"granted=$CUDA_VISIBLE_DEVICES\"\n").unwrap();
+    let log = p.path().join("gpu.out");
+    let sub = goosepipe::exec::slurm::Submission {
+        name: "gp-gpu-check".into(),
+        keys: vec![goosepipe::store::Key([0; 32])],
+        steps: vec!["gpu-check".into()],
+        script,
+        log: log.clone(),
+        chdir: p.path().to_path_buf(),
+        resources: goosepipe::exec::slurm::Resources {
+            gpus: Some(1),
+            cpus: Some(1),
+            memory: Some("100M".into()),
+            time: Some("0:05:00".into()),
+            ..Default::default()
+        },
+        after_ok: vec![],
+        throttle: None,
+        extra: vec![],
+    };
+    let cli = SlurmCli::new();
+    let job = cli.submit(&sub).unwrap();
+    let t0 = Instant::now();
+    while job_state(&job).alive() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(job_state(&job), JobState::Ended(End::Completed));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.trim().starts_with("granted=") && said.trim() != "granted=",
+        "{said}"
+    );
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use goosepipe::app;
 use goosepipe::exec::slurm::{
-    End, JobInfo, JobState, OnInterrupt, Record, RunLog, SchedError, Scheduler, Slurm, SlurmOptions,
-    Submission,
+    End, JobInfo, JobState, NodeShape, OnInterrupt, Partition, Record, RunLog, SchedError, Scheduler, Slurm,
+    SlurmOptions, Submission,
 };
 use goosepipe::exec::{CancelFlag, PlainReporter, Registry, RunOptions, execute};
 use goosepipe::store::lockfile::Lockfile;
@@ -49,6 +49,10 @@ struct FakeSlurm {
     limit: Option<usize>,
     /// The most tasks ever alive at once.
     max_alive: AtomicUsize,
+    /// What `sinfo` would say (None: the scheduler cannot tell).
+    partitions: Option<Vec<Partition>>,
+    /// Per step id: the pending reason its job is held with, for this many polls.
+    reasons: Mutex<HashMap<String, (String, usize)>>,
 }
 
 impl FakeSlurm {
@@ -67,7 +71,35 @@ impl FakeSlurm {
             polls: AtomicUsize::new(0),
             limit: None,
             max_alive: AtomicUsize::new(0),
+            partitions: None,
+            reasons: Mutex::new(HashMap::new()),
         }
+    }
+    /// Holds the job of `step` pending with `reason` for `polls` polls.
+    fn hold(&self, step: &str, reason: &str, polls: usize) {
+        self.reasons
+            .lock()
+            .unwrap()
+            .insert(step.into(), (reason.into(), polls));
+    }
+    /// The reason a queued task is held with this poll, if any (counting the poll).
+    fn held(&self, r: &str) -> Option<String> {
+        let key = {
+            let tasks = self.tasks.lock().unwrap();
+            let t = tasks.get(r)?;
+            if t.state != JobState::Queued {
+                return None;
+            }
+            t.key
+        };
+        let step = self.store.recipe(&key)?.id;
+        let mut reasons = self.reasons.lock().unwrap();
+        let (reason, left) = reasons.get_mut(&step)?;
+        if *left == 0 {
+            return None;
+        }
+        *left -= 1;
+        Some(reason.clone())
     }
     fn script(&self, step: &str, ends: &[End]) {
         self.ends
@@ -172,8 +204,11 @@ impl Scheduler for FakeSlurm {
         {
             flag.cancel();
         }
-        if !*self.frozen.lock().unwrap() {
-            for r in refs {
+        let mut held = HashMap::new();
+        for r in refs {
+            if let Some(reason) = self.held(r) {
+                held.insert(r.clone(), reason);
+            } else if !*self.frozen.lock().unwrap() {
                 self.advance(r);
             }
         }
@@ -187,6 +222,7 @@ impl Scheduler for FakeSlurm {
                         state: t.state.clone(),
                         node: t.node.clone(),
                         name: Some(t.name.clone()),
+                        reason: held.get(r).cloned(),
                     })
                     .unwrap_or(JobInfo::new(JobState::Unknown));
                 (r.clone(), info)
@@ -207,6 +243,9 @@ impl Scheduler for FakeSlurm {
     }
     fn max_array_tasks(&self) -> usize {
         self.max_array
+    }
+    fn partitions(&self) -> Result<Option<Vec<Partition>>, SchedError> {
+        Ok(self.partitions.clone())
     }
 }
 
@@ -544,4 +583,100 @@ fn max_jobs_caps_what_is_queued_and_a_submit_limit_is_waited_out() {
     assert_eq!(code, 0, "{out}");
     assert!(p.stale(&reg).is_empty());
     assert!(fake.max_alive.load(Ordering::SeqCst) <= 3);
+}
+
+fn node(cpus: u64, memory_mb: u64, gpus: u64) -> NodeShape {
+    NodeShape {
+        cpus,
+        memory_mb,
+        gpus,
+        count: 1,
+    }
+}
+
+#[test]
+fn requests_no_node_can_satisfy_are_refused_before_anything_is_submitted() {
+    let (p, reg, log) = setup();
+    let mut fake = FakeSlurm::new(&p, &reg);
+    // A 2-CPU cluster: the expert kind's GPU-cluster default (4 CPUs, 32G) cannot run here.
+    fake.partitions = Some(vec![Partition {
+        name: "debug".into(),
+        default: true,
+        state: "up".into(),
+        max_minutes: None,
+        nodes: vec![node(2, 19000, 0)],
+    }]);
+    let ex = Slurm {
+        opts: sopts(),
+        scheduler: &fake,
+    };
+    let (manifest, store) = (p.manifest(), p.store());
+    let t0 = std::time::Instant::now();
+    let err = app::run_with(
+        &app::RunRequest {
+            manifest: &manifest,
+            store: &store,
+            registry: &reg,
+            opts: &RunOptions::default(),
+            executor: &ex,
+            quiet: true,
+            cancel: &CancelFlag::new(),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert!(fake.subs().is_empty(), "nothing may be submitted");
+    assert!(log.take().is_empty());
+    for needle in [
+        "nothing was submitted",
+        "expert:a asks for cpus=4 memory=32G gpus=0 time=8:00:00",
+        "which no node of partition `debug` has (1 node of 2 CPUs, 19000 MB, 0 GPUs)",
+        "change `resources` on its node or in `defaults`",
+        "gate:b",
+    ] {
+        assert!(err.contains(needle), "`{needle}` not in: {err}");
+    }
+    // Sized to the site in the manifest, the same run goes through.
+    p.write(&BASE.replace(
+        "    gate steps=5\n",
+        "    gate steps=5\n    resources cpus=2 memory=\"4G\" time=\"1:00:00\"\n",
+    ));
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), sopts());
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_job_pending_for_a_reason_that_never_clears_fails_its_step_and_transient_ones_only_show() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    fake.hold("expert:a", "PartitionTimeLimit", usize::MAX);
+    fake.hold("expert:b", "Priority", 3);
+    let s = SlurmOptions {
+        pending_grace: Duration::from_millis(20),
+        arrays: false,
+        ..sopts()
+    };
+    let opts = RunOptions {
+        keep_going: true,
+        ..Default::default()
+    };
+    let (code, out) = run(&p, &reg, &fake, &opts, s);
+    assert_ne!(code, 0, "{out}");
+    // (The pending reasons themselves are notes of the reporter, on stderr: tests/slurm.rs reads them.)
+    assert!(
+        out.contains("can never start: Slurm holds it with reason PartitionTimeLimit")
+            && out.contains("To fix: lower cpus, memory, gpus or time"),
+        "{out}"
+    );
+    // Its job was cancelled; the transient wait of expert:b only delayed it.
+    assert_eq!(fake.subs_of("expert:a").len(), 1, "not resubmitted");
+    assert_eq!(fake.cancelled.lock().unwrap().len(), 1, "its job, nothing else");
+    let stale = p.stale(&reg);
+    assert!(stale.contains(&"expert:a".to_string()));
+    assert!(
+        !stale.contains(&"expert:b".to_string()) && !stale.contains(&"gate:b".to_string()),
+        "{stale:?}"
+    );
 }

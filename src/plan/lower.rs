@@ -1055,6 +1055,18 @@ impl Lowerer<'_> {
         found
     }
 
+    /// The eval's `resources` (its own or inherited from `defaults`): the steps its
+    /// methods need ask the same of Slurm (settings, outside every key).
+    fn eval_resources(&self, n: &Needs) -> BTreeMap<String, Value> {
+        params::collect(
+            self.schema,
+            &n.eval.block,
+            self.schema.node("eval").expect("eval kind"),
+            Some(&["resources"]),
+        )
+        .settings
+    }
+
     /// One step of a needed kind per pool member (`KIND:MEMBER` inputs of the eval).
     fn per_member_steps(&mut self, n: &Needs, kind: &str, needed: Needed, v: &mut Proto) {
         let Needed::PerMember {
@@ -1084,8 +1096,10 @@ impl Lowerer<'_> {
         } else {
             self.embedder(&spec, Some(n.eval.name_loc))
         };
+        let resources = self.eval_resources(n);
         for m in n.members {
             let mut a = Proto::new(kind, &m.name, Some(m.name_loc));
+            a.settings = resources.clone();
             for (param, name) in settings {
                 if let Some(v) = setting(name) {
                     a.params.insert((*param).into(), v);
@@ -1113,6 +1127,7 @@ impl Lowerer<'_> {
     /// One step of a needed kind for the whole pool (the eval's `KIND` input).
     fn pooled_step(&mut self, n: &Needs, kind: &str, v: &mut Proto) {
         let mut a = Proto::new(kind, n.pool, Some(n.eval.name_loc));
+        a.settings = self.eval_resources(n);
         for g in ["lora", "train"] {
             if let Some(b) = self.manifest.default_groups.get(g) {
                 let spec = self.schema.group(g).expect("schema group");

@@ -8,7 +8,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::scheduler::{JobInfo, JobState, SchedError, Scheduler, Submission, expand_job_ids, parse_state};
+use super::fit::{memory_mb, minutes};
+use super::scheduler::{
+    JobInfo, JobState, NodeShape, Partition, SchedError, Scheduler, Submission, expand_job_ids, parse_state,
+    reason_of,
+};
 
 #[derive(Default)]
 pub struct SlurmCli {
@@ -73,6 +77,7 @@ pub fn parse_scontrol(out: &str) -> BTreeMap<String, JobInfo> {
                 .filter(|n| *n != "(null)" && !n.is_empty())
                 .map(String::from),
             name: field("JobName").map(String::from),
+            reason: field("Reason").and_then(reason_of),
         };
         let refs = match (field("ArrayJobId"), field("ArrayTaskId")) {
             // An array cancelled or ended before its tasks were split off is one record
@@ -90,8 +95,8 @@ pub fn parse_scontrol(out: &str) -> BTreeMap<String, JobInfo> {
     m
 }
 
-/// Parses `ID|STATE|NODES|NAME` lines (squeue -o '%i|%T|%N|%j', sacct -P
-/// JobID,State,NodeList,JobName).
+/// Parses `ID|STATE|NODES|NAME|REASON` lines (squeue -o '%i|%T|%N|%j|%r', sacct -P
+/// JobID,State,NodeList,JobName,Reason).
 pub fn parse_table(out: &str) -> BTreeMap<String, JobInfo> {
     let mut m = BTreeMap::new();
     for line in out.lines() {
@@ -108,6 +113,7 @@ pub fn parse_table(out: &str) -> BTreeMap<String, JobInfo> {
             .next()
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty());
+        let reason = cols.next().and_then(reason_of);
         for r in expand_job_ids(id.trim()) {
             m.insert(
                 r,
@@ -115,11 +121,66 @@ pub fn parse_table(out: &str) -> BTreeMap<String, JobInfo> {
                     state: parse_state(state),
                     node: node.clone(),
                     name: name.clone(),
+                    reason: reason.clone(),
                 },
             );
         }
     }
     m
+}
+
+/// GPUs per node in sinfo's %G (`gpu:2`, `gpu:a100:4(S:0-1),nvme:1`, `(null)`).
+fn gpus_of(gres: &str) -> u64 {
+    // Socket bindings in parentheses may hold commas of their own.
+    let mut plain = String::new();
+    let mut depth = 0;
+    for c in gres.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+        .split(',')
+        .filter(|g| g.trim().starts_with("gpu:"))
+        .filter_map(|g| g.trim().rsplit(':').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Parses `sinfo -h -e -o '%P|%a|%l|%c|%m|%G|%D'`: one line per partition and node
+/// configuration; the default partition's name ends in `*`.
+pub fn parse_sinfo(out: &str) -> Vec<Partition> {
+    let mut parts: Vec<Partition> = vec![];
+    for line in out.lines() {
+        let c: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [name, avail, limit, cpus, mem, gres, count] = c[..] else {
+            continue;
+        };
+        let number = |s: &str| s.trim_end_matches('+').parse::<u64>().ok();
+        let node = NodeShape {
+            cpus: number(cpus).unwrap_or(0),
+            memory_mb: memory_mb(mem.trim_end_matches('+')).unwrap_or(0),
+            gpus: gpus_of(gres),
+            count: number(count).unwrap_or(1),
+        };
+        let (name, default) = match name.strip_suffix('*') {
+            Some(n) => (n, true),
+            None => (name, false),
+        };
+        match parts.iter_mut().find(|p| p.name == name) {
+            Some(p) => p.nodes.push(node),
+            None => parts.push(Partition {
+                name: name.to_string(),
+                default,
+                state: avail.to_string(),
+                max_minutes: minutes(limit).flatten(),
+                nodes: vec![node],
+            }),
+        }
+    }
+    parts
 }
 
 impl SlurmCli {
@@ -135,7 +196,7 @@ impl SlurmCli {
             "-n".into(),
             "-P".into(),
             "-X".into(),
-            "--format=JobID,State,NodeList,JobName".into(),
+            "--format=JobID,State,NodeList,JobName,Reason".into(),
             "-j".into(),
             base_ids(refs).join(","),
         ];
@@ -216,7 +277,7 @@ impl Scheduler for SlurmCli {
                 "-h".into(),
                 "-r".into(),
                 "-o".into(),
-                "%i|%T|%N|%j".into(),
+                "%i|%T|%N|%j|%r".into(),
                 "-j".into(),
                 base_ids(&missing).join(","),
             ];
@@ -271,6 +332,18 @@ impl Scheduler for SlurmCli {
         }
     }
 
+    fn partitions(&self) -> Result<Option<Vec<Partition>>, SchedError> {
+        let args: Vec<String> = ["-h", "-e", "-o", "%P|%a|%l|%c|%m|%G|%D"]
+            .map(String::from)
+            .to_vec();
+        let out = run("sinfo", &args)?;
+        if !out.status.success() {
+            return Err(SchedError::Command(format!("sinfo: {}", text(&out.stderr))));
+        }
+        let parts = parse_sinfo(&text(&out.stdout));
+        Ok((!parts.is_empty()).then_some(parts))
+    }
+
     fn max_array_tasks(&self) -> usize {
         *self.max_array.get_or_init(|| {
             let out = run("scontrol", &["show".into(), "config".into()]);
@@ -317,6 +390,38 @@ mod tests {
         assert_eq!(m["5_0"].node.as_deref(), Some("n1"));
         assert_eq!(m["6"].state, JobState::Ended(End::Cancelled));
         assert_eq!(m["6"].node, None);
+    }
+
+    #[test]
+    fn sinfo_partitions_and_reasons() {
+        let p = parse_sinfo(
+            "debug*|up|infinite|2|19284|gpu:2|1\nshort|up|10:00|2|19284|(null)|1\n\
+             gpu|up|2-00:00:00|64|512000+|gpu:a100:4(S:0,1),nvme:1|8\ngpu|up|2-00:00:00|32|256000|(null)|4",
+        );
+        assert_eq!(p.len(), 3);
+        assert!(p[0].default && !p[1].default);
+        assert_eq!(
+            (p[0].max_minutes, p[1].max_minutes, p[2].max_minutes),
+            (None, Some(10), Some(2880))
+        );
+        assert_eq!(p[0].nodes[0].gpus, 2);
+        assert_eq!(p[2].nodes.len(), 2);
+        assert_eq!(
+            p[2].nodes[0],
+            NodeShape {
+                cpus: 64,
+                memory_mb: 512000,
+                gpus: 4,
+                count: 8
+            }
+        );
+        assert_eq!(p[2].nodes[1].gpus, 0);
+        let m = parse_table("7|PENDING||gp-x|PartitionConfig\n8|RUNNING|n1|gp-y|None");
+        assert_eq!(m["7"].reason.as_deref(), Some("PartitionConfig"));
+        assert_eq!(m["8"].reason, None);
+        let s =
+            parse_scontrol("JobId=9 JobName=x JobState=PENDING Reason=PartitionTimeLimit NodeList=(null)");
+        assert_eq!(s["9"].reason.as_deref(), Some("PartitionTimeLimit"));
     }
 
     #[test]

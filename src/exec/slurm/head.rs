@@ -57,6 +57,10 @@ pub struct SlurmOptions {
     pub latency_wait: Duration,
     /// Extra sbatch flags for every job (site policy: --qos, --constraint, ...).
     pub extra_sbatch: Vec<String>,
+    /// How long a job may pend for a reason that never clears by itself
+    /// (PartitionConfig, InvalidAccount, ...) before its step fails and the job is
+    /// cancelled.
+    pub pending_grace: Duration,
     /// The goosepipe binary that jobs run (absolute).
     pub program: PathBuf,
     /// The manifest's lockfile (absolute), read by jobs for pinned hub resolutions.
@@ -77,6 +81,7 @@ impl Default for SlurmOptions {
             poll_max: Duration::from_secs(30),
             latency_wait: Duration::from_secs(10),
             extra_sbatch: vec![],
+            pending_grace: Duration::from_secs(10),
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("goosepipe")),
             lockfile: None,
             on_interrupt: OnInterrupt::Ask,
@@ -137,6 +142,8 @@ struct Head<'a> {
     /// The scheduler refused a submission for a per-user limit: no more until a job ends.
     busy: bool,
     counter: usize,
+    /// A queued job's pending reason and since when Slurm has given it.
+    pending: HashMap<usize, (String, Instant)>,
 }
 
 /// Jobs of a Slurm cluster, submitted and followed by this process (the head).
@@ -244,7 +251,20 @@ pub fn run_slurm(
         stop: false,
         busy: false,
         counter: 0,
+        pending: HashMap::new(),
     };
+    let refused = head.unsatisfiable_requests();
+    if !refused.is_empty() {
+        return Err(RunError::Selection(format!(
+            "no node can run {} of this run's jobs as requested; nothing was submitted:\n  {}",
+            if refused.len() == 1 {
+                "one".to_string()
+            } else {
+                refused.len().to_string()
+            },
+            refused.join("\n  ")
+        )));
+    }
     reporter.begin(head.selected.len(), head.report.cached);
     head.adopt();
     head.main_loop(cancel);
@@ -434,6 +454,70 @@ impl<'a> Head<'a> {
         }
     }
 
+    /// The selected steps whose requests no node of their partition can satisfy (read
+    /// from the scheduler once, before anything is submitted).
+    fn unsatisfiable_requests(&self) -> Vec<String> {
+        let parts = match self.sched.partitions() {
+            Ok(Some(p)) => p,
+            Ok(None) => return vec![],
+            Err(e) => {
+                self.reporter.note(&format!(
+                    "cannot read the partitions ({e}); requests are not checked before submission"
+                ));
+                return vec![];
+            }
+        };
+        self.selected
+            .iter()
+            .filter_map(|&i| {
+                super::fit::unsatisfiable(self.id(i), &self.resources[&i], &self.sopts.extra_sbatch, &parts)
+            })
+            .collect()
+    }
+
+    /// A queued job's pending reason: shown when it changes; a reason that never
+    /// clears by itself fails the step (and cancels the job) once it has lasted the
+    /// grace period. True if the step was settled.
+    fn pending_reason(&mut self, i: usize, job: &Job, reason: Option<String>) -> bool {
+        let Some(reason) = reason else {
+            self.pending.remove(&i);
+            return false;
+        };
+        let since = match self.pending.get(&i) {
+            Some((r, t)) if *r == reason => *t,
+            _ => {
+                self.reporter
+                    .note(&format!("{}: job {} pending ({reason})", self.id(i), job.job));
+                let now = Instant::now();
+                self.pending.insert(i, (reason.clone(), now));
+                now
+            }
+        };
+        let super::scheduler::Pending::Never(fix) = super::scheduler::classify_pending(&reason) else {
+            return false;
+        };
+        if since.elapsed() < self.sopts.pending_grace {
+            return false;
+        }
+        self.pending.remove(&i);
+        let _ = self.sched.cancel(std::slice::from_ref(&job.job));
+        let _ = self.log.append(&[Record::End {
+            key: self.plan.steps[i].spec.key,
+            job: job.job.clone(),
+            state: "CANCELLED".into(),
+            unix: now_unix(),
+        }]);
+        let asked = self.resources[&i].sbatch_args().join(" ");
+        self.fail(
+            i,
+            format!(
+                "job {} can never start: Slurm holds it with reason {reason} (asked: {asked}); cancelled it. To fix: {fix}",
+                job.job
+            ),
+        );
+        true
+    }
+
     fn submit(&mut self, members: &[usize], after: &[String]) {
         let first = &self.plan.steps[members[0]].spec;
         self.counter += 1;
@@ -582,8 +666,11 @@ impl<'a> Head<'a> {
                 .cloned()
                 .unwrap_or_else(|| super::scheduler::JobInfo::new(JobState::Unknown));
             match info.state {
-                JobState::Queued => {}
+                JobState::Queued => {
+                    changed |= self.pending_reason(i, &job, info.reason);
+                }
                 JobState::Running => {
+                    self.pending.remove(&i);
                     if job.started.is_none() {
                         changed = true;
                         let bar = self

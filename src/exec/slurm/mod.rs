@@ -7,9 +7,10 @@
 //! [`scheduler`] (the trait the head talks to, job states), [`cli`] (the real Slurm
 //! commands), [`resources`] (sbatch flags per step), [`script`] (job scripts),
 //! [`runlog`] (submissions on disk, for adoption), [`poll`] (back-off, retry policy,
-//! array splitting).
+//! array splitting), [`fit`] (requests checked against what the partitions offer).
 
 pub mod cli;
+pub mod fit;
 pub mod head;
 pub mod poll;
 pub mod resources;
@@ -22,4 +23,7 @@ pub use head::{OnInterrupt, Slurm, SlurmOptions, run_slurm};
 pub use poll::{Backoff, RetryPolicy};
 pub use resources::Resources;
 pub use runlog::{Record, RunLog};
-pub use scheduler::{End, JobInfo, JobState, SchedError, Scheduler, Submission};
+pub use scheduler::{
+    End, JobInfo, JobState, NodeShape, Partition, Pending, SchedError, Scheduler, Submission,
+    classify_pending,
+};

@@ -109,6 +109,9 @@ pub struct JobInfo {
     /// The job name, when the scheduler says: a job id in the run log is only adopted
     /// if the name matches too (ids restart when a cluster loses its state).
     pub name: Option<String>,
+    /// Why a queued job is not running (squeue's %r: `Resources`, `Priority`,
+    /// `PartitionConfig`, ...); None when it says `None` or nothing.
+    pub reason: Option<String>,
 }
 
 impl JobInfo {
@@ -117,8 +120,80 @@ impl JobInfo {
             state,
             node: None,
             name: None,
+            reason: None,
         }
     }
+}
+
+/// A Slurm reason field as the head wants it: None for `None`, empty or `(null)`.
+pub fn reason_of(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty() && s != "None" && s != "(null)").then(|| s.to_string())
+}
+
+/// What a pending job's reason means for the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// It clears by itself (the cluster is busy, the job waits its turn).
+    Transient,
+    /// It never clears by itself: the request cannot run as it is. The text says what
+    /// to change.
+    Never(&'static str),
+}
+
+/// Classifies squeue's reason for a pending job. Reasons that say the request itself
+/// cannot run (no node or limit of the partition, account or QOS allows it) never clear;
+/// everything else (Resources, Priority, Dependency, ReqNodeNotAvail, job-count
+/// limits, ...) does.
+pub fn classify_pending(reason: &str) -> Pending {
+    const RESOURCES: &str = "lower cpus, memory, gpus or time in the step's `resources` (on the node or in `defaults`), or choose another partition there";
+    const ACCOUNT: &str = "set `account` (and a QOS through `resources sbatch=...` or --slurm-sbatch) in `resources` to one this user may use";
+    let r = reason.trim();
+    match r {
+        "PartitionConfig" | "PartitionNodeLimit" | "PartitionTimeLimit" | "BadConstraints"
+        | "PartitionInactive" | "InactiveLimit" => Pending::Never(RESOURCES),
+        "InvalidAccount"
+        | "InvalidQOS"
+        | "QOSUsageThreshold"
+        | "AccountNotAllowed"
+        | "QOSNotAllowed"
+        | "PartitionDown_Account" => Pending::Never(ACCOUNT),
+        "DependencyNeverSatisfied" => Pending::Never("an input's job failed or was cancelled: see that step"),
+        // Association/QOS limits on the size of one job (as opposed to how many jobs or
+        // how much at once, which clear as other jobs end): `AssocMaxCpuPerJobLimit`,
+        // `QOSMaxGRESPerJob`, `QOSMaxWallDurationPerJobLimit`, `AssocMaxNodePerJobLimit`...
+        _ if (r.starts_with("Assoc") || r.starts_with("QOS"))
+            && (r.contains("PerJob") || r.contains("WallDuration"))
+            && !r.contains("MaxJobs")
+            && !r.contains("Submit") =>
+        {
+            Pending::Never(RESOURCES)
+        }
+        _ => Pending::Transient,
+    }
+}
+
+/// What one partition offers, as `sinfo` says: one entry per node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    /// The partition jobs go to when they name none.
+    pub default: bool,
+    /// `up`, `down`, `drain` or `inact`.
+    pub state: String,
+    /// MaxTime in minutes; None: unlimited.
+    pub max_minutes: Option<u64>,
+    pub nodes: Vec<NodeShape>,
+}
+
+/// One node configuration of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeShape {
+    pub cpus: u64,
+    pub memory_mb: u64,
+    pub gpus: u64,
+    /// How many nodes have this shape.
+    pub count: u64,
 }
 
 /// Maps a Slurm state name (squeue %T, sacct State, scontrol JobState) to ours.
@@ -187,6 +262,11 @@ pub trait Scheduler: Send + Sync {
     fn cancel(&self, refs: &[String]) -> Result<(), SchedError>;
     /// The largest array this site accepts (Slurm's MaxArraySize - 1 tasks).
     fn max_array_tasks(&self) -> usize;
+    /// What the partitions offer, read once per run to refuse requests no node can
+    /// satisfy before anything is submitted; None when the scheduler cannot say.
+    fn partitions(&self) -> Result<Option<Vec<Partition>>, SchedError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +295,38 @@ mod tests {
                 other => panic!("{s}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn pending_reasons_that_never_clear_are_told_apart() {
+        for r in [
+            "PartitionConfig",
+            "PartitionNodeLimit",
+            "PartitionTimeLimit",
+            "BadConstraints",
+            "InvalidAccount",
+            "InvalidQOS",
+            "DependencyNeverSatisfied",
+            "AssocMaxCpuPerJobLimit",
+            "QOSMaxGRESPerJob",
+            "QOSMaxWallDurationPerJobLimit",
+        ] {
+            assert!(matches!(classify_pending(r), Pending::Never(_)), "{r}");
+        }
+        for r in [
+            "Resources",
+            "Priority",
+            "Dependency",
+            "ReqNodeNotAvail",
+            "QOSMaxJobsPerUserLimit",
+            "AssocMaxJobsLimit",
+            "AssocGrpCpuLimit",
+            "BeginTime",
+        ] {
+            assert_eq!(classify_pending(r), Pending::Transient, "{r}");
+        }
+        assert_eq!(reason_of("None"), None);
+        assert_eq!(reason_of(" Resources "), Some("Resources".into()));
     }
 
     #[test]
