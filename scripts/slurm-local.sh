@@ -16,7 +16,14 @@
 #
 # Knobs: GOOSEPIPE_SLURM_DIR, GOOSEPIPE_SLURM_CTLD_PORT (6817), GOOSEPIPE_SLURM_SLURMD_PORT
 # (6818), GOOSEPIPE_SLURM_CPUS (nproc), GOOSEPIPE_SLURM_MEM_MB (80% of RAM),
-# GOOSEPIPE_SLURM_KEEP=1 (down keeps the logs).
+# GOOSEPIPE_SLURM_GPUS (2 placeholder GPUs; 0 for none), GOOSEPIPE_SLURM_KEEP=1 (down keeps
+# the logs).
+#
+# Accounting (on unless GOOSEPIPE_SLURM_ACCOUNTING=0 at `up`): also installs MariaDB and slurmdbd
+# (Debian packages, ~15 s), runs a private MariaDB on 127.0.0.1:GOOSEPIPE_SLURM_DB_PORT
+# (3307; loopback only, no grant tables: a throwaway test database) and slurmdbd on
+# GOOSEPIPE_SLURM_DBD_PORT (6819), and registers the cluster, so `sacct` answers as on
+# real sites. `down` stops them too.
 #
 # Tested on Debian 12 (bookworm): slurm 22.05.8, munge 0.5.15.
 set -euo pipefail
@@ -28,6 +35,12 @@ CPUS=${GOOSEPIPE_SLURM_CPUS:-$(nproc)}
 # Advertise 80% of the machine's memory: jobs asking for goosepipe's default --mem fit,
 # and a node never claims more than it has (slurmd would drain it).
 MEM_MB=${GOOSEPIPE_SLURM_MEM_MB:-$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.8 }' /proc/meminfo)}
+ACCOUNTING=${GOOSEPIPE_SLURM_ACCOUNTING:-1}
+# With accounting, slurmctld forgets ended jobs after 5 s, as busy sites do: their final
+# states then come from sacct alone. Without it, 10 minutes (scontrol's memory is all).
+MIN_JOB_AGE=${GOOSEPIPE_SLURM_MIN_JOB_AGE:-$( (( ACCOUNTING )) && echo 5 || echo 600 )}
+DB_PORT=${GOOSEPIPE_SLURM_DB_PORT:-3307}
+DBD_PORT=${GOOSEPIPE_SLURM_DBD_PORT:-6819}
 # GPUs that are not there (placeholder devices, see configure): jobs can ask for and
 # get --gres=gpu:N, so GPU requests are tested on machines without GPUs. 0 declares none.
 GPUS=${GOOSEPIPE_SLURM_GPUS:-2}
@@ -95,7 +108,12 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 # No slurmdbd, so no sacct: the executor falls back to squeue + scontrol.
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+$( if (( ACCOUNTING )); then
+     # AccountingStoragePass names the munge socket for talking to slurmdbd.
+     printf 'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\nAccountingStoragePort=%s\nAccountingStoragePass=%s\n' "$DBD_PORT" "$SOCK"
+   else
+     echo "AccountingStorageType=accounting_storage/none"
+   fi )
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/log/jobcomp.log
 SelectType=select/cons_tres
@@ -106,7 +124,7 @@ SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 # Cancel afterok dependents of a failed job (they would stay pending forever).
 DependencyParameters=kill_invalid_depend
 # Keep finished jobs visible to scontrol for 10 minutes.
-MinJobAge=600
+MinJobAge=$MIN_JOB_AGE
 ReturnToService=2
 MpiDefault=none
 $( (( GPUS > 0 )) && echo "GresTypes=gpu" )
@@ -128,6 +146,48 @@ EOF
     rm -f "$DIR/gres.conf"
   fi
   mv "$CONF.tmp" "$CONF"
+  if (( ACCOUNTING )); then
+    # slurmdbd reads slurmdbd.conf beside slurm.conf and wants it private.
+    cat >"$DIR/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+AuthInfo=socket=$SOCK
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=root
+PidFile=$DIR/run/slurmdbd.pid
+LogFile=$DIR/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=root
+StorageLoc=goosepipe_acct
+EOF
+    chmod 600 "$DIR/slurmdbd.conf"
+  fi
+}
+
+db_ok() { mariadb-admin --socket="$DIR/db/mysqld.sock" ping; }
+dbd_ok() { sacctmgr -n list cluster format=cluster; }
+
+# MariaDB (private datadir, loopback TCP, no grant tables) and slurmdbd, before slurmctld.
+accounting_up() {
+  if [[ ! -d $DIR/db/data/mysql ]]; then
+    mkdir -p "$DIR/db"
+    mariadb-install-db --no-defaults --datadir="$DIR/db/data" --user=root \
+      --auth-root-authentication-method=normal --skip-test-db >"$DIR/log/db-install.log" 2>&1 \
+      || fail "mariadb-install-db failed (see $DIR/log/db-install.log)"
+  fi
+  if ! running "$DIR/db/mysqld.pid"; then
+    nohup mariadbd --no-defaults --datadir="$DIR/db/data" --socket="$DIR/db/mysqld.sock" \
+      --port="$DB_PORT" --bind-address=127.0.0.1 --pid-file="$DIR/db/mysqld.pid" --user=root \
+      --skip-grant-tables --log-error="$DIR/log/mariadb.log" >/dev/null 2>&1 &
+  fi
+  until_ok 30 db_ok || fail "MariaDB is not answering (see $DIR/log/mariadb.log)"
+  running "$DIR/run/slurmdbd.pid" || slurmdbd || fail "slurmdbd did not start"
+  until_ok 30 dbd_ok || fail "slurmdbd is not answering (see $DIR/log/slurmdbd.log)"
+  [[ -n $(sacctmgr -n list cluster format=cluster where cluster=goosepipe) ]] \
+    || sacctmgr -i add cluster goosepipe >/dev/null || fail "cannot register the cluster with slurmdbd"
 }
 
 node_idle() { [[ $(sinfo -h -n "$NODE" -o %t 2>/dev/null) == idle* ]]; }
@@ -144,6 +204,7 @@ up() {
       --seed-file="$DIR/munge/munged.seed"
   fi
   until_ok 10 munge_ok || fail "munged is not answering (see $DIR/munge/munged.log)"
+  if (( ACCOUNTING )); then accounting_up; fi
   running "$DIR/run/slurmctld.pid" || slurmctld -f "$CONF" || fail "slurmctld did not start"
   until_ok 30 ctld_up || fail "slurmctld is not answering (see $DIR/log/slurmctld.log)"
   running "$DIR/run/slurmd.pid" || slurmd -f "$CONF" -N "$NODE" || fail "slurmd did not start"
@@ -158,9 +219,9 @@ down() {
     scancel --full --partition=short 2>/dev/null || true
     until_ok 10 sh -c '[ -z "$(squeue -h -o %i)" ]' || true
   fi
-  # SIGTERM all three at once (each takes 1-2 s), wait up to 10 s, then SIGKILL.
+  # SIGTERM them all at once (each takes 1-2 s), wait up to 10 s, then SIGKILL.
   local f pids=()
-  for f in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/munge/munged.pid"; do
+  for f in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/run/slurmdbd.pid" "$DIR/db/mysqld.pid" "$DIR/munge/munged.pid"; do
     if running "$f"; then
       pids+=("$(cat "$f")")
       kill "$(cat "$f")" 2>/dev/null || true
@@ -175,7 +236,7 @@ down() {
   done
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   if [[ ${GOOSEPIPE_SLURM_KEEP:-0} == 1 ]]; then
-    rm -f "$DIR"/run/*.pid "$DIR/munge/munged.pid"
+    rm -f "$DIR"/run/*.pid "$DIR/munge/munged.pid" "$DIR/db/mysqld.pid"
   else
     rm -rf "$DIR"
   fi

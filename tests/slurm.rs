@@ -104,7 +104,10 @@ impl Project {
         c
     }
     fn run(&self, extra: &[&str]) -> (Option<i32>, String) {
-        let out: Output = self.command(extra).output().unwrap();
+        self.run_env(extra, &[])
+    }
+    fn run_env(&self, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+        let out: Output = self.command(extra).envs(env.iter().copied()).output().unwrap();
         let text = format!(
             "{}\n--- stderr ---\n{}",
             String::from_utf8_lossy(&out.stdout),
@@ -311,7 +314,8 @@ fn a_failing_step_leaves_its_dependents_unsubmitted_while_independent_steps_fini
         return;
     }
     let p = failing_project();
-    let (code, out) = p.run(&["--keep-going"]);
+    // The path of sites without accounting: squeue for live jobs, scontrol for ended ones.
+    let (code, out) = p.run_env(&["--keep-going"], &[("GOOSEPIPE_NO_SACCT", "1")]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("1 step(s) failed"), "{out}");
     assert_failure_contained(&p, &out);
@@ -516,4 +520,81 @@ fn gpu_requests_are_granted_and_cpu_steps_never_ask_for_gpus() {
         said.trim().starts_with("granted=") && said.trim() != "granted=",
         "{said}"
     );
+}
+
+#[test]
+fn jobs_that_ended_while_no_head_watched_are_settled_from_accounting() {
+    if !slurm_available("jobs_that_ended_while_no_head_watched_are_settled_from_accounting") {
+        return;
+    }
+    let cli = SlurmCli::new();
+    let p = failing_project();
+    // A head submitted the broken dataset's job and died; the job then failed, and
+    // slurmctld forgot it (MinJobAge): only accounting remembers.
+    let key = p.plan().get("dataset:broken").unwrap().spec.key;
+    let script = p.path().join("fail.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    let log = p.path().join("fail.out");
+    let sub = goosepipe::exec::slurm::Submission {
+        name: "gp-dataset-earlier".into(),
+        keys: vec![key],
+        steps: vec!["dataset:broken".into()],
+        script,
+        log: log.clone(),
+        chdir: p.path().to_path_buf(),
+        resources: goosepipe::exec::slurm::Resources {
+            cpus: Some(1),
+            memory: Some("100M".into()),
+            time: Some("0:05:00".into()),
+            ..Default::default()
+        },
+        after_ok: vec![],
+        throttle: None,
+        extra: vec![],
+    };
+    let job = cli.submit(&sub).unwrap();
+    std::fs::create_dir_all(p.store().join("runs")).unwrap();
+    RunLog::new(&p.store())
+        .append(&[Record::Submit {
+            key,
+            step: "dataset:broken".into(),
+            job: job.clone(),
+            attempt: 1,
+            unix: goosepipe::store::artifact::now_unix(),
+            log: log.display().to_string(),
+            name: sub.name.clone(),
+        }])
+        .unwrap();
+    let t0 = Instant::now();
+    let forgotten = || {
+        !Command::new("scontrol")
+            .args(["-o", "show", "job", &job])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    while !(matches!(job_state(&job), JobState::Ended(_)) && forgotten()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "job {job}: {:?}",
+            job_state(&job)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        cli.has_accounting(),
+        "sacct must answer: start the cluster with accounting (scripts/slurm-local.sh up, GOOSEPIPE_SLURM_ACCOUNTING unset or 1)"
+    );
+    assert_eq!(job_state(&job), JobState::Ended(End::Failed), "from sacct alone");
+
+    let (code, out) = p.run(&["--keep-going"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "job {job} for dataset:broken ended FAILED while no head was watching"
+        )),
+        "{out}"
+    );
+    assert_failure_contained(&p, &out);
 }

@@ -184,8 +184,19 @@ pub fn parse_sinfo(out: &str) -> Vec<Partition> {
 }
 
 impl SlurmCli {
+    /// Asks sacct first (the record of ended jobs on sites with accounting), unless
+    /// `GOOSEPIPE_NO_SACCT=1` says to follow jobs with squeue + scontrol only.
     pub fn new() -> SlurmCli {
-        SlurmCli::default()
+        let cli = SlurmCli::default();
+        if std::env::var("GOOSEPIPE_NO_SACCT").is_ok_and(|v| v == "1") {
+            cli.no_sacct.store(true, Ordering::Relaxed);
+        }
+        cli
+    }
+
+    /// Whether job states come from accounting (false once sacct said it is off).
+    pub fn has_accounting(&self) -> bool {
+        !self.no_sacct.load(Ordering::Relaxed)
     }
 
     fn sacct(&self, refs: &[String]) -> Option<BTreeMap<String, JobInfo>> {
@@ -268,8 +279,13 @@ impl Scheduler for SlurmCli {
         if refs.is_empty() {
             return Ok(found);
         }
+        // sacct is the record of ended jobs (slurmctld forgets them after MinJobAge);
+        // live ones are squeue's (sacct lags behind, and has no current pending reason).
         if let Some(m) = self.sacct(refs) {
-            found.extend(m.into_iter().filter(|(r, _)| refs.contains(r)));
+            found.extend(
+                m.into_iter()
+                    .filter(|(r, i)| refs.contains(r) && matches!(i.state, JobState::Ended(_))),
+            );
         }
         let missing: Vec<String> = refs.iter().filter(|r| !found.contains_key(*r)).cloned().collect();
         if !missing.is_empty() {

@@ -338,6 +338,18 @@ impl<'a> Head<'a> {
                 .as_ref()
                 .is_some_and(|n| !sub.name.is_empty() && *n != sub.name);
             if !info.state.alive() || foreign {
+                // It ended while no head watched (its final state from accounting, or
+                // slurmctld's memory): its step is stale, so it did not publish.
+                let how = match &info.state {
+                    JobState::Ended(e) => format!("ended {}", e.label()),
+                    _ if foreign => "is another job now (the cluster reused its id)".into(),
+                    _ => "is unknown to the scheduler".into(),
+                };
+                self.reporter.note(&format!(
+                    "job {job} for {} {how} while no head was watching (see {}); submitting it again",
+                    self.id(i),
+                    log.display()
+                ));
                 self.next_attempt.insert(i, attempt + 1);
                 continue;
             }
