@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use goosepipe::exec::slurm::{End, JobState, Record, RunLog, Scheduler, SlurmCli};
-use goosepipe::store::Store;
+use goosepipe::exec::slurm::{End, JobState, Record, Resources, RunLog, Scheduler, SlurmCli, Submission};
+use goosepipe::store::{Key, Store};
 
 /// False (after saying so loudly) when the developer opted out; panics when Slurm is
 /// not there, so CI can never pass these tests by skipping them.
@@ -487,27 +487,15 @@ fn gpu_requests_are_granted_and_cpu_steps_never_ask_for_gpus() {
     let corpus = tres(&subs["dataset:corpus"][0]);
     assert!(!corpus.contains("gpu"), "a CPU step asked for a GPU: {corpus}");
     // And a GPU job gets one: the cluster's GPUs are placeholders, but Slurm grants them.
-    let script = p.path().join("gpu.sh");
-    std::fs::write(&script, "#!/bin/sh\necho \"granted=$CUDA_VISIBLE_DEVICES\"\n").unwrap();
-    let log = p.path().join("gpu.out");
-    let sub = goosepipe::exec::slurm::Submission {
-        name: "gp-gpu-check".into(),
-        keys: vec![goosepipe::store::Key([0; 32])],
-        steps: vec!["gpu-check".into()],
-        script,
-        log: log.clone(),
-        chdir: p.path().to_path_buf(),
-        resources: goosepipe::exec::slurm::Resources {
-            gpus: Some(1),
-            cpus: Some(1),
-            memory: Some("100M".into()),
-            time: Some("0:05:00".into()),
-            ..Default::default()
-        },
-        after_ok: vec![],
-        throttle: None,
-        extra: vec![],
-    };
+    let sub = one_job(
+        &p,
+        "gp-gpu-check",
+        Key([0; 32]),
+        "gpu-check",
+        "echo \"granted=$CUDA_VISIBLE_DEVICES\"",
+        1,
+    );
+    let log = sub.log.clone();
     let cli = SlurmCli::new();
     let job = cli.submit(&sub).unwrap();
     let t0 = Instant::now();
@@ -522,6 +510,31 @@ fn gpu_requests_are_granted_and_cpu_steps_never_ask_for_gpus() {
     );
 }
 
+/// A one-task submission of a shell `body` (1 CPU, 100M, 5 minutes, `gpus` GPUs), made
+/// here rather than by a head.
+fn one_job(p: &Project, name: &str, key: Key, step: &str, body: &str, gpus: u64) -> Submission {
+    let script = p.path().join(format!("{name}.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+    Submission {
+        name: name.into(),
+        keys: vec![key],
+        steps: vec![step.into()],
+        script,
+        log: p.path().join(format!("{name}.out")),
+        chdir: p.path().to_path_buf(),
+        resources: Resources {
+            gpus: Some(gpus),
+            cpus: Some(1),
+            memory: Some("100M".into()),
+            time: Some("0:05:00".into()),
+            ..Default::default()
+        },
+        after_ok: vec![],
+        throttle: None,
+        extra: vec![],
+    }
+}
+
 #[test]
 fn jobs_that_ended_while_no_head_watched_are_settled_from_accounting() {
     if !slurm_available("jobs_that_ended_while_no_head_watched_are_settled_from_accounting") {
@@ -532,26 +545,8 @@ fn jobs_that_ended_while_no_head_watched_are_settled_from_accounting() {
     // A head submitted the broken dataset's job and died; the job then failed, and
     // slurmctld forgot it (MinJobAge): only accounting remembers.
     let key = p.plan().get("dataset:broken").unwrap().spec.key;
-    let script = p.path().join("fail.sh");
-    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
-    let log = p.path().join("fail.out");
-    let sub = goosepipe::exec::slurm::Submission {
-        name: "gp-dataset-earlier".into(),
-        keys: vec![key],
-        steps: vec!["dataset:broken".into()],
-        script,
-        log: log.clone(),
-        chdir: p.path().to_path_buf(),
-        resources: goosepipe::exec::slurm::Resources {
-            cpus: Some(1),
-            memory: Some("100M".into()),
-            time: Some("0:05:00".into()),
-            ..Default::default()
-        },
-        after_ok: vec![],
-        throttle: None,
-        extra: vec![],
-    };
+    let sub = one_job(&p, "gp-dataset-earlier", key, "dataset:broken", "exit 3", 0);
+    let log = sub.log.clone();
     let job = cli.submit(&sub).unwrap();
     std::fs::create_dir_all(p.store().join("runs")).unwrap();
     RunLog::new(&p.store())
