@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """The PyTorch + peft side of benches/train_step.rs: the same LoRA optimizer step
 (forward, backward, global-norm clip 1.0, AdamW lr 5e-3) on the same model sizes and
-batch shapes, on CPU, single process, float32. Prints steps per second per size.
+batch shapes, on CPU, single process, float32, in eager mode AND under torch.compile
+(inductor), the two ways a PyTorch user runs it. Prints milliseconds per step (median
+of the steady steps; the compile warm-up is excluded and reported apart).
 
-    pip install torch --index-url https://download.pytorch.org/whl/cpu
-    pip install transformers peft
-    python3 scripts/bench_torch_train_step.py [--threads 2] [--steps 10]
+    python3 -m venv /work/.venv-ref && /work/.venv-ref/bin/pip install torch transformers peft
+    /work/.venv-ref/bin/python scripts/bench_torch_train_step.py [--threads 2] [--steps 20]
 
 The model is randomly initialised (numbers do not depend on weights); LoRA rank 16 on
-every linear of attention and feed-forward (q k v o wi_0 wi_1 wo), as goosepipe does.
+every linear of attention and feed-forward (q k v o wi_0 wi_1 wo), as goosepipe does;
+no dropout (the quickstart trains without it, and so does benches/train_step.rs).
+Measure it right after `cargo bench --bench train_step` on the same machine and write
+both into benches/README.md with the CPU model (lscpu).
 """
 import argparse
+import platform
+import statistics
 import time
 
 import torch
@@ -24,41 +30,73 @@ SIZES = [
 ]
 
 
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def setup(d, ff, layers, heads, dkv, vocab, batch, src, tgt):
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=vocab, d_model=d, d_ff=ff, num_layers=layers, num_decoder_layers=layers,
+                   num_heads=heads, d_kv=dkv, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                   tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = T5ForConditionalGeneration(cfg)
+    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
+                      target_modules=["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+    model = get_peft_model(model, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=5e-3, eps=1e-8, weight_decay=0.0)
+    x = torch.randint(2, vocab, (batch, src))
+    y = torch.randint(2, vocab, (batch, tgt))
+    return model, params, opt, x, y
+
+
+def measure(step, warmup, steps):
+    t = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return warm, statistics.median(times), min(times), max(times)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--only", choices=["eager", "compile"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    for name, d, ff, layers, heads, dkv, vocab, batch, src, tgt in SIZES:
-        cfg = T5Config(vocab_size=vocab, d_model=d, d_ff=ff, num_layers=layers, num_decoder_layers=layers,
-                       num_heads=heads, d_kv=dkv, feed_forward_proj="gated-gelu", dropout_rate=0.1,
-                       tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-        model = T5ForConditionalGeneration(cfg)
-        lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
-                          target_modules=["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
-        model = get_peft_model(model, lora)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=5e-3, eps=1e-8, weight_decay=0.0)
-        x = torch.randint(2, vocab, (batch, src))
-        y = torch.randint(2, vocab, (batch, tgt))
+    print(f"# {cpu_model()}, {args.threads} threads, torch {torch.__version__}")
+    for name, *shape in SIZES:
+        for mode in ["eager", "compile"]:
+            if args.only and mode != args.only:
+                continue
+            model, params, opt, x, y = setup(*shape)
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = model(input_ids=x, labels=y).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            # What a user writes: torch.compile(model); the backward is compiled with it.
+            run = torch.compile(model) if mode == "compile" else model
 
-        for _ in range(2):
-            step()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        dt = (time.perf_counter() - t) / args.steps
-        print(f"{name}: {dt * 1000:.1f} ms/step, {1 / dt:.2f} steps/s (torch {torch.__version__}, {args.threads} threads)")
+            def step():
+                opt.zero_grad(set_to_none=True)
+                run(input_ids=x, labels=y).loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+
+            # Compilation (and its recompiles) happens in the first steps.
+            warm, med, lo, hi = measure(step, 3, args.steps)
+            print(f"{name} {mode}: {med * 1e3:.1f} ms/step (median of {args.steps}; "
+                  f"min {lo * 1e3:.1f}, max {hi * 1e3:.1f}; first 3 steps {warm:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":
