@@ -424,6 +424,12 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
         .collect();
     assert_eq!(inputs, ["model"]);
     assert_eq!(step("expert:alpha").spec.externals[0].role(), "peft");
+    // On Slurm an import is a small CPU job, not a training job.
+    let kind = &goosepipe::steps::expert::EXPERT;
+    let import = goosepipe::exec::slurm::Resources::for_step(&step("expert:alpha").spec, Some(kind), "cuda");
+    let train = goosepipe::exec::slurm::Resources::for_step(&step("expert:trained").spec, Some(kind), "cuda");
+    assert_eq!((import.gpus, import.cpus), (Some(0), Some(1)));
+    assert_eq!((train.gpus, train.cpus), (Some(1), Some(4)));
     let files = |id: &str| store.files_dir(&step(id).spec.key);
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(files("expert:bin").join("summary.json")).unwrap()).unwrap();

@@ -210,8 +210,18 @@ fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<()
     Ok(())
 }
 
-/// One LoRA per expert: a GPU job of hours.
-pub const EXPERT: Kind = Kind::new("expert", 5, 3, JobDefaults::new(1, 4, "32G", "8:00:00"));
+/// One LoRA per expert: a GPU job of hours; importing a PEFT adapter instead is a
+/// minute of reading files.
+pub const EXPERT: Kind = Kind {
+    resources: crate::exec::kind::JobResources::ByParams(|p| {
+        if p.get("import").is_some() {
+            JobDefaults::new(0, 1, "8G", "0:30:00")
+        } else {
+            JobDefaults::new(1, 4, "32G", "8:00:00")
+        }
+    }),
+    ..Kind::new("expert", 5, 3, JobDefaults::OTHER)
+};
 /// The gate vectors of one expert, everything else frozen.
 pub const GATE: Kind = Kind::new("gate", 5, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
