@@ -50,6 +50,11 @@ pub trait Reporter: Send + Sync {
     fn started(&self, id: &str, short_key: &str) -> Box<dyn StepProgress + '_>;
     fn finished(&self, id: &str, outcome: Outcome, seconds: f64, detail: &str);
     fn note(&self, line: &str);
+    /// A step that waits outside this process (a queued Slurm job) and why: a line of
+    /// the log; on a terminal, its own line that the step's bar replaces when it starts.
+    fn waiting(&self, id: &str, why: &str) {
+        self.note(&format!("{id}: {why}"));
+    }
     fn end(&self);
 }
 
@@ -171,6 +176,8 @@ impl Reporter for PlainReporter {
 pub struct BarReporter {
     multi: MultiProgress,
     overall: ProgressBar,
+    /// Steps waiting (queued jobs), each on a line of its own until it starts or ends.
+    waiting: Mutex<std::collections::HashMap<String, ProgressBar>>,
 }
 
 impl BarReporter {
@@ -185,7 +192,19 @@ impl BarReporter {
             .progress_chars("=> "),
         );
         overall.set_prefix("pipeline");
-        BarReporter { multi, overall }
+        BarReporter {
+            multi,
+            overall,
+            waiting: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl BarReporter {
+    fn stop_waiting(&self, id: &str) {
+        if let Some(bar) = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -228,6 +247,7 @@ impl Reporter for BarReporter {
             .println(format!("running {to_run} step(s), {cached} cached"));
     }
     fn started(&self, id: &str, _short_key: &str) -> Box<dyn StepProgress + '_> {
+        self.stop_waiting(id);
         let bar = self.multi.add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template("  {prefix:30} {spinner} {elapsed} {msg}").expect("valid template"),
@@ -237,6 +257,7 @@ impl Reporter for BarReporter {
         Box::new(BarStep { bar })
     }
     fn finished(&self, id: &str, outcome: Outcome, seconds: f64, detail: &str) {
+        self.stop_waiting(id);
         let (mark, detail) = finish_words(outcome, detail);
         self.overall
             .println(format!("{mark:>9} {id} ({seconds:.1}s){detail}"));
@@ -247,7 +268,23 @@ impl Reporter for BarReporter {
     fn note(&self, line: &str) {
         self.overall.println(line);
     }
+    fn waiting(&self, id: &str, why: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = waiting.entry(id.to_string()).or_insert_with(|| {
+            let bar = self.multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("  {prefix:30} {elapsed} {msg}").expect("valid template"),
+            );
+            bar.set_prefix(id.to_string());
+            bar.enable_steady_tick(Duration::from_millis(500));
+            bar
+        });
+        bar.set_message(why.to_string());
+    }
     fn end(&self) {
+        for (_, bar) in self.waiting.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            bar.finish_and_clear();
+        }
         self.overall.finish_and_clear();
         let _ = self.multi.clear();
     }

@@ -499,7 +499,7 @@ impl<'a> Head<'a> {
             Some((r, t)) if *r == reason => *t,
             _ => {
                 self.reporter
-                    .note(&format!("{}: job {} pending ({reason})", self.id(i), job.job));
+                    .waiting(self.id(i), &format!("job {} pending ({reason})", job.job));
                 let now = Instant::now();
                 self.pending.insert(i, (reason.clone(), now));
                 now
