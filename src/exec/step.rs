@@ -109,8 +109,16 @@ impl StepContext<'_> {
     }
 
     /// Inputs whose role starts with `prefix` (e.g. every `expert:` of a pool).
-    pub fn inputs_with_prefix<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s InputArtifact> + 's {
-        self.inputs.iter().filter(move |i| i.role.starts_with(prefix))
+    /// The inputs that stand for members of `kind` (roles `KIND:NAME`), with the names.
+    pub fn members<'s>(&'s self, kind: &'s str) -> impl Iterator<Item = (&'s str, &'s InputArtifact)> + 's {
+        self.inputs
+            .iter()
+            .filter_map(move |i| Some((crate::store::spec::member_of(&i.role, kind)?, i)))
+    }
+
+    /// The input of member `name` of `kind` (role `KIND:NAME`).
+    pub fn member(&self, kind: &str, name: &str) -> Result<&InputArtifact, StepError> {
+        self.input(&crate::store::spec::member_role(kind, name))
     }
 
     /// The step's parameters as its kind's parameter struct. The manifest schema

@@ -27,6 +27,7 @@ use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::Schema;
 use crate::manifest::source::Sources;
 use crate::manifest::{Entity, Loc, Manifest, ManifestError, ManifestErrors, Origin, Value};
+use crate::store::spec::{member_role, step_id};
 use crate::store::{External, HashCache, SpecInput, StepSpec};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +46,7 @@ struct Proto {
 impl Proto {
     fn new(kind: &str, name: &str, loc: Option<Loc>) -> Proto {
         Proto {
-            id: format!("{kind}:{name}"),
+            id: step_id(kind, name),
             kind: kind.into(),
             name: name.into(),
             params: BTreeMap::new(),
@@ -510,7 +511,7 @@ impl Lowerer<'_> {
         self.paths(&mut p, &c);
         for r in &c.refs {
             // init.corpus -> the corpus dataset
-            p.inputs.push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
+            p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
         self.hub(e, "model", &mut p);
         p.absorb(c);
@@ -522,7 +523,7 @@ impl Lowerer<'_> {
         let mut p = Proto::new("dataset", &e.name, Some(e.name_loc));
         self.paths(&mut p, &c);
         for r in &c.refs {
-            p.inputs.push((r.path.clone(), format!("{}:{}", r.kind, r.name)));
+            p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
         self.hub(e, "dataset", &mut p);
         p.absorb(c);
@@ -533,7 +534,7 @@ impl Lowerer<'_> {
     /// `cx`: the expert's groups (lora, train, resources; or peft, resources for an
     /// imported adapter); `cg`: the gate's.
     fn expert(&mut self, e: &Entity, cx: Collected, cg: Collected) {
-        let model = format!("model:{}", e.block.str("model").unwrap_or_default());
+        let model = step_id("model", e.block.str("model").unwrap_or_default());
         let mut x = Proto::new("expert", &e.name, Some(e.name_loc));
         let data = self.tokens(
             e.block.str("dataset").unwrap_or_default(),
@@ -688,8 +689,8 @@ impl Lowerer<'_> {
         let loc = self.manifest.entity("dataset", dataset).map(|d| d.name_loc);
         let mut t = Proto::new("tokenize", dataset, loc);
         t.inputs = vec![
-            ("model".into(), format!("model:{model}")),
-            ("data".into(), format!("dataset:{dataset}")),
+            ("model".into(), step_id("model", model)),
+            ("data".into(), step_id("dataset", dataset)),
         ];
         self.push(t, model)
     }
@@ -734,8 +735,8 @@ impl Lowerer<'_> {
             .collect();
         members.sort();
         for m in &members {
-            p.inputs.push((format!("expert:{m}"), format!("expert:{m}")));
-            p.inputs.push((format!("gate:{m}"), format!("gate:{m}")));
+            p.inputs.push((member_role("expert", m), step_id("expert", m)));
+            p.inputs.push((member_role("gate", m), step_id("gate", m)));
         }
         // Member names label routing decisions and reports, so they are part of the
         // pool's identity; their order is not.
@@ -945,19 +946,19 @@ impl Lowerer<'_> {
                 .and_then(|rest| rest.strip_suffix(".dataset"))
                 .map(|t| format!("task:{t}"))
                 .unwrap_or_else(|| r.path.clone());
-            v.inputs.push((role, format!("{}:{}", r.kind, r.name)));
+            v.inputs.push((role, step_id(&r.kind, &r.name)));
         }
         v.absorb(c);
         self.task_owners(e, &members, &pool, &mut v);
         v.inputs.push(("pool".into(), format!("pool:{pool}")));
-        v.inputs.push(("model".into(), format!("model:{model}")));
+        v.inputs.push(("model".into(), step_id("model", &model)));
         // The eval reads the members' files itself, so they are declared inputs too
         // (verified before use); their keys add nothing the pool's key lacks.
         for m in &members {
             v.inputs
-                .push((format!("expert:{}", m.name), format!("expert:{}", m.name)));
+                .push((member_role("expert", &m.name), step_id("expert", &m.name)));
             v.inputs
-                .push((format!("gate:{}", m.name), format!("gate:{}", m.name)));
+                .push((member_role("gate", &m.name), step_id("gate", &m.name)));
         }
         let methods = self.catalog.methods();
         for f in e.block.list("methods") {
@@ -1107,19 +1108,19 @@ impl Lowerer<'_> {
             }
             let dataset = m.block.str("dataset").unwrap_or_default();
             if reads_model || (embedder.is_some() && own) {
-                a.inputs.push(("model".into(), format!("model:{}", n.model)));
+                a.inputs.push(("model".into(), step_id("model", n.model)));
             }
             if expert {
-                a.inputs.push(("expert".into(), format!("expert:{}", m.name)));
+                a.inputs.push(("expert".into(), step_id("expert", &m.name)));
             }
             let data = match data {
                 MemberData::Tokens => self.tokens(dataset, n.model),
-                MemberData::Examples => format!("dataset:{dataset}"),
+                MemberData::Examples => step_id("dataset", dataset),
             };
             a.inputs.push(("data".into(), data));
             a.externals.extend(external.clone());
             let id = self.push(a, &n.eval.name);
-            v.inputs.push((format!("{kind}:{}", m.name), id));
+            v.inputs.push((member_role(kind, &m.name), id));
         }
         v.externals.extend(external);
     }
@@ -1135,13 +1136,13 @@ impl Lowerer<'_> {
                 a.params.insert(g.into(), Value::Map(c.keyed));
             }
         }
-        a.inputs.push(("model".into(), format!("model:{}", n.model)));
+        a.inputs.push(("model".into(), step_id("model", n.model)));
         let mut datasets: Vec<&str> = n.members.iter().filter_map(|m| m.block.str("dataset")).collect();
         datasets.sort();
         datasets.dedup();
         for d in datasets {
             let t = self.tokens(d, n.model);
-            a.inputs.push((format!("data:{d}"), t));
+            a.inputs.push((member_role("data", d), t));
         }
         let id = self.push(a, &n.eval.name);
         v.inputs.push(((*kind).into(), id));

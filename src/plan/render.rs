@@ -58,7 +58,7 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         } else {
             format!("{}: {}", st.label(), reasons.join("; "))
         };
-        let name = if s.spec.id == format!("{}:{}", s.spec.kind, s.spec.name) {
+        let name = if s.spec.id == crate::store::spec::step_id(&s.spec.kind, &s.spec.name) {
             s.spec.name.clone()
         } else {
             s.spec.id[s.spec.kind.len() + 1..].to_string()

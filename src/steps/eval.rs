@@ -25,6 +25,7 @@ use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::adapter::ModuleRouting;
 use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, predict};
 use crate::route::{self, Chosen, Scoring};
+use crate::store::spec::member_role;
 
 /// Every method over every task: a GPU job of hours at the paper's scale.
 pub const KIND: Kind = Kind::new("eval", 10, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
@@ -292,7 +293,7 @@ fn load_vectors(
     names
         .iter()
         .map(|n| {
-            let inp = ctx.input(&format!("{role}:{n}"))?;
+            let inp = ctx.member(role, n)?;
             let mut g = GateVectors::load(
                 &inp.files.join(file),
                 base.config(),
@@ -452,14 +453,11 @@ impl<'a> EvalRun<'a> {
                 examples: sample(ex, params.max_examples, params.seed),
             });
         }
-        let mut names: Vec<String> = ctx
-            .inputs_with_prefix("expert:")
-            .map(|i| i.role["expert:".len()..].to_string())
-            .collect();
+        let mut names: Vec<String> = ctx.members("expert").map(|(n, _)| n.to_string()).collect();
         names.sort();
         let experts: Vec<LoraExpert> = names
             .iter()
-            .map(|n| load_expert(ctx, &format!("expert:{n}"), n, base))
+            .map(|n| load_expert(ctx, &member_role("expert", n), n, base))
             .collect::<Result<_, _>>()?;
         let gates = load_vectors(ctx, "gate", GATES_FILE, &names, base)?;
         let run = EvalRun {
@@ -525,7 +523,7 @@ impl<'a> EvalRun<'a> {
                 Err(_) => self
                     .names
                     .iter()
-                    .map(|n| Ok(self.ctx.input(&format!("{kind}:{n}"))?.files.clone()))
+                    .map(|n| Ok(self.ctx.member(kind, n)?.files.clone()))
                     .collect::<Result<_, StepError>>()?,
             };
             needed.insert(kind.to_string(), dirs);

@@ -153,7 +153,7 @@ fn fit(
     for inp in ctx
         .inputs
         .iter()
-        .filter(|i| i.role == "data" || i.role.starts_with("data:"))
+        .filter(|i| i.role == "data" || crate::store::spec::member_of(&i.role, "data").is_some())
     {
         let (t, v) = super::tokenize::read_tokens(inp)?;
         let choices = super::tokenize::read_validation_choices(inp)?;
@@ -333,9 +333,8 @@ impl StepRunner for PoolStep {
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let mut members = vec![];
-        for inp in ctx.inputs_with_prefix("expert:") {
-            let name = &inp.role["expert:".len()..];
-            let gate = ctx.input(&format!("gate:{name}"))?;
+        for (name, inp) in ctx.members("expert") {
+            let gate = ctx.member("gate", name)?;
             members.push(serde_json::json!({"name": name, "expert": inp.key.hex(), "gate": gate.key.hex()}));
         }
         let doc = serde_json::json!({"pool": ctx.spec.name, "members": members});

@@ -6,6 +6,23 @@ use serde::{Deserialize, Serialize};
 
 use super::key::Key;
 
+/// A step's id: `KIND:NAME`, unique within a plan (`expert:sort`, `dataset:sort-test`).
+pub fn step_id(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
+/// The role of an input that stands for one member of a set: `KIND:NAME` (a pool's
+/// `expert:sort` and `gate:sort`, an eval's `average-activation:sort`, a multitask
+/// step's `data:sort`). Built and read only through this function and [`member_of`].
+pub fn member_role(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
+/// The member a role names for `kind`: `member_of("expert:sort", "expert")` is `sort`.
+pub fn member_of<'a>(role: &'a str, kind: &str) -> Option<&'a str> {
+    role.strip_prefix(kind)?.strip_prefix(':')
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpecInput {
     /// What the input is to this step ("model", "data", "expert:ag_news", ...).
