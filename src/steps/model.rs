@@ -7,6 +7,7 @@
 //!   the seed and pretrains it on the corpus, so the base knows
 //!   the vocabulary but no task (text infilling; see `denoise`). Everything is written into the artifact.
 
+use serde::Deserialize as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -43,14 +44,14 @@ fn pretrains(params: &serde_json::Value) -> bool {
 /// Warns when a model the pipeline builds cannot be trained in this machine's memory
 /// (its step refuses it then, instead of aborting in the allocator).
 fn review_size(name: &str, params: &serde_json::Value) -> Vec<Review> {
-    if !pretrains(params) {
+    let Ok(ModelParams { init: Some(init) }) = ModelParams::deserialize(params) else {
         return vec![];
-    }
-    let int = |k: &str| params["init"].get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-    let mut cfg = T5Config::tiny_v1_1(int("vocab") + 100, int("d-model"), int("layers"));
-    cfg.d_ff = int("d-ff");
-    cfg.d_kv = int("d-kv");
-    cfg.num_heads = int("heads");
+    };
+    // The tokenizer adds its sentinels and specials to the vocabulary.
+    let mut cfg = T5Config::tiny_v1_1(init.vocab + 100, init.d_model, init.layers);
+    cfg.d_ff = init.d_ff;
+    cfg.d_kv = init.d_kv;
+    cfg.num_heads = init.heads;
     let (Some(total), need) = (crate::process::alloc::memory_total(), cfg.training_bytes()) else {
         return vec![];
     };
@@ -120,8 +121,8 @@ impl StepRunner for ModelStep {
                 _ => {}
             }
         }
-        if ctx.param("init").is_some() {
-            return init_and_pretrain(ctx, &pointer);
+        if let Some(init) = ctx.params::<ModelParams>()?.init {
+            return init_and_pretrain(ctx, &init, &pointer);
         }
         Err(StepError::msg(format!(
             "model {} has no source (hub=, path= or init)",
@@ -130,20 +131,38 @@ impl StepRunner for ModelStep {
     }
 }
 
-fn config_from(ctx: &StepContext, vocab: usize) -> Result<T5Config, StepError> {
-    let u = |k: &str| -> Result<usize, StepError> {
-        ctx.param(&format!("init.{k}"))
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
-            .ok_or_else(|| fail(format!("init.{k} is missing")))
-    };
-    let d_model = u("d-model")?;
-    let mut cfg = T5Config::tiny_v1_1(vocab, d_model, u("layers")?);
-    cfg.d_ff = u("d-ff")?;
-    cfg.d_kv = u("d-kv")?;
-    cfg.num_heads = u("heads")?;
-    cfg.feed_forward = match ctx.param("init.ffn").and_then(|v| v.as_str()) {
-        Some("relu") => FeedForward::Relu,
+/// A model step's parameters: `init` when the pipeline builds the model (hub and
+/// path sources are externals).
+#[derive(Debug, serde::Deserialize)]
+struct ModelParams {
+    #[serde(default)]
+    init: Option<InitParams>,
+}
+
+/// The `model-init` group (every default filled by the schema).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InitParams {
+    vocab: usize,
+    d_model: usize,
+    d_ff: usize,
+    d_kv: usize,
+    heads: usize,
+    layers: usize,
+    ffn: String,
+    seed: u64,
+    pretrain_steps: usize,
+    batch: usize,
+    lr: f64,
+}
+
+fn config_from(init: &InitParams, vocab: usize) -> Result<T5Config, StepError> {
+    let mut cfg = T5Config::tiny_v1_1(vocab, init.d_model, init.layers);
+    cfg.d_ff = init.d_ff;
+    cfg.d_kv = init.d_kv;
+    cfg.num_heads = init.heads;
+    cfg.feed_forward = match init.ffn.as_str() {
+        "relu" => FeedForward::Relu,
         _ => FeedForward::GatedGelu,
     };
     cfg.validate().map_err(fail)?;
@@ -246,6 +265,7 @@ impl Objective for FullModel {
 
 fn init_and_pretrain(
     ctx: &StepContext,
+    init: &InitParams,
     pointer: &dyn Fn(&ModelPointer) -> Result<(), StepError>,
 ) -> Result<(), StepError> {
     let corpus = ctx.input("init.corpus")?;
@@ -255,11 +275,10 @@ fn init_and_pretrain(
         .chain(&valid_ex)
         .map(|e| format!("{} {}", e.input, e.target))
         .collect();
-    let vocab_cap = ctx.param("init.vocab").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
-    let tok = train_word_level(&texts, vocab_cap, SENTINELS).map_err(fail)?;
+    let tok = train_word_level(&texts, init.vocab, SENTINELS).map_err(fail)?;
     let vocab = tok.get_vocab_size(true);
-    let cfg = config_from(ctx, vocab)?;
-    let seed = ctx.param("init.seed").and_then(|v| v.as_u64()).unwrap_or(0);
+    let cfg = config_from(init, vocab)?;
+    let seed = init.seed;
     ctx.progress.log(&format!(
         "tokenizer: {vocab} tokens; T5 d_model {} x {} layers ({:?})",
         cfg.d_model, cfg.num_layers, cfg.feed_forward
@@ -302,17 +321,13 @@ fn init_and_pretrain(
             .collect()
     };
     let train_pairs = corrupt(&train_ex)?;
-    let steps = ctx
-        .param("init.pretrain-steps")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as usize;
-    let batch = ctx.param("init.batch").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
+    let (steps, batch) = (init.pretrain_steps, init.batch);
     let tensors = if steps > 0 {
         let tcfg = TrainConfig {
             steps,
             batch,
             micro_batch: batch,
-            lr: ctx.param("init.lr").and_then(|v| v.as_f64()).unwrap_or(3e-3),
+            lr: init.lr,
             weight_decay: 0.0,
             warmup: 0.06,
             schedule: Schedule::Constant,
