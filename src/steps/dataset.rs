@@ -54,19 +54,79 @@ pub use crate::artifact_files::EXAMPLES;
 pub use crate::artifact_files::TRAIN;
 pub use crate::artifact_files::VALIDATION;
 
-fn p_str<'a>(ctx: &'a StepContext, k: &str) -> Option<&'a str> {
-    ctx.param(k).and_then(|v| v.as_str())
+/// A dataset step's parameters (the schema fills every default; the sources, hub=,
+/// path= and bigbench=, are externals).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DatasetParams {
+    #[serde(default)]
+    config: Option<String>,
+    split: String,
+    #[serde(default)]
+    validation_split: Option<String>,
+    input_field: String,
+    target_field: String,
+    choices_field: String,
+    #[serde(default)]
+    input_suffix: Option<String>,
+    /// Fixed answer choices for rows without their own.
+    #[serde(default)]
+    choices: Vec<String>,
+    #[serde(default)]
+    keep_field: Option<String>,
+    #[serde(default)]
+    keep_values: Vec<String>,
+    drop_empty: bool,
+    holdout: String,
+    #[serde(default)]
+    max_examples: Option<u64>,
+    #[serde(default)]
+    synthetic: Option<SyntheticParams>,
+    #[serde(default)]
+    templates: Option<TemplatesParams>,
 }
 
-fn p_u64(ctx: &StepContext, k: &str) -> Option<u64> {
-    ctx.param(k).and_then(|v| v.as_u64())
+impl DatasetParams {
+    /// The synthetic task and its settings, when the node generates its data.
+    fn synthetic(&self) -> Option<(&str, &SyntheticParams)> {
+        let s = self.synthetic.as_ref()?;
+        Some((s.task.as_deref()?, s))
+    }
+
+    /// The promptsource template set and its settings, when the node names one.
+    fn templates(&self) -> Option<(&str, &TemplatesParams)> {
+        let t = self.templates.as_ref()?;
+        Some((t.name.as_deref()?, t))
+    }
 }
 
-fn p_strings(ctx: &StepContext, k: &str) -> Vec<String> {
-    ctx.param(k)
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-        .unwrap_or_default()
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct SyntheticParams {
+    /// Absent when the node has no `synthetic` group (its defaults are filled anyway).
+    #[serde(default)]
+    task: Option<String>,
+    examples: usize,
+    seed: u64,
+    format: String,
+    #[serde(default)]
+    letters: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct TemplatesParams {
+    /// Absent when the node has no `templates` group (its defaults are filled anyway).
+    #[serde(default)]
+    name: Option<String>,
+    original_task: bool,
+    #[serde(default)]
+    max_pairs: Option<usize>,
+    seed: u64,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    ignore: Vec<String>,
 }
 
 fn fail(e: impl std::fmt::Display) -> StepError {
@@ -140,25 +200,26 @@ struct Provenance {
 }
 
 /// The node's field mapping.
-fn fields<'a>(ctx: &'a StepContext, fixed: &'a [String]) -> Fields<'a> {
+fn fields(p: &DatasetParams) -> Fields<'_> {
     Fields {
-        input: p_str(ctx, "input-field").unwrap_or("input"),
-        target: p_str(ctx, "target-field").unwrap_or("target"),
-        choices: p_str(ctx, "choices-field").unwrap_or("choices"),
-        input_suffix: p_str(ctx, "input-suffix").unwrap_or(""),
-        fixed_choices: fixed,
+        input: &p.input_field,
+        target: &p.target_field,
+        choices: &p.choices_field,
+        input_suffix: p.input_suffix.as_deref().unwrap_or(""),
+        fixed_choices: &p.choices,
     }
 }
 
 /// Rows -> examples: through the templates when the node has them, else the field mapping.
 fn examples_of(
     ctx: &StepContext,
+    p: &DatasetParams,
     label: &str,
     mut rows: Vec<Row>,
     prov: &mut Provenance,
 ) -> Result<Vec<Example>, StepError> {
-    if let Some(field) = p_str(ctx, "keep-field") {
-        let values = p_strings(ctx, "keep-values");
+    if let Some(field) = p.keep_field.as_deref() {
+        let values = &p.keep_values;
         let read = rows.len();
         rows.retain(|r| {
             r.get(field)
@@ -172,21 +233,24 @@ fn examples_of(
         }
     }
     prov.rows += rows.len();
-    let mut ex = if p_str(ctx, "templates.name").is_some() {
-        render(ctx, &rows, prov)?
-    } else {
-        let fixed = p_strings(ctx, "choices");
-        map_rows(label, &rows, &fields(ctx, &fixed)).map_err(fail)?
+    let mut ex = match p.templates() {
+        Some((name, t)) => render(ctx, name, t, &rows, prov)?,
+        None => map_rows(label, &rows, &fields(p)).map_err(fail)?,
     };
-    if ctx.param("drop-empty").and_then(|v| v.as_bool()) == Some(true) {
+    if p.drop_empty {
         ex.retain(|e| !e.input.trim().is_empty() && !e.target.trim().is_empty());
     }
     Ok(ex)
 }
 
 /// Every selected (row, template) pair, or a seeded sample of `max-pairs` of them.
-fn render(ctx: &StepContext, rows: &[Row], prov: &mut Provenance) -> Result<Vec<Example>, StepError> {
-    let name = p_str(ctx, "templates.name").unwrap_or_default();
+fn render(
+    ctx: &StepContext,
+    name: &str,
+    t: &TemplatesParams,
+    rows: &[Row],
+    prov: &mut Provenance,
+) -> Result<Vec<Example>, StepError> {
     let root = promptsource::find_root(None).map_err(fail)?;
     let file = promptsource::templates_file(&root, name);
     if !file.is_file() {
@@ -199,12 +263,9 @@ fn render(ctx: &StepContext, rows: &[Row], prov: &mut Provenance) -> Result<Vec<
     let set = promptsource::load(&file).map_err(fail)?;
     let chosen = set
         .select(&Selection {
-            original_task: ctx
-                .param("templates.original-task")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            include: p_strings(ctx, "templates.include"),
-            ignore: p_strings(ctx, "templates.ignore"),
+            original_task: t.original_task,
+            include: t.include.clone(),
+            ignore: t.ignore.clone(),
         })
         .map_err(fail)?;
     let mut r = Renderer::default();
@@ -212,10 +273,10 @@ fn render(ctx: &StepContext, rows: &[Row], prov: &mut Provenance) -> Result<Vec<
         r.prepare(t).map_err(fail)?;
     }
     prov.templates = chosen.iter().map(|t| t.name.clone()).collect();
-    let seed = p_u64(ctx, "templates.seed").unwrap_or(42);
+    let seed = t.seed;
     let n_t = chosen.len();
     let total = rows.len() * n_t;
-    let picks: Vec<usize> = match p_u64(ctx, "templates.max-pairs").map(|m| m as usize) {
+    let picks: Vec<usize> = match t.max_pairs {
         Some(m) if m < total => {
             let mut p = rand::seq::index::sample(&mut ChaCha8Rng::seed_from_u64(seed), total, m).into_vec();
             p.sort_unstable();
@@ -268,6 +329,7 @@ fn render(ctx: &StepContext, rows: &[Row], prov: &mut Provenance) -> Result<Vec<
 /// Rows of a hub split (splits joined with `+` are concatenated); pins the commit.
 fn hub_rows(
     ctx: &StepContext,
+    p: &DatasetParams,
     ext: &External,
     split: &str,
     prov: &mut Provenance,
@@ -279,7 +341,7 @@ fn hub_rows(
     // A pinned commit wins over a moving branch: reruns read the same bytes.
     let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
     let opts = HubOptions::default();
-    let config = p_str(ctx, "config");
+    let config = p.config.as_deref();
     let mut rows = vec![];
     for s in split.split('+') {
         let report = super::common::download_report(ctx);
@@ -315,16 +377,16 @@ impl StepRunner for DatasetStep {
         "dataset"
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
-        let split = p_str(ctx, "split").unwrap_or("train");
-        let val_split = p_str(ctx, "validation-split");
+        let p: DatasetParams = ctx.params()?;
+        let split = p.split.as_str();
+        let val_split = p.validation_split.as_deref();
         let ext = |role: &str| ctx.spec.externals.iter().find(|e| e.role() == role);
         let mut prov = Provenance::default();
-        let (examples, validation) = if let Some(task) = p_str(ctx, "synthetic.task") {
+        let (examples, validation) = if let Some((task, syn)) = p.synthetic() {
             prov.source = format!("synthetic:{task}");
-            let n = p_u64(ctx, "synthetic.examples").unwrap_or(2000) as usize;
-            let seed = p_u64(ctx, "synthetic.seed").unwrap_or(0);
-            let choice = p_str(ctx, "synthetic.format") == Some("choice");
-            let letters = match p_str(ctx, "synthetic.letters") {
+            let (n, seed) = (syn.examples, syn.seed);
+            let choice = syn.format == "choice";
+            let letters = match syn.letters.as_deref() {
                 Some(spec) => synthetic::parse_letters(spec)
                     .map_err(|e| StepError::msg(format!("synthetic letters: {e}")))?,
                 None => synthetic::LETTERS.to_vec(),
@@ -347,12 +409,12 @@ impl StepRunner for DatasetStep {
             (bigbench::read_task(&task_json(path)).map_err(fail)?, None)
         } else if let Some(h) = ext("hub") {
             prov.source = format!("hub:{}", h.identity());
-            let rows = hub_rows(ctx, h, split, &mut prov)?;
-            let examples = examples_of(ctx, split, rows, &mut prov)?;
+            let rows = hub_rows(ctx, &p, h, split, &mut prov)?;
+            let examples = examples_of(ctx, &p, split, rows, &mut prov)?;
             let validation = match val_split {
                 Some(v) => {
-                    let rows = hub_rows(ctx, h, v, &mut prov)?;
-                    Some(examples_of(ctx, v, rows, &mut prov)?)
+                    let rows = hub_rows(ctx, &p, h, v, &mut prov)?;
+                    Some(examples_of(ctx, &p, v, rows, &mut prov)?)
                 }
                 None => None,
             };
@@ -360,18 +422,17 @@ impl StepRunner for DatasetStep {
         } else if let Some(External::Path { path, display, .. }) = ext("path") {
             prov.source = "path".into();
             prov.files.push(display.clone());
-            let p = Path::new(path);
+            let file = Path::new(path);
             let is_jsonl = matches!(
-                p.extension().and_then(|e| e.to_str()),
+                file.extension().and_then(|e| e.to_str()),
                 Some("jsonl") | Some("ndjson")
             );
-            if is_jsonl && p_str(ctx, "templates.name").is_none() {
+            if is_jsonl && p.templates().is_none() {
                 // Line-accurate errors for the common case.
-                let fixed = p_strings(ctx, "choices");
-                (read_jsonl_mapped(p, &fields(ctx, &fixed)).map_err(fail)?, None)
+                (read_jsonl_mapped(file, &fields(&p)).map_err(fail)?, None)
             } else {
-                let rows = read_rows(p).map_err(fail)?;
-                (examples_of(ctx, path, rows, &mut prov)?, None)
+                let rows = read_rows(file).map_err(fail)?;
+                (examples_of(ctx, &p, path, rows, &mut prov)?, None)
             }
         } else {
             return Err(StepError::msg(format!(
@@ -379,11 +440,11 @@ impl StepRunner for DatasetStep {
                 ctx.spec.name
             )));
         };
-        let examples = cap(examples, p_u64(ctx, "max-examples"), 0);
+        let examples = cap(examples, p.max_examples, 0);
         let (train, validation) = match validation {
             Some(v) => (None, v),
             None => {
-                let (t, v) = if p_str(ctx, "holdout") == Some("flan") {
+                let (t, v) = if p.holdout == "flan" {
                     hold_back_flan(&examples)
                 } else {
                     hold_back(&examples, 0)
