@@ -40,36 +40,52 @@ pub struct Collected {
 /// Collects the params of `block` (spec `spec`); `only` limits to these props/children.
 pub fn collect(schema: &Schema, block: &Block, spec: &BlockSpec, only: Option<&[&str]>) -> Collected {
     let mut c = Collected::default();
-    let mut keyed = BTreeMap::new();
-    let mut settings = BTreeMap::new();
-    walk(
-        schema,
-        block,
-        spec,
-        "",
-        spec.keyed,
-        only,
-        &mut keyed,
-        &mut settings,
-        &mut c,
-    );
-    c.keyed = keyed;
-    c.settings = settings;
+    let mut maps = Maps::default();
+    let at = Place {
+        prefix: "",
+        keyed: spec.keyed,
+    };
+    walk(schema, block, spec, at, only, &mut maps, &mut c);
+    c.keyed = maps.keyed;
+    c.settings = maps.settings;
     c
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The values of one block: those that enter the key and those that do not.
+#[derive(Default)]
+struct Maps {
+    keyed: BTreeMap<String, Value>,
+    settings: BTreeMap<String, Value>,
+}
+
+impl Maps {
+    /// Where a value goes: the key's map where its block is keyed.
+    fn target(&mut self, keyed: bool) -> &mut BTreeMap<String, Value> {
+        if keyed {
+            &mut self.keyed
+        } else {
+            &mut self.settings
+        }
+    }
+}
+
+/// Where the walk is: the parameter path so far, and whether values here are keyed.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    prefix: &'a str,
+    keyed: bool,
+}
+
 fn walk(
     schema: &Schema,
     block: &Block,
     spec: &BlockSpec,
-    prefix: &str,
-    keyed_here: bool,
+    at: Place<'_>,
     only: Option<&[&str]>,
-    keyed: &mut BTreeMap<String, Value>,
-    settings: &mut BTreeMap<String, Value>,
+    out: &mut Maps,
     c: &mut Collected,
 ) {
+    let (prefix, keyed_here) = (at.prefix, at.keyed);
     let allowed = |n: &str| only.is_none_or(|o| o.contains(&n));
     let join = |n: &str| {
         if prefix.is_empty() {
@@ -109,8 +125,7 @@ fn walk(
             Type::Name => {}
             _ => {
                 c.origins.insert(path.clone(), (f.origin, f.loc));
-                let target = if keyed_here { &mut *keyed } else { &mut *settings };
-                target.insert(p.name.clone(), f.value.clone());
+                out.target(keyed_here).insert(p.name.clone(), f.value.clone());
             }
         }
     }
@@ -143,22 +158,23 @@ fn walk(
                     .map(|f| (f.origin, f.loc))
                     .unwrap_or((Origin::Schema, None));
                 c.origins.insert(path.clone(), origin);
-                let target = if keyed_here { &mut *keyed } else { &mut *settings };
-                target.insert(ch.name.clone(), Value::List(vals));
+                out.target(keyed_here).insert(ch.name.clone(), Value::List(vals));
             }
             (_, Some(Child::Group(g))) => {
                 let Some(inner) = schema.child_block(ch) else {
                     continue;
                 };
-                let k = keyed_here && inner.keyed;
-                let mut sub_k = BTreeMap::new();
-                let mut sub_s = BTreeMap::new();
-                walk(schema, g, inner, &path, k, None, &mut sub_k, &mut sub_s, c);
-                if !sub_k.is_empty() {
-                    keyed.insert(ch.name.clone(), Value::Map(sub_k));
+                let at = Place {
+                    prefix: &path,
+                    keyed: keyed_here && inner.keyed,
+                };
+                let mut sub = Maps::default();
+                walk(schema, g, inner, at, None, &mut sub, c);
+                if !sub.keyed.is_empty() {
+                    out.keyed.insert(ch.name.clone(), Value::Map(sub.keyed));
                 }
-                if !sub_s.is_empty() {
-                    settings.insert(ch.name.clone(), Value::Map(sub_s));
+                if !sub.settings.is_empty() {
+                    out.settings.insert(ch.name.clone(), Value::Map(sub.settings));
                 }
             }
             (_, Some(Child::Records(rs))) => {
@@ -174,19 +190,20 @@ fn walk(
                         .and_then(|a| a.value.as_str().map(str::to_string))
                         .unwrap_or_else(|| i.to_string());
                     let rpath = format!("{path}.{rname}");
-                    let mut sub_k = BTreeMap::new();
-                    let mut sub_s = BTreeMap::new();
-                    walk(
-                        schema, r, inner, &rpath, keyed_here, None, &mut sub_k, &mut sub_s, c,
-                    );
-                    by_name_k.insert(rname.clone(), Value::Map(sub_k));
-                    if !sub_s.is_empty() {
-                        by_name_s.insert(rname, Value::Map(sub_s));
+                    let at = Place {
+                        prefix: &rpath,
+                        keyed: keyed_here,
+                    };
+                    let mut sub = Maps::default();
+                    walk(schema, r, inner, at, None, &mut sub, c);
+                    by_name_k.insert(rname.clone(), Value::Map(sub.keyed));
+                    if !sub.settings.is_empty() {
+                        by_name_s.insert(rname, Value::Map(sub.settings));
                     }
                 }
-                keyed.insert(ch.name.clone(), Value::Map(by_name_k));
+                out.keyed.insert(ch.name.clone(), Value::Map(by_name_k));
                 if !by_name_s.is_empty() {
-                    settings.insert(ch.name.clone(), Value::Map(by_name_s));
+                    out.settings.insert(ch.name.clone(), Value::Map(by_name_s));
                 }
             }
             _ => {}
