@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use crate::artifact_files::{EXPERT_FILE, GATES_FILE, MODEL_JSON};
-use crate::model::checkpoint::load::{SAFETENSORS_INDEX, locate, shard_names};
+use crate::artifact_files::{EXPERT_FILE, GATES_FILE};
+use crate::model::checkpoint::load::{SAFETENSORS_INDEX, locate};
 use crate::model::checkpoint::peft;
 use crate::model::{GateVectors, LoraExpert, T5Config};
-use crate::steps::common::ModelPointer;
+use crate::steps::common::read_model_pointer;
 use crate::store::Store;
 use crate::store::artifact::ArtifactMeta;
 
@@ -58,22 +58,8 @@ fn base_of(store: &Store, meta: &ArtifactMeta) -> Result<BaseModel, String> {
 }
 
 fn pointer_of(store: &Store, model: &ArtifactMeta) -> Result<BaseModel, String> {
-    let files = store.files_dir(&model.key);
-    let text = std::fs::read(files.join(MODEL_JSON)).map_err(|e| format!("{}: {e}", model.spec.id))?;
-    let p: ModelPointer =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: bad {MODEL_JSON}: {e}", model.spec.id))?;
-    let dir = if p.dir.is_absolute() {
-        p.dir
-    } else {
-        files.join(p.dir)
-    };
-    if !dir.is_dir() {
-        return Err(format!(
-            "the folder of {} ({}) is gone (was the HF cache cleared?)",
-            model.spec.id,
-            dir.display()
-        ));
-    }
+    let (p, dir) =
+        read_model_pointer(&store.files_dir(&model.key), &model.spec.id).map_err(|e| e.to_string())?;
     Ok(BaseModel {
         dir,
         hub: p.source.strip_prefix("hub:").map(str::to_owned),
@@ -93,9 +79,9 @@ fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     match &files.weights {
         crate::model::checkpoint::load::WeightFiles::Safetensors(paths) => {
             sources.extend(paths.iter().cloned());
+            // Shards come with their index (locate read it already).
             if dir.join(SAFETENSORS_INDEX).is_file() {
                 sources.push(dir.join(SAFETENSORS_INDEX));
-                let _ = shard_names(&dir.join(SAFETENSORS_INDEX)).map_err(|e| e.to_string())?;
             }
         }
         crate::model::checkpoint::load::WeightFiles::Pickle(p) => sources.push(p.clone()),
@@ -237,16 +223,7 @@ pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exporte
     let cfg = config_of(model)?;
     let dev = Device::Cpu;
     let expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
-    let name = file.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
-    let gate_path = file.with_file_name(format!(
-        "{}.gates.safetensors",
-        name.strip_suffix(".safetensors").unwrap_or(name)
-    ));
-    let gates = gate_path
-        .is_file()
-        .then(|| GateVectors::load(&gate_path, &cfg, &dev, DType::F32))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let gates = GateVectors::load_beside(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
     let base = std::path::absolute(model)
         .unwrap_or(model.to_path_buf())
         .display()

@@ -137,12 +137,6 @@ pub struct ScoreReport {
     pub mean: f64,
 }
 
-fn default_gate_path(expert: &Path) -> PathBuf {
-    let name = expert.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
-    let stem = name.strip_suffix(".safetensors").unwrap_or(name);
-    expert.with_file_name(format!("{stem}.gates.safetensors"))
-}
-
 /// An expert given on the command line: a goosepipe expert file (its gates beside it
 /// as `NAME.gates.safetensors`, if there) or a PEFT adapter folder (named after the
 /// folder; gates exported beside it, if there).
@@ -169,13 +163,7 @@ fn load_expert(
         )));
     }
     let expert = LoraExpert::load(path, cfg, device, DType::F32)?;
-    let gate_path = default_gate_path(path);
-    let gates = if gate_path.is_file() {
-        Some(GateVectors::load(&gate_path, cfg, device, DType::F32)?)
-    } else {
-        None
-    };
-    Ok((expert, gates))
+    Ok((expert, GateVectors::load_beside(path, cfg, device, DType::F32)?))
 }
 
 fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<u32>> {

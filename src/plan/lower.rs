@@ -495,10 +495,12 @@ impl Lowerer<'_> {
         params::collect(self.schema, &e.block, spec, only)
     }
 
-    fn hub(&self, e: &Entity, repo_type: &str, p: &mut Proto) {
-        if let Some(repo) = e.block.str("hub") {
+    /// The hub repo the node's `prop` names (at its `revision`, default main), as an
+    /// external of that role.
+    fn hub(&self, e: &Entity, prop: &str, repo_type: &str, p: &mut Proto) {
+        if let Some(repo) = e.block.str(prop) {
             p.externals.push(External::Hub {
-                role: "hub".into(),
+                role: prop.into(),
                 repo_type: repo_type.into(),
                 repo: repo.into(),
                 revision: e.block.str("revision").unwrap_or("main").into(),
@@ -513,7 +515,7 @@ impl Lowerer<'_> {
             // init.corpus -> the corpus dataset
             p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
-        self.hub(e, "model", &mut p);
+        self.hub(e, "hub", "model", &mut p);
         p.absorb(c);
         self.review(e, &p);
         self.push(p, &e.name);
@@ -525,7 +527,7 @@ impl Lowerer<'_> {
         for r in &c.refs {
             p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
-        self.hub(e, "dataset", &mut p);
+        self.hub(e, "hub", "dataset", &mut p);
         p.absorb(c);
         self.review(e, &p);
         self.push(p, &e.name);
@@ -601,14 +603,7 @@ impl Lowerer<'_> {
             return;
         }
         self.paths(x, cx);
-        if let Some(repo) = e.block.str("peft-hub") {
-            x.externals.push(External::Hub {
-                role: "peft-hub".into(),
-                repo_type: "peft".into(),
-                repo: repo.into(),
-                revision: e.block.str("revision").unwrap_or("main").into(),
-            });
-        }
+        self.hub(e, "peft-hub", "peft", x);
         for group in ["lora", "train"] {
             // Written on the node itself, not inherited from `defaults`.
             if let Some(b) = e.block.group(group)
@@ -950,7 +945,7 @@ impl Lowerer<'_> {
         }
         v.absorb(c);
         self.task_owners(e, &members, &pool, &mut v);
-        v.inputs.push(("pool".into(), format!("pool:{pool}")));
+        v.inputs.push(("pool".into(), step_id("pool", &pool)));
         v.inputs.push(("model".into(), step_id("model", &model)));
         // The eval reads the members' files itself, so they are declared inputs too
         // (verified before use); their keys add nothing the pool's key lacks.

@@ -11,7 +11,9 @@ use tokenizers::Tokenizer;
 use crate::artifact_files::{EXAMPLES, TRAIN, VALIDATION};
 use crate::data::{Example, read_jsonl};
 use crate::exec::{InputArtifact, StepContext, StepError};
+use crate::hub::{DownloadReport, HubOptions};
 use crate::model::{T5Config, T5Model};
+use crate::store::External;
 use crate::train::{Monitor, TrainError};
 
 /// Where a `model` artifact's weights live. Pipeline-built models keep their files in
@@ -55,21 +57,55 @@ pub fn device(ctx: &StepContext) -> Result<Device, StepError> {
 
 /// The folder holding config.json, weights and tokenizer.json of a model artifact.
 pub fn model_dir(model: &InputArtifact) -> Result<PathBuf, StepError> {
-    let p: ModelPointer = serde_json::from_slice(&std::fs::read(model.files.join(MODEL_JSON))?)
-        .map_err(|e| fail(format!("{}: bad {MODEL_JSON}: {e}", model.id)))?;
+    Ok(read_model_pointer(&model.files, &model.id)?.1)
+}
+
+/// The pointer of the model artifact `id` whose files are in `files`, and the folder it
+/// points at (which must still exist).
+pub fn read_model_pointer(files: &Path, id: &str) -> Result<(ModelPointer, PathBuf), StepError> {
+    let p: ModelPointer = serde_json::from_slice(&std::fs::read(files.join(MODEL_JSON))?)
+        .map_err(|e| fail(format!("{id}: bad {MODEL_JSON}: {e}")))?;
     let dir = if p.dir.is_absolute() {
-        p.dir
+        p.dir.clone()
     } else {
-        model.files.join(p.dir)
+        files.join(&p.dir)
     };
     if !dir.is_dir() {
         return Err(fail(format!(
-            "{}: the model folder {} is gone (was the HF cache cleared?); `goosepipe gc` then run again",
-            model.id,
+            "{id}: the model folder {} is gone (was the HF cache cleared?); `goosepipe gc` then run again",
             dir.display()
         )));
     }
-    Ok(dir)
+    Ok((p, dir))
+}
+
+/// A hub external resolved (HF cache first) at the commit the lockfile pins, else at
+/// its revision, by `resolve`; the commit it resolved to is pinned for the lockfile.
+/// Returns the snapshot folder and that commit.
+pub fn resolve_pinned(
+    ctx: &StepContext,
+    ext: &External,
+    resolve: impl FnOnce(
+        &str,
+        &str,
+        &HubOptions,
+        Option<&DownloadReport<'_>>,
+    ) -> crate::hub::error::Result<PathBuf>,
+) -> Result<(PathBuf, String), StepError> {
+    let External::Hub { repo, revision, .. } = ext else {
+        return Err(fail(format!("{} is not a hub repo", ext.identity())));
+    };
+    let name = ext.lock_name();
+    // A pinned commit wins over a moving branch: reruns are reproducible.
+    let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
+    let report = download_report(ctx);
+    let dir = resolve(repo, &rev, &HubOptions::default(), Some(&report)).map_err(fail)?;
+    let commit = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or(rev);
+    ctx.pin(&name, &commit)?;
+    Ok((dir, commit))
 }
 
 pub struct Base {

@@ -210,11 +210,16 @@ fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<()
     Ok(())
 }
 
+/// Whether an expert step's parameters say it imports an adapter instead of training.
+fn imports(params: &serde_json::Value) -> bool {
+    params.get("import").is_some()
+}
+
 /// One LoRA per expert: a GPU job of hours; importing a PEFT adapter instead is a
 /// minute of reading files.
 pub const EXPERT: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
-        if p.get("import").is_some() {
+        if imports(p) {
             JobDefaults::new(0, 1, "8G", "0:30:00")
         } else {
             JobDefaults::new(1, 4, "32G", "8:00:00")
@@ -259,7 +264,7 @@ impl StepRunner for ExpertStep {
         self.kind
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
-        if ctx.param("import").is_some() {
+        if imports(&ctx.spec.params) {
             return super::peft_import::run(ctx);
         }
         let dev = device(ctx)?;

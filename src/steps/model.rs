@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use super::common::{CtxMonitor, MODEL_JSON, ModelPointer, fail, train_err, write_metrics};
 use crate::data::tokenizer::{save as save_tokenizer, sentinel, train_word_level};
 use crate::exec::{JobDefaults, JobResources, Kind, StepContext, StepError, StepRunner};
-use crate::hub::{HubOptions, resolve_model_reporting};
+use crate::hub::resolve_model_reporting;
 use crate::model::{FeedForward, Seq2SeqBatch, T5Config, T5Model, T5Weights, TensorStore};
 use crate::plan::Review;
 use crate::store::External;
@@ -93,18 +93,8 @@ impl StepRunner for ModelStep {
         };
         for e in &ctx.spec.externals {
             match e {
-                External::Hub { repo, revision, .. } => {
-                    let name = e.lock_name();
-                    // A pinned commit wins over a moving branch: reruns are reproducible.
-                    let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
-                    let opts = HubOptions::default();
-                    let report = super::common::download_report(ctx);
-                    let dir = resolve_model_reporting(repo, &rev, &opts, Some(&report)).map_err(fail)?;
-                    let commit = dir
-                        .file_name()
-                        .map(|s| s.to_string_lossy().to_string())
-                        .unwrap_or(rev);
-                    ctx.pin(&name, &commit)?;
+                External::Hub { repo, .. } => {
+                    let (dir, commit) = super::common::resolve_pinned(ctx, e, resolve_model_reporting)?;
                     return pointer(&ModelPointer {
                         source: format!("hub:{repo}"),
                         dir,

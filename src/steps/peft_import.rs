@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use super::common::{fail, load_base};
 use crate::artifact_files::{EXPERT_FILE, SUMMARY_JSON};
 use crate::exec::{StepContext, StepError};
-use crate::hub::HubOptions;
 use crate::model::checkpoint::peft;
 use crate::store::External;
 
@@ -22,20 +21,8 @@ fn adapter_dir(ctx: &StepContext) -> Result<(PathBuf, String), StepError> {
             External::Path {
                 role, path, display, ..
             } if role == "peft" => return Ok((PathBuf::from(path), format!("path:{display}"))),
-            External::Hub {
-                role, repo, revision, ..
-            } if role == "peft-hub" => {
-                let name = e.lock_name();
-                // A pinned commit wins over a moving branch: reruns are reproducible.
-                let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
-                let report = super::common::download_report(ctx);
-                let dir = crate::hub::resolve_adapter(repo, &rev, &HubOptions::default(), Some(&report))
-                    .map_err(fail)?;
-                let commit = dir
-                    .file_name()
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or(rev);
-                ctx.pin(&name, &commit)?;
+            External::Hub { role, repo, .. } if role == "peft-hub" => {
+                let (dir, commit) = super::common::resolve_pinned(ctx, e, crate::hub::resolve_adapter)?;
                 return Ok((dir, format!("hub:{repo}@{commit}")));
             }
             _ => {}

@@ -90,16 +90,11 @@ pub fn load_embedder(ctx: &StepContext, spec: &str, dev: &Device) -> Result<Embe
     }
     let dir = match ctx.spec.externals.iter().find(|e| e.role() == "embedder") {
         Some(External::Path { path, .. }) => std::path::PathBuf::from(path),
-        Some(ext @ External::Hub { repo, revision, .. }) => {
-            let name = ext.lock_name();
-            let rev = ctx.locked_pin(&name).unwrap_or(revision).to_string();
-            let dir = crate::hub::resolve_model(repo, &rev, &HubOptions::default()).map_err(fail)?;
-            let commit = dir
-                .file_name()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or(rev);
-            ctx.pin(&name, &commit)?;
-            dir
+        Some(ext @ External::Hub { .. }) => {
+            super::common::resolve_pinned(ctx, ext, |repo, rev, opts, _| {
+                crate::hub::resolve_model(repo, rev, opts)
+            })?
+            .0
         }
         None => resolve_embedder(spec, &HubOptions::default()).map_err(fail)?,
     };

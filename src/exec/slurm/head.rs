@@ -487,6 +487,17 @@ impl<'a> Head<'a> {
             .collect()
     }
 
+    /// Records in the run log that step `i`'s job ended in `state` (so no later head
+    /// adopts it).
+    fn log_end(&self, i: usize, job: &Job, state: &str) {
+        let _ = self.log.append(&[Record::End {
+            key: self.plan.steps[i].spec.key,
+            job: job.job.clone(),
+            state: state.into(),
+            unix: now_unix(),
+        }]);
+    }
+
     /// A queued job's pending reason: shown when it changes; a reason that never
     /// clears by itself fails the step (and cancels the job) once it has lasted the
     /// grace period. True if the step was settled.
@@ -513,12 +524,7 @@ impl<'a> Head<'a> {
         }
         self.pending.remove(&i);
         let _ = self.sched.cancel(std::slice::from_ref(&job.job));
-        let _ = self.log.append(&[Record::End {
-            key: self.plan.steps[i].spec.key,
-            job: job.job.clone(),
-            state: "CANCELLED".into(),
-            unix: now_unix(),
-        }]);
+        self.log_end(i, job, End::Cancelled.label());
         let asked = self.resources[&i].sbatch_args().join(" ");
         self.fail(
             i,
@@ -740,12 +746,7 @@ impl<'a> Head<'a> {
             .as_ref()
             .map(|e| e.label().to_string())
             .unwrap_or("GONE".into());
-        let _ = self.log.append(&[Record::End {
-            key: self.plan.steps[i].spec.key,
-            job: job.job.clone(),
-            state: label.clone(),
-            unix: now_unix(),
-        }]);
+        self.log_end(i, job, &label);
         let secs = job.started.unwrap_or(job.submitted).elapsed().as_secs_f64();
         let completed = matches!(end, Some(End::Completed));
         if self.published(i, completed) {

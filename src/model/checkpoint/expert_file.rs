@@ -219,6 +219,18 @@ impl LoraExpert {
 }
 
 impl GateVectors {
+    /// The gate file kept beside an expert file: `NAME.gates.safetensors` for
+    /// `NAME.safetensors`, loaded when it exists.
+    pub fn load_beside(expert: &Path, cfg: &T5Config, device: &Device, dtype: DType) -> Result<Option<Self>> {
+        let name = expert.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
+        let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+        let path = expert.with_file_name(format!("{stem}.gates.safetensors"));
+        if !path.is_file() {
+            return Ok(None);
+        }
+        Self::load(&path, cfg, device, dtype).map(Some)
+    }
+
     /// Loads and validates a gate file against the base `cfg`.
     pub fn load(path: &Path, cfg: &T5Config, device: &Device, dtype: DType) -> Result<Self> {
         let file = path.display().to_string();
