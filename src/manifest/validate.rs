@@ -11,7 +11,7 @@ use miette::SourceSpan;
 
 use super::diag::{ManifestError, ManifestErrors, did_you_mean};
 use super::model::{Block, Child, Entity, Field, Manifest, Origin};
-use super::schema::{BlockSpec, ChildKind, PropSpec, Schema, Type, quote_list};
+use super::schema::{BlockSpec, ChildKind, ChildSpec, ListSpec, PropSpec, Schema, Type, quote_list};
 use super::source::{FileId, Loc, Sources};
 use super::value::Value;
 
@@ -91,6 +91,17 @@ fn io_error(path: &Path, e: &std::io::Error) -> ManifestError {
         "here",
     )
     .help("check the path; manifests are KDL v2 files such as pipelines/quickstart.kdl")
+}
+
+/// What the top-level nodes of a manifest say, gathered before defaults apply.
+#[derive(Default)]
+struct TopLevel {
+    pipeline: Option<(String, Loc)>,
+    allow_outside_paths: bool,
+    defaults: Option<Block>,
+    defaults_loc: Option<Loc>,
+    entities: Vec<Entity>,
+    index: HashMap<(String, String), usize>,
 }
 
 struct RawNode {
@@ -296,116 +307,18 @@ impl Validator {
         display: String,
     ) -> Result<Manifest, Vec<ManifestError>> {
         let raw = std::mem::take(&mut self.raw);
-        let mut pipeline: Option<(String, Loc)> = None;
-        let mut allow_outside_paths = false;
-        let mut defaults: Option<Block> = None;
-        let mut defaults_loc: Option<Loc> = None;
-        let mut entities: Vec<Entity> = vec![];
-        let mut index: HashMap<(String, String), usize> = HashMap::new();
-        let kinds: Vec<&str> = self.schema.nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut top = TopLevel::default();
         for RawNode { file, node } in &raw {
-            let kind = node.name().value();
-            let nloc = Loc::new(*file, node.name().span());
-            let Some(spec) = self.schema.node(kind) else {
-                let help = match did_you_mean(kind, kinds.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("node kinds are: {}", kinds.join(", ")),
-                };
-                self.err(
-                    "manifest::unknown-node",
-                    nloc,
-                    format!("unknown node `{kind}`"),
-                    "not a goosepipe node",
-                    help,
-                );
-                continue;
-            };
-            // A node with errors still defines its name, so references to it and
-            // duplicates of it are judged correctly instead of cascading.
-            let (block, _) = self.block(*file, node, spec, false);
-            if spec.unique {
-                let prev = if kind == "pipeline" {
-                    pipeline.as_ref().map(|p| p.1)
-                } else {
-                    defaults_loc
-                };
-                if let Some(prev) = prev {
-                    let mut e = ManifestError::new(
-                        &self.sources,
-                        "manifest::duplicate",
-                        nloc,
-                        format!("`{kind}` is given more than once"),
-                        "second one here",
-                    )
-                    .help(format!("a manifest has at most one `{kind}` node"));
-                    if prev.file == nloc.file {
-                        e = e.also(prev, "first one here");
-                    }
-                    self.errors.push(e);
-                    continue;
-                }
-            }
-            match kind {
-                "pipeline" => {
-                    if let Some(Field {
-                        value: Value::Str(s), ..
-                    }) = &block.arg
-                    {
-                        pipeline = Some((s.clone(), nloc));
-                    }
-                    allow_outside_paths = matches!(
-                        block.props.get("allow-outside-paths").map(|f| &f.value),
-                        Some(Value::Bool(true))
-                    );
-                }
-                "defaults" => {
-                    defaults = Some(block);
-                    defaults_loc = Some(nloc);
-                }
-                _ if spec.named => {
-                    let Some(Field {
-                        value: Value::Str(name),
-                        loc: Some(name_loc),
-                        ..
-                    }) = block.arg.clone()
-                    else {
-                        continue;
-                    };
-                    if let Some(prev) = index
-                        .get(&(kind.to_string(), name.clone()))
-                        .map(|&i| &entities[i])
-                    {
-                        let mut e = ManifestError::new(
-                            &self.sources,
-                            "manifest::duplicate",
-                            name_loc,
-                            format!("{kind} \"{name}\" is defined twice"),
-                            "defined again here",
-                        );
-                        if prev.name_loc.file == name_loc.file {
-                            e = e
-                                .also(prev.name_loc, "first defined here")
-                                .help(format!("rename one of them; {kind} names must be unique"));
-                        } else {
-                            e = e.help(format!(
-                                "it is first defined in {}; {kind} names must be unique",
-                                self.sources.get(prev.name_loc.file).display
-                            ));
-                        }
-                        self.errors.push(e);
-                        continue;
-                    }
-                    index.insert((kind.to_string(), name.clone()), entities.len());
-                    entities.push(Entity {
-                        kind: kind.to_string(),
-                        name,
-                        name_loc,
-                        block,
-                    });
-                }
-                _ => {}
-            }
+            self.top_node(*file, node, &mut top);
         }
+        let TopLevel {
+            pipeline,
+            allow_outside_paths,
+            defaults,
+            mut entities,
+            index,
+            ..
+        } = top;
         // Inherit `defaults` groups, then the schema's defaults.
         for e in &mut entities {
             apply_defaults(self.schema, &mut e.block, defaults.as_ref());
@@ -438,6 +351,114 @@ impl Validator {
             default_groups,
             index,
         })
+    }
+
+    /// One top-level node: validated against its kind, then recorded as the pipeline
+    /// label, the defaults, or a named entity (errors are recorded, never fatal here).
+    fn top_node(&mut self, file: FileId, node: &KdlNode, top: &mut TopLevel) {
+        let kind = node.name().value();
+        let nloc = Loc::new(file, node.name().span());
+        let Some(spec) = self.schema.node(kind) else {
+            let kinds: Vec<&str> = self.schema.nodes.iter().map(|n| n.name.as_str()).collect();
+            let help = match did_you_mean(kind, kinds.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("node kinds are: {}", kinds.join(", ")),
+            };
+            self.err(
+                "manifest::unknown-node",
+                nloc,
+                format!("unknown node `{kind}`"),
+                "not a goosepipe node",
+                help,
+            );
+            return;
+        };
+        // A node with errors still defines its name, so references to it and
+        // duplicates of it are judged correctly instead of cascading.
+        let (block, _) = self.block(file, node, spec, false);
+        if spec.unique {
+            let prev = if kind == "pipeline" {
+                top.pipeline.as_ref().map(|p| p.1)
+            } else {
+                top.defaults_loc
+            };
+            if let Some(prev) = prev {
+                let mut e = ManifestError::new(
+                    &self.sources,
+                    "manifest::duplicate",
+                    nloc,
+                    format!("`{kind}` is given more than once"),
+                    "second one here",
+                )
+                .help(format!("a manifest has at most one `{kind}` node"));
+                if prev.file == nloc.file {
+                    e = e.also(prev, "first one here");
+                }
+                self.errors.push(e);
+                return;
+            }
+        }
+        match kind {
+            "pipeline" => {
+                if let Some(Field {
+                    value: Value::Str(s), ..
+                }) = &block.arg
+                {
+                    top.pipeline = Some((s.clone(), nloc));
+                }
+                top.allow_outside_paths = matches!(
+                    block.props.get("allow-outside-paths").map(|f| &f.value),
+                    Some(Value::Bool(true))
+                );
+            }
+            "defaults" => {
+                top.defaults = Some(block);
+                top.defaults_loc = Some(nloc);
+            }
+            _ if spec.named => self.add_entity(kind, block, top),
+            _ => {}
+        }
+    }
+
+    /// A named node becomes an entity, unless its kind already has one of that name.
+    fn add_entity(&mut self, kind: &str, block: Block, top: &mut TopLevel) {
+        let Some(Field {
+            value: Value::Str(name),
+            loc: Some(name_loc),
+            ..
+        }) = block.arg.clone()
+        else {
+            return;
+        };
+        let key = (kind.to_string(), name.clone());
+        if let Some(prev) = top.index.get(&key).map(|&i| &top.entities[i]) {
+            let mut e = ManifestError::new(
+                &self.sources,
+                "manifest::duplicate",
+                name_loc,
+                format!("{kind} \"{name}\" is defined twice"),
+                "defined again here",
+            );
+            if prev.name_loc.file == name_loc.file {
+                e = e
+                    .also(prev.name_loc, "first defined here")
+                    .help(format!("rename one of them; {kind} names must be unique"));
+            } else {
+                e = e.help(format!(
+                    "it is first defined in {}; {kind} names must be unique",
+                    self.sources.get(prev.name_loc.file).display
+                ));
+            }
+            self.errors.push(e);
+            return;
+        }
+        top.index.insert(key, top.entities.len());
+        top.entities.push(Entity {
+            kind: kind.to_string(),
+            name,
+            name_loc,
+            block,
+        });
     }
 
     /// Validates one node (or group/record) against its spec. Returns None when the
@@ -594,174 +615,205 @@ impl Validator {
         block: &mut Block,
     ) -> bool {
         let mut ok = true;
-        // Children.
-        if let Some(children) = node.children() {
-            for c in children.nodes() {
-                let cname = c.name().value();
-                let cloc = Loc::new(file, c.name().span());
-                let Some(cspec) = spec.child(cname) else {
-                    let names: Vec<&str> = spec.children.iter().map(|c| c.name.as_str()).collect();
-                    // `experts "a" "b"` continued on a new line without a trailing `\`
-                    // makes the next line a node named by its first quoted value.
-                    let quoted = c.name().repr().is_some_and(|r| r.starts_with('"'));
-                    let lists: Vec<&str> = spec
-                        .children
-                        .iter()
-                        .filter(|c| matches!(c.kind, ChildKind::List(_)))
-                        .map(|c| c.name.as_str())
-                        .collect();
-                    let help = match did_you_mean(cname, names.iter().copied()) {
-                        None if quoted && !lists.is_empty() => format!(
-                            "a line that starts with a quoted value is a new node; to continue the `{}` list from the line above, end that line with `\\`",
-                            lists.join("`/`")
-                        ),
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None if names.is_empty() => format!("`{}` takes no child nodes", spec.name),
-                        None => {
-                            format!("`{}` accepts the children: {}", spec.name, names.join(", "))
-                        }
-                    };
-                    self.err(
-                        "manifest::unknown-node",
-                        cloc,
-                        format!("unknown child `{cname}` in `{}`", spec.name),
-                        "not in the schema",
-                        help,
-                    );
-                    ok = false;
-                    continue;
-                };
-                if !cspec.repeat && block.children.contains_key(cname) {
-                    self.err(
-                        "manifest::duplicate",
-                        cloc,
-                        format!("`{cname}` is given twice in `{}`", spec.name),
-                        "given again here",
-                        "merge the two into one node",
-                    );
-                    ok = false;
-                    continue;
-                }
-                match &cspec.kind {
-                    ChildKind::List(lspec) => {
-                        let mut items = vec![];
-                        let mut seen = std::collections::HashSet::new();
-                        let pspec = PropSpec {
-                            name: cname.to_string(),
-                            ty: lspec.ty.clone(),
-                            default: None,
-                            required: false,
-                            min: None,
-                            max: None,
-                            doc: cspec.doc.clone(),
-                        };
-                        for e in c.entries() {
-                            let eloc = Loc::new(file, e.span());
-                            if let Some(k) = e.name() {
-                                self.err(
-                                    "manifest::unknown-property",
-                                    eloc,
-                                    format!("unknown property `{}` on `{cname}`", k.value()),
-                                    "lists take values only",
-                                    format!("write the values as arguments: {cname} \"a\" \"b\""),
-                                );
-                                ok = false;
-                                continue;
-                            }
-                            match self.typed(e.value(), &pspec, eloc, &spec.name) {
-                                Some(v) => {
-                                    if !seen.insert(v.canonical()) {
-                                        self.err(
-                                            "manifest::duplicate",
-                                            eloc,
-                                            format!("{v} is listed twice in `{cname}`"),
-                                            "listed again here",
-                                            "remove the repeated entry",
-                                        );
-                                        ok = false;
-                                    } else {
-                                        items.push(Field {
-                                            value: v,
-                                            loc: Some(eloc),
-                                            origin: Origin::Explicit,
-                                        });
-                                    }
-                                }
-                                None => ok = false,
-                            }
-                        }
-                        if items.len() < lspec.min {
-                            self.err(
-                                "manifest::out-of-range",
-                                cloc,
-                                format!("`{cname}` needs at least {} value(s)", lspec.min),
-                                "empty list",
-                                cspec.doc.clone(),
-                            );
-                            ok = false;
-                        }
-                        if c.children().is_some() {
-                            self.err(
-                                "manifest::unknown-node",
-                                cloc,
-                                format!("`{cname}` takes no child nodes"),
-                                "has a block",
-                                format!("write the values as arguments: {cname} \"a\" \"b\""),
-                            );
-                            ok = false;
-                        }
-                        block.children.insert(cname.to_string(), Child::List(items));
-                    }
-                    ChildKind::Group(_) | ChildKind::Block(_) => {
-                        let schema: &'static Schema = self.schema;
-                        let inner_spec = schema.child_block(cspec).expect("schema checked");
-                        let (b, child_ok) = self.block(file, c, inner_spec, in_defaults);
-                        ok &= child_ok;
-                        {
-                            if cspec.repeat {
-                                let recs = block
-                                    .children
-                                    .entry(cname.to_string())
-                                    .or_insert_with(|| Child::Records(vec![]));
-                                if let Child::Records(r) = recs {
-                                    let dup = b.arg.as_ref().filter(|_| inner_spec.arg.is_some()).and_then(
-                                        |newname| {
-                                            r.iter()
-                                                .find(|p| {
-                                                    p.arg.as_ref().map(|a| &a.value) == Some(&newname.value)
-                                                })
-                                                .map(|prev| {
-                                                    (newname.clone(), prev.arg.as_ref().and_then(|a| a.loc))
-                                                })
-                                        },
-                                    );
-                                    if let Some((newname, prev_loc)) = dup {
-                                        let mut e = ManifestError::new(
-                                            &self.sources,
-                                            "manifest::duplicate",
-                                            newname.loc.unwrap_or(cloc),
-                                            format!("{cname} {} is given twice", newname.value),
-                                            "given again here",
-                                        )
-                                        .help(format!("each `{cname}` needs its own name"));
-                                        if let Some(pl) = prev_loc {
-                                            e = e.also(pl, "first given here");
-                                        }
-                                        self.errors.push(e);
-                                        ok = false;
-                                        continue;
-                                    }
-                                    r.push(b);
-                                }
-                            } else {
-                                block.children.insert(cname.to_string(), Child::Group(b));
-                            }
-                        }
-                    }
-                }
+        let Some(children) = node.children() else {
+            return ok;
+        };
+        for c in children.nodes() {
+            let cname = c.name().value();
+            let cloc = Loc::new(file, c.name().span());
+            let Some(cspec) = spec.child(cname) else {
+                self.unknown_child(c, cloc, spec);
+                ok = false;
+                continue;
+            };
+            if !cspec.repeat && block.children.contains_key(cname) {
+                self.err(
+                    "manifest::duplicate",
+                    cloc,
+                    format!("`{cname}` is given twice in `{}`", spec.name),
+                    "given again here",
+                    "merge the two into one node",
+                );
+                ok = false;
+                continue;
             }
+            ok &= match &cspec.kind {
+                ChildKind::List(lspec) => self.list_child(file, c, cspec, lspec, spec, block),
+                ChildKind::Group(_) | ChildKind::Block(_) => {
+                    self.block_child(file, c, cspec, in_defaults, block)
+                }
+            };
         }
         ok
+    }
+
+    /// A child the schema does not know: the closest name, or the list-continuation
+    /// hint (`experts "a" "b"` continued on a new line without a trailing `\` makes
+    /// the next line a node named by its first quoted value).
+    fn unknown_child(&mut self, c: &KdlNode, cloc: Loc, spec: &BlockSpec) {
+        let cname = c.name().value();
+        let names: Vec<&str> = spec.children.iter().map(|c| c.name.as_str()).collect();
+        let quoted = c.name().repr().is_some_and(|r| r.starts_with('"'));
+        let lists: Vec<&str> = spec
+            .children
+            .iter()
+            .filter(|c| matches!(c.kind, ChildKind::List(_)))
+            .map(|c| c.name.as_str())
+            .collect();
+        let help = match did_you_mean(cname, names.iter().copied()) {
+            None if quoted && !lists.is_empty() => format!(
+                "a line that starts with a quoted value is a new node; to continue the `{}` list from the line above, end that line with `\\`",
+                lists.join("`/`")
+            ),
+            Some(s) => format!("did you mean `{s}`?"),
+            None if names.is_empty() => format!("`{}` takes no child nodes", spec.name),
+            None => {
+                format!("`{}` accepts the children: {}", spec.name, names.join(", "))
+            }
+        };
+        self.err(
+            "manifest::unknown-node",
+            cloc,
+            format!("unknown child `{cname}` in `{}`", spec.name),
+            "not in the schema",
+            help,
+        );
+    }
+
+    /// A list child (`experts "a" "b"`): typed values, no repeats, at least its minimum.
+    fn list_child(
+        &mut self,
+        file: FileId,
+        c: &KdlNode,
+        cspec: &ChildSpec,
+        lspec: &ListSpec,
+        spec: &BlockSpec,
+        block: &mut Block,
+    ) -> bool {
+        let cname = c.name().value();
+        let cloc = Loc::new(file, c.name().span());
+        let mut ok = true;
+        let mut items = vec![];
+        let mut seen = std::collections::HashSet::new();
+        let pspec = PropSpec {
+            name: cname.to_string(),
+            ty: lspec.ty.clone(),
+            default: None,
+            required: false,
+            min: None,
+            max: None,
+            doc: cspec.doc.clone(),
+        };
+        for e in c.entries() {
+            let eloc = Loc::new(file, e.span());
+            if let Some(k) = e.name() {
+                self.err(
+                    "manifest::unknown-property",
+                    eloc,
+                    format!("unknown property `{}` on `{cname}`", k.value()),
+                    "lists take values only",
+                    format!("write the values as arguments: {cname} \"a\" \"b\""),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(v) = self.typed(e.value(), &pspec, eloc, &spec.name) else {
+                ok = false;
+                continue;
+            };
+            if !seen.insert(v.canonical()) {
+                self.err(
+                    "manifest::duplicate",
+                    eloc,
+                    format!("{v} is listed twice in `{cname}`"),
+                    "listed again here",
+                    "remove the repeated entry",
+                );
+                ok = false;
+                continue;
+            }
+            items.push(Field {
+                value: v,
+                loc: Some(eloc),
+                origin: Origin::Explicit,
+            });
+        }
+        if items.len() < lspec.min {
+            self.err(
+                "manifest::out-of-range",
+                cloc,
+                format!("`{cname}` needs at least {} value(s)", lspec.min),
+                "empty list",
+                cspec.doc.clone(),
+            );
+            ok = false;
+        }
+        if c.children().is_some() {
+            self.err(
+                "manifest::unknown-node",
+                cloc,
+                format!("`{cname}` takes no child nodes"),
+                "has a block",
+                format!("write the values as arguments: {cname} \"a\" \"b\""),
+            );
+            ok = false;
+        }
+        block.children.insert(cname.to_string(), Child::List(items));
+        ok
+    }
+
+    /// A group or block child; a repeated one (`task`) is a record, refused when its
+    /// name repeats an earlier record's.
+    fn block_child(
+        &mut self,
+        file: FileId,
+        c: &KdlNode,
+        cspec: &ChildSpec,
+        in_defaults: bool,
+        block: &mut Block,
+    ) -> bool {
+        let cname = c.name().value();
+        let cloc = Loc::new(file, c.name().span());
+        let schema: &'static Schema = self.schema;
+        let inner_spec = schema.child_block(cspec).expect("schema checked");
+        let (b, ok) = self.block(file, c, inner_spec, in_defaults);
+        if !cspec.repeat {
+            block.children.insert(cname.to_string(), Child::Group(b));
+            return ok;
+        }
+        let recs = block
+            .children
+            .entry(cname.to_string())
+            .or_insert_with(|| Child::Records(vec![]));
+        let Child::Records(r) = recs else {
+            return ok;
+        };
+        let dup = b
+            .arg
+            .as_ref()
+            .filter(|_| inner_spec.arg.is_some())
+            .and_then(|newname| {
+                r.iter()
+                    .find(|p| p.arg.as_ref().map(|a| &a.value) == Some(&newname.value))
+                    .map(|prev| (newname.clone(), prev.arg.as_ref().and_then(|a| a.loc)))
+            });
+        let Some((newname, prev_loc)) = dup else {
+            r.push(b);
+            return ok;
+        };
+        let mut e = ManifestError::new(
+            &self.sources,
+            "manifest::duplicate",
+            newname.loc.unwrap_or(cloc),
+            format!("{cname} {} is given twice", newname.value),
+            "given again here",
+        )
+        .help(format!("each `{cname}` needs its own name"));
+        if let Some(pl) = prev_loc {
+            e = e.also(pl, "first given here");
+        }
+        self.errors.push(e);
+        false
     }
 
     /// Required props and children, one-of constraints (not inside `defaults`,

@@ -16,7 +16,7 @@ use crate::model::adapter::trainable::{
 };
 use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
 use crate::plan::Needed;
-use crate::train::{Objective, Pair, TrainConfig, train};
+use crate::train::{GateParams, Objective, Pair, TrainConfig, TrainParams, train};
 
 pub use crate::artifact_files::EXPERT_FILE;
 pub use crate::artifact_files::GATES_FILE;
@@ -114,13 +114,6 @@ fn vars_sorted(varmap: &VarMap) -> Vec<(String, Var)> {
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
-}
-
-fn cfg_of(ctx: &StepContext, group: &str) -> Result<TrainConfig, StepError> {
-    let g = ctx
-        .param(group)
-        .ok_or_else(|| fail(format!("missing `{group}` parameters")))?;
-    TrainConfig::from_params(g).map_err(fail)
 }
 
 fn base_identity(ctx: &StepContext) -> Result<String, StepError> {
@@ -237,11 +230,17 @@ pub const MULTITASK: Kind = Kind {
 /// A pool's member list.
 pub const POOL: Kind = Kind::new("pool", 1, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
 
-/// An expert or multitask step's adapter parameters (its `lora` group; the
-/// `train` group is read by [`TrainConfig::from_params`]).
+/// An expert or multitask step's parameters: its adapter's shape and its training.
 #[derive(Debug, serde::Deserialize)]
 struct ExpertParams {
     lora: LoraParams,
+    train: TrainParams,
+}
+
+/// A gate step's parameters.
+#[derive(Debug, serde::Deserialize)]
+struct GateStepParams {
+    gate: GateParams,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -269,8 +268,9 @@ impl StepRunner for ExpertStep {
         }
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
-        let cfg = cfg_of(ctx, "train")?;
-        let LoraParams { rank, targets } = ctx.params::<ExpertParams>()?.lora;
+        let ExpertParams { lora, train } = ctx.params()?;
+        let cfg = TrainConfig::for_experts(&train).map_err(fail)?;
+        let LoraParams { rank, targets } = lora;
         let varmap = VarMap::new();
         let adapters = new_trainable_lora(
             base.config(),
@@ -313,9 +313,7 @@ impl StepRunner for GateStep {
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
-        let mut cfg = cfg_of(ctx, "gate")?;
-        // The paper's gate training validates only once, at the end: keep the final.
-        cfg.eval_every = None;
+        let cfg = TrainConfig::for_gates(&ctx.params::<GateStepParams>()?.gate).map_err(fail)?;
         let expert = load_expert(ctx, "expert", &ctx.spec.name, &base)?;
         let varmap = VarMap::new();
         let adapters = new_trainable_gates(&expert, &varmap, &dev, DType::F32).map_err(fail)?;

@@ -8,4 +8,6 @@ pub mod trainer;
 
 pub use batches::Pair;
 pub use schedule::Schedule;
-pub use trainer::{Monitor, Objective, TrainConfig, TrainError, TrainOutcome, train};
+pub use trainer::{
+    GateParams, Monitor, Objective, TrainConfig, TrainError, TrainOutcome, TrainParams, train,
+};

@@ -1,7 +1,8 @@
 //! Learning-rate schedule: linear warmup over a fraction of the steps, then constant
 //! (the paper's) or linear decay to zero.
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     Constant,
     LinearDecay,

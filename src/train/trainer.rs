@@ -41,38 +41,103 @@ pub struct TrainConfig {
     pub dropout: f64,
 }
 
+/// The `train` group of an expert or multitask step, as the schema fills it: every
+/// field is present (the schema's defaults are the only defaults).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TrainParams {
+    pub steps: usize,
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: f64,
+    pub schedule: Schedule,
+    pub grad_clip: f64,
+    pub max_input_len: usize,
+    pub max_target_len: usize,
+    pub dropout: f64,
+    pub eval_every: usize,
+    pub eval_examples: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+/// The `gate` group of a gate step, as the schema fills it. Gate training has fewer
+/// settings than expert training: the paper's code fixes the rest (see
+/// [`TrainConfig::for_gates`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GateParams {
+    pub steps: usize,
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub warmup: f64,
+    pub grad_clip: f64,
+    pub max_input_len: usize,
+    pub max_target_len: usize,
+    pub dropout: f64,
+    pub seed: u64,
+}
+
+/// How often a gate run writes a resumable checkpoint. Not a setting: gate runs are
+/// short (the paper: 100 steps), so a checkpoint every 100 steps is one at most.
+const GATE_CHECKPOINT_EVERY: usize = 100;
+
 impl TrainConfig {
-    /// Reads a `train`/`gate` group of step parameters (schema defaults are filled in
-    /// by the manifest layer, so every field is present).
-    pub fn from_params(g: &serde_json::Value) -> std::result::Result<TrainConfig, String> {
-        let u = |k: &str, d: u64| g.get(k).and_then(|v| v.as_u64()).unwrap_or(d) as usize;
-        let f = |k: &str, d: f64| g.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
-        let schedule = match g.get("schedule").and_then(|v| v.as_str()).unwrap_or("constant") {
-            "constant" => Schedule::Constant,
-            "linear-decay" => Schedule::LinearDecay,
-            other => return Err(format!("unknown schedule {other:?}")),
-        };
-        let cfg = TrainConfig {
-            steps: u("steps", 1000),
-            batch: u("batch", 1024),
-            micro_batch: u("micro-batch", 8),
-            lr: f("lr", 5e-3),
-            weight_decay: f("weight-decay", 0.0),
-            warmup: f("warmup", 0.06),
-            schedule,
-            grad_clip: f("grad-clip", 1.0),
-            max_input_len: u("max-input-len", 512),
-            max_target_len: u("max-target-len", 512),
-            eval_every: g.get("eval-every").and_then(|v| v.as_u64()).map(|v| v as usize),
-            eval_examples: u("eval-examples", 1000),
-            checkpoint_every: u("checkpoint-every", 100),
-            seed: u("seed", 42) as u64,
-            dropout: f("dropout", 0.0),
-        };
-        if cfg.steps == 0 || cfg.batch == 0 || cfg.micro_batch == 0 {
+    /// Expert (and multitask) training as its `train` group says.
+    pub fn for_experts(p: &TrainParams) -> std::result::Result<TrainConfig, String> {
+        TrainConfig {
+            steps: p.steps,
+            batch: p.batch,
+            micro_batch: p.micro_batch,
+            lr: p.lr,
+            weight_decay: p.weight_decay,
+            warmup: p.warmup,
+            schedule: p.schedule,
+            grad_clip: p.grad_clip,
+            max_input_len: p.max_input_len,
+            max_target_len: p.max_target_len,
+            eval_every: Some(p.eval_every),
+            eval_examples: p.eval_examples,
+            checkpoint_every: p.checkpoint_every,
+            seed: p.seed,
+            dropout: p.dropout,
+        }
+        .checked()
+    }
+
+    /// Gate training as its `gate` group says, with what the paper's code fixes: AdamW
+    /// without weight decay, a constant rate after warmup, and no validation before the
+    /// end (its only validation, at the last step, writes the checkpoint it keeps), so
+    /// the final gates are kept.
+    pub fn for_gates(p: &GateParams) -> std::result::Result<TrainConfig, String> {
+        TrainConfig {
+            steps: p.steps,
+            batch: p.batch,
+            micro_batch: p.micro_batch,
+            lr: p.lr,
+            weight_decay: 0.0,
+            warmup: p.warmup,
+            schedule: Schedule::Constant,
+            grad_clip: p.grad_clip,
+            max_input_len: p.max_input_len,
+            max_target_len: p.max_target_len,
+            eval_every: None,
+            eval_examples: 0,
+            checkpoint_every: GATE_CHECKPOINT_EVERY,
+            seed: p.seed,
+            dropout: p.dropout,
+        }
+        .checked()
+    }
+
+    fn checked(self) -> std::result::Result<TrainConfig, String> {
+        if self.steps == 0 || self.batch == 0 || self.micro_batch == 0 {
             return Err("steps, batch and micro-batch must be positive".into());
         }
-        Ok(cfg)
+        Ok(self)
     }
 
     /// Micro-batches per optimizer step (the effective batch, rounded up).
@@ -527,13 +592,24 @@ mod tests {
     }
 
     fn config() -> TrainConfig {
-        let mut cfg = TrainConfig::from_params(&serde_json::json!({
-            "steps": 40, "batch": 1, "micro-batch": 1, "lr": 0.1, "warmup": 0.0,
-            "eval-every": 5, "checkpoint-every": 1000, "dropout": 0.1
-        }))
-        .unwrap();
-        cfg.grad_clip = 0.0;
-        cfg
+        TrainConfig::for_experts(&TrainParams {
+            steps: 40,
+            batch: 1,
+            micro_batch: 1,
+            lr: 0.1,
+            weight_decay: 0.0,
+            warmup: 0.0,
+            schedule: Schedule::Constant,
+            grad_clip: 0.0,
+            max_input_len: 512,
+            max_target_len: 512,
+            dropout: 0.1,
+            eval_every: 5,
+            eval_examples: 1000,
+            checkpoint_every: 1000,
+            seed: 42,
+        })
+        .unwrap()
     }
 
     fn fit(metric: bool) -> (TrainOutcome, Vec<Option<u64>>) {
