@@ -1,11 +1,12 @@
 //! The goosepipe command line: argument parsing only; the work is in `goosepipe::app`.
 
-use std::path::PathBuf;
+use std::io::Stdout;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use goosepipe::app;
-use goosepipe::exec::{CancelFlag, RunOptions};
+use goosepipe::exec::{CancelFlag, Registry, RunOptions};
 use goosepipe::store::Store;
 
 /// Planning large manifests is allocation-bound (tens of thousands of small maps);
@@ -53,61 +54,10 @@ enum Command {
         verify: bool,
     },
     /// Run the stale steps in dependency order and update the lockfile.
-    Run {
-        file: PathBuf,
-        /// Steps run in parallel.
-        #[arg(short = 'j', long, default_value_t = 1)]
-        jobs: usize,
-        /// Run only these steps (ids like expert:NAME, or unique names).
-        #[arg(long, num_args = 1..)]
-        only: Vec<String>,
-        /// Run this step and everything it needs.
-        #[arg(long, conflicts_with = "only")]
-        until: Option<String>,
-        /// Keep running independent steps after a failure.
-        #[arg(long)]
-        keep_going: bool,
-        /// Fail if the lockfile would change (external resolutions, keys, digests).
-        #[arg(long)]
-        locked: bool,
-        /// Re-hash every cached artifact of the manifest before running; corrupt ones
-        /// are moved aside and rebuilt.
-        #[arg(long)]
-        verify: bool,
-        /// Compute device: cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// No progress output.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Where steps run: threads here (local), or jobs of a Slurm cluster submitted
-        /// from here (slurm; the store must be on a file system the nodes share).
-        #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
-        executor: ExecutorArg,
-        #[command(flatten)]
-        slurm: SlurmArgs,
-    },
+    Run(RunArgs),
     /// Build one step from its recipe in the store, as a cluster job does (the manifest
     /// is not read). Exits 0 at once if the key is already published.
-    Exec {
-        /// The step's key (64 hex digits).
-        #[arg(long, required_unless_present = "keys_file", conflicts_with = "keys_file")]
-        key: Option<String>,
-        /// A file of keys, one per line (job arrays); builds line --index.
-        #[arg(long)]
-        keys_file: Option<PathBuf>,
-        /// Line of --keys-file, from 0 [default: $SLURM_ARRAY_TASK_ID].
-        #[arg(long, env = "SLURM_ARRAY_TASK_ID")]
-        index: Option<usize>,
-        /// The manifest's lockfile (pinned hub resolutions).
-        #[arg(long)]
-        lockfile: Option<PathBuf>,
-        /// Fail if an external resolves differently from the lockfile.
-        #[arg(long)]
-        locked: bool,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-    },
+    Exec(ExecArgs),
     /// The step graph as DOT (default) or Mermaid.
     Graph {
         file: PathBuf,
@@ -169,34 +119,94 @@ enum Command {
         plots: Option<PathBuf>,
     },
     /// Per-token log-probabilities of TARGET given INPUT under a model (and experts).
-    Score {
-        /// A local checkpoint folder or a hub repo id.
-        #[arg(long)]
-        model: String,
-        #[arg(long, default_value = "main")]
-        revision: String,
-        /// LoRA experts: goosepipe expert files (gates found beside them as
-        /// NAME.gates.safetensors) or PEFT adapter folders (adapter_config.json + weights).
-        #[arg(long, num_args = 1..)]
-        experts: Vec<PathBuf>,
-        /// Gate files, when not beside the experts.
-        #[arg(long, num_args = 1..)]
-        gates: Vec<PathBuf>,
-        /// How several experts combine: single, or an evaluation method that runs with
-        /// adapters alone (phatgoose, merged, arrow, base).
-        #[arg(long, default_value = "single")]
-        router: String,
-        #[arg(long, default_value_t = 2)]
-        top_k: usize,
-        #[arg(long)]
-        input: String,
-        #[arg(long)]
-        target: String,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Score(ScoreArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// Steps run in parallel.
+    #[arg(short = 'j', long, default_value_t = 1)]
+    jobs: usize,
+    /// Run only these steps (ids like expert:NAME, or unique names).
+    #[arg(long, num_args = 1..)]
+    only: Vec<String>,
+    /// Run this step and everything it needs.
+    #[arg(long, conflicts_with = "only")]
+    until: Option<String>,
+    /// Keep running independent steps after a failure.
+    #[arg(long)]
+    keep_going: bool,
+    /// Fail if the lockfile would change (external resolutions, keys, digests).
+    #[arg(long)]
+    locked: bool,
+    /// Re-hash every cached artifact of the manifest before running; corrupt ones
+    /// are moved aside and rebuilt.
+    #[arg(long)]
+    verify: bool,
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Where steps run: threads here (local), or jobs of a Slurm cluster submitted
+    /// from here (slurm; the store must be on a file system the nodes share).
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
+    executor: ExecutorArg,
+    #[command(flatten)]
+    slurm: SlurmArgs,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// The step's key (64 hex digits).
+    #[arg(long, required_unless_present = "keys_file", conflicts_with = "keys_file")]
+    key: Option<String>,
+    /// A file of keys, one per line (job arrays); builds line --index.
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
+    /// Line of --keys-file, from 0 [default: $SLURM_ARRAY_TASK_ID].
+    #[arg(long, env = "SLURM_ARRAY_TASK_ID")]
+    index: Option<usize>,
+    /// The manifest's lockfile (pinned hub resolutions).
+    #[arg(long)]
+    lockfile: Option<PathBuf>,
+    /// Fail if an external resolves differently from the lockfile.
+    #[arg(long)]
+    locked: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// A local checkpoint folder or a hub repo id.
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// LoRA experts: goosepipe expert files (gates found beside them as
+    /// NAME.gates.safetensors) or PEFT adapter folders (adapter_config.json + weights).
+    #[arg(long, num_args = 1..)]
+    experts: Vec<PathBuf>,
+    /// Gate files, when not beside the experts.
+    #[arg(long, num_args = 1..)]
+    gates: Vec<PathBuf>,
+    /// How several experts combine: single, or an evaluation method that runs with
+    /// adapters alone (phatgoose, merged, arrow, base).
+    #[arg(long, default_value = "single")]
+    router: String,
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    #[arg(long)]
+    input: String,
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -322,91 +332,8 @@ fn main() -> ExitCode {
             verify,
         } => app::plan_cmd(&file, &store, &registry, json, check_cached, verify, &mut out),
         Command::Verify { files, all } => app::verify(&files, all, &store, &registry, &mut out),
-        Command::Run {
-            file,
-            jobs,
-            only,
-            until,
-            keep_going,
-            locked,
-            verify,
-            device,
-            quiet,
-            executor,
-            slurm,
-        } => {
-            let cancel = CancelFlag::new();
-            let c = cancel.clone();
-            // First Ctrl-C: stop cleanly (running steps checkpoint and stop). Second: now.
-            let _ = ctrlc::set_handler(move || {
-                if c.is_cancelled() {
-                    std::process::exit(app::EXIT_INTERRUPTED);
-                }
-                eprintln!(
-                    "\ninterrupt: stopping after the running steps save their progress (Ctrl-C again to quit now)"
-                );
-                c.cancel();
-            });
-            let opts = RunOptions {
-                jobs,
-                only,
-                until,
-                keep_going,
-                locked,
-                verify,
-                device,
-            };
-            let cli = goosepipe::exec::slurm::SlurmCli::new();
-            let slurm_executor;
-            let executor: &dyn goosepipe::exec::Executor = match executor {
-                ExecutorArg::Local => &goosepipe::exec::Local,
-                ExecutorArg::Slurm => {
-                    slurm_executor = goosepipe::exec::slurm::Slurm {
-                        opts: slurm.options(),
-                        scheduler: &cli,
-                    };
-                    &slurm_executor
-                }
-            };
-            let req = app::RunRequest {
-                manifest: &file,
-                store: &store,
-                registry: &registry,
-                opts: &opts,
-                executor,
-                quiet,
-                cancel: &cancel,
-            };
-            app::run_with(&req, &mut out)
-        }
-        Command::Exec {
-            key,
-            keys_file,
-            index,
-            lockfile,
-            locked,
-            device,
-        } => {
-            // Slurm sends SIGTERM before killing a job at its time limit or on
-            // preemption: stop at the next checkpoint so a retry resumes from it.
-            let cancel = CancelFlag::new();
-            let c = cancel.clone();
-            let _ = ctrlc::set_handler(move || c.cancel());
-            let target = match (key, keys_file) {
-                (Some(k), _) => app::ExecTarget::Key(k),
-                (None, Some(file)) => app::ExecTarget::List {
-                    file,
-                    index: index.unwrap_or(0),
-                },
-                (None, None) => unreachable!("clap requires --key or --keys-file"),
-            };
-            let opts = RunOptions {
-                locked,
-                device,
-                ..Default::default()
-            };
-            app::exec_cmd(&store, &target, lockfile.as_deref(), &opts, &registry, &cancel)
-        }
+        Command::Run(args) => run_command(args, &store, &registry, &mut out),
+        Command::Exec(args) => exec_command(args, &store, &registry),
         Command::Graph { file, format, status } => app::graph(
             &file,
             status.then_some(store.as_path()),
@@ -431,30 +358,7 @@ fn main() -> ExitCode {
             };
             app::report(&file, &store, &registry, f, plots.as_deref(), &mut out)
         }
-        Command::Score {
-            model,
-            revision,
-            experts,
-            gates,
-            router,
-            top_k,
-            input,
-            target,
-            device,
-            json,
-        } => match goosepipe::app::score::RouterChoice::parse(&router) {
-            Err(e) => Err(miette::miette!("--router: {e}")),
-            Ok(router) => {
-                let mut req = goosepipe::app::score::ScoreRequest::new(model, input, target);
-                req.revision = revision;
-                req.experts = experts;
-                req.gates = gates;
-                req.router = router;
-                req.top_k = top_k;
-                req.device = device;
-                app::score(&req, json, &mut out)
-            }
-        },
+        Command::Score(args) => score_command(args, &mut out),
         Command::Schema => {
             print!("{}", goosepipe::manifest::schema::SCHEMA_TEXT);
             Ok(app::EXIT_OK)
@@ -465,6 +369,126 @@ fn main() -> ExitCode {
         Err(report) => {
             eprintln!("{report:?}");
             ExitCode::from(app::EXIT_ERROR as u8)
+        }
+    }
+}
+
+/// `goosepipe run`: Ctrl-C handling and the executor around the app's run.
+fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdout) -> miette::Result<i32> {
+    let RunArgs {
+        file,
+        jobs,
+        only,
+        until,
+        keep_going,
+        locked,
+        verify,
+        device,
+        quiet,
+        executor,
+        slurm,
+    } = args;
+    let cancel = CancelFlag::new();
+    let c = cancel.clone();
+    // First Ctrl-C: stop cleanly (running steps checkpoint and stop). Second: now.
+    let _ = ctrlc::set_handler(move || {
+        if c.is_cancelled() {
+            std::process::exit(app::EXIT_INTERRUPTED);
+        }
+        eprintln!(
+            "\ninterrupt: stopping after the running steps save their progress (Ctrl-C again to quit now)"
+        );
+        c.cancel();
+    });
+    let opts = RunOptions {
+        jobs,
+        only,
+        until,
+        keep_going,
+        locked,
+        verify,
+        device,
+    };
+    let cli = goosepipe::exec::slurm::SlurmCli::new();
+    let slurm_executor;
+    let executor: &dyn goosepipe::exec::Executor = match executor {
+        ExecutorArg::Local => &goosepipe::exec::Local,
+        ExecutorArg::Slurm => {
+            slurm_executor = goosepipe::exec::slurm::Slurm {
+                opts: slurm.options(),
+                scheduler: &cli,
+            };
+            &slurm_executor
+        }
+    };
+    let req = app::RunRequest {
+        manifest: &file,
+        store,
+        registry,
+        opts: &opts,
+        executor,
+        quiet,
+        cancel: &cancel,
+    };
+    app::run_with(&req, out)
+}
+
+/// `goosepipe exec`: one step from the store (what a Slurm job runs).
+fn exec_command(args: ExecArgs, store: &Path, registry: &Registry) -> miette::Result<i32> {
+    let ExecArgs {
+        key,
+        keys_file,
+        index,
+        lockfile,
+        locked,
+        device,
+    } = args;
+    // Slurm sends SIGTERM before killing a job at its time limit or on
+    // preemption: stop at the next checkpoint so a retry resumes from it.
+    let cancel = CancelFlag::new();
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || c.cancel());
+    let target = match (key, keys_file) {
+        (Some(k), _) => app::ExecTarget::Key(k),
+        (None, Some(file)) => app::ExecTarget::List {
+            file,
+            index: index.unwrap_or(0),
+        },
+        (None, None) => return Err(miette::miette!("exec needs --key KEY or --keys-file FILE")),
+    };
+    let opts = RunOptions {
+        locked,
+        device,
+        ..Default::default()
+    };
+    app::exec_cmd(store, &target, lockfile.as_deref(), &opts, registry, &cancel)
+}
+
+/// `goosepipe score`: one input scored by a model, optionally with routed experts.
+fn score_command(args: ScoreArgs, out: &mut Stdout) -> miette::Result<i32> {
+    let ScoreArgs {
+        model,
+        revision,
+        experts,
+        gates,
+        router,
+        top_k,
+        input,
+        target,
+        device,
+        json,
+    } = args;
+    match goosepipe::app::score::RouterChoice::parse(&router) {
+        Err(e) => Err(miette::miette!("--router: {e}")),
+        Ok(router) => {
+            let mut req = goosepipe::app::score::ScoreRequest::new(model, input, target);
+            req.revision = revision;
+            req.experts = experts;
+            req.gates = gates;
+            req.router = router;
+            req.top_k = top_k;
+            req.device = device;
+            app::score(&req, json, out)
         }
     }
 }

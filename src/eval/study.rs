@@ -82,52 +82,9 @@ pub fn bootstrap(
     samples: usize,
     seed: u64,
 ) -> Result<StudyResult, String> {
-    let first = replicates
-        .first()
-        .ok_or("a study needs at least one evaluation")?;
-    if !methods.iter().any(|m| m == compare) {
-        return Err(format!(
-            "the compared method `{compare}` is not among the methods {methods:?}"
-        ));
-    }
-    let tasks: Vec<String> = first
-        .get(compare)
-        .ok_or_else(|| format!("`{}` has no per-example scores of `{compare}`", names[0]))?
-        .keys()
-        .cloned()
-        .collect();
-    let mut examples = BTreeMap::new();
-    for t in &tasks {
-        examples.insert(t.clone(), first[compare][t].len());
-    }
-    // Every replicate has every method and task, with the same number of examples.
-    for (name, r) in names.iter().zip(replicates) {
-        for m in methods {
-            let per_task = r
-                .get(m)
-                .ok_or_else(|| format!("evaluation `{name}` has no per-example scores of `{m}`"))?;
-            for t in &tasks {
-                let n = per_task
-                    .get(t)
-                    .ok_or_else(|| format!("evaluation `{name}` has no scores of `{m}` on task `{t}`"))?
-                    .len();
-                if n == 0 {
-                    return Err(format!(
-                        "evaluation `{name}` scored no example of task `{t}` with `{m}`"
-                    ));
-                }
-                if n != examples[t] {
-                    return Err(format!(
-                        "evaluation `{name}` scored {n} examples of task `{t}` with `{m}`, `{}` scored {}; a study compares the same examples",
-                        names[0], examples[t]
-                    ));
-                }
-            }
-        }
-    }
-    let (s_count, m_count) = (replicates.len(), methods.len());
-    // scores[s][m][t][i]
-    let scores: Vec<Vec<Vec<&[f64]>>> = replicates
+    let (tasks, examples) = design(names, replicates, methods, compare)?;
+    let s_count = replicates.len();
+    let scores: Scores = replicates
         .iter()
         .map(|r| {
             methods
@@ -137,7 +94,7 @@ pub fn bootstrap(
         })
         .collect();
     let avg = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
-    let per_replicate: Vec<Vec<f64>> = (0..m_count)
+    let per_replicate: Vec<Vec<f64>> = (0..methods.len())
         .map(|m| {
             (0..s_count)
                 .map(|s| avg(&scores[s][m].iter().map(|x| avg(x)).collect::<Vec<_>>()))
@@ -160,37 +117,14 @@ pub fn bootstrap(
             (name.clone(), by_task)
         })
         .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut draws = vec![Vec::with_capacity(samples); m_count];
-    let mut idx: Vec<Vec<usize>> = tasks.iter().map(|t| vec![0; examples[t]]).collect();
-    let mut picked = vec![0usize; s_count];
-    for _ in 0..samples {
-        for p in picked.iter_mut() {
-            *p = rng.random_range(0..s_count);
-        }
-        for row in idx.iter_mut() {
-            let n = row.len();
-            for i in row.iter_mut() {
-                *i = rng.random_range(0..n);
-            }
-        }
-        for (m, out) in draws.iter_mut().enumerate() {
-            let mut total = 0.0;
-            for &s in &picked {
-                let mut over_tasks = 0.0;
-                for (t, rows) in idx.iter().enumerate() {
-                    let x = scores[s][m][t];
-                    over_tasks += rows.iter().map(|&i| x[i]).sum::<f64>() / rows.len() as f64;
-                }
-                total += over_tasks / tasks.len() as f64;
-            }
-            out.push(total / s_count as f64);
-        }
-    }
-    let c = methods.iter().position(|m| m == compare).expect("checked above");
+    let draws = resample(&scores, methods.len(), samples, seed);
+    let c = methods
+        .iter()
+        .position(|m| m == compare)
+        .expect("checked by design()");
     let mut result = StudyResult {
         replicates: names.to_vec(),
-        tasks: tasks.clone(),
+        tasks,
         examples,
         samples,
         seed,
@@ -216,6 +150,98 @@ pub fn bootstrap(
         }
     }
     Ok(result)
+}
+
+/// Per-example scores by replicate, method and task: `scores[s][m][t][i]`.
+type Scores<'a> = Vec<Vec<Vec<&'a [f64]>>>;
+
+/// The tasks of the first replicate's `compare` scores and their example counts,
+/// once every replicate is checked to have every method and task with those counts.
+fn design(
+    names: &[String],
+    replicates: &[Replicate],
+    methods: &[String],
+    compare: &str,
+) -> Result<(Vec<String>, BTreeMap<String, usize>), String> {
+    let first = replicates
+        .first()
+        .ok_or("a study needs at least one evaluation")?;
+    if !methods.iter().any(|m| m == compare) {
+        return Err(format!(
+            "the compared method `{compare}` is not among the methods {methods:?}"
+        ));
+    }
+    let tasks: Vec<String> = first
+        .get(compare)
+        .ok_or_else(|| format!("`{}` has no per-example scores of `{compare}`", names[0]))?
+        .keys()
+        .cloned()
+        .collect();
+    let examples: BTreeMap<String, usize> = tasks
+        .iter()
+        .map(|t| (t.clone(), first[compare][t].len()))
+        .collect();
+    for (name, r) in names.iter().zip(replicates) {
+        for m in methods {
+            let per_task = r
+                .get(m)
+                .ok_or_else(|| format!("evaluation `{name}` has no per-example scores of `{m}`"))?;
+            for t in &tasks {
+                let n = per_task
+                    .get(t)
+                    .ok_or_else(|| format!("evaluation `{name}` has no scores of `{m}` on task `{t}`"))?
+                    .len();
+                if n == 0 {
+                    return Err(format!(
+                        "evaluation `{name}` scored no example of task `{t}` with `{m}`"
+                    ));
+                }
+                if n != examples[t] {
+                    return Err(format!(
+                        "evaluation `{name}` scored {n} examples of task `{t}` with `{m}`, `{}` scored {}; a study compares the same examples",
+                        names[0], examples[t]
+                    ));
+                }
+            }
+        }
+    }
+    Ok((tasks, examples))
+}
+
+/// `samples` bootstrap draws of each method's mean: replicates resampled, and within
+/// each task its examples, with the same draw for every method (so differences are
+/// paired).
+fn resample(scores: &Scores, methods: usize, samples: usize, seed: u64) -> Vec<Vec<f64>> {
+    let s_count = scores.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut draws = vec![Vec::with_capacity(samples); methods];
+    let mut idx: Vec<Vec<usize>> = scores[0][0].iter().map(|x| vec![0; x.len()]).collect();
+    let tasks = idx.len();
+    let mut picked = vec![0usize; s_count];
+    for _ in 0..samples {
+        for p in picked.iter_mut() {
+            *p = rng.random_range(0..s_count);
+        }
+        for row in idx.iter_mut() {
+            let n = row.len();
+            for i in row.iter_mut() {
+                *i = rng.random_range(0..n);
+            }
+        }
+        for (m, out) in draws.iter_mut().enumerate() {
+            let mut total = 0.0;
+            for &s in &picked {
+                let mut over_tasks = 0.0;
+                for (t, rows) in idx.iter().enumerate() {
+                    let x = scores[s][m][t];
+                    over_tasks += rows.iter().map(|&i| x[i]).sum::<f64>() / rows.len() as f64;
+                }
+                total += over_tasks / tasks as f64;
+            }
+            out.push(total / s_count as f64);
+        }
+    }
+    draws
 }
 
 /// The study as markdown (scores in percent).

@@ -246,87 +246,19 @@ fn weights_store(dir: &Path) -> Result<(TensorStore, &'static str)> {
 /// and the base's shapes; anything else is refused with its name.
 pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result<PeftImport> {
     let conf = read_config(dir)?;
-    let regex = match &conf.target_modules {
-        Value::String(s) if s != "all-linear" => {
-            Some(regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| {
-                bad(
-                    dir,
-                    CONFIG_FILE,
-                    format!("`target_modules`: not a regex goosepipe can read: {e}"),
-                )
-            })?)
-        }
-        _ => None,
-    };
     let (store, file) = weights_store(dir)?;
-    let sites: HashMap<String, LinearSite> = adapted_linears(cfg)
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
-    let mut pairs: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
-    let mut adapter_names = BTreeSet::new();
-    let mut names = store.names();
-    names.sort();
-    for tensor in &names {
-        let Some((module, part, adapter)) = split_peft_name(tensor) else {
-            let why = if tensor.contains("lora_magnitude_vector") {
-                "a DoRA magnitude vector (DoRA is not supported)".to_string()
-            } else if tensor.contains("lora_embedding") {
-                "a LoRA on an embedding (only linear layers are supported)".to_string()
-            } else if tensor.ends_with(".bias") {
-                "a bias (only bias \"none\" is supported)".to_string()
-            } else {
-                "not a LoRA A or B weight (`<module>.lora_A.weight`)".to_string()
-            };
-            return Err(bad(dir, file, format!("tensor `{tensor}` is {why}")));
-        };
-        if !sites.contains_key(module) {
-            return Err(bad(
-                dir,
-                file,
-                format!(
-                    "tensor `{tensor}` adapts `{module}`, which is not an adapted linear of this base model (attention q/k/v/o and feed-forward wi/wi_0/wi_1/wo of a T5 with {} encoder and {} decoder blocks)",
-                    cfg.num_layers, cfg.num_decoder_layers
-                ),
-            ));
-        }
-        if !targets(&conf.target_modules, module, &regex) {
-            return Err(bad(
-                dir,
-                file,
-                format!(
-                    "tensor `{tensor}` adapts `{module}`, which `target_modules` ({}) does not select",
-                    conf.target_modules
-                ),
-            ));
-        }
-        if let Some(a) = adapter {
-            adapter_names.insert(a.to_owned());
-        }
-        let t = store
-            .get_any(tensor, device)?
-            .ok_or_else(|| ModelError::MissingTensor {
-                file: dir.join(file).display().to_string(),
-                name: tensor.clone(),
-            })?
-            .to_dtype(DType::F32)?;
-        let e = pairs.entry(module.to_owned()).or_default();
-        if part == "lora_A" {
-            e.0 = Some(t)
-        } else {
-            e.1 = Some(t)
-        }
-    }
-    if adapter_names.len() > 1 {
-        return Err(bad(
-            dir,
-            file,
-            format!("the file holds several adapters ({adapter_names:?}); save one adapter per folder"),
-        ));
-    }
-    if pairs.is_empty() {
-        return Err(bad(dir, file, "no LoRA weights in the file"));
-    }
+    let r = Reading {
+        dir,
+        file,
+        regex: target_regex(dir, &conf)?,
+        sites: adapted_linears(cfg)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect(),
+        cfg,
+        conf: &conf,
+    };
+    let pairs = r.pairs(&store, device)?;
     let scaling = if conf.use_rslora {
         conf.lora_alpha / (conf.r as f64).sqrt()
     } else {
@@ -336,56 +268,19 @@ pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result
     let fold = scaling * conf.r as f64;
     let mut modules = BTreeMap::new();
     for (module, (a, b)) in pairs {
-        let missing = |part: &str| ModelError::MissingTensor {
-            file: dir.join(file).display().to_string(),
-            name: format!("{PREFIX}{module}.{part}.weight"),
-        };
-        let a = a.ok_or_else(|| missing("lora_A"))?;
-        let b = b.ok_or_else(|| missing("lora_B"))?;
-        let site = &sites[&module];
-        let shape_err = |part: &str, expected: Vec<usize>, actual: &[usize]| {
-            let rank_only = actual.len() == 2
-                && (part == "lora_A" && actual[1] == site.d_in
-                    || part == "lora_B" && actual[0] == site.d_out);
-            bad(
-                dir,
-                file,
-                if rank_only {
-                    format!(
-                        "`{module}.{part}` has rank {} but `r` in {CONFIG_FILE} is {}",
-                        if part == "lora_A" { actual[0] } else { actual[1] },
-                        conf.r
-                    )
-                } else {
-                    format!(
-                        "`{module}.{part}` has shape {actual:?}, expected {expected:?}: the adapter does not fit this base model (made for `{}`?)",
-                        conf.base.as_deref().unwrap_or("another model")
-                    )
-                },
-            )
-        };
-        if a.dims() != [conf.r, site.d_in] {
-            return Err(shape_err("lora_A", vec![conf.r, site.d_in], a.dims()));
-        }
-        if b.dims() != [site.d_out, conf.r] {
-            return Err(shape_err("lora_B", vec![site.d_out, conf.r], b.dims()));
-        }
-        let b = (b * fold)?;
-        modules.insert(
-            module.clone(),
-            LoraWeights::new(&module, a, b, site.d_in, site.d_out)?,
-        );
+        let weights = r.module(&module, a, b, fold)?;
+        modules.insert(module, weights);
     }
     let source = PeftSource {
         r: conf.r,
         lora_alpha: conf.lora_alpha,
         use_rslora: conf.use_rslora,
         scaling,
-        target_modules: conf.target_modules,
-        base_model_name_or_path: conf.base,
+        target_modules: conf.target_modules.clone(),
+        base_model_name_or_path: conf.base.clone(),
         weights_file: file.to_owned(),
         modules: modules.len(),
-        base_modules: sites.len(),
+        base_modules: r.sites.len(),
     };
     Ok(PeftImport {
         expert: LoraExpert {
@@ -396,6 +291,153 @@ pub fn import(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result
         },
         source,
     })
+}
+
+/// A string `target_modules` other than "all-linear" is a regex PEFT matches against
+/// the whole module name.
+fn target_regex(dir: &Path, conf: &Config) -> Result<Option<regex::Regex>> {
+    match &conf.target_modules {
+        Value::String(s) if s != "all-linear" => {
+            regex::Regex::new(&format!("^(?:{s})$")).map(Some).map_err(|e| {
+                bad(
+                    dir,
+                    CONFIG_FILE,
+                    format!("`target_modules`: not a regex goosepipe can read: {e}"),
+                )
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Why a tensor name is not a LoRA A or B weight goosepipe can import.
+fn refused_tensor(tensor: &str) -> String {
+    let why = if tensor.contains("lora_magnitude_vector") {
+        "a DoRA magnitude vector (DoRA is not supported)"
+    } else if tensor.contains("lora_embedding") {
+        "a LoRA on an embedding (only linear layers are supported)"
+    } else if tensor.ends_with(".bias") {
+        "a bias (only bias \"none\" is supported)"
+    } else {
+        "not a LoRA A or B weight (`<module>.lora_A.weight`)"
+    };
+    format!("tensor `{tensor}` is {why}")
+}
+
+/// One PEFT folder being read against one base: where errors point and what fits.
+struct Reading<'a> {
+    dir: &'a Path,
+    file: &'static str,
+    regex: Option<regex::Regex>,
+    sites: HashMap<String, LinearSite>,
+    cfg: &'a T5Config,
+    conf: &'a Config,
+}
+
+type Pairs = BTreeMap<String, (Option<Tensor>, Option<Tensor>)>;
+
+impl Reading<'_> {
+    /// Every tensor of the file as the A or B of an adapted, targeted linear.
+    fn pairs(&self, store: &TensorStore, device: &Device) -> Result<Pairs> {
+        let (dir, file) = (self.dir, self.file);
+        let mut pairs = Pairs::new();
+        let mut adapter_names = BTreeSet::new();
+        let mut names = store.names();
+        names.sort();
+        for tensor in &names {
+            let Some((module, part, adapter)) = split_peft_name(tensor) else {
+                return Err(bad(dir, file, refused_tensor(tensor)));
+            };
+            if !self.sites.contains_key(module) {
+                return Err(bad(
+                    dir,
+                    file,
+                    format!(
+                        "tensor `{tensor}` adapts `{module}`, which is not an adapted linear of this base model (attention q/k/v/o and feed-forward wi/wi_0/wi_1/wo of a T5 with {} encoder and {} decoder blocks)",
+                        self.cfg.num_layers, self.cfg.num_decoder_layers
+                    ),
+                ));
+            }
+            if !targets(&self.conf.target_modules, module, &self.regex) {
+                return Err(bad(
+                    dir,
+                    file,
+                    format!(
+                        "tensor `{tensor}` adapts `{module}`, which `target_modules` ({}) does not select",
+                        self.conf.target_modules
+                    ),
+                ));
+            }
+            if let Some(a) = adapter {
+                adapter_names.insert(a.to_owned());
+            }
+            let t = store
+                .get_any(tensor, device)?
+                .ok_or_else(|| ModelError::MissingTensor {
+                    file: dir.join(file).display().to_string(),
+                    name: tensor.clone(),
+                })?
+                .to_dtype(DType::F32)?;
+            let e = pairs.entry(module.to_owned()).or_default();
+            if part == "lora_A" {
+                e.0 = Some(t)
+            } else {
+                e.1 = Some(t)
+            }
+        }
+        if adapter_names.len() > 1 {
+            return Err(bad(
+                dir,
+                file,
+                format!("the file holds several adapters ({adapter_names:?}); save one adapter per folder"),
+            ));
+        }
+        if pairs.is_empty() {
+            return Err(bad(dir, file, "no LoRA weights in the file"));
+        }
+        Ok(pairs)
+    }
+
+    /// One module's A and B, both present, of the configured rank and the base's
+    /// shapes, with PEFT's scaling folded into B.
+    fn module(&self, module: &str, a: Option<Tensor>, b: Option<Tensor>, fold: f64) -> Result<LoraWeights> {
+        let (dir, file, r) = (self.dir, self.file, self.conf.r);
+        let missing = |part: &str| ModelError::MissingTensor {
+            file: dir.join(file).display().to_string(),
+            name: format!("{PREFIX}{module}.{part}.weight"),
+        };
+        let a = a.ok_or_else(|| missing("lora_A"))?;
+        let b = b.ok_or_else(|| missing("lora_B"))?;
+        let site = &self.sites[module];
+        let shape_err = |part: &str, expected: Vec<usize>, actual: &[usize]| {
+            let rank_only = actual.len() == 2
+                && (part == "lora_A" && actual[1] == site.d_in
+                    || part == "lora_B" && actual[0] == site.d_out);
+            bad(
+                dir,
+                file,
+                if rank_only {
+                    format!(
+                        "`{module}.{part}` has rank {} but `r` in {CONFIG_FILE} is {r}",
+                        if part == "lora_A" { actual[0] } else { actual[1] },
+                    )
+                } else {
+                    format!(
+                        "`{module}.{part}` has shape {actual:?}, expected {expected:?}: the adapter does not fit this base model (made for `{}`?)",
+                        self.conf.base.as_deref().unwrap_or("another model")
+                    )
+                },
+            )
+        };
+        if a.dims() != [r, site.d_in] {
+            return Err(shape_err("lora_A", vec![r, site.d_in], a.dims()));
+        }
+        if b.dims() != [site.d_out, r] {
+            return Err(shape_err("lora_B", vec![site.d_out, r], b.dims()));
+        }
+        let b = (b * fold)?;
+        LoraWeights::new(module, a, b, site.d_in, site.d_out)
+    }
 }
 
 /// PEFT's `target_modules` for exactly `modules`: the short names (`q`, `wi_0`, ...)
