@@ -166,6 +166,20 @@ fn load_expert(
     Ok((expert, GateVectors::load_beside(path, cfg, device, DType::F32)?))
 }
 
+/// Experts given as files or PEFT folders, and the gates found beside them.
+pub fn load_pool(
+    paths: &[PathBuf],
+    cfg: &crate::model::T5Config,
+    device: &candle_core::Device,
+) -> Result<(Vec<LoraExpert>, Vec<GateVectors>)> {
+    let loaded = paths
+        .iter()
+        .map(|p| load_expert(p, cfg, device))
+        .collect::<Result<Vec<_>>>()?;
+    let gates = loaded.iter().filter_map(|(_, g)| g.clone()).collect();
+    Ok((loaded.into_iter().map(|(e, _)| e).collect(), gates))
+}
+
 fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<u32>> {
     let enc = tok.encode(text, true).map_err(|e| ModelError::Tokenizer {
         path: path.to_path_buf(),
@@ -186,20 +200,14 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let mut model = T5Model::load(&dir, &device, DType::F32)?;
     let cfg = model.config.clone();
 
-    let loaded = req
-        .experts
-        .iter()
-        .map(|p| load_expert(p, &cfg, &device))
-        .collect::<Result<Vec<_>>>()?;
-    let gates = if req.gates.is_empty() {
-        loaded.iter().filter_map(|(_, g)| g.clone()).collect()
-    } else {
-        req.gates
+    let (experts, mut gates) = load_pool(&req.experts, &cfg, &device)?;
+    if !req.gates.is_empty() {
+        gates = req
+            .gates
             .iter()
             .map(|p| GateVectors::load(p, &cfg, &device, DType::F32))
-            .collect::<Result<Vec<_>>>()?
-    };
-    let experts: Vec<LoraExpert> = loaded.into_iter().map(|(e, _)| e).collect();
+            .collect::<Result<Vec<_>>>()?;
+    }
     let adapters = match (req.router, experts.len()) {
         (_, 0) => AdapterSet::new(),
         (RouterChoice::Single, 1) => match gates.first() {
