@@ -83,10 +83,7 @@ struct Example {
 
 fn run(a: &Args) -> Result<(), String> {
     let device = Device::Cpu;
-    let model_dir = a
-        .model
-        .clone()
-        .unwrap_or_else(|| a.experts[0].join("base-model"));
+    let model_dir = a.model.clone().unwrap_or_else(|| a.experts[0].join("base-model"));
     let tok = load_tokenizer(&model_dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
     let mut model = T5Model::load(&model_dir, &device, DType::F32).map_err(|e| e.to_string())?;
     let cfg = model.config.clone();
@@ -111,14 +108,19 @@ fn run(a: &Args) -> Result<(), String> {
     model.set_adapters(adapters).map_err(|e| e.to_string())?;
     let eos = cfg.eos_token_id;
     let encode = |text: &str| -> Result<Vec<u32>, String> {
-        Ok(tok.encode(text, true).map_err(|e| e.to_string())?.get_ids().to_vec())
+        Ok(tok
+            .encode(text, true)
+            .map_err(|e| e.to_string())?
+            .get_ids()
+            .to_vec())
     };
     let mut items = vec![];
     let mut right = vec![];
     for f in &a.examples {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
         for (n, line) in text.lines().enumerate() {
-            let e: Example = serde_json::from_str(line).map_err(|x| format!("{}:{}: {x}", f.display(), n + 1))?;
+            let e: Example =
+                serde_json::from_str(line).map_err(|x| format!("{}:{}: {x}", f.display(), n + 1))?;
             let mut choices = vec![];
             for c in &e.choices {
                 let mut ids = encode(c)?;

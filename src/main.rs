@@ -375,19 +375,6 @@ fn main() -> ExitCode {
 
 /// `goosepipe run`: Ctrl-C handling and the executor around the app's run.
 fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdout) -> miette::Result<i32> {
-    let RunArgs {
-        file,
-        jobs,
-        only,
-        until,
-        keep_going,
-        locked,
-        verify,
-        device,
-        quiet,
-        executor,
-        slurm,
-    } = args;
     let cancel = CancelFlag::new();
     let c = cancel.clone();
     // First Ctrl-C: stop cleanly (running steps checkpoint and stop). Second: now.
@@ -401,33 +388,33 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
         c.cancel();
     });
     let opts = RunOptions {
-        jobs,
-        only,
-        until,
-        keep_going,
-        locked,
-        verify,
-        device,
+        jobs: args.jobs,
+        only: args.only,
+        until: args.until,
+        keep_going: args.keep_going,
+        locked: args.locked,
+        verify: args.verify,
+        device: args.device,
     };
     let cli = goosepipe::exec::slurm::SlurmCli::new();
     let slurm_executor;
-    let executor: &dyn goosepipe::exec::Executor = match executor {
+    let executor: &dyn goosepipe::exec::Executor = match args.executor {
         ExecutorArg::Local => &goosepipe::exec::Local,
         ExecutorArg::Slurm => {
             slurm_executor = goosepipe::exec::slurm::Slurm {
-                opts: slurm.options(),
+                opts: args.slurm.options(),
                 scheduler: &cli,
             };
             &slurm_executor
         }
     };
     let req = app::RunRequest {
-        manifest: &file,
+        manifest: &args.file,
         store,
         registry,
         opts: &opts,
         executor,
-        quiet,
+        quiet: args.quiet,
         cancel: &cancel,
     };
     app::run_with(&req, out)

@@ -16,7 +16,7 @@ use crate::model::adapter::trainable::{
 };
 use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
 use crate::plan::Needed;
-use crate::train::{GateParams, Objective, Pair, TrainConfig, TrainParams, train};
+use crate::train::{GateParams, Objective, Pair, TrainConfig, train};
 
 pub use crate::artifact_files::EXPERT_FILE;
 pub use crate::artifact_files::GATES_FILE;
@@ -234,7 +234,7 @@ pub const POOL: Kind = Kind::new("pool", 1, 8, JobDefaults::new(0, 1, "1G", "0:1
 #[derive(Debug, serde::Deserialize)]
 struct ExpertParams {
     lora: LoraParams,
-    train: TrainParams,
+    train: TrainConfig,
 }
 
 /// A gate step's parameters.
@@ -269,7 +269,7 @@ impl StepRunner for ExpertStep {
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
         let ExpertParams { lora, train } = ctx.params()?;
-        let cfg = TrainConfig::for_experts(&train).map_err(fail)?;
+        let cfg = train.checked().map_err(fail)?;
         let LoraParams { rank, targets } = lora;
         let varmap = VarMap::new();
         let adapters = new_trainable_lora(

@@ -8,6 +8,4 @@ pub mod trainer;
 
 pub use batches::Pair;
 pub use schedule::Schedule;
-pub use trainer::{
-    GateParams, Monitor, Objective, TrainConfig, TrainError, TrainOutcome, TrainParams, train,
-};
+pub use trainer::{GateParams, Monitor, Objective, TrainConfig, TrainError, TrainOutcome, train};

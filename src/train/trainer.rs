@@ -19,7 +19,11 @@ use super::checkpoint;
 use super::schedule::{Schedule, lr_at};
 use crate::model::{ModelError, Result as ModelResult};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Training settings. Expert and multitask steps read theirs straight from their
+/// `train` group, as the schema fills it (every field present: the schema's defaults
+/// are the only defaults); gate steps build theirs with [`TrainConfig::for_gates`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TrainConfig {
     pub steps: usize,
     /// Effective batch: sequences per optimizer step.
@@ -39,28 +43,6 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Dropout rate while training (0: none).
     pub dropout: f64,
-}
-
-/// The `train` group of an expert or multitask step, as the schema fills it: every
-/// field is present (the schema's defaults are the only defaults).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct TrainParams {
-    pub steps: usize,
-    pub batch: usize,
-    pub micro_batch: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub warmup: f64,
-    pub schedule: Schedule,
-    pub grad_clip: f64,
-    pub max_input_len: usize,
-    pub max_target_len: usize,
-    pub dropout: f64,
-    pub eval_every: usize,
-    pub eval_examples: usize,
-    pub checkpoint_every: usize,
-    pub seed: u64,
 }
 
 /// The `gate` group of a gate step, as the schema fills it. Gate training has fewer
@@ -86,28 +68,6 @@ pub struct GateParams {
 const GATE_CHECKPOINT_EVERY: usize = 100;
 
 impl TrainConfig {
-    /// Expert (and multitask) training as its `train` group says.
-    pub fn for_experts(p: &TrainParams) -> std::result::Result<TrainConfig, String> {
-        TrainConfig {
-            steps: p.steps,
-            batch: p.batch,
-            micro_batch: p.micro_batch,
-            lr: p.lr,
-            weight_decay: p.weight_decay,
-            warmup: p.warmup,
-            schedule: p.schedule,
-            grad_clip: p.grad_clip,
-            max_input_len: p.max_input_len,
-            max_target_len: p.max_target_len,
-            eval_every: Some(p.eval_every),
-            eval_examples: p.eval_examples,
-            checkpoint_every: p.checkpoint_every,
-            seed: p.seed,
-            dropout: p.dropout,
-        }
-        .checked()
-    }
-
     /// Gate training as its `gate` group says, with what the paper's code fixes: AdamW
     /// without weight decay, a constant rate after warmup, and no validation before the
     /// end (its only validation, at the last step, writes the checkpoint it keeps), so
@@ -133,7 +93,8 @@ impl TrainConfig {
         .checked()
     }
 
-    fn checked(self) -> std::result::Result<TrainConfig, String> {
+    /// The settings, refused when a count that must be positive is not.
+    pub fn checked(self) -> std::result::Result<TrainConfig, String> {
         if self.steps == 0 || self.batch == 0 || self.micro_batch == 0 {
             return Err("steps, batch and micro-batch must be positive".into());
         }
@@ -592,7 +553,7 @@ mod tests {
     }
 
     fn config() -> TrainConfig {
-        TrainConfig::for_experts(&TrainParams {
+        TrainConfig {
             steps: 40,
             batch: 1,
             micro_batch: 1,
@@ -604,12 +565,11 @@ mod tests {
             max_input_len: 512,
             max_target_len: 512,
             dropout: 0.1,
-            eval_every: 5,
+            eval_every: Some(5),
             eval_examples: 1000,
             checkpoint_every: 1000,
             seed: 42,
-        })
-        .unwrap()
+        }
     }
 
     fn fit(metric: bool) -> (TrainOutcome, Vec<Option<u64>>) {
