@@ -16,6 +16,10 @@ The model comes from the first expert's base-model/ folder (or --model). Scoring
 goosepipe's: each (example, choice) pair is one row of a batch of --batch rows; the
 distinct inputs of a batch are encoded once; a choice's score is the mean
 log-probability of its tokens plus EOS; the highest-scoring choice is the prediction.
+
+`--vectors sign|mean|sign-mean` (with `--means`, the experts' average-activation
+`embeddings.safetensors`) swaps the router vectors under the same formula: the
+measurement behind pipelines/README.md's "what separates the two routers".
 """
 import argparse
 import json
@@ -77,9 +81,24 @@ class RoutedLinear(torch.nn.Module):
         return y + (delta * w.unsqueeze(-1)).sum(-2) * self.scaling
 
 
-def load_pool(dirs):
+def router_vectors(gates, means, how):
+    """The router vectors to score with: the trained gates, their signs, the experts'
+    mean activations (average activation), or the gates' signs with the mean
+    activations' magnitudes (the swaps of pipelines/README.md)."""
+    if how == "gates":
+        return gates
+    if how == "sign":
+        return {k: v.sign() for k, v in gates.items()}
+    if means is None:
+        raise SystemExit(f"--vectors {how} needs --means")
+    if how == "mean":
+        return {k: means[k] for k in gates}
+    return {k: gates[k].sign() * means[k].abs() for k in gates}
+
+
+def load_pool(dirs, means=None, how="gates"):
     experts = []
-    for d in dirs:
+    for i, d in enumerate(dirs):
         conf = json.load(open(os.path.join(d, "adapter_config.json")))
         scaling = conf["lora_alpha"] / (conf["r"] ** 0.5 if conf.get("use_rslora") else conf["r"])
         weights = load_file(os.path.join(d, "adapter_model.safetensors"))
@@ -89,7 +108,11 @@ def load_pool(dirs):
             module = name.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
             part = "a" if ".lora_A." in name else "b"
             lora.setdefault(module, {})[part] = t.float()
-        experts.append((scaling, lora, {k.removesuffix(".gate"): v.float() for k, v in gates.items()}))
+        m = None
+        if means is not None:
+            m = {k.removesuffix(".gate"): v.float() for k, v in load_file(means[i]).items()}
+        vectors = router_vectors({k.removesuffix(".gate"): v.float() for k, v in gates.items()}, m, how)
+        experts.append((scaling, lora, vectors))
     return experts
 
 
@@ -163,13 +186,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) (dynamic shapes)")
+    ap.add_argument("--vectors", choices=["gates", "sign", "mean", "sign-mean"], default="gates",
+                    help="router vectors: trained gates (PHATGOOSE), their signs, mean activations, or signs with mean magnitudes")
+    ap.add_argument("--means", nargs="+", help="embeddings.safetensors of the experts' average-activation steps, in --experts order")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model_dir = args.model or os.path.join(args.experts[0], "base-model")
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()
     eos = model.config.eos_token_id
-    routed = route_model(model, load_pool(args.experts), args.top_k)
+    if args.means is not None and len(args.means) != len(args.experts):
+        raise SystemExit("--means needs one file per expert, in --experts order")
+    routed = route_model(model, load_pool(args.experts, args.means, args.vectors), args.top_k)
     items = []
     for f in args.examples:
         for line in open(f):
