@@ -125,9 +125,9 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     file: PathBuf,
-    /// Steps run in parallel.
-    #[arg(short = 'j', long, default_value_t = 1)]
-    jobs: usize,
+    /// Steps run in parallel (default: the manifest's `pipeline jobs=`, else 1).
+    #[arg(short = 'j', long)]
+    jobs: Option<usize>,
     /// Run only these steps (ids like expert:NAME, or unique names).
     #[arg(long, num_args = 1..)]
     only: Vec<String>,

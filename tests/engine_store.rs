@@ -103,7 +103,7 @@ fn concurrent_runs_on_one_store_build_each_step_once() {
     let reg = registry(&log, &behaviour);
     let p = Project::new(BASE);
     let opts = RunOptions {
-        jobs: 2,
+        jobs: Some(2),
         ..Default::default()
     };
     let (a, b) = std::thread::scope(|s| {
@@ -133,6 +133,28 @@ fn concurrent_runs_on_one_store_build_each_step_once() {
     assert_eq!(ran, unique, "a step ran twice");
     assert_eq!(ran.len(), 12);
     assert!(p.stale(&reg).is_empty());
+}
+
+/// `pipeline ... jobs=N` sets how many steps run at once when `-j` is not given;
+/// `-j` overrides it; without either, one at a time.
+#[test]
+fn the_manifest_sets_parallel_steps_and_the_command_line_overrides_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let peak = |manifest: &str, jobs: Option<usize>| {
+        let behaviour = Behaviour {
+            delay: Duration::from_millis(40),
+            ..Default::default()
+        };
+        let reg = registry(&Log::default(), &behaviour);
+        let p = Project::new(manifest);
+        let (code, out) = p.run(&reg, &RunOptions { jobs, ..Default::default() });
+        assert_eq!(code, 0, "{out}");
+        behaviour.running.peak.load(SeqCst)
+    };
+    let two = BASE.replace("pipeline \"engine-test\"", "pipeline \"engine-test\" jobs=2");
+    assert_eq!(peak(&two, None), 2);
+    assert_eq!(peak(&two, Some(1)), 1);
+    assert_eq!(peak(BASE, None), 1);
 }
 
 #[test]

@@ -36,7 +36,9 @@ pub struct Local;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub jobs: usize,
+    /// Steps the local executor runs at once; None: what the manifest's `pipeline
+    /// jobs=` says, else 1.
+    pub jobs: Option<usize>,
     /// Run only these steps (ids or names); their inputs must already be built.
     pub only: Vec<String>,
     /// Run this step and whatever it needs.
@@ -53,7 +55,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            jobs: 1,
+            jobs: None,
             only: vec![],
             until: None,
             keep_going: false,

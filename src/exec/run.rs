@@ -198,7 +198,7 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
     let mut ready: VecDeque<usize> = selected.iter().copied().filter(|i| waiting_on[i] == 0).collect();
     let mut blocked: BTreeSet<usize> = BTreeSet::new();
     let mut stop = false;
-    let jobs = opts.jobs.max(1);
+    let jobs = opts.jobs.or(cx.plan.manifest.jobs).unwrap_or(1).max(1);
     let (tx, rx) = mpsc::channel::<Done>();
     let mut running = 0usize;
     let mut remaining = selected.len();

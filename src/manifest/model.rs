@@ -91,6 +91,8 @@ pub struct Manifest {
     pub pipeline: Option<String>,
     /// `pipeline ... allow-outside-paths=#true`: local paths may leave the project.
     pub allow_outside_paths: bool,
+    /// `pipeline ... jobs=N`: steps `run` builds at once when `-j` is not given.
+    pub jobs: Option<usize>,
     pub entities: Vec<Entity>,
     /// Every group of the `defaults` node, filled with schema defaults: what a step
     /// that belongs to no node (e.g. the multitask baseline) is configured with.

@@ -98,6 +98,7 @@ fn io_error(path: &Path, e: &std::io::Error) -> ManifestError {
 struct TopLevel {
     pipeline: Option<(String, Loc)>,
     allow_outside_paths: bool,
+    jobs: Option<usize>,
     defaults: Option<Block>,
     defaults_loc: Option<Loc>,
     entities: Vec<Entity>,
@@ -314,6 +315,7 @@ impl Validator {
         let TopLevel {
             pipeline,
             allow_outside_paths,
+            jobs,
             defaults,
             mut entities,
             index,
@@ -347,6 +349,7 @@ impl Validator {
             sources: self.sources,
             pipeline: pipeline.map(|p| p.0),
             allow_outside_paths,
+            jobs,
             entities,
             default_groups,
             index,
@@ -410,6 +413,9 @@ impl Validator {
                     block.props.get("allow-outside-paths").map(|f| &f.value),
                     Some(Value::Bool(true))
                 );
+                if let Some(Value::Int(n)) = block.props.get("jobs").map(|f| &f.value) {
+                    top.jobs = usize::try_from(*n).ok();
+                }
             }
             "defaults" => {
                 top.defaults = Some(block);

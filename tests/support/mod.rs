@@ -42,6 +42,32 @@ pub struct Behaviour {
     /// A step id that trains for `n` units, checkpointing each unit to its work folder
     /// and resuming from it; it cancels itself after `stop_at` units if set.
     pub resumable: Option<(String, u64, Option<u64>)>,
+    /// Steps running right now and the most that ever ran at once.
+    pub running: Arc<Running>,
+}
+
+#[derive(Default)]
+pub struct Running {
+    now: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a step as running while it lives.
+struct RunningGuard<'a>(&'a Running);
+
+impl<'a> RunningGuard<'a> {
+    fn enter(r: &'a Running) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = r.now.fetch_add(1, SeqCst) + 1;
+        r.peak.fetch_max(now, SeqCst);
+        RunningGuard(r)
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub struct Fake {
@@ -57,6 +83,7 @@ impl StepRunner for Fake {
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
         let id = ctx.spec.id.clone();
         self.log.0.lock().unwrap().push(id.clone());
+        let _running = RunningGuard::enter(&self.behaviour.running);
         std::thread::sleep(self.behaviour.delay);
         if self.behaviour.fail.contains(&id) {
             return Err(StepError::msg(format!("{id} failed on purpose")));
