@@ -147,7 +147,13 @@ fn the_manifest_sets_parallel_steps_and_the_command_line_overrides_it() {
         };
         let reg = registry(&Log::default(), &behaviour);
         let p = Project::new(manifest);
-        let (code, out) = p.run(&reg, &RunOptions { jobs, ..Default::default() });
+        let (code, out) = p.run(
+            &reg,
+            &RunOptions {
+                jobs,
+                ..Default::default()
+            },
+        );
         assert_eq!(code, 0, "{out}");
         behaviour.running.peak.load(SeqCst)
     };
