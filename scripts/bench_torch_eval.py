@@ -24,25 +24,15 @@ measurement behind pipelines/README.md's "what separates the two routers".
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
+from bench_common import cpu_model
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import T5ForConditionalGeneration
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def standardize(x):

@@ -15,10 +15,10 @@ Measure it right after `cargo bench --bench train_step` on the same machine and 
 both into benches/README.md with the CPU model (lscpu).
 """
 import argparse
-import platform
 import statistics
 import time
 
+from bench_common import cpu_model
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import T5Config, T5ForConditionalGeneration
@@ -28,16 +28,6 @@ SIZES = [
     ("quickstart_d128_2x2_b32x32", 128, 256, 2, 4, 32, 512, 32, 32, 16),
     ("t5small_d512_8x8_b8x128", 512, 1024, 8, 6, 64, 32128, 8, 128, 32),
 ]
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def setup(d, ff, layers, heads, dkv, vocab, batch, src, tgt):

@@ -185,27 +185,17 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
     };
     ensure_runnable(plan, registry, &selected)?;
     reporter.begin(selected.len(), report.cached);
-    let in_run: BTreeSet<usize> = selected.iter().copied().collect();
-    let mut waiting_on: BTreeMap<usize, usize> = BTreeMap::new();
-    for &i in &selected {
-        let deps = plan
-            .inputs_of(i)
-            .into_iter()
-            .filter(|j| in_run.contains(j))
-            .count();
-        waiting_on.insert(i, deps);
-    }
-    let mut ready: VecDeque<usize> = selected.iter().copied().filter(|i| waiting_on[i] == 0).collect();
-    let mut blocked: BTreeSet<usize> = BTreeSet::new();
+    let mut frontier = Frontier::new(plan, &selected);
     let mut stop = false;
-    let jobs = opts.jobs.or(cx.plan.manifest.jobs).unwrap_or(1).max(1);
+    let jobs = opts.jobs.or(plan.manifest.jobs).unwrap_or(1).max(1);
     let (tx, rx) = mpsc::channel::<Done>();
     let mut running = 0usize;
-    let mut remaining = selected.len();
     std::thread::scope(|scope| {
         loop {
             while !stop && !cancel.is_cancelled() && running < jobs {
-                let Some(i) = ready.pop_front() else { break };
+                let Some(i) = frontier.ready.pop_front() else {
+                    break;
+                };
                 running += 1;
                 let tx = tx.clone();
                 scope.spawn(move || {
@@ -217,57 +207,106 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
             }
             let Ok(done) = rx.recv() else { break };
             running -= 1;
-            remaining -= 1;
-            match done {
-                Done::Ok(i, outcome, secs) => {
-                    let id = plan.steps[i].id().to_string();
-                    reporter.finished(&id, outcome, secs, "");
-                    if outcome == Outcome::Reused {
-                        report.reused.push(id);
-                    } else {
-                        report.built.push(id);
-                    }
-                    for c in plan.consumers_of(i) {
-                        if let Some(w) = waiting_on.get_mut(&c) {
-                            *w -= 1;
-                            if *w == 0 && !blocked.contains(&c) {
-                                ready.push_back(c);
-                            }
-                        }
-                    }
-                }
-                Done::Err(i, outcome, secs, msg) => {
-                    let id = plan.steps[i].id().to_string();
-                    if outcome == Outcome::Cancelled {
-                        reporter.finished(
-                            &id,
-                            outcome,
-                            secs,
-                            "its checkpoints are kept; run the same command again to resume",
-                        );
-                        report.cancelled.push(id);
-                    } else {
-                        reporter.finished(&id, outcome, secs, &msg);
-                        report.failed.push((id, msg));
-                        if !opts.keep_going {
-                            stop = true;
-                        }
-                    }
-                    // Everything downstream of a failure cannot run.
-                    let mut stack = plan.consumers_of(i);
-                    while let Some(c) = stack.pop() {
-                        if in_run.contains(&c) && blocked.insert(c) {
-                            stack.extend(plan.consumers_of(c));
-                        }
-                    }
-                }
-            }
+            stop |= record(done, &mut frontier, &mut report, cx);
         }
     });
-    let _ = remaining;
     report.skipped = not_finished(plan, &selected, &report);
     reporter.end();
     Ok(report)
+}
+
+/// The selected steps not yet started: how many of its selected inputs each still
+/// waits for, those ready to start, and those a failure upstream blocks.
+struct Frontier<'p> {
+    plan: &'p Plan,
+    in_run: BTreeSet<usize>,
+    waiting_on: BTreeMap<usize, usize>,
+    ready: VecDeque<usize>,
+    blocked: BTreeSet<usize>,
+}
+
+impl<'p> Frontier<'p> {
+    fn new(plan: &'p Plan, selected: &[usize]) -> Self {
+        let in_run: BTreeSet<usize> = selected.iter().copied().collect();
+        let waiting_on: BTreeMap<usize, usize> = selected
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    plan.inputs_of(i)
+                        .into_iter()
+                        .filter(|j| in_run.contains(j))
+                        .count(),
+                )
+            })
+            .collect();
+        let ready = selected.iter().copied().filter(|i| waiting_on[i] == 0).collect();
+        Frontier {
+            plan,
+            in_run,
+            waiting_on,
+            ready,
+            blocked: BTreeSet::new(),
+        }
+    }
+
+    /// Step `i` is built: its consumers wait for one input less.
+    fn built(&mut self, i: usize) {
+        for c in self.plan.consumers_of(i) {
+            if let Some(w) = self.waiting_on.get_mut(&c) {
+                *w -= 1;
+                if *w == 0 && !self.blocked.contains(&c) {
+                    self.ready.push_back(c);
+                }
+            }
+        }
+    }
+
+    /// Step `i` failed or stopped: everything downstream of it cannot run.
+    fn blocked_by(&mut self, i: usize) {
+        let mut stack = self.plan.consumers_of(i);
+        while let Some(c) = stack.pop() {
+            if self.in_run.contains(&c) && self.blocked.insert(c) {
+                stack.extend(self.plan.consumers_of(c));
+            }
+        }
+    }
+}
+
+/// Reports a finished step and moves the frontier; true when the run should start
+/// nothing more (a failure without `--keep-going`).
+fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunContext) -> bool {
+    let (plan, reporter) = (cx.plan, cx.reporter);
+    match done {
+        Done::Ok(i, outcome, secs) => {
+            let id = plan.steps[i].id().to_string();
+            reporter.finished(&id, outcome, secs, "");
+            if outcome == Outcome::Reused {
+                report.reused.push(id);
+            } else {
+                report.built.push(id);
+            }
+            frontier.built(i);
+            false
+        }
+        Done::Err(i, outcome, secs, msg) => {
+            let id = plan.steps[i].id().to_string();
+            frontier.blocked_by(i);
+            if outcome == Outcome::Cancelled {
+                reporter.finished(
+                    &id,
+                    outcome,
+                    secs,
+                    "its checkpoints are kept; run the same command again to resume",
+                );
+                report.cancelled.push(id);
+                return false;
+            }
+            reporter.finished(&id, outcome, secs, &msg);
+            report.failed.push((id, msg));
+            !cx.opts.keep_going
+        }
+    }
 }
 
 /// Every selected step's kind has a runner in this build.

@@ -76,6 +76,19 @@ struct Place<'a> {
     keyed: bool,
 }
 
+impl Place<'_> {
+    /// The parameter path of `name` here.
+    fn join(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+}
+
+/// The values of `block` (spec `spec`) at `at`: its props, then its children
+/// (groups and records recursively).
 fn walk(
     schema: &Schema,
     block: &Block,
@@ -85,15 +98,22 @@ fn walk(
     out: &mut Maps,
     c: &mut Collected,
 ) {
-    let (prefix, keyed_here) = (at.prefix, at.keyed);
+    walk_props(block, spec, at, only, out, c);
+    walk_children(schema, block, spec, at, only, out, c);
+}
+
+/// Props: references and paths are collected apart, labels dropped, values kept.
+fn walk_props(
+    block: &Block,
+    spec: &BlockSpec,
+    at: Place<'_>,
+    only: Option<&[&str]>,
+    out: &mut Maps,
+    c: &mut Collected,
+) {
+    let keyed_here = at.keyed;
     let allowed = |n: &str| only.is_none_or(|o| o.contains(&n));
-    let join = |n: &str| {
-        if prefix.is_empty() {
-            n.to_string()
-        } else {
-            format!("{prefix}.{n}")
-        }
-    };
+    let join = |n: &str| at.join(n);
     for p in &spec.props {
         if !allowed(&p.name) {
             continue;
@@ -129,6 +149,21 @@ fn walk(
             }
         }
     }
+}
+
+/// Children: lists (references collected, sets sorted), groups and named records.
+fn walk_children(
+    schema: &Schema,
+    block: &Block,
+    spec: &BlockSpec,
+    at: Place<'_>,
+    only: Option<&[&str]>,
+    out: &mut Maps,
+    c: &mut Collected,
+) {
+    let keyed_here = at.keyed;
+    let allowed = |n: &str| only.is_none_or(|o| o.contains(&n));
+    let join = |n: &str| at.join(n);
     for ch in &spec.children {
         if !allowed(&ch.name) {
             continue;
