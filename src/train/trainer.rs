@@ -552,6 +552,54 @@ mod tests {
         }
     }
 
+    /// A `train` group as the schema fills it (every field present).
+    fn train_group() -> serde_json::Value {
+        serde_json::json!({
+            "steps": 40, "batch": 4, "micro-batch": 2, "lr": 0.1, "weight-decay": 0.01,
+            "warmup": 0.06, "schedule": "linear-decay", "grad-clip": 1.0,
+            "max-input-len": 32, "max-target-len": 16, "dropout": 0.1, "eval-every": 10,
+            "eval-examples": 8, "checkpoint-every": 20, "seed": 3
+        })
+    }
+
+    #[test]
+    fn the_train_group_is_read_whole_and_a_missing_field_is_an_error_not_a_default() {
+        let cfg: TrainConfig = serde_json::from_value(train_group()).unwrap();
+        assert_eq!((cfg.steps, cfg.micro_batch, cfg.eval_every), (40, 2, Some(10)));
+        assert_eq!(cfg.schedule, Schedule::LinearDecay);
+        assert_eq!(cfg.accumulation(), 2);
+        let mut missing = train_group();
+        missing.as_object_mut().unwrap().remove("lr");
+        let e = serde_json::from_value::<TrainConfig>(missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `lr`"), "{e}");
+        let mut unknown = train_group();
+        unknown
+            .as_object_mut()
+            .unwrap()
+            .insert("momentum".into(), serde_json::json!(0.9));
+        assert!(serde_json::from_value::<TrainConfig>(unknown).is_err());
+        let mut zero: TrainConfig = serde_json::from_value(train_group()).unwrap();
+        zero.micro_batch = 0;
+        assert!(zero.checked().is_err());
+    }
+
+    #[test]
+    fn gate_training_fixes_what_the_paper_fixes() {
+        let g: GateParams = serde_json::from_value(serde_json::json!({
+            "steps": 100, "batch": 1024, "micro-batch": 8, "lr": 0.005, "warmup": 0.06,
+            "grad-clip": 1.0, "max-input-len": 512, "max-target-len": 512, "dropout": 0.1,
+            "seed": 42
+        }))
+        .unwrap();
+        let cfg = TrainConfig::for_gates(&g).unwrap();
+        assert_eq!(cfg.weight_decay, 0.0);
+        assert_eq!(cfg.schedule, Schedule::Constant);
+        assert_eq!(cfg.eval_every, None, "gates keep their final values");
+        assert_eq!((cfg.steps, cfg.batch, cfg.lr, cfg.seed), (100, 1024, 0.005, 42));
+    }
+
     fn config() -> TrainConfig {
         TrainConfig {
             steps: 40,
