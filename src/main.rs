@@ -92,6 +92,10 @@ enum Command {
         what: String,
         #[arg(long)]
         json: bool,
+        /// Print only the folder of the artifact's files (for scripts); refused when a
+        /// file does not match its recorded digest.
+        #[arg(long, conflicts_with = "json")]
+        path: bool,
     },
     /// Write an artifact in another tool's format: an expert (with its gate) or a gate as
     /// a PEFT adapter folder, a base model as a Hugging Face checkpoint folder.
@@ -343,7 +347,7 @@ fn main() -> ExitCode {
         ),
         Command::Explain { file, step } => app::explain(&file, &step, &store, &registry, &mut out),
         Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
-        Command::Show { what, json } => app::show(&what, &store, json, &mut out),
+        Command::Show { what, json, path } => app::show(&what, &store, json, path, &mut out),
         Command::Export {
             what,
             format: ExportFormat::Peft,

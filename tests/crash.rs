@@ -169,6 +169,10 @@ fn kills_around_every_checkpoint_write_keep_the_experts_identical() {
     let r = run(d.path(), None);
     assert_eq!(r.code, Some(0), "{}", r.text);
     assert_eq!(digests(d.path()), want);
+    let path = goosepipe(d.path(), None, &["show", "expert:sort", "--path"]);
+    assert_eq!(path.code, Some(0), "{}", path.text);
+    let folder = std::path::PathBuf::from(path.text.trim());
+    assert!(folder.join("expert.safetensors").is_file(), "{}", path.text);
 }
 
 /// A checkpoint damaged on disk (a flipped bit) is discarded with a warning and the
@@ -306,6 +310,14 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
     flip(d.path(), "expert:sort", "expert.safetensors");
     let show = goosepipe(d.path(), None, &["show", "expert:sort"]);
     assert!(show.text.contains("status   CORRUPT"), "{}", show.text);
+    let path = goosepipe(d.path(), None, &["show", "expert:sort", "--path"]);
+    assert_eq!(
+        path.code,
+        Some(1),
+        "a script must not get a corrupt folder: {}",
+        path.text
+    );
+    assert!(path.text.contains("expert:sort is corrupt"), "{}", path.text);
     let quick = goosepipe(d.path(), None, &["plan", "crash.kdl", "--check-cached"]);
     assert_eq!(quick.code, Some(0), "sizes and metadata alone do not see it");
     let plan = goosepipe(

@@ -627,14 +627,32 @@ pub fn verify(
 }
 
 /// `goosepipe show`.
-pub fn show(what: &str, store_root: &Path, json: bool, out: &mut dyn Write) -> Result<i32, Report> {
+pub fn show(
+    what: &str,
+    store_root: &Path,
+    json: bool,
+    path: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
     let store = open_store(store_root)?;
     let meta = store.find(what).map_err(|e| miette!("{e}"))?;
     // The payload is re-hashed: a flipped byte of the same size is only seen this way.
     let integrity = match store.verify(&meta.key) {
         Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
+        Err(e) if path => {
+            return Err(miette!(
+                "{} is corrupt: {e}; {}",
+                meta.spec.id,
+                crate::store::CORRUPT_HELP
+            ));
+        }
         Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
     };
+    if path {
+        let dir = store.files_dir(&meta.key);
+        let _ = writeln!(out, "{}", std::fs::canonicalize(&dir).unwrap_or(dir).display());
+        return Ok(EXIT_OK);
+    }
     if json {
         let mut v = serde_json::to_value(&meta).expect("json");
         v["verified"] = serde_json::json!(integrity.starts_with("ok"));
