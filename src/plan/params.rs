@@ -87,6 +87,11 @@ impl Place<'_> {
     }
 }
 
+/// Whether `only` (a top-level filter; None below it) lets `name` through.
+fn allowed(only: Option<&[&str]>, name: &str) -> bool {
+    only.is_none_or(|o| o.contains(&name))
+}
+
 /// The values of `block` (spec `spec`) at `at`: its props, then its children
 /// (groups and records recursively).
 fn walk(
@@ -111,17 +116,14 @@ fn walk_props(
     out: &mut Maps,
     c: &mut Collected,
 ) {
-    let keyed_here = at.keyed;
-    let allowed = |n: &str| only.is_none_or(|o| o.contains(&n));
-    let join = |n: &str| at.join(n);
     for p in &spec.props {
-        if !allowed(&p.name) {
+        if !allowed(only, &p.name) {
             continue;
         }
         let Some(f) = block.props.get(&p.name) else {
             continue;
         };
-        let path = join(&p.name);
+        let path = at.join(&p.name);
         match &p.ty {
             Type::Ref(kind) => {
                 if let Value::Str(name) = &f.value {
@@ -145,7 +147,7 @@ fn walk_props(
             Type::Name => {}
             _ => {
                 c.origins.insert(path.clone(), (f.origin, f.loc));
-                out.target(keyed_here).insert(p.name.clone(), f.value.clone());
+                out.target(at.keyed).insert(p.name.clone(), f.value.clone());
             }
         }
     }
@@ -161,14 +163,11 @@ fn walk_children(
     out: &mut Maps,
     c: &mut Collected,
 ) {
-    let keyed_here = at.keyed;
-    let allowed = |n: &str| only.is_none_or(|o| o.contains(&n));
-    let join = |n: &str| at.join(n);
     for ch in &spec.children {
-        if !allowed(&ch.name) {
+        if !allowed(only, &ch.name) {
             continue;
         }
-        let path = join(&ch.name);
+        let path = at.join(&ch.name);
         match (&ch.kind, block.children.get(&ch.name)) {
             (ChildKind::List(l), Some(Child::List(items))) => {
                 if let Type::Ref(kind) = &l.ty {
@@ -193,7 +192,7 @@ fn walk_children(
                     .map(|f| (f.origin, f.loc))
                     .unwrap_or((Origin::Schema, None));
                 c.origins.insert(path.clone(), origin);
-                out.target(keyed_here).insert(ch.name.clone(), Value::List(vals));
+                out.target(at.keyed).insert(ch.name.clone(), Value::List(vals));
             }
             (_, Some(Child::Group(g))) => {
                 let Some(inner) = schema.child_block(ch) else {
@@ -201,7 +200,7 @@ fn walk_children(
                 };
                 let at = Place {
                     prefix: &path,
-                    keyed: keyed_here && inner.keyed,
+                    keyed: at.keyed && inner.keyed,
                 };
                 let mut sub = Maps::default();
                 walk(schema, g, inner, at, None, &mut sub, c);
@@ -227,7 +226,7 @@ fn walk_children(
                     let rpath = format!("{path}.{rname}");
                     let at = Place {
                         prefix: &rpath,
-                        keyed: keyed_here,
+                        keyed: at.keyed,
                     };
                     let mut sub = Maps::default();
                     walk(schema, r, inner, at, None, &mut sub, c);
