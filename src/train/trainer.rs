@@ -36,13 +36,20 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     pub max_input_len: usize,
     pub max_target_len: usize,
-    /// Validate every N steps (None: no validation, the final weights are kept).
+    /// Validate every N steps (None: no validation, the final weights are kept). A
+    /// `train` group always names it: read as required, not as serde's implicit None.
+    #[serde(deserialize_with = "present")]
     pub eval_every: Option<usize>,
     pub eval_examples: usize,
     pub checkpoint_every: usize,
     pub seed: u64,
     /// Dropout rate while training (0: none).
     pub dropout: f64,
+}
+
+/// A field that must be present, kept in an `Option` the code may set to None.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
+    <usize as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// The `gate` group of a gate step, as the schema fills it. Gate training has fewer
@@ -574,6 +581,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `lr`"), "{e}");
+        let mut no_validation = train_group();
+        no_validation.as_object_mut().unwrap().remove("eval-every");
+        let e = serde_json::from_value::<TrainConfig>(no_validation)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `eval-every`"), "{e}");
         let mut unknown = train_group();
         unknown
             .as_object_mut()
