@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use goosepipe::app::score::{RouterChoice, load_pool};
+use goosepipe::app::score::{RouterChoice, adapters_for, load_pool};
+use goosepipe::data::read_jsonl;
 use goosepipe::model::checkpoint::load::load_tokenizer;
-use goosepipe::model::{AdapterSet, ChoiceItem, T5Model, predict};
-use goosepipe::route;
+use goosepipe::model::{ChoiceItem, T5Model, predict};
+use goosepipe::steps::common::{encode, encode_choices};
 
 /// The allocator the goosepipe binary runs with (its `main.rs`).
 #[global_allocator]
@@ -73,14 +74,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// One example of an examples.jsonl: its input, choices and which choices are right.
-#[derive(serde::Deserialize)]
-struct Example {
-    input: String,
-    target: String,
-    choices: Vec<String>,
-}
-
 fn run(a: &Args) -> Result<(), String> {
     let device = Device::Cpu;
     let model_dir = a.model.clone().unwrap_or_else(|| a.experts[0].join("base-model"));
@@ -91,51 +84,26 @@ fn run(a: &Args) -> Result<(), String> {
     // The eval step's order: members by name.
     experts.sort_by(|x, y| x.name.cmp(&y.name));
     gates.sort_by(|x, y| x.name.cmp(&y.name));
-    let adapters = match RouterChoice::parse(&a.router).map_err(|e| format!("--router: {e}"))? {
-        RouterChoice::Single => AdapterSet::new(),
-        RouterChoice::Method(m) => m
-            .adapters(&route::Pool {
-                experts: &experts,
-                gates: &gates,
-                needed: &Default::default(),
-                config: &cfg,
-                device: &device,
-                top_k: a.top_k,
-                arrow_temperature: route::arrow::DEFAULT_TEMPERATURE,
-            })
-            .map_err(|e| e.to_string())?,
-    };
+    let router = RouterChoice::parse(&a.router).map_err(|e| format!("--router: {e}"))?;
+    let adapters =
+        adapters_for(router, &experts, &gates, &cfg, &device, a.top_k).map_err(|e| e.to_string())?;
     model.set_adapters(adapters).map_err(|e| e.to_string())?;
+    // Read and encoded as the eval step does (its examples, its tokenization).
     let eos = cfg.eos_token_id;
-    let encode = |text: &str| -> Result<Vec<u32>, String> {
-        Ok(tok
-            .encode(text, true)
-            .map_err(|e| e.to_string())?
-            .get_ids()
-            .to_vec())
-    };
-    let mut items = vec![];
-    let mut right = vec![];
+    let mut examples = vec![];
     for f in &a.examples {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let e: Example =
-                serde_json::from_str(line).map_err(|x| format!("{}:{}: {x}", f.display(), n + 1))?;
-            let mut choices = vec![];
-            for c in &e.choices {
-                let mut ids = encode(c)?;
-                if ids.last() == Some(&eos) {
-                    ids.pop();
-                }
-                choices.push(ids);
-            }
-            right.push(e.choices.iter().map(|c| *c == e.target).collect::<Vec<_>>());
-            items.push(ChoiceItem {
-                input: encode(&e.input)?,
-                choices,
-            });
-        }
+        examples.extend(read_jsonl(f).map_err(|e| e.to_string())?);
     }
+    let items = examples
+        .iter()
+        .map(|e| {
+            Ok(ChoiceItem {
+                input: encode(&tok, &e.input)?,
+                choices: encode_choices(&tok, &e.choices, eos)?,
+            })
+        })
+        .collect::<Result<Vec<_>, goosepipe::exec::StepError>>()
+        .map_err(|e| e.to_string())?;
     let choices: usize = items.iter().map(|i| i.choices.len()).sum();
     println!(
         "{} experts, router {}, top-{}; {} examples, {choices} choices, batch {}; {} threads",
@@ -159,8 +127,8 @@ fn run(a: &Args) -> Result<(), String> {
     let median = times[times.len() / 2];
     let correct = scores
         .iter()
-        .zip(&right)
-        .filter(|(s, r)| predict(s).is_some_and(|i| r[i]))
+        .zip(&examples)
+        .filter(|(s, e)| predict(s).is_some_and(|i| e.choice_is_right(i)))
         .count();
     println!(
         "goosepipe: {:.1} examples/s (median of {} passes, {:.0} ms; first pass {:.0} ms); accuracy {:.1}",

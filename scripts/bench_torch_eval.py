@@ -108,18 +108,19 @@ def load_pool(dirs, means=None, how="gates"):
 
 def route_model(model, experts, top_k):
     modules = sorted(experts[0][1])
+    scalings = {e[0] for e in experts}
+    if len(scalings) != 1:
+        raise SystemExit("the experts have different LoRA scalings")
+    scaling = scalings.pop()
     for m in modules:
         if any(m not in e[1] or m not in e[2] for e in experts):
             raise SystemExit(f"{m}: not every expert adapts it (this script routes full pools only)")
-        scalings = {e[0] for e in experts}
-        if len(scalings) != 1:
-            raise SystemExit("the experts have different LoRA scalings")
         parent_name, child = m.rsplit(".", 1)
         parent = model.get_submodule(parent_name)
         a = torch.stack([e[1][m]["a"] for e in experts])
         b = torch.stack([e[1][m]["b"] for e in experts])
         g = torch.stack([e[2][m] for e in experts])
-        setattr(parent, child, RoutedLinear(getattr(parent, child), a, b, g, scalings.pop(), top_k))
+        setattr(parent, child, RoutedLinear(getattr(parent, child), a, b, g, scaling, top_k))
     return len(modules)
 
 

@@ -180,6 +180,37 @@ pub fn load_pool(
     Ok((loaded.into_iter().map(|(e, _)| e).collect(), gates))
 }
 
+/// The adapters `router` makes of `experts` (with `gates`): none for no expert, one
+/// expert's LoRA (gated when it has gates) without a router, else the method's.
+pub fn adapters_for(
+    router: RouterChoice,
+    experts: &[LoraExpert],
+    gates: &[GateVectors],
+    cfg: &crate::model::T5Config,
+    device: &candle_core::Device,
+    top_k: usize,
+) -> Result<AdapterSet> {
+    match (router, experts.len()) {
+        (_, 0) => Ok(AdapterSet::new()),
+        (RouterChoice::Single, 1) => match gates.first() {
+            Some(g) => AdapterSet::from_gated(&experts[0], g),
+            None => Ok(AdapterSet::from_lora(&experts[0])),
+        },
+        (RouterChoice::Single, n) => Err(ModelError::Input(format!(
+            "{n} experts given without a router; pass --router phatgoose or merged"
+        ))),
+        (RouterChoice::Method(m), _) => m.adapters(&route::Pool {
+            experts,
+            gates,
+            needed: &Default::default(),
+            config: cfg,
+            device,
+            top_k,
+            arrow_temperature: route::arrow::DEFAULT_TEMPERATURE,
+        }),
+    }
+}
+
 fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<u32>> {
     let enc = tok.encode(text, true).map_err(|e| ModelError::Tokenizer {
         path: path.to_path_buf(),
@@ -208,28 +239,9 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
             .map(|p| GateVectors::load(p, &cfg, &device, DType::F32))
             .collect::<Result<Vec<_>>>()?;
     }
-    let adapters = match (req.router, experts.len()) {
-        (_, 0) => AdapterSet::new(),
-        (RouterChoice::Single, 1) => match gates.first() {
-            Some(g) => AdapterSet::from_gated(&experts[0], g)?,
-            None => AdapterSet::from_lora(&experts[0]),
-        },
-        (RouterChoice::Single, n) => {
-            return Err(ModelError::Input(format!(
-                "{n} experts given without a router; pass --router phatgoose or merged"
-            )));
-        }
-        (RouterChoice::Method(m), _) => m.adapters(&route::Pool {
-            experts: &experts,
-            gates: &gates,
-            needed: &Default::default(),
-            config: &cfg,
-            device: &device,
-            top_k: req.top_k,
-            arrow_temperature: route::arrow::DEFAULT_TEMPERATURE,
-        })?,
-    };
-    model.set_adapters(adapters)?;
+    model.set_adapters(adapters_for(
+        req.router, &experts, &gates, &cfg, &device, req.top_k,
+    )?)?;
 
     let input_ids = tokenize(&tok, &req.input, &tok_path)?;
     let mut target = tokenize(&tok, &req.target, &tok_path)?;
