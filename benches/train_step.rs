@@ -67,19 +67,39 @@ fn batch(s: &Size) -> Seq2SeqBatch {
     Seq2SeqBatch::from_pairs(&s.cfg, &inputs, &targets, &Device::Cpu).unwrap()
 }
 
+/// A model with a fresh rank-16 LoRA on every linear, its variables by name.
+fn setup(s: &Size) -> (T5Model, Vec<(String, Var)>) {
+    let mut model = T5Model::init_random(&s.cfg, 1, &Device::Cpu, DType::F32).unwrap();
+    let varmap = VarMap::new();
+    let set = new_trainable_lora(&s.cfg, 16, 2, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap();
+    model.set_adapters(set).unwrap();
+    let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().clone().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    (model, vars)
+}
+
 fn train_step(c: &mut Criterion) {
     for s in sizes() {
         let mut g = c.benchmark_group(s.name);
         g.sample_size(10);
+        // What the trainer runs: the hand-written backward pass (src/model/t5/backprop).
         g.bench_function("lora_r16_optimizer_step", |bench| {
             // Set up inside the closure so that a filtered-out size costs nothing.
             let b = batch(&s);
-            let mut model = T5Model::init_random(&s.cfg, 1, &Device::Cpu, DType::F32).unwrap();
-            let varmap = VarMap::new();
-            let set = new_trainable_lora(&s.cfg, 16, 2, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap();
-            model.set_adapters(set).unwrap();
-            let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().clone().into_iter().collect();
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            let (model, vars) = setup(&s);
+            let mut opt = AdamW::new(1e-8, 0.0);
+            bench.iter(|| {
+                let pass = model.lora_loss_and_grads(&b, 1.0).unwrap().expect("the pass applies");
+                let mut grads = pass.grads;
+                clip_global_norm(&mut grads, 1.0).unwrap();
+                opt.step(&vars, &grads, 5e-3).unwrap();
+                black_box(pass.loss)
+            })
+        });
+        // candle's autograd over the fused ops: what dropout > 0 and gate training run.
+        g.bench_function("lora_r16_optimizer_step_autograd", |bench| {
+            let b = batch(&s);
+            let (model, vars) = setup(&s);
             let mut opt = AdamW::new(1e-8, 0.0);
             bench.iter(|| {
                 let loss = model.forward_loss(&b).unwrap();

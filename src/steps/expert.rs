@@ -5,6 +5,8 @@
 //! `encoder.block.3.layer.1.DenseReluDense.wi_0.lora_A`) or `gates.safetensors`,
 //! plus `metrics.jsonl` (loss curve, validation) and `summary.json`.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
@@ -33,6 +35,12 @@ pub struct AdaptedModel<'a> {
 }
 
 impl AdaptedModel<'_> {
+    fn batch_of(&self, batch: &[&Pair]) -> crate::model::Result<Seq2SeqBatch> {
+        let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
+        let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
+        Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, self.model.device())
+    }
+
     /// Whether each of `items` is answered right.
     fn correct(&self, items: &[(Pair, Option<TokenChoices>)]) -> crate::model::Result<Vec<bool>> {
         let eos = self.model.config.eos_token_id;
@@ -68,10 +76,20 @@ impl AdaptedModel<'_> {
 
 impl Objective for AdaptedModel<'_> {
     fn loss(&mut self, batch: &[&Pair]) -> crate::model::Result<Tensor> {
-        let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
-        let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
-        let b = Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, self.model.device())?;
+        let b = self.batch_of(batch)?;
         self.model.forward_loss(&b)
+    }
+
+    fn loss_and_grads(
+        &mut self,
+        batch: &[&Pair],
+        scale: f64,
+    ) -> crate::model::Result<Option<(f64, BTreeMap<String, Tensor>)>> {
+        let b = self.batch_of(batch)?;
+        Ok(self
+            .model
+            .lora_loss_and_grads(&b, scale)?
+            .map(|p| (p.loss, p.grads)))
     }
 
     fn set_training(&mut self, dropout_seed: Option<u64>) -> crate::model::Result<()> {

@@ -122,6 +122,12 @@ impl TrainConfig {
 pub trait Objective {
     /// Mean loss over the batch, differentiable with respect to the trained vars.
     fn loss(&mut self, batch: &[&Pair]) -> ModelResult<Tensor>;
+    /// The same loss with the gradients of `scale ·` it, by name, from a
+    /// hand-written backward pass where the objective has one for its current
+    /// setting; None to take candle's autograd on [`Objective::loss`].
+    fn loss_and_grads(&mut self, _batch: &[&Pair], _scale: f64) -> ModelResult<Option<(f64, BTreeMap<String, Tensor>)>> {
+        Ok(None)
+    }
     /// Called after every optimizer update (to refresh weights derived from vars).
     fn updated(&mut self) -> ModelResult<()> {
         Ok(())
@@ -375,6 +381,11 @@ fn accumulated_gradients(
         obj.set_training((cfg.dropout > 0.0).then(|| dropout_seed(cfg.seed, k)))?;
         let idx = batch_at(train, micro, cfg.seed, k);
         let refs: Vec<&Pair> = idx.iter().map(|&i| &train[i]).collect();
+        if let Some((loss, g)) = obj.loss_and_grads(&refs, 1.0 / accum as f64)? {
+            loss_sum += loss;
+            accumulate(&mut grads, gradients_of_every_var(vars, g)?)?;
+            continue;
+        }
         let loss = obj.loss(&refs)?;
         loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let scaled = (loss / accum as f64)?;
@@ -382,6 +393,22 @@ fn accumulated_gradients(
         accumulate(&mut grads, grads_of(vars, &g))?;
     }
     Ok((loss_sum / accum as f64, grads))
+}
+
+/// The hand-written pass's gradients, checked to name every trained variable
+/// (a variable without one would silently never move).
+fn gradients_of_every_var(
+    vars: &[(String, Var)],
+    mut g: BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let mut out = BTreeMap::new();
+    for (name, _) in vars {
+        let grad = g.remove(name).ok_or_else(|| {
+            TrainError::Config(format!("the backward pass gave no gradient for `{name}`"))
+        })?;
+        out.insert(name.clone(), grad);
+    }
+    Ok(out)
 }
 
 /// The best weights so far: (validation score, step, weights).

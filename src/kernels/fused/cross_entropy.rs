@@ -15,7 +15,7 @@ use super::{F32Data, cpu_f32, fast_exp, lane_sum, row_max, slice_of};
 struct CrossEntropy;
 
 /// `log Σ exp(row)`, max-shifted.
-fn log_sum_exp(row: &[f32], scratch: &mut Vec<f32>) -> f32 {
+pub(crate) fn log_sum_exp(row: &[f32], scratch: &mut Vec<f32>) -> f32 {
     let m = row_max(row);
     if !m.is_finite() {
         return m;

@@ -17,7 +17,7 @@ const C: f32 = 0.044_715;
 
 /// `(gelu_new(a), d gelu_new / da)`.
 #[inline(always)]
-fn gelu_and_slope(a: f32) -> (f32, f32) {
+pub(crate) fn gelu_and_slope(a: f32) -> (f32, f32) {
     let a2 = a * a;
     let u = K * a * (1.0 + C * a2);
     let s = 1.0 / (1.0 + fast_exp::exp(-u));

@@ -25,6 +25,19 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// A `[rows, cols]` matrix whose rows start `row_stride` apart (a column block
+    /// of a wider row-major matrix: one attention head of a `[tokens, heads·d_kv]`
+    /// projection).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
     /// The transposed view.
     pub fn t(self) -> Self {
         Mat {
@@ -50,9 +63,28 @@ impl<'a> Mat<'a> {
 /// `dst` is row-major `[lhs.rows, rhs.cols]`. `parallel` splits the product
 /// over the rayon pool (worth it for large products only).
 pub fn gemm(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, parallel: bool) {
+    let n = rhs.cols;
+    gemm_strided(dst, n, lhs, rhs, scale, accumulate, parallel);
+}
+
+/// [`gemm`] into a destination whose rows start `dst_row_stride` apart (a
+/// column block of a wider row-major matrix).
+pub fn gemm_strided(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "gemm: inner dimensions differ");
-    assert!(dst.len() >= m * n, "gemm: destination too small");
+    assert!(dst_row_stride >= n, "gemm: destination rows overlap");
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * dst_row_stride + n,
+        "gemm: destination too small"
+    );
     assert!(
         lhs.data.len() >= lhs.span() && rhs.data.len() >= rhs.span(),
         "gemm: a view addresses past its data"
@@ -73,7 +105,7 @@ pub fn gemm(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate:
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -89,6 +121,57 @@ pub fn gemm(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate:
             parallelism,
         );
     }
+}
+
+/// `scale · lhs · rhs` into a new row-major `[lhs.rows, rhs.cols]` buffer, which
+/// the product writes without it being zero-filled first (at small sizes that
+/// fill is a measurable share of a training step).
+pub fn gemm_new(lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, parallel: bool) -> Vec<f32> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "gemm: inner dimensions differ");
+    assert!(
+        lhs.data.len() >= lhs.span() && rhs.data.len() >= rhs.span(),
+        "gemm: a view addresses past its data"
+    );
+    let len = m * n;
+    if len == 0 || k == 0 {
+        return vec![0f32; len];
+    }
+    let mut dst: Vec<f32> = Vec::with_capacity(len);
+    let parallelism = match rayon::current_num_threads() {
+        t if parallel && t > 1 => gemm::Parallelism::Rayon(t),
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: `dst` has capacity for the `m × n` row-major result; with
+    // `read_dst = false` gemm computes `dst = scale · lhs · rhs` and writes every
+    // element of it (k > 0) without reading any first, so after the call all
+    // `len` elements are initialised and `set_len` is sound. The operands are
+    // inside their slices (asserted above) and do not alias `dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        dst.set_len(len);
+    }
+    dst
 }
 
 /// `dst[m, n] = lhs[m, k] · rhs`, row-major f32, on the calling thread;
@@ -111,6 +194,18 @@ pub fn gemm_f32(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_product_equals_one_into_zeros() {
+        let a: Vec<f32> = (0..35).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..21).map(|i| (i as f32 * 0.11).cos()).collect();
+        // a [5, 7] · bᵀ with b [3, 7]: [5, 3].
+        let fresh = gemm_new(Mat::new(&a, 5, 7), Mat::new(&b, 3, 7).t(), 0.5, false);
+        let mut into = vec![0f32; 15];
+        gemm(&mut into, Mat::new(&a, 5, 7), Mat::new(&b, 3, 7).t(), 0.5, false, false);
+        assert_eq!(fresh, into);
+        assert_eq!(gemm_new(Mat::new(&a, 5, 0), Mat::new(&b, 0, 3), 1.0, false), vec![0f32; 15]);
+    }
 
     #[test]
     fn products_of_transposed_views_accumulate() {

@@ -16,9 +16,29 @@ struct RmsNorm {
     eps: f32,
 }
 
-impl RmsNorm {
-    fn inv_rms(&self, row: &[f32]) -> f32 {
-        1.0 / (lane_dot(row, row) / row.len() as f32 + self.eps).sqrt()
+/// `(mean(row²) + eps)^-1/2`.
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    1.0 / (lane_dot(row, row) / row.len() as f32 + eps).sqrt()
+}
+
+/// One row forward: `out = row · r · w`.
+pub(crate) fn forward_row(out: &mut [f32], row: &[f32], w: &[f32], eps: f32) {
+    let r = inv_rms(row, eps);
+    for ((o, &xj), &wj) in out.iter_mut().zip(row).zip(w) {
+        *o = xj * r * wj;
+    }
+}
+
+/// One row backward: `out = r (g∘w) - x r³ mean((g∘w)∘x)`; `gw` is scratch of the
+/// row's length.
+pub(crate) fn backward_row(out: &mut [f32], row: &[f32], grow: &[f32], w: &[f32], eps: f32, gw: &mut [f32]) {
+    for ((a, &gj), &wj) in gw.iter_mut().zip(grow).zip(w) {
+        *a = gj * wj;
+    }
+    let r = inv_rms(row, eps);
+    let c = r * r * r * lane_dot(gw, row) / row.len() as f32;
+    for ((o, &a), &xj) in out.iter_mut().zip(gw.iter()).zip(row) {
+        *o = r * a - xj * c;
     }
 }
 
@@ -40,12 +60,9 @@ impl CustomOp1 for RmsNorm {
         if d == 0 {
             return Ok((CpuStorage::F32(y), l.shape().clone()));
         }
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(out, row)| {
-            let r = self.inv_rms(row);
-            for ((o, &xj), &wj) in out.iter_mut().zip(row).zip(&self.weight) {
-                *o = xj * r * wj;
-            }
-        });
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(out, row)| forward_row(out, row, &self.weight, self.eps));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -61,16 +78,7 @@ impl CustomOp1 for RmsNorm {
             .zip(xv.par_chunks(d).zip(g.par_chunks(d)))
             .for_each_init(
                 || vec![0f32; d],
-                |gw, (out, (row, grow))| {
-                    for ((a, &gj), &wj) in gw.iter_mut().zip(grow).zip(&self.weight) {
-                        *a = gj * wj;
-                    }
-                    let r = self.inv_rms(row);
-                    let c = r * r * r * lane_dot(gw, row) / d as f32;
-                    for ((o, &a), &xj) in out.iter_mut().zip(gw.iter()).zip(row) {
-                        *o = r * a - xj * c;
-                    }
-                },
+                |gw, (out, (row, grow))| backward_row(out, row, grow, &self.weight, self.eps, gw),
             );
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }

@@ -11,6 +11,34 @@ use rayon::prelude::*;
 
 use super::{F32Data, cpu_f32, fast_exp, lane_dot, lane_sum, row_max, slice_of};
 
+/// One row: `out = softmax(row + brow)`.
+pub(crate) fn forward_row(out: &mut [f32], row: &[f32], brow: &[f32]) {
+    for ((o, &xj), &bj) in out.iter_mut().zip(row).zip(brow) {
+        *o = xj + bj;
+    }
+    softmax_in_place(out);
+}
+
+/// `x = softmax(x)`, max-shifted.
+pub(crate) fn softmax_in_place(x: &mut [f32]) {
+    let m = row_max(x);
+    for o in x.iter_mut() {
+        *o = fast_exp::exp(*o - m);
+    }
+    let inv = 1.0 / lane_sum(x);
+    for o in x.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// One row backward from the saved probabilities: `out = p ∘ (g - Σ p∘g)`.
+pub(crate) fn backward_row(out: &mut [f32], prow: &[f32], grow: &[f32]) {
+    let dot = lane_dot(prow, grow);
+    for ((o, &pj), &gj) in out.iter_mut().zip(prow).zip(grow) {
+        *o = pj * (gj - dot);
+    }
+}
+
 /// `bias` is broadcast to the scores' shape; rows are addressed through its
 /// strides, so a `[1, H, T, S]` position bias or a `[B, 1, 1, S]` mask is never
 /// materialised at `[B, H, T, S]`.
@@ -58,18 +86,7 @@ impl CustomOp1 for BiasedSoftmax {
                 .zip(x.par_chunks(n))
                 .enumerate()
                 .for_each(|(i, (out, row))| {
-                    let brow = &b[row_offset(i)..][..n];
-                    for ((o, &xj), &bj) in out.iter_mut().zip(row).zip(brow) {
-                        *o = xj + bj;
-                    }
-                    let m = row_max(out);
-                    for o in out.iter_mut() {
-                        *o = fast_exp::exp(*o - m);
-                    }
-                    let inv = 1.0 / lane_sum(out);
-                    for o in out.iter_mut() {
-                        *o *= inv;
-                    }
+                    forward_row(out, row, &b[row_offset(i)..][..n]);
                 });
         }
         Ok((CpuStorage::F32(y), shape))
@@ -83,12 +100,7 @@ impl CustomOp1 for BiasedSoftmax {
             let (pv, g) = (F32Data::of(p, self.name())?, F32Data::of(&grad, self.name())?);
             ds.par_chunks_mut(n)
                 .zip(pv.par_chunks(n).zip(g.par_chunks(n)))
-                .for_each(|(out, (prow, grow))| {
-                    let dot = lane_dot(prow, grow);
-                    for ((o, &pj), &gj) in out.iter_mut().zip(prow).zip(grow) {
-                        *o = pj * (gj - dot);
-                    }
-                });
+                .for_each(|(out, (prow, grow))| backward_row(out, prow, grow));
         }
         Ok(Some(Tensor::from_vec(ds, p.shape(), p.device())?))
     }

@@ -422,6 +422,11 @@ impl Linear {
         self.wt.dims()[1]
     }
 
+    /// `Wᵀ`, `[d_in, d_out]`, contiguous.
+    pub(crate) fn wt(&self) -> &Tensor {
+        &self.wt
+    }
+
     /// The weight back in torch layout `[d_out, d_in]`.
     pub fn torch_weight(&self) -> Result<Tensor> {
         Ok(self.wt.t()?.contiguous()?)

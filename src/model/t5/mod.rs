@@ -3,6 +3,7 @@
 //! bias from layer 0 of each stack, no biases, no attention scaling.
 
 pub mod attention;
+pub mod backprop;
 pub mod config;
 pub mod dropout;
 pub mod ffn;

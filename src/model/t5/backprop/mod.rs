@@ -1,0 +1,394 @@
+//! LoRA training of the T5 with a hand-written backward pass.
+//!
+//! candle's autograd gives every tensor that receives a gradient a zero-filled
+//! accumulator and an add, allocates a fresh buffer per op, and splits each op
+//! over the thread pool; at the quickstart's size that machinery, not the
+//! arithmetic, is most of a training step (benches/README.md). This pass runs
+//! the teacher-forced forward on slices, keeping what the backward reads, then
+//! walks the layers backwards, writing each gradient in place once: the input
+//! gradients of the frozen products, and the gradients of the trainable LoRAs.
+//! It uses the fused kernels' own row functions and products, so it computes
+//! what the candle path computes (tests compare loss and every gradient).
+//!
+//! It applies where expert training runs: CPU f32, the gated-GELU T5 (T5.1.1
+//! and LM-adapted T5), plain LoRA adapters, no dropout. Elsewhere
+//! [`T5Model::lora_loss_and_grads`] says so (None) and the caller uses candle's
+//! autograd on [`T5Model::forward_loss`].
+
+mod attention;
+mod linear;
+mod rows;
+mod sublayers;
+mod views;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+
+use self::attention::{Bias, Dims};
+use self::linear::LoraGrad;
+use self::sublayers::{AttentionCache, FeedForwardCache};
+use self::views::{ModelView, StackView};
+use super::position_bias::{causal_mask, key_mask, position_bias};
+use super::{Seq2SeqBatch, T5Model};
+use crate::kernels::fused::gemm::{Mat, gemm};
+use crate::model::error::{ModelError, Result};
+
+/// A micro-batch's loss and the gradients of the trainable LoRAs, named as their
+/// variables are (`<module>.lora_A`, `<module>.lora_B`).
+pub struct LoraGradients {
+    pub loss: f64,
+    pub grads: BTreeMap<String, Tensor>,
+}
+
+/// What one block's backward reads: the residual stream entering each
+/// sublayer, its normed input, and the sublayer's own cache.
+struct BlockCache {
+    attn_in: Vec<f32>,
+    attn_x: Vec<f32>,
+    attn: AttentionCache,
+    cross: Option<(Vec<f32>, Vec<f32>, AttentionCache)>,
+    ffn_in: Vec<f32>,
+    ffn_x: Vec<f32>,
+    ffn: FeedForwardCache,
+}
+
+/// A stack's forward: every block's cache, the input of the final norm and
+/// the stack's output.
+struct StackRun {
+    blocks: Vec<BlockCache>,
+    final_in: Vec<f32>,
+    out: Vec<f32>,
+}
+
+struct Pass<'m> {
+    view: ModelView<'m>,
+    d_model: usize,
+    eps: f32,
+}
+
+impl Pass<'_> {
+    fn embed(&self, ids: &[u32]) -> Vec<f32> {
+        let d = self.d_model;
+        let mut h = Vec::with_capacity(ids.len() * d);
+        for &id in ids {
+            h.extend_from_slice(&self.view.shared[id as usize * d..][..d]);
+        }
+        h
+    }
+
+    /// Runs a stack over `h`; `enc` is the encoder output for a decoder stack.
+    fn stack_forward(
+        &self,
+        stack: &StackView<'_>,
+        mut h: Vec<f32>,
+        self_dims: Dims,
+        self_bias: &Bias,
+        cross: Option<(&[f32], Dims, &Bias)>,
+    ) -> StackRun {
+        let n = h.len() / self.d_model;
+        let mut blocks = Vec::with_capacity(stack.blocks.len());
+        for b in &stack.blocks {
+            let attn_x = rows::rms_norm(&h, &b.self_norm, self.eps);
+            let (attn, out) = b.self_attn.forward(&attn_x, &attn_x, self_dims, self_bias);
+            let attn_in = add_into(&mut h, &out);
+            let cross = match (&b.cross, cross) {
+                (Some((attn, norm)), Some((enc, dims, bias))) => {
+                    let x = rows::rms_norm(&h, norm, self.eps);
+                    let (c, out) = attn.forward(&x, enc, dims, bias);
+                    let input = add_into(&mut h, &out);
+                    Some((input, x, c))
+                }
+                _ => None,
+            };
+            let ffn_x = rows::rms_norm(&h, &b.ffn_norm, self.eps);
+            let (ffn, out) = b.ffn.forward(&ffn_x, n);
+            let ffn_in = add_into(&mut h, &out);
+            blocks.push(BlockCache {
+                attn_in,
+                attn_x,
+                attn,
+                cross,
+                ffn_in,
+                ffn_x,
+                ffn,
+            });
+        }
+        let out = rows::rms_norm(&h, &stack.final_norm, self.eps);
+        StackRun {
+            blocks,
+            final_in: h,
+            out,
+        }
+    }
+
+    /// Backward through a stack from the gradient of its output; for a decoder,
+    /// the gradient of the encoder output is added to `denc`. Returns nothing:
+    /// the gradient of the embeddings is not needed (they are frozen).
+    fn stack_backward(
+        &self,
+        stack: &StackView<'_>,
+        run: &StackRun,
+        g_out: &[f32],
+        self_dims: Dims,
+        mut cross: Option<(&[f32], Dims, &mut [f32])>,
+        grads: &mut [LoraGrad],
+    ) {
+        let n = run.final_in.len() / self.d_model;
+        let mut dh = vec![0f32; run.final_in.len()];
+        rows::rms_norm_backward_add(&run.final_in, g_out, &stack.final_norm, self.eps, &mut dh);
+        let mut dx = vec![0f32; dh.len()];
+        for (i, (b, c)) in stack.blocks.iter().zip(&run.blocks).enumerate().rev() {
+            b.ffn.backward(&c.ffn, &c.ffn_x, n, &dh, &mut dx, grads);
+            rows::rms_norm_backward_add(&c.ffn_in, &dx, &b.ffn_norm, self.eps, &mut dh);
+            if let (Some((attn, norm)), Some((input, x, cache)), Some((enc, dims, denc))) =
+                (&b.cross, &c.cross, cross.as_mut())
+            {
+                attn.backward(cache, x, enc, *dims, &dh, Some(&mut dx), Some(&mut **denc), grads);
+                rows::rms_norm_backward_add(input, &dx, norm, self.eps, &mut dh);
+            }
+            let x = &c.attn_x;
+            // The first sublayer's input gradient would only reach the (frozen)
+            // embeddings: not computed.
+            if i == 0 {
+                b.self_attn.backward(&c.attn, x, x, self_dims, &dh, None, None, grads);
+                continue;
+            }
+            b.self_attn.backward(&c.attn, x, x, self_dims, &dh, Some(&mut dx), None, grads);
+            rows::rms_norm_backward_add(&c.attn_in, &dx, &b.self_norm, self.eps, &mut dh);
+        }
+    }
+}
+
+/// `h += out`, returning `h` as it was (the sublayer's residual input, which its
+/// norm's backward reads).
+fn add_into(h: &mut [f32], out: &[f32]) -> Vec<f32> {
+    let before = h.to_vec();
+    for (x, &o) in h.iter_mut().zip(out) {
+        *x += o;
+    }
+    before
+}
+
+/// A bias tensor broadcast to `[B, H, T, S]`, kept at its own size: a stride of
+/// 0 for each dimension it broadcasts over.
+fn bias_of(t: &Tensor, q_len: usize, k_len: usize) -> Result<Bias> {
+    let (b, h, t_, s) = t.dims4()?;
+    if t_ != 1 && t_ != q_len || s != k_len {
+        return Err(ModelError::Input(format!(
+            "attention bias of shape {:?} for {q_len} queries and {k_len} keys",
+            t.dims()
+        )));
+    }
+    let data: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let row = if t_ == 1 { 0 } else { s };
+    let head = if h == 1 { 0 } else { t_ * s };
+    let batch = if b == 1 { 0 } else { h * t_ * s };
+    Ok(Bias { data, batch, head, row })
+}
+
+fn rel(stack: &super::Stack) -> Result<&Tensor> {
+    stack
+        .rel_bias
+        .as_ref()
+        .ok_or_else(|| ModelError::Input("a stack without relative position bias".into()))
+}
+
+fn ids(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?)
+}
+
+fn floats(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+}
+
+impl T5Model {
+    /// The masked mean loss of `batch` (as [`T5Model::forward_loss`]) and the
+    /// gradients of `grad_scale ·` that loss with respect to every attached LoRA,
+    /// by the hand-written pass; None where the pass does not apply (see the
+    /// module doc), the caller then takes candle's autograd.
+    pub fn lora_loss_and_grads(&self, batch: &Seq2SeqBatch, grad_scale: f64) -> Result<Option<LoraGradients>> {
+        let Some(view) = ModelView::of(self)? else {
+            return Ok(None);
+        };
+        let cfg = &self.config;
+        let (b, s) = batch.input_ids.dims2()?;
+        let (_, t) = batch.decoder_input_ids.dims2()?;
+        let mut grads: Vec<LoraGrad> = view
+            .slots
+            .iter()
+            .map(|sl| LoraGrad {
+                da: vec![0f32; sl.rank * sl.d_in],
+                db: vec![0f32; sl.d_out * sl.rank],
+            })
+            .collect();
+        let pass = Pass {
+            view,
+            d_model: cfg.d_model,
+            eps: cfg.layer_norm_epsilon as f32,
+        };
+        let dims = |q_len, k_len| Dims {
+            batch: b,
+            heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+            q_len,
+            k_len,
+        };
+        let max_d = cfg.relative_attention_max_distance;
+        let mask = key_mask(&batch.attention_mask, DType::F32)?;
+        let enc_bias = position_bias(rel(&self.encoder)?, 0, s, s, true, max_d)?.broadcast_add(&mask)?;
+        let causal = causal_mask(0, t, t, DType::F32, &self.device)?;
+        let dec_bias = position_bias(rel(&self.decoder)?, 0, t, t, false, max_d)?.broadcast_add(&causal)?;
+        let (enc_bias, dec_bias, cross_bias) = (
+            bias_of(&enc_bias, s, s)?,
+            bias_of(&dec_bias, t, t)?,
+            bias_of(&mask, t, s)?,
+        );
+        let (enc_dims, dec_dims, cross_dims) = (dims(s, s), dims(t, t), dims(t, s));
+
+        // Forward.
+        let h = pass.embed(&ids(&batch.input_ids)?);
+        let enc = pass.stack_forward(&pass.view.encoder, h, enc_dims, &enc_bias, None);
+        let h = pass.embed(&ids(&batch.decoder_input_ids)?);
+        let dec = pass.stack_forward(
+            &pass.view.decoder,
+            h,
+            dec_dims,
+            &dec_bias,
+            Some((&enc.out, cross_dims, &cross_bias)),
+        );
+        let out_scale = if cfg.scale_decoder_outputs {
+            (cfg.d_model as f64).powf(-0.5) as f32
+        } else {
+            1.0
+        };
+        let (n_dec, d, v) = (b * t, cfg.d_model, cfg.vocab_size);
+        let mut logits = vec![0f32; n_dec * v];
+        let head = Mat::new(&pass.view.head_t, d, v);
+        gemm(&mut logits, Mat::new(&dec.out, n_dec, d), head, out_scale, false, linear::parallel(n_dec, d, v));
+        let loss = rows::masked_cross_entropy(
+            &mut logits,
+            v,
+            &ids(&batch.labels)?,
+            &floats(&batch.label_mask)?,
+            grad_scale,
+        );
+
+        // Backward: logits now hold their gradient.
+        let mut g_out = vec![0f32; n_dec * d];
+        gemm(&mut g_out, Mat::new(&logits, n_dec, v), head.t(), out_scale, false, linear::parallel(n_dec, v, d));
+        drop(logits);
+        let mut denc = vec![0f32; enc.out.len()];
+        let cross = Some((enc.out.as_slice(), cross_dims, denc.as_mut_slice()));
+        pass.stack_backward(&pass.view.decoder, &dec, &g_out, dec_dims, cross, &mut grads);
+        pass.stack_backward(&pass.view.encoder, &enc, &denc, enc_dims, None, &mut grads);
+
+        let mut named = BTreeMap::new();
+        for (slot, g) in pass.view.slots.iter().zip(grads) {
+            named.insert(
+                format!("{}.lora_A", slot.module),
+                Tensor::from_vec(g.da, (slot.rank, slot.d_in), &self.device)?,
+            );
+            named.insert(
+                format!("{}.lora_B", slot.module),
+                Tensor::from_vec(g.db, (slot.d_out, slot.rank), &self.device)?,
+            );
+        }
+        Ok(Some(LoraGradients { loss, grads: named }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::model::adapter::trainable::new_trainable_lora;
+    use crate::model::t5::config::T5Config;
+    use crate::rng::SeededRng;
+
+    /// A random model with a LoRA on the linears `filter` keeps, its B drawn
+    /// non-zero (a fresh LoRA's B is zero, which would leave every A gradient 0).
+    fn model(cfg: &T5Config, filter: impl Fn(&str) -> bool) -> (T5Model, Vec<(String, Var)>) {
+        let dev = Device::Cpu;
+        let mut model = T5Model::init_random(cfg, 3, &dev, DType::F32).unwrap();
+        let varmap = VarMap::new();
+        let set = new_trainable_lora(cfg, 4, 5, filter, &varmap, &dev, DType::F32).unwrap();
+        let mut rng = SeededRng::new(7);
+        let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().clone().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, var) in &vars {
+            if name.ends_with("lora_B") {
+                let t = rng.normal_tensor(var.dims(), 0.3, DType::F32, &dev).unwrap();
+                var.set(&t).unwrap();
+            }
+        }
+        model.set_adapters(set).unwrap();
+        (model, vars)
+    }
+
+    /// Inputs and targets of different lengths, so padding and masks matter.
+    fn batch(cfg: &T5Config) -> Seq2SeqBatch {
+        let mut rng = SeededRng::new(11);
+        let mut seq = |len: usize| -> Vec<u32> { (0..len).map(|_| 2 + (rng.uniform() * (cfg.vocab_size - 2) as f64) as u32).collect() };
+        let inputs = vec![seq(7), seq(3), seq(5)];
+        let targets = vec![seq(2), seq(4), seq(1)];
+        Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, &Device::Cpu).unwrap()
+    }
+
+    fn check(cfg: &T5Config, filter: impl Fn(&str) -> bool) {
+        let (model, vars) = model(cfg, filter);
+        let b = batch(cfg);
+        let scale = 0.5;
+        let reference = model.forward_loss(&b).unwrap();
+        let expected_loss = reference.to_scalar::<f32>().unwrap() as f64;
+        let store = (reference * scale).unwrap().backward().unwrap();
+        let pass = model.lora_loss_and_grads(&b, scale).unwrap().expect("the pass applies");
+        assert!(
+            (pass.loss - expected_loss).abs() < 1e-5 * expected_loss.abs().max(1.0),
+            "loss {} vs candle's {expected_loss}",
+            pass.loss
+        );
+        assert_eq!(pass.grads.len(), vars.len(), "one gradient per trainable variable");
+        for (name, var) in &vars {
+            let want = store.get(var.as_tensor()).expect("candle has the gradient");
+            let got = &pass.grads[name];
+            let scale_of = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(scale_of > 0.0, "{name}: a zero gradient tests nothing");
+            assert!(diff <= 1e-4 * scale_of, "{name}: gradients differ by {diff} (largest {scale_of})");
+        }
+    }
+
+    #[test]
+    fn loss_and_every_lora_gradient_equal_candles_autograd() {
+        let mut cfg = T5Config::tiny_v1_1(37, 16, 2);
+        cfg.d_kv = 8;
+        cfg.d_ff = 24;
+        check(&cfg, |_| true);
+    }
+
+    #[test]
+    fn a_tied_head_and_loras_on_some_modules_only_match_too() {
+        let mut cfg = T5Config::tiny_v1_1(29, 12, 1);
+        cfg.num_heads = 3;
+        cfg.d_kv = 5;
+        cfg.tie_word_embeddings = true;
+        cfg.scale_decoder_outputs = true;
+        check(&cfg, |m| m.ends_with(".q") || m.ends_with(".v") || m.contains("wo"));
+    }
+
+    #[test]
+    fn the_pass_declines_what_it_does_not_cover() {
+        let cfg = T5Config::tiny_v1_1(37, 16, 1);
+        let (mut model, _) = model(&cfg, |_| true);
+        let b = batch(&cfg);
+        model.enable_dropout(0.1, 1).unwrap();
+        assert!(model.lora_loss_and_grads(&b, 1.0).unwrap().is_none(), "dropout");
+        model.disable_dropout();
+        assert!(model.lora_loss_and_grads(&b, 1.0).unwrap().is_some());
+        model.start_routing_log(false);
+        assert!(model.lora_loss_and_grads(&b, 1.0).unwrap().is_none(), "routing log");
+    }
+}

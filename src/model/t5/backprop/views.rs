@@ -1,0 +1,164 @@
+//! The model's tensors read in place as f32 slices, and the test of whether
+//! the hand-written pass applies: CPU f32, the gated-GELU feed-forward, only
+//! plain LoRA adapters, no dropout, no routing log or activation tap.
+
+use candle_core::{DType, Tensor};
+
+use super::linear::{LinearView, LoraView};
+use super::sublayers::{AttentionView, FeedForwardView};
+use crate::kernels::fused::F32Data;
+use crate::model::adapter::{AdapterSet, Linear, ModuleAdapter};
+use crate::model::error::Result;
+use crate::model::t5::attention::Attention;
+use crate::model::t5::config::FeedForward;
+use crate::model::t5::ffn::Ffn;
+use crate::model::t5::{Stack, T5Model};
+
+/// A trainable LoRA the pass computes gradients for: its module and shape.
+pub(super) struct Slot {
+    pub module: String,
+    pub rank: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+pub(super) struct BlockView<'m> {
+    pub self_attn: AttentionView<'m>,
+    pub self_norm: F32Data<'m>,
+    pub cross: Option<(AttentionView<'m>, F32Data<'m>)>,
+    pub ffn: FeedForwardView<'m>,
+    pub ffn_norm: F32Data<'m>,
+}
+
+pub(super) struct StackView<'m> {
+    pub blocks: Vec<BlockView<'m>>,
+    pub final_norm: F32Data<'m>,
+}
+
+pub(super) struct ModelView<'m> {
+    pub shared: F32Data<'m>,
+    pub head_t: F32Data<'m>,
+    pub encoder: StackView<'m>,
+    pub decoder: StackView<'m>,
+    pub slots: Vec<Slot>,
+}
+
+/// Reads `t` in place when it is a contiguous CPU f32 tensor.
+fn data(t: &Tensor) -> Option<F32Data<'_>> {
+    F32Data::of(t, "lora-pass").ok()
+}
+
+struct Builder<'m> {
+    adapters: &'m AdapterSet,
+    slots: Vec<Slot>,
+}
+
+impl<'m> Builder<'m> {
+    fn linear(&mut self, lin: &'m Linear) -> Option<LinearView<'m>> {
+        let (d_in, d_out) = (lin.d_in(), lin.d_out());
+        let lora = match self.adapters.get(&lin.name) {
+            None => None,
+            Some(ModuleAdapter::Lora(l)) => {
+                self.slots.push(Slot {
+                    module: lin.name.clone(),
+                    rank: l.rank(),
+                    d_in,
+                    d_out,
+                });
+                let wt = data(lin.wt())?;
+                let view = LoraView::new(&wt, (d_in, d_out), data(&l.a)?, data(&l.b)?, l.rank(), self.slots.len() - 1);
+                Some(view)
+            }
+            Some(_) => return None,
+        };
+        Some(LinearView {
+            wt: data(lin.wt())?,
+            d_in,
+            d_out,
+            lora,
+        })
+    }
+
+    fn attention(&mut self, a: &'m Attention) -> Option<AttentionView<'m>> {
+        Some(AttentionView {
+            q: self.linear(&a.q)?,
+            k: self.linear(&a.k)?,
+            v: self.linear(&a.v)?,
+            o: self.linear(&a.o)?,
+        })
+    }
+
+    fn stack(&mut self, s: &'m Stack) -> Option<StackView<'m>> {
+        let mut blocks = Vec::with_capacity(s.blocks.len());
+        for b in &s.blocks {
+            let Ffn::Gated {
+                wi_0,
+                wi_1,
+                wo,
+                kind: FeedForward::GatedGelu,
+            } = &b.ffn
+            else {
+                return None;
+            };
+            let cross = match &b.cross {
+                Some((attn, norm)) => Some((self.attention(attn)?, data(norm)?)),
+                None => None,
+            };
+            blocks.push(BlockView {
+                self_attn: self.attention(&b.self_attn)?,
+                self_norm: data(&b.self_norm)?,
+                cross,
+                ffn: FeedForwardView {
+                    wi_0: self.linear(wi_0)?,
+                    wi_1: self.linear(wi_1)?,
+                    wo: self.linear(wo)?,
+                },
+                ffn_norm: data(&b.ffn_norm)?,
+            });
+        }
+        Some(StackView {
+            blocks,
+            final_norm: data(&s.final_norm)?,
+        })
+    }
+}
+
+impl<'m> ModelView<'m> {
+    /// The model read in place, or None where the pass does not apply (the
+    /// caller then runs candle's autograd, which covers every case).
+    pub fn of(model: &'m T5Model) -> Result<Option<Self>> {
+        let applies = model.device.is_cpu()
+            && model.dtype == DType::F32
+            && model.dropout.as_ref().is_none_or(|d| d.rate() == 0.0)
+            && model.routing_log.is_none()
+            && model.tap.is_none()
+            && model.encoder.rel_bias.is_some()
+            && model.decoder.rel_bias.is_some()
+            && !model.adapters.is_empty();
+        if !applies {
+            return Ok(None);
+        }
+        let mut b = Builder {
+            adapters: &model.adapters,
+            slots: Vec::new(),
+        };
+        let (Some(encoder), Some(decoder)) = (b.stack(&model.encoder), b.stack(&model.decoder)) else {
+            return Ok(None);
+        };
+        let (Some(shared), Some(head_t)) = (data(&model.shared), data(&model.head_t)) else {
+            return Ok(None);
+        };
+        // Every attached adapter must be one the pass saw (all of them are LoRA on
+        // some linear of the model: set_adapters checks the names).
+        if b.slots.len() != model.adapters.len() {
+            return Ok(None);
+        }
+        Ok(Some(ModelView {
+            shared,
+            head_t,
+            encoder,
+            decoder,
+            slots: b.slots,
+        }))
+    }
+}
