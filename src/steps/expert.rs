@@ -227,7 +227,8 @@ fn imports(params: &serde_json::Value) -> bool {
 }
 
 /// One LoRA per expert: a GPU job of hours; importing a PEFT adapter instead is a
-/// minute of reading files.
+/// minute of reading files. Version 6: trained by the hand-written backward pass
+/// where it applies (the same gradients as candle's autograd, rounded differently).
 pub const EXPERT: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
         if imports(p) {
@@ -236,14 +237,15 @@ pub const EXPERT: Kind = Kind {
             JobDefaults::new(1, 4, "32G", "8:00:00")
         }
     }),
-    ..Kind::new("expert", 5, 3, JobDefaults::OTHER)
+    ..Kind::new("expert", 6, 3, JobDefaults::OTHER)
 };
 /// The gate vectors of one expert, everything else frozen.
 pub const GATE: Kind = Kind::new("gate", 5, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
+/// Version 6: the hand-written backward pass, as `expert`.
 pub const MULTITASK: Kind = Kind {
     needed: Some(Needed::Pooled),
-    ..Kind::new("multitask", 5, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
+    ..Kind::new("multitask", 6, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
 };
 /// A pool's member list.
 pub const POOL: Kind = Kind::new("pool", 1, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
