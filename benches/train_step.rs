@@ -89,7 +89,10 @@ fn train_step(c: &mut Criterion) {
             let (model, vars) = setup(&s);
             let mut opt = AdamW::new(1e-8, 0.0);
             bench.iter(|| {
-                let pass = model.lora_loss_and_grads(&b, 1.0).unwrap().expect("the pass applies");
+                let pass = model
+                    .lora_loss_and_grads(&b, 1.0)
+                    .unwrap()
+                    .expect("the pass applies");
                 let mut grads = pass.grads;
                 clip_global_norm(&mut grads, 1.0).unwrap();
                 opt.step(&vars, &grads, 5e-3).unwrap();

@@ -16,7 +16,9 @@
 //! - Train an expert: [`adapter::trainable::new_trainable_lora`] puts `Var`s named
 //!   `<module>.lora_A/B` into a `VarMap` and returns an [`AdapterSet`] for
 //!   [`T5Model::set_adapters`]; optimise `varmap.all_vars()` on
-//!   [`T5Model::forward_loss`] of a [`Seq2SeqBatch`]; snapshot with
+//!   [`T5Model::forward_loss`] of a [`Seq2SeqBatch`] (or take loss and LoRA
+//!   gradients at once from [`T5Model::lora_loss_and_grads`], the hand-written
+//!   backward pass, where it applies); snapshot with
 //!   [`adapter::trainable::lora_expert_from`] and [`LoraExpert::save`]. Dropout:
 //!   [`T5Model::enable_dropout`].
 //! - Train gates: [`adapter::trainable::new_trainable_gates`] on a frozen

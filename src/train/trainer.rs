@@ -125,7 +125,11 @@ pub trait Objective {
     /// The same loss with the gradients of `scale ·` it, by name, from a
     /// hand-written backward pass where the objective has one for its current
     /// setting; None to take candle's autograd on [`Objective::loss`].
-    fn loss_and_grads(&mut self, _batch: &[&Pair], _scale: f64) -> ModelResult<Option<(f64, BTreeMap<String, Tensor>)>> {
+    fn loss_and_grads(
+        &mut self,
+        _batch: &[&Pair],
+        _scale: f64,
+    ) -> ModelResult<Option<(f64, BTreeMap<String, Tensor>)>> {
         Ok(None)
     }
     /// Called after every optimizer update (to refresh weights derived from vars).
@@ -403,9 +407,9 @@ fn gradients_of_every_var(
 ) -> Result<BTreeMap<String, Tensor>, TrainError> {
     let mut out = BTreeMap::new();
     for (name, _) in vars {
-        let grad = g.remove(name).ok_or_else(|| {
-            TrainError::Config(format!("the backward pass gave no gradient for `{name}`"))
-        })?;
+        let grad = g
+            .remove(name)
+            .ok_or_else(|| TrainError::Config(format!("the backward pass gave no gradient for `{name}`")))?;
         out.insert(name.clone(), grad);
     }
     Ok(out)
@@ -784,6 +788,106 @@ mod tests {
                 x.to_bits(),
                 "{text}"
             );
+        }
+    }
+
+    /// A small T5 with a trainable LoRA, trained through the hand-written pass or
+    /// through candle's autograd (`pass: false` declines it).
+    struct Lora {
+        model: crate::model::T5Model,
+        pass: bool,
+    }
+
+    impl Lora {
+        fn batch(&self, batch: &[&Pair]) -> ModelResult<crate::model::Seq2SeqBatch> {
+            let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
+            let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
+            crate::model::Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, &Device::Cpu)
+        }
+    }
+
+    impl Objective for Lora {
+        fn loss(&mut self, batch: &[&Pair]) -> ModelResult<Tensor> {
+            let b = self.batch(batch)?;
+            self.model.forward_loss(&b)
+        }
+        fn loss_and_grads(
+            &mut self,
+            batch: &[&Pair],
+            scale: f64,
+        ) -> ModelResult<Option<(f64, BTreeMap<String, Tensor>)>> {
+            if !self.pass {
+                return Ok(None);
+            }
+            let b = self.batch(batch)?;
+            Ok(self
+                .model
+                .lora_loss_and_grads(&b, scale)?
+                .map(|p| (p.loss, p.grads)))
+        }
+    }
+
+    fn train_lora(pass: bool) -> (Vec<f64>, Vec<(String, Vec<f32>)>) {
+        let cfg = crate::model::T5Config::tiny_v1_1(23, 16, 1);
+        let mut model = crate::model::T5Model::init_random(&cfg, 1, &Device::Cpu, DType::F32).unwrap();
+        let varmap = candle_nn::VarMap::new();
+        let set = crate::model::adapter::trainable::new_trainable_lora(
+            &cfg,
+            4,
+            2,
+            |_| true,
+            &varmap,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        model.set_adapters(set).unwrap();
+        let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().clone().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let data: Vec<Pair> = (0..8u32)
+            .map(|i| Pair {
+                input: (0..3 + i % 4).map(|j| 2 + (i * 5 + j * 3) % 21).collect(),
+                target: (0..1 + i % 3).map(|j| 2 + (i + j * 7) % 21).chain([1]).collect(),
+            })
+            .collect();
+        let cfg = TrainConfig {
+            steps: 6,
+            batch: 4,
+            micro_batch: 2,
+            lr: 1e-2,
+            grad_clip: 1.0,
+            dropout: 0.0,
+            eval_every: None,
+            ..config()
+        };
+        let work = tempfile::tempdir().unwrap();
+        let mut obj = Lora { model, pass };
+        let out = train(&mut obj, &vars, &data, &[], &cfg, work.path(), &Quiet).unwrap();
+        let losses = out.metrics.iter().filter_map(|m| m["loss"].as_f64()).collect();
+        let weights = vars
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect();
+        (losses, weights)
+    }
+
+    #[test]
+    fn training_through_the_hand_written_pass_follows_candles_autograd() {
+        let (pass_losses, pass_weights) = train_lora(true);
+        let (auto_losses, auto_weights) = train_lora(false);
+        assert_eq!(pass_losses.len(), 6);
+        for (a, b) in pass_losses.iter().zip(&auto_losses) {
+            assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "losses {a} vs {b}");
+        }
+        assert!(pass_losses[5] < pass_losses[0], "the loss falls: {pass_losses:?}");
+        for ((name, a), (_, b)) in pass_weights.iter().zip(&auto_weights) {
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{name}: weights differ by {diff} after six steps");
         }
     }
 }

@@ -202,9 +202,19 @@ mod tests {
         // a [5, 7] · bᵀ with b [3, 7]: [5, 3].
         let fresh = gemm_new(Mat::new(&a, 5, 7), Mat::new(&b, 3, 7).t(), 0.5, false);
         let mut into = vec![0f32; 15];
-        gemm(&mut into, Mat::new(&a, 5, 7), Mat::new(&b, 3, 7).t(), 0.5, false, false);
+        gemm(
+            &mut into,
+            Mat::new(&a, 5, 7),
+            Mat::new(&b, 3, 7).t(),
+            0.5,
+            false,
+            false,
+        );
         assert_eq!(fresh, into);
-        assert_eq!(gemm_new(Mat::new(&a, 5, 0), Mat::new(&b, 0, 3), 1.0, false), vec![0f32; 15]);
+        assert_eq!(
+            gemm_new(Mat::new(&a, 5, 0), Mat::new(&b, 0, 3), 1.0, false),
+            vec![0f32; 15]
+        );
     }
 
     #[test]

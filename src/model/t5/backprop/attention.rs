@@ -69,7 +69,15 @@ pub(super) fn forward(d: Dims, q: &[f32], k: &[f32], v: &[f32], bias: &Bias, p: 
                 }
                 softmax_in_place(row);
             }
-            gemm_strided(&mut ctx_b[h * dk..], inner, Mat::new(p_bh, t, s), vm, 1.0, false, false);
+            gemm_strided(
+                &mut ctx_b[h * dk..],
+                inner,
+                Mat::new(p_bh, t, s),
+                vm,
+                1.0,
+                false,
+                false,
+            );
         }
     };
     let (p_len, ctx_len) = (d.heads * t * s, t * inner);
@@ -127,7 +135,9 @@ pub(super) fn backward(
             .enumerate()
             .for_each(|(b, (dq_b, (dk_b, dv_b)))| one(b, dq_b, dk_b, dv_b));
     } else {
-        let chunks = dq.chunks_mut(q_len).zip(dk.chunks_mut(k_len).zip(dv.chunks_mut(k_len)));
+        let chunks = dq
+            .chunks_mut(q_len)
+            .zip(dk.chunks_mut(k_len).zip(dv.chunks_mut(k_len)));
         for (b, (dq_b, (dk_b, dv_b))) in chunks.enumerate() {
             one(b, dq_b, dk_b, dv_b);
         }

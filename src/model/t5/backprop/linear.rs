@@ -6,7 +6,6 @@
 //! four products per LoRA linear where the unmerged form needs six, none of
 //! them for the frozen weight's own gradient.
 
-
 use crate::kernels::fused::F32Data;
 use crate::kernels::fused::gemm::{Mat, gemm, gemm_new};
 
@@ -30,7 +29,14 @@ pub(super) struct LoraView<'m> {
 }
 
 impl<'m> LoraView<'m> {
-    pub fn new(wt: &[f32], (d_in, d_out): (usize, usize), a: F32Data<'m>, b: F32Data<'m>, rank: usize, slot: usize) -> Self {
+    pub fn new(
+        wt: &[f32],
+        (d_in, d_out): (usize, usize),
+        a: F32Data<'m>,
+        b: F32Data<'m>,
+        rank: usize,
+        slot: usize,
+    ) -> Self {
         let mut merged_t = wt.to_vec();
         // W'ᵀ = Wᵀ + s Aᵀ Bᵀ.
         let (at, bt) = (Mat::new(&a, rank, d_in).t(), Mat::new(&b, d_out, rank).t());
@@ -87,7 +93,12 @@ impl LinearView<'_> {
         let um = Mat::new(u, n, d_in);
         let y = gemm_new(um, self.weight_t(), 1.0, parallel(n, d_in, d_out));
         let h = match &self.lora {
-            Some(l) => gemm_new(um, Mat::new(&l.a, l.rank, d_in).t(), l.scale(), parallel(n, d_in, l.rank)),
+            Some(l) => gemm_new(
+                um,
+                Mat::new(&l.a, l.rank, d_in).t(),
+                l.scale(),
+                parallel(n, d_in, l.rank),
+            ),
             None => Vec::new(),
         };
         LinearOut { y, h }
@@ -117,7 +128,21 @@ impl LinearView<'_> {
         // gh = s g B, [n, r]: the gradient at the LoRA bottleneck.
         let gh = gemm_new(gm, Mat::new(&l.b, d_out, r), l.scale(), parallel(n, d_out, r));
         let grad = &mut grads[l.slot];
-        gemm(&mut grad.da, Mat::new(&gh, n, r).t(), Mat::new(u, n, d_in), 1.0, true, parallel(r, n, d_in));
-        gemm(&mut grad.db, gm.t(), Mat::new(&out.h, n, r), 1.0, true, parallel(d_out, n, r));
+        gemm(
+            &mut grad.da,
+            Mat::new(&gh, n, r).t(),
+            Mat::new(u, n, d_in),
+            1.0,
+            true,
+            parallel(r, n, d_in),
+        );
+        gemm(
+            &mut grad.db,
+            gm.t(),
+            Mat::new(&out.h, n, r),
+            1.0,
+            true,
+            parallel(d_out, n, r),
+        );
     }
 }

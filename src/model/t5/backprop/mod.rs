@@ -151,10 +151,12 @@ impl Pass<'_> {
             // The first sublayer's input gradient would only reach the (frozen)
             // embeddings: not computed.
             if i == 0 {
-                b.self_attn.backward(&c.attn, x, x, self_dims, &dh, None, None, grads);
+                b.self_attn
+                    .backward(&c.attn, x, x, self_dims, &dh, None, None, grads);
                 continue;
             }
-            b.self_attn.backward(&c.attn, x, x, self_dims, &dh, Some(&mut dx), None, grads);
+            b.self_attn
+                .backward(&c.attn, x, x, self_dims, &dh, Some(&mut dx), None, grads);
             rows::rms_norm_backward_add(&c.attn_in, &dx, &b.self_norm, self.eps, &mut dh);
         }
     }
@@ -184,7 +186,12 @@ fn bias_of(t: &Tensor, q_len: usize, k_len: usize) -> Result<Bias> {
     let row = if t_ == 1 { 0 } else { s };
     let head = if h == 1 { 0 } else { t_ * s };
     let batch = if b == 1 { 0 } else { h * t_ * s };
-    Ok(Bias { data, batch, head, row })
+    Ok(Bias {
+        data,
+        batch,
+        head,
+        row,
+    })
 }
 
 fn rel(stack: &super::Stack) -> Result<&Tensor> {
@@ -207,7 +214,11 @@ impl T5Model {
     /// gradients of `grad_scale ·` that loss with respect to every attached LoRA,
     /// by the hand-written pass; None where the pass does not apply (see the
     /// module doc), the caller then takes candle's autograd.
-    pub fn lora_loss_and_grads(&self, batch: &Seq2SeqBatch, grad_scale: f64) -> Result<Option<LoraGradients>> {
+    pub fn lora_loss_and_grads(
+        &self,
+        batch: &Seq2SeqBatch,
+        grad_scale: f64,
+    ) -> Result<Option<LoraGradients>> {
         let Some(view) = ModelView::of(self)? else {
             return Ok(None);
         };
@@ -265,7 +276,14 @@ impl T5Model {
         let (n_dec, d, v) = (b * t, cfg.d_model, cfg.vocab_size);
         let mut logits = vec![0f32; n_dec * v];
         let head = Mat::new(&pass.view.head_t, d, v);
-        gemm(&mut logits, Mat::new(&dec.out, n_dec, d), head, out_scale, false, linear::parallel(n_dec, d, v));
+        gemm(
+            &mut logits,
+            Mat::new(&dec.out, n_dec, d),
+            head,
+            out_scale,
+            false,
+            linear::parallel(n_dec, d, v),
+        );
         let loss = rows::masked_cross_entropy(
             &mut logits,
             v,
@@ -276,7 +294,14 @@ impl T5Model {
 
         // Backward: logits now hold their gradient.
         let mut g_out = vec![0f32; n_dec * d];
-        gemm(&mut g_out, Mat::new(&logits, n_dec, v), head.t(), out_scale, false, linear::parallel(n_dec, v, d));
+        gemm(
+            &mut g_out,
+            Mat::new(&logits, n_dec, v),
+            head.t(),
+            out_scale,
+            false,
+            linear::parallel(n_dec, v, d),
+        );
         drop(logits);
         let mut denc = vec![0f32; enc.out.len()];
         let cross = Some((enc.out.as_slice(), cross_dims, denc.as_mut_slice()));
@@ -331,7 +356,11 @@ mod tests {
     /// Inputs and targets of different lengths, so padding and masks matter.
     fn batch(cfg: &T5Config) -> Seq2SeqBatch {
         let mut rng = SeededRng::new(11);
-        let mut seq = |len: usize| -> Vec<u32> { (0..len).map(|_| 2 + (rng.uniform() * (cfg.vocab_size - 2) as f64) as u32).collect() };
+        let mut seq = |len: usize| -> Vec<u32> {
+            (0..len)
+                .map(|_| 2 + (rng.uniform() * (cfg.vocab_size - 2) as f64) as u32)
+                .collect()
+        };
         let inputs = vec![seq(7), seq(3), seq(5)];
         let targets = vec![seq(2), seq(4), seq(1)];
         Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, &Device::Cpu).unwrap()
@@ -344,20 +373,37 @@ mod tests {
         let reference = model.forward_loss(&b).unwrap();
         let expected_loss = reference.to_scalar::<f32>().unwrap() as f64;
         let store = (reference * scale).unwrap().backward().unwrap();
-        let pass = model.lora_loss_and_grads(&b, scale).unwrap().expect("the pass applies");
+        let pass = model
+            .lora_loss_and_grads(&b, scale)
+            .unwrap()
+            .expect("the pass applies");
         assert!(
             (pass.loss - expected_loss).abs() < 1e-5 * expected_loss.abs().max(1.0),
             "loss {} vs candle's {expected_loss}",
             pass.loss
         );
-        assert_eq!(pass.grads.len(), vars.len(), "one gradient per trainable variable");
+        assert_eq!(
+            pass.grads.len(),
+            vars.len(),
+            "one gradient per trainable variable"
+        );
         for (name, var) in &vars {
             let want = store.get(var.as_tensor()).expect("candle has the gradient");
             let got = &pass.grads[name];
             let scale_of = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(scale_of > 0.0, "{name}: a zero gradient tests nothing");
-            assert!(diff <= 1e-4 * scale_of, "{name}: gradients differ by {diff} (largest {scale_of})");
+            assert!(
+                diff <= 1e-4 * scale_of,
+                "{name}: gradients differ by {diff} (largest {scale_of})"
+            );
         }
     }
 
@@ -376,7 +422,9 @@ mod tests {
         cfg.d_kv = 5;
         cfg.tie_word_embeddings = true;
         cfg.scale_decoder_outputs = true;
-        check(&cfg, |m| m.ends_with(".q") || m.ends_with(".v") || m.contains("wo"));
+        check(&cfg, |m| {
+            m.ends_with(".q") || m.ends_with(".v") || m.contains("wo")
+        });
     }
 
     #[test]
@@ -389,6 +437,38 @@ mod tests {
         model.disable_dropout();
         assert!(model.lora_loss_and_grads(&b, 1.0).unwrap().is_some());
         model.start_routing_log(false);
-        assert!(model.lora_loss_and_grads(&b, 1.0).unwrap().is_none(), "routing log");
+        assert!(
+            model.lora_loss_and_grads(&b, 1.0).unwrap().is_none(),
+            "routing log"
+        );
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Large enough that products and attention split over the pool.
+        let mut cfg = T5Config::tiny_v1_1(50, 128, 1);
+        cfg.d_kv = 32;
+        cfg.d_ff = 256;
+        let (model, _) = model(&cfg, |_| true);
+        let mut rng = SeededRng::new(3);
+        let mut seq =
+            |len: usize| -> Vec<u32> { (0..len).map(|_| 2 + (rng.uniform() * 45.0) as u32).collect() };
+        let inputs: Vec<Vec<u32>> = (0..16).map(|i| seq(20 + i % 13)).collect();
+        let targets: Vec<Vec<u32>> = (0..16).map(|i| seq(4 + i % 9)).collect();
+        let b = Seq2SeqBatch::from_pairs(&cfg, &inputs, &targets, &Device::Cpu).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let out = pool.install(|| model.lora_loss_and_grads(&b, 1.0).unwrap().unwrap());
+            let grads: Vec<Vec<f32>> = out
+                .grads
+                .values()
+                .map(|g| g.flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            (out.loss, grads)
+        };
+        assert_eq!(run(1), run(3));
     }
 }

@@ -36,7 +36,13 @@ pub(super) fn rms_norm_backward_add(x: &[f32], g: &[f32], w: &[f32], eps: f32, d
 /// The mean negative log-likelihood of `labels` over the rows whose `mask` is
 /// set, from `logits` `[n, v]`, which are overwritten with the gradient of
 /// `scale ·` that mean (zero on masked-out rows).
-pub(super) fn masked_cross_entropy(logits: &mut [f32], v: usize, labels: &[u32], mask: &[f32], scale: f64) -> f64 {
+pub(super) fn masked_cross_entropy(
+    logits: &mut [f32],
+    v: usize,
+    labels: &[u32],
+    mask: &[f32],
+    scale: f64,
+) -> f64 {
     let count: f64 = mask.iter().map(|&m| m as f64).sum();
     let per_token = (scale / count.max(1.0)) as f32;
     let one = |scratch: &mut Vec<f32>, (row, (&label, &m)): (&mut [f32], (&u32, &f32))| -> f64 {
@@ -64,7 +70,11 @@ pub(super) fn masked_cross_entropy(logits: &mut [f32], v: usize, labels: &[u32],
     } else {
         let mut scratch = Vec::new();
         let rows = labels.iter().zip(mask);
-        logits.chunks_mut(v).zip(rows).map(|item| one(&mut scratch, item)).collect()
+        logits
+            .chunks_mut(v)
+            .zip(rows)
+            .map(|item| one(&mut scratch, item))
+            .collect()
     };
     terms.iter().sum::<f64>() / count.max(1.0)
 }

@@ -57,15 +57,29 @@ impl AttentionView<'_> {
     ) {
         let (nq, nk, inner) = (d.batch * d.q_len, d.batch * d.k_len, d.heads * d.d_kv);
         let mut dctx = vec![0f32; nq * inner];
-        self.o.backward(&c.ctx, &c.o, g, nq, Some(&mut dctx), false, grads);
-        let (mut dq, mut dk, mut dv) = (vec![0f32; nq * inner], vec![0f32; nk * inner], vec![0f32; nk * inner]);
-        attention::backward(d, (&c.q.y, &c.k.y, &c.v.y), &c.p, &dctx, &mut dq, &mut dk, &mut dv);
+        self.o
+            .backward(&c.ctx, &c.o, g, nq, Some(&mut dctx), false, grads);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; nq * inner],
+            vec![0f32; nk * inner],
+            vec![0f32; nk * inner],
+        );
+        attention::backward(
+            d,
+            (&c.q.y, &c.k.y, &c.v.y),
+            &c.p,
+            &dctx,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
         self.q.backward(x, &c.q, &dq, nq, dx.as_deref_mut(), false, grads);
         let mut dkv = match dkv {
             Some(dkv) => Some(dkv),
             None => dx,
         };
-        self.k.backward(kv, &c.k, &dk, nk, dkv.as_deref_mut(), true, grads);
+        self.k
+            .backward(kv, &c.k, &dk, nk, dkv.as_deref_mut(), true, grads);
         self.v.backward(kv, &c.v, &dv, nk, dkv, true, grads);
     }
 }
@@ -88,21 +102,35 @@ impl FeedForwardView<'_> {
     pub fn forward(&self, x: &[f32], n: usize) -> (FeedForwardCache, Vec<f32>) {
         let a = self.wi_0.forward(x, n);
         let b = self.wi_1.forward(x, n);
-        let hid: Vec<f32> = a.y.iter().zip(&b.y).map(|(&aj, &bj)| gelu_and_slope(aj).0 * bj).collect();
+        let hid: Vec<f32> =
+            a.y.iter()
+                .zip(&b.y)
+                .map(|(&aj, &bj)| gelu_and_slope(aj).0 * bj)
+                .collect();
         let mut wo = self.wo.forward(&hid, n);
         let out = std::mem::take(&mut wo.y);
         (FeedForwardCache { a, b, hid, wo }, out)
     }
 
     /// The gradient of `x` written to `dx`.
-    pub fn backward(&self, c: &FeedForwardCache, x: &[f32], n: usize, g: &[f32], dx: &mut [f32], grads: &mut [LoraGrad]) {
+    pub fn backward(
+        &self,
+        c: &FeedForwardCache,
+        x: &[f32],
+        n: usize,
+        g: &[f32],
+        dx: &mut [f32],
+        grads: &mut [LoraGrad],
+    ) {
         let mut dhid = vec![0f32; c.hid.len()];
-        self.wo.backward(&c.hid, &c.wo, g, n, Some(&mut dhid), false, grads);
+        self.wo
+            .backward(&c.hid, &c.wo, g, n, Some(&mut dhid), false, grads);
         let (mut da, mut db) = (vec![0f32; dhid.len()], vec![0f32; dhid.len()]);
-        for i in 0..dhid.len() {
-            let (gelu, slope) = gelu_and_slope(c.a.y[i]);
-            da[i] = dhid[i] * c.b.y[i] * slope;
-            db[i] = dhid[i] * gelu;
+        let grads_in = da.iter_mut().zip(db.iter_mut());
+        for ((da, db), ((&g, &a), &b)) in grads_in.zip(dhid.iter().zip(&c.a.y).zip(&c.b.y)) {
+            let (gelu, slope) = gelu_and_slope(a);
+            *da = g * b * slope;
+            *db = g * gelu;
         }
         self.wi_0.backward(x, &c.a, &da, n, Some(dx), false, grads);
         self.wi_1.backward(x, &c.b, &db, n, Some(dx), true, grads);

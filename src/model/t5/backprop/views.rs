@@ -66,7 +66,14 @@ impl<'m> Builder<'m> {
                     d_out,
                 });
                 let wt = data(lin.wt())?;
-                let view = LoraView::new(&wt, (d_in, d_out), data(&l.a)?, data(&l.b)?, l.rank(), self.slots.len() - 1);
+                let view = LoraView::new(
+                    &wt,
+                    (d_in, d_out),
+                    data(&l.a)?,
+                    data(&l.b)?,
+                    l.rank(),
+                    self.slots.len() - 1,
+                );
                 Some(view)
             }
             Some(_) => return None,
