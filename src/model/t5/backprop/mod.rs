@@ -90,12 +90,12 @@ impl Pass<'_> {
         let mut blocks = Vec::with_capacity(stack.blocks.len());
         for b in &stack.blocks {
             let attn_x = rows::rms_norm(&h, &b.self_norm, self.eps);
-            let (attn, out) = b.self_attn.forward(&attn_x, &attn_x, self_dims, self_bias);
+            let (attn, out) = b.self_attn.forward(&attn_x, None, self_dims, self_bias);
             let attn_in = add_into(&mut h, &out);
             let cross = match (&b.cross, cross) {
                 (Some((attn, norm)), Some((enc, dims, bias))) => {
                     let x = rows::rms_norm(&h, norm, self.eps);
-                    let (c, out) = attn.forward(&x, enc, dims, bias);
+                    let (c, out) = attn.forward(&x, Some(enc), dims, bias);
                     let input = add_into(&mut h, &out);
                     Some((input, x, c))
                 }
@@ -144,7 +144,16 @@ impl Pass<'_> {
             if let (Some((attn, norm)), Some((input, x, cache)), Some((enc, dims, denc))) =
                 (&b.cross, &c.cross, cross.as_mut())
             {
-                attn.backward(cache, x, enc, *dims, &dh, Some(&mut dx), Some(&mut **denc), grads);
+                attn.backward(
+                    cache,
+                    x,
+                    Some(enc),
+                    *dims,
+                    &dh,
+                    Some(&mut dx),
+                    Some(&mut **denc),
+                    grads,
+                );
                 rows::rms_norm_backward_add(input, &dx, norm, self.eps, &mut dh);
             }
             let x = &c.attn_x;
@@ -152,11 +161,11 @@ impl Pass<'_> {
             // embeddings: not computed.
             if i == 0 {
                 b.self_attn
-                    .backward(&c.attn, x, x, self_dims, &dh, None, None, grads);
+                    .backward(&c.attn, x, None, self_dims, &dh, None, None, grads);
                 continue;
             }
             b.self_attn
-                .backward(&c.attn, x, x, self_dims, &dh, Some(&mut dx), None, grads);
+                .backward(&c.attn, x, None, self_dims, &dh, Some(&mut dx), None, grads);
             rows::rms_norm_backward_add(&c.attn_in, &dx, &b.self_norm, self.eps, &mut dh);
         }
     }

@@ -1,115 +1,148 @@
-//! The T5 block's sublayers (attention with its four projections, the
-//! gated-GELU feed-forward), each a forward that keeps what its backward reads
-//! and a backward from the sublayer output's gradient.
+//! The T5 block's sublayers (attention with its projections, the gated-GELU
+//! feed-forward), each a forward that keeps what its backward reads and a
+//! backward from the sublayer output's gradient. Linears that share an input
+//! run as one group (`linear.rs`).
 
-use super::attention::{self, Bias, Dims};
-use super::linear::{LinearOut, LinearView, LoraGrad};
+use super::attention::{self, Bias, Dims, Layout};
+use super::linear::{GroupOut, LinearGroup, LoraGrad};
 use crate::kernels::fused::gated_gelu::gelu_and_slope;
 
-/// One attention of a block: projections and shape.
+/// One attention of a block. Self-attention: `q` is the q, k, v group and
+/// `kv` is None. Cross-attention: `q` alone, `kv` the k, v group over the
+/// encoder output.
 pub(super) struct AttentionView<'m> {
-    pub q: LinearView<'m>,
-    pub k: LinearView<'m>,
-    pub v: LinearView<'m>,
-    pub o: LinearView<'m>,
+    pub q: LinearGroup<'m>,
+    pub kv: Option<LinearGroup<'m>>,
+    pub o: LinearGroup<'m>,
 }
 
 /// What an attention sublayer's backward reads.
 pub(super) struct AttentionCache {
-    q: LinearOut,
-    k: LinearOut,
-    v: LinearOut,
+    q: GroupOut,
+    kv: Option<GroupOut>,
     p: Vec<f32>,
     ctx: Vec<f32>,
-    o: LinearOut,
+    o: GroupOut,
 }
 
 impl AttentionView<'_> {
-    /// Attention of queries from `x` over keys and values from `kv` (`x` itself
-    /// for self-attention); returns the sublayer output `[B·T, d_model]`.
-    pub fn forward(&self, x: &[f32], kv: &[f32], d: Dims, bias: &Bias) -> (AttentionCache, Vec<f32>) {
+    /// Where q, k and v sit in the q group's and the kv group's outputs.
+    fn layouts(&self, inner: usize) -> (Layout, Layout) {
+        match &self.kv {
+            None => {
+                let l = Layout {
+                    stride: 3 * inner,
+                    q: 0,
+                    k: inner,
+                    v: 2 * inner,
+                };
+                (l, l)
+            }
+            Some(_) => (
+                Layout {
+                    stride: inner,
+                    q: 0,
+                    k: 0,
+                    v: 0,
+                },
+                Layout {
+                    stride: 2 * inner,
+                    q: 0,
+                    k: 0,
+                    v: inner,
+                },
+            ),
+        }
+    }
+
+    /// Attention of queries from `x` over keys and values from `enc` (None:
+    /// self-attention over `x`); returns the sublayer output `[B·T, d_model]`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        enc: Option<&[f32]>,
+        d: Dims,
+        bias: &Bias,
+    ) -> (AttentionCache, Vec<f32>) {
         let (nq, nk) = (d.batch * d.q_len, d.batch * d.k_len);
+        let (lq, lkv) = self.layouts(d.inner());
         let q = self.q.forward(x, nq);
-        let k = self.k.forward(kv, nk);
-        let v = self.v.forward(kv, nk);
+        let kv = match (&self.kv, enc) {
+            (Some(group), Some(enc)) => Some(group.forward(enc, nk)),
+            _ => None,
+        };
+        let kv_y = kv.as_ref().map_or(&q.y, |o| &o.y);
         let mut p = vec![0f32; d.batch * d.heads * d.q_len * d.k_len];
-        let mut ctx = vec![0f32; nq * d.heads * d.d_kv];
-        attention::forward(d, &q.y, &k.y, &v.y, bias, &mut p, &mut ctx);
+        let mut ctx = vec![0f32; nq * d.inner()];
+        attention::forward(d, (&q.y, lq), (kv_y, lkv), bias, &mut p, &mut ctx);
         let mut o = self.o.forward(&ctx, nq);
         let out = std::mem::take(&mut o.y);
-        (AttentionCache { q, k, v, p, ctx, o }, out)
+        (AttentionCache { q, kv, p, ctx, o }, out)
     }
 
     /// From the output's gradient `g`: the gradient of `x` written to `dx` (not
-    /// computed when None), and that of `kv` added to `dkv` (None: self-attention,
-    /// `kv` is `x`, and its gradient joins `dx`).
+    /// computed when None), and for cross-attention that of `enc` added to `denc`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         c: &AttentionCache,
         x: &[f32],
-        kv: &[f32],
+        enc: Option<&[f32]>,
         d: Dims,
         g: &[f32],
-        mut dx: Option<&mut [f32]>,
-        dkv: Option<&mut [f32]>,
+        dx: Option<&mut [f32]>,
+        denc: Option<&mut [f32]>,
         grads: &mut [LoraGrad],
     ) {
-        let (nq, nk, inner) = (d.batch * d.q_len, d.batch * d.k_len, d.heads * d.d_kv);
+        let (nq, nk, inner) = (d.batch * d.q_len, d.batch * d.k_len, d.inner());
+        let (lq, lkv) = self.layouts(inner);
         let mut dctx = vec![0f32; nq * inner];
         self.o
             .backward(&c.ctx, &c.o, g, nq, Some(&mut dctx), false, grads);
-        let (mut dq, mut dk, mut dv) = (
-            vec![0f32; nq * inner],
-            vec![0f32; nk * inner],
-            vec![0f32; nk * inner],
-        );
+        let kv_y = c.kv.as_ref().map_or(&c.q.y, |o| &o.y);
+        let mut dq = vec![0f32; nq * self.q.d_out()];
+        let mut dkv = self.kv.as_ref().map(|group| vec![0f32; nk * group.d_out()]);
         attention::backward(
             d,
-            (&c.q.y, &c.k.y, &c.v.y),
+            (&c.q.y, lq),
+            (kv_y, lkv),
             &c.p,
             &dctx,
             &mut dq,
-            &mut dk,
-            &mut dv,
+            dkv.as_deref_mut(),
         );
-        self.q.backward(x, &c.q, &dq, nq, dx.as_deref_mut(), false, grads);
-        let mut dkv = match dkv {
-            Some(dkv) => Some(dkv),
-            None => dx,
-        };
-        self.k
-            .backward(kv, &c.k, &dk, nk, dkv.as_deref_mut(), true, grads);
-        self.v.backward(kv, &c.v, &dv, nk, dkv, true, grads);
+        self.q.backward(x, &c.q, &dq, nq, dx, false, grads);
+        if let (Some(group), Some(out), Some(dkv), Some(enc)) = (&self.kv, &c.kv, &dkv, enc) {
+            group.backward(enc, out, dkv, nk, denc, true, grads);
+        }
     }
 }
 
-/// The gated-GELU feed-forward `wo(gelu_new(wi_0 x) ∘ wi_1 x)`.
+/// The gated-GELU feed-forward `wo(gelu_new(wi_0 x) ∘ wi_1 x)`; `wi` is the
+/// wi_0, wi_1 group.
 pub(super) struct FeedForwardView<'m> {
-    pub wi_0: LinearView<'m>,
-    pub wi_1: LinearView<'m>,
-    pub wo: LinearView<'m>,
+    pub wi: LinearGroup<'m>,
+    pub wo: LinearGroup<'m>,
 }
 
 pub(super) struct FeedForwardCache {
-    a: LinearOut,
-    b: LinearOut,
+    ab: GroupOut,
     hid: Vec<f32>,
-    wo: LinearOut,
+    wo: GroupOut,
 }
 
 impl FeedForwardView<'_> {
     pub fn forward(&self, x: &[f32], n: usize) -> (FeedForwardCache, Vec<f32>) {
-        let a = self.wi_0.forward(x, n);
-        let b = self.wi_1.forward(x, n);
-        let hid: Vec<f32> =
-            a.y.iter()
-                .zip(&b.y)
-                .map(|(&aj, &bj)| gelu_and_slope(aj).0 * bj)
-                .collect();
+        let ab = self.wi.forward(x, n);
+        let ff = self.wi.d_out() / 2;
+        let mut hid = Vec::with_capacity(n * ff);
+        for row in ab.y.chunks(2 * ff) {
+            let (a, b) = row.split_at(ff);
+            hid.extend(a.iter().zip(b).map(|(&aj, &bj)| gelu_and_slope(aj).0 * bj));
+        }
         let mut wo = self.wo.forward(&hid, n);
         let out = std::mem::take(&mut wo.y);
-        (FeedForwardCache { a, b, hid, wo }, out)
+        (FeedForwardCache { ab, hid, wo }, out)
     }
 
     /// The gradient of `x` written to `dx`.
@@ -122,17 +155,25 @@ impl FeedForwardView<'_> {
         dx: &mut [f32],
         grads: &mut [LoraGrad],
     ) {
+        let ff = self.wi.d_out() / 2;
         let mut dhid = vec![0f32; c.hid.len()];
         self.wo
             .backward(&c.hid, &c.wo, g, n, Some(&mut dhid), false, grads);
-        let (mut da, mut db) = (vec![0f32; dhid.len()], vec![0f32; dhid.len()]);
-        let grads_in = da.iter_mut().zip(db.iter_mut());
-        for ((da, db), ((&g, &a), &b)) in grads_in.zip(dhid.iter().zip(&c.a.y).zip(&c.b.y)) {
-            let (gelu, slope) = gelu_and_slope(a);
-            *da = g * b * slope;
-            *db = g * gelu;
+        let mut dab = vec![0f32; c.ab.y.len()];
+        for ((drow, row), grow) in dab
+            .chunks_mut(2 * ff)
+            .zip(c.ab.y.chunks(2 * ff))
+            .zip(dhid.chunks(ff))
+        {
+            let (da, db) = drow.split_at_mut(ff);
+            let (a, b) = row.split_at(ff);
+            for ((da, db), ((&g, &a), &b)) in da.iter_mut().zip(db.iter_mut()).zip(grow.iter().zip(a).zip(b))
+            {
+                let (gelu, slope) = gelu_and_slope(a);
+                *da = g * b * slope;
+                *db = g * gelu;
+            }
         }
-        self.wi_0.backward(x, &c.a, &da, n, Some(dx), false, grads);
-        self.wi_1.backward(x, &c.b, &db, n, Some(dx), true, grads);
+        self.wi.backward(x, &c.ab, &dab, n, Some(dx), false, grads);
     }
 }

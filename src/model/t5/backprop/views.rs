@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::linear::{LinearView, LoraView};
+use super::linear::{LinearGroup, LoraView, Member};
 use super::sublayers::{AttentionView, FeedForwardView};
 use crate::kernels::fused::F32Data;
 use crate::model::adapter::{AdapterSet, Linear, ModuleAdapter};
@@ -54,7 +54,7 @@ struct Builder<'m> {
 }
 
 impl<'m> Builder<'m> {
-    fn linear(&mut self, lin: &'m Linear) -> Option<LinearView<'m>> {
+    fn member(&mut self, lin: &'m Linear) -> Option<Member<'m>> {
         let (d_in, d_out) = (lin.d_in(), lin.d_out());
         let lora = match self.adapters.get(&lin.name) {
             None => None,
@@ -65,33 +65,42 @@ impl<'m> Builder<'m> {
                     d_in,
                     d_out,
                 });
-                let wt = data(lin.wt())?;
-                let view = LoraView::new(
-                    &wt,
-                    (d_in, d_out),
-                    data(&l.a)?,
-                    data(&l.b)?,
-                    l.rank(),
-                    self.slots.len() - 1,
-                );
-                Some(view)
+                Some(LoraView {
+                    a: data(&l.a)?,
+                    b: data(&l.b)?,
+                    rank: l.rank(),
+                    slot: self.slots.len() - 1,
+                })
             }
             Some(_) => return None,
         };
-        Some(LinearView {
+        Some(Member {
             wt: data(lin.wt())?,
-            d_in,
             d_out,
             lora,
         })
     }
 
-    fn attention(&mut self, a: &'m Attention) -> Option<AttentionView<'m>> {
+    /// The linears, which all read the same input, as one group.
+    fn group(&mut self, lins: &[&'m Linear]) -> Option<LinearGroup<'m>> {
+        let d_in = lins.first()?.d_in();
+        if lins.iter().any(|l| l.d_in() != d_in) {
+            return None;
+        }
+        let members = lins.iter().map(|l| self.member(l)).collect::<Option<Vec<_>>>()?;
+        Some(LinearGroup::new(d_in, members))
+    }
+
+    fn attention(&mut self, a: &'m Attention, cross: bool) -> Option<AttentionView<'m>> {
+        let (q, kv) = if cross {
+            (self.group(&[&a.q])?, Some(self.group(&[&a.k, &a.v])?))
+        } else {
+            (self.group(&[&a.q, &a.k, &a.v])?, None)
+        };
         Some(AttentionView {
-            q: self.linear(&a.q)?,
-            k: self.linear(&a.k)?,
-            v: self.linear(&a.v)?,
-            o: self.linear(&a.o)?,
+            q,
+            kv,
+            o: self.group(&[&a.o])?,
         })
     }
 
@@ -108,17 +117,16 @@ impl<'m> Builder<'m> {
                 return None;
             };
             let cross = match &b.cross {
-                Some((attn, norm)) => Some((self.attention(attn)?, data(norm)?)),
+                Some((attn, norm)) => Some((self.attention(attn, true)?, data(norm)?)),
                 None => None,
             };
             blocks.push(BlockView {
-                self_attn: self.attention(&b.self_attn)?,
+                self_attn: self.attention(&b.self_attn, false)?,
                 self_norm: data(&b.self_norm)?,
                 cross,
                 ffn: FeedForwardView {
-                    wi_0: self.linear(wi_0)?,
-                    wi_1: self.linear(wi_1)?,
-                    wo: self.linear(wo)?,
+                    wi: self.group(&[wi_0, wi_1])?,
+                    wo: self.group(&[wo])?,
                 },
                 ffn_norm: data(&b.ffn_norm)?,
             });
