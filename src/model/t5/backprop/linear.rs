@@ -156,25 +156,25 @@ impl<'m> LinearGroup<'m> {
         GroupOut { y, h }
     }
 
-    /// From the output's gradient `g` `[n, d_out]` (the members' side by side): the
-    /// input's gradient into `du` (added to it when `add`; not computed when `du`
-    /// is None: nothing reads it), each LoRA's added to `grads[slot]`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &self,
-        u: &[f32],
-        out: &GroupOut,
-        g: &[f32],
-        n: usize,
-        du: Option<&mut [f32]>,
-        add: bool,
-        grads: &mut [LoraGrad],
-    ) {
+    /// The input's gradient `g [W'_1; W'_2; ...]` `[n, d_in]` for the output's
+    /// gradient `g` `[n, d_out]` (the members' side by side), in a new buffer.
+    pub fn input_grad(&self, g: &[f32], n: usize) -> Vec<f32> {
         let (d_in, d_out) = (self.d_in, self.d_out);
-        if let Some(du) = du {
-            let w = Mat::new(&self.weight_t, d_in, d_out).t();
-            gemm(du, Mat::new(g, n, d_out), w, 1.0, add, parallel(n, d_out, d_in));
-        }
+        let w = Mat::new(&self.weight_t, d_in, d_out).t();
+        gemm_new(Mat::new(g, n, d_out), w, 1.0, parallel(n, d_out, d_in))
+    }
+
+    /// [`Self::input_grad`] written to `du`, or added to it when `add`.
+    pub fn input_grad_into(&self, g: &[f32], n: usize, du: &mut [f32], add: bool) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let w = Mat::new(&self.weight_t, d_in, d_out).t();
+        gemm(du, Mat::new(g, n, d_out), w, 1.0, add, parallel(n, d_out, d_in));
+    }
+
+    /// Adds each LoRA's gradients for the output's gradient `g` to `grads[slot]`;
+    /// `u` is the group's input.
+    pub fn lora_grads(&self, u: &[f32], out: &GroupOut, g: &[f32], n: usize, grads: &mut [LoraGrad]) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
         for p in &self.members {
             let Some(l) = &p.member.lora else { continue };
             let (r, m_out) = (l.rank, p.member.d_out);

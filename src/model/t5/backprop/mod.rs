@@ -31,7 +31,7 @@ use self::sublayers::{AttentionCache, FeedForwardCache};
 use self::views::{ModelView, StackView};
 use super::position_bias::{causal_mask, key_mask, position_bias};
 use super::{Seq2SeqBatch, T5Model};
-use crate::kernels::fused::gemm::{Mat, gemm};
+use crate::kernels::fused::gemm::{Mat, gemm_new};
 use crate::model::error::{ModelError, Result};
 
 /// A micro-batch's loss and the gradients of the trainable LoRAs, named as their
@@ -283,16 +283,9 @@ impl T5Model {
             1.0
         };
         let (n_dec, d, v) = (b * t, cfg.d_model, cfg.vocab_size);
-        let mut logits = vec![0f32; n_dec * v];
         let head = Mat::new(&pass.view.head_t, d, v);
-        gemm(
-            &mut logits,
-            Mat::new(&dec.out, n_dec, d),
-            head,
-            out_scale,
-            false,
-            linear::parallel(n_dec, d, v),
-        );
+        let logits_par = linear::parallel(n_dec, d, v);
+        let mut logits = gemm_new(Mat::new(&dec.out, n_dec, d), head, out_scale, logits_par);
         let loss = rows::masked_cross_entropy(
             &mut logits,
             v,
@@ -302,15 +295,7 @@ impl T5Model {
         );
 
         // Backward: logits now hold their gradient.
-        let mut g_out = vec![0f32; n_dec * d];
-        gemm(
-            &mut g_out,
-            Mat::new(&logits, n_dec, v),
-            head.t(),
-            out_scale,
-            false,
-            linear::parallel(n_dec, v, d),
-        );
+        let g_out = gemm_new(Mat::new(&logits, n_dec, v), head.t(), out_scale, logits_par);
         drop(logits);
         let mut denc = vec![0f32; enc.out.len()];
         let cross = Some((enc.out.as_slice(), cross_dims, denc.as_mut_slice()));

@@ -96,9 +96,8 @@ impl AttentionView<'_> {
     ) {
         let (nq, nk, inner) = (d.batch * d.q_len, d.batch * d.k_len, d.inner());
         let (lq, lkv) = self.layouts(inner);
-        let mut dctx = vec![0f32; nq * inner];
-        self.o
-            .backward(&c.ctx, &c.o, g, nq, Some(&mut dctx), false, grads);
+        let dctx = self.o.input_grad(g, nq);
+        self.o.lora_grads(&c.ctx, &c.o, g, nq, grads);
         let kv_y = c.kv.as_ref().map_or(&c.q.y, |o| &o.y);
         let mut dq = vec![0f32; nq * self.q.d_out()];
         let mut dkv = self.kv.as_ref().map(|group| vec![0f32; nk * group.d_out()]);
@@ -111,9 +110,15 @@ impl AttentionView<'_> {
             &mut dq,
             dkv.as_deref_mut(),
         );
-        self.q.backward(x, &c.q, &dq, nq, dx, false, grads);
+        if let Some(dx) = dx {
+            self.q.input_grad_into(&dq, nq, dx, false);
+        }
+        self.q.lora_grads(x, &c.q, &dq, nq, grads);
         if let (Some(group), Some(out), Some(dkv), Some(enc)) = (&self.kv, &c.kv, &dkv, enc) {
-            group.backward(enc, out, dkv, nk, denc, true, grads);
+            if let Some(denc) = denc {
+                group.input_grad_into(dkv, nk, denc, true);
+            }
+            group.lora_grads(enc, out, dkv, nk, grads);
         }
     }
 }
@@ -156,9 +161,8 @@ impl FeedForwardView<'_> {
         grads: &mut [LoraGrad],
     ) {
         let ff = self.wi.d_out() / 2;
-        let mut dhid = vec![0f32; c.hid.len()];
-        self.wo
-            .backward(&c.hid, &c.wo, g, n, Some(&mut dhid), false, grads);
+        let dhid = self.wo.input_grad(g, n);
+        self.wo.lora_grads(&c.hid, &c.wo, g, n, grads);
         let mut dab = vec![0f32; c.ab.y.len()];
         for ((drow, row), grow) in dab
             .chunks_mut(2 * ff)
@@ -174,6 +178,7 @@ impl FeedForwardView<'_> {
                 *db = g * gelu;
             }
         }
-        self.wi.backward(x, &c.ab, &dab, n, Some(dx), false, grads);
+        self.wi.input_grad_into(&dab, n, dx, false);
+        self.wi.lora_grads(x, &c.ab, &dab, n, grads);
     }
 }
