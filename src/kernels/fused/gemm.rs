@@ -92,18 +92,48 @@ pub fn gemm_strided(
     if m == 0 || n == 0 {
         return;
     }
+    // SAFETY: every index the strides address is inside the slices (asserted
+    // above), and `dst` is not aliased by `lhs` or `rhs` (borrow rules).
+    unsafe {
+        raw(
+            dst.as_mut_ptr(),
+            dst_row_stride,
+            lhs,
+            rhs,
+            scale,
+            accumulate,
+            parallel,
+        )
+    }
+}
+
+/// The gemm crate's product into `dst` (row-major, rows `dst_row_stride` apart),
+/// `dst = scale·lhs·rhs`, or `dst += scale·lhs·rhs` when `accumulate`.
+///
+/// # Safety
+/// `dst` must be valid for writes of the `[lhs.rows, rhs.cols]` block at that row
+/// stride (and for reads when `accumulate`), must not overlap the operands, and
+/// the operands' views must lie inside their slices.
+unsafe fn raw(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
     let parallelism = match rayon::current_num_threads() {
         t if parallel && t > 1 => gemm::Parallelism::Rayon(t),
         _ => gemm::Parallelism::None,
     };
-    // SAFETY: every index the strides address is inside the slices (asserted
-    // above), and `dst` is not aliased by `lhs` or `rhs` (borrow rules).
+    // SAFETY: the caller's contract (above) is what gemm::gemm requires.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            dst,
             1,
             dst_row_stride as isize,
             accumulate,
@@ -138,37 +168,13 @@ pub fn gemm_new(lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, parallel: bool) -> Vec<f
         return vec![0f32; len];
     }
     let mut dst: Vec<f32> = Vec::with_capacity(len);
-    let parallelism = match rayon::current_num_threads() {
-        t if parallel && t > 1 => gemm::Parallelism::Rayon(t),
-        _ => gemm::Parallelism::None,
-    };
-    // SAFETY: `dst` has capacity for the `m × n` row-major result; with
-    // `read_dst = false` gemm computes `dst = scale · lhs · rhs` and writes every
+    // SAFETY: `dst` has capacity for the `m × n` row-major result; without
+    // `accumulate` gemm computes `dst = scale · lhs · rhs` and writes every
     // element of it (k > 0) without reading any first, so after the call all
     // `len` elements are initialised and `set_len` is sound. The operands are
     // inside their slices (asserted above) and do not alias `dst`.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        raw(dst.as_mut_ptr(), n, lhs, rhs, scale, false, parallel);
         dst.set_len(len);
     }
     dst

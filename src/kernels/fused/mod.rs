@@ -26,7 +26,7 @@ pub mod lora_linear;
 pub mod rms_norm;
 pub mod softmax;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::ops::{Deref, Range};
 

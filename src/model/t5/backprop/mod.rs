@@ -323,6 +323,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
+    use crate::kernels::fused::test_support::max_abs_diff;
     use crate::model::adapter::trainable::new_trainable_lora;
     use crate::model::t5::config::T5Config;
     use crate::rng::SeededRng;
@@ -385,14 +386,7 @@ mod tests {
             let want = store.get(var.as_tensor()).expect("candle has the gradient");
             let got = &pass.grads[name];
             let scale_of = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(got, want);
             assert!(scale_of > 0.0, "{name}: a zero gradient tests nothing");
             assert!(
                 diff <= 1e-4 * scale_of,
@@ -439,7 +433,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        // Large enough that products and attention split over the pool.
+        // Large enough that the feed-forward products split over the pool.
         let mut cfg = T5Config::tiny_v1_1(50, 128, 1);
         cfg.d_kv = 32;
         cfg.d_ff = 256;
