@@ -18,6 +18,7 @@ use crate::model::adapter::trainable::{
 };
 use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
 use crate::plan::Needed;
+use crate::train::batches::seq2seq_batch;
 use crate::train::{GateParams, Objective, Pair, TrainConfig, train};
 
 pub use crate::artifact_files::EXPERT_FILE;
@@ -36,9 +37,7 @@ pub struct AdaptedModel<'a> {
 
 impl AdaptedModel<'_> {
     fn batch_of(&self, batch: &[&Pair]) -> crate::model::Result<Seq2SeqBatch> {
-        let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
-        let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
-        Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, self.model.device())
+        seq2seq_batch(batch, &self.model.config, self.model.device())
     }
 
     /// Whether each of `items` is answered right.

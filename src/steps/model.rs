@@ -19,7 +19,7 @@ use super::common::{CtxMonitor, MODEL_JSON, ModelPointer, fail, train_err, write
 use crate::data::tokenizer::{save as save_tokenizer, sentinel, train_word_level};
 use crate::exec::{JobDefaults, JobResources, Kind, StepContext, StepError, StepRunner};
 use crate::hub::resolve_model_reporting;
-use crate::model::{FeedForward, Seq2SeqBatch, T5Config, T5Model, T5Weights, TensorStore};
+use crate::model::{FeedForward, T5Config, T5Model, T5Weights, TensorStore};
 use crate::plan::Review;
 use crate::store::External;
 use crate::train::{Objective, Pair, Schedule, TrainConfig, train};
@@ -240,9 +240,7 @@ impl FullModel {
 
 impl Objective for FullModel {
     fn loss(&mut self, batch: &[&Pair]) -> crate::model::Result<Tensor> {
-        let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
-        let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
-        let b = Seq2SeqBatch::from_pairs(&self.config, &inputs, &targets, &self.device)?;
+        let b = crate::train::batches::seq2seq_batch(batch, &self.config, &self.device)?;
         self.model.forward_loss(&b)
     }
     fn updated(&mut self) -> crate::model::Result<()> {

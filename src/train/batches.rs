@@ -4,15 +4,25 @@
 //! of batches in each epoch is a seeded shuffle, so the batch used at any micro-step
 //! is a pure function of (seed, micro-step): a resumed run sees the same data.
 
+use candle_core::Device;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+
+use crate::model::{Result as ModelResult, Seq2SeqBatch, T5Config};
 
 /// One tokenized example: input ids and target ids (targets end with EOS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
     pub input: Vec<u32>,
     pub target: Vec<u32>,
+}
+
+/// A micro-batch of pairs as the model's padded teacher-forcing batch.
+pub fn seq2seq_batch(batch: &[&Pair], cfg: &T5Config, device: &Device) -> ModelResult<Seq2SeqBatch> {
+    let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
+    let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
+    Seq2SeqBatch::from_pairs(cfg, &inputs, &targets, device)
 }
 
 /// Truncates to the length limits, keeping the target's final EOS.

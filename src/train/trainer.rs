@@ -800,9 +800,7 @@ mod tests {
 
     impl Lora {
         fn batch(&self, batch: &[&Pair]) -> ModelResult<crate::model::Seq2SeqBatch> {
-            let inputs: Vec<Vec<u32>> = batch.iter().map(|p| p.input.clone()).collect();
-            let targets: Vec<Vec<u32>> = batch.iter().map(|p| p.target.clone()).collect();
-            crate::model::Seq2SeqBatch::from_pairs(&self.model.config, &inputs, &targets, &Device::Cpu)
+            crate::train::batches::seq2seq_batch(batch, &self.model.config, &Device::Cpu)
         }
     }
 
