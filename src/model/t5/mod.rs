@@ -464,6 +464,38 @@ impl T5Model {
         }
     }
 
+    /// The encoder's self-attention bias `[B, H, S, S]`: relative positions plus
+    /// the key mask of `attention_mask` `[B, S]`.
+    fn encoder_bias(&self, attention_mask: &Tensor, s: usize) -> Result<Tensor> {
+        let mask = key_mask(attention_mask, self.bias_dtype())?;
+        Ok(match &self.encoder.rel_bias {
+            Some(rel) => position_bias(rel, 0, s, s, true, self.config.relative_attention_max_distance)?
+                .to_dtype(self.bias_dtype())?
+                .broadcast_add(&mask)?,
+            None => mask,
+        })
+    }
+
+    /// The decoder's self-attention bias `[1, H, T, offset + T]` for `t` positions
+    /// after `offset` cached ones: relative positions plus the causal mask.
+    fn decoder_self_bias(&self, offset: usize, t: usize) -> Result<Tensor> {
+        let k_len = offset + t;
+        let causal = causal_mask(offset, t, k_len, self.bias_dtype(), &self.device)?;
+        Ok(match &self.decoder.rel_bias {
+            Some(rel) => position_bias(
+                rel,
+                offset,
+                t,
+                k_len,
+                false,
+                self.config.relative_attention_max_distance,
+            )?
+            .to_dtype(self.bias_dtype())?
+            .broadcast_add(&causal)?,
+            None => causal,
+        })
+    }
+
     fn ctx(&self) -> AdapterCtx<'_> {
         AdapterCtx {
             adapters: &self.adapters,
@@ -497,13 +529,7 @@ impl T5Model {
         self.set_encoder_ids(input_ids)?;
         let ctx = self.ctx();
         let mut h = self.drop(self.embed(input_ids)?)?;
-        let mask = key_mask(attention_mask, self.bias_dtype())?;
-        let bias = match &self.encoder.rel_bias {
-            Some(rel) => position_bias(rel, 0, s, s, true, self.config.relative_attention_max_distance)?
-                .to_dtype(self.bias_dtype())?
-                .broadcast_add(&mask)?,
-            None => mask,
-        };
+        let bias = self.encoder_bias(attention_mask, s)?;
         let eps = self.config.layer_norm_epsilon;
         for block in &self.encoder.blocks {
             let x = rms_norm(&h, &block.self_norm, eps)?;
@@ -550,20 +576,7 @@ impl T5Model {
         let ctx = self.ctx();
         let offset = cache.len;
         let k_len = offset + t;
-        let causal = causal_mask(offset, t, k_len, self.bias_dtype(), &self.device)?;
-        let self_bias = match &self.decoder.rel_bias {
-            Some(rel) => position_bias(
-                rel,
-                offset,
-                t,
-                k_len,
-                false,
-                self.config.relative_attention_max_distance,
-            )?
-            .to_dtype(self.bias_dtype())?
-            .broadcast_add(&causal)?,
-            None => causal,
-        };
+        let self_bias = self.decoder_self_bias(offset, t)?;
         let eps = self.config.layer_norm_epsilon;
         let mut h = self.drop(self.embed(ids)?)?;
         for (i, block) in self.decoder.blocks.iter().enumerate() {

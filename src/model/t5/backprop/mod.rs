@@ -29,7 +29,7 @@ use self::attention::{Bias, Dims};
 use self::linear::LoraGrad;
 use self::sublayers::{AttentionCache, FeedForwardCache};
 use self::views::{ModelView, StackView};
-use super::position_bias::{causal_mask, key_mask, position_bias};
+use super::position_bias::key_mask;
 use super::{Seq2SeqBatch, T5Model};
 use crate::kernels::fused::gemm::{Mat, gemm_new};
 use crate::model::error::{ModelError, Result};
@@ -203,13 +203,6 @@ fn bias_of(t: &Tensor, q_len: usize, k_len: usize) -> Result<Bias> {
     })
 }
 
-fn rel(stack: &super::Stack) -> Result<&Tensor> {
-    stack
-        .rel_bias
-        .as_ref()
-        .ok_or_else(|| ModelError::Input("a stack without relative position bias".into()))
-}
-
 fn ids(t: &Tensor) -> Result<Vec<u32>> {
     Ok(t.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?)
 }
@@ -254,15 +247,11 @@ impl T5Model {
             q_len,
             k_len,
         };
-        let max_d = cfg.relative_attention_max_distance;
-        let mask = key_mask(&batch.attention_mask, DType::F32)?;
-        let enc_bias = position_bias(rel(&self.encoder)?, 0, s, s, true, max_d)?.broadcast_add(&mask)?;
-        let causal = causal_mask(0, t, t, DType::F32, &self.device)?;
-        let dec_bias = position_bias(rel(&self.decoder)?, 0, t, t, false, max_d)?.broadcast_add(&causal)?;
+        // The same biases as the candle path's (f32 model: f32 biases).
         let (enc_bias, dec_bias, cross_bias) = (
-            bias_of(&enc_bias, s, s)?,
-            bias_of(&dec_bias, t, t)?,
-            bias_of(&mask, t, s)?,
+            bias_of(&self.encoder_bias(&batch.attention_mask, s)?, s, s)?,
+            bias_of(&self.decoder_self_bias(0, t)?, t, t)?,
+            bias_of(&key_mask(&batch.attention_mask, DType::F32)?, t, s)?,
         );
         let (enc_dims, dec_dims, cross_dims) = (dims(s, s), dims(t, t), dims(t, s));
 
