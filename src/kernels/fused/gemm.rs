@@ -78,16 +78,11 @@ pub fn gemm_strided(
     accumulate: bool,
     parallel: bool,
 ) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(k, rhs.rows, "gemm: inner dimensions differ");
+    let (m, n) = check_operands(lhs, rhs);
     assert!(dst_row_stride >= n, "gemm: destination rows overlap");
     assert!(
         m == 0 || n == 0 || dst.len() >= (m - 1) * dst_row_stride + n,
         "gemm: destination too small"
-    );
-    assert!(
-        lhs.data.len() >= lhs.span() && rhs.data.len() >= rhs.span(),
-        "gemm: a view addresses past its data"
     );
     if m == 0 || n == 0 {
         return;
@@ -105,6 +100,17 @@ pub fn gemm_strided(
             parallel,
         )
     }
+}
+
+/// Asserts that `lhs · rhs` is defined and both views lie inside their data;
+/// the product's `(rows, cols)`.
+fn check_operands(lhs: Mat<'_>, rhs: Mat<'_>) -> (usize, usize) {
+    assert_eq!(lhs.cols, rhs.rows, "gemm: inner dimensions differ");
+    assert!(
+        lhs.data.len() >= lhs.span() && rhs.data.len() >= rhs.span(),
+        "gemm: a view addresses past its data"
+    );
+    (lhs.rows, rhs.cols)
 }
 
 /// The gemm crate's product into `dst` (row-major, rows `dst_row_stride` apart),
@@ -157,14 +163,9 @@ unsafe fn raw(
 /// the product writes without it being zero-filled first (at small sizes that
 /// fill is a measurable share of a training step).
 pub fn gemm_new(lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, parallel: bool) -> Vec<f32> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(k, rhs.rows, "gemm: inner dimensions differ");
-    assert!(
-        lhs.data.len() >= lhs.span() && rhs.data.len() >= rhs.span(),
-        "gemm: a view addresses past its data"
-    );
+    let (m, n) = check_operands(lhs, rhs);
     let len = m * n;
-    if len == 0 || k == 0 {
+    if len == 0 || lhs.cols == 0 {
         return vec![0f32; len];
     }
     let mut dst: Vec<f32> = Vec::with_capacity(len);

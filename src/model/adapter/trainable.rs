@@ -34,6 +34,12 @@ fn insert_var(varmap: &VarMap, name: String, t: Tensor) -> Result<Tensor> {
     Ok(tensor)
 }
 
+/// The variable names of `module`'s trainable LoRA, `[A, B]`: what the trainer
+/// keys gradients and checkpoints by.
+pub fn lora_var_names(module: &str) -> [String; 2] {
+    [format!("{module}.lora_A"), format!("{module}.lora_B")]
+}
+
 /// A new trainable LoRA on every adapted linear whose name passes `filter`.
 /// Variables are named `<module>.lora_A` / `<module>.lora_B`, as in expert files.
 pub fn new_trainable_lora(
@@ -56,8 +62,9 @@ pub fn new_trainable_lora(
         }
         let a = rng.normal_tensor(&[rank, site.d_in], LORA_A_STD, dtype, device)?;
         let b = Tensor::zeros((site.d_out, rank), dtype, device)?;
-        let a = insert_var(varmap, format!("{}.lora_A", site.name), a)?;
-        let b = insert_var(varmap, format!("{}.lora_B", site.name), b)?;
+        let [a_name, b_name] = lora_var_names(&site.name);
+        let a = insert_var(varmap, a_name, a)?;
+        let b = insert_var(varmap, b_name, b)?;
         let l = LoraWeights::new(&site.name, a, b, site.d_in, site.d_out)?;
         set.insert(site.name, ModuleAdapter::Lora(l));
     }

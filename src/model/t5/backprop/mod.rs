@@ -32,6 +32,7 @@ use self::views::{ModelView, StackView};
 use super::position_bias::key_mask;
 use super::{Seq2SeqBatch, T5Model};
 use crate::kernels::fused::gemm::{Mat, gemm_new};
+use crate::model::adapter::trainable::lora_var_names;
 use crate::model::error::{ModelError, Result};
 
 /// A micro-batch's loss and the gradients of the trainable LoRAs, named as their
@@ -293,12 +294,13 @@ impl T5Model {
 
         let mut named = BTreeMap::new();
         for (slot, g) in pass.view.slots.iter().zip(grads) {
+            let [a_name, b_name] = lora_var_names(&slot.module);
             named.insert(
-                format!("{}.lora_A", slot.module),
+                a_name,
                 Tensor::from_vec(g.da, (slot.rank, slot.d_in), &self.device)?,
             );
             named.insert(
-                format!("{}.lora_B", slot.module),
+                b_name,
                 Tensor::from_vec(g.db, (slot.d_out, slot.rank), &self.device)?,
             );
         }
