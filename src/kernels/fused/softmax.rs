@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::{F32Data, cpu_f32, fast_exp, lane_dot, lane_sum, row_max, slice_of};
 
 /// One row: `out = softmax(row + brow)`.
-pub(crate) fn forward_row(out: &mut [f32], row: &[f32], brow: &[f32]) {
+fn forward_row(out: &mut [f32], row: &[f32], brow: &[f32]) {
     for ((o, &xj), &bj) in out.iter_mut().zip(row).zip(brow) {
         *o = xj + bj;
     }

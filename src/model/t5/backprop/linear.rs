@@ -14,7 +14,7 @@
 //! own gradient.
 
 use crate::kernels::fused::F32Data;
-use crate::kernels::fused::gemm::{Mat, gemm, gemm_new};
+use crate::kernels::fused::gemm::{Mat, gemm, gemm_new, gemm_strided};
 
 /// Multiply-adds above which a product is split over the thread pool. Below it
 /// the hand-off costs more than the second core gives (benches/README.md).
@@ -92,6 +92,7 @@ impl<'m> LinearGroup<'m> {
         let (mut col, mut h_col) = (0, 0);
         let mut placed = Vec::with_capacity(members.len());
         for m in members {
+            let rank = m.lora.as_ref().map_or(0, |l| l.rank);
             for (dst, src) in weight_t.chunks_mut(d_out).zip(m.wt.chunks(m.d_out)) {
                 dst[col..col + m.d_out].copy_from_slice(src);
             }
@@ -99,28 +100,20 @@ impl<'m> LinearGroup<'m> {
                 let r = l.rank;
                 let (at, bt) = (Mat::new(&l.a, r, d_in).t(), Mat::new(&l.b, m.d_out, r).t());
                 // W'ᵀ = Wᵀ + s Aᵀ Bᵀ, in place in the member's columns.
-                crate::kernels::fused::gemm::gemm_strided(
-                    &mut weight_t[col..],
-                    d_out,
-                    at,
-                    bt,
-                    l.scale(),
-                    true,
-                    false,
-                );
+                gemm_strided(&mut weight_t[col..], d_out, at, bt, l.scale(), true, false);
                 for (i, row) in down_t.chunks_mut(h_cols).enumerate() {
                     for (j, x) in row[h_col..h_col + r].iter_mut().enumerate() {
                         *x = l.a[j * d_in + i] * l.scale();
                     }
                 }
             }
-            let rank = m.lora.as_ref().map_or(0, |l| l.rank);
+            let width = m.d_out;
             placed.push(Placed {
                 member: m,
                 col,
                 h_col,
             });
-            col += placed.last().map_or(0, |p| p.member.d_out);
+            col += width;
             h_col += rank;
         }
         LinearGroup {

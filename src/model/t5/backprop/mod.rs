@@ -7,8 +7,9 @@
 //! the teacher-forced forward on slices, keeping what the backward reads, then
 //! walks the layers backwards, writing each gradient in place once: the input
 //! gradients of the frozen products, and the gradients of the trainable LoRAs.
-//! It uses the fused kernels' own row functions and products, so it computes
-//! what the candle path computes (tests compare loss and every gradient).
+//! It uses the fused kernels' own row functions and products and computes the
+//! same function as the candle path, rounded differently where it groups or
+//! merges products (tests compare loss and every gradient).
 //!
 //! It applies where expert training runs: CPU f32, the gated-GELU T5 (T5.1.1
 //! and LM-adapted T5), plain LoRA adapters, no dropout. Elsewhere
@@ -157,17 +158,14 @@ impl Pass<'_> {
                 );
                 rows::rms_norm_backward_add(input, &dx, norm, self.eps, &mut dh);
             }
-            let x = &c.attn_x;
             // The first sublayer's input gradient would only reach the (frozen)
             // embeddings: not computed.
-            if i == 0 {
-                b.self_attn
-                    .backward(&c.attn, x, None, self_dims, &dh, None, None, grads);
-                continue;
-            }
+            let dx_wanted = (i > 0).then_some(dx.as_mut_slice());
             b.self_attn
-                .backward(&c.attn, x, None, self_dims, &dh, Some(&mut dx), None, grads);
-            rows::rms_norm_backward_add(&c.attn_in, &dx, &b.self_norm, self.eps, &mut dh);
+                .backward(&c.attn, &c.attn_x, None, self_dims, &dh, dx_wanted, None, grads);
+            if i > 0 {
+                rows::rms_norm_backward_add(&c.attn_in, &dx, &b.self_norm, self.eps, &mut dh);
+            }
         }
     }
 }
@@ -222,7 +220,7 @@ impl T5Model {
         batch: &Seq2SeqBatch,
         grad_scale: f64,
     ) -> Result<Option<LoraGradients>> {
-        let Some(view) = ModelView::of(self)? else {
+        let Some(view) = ModelView::of(self) else {
             return Ok(None);
         };
         let cfg = &self.config;

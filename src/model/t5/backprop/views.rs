@@ -8,7 +8,6 @@ use super::linear::{LinearGroup, LoraView, Member};
 use super::sublayers::{AttentionView, FeedForwardView};
 use crate::kernels::fused::F32Data;
 use crate::model::adapter::{AdapterSet, Linear, ModuleAdapter};
-use crate::model::error::Result;
 use crate::model::t5::attention::Attention;
 use crate::model::t5::config::FeedForward;
 use crate::model::t5::ffn::Ffn;
@@ -141,7 +140,7 @@ impl<'m> Builder<'m> {
 impl<'m> ModelView<'m> {
     /// The model read in place, or None where the pass does not apply (the
     /// caller then runs candle's autograd, which covers every case).
-    pub fn of(model: &'m T5Model) -> Result<Option<Self>> {
+    pub fn of(model: &'m T5Model) -> Option<Self> {
         let applies = model.device.is_cpu()
             && model.dtype == DType::F32
             && model.dropout.as_ref().is_none_or(|d| d.rate() == 0.0)
@@ -151,29 +150,25 @@ impl<'m> ModelView<'m> {
             && model.decoder.rel_bias.is_some()
             && !model.adapters.is_empty();
         if !applies {
-            return Ok(None);
+            return None;
         }
         let mut b = Builder {
             adapters: &model.adapters,
             slots: Vec::new(),
         };
-        let (Some(encoder), Some(decoder)) = (b.stack(&model.encoder), b.stack(&model.decoder)) else {
-            return Ok(None);
-        };
-        let (Some(shared), Some(head_t)) = (data(&model.shared), data(&model.head_t)) else {
-            return Ok(None);
-        };
+        let (encoder, decoder) = (b.stack(&model.encoder)?, b.stack(&model.decoder)?);
+        let (shared, head_t) = (data(&model.shared)?, data(&model.head_t)?);
         // Every attached adapter must be one the pass saw (all of them are LoRA on
         // some linear of the model: set_adapters checks the names).
         if b.slots.len() != model.adapters.len() {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(ModelView {
+        Some(ModelView {
             shared,
             head_t,
             encoder,
             decoder,
             slots: b.slots,
-        }))
+        })
     }
 }
