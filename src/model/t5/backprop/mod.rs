@@ -25,6 +25,7 @@ mod views;
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use self::attention::{Bias, Dims};
 use self::linear::LoraGrad;
@@ -210,6 +211,98 @@ fn floats(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
 }
 
+/// How many parts of a micro-batch the pass runs on their own (forward and
+/// backward), side by side on the thread pool, their gradients summed in part
+/// order. At the quickstart's size most of a step is products too small to
+/// split over threads and row-wise work on one thread: two halves of the batch
+/// keep two cores busy (benches/README.md); larger products still split inside
+/// each part. A fixed count, not one per thread, so the results do not depend
+/// on the thread count.
+const PARTS: usize = 2;
+
+/// One part of the micro-batch: its examples' ids and attention biases.
+struct Part {
+    batch: usize,
+    input_ids: Vec<u32>,
+    decoder_input_ids: Vec<u32>,
+    labels: Vec<u32>,
+    label_mask: Vec<f32>,
+    enc_bias: Bias,
+    cross_bias: Bias,
+}
+
+/// Sizes the pass reads from the config.
+#[derive(Clone, Copy)]
+struct Shape {
+    heads: usize,
+    d_kv: usize,
+    vocab: usize,
+    src: usize,
+    tgt: usize,
+    /// Factor on the decoder output before the head (T5's tied-head scaling).
+    out_scale: f32,
+}
+
+impl Pass<'_> {
+    /// Forward and backward over one part: the sum of its tokens' losses and its
+    /// LoRA gradients, for the gradient of `grad_scale ·` the sum over `count`
+    /// tokens (the whole micro-batch's).
+    fn part_loss_and_grads(
+        &self,
+        part: &Part,
+        shape: Shape,
+        dec_bias: &Bias,
+        count: f64,
+        grad_scale: f64,
+    ) -> (f64, Vec<LoraGrad>) {
+        let mut grads: Vec<LoraGrad> = self
+            .view
+            .slots
+            .iter()
+            .map(|sl| LoraGrad {
+                da: vec![0f32; sl.rank * sl.d_in],
+                db: vec![0f32; sl.d_out * sl.rank],
+            })
+            .collect();
+        let (b, s, t) = (part.batch, shape.src, shape.tgt);
+        let dims = |q_len, k_len| Dims {
+            batch: b,
+            heads: shape.heads,
+            d_kv: shape.d_kv,
+            q_len,
+            k_len,
+        };
+        let (enc_dims, dec_dims, cross_dims) = (dims(s, s), dims(t, t), dims(t, s));
+
+        // Forward.
+        let h = self.embed(&part.input_ids);
+        let enc = self.stack_forward(&self.view.encoder, h, enc_dims, &part.enc_bias, None);
+        let h = self.embed(&part.decoder_input_ids);
+        let dec = self.stack_forward(
+            &self.view.decoder,
+            h,
+            dec_dims,
+            dec_bias,
+            Some((&enc.out, cross_dims, &part.cross_bias)),
+        );
+        let (n_dec, d, v) = (b * t, self.d_model, shape.vocab);
+        let head = Mat::new(&self.view.head_t, d, v);
+        let logits_par = linear::parallel(n_dec, d, v);
+        let mut logits = gemm_new(Mat::new(&dec.out, n_dec, d), head, shape.out_scale, logits_par);
+        let loss_sum =
+            rows::masked_cross_entropy_sum(&mut logits, v, &part.labels, &part.label_mask, count, grad_scale);
+
+        // Backward: logits now hold their gradient.
+        let g_out = gemm_new(Mat::new(&logits, n_dec, v), head.t(), shape.out_scale, logits_par);
+        drop(logits);
+        let mut denc = vec![0f32; enc.out.len()];
+        let cross = Some((enc.out.as_slice(), cross_dims, denc.as_mut_slice()));
+        self.stack_backward(&self.view.decoder, &dec, &g_out, dec_dims, cross, &mut grads);
+        self.stack_backward(&self.view.encoder, &enc, &denc, enc_dims, None, &mut grads);
+        (loss_sum, grads)
+    }
+}
+
 impl T5Model {
     /// The masked mean loss of `batch` (as [`T5Model::forward_loss`]) and the
     /// gradients of `grad_scale ·` that loss with respect to every attached LoRA,
@@ -226,69 +319,55 @@ impl T5Model {
         let cfg = &self.config;
         let (b, s) = batch.input_ids.dims2()?;
         let (_, t) = batch.decoder_input_ids.dims2()?;
-        let mut grads: Vec<LoraGrad> = view
-            .slots
-            .iter()
-            .map(|sl| LoraGrad {
-                da: vec![0f32; sl.rank * sl.d_in],
-                db: vec![0f32; sl.d_out * sl.rank],
-            })
-            .collect();
+        let shape = Shape {
+            heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+            vocab: cfg.vocab_size,
+            src: s,
+            tgt: t,
+            out_scale: if cfg.scale_decoder_outputs {
+                (cfg.d_model as f64).powf(-0.5) as f32
+            } else {
+                1.0
+            },
+        };
+        // The same biases as the candle path's (f32 model: f32 biases); the
+        // decoder's is the same for every example.
+        let dec_bias = bias_of(&self.decoder_self_bias(0, t)?, t, t)?;
+        let label_mask = floats(&batch.label_mask)?;
+        let count: f64 = label_mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
+        let mut parts = Vec::with_capacity(PARTS);
+        for (start, len) in part_ranges(b, PARTS) {
+            let rows = |x: &Tensor| x.narrow(0, start, len);
+            let mask = rows(&batch.attention_mask)?;
+            parts.push(Part {
+                batch: len,
+                input_ids: ids(&rows(&batch.input_ids)?)?,
+                decoder_input_ids: ids(&rows(&batch.decoder_input_ids)?)?,
+                labels: ids(&rows(&batch.labels)?)?,
+                label_mask: label_mask[start * t..(start + len) * t].to_vec(),
+                enc_bias: bias_of(&self.encoder_bias(&mask, s)?, s, s)?,
+                cross_bias: bias_of(&key_mask(&mask, DType::F32)?, t, s)?,
+            });
+        }
         let pass = Pass {
             view,
             d_model: cfg.d_model,
             eps: cfg.layer_norm_epsilon as f32,
         };
-        let dims = |q_len, k_len| Dims {
-            batch: b,
-            heads: cfg.num_heads,
-            d_kv: cfg.d_kv,
-            q_len,
-            k_len,
-        };
-        // The same biases as the candle path's (f32 model: f32 biases).
-        let (enc_bias, dec_bias, cross_bias) = (
-            bias_of(&self.encoder_bias(&batch.attention_mask, s)?, s, s)?,
-            bias_of(&self.decoder_self_bias(0, t)?, t, t)?,
-            bias_of(&key_mask(&batch.attention_mask, DType::F32)?, t, s)?,
-        );
-        let (enc_dims, dec_dims, cross_dims) = (dims(s, s), dims(t, t), dims(t, s));
-
-        // Forward.
-        let h = pass.embed(&ids(&batch.input_ids)?);
-        let enc = pass.stack_forward(&pass.view.encoder, h, enc_dims, &enc_bias, None);
-        let h = pass.embed(&ids(&batch.decoder_input_ids)?);
-        let dec = pass.stack_forward(
-            &pass.view.decoder,
-            h,
-            dec_dims,
-            &dec_bias,
-            Some((&enc.out, cross_dims, &cross_bias)),
-        );
-        let out_scale = if cfg.scale_decoder_outputs {
-            (cfg.d_model as f64).powf(-0.5) as f32
-        } else {
-            1.0
-        };
-        let (n_dec, d, v) = (b * t, cfg.d_model, cfg.vocab_size);
-        let head = Mat::new(&pass.view.head_t, d, v);
-        let logits_par = linear::parallel(n_dec, d, v);
-        let mut logits = gemm_new(Mat::new(&dec.out, n_dec, d), head, out_scale, logits_par);
-        let loss = rows::masked_cross_entropy(
-            &mut logits,
-            v,
-            &ids(&batch.labels)?,
-            &floats(&batch.label_mask)?,
-            grad_scale,
-        );
-
-        // Backward: logits now hold their gradient.
-        let g_out = gemm_new(Mat::new(&logits, n_dec, v), head.t(), out_scale, logits_par);
-        drop(logits);
-        let mut denc = vec![0f32; enc.out.len()];
-        let cross = Some((enc.out.as_slice(), cross_dims, denc.as_mut_slice()));
-        pass.stack_backward(&pass.view.decoder, &dec, &g_out, dec_dims, cross, &mut grads);
-        pass.stack_backward(&pass.view.encoder, &enc, &denc, enc_dims, None, &mut grads);
+        let results: Vec<(f64, Vec<LoraGrad>)> = parts
+            .par_iter()
+            .map(|part| pass.part_loss_and_grads(part, shape, &dec_bias, count, grad_scale))
+            .collect();
+        let mut results = results.into_iter();
+        let (mut loss_sum, mut grads) = results.next().expect("a batch has at least one part");
+        for (part_loss, part_grads) in results {
+            loss_sum += part_loss;
+            for (acc, g) in grads.iter_mut().zip(part_grads) {
+                add_to(&mut acc.da, &g.da);
+                add_to(&mut acc.db, &g.db);
+            }
+        }
 
         let mut named = BTreeMap::new();
         for (slot, g) in pass.view.slots.iter().zip(grads) {
@@ -302,7 +381,32 @@ impl T5Model {
                 Tensor::from_vec(g.db, (slot.d_out, slot.rank), &self.device)?,
             );
         }
-        Ok(Some(LoraGradients { loss, grads: named }))
+        Ok(Some(LoraGradients {
+            loss: loss_sum / count,
+            grads: named,
+        }))
+    }
+}
+
+/// `b` examples as at most `parts` consecutive ranges `(start, len)` of sizes
+/// differing by at most one, the larger first.
+fn part_ranges(b: usize, parts: usize) -> Vec<(usize, usize)> {
+    let n = parts.min(b).max(1);
+    let (base, extra) = (b / n, b % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let range = (start, len);
+            start += len;
+            range
+        })
+        .collect()
+}
+
+fn add_to(acc: &mut [f32], x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
     }
 }
 
@@ -337,7 +441,8 @@ mod tests {
         (model, vars)
     }
 
-    /// Inputs and targets of different lengths, so padding and masks matter.
+    /// Inputs and targets of different lengths, so padding and masks matter;
+    /// three examples, so the pass splits them into parts of 2 and 1.
     fn batch(cfg: &T5Config) -> Seq2SeqBatch {
         let mut rng = SeededRng::new(11);
         let mut seq = |len: usize| -> Vec<u32> {
@@ -351,14 +456,18 @@ mod tests {
     }
 
     fn check(cfg: &T5Config, filter: impl Fn(&str) -> bool) {
+        check_on(cfg, filter, &batch(cfg));
+    }
+
+    /// Loss and every LoRA gradient of the pass on `b` equal candle's autograd.
+    fn check_on(cfg: &T5Config, filter: impl Fn(&str) -> bool, b: &Seq2SeqBatch) {
         let (model, vars) = model(cfg, filter);
-        let b = batch(cfg);
         let scale = 0.5;
-        let reference = model.forward_loss(&b).unwrap();
+        let reference = model.forward_loss(b).unwrap();
         let expected_loss = reference.to_scalar::<f32>().unwrap() as f64;
         let store = (reference * scale).unwrap().backward().unwrap();
         let pass = model
-            .lora_loss_and_grads(&b, scale)
+            .lora_loss_and_grads(b, scale)
             .unwrap()
             .expect("the pass applies");
         assert!(
@@ -418,6 +527,23 @@ mod tests {
             model.lora_loss_and_grads(&b, 1.0).unwrap().is_none(),
             "routing log"
         );
+    }
+
+    #[test]
+    fn a_batch_splits_into_consecutive_parts_of_near_equal_size() {
+        assert_eq!(part_ranges(32, 2), vec![(0, 16), (16, 16)]);
+        assert_eq!(part_ranges(3, 2), vec![(0, 2), (2, 1)]);
+        assert_eq!(part_ranges(1, 2), vec![(0, 1)], "one example, one part");
+        assert_eq!(part_ranges(7, 3), vec![(0, 3), (3, 2), (5, 2)]);
+    }
+
+    #[test]
+    fn a_one_example_batch_matches_candles_autograd_too() {
+        // One part only: the split must not assume two.
+        let mut cfg = T5Config::tiny_v1_1(37, 16, 1);
+        cfg.d_kv = 8;
+        let one = Seq2SeqBatch::from_pairs(&cfg, &[vec![5, 9, 4]], &[vec![7, 1]], &Device::Cpu).unwrap();
+        check_on(&cfg, |_| true, &one);
     }
 
     #[test]

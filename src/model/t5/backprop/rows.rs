@@ -33,18 +33,19 @@ pub(super) fn rms_norm_backward_add(x: &[f32], g: &[f32], w: &[f32], eps: f32, d
     }
 }
 
-/// The mean negative log-likelihood of `labels` over the rows whose `mask` is
+/// The summed negative log-likelihood of `labels` over the rows whose `mask` is
 /// set, from `logits` `[n, v]`, which are overwritten with the gradient of
-/// `scale ·` that mean (zero on masked-out rows).
-pub(super) fn masked_cross_entropy(
+/// `scale ·` that sum over `count` (the mean when `count` is the number of set
+/// rows; a part of a batch passes the whole batch's count), zero on masked-out rows.
+pub(super) fn masked_cross_entropy_sum(
     logits: &mut [f32],
     v: usize,
     labels: &[u32],
     mask: &[f32],
+    count: f64,
     scale: f64,
 ) -> f64 {
-    let count: f64 = mask.iter().map(|&m| m as f64).sum();
-    let per_token = (scale / count.max(1.0)) as f32;
+    let per_token = (scale / count) as f32;
     let one = |scratch: &mut Vec<f32>, (row, (&label, &m)): (&mut [f32], (&u32, &f32))| -> f64 {
         if m == 0.0 {
             row.fill(0.0);
@@ -76,5 +77,5 @@ pub(super) fn masked_cross_entropy(
             .map(|item| one(&mut scratch, item))
             .collect()
     };
-    terms.iter().sum::<f64>() / count.max(1.0)
+    terms.iter().sum::<f64>()
 }
