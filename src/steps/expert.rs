@@ -227,7 +227,9 @@ fn imports(params: &serde_json::Value) -> bool {
 
 /// One LoRA per expert: a GPU job of hours; importing a PEFT adapter instead is a
 /// minute of reading files. Version 6: trained by the hand-written backward pass
-/// where it applies (the same gradients as candle's autograd, rounded differently).
+/// where it applies (the same gradients as candle's autograd, rounded differently);
+/// 7: the pass runs a micro-batch as two halves side by side and sums their
+/// gradients (rounded differently again).
 pub const EXPERT: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
         if imports(p) {
@@ -236,15 +238,15 @@ pub const EXPERT: Kind = Kind {
             JobDefaults::new(1, 4, "32G", "8:00:00")
         }
     }),
-    ..Kind::new("expert", 6, 3, JobDefaults::OTHER)
+    ..Kind::new("expert", 7, 3, JobDefaults::OTHER)
 };
 /// The gate vectors of one expert, everything else frozen.
 pub const GATE: Kind = Kind::new("gate", 5, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
-/// Version 6: the hand-written backward pass, as `expert`.
+/// Versions 6 and 7: the hand-written backward pass, as `expert`.
 pub const MULTITASK: Kind = Kind {
     needed: Some(Needed::Pooled),
-    ..Kind::new("multitask", 6, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
+    ..Kind::new("multitask", 7, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
 };
 /// A pool's member list.
 pub const POOL: Kind = Kind::new("pool", 1, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
