@@ -65,10 +65,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--only", choices=["eager", "compile"])
+    ap.add_argument("--size", help="only the sizes whose name contains this (e.g. quickstart), "
+                    "for short interleaved runs against cargo bench on a noisy machine")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {cpu_model()}, {args.threads} threads, torch {torch.__version__}")
     for name, *shape in SIZES:
+        if args.size and args.size not in name:
+            continue
         for mode in ["eager", "compile"]:
             if args.only and mode != args.only:
                 continue

@@ -28,7 +28,7 @@ impl Dims {
 
     /// Worth splitting over examples (the work of a batch, in multiply-adds).
     fn parallel(&self) -> bool {
-        rayon::current_num_threads() > 1
+        super::spare_threads()
             && self.batch > 1
             && self.batch * self.heads * self.q_len * self.k_len * self.d_kv >= super::linear::PARALLEL_MACS
     }

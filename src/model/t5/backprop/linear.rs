@@ -20,8 +20,10 @@ use crate::kernels::fused::gemm::{Mat, gemm, gemm_new, gemm_strided};
 /// the hand-off costs more than the second core gives (benches/README.md).
 pub(super) const PARALLEL_MACS: usize = 1 << 23;
 
+/// Whether a product of `m·k·n` multiply-adds inside a part is split over the
+/// pool: only when it is large and the pool has threads the parts leave idle.
 pub(super) fn parallel(m: usize, k: usize, n: usize) -> bool {
-    m * k * n >= PARALLEL_MACS
+    super::spare_threads() && m * k * n >= PARALLEL_MACS
 }
 
 /// A trainable LoRA's current weights: `a` `[r, d_in]`, `b` `[d_out, r]`.

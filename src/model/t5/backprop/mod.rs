@@ -220,6 +220,17 @@ fn floats(t: &Tensor) -> Result<Vec<f32>> {
 /// on the thread count.
 const PARTS: usize = 2;
 
+/// Whether the pool has threads that the parts leave idle, for splitting the
+/// work inside a part. With no thread to spare, a part that splits a product
+/// waits on pieces another part's thread picks up between its own work: on 2
+/// threads the quickstart step took 65-74 ms with products split inside the
+/// parts against 43-47 ms without, T5-small 2.64-2.80 s against 2.13-2.26 s
+/// (benches/README.md). Splitting a product or a row-wise pass does not change
+/// its result (tested), so this choice by thread count changes only speed.
+fn spare_threads() -> bool {
+    rayon::current_num_threads() > PARTS
+}
+
 /// One part of the micro-batch: its examples' ids and attention biases.
 struct Part {
     batch: usize,
@@ -548,7 +559,8 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        // Large enough that the feed-forward products split over the pool.
+        // Large enough that the feed-forward products split over the pool, which
+        // they do with 3 threads (more than the parts) and not with 1.
         let mut cfg = T5Config::tiny_v1_1(50, 128, 1);
         cfg.d_kv = 32;
         cfg.d_ff = 256;

@@ -62,7 +62,7 @@ pub(super) fn masked_cross_entropy_sum(
     };
     // Per-row terms first, summed in row order: the loss must not depend on
     // how the rows were split over threads (it is recorded in the artifact).
-    let terms: Vec<f64> = if logits.len() >= PARALLEL_ELEMENTS {
+    let terms: Vec<f64> = if logits.len() >= PARALLEL_ELEMENTS && super::spare_threads() {
         logits
             .par_chunks_mut(v)
             .zip(labels.par_iter().zip(mask.par_iter()))
