@@ -81,6 +81,13 @@ fn field<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Valu
 }
 
 impl T5Config {
+    /// The factor on the decoder output before the head, `d_model^-0.5`, where
+    /// the config scales it (`scale_decoder_outputs`, as a tied T5 does).
+    pub fn decoder_output_scale(&self) -> Option<f64> {
+        self.scale_decoder_outputs
+            .then(|| (self.d_model as f64).powf(-0.5))
+    }
+
     /// A small T5.1.1-style config (gated-GELU, untied head); handy for tests and
     /// for quickstart pipelines that train from scratch.
     pub fn tiny_v1_1(vocab_size: usize, d_model: usize, num_layers: usize) -> Self {

@@ -600,8 +600,8 @@ impl T5Model {
         }
         cache.len = k_len;
         let mut h = self.drop(rms_norm(&h, &self.decoder.final_norm, eps)?)?;
-        if self.config.scale_decoder_outputs {
-            h = (h * (self.config.d_model as f64).powf(-0.5))?;
+        if let Some(scale) = self.config.decoder_output_scale() {
+            h = (h * scale)?;
         }
         let (b, t, d) = h.dims3()?;
         let h = h.reshape((b * t, d))?;

@@ -175,9 +175,7 @@ impl Pass<'_> {
 /// norm's backward reads).
 fn add_into(h: &mut [f32], out: &[f32]) -> Vec<f32> {
     let before = h.to_vec();
-    for (x, &o) in h.iter_mut().zip(out) {
-        *x += o;
-    }
+    add_to(h, out);
     before
 }
 
@@ -215,9 +213,9 @@ fn floats(t: &Tensor) -> Result<Vec<f32>> {
 /// backward), side by side on the thread pool, their gradients summed in part
 /// order. At the quickstart's size most of a step is products too small to
 /// split over threads and row-wise work on one thread: two halves of the batch
-/// keep two cores busy (benches/README.md); larger products still split inside
-/// each part. A fixed count, not one per thread, so the results do not depend
-/// on the thread count.
+/// keep two cores busy (benches/README.md); work inside a part splits over the
+/// pool only where it has threads to spare ([`spare_threads`]). A fixed count,
+/// not one per thread, so the results do not depend on the thread count.
 const PARTS: usize = 2;
 
 /// Whether the pool has threads that the parts leave idle, for splitting the
@@ -336,27 +334,25 @@ impl T5Model {
             vocab: cfg.vocab_size,
             src: s,
             tgt: t,
-            out_scale: if cfg.scale_decoder_outputs {
-                (cfg.d_model as f64).powf(-0.5) as f32
-            } else {
-                1.0
-            },
+            out_scale: cfg.decoder_output_scale().map_or(1.0, |f| f as f32),
         };
         // The same biases as the candle path's (f32 model: f32 biases); the
         // decoder's is the same for every example.
         let dec_bias = bias_of(&self.decoder_self_bias(0, t)?, t, t)?;
-        let label_mask = floats(&batch.label_mask)?;
+        let (input_ids, decoder_input_ids) = (ids(&batch.input_ids)?, ids(&batch.decoder_input_ids)?);
+        let (labels, label_mask) = (ids(&batch.labels)?, floats(&batch.label_mask)?);
         let count: f64 = label_mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
         let mut parts = Vec::with_capacity(PARTS);
         for (start, len) in part_ranges(b, PARTS) {
-            let rows = |x: &Tensor| x.narrow(0, start, len);
-            let mask = rows(&batch.attention_mask)?;
+            // Rows `start..start + len` of a `[b, width]` matrix.
+            let rows = |width: usize| start * width..(start + len) * width;
+            let mask = batch.attention_mask.narrow(0, start, len)?;
             parts.push(Part {
                 batch: len,
-                input_ids: ids(&rows(&batch.input_ids)?)?,
-                decoder_input_ids: ids(&rows(&batch.decoder_input_ids)?)?,
-                labels: ids(&rows(&batch.labels)?)?,
-                label_mask: label_mask[start * t..(start + len) * t].to_vec(),
+                input_ids: input_ids[rows(s)].to_vec(),
+                decoder_input_ids: decoder_input_ids[rows(t)].to_vec(),
+                labels: labels[rows(t)].to_vec(),
+                label_mask: label_mask[rows(t)].to_vec(),
                 enc_bias: bias_of(&self.encoder_bias(&mask, s)?, s, s)?,
                 cross_bias: bias_of(&key_mask(&mask, DType::F32)?, t, s)?,
             });
