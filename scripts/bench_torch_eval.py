@@ -19,7 +19,9 @@ log-probability of its tokens plus EOS; the highest-scoring choice is the predic
 
 `--vectors sign|mean|sign-mean` (with `--means`, the experts' average-activation
 `embeddings.safetensors`) swaps the router vectors under the same formula: the
-measurement behind pipelines/README.md's "what separates the two routers".
+measurement behind pipelines/README.md's "what separates the two routers";
+`--vectors centered` removes what the pool's gates share, and `--sharpen F` multiplies
+the routing scores (both diagnostics of issue 18, not the paper's formula).
 """
 import argparse
 import json
@@ -44,7 +46,7 @@ class RoutedLinear(torch.nn.Module):
     """W u + sum over the top-k experts z of w_z * (B_z A_z u) * scaling, with the
     experts scored by standardize(u) . standardize(gate_z) / sqrt(d_in)."""
 
-    def __init__(self, base, a, b, gates, scaling, top_k):
+    def __init__(self, base, a, b, gates, scaling, top_k, sharpen=1.0):
         super().__init__()
         self.base = base
         self.a = a  # [N, r, d_in]
@@ -52,7 +54,7 @@ class RoutedLinear(torch.nn.Module):
         self.gates = standardize(gates)  # [N, d_in]
         self.scaling = scaling
         self.top_k = min(top_k, gates.shape[0])
-        self.scale = 1.0 / gates.shape[1] ** 0.5
+        self.scale = sharpen / gates.shape[1] ** 0.5
 
     @property
     def weight(self):
@@ -79,6 +81,8 @@ def router_vectors(gates, means, how):
         return gates
     if how == "sign":
         return {k: v.sign() for k, v in gates.items()}
+    if how == "centered":
+        return gates  # centred across the pool in load_pool, once every expert is read
     if means is None:
         raise SystemExit(f"--vectors {how} needs --means")
     if how == "mean":
@@ -103,10 +107,18 @@ def load_pool(dirs, means=None, how="gates"):
             m = {k.removesuffix(".gate"): v.float() for k, v in load_file(means[i]).items()}
         vectors = router_vectors({k.removesuffix(".gate"): v.float() for k, v in gates.items()}, m, how)
         experts.append((scaling, lora, vectors))
+    if how == "centered":
+        # Each module's standardized gates minus their mean over the pool: what the
+        # experts' gates share (the direction every gate learned) drops out.
+        for m in experts[0][2]:
+            std = [standardize(e[2][m]) for e in experts]
+            mean = sum(std) / len(std)
+            for e, s in zip(experts, std):
+                e[2][m] = s - mean
     return experts
 
 
-def route_model(model, experts, top_k):
+def route_model(model, experts, top_k, sharpen=1.0):
     modules = sorted(experts[0][1])
     scalings = {e[0] for e in experts}
     if len(scalings) != 1:
@@ -120,7 +132,7 @@ def route_model(model, experts, top_k):
         a = torch.stack([e[1][m]["a"] for e in experts])
         b = torch.stack([e[1][m]["b"] for e in experts])
         g = torch.stack([e[2][m] for e in experts])
-        setattr(parent, child, RoutedLinear(getattr(parent, child), a, b, g, scaling, top_k))
+        setattr(parent, child, RoutedLinear(getattr(parent, child), a, b, g, scaling, top_k, sharpen))
     return len(modules)
 
 
@@ -177,8 +189,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) (dynamic shapes)")
-    ap.add_argument("--vectors", choices=["gates", "sign", "mean", "sign-mean"], default="gates",
-                    help="router vectors: trained gates (PHATGOOSE), their signs, mean activations, or signs with mean magnitudes")
+    ap.add_argument("--vectors", choices=["gates", "sign", "mean", "sign-mean", "centered"], default="gates",
+                    help="router vectors: trained gates (PHATGOOSE), their signs, mean activations, signs with mean "
+                         "magnitudes, or the standardized gates minus their mean over the pool")
+    ap.add_argument("--sharpen", type=float, default=1.0,
+                    help="multiply the routing scores (a diagnostic, not the paper's formula: 4 makes d_in 128 "
+                         "score like d_in 2048 at the same correlation)")
     ap.add_argument("--means", nargs="+", help="embeddings.safetensors of the experts' average-activation steps, in --experts order")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -188,7 +204,7 @@ def main():
     eos = model.config.eos_token_id
     if args.means is not None and len(args.means) != len(args.experts):
         raise SystemExit("--means needs one file per expert, in --experts order")
-    routed = route_model(model, load_pool(args.experts, args.means, args.vectors), args.top_k)
+    routed = route_model(model, load_pool(args.experts, args.means, args.vectors), args.top_k, args.sharpen)
     items = []
     for f in args.examples:
         for line in open(f):
