@@ -65,19 +65,34 @@ running() { # running PIDFILE
   [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
-install() {
-  local missing=0 b
+# The Debian packages that provide what `up` runs and are missing here: Slurm and munge
+# always, slurmdbd and MariaDB's server tools with accounting.
+missing_packages() {
+  local b
   for b in slurmctld slurmd sbatch squeue scontrol scancel munged mungekey; do
-    command -v "$b" >/dev/null || missing=1
+    command -v "$b" >/dev/null || { echo slurmctld slurmd slurm-client munge; break; }
   done
-  (( missing )) || return 0
-  [[ $(id -u) == 0 ]] || fail "Slurm is not installed and installing it needs root"
-  say "installing slurmctld slurmd slurm-client munge from Debian packages"
+  if (( ACCOUNTING )); then
+    command -v slurmdbd >/dev/null || echo slurmdbd
+    for b in mariadb-install-db mariadbd mariadb-admin; do
+      command -v "$b" >/dev/null || { echo mariadb-server; break; }
+    done
+  fi
+}
+
+install() {
+  local packages
+  packages=$(missing_packages | tr '\n' ' ')
+  [[ -n ${packages// /} ]] || return 0
+  [[ $(id -u) == 0 ]] || fail "missing: $packages(Debian packages); installing them needs root"
+  say "installing ${packages}from Debian packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Without recommends: 8 packages instead of the 43 of the slurm-wlm metapackage. The
-  # packages' own services are not started (no systemd here) and never used.
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  # Without recommends: 8 packages instead of the 43 of the slurm-wlm metapackage for
+  # Slurm itself. The packages' own services are not started (no systemd here) and
+  # never used: `up` runs private daemons on loopback ports.
+  # shellcheck disable=SC2086 # one word per package
+  apt-get install -y -qq --no-install-recommends $packages >/dev/null
 }
 
 configure() {
