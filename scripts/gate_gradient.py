@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Which way a gate starts to move (issue 18: what sets a trained gate's direction).
+
+Gate training starts every gate at v = 0 (sigmoid 0.5) and moves it along minus the
+gradient of the expert's own loss; with AdamW the first step is -lr * sign(gradient).
+At v = 0 that gradient is sum_t c_t * u_t / 4: each token's input u_t weighed by how
+much opening the gate there lowers the loss (c_t). This script computes it for each
+expert over its own training examples (PyTorch, from the folders `goosepipe export`
+writes), then compares, per module, its direction (after standardization) with the
+trained gate's and with the expert's mean activation (average activation's router
+vector), and writes each expert folder again under --out with the negated gradient in
+place of the gates, so `bench_torch_eval.py --experts OUT/*` routes with it.
+
+    python scripts/gate_gradient.py --experts /tmp/qsx/{reverse,sort,...} \
+        --train $(for t in reverse sort ...; do echo "$(goosepipe show dataset:$t --path)/examples.jsonl"; done) \
+        --means $(for t in reverse sort ...; do echo "$(goosepipe show average-activation:$t --path)/embeddings.safetensors"; done) \
+        --out /tmp/qsx-grad0
+"""
+import argparse
+import json
+import os
+import shutil
+
+import torch
+from bench_common import cpu_model
+from bench_torch_eval import load_pool, standardize
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from transformers import T5ForConditionalGeneration
+
+
+class GateAtZero(torch.nn.Module):
+    """W u + sigmoid(v . u) * (B A u) * scaling with a trainable v, as gate training."""
+
+    def __init__(self, base, a, b, scaling, d_in):
+        super().__init__()
+        self.base, self.a, self.b, self.scaling = base, a, b, scaling
+        self.gate = torch.nn.Parameter(torch.zeros(d_in))
+
+    @property
+    def weight(self):
+        return self.base.weight
+
+    def forward(self, u):
+        g = torch.sigmoid(u @ self.gate)
+        return self.base(u) + g.unsqueeze(-1) * (u @ self.a.t() @ self.b.t()) * self.scaling
+
+
+def gradient_at_zero(model_dir, expert, items, eos, batch):
+    scaling, lora, _ = expert
+    model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gates = {}
+    for m in sorted(lora):
+        parent_name, child = m.rsplit(".", 1)
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, child)
+        mod = GateAtZero(base, lora[m]["a"], lora[m]["b"], scaling, base.weight.shape[1])
+        setattr(parent, child, mod)
+        gates[m] = mod.gate
+    for s in range(0, len(items), batch):
+        chunk = items[s:s + batch]
+        n_in = max(len(i["input"]) for i in chunk)
+        ids = torch.tensor([i["input"] + [0] * (n_in - len(i["input"])) for i in chunk])
+        mask = torch.tensor([[1] * len(i["input"]) + [0] * (n_in - len(i["input"])) for i in chunk])
+        targets = [i["target"] + [eos] for i in chunk]
+        n_t = max(map(len, targets))
+        labels = torch.tensor([t + [-100] * (n_t - len(t)) for t in targets])
+        # The loss of one batch of the whole set, each batch weighed by its size: the
+        # gradient of the mean loss over all the examples' target tokens.
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * len(chunk) / len(items)
+        loss.backward()
+    return {m: -g.grad.detach().clone() for m, g in gates.items()}
+
+
+def corr(a, b):
+    return float((standardize(a) * standardize(b)).mean())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--experts", nargs="+", required=True, help="PEFT folders exported by goosepipe (with gates)")
+    ap.add_argument("--train", nargs="+", required=True, help="each expert's training examples.jsonl, in --experts order")
+    ap.add_argument("--means", nargs="+", required=True,
+                    help="each expert's average-activation embeddings.safetensors, in --experts order")
+    ap.add_argument("--examples", type=int, default=1024, help="training examples per expert (the paper's batch)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--out", required=True, help="folder for the expert folders with the gradient as gates")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if not len(args.experts) == len(args.train) == len(args.means):
+        raise SystemExit("--experts, --train and --means need one entry each per expert, in the same order")
+    torch.set_num_threads(args.threads)
+    model_dir = os.path.join(args.experts[0], "base-model")
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    eos = T5ForConditionalGeneration.from_pretrained(model_dir).config.eos_token_id
+
+    def ids(text):
+        x = tok.encode(text).ids
+        return x[:-1] if x and x[-1] == eos else x
+
+    pool = load_pool(args.experts)
+    print(f"cpu: {cpu_model()}; torch {torch.__version__}; {args.examples} training examples per expert")
+    print("\n| expert | corr(gradient at 0, trained gate) | corr(gradient at 0, mean activation) | corr(trained gate, mean activation) |")
+    print("|---|---:|---:|---:|")
+    for d, expert, train, means in zip(args.experts, pool, args.train, args.means):
+        lines = open(train).readlines()[: args.examples]
+        items = [{"input": tok.encode(e["input"]).ids, "target": ids(e["target"])} for e in map(json.loads, lines)]
+        grad = gradient_at_zero(model_dir, expert, items, eos, args.batch)
+        mean = {k.removesuffix(".gate"): v.float() for k, v in load_file(means).items()}
+        trained = expert[2]
+        cg = sum(corr(grad[m], trained[m]) for m in grad) / len(grad)
+        cm = sum(corr(grad[m], mean[m]) for m in grad) / len(grad)
+        tm = sum(corr(trained[m], mean[m]) for m in grad) / len(grad)
+        name = os.path.basename(d.rstrip("/"))
+        print(f"| {name} | {cg:.2f} | {cm:.2f} | {tm:.2f} |")
+        out = os.path.join(args.out, name)
+        os.makedirs(out, exist_ok=True)
+        for f in os.listdir(d):
+            if f != "phatgoose_gates.safetensors":
+                src, dst = os.path.join(os.path.abspath(d), f), os.path.join(out, f)
+                if os.path.lexists(dst):
+                    os.remove(dst) if not os.path.isdir(dst) or os.path.islink(dst) else shutil.rmtree(dst)
+                os.symlink(src, dst)
+        save_file({f"{m}.gate": v.contiguous() for m, v in grad.items()}, os.path.join(out, "phatgoose_gates.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
