@@ -11,10 +11,12 @@ trained gate's and with the expert's mean activation (average activation's route
 vector), and writes each expert folder again under --out with the negated gradient in
 place of the gates, so `bench_torch_eval.py --experts OUT/*` routes with it.
 
-    python scripts/gate_gradient.py --experts /tmp/qsx/{reverse,sort,...} \
-        --train $(for t in reverse sort ...; do echo "$(goosepipe show dataset:$t --path)/examples.jsonl"; done) \
-        --means $(for t in reverse sort ...; do echo "$(goosepipe show average-activation:$t --path)/embeddings.safetensors"; done) \
+    T="reverse sort shift dedup every-other count"
+    python scripts/gate_gradient.py --experts $(for t in $T; do echo /tmp/qsx/$t; done) \
+        --train $(for t in $T; do echo "$(goosepipe show dataset:$t --path)/examples.jsonl"; done) \
+        --means $(for t in $T; do echo "$(goosepipe show average-activation:$t --path)/embeddings.safetensors"; done) \
         --out /tmp/qsx-grad0
+    python scripts/bench_torch_eval.py --experts $(for t in $T; do echo /tmp/qsx-grad0/$t; done) --examples ...
 """
 import argparse
 import json
