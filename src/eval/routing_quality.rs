@@ -37,6 +37,10 @@ pub struct OwnRouting {
     pub distinct_fraction: Option<f64>,
     /// Modules averaged (those that saw at least one real token).
     pub modules: usize,
+    /// Of those, the modules at which the owner was in no token's top-k: there the
+    /// task never got its own expert (a gate that scores low on every token, say).
+    #[serde(default)]
+    pub never: usize,
 }
 
 /// How alike the gate vectors of a pool are.
@@ -68,6 +72,7 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
     let (mut share, mut hit) = (vec![], vec![]);
     let (mut es, mut eh, mut ds, mut dh) = (vec![], vec![], vec![], vec![]);
     let (mut distinct, mut shared, mut marked, mut total) = (vec![], vec![], 0u64, 0u64);
+    let mut never = 0;
     for (name, m) in modules {
         let o = m.expert_names.iter().position(|n| n == expert)?;
         if m.tokens == 0 {
@@ -77,6 +82,9 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
         let h = m.counts.get(o).copied().unwrap_or(0) as f64 / m.tokens as f64;
         share.push(s);
         hit.push(h);
+        if m.counts.get(o).copied().unwrap_or(0) == 0 {
+            never += 1;
+        }
         if let (Some(&mw), true) = (m.marked_weight_sums.get(o), !m.marked_counts.is_empty()) {
             marked += m.marked_tokens;
             total += m.tokens;
@@ -111,6 +119,7 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
         shared_share: mean(&shared),
         distinct_fraction: (total > 0).then(|| marked as f64 / total as f64),
         modules: share.len(),
+        never,
     })
 }
 
@@ -175,9 +184,9 @@ pub fn markdown(title: &str, q: &RoutingQuality) -> String {
         );
         let _ = writeln!(
             out,
-            "| method | task | own expert | weight share | top-k hit | encoder share | decoder share | share on distinct tokens | share on shared tokens |"
+            "| method | task | own expert | weight share | top-k hit | encoder share | decoder share | share on distinct tokens | share on shared tokens | modules never reaching it |"
         );
-        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
         let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         for (method, tasks) in &q.own {
             let mut shares = vec![];
@@ -189,22 +198,24 @@ pub fn markdown(title: &str, q: &RoutingQuality) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "| {method} | {task} | {} | {:.2} | {:.2} | {} | {} | {distinct} | {} |",
+                    "| {method} | {task} | {} | {:.2} | {:.2} | {} | {} | {distinct} | {} | {} of {} |",
                     r.expert,
                     r.share,
                     r.hit,
                     f(r.encoder_share),
                     f(r.decoder_share),
-                    f(r.shared_share)
+                    f(r.shared_share),
+                    r.never,
+                    r.modules
                 );
             }
             if let Some(m) = mean(&shares) {
-                let _ = writeln!(out, "| {method} | **mean** | | **{m:.2}** | | | | | |");
+                let _ = writeln!(out, "| {method} | **mean** | | **{m:.2}** | | | | | | |");
             }
         }
         let _ = writeln!(
             out,
-            "\nChance is 1/N of the weight with N experts. Distinct tokens occur in this task's examples and no other owned task's. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner."
+            "\nChance is 1/N of the weight with N experts. Distinct tokens occur in this task's examples and no other owned task's. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner. A module never reaching the owner is one where no token of the task had its own expert in the top-k."
         );
     }
     if let Some(g) = &q.gates {
@@ -276,6 +287,48 @@ mod tests {
         assert_eq!(r.decoder_share, Some(0.25));
         assert_eq!(r.decoder_hit, Some(0.5));
         assert!(own_routing("zz", &modules).is_none());
+        assert_eq!(r.never, 0);
+    }
+
+    #[test]
+    fn modules_where_the_owner_is_never_in_the_top_k_are_counted() {
+        let names = ["a", "b", "c"];
+        let modules = BTreeMap::from([
+            // "a" in the top-k of 3 tokens out of 10.
+            (
+                "encoder.block.0.q".to_string(),
+                module(&names, &[3, 10, 7], &[1.0, 6.0, 3.0], 10),
+            ),
+            // "a" never: every token went to b and c.
+            (
+                "encoder.block.0.k".to_string(),
+                module(&names, &[0, 10, 10], &[0.0, 5.0, 5.0], 10),
+            ),
+            // No real token: neither averaged nor counted.
+            (
+                "decoder.block.0.q".to_string(),
+                module(&names, &[0, 0, 0], &[0.0, 0.0, 0.0], 0),
+            ),
+        ]);
+        let a = own_routing("a", &modules).unwrap();
+        assert_eq!((a.never, a.modules), (1, 2));
+        let b = own_routing("b", &modules).unwrap();
+        assert_eq!((b.never, b.modules), (0, 2));
+        let table = markdown(
+            "held-in",
+            &RoutingQuality {
+                own: BTreeMap::from([("phatgoose".to_string(), BTreeMap::from([("t".to_string(), a)]))]),
+                gates: None,
+            },
+        );
+        assert!(table.contains("| 1 of 2 |"), "{table}");
+    }
+
+    #[test]
+    fn a_routing_quality_written_before_never_was_counted_still_reads() {
+        let old = r#"{"expert":"a","share":0.5,"hit":0.5,"encoder_share":null,"encoder_hit":null,"decoder_share":null,"decoder_hit":null,"distinct_share":null,"shared_share":null,"distinct_fraction":null,"modules":3}"#;
+        let r: OwnRouting = serde_json::from_str(old).unwrap();
+        assert_eq!((r.modules, r.never), (3, 0));
     }
 
     #[test]

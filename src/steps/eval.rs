@@ -28,7 +28,7 @@ use crate::route::{self, Chosen, Scoring};
 use crate::store::spec::member_role;
 
 /// Every method over every task: a GPU job of hours at the paper's scale.
-pub const KIND: Kind = Kind::new("eval", 10, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+pub const KIND: Kind = Kind::new("eval", 11, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).
