@@ -24,13 +24,11 @@ Tasks are named after their examples file's folder unless --names is given, in t
 order of --examples; the i-th task is owned by the i-th expert.
 """
 import argparse
-import json
 import os
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, read_pairs
 from bench_torch_eval import load_pool, standardize
-from tokenizers import Tokenizer
 from transformers import T5ForConditionalGeneration
 
 
@@ -109,15 +107,8 @@ def main():
         raise SystemExit("one examples file per expert, in the same order (task i is owned by expert i)")
     torch.set_num_threads(args.threads)
     model_dir = os.path.join(args.experts[0], "base-model")
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    eos = T5ForConditionalGeneration.from_pretrained(model_dir).config.eos_token_id
-
-    def ids(text):
-        x = tok.encode(text).ids
-        return x[:-1] if x and x[-1] == eos else x
-
-    tasks = [[{"input": tok.encode(e["input"]).ids, "target": ids(e["target"])}
-              for e in map(json.loads, open(f))] for f in args.examples]
+    tasks = [read_pairs(model_dir, open(f))[0] for f in args.examples]
+    eos = read_pairs(model_dir, [])[1]
     names = args.names or [os.path.basename(os.path.dirname(f)) for f in args.examples]
     experts = [os.path.basename(d.rstrip("/")) for d in args.experts]
     pool = load_pool(args.experts)

@@ -19,15 +19,13 @@ place of the gates, so `bench_torch_eval.py --experts OUT/*` routes with it.
     python scripts/bench_torch_eval.py --experts $(for t in $T; do echo /tmp/qsx-grad0/$t; done) --examples ...
 """
 import argparse
-import json
 import os
 import shutil
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, read_pairs
 from bench_torch_eval import load_pool, standardize
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
 from transformers import T5ForConditionalGeneration
 
 
@@ -95,20 +93,13 @@ def main():
         raise SystemExit("--experts, --train and --means need one entry each per expert, in the same order")
     torch.set_num_threads(args.threads)
     model_dir = os.path.join(args.experts[0], "base-model")
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    eos = T5ForConditionalGeneration.from_pretrained(model_dir).config.eos_token_id
-
-    def ids(text):
-        x = tok.encode(text).ids
-        return x[:-1] if x and x[-1] == eos else x
 
     pool = load_pool(args.experts)
     print(f"cpu: {cpu_model()}; torch {torch.__version__}; {args.examples} training examples per expert")
     print("\n| expert | corr(gradient at 0, trained gate) | corr(gradient at 0, mean activation) | corr(trained gate, mean activation) |")
     print("|---|---:|---:|---:|")
     for d, expert, train, means in zip(args.experts, pool, args.train, args.means):
-        lines = open(train).readlines()[: args.examples]
-        items = [{"input": tok.encode(e["input"]).ids, "target": ids(e["target"])} for e in map(json.loads, lines)]
+        items, eos = read_pairs(model_dir, open(train).readlines()[: args.examples])
         grad = gradient_at_zero(model_dir, expert, items, eos, args.batch)
         mean = {k.removesuffix(".gate"): v.float() for k, v in load_file(means).items()}
         trained = expert[2]
