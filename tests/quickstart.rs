@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use goosepipe::artifact_files::{QUALITY_JSON, RESULTS_JSON};
 use goosepipe::eval::Results;
+use goosepipe::eval::routing_quality::RoutingQuality;
 use goosepipe::exec::{CancelFlag, RunOptions};
 use goosepipe::store::Store;
 
@@ -53,7 +55,7 @@ fn artifact_json<T: serde::de::DeserializeOwned>(manifest: &Path, store: &Path, 
 }
 
 fn results(manifest: &Path, store: &Path, eval: &str) -> Results {
-    artifact_json(manifest, store, eval, "results.json")
+    artifact_json(manifest, store, eval, RESULTS_JSON)
 }
 
 #[test]
@@ -91,23 +93,27 @@ fn quickstart_end_to_end() {
     // average activation 0.34 (pipelines/README.md); a broken score, top-k or
     // renormalisation falls to chance. Average activation, whose router vectors are the
     // experts' mean inputs, sends most of a task's own instruction words to its expert.
-    let quality: serde_json::Value = artifact_json(&manifest, &store, "eval:held-in", "routing-quality.json");
-    let mean_over_tasks = |method: &str, field: &str| {
-        let tasks = quality["own"][method]
-            .as_object()
-            .unwrap_or_else(|| panic!("no {method}: {quality}"));
-        tasks.values().map(|t| t[field].as_f64().unwrap()).sum::<f64>() / tasks.len() as f64
+    let quality: RoutingQuality = artifact_json(&manifest, &store, "eval:held-in", QUALITY_JSON);
+    type Field = fn(&goosepipe::eval::routing_quality::OwnRouting) -> f64;
+    let share: Field = |r| r.share;
+    let distinct_share: Field = |r| {
+        r.distinct_share
+            .expect("every quickstart task has tokens of its own")
     };
     let chance = 1.0 / 6.0;
-    for (method, field, above) in [
-        ("phatgoose", "share", chance + 0.04),
-        ("average-activation", "share", chance + 0.1),
-        ("average-activation", "distinct_share", 0.5),
+    for (method, field, name, above) in [
+        ("phatgoose", share, "share", chance + 0.04),
+        ("average-activation", share, "share", chance + 0.1),
+        ("average-activation", distinct_share, "distinct share", 0.5),
     ] {
-        let got = mean_over_tasks(method, field);
+        let tasks = quality
+            .own
+            .get(method)
+            .unwrap_or_else(|| panic!("no {method}: {quality:?}"));
+        let got = tasks.values().map(field).sum::<f64>() / tasks.len() as f64;
         assert!(
             got > above,
-            "{method} {field}: {got:.3}, not above {above:.3}\n{quality}"
+            "{method} {name}: {got:.3}, not above {above:.3}\n{quality:?}"
         );
     }
 

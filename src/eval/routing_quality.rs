@@ -79,10 +79,11 @@ pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> O
             continue;
         }
         let s = m.weight_sums.get(o).copied().unwrap_or(0.0) / m.tokens as f64;
-        let h = m.counts.get(o).copied().unwrap_or(0) as f64 / m.tokens as f64;
+        let owner_tokens = m.counts.get(o).copied().unwrap_or(0);
+        let h = owner_tokens as f64 / m.tokens as f64;
         share.push(s);
         hit.push(h);
-        if m.counts.get(o).copied().unwrap_or(0) == 0 {
+        if owner_tokens == 0 {
             never += 1;
         }
         if let (Some(&mw), true) = (m.marked_weight_sums.get(o), !m.marked_counts.is_empty()) {
