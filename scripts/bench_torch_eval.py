@@ -118,6 +118,15 @@ def load_pool(dirs, means=None, how="gates"):
     return experts
 
 
+def replace_linear(model, module, make):
+    """Put `make(linear)` in place of the model's linear named `module`; returns it."""
+    parent_name, child = module.rsplit(".", 1)
+    parent = model.get_submodule(parent_name)
+    new = make(getattr(parent, child))
+    setattr(parent, child, new)
+    return new
+
+
 def route_model(model, experts, top_k, sharpen=1.0):
     modules = sorted(experts[0][1])
     scalings = {e[0] for e in experts}
@@ -127,12 +136,10 @@ def route_model(model, experts, top_k, sharpen=1.0):
     for m in modules:
         if any(m not in e[1] or m not in e[2] for e in experts):
             raise SystemExit(f"{m}: not every expert adapts it (this script routes full pools only)")
-        parent_name, child = m.rsplit(".", 1)
-        parent = model.get_submodule(parent_name)
         a = torch.stack([e[1][m]["a"] for e in experts])
         b = torch.stack([e[1][m]["b"] for e in experts])
         g = torch.stack([e[2][m] for e in experts])
-        setattr(parent, child, RoutedLinear(getattr(parent, child), a, b, g, scaling, top_k, sharpen))
+        replace_linear(model, m, lambda base: RoutedLinear(base, a, b, g, scaling, top_k, sharpen))
     return len(modules)
 
 

@@ -28,18 +28,19 @@ import os
 
 import torch
 from bench_common import cpu_model, read_pairs
-from bench_torch_eval import load_pool, standardize
+from bench_torch_eval import load_pool, replace_linear, standardize
 from transformers import T5ForConditionalGeneration
 
 
 class GatedProbe(torch.nn.Module):
-    """W u + sigmoid(v . u) * (B A u) * scaling (gate training's forward), recording
-    the gate value and the routing score of every token it sees."""
+    """W u + sigmoid(v . u) * (B A u) * scaling (gate training's forward); with
+    `record`, it keeps the gate value and the routing score of every token it sees.
+    `gate` may be a trainable parameter (scripts/gate_gradient.py)."""
 
-    def __init__(self, base, a, b, gate, scaling):
+    def __init__(self, base, a, b, gate, scaling, record=True):
         super().__init__()
         self.base, self.a, self.b, self.gate, self.scaling = base, a, b, gate, scaling
-        self.std_gate = standardize(gate)
+        self.std_gate = standardize(gate.detach()) if record else None
         self.records = []
 
     @property
@@ -48,21 +49,19 @@ class GatedProbe(torch.nn.Module):
 
     def forward(self, u):
         g = torch.sigmoid(u @ self.gate)
-        score = standardize(u) @ self.std_gate / u.shape[-1] ** 0.5
-        self.records.append((g.detach(), score.detach()))
+        if self.std_gate is not None:
+            score = standardize(u) @ self.std_gate / u.shape[-1] ** 0.5
+            self.records.append((g.detach(), score.detach()))
         return self.base(u) + g.unsqueeze(-1) * (u @ self.a.t() @ self.b.t()) * self.scaling
 
 
 def probe(model_dir, expert, tasks, eos, batch):
     scaling, lora, gates = expert
     model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()
-    probes = {}
-    for m in sorted(lora):
-        parent_name, child = m.rsplit(".", 1)
-        parent = model.get_submodule(parent_name)
-        p = GatedProbe(getattr(parent, child), lora[m]["a"], lora[m]["b"], gates[m], scaling)
-        setattr(parent, child, p)
-        probes[m] = p
+    probes = {
+        m: replace_linear(model, m, lambda base: GatedProbe(base, lora[m]["a"], lora[m]["b"], gates[m], scaling))
+        for m in sorted(lora)
+    }
     out = []
     for items in tasks:
         sums = torch.zeros(2)
@@ -107,8 +106,8 @@ def main():
         raise SystemExit("one examples file per expert, in the same order (task i is owned by expert i)")
     torch.set_num_threads(args.threads)
     model_dir = os.path.join(args.experts[0], "base-model")
-    tasks = [read_pairs(model_dir, open(f))[0] for f in args.examples]
-    eos = read_pairs(model_dir, [])[1]
+    read = [read_pairs(model_dir, open(f)) for f in args.examples]
+    tasks, eos = [items for items, _ in read], read[0][1]
     names = args.names or [os.path.basename(os.path.dirname(f)) for f in args.examples]
     experts = [os.path.basename(d.rstrip("/")) for d in args.experts]
     pool = load_pool(args.experts)

@@ -24,26 +24,10 @@ import shutil
 
 import torch
 from bench_common import cpu_model, read_pairs
-from bench_torch_eval import load_pool, standardize
+from bench_torch_eval import load_pool, replace_linear, standardize
+from gate_activity import GatedProbe
 from safetensors.torch import load_file, save_file
 from transformers import T5ForConditionalGeneration
-
-
-class GateAtZero(torch.nn.Module):
-    """W u + sigmoid(v . u) * (B A u) * scaling with a trainable v, as gate training."""
-
-    def __init__(self, base, a, b, scaling, d_in):
-        super().__init__()
-        self.base, self.a, self.b, self.scaling = base, a, b, scaling
-        self.gate = torch.nn.Parameter(torch.zeros(d_in))
-
-    @property
-    def weight(self):
-        return self.base.weight
-
-    def forward(self, u):
-        g = torch.sigmoid(u @ self.gate)
-        return self.base(u) + g.unsqueeze(-1) * (u @ self.a.t() @ self.b.t()) * self.scaling
 
 
 def gradient_at_zero(model_dir, expert, items, eos, batch):
@@ -51,14 +35,13 @@ def gradient_at_zero(model_dir, expert, items, eos, batch):
     model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    gates = {}
-    for m in sorted(lora):
-        parent_name, child = m.rsplit(".", 1)
-        parent = model.get_submodule(parent_name)
-        base = getattr(parent, child)
-        mod = GateAtZero(base, lora[m]["a"], lora[m]["b"], scaling, base.weight.shape[1])
-        setattr(parent, child, mod)
-        gates[m] = mod.gate
+    # Gate training's forward with every gate a trainable zero vector.
+    gates = {
+        m: replace_linear(model, m, lambda base: GatedProbe(
+            base, lora[m]["a"], lora[m]["b"], torch.nn.Parameter(torch.zeros(base.weight.shape[1])), scaling,
+            record=False)).gate
+        for m in sorted(lora)
+    }
     for s in range(0, len(items), batch):
         chunk = items[s:s + batch]
         n_in = max(len(i["input"]) for i in chunk)
@@ -110,12 +93,15 @@ def main():
         print(f"| {name} | {cg:.2f} | {cm:.2f} | {tm:.2f} |")
         out = os.path.join(args.out, name)
         os.makedirs(out, exist_ok=True)
+        # Everything but the gates is the exported expert's own file, linked.
         for f in os.listdir(d):
             if f != "phatgoose_gates.safetensors":
-                src, dst = os.path.join(os.path.abspath(d), f), os.path.join(out, f)
-                if os.path.lexists(dst):
-                    os.remove(dst) if not os.path.isdir(dst) or os.path.islink(dst) else shutil.rmtree(dst)
-                os.symlink(src, dst)
+                dst = os.path.join(out, f)
+                if os.path.isdir(dst) and not os.path.islink(dst):
+                    shutil.rmtree(dst)
+                elif os.path.lexists(dst):
+                    os.remove(dst)
+                os.symlink(os.path.join(os.path.abspath(d), f), dst)
         save_file({f"{m}.gate": v.contiguous() for m, v in grad.items()}, os.path.join(out, "phatgoose_gates.safetensors"))
 
 
