@@ -8,6 +8,11 @@
 //!
 //! Steps per second = 1 / the reported time. benches/README.md records the numbers and
 //! the PyTorch + peft comparison (scripts/bench_torch_train_step.py).
+//!
+//! Runs on the device `GOOSEPIPE_BENCH_DEVICE` names (the CPU when unset; `cuda:0` with
+//! a `--features cuda` build, every timed step waiting for the device). The hand-written
+//! backward pass is CPU-only, so on a GPU only the autograd step is measured: it is what
+//! the trainer runs there.
 
 use std::hint::black_box;
 
@@ -18,6 +23,10 @@ use goosepipe::model::adapter::trainable::new_trainable_lora;
 use goosepipe::model::{Seq2SeqBatch, T5Config, T5Model};
 use goosepipe::rng::SeededRng;
 use goosepipe::train::adamw::{AdamW, clip_global_norm, grads_of};
+
+// For its device choice and wait; the routed-forward setup in it is not used here.
+#[allow(dead_code)]
+mod common;
 
 /// The allocator the goosepipe binary runs with (its `main.rs`).
 #[global_allocator]
@@ -58,20 +67,20 @@ fn sizes() -> Vec<Size> {
     ]
 }
 
-fn batch(s: &Size) -> Seq2SeqBatch {
+fn batch(s: &Size, dev: &Device) -> Seq2SeqBatch {
     let mut rng = SeededRng::new(5);
     let vocab = s.cfg.vocab_size as f64 - 3.0;
     let mut tok = |n: usize| -> Vec<u32> { (0..n).map(|_| 2 + (rng.uniform() * vocab) as u32).collect() };
     let inputs: Vec<Vec<u32>> = (0..s.batch).map(|_| tok(s.src)).collect();
     let targets: Vec<Vec<u32>> = (0..s.batch).map(|_| tok(s.tgt)).collect();
-    Seq2SeqBatch::from_pairs(&s.cfg, &inputs, &targets, &Device::Cpu).unwrap()
+    Seq2SeqBatch::from_pairs(&s.cfg, &inputs, &targets, dev).unwrap()
 }
 
 /// A model with a fresh rank-16 LoRA on every linear, its variables by name.
-fn setup(s: &Size) -> (T5Model, Vec<(String, Var)>) {
-    let mut model = T5Model::init_random(&s.cfg, 1, &Device::Cpu, DType::F32).unwrap();
+fn setup(s: &Size, dev: &Device) -> (T5Model, Vec<(String, Var)>) {
+    let mut model = T5Model::init_random(&s.cfg, 1, dev, DType::F32).unwrap();
     let varmap = VarMap::new();
-    let set = new_trainable_lora(&s.cfg, 16, 2, |_| true, &varmap, &Device::Cpu, DType::F32).unwrap();
+    let set = new_trainable_lora(&s.cfg, 16, 2, |_| true, &varmap, dev, DType::F32).unwrap();
     model.set_adapters(set).unwrap();
     let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().clone().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -79,30 +88,35 @@ fn setup(s: &Size) -> (T5Model, Vec<(String, Var)>) {
 }
 
 fn train_step(c: &mut Criterion) {
+    let dev = common::device();
     for s in sizes() {
         let mut g = c.benchmark_group(s.name);
         g.sample_size(10);
-        // What the trainer runs: the hand-written backward pass (src/model/t5/backprop).
-        g.bench_function("lora_r16_optimizer_step", |bench| {
-            // Set up inside the closure so that a filtered-out size costs nothing.
-            let b = batch(&s);
-            let (model, vars) = setup(&s);
-            let mut opt = AdamW::new(1e-8, 0.0);
-            bench.iter(|| {
-                let pass = model
-                    .lora_loss_and_grads(&b, 1.0)
-                    .unwrap()
-                    .expect("the pass applies");
-                let mut grads = pass.grads;
-                clip_global_norm(&mut grads, 1.0).unwrap();
-                opt.step(&vars, &grads, 5e-3).unwrap();
-                black_box(pass.loss)
-            })
-        });
-        // candle's autograd over the fused ops: what dropout > 0 and gate training run.
+        // What the trainer runs on the CPU: the hand-written backward pass
+        // (src/model/t5/backprop), which applies to CPU models only.
+        if dev.is_cpu() {
+            g.bench_function("lora_r16_optimizer_step", |bench| {
+                // Set up inside the closure so that a filtered-out size costs nothing.
+                let b = batch(&s, &dev);
+                let (model, vars) = setup(&s, &dev);
+                let mut opt = AdamW::new(1e-8, 0.0);
+                bench.iter(|| {
+                    let pass = model
+                        .lora_loss_and_grads(&b, 1.0)
+                        .unwrap()
+                        .expect("the pass applies");
+                    let mut grads = pass.grads;
+                    clip_global_norm(&mut grads, 1.0).unwrap();
+                    opt.step(&vars, &grads, 5e-3).unwrap();
+                    black_box(pass.loss)
+                })
+            });
+        }
+        // candle's autograd over the fused ops: what dropout > 0, gate training and
+        // every step on a GPU run.
         g.bench_function("lora_r16_optimizer_step_autograd", |bench| {
-            let b = batch(&s);
-            let (model, vars) = setup(&s);
+            let b = batch(&s, &dev);
+            let (model, vars) = setup(&s, &dev);
             let mut opt = AdamW::new(1e-8, 0.0);
             bench.iter(|| {
                 let loss = model.forward_loss(&b).unwrap();
@@ -110,6 +124,8 @@ fn train_step(c: &mut Criterion) {
                 let mut grads = grads_of(&vars, &store);
                 clip_global_norm(&mut grads, 1.0).unwrap();
                 opt.step(&vars, &grads, 5e-3).unwrap();
+                // The step is done when the device has run it, not when it is queued.
+                common::sync(&dev);
                 black_box(loss)
             })
         });

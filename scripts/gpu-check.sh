@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 3 as one prepared run: the transformers parity tests, the
-# gradient check and the generation/scoring tests on the GPU, `goosepipe score` on the GPU
-# against the CPU, and the routed-forward and model benchmarks. Two halves, because the GPU
-# machine has no Rust toolchain:
+# The GPU checks as one prepared run: the transformers parity tests, the gradient check
+# and the generation/scoring tests on the GPU, `goosepipe score` on the GPU against the
+# CPU, the routed-forward and model benchmarks, and the training step against PyTorch
+# eager and torch.compile on the same GPU. Then, apart, the larger content study. Two
+# halves, because the GPU machine has no Rust toolchain:
 #
 #   scripts/gpu-check.sh build     # here: a --features cuda build of those test and bench
 #                                  # binaries and goosepipe, into .gpu-kit/ (git ignores it)
 #   scripts/gpu-check.sh device    # there, from the repository root, with .gpu-kit/ carried:
 #                                  # runs everything on cuda:0, log in ${OUT:-.}/gpu-check.log
+#   scripts/gpu-check.sh study     # there too: `goosepipe run pipelines/study-large.kdl`
+#                                  # on cuda:0 into the store .goosepipe (so a second call
+#                                  # on a still-warm machine resumes it), then its report;
+#                                  # log and report in ${OUT:-.}/study*.{log,md}
 #
 # `build` prepares the CUDA 13.0 toolchain with ../shared/tools/cuda-toolchain.sh (about
 # 10 minutes the first time) and builds into target/cuda, apart from the CPU build.
 # `device` finds the CUDA libraries in the image's python (site-packages/nvidia/cu13/lib)
 # unless LD_LIBRARY_PATH already has libcublas.so.13, runs every part even when one
 # fails, and exits 1 if any did. Each part is bounded (timeout) and all of them share a
-# 9-minute budget, so one device command (10 minutes at most) holds the whole check;
-# on an H100/H200 it should take a few minutes.
+# 9-minute budget (GPU_BUDGET seconds), so one device command (10 minutes at most) holds
+# the whole check; on an H100/H200 it should take a few minutes. `study` stops the run
+# after STUDY_BUDGET seconds (default 540): what finished stays in the store.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KIT=.gpu-kit
 TESTS=(model_parity model_inference model_grad)
-BENCHES=(routed_ratio model_forward)
+BENCHES=(routed_ratio model_forward train_step)
 
 # Builds the named test or bench targets (KIND test|bench) with --features cuda and
 # copies their executables into the kit, named by target.
@@ -67,7 +73,7 @@ build() {
 # part's limit is cut to what is left, and a part with under 10 s left is skipped
 # (and counted as failed).
 FAILED=()
-BUDGET=540
+BUDGET=${GPU_BUDGET:-540}
 part() {
   local name=$1 limit=$2
   shift 2
@@ -93,14 +99,12 @@ part() {
   [ "$rc" -eq 0 ] || FAILED+=("$name")
 }
 
-device() {
-  local out=${OUT:-.}
-  LOG=$out/gpu-check.log
-  : >"$LOG"
+# Unpacks the kit into a fresh folder (printed) and puts the CUDA libraries of the
+# image's python on LD_LIBRARY_PATH unless the loader already finds them.
+unpack_kit() {
   [ -f "$KIT/kit.tar.xz" ] || { echo "gpu-check: no $KIT/kit.tar.xz: run 'scripts/gpu-check.sh build' and carry $KIT" >&2; exit 2; }
-  local bin
-  bin=$(mktemp -d)
-  tar -C "$bin" -xJf "$KIT/kit.tar.xz"
+  BIN=$(mktemp -d)
+  tar -C "$BIN" -xJf "$KIT/kit.tar.xz"
   local known
   known=$(ldconfig -p 2>/dev/null || true)
   if [[ "$known" != *libcublas.so.13* && ":${LD_LIBRARY_PATH:-}:" != *cu13* ]]; then
@@ -108,8 +112,16 @@ device() {
     lib=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null)
     [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
-  export GOOSEPIPE_REPO=$PWD GOOSEPIPE_TEST_DEVICE=cuda:0 GOOSEPIPE_BENCH_DEVICE=cuda:0
   { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >>"$LOG"
+}
+
+device() {
+  local out=${OUT:-.}
+  LOG=$out/gpu-check.log
+  : >"$LOG"
+  unpack_kit
+  local bin=$BIN
+  export GOOSEPIPE_REPO=$PWD GOOSEPIPE_TEST_DEVICE=cuda:0 GOOSEPIPE_BENCH_DEVICE=cuda:0
   local t
   for t in "${TESTS[@]}"; do part "test $t" 90 "$bin/$t" --test-threads 1; done
   local fx=tests/fixtures/t5/v1_1
@@ -136,8 +148,11 @@ for kind in ("score", "routed"):
     worst = max(worst, gap)
 sys.exit(0 if worst < 1e-3 else 1)
 PY
-  part "bench routed_ratio" 120 "$bin/routed_ratio" --rounds 20 2 8 36 166
-  part "bench model_forward" 150 "$bin/model_forward" --bench --warm-up-time 1 --measurement-time 3
+  # The training step first (issue 22's GPU comparison), goosepipe right before PyTorch.
+  part "bench train_step" 90 "$bin/train_step" --bench --warm-up-time 2 --measurement-time 5
+  part "torch train_step" 200 env PYTHONUNBUFFERED=1 python3 scripts/bench_torch_train_step.py --device cuda:0 --steps 30
+  part "bench routed_ratio" 60 "$bin/routed_ratio" --rounds 10 2 8 36 166
+  part "bench model_forward" 90 "$bin/model_forward" --bench --warm-up-time 1 --measurement-time 2
   rm -rf "$bin"
   if [ ${#FAILED[@]} -gt 0 ]; then
     echo "gpu-check: failed: ${FAILED[*]} (see $LOG)"
@@ -146,8 +161,28 @@ PY
   echo "gpu-check: all parts passed (see $LOG)"
 }
 
+# The larger content study on the GPU, bounded by STUDY_BUDGET seconds; the run is
+# stopped (SIGINT: steps in flight are abandoned, nothing half-written is published)
+# when the budget is spent, and the report shows what finished.
+study() {
+  local out=${OUT:-.} budget=${STUDY_BUDGET:-540}
+  LOG=$out/study.log
+  : >"$LOG"
+  unpack_kit
+  local rc
+  SECONDS=0
+  timeout -s INT -k 20 "$budget" "$BIN/goosepipe" run pipelines/study-large.kdl --device cuda:0 -j "${STUDY_JOBS:-10}" --keep-going >>"$LOG" 2>&1
+  rc=$?
+  echo "=== study run: exit $rc after $SECONDS s" | tee -a "$LOG"
+  "$BIN/goosepipe" plan pipelines/study-large.kdl >"$out/study-plan.txt" 2>&1
+  "$BIN/goosepipe" report pipelines/study-large.kdl >"$out/study-report.md" 2>&1
+  echo "=== report: exit $?" | tee -a "$LOG"
+  rm -rf "$BIN"
+}
+
 case "${1:-}" in
   build) build ;;
   device) device ;;
-  *) echo "usage: scripts/gpu-check.sh build|device" >&2; exit 2 ;;
+  study) study ;;
+  *) echo "usage: scripts/gpu-check.sh build|device|study" >&2; exit 2 ;;
 esac

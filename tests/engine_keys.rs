@@ -192,7 +192,14 @@ fn shipped_pipelines_keep_their_keys() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     let reg = goosepipe::steps::registry();
     let mut all = BTreeMap::new();
-    for name in ["quickstart", "study", "study-content", "t0", "flan"] {
+    for name in [
+        "quickstart",
+        "study",
+        "study-content",
+        "study-large",
+        "t0",
+        "flan",
+    ] {
         let plan = plan_of(&root.join(format!("{name}.kdl")), &reg);
         for s in &plan.steps {
             all.insert(format!("{name} {}", s.spec.id), s.spec.key.hex());
