@@ -161,7 +161,9 @@ PY
   echo "gpu-check: all parts passed (see $LOG)"
 }
 
-# The larger content study on the GPU, bounded by STUDY_BUDGET seconds; the run is
+# The larger content study on the GPU, bounded by STUDY_BUDGET seconds, STUDY_JOBS steps
+# at a time (default 2: on the H200, ten experts at once trained at 0.6 steps/s each,
+# fewer in all than one step alone, benches/README.md "On a GPU"); the run is
 # stopped (SIGINT: steps in flight are abandoned, nothing half-written is published)
 # when the budget is spent, and the report shows what finished.
 study() {
@@ -171,7 +173,7 @@ study() {
   unpack_kit
   local rc
   SECONDS=0
-  timeout -s INT -k 20 "$budget" "$BIN/goosepipe" run pipelines/study-large.kdl --device cuda:0 -j "${STUDY_JOBS:-10}" --keep-going >>"$LOG" 2>&1
+  timeout -s INT -k 20 "$budget" "$BIN/goosepipe" run pipelines/study-large.kdl --device cuda:0 -j "${STUDY_JOBS:-2}" --keep-going >>"$LOG" 2>&1
   rc=$?
   echo "=== study run: exit $rc after $SECONDS s" | tee -a "$LOG"
   "$BIN/goosepipe" plan pipelines/study-large.kdl >"$out/study-plan.txt" 2>&1
