@@ -99,7 +99,7 @@ part() {
   [ "$rc" -eq 0 ] || FAILED+=("$name")
 }
 
-# Unpacks the kit into a fresh folder (printed) and puts the CUDA libraries of the
+# Unpacks the kit into a fresh folder ($BIN) and puts the CUDA libraries of the
 # image's python on LD_LIBRARY_PATH unless the loader already finds them.
 unpack_kit() {
   [ -f "$KIT/kit.tar.xz" ] || { echo "gpu-check: no $KIT/kit.tar.xz: run 'scripts/gpu-check.sh build' and carry $KIT" >&2; exit 2; }
@@ -148,9 +148,10 @@ for kind in ("score", "routed"):
     worst = max(worst, gap)
 sys.exit(0 if worst < 1e-3 else 1)
 PY
-  # The training step first (issue 22's GPU comparison), goosepipe right before PyTorch.
+  # The training step first (issue 22's GPU comparison), goosepipe right before PyTorch;
+  # torch.compile's warm-up at T5-small size took over 130 s on the H200.
   part "bench train_step" 90 "$bin/train_step" --bench --warm-up-time 2 --measurement-time 5
-  part "torch train_step" 200 env PYTHONUNBUFFERED=1 python3 scripts/bench_torch_train_step.py --device cuda:0 --steps 30
+  part "torch train_step" 300 env PYTHONUNBUFFERED=1 python3 scripts/bench_torch_train_step.py --device cuda:0 --steps 30
   part "bench routed_ratio" 60 "$bin/routed_ratio" --rounds 10 2 8 36 166
   part "bench model_forward" 90 "$bin/model_forward" --bench --warm-up-time 1 --measurement-time 2
   rm -rf "$bin"
@@ -163,9 +164,10 @@ PY
 
 # The larger content study on the GPU, bounded by STUDY_BUDGET seconds, STUDY_JOBS steps
 # at a time (default 2: on the H200, ten experts at once trained at 0.6 steps/s each,
-# fewer in all than one step alone, benches/README.md "On a GPU"); the run is
-# stopped (SIGINT: steps in flight are abandoned, nothing half-written is published)
-# when the budget is spent, and the report shows what finished.
+# 6 in all, less than the pretraining alone before them; benches/README.md "On a GPU").
+# When the budget is spent the run is stopped with SIGINT (steps in flight keep their
+# checkpoints, nothing half-written is published; the next run resumes them), and the
+# report shows what finished.
 study() {
   local out=${OUT:-.} budget=${STUDY_BUDGET:-540}
   LOG=$out/study.log
