@@ -40,8 +40,14 @@ def main():
     n = len(args.gates)
     if n < 2:
         ap.error("a pool needs at least two experts")
-    gates = [load_file(p) for p in args.gates]
-    means = [load_file(p) for p in args.means]
+    def load(path):
+        try:
+            return load_file(path)
+        except Exception as e:  # OSError, or safetensors' own error for a bad header
+            ap.error(f"cannot read {path}: {e}")
+
+    gates = [load(p) for p in args.gates]
+    means = [load(p) for p in args.means]
     modules = sorted(set(gates[0]).intersection(*gates[1:], *means))
     if not modules:
         ap.error("the gate and mean-activation files share no module name")
