@@ -127,3 +127,35 @@ fn per_expert_baseline_steps_do_not_depend_on_the_pool() {
         ids(&["expert:c", "gate:c", "average-activation:c", "pool:p", "eval:e"])
     );
 }
+
+/// `batches` was added after keys were pinned, as a keyless default: leaving it out
+/// or writing the default keeps every key (by length is the old behaviour); asking
+/// one expert's gate for the paper's random batches rebuilds exactly that gate and
+/// what reads it.
+#[test]
+fn random_gate_batches_rebuild_only_that_gate_and_its_readers() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    p.run(&reg, &RunOptions::default());
+    log.take();
+    // Writing the default out changes nothing: it is not part of any key.
+    p.write(&BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\" {\n    gate batches=\"by-length\"\n}",
+    ));
+    assert!(p.stale(&reg).is_empty());
+    p.write(&BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\" {\n    gate batches=\"random\"\n}",
+    ));
+    assert_eq!(p.stale(&reg), ids(&["gate:b", "pool:p", "eval:e"]));
+    p.write(&BASE.replace(
+        "train steps=10 batch=4",
+        "train steps=10 batch=4 batches=\"random\"",
+    ));
+    assert_eq!(
+        p.stale(&reg),
+        ids(&["expert:a", "expert:b", "gate:a", "gate:b", "pool:p", "eval:e"])
+    );
+}

@@ -57,6 +57,11 @@ pub struct PropSpec {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub doc: String,
+    /// The default is left out of content keys (`keyless-default=#true`): a setting
+    /// added after keys were published, whose default is the behaviour from before,
+    /// so adding it invalidates no artifact. The step's typed struct defaults the
+    /// absent value to the same (a test keeps the two equal).
+    pub keyless_default: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -277,8 +282,13 @@ fn parse_prop(node: &KdlNode) -> Result<PropSpec, String> {
     let name = first_arg(node)?;
     let ty = parse_type(node)?;
     let default = node.get("default").and_then(|d| schema_value(d, &ty));
+    let keyless_default = bool_prop(node, "keyless-default");
+    if keyless_default && default.is_none() {
+        return Err(format!("{name}: keyless-default needs a default"));
+    }
     Ok(PropSpec {
         default,
+        keyless_default,
         required: bool_prop(node, "required"),
         min: num_prop(node, "min"),
         max: num_prop(node, "max"),

@@ -709,6 +709,7 @@ impl Validator {
             min: None,
             max: None,
             doc: cspec.doc.clone(),
+            keyless_default: false,
         };
         for e in c.entries() {
             let eloc = Loc::new(file, e.span());

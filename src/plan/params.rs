@@ -145,6 +145,8 @@ fn walk_props(
                 }
             }
             Type::Name => {}
+            // A keyless default stays out of the key, written or filled in alike.
+            _ if p.keyless_default && p.default.as_ref() == Some(&f.value) => {}
             _ => {
                 c.origins.insert(path.clone(), (f.origin, f.loc));
                 out.target(at.keyed).insert(p.name.clone(), f.value.clone());

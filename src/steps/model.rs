@@ -327,6 +327,8 @@ fn init_and_pretrain(
             checkpoint_every: 100,
             seed,
             dropout: 0.0,
+            // Pretraining is goosepipe's own (no reference to follow): least padding.
+            batches: crate::train::batches::Batching::ByLength,
         };
         let model = FullModel::build(&cfg, &vars, &dev).map_err(fail)?;
         let mut obj = FullModel {

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor, Var};
 use serde_json::json;
 
 use super::adamw::{AdamW, accumulate, clip_global_norm, grads_of};
-use super::batches::{Pair, batch_at};
+use super::batches::{Batching, Pair, batch_at};
 use super::checkpoint;
 use super::schedule::{Schedule, lr_at};
 use crate::model::{ModelError, Result as ModelResult};
@@ -45,6 +45,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Dropout rate while training (0: none).
     pub dropout: f64,
+    /// How batches are drawn. Absent from a step's parameters when it is the
+    /// schema's keyless default (by length), hence serde's default, kept equal to
+    /// the schema's by a test.
+    #[serde(default)]
+    pub batches: Batching,
 }
 
 /// A field that must be present, kept in an `Option` the code may set to None.
@@ -68,6 +73,8 @@ pub struct GateParams {
     pub max_target_len: usize,
     pub dropout: f64,
     pub seed: u64,
+    #[serde(default)]
+    pub batches: Batching,
 }
 
 /// How often a gate run writes a resumable checkpoint. Not a setting: gate runs are
@@ -96,6 +103,7 @@ impl TrainConfig {
             checkpoint_every: GATE_CHECKPOINT_EVERY,
             seed: p.seed,
             dropout: p.dropout,
+            batches: p.batches,
         }
         .checked()
     }
@@ -383,7 +391,7 @@ fn accumulated_gradients(
     for a in 0..accum {
         let k = step * accum + a;
         obj.set_training((cfg.dropout > 0.0).then(|| dropout_seed(cfg.seed, k)))?;
-        let idx = batch_at(train, micro, cfg.seed, k);
+        let idx = batch_at(train, micro, cfg.seed, k, cfg.batches);
         let refs: Vec<&Pair> = idx.iter().map(|&i| &train[i]).collect();
         if let Some((loss, g)) = obj.loss_and_grads(&refs, 1.0 / accum as f64)? {
             loss_sum += loss;
@@ -553,6 +561,25 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
+    /// `batches` is a keyless default: left out of a step's parameters when it is
+    /// the schema's default, so serde's default must be the schema's.
+    #[test]
+    fn the_keyless_batches_default_is_the_schemas() {
+        let schema = crate::manifest::schema::Schema::embedded();
+        for group in ["train", "gate"] {
+            let p = schema
+                .group(group)
+                .and_then(|g| g.prop("batches"))
+                .expect("batches prop");
+            assert!(p.keyless_default, "{group}.batches");
+            let Some(crate::manifest::value::Value::Str(v)) = &p.default else {
+                panic!("{group}.batches has no string default")
+            };
+            let parsed: Batching = serde_json::from_value(serde_json::json!(v)).unwrap();
+            assert_eq!(parsed, Batching::default(), "{group}.batches");
+        }
+    }
+
     /// A one-variable objective: the loss is (x - 3)^2 and falls all run long, while
     /// the metric peaks when x passes 1.5; dropout seeds are recorded.
     struct Toy {
@@ -657,6 +684,7 @@ mod tests {
             max_input_len: 512,
             max_target_len: 512,
             dropout: 0.1,
+            batches: Batching::ByLength,
             eval_every: Some(5),
             eval_examples: 1000,
             checkpoint_every: 1000,
@@ -855,6 +883,7 @@ mod tests {
             lr: 1e-2,
             grad_clip: 1.0,
             dropout: 0.0,
+            batches: Batching::ByLength,
             eval_every: None,
             ..config()
         };
