@@ -235,6 +235,10 @@ def main():
     for f in args.train + args.test:
         if not os.path.isfile(f):
             raise SystemExit(f"{f}: no such examples file")
+    for d in args.experts:
+        for f in ("adapter_config.json", "adapter_model.safetensors", "phatgoose_gates.safetensors", "base-model"):
+            if not os.path.exists(os.path.join(d, f)):
+                raise SystemExit(f"{d}: no {f} (export the expert with its gate: goosepipe export expert:NAME DIR)")
     torch.set_num_threads(args.threads)
     model_dir = os.path.join(args.experts[0], "base-model")
     names = [os.path.basename(d.rstrip("/")) for d in args.experts]
