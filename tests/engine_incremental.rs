@@ -159,3 +159,24 @@ fn random_gate_batches_rebuild_only_that_gate_and_its_readers() {
         ids(&["expert:a", "expert:b", "gate:a", "gate:b", "pool:p", "eval:e"])
     );
 }
+
+/// `batches` is a keyless default: left out of a step's parameters when it is the
+/// schema's default, so the training code's default (serde's) must be the schema's.
+#[test]
+fn the_keyless_batches_default_is_the_training_codes() {
+    use goosepipe::manifest::value::Value;
+    use goosepipe::train::batches::Batching;
+    let schema = goosepipe::manifest::schema::Schema::embedded();
+    for group in ["train", "gate"] {
+        let p = schema
+            .group(group)
+            .and_then(|g| g.prop("batches"))
+            .expect("batches prop");
+        assert!(p.keyless_default, "{group}.batches");
+        let Some(Value::Str(v)) = &p.default else {
+            panic!("{group}.batches has no string default")
+        };
+        let parsed: Batching = serde_json::from_value(serde_json::json!(v)).unwrap();
+        assert_eq!(parsed, Batching::default(), "{group}.batches");
+    }
+}

@@ -561,25 +561,6 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    /// `batches` is a keyless default: left out of a step's parameters when it is
-    /// the schema's default, so serde's default must be the schema's.
-    #[test]
-    fn the_keyless_batches_default_is_the_schemas() {
-        let schema = crate::manifest::schema::Schema::embedded();
-        for group in ["train", "gate"] {
-            let p = schema
-                .group(group)
-                .and_then(|g| g.prop("batches"))
-                .expect("batches prop");
-            assert!(p.keyless_default, "{group}.batches");
-            let Some(crate::manifest::value::Value::Str(v)) = &p.default else {
-                panic!("{group}.batches has no string default")
-            };
-            let parsed: Batching = serde_json::from_value(serde_json::json!(v)).unwrap();
-            assert_eq!(parsed, Batching::default(), "{group}.batches");
-        }
-    }
-
     /// A one-variable objective: the loss is (x - 3)^2 and falls all run long, while
     /// the metric peaks when x passes 1.5; dropout seeds are recorded.
     struct Toy {
