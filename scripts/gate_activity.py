@@ -55,6 +55,44 @@ class GatedProbe(torch.nn.Module):
         return self.base(u) + g.unsqueeze(-1) * (u @ self.a.t() @ self.b.t()) * self.scaling
 
 
+def gated_model(model_dir, expert, dropout=None):
+    """The base with one expert's LoRA behind a trainable gate at every adapted
+    linear, each gate a zero vector (gate training's start; `dropout` sets T5's rate
+    for training). Everything else is frozen. Returns the model and its gates."""
+    scaling, lora, _ = expert
+    extra = {} if dropout is None else {"dropout_rate": dropout}
+    model = T5ForConditionalGeneration.from_pretrained(model_dir, **extra).float()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gates = {
+        m: replace_linear(model, m, lambda base: GatedProbe(
+            base, lora[m]["a"], lora[m]["b"], torch.nn.Parameter(torch.zeros(base.weight.shape[1])), scaling,
+            record=False)).gate
+        for m in sorted(lora)
+    }
+    return model, gates
+
+
+def write_expert_folder(src, out, gates):
+    """An exported expert folder again under `out`, its files linked, its gates
+    replaced by `gates` (module -> vector)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    os.makedirs(out, exist_ok=True)
+    for f in os.listdir(src):
+        if f == "phatgoose_gates.safetensors":
+            continue
+        dst = os.path.join(out, f)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        elif os.path.lexists(dst):
+            os.remove(dst)
+        os.symlink(os.path.join(os.path.abspath(src), f), dst)
+    save_file({f"{m}.gate": v.contiguous() for m, v in gates.items()}, os.path.join(out, "phatgoose_gates.safetensors"))
+
+
 def probe(model_dir, expert, tasks, eos, batch):
     scaling, lora, gates = expert
     model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()

@@ -20,28 +20,18 @@ place of the gates, so `bench_torch_eval.py --experts OUT/*` routes with it.
 """
 import argparse
 import os
-import shutil
 
 import torch
 from bench_common import cpu_model, read_pairs
-from bench_torch_eval import load_pool, replace_linear, standardize
-from gate_activity import GatedProbe
-from safetensors.torch import load_file, save_file
-from transformers import T5ForConditionalGeneration
+from bench_torch_eval import load_pool, standardize
+from gate_activity import gated_model, write_expert_folder
+from safetensors.torch import load_file
 
 
 def gradient_at_zero(model_dir, expert, items, eos, batch):
-    scaling, lora, _ = expert
-    model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    # Gate training's forward with every gate a trainable zero vector.
-    gates = {
-        m: replace_linear(model, m, lambda base: GatedProbe(
-            base, lora[m]["a"], lora[m]["b"], torch.nn.Parameter(torch.zeros(base.weight.shape[1])), scaling,
-            record=False)).gate
-        for m in sorted(lora)
-    }
+    # Gate training's forward with every gate a trainable zero vector (no dropout).
+    model, gates = gated_model(model_dir, expert)
+    model.eval()
     for s in range(0, len(items), batch):
         chunk = items[s:s + batch]
         n_in = max(len(i["input"]) for i in chunk)
@@ -91,18 +81,7 @@ def main():
         tm = sum(corr(trained[m], mean[m]) for m in grad) / len(grad)
         name = os.path.basename(d.rstrip("/"))
         print(f"| {name} | {cg:.2f} | {cm:.2f} | {tm:.2f} |")
-        out = os.path.join(args.out, name)
-        os.makedirs(out, exist_ok=True)
-        # Everything but the gates is the exported expert's own file, linked.
-        for f in os.listdir(d):
-            if f != "phatgoose_gates.safetensors":
-                dst = os.path.join(out, f)
-                if os.path.isdir(dst) and not os.path.islink(dst):
-                    shutil.rmtree(dst)
-                elif os.path.lexists(dst):
-                    os.remove(dst)
-                os.symlink(os.path.join(os.path.abspath(d), f), dst)
-        save_file({f"{m}.gate": v.contiguous() for m, v in grad.items()}, os.path.join(out, "phatgoose_gates.safetensors"))
+        write_expert_folder(d, os.path.join(args.out, name), grad)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,12 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 
 import torch
 from bench_common import cpu_model, read_pairs
-from bench_torch_eval import load_pool, replace_linear, route_model, standardize
-from gate_activity import GatedProbe
-from safetensors.torch import save_file
+from bench_torch_eval import load_pool, route_model, standardize
+from gate_activity import gated_model, write_expert_folder
 from tokenizers import Tokenizer
 from transformers import T5ForConditionalGeneration
 
@@ -66,16 +64,7 @@ def epoch_batches(items, size, how, gen):
 
 
 def train_gates(model_dir, expert, items, eos, args, seed):
-    scaling, lora, _ = expert
-    model = T5ForConditionalGeneration.from_pretrained(model_dir, dropout_rate=args.dropout).float()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    gates = {
-        m: replace_linear(model, m, lambda base: GatedProbe(
-            base, lora[m]["a"], lora[m]["b"], torch.nn.Parameter(torch.zeros(base.weight.shape[1])), scaling,
-            record=False)).gate
-        for m in sorted(lora)
-    }
+    model, gates = gated_model(model_dir, expert, dropout=args.dropout)
     model.train()  # dropout in T5's places, as the reference trains
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(gates.values(), lr=args.lr, eps=1e-8, weight_decay=0.0)
@@ -195,21 +184,6 @@ def pool_correlation(gate_sets):
     return sum(vals) / len(vals)
 
 
-def write_folder(src, out, gates):
-    """src's files linked, the gates replaced."""
-    os.makedirs(out, exist_ok=True)
-    for f in os.listdir(src):
-        if f == "phatgoose_gates.safetensors":
-            continue
-        dst = os.path.join(out, f)
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        elif os.path.lexists(dst):
-            os.remove(dst)
-        os.symlink(os.path.join(os.path.abspath(src), f), dst)
-    save_file({f"{m}.gate": v.contiguous() for m, v in gates.items()}, os.path.join(out, "phatgoose_gates.safetensors"))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--experts", nargs="+", required=True, help="PEFT folders exported by goosepipe (with gates)")
@@ -250,7 +224,7 @@ def main():
         items, eos = read_pairs(model_dir, open(train))
         t0 = time.perf_counter()
         gates, losses = train_gates(model_dir, expert, items, eos, args, args.seed * 1000 + i)
-        write_folder(args.experts[i], os.path.join(args.out, name), gates)
+        write_expert_folder(args.experts[i], os.path.join(args.out, name), gates)
         c = [corr(gates[m], expert[2][m]) for m in gates]
         print(f"  {name}: loss {losses[0]:.3f} -> {sum(losses[-5:]) / 5:.3f} in {time.perf_counter() - t0:.0f} s; "
               f"corr with goosepipe's gate per module: mean {sum(c) / len(c):.2f}, min {min(c):.2f}")
