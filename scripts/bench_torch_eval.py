@@ -42,6 +42,11 @@ def standardize(x):
     return F.layer_norm(x, (x.shape[-1],), eps=1e-5)
 
 
+def corr(a, b):
+    """Pearson correlation of two vectors, as routing sees them (both standardized)."""
+    return float((standardize(a) * standardize(b)).mean())
+
+
 class RoutedLinear(torch.nn.Module):
     """W u + sum over the top-k experts z of w_z * (B_z A_z u) * scaling, with the
     experts scored by standardize(u) . standardize(gate_z) / sqrt(d_in)."""
@@ -55,6 +60,10 @@ class RoutedLinear(torch.nn.Module):
         self.scaling = scaling
         self.top_k = min(top_k, gates.shape[0])
         self.scale = sharpen / gates.shape[1] ** 0.5
+        # With keep_weights, the last forward's routing weights stay in last_weights
+        # (scripts/gate_retrain.py reads the own expert's share from them).
+        self.keep_weights = False
+        self.last_weights = None
 
     @property
     def weight(self):
@@ -67,6 +76,8 @@ class RoutedLinear(torch.nn.Module):
         p = scores.softmax(-1)
         top, idx = p.topk(self.top_k, dim=-1)
         w = torch.zeros_like(p).scatter(-1, idx, top / (top.sum(-1, keepdim=True) + 1e-6))
+        if self.keep_weights:
+            self.last_weights = w
         # Every expert's low-rank product (N is small), weighted; unchosen weigh 0.
         h = torch.einsum("...d,nrd->...nr", u, self.a)
         delta = torch.einsum("...nr,nor->...no", h, self.b)
@@ -153,8 +164,11 @@ def batches(items, batch):
         yield pairs[s:s + batch]
 
 
-def score(model, items, batch, eos, pad=0):
-    """Mean log-probability of every choice (+EOS), goosepipe's batching."""
+def score(model, items, batch, eos, pad=0, after_batch=None):
+    """Mean log-probability of every choice (+EOS), goosepipe's batching. After each
+    batch, `after_batch(mask, rows, labels)` (if given) sees the batch's encoder mask
+    (one row per distinct input), the input row of every (example, choice) row, and
+    the labels (-100 past each target)."""
     out = []
     for chunk in batches(items, batch):
         uniq = list(dict.fromkeys(i for i, _ in chunk))
@@ -172,6 +186,8 @@ def score(model, items, batch, eos, pad=0):
         logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         real = (labels != -100).float()
         out.extend(((logp * real).sum(1) / real.sum(1)).tolist())
+        if after_batch is not None:
+            after_batch(mask, rows, labels)
     return out
 
 
@@ -184,6 +200,23 @@ def accuracy(items, scores):
         best = max(range(n), key=lambda j: (mine[j], -j))
         right += it["right"][best]
     return 100.0 * right / len(items)
+
+
+def read_choice_items(tok, path, eos):
+    """A choice task's examples.jsonl as token ids: the input (with EOS), each choice
+    (without it: scoring appends it), and which choices are right."""
+    items = []
+    for line in open(path):
+        e = json.loads(line)
+        choices = []
+        for c in e["choices"]:
+            ids = encode(tok, c)
+            if ids and ids[-1] == eos:
+                ids = ids[:-1]
+            choices.append(ids)
+        items.append({"input": encode(tok, e["input"]), "choices": choices,
+                      "right": [c == e["target"] for c in e["choices"]]})
+    return items
 
 
 def main():
@@ -212,18 +245,7 @@ def main():
     if args.means is not None and len(args.means) != len(args.experts):
         raise SystemExit("--means needs one file per expert, in --experts order")
     routed = route_model(model, load_pool(args.experts, args.means, args.vectors), args.top_k, args.sharpen)
-    items = []
-    for f in args.examples:
-        for line in open(f):
-            e = json.loads(line)
-            choices = []
-            for c in e["choices"]:
-                ids = encode(tok, c)
-                if ids and ids[-1] == eos:
-                    ids = ids[:-1]
-                choices.append(ids)
-            items.append({"input": encode(tok, e["input"]), "choices": choices,
-                          "right": [c == e["target"] for c in e["choices"]]})
+    items = [it for f in args.examples for it in read_choice_items(tok, f, eos)]
     print(f"cpu: {cpu_model()}; torch {torch.__version__}; {args.threads} threads; "
           f"{len(args.experts)} experts, {routed} routed linears, top-{args.top_k}; "
           f"{len(items)} examples, {sum(len(i['choices']) for i in items)} choices, batch {args.batch}")

@@ -23,7 +23,7 @@ import os
 
 import torch
 from bench_common import cpu_model, read_pairs
-from bench_torch_eval import load_pool, standardize
+from bench_torch_eval import corr, load_pool
 from gate_activity import gated_model, write_expert_folder
 from safetensors.torch import load_file
 
@@ -45,10 +45,6 @@ def gradient_at_zero(model_dir, expert, items, eos, batch):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * len(chunk) / len(items)
         loss.backward()
     return {m: -g.grad.detach().clone() for m, g in gates.items()}
-
-
-def corr(a, b):
-    return float((standardize(a) * standardize(b)).mean())
 
 
 def main():

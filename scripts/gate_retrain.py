@@ -32,14 +32,13 @@ router back; if the PyTorch gates route better, it is.
 The settings default to the quickstart's `gate` group; give the manifest's own.
 """
 import argparse
-import json
 import math
 import os
 import time
 
 import torch
 from bench_common import cpu_model, read_pairs
-from bench_torch_eval import load_pool, route_model, standardize
+from bench_torch_eval import RoutedLinear, accuracy, corr, load_pool, read_choice_items, route_model, score
 from gate_activity import gated_model, write_expert_folder
 from tokenizers import Tokenizer
 from transformers import T5ForConditionalGeneration
@@ -92,89 +91,35 @@ def train_gates(model_dir, expert, items, eos, args, seed):
     return {m: g.detach().clone() for m, g in gates.items()}, losses
 
 
-class Recorder:
-    """Keeps, for every routed linear, the routing weights of the last forward pass."""
-
-    def __init__(self, model):
-        self.weights = {}
-        for name, mod in model.named_modules():
-            if mod.__class__.__name__ == "RoutedLinear":
-                mod.register_forward_hook(self.hook(name))
-
-    def hook(self, name):
-        def save(mod, inputs, _out):
-            u = inputs[0]
-            scores = standardize(u) @ mod.gates.t() * mod.scale
-            p = scores.softmax(-1)
-            top, idx = p.topk(mod.top_k, dim=-1)
-            self.weights[name] = torch.zeros_like(p).scatter(-1, idx, top / (top.sum(-1, keepdim=True) + 1e-6))
-        return save
-
-
 def evaluate(model_dir, pool, tests, eos, top_k, batch):
-    """Per task: accuracy and the own expert's weight share over real tokens."""
-    from bench_torch_eval import accuracy
-
+    """Per task (task i owned by expert i): rank-classification accuracy, and the own
+    expert's share of the routing weight over real tokens, averaged over modules."""
     model = T5ForConditionalGeneration.from_pretrained(model_dir).float().eval()
     route_model(model, pool, top_k)
-    rec = Recorder(model)
+    routed = {n: m for n, m in model.named_modules() if isinstance(m, RoutedLinear)}
+    for m in routed.values():
+        m.keep_weights = True
     out = []
     for owner, items in enumerate(tests):
-        scores, share_sum, share_n = [], 0.0, 0
-        pairs = [(i, c) for i, it in enumerate(items) for c in it["choices"]]
-        for s in range(0, len(pairs), batch):
-            chunk = pairs[s:s + batch]
-            uniq = list(dict.fromkeys(i for i, _ in chunk))
-            inputs = [items[i]["input"] for i in uniq]
-            n = max(map(len, inputs))
-            ids = torch.tensor([x + [0] * (n - len(x)) for x in inputs])
-            mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in inputs])
-            rows = torch.tensor([uniq.index(i) for i, _ in chunk])
-            targets = [c + [eos] for _, c in chunk]
-            t = max(map(len, targets))
-            labels = torch.tensor([x + [-100] * (t - len(x)) for x in targets])
-            dec_in = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.long), labels[:, :-1].clamp(min=0)], 1)
-            with torch.inference_mode():
-                enc = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                enc_w = {k: v for k, v in rec.weights.items() if k.startswith("encoder.")}
-                logits = model(encoder_outputs=(enc[rows],), attention_mask=mask[rows], decoder_input_ids=dec_in).logits
-            logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            real = (labels != -100).float()
-            scores.extend(((logp * real).sum(1) / real.sum(1)).tolist())
-            # The share over modules: each module's mean over its real tokens. The
-            # encoder ran once per distinct input; cross-attention k/v read its tokens.
-            weights = {**rec.weights, **enc_w}
-            for name, w in weights.items():
+        shares = []
+
+        def own_share(mask, rows, labels):
+            # The encoder ran once per distinct input; cross-attention k and v read
+            # its tokens for every (example, choice) row; the rest of the decoder
+            # reads the target tokens.
+            for name, m in routed.items():
                 if name.startswith("encoder."):
-                    m = mask.bool()
+                    real = mask.bool()
                 elif name.endswith(("EncDecAttention.k", "EncDecAttention.v")):
-                    m = mask[rows].bool()
+                    real = mask[rows].bool()
                 else:
-                    m = labels != -100
-                share_sum += float(w[..., owner][m].mean())
-                share_n += 1
-        out.append((accuracy(items, scores), share_sum / share_n))
+                    real = labels != -100
+                shares.append(float(m.last_weights[..., owner][real].mean()))
+
+        with torch.inference_mode():
+            scores = score(model, items, batch, eos, after_batch=own_share)
+        out.append((accuracy(items, scores), sum(shares) / len(shares)))
     return out
-
-
-def read_choice_tasks(model_dir, files, eos):
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    tasks = []
-    for f in files:
-        items = []
-        for e in map(json.loads, open(f)):
-            choices = []
-            for c in e["choices"]:
-                ids = tok.encode(c).ids
-                choices.append(ids[:-1] if ids and ids[-1] == eos else ids)
-            items.append({"input": tok.encode(e["input"]).ids, "choices": choices,
-                          "right": [c == e["target"] for c in e["choices"]]})
-        tasks.append(items)
-    return tasks
-
-
-def corr(a, b):
-    return float((standardize(a) * standardize(b)).mean())
 
 
 def pool_correlation(gate_sets):
@@ -231,7 +176,8 @@ def main():
         trained.append(gates)
     print(f"\nmean correlation between different experts' gates: goosepipe {pool_correlation([e[2] for e in pool]):.2f}, "
           f"PyTorch {pool_correlation(trained):.2f}")
-    tests = read_choice_tasks(model_dir, args.test, eos)
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tests = [read_choice_items(tok, f, eos) for f in args.test]
     ours = evaluate(model_dir, pool, tests, eos, args.top_k, args.eval_batch)
     theirs = evaluate(model_dir, load_pool([os.path.join(args.out, n) for n in names]), tests, eos,
                       args.top_k, args.eval_batch)
