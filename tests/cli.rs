@@ -47,6 +47,7 @@ fn plan_json_and_check_cached_for_ci() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["summary"]["steps"], 17);
     assert_eq!(j["summary"]["to_run"], 17);
+    assert_eq!(j["summary"]["to_build"], 17, "no two steps share a key");
     let first = &j["steps"][0];
     assert_eq!(first["id"], "model:base");
     assert_eq!(first["state"], "stale");

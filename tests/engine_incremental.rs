@@ -180,3 +180,97 @@ fn the_keyless_batches_default_is_the_training_codes() {
         assert_eq!(parsed, Batching::default(), "{group}.batches");
     }
 }
+
+/// BASE with a second name for dataset "a" and an expert on it: every step of that
+/// expert has the key of one of expert "a"'s (names are not ingredients).
+fn with_twins() -> String {
+    BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"a2\" hub=\"org/data\" config=\"a\"\nexpert \"a2\" model=\"base\" dataset=\"a2\"",
+    )
+}
+
+const TWINS: [&str; 4] = ["dataset:a2", "tokenize:a2", "expert:a2", "gate:a2"];
+
+#[test]
+fn steps_with_one_key_build_it_once_and_say_so() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(&with_twins());
+    let (plan, status) = p.status(&reg);
+    let n = plan.steps.len();
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(
+        text.lines().next().unwrap().ends_with(&format!(
+            "{n} steps, {n} to run (4 have the key of another: {} to build), 0 cached",
+            n - 4
+        )),
+        "{text}"
+    );
+    let line = |kind: &str, name: &str| {
+        text.lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(kind) && w.next() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no line for {kind}:{name} in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("expert", "a2").contains("stale: same key as expert:a, which builds the artifact for both; new"),
+        "{text}"
+    );
+    assert!(line("expert", "a").ends_with("stale: new"), "{text}");
+
+    // Two jobs at once: the twin must neither run nor hold a job slot waiting for the
+    // other's lock, and nobody is said to be "another run".
+    let opts = RunOptions {
+        jobs: Some(2),
+        ..RunOptions::default()
+    };
+    let (code, out) = p.run(&reg, &opts);
+    assert_eq!(code, 0, "{out}");
+    let ran = log.take();
+    assert_eq!(ran.len(), n - 4, "{ran:?}");
+    for t in TWINS {
+        assert!(!ran.contains(&t.to_string()), "{t} ran: {ran:?}");
+    }
+    assert!(
+        out.contains(&format!(
+            "done: {} step(s) built, 4 sharing the artifact of one of them (same key), 0 cached",
+            n - 4
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("another run"), "{out}");
+    assert!(p.stale(&reg).is_empty(), "the twins are cached with the artifact");
+}
+
+#[test]
+fn a_failed_step_leaves_its_twins_not_run() {
+    let log = Log::default();
+    let reg = registry(
+        &log,
+        &Behaviour {
+            fail: vec!["expert:a".into()],
+            ..Behaviour::default()
+        },
+    );
+    let p = Project::new(&with_twins());
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("1 step(s) failed:\n  expert:a:"), "{out}");
+    let not_run = out
+        .lines()
+        .find(|l| l.starts_with("not run because of the failure: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    for t in ["expert:a2", "gate:a2"] {
+        assert!(not_run.contains(t), "{out}");
+    }
+    let ran = log.take();
+    assert!(!ran.contains(&"expert:a2".to_string()), "{ran:?}");
+    // The twins of what did build are shared, and stay built.
+    let stale = p.stale(&reg);
+    assert!(!stale.contains(&"tokenize:a2".to_string()), "{stale:?}");
+    assert!(stale.contains(&"expert:a2".to_string()), "{stale:?}");
+}

@@ -129,7 +129,7 @@ fn implementation_version_is_part_of_the_key() {
     let reg = registry(&log, &Behaviour::default());
     let p = Project::new(BASE);
     p.run(&reg, &RunOptions::default());
-    let bumped = registry_with_versions(&log, &Behaviour::default(), &[("gate", 6)]);
+    let bumped = registry_with_versions(&log, &Behaviour::default(), &[("gate", 7)]);
     let mut stale = p.stale(&bumped);
     stale.sort();
     assert_eq!(stale, vec!["eval:e", "gate:a", "gate:b", "pool:p"]);
@@ -137,7 +137,7 @@ fn implementation_version_is_part_of_the_key() {
     let i = plan.index["gate:a"];
     assert_eq!(
         status.states[i].reasons()[0].describe(),
-        "implementation version changed: 5 -> 6"
+        "implementation version changed: 6 -> 7"
     );
 }
 

@@ -85,7 +85,7 @@ fn quickstart_end_to_end() {
         assert!(
             expert >= base + 0.15,
             "expert {task}: {expert:.3} vs base {base:.3}\n{}",
-            held_in.markdown()
+            held_in.markdown("held-in")
         );
     }
     // The routers send a held-in task's tokens to its own expert more than chance (1/6

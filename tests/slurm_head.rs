@@ -680,3 +680,35 @@ fn a_job_pending_for_a_reason_that_never_clears_fails_its_step_and_transient_one
         "{stale:?}"
     );
 }
+
+#[test]
+fn twins_are_never_submitted_and_share_the_artifact_of_their_first() {
+    // Submit-all too: a twin's consumers chain on the job that builds its artifact.
+    for submit_all in [false, true] {
+        let log = Log::default();
+        let reg = registry(&log, &Behaviour::default());
+        let p = Project::new(&BASE.replace(
+            "expert \"b\" model=\"base\" dataset=\"b\"",
+            "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"a2\" hub=\"org/data\" config=\"a\"\nexpert \"a2\" model=\"base\" dataset=\"a2\"",
+        ));
+        let fake = FakeSlurm::new(&p, &reg);
+        let s = SlurmOptions {
+            submit_all,
+            ..sopts()
+        };
+        let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+        assert_eq!(code, 0, "{out}");
+        for t in ["dataset:a2", "tokenize:a2", "expert:a2", "gate:a2"] {
+            assert!(
+                fake.subs_of(t).is_empty(),
+                "{t} was submitted (submit-all {submit_all})"
+            );
+        }
+        assert!(
+            out.contains("4 sharing the artifact of one of them (same key)"),
+            "{out}"
+        );
+        assert_eq!(log.take().len(), p.plan(&reg).steps.len() - 4);
+        assert!(p.stale(&reg).is_empty());
+    }
+}

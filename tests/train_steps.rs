@@ -99,6 +99,57 @@ fn two_clean_runs_give_bitwise_identical_artifacts() {
     );
 }
 
+/// Names are labels, never ingredients of a key, so an artifact's bytes must not
+/// depend on them either: the same pipeline with its model, the pool and the eval
+/// renamed (a dataset's name is an ingredient of multitask, whose union it orders), and a second expert on the sort data named to come first (a twin
+/// of expert "sort": it builds their one artifact), has the same keys and
+/// byte-identical artifacts. Only the tables shown carry the new names.
+#[test]
+fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
+    let renamed = MICRO
+        .replace("model \"t\" {", "model \"base\" {")
+        .replace("model=\"t\"", "model=\"base\"")
+        .replace("pool \"p\" {", "pool \"both\" {")
+        .replace("pool=\"p\"", "pool=\"both\"")
+        .replace("eval \"e\"", "eval \"held-out\"")
+        .replace(
+            "expert \"sort\" model",
+            "expert \"a-sort\" model=\"base\" dataset=\"sort\"\nexpert \"sort\" model",
+        );
+    assert_ne!(renamed, MICRO);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(a.path().join("micro.kdl"), MICRO).unwrap();
+    std::fs::write(b.path().join("micro.kdl"), &renamed).unwrap();
+    let (code, out_a) = run(a.path(), &CancelFlag::new());
+    assert_eq!(code, 0, "{out_a}");
+    let (code, out_b) = run(b.path(), &CancelFlag::new());
+    assert_eq!(code, 0, "{out_b}");
+    assert!(out_a.contains("### e (pool of 2 experts)"), "{out_a}");
+    assert!(out_b.contains("### held-out (pool of 2 experts)"), "{out_b}");
+    assert!(
+        out_b.contains("sharing the artifact of one of them (same key)"),
+        "{out_b}"
+    );
+    let by_key = |d: &Path| -> BTreeMap<String, String> {
+        let store = Store::open(d.join("store")).unwrap();
+        store
+            .keys()
+            .into_iter()
+            .map(|k| (k.hex(), store.meta(&k).unwrap().digest))
+            .collect()
+    };
+    let (ka, kb) = (by_key(a.path()), by_key(b.path()));
+    assert_eq!(ka.len(), 14);
+    assert_eq!(
+        ka.keys().collect::<Vec<_>>(),
+        kb.keys().collect::<Vec<_>>(),
+        "renaming changes no key, and the twin adds none"
+    );
+    for (k, d) in &ka {
+        assert_eq!(Some(d), kb.get(k), "artifact {k} differs after renaming");
+    }
+}
+
 #[test]
 fn interrupted_training_resumes_to_the_same_artifact() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

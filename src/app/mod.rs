@@ -242,7 +242,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             .write(&lock_file, &manifest_name)
             .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
     }
-    let built = report.built.len() + report.reused.len();
+    let built = report.built.len() + report.reused.len() + report.shared.len();
     if !report.cancelled.is_empty() {
         let _ = writeln!(
             out,
@@ -279,21 +279,25 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         } else {
             format!(", {} built by another run at the same time", report.reused.len())
         };
+        // Twins name an artifact that a step of this run built: not built twice.
+        let twins = if report.shared.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} sharing the artifact of one of them (same key)",
+                report.shared.len()
+            )
+        };
         let _ = writeln!(
             out,
-            "done: {} step(s) built{by_other}, {} cached",
+            "done: {} step(s) built{twins}{by_other}, {} cached",
             report.built.len(),
             report.cached
         );
         // The results of every evaluation and study that ran, as the last thing the
         // user sees.
         for s in plan.steps.iter().filter(|s| report.built.contains(&s.spec.id)) {
-            let file = match s.spec.kind.as_str() {
-                "eval" => crate::artifact_files::RESULTS_MD,
-                "study" => crate::steps::study::STUDY_MD,
-                _ => continue,
-            };
-            if let Ok(md) = std::fs::read_to_string(store.files_dir(&s.spec.key).join(file)) {
+            if let Ok(Some(md)) = headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name) {
                 let _ = writeln!(out, "\n{md}");
             }
         }
@@ -371,29 +375,31 @@ pub fn report(
         }
         let files = store.files_dir(&s.spec.key);
         if s.spec.kind == "study" {
-            let file = if format == "json" {
-                crate::steps::study::STUDY_JSON
+            let text = if format == "json" {
+                std::fs::read_to_string(files.join(crate::steps::study::STUDY_JSON)).ok()
             } else {
-                crate::steps::study::STUDY_MD
+                headed_markdown(&files, &s.spec.kind, &s.spec.name)
+                    .map_err(|e| miette!("{}: {e}", s.spec.id))?
             };
-            match std::fs::read_to_string(files.join(file)) {
-                Ok(text) => {
+            match text {
+                Some(text) => {
                     any = true;
                     let _ = writeln!(out, "{text}");
                 }
-                Err(_) => not_built(out, &s.spec.id, path),
+                None => not_built(out, &s.spec.id, path),
             }
             continue;
         }
         if let Some(dir) = plots {
             draw_plots(&files, dir, &s.spec.name, &s.spec.id, out)?;
         }
-        let file = match format {
-            "csv" => crate::artifact_files::RESULTS_CSV,
-            "json" => crate::artifact_files::RESULTS_JSON,
-            _ => crate::artifact_files::RESULTS_MD,
+        let text = match format {
+            "csv" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_CSV)).ok(),
+            "json" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_JSON)).ok(),
+            _ => headed_markdown(&files, &s.spec.kind, &s.spec.name)
+                .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
-        let Ok(text) = std::fs::read_to_string(files.join(file)) else {
+        let Some(text) = text else {
             not_built(out, &s.spec.id, path);
             continue;
         };
@@ -423,6 +429,30 @@ pub fn report(
         ));
     }
     Ok(EXIT_OK)
+}
+
+/// An eval's or study's tables as markdown, headed with the step's name (its artifact
+/// does not record it: a name is no ingredient of a key). None when the artifact has
+/// no record to read (not built); an error when the record is unreadable.
+fn headed_markdown(files: &Path, kind: &str, name: &str) -> Result<Option<String>, String> {
+    let file = match kind {
+        "eval" => crate::artifact_files::RESULTS_JSON,
+        "study" => crate::steps::study::STUDY_JSON,
+        _ => return Ok(None),
+    };
+    let Ok(bytes) = std::fs::read(files.join(file)) else {
+        return Ok(None);
+    };
+    let unreadable = |e: serde_json::Error| format!("unreadable {file}: {e}");
+    let md = if kind == "eval" {
+        serde_json::from_slice::<crate::eval::Results>(&bytes)
+            .map_err(unreadable)?
+            .markdown(name)
+    } else {
+        let r: crate::eval::study::StudyResult = serde_json::from_slice(&bytes).map_err(unreadable)?;
+        crate::eval::study::markdown(&format!("study {name}"), &r)
+    };
+    Ok(Some(md))
 }
 
 fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {

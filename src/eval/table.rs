@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Results {
+    /// What the table covers ("pool of 6 experts"); the eval's name is not recorded
+    /// (no ingredient of its key), a heading adds it where the table is shown.
     pub title: String,
     pub tasks: Vec<String>,
     pub methods: Vec<String>,
@@ -51,9 +53,10 @@ impl Results {
         rows
     }
 
-    pub fn markdown(&self) -> String {
+    /// The table under the heading `### NAME (TITLE)`.
+    pub fn markdown(&self, name: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "### {}\n", self.title);
+        let _ = writeln!(out, "### {name} ({})\n", self.title);
         let _ = writeln!(out, "| task | {} |", self.methods.join(" | "));
         let _ = writeln!(out, "|---|{}", "---:|".repeat(self.methods.len()));
         for (label, vals) in self.rows() {
@@ -102,7 +105,7 @@ mod tests {
     #[test]
     fn renders_with_best_in_bold_and_mean() {
         let mut r = Results {
-            title: "held-out".into(),
+            title: "pool of 2 experts".into(),
             tasks: vec!["a".into(), "b".into()],
             methods: vec!["base".into(), "phatgoose".into()],
             ..Default::default()
@@ -116,10 +119,10 @@ mod tests {
             BTreeMap::from([("base".into(), 0.5), ("phatgoose".into(), 0.5)]),
         );
         r.notes.insert("oracle".into(), "uses test labels".into());
-        let md = r.markdown();
+        let md = r.markdown("held-out");
         assert_eq!(
             md,
-            "### held-out\n\n| task | base | phatgoose |\n|---|---:|---:|\n| a | 25.0 | **75.0** |\n| b | **50.0** | **50.0** |\n| **mean** | 37.5 | **62.5** |\n\n- oracle: uses test labels\n"
+            "### held-out (pool of 2 experts)\n\n| task | base | phatgoose |\n|---|---:|---:|\n| a | 25.0 | **75.0** |\n| b | **50.0** | **50.0** |\n| **mean** | 37.5 | **62.5** |\n\n- oracle: uses test labels\n"
         );
         assert_eq!(
             r.csv(),

@@ -70,6 +70,8 @@ impl Default for RunOptions {
 pub struct RunReport {
     pub built: Vec<String>,
     pub reused: Vec<String>,
+    /// Twins: steps with the key of an earlier step of this run, which built it.
+    pub shared: Vec<String>,
     pub failed: Vec<(String, String)>,
     pub skipped: Vec<String>,
     pub cancelled: Vec<String>,

@@ -23,6 +23,8 @@ pub enum Outcome {
     Built,
     /// Another run published the same key while we waited for its lock.
     Reused,
+    /// A twin: an earlier step of this run has the same key and built the artifact.
+    Shared,
     Failed,
     Cancelled,
     Skipped,
@@ -33,6 +35,7 @@ fn finish_words(outcome: Outcome, detail: &str) -> (&'static str, String) {
     let word = match outcome {
         Outcome::Built => "done",
         Outcome::Reused => "reused (built by another run)",
+        Outcome::Shared => "shared",
         Outcome::Failed => "FAILED",
         Outcome::Cancelled => "cancelled",
         Outcome::Skipped => "skipped",
@@ -261,7 +264,7 @@ impl Reporter for BarReporter {
         let (mark, detail) = finish_words(outcome, detail);
         self.overall
             .println(format!("{mark:>9} {id} ({seconds:.1}s){detail}"));
-        if matches!(outcome, Outcome::Built | Outcome::Reused) {
+        if matches!(outcome, Outcome::Built | Outcome::Reused | Outcome::Shared) {
             self.overall.inc(1);
         }
     }

@@ -223,13 +223,19 @@ struct Frontier<'p> {
     waiting_on: BTreeMap<usize, usize>,
     ready: VecDeque<usize>,
     blocked: BTreeSet<usize>,
+    /// Selected steps with the key of an earlier selected step, mapped to it. A twin
+    /// never starts (it would only wait for the other's lock, holding a job slot): it
+    /// finishes when that step does, or is blocked with it.
+    twin_of: BTreeMap<usize, usize>,
 }
 
 impl<'p> Frontier<'p> {
     fn new(plan: &'p Plan, selected: &[usize]) -> Self {
         let in_run: BTreeSet<usize> = selected.iter().copied().collect();
+        let twin_of = plan.twins(selected.iter().copied());
         let waiting_on: BTreeMap<usize, usize> = selected
             .iter()
+            .filter(|i| !twin_of.contains_key(i))
             .map(|&i| {
                 (
                     i,
@@ -240,13 +246,18 @@ impl<'p> Frontier<'p> {
                 )
             })
             .collect();
-        let ready = selected.iter().copied().filter(|i| waiting_on[i] == 0).collect();
+        let ready = selected
+            .iter()
+            .copied()
+            .filter(|i| waiting_on.get(i) == Some(&0))
+            .collect();
         Frontier {
             plan,
             in_run,
             waiting_on,
             ready,
             blocked: BTreeSet::new(),
+            twin_of,
         }
     }
 
@@ -265,11 +276,22 @@ impl<'p> Frontier<'p> {
     /// Step `i` failed or stopped: everything downstream of it cannot run.
     fn blocked_by(&mut self, i: usize) {
         let mut stack = self.plan.consumers_of(i);
+        stack.extend(self.twins_of(i));
         while let Some(c) = stack.pop() {
             if self.in_run.contains(&c) && self.blocked.insert(c) {
                 stack.extend(self.plan.consumers_of(c));
+                stack.extend(self.twins_of(c));
             }
         }
+    }
+
+    /// The twins that step `i` builds for.
+    fn twins_of(&self, i: usize) -> Vec<usize> {
+        self.twin_of
+            .iter()
+            .filter(|&(_, &first)| first == i)
+            .map(|(&t, _)| t)
+            .collect()
     }
 }
 
@@ -281,12 +303,24 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
         Done::Ok(i, outcome, secs) => {
             let id = plan.steps[i].id().to_string();
             reporter.finished(&id, outcome, secs, "");
+            frontier.built(i);
+            // Its twins are done too: the artifact they name is the one just published.
+            for t in frontier.twins_of(i) {
+                let twin = plan.steps[t].id().to_string();
+                reporter.finished(
+                    &twin,
+                    Outcome::Shared,
+                    0.0,
+                    &format!("the artifact of {id} (same key)"),
+                );
+                report.shared.push(twin);
+                frontier.built(t);
+            }
             if outcome == Outcome::Reused {
                 report.reused.push(id);
             } else {
                 report.built.push(id);
             }
-            frontier.built(i);
             false
         }
         Done::Err(i, outcome, secs, msg) => {
@@ -364,6 +398,7 @@ fn not_finished(plan: &Plan, selected: &[usize], report: &RunReport) -> Vec<Stri
         .built
         .iter()
         .chain(&report.reused)
+        .chain(&report.shared)
         .chain(report.failed.iter().map(|(id, _)| id))
         .chain(&report.cancelled)
         .map(String::as_str)

@@ -74,6 +74,23 @@ impl Plan {
             .collect()
     }
 
+    /// Twins among `among` (step indices in plan order): each step whose key an
+    /// earlier one of them already has, mapped to that first step. Twins describe one
+    /// artifact (steps whose ingredients are all equal, such as a retrieval index per
+    /// seed over one dataset), so a run builds it once, with the first, and the others
+    /// share it.
+    pub fn twins(&self, among: impl IntoIterator<Item = usize>) -> BTreeMap<usize, usize> {
+        let mut first: HashMap<crate::store::Key, usize> = HashMap::new();
+        let mut out = BTreeMap::new();
+        for i in among {
+            let f = *first.entry(self.steps[i].spec.key).or_insert(i);
+            if f != i {
+                out.insert(i, f);
+            }
+        }
+        out
+    }
+
     /// Looks a step up by id (`expert:x`) or, when unambiguous, by bare name (`x`).
     pub fn resolve(&self, what: &str) -> Result<usize, String> {
         if let Some(&i) = self.index.get(what) {

@@ -28,9 +28,15 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         .iter()
         .filter(|s| matches!(s, State::Cached))
         .count();
+    let shared = status.shared_count();
+    let twins = match shared {
+        0 => String::new(),
+        1 => format!(" (one has the key of another: {} to build)", stale - 1),
+        n => format!(" ({n} have the key of another: {} to build)", stale - n),
+    };
     let _ = writeln!(
         out,
-        "pipeline {:?}: {} steps, {} to run, {} cached",
+        "pipeline {:?}: {} steps, {} to run{twins}, {} cached",
         pipeline_name(plan),
         plan.steps.len(),
         stale,
@@ -104,6 +110,7 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
         "summary": {
             "steps": plan.steps.len(),
             "to_run": status.stale_count(),
+            "to_build": status.stale_count() - status.shared_count(),
             "cached": status.states.iter().filter(|s| matches!(s, State::Cached)).count(),
         },
         "steps": steps,

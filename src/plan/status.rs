@@ -50,6 +50,11 @@ pub enum Reason {
     KeyChanged {
         old: String,
     },
+    /// Another step that runs has the same key (all its ingredients are equal): the
+    /// artifact is built once, by that step, and this one shares it.
+    SameArtifact {
+        with: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,6 +90,9 @@ impl Reason {
             }
             Reason::KeyChanged { old } => {
                 format!("key changed (was {old}; its recipe is not in this store)")
+            }
+            Reason::SameArtifact { with } => {
+                format!("same key as {with}, which builds the artifact for both")
             }
         }
     }
@@ -140,6 +148,19 @@ pub struct Status {
 impl Status {
     pub fn stale_count(&self) -> usize {
         self.states.iter().filter(|s| s.will_run()).count()
+    }
+    /// Steps that run but build nothing of their own: twins of an earlier step that
+    /// runs ([`Reason::SameArtifact`]).
+    pub fn shared_count(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| {
+                s.will_run()
+                    && s.reasons()
+                        .iter()
+                        .any(|r| matches!(r, Reason::SameArtifact { .. }))
+            })
+            .count()
     }
     pub fn stale_ids<'a>(&self, plan: &'a Plan) -> BTreeSet<&'a str> {
         self.states
@@ -220,6 +241,16 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         if corrupt || consumers.is_empty() || consumers.iter().any(|&c| needed[c]) {
             needed[i] = true;
         }
+    }
+    // A step that runs with the key of an earlier step that runs builds nothing of its
+    // own: say so first.
+    for (i, first) in plan.twins((0..n).filter(|&i| !built[i] && needed[i])) {
+        reasons[i].insert(
+            0,
+            Reason::SameArtifact {
+                with: plan.steps[first].id().to_string(),
+            },
+        );
     }
     let states = (0..n)
         .map(|i| {

@@ -37,7 +37,8 @@ const BATCH: usize = 8;
 const SEED: u64 = 42;
 
 /// Forward passes of the base with one LoRA over its training inputs, one step per
-/// pool member for the methods that need it.
+/// pool member for the methods that need it. Version 4: the file no longer records
+/// the step's name.
 pub const KIND: Kind = Kind {
     needed: Some(Needed::PerMember {
         settings: &[("examples", "activation-examples")],
@@ -48,7 +49,7 @@ pub const KIND: Kind = Kind {
     }),
     ..Kind::new(
         "average-activation",
-        3,
+        4,
         5,
         JobDefaults::new(1, 4, "32G", "2:00:00"),
     )
@@ -173,7 +174,8 @@ impl StepRunner for AverageActivationStep {
             Ok(())
         })?;
         let g = GateVectors {
-            name: ctx.spec.name.clone(),
+            // Unnamed: an artifact's bytes depend on its key alone (META_NAME).
+            name: String::new(),
             base_model: Some(ctx.input("model")?.key.hex()),
             gates: vectors,
         };

@@ -229,7 +229,8 @@ fn imports(params: &serde_json::Value) -> bool {
 /// minute of reading files. Version 6: trained by the hand-written backward pass
 /// where it applies (the same gradients as candle's autograd, rounded differently);
 /// 7: the pass runs a micro-batch as two halves side by side and sums their
-/// gradients (rounded differently again).
+/// gradients (rounded differently again); 8: the file no longer records the step's
+/// name (an artifact's bytes depend on its key alone).
 pub const EXPERT: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
         if imports(p) {
@@ -238,18 +239,20 @@ pub const EXPERT: Kind = Kind {
             JobDefaults::new(1, 4, "32G", "8:00:00")
         }
     }),
-    ..Kind::new("expert", 7, 3, JobDefaults::OTHER)
+    ..Kind::new("expert", 8, 3, JobDefaults::OTHER)
 };
-/// The gate vectors of one expert, everything else frozen.
-pub const GATE: Kind = Kind::new("gate", 5, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
+/// The gate vectors of one expert, everything else frozen. Version 6: the file no
+/// longer records the step's name.
+pub const GATE: Kind = Kind::new("gate", 6, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
-/// Versions 6 and 7: the hand-written backward pass, as `expert`.
+/// Versions 6 and 7: the hand-written backward pass, as `expert`; 8: unnamed, as
+/// `expert`.
 pub const MULTITASK: Kind = Kind {
     needed: Some(Needed::Pooled),
-    ..Kind::new("multitask", 7, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
+    ..Kind::new("multitask", 8, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
 };
-/// A pool's member list.
-pub const POOL: Kind = Kind::new("pool", 1, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
+/// A pool's member list. Version 2: without the pool's own name.
+pub const POOL: Kind = Kind::new("pool", 2, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
 
 /// An expert or multitask step's parameters: its adapter's shape and its training.
 #[derive(Debug, serde::Deserialize)]
@@ -306,7 +309,8 @@ impl StepRunner for ExpertStep {
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
         let outcome = fit(ctx, &mut base, &vars, &cfg)?;
-        let expert = lora_expert_from(&adapters, &ctx.spec.name, Some(base_identity(ctx)?)).map_err(fail)?;
+        // Unnamed: the artifact belongs to a key, not to this step's name (META_NAME).
+        let expert = lora_expert_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
     }
@@ -341,7 +345,7 @@ impl StepRunner for GateStep {
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
         let outcome = fit(ctx, &mut base, &vars, &cfg)?;
-        let gates = gates_from(&adapters, &ctx.spec.name, Some(base_identity(ctx)?)).map_err(fail)?;
+        let gates = gates_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
     }
@@ -361,7 +365,8 @@ impl StepRunner for PoolStep {
             let gate = ctx.member("gate", name)?;
             members.push(serde_json::json!({"name": name, "expert": inp.key.hex(), "gate": gate.key.hex()}));
         }
-        let doc = serde_json::json!({"pool": ctx.spec.name, "members": members});
+        // The pool's own name is no ingredient of its key: not written either.
+        let doc = serde_json::json!({"members": members});
         std::fs::write(
             ctx.out.join(crate::artifact_files::POOL_JSON),
             serde_json::to_vec_pretty(&doc).expect("json"),

@@ -40,6 +40,8 @@ pub fn run(ctx: &StepContext) -> Result<(), StepError> {
     let base = load_base(ctx, &dev)?;
     let imported = peft::import(&dir, &ctx.spec.name, base.config(), &dev).map_err(fail)?;
     let mut expert = imported.expert;
+    // Named for the import's messages only: an artifact's bytes depend on its key.
+    expert.name.clear();
     expert.base_model = Some(ctx.input("model")?.key.hex());
     expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
     let summary = serde_json::json!({

@@ -132,6 +132,10 @@ struct Head<'a> {
     exec: ExecArgs,
     selected: Vec<usize>,
     in_run: BTreeSet<usize>,
+    /// Selected steps with the key of an earlier selected step, mapped to it: never
+    /// submitted (their job would only find the artifact built); done when that
+    /// step is, blocked with it.
+    twin_of: BTreeMap<usize, usize>,
     st: BTreeMap<usize, St>,
     /// Attempt number the next submission of a step gets (retries count up).
     next_attempt: HashMap<usize, u32>,
@@ -223,6 +227,7 @@ pub fn run_slurm(
             locked: opts.locked,
         },
         in_run: selected.iter().copied().collect(),
+        twin_of: plan.twins(selected.iter().copied()),
         st: selected.iter().map(|&i| (i, St::Waiting)).collect(),
         next_attempt: HashMap::new(),
         resources: selected
@@ -283,12 +288,37 @@ impl<'a> Head<'a> {
         self.plan.steps[i].id()
     }
 
+    /// The steps of this run that `i` waits for: its inputs, a twin input standing
+    /// for the step that builds its artifact.
     fn in_run_inputs(&self, i: usize) -> Vec<usize> {
-        self.plan
+        let mut v: Vec<usize> = self
+            .plan
             .inputs_of(i)
             .into_iter()
             .filter(|j| self.in_run.contains(j))
+            .map(|j| self.twin_of.get(&j).copied().unwrap_or(j))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The twins that step `i` builds for.
+    fn twins_of(&self, i: usize) -> Vec<usize> {
+        self.twin_of
+            .iter()
+            .filter(|&(_, &first)| first == i)
+            .map(|(&t, _)| t)
             .collect()
+    }
+
+    /// The steps that read `i`'s artifact: its consumers and its twins' consumers.
+    fn dependents(&self, i: usize) -> Vec<usize> {
+        let mut v = self.plan.consumers_of(i);
+        for t in self.twins_of(i) {
+            v.extend(self.plan.consumers_of(t));
+        }
+        v
     }
 
     fn in_flight(&self) -> Vec<(usize, Job)> {
@@ -306,7 +336,7 @@ impl<'a> Head<'a> {
     fn adopt(&mut self) {
         let latest = self.log.latest_submissions();
         let mut candidates = BTreeMap::new();
-        for &i in &self.selected {
+        for &i in self.selected.iter().filter(|i| !self.twin_of.contains_key(i)) {
             if let Some(s) = latest.get(&self.plan.steps[i].spec.key) {
                 candidates.insert(i, s.clone());
             }
@@ -398,6 +428,7 @@ impl<'a> Head<'a> {
         self.selected
             .iter()
             .copied()
+            .filter(|i| !self.twin_of.contains_key(i))
             .filter(|i| matches!(self.st[i], St::Waiting))
             .filter(|&i| {
                 self.in_run_inputs(i).iter().all(|j| match &self.st[j] {
@@ -755,6 +786,16 @@ impl<'a> Head<'a> {
             self.reporter
                 .finished(self.id(i), Outcome::Built, secs, &format!("job {}", job.job));
             self.report.built.push(self.id(i).to_string());
+            for t in self.twins_of(i) {
+                self.st.insert(t, St::Done);
+                self.reporter.finished(
+                    self.id(t),
+                    Outcome::Shared,
+                    0.0,
+                    &format!("the artifact of {} (same key)", self.id(i)),
+                );
+                self.report.shared.push(self.id(t).to_string());
+            }
             return;
         }
         let log = job.log.display();
@@ -834,13 +875,13 @@ impl<'a> Head<'a> {
         self.st.insert(i, St::Waiting);
         // Dependents queued on the dead job would wait forever (or be cancelled by
         // Slurm): cancel them and submit them again after the retry.
-        let mut stack = self.plan.consumers_of(i);
+        let mut stack = self.dependents(i);
         let mut orphans = vec![];
         while let Some(c) = stack.pop() {
             if let Some(St::InFlight(j)) = self.st.get(&c) {
                 orphans.push(j.job.clone());
                 self.st.insert(c, St::Waiting);
-                stack.extend(self.plan.consumers_of(c));
+                stack.extend(self.dependents(c));
             }
         }
         if !orphans.is_empty() {
@@ -853,9 +894,11 @@ impl<'a> Head<'a> {
         self.st.insert(i, St::Failed);
         self.reporter.finished(self.id(i), Outcome::Failed, 0.0, &msg);
         self.report.failed.push((self.id(i).to_string(), msg));
-        // Nothing downstream can run: waiting dependents are never submitted; queued
-        // ones (submit-all) are cancelled (Slurm would too, with kill-on-invalid-dep).
+        // Nothing downstream can run: waiting dependents (and twins) are never
+        // submitted; queued ones (submit-all) are cancelled (Slurm would too, with
+        // kill-on-invalid-dep).
         let mut stack = self.plan.consumers_of(i);
+        stack.extend(self.twins_of(i));
         let mut queued = vec![];
         while let Some(c) = stack.pop() {
             match self.st.get(&c) {
@@ -866,6 +909,7 @@ impl<'a> Head<'a> {
             self.bars.remove(&c);
             self.st.insert(c, St::Blocked);
             stack.extend(self.plan.consumers_of(c));
+            stack.extend(self.twins_of(c));
         }
         if !self.opts.keep_going && !self.stop {
             self.stop = true;

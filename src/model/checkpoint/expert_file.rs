@@ -21,6 +21,9 @@ use crate::model::t5::names::{LinearSite, adapted_linears};
 pub const META_KIND: &str = "goosepipe.kind";
 pub const META_RANK: &str = "goosepipe.rank";
 pub const META_BASE: &str = "goosepipe.base_model";
+/// The expert's name, when it has one. Artifacts of the store have none: their bytes
+/// must depend on their key alone, and a name is no ingredient of a key (two steps of
+/// one key, or a renamed step, share the artifact); whoever loads one names it.
 pub const META_NAME: &str = "goosepipe.expert";
 
 /// One trained LoRA expert.
@@ -209,8 +212,10 @@ impl LoraExpert {
             ("format".to_owned(), "pt".to_owned()),
             (META_KIND.to_owned(), "lora".to_owned()),
             (META_RANK.to_owned(), self.rank.to_string()),
-            (META_NAME.to_owned(), self.name.clone()),
         ]);
+        if !self.name.is_empty() {
+            meta.insert(META_NAME.to_owned(), self.name.clone());
+        }
         if let Some(b) = &self.base_model {
             meta.insert(META_BASE.to_owned(), b.clone());
         }
@@ -278,8 +283,10 @@ impl GateVectors {
         let mut meta = HashMap::from([
             ("format".to_owned(), "pt".to_owned()),
             (META_KIND.to_owned(), "gate".to_owned()),
-            (META_NAME.to_owned(), self.name.clone()),
         ]);
+        if !self.name.is_empty() {
+            meta.insert(META_NAME.to_owned(), self.name.clone());
+        }
         if let Some(b) = &self.base_model {
             meta.insert(META_BASE.to_owned(), b.clone());
         }
