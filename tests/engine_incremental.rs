@@ -4,7 +4,7 @@
 mod support;
 
 use goosepipe::exec::RunOptions;
-use support::{BASE, Behaviour, Log, Project, registry};
+use support::{BASE, Behaviour, Log, Project, TWINS, registry, with_twins};
 
 fn ids(v: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
@@ -180,17 +180,6 @@ fn the_keyless_batches_default_is_the_training_codes() {
         assert_eq!(parsed, Batching::default(), "{group}.batches");
     }
 }
-
-/// BASE with a second name for dataset "a" and an expert on it: every step of that
-/// expert has the key of one of expert "a"'s (names are not ingredients).
-fn with_twins() -> String {
-    BASE.replace(
-        "expert \"b\" model=\"base\" dataset=\"b\"",
-        "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"a2\" hub=\"org/data\" config=\"a\"\nexpert \"a2\" model=\"base\" dataset=\"a2\"",
-    )
-}
-
-const TWINS: [&str; 4] = ["dataset:a2", "tokenize:a2", "expert:a2", "gate:a2"];
 
 #[test]
 fn steps_with_one_key_build_it_once_and_say_so() {

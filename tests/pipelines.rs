@@ -202,3 +202,37 @@ fn flan_checks_and_plans_offline() {
     assert_eq!(tasks("eval:flan-bbh"), 22);
     assert_eq!(tasks("eval:flan-bbl"), 17);
 }
+
+/// Every committed lockfile pins the keys the shipped manifest plans today: a change
+/// that moves a key (a version bump, a new parameter) must regenerate it, or `run
+/// --locked` on a fresh store would refuse the pipeline the README promises it
+/// reproduces. (The digests are checked by running: README, "What makes a step stale".)
+#[test]
+fn committed_lockfiles_pin_todays_keys() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("pipelines").unwrap() {
+        let path = entry.unwrap().path();
+        let Some(manifest) = path
+            .to_str()
+            .and_then(|p| p.strip_suffix(".lock"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let lock = goosepipe::store::lockfile::Lockfile::read(&path).unwrap();
+        let p = plan(&manifest);
+        if let Err(e) = goosepipe::exec::run::check_locked(&p, &lock) {
+            panic!(
+                "{}: {e}\n(run `goosepipe run {manifest}` and commit the lockfile)",
+                path.display()
+            );
+        }
+        assert!(
+            lock.steps.values().all(|s| s.digest.is_some()),
+            "{}: a step without a digest (commit a lockfile from a complete run)",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "quickstart, study and study-content ship lockfiles");
+}

@@ -17,7 +17,7 @@ use goosepipe::exec::slurm::{
 use goosepipe::exec::{CancelFlag, PlainReporter, Registry, RunOptions, execute};
 use goosepipe::store::lockfile::Lockfile;
 use goosepipe::store::{Key, Store};
-use support::{BASE, Behaviour, Log, Project, registry};
+use support::{BASE, Behaviour, Log, Project, TWINS, registry, with_twins};
 
 struct Task {
     name: String,
@@ -687,10 +687,7 @@ fn twins_are_never_submitted_and_share_the_artifact_of_their_first() {
     for submit_all in [false, true] {
         let log = Log::default();
         let reg = registry(&log, &Behaviour::default());
-        let p = Project::new(&BASE.replace(
-            "expert \"b\" model=\"base\" dataset=\"b\"",
-            "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"a2\" hub=\"org/data\" config=\"a\"\nexpert \"a2\" model=\"base\" dataset=\"a2\"",
-        ));
+        let p = Project::new(&with_twins());
         let fake = FakeSlurm::new(&p, &reg);
         let s = SlurmOptions {
             submit_all,
@@ -698,7 +695,7 @@ fn twins_are_never_submitted_and_share_the_artifact_of_their_first() {
         };
         let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
         assert_eq!(code, 0, "{out}");
-        for t in ["dataset:a2", "tokenize:a2", "expert:a2", "gate:a2"] {
+        for t in TWINS {
             assert!(
                 fake.subs_of(t).is_empty(),
                 "{t} was submitted (submit-all {submit_all})"

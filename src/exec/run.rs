@@ -12,7 +12,7 @@ use super::executor::{Executor, Local, RunContext};
 pub use super::executor::{RunError, RunOptions, RunReport};
 use super::progress::{Outcome, Reporter};
 use super::step::{CancelFlag, InputArtifact, Registry, StepContext, StepError};
-use crate::plan::{Plan, Status};
+use crate::plan::{Plan, Status, Twins};
 use crate::store::artifact::now_unix;
 use crate::store::lockfile::{LockedStep, Lockfile};
 use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
@@ -226,16 +226,16 @@ struct Frontier<'p> {
     /// Selected steps with the key of an earlier selected step, mapped to it. A twin
     /// never starts (it would only wait for the other's lock, holding a job slot): it
     /// finishes when that step does, or is blocked with it.
-    twin_of: BTreeMap<usize, usize>,
+    twins: Twins,
 }
 
 impl<'p> Frontier<'p> {
     fn new(plan: &'p Plan, selected: &[usize]) -> Self {
         let in_run: BTreeSet<usize> = selected.iter().copied().collect();
-        let twin_of = plan.twins(selected.iter().copied());
+        let twins = plan.twins(selected.iter().copied());
         let waiting_on: BTreeMap<usize, usize> = selected
             .iter()
-            .filter(|i| !twin_of.contains_key(i))
+            .filter(|&&i| !twins.is_twin(i))
             .map(|&i| {
                 (
                     i,
@@ -257,7 +257,7 @@ impl<'p> Frontier<'p> {
             waiting_on,
             ready,
             blocked: BTreeSet::new(),
-            twin_of,
+            twins,
         }
     }
 
@@ -276,22 +276,13 @@ impl<'p> Frontier<'p> {
     /// Step `i` failed or stopped: everything downstream of it cannot run.
     fn blocked_by(&mut self, i: usize) {
         let mut stack = self.plan.consumers_of(i);
-        stack.extend(self.twins_of(i));
+        stack.extend(self.twins.built_by(i));
         while let Some(c) = stack.pop() {
             if self.in_run.contains(&c) && self.blocked.insert(c) {
                 stack.extend(self.plan.consumers_of(c));
-                stack.extend(self.twins_of(c));
+                stack.extend(self.twins.built_by(c));
             }
         }
-    }
-
-    /// The twins that step `i` builds for.
-    fn twins_of(&self, i: usize) -> Vec<usize> {
-        self.twin_of
-            .iter()
-            .filter(|&(_, &first)| first == i)
-            .map(|(&t, _)| t)
-            .collect()
     }
 }
 
@@ -305,7 +296,7 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
             reporter.finished(&id, outcome, secs, "");
             frontier.built(i);
             // Its twins are done too: the artifact they name is the one just published.
-            for t in frontier.twins_of(i) {
+            for t in frontier.twins.built_by(i) {
                 let twin = plan.steps[t].id().to_string();
                 reporter.finished(
                     &twin,

@@ -37,6 +37,37 @@ impl Step {
     }
 }
 
+/// Twins among a set of steps: each step whose key an earlier one of the set already
+/// has, with that first step. Twins describe one artifact (steps whose ingredients are
+/// all equal, such as a retrieval index per seed over one dataset), so a run builds it
+/// once, with the first, and the others share it.
+#[derive(Debug, Default)]
+pub struct Twins {
+    of: BTreeMap<usize, usize>,
+}
+
+impl Twins {
+    /// The step that builds `i`'s artifact, when `i` is a twin.
+    pub fn first_of(&self, i: usize) -> Option<usize> {
+        self.of.get(&i).copied()
+    }
+    pub fn is_twin(&self, i: usize) -> bool {
+        self.of.contains_key(&i)
+    }
+    /// The twins whose artifact `i` builds.
+    pub fn built_by(&self, i: usize) -> Vec<usize> {
+        self.of
+            .iter()
+            .filter(|&(_, &first)| first == i)
+            .map(|(&t, _)| t)
+            .collect()
+    }
+    /// Every twin with its first, in plan order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.of.iter().map(|(&t, &f)| (t, f))
+    }
+}
+
 #[derive(Debug)]
 pub struct Plan {
     pub manifest: Manifest,
@@ -74,21 +105,17 @@ impl Plan {
             .collect()
     }
 
-    /// Twins among `among` (step indices in plan order): each step whose key an
-    /// earlier one of them already has, mapped to that first step. Twins describe one
-    /// artifact (steps whose ingredients are all equal, such as a retrieval index per
-    /// seed over one dataset), so a run builds it once, with the first, and the others
-    /// share it.
-    pub fn twins(&self, among: impl IntoIterator<Item = usize>) -> BTreeMap<usize, usize> {
+    /// The twins among `among` (step indices in plan order).
+    pub fn twins(&self, among: impl IntoIterator<Item = usize>) -> Twins {
         let mut first: HashMap<crate::store::Key, usize> = HashMap::new();
-        let mut out = BTreeMap::new();
+        let mut of = BTreeMap::new();
         for i in among {
             let f = *first.entry(self.steps[i].spec.key).or_insert(i);
             if f != i {
-                out.insert(i, f);
+                of.insert(i, f);
             }
         }
-        out
+        Twins { of }
     }
 
     /// Looks a step up by id (`expert:x`) or, when unambiguous, by bare name (`x`).

@@ -244,7 +244,7 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     }
     // A step that runs with the key of an earlier step that runs builds nothing of its
     // own: say so first.
-    for (i, first) in plan.twins((0..n).filter(|&i| !built[i] && needed[i])) {
+    for (i, first) in plan.twins((0..n).filter(|&i| !built[i] && needed[i])).iter() {
         reasons[i].insert(
             0,
             Reason::SameArtifact {

@@ -266,6 +266,17 @@ eval "e" pool="p" {
 }
 "#;
 
+/// BASE with a second name for dataset "a" and an expert on it: every step of that
+/// expert has the key of one of expert "a"'s (names are not ingredients).
+pub fn with_twins() -> String {
+    BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"a2\" hub=\"org/data\" config=\"a\"\nexpert \"a2\" model=\"base\" dataset=\"a2\"",
+    )
+}
+
+pub const TWINS: [&str; 4] = ["dataset:a2", "tokenize:a2", "expert:a2", "gate:a2"];
+
 /// A folder of third-party test data fetched by `scripts/fetch-test-data.sh`
 /// (`$GOOSEPIPE_TEST_DATA`, else `.cache/test-data` in the repo). Missing data fails
 /// the test with the command that fetches it: nothing is skipped silently.

@@ -21,7 +21,7 @@ use crate::exec::executor::{Executor, RunContext};
 use crate::exec::progress::{Outcome, Reporter, StepProgress};
 use crate::exec::run::{RunError, RunOptions, RunReport, check_locked, select, verify_inputs};
 use crate::exec::step::CancelFlag;
-use crate::plan::Plan;
+use crate::plan::{Plan, Twins};
 use crate::store::artifact::now_unix;
 use crate::store::{KeyLock, Presence, Store};
 
@@ -135,7 +135,7 @@ struct Head<'a> {
     /// Selected steps with the key of an earlier selected step, mapped to it: never
     /// submitted (their job would only find the artifact built); done when that
     /// step is, blocked with it.
-    twin_of: BTreeMap<usize, usize>,
+    twins: Twins,
     st: BTreeMap<usize, St>,
     /// Attempt number the next submission of a step gets (retries count up).
     next_attempt: HashMap<usize, u32>,
@@ -227,7 +227,7 @@ pub fn run_slurm(
             locked: opts.locked,
         },
         in_run: selected.iter().copied().collect(),
-        twin_of: plan.twins(selected.iter().copied()),
+        twins: plan.twins(selected.iter().copied()),
         st: selected.iter().map(|&i| (i, St::Waiting)).collect(),
         next_attempt: HashMap::new(),
         resources: selected
@@ -296,26 +296,17 @@ impl<'a> Head<'a> {
             .inputs_of(i)
             .into_iter()
             .filter(|j| self.in_run.contains(j))
-            .map(|j| self.twin_of.get(&j).copied().unwrap_or(j))
+            .map(|j| self.twins.first_of(j).unwrap_or(j))
             .collect();
         v.sort_unstable();
         v.dedup();
         v
     }
 
-    /// The twins that step `i` builds for.
-    fn twins_of(&self, i: usize) -> Vec<usize> {
-        self.twin_of
-            .iter()
-            .filter(|&(_, &first)| first == i)
-            .map(|(&t, _)| t)
-            .collect()
-    }
-
     /// The steps that read `i`'s artifact: its consumers and its twins' consumers.
     fn dependents(&self, i: usize) -> Vec<usize> {
         let mut v = self.plan.consumers_of(i);
-        for t in self.twins_of(i) {
+        for t in self.twins.built_by(i) {
             v.extend(self.plan.consumers_of(t));
         }
         v
@@ -336,7 +327,7 @@ impl<'a> Head<'a> {
     fn adopt(&mut self) {
         let latest = self.log.latest_submissions();
         let mut candidates = BTreeMap::new();
-        for &i in self.selected.iter().filter(|i| !self.twin_of.contains_key(i)) {
+        for &i in self.selected.iter().filter(|&&i| !self.twins.is_twin(i)) {
             if let Some(s) = latest.get(&self.plan.steps[i].spec.key) {
                 candidates.insert(i, s.clone());
             }
@@ -428,7 +419,7 @@ impl<'a> Head<'a> {
         self.selected
             .iter()
             .copied()
-            .filter(|i| !self.twin_of.contains_key(i))
+            .filter(|&i| !self.twins.is_twin(i))
             .filter(|i| matches!(self.st[i], St::Waiting))
             .filter(|&i| {
                 self.in_run_inputs(i).iter().all(|j| match &self.st[j] {
@@ -786,7 +777,7 @@ impl<'a> Head<'a> {
             self.reporter
                 .finished(self.id(i), Outcome::Built, secs, &format!("job {}", job.job));
             self.report.built.push(self.id(i).to_string());
-            for t in self.twins_of(i) {
+            for t in self.twins.built_by(i) {
                 self.st.insert(t, St::Done);
                 self.reporter.finished(
                     self.id(t),
@@ -898,7 +889,7 @@ impl<'a> Head<'a> {
         // submitted; queued ones (submit-all) are cancelled (Slurm would too, with
         // kill-on-invalid-dep).
         let mut stack = self.plan.consumers_of(i);
-        stack.extend(self.twins_of(i));
+        stack.extend(self.twins.built_by(i));
         let mut queued = vec![];
         while let Some(c) = stack.pop() {
             match self.st.get(&c) {
@@ -909,7 +900,7 @@ impl<'a> Head<'a> {
             self.bars.remove(&c);
             self.st.insert(c, St::Blocked);
             stack.extend(self.plan.consumers_of(c));
-            stack.extend(self.twins_of(c));
+            stack.extend(self.twins.built_by(c));
         }
         if !self.opts.keep_going && !self.stop {
             self.stop = true;
