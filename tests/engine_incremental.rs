@@ -233,6 +233,15 @@ fn steps_with_one_key_build_it_once_and_say_so() {
     );
     assert!(!out.contains("another run"), "{out}");
     assert!(p.stale(&reg).is_empty(), "the twins are cached with the artifact");
+
+    // `show` finds a twin by its own id (its artifact records the builder's id only).
+    let show = |id: &str| {
+        let mut out = Vec::new();
+        goosepipe::app::show(id, &p.store(), false, true, &mut out).unwrap_or_else(|e| panic!("{id}: {e:?}"));
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(show("expert:a2"), show("expert:a"));
+    assert_eq!(show("gate:a2"), show("gate:a"));
 }
 
 #[test]

@@ -148,6 +148,51 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     for (k, d) in &ka {
         assert_eq!(Some(d), kb.get(k), "artifact {k} differs after renaming");
     }
+
+    // `report --format json` titles each table with its eval's name, as the markdown.
+    let mut json = Vec::new();
+    let code = goosepipe::app::report(
+        &b.path().join("micro.kdl"),
+        &b.path().join("store"),
+        &goosepipe::steps::registry(),
+        "json",
+        None,
+        &mut json,
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    let json = String::from_utf8(json).unwrap();
+    assert!(
+        json.contains("\"title\": \"held-out (pool of 2 experts)\""),
+        "{json}"
+    );
+
+    // Files taken from the store by hand are named by the steps that built them, so
+    // two experts and their gates route (names match, none is "expert" twice).
+    let store = Store::open(b.path().join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(
+        &b.path().join("micro.kdl"),
+        &goosepipe::steps::registry(),
+        &store.hash_cache(),
+    )
+    .unwrap();
+    let file = |id: &str, f: &str| store.files_dir(&plan.get(id).unwrap().spec.key).join(f);
+    let mut req = goosepipe::app::score::ScoreRequest::new(
+        file("model:base", "model").display().to_string(),
+        "sort the letters: c a b",
+        "a b c",
+    );
+    req.experts = vec![
+        file("expert:sort", "expert.safetensors"),
+        file("expert:shift", "expert.safetensors"),
+    ];
+    req.gates = vec![
+        file("gate:shift", "gates.safetensors"),
+        file("gate:sort", "gates.safetensors"),
+    ];
+    req.router = goosepipe::app::score::RouterChoice::parse("phatgoose").unwrap();
+    let scored = goosepipe::app::score::score(&req).unwrap_or_else(|e| panic!("{e}"));
+    assert!(scored.total.is_finite());
 }
 
 #[test]

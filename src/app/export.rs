@@ -222,7 +222,11 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
 pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exported, String> {
     let cfg = config_of(model)?;
     let dev = Device::Cpu;
-    let expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
+    let mut expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
+    // A file taken from a store is named by the step that built it.
+    if let Some(name) = crate::store::step_name_of_file(file) {
+        expert.name = name;
+    }
     let gates = GateVectors::load_beside(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
     let base = std::path::absolute(model)
         .unwrap_or(model.to_path_buf())

@@ -230,6 +230,16 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         })
         .map_err(|e| miette!("{e}"))?;
     let new_lock = exec::updated_lock(&plan, &store, &old_lock);
+    // Which key each step id has, for `show` and `export` by id: an artifact records
+    // only its builder's id. An index, not a result: a failure to write it is said.
+    for (id, l) in &new_lock.steps {
+        if l.digest.is_some()
+            && let Err(e) = store.record_name(id, &l.key)
+        {
+            let _ = writeln!(out, "note: {e}");
+            break;
+        }
+    }
     let lock_file = lock_path(path);
     let manifest_name = path
         .file_name()
@@ -296,7 +306,14 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         );
         // The results of every evaluation and study that ran, as the last thing the
         // user sees.
-        for s in plan.steps.iter().filter(|s| report.built.contains(&s.spec.id)) {
+        // (Also of those whose artifact another step or run built meanwhile.)
+        let finished: HashSet<&String> = report
+            .built
+            .iter()
+            .chain(&report.shared)
+            .chain(&report.reused)
+            .collect();
+        for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
             if let Ok(Some(md)) = headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name) {
                 let _ = writeln!(out, "\n{md}");
             }
@@ -395,7 +412,7 @@ pub fn report(
         }
         let text = match format {
             "csv" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_CSV)).ok(),
-            "json" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_JSON)).ok(),
+            "json" => named_results_json(&files, &s.spec.name).map_err(|e| miette!("{}: {e}", s.spec.id))?,
             _ => headed_markdown(&files, &s.spec.kind, &s.spec.name)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
@@ -453,6 +470,19 @@ fn headed_markdown(files: &Path, kind: &str, name: &str) -> Result<Option<String
         crate::eval::study::markdown(&format!("study {name}"), &r)
     };
     Ok(Some(md))
+}
+
+/// An eval's results.json with the eval's name put in front of its title, as the
+/// tables are headed (the artifact does not record the name). None when not built.
+fn named_results_json(files: &Path, name: &str) -> Result<Option<String>, String> {
+    let file = crate::artifact_files::RESULTS_JSON;
+    let Ok(bytes) = std::fs::read(files.join(file)) else {
+        return Ok(None);
+    };
+    let mut r: crate::eval::Results =
+        serde_json::from_slice(&bytes).map_err(|e| format!("unreadable {file}: {e}"))?;
+    r.title = format!("{name} ({})", r.title);
+    Ok(Some(serde_json::to_string_pretty(&r).expect("json")))
 }
 
 fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {

@@ -162,8 +162,16 @@ fn load_expert(
             peft::CONFIG_FILE
         )));
     }
-    let expert = LoraExpert::load(path, cfg, device, DType::F32)?;
-    Ok((expert, GateVectors::load_beside(path, cfg, device, DType::F32)?))
+    let mut expert = LoraExpert::load(path, cfg, device, DType::F32)?;
+    let mut gates = GateVectors::load_beside(path, cfg, device, DType::F32)?;
+    // A file taken from a store is named by the step that built it.
+    if let Some(name) = crate::store::step_name_of_file(path) {
+        expert.name = name;
+        if let Some(g) = gates.as_mut() {
+            g.name = expert.name.clone();
+        }
+    }
+    Ok((expert, gates))
 }
 
 /// Experts given as files or PEFT folders, and the gates found beside them.
@@ -236,7 +244,13 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         gates = req
             .gates
             .iter()
-            .map(|p| GateVectors::load(p, &cfg, &device, DType::F32))
+            .map(|p| {
+                let mut g = GateVectors::load(p, &cfg, &device, DType::F32)?;
+                if let Some(name) = crate::store::step_name_of_file(p) {
+                    g.name = name;
+                }
+                Ok(g)
+            })
             .collect::<Result<Vec<_>>>()?;
     }
     model.set_adapters(adapters_for(

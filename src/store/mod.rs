@@ -7,6 +7,9 @@
 //! tmp/<key>.<pid>.<nanos>/         staging of a step being built (gc removes leftovers)
 //! work/<key>/                      resumable scratch (checkpoints) of an unfinished step
 //! recipes/<key>.json               frozen StepSpec, written before the step runs
+//! names/<blake3(id)>               "ID\nKEY": the key a run last found step ID at (an
+//!                                  artifact is published under its builder's id only;
+//!                                  twins and renamed steps find theirs here)
 //! locks/<key>.lock                 per-key lock (fcntl OFD)
 //! hashcache.json                   stat cache of hashed local files
 //! runs/                            run logs
@@ -87,7 +90,7 @@ impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        for sub in ["objects", "tmp", "work", "recipes", "locks", "runs"] {
+        for sub in ["objects", "tmp", "work", "recipes", "locks", "runs", "names"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -363,9 +366,45 @@ impl Store {
         out
     }
 
-    /// Resolves a user's `STEP|KEY` argument: a full key, a unique key prefix, or a step
-    /// id / name recorded in artifact metadata (the newest match wins).
+    fn name_path(&self, id: &str) -> PathBuf {
+        self.root
+            .join("names")
+            .join(&blake3::hash(id.as_bytes()).to_hex()[..32])
+    }
+
+    /// Records that step `id` has its artifact at `key` (written by `run` for every
+    /// step it finds published; unchanged records are not rewritten).
+    pub fn record_name(&self, id: &str, key: &Key) -> Result<(), StoreError> {
+        let p = self.name_path(id);
+        let line = format!("{id}\n{}\n", key.hex());
+        if std::fs::read_to_string(&p).is_ok_and(|s| s == line) {
+            return Ok(());
+        }
+        // Renamed into place (never read torn) but not fsynced: an index, rebuilt by
+        // the next run; a record lost or damaged by a crash only sends `find` to the
+        // metadata scan.
+        let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, line.as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, &p))
+            .map_err(io_err(&p))
+    }
+
+    /// The key recorded for step `id` by the last run that found it published.
+    pub fn named(&self, id: &str) -> Option<Key> {
+        let text = std::fs::read_to_string(self.name_path(id)).ok()?;
+        let (recorded, key) = text.trim_end().split_once('\n')?;
+        (recorded == id).then(|| key.parse().ok()).flatten()
+    }
+
+    /// Resolves a user's `STEP|KEY` argument: a full key, a unique key prefix, a step
+    /// id as a run of its manifest last found it (a twin or renamed step included), or
+    /// a step id / name recorded in artifact metadata (the newest match wins).
     pub fn find(&self, what: &str) -> Result<ArtifactMeta, String> {
+        if let Some(k) = self.named(what)
+            && let Presence::Present(m) = self.presence(&k)
+        {
+            return Ok(*m);
+        }
         let keys = self.keys();
         if what.len() >= 4 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
             let matches: Vec<&Key> = keys.iter().filter(|k| k.hex().starts_with(what)).collect();
@@ -433,4 +472,18 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The name of the step that built the published artifact holding `file`
+/// (`objects/<k0k1>/<key>/files/FILE`, read from its `meta.json`), for a file taken
+/// from a store by hand: artifacts record no step name in their files (their bytes
+/// depend on their key alone), so a tool that names what it loads asks here.
+pub fn step_name_of_file(file: &Path) -> Option<String> {
+    let dir = file.parent()?;
+    if dir.file_name()? != "files" {
+        return None;
+    }
+    let bytes = std::fs::read(dir.parent()?.join("meta.json")).ok()?;
+    let meta: ArtifactMeta = serde_json::from_slice(&bytes).ok()?;
+    Some(meta.spec.name)
 }

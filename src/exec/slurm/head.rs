@@ -489,7 +489,8 @@ impl<'a> Head<'a> {
     }
 
     /// The selected steps whose requests no node of their partition can satisfy (read
-    /// from the scheduler once, before anything is submitted).
+    /// from the scheduler once, before anything is submitted). Twins are never
+    /// submitted: only the request of the step that builds their artifact counts.
     fn unsatisfiable_requests(&self) -> Vec<String> {
         let parts = match self.sched.partitions() {
             Ok(Some(p)) => p,
@@ -503,6 +504,7 @@ impl<'a> Head<'a> {
         };
         self.selected
             .iter()
+            .filter(|&&i| !self.twins.is_twin(i))
             .filter_map(|&i| {
                 super::fit::unsatisfiable(self.id(i), &self.resources[&i], &self.sopts.extra_sbatch, &parts)
             })
