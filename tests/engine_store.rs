@@ -417,4 +417,7 @@ fn gc_deletes_only_unreachable_entries() {
         p.stale(&reg).is_empty(),
         "gc never removes what the manifest needs"
     );
+    // The id -> key records go with their artifacts; reachable ones stay.
+    assert_eq!(store.named("expert:b"), None);
+    assert_eq!(store.named("expert:a"), Some(key_of(&p, &reg, "expert:a")));
 }
