@@ -53,6 +53,18 @@ fn run(dir: &Path, cancel: &CancelFlag) -> (i32, String) {
     (code, String::from_utf8(out).unwrap())
 }
 
+/// The store of a micro project folder and its manifest's plan.
+fn store_and_plan(dir: &Path) -> (Store, goosepipe::plan::Plan) {
+    let store = Store::open(dir.join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(
+        &dir.join("micro.kdl"),
+        &goosepipe::steps::registry(),
+        &store.hash_cache(),
+    )
+    .unwrap();
+    (store, plan)
+}
+
 fn digests(dir: &Path) -> BTreeMap<String, String> {
     let store = Store::open(dir.join("store")).unwrap();
     store
@@ -83,13 +95,7 @@ fn two_clean_runs_give_bitwise_identical_artifacts() {
     assert_eq!(da.len(), 14);
     assert_eq!(da, db);
     // Training steps keep their loss curve and validation results.
-    let store = Store::open(a.path().join("store")).unwrap();
-    let plan = goosepipe::app::load_plan(
-        &a.path().join("micro.kdl"),
-        &goosepipe::steps::registry(),
-        &store.hash_cache(),
-    )
-    .unwrap();
+    let (store, plan) = store_and_plan(a.path());
     let k = plan.get("expert:sort").unwrap().spec.key;
     let metrics = std::fs::read_to_string(store.files_dir(&k).join("metrics.jsonl")).unwrap();
     assert!(
@@ -169,13 +175,7 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
 
     // Files taken from the store by hand are named by the steps that built them, so
     // two experts and their gates route (names match, none is "expert" twice).
-    let store = Store::open(b.path().join("store")).unwrap();
-    let plan = goosepipe::app::load_plan(
-        &b.path().join("micro.kdl"),
-        &goosepipe::steps::registry(),
-        &store.hash_cache(),
-    )
-    .unwrap();
+    let (store, plan) = store_and_plan(b.path());
     let file = |id: &str, f: &str| store.files_dir(&plan.get(id).unwrap().spec.key).join(f);
     let mut req = goosepipe::app::score::ScoreRequest::new(
         file("model:base", "model").display().to_string(),
@@ -205,13 +205,7 @@ fn interrupted_training_resumes_to_the_same_artifact() {
     assert_eq!(code, 0);
     // Cancel the second store's run from a watcher thread once expert:shift has a
     // checkpoint in its work folder, then run again.
-    let store = Store::open(b.path().join("store")).unwrap();
-    let plan = goosepipe::app::load_plan(
-        &b.path().join("micro.kdl"),
-        &goosepipe::steps::registry(),
-        &store.hash_cache(),
-    )
-    .unwrap();
+    let (store, plan) = store_and_plan(b.path());
     let key = plan.get("expert:shift").unwrap().spec.key;
     let ckpt = store.work_dir(&key).join("train-state.safetensors");
     let cancel = CancelFlag::new();
@@ -335,13 +329,7 @@ fn an_expert_trains_on_data_that_mixes_choice_and_generation_examples() {
     std::fs::write(d.path().join("micro.kdl"), manifest).unwrap();
     let (code, out) = run(d.path(), &CancelFlag::new());
     assert_eq!(code, 0, "{out}");
-    let store = Store::open(d.path().join("store")).unwrap();
-    let plan = goosepipe::app::load_plan(
-        &d.path().join("micro.kdl"),
-        &goosepipe::steps::registry(),
-        &store.hash_cache(),
-    )
-    .unwrap();
+    let (store, plan) = store_and_plan(d.path());
     let k = plan.get("expert:sort").unwrap().spec.key;
     let metrics = std::fs::read_to_string(store.files_dir(&k).join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"val_metric\""), "{metrics}");
