@@ -452,37 +452,35 @@ pub fn report(
 /// does not record it: a name is no ingredient of a key). None when the artifact has
 /// no record to read (not built); an error when the record is unreadable.
 fn headed_markdown(files: &Path, kind: &str, name: &str) -> Result<Option<String>, String> {
-    let file = match kind {
-        "eval" => crate::artifact_files::RESULTS_JSON,
-        "study" => crate::steps::study::STUDY_JSON,
-        _ => return Ok(None),
-    };
-    let Ok(bytes) = std::fs::read(files.join(file)) else {
-        return Ok(None);
-    };
-    let unreadable = |e: serde_json::Error| format!("unreadable {file}: {e}");
-    let md = if kind == "eval" {
-        serde_json::from_slice::<crate::eval::Results>(&bytes)
-            .map_err(unreadable)?
-            .markdown(name)
-    } else {
-        let r: crate::eval::study::StudyResult = serde_json::from_slice(&bytes).map_err(unreadable)?;
-        crate::eval::study::markdown(&format!("study {name}"), &r)
-    };
-    Ok(Some(md))
+    Ok(match kind {
+        "eval" => read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)?
+            .map(|r| r.markdown(name)),
+        "study" => read_record(files, crate::steps::study::STUDY_JSON)?
+            .map(|r| crate::eval::study::markdown(&format!("study {name}"), &r)),
+        _ => None,
+    })
 }
 
 /// An eval's results.json with the eval's name put in front of its title, as the
 /// tables are headed (the artifact does not record the name). None when not built.
 fn named_results_json(files: &Path, name: &str) -> Result<Option<String>, String> {
-    let file = crate::artifact_files::RESULTS_JSON;
+    Ok(
+        read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)?.map(|mut r| {
+            r.title = format!("{name} ({})", r.title);
+            serde_json::to_string_pretty(&r).expect("json")
+        }),
+    )
+}
+
+/// A JSON record of an artifact: None when the file is not there (not built, or not
+/// written by this kind), an error naming the file when it does not parse.
+fn read_record<T: serde::de::DeserializeOwned>(files: &Path, file: &str) -> Result<Option<T>, String> {
     let Ok(bytes) = std::fs::read(files.join(file)) else {
         return Ok(None);
     };
-    let mut r: crate::eval::Results =
-        serde_json::from_slice(&bytes).map_err(|e| format!("unreadable {file}: {e}"))?;
-    r.title = format!("{name} ({})", r.title);
-    Ok(Some(serde_json::to_string_pretty(&r).expect("json")))
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("unreadable {file}: {e}"))
 }
 
 fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {
@@ -495,18 +493,13 @@ fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {
 
 /// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/.
 fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, out: &mut dyn Write) -> Result<(), Report> {
-    let Ok(bytes) = std::fs::read(files.join(crate::artifact_files::RESULTS_JSON)) else {
+    let Some(results) = read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)
+        .map_err(|e| miette!("{id}: {e}"))?
+    else {
         return Ok(());
     };
-    let results: crate::eval::Results =
-        serde_json::from_slice(&bytes).map_err(|e| miette!("{id}: unreadable results.json: {e}"))?;
     let routing: Option<crate::eval::plots::RoutingRecord> =
-        match std::fs::read(files.join(crate::eval::plots::ROUTING_JSON)) {
-            Ok(b) => Some(
-                serde_json::from_slice(&b).map_err(|e| miette!("{id}: unreadable routing record: {e}"))?,
-            ),
-            Err(_) => None,
-        };
+        read_record(files, crate::eval::plots::ROUTING_JSON).map_err(|e| miette!("{id}: {e}"))?;
     let written = crate::eval::plots::write_plots(
         &dir.join(crate::eval::plots::slug(name)),
         name,

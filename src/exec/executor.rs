@@ -79,6 +79,18 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Twin `twin` is done with `first`, which built their one artifact: reported and
+    /// counted as shared (the same words from every executor).
+    pub fn share(&mut self, reporter: &dyn Reporter, twin: &str, first: &str) {
+        reporter.finished(
+            twin,
+            super::progress::Outcome::Shared,
+            0.0,
+            &format!("the artifact of {first} (same key)"),
+        );
+        self.shared.push(twin.to_string());
+    }
+
     pub fn ok(&self) -> bool {
         self.failed.is_empty() && self.cancelled.is_empty() && self.skipped.is_empty()
     }

@@ -297,14 +297,7 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
             frontier.built(i);
             // Its twins are done too: the artifact they name is the one just published.
             for t in frontier.twins.built_by(i) {
-                let twin = plan.steps[t].id().to_string();
-                reporter.finished(
-                    &twin,
-                    Outcome::Shared,
-                    0.0,
-                    &format!("the artifact of {id} (same key)"),
-                );
-                report.shared.push(twin);
+                report.share(reporter, plan.steps[t].id(), &id);
                 frontier.built(t);
             }
             if outcome == Outcome::Reused {

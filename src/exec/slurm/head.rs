@@ -781,13 +781,7 @@ impl<'a> Head<'a> {
             self.report.built.push(self.id(i).to_string());
             for t in self.twins.built_by(i) {
                 self.st.insert(t, St::Done);
-                self.reporter.finished(
-                    self.id(t),
-                    Outcome::Shared,
-                    0.0,
-                    &format!("the artifact of {} (same key)", self.id(i)),
-                );
-                self.report.shared.push(self.id(t).to_string());
+                self.report.share(self.reporter, self.id(t), self.id(i));
             }
             return;
         }
