@@ -3,7 +3,7 @@
 
 mod support;
 
-use goosepipe::exec::RunOptions;
+use goosepipe::exec::{CancelFlag, RunOptions};
 use support::{BASE, Behaviour, Log, Project, TWINS, registry, with_twins};
 
 fn ids(v: &[&str]) -> Vec<String> {
@@ -271,4 +271,67 @@ fn a_failed_step_leaves_its_twins_not_run() {
     let stale = p.stale(&reg);
     assert!(!stale.contains(&"tokenize:a2".to_string()), "{stale:?}");
     assert!(stale.contains(&"expert:a2".to_string()), "{stale:?}");
+}
+
+#[test]
+fn only_accepts_an_input_whose_twin_it_builds() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let manifest = with_twins().replace("eval \"e\"", "pool \"p2\" {\n    experts \"a2\"\n}\neval \"e\"");
+    let p = Project::new(&manifest);
+    let only = |ids: &[&str]| RunOptions {
+        only: ids.iter().map(|s| s.to_string()).collect(),
+        ..RunOptions::default()
+    };
+    // Nothing builds expert:a2's artifact: still refused, naming what is missing.
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &p.store(),
+        &reg,
+        &only(&["pool:p2"]),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(format!("{err}").contains("pool:p2 needs "), "{err}");
+    assert!(log.take().is_empty());
+
+    // expert:a and gate:a build the artifacts of their twins expert:a2 and gate:a2,
+    // so pool:p2 may run beside them; the twins share, nothing runs twice.
+    let (code, out) = p.run(
+        &reg,
+        &only(&[
+            "model:base",
+            "dataset:a",
+            "tokenize:a",
+            "expert:a",
+            "gate:a",
+            "pool:p2",
+        ]),
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut ran = log.take();
+    ran.sort();
+    assert_eq!(
+        ran,
+        vec![
+            "dataset:a",
+            "expert:a",
+            "gate:a",
+            "model:base",
+            "pool:p2",
+            "tokenize:a"
+        ]
+    );
+    assert!(
+        out.contains("sharing the artifact of one of them (same key)"),
+        "{out}"
+    );
+    let stale = p.stale(&reg);
+    for t in TWINS {
+        assert!(!stale.contains(&t.to_string()), "{t} is stale: {stale:?}");
+    }
+    assert!(!stale.contains(&"pool:p2".to_string()), "{stale:?}");
 }

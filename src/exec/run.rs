@@ -22,16 +22,26 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
     let n = plan.steps.len();
     let mut want = vec![false; n];
     if !opts.only.is_empty() {
+        let cached = |i: usize| matches!(status.states[i], crate::plan::State::Cached);
+        let mut todo = vec![];
         for name in &opts.only {
             let i = plan.resolve(name).map_err(RunError::Selection)?;
-            want[i] = !matches!(status.states[i], crate::plan::State::Cached);
-        }
-        for i in 0..n {
-            if !want[i] {
-                continue;
+            if !cached(i) && !want[i] {
+                want[i] = true;
+                todo.push(i);
             }
+        }
+        // Every input of a selected step must be built already, or be built by this
+        // run: selected itself, or the twin of a selected step (same key, so the
+        // artifact that step builds is the input's; a twin never starts, so it needs
+        // nothing of its own inputs but what the same reasoning gives them).
+        let keys: BTreeSet<crate::store::Key> = todo.iter().map(|&k| plan.steps[k].spec.key).collect();
+        while let Some(i) = todo.pop() {
             for j in plan.inputs_of(i) {
-                if !want[j] && !matches!(status.states[j], crate::plan::State::Cached) {
+                if want[j] || cached(j) {
+                    continue;
+                }
+                if !keys.contains(&plan.steps[j].spec.key) {
                     return Err(RunError::Selection(format!(
                         "{} needs {}, which is not built; add it to --only or use --until {}",
                         plan.steps[i].id(),
@@ -39,6 +49,8 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
                         plan.steps[i].id()
                     )));
                 }
+                want[j] = true;
+                todo.push(j);
             }
         }
     } else if let Some(t) = &opts.until {
