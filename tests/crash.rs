@@ -244,10 +244,21 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
         plan.text
     );
     assert!(!plan.text.contains("artifact missing"), "{}", plan.text);
+    // One saved result damaged (fewer scores than the task has examples, still valid
+    // JSON): it is scored again, not published.
+    let saved = work_left(d.path())
+        .into_iter()
+        .map(|k| d.path().join("store/work").join(k).join("eval-progress"))
+        .find(|p| p.exists())
+        .expect("the eval's saved results");
+    let one = std::fs::read_dir(&saved).unwrap().next().unwrap().unwrap().path();
+    let mut f: serde_json::Value = serde_json::from_slice(&std::fs::read(&one).unwrap()).unwrap();
+    f["scores"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&one, serde_json::to_vec(&f).unwrap()).unwrap();
     let r = run(d.path(), None);
     assert_eq!(r.code, Some(0), "{}", r.text);
     assert!(
-        r.text.contains("resumed: 3 (method, task) result(s) were kept"),
+        r.text.contains("resumed: 2 (method, task) result(s) were kept"),
         "{}",
         r.text
     );

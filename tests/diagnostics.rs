@@ -44,7 +44,14 @@ golden!(
     "manifest::unknown-property"
 );
 golden!(wrong_type, "manifest::wrong-type", "manifest::wrong-type");
-golden!(out_of_range, "manifest::out-of-range", "manifest::out-of-range");
+golden!(
+    out_of_range,
+    "manifest::out-of-range",
+    "manifest::out-of-range",
+    "manifest::out-of-range",
+    "manifest::out-of-range",
+    "manifest::wrong-type"
+);
 golden!(wrong_value, "manifest::wrong-value", "manifest::wrong-value");
 golden!(
     undefined_reference,

@@ -334,3 +334,56 @@ fn an_expert_trains_on_data_that_mixes_choice_and_generation_examples() {
     let metrics = std::fs::read_to_string(store.files_dir(&k).join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"val_metric\""), "{metrics}");
 }
+
+/// An eval scores at most `max-input-len` input tokens and `max-target-len` tokens of
+/// a choice, cut as training cuts them: a task whose examples run on far past the
+/// limits scores exactly as the same examples cut by hand (and one very long example
+/// cannot take all memory).
+#[test]
+fn an_eval_cuts_inputs_and_choices_to_its_length_limits() {
+    let d = tempfile::tempdir().unwrap();
+    let tail = " c".repeat(3000);
+    let (mut short, mut long) = (String::new(), String::new());
+    for (i, (q, right, wrong)) in [
+        ("sort : c a b d e f", "a b", "b a"),
+        ("sort : d c b a e f", "b a", "a b"),
+        ("shift : a b c d e f", "b c", "c b"),
+        ("shift : b a c d e f", "c b", "b c"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        // Short: 6 words (+ EOS = 7 tokens), choices of 2 words (+ EOS = 3).
+        short += &format!("{{\"input\": \"{q}\", \"target\": \"{right}\", \"choices\": [\"{right}\", \"{wrong}\"]}}\n");
+        let long_right = if i % 2 == 0 { format!("{right}{tail}") } else { right.to_string() };
+        long += &format!(
+            "{{\"input\": \"{q}{tail}\", \"target\": \"{long_right}\", \"choices\": [\"{long_right}\", \"{wrong}{tail}\"]}}\n"
+        );
+    }
+    std::fs::write(d.path().join("short.jsonl"), short).unwrap();
+    std::fs::write(d.path().join("long.jsonl"), long).unwrap();
+    let manifest = MICRO
+        .replace(
+            "dataset \"arrange\" split=\"test\" { synthetic task=\"arrange\" format=\"choice\" examples=16 seed=5; }",
+            "dataset \"short\" path=\"short.jsonl\" split=\"test\"\ndataset \"long\" path=\"long.jsonl\" split=\"test\"",
+        )
+        .replace(
+            "eval \"e\" pool=\"p\" {\n    methods \"phatgoose\" \"base\" \"merged\" \"arrow\" \"multitask\" \"expert:sort\" \"best-individual\" \"oracle\"\n    task \"arrange\" dataset=\"arrange\"\n    task \"arrange-gen\" dataset=\"arrange\" metric=\"exact-match\" max-new-tokens=6",
+            "eval \"e\" pool=\"p\" max-input-len=7 max-target-len=3 {\n    methods \"phatgoose\" \"base\" \"expert:sort\"\n    task \"short\" dataset=\"short\"\n    task \"long\" dataset=\"long\"",
+        );
+    assert!(manifest.contains("max-input-len="), "{manifest}");
+    std::fs::write(d.path().join("micro.kdl"), manifest).unwrap();
+    let (code, out) = run(d.path(), &CancelFlag::new());
+    assert_eq!(code, 0, "{out}");
+    let (store, plan) = store_and_plan(d.path());
+    let k = plan.get("eval:e").unwrap().spec.key;
+    let per: BTreeMap<String, BTreeMap<String, Vec<f64>>> = serde_json::from_slice(
+        &std::fs::read(store.files_dir(&k).join("per-example.json")).unwrap(),
+    )
+    .unwrap();
+    for (method, tasks) in &per {
+        assert_eq!(tasks["long"], tasks["short"], "{method}: {tasks:?}");
+        assert_eq!(tasks["long"].len(), 4);
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+}

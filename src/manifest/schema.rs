@@ -56,6 +56,9 @@ pub struct PropSpec {
     pub required: bool,
     pub min: Option<f64>,
     pub max: Option<f64>,
+    /// An exclusive lower bound (`above=0.0`: any positive value), for settings that
+    /// divide by themselves.
+    pub above: Option<f64>,
     pub doc: String,
     /// The default is left out of content keys (`keyless-default=#true`): a setting
     /// added after keys were published, whose default is the behaviour from before,
@@ -292,6 +295,7 @@ fn parse_prop(node: &KdlNode) -> Result<PropSpec, String> {
         required: bool_prop(node, "required"),
         min: num_prop(node, "min"),
         max: num_prop(node, "max"),
+        above: num_prop(node, "above"),
         doc: str_prop(node, "doc").unwrap_or_else(|| doc_of(node)),
         name,
         ty,

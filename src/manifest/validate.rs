@@ -708,6 +708,7 @@ impl Validator {
             required: false,
             min: None,
             max: None,
+            above: None,
             doc: cspec.doc.clone(),
             keyless_default: false,
         };
@@ -931,6 +932,7 @@ impl Validator {
         let got = match v {
             KdlValue::String(_) => "a string",
             KdlValue::Integer(_) => "an integer",
+            KdlValue::Float(f) if !f.is_finite() => "not a finite number (#nan, #inf or too large)",
             KdlValue::Float(_) => "a float",
             KdlValue::Bool(_) => "a boolean",
             KdlValue::Null => "#null",
@@ -986,14 +988,16 @@ impl Validator {
             .as_float()
             .filter(|_| matches!(spec.ty, Type::Int | Type::Float));
         if let Some(x) = num {
-            let below = spec.min.is_some_and(|m| x < m);
+            let below = spec.min.is_some_and(|m| x < m) || spec.above.is_some_and(|m| x <= m);
             let above = spec.max.is_some_and(|m| x > m);
             if below || above {
-                let range = match (spec.min, spec.max) {
-                    (Some(a), Some(b)) => format!("between {a} and {b}"),
-                    (Some(a), None) => format!("at least {a}"),
-                    (None, Some(b)) => format!("at most {b}"),
-                    _ => unreachable!(),
+                let range = match (spec.above, spec.min, spec.max) {
+                    (Some(a), _, Some(b)) => format!("above {a} and at most {b}"),
+                    (Some(a), _, None) => format!("above {a}"),
+                    (None, Some(a), Some(b)) => format!("between {a} and {b}"),
+                    (None, Some(a), None) => format!("at least {a}"),
+                    (None, None, Some(b)) => format!("at most {b}"),
+                    (None, None, None) => unreachable!(),
                 };
                 self.err(
                     "manifest::out-of-range",

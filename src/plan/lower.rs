@@ -805,8 +805,12 @@ impl Lowerer<'_> {
                     .unwrap_or_else(|| "all".into()),
                 ev.block.get("seed").map(|v| v.to_string()).unwrap_or_default()
             );
+            // So do the length limits: they decide what is scored of each example.
+            let limits = ["max-input-len", "max-target-len"]
+                .map(|p| format!("{p} {}", ev.block.get(p).map(|v| v.to_string()).unwrap_or_default()))
+                .join(", ");
             let design = format!(
-                "tasks {} | methods {} | {sampling}",
+                "tasks {} | methods {} | {sampling} | {limits}",
                 tasks.join(", "),
                 methods.join(", ")
             );
@@ -925,6 +929,8 @@ impl Lowerer<'_> {
             e,
             Some(&[
                 "batch",
+                "max-input-len",
+                "max-target-len",
                 "max-examples",
                 "seed",
                 "methods",

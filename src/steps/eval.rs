@@ -45,6 +45,10 @@ type TaskRouting = BTreeMap<String, BTreeMap<String, ModuleRouting>>;
 struct Task {
     name: String,
     metric: String,
+    /// Token limits, as training's: an input or answer choice beyond them is cut,
+    /// keeping its final EOS (one very long example would otherwise take all memory).
+    max_input_len: usize,
+    max_target_len: usize,
     max_new_tokens: usize,
     /// The pool member trained on this task's data, whose share of the routing the
     /// eval records.
@@ -75,10 +79,16 @@ impl Progress {
         self.dir.join(format!("{}.json", &h.to_hex()[..32]))
     }
 
-    /// A finished result, if this eval saved one (anything unreadable is redone).
-    fn load(&self, method: &str, task: &str) -> Option<Finished> {
+    /// A finished result, if this eval saved one for the task's `examples` (anything
+    /// unreadable or that does not fit them is redone: a score per example, each in
+    /// [0, 1]).
+    fn load(&self, method: &str, task: &str, examples: usize) -> Option<Finished> {
         let f: Finished = serde_json::from_slice(&std::fs::read(self.file(method, task)).ok()?).ok()?;
-        (f.method == method && f.task == task).then_some(f)
+        let fits = f.method == method
+            && f.task == task
+            && f.scores.len() == examples
+            && f.scores.iter().all(|s| (0.0..=1.0).contains(s));
+        fits.then_some(f)
     }
 
     fn save(&self, f: &Finished) -> Result<(), StepError> {
@@ -116,8 +126,8 @@ fn score_task(
         ctx.cancel.check()?;
         let inputs: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|e| encode(tok, &e.input))
-            .collect::<Result<_, _>>()?;
+            .map(|e| Ok(cut_to(encode(tok, &e.input)?, task.max_input_len, eos)))
+            .collect::<Result<_, StepError>>()?;
         if task.metric == "rank-classification" {
             let items = chunk
                 .iter()
@@ -129,9 +139,18 @@ fn score_task(
                             task.name
                         )));
                     }
+                    // Choices are scored with EOS appended: the limit counts it.
+                    let limit = task.max_target_len.saturating_sub(1).max(1);
+                    let choices = encode_choices(tok, &e.choices, eos)?
+                        .into_iter()
+                        .map(|mut c| {
+                            c.truncate(limit);
+                            c
+                        })
+                        .collect();
                     Ok(ChoiceItem {
                         input: inp.clone(),
-                        choices: encode_choices(tok, &e.choices, eos)?,
+                        choices,
                     })
                 })
                 .collect::<Result<Vec<_>, StepError>>()?;
@@ -168,6 +187,16 @@ fn score_task(
     Ok(per_example)
 }
 
+/// Token ids cut to `max` (at least 1), ending in EOS when cut, as training cuts them.
+fn cut_to(mut ids: Vec<u32>, max: usize, eos: u32) -> Vec<u32> {
+    let max = max.max(1);
+    if ids.len() > max {
+        ids.truncate(max - 1);
+        ids.push(eos);
+    }
+    ids
+}
+
 /// The task score: the mean over its examples.
 fn mean(per_example: &[f64]) -> f64 {
     per_example.iter().sum::<f64>() / per_example.len().max(1) as f64
@@ -178,6 +207,8 @@ fn mean(per_example: &[f64]) -> f64 {
 #[serde(rename_all = "kebab-case")]
 struct EvalParams {
     batch: usize,
+    max_input_len: usize,
+    max_target_len: usize,
     max_examples: Option<usize>,
     seed: u64,
     methods: Vec<String>,
@@ -256,6 +287,8 @@ impl Retrieval {
             let sub = Task {
                 name: t.name.clone(),
                 metric: t.metric.clone(),
+                max_input_len: t.max_input_len,
+                max_target_len: t.max_target_len,
                 max_new_tokens: t.max_new_tokens,
                 owner: t.owner.clone(),
                 examples: group,
@@ -447,12 +480,27 @@ impl<'a> EvalRun<'a> {
         for (name, p) in &params.task {
             let data = ctx.input(&format!("task:{name}"))?;
             let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
+            let examples = sample(ex, params.max_examples, params.seed);
+            // Checked before anything is scored, not at the first batch that has one.
+            if p.metric == "rank-classification"
+                && let Some(e) = examples.iter().find(|e| e.choices.is_empty())
+            {
+                let shown: String = e.input.chars().take(80).collect();
+                return Err(fail(format!(
+                    "task {name:?}: an example of {} has no answer choices (input {shown:?}), \
+                     and the task is scored by rank classification; give every example \
+                     choices, or set the task's metric= to exact-match or rouge-l",
+                    data.id
+                )));
+            }
             tasks.push(Task {
                 name: name.clone(),
                 metric: p.metric.clone(),
+                max_input_len: params.max_input_len,
+                max_target_len: params.max_target_len,
                 max_new_tokens: p.max_new_tokens,
                 owner: p.expert.clone(),
-                examples: sample(ex, params.max_examples, params.seed),
+                examples,
             });
         }
         let mut names: Vec<String> = ctx.members("expert").map(|(n, _)| n.to_string()).collect();
@@ -561,7 +609,7 @@ impl<'a> EvalRun<'a> {
             // Adapters are built only when a task of this method still has to run.
             let mut prepared = false;
             for t in &self.tasks {
-                if let Some(f) = progress.load(m, &t.name) {
+                if let Some(f) = progress.load(m, &t.name, t.examples.len()) {
                     scored.resumed += 1;
                     done += t.examples.len() as u64;
                     ctx.progress.set_position(done);
