@@ -421,3 +421,61 @@ fn gc_deletes_only_unreachable_entries() {
     assert_eq!(store.named("expert:b"), None);
     assert_eq!(store.named("expert:a"), Some(key_of(&p, &reg, "expert:a")));
 }
+
+/// gc refuses while a run is using the store (it could delete what the run has built
+/// and is about to read), keeps everything, and works once the run has ended.
+#[test]
+fn gc_refuses_while_a_run_is_using_the_store() {
+    let p = Project::new(BASE);
+    let started = p.dir.path().join("started");
+    let behaviour = Behaviour {
+        hang: Some(("expert:b".into(), started.clone())),
+        ..Default::default()
+    };
+    let reg = registry(&Log::default(), &behaviour);
+    let cancel = CancelFlag::new();
+    let run = {
+        let (manifest, store, cancel, reg) = (p.manifest(), p.store(), cancel.clone(), reg.clone());
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            goosepipe::app::run(
+                &manifest,
+                &store,
+                &reg,
+                &RunOptions::default(),
+                true,
+                &cancel,
+                &mut out,
+            )
+            .map(|code| (code, String::from_utf8(out).unwrap()))
+            .map_err(|e| format!("{e:?}"))
+        })
+    };
+    let t0 = Instant::now();
+    while !started.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never reached the hanging step"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let store = Store::open(p.store()).unwrap();
+    let before = store.keys();
+    assert!(!before.is_empty());
+    // A manifest that reaches nothing: everything the run built would be unreachable.
+    std::fs::write(p.dir.path().join("empty.kdl"), "").unwrap();
+    let empty = p.dir.path().join("empty.kdl");
+    let mut out = Vec::new();
+    let err = goosepipe::app::gc(&[empty.clone()], &p.store(), &reg, false, &mut out).unwrap_err();
+    assert!(format!("{err}").contains("a run is using the store"), "{err}");
+    assert_eq!(store.keys(), before, "gc deleted nothing");
+    // A dry run only lists: it may run beside a run.
+    let mut out = Vec::new();
+    goosepipe::app::gc(&[empty.clone()], &p.store(), &reg, true, &mut out).unwrap();
+    cancel.cancel();
+    let (code, text) = run.join().unwrap().unwrap();
+    assert_eq!(code, goosepipe::app::EXIT_INTERRUPTED, "{text}");
+    let mut out = Vec::new();
+    goosepipe::app::gc(&[empty], &p.store(), &reg, false, &mut out).unwrap();
+    assert!(store.keys().is_empty(), "{}", String::from_utf8(out).unwrap());
+}

@@ -354,8 +354,14 @@ fn an_eval_cuts_inputs_and_choices_to_its_length_limits() {
     .enumerate()
     {
         // Short: 6 words (+ EOS = 7 tokens), choices of 2 words (+ EOS = 3).
-        short += &format!("{{\"input\": \"{q}\", \"target\": \"{right}\", \"choices\": [\"{right}\", \"{wrong}\"]}}\n");
-        let long_right = if i % 2 == 0 { format!("{right}{tail}") } else { right.to_string() };
+        short += &format!(
+            "{{\"input\": \"{q}\", \"target\": \"{right}\", \"choices\": [\"{right}\", \"{wrong}\"]}}\n"
+        );
+        let long_right = if i % 2 == 0 {
+            format!("{right}{tail}")
+        } else {
+            right.to_string()
+        };
         long += &format!(
             "{{\"input\": \"{q}{tail}\", \"target\": \"{long_right}\", \"choices\": [\"{long_right}\", \"{wrong}{tail}\"]}}\n"
         );
@@ -377,10 +383,9 @@ fn an_eval_cuts_inputs_and_choices_to_its_length_limits() {
     assert_eq!(code, 0, "{out}");
     let (store, plan) = store_and_plan(d.path());
     let k = plan.get("eval:e").unwrap().spec.key;
-    let per: BTreeMap<String, BTreeMap<String, Vec<f64>>> = serde_json::from_slice(
-        &std::fs::read(store.files_dir(&k).join("per-example.json")).unwrap(),
-    )
-    .unwrap();
+    let per: BTreeMap<String, BTreeMap<String, Vec<f64>>> =
+        serde_json::from_slice(&std::fs::read(store.files_dir(&k).join("per-example.json")).unwrap())
+            .unwrap();
     for (method, tasks) in &per {
         assert_eq!(tasks["long"], tasks["short"], "{method}: {tasks:?}");
         assert_eq!(tasks["long"].len(), 4);

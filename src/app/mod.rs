@@ -212,6 +212,9 @@ pub struct RunRequest<'a> {
 /// `goosepipe run --executor ...`.
 pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let (path, opts) = (req.manifest, req.opts);
+    // From the status check to the last publish, no gc may delete what this run found
+    // or built (it waits for a gc that is under way).
+    let _in_use = open_store(req.store)?.in_use().map_err(|e| miette!("{e}"))?;
     let (plan, status, store, old_lock) =
         plan_with_status_verified(path, req.store, req.registry, opts.verify)?;
     let reporter = exec::reporter_for_stderr(req.quiet);
@@ -340,6 +343,7 @@ pub fn exec_cmd(
     cancel: &CancelFlag,
 ) -> Result<i32, Report> {
     let store = open_store(store_root)?;
+    let _in_use = store.in_use().map_err(|e| miette!("{e}"))?;
     let key = match target {
         ExecTarget::Key(k) => k.parse().map_err(|e: String| miette!("--key: {e}"))?,
         ExecTarget::List { file, index } => {
@@ -571,6 +575,18 @@ pub fn gc(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let store = open_store(store_root)?;
+    // Held from listing to deleting: a run that starts meanwhile waits for it.
+    let _alone = if dry_run {
+        None
+    } else {
+        Some(store.alone().map_err(|e| miette!("{e}"))?.ok_or_else(|| {
+            miette!(
+                help = "run gc again when they have finished (`gc --dry-run` lists what it would delete now)",
+                "a run is using the store {} right now (goosepipe run, or a cluster job's goosepipe exec); gc could delete what it has built or is about to read",
+                store.root.display()
+            )
+        })?)
+    };
     let hashes = store.hash_cache();
     let mut reachable = HashSet::new();
     for m in manifests {

@@ -807,7 +807,12 @@ impl Lowerer<'_> {
             );
             // So do the length limits: they decide what is scored of each example.
             let limits = ["max-input-len", "max-target-len"]
-                .map(|p| format!("{p} {}", ev.block.get(p).map(|v| v.to_string()).unwrap_or_default()))
+                .map(|p| {
+                    format!(
+                        "{p} {}",
+                        ev.block.get(p).map(|v| v.to_string()).unwrap_or_default()
+                    )
+                })
                 .join(", ");
             let design = format!(
                 "tasks {} | methods {} | {sampling} | {limits}",

@@ -64,6 +64,17 @@ impl KeyLock {
         })
     }
 
+    /// Takes a shared lock, waiting while an exclusive holder keeps it: any number of
+    /// shared holders at once, none while the exclusive one holds it.
+    pub fn acquire_shared(path: &Path) -> io::Result<KeyLock> {
+        let file = open(path)?;
+        flock(&file, libc::F_OFD_SETLKW, libc::F_RDLCK as libc::c_short)?;
+        Ok(KeyLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Takes the lock if it is free right now.
     pub fn try_acquire(path: &Path) -> io::Result<Option<KeyLock>> {
         let file = open(path)?;
@@ -89,6 +100,19 @@ mod tests {
         let a = KeyLock::acquire(&p).unwrap();
         assert!(KeyLock::try_acquire(&p).unwrap().is_none());
         drop(a);
+        assert!(KeyLock::try_acquire(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn shared_holders_exclude_only_the_exclusive_one() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("k.lock");
+        let a = KeyLock::acquire_shared(&p).unwrap();
+        let b = KeyLock::acquire_shared(&p).unwrap();
+        assert!(KeyLock::try_acquire(&p).unwrap().is_none());
+        drop(a);
+        assert!(KeyLock::try_acquire(&p).unwrap().is_none());
+        drop(b);
         assert!(KeyLock::try_acquire(&p).unwrap().is_some());
     }
 }

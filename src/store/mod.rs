@@ -42,6 +42,8 @@ use fsutil::{nanos, sync_dir, sync_tree, write_atomic};
 /// Environment variable naming the store folder (overridden by `--store`).
 pub const STORE_ENV: &str = "GOOSEPIPE_STORE";
 pub const DEFAULT_STORE: &str = ".goosepipe";
+/// The store-wide lock of [`Store::in_use`] and [`Store::alone`].
+const IN_USE_LOCK: &str = "in-use.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -132,6 +134,20 @@ impl Store {
     pub fn lock(&self, key: &Key) -> Result<KeyLock, StoreError> {
         let p = self.lock_path(key);
         KeyLock::acquire(&p).map_err(io_err(&p))
+    }
+
+    /// Held (shared) by every run and every `exec` while they use the store, so that
+    /// gc, which takes it alone, never deletes what a live run has built or is about
+    /// to read. A run waits while a gc holds it; a gc refuses while any run holds it.
+    pub fn in_use(&self) -> Result<KeyLock, StoreError> {
+        let p = self.root.join(IN_USE_LOCK);
+        KeyLock::acquire_shared(&p).map_err(io_err(&p))
+    }
+
+    /// The store to itself for a gc, if no run is using it now.
+    pub fn alone(&self) -> Result<Option<KeyLock>, StoreError> {
+        let p = self.root.join(IN_USE_LOCK);
+        KeyLock::try_acquire(&p).map_err(io_err(&p))
     }
 
     pub fn try_lock(&self, key: &Key) -> Result<Option<KeyLock>, StoreError> {
