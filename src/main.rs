@@ -126,11 +126,33 @@ enum Command {
     Score(ScoreArgs),
 }
 
+/// `--device`: checked when the command line is read, not when the first model step
+/// starts (after the steps before it have run).
+fn device_name(s: &str) -> Result<String, String> {
+    let cuda_n = s
+        .strip_prefix("cuda:")
+        .is_some_and(|n| n.parse::<usize>().is_ok());
+    if s == "cpu" || s == "cuda" || cuda_n {
+        Ok(s.to_string())
+    } else {
+        Err("expected cpu, cuda or cuda:N".to_string())
+    }
+}
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     file: PathBuf,
     /// Steps run in parallel (default: the manifest's `pipeline jobs=`, else 1).
-    #[arg(short = 'j', long)]
+    #[arg(short = 'j', long, value_parser = at_least_one)]
     jobs: Option<usize>,
     /// Run only these steps (ids like expert:NAME, or unique names).
     #[arg(long, num_args = 1..)]
@@ -149,7 +171,7 @@ struct RunArgs {
     #[arg(long)]
     verify: bool,
     /// Compute device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = device_name)]
     device: String,
     /// No progress output.
     #[arg(short, long)]
@@ -179,7 +201,8 @@ struct ExecArgs {
     /// Fail if an external resolves differently from the lockfile.
     #[arg(long)]
     locked: bool,
-    #[arg(long, default_value = "cpu")]
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = device_name)]
     device: String,
 }
 
@@ -201,13 +224,15 @@ struct ScoreArgs {
     /// adapters alone (phatgoose, merged, arrow, base).
     #[arg(long, default_value = "single")]
     router: String,
-    #[arg(long, default_value_t = 2)]
+    /// Experts kept per token and module by a routed method.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     top_k: usize,
     #[arg(long)]
     input: String,
     #[arg(long)]
     target: String,
-    #[arg(long, default_value = "cpu")]
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = device_name)]
     device: String,
     #[arg(long)]
     json: bool,
@@ -391,6 +416,12 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
         );
         c.cancel();
     });
+    // The device is opened where the steps run: here for the local executor (so a
+    // missing GPU is said before any step runs), on the nodes for Slurm.
+    if matches!(args.executor, ExecutorArg::Local) || (!cfg!(feature = "cuda") && args.device != "cpu") {
+        goosepipe::model::device::parse_device(&args.device)
+            .map_err(|e| miette::miette!("--device {}: {e}", args.device))?;
+    }
     let opts = RunOptions {
         jobs: args.jobs,
         only: args.only,
@@ -442,8 +473,13 @@ fn exec_command(args: ExecArgs, store: &Path, registry: &Registry) -> miette::Re
     let target = match (key, keys_file) {
         (Some(k), _) => app::ExecTarget::Key(k),
         (None, Some(file)) => app::ExecTarget::List {
+            index: index.ok_or_else(|| {
+                miette::miette!(
+                    "exec --keys-file {} needs --index N, or SLURM_ARRAY_TASK_ID set (as in a job array task)",
+                    file.display()
+                )
+            })?,
             file,
-            index: index.unwrap_or(0),
         },
         (None, None) => return Err(miette::miette!("exec needs --key KEY or --keys-file FILE")),
     };

@@ -118,4 +118,47 @@ fn bad_flags_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // Checked when the command line is read, before any step runs (nothing is built).
+    for (args, says) in [
+        (
+            &["run", GOLDEN, "--device", "gpu"][..],
+            "expected cpu, cuda or cuda:N",
+        ),
+        (&["run", GOLDEN, "-j", "0"][..], "must be at least 1"),
+        (
+            &["exec", "--device", "cuda:x", "--key", "00"][..],
+            "expected cpu, cuda or cuda:N",
+        ),
+    ] {
+        let out = goosepipe(args, t.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    if !cfg!(feature = "cuda") {
+        let out = goosepipe(&["run", GOLDEN, "--device", "cuda"], t.path());
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("--device cuda: ") && text(&out.stderr).contains("--features cuda"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let built = std::fs::read_dir(t.path().join("objects")).map_or(0, |d| d.count());
+    assert_eq!(built, 0, "nothing ran");
+    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["exec", "--keys-file", GOLDEN])
+        .env("GOOSEPIPE_STORE", t.path())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("needs --index N"),
+        "{}",
+        text(&out.stderr)
+    );
 }
