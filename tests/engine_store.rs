@@ -479,3 +479,29 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     goosepipe::app::gc(&[empty], &p.store(), &reg, false, &mut out).unwrap();
     assert!(store.keys().is_empty(), "{}", String::from_utf8(out).unwrap());
 }
+
+/// `show` by a bare name finds the one step that has it, and refuses a name several
+/// steps share (a dataset, an expert and a gate are all `a`) instead of picking one.
+#[test]
+fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let show = |what: &str| {
+        let mut out = Vec::new();
+        goosepipe::app::show(what, &p.store(), false, true, &mut out)
+            .map(|_| String::from_utf8(out).unwrap())
+            .map_err(|e| format!("{e}"))
+    };
+    let err = show("a").unwrap_err();
+    assert!(
+        err.contains("\"a\" names several steps in this store (")
+            && err.contains("expert:a")
+            && err.contains("dataset:a")
+            && err.contains("give the step id"),
+        "{err}"
+    );
+    assert_eq!(show("p").unwrap(), show("pool:p").unwrap());
+    assert!(show("expert:a").is_ok());
+}

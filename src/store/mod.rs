@@ -444,15 +444,24 @@ impl Store {
                 }
             }
         }
-        let mut best: Option<ArtifactMeta> = None;
+        // By id, the newest of its versions; by bare name, only when one step has it
+        // (`sort` may be a dataset, an expert and a gate).
+        let mut by_id: Option<ArtifactMeta> = None;
+        let mut by_name: BTreeMap<String, ArtifactMeta> = BTreeMap::new();
+        let newer =
+            |b: &Option<&ArtifactMeta>, m: &ArtifactMeta| b.is_none_or(|b| m.finished_unix > b.finished_unix);
         let mut corrupt: Option<(Key, String)> = None;
         for k in &keys {
             match self.presence(k) {
-                Presence::Present(m)
-                    if (m.spec.id == what || m.spec.name == what)
-                        && best.as_ref().is_none_or(|b| m.finished_unix > b.finished_unix) =>
-                {
-                    best = Some(*m);
+                Presence::Present(m) if m.spec.id == what => {
+                    if newer(&by_id.as_ref(), &m) {
+                        by_id = Some(*m);
+                    }
+                }
+                Presence::Present(m) if m.spec.name == what => {
+                    if newer(&by_name.get(&m.spec.id), &m) {
+                        by_name.insert(m.spec.id.clone(), *m);
+                    }
                 }
                 Presence::Corrupt(reason) => {
                     // Its metadata may be what is damaged: the recipe names the step too.
@@ -469,6 +478,18 @@ impl Store {
                 _ => {}
             }
         }
+        let best = match by_id {
+            Some(m) => Some(m),
+            None if by_name.len() > 1 => {
+                let ids: Vec<&str> = by_name.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "{what:?} names several steps in this store ({}); give the step id, e.g. {}",
+                    ids.join(", "),
+                    ids[0]
+                ));
+            }
+            None => by_name.into_values().next(),
+        };
         if let (None, Some((k, reason))) = (&best, corrupt) {
             return Err(format!(
                 "the artifact of {what} ({}) is corrupt: {reason}; {CORRUPT_HELP}",
