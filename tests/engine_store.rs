@@ -351,6 +351,38 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
         },
     );
     assert_eq!(code, 0);
+    // A pinned digest the store's artifact does not have: refused before anything
+    // runs, and not called a rebuild (nothing was rebuilt).
+    let pool = plan.get("pool:p").unwrap().spec.key;
+    let digest = Store::open(p.store()).unwrap().meta(&pool).unwrap().digest;
+    let edited = lock_text.replace(&digest, &"f".repeat(digest.len()));
+    assert_ne!(edited, lock_text);
+    std::fs::write(p.dir.path().join("pipeline.kdl.lock"), &edited).unwrap();
+    let mut out = Vec::new();
+    let locked = RunOptions {
+        locked: true,
+        ..Default::default()
+    };
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &p.store(),
+        &reg,
+        &locked,
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_err();
+    let msg = format!("{err}");
+    assert!(
+        msg.contains(&format!(
+            "pool:p is in the store with digest {}, the lockfile pins ffffffffffff",
+            &digest[..12]
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("rebuilt"), "{msg}");
+    std::fs::write(p.dir.path().join("pipeline.kdl.lock"), &lock_text).unwrap();
     // A changed local file: --locked refuses, before running anything.
     p.file("a.jsonl", "{\"changed\": 1}\n");
     let mut out = Vec::new();

@@ -73,7 +73,7 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
 
 /// Checks, before anything runs, that `--locked` can hold: every step and local file
 /// must be exactly as the lockfile says.
-pub fn check_locked(plan: &Plan, lock: &Lockfile) -> Result<(), RunError> {
+pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), RunError> {
     let mut problems = vec![];
     for s in &plan.steps {
         match lock.steps.get(&s.spec.id) {
@@ -84,6 +84,21 @@ pub fn check_locked(plan: &Plan, lock: &Lockfile) -> Result<(), RunError> {
                 s.spec.key.short(),
                 l.key.short()
             )),
+            // Already in the store: its digest is known now, before anything runs.
+            Some(LockedStep {
+                digest: Some(pinned), ..
+            }) => {
+                if let Some(m) = store.meta(&s.spec.key)
+                    && m.digest != *pinned
+                {
+                    problems.push(format!(
+                        "{} is in the store with digest {}, the lockfile pins {}",
+                        s.spec.id,
+                        &m.digest[..12.min(m.digest.len())],
+                        &pinned[..12.min(pinned.len())]
+                    ));
+                }
+            }
             _ => {}
         }
         for e in &s.spec.externals {
@@ -183,7 +198,7 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
         ..
     } = *cx;
     if opts.locked {
-        check_locked(plan, lock)?;
+        check_locked(plan, store, lock)?;
     }
     let status = &verify_inputs(plan, status, store, opts, reporter)?;
     let selected = select(plan, status, opts)?;

@@ -58,9 +58,24 @@ impl Lockfile {
             path: path.into(),
             reason,
         };
-        let doc: KdlDocument = text.parse().map_err(|e: kdl::KdlError| bad(format!("{e}")))?;
+        // "line L, column C" of a byte offset, for errors a person can find.
+        let at = |offset: usize| {
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}")
+        };
+        let doc: KdlDocument = text.parse().map_err(|e: kdl::KdlError| {
+            let first = e.diagnostics.first();
+            let msg = first
+                .and_then(|d| d.message.clone().or_else(|| d.label.clone()))
+                .unwrap_or_else(|| "invalid KDL".into());
+            let place = first.map_or_else(String::new, |d| format!("{}: ", at(d.span.offset())));
+            bad(format!("{place}{msg}"))
+        })?;
         let mut lock = Lockfile::default();
         for node in doc.nodes() {
+            let bad = |reason: String| bad(format!("{}: {reason}", at(node.span().offset())));
             let name = match node.get(0) {
                 Some(KdlValue::String(s)) => s.clone(),
                 _ => String::new(),
@@ -72,7 +87,12 @@ impl Lockfile {
             match node.name().value() {
                 "lockfile" => match node.get("version") {
                     Some(KdlValue::Integer(v)) if *v as i64 == LOCK_VERSION => {}
-                    other => return Err(bad(format!("unsupported lockfile version {other:?}"))),
+                    Some(v) => {
+                        return Err(bad(format!(
+                            "lockfile version {v} is not one this goosepipe reads ({LOCK_VERSION})"
+                        )));
+                    }
+                    None => return Err(bad("the lockfile node has no version=".to_string())),
                 },
                 "external" => {
                     let v = s("resolved").ok_or_else(|| bad(format!("external {name} has no resolved=")))?;
@@ -145,5 +165,24 @@ mod tests {
         let p = t.path().join("m.kdl.lock");
         l.write(&p, "m.kdl").unwrap();
         assert_eq!(Lockfile::read(&p).unwrap(), l);
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.kdl.lock");
+        let err = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Lockfile::read(&p).unwrap_err().to_string()
+        };
+        let e = err("lockfile version=1\nstep \"expert:x\" key=\"00\" {\n");
+        assert!(e.contains("line 2, column"), "{e}");
+        let e = err("lockfile version=99\n");
+        assert!(
+            e.contains("line 1, column 1: lockfile version 99 is not one this goosepipe reads (1)"),
+            "{e}"
+        );
+        let e = err("lockfile version=1\nstep \"expert:x\"\n");
+        assert!(e.contains("line 2, column 1: step expert:x has no key="), "{e}");
     }
 }

@@ -185,7 +185,7 @@ pub fn run_slurm(
         ..
     } = *cx;
     if opts.locked {
-        check_locked(plan, lock)?;
+        check_locked(plan, store, lock)?;
     }
     // One head per store: two heads would each adopt or submit the same steps.
     let head_lock_path = store.root.join("runs").join("slurm.head.lock");
