@@ -50,8 +50,11 @@ fn module_order(name: &str) -> (u8, usize, String) {
 /// `s` as a file or folder name: letters, digits, `-` and `_` kept, anything else
 /// (path separators, dots, spaces) becomes `-`, so no manifest text can name a path
 /// outside the folder it is joined to. A label that had to change gets a short hash
-/// of itself appended, so two labels never share a file ("held out", "held-out").
+/// of itself appended, so two labels never share a file ("held out", "held-out"). At
+/// most 64 characters of the label are kept (a task name may be longer than a file
+/// name may be; a cut label gets the hash too).
 pub fn slug(s: &str) -> String {
+    const KEEP: usize = 64;
     let safe: String = s
         .chars()
         .map(|c| {
@@ -61,6 +64,7 @@ pub fn slug(s: &str) -> String {
                 '-'
             }
         })
+        .take(KEEP)
         .collect();
     if safe == s && !s.is_empty() {
         safe
@@ -292,6 +296,10 @@ mod slug_tests {
     #[test]
     fn slugs_stay_inside_their_folder_and_never_collide() {
         assert_eq!(slug("held-out"), "held-out");
+        // Long labels are cut (a 300-character task name made `report --plots` fail on
+        // a file name too long), and two that share their first 64 characters differ.
+        let (a, b) = (slug(&"x".repeat(300)), slug(&"x".repeat(301)));
+        assert!(a.len() <= 64 + 9 && a != b, "{a} {b}");
         let (a, b) = (slug("held out"), slug("held-out"));
         assert_ne!(a, b);
         for s in ["../../x", "/abs/x", "a/b", "..", ""] {
