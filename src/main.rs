@@ -217,7 +217,8 @@ struct ScoreArgs {
     /// NAME.gates.safetensors) or PEFT adapter folders (adapter_config.json + weights).
     #[arg(long, num_args = 1..)]
     experts: Vec<PathBuf>,
-    /// Gate files, when not beside the experts.
+    /// Gate files, when not beside the experts: matched to the experts by name
+    /// (file or store step name), else one per expert in the order of --experts.
     #[arg(long, num_args = 1..)]
     gates: Vec<PathBuf>,
     /// How several experts combine: single, or an evaluation method that runs with

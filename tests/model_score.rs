@@ -74,6 +74,22 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
         (routed.total - base.total).abs() > 1e-3,
         "experts must change the score"
     );
+    // The same gates given by hand under other file names: one per expert, in the
+    // order of --experts (they were matched by file name, and failed).
+    let t = tempfile::tempdir().unwrap();
+    req.gates = ["expert_c", "expert_a", "expert_b"]
+        .iter()
+        .map(|e| {
+            let to = t.path().join(format!("gates-of-{e}.safetensors"));
+            std::fs::copy(dir.join(format!("{e}.gates.safetensors")), &to).unwrap();
+            to
+        })
+        .collect();
+    assert_eq!(score(&req).unwrap().total, routed.total);
+    req.gates.pop();
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("--gates gives 2 file(s) for 3 expert(s)"), "{err}");
+    req.gates.clear();
     req.router = RouterChoice::parse("merged").unwrap();
     let merged = score(&req).unwrap();
     assert!((merged.total - routed.total).abs() > 1e-6);

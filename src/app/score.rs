@@ -89,8 +89,9 @@ pub struct ScoreRequest {
     pub model: String,
     pub revision: String,
     pub experts: Vec<PathBuf>,
-    /// Gate files; when empty, `<expert>.gates.safetensors` beside each expert
-    /// file is used if it exists.
+    /// Gate files: matched to the experts by name, else one per expert in the order
+    /// of `experts`; when empty, `<expert>.gates.safetensors` beside each expert file
+    /// is used if it exists.
     pub gates: Vec<PathBuf>,
     pub router: RouterChoice,
     pub top_k: usize,
@@ -227,6 +228,39 @@ fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<
     Ok(enc.get_ids().to_vec())
 }
 
+/// Gate files given with --gates, named after their experts: by name when their names
+/// (a store file's step name, else the file's) are the experts', else one per expert
+/// in the order of --experts (`sort-gates.safetensors` for `sort`).
+fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert]) -> Result<Vec<GateVectors>> {
+    let gate_names: std::collections::BTreeSet<&str> = gates.iter().map(|g| g.name.as_str()).collect();
+    let expert_names: std::collections::BTreeSet<&str> = experts.iter().map(|e| e.name.as_str()).collect();
+    if gate_names == expert_names {
+        return Ok(gates);
+    }
+    if gates.len() != experts.len() {
+        return Err(ModelError::Input(format!(
+            "--gates gives {} file(s) for {} expert(s), and their names ({}) are not the experts' ({}): \
+             give one gate file per expert, in the order of --experts",
+            gates.len(),
+            experts.len(),
+            gates
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            experts
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    for (g, e) in gates.iter_mut().zip(experts) {
+        g.name = e.name.clone();
+    }
+    Ok(gates)
+}
+
 pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let device = parse_device(&req.device)?;
     let dir = resolve_model_dir(&req.model, &req.revision, &req.hub)?;
@@ -252,6 +286,7 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
                 Ok(g)
             })
             .collect::<Result<Vec<_>>>()?;
+        gates = pair_gates(gates, &experts)?;
     }
     model.set_adapters(adapters_for(
         req.router, &experts, &gates, &cfg, &device, req.top_k,
