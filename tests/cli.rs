@@ -97,6 +97,22 @@ fn graph_explain_schema_and_show() {
         "{}",
         text(&show.stderr)
     );
+    // A mistyped store is said to be one, and not created empty.
+    let typo = t.path().join("no-such-store");
+    for args in [
+        &["show", "expert:a"][..],
+        &["report", GOLDEN][..],
+        &["export", "expert:a", "out"][..],
+    ] {
+        let out = goosepipe(args, &typo);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("no store at") && text(&out.stderr).contains("no-such-store"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!typo.exists(), "{args:?} created the store");
+    }
 }
 
 #[test]

@@ -37,6 +37,19 @@ fn open_store(root: &Path) -> Result<Store, Report> {
     })
 }
 
+/// The store, for commands that only read it (show, export, report): a folder that
+/// does not exist is a mistyped --store, not a store to create empty.
+fn existing_store(root: &Path) -> Result<Store, Report> {
+    if !root.is_dir() {
+        return Err(miette!(
+            help = "pass --store DIR or set GOOSEPIPE_STORE to the store your runs used",
+            "no store at {}: nothing was ever built there",
+            root.display()
+        ));
+    }
+    open_store(root)
+}
+
 fn read_lock(manifest: &Path) -> Result<Lockfile, Report> {
     Lockfile::read(&lock_path(manifest)).map_err(|e| miette!("{e}"))
 }
@@ -372,6 +385,7 @@ pub fn report(
     plots: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
+    existing_store(store_root)?;
     let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
     let mut any = false;
     // Gate statistics belong to a pool: printed once however many evals read it.
@@ -553,7 +567,7 @@ pub fn export(
                 "--model is only for an expert file given by path; a store artifact knows its base"
             ));
         }
-        export::export_peft(&open_store(store_root)?, what, dir)
+        export::export_peft(&existing_store(store_root)?, what, dir)
     }
     .map_err(|e| miette!("export {what}: {e}"))?;
     let _ = writeln!(out, "exported {} to {}", done.step, dir.display());
@@ -703,7 +717,7 @@ pub fn show(
     path: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let store = open_store(store_root)?;
+    let store = existing_store(store_root)?;
     let meta = store.find(what).map_err(|e| miette!("{e}"))?;
     // The payload is re-hashed: a flipped byte of the same size is only seen this way.
     let integrity = match store.verify(&meta.key) {
