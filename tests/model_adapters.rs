@@ -340,6 +340,44 @@ fn expert_files_round_trip_and_bad_files_name_the_problem() {
         &["missing tensor", "lora_B"],
     );
 
+    // A NaN (a diverged run, a damaged file) or integers are refused, naming the tensor.
+    let mut bad = experts[0].clone();
+    let l = bad.modules[module].clone();
+    let mut b = l.b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    b[5] = f32::NAN;
+    let b = Tensor::from_vec(b, l.b.dims(), &Device::Cpu).unwrap();
+    bad.modules
+        .insert(module.into(), LoraWeights { a: l.a.clone(), b });
+    bad.save(&p).unwrap();
+    expect_err_containing(
+        LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32),
+        &[module, "lora_B", "NaN at element 5"],
+    );
+    let mut bad = experts[0].clone();
+    let l = bad.modules[module].clone();
+    let a = l.a.to_dtype(DType::I64).unwrap();
+    bad.modules
+        .insert(module.into(), LoraWeights { a, b: l.b.clone() });
+    bad.save(&p).unwrap();
+    expect_err_containing(
+        LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32),
+        &[module, "lora_A", "I64", "floating point"],
+    );
+    let mut bad_gates = gates[0].clone();
+    let (m, v) = bad_gates
+        .gates
+        .iter()
+        .next()
+        .map(|(m, v)| (m.clone(), v.clone()))
+        .unwrap();
+    let inf = (v.ones_like().unwrap() * f64::INFINITY).unwrap();
+    bad_gates.gates.insert(m.clone(), inf);
+    bad_gates.save(&gp).unwrap();
+    let err = GateVectors::load(&gp, cfg, &Device::Cpu, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&m) && err.contains("inf at element 0"), "{err}");
+
     std::fs::write(&p, b"not a safetensors file").unwrap();
     assert!(LoraExpert::load(&p, cfg, &Device::Cpu, DType::F32).is_err());
 }

@@ -124,7 +124,7 @@ impl LoraExpert {
         for name in store.names() {
             let (module, suffix) = split_name(&file, &name, &sites, &["lora_A", "lora_B"])?;
             let t = store
-                .get_any(&name, device)?
+                .get_finite(&name, device)?
                 .ok_or_else(|| ModelError::MissingTensor {
                     file: file.clone(),
                     name: name.clone(),
@@ -254,6 +254,7 @@ impl GateVectors {
         for name in store.names() {
             let (module, _) = split_name(&file, &name, &sites, &["gate"])?;
             let d_in = sites[module].d_in;
+            store.get_finite(&name, device)?;
             gates.insert(module.to_owned(), store.get(&name, &[d_in], dtype, device)?);
         }
         if gates.is_empty() {

@@ -372,7 +372,7 @@ impl Reading<'_> {
                 adapter_names.insert(a.to_owned());
             }
             let t = store
-                .get_any(tensor, device)?
+                .get_finite(tensor, device)?
                 .ok_or_else(|| ModelError::MissingTensor {
                     file: dir.join(file).display().to_string(),
                     name: tensor.clone(),

@@ -108,6 +108,33 @@ impl TensorStore {
         Ok(t.to_dtype(dtype)?)
     }
 
+    /// The tensor `name` in its stored shape and dtype, if present, checked to hold
+    /// finite floating-point numbers (what an adapter or gate file must hold: an
+    /// integer tensor or a NaN would otherwise flow silently into every score).
+    pub fn get_finite(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        let Some(t) = self.get_any(name, device)? else {
+            return Ok(None);
+        };
+        let bad = |message: String| ModelError::BadFile {
+            file: self.label().to_owned(),
+            message,
+        };
+        if !t.dtype().is_float() {
+            return Err(bad(format!(
+                "tensor `{name}` holds {:?} numbers; adapters and gates are floating point",
+                t.dtype()
+            )));
+        }
+        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "tensor `{name}` holds {} at element {i} (the file is damaged, or came from a run that diverged)",
+                values[i]
+            )));
+        }
+        Ok(Some(t))
+    }
+
     /// The tensor `name` in its stored shape and dtype, if present.
     pub fn get_any(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
         match self {
