@@ -100,6 +100,12 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
     req.model = fixture("orig").to_str().unwrap().to_owned();
     let err = score(&req).unwrap_err().to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
+    req.model = "/no/such/model-dir".into();
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("model folder /no/such/model-dir does not exist"),
+        "{err}"
+    );
     req.model = dir.to_str().unwrap().to_owned();
     req.device = "tpu".into();
     assert!(score(&req).unwrap_err().to_string().contains("tpu"));

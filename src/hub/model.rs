@@ -209,5 +209,17 @@ pub fn resolve_model_dir(model: &str, revision: &str, hub: &HubOptions) -> Resul
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }
+    // Spelled as a path (a hub id is `org/name`, never absolute or dotted): say so.
+    let path_like = model.starts_with(['/', '.', '~']) || model.matches('/').count() > 1;
+    if path_like {
+        let what = if p.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        };
+        return Err(HubError::Request(format!(
+            "model folder {model} {what} (a local model is a folder with config.json, the weights and tokenizer.json; a hub model is `org/name`)"
+        )));
+    }
     resolve_model(model, revision, hub)
 }
