@@ -128,5 +128,14 @@ mod tests {
         let ex = read_jsonl_mapped(&p, &f).unwrap();
         assert_eq!(ex[0].target, "4");
         assert_eq!(ex[0].answer_index(), Some(1));
+        // A byte-order mark is read past; bytes that are not UTF-8 are named by line.
+        std::fs::write(&p, "\u{feff}{\"q\": \"2+2\", \"a\": 4}\n").unwrap();
+        assert_eq!(read_jsonl_mapped(&p, &f).unwrap()[0].input, "2+2");
+        std::fs::write(&p, b"{\"q\": \"a\", \"a\": 1}\n{\"q\": \"\xff\", \"a\": 1}\n").unwrap();
+        let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
+        assert!(
+            err.ends_with("d.jsonl:2: not UTF-8 text (byte 8 of the line); save the file as UTF-8"),
+            "{err}"
+        );
     }
 }

@@ -30,17 +30,29 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Vec<Row>, DataError> {
 /// JSON object, or whose object `f` rejects, is an error naming the line.
 pub fn visit_jsonl_rows(path: &Path, mut f: impl FnMut(Row) -> Result<(), String>) -> Result<(), DataError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(io_err(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
         let bad = |reason: String| DataError::Bad {
             path: path.display().to_string(),
             line: i + 1,
             reason,
         };
-        match serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))? {
+        let line = String::from_utf8(line).map_err(|e| {
+            bad(format!(
+                "not UTF-8 text (byte {} of the line); save the file as UTF-8",
+                e.utf8_error().valid_up_to() + 1
+            ))
+        })?;
+        // A byte-order mark (some editors and Excel write one) is not part of the JSON.
+        let line = if i == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))? {
             serde_json::Value::Object(m) => f(m).map_err(bad)?,
             _ => return Err(bad("not a JSON object".into())),
         }
