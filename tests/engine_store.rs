@@ -234,6 +234,40 @@ fn a_failure_stops_dependents_and_keeps_finished_work() {
     // Fixing the failure runs only what is left.
     let reg = registry(&log, &Behaviour::default());
     assert_eq!(p.stale(&reg), vec!["eval:e", "expert:b", "gate:b", "pool:p"]);
+
+    // Without --keep-going the run stops: what needs the failed step is said to be
+    // blocked by it, what does not is said to be not started (it was all "because of
+    // the failure" before).
+    let log = Log::default();
+    let p = Project::new(BASE);
+    let reg = registry(
+        &log,
+        &Behaviour {
+            fail: vec!["expert:a".into()],
+            ..Default::default()
+        },
+    );
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 1, "{out}");
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let blocked = line("not run because of the failure: ");
+    for id in ["gate:a", "pool:p", "eval:e"] {
+        assert!(blocked.contains(id), "{out}");
+    }
+    let ran = log.take();
+    let unstarted = line("not started (a failure stops the run; --keep-going runs");
+    for id in ["expert:b", "gate:b"] {
+        assert!(!blocked.contains(id), "{out}");
+        assert!(
+            ran.contains(&id.to_string()) || unstarted.contains(id),
+            "{id}: {out}"
+        );
+    }
 }
 
 #[test]

@@ -283,11 +283,21 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         for (id, msg) in &report.failed {
             let _ = writeln!(out, "  {id}: {msg}");
         }
-        if !report.skipped.is_empty() {
+        // What needed a failed step, apart from what the run stopped before starting.
+        let downstream = plan.downstream_of(report.failed.iter().map(|(id, _)| id.as_str()));
+        let (blocked, unstarted): (Vec<&str>, Vec<&str>) = report
+            .skipped
+            .iter()
+            .map(String::as_str)
+            .partition(|id| plan.index.get(*id).is_some_and(|i| downstream.contains(i)));
+        if !blocked.is_empty() {
+            let _ = writeln!(out, "not run because of the failure: {}", blocked.join(", "));
+        }
+        if !unstarted.is_empty() {
             let _ = writeln!(
                 out,
-                "not run because of the failure: {}",
-                report.skipped.join(", ")
+                "not started (a failure stops the run; --keep-going runs what does not need the failed step): {}",
+                unstarted.join(", ")
             );
         }
         let _ = writeln!(

@@ -10,7 +10,7 @@ pub mod params;
 pub mod render;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -103,6 +103,28 @@ impl Plan {
             .neighbors_directed(self.nodes[i], petgraph::Direction::Outgoing)
             .map(|n| self.graph[n])
             .collect()
+    }
+
+    /// Every step with the key of one of `failed` (ids; twins share its fate) and
+    /// every step that reads, directly or not, what one of those would have built.
+    pub fn downstream_of<'a>(&self, failed: impl IntoIterator<Item = &'a str>) -> BTreeSet<usize> {
+        let keys: BTreeSet<crate::store::Key> = failed
+            .into_iter()
+            .filter_map(|id| self.get(id))
+            .map(|s| s.spec.key)
+            .collect();
+        let mut seen: BTreeSet<usize> = (0..self.steps.len())
+            .filter(|&i| keys.contains(&self.steps[i].spec.key))
+            .collect();
+        let mut stack: Vec<usize> = seen.iter().copied().collect();
+        while let Some(i) = stack.pop() {
+            for c in self.consumers_of(i) {
+                if seen.insert(c) {
+                    stack.push(c);
+                }
+            }
+        }
+        seen
     }
 
     /// The twins among `among` (step indices in plan order).
