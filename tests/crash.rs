@@ -321,6 +321,7 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
     flip(d.path(), "expert:sort", "expert.safetensors");
     let show = goosepipe(d.path(), None, &["show", "expert:sort"]);
     assert!(show.text.contains("status   CORRUPT"), "{}", show.text);
+    assert_eq!(show.code, Some(1), "shown, and said by the exit code");
     let path = goosepipe(d.path(), None, &["show", "expert:sort", "--path"]);
     assert_eq!(
         path.code,
@@ -367,6 +368,7 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
         "{}",
         rep.text
     );
+    assert_eq!(rep.code, Some(1), "{}", rep.text);
     let v = goosepipe(d.path(), None, &["verify"]);
     assert_ne!(v.code, Some(0), "verify needs manifests or --all");
 }

@@ -398,6 +398,8 @@ pub fn report(
     existing_store(store_root)?;
     let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
     let mut any = false;
+    // A corrupt result is moved aside and said; the exit code says it too (scripts).
+    let mut corrupt = false;
     // Gate statistics belong to a pool: printed once however many evals read it.
     let mut pools_shown = HashSet::new();
     for s in plan
@@ -416,6 +418,7 @@ pub fn report(
                 s.spec.id,
                 path.display()
             );
+            corrupt = true;
             continue;
         }
         let files = store.files_dir(&s.spec.key);
@@ -473,7 +476,7 @@ pub fn report(
             path.display()
         ));
     }
-    Ok(EXIT_OK)
+    Ok(if corrupt { EXIT_ERROR } else { EXIT_OK })
 }
 
 /// An eval's or study's tables as markdown, headed with the step's name (its artifact
@@ -741,6 +744,9 @@ pub fn show(
         }
         Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
     };
+    // Shown either way (what it was is worth seeing); a corrupt one exits 1.
+    let verified = integrity.starts_with("ok");
+    let shown = if verified { EXIT_OK } else { EXIT_ERROR };
     if path {
         let dir = store.files_dir(&meta.key);
         let _ = writeln!(out, "{}", std::fs::canonicalize(&dir).unwrap_or(dir).display());
@@ -748,9 +754,9 @@ pub fn show(
     }
     if json {
         let mut v = serde_json::to_value(&meta).expect("json");
-        v["verified"] = serde_json::json!(integrity.starts_with("ok"));
+        v["verified"] = serde_json::json!(verified);
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"));
-        return Ok(EXIT_OK);
+        return Ok(shown);
     }
     let s = &meta.spec;
     let _ = writeln!(
@@ -791,5 +797,5 @@ pub fn show(
     for f in &meta.files {
         let _ = writeln!(out, "  {:>10}  {}", human_size(f.size), f.path);
     }
-    Ok(EXIT_OK)
+    Ok(shown)
 }
