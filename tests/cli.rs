@@ -97,6 +97,15 @@ fn graph_explain_schema_and_show() {
         "{}",
         text(&show.stderr)
     );
+    let file = t.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = goosepipe(&["export", "expert:a", file.to_str().unwrap()], t.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("a-file exists and is not a folder"),
+        "{}",
+        text(&out.stderr)
+    );
     // A mistyped store is said to be one, and not created empty.
     let typo = t.path().join("no-such-store");
     for args in [

@@ -565,6 +565,12 @@ pub fn export(
     store_root: &Path,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(miette!(
+            "export {what}: {} exists and is not a folder; give a folder to export into",
+            dir.display()
+        ));
+    }
     let as_file = Path::new(what);
     let done = if as_file.is_file() {
         let model = model.ok_or_else(|| {
