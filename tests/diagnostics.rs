@@ -281,6 +281,26 @@ fn a_model_too_large_for_this_machine_is_a_warning_at_check() {
     );
 }
 
+#[test]
+fn a_top_k_above_the_pool_size_is_a_warning() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" hub=\"org/data\"\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                expert \"b\" model=\"t5\" dataset=\"d\"\n\
+                pool \"p\" { experts \"a\" \"b\"; }\n\
+                eval \"e\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\"\n    routing top-k=3\n}\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = r.unwrap();
+    assert!(out.contains("plan::top-k-above-pool"), "{out}");
+    assert!(
+        out.contains("top-k=3 is more than the 2 expert(s) of pool \"p\": every token is routed to")
+            && out.contains("m.kdl:9:19"),
+        "{out}"
+    );
+    let (r, _d) = check_text(&[("m.kdl", &text.replace("top-k=3", "top-k=2"))]);
+    assert!(!r.unwrap().contains("top-k-above-pool"));
+}
+
 /// (code, message) of every error of a manifest, from loading and planning it.
 fn errors_of(path: &Path) -> Vec<(&'static str, String)> {
     let reg = goosepipe::steps::registry();

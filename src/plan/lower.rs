@@ -966,6 +966,28 @@ impl Lowerer<'_> {
             v.inputs
                 .push((member_role("gate", &m.name), step_id("gate", &m.name)));
         }
+        // A top-k above the pool's size is not an error (every token takes all the
+        // experts) but is rarely meant.
+        if let Some(f) = e.block.group("routing").and_then(|r| r.props.get("top-k"))
+            && let Some(k) = f.value.as_int()
+            && k as usize > members.len()
+            && !members.is_empty()
+        {
+            self.warnings.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "plan::top-k-above-pool",
+                    f.loc.unwrap_or(e.name_loc),
+                    format!(
+                        "top-k={k} is more than the {} expert(s) of pool \"{pool}\": every token is routed to all of them",
+                        members.len()
+                    ),
+                    "above the pool's size",
+                )
+                .help("lower top-k, or grow the pool")
+                .as_warning(),
+            );
+        }
         let methods = self.catalog.methods();
         for f in e.block.list("methods") {
             let loc = f.loc.unwrap_or(e.name_loc);
