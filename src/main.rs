@@ -417,12 +417,6 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
         );
         c.cancel();
     });
-    // The device is opened where the steps run: here for the local executor (so a
-    // missing GPU is said before any step runs), on the nodes for Slurm.
-    if matches!(args.executor, ExecutorArg::Local) || (!cfg!(feature = "cuda") && args.device != "cpu") {
-        goosepipe::model::device::parse_device(&args.device)
-            .map_err(|e| miette::miette!("--device {}: {e}", args.device))?;
-    }
     let opts = RunOptions {
         jobs: args.jobs,
         only: args.only,

@@ -532,12 +532,13 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     std::fs::write(p.dir.path().join("empty.kdl"), "").unwrap();
     let empty = p.dir.path().join("empty.kdl");
     let mut out = Vec::new();
-    let err = goosepipe::app::gc(&[empty.clone()], &p.store(), &reg, false, &mut out).unwrap_err();
+    let err =
+        goosepipe::app::gc(std::slice::from_ref(&empty), &p.store(), &reg, false, &mut out).unwrap_err();
     assert!(format!("{err}").contains("a run is using the store"), "{err}");
     assert_eq!(store.keys(), before, "gc deleted nothing");
     // A dry run only lists: it may run beside a run.
     let mut out = Vec::new();
-    goosepipe::app::gc(&[empty.clone()], &p.store(), &reg, true, &mut out).unwrap();
+    goosepipe::app::gc(std::slice::from_ref(&empty), &p.store(), &reg, true, &mut out).unwrap();
     cancel.cancel();
     let (code, text) = run.join().unwrap().unwrap();
     assert_eq!(code, goosepipe::app::EXIT_INTERRUPTED, "{text}");
@@ -570,4 +571,74 @@ fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
     );
     assert_eq!(show("p").unwrap(), show("pool:p").unwrap());
     assert!(show("expert:a").is_ok());
+}
+
+/// A run started while a gc holds the store waits for the gc, says so, then runs.
+#[test]
+fn a_run_waits_for_a_gc_under_way() {
+    let p = Project::new(BASE);
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let store = Store::open(p.store()).unwrap();
+    let gc = store.alone().unwrap().expect("no run yet");
+    let run = {
+        let (manifest, root, reg) = (p.manifest(), p.store(), reg.clone());
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let code = goosepipe::app::run(
+                &manifest,
+                &root,
+                &reg,
+                &RunOptions::default(),
+                true,
+                &CancelFlag::new(),
+                &mut out,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            (code, String::from_utf8(out).unwrap())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !run.is_finished(),
+        "the run must wait while the gc holds the store"
+    );
+    assert!(store.keys().is_empty());
+    drop(gc);
+    let (code, out) = run.join().unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("waiting for a gc of the store"), "{out}");
+    assert!(!store.keys().is_empty());
+}
+
+/// A device other than the CPU is opened before any step runs (a build without CUDA
+/// says so at once, building nothing), and only when something will run.
+#[test]
+fn the_device_is_checked_before_anything_runs_and_only_then() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    let cuda = RunOptions {
+        device: "cuda".into(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &p.store(),
+        &reg,
+        &cuda,
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(format!("{err}").contains("--device cuda: "), "{err}");
+    assert!(log.take().is_empty(), "nothing ran");
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = p.run(&reg, &cuda);
+    assert_eq!(code, 0, "a run with nothing to do needs no device: {out}");
 }

@@ -89,6 +89,11 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
     req.gates.pop();
     let err = score(&req).unwrap_err().to_string();
     assert!(err.contains("--gates gives 2 file(s) for 3 expert(s)"), "{err}");
+    // Some named after an expert, some not: by name, and what is left over is said
+    // (it was paired by order, giving an expert another's gate).
+    req.gates.push(dir.join("expert_a.gates.safetensors"));
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("has 0 gate files by name"), "{err}");
     req.gates.clear();
     req.router = RouterChoice::parse("merged").unwrap();
     let merged = score(&req).unwrap();

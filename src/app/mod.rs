@@ -227,9 +227,22 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let (path, opts) = (req.manifest, req.opts);
     // From the status check to the last publish, no gc may delete what this run found
     // or built (it waits for a gc that is under way).
-    let _in_use = open_store(req.store)?.in_use().map_err(|e| miette!("{e}"))?;
+    let shared = open_store(req.store)?;
+    let _in_use = match shared.try_in_use().map_err(|e| miette!("{e}"))? {
+        Some(lock) => lock,
+        None => {
+            let _ = writeln!(
+                out,
+                "waiting for a gc of the store {} to finish (Ctrl-C twice to give up)",
+                shared.root.display()
+            );
+            let _ = out.flush();
+            shared.in_use().map_err(|e| miette!("{e}"))?
+        }
+    };
     let (plan, status, store, old_lock) =
         plan_with_status_verified(path, req.store, req.registry, opts.verify)?;
+    check_device(req, &status)?;
     let reporter = exec::reporter_for_stderr(req.quiet);
     let report = req
         .executor
@@ -346,6 +359,21 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// A device other than the CPU is opened before any step runs, where steps will run
+/// (here, for the local executor): a missing GPU or a build without CUDA is said at
+/// once, not by the first model step after the data steps. A run with nothing to do
+/// needs no device. Cluster jobs open theirs on their nodes, with this same build.
+fn check_device(req: &RunRequest, status: &Status) -> Result<(), Report> {
+    let device = &req.opts.device;
+    if device == "cpu" || !status.states.iter().any(|s| s.will_run()) {
+        return Ok(());
+    }
+    if req.executor.runs_steps_here() || !cfg!(feature = "cuda") {
+        crate::model::device::parse_device(device).map_err(|e| miette!("--device {device}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Which key `goosepipe exec` builds: given, or line N of a key list (array tasks).
@@ -615,7 +643,7 @@ pub fn gc(
         Some(store.alone().map_err(|e| miette!("{e}"))?.ok_or_else(|| {
             miette!(
                 help = "run gc again when they have finished (`gc --dry-run` lists what it would delete now)",
-                "a run is using the store {} right now (goosepipe run, or a cluster job's goosepipe exec); gc could delete what it has built or is about to read",
+                "a run is using the store {} right now (goosepipe run, a cluster job's goosepipe exec, or another gc); gc could delete what it has built or is about to read",
                 store.root.display()
             )
         })?)

@@ -228,13 +228,31 @@ fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<
     Ok(enc.get_ids().to_vec())
 }
 
-/// Gate files given with --gates, named after their experts: by name when their names
-/// (a store file's step name, else the file's) are the experts', else one per expert
-/// in the order of --experts (`sort-gates.safetensors` for `sort`).
+/// Gate files given with --gates, named after their experts: by name when any of
+/// their names (a store file's step name, else the file's) is an expert's, every
+/// expert then needing exactly one; else one per expert in the order of --experts
+/// (`sort-gates.safetensors` for `sort`).
 fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert]) -> Result<Vec<GateVectors>> {
-    let gate_names: std::collections::BTreeSet<&str> = gates.iter().map(|g| g.name.as_str()).collect();
-    let expert_names: std::collections::BTreeSet<&str> = experts.iter().map(|e| e.name.as_str()).collect();
-    if gate_names == expert_names {
+    let listed = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
+    let is_expert = |n: &str| experts.iter().any(|e| e.name == n);
+    if gates.iter().any(|g| is_expert(&g.name)) {
+        for e in experts {
+            let n = gates.iter().filter(|g| g.name == e.name).count();
+            if n != 1 {
+                return Err(ModelError::Input(format!(
+                    "--gates: expert `{}` has {n} gate files by name (gate files: {}); give each expert one, named after it, or give the gate files in the order of --experts under other names",
+                    e.name,
+                    listed(&mut gates.iter().map(|g| g.name.as_str()))
+                )));
+            }
+        }
+        if let Some(g) = gates.iter().find(|g| !is_expert(&g.name)) {
+            return Err(ModelError::Input(format!(
+                "--gates: gate file `{}` names no expert given (experts: {})",
+                g.name,
+                listed(&mut experts.iter().map(|e| e.name.as_str()))
+            )));
+        }
         return Ok(gates);
     }
     if gates.len() != experts.len() {
@@ -243,16 +261,8 @@ fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert]) -> Result<Vec
              give one gate file per expert, in the order of --experts",
             gates.len(),
             experts.len(),
-            gates
-                .iter()
-                .map(|g| g.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            experts
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            listed(&mut gates.iter().map(|g| g.name.as_str())),
+            listed(&mut experts.iter().map(|e| e.name.as_str()))
         )));
     }
     for (g, e) in gates.iter_mut().zip(experts) {

@@ -29,6 +29,11 @@ pub struct RunContext<'a> {
 /// artifacts are published even when other steps fail.
 pub trait Executor {
     fn execute(&self, cx: &RunContext) -> Result<RunReport, RunError>;
+    /// Whether steps compute in this process (so its device must open here), or on
+    /// other machines (cluster jobs running this same build).
+    fn runs_steps_here(&self) -> bool {
+        true
+    }
 }
 
 /// Threads of this process (`-j`); runs in `run.rs`.

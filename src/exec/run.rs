@@ -23,20 +23,21 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
     let mut want = vec![false; n];
     if !opts.only.is_empty() {
         let cached = |i: usize| matches!(status.states[i], crate::plan::State::Cached);
-        let mut todo = vec![];
+        let mut todo = VecDeque::new();
         for name in &opts.only {
             let i = plan.resolve(name).map_err(RunError::Selection)?;
             if !cached(i) && !want[i] {
                 want[i] = true;
-                todo.push(i);
+                todo.push_back(i);
             }
         }
         // Every input of a selected step must be built already, or be built by this
-        // run: selected itself, or the twin of a selected step (same key, so the
-        // artifact that step builds is the input's; a twin never starts, so it needs
-        // nothing of its own inputs but what the same reasoning gives them).
+        // run: selected itself, or the twin of a selected step (same key, so one
+        // artifact serves both: the first of the two in plan order builds it, the
+        // other shares it). An added twin's inputs are checked the same way, after
+        // every step the user named, so a missing input is named through those.
         let keys: BTreeSet<crate::store::Key> = todo.iter().map(|&k| plan.steps[k].spec.key).collect();
-        while let Some(i) = todo.pop() {
+        while let Some(i) = todo.pop_front() {
             for j in plan.inputs_of(i) {
                 if want[j] || cached(j) {
                     continue;
@@ -50,7 +51,7 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
                     )));
                 }
                 want[j] = true;
-                todo.push(j);
+                todo.push_back(j);
             }
         }
     } else if let Some(t) = &opts.until {

@@ -831,7 +831,7 @@ impl Lowerer<'_> {
                             "different design",
                         )
                         .help(format!(
-                            "a study's evals must have the same tasks (name, dataset, metric) and methods; \"{fname}\" has {fdesign}; \"{name}\" has {design}"
+                            "a study's evals must have the same tasks (name, dataset, metric), methods, example sampling and length limits; \"{fname}\" has {fdesign}; \"{name}\" has {design}"
                         )),
                     );
                 }

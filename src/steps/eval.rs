@@ -140,7 +140,7 @@ fn score_task(
                         )));
                     }
                     // Choices are scored with EOS appended: the limit counts it.
-                    let limit = task.max_target_len.saturating_sub(1).max(1);
+                    let limit = task.max_target_len.saturating_sub(1);
                     let choices = encode_choices(tok, &e.choices, eos)?
                         .into_iter()
                         .map(|mut c| {
@@ -353,10 +353,15 @@ fn distinct_tokens(
     let mut sets: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
     for t in tasks.iter().filter(|t| t.owner.is_some()) {
         let mut set = HashSet::new();
+        // The tokens scored: inputs and choices as cut to the eval's limits.
         for e in &t.examples {
-            set.extend(encode(tok, &e.input)?);
+            set.extend(encode(tok, &e.input)?.into_iter().take(t.max_input_len));
             for c in &e.choices {
-                set.extend(encode(tok, c)?);
+                set.extend(
+                    encode(tok, c)?
+                        .into_iter()
+                        .take(t.max_target_len.saturating_sub(1)),
+                );
             }
         }
         sets.insert(t.name.clone(), set);

@@ -75,6 +75,19 @@ impl KeyLock {
         })
     }
 
+    /// Takes a shared lock if no exclusive holder keeps it right now.
+    pub fn try_acquire_shared(path: &Path) -> io::Result<Option<KeyLock>> {
+        let file = open(path)?;
+        if flock(&file, libc::F_OFD_SETLK, libc::F_RDLCK as libc::c_short)? {
+            Ok(Some(KeyLock {
+                _file: file,
+                path: path.to_path_buf(),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Takes the lock if it is free right now.
     pub fn try_acquire(path: &Path) -> io::Result<Option<KeyLock>> {
         let file = open(path)?;

@@ -60,7 +60,11 @@ impl Lockfile {
         };
         // "line L, column C" of a byte offset, for errors a person can find.
         let at = |offset: usize| {
-            let before = &text[..offset.min(text.len())];
+            let mut end = offset.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let before = &text[..end];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!("line {line}, column {column}")

@@ -144,6 +144,12 @@ impl Store {
         KeyLock::acquire_shared(&p).map_err(io_err(&p))
     }
 
+    /// [`Store::in_use`] if no gc holds the store right now.
+    pub fn try_in_use(&self) -> Result<Option<KeyLock>, StoreError> {
+        let p = self.root.join(IN_USE_LOCK);
+        KeyLock::try_acquire_shared(&p).map_err(io_err(&p))
+    }
+
     /// The store to itself for a gc, if no run is using it now.
     pub fn alone(&self) -> Result<Option<KeyLock>, StoreError> {
         let p = self.root.join(IN_USE_LOCK);
@@ -453,15 +459,11 @@ impl Store {
         let mut corrupt: Option<(Key, String)> = None;
         for k in &keys {
             match self.presence(k) {
-                Presence::Present(m) if m.spec.id == what => {
-                    if newer(&by_id.as_ref(), &m) {
-                        by_id = Some(*m);
-                    }
+                Presence::Present(m) if m.spec.id == what && newer(&by_id.as_ref(), &m) => {
+                    by_id = Some(*m);
                 }
-                Presence::Present(m) if m.spec.name == what => {
-                    if newer(&by_name.get(&m.spec.id), &m) {
-                        by_name.insert(m.spec.id.clone(), *m);
-                    }
+                Presence::Present(m) if m.spec.name == what && newer(&by_name.get(&m.spec.id), &m) => {
+                    by_name.insert(m.spec.id.clone(), *m);
                 }
                 Presence::Corrupt(reason) => {
                     // Its metadata may be what is damaged: the recipe names the step too.

@@ -157,6 +157,9 @@ pub struct Slurm<'a> {
 }
 
 impl Executor for Slurm<'_> {
+    fn runs_steps_here(&self) -> bool {
+        false
+    }
     fn execute(&self, cx: &RunContext) -> Result<RunReport, RunError> {
         let mut sopts = self.opts.clone();
         if sopts.lockfile.is_none() {

@@ -254,8 +254,21 @@ impl GateVectors {
         for name in store.names() {
             let (module, _) = split_name(&file, &name, &sites, &["gate"])?;
             let d_in = sites[module].d_in;
-            store.get_finite(&name, device)?;
-            gates.insert(module.to_owned(), store.get(&name, &[d_in], dtype, device)?);
+            let v = store
+                .get_finite(&name, device)?
+                .ok_or_else(|| ModelError::MissingTensor {
+                    file: file.clone(),
+                    name: name.clone(),
+                })?;
+            if v.dims() != [d_in] {
+                return Err(ModelError::ShapeMismatch {
+                    file: file.clone(),
+                    name: name.clone(),
+                    expected: vec![d_in],
+                    actual: v.dims().to_vec(),
+                });
+            }
+            gates.insert(module.to_owned(), v.to_dtype(dtype)?);
         }
         if gates.is_empty() {
             return Err(ModelError::BadFile {

@@ -112,7 +112,8 @@ impl TensorStore {
     /// finite floating-point numbers (what an adapter or gate file must hold: an
     /// integer tensor or a NaN would otherwise flow silently into every score).
     pub fn get_finite(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
-        let Some(t) = self.get_any(name, device)? else {
+        // Read and checked on the host, then moved: one copy, no device round trip.
+        let Some(t) = self.get_any(name, &Device::Cpu)? else {
             return Ok(None);
         };
         let bad = |message: String| ModelError::BadFile {
@@ -132,7 +133,7 @@ impl TensorStore {
                 values[i]
             )));
         }
-        Ok(Some(t))
+        Ok(Some(t.to_device(device)?))
     }
 
     /// The tensor `name` in its stored shape and dtype, if present.
