@@ -361,18 +361,16 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     Ok(EXIT_OK)
 }
 
-/// A device other than the CPU is opened before any step runs, where steps will run
-/// (here, for the local executor): a missing GPU or a build without CUDA is said at
-/// once, not by the first model step after the data steps. A run with nothing to do
-/// needs no device. Cluster jobs open theirs on their nodes, with this same build.
+/// With the local executor a device other than the CPU is opened before any step
+/// runs: a missing GPU or a build without CUDA is said at once, not by the first
+/// model step after the data steps. A run with nothing to do needs no device. Cluster
+/// jobs open theirs on their nodes (the head may run where there is no GPU).
 fn check_device(req: &RunRequest, status: &Status) -> Result<(), Report> {
     let device = &req.opts.device;
-    if device == "cpu" || !status.states.iter().any(|s| s.will_run()) {
+    if device == "cpu" || !req.executor.runs_steps_here() || !status.states.iter().any(|s| s.will_run()) {
         return Ok(());
     }
-    if req.executor.runs_steps_here() || !cfg!(feature = "cuda") {
-        crate::model::device::parse_device(device).map_err(|e| miette!("--device {device}: {e}"))?;
-    }
+    crate::model::device::parse_device(device).map_err(|e| miette!("--device {device}: {e}"))?;
     Ok(())
 }
 
