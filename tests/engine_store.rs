@@ -330,24 +330,14 @@ fn only_and_until_select_a_sub_dag() {
     assert_eq!(code, 0);
     assert_eq!(log.take(), vec!["dataset:b"]);
     // --only refuses a step whose inputs are not built.
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store(),
+    let err = p.refused(
         &reg,
         &RunOptions {
             only: vec!["pool:p".into()],
             ..Default::default()
         },
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_err();
-    assert!(
-        format!("{err}").contains("pool:p needs expert:b, which is not built"),
-        "{err}"
     );
+    assert!(err.contains("pool:p needs expert:b, which is not built"), "{err}");
 }
 
 #[test]
@@ -392,22 +382,12 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
     let edited = lock_text.replace(&digest, &"f".repeat(digest.len()));
     assert_ne!(edited, lock_text);
     std::fs::write(p.dir.path().join("pipeline.kdl.lock"), &edited).unwrap();
-    let mut out = Vec::new();
     let locked = RunOptions {
         locked: true,
         ..Default::default()
     };
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store(),
-        &reg,
-        &locked,
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_err();
-    let msg = format!("{err}");
+    let err = p.refused(&reg, &locked);
+    let msg = err;
     assert!(
         msg.contains(&format!(
             "pool:p is in the store with digest {}, the lockfile pins ffffffffffff",
@@ -419,21 +399,14 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
     std::fs::write(p.dir.path().join("pipeline.kdl.lock"), &lock_text).unwrap();
     // A changed local file: --locked refuses, before running anything.
     p.file("a.jsonl", "{\"changed\": 1}\n");
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store(),
+    let err = p.refused(
         &reg,
         &RunOptions {
             locked: true,
             ..Default::default()
         },
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_err();
-    let msg = format!("{err}");
+    );
+    let msg = err;
     assert!(
         msg.contains("path:a.jsonl changed") && msg.contains("dataset:a has key"),
         "{msg}"
@@ -534,7 +507,7 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     let mut out = Vec::new();
     let err =
         goosepipe::app::gc(std::slice::from_ref(&empty), &p.store(), &reg, false, &mut out).unwrap_err();
-    assert!(format!("{err}").contains("a run is using the store"), "{err}");
+    assert!(err.to_string().contains("a run is using the store"), "{err}");
     assert_eq!(store.keys(), before, "gc deleted nothing");
     // A dry run only lists: it may run beside a run.
     let mut out = Vec::new();
@@ -624,18 +597,8 @@ fn the_device_is_checked_before_anything_runs_and_only_then() {
         device: "cuda".into(),
         ..Default::default()
     };
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store(),
-        &reg,
-        &cuda,
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_err();
-    assert!(format!("{err}").contains("--device cuda: "), "{err}");
+    let err = p.refused(&reg, &cuda);
+    assert!(err.contains("--device cuda: "), "{err}");
     assert!(log.take().is_empty(), "nothing ran");
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0, "{out}");

@@ -54,51 +54,41 @@ fn open(path: &Path) -> io::Result<File> {
 }
 
 impl KeyLock {
-    /// Takes the exclusive lock, waiting as long as another holder keeps it.
-    pub fn acquire(path: &Path) -> io::Result<KeyLock> {
+    /// Takes the lock on `path`: shared (any number of holders) or exclusive (one,
+    /// and no shared ones); waiting while it is taken, or answering None then.
+    fn take(path: &Path, shared: bool, wait: bool) -> io::Result<Option<KeyLock>> {
         let file = open(path)?;
-        flock(&file, libc::F_OFD_SETLKW, libc::F_WRLCK as libc::c_short)?;
-        Ok(KeyLock {
+        let typ = if shared { libc::F_RDLCK } else { libc::F_WRLCK };
+        let cmd = if wait {
+            libc::F_OFD_SETLKW
+        } else {
+            libc::F_OFD_SETLK
+        };
+        Ok(flock(&file, cmd, typ as libc::c_short)?.then(|| KeyLock {
             _file: file,
             path: path.to_path_buf(),
-        })
+        }))
+    }
+
+    /// Takes the exclusive lock, waiting as long as another holder keeps it.
+    pub fn acquire(path: &Path) -> io::Result<KeyLock> {
+        Self::take(path, false, true)?.ok_or_else(|| io::Error::other("a waiting lock was not taken"))
     }
 
     /// Takes a shared lock, waiting while an exclusive holder keeps it: any number of
     /// shared holders at once, none while the exclusive one holds it.
     pub fn acquire_shared(path: &Path) -> io::Result<KeyLock> {
-        let file = open(path)?;
-        flock(&file, libc::F_OFD_SETLKW, libc::F_RDLCK as libc::c_short)?;
-        Ok(KeyLock {
-            _file: file,
-            path: path.to_path_buf(),
-        })
+        Self::take(path, true, true)?.ok_or_else(|| io::Error::other("a waiting lock was not taken"))
     }
 
     /// Takes a shared lock if no exclusive holder keeps it right now.
     pub fn try_acquire_shared(path: &Path) -> io::Result<Option<KeyLock>> {
-        let file = open(path)?;
-        if flock(&file, libc::F_OFD_SETLK, libc::F_RDLCK as libc::c_short)? {
-            Ok(Some(KeyLock {
-                _file: file,
-                path: path.to_path_buf(),
-            }))
-        } else {
-            Ok(None)
-        }
+        Self::take(path, true, false)
     }
 
     /// Takes the lock if it is free right now.
     pub fn try_acquire(path: &Path) -> io::Result<Option<KeyLock>> {
-        let file = open(path)?;
-        if flock(&file, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short)? {
-            Ok(Some(KeyLock {
-                _file: file,
-                path: path.to_path_buf(),
-            }))
-        } else {
-            Ok(None)
-        }
+        Self::take(path, false, false)
     }
 }
 

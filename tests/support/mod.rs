@@ -197,6 +197,25 @@ impl Project {
     pub fn run_cancellable(&self, reg: &Registry, opts: &RunOptions, cancel: &CancelFlag) -> (i32, String) {
         run_manifest(&self.manifest(), &self.store(), reg, opts, cancel)
     }
+    /// The error of a run that must be refused before it starts, as text.
+    pub fn refused(&self, reg: &Registry, opts: &RunOptions) -> String {
+        let mut out = Vec::new();
+        match app::run(
+            &self.manifest(),
+            &self.store(),
+            reg,
+            opts,
+            true,
+            &CancelFlag::new(),
+            &mut out,
+        ) {
+            Ok(code) => panic!(
+                "the run was not refused (exit {code}): {}",
+                String::from_utf8_lossy(&out)
+            ),
+            Err(e) => format!("{e}"),
+        }
+    }
     /// The plan and its status against the project's store and lockfile.
     pub fn status(&self, reg: &Registry) -> (Plan, Status) {
         let plan = self.plan(reg);
