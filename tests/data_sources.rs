@@ -410,6 +410,52 @@ fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
     assert!(!train.contains(&valid[0]));
 }
 
+/// A local JSONL file honours the row filters as hub data does (they were ignored
+/// there: every row was kept, silently), and a filter that keeps nothing is an error.
+#[test]
+fn local_jsonl_rows_are_filtered_like_hub_rows() {
+    let t = tempfile::tempdir().unwrap();
+    let rows: String = (0..10)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "zs" } else { "fs" };
+            let target = if i == 4 { "" } else { "y" };
+            format!("{{\"input\": \"x {i}\", \"target\": \"{target}\", \"kind\": \"{kind}\"}}\n")
+        })
+        .collect();
+    std::fs::write(t.path().join("d.jsonl"), rows).unwrap();
+    let manifest = |values: &str| {
+        format!(
+            "dataset \"d\" path=\"d.jsonl\" keep-field=\"kind\" drop-empty=#true {{\n    keep-values {values}\n}}\n"
+        )
+    };
+    std::fs::write(t.path().join("f.kdl"), manifest("\"zs\"")).unwrap();
+    let cache = t.path().join("hf");
+    let out = run_offline(t.path(), "f.kdl", &cache, false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = goosepipe::store::Store::open(t.path().join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(
+        &t.path().join("f.kdl"),
+        &goosepipe::steps::registry(),
+        &st.hash_cache(),
+    )
+    .unwrap();
+    let files = st.files_dir(&plan.get("dataset:d").unwrap().spec.key);
+    let all = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
+    // Five rows of kind zs (0, 2, 4, 6, 8), one of them (4) with an empty target.
+    let inputs: Vec<&str> = all.iter().map(|e| e.input.as_str()).collect();
+    assert_eq!(inputs, vec!["x 0", "x 2", "x 6", "x 8"]);
+    std::fs::write(t.path().join("f.kdl"), manifest("\"none\"")).unwrap();
+    let out = run_offline(t.path(), "f.kdl", &cache, false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains("no row has kind in [\"none\"]"), "{err}");
+}
+
 /// The schema lists the synthetic suite's tasks (so `check` refuses an unknown one);
 /// the list and the suite must not drift apart.
 #[test]

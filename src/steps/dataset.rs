@@ -23,10 +23,11 @@ use crate::hub::{HubOptions, dataset as hub};
 use crate::plan::Review;
 use crate::store::External;
 
-/// Rendering up to 500,000 templated pairs is CPU work.
+/// Rendering up to 500,000 templated pairs is CPU work. Version 3: a local JSONL file
+/// honours `keep-field`/`keep-values` and `drop-empty` (version 2 ignored them there).
 pub const KIND: Kind = Kind {
     review: review_letters,
-    ..Kind::new("dataset", 2, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
+    ..Kind::new("dataset", 3, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
 };
 
 /// A synthetic dataset's `letters=` must name letters of the suite.
@@ -427,8 +428,9 @@ impl StepRunner for DatasetStep {
                 file.extension().and_then(|e| e.to_str()),
                 Some("jsonl") | Some("ndjson")
             );
-            if is_jsonl && p.templates().is_none() {
-                // Line-accurate errors for the common case.
+            if is_jsonl && p.templates().is_none() && p.keep_field.is_none() && !p.drop_empty {
+                // Line-accurate errors for the common case (no row filters: those
+                // work on rows, in `examples_of`).
                 (read_jsonl_mapped(file, &fields(&p)).map_err(fail)?, None)
             } else {
                 let rows = read_rows(file).map_err(fail)?;

@@ -82,11 +82,14 @@ impl Store {
         };
         for (p, name) in list("tmp") {
             if name.starts_with("corrupt.") {
-                out.push(GcEntry::new(
-                    p,
-                    name.get(8..).and_then(key_prefix),
-                    GcReason::Quarantined,
-                ));
+                let key = name.get(8..).and_then(key_prefix);
+                // A manifest still needs it and it is not rebuilt yet: the quarantined
+                // copy is what tells the next run to rebuild it (even where nothing
+                // downstream needs it now), as `verify` promised. Kept until then.
+                let awaited = key.is_some_and(|k| reachable.contains(&k) && !self.object_dir(&k).exists());
+                if !awaited {
+                    out.push(GcEntry::new(p, key, GcReason::Quarantined));
+                }
                 continue;
             }
             let key = key_prefix(&name);
