@@ -235,6 +235,9 @@ struct ScoreArgs {
     /// Compute device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = device_name)]
     device: String,
+    /// Longest input or target scored, in tokens (memory grows with its square).
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    max_len: usize,
     #[arg(long)]
     json: bool,
 }
@@ -498,6 +501,7 @@ fn score_command(args: ScoreArgs, out: &mut Stdout) -> miette::Result<i32> {
         input,
         target,
         device,
+        max_len,
         json,
     } = args;
     match goosepipe::app::score::RouterChoice::parse(&router) {
@@ -510,6 +514,7 @@ fn score_command(args: ScoreArgs, out: &mut Stdout) -> miette::Result<i32> {
             req.router = router;
             req.top_k = top_k;
             req.device = device;
+            req.max_len = max_len;
             app::score(&req, json, out)
         }
     }

@@ -281,6 +281,25 @@ fn a_model_too_large_for_this_machine_is_a_warning_at_check() {
     );
 }
 
+/// An included file may not name the pipeline (nor, through it, let the project read
+/// outside its folder).
+#[test]
+fn an_included_file_may_not_have_a_pipeline_node() {
+    let (r, _d) = check_text(&[
+        (
+            "m.kdl",
+            "include \"inner.kdl\"\ndataset \"c\" { synthetic task=\"corpus\"; }\n",
+        ),
+        ("inner.kdl", "pipeline \"inner\" allow-outside-paths=#true\n"),
+    ]);
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("manifest::pipeline-in-include")
+            && err.contains("an included file may not have a `pipeline` node"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_top_k_above_the_pool_size_is_a_warning() {
     let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\

@@ -62,6 +62,11 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
     let dir = fixture("v1_1");
     let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
     let base = score(&req).unwrap();
+    // Longer than --max-len: refused, naming the limit (memory grows with its square).
+    req.max_len = 3;
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("more than --max-len 3"), "{err}");
+    req.max_len = 512;
     req.experts = ["expert_c", "expert_a", "expert_b"]
         .iter()
         .map(|e| dir.join(format!("{e}.safetensors")))

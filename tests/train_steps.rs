@@ -193,6 +193,12 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     req.router = goosepipe::app::score::RouterChoice::parse("phatgoose").unwrap();
     let scored = goosepipe::app::score::score(&req).unwrap_or_else(|e| panic!("{e}"));
     assert!(scored.total.is_finite());
+    // One expert with another's gate from the store: refused by the gate's step name,
+    // not paired by order.
+    req.experts.truncate(1);
+    req.gates.truncate(1);
+    let err = goosepipe::app::score::score(&req).unwrap_err().to_string();
+    assert!(err.contains("expert `sort` has 0 gate files by name"), "{err}");
 }
 
 #[test]

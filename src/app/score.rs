@@ -100,6 +100,9 @@ pub struct ScoreRequest {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     pub hub: HubOptions,
+    /// Longest input or target scored, in tokens: memory grows with the square of
+    /// the length, so a longer text is refused rather than exhausting it.
+    pub max_len: usize,
 }
 
 impl ScoreRequest {
@@ -115,6 +118,7 @@ impl ScoreRequest {
             target: target.into(),
             device: "cpu".into(),
             hub: HubOptions::default(),
+            max_len: 512,
         }
     }
 }
@@ -229,13 +233,13 @@ fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<
 }
 
 /// Gate files given with --gates, named after their experts: by name when any of
-/// their names (a store file's step name, else the file's) is an expert's, every
-/// expert then needing exactly one; else one per expert in the order of --experts
-/// (`sort-gates.safetensors` for `sort`).
-fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert]) -> Result<Vec<GateVectors>> {
+/// their names (a store file's step name, else the file's) is an expert's or when
+/// they come from a store (`named`), every expert then needing exactly one; else one
+/// per expert in the order of --experts (`sort-gates.safetensors` for `sort`).
+fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert], named: bool) -> Result<Vec<GateVectors>> {
     let listed = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
     let is_expert = |n: &str| experts.iter().any(|e| e.name == n);
-    if gates.iter().any(|g| is_expert(&g.name)) {
+    if named || gates.iter().any(|g| is_expert(&g.name)) {
         for e in experts {
             let n = gates.iter().filter(|g| g.name == e.name).count();
             if n != 1 {
@@ -285,6 +289,9 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
 
     let (experts, mut gates) = load_pool(&req.experts, &cfg, &device)?;
     if !req.gates.is_empty() {
+        // A gate file taken from a store is named by the step that built it: a name
+        // that says whose gate it is, never to be paired by order instead.
+        let mut from_store = false;
         gates = req
             .gates
             .iter()
@@ -292,11 +299,12 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
                 let mut g = GateVectors::load(p, &cfg, &device, DType::F32)?;
                 if let Some(name) = crate::store::step_name_of_file(p) {
                     g.name = name;
+                    from_store = true;
                 }
                 Ok(g)
             })
             .collect::<Result<Vec<_>>>()?;
-        gates = pair_gates(gates, &experts)?;
+        gates = pair_gates(gates, &experts, from_store)?;
     }
     model.set_adapters(adapters_for(
         req.router, &experts, &gates, &cfg, &device, req.top_k,
@@ -310,6 +318,14 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     }
     if input_ids.is_empty() {
         return Err(ModelError::Input("the input text encodes to no tokens".into()));
+    }
+    for (what, n) in [("input", input_ids.len()), ("target", target.len() + 1)] {
+        if n > req.max_len {
+            return Err(ModelError::Input(format!(
+                "the {what} is {n} tokens, more than --max-len {} (memory grows with the square of the length; raise --max-len to score it anyway)",
+                req.max_len
+            )));
+        }
     }
     let item = ChoiceItem {
         input: input_ids.clone(),

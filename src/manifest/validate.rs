@@ -155,9 +155,21 @@ impl Validator {
                 return;
             }
         };
+        let included = self.include_stack.len() > 1;
         for node in nodes {
             if node.name().value() == "include" {
                 self.include(id, &node);
+            } else if included && node.name().value() == "pipeline" {
+                // The pipeline node speaks for the project (its jobs, and which paths
+                // outside the project folder it may read): only the file given on the
+                // command line may say it.
+                self.err(
+                    "manifest::pipeline-in-include",
+                    Loc::new(id, node.span()),
+                    "an included file may not have a `pipeline` node",
+                    "only the manifest given on the command line names the pipeline",
+                    "move this node (and settings such as allow-outside-paths) into the including manifest",
+                );
             } else {
                 self.raw.push(RawNode { file: id, node });
             }
