@@ -168,9 +168,29 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     .unwrap();
     assert_eq!(code, 0);
     let json = String::from_utf8(json).unwrap();
+    // One JSON document (an array of records, each naming its step) that parses.
+    let parsed: Vec<serde_json::Value> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(parsed.len(), 1, "{json}");
+    assert_eq!(parsed[0]["title"], "held-out (pool of 2 experts)", "{json}");
+    assert_eq!(parsed[0]["step"], "eval:held-out", "{json}");
+    // CSV rows name their eval's step in a first column.
+    let mut csv = Vec::new();
+    goosepipe::app::report(
+        &b.path().join("micro.kdl"),
+        &b.path().join("store"),
+        &goosepipe::steps::registry(),
+        "csv",
+        None,
+        &mut csv,
+    )
+    .unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("step,"), "{csv}");
     assert!(
-        json.contains("\"title\": \"held-out (pool of 2 experts)\""),
-        "{json}"
+        lines.all(|l| l.is_empty() || l.starts_with("eval:held-out,")),
+        "{csv}"
     );
 
     // Files taken from the store by hand are named by the steps that built them, so
@@ -198,7 +218,10 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     req.experts.truncate(1);
     req.gates.truncate(1);
     let err = goosepipe::app::score::score(&req).unwrap_err().to_string();
-    assert!(err.contains("expert `sort` has 0 gate files by name"), "{err}");
+    assert!(
+        err.contains("has 0 gate files by name (gate files: shift)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -426,6 +426,11 @@ pub fn report(
     let mut any = false;
     // A corrupt result is moved aside and said; the exit code says it too (scripts).
     let mut corrupt = false;
+    // csv and json are for programs: what is said about missing or corrupt results
+    // goes to stderr there, and json is one array of records, each with its step.
+    let machine = format != "md";
+    let mut stderr = std::io::stderr();
+    let mut json_items: Vec<serde_json::Value> = vec![];
     // Gate statistics belong to a pool: printed once however many evals read it.
     let mut pools_shown = HashSet::new();
     for s in plan
@@ -433,13 +438,14 @@ pub fn report(
         .iter()
         .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
     {
+        let notes: &mut dyn Write = if machine { &mut stderr } else { &mut *out };
         // Results are small: re-hash them, so a damaged table is never printed.
         if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&s.spec.key)
             && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
             && let Ok(Some(reason)) = store.quarantine_if_corrupt(&s.spec.key)
         {
             let _ = writeln!(
-                out,
+                notes,
                 "{}: its artifact is corrupt ({reason}); moved aside, `goosepipe run {}` rebuilds it",
                 s.spec.id,
                 path.display()
@@ -448,38 +454,69 @@ pub fn report(
             continue;
         }
         let files = store.files_dir(&s.spec.key);
+        let record = |file: &str| -> Result<Option<serde_json::Value>, Report> {
+            let v: Option<serde_json::Value> =
+                read_record(&files, file).map_err(|e| miette!("{}: {e}", s.spec.id))?;
+            Ok(v.map(|mut v| {
+                v["step"] = serde_json::json!(s.spec.id);
+                v
+            }))
+        };
         if s.spec.kind == "study" {
-            let text = if format == "json" {
-                std::fs::read_to_string(files.join(crate::steps::study::STUDY_JSON)).ok()
-            } else {
-                headed_markdown(&files, &s.spec.kind, &s.spec.name)
-                    .map_err(|e| miette!("{}: {e}", s.spec.id))?
-            };
-            match text {
-                Some(text) => {
-                    any = true;
-                    let _ = writeln!(out, "{text}");
+            match format {
+                "json" => match record(crate::steps::study::STUDY_JSON)? {
+                    Some(v) => json_items.push(v),
+                    None => not_built(notes, &s.spec.id, path),
+                },
+                "csv" => {
+                    let _ = writeln!(
+                        notes,
+                        "{}: a study has no CSV form (use --format md or json)",
+                        s.spec.id
+                    );
                 }
-                None => not_built(out, &s.spec.id, path),
+                _ => match headed_markdown(&files, &s.spec.kind, &s.spec.name)
+                    .map_err(|e| miette!("{}: {e}", s.spec.id))?
+                {
+                    Some(text) => {
+                        any = true;
+                        let _ = writeln!(out, "{text}");
+                    }
+                    None => not_built(notes, &s.spec.id, path),
+                },
             }
             continue;
         }
         if let Some(dir) = plots {
             draw_plots(&files, dir, &s.spec.name, &s.spec.id, out)?;
         }
+        let notes: &mut dyn Write = if machine { &mut stderr } else { &mut *out };
+        if format == "json" {
+            match named_results_json(&files, &s.spec.name).map_err(|e| miette!("{}: {e}", s.spec.id))? {
+                Some(mut v) => {
+                    v["step"] = serde_json::json!(s.spec.id);
+                    any = true;
+                    json_items.push(v);
+                }
+                None => not_built(notes, &s.spec.id, path),
+            }
+            continue;
+        }
         let text = match format {
-            "csv" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_CSV)).ok(),
-            "json" => named_results_json(&files, &s.spec.name).map_err(|e| miette!("{}: {e}", s.spec.id))?,
+            // Each row starts with its eval's step id: several evals' tables stay apart.
+            "csv" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_CSV))
+                .ok()
+                .map(|csv| csv_with_step(&csv, &s.spec.id)),
             _ => headed_markdown(&files, &s.spec.kind, &s.spec.name)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
         let Some(text) = text else {
-            not_built(out, &s.spec.id, path);
+            not_built(notes, &s.spec.id, path);
             continue;
         };
         any = true;
         let _ = writeln!(out, "{text}");
-        if format != "md" {
+        if machine {
             continue;
         }
         if let Ok(bytes) = std::fs::read(files.join(crate::eval::routing_quality::QUALITY_JSON)) {
@@ -495,6 +532,14 @@ pub fn report(
             }
         }
     }
+    if format == "json" && !json_items.is_empty() {
+        any = true;
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json_items).expect("json")
+        );
+    }
     if !any {
         return Err(miette!(
             help = "run the pipeline first",
@@ -503,6 +548,21 @@ pub fn report(
         ));
     }
     Ok(if corrupt { EXIT_ERROR } else { EXIT_OK })
+}
+
+/// An eval's results.csv with a first column naming the eval step.
+fn csv_with_step(csv: &str, id: &str) -> String {
+    csv.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i == 0 {
+                format!("step,{line}")
+            } else {
+                format!("{id},{line}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// An eval's or study's tables as markdown, headed with the step's name (its artifact
@@ -520,11 +580,11 @@ fn headed_markdown(files: &Path, kind: &str, name: &str) -> Result<Option<String
 
 /// An eval's results.json with the eval's name put in front of its title, as the
 /// tables are headed (the artifact does not record the name). None when not built.
-fn named_results_json(files: &Path, name: &str) -> Result<Option<String>, String> {
+fn named_results_json(files: &Path, name: &str) -> Result<Option<serde_json::Value>, String> {
     Ok(
         read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)?.map(|mut r| {
             r.title = format!("{name} ({})", r.title);
-            serde_json::to_string_pretty(&r).expect("json")
+            serde_json::to_value(&r).expect("json")
         }),
     )
 }
