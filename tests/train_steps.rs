@@ -222,6 +222,29 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
         err.contains("has 0 gate files by name (gate files: shift)"),
         "{err}"
     );
+    // An expert under a store model other than its own (same shapes, another key) is
+    // refused: the expert records its base model's key.
+    req.gates.clear();
+    req.router = goosepipe::app::score::RouterChoice::Single;
+    let model_key = plan.get("model:base").unwrap().spec.key;
+    let other = b.path().join("other/objects/00").join("0".repeat(64));
+    std::fs::create_dir_all(other.join("files/model")).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.object_dir(&model_key).join("meta.json")).unwrap())
+            .unwrap();
+    meta["key"] = serde_json::json!("0".repeat(64));
+    std::fs::write(other.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    let from = store.files_dir(&model_key).join("model");
+    for f in std::fs::read_dir(&from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, other.join("files/model").join(f.file_name().unwrap())).unwrap();
+    }
+    req.model = other.join("files/model").display().to_string();
+    let err = goosepipe::app::score::score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("was made for base model") && err.contains(&model_key.hex()),
+        "{err}"
+    );
 }
 
 #[test]

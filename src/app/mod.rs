@@ -41,9 +41,14 @@ fn open_store(root: &Path) -> Result<Store, Report> {
 /// does not exist is a mistyped --store, not a store to create empty.
 fn existing_store(root: &Path) -> Result<Store, Report> {
     if !root.is_dir() {
+        let why = if root.exists() {
+            "it is not a folder"
+        } else {
+            "nothing was ever built there"
+        };
         return Err(miette!(
             help = "pass --store DIR or set GOOSEPIPE_STORE to the store your runs used",
-            "no store at {}: nothing was ever built there",
+            "no store at {}: {why}",
             root.display()
         ));
     }

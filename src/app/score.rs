@@ -288,6 +288,13 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let cfg = model.config.clone();
 
     let (experts, mut gates) = load_pool(&req.experts, &cfg, &device)?;
+    // A model from a store is known by its key, which expert files record: the same
+    // shapes with other weights would pass every other check.
+    if let Some(k) = crate::store::artifact_key_of(&dir) {
+        for e in experts.iter().filter(|e| e.base_model.is_some()) {
+            e.check_base_model(&k.hex())?;
+        }
+    }
     if !req.gates.is_empty() {
         // A gate file taken from a store is named by the step that built it: a name
         // that says whose gate it is, never to be paired by order instead.

@@ -517,6 +517,19 @@ pub fn hostname() -> String {
 /// (`objects/<k0k1>/<key>/files/FILE`, read from its `meta.json`), for a file taken
 /// from a store by hand: artifacts record no step name in their files (their bytes
 /// depend on their key alone), so a tool that names what it loads asks here.
+/// The key of the published artifact holding `path` (a file or folder anywhere under
+/// `objects/<k0k1>/<key>/files/`), from its `meta.json`: what an expert file records
+/// as its base model, when the model is a store artifact.
+pub fn artifact_key_of(path: &Path) -> Option<Key> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let files = path
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "files"))?;
+    let bytes = std::fs::read(files.parent()?.join("meta.json")).ok()?;
+    let meta: ArtifactMeta = serde_json::from_slice(&bytes).ok()?;
+    Some(meta.key)
+}
+
 pub fn step_name_of_file(file: &Path) -> Option<String> {
     let dir = file.parent()?;
     if dir.file_name()? != "files" {
