@@ -244,6 +244,18 @@ fn run_offline(
     cmd.output().unwrap()
 }
 
+/// The payload folder of step `id` of `manifest` in `dir`'s store (`dir/store`).
+fn dataset_files(dir: &std::path::Path, manifest: &str, id: &str) -> std::path::PathBuf {
+    let st = goosepipe::store::Store::open(dir.join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(
+        &dir.join(manifest),
+        &goosepipe::steps::registry(),
+        &st.hash_cache(),
+    )
+    .unwrap();
+    st.files_dir(&plan.get(id).unwrap().spec.key)
+}
+
 /// Lays out `files` (repo path -> bytes) as the HF cache holds a dataset repo at a
 /// commit that `revision` points to: refs/, snapshots/COMMIT/ symlinks, blobs/.
 fn hf_cache_dataset(
@@ -382,7 +394,6 @@ fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
         ),
     )
     .unwrap();
-    let store = t.path().join("store");
     let out = run_offline(t.path(), "f.kdl", &cache, false);
     assert_eq!(
         out.status.code(),
@@ -390,14 +401,7 @@ fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = goosepipe::store::Store::open(&store).unwrap();
-    let plan = goosepipe::app::load_plan(
-        &t.path().join("f.kdl"),
-        &goosepipe::steps::registry(),
-        &st.hash_cache(),
-    )
-    .unwrap();
-    let files = st.files_dir(&plan.get("dataset:numbers").unwrap().spec.key);
+    let files = dataset_files(t.path(), "f.kdl", "dataset:numbers");
     let all = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
     // 40 rows, 20 zero-shot, one with an empty target.
     assert_eq!(all.len(), 19);
@@ -437,14 +441,7 @@ fn local_jsonl_rows_are_filtered_like_hub_rows() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = goosepipe::store::Store::open(t.path().join("store")).unwrap();
-    let plan = goosepipe::app::load_plan(
-        &t.path().join("f.kdl"),
-        &goosepipe::steps::registry(),
-        &st.hash_cache(),
-    )
-    .unwrap();
-    let files = st.files_dir(&plan.get("dataset:d").unwrap().spec.key);
+    let files = dataset_files(t.path(), "f.kdl", "dataset:d");
     let all = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
     // Five rows of kind zs (0, 2, 4, 6, 8), one of them (4) with an empty target.
     let inputs: Vec<&str> = all.iter().map(|e| e.input.as_str()).collect();

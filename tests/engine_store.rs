@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use goosepipe::exec::{CancelFlag, RunOptions};
 use goosepipe::store::{Key, Store};
-use support::{BASE, Behaviour, Log, Project, registry};
+use support::{BASE, Behaviour, Log, Project, registry, run_manifest};
 
 fn key_of(p: &Project, reg: &goosepipe::exec::Registry, id: &str) -> Key {
     p.plan(reg).get(id).unwrap().spec.key
@@ -475,20 +475,7 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     let cancel = CancelFlag::new();
     let run = {
         let (manifest, store, cancel, reg) = (p.manifest(), p.store(), cancel.clone(), reg.clone());
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            goosepipe::app::run(
-                &manifest,
-                &store,
-                &reg,
-                &RunOptions::default(),
-                true,
-                &cancel,
-                &mut out,
-            )
-            .map(|code| (code, String::from_utf8(out).unwrap()))
-            .map_err(|e| format!("{e:?}"))
-        })
+        std::thread::spawn(move || run_manifest(&manifest, &store, &reg, &RunOptions::default(), &cancel))
     };
     let t0 = Instant::now();
     while !started.exists() {
@@ -513,7 +500,7 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     let mut out = Vec::new();
     goosepipe::app::gc(std::slice::from_ref(&empty), &p.store(), &reg, true, &mut out).unwrap();
     cancel.cancel();
-    let (code, text) = run.join().unwrap().unwrap();
+    let (code, text) = run.join().unwrap();
     assert_eq!(code, goosepipe::app::EXIT_INTERRUPTED, "{text}");
     let mut out = Vec::new();
     goosepipe::app::gc(&[empty], &p.store(), &reg, false, &mut out).unwrap();
@@ -556,18 +543,7 @@ fn a_run_waits_for_a_gc_under_way() {
     let run = {
         let (manifest, root, reg) = (p.manifest(), p.store(), reg.clone());
         std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let code = goosepipe::app::run(
-                &manifest,
-                &root,
-                &reg,
-                &RunOptions::default(),
-                true,
-                &CancelFlag::new(),
-                &mut out,
-            )
-            .unwrap_or_else(|e| panic!("{e:?}"));
-            (code, String::from_utf8(out).unwrap())
+            run_manifest(&manifest, &root, &reg, &RunOptions::default(), &CancelFlag::new())
         })
     };
     std::thread::sleep(Duration::from_millis(500));
