@@ -300,6 +300,27 @@ fn an_included_file_may_not_have_a_pipeline_node() {
     );
 }
 
+/// `split=` and `validation-split=` say nothing about a local file (one split): a
+/// warning each, not silence.
+#[test]
+fn split_settings_on_a_local_file_are_a_warning() {
+    let (r, _d) = check_text(&[
+        (
+            "m.kdl",
+            "dataset \"d\" path=\"d.jsonl\" split=\"test\" validation-split=\"dev\"\n",
+        ),
+        ("d.jsonl", "{\"input\": \"a\", \"target\": \"b\"}\n"),
+    ]);
+    let out = r.unwrap();
+    assert_eq!(out.matches("plan::ignored-settings").count(), 2, "{out}");
+    assert!(out.contains("reads a local file: `split` is not used"), "{out}");
+    let (r, _d) = check_text(&[
+        ("m.kdl", "dataset \"d\" path=\"d.jsonl\"\n"),
+        ("d.jsonl", "{\"input\": \"a\", \"target\": \"b\"}\n"),
+    ]);
+    assert!(!r.unwrap().contains("ignored-settings"));
+}
+
 #[test]
 fn a_top_k_above_the_pool_size_is_a_warning() {
     let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\

@@ -528,6 +528,25 @@ impl Lowerer<'_> {
             p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
         self.hub(e, "hub", "dataset", &mut p);
+        // A local file is one split: these say nothing there (evals score all of it,
+        // training holds back 10% for validation), which is worth saying.
+        if e.block.props.contains_key("path") {
+            for prop in ["split", "validation-split"] {
+                if let Some(f) = e.block.props.get(prop).filter(|f| f.origin != Origin::Schema) {
+                    self.warnings.push(
+                        ManifestError::new(
+                            &self.manifest.sources,
+                            "plan::ignored-settings",
+                            f.loc.unwrap_or(e.name_loc),
+                            format!("dataset \"{}\" reads a local file: `{prop}` is not used", e.name),
+                            "ignored",
+                        )
+                        .help("a local file is one split: an eval scores all of it, training holds back 10% of it for validation; give another file for another split")
+                        .as_warning(),
+                    );
+                }
+            }
+        }
         p.absorb(c);
         self.review(e, &p);
         self.push(p, &e.name);
