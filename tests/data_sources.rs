@@ -244,8 +244,21 @@ fn run_offline(
     cmd.output().unwrap()
 }
 
-/// The payload folder of step `id` of `manifest` in `dir`'s store (`dir/store`).
-fn dataset_files(dir: &std::path::Path, manifest: &str, id: &str) -> std::path::PathBuf {
+/// Runs `manifest` in `dir` offline (no templates), which must succeed, and gives the
+/// payload folder of its step `id` in `dir/store`.
+fn built_dataset(
+    dir: &std::path::Path,
+    manifest: &str,
+    cache: &std::path::Path,
+    id: &str,
+) -> std::path::PathBuf {
+    let out = run_offline(dir, manifest, cache, false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let st = goosepipe::store::Store::open(dir.join("store")).unwrap();
     let plan = goosepipe::app::load_plan(
         &dir.join(manifest),
@@ -394,14 +407,7 @@ fn flan_arrow_folder_with_template_filter_and_flan_holdout() {
         ),
     )
     .unwrap();
-    let out = run_offline(t.path(), "f.kdl", &cache, false);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let files = dataset_files(t.path(), "f.kdl", "dataset:numbers");
+    let files = built_dataset(t.path(), "f.kdl", &cache, "dataset:numbers");
     let all = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
     // 40 rows, 20 zero-shot, one with an empty target.
     assert_eq!(all.len(), 19);
@@ -434,14 +440,7 @@ fn local_jsonl_rows_are_filtered_like_hub_rows() {
     };
     std::fs::write(t.path().join("f.kdl"), manifest("\"zs\"")).unwrap();
     let cache = t.path().join("hf");
-    let out = run_offline(t.path(), "f.kdl", &cache, false);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let files = dataset_files(t.path(), "f.kdl", "dataset:d");
+    let files = built_dataset(t.path(), "f.kdl", &cache, "dataset:d");
     let all = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
     // Five rows of kind zs (0, 2, 4, 6, 8), one of them (4) with an empty target.
     let inputs: Vec<&str> = all.iter().map(|e| e.input.as_str()).collect();

@@ -228,13 +228,7 @@ pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exporte
         expert.name = name;
     }
     let gates = GateVectors::load_beside(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
-    // A model from a store is known by its key, which the expert records: the same
-    // shapes with other weights would pass every other check.
-    if let Some(k) = crate::store::artifact_key_of(model)
-        && expert.base_model.is_some()
-    {
-        expert.check_base_model(&k.hex()).map_err(|e| e.to_string())?;
-    }
+    super::score::check_store_base(model, std::slice::from_ref(&expert)).map_err(|e| e.to_string())?;
     let base = std::path::absolute(model)
         .unwrap_or(model.to_path_buf())
         .display()

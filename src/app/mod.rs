@@ -459,17 +459,16 @@ pub fn report(
             continue;
         }
         let files = store.files_dir(&s.spec.key);
-        let record = |file: &str| -> Result<Option<serde_json::Value>, Report> {
-            let v: Option<serde_json::Value> =
-                read_record(&files, file).map_err(|e| miette!("{}: {e}", s.spec.id))?;
-            Ok(v.map(|mut v| {
+        // A JSON record of this step, or None when not built; it names its step.
+        let with_step = |v: Result<Option<serde_json::Value>, String>| -> Result<_, Report> {
+            Ok(v.map_err(|e| miette!("{}: {e}", s.spec.id))?.map(|mut v| {
                 v["step"] = serde_json::json!(s.spec.id);
                 v
             }))
         };
         if s.spec.kind == "study" {
             match format {
-                "json" => match record(crate::steps::study::STUDY_JSON)? {
+                "json" => match with_step(read_record(&files, crate::steps::study::STUDY_JSON))? {
                     Some(v) => json_items.push(v),
                     None => not_built(notes, &s.spec.id, path),
                 },
@@ -493,13 +492,11 @@ pub fn report(
             continue;
         }
         if let Some(dir) = plots {
-            draw_plots(&files, dir, &s.spec.name, &s.spec.id, out)?;
+            draw_plots(&files, dir, &s.spec.name, &s.spec.id, notes)?;
         }
-        let notes: &mut dyn Write = if machine { &mut stderr } else { &mut *out };
         if format == "json" {
-            match named_results_json(&files, &s.spec.name).map_err(|e| miette!("{}: {e}", s.spec.id))? {
-                Some(mut v) => {
-                    v["step"] = serde_json::json!(s.spec.id);
+            match with_step(named_results_json(&files, &s.spec.name))? {
+                Some(v) => {
                     any = true;
                     json_items.push(v);
                 }
@@ -613,8 +610,9 @@ fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {
     );
 }
 
-/// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/.
-fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, out: &mut dyn Write) -> Result<(), Report> {
+/// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/; the
+/// files written are listed on `notes`.
+fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, notes: &mut dyn Write) -> Result<(), Report> {
     let Some(results) = read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)
         .map_err(|e| miette!("{id}: {e}"))?
     else {
@@ -630,7 +628,7 @@ fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, out: &mut dyn Writ
     )
     .map_err(|e| miette!("{id}: drawing the plots failed: {e}"))?;
     for f in written {
-        let _ = writeln!(out, "wrote {}", f.display());
+        let _ = writeln!(notes, "wrote {}", f.display());
     }
     Ok(())
 }

@@ -232,6 +232,18 @@ fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<
     Ok(enc.get_ids().to_vec())
 }
 
+/// Refuses an expert that records a base model other than `model`, when `model` is a
+/// store artifact (known by its key, which expert files record): the same shapes
+/// with other weights would pass every other check.
+pub(super) fn check_store_base(model: &Path, experts: &[LoraExpert]) -> Result<()> {
+    if let Some(k) = crate::store::artifact_key_of(model) {
+        for e in experts.iter().filter(|e| e.base_model.is_some()) {
+            e.check_base_model(&k.hex())?;
+        }
+    }
+    Ok(())
+}
+
 /// Gate files given with --gates, named after their experts: by name when any of
 /// their names (a store file's step name, else the file's) is an expert's or when
 /// they come from a store (`named`), every expert then needing exactly one; else one
@@ -288,13 +300,7 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let cfg = model.config.clone();
 
     let (experts, mut gates) = load_pool(&req.experts, &cfg, &device)?;
-    // A model from a store is known by its key, which expert files record: the same
-    // shapes with other weights would pass every other check.
-    if let Some(k) = crate::store::artifact_key_of(&dir) {
-        for e in experts.iter().filter(|e| e.base_model.is_some()) {
-            e.check_base_model(&k.hex())?;
-        }
-    }
+    check_store_base(&dir, &experts)?;
     if !req.gates.is_empty() {
         // A gate file taken from a store is named by the step that built it: a name
         // that says whose gate it is, never to be paired by order instead.

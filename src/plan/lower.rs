@@ -371,6 +371,14 @@ fn ordered_toposort(
 }
 
 impl Lowerer<'_> {
+    /// A warning at `loc`: reported with the plan, it stops nothing.
+    fn warn(&mut self, code: &'static str, loc: Loc, message: String, label: &str, help: &str) {
+        let w = ManifestError::new(&self.manifest.sources, code, loc, message, label)
+            .help(help)
+            .as_warning();
+        self.warnings.push(w);
+    }
+
     fn push(&mut self, mut p: Proto, disambiguator: &str) -> String {
         if let Some(&i) = self.ids.get(&p.id) {
             if self.protos[i].same_work(&p) {
@@ -533,16 +541,12 @@ impl Lowerer<'_> {
         if e.block.props.contains_key("path") {
             for prop in ["split", "validation-split"] {
                 if let Some(f) = e.block.props.get(prop).filter(|f| f.origin != Origin::Schema) {
-                    self.warnings.push(
-                        ManifestError::new(
-                            &self.manifest.sources,
-                            "plan::ignored-settings",
-                            f.loc.unwrap_or(e.name_loc),
-                            format!("dataset \"{}\" reads a local file: `{prop}` is not used", e.name),
-                            "ignored",
-                        )
-                        .help("a local file is one split: an eval scores all of it, training holds back 10% of it for validation; give another file for another split")
-                        .as_warning(),
+                    self.warn(
+                        "plan::ignored-settings",
+                        f.loc.unwrap_or(e.name_loc),
+                        format!("dataset \"{}\" reads a local file: `{prop}` is not used", e.name),
+                        "ignored",
+                        "a local file is one split: an eval scores all of it, training holds back 10% of it for validation; give another file for another split",
                     );
                 }
             }
@@ -628,17 +632,12 @@ impl Lowerer<'_> {
             if let Some(b) = e.block.group(group)
                 && b.props.values().any(|f| f.origin == Origin::Explicit)
             {
-                let loc = b.loc;
-                self.warnings.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "plan::ignored-settings",
-                        loc,
-                        format!("expert \"{}\" is imported: its `{group}` settings are not used", e.name),
-                        "ignored",
-                    )
-                    .help("an imported adapter is not trained; remove the group, or remove peft= to train the expert")
-                    .as_warning(),
+                self.warn(
+                    "plan::ignored-settings",
+                    b.loc,
+                    format!("expert \"{}\" is imported: its `{group}` settings are not used", e.name),
+                    "ignored",
+                    "an imported adapter is not trained; remove the group, or remove peft= to train the expert",
                 );
             }
         }
@@ -992,19 +991,15 @@ impl Lowerer<'_> {
             && k as usize > members.len()
             && !members.is_empty()
         {
-            self.warnings.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "plan::top-k-above-pool",
-                    f.loc.unwrap_or(e.name_loc),
-                    format!(
-                        "top-k={k} is more than the {} expert(s) of pool \"{pool}\": every token is routed to all of them",
-                        members.len()
-                    ),
-                    "above the pool's size",
-                )
-                .help("lower top-k, or grow the pool")
-                .as_warning(),
+            self.warn(
+                "plan::top-k-above-pool",
+                f.loc.unwrap_or(e.name_loc),
+                format!(
+                    "top-k={k} is more than the {} expert(s) of pool \"{pool}\": every token is routed to all of them",
+                    members.len()
+                ),
+                "above the pool's size",
+                "lower top-k, or grow the pool",
             );
         }
         let methods = self.catalog.methods();

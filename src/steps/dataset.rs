@@ -99,6 +99,13 @@ impl DatasetParams {
         let t = self.templates.as_ref()?;
         Some((t.name.as_deref()?, t))
     }
+
+    /// Whether rows go through [`examples_of`] (templates, row filters) rather than
+    /// straight through the field mapping: kept beside it, so a setting it learns to
+    /// honour is never skipped by a reader that maps rows itself.
+    fn shapes_rows(&self) -> bool {
+        self.templates().is_some() || self.keep_field.is_some() || self.drop_empty
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -211,7 +218,8 @@ fn fields(p: &DatasetParams) -> Fields<'_> {
     }
 }
 
-/// Rows -> examples: through the templates when the node has them, else the field mapping.
+/// Rows -> examples: through the templates when the node has them, else the field
+/// mapping; the row filters applied (what [`DatasetParams::shapes_rows`] answers for).
 fn examples_of(
     ctx: &StepContext,
     p: &DatasetParams,
@@ -428,9 +436,8 @@ impl StepRunner for DatasetStep {
                 file.extension().and_then(|e| e.to_str()),
                 Some("jsonl") | Some("ndjson")
             );
-            if is_jsonl && p.templates().is_none() && p.keep_field.is_none() && !p.drop_empty {
-                // Line-accurate errors for the common case (no row filters: those
-                // work on rows, in `examples_of`).
+            if is_jsonl && !p.shapes_rows() {
+                // Line-accurate errors for the common case.
                 (read_jsonl_mapped(file, &fields(&p)).map_err(fail)?, None)
             } else {
                 let rows = read_rows(file).map_err(fail)?;

@@ -126,7 +126,7 @@ fn score_task(
         ctx.cancel.check()?;
         let inputs: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|e| Ok(cut_to(encode(tok, &e.input)?, task.max_input_len, eos)))
+            .map(|e| task.input_ids(tok, e, eos))
             .collect::<Result<_, StepError>>()?;
         if task.metric == "rank-classification" {
             let items = chunk
@@ -139,18 +139,9 @@ fn score_task(
                             task.name
                         )));
                     }
-                    // Choices are scored with EOS appended: the limit counts it.
-                    let limit = task.max_target_len.saturating_sub(1);
-                    let choices = encode_choices(tok, &e.choices, eos)?
-                        .into_iter()
-                        .map(|mut c| {
-                            c.truncate(limit);
-                            c
-                        })
-                        .collect();
                     Ok(ChoiceItem {
                         input: inp.clone(),
-                        choices,
+                        choices: task.choice_ids(tok, e, eos)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StepError>>()?;
@@ -187,14 +178,36 @@ fn score_task(
     Ok(per_example)
 }
 
-/// Token ids cut to `max` (at least 1), ending in EOS when cut, as training cuts them.
-fn cut_to(mut ids: Vec<u32>, max: usize, eos: u32) -> Vec<u32> {
-    let max = max.max(1);
-    if ids.len() > max {
-        ids.truncate(max - 1);
-        ids.push(eos);
+impl Task {
+    /// An example's input as scored: cut to `max_input_len` tokens, ending in EOS
+    /// when cut, as training cuts them.
+    fn input_ids(&self, tok: &tokenizers::Tokenizer, e: &Example, eos: u32) -> Result<Vec<u32>, StepError> {
+        let mut ids = encode(tok, &e.input)?;
+        let max = self.max_input_len.max(1);
+        if ids.len() > max {
+            ids.truncate(max - 1);
+            ids.push(eos);
+        }
+        Ok(ids)
     }
-    ids
+
+    /// An example's answer choices as scored, without the EOS scoring appends: cut so
+    /// that with it they hold `max_target_len` tokens.
+    fn choice_ids(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        e: &Example,
+        eos: u32,
+    ) -> Result<Vec<Vec<u32>>, StepError> {
+        let limit = self.max_target_len.saturating_sub(1);
+        Ok(encode_choices(tok, &e.choices, eos)?
+            .into_iter()
+            .map(|mut c| {
+                c.truncate(limit);
+                c
+            })
+            .collect())
+    }
 }
 
 /// The task score: the mean over its examples.
@@ -348,6 +361,7 @@ fn load_vectors(
 fn distinct_tokens(
     tasks: &[Task],
     tok: &tokenizers::Tokenizer,
+    eos: u32,
 ) -> Result<BTreeMap<String, std::collections::HashSet<u32>>, StepError> {
     use std::collections::HashSet;
     let mut sets: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
@@ -355,13 +369,9 @@ fn distinct_tokens(
         let mut set = HashSet::new();
         // The tokens scored: inputs and choices as cut to the eval's limits.
         for e in &t.examples {
-            set.extend(encode(tok, &e.input)?.into_iter().take(t.max_input_len));
-            for c in &e.choices {
-                set.extend(
-                    encode(tok, c)?
-                        .into_iter()
-                        .take(t.max_target_len.saturating_sub(1)),
-                );
+            set.extend(t.input_ids(tok, e, eos)?);
+            for c in t.choice_ids(tok, e, eos)? {
+                set.extend(c);
             }
         }
         sets.insert(t.name.clone(), set);
@@ -608,7 +618,7 @@ impl<'a> EvalRun<'a> {
         let progress = Progress {
             dir: ctx.work.join("eval-progress"),
         };
-        let distinct = distinct_tokens(&self.tasks, &base.tokenizer)?;
+        let distinct = distinct_tokens(&self.tasks, &base.tokenizer, base.config().eos_token_id)?;
         let mut retrieval: Option<Retrieval> = None;
         for m in &order {
             // Adapters are built only when a task of this method still has to run.

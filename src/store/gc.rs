@@ -120,9 +120,7 @@ impl Store {
         // Name records (id -> key) of keys no manifest reaches, and leftovers of an
         // interrupted write of one.
         for (p, _) in list("names") {
-            let key = std::fs::read_to_string(&p)
-                .ok()
-                .and_then(|t| t.lines().nth(1).and_then(|k| k.parse::<Key>().ok()));
+            let key = super::read_name_record(&p).map(|(_, k)| k);
             if !key.is_some_and(|k| reachable.contains(&k)) {
                 out.push(GcEntry::new(p, key, GcReason::Bookkeeping));
             }

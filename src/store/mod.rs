@@ -413,9 +413,8 @@ impl Store {
 
     /// The key recorded for step `id` by the last run that found it published.
     pub fn named(&self, id: &str) -> Option<Key> {
-        let text = std::fs::read_to_string(self.name_path(id)).ok()?;
-        let (recorded, key) = text.trim_end().split_once('\n')?;
-        (recorded == id).then(|| key.parse().ok()).flatten()
+        let (recorded, key) = read_name_record(&self.name_path(id))?;
+        (recorded == id).then_some(key)
     }
 
     /// Resolves a user's `STEP|KEY` argument: a full key, a unique key prefix, a step
@@ -513,29 +512,33 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The name of the step that built the published artifact holding `file`
-/// (`objects/<k0k1>/<key>/files/FILE`, read from its `meta.json`), for a file taken
-/// from a store by hand: artifacts record no step name in their files (their bytes
-/// depend on their key alone), so a tool that names what it loads asks here.
-/// The key of the published artifact holding `path` (a file or folder anywhere under
-/// `objects/<k0k1>/<key>/files/`), from its `meta.json`: what an expert file records
-/// as its base model, when the model is a store artifact.
-pub fn artifact_key_of(path: &Path) -> Option<Key> {
+/// The metadata of the published artifact holding `path` (a file or folder anywhere
+/// under `objects/<k0k1>/<key>/files/`), for a file taken from a store by hand.
+fn artifact_holding(path: &Path) -> Option<ArtifactMeta> {
     let path = std::fs::canonicalize(path).ok()?;
     let files = path
         .ancestors()
         .find(|a| a.file_name().is_some_and(|n| n == "files"))?;
     let bytes = std::fs::read(files.parent()?.join("meta.json")).ok()?;
-    let meta: ArtifactMeta = serde_json::from_slice(&bytes).ok()?;
-    Some(meta.key)
+    serde_json::from_slice(&bytes).ok()
 }
 
+/// The key of the published artifact holding `path`: what an expert file records as
+/// its base model, when the model is a store artifact.
+pub fn artifact_key_of(path: &Path) -> Option<Key> {
+    artifact_holding(path).map(|m| m.key)
+}
+
+/// The name of the step that built the published artifact holding `file`: artifacts
+/// record no step name in their files (their bytes depend on their key alone), so a
+/// tool that names what it loads asks here.
 pub fn step_name_of_file(file: &Path) -> Option<String> {
-    let dir = file.parent()?;
-    if dir.file_name()? != "files" {
-        return None;
-    }
-    let bytes = std::fs::read(dir.parent()?.join("meta.json")).ok()?;
-    let meta: ArtifactMeta = serde_json::from_slice(&bytes).ok()?;
-    Some(meta.spec.name)
+    artifact_holding(file).map(|m| m.spec.name)
+}
+
+/// A `names/` record: the step id and the key written by [`Store::record_name`].
+pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (id, key) = text.trim_end().split_once('\n')?;
+    Some((id.to_string(), key.parse().ok()?))
 }
