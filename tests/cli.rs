@@ -42,7 +42,9 @@ fn check_reports_success_and_every_error_with_exit_1() {
 #[test]
 fn plan_json_and_check_cached_for_ci() {
     let t = tempfile::tempdir().unwrap();
-    let out = goosepipe(&["plan", GOLDEN, "--json"], t.path());
+    // A dry run leaves no trace: the store folder it is pointed at is not created.
+    let store = t.path().join("not-yet");
+    let out = goosepipe(&["plan", GOLDEN, "--json"], &store);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["summary"]["steps"], 17);
@@ -54,8 +56,11 @@ fn plan_json_and_check_cached_for_ci() {
     assert_eq!(first["reasons"][0]["reason"], "new");
     assert_eq!(first["key"].as_str().unwrap().len(), 64);
 
-    let guard = goosepipe(&["plan", GOLDEN, "--check-cached"], t.path());
+    let guard = goosepipe(&["plan", GOLDEN, "--check-cached"], &store);
     assert_eq!(guard.status.code(), Some(2), "work pending exits 2");
+    let explained = goosepipe(&["explain", GOLDEN, "eval:e"], &store);
+    assert_eq!(explained.status.code(), Some(0), "{}", text(&explained.stderr));
+    assert!(!store.exists(), "plan and explain created the store folder");
     let table = text(&guard.stdout);
     assert!(
         table

@@ -87,6 +87,12 @@ golden!(
     "manifest::undefined-reference"
 );
 golden!(missing_file, "manifest::missing-file", "manifest::missing-file");
+golden!(
+    wrong_path,
+    "manifest::wrong-path",
+    "manifest::wrong-path",
+    "manifest::wrong-path"
+);
 golden!(mixed_models, "manifest::mixed-models");
 golden!(mixed_ranks, "manifest::mixed-ranks");
 golden!(

@@ -92,33 +92,46 @@ pub fn check(path: &Path, registry: &Registry, out: &mut dyn Write) -> Result<i3
     Ok(EXIT_OK)
 }
 
+/// The plan and its status against the store at `store_root`, for commands that only
+/// look: a store folder that does not exist yet is read as empty and not created.
 fn plan_with_status(
-    path: &Path,
-    store_root: &Path,
-    registry: &Registry,
-) -> Result<(Plan, Status, Store, Lockfile), Report> {
-    plan_with_status_verified(path, store_root, registry, false)
-}
-
-/// The plan and its status; with `verify`, cached artifacts are re-hashed first.
-fn plan_with_status_verified(
     path: &Path,
     store_root: &Path,
     registry: &Registry,
     verify: bool,
 ) -> Result<(Plan, Status, Store, Lockfile), Report> {
-    let store = open_store(store_root)?;
-    let hashes = store.hash_cache();
+    let store = if store_root.exists() {
+        open_store(store_root)?
+    } else {
+        Store::at(store_root)
+    };
+    let (plan, status, lock) = plan_in_store(path, &store, registry, verify)?;
+    Ok((plan, status, store, lock))
+}
+
+/// The plan and its status in `store`; with `verify`, cached artifacts are re-hashed
+/// first. The hash cache is saved only into a store folder that exists.
+fn plan_in_store(
+    path: &Path,
+    store: &Store,
+    registry: &Registry,
+    verify: bool,
+) -> Result<(Plan, Status, Lockfile), Report> {
+    let hashes = if store.root.is_dir() {
+        store.hash_cache()
+    } else {
+        HashCache::in_memory()
+    };
     let plan = load_plan(path, registry, &hashes)?;
     hashes.save();
     warn(&plan, &mut std::io::stderr());
     let lock = read_lock(path)?;
     let status = if verify {
-        plan::status::status_verified(&plan, &store, &lock)
+        plan::status::status_verified(&plan, store, &lock)
     } else {
-        plan::status::status(&plan, &store, &lock)
+        plan::status::status(&plan, store, &lock)
     };
-    Ok((plan, status, store, lock))
+    Ok((plan, status, lock))
 }
 
 /// `goosepipe plan`.
@@ -131,7 +144,7 @@ pub fn plan_cmd(
     verify: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status, _, _) = plan_with_status_verified(path, store_root, registry, verify)?;
+    let (plan, status, _, _) = plan_with_status(path, store_root, registry, verify)?;
     if json {
         let _ = writeln!(
             out,
@@ -162,7 +175,7 @@ pub fn graph(
 ) -> Result<i32, Report> {
     let (plan, status) = match store_root {
         Some(root) => {
-            let (p, s, _, _) = plan_with_status(path, root, registry)?;
+            let (p, s, _, _) = plan_with_status(path, root, registry, false)?;
             (p, Some(s))
         }
         None => (load_plan(path, registry, &HashCache::in_memory())?, None),
@@ -184,7 +197,7 @@ pub fn explain(
     registry: &Registry,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status, _, _) = plan_with_status(path, store_root, registry)?;
+    let (plan, status, _, _) = plan_with_status(path, store_root, registry, false)?;
     let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
     let _ = write!(out, "{}", render::explain(&plan, &status, i));
     Ok(EXIT_OK)
@@ -232,21 +245,32 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let (path, opts) = (req.manifest, req.opts);
     // From the status check to the last publish, no gc may delete what this run found
     // or built (it waits for a gc that is under way).
-    let shared = open_store(req.store)?;
-    let _in_use = match shared.try_in_use().map_err(|e| miette!("{e}"))? {
-        Some(lock) => lock,
-        None => {
+    let store = open_store(req.store)?;
+    let in_use = match store.try_in_use() {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => {
             let _ = writeln!(
                 out,
                 "waiting for a gc of the store {} to finish (Ctrl-C twice to give up)",
-                shared.root.display()
+                store.root.display()
             );
             let _ = out.flush();
-            shared.in_use().map_err(|e| miette!("{e}"))?
+            Some(store.in_use().map_err(|e| miette!("{e}"))?)
         }
+        // A store this user may only read (a shared cache, a read-only mount) still
+        // answers a run with nothing to build; the error stands if anything would run.
+        Err(e) if e.is_read_only() => None,
+        Err(e) => return Err(miette!("{e}")),
     };
-    let (plan, status, store, old_lock) =
-        plan_with_status_verified(path, req.store, req.registry, opts.verify)?;
+    let (plan, status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
+    if in_use.is_none() && status.states.iter().any(|s| s.will_run()) {
+        return Err(miette!(
+            help = "pass --store DIR or set GOOSEPIPE_STORE to a folder you can write",
+            "the store {} is read-only here, and {} step(s) would have to be built into it",
+            store.root.display(),
+            status.states.iter().filter(|s| s.will_run()).count()
+        ));
+    }
     check_device(req, &status)?;
     let reporter = exec::reporter_for_stderr(req.quiet);
     let report = req
@@ -426,8 +450,8 @@ pub fn report(
     plots: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    existing_store(store_root)?;
-    let (plan, _, store, _) = plan_with_status(path, store_root, registry)?;
+    let store = existing_store(store_root)?;
+    let (plan, _, _) = plan_in_store(path, &store, registry, false)?;
     let mut any = false;
     // A corrupt result is moved aside and said; the exit code says it too (scripts).
     let mut corrupt = false;

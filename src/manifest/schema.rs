@@ -65,6 +65,70 @@ pub struct PropSpec {
     /// so adding it invalidates no artifact. The step's typed struct defaults the
     /// absent value to the same (a test keeps the two equal).
     pub keyless_default: bool,
+    /// What a `path` must name, checked when the plan reads it.
+    pub path_rule: PathRule,
+}
+
+/// What a `path` prop must name (`is="file"` or `is="folder"`; `extensions="jsonl
+/// parquet"`): checked when the plan hashes it, so a wrong kind of path is said by
+/// `check`, at the manifest's line, not by the step that reads it after the steps
+/// before it have run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathRule {
+    pub is: Option<PathIs>,
+    /// File name endings accepted (without the dot); empty: any.
+    pub extensions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PathIs {
+    File,
+    Folder,
+}
+
+impl PathRule {
+    fn parse(node: &KdlNode) -> Result<PathRule, String> {
+        let is = match str_prop(node, "is").as_deref() {
+            None => None,
+            Some("file") => Some(PathIs::File),
+            Some("folder") => Some(PathIs::Folder),
+            Some(other) => return Err(format!("is=\"{other}\": a path is a \"file\" or a \"folder\"")),
+        };
+        let extensions = str_prop(node, "extensions")
+            .map(|e| e.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        Ok(PathRule { is, extensions })
+    }
+
+    /// Why `path` (which exists) is not what the rule asks for, if it is not.
+    pub fn violation(&self, path: &std::path::Path) -> Option<String> {
+        let is_dir = path.is_dir();
+        match self.is {
+            Some(PathIs::File) if is_dir => {
+                return Some(match self.ending_list().as_str() {
+                    "" => "it is a folder; expected a file".to_string(),
+                    endings => format!("it is a folder; expected a{endings} file"),
+                });
+            }
+            Some(PathIs::Folder) if !is_dir => return Some("it is a file; expected a folder".into()),
+            _ => {}
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !is_dir && !self.extensions.is_empty() && !self.extensions.iter().any(|x| x == ext) {
+            return Some(format!("not a type of file this reads; expected{}", self.ending_list()));
+        }
+        None
+    }
+
+    /// " .a, .b or .c", or nothing when any ending is accepted.
+    fn ending_list(&self) -> String {
+        let dotted: Vec<String> = self.extensions.iter().map(|e| format!(".{e}")).collect();
+        match dotted.split_last() {
+            None => String::new(),
+            Some((last, [])) => format!(" {last}"),
+            Some((last, rest)) => format!(" {} or {last}", rest.join(", ")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -296,6 +360,7 @@ fn parse_prop(node: &KdlNode) -> Result<PropSpec, String> {
         min: num_prop(node, "min"),
         max: num_prop(node, "max"),
         above: num_prop(node, "above"),
+        path_rule: PathRule::parse(node).map_err(|e| format!("{name}: {e}"))?,
         doc: str_prop(node, "doc").unwrap_or_else(|| doc_of(node)),
         name,
         ty,

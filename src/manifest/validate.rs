@@ -723,6 +723,7 @@ impl Validator {
             above: None,
             doc: cspec.doc.clone(),
             keyless_default: false,
+            path_rule: Default::default(),
         };
         for e in c.entries() {
             let eloc = Loc::new(file, e.span());

@@ -428,6 +428,22 @@ impl Lowerer<'_> {
                     .push(escape_error(&self.manifest.sources, loc, &u.path, &u.value, why));
                 continue;
             }
+            // Special files and missing paths are said by the hashing below.
+            let plain = std::fs::metadata(&abs).is_ok_and(|m| m.is_file() || m.is_dir());
+            if let Some(why) = plain.then(|| u.rule.violation(&abs)).flatten() {
+                let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::wrong-path",
+                        loc,
+                        format!("{} \"{}\": {why}", u.path, u.value),
+                        "not what this setting reads",
+                    )
+                    .help(format!("`goosepipe schema` says what `{}` reads", u.path)),
+                );
+                continue;
+            }
             match self.hashes.path(&abs) {
                 Ok(h) => {
                     let display = abs

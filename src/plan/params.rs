@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::manifest::schema::{BlockSpec, ChildKind, Schema, Type};
+use crate::manifest::schema::{BlockSpec, ChildKind, PathRule, Schema, Type};
 use crate::manifest::{Block, Child, Loc, Origin, Value};
 
 /// A reference found while collecting params: `path` is where it sits in the block.
@@ -25,6 +25,8 @@ pub struct PathUse {
     pub path: String,
     pub value: String,
     pub loc: Option<Loc>,
+    /// What the schema says it must name.
+    pub rule: PathRule,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -141,6 +143,7 @@ fn walk_props(
                         path,
                         value: v.clone(),
                         loc: f.loc,
+                        rule: p.path_rule.clone(),
                     });
                 }
             }

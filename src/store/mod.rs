@@ -57,6 +57,15 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+impl StoreError {
+    /// The store may not be written here (permissions, a read-only mount).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if source.kind() == io::ErrorKind::PermissionDenied
+                || source.kind() == io::ErrorKind::ReadOnlyFilesystem)
+    }
+}
+
 /// What a user does about a corrupt artifact.
 pub const CORRUPT_HELP: &str = "`goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it";
 
@@ -97,6 +106,13 @@ impl Store {
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
         Ok(Store { root })
+    }
+
+    /// The store at `root` as it is, creating nothing: for commands that only look
+    /// (`plan`, `graph`, `explain`), where a folder that does not exist yet is a store
+    /// with nothing in it, and a dry run leaves no trace.
+    pub fn at(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
     }
 
     /// The store folder to use: `--store`, else $GOOSEPIPE_STORE, else `.goosepipe`.
@@ -541,4 +557,18 @@ pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key)> {
     let text = std::fs::read_to_string(path).ok()?;
     let (id, key) = text.trim_end().split_once('\n')?;
     Some((id.to_string(), key.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_stores_are_told_from_other_failures() {
+        let err = |kind| io_err(Path::new("s/in-use.lock"))(io::Error::from(kind));
+        assert!(err(io::ErrorKind::PermissionDenied).is_read_only());
+        assert!(err(io::ErrorKind::ReadOnlyFilesystem).is_read_only());
+        assert!(!err(io::ErrorKind::NotFound).is_read_only());
+        assert!(!err(io::ErrorKind::IsADirectory).is_read_only());
+    }
 }
