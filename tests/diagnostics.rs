@@ -403,3 +403,41 @@ fn many_errors_render_in_linear_time_with_bounded_output() {
     assert!(out.len() < 50 * 2_000, "{} bytes of output", out.len());
     assert!(out.contains("unknown property `p3999`") || out.contains("unknown property `p49`"));
 }
+
+/// Settings that run but cannot show what the user wants: a study of one replicate
+/// (no seed variation in its intervals), a synthetic task on one letter (its skills
+/// ask the same thing). Warnings, placed at the setting.
+#[test]
+fn one_replicate_studies_and_one_letter_suites_are_warnings() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100 letters=\"aa\"; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                pool \"p\" { experts \"a\"; }\n\
+                eval \"e\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\"\n}\n\
+                study \"s\" { evals \"e\"; }\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = r.unwrap();
+    assert!(
+        out.contains("plan::one-replicate") && out.contains("study \"s\" has one replicate (eval \"e\")"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plan::few-letters") && out.contains("letters=\"aa\": one letter"),
+        "{out}"
+    );
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        &text
+            .replace("letters=\"aa\"", "letters=\"ab\"")
+            .replace("evals \"e\"", "evals \"e\" \"e2\"")
+            .replace(
+                "study",
+                "eval \"e2\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\"\n}\nstudy",
+            ),
+    )]);
+    let out = r.unwrap();
+    assert!(
+        !out.contains("one-replicate") && !out.contains("few-letters"),
+        "{out}"
+    );
+}

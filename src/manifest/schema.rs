@@ -115,7 +115,10 @@ impl PathRule {
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !is_dir && !self.extensions.is_empty() && !self.extensions.iter().any(|x| x == ext) {
-            return Some(format!("not a type of file this reads; expected{}", self.ending_list()));
+            return Some(format!(
+                "not a type of file this reads; expected{}",
+                self.ending_list()
+            ));
         }
         None
     }

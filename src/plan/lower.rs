@@ -896,6 +896,21 @@ impl Lowerer<'_> {
             names.push(name.to_string());
             p.inputs.push((format!("eval:{name}"), format!("eval:{name}")));
         }
+        if let [only] = names.as_slice() {
+            let loc = e
+                .block
+                .list("evals")
+                .first()
+                .and_then(|f| f.loc)
+                .unwrap_or(e.name_loc);
+            self.warn(
+                "plan::one-replicate",
+                loc,
+                format!("study \"{}\" has one replicate (eval \"{only}\")", e.name),
+                "one eval",
+                "its intervals then cover the sampling of examples only, not what another training seed would change; list evals of pools trained with other seeds",
+            );
+        }
         // Replicates are named in the order the manifest lists them.
         p.params.insert(
             "evals".into(),

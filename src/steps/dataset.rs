@@ -36,6 +36,14 @@ fn review_letters(_name: &str, params: &serde_json::Value) -> Vec<Review> {
         return vec![];
     };
     match synthetic::parse_letters(letters) {
+        Ok(l) if l.len() == 1 => vec![Review {
+            at: "synthetic.letters".into(),
+            code: "plan::few-letters",
+            message: format!("synthetic letters=\"{letters}\": one letter"),
+            label: "every sequence is one letter repeated".into(),
+            help: "reversing or sorting such a sequence gives it back and deduplicating leaves one letter, so the skills no longer differ; give two or more".into(),
+            warning: true,
+        }],
         Ok(_) => vec![],
         Err(why) => vec![Review {
             at: "synthetic.letters".into(),
