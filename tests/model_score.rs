@@ -116,6 +116,24 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
         err.contains("model folder /no/such/model-dir does not exist"),
         "{err}"
     );
+    // `org/name` is a hub id or a relative folder: when neither answers, both are said.
+    let cache = tempfile::tempdir().unwrap();
+    let hub = std::mem::replace(
+        &mut req.hub,
+        goosepipe::hub::HubOptions {
+            cache_dir: Some(cache.path().to_path_buf()),
+            offline: true,
+            ..Default::default()
+        },
+    );
+    req.model = "models/t5-nowhere".into();
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("not in the local cache (offline)")
+            && err.contains("nor is there a folder models/t5-nowhere here"),
+        "{err}"
+    );
+    req.hub = hub;
     req.model = dir.to_str().unwrap().to_owned();
     req.device = "tpu".into();
     assert!(score(&req).unwrap_err().to_string().contains("tpu"));

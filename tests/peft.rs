@@ -602,6 +602,16 @@ expert "sort" model="t" dataset="sort" {
     let m = dir.path().join("model");
     goosepipe::app::export("model:t", None, &m, &store, &mut Vec::new()).unwrap();
     assert!(T5Model::load(&m, &Device::Cpu, DType::F32).is_ok());
+
+    // A file where the base model goes is said, not met with the OS's "File exists".
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("base-model"), "a file").unwrap();
+    let err = goosepipe::app::export("expert:sort", None, &blocked, &store, &mut Vec::new()).unwrap_err();
+    assert!(
+        format!("{err}").contains("base-model exists and is not a folder: the base model is written there"),
+        "{err}"
+    );
 }
 
 #[test]

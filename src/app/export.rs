@@ -74,6 +74,12 @@ fn config_of(dir: &Path) -> Result<T5Config, String> {
 /// Copies a model folder's config, weights and tokenizer into `out` as an HF checkpoint.
 fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     let files = locate(dir).map_err(|e| e.to_string())?;
+    if out.exists() && !out.is_dir() {
+        return Err(format!(
+            "{} exists and is not a folder: the base model is written there; move it away or export into another folder",
+            out.display()
+        ));
+    }
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut sources = vec![files.config.clone()];
     match &files.weights {

@@ -221,5 +221,15 @@ pub fn resolve_model_dir(model: &str, revision: &str, hub: &HubOptions) -> Resul
             "model folder {model} {what} (a local model is a folder with config.json, the weights and tokenizer.json; a hub model is `org/name`)"
         )));
     }
-    resolve_model(model, revision, hub)
+    // `org/name` may also be a relative folder the user mistyped: when the hub cannot
+    // answer either, say both places were looked at.
+    resolve_model(model, revision, hub).map_err(|e| match e {
+        HubError::Request(m) if model.contains('/') => HubError::Request(format!(
+            "{m} (nor is there a folder {model} here, in {})",
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "the working folder".into())
+        )),
+        e => e,
+    })
 }
