@@ -61,6 +61,23 @@ fn plan_json_and_check_cached_for_ci() {
     let explained = goosepipe(&["explain", GOLDEN, "eval:e"], &store);
     assert_eq!(explained.status.code(), Some(0), "{}", text(&explained.stderr));
     assert!(!store.exists(), "plan and explain created the store folder");
+    // A mistyped store is an error for verify and gc (verify passed, finding nothing),
+    // and even a dry run of gc created the folder.
+    for args in [
+        &["verify", GOLDEN][..],
+        &["verify", "--all"],
+        &["gc", "--dry-run", GOLDEN],
+        &["gc", GOLDEN],
+    ] {
+        let out = goosepipe(args, &store);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("nothing was ever built there"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!store.exists(), "verify or gc created the store folder");
     let table = text(&guard.stdout);
     assert!(
         table
@@ -83,6 +100,22 @@ fn graph_explain_schema_and_show() {
         mm.starts_with("flowchart LR") && mm.contains("class s0 stale"),
         "{mm}"
     );
+
+    // Names are text: a quote or markup in one never breaks a graph or renders.
+    let odd = t.path().join("odd.kdl");
+    std::fs::write(
+        &odd,
+        "pipeline \"p\\\"q\"\ndataset \"a\\\"b<i>&c#\" { synthetic task=\"corpus\" examples=10; }\n",
+    )
+    .unwrap();
+    let dot = text(&goosepipe(&["graph", odd.to_str().unwrap()], t.path()).stdout);
+    assert!(dot.starts_with("digraph \"p\\\"q\" {"), "{dot}");
+    assert!(
+        dot.contains("  \"dataset:a\\\"b<i>&c#\" [label=\"dataset\\na\\\"b<i>&c#\\n"),
+        "{dot}"
+    );
+    let mm = text(&goosepipe(&["graph", odd.to_str().unwrap(), "--format", "mermaid"], t.path()).stdout);
+    assert!(mm.contains("[\"dataset a#34;b#60;i#62;#38;c#35;<br/>"), "{mm}");
 
     let ex = goosepipe(&["explain", GOLDEN, "gate:a"], t.path());
     let ex = text(&ex.stdout);

@@ -6,6 +6,7 @@
 //! that works sends a held-in task's tokens to that task's expert; gates that all
 //! look alike cannot.
 
+use crate::eval::table::md_cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -199,8 +200,10 @@ pub fn markdown(title: &str, q: &RoutingQuality) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "| {method} | {task} | {} | {:.2} | {:.2} | {} | {} | {distinct} | {} | {} of {} |",
-                    r.expert,
+                    "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {distinct} | {} | {} of {} |",
+                    md_cell(method),
+                    md_cell(task),
+                    md_cell(&r.expert),
                     r.share,
                     r.hit,
                     f(r.encoder_share),
@@ -211,7 +214,11 @@ pub fn markdown(title: &str, q: &RoutingQuality) -> String {
                 );
             }
             if let Some(m) = mean(&shares) {
-                let _ = writeln!(out, "| {method} | **mean** | | **{m:.2}** | | | | | | |");
+                let _ = writeln!(
+                    out,
+                    "| {} | **mean** | | **{m:.2}** | | | | | | |",
+                    md_cell(method)
+                );
             }
         }
         let _ = writeln!(

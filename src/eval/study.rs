@@ -8,6 +8,7 @@
 //! examples within a task, tasks within a replicate (the unweighted mean over tasks, as
 //! the results table does), and replicates. Percentile intervals, 2.5% and 97.5%.
 
+use crate::eval::table::md_cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -271,7 +272,8 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "| {m} | {:.1} | [{:.1}, {:.1}] | {} |",
+            "| {} | {:.1} | [{:.1}, {:.1}] | {} |",
+            md_cell(m),
             100.0 * i.mean,
             100.0 * i.lo,
             100.0 * i.hi,
@@ -279,7 +281,8 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
         );
     }
     let _ = writeln!(out, "\nPer task (mean over replicates):\n");
-    let _ = writeln!(out, "| method | {} |", r.tasks.join(" | "));
+    let tasks: Vec<String> = r.tasks.iter().map(|t| md_cell(t)).collect();
+    let _ = writeln!(out, "| method | {} |", tasks.join(" | "));
     let _ = writeln!(out, "|---|{}", "---:|".repeat(r.tasks.len()));
     for m in &r.order {
         let cells: Vec<String> = r
@@ -287,9 +290,13 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
             .iter()
             .map(|t| format!("{:.1}", 100.0 * r.per_task[m][t]))
             .collect();
-        let _ = writeln!(out, "| {m} | {} |", cells.join(" | "));
+        let _ = writeln!(out, "| {} | {} |", md_cell(m), cells.join(" | "));
     }
-    let _ = writeln!(out, "\n| {} minus | difference | 95% interval | |", r.compare);
+    let _ = writeln!(
+        out,
+        "\n| {} minus | difference | 95% interval | |",
+        md_cell(&r.compare)
+    );
     let _ = writeln!(out, "|---|---:|---:|---|");
     for m in &r.order {
         let Some(d) = r.differences.get(m) else { continue };
@@ -300,10 +307,12 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
         };
         let _ = writeln!(
             out,
-            "| {m} | {:+.1} | [{:+.1}, {:+.1}] | {verdict} |",
+            "| {} | {:+.1} | [{:+.1}, {:+.1}] | {} |",
+            md_cell(m),
             100.0 * d.mean,
             100.0 * d.lo,
-            100.0 * d.hi
+            100.0 * d.hi,
+            md_cell(&verdict)
         );
     }
     out

@@ -57,7 +57,8 @@ impl Results {
     pub fn markdown(&self, name: &str) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "### {name} ({})\n", self.title);
-        let _ = writeln!(out, "| task | {} |", self.methods.join(" | "));
+        let methods: Vec<String> = self.methods.iter().map(|m| md_cell(m)).collect();
+        let _ = writeln!(out, "| task | {} |", methods.join(" | "));
         let _ = writeln!(out, "|---|{}", "---:|".repeat(self.methods.len()));
         for (label, vals) in self.rows() {
             let best = vals.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
@@ -72,7 +73,7 @@ impl Results {
             let label = if label == "mean" {
                 "**mean**".to_string()
             } else {
-                label
+                md_cell(&label)
             };
             let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
         }
@@ -86,16 +87,32 @@ impl Results {
     }
 
     pub fn csv(&self) -> String {
-        let mut out = format!("task,{}\n", self.methods.join(","));
+        let methods: Vec<String> = self.methods.iter().map(|m| csv_field(m)).collect();
+        let mut out = format!("task,{}\n", methods.join(","));
         for (label, vals) in self.rows() {
             let cells: Vec<String> = vals
                 .iter()
                 .map(|v| v.map(|x| format!("{x:.6}")).unwrap_or_default())
                 .collect();
-            let _ = writeln!(out, "{},{}", label.replace(',', ";"), cells.join(","));
+            let _ = writeln!(out, "{},{}", csv_field(&label), cells.join(","));
         }
         out
     }
+}
+
+/// A CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a
+/// comma, a quote or a line break; as it is otherwise, so plain names read the same.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Text in a markdown table cell: a `|` would end the cell.
+pub fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
 }
 
 #[cfg(test)]
@@ -128,5 +145,26 @@ mod tests {
             r.csv(),
             "task,base,phatgoose\na,0.250000,0.750000\nb,0.500000,0.500000\nmean,0.375000,0.625000\n"
         );
+    }
+
+    #[test]
+    fn names_with_commas_quotes_and_bars_keep_their_columns() {
+        let mut r = Results {
+            title: "t".into(),
+            tasks: vec!["a,\"b\"|c".into()],
+            methods: vec!["expert:so,rt".into(), "expert:x|y".into()],
+            ..Default::default()
+        };
+        r.scores.insert(
+            "a,\"b\"|c".into(),
+            BTreeMap::from([("expert:so,rt".into(), 0.25), ("expert:x|y".into(), 0.5)]),
+        );
+        let csv = r.csv();
+        let mut lines = csv.lines();
+        assert_eq!(lines.next(), Some("task,\"expert:so,rt\",expert:x|y"));
+        assert!(lines.next().unwrap().starts_with("\"a,\"\"b\"\"|c"), "{csv}");
+        let md = r.markdown("e");
+        assert!(md.contains("| task | expert:so,rt | expert:x\\|y |"), "{md}");
+        assert!(md.contains("| a,\"b\"\\|c"), "{md}");
     }
 }

@@ -126,34 +126,59 @@ fn colour(st: Option<&State>) -> &'static str {
     }
 }
 
+/// Text inside a DOT quoted string: names may hold `"` and `\\` (DOT's only escapes);
+/// any other character goes through as it is (Rust's `{:?}` would write `\u{..}`
+/// escapes, which DOT does not read).
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn dot_str(s: &str) -> String {
+    format!("\"{}\"", dot_escape(s))
+}
+
 pub fn dot(plan: &Plan, status: Option<&Status>) -> String {
     let mut out = format!(
-        "digraph {:?} {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n",
-        pipeline_name(plan)
+        "digraph {} {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n",
+        dot_str(&pipeline_name(plan))
     );
     for (i, s) in plan.steps.iter().enumerate() {
         let st = status.map(|st| &st.states[i]);
+        // Lines of a label are separated by DOT's `\n`, added after escaping.
         let label = format!(
             "{}\\n{}\\n{}{}",
-            s.spec.kind,
-            s.spec.name,
+            dot_escape(&s.spec.kind),
+            dot_escape(&s.spec.name),
             s.spec.key.short(),
-            st.map(|s| format!(" ({})", s.label())).unwrap_or_default()
+            st.map(|s| format!(" ({})", dot_escape(&s.label())))
+                .unwrap_or_default()
         );
         let _ = writeln!(
             out,
-            "  {:?} [label=\"{}\", fillcolor=\"{}\"];",
-            s.spec.id,
-            label,
+            "  {} [label=\"{label}\", fillcolor=\"{}\"];",
+            dot_str(&s.spec.id),
             colour(st)
         );
     }
     for s in &plan.steps {
         for i in &s.spec.inputs {
-            let _ = writeln!(out, "  {:?} -> {:?};", i.id, s.spec.id);
+            let _ = writeln!(out, "  {} -> {};", dot_str(&i.id), dot_str(&s.spec.id));
         }
     }
     out.push_str("}\n");
+    out
+}
+
+/// Text inside a Mermaid node label (`["..."]`, read as HTML): quotes and markup
+/// characters as Mermaid's numeric entity codes, so a name is shown, never rendered.
+fn mermaid_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '<' | '>' | '&' | '#' => out.push_str(&format!("#{};", c as u32)),
+            c => out.push(c),
+        }
+    }
     out
 }
 
@@ -167,7 +192,7 @@ pub fn mermaid(plan: &Plan, status: Option<&Status>) -> String {
             "  {}[\"{} {}<br/>{}{}\"]",
             node_id(i),
             s.spec.kind,
-            s.spec.name.replace('"', "#quot;"),
+            mermaid_text(&s.spec.name),
             s.spec.key.short(),
             st.map(|s| format!(" ({s})")).unwrap_or_default()
         );
