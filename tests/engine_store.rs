@@ -531,6 +531,21 @@ fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
     );
     assert_eq!(show("p").unwrap(), show("pool:p").unwrap());
     assert!(show("expert:a").is_ok());
+
+    // A name made of hex digits may also start a key: refused, naming both (it showed
+    // the artifact of the key, silently).
+    let store = Store::open(p.store()).unwrap();
+    let pool = store.find("pool:p").unwrap().key.hex()[..6].to_string();
+    p.write(&format!("{BASE}\ndataset \"{pool}\" hub=\"org/data\" config=\"x\"\n"));
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let err = show(&pool).unwrap_err();
+    assert!(
+        err.contains(&format!("{pool:?} is both the start of the key"))
+            && err.contains(&format!("the name of dataset:{pool}")),
+        "{err}"
+    );
+    assert!(show(&format!("dataset:{pool}")).is_ok());
 }
 
 /// A run started while a gc holds the store waits for the gc, says so, then runs.

@@ -447,6 +447,18 @@ impl Store {
             let matches: Vec<&Key> = keys.iter().filter(|k| k.hex().starts_with(what)).collect();
             match matches.as_slice() {
                 [k] => {
+                    // A name may be hex too (`cafe`, `added`): then it is not for us to
+                    // pick which was meant.
+                    let named = keys.iter().find_map(|other| match self.presence(other) {
+                        Presence::Present(m) if m.spec.name == what && other != *k => Some(m.spec.id),
+                        _ => None,
+                    });
+                    if let Some(id) = named {
+                        return Err(format!(
+                            "{what:?} is both the start of the key {} and the name of {id}; give the step id ({id}) or more digits of the key",
+                            k.short()
+                        ));
+                    }
                     return match self.presence(k) {
                         Presence::Present(m) => Ok(*m),
                         Presence::Corrupt(reason) => Err(format!(
