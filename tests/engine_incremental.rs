@@ -324,4 +324,17 @@ fn only_accepts_an_input_whose_twin_it_builds() {
         assert!(!stale.contains(&t.to_string()), "{t} is stale: {stale:?}");
     }
     assert!(!stale.contains(&"pool:p2".to_string()), "{stale:?}");
+
+    // Running the same selection again builds nothing, and says that others are stale
+    // (it said "all steps are cached").
+    let (code, out) = p.run(&reg, &only(&["pool:p2"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(log.take().is_empty());
+    assert!(
+        out.contains(&format!(
+            "nothing to do for the selected steps: {} other step(s) are stale",
+            stale.len()
+        )) && !out.contains("all steps are cached"),
+        "{out}"
+    );
 }

@@ -536,7 +536,9 @@ fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
     // the artifact of the key, silently).
     let store = Store::open(p.store()).unwrap();
     let pool = store.find("pool:p").unwrap().key.hex()[..6].to_string();
-    p.write(&format!("{BASE}\ndataset \"{pool}\" hub=\"org/data\" config=\"x\"\n"));
+    p.write(&format!(
+        "{BASE}\ndataset \"{pool}\" hub=\"org/data\" config=\"x\"\n"
+    ));
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0, "{out}");
     let err = show(&pool).unwrap_err();

@@ -349,7 +349,15 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         );
         return Ok(EXIT_ERROR);
     }
-    if built == 0 {
+    if built == 0 && status.stale_count() > 0 {
+        // --only / --until left the stale steps out: "all cached" would be false.
+        let _ = writeln!(
+            out,
+            "nothing to do for the selected steps: {} other step(s) are stale (`goosepipe plan {}` lists them)",
+            status.stale_count(),
+            path.display()
+        );
+    } else if built == 0 {
         let _ = writeln!(out, "nothing to do: all {} steps are cached", plan.steps.len());
     } else {
         // A step another run built while this one waited for it is not ours to claim.
