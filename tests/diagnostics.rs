@@ -94,7 +94,6 @@ golden!(
     "manifest::wrong-path"
 );
 golden!(mixed_models, "manifest::mixed-models");
-golden!(mixed_ranks, "manifest::mixed-ranks");
 golden!(
     many_errors,
     "manifest::unknown-property",

@@ -348,3 +348,69 @@ fn micro_pipeline_runs_average_activation_and_retrieval() {
         assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != 0.0));
     }
 }
+
+/// Experts of different LoRA ranks pool: each module's experts are padded to the
+/// largest rank exactly, so every method runs over them (the plan refused such a pool
+/// of trained experts, though imported adapters of mixed ranks pooled already).
+#[test]
+fn experts_of_different_ranks_pool_under_every_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = micro(Path::new("unused"))
+        .replace("embedder=\"unused\"", "embedder=\"base-encoder\"")
+        .replace(
+            "expert \"shift\" model=\"t\" dataset=\"shift\"",
+            "expert \"shift\" model=\"t\" dataset=\"shift\" { lora rank=2; }",
+        )
+        .replace(
+            "methods \"average-activation\" \"retrieval\" \"phatgoose\"",
+            "methods \"average-activation\" \"retrieval\" \"phatgoose\" \"merged\" \"arrow\" \"expert:shift\"",
+        );
+    assert!(manifest.contains("lora rank=2") && manifest.contains("\"arrow\""));
+    std::fs::write(dir.path().join("micro.kdl"), &manifest).unwrap();
+    let reg = goosepipe::steps::registry();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &dir.path().join("micro.kdl"),
+        &dir.path().join("store"),
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0, "{out}");
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let plan = goosepipe::app::load_plan(&dir.path().join("micro.kdl"), &reg, &store.hash_cache()).unwrap();
+    let files = |id: &str| store.files_dir(&plan.get(id).unwrap().spec.key);
+    let shift =
+        candle_core::safetensors::load(files("expert:shift").join("expert.safetensors"), &Device::Cpu)
+            .unwrap();
+    let sort = candle_core::safetensors::load(files("expert:sort").join("expert.safetensors"), &Device::Cpu)
+        .unwrap();
+    let rank = |t: &std::collections::HashMap<String, Tensor>| {
+        let (_, a) = t.iter().find(|(k, _)| k.ends_with(".lora_A")).unwrap();
+        a.dims()[0]
+    };
+    assert_eq!(
+        (rank(&shift), rank(&sort)),
+        (2, 4),
+        "the experts keep their ranks"
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files("eval:e").join("results.json")).unwrap()).unwrap();
+    for m in [
+        "average-activation",
+        "retrieval",
+        "phatgoose",
+        "merged",
+        "arrow",
+        "expert:shift",
+    ] {
+        let s = results["scores"]["arrange"][m]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {m} score: {results}"));
+        assert!(s.is_finite() && (0.0..=1.0).contains(&s), "{m}: {s}");
+    }
+}

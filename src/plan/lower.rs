@@ -725,36 +725,8 @@ impl Lowerer<'_> {
     }
 
     fn pool(&mut self, e: &Entity) {
-        // Routing stacks the members' LoRA matrices, so they must share one rank.
-        let mut first: Option<(String, i64)> = None;
-        for f in e.block.list("experts") {
-            let Some(name) = f.value.as_str() else { continue };
-            let Some(rank) = self
-                .manifest
-                .entity("expert", name)
-                .and_then(|x| x.block.group("lora"))
-                .and_then(|l| l.get("rank"))
-                .and_then(|v| v.as_int())
-            else {
-                continue;
-            };
-            match &first {
-                None => first = Some((name.to_string(), rank)),
-                Some((fname, frank)) if *frank != rank => {
-                    self.errors.push(
-                        ManifestError::new(
-                            &self.manifest.sources,
-                            "manifest::mixed-ranks",
-                            f.loc.unwrap_or(e.name_loc),
-                            format!("pool \"{}\" mixes LoRA ranks", e.name),
-                            format!("expert \"{name}\" has rank {rank}"),
-                        )
-                        .help(format!("expert \"{fname}\" has rank {frank}; the experts of a pool must share one LoRA rank")),
-                    );
-                }
-                _ => {}
-            }
-        }
+        // Members may differ in LoRA rank: a pool pads each module's experts to the
+        // largest rank exactly (`model::adapter::pool`), as for imported adapters.
         let mut p = Proto::new("pool", &e.name, Some(e.name_loc));
         let mut members: Vec<String> = e
             .block
