@@ -414,3 +414,65 @@ fn experts_of_different_ranks_pool_under_every_method() {
         assert!(s.is_finite() && (0.0..=1.0).contains(&s), "{m}: {s}");
     }
 }
+
+/// A --keep-going run with a failure still shows the tables of the evals that
+/// finished beside it (it printed only the failure).
+#[test]
+fn a_failed_keep_going_run_shows_the_results_that_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.kdl"),
+        r#"
+dataset "corpus" { synthetic task="corpus" examples=100 seed=1; }
+model "t" { init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=4 batch=8; }
+dataset "sort" { synthetic task="sort" examples=32 format="choice"; }
+expert "sort" model="t" dataset="sort" {
+    lora rank=2
+    train steps=2 batch=8 micro-batch=8 eval-every=2 eval-examples=4 checkpoint-every=2
+    gate steps=1 batch=8 micro-batch=8
+}
+pool "p" { experts "sort"; }
+dataset "sort-test" split="test" { synthetic task="sort" examples=8 format="choice" seed=9; }
+dataset "broken" path="broken.jsonl" input-field="q" target-field="a"
+eval "good" pool="p" {
+    methods "base" "expert:sort"
+    task "sort" dataset="sort-test"
+}
+eval "bad" pool="p" {
+    methods "base"
+    task "b" dataset="broken"
+}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("broken.jsonl"),
+        "{\"q\": \"x\", \"a\": \"y\"}\n{\"q\": 1\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &dir.path().join("m.kdl"),
+        &dir.path().join("store"),
+        &goosepipe::steps::registry(),
+        &RunOptions {
+            keep_going: true,
+            ..Default::default()
+        },
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1, "{out}");
+    let table = out
+        .find("### good (pool of 1 expert)")
+        .unwrap_or_else(|| panic!("{out}"));
+    let failed = out.find("1 step(s) failed:").unwrap_or_else(|| panic!("{out}"));
+    assert!(table < failed, "results first, then the failure: {out}");
+    assert!(
+        out.contains("dataset:broken") && out.contains("not run because of the failure: eval:bad"),
+        "{out}"
+    );
+}

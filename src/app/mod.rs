@@ -322,6 +322,8 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         return Ok(EXIT_INTERRUPTED);
     }
     if !report.failed.is_empty() {
+        // What finished (with --keep-going, evals beside the failure) is shown first.
+        print_finished_results(&plan, &store, &report, out);
         let _ = writeln!(out, "{} step(s) failed:", report.failed.len());
         for (id, msg) in &report.failed {
             let _ = writeln!(out, "  {id}: {msg}");
@@ -381,22 +383,25 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             report.built.len(),
             report.cached
         );
-        // The results of every evaluation and study that ran, as the last thing the
-        // user sees.
-        // (Also of those whose artifact another step or run built meanwhile.)
-        let finished: HashSet<&String> = report
-            .built
-            .iter()
-            .chain(&report.shared)
-            .chain(&report.reused)
-            .collect();
-        for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
-            if let Ok(Some(md)) = headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name) {
-                let _ = writeln!(out, "\n{md}");
-            }
-        }
+        print_finished_results(&plan, &store, &report, out);
     }
     Ok(EXIT_OK)
+}
+
+/// The results of every evaluation and study that ran (also of those whose artifact
+/// another step or run built meanwhile), as the last thing the user sees.
+fn print_finished_results(plan: &Plan, store: &Store, report: &exec::RunReport, out: &mut dyn Write) {
+    let finished: HashSet<&String> = report
+        .built
+        .iter()
+        .chain(&report.shared)
+        .chain(&report.reused)
+        .collect();
+    for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
+        if let Ok(Some(md)) = headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name) {
+            let _ = writeln!(out, "\n{md}");
+        }
+    }
 }
 
 /// With the local executor a device other than the CPU is opened before any step

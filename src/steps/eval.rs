@@ -725,7 +725,10 @@ impl<'a> EvalRun<'a> {
             _ => None,
         };
         let mut results = Results {
-            title: format!("pool of {} experts", self.experts.len()),
+            title: match self.experts.len() {
+                1 => "pool of 1 expert".to_string(),
+                n => format!("pool of {n} experts"),
+            },
             tasks: tasks.iter().map(|t| t.name.clone()).collect(),
             methods: methods.clone(),
             metrics: tasks.iter().map(|t| (t.name.clone(), t.metric.clone())).collect(),
