@@ -190,6 +190,17 @@ fn bit_flipped_input_is_rebuilt_before_use() {
     log.take();
     let store = Store::open(p.store()).unwrap();
     let k = key_of(&p, &reg, "expert:a");
+    // A file added to an artifact after publishing is not one of its files.
+    let extra = store.files_dir(&k).join("sub/extra.txt");
+    std::fs::create_dir_all(extra.parent().unwrap()).unwrap();
+    std::fs::write(&extra, "x").unwrap();
+    let err = store.verify(&k).unwrap_err().to_string();
+    assert!(
+        err.contains("sub/extra.txt is not one of its recorded files"),
+        "{err}"
+    );
+    std::fs::remove_file(&extra).unwrap();
+    assert!(store.verify(&k).is_ok());
     // Same size, different bytes: only a re-hash can tell.
     let f = store.files_dir(&k).join("output.txt");
     let mut bytes = std::fs::read(&f).unwrap();

@@ -60,19 +60,39 @@ pub fn digest_of(files: &[FileEntry]) -> String {
 /// Lists and hashes every file below `dir` (the artifact payload).
 pub fn scan_files(dir: &Path) -> std::io::Result<Vec<FileEntry>> {
     let mut out = vec![];
-    scan(dir, dir, &mut out)?;
+    for (rel, p, ft) in payload_entries(dir)? {
+        if ft.is_file() {
+            out.push(FileEntry {
+                path: rel,
+                size: std::fs::metadata(&p)?.len(),
+                blake3: super::hashing::hash_file(&p)?.to_hex().to_string(),
+            });
+        }
+    }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn scan(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> std::io::Result<()> {
+/// Every entry below `dir` that is not a folder: its path relative to `dir` written
+/// with `/` (as an artifact records its files), its full path and its type.
+pub fn payload_entries(dir: &Path) -> std::io::Result<Vec<(String, std::path::PathBuf, std::fs::FileType)>> {
+    let mut out = vec![];
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, std::path::PathBuf, std::fs::FileType)>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let ft = entry.file_type()?;
         let p = entry.path();
         if ft.is_dir() {
-            scan(root, &p, out)?;
-        } else if ft.is_file() {
+            walk(root, &p, out)?;
+        } else {
             let rel = p
                 .strip_prefix(root)
                 .unwrap_or(&p)
@@ -80,11 +100,7 @@ fn scan(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> std::io::Result<()
                 .map(|c| c.as_os_str().to_string_lossy().to_string())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push(FileEntry {
-                path: rel,
-                size: entry.metadata()?.len(),
-                blake3: super::hashing::hash_file(&p)?.to_hex().to_string(),
-            });
+            out.push((rel, p, ft));
         }
     }
     Ok(())

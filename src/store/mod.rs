@@ -250,6 +250,16 @@ impl Store {
                 });
             }
         }
+        // A file added after publishing is no part of the artifact its digest names,
+        // and a reader that lists the folder would take it.
+        let recorded: std::collections::HashSet<&str> = meta.files.iter().map(|f| f.path.as_str()).collect();
+        let present = artifact::payload_entries(&files).map_err(io_err(&files))?;
+        if let Some((extra, _, _)) = present.iter().find(|(p, _, _)| !recorded.contains(p.as_str())) {
+            return Err(StoreError::Corrupt {
+                key: key.hex(),
+                reason: format!("{extra} is not one of its recorded files"),
+            });
+        }
         Ok(meta)
     }
 
