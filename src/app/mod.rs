@@ -668,6 +668,12 @@ fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, notes: &mut dyn Wr
     for f in written {
         let _ = writeln!(notes, "wrote {}", f.display());
     }
+    if let Ok(None) = crate::eval::plots::png_font() {
+        let _ = writeln!(
+            notes,
+            "note: the PNGs have no text (the SVGs do): no font file was found here, or GOOSEPIPE_PLOT_FONT=none; set GOOSEPIPE_PLOT_FONT to a .ttf file"
+        );
+    }
     Ok(())
 }
 

