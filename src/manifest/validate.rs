@@ -45,6 +45,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
         root: root.clone(),
         raw: vec![],
         include_stack: vec![],
+        refused_names: Default::default(),
     };
     let name = abs
         .file_name()
@@ -117,6 +118,9 @@ struct Validator {
     root: PathBuf,
     raw: Vec<RawNode>,
     include_stack: Vec<PathBuf>,
+    /// Names refused as names (`manifest::bad-name`): a reference to one is not a
+    /// second error (the node is defined; its name is what is wrong).
+    refused_names: std::collections::HashSet<String>,
 }
 
 impl Validator {
@@ -972,6 +976,7 @@ impl Validator {
                         why,
                         "names become folder and file names (report --plots, exports): no `/`, `\\`, control characters or leading `.`, at most 200 bytes",
                     );
+                    self.refused_names.insert(s.clone());
                     return None;
                 }
                 Value::Str(s.clone())
@@ -1037,7 +1042,7 @@ impl Validator {
         }
         for (kind, name, loc) in refs {
             let known_set = names.get(kind.as_str());
-            if known_set.is_some_and(|k| k.contains(name.as_str())) {
+            if known_set.is_some_and(|k| k.contains(name.as_str())) || self.refused_names.contains(&name) {
                 continue;
             }
             let mut known: Vec<&str> = known_set.map(|k| k.iter().copied().collect()).unwrap_or_default();
