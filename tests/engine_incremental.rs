@@ -102,6 +102,25 @@ fn removing_an_expert_rebuilds_only_pool_and_eval() {
     assert_eq!(p.stale(&reg), ids(&["pool:p", "eval:e"]));
 }
 
+/// Removing one of two tasks on one dataset removes a role, not the dataset: the plan
+/// names the role (it said the dataset was removed, though the eval still reads it).
+#[test]
+fn a_removed_role_of_an_input_still_read_is_named_with_its_role() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let two = BASE.replace(
+        "task \"h\" dataset=\"heldout\"",
+        "task \"h\" dataset=\"heldout\"\n    task \"h2\" dataset=\"heldout\"",
+    );
+    let p = Project::new(&two);
+    p.run(&reg, &RunOptions::default());
+    p.write(BASE);
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    let row = text.lines().find(|l| l.trim_start().starts_with("eval")).unwrap();
+    assert!(row.contains("inputs removed: dataset:heldout as "), "{text}");
+}
+
 #[test]
 fn per_expert_baseline_steps_do_not_depend_on_the_pool() {
     let log = Log::default();

@@ -217,6 +217,15 @@ fn bit_flipped_input_is_rebuilt_before_use() {
     assert!(store.verify(&k).is_ok());
 }
 
+/// The row of step `id` (`kind:name`) in a rendered plan.
+fn plan_line(text: &str, id: &str) -> String {
+    let (kind, name) = id.split_once(':').unwrap();
+    text.lines()
+        .find(|l| l.split_whitespace().take(2).eq([kind, name]))
+        .unwrap_or_else(|| panic!("{id}: {text}"))
+        .to_string()
+}
+
 #[test]
 fn a_failure_stops_dependents_and_keeps_finished_work() {
     let log = Log::default();
@@ -245,6 +254,27 @@ fn a_failure_stops_dependents_and_keeps_finished_work() {
     // Fixing the failure runs only what is left.
     let reg = registry(&log, &Behaviour::default());
     assert_eq!(p.stale(&reg), vec!["eval:e", "expert:b", "gate:b", "pool:p"]);
+    // Steps that never built say so, or which input moved since the lockfile's run
+    // (they said "key changed; its recipe is not in this store").
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(plan_line(&text, "pool:p").contains("stale: new"), "{text}");
+    p.write(&BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\" {\n    train steps=11\n}",
+    ));
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(
+        plan_line(&text, "gate:b").contains("input changed: expert:b"),
+        "{text}"
+    );
+    assert!(
+        plan_line(&text, "pool:p").contains("input changed: expert:b, gate:b"),
+        "{text}"
+    );
+    assert!(!text.contains("recipe is not in this store"), "{text}");
+    p.write(BASE);
 
     // Without --keep-going the run stops: what needs the failed step is said to be
     // blocked by it, what does not is said to be not started (it was all "because of

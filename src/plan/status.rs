@@ -68,7 +68,7 @@ impl Reason {
     pub fn describe(&self) -> String {
         match self {
             Reason::New => "new".into(),
-            Reason::Missing => "artifact missing from the store (it was built before)".into(),
+            Reason::Missing => "artifact missing from this store (the lockfile says it was built)".into(),
             Reason::Interrupted => "interrupted in an earlier run; resumes from its saved progress".into(),
             Reason::Corrupt { detail } => format!("artifact corrupt ({detail})"),
             Reason::ParamsChanged { changes } => format!(
@@ -297,9 +297,29 @@ fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
         .or_else(|| store.meta(&locked.key).map(|m| m.spec));
     match old {
         Some(old) => diff(&old, spec),
-        None => vec![Reason::KeyChanged {
-            old: locked.key.short(),
-        }],
+        // Without the old recipe, the lockfile still says which inputs moved.
+        None => {
+            let moved: Vec<String> = spec
+                .inputs
+                .iter()
+                .filter(|i| lock.steps.get(&i.id).is_some_and(|l| l.key != i.key))
+                .map(|i| i.id.clone())
+                .collect();
+            if !moved.is_empty() {
+                vec![Reason::InputChanged { inputs: moved }]
+            } else if locked.digest.is_none() {
+                // Its last key was never built either: nothing to compare with.
+                vec![if has_progress(store, spec) {
+                    Reason::Interrupted
+                } else {
+                    Reason::New
+                }]
+            } else {
+                vec![Reason::KeyChanged {
+                    old: locked.key.short(),
+                }]
+            }
+        }
     }
 }
 
@@ -346,11 +366,19 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
         .filter(|(r, _)| !old_in.contains_key(*r))
         .map(|(_, (_, id))| id.to_string())
         .collect();
+    // A step still read in another role (two tasks on one dataset, one removed) is
+    // named with the role it lost.
     let removed: Vec<String> = old
         .inputs
         .iter()
         .filter(|i| !new_in.contains_key(i.role.as_str()))
-        .map(|i| i.id.clone())
+        .map(|i| {
+            if new.inputs.iter().any(|n| n.id == i.id) {
+                format!("{} as {}", i.id, i.role)
+            } else {
+                i.id.clone()
+            }
+        })
         .collect();
     if !added.is_empty() {
         out.push(Reason::InputsAdded { inputs: added });
