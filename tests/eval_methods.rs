@@ -481,14 +481,18 @@ fn a_failed_keep_going_run_shows_the_results_that_finished() {
 /// one of the usual system fonts; `none` leaves the text out (and says so), and a
 /// file that is not a font is an error naming the variable.
 #[test]
-fn png_plots_carry_text_when_a_font_is_at_hand() {
+fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("m.kdl");
-    std::fs::write(
-        &m,
-        ONE_EXPERT.replace("dataset=\"broken\"", "dataset=\"sort-test\""),
-    )
-    .unwrap();
+    // Two tasks listed against the alphabet: reports keep the manifest's order.
+    let text = ONE_EXPERT
+        .replace("dataset=\"broken\"", "dataset=\"sort-test\"")
+        .replace(
+            "task \"sort\" dataset=\"sort-test\"",
+            "task \"zz\" dataset=\"sort-test\"\n    task \"aa\" dataset=\"sort-test\"",
+        );
+    assert!(text.contains("\"zz\""));
+    std::fs::write(&m, text).unwrap();
     let cli = |font: &Path, args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
             .args(args)
@@ -518,6 +522,12 @@ fn png_plots_carry_text_when_a_font_is_at_hand() {
     let without = plots(Path::new("none"), "without");
     for o in [&with, &without] {
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for format in ["md", "csv"] {
+        let r = cli(Path::new("none"), &["report", m, "--format", format]);
+        let r = String::from_utf8_lossy(&r.stdout).to_string();
+        let (zz, aa) = (r.find("zz (").unwrap(), r.find("aa (").unwrap());
+        assert!(zz < aa, "{format}: {r}");
     }
     let note = "the PNGs have no text (the SVGs do)";
     assert!(!String::from_utf8_lossy(&with.stdout).contains(note));

@@ -398,7 +398,10 @@ fn print_finished_results(plan: &Plan, store: &Store, report: &exec::RunReport, 
         .chain(&report.reused)
         .collect();
     for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
-        if let Ok(Some(md)) = headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name) {
+        let order = task_order(plan, &s.spec.name);
+        if let Ok(Some(md)) =
+            headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name, &order)
+        {
             let _ = writeln!(out, "\n{md}");
         }
     }
@@ -517,7 +520,7 @@ pub fn report(
                         s.spec.id
                     );
                 }
-                _ => match headed_markdown(&files, &s.spec.kind, &s.spec.name)
+                _ => match headed_markdown(&files, &s.spec.kind, &s.spec.name, &[])
                     .map_err(|e| miette!("{}: {e}", s.spec.id))?
                 {
                     Some(text) => {
@@ -529,11 +532,12 @@ pub fn report(
             }
             continue;
         }
+        let order = task_order(&plan, &s.spec.name);
         if let Some(dir) = plots {
             draw_plots(&files, dir, &s.spec.name, &s.spec.id, notes)?;
         }
         if format == "json" {
-            match with_step(named_results_json(&files, &s.spec.name))? {
+            match with_step(named_results_json(&files, &s.spec.name, &order))? {
                 Some(v) => {
                     any = true;
                     json_items.push(v);
@@ -544,10 +548,10 @@ pub fn report(
         }
         let text = match format {
             // Each row starts with its eval's step id: several evals' tables stay apart.
-            "csv" => std::fs::read_to_string(files.join(crate::artifact_files::RESULTS_CSV))
-                .ok()
-                .map(|csv| csv_with_step(&csv, &s.spec.id)),
-            _ => headed_markdown(&files, &s.spec.kind, &s.spec.name)
+            "csv" => eval_results(&files, &order)
+                .map_err(|e| miette!("{}: {e}", s.spec.id))?
+                .map(|r| csv_with_step(&r.csv(), &s.spec.id)),
+            _ => headed_markdown(&files, &s.spec.kind, &s.spec.name, &order)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
         let Some(text) = text else {
@@ -608,25 +612,50 @@ fn csv_with_step(csv: &str, id: &str) -> String {
 /// An eval's or study's tables as markdown, headed with the step's name (its artifact
 /// does not record it: a name is no ingredient of a key). None when the artifact has
 /// no record to read (not built); an error when the record is unreadable.
-fn headed_markdown(files: &Path, kind: &str, name: &str) -> Result<Option<String>, String> {
+fn headed_markdown(files: &Path, kind: &str, name: &str, order: &[String]) -> Result<Option<String>, String> {
     Ok(match kind {
-        "eval" => read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)?
-            .map(|r| r.markdown(name)),
+        "eval" => eval_results(files, order)?.map(|r| r.markdown(name)),
         "study" => read_record(files, crate::steps::study::STUDY_JSON)?
             .map(|r| crate::eval::study::markdown(&format!("study {name}"), &r)),
         _ => None,
     })
 }
 
-/// An eval's results.json with the eval's name put in front of its title, as the
-/// tables are headed (the artifact does not record the name). None when not built.
-fn named_results_json(files: &Path, name: &str) -> Result<Option<serde_json::Value>, String> {
+/// An eval's results with its rows in the manifest's task order.
+fn eval_results(files: &Path, order: &[String]) -> Result<Option<crate::eval::Results>, String> {
     Ok(
         read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)?.map(|mut r| {
-            r.title = format!("{name} ({})", r.title);
-            serde_json::to_value(&r).expect("json")
+            r.order_tasks(order);
+            r
         }),
     )
+}
+
+/// The tasks of eval `name` in the order its manifest lists them.
+fn task_order(plan: &Plan, name: &str) -> Vec<String> {
+    plan.manifest
+        .entity("eval", name)
+        .map(|e| {
+            e.block
+                .records("task")
+                .iter()
+                .filter_map(|t| t.arg.as_ref().and_then(|a| a.value.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An eval's results.json with the eval's name put in front of its title, as the
+/// tables are headed (the artifact does not record the name). None when not built.
+fn named_results_json(
+    files: &Path,
+    name: &str,
+    order: &[String],
+) -> Result<Option<serde_json::Value>, String> {
+    Ok(eval_results(files, order)?.map(|mut r| {
+        r.title = format!("{name} ({})", r.title);
+        serde_json::to_value(&r).expect("json")
+    }))
 }
 
 /// A JSON record of an artifact: None when the file is not there (not built, or not

@@ -53,6 +53,14 @@ impl Results {
         rows
     }
 
+    /// Rows in `order` (the manifest's task order: results are stored by name, since
+    /// the order of tasks is no ingredient of a key); tasks it does not name keep
+    /// their order after those it does.
+    pub fn order_tasks(&mut self, order: &[String]) {
+        self.tasks
+            .sort_by_key(|t| order.iter().position(|o| o == t).unwrap_or(usize::MAX));
+    }
+
     /// The table under the heading `### NAME (TITLE)`.
     pub fn markdown(&self, name: &str) -> String {
         let mut out = String::new();
