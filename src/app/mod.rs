@@ -264,12 +264,12 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         Err(e) => return Err(miette!("{e}")),
     };
     let (plan, status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
-    if in_use.is_none() && status.states.iter().any(|s| s.will_run()) {
+    if in_use.is_none() && status.stale_count() > 0 {
         return Err(miette!(
             help = "pass --store DIR or set GOOSEPIPE_STORE to a folder you can write",
             "the store {} is read-only here, and {} step(s) would have to be built into it",
             store.root.display(),
-            status.states.iter().filter(|s| s.will_run()).count()
+            status.stale_count()
         ));
     }
     check_device(req, &status)?;

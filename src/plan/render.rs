@@ -150,7 +150,7 @@ pub fn dot(plan: &Plan, status: Option<&Status>) -> String {
             dot_escape(&s.spec.kind),
             dot_escape(&s.spec.name),
             s.spec.key.short(),
-            st.map(|s| format!(" ({})", dot_escape(&s.label())))
+            st.map(|s| format!(" ({})", dot_escape(s.label())))
                 .unwrap_or_default()
         );
         let _ = writeln!(
