@@ -261,6 +261,15 @@ fn steps_with_one_key_build_it_once_and_say_so() {
     };
     assert_eq!(show("expert:a2"), show("expert:a"));
     assert_eq!(show("gate:a2"), show("gate:a"));
+    // Shown in full, it says which step asked and which built it.
+    let mut full = Vec::new();
+    goosepipe::app::show("expert:a2", &p.store(), false, false, &mut full).unwrap();
+    let full = String::from_utf8(full).unwrap();
+    assert!(
+        full.starts_with("expert:a  (expert \"a\"")
+            && full.contains("also     expert:a2 (same key: one artifact; expert:a built it)"),
+        "{full}"
+    );
 }
 
 #[test]

@@ -934,6 +934,11 @@ pub fn show(
         "{}  ({} \"{}\", implementation version {})",
         s.id, s.kind, s.name, s.version
     );
+    // Asked for by another id with the same key (a twin, a renamed step): the artifact
+    // records only the step that built it, so say which one asked.
+    if what.contains(':') && what != s.id && store.named(what) == Some(meta.key) {
+        let _ = writeln!(out, "also     {what} (same key: one artifact; {} built it)", s.id);
+    }
     let _ = writeln!(out, "key      {}", meta.key);
     let _ = writeln!(out, "digest   {}", meta.digest);
     let _ = writeln!(out, "status   {integrity}");
