@@ -94,14 +94,15 @@ pub fn check(path: &Path, registry: &Registry, out: &mut dyn Write) -> Result<i3
 }
 
 /// The plan and its status against the store at `store_root`, for commands that only
-/// look: a store folder that does not exist yet is read as empty and not created.
+/// look: nothing is created (a store folder that does not exist is read as empty).
 fn plan_with_status(
     path: &Path,
     store_root: &Path,
     registry: &Registry,
     verify: bool,
 ) -> Result<(Plan, Status, Store, Lockfile), Report> {
-    let store = if store_root.exists() {
+    // Looking creates nothing; re-hashing (`--verify`) may move a corrupt artifact aside.
+    let store = if verify {
         open_store(store_root)?
     } else {
         Store::at(store_root)
@@ -247,7 +248,8 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     // From the status check to the last publish, no gc may delete what this run found
     // or built (it waits for a gc that is under way).
     let store = open_store(req.store)?;
-    let in_use = match store.try_in_use() {
+    let mut read_only = None;
+    let _in_use = match store.try_in_use() {
         Ok(Some(lock)) => Some(lock),
         Ok(None) => {
             let _ = writeln!(
@@ -260,17 +262,23 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         }
         // A store this user may only read (a shared cache, a read-only mount) still
         // answers a run with nothing to build; the error stands if anything would run.
-        Err(e) if e.is_read_only() => None,
+        Err(e) if e.is_read_only() => {
+            read_only = Some(e);
+            None
+        }
         Err(e) => return Err(miette!("{e}")),
     };
     let (plan, status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
-    if in_use.is_none() && status.stale_count() > 0 {
-        return Err(miette!(
-            help = "pass --store DIR or set GOOSEPIPE_STORE to a folder you can write",
-            "the store {} is read-only here, and {} step(s) would have to be built into it",
-            store.root.display(),
-            status.stale_count()
-        ));
+    if let Some(e) = &read_only {
+        let chosen = exec::run::select(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+        if !chosen.is_empty() {
+            return Err(miette!(
+                help = "pass --store DIR or set GOOSEPIPE_STORE to a folder you can write",
+                "the store {} cannot be written here ({e}), and {} step(s) would have to be built into it",
+                store.root.display(),
+                chosen.len()
+            ));
+        }
     }
     check_device(req, &status)?;
     let reporter = exec::reporter_for_stderr(req.quiet);
@@ -550,7 +558,7 @@ pub fn report(
             // Each row starts with its eval's step id: several evals' tables stay apart.
             "csv" => eval_results(&files, &order)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?
-                .map(|r| csv_with_step(&r.csv(), &s.spec.id)),
+                .map(|r| r.csv_with_step(&s.spec.id).trim_end().to_string()),
             _ => headed_markdown(&files, &s.spec.kind, &s.spec.name, &order)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
@@ -592,21 +600,6 @@ pub fn report(
         ));
     }
     Ok(if corrupt { EXIT_ERROR } else { EXIT_OK })
-}
-
-/// An eval's results.csv with a first column naming the eval step.
-fn csv_with_step(csv: &str, id: &str) -> String {
-    csv.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            if i == 0 {
-                format!("step,{line}")
-            } else {
-                format!("{},{line}", crate::eval::table::csv_field(id))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// An eval's or study's tables as markdown, headed with the step's name (its artifact
@@ -858,7 +851,16 @@ pub fn verify(
             .map(|r| r.id)
             .unwrap_or_else(|| "(unknown step)".into());
         match r {
-            Ok(meta) => bytes += meta.files.iter().map(|f| f.size).sum::<u64>(),
+            Ok(meta) => {
+                bytes += meta.files.iter().map(|f| f.size).sum::<u64>();
+                for extra in store.unrecorded(&meta) {
+                    let _ = writeln!(
+                        out,
+                        "extra    {id} {}: {extra} is not one of its files (no reader opens it; delete it)",
+                        key.short()
+                    );
+                }
+            }
             // Moved aside only if still corrupt with its lock held (a run may be
             // rebuilding it right now).
             Err(crate::store::StoreError::Corrupt { .. }) => match store.quarantine_if_corrupt(&key) {

@@ -135,6 +135,18 @@ pub fn task(id: &str) -> Option<&'static TaskDef> {
     TASKS.iter().find(|t| t.id == id)
 }
 
+/// Whether task `id` asks nothing of its own on one letter: a sequence of one letter
+/// repeated reads the same reversed or sorted, and deduplicates to one letter, so a
+/// task with one of those skills answers as others do. (Shift, every-other and count
+/// still depend on the letter or the length; corpora are not tasks.)
+pub fn collapses_on_one_letter(id: &str) -> bool {
+    task(id).is_some_and(|t| {
+        t.skills
+            .iter()
+            .any(|s| matches!(s, Skill::Reverse | Skill::Sort | Skill::Dedup))
+    })
+}
+
 pub fn task_ids() -> Vec<&'static str> {
     TASKS.iter().map(|t| t.id).chain([CORPUS, TOPIC_CORPUS]).collect()
 }

@@ -251,8 +251,9 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
     let n: Vec<String> = r.tasks.iter().map(|t| format!("{t} {}", r.examples[t])).collect();
     let _ = writeln!(
         out,
-        "### {title}: {} replicates ({}), {} tasks (examples: {})\n",
+        "### {title}: {} replicate{} ({}), {} tasks (examples: {})\n",
         r.replicates.len(),
+        if r.replicates.len() == 1 { "" } else { "s" },
         r.replicates.join(", "),
         r.tasks.len(),
         n.join(", ")

@@ -95,14 +95,28 @@ impl Results {
     }
 
     pub fn csv(&self) -> String {
+        self.csv_led_by(None)
+    }
+
+    /// The CSV with a first column (`step`, the eval's id) on every record, so several
+    /// evals' tables stay apart in one file.
+    pub fn csv_with_step(&self, step: &str) -> String {
+        self.csv_led_by(Some(("step", step)))
+    }
+
+    fn csv_led_by(&self, lead: Option<(&str, &str)>) -> String {
         let methods: Vec<String> = self.methods.iter().map(|m| csv_field(m)).collect();
-        let mut out = format!("task,{}\n", methods.join(","));
+        let (head, cell) = match lead {
+            Some((h, v)) => (format!("{},", csv_field(h)), format!("{},", csv_field(v))),
+            None => (String::new(), String::new()),
+        };
+        let mut out = format!("{head}task,{}\n", methods.join(","));
         for (label, vals) in self.rows() {
             let cells: Vec<String> = vals
                 .iter()
                 .map(|v| v.map(|x| format!("{x:.6}")).unwrap_or_default())
                 .collect();
-            let _ = writeln!(out, "{},{}", csv_field(&label), cells.join(","));
+            let _ = writeln!(out, "{cell}{},{}", csv_field(&label), cells.join(","));
         }
         out
     }
@@ -118,9 +132,9 @@ pub fn csv_field(s: &str) -> String {
     }
 }
 
-/// Text in a markdown table cell: a `|` would end the cell.
+/// Text in a markdown table cell: a `|` would end the cell and a line break the row.
 pub fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|")
+    s.replace('|', "\\|").replace(['\r', '\n'], " ")
 }
 
 #[cfg(test)]

@@ -118,9 +118,10 @@ struct Validator {
     root: PathBuf,
     raw: Vec<RawNode>,
     include_stack: Vec<PathBuf>,
-    /// Names refused as names (`manifest::bad-name`): a reference to one is not a
-    /// second error (the node is defined; its name is what is wrong).
-    refused_names: std::collections::HashSet<String>,
+    /// (kind, name) of nodes whose name was refused (`manifest::bad-name`): a
+    /// reference to one is not a second error (the node is defined; its name is what
+    /// is wrong).
+    refused_names: std::collections::HashSet<(String, String)>,
 }
 
 impl Validator {
@@ -395,6 +396,17 @@ impl Validator {
         // A node with errors still defines its name, so references to it and
         // duplicates of it are judged correctly instead of cascading.
         let (block, _) = self.block(file, node, spec, false);
+        if spec.named
+            && block.arg.is_none()
+            && let Some(name) = node
+                .entries()
+                .iter()
+                .find(|e| e.name().is_none())
+                .and_then(|e| e.value().as_string())
+            && unfit_name(name).is_some()
+        {
+            self.refused_names.insert((kind.to_string(), name.to_string()));
+        }
         if spec.unique {
             let prev = if kind == "pipeline" {
                 top.pipeline.as_ref().map(|p| p.1)
@@ -976,7 +988,6 @@ impl Validator {
                         why,
                         "names become folder and file names (report --plots, exports): no `/`, `\\`, control characters or leading `.`, at most 200 bytes",
                     );
-                    self.refused_names.insert(s.clone());
                     return None;
                 }
                 Value::Str(s.clone())
@@ -1042,7 +1053,9 @@ impl Validator {
         }
         for (kind, name, loc) in refs {
             let known_set = names.get(kind.as_str());
-            if known_set.is_some_and(|k| k.contains(name.as_str())) || self.refused_names.contains(&name) {
+            if known_set.is_some_and(|k| k.contains(name.as_str()))
+                || self.refused_names.contains(&(kind.clone(), name.clone()))
+            {
                 continue;
             }
             let mut known: Vec<&str> = known_set.map(|k| k.iter().copied().collect()).unwrap_or_default();

@@ -50,6 +50,14 @@ pub enum Reason {
     KeyChanged {
         old: String,
     },
+    /// Without the old recipe: these inputs have other keys than at the lockfile's
+    /// run (the step's own settings cannot be compared).
+    InputsMovedSinceLock {
+        inputs: Vec<String>,
+    },
+    /// Not built, and neither was its key at the lockfile's run (a step after a
+    /// failure, or one that run did not select).
+    NeverBuilt,
     /// Another step that runs has the same key (all its ingredients are equal): the
     /// artifact is built once, by that step, and this one shares it.
     SameArtifact {
@@ -91,6 +99,11 @@ impl Reason {
             Reason::KeyChanged { old } => {
                 format!("key changed (was {old}; its recipe is not in this store)")
             }
+            Reason::InputsMovedSinceLock { inputs } => format!(
+                "input changed since the lockfile's run: {} (its old recipe is not in this store, so its own settings are not compared)",
+                inputs.join(", ")
+            ),
+            Reason::NeverBuilt => "not built yet (nor was it at the lockfile's run)".into(),
             Reason::SameArtifact { with } => {
                 format!("same key as {with}, which builds the artifact for both")
             }
@@ -289,7 +302,7 @@ fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
         } else if has_progress(store, spec) {
             Reason::Interrupted
         } else {
-            Reason::New
+            Reason::NeverBuilt
         }];
     }
     let old = store
@@ -306,13 +319,13 @@ fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
                 .map(|i| i.id.clone())
                 .collect();
             if !moved.is_empty() {
-                vec![Reason::InputChanged { inputs: moved }]
+                vec![Reason::InputsMovedSinceLock { inputs: moved }]
             } else if locked.digest.is_none() {
                 // Its last key was never built either: nothing to compare with.
                 vec![if has_progress(store, spec) {
                     Reason::Interrupted
                 } else {
-                    Reason::New
+                    Reason::NeverBuilt
                 }]
             } else {
                 vec![Reason::KeyChanged {
@@ -361,10 +374,18 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
         .filter(|(r, (k, _))| old_in.get(*r).is_some_and(|ok| ok != k))
         .map(|(_, (_, id))| id.to_string())
         .collect();
+    // A step already read in another role is named with its new role (a task added
+    // on a dataset another task reads).
     let added: Vec<String> = new_in
         .iter()
         .filter(|(r, _)| !old_in.contains_key(*r))
-        .map(|(_, (_, id))| id.to_string())
+        .map(|(r, (_, id))| {
+            if old.inputs.iter().any(|o| o.id == *id) {
+                format!("{id} as {r}")
+            } else {
+                id.to_string()
+            }
+        })
         .collect();
     // A step still read in another role (two tasks on one dataset, one removed) is
     // named with the role it lost.

@@ -35,13 +35,17 @@ fn review_letters(_name: &str, params: &serde_json::Value) -> Vec<Review> {
     let Some(letters) = params.pointer("/synthetic/letters").and_then(|v| v.as_str()) else {
         return vec![];
     };
+    let task = params
+        .pointer("/synthetic/task")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     match synthetic::parse_letters(letters) {
-        Ok(l) if l.len() == 1 => vec![Review {
+        Ok(l) if l.len() == 1 && synthetic::collapses_on_one_letter(task) => vec![Review {
             at: "synthetic.letters".into(),
             code: "plan::few-letters",
             message: format!("synthetic letters=\"{letters}\": one letter"),
             label: "every sequence is one letter repeated".into(),
-            help: "reversing or sorting such a sequence gives it back and deduplicating leaves one letter, so the skills no longer differ; give two or more".into(),
+            help: "reversing or sorting such a sequence gives it back and deduplicating leaves one letter, so this task asks what others do; give two or more".into(),
             warning: true,
         }],
         Ok(_) => vec![],

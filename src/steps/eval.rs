@@ -29,8 +29,10 @@ use crate::store::spec::member_role;
 
 /// Every method over every task: a GPU job of hours at the paper's scale. Version 12:
 /// the results no longer record the eval's name (an artifact's bytes depend on its
-/// key alone; the tables shown are headed with it).
-pub const KIND: Kind = Kind::new("eval", 12, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+/// key alone; the tables shown are headed with it). Version 13: `results.csv` quotes
+/// names as RFC 4180 (a comma was written as `;`), `results.md` escapes `|` and line
+/// breaks in names, and a one-expert pool's title is singular.
+pub const KIND: Kind = Kind::new("eval", 13, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).

@@ -14,8 +14,9 @@ pub use crate::artifact_files::STUDY_JSON;
 pub use crate::artifact_files::STUDY_MD;
 
 /// Bootstraps over the replicates' per-example scores: seconds on one CPU. Version 2:
-/// `study.md` is headed without the step's name.
-pub const KIND: Kind = Kind::new("study", 2, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
+/// `study.md` is headed without the step's name. Version 3: `study.md` escapes `|` and
+/// line breaks in names and says "1 replicate".
+pub const KIND: Kind = Kind::new("study", 3, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
 
 /// A study step's parameters (the schema's `study` node, defaults filled).
 #[derive(Debug, serde::Deserialize)]

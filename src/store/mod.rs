@@ -250,17 +250,21 @@ impl Store {
                 });
             }
         }
-        // A file added after publishing is no part of the artifact its digest names,
-        // and a reader that lists the folder would take it.
-        let recorded: std::collections::HashSet<&str> = meta.files.iter().map(|f| f.path.as_str()).collect();
-        let present = artifact::payload_entries(&files).map_err(io_err(&files))?;
-        if let Some((extra, _, _)) = present.iter().find(|(p, _, _)| !recorded.contains(p.as_str())) {
-            return Err(StoreError::Corrupt {
-                key: key.hex(),
-                reason: format!("{extra} is not one of its recorded files"),
-            });
-        }
         Ok(meta)
+    }
+
+    /// Entries in an artifact's folder that it did not publish (a `.DS_Store`, a file
+    /// copied in by hand). Every reader opens its files by name, so they change
+    /// nothing read; they are said by `verify`, not taken for corruption (which would
+    /// rebuild an intact artifact).
+    pub fn unrecorded(&self, meta: &ArtifactMeta) -> Vec<String> {
+        let recorded: std::collections::HashSet<&str> = meta.files.iter().map(|f| f.path.as_str()).collect();
+        artifact::payload_entries(&self.files_dir(&meta.key))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(rel, _, _)| rel)
+            .filter(|rel| !recorded.contains(rel.as_str()))
+            .collect()
     }
 
     pub fn meta(&self, key: &Key) -> Option<ArtifactMeta> {
