@@ -189,4 +189,23 @@ mod tests {
         assert!(md.contains("| task | expert:so,rt | expert:x\\|y |"), "{md}");
         assert!(md.contains("| a,\"b\"\\|c"), "{md}");
     }
+
+    #[test]
+    fn a_line_break_in_a_name_stays_inside_its_field_and_row() {
+        let mut r = Results {
+            title: "t".into(),
+            tasks: vec!["two\nlines".into()],
+            methods: vec!["base".into()],
+            ..Default::default()
+        };
+        r.scores
+            .insert("two\nlines".into(), BTreeMap::from([("base".into(), 0.5)]));
+        // Every record starts with the step, the quoted field keeps its line break.
+        assert_eq!(
+            r.csv_with_step("eval:e"),
+            "step,task,base\neval:e,\"two\nlines\",0.500000\neval:e,mean,0.500000\n"
+        );
+        let md = r.markdown("e");
+        assert!(md.contains("| two lines | **50.0** |"), "{md}");
+    }
 }
