@@ -366,29 +366,13 @@ fn experts_of_different_ranks_pool_under_every_method() {
             "methods \"average-activation\" \"retrieval\" \"phatgoose\" \"merged\" \"arrow\" \"expert:shift\"",
         );
     assert!(manifest.contains("lora rank=2") && manifest.contains("\"arrow\""));
-    std::fs::write(dir.path().join("micro.kdl"), &manifest).unwrap();
-    let reg = goosepipe::steps::registry();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(
-        &dir.path().join("micro.kdl"),
-        &dir.path().join("store"),
-        &reg,
-        &RunOptions::default(),
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"));
-    let out = String::from_utf8(out).unwrap();
+    let (m, store) = (dir.path().join("micro.kdl"), dir.path().join("store"));
+    std::fs::write(&m, &manifest).unwrap();
+    let (code, out) = support::run_product(&m, &store);
     assert_eq!(code, 0, "{out}");
-    let store = Store::open(dir.path().join("store")).unwrap();
-    let plan = goosepipe::app::load_plan(&dir.path().join("micro.kdl"), &reg, &store.hash_cache()).unwrap();
-    let files = |id: &str| store.files_dir(&plan.get(id).unwrap().spec.key);
-    let shift =
-        candle_core::safetensors::load(files("expert:shift").join("expert.safetensors"), &Device::Cpu)
-            .unwrap();
-    let sort = candle_core::safetensors::load(files("expert:sort").join("expert.safetensors"), &Device::Cpu)
-        .unwrap();
+    let files = |id: &str| support::step_files(&m, &store, id);
+    let shift = support::load_safetensors(files("expert:shift").join("expert.safetensors"));
+    let sort = support::load_safetensors(files("expert:sort").join("expert.safetensors"));
     let rank = |t: &std::collections::HashMap<String, Tensor>| {
         let (_, a) = t.iter().find(|(k, _)| k.ends_with(".lora_A")).unwrap();
         a.dims()[0]
@@ -450,8 +434,7 @@ fn a_failed_keep_going_run_shows_the_results_that_finished() {
         "{\"q\": \"x\", \"a\": \"y\"}\n{\"q\": 1\n",
     )
     .unwrap();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(
+    let (code, out) = support::run_manifest(
         &dir.path().join("m.kdl"),
         &dir.path().join("store"),
         &goosepipe::steps::registry(),
@@ -459,12 +442,8 @@ fn a_failed_keep_going_run_shows_the_results_that_finished() {
             keep_going: true,
             ..Default::default()
         },
-        true,
         &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"));
-    let out = String::from_utf8(out).unwrap();
+    );
     assert_eq!(code, 1, "{out}");
     let table = out
         .find("### good (pool of 1 expert)")

@@ -259,6 +259,13 @@ pub fn run_product(manifest: &Path, store: &Path) -> (i32, String) {
     )
 }
 
+/// The files folder of step `id`'s artifact, as the product plans `manifest`.
+pub fn step_files(manifest: &Path, store: &Path, id: &str) -> PathBuf {
+    let plan = plan_of(manifest, &goosepipe::steps::registry());
+    let key = plan.get(id).unwrap_or_else(|| panic!("no step {id}")).spec.key;
+    goosepipe::store::Store::at(store).files_dir(&key)
+}
+
 pub fn plan_of(path: &Path, reg: &Registry) -> Plan {
     app::load_plan(path, reg, &HashCache::in_memory()).unwrap_or_else(|e| panic!("{e:?}"))
 }
