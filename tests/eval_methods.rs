@@ -468,9 +468,10 @@ fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
         .replace("dataset=\"broken\"", "dataset=\"sort-test\"")
         .replace(
             "task \"sort\" dataset=\"sort-test\"",
-            "task \"zz\" dataset=\"sort-test\"\n    task \"aa\" dataset=\"sort-test\"",
-        );
-    assert!(text.contains("\"zz\""));
+            "task \"zz\" dataset=\"sort-test\" expert=\"sort\"\n    task \"aa\" dataset=\"sort-test\" expert=\"sort\"",
+        )
+        .replace("methods \"base\" \"expert:sort\"", "methods \"base\" \"expert:sort\" \"phatgoose\"");
+    assert!(text.contains("\"zz\"") && text.contains("\"phatgoose\""));
     std::fs::write(&m, text).unwrap();
     let cli = |font: &Path, args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
@@ -507,6 +508,14 @@ fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
         let r = String::from_utf8_lossy(&r.stdout).to_string();
         let (zz, aa) = (r.find("zz (").unwrap(), r.find("aa (").unwrap());
         assert!(zz < aa, "{format}: {r}");
+        // The routing-quality table too.
+        if format == "md" {
+            let (zz, aa) = (
+                r.find("| phatgoose | zz |").unwrap(),
+                r.find("| phatgoose | aa |").unwrap(),
+            );
+            assert!(zz < aa, "{r}");
+        }
     }
     let note = "the PNGs have no text (the SVGs do)";
     assert!(!String::from_utf8_lossy(&with.stdout).contains(note));

@@ -578,7 +578,7 @@ pub fn report(
             if !pool.is_some_and(|k| pools_shown.insert(k)) {
                 q.gates = None;
             }
-            let text = crate::eval::routing_quality::markdown(&s.spec.name, &q);
+            let text = crate::eval::routing_quality::markdown(&s.spec.name, &q, &order);
             if !text.is_empty() {
                 let _ = writeln!(out, "{text}");
             }

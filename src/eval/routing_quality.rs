@@ -177,7 +177,8 @@ pub fn gate_similarity(gates: &[BTreeMap<String, Vec<f64>>]) -> Option<GateSimil
 }
 
 /// The report's routing-quality section of one eval (empty when it has nothing).
-pub fn markdown(title: &str, q: &RoutingQuality) -> String {
+/// The routing-quality tables; tasks in `order` (the manifest's) first, in that order.
+pub fn markdown(title: &str, q: &RoutingQuality, order: &[String]) -> String {
     let mut out = String::new();
     if !q.own.is_empty() {
         let _ = writeln!(
@@ -192,6 +193,8 @@ pub fn markdown(title: &str, q: &RoutingQuality) -> String {
         let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         for (method, tasks) in &q.own {
             let mut shares = vec![];
+            let mut tasks: Vec<_> = tasks.iter().collect();
+            tasks.sort_by_key(|(t, _)| order.iter().position(|o| o == *t).unwrap_or(usize::MAX));
             for (task, r) in tasks {
                 shares.push(r.share);
                 let distinct = match (r.distinct_share, r.distinct_fraction) {
@@ -328,6 +331,7 @@ mod tests {
                 own: BTreeMap::from([("phatgoose".to_string(), BTreeMap::from([("t".to_string(), a)]))]),
                 gates: None,
             },
+            &[],
         );
         assert!(table.contains("| 1 of 2 |"), "{table}");
     }
