@@ -584,6 +584,16 @@ pub fn report(
             }
         }
     }
+    // Said once, however many evals drew plots.
+    if plots.is_some()
+        && let Ok(None) = crate::eval::plots::png_font()
+    {
+        let notes: &mut dyn Write = if machine { &mut stderr } else { &mut *out };
+        let _ = writeln!(
+            notes,
+            "note: the PNGs have no text (the SVGs do): no font file was found here, or GOOSEPIPE_PLOT_FONT=none; set GOOSEPIPE_PLOT_FONT to a .ttf file"
+        );
+    }
     if format == "json" && !json_items.is_empty() {
         any = true;
         let _ = writeln!(
@@ -689,12 +699,6 @@ fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, notes: &mut dyn Wr
     .map_err(|e| miette!("{id}: drawing the plots failed: {e}"))?;
     for f in written {
         let _ = writeln!(notes, "wrote {}", f.display());
-    }
-    if let Ok(None) = crate::eval::plots::png_font() {
-        let _ = writeln!(
-            notes,
-            "note: the PNGs have no text (the SVGs do): no font file was found here, or GOOSEPIPE_PLOT_FONT=none; set GOOSEPIPE_PLOT_FONT to a .ttf file"
-        );
     }
     Ok(())
 }

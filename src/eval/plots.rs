@@ -230,15 +230,16 @@ pub fn png_font() -> Result<Option<&'static Path>, String> {
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
                 .map_err(|_| format!("{} is not a TrueType or OpenType font", p.display()))
         };
-        // `none`: PNGs without text on purpose (the same bytes on every machine).
-        if std::env::var_os(FONT_ENV).is_some_and(|v| v == "none") {
-            return Ok(None);
-        }
-        if let Some(p) = std::env::var_os(FONT_ENV).filter(|v| !v.is_empty()) {
-            let p = PathBuf::from(p);
-            return register(&p)
-                .map(|()| Some(p))
-                .map_err(|e| format!("{FONT_ENV}: {e}"));
+        match std::env::var_os(FONT_ENV).filter(|v| !v.is_empty()) {
+            // `none`: PNGs without text on purpose (the same bytes on every machine).
+            Some(v) if v == "none" => return Ok(None),
+            Some(p) => {
+                let p = PathBuf::from(p);
+                return register(&p)
+                    .map(|()| Some(p))
+                    .map_err(|e| format!("{FONT_ENV}: {e}"));
+            }
+            None => {}
         }
         Ok(FONT_FILES
             .iter()

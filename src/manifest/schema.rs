@@ -100,9 +100,9 @@ impl PathRule {
         Ok(PathRule { is, extensions })
     }
 
-    /// Why `path` (which exists) is not what the rule asks for, if it is not.
-    pub fn violation(&self, path: &std::path::Path) -> Option<String> {
-        let is_dir = path.is_dir();
+    /// Why `path` (which exists, a folder when `is_dir`) is not what the rule asks
+    /// for, if it is not.
+    pub fn violation(&self, path: &std::path::Path, is_dir: bool) -> Option<String> {
         match self.is {
             Some(PathIs::File) if is_dir => {
                 return Some(match self.ending_list().as_str() {

@@ -422,16 +422,15 @@ impl Lowerer<'_> {
         for u in &c.paths {
             let abs = self.file_dir(u.loc).join(&u.value);
             let abs = crate::manifest::validate::normalize(&abs);
+            let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
             if let Some(why) = self.escapes(&abs) {
-                let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
                 self.errors
                     .push(escape_error(&self.manifest.sources, loc, &u.path, &u.value, why));
                 continue;
             }
             // Special files and missing paths are said by the hashing below.
-            let plain = std::fs::metadata(&abs).is_ok_and(|m| m.is_file() || m.is_dir());
-            if let Some(why) = plain.then(|| u.rule.violation(&abs)).flatten() {
-                let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
+            let plain = std::fs::metadata(&abs).ok().filter(|m| m.is_file() || m.is_dir());
+            if let Some(why) = plain.and_then(|m| u.rule.violation(&abs, m.is_dir())) {
                 self.errors.push(
                     ManifestError::new(
                         &self.manifest.sources,
@@ -458,7 +457,6 @@ impl Lowerer<'_> {
                     });
                 }
                 Err(e) => {
-                    let loc = u.loc.or(p.loc).unwrap_or(Loc::new(0, (0..0).into()));
                     let (msg, label) = if e.kind() == std::io::ErrorKind::NotFound {
                         (
                             format!("{} \"{}\" does not exist", u.path, u.value),

@@ -374,32 +374,26 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
         .filter(|(r, (k, _))| old_in.get(*r).is_some_and(|ok| ok != k))
         .map(|(_, (_, id))| id.to_string())
         .collect();
-    // A step already read in another role is named with its new role (a task added
-    // on a dataset another task reads).
+    // A step read in a role on both sides (two tasks on one dataset, one added or
+    // removed) is named with the role that came or went: its id alone would say it
+    // came or went itself.
+    let named = |id: &str, role: &str, on_other_side: &[crate::store::spec::SpecInput]| {
+        if on_other_side.iter().any(|o| o.id == id) {
+            format!("{id} as {role}")
+        } else {
+            id.to_string()
+        }
+    };
     let added: Vec<String> = new_in
         .iter()
         .filter(|(r, _)| !old_in.contains_key(*r))
-        .map(|(r, (_, id))| {
-            if old.inputs.iter().any(|o| o.id == *id) {
-                format!("{id} as {r}")
-            } else {
-                id.to_string()
-            }
-        })
+        .map(|(r, (_, id))| named(id, r, &old.inputs))
         .collect();
-    // A step still read in another role (two tasks on one dataset, one removed) is
-    // named with the role it lost.
     let removed: Vec<String> = old
         .inputs
         .iter()
         .filter(|i| !new_in.contains_key(i.role.as_str()))
-        .map(|i| {
-            if new.inputs.iter().any(|n| n.id == i.id) {
-                format!("{} as {}", i.id, i.role)
-            } else {
-                i.id.clone()
-            }
-        })
+        .map(|i| named(&i.id, &i.role, &new.inputs))
         .collect();
     if !added.is_empty() {
         out.push(Reason::InputsAdded { inputs: added });
