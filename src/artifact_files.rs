@@ -46,6 +46,9 @@ pub const RESULTS_CSV: &str = "results.csv";
 pub const PER_EXAMPLE_JSON: &str = "per-example.json";
 /// The eval artifact's routing record: method -> task -> module -> choices.
 pub const ROUTING_JSON: &str = "routing.json";
+/// The eval artifact's (method, task) results, one file per part key: what later
+/// evals reuse.
+pub const EVAL_PARTS_DIR: &str = "parts";
 /// The eval artifact's routing-quality record.
 pub const QUALITY_JSON: &str = "routing-quality.json";
 

@@ -213,13 +213,13 @@ pub fn adapters_for(
             "{n} experts given without a router; pass --router phatgoose or merged"
         ))),
         (RouterChoice::Method(m), _) => m.adapters(&route::Pool {
-            experts,
-            gates,
+            experts: if m.reads_experts() { experts } else { &[] },
+            gates: if m.uses_gates() { gates } else { &[] },
             needed: &Default::default(),
             config: cfg,
             device,
             top_k,
-            arrow_temperature: route::arrow::DEFAULT_TEMPERATURE,
+            arrow_temperature: m.uses_temperature().then_some(route::arrow::DEFAULT_TEMPERATURE),
         }),
     }
 }

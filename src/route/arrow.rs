@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 
 use super::{Method, Pool};
-use crate::model::{AdapterSet, LoraExpert, Result, Scoring};
+use crate::model::{AdapterSet, LoraExpert, ModelError, Result, Scoring};
 
 /// `goosepipe score`'s Arrow temperature: the manifest schema's default `routing arrow-temperature`.
 pub const DEFAULT_TEMPERATURE: f64 = 10.0;
@@ -75,8 +75,14 @@ impl Method for Arrow {
     fn routes_tokens(&self) -> bool {
         true
     }
+    fn uses_temperature(&self) -> bool {
+        true
+    }
     fn adapters(&self, pool: &Pool) -> Result<AdapterSet> {
-        adapters(pool.experts, pool.top_k, pool.arrow_temperature)
+        let temperature = pool
+            .arrow_temperature
+            .ok_or_else(|| ModelError::Input("arrow: no temperature was given".into()))?;
+        adapters(pool.experts, pool.top_k, temperature)
     }
 }
 

@@ -13,6 +13,9 @@ impl Method for Base {
     fn name(&self) -> &'static str {
         "base"
     }
+    fn reads_experts(&self) -> bool {
+        false
+    }
     fn adapters(&self, _pool: &Pool) -> Result<AdapterSet> {
         Ok(adapters())
     }

@@ -12,7 +12,8 @@ use crate::model::{AdapterSet, GateVectors, LoraExpert, ModelError, Result, T5Co
 
 /// What a method builds its adapters from: the pool as the eval loaded it.
 pub struct Pool<'a> {
-    /// The members' experts and trained gates, in name order.
+    /// The members' experts and trained gates, in name order (each empty for a
+    /// method that does not read it: [`Method::reads_experts`], [`Method::uses_gates`]).
     pub experts: &'a [LoraExpert],
     pub gates: &'a [GateVectors],
     /// The artifact folders of the steps the method needs, by kind: one per member
@@ -23,7 +24,9 @@ pub struct Pool<'a> {
     pub device: &'a Device,
     /// Experts kept per token (capped at the pool size by the method).
     pub top_k: usize,
-    pub arrow_temperature: f64,
+    /// Arrow's softmax temperature: given only to a method that says it reads it
+    /// ([`Method::uses_temperature`]), so that it alone is keyed by it.
+    pub arrow_temperature: Option<f64>,
 }
 
 impl Pool<'_> {
@@ -60,8 +63,25 @@ pub trait Method: Sync {
     fn needs(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether it reads the pool's experts ([`Pool::experts`] is empty for a method
+    /// that says not, as the base model and the multitask LoRA): its results are then
+    /// reused by evals of other pools over the same tasks.
+    fn reads_experts(&self) -> bool {
+        true
+    }
+    /// Whether it reads the pool's trained gates ([`Pool::gates`] is empty for a
+    /// method that does not say so): an eval then rescores it when a gate changes,
+    /// and reuses the others' results.
+    fn uses_gates(&self) -> bool {
+        false
+    }
+    /// Whether it reads [`Pool::arrow_temperature`].
+    fn uses_temperature(&self) -> bool {
+        false
+    }
     /// Whether it picks experts per token and module, so that its choices are logged
-    /// for the routing analysis.
+    /// for the routing analysis. The routing setting top-k is part of its results'
+    /// keys only when it does.
     fn routes_tokens(&self) -> bool {
         false
     }

@@ -21,6 +21,9 @@ impl Method for Multitask {
     fn name(&self) -> &'static str {
         "multitask"
     }
+    fn reads_experts(&self) -> bool {
+        false
+    }
     fn needs(&self) -> &'static [&'static str] {
         &["multitask"]
     }

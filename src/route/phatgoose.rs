@@ -19,6 +19,9 @@ impl Method for Phatgoose {
     fn name(&self) -> &'static str {
         "phatgoose"
     }
+    fn uses_gates(&self) -> bool {
+        true
+    }
     fn routes_tokens(&self) -> bool {
         true
     }

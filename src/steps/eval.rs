@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::common::{Base, device, encode, encode_choices, fail, load_base};
 use super::dataset::EXAMPLES;
+use super::eval_parts::{Finished, Found, PartKey, Parts};
 use super::expert::{GATES_FILE, load_expert};
 use super::retrieval_index::{LIBRARY_FILE, embed_examples, load_embedder, load_library};
 use crate::data::{Example, read_jsonl};
@@ -31,8 +32,10 @@ use crate::store::spec::member_role;
 /// the results no longer record the eval's name (an artifact's bytes depend on its
 /// key alone; the tables shown are headed with it). Version 13: `results.csv` quotes
 /// names as RFC 4180 (a comma was written as `;`), `results.md` escapes `|` and line
-/// breaks in names, and a one-expert pool's title is singular.
-pub const KIND: Kind = Kind::new("eval", 13, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+/// breaks in names, and a one-expert pool's title is singular. Version 14: every
+/// (method, task) result is also published as a part with a key of its own
+/// (`parts/`, see `eval_parts`), which later evals reuse.
+pub const KIND: Kind = Kind::new("eval", 14, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).
@@ -56,50 +59,6 @@ struct Task {
     /// eval records.
     owner: Option<String>,
     examples: Vec<Example>,
-}
-
-/// The finished (method, task) results of this eval, saved one by one in its work
-/// folder, so an interrupted eval resumes at the first unfinished task instead of
-/// example 0. A result reloads bit for bit (scores and routing sums are f64 written
-/// with round-trip precision), so a resumed eval publishes the same bytes.
-struct Progress {
-    dir: std::path::PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Finished {
-    method: String,
-    task: String,
-    /// Per example, in example order.
-    scores: Vec<f64>,
-    routing: Option<BTreeMap<String, ModuleRouting>>,
-}
-
-impl Progress {
-    fn file(&self, method: &str, task: &str) -> std::path::PathBuf {
-        let h = blake3::hash(format!("{method}\0{task}").as_bytes());
-        self.dir.join(format!("{}.json", &h.to_hex()[..32]))
-    }
-
-    /// A finished result, if this eval saved one for the task's `examples` (anything
-    /// unreadable or that does not fit them is redone: a score per example, each in
-    /// [0, 1]).
-    fn load(&self, method: &str, task: &str, examples: usize) -> Option<Finished> {
-        let f: Finished = serde_json::from_slice(&std::fs::read(self.file(method, task)).ok()?).ok()?;
-        let fits = f.method == method
-            && f.task == task
-            && f.scores.len() == examples
-            && f.scores.iter().all(|s| (0.0..=1.0).contains(s));
-        fits.then_some(f)
-    }
-
-    fn save(&self, f: &Finished) -> Result<(), StepError> {
-        std::fs::create_dir_all(&self.dir)?;
-        let bytes = serde_json::to_vec(f).expect("json");
-        crate::store::fsutil::write_atomic(&self.file(&f.method, &f.task), &bytes)?;
-        crate::faults::point("eval.task-saved");
-        Ok(())
-    }
 }
 
 fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
@@ -447,6 +406,9 @@ struct Scored {
     routing: BTreeMap<String, TaskRouting>,
     /// (method, task) results kept from an interrupted run.
     resumed: usize,
+    /// (method, task) results taken from earlier evals, and which.
+    reused: usize,
+    reused_from: std::collections::BTreeSet<crate::store::Key>,
 }
 
 impl Scored {
@@ -597,18 +559,121 @@ impl<'a> EvalRun<'a> {
         }
         method
             .adapters(&route::Pool {
-                experts: &self.experts,
-                gates: &self.gates,
+                experts: if method.reads_experts() {
+                    &self.experts
+                } else {
+                    &[]
+                },
+                // Only a method that says it reads gates gets them: its parts' keys
+                // hold the gates' keys, and no other method's do.
+                gates: if method.uses_gates() { &self.gates } else { &[] },
                 needed: &needed,
                 config: base.config(),
                 device: base.model.device(),
                 top_k: self.params.routing.top_k,
-                arrow_temperature: self.params.routing.arrow_temperature,
+                arrow_temperature: method
+                    .uses_temperature()
+                    .then_some(self.params.routing.arrow_temperature),
             })
             .map_err(fail)
     }
 
-    /// Every (method, task), resuming the ones an interrupted run finished.
+    /// The key of part (`m`, `t`): everything its scores and routing depend on, and
+    /// nothing else, so that an eval differing in what a part does not read (another
+    /// method, another task, a routing setting of a method that does not route) finds
+    /// it in an earlier eval. `marked`: the task's tokens that no other owned task
+    /// has, which a token router's log counts apart.
+    fn part_key(
+        &self,
+        m: &str,
+        t: &Task,
+        marked: Option<&std::collections::HashSet<u32>>,
+    ) -> Result<String, StepError> {
+        let (ctx, p) = (self.ctx, &self.params);
+        let mut k = PartKey::new();
+        // One artifact is scored on one kind of device: CPU and CUDA kernels differ
+        // in the last bits.
+        let device = if ctx.device.starts_with("cuda") {
+            "cuda"
+        } else {
+            ctx.device
+        };
+        k.add_u64("eval-version", u64::from(KIND.version))
+            .add_str("device", device)
+            .add_str("method", m)
+            .add_key("model", &ctx.input("model")?.key)
+            .add_str("task", &t.name)
+            .add_key("task-data", &ctx.input(&format!("task:{}", t.name))?.key)
+            .add_str("metric", &t.metric)
+            .add_u64("max-new-tokens", t.max_new_tokens as u64)
+            .add_u64("batch", p.batch as u64)
+            .add_u64("max-input-len", p.max_input_len as u64)
+            .add_u64("max-target-len", p.max_target_len as u64)
+            .add_str("max-examples", &format!("{:?}", p.max_examples))
+            .add_u64("seed", p.seed);
+        let method = match self.chosen(m)? {
+            Chosen::Expert(name) => {
+                if !self.names.iter().any(|n| n == name) {
+                    return Err(fail(format!("expert:{name}: `{name}` is not in the pool")));
+                }
+                k.add_key("expert", &ctx.member("expert", name)?.key);
+                return Ok(k.finish());
+            }
+            Chosen::Listed(method) => method,
+        };
+        // The pool in name order (merging sums in that order).
+        if method.reads_experts() {
+            for n in &self.names {
+                k.add_str("member", n)
+                    .add_key("expert", &ctx.member("expert", n)?.key);
+            }
+        }
+        if method.uses_gates() {
+            for n in &self.names {
+                k.add_key("gate", &ctx.member("gate", n)?.key);
+            }
+        }
+        for kind in method.needs() {
+            match ctx.input(kind) {
+                Ok(pooled) => {
+                    k.add_key(kind, &pooled.key);
+                }
+                Err(_) => {
+                    for n in &self.names {
+                        k.add_str("member", n).add_key(kind, &ctx.member(kind, n)?.key);
+                    }
+                }
+            }
+        }
+        if method.uses_temperature() {
+            k.add(
+                "arrow-temperature",
+                &p.routing.arrow_temperature.to_bits().to_le_bytes(),
+            );
+        }
+        if method.routes_tokens() {
+            k.add_u64("top-k", p.routing.top_k as u64);
+            match marked {
+                None => k.add_str("marked", "none"),
+                Some(set) => {
+                    let mut ids: Vec<u32> = set.iter().copied().collect();
+                    ids.sort_unstable();
+                    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+                    k.add("marked", &bytes)
+                }
+            };
+        }
+        if method.scoring() == Scoring::PerExample {
+            k.add_str("embedder", &p.routing.embedder);
+            for e in ctx.spec.externals.iter().filter(|e| e.role() == "embedder") {
+                k.add_str("embedder-source", &e.identity());
+            }
+        }
+        Ok(k.finish())
+    }
+
+    /// Every (method, task): resumed from an interrupted run of this key, reused from
+    /// an earlier eval that scored the same part, or scored now.
     fn score_all(&self, base: &mut Base) -> Result<Scored, StepError> {
         let ctx = self.ctx;
         let order = self.order();
@@ -617,19 +682,26 @@ impl<'a> EvalRun<'a> {
             .set_total(per_method * order.len() as u64, "examples");
         let mut done = 0u64;
         let mut scored = Scored::default();
-        let progress = Progress {
-            dir: ctx.work.join("eval-progress"),
-        };
+        let parts = Parts::new(ctx);
         let distinct = distinct_tokens(&self.tasks, &base.tokenizer, base.config().eos_token_id)?;
         let mut retrieval: Option<Retrieval> = None;
         for m in &order {
             // Adapters are built only when a task of this method still has to run.
             let mut prepared = false;
             for t in &self.tasks {
-                if let Some(f) = progress.load(m, &t.name, t.examples.len()) {
-                    scored.resumed += 1;
+                let marked = distinct.get(&t.name);
+                let part = self.part_key(m, t, marked)?;
+                if let Some((f, found)) = parts.find(&part, m, &t.name, t.examples.len()) {
+                    match found {
+                        Found::Resumed => scored.resumed += 1,
+                        Found::Reused(key) => {
+                            scored.reused += 1;
+                            scored.reused_from.insert(key);
+                        }
+                    }
                     done += t.examples.len() as u64;
                     ctx.progress.set_position(done);
+                    parts.publish(&part, &f)?;
                     scored.record(m, &t.name, f.scores, f.routing);
                     continue;
                 }
@@ -655,19 +727,20 @@ impl<'a> EvalRun<'a> {
                     // Token-level routers: record which experts each module picks, per
                     // task, for the routing analysis (report and `report --plots`).
                     if self.chosen(m)?.routes_tokens() {
-                        base.model
-                            .start_routing_log_marked(false, distinct.get(&t.name).cloned());
+                        base.model.start_routing_log_marked(false, marked.cloned());
                     }
                     let s = score_task(ctx, base, t, self.params.batch, &mut done)?;
                     (s, base.model.take_routing_log().map(|log| log.modules))
                 };
-                progress.save(&Finished {
+                let f = Finished {
                     method: m.clone(),
                     task: t.name.clone(),
-                    scores: score.clone(),
-                    routing: routed.clone(),
-                })?;
-                scored.record(m, &t.name, score, routed);
+                    scores: score,
+                    routing: routed,
+                };
+                parts.save_progress(&part, &f)?;
+                parts.publish(&part, &f)?;
+                scored.record(m, &t.name, f.scores, f.routing);
             }
             self.log_method(m, &scored);
         }
@@ -675,6 +748,19 @@ impl<'a> EvalRun<'a> {
             ctx.progress.log(&format!(
                 "resumed: {} (method, task) result(s) were kept from the interrupted run",
                 scored.resumed
+            ));
+        }
+        if scored.reused > 0 {
+            let from: Vec<String> = scored
+                .reused_from
+                .iter()
+                .map(|k| k.hex()[..12].to_string())
+                .collect();
+            ctx.progress.log(&format!(
+                "reused: {} (method, task) result(s) unchanged since an earlier eval ({} {})",
+                scored.reused,
+                if from.len() == 1 { "artifact" } else { "artifacts" },
+                from.join(", ")
             ));
         }
         Ok(scored)

@@ -9,6 +9,7 @@ pub mod average_activation;
 pub mod common;
 pub mod dataset;
 pub mod eval;
+mod eval_parts;
 pub mod expert;
 pub mod model;
 pub mod peft_import;

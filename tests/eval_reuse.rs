@@ -1,0 +1,234 @@
+//! An eval whose key changed scores only the (method, task) results that changed:
+//! the others are taken from the earlier eval in the store, checked against what it
+//! recorded, and the artifact is byte-identical to one scored from scratch.
+//! Runs the real binary on a micro pipeline (seconds).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use goosepipe::store::Store;
+
+const PIPELINE: &str = r#"
+pipeline "reuse"
+dataset "corpus" { synthetic task="corpus" examples=200 seed=1; }
+model "t" {
+    init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=8 batch=8
+}
+defaults {
+    lora rank=4
+    train steps=6 batch=8 micro-batch=8 eval-every=6 eval-examples=8 checkpoint-every=6
+    gate steps=2 batch=8 micro-batch=8
+}
+dataset "sort" { synthetic task="sort" format="choice" examples=48; }
+dataset "shift" { synthetic task="shift" format="choice" examples=48 seed=9; }
+dataset "sort-test" split="test" { synthetic task="sort" format="choice" examples=12 seed=4; }
+dataset "shift-test" split="test" { synthetic task="shift" format="choice" examples=12 seed=6; }
+dataset "arrange" split="test" { synthetic task="arrange" format="choice" examples=12 seed=5; }
+expert "sort" model="t" dataset="sort"
+expert "shift" model="t" dataset="shift"
+pool "p" { experts "sort" "shift"; }
+"#;
+
+/// The first eval: two methods, a held-out task and one held-in task.
+const EVAL_A: &str = r#"
+eval "e" pool="p" {
+    methods "merged" "phatgoose"
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort-test" expert="sort"
+}
+"#;
+
+/// A method and an owned task added: the new held-in task takes tokens from the
+/// distinct set of `sort`, so PHATGOOSE's routing record of `sort` changes too.
+const EVAL_B: &str = r#"
+eval "e" pool="p" {
+    methods "merged" "phatgoose" "expert:sort"
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort-test" expert="sort"
+    task "shift" dataset="shift-test" expert="shift"
+}
+"#;
+
+/// B with top-1 routing: only the token router is scored again (and the base,
+/// new here).
+const EVAL_C: &str = r#"
+eval "e" pool="p" {
+    methods "merged" "phatgoose" "expert:sort" "base"
+    routing top-k=1
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort-test" expert="sort"
+    task "shift" dataset="shift-test" expert="shift"
+}
+"#;
+
+/// C and an eval of another pool: the base model and the single expert `sort` read
+/// nothing of the pool they are scored with, so their results are C's.
+const EVAL_D: &str = r#"
+pool "q" { experts "sort"; }
+eval "f" pool="q" {
+    methods "base" "expert:sort"
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort-test" expert="sort"
+}
+"#;
+
+fn write(dir: &Path, eval: &str) -> std::path::PathBuf {
+    let m = dir.join("reuse.kdl");
+    std::fs::write(&m, format!("{PIPELINE}{eval}")).unwrap();
+    m
+}
+
+/// Runs the manifest as it stands in `dir` with the store `store`; the output.
+fn run(dir: &Path, store: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "reuse.kdl", "--store"])
+        .arg(store)
+        .current_dir(dir)
+        .env_remove("GOOSEPIPE_FAULT")
+        .output()
+        .expect("the goosepipe binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    text
+}
+
+/// The digest of the eval `e` as the manifest in `dir` plans it.
+fn eval_digest(dir: &Path, store: &Path) -> String {
+    digest_of(dir, store, "eval:e")
+}
+
+fn digest_of(dir: &Path, store: &Path, id: &str) -> String {
+    let plan = support::plan_of(&dir.join("reuse.kdl"), &goosepipe::steps::registry());
+    let key = plan.get(id).expect("the eval").spec.key;
+    Store::open(store)
+        .unwrap()
+        .verify(&key)
+        .expect("the eval verifies")
+        .digest
+}
+
+/// The count in "reused: N (method, task) result(s)", or 0 when nothing was.
+fn reused(text: &str) -> usize {
+    text.lines()
+        .find_map(|l| l.split("reused: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|n| n.parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Scores of `e` under a fresh store: the reference for the same manifest.
+fn fresh_digest(eval: &str) -> String {
+    let fresh = tempfile::tempdir().unwrap();
+    write(fresh.path(), eval);
+    let text = run(fresh.path(), &fresh.path().join("store"));
+    assert_eq!(reused(&text), 0, "a fresh store has nothing to reuse: {text}");
+    eval_digest(fresh.path(), &fresh.path().join("store"))
+}
+
+#[test]
+fn a_changed_eval_scores_only_the_parts_that_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), EVAL_A);
+    let first = run(d.path(), &store);
+    assert_eq!(reused(&first), 0, "{first}");
+
+    // B: merged on both old tasks and PHATGOOSE on the unowned one are reused;
+    // PHATGOOSE on `sort` (its distinct tokens changed), every part of the new task
+    // and of the new method are scored.
+    write(d.path(), EVAL_B);
+    let second = run(d.path(), &store);
+    assert_eq!(reused(&second), 3, "{second}");
+    assert!(
+        second.contains("(method, task) result(s) unchanged since an earlier eval (artifact "),
+        "{second}"
+    );
+    let b = eval_digest(d.path(), &store);
+    assert_eq!(b, fresh_digest(EVAL_B), "reused parts change nothing published");
+
+    // C, after one of the published parts (merged on arrange, held by A's eval and
+    // B's) was edited: it is not reused, the other five that do not route are,
+    // PHATGOOSE is scored again.
+    let files = support::step_files(&d.path().join("reuse.kdl"), &store, "eval:e");
+    let name = std::fs::read_dir(files.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["method"] == "merged" && v["task"] == "arrange"
+        })
+        .expect("merged's part of arrange")
+        .file_name()
+        .unwrap()
+        .to_owned();
+    let s = Store::open(&store).unwrap();
+    let mut edits = 0;
+    for key in s.keys() {
+        let part = s.files_dir(&key).join("parts").join(&name);
+        if part.exists() {
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
+            v["scores"][0] = serde_json::json!(if v["scores"][0] == 1.0 { 0.0 } else { 1.0 });
+            set_writable(part.parent().unwrap(), &part);
+            std::fs::write(&part, serde_json::to_vec(&v).unwrap()).unwrap();
+            edits += 1;
+        }
+    }
+    assert_eq!(edits, 2, "A's eval and B's hold the part");
+    write(d.path(), EVAL_C);
+    let third = run(d.path(), &store);
+    assert_eq!(reused(&third), 5, "{third}");
+    assert_eq!(eval_digest(d.path(), &store), fresh_digest(EVAL_C));
+
+    // D: the new eval of another pool takes all four of its parts from C's.
+    write(d.path(), &format!("{EVAL_C}{EVAL_D}"));
+    let fourth = run(d.path(), &store);
+    assert_eq!(reused(&fourth), 4, "{fourth}");
+    let fresh = tempfile::tempdir().unwrap();
+    write(fresh.path(), EVAL_D);
+    let text = run(fresh.path(), &fresh.path().join("store"));
+    assert_eq!(reused(&text), 0, "{text}");
+    assert_eq!(
+        digest_of(d.path(), &store, "eval:f"),
+        digest_of(fresh.path(), &fresh.path().join("store"), "eval:f")
+    );
+}
+
+/// Published artifacts are read-only; the test edits one as a user might.
+fn set_writable(dir: &Path, file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir, file] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
+    }
+}
+
+/// Arrow's temperature keys arrow's results alone: PHATGOOSE, a token router too,
+/// is reused when only the temperature moves.
+#[test]
+fn the_arrow_temperature_rescores_arrow_alone() {
+    let eval = |temperature: &str| {
+        format!(
+            r#"
+eval "e" pool="p" {{
+    methods "phatgoose" "arrow"
+    routing arrow-temperature={temperature}
+    task "arrange" dataset="arrange"
+}}
+"#
+        )
+    };
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), &eval("10.0"));
+    assert_eq!(reused(&run(d.path(), &store)), 0);
+    write(d.path(), &eval("2.0"));
+    let text = run(d.path(), &store);
+    assert_eq!(reused(&text), 1, "{text}");
+    assert_eq!(eval_digest(d.path(), &store), fresh_digest(&eval("2.0")));
+}
