@@ -151,6 +151,16 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     );
     let b = eval_digest(d.path(), &store);
     assert_eq!(b, fresh_digest(EVAL_B), "reused parts change nothing published");
+    // `show` lists the nine parts as one row.
+    let show = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["show", "eval:e", "--store"])
+        .arg(&store)
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("  parts/ (9 files)\n"), "{show}");
+    assert!(show.contains("  results.json\n"), "{show}");
 
     // C, after one of the published parts (merged on arrange, held by A's eval and
     // B's) was edited: it is not reused, the other five that do not route are,

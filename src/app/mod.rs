@@ -4,7 +4,7 @@
 pub mod export;
 pub mod score;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -975,8 +975,37 @@ pub fn show(
         meta.files.len(),
         store.files_dir(&meta.key).display()
     );
-    for f in &meta.files {
-        let _ = writeln!(out, "  {:>10}  {}", human_size(f.size), f.path);
+    for (size, name) in file_rows(&meta.files) {
+        let _ = writeln!(out, "  {:>10}  {name}", human_size(size));
     }
     Ok(shown)
+}
+
+/// `show`'s file list: one row per file, but a folder of more than
+/// `FOLDER_ROWS` files (an eval's parts, hundreds at the paper's scale) is one row
+/// with its count and total size.
+fn file_rows(files: &[crate::store::FileEntry]) -> Vec<(u64, String)> {
+    const FOLDER_ROWS: usize = 8;
+    let mut per_folder: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for f in files {
+        if let Some((dir, _)) = f.path.split_once('/') {
+            let e = per_folder.entry(dir).or_default();
+            e.0 += 1;
+            e.1 += f.size;
+        }
+    }
+    let mut rows = vec![];
+    let mut folded = std::collections::BTreeSet::new();
+    for f in files {
+        match f.path.split_once('/') {
+            Some((dir, _)) if per_folder[dir].0 > FOLDER_ROWS => {
+                if folded.insert(dir) {
+                    let (n, size) = per_folder[dir];
+                    rows.push((size, format!("{dir}/ ({n} files)")));
+                }
+            }
+            _ => rows.push((f.size, f.path.clone())),
+        }
+    }
+    rows
 }
