@@ -9,12 +9,9 @@ use miette::{GraphicalReportHandler, GraphicalTheme};
 fn render(name: &str) -> (String, Vec<&'static str>) {
     let path = format!("tests/manifests/errors/{name}.kdl");
     let reg = goosepipe::steps::registry();
-    let err = match goosepipe::manifest::load(Path::new(&path)) {
+    let err = match goosepipe::plan::load(Path::new(&path), &reg, &goosepipe::store::HashCache::in_memory()) {
         Err(e) => e,
-        Ok(m) => match goosepipe::plan::build(m, &reg, &goosepipe::store::HashCache::in_memory()) {
-            Err(e) => e,
-            Ok(_) => panic!("{path} should not validate"),
-        },
+        Ok(_) => panic!("{path} should not validate"),
     };
     let mut out = String::new();
     GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
@@ -77,6 +74,7 @@ golden!(
     missing_property,
     "manifest::one-of",
     "manifest::one-of",
+    "manifest::missing-file",
     "manifest::missing-argument",
     "manifest::missing-property",
     "manifest::missing-property"
@@ -448,3 +446,12 @@ fn one_replicate_studies_and_one_letter_suites_are_warnings() {
     let (r, _d) = check_text(&[("m.kdl", &text.replace("task=\"sort\"", "task=\"count\""))]);
     assert!(!r.unwrap().contains("few-letters"));
 }
+
+// Validation's errors and planning's, in source order, in one report.
+golden!(
+    every_stage,
+    "manifest::unknown-property",
+    "manifest::missing-file",
+    "manifest::undefined-reference",
+    "manifest::unknown-method"
+);

@@ -24,8 +24,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Loads, validates and plans a manifest (no store needed).
 pub fn load_plan(path: &Path, registry: &Registry, hashes: &HashCache) -> Result<Plan, Report> {
-    let manifest = crate::manifest::load(path).map_err(Report::new)?;
-    plan::build(manifest, registry, hashes).map_err(Report::new)
+    plan::load(path, registry, hashes).map_err(Report::new)
 }
 
 fn open_store(root: &Path) -> Result<Store, Report> {

@@ -17,6 +17,22 @@ use super::value::Value;
 
 /// Reads, parses and validates a manifest and everything it includes.
 pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
+    let (manifest, errors) = load_lenient(path)?;
+    if errors.is_empty() {
+        Ok(manifest)
+    } else {
+        Err(ManifestErrors {
+            file: manifest.display,
+            errors,
+        })
+    }
+}
+
+/// The manifest as far as it is valid (a node with errors is kept, what was wrong in
+/// it left out), and its errors in source order; `Err` only when the file itself
+/// cannot be read. What the planner checks beyond the schema can then be checked on
+/// it too, so that one `check` shows every error.
+pub fn load_lenient(path: &Path) -> Result<(Manifest, Vec<ManifestError>), ManifestErrors> {
     let schema = Schema::embedded();
     let display_root = path.display().to_string();
     let abs = match std::fs::canonicalize(path) {
@@ -53,14 +69,19 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
         .unwrap_or_else(|| display_root.clone());
     let id = v.sources.add(abs.clone(), name, text);
     v.load_file(id);
-    let manifest = v.finish(abs, root, display_root.clone());
-    match manifest {
-        Ok(m) => Ok(m),
-        Err(errors) => Err(ManifestErrors {
-            file: display_root,
-            errors,
-        }),
-    }
+    Ok(v.finish(abs, root, display_root))
+}
+
+/// Errors in source order, file by file, so that the output reads top to bottom.
+pub fn sort_in_source_order(errors: &mut [ManifestError], sources: &Sources) {
+    errors.sort_by_key(|e| {
+        let l = e.labels.first().map(|l| l.offset()).unwrap_or(0);
+        let f = sources
+            .iter()
+            .position(|(_, s)| s.display == e.src.name())
+            .unwrap_or(0);
+        (f, l)
+    });
 }
 
 /// How many files deep includes may nest (a chain of includes recurses once per file).
@@ -318,12 +339,7 @@ impl Validator {
         self.load_file(id);
     }
 
-    fn finish(
-        mut self,
-        path: PathBuf,
-        root: PathBuf,
-        display: String,
-    ) -> Result<Manifest, Vec<ManifestError>> {
+    fn finish(mut self, path: PathBuf, root: PathBuf, display: String) -> (Manifest, Vec<ManifestError>) {
         let raw = std::mem::take(&mut self.raw);
         let mut top = TopLevel::default();
         for RawNode { file, node } in &raw {
@@ -345,21 +361,9 @@ impl Validator {
         self.check_refs(&entities);
         self.check_pools(&entities, &index);
         self.check_cycles(&entities);
-        if !self.errors.is_empty() {
-            // Report in source order, file by file, so the output reads top to bottom.
-            self.errors.sort_by_key(|e| {
-                let l = e.labels.first().map(|l| l.offset()).unwrap_or(0);
-                let f = self
-                    .sources
-                    .iter()
-                    .position(|(_, s)| s.display == e.src.name())
-                    .unwrap_or(0);
-                (f, l)
-            });
-            return Err(self.errors);
-        }
+        sort_in_source_order(&mut self.errors, &self.sources);
         let default_groups = default_groups(self.schema, defaults.as_ref());
-        Ok(Manifest {
+        let manifest = Manifest {
             path,
             display,
             root,
@@ -370,7 +374,8 @@ impl Validator {
             entities,
             default_groups,
             index,
-        })
+        };
+        (manifest, self.errors)
     }
 
     /// One top-level node: validated against its kind, then recorded as the pipeline

@@ -84,76 +84,40 @@ struct Lowerer<'a> {
     warnings: Vec<ManifestError>,
 }
 
+/// Reads, validates and plans the manifest at `path`. Where validation finds errors,
+/// lowering still checks the rest (data files, methods, studies) on what is valid, so
+/// that every error comes at once. Left out: an error lowering finds where validation
+/// already pointed (the same problem seen twice), and lowering's reference errors (a
+/// pool member a method or task names): they follow from a reference validation
+/// refused, as a misspelt pool member then "is not in the pool" for every user of it.
+pub fn load(
+    path: &std::path::Path,
+    catalog: &dyn Catalog,
+    hashes: &HashCache,
+) -> Result<Plan, ManifestErrors> {
+    let (manifest, mut errors) = crate::manifest::validate::load_lenient(path)?;
+    if errors.is_empty() {
+        return build(manifest, catalog, hashes);
+    }
+    let seen = |e: &ManifestError| e.labels.first().map(|l| (e.src.name().to_string(), l.offset()));
+    let flagged: std::collections::HashSet<_> = errors.iter().filter_map(seen).collect();
+    let more = lowering_errors(&manifest, catalog, hashes);
+    errors.extend(more.into_iter().filter(|e| {
+        e.code != "manifest::undefined-reference" && seen(e).is_none_or(|at| !flagged.contains(&at))
+    }));
+    crate::manifest::validate::sort_in_source_order(&mut errors, &manifest.sources);
+    Err(ManifestErrors {
+        file: manifest.display.clone(),
+        errors,
+    })
+}
+
 /// Builds the plan: lowers entities to steps, hashes local inputs, computes keys.
 /// Semantic errors (unknown method, unreadable data file, ...) come back as manifest
 /// diagnostics, all at once.
 pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> Result<Plan, ManifestErrors> {
-    let schema = Schema::embedded();
-    let mut l = Lowerer {
-        manifest: &manifest,
-        catalog,
-        schema,
-        hashes,
-        protos: vec![],
-        ids: HashMap::new(),
-        errors: vec![],
-        warnings: vec![],
-    };
-    // Collecting a node's parameters (schema walk, defaults, origins) is most of
-    // lowering and independent per node: done for all nodes in parallel first.
-    let mut pre: Vec<Vec<Collected>> = manifest
-        .entities
-        .par_iter()
-        .map(|e| {
-            let spec = |k: &str| schema.node(k).expect("validated kind");
-            let c = |only: Option<&[&str]>| params::collect(schema, &e.block, spec(&e.kind), only);
-            match e.kind.as_str() {
-                "model" | "dataset" => vec![c(None)],
-                // Popped from the back: the expert's groups first, then the gate's.
-                "expert" if imported(&e.block) => {
-                    vec![c(Some(&["gate", "resources"])), c(Some(&["peft", "resources"]))]
-                }
-                "expert" => vec![
-                    c(Some(&["gate", "resources"])),
-                    c(Some(&["lora", "train", "resources"])),
-                ],
-                _ => vec![],
-            }
-        })
-        .collect();
-    for (e, pre) in manifest.entities.iter().zip(pre.iter_mut()) {
-        match e.kind.as_str() {
-            "model" => l.model(e, pre.pop().expect("collected")),
-            "dataset" => l.dataset(e, pre.pop().expect("collected")),
-            "expert" => {
-                let x = pre.pop().expect("collected");
-                l.expert(e, x, pre.pop().expect("collected"))
-            }
-            "pool" => l.pool(e),
-            _ => {}
-        }
-    }
-    for e in manifest.of_kind("eval") {
-        l.eval(e);
-    }
-    for e in manifest.of_kind("study") {
-        l.study(e);
-    }
-    for p in &l.protos {
-        if catalog.version(&p.kind).is_none() {
-            let loc = p.loc.unwrap_or(Loc::new(0, (0..0).into()));
-            l.errors.push(
-                ManifestError::new(
-                    &manifest.sources,
-                    "plan::unknown-step-kind",
-                    loc,
-                    format!("this build of goosepipe has no step kind `{}`", p.kind),
-                    "needs it",
-                )
-                .help("upgrade goosepipe, or remove the node"),
-            );
-        }
-    }
+    let mut l = Lowerer::new(&manifest, catalog, hashes);
+    l.lower_all();
     if !l.errors.is_empty() {
         let errors = std::mem::take(&mut l.errors);
         return Err(ManifestErrors {
@@ -180,6 +144,90 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
     let mut plan = finish(manifest, protos, catalog)?;
     plan.warnings = warnings;
     Ok(plan)
+}
+
+/// The errors lowering finds in a manifest in which validation found errors already
+/// (its nodes with errors kept, what was wrong left out), so that `check` says every
+/// error at once. Nothing is built: the steps of such a manifest are never keyed.
+pub fn lowering_errors(manifest: &Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> Vec<ManifestError> {
+    let mut l = Lowerer::new(manifest, catalog, hashes);
+    l.lower_all();
+    l.errors
+}
+
+impl<'a> Lowerer<'a> {
+    fn new(manifest: &'a Manifest, catalog: &'a dyn Catalog, hashes: &'a HashCache) -> Lowerer<'a> {
+        Lowerer {
+            manifest,
+            catalog,
+            schema: Schema::embedded(),
+            hashes,
+            protos: vec![],
+            ids: HashMap::new(),
+            errors: vec![],
+            warnings: vec![],
+        }
+    }
+
+    /// Every entity to its steps, collecting errors and warnings.
+    fn lower_all(&mut self) {
+        // Collecting a node's parameters (schema walk, defaults, origins) is most of
+        // lowering and independent per node: done for all nodes in parallel first.
+        let (manifest, schema, catalog) = (self.manifest, self.schema, self.catalog);
+        let mut pre: Vec<Vec<Collected>> = manifest
+            .entities
+            .par_iter()
+            .map(|e| {
+                let spec = |k: &str| schema.node(k).expect("validated kind");
+                let c = |only: Option<&[&str]>| params::collect(schema, &e.block, spec(&e.kind), only);
+                match e.kind.as_str() {
+                    "model" | "dataset" => vec![c(None)],
+                    // Popped from the back: the expert's groups first, then the gate's.
+                    "expert" if imported(&e.block) => {
+                        vec![c(Some(&["gate", "resources"])), c(Some(&["peft", "resources"]))]
+                    }
+                    "expert" => vec![
+                        c(Some(&["gate", "resources"])),
+                        c(Some(&["lora", "train", "resources"])),
+                    ],
+                    _ => vec![],
+                }
+            })
+            .collect();
+        for (e, pre) in manifest.entities.iter().zip(pre.iter_mut()) {
+            match e.kind.as_str() {
+                "model" => self.model(e, pre.pop().expect("collected")),
+                "dataset" => self.dataset(e, pre.pop().expect("collected")),
+                "expert" => {
+                    let x = pre.pop().expect("collected");
+                    self.expert(e, x, pre.pop().expect("collected"))
+                }
+                "pool" => self.pool(e),
+                _ => {}
+            }
+        }
+        for e in manifest.of_kind("eval") {
+            self.eval(e);
+        }
+        for e in manifest.of_kind("study") {
+            self.study(e);
+        }
+        for p in &self.protos {
+            if catalog.version(&p.kind).is_none() {
+                let loc = p.loc.unwrap_or(Loc::new(0, (0..0).into()));
+                self.errors.push(
+                    ManifestError::new(
+                        &manifest.sources,
+                        "plan::unknown-step-kind",
+                        loc,
+                        format!("this build of goosepipe has no step kind `{}`", p.kind),
+                        "needs it",
+                    )
+                    .help("upgrade goosepipe, or remove the node"),
+                );
+            }
+        }
+    }
 }
 
 /// Whether an expert node imports an existing adapter instead of training one.

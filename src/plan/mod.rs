@@ -18,7 +18,7 @@ use crate::manifest::{Loc, Manifest, Origin, Value};
 use crate::store::StepSpec;
 
 pub use catalog::{Catalog, MemberData, MethodInfo, Needed, Review};
-pub use lower::build;
+pub use lower::{build, load};
 pub use status::{Reason, State, Status};
 
 #[derive(Debug, Clone)]
