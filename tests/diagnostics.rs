@@ -455,3 +455,14 @@ golden!(
     "manifest::undefined-reference",
     "manifest::unknown-method"
 );
+
+// Validation's errors, and of the planner's only those that do not follow from them.
+golden!(
+    no_cascades,
+    "manifest::unknown-property",
+    "manifest::wrong-type",
+    "manifest::undefined-reference",
+    "manifest::undefined-reference",
+    "manifest::out-of-range",
+    "manifest::wrong-value"
+);

@@ -123,8 +123,11 @@ fn plan_in_store(
     } else {
         HashCache::in_memory()
     };
-    let plan = load_plan(path, registry, &hashes)?;
+    // Saved whatever the plan's fate: a manifest with an error is hashed too, and
+    // the next try should not hash its data again.
+    let plan = load_plan(path, registry, &hashes);
     hashes.save();
+    let plan = plan?;
     warn(&plan, &mut std::io::stderr());
     let lock = read_lock(path)?;
     let status = if verify {

@@ -76,6 +76,8 @@ pub struct Entity {
     pub kind: String,
     pub name: String,
     pub name_loc: Loc,
+    /// The whole node, children included (which node an error lies in).
+    pub loc: Loc,
     pub block: Block,
 }
 
@@ -99,6 +101,8 @@ pub struct Manifest {
     pub default_groups: BTreeMap<String, Block>,
     /// (kind, name) -> position in `entities`.
     pub index: HashMap<(String, String), usize>,
+    /// The `pipeline` and `defaults` nodes, whose settings every step reads.
+    pub settings_locs: Vec<Loc>,
 }
 
 impl Manifest {

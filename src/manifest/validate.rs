@@ -123,6 +123,8 @@ struct TopLevel {
     jobs: Option<usize>,
     defaults: Option<Block>,
     defaults_loc: Option<Loc>,
+    /// The whole `pipeline` and `defaults` nodes.
+    settings_locs: Vec<Loc>,
     entities: Vec<Entity>,
     index: HashMap<(String, String), usize>,
 }
@@ -352,6 +354,7 @@ impl Validator {
             defaults,
             mut entities,
             index,
+            settings_locs,
             ..
         } = top;
         // Inherit `defaults` groups, then the schema's defaults.
@@ -374,6 +377,7 @@ impl Validator {
             entities,
             default_groups,
             index,
+            settings_locs,
         };
         (manifest, self.errors)
     }
@@ -434,6 +438,10 @@ impl Validator {
                 return;
             }
         }
+        let node_loc = Loc::new(file, node.span());
+        if spec.unique {
+            top.settings_locs.push(node_loc);
+        }
         match kind {
             "pipeline" => {
                 if let Some(Field {
@@ -454,13 +462,13 @@ impl Validator {
                 top.defaults = Some(block);
                 top.defaults_loc = Some(nloc);
             }
-            _ if spec.named => self.add_entity(kind, block, top),
+            _ if spec.named => self.add_entity(kind, block, node_loc, top),
             _ => {}
         }
     }
 
     /// A named node becomes an entity, unless its kind already has one of that name.
-    fn add_entity(&mut self, kind: &str, block: Block, top: &mut TopLevel) {
+    fn add_entity(&mut self, kind: &str, block: Block, loc: Loc, top: &mut TopLevel) {
         let Some(Field {
             value: Value::Str(name),
             loc: Some(name_loc),
@@ -496,6 +504,7 @@ impl Validator {
             kind: kind.to_string(),
             name,
             name_loc,
+            loc,
             block,
         });
     }
@@ -1195,6 +1204,17 @@ impl Validator {
 }
 
 /// Every reference-typed value in a block (recursively): (kind, name, where).
+/// The (kind, name) pairs an entity refers to (its `model=`, `pool=`, a pool's
+/// experts, a study's evals, ...).
+pub fn references(entity: &Entity) -> Vec<(String, String)> {
+    let schema = Schema::embedded();
+    let mut refs = vec![];
+    if let Some(spec) = schema.node(&entity.kind) {
+        collect_refs(schema, &entity.block, spec, &mut refs);
+    }
+    refs.into_iter().map(|(kind, name, _)| (kind, name)).collect()
+}
+
 fn collect_refs(schema: &Schema, block: &Block, spec: &BlockSpec, out: &mut Vec<(String, String, Loc)>) {
     for p in &spec.props {
         if let (Type::Ref(kind), Some(f)) = (&p.ty, block.props.get(&p.name))

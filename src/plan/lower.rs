@@ -85,11 +85,13 @@ struct Lowerer<'a> {
 }
 
 /// Reads, validates and plans the manifest at `path`. Where validation finds errors,
-/// lowering still checks the rest (data files, methods, studies) on what is valid, so
-/// that every error comes at once. Left out: an error lowering finds where validation
-/// already pointed (the same problem seen twice), and lowering's reference errors (a
-/// pool member a method or task names): they follow from a reference validation
-/// refused, as a misspelt pool member then "is not in the pool" for every user of it.
+/// lowering still checks the rest on what is valid, so that every error comes at once.
+/// Left out are the errors that may only follow from validation's: one where
+/// validation already pointed, and, unless it judges a value as written (a path, a
+/// method name), one in a node that has validation errors or names a node that has,
+/// or anywhere when the `pipeline` or `defaults` node has (a value validation refused
+/// is planned with its default, and a misspelt pool member would make every user of
+/// it "not in the pool").
 pub fn load(
     path: &std::path::Path,
     catalog: &dyn Catalog,
@@ -99,17 +101,59 @@ pub fn load(
     if errors.is_empty() {
         return build(manifest, catalog, hashes);
     }
-    let seen = |e: &ManifestError| e.labels.first().map(|l| (e.src.name().to_string(), l.offset()));
-    let flagged: std::collections::HashSet<_> = errors.iter().filter_map(seen).collect();
     let more = lowering_errors(&manifest, catalog, hashes);
-    errors.extend(more.into_iter().filter(|e| {
-        e.code != "manifest::undefined-reference" && seen(e).is_none_or(|at| !flagged.contains(&at))
-    }));
+    let kept = independent_errors(&manifest, &errors, more);
+    errors.extend(kept);
     crate::manifest::validate::sort_in_source_order(&mut errors, &manifest.sources);
     Err(ManifestErrors {
         file: manifest.display.clone(),
         errors,
     })
+}
+
+/// Codes of lowering errors that judge a value as the manifest writes it, whatever
+/// else is wrong around it.
+const VERBATIM: [&str; 4] = [
+    "manifest::missing-file",
+    "manifest::wrong-path",
+    "manifest::unknown-method",
+    "plan::unknown-step-kind",
+];
+
+/// Of lowering's errors `more`, those that cannot be consequences of validation's
+/// `errors` (see [`load`]).
+fn independent_errors(
+    manifest: &Manifest,
+    errors: &[ManifestError],
+    more: Vec<ManifestError>,
+) -> Vec<ManifestError> {
+    let at = |e: &ManifestError| e.labels.first().map(|l| (e.src.name().to_string(), l.offset()));
+    let inside = |loc: &Loc, (file, offset): &(String, usize)| {
+        manifest.sources.get(loc.file).display == *file
+            && (loc.span.offset()..loc.span.offset() + loc.span.len()).contains(offset)
+    };
+    let node_of = |place: &(String, usize)| manifest.entities.iter().position(|n| inside(&n.loc, place));
+    let flagged: std::collections::HashSet<(String, usize)> = errors.iter().filter_map(at).collect();
+    let settings_troubled = flagged
+        .iter()
+        .any(|place| manifest.settings_locs.iter().any(|l| inside(l, place)));
+    let troubled: std::collections::HashSet<usize> = flagged.iter().filter_map(node_of).collect();
+    let tainted = |node: usize| {
+        troubled.contains(&node)
+            || crate::manifest::validate::references(&manifest.entities[node])
+                .iter()
+                .filter_map(|(kind, name)| manifest.index.get(&(kind.clone(), name.clone())))
+                .any(|n| troubled.contains(n))
+    };
+    more.into_iter()
+        .filter(|e| {
+            let Some(place) = at(e) else { return true };
+            if flagged.contains(&place) {
+                return false;
+            }
+            VERBATIM.contains(&e.code) || !(settings_troubled || node_of(&place).is_some_and(tainted))
+        })
+        .collect()
 }
 
 /// Builds the plan: lowers entities to steps, hashes local inputs, computes keys.
