@@ -466,3 +466,10 @@ golden!(
     "manifest::out-of-range",
     "manifest::wrong-value"
 );
+
+// The planner's errors in source order too.
+golden!(
+    planner_order,
+    "manifest::undefined-reference",
+    "manifest::undefined-reference"
+);

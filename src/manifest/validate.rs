@@ -74,12 +74,19 @@ pub fn load_lenient(path: &Path) -> Result<(Manifest, Vec<ManifestError>), Manif
 
 /// Errors in source order, file by file, so that the output reads top to bottom.
 pub fn sort_in_source_order(errors: &mut [ManifestError], sources: &Sources) {
+    sort_by_files(errors, &file_order(sources));
+}
+
+/// The manifest's files as errors name them, root first.
+pub fn file_order(sources: &Sources) -> Vec<String> {
+    sources.iter().map(|(_, s)| s.display.clone()).collect()
+}
+
+/// Errors by file (in `files`' order), then by offset.
+pub fn sort_by_files(errors: &mut [ManifestError], files: &[String]) {
     errors.sort_by_key(|e| {
         let l = e.labels.first().map(|l| l.offset()).unwrap_or(0);
-        let f = sources
-            .iter()
-            .position(|(_, s)| s.display == e.src.name())
-            .unwrap_or(0);
+        let f = files.iter().position(|n| n == e.src.name()).unwrap_or(0);
         (f, l)
     });
 }

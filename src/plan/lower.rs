@@ -99,7 +99,13 @@ pub fn load(
 ) -> Result<Plan, ManifestErrors> {
     let (manifest, mut errors) = crate::manifest::validate::load_lenient(path)?;
     if errors.is_empty() {
-        return build(manifest, catalog, hashes);
+        // The planner finds errors node kind by node kind; they are shown top to
+        // bottom, as validation's are.
+        let files = crate::manifest::validate::file_order(&manifest.sources);
+        return build(manifest, catalog, hashes).map_err(|mut e| {
+            crate::manifest::validate::sort_by_files(&mut e.errors, &files);
+            e
+        });
     }
     let more = lowering_errors(&manifest, catalog, hashes);
     let kept = independent_errors(&manifest, &errors, more);
