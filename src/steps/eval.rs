@@ -34,8 +34,13 @@ use crate::store::spec::member_role;
 /// names as RFC 4180 (a comma was written as `;`), `results.md` escapes `|` and line
 /// breaks in names, and a one-expert pool's title is singular. Version 14: every
 /// (method, task) result is also published as a part with a key of its own
-/// (`parts/`, see `eval_parts`), which later evals reuse.
-pub const KIND: Kind = Kind::new("eval", 14, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+/// (`parts/`, see `eval_parts`), which later evals reuse. Version 15: part keys no
+/// longer hold this version (their own format tag stands for how a part is scored),
+/// so that a change to what the eval writes from its parts keeps them reusable.
+///
+/// Bump `eval_parts::PART_FORMAT` as well when a change alters any (method, task)
+/// result: scores, routing records, or what a part file holds.
+pub const KIND: Kind = Kind::new("eval", 15, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).
@@ -598,8 +603,7 @@ impl<'a> EvalRun<'a> {
         } else {
             ctx.device
         };
-        k.add_u64("eval-version", u64::from(KIND.version))
-            .add_str("device", device)
+        k.add_str("device", device)
             .add_str("method", m)
             .add_key("model", &ctx.input("model")?.key)
             .add_str("task", &t.name)

@@ -24,7 +24,10 @@ use crate::model::adapter::ModuleRouting;
 use crate::store::Key;
 
 /// Part keys are blake3 over length-delimited ingredients, the first of which is
-/// this tag: changing what goes into a part key (or what a part holds) bumps it.
+/// this tag. It stands for how a part is scored and what it holds, in place of the
+/// eval step's version (a change to the tables the eval writes from its parts leaves
+/// them reusable): bump it with any change to a (method, task) result's scores or
+/// routing record, to its file, or to what goes into its key.
 const PART_FORMAT: &str = "goosepipe-eval-part-v1";
 
 /// One finished (method, task) result.
