@@ -212,15 +212,18 @@ pub fn adapters_for(
         (RouterChoice::Single, n) => Err(ModelError::Input(format!(
             "{n} experts given without a router; pass --router phatgoose or merged"
         ))),
-        (RouterChoice::Method(m), _) => m.adapters(&route::Pool {
-            experts: if m.reads_experts() { experts } else { &[] },
-            gates: if m.uses_gates() { gates } else { &[] },
-            needed: &Default::default(),
-            config: cfg,
-            device,
-            top_k,
-            arrow_temperature: m.uses_temperature().then_some(route::arrow::DEFAULT_TEMPERATURE),
-        }),
+        (RouterChoice::Method(m), _) => m.adapters(
+            &route::Pool {
+                experts,
+                gates,
+                needed: &Default::default(),
+                config: cfg,
+                device,
+                top_k,
+                arrow_temperature: Some(route::arrow::DEFAULT_TEMPERATURE),
+            }
+            .given_to(m),
+        ),
     }
 }
 

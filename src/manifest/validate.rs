@@ -1210,7 +1210,6 @@ impl Validator {
     }
 }
 
-/// Every reference-typed value in a block (recursively): (kind, name, where).
 /// The (kind, name) pairs an entity refers to (its `model=`, `pool=`, a pool's
 /// experts, a study's evals, ...).
 pub fn references(entity: &Entity) -> Vec<(String, String)> {
@@ -1222,6 +1221,7 @@ pub fn references(entity: &Entity) -> Vec<(String, String)> {
     refs.into_iter().map(|(kind, name, _)| (kind, name)).collect()
 }
 
+/// Every reference-typed value in a block (recursively): (kind, name, where).
 fn collect_refs(schema: &Schema, block: &Block, spec: &BlockSpec, out: &mut Vec<(String, String, Loc)>) {
     for p in &spec.props {
         if let (Type::Ref(kind), Some(f)) = (&p.ty, block.props.get(&p.name))

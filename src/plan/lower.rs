@@ -144,20 +144,24 @@ fn independent_errors(
         .iter()
         .any(|place| manifest.settings_locs.iter().any(|l| inside(l, place)));
     let troubled: std::collections::HashSet<usize> = flagged.iter().filter_map(node_of).collect();
-    let tainted = |node: usize| {
-        troubled.contains(&node)
-            || crate::manifest::validate::references(&manifest.entities[node])
-                .iter()
-                .filter_map(|(kind, name)| manifest.index.get(&(kind.clone(), name.clone())))
-                .any(|n| troubled.contains(n))
-    };
+    // Nodes with errors, and the nodes that name one.
+    let tainted: std::collections::HashSet<usize> = (0..manifest.entities.len())
+        .filter(|node| {
+            troubled.contains(node)
+                || crate::manifest::validate::references(&manifest.entities[*node])
+                    .into_iter()
+                    .filter_map(|kind_name| manifest.index.get(&kind_name))
+                    .any(|n| troubled.contains(n))
+        })
+        .collect();
     more.into_iter()
         .filter(|e| {
             let Some(place) = at(e) else { return true };
             if flagged.contains(&place) {
                 return false;
             }
-            VERBATIM.contains(&e.code) || !(settings_troubled || node_of(&place).is_some_and(tainted))
+            VERBATIM.contains(&e.code)
+                || !(settings_troubled || node_of(&place).is_some_and(|n| tainted.contains(&n)))
         })
         .collect()
 }

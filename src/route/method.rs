@@ -29,7 +29,20 @@ pub struct Pool<'a> {
     pub arrow_temperature: Option<f64>,
 }
 
-impl Pool<'_> {
+impl<'a> Pool<'a> {
+    /// This pool as `method` may see it: the experts, gates and Arrow temperature
+    /// only where it says it reads them ([`Method::reads_experts`],
+    /// [`Method::uses_gates`], [`Method::uses_temperature`]), so that what an eval
+    /// keys a method's results by is all that method can read.
+    pub fn given_to(&self, method: &dyn Method) -> Pool<'a> {
+        Pool {
+            experts: if method.reads_experts() { self.experts } else { &[] },
+            gates: if method.uses_gates() { self.gates } else { &[] },
+            arrow_temperature: self.arrow_temperature.filter(|_| method.uses_temperature()),
+            ..*self
+        }
+    }
+
     /// The folders of needed kind `kind`.
     pub fn needed(&self, kind: &str) -> Result<&[PathBuf]> {
         self.needed

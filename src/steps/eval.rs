@@ -548,39 +548,39 @@ impl<'a> EvalRun<'a> {
             Chosen::Expert(name) => return route::expert::adapters(&self.experts, name).map_err(fail),
             Chosen::Listed(method) => method,
         };
-        // A needed kind is the eval's input `KIND` (one for the pool) or `KIND:NAME`
-        // (one per member, in name order).
         let mut needed = BTreeMap::new();
         for kind in method.needs() {
-            let dirs = match self.ctx.input(kind) {
-                Ok(pooled) => vec![pooled.files.clone()],
-                Err(_) => self
-                    .names
-                    .iter()
-                    .map(|n| Ok(self.ctx.member(kind, n)?.files.clone()))
-                    .collect::<Result<_, StepError>>()?,
-            };
+            let dirs = self
+                .needed(kind)?
+                .into_iter()
+                .map(|(_, i)| i.files.clone())
+                .collect();
             needed.insert(kind.to_string(), dirs);
         }
-        method
-            .adapters(&route::Pool {
-                experts: if method.reads_experts() {
-                    &self.experts
-                } else {
-                    &[]
-                },
-                // Only a method that says it reads gates gets them: its parts' keys
-                // hold the gates' keys, and no other method's do.
-                gates: if method.uses_gates() { &self.gates } else { &[] },
-                needed: &needed,
-                config: base.config(),
-                device: base.model.device(),
-                top_k: self.params.routing.top_k,
-                arrow_temperature: method
-                    .uses_temperature()
-                    .then_some(self.params.routing.arrow_temperature),
-            })
-            .map_err(fail)
+        let pool = route::Pool {
+            experts: &self.experts,
+            gates: &self.gates,
+            needed: &needed,
+            config: base.config(),
+            device: base.model.device(),
+            top_k: self.params.routing.top_k,
+            arrow_temperature: Some(self.params.routing.arrow_temperature),
+        };
+        // Only what the method says it reads: its parts' keys hold exactly that.
+        method.adapters(&pool.given_to(method)).map_err(fail)
+    }
+
+    /// The inputs of needed kind `kind`: the eval's input `KIND` (one for the pool,
+    /// no member name) or `KIND:NAME` (one per member, in name order).
+    fn needed(&self, kind: &str) -> Result<Vec<(Option<&str>, &crate::exec::InputArtifact)>, StepError> {
+        match self.ctx.input(kind) {
+            Ok(pooled) => Ok(vec![(None, pooled)]),
+            Err(_) => self
+                .names
+                .iter()
+                .map(|n| Ok((Some(n.as_str()), self.ctx.member(kind, n)?)))
+                .collect(),
+        }
     }
 
     /// The key of part (`m`, `t`): everything its scores and routing depend on, and
@@ -638,15 +638,11 @@ impl<'a> EvalRun<'a> {
             }
         }
         for kind in method.needs() {
-            match ctx.input(kind) {
-                Ok(pooled) => {
-                    k.add_key(kind, &pooled.key);
+            for (member, input) in self.needed(kind)? {
+                if let Some(n) = member {
+                    k.add_str("member", n);
                 }
-                Err(_) => {
-                    for n in &self.names {
-                        k.add_str("member", n).add_key(kind, &ctx.member(kind, n)?.key);
-                    }
-                }
+                k.add_key(kind, &input.key);
             }
         }
         if method.uses_temperature() {
@@ -705,7 +701,9 @@ impl<'a> EvalRun<'a> {
                     }
                     done += t.examples.len() as u64;
                     ctx.progress.set_position(done);
-                    parts.publish(&part, &f)?;
+                    // Written as this build writes it, whatever formatting the
+                    // file found had.
+                    parts.publish(&part, &f.bytes())?;
                     scored.record(m, &t.name, f.scores, f.routing);
                     continue;
                 }
@@ -742,8 +740,9 @@ impl<'a> EvalRun<'a> {
                     scores: score,
                     routing: routed,
                 };
-                parts.save_progress(&part, &f)?;
-                parts.publish(&part, &f)?;
+                let bytes = f.bytes();
+                parts.save_progress(&part, &bytes)?;
+                parts.publish(&part, &bytes)?;
                 scored.record(m, &t.name, f.scores, f.routing);
             }
             self.log_method(m, &scored);
@@ -755,11 +754,7 @@ impl<'a> EvalRun<'a> {
             ));
         }
         if scored.reused > 0 {
-            let from: Vec<String> = scored
-                .reused_from
-                .iter()
-                .map(|k| k.hex()[..12].to_string())
-                .collect();
+            let from: Vec<String> = scored.reused_from.iter().map(|k| k.short()).collect();
             ctx.progress.log(&format!(
                 "reused: {} (method, task) result(s) unchanged since an earlier eval ({} {})",
                 scored.reused,

@@ -14,9 +14,9 @@
 //! artifact's `parts/` folder: its bytes are a function of its key, so an eval
 //! publishes the same bytes however many of its parts it reused.
 
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
 
 use crate::artifact_files::EVAL_PARTS_DIR;
 use crate::exec::{StepContext, StepError};
@@ -52,7 +52,7 @@ impl Finished {
 
     /// The part's canonical bytes (scores and routing sums are f64 written with
     /// round-trip precision, so a part reloads bit for bit).
-    fn bytes(&self) -> Vec<u8> {
+    pub fn bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("json")
     }
 }
@@ -112,18 +112,18 @@ pub(super) struct Parts<'a> {
     ctx: &'a StepContext<'a>,
     /// Parts of published evals: part key -> the artifacts that hold it (sorted
     /// keys), read from the store once, at the first lookup that needs it.
-    published: OnceLock<HashMap<String, Vec<Key>>>,
+    published: OnceCell<HashMap<String, Vec<Key>>>,
     /// Per holding artifact, the size and blake3 it recorded for each of its parts
     /// (None: its metadata is unreadable, and nothing of it is reused).
-    recorded: Mutex<HashMap<Key, Option<Recorded>>>,
+    recorded: RefCell<HashMap<Key, Option<Recorded>>>,
 }
 
 impl<'a> Parts<'a> {
     pub fn new(ctx: &'a StepContext<'a>) -> Parts<'a> {
         Parts {
             ctx,
-            published: OnceLock::new(),
-            recorded: Mutex::new(HashMap::new()),
+            published: OnceCell::new(),
+            recorded: RefCell::new(HashMap::new()),
         }
     }
 
@@ -157,7 +157,7 @@ impl<'a> Parts<'a> {
     fn published_bytes(&self, key: &Key, part: &str) -> Option<Vec<u8>> {
         let rel = format!("{EVAL_PARTS_DIR}/{part}.json");
         let (size, hash) = {
-            let mut recorded = self.recorded.lock().expect("not poisoned");
+            let mut recorded = self.recorded.borrow_mut();
             let files = recorded.entry(*key).or_insert_with(|| {
                 // Read once per artifact: an eval with a large pool looks up
                 // thousands of parts, each artifact holding as many.
@@ -197,19 +197,19 @@ impl<'a> Parts<'a> {
 
     /// Saves a part just scored in the work folder, where a run of this key that is
     /// interrupted later finds it.
-    pub fn save_progress(&self, part: &str, f: &Finished) -> Result<(), StepError> {
+    pub fn save_progress(&self, part: &str, bytes: &[u8]) -> Result<(), StepError> {
         let file = self.progress_file(part);
         std::fs::create_dir_all(file.parent().expect("in the work folder"))?;
-        crate::store::fsutil::write_atomic(&file, &f.bytes())?;
+        crate::store::fsutil::write_atomic(&file, bytes)?;
         crate::faults::point("eval.task-saved");
         Ok(())
     }
 
-    /// Writes a part, scored or found, into the artifact.
-    pub fn publish(&self, part: &str, f: &Finished) -> Result<(), StepError> {
+    /// Writes a part's bytes, scored or found, into the artifact.
+    pub fn publish(&self, part: &str, bytes: &[u8]) -> Result<(), StepError> {
         let dir = self.ctx.out.join(EVAL_PARTS_DIR);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(format!("{part}.json")), f.bytes())?;
+        std::fs::write(dir.join(format!("{part}.json")), bytes)?;
         Ok(())
     }
 }
