@@ -52,6 +52,10 @@ enum Command {
         /// ones are moved aside and shown as stale.
         #[arg(long)]
         verify: bool,
+        /// The device the run will use (cpu, cuda or cuda:N): an eval reuses results
+        /// scored on the same kind of device only, and the plan counts those.
+        #[arg(long, default_value = "cpu", value_parser = device_name)]
+        device: String,
     },
     /// Run the stale steps in dependency order and update the lockfile.
     Run(RunArgs),
@@ -68,7 +72,13 @@ enum Command {
         status: bool,
     },
     /// A step's key ingredients, its inputs, and why it is stale.
-    Explain { file: PathBuf, step: String },
+    Explain {
+        file: PathBuf,
+        step: String,
+        /// The device the run will use (cpu, cuda or cuda:N), as for `plan`.
+        #[arg(long, default_value = "cpu", value_parser = device_name)]
+        device: String,
+    },
     /// Delete store entries no given manifest reaches, and leftovers of interrupted runs.
     Gc {
         #[arg(required = true)]
@@ -363,7 +373,16 @@ fn main() -> ExitCode {
             json,
             check_cached,
             verify,
-        } => app::plan_cmd(&file, &store, &registry, json, check_cached, verify, &mut out),
+            device,
+        } => {
+            let opts = app::PlanOptions {
+                json,
+                check_cached,
+                verify,
+                device,
+            };
+            app::plan_cmd(&file, &store, &registry, &opts, &mut out)
+        }
         Command::Verify { files, all } => app::verify(&files, all, &store, &registry, &mut out),
         Command::Run(args) => run_command(args, &store, &registry, &mut out),
         Command::Exec(args) => exec_command(args, &store, &registry),
@@ -374,7 +393,9 @@ fn main() -> ExitCode {
             matches!(format, GraphFormat::Mermaid),
             &mut out,
         ),
-        Command::Explain { file, step } => app::explain(&file, &step, &store, &registry, &mut out),
+        Command::Explain { file, step, device } => {
+            app::explain(&file, &step, &store, &registry, &device, &mut out)
+        }
         Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
         Command::Show { what, json, path } => app::show(&what, &store, json, path, &mut out),
         Command::Export {

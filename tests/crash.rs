@@ -244,6 +244,12 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
         plan.text
     );
     assert!(!plan.text.contains("artifact missing"), "{}", plan.text);
+    assert!(
+        plan.text
+            .contains("5 of 8 (method, task) results to score, 3 kept from an interrupted run"),
+        "{}",
+        plan.text
+    );
     // One saved result damaged (fewer scores than the task has examples, still valid
     // JSON): it is scored again, not published.
     let saved = work_left(d.path())
@@ -255,6 +261,13 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
     let mut f: serde_json::Value = serde_json::from_slice(&std::fs::read(&one).unwrap()).unwrap();
     f["scores"].as_array_mut().unwrap().truncate(1);
     std::fs::write(&one, serde_json::to_vec(&f).unwrap()).unwrap();
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
+    assert!(
+        plan.text
+            .contains("6 of 8 (method, task) results to score, 2 kept from an interrupted run"),
+        "{}",
+        plan.text
+    );
     let r = run(d.path(), None);
     assert_eq!(r.code, Some(0), "{}", r.text);
     assert!(

@@ -113,6 +113,24 @@ fn digest_of(dir: &Path, store: &Path, id: &str) -> String {
         .digest
 }
 
+/// What `plan` says of step `id`'s run beside its state (its preview).
+fn plan_says(dir: &Path, store: &Path, id: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["plan", "reuse.kdl", "--json", "--store"])
+        .arg(store)
+        .current_dir(dir)
+        .output()
+        .expect("the goosepipe binary runs");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --json");
+    let step = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .expect("the step");
+    step["preview"].as_str().unwrap_or("(none)").to_string()
+}
+
 /// The count in "reused: N (method, task) result(s)", or 0 when nothing was.
 fn reused(text: &str) -> usize {
     text.lines()
@@ -143,6 +161,11 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     // PHATGOOSE on `sort` (its distinct tokens changed), every part of the new task
     // and of the new method are scored.
     write(d.path(), EVAL_B);
+    // `plan` counts them before the run.
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:e"),
+        "6 of 9 (method, task) results to score, 3 reused from earlier evals"
+    );
     let second = run(d.path(), &store);
     assert_eq!(reused(&second), 3, "{second}");
     assert!(
@@ -191,12 +214,19 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     }
     assert_eq!(edits, 2, "A's eval and B's hold the part");
     write(d.path(), EVAL_C);
+    // The edited part is not counted as reusable.
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:e"),
+        "7 of 12 (method, task) results to score, 5 reused from earlier evals"
+    );
     let third = run(d.path(), &store);
     assert_eq!(reused(&third), 5, "{third}");
     assert_eq!(eval_digest(d.path(), &store), fresh_digest(EVAL_C));
 
     // D: the new eval of another pool takes all four of its parts from C's.
     write(d.path(), &format!("{EVAL_C}{EVAL_D}"));
+    // Before the new pool is built, its eval's parts cannot be told.
+    assert_eq!(plan_says(d.path(), &store, "eval:f"), "(none)");
     let fourth = run(d.path(), &store);
     assert_eq!(reused(&fourth), 4, "{fourth}");
     let fresh = tempfile::tempdir().unwrap();
@@ -241,4 +271,35 @@ eval "e" pool="p" {{
     let text = run(d.path(), &store);
     assert_eq!(reused(&text), 1, "{text}");
     assert_eq!(eval_digest(d.path(), &store), fresh_digest(&eval("2.0")));
+}
+
+/// An eval that stopped part-way (or is still running: a second job, another node)
+/// has saved parts in its work folder; an eval of another key that needs them takes
+/// them from there, `plan` counts them, and the artifact is a fresh store's.
+#[test]
+fn parts_saved_by_another_eval_are_taken_from_its_work_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), EVAL_A);
+    // A's eval is killed after saving its first two parts: merged on both tasks.
+    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "reuse.kdl", "--store"])
+        .arg(&store)
+        .current_dir(d.path())
+        .env("GOOSEPIPE_FAULT", "eval.task-saved:2")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "the fault stops the run");
+    write(d.path(), EVAL_B);
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:e"),
+        "7 of 9 (method, task) results to score, 2 saved by other evals as they ran"
+    );
+    let text = run(d.path(), &store);
+    assert!(
+        text.contains("shared: 2 (method, task) result(s) saved by another eval as it ran ("),
+        "{text}"
+    );
+    assert_eq!(reused(&text), 0, "{text}");
+    assert_eq!(eval_digest(d.path(), &store), fresh_digest(EVAL_B));
 }

@@ -138,17 +138,30 @@ fn plan_in_store(
     Ok((plan, status, lock))
 }
 
+/// How `goosepipe plan` answers.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Machine-readable output.
+    pub json: bool,
+    /// Exit with [`EXIT_PENDING`] if anything would run.
+    pub check_cached: bool,
+    /// Re-hash cached artifacts first.
+    pub verify: bool,
+    /// The device the run will use: an eval reuses results of the same kind of device.
+    pub device: String,
+}
+
 /// `goosepipe plan`.
 pub fn plan_cmd(
     path: &Path,
     store_root: &Path,
     registry: &Registry,
-    json: bool,
-    check_cached: bool,
-    verify: bool,
+    opts: &PlanOptions,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status, _, _) = plan_with_status(path, store_root, registry, verify)?;
+    let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, opts.verify)?;
+    exec::previews(&plan, &mut status, &store, registry, &lock, &opts.device);
+    let (json, check_cached) = (opts.json, opts.check_cached);
     if json {
         let _ = writeln!(
             out,
@@ -199,10 +212,16 @@ pub fn explain(
     step: &str,
     store_root: &Path,
     registry: &Registry,
+    device: &str,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status, _, _) = plan_with_status(path, store_root, registry, false)?;
+    let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, false)?;
     let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
+    if status.states[i].will_run()
+        && let Some(p) = exec::preview(&plan.steps[i].spec, &store, registry, &lock, device)
+    {
+        status.previews.insert(i, p);
+    }
     let _ = write!(out, "{}", render::explain(&plan, &status, i));
     Ok(EXIT_OK)
 }

@@ -23,6 +23,17 @@ pub trait StepRunner: Send + Sync {
     /// order and resources are its [`Kind`] declaration's.
     fn kind(&self) -> &'static str;
     fn run(&self, ctx: &StepContext) -> Result<(), StepError>;
+    /// Whether [`StepRunner::preview`] has anything to say (the engine reads a
+    /// step's inputs' metadata for it only then).
+    fn previews(&self) -> bool {
+        false
+    }
+    /// What a run would do, told from the published inputs without computing it
+    /// (`plan` shows it beside the stale step), or None. It must only read: `ctx.out`
+    /// does not exist, and nothing may be written to `ctx.work`.
+    fn preview(&self, _ctx: &StepContext) -> Result<Option<String>, StepError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -57,8 +57,9 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         .unwrap_or(4)
         .max(4);
     let _ = writeln!(out, "  {:wk$}  {:wn$}  {:12}  STATE", "KIND", "NAME", "KEY");
-    for (s, st) in plan.steps.iter().zip(&status.states) {
-        let reasons: Vec<String> = st.reasons().iter().map(|r| r.describe()).collect();
+    for (i, (s, st)) in plan.steps.iter().zip(&status.states).enumerate() {
+        let mut reasons: Vec<String> = st.reasons().iter().map(|r| r.describe()).collect();
+        reasons.extend(status.previews.get(&i).cloned());
         let state = if reasons.is_empty() {
             st.label().to_string()
         } else {
@@ -89,7 +90,8 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
         .steps
         .iter()
         .zip(&status.states)
-        .map(|(s, st)| {
+        .enumerate()
+        .map(|(i, (s, st))| {
             json!({
                 "id": s.spec.id,
                 "kind": s.spec.kind,
@@ -100,6 +102,7 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
                 "will_run": st.will_run(),
                 "reasons": st.reasons(),
                 "reasons_text": st.reasons().iter().map(|r| r.describe()).collect::<Vec<_>>(),
+                "preview": status.previews.get(&i),
                 "inputs": s.spec.inputs.iter().map(|i| json!({"role": i.role, "id": i.id, "key": i.key.hex()})).collect::<Vec<_>>(),
             })
         })
@@ -228,6 +231,9 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
     let _ = writeln!(out, "state  {}", st.label());
     for r in st.reasons() {
         let _ = writeln!(out, "  - {}", r.describe());
+    }
+    if let Some(p) = status.previews.get(&i) {
+        let _ = writeln!(out, "  - {p}");
     }
     let _ = writeln!(out, "\nkey ingredients ({}):", super::key::KEY_FORMAT);
     let _ = writeln!(

@@ -156,6 +156,9 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct Status {
     pub states: Vec<State>,
+    /// By step index, what running a stale step would do, as its runner tells from
+    /// its published inputs (filled by the exec layer's `previews`; empty otherwise).
+    pub previews: BTreeMap<usize, String>,
 }
 
 impl Status {
@@ -280,7 +283,10 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             }
         })
         .collect();
-    Status { states }
+    Status {
+        states,
+        previews: BTreeMap::new(),
+    }
 }
 
 /// Whether an earlier attempt left saved progress (checkpoints) for this step.

@@ -120,6 +120,16 @@ impl Base {
     }
 }
 
+/// The tokenizer of a model artifact and its EOS id, without its weights.
+pub fn load_tokenizer_and_eos(model: &InputArtifact) -> Result<(Tokenizer, u32), StepError> {
+    let dir = model_dir(model)?;
+    let tok = crate::model::checkpoint::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
+    let eos = T5Config::from_file(&dir.join("config.json"), None)
+        .map_err(fail)?
+        .eos_token_id;
+    Ok((tok, eos))
+}
+
 /// Loads the step's `model` input (frozen, memory-mapped) and its tokenizer.
 pub fn load_base(ctx: &StepContext, device: &Device) -> Result<Base, StepError> {
     let dir = model_dir(ctx.input("model")?)?;

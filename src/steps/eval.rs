@@ -13,9 +13,9 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::common::{Base, device, encode, encode_choices, fail, load_base};
+use super::common::{Base, device, encode, encode_choices, fail, load_base, load_tokenizer_and_eos};
 use super::dataset::EXAMPLES;
-use super::eval_parts::{Finished, Found, PartKey, Parts};
+use super::eval_parts::{Finished, PartKey, Parts, Tally};
 use super::expert::{GATES_FILE, load_expert};
 use super::retrieval_index::{LIBRARY_FILE, embed_examples, load_embedder, load_library};
 use crate::data::{Example, read_jsonl};
@@ -398,6 +398,28 @@ impl StepRunner for EvalStep {
         let scored = run.score_all(&mut base)?;
         run.write(scored)
     }
+
+    /// How many (method, task) results a run would find (resumed from an
+    /// interrupted run, or reused from earlier evals) and how many it would score:
+    /// the part keys from the tasks' data and the tokenizer, no weights loaded.
+    fn previews(&self) -> bool {
+        true
+    }
+    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        let (tok, eos) = load_tokenizer_and_eos(ctx.input("model")?)?;
+        let run = EvalRun::read(ctx, &self.methods)?;
+        let distinct = distinct_tokens(&run.tasks, &tok, eos)?;
+        let parts = Parts::new(ctx);
+        let mut tally = Tally::default();
+        for m in &run.order() {
+            for t in &run.tasks {
+                let part = run.part_key(m, t, distinct.get(&t.name))?;
+                let found = parts.find(&part, m, &t.name, t.examples.len());
+                tally.count(found.as_ref().map(|(_, how)| how));
+            }
+        }
+        Ok(Some(tally.preview()))
+    }
 }
 
 /// What the eval scored, per method and task (resumed or computed).
@@ -409,11 +431,8 @@ struct Scored {
     examples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
     /// method -> task -> module -> expert choices
     routing: BTreeMap<String, TaskRouting>,
-    /// (method, task) results kept from an interrupted run.
-    resumed: usize,
-    /// (method, task) results taken from earlier evals, and which.
-    reused: usize,
-    reused_from: std::collections::BTreeSet<crate::store::Key>,
+    /// The (method, task) results found rather than scored, and where.
+    found: Tally,
 }
 
 impl Scored {
@@ -454,11 +473,25 @@ struct EvalRun<'a> {
 }
 
 impl<'a> EvalRun<'a> {
+    /// The eval with its pool's experts and gates loaded onto `base`.
     fn load(
         ctx: &'a StepContext<'a>,
         base: &Base,
         list: &'a [&'static dyn route::Method],
     ) -> Result<Self, StepError> {
+        let mut run = EvalRun::read(ctx, list)?;
+        run.experts = run
+            .names
+            .iter()
+            .map(|n| load_expert(ctx, &member_role("expert", n), n, base))
+            .collect::<Result<_, _>>()?;
+        run.gates = load_vectors(ctx, "gate", GATES_FILE, &run.names, base)?;
+        Ok(run)
+    }
+
+    /// The eval's parameters, tasks and pool names, without the pool's weights:
+    /// all that its parts' keys need.
+    fn read(ctx: &'a StepContext<'a>, list: &'a [&'static dyn route::Method]) -> Result<Self, StepError> {
         let params: EvalParams = ctx.params()?;
         let mut tasks = vec![];
         for (name, p) in &params.task {
@@ -489,18 +522,13 @@ impl<'a> EvalRun<'a> {
         }
         let mut names: Vec<String> = ctx.members("expert").map(|(n, _)| n.to_string()).collect();
         names.sort();
-        let experts: Vec<LoraExpert> = names
-            .iter()
-            .map(|n| load_expert(ctx, &member_role("expert", n), n, base))
-            .collect::<Result<_, _>>()?;
-        let gates = load_vectors(ctx, "gate", GATES_FILE, &names, base)?;
         let run = EvalRun {
             ctx,
             params,
             tasks,
             names,
-            experts,
-            gates,
+            experts: vec![],
+            gates: vec![],
             list,
         };
         // The planner checked the names; a recipe from another build may not fit.
@@ -691,14 +719,9 @@ impl<'a> EvalRun<'a> {
             for t in &self.tasks {
                 let marked = distinct.get(&t.name);
                 let part = self.part_key(m, t, marked)?;
-                if let Some((f, found)) = parts.find(&part, m, &t.name, t.examples.len()) {
-                    match found {
-                        Found::Resumed => scored.resumed += 1,
-                        Found::Reused(key) => {
-                            scored.reused += 1;
-                            scored.reused_from.insert(key);
-                        }
-                    }
+                let found = parts.find(&part, m, &t.name, t.examples.len());
+                scored.found.count(found.as_ref().map(|(_, how)| how));
+                if let Some((f, _)) = found {
                     done += t.examples.len() as u64;
                     ctx.progress.set_position(done);
                     // Written as this build writes it, whatever formatting the
@@ -747,20 +770,8 @@ impl<'a> EvalRun<'a> {
             }
             self.log_method(m, &scored);
         }
-        if scored.resumed > 0 {
-            ctx.progress.log(&format!(
-                "resumed: {} (method, task) result(s) were kept from the interrupted run",
-                scored.resumed
-            ));
-        }
-        if scored.reused > 0 {
-            let from: Vec<String> = scored.reused_from.iter().map(|k| k.short()).collect();
-            ctx.progress.log(&format!(
-                "reused: {} (method, task) result(s) unchanged since an earlier eval ({} {})",
-                scored.reused,
-                if from.len() == 1 { "artifact" } else { "artifacts" },
-                from.join(", ")
-            ));
+        for line in scored.found.log_lines() {
+            ctx.progress.log(&line);
         }
         Ok(scored)
     }

@@ -9,13 +9,17 @@
 //!    (resume);
 //! 2. in a published eval artifact's `parts/` folder, checked against the size and
 //!    blake3 that artifact recorded (reuse);
+//! 3. in the work folder of another eval (one running beside this one, in this run
+//!    or on another node of a cluster, or interrupted), saved there as in 1: evals
+//!    of two pools on the same tasks score the base and the experts they share once
+//!    between them when they run side by side;
 //!
 //! and is scored otherwise. Every part is written, whichever way it came, into the
 //! artifact's `parts/` folder: its bytes are a function of its key, so an eval
 //! publishes the same bytes however many of its parts it reused.
 
 use std::cell::{OnceCell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use crate::artifact_files::EVAL_PARTS_DIR;
@@ -102,6 +106,106 @@ pub(super) enum Found {
     Resumed,
     /// From the published eval artifact at this key.
     Reused(Key),
+    /// From the saved progress of the eval of this key, running or interrupted.
+    Shared(Key),
+}
+
+/// Where an eval whose work folder is `work` saves part `part` as it goes.
+fn progress_file(work: &std::path::Path, part: &str) -> PathBuf {
+    work.join("eval-progress").join(format!("{part}.json"))
+}
+
+/// How many of an eval's parts were found without scoring, and where: the run's log
+/// lines and `plan`'s preview.
+#[derive(Default)]
+pub(super) struct Tally {
+    /// Every part looked at.
+    pub total: usize,
+    resumed: usize,
+    reused: usize,
+    reused_from: BTreeSet<Key>,
+    shared: usize,
+    shared_from: BTreeSet<Key>,
+}
+
+impl Tally {
+    /// One part: found (and how), or None when it is (to be) scored.
+    pub fn count(&mut self, found: Option<&Found>) {
+        self.total += 1;
+        match found {
+            None => {}
+            Some(Found::Resumed) => self.resumed += 1,
+            Some(Found::Reused(k)) => {
+                self.reused += 1;
+                self.reused_from.insert(*k);
+            }
+            Some(Found::Shared(k)) => {
+                self.shared += 1;
+                self.shared_from.insert(*k);
+            }
+        }
+    }
+
+    /// The run's account of what it did not score, a line per source.
+    pub fn log_lines(&self) -> Vec<String> {
+        let keys = |set: &BTreeSet<Key>| set.iter().map(Key::short).collect::<Vec<_>>().join(", ");
+        let mut lines = vec![];
+        if self.resumed > 0 {
+            lines.push(format!(
+                "resumed: {} (method, task) result(s) were kept from the interrupted run",
+                self.resumed
+            ));
+        }
+        if self.reused > 0 {
+            lines.push(format!(
+                "reused: {} (method, task) result(s) unchanged since an earlier eval ({} {})",
+                self.reused,
+                if self.reused_from.len() == 1 {
+                    "artifact"
+                } else {
+                    "artifacts"
+                },
+                keys(&self.reused_from)
+            ));
+        }
+        if self.shared > 0 {
+            lines.push(format!(
+                "shared: {} (method, task) result(s) saved by another eval as it ran ({})",
+                self.shared,
+                keys(&self.shared_from)
+            ));
+        }
+        lines
+    }
+
+    /// `plan`'s account, before the run: "6 of 9 (method, task) results to score,
+    /// 3 reused from earlier evals".
+    pub fn preview(&self) -> String {
+        let total = self.total;
+        let to_score = total - self.resumed - self.reused - self.shared;
+        let results = if total == 1 { "result" } else { "results" };
+        let mut found = vec![];
+        if self.reused > 0 {
+            found.push(format!("{} reused from earlier evals", self.reused));
+        }
+        if self.shared > 0 {
+            found.push(format!("{} saved by other evals as they ran", self.shared));
+        }
+        if self.resumed > 0 {
+            found.push(format!("{} kept from an interrupted run", self.resumed));
+        }
+        match to_score {
+            _ if found.is_empty() => format!("{total} (method, task) {results} to score"),
+            0 => format!(
+                "nothing to score: {total} (method, task) {results}, {}",
+                found.join(", ")
+            ),
+            n => format!(
+                "{n} of {total} (method, task) {results} to score, {}",
+                found.join(", ")
+            ),
+        }
+    }
 }
 
 /// A published eval's parts as its metadata records them: path -> (size, blake3).
@@ -128,7 +232,7 @@ impl<'a> Parts<'a> {
     }
 
     fn progress_file(&self, part: &str) -> PathBuf {
-        self.ctx.work.join("eval-progress").join(format!("{part}.json"))
+        progress_file(&self.ctx.work, part)
     }
 
     /// The finished result of part `part`, if this key's interrupted run saved it
@@ -145,11 +249,27 @@ impl<'a> Parts<'a> {
         {
             return Some((f, Found::Resumed));
         }
-        let holders = self.published().get(part)?;
-        holders.iter().find_map(|key| {
-            let bytes = self.published_bytes(key, part)?;
-            Some((parse(&bytes)?, Found::Reused(*key)))
-        })
+        let published = self.published().get(part).and_then(|holders| {
+            holders.iter().find_map(|key| {
+                let bytes = self.published_bytes(key, part)?;
+                Some((parse(&bytes)?, Found::Reused(*key)))
+            })
+        });
+        if published.is_some() {
+            return published;
+        }
+        // Looked up afresh each time: another eval saves parts as it goes. Its files
+        // are written whole (renamed in) and carry no recorded digest, as this
+        // eval's own saved progress does not.
+        let store = self.ctx.store;
+        store
+            .work_keys()
+            .into_iter()
+            .filter(|k| *k != self.ctx.spec.key)
+            .find_map(|k| {
+                let bytes = std::fs::read(progress_file(&store.work_dir(&k), part)).ok()?;
+                Some((parse(&bytes)?, Found::Shared(k)))
+            })
     }
 
     /// Part `part` of the published artifact `key`, if its bytes are those the

@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::common::{encode, examples, fail, model_dir};
+use super::common::{encode, examples, fail, load_tokenizer_and_eos};
 use crate::data::Example;
 use crate::data::tokens::{self, TokenChoices, TokenPair};
 use crate::exec::{InputArtifact, JobDefaults, Kind, StepContext, StepError, StepRunner};
-use crate::model::T5Config;
 
 /// One per (dataset, model tokenizer): token ids for every trainer of that dataset.
 pub const KIND: Kind = Kind::new("tokenize", 2, 2, JobDefaults::new(0, 2, "8G", "2:00:00"));
@@ -40,12 +39,7 @@ impl StepRunner for TokenizeStep {
         "tokenize"
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
-        let dir = model_dir(ctx.input("model")?)?;
-        let tok =
-            crate::model::checkpoint::load::load_tokenizer(&dir.join("tokenizer.json")).map_err(fail)?;
-        let eos = T5Config::from_file(&dir.join("config.json"), None)
-            .map_err(fail)?
-            .eos_token_id;
+        let (tok, eos) = load_tokenizer_and_eos(ctx.input("model")?)?;
         let (train, valid) = examples(ctx.input("data")?)?;
         ctx.progress
             .log(&format!("tokenizing {} + {} examples", train.len(), valid.len()));

@@ -418,6 +418,18 @@ impl Store {
         out
     }
 
+    /// The keys that have a work folder: steps running now, or interrupted.
+    pub fn work_keys(&self) -> Vec<Key> {
+        let mut out: Vec<Key> = std::fs::read_dir(self.root.join("work"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn name_path(&self, id: &str) -> PathBuf {
         self.root
             .join("names")

@@ -1,0 +1,90 @@
+//! What running a stale step would do, as its runner tells it from the step's
+//! published inputs ([`StepRunner::preview`]): `plan` and `explain` show it beside
+//! the step (an eval: how many of its (method, task) results are already scored and
+//! how many it would score). A preview only reads: the step's output folder is not
+//! made, and a step whose inputs are not all published has none.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::plan::{Plan, Status};
+use crate::store::lockfile::Lockfile;
+use crate::store::{StepSpec, Store};
+
+use super::progress::StepProgress;
+use super::step::{CancelFlag, InputArtifact, Registry, StepContext};
+
+/// A preview's context has no progress to show.
+struct Silent;
+
+impl StepProgress for Silent {
+    fn set_total(&self, _: u64, _: &str) {}
+    fn set_position(&self, _: u64) {}
+    fn set_message(&self, _: &str) {}
+    fn log(&self, _: &str) {}
+}
+
+/// Fills `status.previews` for every step that will run, on `device` (the device a
+/// run would use: results scored on another kind of device are not reused).
+pub fn previews(
+    plan: &Plan,
+    status: &mut Status,
+    store: &Store,
+    registry: &Registry,
+    lock: &Lockfile,
+    device: &str,
+) {
+    if !store.root.is_dir() {
+        return;
+    }
+    for (i, (step, state)) in plan.steps.iter().zip(&status.states).enumerate() {
+        if !state.will_run() {
+            continue;
+        }
+        if let Some(p) = preview(&step.spec, store, registry, lock, device) {
+            status.previews.insert(i, p);
+        }
+    }
+}
+
+/// One step's preview; None when its runner has nothing to say, an input is not
+/// published, or the preview fails (the run says why, with the inputs in hand).
+pub fn preview(
+    spec: &StepSpec,
+    store: &Store,
+    registry: &Registry,
+    lock: &Lockfile,
+    device: &str,
+) -> Option<String> {
+    let runner = registry.get(&spec.kind).filter(|r| r.previews())?;
+    let inputs = spec
+        .inputs
+        .iter()
+        .map(|inp| {
+            // Metadata only: `plan` has checked the sizes; a run re-hashes.
+            Some(InputArtifact {
+                role: inp.role.clone(),
+                id: inp.id.clone(),
+                key: inp.key,
+                files: store.files_dir(&inp.key),
+                meta: store.meta(&inp.key)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let cancel = CancelFlag::new();
+    let ctx = StepContext {
+        spec,
+        inputs,
+        // Never made: a preview writes nothing.
+        out: store.work_dir(&spec.key).join("preview-writes-nothing"),
+        work: store.work_dir(&spec.key),
+        store,
+        progress: &Silent,
+        cancel: &cancel,
+        device,
+        locked: &lock.externals,
+        pins: Mutex::new(BTreeMap::new()),
+        strict: false,
+    };
+    runner.preview(&ctx).ok().flatten()
+}
