@@ -11,18 +11,8 @@ use crate::plan::{Plan, Status};
 use crate::store::lockfile::Lockfile;
 use crate::store::{StepSpec, Store};
 
-use super::progress::StepProgress;
+use super::progress::Silent;
 use super::step::{CancelFlag, InputArtifact, Registry, StepContext};
-
-/// A preview's context has no progress to show.
-struct Silent;
-
-impl StepProgress for Silent {
-    fn set_total(&self, _: u64, _: &str) {}
-    fn set_position(&self, _: u64) {}
-    fn set_message(&self, _: &str) {}
-    fn log(&self, _: &str) {}
-}
 
 /// Fills `status.previews` for every step that will run, on `device` (the device a
 /// run would use: results scored on another kind of device are not reused).

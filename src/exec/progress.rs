@@ -18,6 +18,16 @@ pub trait StepProgress: Send + Sync {
     fn log(&self, line: &str);
 }
 
+/// Progress that shows nothing (a preview's, a test's).
+pub struct Silent;
+
+impl StepProgress for Silent {
+    fn set_total(&self, _: u64, _: &str) {}
+    fn set_position(&self, _: u64) {}
+    fn set_message(&self, _: &str) {}
+    fn log(&self, _: &str) {}
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Built,

@@ -18,9 +18,10 @@
 //! artifact's `parts/` folder: its bytes are a function of its key, so an eval
 //! publishes the same bytes however many of its parts it reused.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use crate::artifact_files::EVAL_PARTS_DIR;
 use crate::exec::{StepContext, StepError};
@@ -211,12 +212,19 @@ impl Tally {
 /// A published eval's parts as its metadata records them: path -> (size, blake3).
 type Recorded = HashMap<String, (u64, String)>;
 
+/// The parts of the published evals, and the work folders there were when it was read.
+struct PublishedIndex {
+    /// Part key -> the artifacts that hold it (sorted keys).
+    parts: HashMap<String, Vec<Key>>,
+    working: Vec<Key>,
+}
+
 /// Where an eval's parts are looked up and written.
 pub(super) struct Parts<'a> {
     ctx: &'a StepContext<'a>,
-    /// Parts of published evals: part key -> the artifacts that hold it (sorted
-    /// keys), read from the store once, at the first lookup that needs it.
-    published: OnceCell<HashMap<String, Vec<Key>>>,
+    /// Parts of published evals, read from the store at the first lookup that needs
+    /// it, and again when steps have started or finished since.
+    published: RefCell<Option<Rc<PublishedIndex>>>,
     /// Per holding artifact, the size and blake3 it recorded for each of its parts
     /// (None: its metadata is unreadable, and nothing of it is reused).
     recorded: RefCell<HashMap<Key, Option<Recorded>>>,
@@ -226,7 +234,7 @@ impl<'a> Parts<'a> {
     pub fn new(ctx: &'a StepContext<'a>) -> Parts<'a> {
         Parts {
             ctx,
-            published: OnceCell::new(),
+            published: RefCell::new(None),
             recorded: RefCell::new(HashMap::new()),
         }
     }
@@ -235,8 +243,8 @@ impl<'a> Parts<'a> {
         progress_file(&self.ctx.work, part)
     }
 
-    /// The finished result of part `part`, if this key's interrupted run saved it
-    /// or a published eval holds it intact.
+    /// The finished result of part `part`, if this key's interrupted run saved it,
+    /// a published eval holds it intact, or another eval saved it.
     pub fn find(&self, part: &str, method: &str, task: &str, examples: usize) -> Option<(Finished, Found)> {
         let parse = |bytes: &[u8]| {
             serde_json::from_slice::<Finished>(bytes)
@@ -249,27 +257,37 @@ impl<'a> Parts<'a> {
         {
             return Some((f, Found::Resumed));
         }
-        let published = self.published().get(part).and_then(|holders| {
+        let from_published = || {
+            let index = self.published();
+            let holders = index.parts.get(part)?;
             holders.iter().find_map(|key| {
                 let bytes = self.published_bytes(key, part)?;
                 Some((parse(&bytes)?, Found::Reused(*key)))
             })
-        });
-        if published.is_some() {
-            return published;
+        };
+        if let Some(found) = from_published() {
+            return Some(found);
         }
         // Looked up afresh each time: another eval saves parts as it goes. Its files
         // are written whole (renamed in) and carry no recorded digest, as this
         // eval's own saved progress does not.
         let store = self.ctx.store;
-        store
-            .work_keys()
-            .into_iter()
-            .filter(|k| *k != self.ctx.spec.key)
-            .find_map(|k| {
-                let bytes = std::fs::read(progress_file(&store.work_dir(&k), part)).ok()?;
-                Some((parse(&bytes)?, Found::Shared(k)))
-            })
+        let working = store.work_keys();
+        let shared = working.iter().filter(|k| **k != self.ctx.spec.key).find_map(|k| {
+            let bytes = std::fs::read(progress_file(&store.work_dir(k), part)).ok()?;
+            Some((parse(&bytes)?, Found::Shared(*k)))
+        });
+        if shared.is_some() {
+            return shared;
+        }
+        // Steps started or finished since the index was read (an eval beside this
+        // one may have published, taking its saved parts out of its work folder):
+        // read it again.
+        if self.published().working != working {
+            self.published.borrow_mut().take();
+            return from_published();
+        }
+        None
     }
 
     /// Part `part` of the published artifact `key`, if its bytes are those the
@@ -295,24 +313,29 @@ impl<'a> Parts<'a> {
         (bytes.len() as u64 == size && blake3::hash(&bytes).to_hex().as_str() == hash).then_some(bytes)
     }
 
-    fn published(&self) -> &HashMap<String, Vec<Key>> {
-        self.published.get_or_init(|| {
-            let mut index: HashMap<String, Vec<Key>> = HashMap::new();
-            for key in self.ctx.store.keys() {
-                if key == self.ctx.spec.key {
-                    continue;
-                }
-                let Ok(dir) = std::fs::read_dir(self.ctx.store.files_dir(&key).join(EVAL_PARTS_DIR)) else {
-                    continue;
-                };
-                for e in dir.flatten() {
-                    if let Some(part) = e.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
-                        index.entry(part.to_string()).or_default().push(key);
-                    }
+    fn published(&self) -> Rc<PublishedIndex> {
+        let mut slot = self.published.borrow_mut();
+        if let Some(index) = slot.as_ref() {
+            return index.clone();
+        }
+        // The work folders first: a step that publishes after this listing is
+        // seen as gone from it at a later lookup, which reads the index again.
+        let working = self.ctx.store.work_keys();
+        let mut parts: HashMap<String, Vec<Key>> = HashMap::new();
+        for key in self.ctx.store.keys() {
+            if key == self.ctx.spec.key {
+                continue;
+            }
+            let Ok(dir) = std::fs::read_dir(self.ctx.store.files_dir(&key).join(EVAL_PARTS_DIR)) else {
+                continue;
+            };
+            for e in dir.flatten() {
+                if let Some(part) = e.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+                    parts.entry(part.to_string()).or_default().push(key);
                 }
             }
-            index
-        })
+        }
+        slot.insert(Rc::new(PublishedIndex { parts, working })).clone()
     }
 
     /// Saves a part just scored in the work folder, where a run of this key that is
@@ -331,5 +354,85 @@ impl<'a> Parts<'a> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(format!("{part}.json")), bytes)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::exec::{CancelFlag, Silent};
+    use crate::store::{StepSpec, Store};
+
+    fn spec(key: u8) -> StepSpec {
+        StepSpec {
+            key: Key([key; 32]),
+            id: format!("eval:e{key}"),
+            kind: "eval".into(),
+            name: format!("e{key}"),
+            version: 1,
+            params: serde_json::json!({}),
+            settings: serde_json::json!({}),
+            inputs: vec![],
+            externals: vec![],
+        }
+    }
+
+    /// An eval beside this one saves a part, then publishes (its work folder goes):
+    /// this eval takes the part from its work folder, then from its artifact, though
+    /// the artifact was published after this eval first read the store's parts.
+    #[test]
+    fn a_part_is_found_while_another_eval_runs_and_after_it_publishes() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let (own, other) = (spec(1), spec(2));
+        let part = Finished {
+            method: "merged".into(),
+            task: "sort".into(),
+            scores: vec![1.0, 0.0],
+            routing: None,
+        };
+        let progress = progress_file(&store.work_dir(&other.key), "p");
+        std::fs::create_dir_all(progress.parent().unwrap()).unwrap();
+        std::fs::write(&progress, part.bytes()).unwrap();
+
+        let (cancel, locked) = (CancelFlag::new(), BTreeMap::new());
+        let ctx = StepContext {
+            spec: &own,
+            inputs: vec![],
+            out: d.path().join("out"),
+            work: store.work_dir(&own.key),
+            store: &store,
+            progress: &Silent,
+            cancel: &cancel,
+            device: "cpu",
+            locked: &locked,
+            pins: Mutex::new(BTreeMap::new()),
+            strict: false,
+        };
+        let parts = Parts::new(&ctx);
+        assert!(parts.find("q", "merged", "sort", 2).is_none(), "no such part");
+        let shared = parts
+            .find("p", "merged", "sort", 2)
+            .map(|(f, how)| (f.scores, how));
+        assert!(
+            matches!(shared, Some((ref s, Found::Shared(k))) if *s == part.scores && k == other.key),
+            "taken from the other eval's work folder"
+        );
+        // A record of another shape (here: another example count) is not the part.
+        assert!(parts.find("p", "merged", "sort", 3).is_none());
+
+        let staging = store.begin(&other.key).unwrap();
+        std::fs::create_dir_all(staging.files.join(EVAL_PARTS_DIR)).unwrap();
+        std::fs::write(staging.files.join(EVAL_PARTS_DIR).join("p.json"), part.bytes()).unwrap();
+        store.publish(staging, &other, BTreeMap::new(), 0.0).unwrap();
+        std::fs::remove_dir_all(store.work_dir(&other.key)).unwrap();
+        let reused = parts.find("p", "merged", "sort", 2).map(|(_, how)| how);
+        assert!(
+            matches!(reused, Some(Found::Reused(k)) if k == other.key),
+            "taken from the artifact published since the index was first read"
+        );
     }
 }
