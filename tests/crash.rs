@@ -271,6 +271,43 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
     assert_eq!(digests(d.path()), want);
 }
 
+/// `plan` says how far an interrupted training step got: pretraining killed after
+/// its checkpoint at step 100, then an expert after its checkpoint at step 8.
+#[test]
+fn plan_says_where_an_interrupted_training_step_resumes() {
+    let d = setup();
+    let stale_line = |text: &str, kind: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(kind) && l.contains("interrupted"))
+            .unwrap_or_else(|| panic!("no interrupted {kind}: {text}"))
+            .to_string()
+    };
+    let r = run(d.path(), Some("checkpoint.replaced:1"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
+    let model = stale_line(&plan.text, "model");
+    assert!(
+        model.ends_with("; its saved state is at step 100 of 104"),
+        "{model}"
+    );
+    // The second checkpoint of the next run: the first expert's at step 8 (the model
+    // finishes without another).
+    let r = run(d.path(), Some("checkpoint.replaced:2"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
+    let expert = stale_line(&plan.text, "expert");
+    assert!(
+        expert.ends_with("; its saved state is at step 8 of 12"),
+        "{expert}"
+    );
+    let model = plan
+        .text
+        .lines()
+        .find(|l| l.trim_start().starts_with("model"))
+        .unwrap();
+    assert!(model.ends_with("  cached"), "the model is published: {model}");
+}
+
 /// A kill between publishing and removing the work folder leaves the folder of a
 /// published key (a cached step is not run again, so nothing else removes it); gc does.
 #[test]

@@ -120,6 +120,13 @@ impl Base {
     }
 }
 
+/// A training step's preview (`plan`): the step its saved state has reached, when an
+/// interrupted run left one.
+pub fn training_preview(ctx: &StepContext, steps: usize) -> Option<String> {
+    let at = crate::train::checkpoint::saved_step(&ctx.work)?;
+    Some(format!("its saved state is at step {at} of {steps}"))
+}
+
 /// The tokenizer of a model artifact and its EOS id, without its weights.
 pub fn load_tokenizer_and_eos(model: &InputArtifact) -> Result<(Tokenizer, u32), StepError> {
     let dir = model_dir(model)?;

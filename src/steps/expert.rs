@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::common::{Base, CtxMonitor, device, fail, load_base, train_err, write_metrics};
+use super::common::{Base, CtxMonitor, device, fail, load_base, train_err, training_preview, write_metrics};
 use crate::data::tokens::TokenChoices;
 use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::adapter::trainable::{
@@ -314,6 +314,16 @@ impl StepRunner for ExpertStep {
         expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
     }
+    fn previews(&self) -> bool {
+        true
+    }
+    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        if imports(&ctx.spec.params) {
+            return Ok(None);
+        }
+        let ExpertParams { train, .. } = ctx.params()?;
+        Ok(training_preview(ctx, train.steps))
+    }
 }
 
 pub fn load_expert(ctx: &StepContext, role: &str, name: &str, base: &Base) -> Result<LoraExpert, StepError> {
@@ -348,6 +358,13 @@ impl StepRunner for GateStep {
         let gates = gates_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
+    }
+    fn previews(&self) -> bool {
+        true
+    }
+    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        let steps = ctx.params::<GateStepParams>()?.gate.steps;
+        Ok(training_preview(ctx, steps))
     }
 }
 

@@ -119,6 +119,20 @@ impl StepRunner for ModelStep {
             ctx.spec.name
         )))
     }
+    fn previews(&self) -> bool {
+        true
+    }
+    /// Pretraining's saved state (a hub or local model has nothing to resume).
+    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        let sourced = ctx.spec.externals.iter().any(|e| match e {
+            External::Hub { .. } => true,
+            External::Path { role, .. } => role == "path",
+        });
+        Ok(match ctx.params::<ModelParams>()?.init {
+            Some(init) if !sourced => super::common::training_preview(ctx, init.pretrain_steps),
+            _ => None,
+        })
+    }
 }
 
 /// A model step's parameters: `init` when the pipeline builds the model (hub and

@@ -194,6 +194,36 @@ pub fn load(work: &Path, device: &Device, check: impl Fn(&TrainState) -> Result<
     }
 }
 
+/// The step of the state a resumed run would start from (the current state, else the
+/// previous one), read from the file's header alone: what `plan` says of an
+/// interrupted training step. Not verified (a run verifies what it loads, and may
+/// find this state damaged and start from the previous one or afresh).
+pub fn saved_step(work: &Path) -> Option<usize> {
+    [STATE, PREVIOUS]
+        .iter()
+        .find_map(|name| header_step(&work.join(name)))
+}
+
+fn header_step(path: &Path) -> Option<usize> {
+    use std::io::Read;
+    let mut f = File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    // safetensors' own limit on a header; anything larger is not a state of ours.
+    let len = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .filter(|n| *n <= 100_000_000)?;
+    let mut header = vec![0u8; len];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let metadata = header.get("__metadata__")?;
+    if metadata.get("format")?.as_str()? != FORMAT {
+        return None;
+    }
+    let meta: serde_json::Value = serde_json::from_str(metadata.get("meta")?.as_str()?).ok()?;
+    usize::try_from(meta.get("step")?.as_u64()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +246,27 @@ mod tests {
 
     fn ok(_: &TrainState) -> Result<(), String> {
         Ok(())
+    }
+
+    #[test]
+    fn the_saved_step_is_read_from_the_newest_state_header() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(saved_step(dir.path()), None, "nothing saved");
+        save(dir.path(), &state(1.5, 4)).unwrap();
+        let older = std::fs::read(dir.path().join(STATE)).unwrap();
+        save(dir.path(), &state(2.5, 8)).unwrap();
+        assert_eq!(saved_step(dir.path()), Some(8));
+        // Killed after the current state was moved aside: the previous one is it.
+        std::fs::rename(dir.path().join(STATE), dir.path().join("moved")).unwrap();
+        std::fs::write(dir.path().join(PREVIOUS), older).unwrap();
+        assert_eq!(saved_step(dir.path()), Some(4));
+        // A file that is not a state of ours says nothing.
+        std::fs::write(
+            dir.path().join(PREVIOUS),
+            b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header",
+        )
+        .unwrap();
+        assert_eq!(saved_step(dir.path()), None);
     }
 
     #[test]
