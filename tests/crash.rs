@@ -250,16 +250,25 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
     };
     plan_says(3);
     // One saved result damaged (fewer scores than the task has examples, still valid
-    // JSON): it is scored again, not published.
+    // JSON under a digest that fits it): it is scored again, not published.
     let saved = work_left(d.path())
         .into_iter()
         .map(|k| d.path().join("store/work").join(k).join("eval-progress"))
         .find(|p| p.exists())
         .expect("the eval's saved results");
-    let one = std::fs::read_dir(&saved).unwrap().next().unwrap().unwrap().path();
-    let mut f: serde_json::Value = serde_json::from_slice(&std::fs::read(&one).unwrap()).unwrap();
+    let one = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a saved result");
+    let file = std::fs::read(&one).unwrap();
+    let json = &file[file.iter().position(|b| *b == b'\n').unwrap() + 1..];
+    let mut f: serde_json::Value = serde_json::from_slice(json).unwrap();
     f["scores"].as_array_mut().unwrap().truncate(1);
-    std::fs::write(&one, serde_json::to_vec(&f).unwrap()).unwrap();
+    let json = serde_json::to_vec(&f).unwrap();
+    let mut file = format!("{}\n", blake3::hash(&json).to_hex()).into_bytes();
+    file.extend_from_slice(&json);
+    std::fs::write(&one, file).unwrap();
     plan_says(2);
     let r = run(d.path(), None);
     assert_eq!(r.code, Some(0), "{}", r.text);
@@ -276,30 +285,29 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
 #[test]
 fn plan_says_where_an_interrupted_training_step_resumes() {
     let d = setup();
-    let stale_line = |text: &str, kind: &str| -> String {
-        text.lines()
+    // Runs with a kill at `fault`, then: plan's line for the interrupted `kind`.
+    let killed_at = |fault: &str, kind: &str| -> String {
+        let r = run(d.path(), Some(fault));
+        assert_ne!(r.code, Some(0), "{}", r.text);
+        let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]).text;
+        plan.lines()
             .find(|l| l.trim_start().starts_with(kind) && l.contains("interrupted"))
-            .unwrap_or_else(|| panic!("no interrupted {kind}: {text}"))
+            .unwrap_or_else(|| panic!("no interrupted {kind}: {plan}"))
             .to_string()
     };
-    let r = run(d.path(), Some("checkpoint.replaced:1"));
-    assert_ne!(r.code, Some(0), "{}", r.text);
-    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
-    let model = stale_line(&plan.text, "model");
+    let model = killed_at("checkpoint.replaced:1", "model");
     assert!(
         model.ends_with("; its saved state is at step 100 of 104"),
         "{model}"
     );
     // The second checkpoint of the next run: the first expert's at step 8 (the model
     // finishes without another).
-    let r = run(d.path(), Some("checkpoint.replaced:2"));
-    assert_ne!(r.code, Some(0), "{}", r.text);
-    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
-    let expert = stale_line(&plan.text, "expert");
+    let expert = killed_at("checkpoint.replaced:2", "expert");
     assert!(
         expert.ends_with("; its saved state is at step 8 of 12"),
         "{expert}"
     );
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]);
     let model = plan
         .text
         .lines()

@@ -188,18 +188,7 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     // C, after one of the published parts (merged on arrange, held by A's eval and
     // B's) was edited: it is not reused, the other five that do not route are,
     // PHATGOOSE is scored again.
-    let files = support::step_files(&d.path().join("reuse.kdl"), &store, "eval:e");
-    let name = std::fs::read_dir(files.join("parts"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-            v["method"] == "merged" && v["task"] == "arrange"
-        })
-        .expect("merged's part of arrange")
-        .file_name()
-        .unwrap()
-        .to_owned();
+    let name = std::ffi::OsString::from(format!("{}.json", merged_on_arrange(d.path(), &store)));
     let s = Store::open(&store).unwrap();
     let mut edits = 0;
     for key in s.keys() {
@@ -237,6 +226,20 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
         digest_of(d.path(), &store, "eval:f"),
         digest_of(fresh.path(), &fresh.path().join("store"), "eval:f")
     );
+}
+
+/// The key of merged's part on `arrange` in the eval `e` that `dir`'s manifest plans.
+fn merged_on_arrange(dir: &Path, store: &Path) -> String {
+    let files = support::step_files(&dir.join("reuse.kdl"), store, "eval:e");
+    let part = std::fs::read_dir(files.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["method"] == "merged" && v["task"] == "arrange"
+        })
+        .expect("merged's part of arrange");
+    part.file_stem().unwrap().to_str().unwrap().to_string()
 }
 
 /// Published artifacts are read-only; the test edits one as a user might.
@@ -302,4 +305,31 @@ fn parts_saved_by_another_eval_are_taken_from_its_work_folder() {
     );
     assert_eq!(reused(&text), 0, "{text}");
     assert_eq!(eval_digest(d.path(), &store), fresh_digest(EVAL_B));
+}
+
+/// A part another eval is scoring (its claim in that eval's work folder, here left by
+/// one that was stopped) is scored last, not first; the artifact is unchanged.
+#[test]
+fn a_part_another_eval_is_scoring_is_left_to_the_end() {
+    // The key of merged's part on `arrange`, from a first store.
+    let first = tempfile::tempdir().unwrap();
+    write(first.path(), EVAL_A);
+    run(first.path(), &first.path().join("store"));
+    let part = merged_on_arrange(first.path(), &first.path().join("store"));
+
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let claims = store.join("work").join("ab".repeat(32)).join("eval-progress");
+    std::fs::create_dir_all(&claims).unwrap();
+    std::fs::write(claims.join(format!("{part}.claim")), b"").unwrap();
+    write(d.path(), EVAL_A);
+    let text = run(d.path(), &store);
+    assert!(
+        text.contains("left to the end: 1 (method, task) result(s) another eval was scoring"),
+        "{text}"
+    );
+    assert_eq!(
+        eval_digest(d.path(), &store),
+        eval_digest(first.path(), &first.path().join("store"))
+    );
 }

@@ -38,7 +38,8 @@ pub fn previews(
 }
 
 /// One step's preview; None when its runner has nothing to say, an input is not
-/// published, or the preview fails (the run says why, with the inputs in hand).
+/// published, or the preview fails or panics (the run says why, with the inputs in
+/// hand).
 pub fn preview(
     spec: &StepSpec,
     store: &Store,
@@ -46,7 +47,8 @@ pub fn preview(
     lock: &Lockfile,
     device: &str,
 ) -> Option<String> {
-    let runner = registry.get(&spec.kind).filter(|r| r.previews())?;
+    let interrupted = store.work_dir(&spec.key).is_dir();
+    let runner = registry.get(&spec.kind).filter(|r| r.previews(interrupted))?;
     let inputs = spec
         .inputs
         .iter()
@@ -76,5 +78,10 @@ pub fn preview(
         pins: Mutex::new(BTreeMap::new()),
         strict: false,
     };
-    runner.preview(&ctx).ok().flatten()
+    // A preview that panics is a bug, but not a reason for `plan` to fail: the run
+    // reports it as the step's internal error.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.preview(&ctx)))
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
 }

@@ -23,9 +23,10 @@ pub trait StepRunner: Send + Sync {
     /// order and resources are its [`Kind`] declaration's.
     fn kind(&self) -> &'static str;
     fn run(&self, ctx: &StepContext) -> Result<(), StepError>;
-    /// Whether [`StepRunner::preview`] has anything to say (the engine reads a
-    /// step's inputs' metadata for it only then).
-    fn previews(&self) -> bool {
+    /// Whether [`StepRunner::preview`] may have something to say of a stale step
+    /// (`interrupted`: an earlier run left its work folder); the engine reads the
+    /// step's inputs' metadata for a preview only then.
+    fn previews(&self, _interrupted: bool) -> bool {
         false
     }
     /// What a run would do, told from the published inputs without computing it

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::common::{Base, device, encode, encode_choices, fail, load_base, load_tokenizer_and_eos};
 use super::dataset::EXAMPLES;
-use super::eval_parts::{Finished, PartKey, Parts, Tally};
+use super::eval_parts::{Finished, Found, PartKey, Parts, Tally};
 use super::expert::{GATES_FILE, load_expert};
 use super::retrieval_index::{LIBRARY_FILE, embed_examples, load_embedder, load_library};
 use crate::data::{Example, read_jsonl};
@@ -402,14 +402,14 @@ impl StepRunner for EvalStep {
     /// How many (method, task) results a run would find (resumed from an
     /// interrupted run, or reused from earlier evals) and how many it would score:
     /// the part keys from the tasks' data and the tokenizer, no weights loaded.
-    fn previews(&self) -> bool {
+    fn previews(&self, _interrupted: bool) -> bool {
         true
     }
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
         let (tok, eos) = load_tokenizer_and_eos(ctx.input("model")?)?;
         let run = EvalRun::read(ctx, &self.methods)?;
-        let distinct = distinct_tokens(&run.tasks, &tok, eos)?;
-        let parts = Parts::new(ctx);
+        let distinct = run.distinct_tokens(&tok, eos)?;
+        let parts = Parts::snapshot(ctx);
         let mut tally = Tally::default();
         for m in &run.order() {
             for t in &run.tasks {
@@ -420,6 +420,15 @@ impl StepRunner for EvalStep {
         }
         Ok(Some(tally.preview()))
     }
+}
+
+/// What scoring keeps between parts: examples done (for the progress bar), the
+/// retrieval library once loaded, the method whose adapters are on the model.
+#[derive(Default)]
+struct PartScorer {
+    done: u64,
+    retrieval: Option<Retrieval>,
+    adapters_of: Option<String>,
 }
 
 /// What the eval scored, per method and task (resumed or computed).
@@ -536,6 +545,25 @@ impl<'a> EvalRun<'a> {
             run.chosen(m)?;
         }
         Ok(run)
+    }
+
+    /// Each owned task's tokens that no other owned task has, which a token
+    /// router's log counts apart (none when no method routes tokens: tokenizing every
+    /// example is then for nothing).
+    fn distinct_tokens(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        eos: u32,
+    ) -> Result<BTreeMap<String, std::collections::HashSet<u32>>, StepError> {
+        let routes = self
+            .order()
+            .iter()
+            .any(|m| self.chosen(m).is_ok_and(|c| c.routes_tokens()));
+        if routes {
+            distinct_tokens(&self.tasks, tok, eos)
+        } else {
+            Ok(BTreeMap::new())
+        }
     }
 
     fn chosen<'m>(&self, method: &'m str) -> Result<Chosen<'m>, StepError> {
@@ -701,79 +729,138 @@ impl<'a> EvalRun<'a> {
     }
 
     /// Every (method, task): resumed from an interrupted run of this key, reused from
-    /// an earlier eval that scored the same part, or scored now.
+    /// an earlier eval that scored the same part, taken from another eval's saved
+    /// progress, or scored now. A part another eval is scoring at the moment is left
+    /// to the end, by when that eval may have saved it (evals of two pools on the
+    /// same tasks walk their parts in the same order: without this, both would score
+    /// every part they share, side by side). The order changes no result.
     fn score_all(&self, base: &mut Base) -> Result<Scored, StepError> {
         let ctx = self.ctx;
         let order = self.order();
         let per_method: u64 = self.tasks.iter().map(|t| t.examples.len() as u64).sum();
         ctx.progress
             .set_total(per_method * order.len() as u64, "examples");
-        let mut done = 0u64;
         let mut scored = Scored::default();
         let parts = Parts::new(ctx);
-        let distinct = distinct_tokens(&self.tasks, &base.tokenizer, base.config().eos_token_id)?;
-        let mut retrieval: Option<Retrieval> = None;
+        let distinct = self.distinct_tokens(&base.tokenizer, base.config().eos_token_id)?;
+        let mut scorer = PartScorer::default();
+        let mut pending = vec![];
         for m in &order {
-            // Adapters are built only when a task of this method still has to run.
-            let mut prepared = false;
             for t in &self.tasks {
-                let marked = distinct.get(&t.name);
-                let part = self.part_key(m, t, marked)?;
+                pending.push((m, t, self.part_key(m, t, distinct.get(&t.name))?));
+            }
+        }
+        // Twice at most: the second time, nothing is left for later.
+        for last in [false, true] {
+            let mut later = vec![];
+            for (m, t, part) in pending {
                 let found = parts.find(&part, m, &t.name, t.examples.len());
-                scored.found.count(found.as_ref().map(|(_, how)| how));
-                if let Some((f, _)) = found {
-                    done += t.examples.len() as u64;
-                    ctx.progress.set_position(done);
-                    // Written as this build writes it, whatever formatting the
-                    // file found had.
-                    parts.publish(&part, &f.bytes())?;
-                    scored.record(m, &t.name, f.scores, f.routing);
+                if found.is_none() && !last && parts.claimed_elsewhere(&part) {
+                    later.push((m, t, part));
                     continue;
                 }
-                ctx.cancel.check()?;
-                let (score, routed) = if self.scoring(m) == Scoring::PerExample {
-                    if retrieval.is_none() {
-                        retrieval = Some(Retrieval::load(
-                            ctx,
-                            &self.params.routing.embedder,
-                            base,
-                            &self.experts,
-                        )?);
-                    }
-                    let r = retrieval.as_ref().expect("loaded above");
-                    let (s, row) = r.score(ctx, base, t, &self.experts, self.params.batch, &mut done)?;
-                    (s, Some(row))
-                } else {
-                    if !prepared {
-                        let set = self.adapters(self.chosen(m)?, base)?;
-                        base.model.set_adapters(set).map_err(fail)?;
-                        prepared = true;
-                    }
-                    // Token-level routers: record which experts each module picks, per
-                    // task, for the routing analysis (report and `report --plots`).
-                    if self.chosen(m)?.routes_tokens() {
-                        base.model.start_routing_log_marked(false, marked.cloned());
-                    }
-                    let s = score_task(ctx, base, t, self.params.batch, &mut done)?;
-                    (s, base.model.take_routing_log().map(|log| log.modules))
-                };
-                let f = Finished {
-                    method: m.clone(),
-                    task: t.name.clone(),
-                    scores: score,
-                    routing: routed,
-                };
-                let bytes = f.bytes();
-                parts.save_progress(&part, &bytes)?;
-                parts.publish(&part, &bytes)?;
-                scored.record(m, &t.name, f.scores, f.routing);
+                let job = (m, t, part.as_str());
+                self.finish_part(base, &parts, &mut scorer, &mut scored, job, found, &distinct)?;
             }
+            if later.is_empty() {
+                break;
+            }
+            ctx.progress.log(&format!(
+                "left to the end: {} (method, task) result(s) another eval was scoring",
+                later.len()
+            ));
+            pending = later;
+        }
+        for m in &order {
             self.log_method(m, &scored);
         }
         for line in scored.found.log_lines() {
             ctx.progress.log(&line);
         }
         Ok(scored)
+    }
+
+    /// Records part (`m`, `t`) as found, or scores it (saying so in the work folder
+    /// first, so that other evals leave it to this one), and publishes it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_part(
+        &self,
+        base: &mut Base,
+        parts: &Parts,
+        scorer: &mut PartScorer,
+        scored: &mut Scored,
+        (m, t, part): (&String, &Task, &str),
+        found: Option<(Finished, Found)>,
+        distinct: &BTreeMap<String, std::collections::HashSet<u32>>,
+    ) -> Result<(), StepError> {
+        let ctx = self.ctx;
+        scored.found.count(found.as_ref().map(|(_, how)| how));
+        let (f, bytes) = match found {
+            Some((f, _)) => {
+                scorer.done += t.examples.len() as u64;
+                ctx.progress.set_position(scorer.done);
+                // Written as this build writes it, whatever formatting the file
+                // found had.
+                let bytes = f.bytes();
+                (f, bytes)
+            }
+            None => {
+                ctx.cancel.check()?;
+                parts.claim(part)?;
+                let f = self.score_part(base, scorer, m, t, distinct.get(&t.name))?;
+                let bytes = f.bytes();
+                parts.save_progress(part, &bytes)?;
+                (f, bytes)
+            }
+        };
+        parts.publish(part, &bytes)?;
+        scored.record(m, &t.name, f.scores, f.routing);
+        Ok(())
+    }
+
+    /// Scores method `m` on task `t`, with the adapters of `m` on the model.
+    fn score_part(
+        &self,
+        base: &mut Base,
+        scorer: &mut PartScorer,
+        m: &str,
+        t: &Task,
+        marked: Option<&std::collections::HashSet<u32>>,
+    ) -> Result<Finished, StepError> {
+        let ctx = self.ctx;
+        let (scores, routing) = if self.scoring(m) == Scoring::PerExample {
+            if scorer.retrieval.is_none() {
+                scorer.retrieval = Some(Retrieval::load(
+                    ctx,
+                    &self.params.routing.embedder,
+                    base,
+                    &self.experts,
+                )?);
+            }
+            let r = scorer.retrieval.as_ref().expect("loaded above");
+            let (s, row) = r.score(ctx, base, t, &self.experts, self.params.batch, &mut scorer.done)?;
+            (s, Some(row))
+        } else {
+            // Adapters are built when a part of another method was scored last.
+            if scorer.adapters_of.as_deref() != Some(m) {
+                let set = self.adapters(self.chosen(m)?, base)?;
+                base.model.set_adapters(set).map_err(fail)?;
+                scorer.adapters_of = Some(m.to_string());
+            }
+            // Token-level routers: record which experts each module picks, per task,
+            // for the routing analysis (report and `report --plots`).
+            if self.chosen(m)?.routes_tokens() {
+                base.model.start_routing_log_marked(false, marked.cloned());
+            }
+            let s = score_task(ctx, base, t, self.params.batch, &mut scorer.done)?;
+            (s, base.model.take_routing_log().map(|log| log.modules))
+        };
+        Ok(Finished {
+            method: m.to_string(),
+            task: t.name.clone(),
+            scores,
+            routing,
+        })
     }
 
     /// A method's mean, and for per-example methods how often each expert was chosen.

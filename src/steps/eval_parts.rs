@@ -21,7 +21,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::rc::Rc;
 
 use crate::artifact_files::EVAL_PARTS_DIR;
 use crate::exec::{StepContext, StepError};
@@ -111,9 +110,31 @@ pub(super) enum Found {
     Shared(Key),
 }
 
+/// The folder of an eval's work folder where it saves its parts as it goes.
+const PROGRESS_DIR: &str = "eval-progress";
+
+/// Beside the saved parts: `PART.claim`, a part the eval is scoring now.
+const CLAIM_SUFFIX: &str = ".claim";
+
 /// Where an eval whose work folder is `work` saves part `part` as it goes.
 fn progress_file(work: &std::path::Path, part: &str) -> PathBuf {
-    work.join("eval-progress").join(format!("{part}.json"))
+    work.join(PROGRESS_DIR).join(format!("{part}.json"))
+}
+
+/// A part's bytes as its progress file holds them: their blake3, a line, the bytes.
+fn with_digest(bytes: &[u8]) -> Vec<u8> {
+    let mut saved = format!("{}\n", blake3::hash(bytes).to_hex()).into_bytes();
+    saved.extend_from_slice(bytes);
+    saved
+}
+
+/// A saved part's bytes, if the file holds them whole: its first line is their
+/// blake3 (a file of an older layout, or damaged, is not used).
+fn read_progress(file: &std::path::Path) -> Option<Vec<u8>> {
+    let saved = std::fs::read(file).ok()?;
+    let at = saved.iter().position(|b| *b == b'\n')?;
+    let (hash, bytes) = (&saved[..at], &saved[at + 1..]);
+    (blake3::hash(bytes).to_hex().as_bytes() == hash).then(|| bytes.to_vec())
 }
 
 /// How many of an eval's parts were found without scoring, and where: the run's log
@@ -212,30 +233,55 @@ impl Tally {
 /// A published eval's parts as its metadata records them: path -> (size, blake3).
 type Recorded = HashMap<String, (u64, String)>;
 
+/// What the other evals' work folders hold: parts saved (part key -> the eval's key,
+/// the first in key order) and parts being scored.
+#[derive(Default)]
+struct Others {
+    saved: HashMap<String, Key>,
+    claimed: std::collections::HashSet<String>,
+}
+
 /// The parts of the published evals, and the work folders there were when it was read.
 struct PublishedIndex {
     /// Part key -> the artifacts that hold it (sorted keys).
     parts: HashMap<String, Vec<Key>>,
+    /// Sorted.
     working: Vec<Key>,
 }
 
 /// Where an eval's parts are looked up and written.
 pub(super) struct Parts<'a> {
     ctx: &'a StepContext<'a>,
+    /// Whether other evals' saved progress is read again at each lookup that misses
+    /// (a run: they save parts as it goes) or once (a preview: one moment).
+    live: bool,
     /// Parts of published evals, read from the store at the first lookup that needs
-    /// it, and again when steps have started or finished since.
-    published: RefCell<Option<Rc<PublishedIndex>>>,
+    /// it; the evals that publish later are added as they leave `work/`.
+    published: RefCell<Option<PublishedIndex>>,
+    /// What other evals' work folders hold.
+    others: RefCell<Option<Others>>,
     /// Per holding artifact, the size and blake3 it recorded for each of its parts
     /// (None: its metadata is unreadable, and nothing of it is reused).
     recorded: RefCell<HashMap<Key, Option<Recorded>>>,
 }
 
 impl<'a> Parts<'a> {
+    /// The parts of a running eval: what other evals save is looked for as it goes.
     pub fn new(ctx: &'a StepContext<'a>) -> Parts<'a> {
         Parts {
             ctx,
+            live: true,
             published: RefCell::new(None),
+            others: RefCell::new(None),
             recorded: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The parts as the store holds them now, for a preview.
+    pub fn snapshot(ctx: &'a StepContext<'a>) -> Parts<'a> {
+        Parts {
+            live: false,
+            ..Parts::new(ctx)
         }
     }
 
@@ -251,15 +297,14 @@ impl<'a> Parts<'a> {
                 .ok()
                 .filter(|f| f.fits(method, task, examples))
         };
-        if let Some(f) = std::fs::read(self.progress_file(part))
-            .ok()
-            .and_then(|b| parse(&b))
-        {
+        if let Some(f) = read_progress(&self.progress_file(part)).and_then(|b| parse(&b)) {
             return Some((f, Found::Resumed));
         }
         let from_published = || {
-            let index = self.published();
-            let holders = index.parts.get(part)?;
+            self.ensure_published();
+            let index = self.published.borrow();
+            let holders = index.as_ref()?.parts.get(part)?.clone();
+            drop(index);
             holders.iter().find_map(|key| {
                 let bytes = self.published_bytes(key, part)?;
                 Some((parse(&bytes)?, Found::Reused(*key)))
@@ -268,26 +313,69 @@ impl<'a> Parts<'a> {
         if let Some(found) = from_published() {
             return Some(found);
         }
-        // Looked up afresh each time: another eval saves parts as it goes. Its files
-        // are written whole (renamed in) and carry no recorded digest, as this
-        // eval's own saved progress does not.
-        let store = self.ctx.store;
-        let working = store.work_keys();
-        let shared = working.iter().filter(|k| **k != self.ctx.spec.key).find_map(|k| {
-            let bytes = std::fs::read(progress_file(&store.work_dir(k), part)).ok()?;
-            Some((parse(&bytes)?, Found::Shared(*k)))
-        });
-        if shared.is_some() {
-            return shared;
+        if self.live || self.others.borrow().is_none() {
+            *self.others.borrow_mut() = Some(self.read_others());
         }
-        // Steps started or finished since the index was read (an eval beside this
-        // one may have published, taking its saved parts out of its work folder):
-        // read it again.
-        if self.published().working != working {
-            self.published.borrow_mut().take();
+        let saver = self
+            .others
+            .borrow()
+            .as_ref()
+            .and_then(|o| o.saved.get(part).copied());
+        if let Some(key) = saver
+            && let Some(f) =
+                read_progress(&progress_file(&self.ctx.store.work_dir(&key), part)).and_then(|b| parse(&b))
+        {
+            return Some((f, Found::Shared(key)));
+        }
+        // An eval beside this one may have published since the index was read,
+        // taking its saved parts out of its work folder: add it, and look again.
+        if self.live && self.add_published_since() {
             return from_published();
         }
         None
+    }
+
+    /// What the other evals' work folders hold, from one listing of `work/`.
+    fn read_others(&self) -> Others {
+        let store = self.ctx.store;
+        let mut others = Others::default();
+        for key in store.work_keys() {
+            if key == self.ctx.spec.key {
+                continue;
+            }
+            let Ok(dir) = std::fs::read_dir(store.work_dir(&key).join(PROGRESS_DIR)) else {
+                continue;
+            };
+            for e in dir.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if let Some(part) = name.strip_suffix(".json") {
+                    others.saved.entry(part.to_string()).or_insert(key);
+                } else if let Some(part) = name.strip_suffix(CLAIM_SUFFIX) {
+                    others.claimed.insert(part.to_string());
+                }
+            }
+        }
+        others
+    }
+
+    /// Whether another eval has begun scoring part `part` and not saved it, as of the
+    /// last lookup that missed: this eval then scores it last, by when the other may
+    /// have saved it. (A claim an interrupted eval left only moves the part to the
+    /// end.)
+    pub fn claimed_elsewhere(&self, part: &str) -> bool {
+        self.others
+            .borrow()
+            .as_ref()
+            .is_some_and(|o| o.claimed.contains(part) && !o.saved.contains_key(part))
+    }
+
+    /// Says, in this eval's work folder, that it is scoring part `part` now.
+    pub fn claim(&self, part: &str) -> Result<(), StepError> {
+        let dir = self.ctx.work.join(PROGRESS_DIR);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{part}{CLAIM_SUFFIX}")), b"")?;
+        Ok(())
     }
 
     /// Part `part` of the published artifact `key`, if its bytes are those the
@@ -313,37 +401,67 @@ impl<'a> Parts<'a> {
         (bytes.len() as u64 == size && blake3::hash(&bytes).to_hex().as_str() == hash).then_some(bytes)
     }
 
-    fn published(&self) -> Rc<PublishedIndex> {
-        let mut slot = self.published.borrow_mut();
-        if let Some(index) = slot.as_ref() {
-            return index.clone();
+    /// Reads the published evals' parts, once.
+    fn ensure_published(&self) {
+        if self.published.borrow().is_some() {
+            return;
         }
         // The work folders first: a step that publishes after this listing is
-        // seen as gone from it at a later lookup, which reads the index again.
+        // seen as gone from it at a later lookup, and its parts are added then.
         let working = self.ctx.store.work_keys();
         let mut parts: HashMap<String, Vec<Key>> = HashMap::new();
         for key in self.ctx.store.keys() {
-            if key == self.ctx.spec.key {
-                continue;
-            }
-            let Ok(dir) = std::fs::read_dir(self.ctx.store.files_dir(&key).join(EVAL_PARTS_DIR)) else {
-                continue;
-            };
-            for e in dir.flatten() {
-                if let Some(part) = e.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
-                    parts.entry(part.to_string()).or_default().push(key);
+            self.index_artifact(&mut parts, key);
+        }
+        *self.published.borrow_mut() = Some(PublishedIndex { parts, working });
+    }
+
+    /// Adds the parts of published artifact `key` (if it holds any) to `parts`.
+    fn index_artifact(&self, parts: &mut HashMap<String, Vec<Key>>, key: Key) {
+        if key == self.ctx.spec.key {
+            return;
+        }
+        let Ok(dir) = std::fs::read_dir(self.ctx.store.files_dir(&key).join(EVAL_PARTS_DIR)) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if let Some(part) = e.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+                let holders = parts.entry(part.to_string()).or_default();
+                if let Err(at) = holders.binary_search(&key) {
+                    holders.insert(at, key);
                 }
             }
         }
-        slot.insert(Rc::new(PublishedIndex { parts, working })).clone()
+    }
+
+    /// Indexes the steps that have left `work/` since the last listing and are now
+    /// published; whether there were any.
+    fn add_published_since(&self) -> bool {
+        self.ensure_published();
+        let now = self.ctx.store.work_keys();
+        let mut slot = self.published.borrow_mut();
+        let index = slot.as_mut().expect("read above");
+        let left: Vec<Key> = index
+            .working
+            .iter()
+            .filter(|k| now.binary_search(k).is_err() && self.ctx.store.object_dir(k).is_dir())
+            .copied()
+            .collect();
+        for key in &left {
+            self.index_artifact(&mut index.parts, *key);
+        }
+        index.working = now;
+        !left.is_empty()
     }
 
     /// Saves a part just scored in the work folder, where a run of this key that is
-    /// interrupted later finds it.
+    /// interrupted later finds it, and other evals that need it. The file starts with
+    /// the blake3 of the part's bytes, so a damaged one is scored again, never
+    /// published.
     pub fn save_progress(&self, part: &str, bytes: &[u8]) -> Result<(), StepError> {
         let file = self.progress_file(part);
         std::fs::create_dir_all(file.parent().expect("in the work folder"))?;
-        crate::store::fsutil::write_atomic(&file, bytes)?;
+        crate::store::fsutil::write_atomic(&file, &with_digest(bytes))?;
         crate::faults::point("eval.task-saved");
         Ok(())
     }
@@ -394,10 +512,6 @@ mod tests {
             scores: vec![1.0, 0.0],
             routing: None,
         };
-        let progress = progress_file(&store.work_dir(&other.key), "p");
-        std::fs::create_dir_all(progress.parent().unwrap()).unwrap();
-        std::fs::write(&progress, part.bytes()).unwrap();
-
         let (cancel, locked) = (CancelFlag::new(), BTreeMap::new());
         let ctx = StepContext {
             spec: &own,
@@ -412,6 +526,14 @@ mod tests {
             pins: Mutex::new(BTreeMap::new()),
             strict: false,
         };
+        let progress = progress_file(&store.work_dir(&other.key), "p");
+        std::fs::create_dir_all(progress.parent().unwrap()).unwrap();
+        // Damaged (its digest no longer fits): not taken.
+        let mut damaged = with_digest(&part.bytes());
+        *damaged.last_mut().unwrap() ^= 1;
+        std::fs::write(&progress, damaged).unwrap();
+        assert!(Parts::new(&ctx).find("p", "merged", "sort", 2).is_none());
+        std::fs::write(&progress, with_digest(&part.bytes())).unwrap();
         let parts = Parts::new(&ctx);
         assert!(parts.find("q", "merged", "sort", 2).is_none(), "no such part");
         let shared = parts

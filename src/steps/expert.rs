@@ -314,8 +314,9 @@ impl StepRunner for ExpertStep {
         expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
     }
-    fn previews(&self) -> bool {
-        true
+    /// Only an interrupted run leaves a saved state to tell of.
+    fn previews(&self, interrupted: bool) -> bool {
+        interrupted
     }
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
         if imports(&ctx.spec.params) {
@@ -359,8 +360,9 @@ impl StepRunner for GateStep {
         gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
         summary(ctx, &outcome)
     }
-    fn previews(&self) -> bool {
-        true
+    /// Only an interrupted run leaves a saved state to tell of.
+    fn previews(&self, interrupted: bool) -> bool {
+        interrupted
     }
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
         let steps = ctx.params::<GateStepParams>()?.gate.steps;

@@ -119,8 +119,9 @@ impl StepRunner for ModelStep {
             ctx.spec.name
         )))
     }
-    fn previews(&self) -> bool {
-        true
+    /// Only an interrupted run leaves a saved state to tell of.
+    fn previews(&self, interrupted: bool) -> bool {
+        interrupted
     }
     /// Pretraining's saved state (a hub or local model has nothing to resume).
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
