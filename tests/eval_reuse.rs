@@ -115,8 +115,13 @@ fn digest_of(dir: &Path, store: &Path, id: &str) -> String {
 
 /// What `plan` says of step `id`'s run beside its state (its preview).
 fn plan_says(dir: &Path, store: &Path, id: &str) -> String {
+    plan_on(dir, store, id, "cpu")
+}
+
+/// [`plan_says`] for a run on `device`.
+fn plan_on(dir: &Path, store: &Path, id: &str, device: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["plan", "reuse.kdl", "--json", "--store"])
+        .args(["plan", "reuse.kdl", "--json", "--device", device, "--store"])
         .arg(store)
         .current_dir(dir)
         .output()
@@ -161,10 +166,17 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     // PHATGOOSE on `sort` (its distinct tokens changed), every part of the new task
     // and of the new method are scored.
     write(d.path(), EVAL_B);
-    // `plan` counts them before the run.
+    // `plan` counts them before the run, and writes nothing doing so.
+    let before = tree(&store);
     assert_eq!(
         plan_says(d.path(), &store, "eval:e"),
         "6 of 9 (method, task) results to score, 3 reused from earlier evals"
+    );
+    assert_eq!(tree(&store), before, "plan changed the store");
+    // Results scored on the CPU are not a CUDA run's.
+    assert_eq!(
+        plan_on(d.path(), &store, "eval:e", "cuda"),
+        "9 (method, task) results to score"
     );
     let second = run(d.path(), &store);
     assert_eq!(reused(&second), 3, "{second}");
@@ -226,6 +238,27 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
         digest_of(d.path(), &store, "eval:f"),
         digest_of(fresh.path(), &fresh.path().join("store"), "eval:f")
     );
+}
+
+/// Every path under the store with its size and modification time, but the stat
+/// cache of file hashes (which `plan` may refresh).
+fn tree(store: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = vec![];
+    let mut stack = vec![store.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            if p != store.join("hashcache.json") {
+                out.push((p, m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The key of merged's part on `arrange` in the eval `e` that `dir`'s manifest plans.
