@@ -22,7 +22,9 @@ pub const POINTS: &[&str] = &[
     "checkpoint.written",
     "checkpoint.previous-kept",
     "checkpoint.replaced",
-    // Eval progress (steps/eval.rs): one finished (method, task) result is saved.
+    // Eval progress (steps/eval_parts.rs): a part is marked as being scored; one
+    // finished (method, task) result is saved.
+    "eval.part-claimed",
     "eval.task-saved",
     // Store publish (store/mod.rs): meta.json written in staging; the staging folder
     // renamed into objects/ (before the step's work folder is removed).

@@ -132,11 +132,12 @@ fn a_kill_between_any_two_writes_resumes_to_identical_bytes() {
         assert!(work_left(d.path()).is_empty(), "*:{k}: {:?}", work_left(d.path()));
     }
     // Pretraining checkpoints once, the two experts and the multitask LoRA twice each;
-    // the eval saves 8 (method, task) results; 14 steps publish.
+    // the eval marks and saves 8 (method, task) results; 14 steps publish.
     let want_kills = [
         ("checkpoint.written", 7),
         ("checkpoint.previous-kept", 7),
         ("checkpoint.replaced", 7),
+        ("eval.part-claimed", 8),
         ("eval.task-saved", 8),
         ("publish.meta-written", 14),
         ("publish.renamed", 14),
@@ -249,14 +250,26 @@ fn an_interrupted_eval_resumes_per_task_and_plan_says_so() {
         assert!(plan.text.contains(&count), "{}", plan.text);
     };
     plan_says(3);
-    // One saved result damaged (fewer scores than the task has examples, still valid
-    // JSON under a digest that fits it): it is scored again, not published.
-    let saved = work_left(d.path())
+    // Each part was marked before it was scored.
+    let progress = work_left(d.path())
         .into_iter()
         .map(|k| d.path().join("store/work").join(k).join("eval-progress"))
         .find(|p| p.exists())
         .expect("the eval's saved results");
-    let one = std::fs::read_dir(&saved)
+    let marks = std::fs::read_dir(&progress)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "claim")
+        })
+        .count();
+    assert_eq!(marks, 3);
+    // One saved result damaged (fewer scores than the task has examples, still valid
+    // JSON under a digest that fits it): it is scored again, not published.
+    let one = std::fs::read_dir(&progress)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "json"))

@@ -200,7 +200,7 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     // C, after one of the published parts (merged on arrange, held by A's eval and
     // B's) was edited: it is not reused, the other five that do not route are,
     // PHATGOOSE is scored again.
-    let name = std::ffi::OsString::from(format!("{}.json", merged_on_arrange(d.path(), &store)));
+    let name = std::ffi::OsString::from(format!("{}.json", part_on_arrange(d.path(), &store, "merged")));
     let s = Store::open(&store).unwrap();
     let mut edits = 0;
     for key in s.keys() {
@@ -261,17 +261,17 @@ fn tree(store: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
     out
 }
 
-/// The key of merged's part on `arrange` in the eval `e` that `dir`'s manifest plans.
-fn merged_on_arrange(dir: &Path, store: &Path) -> String {
+/// The key of `method`'s part on `arrange` in the eval `e` that `dir`'s manifest plans.
+fn part_on_arrange(dir: &Path, store: &Path, method: &str) -> String {
     let files = support::step_files(&dir.join("reuse.kdl"), store, "eval:e");
     let part = std::fs::read_dir(files.join("parts"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| {
             let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-            v["method"] == "merged" && v["task"] == "arrange"
+            v["method"] == method && v["task"] == "arrange"
         })
-        .expect("merged's part of arrange");
+        .expect("the method's part of arrange");
     part.file_stem().unwrap().to_str().unwrap().to_string()
 }
 
@@ -340,29 +340,43 @@ fn parts_saved_by_another_eval_are_taken_from_its_work_folder() {
     assert_eq!(eval_digest(d.path(), &store), fresh_digest(EVAL_B));
 }
 
-/// A part another eval is scoring (its claim in that eval's work folder, here left by
-/// one that was stopped) is scored last, not first; the artifact is unchanged.
+/// A part a running eval is scoring (its mark in that eval's work folder, its key's
+/// lock held) is scored last, not first, and the artifact is unchanged; also when
+/// retrieval, which puts single experts on the model, is scored in between (PHATGOOSE
+/// scored after it with a single expert on would record no routing). A mark
+/// whose eval is not running is ignored.
 #[test]
 fn a_part_another_eval_is_scoring_is_left_to_the_end() {
-    // The key of merged's part on `arrange`, from a first store.
-    let first = tempfile::tempdir().unwrap();
-    write(first.path(), EVAL_A);
-    run(first.path(), &first.path().join("store"));
-    let part = merged_on_arrange(first.path(), &first.path().join("store"));
+    const EVAL_R: &str = r#"
+eval "e" pool="p" {
+    methods "phatgoose" "retrieval"
+    routing embedder="base-encoder"
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort-test" expert="sort"
+}
+"#;
+    for (eval, method) in [(EVAL_A, "merged"), (EVAL_R, "phatgoose")] {
+        // The key of the method's part on `arrange`, from a first store.
+        let first = tempfile::tempdir().unwrap();
+        write(first.path(), eval);
+        run(first.path(), &first.path().join("store"));
+        let part = part_on_arrange(first.path(), &first.path().join("store"), method);
+        let want = eval_digest(first.path(), &first.path().join("store"));
 
-    let d = tempfile::tempdir().unwrap();
-    let store = d.path().join("store");
-    let claims = store.join("work").join("ab".repeat(32)).join("eval-progress");
-    std::fs::create_dir_all(&claims).unwrap();
-    std::fs::write(claims.join(format!("{part}.claim")), b"").unwrap();
-    write(d.path(), EVAL_A);
-    let text = run(d.path(), &store);
-    assert!(
-        text.contains("left to the end: 1 (method, task) result(s) another eval was scoring"),
-        "{text}"
-    );
-    assert_eq!(
-        eval_digest(d.path(), &store),
-        eval_digest(first.path(), &first.path().join("store"))
-    );
+        for running in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let store = d.path().join("store");
+            let other: goosepipe::store::Key = "ab".repeat(32).parse().unwrap();
+            let claims = store.join("work").join(other.hex()).join("eval-progress");
+            std::fs::create_dir_all(&claims).unwrap();
+            std::fs::write(claims.join(format!("{part}.claim")), b"").unwrap();
+            let lock = running.then(|| Store::open(&store).unwrap().lock(&other).unwrap());
+            write(d.path(), eval);
+            let text = run(d.path(), &store);
+            drop(lock);
+            let waited = "left to the end: 1 (method, task) result(s) another eval was scoring";
+            assert_eq!(text.contains(waited), running, "{text}");
+            assert_eq!(eval_digest(d.path(), &store), want);
+        }
+    }
 }

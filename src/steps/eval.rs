@@ -755,7 +755,14 @@ impl<'a> EvalRun<'a> {
             let mut later = vec![];
             for (m, t, part) in pending {
                 let found = parts.find(&part, m, &t.name, t.examples.len());
-                if found.is_none() && !last && parts.claimed_elsewhere(&part) {
+                // A part to score is marked first; one a running eval is scoring
+                // (or marked at the same moment, with a key that sorts first) waits.
+                let wait = match found {
+                    Some(_) => false,
+                    None if !last && parts.claimed_elsewhere(&part) => true,
+                    None => !parts.claim(&part)? && !last,
+                };
+                if wait {
                     later.push((m, t, part));
                     continue;
                 }
@@ -806,7 +813,6 @@ impl<'a> EvalRun<'a> {
             }
             None => {
                 ctx.cancel.check()?;
-                parts.claim(part)?;
                 let f = self.score_part(base, scorer, m, t, distinct.get(&t.name))?;
                 let bytes = f.bytes();
                 parts.save_progress(part, &bytes)?;
@@ -838,6 +844,8 @@ impl<'a> EvalRun<'a> {
                 )?);
             }
             let r = scorer.retrieval.as_ref().expect("loaded above");
+            // It puts single experts on the model: no method's adapters are left on.
+            scorer.adapters_of = None;
             let (s, row) = r.score(ctx, base, t, &self.experts, self.params.batch, &mut scorer.done)?;
             (s, Some(row))
         } else {

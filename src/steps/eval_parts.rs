@@ -238,7 +238,8 @@ type Recorded = HashMap<String, (u64, String)>;
 #[derive(Default)]
 struct Others {
     saved: HashMap<String, Key>,
-    claimed: std::collections::HashSet<String>,
+    /// Part key -> the evals that marked it (in key order).
+    claimed: HashMap<String, Vec<Key>>,
 }
 
 /// The parts of the published evals, and the work folders there were when it was read.
@@ -352,30 +353,47 @@ impl<'a> Parts<'a> {
                 if let Some(part) = name.strip_suffix(".json") {
                     others.saved.entry(part.to_string()).or_insert(key);
                 } else if let Some(part) = name.strip_suffix(CLAIM_SUFFIX) {
-                    others.claimed.insert(part.to_string());
+                    others.claimed.entry(part.to_string()).or_default().push(key);
                 }
             }
         }
         others
     }
 
-    /// Whether another eval has begun scoring part `part` and not saved it, as of the
-    /// last lookup that missed: this eval then scores it last, by when the other may
-    /// have saved it. (A claim an interrupted eval left only moves the part to the
-    /// end.)
-    pub fn claimed_elsewhere(&self, part: &str) -> bool {
-        self.others
-            .borrow()
-            .as_ref()
-            .is_some_and(|o| o.claimed.contains(part) && !o.saved.contains_key(part))
+    /// Whether another eval that is running now (it holds its key's lock: a mark an
+    /// interrupted eval left counts for nothing) has marked part `part` as being
+    /// scored and not saved it, as of the last lookup that missed; `before`: only an
+    /// eval whose key sorts before this one's.
+    fn claimed_by_running(&self, part: &str, before: bool) -> bool {
+        let others = self.others.borrow();
+        let Some(o) = others.as_ref() else {
+            return false;
+        };
+        if o.saved.contains_key(part) {
+            return false;
+        }
+        o.claimed.get(part).is_some_and(|keys| {
+            keys.iter()
+                .any(|k| (!before || *k < self.ctx.spec.key) && self.ctx.store.is_building(k))
+        })
     }
 
-    /// Says, in this eval's work folder, that it is scoring part `part` now.
-    pub fn claim(&self, part: &str) -> Result<(), StepError> {
+    /// Whether a running eval is scoring part `part` now: this one then scores it
+    /// last, by when the other may have saved it.
+    pub fn claimed_elsewhere(&self, part: &str) -> bool {
+        self.claimed_by_running(part, false)
+    }
+
+    /// Marks part `part` as being scored by this eval (in its work folder). False
+    /// when a running eval whose key sorts first marked it at the same moment: that
+    /// one scores it, and this one leaves it to the end.
+    pub fn claim(&self, part: &str) -> Result<bool, StepError> {
         let dir = self.ctx.work.join(PROGRESS_DIR);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(format!("{part}{CLAIM_SUFFIX}")), b"")?;
-        Ok(())
+        crate::faults::point("eval.part-claimed");
+        *self.others.borrow_mut() = Some(self.read_others());
+        Ok(!self.claimed_by_running(part, true))
     }
 
     /// Part `part` of the published artifact `key`, if its bytes are those the
@@ -498,6 +516,64 @@ mod tests {
         }
     }
 
+    fn context<'a>(
+        spec: &'a StepSpec,
+        store: &'a Store,
+        cancel: &'a CancelFlag,
+        locked: &'a BTreeMap<String, String>,
+    ) -> StepContext<'a> {
+        StepContext {
+            spec,
+            inputs: vec![],
+            out: store.root.join("out"),
+            work: store.work_dir(&spec.key),
+            store,
+            progress: &Silent,
+            cancel,
+            device: "cpu",
+            locked,
+            pins: Mutex::new(BTreeMap::new()),
+            strict: false,
+        }
+    }
+
+    /// Two running evals mark the same part at once: the one whose key sorts first
+    /// scores it, the other leaves it to the end; a mark whose eval is not running
+    /// (it holds no lock of its key) counts for nothing.
+    #[test]
+    fn of_two_evals_marking_a_part_at_once_the_first_key_scores_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let (first, second) = (spec(1), spec(2));
+        let (cancel, locked) = (CancelFlag::new(), BTreeMap::new());
+        let (a, b) = (
+            context(&first, &store, &cancel, &locked),
+            context(&second, &store, &cancel, &locked),
+        );
+        let (pa, pb) = (Parts::new(&a), Parts::new(&b));
+        // Neither runs: marks are not heeded.
+        assert!(pa.claim("p").unwrap());
+        assert!(pb.claim("p").unwrap());
+        assert!(pb.find("p", "m", "t", 1).is_none() && !pb.claimed_elsewhere("p"));
+        let _running = (store.lock(&first.key).unwrap(), store.lock(&second.key).unwrap());
+        assert!(pa.claim("p").unwrap(), "the first key scores it");
+        assert!(!pb.claim("p").unwrap(), "the second waits");
+        assert!(pb.find("p", "m", "t", 1).is_none() && pb.claimed_elsewhere("p"));
+        // Once saved, the part is found, not waited for.
+        pa.save_progress(
+            "p",
+            &Finished {
+                method: "m".into(),
+                task: "t".into(),
+                scores: vec![1.0],
+                routing: None,
+            }
+            .bytes(),
+        )
+        .unwrap();
+        assert!(matches!(pb.find("p", "m", "t", 1), Some((_, Found::Shared(k))) if k == first.key));
+    }
+
     /// An eval beside this one saves a part, then publishes (its work folder goes):
     /// this eval takes the part from its work folder, then from its artifact, though
     /// the artifact was published after this eval first read the store's parts.
@@ -513,28 +589,23 @@ mod tests {
             routing: None,
         };
         let (cancel, locked) = (CancelFlag::new(), BTreeMap::new());
-        let ctx = StepContext {
-            spec: &own,
-            inputs: vec![],
-            out: d.path().join("out"),
-            work: store.work_dir(&own.key),
-            store: &store,
-            progress: &Silent,
-            cancel: &cancel,
-            device: "cpu",
-            locked: &locked,
-            pins: Mutex::new(BTreeMap::new()),
-            strict: false,
-        };
+        let ctx = context(&own, &store, &cancel, &locked);
+        let parts = Parts::new(&ctx);
         let progress = progress_file(&store.work_dir(&other.key), "p");
         std::fs::create_dir_all(progress.parent().unwrap()).unwrap();
-        // Damaged (its digest no longer fits): not taken.
-        let mut damaged = with_digest(&part.bytes());
-        *damaged.last_mut().unwrap() ^= 1;
+        // Damaged, still a record that fits (a score changed), under the digest of
+        // the bytes it had: not taken.
+        let bytes = part.bytes();
+        let edited = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replacen("1.0", "0.0", 1);
+        let mut damaged = with_digest(&bytes);
+        damaged.truncate(damaged.len() - bytes.len());
+        damaged.extend_from_slice(edited.as_bytes());
         std::fs::write(&progress, damaged).unwrap();
-        assert!(Parts::new(&ctx).find("p", "merged", "sort", 2).is_none());
+        assert!(parts.find("p", "merged", "sort", 2).is_none());
+        // Saved whole since: the same lookup, asked again, finds it.
         std::fs::write(&progress, with_digest(&part.bytes())).unwrap();
-        let parts = Parts::new(&ctx);
         assert!(parts.find("q", "merged", "sort", 2).is_none(), "no such part");
         let shared = parts
             .find("p", "merged", "sort", 2)

@@ -90,6 +90,32 @@ impl KeyLock {
     pub fn try_acquire(path: &Path) -> io::Result<Option<KeyLock>> {
         Self::take(path, false, false)
     }
+
+    /// Whether someone (another process, or another open file of this one) holds a
+    /// lock on `path` now; asks without taking it, so a holder-to-be never waits on
+    /// the question. No file: nobody.
+    pub fn is_held(path: &Path) -> io::Result<bool> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: `flock` is a plain C struct; zeroed is a valid value (whole-file range).
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        loop {
+            // SAFETY: valid fd and a pointer to an initialised flock struct.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+            if rc == 0 {
+                return Ok(fl.l_type != libc::F_UNLCK as libc::c_short);
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,9 +126,12 @@ mod tests {
     fn second_holder_is_excluded_until_release() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("k.lock");
+        assert!(!KeyLock::is_held(&p).unwrap(), "no file, no holder");
         let a = KeyLock::acquire(&p).unwrap();
+        assert!(KeyLock::is_held(&p).unwrap());
         assert!(KeyLock::try_acquire(&p).unwrap().is_none());
         drop(a);
+        assert!(!KeyLock::is_held(&p).unwrap());
         assert!(KeyLock::try_acquire(&p).unwrap().is_some());
     }
 

@@ -172,6 +172,12 @@ impl Store {
         KeyLock::try_acquire(&p).map_err(io_err(&p))
     }
 
+    /// Whether a run is building this key now (holds its lock), asked without
+    /// taking the lock.
+    pub fn is_building(&self, key: &Key) -> bool {
+        KeyLock::is_held(&self.lock_path(key)).unwrap_or(false)
+    }
+
     pub fn try_lock(&self, key: &Key) -> Result<Option<KeyLock>, StoreError> {
         let p = self.lock_path(key);
         KeyLock::try_acquire(&p).map_err(io_err(&p))
