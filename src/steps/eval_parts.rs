@@ -240,6 +240,8 @@ struct Others {
     saved: HashMap<String, Key>,
     /// Part key -> the evals that marked it (in key order).
     claimed: HashMap<String, Vec<Key>>,
+    /// Every key with a work folder (sorted), as listed.
+    working: Vec<Key>,
 }
 
 /// The parts of the published evals, and the work folders there were when it was read.
@@ -330,7 +332,11 @@ impl<'a> Parts<'a> {
         }
         // An eval beside this one may have published since the index was read,
         // taking its saved parts out of its work folder: add it, and look again.
-        if self.live && self.add_published_since() {
+        let working = self.others.borrow().as_ref().map(|o| o.working.clone());
+        if self.live
+            && let Some(now) = working
+            && self.add_published_since(now)
+        {
             return from_published();
         }
         None
@@ -339,8 +345,11 @@ impl<'a> Parts<'a> {
     /// What the other evals' work folders hold, from one listing of `work/`.
     fn read_others(&self) -> Others {
         let store = self.ctx.store;
-        let mut others = Others::default();
-        for key in store.work_keys() {
+        let mut others = Others {
+            working: store.work_keys(),
+            ..Others::default()
+        };
+        for &key in &others.working {
             if key == self.ctx.spec.key {
                 continue;
             }
@@ -452,11 +461,10 @@ impl<'a> Parts<'a> {
         }
     }
 
-    /// Indexes the steps that have left `work/` since the last listing and are now
-    /// published; whether there were any.
-    fn add_published_since(&self) -> bool {
+    /// Indexes the steps that have left `work/` since the last listing (`now`: the
+    /// keys with a work folder now, sorted) and are published; whether there were any.
+    fn add_published_since(&self, now: Vec<Key>) -> bool {
         self.ensure_published();
-        let now = self.ctx.store.work_keys();
         let mut slot = self.published.borrow_mut();
         let index = slot.as_mut().expect("read above");
         let left: Vec<Key> = index
