@@ -233,11 +233,11 @@ impl Tally {
 /// A published eval's parts as its metadata records them: path -> (size, blake3).
 type Recorded = HashMap<String, (u64, String)>;
 
-/// What the other evals' work folders hold: parts saved (part key -> the eval's key,
-/// the first in key order) and parts being scored.
+/// What the other evals' work folders hold: parts saved and parts being scored.
 #[derive(Default)]
 struct Others {
-    saved: HashMap<String, Key>,
+    /// Part key -> the evals that saved it (in key order).
+    saved: HashMap<String, Vec<Key>>,
     /// Part key -> the evals that marked it (in key order).
     claimed: HashMap<String, Vec<Key>>,
     /// Every key with a work folder (sorted), as listed.
@@ -319,16 +319,18 @@ impl<'a> Parts<'a> {
         if self.live || self.others.borrow().is_none() {
             *self.others.borrow_mut() = Some(self.read_others());
         }
-        let saver = self
+        let savers = self
             .others
             .borrow()
             .as_ref()
-            .and_then(|o| o.saved.get(part).copied());
-        if let Some(key) = saver
-            && let Some(f) =
-                read_progress(&progress_file(&self.ctx.store.work_dir(&key), part)).and_then(|b| parse(&b))
-        {
-            return Some((f, Found::Shared(key)));
+            .and_then(|o| o.saved.get(part).cloned())
+            .unwrap_or_default();
+        let shared = savers.into_iter().find_map(|key| {
+            let bytes = read_progress(&progress_file(&self.ctx.store.work_dir(&key), part))?;
+            Some((parse(&bytes)?, Found::Shared(key)))
+        });
+        if shared.is_some() {
+            return shared;
         }
         // An eval beside this one may have published since the index was read,
         // taking its saved parts out of its work folder: add it, and look again.
@@ -360,7 +362,7 @@ impl<'a> Parts<'a> {
                 let name = e.file_name();
                 let Some(name) = name.to_str() else { continue };
                 if let Some(part) = name.strip_suffix(".json") {
-                    others.saved.entry(part.to_string()).or_insert(key);
+                    others.saved.entry(part.to_string()).or_default().push(key);
                 } else if let Some(part) = name.strip_suffix(CLAIM_SUFFIX) {
                     others.claimed.entry(part.to_string()).or_default().push(key);
                 }
@@ -612,6 +614,13 @@ mod tests {
         damaged.extend_from_slice(edited.as_bytes());
         std::fs::write(&progress, damaged).unwrap();
         assert!(parts.find("p", "merged", "sort", 2).is_none());
+        // An intact copy in a third eval's folder is taken instead.
+        let third = progress_file(&store.work_dir(&spec(3).key), "p");
+        std::fs::create_dir_all(third.parent().unwrap()).unwrap();
+        std::fs::write(&third, with_digest(&bytes)).unwrap();
+        let found = parts.find("p", "merged", "sort", 2).map(|(_, how)| how);
+        assert!(matches!(found, Some(Found::Shared(k)) if k == spec(3).key));
+        std::fs::remove_dir_all(store.work_dir(&spec(3).key)).unwrap();
         // Saved whole since: the same lookup, asked again, finds it.
         std::fs::write(&progress, with_digest(&part.bytes())).unwrap();
         assert!(parts.find("q", "merged", "sort", 2).is_none(), "no such part");
