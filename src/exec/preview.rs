@@ -2,7 +2,8 @@
 //! published inputs ([`StepRunner::preview`]): `plan` and `explain` show it beside
 //! the step (an eval: how many of its (method, task) results are already scored and
 //! how many it would score). A preview only reads: the step's output folder is not
-//! made, and a step whose inputs are not all published has none.
+//! made, and its context holds the inputs that are published (an eval's preview needs
+//! its base and its tasks' data; the pool's members may still be to build).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -37,9 +38,9 @@ pub fn previews(
     }
 }
 
-/// One step's preview; None when its runner has nothing to say, an input is not
-/// published, or the preview fails or panics (the run says why, with the inputs in
-/// hand).
+/// One step's preview; None when its runner has nothing to say (an input it needs
+/// is not published), or the preview fails or panics (the run says why, with the
+/// inputs in hand).
 pub fn preview(
     spec: &StepSpec,
     store: &Store,
@@ -49,11 +50,13 @@ pub fn preview(
 ) -> Option<String> {
     let interrupted = store.work_dir(&spec.key).is_dir();
     let runner = registry.get(&spec.kind).filter(|r| r.previews(interrupted))?;
+    // The published inputs (metadata only: `plan` has checked the sizes; a run
+    // re-hashes). The others are still to be built: a runner knows their keys from
+    // the recipe, and whether it can tell anything without their files.
     let inputs = spec
         .inputs
         .iter()
-        .map(|inp| {
-            // Metadata only: `plan` has checked the sizes; a run re-hashes.
+        .filter_map(|inp| {
             Some(InputArtifact {
                 role: inp.role.clone(),
                 id: inp.id.clone(),
@@ -62,7 +65,7 @@ pub fn preview(
                 meta: store.meta(&inp.key)?,
             })
         })
-        .collect::<Option<Vec<_>>>()?;
+        .collect();
     let cancel = CancelFlag::new();
     let ctx = StepContext {
         spec,

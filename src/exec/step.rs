@@ -120,6 +120,25 @@ impl StepContext<'_> {
         })
     }
 
+    /// The key of input `role`, published or not: from the recipe (a preview runs
+    /// while some inputs are still to be built).
+    pub fn input_key(&self, role: &str) -> Result<Key, StepError> {
+        self.spec.input(role).map(|i| i.key).ok_or_else(|| {
+            StepError::msg(format!(
+                "step {} has no input `{role}` (a bug in the plan)",
+                self.spec.id
+            ))
+        })
+    }
+
+    /// The members of `kind` with their keys, published or not (from the recipe).
+    pub fn member_keys<'s>(&'s self, kind: &'s str) -> impl Iterator<Item = (&'s str, Key)> + 's {
+        self.spec
+            .inputs
+            .iter()
+            .filter_map(move |i| Some((crate::store::spec::member_of(&i.role, kind)?, i.key)))
+    }
+
     /// Inputs whose role starts with `prefix` (e.g. every `expert:` of a pool).
     /// The inputs that stand for members of `kind` (roles `KIND:NAME`), with the names.
     pub fn members<'s>(&'s self, kind: &'s str) -> impl Iterator<Item = (&'s str, &'s InputArtifact)> + 's {

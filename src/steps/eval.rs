@@ -26,6 +26,7 @@ use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::adapter::ModuleRouting;
 use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, predict};
 use crate::route::{self, Chosen, Scoring};
+use crate::store::Key;
 use crate::store::spec::member_role;
 
 /// Every method over every task: a GPU job of hours at the paper's scale. Version 12:
@@ -529,7 +530,8 @@ impl<'a> EvalRun<'a> {
                 examples,
             });
         }
-        let mut names: Vec<String> = ctx.members("expert").map(|(n, _)| n.to_string()).collect();
+        // From the recipe: a preview reads the eval before every member is built.
+        let mut names: Vec<String> = ctx.member_keys("expert").map(|(n, _)| n.to_string()).collect();
         names.sort();
         let run = EvalRun {
             ctx,
@@ -639,6 +641,19 @@ impl<'a> EvalRun<'a> {
         }
     }
 
+    /// The keys of the inputs of needed kind `kind`, as [`EvalRun::needed`], published
+    /// or not.
+    fn needed_keys(&self, kind: &str) -> Result<Vec<(Option<&str>, Key)>, StepError> {
+        match self.ctx.input_key(kind) {
+            Ok(pooled) => Ok(vec![(None, pooled)]),
+            Err(_) => self
+                .names
+                .iter()
+                .map(|n| Ok((Some(n.as_str()), self.ctx.input_key(&member_role(kind, n))?)))
+                .collect(),
+        }
+    }
+
     /// The key of part (`m`, `t`): everything its scores and routing depend on, and
     /// nothing else, so that an eval differing in what a part does not read (another
     /// method, another task, a routing setting of a method that does not route) finds
@@ -661,9 +676,9 @@ impl<'a> EvalRun<'a> {
         };
         k.add_str("device", device)
             .add_str("method", m)
-            .add_key("model", &ctx.input("model")?.key)
+            .add_key("model", &ctx.input_key("model")?)
             .add_str("task", &t.name)
-            .add_key("task-data", &ctx.input(&format!("task:{}", t.name))?.key)
+            .add_key("task-data", &ctx.input_key(&format!("task:{}", t.name))?)
             .add_str("metric", &t.metric)
             .add_u64("max-new-tokens", t.max_new_tokens as u64)
             .add_u64("batch", p.batch as u64)
@@ -676,7 +691,7 @@ impl<'a> EvalRun<'a> {
                 if !self.names.iter().any(|n| n == name) {
                     return Err(fail(format!("expert:{name}: `{name}` is not in the pool")));
                 }
-                k.add_key("expert", &ctx.member("expert", name)?.key);
+                k.add_key("expert", &ctx.input_key(&member_role("expert", name))?);
                 return Ok(k.finish());
             }
             Chosen::Listed(method) => method,
@@ -685,20 +700,20 @@ impl<'a> EvalRun<'a> {
         if method.reads_experts() {
             for n in &self.names {
                 k.add_str("member", n)
-                    .add_key("expert", &ctx.member("expert", n)?.key);
+                    .add_key("expert", &ctx.input_key(&member_role("expert", n))?);
             }
         }
         if method.uses_gates() {
             for n in &self.names {
-                k.add_key("gate", &ctx.member("gate", n)?.key);
+                k.add_key("gate", &ctx.input_key(&member_role("gate", n))?);
             }
         }
         for kind in method.needs() {
-            for (member, input) in self.needed(kind)? {
+            for (member, key) in self.needed_keys(kind)? {
                 if let Some(n) = member {
                     k.add_str("member", n);
                 }
-                k.add_key(kind, &input.key);
+                k.add_key(kind, &key);
             }
         }
         if method.uses_temperature() {
