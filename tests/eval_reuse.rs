@@ -384,3 +384,32 @@ eval "e" pool="p" {
         }
     }
 }
+
+/// A member added to the pool: before it (or the pool) is built, `plan` says which
+/// of the eval's results stay (those that do not read the pool), and the run agrees.
+#[test]
+fn plan_counts_an_eval_s_parts_before_a_new_member_is_trained() {
+    const EVAL: &str = r#"
+eval "e" pool="p" {
+    methods "merged" "base" "expert:sort"
+    task "arrange" dataset="arrange"
+    task "sort" dataset="sort-test" expert="sort"
+}
+"#;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), EVAL);
+    run(d.path(), &store);
+    let grown = EVAL.replace("pool=\"p\"", "pool=\"p3\"")
+        + r#"
+dataset "dedup" { synthetic task="dedup" format="choice" examples=48; }
+expert "dedup" model="t" dataset="dedup"
+pool "p3" { experts "sort" "shift" "dedup"; }
+"#;
+    write(d.path(), &grown);
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:e"),
+        "2 of 6 (method, task) results to score, 4 reused from earlier evals"
+    );
+    assert_eq!(reused(&run(d.path(), &store)), 4);
+}
