@@ -413,3 +413,22 @@ pool "p3" { experts "sort" "shift" "dedup"; }
     );
     assert_eq!(reused(&run(d.path(), &store)), 4);
 }
+
+/// Two stale evals of one plan that need the same parts: the first counts them to
+/// score, the second as scored by the other.
+#[test]
+fn plan_counts_a_part_two_evals_need_once() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), EVAL_A);
+    run(d.path(), &store);
+    write(d.path(), &format!("{EVAL_C}{EVAL_D}"));
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:e"),
+        "10 of 12 (method, task) results to score, 2 reused from earlier evals"
+    );
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:f"),
+        "nothing to score: 4 (method, task) results, 4 scored by another eval of this plan"
+    );
+}

@@ -217,11 +217,9 @@ pub fn explain(
 ) -> Result<i32, Report> {
     let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, false)?;
     let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
-    if status.states[i].will_run()
-        && let Some(p) = exec::preview(&plan.steps[i].spec, &store, registry, &lock, device)
-    {
-        status.previews.insert(i, p);
-    }
+    // Every step's, as `plan` gives them: a step's count leaves out what steps
+    // before it in the plan will do.
+    exec::previews(&plan, &mut status, &store, registry, &lock, device);
     let _ = write!(out, "{}", render::explain(&plan, &status, i));
     Ok(EXIT_OK)
 }

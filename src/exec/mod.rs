@@ -16,4 +16,4 @@ pub use kind::{JobDefaults, JobResources, Kind};
 pub use preview::{preview, previews};
 pub use progress::{Outcome, PlainReporter, Reporter, Silent, StepProgress, reporter_for_stderr};
 pub use run::{RunError, RunOptions, RunReport, execute, run, select, updated_lock};
-pub use step::{CancelFlag, InputArtifact, Registry, StepContext, StepError, StepRunner};
+pub use step::{CancelFlag, InputArtifact, PlannedWork, Registry, StepContext, StepError, StepRunner};

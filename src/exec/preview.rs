@@ -13,10 +13,11 @@ use crate::store::lockfile::Lockfile;
 use crate::store::{StepSpec, Store};
 
 use super::progress::Silent;
-use super::step::{CancelFlag, InputArtifact, Registry, StepContext};
+use super::step::{CancelFlag, InputArtifact, PlannedWork, Registry, StepContext};
 
 /// Fills `status.previews` for every step that will run, on `device` (the device a
-/// run would use: results scored on another kind of device are not reused).
+/// run would use: results scored on another kind of device are not reused), in plan
+/// order.
 pub fn previews(
     plan: &Plan,
     status: &mut Status,
@@ -28,11 +29,12 @@ pub fn previews(
     if !store.root.is_dir() {
         return;
     }
+    let planned = PlannedWork::default();
     for (i, (step, state)) in plan.steps.iter().zip(&status.states).enumerate() {
         if !state.will_run() {
             continue;
         }
-        if let Some(p) = preview(&step.spec, store, registry, lock, device) {
+        if let Some(p) = preview(&step.spec, store, registry, lock, device, &planned) {
             status.previews.insert(i, p);
         }
     }
@@ -47,6 +49,7 @@ pub fn preview(
     registry: &Registry,
     lock: &Lockfile,
     device: &str,
+    planned: &PlannedWork,
 ) -> Option<String> {
     let interrupted = store.work_dir(&spec.key).is_dir();
     let runner = registry.get(&spec.kind).filter(|r| r.previews(interrupted))?;
@@ -80,6 +83,7 @@ pub fn preview(
         locked: &lock.externals,
         pins: Mutex::new(BTreeMap::new()),
         strict: false,
+        planned: Some(planned),
     };
     // A preview that panics is a bug, but not a reason for `plan` to fail: the run
     // reports it as the step's internal error.

@@ -500,6 +500,7 @@ pub fn execute(
         locked: &lock.externals,
         pins: Mutex::new(BTreeMap::new()),
         strict: opts.locked,
+        planned: None,
     };
     let started = now_unix();
     let result = runner.run(&ctx);

@@ -5,7 +5,7 @@
 //! output files into `ctx.out`. Everything it reads must be a declared input or a
 //! parameter (that is what makes the content key honest).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -54,6 +54,23 @@ impl StepError {
 impl From<std::io::Error> for StepError {
     fn from(e: std::io::Error) -> Self {
         StepError::Failed(format!("I/O error: {e}"))
+    }
+}
+
+/// Work that the previews of one plan have counted so far, by names of the runners'
+/// own (an eval's part keys): a step later in the plan that needs the same work finds
+/// it done by the time it runs (reused, or shared as it goes), so it does not count it
+/// as its own.
+#[derive(Default)]
+pub struct PlannedWork(Mutex<HashSet<String>>);
+
+impl PlannedWork {
+    /// Whether `item` is counted here for the first time (and now is).
+    pub fn first(&self, item: &str) -> bool {
+        self.0
+            .lock()
+            .map(|mut s| s.insert(item.to_string()))
+            .unwrap_or(true)
     }
 }
 
@@ -108,6 +125,8 @@ pub struct StepContext<'a> {
     pub locked: &'a BTreeMap<String, String>,
     pub(crate) pins: Mutex<BTreeMap<String, String>>,
     pub(crate) strict: bool,
+    /// In a preview: the work earlier steps of the plan have counted (None in a run).
+    pub planned: Option<&'a PlannedWork>,
 }
 
 impl StepContext<'_> {

@@ -416,6 +416,15 @@ impl StepRunner for EvalStep {
             for t in &run.tasks {
                 let part = run.part_key(m, t, distinct.get(&t.name))?;
                 let found = parts.find(&part, m, &t.name, t.examples.len());
+                // A part an eval earlier in the plan scores is that one's to count.
+                if found.is_none()
+                    && ctx
+                        .planned
+                        .is_some_and(|p| !p.first(&format!("eval-part:{part}")))
+                {
+                    tally.count_planned();
+                    continue;
+                }
                 tally.count(found.as_ref().map(|(_, how)| how));
             }
         }

@@ -148,6 +148,8 @@ pub(super) struct Tally {
     reused_from: BTreeSet<Key>,
     shared: usize,
     shared_from: BTreeSet<Key>,
+    /// (A preview's.) Parts another eval of the plan, earlier in it, counts to score.
+    planned: usize,
 }
 
 impl Tally {
@@ -166,6 +168,12 @@ impl Tally {
                 self.shared_from.insert(*k);
             }
         }
+    }
+
+    /// (A preview's.) One part to score that an eval earlier in the plan scores.
+    pub fn count_planned(&mut self) {
+        self.total += 1;
+        self.planned += 1;
     }
 
     /// The run's account of what it did not score, a line per source.
@@ -204,7 +212,7 @@ impl Tally {
     /// 3 reused from earlier evals".
     pub fn preview(&self) -> String {
         let total = self.total;
-        let to_score = total - self.resumed - self.reused - self.shared;
+        let to_score = total - self.resumed - self.reused - self.shared - self.planned;
         let results = if total == 1 { "result" } else { "results" };
         let mut found = vec![];
         if self.reused > 0 {
@@ -215,6 +223,9 @@ impl Tally {
         }
         if self.resumed > 0 {
             found.push(format!("{} kept from an interrupted run", self.resumed));
+        }
+        if self.planned > 0 {
+            found.push(format!("{} scored by another eval of this plan", self.planned));
         }
         match to_score {
             _ if found.is_empty() => format!("{total} (method, task) {results} to score"),
@@ -544,6 +555,7 @@ mod tests {
             locked,
             pins: Mutex::new(BTreeMap::new()),
             strict: false,
+            planned: None,
         }
     }
 
