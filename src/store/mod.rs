@@ -481,9 +481,11 @@ impl Store {
                 [k] => {
                     // A name may be hex too (`cafe`, `added`): then it is not for us to
                     // pick which was meant.
-                    let named = keys.iter().find_map(|other| match self.presence(other) {
-                        Presence::Present(m) if m.spec.name == what && other != *k => Some(m.spec.id),
-                        _ => None,
+                    // Metadata alone (no file sizes checked): only names are compared.
+                    let named = keys.iter().filter(|other| *other != *k).find_map(|other| {
+                        self.meta(other)
+                            .filter(|m| m.spec.name == what)
+                            .map(|m| m.spec.id)
                     });
                     if let Some(id) = named {
                         return Err(format!(
