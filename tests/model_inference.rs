@@ -8,7 +8,10 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor};
 use goosepipe::model::{ChoiceItem, T5Model, predict};
-use support::{load_safetensors as load_st, max_abs_diff, t5_fixture as fixture, test_device};
+use support::{
+    fixture_experts, fixture_gates, load_safetensors as load_st, max_abs_diff, t5_fixture as fixture,
+    test_device,
+};
 
 /// The unpadded input rows of the fixture batch.
 fn inputs(st: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
@@ -75,30 +78,8 @@ fn cached_equals_full(routed: bool) {
     let mut model = T5Model::load(&dir, &dev, DType::F32).unwrap();
     if routed {
         let names = ["expert_a", "expert_b", "expert_c"];
-        let experts: Vec<_> = names
-            .iter()
-            .map(|e| {
-                goosepipe::model::LoraExpert::load(
-                    &dir.join(format!("{e}.safetensors")),
-                    &model.config,
-                    &dev,
-                    DType::F32,
-                )
-                .unwrap()
-            })
-            .collect();
-        let gates: Vec<_> = names
-            .iter()
-            .map(|e| {
-                goosepipe::model::GateVectors::load(
-                    &dir.join(format!("{e}.gates.safetensors")),
-                    &model.config,
-                    &dev,
-                    DType::F32,
-                )
-                .unwrap()
-            })
-            .collect();
+        let experts = fixture_experts(&dir, &names, &model.config, &dev);
+        let gates = fixture_gates(&dir, &names, &model.config, &dev);
         model
             .set_adapters(goosepipe::model::AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
             .unwrap();

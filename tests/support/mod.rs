@@ -344,6 +344,39 @@ pub fn test_device() -> candle_core::Device {
 }
 
 /// Every tensor of a safetensors file, on the CPU.
+/// The fixture experts `names` (`NAME.safetensors` in `dir`), in that order.
+pub fn fixture_experts(
+    dir: &Path,
+    names: &[&str],
+    config: &goosepipe::model::T5Config,
+    dev: &candle_core::Device,
+) -> Vec<goosepipe::model::LoraExpert> {
+    names
+        .iter()
+        .map(|e| {
+            let file = dir.join(format!("{e}.safetensors"));
+            goosepipe::model::LoraExpert::load(&file, config, dev, candle_core::DType::F32).unwrap()
+        })
+        .collect()
+}
+
+/// The fixture gates of experts `names` (`NAME.gates.safetensors` in `dir`), in that
+/// order.
+pub fn fixture_gates(
+    dir: &Path,
+    names: &[&str],
+    config: &goosepipe::model::T5Config,
+    dev: &candle_core::Device,
+) -> Vec<goosepipe::model::GateVectors> {
+    names
+        .iter()
+        .map(|e| {
+            let file = dir.join(format!("{e}.gates.safetensors"));
+            goosepipe::model::GateVectors::load(&file, config, dev, candle_core::DType::F32).unwrap()
+        })
+        .collect()
+}
+
 pub fn load_safetensors(path: impl AsRef<Path>) -> std::collections::HashMap<String, candle_core::Tensor> {
     candle_core::safetensors::load(path.as_ref(), &candle_core::Device::Cpu).unwrap()
 }
