@@ -11,14 +11,13 @@ use goosepipe::model::{
     AdapterSet, GateVectors, LoraExpert, LoraWeights, MixWeights, ModelError, Seq2SeqBatch, T5Config,
     T5Model, T5Weights,
 };
-use support::{fixture_experts, fixture_gates, max_abs_diff as max_diff, t5_fixture as fixture};
+use support::{fixture_pool, max_abs_diff as max_diff, t5_fixture as fixture};
 
 fn v1_1() -> (T5Model, Vec<LoraExpert>, Vec<GateVectors>) {
     let dir = fixture("v1_1");
     let model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let names = ["expert_a", "expert_b", "expert_c"];
-    let experts = fixture_experts(&dir, &names, &model.config, &Device::Cpu);
-    let gates = fixture_gates(&dir, &names, &model.config, &Device::Cpu);
+    let (experts, gates) = fixture_pool(&dir, &names, &names, &model.config, &Device::Cpu);
     (model, experts, gates)
 }
 

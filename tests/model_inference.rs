@@ -8,10 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor};
 use goosepipe::model::{ChoiceItem, T5Model, predict};
-use support::{
-    fixture_experts, fixture_gates, load_safetensors as load_st, max_abs_diff, t5_fixture as fixture,
-    test_device,
-};
+use support::{fixture_pool, load_safetensors as load_st, max_abs_diff, t5_fixture as fixture, test_device};
 
 /// The unpadded input rows of the fixture batch.
 fn inputs(st: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
@@ -78,8 +75,7 @@ fn cached_equals_full(routed: bool) {
     let mut model = T5Model::load(&dir, &dev, DType::F32).unwrap();
     if routed {
         let names = ["expert_a", "expert_b", "expert_c"];
-        let experts = fixture_experts(&dir, &names, &model.config, &dev);
-        let gates = fixture_gates(&dir, &names, &model.config, &dev);
+        let (experts, gates) = fixture_pool(&dir, &names, &names, &model.config, &dev);
         model
             .set_adapters(goosepipe::model::AdapterSet::phatgoose(&experts, &gates, 2, DType::F32).unwrap())
             .unwrap();

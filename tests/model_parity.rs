@@ -12,10 +12,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use goosepipe::model::{Seq2SeqBatch, T5Model};
-use support::{
-    fixture_experts, fixture_gates, load_safetensors as load_st, max_abs_diff, t5_fixture as fixture,
-    test_device,
-};
+use support::{fixture_pool, load_safetensors as load_st, max_abs_diff, t5_fixture as fixture, test_device};
 
 fn batch(inputs: &HashMap<String, Tensor>, dev: &Device) -> Seq2SeqBatch {
     let on = |k: &str| inputs[k].to_device(dev).unwrap();
@@ -76,8 +73,13 @@ fn check_adapter(
     let dev = test_device();
     let mut model = T5Model::load(&dir, &dev, DType::F32).unwrap();
     // Deliberately unsorted, and in another order than the experts.
-    let experts = fixture_experts(&dir, &["expert_c", "expert_a", "expert_b"], &model.config, &dev);
-    let gates = fixture_gates(&dir, &["expert_b", "expert_c", "expert_a"], &model.config, &dev);
+    let (experts, gates) = fixture_pool(
+        &dir,
+        &["expert_c", "expert_a", "expert_b"],
+        &["expert_b", "expert_c", "expert_a"],
+        &model.config,
+        &dev,
+    );
     assert_eq!(experts[1].name, "expert_a");
     assert_eq!(experts[1].rank, 4);
     assert_eq!(experts[1].modules.len(), 36);

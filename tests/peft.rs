@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use goosepipe::model::checkpoint::peft;
 use goosepipe::model::{AdapterSet, GateVectors, LoraExpert, MixWeights, Seq2SeqBatch, T5Model};
-use support::{fixture_experts, fixture_gates, load_safetensors as load_st, max_abs_diff, t5_fixture};
+use support::{fixture_pool, load_safetensors as load_st, max_abs_diff, t5_fixture};
 
 fn peft_fixture(name: &str) -> PathBuf {
     support::repo_root().join("tests/fixtures/peft").join(name)
@@ -85,9 +85,8 @@ fn imported_peft_adapters_match_transformers_and_peft() {
 fn v1_1_expert(name: &str) -> (LoraExpert, GateVectors) {
     let dir = t5_fixture("v1_1");
     let cfg = base().config;
-    let e = fixture_experts(&dir, &[name], &cfg, &Device::Cpu).remove(0);
-    let g = fixture_gates(&dir, &[name], &cfg, &Device::Cpu).remove(0);
-    (e, g)
+    let (mut e, mut g) = fixture_pool(&dir, &[name], &[name], &cfg, &Device::Cpu);
+    (e.remove(0), g.remove(0))
 }
 
 #[test]

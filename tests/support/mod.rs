@@ -344,37 +344,31 @@ pub fn test_device() -> candle_core::Device {
 }
 
 /// Every tensor of a safetensors file, on the CPU.
-/// The fixture experts `names` (`NAME.safetensors` in `dir`), in that order.
-pub fn fixture_experts(
+/// The fixture's experts `experts` (`NAME.safetensors` in `dir`) and the gates of
+/// `gates` (`NAME.gates.safetensors`), each in the order given.
+pub fn fixture_pool(
     dir: &Path,
-    names: &[&str],
+    experts: &[&str],
+    gates: &[&str],
     config: &goosepipe::model::T5Config,
     dev: &candle_core::Device,
-) -> Vec<goosepipe::model::LoraExpert> {
-    names
-        .iter()
-        .map(|e| {
-            let file = dir.join(format!("{e}.safetensors"));
-            goosepipe::model::LoraExpert::load(&file, config, dev, candle_core::DType::F32).unwrap()
-        })
-        .collect()
-}
-
-/// The fixture gates of experts `names` (`NAME.gates.safetensors` in `dir`), in that
-/// order.
-pub fn fixture_gates(
-    dir: &Path,
-    names: &[&str],
-    config: &goosepipe::model::T5Config,
-    dev: &candle_core::Device,
-) -> Vec<goosepipe::model::GateVectors> {
-    names
-        .iter()
-        .map(|e| {
-            let file = dir.join(format!("{e}.gates.safetensors"));
-            goosepipe::model::GateVectors::load(&file, config, dev, candle_core::DType::F32).unwrap()
-        })
-        .collect()
+) -> (
+    Vec<goosepipe::model::LoraExpert>,
+    Vec<goosepipe::model::GateVectors>,
+) {
+    use goosepipe::model::{GateVectors, LoraExpert};
+    let file = |e: &str, suffix: &str| dir.join(format!("{e}{suffix}.safetensors"));
+    let f32 = candle_core::DType::F32;
+    (
+        experts
+            .iter()
+            .map(|e| LoraExpert::load(&file(e, ""), config, dev, f32).unwrap())
+            .collect(),
+        gates
+            .iter()
+            .map(|e| GateVectors::load(&file(e, ".gates"), config, dev, f32).unwrap())
+            .collect(),
+    )
 }
 
 pub fn load_safetensors(path: impl AsRef<Path>) -> std::collections::HashMap<String, candle_core::Tensor> {
