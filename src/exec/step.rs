@@ -131,23 +131,26 @@ pub struct StepContext<'a> {
 
 impl StepContext<'_> {
     pub fn input(&self, role: &str) -> Result<&InputArtifact, StepError> {
-        self.inputs.iter().find(|i| i.role == role).ok_or_else(|| {
-            StepError::msg(format!(
-                "step {} has no input `{role}` (a bug in the plan)",
-                self.spec.id
-            ))
-        })
+        self.inputs
+            .iter()
+            .find(|i| i.role == role)
+            .ok_or_else(|| self.no_input(role))
     }
 
     /// The key of input `role`, published or not: from the recipe (a preview runs
     /// while some inputs are still to be built).
     pub fn input_key(&self, role: &str) -> Result<Key, StepError> {
-        self.spec.input(role).map(|i| i.key).ok_or_else(|| {
-            StepError::msg(format!(
-                "step {} has no input `{role}` (a bug in the plan)",
-                self.spec.id
-            ))
-        })
+        self.spec
+            .input(role)
+            .map(|i| i.key)
+            .ok_or_else(|| self.no_input(role))
+    }
+
+    fn no_input(&self, role: &str) -> StepError {
+        StepError::msg(format!(
+            "step {} has no input `{role}` (a bug in the plan)",
+            self.spec.id
+        ))
     }
 
     /// The members of `kind` with their keys, published or not (from the recipe).

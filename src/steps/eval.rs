@@ -412,21 +412,18 @@ impl StepRunner for EvalStep {
         let distinct = run.distinct_tokens(&tok, eos)?;
         let parts = Parts::snapshot(ctx);
         let mut tally = Tally::default();
-        for m in &run.order() {
-            for t in &run.tasks {
-                let part = run.part_key(m, t, distinct.get(&t.name))?;
-                let found = parts.find(&part, m, &t.name, t.examples.len());
-                // A part an eval earlier in the plan scores is that one's to count.
-                if found.is_none()
-                    && ctx
-                        .planned
-                        .is_some_and(|p| !p.first(&format!("eval-part:{part}")))
-                {
-                    tally.count_planned();
-                    continue;
-                }
-                tally.count(found.as_ref().map(|(_, how)| how));
+        for (m, t, part) in run.parts(&distinct)? {
+            let found = parts.find(&part, &m, &t.name, t.examples.len());
+            // A part an eval earlier in the plan scores is that one's to count.
+            if found.is_none()
+                && ctx
+                    .planned
+                    .is_some_and(|p| !p.first(&format!("eval-part:{part}")))
+            {
+                tally.count_planned();
+                continue;
             }
+            tally.count(found.as_ref().map(|(_, how)| how));
         }
         Ok(Some(tally.preview()))
     }
@@ -637,30 +634,32 @@ impl<'a> EvalRun<'a> {
         method.adapters(&pool.given_to(method)).map_err(fail)
     }
 
-    /// The inputs of needed kind `kind`: the eval's input `KIND` (one for the pool,
-    /// no member name) or `KIND:NAME` (one per member, in name order).
-    fn needed(&self, kind: &str) -> Result<Vec<(Option<&str>, &crate::exec::InputArtifact)>, StepError> {
-        match self.ctx.input(kind) {
-            Ok(pooled) => Ok(vec![(None, pooled)]),
-            Err(_) => self
-                .names
-                .iter()
-                .map(|n| Ok((Some(n.as_str()), self.ctx.member(kind, n)?)))
-                .collect(),
+    /// The roles of needed kind `kind`: the eval's input `KIND` (one for the pool, no
+    /// member name) or `KIND:NAME` (one per member, in name order), from the recipe.
+    fn needed_roles(&self, kind: &str) -> Vec<(Option<&str>, String)> {
+        if self.ctx.spec.input(kind).is_some() {
+            return vec![(None, kind.to_string())];
         }
+        self.names
+            .iter()
+            .map(|n| (Some(n.as_str()), member_role(kind, n)))
+            .collect()
     }
 
-    /// The keys of the inputs of needed kind `kind`, as [`EvalRun::needed`], published
-    /// or not.
+    /// The inputs of needed kind `kind` (see [`EvalRun::needed_roles`]).
+    fn needed(&self, kind: &str) -> Result<Vec<(Option<&str>, &crate::exec::InputArtifact)>, StepError> {
+        self.needed_roles(kind)
+            .into_iter()
+            .map(|(member, role)| Ok((member, self.ctx.input(&role)?)))
+            .collect()
+    }
+
+    /// The keys of the inputs of needed kind `kind`, published or not.
     fn needed_keys(&self, kind: &str) -> Result<Vec<(Option<&str>, Key)>, StepError> {
-        match self.ctx.input_key(kind) {
-            Ok(pooled) => Ok(vec![(None, pooled)]),
-            Err(_) => self
-                .names
-                .iter()
-                .map(|n| Ok((Some(n.as_str()), self.ctx.input_key(&member_role(kind, n))?)))
-                .collect(),
-        }
+        self.needed_roles(kind)
+            .into_iter()
+            .map(|(member, role)| Ok((member, self.ctx.input_key(&role)?)))
+            .collect()
     }
 
     /// The key of part (`m`, `t`): everything its scores and routing depend on, and
@@ -752,6 +751,22 @@ impl<'a> EvalRun<'a> {
         Ok(k.finish())
     }
 
+    /// Every (method, task) of the eval, in order, with its part key. `distinct`: each
+    /// owned task's marked tokens ([`EvalRun::distinct_tokens`]).
+    fn parts(
+        &self,
+        distinct: &BTreeMap<String, std::collections::HashSet<u32>>,
+    ) -> Result<Vec<(String, &Task, String)>, StepError> {
+        let mut parts = vec![];
+        for m in self.order() {
+            for t in &self.tasks {
+                let part = self.part_key(&m, t, distinct.get(&t.name))?;
+                parts.push((m.clone(), t, part));
+            }
+        }
+        Ok(parts)
+    }
+
     /// Every (method, task): resumed from an interrupted run of this key, reused from
     /// an earlier eval that scored the same part, taken from another eval's saved
     /// progress, or scored now. A part another eval is scoring at the moment is left
@@ -768,17 +783,12 @@ impl<'a> EvalRun<'a> {
         let parts = Parts::new(ctx);
         let distinct = self.distinct_tokens(&base.tokenizer, base.config().eos_token_id)?;
         let mut scorer = PartScorer::default();
-        let mut pending = vec![];
-        for m in &order {
-            for t in &self.tasks {
-                pending.push((m, t, self.part_key(m, t, distinct.get(&t.name))?));
-            }
-        }
+        let mut pending = self.parts(&distinct)?;
         // Twice at most: the second time, nothing is left for later.
         for last in [false, true] {
             let mut later = vec![];
             for (m, t, part) in pending {
-                let found = parts.find(&part, m, &t.name, t.examples.len());
+                let found = parts.find(&part, &m, &t.name, t.examples.len());
                 // A part to score is marked first; one a running eval is scoring
                 // (or marked at the same moment, with a key that sorts first) waits.
                 let wait = match found {
@@ -790,7 +800,7 @@ impl<'a> EvalRun<'a> {
                     later.push((m, t, part));
                     continue;
                 }
-                let job = (m, t, part.as_str());
+                let job = (&m, t, part.as_str());
                 self.finish_part(base, &parts, &mut scorer, &mut scored, job, found, &distinct)?;
             }
             if later.is_empty() {

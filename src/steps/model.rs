@@ -91,25 +91,23 @@ impl StepRunner for ModelStep {
             )?;
             Ok(())
         };
-        for e in &ctx.spec.externals {
-            match e {
-                External::Hub { repo, .. } => {
-                    let (dir, commit) = super::common::resolve_pinned(ctx, e, resolve_model_reporting)?;
-                    return pointer(&ModelPointer {
-                        source: format!("hub:{repo}"),
-                        dir,
-                        commit: Some(commit),
-                    });
-                }
-                External::Path { path, role, .. } if role == "path" => {
-                    return pointer(&ModelPointer {
-                        source: "path".into(),
-                        dir: PathBuf::from(path),
-                        commit: None,
-                    });
-                }
-                _ => {}
+        match source(ctx) {
+            Some(e @ External::Hub { repo, .. }) => {
+                let (dir, commit) = super::common::resolve_pinned(ctx, e, resolve_model_reporting)?;
+                return pointer(&ModelPointer {
+                    source: format!("hub:{repo}"),
+                    dir,
+                    commit: Some(commit),
+                });
             }
+            Some(External::Path { path, .. }) => {
+                return pointer(&ModelPointer {
+                    source: "path".into(),
+                    dir: PathBuf::from(path),
+                    commit: None,
+                });
+            }
+            None => {}
         }
         if let Some(init) = ctx.params::<ModelParams>()?.init {
             return init_and_pretrain(ctx, &init, &pointer);
@@ -125,15 +123,20 @@ impl StepRunner for ModelStep {
     }
     /// Pretraining's saved state (a hub or local model has nothing to resume).
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
-        let sourced = ctx.spec.externals.iter().any(|e| match e {
-            External::Hub { .. } => true,
-            External::Path { role, .. } => role == "path",
-        });
         Ok(match ctx.params::<ModelParams>()?.init {
-            Some(init) if !sourced => super::common::training_preview(ctx, init.pretrain_steps),
+            Some(init) if source(ctx).is_none() => super::common::training_preview(ctx, init.pretrain_steps),
             _ => None,
         })
     }
+}
+
+/// The external a model step points at (`hub=` or `path=`), if it is not built by
+/// the pipeline.
+fn source<'s>(ctx: &'s StepContext) -> Option<&'s External> {
+    ctx.spec.externals.iter().find(|e| match e {
+        External::Hub { .. } => true,
+        External::Path { role, .. } => role == "path",
+    })
 }
 
 /// A model step's parameters: `init` when the pipeline builds the model (hub and
