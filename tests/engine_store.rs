@@ -331,7 +331,7 @@ fn cancelled_step_resumes_from_its_checkpoint() {
     let cancel = CancelFlag::new();
     let (code, out) = p.run_cancellable(&reg, &RunOptions::default(), &cancel);
     assert_eq!(code, 130, "{out}");
-    assert!(out.contains("run `goosepipe run"), "{out}");
+    assert!(out.contains("run the same command again to resume."), "{out}");
     let store = Store::open(p.store()).unwrap();
     let k = key_of(&p, &reg, "expert:a");
     assert!(!store.object_dir(&k).exists());
@@ -340,6 +340,24 @@ fn cancelled_step_resumes_from_its_checkpoint() {
         "20"
     );
     log.take();
+    // A lockfile from a run on another store pins the step as built: this store's
+    // saved progress still says interrupted (it said "artifact missing").
+    let lock_path = p.dir.path().join("pipeline.kdl.lock");
+    let lock = std::fs::read_to_string(&lock_path).unwrap();
+    let line = format!("step \"expert:a\" key=\"{}\"", k.hex());
+    assert!(lock.contains(&line), "{lock}");
+    std::fs::write(
+        &lock_path,
+        lock.replace(&line, &format!("{line} digest=\"{}\"", "0".repeat(64))),
+    )
+    .unwrap();
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(
+        plan_line(&text, "expert:a").contains("stale: interrupted in an earlier run"),
+        "{text}"
+    );
+    std::fs::write(&lock_path, lock).unwrap();
 
     let resuming = Behaviour {
         resumable: Some(("expert:a".into(), 50, None)),
@@ -465,6 +483,59 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
         lock_text,
         "--locked never writes the lockfile"
     );
+}
+
+#[test]
+fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let lock_path = p.dir.path().join("pipeline.kdl.lock");
+    let pinned = std::fs::read_to_string(&lock_path).unwrap();
+    let line_of = |text: &str, id: &str| -> String {
+        text.lines()
+            .find(|l| l.contains(&format!("step \"{id}\"")))
+            .unwrap_or_else(|| panic!("{id}: {text}"))
+            .to_string()
+    };
+    p.write(&BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\" {\n    gate steps=6\n}",
+    ));
+    let until = RunOptions {
+        until: Some("gate:b".into()),
+        ..Default::default()
+    };
+    assert_eq!(p.run(&reg, &until).0, 0);
+    let after = std::fs::read_to_string(&lock_path).unwrap();
+    // What the run built is pinned anew; what it did not build keeps its pin (key
+    // and digest): it was written with the new key and no digest, losing both.
+    assert_ne!(line_of(&after, "gate:b"), line_of(&pinned, "gate:b"));
+    for id in ["pool:p", "eval:e"] {
+        assert_eq!(line_of(&after, id), line_of(&pinned, id), "{after}");
+    }
+    // So plan still says what changed (it said "not built yet (nor was it at the
+    // lockfile's run)", which was false), and --locked refuses the new keys.
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(
+        plan_line(&text, "pool:p").contains("stale: input changed: gate:b"),
+        "{text}"
+    );
+    assert!(!text.contains("nor was it"), "{text}");
+    let err = p.refused(
+        &reg,
+        &RunOptions {
+            locked: true,
+            ..Default::default()
+        },
+    );
+    assert!(err.contains("pool:p has key"), "{err}");
+    // The full run pins the rest.
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let done = std::fs::read_to_string(&lock_path).unwrap();
+    assert_ne!(line_of(&done, "pool:p"), line_of(&pinned, "pool:p"));
+    assert!(line_of(&done, "pool:p").contains("digest="), "{done}");
 }
 
 #[test]

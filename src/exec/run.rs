@@ -521,8 +521,9 @@ pub fn execute(
 }
 
 /// The lockfile after a run: every step of the plan that is in the store, every local
-/// file's digest, every pin recorded by the artifacts. Steps the manifest no longer
-/// has are dropped.
+/// file's digest, every pin recorded by the artifacts; a step that is not in the store
+/// keeps its old entry (a new one is entered with its key and no digest). Steps the
+/// manifest no longer has are dropped.
 pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
     let mut lock = Lockfile::default();
     for s in &plan.steps {
@@ -540,9 +541,11 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
                 }
             }
             None => {
-                // Not built yet: keep what the lockfile said about this step if the
-                // key is unchanged, so a failed run does not lose information.
-                if let Some(l) = old.steps.get(&s.spec.id).filter(|l| l.key == s.spec.key) {
+                // Not built by this run (a failure, an interrupt, `--until`, `--only`):
+                // the lockfile keeps what it said about the step, its old key and
+                // digest included, so the pin is not lost and `plan` still says what
+                // changed since (`--locked` then refuses the new key, as it should).
+                if let Some(l) = old.steps.get(&s.spec.id) {
                     lock.steps.insert(s.spec.id.clone(), l.clone());
                 } else {
                     lock.steps.insert(

@@ -295,18 +295,27 @@ fn has_progress(store: &Store, spec: &StepSpec) -> bool {
 }
 
 fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
+    let mut reasons = why_not_built(spec, store, lock);
+    // Saved progress says more than the lockfile: this store's run of the step was
+    // interrupted (the lockfile may come from a run on another store, or pin the key
+    // the step had before an edit).
+    if has_progress(store, spec) {
+        match reasons.as_slice() {
+            [Reason::New | Reason::Missing | Reason::NeverBuilt] => reasons = vec![Reason::Interrupted],
+            _ => reasons.push(Reason::Interrupted),
+        }
+    }
+    reasons
+}
+
+/// Why a step's artifact is not in the store, from the lockfile and the old recipe.
+fn why_not_built(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
     let Some(locked) = lock.steps.get(&spec.id) else {
-        return vec![if has_progress(store, spec) {
-            Reason::Interrupted
-        } else {
-            Reason::New
-        }];
+        return vec![Reason::New];
     };
     if locked.key == spec.key {
         return vec![if locked.digest.is_some() {
             Reason::Missing
-        } else if has_progress(store, spec) {
-            Reason::Interrupted
         } else {
             Reason::NeverBuilt
         }];
@@ -328,11 +337,7 @@ fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
                 vec![Reason::InputsMovedSinceLock { inputs: moved }]
             } else if locked.digest.is_none() {
                 // Its last key was never built either: nothing to compare with.
-                vec![if has_progress(store, spec) {
-                    Reason::Interrupted
-                } else {
-                    Reason::NeverBuilt
-                }]
+                vec![Reason::NeverBuilt]
             } else {
                 vec![Reason::KeyChanged {
                     old: locked.key.short(),
