@@ -231,8 +231,10 @@ struct ScoreArgs {
     /// (file or store step name), else one per expert in the order of --experts.
     #[arg(long, num_args = 1..)]
     gates: Vec<PathBuf>,
-    /// How several experts combine: single, or an evaluation method that runs with
-    /// adapters alone (phatgoose, merged, arrow, base).
+    /// How the experts combine: single (one expert's LoRA alone, as evaluations and
+    /// PEFT run it; its gate is not applied), gated (one expert with its gate applied,
+    /// as in gate training), or an evaluation method that runs with adapters alone
+    /// (phatgoose, merged, arrow, base).
     #[arg(long, default_value = "single")]
     router: String,
     /// Experts kept per token and module by a routed method.

@@ -150,6 +150,48 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
 }
 
 #[test]
+fn one_expert_scores_as_its_lora_alone_unless_gated_is_asked() {
+    let dir = fixture("v1_1");
+    let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
+    // A gate file lies beside the expert, as in every store and export folder.
+    req.experts = vec![dir.join("expert_a.safetensors")];
+    assert!(dir.join("expert_a.gates.safetensors").is_file());
+    let single = score(&req).unwrap();
+    // The LoRA alone is what a pool of one merges to (and what evals and PEFT run):
+    // `single` applied the gate found beside the file, silently.
+    req.router = RouterChoice::parse("merged").unwrap();
+    let merged = score(&req).unwrap();
+    assert!(
+        (single.total - merged.total).abs() < 1e-4,
+        "{} {}",
+        single.total,
+        merged.total
+    );
+    req.router = RouterChoice::parse("gated").unwrap();
+    let gated = score(&req).unwrap();
+    assert!(
+        (gated.total - single.total).abs() > 1e-3,
+        "the gate scales the LoRA: {} {}",
+        gated.total,
+        single.total
+    );
+    assert!(render_text(&gated).contains("experts (gated): expert_a"));
+    // Gated needs one expert and its gate.
+    req.experts.push(dir.join("expert_b.safetensors"));
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("--router gated takes one expert, 2 were given"),
+        "{err}"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let lone = t.path().join("expert_a.safetensors");
+    std::fs::copy(dir.join("expert_a.safetensors"), &lone).unwrap();
+    req.experts = vec![lone];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("expert `expert_a` has none"), "{err}");
+}
+
+#[test]
 fn score_takes_peft_adapter_folders_with_their_gates() {
     use goosepipe::model::checkpoint::peft;
     use goosepipe::model::{GateVectors, LoraExpert, T5Model};

@@ -585,6 +585,51 @@ expert "sort" model="t" dataset="sort" {
     let b = model.encode(&ids, &mask).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
 
+    // Two gates of the expert (a gate setting tried and reverted): the export takes
+    // the one the last run used, and says so (it exported no gate at all).
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let gate_key = || s.find("gate:sort").unwrap().key;
+    let first = gate_key();
+    std::fs::write(&manifest, text.replace("gate steps=1", "gate steps=2")).unwrap();
+    assert_eq!(support::run_product(&manifest, &store).0, 0);
+    let second = gate_key();
+    assert_ne!(first, second);
+    for (manifest_text, want) in [
+        (text.replace("gate steps=1", "gate steps=2"), second),
+        (text.clone(), first),
+    ] {
+        std::fs::write(&manifest, manifest_text).unwrap();
+        assert_eq!(support::run_product(&manifest, &store).0, 0);
+        let to = dir.path().join(format!("sort-peft-{}", want.short()));
+        let mut said = Vec::new();
+        goosepipe::app::export("expert:sort", None, &to, &store, &mut said).unwrap();
+        let said = String::from_utf8(said).unwrap();
+        assert!(
+            said.contains(&format!(
+                "2 gates of expert:sort in the store (different gate settings): exported gate:sort {}, the one the last run used",
+                want.short()
+            )),
+            "{said}"
+        );
+        let exported = peft::import_gates(&to, "sort", &model.config, &Device::Cpu)
+            .unwrap()
+            .expect("the gate goes along");
+        let stored = goosepipe::model::GateVectors::load(
+            &s.files_dir(&want).join(goosepipe::artifact_files::GATES_FILE),
+            &model.config,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let values = |g: &goosepipe::model::GateVectors| -> Vec<(String, Vec<f32>)> {
+            g.gates
+                .iter()
+                .map(|(m, t)| (m.clone(), t.to_vec1::<f32>().unwrap()))
+                .collect()
+        };
+        assert_eq!(values(&exported), values(&stored));
+    }
+
     // A model step exports as an HF checkpoint folder.
     let m = dir.path().join("model");
     goosepipe::app::export("model:t", None, &m, &store, &mut Vec::new()).unwrap();

@@ -119,6 +119,19 @@ fn gates_of(store: &Store, expert: &ArtifactMeta) -> Vec<ArtifactMeta> {
         .collect()
 }
 
+/// Of several gates of one expert: the one the last run of a manifest used (as
+/// `show gate:NAME` finds it), else the newest.
+fn last_used(store: &Store, gates: Vec<ArtifactMeta>) -> ArtifactMeta {
+    let used = gates.iter().position(|g| store.named(&g.spec.id) == Some(g.key));
+    let newest = || {
+        (0..gates.len())
+            .max_by(|&a, &b| gates[a].finished_unix.total_cmp(&gates[b].finished_unix))
+            .expect("several gates")
+    };
+    let at = used.unwrap_or_else(newest);
+    gates.into_iter().nth(at).expect("an index of gates")
+}
+
 /// Exports `what` (a step id, name, key or key prefix in the store) in PEFT's format into `out`.
 pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, String> {
     let meta = store.find(what)?;
@@ -150,11 +163,19 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
                 }
                 1 => gates.into_iter().next(),
                 n => {
+                    let chosen = last_used(store, gates);
                     notes.push(format!(
-                        "{n} gates of {} in the store (different gate settings): export the gate artifact by its key to choose one",
-                        meta.spec.id
+                        "{n} gates of {} in the store (different gate settings): exported {} {}, {}; export a gate by its key to choose another",
+                        meta.spec.id,
+                        chosen.spec.id,
+                        chosen.key.short(),
+                        if store.named(&chosen.spec.id) == Some(chosen.key) {
+                            "the one the last run used"
+                        } else {
+                            "the newest"
+                        }
                     ));
-                    None
+                    Some(chosen)
                 }
             };
             (meta, gate)

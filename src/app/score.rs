@@ -25,9 +25,13 @@ use crate::route::{self, Method, Scoring};
 /// `base`), or none.
 #[derive(Clone, Copy)]
 pub enum RouterChoice {
-    /// No routing: zero experts (base model) or exactly one (its LoRA, gated
-    /// by its gate vectors when a gate file is given).
+    /// No routing: zero experts (base model) or exactly one (its LoRA alone, as an
+    /// eval's `expert:NAME` and PEFT run it: at inference a gate is a router, never
+    /// applied).
     Single,
+    /// Exactly one expert with its gate applied, `W u + sigmoid(v . u) B A u`: the
+    /// model the gate was trained in.
+    Gated,
     Method(&'static dyn Method),
 }
 
@@ -38,6 +42,7 @@ impl RouterChoice {
         }
         match s {
             "single" | "none" => Ok(RouterChoice::Single),
+            "gated" => Ok(RouterChoice::Gated),
             "merge" => Ok(RouterChoice::Method(&crate::route::merged::Merged)),
             _ => route::find(route::METHODS, s)
                 .filter(usable)
@@ -50,7 +55,7 @@ impl RouterChoice {
                         .map(|m| m.name())
                         .collect();
                     ModelError::Input(format!(
-                        "unknown router `{s}` (expected {} or single)",
+                        "unknown router `{s}` (expected {}, single or gated)",
                         names.join(", ")
                     ))
                 }),
@@ -60,6 +65,7 @@ impl RouterChoice {
     pub fn name(&self) -> &'static str {
         match self {
             RouterChoice::Single => "single",
+            RouterChoice::Gated => "gated",
             RouterChoice::Method(m) => m.name(),
         }
     }
@@ -194,7 +200,7 @@ pub fn load_pool(
 }
 
 /// The adapters `router` makes of `experts` (with `gates`): none for no expert, one
-/// expert's LoRA (gated when it has gates) without a router, else the method's.
+/// expert's LoRA without a router (gated by its gate with `gated`), else the method's.
 pub fn adapters_for(
     router: RouterChoice,
     experts: &[LoraExpert],
@@ -205,12 +211,19 @@ pub fn adapters_for(
 ) -> Result<AdapterSet> {
     match (router, experts.len()) {
         (_, 0) => Ok(AdapterSet::new()),
-        (RouterChoice::Single, 1) => match gates.first() {
+        (RouterChoice::Single, 1) => Ok(AdapterSet::from_lora(&experts[0])),
+        (RouterChoice::Gated, 1) => match gates.first() {
             Some(g) => AdapterSet::from_gated(&experts[0], g),
-            None => Ok(AdapterSet::from_lora(&experts[0])),
+            None => Err(ModelError::Input(format!(
+                "--router gated applies an expert's gate, and expert `{}` has none (a gate file beside it, or --gates)",
+                experts[0].name
+            ))),
         },
         (RouterChoice::Single, n) => Err(ModelError::Input(format!(
             "{n} experts given without a router; pass --router phatgoose or merged"
+        ))),
+        (RouterChoice::Gated, n) => Err(ModelError::Input(format!(
+            "--router gated takes one expert, {n} were given; pass --router phatgoose or merged"
         ))),
         (RouterChoice::Method(m), _) => m.adapters(
             &route::Pool {
