@@ -426,7 +426,12 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
     let v = goosepipe(d.path(), None, &["verify", "crash.kdl"]);
     assert_eq!(v.code, Some(0), "{}", v.text);
     let rep = goosepipe(d.path(), None, &["report", "crash.kdl"]);
-    assert!(rep.text.contains("eval:e: not built yet"), "{}", rep.text);
+    // The hint is a command to copy: it names the store this report read.
+    let hint = format!(
+        "eval:e: not built yet (run `goosepipe run crash.kdl --store {}`)",
+        d.path().join("store").display()
+    );
+    assert!(rep.text.contains(&hint), "{}", rep.text);
     let r = goosepipe(d.path(), None, &["run", "crash.kdl", "--verify"]);
     assert_eq!(r.code, Some(0), "{}", r.text);
     assert_eq!(digests(d.path()), want);

@@ -506,7 +506,10 @@ fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
     for format in ["md", "csv"] {
         let r = cli(Path::new("none"), &["report", m, "--format", format]);
         let r = String::from_utf8_lossy(&r.stdout).to_string();
-        let (zz, aa) = (r.find("zz (").unwrap(), r.find("aa (").unwrap());
+        let (zz, aa) = match format {
+            "md" => (r.find("| zz (").unwrap(), r.find("| aa (").unwrap()),
+            _ => (r.find(",zz,").unwrap(), r.find(",aa,").unwrap()),
+        };
         assert!(zz < aa, "{format}: {r}");
         // The routing-quality table too.
         if format == "md" {
@@ -517,6 +520,14 @@ fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
             assert!(zz < aa, "{r}");
         }
     }
+    // JSON carries the routing-quality record that md shows as a table.
+    let r = cli(Path::new("none"), &["report", m, "--format", "json"]);
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&r.stdout).unwrap();
+    let owned = records
+        .iter()
+        .find(|v| v["routing_quality"]["own"]["phatgoose"]["zz"].is_object())
+        .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&r.stdout)));
+    assert!(owned["routing_quality"]["own"]["phatgoose"]["aa"].is_object());
     let note = "the PNGs have no text (the SVGs do)";
     assert!(!String::from_utf8_lossy(&with.stdout).contains(note));
     assert!(String::from_utf8_lossy(&without.stdout).contains(note));

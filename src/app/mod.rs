@@ -14,7 +14,7 @@ use crate::exec::{self, CancelFlag, Registry, RunOptions};
 use crate::plan::{self, Plan, Status, render};
 use crate::store::fsutil::human_size;
 use crate::store::lockfile::{Lockfile, lock_path};
-use crate::store::{HashCache, Store};
+use crate::store::{DEFAULT_STORE, HashCache, Store};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -342,9 +342,8 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     if !report.cancelled.is_empty() {
         let _ = writeln!(
             out,
-            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept; run `goosepipe run {}` again to resume.",
+            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept; run the same command again to resume.",
             report.cancelled.len(),
-            path.display()
         );
         return Ok(EXIT_INTERRUPTED);
     }
@@ -519,9 +518,9 @@ pub fn report(
         {
             let _ = writeln!(
                 notes,
-                "{}: its artifact is corrupt ({reason}); moved aside, `goosepipe run {}` rebuilds it",
+                "{}: its artifact is corrupt ({reason}); moved aside, `{}` rebuilds it",
                 s.spec.id,
-                path.display()
+                run_command(path, &store.root)
             );
             corrupt = true;
             continue;
@@ -538,7 +537,7 @@ pub fn report(
             match format {
                 "json" => match with_step(read_record(&files, crate::steps::study::STUDY_JSON))? {
                     Some(v) => json_items.push(v),
-                    None => not_built(notes, &s.spec.id, path),
+                    None => not_built(notes, &s.spec.id, path, &store.root),
                 },
                 "csv" => {
                     let _ = writeln!(
@@ -554,7 +553,7 @@ pub fn report(
                         any = true;
                         let _ = writeln!(out, "{text}");
                     }
-                    None => not_built(notes, &s.spec.id, path),
+                    None => not_built(notes, &s.spec.id, path, &store.root),
                 },
             }
             continue;
@@ -569,20 +568,28 @@ pub fn report(
                     any = true;
                     json_items.push(v);
                 }
-                None => not_built(notes, &s.spec.id, path),
+                None => not_built(notes, &s.spec.id, path, &store.root),
             }
             continue;
         }
         let text = match format {
-            // Each row starts with its eval's step id: several evals' tables stay apart.
+            // Long records under one header (evals differ in their methods), each
+            // starting with its eval's step id.
             "csv" => eval_results(&files, &order)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?
-                .map(|r| r.csv_with_step(&s.spec.id).trim_end().to_string()),
+                .map(|r| {
+                    let head = if any {
+                        String::new()
+                    } else {
+                        format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
+                    };
+                    format!("{head}{}", r.csv_long(&s.spec.id).trim_end())
+                }),
             _ => headed_markdown(&files, &s.spec.kind, &s.spec.name, &order)
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
         let Some(text) = text else {
-            not_built(notes, &s.spec.id, path);
+            not_built(notes, &s.spec.id, path, &store.root);
             continue;
         };
         any = true;
@@ -674,9 +681,15 @@ fn named_results_json(
     name: &str,
     order: &[String],
 ) -> Result<Option<serde_json::Value>, String> {
+    let quality = read_record::<serde_json::Value>(files, crate::eval::routing_quality::QUALITY_JSON)?;
     Ok(eval_results(files, order)?.map(|mut r| {
         r.title = format!("{name} ({})", r.title);
-        serde_json::to_value(&r).expect("json")
+        let mut v = serde_json::to_value(&r).expect("json");
+        // What md shows as the routing-quality table (evals with owned tasks).
+        if let Some(q) = quality {
+            v["routing_quality"] = q;
+        }
+        v
     }))
 }
 
@@ -691,12 +704,36 @@ fn read_record<T: serde::de::DeserializeOwned>(files: &Path, file: &str) -> Resu
         .map_err(|e| format!("unreadable {file}: {e}"))
 }
 
-fn not_built(out: &mut dyn Write, id: &str, manifest: &Path) {
+fn not_built(out: &mut dyn Write, id: &str, manifest: &Path, store: &Path) {
     let _ = writeln!(
         out,
-        "{id}: not built yet (run `goosepipe run {}`)",
-        manifest.display()
+        "{id}: not built yet (run `{}`)",
+        run_command(manifest, store)
     );
+}
+
+/// The `goosepipe run` command that builds `manifest` into the store at `store`, to
+/// copy from a hint: `--store` is named unless it is where a bare command looks.
+fn run_command(manifest: &Path, store: &Path) -> String {
+    let default = std::env::var_os("GOOSEPIPE_STORE").unwrap_or_else(|| DEFAULT_STORE.into());
+    let mut cmd = format!("goosepipe run {}", shell_word(manifest));
+    if store != Path::new(&default) {
+        cmd.push_str(&format!(" --store {}", shell_word(store)));
+    }
+    cmd
+}
+
+/// A path as one shell word: quoted when it holds anything but plain characters.
+fn shell_word(p: &Path) -> String {
+    let s = p.display().to_string();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/; the

@@ -98,12 +98,6 @@ impl Results {
         self.csv_led_by(None)
     }
 
-    /// The CSV with a first column (`step`, the eval's id) on every record, so several
-    /// evals' tables stay apart in one file.
-    pub fn csv_with_step(&self, step: &str) -> String {
-        self.csv_led_by(Some(("step", step)))
-    }
-
     fn csv_led_by(&self, lead: Option<(&str, &str)>) -> String {
         let methods: Vec<String> = self.methods.iter().map(|m| csv_field(m)).collect();
         let (head, cell) = match lead {
@@ -120,7 +114,35 @@ impl Results {
         }
         out
     }
+
+    /// The scores as long records under [`LONG_CSV_HEADER`], one per (task, method)
+    /// scored, then one per method for the mean (task `mean`, no metric): the evals of
+    /// a manifest have different methods, so one header fits them all only this way.
+    pub fn csv_long(&self, step: &str) -> String {
+        let mut out = String::new();
+        let mut record = |task: &str, metric: &str, method: &str, score: f64| {
+            let fields = [step, task, metric, method].map(csv_field);
+            let _ = writeln!(out, "{},{score:.6}", fields.join(","));
+        };
+        for t in &self.tasks {
+            let metric = self.metrics.get(t).map(String::as_str).unwrap_or("");
+            for m in &self.methods {
+                if let Some(&x) = self.scores.get(t).and_then(|s| s.get(m)) {
+                    record(t, metric, m, x);
+                }
+            }
+        }
+        for m in &self.methods {
+            if let Some(x) = self.mean(m) {
+                record("mean", "", m, x);
+            }
+        }
+        out
+    }
 }
+
+/// The columns of [`Results::csv_long`].
+pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score";
 
 /// A CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a
 /// comma, a quote or a line break; as it is otherwise, so plain names read the same.
@@ -202,8 +224,8 @@ mod tests {
             .insert("two\nlines".into(), BTreeMap::from([("base".into(), 0.5)]));
         // Every record starts with the step, the quoted field keeps its line break.
         assert_eq!(
-            r.csv_with_step("eval:e"),
-            "step,task,base\neval:e,\"two\nlines\",0.500000\neval:e,mean,0.500000\n"
+            r.csv_long("eval:e"),
+            "eval:e,\"two\nlines\",,base,0.500000\neval:e,mean,,base,0.500000\n"
         );
         let md = r.markdown("e");
         assert!(md.contains("| two lines | **50.0** |"), "{md}");
