@@ -536,6 +536,34 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
     let done = std::fs::read_to_string(&lock_path).unwrap();
     assert_ne!(line_of(&done, "pool:p"), line_of(&pinned, "pool:p"));
     assert!(line_of(&done, "pool:p").contains("digest="), "{done}");
+
+    // Back to the first manifest: every step is cached, and the lockfile pins the
+    // edited version. plan says so (it said nothing, and `run --locked` refused), and a
+    // run that has nothing to build says it rewrote the pins.
+    p.write(BASE);
+    let (plan, status) = p.status(&reg);
+    assert_eq!(status.stale_count(), 0);
+    assert_eq!(status.lock_drift, vec!["gate:b", "pool:p", "eval:e"]);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(
+        text.contains(
+            "lockfile: pipeline.kdl.lock does not pin 3 cached step(s) as they are (gate:b, pool:p, eval:e)"
+        ),
+        "{text}"
+    );
+    let json = goosepipe::plan::render::plan_json(&plan, &status);
+    assert_eq!(
+        json["lockfile_outdated"],
+        serde_json::json!(["gate:b", "pool:p", "eval:e"])
+    );
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("nothing to do: all 12 steps are cached; the lockfile now pins 3 step(s) as they are"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), pinned);
+    assert!(p.status(&reg).1.lock_drift.is_empty());
 }
 
 #[test]

@@ -386,7 +386,20 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             path.display()
         );
     } else if built == 0 {
-        let _ = writeln!(out, "nothing to do: all {} steps are cached", plan.steps.len());
+        // Say it when the lockfile changed: `run --locked` refused just before.
+        let rewritten = if status.lock_drift.is_empty() || opts.locked {
+            String::new()
+        } else {
+            format!(
+                "; the lockfile now pins {} step(s) as they are",
+                status.lock_drift.len()
+            )
+        };
+        let _ = writeln!(
+            out,
+            "nothing to do: all {} steps are cached{rewritten}",
+            plan.steps.len()
+        );
     } else {
         // A step another run built while this one waited for it is not ours to claim.
         let by_other = if report.reused.is_empty() {

@@ -82,7 +82,33 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
     if stale == 0 {
         let _ = writeln!(out, "nothing to do: every step is cached");
     }
+    if let Some(note) = lock_drift_note(plan, status) {
+        let _ = writeln!(out, "{note}");
+    }
     out
+}
+
+/// A line on cached steps the lockfile pins otherwise, if any (everything cached and
+/// yet `run --locked` refused, with nothing in `plan` to say why).
+fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
+    let drift = &status.lock_drift;
+    if drift.is_empty() {
+        return None;
+    }
+    const SHOWN: usize = 5;
+    let mut ids = drift.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if drift.len() > SHOWN {
+        ids.push_str(&format!(", and {} more", drift.len() - SHOWN));
+    }
+    let lock = crate::store::lockfile::lock_path(&plan.manifest.path);
+    let file = lock
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    Some(format!(
+        "lockfile: {file} does not pin {} cached step(s) as they are ({ids}): it was written for another version of the manifest, or not yet; `goosepipe run` rewrites it, `run --locked` refuses until then",
+        drift.len()
+    ))
 }
 
 pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
@@ -117,6 +143,7 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
             "cached": status.states.iter().filter(|s| matches!(s, State::Cached)).count(),
         },
         "steps": steps,
+        "lockfile_outdated": status.lock_drift,
     })
 }
 

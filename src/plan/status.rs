@@ -159,6 +159,10 @@ pub struct Status {
     /// By step index, what running a stale step would do, as its runner tells from
     /// its published inputs (filled by the exec layer's `previews`; empty otherwise).
     pub previews: BTreeMap<usize, String>,
+    /// Cached steps that the lockfile pins otherwise (another key or digest, or not at
+    /// all): it was written by a run of another version of the manifest, and the next
+    /// `run` rewrites it (`run --locked` refuses).
+    pub lock_drift: Vec<String>,
 }
 
 impl Status {
@@ -203,47 +207,38 @@ pub fn status_verified(plan: &Plan, store: &Store, lock: &Lockfile) -> Status {
 
 fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Status {
     use rayon::prelude::*;
-    let n = plan.steps.len();
     // One stat (and for missing steps a lockfile lookup) per step, independent of each
     // other: in parallel, which matters for plans of tens of thousands of steps.
-    let (built, mut reasons): (Vec<bool>, Vec<Vec<Reason>>) = plan
+    let (outcomes, digests): (Vec<(bool, Vec<Reason>)>, Vec<Option<String>>) = plan
         .steps
         .par_iter()
-        .map(|step| match store.presence(&step.spec.key) {
-            Presence::Present(_) if verify => match store.verify(&step.spec.key) {
-                Ok(_) => (true, vec![]),
-                Err(crate::store::StoreError::Corrupt { .. }) => {
-                    match store.quarantine_if_corrupt(&step.spec.key) {
-                        Ok(Some(detail)) => (false, vec![Reason::Corrupt { detail }]),
-                        // Fine on a second read, or being rebuilt by a run right now.
-                        Ok(None) => (true, vec![]),
-                        Err(e) => (
-                            false,
-                            vec![Reason::Corrupt {
-                                detail: e.to_string(),
-                            }],
-                        ),
-                    }
-                }
-                // Unreadable is not corrupt: stale, but nothing is moved.
-                Err(e) => (
-                    false,
-                    vec![Reason::Corrupt {
-                        detail: e.to_string(),
-                    }],
-                ),
-            },
-            Presence::Present(_) => (true, vec![]),
-            Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
-            Presence::Missing if store.was_quarantined(&step.spec.key) => (
-                false,
-                vec![Reason::Corrupt {
-                    detail: "found corrupt and moved aside".into(),
-                }],
-            ),
-            Presence::Missing => (false, why_missing(&step.spec, store, lock)),
+        .map(|step| {
+            let presence = store.presence(&step.spec.key);
+            let digest = match &presence {
+                Presence::Present(m) => Some(m.digest.clone()),
+                _ => None,
+            };
+            (presence_outcome(step, presence, store, lock, verify), digest)
         })
         .unzip();
+    let (built, mut reasons): (Vec<bool>, Vec<Vec<Reason>>) = outcomes.into_iter().unzip();
+    // Cached steps the lockfile pins otherwise (another key, another digest, or not
+    // at all): a run of another version of the manifest wrote it.
+    let lock_drift = plan
+        .steps
+        .iter()
+        .zip(&digests)
+        .zip(&built)
+        .filter(|((s, d), built)| {
+            **built
+                && match lock.steps.get(&s.spec.id) {
+                    None => true,
+                    Some(l) => l.key != s.spec.key || l.digest.as_ref() != d.as_ref() && l.digest.is_some(),
+                }
+        })
+        .map(|((s, _), _)| s.spec.id.clone())
+        .collect();
+    let n = plan.steps.len();
     // What has to run: missing artifacts that are wanted. Sinks are wanted; a missing
     // input of a step that runs is wanted.
     let mut needed = vec![false; n];
@@ -286,6 +281,51 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     Status {
         states,
         previews: BTreeMap::new(),
+        lock_drift,
+    }
+}
+
+/// Whether a step's artifact is there to use, and if not, why.
+fn presence_outcome(
+    step: &crate::plan::Step,
+    presence: Presence,
+    store: &Store,
+    lock: &Lockfile,
+    verify: bool,
+) -> (bool, Vec<Reason>) {
+    match presence {
+        Presence::Present(_) if verify => match store.verify(&step.spec.key) {
+            Ok(_) => (true, vec![]),
+            Err(crate::store::StoreError::Corrupt { .. }) => {
+                match store.quarantine_if_corrupt(&step.spec.key) {
+                    Ok(Some(detail)) => (false, vec![Reason::Corrupt { detail }]),
+                    // Fine on a second read, or being rebuilt by a run right now.
+                    Ok(None) => (true, vec![]),
+                    Err(e) => (
+                        false,
+                        vec![Reason::Corrupt {
+                            detail: e.to_string(),
+                        }],
+                    ),
+                }
+            }
+            // Unreadable is not corrupt: stale, but nothing is moved.
+            Err(e) => (
+                false,
+                vec![Reason::Corrupt {
+                    detail: e.to_string(),
+                }],
+            ),
+        },
+        Presence::Present(_) => (true, vec![]),
+        Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
+        Presence::Missing if store.was_quarantined(&step.spec.key) => (
+            false,
+            vec![Reason::Corrupt {
+                detail: "found corrupt and moved aside".into(),
+            }],
+        ),
+        Presence::Missing => (false, why_missing(&step.spec, store, lock)),
     }
 }
 
