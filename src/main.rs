@@ -218,7 +218,8 @@ struct ExecArgs {
 
 #[derive(clap::Args)]
 struct ScoreArgs {
-    /// A local checkpoint folder or a hub repo id.
+    /// A local checkpoint folder, a hub repo id, or a model step's store folder
+    /// (`goosepipe show model:NAME --path`).
     #[arg(long)]
     model: String,
     #[arg(long, default_value = "main")]

@@ -679,6 +679,10 @@ fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
     );
     assert_eq!(show("p").unwrap(), show("pool:p").unwrap());
     assert!(show("expert:a").is_ok());
+    // Too short to be a key prefix: said (it read as "no artifact matches").
+    let three = Store::open(p.store()).unwrap().find("pool:p").unwrap().key.hex()[..3].to_string();
+    let err = show(&three).unwrap_err();
+    assert!(err.contains("a key prefix needs at least 4 hex digits"), "{err}");
 
     // A name made of hex digits may also start a key: refused, naming both (it showed
     // the artifact of the key, silently).

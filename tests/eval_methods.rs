@@ -529,8 +529,10 @@ fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
         .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&r.stdout)));
     assert!(owned["routing_quality"]["own"]["phatgoose"]["aa"].is_object());
     let note = "the PNGs have no text (the SVGs do)";
-    assert!(!String::from_utf8_lossy(&with.stdout).contains(note));
-    assert!(String::from_utf8_lossy(&without.stdout).contains(note));
+    // Notes go to stderr: `report > results.md` keeps the tables alone.
+    assert!(!String::from_utf8_lossy(&with.stderr).contains(note));
+    assert!(String::from_utf8_lossy(&without.stderr).contains(note));
+    assert!(!String::from_utf8_lossy(&without.stdout).contains("note:"));
     let png = |to: &str| std::fs::read(dir.path().join(to).join("good/scores.png")).unwrap();
     assert_ne!(png("with"), png("without"), "the text changes the picture");
     assert_eq!(

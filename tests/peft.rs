@@ -630,6 +630,21 @@ expert "sort" model="t" dataset="sort" {
         assert_eq!(values(&exported), values(&stored));
     }
 
+    // `score --model` takes the model step's store folder (as `show --path` prints
+    // it; it said "config.json not found"): the same numbers as the exported base.
+    let model_key = s.find("model:t").unwrap().key;
+    let expert_file = s
+        .files_dir(&s.find("expert:sort").unwrap().key)
+        .join(goosepipe::artifact_files::EXPERT_FILE);
+    let mut req = goosepipe::app::score::ScoreRequest::new(base_dir.to_str().unwrap(), "b a c", "a b c");
+    req.experts = vec![expert_file];
+    let from_export = goosepipe::app::score::score(&req).unwrap();
+    for folder in [s.files_dir(&model_key), s.object_dir(&model_key)] {
+        req.model = folder.to_str().unwrap().to_owned();
+        let from_store = goosepipe::app::score::score(&req).unwrap();
+        assert_eq!(from_store.total, from_export.total, "{}", folder.display());
+    }
+
     // A model step exports as an HF checkpoint folder.
     let m = dir.path().join("model");
     goosepipe::app::export("model:t", None, &m, &store, &mut Vec::new()).unwrap();

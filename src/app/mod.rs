@@ -511,8 +511,9 @@ pub fn report(
     let mut any = false;
     // A corrupt result is moved aside and said; the exit code says it too (scripts).
     let mut corrupt = false;
-    // csv and json are for programs: what is said about missing or corrupt results
-    // goes to stderr there, and json is one array of records, each with its step.
+    // What is said about missing or corrupt results (and plots written) goes to
+    // stderr: `report > results.md` keeps the tables alone. json is one array of
+    // records, each with its step.
     let machine = format != "md";
     let mut stderr = std::io::stderr();
     let mut json_items: Vec<serde_json::Value> = vec![];
@@ -523,7 +524,7 @@ pub fn report(
         .iter()
         .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
     {
-        let notes: &mut dyn Write = if machine { &mut stderr } else { &mut *out };
+        let notes: &mut dyn Write = &mut stderr;
         // Results are small: re-hash them, so a damaged table is never printed.
         if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&s.spec.key)
             && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
@@ -627,7 +628,7 @@ pub fn report(
     if plots.is_some()
         && let Ok(None) = crate::eval::plots::png_font()
     {
-        let notes: &mut dyn Write = if machine { &mut stderr } else { &mut *out };
+        let notes: &mut dyn Write = &mut stderr;
         let _ = writeln!(
             notes,
             "note: the PNGs have no text (the SVGs do): no font file was found here, or GOOSEPIPE_PLOT_FONT=none; set GOOSEPIPE_PLOT_FONT to a .ttf file"

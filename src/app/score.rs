@@ -248,6 +248,15 @@ fn tokenize(tok: &tokenizers::Tokenizer, text: &str, path: &Path) -> Result<Vec<
     Ok(enc.get_ids().to_vec())
 }
 
+/// The payload folder of a model step's store artifact, when `path` is one (its
+/// folder or `files/`, as `goosepipe show model:NAME --path` prints it): the model
+/// itself is where the artifact's pointer says (`files/model/`, or the HF cache).
+fn store_model_files(path: &Path) -> Option<PathBuf> {
+    [path.to_path_buf(), path.join("files")]
+        .into_iter()
+        .find(|f| f.join(crate::artifact_files::MODEL_JSON).is_file() && !f.join("config.json").exists())
+}
+
 /// Refuses an expert that records a base model other than `model`, when `model` is a
 /// store artifact (known by its key, which expert files record): the same shapes
 /// with other weights would pass every other check.
@@ -305,7 +314,14 @@ fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert], named: bool) 
 
 pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let device = parse_device(&req.device)?;
-    let dir = resolve_model_dir(&req.model, &req.revision, &req.hub)?;
+    let given = Path::new(&req.model);
+    let artifact = store_model_files(given);
+    let dir = match &artifact {
+        Some(files) => crate::steps::common::read_model_pointer(files, &req.model)
+            .map(|(_, dir)| dir)
+            .map_err(|e| ModelError::Input(e.to_string()))?,
+        None => resolve_model_dir(&req.model, &req.revision, &req.hub)?,
+    };
     let files = locate(&dir)?;
     let tok_path = files.tokenizer.clone().ok_or_else(|| ModelError::Tokenizer {
         path: dir.join("tokenizer.json"),
@@ -316,7 +332,7 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let cfg = model.config.clone();
 
     let (experts, mut gates) = load_pool(&req.experts, &cfg, &device)?;
-    check_store_base(&dir, &experts)?;
+    check_store_base(artifact.as_deref().unwrap_or(&dir), &experts)?;
     if !req.gates.is_empty() {
         // A gate file taken from a store is named by the step that built it: a name
         // that says whose gate it is, never to be paired by order instead.

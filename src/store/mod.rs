@@ -560,8 +560,13 @@ impl Store {
             ));
         }
         best.ok_or_else(|| {
+            let short = if !what.is_empty() && what.len() < 4 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
+                "; a key prefix needs at least 4 hex digits"
+            } else {
+                ""
+            };
             format!(
-                "no artifact in {} matches {what:?} (a key, key prefix, or step id such as expert:NAME)",
+                "no artifact in {} matches {what:?} (a key, key prefix, or step id such as expert:NAME){short}",
                 self.root.display()
             )
         })
