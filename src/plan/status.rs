@@ -209,7 +209,8 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     use rayon::prelude::*;
     // One stat (and for missing steps a lockfile lookup) per step, independent of each
     // other: in parallel, which matters for plans of tens of thousands of steps.
-    let (outcomes, digests): (Vec<(bool, Vec<Reason>)>, Vec<Option<String>>) = plan
+    type Outcome = (bool, Vec<Reason>);
+    let (outcomes, digests): (Vec<Outcome>, Vec<Option<String>>) = plan
         .steps
         .par_iter()
         .map(|step| {
