@@ -426,9 +426,10 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
     let v = goosepipe(d.path(), None, &["verify", "crash.kdl"]);
     assert_eq!(v.code, Some(0), "{}", v.text);
     let rep = goosepipe(d.path(), None, &["report", "crash.kdl"]);
-    // The hint is a command to copy: it names the store this report read.
+    // Why the result is missing, as plan says it, and a command to copy: it names
+    // the store this report read.
     let hint = format!(
-        "eval:e: not built yet (run `goosepipe run crash.kdl --store {}`)",
+        "eval:e: not in the store: artifact corrupt (found corrupt and moved aside) (run `goosepipe run crash.kdl --store {}`)",
         d.path().join("store").display()
     );
     assert!(rep.text.contains(&hint), "{}", rep.text);

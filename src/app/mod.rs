@@ -507,7 +507,17 @@ pub fn report(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let store = existing_store(store_root)?;
-    let (plan, _, _) = plan_in_store(path, &store, registry, false)?;
+    let (plan, status, _) = plan_in_store(path, &store, registry, false)?;
+    // Why a result is not in the store, as `plan` says it (new, an edit, gc'd).
+    let why = |id: &str| -> String {
+        plan.index
+            .get(id)
+            .map(|&i| {
+                let reasons: Vec<String> = status.states[i].reasons().iter().map(|r| r.describe()).collect();
+                reasons.join("; ")
+            })
+            .unwrap_or_default()
+    };
     let mut any = false;
     // A corrupt result is moved aside and said; the exit code says it too (scripts).
     let mut corrupt = false;
@@ -551,7 +561,7 @@ pub fn report(
             match format {
                 "json" => match with_step(read_record(&files, crate::steps::study::STUDY_JSON))? {
                     Some(v) => json_items.push(v),
-                    None => not_built(notes, &s.spec.id, path, &store.root),
+                    None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                 },
                 "csv" => {
                     let _ = writeln!(
@@ -567,7 +577,7 @@ pub fn report(
                         any = true;
                         let _ = writeln!(out, "{text}");
                     }
-                    None => not_built(notes, &s.spec.id, path, &store.root),
+                    None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                 },
             }
             continue;
@@ -582,7 +592,7 @@ pub fn report(
                     any = true;
                     json_items.push(v);
                 }
-                None => not_built(notes, &s.spec.id, path, &store.root),
+                None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
             }
             continue;
         }
@@ -603,7 +613,7 @@ pub fn report(
                 .map_err(|e| miette!("{}: {e}", s.spec.id))?,
         };
         let Some(text) = text else {
-            not_built(notes, &s.spec.id, path, &store.root);
+            not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root);
             continue;
         };
         any = true;
@@ -718,12 +728,15 @@ fn read_record<T: serde::de::DeserializeOwned>(files: &Path, file: &str) -> Resu
         .map_err(|e| format!("unreadable {file}: {e}"))
 }
 
-fn not_built(out: &mut dyn Write, id: &str, manifest: &Path, store: &Path) {
-    let _ = writeln!(
-        out,
-        "{id}: not built yet (run `{}`)",
-        run_command(manifest, store)
-    );
+/// Says that step `id`'s result is not in the store, why (`plan`'s reasons), and the
+/// command that builds it.
+fn not_built(out: &mut dyn Write, id: &str, why: &str, manifest: &Path, store: &Path) {
+    let why = if why.is_empty() || why == "new" {
+        "not built yet".to_string()
+    } else {
+        format!("not in the store: {why}")
+    };
+    let _ = writeln!(out, "{id}: {why} (run `{}`)", run_command(manifest, store));
 }
 
 /// The `goosepipe run` command that builds `manifest` into the store at `store`, to
