@@ -160,7 +160,15 @@ pub fn plan_cmd(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, opts.verify)?;
-    exec::previews(&plan, &mut status, &store, registry, &lock, &opts.device);
+    exec::previews(
+        &plan,
+        &mut status,
+        &store,
+        registry,
+        &lock,
+        &opts.device,
+        usize::MAX,
+    );
     let (json, check_cached) = (opts.json, opts.check_cached);
     if json {
         let _ = writeln!(
@@ -217,9 +225,9 @@ pub fn explain(
 ) -> Result<i32, Report> {
     let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, false)?;
     let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
-    // Every step's, as `plan` gives them: a step's count leaves out what steps
-    // before it in the plan will do.
-    exec::previews(&plan, &mut status, &store, registry, &lock, device);
+    // As `plan` gives them: a step's count leaves out what steps before it in the
+    // plan will do, so theirs are computed too (not those after it).
+    exec::previews(&plan, &mut status, &store, registry, &lock, device, i);
     let _ = write!(out, "{}", render::explain(&plan, &status, i));
     Ok(EXIT_OK)
 }

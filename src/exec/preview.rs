@@ -15,9 +15,10 @@ use crate::store::{StepSpec, Store};
 use super::progress::Silent;
 use super::step::{CancelFlag, InputArtifact, PlannedWork, Registry, StepContext};
 
-/// Fills `status.previews` for every step that will run, on `device` (the device a
-/// run would use: results scored on another kind of device are not reused), in plan
-/// order.
+/// Fills `status.previews` for every step that will run up to step index `last`
+/// (`explain` needs its step's and those before it: a step's count leaves out what
+/// earlier steps of the plan will do), on `device` (the device a run would use:
+/// results scored on another kind of device are not reused), in plan order.
 pub fn previews(
     plan: &Plan,
     status: &mut Status,
@@ -25,12 +26,14 @@ pub fn previews(
     registry: &Registry,
     lock: &Lockfile,
     device: &str,
+    last: usize,
 ) {
     if !store.root.is_dir() {
         return;
     }
     let planned = PlannedWork::default();
-    for (i, (step, state)) in plan.steps.iter().zip(&status.states).enumerate() {
+    let upto = plan.steps.iter().zip(&status.states).take(last.saturating_add(1));
+    for (i, (step, state)) in upto.enumerate() {
         if !state.will_run() {
             continue;
         }
