@@ -5,6 +5,7 @@
 //! output files into `ctx.out`. Everything it reads must be a declared input or a
 //! parameter (that is what makes the content key honest).
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,15 +63,34 @@ impl From<std::io::Error> for StepError {
 /// it done by the time it runs (reused, or shared as it goes), so it does not count it
 /// as its own.
 #[derive(Default)]
-pub struct PlannedWork(Mutex<HashSet<String>>);
+pub struct PlannedWork {
+    counted: Mutex<HashSet<String>>,
+    /// What the previews read from the store once for all of them (the store does not
+    /// change while a plan is made), by names of the runners' own.
+    read: Mutex<HashMap<&'static str, Arc<dyn Any + Send + Sync>>>,
+}
 
 impl PlannedWork {
     /// Whether `item` is counted here for the first time (and now is).
     pub fn first(&self, item: &str) -> bool {
-        self.0
+        self.counted
             .lock()
             .map(|mut s| s.insert(item.to_string()))
             .unwrap_or(true)
+    }
+
+    /// What `read` returns, read by the first preview that asks for `name` and shared
+    /// with the later ones (each stale eval read the store's published parts anew).
+    pub fn read_once<T: Any + Send + Sync>(&self, name: &'static str, read: impl FnOnce() -> T) -> Arc<T> {
+        let Ok(mut cache) = self.read.lock() else {
+            return Arc::new(read());
+        };
+        if let Some(done) = cache.get(name).and_then(|v| v.clone().downcast::<T>().ok()) {
+            return done;
+        }
+        let value = Arc::new(read());
+        cache.insert(name, value.clone());
+        value
     }
 }
 
@@ -286,5 +306,27 @@ impl crate::plan::Catalog for Registry {
             .get(kind)
             .map(|k| (k.review)(name, params))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_work_reads_once_per_name_and_counts_once_per_item() {
+        let planned = PlannedWork::default();
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            vec![1u8, 2]
+        };
+        let a = planned.read_once("index", read);
+        let b = planned.read_once("index", || -> Vec<u8> { unreachable!("read once") });
+        assert_eq!((reads.get(), &*a), (1, &vec![1, 2]));
+        assert!(Arc::ptr_eq(&a, &b), "the later previews share the first's");
+        // Another name, another read.
+        assert_eq!(*planned.read_once("other", || 7u32), 7);
+        assert!(planned.first("part-1") && !planned.first("part-1") && planned.first("part-2"));
     }
 }

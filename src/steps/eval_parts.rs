@@ -21,11 +21,12 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::artifact_files::EVAL_PARTS_DIR;
 use crate::exec::{StepContext, StepError};
 use crate::model::adapter::ModuleRouting;
-use crate::store::Key;
+use crate::store::{Key, Store};
 
 /// Part keys are blake3 over length-delimited ingredients, the first of which is
 /// this tag. It stands for how a part is scored and what it holds, in place of the
@@ -256,6 +257,7 @@ struct Others {
 }
 
 /// The parts of the published evals, and the work folders there were when it was read.
+#[derive(Clone)]
 struct PublishedIndex {
     /// Part key -> the artifacts that hold it (sorted keys).
     parts: HashMap<String, Vec<Key>>,
@@ -271,7 +273,8 @@ pub(super) struct Parts<'a> {
     live: bool,
     /// Parts of published evals, read from the store at the first lookup that needs
     /// it; the evals that publish later are added as they leave `work/`.
-    published: RefCell<Option<PublishedIndex>>,
+    /// Shared by the previews of one plan (read once for all of them).
+    published: RefCell<Option<Arc<PublishedIndex>>>,
     /// What other evals' work folders hold.
     others: RefCell<Option<Others>>,
     /// Per holding artifact, the size and blake3 it recorded for each of its parts
@@ -319,10 +322,13 @@ impl<'a> Parts<'a> {
             let index = self.published.borrow();
             let holders = index.as_ref()?.parts.get(part)?.clone();
             drop(index);
-            holders.iter().find_map(|key| {
-                let bytes = self.published_bytes(key, part)?;
-                Some((parse(&bytes)?, Found::Reused(*key)))
-            })
+            holders
+                .iter()
+                .filter(|k| **k != self.ctx.spec.key)
+                .find_map(|key| {
+                    let bytes = self.published_bytes(key, part)?;
+                    Some((parse(&bytes)?, Found::Reused(*key)))
+                })
         };
         if let Some(found) = from_published() {
             return Some(found);
@@ -446,32 +452,23 @@ impl<'a> Parts<'a> {
         if self.published.borrow().is_some() {
             return;
         }
-        // The work folders first: a step that publishes after this listing is
-        // seen as gone from it at a later lookup, and its parts are added then.
-        let working = self.ctx.store.work_keys();
-        let mut parts: HashMap<String, Vec<Key>> = HashMap::new();
-        for key in self.ctx.store.keys() {
-            self.index_artifact(&mut parts, key);
-        }
-        *self.published.borrow_mut() = Some(PublishedIndex { parts, working });
-    }
-
-    /// Adds the parts of published artifact `key` (if it holds any) to `parts`.
-    fn index_artifact(&self, parts: &mut HashMap<String, Vec<Key>>, key: Key) {
-        if key == self.ctx.spec.key {
-            return;
-        }
-        let Ok(dir) = std::fs::read_dir(self.ctx.store.files_dir(&key).join(EVAL_PARTS_DIR)) else {
-            return;
-        };
-        for e in dir.flatten() {
-            if let Some(part) = e.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
-                let holders = parts.entry(part.to_string()).or_default();
-                if let Err(at) = holders.binary_search(&key) {
-                    holders.insert(at, key);
-                }
+        let store = self.ctx.store;
+        let read = || {
+            // The work folders first: a step that publishes after this listing is
+            // seen as gone from it at a later lookup, and its parts are added then.
+            let working = store.work_keys();
+            let mut parts: HashMap<String, Vec<Key>> = HashMap::new();
+            for key in store.keys() {
+                index_artifact(store, &mut parts, key);
             }
-        }
+            PublishedIndex { parts, working }
+        };
+        let index = match self.ctx.planned {
+            // A preview: the store is as every other preview of the plan sees it.
+            Some(planned) if !self.live => planned.read_once("eval-parts.published", read),
+            _ => Arc::new(read()),
+        };
+        *self.published.borrow_mut() = Some(index);
     }
 
     /// Indexes the steps that have left `work/` since the last listing (`now`: the
@@ -486,8 +483,9 @@ impl<'a> Parts<'a> {
             .filter(|k| now.binary_search(k).is_err() && self.ctx.store.object_dir(k).is_dir())
             .copied()
             .collect();
+        let index = Arc::make_mut(index);
         for key in &left {
-            self.index_artifact(&mut index.parts, *key);
+            index_artifact(self.ctx.store, &mut index.parts, *key);
         }
         index.working = now;
         !left.is_empty()
@@ -511,6 +509,22 @@ impl<'a> Parts<'a> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(format!("{part}.json")), bytes)?;
         Ok(())
+    }
+}
+
+/// Adds the parts of published artifact `key` (if it holds any) to `parts` (an eval
+/// never takes its own: it looks past its key).
+fn index_artifact(store: &Store, parts: &mut HashMap<String, Vec<Key>>, key: Key) {
+    let Ok(dir) = std::fs::read_dir(store.files_dir(&key).join(EVAL_PARTS_DIR)) else {
+        return;
+    };
+    for e in dir.flatten() {
+        if let Some(part) = e.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+            let holders = parts.entry(part.to_string()).or_default();
+            if let Err(at) = holders.binary_search(&key) {
+                holders.insert(at, key);
+            }
+        }
     }
 }
 
