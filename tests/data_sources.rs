@@ -452,6 +452,77 @@ fn local_jsonl_rows_are_filtered_like_hub_rows() {
     assert!(err.contains("no row has kind in [\"none\"]"), "{err}");
 }
 
+/// Mistakes in a local file's field settings are said by the dataset step (or by
+/// `check`), naming the setting, before any expert trains on the data.
+#[test]
+fn local_field_settings_that_match_nothing_are_said_at_the_data() {
+    let t = tempfile::tempdir().unwrap();
+    let rows: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"input\": \"x {i}\", \"target\": \"b\", \"opts\": [\"a\", \"b\"], \"fold\": {}}}\n",
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(t.path().join("d.jsonl"), rows).unwrap();
+    let cache = t.path().join("hf");
+    let failure = |manifest: &str| -> String {
+        std::fs::write(t.path().join("f.kdl"), manifest).unwrap();
+        let out = run_offline(t.path(), "f.kdl", &cache, false);
+        assert_ne!(out.status.code(), Some(0), "{manifest}");
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
+    };
+    // An integer column is kept by the value as written (no row matched "0").
+    std::fs::write(
+        t.path().join("f.kdl"),
+        "dataset \"d\" path=\"d.jsonl\" choices-field=\"opts\" keep-field=\"fold\" {\n    keep-values \"0\"\n}\n",
+    )
+    .unwrap();
+    let files = built_dataset(t.path(), "f.kdl", &cache, "dataset:d");
+    let kept = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
+    let inputs: Vec<&str> = kept.iter().map(|e| e.input.as_str()).collect();
+    assert_eq!(inputs, vec!["x 0", "x 2", "x 4"]);
+    assert!(kept.iter().all(|e| e.choices == ["a", "b"]));
+    // A field no row has is named as such.
+    let err = failure("dataset \"d\" path=\"d.jsonl\" keep-field=\"folds\" {\n    keep-values \"0\"\n}\n");
+    assert!(
+        err.contains("keep-field=\"folds\": no row has that field (6 rows read; the first has fold, input, opts, target)"),
+        "{err}"
+    );
+    // A mistyped choices field turned the data into generation data, silently.
+    let err = failure("dataset \"d\" path=\"d.jsonl\" choices-field=\"optz\"\n");
+    assert!(
+        err.contains("choices-field=\"optz\": no row holds answer choices there"),
+        "{err}"
+    );
+    // Half a row filter is refused at check.
+    for (manifest, said) in [
+        (
+            "dataset \"d\" path=\"d.jsonl\" keep-field=\"fold\"\n",
+            "sets keep-field without keep-values",
+        ),
+        (
+            "dataset \"d\" path=\"d.jsonl\" {\n    keep-values \"0\"\n}\n",
+            "lists keep-values without keep-field",
+        ),
+    ] {
+        std::fs::write(t.path().join("f.kdl"), manifest).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(["check", "f.kdl"])
+            .current_dir(t.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{manifest}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(said) && err.contains("manifest::keep-field-alone"),
+            "{err}"
+        );
+    }
+}
+
 /// The schema lists the synthetic suite's tasks (so `check` refuses an unknown one);
 /// the list and the suite must not drift apart.
 #[test]

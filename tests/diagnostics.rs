@@ -415,7 +415,7 @@ fn one_replicate_studies_and_one_letter_suites_are_warnings() {
                 dataset \"d\" { synthetic task=\"sort\" examples=100 letters=\"aa\"; }\n\
                 expert \"a\" model=\"t5\" dataset=\"d\"\n\
                 pool \"p\" { experts \"a\"; }\n\
-                eval \"e\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\"\n}\n\
+                eval \"e\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\" metric=\"exact-match\"\n}\n\
                 study \"s\" { evals \"e\"; }\n";
     let (r, _d) = check_text(&[("m.kdl", text)]);
     let out = r.unwrap();
@@ -434,7 +434,7 @@ fn one_replicate_studies_and_one_letter_suites_are_warnings() {
             .replace("evals \"e\"", "evals \"e\" \"e2\"")
             .replace(
                 "study",
-                "eval \"e2\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\"\n}\nstudy",
+                "eval \"e2\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\" metric=\"exact-match\"\n}\nstudy",
             ),
     )]);
     let out = r.unwrap();
@@ -473,3 +473,28 @@ golden!(
     "manifest::undefined-reference",
     "manifest::undefined-reference"
 );
+golden!(no_choices_to_rank, "manifest::no-choices-to-rank");
+golden!(
+    keep_field_alone,
+    "manifest::keep-field-alone",
+    "manifest::keep-field-alone"
+);
+
+/// A manifest saved in latin-1 says where its first byte that is not UTF-8 is and
+/// how to convert it (it said "stream did not contain valid UTF-8" and "check the
+/// path").
+#[test]
+fn a_manifest_that_is_not_utf8_says_where_and_how_to_convert_it() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("lat.kdl");
+    std::fs::write(&path, b"// ok\ndataset \"d\" path=\"caf\xe9.jsonl\"\n").unwrap();
+    let mut out = Vec::new();
+    let err = goosepipe::app::check(&path, &goosepipe::steps::registry(), &mut out).unwrap_err();
+    let err = format!("{err:?}");
+    assert!(
+        err.contains("it is not UTF-8 text: line")
+            && err.contains("2, byte 22 of the line (0xe9)")
+            && err.contains("save the manifest as UTF-8"),
+        "{err}"
+    );
+}

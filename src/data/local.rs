@@ -17,7 +17,8 @@ pub struct Fields<'a> {
     pub fixed_choices: &'a [String],
 }
 
-fn text_of(v: &serde_json::Value) -> Option<String> {
+/// A field's value as text: strings as they are, numbers and booleans as written.
+pub fn text_of(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),

@@ -60,13 +60,26 @@ pub fn visit_jsonl_rows(path: &Path, mut f: impl FnMut(Row) -> Result<(), String
     Ok(())
 }
 
+/// A parquet reading error, naming the file; a codec this build leaves out (brotli)
+/// is the file's choice, not damage, and is said so with what to do.
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> DataError {
+    let help = match &e {
+        parquet::errors::ParquetError::General(m) if m.contains("Disabled feature") => {
+            "; its columns are compressed with a codec goosepipe does not read (it reads snappy, gzip, lz4, zstd and uncompressed): save it again with one of those (pandas/pyarrow: compression=\"zstd\")"
+        }
+        _ => "",
+    };
+    DataError::Other(format!(
+        "{}: not a readable parquet file: {e}{help}",
+        path.display()
+    ))
+}
+
 /// All rows of a parquet file, columns by name (nested groups become objects, lists
 /// become arrays).
 pub fn read_parquet_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let bad = |e: parquet::errors::ParquetError| {
-        DataError::Other(format!("{}: not a readable parquet file: {e}", path.display()))
-    };
+    let bad = |e| parquet_error(path, e);
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let reader = SerializedFileReader::new(file).map_err(bad)?;
     let n = reader.metadata().file_metadata().num_rows().max(0) as usize;
@@ -137,15 +150,35 @@ fn arrow_value(col: &dyn arrow_array::Array, i: usize) -> Result<serde_json::Val
     })
 }
 
-/// All rows of an Arrow IPC stream file, as `datasets`' `save_to_disk` writes them
-/// (`data-00000-of-00001.arrow`).
+/// All rows of an Arrow IPC file: the stream format, as `datasets`' `save_to_disk`
+/// writes it (`data-00000-of-00001.arrow`), or the file format (`ARROW1` magic:
+/// `pyarrow.feather.write_feather`, `pyarrow.ipc.new_file`).
 pub fn read_arrow_rows(path: &Path) -> Result<Vec<Row>, DataError> {
-    let bad = |e: String| DataError::Other(format!("{}: not a readable Arrow stream: {e}", path.display()));
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut magic = [0u8; 6];
+    let is_file_format = file.read(&mut magic).is_ok_and(|n| n == 6 && &magic == b"ARROW1");
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(file), None)
-        .map_err(|e| bad(e.to_string()))?;
+    if is_file_format {
+        let bad = |e: String| DataError::Other(format!("{}: not a readable Arrow file: {e}", path.display()));
+        let reader = arrow_ipc::reader::FileReader::try_new(file, None).map_err(|e| bad(e.to_string()))?;
+        arrow_batches_rows(reader, bad)
+    } else {
+        let bad =
+            |e: String| DataError::Other(format!("{}: not a readable Arrow stream: {e}", path.display()));
+        let reader = arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(file), None)
+            .map_err(|e| bad(e.to_string()))?;
+        arrow_batches_rows(reader, bad)
+    }
+}
+
+/// The rows of Arrow record batches as JSON objects.
+fn arrow_batches_rows(
+    batches: impl Iterator<Item = Result<arrow_array::RecordBatch, arrow_schema::ArrowError>>,
+    bad: impl Fn(String) -> DataError,
+) -> Result<Vec<Row>, DataError> {
     let mut out = vec![];
-    for batch in reader {
+    for batch in batches {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let schema = batch.schema();
         for i in 0..batch.num_rows() {
@@ -170,5 +203,62 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, DataError> {
             "{}: unknown data file type (expected .jsonl, .parquet or .arrow)",
             path.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+
+    use super::*;
+
+    fn batch() -> RecordBatch {
+        let q: ArrayRef = Arc::new(StringArray::from(vec!["2+2", "3+3"]));
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![4, 6]));
+        RecordBatch::try_from_iter([("q", q), ("a", a)]).unwrap()
+    }
+
+    #[test]
+    fn a_parquet_codec_left_out_of_the_build_says_what_to_do() {
+        let e = parquet::errors::ParquetError::General("Disabled feature at compile time: brotli".into());
+        let msg = parquet_error(Path::new("d.parquet"), e).to_string();
+        assert!(
+            msg.contains("d.parquet: not a readable parquet file")
+                && msg.contains("brotli")
+                && msg.contains("save it again with one of those"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn arrow_files_read_in_the_stream_and_the_file_format() {
+        let t = tempfile::tempdir().unwrap();
+        let b = batch();
+        let stream = t.path().join("stream.arrow");
+        let mut w =
+            arrow_ipc::writer::StreamWriter::try_new(std::fs::File::create(&stream).unwrap(), &b.schema())
+                .unwrap();
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        // The file format (feather v2, `ipc.new_file`): it was "not a readable Arrow
+        // stream: ... expected 1330795073 metadata bytes".
+        let file = t.path().join("file.arrow");
+        let mut w =
+            arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(&file).unwrap(), &b.schema())
+                .unwrap();
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        let want = read_arrow_rows(&stream).unwrap();
+        assert_eq!(want.len(), 2);
+        assert_eq!(want[1]["q"], "3+3");
+        assert_eq!(want[1]["a"], 6);
+        assert_eq!(read_arrow_rows(&file).unwrap(), want);
+        // A damaged file format file says which format it was read as.
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_arrow_rows(&file).unwrap_err().to_string();
+        assert!(err.contains("file.arrow: not a readable Arrow file"), "{err}");
     }
 }

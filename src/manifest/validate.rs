@@ -104,7 +104,21 @@ fn read_regular(path: &Path) -> std::io::Result<String> {
             crate::store::fsutil::file_kind(&md)
         )));
     }
-    std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)?;
+    String::from_utf8(bytes).map_err(|e| {
+        // Where, so the character can be found (a latin-1 "é" in a comment).
+        let at = e.utf8_error().valid_up_to();
+        let b = e.as_bytes();
+        let line = b[..at].iter().filter(|&&c| c == b'\n').count() + 1;
+        let col = at - b[..at].iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1) + 1;
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is not UTF-8 text: line {line}, byte {col} of the line (0x{:02x})",
+                b[at]
+            ),
+        )
+    })
 }
 
 /// A manifest file that cannot even be read: no source to point into, so a plain
@@ -119,7 +133,11 @@ fn io_error(path: &Path, e: &std::io::Error) -> ManifestError {
         format!("cannot read manifest {}: {e}", path.display()),
         "here",
     )
-    .help("check the path; manifests are KDL v2 files such as pipelines/quickstart.kdl")
+    .help(if e.kind() == std::io::ErrorKind::InvalidData {
+        "KDL files are UTF-8: save the manifest as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+    } else {
+        "check the path; manifests are KDL v2 files such as pipelines/quickstart.kdl"
+    })
 }
 
 /// What the top-level nodes of a manifest say, gathered before defaults apply.

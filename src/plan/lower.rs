@@ -667,6 +667,38 @@ impl Lowerer<'_> {
                 }
             }
         }
+        // One without the other filters every row out, or none: said at check, not
+        // by the run ("no row has FIELD in []") after the data of every other step.
+        let keep_field = e
+            .block
+            .props
+            .get("keep-field")
+            .filter(|f| f.origin != Origin::Schema);
+        let keep_values = e.block.children.contains_key("keep-values");
+        if keep_field.is_some() != keep_values {
+            let (message, help) = if keep_values {
+                (
+                    format!("dataset \"{}\" lists keep-values without keep-field", e.name),
+                    "add keep-field=\"FIELD\": the field whose values are kept",
+                )
+            } else {
+                (
+                    format!("dataset \"{}\" sets keep-field without keep-values", e.name),
+                    "add `keep-values \"A\" \"B\"` inside the node: the values of the field that are kept",
+                )
+            };
+            let loc = keep_field.and_then(|f| f.loc).unwrap_or(e.name_loc);
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::keep-field-alone",
+                    loc,
+                    message,
+                    "half of a row filter",
+                )
+                .help(help),
+            );
+        }
         p.absorb(c);
         self.review(e, &p);
         self.push(p, &e.name);
@@ -850,6 +882,51 @@ impl Lowerer<'_> {
 }
 
 /// The experts of a pool, sorted by name.
+impl Lowerer<'_> {
+    /// A task scored by rank classification on synthetic data generated without
+    /// answer choices fails only when the eval runs, after every expert and gate has
+    /// trained: said at check, where the manifest already shows it.
+    fn choice_tasks_have_choices(&mut self, e: &Entity) {
+        for t in e.block.records("task") {
+            let (Some(metric), Some(data)) = (t.str("metric"), t.str("dataset")) else {
+                continue;
+            };
+            let generated = self
+                .manifest
+                .entity("dataset", data)
+                .and_then(|d| d.block.group("synthetic"))
+                // The group is there, defaults filled in, on every dataset: only one
+                // that names a task generates data.
+                .filter(|g| g.str("task").is_some())
+                .and_then(|g| g.str("format"));
+            if metric != "rank-classification" || generated != Some("generation") {
+                continue;
+            }
+            let loc = t
+                .props
+                .get("metric")
+                .and_then(|f| f.loc)
+                .or(t.props.get("dataset").and_then(|f| f.loc));
+            let name = t.arg.as_ref().and_then(|f| f.value.as_str()).unwrap_or_default();
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::no-choices-to-rank",
+                    loc.unwrap_or(e.name_loc),
+                    format!(
+                        "task \"{name}\" of eval \"{}\" is scored by rank classification, but dataset \"{data}\" is synthetic generation data: it has no answer choices to rank",
+                        e.name
+                    ),
+                    "needs answer choices",
+                )
+                .help(format!(
+                    "set format=\"choice\" in dataset \"{data}\"'s synthetic group, or metric=\"exact-match\" on the task"
+                )),
+            );
+        }
+    }
+}
+
 fn members_of<'m>(manifest: &'m Manifest, pool: &str) -> Vec<&'m Entity> {
     {
         let Some(p) = manifest.entity("pool", pool) else {
@@ -1087,6 +1164,7 @@ impl Lowerer<'_> {
             v.inputs
                 .push((member_role("gate", &m.name), step_id("gate", &m.name)));
         }
+        self.choice_tasks_have_choices(e);
         // A top-k above the pool's size is not an error (every token takes all the
         // experts) but is rarely meant.
         if let Some(f) = e.block.group("routing").and_then(|r| r.props.get("top-k"))

@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::data::local::{Fields, map_rows, read_jsonl_mapped};
+use crate::data::local::{Fields, map_rows, read_jsonl_mapped, text_of};
 use crate::data::promptsource::{self, Renderer, Selection};
 use crate::data::rows::{Row, read_rows};
 use crate::data::{Example, bigbench, synthetic, write_jsonl};
@@ -242,10 +242,22 @@ fn examples_of(
     if let Some(field) = p.keep_field.as_deref() {
         let values = &p.keep_values;
         let read = rows.len();
+        if !rows.iter().any(|r| r.contains_key(field)) {
+            let mut seen: Vec<&str> = rows
+                .first()
+                .map(|r| r.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            seen.sort_unstable();
+            return Err(StepError::msg(format!(
+                "{label}: keep-field={field:?}: no row has that field ({read} rows read; the first has {})",
+                seen.join(", ")
+            )));
+        }
+        // Numbers and booleans match as they are written (`fold: 0` is kept by "0").
         rows.retain(|r| {
             r.get(field)
-                .and_then(|v| v.as_str())
-                .is_some_and(|v| values.iter().any(|k| k == v))
+                .and_then(text_of)
+                .is_some_and(|v| values.contains(&v))
         });
         if rows.is_empty() {
             return Err(StepError::msg(format!(
@@ -262,6 +274,22 @@ fn examples_of(
         ex.retain(|e| !e.input.trim().is_empty() && !e.target.trim().is_empty());
     }
     Ok(ex)
+}
+
+/// The schema's default `choices-field`: rows without it are generation data.
+const DEFAULT_CHOICES_FIELD: &str = "choices";
+
+/// A `choices-field` that the user named and no row holds is a typo, not generation
+/// data: the expert would validate by exact match and the eval fail on it at the end.
+fn check_choices_field(p: &DatasetParams, source: &str, examples: &[Example]) -> Result<(), StepError> {
+    let named = p.choices_field != DEFAULT_CHOICES_FIELD && p.templates().is_none() && p.choices.is_empty();
+    if named && examples.iter().all(|e| e.choices.is_empty()) {
+        return Err(StepError::msg(format!(
+            "{source}: choices-field={:?}: no row holds answer choices there, so every example would be generation data; check the field's name (or remove choices-field for generation data)",
+            p.choices_field
+        )));
+    }
+    Ok(())
 }
 
 /// Every selected (row, template) pair, or a seeded sample of `max-pairs` of them.
@@ -432,6 +460,7 @@ impl StepRunner for DatasetStep {
             prov.source = format!("hub:{}", h.identity());
             let rows = hub_rows(ctx, &p, h, split, &mut prov)?;
             let examples = examples_of(ctx, &p, split, rows, &mut prov)?;
+            check_choices_field(&p, split, &examples)?;
             let validation = match val_split {
                 Some(v) => {
                     let rows = hub_rows(ctx, &p, h, v, &mut prov)?;
@@ -448,13 +477,15 @@ impl StepRunner for DatasetStep {
                 file.extension().and_then(|e| e.to_str()),
                 Some("jsonl") | Some("ndjson")
             );
-            if is_jsonl && !p.shapes_rows() {
+            let examples = if is_jsonl && !p.shapes_rows() {
                 // Line-accurate errors for the common case.
-                (read_jsonl_mapped(file, &fields(&p)).map_err(fail)?, None)
+                read_jsonl_mapped(file, &fields(&p)).map_err(fail)?
             } else {
                 let rows = read_rows(file).map_err(fail)?;
-                (examples_of(ctx, &p, path, rows, &mut prov)?, None)
-            }
+                examples_of(ctx, &p, path, rows, &mut prov)?
+            };
+            check_choices_field(&p, display, &examples)?;
+            (examples, None)
         } else {
             return Err(StepError::msg(format!(
                 "dataset {} has no source (hub=, path=, bigbench= or synthetic)",
