@@ -47,12 +47,21 @@ pub struct OwnRouting {
 /// How alike the gate vectors of a pool are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateSimilarity {
-    /// Mean over modules of the mean off-diagonal Pearson correlation between experts.
-    pub mean_correlation: f64,
+    /// Mean over modules of the mean off-diagonal Pearson correlation between experts
+    /// (pairs with a constant gate left out: their correlation is undefined); None
+    /// when no pair is left.
+    pub mean_correlation: Option<f64>,
     /// The largest correlation of any pair in any module.
-    pub max_correlation: f64,
+    pub max_correlation: Option<f64>,
     pub modules: usize,
     pub experts: usize,
+    /// Experts whose gate is constant (all zero: untrained) at every module.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub constant: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,15 +76,18 @@ fn mean(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
-/// The owner's routing over the given modules' records; None when the owner is not
-/// among the routed experts or no module saw a real token.
+/// The owner's routing over the given modules' records (those where it is among the
+/// routed experts: an adapter of some modules only is counted over those); None when
+/// no such module saw a real token.
 pub fn own_routing(expert: &str, modules: &BTreeMap<String, ModuleChoices>) -> Option<OwnRouting> {
     let (mut share, mut hit) = (vec![], vec![]);
     let (mut es, mut eh, mut ds, mut dh) = (vec![], vec![], vec![], vec![]);
     let (mut distinct, mut shared, mut marked, mut total) = (vec![], vec![], 0u64, 0u64);
     let mut never = 0;
     for (name, m) in modules {
-        let o = m.expert_names.iter().position(|n| n == expert)?;
+        let Some(o) = m.expert_names.iter().position(|n| n == expert) else {
+            continue;
+        };
         if m.tokens == 0 {
             continue;
         }
@@ -143,37 +155,52 @@ fn standardize(v: &[f64]) -> Vec<f64> {
 }
 
 /// `gates[z]`: expert z's gate vector per module. Modules missing from any expert,
-/// or pools of fewer than two experts, are skipped.
+/// or pools of fewer than two experts, are skipped; so are pairs in which a gate is
+/// constant (an untrained, all-zero gate: it standardizes to zero, which read as
+/// "correlation 0", as if it told its expert apart perfectly).
 pub fn gate_similarity(gates: &[BTreeMap<String, Vec<f64>>]) -> Option<GateSimilarity> {
     if gates.len() < 2 {
         return None;
     }
-    let (mut per_module, mut max) = (vec![], f64::NEG_INFINITY);
+    let (mut per_module, mut max) = (vec![], None::<f64>);
+    let mut modules = 0;
+    let mut varies = vec![false; gates.len()];
     for module in gates[0].keys() {
-        let Some(vs) = gates
-            .iter()
-            .map(|g| g.get(module).map(|v| standardize(v)))
-            .collect::<Option<Vec<_>>>()
-        else {
+        let Some(vs) = gates.iter().map(|g| g.get(module)).collect::<Option<Vec<_>>>() else {
             continue;
         };
-        let d = vs[0].len().max(1) as f64;
+        modules += 1;
+        let vs: Vec<Option<Vec<f64>>> = vs
+            .iter()
+            .map(|v| (!is_constant(v)).then(|| standardize(v)))
+            .collect();
+        let d = gates[0][module].len().max(1) as f64;
         let mut pairs = vec![];
         for i in 0..vs.len() {
+            varies[i] |= vs[i].is_some();
             for j in i + 1..vs.len() {
-                let c = vs[i].iter().zip(&vs[j]).map(|(a, b)| a * b).sum::<f64>() / d;
-                max = max.max(c);
+                let (Some(a), Some(b)) = (&vs[i], &vs[j]) else {
+                    continue;
+                };
+                let c = a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>() / d;
+                max = Some(max.map_or(c, |m| m.max(c)));
                 pairs.push(c);
             }
         }
         per_module.extend(mean(&pairs));
     }
-    Some(GateSimilarity {
-        mean_correlation: mean(&per_module)?,
+    (modules > 0).then(|| GateSimilarity {
+        mean_correlation: mean(&per_module),
         max_correlation: max,
-        modules: per_module.len(),
+        modules,
         experts: gates.len(),
+        constant: varies.iter().filter(|v| !**v).count(),
     })
+}
+
+/// Whether every entry of `v` is the same (an untrained gate is all zeros).
+fn is_constant(v: &[f64]) -> bool {
+    v.iter().all(|x| *x == v[0])
 }
 
 /// The report's routing-quality section of one eval (empty when it has nothing).
@@ -230,11 +257,29 @@ pub fn markdown(title: &str, q: &RoutingQuality, order: &[String]) -> String {
         );
     }
     if let Some(g) = &q.gates {
-        let _ = writeln!(
-            out,
-            "\nGate vectors of the pool ({} experts, {} modules): mean off-diagonal correlation {:.2} after standardization (max {:.2}); gates that tell experts apart correlate little.",
-            g.experts, g.modules, g.mean_correlation, g.max_correlation
-        );
+        let untrained = match g.constant {
+            0 => String::new(),
+            n => format!(
+                " {n} of the {} experts have constant (all-zero, untrained) gates at every module: nothing to route them by, and left out of the correlation.",
+                g.experts
+            ),
+        };
+        match (g.mean_correlation, g.max_correlation) {
+            (Some(mean), Some(max)) => {
+                let _ = writeln!(
+                    out,
+                    "\nGate vectors of the pool ({} experts, {} modules): mean off-diagonal correlation {mean:.2} after standardization (max {max:.2}); gates that tell experts apart correlate little.{untrained}",
+                    g.experts, g.modules
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "\nGate vectors of the pool ({} experts, {} modules): no two trained gates to correlate.{untrained}",
+                    g.experts, g.modules
+                );
+            }
+        }
     }
     out
 }
@@ -353,11 +398,70 @@ mod tests {
             g(&[4.0, 3.0, 2.0, 1.0]),
         ])
         .unwrap();
-        assert!((s.max_correlation - 1.0).abs() < 1e-4, "{s:?}");
+        assert!((s.max_correlation.unwrap() - 1.0).abs() < 1e-4, "{s:?}");
         assert!(
-            (s.mean_correlation - (1.0 - 1.0 - 1.0) / 3.0).abs() < 1e-4,
+            (s.mean_correlation.unwrap() - (1.0 - 1.0 - 1.0) / 3.0).abs() < 1e-4,
             "{s:?}"
         );
+        assert_eq!(s.constant, 0);
         assert!(gate_similarity(&[g(&[1.0, 2.0])]).is_none());
+        // The record of a pool without untrained gates reads as it was written.
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("constant"), "{json}");
+        assert_eq!(serde_json::from_str::<GateSimilarity>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn an_untrained_all_zero_gate_is_left_out_and_named_not_read_as_correlation_0() {
+        let g = |v: &[f64]| BTreeMap::from([("m".to_string(), v.to_vec())]);
+        let zero = g(&[0.0; 4]);
+        // Two trained gates (correlation 1) and an untrained one: it read as 0 with
+        // each, pulling the mean to 1/3.
+        let s = gate_similarity(&[g(&[1.0, 2.0, 3.0, 4.0]), g(&[2.0, 4.0, 6.0, 8.0]), zero.clone()]).unwrap();
+        assert!((s.mean_correlation.unwrap() - 1.0).abs() < 1e-4, "{s:?}");
+        assert_eq!((s.constant, s.modules, s.experts), (1, 1, 3));
+        let q = RoutingQuality {
+            own: BTreeMap::new(),
+            gates: Some(s),
+        };
+        assert!(
+            markdown("e", &q, &[]).contains("1 of the 3 experts have constant (all-zero, untrained) gates"),
+            "{}",
+            markdown("e", &q, &[])
+        );
+        // Nothing left to correlate: said so (it printed "correlation 0.00").
+        let s = gate_similarity(&[zero.clone(), zero]).unwrap();
+        assert_eq!((s.mean_correlation, s.constant), (None, 2));
+        let q = RoutingQuality {
+            own: BTreeMap::new(),
+            gates: Some(s),
+        };
+        let md = markdown("e", &q, &[]);
+        assert!(
+            md.contains("no two trained gates to correlate") && !md.contains("0.00"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn an_owner_that_adapts_some_modules_is_measured_over_those() {
+        // The owner "a" has no adapter at m2: its row was dropped altogether.
+        let modules = BTreeMap::from([
+            (
+                "encoder.m1".to_string(),
+                module(&["a", "b"], &[8, 2], &[7.0, 3.0], 10),
+            ),
+            (
+                "encoder.m2".to_string(),
+                module(&["b", "c"], &[10, 10], &[5.0, 5.0], 10),
+            ),
+        ]);
+        let r = own_routing("a", &modules).unwrap();
+        assert_eq!(r.modules, 1);
+        assert!(
+            (r.share - 0.7).abs() < 1e-12 && (r.hit - 0.8).abs() < 1e-12,
+            "{r:?}"
+        );
+        assert!(own_routing("z", &modules).is_none());
     }
 }

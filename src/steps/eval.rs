@@ -38,10 +38,13 @@ use crate::store::spec::member_role;
 /// (`parts/`, see `eval_parts`), which later evals reuse. Version 15: part keys no
 /// longer hold this version (their own format tag stands for how a part is scored),
 /// so that a change to what the eval writes from its parts keeps them reusable.
+/// Version 16: the routing-quality record measures an owner that adapts some modules
+/// over those (its rows were dropped), and leaves constant (untrained) gates out of
+/// the pool's gate correlation, counting them (they read as correlation 0).
 ///
 /// Bump `eval_parts::PART_FORMAT` as well when a change alters any (method, task)
 /// result: scores, routing records, or what a part file holds.
-pub const KIND: Kind = Kind::new("eval", 15, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+pub const KIND: Kind = Kind::new("eval", 16, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).
