@@ -493,6 +493,106 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
     assert!(err.to_string().contains("export takes an expert"), "{err}");
 }
 
+/// The paper's contributors share an expert and its gate, not their data: an
+/// imported adapter that ships its gate (`peft-gate=#true`) joins a pool with that
+/// gate, without a dataset; what needs the data says so at check.
+#[test]
+fn an_imported_adapter_with_its_shipped_gate_pools_without_its_data() {
+    use goosepipe::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let first = pipeline(dir.path(), &experts_block("alpha"));
+    let store_dir = dir.path().join("store");
+    let (code, out) = support::run_product(&first, &store_dir);
+    assert_eq!(code, 0, "{out}");
+    let shipped = dir.path().join("alpha-peft");
+    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, &mut Vec::new()).unwrap();
+
+    let text = std::fs::read_to_string(&first).unwrap();
+    let alpha_line = text
+        .lines()
+        .find(|l| l.starts_with("expert \"alpha\""))
+        .unwrap()
+        .to_string();
+    let with = |expert: &str, methods: &str| {
+        text.replace(&alpha_line, expert)
+            .replace("\"alpha\" \"bin\"", "\"shared\" \"bin\"")
+            .replace(
+                "\"phatgoose\" \"merged\" \"arrow\" \"average-activation\" \"expert:bin\"",
+                methods,
+            )
+    };
+    let shared = format!(
+        "expert \"shared\" model=\"t\" peft=\"{}\" peft-gate=#true",
+        shipped.display()
+    );
+    let m = dir.path().join("shared.kdl");
+    std::fs::write(&m, with(&shared, "\"phatgoose\" \"merged\" \"arrow\"")).unwrap();
+    let (code, out) = support::run_product(&m, &store_dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("| task | phatgoose | merged | arrow |"), "{out}");
+    let store = Store::open(&store_dir).unwrap();
+    let reg = goosepipe::steps::registry();
+    let plan = goosepipe::app::load_plan(&m, &reg, &store.hash_cache()).unwrap();
+    let gate = &plan.get("gate:shared").unwrap().spec;
+    let roles: Vec<&str> = gate.inputs.iter().map(|i| i.role.as_str()).collect();
+    assert_eq!(
+        roles,
+        ["expert", "model"],
+        "no data: the gate is read, not trained"
+    );
+    assert_eq!(gate.externals[0].role(), "peft");
+    // The gate in the pool is the one trained in the first pipeline, as shipped.
+    let cfg = base().config;
+    let load = |files: std::path::PathBuf| {
+        GateVectors::load(&files.join("gates.safetensors"), &cfg, &Device::Cpu, DType::F32).unwrap()
+    };
+    let first_plan = goosepipe::app::load_plan(&first, &reg, &store.hash_cache()).unwrap();
+    let trained = load(store.files_dir(&first_plan.get("gate:alpha").unwrap().spec.key));
+    let read = load(store.files_dir(&gate.key));
+    let values = |g: &GateVectors| -> Vec<Vec<f32>> {
+        g.gates.values().map(|t| t.to_vec1::<f32>().unwrap()).collect()
+    };
+    assert_eq!(values(&read), values(&trained));
+    // On Slurm, reading a gate is a small CPU job.
+    let res =
+        goosepipe::exec::slurm::Resources::for_step(gate, Some(&goosepipe::steps::expert::GATE), "cuda");
+    assert_eq!((res.gpus, res.cpus), (Some(0), Some(1)));
+
+    // What cannot be done without the data, or without a shipped gate, is said.
+    let plan_err = |manifest: String| -> String {
+        std::fs::write(&m, manifest).unwrap();
+        match goosepipe::app::load_plan(&m, &reg, &store.hash_cache()) {
+            Ok(_) => panic!("planned"),
+            Err(e) => format!("{e:?}"),
+        }
+    };
+    let err = plan_err(with(&shared, "\"phatgoose\" \"average-activation\""));
+    assert!(
+        err.contains("method \"average-activation\" reads the data of every expert of pool \"p\",")
+            && err.contains("imported without a dataset: shared"),
+        "{err}"
+    );
+    let err = plan_err(with(&shared.replace(" peft-gate=#true", ""), "\"phatgoose\""));
+    assert!(err.contains("expert \"shared\" has no dataset="), "{err}");
+    let err = plan_err(with(
+        "expert \"shared\" model=\"t\" dataset=\"one\" peft-gate=#true",
+        "\"phatgoose\"",
+    ));
+    assert!(err.contains("sets peft-gate but imports no adapter"), "{err}");
+    // An adapter without a gate file: the gate step says so.
+    let bare = format!(
+        "expert \"shared\" model=\"t\" peft=\"{}\" peft-gate=#true",
+        peft_fixture("alpha").display()
+    );
+    std::fs::write(&m, with(&bare, "\"phatgoose\"")).unwrap();
+    let (code, out) = support::run_product(&m, &store_dir);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("ships no gate: there is no phatgoose_gates.safetensors in it"),
+        "{out}"
+    );
+}
+
 #[test]
 fn an_imported_expert_says_what_is_wrong_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();

@@ -237,6 +237,10 @@ impl<'a> Lowerer<'a> {
                 match e.kind.as_str() {
                     "model" | "dataset" => vec![c(None)],
                     // Popped from the back: the expert's groups first, then the gate's.
+                    // A shipped gate is read, not trained: no gate settings.
+                    "expert" if imported(&e.block) && ships_gate(&e.block) => {
+                        vec![c(Some(&["resources"])), c(Some(&["peft", "resources"]))]
+                    }
                     "expert" if imported(&e.block) => {
                         vec![c(Some(&["gate", "resources"])), c(Some(&["peft", "resources"]))]
                     }
@@ -287,6 +291,11 @@ impl<'a> Lowerer<'a> {
 /// Whether an expert node imports an existing adapter instead of training one.
 fn imported(block: &crate::manifest::Block) -> bool {
     block.props.contains_key("peft") || block.props.contains_key("peft-hub")
+}
+
+/// Whether an expert uses the gate its imported adapter ships (`peft-gate=#true`).
+fn ships_gate(block: &crate::manifest::Block) -> bool {
+    block.get("peft-gate").and_then(Value::as_bool) == Some(true)
 }
 
 /// One step from its proto, once the keys of its inputs are known.
@@ -709,10 +718,42 @@ impl Lowerer<'_> {
     fn expert(&mut self, e: &Entity, cx: Collected, cg: Collected) {
         let model = step_id("model", e.block.str("model").unwrap_or_default());
         let mut x = Proto::new("expert", &e.name, Some(e.name_loc));
-        let data = self.tokens(
-            e.block.str("dataset").unwrap_or_default(),
-            e.block.str("model").unwrap_or_default(),
-        );
+        let shipped_gate = imported(&e.block) && ships_gate(&e.block);
+        if ships_gate(&e.block) && !imported(&e.block) {
+            let loc = e
+                .block
+                .props
+                .get("peft-gate")
+                .and_then(|f| f.loc)
+                .unwrap_or(e.name_loc);
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::peft-gate-without-import",
+                    loc,
+                    format!("expert \"{}\" sets peft-gate but imports no adapter", e.name),
+                    "only with peft= or peft-hub=",
+                )
+                .help("a trained expert's gate is trained after it; remove peft-gate, or import the adapter with peft=\"DIR\""),
+            );
+        }
+        let data = match e.block.str("dataset") {
+            Some(d) => Some(self.tokens(d, e.block.str("model").unwrap_or_default())),
+            None if shipped_gate => None,
+            None => {
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::missing-property",
+                        e.name_loc,
+                        format!("expert \"{}\" has no dataset=", e.name),
+                        "needs its training data",
+                    )
+                    .help("add dataset=\"NAME\" (the expert trains on it, and its gate after it); an imported adapter that ships its gate needs none with peft-gate=#true"),
+                );
+                return;
+            }
+        };
         if imported(&e.block) {
             self.import_source(e, &cx, &mut x);
             x.absorb(cx);
@@ -742,16 +783,33 @@ impl Lowerer<'_> {
                 );
             }
             x.absorb(cx);
-            x.inputs = vec![("model".into(), model.clone()), ("data".into(), data.clone())];
+            let data = data.clone().expect("a trained expert has its data");
+            x.inputs = vec![("model".into(), model.clone()), ("data".into(), data)];
         }
+        // Read from the same adapter as the expert: its content (or hub commit).
+        let adapter = x.externals.clone();
         let expert_id = self.push(x, &e.name);
         let mut g = Proto::new("gate", &e.name, Some(e.name_loc));
         g.absorb(cg);
-        g.inputs = vec![
-            ("model".into(), model),
-            ("expert".into(), expert_id),
-            ("data".into(), data),
-        ];
+        g.inputs = vec![("model".into(), model), ("expert".into(), expert_id)];
+        match data {
+            Some(data) if !shipped_gate => g.inputs.push(("data".into(), data)),
+            _ => {
+                g.params.insert("import".into(), Value::Str("peft".into()));
+                g.externals = adapter;
+                if let Some(b) = e.block.group("gate")
+                    && b.props.values().any(|f| f.origin == Origin::Explicit)
+                {
+                    self.warn(
+                        "plan::ignored-settings",
+                        b.loc,
+                        format!("expert \"{}\" uses its adapter's gate: its `gate` settings are not used", e.name),
+                        "ignored",
+                        "a shipped gate is read, not trained; remove the group, or remove peft-gate to train a gate on the expert's dataset",
+                    );
+                }
+            }
+        }
         self.push(g, &e.name);
     }
 
@@ -1195,6 +1253,31 @@ impl Lowerer<'_> {
             ) else {
                 continue;
             };
+            // Every step a method needs reads the members' data: an expert that
+            // ships its gate and came without it cannot take part.
+            let dataless: Vec<&str> = members
+                .iter()
+                .filter(|m| m.block.str("dataset").is_none())
+                .map(|m| m.name.as_str())
+                .collect();
+            if !method.needs.is_empty() && !dataless.is_empty() {
+                self.errors.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "manifest::method-needs-data",
+                        loc,
+                        format!(
+                            "method \"{}\" reads the data of every expert of pool \"{pool}\", and {} imported without a dataset: {}",
+                            method.name,
+                            if dataless.len() == 1 { "one was" } else { "some were" },
+                            dataless.join(", ")
+                        ),
+                        "needs the experts' data",
+                    )
+                    .help("give those experts dataset=\"NAME\" (their training data), or leave the method out of this eval"),
+                );
+                continue;
+            }
             for kind in method.needs {
                 let Some(needed) = self.catalog.needed(kind) else {
                     self.errors.push(

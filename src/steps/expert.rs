@@ -241,9 +241,19 @@ pub const EXPERT: Kind = Kind {
     }),
     ..Kind::new("expert", 8, 3, JobDefaults::OTHER)
 };
-/// The gate vectors of one expert, everything else frozen. Version 6: the file no
-/// longer records the step's name.
-pub const GATE: Kind = Kind::new("gate", 6, 4, JobDefaults::new(1, 4, "32G", "4:00:00"));
+/// The gate vectors of one expert, everything else frozen; or the gate an imported
+/// adapter ships, read (`peft-gate=#true`: minutes of reading, no GPU). Version 6:
+/// the file no longer records the step's name.
+pub const GATE: Kind = Kind {
+    resources: crate::exec::kind::JobResources::ByParams(|p| {
+        if imports(p) {
+            JobDefaults::new(0, 1, "8G", "0:30:00")
+        } else {
+            JobDefaults::new(1, 4, "32G", "4:00:00")
+        }
+    }),
+    ..Kind::new("gate", 6, 4, JobDefaults::OTHER)
+};
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
 /// Versions 6 and 7: the hand-written backward pass, as `expert`; 8: unnamed, as
 /// `expert`.
@@ -309,6 +319,14 @@ impl StepRunner for ExpertStep {
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
         let outcome = fit(ctx, &mut base, &vars, &cfg)?;
+        if outcome.best_step == 0 && cfg.steps > 0 {
+            // Its LoRA's B is still zero: the expert is the base, and its gate will
+            // have nothing to learn. Said, not hidden in summary.json.
+            ctx.progress.log(&format!(
+                "warning: no validation after step 0 beat the untrained start, so the best checkpoint kept is step 0 of {}: this expert changes nothing (its LoRA is zero); train longer, change lr, or check its data",
+                cfg.steps
+            ));
+        }
         // Unnamed: the artifact belongs to a key, not to this step's name (META_NAME).
         let expert = lora_expert_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
@@ -347,6 +365,9 @@ impl StepRunner for GateStep {
         "gate"
     }
     fn run(&self, ctx: &StepContext) -> Result<(), StepError> {
+        if imports(&ctx.spec.params) {
+            return super::peft_import::run_gate(ctx);
+        }
         let dev = device(ctx)?;
         let mut base = load_base(ctx, &dev)?;
         let cfg = TrainConfig::for_gates(&ctx.params::<GateStepParams>()?.gate).map_err(fail)?;
@@ -365,6 +386,9 @@ impl StepRunner for GateStep {
         interrupted
     }
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        if imports(&ctx.spec.params) {
+            return Ok(None);
+        }
         let steps = ctx.params::<GateStepParams>()?.gate.steps;
         Ok(training_preview(ctx, steps))
     }

@@ -8,13 +8,14 @@
 use std::path::PathBuf;
 
 use super::common::{fail, load_base};
-use crate::artifact_files::{EXPERT_FILE, SUMMARY_JSON};
+use crate::artifact_files::{EXPERT_FILE, GATES_FILE, SUMMARY_JSON};
 use crate::exec::{StepContext, StepError};
 use crate::model::checkpoint::peft;
 use crate::store::External;
 
-/// The adapter folder of the step and how to name where it came from in the summary
-/// (never an absolute path: artifacts must be the same bytes on every machine).
+/// The adapter folder of the step (an imported expert, or the gate it ships) and how
+/// to name where it came from in the summary (never an absolute path: artifacts must
+/// be the same bytes on every machine).
 fn adapter_dir(ctx: &StepContext) -> Result<(PathBuf, String), StepError> {
     for e in &ctx.spec.externals {
         match e {
@@ -29,11 +30,12 @@ fn adapter_dir(ctx: &StepContext) -> Result<(PathBuf, String), StepError> {
         }
     }
     Err(fail(format!(
-        "expert {} is imported but names no adapter (peft= or peft-hub=)",
-        ctx.spec.name
+        "{} is imported but names no adapter (peft= or peft-hub=)",
+        ctx.spec.id
     )))
 }
 
+/// The `expert` step of an imported adapter.
 pub fn run(ctx: &StepContext) -> Result<(), StepError> {
     let (dir, from) = adapter_dir(ctx)?;
     let dev = super::common::device(ctx)?;
@@ -50,6 +52,61 @@ pub fn run(ctx: &StepContext) -> Result<(), StepError> {
         "adapter": imported.source,
         "note": "scaling folded into lora_B (goosepipe divides by r)",
     });
+    std::fs::write(
+        ctx.out.join(SUMMARY_JSON),
+        serde_json::to_vec_pretty(&summary).expect("json"),
+    )?;
+    Ok(())
+}
+
+/// The `gate` step of an imported adapter that ships its gate (`peft-gate=#true`):
+/// the adapter's `phatgoose_gates.safetensors`, checked against the base, written as
+/// goosepipe's gate file (what a trained gate step writes).
+pub fn run_gate(ctx: &StepContext) -> Result<(), StepError> {
+    let (dir, from) = adapter_dir(ctx)?;
+    let dev = super::common::device(ctx)?;
+    let base = load_base(ctx, &dev)?;
+    let Some(mut gates) = peft::import_gates(&dir, "", base.config(), &dev).map_err(fail)? else {
+        return Err(fail(format!(
+            "{}: the adapter ({from}) ships no gate: there is no {} in it; remove peft-gate=#true to train its gate on the expert's dataset",
+            ctx.spec.id,
+            peft::GATES_FILE
+        )));
+    };
+    // The expert's modules and the gate's must be the same set: a gate for a module
+    // the adapter lacks routes nothing, a module without one cannot be routed.
+    let expert = crate::model::LoraExpert::load(
+        &ctx.input("expert")?.files.join(EXPERT_FILE),
+        base.config(),
+        &dev,
+        candle_core::DType::F32,
+    )
+    .map_err(fail)?;
+    let (want, have): (Vec<&String>, Vec<&String>) =
+        (expert.modules.keys().collect(), gates.gates.keys().collect());
+    if want != have {
+        let missing: Vec<&str> = want
+            .iter()
+            .filter(|m| !have.contains(m))
+            .map(|m| m.as_str())
+            .collect();
+        let extra: Vec<&str> = have
+            .iter()
+            .filter(|m| !want.contains(m))
+            .map(|m| m.as_str())
+            .collect();
+        return Err(fail(format!(
+            "{}: the adapter's gate ({from}) does not cover its LoRA modules: {} without a gate, {} gated without a LoRA (first: {})",
+            ctx.spec.id,
+            missing.len(),
+            extra.len(),
+            missing.first().or(extra.first()).copied().unwrap_or_default()
+        )));
+    }
+    gates.name.clear();
+    gates.base_model = Some(ctx.input("model")?.key.hex());
+    gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
+    let summary = serde_json::json!({"imported": "peft", "from": from});
     std::fs::write(
         ctx.out.join(SUMMARY_JSON),
         serde_json::to_vec_pretty(&summary).expect("json"),
