@@ -671,10 +671,24 @@ impl Lowerer<'_> {
                         f.loc.unwrap_or(e.name_loc),
                         format!("dataset \"{}\" reads a local file: `{prop}` is not used", e.name),
                         "ignored",
-                        "a local file is one split: an eval scores all of it, training holds back 10% of it for validation; give another file for another split",
+                        "a local file is one split: an eval scores all of it, training holds back 10% of it for validation; give another file for another split (validation-path= for validation)",
                     );
                 }
             }
+        }
+        if let Some(f) = e.block.props.get("validation-path")
+            && !e.block.props.contains_key("path")
+        {
+            self.errors.push(
+                ManifestError::new(
+                    &self.manifest.sources,
+                    "manifest::validation-path-alone",
+                    f.loc.unwrap_or(e.name_loc),
+                    format!("dataset \"{}\" sets validation-path without path=", e.name),
+                    "only with a local file",
+                )
+                .help("validation-path= is the validation file of a local path= dataset; a hub dataset names its validation split with validation-split="),
+            );
         }
         // One without the other filters every row out, or none: said at check, not
         // by the run ("no row has FIELD in []") after the data of every other step.

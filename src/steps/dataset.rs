@@ -471,21 +471,30 @@ impl StepRunner for DatasetStep {
             (examples, validation)
         } else if let Some(External::Path { path, display, .. }) = ext("path") {
             prov.source = "path".into();
-            prov.files.push(display.clone());
-            let file = Path::new(path);
-            let is_jsonl = matches!(
-                file.extension().and_then(|e| e.to_str()),
-                Some("jsonl") | Some("ndjson")
-            );
-            let examples = if is_jsonl && !p.shapes_rows() {
-                // Line-accurate errors for the common case.
-                read_jsonl_mapped(file, &fields(&p)).map_err(fail)?
-            } else {
-                let rows = read_rows(file).map_err(fail)?;
-                examples_of(ctx, &p, path, rows, &mut prov)?
+            let mut read = |path: &str, display: &str| -> Result<Vec<Example>, StepError> {
+                prov.files.push(display.to_string());
+                let file = Path::new(path);
+                let is_jsonl = matches!(
+                    file.extension().and_then(|e| e.to_str()),
+                    Some("jsonl") | Some("ndjson")
+                );
+                let examples = if is_jsonl && !p.shapes_rows() {
+                    // Line-accurate errors for the common case.
+                    read_jsonl_mapped(file, &fields(&p)).map_err(fail)?
+                } else {
+                    let rows = read_rows(file).map_err(fail)?;
+                    examples_of(ctx, &p, path, rows, &mut prov)?
+                };
+                check_choices_field(&p, display, &examples)?;
+                Ok(examples)
             };
-            check_choices_field(&p, display, &examples)?;
-            (examples, None)
+            let examples = read(path, display)?;
+            // A validation file of its own, else 10% of the file is held back.
+            let validation = match ext("validation-path") {
+                Some(External::Path { path, display, .. }) => Some(read(path, display)?),
+                _ => None,
+            };
+            (examples, validation)
         } else {
             return Err(StepError::msg(format!(
                 "dataset {} has no source (hub=, path=, bigbench= or synthetic)",
