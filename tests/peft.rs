@@ -759,6 +759,34 @@ expert "sort" model="t" dataset="sort" {
         format!("{err}").contains("base-model exists and is not a folder: the base model is written there"),
         "{err}"
     );
+
+    // Imported again on a base of the same shapes and other weights (another seed),
+    // the adapter says it was made for another base (the scores just dropped); on its
+    // own base it says nothing.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    for (seed, warned) in [("seed=3", false), ("seed=4", true)] {
+        let m = dir.path().join(format!("reimport-{warned}.kdl"));
+        std::fs::write(
+            &m,
+            format!(
+                "{}\nexpert \"imp\" model=\"t\" dataset=\"sort\" peft=\"{}\" peft-gate=#true\n",
+                text.replace("seed=3", seed),
+                to.display()
+            ),
+        )
+        .unwrap();
+        let (code, out) = support::run_product(&m, &store);
+        assert_eq!(code, 0, "{out}");
+        let plan = goosepipe::app::load_plan(&m, &goosepipe::steps::registry(), &s.hash_cache()).unwrap();
+        let files = s.files_dir(&plan.get("expert:imp").unwrap().spec.key);
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(files.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary.get("warning").is_some(), warned, "{summary}");
+        if warned {
+            let w = summary["warning"].as_str().unwrap();
+            assert!(w.contains("came with the base it was trained on"), "{w}");
+        }
+    }
 }
 
 #[test]

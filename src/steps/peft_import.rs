@@ -5,7 +5,7 @@
 //! steps treat it like a trained expert. Its key is the adapter's content (or hub
 //! commit) and the base: the same adapter in two manifests is one artifact.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::common::{fail, load_base};
 use crate::artifact_files::{EXPERT_FILE, GATES_FILE, SUMMARY_JSON};
@@ -46,17 +46,76 @@ pub fn run(ctx: &StepContext) -> Result<(), StepError> {
     expert.name.clear();
     expert.base_model = Some(ctx.input("model")?.key.hex());
     expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "imported": "peft",
         "from": from,
         "adapter": imported.source,
         "note": "scaling folded into lora_B (goosepipe divides by r)",
     });
+    // Same shapes, other weights: nothing else would tell (the scores just drop).
+    if let Some(warning) = other_base(
+        ctx,
+        &dir,
+        &base.dir,
+        imported.source.base_model_name_or_path.as_deref(),
+    )? {
+        ctx.progress.log(&format!("warning: {warning}"));
+        summary["warning"] = serde_json::json!(warning);
+    }
     std::fs::write(
         ctx.out.join(SUMMARY_JSON),
         serde_json::to_vec_pretty(&summary).expect("json"),
     )?;
     Ok(())
+}
+
+/// Why the adapter at `dir` was made for another base than the pipeline's (at
+/// `base_dir`), when it says so: the base it was exported with (`base-model/`, as
+/// `goosepipe export` writes a pipeline-built base) has other weights, or the hub id it
+/// names is not the pipeline's hub model.
+fn other_base(
+    ctx: &StepContext,
+    dir: &Path,
+    base_dir: &Path,
+    named: Option<&str>,
+) -> Result<Option<String>, StepError> {
+    let weights = |d: &Path| match crate::model::checkpoint::load::locate(d).ok()?.weights {
+        crate::model::checkpoint::load::WeightFiles::Safetensors(files) => Some(files),
+        crate::model::checkpoint::load::WeightFiles::Pickle(file) => Some(vec![file]),
+    };
+    let digest = |files: &[PathBuf]| -> Result<Vec<String>, StepError> {
+        files
+            .iter()
+            .map(|f| Ok(crate::store::hashing::hash_file(f)?.to_hex().to_string()))
+            .collect()
+    };
+    let shipped = dir.join("base-model");
+    if let (Some(theirs), Some(ours)) = (weights(&shipped), weights(base_dir)) {
+        if digest(&theirs)? != digest(&ours)? {
+            return Ok(Some(format!(
+                "the adapter came with the base it was trained on (base-model/), and {}'s weights are not those: its outputs here are not what its author measured",
+                ctx.input("model")?.id
+            )));
+        }
+        return Ok(None);
+    }
+    let model = ctx.input("model")?;
+    let (pointer, _) = super::common::read_model_pointer(&model.files, &model.id)?;
+    let ours = pointer.source.strip_prefix("hub:");
+    match (named, ours) {
+        // A hub id names the base: `org/name` (not a path that exists here).
+        (Some(theirs), Some(ours))
+            if theirs.matches('/').count() == 1
+                && !Path::new(theirs).exists()
+                && !theirs.eq_ignore_ascii_case(ours) =>
+        {
+            Ok(Some(format!(
+                "the adapter was made for {theirs} (its base_model_name_or_path), and {} is {ours}",
+                model.id
+            )))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The `gate` step of an imported adapter that ships its gate (`peft-gate=#true`):
