@@ -521,6 +521,23 @@ fn local_field_settings_that_match_nothing_are_said_at_the_data() {
         6
     );
     assert!(!files.join("train.jsonl").exists(), "the examples all train");
+    // A spreadsheet's CSV export: the same fields, answer choices as a JSON list.
+    std::fs::write(
+        t.path().join("d.csv"),
+        "input,target,opts\n\"x, 0\",b,\"[\"\"a\"\", \"\"b\"\"]\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("f.kdl"),
+        "dataset \"d\" path=\"d.csv\" choices-field=\"opts\"\n",
+    )
+    .unwrap();
+    let files = built_dataset(t.path(), "f.kdl", &cache, "dataset:d");
+    let rows = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
+    assert_eq!(
+        (rows[0].input.as_str(), rows[0].choices.clone()),
+        ("x, 0", vec!["a".to_string(), "b".into()])
+    );
     // Half a row filter, or a validation file without a data file, is refused at check.
     for (manifest, said) in [
         (

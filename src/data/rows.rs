@@ -193,14 +193,68 @@ fn arrow_batches_rows(
     Ok(out)
 }
 
-/// Rows of a data file, by extension (.jsonl / .ndjson, .parquet, .arrow).
+/// All rows of a CSV (or, with `delimiter` b'\t', TSV) file with a header line: each
+/// record an object of its columns' text; a cell holding a JSON list (`["a", "b"]`)
+/// is that list, so answer choices fit in one column. Errors name the line.
+pub fn read_csv_rows(path: &Path, delimiter: u8) -> Result<Vec<Row>, DataError> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_reader(std::io::BufReader::new(file));
+    let at = |e: csv::Error| {
+        let line = e.position().map(|p| format!(":{}", p.line())).unwrap_or_default();
+        let why = match e.kind() {
+            csv::ErrorKind::Utf8 { .. } => "not UTF-8 text; save the file as UTF-8".to_string(),
+            _ => e.to_string(),
+        };
+        DataError::Other(format!("{}{line}: {why}", path.display()))
+    };
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(at)?
+        .iter()
+        .enumerate()
+        // A spreadsheet's byte-order mark is not part of the first column's name.
+        .map(|(i, h)| {
+            if i == 0 {
+                h.trim_start_matches('\u{feff}')
+            } else {
+                h
+            }
+            .to_string()
+        })
+        .collect();
+    let mut out = vec![];
+    for record in reader.records() {
+        let record = record.map_err(at)?;
+        let mut row = Row::new();
+        for (h, cell) in headers.iter().zip(record.iter()) {
+            let list = cell
+                .trim_start()
+                .starts_with('[')
+                .then(|| serde_json::from_str::<serde_json::Value>(cell).ok())
+                .flatten()
+                .filter(|v| v.is_array());
+            row.insert(
+                h.clone(),
+                list.unwrap_or_else(|| serde_json::Value::String(cell.to_string())),
+            );
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Rows of a data file, by extension (.jsonl / .ndjson, .parquet, .arrow, .csv, .tsv).
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("parquet") => read_parquet_rows(path),
         Some("arrow") => read_arrow_rows(path),
         Some("jsonl") | Some("ndjson") => read_jsonl_rows(path),
+        Some("csv") => read_csv_rows(path, b','),
+        Some("tsv") => read_csv_rows(path, b'\t'),
         _ => Err(DataError::Other(format!(
-            "{}: unknown data file type (expected .jsonl, .parquet or .arrow)",
+            "{}: unknown data file type (expected .jsonl, .parquet, .arrow, .csv or .tsv)",
             path.display()
         ))),
     }
@@ -218,6 +272,34 @@ mod tests {
         let q: ArrayRef = Arc::new(StringArray::from(vec!["2+2", "3+3"]));
         let a: ArrayRef = Arc::new(Int64Array::from(vec![4, 6]));
         RecordBatch::try_from_iter([("q", q), ("a", a)]).unwrap()
+    }
+
+    #[test]
+    fn csv_and_tsv_rows_have_their_header_s_fields_and_json_lists() {
+        let t = tempfile::tempdir().unwrap();
+        let csv = t.path().join("d.csv");
+        std::fs::write(
+            &csv,
+            "\u{feff}q,a,c\r\n\"2+2, please\",4,\"[\"\"3\"\", \"\"4\"\"]\"\r\nx,y,[not json\r\n",
+        )
+        .unwrap();
+        let rows = read_rows(&csv).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["q"], "2+2, please");
+        assert_eq!(rows[0]["a"], "4");
+        assert_eq!(rows[0]["c"], serde_json::json!(["3", "4"]));
+        assert_eq!(rows[1]["c"], "[not json");
+        let tsv = t.path().join("d.tsv");
+        std::fs::write(&tsv, "q\ta\nhello, world\tyes\n").unwrap();
+        assert_eq!(read_rows(&tsv).unwrap()[0]["q"], "hello, world");
+        // A record with another number of fields, and bytes that are not UTF-8, name
+        // their line.
+        std::fs::write(&csv, "q,a\nx,y\nonly-one\n").unwrap();
+        let err = read_rows(&csv).unwrap_err().to_string();
+        assert!(err.contains("d.csv:3:"), "{err}");
+        std::fs::write(&csv, b"q,a\nx,y\ncaf\xe9,z\n").unwrap();
+        let err = read_rows(&csv).unwrap_err().to_string();
+        assert!(err.contains("d.csv:3: not UTF-8 text"), "{err}");
     }
 
     #[test]
