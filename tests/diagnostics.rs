@@ -498,3 +498,55 @@ fn a_manifest_that_is_not_utf8_says_where_and_how_to_convert_it() {
         "{err}"
     );
 }
+
+/// Shared settings in an included file, overridden by the manifest that includes it
+/// (it was "`defaults` is given more than once"); two files included side by side
+/// that set one setting are an error, and one file still has one `defaults`.
+#[test]
+fn an_included_file_s_defaults_are_overridden_by_the_including_file() {
+    let d = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| std::fs::write(d.path().join(name), text).unwrap();
+    w(
+        "base.kdl",
+        "defaults {\n    train steps=10 lr=0.001\n    gate steps=7\n}\ndataset \"c\" { synthetic task=\"corpus\" examples=50; }\nmodel \"t\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\ndataset \"s\" { synthetic task=\"sort\" examples=50; }\n",
+    );
+    w(
+        "m.kdl",
+        "include \"base.kdl\"\ndefaults {\n    train steps=20\n}\nexpert \"e\" model=\"t\" dataset=\"s\"\n",
+    );
+    let reg = goosepipe::steps::registry();
+    let plan = goosepipe::plan::load(
+        &d.path().join("m.kdl"),
+        &reg,
+        &goosepipe::store::HashCache::in_memory(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let expert = &plan.get("expert:e").unwrap().spec.params;
+    assert_eq!(expert["train"]["steps"], 20, "the including file's setting wins");
+    assert_eq!(expert["train"]["lr"], 0.001, "the included file's setting stays");
+    assert_eq!(plan.get("gate:e").unwrap().spec.params["gate"]["steps"], 7);
+    // Side by side, both setting train.steps: neither overrides the other.
+    w("other.kdl", "defaults {\n    train steps=30\n}\n");
+    w(
+        "m.kdl",
+        "include \"base.kdl\"\ninclude \"other.kdl\"\nexpert \"e\" model=\"t\" dataset=\"s\"\n",
+    );
+    let mut out = Vec::new();
+    let err = goosepipe::app::check(&d.path().join("m.kdl"), &reg, &mut out).unwrap_err();
+    let err = format!("{err:?}");
+    assert!(
+        err.contains("manifest::defaults-conflict")
+            && err.contains("sets train.steps in two files included at the same depth"),
+        "{err}"
+    );
+    // Two in one file stay an error.
+    w(
+        "m.kdl",
+        "include \"base.kdl\"\ndefaults {\n    train steps=20\n}\ndefaults {\n    train lr=0.1\n}\n",
+    );
+    let err = format!(
+        "{:?}",
+        goosepipe::app::check(&d.path().join("m.kdl"), &reg, &mut out).unwrap_err()
+    );
+    assert!(err.contains("`defaults` is given more than once"), "{err}");
+}

@@ -61,6 +61,7 @@ pub fn load_lenient(path: &Path) -> Result<(Manifest, Vec<ManifestError>), Manif
         root: root.clone(),
         raw: vec![],
         include_stack: vec![],
+        depths: HashMap::new(),
         refused_names: Default::default(),
     };
     let name = abs
@@ -146,8 +147,10 @@ struct TopLevel {
     pipeline: Option<(String, Loc)>,
     allow_outside_paths: bool,
     jobs: Option<usize>,
-    defaults: Option<Block>,
-    defaults_loc: Option<Loc>,
+    /// Every `defaults` node, with the include depth of its file (1: the manifest
+    /// given on the command line) and where it is: a file's own defaults override
+    /// those of the files it includes.
+    defaults: Vec<(usize, Block, Loc)>,
     /// The whole `pipeline` and `defaults` nodes.
     settings_locs: Vec<Loc>,
     entities: Vec<Entity>,
@@ -166,6 +169,8 @@ struct Validator {
     root: PathBuf,
     raw: Vec<RawNode>,
     include_stack: Vec<PathBuf>,
+    /// How deep each file is included (1: the manifest given on the command line).
+    depths: HashMap<FileId, usize>,
     /// (kind, name) of nodes whose name was refused (`manifest::bad-name`): a
     /// reference to one is not a second error (the node is defined; its name is what
     /// is wrong).
@@ -188,6 +193,7 @@ impl Validator {
     fn load_file(&mut self, id: FileId) {
         let path = self.sources.get(id).path.clone();
         self.include_stack.push(path.clone());
+        self.depths.insert(id, self.include_stack.len());
         let text = self.sources.get(id).text.clone();
         if let Some(at) = super::parse::too_deep(&text) {
             self.err(
@@ -382,6 +388,7 @@ impl Validator {
             settings_locs,
             ..
         } = top;
+        let defaults = self.merge_defaults(defaults);
         // Inherit `defaults` groups, then the schema's defaults.
         for e in &mut entities {
             apply_defaults(self.schema, &mut e.block, defaults.as_ref());
@@ -405,6 +412,89 @@ impl Validator {
             settings_locs,
         };
         (manifest, self.errors)
+    }
+
+    /// The `defaults` of every file as one block: a setting of a file overrides the
+    /// same setting of the files it includes (deeper files first, shallower over
+    /// them); two files included at the same depth that set one setting differently
+    /// are an error (neither is the other's override).
+    fn merge_defaults(&mut self, mut layers: Vec<(usize, Block, Loc)>) -> Option<Block> {
+        // Stable: files at one depth keep their order.
+        layers.sort_by_key(|l| std::cmp::Reverse(l.0));
+        let mut layers = layers.into_iter();
+        let (first_depth, mut merged, _) = layers.next()?;
+        // Where each (group, setting) was last set, and at which depth.
+        let mut set: HashMap<(String, String), (usize, Option<Loc>)> = HashMap::new();
+        let mut note = |group: &str,
+                        name: &str,
+                        depth: usize,
+                        loc: Option<Loc>,
+                        errors: &mut Vec<ManifestError>,
+                        sources: &Sources| {
+            let key = (group.to_string(), name.to_string());
+            if let Some((d, prev)) = set.get(&key)
+                && *d == depth
+                && let (Some(prev), Some(loc)) = (prev, loc)
+            {
+                let shown = if group.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{group}.{name}")
+                };
+                errors.push(
+                    ManifestError::new(
+                        sources,
+                        "manifest::defaults-conflict",
+                        loc,
+                        format!("`defaults` sets {shown} in two files included at the same depth"),
+                        "set again here",
+                    )
+                    .also(*prev, "first set here")
+                    .help("set it once, or in the file that includes both (its defaults override theirs)"),
+                );
+            }
+            set.insert(key, (depth, loc));
+        };
+        let entries = |b: &Block| -> Vec<(String, String, Option<Loc>)> {
+            let mut out: Vec<(String, String, Option<Loc>)> = b
+                .props
+                .iter()
+                .map(|(k, f)| (String::new(), k.clone(), f.loc))
+                .collect();
+            for (g, c) in &b.children {
+                match c {
+                    Child::Group(gb) => {
+                        out.extend(gb.props.iter().map(|(k, f)| (g.clone(), k.clone(), f.loc)))
+                    }
+                    Child::List(items) => {
+                        out.push((String::new(), g.clone(), items.first().and_then(|f| f.loc)))
+                    }
+                    Child::Records(_) => {}
+                }
+            }
+            out
+        };
+        for (g, k, loc) in entries(&merged) {
+            note(&g, &k, first_depth, loc, &mut self.errors, &self.sources);
+        }
+        for (depth, layer, _) in layers {
+            for (g, k, loc) in entries(&layer) {
+                note(&g, &k, depth, loc, &mut self.errors, &self.sources);
+            }
+            merged.props.extend(layer.props);
+            for (name, child) in layer.children {
+                match (merged.children.get_mut(&name), child) {
+                    (Some(Child::Group(into)), Child::Group(from)) => {
+                        into.props.extend(from.props);
+                        into.children.extend(from.children);
+                    }
+                    (_, child) => {
+                        merged.children.insert(name, child);
+                    }
+                }
+            }
+        }
+        Some(merged)
     }
 
     /// One top-level node: validated against its kind, then recorded as the pipeline
@@ -442,10 +532,11 @@ impl Validator {
             self.refused_names.insert((kind.to_string(), name.to_string()));
         }
         if spec.unique {
+            // One `defaults` per file: included files may each have theirs.
             let prev = if kind == "pipeline" {
                 top.pipeline.as_ref().map(|p| p.1)
             } else {
-                top.defaults_loc
+                top.defaults.iter().find(|d| d.2.file == file).map(|d| d.2)
             };
             if let Some(prev) = prev {
                 let mut e = ManifestError::new(
@@ -455,7 +546,11 @@ impl Validator {
                     format!("`{kind}` is given more than once"),
                     "second one here",
                 )
-                .help(format!("a manifest has at most one `{kind}` node"));
+                .help(if kind == "defaults" {
+                    "a file has at most one `defaults` node (an included file may have its own: the including file's settings override it)".to_string()
+                } else {
+                    format!("a manifest has at most one `{kind}` node")
+                });
                 if prev.file == nloc.file {
                     e = e.also(prev, "first one here");
                 }
@@ -484,8 +579,8 @@ impl Validator {
                 }
             }
             "defaults" => {
-                top.defaults = Some(block);
-                top.defaults_loc = Some(nloc);
+                let depth = self.depths.get(&file).copied().unwrap_or(1);
+                top.defaults.push((depth, block, nloc));
             }
             _ if spec.named => self.add_entity(kind, block, node_loc, top),
             _ => {}
