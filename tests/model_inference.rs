@@ -33,6 +33,25 @@ fn greedy_matches_hf(name: &str) {
     let reference = load_st(dir.join("reference.safetensors"));
     let hf: Vec<Vec<i64>> = reference["generated"].to_vec2().unwrap();
     let ours = model.generate_greedy(&inputs(&st), 12).unwrap();
+    // Asked to stop, decoding gives up before the next step (an eval's Ctrl-C); never
+    // asked, it decodes the same tokens.
+    let steps = std::cell::Cell::new(0);
+    let stop_at_3 = || {
+        steps.set(steps.get() + 1);
+        steps.get() > 3
+    };
+    assert_eq!(
+        model.generate_greedy_until(&inputs(&st), 12, &stop_at_3).unwrap(),
+        None
+    );
+    assert_eq!(steps.get(), 4, "asked before each step, stopped at the fourth");
+    assert_eq!(
+        model
+            .generate_greedy_until(&inputs(&st), 12, &|| false)
+            .unwrap()
+            .as_ref(),
+        Some(&ours)
+    );
     for (row, mine) in hf.iter().zip(&ours) {
         // HF rows: decoder start, tokens, EOS, then pad.
         let expected: Vec<u32> = row[1..]

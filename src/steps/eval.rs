@@ -123,8 +123,9 @@ fn score_task(
         } else {
             let outs = base
                 .model
-                .generate_greedy(&inputs, task.max_new_tokens)
-                .map_err(fail)?;
+                .generate_greedy_until(&inputs, task.max_new_tokens, &|| ctx.cancel.is_cancelled())
+                .map_err(fail)?
+                .ok_or(StepError::Cancelled)?;
             for (e, ids) in chunk.iter().zip(&outs) {
                 let text = tok.decode(ids, true).map_err(|x| fail(format!("decode: {x}")))?;
                 // Several accepted answers: the best match counts (BIG-bench's rule).

@@ -59,8 +59,22 @@ impl T5Model {
     /// Each result stops before the first EOS. The decoder keeps a self-attention
     /// KV cache; cross-attention keys/values are computed once.
     pub fn generate_greedy(&self, inputs: &[Vec<u32>], max_new_tokens: usize) -> Result<Vec<Vec<u32>>> {
+        Ok(self
+            .generate_greedy_until(inputs, max_new_tokens, &|| false)?
+            .expect("never stopped"))
+    }
+
+    /// [`generate_greedy`](Self::generate_greedy), asking `stop` before each decoding
+    /// step: None once it says stop (Ctrl-C waited for the whole batch: minutes with
+    /// long generations).
+    pub fn generate_greedy_until(
+        &self,
+        inputs: &[Vec<u32>],
+        max_new_tokens: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<Vec<u32>>>> {
         if inputs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
         let (ids, mask) = pad_inputs(self, &refs)?;
@@ -72,6 +86,9 @@ impl T5Model {
         let mut done = vec![false; b];
         let mut next = vec![self.config.decoder_start_token_id; b];
         for _ in 0..max_new_tokens {
+            if stop() {
+                return Ok(None);
+            }
             let step = Tensor::from_vec(next.clone(), (b, 1), self.device())?;
             // Rows that finished feed padding: not tokens the router should count.
             self.set_decoder_rows(Some(done.iter().map(|d| !d).collect()));
@@ -94,7 +111,7 @@ impl T5Model {
                 break;
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Scores every choice of every item: EOS is appended to each choice, and
