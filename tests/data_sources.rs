@@ -484,6 +484,20 @@ fn local_field_settings_that_match_nothing_are_said_at_the_data() {
     let inputs: Vec<&str> = kept.iter().map(|e| e.input.as_str()).collect();
     assert_eq!(inputs, vec!["x 0", "x 2", "x 4"]);
     assert!(kept.iter().all(|e| e.choices == ["a", "b"]));
+    // A column with text in it matches text only, as it always did (same key, same rows).
+    std::fs::write(
+        t.path().join("mixed.jsonl"),
+        "{\"input\": \"s\", \"target\": \"b\", \"fold\": \"0\"}\n{\"input\": \"n\", \"target\": \"b\", \"fold\": 0}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("f.kdl"),
+        "dataset \"d\" path=\"mixed.jsonl\" keep-field=\"fold\" {\n    keep-values \"0\"\n}\n",
+    )
+    .unwrap();
+    let files = built_dataset(t.path(), "f.kdl", &cache, "dataset:d");
+    let kept = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
+    assert_eq!(kept.iter().map(|e| e.input.as_str()).collect::<Vec<_>>(), ["s"]);
     // A field no row has is named as such.
     let err = failure("dataset \"d\" path=\"d.jsonl\" keep-field=\"folds\" {\n    keep-values \"0\"\n}\n");
     assert!(

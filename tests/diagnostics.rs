@@ -539,6 +539,18 @@ fn an_included_file_s_defaults_are_overridden_by_the_including_file() {
             && err.contains("sets train.steps in two files included at the same depth"),
         "{err}"
     );
+    // The including file settles it: its setting overrides both.
+    w(
+        "m.kdl",
+        "include \"base.kdl\"\ninclude \"other.kdl\"\ndefaults {\n    train steps=40\n}\nexpert \"e\" model=\"t\" dataset=\"s\"\n",
+    );
+    let plan = goosepipe::plan::load(
+        &d.path().join("m.kdl"),
+        &reg,
+        &goosepipe::store::HashCache::in_memory(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(plan.get("expert:e").unwrap().spec.params["train"]["steps"], 40);
     // Two in one file stay an error.
     w(
         "m.kdl",

@@ -547,7 +547,7 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(
         text.contains(
-            "lockfile: pipeline.kdl.lock does not pin 3 cached step(s) as they are (gate:b, pool:p, eval:e)"
+            "lockfile: pipeline.kdl.lock does not match this manifest for 3 step(s) (gate:b, pool:p, eval:e:"
         ),
         "{text}"
     );
@@ -564,6 +564,11 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
     );
     assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), pinned);
     assert!(p.status(&reg).1.lock_drift.is_empty());
+    // An eval taken out of the manifest: the lockfile still pins it (run --locked
+    // refuses), and plan says so.
+    p.write(&BASE.replace("eval \"e\" pool=\"p\" {\n    methods \"phatgoose\" \"base\"\n    task \"h\" dataset=\"heldout\"\n}\n", ""));
+    let (_, status) = p.status(&reg);
+    assert_eq!(status.lock_drift, vec!["eval:e"]);
 }
 
 #[test]

@@ -176,6 +176,14 @@ fn one_expert_scores_as_its_lora_alone_unless_gated_is_asked() {
         single.total
     );
     assert!(render_text(&gated).contains("experts (gated): expert_a"));
+    // Gate files given by hand with `single` are refused (they were loaded, paired
+    // and then not used).
+    req.router = RouterChoice::Single;
+    req.gates = vec![dir.join("expert_a.gates.safetensors")];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("--gates given, and --router single"), "{err}");
+    req.gates.clear();
+    req.router = RouterChoice::parse("gated").unwrap();
     // Gated needs one expert and its gate.
     req.experts.push(dir.join("expert_b.safetensors"));
     let err = score(&req).unwrap_err().to_string();

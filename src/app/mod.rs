@@ -750,7 +750,9 @@ fn not_built(out: &mut dyn Write, id: &str, why: &str, manifest: &Path, store: &
 /// The `goosepipe run` command that builds `manifest` into the store at `store`, to
 /// copy from a hint: `--store` is named unless it is where a bare command looks.
 fn run_command(manifest: &Path, store: &Path) -> String {
-    let default = std::env::var_os("GOOSEPIPE_STORE").unwrap_or_else(|| DEFAULT_STORE.into());
+    let default = std::env::var_os("GOOSEPIPE_STORE")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_STORE.into());
     let mut cmd = format!("goosepipe run {}", shell_word(manifest));
     if store != Path::new(&default) {
         cmd.push_str(&format!(" --store {}", shell_word(store)));

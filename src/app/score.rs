@@ -313,6 +313,12 @@ fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert], named: bool) 
 }
 
 pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
+    // Gate files given by hand and then not used would be a silent no-op.
+    if req.router == RouterChoice::Single && !req.gates.is_empty() {
+        return Err(ModelError::Input(
+            "--gates given, and --router single runs each expert's LoRA alone (a gate is a router, never applied): pass --router gated, or a routed method such as phatgoose".into(),
+        ));
+    }
     let device = parse_device(&req.device)?;
     let given = Path::new(&req.model);
     let artifact = store_model_files(given);

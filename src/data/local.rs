@@ -51,7 +51,12 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
         }
         _ => (get(f.target)?, vec![]),
     };
-    let choices = match obj.get(f.choices) {
+    // A CSV cell holds a list as JSON text (`["yes", "no"]`).
+    let listed = match obj.get(f.choices) {
+        Some(serde_json::Value::String(s)) if s.trim_start().starts_with('[') => serde_json::from_str(s).ok(),
+        _ => None,
+    };
+    let choices = match listed.as_ref().or(obj.get(f.choices)) {
         None | Some(serde_json::Value::Null) => f.fixed_choices.to_vec(),
         Some(serde_json::Value::Array(a)) if a.is_empty() => f.fixed_choices.to_vec(),
         Some(serde_json::Value::Array(a)) => a

@@ -194,8 +194,8 @@ fn arrow_batches_rows(
 }
 
 /// All rows of a CSV (or, with `delimiter` b'\t', TSV) file with a header line: each
-/// record an object of its columns' text; a cell holding a JSON list (`["a", "b"]`)
-/// is that list, so answer choices fit in one column. Errors name the line.
+/// record an object of its columns' text (answer choices in one column as a JSON
+/// list, `["a", "b"]`, are read as a list by the field mapping). Errors name the line.
 pub fn read_csv_rows(path: &Path, delimiter: u8) -> Result<Vec<Row>, DataError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut reader = csv::ReaderBuilder::new()
@@ -229,16 +229,7 @@ pub fn read_csv_rows(path: &Path, delimiter: u8) -> Result<Vec<Row>, DataError> 
         let record = record.map_err(at)?;
         let mut row = Row::new();
         for (h, cell) in headers.iter().zip(record.iter()) {
-            let list = cell
-                .trim_start()
-                .starts_with('[')
-                .then(|| serde_json::from_str::<serde_json::Value>(cell).ok())
-                .flatten()
-                .filter(|v| v.is_array());
-            row.insert(
-                h.clone(),
-                list.unwrap_or_else(|| serde_json::Value::String(cell.to_string())),
-            );
+            row.insert(h.clone(), serde_json::Value::String(cell.to_string()));
         }
         out.push(row);
     }
@@ -275,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_and_tsv_rows_have_their_header_s_fields_and_json_lists() {
+    fn csv_and_tsv_rows_have_their_header_s_fields_as_text() {
         let t = tempfile::tempdir().unwrap();
         let csv = t.path().join("d.csv");
         std::fs::write(
@@ -287,7 +278,9 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0]["q"], "2+2, please");
         assert_eq!(rows[0]["a"], "4");
-        assert_eq!(rows[0]["c"], serde_json::json!(["3", "4"]));
+        // Text, every cell: only the choices field reads a JSON list (a target that
+        // looks like one stays text).
+        assert_eq!(rows[0]["c"], "[\"3\", \"4\"]");
         assert_eq!(rows[1]["c"], "[not json");
         let tsv = t.path().join("d.tsv");
         std::fs::write(&tsv, "q\ta\nhello, world\tyes\n").unwrap();

@@ -13,6 +13,8 @@ pub(crate) mod watch;
 pub mod weight_files;
 
 pub use error::HubError;
-pub use model::{resolve_adapter, resolve_model, resolve_model_dir, resolve_model_reporting};
+pub use model::{
+    resolve_adapter, resolve_adapter_with, resolve_model, resolve_model_dir, resolve_model_reporting,
+};
 pub use options::{HubOptions, parse_repo_id};
 pub use watch::DownloadReport;

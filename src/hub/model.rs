@@ -176,12 +176,27 @@ pub fn resolve_adapter(
     opts: &HubOptions,
     report: Option<&DownloadReport<'_>>,
 ) -> Result<PathBuf> {
+    resolve_adapter_with(repo_id, revision, opts, report, &[])
+}
+
+/// [`resolve_adapter`], also fetching the optional files `extra` of the repo (a gate
+/// file the adapter ships: the snapshot holds only what was asked for).
+pub fn resolve_adapter_with(
+    repo_id: &str,
+    revision: &str,
+    opts: &HubOptions,
+    report: Option<&DownloadReport<'_>>,
+    extra: &[&str],
+) -> Result<PathBuf> {
     let repo = Repo {
         id: repo_id,
         revision,
         report,
     };
     let dir = snapshot_of(&repo.require(ADAPTER_CONFIG, opts)?)?;
+    for file in extra {
+        let _ = repo.fetch(file, opts)?;
+    }
     let offline = cache_only(opts);
     for pass in [&offline, opts] {
         for file in [ADAPTER_SAFETENSORS, ADAPTER_PICKLE] {

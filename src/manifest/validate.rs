@@ -414,46 +414,21 @@ impl Validator {
         (manifest, self.errors)
     }
 
-    /// The `defaults` of every file as one block: a setting of a file overrides the
-    /// same setting of the files it includes (deeper files first, shallower over
-    /// them); two files included at the same depth that set one setting differently
-    /// are an error (neither is the other's override).
+    /// The `defaults` of every file as one block: a setting nearer the manifest given
+    /// on the command line (fewer includes away) overrides the same setting further
+    /// away; two files at the same distance that both set a setting, with no nearer
+    /// file setting it, are an error (neither overrides the other).
     fn merge_defaults(&mut self, mut layers: Vec<(usize, Block, Loc)>) -> Option<Block> {
         // Stable: files at one depth keep their order.
         layers.sort_by_key(|l| std::cmp::Reverse(l.0));
         let mut layers = layers.into_iter();
         let (first_depth, mut merged, _) = layers.next()?;
-        // Where each (group, setting) was last set, and at which depth.
-        let mut set: HashMap<(String, String), (usize, Option<Loc>)> = HashMap::new();
-        let mut note = |group: &str,
-                        name: &str,
-                        depth: usize,
-                        loc: Option<Loc>,
-                        errors: &mut Vec<ManifestError>,
-                        sources: &Sources| {
-            let key = (group.to_string(), name.to_string());
-            if let Some((d, prev)) = set.get(&key)
-                && *d == depth
-                && let (Some(prev), Some(loc)) = (prev, loc)
-            {
-                let shown = if group.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{group}.{name}")
-                };
-                errors.push(
-                    ManifestError::new(
-                        sources,
-                        "manifest::defaults-conflict",
-                        loc,
-                        format!("`defaults` sets {shown} in two files included at the same depth"),
-                        "set again here",
-                    )
-                    .also(*prev, "first set here")
-                    .help("set it once, or in the file that includes both (its defaults override theirs)"),
-                );
-            }
-            set.insert(key, (depth, loc));
+        // Every place each (group, setting) is set, with its depth.
+        let mut set: BTreeMap<(String, String), Vec<(usize, Option<Loc>)>> = BTreeMap::new();
+        let mut note = |group: &str, name: &str, depth: usize, loc: Option<Loc>| {
+            set.entry((group.to_string(), name.to_string()))
+                .or_default()
+                .push((depth, loc));
         };
         let entries = |b: &Block| -> Vec<(String, String, Option<Loc>)> {
             let mut out: Vec<(String, String, Option<Loc>)> = b
@@ -475,11 +450,11 @@ impl Validator {
             out
         };
         for (g, k, loc) in entries(&merged) {
-            note(&g, &k, first_depth, loc, &mut self.errors, &self.sources);
+            note(&g, &k, first_depth, loc);
         }
         for (depth, layer, _) in layers {
             for (g, k, loc) in entries(&layer) {
-                note(&g, &k, depth, loc, &mut self.errors, &self.sources);
+                note(&g, &k, depth, loc);
             }
             merged.props.extend(layer.props);
             for (name, child) in layer.children {
@@ -493,6 +468,34 @@ impl Validator {
                     }
                 }
             }
+        }
+        // The nearest files that set each setting: more than one is a conflict.
+        for ((group, name), places) in set {
+            let nearest = places.iter().map(|p| p.0).min().unwrap_or_default();
+            let locs: Vec<Loc> = places
+                .iter()
+                .filter(|p| p.0 == nearest)
+                .filter_map(|p| p.1)
+                .collect();
+            let [first, again, ..] = locs.as_slice() else {
+                continue;
+            };
+            let shown = if group.is_empty() {
+                name
+            } else {
+                format!("{group}.{name}")
+            };
+            self.errors.push(
+                ManifestError::new(
+                    &self.sources,
+                    "manifest::defaults-conflict",
+                    *again,
+                    format!("`defaults` sets {shown} in two files included at the same depth"),
+                    "set again here",
+                )
+                .also(*first, "first set here")
+                .help("set it in one of them, or in a file nearer the manifest (the including file's defaults override theirs)"),
+            );
         }
         Some(merged)
     }

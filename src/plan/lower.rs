@@ -953,7 +953,6 @@ impl Lowerer<'_> {
     }
 }
 
-/// The experts of a pool, sorted by name.
 impl Lowerer<'_> {
     /// A task scored by rank classification on synthetic data generated without
     /// answer choices fails only when the eval runs, after every expert and gate has
@@ -999,6 +998,7 @@ impl Lowerer<'_> {
     }
 }
 
+/// The experts of a pool, sorted by name.
 fn members_of<'m>(manifest: &'m Manifest, pool: &str) -> Vec<&'m Entity> {
     {
         let Some(p) = manifest.entity("pool", pool) else {
@@ -1281,9 +1281,9 @@ impl Lowerer<'_> {
                         "manifest::method-needs-data",
                         loc,
                         format!(
-                            "method \"{}\" reads the data of every expert of pool \"{pool}\", and {} imported without a dataset: {}",
+                            "method \"{}\" reads the data of every expert of pool \"{pool}\", and {} no dataset: {}",
                             method.name,
-                            if dataless.len() == 1 { "one was" } else { "some were" },
+                            if dataless.len() == 1 { "one has" } else { "some have" },
                             dataless.join(", ")
                         ),
                         "needs the experts' data",

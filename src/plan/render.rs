@@ -106,7 +106,7 @@ fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
         .map(|f| f.to_string_lossy().to_string())
         .unwrap_or_default();
     Some(format!(
-        "lockfile: {file} does not pin {} cached step(s) as they are ({ids}): it was written for another version of the manifest, or not yet; `goosepipe run` rewrites it, `run --locked` refuses until then",
+        "lockfile: {file} does not match this manifest for {} step(s) ({ids}: cached under other keys or digests, unpinned, or no longer in the manifest): it was written for another version of the manifest, or not yet; `goosepipe run` rewrites it, `run --locked` refuses until then",
         drift.len()
     ))
 }

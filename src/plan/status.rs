@@ -160,8 +160,9 @@ pub struct Status {
     /// its published inputs (filled by the exec layer's `previews`; empty otherwise).
     pub previews: BTreeMap<usize, String>,
     /// Cached steps that the lockfile pins otherwise (another key or digest, or not at
-    /// all): it was written by a run of another version of the manifest, and the next
-    /// `run` rewrites it (`run --locked` refuses).
+    /// all), and steps it pins that the manifest no longer has: it was written by a
+    /// run of another version of the manifest, and the next `run` rewrites it (`run
+    /// --locked` refuses).
     pub lock_drift: Vec<String>,
 }
 
@@ -238,6 +239,8 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
                 }
         })
         .map(|((s, _), _)| s.spec.id.clone())
+        // And steps the lockfile pins that the manifest no longer has.
+        .chain(lock.steps.keys().filter(|id| plan.get(id).is_none()).cloned())
         .collect();
     let n = plan.steps.len();
     // What has to run: missing artifacts that are wanted. Sinks are wanted; a missing

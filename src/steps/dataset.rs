@@ -253,11 +253,17 @@ fn examples_of(
                 seen.join(", ")
             )));
         }
-        // Numbers and booleans match as they are written (`fold: 0` is kept by "0").
+        // A column of numbers or booleans matches as written (`fold: 0` is kept by
+        // "0"; nothing matched). A column with text in it matches text only, as it
+        // always did: the same key must keep the same rows.
+        let as_written = !rows.iter().any(|r| r.get(field).is_some_and(|v| v.is_string()));
         rows.retain(|r| {
-            r.get(field)
-                .and_then(text_of)
-                .is_some_and(|v| values.contains(&v))
+            let v = match r.get(field) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(v) if as_written => text_of(v),
+                _ => None,
+            };
+            v.is_some_and(|v| values.contains(&v))
         });
         if rows.is_empty() {
             return Err(StepError::msg(format!(

@@ -16,14 +16,21 @@ use crate::store::External;
 /// The adapter folder of the step (an imported expert, or the gate it ships) and how
 /// to name where it came from in the summary (never an absolute path: artifacts must
 /// be the same bytes on every machine).
-fn adapter_dir(ctx: &StepContext) -> Result<(PathBuf, String), StepError> {
+fn adapter_dir(ctx: &StepContext, extra: &[&str]) -> Result<(PathBuf, String), StepError> {
     for e in &ctx.spec.externals {
         match e {
             External::Path {
                 role, path, display, ..
             } if role == "peft" => return Ok((PathBuf::from(path), format!("path:{display}"))),
             External::Hub { role, repo, .. } if role == "peft-hub" => {
-                let (dir, commit) = super::common::resolve_pinned(ctx, e, crate::hub::resolve_adapter)?;
+                let resolve =
+                    |repo: &str,
+                     rev: &str,
+                     opts: &crate::hub::HubOptions,
+                     report: Option<&crate::hub::DownloadReport<'_>>| {
+                        crate::hub::resolve_adapter_with(repo, rev, opts, report, extra)
+                    };
+                let (dir, commit) = super::common::resolve_pinned(ctx, e, resolve)?;
                 return Ok((dir, format!("hub:{repo}@{commit}")));
             }
             _ => {}
@@ -37,7 +44,7 @@ fn adapter_dir(ctx: &StepContext) -> Result<(PathBuf, String), StepError> {
 
 /// The `expert` step of an imported adapter.
 pub fn run(ctx: &StepContext) -> Result<(), StepError> {
-    let (dir, from) = adapter_dir(ctx)?;
+    let (dir, from) = adapter_dir(ctx, &[])?;
     let dev = super::common::device(ctx)?;
     let base = load_base(ctx, &dev)?;
     let imported = peft::import(&dir, &ctx.spec.name, base.config(), &dev).map_err(fail)?;
@@ -46,13 +53,15 @@ pub fn run(ctx: &StepContext) -> Result<(), StepError> {
     expert.name.clear();
     expert.base_model = Some(ctx.input("model")?.key.hex());
     expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
-    let mut summary = serde_json::json!({
+    let summary = serde_json::json!({
         "imported": "peft",
         "from": from,
         "adapter": imported.source,
         "note": "scaling folded into lora_B (goosepipe divides by r)",
     });
     // Same shapes, other weights: nothing else would tell (the scores just drop).
+    // Said in the run's log only: an artifact's bytes depend on its key alone (the
+    // message names steps, and reads the file system).
     if let Some(warning) = other_base(
         ctx,
         &dir,
@@ -60,7 +69,6 @@ pub fn run(ctx: &StepContext) -> Result<(), StepError> {
         imported.source.base_model_name_or_path.as_deref(),
     )? {
         ctx.progress.log(&format!("warning: {warning}"));
-        summary["warning"] = serde_json::json!(warning);
     }
     std::fs::write(
         ctx.out.join(SUMMARY_JSON),
@@ -122,7 +130,8 @@ fn other_base(
 /// the adapter's `phatgoose_gates.safetensors`, checked against the base, written as
 /// goosepipe's gate file (what a trained gate step writes).
 pub fn run_gate(ctx: &StepContext) -> Result<(), StepError> {
-    let (dir, from) = adapter_dir(ctx)?;
+    // A hub snapshot holds only the files fetched: the gate's too.
+    let (dir, from) = adapter_dir(ctx, &[peft::GATES_FILE])?;
     let dev = super::common::device(ctx)?;
     let base = load_base(ctx, &dev)?;
     let Some(mut gates) = peft::import_gates(&dir, "", base.config(), &dev).map_err(fail)? else {
