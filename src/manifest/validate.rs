@@ -424,7 +424,8 @@ impl Validator {
         let mut layers = layers.into_iter();
         let (first_depth, mut merged, _) = layers.next()?;
         // Every place each (group, setting) is set, with its depth.
-        let mut set: BTreeMap<(String, String), Vec<(usize, Option<Loc>)>> = BTreeMap::new();
+        type Places = Vec<(usize, Option<Loc>)>;
+        let mut set: BTreeMap<(String, String), Places> = BTreeMap::new();
         let mut note = |group: &str, name: &str, depth: usize, loc: Option<Loc>| {
             set.entry((group.to_string(), name.to_string()))
                 .or_default()
