@@ -168,4 +168,67 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
         )),
         "{lock}"
     );
+
+    // The repo ships the gate trained above (as `goosepipe export` writes it): with
+    // peft-gate=#true it is read from the cache, the expert needs no dataset (the
+    // snapshot held the adapter's files only, and the gate step found no gate).
+    let store = goosepipe::store::Store::open(project.join("store")).unwrap();
+    let gate_key = store.find("gate:x").unwrap().key;
+    let cfg = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap().config;
+    let gates = goosepipe::model::GateVectors::load(
+        &store
+            .files_dir(&gate_key)
+            .join(goosepipe::artifact_files::GATES_FILE),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let expert = goosepipe::model::LoraExpert::load(
+        &store
+            .files_dir(&store.find("expert:x").unwrap().key)
+            .join(goosepipe::artifact_files::EXPERT_FILE),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let exported = tmp.path().join("exported");
+    goosepipe::model::checkpoint::peft::export(&expert, Some(&gates), &cfg, None, &exported).unwrap();
+    cache_repo(
+        &cache,
+        "models--goosepipe--tiny-peft",
+        &exported,
+        &[goosepipe::model::checkpoint::peft::GATES_FILE],
+    );
+    std::fs::write(
+        project.join("shipped.kdl"),
+        "model \"t\" hub=\"goosepipe/tiny-t5\"\nexpert \"y\" model=\"t\" peft-hub=\"goosepipe/tiny-peft\" peft-gate=#true\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &project.join("shipped.kdl"),
+        &project.join("store"),
+        &reg,
+        &goosepipe::exec::RunOptions::default(),
+        true,
+        &goosepipe::exec::CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    let read = goosepipe::model::GateVectors::load(
+        &store
+            .files_dir(&store.find("gate:y").unwrap().key)
+            .join(goosepipe::artifact_files::GATES_FILE),
+        &cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let values = |g: &goosepipe::model::GateVectors| -> Vec<Vec<f32>> {
+        g.gates.values().map(|t| t.to_vec1::<f32>().unwrap()).collect()
+    };
+    assert_eq!(values(&read), values(&gates));
 }
