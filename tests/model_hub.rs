@@ -140,20 +140,21 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
     )
     .unwrap();
     unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
-    let reg = goosepipe::steps::registry();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(
-        &project.join("hub.kdl"),
-        &project.join("store"),
-        &reg,
-        &goosepipe::exec::RunOptions::default(),
-        true,
-        &goosepipe::exec::CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
-    assert_eq!(code, 0, "{out}");
+    let run = |manifest: &str| {
+        let mut out = Vec::new();
+        let code = goosepipe::app::run(
+            &project.join(manifest),
+            &project.join("store"),
+            &goosepipe::steps::registry(),
+            &goosepipe::exec::RunOptions::default(),
+            true,
+            &goosepipe::exec::CancelFlag::new(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    };
+    run("hub.kdl");
     let lock = std::fs::read_to_string(project.join("hub.kdl.lock")).unwrap_or_else(|_| {
         let names: Vec<_> = std::fs::read_dir(&project)
             .unwrap()
@@ -206,18 +207,7 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
         "model \"t\" hub=\"goosepipe/tiny-t5\"\nexpert \"y\" model=\"t\" peft-hub=\"goosepipe/tiny-peft\" peft-gate=#true\n",
     )
     .unwrap();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(
-        &project.join("shipped.kdl"),
-        &project.join("store"),
-        &reg,
-        &goosepipe::exec::RunOptions::default(),
-        true,
-        &goosepipe::exec::CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap();
-    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    run("shipped.kdl");
     let read = goosepipe::model::GateVectors::load(
         &store
             .files_dir(&store.find("gate:y").unwrap().key)

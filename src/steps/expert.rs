@@ -225,6 +225,9 @@ fn imports(params: &serde_json::Value) -> bool {
     params.get("import").is_some()
 }
 
+/// What reading an imported adapter (or the gate it ships) asks of a cluster: no GPU.
+const IMPORT_JOB: JobDefaults = JobDefaults::new(0, 1, "8G", "0:30:00");
+
 /// One LoRA per expert: a GPU job of hours; importing a PEFT adapter instead is a
 /// minute of reading files. Version 6: trained by the hand-written backward pass
 /// where it applies (the same gradients as candle's autograd, rounded differently);
@@ -234,7 +237,7 @@ fn imports(params: &serde_json::Value) -> bool {
 pub const EXPERT: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
         if imports(p) {
-            JobDefaults::new(0, 1, "8G", "0:30:00")
+            IMPORT_JOB
         } else {
             JobDefaults::new(1, 4, "32G", "8:00:00")
         }
@@ -247,7 +250,7 @@ pub const EXPERT: Kind = Kind {
 pub const GATE: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
         if imports(p) {
-            JobDefaults::new(0, 1, "8G", "0:30:00")
+            IMPORT_JOB
         } else {
             JobDefaults::new(1, 4, "32G", "4:00:00")
         }
