@@ -562,3 +562,20 @@ fn an_included_file_s_defaults_are_overridden_by_the_including_file() {
     );
     assert!(err.contains("`defaults` is given more than once"), "{err}");
 }
+
+/// A generation setting on a task that generates nothing is a warning, at the setting.
+#[test]
+fn max_new_tokens_on_a_ranked_task_is_a_warning() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" hub=\"org/data\"\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                pool \"p\" { experts \"a\"; }\n\
+                eval \"e\" pool=\"p\" {\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\" max-new-tokens=10\n    task \"g\" dataset=\"d\" metric=\"exact-match\" max-new-tokens=10\n}\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = r.unwrap();
+    assert_eq!(out.matches("plan::ignored-settings").count(), 1, "{out}");
+    assert!(
+        out.contains("task \"t\" is scored by rank classification: `max-new-tokens` is not used"),
+        "{out}"
+    );
+}

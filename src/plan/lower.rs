@@ -957,6 +957,30 @@ impl Lowerer<'_> {
     /// A task scored by rank classification on synthetic data generated without
     /// answer choices fails only when the eval runs, after every expert and gate has
     /// trained: said at check, where the manifest already shows it.
+    /// `max-new-tokens` on a rank-classification task: nothing is generated, yet the
+    /// setting is an ingredient of the eval's key (changing it re-scores). Said.
+    fn generation_settings_on_ranked_tasks(&mut self, e: &Entity) {
+        for t in e.block.records("task") {
+            let Some(f) = t
+                .props
+                .get("max-new-tokens")
+                .filter(|f| f.origin == Origin::Explicit)
+            else {
+                continue;
+            };
+            if t.str("metric") == Some("rank-classification") {
+                let name = t.arg.as_ref().and_then(|a| a.value.as_str()).unwrap_or_default();
+                self.warn(
+                    "plan::ignored-settings",
+                    f.loc.unwrap_or(e.name_loc),
+                    format!("task \"{name}\" is scored by rank classification: `max-new-tokens` is not used"),
+                    "ignored",
+                    "nothing is generated when answer choices are ranked; remove it (changing it still re-scores the task), or set metric=\"exact-match\"",
+                );
+            }
+        }
+    }
+
     fn choice_tasks_have_choices(&mut self, e: &Entity) {
         for t in e.block.records("task") {
             let (Some(metric), Some(data)) = (t.str("metric"), t.str("dataset")) else {
@@ -1237,6 +1261,7 @@ impl Lowerer<'_> {
                 .push((member_role("gate", &m.name), step_id("gate", &m.name)));
         }
         self.choice_tasks_have_choices(e);
+        self.generation_settings_on_ranked_tasks(e);
         // A top-k above the pool's size is not an error (every token takes all the
         // experts) but is rarely meant.
         if let Some(f) = e.block.group("routing").and_then(|r| r.props.get("top-k"))
