@@ -482,6 +482,20 @@ fn ordered_toposort(
 }
 
 impl Lowerer<'_> {
+    /// An error placed at `loc`, with a label there and a help line (the twin of
+    /// [`warn`](Self::warn)).
+    fn error(
+        &mut self,
+        code: &'static str,
+        loc: Loc,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let e = ManifestError::new(&self.manifest.sources, code, loc, message, label).help(help);
+        self.errors.push(e);
+    }
+
     /// A warning at `loc`: reported with the plan, it stops nothing.
     fn warn(&mut self, code: &'static str, loc: Loc, message: String, label: &str, help: &str) {
         let w = ManifestError::new(&self.manifest.sources, code, loc, message, label)
@@ -542,15 +556,12 @@ impl Lowerer<'_> {
             // Special files and missing paths are said by the hashing below.
             let plain = std::fs::metadata(&abs).ok().filter(|m| m.is_file() || m.is_dir());
             if let Some(why) = plain.and_then(|m| u.rule.violation(&abs, m.is_dir())) {
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::wrong-path",
-                        loc,
-                        format!("{} \"{}\": {why}", u.path, u.value),
-                        "not what this setting reads",
-                    )
-                    .help(format!("`goosepipe schema` says what `{}` reads", u.path)),
+                self.error(
+                    "manifest::wrong-path",
+                    loc,
+                    format!("{} \"{}\": {why}", u.path, u.value),
+                    "not what this setting reads",
+                    format!("`goosepipe schema` says what `{}` reads", u.path),
                 );
                 continue;
             }
@@ -579,12 +590,15 @@ impl Lowerer<'_> {
                             "unreadable".to_string(),
                         )
                     };
-                    self.errors.push(
-                        ManifestError::new(&self.manifest.sources, "manifest::missing-file", loc, msg, label)
-                            .help(format!(
-                                "paths are relative to the file that names them; looked for {}",
-                                abs.strip_prefix(&self.manifest.root).unwrap_or(&abs).display()
-                            )),
+                    self.error(
+                        "manifest::missing-file",
+                        loc,
+                        msg,
+                        label,
+                        format!(
+                            "paths are relative to the file that names them; looked for {}",
+                            abs.strip_prefix(&self.manifest.root).unwrap_or(&abs).display()
+                        ),
                     );
                 }
             }
@@ -679,16 +693,7 @@ impl Lowerer<'_> {
         if let Some(f) = e.block.props.get("validation-path")
             && !e.block.props.contains_key("path")
         {
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::validation-path-alone",
-                    f.loc.unwrap_or(e.name_loc),
-                    format!("dataset \"{}\" sets validation-path without path=", e.name),
-                    "only with a local file",
-                )
-                .help("validation-path= is the validation file of a local path= dataset; a hub dataset names its validation split with validation-split="),
-            );
+            self.error("manifest::validation-path-alone", f.loc.unwrap_or(e.name_loc), format!("dataset \"{}\" sets validation-path without path=", e.name), "only with a local file", "validation-path= is the validation file of a local path= dataset; a hub dataset names its validation split with validation-split=");
         }
         // One without the other filters every row out, or none: said at check, not
         // by the run ("no row has FIELD in []") after the data of every other step.
@@ -711,15 +716,12 @@ impl Lowerer<'_> {
                 )
             };
             let loc = keep_field.and_then(|f| f.loc).unwrap_or(e.name_loc);
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::keep-field-alone",
-                    loc,
-                    message,
-                    "half of a row filter",
-                )
-                .help(help),
+            self.error(
+                "manifest::keep-field-alone",
+                loc,
+                message,
+                "half of a row filter",
+                help,
             );
         }
         p.absorb(c);
@@ -740,31 +742,13 @@ impl Lowerer<'_> {
                 .get("peft-gate")
                 .and_then(|f| f.loc)
                 .unwrap_or(e.name_loc);
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::peft-gate-without-import",
-                    loc,
-                    format!("expert \"{}\" sets peft-gate but imports no adapter", e.name),
-                    "only with peft= or peft-hub=",
-                )
-                .help("a trained expert's gate is trained after it; remove peft-gate, or import the adapter with peft=\"DIR\""),
-            );
+            self.error("manifest::peft-gate-without-import", loc, format!("expert \"{}\" sets peft-gate but imports no adapter", e.name), "only with peft= or peft-hub=", "a trained expert's gate is trained after it; remove peft-gate, or import the adapter with peft=\"DIR\"");
         }
         let data = match e.block.str("dataset") {
             Some(d) => Some(self.tokens(d, e.block.str("model").unwrap_or_default())),
             None if shipped_gate => None,
             None => {
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::missing-property",
-                        e.name_loc,
-                        format!("expert \"{}\" has no dataset=", e.name),
-                        "needs its training data",
-                    )
-                    .help("add dataset=\"NAME\" (the expert trains on it, and its gate after it); an imported adapter that ships its gate needs none with peft-gate=#true"),
-                );
+                self.error("manifest::missing-property", e.name_loc, format!("expert \"{}\" has no dataset=", e.name), "needs its training data", "add dataset=\"NAME\" (the expert trains on it, and its gate after it); an imported adapter that ships its gate needs none with peft-gate=#true");
                 return;
             }
         };
@@ -782,18 +766,15 @@ impl Lowerer<'_> {
                 .filter(|f| f.origin != Origin::Schema)
             {
                 let loc = f.loc.unwrap_or(e.name_loc);
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::revision-without-hub",
-                        loc,
-                        format!(
-                            "expert \"{}\" sets revision= but imports nothing from the hub",
-                            e.name
-                        ),
-                        "only with peft-hub=",
-                    )
-                    .help("add peft-hub=\"org/name\" to import a PEFT adapter, or remove revision="),
+                self.error(
+                    "manifest::revision-without-hub",
+                    loc,
+                    format!(
+                        "expert \"{}\" sets revision= but imports nothing from the hub",
+                        e.name
+                    ),
+                    "only with peft-hub=",
+                    "add peft-hub=\"org/name\" to import a PEFT adapter, or remove revision=",
                 );
             }
             x.absorb(cx);
@@ -833,15 +814,12 @@ impl Lowerer<'_> {
     fn import_source(&mut self, e: &Entity, cx: &Collected, x: &mut Proto) {
         let (local, hub) = (e.block.props.get("peft"), e.block.props.get("peft-hub"));
         if let (Some(_), Some(h)) = (local, hub) {
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::two-sources",
-                    h.loc.unwrap_or(e.name_loc),
-                    format!("expert \"{}\" names both peft= and peft-hub=", e.name),
-                    "a second source",
-                )
-                .help("an imported expert comes from one adapter: keep one of them"),
+            self.error(
+                "manifest::two-sources",
+                h.loc.unwrap_or(e.name_loc),
+                format!("expert \"{}\" names both peft= and peft-hub=", e.name),
+                "a second source",
+                "an imported expert comes from one adapter: keep one of them",
             );
             return;
         }
@@ -902,15 +880,12 @@ impl Lowerer<'_> {
             }),
             Err(e) => {
                 let loc = loc.unwrap_or(Loc::new(0, (0..0).into()));
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::missing-file",
-                        loc,
-                        format!("the retrieval embedder folder \"{spec}\" cannot be read: {e}"),
-                        "embedder",
-                    )
-                    .help("routing.embedder is a hub id (org/name) or a folder relative to the manifest"),
+                self.error(
+                    "manifest::missing-file",
+                    loc,
+                    format!("the retrieval embedder folder \"{spec}\" cannot be read: {e}"),
+                    "embedder",
+                    "routing.embedder is a hub id (org/name) or a folder relative to the manifest",
                 );
                 None
             }
@@ -1003,21 +978,12 @@ impl Lowerer<'_> {
                 .and_then(|f| f.loc)
                 .or(t.props.get("dataset").and_then(|f| f.loc));
             let name = t.arg.as_ref().and_then(|f| f.value.as_str()).unwrap_or_default();
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::no-choices-to-rank",
-                    loc.unwrap_or(e.name_loc),
-                    format!(
+            self.error("manifest::no-choices-to-rank", loc.unwrap_or(e.name_loc), format!(
                         "task \"{name}\" of eval \"{}\" is scored by rank classification, but dataset \"{data}\" is synthetic generation data: it has no answer choices to rank",
                         e.name
-                    ),
-                    "needs answer choices",
-                )
-                .help(format!(
+                    ), "needs answer choices", format!(
                     "set format=\"choice\" in dataset \"{data}\"'s synthetic group, or metric=\"exact-match\" on the task"
-                )),
-            );
+                ));
         }
     }
 }
@@ -1101,18 +1067,9 @@ impl Lowerer<'_> {
             match &first {
                 None => first = Some((name, design)),
                 Some((fname, fdesign)) if *fdesign != design => {
-                    self.errors.push(
-                        ManifestError::new(
-                            &self.manifest.sources,
-                            "manifest::study-mismatch",
-                            f.loc.unwrap_or(e.name_loc),
-                            format!("eval \"{name}\" is not a replicate of eval \"{fname}\""),
-                            "different design",
-                        )
-                        .help(format!(
+                    self.error("manifest::study-mismatch", f.loc.unwrap_or(e.name_loc), format!("eval \"{name}\" is not a replicate of eval \"{fname}\""), "different design", format!(
                             "a study's evals must have the same tasks (name, dataset, metric), methods, example sampling and length limits; \"{fname}\" has {fdesign}; \"{name}\" has {design}"
-                        )),
-                    );
+                        ));
                 }
                 _ => {}
             }
@@ -1123,19 +1080,16 @@ impl Lowerer<'_> {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if first.as_ref().is_some_and(|(n, _)| *n == name) && !methods_set.contains(&compare) {
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::undefined-reference",
-                        e.block
-                            .props
-                            .get("compare")
-                            .and_then(|f| f.loc)
-                            .unwrap_or(e.name_loc),
-                        format!("the compared method \"{compare}\" is not a method of eval \"{name}\""),
-                        "not evaluated",
-                    )
-                    .help(format!("its methods are: {}", methods_set.join(", "))),
+                self.error(
+                    "manifest::undefined-reference",
+                    e.block
+                        .props
+                        .get("compare")
+                        .and_then(|f| f.loc)
+                        .unwrap_or(e.name_loc),
+                    format!("the compared method \"{compare}\" is not a method of eval \"{name}\""),
+                    "not evaluated",
+                    format!("its methods are: {}", methods_set.join(", ")),
                 );
             }
             names.push(name.to_string());
@@ -1187,15 +1141,12 @@ impl Lowerer<'_> {
                             Some(d) => format!("did you mean \"{d}\"?"),
                             None => format!("pool \"{pool}\" has: {}", names.join(", ")),
                         };
-                        self.errors.push(
-                            ManifestError::new(
-                                &self.manifest.sources,
-                                "manifest::undefined-reference",
-                                f.loc.unwrap_or(e.name_loc),
-                                format!("expert \"{owner}\" is not in pool \"{pool}\""),
-                                "not a pool member",
-                            )
-                            .help(help),
+                        self.error(
+                            "manifest::undefined-reference",
+                            f.loc.unwrap_or(e.name_loc),
+                            format!("expert \"{owner}\" is not in pool \"{pool}\""),
+                            "not a pool member",
+                            help,
                         );
                     }
                 }
@@ -1300,37 +1251,25 @@ impl Lowerer<'_> {
                 .map(|m| m.name.as_str())
                 .collect();
             if !method.needs.is_empty() && !dataless.is_empty() {
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::method-needs-data",
-                        loc,
-                        format!(
+                self.error("manifest::method-needs-data", loc, format!(
                             "method \"{}\" reads the data of every expert of pool \"{pool}\", and {} no dataset: {}",
                             method.name,
                             if dataless.len() == 1 { "one has" } else { "some have" },
                             dataless.join(", ")
-                        ),
-                        "needs the experts' data",
-                    )
-                    .help("give those experts dataset=\"NAME\" (their training data), or leave the method out of this eval"),
-                );
+                        ), "needs the experts' data", "give those experts dataset=\"NAME\" (their training data), or leave the method out of this eval");
                 continue;
             }
             for kind in method.needs {
                 let Some(needed) = self.catalog.needed(kind) else {
-                    self.errors.push(
-                        ManifestError::new(
-                            &self.manifest.sources,
-                            "plan::unknown-step-kind",
-                            loc,
-                            format!(
-                                "method \"{}\" needs step kind `{kind}`, which this build cannot lower",
-                                method.name
-                            ),
-                            "needs it",
-                        )
-                        .help("upgrade goosepipe, or remove the method"),
+                    self.error(
+                        "plan::unknown-step-kind",
+                        loc,
+                        format!(
+                            "method \"{}\" needs step kind `{kind}`, which this build cannot lower",
+                            method.name
+                        ),
+                        "needs it",
+                        "upgrade goosepipe, or remove the method",
                     );
                     continue;
                 };
@@ -1367,15 +1306,12 @@ impl Lowerer<'_> {
                     Some(d) => format!("did you mean \"expert:{d}\"?"),
                     None => format!("pool \"{pool}\" has: {}", member_names.join(", ")),
                 };
-                self.errors.push(
-                    ManifestError::new(
-                        &self.manifest.sources,
-                        "manifest::undefined-reference",
-                        loc,
-                        format!("expert \"{name}\" is not in pool \"{pool}\""),
-                        "not a pool member",
-                    )
-                    .help(help),
+                self.error(
+                    "manifest::undefined-reference",
+                    loc,
+                    format!("expert \"{name}\" is not in pool \"{pool}\""),
+                    "not a pool member",
+                    help,
                 );
             }
             return None;
@@ -1387,15 +1323,12 @@ impl Lowerer<'_> {
                 Some(d) => format!("did you mean \"{d}\"?"),
                 None => format!("methods are {}, or expert:NAME", names.join(", ")),
             };
-            self.errors.push(
-                ManifestError::new(
-                    &self.manifest.sources,
-                    "manifest::unknown-method",
-                    loc,
-                    format!("unknown method \"{s}\""),
-                    "not a method",
-                )
-                .help(help),
+            self.error(
+                "manifest::unknown-method",
+                loc,
+                format!("unknown method \"{s}\""),
+                "not a method",
+                help,
             );
         }
         found
