@@ -117,10 +117,16 @@ impl Project {
     }
     fn plan(&self) -> goosepipe::plan::Plan {
         let store = Store::open(self.store()).unwrap();
-        goosepipe::app::load_plan(
-            &self.path().join("micro.kdl"),
+        let manifest = self.path().join("micro.kdl");
+        let lock =
+            goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&manifest))
+                .unwrap();
+        goosepipe::app::load_plan_in(
+            &manifest,
             &goosepipe::steps::registry(),
             &store.hash_cache(),
+            &store,
+            &lock,
         )
         .unwrap()
     }
@@ -178,6 +184,38 @@ fn pipeline_runs_as_slurm_jobs_and_a_rerun_is_a_no_op() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("nothing to do"), "{out}");
     assert_eq!(p.submissions(), subs, "a re-run submits nothing");
+}
+
+#[test]
+fn under_early_cutoff_the_datasets_go_out_first_then_the_rest_keyed_on_their_output() {
+    if !slurm_available("under_early_cutoff_the_datasets_go_out_first_then_the_rest_keyed_on_their_output") {
+        return;
+    }
+    let p = Project::new(6, "");
+    let manifest = p.path().join("micro.kdl");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "pipeline \"slurm-micro\"",
+            "pipeline \"slurm-micro\" early-cutoff=#true",
+        ),
+    )
+    .unwrap();
+    let (code, out) = p.run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    let plan = p.plan();
+    assert!(!plan.waits(), "every dataset is built: every key is known");
+    for id in &p.ids() {
+        assert!(p.published(id), "{id} is not in the store\n{out}");
+    }
+    // Every step went out once; no job was submitted under a provisional key.
+    let subs = p.submissions();
+    assert_eq!(subs.len(), p.ids().len(), "{subs:?}");
+    assert!(subs.values().all(|jobs| jobs.len() == 1), "{subs:?}");
+    let (code, out) = p.run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("nothing to do"), "{out}");
 }
 
 #[test]

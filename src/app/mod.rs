@@ -22,9 +22,23 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_PENDING: i32 = 2;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-/// Loads, validates and plans a manifest (no store needed).
+/// Loads, validates and plans a manifest (no store needed; under early cutoff the
+/// steps after an unbuilt dataset have provisional keys).
 pub fn load_plan(path: &Path, registry: &Registry, hashes: &HashCache) -> Result<Plan, Report> {
     plan::load(path, registry, hashes).map_err(Report::new)
+}
+
+/// [`load_plan`] against a store and the manifest's lockfile: under early cutoff,
+/// the steps after a dataset are keyed on the output the store holds or the lockfile
+/// pins (see `plan::outputs`).
+pub fn load_plan_in(
+    path: &Path,
+    registry: &Registry,
+    hashes: &HashCache,
+    store: &Store,
+    lock: &Lockfile,
+) -> Result<Plan, Report> {
+    plan::load_with(path, registry, hashes, &plan::KnownOutputs::new(store, lock)).map_err(Report::new)
 }
 
 fn open_store(root: &Path) -> Result<Store, Report> {
@@ -123,13 +137,13 @@ fn plan_in_store(
     } else {
         HashCache::in_memory()
     };
+    let lock = read_lock(path)?;
     // Saved whatever the plan's fate: a manifest with an error is hashed too, and
     // the next try should not hash its data again.
-    let plan = load_plan(path, registry, &hashes);
+    let plan = load_plan_in(path, registry, &hashes, store, &lock);
     hashes.save();
     let plan = plan?;
     warn(&plan, &mut std::io::stderr());
-    let lock = read_lock(path)?;
     let status = if verify {
         plan::status::status_verified(&plan, store, &lock)
     } else {
@@ -295,7 +309,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         }
         Err(e) => return Err(miette!("{e}")),
     };
-    let (plan, status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
+    let (mut plan, mut status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
     if let Some(e) = &read_only {
         let chosen = exec::run::select(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
         if !chosen.is_empty() {
@@ -309,20 +323,44 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     }
     check_device(req, &status)?;
     let reporter = exec::reporter_for_stderr(req.quiet);
-    let report = req
-        .executor
-        .execute(&exec::RunContext {
-            plan: &plan,
-            status: &status,
-            store: &store,
-            registry: req.registry,
-            lock: &old_lock,
-            lock_path: lock_path(path),
-            opts,
-            reporter: reporter.as_ref(),
-            cancel: req.cancel,
-        })
-        .map_err(|e| miette!("{e}"))?;
+    let execute = |plan: &Plan, status: &Status, opts: &RunOptions| {
+        req.executor
+            .execute(&exec::RunContext {
+                plan,
+                status,
+                store: &store,
+                registry: req.registry,
+                lock: &old_lock,
+                lock_path: lock_path(path),
+                opts,
+                reporter: reporter.as_ref(),
+                cancel: req.cancel,
+            })
+            .map_err(|e| miette!("{e}"))
+    };
+    // Early cutoff: the datasets whose output some selected step's key needs are
+    // built first; then the plan is made again with their outputs known, and steps
+    // whose keys come out as before are cached.
+    let first = exec::run::outputs_first(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+    let mut earlier = None;
+    if !first.is_empty() {
+        let datasets = RunOptions {
+            only: first,
+            until: None,
+            ..opts.clone()
+        };
+        let report = execute(&plan, &status, &datasets)?;
+        let ok = report.failed.is_empty() && report.cancelled.is_empty();
+        earlier = Some(report);
+        if ok {
+            (plan, status, _) = plan_in_store(path, &store, req.registry, false)?;
+        }
+    }
+    let report = match earlier {
+        Some(first) if !(first.failed.is_empty() && first.cancelled.is_empty()) => first,
+        Some(first) => first.then(execute(&plan, &status, opts)?),
+        None => execute(&plan, &status, opts)?,
+    };
     let new_lock = exec::updated_lock(&plan, &store, &old_lock);
     // Which key each step id has, for `show` and `export` by id: an artifact records
     // only its builder's id. An index, not a result: a failure to write it is said.
@@ -876,7 +914,7 @@ pub fn gc(
     let hashes = store.hash_cache();
     let mut reachable = HashSet::new();
     for m in manifests {
-        let plan = load_plan(m, registry, &hashes)?;
+        let plan = load_plan_in(m, registry, &hashes, &store, &read_lock(m)?)?;
         reachable.extend(plan.steps.iter().map(|s| s.spec.key));
     }
     hashes.save();
@@ -929,7 +967,7 @@ pub fn verify(
     let mut keys: Vec<crate::store::Key> = if all { store.keys() } else { vec![] };
     let hashes = store.hash_cache();
     for m in manifests {
-        let plan = load_plan(m, registry, &hashes)?;
+        let plan = load_plan_in(m, registry, &hashes, &store, &read_lock(m)?)?;
         keys.extend(
             plan.steps
                 .iter()

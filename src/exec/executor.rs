@@ -96,6 +96,19 @@ impl RunReport {
         self.shared.push(twin.to_string());
     }
 
+    /// This report followed by `next`'s (a run in two parts: early cutoff's datasets,
+    /// then the rest); `cached` is the second part's, which saw the first's results.
+    pub fn then(mut self, next: RunReport) -> RunReport {
+        self.built.extend(next.built);
+        self.reused.extend(next.reused);
+        self.shared.extend(next.shared);
+        self.failed.extend(next.failed);
+        self.skipped.extend(next.skipped);
+        self.cancelled.extend(next.cancelled);
+        self.cached = next.cached;
+        self
+    }
+
     pub fn ok(&self) -> bool {
         self.failed.is_empty() && self.cancelled.is_empty() && self.skipped.is_empty()
     }

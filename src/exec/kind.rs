@@ -23,6 +23,10 @@ pub struct Kind {
     pub needed: Option<Needed>,
     /// Checks of a step's parameters that only this kind can make (step name, params).
     pub review: fn(&str, &Json) -> Vec<Review>,
+    /// Under early cutoff (`pipeline ... early-cutoff=#true`), the steps that read this
+    /// kind's artifact are keyed by its content, the files of it but these (provenance
+    /// no reader opens). None: keyed by its key, always.
+    pub content: Option<&'static [&'static str]>,
 }
 
 impl Kind {
@@ -35,6 +39,7 @@ impl Kind {
             resources: JobResources::Fixed(resources),
             needed: None,
             review: no_review,
+            content: None,
         }
     }
 

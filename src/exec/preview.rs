@@ -34,7 +34,9 @@ pub fn previews(
     let planned = PlannedWork::default();
     let upto = plan.steps.iter().zip(&status.states).take(last.saturating_add(1));
     for (i, (step, state)) in upto.enumerate() {
-        if !state.will_run() {
+        // A provisional key (early cutoff) previews nothing true: the step may stay
+        // cached once its datasets are built.
+        if !state.will_run() || !step.waits_for.is_empty() {
             continue;
         }
         if let Some(p) = preview(&step.spec, store, registry, lock, device, &planned) {

@@ -13,6 +13,7 @@ pub use super::executor::{RunError, RunOptions, RunReport};
 use super::progress::{Outcome, Reporter};
 use super::step::{CancelFlag, InputArtifact, Registry, StepContext, StepError};
 use crate::plan::{Plan, Status, Twins};
+use crate::store::artifact::content_digest;
 use crate::store::artifact::now_unix;
 use crate::store::lockfile::{LockedStep, Lockfile};
 use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
@@ -72,12 +73,35 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
     Ok((0..n).filter(|&i| want[i]).collect())
 }
 
+/// Early cutoff: the datasets (ids, plan order) that must be built before the steps
+/// this run selects can be keyed: the stale ones whose output a selected step waits
+/// for. Empty when no selected step waits (always, without early cutoff).
+pub fn outputs_first(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<String>, RunError> {
+    if !plan.waits() {
+        return Ok(vec![]);
+    }
+    let selected = select(plan, status, opts)?;
+    let waited: BTreeSet<&str> = selected
+        .iter()
+        .flat_map(|&i| plan.steps[i].waits_for.iter().map(String::as_str))
+        .collect();
+    Ok(selected
+        .iter()
+        .map(|&i| plan.steps[i].id())
+        .filter(|id| waited.contains(id))
+        .map(str::to_string)
+        .collect())
+}
+
 /// Checks, before anything runs, that `--locked` can hold: every step and local file
 /// must be exactly as the lockfile says.
 pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), RunError> {
     let mut problems = vec![];
     for s in &plan.steps {
         match lock.steps.get(&s.spec.id) {
+            // A provisional key (early cutoff): checked once its datasets are built
+            // and the run has planned again.
+            _ if !s.waits_for.is_empty() => {}
             None => problems.push(format!("{} is not in the lockfile", s.spec.id)),
             Some(l) if l.key != s.spec.key => problems.push(format!(
                 "{} has key {}, the lockfile pins {}",
@@ -476,6 +500,7 @@ pub fn execute(
                 )));
             }
         };
+        check_content(spec, inp, &meta, registry)?;
         inputs.push(InputArtifact {
             role: inp.role.clone(),
             id: inp.id.clone(),
@@ -520,6 +545,40 @@ pub fn execute(
     }
 }
 
+/// Early cutoff's guard: an input that entered this step's key by its content must
+/// have exactly that content, or the artifact published under the key would not be
+/// the one the key names. (The plan takes the content from the store, or from the
+/// lockfile's pin before the input is built; a pin the build does not reproduce stops
+/// here.)
+fn check_content(
+    spec: &StepSpec,
+    inp: &crate::store::SpecInput,
+    meta: &ArtifactMeta,
+    registry: &Registry,
+) -> Result<(), StepError> {
+    let Some(expected) = &inp.digest else {
+        return Ok(());
+    };
+    if inp.pending() {
+        return Err(StepError::msg(format!(
+            "step {} was planned before {} was built (a bug: the run plans again first)",
+            spec.id, inp.id
+        )));
+    }
+    let leave_out = crate::plan::Catalog::content_keyed(registry, &meta.spec.kind).unwrap_or(&[]);
+    let found = content_digest(&meta.files, leave_out);
+    if found != *expected {
+        return Err(StepError::msg(format!(
+            "{} was built with content {}, but this step's key was computed from content {} (the lockfile's pin): the lockfile's output of {} is not reproduced here; run again to key this step on the output that was built (`--locked` will refuse it)",
+            inp.id,
+            &found[..12.min(found.len())],
+            &expected[..12.min(expected.len())],
+            inp.id
+        )));
+    }
+    Ok(())
+}
+
 /// The lockfile after a run: every step of the plan that is in the store, every local
 /// file's digest, every pin recorded by the artifacts; a step that is not in the store
 /// keeps its old entry (a new one is entered with its key and no digest). Steps the
@@ -527,6 +586,14 @@ pub fn execute(
 pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
     let mut lock = Lockfile::default();
     for s in &plan.steps {
+        // A provisional key (early cutoff, its dataset not built) is never built and
+        // never pinned: the step keeps what the lockfile said, if anything.
+        if !s.waits_for.is_empty() {
+            if let Some(l) = old.steps.get(&s.spec.id) {
+                lock.steps.insert(s.spec.id.clone(), l.clone());
+            }
+            continue;
+        }
         match store.meta(&s.spec.key) {
             Some(meta) => {
                 lock.steps.insert(
@@ -534,6 +601,9 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
                     LockedStep {
                         key: s.spec.key,
                         digest: Some(meta.digest.clone()),
+                        content: s
+                            .content_keyed
+                            .map(|leave_out| content_digest(&meta.files, leave_out)),
                     },
                 );
                 for (k, v) in meta.pins {
@@ -553,6 +623,7 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
                         LockedStep {
                             key: s.spec.key,
                             digest: None,
+                            content: None,
                         },
                     );
                 }

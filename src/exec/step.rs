@@ -160,9 +160,11 @@ impl StepContext<'_> {
     /// The key of input `role`, published or not: from the recipe (a preview runs
     /// while some inputs are still to be built).
     pub fn input_key(&self, role: &str) -> Result<Key, StepError> {
+        // What entered this step's key: under early cutoff a dataset's content, so
+        // an eval part keyed on it survives a dataset rebuilt with the same output.
         self.spec
             .input(role)
-            .map(|i| i.key)
+            .map(|i| i.identity())
             .ok_or_else(|| self.no_input(role))
     }
 
@@ -297,6 +299,9 @@ impl crate::plan::Catalog for Registry {
     }
     fn needed(&self, kind: &str) -> Option<Needed> {
         self.kinds.get(kind).and_then(|k| k.needed)
+    }
+    fn content_keyed(&self, kind: &str) -> Option<&'static [&'static str]> {
+        self.kinds.get(kind).and_then(|k| k.content)
     }
     fn methods(&self) -> Vec<MethodInfo> {
         self.methods.clone()

@@ -93,6 +93,9 @@ pub struct Manifest {
     pub pipeline: Option<String>,
     /// `pipeline ... allow-outside-paths=#true`: local paths may leave the project.
     pub allow_outside_paths: bool,
+    /// `pipeline ... early-cutoff=#true`: steps that read a dataset are keyed by the
+    /// dataset's output, not by how it was made (see `plan::CONTENT_KEYED`).
+    pub early_cutoff: bool,
     /// `pipeline ... jobs=N`: steps `run` builds at once when `-j` is not given.
     pub jobs: Option<usize>,
     pub entities: Vec<Entity>,

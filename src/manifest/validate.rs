@@ -146,6 +146,7 @@ fn io_error(path: &Path, e: &std::io::Error) -> ManifestError {
 struct TopLevel {
     pipeline: Option<(String, Loc)>,
     allow_outside_paths: bool,
+    early_cutoff: bool,
     jobs: Option<usize>,
     /// Every `defaults` node, with the include depth of its file (1: the manifest
     /// given on the command line) and where it is: a file's own defaults override
@@ -381,6 +382,7 @@ impl Validator {
         let TopLevel {
             pipeline,
             allow_outside_paths,
+            early_cutoff,
             jobs,
             defaults,
             mut entities,
@@ -405,6 +407,7 @@ impl Validator {
             sources: self.sources,
             pipeline: pipeline.map(|p| p.0),
             allow_outside_paths,
+            early_cutoff,
             jobs,
             entities,
             default_groups,
@@ -576,6 +579,10 @@ impl Validator {
                 }
                 top.allow_outside_paths = matches!(
                     block.props.get("allow-outside-paths").map(|f| &f.value),
+                    Some(Value::Bool(true))
+                );
+                top.early_cutoff = matches!(
+                    block.props.get("early-cutoff").map(|f| &f.value),
                     Some(Value::Bool(true))
                 );
                 if let Some(Value::Int(n)) = block.props.get("jobs").map(|f| &f.value) {

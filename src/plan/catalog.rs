@@ -17,6 +17,12 @@ pub trait Catalog {
     fn needed(&self, _kind: &str) -> Option<Needed> {
         None
     }
+    /// Under early cutoff, whether the steps that read a kind's artifact are keyed by
+    /// its content, and the files of it left out of that content (provenance no reader
+    /// opens). None: by its key.
+    fn content_keyed(&self, _kind: &str) -> Option<&'static [&'static str]> {
+        None
+    }
     /// The evaluation methods a manifest may list, in the order help texts name them.
     fn methods(&self) -> Vec<MethodInfo> {
         vec![]

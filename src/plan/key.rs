@@ -1,5 +1,6 @@
 //! Content keys: blake3 over a format tag, the step kind and its implementation
-//! version, canonical parameters, external identities and input keys (by role).
+//! version, canonical parameters, external identities and input keys (by role; under
+//! early cutoff, a dataset input by the content digest of its output instead).
 //!
 //! Everything hashed is length-delimited, so no two ingredient lists can collide by
 //! concatenation. Changing anything here changes every key: bump `KEY_FORMAT`.
@@ -35,7 +36,14 @@ pub fn compute(
     field(&mut h, &(inputs.len() as u64).to_le_bytes());
     for i in inputs {
         field(&mut h, i.role.as_bytes());
-        field(&mut h, &i.key.0);
+        match &i.digest {
+            // 32 key bytes against the 7 of the tag: the two forms cannot collide.
+            None => field(&mut h, &i.key.0),
+            Some(d) => {
+                field(&mut h, b"content");
+                field(&mut h, d.as_bytes());
+            }
+        }
     }
     h.finalize().into()
 }

@@ -15,14 +15,14 @@
 //! Per-expert steps (gate, average activation, retrieval index) depend only on that
 //! expert, never on the pool, so growing a pool never rebuilds them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use petgraph::graph::DiGraph;
 use rayon::prelude::*;
 
 use super::params::{self, Collected};
-use super::{Catalog, MemberData, MethodInfo, Needed, Plan, Step, key};
+use super::{Catalog, KnownOutputs, MemberData, MethodInfo, Needed, Plan, Step, key};
 use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::Schema;
 use crate::manifest::source::Sources;
@@ -97,12 +97,23 @@ pub fn load(
     catalog: &dyn Catalog,
     hashes: &HashCache,
 ) -> Result<Plan, ManifestErrors> {
+    load_with(path, catalog, hashes, &KnownOutputs::none())
+}
+
+/// [`load`], keying the consumers of content-keyed steps (under early cutoff) on the
+/// outputs `outputs` knows.
+pub fn load_with(
+    path: &std::path::Path,
+    catalog: &dyn Catalog,
+    hashes: &HashCache,
+    outputs: &KnownOutputs,
+) -> Result<Plan, ManifestErrors> {
     let (manifest, mut errors) = crate::manifest::validate::load_lenient(path)?;
     if errors.is_empty() {
         // The planner finds errors node kind by node kind; they are shown top to
         // bottom, as validation's are.
         let files = crate::manifest::validate::file_order(&manifest.sources);
-        return build(manifest, catalog, hashes).map_err(|mut e| {
+        return build_with(manifest, catalog, hashes, outputs).map_err(|mut e| {
             crate::manifest::validate::sort_by_files(&mut e.errors, &files);
             e
         });
@@ -170,6 +181,17 @@ fn independent_errors(
 /// Semantic errors (unknown method, unreadable data file, ...) come back as manifest
 /// diagnostics, all at once.
 pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> Result<Plan, ManifestErrors> {
+    build_with(manifest, catalog, hashes, &KnownOutputs::none())
+}
+
+/// [`build`], keying the consumers of content-keyed steps (under early cutoff) on the
+/// outputs `outputs` knows.
+pub fn build_with(
+    manifest: Manifest,
+    catalog: &dyn Catalog,
+    hashes: &HashCache,
+    outputs: &KnownOutputs,
+) -> Result<Plan, ManifestErrors> {
     let mut l = Lowerer::new(&manifest, catalog, hashes);
     l.lower_all();
     if !l.errors.is_empty() {
@@ -195,7 +217,7 @@ pub fn build(manifest: Manifest, catalog: &dyn Catalog, hashes: &HashCache) -> R
             .as_warning(),
         );
     }
-    let mut plan = finish(manifest, protos, catalog)?;
+    let mut plan = finish(manifest, protos, catalog, outputs)?;
     plan.warnings = warnings;
     Ok(plan)
 }
@@ -298,25 +320,48 @@ fn ships_gate(block: &crate::manifest::Block) -> bool {
     block.get("peft-gate").and_then(Value::as_bool) == Some(true)
 }
 
+/// What the steps of earlier levels give the next: their keys, and (under early
+/// cutoff) what their keys wait for and their kinds.
+struct Earlier<'a> {
+    keys: &'a [Option<crate::store::Key>],
+    waits: &'a [Vec<String>],
+    /// Per step, under early cutoff, the files left out of its content when its
+    /// readers key on it (see `Catalog::content_keyed`).
+    content: &'a [Option<&'static [&'static str]>],
+    ids: &'a HashMap<String, usize>,
+    versions: &'a HashMap<String, u32>,
+    outputs: &'a KnownOutputs<'a>,
+}
+
 /// One step from its proto, once the keys of its inputs are known.
-fn build_step(
-    p: Proto,
-    keys: &[Option<crate::store::Key>],
-    ids: &HashMap<String, usize>,
-    versions: &HashMap<String, u32>,
-) -> Step {
+fn build_step(p: Proto, e: &Earlier) -> Step {
+    let content_keyed = e.content[e.ids[p.id.as_str()]];
+    let mut waits_for: BTreeSet<String> = BTreeSet::new();
     let mut inputs: Vec<SpecInput> = p
         .inputs
         .into_iter()
         .map(|(role, id)| {
-            let key = keys[ids[id.as_str()]].expect("inputs are on earlier levels");
-            SpecInput { role, id, key }
+            let j = e.ids[id.as_str()];
+            let key = e.keys[j].expect("inputs are on earlier levels");
+            waits_for.extend(e.waits[j].iter().cloned());
+            let digest = e.content[j].map(|leave_out| {
+                e.outputs.content(&id, &key, leave_out).unwrap_or_else(|| {
+                    waits_for.insert(id.clone());
+                    format!("{}{}", crate::store::spec::PENDING_DIGEST, key.hex())
+                })
+            });
+            SpecInput {
+                role,
+                id,
+                key,
+                digest,
+            }
         })
         .collect();
     inputs.sort_by(|a, b| a.role.cmp(&b.role));
     let mut externals = p.externals;
     externals.sort_by(|a, b| a.role().cmp(b.role()));
-    let version = versions[p.kind.as_str()];
+    let version = e.versions[p.kind.as_str()];
     let params = Value::Map(p.params);
     let k = key::compute(&p.kind, version, &params, &externals, &inputs);
     Step {
@@ -334,10 +379,17 @@ fn build_step(
         params,
         loc: p.loc,
         origins: p.origins,
+        waits_for: waits_for.into_iter().collect(),
+        content_keyed,
     }
 }
 
-fn finish(manifest: Manifest, protos: Vec<Proto>, catalog: &dyn Catalog) -> Result<Plan, ManifestErrors> {
+fn finish(
+    manifest: Manifest,
+    protos: Vec<Proto>,
+    catalog: &dyn Catalog,
+    outputs: &KnownOutputs,
+) -> Result<Plan, ManifestErrors> {
     let mut g: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<_> = (0..protos.len()).map(|i| g.add_node(i)).collect();
     let ids: HashMap<String, usize> = protos
@@ -395,6 +447,17 @@ fn finish(manifest: Manifest, protos: Vec<Proto>, catalog: &dyn Catalog) -> Resu
         levels[*d].push(i);
     }
     let versions: HashMap<String, u32> = versions.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let content: Vec<Option<&'static [&'static str]>> = protos
+        .iter()
+        .map(|p| {
+            if manifest.early_cutoff {
+                catalog.content_keyed(&p.kind)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut waits: Vec<Vec<String>> = vec![vec![]; protos.len()];
     let mut slots: Vec<Option<Proto>> = protos.into_iter().map(Some).collect();
     let mut keys: Vec<Option<crate::store::Key>> = vec![None; slots.len()];
     let mut built: Vec<Option<Step>> = (0..slots.len()).map(|_| None).collect();
@@ -404,16 +467,22 @@ fn finish(manifest: Manifest, protos: Vec<Proto>, catalog: &dyn Catalog) -> Resu
             .map(|&i| (i, slots[i].take().expect("each proto is built once")))
             .collect();
         let done: Vec<(usize, Step)> = {
-            let keys = &keys;
-            let ids = &ids;
-            let versions = &versions;
+            let earlier = Earlier {
+                keys: &keys,
+                waits: &waits,
+                content: &content,
+                ids: &ids,
+                versions: &versions,
+                outputs,
+            };
             items
                 .into_par_iter()
-                .map(|(i, p)| (i, build_step(p, keys, ids, versions)))
+                .map(|(i, p)| (i, build_step(p, &earlier)))
                 .collect()
         };
         for (i, step) in done {
             keys[i] = Some(step.spec.key);
+            waits[i] = step.waits_for.clone();
             built[i] = Some(step);
         }
     }

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod key;
 pub mod lower;
+pub mod outputs;
 pub mod params;
 pub mod render;
 pub mod status;
@@ -18,7 +19,8 @@ use crate::manifest::{Loc, Manifest, Origin, Value};
 use crate::store::StepSpec;
 
 pub use catalog::{Catalog, MemberData, MethodInfo, Needed, Review};
-pub use lower::{build, load};
+pub use lower::{build, build_with, load, load_with};
+pub use outputs::KnownOutputs;
 pub use status::{Reason, State, Status};
 
 #[derive(Debug, Clone)]
@@ -29,6 +31,13 @@ pub struct Step {
     pub loc: Option<Loc>,
     /// Where each param value came from.
     pub origins: BTreeMap<String, (Origin, Option<Loc>)>,
+    /// Under early cutoff, the content-keyed steps (datasets) whose output this step's
+    /// key depends on, directly or not, and that are not built yet: until they are,
+    /// the key is provisional (see [`outputs`]). Empty for every other step.
+    pub waits_for: Vec<String>,
+    /// Under early cutoff, for a step whose readers key on its content (a dataset):
+    /// the files of its artifact left out of that content. None otherwise.
+    pub content_keyed: Option<&'static [&'static str]>,
 }
 
 impl Step {
@@ -83,6 +92,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether any step's key is provisional (see [`Step::waits_for`]).
+    pub fn waits(&self) -> bool {
+        self.steps.iter().any(|s| !s.waits_for.is_empty())
+    }
+
     pub fn get(&self, id: &str) -> Option<&Step> {
         self.index.get(id).map(|&i| &self.steps[i])
     }

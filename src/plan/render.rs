@@ -72,20 +72,36 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:wk$}  {:wn$}  {}  {}",
+            "  {:wk$}  {:wn$}  {:12}  {}",
             s.spec.kind,
             name,
-            s.spec.key.short(),
+            shown_key(s),
             state
         );
     }
     if stale == 0 {
         let _ = writeln!(out, "nothing to do: every step is cached");
     }
+    let waiting = plan.steps.iter().filter(|s| !s.waits_for.is_empty()).count();
+    if waiting > 0 {
+        let _ = writeln!(
+            out,
+            "early cutoff: {waiting} step(s) wait for datasets that are not built; their keys are known once those are, and any whose key comes out as before stays cached"
+        );
+    }
     if let Some(note) = lock_drift_note(plan, status) {
         let _ = writeln!(out, "{note}");
     }
     out
+}
+
+/// A step's short key, or `pending` while it is provisional (early cutoff).
+fn shown_key(s: &super::Step) -> String {
+    if s.waits_for.is_empty() {
+        s.spec.key.short()
+    } else {
+        "pending".into()
+    }
 }
 
 /// A line on cached steps the lockfile pins otherwise, if any (everything cached and
@@ -129,7 +145,15 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
                 "reasons": st.reasons(),
                 "reasons_text": st.reasons().iter().map(|r| r.describe()).collect::<Vec<_>>(),
                 "preview": status.previews.get(&i),
-                "inputs": s.spec.inputs.iter().map(|i| json!({"role": i.role, "id": i.id, "key": i.key.hex()})).collect::<Vec<_>>(),
+                "inputs": s.spec.inputs.iter().map(|i| {
+                    let mut j = json!({"role": i.role, "id": i.id, "key": i.key.hex()});
+                    if let Some(d) = i.digest.as_ref().filter(|_| !i.pending()) {
+                        j["content"] = json!(d);
+                    }
+                    j
+                }).collect::<Vec<_>>(),
+                // Early cutoff: the key is provisional until these datasets are built.
+                "waits_for": s.waits_for,
             })
         })
         .collect();
@@ -179,7 +203,7 @@ pub fn dot(plan: &Plan, status: Option<&Status>) -> String {
             "{}\\n{}\\n{}{}",
             dot_escape(&s.spec.kind),
             dot_escape(&s.spec.name),
-            s.spec.key.short(),
+            shown_key(s),
             st.map(|s| format!(" ({})", dot_escape(s.label())))
                 .unwrap_or_default()
         );
@@ -223,7 +247,7 @@ pub fn mermaid(plan: &Plan, status: Option<&Status>) -> String {
             node_id(i),
             s.spec.kind,
             mermaid_text(&s.spec.name),
-            s.spec.key.short(),
+            shown_key(s),
             st.map(|s| format!(" ({s})")).unwrap_or_default()
         );
     }
@@ -254,7 +278,15 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
     let st = &status.states[i];
     let mut out = String::new();
     let _ = writeln!(out, "step {}  ({} \"{}\")", s.spec.id, s.spec.kind, s.spec.name);
-    let _ = writeln!(out, "key  {}", s.spec.key.hex());
+    if s.waits_for.is_empty() {
+        let _ = writeln!(out, "key  {}", s.spec.key.hex());
+    } else {
+        let _ = writeln!(
+            out,
+            "key  pending: computed from the output of {}, which is not built yet (early cutoff)",
+            s.waits_for.join(", ")
+        );
+    }
     let _ = writeln!(out, "state  {}", st.label());
     for r in st.reasons() {
         let _ = writeln!(out, "  - {}", r.describe());
@@ -302,9 +334,15 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
                 .get(&inp.id)
                 .map(|&j| status.states[j].label())
                 .unwrap_or("?");
+            // Under early cutoff a dataset enters by its output's content.
+            let by = match &inp.digest {
+                None => String::new(),
+                Some(_) if inp.pending() => ", keyed by its output: not built yet".into(),
+                Some(d) => format!(", keyed by its output: content {}", &d[..12.min(d.len())]),
+            };
             let _ = writeln!(
                 out,
-                "    {:28} {} {} ({state})",
+                "    {:28} {} {} ({state}{by})",
                 inp.role,
                 inp.id,
                 inp.key.short()

@@ -63,6 +63,12 @@ pub enum Reason {
     SameArtifact {
         with: String,
     },
+    /// Early cutoff: the key is computed from the output of these datasets, which are
+    /// not built yet; the run builds them first, then keeps this step if they came
+    /// out as before.
+    AwaitsOutput {
+        of: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,6 +112,19 @@ impl Reason {
             Reason::NeverBuilt => "not built yet (nor was it at the lockfile's run)".into(),
             Reason::SameArtifact { with } => {
                 format!("same key as {with}, which builds the artifact for both")
+            }
+            Reason::AwaitsOutput { of } => {
+                // An eval over a large pool waits for dozens: the first few name them
+                // (`plan --json` lists all under `waits_for`).
+                const SHOWN: usize = 3;
+                let mut named = of.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+                if of.len() > SHOWN {
+                    named.push_str(&format!(" and {} more", of.len() - SHOWN));
+                }
+                format!(
+                    "its key is computed from the output of {named}, not built yet (early cutoff): the run builds {} first, then this step only if its key is not in the store",
+                    if of.len() == 1 { "that" } else { "those" },
+                )
             }
         }
     }
@@ -215,6 +234,13 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         .steps
         .par_iter()
         .map(|step| {
+            // A provisional key is never in a store: nothing to look up.
+            if !step.waits_for.is_empty() {
+                let why = vec![Reason::AwaitsOutput {
+                    of: step.waits_for.clone(),
+                }];
+                return ((false, why), None);
+            }
             let presence = store.presence(&step.spec.key);
             let digest = match &presence {
                 Presence::Present(m) => Some(m.digest.clone()),
@@ -418,11 +444,17 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
     if !changes.is_empty() {
         out.push(Reason::ParamsChanged { changes });
     }
-    let old_in: BTreeMap<&str, &Key> = old.inputs.iter().map(|i| (i.role.as_str(), &i.key)).collect();
-    let new_in: BTreeMap<&str, (&Key, &str)> = new
+    // Inputs compare by what entered the key: the key, or under early cutoff a
+    // dataset's content.
+    let old_in: BTreeMap<&str, Key> = old
         .inputs
         .iter()
-        .map(|i| (i.role.as_str(), (&i.key, i.id.as_str())))
+        .map(|i| (i.role.as_str(), i.identity()))
+        .collect();
+    let new_in: BTreeMap<&str, (Key, &str)> = new
+        .inputs
+        .iter()
+        .map(|i| (i.role.as_str(), (i.identity(), i.id.as_str())))
         .collect();
     let changed: Vec<String> = new_in
         .iter()

@@ -27,6 +27,9 @@ use crate::store::External;
 /// honours `keep-field`/`keep-values` and `drop-empty` (version 2 ignored them there).
 pub const KIND: Kind = Kind {
     review: review_letters,
+    // Readers open the examples, never `data.json` (where the rows came from, which
+    // changes with a file's name or a hub revision when the rows do not).
+    content: Some(&[DATA_JSON]),
     ..Kind::new("dataset", 3, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
 };
 

@@ -57,6 +57,17 @@ pub fn digest_of(files: &[FileEntry]) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// The digest of an artifact's files but those in `leave_out` (provenance no
+/// consumer reads): what early cutoff keys consumers on. Same form as [`digest_of`].
+pub fn content_digest(files: &[FileEntry], leave_out: &[&str]) -> String {
+    let kept: Vec<FileEntry> = files
+        .iter()
+        .filter(|f| !leave_out.contains(&f.path.as_str()))
+        .cloned()
+        .collect();
+    digest_of(&kept)
+}
+
 /// Lists and hashes every file below `dir` (the artifact payload).
 pub fn scan_files(dir: &Path) -> std::io::Result<Vec<FileEntry>> {
     let mut out = vec![];

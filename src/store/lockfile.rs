@@ -17,6 +17,10 @@ pub const LOCK_VERSION: i64 = 1;
 pub struct LockedStep {
     pub key: Key,
     pub digest: Option<String>,
+    /// Under early cutoff, for a content-keyed step (a dataset): the content digest of
+    /// its output, which its consumers' keys are computed from. With it, `plan` knows
+    /// those keys on a store that has not built the step yet.
+    pub content: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +116,7 @@ impl Lockfile {
                         LockedStep {
                             key,
                             digest: s("digest"),
+                            content: s("content"),
                         },
                     );
                 }
@@ -132,14 +137,14 @@ impl Lockfile {
             let _ = writeln!(out, "external {} resolved={}", q(name), q(v));
         }
         for (id, s) in &self.steps {
-            match &s.digest {
-                Some(d) => {
-                    let _ = writeln!(out, "step {} key={} digest={}", q(id), q(&s.key.hex()), q(d));
-                }
-                None => {
-                    let _ = writeln!(out, "step {} key={}", q(id), q(&s.key.hex()));
-                }
+            let _ = write!(out, "step {} key={}", q(id), q(&s.key.hex()));
+            if let Some(d) = &s.digest {
+                let _ = write!(out, " digest={}", q(d));
             }
+            if let Some(c) = &s.content {
+                let _ = write!(out, " content={}", q(c));
+            }
+            out.push('\n');
         }
         out
     }
@@ -163,6 +168,15 @@ mod tests {
             LockedStep {
                 key: Key([7; 32]),
                 digest: Some("d".into()),
+                content: None,
+            },
+        );
+        l.steps.insert(
+            "dataset:x".into(),
+            LockedStep {
+                key: Key([8; 32]),
+                digest: Some("e".into()),
+                content: Some("c".into()),
             },
         );
         let t = tempfile::tempdir().unwrap();

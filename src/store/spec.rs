@@ -29,7 +29,44 @@ pub struct SpecInput {
     pub role: String,
     /// The producing step's id ("dataset:ag_news").
     pub id: String,
+    /// The artifact this step reads.
     pub key: Key,
+    /// Under `pipeline ... early-cutoff=#true`, the content digest of what the input
+    /// produced (see [`crate::plan::CONTENT_KEYED`]): it enters this step's key in
+    /// place of `key`, so an input rebuilt with the same output leaves this step's key
+    /// as it was. `None` (every other input) keys on `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// The `digest` of an input whose output is not known yet (its producer has not been
+/// built, and no lockfile pins it). A key computed from it is provisional: the plan
+/// marks its step as waiting, and a run builds the producer and plans again before
+/// building anything that carries one.
+pub const PENDING_DIGEST: &str = "pending:";
+
+impl SpecInput {
+    /// What enters the consumer's key for this input: its output's content digest
+    /// under early cutoff, else its key. The same bytes in `Key` form, for part keys
+    /// and reasons that compare inputs.
+    pub fn identity(&self) -> Key {
+        match &self.digest {
+            None => self.key,
+            Some(d) => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"goosepipe-content-v1\0");
+                h.update(d.as_bytes());
+                h.finalize().into()
+            }
+        }
+    }
+
+    /// Whether this input's output is still unknown (see [`PENDING_DIGEST`]).
+    pub fn pending(&self) -> bool {
+        self.digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with(PENDING_DIGEST))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

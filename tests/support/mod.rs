@@ -218,12 +218,18 @@ impl Project {
     }
     /// The plan and its status against the project's store and lockfile.
     pub fn status(&self, reg: &Registry) -> (Plan, Status) {
-        let plan = self.plan(reg);
-        let store = goosepipe::store::Store::open(self.store()).unwrap();
+        self.status_in(reg, &self.store())
+    }
+    /// The plan and its status against `store` and the project's lockfile, as `plan
+    /// --store` makes them (under early cutoff, keyed on the outputs they know).
+    pub fn status_in(&self, reg: &Registry, store: &Path) -> (Plan, Status) {
+        let store = goosepipe::store::Store::at(store);
         let lock = goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(
             &self.manifest(),
         ))
         .unwrap();
+        let plan = app::load_plan_in(&self.manifest(), reg, &HashCache::in_memory(), &store, &lock)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let status = goosepipe::plan::status::status(&plan, &store, &lock);
         (plan, status)
     }

@@ -1,0 +1,305 @@
+//! Early cutoff (`pipeline ... early-cutoff=#true`): a dataset rebuilt with the same
+//! output leaves everything that reads it cached; an output that changed rebuilds
+//! exactly what reads it; the lockfile pins outputs so a fresh store plans exact keys;
+//! a pinned output that a build does not reproduce never publishes under a wrong key.
+
+mod support;
+
+use goosepipe::exec::RunOptions;
+use goosepipe::store::lockfile::{Lockfile, lock_path};
+use support::{BASE, Behaviour, Log, Project, registry, registry_with_versions, run_manifest};
+
+/// BASE with dataset "a" read from a local file, and early cutoff on or off.
+fn manifest(early_cutoff: bool) -> String {
+    let m = BASE.replace(
+        "dataset \"a\" hub=\"org/data\" config=\"a\"",
+        "dataset \"a\" path=\"data/a.jsonl\"",
+    );
+    if early_cutoff {
+        m.replace(
+            "pipeline \"engine-test\"",
+            "pipeline \"engine-test\" early-cutoff=#true",
+        )
+    } else {
+        m
+    }
+}
+
+fn cutoff() -> String {
+    manifest(true)
+}
+
+fn project(text: &str) -> Project {
+    let p = Project::new(text);
+    p.file("data/a.jsonl", "{\"input\": \"x\", \"target\": \"y\"}\n");
+    p
+}
+
+/// The data file saved again with other formatting: a new key for dataset "a", and
+/// the same rows (the fake dataset step writes what its parameters say, as the real
+/// one writes the same examples).
+fn save_again(p: &Project) {
+    p.file("data/a.jsonl", "{\"target\":\"y\",\"input\":\"x\"}\n");
+}
+
+fn ids(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+const DATASETS: [&str; 3] = ["dataset:a", "dataset:b", "dataset:heldout"];
+
+#[test]
+fn before_its_datasets_are_built_a_step_waits_for_them_and_says_so() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    let (plan, status) = p.status(&reg);
+    assert_eq!(plan.get("tokenize:a").unwrap().waits_for, ids(&["dataset:a"]));
+    assert_eq!(plan.get("eval:e").unwrap().waits_for, ids(&DATASETS));
+    assert!(plan.get("dataset:a").unwrap().waits_for.is_empty());
+    assert!(plan.get("model:base").unwrap().waits_for.is_empty());
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    let line = text
+        .lines()
+        .find(|l| l.contains("tokenize") && l.contains(" a "))
+        .unwrap();
+    assert!(line.contains("pending"), "{line}");
+    assert!(
+        line.contains("its key is computed from the output of dataset:a, not built yet (early cutoff)"),
+        "{line}"
+    );
+    assert!(
+        text.contains("early cutoff: 8 step(s) wait for datasets"),
+        "{text}"
+    );
+    let json = goosepipe::plan::render::plan_json(&plan, &status);
+    let eval = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "eval:e")
+        .unwrap();
+    assert_eq!(eval["waits_for"], serde_json::json!(DATASETS));
+
+    // The run builds the datasets, plans again, then builds the rest: every step once.
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take().len(), 12, "{out}");
+    let (plan, status) = p.status(&reg);
+    assert!(!plan.waits());
+    assert_eq!(status.stale_count(), 0);
+    // The lockfile pins each dataset's content, and nothing else's.
+    let lock = Lockfile::read(&lock_path(&p.manifest())).unwrap();
+    for (id, l) in &lock.steps {
+        assert_eq!(l.content.is_some(), id.starts_with("dataset:"), "{id}");
+    }
+}
+
+#[test]
+fn a_dataset_rebuilt_with_the_same_rows_leaves_what_reads_it_cached() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+
+    save_again(&p);
+    // Until it is built, plan cannot know: what reads it waits.
+    assert_eq!(
+        p.stale(&reg),
+        ids(&[
+            "dataset:a",
+            "tokenize:a",
+            "expert:a",
+            "gate:a",
+            "pool:p",
+            "eval:e"
+        ])
+    );
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take(), ids(&["dataset:a"]), "{out}");
+    assert!(p.stale(&reg).is_empty());
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+}
+
+#[test]
+fn without_early_cutoff_the_same_edit_rebuilds_everything_after_the_dataset() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&manifest(false));
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    save_again(&p);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    assert_eq!(
+        log.take(),
+        ids(&[
+            "dataset:a",
+            "tokenize:a",
+            "expert:a",
+            "gate:a",
+            "pool:p",
+            "eval:e"
+        ])
+    );
+}
+
+#[test]
+fn a_dataset_whose_rows_changed_rebuilds_exactly_what_reads_it() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    // Another field mapping: the fake step's output changes with its parameters.
+    p.write(&cutoff().replace(
+        "path=\"data/a.jsonl\"",
+        "path=\"data/a.jsonl\" input-field=\"text\"",
+    ));
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        log.take(),
+        ids(&[
+            "dataset:a",
+            "tokenize:a",
+            "expert:a",
+            "gate:a",
+            "pool:p",
+            "eval:e"
+        ])
+    );
+}
+
+#[test]
+fn a_new_dataset_step_version_rebuilds_only_the_datasets() {
+    let log = Log::default();
+    let p = project(&cutoff());
+    assert_eq!(
+        p.run(&registry(&log, &Behaviour::default()), &RunOptions::default())
+            .0,
+        0
+    );
+    log.take();
+    let version = goosepipe::steps::KINDS
+        .iter()
+        .find(|k| k.name == "dataset")
+        .unwrap()
+        .version;
+    let bumped = registry_with_versions(&log, &Behaviour::default(), &[("dataset", version + 1)]);
+    let (code, out) = p.run(&bumped, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take(), ids(&DATASETS), "{out}");
+}
+
+#[test]
+fn with_the_lockfile_a_fresh_store_plans_exact_keys_and_reproduces_them_locked() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    let (built, _) = p.status(&reg);
+    let fresh = p.dir.path().join("fresh-store");
+    // The lockfile pins every dataset's output: nothing waits, every key is known.
+    let (plan, status) = p.status_in(&reg, &fresh);
+    assert!(!plan.waits());
+    for (a, b) in built.steps.iter().zip(&plan.steps) {
+        assert_eq!(a.spec.key, b.spec.key, "{}", a.spec.id);
+    }
+    assert_eq!(status.stale_count(), 12);
+    let locked = RunOptions {
+        locked: true,
+        ..RunOptions::default()
+    };
+    let (code, out) = run_manifest(
+        &p.manifest(),
+        &fresh,
+        &reg,
+        &locked,
+        &goosepipe::exec::CancelFlag::new(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take().len(), 12);
+}
+
+#[test]
+fn a_pinned_output_the_build_does_not_reproduce_stops_its_readers() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    // A lockfile that pins another output for dataset:a (written by a build that
+    // made other rows), and a store that has not built it.
+    let path = lock_path(&p.manifest());
+    let mut lock = Lockfile::read(&path).unwrap();
+    lock.steps.get_mut("dataset:a").unwrap().content = Some("0".repeat(64));
+    lock.write(&path, "pipeline.kdl").unwrap();
+    let fresh = p.dir.path().join("fresh-store");
+    let run = |opts: &RunOptions| {
+        run_manifest(
+            &p.manifest(),
+            &fresh,
+            &reg,
+            opts,
+            &goosepipe::exec::CancelFlag::new(),
+        )
+    };
+    let (code, out) = run(&RunOptions {
+        until: Some("tokenize:a".into()),
+        ..RunOptions::default()
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("tokenize:a: dataset:a was built with content")
+            && out
+                .contains("but this step's key was computed from content 000000000000 (the lockfile's pin)"),
+        "{out}"
+    );
+    // Nothing was published under the key the pin gave; the dataset was. The next
+    // run keys on the output that was built.
+    assert_eq!(log.take(), ids(&["dataset:a", "model:base"]));
+    let (code, out) = run(&RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let rerun = log.take();
+    assert!(
+        rerun.contains(&"tokenize:a".to_string()) && !rerun.contains(&"dataset:a".to_string()),
+        "{rerun:?}"
+    );
+}
+
+#[test]
+fn the_dataset_step_gives_one_content_for_the_same_rows_from_another_file() {
+    let rows = |sep: &str| -> String {
+        (0..40)
+            .map(|i| format!("{{\"input\":{sep}\"question {i}\",{sep}\"target\":{sep}\"answer {i}\"}}\n"))
+            .collect()
+    };
+    let text =
+        |file: &str| format!("pipeline \"d\" early-cutoff=#true\ndataset \"a\" path=\"data/{file}\"\n");
+    let p = Project::new(&text("a.jsonl"));
+    p.file("data/a.jsonl", &rows(""));
+    let pinned = |p: &Project| {
+        let lock = Lockfile::read(&lock_path(&p.manifest())).unwrap();
+        let l = lock.steps["dataset:a"].clone();
+        (l.digest.unwrap(), l.content.unwrap())
+    };
+    let (code, out) = support::run_product(&p.manifest(), &p.store());
+    assert_eq!(code, 0, "{out}");
+    let (digest, content) = pinned(&p);
+    // The same rows, spaced otherwise, in a file of another name: the artifact
+    // differs (its provenance names the file), its content does not.
+    p.file("data/b.jsonl", &rows(" "));
+    p.write(&text("b.jsonl"));
+    let (code, out) = support::run_product(&p.manifest(), &p.store());
+    assert_eq!(code, 0, "{out}");
+    let (digest2, content2) = pinned(&p);
+    assert_ne!(digest, digest2);
+    assert_eq!(content, content2);
+}
