@@ -199,7 +199,9 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
         "{csv}"
     );
     assert!(
-        records.iter().any(|l| l.starts_with("eval:held-out,mean,,")),
+        records
+            .iter()
+            .any(|l| l.starts_with("eval:held-out,mean,mean over tasks,")),
         "{csv}"
     );
 

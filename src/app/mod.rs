@@ -341,9 +341,21 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     // Early cutoff: the datasets whose output some selected step's key needs are
     // built first; then the plan is made again with their outputs known, and steps
     // whose keys come out as before are cached.
-    let first = exec::run::outputs_first(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
-    let mut earlier = None;
-    if !first.is_empty() {
+    let mut earlier: Option<exec::RunReport> = None;
+    let mut built_first: Vec<String> = vec![];
+    loop {
+        let first = exec::run::outputs_first(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+        if first.is_empty() {
+            break;
+        }
+        // Built and planned again, and still waited for: the plan cannot learn their
+        // outputs (a bug), and building them again would loop.
+        if let Some(id) = first.iter().find(|id| built_first.contains(id)) {
+            return Err(miette!(
+                "{id} was built, yet the plan still cannot key the steps after it on its output (a bug)"
+            ));
+        }
+        built_first.extend(first.iter().cloned());
         let datasets = RunOptions {
             only: first,
             until: None,
@@ -351,10 +363,14 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         };
         let report = execute(&plan, &status, &datasets)?;
         let ok = report.failed.is_empty() && report.cancelled.is_empty();
-        earlier = Some(report);
-        if ok {
-            (plan, status, _) = plan_in_store(path, &store, req.registry, false)?;
+        earlier = Some(match earlier {
+            Some(e) => e.then(report),
+            None => report,
+        });
+        if !ok {
+            break;
         }
+        (plan, status, _) = plan_in_store(path, &store, req.registry, false)?;
     }
     let report = match earlier {
         Some(first) if !(first.failed.is_empty() && first.cancelled.is_empty()) => first,

@@ -116,8 +116,9 @@ impl Results {
     }
 
     /// The scores as long records under [`LONG_CSV_HEADER`], one per (task, method)
-    /// scored, then one per method for the mean (task `mean`, no metric): the evals of
-    /// a manifest have different methods, so one header fits them all only this way.
+    /// scored, then one per method for the mean (task `mean`, metric [`MEAN_METRIC`],
+    /// which no task has, so a task named `mean` stays apart): the evals of a manifest
+    /// have different methods, so one header fits them all only this way.
     pub fn csv_long(&self, step: &str) -> String {
         let mut out = String::new();
         let mut record = |task: &str, metric: &str, method: &str, score: f64| {
@@ -134,12 +135,15 @@ impl Results {
         }
         for m in &self.methods {
             if let Some(x) = self.mean(m) {
-                record("mean", "", m, x);
+                record("mean", MEAN_METRIC, m, x);
             }
         }
         out
     }
 }
+
+/// The metric of [`Results::csv_long`]'s mean records: not a task metric's name.
+pub const MEAN_METRIC: &str = "mean over tasks";
 
 /// The columns of [`Results::csv_long`].
 pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score";
@@ -225,9 +229,34 @@ mod tests {
         // Every record starts with the step, the quoted field keeps its line break.
         assert_eq!(
             r.csv_long("eval:e"),
-            "eval:e,\"two\nlines\",,base,0.500000\neval:e,mean,,base,0.500000\n"
+            "eval:e,\"two\nlines\",,base,0.500000\neval:e,mean,mean over tasks,base,0.500000\n"
         );
         let md = r.markdown("e");
         assert!(md.contains("| two lines | **50.0** |"), "{md}");
+    }
+
+    #[test]
+    fn a_task_named_mean_is_not_read_as_the_mean() {
+        let mut r = Results {
+            title: "t".into(),
+            tasks: vec!["mean".into(), "other".into()],
+            methods: vec!["base".into()],
+            ..Default::default()
+        };
+        r.metrics.insert("mean".into(), "exact-match".into());
+        r.scores
+            .insert("mean".into(), BTreeMap::from([("base".into(), 0.25)]));
+        r.scores
+            .insert("other".into(), BTreeMap::from([("base".into(), 0.75)]));
+        let csv = r.csv_long("eval:e");
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            rows,
+            [
+                "eval:e,mean,exact-match,base,0.250000",
+                "eval:e,other,,base,0.750000",
+                "eval:e,mean,mean over tasks,base,0.500000",
+            ]
+        );
     }
 }

@@ -75,7 +75,9 @@ pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
 
 /// Early cutoff: the datasets (ids, plan order) that must be built before the steps
 /// this run selects can be keyed: the stale ones whose output a selected step waits
-/// for. Empty when no selected step waits (always, without early cutoff).
+/// for and whose own keys are known (a content-keyed step that read another would
+/// wait for the next round). Empty when no selected step waits (always, without early
+/// cutoff).
 pub fn outputs_first(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<String>, RunError> {
     if !plan.waits() {
         return Ok(vec![]);
@@ -87,6 +89,7 @@ pub fn outputs_first(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<
         .collect();
     Ok(selected
         .iter()
+        .filter(|&&i| plan.steps[i].waits_for.is_empty())
         .map(|&i| plan.steps[i].id())
         .filter(|id| waited.contains(id))
         .map(str::to_string)
