@@ -180,6 +180,12 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
     );
     let second = run(d.path(), &store);
     assert_eq!(reused(&second), 3, "{second}");
+    // Its progress counts the 72 examples it scores, not the 36 it reused (which
+    // took no time, and made the ETA of long evals far too short).
+    assert!(
+        second.contains("eval:e 72/72 examples") && !second.contains("/108 examples"),
+        "{second}"
+    );
     assert!(
         second.contains("(method, task) result(s) unchanged since an earlier eval (artifact "),
         "{second}"

@@ -437,7 +437,10 @@ impl StepRunner for EvalStep {
 /// retrieval library once loaded, the method whose adapters are on the model.
 #[derive(Default)]
 struct PartScorer {
+    /// Examples scored so far, and of how many: the parts found already scored are
+    /// left out of both, so the progress's rate (and its ETA) is that of scoring.
     done: u64,
+    total: u64,
     retrieval: Option<Retrieval>,
     adapters_of: Option<String>,
 }
@@ -781,12 +784,14 @@ impl<'a> EvalRun<'a> {
         let ctx = self.ctx;
         let order = self.order();
         let per_method: u64 = self.tasks.iter().map(|t| t.examples.len() as u64).sum();
-        ctx.progress
-            .set_total(per_method * order.len() as u64, "examples");
+        let mut scorer = PartScorer {
+            total: per_method * order.len() as u64,
+            ..PartScorer::default()
+        };
+        ctx.progress.set_total(scorer.total, "examples");
         let mut scored = Scored::default();
         let parts = Parts::new(ctx);
         let distinct = self.distinct_tokens(&base.tokenizer, base.config().eos_token_id)?;
-        let mut scorer = PartScorer::default();
         let mut pending = self.parts(&distinct)?;
         // Twice at most: the second time, nothing is left for later.
         for last in [false, true] {
@@ -842,8 +847,8 @@ impl<'a> EvalRun<'a> {
         scored.found.count(found.as_ref().map(|(_, how)| how));
         let (f, bytes) = match found {
             Some((f, _)) => {
-                scorer.done += t.examples.len() as u64;
-                ctx.progress.set_position(scorer.done);
+                scorer.total = scorer.total.saturating_sub(t.examples.len() as u64);
+                ctx.progress.set_total(scorer.total, "examples");
                 // Written as this build writes it, whatever formatting the file
                 // found had.
                 let bytes = f.bytes();
