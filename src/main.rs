@@ -391,7 +391,8 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec_command(args, &store, &registry),
         Command::Graph { file, format, status } => app::graph(
             &file,
-            status.then_some(store.as_path()),
+            &store,
+            status,
             &registry,
             matches!(format, GraphFormat::Mermaid),
             &mut out,

@@ -121,6 +121,7 @@ fn a_dataset_rebuilt_with_the_same_rows_leaves_what_reads_it_cached() {
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0, "{out}");
     assert_eq!(log.take(), ids(&["dataset:a"]), "{out}");
+    assert!(out.contains("done: 1 step(s) built, 11 cached"), "{out}");
     assert!(p.stale(&reg).is_empty());
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0);
@@ -258,8 +259,9 @@ fn a_pinned_output_the_build_does_not_reproduce_stops_its_readers() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("tokenize:a: dataset:a was built with content")
-            && out
-                .contains("but this step's key was computed from content 000000000000 (the lockfile's pin)"),
+            && out.contains(
+                "but this step's key was computed from content 000000000000 (what the lockfile pinned"
+            ),
         "{out}"
     );
     // Nothing was published under the key the pin gave; the dataset was. The next
@@ -302,4 +304,188 @@ fn the_dataset_step_gives_one_content_for_the_same_rows_from_another_file() {
     let (digest2, content2) = pinned(&p);
     assert_ne!(digest, digest2);
     assert_eq!(content, content2);
+}
+
+#[test]
+fn keep_going_builds_what_a_failed_dataset_does_not_hold_up_and_names_the_rest() {
+    let log = Log::default();
+    let fails = Behaviour {
+        fail: vec!["dataset:b".into()],
+        ..Behaviour::default()
+    };
+    let reg = registry(&log, &fails);
+    let p = project(&cutoff());
+    let (code, out) = p.run(
+        &reg,
+        &RunOptions {
+            keep_going: true,
+            ..RunOptions::default()
+        },
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        log.take(),
+        ids(&[
+            "dataset:a",
+            "dataset:b",
+            "dataset:heldout",
+            "model:base",
+            "tokenize:a",
+            "expert:a",
+            "gate:a"
+        ]),
+        "{out}"
+    );
+    assert!(
+        out.contains("not run because of the failure: tokenize:b, expert:b, gate:b, pool:p, eval:e"),
+        "{out}"
+    );
+    // Without --keep-going the run stops after the datasets and says what it left.
+    let log = Log::default();
+    let p = project(&cutoff());
+    let (code, out) = p.run(&registry(&log, &fails), &RunOptions::default());
+    assert_eq!(code, 1, "{out}");
+    // (One step at a time, in plan order: the third dataset was not started.)
+    assert_eq!(log.take(), ids(&["dataset:a", "dataset:b"]), "{out}");
+    assert!(
+        out.contains("not run because of the failure: tokenize:b, expert:b"),
+        "{out}"
+    );
+    let unstarted = out
+        .lines()
+        .find(|l| l.starts_with("not started (a failure stops the run;"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for id in [
+        "dataset:heldout",
+        "model:base",
+        "tokenize:a",
+        "expert:a",
+        "gate:a",
+    ] {
+        assert!(unstarted.contains(id), "{id}: {out}");
+    }
+}
+
+#[test]
+fn run_verify_rehashes_the_steps_keyed_only_after_the_datasets_were_built() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    let (plan, _) = p.status(&reg);
+    let key = plan.get("expert:a").unwrap().spec.key;
+    let file = goosepipe::store::Store::at(p.store())
+        .files_dir(&key)
+        .join("output.txt");
+    let mut perms = std::fs::metadata(&file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&file, perms).unwrap();
+    std::fs::write(&file, "damaged").unwrap();
+    // The dataset is rebuilt (same rows) before expert:a has its key again: the
+    // re-hash that --verify asks for must reach it then.
+    save_again(&p);
+    let (code, out) = p.run(
+        &reg,
+        &RunOptions {
+            verify: true,
+            ..RunOptions::default()
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+    let ran = log.take();
+    assert!(ran.contains(&"expert:a".to_string()), "{ran:?}\n{out}");
+    assert!(!ran.contains(&"expert:b".to_string()), "{ran:?}");
+}
+
+#[test]
+fn locked_refuses_before_building_when_the_lockfile_does_not_pin_the_outputs() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    // A lockfile written before early cutoff was turned on pins no output.
+    let path = lock_path(&p.manifest());
+    let mut lock = Lockfile::read(&path).unwrap();
+    for l in lock.steps.values_mut() {
+        l.content = None;
+    }
+    lock.write(&path, "pipeline.kdl").unwrap();
+    let fresh = p.dir.path().join("fresh-store");
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &fresh,
+        &reg,
+        &RunOptions {
+            locked: true,
+            ..RunOptions::default()
+        },
+        true,
+        &goosepipe::exec::CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("dataset:a: the lockfile does not pin its output (content=)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("dataset:a: the lockfile").count(), 1, "{err}");
+    assert!(log.take().is_empty(), "nothing is built before the refusal");
+}
+
+#[test]
+fn gc_keeps_what_the_next_run_finds_after_a_data_file_is_saved_again() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    log.take();
+    save_again(&p);
+    let mut out = Vec::new();
+    let code = goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, &mut out).unwrap();
+    assert_eq!(code, 0);
+    // Only the dataset's old artifact went; the run finds everything after it.
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take(), ids(&["dataset:a"]), "{out}");
+}
+
+#[test]
+fn graph_keys_what_follows_a_built_dataset_on_its_output() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&cutoff());
+    let graph = |p: &Project| {
+        let mut out = Vec::new();
+        goosepipe::app::graph(&p.manifest(), &p.store(), false, &reg, true, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert!(graph(&p).contains("pending"));
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let g = graph(&p);
+    assert!(!g.contains("pending"), "{g}");
+}
+
+#[test]
+fn a_run_stopped_inside_the_datasets_says_it_was_interrupted() {
+    let log = Log::default();
+    let stops = Behaviour {
+        // dataset:a checkpoints two units and is interrupted after the first.
+        resumable: Some(("dataset:a".into(), 2, Some(1))),
+        ..Behaviour::default()
+    };
+    let p = project(&cutoff());
+    let (code, out) = p.run(&registry(&log, &stops), &RunOptions::default());
+    assert_eq!(code, 130, "{out}");
+    assert!(out.contains("interrupted:"), "{out}");
+    let ran = log.take();
+    assert!(
+        !ran.iter()
+            .any(|id| id.starts_with("tokenize:") || id.starts_with("expert:")),
+        "{ran:?}"
+    );
 }

@@ -205,5 +205,8 @@ fn shipped_pipelines_keep_their_keys() {
             all.insert(format!("{name} {}", s.spec.id), s.spec.key.hex());
         }
     }
+    // t0 and flan use early cutoff and are planned here with no store or lockfile:
+    // the keys after their datasets are provisional (computed from each dataset's key
+    // in place of its unknown output), which still move with every ingredient.
     insta::assert_debug_snapshot!(all);
 }

@@ -4,7 +4,7 @@
 pub mod export;
 pub mod score;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -132,6 +132,19 @@ fn plan_in_store(
     registry: &Registry,
     verify: bool,
 ) -> Result<(Plan, Status, Lockfile), Report> {
+    let planned = plan_in_store_quietly(path, store, registry, verify)?;
+    warn(&planned.0, &mut std::io::stderr());
+    Ok(planned)
+}
+
+/// [`plan_in_store`] without saying the plan's warnings (a run planning again after
+/// early cutoff's datasets said them the first time).
+fn plan_in_store_quietly(
+    path: &Path,
+    store: &Store,
+    registry: &Registry,
+    verify: bool,
+) -> Result<(Plan, Status, Lockfile), Report> {
     let hashes = if store.root.is_dir() {
         store.hash_cache()
     } else {
@@ -143,7 +156,6 @@ fn plan_in_store(
     let plan = load_plan_in(path, registry, &hashes, store, &lock);
     hashes.save();
     let plan = plan?;
-    warn(&plan, &mut std::io::stderr());
     let status = if verify {
         plan::status::status_verified(&plan, store, &lock)
     } else {
@@ -207,18 +219,16 @@ pub fn plan_cmd(
 /// `goosepipe graph`.
 pub fn graph(
     path: &Path,
-    store_root: Option<&Path>,
+    store_root: &Path,
+    with_status: bool,
     registry: &Registry,
     mermaid: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    let (plan, status) = match store_root {
-        Some(root) => {
-            let (p, s, _, _) = plan_with_status(path, root, registry, false)?;
-            (p, Some(s))
-        }
-        None => (load_plan(path, registry, &HashCache::in_memory())?, None),
-    };
+    // Planned against the store even without colours: under early cutoff the keys
+    // after a dataset are the ones its built output gives.
+    let (plan, status, _, _) = plan_with_status(path, store_root, registry, false)?;
+    let status = with_status.then_some(status);
     let text = if mermaid {
         render::mermaid(&plan, status.as_ref())
     } else {
@@ -311,7 +321,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     };
     let (mut plan, mut status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
     if let Some(e) = &read_only {
-        let chosen = exec::run::select(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+        let chosen = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
         if !chosen.is_empty() {
             return Err(miette!(
                 help = "pass --store DIR or set GOOSEPIPE_STORE to a folder you can write",
@@ -338,45 +348,89 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             })
             .map_err(|e| miette!("{e}"))
     };
-    // Early cutoff: the datasets whose output some selected step's key needs are
-    // built first; then the plan is made again with their outputs known, and steps
-    // whose keys come out as before are cached.
+    // Early cutoff: the datasets whose output some wanted step's key needs are built
+    // first; then the plan is made again with their outputs known, and steps whose
+    // keys come out as before are cached. Rounds, until no wanted step waits.
     let mut earlier: Option<exec::RunReport> = None;
-    let mut built_first: Vec<String> = vec![];
+    let mut built_first: BTreeSet<(String, crate::store::Key)> = BTreeSet::new();
+    let mut failed_first: BTreeSet<String> = BTreeSet::new();
+    let mut planned_again_for_cached = false;
+    let mut stopped = false;
     loop {
-        let first = exec::run::outputs_first(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
-        if first.is_empty() {
+        if req.cancel.is_cancelled() {
+            stopped = true;
             break;
         }
-        // Built and planned again, and still waited for: the plan cannot learn their
-        // outputs (a bug), and building them again would loop.
-        if let Some(id) = first.iter().find(|id| built_first.contains(id)) {
-            return Err(miette!(
-                "{id} was built, yet the plan still cannot key the steps after it on its output (a bug)"
-            ));
+        let mut first = exec::run::outputs_first(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+        // With --keep-going, a dataset that failed is not tried again this run: the
+        // steps after it stay unbuilt and are said to be so.
+        first.retain(|id| !failed_first.contains(id));
+        if first.is_empty() {
+            // Another run may have published a waited-for dataset between this
+            // run's plan and its status: plan once more to key on it.
+            let waits_on_cached =
+                exec::run::waits_on_cached(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+            if waits_on_cached && !planned_again_for_cached {
+                planned_again_for_cached = true;
+                (plan, status, _) = plan_in_store_quietly(path, &store, req.registry, opts.verify)?;
+                continue;
+            }
+            break;
         }
-        built_first.extend(first.iter().cloned());
+        // Built and planned again, and still waited for with the same key: the plan
+        // cannot learn its output (a bug), and building it again would loop. (A
+        // dataset edited while the run built another has a new key: built again.)
+        for id in &first {
+            let key = plan.get(id).expect("an id of this plan").spec.key;
+            if !built_first.insert((id.clone(), key)) {
+                return Err(miette!(
+                    "{id} was built, yet the plan still cannot key the steps after it on its output (a bug)"
+                ));
+            }
+        }
         let datasets = RunOptions {
             only: first,
             until: None,
             ..opts.clone()
         };
         let report = execute(&plan, &status, &datasets)?;
-        let ok = report.failed.is_empty() && report.cancelled.is_empty();
+        let failed = !report.failed.is_empty() || !report.cancelled.is_empty();
+        failed_first.extend(report.failed.iter().map(|(id, _)| id.clone()));
         earlier = Some(match earlier {
             Some(e) => e.then(report),
             None => report,
         });
-        if !ok {
+        if failed && (!opts.keep_going || req.cancel.is_cancelled()) {
+            stopped = true;
             break;
         }
-        (plan, status, _) = plan_in_store(path, &store, req.registry, false)?;
+        // Re-hashed again with --verify: steps keyed only now were not checked.
+        (plan, status, _) = plan_in_store_quietly(path, &store, req.registry, opts.verify)?;
+        // --keep-going: a dataset that failed is not built again by this run (its
+        // failure is reported once; what waits for it is said to be held up).
+        for id in &failed_first {
+            if let Some(&i) = plan.index.get(id)
+                && let plan::State::Stale { reasons } = &status.states[i]
+            {
+                status.states[i] = plan::State::Unneeded {
+                    reasons: reasons.clone(),
+                };
+            }
+        }
     }
-    let report = match earlier {
-        Some(first) if !(first.failed.is_empty() && first.cancelled.is_empty()) => first,
+    let mut report = match earlier {
+        Some(first) if stopped => first,
         Some(first) => first.then(execute(&plan, &status, opts)?),
+        None if stopped => exec::RunReport::default(),
         None => execute(&plan, &status, opts)?,
     };
+    // What was wanted and did not run: after a stop between the parts, everything
+    // after the datasets; otherwise the steps still waiting for a dataset that failed.
+    report.add_unreached(
+        &plan,
+        &exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?,
+    );
+    let interrupted_between = stopped && req.cancel.is_cancelled();
     let new_lock = exec::updated_lock(&plan, &store, &old_lock);
     // Which key each step id has, for `show` and `export` by id: an artifact records
     // only its builder's id. An index, not a result: a failure to write it is said.
@@ -401,7 +455,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
     }
     let built = report.built.len() + report.reused.len() + report.shared.len();
-    if !report.cancelled.is_empty() {
+    if !report.cancelled.is_empty() || interrupted_between {
         let _ = writeln!(
             out,
             "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept; run the same command again to resume.",
@@ -930,8 +984,17 @@ pub fn gc(
     let hashes = store.hash_cache();
     let mut reachable = HashSet::new();
     for m in manifests {
-        let plan = load_plan_in(m, registry, &hashes, &store, &read_lock(m)?)?;
+        let lock = read_lock(m)?;
+        let plan = load_plan_in(m, registry, &hashes, &store, &lock)?;
         reachable.extend(plan.steps.iter().map(|s| s.spec.key));
+        // Early cutoff: steps after a dataset whose key moved and that is not built
+        // yet have provisional keys; the next run most likely finds their artifacts
+        // under the keys the lockfile's last pin of that dataset's output gives.
+        if plan.waits() {
+            let outputs = plan::KnownOutputs::last_pinned(&store, &lock);
+            let likely = plan::load_with(m, registry, &hashes, &outputs).map_err(Report::new)?;
+            reachable.extend(likely.steps.iter().map(|s| s.spec.key));
+        }
     }
     hashes.save();
     let entries = store.gc_candidates(&reachable);

@@ -96,17 +96,42 @@ impl RunReport {
         self.shared.push(twin.to_string());
     }
 
-    /// This report followed by `next`'s (a run in two parts: early cutoff's datasets,
-    /// then the rest); `cached` is the second part's, which saw the first's results.
+    /// This report followed by `next`'s (a run in parts: early cutoff's datasets, then
+    /// the rest). `cached` counts what was cached before the run: the later part's
+    /// count less what the earlier part built.
     pub fn then(mut self, next: RunReport) -> RunReport {
+        let done_here = self.built.len() + self.reused.len() + self.shared.len();
         self.built.extend(next.built);
         self.reused.extend(next.reused);
         self.shared.extend(next.shared);
         self.failed.extend(next.failed);
         self.skipped.extend(next.skipped);
         self.cancelled.extend(next.cancelled);
-        self.cached = next.cached;
+        self.cached = next.cached.saturating_sub(done_here);
         self
+    }
+
+    /// Counts the steps of `wanted` (indices into `plan`) that this report does not
+    /// mention as not run (`skipped`): steps waiting for a dataset that failed, or
+    /// everything after the datasets when the run stopped between its parts.
+    pub fn add_unreached(&mut self, plan: &Plan, wanted: &[usize]) {
+        let mentioned: std::collections::BTreeSet<&str> = self
+            .built
+            .iter()
+            .chain(&self.reused)
+            .chain(&self.shared)
+            .chain(self.failed.iter().map(|(id, _)| id))
+            .chain(&self.skipped)
+            .chain(&self.cancelled)
+            .map(String::as_str)
+            .collect();
+        let unreached: Vec<String> = wanted
+            .iter()
+            .map(|&i| plan.steps[i].id())
+            .filter(|id| !mentioned.contains(id))
+            .map(str::to_string)
+            .collect();
+        self.skipped.extend(unreached);
     }
 
     pub fn ok(&self) -> bool {

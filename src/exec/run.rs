@@ -18,8 +18,19 @@ use crate::store::artifact::now_unix;
 use crate::store::lockfile::{LockedStep, Lockfile};
 use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
 
-/// Which steps this run builds, in plan order.
+/// Which steps this run builds, in plan order: what the options ask for ([`wanted`])
+/// but a step whose key is provisional (early cutoff): it waits for its datasets, and
+/// the run plans again once they are built ([`outputs_first`]). An executor never
+/// sees one, so no recipe, lock or job is ever made for a provisional key.
 pub fn select(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usize>, RunError> {
+    let mut chosen = wanted(plan, status, opts)?;
+    chosen.retain(|&i| plan.steps[i].waits_for.is_empty());
+    Ok(chosen)
+}
+
+/// Every step the options ask for that is not cached, in plan order, waiting steps
+/// (early cutoff) included.
+pub fn wanted(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usize>, RunError> {
     let n = plan.steps.len();
     let mut want = vec![false; n];
     if !opts.only.is_empty() {
@@ -82,7 +93,7 @@ pub fn outputs_first(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<
     if !plan.waits() {
         return Ok(vec![]);
     }
-    let selected = select(plan, status, opts)?;
+    let selected = wanted(plan, status, opts)?;
     let waited: BTreeSet<&str> = selected
         .iter()
         .flat_map(|&i| plan.steps[i].waits_for.iter().map(String::as_str))
@@ -96,15 +107,38 @@ pub fn outputs_first(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<
         .collect())
 }
 
+/// Whether a wanted step waits for a dataset that the status finds built (another
+/// run published it between this run's plan and its status): planning again keys it.
+pub fn waits_on_cached(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<bool, RunError> {
+    if !plan.waits() {
+        return Ok(false);
+    }
+    Ok(wanted(plan, status, opts)?.iter().any(|&i| {
+        plan.steps[i].waits_for.iter().any(|d| {
+            plan.index
+                .get(d)
+                .is_some_and(|&j| matches!(status.states[j], crate::plan::State::Cached))
+        })
+    }))
+}
+
 /// Checks, before anything runs, that `--locked` can hold: every step and local file
 /// must be exactly as the lockfile says.
 pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), RunError> {
     let mut problems = vec![];
     for s in &plan.steps {
         match lock.steps.get(&s.spec.id) {
-            // A provisional key (early cutoff): checked once its datasets are built
-            // and the run has planned again.
-            _ if !s.waits_for.is_empty() => {}
+            // A provisional key (early cutoff): the lockfile would have let the plan
+            // key it had it pinned the output of each dataset it waits for (as built
+            // with the key it has now), so it will change: said before anything is
+            // built.
+            _ if !s.waits_for.is_empty() => {
+                for d in &s.waits_for {
+                    problems.push(format!(
+                        "{d}: the lockfile does not pin its output (content=) under the key it has now, and the steps after it are keyed by it (early cutoff)"
+                    ));
+                }
+            }
             None => problems.push(format!("{} is not in the lockfile", s.spec.id)),
             Some(l) if l.key != s.spec.key => problems.push(format!(
                 "{} has key {}, the lockfile pins {}",
@@ -154,7 +188,9 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
     if problems.is_empty() {
         Ok(())
     } else {
-        problems.dedup();
+        // Once each (many steps wait for one dataset), in the order found.
+        let mut seen = BTreeSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
         Err(RunError::Locked(format!(
             "the lockfile would change:\n  {}\n(run without --locked to update it)",
             problems.join("\n  ")
@@ -572,11 +608,10 @@ fn check_content(
     let found = content_digest(&meta.files, leave_out);
     if found != *expected {
         return Err(StepError::msg(format!(
-            "{} was built with content {}, but this step's key was computed from content {} (the lockfile's pin): the lockfile's output of {} is not reproduced here; run again to key this step on the output that was built (`--locked` will refuse it)",
+            "{} was built with content {}, but this step's key was computed from content {} (what the lockfile pinned, or the store held, when the run planned): run again to key this step on the output that was built (`--locked` will refuse it)",
             inp.id,
             &found[..12.min(found.len())],
             &expected[..12.min(expected.len())],
-            inp.id
         )));
     }
     Ok(())

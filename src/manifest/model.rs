@@ -94,7 +94,7 @@ pub struct Manifest {
     /// `pipeline ... allow-outside-paths=#true`: local paths may leave the project.
     pub allow_outside_paths: bool,
     /// `pipeline ... early-cutoff=#true`: steps that read a dataset are keyed by the
-    /// dataset's output, not by how it was made (see `plan::CONTENT_KEYED`).
+    /// dataset's output, not by how it was made (see `plan::outputs`).
     pub early_cutoff: bool,
     /// `pipeline ... jobs=N`: steps `run` builds at once when `-j` is not given.
     pub jobs: Option<usize>,

@@ -21,6 +21,10 @@ use crate::store::{Key, Store};
 pub struct KnownOutputs<'a> {
     pub store: Option<&'a Store>,
     pub lock: Option<&'a Lockfile>,
+    /// Take the lockfile's pin of a step's output even when the step's key moved
+    /// since: the keys the next run will most likely find (what `gc` keeps, so an
+    /// edit whose dataset is not rebuilt yet does not cost the artifacts after it).
+    pub last_pinned: bool,
 }
 
 impl<'a> KnownOutputs<'a> {
@@ -33,6 +37,16 @@ impl<'a> KnownOutputs<'a> {
         KnownOutputs {
             store: Some(store),
             lock: Some(lock),
+            last_pinned: false,
+        }
+    }
+
+    /// [`KnownOutputs::new`], and where neither knows an output, the one the lockfile
+    /// pinned for the step under its earlier key.
+    pub fn last_pinned(store: &'a Store, lock: &'a Lockfile) -> KnownOutputs<'a> {
+        KnownOutputs {
+            last_pinned: true,
+            ..KnownOutputs::new(store, lock)
         }
     }
 
@@ -43,7 +57,7 @@ impl<'a> KnownOutputs<'a> {
             return Some(content_digest(&meta.files, leave_out));
         }
         let pinned = self.lock?.steps.get(id)?;
-        if pinned.key == *key {
+        if pinned.key == *key || self.last_pinned {
             pinned.content.clone()
         } else {
             None

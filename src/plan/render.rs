@@ -138,15 +138,19 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
                 "id": s.spec.id,
                 "kind": s.spec.kind,
                 "name": s.spec.name,
-                "key": s.spec.key.hex(),
-                "short_key": s.spec.key.short(),
+                // A provisional key (early cutoff) is no key to look up: null, with
+                // `waits_for` naming the datasets it waits for.
+                "key": s.waits_for.is_empty().then(|| s.spec.key.hex()),
+                "short_key": s.waits_for.is_empty().then(|| s.spec.key.short()),
                 "state": st.label(),
                 "will_run": st.will_run(),
                 "reasons": st.reasons(),
                 "reasons_text": st.reasons().iter().map(|r| r.describe()).collect::<Vec<_>>(),
                 "preview": status.previews.get(&i),
                 "inputs": s.spec.inputs.iter().map(|i| {
-                    let mut j = json!({"role": i.role, "id": i.id, "key": i.key.hex()});
+                    let provisional = plan.get(&i.id).is_some_and(|p| !p.waits_for.is_empty());
+                    let key = (!provisional).then(|| i.key.hex());
+                    let mut j = json!({"role": i.role, "id": i.id, "key": key});
                     if let Some(d) = i.digest.as_ref().filter(|_| !i.pending()) {
                         j["content"] = json!(d);
                     }

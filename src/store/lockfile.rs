@@ -111,12 +111,23 @@ impl Lockfile {
                         .ok_or_else(|| bad(format!("step {name} has no key=")))?
                         .parse()
                         .map_err(bad)?;
+                    // A content pin keys every step after the dataset: anything but
+                    // a blake3 hex digest (a hand edit, a provisional marker) is refused
+                    // here rather than trusted.
+                    let content = s("content");
+                    if let Some(c) = &content
+                        && !(c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+                    {
+                        return Err(bad(format!(
+                            "step {name} has content={c:?}, which is not a blake3 digest (64 hex digits)"
+                        )));
+                    }
                     lock.steps.insert(
                         name,
                         LockedStep {
                             key,
                             digest: s("digest"),
-                            content: s("content"),
+                            content,
                         },
                     );
                 }
@@ -176,7 +187,7 @@ mod tests {
             LockedStep {
                 key: Key([8; 32]),
                 digest: Some("e".into()),
-                content: Some("c".into()),
+                content: Some("c".repeat(64)),
             },
         );
         let t = tempfile::tempdir().unwrap();
@@ -202,5 +213,13 @@ mod tests {
         );
         let e = err("lockfile version=1\nstep \"expert:x\"\n");
         assert!(e.contains("line 2, column 1: step expert:x has no key="), "{e}");
+        let key = "0".repeat(64);
+        let e = err(&format!(
+            "lockfile version=1\nstep \"dataset:x\" key=\"{key}\" content=\"pending:{key}\"\n"
+        ));
+        assert!(
+            e.contains("line 2, column 1: step dataset:x has content=\"pending:"),
+            "{e}"
+        );
     }
 }

@@ -32,7 +32,7 @@ pub struct SpecInput {
     /// The artifact this step reads.
     pub key: Key,
     /// Under `pipeline ... early-cutoff=#true`, the content digest of what the input
-    /// produced (see [`crate::plan::CONTENT_KEYED`]): it enters this step's key in
+    /// produced (see [`crate::plan::outputs`]; which kinds: `Catalog::content_keyed`): it enters this step's key in
     /// place of `key`, so an input rebuilt with the same output leaves this step's key
     /// as it was. `None` (every other input) keys on `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
