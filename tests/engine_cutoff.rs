@@ -50,6 +50,27 @@ fn ids(v: &[&str]) -> Vec<String> {
 
 const DATASETS: [&str; 3] = ["dataset:a", "dataset:b", "dataset:heldout"];
 
+/// What reads dataset "a", directly or not, and the dataset itself.
+const DATASET_A_AND_AFTER: [&str; 6] = [
+    "dataset:a",
+    "tokenize:a",
+    "expert:a",
+    "gate:a",
+    "pool:p",
+    "eval:e",
+];
+
+/// A project whose every step is built (the log emptied), with the fakes' registry.
+fn built(early_cutoff: bool) -> (Log, goosepipe::exec::Registry, Project) {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = project(&manifest(early_cutoff));
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take().len(), 12, "{out}");
+    (log, reg, p)
+}
+
 #[test]
 fn before_its_datasets_are_built_a_step_waits_for_them_and_says_so() {
     let log = Log::default();
@@ -99,25 +120,11 @@ fn before_its_datasets_are_built_a_step_waits_for_them_and_says_so() {
 
 #[test]
 fn a_dataset_rebuilt_with_the_same_rows_leaves_what_reads_it_cached() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
 
     save_again(&p);
     // Until it is built, plan cannot know: what reads it waits.
-    assert_eq!(
-        p.stale(&reg),
-        ids(&[
-            "dataset:a",
-            "tokenize:a",
-            "expert:a",
-            "gate:a",
-            "pool:p",
-            "eval:e"
-        ])
-    );
+    assert_eq!(p.stale(&reg), ids(&DATASET_A_AND_AFTER));
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0, "{out}");
     assert_eq!(log.take(), ids(&["dataset:a"]), "{out}");
@@ -130,33 +137,15 @@ fn a_dataset_rebuilt_with_the_same_rows_leaves_what_reads_it_cached() {
 
 #[test]
 fn without_early_cutoff_the_same_edit_rebuilds_everything_after_the_dataset() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&manifest(false));
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(false);
     save_again(&p);
     assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    assert_eq!(
-        log.take(),
-        ids(&[
-            "dataset:a",
-            "tokenize:a",
-            "expert:a",
-            "gate:a",
-            "pool:p",
-            "eval:e"
-        ])
-    );
+    assert_eq!(log.take(), ids(&DATASET_A_AND_AFTER));
 }
 
 #[test]
 fn a_dataset_whose_rows_changed_rebuilds_exactly_what_reads_it() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
     // Another field mapping: the fake step's output changes with its parameters.
     p.write(&cutoff().replace(
         "path=\"data/a.jsonl\"",
@@ -164,29 +153,12 @@ fn a_dataset_whose_rows_changed_rebuilds_exactly_what_reads_it() {
     ));
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        log.take(),
-        ids(&[
-            "dataset:a",
-            "tokenize:a",
-            "expert:a",
-            "gate:a",
-            "pool:p",
-            "eval:e"
-        ])
-    );
+    assert_eq!(log.take(), ids(&DATASET_A_AND_AFTER));
 }
 
 #[test]
 fn a_new_dataset_step_version_rebuilds_only_the_datasets() {
-    let log = Log::default();
-    let p = project(&cutoff());
-    assert_eq!(
-        p.run(&registry(&log, &Behaviour::default()), &RunOptions::default())
-            .0,
-        0
-    );
-    log.take();
+    let (log, _, p) = built(true);
     let version = goosepipe::steps::KINDS
         .iter()
         .find(|k| k.name == "dataset")
@@ -200,11 +172,7 @@ fn a_new_dataset_step_version_rebuilds_only_the_datasets() {
 
 #[test]
 fn with_the_lockfile_a_fresh_store_plans_exact_keys_and_reproduces_them_locked() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
     let (built, _) = p.status(&reg);
     let fresh = p.dir.path().join("fresh-store");
     // The lockfile pins every dataset's output: nothing waits, every key is known.
@@ -231,11 +199,7 @@ fn with_the_lockfile_a_fresh_store_plans_exact_keys_and_reproduces_them_locked()
 
 #[test]
 fn a_pinned_output_the_build_does_not_reproduce_stops_its_readers() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
     // A lockfile that pins another output for dataset:a (written by a build that
     // made other rows), and a store that has not built it.
     let path = lock_path(&p.manifest());
@@ -368,11 +332,7 @@ fn keep_going_builds_what_a_failed_dataset_does_not_hold_up_and_names_the_rest()
 
 #[test]
 fn run_verify_rehashes_the_steps_keyed_only_after_the_datasets_were_built() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
     let (plan, _) = p.status(&reg);
     let key = plan.get("expert:a").unwrap().spec.key;
     let file = goosepipe::store::Store::at(p.store())
@@ -401,11 +361,7 @@ fn run_verify_rehashes_the_steps_keyed_only_after_the_datasets_were_built() {
 
 #[test]
 fn locked_refuses_before_building_when_the_lockfile_does_not_pin_the_outputs() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
     // A lockfile written before early cutoff was turned on pins no output.
     let path = lock_path(&p.manifest());
     let mut lock = Lockfile::read(&path).unwrap();
@@ -439,11 +395,7 @@ fn locked_refuses_before_building_when_the_lockfile_does_not_pin_the_outputs() {
 
 #[test]
 fn gc_keeps_what_the_next_run_finds_after_a_data_file_is_saved_again() {
-    let log = Log::default();
-    let reg = registry(&log, &Behaviour::default());
-    let p = project(&cutoff());
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    log.take();
+    let (log, reg, p) = built(true);
     save_again(&p);
     let mut out = Vec::new();
     let code = goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, &mut out).unwrap();
