@@ -95,6 +95,9 @@ fn before_its_datasets_are_built_a_step_waits_for_them_and_says_so() {
         text.contains("early cutoff: 8 step(s) wait for datasets"),
         "{text}"
     );
+    // explain names a waiting input's key as pending too.
+    let explained = goosepipe::plan::render::explain(&plan, &status, plan.index["expert:a"]);
+    assert!(explained.contains("tokenize:a pending"), "{explained}");
     let json = goosepipe::plan::render::plan_json(&plan, &status);
     let eval = json["steps"]
         .as_array()
@@ -103,6 +106,29 @@ fn before_its_datasets_are_built_a_step_waits_for_them_and_says_so() {
         .find(|s| s["id"] == "eval:e")
         .unwrap();
     assert_eq!(eval["waits_for"], serde_json::json!(DATASETS));
+    // A provisional key is no key: null, in the step and where it is an input.
+    assert!(eval["key"].is_null() && eval["short_key"].is_null(), "{eval}");
+    let pool = eval["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["role"] == "pool")
+        .unwrap();
+    assert!(pool["key"].is_null(), "{eval}");
+    let dataset = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "dataset:a")
+        .unwrap();
+    assert!(dataset["key"].is_string(), "{dataset}");
+    // No executor is given a waiting step; the run wants it all the same.
+    let opts = RunOptions::default();
+    let selected = goosepipe::exec::run::select(&plan, &status, &opts).unwrap();
+    let wanted = goosepipe::exec::run::wanted(&plan, &status, &opts).unwrap();
+    assert!(selected.iter().all(|&i| plan.steps[i].waits_for.is_empty()));
+    assert_eq!(wanted.len(), 12);
+    assert_eq!(selected.len(), 4, "three datasets and the model");
 
     // The run builds the datasets, plans again, then builds the rest: every step once.
     let (code, out) = p.run(&reg, &RunOptions::default());
@@ -439,5 +465,146 @@ fn a_run_stopped_inside_the_datasets_says_it_was_interrupted() {
         !ran.iter()
             .any(|id| id.starts_with("tokenize:") || id.starts_with("expert:")),
         "{ran:?}"
+    );
+}
+
+#[test]
+fn turning_early_cutoff_on_says_so_as_the_reason() {
+    let (_, reg, p) = built(false);
+    p.write(&cutoff());
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    let line = text
+        .lines()
+        .find(|l| l.contains("tokenize") && l.contains(" a "))
+        .unwrap();
+    assert!(
+        line.contains("early-cutoff was turned on: the datasets it reads now enter its key by their output"),
+        "{text}"
+    );
+    assert!(!line.contains("input changed: dataset:a"), "{line}");
+}
+
+#[test]
+fn a_content_pin_that_is_not_the_stored_output_is_lockfile_drift() {
+    let (_, reg, p) = built(true);
+    let path = lock_path(&p.manifest());
+    let mut lock = Lockfile::read(&path).unwrap();
+    lock.steps.get_mut("dataset:a").unwrap().content = Some("0".repeat(64));
+    lock.write(&path, "pipeline.kdl").unwrap();
+    let (_, status) = p.status(&reg);
+    assert_eq!(status.lock_drift, ["dataset:a"]);
+    let err = p.refused(
+        &reg,
+        &RunOptions {
+            locked: true,
+            ..RunOptions::default()
+        },
+    );
+    assert!(err.contains("dataset:a is in the store with content"), "{err}");
+}
+
+#[test]
+fn only_accepts_a_step_whose_input_waits_for_a_selected_dataset() {
+    let (log, reg, p) = built(true);
+    save_again(&p);
+    let only = |ids: &[&str]| RunOptions {
+        only: ids.iter().map(|s| s.to_string()).collect(),
+        ..RunOptions::default()
+    };
+    let err = p.refused(&reg, &only(&["gate:a"]));
+    assert!(
+        err.contains("gate:a needs tokenize:a, whose key waits for the output of dataset:a (early cutoff); add it to --only"),
+        "{err}"
+    );
+    let (code, out) = p.run(&reg, &only(&["dataset:a", "gate:a"]));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take(), ids(&["dataset:a"]), "{out}");
+}
+
+#[test]
+fn a_failed_run_keeps_the_file_pin_of_the_last_build() {
+    let (log, _, p) = built(true);
+    let before = Lockfile::read(&lock_path(&p.manifest())).unwrap();
+    // The file is edited and its dataset fails on it; the file is then put back.
+    save_again(&p);
+    let fails = registry(
+        &log,
+        &Behaviour {
+            fail: vec!["dataset:a".into()],
+            ..Behaviour::default()
+        },
+    );
+    assert_eq!(p.run(&fails, &RunOptions::default()).0, 1);
+    p.file("data/a.jsonl", "{\"input\": \"x\", \"target\": \"y\"}\n");
+    let after = Lockfile::read(&lock_path(&p.manifest())).unwrap();
+    assert_eq!(after.externals, before.externals);
+    let (code, out) = p.run(
+        &registry(&log, &Behaviour::default()),
+        &RunOptions {
+            locked: true,
+            ..RunOptions::default()
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn report_shows_the_results_an_unbuilt_same_rows_edit_most_likely_keeps() {
+    // The product's steps on a micro pipeline (seconds): one expert on a local file.
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..24)
+        .map(|i| format!("{{\"input\": \"sort alphabetically : c a {i}\", \"target\": \"a c\"}}\n"))
+        .collect();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/mine.jsonl"), &rows).unwrap();
+    let manifest = dir.path().join("m.kdl");
+    std::fs::write(
+        &manifest,
+        r#"
+pipeline "r" early-cutoff=#true
+dataset "corpus" { synthetic task="corpus" examples=200 seed=1; }
+model "t" {
+    init corpus="corpus" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1 seed=3 pretrain-steps=4 batch=8
+}
+defaults {
+    lora rank=4
+    train steps=4 batch=8 micro-batch=8 eval-every=4 eval-examples=8 checkpoint-every=4
+    gate steps=2 batch=8 micro-batch=8
+}
+dataset "mine" path="data/mine.jsonl"
+dataset "test" split="test" { synthetic task="sort" format="choice" examples=8 seed=4; }
+expert "mine" model="t" dataset="mine"
+pool "p" { experts "mine"; }
+eval "e" pool="p" {
+    methods "base" "expert:mine"
+    task "sort" dataset="test"
+}
+"#,
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let (code, out) = support::run_product(&manifest, &store);
+    assert_eq!(code, 0, "{out}");
+    // Saved again with other spacing: not rebuilt yet.
+    std::fs::write(
+        dir.path().join("data/mine.jsonl"),
+        rows.replace("\": \"", "\":\""),
+    )
+    .unwrap();
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["report", "m.kdl", "--store", "store"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&report.stdout),
+        String::from_utf8_lossy(&report.stderr),
+    );
+    assert_eq!(report.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("| task | base | expert:mine |"), "{stdout}");
+    assert!(
+        stderr.contains("eval:e: results from before dataset:mine changed (not rebuilt yet)"),
+        "{stderr}"
     );
 }

@@ -497,9 +497,9 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         // --only / --until left the stale steps out: "all cached" would be false.
         let _ = writeln!(
             out,
-            "nothing to do for the selected steps: {} other step(s) are stale (`goosepipe plan {}` lists them)",
+            "nothing to do for the selected steps: {} other step(s) are stale (`{}` lists them)",
             status.stale_count(),
-            path.display()
+            run_command(path, &store.root).replacen("goosepipe run", "goosepipe plan", 1)
         );
     } else if built == 0 {
         // Say it when the lockfile changed: `run --locked` refused just before.
@@ -623,7 +623,16 @@ pub fn report(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let store = existing_store(store_root)?;
-    let (plan, status, _) = plan_in_store(path, &store, registry, false)?;
+    let (plan, status, lock) = plan_in_store(path, &store, registry, false)?;
+    // Early cutoff: an eval after a dataset edited since the last run (not rebuilt
+    // yet) has a provisional key; its results are most likely those under the key the
+    // lockfile's last pin of that dataset's output gives, shown with a note.
+    let likely = if plan.waits() {
+        let outputs = plan::KnownOutputs::last_pinned(&store, &lock);
+        Some(plan::load_with(path, registry, &store.hash_cache(), &outputs).map_err(Report::new)?)
+    } else {
+        None
+    };
     // Why a result is not in the store, as `plan` says it (new, an edit, gc'd).
     let why = |id: &str| -> String {
         plan.index
@@ -651,6 +660,19 @@ pub fn report(
         .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
     {
         let notes: &mut dyn Write = &mut stderr;
+        let s = match likely.as_ref().and_then(|l| l.get(&s.spec.id)) {
+            Some(l) if !s.waits_for.is_empty() && store.meta(&l.spec.key).is_some() => {
+                let _ = writeln!(
+                    notes,
+                    "{}: results from before {} changed (not rebuilt yet): they stand if its rows did not change; `{}` finds out",
+                    s.spec.id,
+                    s.waits_for.join(", "),
+                    run_command(path, &store.root)
+                );
+                l
+            }
+            _ => s,
+        };
         // Results are small: re-hash them, so a damaged table is never printed.
         if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&s.spec.key)
             && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)

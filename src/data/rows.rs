@@ -52,7 +52,14 @@ pub fn visit_jsonl_rows(path: &Path, mut f: impl FnMut(Row) -> Result<(), String
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))? {
+        // serde's position is within this one line: "line 1" would contradict the
+        // file's line number the message starts with, so only the column is said.
+        let not_json = |e: serde_json::Error| {
+            let what = e.to_string();
+            let what = what.split(" at line ").next().unwrap_or(&what).to_string();
+            bad(format!("not JSON: {what} (column {})", e.column()))
+        };
+        match serde_json::from_str(line).map_err(not_json)? {
             serde_json::Value::Object(m) => f(m).map_err(bad)?,
             _ => return Err(bad("not a JSON object".into())),
         }
@@ -263,6 +270,18 @@ mod tests {
         let q: ArrayRef = Arc::new(StringArray::from(vec!["2+2", "3+3"]));
         let a: ArrayRef = Arc::new(Int64Array::from(vec![4, 6]));
         RecordBatch::try_from_iter([("q", q), ("a", a)]).unwrap()
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_named_by_the_file_s_line_and_its_column() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("a.jsonl");
+        std::fs::write(&p, "{\"a\": 1}\n{\"a\": 1 \"b\": 2}\n").unwrap();
+        let e = read_jsonl_rows(&p).unwrap_err().to_string();
+        assert!(
+            e.ends_with("a.jsonl:2: not JSON: expected `,` or `}` (column 9)"),
+            "{e}"
+        );
     }
 
     #[test]

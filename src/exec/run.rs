@@ -54,6 +54,28 @@ pub fn wanted(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<Vec<usi
                 if want[j] || cached(j) {
                     continue;
                 }
+                // Early cutoff: an input whose key waits for datasets is known once
+                // they are built; the run builds the selected ones first and plans
+                // again (then the input is cached, or the selection is refused).
+                let waits = &plan.steps[j].waits_for;
+                if !waits.is_empty() {
+                    let unselected: Vec<&str> = waits
+                        .iter()
+                        .filter(|d| !plan.index.get(*d).is_some_and(|&k| want[k]))
+                        .map(String::as_str)
+                        .collect();
+                    if unselected.is_empty() {
+                        continue;
+                    }
+                    return Err(RunError::Selection(format!(
+                        "{} needs {}, whose key waits for the output of {} (early cutoff); add {} to --only, or use --until {}",
+                        plan.steps[i].id(),
+                        plan.steps[j].id(),
+                        unselected.join(", "),
+                        if unselected.len() == 1 { "it" } else { "them" },
+                        plan.steps[i].id()
+                    )));
+                }
                 if !keys.contains(&plan.steps[j].spec.key) {
                     return Err(RunError::Selection(format!(
                         "{} needs {}, which is not built; add it to --only or use --until {}",
@@ -135,7 +157,7 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
             _ if !s.waits_for.is_empty() => {
                 for d in &s.waits_for {
                     problems.push(format!(
-                        "{d}: the lockfile does not pin its output (content=) under the key it has now, and the steps after it are keyed by it (early cutoff)"
+                        "{d}: the lockfile does not pin its output (content=) under the key it has now, and the steps after it are keyed by it (early cutoff; a lockfile written before early-cutoff was turned on pins none: run once without --locked)"
                     ));
                 }
             }
@@ -146,19 +168,33 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
                 s.spec.key.short(),
                 l.key.short()
             )),
-            // Already in the store: its digest is known now, before anything runs.
+            // Already in the store: its digest (and under early cutoff a dataset's
+            // content) is known now, before anything runs.
             Some(LockedStep {
-                digest: Some(pinned), ..
+                digest: Some(pinned),
+                content,
+                ..
             }) => {
-                if let Some(m) = store.meta(&s.spec.key)
-                    && m.digest != *pinned
-                {
-                    problems.push(format!(
-                        "{} is in the store with digest {}, the lockfile pins {}",
-                        s.spec.id,
-                        &m.digest[..12.min(m.digest.len())],
-                        &pinned[..12.min(pinned.len())]
-                    ));
+                if let Some(m) = store.meta(&s.spec.key) {
+                    if m.digest != *pinned {
+                        problems.push(format!(
+                            "{} is in the store with digest {}, the lockfile pins {}",
+                            s.spec.id,
+                            &m.digest[..12.min(m.digest.len())],
+                            &pinned[..12.min(pinned.len())]
+                        ));
+                    }
+                    if let Some(leave_out) = s.content_keyed {
+                        let found = content_digest(&m.files, leave_out);
+                        if content.as_ref() != Some(&found) {
+                            problems.push(format!(
+                                "{} is in the store with content {}, the lockfile pins {}",
+                                s.spec.id,
+                                &found[..12],
+                                content.as_deref().map_or("none", |c| &c[..12.min(c.len())])
+                            ));
+                        }
+                    }
                 }
             }
             _ => {}
@@ -528,6 +564,14 @@ pub fn execute(
     for inp in &spec.inputs {
         let meta: ArtifactMeta = match store.verify(&inp.key) {
             Ok(m) => m,
+            // Not there at all (a gc, or never built) is not corruption: said so.
+            Err(_) if matches!(store.presence(&inp.key), Presence::Missing) => {
+                return Err(StepError::msg(format!(
+                    "input {} ({}) is not in the store (removed by gc, or never built); run again to build it",
+                    inp.id,
+                    inp.key.short()
+                )));
+            }
             Err(e) => {
                 if matches!(e, StoreError::Corrupt { .. }) {
                     let _ = store.quarantine(&inp.key);
@@ -626,13 +670,18 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
     for s in &plan.steps {
         // A provisional key (early cutoff, its dataset not built) is never built and
         // never pinned: the step keeps what the lockfile said, if anything.
-        if !s.waits_for.is_empty() {
-            if let Some(l) = old.steps.get(&s.spec.id) {
-                lock.steps.insert(s.spec.id.clone(), l.clone());
+        let meta = if s.waits_for.is_empty() {
+            store.meta(&s.spec.key)
+        } else {
+            None
+        };
+        let built = meta.is_some();
+        match meta {
+            _ if !s.waits_for.is_empty() => {
+                if let Some(l) = old.steps.get(&s.spec.id) {
+                    lock.steps.insert(s.spec.id.clone(), l.clone());
+                }
             }
-            continue;
-        }
-        match store.meta(&s.spec.key) {
             Some(meta) => {
                 lock.steps.insert(
                     s.spec.id.clone(),
@@ -669,8 +718,19 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
         }
         for e in &s.spec.externals {
             match e {
+                // A file's digest is pinned by a step built from it; a step that was
+                // not (it failed on the file, or was not selected) keeps the old pin,
+                // so a broken file once run is not what `--locked` then expects.
                 External::Path { blake3, .. } => {
-                    lock.externals.insert(e.lock_name(), blake3.clone());
+                    let name = e.lock_name();
+                    match old.externals.get(&name) {
+                        Some(v) if !built => {
+                            lock.externals.entry(name).or_insert_with(|| v.clone());
+                        }
+                        _ => {
+                            lock.externals.insert(name, blake3.clone());
+                        }
+                    }
                 }
                 External::Hub { .. } => {
                     let name = e.lock_name();

@@ -34,6 +34,17 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         1 => format!(" (one has the key of another: {} to build)", stale - 1),
         n => format!(" ({n} have the key of another: {} to build)", stale - n),
     };
+    let waiting = plan
+        .steps
+        .iter()
+        .zip(&status.states)
+        .filter(|(s, st)| st.will_run() && !s.waits_for.is_empty())
+        .count();
+    let twins = if waiting > 0 {
+        format!("{twins} ({waiting} of them wait for datasets and may stay cached)")
+    } else {
+        twins
+    };
     let _ = writeln!(
         out,
         "pipeline {:?}: {} steps, {} to run{twins}, {} cached",
@@ -344,13 +355,11 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
                 Some(_) if inp.pending() => ", keyed by its output: not built yet".into(),
                 Some(d) => format!(", keyed by its output: content {}", &d[..12.min(d.len())]),
             };
-            let _ = writeln!(
-                out,
-                "    {:28} {} {} ({state}{by})",
-                inp.role,
-                inp.id,
-                inp.key.short()
-            );
+            let key = match plan.get(&inp.id) {
+                Some(p) => shown_key(p),
+                None => inp.key.short(),
+            };
+            let _ = writeln!(out, "    {:28} {} {} ({state}{by})", inp.role, inp.id, key);
         }
     }
     let consumers = plan.consumers_of(i);

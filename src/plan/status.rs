@@ -63,6 +63,11 @@ pub enum Reason {
     SameArtifact {
         with: String,
     },
+    /// `early-cutoff` was turned on or off since the old key: the inputs that are
+    /// datasets enter the key by their output (on) or by their key (off).
+    CutoffChanged {
+        on: bool,
+    },
     /// Early cutoff: the key is computed from the output of these datasets, which are
     /// not built yet; the run builds them first, then keeps this step if they came
     /// out as before.
@@ -112,6 +117,12 @@ impl Reason {
             Reason::NeverBuilt => "not built yet (nor was it at the lockfile's run)".into(),
             Reason::SameArtifact { with } => {
                 format!("same key as {with}, which builds the artifact for both")
+            }
+            Reason::CutoffChanged { on: true } => {
+                "early-cutoff was turned on: the datasets it reads now enter its key by their output".into()
+            }
+            Reason::CutoffChanged { on: false } => {
+                "early-cutoff was turned off: the datasets it reads now enter its key by their key".into()
             }
             Reason::AwaitsOutput { of } => {
                 // An eval over a large pool waits for dozens: the first few name them
@@ -230,7 +241,9 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     // One stat (and for missing steps a lockfile lookup) per step, independent of each
     // other: in parallel, which matters for plans of tens of thousands of steps.
     type Outcome = (bool, Vec<Reason>);
-    let (outcomes, digests): (Vec<Outcome>, Vec<Option<String>>) = plan
+    // Per step in the store: its digest, and under early cutoff a dataset's content.
+    type Pinned = Option<(String, Option<String>)>;
+    let (outcomes, digests): (Vec<Outcome>, Vec<Pinned>) = plan
         .steps
         .par_iter()
         .map(|step| {
@@ -243,7 +256,11 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             }
             let presence = store.presence(&step.spec.key);
             let digest = match &presence {
-                Presence::Present(m) => Some(m.digest.clone()),
+                Presence::Present(m) => Some((
+                    m.digest.clone(),
+                    step.content_keyed
+                        .map(|leave_out| crate::store::artifact::content_digest(&m.files, leave_out)),
+                )),
                 _ => None,
             };
             (presence_outcome(step, presence, store, lock, verify), digest)
@@ -261,7 +278,13 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             **built
                 && match lock.steps.get(&s.spec.id) {
                     None => true,
-                    Some(l) => l.key != s.spec.key || l.digest.as_ref() != d.as_ref() && l.digest.is_some(),
+                    Some(l) => {
+                        let (digest, content) =
+                            d.as_ref().map(|(d, c)| (Some(d), c.as_ref())).unwrap_or_default();
+                        l.key != s.spec.key
+                            || l.digest.as_ref() != digest && l.digest.is_some()
+                            || content.is_some() && l.content.as_ref() != content
+                    }
                 }
         })
         .map(|((s, _), _)| s.spec.id.clone())
@@ -456,11 +479,30 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
         .iter()
         .map(|i| (i.role.as_str(), (i.identity(), i.id.as_str())))
         .collect();
-    let changed: Vec<String> = new_in
+    // An input keyed the other way (early cutoff turned on or off) changed in how,
+    // not necessarily in what: said as such, not as a changed input.
+    let by_content = |spec: &StepSpec, role: &str| spec.input(role).map(|i| i.digest.is_some());
+    let rekeyed: Vec<bool> = new
+        .inputs
         .iter()
-        .filter(|(r, (k, _))| old_in.get(*r).is_some_and(|ok| ok != k))
+        .filter_map(|i| {
+            let (was, is) = (by_content(old, &i.role)?, i.digest.is_some());
+            (was != is).then_some(is)
+        })
+        .collect();
+    if let Some(&on) = rekeyed.first() {
+        out.push(Reason::CutoffChanged { on });
+    }
+    let mut changed: Vec<String> = new_in
+        .iter()
+        .filter(|(r, (k, _))| {
+            old_in.get(*r).is_some_and(|ok| ok != k) && by_content(old, r) == by_content(new, r)
+        })
         .map(|(_, (_, id))| id.to_string())
         .collect();
+    // One step read in two roles (a dataset as two tasks) is named once.
+    let mut seen = BTreeSet::new();
+    changed.retain(|id| seen.insert(id.clone()));
     // A step read in a role on both sides (two tasks on one dataset, one added or
     // removed) is named with the role that came or went: its id alone would say it
     // came or went itself.
