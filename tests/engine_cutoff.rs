@@ -60,6 +60,14 @@ const DATASET_A_AND_AFTER: [&str; 6] = [
     "eval:e",
 ];
 
+/// Edits the project's lockfile as a hand (or another build) would.
+fn edit_lock(p: &Project, edit: impl FnOnce(&mut Lockfile)) {
+    let path = lock_path(&p.manifest());
+    let mut lock = Lockfile::read(&path).unwrap();
+    edit(&mut lock);
+    lock.write(&path, "pipeline.kdl").unwrap();
+}
+
 /// A project whose every step is built (the log emptied), with the fakes' registry.
 fn built(early_cutoff: bool) -> (Log, goosepipe::exec::Registry, Project) {
     let log = Log::default();
@@ -228,10 +236,9 @@ fn a_pinned_output_the_build_does_not_reproduce_stops_its_readers() {
     let (log, reg, p) = built(true);
     // A lockfile that pins another output for dataset:a (written by a build that
     // made other rows), and a store that has not built it.
-    let path = lock_path(&p.manifest());
-    let mut lock = Lockfile::read(&path).unwrap();
-    lock.steps.get_mut("dataset:a").unwrap().content = Some("0".repeat(64));
-    lock.write(&path, "pipeline.kdl").unwrap();
+    edit_lock(&p, |lock| {
+        lock.steps.get_mut("dataset:a").unwrap().content = Some("0".repeat(64))
+    });
     let fresh = p.dir.path().join("fresh-store");
     let run = |opts: &RunOptions| {
         run_manifest(
@@ -389,12 +396,11 @@ fn run_verify_rehashes_the_steps_keyed_only_after_the_datasets_were_built() {
 fn locked_refuses_before_building_when_the_lockfile_does_not_pin_the_outputs() {
     let (log, reg, p) = built(true);
     // A lockfile written before early cutoff was turned on pins no output.
-    let path = lock_path(&p.manifest());
-    let mut lock = Lockfile::read(&path).unwrap();
-    for l in lock.steps.values_mut() {
-        l.content = None;
-    }
-    lock.write(&path, "pipeline.kdl").unwrap();
+    edit_lock(&p, |lock| {
+        for l in lock.steps.values_mut() {
+            l.content = None;
+        }
+    });
     let fresh = p.dir.path().join("fresh-store");
     let mut out = Vec::new();
     let err = goosepipe::app::run(
@@ -488,10 +494,9 @@ fn turning_early_cutoff_on_says_so_as_the_reason() {
 #[test]
 fn a_content_pin_that_is_not_the_stored_output_is_lockfile_drift() {
     let (_, reg, p) = built(true);
-    let path = lock_path(&p.manifest());
-    let mut lock = Lockfile::read(&path).unwrap();
-    lock.steps.get_mut("dataset:a").unwrap().content = Some("0".repeat(64));
-    lock.write(&path, "pipeline.kdl").unwrap();
+    edit_lock(&p, |lock| {
+        lock.steps.get_mut("dataset:a").unwrap().content = Some("0".repeat(64))
+    });
     let (_, status) = p.status(&reg);
     assert_eq!(status.lock_drift, ["dataset:a"]);
     let err = p.refused(
