@@ -41,6 +41,25 @@ pub fn load_plan_in(
     plan::load_with(path, registry, hashes, &plan::KnownOutputs::new(store, lock)).map_err(Report::new)
 }
 
+/// Early cutoff: when `plan` has provisional keys (a dataset edited since the last
+/// run and not rebuilt), the plan the next run most likely makes, keyed on the
+/// lockfile's last pin of each such dataset's output. None when nothing waits.
+fn likely_plan(
+    plan: &Plan,
+    registry: &Registry,
+    hashes: &HashCache,
+    store: &Store,
+    lock: &Lockfile,
+) -> Result<Option<Plan>, Report> {
+    if !plan.waits() {
+        return Ok(None);
+    }
+    let outputs = plan::KnownOutputs::last_pinned(store, lock);
+    plan::load_with(&plan.manifest.path, registry, hashes, &outputs)
+        .map(Some)
+        .map_err(Report::new)
+}
+
 fn open_store(root: &Path) -> Result<Store, Report> {
     Store::open(root).map_err(|e| {
         miette!(
@@ -499,7 +518,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             out,
             "nothing to do for the selected steps: {} other step(s) are stale (`{}` lists them)",
             status.stale_count(),
-            run_command(path, &store.root).replacen("goosepipe run", "goosepipe plan", 1)
+            command_line("plan", path, &store.root)
         );
     } else if built == 0 {
         // Say it when the lockfile changed: `run --locked` refused just before.
@@ -627,12 +646,7 @@ pub fn report(
     // Early cutoff: an eval after a dataset edited since the last run (not rebuilt
     // yet) has a provisional key; its results are most likely those under the key the
     // lockfile's last pin of that dataset's output gives, shown with a note.
-    let likely = if plan.waits() {
-        let outputs = plan::KnownOutputs::last_pinned(&store, &lock);
-        Some(plan::load_with(path, registry, &store.hash_cache(), &outputs).map_err(Report::new)?)
-    } else {
-        None
-    };
+    let likely = likely_plan(&plan, registry, &store.hash_cache(), &store, &lock)?;
     // Why a result is not in the store, as `plan` says it (new, an edit, gc'd).
     let why = |id: &str| -> String {
         plan.index
@@ -880,10 +894,15 @@ fn not_built(out: &mut dyn Write, id: &str, why: &str, manifest: &Path, store: &
 /// The `goosepipe run` command that builds `manifest` into the store at `store`, to
 /// copy from a hint: `--store` is named unless it is where a bare command looks.
 fn run_command(manifest: &Path, store: &Path) -> String {
+    command_line("run", manifest, store)
+}
+
+/// `goosepipe SUBCOMMAND MANIFEST` against the store at `store`, as [`run_command`].
+fn command_line(subcommand: &str, manifest: &Path, store: &Path) -> String {
     let default = std::env::var_os("GOOSEPIPE_STORE")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| DEFAULT_STORE.into());
-    let mut cmd = format!("goosepipe run {}", shell_word(manifest));
+    let mut cmd = format!("goosepipe {subcommand} {}", shell_word(manifest));
     if store != Path::new(&default) {
         cmd.push_str(&format!(" --store {}", shell_word(store)));
     }
@@ -1009,12 +1028,9 @@ pub fn gc(
         let lock = read_lock(m)?;
         let plan = load_plan_in(m, registry, &hashes, &store, &lock)?;
         reachable.extend(plan.steps.iter().map(|s| s.spec.key));
-        // Early cutoff: steps after a dataset whose key moved and that is not built
-        // yet have provisional keys; the next run most likely finds their artifacts
-        // under the keys the lockfile's last pin of that dataset's output gives.
-        if plan.waits() {
-            let outputs = plan::KnownOutputs::last_pinned(&store, &lock);
-            let likely = plan::load_with(m, registry, &hashes, &outputs).map_err(Report::new)?;
+        // Early cutoff: the next run most likely finds the artifacts after an edited,
+        // unbuilt dataset under the keys its last pinned output gives.
+        if let Some(likely) = likely_plan(&plan, registry, &hashes, &store, &lock)? {
             reachable.extend(likely.steps.iter().map(|s| s.spec.key));
         }
     }

@@ -184,16 +184,15 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
                             &pinned[..12.min(pinned.len())]
                         ));
                     }
-                    if let Some(leave_out) = s.content_keyed {
-                        let found = content_digest(&m.files, leave_out);
-                        if content.as_ref() != Some(&found) {
-                            problems.push(format!(
-                                "{} is in the store with content {}, the lockfile pins {}",
-                                s.spec.id,
-                                &found[..12],
-                                content.as_deref().map_or("none", |c| &c[..12.min(c.len())])
-                            ));
-                        }
+                    if let Some(found) = s.content_of(&m)
+                        && content.as_ref() != Some(&found)
+                    {
+                        problems.push(format!(
+                            "{} is in the store with content {}, the lockfile pins {}",
+                            s.spec.id,
+                            &found[..12],
+                            content.as_deref().map_or("none", |c| &c[..12.min(c.len())])
+                        ));
                     }
                 }
             }
@@ -670,27 +669,21 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
     for s in &plan.steps {
         // A provisional key (early cutoff, its dataset not built) is never built and
         // never pinned: the step keeps what the lockfile said, if anything.
-        let meta = if s.waits_for.is_empty() {
-            store.meta(&s.spec.key)
-        } else {
+        let provisional = !s.waits_for.is_empty();
+        let meta = if provisional {
             None
+        } else {
+            store.meta(&s.spec.key)
         };
         let built = meta.is_some();
         match meta {
-            _ if !s.waits_for.is_empty() => {
-                if let Some(l) = old.steps.get(&s.spec.id) {
-                    lock.steps.insert(s.spec.id.clone(), l.clone());
-                }
-            }
             Some(meta) => {
                 lock.steps.insert(
                     s.spec.id.clone(),
                     LockedStep {
                         key: s.spec.key,
                         digest: Some(meta.digest.clone()),
-                        content: s
-                            .content_keyed
-                            .map(|leave_out| content_digest(&meta.files, leave_out)),
+                        content: s.content_of(&meta),
                     },
                 );
                 for (k, v) in meta.pins {
@@ -702,9 +695,10 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
                 // the lockfile keeps what it said about the step, its old key and
                 // digest included, so the pin is not lost and `plan` still says what
                 // changed since (`--locked` then refuses the new key, as it should).
+                // A provisional key is never entered.
                 if let Some(l) = old.steps.get(&s.spec.id) {
                     lock.steps.insert(s.spec.id.clone(), l.clone());
-                } else {
+                } else if !provisional {
                     lock.steps.insert(
                         s.spec.id.clone(),
                         LockedStep {

@@ -320,12 +320,12 @@ fn ships_gate(block: &crate::manifest::Block) -> bool {
     block.get("peft-gate").and_then(Value::as_bool) == Some(true)
 }
 
-/// What the steps of earlier levels give the next: their keys, and (under early
-/// cutoff) what their keys wait for and their kinds.
+/// What a level's steps are built from: the steps of earlier levels (their keys, and
+/// under early cutoff what those wait for and whether readers key on their content),
+/// and per proto (by index) whether its readers will key on its content.
 struct Earlier<'a> {
-    keys: &'a [Option<crate::store::Key>],
-    waits: &'a [Vec<String>],
-    /// Per step, under early cutoff, the files left out of its content when its
+    built: &'a [Option<Step>],
+    /// Per proto, under early cutoff, the files left out of its content when its
     /// readers key on it (see `Catalog::content_keyed`).
     content: &'a [Option<&'static [&'static str]>],
     ids: &'a HashMap<String, usize>,
@@ -333,18 +333,20 @@ struct Earlier<'a> {
     outputs: &'a KnownOutputs<'a>,
 }
 
-/// One step from its proto, once the keys of its inputs are known.
-fn build_step(p: Proto, e: &Earlier) -> Step {
-    let content_keyed = e.content[e.ids[p.id.as_str()]];
+/// Step `i` from its proto, once its inputs (on earlier levels) are built.
+fn build_step(i: usize, p: Proto, e: &Earlier) -> Step {
+    let content_keyed = e.content[i];
     let mut waits_for: BTreeSet<String> = BTreeSet::new();
     let mut inputs: Vec<SpecInput> = p
         .inputs
         .into_iter()
         .map(|(role, id)| {
-            let j = e.ids[id.as_str()];
-            let key = e.keys[j].expect("inputs are on earlier levels");
-            waits_for.extend(e.waits[j].iter().cloned());
-            let digest = e.content[j].map(|leave_out| {
+            let input = e.built[e.ids[id.as_str()]]
+                .as_ref()
+                .expect("inputs are on earlier levels");
+            let key = input.spec.key;
+            waits_for.extend(input.waits_for.iter().cloned());
+            let digest = input.content_keyed.map(|leave_out| {
                 e.outputs.content(&id, &key, leave_out).unwrap_or_else(|| {
                     waits_for.insert(id.clone());
                     format!("{}{}", crate::store::spec::PENDING_DIGEST, key.hex())
@@ -457,9 +459,7 @@ fn finish(
             }
         })
         .collect();
-    let mut waits: Vec<Vec<String>> = vec![vec![]; protos.len()];
     let mut slots: Vec<Option<Proto>> = protos.into_iter().map(Some).collect();
-    let mut keys: Vec<Option<crate::store::Key>> = vec![None; slots.len()];
     let mut built: Vec<Option<Step>> = (0..slots.len()).map(|_| None).collect();
     for level in levels {
         let items: Vec<(usize, Proto)> = level
@@ -468,8 +468,7 @@ fn finish(
             .collect();
         let done: Vec<(usize, Step)> = {
             let earlier = Earlier {
-                keys: &keys,
-                waits: &waits,
+                built: &built,
                 content: &content,
                 ids: &ids,
                 versions: &versions,
@@ -477,12 +476,10 @@ fn finish(
             };
             items
                 .into_par_iter()
-                .map(|(i, p)| (i, build_step(p, &earlier)))
+                .map(|(i, p)| (i, build_step(i, p, &earlier)))
                 .collect()
         };
         for (i, step) in done {
-            keys[i] = Some(step.spec.key);
-            waits[i] = step.waits_for.clone();
             built[i] = Some(step);
         }
     }
@@ -861,20 +858,34 @@ impl Lowerer<'_> {
             _ => {
                 g.params.insert("import".into(), Value::Str("peft".into()));
                 g.externals = adapter;
-                if let Some(b) = e.block.group("gate")
-                    && b.props.values().any(|f| f.origin == Origin::Explicit)
-                {
-                    self.warn(
-                        "plan::ignored-settings",
-                        b.loc,
-                        format!("expert \"{}\" uses its adapter's gate: its `gate` settings are not used", e.name),
-                        "ignored",
-                        "a shipped gate is read, not trained; remove the group, or remove peft-gate to train a gate on the expert's dataset",
-                    );
-                }
+                self.warn_unused_group(
+                    e,
+                    "gate",
+                    "uses its adapter's gate",
+                    "a shipped gate is read, not trained; remove the group, or remove peft-gate to train a gate on the expert's dataset",
+                );
             }
         }
         self.push(g, &e.name);
+    }
+
+    /// Warns about a `group` of settings written on expert `e` itself (not inherited
+    /// from `defaults`) that its steps do not use, saying why (`because`).
+    fn warn_unused_group(&mut self, e: &Entity, group: &str, because: &str, help: &str) {
+        if let Some(b) = e.block.group(group)
+            && b.props.values().any(|f| f.origin == Origin::Explicit)
+        {
+            self.warn(
+                "plan::ignored-settings",
+                b.loc,
+                format!(
+                    "expert \"{}\" {because}: its `{group}` settings are not used",
+                    e.name
+                ),
+                "ignored",
+                help,
+            );
+        }
     }
 
     /// An imported expert's source: the hashed folder (`peft=`) or the hub repo
@@ -895,18 +906,12 @@ impl Lowerer<'_> {
         self.paths(x, cx);
         self.hub(e, "peft-hub", "peft", x);
         for group in ["lora", "train"] {
-            // Written on the node itself, not inherited from `defaults`.
-            if let Some(b) = e.block.group(group)
-                && b.props.values().any(|f| f.origin == Origin::Explicit)
-            {
-                self.warn(
-                    "plan::ignored-settings",
-                    b.loc,
-                    format!("expert \"{}\" is imported: its `{group}` settings are not used", e.name),
-                    "ignored",
-                    "an imported adapter is not trained; remove the group, or remove peft= to train the expert",
-                );
-            }
+            self.warn_unused_group(
+                e,
+                group,
+                "is imported",
+                "an imported adapter is not trained; remove the group, or remove peft= to train the expert",
+            );
         }
     }
 

@@ -44,6 +44,13 @@ impl Step {
     pub fn id(&self) -> &str {
         &self.spec.id
     }
+
+    /// Under early cutoff, for a step whose readers key on its content: that content
+    /// in its artifact `meta` (what the lockfile pins as `content=`). None otherwise.
+    pub fn content_of(&self, meta: &crate::store::ArtifactMeta) -> Option<String> {
+        self.content_keyed
+            .map(|leave_out| crate::store::artifact::content_digest(&meta.files, leave_out))
+    }
 }
 
 /// Twins among a set of steps: each step whose key an earlier one of the set already

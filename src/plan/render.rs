@@ -34,12 +34,9 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         1 => format!(" (one has the key of another: {} to build)", stale - 1),
         n => format!(" ({n} have the key of another: {} to build)", stale - n),
     };
-    let waiting = plan
-        .steps
-        .iter()
-        .zip(&status.states)
-        .filter(|(s, st)| st.will_run() && !s.waits_for.is_empty())
-        .count();
+    // Steps with provisional keys (early cutoff); always stale, since every step
+    // that reads one waits too.
+    let waiting = plan.steps.iter().filter(|s| !s.waits_for.is_empty()).count();
     let twins = if waiting > 0 {
         format!("{twins} ({waiting} of them wait for datasets and may stay cached)")
     } else {
@@ -93,7 +90,6 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
     if stale == 0 {
         let _ = writeln!(out, "nothing to do: every step is cached");
     }
-    let waiting = plan.steps.iter().filter(|s| !s.waits_for.is_empty()).count();
     if waiting > 0 {
         let _ = writeln!(
             out,

@@ -256,11 +256,7 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             }
             let presence = store.presence(&step.spec.key);
             let digest = match &presence {
-                Presence::Present(m) => Some((
-                    m.digest.clone(),
-                    step.content_keyed
-                        .map(|leave_out| crate::store::artifact::content_digest(&m.files, leave_out)),
-                )),
+                Presence::Present(m) => Some((m.digest.clone(), step.content_of(m))),
                 _ => None,
             };
             (presence_outcome(step, presence, store, lock, verify), digest)
