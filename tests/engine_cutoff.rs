@@ -363,6 +363,58 @@ fn keep_going_builds_what_a_failed_dataset_does_not_hold_up_and_names_the_rest()
     }
 }
 
+/// --until and --only pull in steps the default selection leaves out, so a dataset
+/// that failed in the first part must be kept out of the second by name.
+#[test]
+fn keep_going_with_until_or_only_tries_a_failed_dataset_once() {
+    let fails = Behaviour {
+        fail: vec!["dataset:b".into()],
+        ..Behaviour::default()
+    };
+    let selections = [
+        RunOptions {
+            until: Some("eval:e".into()),
+            ..RunOptions::default()
+        },
+        RunOptions {
+            only: ["dataset:a", "dataset:b", "dataset:heldout", "model:base"]
+                .iter()
+                .chain(["tokenize:a", "expert:a", "gate:a", "tokenize:b", "expert:b"].iter())
+                .map(|s| s.to_string())
+                .collect(),
+            ..RunOptions::default()
+        },
+    ];
+    for selection in selections {
+        let log = Log::default();
+        let p = project(&cutoff());
+        let opts = RunOptions {
+            keep_going: true,
+            ..selection
+        };
+        let (code, out) = p.run(&registry(&log, &fails), &opts);
+        assert_eq!(code, 1, "{out}");
+        assert_eq!(
+            log.take(),
+            ids(&[
+                "dataset:a",
+                "dataset:b",
+                "dataset:heldout",
+                "model:base",
+                "tokenize:a",
+                "expert:a",
+                "gate:a"
+            ]),
+            "{opts:?}: {out}"
+        );
+        assert_eq!(out.matches("dataset:b failed").count(), 1, "{out}");
+        assert!(
+            out.contains("not run because of the failure: tokenize:b, expert:b"),
+            "{out}"
+        );
+    }
+}
+
 #[test]
 fn run_verify_rehashes_the_steps_keyed_only_after_the_datasets_were_built() {
     let (log, reg, p) = built(true);

@@ -437,11 +437,25 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             }
         }
     }
-    let mut report = match earlier {
-        Some(first) if stopped => first,
-        Some(first) => first.then(execute(&plan, &status, opts)?),
-        None if stopped => exec::RunReport::default(),
-        None => execute(&plan, &status, opts)?,
+    // --keep-going with --only or --until: those selections would pick a dataset that
+    // failed above again, so the rest of the run names what it may still build.
+    let rest = if failed_first.is_empty() || (opts.only.is_empty() && opts.until.is_none()) {
+        Some(opts.clone())
+    } else {
+        let chosen = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+        let only = exec::run::clear_of(&plan, &chosen, &failed_first);
+        (!only.is_empty()).then(|| RunOptions {
+            only,
+            until: None,
+            ..opts.clone()
+        })
+    };
+    let mut report = match (earlier, rest) {
+        (Some(first), _) if stopped => first,
+        (Some(first), Some(rest)) => first.then(execute(&plan, &status, &rest)?),
+        (Some(first), None) => first,
+        (None, _) if stopped => exec::RunReport::default(),
+        (None, _) => execute(&plan, &status, opts)?,
     };
     // What was wanted and did not run: after a stop between the parts, everything
     // after the datasets; otherwise the steps still waiting for a dataset that failed.

@@ -129,6 +129,23 @@ pub fn outputs_first(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<
         .collect())
 }
 
+/// The steps of `chosen` that neither are in `failed` nor read one of them, directly
+/// or not (ids, plan order): what the rest of a `--keep-going` run may still build.
+/// The default selection leaves a failed dataset out by its state; `--only` and
+/// `--until` would pick it again, so the caller names what is left instead.
+pub fn clear_of(plan: &Plan, chosen: &[usize], failed: &BTreeSet<String>) -> Vec<String> {
+    // Plan order puts every input before its readers: one pass marks the held-up.
+    let mut held = vec![false; plan.steps.len()];
+    for (i, s) in plan.steps.iter().enumerate() {
+        held[i] = failed.contains(s.id()) || plan.inputs_of(i).into_iter().any(|j| held[j]);
+    }
+    chosen
+        .iter()
+        .filter(|&&i| !held[i])
+        .map(|&i| plan.steps[i].id().to_string())
+        .collect()
+}
+
 /// Whether a wanted step waits for a dataset that the status finds built (another
 /// run published it between this run's plan and its status): planning again keys it.
 pub fn waits_on_cached(plan: &Plan, status: &Status, opts: &RunOptions) -> Result<bool, RunError> {
