@@ -127,11 +127,7 @@ impl Reason {
             Reason::AwaitsOutput { of } => {
                 // An eval over a large pool waits for dozens: the first few name them
                 // (`plan --json` lists all under `waits_for`).
-                const SHOWN: usize = 3;
-                let mut named = of.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
-                if of.len() > SHOWN {
-                    named.push_str(&format!(" and {} more", of.len() - SHOWN));
-                }
+                let named = super::render::first_few(of, 3);
                 format!(
                     "its key is computed from the output of {named}, not built yet (early cutoff): the run builds {} first, then this step only if its key is not in the store",
                     if of.len() == 1 { "that" } else { "those" },
