@@ -1,6 +1,6 @@
 //! The goosepipe command line: argument parsing only; the work is in `goosepipe::app`.
 
-use std::io::Stdout;
+use std::io::{Stdout, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -115,8 +115,11 @@ enum Command {
         what: String,
         #[arg(long, value_enum, default_value_t = ExportFormat::Peft)]
         format: ExportFormat,
-        /// The folder to write (created; existing adapter files are replaced).
+        /// The folder to write: new or empty, unless --force.
         dir: PathBuf,
+        /// Write into a folder that is not empty, replacing the files an export writes.
+        #[arg(long)]
+        force: bool,
         /// The base model folder of an expert file given by path.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -406,8 +409,9 @@ fn main() -> ExitCode {
             what,
             format: ExportFormat::Peft,
             dir,
+            force,
             model,
-        } => app::export(&what, model.as_deref(), &dir, &store, &mut out),
+        } => app::export(&what, model.as_deref(), &dir, &store, force, &mut out),
         Command::Report { file, format, plots } => {
             let f = match format {
                 ReportFormat::Md => "md",
@@ -418,14 +422,17 @@ fn main() -> ExitCode {
         }
         Command::Score(args) => score_command(args, &mut out),
         Command::Schema => {
-            print!("{}", goosepipe::manifest::schema::SCHEMA_TEXT);
+            // A closed pipe (`goosepipe schema | head`) is not an error of ours.
+            let _ = out.write_all(goosepipe::manifest::schema::SCHEMA_TEXT.as_bytes());
             Ok(app::EXIT_OK)
         }
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(report) => {
-            eprintln!("{report:?}");
+            // writeln!, not eprintln!: a closed stderr (`2>&1 | head`) must not turn
+            // an error into a panic's exit code.
+            let _ = writeln!(std::io::stderr(), "{report:?}");
             ExitCode::from(app::EXIT_ERROR as u8)
         }
     }
@@ -440,7 +447,8 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
         if c.is_cancelled() {
             std::process::exit(app::EXIT_INTERRUPTED);
         }
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "\ninterrupt: stopping after the running steps save their progress (Ctrl-C again to quit now)"
         );
         c.cancel();

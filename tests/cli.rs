@@ -225,3 +225,34 @@ fn bad_flags_are_clear_errors() {
         text(&out.stderr)
     );
 }
+
+/// `goosepipe check bad.kdl 2>&1 | head -1`: the reader is gone before the error is
+/// written; the exit code stays the error's (1), not a panic's (101).
+#[test]
+fn a_closed_pipe_does_not_turn_an_error_into_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let bad = t.path().join("bad.kdl");
+    std::fs::write(
+        &bad,
+        "pipeline \"p\"\nexpert \"e\" model=\"nope\" dataset=\"nope\"\n",
+    )
+    .unwrap();
+    for (args, stream) in [
+        (vec!["check", bad.to_str().unwrap()], "stderr"),
+        (vec!["schema"], "stdout"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_goosepipe"));
+        cmd.args(&args).env("GOOSEPIPE_STORE", t.path());
+        // The pipe's read end is closed before the process can write to it.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        if stream == "stderr" {
+            cmd.stderr(writer).stdout(std::process::Stdio::null());
+        } else {
+            cmd.stdout(writer).stderr(std::process::Stdio::null());
+        }
+        let code = cmd.status().unwrap().code();
+        let want = if stream == "stderr" { 1 } else { 0 };
+        assert_eq!(code, Some(want), "{args:?}");
+    }
+}

@@ -471,7 +471,15 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
 
     // Export it back: peft's files, its gate beside it, the base named by its folder.
     let exported = dir.path().join("alpha-peft");
-    goosepipe::app::export("expert:alpha", None, &exported, &store_dir, &mut Vec::new()).unwrap();
+    goosepipe::app::export(
+        "expert:alpha",
+        None,
+        &exported,
+        &store_dir,
+        false,
+        &mut Vec::new(),
+    )
+    .unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(exported.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(
@@ -488,9 +496,43 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
         0.0
     );
     // A dataset is not an adapter.
-    let err =
-        goosepipe::app::export("dataset:one", None, &exported, &store_dir, &mut Vec::new()).unwrap_err();
+    let err = goosepipe::app::export("dataset:one", None, &exported, &store_dir, true, &mut Vec::new())
+        .unwrap_err();
     assert!(err.to_string().contains("export takes an expert"), "{err}");
+
+    // A folder with files in it is not written into unless asked (--force).
+    let err = goosepipe::app::export(
+        "expert:alpha",
+        None,
+        &exported,
+        &store_dir,
+        false,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err}").contains("alpha-peft is not empty (adapter_config.json, adapter_model.safetensors"),
+        "{err}"
+    );
+    goosepipe::app::export("expert:alpha", None, &exported, &store_dir, true, &mut Vec::new()).unwrap();
+
+    // A stored expert damaged in place (same size) is refused, and nothing is written.
+    let s = goosepipe::store::Store::open(&store_dir).unwrap();
+    let file = s
+        .files_dir(&s.find("expert:alpha").unwrap().key)
+        .join(goosepipe::artifact_files::EXPERT_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    let fresh = dir.path().join("from-corrupt");
+    let err =
+        goosepipe::app::export("expert:alpha", None, &fresh, &store_dir, false, &mut Vec::new()).unwrap_err();
+    assert!(
+        format!("{err}").contains("expert:alpha is corrupt, nothing was exported"),
+        "{err}"
+    );
+    assert!(!fresh.exists());
 }
 
 /// The paper's contributors share an expert and its gate, not their data: an
@@ -505,7 +547,7 @@ fn an_imported_adapter_with_its_shipped_gate_pools_without_its_data() {
     let (code, out) = support::run_product(&first, &store_dir);
     assert_eq!(code, 0, "{out}");
     let shipped = dir.path().join("alpha-peft");
-    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, &mut Vec::new()).unwrap();
+    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, false, &mut Vec::new()).unwrap();
 
     let text = std::fs::read_to_string(&first).unwrap();
     let alpha_line = text
@@ -643,7 +685,7 @@ expert "sort" model="t" dataset="sort" {
 
     let to = dir.path().join("sort-peft");
     let mut said = Vec::new();
-    goosepipe::app::export("expert:sort", None, &to, &store, &mut said).unwrap();
+    goosepipe::app::export("expert:sort", None, &to, &store, false, &mut said).unwrap();
     let said = String::from_utf8(said).unwrap();
     assert!(
         said.contains("the base model was built by the pipeline"),
@@ -702,7 +744,7 @@ expert "sort" model="t" dataset="sort" {
         assert_eq!(support::run_product(&manifest, &store).0, 0);
         let to = dir.path().join(format!("sort-peft-{}", want.short()));
         let mut said = Vec::new();
-        goosepipe::app::export("expert:sort", None, &to, &store, &mut said).unwrap();
+        goosepipe::app::export("expert:sort", None, &to, &store, false, &mut said).unwrap();
         let said = String::from_utf8(said).unwrap();
         assert!(
             said.contains(&format!(
@@ -747,14 +789,15 @@ expert "sort" model="t" dataset="sort" {
 
     // A model step exports as an HF checkpoint folder.
     let m = dir.path().join("model");
-    goosepipe::app::export("model:t", None, &m, &store, &mut Vec::new()).unwrap();
+    goosepipe::app::export("model:t", None, &m, &store, false, &mut Vec::new()).unwrap();
     assert!(T5Model::load(&m, &Device::Cpu, DType::F32).is_ok());
 
     // A file where the base model goes is said, not met with the OS's "File exists".
     let blocked = dir.path().join("blocked");
     std::fs::create_dir(&blocked).unwrap();
     std::fs::write(blocked.join("base-model"), "a file").unwrap();
-    let err = goosepipe::app::export("expert:sort", None, &blocked, &store, &mut Vec::new()).unwrap_err();
+    let err =
+        goosepipe::app::export("expert:sort", None, &blocked, &store, true, &mut Vec::new()).unwrap_err();
     assert!(
         format!("{err}").contains("base-model exists and is not a folder: the base model is written there"),
         "{err}"

@@ -54,7 +54,20 @@ fn base_of(store: &Store, meta: &ArtifactMeta) -> Result<BaseModel, String> {
             input.key.short()
         )
     })?;
+    verified(store, &model)?;
     pointer_of(store, &model)
+}
+
+/// Every artifact an export reads is re-hashed first: a flipped byte of the same size
+/// would otherwise leave the store as a PEFT folder that loads and is wrong.
+fn verified(store: &Store, meta: &ArtifactMeta) -> Result<(), String> {
+    store.verify(&meta.key).map(drop).map_err(|e| {
+        format!(
+            "{} is corrupt, nothing was exported: {e}; {}",
+            meta.spec.id,
+            crate::store::CORRUPT_HELP
+        )
+    })
 }
 
 fn pointer_of(store: &Store, model: &ArtifactMeta) -> Result<BaseModel, String> {
@@ -135,6 +148,7 @@ fn last_used(store: &Store, gates: Vec<ArtifactMeta>) -> ArtifactMeta {
 /// Exports `what` (a step id, name, key or key prefix in the store) in PEFT's format into `out`.
 pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, String> {
     let meta = store.find(what)?;
+    verified(store, &meta)?;
     let mut notes = vec![];
     let (expert_meta, gate_meta) = match meta.spec.kind.as_str() {
         "model" => {
@@ -178,6 +192,9 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
                     Some(chosen)
                 }
             };
+            if let Some(g) = &gate {
+                verified(store, g)?;
+            }
             (meta, gate)
         }
         "gate" => {
@@ -193,6 +210,7 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
                     meta.spec.id, input.id
                 )
             })?;
+            verified(store, &expert)?;
             (expert, Some(meta))
         }
         other => {

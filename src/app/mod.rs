@@ -978,6 +978,7 @@ pub fn export(
     model: Option<&Path>,
     dir: &Path,
     store_root: &Path,
+    force: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     if dir.exists() && !dir.is_dir() {
@@ -985,6 +986,23 @@ pub fn export(
             "export {what}: {} exists and is not a folder; give a folder to export into",
             dir.display()
         ));
+    }
+    // Another adapter (or anything else) already there would be replaced file by file,
+    // which nobody should learn afterwards: asked for by --force.
+    if !force && let Ok(entries) = std::fs::read_dir(dir) {
+        let mut there: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !there.is_empty() {
+            there.sort();
+            return Err(miette!(
+                help = "export into a new or empty folder, or pass --force to replace the files an export writes (others are left as they are)",
+                "export {what}: {} is not empty ({})",
+                dir.display(),
+                crate::plan::render::first_few(&there, 4)
+            ));
+        }
     }
     let as_file = Path::new(what);
     let done = if as_file.is_file() {

@@ -1,6 +1,7 @@
 //! How goosepipe talks to the Hugging Face hub: the cache folder, offline
 //! mode, the silence limit and the endpoint; the client built from them.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,10 +54,11 @@ fn silence_limit(env: Option<&str>) -> Duration {
         _ => {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "goosepipe: ignoring HF_HUB_DOWNLOAD_TIMEOUT={v:?} (not a positive number of seconds); the hub may stay silent for {} s",
                     DEFAULT.as_secs()
-                )
+                );
             });
             DEFAULT
         }

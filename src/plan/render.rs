@@ -115,7 +115,12 @@ fn shown_key(s: &super::Step) -> String {
 /// that names a few of a long list (`plan --json` lists them all).
 pub(crate) fn first_few<'a>(ids: impl IntoIterator<Item = &'a String>, shown: usize) -> String {
     let ids: Vec<&String> = ids.into_iter().collect();
-    let mut named = ids.iter().take(shown).map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let mut named = ids
+        .iter()
+        .take(shown)
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     if ids.len() > shown {
         named.push_str(&format!(", and {} more", ids.len() - shown));
     }
