@@ -100,6 +100,10 @@ enum Command {
     /// An artifact's metadata and files, by step id, name, key or key prefix.
     Show {
         what: String,
+        /// Take the artifact this manifest's step has now (it must be built), not the
+        /// one the last run found.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         /// Print only the folder of the artifact's files (for scripts); refused when a
@@ -123,6 +127,10 @@ enum Command {
         /// The base model folder of an expert file given by path.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Take the artifact this manifest's step has now (it must be built), not the
+        /// one the last run found.
+        #[arg(long, value_name = "FILE", conflicts_with = "model")]
+        manifest: Option<PathBuf>,
     },
     /// Print the manifest schema (every node and property, documented).
     Schema,
@@ -404,14 +412,22 @@ fn main() -> ExitCode {
             app::explain(&file, &step, &store, &registry, &device, &mut out)
         }
         Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
-        Command::Show { what, json, path } => app::show(&what, &store, json, path, &mut out),
+        Command::Show {
+            what,
+            manifest,
+            json,
+            path,
+        } => app::lookup(&what, manifest.as_deref(), &store, &registry)
+            .and_then(|what| app::show(&what, &store, json, path, &mut out)),
         Command::Export {
             what,
             format: ExportFormat::Peft,
             dir,
             force,
             model,
-        } => app::export(&what, model.as_deref(), &dir, &store, force, &mut out),
+            manifest,
+        } => app::lookup(&what, manifest.as_deref(), &store, &registry)
+            .and_then(|what| app::export(&what, model.as_deref(), &dir, &store, force, &mut out)),
         Command::Report { file, format, plots } => {
             let f = match format {
                 ReportFormat::Md => "md",

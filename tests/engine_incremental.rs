@@ -366,3 +366,61 @@ fn only_accepts_an_input_whose_twin_it_builds() {
         "{out}"
     );
 }
+
+/// An edit run and then reverted: the revert is all cached, but the last run found the
+/// edited artifact. `show` and `export` by id say the store holds another of the
+/// step, and `--manifest` takes the one the manifest has now.
+#[test]
+fn after_a_reverted_edit_show_says_so_and_manifest_takes_the_current_artifact() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let key = |p: &Project| p.plan(&reg).get("expert:a").unwrap().spec.key;
+    let first = key(&p);
+    let edited = BASE.replace(
+        "expert \"a\" model=\"base\" dataset=\"a\"",
+        "expert \"a\" model=\"base\" dataset=\"a\" { lora rank=8; }",
+    );
+    p.write(&edited);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let second = key(&p);
+    assert_ne!(first, second);
+    p.write(BASE);
+    assert!(p.stale(&reg).is_empty(), "the revert is cached");
+
+    let shown = |what: &str| {
+        let mut out = Vec::new();
+        goosepipe::app::show(what, &p.store(), false, false, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let by_id = shown("expert:a");
+    assert!(by_id.contains(&second.hex()), "{by_id}");
+    assert!(
+        by_id.contains("note     the store holds 1 other artifact(s) of expert:a (earlier settings); this is the one the last `run` found"),
+        "{by_id}"
+    );
+    let manifest = p.manifest();
+    let current = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg).unwrap();
+    assert_eq!(current, first.hex());
+    // By key there is nothing to say.
+    assert!(!shown(&current).contains("note "), "{}", shown(&current));
+
+    // A manifest whose step is not built is refused, naming what the last run found.
+    p.write(&BASE.replace(
+        "expert \"a\" model=\"base\" dataset=\"a\"",
+        "expert \"a\" model=\"base\" dataset=\"a\" { lora rank=4; }",
+    ));
+    let err = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg).unwrap_err();
+    let err = format!("{err:?}");
+    assert!(
+        err.contains("expert:a is not built as")
+            && err.contains(&format!("the last run found it at {}", second.short())),
+        "{err}"
+    );
+    // Without a manifest, `what` is looked up as given.
+    assert_eq!(
+        goosepipe::app::lookup("expert:a", None, &p.store(), &reg).unwrap(),
+        "expert:a"
+    );
+}

@@ -1019,7 +1019,15 @@ pub fn export(
                 "--model is only for an expert file given by path; a store artifact knows its base"
             ));
         }
-        export::export_peft(&existing_store(store_root)?, what, dir)
+        let store = existing_store(store_root)?;
+        export::export_peft(&store, what, dir).map(|mut done| {
+            if let Some(meta) = store.named(what).and_then(|k| store.meta(&k))
+                && let Some(note) = last_run_note(&store, what, &meta)
+            {
+                done.notes.push(note);
+            }
+            done
+        })
     }
     .map_err(|e| miette!("export {what}: {e}"))?;
     let _ = writeln!(out, "exported {} to {}", done.step, dir.display());
@@ -1179,6 +1187,64 @@ pub fn verify(
 }
 
 /// `goosepipe show`.
+/// What `show` and `export` look up: `what` itself, or with `--manifest FILE` the key
+/// that manifest gives step `what` now (an id or a name), which must be built: the
+/// store keeps a step's earlier artifacts, and the last run's may be one of those.
+pub fn lookup(
+    what: &str,
+    manifest: Option<&Path>,
+    store_root: &Path,
+    registry: &Registry,
+) -> Result<String, Report> {
+    let Some(path) = manifest else {
+        return Ok(what.to_string());
+    };
+    let store = existing_store(store_root)?;
+    let (plan, _, _) = plan_in_store_quietly(path, &store, registry, false)?;
+    let step = &plan.steps[plan.resolve(what).map_err(|e| miette!("{e}"))?];
+    let id = step.id();
+    let file = path.display();
+    if !step.waits_for.is_empty() {
+        return Err(miette!(
+            help = format!("`goosepipe run {file}` builds it"),
+            "{id}: its key waits for the output of {} (early cutoff), not built as {file} has it now",
+            crate::plan::render::first_few(&step.waits_for, 3)
+        ));
+    }
+    let key = step.spec.key;
+    if store.meta(&key).is_none() {
+        let last = match store.named(id) {
+            Some(k) if store.meta(&k).is_some() => format!(
+                "; the last run found it at {}, under the manifest as it was then (`goosepipe show {}`)",
+                k.short(),
+                k.short()
+            ),
+            _ => String::new(),
+        };
+        return Err(miette!(
+            help = format!("`goosepipe run {file}` builds it"),
+            "{id} is not built as {file} has it now (key {}){last}",
+            key.short()
+        ));
+    }
+    Ok(key.hex())
+}
+
+/// The line `show` and `export` add when `what` is a step id whose artifact they took
+/// from the last run's record while the store holds others of that step.
+fn last_run_note(store: &Store, what: &str, meta: &crate::store::artifact::ArtifactMeta) -> Option<String> {
+    if store.named(what) != Some(meta.key) {
+        return None;
+    }
+    let others = store.others_of(&meta.spec.id, &meta.key);
+    (others > 0).then(|| {
+        format!(
+            "the store holds {others} other artifact(s) of {} (earlier settings); this is the one the last `run` found, which may not be what the manifest has now: --manifest FILE takes the manifest's",
+            meta.spec.id
+        )
+    })
+}
+
 pub fn show(
     what: &str,
     store_root: &Path,
@@ -1226,6 +1292,9 @@ pub fn show(
         let _ = writeln!(out, "also     {what} (same key: one artifact; {} built it)", s.id);
     }
     let _ = writeln!(out, "key      {}", meta.key);
+    if let Some(note) = last_run_note(&store, what, &meta) {
+        let _ = writeln!(out, "note     {note}");
+    }
     let _ = writeln!(out, "digest   {}", meta.digest);
     let _ = writeln!(out, "status   {integrity}");
     let _ = writeln!(

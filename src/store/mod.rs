@@ -469,6 +469,17 @@ impl Store {
         (recorded == id).then_some(key)
     }
 
+    /// How many artifacts other than `key` were built by step `id` (earlier settings
+    /// of the step, kept until gc): `show` and `export` say so when they resolved an id
+    /// through the last run, which may not be what the manifest has now.
+    pub fn others_of(&self, id: &str, key: &Key) -> usize {
+        self.keys()
+            .iter()
+            .filter(|k| *k != key)
+            .filter(|k| self.meta(k).is_some_and(|m| m.spec.id == id))
+            .count()
+    }
+
     /// Resolves a user's `STEP|KEY` argument: a full key, a unique key prefix, a step
     /// id as a run of its manifest last found it (a twin or renamed step included), or
     /// a step id / name recorded in artifact metadata (the newest match wins).
