@@ -123,6 +123,48 @@ fn stale_reasons_name_the_changed_parameter_and_input() {
     assert_eq!(reason("expert:a"), "");
 }
 
+/// Edits of lists and groups are said as what came and went: a method added to an
+/// eval, a task removed (not its settings one by one, defaults the user never wrote
+/// included), a list only reordered.
+#[test]
+fn stale_reasons_say_what_came_and_went_in_lists_and_groups() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(&BASE.replace(
+        "task \"h\" dataset=\"heldout\"",
+        "task \"h\" dataset=\"heldout\"\n    task \"h2\" dataset=\"heldout\" metric=\"exact-match\"",
+    ));
+    p.run(&reg, &RunOptions::default());
+    let reason = |p: &Project| {
+        let (plan, status) = p.status(&reg);
+        status.states[plan.index["eval:e"]]
+            .reasons()
+            .iter()
+            .map(|r| r.describe())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    p.write(&BASE.replace(
+        "methods \"phatgoose\" \"base\"",
+        "methods \"phatgoose\" \"merged\" \"arrow\"",
+    ));
+    assert_eq!(
+        reason(&p),
+        "parameters changed: methods added \"merged\" \"arrow\", removed \"base\", task.h2 removed; inputs removed: dataset:heldout as task:h2"
+    );
+    p.write(
+        &BASE
+            .replace(
+                "task \"h\" dataset=\"heldout\"",
+                "task \"h\" dataset=\"heldout\"\n    task \"h2\" dataset=\"heldout\" metric=\"exact-match\"",
+            )
+            .replace("methods \"phatgoose\" \"base\"", "methods \"base\" \"phatgoose\""),
+    );
+    assert_eq!(
+        reason(&p),
+        "parameters changed: methods reordered: [\"phatgoose\" \"base\"] -> [\"base\" \"phatgoose\"]"
+    );
+}
+
 #[test]
 fn implementation_version_is_part_of_the_key() {
     let log = Log::default();

@@ -1000,7 +1000,7 @@ pub fn export(
                 help = "export into a new or empty folder, or pass --force to replace the files an export writes (others are left as they are)",
                 "export {what}: {} is not empty ({})",
                 dir.display(),
-                crate::plan::render::first_few(&there, 4)
+                crate::plan::listing::first_few(&there, 4)
             ));
         }
     }
@@ -1208,7 +1208,7 @@ pub fn lookup(
         return Err(miette!(
             help = format!("`goosepipe run {file}` builds it"),
             "{id}: its key waits for the output of {} (early cutoff), not built as {file} has it now",
-            crate::plan::render::first_few(&step.waits_for, 3)
+            crate::plan::listing::first_few(&step.waits_for, 3)
         ));
     }
     let key = step.spec.key;

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod key;
+pub mod listing;
 pub mod lower;
 pub mod outputs;
 pub mod params;

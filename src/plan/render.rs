@@ -111,22 +111,6 @@ fn shown_key(s: &super::Step) -> String {
     }
 }
 
-/// The first `shown` of `ids`, comma-separated, and how many more there are: a line
-/// that names a few of a long list (`plan --json` lists them all).
-pub(crate) fn first_few<'a>(ids: impl IntoIterator<Item = &'a String>, shown: usize) -> String {
-    let ids: Vec<&String> = ids.into_iter().collect();
-    let mut named = ids
-        .iter()
-        .take(shown)
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if ids.len() > shown {
-        named.push_str(&format!(", and {} more", ids.len() - shown));
-    }
-    named
-}
-
 /// A line on cached steps the lockfile pins otherwise, if any (everything cached and
 /// yet `run --locked` refused, with nothing in `plan` to say why).
 fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
@@ -134,7 +118,7 @@ fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
     if drift.is_empty() {
         return None;
     }
-    let ids = first_few(drift, 5);
+    let ids = super::listing::first_few(drift, 5);
     let lock = crate::store::lockfile::lock_path(&plan.manifest.path);
     let file = lock
         .file_name()

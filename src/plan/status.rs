@@ -94,11 +94,16 @@ impl Reason {
                 "parameters changed: {}",
                 changes
                     .iter()
-                    .map(|c| format!("{} {} -> {}", c.param, show(&c.old), show(&c.new)))
+                    .map(ParamChange::describe)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Reason::InputChanged { inputs } => format!("input changed: {}", inputs.join(", ")),
+            // A settings edit in `defaults` changes every expert: the pool and evals
+            // after them name a few (`plan --json` lists all; each named input says
+            // its own reason on its line).
+            Reason::InputChanged { inputs } => {
+                format!("input changed: {}", super::listing::first_few(inputs, 6))
+            }
             Reason::InputsAdded { inputs } => format!("inputs added: {}", inputs.join(", ")),
             Reason::InputsRemoved { inputs } => format!("inputs removed: {}", inputs.join(", ")),
             Reason::ExternalChanged { externals } => {
@@ -127,12 +132,47 @@ impl Reason {
             Reason::AwaitsOutput { of } => {
                 // An eval over a large pool waits for dozens: the first few name them
                 // (`plan --json` lists all under `waits_for`).
-                let named = super::render::first_few(of, 3);
+                let named = super::listing::first_few(of, 3);
                 format!(
                     "its key is computed from the output of {named}, not built yet (early cutoff): the run builds {} first, then this step only if its key is not in the store",
                     if of.len() == 1 { "that" } else { "those" },
                 )
             }
+        }
+    }
+}
+
+impl ParamChange {
+    /// `train.lr 0.005 -> 0.001`; a whole group that came or went (a task added to or
+    /// removed from an eval) by its name alone, not leaf by leaf with defaults the user
+    /// never wrote; a list by the items that came and went.
+    pub fn describe(&self) -> String {
+        use serde_json::Value as J;
+        match (&self.old, &self.new) {
+            (Some(J::Object(_)), None) => format!("{} removed", self.param),
+            (None, Some(J::Object(_))) => format!("{} added", self.param),
+            (Some(J::Array(a)), Some(J::Array(b))) => {
+                let items = |of: &[J], not_in: &[J]| {
+                    of.iter()
+                        .filter(|x| !not_in.contains(x))
+                        .map(|x| show(&Some(x.clone())))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let (added, removed) = (items(b, a), items(a, b));
+                match (added.is_empty(), removed.is_empty()) {
+                    (true, true) => format!(
+                        "{} reordered: {} -> {}",
+                        self.param,
+                        show(&self.old),
+                        show(&self.new)
+                    ),
+                    (false, true) => format!("{} added {added}", self.param),
+                    (true, false) => format!("{} removed {removed}", self.param),
+                    (false, false) => format!("{} added {added}, removed {removed}", self.param),
+                }
+            }
+            _ => format!("{} {} -> {}", self.param, show(&self.old), show(&self.new)),
         }
     }
 }
@@ -442,20 +482,7 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
         });
     }
     let mut changes = vec![];
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    flatten("", &old.params, &mut a);
-    flatten("", &new.params, &mut b);
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    for k in keys {
-        let (x, y) = (a.get(k), b.get(k));
-        if x != y {
-            changes.push(ParamChange {
-                param: k.clone(),
-                old: x.cloned(),
-                new: y.cloned(),
-            });
-        }
-    }
+    param_changes("", Some(&old.params), Some(&new.params), &mut changes);
     if !changes.is_empty() {
         out.push(Reason::ParamsChanged { changes });
     }
@@ -544,21 +571,31 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
     out
 }
 
-/// `{"train":{"lr":0.005}}` -> `train.lr = 0.005`; lists stay whole.
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, x, out);
-            }
+/// The parameters that differ, by dotted path (`{"train":{"lr":0.005}}` ->
+/// `train.lr`), in path order. Groups present on both sides are compared member by
+/// member; a group present on one side only is one change; lists stay whole.
+fn param_changes(
+    prefix: &str,
+    old: Option<&serde_json::Value>,
+    new: Option<&serde_json::Value>,
+    out: &mut Vec<ParamChange>,
+) {
+    use serde_json::Value as J;
+    if let (Some(J::Object(a)), Some(J::Object(b))) = (old, new) {
+        let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for k in keys {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            param_changes(&path, a.get(k), b.get(k), out);
         }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
+    } else if old != new {
+        out.push(ParamChange {
+            param: prefix.to_string(),
+            old: old.cloned(),
+            new: new.cloned(),
+        });
     }
 }
