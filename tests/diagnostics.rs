@@ -447,6 +447,44 @@ fn one_replicate_studies_and_one_letter_suites_are_warnings() {
     assert!(!r.unwrap().contains("few-letters"));
 }
 
+/// A batch its micro-batch does not divide trains on more sequences than it says:
+/// a warning at the micro-batch, said once for a `defaults` setting every expert
+/// inherits, none when it divides.
+#[test]
+fn a_batch_the_micro_batch_does_not_divide_is_a_warning_said_once() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                defaults {\n    train batch=10 micro-batch=4\n}\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                expert \"b\" model=\"t5\" dataset=\"d\" { gate batch=12 micro-batch=8; }\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    // As one line: the renderer wraps long messages.
+    let out = r
+        .unwrap()
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(out.matches("plan::uneven-batch").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("train batch=10 is not a multiple of micro-batch=4: each step trains on 12 sequences (3 micro-batches of 4)").count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains("gate batch=12 is not a multiple of micro-batch=8: each step trains on 16 sequences")
+            && out.contains("give a micro-batch that divides 12 (the largest below 8: 6)"),
+        "{out}"
+    );
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        &text
+            .replace("micro-batch=4", "micro-batch=5")
+            .replace("micro-batch=8", "micro-batch=6"),
+    )]);
+    assert!(!r.unwrap().contains("uneven-batch"));
+}
+
 // Validation's errors and planning's, in source order, in one report.
 golden!(
     every_stage,

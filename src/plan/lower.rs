@@ -678,7 +678,13 @@ impl Lowerer<'_> {
             let loc = field_loc(&e.block, &r.at).unwrap_or(e.name_loc);
             let d = ManifestError::new(&self.manifest.sources, r.code, loc, r.message, r.label).help(r.help);
             if r.warning {
-                self.warnings.push(d.as_warning());
+                // A setting in `defaults` reaches every expert: said once, where it is.
+                let d = d.as_warning();
+                let said =
+                    |w: &ManifestError| w.code == d.code && w.message == d.message && w.labels == d.labels;
+                if !self.warnings.iter().any(said) {
+                    self.warnings.push(d);
+                }
             } else {
                 self.errors.push(d);
             }
@@ -846,6 +852,7 @@ impl Lowerer<'_> {
             x.absorb(cx);
             let data = data.clone().expect("a trained expert has its data");
             x.inputs = vec![("model".into(), model.clone()), ("data".into(), data)];
+            self.review(e, &x);
         }
         // Read from the same adapter as the expert: its content (or hub commit).
         let adapter = x.externals.clone();
@@ -854,7 +861,10 @@ impl Lowerer<'_> {
         g.absorb(cg);
         g.inputs = vec![("model".into(), model), ("expert".into(), expert_id)];
         match data {
-            Some(data) if !shipped_gate => g.inputs.push(("data".into(), data)),
+            Some(data) if !shipped_gate => {
+                g.inputs.push(("data".into(), data));
+                self.review(e, &g);
+            }
             _ => {
                 g.params.insert("import".into(), Value::Str("peft".into()));
                 g.externals = adapter;

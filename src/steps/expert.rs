@@ -18,6 +18,7 @@ use crate::model::adapter::trainable::{
 };
 use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
 use crate::plan::Needed;
+use crate::plan::Review;
 use crate::train::batches::seq2seq_batch;
 use crate::train::{GateParams, Objective, Pair, TrainConfig, train};
 
@@ -242,6 +243,7 @@ pub const EXPERT: Kind = Kind {
             JobDefaults::new(1, 4, "32G", "8:00:00")
         }
     }),
+    review: review_batches,
     ..Kind::new("expert", 8, 3, JobDefaults::OTHER)
 };
 /// The gate vectors of one expert, everything else frozen; or the gate an imported
@@ -255,6 +257,7 @@ pub const GATE: Kind = Kind {
             JobDefaults::new(1, 4, "32G", "4:00:00")
         }
     }),
+    review: review_batches,
     ..Kind::new("gate", 6, 4, JobDefaults::OTHER)
 };
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
@@ -264,6 +267,36 @@ pub const MULTITASK: Kind = Kind {
     needed: Some(Needed::Pooled),
     ..Kind::new("multitask", 8, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
 };
+
+/// A `batch` that `micro-batch` does not divide: the trainer accumulates whole
+/// micro-batches, so each step sees more sequences than `batch` says (10 of 4: 12).
+fn review_batches(_name: &str, params: &serde_json::Value) -> Vec<Review> {
+    ["train", "gate"]
+        .into_iter()
+        .filter_map(|group| {
+            let g = params.get(group)?;
+            let batch = g.get("batch")?.as_u64()?;
+            let micro = g.get("micro-batch")?.as_u64()?;
+            (micro > 0 && micro < batch && batch % micro != 0).then(|| {
+                let passes = batch.div_ceil(micro);
+                Review {
+                    at: format!("{group}.micro-batch"),
+                    code: "plan::uneven-batch",
+                    message: format!(
+                        "{group} batch={batch} is not a multiple of micro-batch={micro}: each step trains on {} sequences ({passes} micro-batches of {micro})",
+                        passes * micro
+                    ),
+                    label: "does not divide the batch".into(),
+                    help: format!(
+                        "give a micro-batch that divides {batch} (the largest below {micro}: {}), or a batch that is a multiple of {micro}",
+                        (1..micro).rev().find(|m| batch % m == 0).unwrap_or(1)
+                    ),
+                    warning: true,
+                }
+            })
+        })
+        .collect()
+}
 /// A pool's member list. Version 2: without the pool's own name.
 pub const POOL: Kind = Kind::new("pool", 2, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
 
