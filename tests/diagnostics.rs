@@ -617,3 +617,37 @@ fn max_new_tokens_on_a_ranked_task_is_a_warning() {
         "{out}"
     );
 }
+
+/// A folder a setting reads must hold what it reads: found at check, not when the step
+/// that opens it fails after the steps before it ran.
+#[test]
+fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("adapter")).unwrap();
+    std::fs::write(d.path().join("adapter/adapter_model.safetensors"), "{}").unwrap();
+    std::fs::create_dir_all(d.path().join("base")).unwrap();
+    std::fs::write(d.path().join("base/config.json"), "{}").unwrap();
+    let text = "model \"t\" path=\"base\"\nexpert \"e\" model=\"t\" peft=\"adapter\" peft-gate=#true\n";
+    std::fs::write(d.path().join("m.kdl"), text).unwrap();
+    let mut out = Vec::new();
+    let err =
+        goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap_err();
+    let err = format!("{err:?}")
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        err.contains("path \"base\": it holds none of model.safetensors, model.safetensors.index.json or pytorch_model.bin"),
+        "{err}"
+    );
+    assert!(
+        err.contains("peft \"adapter\": it holds no adapter_config.json"),
+        "{err}"
+    );
+    // With the files there, the manifest is valid.
+    std::fs::write(d.path().join("adapter/adapter_config.json"), "{}").unwrap();
+    std::fs::write(d.path().join("base/pytorch_model.bin"), "").unwrap();
+    let mut out = Vec::new();
+    goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap();
+}

@@ -136,3 +136,33 @@ fn bf16_models_run_with_f32_norms_and_softmax() {
         "bf16 loss {loss} vs {ref_loss}"
     );
 }
+
+/// A local checkpoint (`model path=`) is only pointed at by its step, and every step
+/// after it reads it: a folder whose weights are damaged fails as the model step,
+/// naming the file, and an intact one is pointed at as before.
+#[test]
+fn a_local_model_step_refuses_a_folder_with_damaged_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("base");
+    std::fs::create_dir(&folder).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("v1_1").join(f), folder.join(f)).unwrap();
+    }
+    let manifest = tmp.path().join("m.kdl");
+    std::fs::write(&manifest, "model \"t\" path=\"base\"\n").unwrap();
+    let (code, out) = support::run_product(&manifest, &tmp.path().join("store"));
+    assert_eq!(code, 0, "{out}");
+
+    // Cut short: the header promises more bytes than the file has.
+    let weights = folder.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, out) = support::run_product(&manifest, &tmp.path().join("store"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("model:t: ")
+            && out.contains("model.safetensors: not a valid safetensors file")
+            && out.contains("(in the folder path= names)"),
+        "{out}"
+    );
+}

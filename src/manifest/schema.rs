@@ -78,6 +78,9 @@ pub struct PathRule {
     pub is: Option<PathIs>,
     /// File name endings accepted (without the dot); empty: any.
     pub extensions: Vec<String>,
+    /// Files a folder must hold: each entry is one file, or alternatives (`a|b`), any
+    /// one of which will do. Found at check, not when the step that reads it fails.
+    pub holds: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +100,18 @@ impl PathRule {
         let extensions = str_prop(node, "extensions")
             .map(|e| e.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
-        Ok(PathRule { is, extensions })
+        let holds = str_prop(node, "holds")
+            .map(|h| {
+                h.split_whitespace()
+                    .map(|alts| alts.split('|').map(str::to_string).collect())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(PathRule {
+            is,
+            extensions,
+            holds,
+        })
     }
 
     /// Why `path` (which exists, a folder when `is_dir`) is not what the rule asks
@@ -112,6 +126,19 @@ impl PathRule {
             }
             Some(PathIs::Folder) if !is_dir => return Some("it is a file; expected a folder".into()),
             _ => {}
+        }
+        if is_dir
+            && let Some(missing) = self
+                .holds
+                .iter()
+                .find(|alts| !alts.iter().any(|f| path.join(f).is_file()))
+        {
+            return Some(match missing.split_last() {
+                Some((last, rest)) if !rest.is_empty() => {
+                    format!("it holds none of {} or {last}", rest.join(", "))
+                }
+                _ => format!("it holds no {}", missing.join("")),
+            });
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !is_dir && !self.extensions.is_empty() && !self.extensions.iter().any(|x| x == ext) {

@@ -79,6 +79,21 @@ pub struct ModelStep;
 /// Sentinel tokens reserved for span corruption.
 const SENTINELS: usize = 16;
 
+/// A local checkpoint folder is only pointed at, and every step after this one reads
+/// it: its config and its safetensors headers (names, shapes, offsets within the
+/// file; the data is not read) are checked here, so a broken folder fails as this
+/// step rather than as the first expert. A pickle is read whole by its readers only.
+fn check_folder(dir: &std::path::Path) -> Result<(), StepError> {
+    use crate::model::checkpoint::load::{WeightFiles, locate, open_store};
+    let broken = |e: crate::model::ModelError| fail(format!("{e} (in the folder path= names)"));
+    let files = locate(dir).map_err(broken)?;
+    T5Config::from_file(&files.config, None).map_err(broken)?;
+    if matches!(files.weights, WeightFiles::Safetensors(_)) {
+        open_store(&files).map_err(broken)?;
+    }
+    Ok(())
+}
+
 impl StepRunner for ModelStep {
     fn kind(&self) -> &'static str {
         "model"
@@ -101,6 +116,7 @@ impl StepRunner for ModelStep {
                 });
             }
             Some(External::Path { path, .. }) => {
+                check_folder(std::path::Path::new(path))?;
                 return pointer(&ModelPointer {
                     source: "path".into(),
                     dir: PathBuf::from(path),
