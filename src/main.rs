@@ -165,6 +165,8 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
+        // `-j -1` reaches here (negative numbers are taken as values, not flags).
+        Err(_) if s.parse::<i64>().is_ok() => Err("must be at least 1".to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -173,7 +175,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 struct RunArgs {
     file: PathBuf,
     /// Steps run in parallel (default: the manifest's `pipeline jobs=`, else 1).
-    #[arg(short = 'j', long, value_parser = at_least_one)]
+    #[arg(short = 'j', long, value_parser = at_least_one, allow_negative_numbers = true)]
     jobs: Option<usize>,
     /// Run only these steps (ids like expert:NAME, or unique names).
     #[arg(long, num_args = 1..)]

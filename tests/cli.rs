@@ -181,6 +181,20 @@ fn bad_flags_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // Suggestions compare names within the kind asked for: the shared `expert:` of
+    // every expert's id is no likeness.
+    let out = goosepipe(&["explain", GOLDEN, "expert:nope"], t.path());
+    assert!(
+        !text(&out.stderr).contains("did you mean"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = goosepipe(&["explain", GOLDEN, "expert:aa"], t.path());
+    assert!(
+        text(&out.stderr).contains("did you mean expert:a?"),
+        "{}",
+        text(&out.stderr)
+    );
     // Checked when the command line is read, before any step runs (nothing is built).
     for (args, says) in [
         (
@@ -188,6 +202,7 @@ fn bad_flags_are_clear_errors() {
             "expected cpu, cuda or cuda:N",
         ),
         (&["run", GOLDEN, "-j", "0"][..], "must be at least 1"),
+        (&["run", GOLDEN, "-j", "-1"][..], "must be at least 1"),
         (
             &["exec", "--device", "cuda:x", "--key", "00"][..],
             "expected cpu, cuda or cuda:N",

@@ -173,10 +173,23 @@ impl Plan {
         match hits.as_slice() {
             [i] => Ok(*i),
             [] => {
-                let ids: Vec<&str> = self.steps.iter().map(|s| s.id()).collect();
-                let hint = crate::manifest::diag::did_you_mean(what, ids.iter().copied())
-                    .map(|d| format!("; did you mean {d}?"))
-                    .unwrap_or_default();
+                // Names are compared within the kind asked for: every id of a kind
+                // shares its `kind:` prefix, which would make `expert:nope` look like
+                // any expert.
+                let near = |name: &str, kind: Option<&str>| {
+                    let names = self
+                        .steps
+                        .iter()
+                        .filter(|s| kind.is_none_or(|k| s.spec.kind == k))
+                        .map(|s| s.spec.name.as_str());
+                    crate::manifest::diag::did_you_mean(name, names)
+                };
+                let hint = match what.split_once(':') {
+                    Some((kind, name)) => near(name, Some(kind)).map(|n| format!("{kind}:{n}")),
+                    None => near(what, None).map(str::to_string),
+                }
+                .map(|d| format!("; did you mean {d}?"))
+                .unwrap_or_default();
                 Err(format!("no step named {what:?} in this plan{hint}"))
             }
             many => Err(format!(
