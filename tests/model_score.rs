@@ -234,6 +234,57 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
         "named after their folders"
     );
     assert_eq!(from_folders.total, from_files.total);
+    // One expert's gate with another's adapter is refused, whichever way it comes: a
+    // gate file copied into another export's folder, or given by order with --gates.
+    let mixed = out.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "phatgoose.json",
+    ] {
+        std::fs::copy(out.path().join("expert_a").join(f), mixed.join(f)).unwrap();
+    }
+    std::fs::copy(
+        out.path().join("expert_b/phatgoose_gates.safetensors"),
+        mixed.join("phatgoose_gates.safetensors"),
+    )
+    .unwrap();
+    req.experts = vec![mixed];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("its gate file was exported for expert `expert_b`, its adapter for `expert_a`"),
+        "{err}"
+    );
+    req.router = RouterChoice::Gated;
+    req.experts = vec![out.path().join("expert_a")];
+    req.gates = vec![out.path().join("expert_b/phatgoose_gates.safetensors")];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("--gates: gate file 1 records expert `expert_b`, and the expert given in its place (`expert_a`) records `expert_a`"),
+        "{err}"
+    );
+    req.gates = vec![out.path().join("expert_a/phatgoose_gates.safetensors")];
+    assert!(score(&req).is_ok());
+
+    // A gate trained in another base (same shapes) is refused as such an expert is.
+    let (dev, f32) = (candle_core::Device::Cpu, candle_core::DType::F32);
+    let mut g = GateVectors::load(&dir.join("expert_a.gates.safetensors"), &cfg, &dev, f32).unwrap();
+    g.base_model = Some("fixture:another".into());
+    g.name = "expert_a".into();
+    let other = out.path().join("other-base-gates.safetensors");
+    g.save(&other).unwrap();
+    req.experts = vec![dir.join("expert_a.safetensors")];
+    req.gates = vec![other];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "the gate of `expert_a` was trained in base model `fixture:another`, not `fixture:v1_1`"
+        ),
+        "{err}"
+    );
+    req.gates = vec![];
+
     // A folder that is neither says what an expert may be.
     req.experts = vec![out.path().to_path_buf()];
     req.router = RouterChoice::Single;

@@ -151,11 +151,7 @@ pub struct ScoreReport {
 /// An expert given on the command line: a goosepipe expert file (its gates beside it
 /// as `NAME.gates.safetensors`, if there) or a PEFT adapter folder (named after the
 /// folder; gates exported beside it, if there).
-fn load_expert(
-    path: &Path,
-    cfg: &crate::model::T5Config,
-    device: &candle_core::Device,
-) -> Result<(LoraExpert, Option<GateVectors>)> {
+fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::Device) -> Result<Loaded> {
     if peft::is_peft_dir(path) {
         let name = path
             .file_name()
@@ -164,7 +160,11 @@ fn load_expert(
             .to_owned();
         let imported = peft::import(path, &name, cfg, device)?;
         let gates = peft::import_gates(path, &name, cfg, device)?;
-        return Ok((imported.expert, gates));
+        return Ok(Loaded {
+            expert: imported.expert,
+            gates,
+            recorded: peft::recorded_expert(path),
+        });
     }
     if path.is_dir() {
         return Err(ModelError::Input(format!(
@@ -176,13 +176,28 @@ fn load_expert(
     let mut expert = LoraExpert::load(path, cfg, device, DType::F32)?;
     let mut gates = GateVectors::load_beside(path, cfg, device, DType::F32)?;
     // A file taken from a store is named by the step that built it.
-    if let Some(name) = crate::store::step_name_of_file(path) {
-        expert.name = name;
+    let store_name = crate::store::step_name_of_file(path);
+    if let Some(name) = &store_name {
+        expert.name = name.clone();
         if let Some(g) = gates.as_mut() {
             g.name = expert.name.clone();
         }
     }
-    Ok((expert, gates))
+    let recorded = store_name.or_else(|| peft::recorded_name(path));
+    Ok(Loaded {
+        expert,
+        gates,
+        recorded,
+    })
+}
+
+/// One expert given on the command line, its gate found beside it, and the name its
+/// files record it by (a store step's, or the metadata's), which a gate given apart
+/// must not contradict.
+struct Loaded {
+    expert: LoraExpert,
+    gates: Option<GateVectors>,
+    recorded: Option<String>,
 }
 
 /// Experts given as files or PEFT folders, and the gates found beside them.
@@ -191,12 +206,26 @@ pub fn load_pool(
     cfg: &crate::model::T5Config,
     device: &candle_core::Device,
 ) -> Result<(Vec<LoraExpert>, Vec<GateVectors>)> {
+    let (experts, gates, _) = load_recorded_pool(paths, cfg, device)?;
+    Ok((experts, gates))
+}
+
+/// Per expert, the name its files record (see [`Loaded`]).
+type Recorded = Vec<Option<String>>;
+
+/// [`load_pool`], and the name each expert's files record (see [`Loaded`]).
+fn load_recorded_pool(
+    paths: &[PathBuf],
+    cfg: &crate::model::T5Config,
+    device: &candle_core::Device,
+) -> Result<(Vec<LoraExpert>, Vec<GateVectors>, Recorded)> {
     let loaded = paths
         .iter()
         .map(|p| load_expert(p, cfg, device))
         .collect::<Result<Vec<_>>>()?;
-    let gates = loaded.iter().filter_map(|(_, g)| g.clone()).collect();
-    Ok((loaded.into_iter().map(|(e, _)| e).collect(), gates))
+    let gates = loaded.iter().filter_map(|l| l.gates.clone()).collect();
+    let recorded = loaded.iter().map(|l| l.recorded.clone()).collect();
+    Ok((loaded.into_iter().map(|l| l.expert).collect(), gates, recorded))
 }
 
 /// The adapters `router` makes of `experts` (with `gates`): none for no expert, one
@@ -269,11 +298,41 @@ pub(super) fn check_store_base(model: &Path, experts: &[LoraExpert]) -> Result<(
     Ok(())
 }
 
+/// [`check_store_base`] for gate files: a gate trained in another base routes by
+/// directions of another model's activations, with the same shapes.
+fn check_gate_bases(model: &Path, gates: &[GateVectors], experts: &[LoraExpert]) -> Result<()> {
+    let store_base = crate::store::artifact_key_of(model).map(|k| k.hex());
+    for g in gates {
+        let Some(b) = &g.base_model else { continue };
+        let expected = store_base
+            .clone()
+            .or_else(|| experts.iter().find(|e| e.name == g.name)?.base_model.clone());
+        if let Some(expected) = expected
+            && *b != expected
+        {
+            return Err(ModelError::Input(format!(
+                "the gate of `{}` was trained in base model `{b}`, not `{expected}`",
+                g.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Gate files given with --gates, named after their experts: by name when any of
 /// their names (a store file's step name, else the file's) is an expert's or when
 /// they come from a store (`named`), every expert then needing exactly one; else one
 /// per expert in the order of --experts (`sort-gates.safetensors` for `sort`).
-fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert], named: bool) -> Result<Vec<GateVectors>> {
+///
+/// `recorded`: per gate file and per expert, the expert name its files record, if
+/// any: paired by order, a gate that records another expert than its partner does is
+/// refused (`--gates sort-gates --experts rev`).
+fn pair_gates(
+    mut gates: Vec<GateVectors>,
+    experts: &[LoraExpert],
+    named: bool,
+    recorded: (&[Option<String>], &[Option<String>]),
+) -> Result<Vec<GateVectors>> {
     let listed = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
     let is_expert = |n: &str| experts.iter().any(|e| e.name == n);
     if named || gates.iter().any(|g| is_expert(&g.name)) {
@@ -306,7 +365,16 @@ fn pair_gates(mut gates: Vec<GateVectors>, experts: &[LoraExpert], named: bool) 
             listed(&mut experts.iter().map(|e| e.name.as_str()))
         )));
     }
-    for (g, e) in gates.iter_mut().zip(experts) {
+    for (i, (g, e)) in gates.iter_mut().zip(experts).enumerate() {
+        if let (Some(Some(gate)), Some(Some(expert))) = (recorded.0.get(i), recorded.1.get(i))
+            && gate != expert
+        {
+            return Err(ModelError::Input(format!(
+                "--gates: gate file {} records expert `{gate}`, and the expert given in its place (`{}`) records `{expert}`: one expert's gate would route another's LoRA",
+                i + 1,
+                e.name
+            )));
+        }
         g.name = e.name.clone();
     }
     Ok(gates)
@@ -337,12 +405,14 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     let mut model = T5Model::load(&dir, &device, DType::F32)?;
     let cfg = model.config.clone();
 
-    let (experts, mut gates) = load_pool(&req.experts, &cfg, &device)?;
-    check_store_base(artifact.as_deref().unwrap_or(&dir), &experts)?;
+    let (experts, mut gates, experts_recorded) = load_recorded_pool(&req.experts, &cfg, &device)?;
+    let model_dir = artifact.as_deref().unwrap_or(&dir);
+    check_store_base(model_dir, &experts)?;
     if !req.gates.is_empty() {
         // A gate file taken from a store is named by the step that built it: a name
         // that says whose gate it is, never to be paired by order instead.
         let mut from_store = false;
+        let mut gates_recorded = vec![];
         gates = req
             .gates
             .iter()
@@ -352,11 +422,13 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
                     g.name = name;
                     from_store = true;
                 }
+                gates_recorded.push(crate::store::step_name_of_file(p).or_else(|| peft::recorded_name(p)));
                 Ok(g)
             })
             .collect::<Result<Vec<_>>>()?;
-        gates = pair_gates(gates, &experts, from_store)?;
+        gates = pair_gates(gates, &experts, from_store, (&gates_recorded, &experts_recorded))?;
     }
+    check_gate_bases(model_dir, &gates, &experts)?;
     model.set_adapters(adapters_for(
         req.router, &experts, &gates, &cfg, &device, req.top_k,
     )?)?;

@@ -23,8 +23,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::expert_file::{GateVectors, LoraExpert};
-use super::st_io::save_with_metadata;
+use super::expert_file::{GateVectors, LoraExpert, META_NAME};
+use super::st_io::{read_metadata, save_with_metadata};
 use super::tensor_store::TensorStore;
 use crate::model::adapter::LoraWeights;
 use crate::model::error::{ModelError, Result};
@@ -512,11 +512,13 @@ pub fn export(
         tensors.push((format!("{PREFIX}{m}.lora_B.weight"), l.b.to_dtype(DType::F32)?));
     }
     let weights = dir.join(WEIGHTS_SAFETENSORS);
-    save_with_metadata(
-        &weights,
-        &tensors,
-        HashMap::from([("format".to_owned(), "pt".to_owned())]),
-    )?;
+    // The expert's name in the weights' metadata (PEFT reads only `format`): a gate
+    // file copied in from another export is then found out (`recorded_expert`).
+    let mut meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    if !expert.name.is_empty() {
+        meta.insert(META_NAME.to_owned(), expert.name.clone());
+    }
+    save_with_metadata(&weights, &tensors, meta)?;
     written.push(weights);
     if let Some(g) = gates {
         if let Some(m) = g.gates.keys().find(|m| !expert.modules.contains_key(*m)) {
@@ -559,7 +561,31 @@ pub fn import_gates(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> 
     if !path.is_file() {
         return Ok(None);
     }
+    if let (Some(adapter), Some(gate)) = (recorded_expert(dir), recorded_name(&path))
+        && adapter != gate
+    {
+        return Err(ModelError::Input(format!(
+            "{}: its gate file was exported for expert `{gate}`, its adapter for `{adapter}`: one expert's gate would route another's LoRA",
+            dir.display()
+        )));
+    }
     let mut g = GateVectors::load(&path, cfg, device, DType::F32)?;
     g.name = name.to_owned();
     Ok(Some(g))
+}
+
+/// The expert a safetensors file records it belongs to (`goosepipe.expert`), if any.
+pub fn recorded_name(file: &Path) -> Option<String> {
+    read_metadata(file).ok()?.get(META_NAME).cloned()
+}
+
+/// The expert an exported adapter folder says it holds: the name its weights record
+/// (goosepipe's exports write it), else the `expert` of its `phatgoose.json`. None for
+/// a folder that says nothing (any other tool's adapter).
+pub fn recorded_expert(dir: &Path) -> Option<String> {
+    recorded_name(&dir.join(WEIGHTS_SAFETENSORS)).or_else(|| {
+        let router: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(ROUTER_FILE)).ok()?).ok()?;
+        router.get("expert")?.as_str().map(str::to_owned)
+    })
 }
