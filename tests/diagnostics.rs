@@ -485,6 +485,46 @@ fn a_batch_the_micro_batch_does_not_divide_is_a_warning_said_once() {
     assert!(!r.unwrap().contains("uneven-batch"));
 }
 
+/// Replicates whose evals score one pool (seeds left alike) measure no training
+/// variation: a warning at the study's `evals`; pools of experts trained with another
+/// seed are replicates.
+#[test]
+fn replicates_that_score_one_pool_are_a_warning() {
+    let eval = |name: &str, pool: &str| {
+        format!(
+            "eval \"{name}\" pool=\"{pool}\" {{\n    methods \"phatgoose\"\n    task \"t\" dataset=\"d\" metric=\"exact-match\"\n}}\n"
+        )
+    };
+    let head = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n";
+    let text = format!(
+        "{head}expert \"a2\" model=\"t5\" dataset=\"d\"\npool \"p\" {{ experts \"a\"; }}\npool \"p2\" {{ experts \"a2\"; }}\n{}{}study \"s\" {{ evals \"e\" \"e2\"; }}\n",
+        eval("e", "p"),
+        eval("e2", "p2")
+    );
+    let (r, _d) = check_text(&[("m.kdl", &text)]);
+    let out = r
+        .unwrap()
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        out.contains("plan::same-replicates")
+            && out.contains(
+                "study \"s\": replicates \"e\", \"e2\" score one pool (the same experts and gates)"
+            ),
+        "{out}"
+    );
+    let seeded = text.replace(
+        "expert \"a2\" model=\"t5\" dataset=\"d\"",
+        "expert \"a2\" model=\"t5\" dataset=\"d\" { train seed=2; gate seed=2; }",
+    );
+    let (r, _d) = check_text(&[("m.kdl", &seeded)]);
+    assert!(!r.unwrap().contains("same-replicates"));
+}
+
 // Validation's errors and planning's, in source order, in one report.
 golden!(
     every_stage,

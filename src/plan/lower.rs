@@ -218,8 +218,71 @@ pub fn build_with(
         );
     }
     let mut plan = finish(manifest, protos, catalog, outputs)?;
+    warnings.extend(same_pool_replicates(&plan));
     plan.warnings = warnings;
     Ok(plan)
+}
+
+/// A study's replicates are to differ in what training draws. Two whose evals score
+/// one pool (every expert and gate one artifact: the seeds of `train` and `gate` were
+/// left alike, or one eval is listed twice) add no training variation, and their
+/// interval would look like one that has it: said at the study's `evals`.
+fn same_pool_replicates(plan: &Plan) -> Vec<ManifestError> {
+    let mut out = vec![];
+    for study in plan.steps.iter().filter(|s| s.spec.kind == "study") {
+        // By the keys of the experts and gates an eval reads (a pool's key also holds
+        // its members' names, which are no training).
+        let mut by_pool: BTreeMap<Vec<crate::store::Key>, Vec<&str>> = BTreeMap::new();
+        for input in study.spec.inputs.iter().filter(|i| i.role.starts_with("eval:")) {
+            let Some(ev) = plan.get(&input.id) else { continue };
+            let mut trained: Vec<crate::store::Key> = ev
+                .spec
+                .inputs
+                .iter()
+                .filter(|i| i.role.starts_with("expert:") || i.role.starts_with("gate:"))
+                .map(|i| i.key)
+                .collect();
+            trained.sort();
+            if !trained.is_empty() {
+                by_pool
+                    .entry(trained)
+                    .or_default()
+                    .push(&input.id["eval:".len()..]);
+            }
+        }
+        let alike: Vec<&Vec<&str>> = by_pool.values().filter(|evals| evals.len() > 1).collect();
+        let Some(first) = alike.first() else { continue };
+        let entity = plan.manifest.entity("study", &study.spec.name);
+        let loc = entity
+            .and_then(|e| e.block.list("evals").first().and_then(|f| f.loc))
+            .or_else(|| entity.map(|e| e.name_loc));
+        let Some(loc) = loc else { continue };
+        let named = first
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(
+            ManifestError::new(
+                &plan.manifest.sources,
+                "plan::same-replicates",
+                loc,
+                format!(
+                    "study \"{}\": replicates {named} score one pool (the same experts and gates){}",
+                    study.spec.name,
+                    if alike.len() > 1 {
+                        format!(", and {} more such group(s)", alike.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+                "no training variation between them",
+            )
+            .help("each replicate's pool needs its own experts: give them another `train seed=` and `gate seed=` (or list each eval once)")
+            .as_warning(),
+        );
+    }
+    out
 }
 
 /// The errors lowering finds in a manifest in which validation found errors already
