@@ -525,6 +525,37 @@ fn replicates_that_score_one_pool_are_a_warning() {
     assert!(!r.unwrap().contains("same-replicates"));
 }
 
+/// A data file included by mistake is one error at the include, not thousands of
+/// syntax errors from parsing CSV as KDL.
+#[test]
+fn including_a_file_that_is_not_kdl_is_one_error() {
+    let csv = "input,target\n".to_string() + &"a b,b a\n".repeat(500);
+    let (r, _d) = check_text(&[("m.kdl", "include \"data.csv\"\n"), ("data.csv", &csv)]);
+    let err = r.unwrap_err();
+    assert!(err.contains("include \"data.csv\" is not a .kdl file"), "{err}");
+    assert!(!err.contains("syntax"), "{err}");
+}
+
+/// Validating on the training file itself is no validation: a warning at the setting.
+#[test]
+fn a_validation_file_that_is_the_training_file_is_a_warning() {
+    let data = "{\"input\": \"a\", \"target\": \"b\"}\n";
+    let text = "dataset \"d\" path=\"d.jsonl\" validation-path=\"./d.jsonl\"\n";
+    let (r, _d) = check_text(&[("m.kdl", text), ("d.jsonl", data), ("v.jsonl", data)]);
+    let out = r.unwrap();
+    assert!(
+        out.contains("plan::validation-is-training")
+            && out.contains("dataset \"d\" validates on its training file"),
+        "{out}"
+    );
+    let (r, _d) = check_text(&[
+        ("m.kdl", &text.replace("./d.jsonl", "v.jsonl")),
+        ("d.jsonl", data),
+        ("v.jsonl", data),
+    ]);
+    assert!(!r.unwrap().contains("validation-is-training"));
+}
+
 // Validation's errors and planning's, in source order, in one report.
 golden!(
     every_stage,

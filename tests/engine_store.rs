@@ -556,6 +556,17 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
         json["lockfile_outdated"],
         serde_json::json!(["gate:b", "pool:p", "eval:e"])
     );
+    // With no lockfile at all (a manifest that shares a store but never ran), the
+    // note says the lockfile is yet to be written.
+    let saved = std::fs::read(&lock_path).unwrap();
+    std::fs::remove_file(&lock_path).unwrap();
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(
+        text.contains("lockfile: pipeline.kdl.lock does not exist yet: `goosepipe run` writes it"),
+        "{text}"
+    );
+    std::fs::write(&lock_path, saved).unwrap();
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0);
     assert!(

@@ -322,6 +322,18 @@ impl Validator {
             );
             return;
         }
+        // A data file included by mistake would be parsed as KDL and give thousands
+        // of syntax errors that all say the same thing.
+        if real.extension().and_then(|e| e.to_str()) != Some("kdl") {
+            self.err(
+                "manifest::include-not-kdl",
+                ploc,
+                format!("include \"{p}\" is not a .kdl file"),
+                "not a manifest",
+                "include reads manifest files (.kdl); a data file is named by a dataset's path=",
+            );
+            return;
+        }
         if self.include_stack.len() >= MAX_INCLUDE_DEPTH {
             self.err(
                 "manifest::too-deep",

@@ -810,6 +810,26 @@ impl Lowerer<'_> {
             p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
         self.hub(e, "hub", "dataset", &mut p);
+        // Validating on the training file itself picks the checkpoint that fits its
+        // training data best, which is no validation at all.
+        let local = |role: &str| {
+            p.externals.iter().find_map(|x| match x {
+                External::Path { role: r, path, .. } if r == role => Some(path.clone()),
+                _ => None,
+            })
+        };
+        if let (Some(train), Some(valid)) = (local("path"), local("validation-path"))
+            && train == valid
+            && let Some(f) = e.block.props.get("validation-path")
+        {
+            self.warn(
+                "plan::validation-is-training",
+                f.loc.unwrap_or(e.name_loc),
+                format!("dataset \"{}\" validates on its training file", e.name),
+                "the same file as path=",
+                "give a file of held-back examples, or leave validation-path out (training then holds back 10% of path= for validation)",
+            );
+        }
         // A local file is one split: these say nothing there (evals score all of it,
         // training holds back 10% for validation), which is worth saying.
         if e.block.props.contains_key("path") {

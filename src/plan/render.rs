@@ -124,6 +124,11 @@ fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
         .file_name()
         .map(|f| f.to_string_lossy().to_string())
         .unwrap_or_default();
+    if !lock.exists() {
+        return Some(format!(
+            "lockfile: {file} does not exist yet: `goosepipe run` writes it beside the manifest (commit it), `run --locked` refuses until then"
+        ));
+    }
     Some(format!(
         "lockfile: {file} does not match this manifest for {} step(s) ({ids}: cached under other keys or digests, unpinned, or no longer in the manifest): it was written for another version of the manifest, or not yet; `goosepipe run` rewrites it, `run --locked` refuses until then",
         drift.len()
