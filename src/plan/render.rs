@@ -316,17 +316,20 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
     let mut flat = vec![];
     flatten_value("", &s.params, &mut flat);
     for (path, v) in flat {
+        // file:line of a value's field (in an included file, that file).
+        let at = |loc: &crate::manifest::Loc| {
+            let f = plan.manifest.sources.get(loc.file);
+            let line = f.text[..loc.span.offset().min(f.text.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            format!("{}:{line}", f.display)
+        };
         let origin = match s.origins.get(&path) {
-            Some((Origin::Explicit, Some(loc))) => {
-                let f = plan.manifest.sources.get(loc.file);
-                let line = f.text[..loc.span.offset().min(f.text.len())]
-                    .matches('\n')
-                    .count()
-                    + 1;
-                format!("set at {}:{line}", f.display)
-            }
+            Some((Origin::Explicit, Some(loc))) => format!("set at {}", at(loc)),
             Some((Origin::Explicit, None)) => "set in the manifest".into(),
-            Some((Origin::Defaults, _)) => "from `defaults`".into(),
+            Some((Origin::Defaults, Some(loc))) => format!("from `defaults` at {}", at(loc)),
+            Some((Origin::Defaults, None)) => "from `defaults`".into(),
             Some((Origin::Schema, _)) => "schema default".into(),
             None => "derived".into(),
         };
