@@ -135,6 +135,13 @@ fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
     ))
 }
 
+/// The version of `plan --json`'s layout: raised when a field is removed or changes
+/// meaning (new fields may appear within a version).
+pub const PLAN_JSON_VERSION: u32 = 1;
+
+/// The JSON Schema of `plan --json` (schemas/plan.schema.json).
+pub const PLAN_JSON_SCHEMA: &str = include_str!("../../schemas/plan.schema.json");
+
 pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
     let steps: Vec<_> = plan
         .steps
@@ -169,7 +176,10 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
             })
         })
         .collect();
+    // The layout is documented in schemas/plan.schema.json (PLAN_JSON_SCHEMA).
     json!({
+        "format": "goosepipe.plan",
+        "format_version": PLAN_JSON_VERSION,
         "pipeline": pipeline_name(plan),
         "manifest": plan.manifest.path.display().to_string(),
         "summary": {
