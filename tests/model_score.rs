@@ -290,4 +290,16 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
     req.router = RouterChoice::Single;
     let err = score(&req).unwrap_err().to_string();
     assert!(err.contains("PEFT adapter folder"), "{err}");
+    // A data file given by mistake, and a step id where a file goes, say so.
+    let data = out.path().join("rows.jsonl");
+    std::fs::write(&data, "{\"input\": \"a\", \"target\": \"b\"}\n".repeat(50)).unwrap();
+    req.experts = vec![data];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("rows.jsonl is not an expert file"), "{err}");
+    req.experts = vec!["expert:sort".into()];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("expert:sort does not exist; a step of the store is given by its file: `goosepipe show expert:sort --path`"),
+        "{err}"
+    );
 }

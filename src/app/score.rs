@@ -173,7 +173,28 @@ fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::
             peft::CONFIG_FILE
         )));
     }
-    let mut expert = LoraExpert::load(path, cfg, device, DType::F32)?;
+    if !path.exists() {
+        let hint = if path.to_string_lossy().contains(':') {
+            format!(
+                "; a step of the store is given by its file: `goosepipe show {} --path` prints its folder",
+                path.display()
+            )
+        } else {
+            String::new()
+        };
+        return Err(ModelError::Input(format!(
+            "--experts: {} does not exist{hint}",
+            path.display()
+        )));
+    }
+    let mut expert = LoraExpert::load(path, cfg, device, DType::F32).map_err(|e| match e {
+        // A data file or anything else given by mistake: say what an expert is.
+        ModelError::Candle(_) | ModelError::BadFile { .. } => ModelError::Input(format!(
+            "--experts: {} is not an expert file ({e}); an expert is a goosepipe expert file (expert.safetensors in a store folder) or a PEFT adapter folder",
+            path.display()
+        )),
+        e => e,
+    })?;
     let mut gates = GateVectors::load_beside(path, cfg, device, DType::F32)?;
     // A file taken from a store is named by the step that built it.
     let store_name = crate::store::step_name_of_file(path);
