@@ -548,3 +548,64 @@ fn png_plots_carry_text_when_a_font_is_at_hand_and_tables_keep_task_order() {
         "{err}"
     );
 }
+
+/// A mistake an eval would find in its task data (a rank-classification task whose
+/// examples have no choices) is said when that dataset is built, before the expert
+/// before the eval trains; nothing after it starts.
+#[test]
+fn an_eval_refuses_its_task_data_as_soon_as_the_dataset_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |i: usize, choices: bool| {
+        let mut r = serde_json::json!({"q": format!("word{}", i % 5), "a": "yes"});
+        if choices {
+            r["c"] = serde_json::json!(["yes", "no"]);
+        }
+        r.to_string() + "\n"
+    };
+    std::fs::write(
+        dir.path().join("one.jsonl"),
+        (0..24).map(|i| row(i, true)).collect::<String>(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plain.jsonl"),
+        (0..6).map(|i| row(i, false)).collect::<String>(),
+    )
+    .unwrap();
+    let manifest = dir.path().join("m.kdl");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"pipeline "fail-fast" allow-outside-paths=#true
+model "t" path="{base}"
+defaults {{
+    lora rank=4
+    train steps=2 batch=8 micro-batch=8 eval-every=2 eval-examples=4 checkpoint-every=2 dropout=0.0
+    gate steps=2 batch=8 micro-batch=8 dropout=0.0
+}}
+dataset "one" path="one.jsonl" input-field="q" target-field="a" choices-field="c"
+dataset "plain" path="plain.jsonl" split="test" input-field="q" target-field="a"
+expert "alpha" model="t" dataset="one"
+pool "p" {{ experts "alpha"; }}
+eval "e" pool="p" {{
+    methods "merged"
+    task "t" dataset="plain"
+}}
+"#,
+            base = support::t5_fixture("v1_1").display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = support::run_product(&manifest, &dir.path().join("store"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("eval:e: task \"t\": an example of dataset:plain has no answer choices")
+            && out.contains("(found when dataset:plain was built, before eval:e could start)"),
+        "{out}"
+    );
+    let unstarted = out
+        .lines()
+        .find(|l| l.starts_with("not started"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(unstarted.contains("expert:alpha"), "{out}");
+}

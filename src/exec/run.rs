@@ -416,6 +416,14 @@ impl<'p> Frontier<'p> {
         }
     }
 
+    /// Step `i` refused an input before it started: it never starts, and neither
+    /// does anything downstream of it.
+    fn refuse(&mut self, i: usize) {
+        self.ready.retain(|&r| r != i);
+        self.blocked.insert(i);
+        self.blocked_by(i);
+    }
+
     /// Step `i` failed or stopped: everything downstream of it cannot run.
     fn blocked_by(&mut self, i: usize) {
         let mut stack = self.plan.consumers_of(i);
@@ -444,11 +452,24 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
                 frontier.built(t);
             }
             if outcome == Outcome::Reused {
-                report.reused.push(id);
+                report.reused.push(id.clone());
             } else {
-                report.built.push(id);
+                report.built.push(id.clone());
             }
-            false
+            // Fail fast: a step that reads what was just published checks it now, not
+            // when its turn comes after everything else before it.
+            let mut stop = false;
+            for published in std::iter::once(i).chain(frontier.twins.built_by(i)) {
+                for (c, msg) in refused_by_readers(cx, frontier, published) {
+                    frontier.refuse(c);
+                    let reader = plan.steps[c].id().to_string();
+                    let msg = format!("{msg} (found when {id} was built, before {reader} could start)");
+                    reporter.finished(&reader, Outcome::Failed, 0.0, &msg);
+                    report.failed.push((reader, msg));
+                    stop |= !cx.opts.keep_going;
+                }
+            }
+            stop
         }
         Done::Err(i, outcome, secs, msg) => {
             let id = plan.steps[i].id().to_string();
@@ -468,6 +489,35 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
             !cx.opts.keep_going
         }
     }
+}
+
+/// The steps of this run that read `i` and refuse what it published
+/// ([`StepRunner::check_input`](crate::exec::StepRunner::check_input)), with why.
+fn refused_by_readers(cx: &RunContext, frontier: &Frontier, i: usize) -> Vec<(usize, String)> {
+    let published = &cx.plan.steps[i].spec;
+    let files = cx.store.files_dir(&published.key);
+    let mut refused = vec![];
+    for c in cx.plan.consumers_of(i) {
+        if !frontier.in_run.contains(&c) || frontier.blocked.contains(&c) {
+            continue;
+        }
+        let spec = &cx.plan.steps[c].spec;
+        let Some(runner) = cx.registry.get(&spec.kind) else {
+            continue;
+        };
+        let why = spec
+            .inputs
+            .iter()
+            .filter(|input| input.id == published.id)
+            .find_map(|input| match runner.check_input(spec, &input.role, &files) {
+                Err(StepError::Failed(m)) => Some(m),
+                _ => None,
+            });
+        if let Some(m) = why {
+            refused.push((c, m));
+        }
+    }
+    refused
 }
 
 /// Every selected step's kind has a runner in this build.

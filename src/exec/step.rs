@@ -36,6 +36,13 @@ pub trait StepRunner: Send + Sync {
     fn preview(&self, _ctx: &StepContext) -> Result<Option<String>, StepError> {
         Ok(None)
     }
+    /// A check of one input (`role`, its published files in `files`) as soon as that
+    /// input is built, before this step can start: a mistake in the data that this
+    /// step would find is said then, not after every other step before it has run
+    /// (an eval comes after hours of training). Only reads.
+    fn check_input(&self, _spec: &StepSpec, _role: &str, _files: &std::path::Path) -> Result<(), StepError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

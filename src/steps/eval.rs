@@ -12,6 +12,7 @@ use candle_core::DType;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use serde::Deserialize as _;
 
 use super::common::{Base, device, encode, encode_choices, fail, load_base, load_tokenizer_and_eos};
 use super::dataset::EXAMPLES;
@@ -26,8 +27,8 @@ use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::adapter::ModuleRouting;
 use crate::model::{AdapterSet, ChoiceItem, GateVectors, LoraExpert, predict};
 use crate::route::{self, Chosen, Scoring};
-use crate::store::Key;
 use crate::store::spec::member_role;
+use crate::store::{Key, StepSpec};
 
 /// Every method over every task: a GPU job of hours at the paper's scale. Version 12:
 /// the results no longer record the eval's name (an artifact's bytes depend on its
@@ -68,6 +69,21 @@ struct Task {
     /// eval records.
     owner: Option<String>,
     examples: Vec<Example>,
+}
+
+/// A rank-classification task needs answer choices on every example it scores.
+fn check_choices(name: &str, task: &TaskParams, examples: &[Example], data: &str) -> Result<(), StepError> {
+    if task.metric == "rank-classification"
+        && let Some(e) = examples.iter().find(|e| e.choices.is_empty())
+    {
+        let shown: String = e.input.chars().take(80).collect();
+        return Err(fail(format!(
+            "task {name:?}: an example of {data} has no answer choices (input {shown:?}), \
+             and the task is scored by rank classification; give every example \
+             choices, or set the task's metric= to exact-match or rouge-l"
+        )));
+    }
+    Ok(())
 }
 
 fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
@@ -410,6 +426,24 @@ impl StepRunner for EvalStep {
     fn previews(&self, _interrupted: bool) -> bool {
         true
     }
+    /// A task's dataset, as soon as it is built: the examples this eval would score
+    /// must suit the task's metric (the run checks the same before scoring).
+    fn check_input(&self, spec: &StepSpec, role: &str, files: &std::path::Path) -> Result<(), StepError> {
+        let Some(name) = role.strip_prefix("task:") else {
+            return Ok(());
+        };
+        let params = EvalParams::deserialize(&spec.params).map_err(|e| fail(e.to_string()))?;
+        let Some(task) = params.task.get(name) else {
+            return Ok(());
+        };
+        if task.metric != "rank-classification" {
+            return Ok(());
+        }
+        let ex = read_jsonl(&files.join(EXAMPLES)).map_err(fail)?;
+        let data = spec.input(role).map_or(role, |i| i.id.as_str());
+        check_choices(name, task, &sample(ex, params.max_examples, params.seed), data)
+    }
+
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
         let (tok, eos) = load_tokenizer_and_eos(ctx.input("model")?)?;
         let run = EvalRun::read(ctx, &self.methods)?;
@@ -522,17 +556,7 @@ impl<'a> EvalRun<'a> {
             let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
             let examples = sample(ex, params.max_examples, params.seed);
             // Checked before anything is scored, not at the first batch that has one.
-            if p.metric == "rank-classification"
-                && let Some(e) = examples.iter().find(|e| e.choices.is_empty())
-            {
-                let shown: String = e.input.chars().take(80).collect();
-                return Err(fail(format!(
-                    "task {name:?}: an example of {} has no answer choices (input {shown:?}), \
-                     and the task is scored by rank classification; give every example \
-                     choices, or set the task's metric= to exact-match or rouge-l",
-                    data.id
-                )));
-            }
+            check_choices(name, p, &examples, &data.id)?;
             tasks.push(Task {
                 name: name.clone(),
                 metric: p.metric.clone(),
