@@ -51,9 +51,14 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
         }
         _ => (get(f.target)?, vec![]),
     };
-    // A CSV cell holds a list as JSON text (`["yes", "no"]`).
+    // A CSV cell holds a list as JSON text (`["yes", "no"]`), and an empty cell no
+    // list (the fixed choices, if any).
     let listed = match obj.get(f.choices) {
-        Some(serde_json::Value::String(s)) if s.trim_start().starts_with('[') => serde_json::from_str(s).ok(),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Some(serde_json::Value::Null),
+        Some(serde_json::Value::String(s)) if s.trim_start().starts_with('[') => Some(
+            serde_json::from_str(s)
+                .map_err(|e| format!("field \"{}\": {s:?} is not a JSON list ({e})", f.choices))?,
+        ),
         _ => None,
     };
     let choices = match listed.as_ref().or(obj.get(f.choices)) {
@@ -63,7 +68,13 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
             .iter()
             .map(|c| text_of(c).ok_or_else(|| format!("field \"{}\" must hold strings", f.choices)))
             .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(format!("field \"{}\" must be a list", f.choices)),
+        Some(other) => {
+            let shown: String = other.to_string().chars().take(60).collect();
+            return Err(format!(
+                "field \"{}\" must be a list of choices, e.g. [\"yes\", \"no\"] (found {shown})",
+                f.choices
+            ));
+        }
     };
     if !choices.is_empty() && !choices.contains(&target) {
         return Err(format!("the target {target:?} is not among the choices"));
@@ -141,6 +152,42 @@ mod tests {
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
         assert!(
             err.ends_with("d.jsonl:2: not UTF-8 text (byte 8 of the line); save the file as UTF-8"),
+            "{err}"
+        );
+    }
+
+    /// Choices as a CSV cell holds them: JSON text, or empty for none (then the fixed
+    /// choices); anything else says what a list looks like.
+    #[test]
+    fn choices_given_as_text_are_a_json_list_or_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("d.jsonl");
+        let fixed = ["yes".to_string(), "no".to_string()];
+        let f = Fields {
+            input: "q",
+            target: "a",
+            choices: "opts",
+            fixed_choices: &fixed,
+            ..Default::default()
+        };
+        std::fs::write(&p, "{\"q\": \"x\", \"a\": \"no\", \"opts\": \"\"}\n").unwrap();
+        assert_eq!(read_jsonl_mapped(&p, &f).unwrap()[0].choices, fixed);
+        std::fs::write(
+            &p,
+            "{\"q\": \"x\", \"a\": \"b\", \"opts\": \"[\\\"a\\\", \\\"b\\\"]\"}\n",
+        )
+        .unwrap();
+        assert_eq!(read_jsonl_mapped(&p, &f).unwrap()[0].choices, ["a", "b"]);
+        std::fs::write(&p, "{\"q\": \"x\", \"a\": \"b\", \"opts\": \"a|b\"}\n").unwrap();
+        let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
+        assert!(
+            err.contains("field \"opts\" must be a list of choices, e.g. [\"yes\", \"no\"] (found \"a|b\")"),
+            "{err}"
+        );
+        std::fs::write(&p, "{\"q\": \"x\", \"a\": \"b\", \"opts\": \"[a, b\"}\n").unwrap();
+        let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
+        assert!(
+            err.contains("field \"opts\": \"[a, b\" is not a JSON list"),
             "{err}"
         );
     }
