@@ -316,6 +316,44 @@ dataset "broken" path="broken.jsonl"
 expert "broken" model="t" dataset="broken"
 "#;
 
+#[test]
+fn an_eval_refuses_its_task_data_when_the_dataset_job_ends_and_is_never_submitted() {
+    if !slurm_available("an_eval_refuses_its_task_data_when_the_dataset_job_ends_and_is_never_submitted") {
+        return;
+    }
+    let p = Project::new(6, "dataset \"plain\" path=\"plain.jsonl\" split=\"test\"");
+    std::fs::write(
+        p.path().join("plain.jsonl"),
+        "{\"input\": \"a b\", \"target\": \"b a\"}\n".repeat(4),
+    )
+    .unwrap();
+    let manifest = p.path().join("micro.kdl");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "task \"arrange\" dataset=\"arrange\"",
+            "task \"arrange\" dataset=\"arrange\"\n    task \"plain\" dataset=\"plain\"",
+        ),
+    )
+    .unwrap();
+    let (code, out) = p.run(&["--keep-going"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("an example of dataset:plain has no answer choices")
+            && out.contains("(found when dataset:plain was built, before eval:e could start)"),
+        "{out}"
+    );
+    let subs = p.submissions();
+    assert!(subs.contains_key("dataset:plain"), "{subs:?}");
+    assert!(
+        !subs.contains_key("eval:e"),
+        "eval:e must never be submitted: {subs:?}"
+    );
+    // --keep-going: what does not need the eval is built.
+    assert!(p.published("gate:sort") && p.published("gate:shift"), "{out}");
+}
+
 fn failing_project() -> Project {
     let p = Project::new(12, BROKEN);
     std::fs::write(

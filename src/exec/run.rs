@@ -463,7 +463,6 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
                 for (c, msg) in refused_by_readers(cx, frontier, published) {
                     frontier.refuse(c);
                     let reader = plan.steps[c].id().to_string();
-                    let msg = format!("{msg} (found when {id} was built, before {reader} could start)");
                     reporter.finished(&reader, Outcome::Failed, 0.0, &msg);
                     report.failed.push((reader, msg));
                     stop |= !cx.opts.keep_going;
@@ -491,33 +490,41 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
     }
 }
 
-/// The steps of this run that read `i` and refuse what it published
-/// ([`StepRunner::check_input`](crate::exec::StepRunner::check_input)), with why.
+/// The steps of this run that read `i` and refuse what it published, with why.
 fn refused_by_readers(cx: &RunContext, frontier: &Frontier, i: usize) -> Vec<(usize, String)> {
-    let published = &cx.plan.steps[i].spec;
-    let files = cx.store.files_dir(&published.key);
-    let mut refused = vec![];
-    for c in cx.plan.consumers_of(i) {
-        if !frontier.in_run.contains(&c) || frontier.blocked.contains(&c) {
-            continue;
+    cx.plan
+        .consumers_of(i)
+        .into_iter()
+        .filter(|c| frontier.in_run.contains(c) && !frontier.blocked.contains(c))
+        .filter_map(|c| Some((c, refusal(cx.plan, cx.store, cx.registry, c, i)?)))
+        .collect()
+}
+
+/// Fail fast: why step `reader` refuses what its input `published` just published
+/// ([`StepRunner::check_input`](crate::exec::StepRunner::check_input)), said as the
+/// reader's failure; None when it takes it. Every executor asks its readers that
+/// have not started.
+pub(crate) fn refusal(
+    plan: &Plan,
+    store: &Store,
+    registry: &Registry,
+    reader: usize,
+    published: usize,
+) -> Option<String> {
+    let input = &plan.steps[published].spec;
+    let spec = &plan.steps[reader].spec;
+    let runner = registry.get(&spec.kind)?;
+    let files = store.files_dir(&input.key);
+    let why = spec.inputs.iter().filter(|i| i.id == input.id).find_map(|i| {
+        match runner.check_input(spec, &i.role, &files) {
+            Err(StepError::Failed(m)) => Some(m),
+            _ => None,
         }
-        let spec = &cx.plan.steps[c].spec;
-        let Some(runner) = cx.registry.get(&spec.kind) else {
-            continue;
-        };
-        let why = spec
-            .inputs
-            .iter()
-            .filter(|input| input.id == published.id)
-            .find_map(|input| match runner.check_input(spec, &input.role, &files) {
-                Err(StepError::Failed(m)) => Some(m),
-                _ => None,
-            });
-        if let Some(m) = why {
-            refused.push((c, m));
-        }
-    }
-    refused
+    })?;
+    Some(format!(
+        "{why} (found when {} was built, before {} could start)",
+        input.id, spec.id
+    ))
 }
 
 /// Every selected step's kind has a runner in this build.

@@ -124,6 +124,7 @@ struct GroupKey {
 struct Head<'a> {
     plan: &'a Plan,
     store: &'a Store,
+    registry: &'a crate::exec::Registry,
     opts: &'a RunOptions,
     sopts: &'a SlurmOptions,
     sched: &'a dyn Scheduler,
@@ -217,6 +218,7 @@ pub fn run_slurm(
     let mut head = Head {
         plan,
         store,
+        registry,
         opts,
         sopts,
         sched,
@@ -786,6 +788,7 @@ impl<'a> Head<'a> {
                 self.st.insert(t, St::Done);
                 self.report.share(self.reporter, self.id(t), self.id(i));
             }
+            self.check_readers(i);
             return;
         }
         let log = job.log.display();
@@ -831,6 +834,29 @@ impl<'a> Head<'a> {
                         _ => "",
                     };
                     self.fail(i, format!("job {} ended {}{hint}; see {log}", job.job, e.label()));
+                }
+            }
+        }
+    }
+
+    /// Fail fast: the readers of `i` (and of its twins) that have not started check
+    /// what it published; one that refuses fails now (a queued job of it is
+    /// cancelled), not when its job runs after everything before it.
+    fn check_readers(&mut self, i: usize) {
+        let mut published = vec![i];
+        published.extend(self.twins.built_by(i));
+        for p in published {
+            for c in self.plan.consumers_of(p) {
+                let queued = match self.st.get(&c) {
+                    Some(St::Waiting) => None,
+                    Some(St::InFlight(j)) if j.started.is_none() => Some(j.job.clone()),
+                    _ => continue,
+                };
+                if let Some(msg) = crate::exec::run::refusal(self.plan, self.store, self.registry, c, p) {
+                    if let Some(job) = queued {
+                        let _ = self.sched.cancel(&[job]);
+                    }
+                    self.fail(c, msg);
                 }
             }
         }
