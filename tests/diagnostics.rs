@@ -21,6 +21,16 @@ fn render(name: &str) -> (String, Vec<&'static str>) {
     (out, err.codes())
 }
 
+/// A rendered diagnostic as one line: the renderer wraps long messages and marks
+/// continued lines with `│`.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 macro_rules! golden {
     ($name:ident, $($code:literal),+) => {
         #[test]
@@ -459,12 +469,7 @@ fn a_batch_the_micro_batch_does_not_divide_is_a_warning_said_once() {
                 expert \"b\" model=\"t5\" dataset=\"d\" { gate batch=12 micro-batch=8; }\n";
     let (r, _d) = check_text(&[("m.kdl", text)]);
     // As one line: the renderer wraps long messages.
-    let out = r
-        .unwrap()
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let out = one_line(&r.unwrap());
     assert_eq!(out.matches("plan::uneven-batch").count(), 2, "{out}");
     assert_eq!(
         out.matches("train batch=10 is not a multiple of micro-batch=4: each step trains on 12 sequences (3 micro-batches of 4)").count(),
@@ -504,12 +509,7 @@ fn replicates_that_score_one_pool_are_a_warning() {
         eval("e2", "p2")
     );
     let (r, _d) = check_text(&[("m.kdl", &text)]);
-    let out = r
-        .unwrap()
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let out = one_line(&r.unwrap());
     assert!(
         out.contains("plan::same-replicates")
             && out.contains(
@@ -703,11 +703,7 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
     let mut out = Vec::new();
     let err =
         goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap_err();
-    let err = format!("{err:?}")
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let err = one_line(&format!("{err:?}"));
     assert!(
         err.contains("path \"base\": it holds none of model.safetensors, model.safetensors.index.json or pytorch_model.bin"),
         "{err}"
