@@ -402,6 +402,40 @@ fn keep_going_with_until_or_only_tries_a_failed_dataset_once() {
     }
 }
 
+/// A dataset that fails under two names (one key: twins) is tried once: the second
+/// name is not built in a later part of the run.
+#[test]
+fn keep_going_tries_a_failed_key_once_under_every_name_it_has() {
+    let fails = Behaviour {
+        fail: vec!["dataset:a".into()],
+        ..Behaviour::default()
+    };
+    let log = Log::default();
+    let text = cutoff().replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\"\ndataset \"a2\" path=\"data/a.jsonl\"\nexpert \"a2\" model=\"base\" dataset=\"a2\"",
+    );
+    let p = project(&text);
+    let (plan, _) = p.status(&registry(&log, &fails));
+    assert_eq!(
+        plan.get("dataset:a").unwrap().spec.key,
+        plan.get("dataset:a2").unwrap().spec.key
+    );
+    let opts = RunOptions {
+        keep_going: true,
+        ..RunOptions::default()
+    };
+    let (code, out) = p.run(&registry(&log, &fails), &opts);
+    assert_eq!(code, 1, "{out}");
+    let ran = log.take();
+    assert_eq!(
+        ran.iter().filter(|id| id.starts_with("dataset:a")).count(),
+        1,
+        "{ran:?}\n{out}"
+    );
+    assert!(ran.contains(&"expert:b".to_string()), "{ran:?}");
+}
+
 #[test]
 fn run_verify_rehashes_the_steps_keyed_only_after_the_datasets_were_built() {
     let (log, reg, p) = built(true);

@@ -596,16 +596,45 @@ eval "e" pool="p" {{
         ),
     )
     .unwrap();
-    let (code, out) = support::run_product(&manifest, &dir.path().join("store"));
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("eval:e: task \"t\": an example of dataset:plain has no answer choices")
-            && out.contains("(found when dataset:plain was built, before eval:e could start)"),
-        "{out}"
-    );
-    let unstarted = out
-        .lines()
-        .find(|l| l.starts_with("not started"))
-        .unwrap_or_else(|| panic!("{out}"));
-    assert!(unstarted.contains("expert:alpha"), "{out}");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // Alike when early cutoff builds the datasets in a part of their own first.
+    for (early_cutoff, store) in [(false, "store"), (true, "store-cutoff")] {
+        if early_cutoff {
+            std::fs::write(
+                &manifest,
+                text.replace(
+                    "pipeline \"fail-fast\"",
+                    "pipeline \"fail-fast\" early-cutoff=#true",
+                ),
+            )
+            .unwrap();
+        }
+        let store = dir.path().join(store);
+        let (code, out) = support::run_product(&manifest, &store);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("eval:e: task \"t\": an example of dataset:plain has no answer choices")
+                && out.contains("(found when dataset:plain was built, before eval:e could start)"),
+            "early cutoff {early_cutoff}: {out}"
+        );
+        // Planned against the store: under early cutoff the expert's key is known
+        // only from the built dataset's output.
+        let s = goosepipe::store::Store::open(&store).unwrap();
+        let lock =
+            goosepipe::store::lockfile::Lockfile::read(&goosepipe::store::lockfile::lock_path(&manifest))
+                .unwrap();
+        let plan = goosepipe::app::load_plan_in(
+            &manifest,
+            &goosepipe::steps::registry(),
+            &s.hash_cache(),
+            &s,
+            &lock,
+        )
+        .unwrap();
+        assert!(plan.get("expert:alpha").unwrap().waits_for.is_empty());
+        assert!(
+            s.meta(&plan.get("expert:alpha").unwrap().spec.key).is_none(),
+            "early cutoff {early_cutoff}: the expert must not train\n{out}"
+        );
+    }
 }

@@ -412,9 +412,27 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             until: None,
             ..opts.clone()
         };
-        let report = execute(&plan, &status, &datasets)?;
-        let failed = !report.failed.is_empty() || !report.cancelled.is_empty();
-        failed_first.extend(report.failed.iter().map(|(id, _)| id.clone()));
+        let mut report = execute(&plan, &status, &datasets)?;
+        let mut failed = !report.failed.is_empty() || !report.cancelled.is_empty();
+        // A failed key is held back under every id it has (a twin's too).
+        for (id, _) in &report.failed {
+            failed_first.extend(exec::run::same_key(&plan, id));
+        }
+        let built_now: Vec<String> = report.built.iter().chain(&report.reused).cloned().collect();
+        // Re-hashed again with --verify: steps keyed only now were not checked.
+        if !(failed && (!opts.keep_going || req.cancel.is_cancelled())) {
+            (plan, status, _) = plan_in_store_quietly(path, &store, req.registry, opts.verify)?;
+            // Fail fast across the parts: the steps this run wants that read a dataset
+            // just built check it now, not when their turn comes (the part that built
+            // it held none of them).
+            let wanted_now = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+            for (id, why) in exec::run::refusals(&plan, &store, req.registry, &wanted_now, &built_now) {
+                reporter.finished(&id, exec::Outcome::Failed, 0.0, &why);
+                failed_first.extend(exec::run::same_key(&plan, &id));
+                report.failed.push((id, why));
+                failed = true;
+            }
+        }
         earlier = Some(match earlier {
             Some(e) => e.then(report),
             None => report,
@@ -423,8 +441,6 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             stopped = true;
             break;
         }
-        // Re-hashed again with --verify: steps keyed only now were not checked.
-        (plan, status, _) = plan_in_store_quietly(path, &store, req.registry, opts.verify)?;
         // --keep-going: a dataset that failed is not built again by this run (its
         // failure is reported once; what waits for it is said to be held up).
         for id in &failed_first {
@@ -437,9 +453,9 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             }
         }
     }
-    // --keep-going with --only or --until: those selections would pick a dataset that
-    // failed above again, so the rest of the run names what it may still build.
-    let rest = if failed_first.is_empty() || (opts.only.is_empty() && opts.until.is_none()) {
+    // --keep-going: the rest of the run names what it may still build, so that nothing
+    // that failed (or refused its data) above runs again, nor anything after it.
+    let rest = if failed_first.is_empty() {
         Some(opts.clone())
     } else {
         let chosen = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;

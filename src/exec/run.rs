@@ -490,6 +490,44 @@ fn record(done: Done, frontier: &mut Frontier, report: &mut RunReport, cx: &RunC
     }
 }
 
+/// The ids of the plan's steps with the key of step `id` (itself and its twins).
+pub fn same_key(plan: &Plan, id: &str) -> Vec<String> {
+    let Some(step) = plan.get(id) else {
+        return vec![id.to_string()];
+    };
+    plan.steps
+        .iter()
+        .filter(|s| s.spec.key == step.spec.key)
+        .map(|s| s.id().to_string())
+        .collect()
+}
+
+/// Fail fast between runs of an executor (early cutoff's parts): of `chosen`, the
+/// steps that read one of `built` (ids just published) and refuse it, with why.
+pub fn refusals(
+    plan: &Plan,
+    store: &Store,
+    registry: &Registry,
+    chosen: &[usize],
+    built: &[String],
+) -> Vec<(String, String)> {
+    let built: Vec<usize> = built
+        .iter()
+        .filter_map(|id| plan.index.get(id).copied())
+        .collect();
+    chosen
+        .iter()
+        .filter_map(|&r| {
+            let inputs = plan.inputs_of(r);
+            let why = built
+                .iter()
+                .filter(|b| inputs.contains(b))
+                .find_map(|&b| refusal(plan, store, registry, r, b))?;
+            Some((plan.steps[r].id().to_string(), why))
+        })
+        .collect()
+}
+
 /// The steps of this run that read `i` and refuse what it published, with why.
 fn refused_by_readers(cx: &RunContext, frontier: &Frontier, i: usize) -> Vec<(usize, String)> {
     cx.plan
@@ -504,7 +542,7 @@ fn refused_by_readers(cx: &RunContext, frontier: &Frontier, i: usize) -> Vec<(us
 /// ([`StepRunner::check_input`](crate::exec::StepRunner::check_input)), said as the
 /// reader's failure; None when it takes it. Every executor asks its readers that
 /// have not started.
-pub(crate) fn refusal(
+pub fn refusal(
     plan: &Plan,
     store: &Store,
     registry: &Registry,
