@@ -419,7 +419,7 @@ fn main() -> ExitCode {
             manifest,
             json,
             path,
-        } => app::lookup(&what, manifest.as_deref(), &store, &registry)
+        } => app::lookup(&what, manifest.as_deref(), &store, &registry, false)
             .and_then(|what| app::show(&what, &store, json, path, &mut out)),
         Command::Export {
             what,
@@ -428,7 +428,7 @@ fn main() -> ExitCode {
             force,
             model,
             manifest,
-        } => app::lookup(&what, manifest.as_deref(), &store, &registry)
+        } => app::lookup(&what, manifest.as_deref(), &store, &registry, true)
             .and_then(|what| app::export(&what, model.as_deref(), &dir, &store, force, &mut out)),
         Command::Report { file, format, plots } => {
             let f = match format {

@@ -401,8 +401,13 @@ fn after_a_reverted_edit_show_says_so_and_manifest_takes_the_current_artifact() 
         "{by_id}"
     );
     let manifest = p.manifest();
-    let current = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg).unwrap();
+    let current = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg, false).unwrap();
     assert_eq!(current, first.hex());
+    // For export, the expert goes with the gate the manifest has now (whose recipe
+    // names this expert), never with a gate of the edit.
+    let gate = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg, true).unwrap();
+    let gate_now = p.plan(&reg).get("gate:a").unwrap().spec.key;
+    assert_eq!(gate, gate_now.hex());
     // By key there is nothing to say.
     assert!(!shown(&current).contains("note "), "{}", shown(&current));
 
@@ -411,7 +416,7 @@ fn after_a_reverted_edit_show_says_so_and_manifest_takes_the_current_artifact() 
         "expert \"a\" model=\"base\" dataset=\"a\"",
         "expert \"a\" model=\"base\" dataset=\"a\" { lora rank=4; }",
     ));
-    let err = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg).unwrap_err();
+    let err = goosepipe::app::lookup("expert:a", Some(&manifest), &p.store(), &reg, false).unwrap_err();
     let err = format!("{err:?}");
     assert!(
         err.contains("expert:a is not built as")
@@ -420,7 +425,7 @@ fn after_a_reverted_edit_show_says_so_and_manifest_takes_the_current_artifact() 
     );
     // Without a manifest, `what` is looked up as given.
     assert_eq!(
-        goosepipe::app::lookup("expert:a", None, &p.store(), &reg).unwrap(),
+        goosepipe::app::lookup("expert:a", None, &p.store(), &reg, false).unwrap(),
         "expert:a"
     );
 }

@@ -266,6 +266,20 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
     );
     req.gates = vec![out.path().join("expert_a/phatgoose_gates.safetensors")];
     assert!(score(&req).is_ok());
+    // Written again without a gate, a folder keeps no gate of the earlier export.
+    {
+        let (dev, f32) = (candle_core::Device::Cpu, candle_core::DType::F32);
+        let x = LoraExpert::load(&dir.join("expert_a.safetensors"), &cfg, &dev, f32).unwrap();
+        let again = out.path().join("expert_a-again");
+        std::fs::create_dir(&again).unwrap();
+        for f in ["phatgoose_gates.safetensors", "phatgoose.json"] {
+            std::fs::copy(out.path().join("expert_a").join(f), again.join(f)).unwrap();
+        }
+        peft::export(&x, None, &cfg, None, &again).unwrap();
+        for f in ["phatgoose_gates.safetensors", "phatgoose.json"] {
+            assert!(!again.join(f).exists(), "{f} of an earlier export is left");
+        }
+    }
 
     // A gate trained in another base (same shapes) is refused as such an expert is.
     let (dev, f32) = (candle_core::Device::Cpu, candle_core::DType::F32);

@@ -1206,18 +1206,29 @@ pub fn verify(
 /// What `show` and `export` look up: `what` itself, or with `--manifest FILE` the key
 /// that manifest gives step `what` now (an id or a name), which must be built: the
 /// store keeps a step's earlier artifacts, and the last run's may be one of those.
+///
+/// `export` (`with_gate`) takes an expert with its gate: the gate the manifest has
+/// now is looked up instead (its recipe names the expert), so that an earlier gate of
+/// the same expert never goes along.
 pub fn lookup(
     what: &str,
     manifest: Option<&Path>,
     store_root: &Path,
     registry: &Registry,
+    with_gate: bool,
 ) -> Result<String, Report> {
     let Some(path) = manifest else {
         return Ok(what.to_string());
     };
     let store = existing_store(store_root)?;
     let (plan, _, _) = plan_in_store_quietly(path, &store, registry, false)?;
-    let step = &plan.steps[plan.resolve(what).map_err(|e| miette!("{e}"))?];
+    let mut step = &plan.steps[plan.resolve(what).map_err(|e| miette!("{e}"))?];
+    if with_gate
+        && step.spec.kind == "expert"
+        && let Some(gate) = plan.get(&crate::store::spec::step_id("gate", &step.spec.name))
+    {
+        step = gate;
+    }
     let id = step.id();
     let file = path.display();
     if !step.waits_for.is_empty() {

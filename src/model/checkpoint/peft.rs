@@ -520,6 +520,18 @@ pub fn export(
     }
     save_with_metadata(&weights, &tensors, meta)?;
     written.push(weights);
+    // An adapter without gates leaves no gate of an earlier export beside it (a
+    // folder written again, `export --force`): it would route this LoRA.
+    if gates.is_none() {
+        for stale in [GATES_FILE, ROUTER_FILE] {
+            match std::fs::remove_file(dir.join(stale)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ModelError::io(&dir.join(stale), e));
+                }
+                _ => {}
+            }
+        }
+    }
     if let Some(g) = gates {
         if let Some(m) = g.gates.keys().find(|m| !expert.modules.contains_key(*m)) {
             return Err(ModelError::Input(format!(
