@@ -526,7 +526,7 @@ pub fn export(
         for stale in [GATES_FILE, ROUTER_FILE] {
             match std::fs::remove_file(dir.join(stale)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(ModelError::io(&dir.join(stale), e));
+                    return Err(ModelError::io(dir.join(stale), e));
                 }
                 _ => {}
             }
