@@ -195,6 +195,25 @@ fn bad_flags_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // A misspelt kind compares whole ids; a bare name several steps share is
+    // suggested as their ids.
+    let out = goosepipe(&["explain", GOLDEN, "exprt:a"], t.path());
+    assert!(
+        text(&out.stderr).contains("did you mean expert:a?"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = goosepipe(&["explain", GOLDEN, "aa"], t.path());
+    // As one line: the renderer wraps long messages.
+    let said = text(&out.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        said.contains("did you mean one of dataset:a, tokenize:a, expert:a, gate:a"),
+        "{said}"
+    );
     // Checked when the command line is read, before any step runs (nothing is built).
     for (args, says) in [
         (

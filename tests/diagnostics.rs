@@ -488,6 +488,20 @@ fn a_batch_the_micro_batch_does_not_divide_is_a_warning_said_once() {
             .replace("micro-batch=8", "micro-batch=6"),
     )]);
     assert!(!r.unwrap().contains("uneven-batch"));
+    // A batch the schema's micro-batch (8) does not divide: said once too, though no
+    // field holds the micro-batch to point at.
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        &text
+            .replace("train batch=10 micro-batch=4", "train batch=100")
+            .replace(" { gate batch=12 micro-batch=8; }", ""),
+    )]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::uneven-batch").count(), 1, "{out}");
+    assert!(
+        out.contains("train batch=100 is not a multiple of micro-batch=8"),
+        "{out}"
+    );
 }
 
 /// Replicates whose evals score one pool (seeds left alike) measure no training
@@ -534,6 +548,9 @@ fn including_a_file_that_is_not_kdl_is_one_error() {
     let err = r.unwrap_err();
     assert!(err.contains("include \"data.csv\" is not a .kdl file"), "{err}");
     assert!(!err.contains("syntax"), "{err}");
+    // The extension as written, in any case.
+    let (r, _d) = check_text(&[("m.kdl", "include \"common.KDL\"\n"), ("common.KDL", "")]);
+    r.unwrap();
 }
 
 /// Validating on the training file itself is no validation: a warning at the setting.

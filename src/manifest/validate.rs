@@ -324,7 +324,12 @@ impl Validator {
         }
         // A data file included by mistake would be parsed as KDL and give thousands
         // of syntax errors that all say the same thing.
-        if real.extension().and_then(|e| e.to_str()) != Some("kdl") {
+        // As written (a symlink may point at a file named otherwise), in any case.
+        if !target
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("kdl"))
+        {
             self.err(
                 "manifest::include-not-kdl",
                 ploc,

@@ -233,21 +233,22 @@ fn same_pool_replicates(plan: &Plan) -> Vec<ManifestError> {
         // By the keys of the experts and gates an eval reads (a pool's key also holds
         // its members' names, which are no training).
         let mut by_pool: BTreeMap<Vec<crate::store::Key>, Vec<&str>> = BTreeMap::new();
-        for input in study.spec.inputs.iter().filter(|i| i.role.starts_with("eval:")) {
+        use crate::store::spec::member_of;
+        for input in &study.spec.inputs {
+            let Some(name) = member_of(&input.role, "eval") else {
+                continue;
+            };
             let Some(ev) = plan.get(&input.id) else { continue };
             let mut trained: Vec<crate::store::Key> = ev
                 .spec
                 .inputs
                 .iter()
-                .filter(|i| i.role.starts_with("expert:") || i.role.starts_with("gate:"))
+                .filter(|i| member_of(&i.role, "expert").is_some() || member_of(&i.role, "gate").is_some())
                 .map(|i| i.key)
                 .collect();
             trained.sort();
             if !trained.is_empty() {
-                by_pool
-                    .entry(trained)
-                    .or_default()
-                    .push(&input.id["eval:".len()..]);
+                by_pool.entry(trained).or_default().push(name);
             }
         }
         let alike: Vec<&Vec<&str>> = by_pool.values().filter(|evals| evals.len() > 1).collect();
@@ -741,10 +742,11 @@ impl Lowerer<'_> {
             let loc = field_loc(&e.block, &r.at).unwrap_or(e.name_loc);
             let d = ManifestError::new(&self.manifest.sources, r.code, loc, r.message, r.label).help(r.help);
             if r.warning {
-                // A setting in `defaults` reaches every expert: said once, where it is.
+                // A setting in `defaults` reaches every expert: said once, where it is
+                // (by code and message: a schema default has no field to point at, and
+                // each step would be placed at its own node).
                 let d = d.as_warning();
-                let said =
-                    |w: &ManifestError| w.code == d.code && w.message == d.message && w.labels == d.labels;
+                let said = |w: &ManifestError| w.code == d.code && w.message == d.message;
                 if !self.warnings.iter().any(said) {
                     self.warnings.push(d);
                 }

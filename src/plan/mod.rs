@@ -184,9 +184,28 @@ impl Plan {
                         .map(|s| s.spec.name.as_str());
                     crate::manifest::diag::did_you_mean(name, names)
                 };
+                let known_kind = |k: &str| self.steps.iter().any(|s| s.spec.kind == k);
                 let hint = match what.split_once(':') {
-                    Some((kind, name)) => near(name, Some(kind)).map(|n| format!("{kind}:{n}")),
-                    None => near(what, None).map(str::to_string),
+                    Some((kind, name)) if known_kind(kind) => {
+                        near(name, Some(kind)).map(|n| format!("{kind}:{n}"))
+                    }
+                    // A misspelt kind (`exprt:a`): the whole ids are compared.
+                    Some(_) => crate::manifest::diag::did_you_mean(what, self.steps.iter().map(|s| s.id()))
+                        .map(str::to_string),
+                    // A bare name several steps share is suggested as the first of
+                    // their ids (the name alone would be refused as ambiguous).
+                    None => near(what, None).map(|n| {
+                        let ids: Vec<&str> = self
+                            .steps
+                            .iter()
+                            .filter(|s| s.spec.name == n)
+                            .map(|s| s.id())
+                            .collect();
+                        match ids.as_slice() {
+                            [_] => n.to_string(),
+                            many => format!("one of {}", many.join(", ")),
+                        }
+                    }),
                 }
                 .map(|d| format!("; did you mean {d}?"))
                 .unwrap_or_default();

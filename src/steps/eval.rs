@@ -429,7 +429,7 @@ impl StepRunner for EvalStep {
     /// A task's dataset, as soon as it is built: the examples this eval would score
     /// must suit the task's metric (the run checks the same before scoring).
     fn check_input(&self, spec: &StepSpec, role: &str, files: &std::path::Path) -> Result<(), StepError> {
-        let Some(name) = role.strip_prefix("task:") else {
+        let Some(name) = crate::store::spec::member_of(role, "task") else {
             return Ok(());
         };
         let params = EvalParams::deserialize(&spec.params).map_err(|e| fail(e.to_string()))?;
