@@ -231,6 +231,14 @@ pub fn read_csv_rows(path: &Path, delimiter: u8) -> Result<Vec<Row>, DataError> 
             .to_string()
         })
         .collect();
+    // Two columns of one name: which one a field mapping reads would be a guess.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = headers.iter().find(|h| !seen.insert(h.as_str())) {
+        return Err(DataError::Other(format!(
+            "{}:1: the header names column {twice:?} twice; rename one of them",
+            path.display()
+        )));
+    }
     let mut out = vec![];
     for record in reader.records() {
         let record = record.map_err(at)?;
@@ -306,6 +314,12 @@ mod tests {
         assert_eq!(read_rows(&tsv).unwrap()[0]["q"], "hello, world");
         // A record with another number of fields, and bytes that are not UTF-8, name
         // their line.
+        std::fs::write(&csv, "q,a,q\nx,y,z\n").unwrap();
+        let err = read_rows(&csv).unwrap_err().to_string();
+        assert!(
+            err.contains("d.csv:1: the header names column \"q\" twice"),
+            "{err}"
+        );
         std::fs::write(&csv, "q,a\nx,y\nonly-one\n").unwrap();
         let err = read_rows(&csv).unwrap_err().to_string();
         assert!(err.contains("d.csv:3:"), "{err}");
