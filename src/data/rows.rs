@@ -59,12 +59,73 @@ pub fn visit_jsonl_rows(path: &Path, mut f: impl FnMut(Row) -> Result<(), String
             let what = what.split(" at line ").next().unwrap_or(&what).to_string();
             bad(format!("not JSON: {what} (column {})", e.column()))
         };
-        match serde_json::from_str(line).map_err(not_json)? {
-            serde_json::Value::Object(m) => f(m).map_err(bad)?,
-            _ => return Err(bad("not a JSON object".into())),
+        match serde_json::from_str::<Line>(line).map_err(not_json)? {
+            Line::Object(m) => f(m).map_err(bad)?,
+            Line::Twice(key) => {
+                return Err(bad(format!(
+                    "the key {key:?} appears twice in the object; which one a field mapping reads would be a guess"
+                )));
+            }
+            Line::Other => return Err(bad("not a JSON object".into())),
         }
     }
     Ok(())
+}
+
+/// A JSON Lines line: an object whose keys are all different, an object with a key
+/// twice (serde_json would keep the last silently), or another JSON value.
+enum Line {
+    Object(Row),
+    Twice(String),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Line, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Line;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Line, A::Error> {
+                let mut row = Row::new();
+                let mut twice = None;
+                while let Some(k) = a.next_key::<String>()? {
+                    let v: serde_json::Value = a.next_value()?;
+                    if row.contains_key(&k) {
+                        twice.get_or_insert(k);
+                    } else {
+                        row.insert(k, v);
+                    }
+                }
+                Ok(twice.map_or(Line::Object(row), Line::Twice))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Line, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Line::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Line, E> {
+                Ok(Line::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Line, E> {
+                Ok(Line::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Line, E> {
+                Ok(Line::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Line, E> {
+                Ok(Line::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Line, E> {
+                Ok(Line::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Line, E> {
+                Ok(Line::Other)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// A parquet reading error, naming the file; a codec this build leaves out (brotli)
@@ -290,6 +351,31 @@ mod tests {
             e.ends_with("a.jsonl:2: not JSON: expected `,` or `}` (column 9)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_jsonl_object_with_a_key_twice_or_a_line_that_is_no_object_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("d.jsonl");
+        std::fs::write(&p, "{\"input\": \"a\", \"nested\": {\"x\": [1, {\"y\": 2}]}}\n{\"input\": \"first\", \"target\": \"t\", \"input\": \"second\"}\n").unwrap();
+        let err = read_jsonl_rows(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("d.jsonl:2: the key \"input\" appears twice"),
+            "{err}"
+        );
+        for other in ["[1, 2]", "5", "\"text\"", "null", "true"] {
+            std::fs::write(&p, format!("{other}\n")).unwrap();
+            let err = read_jsonl_rows(&p).unwrap_err().to_string();
+            assert!(err.contains("d.jsonl:1: not a JSON object"), "{other}: {err}");
+        }
+        std::fs::write(
+            &p,
+            "{\"input\": \"a\", \"n\": 1.5, \"nested\": {\"x\": [1, {\"y\": 2}]}}\n",
+        )
+        .unwrap();
+        let rows = read_jsonl_rows(&p).unwrap();
+        assert_eq!(rows[0]["nested"]["x"][1]["y"], 2);
+        assert_eq!(rows[0].keys().collect::<Vec<_>>(), ["input", "n", "nested"]);
     }
 
     #[test]
