@@ -1202,7 +1202,6 @@ pub fn verify(
     Ok(if corrupt > 0 { EXIT_ERROR } else { EXIT_OK })
 }
 
-/// `goosepipe show`.
 /// What `show` and `export` look up: `what` itself, or with `--manifest FILE` the key
 /// that manifest gives step `what` now (an id or a name), which must be built: the
 /// store keeps a step's earlier artifacts, and the last run's may be one of those.
@@ -1231,9 +1230,10 @@ pub fn lookup(
     }
     let id = step.id();
     let file = path.display();
+    let builds_it = format!("`{}` builds it", run_command(path, &store.root));
     if !step.waits_for.is_empty() {
         return Err(miette!(
-            help = format!("`goosepipe run {file}` builds it"),
+            help = builds_it,
             "{id}: its key waits for the output of {} (early cutoff), not built as {file} has it now",
             crate::plan::listing::first_few(&step.waits_for, 3)
         ));
@@ -1249,7 +1249,7 @@ pub fn lookup(
             _ => String::new(),
         };
         return Err(miette!(
-            help = format!("`goosepipe run {file}` builds it"),
+            help = builds_it,
             "{id} is not built as {file} has it now (key {}){last}",
             key.short()
         ));
@@ -1272,6 +1272,7 @@ fn last_run_note(store: &Store, what: &str, meta: &crate::store::artifact::Artif
     })
 }
 
+/// `goosepipe show`.
 pub fn show(
     what: &str,
     store_root: &Path,

@@ -439,11 +439,12 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
             .iter()
             .map(|p| {
                 let mut g = GateVectors::load(p, &cfg, &device, DType::F32)?;
-                if let Some(name) = crate::store::step_name_of_file(p) {
-                    g.name = name;
+                let store_name = crate::store::step_name_of_file(p);
+                if let Some(name) = &store_name {
+                    g.name = name.clone();
                     from_store = true;
                 }
-                gates_recorded.push(crate::store::step_name_of_file(p).or_else(|| peft::recorded_name(p)));
+                gates_recorded.push(store_name.or_else(|| peft::recorded_name(p)));
                 Ok(g)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -228,12 +228,12 @@ pub fn build_with(
 /// left alike, or one eval is listed twice) add no training variation, and their
 /// interval would look like one that has it: said at the study's `evals`.
 fn same_pool_replicates(plan: &Plan) -> Vec<ManifestError> {
+    use crate::store::spec::member_of;
     let mut out = vec![];
     for study in plan.steps.iter().filter(|s| s.spec.kind == "study") {
         // By the keys of the experts and gates an eval reads (a pool's key also holds
         // its members' names, which are no training).
         let mut by_pool: BTreeMap<Vec<crate::store::Key>, Vec<&str>> = BTreeMap::new();
-        use crate::store::spec::member_of;
         for input in &study.spec.inputs {
             let Some(name) = member_of(&input.role, "eval") else {
                 continue;

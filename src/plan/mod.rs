@@ -184,16 +184,20 @@ impl Plan {
                         .map(|s| s.spec.name.as_str());
                     crate::manifest::diag::did_you_mean(name, names)
                 };
-                let known_kind = |k: &str| self.steps.iter().any(|s| s.spec.kind == k);
-                let hint = match what.split_once(':') {
-                    Some((kind, name)) if known_kind(kind) => {
-                        near(name, Some(kind)).map(|n| format!("{kind}:{n}"))
-                    }
+                use crate::store::spec::{member_of, step_id};
+                let of_kind = self
+                    .steps
+                    .iter()
+                    .find_map(|s| Some((s.spec.kind.as_str(), member_of(what, &s.spec.kind)?)));
+                let hint = match of_kind {
+                    Some((kind, name)) => near(name, Some(kind)).map(|n| step_id(kind, n)),
                     // A misspelt kind (`exprt:a`): the whole ids are compared.
-                    Some(_) => crate::manifest::diag::did_you_mean(what, self.steps.iter().map(|s| s.id()))
-                        .map(str::to_string),
-                    // A bare name several steps share is suggested as the first of
-                    // their ids (the name alone would be refused as ambiguous).
+                    None if what.contains(':') => {
+                        crate::manifest::diag::did_you_mean(what, self.steps.iter().map(|s| s.id()))
+                            .map(str::to_string)
+                    }
+                    // A bare name several steps share is suggested as their ids (the
+                    // name alone would be refused as ambiguous).
                     None => near(what, None).map(|n| {
                         let ids: Vec<&str> = self
                             .steps

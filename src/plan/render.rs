@@ -118,7 +118,6 @@ fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
     if drift.is_empty() {
         return None;
     }
-    let ids = super::listing::first_few(drift, 5);
     let lock = crate::store::lockfile::lock_path(&plan.manifest.path);
     let file = lock
         .file_name()
@@ -129,6 +128,7 @@ fn lock_drift_note(plan: &Plan, status: &Status) -> Option<String> {
             "lockfile: {file} does not exist yet: `goosepipe run` writes it beside the manifest (commit it), `run --locked` refuses until then"
         ));
     }
+    let ids = super::listing::first_few(drift, 5);
     Some(format!(
         "lockfile: {file} does not match this manifest for {} step(s) ({ids}: cached under other keys or digests, unpinned, or no longer in the manifest): it was written for another version of the manifest, or not yet; `goosepipe run` rewrites it, `run --locked` refuses until then",
         drift.len()

@@ -275,10 +275,11 @@ fn review_batches(_name: &str, params: &serde_json::Value) -> Vec<Review> {
         .into_iter()
         .filter_map(|group| {
             let g = params.get(group)?;
-            let batch = g.get("batch")?.as_u64()?;
-            let micro = g.get("micro-batch")?.as_u64()?;
-            (micro > 0 && micro < batch && batch % micro != 0).then(|| {
-                let passes = batch.div_ceil(micro);
+            let batch = g.get("batch")?.as_u64()? as usize;
+            let micro = g.get("micro-batch")?.as_u64()? as usize;
+            (micro > 0 && micro < batch && !batch.is_multiple_of(micro)).then(|| {
+                // As the trainer counts them.
+                let passes = crate::train::trainer::micro_batches(batch, micro);
                 Review {
                     at: format!("{group}.micro-batch"),
                     code: "plan::uneven-batch",
@@ -289,7 +290,7 @@ fn review_batches(_name: &str, params: &serde_json::Value) -> Vec<Review> {
                     label: "does not divide the batch".into(),
                     help: format!(
                         "give a micro-batch that divides {batch} (the largest below {micro}: {}), or a batch that is a multiple of {micro}",
-                        (1..micro).rev().find(|m| batch % m == 0).unwrap_or(1)
+                        (1..micro).rev().find(|m| batch.is_multiple_of(*m)).unwrap_or(1)
                     ),
                     warning: true,
                 }

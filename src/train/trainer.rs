@@ -118,12 +118,19 @@ impl TrainConfig {
 
     /// Micro-batches per optimizer step (the effective batch, rounded up).
     pub fn accumulation(&self) -> usize {
-        self.batch.div_ceil(self.micro_batch.min(self.batch)).max(1)
+        micro_batches(self.batch, self.micro_batch)
     }
 
     fn micro(&self) -> usize {
         self.micro_batch.min(self.batch)
     }
+}
+
+/// Micro-batches per optimizer step of `batch` sequences in micro-batches of `micro`
+/// (at most `batch`; both positive, as [`TrainConfig::checked`] requires): whole
+/// micro-batches, so a `batch` that `micro` does not divide trains on more sequences.
+pub fn micro_batches(batch: usize, micro: usize) -> usize {
+    batch.div_ceil(micro.min(batch)).max(1)
 }
 
 /// What the loop trains: a loss over a micro-batch of pairs.
