@@ -44,6 +44,8 @@ pub const RESULTS_MD: &str = "results.md";
 pub const RESULTS_CSV: &str = "results.csv";
 /// method -> task -> every example's score, in the task's example order.
 pub const PER_EXAMPLE_JSON: &str = "per-example.json";
+/// task -> its examples as scored and each method's answer to each.
+pub const PREDICTIONS_JSON: &str = "predictions.json";
 /// The eval artifact's routing record: method -> task -> module -> choices.
 pub const ROUTING_JSON: &str = "routing.json";
 /// The eval artifact's (method, task) results, one file per part key: what later

@@ -140,8 +140,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
         /// Also draw routing heatmaps and score charts (SVG and PNG) into DIR/EVAL/.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "examples")]
         plots: Option<PathBuf>,
+        /// Instead of the tables: TASK's examples with each method's answer (the
+        /// choice picked, or the text generated), from every eval that scores it.
+        #[arg(long, value_name = "TASK")]
+        examples: Option<String>,
+        /// With --examples: only the eval of this name.
+        #[arg(long, value_name = "NAME", requires = "examples")]
+        eval: Option<String>,
+        /// With --examples: only the examples METHOD did not get right.
+        #[arg(long, value_name = "METHOD", requires = "examples")]
+        wrong: Option<String>,
+        /// With --examples: show at most N examples.
+        #[arg(long, value_name = "N", default_value_t = 5, requires = "examples")]
+        limit: usize,
     },
     /// Per-token log-probabilities of TARGET given INPUT under a model (and experts).
     Score(ScoreArgs),
@@ -430,13 +443,39 @@ fn main() -> ExitCode {
             manifest,
         } => app::lookup(&what, manifest.as_deref(), &store, &registry, true)
             .and_then(|what| app::export(&what, model.as_deref(), &dir, &store, force, &mut out)),
-        Command::Report { file, format, plots } => {
+        Command::Report {
+            file,
+            format,
+            plots,
+            examples,
+            eval,
+            wrong,
+            limit,
+        } => {
             let f = match format {
                 ReportFormat::Md => "md",
                 ReportFormat::Csv => "csv",
                 ReportFormat::Json => "json",
             };
-            app::report(&file, &store, &registry, f, plots.as_deref(), &mut out)
+            match examples {
+                Some(task) if f == "csv" => Err(miette::miette!(
+                    help = "use --format md or json",
+                    "report --examples {task} has no CSV form"
+                )),
+                Some(task) => {
+                    let req = app::examples::ExamplesRequest {
+                        task: &task,
+                        eval: eval.as_deref(),
+                        select: goosepipe::eval::predictions::Selection {
+                            limit,
+                            wrong: wrong.as_deref(),
+                        },
+                        format: f,
+                    };
+                    app::examples::examples(&file, &store, &registry, &req, &mut out)
+                }
+                None => app::report(&file, &store, &registry, f, plots.as_deref(), &mut out),
+            }
         }
         Command::Score(args) => score_command(args, &mut out),
         Command::Schema => {

@@ -539,6 +539,27 @@ fn replicates_that_score_one_pool_are_a_warning() {
     assert!(!r.unwrap().contains("same-replicates"));
 }
 
+/// An expert in no pool trains for nothing an eval shows: a warning at its name; in a
+/// pool (or once its pool lists it), none.
+#[test]
+fn an_expert_in_no_pool_is_a_warning() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                expert \"b\" model=\"t5\" dataset=\"d\"\n\
+                pool \"p\" { experts \"a\"; }\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::unread-expert").count(), 1, "{out}");
+    assert!(
+        out.contains("expert \"b\" is in no pool: it trains, and no eval reads it")
+            && out.contains("m.kdl:4:8"),
+        "{out}"
+    );
+    let (r, _d) = check_text(&[("m.kdl", &text.replace("experts \"a\"", "experts \"a\" \"b\""))]);
+    assert!(!r.unwrap().contains("unread-expert"));
+}
+
 /// A data file included by mistake is one error at the include, not thousands of
 /// syntax errors from parsing CSV as KDL.
 #[test]

@@ -638,3 +638,128 @@ eval "e" pool="p" {{
         );
     }
 }
+
+/// `report --examples TASK` shows what each method answered, example by example:
+/// the choice it picked (rank classification) or the text it generated, marked as
+/// the eval scored it, so that the count of "right" answers is the table's score.
+#[test]
+fn report_examples_shows_each_methods_answers_as_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.kdl");
+    let generation = ONE_EXPERT.replace(
+        "task \"b\" dataset=\"broken\"",
+        "task \"b\" dataset=\"broken\" metric=\"exact-match\"",
+    );
+    assert_ne!(generation, ONE_EXPERT);
+    std::fs::write(&m, generation).unwrap();
+    std::fs::write(
+        dir.path().join("broken.jsonl"),
+        "{\"q\": \"x y\", \"a\": \"y\"}\n{\"q\": \"z\", \"a\": \"z z\"}\n",
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(args)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let m = m.to_str().unwrap();
+    let (code, _, err) = cli(&["run", m, "-q"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, all, err) = cli(&["report", m, "--examples", "sort", "--limit", "100"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        all.starts_with("## eval:good, task \"sort\": rank-classification, 8 examples, 8 shown"),
+        "{all}"
+    );
+    // Each answer is one of its example's choices, and the right ones add up to the
+    // table's score.
+    let (_, json, _) = cli(&["report", m, "--format", "json"]);
+    let tables: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let good = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["step"] == "eval:good")
+        .unwrap();
+    for method in ["base", "expert:sort"] {
+        let lines: Vec<&str> = all
+            .lines()
+            .filter(|l| l.starts_with(&format!("  {method} ")))
+            .collect();
+        assert_eq!(lines.len(), 8, "{all}");
+        let right = lines.iter().filter(|l| l.contains(" right ")).count();
+        let score = good["scores"]["sort"][method].as_f64().unwrap();
+        assert!(
+            (right as f64 / 8.0 - score).abs() < 1e-9,
+            "{method}: {right} right of 8, table {score}: {all}"
+        );
+    }
+    let (_, json, _) = cli(&[
+        "report",
+        m,
+        "--examples",
+        "sort",
+        "--format",
+        "json",
+        "--limit",
+        "100",
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = shown[0]["examples"].as_array().unwrap();
+    assert_eq!((shown[0]["step"].as_str(), rows.len()), (Some("eval:good"), 8));
+    for r in rows {
+        let picked = &r["methods"]["base"]["prediction"];
+        assert!(r["choices"].as_array().unwrap().contains(picked), "{r}");
+    }
+    // --wrong keeps exactly the examples a method missed.
+    let missed = rows
+        .iter()
+        .filter(|r| r["methods"]["base"]["score"] != 1.0)
+        .count();
+    let (_, wrong, _) = cli(&[
+        "report",
+        m,
+        "--examples",
+        "sort",
+        "--wrong",
+        "base",
+        "--limit",
+        "100",
+    ]);
+    assert!(
+        wrong.contains(&format!("{missed} of 8 examples base got wrong")),
+        "{wrong}"
+    );
+    assert_eq!(wrong.matches("\nexample ").count(), missed, "{wrong}");
+    // A generation task: the generated text, and no choices.
+    let (code, gen_, err) = cli(&["report", m, "--examples", "b"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(gen_.contains("exact-match, 2 examples, 2 shown"), "{gen_}");
+    assert!(
+        gen_.contains("  input:   \"x y\"") && gen_.contains("  answer:  \"y\""),
+        "{gen_}"
+    );
+    assert!(!gen_.contains("choices:") && gen_.contains("  base  "), "{gen_}");
+    // Mistakes point at what there is.
+    let (code, _, err) = cli(&["report", m, "--examples", "sorted"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no task \"sorted\" in") && err.contains("its tasks: b, sort"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["report", m, "--examples", "sort", "--wrong", "merged"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no method \"merged\" in this eval (it ran base, expert:sort)"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["report", m, "--examples", "sort", "--format", "csv"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("has no CSV form"), "{err}");
+}

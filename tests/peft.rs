@@ -791,6 +791,14 @@ expert "sort" model="t" dataset="sort" {
     let m = dir.path().join("model");
     goosepipe::app::export("model:t", None, &m, &store, false, &mut Vec::new()).unwrap();
     assert!(T5Model::load(&m, &Device::Cpu, DType::F32).is_ok());
+    // With a tokenizer_config.json that makes transformers read its word-level
+    // tokenizer.json as it is (it took `model_type: t5` to mean sentencepiece).
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config,
+        serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
+    );
 
     // A file where the base model goes is said, not met with the OS's "File exists".
     let blocked = dir.path().join("blocked");

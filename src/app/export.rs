@@ -106,6 +106,12 @@ fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
         crate::model::checkpoint::load::WeightFiles::Pickle(p) => sources.push(p.clone()),
     }
     sources.extend(files.tokenizer.iter().cloned());
+    // What transformers reads beside tokenizer.json, where the model has it.
+    for name in [TOKENIZER_CONFIG, "special_tokens_map.json", "spiece.model"] {
+        if dir.join(name).is_file() {
+            sources.push(dir.join(name));
+        }
+    }
     let mut written = vec![];
     for src in sources {
         let to = out.join(src.file_name().expect("a file"));
@@ -113,7 +119,38 @@ fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
             .map_err(|e| format!("copying {} to {}: {e}", src.display(), to.display()))?;
         written.push(to);
     }
+    if let Some(tokenizer) = &files.tokenizer
+        && !dir.join(TOKENIZER_CONFIG).is_file()
+    {
+        written.push(write_tokenizer_config(tokenizer, out)?);
+    }
     Ok(written)
+}
+
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// A tokenizer_config.json for a model that has only tokenizer.json (one goosepipe
+/// trained: word-level). Without it transformers takes `model_type: t5` to mean
+/// T5's sentencepiece tokenizer and fails to read the file; with it,
+/// `AutoTokenizer.from_pretrained` loads tokenizer.json as it is, with the special
+/// tokens generation and batching need.
+fn write_tokenizer_config(tokenizer: &Path, out: &Path) -> Result<PathBuf, String> {
+    let tok =
+        tokenizers::Tokenizer::from_file(tokenizer).map_err(|e| format!("{}: {e}", tokenizer.display()))?;
+    let mut config = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast"});
+    for (role, token) in [
+        ("pad_token", "<pad>"),
+        ("eos_token", "</s>"),
+        ("unk_token", "<unk>"),
+    ] {
+        if tok.token_to_id(token).is_some() {
+            config[role] = serde_json::json!(token);
+        }
+    }
+    let to = out.join(TOKENIZER_CONFIG);
+    std::fs::write(&to, serde_json::to_vec_pretty(&config).expect("json"))
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok(to)
 }
 
 /// The gate artifacts in the store trained for the expert artifact `key`.

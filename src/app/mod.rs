@@ -1,6 +1,7 @@
 //! The commands behind the CLI. `main.rs` only parses arguments and calls these; each
 //! returns the process exit code, and user-facing errors come back as miette reports.
 
+pub mod examples;
 pub mod export;
 pub mod score;
 
@@ -768,8 +769,9 @@ pub fn report(
         if let Some(dir) = plots {
             draw_plots(&files, dir, &s.spec.name, &s.spec.id, notes)?;
         }
+        let owners = task_owners(&s.spec.params);
         if format == "json" {
-            match with_step(named_results_json(&files, &s.spec.name, &order))? {
+            match with_step(named_results_json(&files, &s.spec.name, &order, &owners))? {
                 Some(v) => {
                     any = true;
                     json_items.push(v);
@@ -802,6 +804,17 @@ pub fn report(
         let _ = writeln!(out, "{text}");
         if machine {
             continue;
+        }
+        if let Some((tasks, rows)) = eval_results(&files, &order)
+            .ok()
+            .flatten()
+            .and_then(|r| crate::eval::held_in::against_own(&r, &owners))
+        {
+            let _ = writeln!(
+                out,
+                "{}",
+                crate::eval::held_in::markdown(&s.spec.name, &tasks, &rows)
+            );
         }
         if let Ok(bytes) = std::fs::read(files.join(crate::eval::routing_quality::QUALITY_JSON)) {
             let mut q: crate::eval::routing_quality::RoutingQuality = serde_json::from_slice(&bytes)
@@ -866,6 +879,19 @@ fn eval_results(files: &Path, order: &[String]) -> Result<Option<crate::eval::Re
     )
 }
 
+/// Each task of an eval's parameters that an expert owns, with its owner's name.
+fn task_owners(params: &serde_json::Value) -> BTreeMap<String, String> {
+    params["task"]
+        .as_object()
+        .map(|tasks| {
+            tasks
+                .iter()
+                .filter_map(|(t, v)| Some((t.clone(), v["expert"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The tasks of eval `name` in the order its manifest lists them.
 fn task_order(plan: &Plan, name: &str) -> Vec<String> {
     plan.manifest
@@ -886,11 +912,17 @@ fn named_results_json(
     files: &Path,
     name: &str,
     order: &[String],
+    owners: &BTreeMap<String, String>,
 ) -> Result<Option<serde_json::Value>, String> {
     let quality = read_record::<serde_json::Value>(files, crate::eval::routing_quality::QUALITY_JSON)?;
     Ok(eval_results(files, order)?.map(|mut r| {
+        let held_in = crate::eval::held_in::against_own(&r, owners);
         r.title = format!("{name} ({})", r.title);
         let mut v = serde_json::to_value(&r).expect("json");
+        // What md shows as the held-in table (owned tasks whose owner ran alone).
+        if let Some((tasks, rows)) = held_in {
+            v["held_in"] = serde_json::json!({"tasks": tasks, "methods": rows});
+        }
         // What md shows as the routing-quality table (evals with owned tasks).
         if let Some(q) = quality {
             v["routing_quality"] = q;

@@ -9,6 +9,7 @@ pub mod rows;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod tokens;
+pub mod unknown_words;
 
 pub use example::{DataError, Example, read_jsonl, write_jsonl};
 pub use numpy_rng::permutation as numpy_permutation;

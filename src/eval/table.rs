@@ -19,6 +19,11 @@ pub struct Results {
     pub notes: BTreeMap<String, String>,
     /// Metric per task.
     pub metrics: BTreeMap<String, String>,
+    /// What makes a task's score mean less than it seems (words the tokenizer does
+    /// not know, answer choices it cannot tell apart, answers longer than generation
+    /// may run), per task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_notes: BTreeMap<String, String>,
 }
 
 impl Results {
@@ -89,6 +94,17 @@ impl Results {
             out.push('\n');
             for (m, n) in &self.notes {
                 let _ = writeln!(out, "- {m}: {n}");
+            }
+        }
+        let noted: Vec<&String> = self
+            .tasks
+            .iter()
+            .filter(|t| self.task_notes.contains_key(*t))
+            .collect();
+        if !noted.is_empty() {
+            out.push('\n');
+            for t in noted {
+                let _ = writeln!(out, "- task {}: {}", md_cell(t), self.task_notes[t]);
             }
         }
         out

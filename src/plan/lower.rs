@@ -219,8 +219,47 @@ pub fn build_with(
     }
     let mut plan = finish(manifest, protos, catalog, outputs)?;
     warnings.extend(same_pool_replicates(&plan));
+    warnings.extend(unread_experts(&plan));
     plan.warnings = warnings;
     Ok(plan)
+}
+
+/// An expert that nothing reads but its own gate (in no pool) trains for nothing any
+/// eval shows: most often a pool that was meant to list it. Said at its name, once
+/// per expert.
+fn unread_experts(plan: &Plan) -> Vec<ManifestError> {
+    use crate::store::spec::step_id;
+    let read: std::collections::HashSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.spec.kind != "gate")
+        .flat_map(|s| s.spec.inputs.iter().map(|i| i.id.as_str()))
+        .collect();
+    let mut out = vec![];
+    for s in plan.steps.iter().filter(|s| s.spec.kind == "expert") {
+        let gate = step_id("gate", &s.spec.name);
+        if read.contains(s.spec.id.as_str()) || read.contains(gate.as_str()) {
+            continue;
+        }
+        let Some(e) = plan.manifest.entity("expert", &s.spec.name) else {
+            continue;
+        };
+        out.push(
+            ManifestError::new(
+                &plan.manifest.sources,
+                "plan::unread-expert",
+                e.name_loc,
+                format!(
+                    "expert \"{}\" is in no pool: it trains, and no eval reads it",
+                    s.spec.name
+                ),
+                "read by nothing",
+            )
+            .help("list it in a pool's `experts` (or remove it)")
+            .as_warning(),
+        );
+    }
+    out
 }
 
 /// A study's replicates are to differ in what training draws. Two whose evals score

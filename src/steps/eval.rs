@@ -19,9 +19,12 @@ use super::dataset::EXAMPLES;
 use super::eval_parts::{Finished, Found, PartKey, Parts, Tally};
 use super::expert::{GATES_FILE, load_expert};
 use super::retrieval_index::{LIBRARY_FILE, embed_examples, load_embedder, load_library};
+use super::tokenize::UNKNOWN_SAID;
+use crate::data::unknown_words::{UnknownWords, unknown_id};
 use crate::data::{Example, read_jsonl};
 use crate::eval::Results;
 use crate::eval::metrics::{exact_match, rouge_l};
+use crate::eval::predictions::{Answers, Predictions, Shown, TaskPredictions};
 use crate::eval::routing_quality::RoutingQuality;
 use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::model::adapter::ModuleRouting;
@@ -42,10 +45,12 @@ use crate::store::{Key, StepSpec};
 /// Version 16: the routing-quality record measures an owner that adapts some modules
 /// over those (its rows were dropped), and leaves constant (untrained) gates out of
 /// the pool's gate correlation, counting them (they read as correlation 0).
+/// Version 17: `predictions.json`, every example with each method's answer (the
+/// choice picked, the text generated), read by `report --examples`.
 ///
 /// Bump `eval_parts::PART_FORMAT` as well when a change alters any (method, task)
 /// result: scores, routing records, or what a part file holds.
-pub const KIND: Kind = Kind::new("eval", 16, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+pub const KIND: Kind = Kind::new("eval", 17, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).
@@ -96,18 +101,26 @@ fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
     ex
 }
 
-/// Every example's score (1/0 for rank classification and exact match, ROUGE-L F for
-/// rouge-l), in example order.
+/// What a method answered on a task's examples, in example order.
+#[derive(Default)]
+struct Answered {
+    /// 1/0 for rank classification and exact match, ROUGE-L F for rouge-l.
+    scores: Vec<f64>,
+    /// The chosen answer choice (rank classification) or the generated text.
+    predictions: Vec<String>,
+}
+
+/// Every example's score and prediction, in example order.
 fn score_task(
     ctx: &StepContext,
     base: &Base,
     task: &Task,
     batch: usize,
     done: &mut u64,
-) -> Result<Vec<f64>, StepError> {
+) -> Result<Answered, StepError> {
     let tok = &base.tokenizer;
     let eos = base.config().eos_token_id;
-    let mut per_example = Vec::with_capacity(task.examples.len());
+    let mut per_example = Answered::default();
     for chunk in task.examples.chunks(batch.max(1)) {
         ctx.cancel.check()?;
         let inputs: Vec<Vec<u32>> = chunk
@@ -133,8 +146,12 @@ fn score_task(
                 .collect::<Result<Vec<_>, StepError>>()?;
             let scores = base.model.score_choices(&items, batch).map_err(fail)?;
             for (e, s) in chunk.iter().zip(&scores) {
-                let right = predict(s).is_some_and(|i| e.choice_is_right(i));
-                per_example.push(f64::from(u8::from(right)));
+                let chosen = predict(s);
+                let right = chosen.is_some_and(|i| e.choice_is_right(i));
+                per_example.scores.push(f64::from(u8::from(right)));
+                per_example
+                    .predictions
+                    .push(chosen.and_then(|i| e.choices.get(i)).cloned().unwrap_or_default());
             }
         } else {
             let outs = base
@@ -156,7 +173,8 @@ fn score_task(
                         }
                     })
                     .fold(0.0, f64::max);
-                per_example.push(best);
+                per_example.scores.push(best);
+                per_example.predictions.push(text);
             }
         }
         *done += chunk.len() as u64;
@@ -273,11 +291,14 @@ impl Retrieval {
         experts: &[LoraExpert],
         batch: usize,
         done: &mut u64,
-    ) -> Result<(Vec<f64>, BTreeMap<String, ModuleRouting>), StepError> {
+    ) -> Result<(Answered, BTreeMap<String, ModuleRouting>), StepError> {
         let picks =
             route::retrieval::pick_experts(&embed_examples(&self.embedder, &t.examples)?, &self.libraries)
                 .map_err(fail)?;
-        let mut per_example = vec![0f64; t.examples.len()];
+        let mut per_example = Answered {
+            scores: vec![0.0; t.examples.len()],
+            predictions: vec![String::new(); t.examples.len()],
+        };
         for (z, e) in experts.iter().enumerate() {
             let members: Vec<usize> = (0..picks.len()).filter(|&i| picks[i] == z).collect();
             let group: Vec<Example> = members.iter().map(|&i| t.examples[i].clone()).collect();
@@ -294,8 +315,10 @@ impl Retrieval {
                 examples: group,
             };
             base.model.set_adapters(AdapterSet::from_lora(e)).map_err(fail)?;
-            for (i, score) in members.iter().zip(score_task(ctx, base, &sub, batch, done)?) {
-                per_example[*i] = score;
+            let answered = score_task(ctx, base, &sub, batch, done)?;
+            for ((&i, score), prediction) in members.iter().zip(answered.scores).zip(answered.predictions) {
+                per_example.scores[i] = score;
+                per_example.predictions[i] = prediction;
             }
         }
         let mut chosen = vec![0u64; experts.len()];
@@ -486,6 +509,10 @@ struct Scored {
     means: HashMap<String, BTreeMap<String, f64>>,
     /// method -> task -> per-example scores (per-example.json: what a study resamples)
     examples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    /// method -> task -> per-example predictions (predictions.json)
+    predictions: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// task -> what makes its score mean less than it seems (`task_notes`)
+    task_notes: BTreeMap<String, String>,
     /// method -> task -> module -> expert choices
     routing: BTreeMap<String, TaskRouting>,
     /// The (method, task) results found rather than scored, and where.
@@ -493,27 +520,33 @@ struct Scored {
 }
 
 impl Scored {
-    fn record(
-        &mut self,
-        method: &str,
-        task: &str,
-        scores: Vec<f64>,
-        routing: Option<BTreeMap<String, ModuleRouting>>,
-    ) {
+    fn record(&mut self, f: Finished) {
+        let (method, task) = (f.method, f.task);
         self.means
-            .entry(method.to_string())
+            .entry(method.clone())
             .or_default()
-            .insert(task.to_string(), mean(&scores));
+            .insert(task.clone(), mean(&f.scores));
         self.examples
-            .entry(method.to_string())
+            .entry(method.clone())
             .or_default()
-            .insert(task.to_string(), scores);
-        if let Some(r) = routing {
-            self.routing
-                .entry(method.to_string())
-                .or_default()
-                .insert(task.to_string(), r);
+            .insert(task.clone(), f.scores);
+        self.predictions
+            .entry(method.clone())
+            .or_default()
+            .insert(task.clone(), f.predictions);
+        if let Some(r) = f.routing {
+            self.routing.entry(method).or_default().insert(task, r);
         }
+    }
+}
+
+/// Gives method `to` the rows of `from` on `task` (a method that stands on a single
+/// expert's results).
+fn copy_rows<T: Clone>(rows: &mut BTreeMap<String, BTreeMap<String, T>>, from: &str, to: &str, task: &str) {
+    if let Some(r) = rows.get(from).and_then(|t| t.get(task)).cloned() {
+        rows.entry(to.to_string())
+            .or_default()
+            .insert(task.to_string(), r);
     }
 }
 
@@ -603,6 +636,70 @@ impl<'a> EvalRun<'a> {
         } else {
             Ok(BTreeMap::new())
         }
+    }
+
+    /// Per task, what makes its score mean less than it seems, as the tokenizer reads
+    /// its examples: words it does not know, answer choices it cannot tell apart
+    /// (rank classification then picks the first listed), answers longer than
+    /// `max-new-tokens` (exact match then never matches).
+    fn task_notes(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        eos: u32,
+    ) -> Result<BTreeMap<String, String>, StepError> {
+        let unk = unknown_id(tok);
+        let mut notes = BTreeMap::new();
+        for t in &self.tasks {
+            let (mut unknown, mut alike, mut long) = (UnknownWords::default(), 0, 0);
+            for e in &t.examples {
+                if let Some(unk) = unk {
+                    unknown.count(tok, unk, &e.input, &encode(tok, &e.input)?);
+                    for c in &e.choices {
+                        unknown.count(tok, unk, c, &encode(tok, c)?);
+                    }
+                }
+                if t.metric == "rank-classification" {
+                    // As scored (cut to max-target-len): two different choices with
+                    // the same ids.
+                    let ids = t.choice_ids(tok, e, eos)?;
+                    let tied = (0..ids.len())
+                        .any(|i| (0..i).any(|j| ids[i] == ids[j] && e.choices[i] != e.choices[j]));
+                    alike += usize::from(tied);
+                } else if t.metric == "exact-match" {
+                    let fits = e.accepted().iter().any(|a| {
+                        encode(tok, a).is_ok_and(|mut ids| {
+                            if ids.last() == Some(&eos) {
+                                ids.pop();
+                            }
+                            ids.len() <= t.max_new_tokens
+                        })
+                    });
+                    long += usize::from(!fits);
+                }
+            }
+            let n = t.examples.len();
+            let mut said = vec![];
+            if unknown.share() >= UNKNOWN_SAID
+                && let Some(u) = unknown.describe(5)
+            {
+                said.push(u);
+            }
+            if alike > 0 {
+                said.push(format!(
+                    "{alike} of {n} examples have answer choices that read alike to the tokenizer (the same token ids): rank classification cannot tell them apart and picks the first listed"
+                ));
+            }
+            if long > 0 {
+                said.push(format!(
+                    "{long} of {n} examples have answers longer than max-new-tokens={} tokens: they can never match exactly (raise max-new-tokens)",
+                    t.max_new_tokens
+                ));
+            }
+            if !said.is_empty() {
+                notes.insert(t.name.clone(), said.join("; "));
+            }
+        }
+        Ok(notes)
     }
 
     fn chosen<'m>(&self, method: &'m str) -> Result<Chosen<'m>, StepError> {
@@ -813,7 +910,13 @@ impl<'a> EvalRun<'a> {
             ..PartScorer::default()
         };
         ctx.progress.set_total(scorer.total, "examples");
-        let mut scored = Scored::default();
+        let mut scored = Scored {
+            task_notes: self.task_notes(&base.tokenizer, base.config().eos_token_id)?,
+            ..Scored::default()
+        };
+        for (t, note) in &scored.task_notes {
+            ctx.progress.log(&format!("warning: task {t:?}: {note}"));
+        }
         let parts = Parts::new(ctx);
         let distinct = self.distinct_tokens(&base.tokenizer, base.config().eos_token_id)?;
         let mut pending = self.parts(&distinct)?;
@@ -887,7 +990,7 @@ impl<'a> EvalRun<'a> {
             }
         };
         parts.publish(part, &bytes)?;
-        scored.record(m, &t.name, f.scores, f.routing);
+        scored.record(f);
         Ok(())
     }
 
@@ -901,7 +1004,7 @@ impl<'a> EvalRun<'a> {
         marked: Option<&std::collections::HashSet<u32>>,
     ) -> Result<Finished, StepError> {
         let ctx = self.ctx;
-        let (scores, routing) = if self.scoring(m) == Scoring::PerExample {
+        let (answered, routing) = if self.scoring(m) == Scoring::PerExample {
             if scorer.retrieval.is_none() {
                 scorer.retrieval = Some(Retrieval::load(
                     ctx,
@@ -933,7 +1036,8 @@ impl<'a> EvalRun<'a> {
         Ok(Finished {
             method: m.to_string(),
             task: t.name.clone(),
-            scores,
+            scores: answered.scores,
+            predictions: answered.predictions,
             routing,
         })
     }
@@ -968,8 +1072,40 @@ impl<'a> EvalRun<'a> {
         }
     }
 
-    /// The results tables, the routing record, the per-example scores and the
-    /// routing quality.
+    /// predictions.json: each task's examples as scored, and every listed method's
+    /// answers to them.
+    fn predictions(&self, scored: &Scored) -> Predictions {
+        let tasks = self.tasks.iter().map(|t| {
+            let methods = self.params.methods.iter().filter_map(|m| {
+                let predictions = scored.predictions.get(m)?.get(&t.name)?.clone();
+                let scores = scored.examples.get(m)?.get(&t.name)?.clone();
+                Some((m.clone(), Answers { predictions, scores }))
+            });
+            let examples = t.examples.iter().map(|e| Shown {
+                input: e.input.clone(),
+                answers: e.accepted().into_iter().map(str::to_string).collect(),
+                // Shown only where they are scored: a generation task's data
+                // may carry choices it never reads.
+                choices: if t.metric == "rank-classification" {
+                    e.choices.clone()
+                } else {
+                    vec![]
+                },
+            });
+            let p = TaskPredictions {
+                metric: t.metric.clone(),
+                examples: examples.collect(),
+                methods: methods.collect(),
+            };
+            (t.name.clone(), p)
+        });
+        Predictions {
+            tasks: tasks.collect(),
+        }
+    }
+
+    /// The results tables, the routing record, the per-example scores and answers,
+    /// and the routing quality.
     fn write(&self, mut scored: Scored) -> Result<(), StepError> {
         let (ctx, methods, tasks) = (self.ctx, &self.params.methods, &self.tasks);
         // Per expert, per task: the single experts' scores that methods of the
@@ -992,6 +1128,7 @@ impl<'a> EvalRun<'a> {
             tasks: tasks.iter().map(|t| t.name.clone()).collect(),
             methods: methods.clone(),
             metrics: tasks.iter().map(|t| (t.name.clone(), t.metric.clone())).collect(),
+            task_notes: std::mem::take(&mut scored.task_notes),
             ..Default::default()
         };
         for t in tasks {
@@ -1028,24 +1165,25 @@ impl<'a> EvalRun<'a> {
                 serde_json::to_vec_pretty(&scored.routing).expect("json"),
             )?;
         }
-        // Per example, for studies that resample examples; a method standing on
-        // single experts gets the chosen expert's rows.
-        let examples = &mut scored.examples;
+        // Per example, for studies that resample examples and for a reader of the
+        // answers; a method standing on single experts gets the chosen expert's rows.
         for m in methods {
             for t in tasks {
-                let source = picked(m, &t.name).map(|n| format!("expert:{n}"));
-                if let Some(rows) = source.and_then(|src| examples.get(&src)?.get(&t.name).cloned()) {
-                    examples
-                        .entry(m.clone())
-                        .or_default()
-                        .insert(t.name.clone(), rows);
-                }
+                let Some(src) = picked(m, &t.name).map(|n| format!("expert:{n}")) else {
+                    continue;
+                };
+                copy_rows(&mut scored.examples, &src, m, &t.name);
+                copy_rows(&mut scored.predictions, &src, m, &t.name);
             }
         }
-        examples.retain(|m, _| methods.contains(m));
+        scored.examples.retain(|m, _| methods.contains(m));
         std::fs::write(
             ctx.out.join(PER_EXAMPLE_JSON),
-            serde_json::to_vec(&examples).expect("json"),
+            serde_json::to_vec(&scored.examples).expect("json"),
+        )?;
+        std::fs::write(
+            ctx.out.join(crate::eval::predictions::PREDICTIONS_JSON),
+            serde_json::to_vec(&self.predictions(&scored)).expect("json"),
         )?;
         let quality = routing_quality(tasks, &scored.routing, &self.gates)?;
         std::fs::write(

@@ -33,7 +33,9 @@ use crate::store::{Key, Store};
 /// eval step's version (a change to the tables the eval writes from its parts leaves
 /// them reusable): bump it with any change to a (method, task) result's scores or
 /// routing record, to its file, or to what goes into its key.
-const PART_FORMAT: &str = "goosepipe-eval-part-v1";
+/// v2: a part holds each example's prediction (the chosen choice, or the generated
+/// text) beside its score.
+const PART_FORMAT: &str = "goosepipe-eval-part-v2";
 
 /// One finished (method, task) result.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -42,6 +44,9 @@ pub(super) struct Finished {
     pub task: String,
     /// Per example, in example order.
     pub scores: Vec<f64>,
+    /// Per example, in example order: the answer choice picked (rank
+    /// classification) or the text generated.
+    pub predictions: Vec<String>,
     pub routing: Option<std::collections::BTreeMap<String, ModuleRouting>>,
 }
 
@@ -52,6 +57,7 @@ impl Finished {
         self.method == method
             && self.task == task
             && self.scores.len() == examples
+            && self.predictions.len() == examples
             && self.scores.iter().all(|s| (0.0..=1.0).contains(s))
     }
 
@@ -602,6 +608,7 @@ mod tests {
                 method: "m".into(),
                 task: "t".into(),
                 scores: vec![1.0],
+                predictions: vec!["a".into()],
                 routing: None,
             }
             .bytes(),
@@ -622,6 +629,7 @@ mod tests {
             method: "merged".into(),
             task: "sort".into(),
             scores: vec![1.0, 0.0],
+            predictions: vec!["a b".into(), "b".into()],
             routing: None,
         };
         let (cancel, locked) = (CancelFlag::new(), BTreeMap::new());

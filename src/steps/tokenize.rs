@@ -10,12 +10,17 @@ use rayon::prelude::*;
 use super::common::{encode, examples, fail, load_tokenizer_and_eos};
 use crate::data::Example;
 use crate::data::tokens::{self, TokenChoices, TokenPair};
+use crate::data::unknown_words::{UnknownWords, unknown_id};
 use crate::exec::{InputArtifact, JobDefaults, Kind, StepContext, StepError, StepRunner};
 
 /// One per (dataset, model tokenizer): token ids for every trainer of that dataset.
 pub const KIND: Kind = Kind::new("tokenize", 2, 2, JobDefaults::new(0, 2, "8G", "2:00:00"));
 
 pub struct TokenizeStep;
+
+/// The share of unknown tokens from which a run says so: real tokenizers leave a few
+/// rare characters unknown.
+pub(super) const UNKNOWN_SAID: f64 = 0.001;
 
 pub use crate::artifact_files::TOKENS;
 
@@ -46,6 +51,23 @@ impl StepRunner for TokenizeStep {
         let mut splits = BTreeMap::new();
         splits.insert("train".to_string(), encode_all(&tok, &train, eos)?);
         splits.insert("validation".to_string(), encode_all(&tok, &valid, eos)?);
+        if let Some(unk) = unknown_id(&tok) {
+            let mut u = UnknownWords::default();
+            for (ex, pairs) in [(&train, &splits["train"]), (&valid, &splits["validation"])] {
+                for (e, p) in ex.iter().zip(pairs) {
+                    u.count(&tok, unk, &e.input, &p.input);
+                    u.count(&tok, unk, &e.target, &p.target);
+                }
+            }
+            if u.share() >= UNKNOWN_SAID
+                && let Some(said) = u.describe(8)
+            {
+                let data = ctx.input("data")?.id.clone();
+                ctx.progress.log(&format!(
+                    "warning: {data}: {said}; the model reads each as the same token (train the model's tokenizer on text with these words, e.g. `init corpus=`, or reword the data)"
+                ));
+            }
+        }
         // Validation choices let trainers keep the checkpoint with the best accuracy.
         let mut choices = BTreeMap::new();
         if valid.iter().any(|e| !e.choices.is_empty()) {

@@ -1,0 +1,120 @@
+//! `goosepipe report MANIFEST --examples TASK`: a task's examples with every method's
+//! answer to each, from the evals of the manifest that score it (their
+//! `predictions.json`). A mean says how often a method was right; this says what it
+//! answered when it was not.
+
+use std::io::Write;
+use std::path::Path;
+
+use miette::{Report, miette};
+
+use super::{existing_store, not_built, plan_in_store};
+use crate::eval::predictions::{PREDICTIONS_JSON, Predictions, Selection, render, selected};
+use crate::exec::Registry;
+
+/// What `report --examples` was asked for.
+pub struct ExamplesRequest<'a> {
+    pub task: &'a str,
+    /// Only this eval (by name), when several score the task.
+    pub eval: Option<&'a str>,
+    pub select: Selection<'a>,
+    /// `md` (text) or `json` (the same examples, each with every method's answer
+    /// and score).
+    pub format: &'a str,
+}
+
+pub fn examples(
+    path: &Path,
+    store_root: &Path,
+    registry: &Registry,
+    req: &ExamplesRequest,
+    out: &mut dyn Write,
+) -> Result<i32, Report> {
+    let store = existing_store(store_root)?;
+    let (plan, status, _) = plan_in_store(path, &store, registry, false)?;
+    let evals: Vec<_> = plan.steps.iter().filter(|s| s.spec.kind == "eval").collect();
+    if let Some(name) = req.eval
+        && !evals.iter().any(|s| s.spec.name == name)
+    {
+        let names: Vec<&str> = evals.iter().map(|s| s.spec.name.as_str()).collect();
+        return Err(miette!(
+            help = format!("its evals: {}", names.join(", ")),
+            "{} has no eval {name:?}",
+            path.display()
+        ));
+    }
+    let scoring: Vec<_> = evals
+        .iter()
+        .filter(|s| req.eval.is_none_or(|n| s.spec.name == n))
+        .filter(|s| s.spec.params["task"].get(req.task).is_some())
+        .collect();
+    if scoring.is_empty() {
+        let mut tasks: Vec<&str> = evals
+            .iter()
+            .filter(|s| req.eval.is_none_or(|n| s.spec.name == n))
+            .filter_map(|s| s.spec.params["task"].as_object())
+            .flat_map(|t| t.keys().map(String::as_str))
+            .collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        let within = req.eval.map(|n| format!("eval {n:?} of ")).unwrap_or_default();
+        return Err(miette!(
+            help = format!("its tasks: {}", tasks.join(", ")),
+            "no task {:?} in {within}{}",
+            req.task,
+            path.display()
+        ));
+    }
+    let mut shown = vec![];
+    let mut missing = false;
+    for s in scoring {
+        let id = &s.spec.id;
+        let files = store.files_dir(&s.spec.key);
+        if store.meta(&s.spec.key).is_none() {
+            let reasons: Vec<String> = plan
+                .index
+                .get(id)
+                .map(|&i| status.states[i].reasons().iter().map(|r| r.describe()).collect())
+                .unwrap_or_default();
+            not_built(&mut std::io::stderr(), id, &reasons.join("; "), path, &store.root);
+            missing = true;
+            continue;
+        }
+        // Re-hashed as `report` does: a damaged file is never shown.
+        store.verify(&s.spec.key).map_err(|e| {
+            miette!(
+                help = "`goosepipe verify` moves it aside; a run rebuilds it",
+                "{id}: {e}"
+            )
+        })?;
+        let bytes = std::fs::read(files.join(PREDICTIONS_JSON))
+            .map_err(|e| miette!("{id}: {PREDICTIONS_JSON}: {e}"))?;
+        let mut p: Predictions = serde_json::from_slice(&bytes)
+            .map_err(|e| miette!("{id}: unreadable {PREDICTIONS_JSON}: {e}"))?;
+        let Some(task) = p.tasks.remove(req.task) else {
+            return Err(miette!("{id}: its {PREDICTIONS_JSON} has no task {:?}", req.task));
+        };
+        let order: Vec<String> = s.spec.params["methods"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        if req.format == "json" {
+            let mut v = selected(&task, &order, &req.select).map_err(|e| miette!("{id}: {e}"))?;
+            v["step"] = serde_json::json!(id);
+            v["task"] = serde_json::json!(req.task);
+            shown.push(v);
+        } else {
+            let text = render(&format!("{id}, task {:?}", req.task), &task, &order, &req.select)
+                .map_err(|e| miette!("{id}: {e}"))?;
+            let _ = writeln!(out, "{text}\n");
+        }
+    }
+    if req.format == "json" {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&shown).expect("json"));
+    }
+    Ok(if missing {
+        super::EXIT_ERROR
+    } else {
+        super::EXIT_OK
+    })
+}
