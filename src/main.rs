@@ -244,18 +244,22 @@ struct ExecArgs {
 
 #[derive(clap::Args)]
 struct ScoreArgs {
-    /// A local checkpoint folder, a hub repo id, or a model step's store folder
-    /// (`goosepipe show model:NAME --path`).
+    /// A local checkpoint folder, a hub repo id, a model step's store folder
+    /// (`goosepipe show model:NAME --path`), or `model:NAME` (that folder, from the
+    /// store's last run).
     #[arg(long)]
     model: String,
     #[arg(long, default_value = "main")]
     revision: String,
     /// LoRA experts: goosepipe expert files (gates found beside them as
-    /// NAME.gates.safetensors) or PEFT adapter folders (adapter_config.json + weights).
+    /// NAME.gates.safetensors), PEFT adapter folders (adapter_config.json + weights),
+    /// or `expert:NAME` from the store's last run (with its `gate:NAME` when built and
+    /// no --gates are given).
     #[arg(long, num_args = 1..)]
     experts: Vec<PathBuf>,
-    /// Gate files, when not beside the experts: matched to the experts by name
-    /// (file or store step name), else one per expert in the order of --experts.
+    /// Gate files (or `gate:NAME`), when not beside the experts: matched to the
+    /// experts by name (file or store step name), else one per expert in the order
+    /// of --experts.
     #[arg(long, num_args = 1..)]
     gates: Vec<PathBuf>,
     /// How the experts combine: single (one expert's LoRA alone, as evaluations and
@@ -477,7 +481,7 @@ fn main() -> ExitCode {
                 None => app::report(&file, &store, &registry, f, plots.as_deref(), &mut out),
             }
         }
-        Command::Score(args) => score_command(args, &mut out),
+        Command::Score(args) => score_command(args, &store, &mut out),
         Command::Schema => {
             // A closed pipe (`goosepipe schema | head`) is not an error of ours.
             let _ = out.write_all(goosepipe::manifest::schema::SCHEMA_TEXT.as_bytes());
@@ -580,7 +584,7 @@ fn exec_command(args: ExecArgs, store: &Path, registry: &Registry) -> miette::Re
 }
 
 /// `goosepipe score`: one input scored by a model, optionally with routed experts.
-fn score_command(args: ScoreArgs, out: &mut Stdout) -> miette::Result<i32> {
+fn score_command(args: ScoreArgs, store: &Path, out: &mut Stdout) -> miette::Result<i32> {
     let ScoreArgs {
         model,
         revision,
@@ -605,6 +609,7 @@ fn score_command(args: ScoreArgs, out: &mut Stdout) -> miette::Result<i32> {
             req.top_k = top_k;
             req.device = device;
             req.max_len = max_len;
+            goosepipe::app::score::resolve_step_ids(&mut req, store).map_err(|e| miette::miette!("{e}"))?;
             app::score(&req, json, out)
         }
     }

@@ -357,6 +357,14 @@ fn a_top_k_above_the_pool_size_is_a_warning() {
     );
     let (r, _d) = check_text(&[("m.kdl", &text.replace("top-k=3", "top-k=2"))]);
     assert!(!r.unwrap().contains("top-k-above-pool"));
+    // Methods that route no token do not read top-k: nothing to warn of.
+    let unrouted = text.replace(
+        "methods \"phatgoose\"",
+        "methods \"base\" \"merged\" \"expert:a\"",
+    );
+    assert_ne!(unrouted, text);
+    let (r, _d) = check_text(&[("m.kdl", &unrouted)]);
+    assert!(!r.unwrap().contains("top-k-above-pool"));
 }
 
 /// (code, message) of every error of a manifest, from loading and planning it.
@@ -571,6 +579,26 @@ fn including_a_file_that_is_not_kdl_is_one_error() {
     assert!(!err.contains("syntax"), "{err}");
     // The extension as written, in any case.
     let (r, _d) = check_text(&[("m.kdl", "include \"common.KDL\"\n"), ("common.KDL", "")]);
+    r.unwrap();
+}
+
+/// The same for the file given on the command line (`report run.log`): one error that
+/// asks whether it is the manifest. A manifest named otherwise that reads as KDL is
+/// read.
+#[test]
+fn a_manifest_that_is_not_kdl_is_one_error() {
+    let log = "[    0.1s] start eval:bad [f9aa509ae3e3]\n".repeat(200);
+    let (r, _d) = check_text(&[("run.log", &log)]);
+    let err = one_line(&r.unwrap_err());
+    assert!(
+        err.contains("run.log is not a .kdl file and does not read as KDL"),
+        "{err}"
+    );
+    assert_eq!(err.matches("goosepipe::manifest::").count(), 1, "{err}");
+    let (r, _d) = check_text(&[(
+        "m.pipeline",
+        "dataset \"d\" { synthetic task=\"sort\" examples=10; }\n",
+    )]);
     r.unwrap();
 }
 

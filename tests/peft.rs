@@ -786,6 +786,29 @@ expert "sort" model="t" dataset="sort" {
         let from_store = goosepipe::app::score::score(&req).unwrap();
         assert_eq!(from_store.total, from_export.total, "{}", folder.display());
     }
+    // Or the steps by id, as the store's last run found them; the expert brings its
+    // gate to a router that reads it (the default single router does not).
+    let mut by_id = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    by_id.experts = vec!["expert:sort".into()];
+    let mut gated = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    gated.experts = by_id.experts.clone();
+    gated.router = goosepipe::app::score::RouterChoice::Gated;
+    goosepipe::app::score::resolve_step_ids(&mut gated, &store).unwrap();
+    assert_eq!(gated.gates.len(), 1, "{:?}", gated.gates);
+    goosepipe::app::score::score(&gated).unwrap();
+    goosepipe::app::score::resolve_step_ids(&mut by_id, &store).unwrap();
+    assert!(by_id.gates.is_empty());
+    assert_eq!(
+        goosepipe::app::score::score(&by_id).unwrap().total,
+        from_export.total
+    );
+    let mut unknown = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    unknown.experts = vec!["expert:sorted".into()];
+    let err = goosepipe::app::score::resolve_step_ids(&mut unknown, &store).unwrap_err();
+    assert!(
+        err.starts_with("expert:sorted is in no run of the store at"),
+        "{err}"
+    );
 
     // A model step exports as an HF checkpoint folder.
     let m = dir.path().join("model");

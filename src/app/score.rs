@@ -532,3 +532,71 @@ pub fn render_text(r: &ScoreReport) -> String {
     );
     out
 }
+
+/// `score` takes store steps by id as well as paths: `--model model:NAME`,
+/// `--experts expert:NAME...`, `--gates gate:NAME...`, each the artifact the last run
+/// found for that step (as `show ID --path`). Experts given so bring their gates
+/// (`gate:NAME`, where built) to a router that reads gates, when no `--gates` are
+/// given. A value that is an
+/// existing path is left as it is.
+pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::result::Result<(), String> {
+    use crate::artifact_files::{EXPERT_FILE, GATES_FILE};
+    use crate::store::spec::{member_of, step_id};
+    let is_id = |value: &str, kind: &str| member_of(value, kind).is_some() && !Path::new(value).exists();
+    let wanted = is_id(&req.model, "model")
+        || req.experts.iter().any(|e| is_id(&e.to_string_lossy(), "expert"))
+        || req.gates.iter().any(|g| is_id(&g.to_string_lossy(), "gate"));
+    if !wanted {
+        return Ok(());
+    }
+    if !store_root.is_dir() {
+        return Err(format!(
+            "no store at {}: step ids (model:NAME, expert:NAME, gate:NAME) are read from a store; pass --store DIR",
+            store_root.display()
+        ));
+    }
+    let store = crate::store::Store::at(store_root);
+    let files = |id: &str| -> std::result::Result<PathBuf, String> {
+        let key = store.named(id).ok_or_else(|| {
+            format!(
+                "{id} is in no run of the store at {} (run its manifest first, or give a path)",
+                store_root.display()
+            )
+        })?;
+        Ok(store.files_dir(&key))
+    };
+    if is_id(&req.model, "model") {
+        req.model = files(&req.model)?.to_string_lossy().into_owned();
+    }
+    let mut names = vec![];
+    for e in &mut req.experts {
+        let text = e.to_string_lossy().into_owned();
+        if is_id(&text, "expert") {
+            names.push(member_of(&text, "expert").expect("checked").to_string());
+            *e = files(&text)?.join(EXPERT_FILE);
+        }
+    }
+    for g in &mut req.gates {
+        let text = g.to_string_lossy().into_owned();
+        if is_id(&text, "gate") {
+            *g = files(&text)?.join(GATES_FILE);
+        }
+    }
+    // Every expert's gate, or none (a gate for some would pair them by name, and the
+    // rest would be refused as lacking one).
+    let routed = !matches!(req.router, RouterChoice::Single);
+    if routed && req.gates.is_empty() && !names.is_empty() && names.len() == req.experts.len() {
+        let gates: Option<Vec<PathBuf>> = names
+            .iter()
+            .map(|n| {
+                Some(
+                    store
+                        .files_dir(&store.named(&step_id("gate", n))?)
+                        .join(GATES_FILE),
+                )
+            })
+            .collect();
+        req.gates = gates.unwrap_or_default();
+    }
+    Ok(())
+}

@@ -70,7 +70,34 @@ pub fn load_lenient(path: &Path) -> Result<(Manifest, Vec<ManifestError>), Manif
         .unwrap_or_else(|| display_root.clone());
     let id = v.sources.add(abs.clone(), name, text);
     v.load_file(id);
-    Ok(v.finish(abs, root, display_root))
+    let (manifest, errors) = v.finish(abs, root, display_root.clone());
+    // A data file or a log given by mistake would be said as thousands of syntax
+    // errors that all say the same thing: one error instead, when the file is not
+    // named .kdl and does not read as KDL.
+    let kdl = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("kdl"));
+    if !kdl && errors.iter().any(|e| e.code == "manifest::syntax") {
+        let mut s = Sources::default();
+        let id = s.add(path.to_path_buf(), display_root.clone(), String::new());
+        let error = ManifestError::new(
+            &s,
+            "manifest::not-kdl",
+            Loc::new(id, SourceSpan::from(0..0)),
+            format!(
+                "{display_root} is not a .kdl file and does not read as KDL ({} errors): is it the manifest?",
+                errors.len()
+            ),
+            "here",
+        )
+        .help("give the pipeline's manifest, such as pipelines/quickstart.kdl (a data file is named by a dataset's path=)");
+        return Err(ManifestErrors {
+            file: display_root,
+            errors: vec![error],
+        });
+    }
+    Ok((manifest, errors))
 }
 
 /// Errors in source order, file by file, so that the output reads top to bottom.

@@ -41,6 +41,9 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Step kinds the eval must have built for it (lowered as their [`Needed`] says).
     pub needs: &'static [&'static str],
+    /// Whether it routes each token to the top-k experts (the `routing top-k=`
+    /// setting is read only by such methods).
+    pub routes_tokens: bool,
 }
 
 /// How an eval lowers a step kind that one of its methods needs.

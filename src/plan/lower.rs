@@ -1421,9 +1421,16 @@ impl Lowerer<'_> {
         }
         self.choice_tasks_have_choices(e);
         self.generation_settings_on_ranked_tasks(e);
+        let methods = self.catalog.methods();
         // A top-k above the pool's size is not an error (every token takes all the
-        // experts) but is rarely meant.
-        if let Some(f) = e.block.group("routing").and_then(|r| r.props.get("top-k"))
+        // experts) but is rarely meant; said where a listed method reads it.
+        let routed = e.block.list("methods").iter().any(|f| {
+            methods
+                .iter()
+                .any(|m| m.routes_tokens && Some(m.name) == f.value.as_str())
+        });
+        if routed
+            && let Some(f) = e.block.group("routing").and_then(|r| r.props.get("top-k"))
             && let Some(k) = f.value.as_int()
             && k as usize > members.len()
             && !members.is_empty()
@@ -1439,7 +1446,6 @@ impl Lowerer<'_> {
                 "lower top-k, or grow the pool",
             );
         }
-        let methods = self.catalog.methods();
         for f in e.block.list("methods") {
             let loc = f.loc.unwrap_or(e.name_loc);
             let Some(method) = self.method(

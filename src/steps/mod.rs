@@ -44,6 +44,7 @@ pub fn methods(list: &[&'static dyn Method]) -> Vec<MethodInfo> {
         .map(|m| MethodInfo {
             name: m.name(),
             needs: m.needs(),
+            routes_tokens: m.routes_tokens(),
         })
         .collect()
 }
