@@ -106,7 +106,27 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
 
     req.router = RouterChoice::Single;
     let err = score(&req).unwrap_err().to_string();
-    assert!(err.contains("router"), "{err}");
+    assert!(
+        err.contains("--router single runs one expert's LoRA alone, and 3 experts were given"),
+        "{err}"
+    );
+    // Experts without their gates (copied away from them): PHATGOOSE says which one
+    // has none and how to give it.
+    let alone = tempfile::tempdir().unwrap();
+    let mut lone = req.experts.clone();
+    for e in &mut lone {
+        let to = alone.path().join(e.file_name().unwrap());
+        std::fs::copy(&*e, &to).unwrap();
+        *e = to;
+    }
+    let mut gateless = ScoreRequest::new(dir.to_str().unwrap(), "the cat", "a dog");
+    gateless.experts = lone;
+    gateless.router = RouterChoice::parse("phatgoose").unwrap();
+    let err = score(&gateless).unwrap_err().to_string();
+    assert!(
+        err.contains("--router phatgoose routes by every expert's gate, and expert `expert_c` has none"),
+        "{err}"
+    );
     req.model = fixture("orig").to_str().unwrap().to_owned();
     let err = score(&req).unwrap_err().to_string();
     assert!(err.contains("tokenizer.json"), "{err}");

@@ -270,11 +270,21 @@ pub fn adapters_for(
             ))),
         },
         (RouterChoice::Single, n) => Err(ModelError::Input(format!(
-            "{n} experts given without a router; pass --router phatgoose or merged"
+            "--router single runs one expert's LoRA alone, and {n} experts were given; pass a router that combines them (--router phatgoose, merged or arrow), or one expert"
         ))),
         (RouterChoice::Gated, n) => Err(ModelError::Input(format!(
             "--router gated takes one expert, {n} were given; pass --router phatgoose or merged"
         ))),
+        (RouterChoice::Method(m), _)
+            if m.uses_gates()
+                && let Some(e) = experts.iter().find(|e| !gates.iter().any(|g| g.name == e.name)) =>
+        {
+            Err(ModelError::Input(format!(
+                "--router {} routes by every expert's gate, and expert `{}` has none: give the gate files with --gates (a store's `gate:NAME`), or experts as `expert:NAME`, which bring their gates",
+                m.name(),
+                e.name
+            )))
+        }
         (RouterChoice::Method(m), _) => m.adapters(
             &route::Pool {
                 experts,
