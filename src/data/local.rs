@@ -31,9 +31,24 @@ pub fn text_of(v: &serde_json::Value) -> Option<String> {
 pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
     let get = |field: &str| -> Result<String, String> {
         let v = obj.get(field).ok_or_else(|| {
-            format!("no field \"{field}\" (set input-field= / target-field= on the dataset)")
+            let mut has: Vec<&str> = obj.keys().map(String::as_str).collect();
+            has.truncate(12);
+            let has = if has.is_empty() {
+                "it has no fields".to_string()
+            } else {
+                format!("it has {}", has.join(", "))
+            };
+            format!("no field \"{field}\" ({has}; set input-field= / target-field= on the dataset)")
         })?;
-        text_of(v).ok_or_else(|| format!("field \"{field}\" is not a string"))
+        text_of(v).ok_or_else(|| {
+            let kind = match v {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Array(_) => "a list",
+                serde_json::Value::Object(_) => "an object",
+                _ => "not text",
+            };
+            format!("field \"{field}\" is {kind}, not text")
+        })
     };
     let input = get(f.input)? + f.input_suffix;
     // A list of targets: every one is accepted, the first is the training target.
@@ -78,6 +93,15 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
     };
     if !choices.is_empty() && !choices.contains(&target) {
         return Err(format!("the target {target:?} is not among the choices"));
+    }
+    // One answer to rank against itself: every method would score it right.
+    if let Some(first) = choices.first()
+        && choices.iter().all(|c| c == first)
+    {
+        return Err(format!(
+            "field \"{}\" holds one distinct choice ({first:?}): rank classification needs at least two different answers (leave the field out for a generation example)",
+            f.choices
+        ));
     }
     Ok(Example {
         input,
@@ -138,7 +162,9 @@ mod tests {
         };
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
         assert!(
-            err.ends_with("d.jsonl:3: no field \"a\" (set input-field= / target-field= on the dataset)"),
+            err.ends_with(
+                "d.jsonl:3: no field \"a\" (it has q; set input-field= / target-field= on the dataset)"
+            ),
             "{err}"
         );
         std::fs::write(&p, "{\"q\": \"2+2\", \"a\": 4, \"opts\": [\"3\", \"4\"]}\n").unwrap();
@@ -184,6 +210,20 @@ mod tests {
             err.contains("field \"opts\" must be a list of choices, e.g. [\"yes\", \"no\"] (found \"a|b\")"),
             "{err}"
         );
+        for one in ["[\\\"b\\\"]", "[\\\"b\\\", \\\"b\\\"]"] {
+            std::fs::write(
+                &p,
+                format!("{{\"q\": \"x\", \"a\": \"b\", \"opts\": \"{one}\"}}\n"),
+            )
+            .unwrap();
+            let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
+            assert!(
+                err.contains(
+                    "field \"opts\" holds one distinct choice (\"b\"): rank classification needs at least two"
+                ),
+                "{err}"
+            );
+        }
         std::fs::write(&p, "{\"q\": \"x\", \"a\": \"b\", \"opts\": \"[a, b\"}\n").unwrap();
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
         assert!(
