@@ -510,7 +510,7 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
         }
         let _ = writeln!(
             std::io::stderr(),
-            "\ninterrupt: stopping after the running steps save their progress (Ctrl-C again to quit now)"
+            "\ninterrupt: stopping after the running steps save their progress (interrupt again, e.g. Ctrl-C, to quit now)"
         );
         c.cancel();
     });

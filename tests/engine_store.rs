@@ -358,6 +358,26 @@ fn cancelled_step_resumes_from_its_checkpoint() {
         "{text}"
     );
     std::fs::write(&lock_path, lock).unwrap();
+    // A partial write beside the checkpoint (a kill or a full disk cut it short) is
+    // space gc gives back; the checkpoint stays. Alone, it is no saved progress.
+    let partial = store.work_dir(&k).join("train-state.safetensors.tmp");
+    std::fs::write(&partial, "torn").unwrap();
+    let found = store.gc_candidates(&plan.steps.iter().map(|s| s.spec.key).collect());
+    assert!(
+        found
+            .iter()
+            .any(|e| e.path == partial && e.reason.label() == "leftover of an interrupted run"),
+        "{found:?}"
+    );
+    assert!(!found.iter().any(|e| e.path == store.work_dir(&k)), "{found:?}");
+    let saved = store.work_dir(&k).join("checkpoint");
+    let aside = p.dir.path().join("checkpoint-aside");
+    std::fs::rename(&saved, &aside).unwrap();
+    let (plan, status) = p.status(&reg);
+    let text = goosepipe::plan::render::plan_text(&plan, &status);
+    assert!(!plan_line(&text, "expert:a").contains("interrupted"), "{text}");
+    std::fs::rename(&aside, &saved).unwrap();
+    std::fs::remove_file(&partial).unwrap();
 
     let resuming = Behaviour {
         resumable: Some(("expert:a".into(), 50, None)),

@@ -483,6 +483,16 @@ fn a_new_head_adopts_live_jobs_and_submits_each_step_once() {
     let first = fake.subs().len();
     assert!(first > 0);
     assert!(fake.cancelled.lock().unwrap().is_empty(), "left running");
+    // Said as left running, not as stopped.
+    let said = out
+        .lines()
+        .find(|l| l.starts_with("interrupted:"))
+        .unwrap_or_default();
+    assert!(
+        said.contains("; 0 stopped with their checkpoints kept; ")
+            && said.contains(" left running as cluster jobs (the same command adopts them)"),
+        "{out}"
+    );
     // The next head adopts them: nothing is submitted twice.
     *fake.frozen.lock().unwrap() = false;
     *fake.interrupt.lock().unwrap() = None;
@@ -529,6 +539,11 @@ fn ctrl_c_can_cancel_what_was_submitted() {
     assert_eq!(code, 130, "{out}");
     let submitted: usize = fake.subs().iter().map(|s| s.keys.len()).sum();
     assert_eq!(fake.cancelled.lock().unwrap().len(), submitted);
+    assert!(
+        out.contains(&format!("{submitted} stopped with their checkpoints kept;"))
+            && !out.contains("left running"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -708,4 +723,68 @@ fn twins_are_never_submitted_and_share_the_artifact_of_their_first() {
         assert_eq!(log.take().len(), p.plan(&reg).steps.len() - 4);
         assert!(p.stale(&reg).is_empty());
     }
+}
+
+/// A head interrupted with jobs left queued, then the manifest edited: the next head
+/// submits the new keys and names the jobs left for keys its plan no longer has,
+/// with the command that stops them (they held the queue unseen).
+#[test]
+fn a_new_head_names_jobs_left_for_steps_its_plan_no_longer_has() {
+    let (p, reg, _) = setup();
+    let fake = FakeSlurm::new(&p, &reg);
+    *fake.frozen.lock().unwrap() = true;
+    let cancel = CancelFlag::new();
+    *fake.interrupt.lock().unwrap() = Some((2, cancel.clone()));
+    let (code, out) = run_cancellable(&p, &reg, &fake, &RunOptions::default(), sopts(), &cancel);
+    assert_eq!(code, 130, "{out}");
+    assert!(!fake.subs_of("dataset:a").is_empty());
+    p.write(&BASE.replace("config=\"a\"", "config=\"a2\""));
+    // The executor alone, with a reporter that keeps its notes (they go to stderr).
+    let notes = Notes::default();
+    let cancel = CancelFlag::new();
+    *fake.interrupt.lock().unwrap() = Some((fake.polls.load(Ordering::SeqCst) + 2, cancel.clone()));
+    let plan = p.plan(&reg);
+    let store = Store::open(p.store()).unwrap();
+    let lock = goosepipe::store::lockfile::Lockfile::default();
+    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let ex = Slurm {
+        opts: sopts(),
+        scheduler: &fake,
+    };
+    let cx = goosepipe::exec::executor::RunContext {
+        plan: &plan,
+        status: &status,
+        store: &store,
+        registry: &reg,
+        lock: &lock,
+        lock_path: p.dir.path().join("pipeline.kdl.lock"),
+        opts: &RunOptions::default(),
+        reporter: &notes,
+        cancel: &cancel,
+    };
+    let _ = goosepipe::exec::executor::Executor::execute(&ex, &cx);
+    let said = notes.0.lock().unwrap().join("\n");
+    assert!(
+        said.contains(
+            "1 job(s) an earlier run submitted are still queued or running for steps this plan does not have"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("`scancel "), "{said}");
+}
+
+/// A reporter that keeps the notes it is given.
+#[derive(Default)]
+struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl goosepipe::exec::progress::Reporter for Notes {
+    fn begin(&self, _: usize, _: usize) {}
+    fn started(&self, _: &str, _: &str) -> Box<dyn goosepipe::exec::progress::StepProgress + '_> {
+        Box::new(goosepipe::exec::progress::Silent)
+    }
+    fn finished(&self, _: &str, _: goosepipe::exec::progress::Outcome, _: f64, _: &str) {}
+    fn note(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+    fn end(&self) {}
 }

@@ -414,7 +414,8 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             ..opts.clone()
         };
         let mut report = execute(&plan, &status, &datasets)?;
-        let mut failed = !report.failed.is_empty() || !report.cancelled.is_empty();
+        let mut failed =
+            !report.failed.is_empty() || !report.cancelled.is_empty() || !report.left_running.is_empty();
         // A failed key is held back under every id it has (a twin's too).
         for (id, _) in &report.failed {
             failed_first.extend(exec::run::same_key(&plan, id));
@@ -505,10 +506,14 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
     }
     let built = report.built.len() + report.reused.len() + report.shared.len();
-    if !report.cancelled.is_empty() || interrupted_between {
+    if !report.cancelled.is_empty() || !report.left_running.is_empty() || interrupted_between {
+        let left = match report.left_running.len() {
+            0 => String::new(),
+            n => format!("; {n} left running as cluster jobs (the same command adopts them)"),
+        };
         let _ = writeln!(
             out,
-            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept; run the same command again to resume.",
+            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept{left}; run the same command again to resume.",
             report.cancelled.len(),
         );
         return Ok(EXIT_INTERRUPTED);

@@ -80,6 +80,8 @@ pub struct RunReport {
     pub failed: Vec<(String, String)>,
     pub skipped: Vec<String>,
     pub cancelled: Vec<String>,
+    /// Interrupted, and left running as cluster jobs (a later run adopts them).
+    pub left_running: Vec<String>,
     pub cached: usize,
 }
 
@@ -107,6 +109,7 @@ impl RunReport {
         self.failed.extend(next.failed);
         self.skipped.extend(next.skipped);
         self.cancelled.extend(next.cancelled);
+        self.left_running.extend(next.left_running);
         self.cached = next.cached.saturating_sub(done_here);
         self
     }
@@ -123,6 +126,7 @@ impl RunReport {
             .chain(self.failed.iter().map(|(id, _)| id))
             .chain(&self.skipped)
             .chain(&self.cancelled)
+            .chain(&self.left_running)
             .map(String::as_str)
             .collect();
         let unreached: Vec<String> = wanted

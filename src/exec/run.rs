@@ -597,7 +597,9 @@ fn execute_caught(cx: &RunContext, i: usize) -> Done {
     match result {
         Ok(Ok(outcome)) => Done::Ok(i, outcome, secs),
         Ok(Err(StepError::Cancelled)) => Done::Err(i, Outcome::Cancelled, secs, String::new()),
-        Ok(Err(StepError::Failed(m))) => Done::Err(i, Outcome::Failed, secs, m),
+        Ok(Err(StepError::Failed(m))) => {
+            Done::Err(i, Outcome::Failed, secs, super::step::with_full_disk_hint(m))
+        }
         Err(p) => {
             let what = p
                 .downcast_ref::<String>()
@@ -623,6 +625,7 @@ fn not_finished(plan: &Plan, selected: &[usize], report: &RunReport) -> Vec<Stri
         .chain(&report.shared)
         .chain(report.failed.iter().map(|(id, _)| id))
         .chain(&report.cancelled)
+        .chain(&report.left_running)
         .map(String::as_str)
         .collect();
     selected

@@ -59,6 +59,18 @@ impl StepError {
     }
 }
 
+/// A step's failure message, with what to do when the cause is a full file system
+/// (or quota): the OS says only "No space left on device".
+pub fn with_full_disk_hint(msg: String) -> String {
+    if msg.contains("(os error 28)") || msg.contains("(os error 122)") {
+        format!(
+            "{msg}\n  the store's file system is full: free space (`goosepipe gc MANIFEST...` deletes what no manifest reaches), then run the same command again; what finished is kept"
+        )
+    } else {
+        msg
+    }
+}
+
 impl From<std::io::Error> for StepError {
     fn from(e: std::io::Error) -> Self {
         StepError::Failed(format!("I/O error: {e}"))
@@ -324,6 +336,17 @@ impl crate::plan::Catalog for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_says_what_to_do() {
+        let full = "checkpoint x.tmp: No space left on device (os error 28)".to_string();
+        let said = with_full_disk_hint(full.clone());
+        assert!(
+            said.starts_with(&full) && said.contains("the store's file system is full: free space"),
+            "{said}"
+        );
+        assert_eq!(with_full_disk_hint("bad data".into()), "bad data");
+    }
 
     #[test]
     fn planned_work_reads_once_per_name_and_counts_once_per_item() {

@@ -82,7 +82,12 @@ pub fn exec_key(
             } else {
                 Outcome::Failed
             };
-            reporter.finished(&spec.id, outcome, secs, &e.to_string());
+            reporter.finished(
+                &spec.id,
+                outcome,
+                secs,
+                &super::step::with_full_disk_hint(e.to_string()),
+            );
             Err(e.into())
         }
     }

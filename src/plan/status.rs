@@ -414,9 +414,14 @@ fn presence_outcome(
     }
 }
 
-/// Whether an earlier attempt left saved progress (checkpoints) for this step.
+/// Whether an earlier attempt left saved progress (checkpoints) for this step: a
+/// file that is no partial write (`*.tmp`, which a write cut short by a kill or a
+/// full disk leaves, and a resume discards).
 fn has_progress(store: &Store, spec: &StepSpec) -> bool {
-    std::fs::read_dir(store.work_dir(&spec.key)).is_ok_and(|mut d| d.next().is_some())
+    std::fs::read_dir(store.work_dir(&spec.key)).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+    })
 }
 
 fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {

@@ -114,15 +114,30 @@ impl Store {
                 let live = sub != "recipes" && self.held_by_live_run(key);
                 if !kept && !live {
                     out.push(GcEntry::new(p, key, reason.clone()));
+                } else if sub == "work" && kept && !live {
+                    // Kept for its checkpoints; a partial write beside them (a kill or
+                    // a full disk cut it short) is no progress, and a resume deletes
+                    // it anyway: space gc can give back now.
+                    for (tmp, _) in list(&format!("work/{name}"))
+                        .into_iter()
+                        .filter(|(_, n)| n.ends_with(".tmp"))
+                    {
+                        out.push(GcEntry::new(tmp, key, GcReason::InterruptedStaging));
+                    }
                 }
             }
         }
         // Name records (id -> key) of keys no manifest reaches, and leftovers of an
         // interrupted write of one.
-        for (p, _) in list("names") {
+        for (p, name) in list("names") {
             let key = super::read_name_record(&p).map(|(_, k)| k);
             if !key.is_some_and(|k| reachable.contains(&k)) {
-                out.push(GcEntry::new(p, key, GcReason::Bookkeeping));
+                let reason = if name.contains(".tmp-") {
+                    GcReason::InterruptedStaging
+                } else {
+                    GcReason::Bookkeeping
+                };
+                out.push(GcEntry::new(p, key, reason));
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));

@@ -89,7 +89,12 @@ pub fn save(work: &Path, state: &TrainState) -> Result<(), String> {
         f.write_all(&bytes)?;
         f.sync_all()
     };
-    write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    // A write cut short (a full disk) leaves no partial file to take space or to
+    // look like saved progress.
+    write(&tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", tmp.display())
+    })?;
     faults::point("checkpoint.written");
     let current = work.join(STATE);
     if current.exists() {

@@ -7,14 +7,14 @@
 //! Either way the head can die at any moment: every submission is in the run log before
 //! anything else happens, and the next head adopts the jobs that are still alive.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::poll::{Backoff, RetryPolicy, array_chunks};
 use super::resources::Resources;
-use super::runlog::{Record, RunLog};
+use super::runlog::{Record, RunLog, Submitted};
 use super::scheduler::{End, JobState, SchedError, Scheduler, Submission};
 use super::script::{ExecArgs, log_of, write_job};
 use crate::exec::executor::{Executor, RunContext};
@@ -23,7 +23,7 @@ use crate::exec::run::{RunError, RunOptions, RunReport, check_locked, select, ve
 use crate::exec::step::CancelFlag;
 use crate::plan::{Plan, Twins};
 use crate::store::artifact::now_unix;
-use crate::store::{KeyLock, Presence, Store};
+use crate::store::{Key, KeyLock, Presence, Store};
 
 /// What to do with submitted jobs when the head is interrupted (Ctrl-C).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,8 @@ enum St {
     /// An input failed: never submitted.
     Blocked,
     Cancelled,
+    /// The run was interrupted and its job left running (`--on-interrupt leave`).
+    LeftRunning,
     /// Cancelled before it started because the run stopped after a failure.
     NotRun,
 }
@@ -337,10 +339,25 @@ impl<'a> Head<'a> {
                 candidates.insert(i, s.clone());
             }
         }
-        if candidates.is_empty() {
+        // Jobs an earlier run left for keys this plan does not have (the manifest was
+        // edited since, or it was another manifest's run): nobody adopts them, and
+        // they hold the queue. Not published, so possibly still queued or running.
+        let planned: HashSet<Key> = self.plan.steps.iter().map(|s| s.spec.key).collect();
+        let mut elsewhere: Vec<Submitted> = latest
+            .iter()
+            .filter(|(k, _)| !planned.contains(k) && !self.store.object_dir(k).exists())
+            .map(|(_, s)| s.clone())
+            .collect();
+        elsewhere.sort_by(|a, b| a.job.cmp(&b.job));
+        elsewhere.truncate(1000);
+        if candidates.is_empty() && elsewhere.is_empty() {
             return;
         }
-        let refs: Vec<String> = candidates.values().map(|s| s.job.clone()).collect();
+        let refs: Vec<String> = candidates
+            .values()
+            .chain(&elsewhere)
+            .map(|s| s.job.clone())
+            .collect();
         let infos = match self.sched.query(&refs) {
             Ok(m) => m,
             Err(e) => {
@@ -416,6 +433,27 @@ impl<'a> Head<'a> {
         }
         if !stale_children.is_empty() {
             let _ = self.sched.cancel(&stale_children);
+        }
+        let live: Vec<&str> = elsewhere
+            .iter()
+            .filter(|sub| {
+                infos.get(&sub.job).is_some_and(|info| {
+                    info.state.alive()
+                        && info
+                            .name
+                            .as_ref()
+                            .is_none_or(|n| sub.name.is_empty() || *n == sub.name)
+                })
+            })
+            .map(|sub| sub.job.as_str())
+            .collect();
+        if !live.is_empty() {
+            self.reporter.note(&format!(
+                "{} job(s) an earlier run submitted are still queued or running for steps this plan does not have (the manifest changed since, or another manifest's run): {}; `scancel {}` stops them if they are not wanted",
+                live.len(),
+                live.join(" "),
+                live.join(" ")
+            ));
         }
     }
 
@@ -984,7 +1022,8 @@ impl<'a> Head<'a> {
         }
         for (i, _) in flying {
             self.bars.remove(&i);
-            self.st.insert(i, St::Cancelled);
+            self.st
+                .insert(i, if cancel { St::Cancelled } else { St::LeftRunning });
         }
     }
 
@@ -992,6 +1031,7 @@ impl<'a> Head<'a> {
         for &i in &self.selected {
             match self.st[&i] {
                 St::Cancelled => self.report.cancelled.push(self.id(i).to_string()),
+                St::LeftRunning => self.report.left_running.push(self.id(i).to_string()),
                 St::Waiting | St::Blocked | St::NotRun | St::InFlight(_) => {
                     self.report.skipped.push(self.id(i).to_string())
                 }
