@@ -52,6 +52,10 @@ pub struct StudyResult {
     pub differences: BTreeMap<String, Interval>,
     /// Methods in display order.
     pub order: Vec<String>,
+    /// Method -> what the replicates' evals note about it (test labels used, not
+    /// post-hoc, how it works): one line, or one per replicate where they differ.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -135,6 +139,7 @@ pub fn bootstrap(
         compare: compare.to_string(),
         differences: BTreeMap::new(),
         order: methods.to_vec(),
+        notes: BTreeMap::new(),
     };
     for (m, name) in methods.iter().enumerate() {
         result
@@ -316,7 +321,37 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
             md_cell(&verdict)
         );
     }
+    let noted: Vec<&String> = r.order.iter().filter(|m| r.notes.contains_key(*m)).collect();
+    if !noted.is_empty() {
+        out.push('\n');
+        for m in noted {
+            let _ = writeln!(out, "- {}: {}", md_cell(m), r.notes[m]);
+        }
+    }
     out
+}
+
+/// Each method's notes over the replicates' evals (`names[i]`'s notes are
+/// `notes[i]`): said once where every replicate says the same, else per replicate.
+pub fn merge_notes(names: &[String], notes: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
+    let methods: std::collections::BTreeSet<&String> = notes.iter().flat_map(|n| n.keys()).collect();
+    methods
+        .into_iter()
+        .map(|m| {
+            let said: Vec<Option<&String>> = notes.iter().map(|n| n.get(m)).collect();
+            let text = if said.iter().all(|s| *s == said[0]) {
+                said[0].cloned().unwrap_or_default()
+            } else {
+                names
+                    .iter()
+                    .zip(&said)
+                    .filter_map(|(r, s)| Some(format!("{r}: {}", (*s)?)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            (m.clone(), text)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -331,6 +366,26 @@ mod tests {
                 .insert(t.to_string(), x.clone());
         }
         r
+    }
+
+    #[test]
+    fn notes_said_once_where_replicates_agree_and_per_replicate_where_not() {
+        let names = ["s1".to_string(), "s2".to_string()];
+        let one = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(m, n)| (m.to_string(), n.to_string()))
+                .collect()
+        };
+        let merged = merge_notes(
+            &names,
+            &[
+                one(&[("oracle", "test labels"), ("best-individual", "expert a")]),
+                one(&[("oracle", "test labels"), ("best-individual", "expert b")]),
+            ],
+        );
+        assert_eq!(merged["oracle"], "test labels");
+        assert_eq!(merged["best-individual"], "s1: expert a; s2: expert b");
     }
 
     #[test]

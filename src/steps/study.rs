@@ -7,7 +7,7 @@
 
 use super::common::fail;
 use super::eval::PER_EXAMPLE_JSON;
-use crate::eval::study::{Replicate, bootstrap, markdown};
+use crate::eval::study::{Replicate, bootstrap, markdown, merge_notes};
 use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 
 pub use crate::artifact_files::STUDY_JSON;
@@ -15,8 +15,9 @@ pub use crate::artifact_files::STUDY_MD;
 
 /// Bootstraps over the replicates' per-example scores: seconds on one CPU. Version 2:
 /// `study.md` is headed without the step's name. Version 3: `study.md` escapes `|` and
-/// line breaks in names and says "1 replicate".
-pub const KIND: Kind = Kind::new("study", 3, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
+/// line breaks in names and says "1 replicate". Version 4: the evals' notes on each
+/// method (test labels, not post-hoc) under the tables.
+pub const KIND: Kind = Kind::new("study", 4, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
 
 /// A study step's parameters (the schema's `study` node, defaults filled).
 #[derive(Debug, serde::Deserialize)]
@@ -44,28 +45,33 @@ impl StepRunner for StudyStep {
         let compare = compare.as_str();
         let mut replicates: Vec<Replicate> = vec![];
         let mut methods: Vec<String> = vec![];
+        let mut notes = vec![];
         for name in &names {
             let inp = ctx.input(&format!("eval:{name}"))?;
             let path = inp.files.join(PER_EXAMPLE_JSON);
             let bytes = std::fs::read(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
             let r: Replicate =
                 serde_json::from_slice(&bytes).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            let results: crate::eval::Results = serde_json::from_slice(
+                &std::fs::read(inp.files.join(crate::artifact_files::RESULTS_JSON))
+                    .map_err(|e| fail(format!("{name}: {e}")))?,
+            )
+            .map_err(|e| fail(format!("{name}: results.json: {e}")))?;
             // The first eval's column order is the study's.
             if methods.is_empty() {
-                let results: crate::eval::Results = serde_json::from_slice(
-                    &std::fs::read(inp.files.join(crate::artifact_files::RESULTS_JSON))
-                        .map_err(|e| fail(format!("{name}: {e}")))?,
-                )
-                .map_err(|e| fail(format!("{name}: results.json: {e}")))?;
                 methods = results
                     .methods
-                    .into_iter()
-                    .filter(|m| r.contains_key(m))
+                    .iter()
+                    .filter(|m| r.contains_key(*m))
+                    .cloned()
                     .collect();
             }
+            notes.push(results.notes);
             replicates.push(r);
         }
-        let result = bootstrap(&names, &replicates, &methods, compare, samples, seed).map_err(fail)?;
+        let mut result = bootstrap(&names, &replicates, &methods, compare, samples, seed).map_err(fail)?;
+        result.notes = merge_notes(&names, &notes);
+        result.notes.retain(|m, _| methods.contains(m));
         std::fs::write(
             ctx.out.join(STUDY_JSON),
             serde_json::to_vec_pretty(&result).expect("json"),
