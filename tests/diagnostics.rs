@@ -591,7 +591,7 @@ fn a_manifest_that_is_not_kdl_is_one_error() {
     let (r, _d) = check_text(&[("run.log", &log)]);
     let err = one_line(&r.unwrap_err());
     assert!(
-        err.contains("run.log is not a .kdl file and does not read as KDL"),
+        err.contains("run.log is not a .kdl file and does not read as a manifest"),
         "{err}"
     );
     assert_eq!(err.matches("goosepipe::manifest::").count(), 1, "{err}");
@@ -600,6 +600,11 @@ fn a_manifest_that_is_not_kdl_is_one_error() {
         "dataset \"d\" { synthetic task=\"sort\" examples=10; }\n",
     )]);
     r.unwrap();
+    // One mistake in such a file is said where it is, as in any manifest.
+    let one_typo = "dataset \"d\" { synthetic task=\"sort\" examples=10; }\n".repeat(3) + "dataset \"e\" {\n";
+    let (r, _d) = check_text(&[("m.pipeline", &one_typo)]);
+    let err = one_line(&r.unwrap_err());
+    assert!(!err.contains("not-kdl") && err.contains("m.pipeline:"), "{err}");
 }
 
 /// Validating on the training file itself is no validation: a warning at the setting.
@@ -783,4 +788,22 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
     std::fs::write(d.path().join("base/pytorch_model.bin"), "").unwrap();
     let mut out = Vec::new();
     goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap();
+}
+
+/// One fixed answer choice is an error at the manifest's `choices`, not at every row
+/// of the data that lacks its own.
+#[test]
+fn one_fixed_choice_is_an_error_at_the_manifest() {
+    let text = "dataset \"d\" path=\"d.jsonl\" {\n    choices \"yes\"\n}\n";
+    let (r, _d) = check_text(&[
+        ("m.kdl", text),
+        ("d.jsonl", "{\"input\": \"a\", \"target\": \"yes\"}\n"),
+    ]);
+    let err = one_line(&r.unwrap_err());
+    assert!(
+        err.contains("`choices` needs at least 2 value(s)")
+            && err.contains("1 given")
+            && err.contains("m.kdl:2:5"),
+        "{err}"
+    );
 }

@@ -362,7 +362,23 @@ fn cancelled_step_resumes_from_its_checkpoint() {
     // space gc gives back; the checkpoint stays. Alone, it is no saved progress.
     let partial = store.work_dir(&k).join("train-state.safetensors.tmp");
     std::fs::write(&partial, "torn").unwrap();
+    // So is an eval's part or a name record cut short.
+    let part = store.work_dir(&k).join("eval-progress").join(".p.json.tmp-1-2");
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, "{").unwrap();
+    let record = p.store().join("names").join("abc.tmp-77");
+    std::fs::write(&record, format!("expert:a\n{}\n", k.hex())).unwrap();
     let found = store.gc_candidates(&plan.steps.iter().map(|s| s.spec.key).collect());
+    for leftover in [&part, &record] {
+        assert!(
+            found
+                .iter()
+                .any(|e| &e.path == leftover && e.reason.label() == "leftover of an interrupted run"),
+            "{leftover:?}: {found:?}"
+        );
+    }
+    std::fs::remove_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::remove_file(&record).unwrap();
     assert!(
         found
             .iter()

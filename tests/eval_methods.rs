@@ -648,7 +648,7 @@ fn report_examples_shows_each_methods_answers_as_scored() {
     let m = dir.path().join("m.kdl");
     let generation = ONE_EXPERT.replace(
         "task \"b\" dataset=\"broken\"",
-        "task \"b\" dataset=\"broken\" metric=\"exact-match\"",
+        "task \"b\" dataset=\"broken\" metric=\"exact-match\" max-new-tokens=1",
     );
     assert_ne!(generation, ONE_EXPERT);
     std::fs::write(&m, generation).unwrap();
@@ -746,6 +746,17 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         "{gen_}"
     );
     assert!(!gen_.contains("choices:") && gen_.contains("  base  "), "{gen_}");
+    // What makes its score mean less is noted, in the examples and under the table:
+    // letters the tokenizer never saw, an answer longer than generation may run.
+    let noted =
+        "1 of 2 examples have answers longer than max-new-tokens=1 tokens: they can never match exactly";
+    assert!(
+        gen_.contains("note: ") && gen_.contains(noted) && gen_.contains("are <unk>"),
+        "{gen_}"
+    );
+    let (_, table, _) = cli(&["report", m]);
+    assert!(table.contains("- task b: ") && table.contains(noted), "{table}");
+    assert!(!table.contains("- task sort:"), "{table}");
     // Mistakes point at what there is.
     let (code, _, err) = cli(&["report", m, "--examples", "sorted"]);
     assert_eq!(code, Some(1));
@@ -756,7 +767,7 @@ fn report_examples_shows_each_methods_answers_as_scored() {
     let (code, _, err) = cli(&["report", m, "--examples", "sort", "--wrong", "merged"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("no method \"merged\" in this eval (it ran base, expert:sort)"),
+        err.contains("no eval that scores \"sort\" ran method \"merged\""),
         "{err}"
     );
     let (code, _, err) = cli(&["report", m, "--examples", "sort", "--format", "csv"]);

@@ -802,6 +802,19 @@ expert "sort" model="t" dataset="sort" {
         goosepipe::app::score::score(&by_id).unwrap().total,
         from_export.total
     );
+    // A gate gone from the store (gc) is said as such, not as a file not found.
+    let gate_key = s.find("gate:sort").unwrap().key;
+    let aside = dir.path().join("gate-aside");
+    std::fs::rename(s.object_dir(&gate_key), &aside).unwrap();
+    let mut gone = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    gone.experts = vec!["expert:sort".into()];
+    gone.router = goosepipe::app::score::RouterChoice::Gated;
+    let err = goosepipe::app::score::resolve_step_ids(&mut gone, &store).unwrap_err();
+    assert!(
+        err.starts_with("gate:sort: its artifact") && err.contains("is no longer in the store"),
+        "{err}"
+    );
+    std::fs::rename(&aside, s.object_dir(&gate_key)).unwrap();
     let mut unknown = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
     unknown.experts = vec!["expert:sorted".into()];
     let err = goosepipe::app::score::resolve_step_ids(&mut unknown, &store).unwrap_err();

@@ -9,7 +9,9 @@ use std::path::Path;
 use miette::{Report, miette};
 
 use super::{existing_store, not_built, plan_in_store};
-use crate::eval::predictions::{PREDICTIONS_JSON, Predictions, Selection, render, selected};
+use crate::artifact_files::RESULTS_JSON;
+use crate::eval::Results;
+use crate::eval::predictions::{PREDICTIONS_JSON, Predictions, Selection, ran, render, selected};
 use crate::exec::Registry;
 
 /// What `report --examples` was asked for.
@@ -67,6 +69,9 @@ pub fn examples(
     }
     let mut shown = vec![];
     let mut missing = false;
+    // Evals that did not run the method `--wrong` names: left out, said at the end.
+    let mut without = vec![];
+    let scoring_count = scoring.len();
     for s in scoring {
         let id = &s.spec.id;
         let files = store.files_dir(&s.spec.key);
@@ -94,6 +99,16 @@ pub fn examples(
         let Some(task) = p.tasks.remove(req.task) else {
             return Err(miette!("{id}: its {PREDICTIONS_JSON} has no task {:?}", req.task));
         };
+        if let Some(m) = req.select.wrong
+            && !ran(&task, m)
+        {
+            without.push(id.clone());
+            continue;
+        }
+        let note = std::fs::read(files.join(RESULTS_JSON))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Results>(&b).ok())
+            .and_then(|r| r.task_notes.get(req.task).cloned());
         let order: Vec<String> = s.spec.params["methods"]
             .as_array()
             .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
@@ -102,12 +117,37 @@ pub fn examples(
             let mut v = selected(&task, &order, &req.select).map_err(|e| miette!("{id}: {e}"))?;
             v["step"] = serde_json::json!(id);
             v["task"] = serde_json::json!(req.task);
+            if let Some(n) = &note {
+                v["note"] = serde_json::json!(n);
+            }
             shown.push(v);
         } else {
-            let text = render(&format!("{id}, task {:?}", req.task), &task, &order, &req.select)
-                .map_err(|e| miette!("{id}: {e}"))?;
+            let text = render(
+                &format!("{id}, task {:?}", req.task),
+                &task,
+                &order,
+                &req.select,
+                note.as_deref(),
+            )
+            .map_err(|e| miette!("{id}: {e}"))?;
             let _ = writeln!(out, "{text}\n");
         }
+    }
+    if let Some(m) = req.select.wrong
+        && !without.is_empty()
+    {
+        if without.len() == scoring_count {
+            return Err(miette!(
+                help = "--wrong takes one of the eval's methods (`goosepipe report` shows them as columns)",
+                "no eval that scores {:?} ran method {m:?}",
+                req.task
+            ));
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: did not run {m:?}; left out",
+            without.join(", ")
+        );
     }
     if req.format == "json" {
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&shown).expect("json"));

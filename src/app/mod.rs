@@ -511,10 +511,13 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             0 => String::new(),
             n => format!("; {n} left running as cluster jobs (the same command adopts them)"),
         };
+        let stopped = match report.cancelled.len() {
+            0 if !report.left_running.is_empty() => String::new(),
+            n => format!("; {n} stopped with their checkpoints kept"),
+        };
         let _ = writeln!(
             out,
-            "interrupted: {built} step(s) finished and published; {} stopped with their checkpoints kept{left}; run the same command again to resume.",
-            report.cancelled.len(),
+            "interrupted: {built} step(s) finished and published{stopped}{left}; run the same command again to resume.",
         );
         return Ok(EXIT_INTERRUPTED);
     }

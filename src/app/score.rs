@@ -553,6 +553,13 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
     use crate::artifact_files::{EXPERT_FILE, GATES_FILE};
     use crate::store::spec::{member_of, step_id};
     let is_id = |value: &str, kind: &str| member_of(value, kind).is_some() && !Path::new(value).exists();
+    // Neither a folder nor `org/name` nor a step id: most often a model step's bare name.
+    if !req.model.contains(['/', ':']) && !Path::new(&req.model).exists() {
+        return Err(format!(
+            "--model {m}: no such folder, and not a hub repo id (org/name); a model step of the store is given as model:{m}",
+            m = req.model
+        ));
+    }
     let wanted = is_id(&req.model, "model")
         || req.experts.iter().any(|e| is_id(&e.to_string_lossy(), "expert"))
         || req.gates.iter().any(|g| is_id(&g.to_string_lossy(), "gate"));
@@ -566,12 +573,22 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
         ));
     }
     let store = crate::store::Store::at(store_root);
+    // Re-hashed as `export` and `show` do: a damaged or collected artifact is said,
+    // not read.
+    let built = |id: &str| -> Option<crate::store::Key> { store.named(id) };
     let files = |id: &str| -> std::result::Result<PathBuf, String> {
-        let key = store.named(id).ok_or_else(|| {
+        let key = built(id).ok_or_else(|| {
             format!(
                 "{id} is in no run of the store at {} (run its manifest first, or give a path)",
                 store_root.display()
             )
+        })?;
+        store.verify(&key).map_err(|e| match store.presence(&key) {
+            crate::store::Presence::Missing => format!(
+                "{id}: its artifact {} is no longer in the store (collected by gc?); run its manifest again",
+                key.short()
+            ),
+            _ => format!("{id}: {e}; `goosepipe verify` moves it aside and a run rebuilds it"),
         })?;
         Ok(store.files_dir(&key))
     };
@@ -592,21 +609,16 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
             *g = files(&text)?.join(GATES_FILE);
         }
     }
-    // Every expert's gate, or none (a gate for some would pair them by name, and the
-    // rest would be refused as lacking one).
+    // The gates built for them (paired by their recorded names; an expert without
+    // one is named by the router that needs it).
     let routed = !matches!(req.router, RouterChoice::Single);
-    if routed && req.gates.is_empty() && !names.is_empty() && names.len() == req.experts.len() {
-        let gates: Option<Vec<PathBuf>> = names
-            .iter()
-            .map(|n| {
-                Some(
-                    store
-                        .files_dir(&store.named(&step_id("gate", n))?)
-                        .join(GATES_FILE),
-                )
-            })
-            .collect();
-        req.gates = gates.unwrap_or_default();
+    if routed && req.gates.is_empty() {
+        for n in &names {
+            let id = step_id("gate", n);
+            if built(&id).is_some() {
+                req.gates.push(files(&id)?.join(GATES_FILE));
+            }
+        }
     }
     Ok(())
 }

@@ -61,8 +61,9 @@ pub fn against_own(
                 ratio: (own > 0.0).then(|| mean / own),
             })
         })
-        .collect();
-    Some((tasks, rows))
+        .collect::<Vec<_>>();
+    // Only single experts listed: nothing to hold against them.
+    (!rows.is_empty()).then_some((tasks, rows))
 }
 
 /// The comparison as a markdown table under `#### TITLE: ...`.

@@ -52,6 +52,11 @@ pub struct Selection<'a> {
     pub wrong: Option<&'a str>,
 }
 
+/// Whether a method ran on a task (what `Selection::wrong` may name).
+pub fn ran(task: &TaskPredictions, method: &str) -> bool {
+    task.methods.contains_key(method)
+}
+
 /// Longest input shown, in characters; a longer one is cut with its length said.
 const INPUT_SHOWN: usize = 400;
 
@@ -63,6 +68,7 @@ pub fn render(
     task: &TaskPredictions,
     order: &[String],
     select: &Selection,
+    note: Option<&str>,
 ) -> Result<String, String> {
     let methods: Vec<&String> = order.iter().filter(|m| task.methods.contains_key(*m)).collect();
     let picked = picked(task, order, select)?;
@@ -78,6 +84,9 @@ pub fn render(
     };
     let shown = picked.len().min(select.limit);
     let _ = writeln!(out, "## {title}: {}, {what}, {shown} shown\n", task.metric);
+    if let Some(note) = note {
+        let _ = writeln!(out, "note: {note}\n");
+    }
     for &i in picked.iter().take(select.limit) {
         let e = &task.examples[i];
         let _ = writeln!(out, "example {}", i + 1);
@@ -225,6 +234,7 @@ mod tests {
                 limit: 10,
                 wrong: None,
             },
+            None,
         )
         .unwrap();
         assert!(
@@ -256,8 +266,13 @@ mod tests {
                 limit: 10,
                 wrong: Some("phatgoose"),
             },
+            Some("3 of 8 tokens are <unk>"),
         )
         .unwrap();
+        assert!(
+            text.contains("shown\n\nnote: 3 of 8 tokens are <unk>\n\nexample 1"),
+            "{text}"
+        );
         assert!(
             text.contains(": rank-classification, 1 of 2 examples phatgoose got wrong, 1 shown"),
             "{text}"
@@ -274,6 +289,7 @@ mod tests {
                 limit: 10,
                 wrong: Some("arrow"),
             },
+            None,
         )
         .unwrap_err();
         assert_eq!(err, "no method \"arrow\" in this eval (it ran phatgoose, merged)");
@@ -310,6 +326,7 @@ mod tests {
                 limit: 1,
                 wrong: None,
             },
+            None,
         )
         .unwrap();
         assert!(text.ends_with("(1 more; --limit N shows more)"), "{text}");

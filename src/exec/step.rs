@@ -64,7 +64,7 @@ impl StepError {
 pub fn with_full_disk_hint(msg: String) -> String {
     if msg.contains("(os error 28)") || msg.contains("(os error 122)") {
         format!(
-            "{msg}\n  the store's file system is full: free space (`goosepipe gc MANIFEST...` deletes what no manifest reaches), then run the same command again; what finished is kept"
+            "{msg}\n  a file system is full (the path above says which): free space there (in the store, `goosepipe gc MANIFEST...` deletes what no manifest reaches), then run the same command again; what finished is kept"
         )
     } else {
         msg
@@ -342,7 +342,8 @@ mod tests {
         let full = "checkpoint x.tmp: No space left on device (os error 28)".to_string();
         let said = with_full_disk_hint(full.clone());
         assert!(
-            said.starts_with(&full) && said.contains("the store's file system is full: free space"),
+            said.starts_with(&full)
+                && said.contains("a file system is full (the path above says which): free space there"),
             "{said}"
         );
         assert_eq!(with_full_disk_hint("bad data".into()), "bad data");

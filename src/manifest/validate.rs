@@ -68,27 +68,27 @@ pub fn load_lenient(path: &Path) -> Result<(Manifest, Vec<ManifestError>), Manif
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| display_root.clone());
-    let id = v.sources.add(abs.clone(), name, text);
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    let id = v.sources.add(abs.clone(), name.clone(), text);
     v.load_file(id);
     let (manifest, errors) = v.finish(abs, root, display_root.clone());
-    // A data file or a log given by mistake would be said as thousands of syntax
-    // errors that all say the same thing: one error instead, when the file is not
-    // named .kdl and does not read as KDL.
+    // A data file or a log given by mistake would be said as thousands of errors
+    // that all say the same thing: one error instead, when the file is not named
+    // .kdl and errors stand on half of its lines or more (a manifest named otherwise
+    // with a mistake or two gets its errors, with their places).
     let kdl = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("kdl"));
-    if !kdl && errors.iter().any(|e| e.code == "manifest::syntax") {
+    let own = errors.iter().filter(|e| e.src.name() == name).count();
+    if !kdl && own >= 10 && 2 * own >= lines {
         let mut s = Sources::default();
         let id = s.add(path.to_path_buf(), display_root.clone(), String::new());
         let error = ManifestError::new(
             &s,
             "manifest::not-kdl",
             Loc::new(id, SourceSpan::from(0..0)),
-            format!(
-                "{display_root} is not a .kdl file and does not read as KDL ({} errors): is it the manifest?",
-                errors.len()
-            ),
+            format!("{display_root} is not a .kdl file and does not read as a manifest ({own} errors): is it the manifest?"),
             "here",
         )
         .help("give the pipeline's manifest, such as pipelines/quickstart.kdl (a data file is named by a dataset's path=)");
@@ -969,7 +969,11 @@ impl Validator {
                 "manifest::out-of-range",
                 cloc,
                 format!("`{cname}` needs at least {} value(s)", lspec.min),
-                "empty list",
+                if items.is_empty() {
+                    "empty list".to_string()
+                } else {
+                    format!("{} given", items.len())
+                },
                 cspec.doc.clone(),
             );
             ok = false;

@@ -420,7 +420,7 @@ fn presence_outcome(
 fn has_progress(store: &Store, spec: &StepSpec) -> bool {
     std::fs::read_dir(store.work_dir(&spec.key)).is_ok_and(|d| {
         d.flatten()
-            .any(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+            .any(|e| !crate::store::fsutil::is_partial_write(&e.file_name().to_string_lossy()))
     })
 }
 

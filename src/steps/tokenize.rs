@@ -64,7 +64,7 @@ impl StepRunner for TokenizeStep {
             {
                 let data = ctx.input("data")?.id.clone();
                 ctx.progress.log(&format!(
-                    "warning: {data}: {said}; the model reads each as the same token (train the model's tokenizer on text with these words, e.g. `init corpus=`, or reword the data)"
+                    "warning: {data}: {said}; the model reads each as the same token (a tokenizer goosepipe trains, `model ... {{ init corpus=... }}`, knows the words of its corpus; a hub model's tokenizer is fixed: reword the data)"
                 ));
             }
         }

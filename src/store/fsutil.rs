@@ -18,15 +18,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), nanos()));
-    {
+    // A write cut short (a full disk) leaves no partial file behind.
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-    }
-    fs::rename(&tmp, path).inspect_err(|_| {
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-    })?;
+        return Err(e);
+    }
     sync_dir(dir)
+}
+
+/// Whether a file name is a partial write: a checkpoint's `NAME.tmp`,
+/// [`write_atomic`]'s `.NAME.tmp-PID-N` or a name record's `NAME.tmp-PID`, left by a
+/// kill or a full disk.
+pub fn is_partial_write(name: &str) -> bool {
+    name.ends_with(".tmp") || name.contains(".tmp-")
 }
 
 /// fsync a folder so a rename inside it is durable.

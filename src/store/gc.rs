@@ -53,6 +53,21 @@ impl GcEntry {
     }
 }
 
+/// The partial writes anywhere below a work folder (checkpoints beside it, an eval's
+/// saved parts below it).
+fn partial_writes(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(partial_writes(&path));
+        } else if super::fsutil::is_partial_write(&e.file_name().to_string_lossy()) {
+            out.push(path);
+        }
+    }
+    out
+}
+
 fn key_prefix(name: &str) -> Option<Key> {
     name.get(..64)?.parse().ok()
 }
@@ -118,10 +133,7 @@ impl Store {
                     // Kept for its checkpoints; a partial write beside them (a kill or
                     // a full disk cut it short) is no progress, and a resume deletes
                     // it anyway: space gc can give back now.
-                    for (tmp, _) in list(&format!("work/{name}"))
-                        .into_iter()
-                        .filter(|(_, n)| n.ends_with(".tmp"))
-                    {
+                    for tmp in partial_writes(&p) {
                         out.push(GcEntry::new(tmp, key, GcReason::InterruptedStaging));
                     }
                 }
@@ -130,14 +142,15 @@ impl Store {
         // Name records (id -> key) of keys no manifest reaches, and leftovers of an
         // interrupted write of one.
         for (p, name) in list("names") {
+            // A partial write of a record goes whatever key it may hold (the record
+            // beside it is the one read).
+            if super::fsutil::is_partial_write(&name) {
+                out.push(GcEntry::new(p, None, GcReason::InterruptedStaging));
+                continue;
+            }
             let key = super::read_name_record(&p).map(|(_, k)| k);
             if !key.is_some_and(|k| reachable.contains(&k)) {
-                let reason = if name.contains(".tmp-") {
-                    GcReason::InterruptedStaging
-                } else {
-                    GcReason::Bookkeeping
-                };
-                out.push(GcEntry::new(p, key, reason));
+                out.push(GcEntry::new(p, key, GcReason::Bookkeeping));
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));

@@ -460,6 +460,10 @@ impl Store {
         let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
         std::fs::write(&tmp, line.as_bytes())
             .and_then(|()| std::fs::rename(&tmp, &p))
+            .inspect_err(|_| {
+                // A full disk leaves no partial record behind.
+                let _ = std::fs::remove_file(&tmp);
+            })
             .map_err(io_err(&p))
     }
 

@@ -343,13 +343,16 @@ impl<'a> Head<'a> {
         // edited since, or it was another manifest's run): nobody adopts them, and
         // they hold the queue. Not published, so possibly still queued or running.
         let planned: HashSet<Key> = self.plan.steps.iter().map(|s| s.spec.key).collect();
-        let mut elsewhere: Vec<Submitted> = latest
-            .iter()
-            .filter(|(k, _)| !planned.contains(k) && !self.store.object_dir(k).exists())
-            .map(|(_, s)| s.clone())
+        // The newest few whose end no head saw, with the job name that tells them from
+        // a job that took the same id later.
+        let elsewhere: Vec<Submitted> = self
+            .log
+            .unended_submissions()
+            .into_iter()
+            .filter(|(k, s)| !planned.contains(k) && !s.name.is_empty() && !self.store.object_dir(k).exists())
+            .map(|(_, s)| s)
+            .take(200)
             .collect();
-        elsewhere.sort_by(|a, b| a.job.cmp(&b.job));
-        elsewhere.truncate(1000);
         if candidates.is_empty() && elsewhere.is_empty() {
             return;
         }
@@ -437,13 +440,9 @@ impl<'a> Head<'a> {
         let live: Vec<&str> = elsewhere
             .iter()
             .filter(|sub| {
-                infos.get(&sub.job).is_some_and(|info| {
-                    info.state.alive()
-                        && info
-                            .name
-                            .as_ref()
-                            .is_none_or(|n| sub.name.is_empty() || *n == sub.name)
-                })
+                infos
+                    .get(&sub.job)
+                    .is_some_and(|info| info.state.alive() && info.name.as_ref() == Some(&sub.name))
             })
             .map(|sub| sub.job.as_str())
             .collect();

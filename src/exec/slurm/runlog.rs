@@ -96,6 +96,46 @@ impl RunLog {
             .collect()
     }
 
+    /// Each key's latest submission whose end no head saw (queued, running, or
+    /// ended unwatched), newest first.
+    pub fn unended_submissions(&self) -> Vec<(Key, Submitted)> {
+        let mut open: std::collections::HashMap<Key, (Submitted, f64)> = std::collections::HashMap::new();
+        for r in self.read() {
+            match r {
+                Record::Submit {
+                    key,
+                    job,
+                    attempt,
+                    unix,
+                    log,
+                    name,
+                    ..
+                } => {
+                    open.insert(
+                        key,
+                        (
+                            Submitted {
+                                job,
+                                attempt,
+                                log,
+                                name,
+                            },
+                            unix,
+                        ),
+                    );
+                }
+                Record::End { key, job, .. } => {
+                    if open.get(&key).is_some_and(|(s, _)| s.job == job) {
+                        open.remove(&key);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<(Key, Submitted, f64)> = open.into_iter().map(|(k, (s, t))| (k, s, t)).collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out.into_iter().map(|(k, s, _)| (k, s)).collect()
+    }
+
     /// The latest submission of each key.
     pub fn latest_submissions(&self) -> std::collections::HashMap<Key, Submitted> {
         let mut out = std::collections::HashMap::new();
@@ -169,5 +209,42 @@ mod tests {
         log.append(&[sub("12", 3)]).unwrap();
         assert_eq!(log.read().len(), 3, "a record after a torn line is kept");
         assert_eq!(log.latest_submissions()[&k].job, "12");
+    }
+
+    #[test]
+    fn unended_submissions_are_the_latest_whose_end_no_head_saw_newest_first() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("runs")).unwrap();
+        let log = RunLog::new(t.path());
+        let sub = |k: u8, job: &str, unix: f64| Record::Submit {
+            key: Key([k; 32]),
+            step: "expert:a".into(),
+            job: job.into(),
+            attempt: 1,
+            unix,
+            log: String::new(),
+            name: "gp".into(),
+        };
+        let end = |k: u8, job: &str| Record::End {
+            key: Key([k; 32]),
+            job: job.into(),
+            state: "COMPLETED".into(),
+            unix: 9.0,
+        };
+        log.append(&[
+            sub(1, "10", 1.0),
+            end(1, "10"),
+            sub(2, "11", 2.0),
+            sub(3, "12", 3.0),
+        ])
+        .unwrap();
+        // An end of an earlier job of key 2 does not close its later submission.
+        log.append(&[sub(2, "13", 4.0), end(2, "11")]).unwrap();
+        let jobs: Vec<String> = log
+            .unended_submissions()
+            .into_iter()
+            .map(|(_, s)| s.job)
+            .collect();
+        assert_eq!(jobs, ["13", "12"]);
     }
 }
