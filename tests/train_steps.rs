@@ -352,6 +352,13 @@ fn report_draws_routing_heatmaps_and_score_charts() {
             && labels.iter().any(|l| l == "sort"),
         "labelled SVG: {labels:?}"
     );
+    // With its scale, and each cell's share written in it (both experts take half of
+    // every module's choices).
+    assert!(
+        labels.iter().any(|l| l == "share of the choices in the module:")
+            && labels.iter().filter(|l| *l == "0.50").count() >= 2,
+        "{labels:?}"
+    );
     let png = std::fs::read(plots.join("e/routing-arrow-arrange-gen.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let bars = svg_texts(&std::fs::read_to_string(plots.join("e/scores.svg")).unwrap());

@@ -119,16 +119,48 @@ fn draw_heatmap<DB: DrawingBackend>(
     let bottom = if labels { 120i32 } else { 4 };
     let cw = ((w as i32 - left - 4) / experts.len().max(1) as i32).max(1);
     let ch = ((h as i32 - top - bottom) / modules.len().max(1) as i32).max(1);
+    // Each cell's share written in it where it fits, light on dark cells.
+    let values = labels && cw >= 30 && ch >= 11;
+    let tiny = ("sans-serif", 9).into_font();
     for (i, row) in rows.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
             let (x, y) = (left + j as i32 * cw, top + i as i32 * ch);
             root.draw(&Rectangle::new([(x, y), (x + cw, y + ch)], shade(*v).filled()))
                 .map_err(err)?;
+            if values {
+                let ink = if *v > 0.5 { WHITE } else { BLACK };
+                root.draw(&Text::new(
+                    format!("{v:.2}"),
+                    (x + 3, y + 1),
+                    tiny.clone().color(&ink),
+                ))
+                .map_err(err)?;
+            }
         }
     }
     if labels {
         let font = ("sans-serif", 14).into_font();
         root.draw(&Text::new(title.to_string(), (4, 10), font.clone()))
+            .map_err(err)?;
+        // The scale, below the module names: white (never chosen) to dark blue (every
+        // choice of the module).
+        let (sy, steps, sw) = (h as i32 - 40, 10, 16);
+        let small = ("sans-serif", 10).into_font();
+        root.draw(&Text::new(
+            "share of the choices in the module:",
+            (4, sy - 14),
+            small.clone(),
+        ))
+        .map_err(err)?;
+        root.draw(&Text::new("0", (4, sy + 1), small.clone()))
+            .map_err(err)?;
+        for k in 0..=steps {
+            let x = 14 + k * sw;
+            let v = k as f64 / steps as f64;
+            root.draw(&Rectangle::new([(x, sy), (x + sw, sy + 12)], shade(v).filled()))
+                .map_err(err)?;
+        }
+        root.draw(&Text::new("1", (18 + (steps + 1) * sw, sy + 1), small.clone()))
             .map_err(err)?;
         let small = ("sans-serif", 10).into_font();
         for (i, m) in modules.iter().enumerate() {
@@ -288,7 +320,7 @@ pub fn write_plots(
             }
             let title = format!("{eval}: {method} routing on {task} (share of choices per module)");
             let size = (
-                (340 + 24 * experts.len() as u32 + 8).max(480),
+                (340 + 34 * experts.len() as u32 + 8).max(480),
                 (40 + 14 * names.len() as u32 + 124).max(240),
             );
             let stem = format!("routing-{}-{}", slug(method), slug(task));
