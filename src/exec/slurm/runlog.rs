@@ -101,34 +101,12 @@ impl RunLog {
     pub fn unended_submissions(&self) -> Vec<(Key, Submitted)> {
         let mut open: std::collections::HashMap<Key, (Submitted, f64)> = std::collections::HashMap::new();
         for r in self.read() {
-            match r {
-                Record::Submit {
-                    key,
-                    job,
-                    attempt,
-                    unix,
-                    log,
-                    name,
-                    ..
-                } => {
-                    open.insert(
-                        key,
-                        (
-                            Submitted {
-                                job,
-                                attempt,
-                                log,
-                                name,
-                            },
-                            unix,
-                        ),
-                    );
+            if let Record::End { key, job, .. } = &r {
+                if open.get(key).is_some_and(|(s, _)| s.job == *job) {
+                    open.remove(key);
                 }
-                Record::End { key, job, .. } => {
-                    if open.get(&key).is_some_and(|(s, _)| s.job == job) {
-                        open.remove(&key);
-                    }
-                }
+            } else if let Some((key, sub, unix)) = submitted(r) {
+                open.insert(key, (sub, unix));
             }
         }
         let mut out: Vec<(Key, Submitted, f64)> = open.into_iter().map(|(k, (s, t))| (k, s, t)).collect();
@@ -138,29 +116,36 @@ impl RunLog {
 
     /// The latest submission of each key.
     pub fn latest_submissions(&self) -> std::collections::HashMap<Key, Submitted> {
-        let mut out = std::collections::HashMap::new();
-        for r in self.read() {
-            if let Record::Submit {
-                key,
+        self.read()
+            .into_iter()
+            .filter_map(submitted)
+            .map(|(key, sub, _)| (key, sub))
+            .collect()
+    }
+}
+
+/// A submission record's key, what was submitted, and when.
+fn submitted(r: Record) -> Option<(Key, Submitted, f64)> {
+    match r {
+        Record::Submit {
+            key,
+            job,
+            attempt,
+            unix,
+            log,
+            name,
+            ..
+        } => Some((
+            key,
+            Submitted {
                 job,
                 attempt,
                 log,
                 name,
-                ..
-            } = r
-            {
-                out.insert(
-                    key,
-                    Submitted {
-                        job,
-                        attempt,
-                        log,
-                        name,
-                    },
-                );
-            }
-        }
-        out
+            },
+            unix,
+        )),
+        Record::End { .. } => None,
     }
 }
 
