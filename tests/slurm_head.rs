@@ -543,7 +543,13 @@ fn ctrl_c_can_cancel_what_was_submitted() {
         out.contains(&format!("{submitted} stopped with their checkpoints kept;"))
             && !out.contains("left running"),
         "{out}"
-    );
+    ); // The head's cancellations are in the run log: the next head resubmits those
+    // steps without calling them ended while no head watched.
+    *fake.frozen.lock().unwrap() = false;
+    *fake.interrupt.lock().unwrap() = None;
+    let said = notes_of_a_head(&p, &reg, &fake, &CancelFlag::new());
+    assert!(!said.contains("while no head was watching"), "{said}");
+    assert!(p.stale(&reg).is_empty(), "{said}");
 }
 
 #[test]
@@ -739,31 +745,9 @@ fn a_new_head_names_jobs_left_for_steps_its_plan_no_longer_has() {
     assert_eq!(code, 130, "{out}");
     assert!(!fake.subs_of("dataset:a").is_empty());
     p.write(&BASE.replace("config=\"a\"", "config=\"a2\""));
-    // The executor alone, with a reporter that keeps its notes (they go to stderr).
-    let notes = Notes::default();
     let cancel = CancelFlag::new();
     *fake.interrupt.lock().unwrap() = Some((fake.polls.load(Ordering::SeqCst) + 2, cancel.clone()));
-    let plan = p.plan(&reg);
-    let store = Store::open(p.store()).unwrap();
-    let lock = goosepipe::store::lockfile::Lockfile::default();
-    let status = goosepipe::plan::status::status(&plan, &store, &lock);
-    let ex = Slurm {
-        opts: sopts(),
-        scheduler: &fake,
-    };
-    let cx = goosepipe::exec::executor::RunContext {
-        plan: &plan,
-        status: &status,
-        store: &store,
-        registry: &reg,
-        lock: &lock,
-        lock_path: p.dir.path().join("pipeline.kdl.lock"),
-        opts: &RunOptions::default(),
-        reporter: &notes,
-        cancel: &cancel,
-    };
-    let _ = goosepipe::exec::executor::Executor::execute(&ex, &cx);
-    let said = notes.0.lock().unwrap().join("\n");
+    let said = notes_of_a_head(&p, &reg, &fake, &cancel);
     assert!(
         said.contains(
             "1 job(s) an earlier run submitted are still queued or running for steps this plan does not have"
@@ -771,6 +755,33 @@ fn a_new_head_names_jobs_left_for_steps_its_plan_no_longer_has() {
         "{said}"
     );
     assert!(said.contains("`scancel "), "{said}");
+}
+
+/// The notes a head says (they go to stderr through `run`), from the executor alone
+/// with a reporter that keeps them.
+fn notes_of_a_head(p: &Project, reg: &Registry, fake: &FakeSlurm, cancel: &CancelFlag) -> String {
+    let notes = Notes::default();
+    let plan = p.plan(reg);
+    let store = Store::open(p.store()).unwrap();
+    let lock = goosepipe::store::lockfile::Lockfile::default();
+    let status = goosepipe::plan::status::status(&plan, &store, &lock);
+    let ex = Slurm {
+        opts: sopts(),
+        scheduler: fake,
+    };
+    let cx = goosepipe::exec::executor::RunContext {
+        plan: &plan,
+        status: &status,
+        store: &store,
+        registry: reg,
+        lock: &lock,
+        lock_path: p.dir.path().join("pipeline.kdl.lock"),
+        opts: &RunOptions::default(),
+        reporter: &notes,
+        cancel,
+    };
+    let _ = goosepipe::exec::executor::Executor::execute(&ex, &cx);
+    notes.0.lock().unwrap().join("\n")
 }
 
 /// A reporter that keeps the notes it is given.

@@ -333,10 +333,18 @@ impl<'a> Head<'a> {
     /// submission; anything else in the run log is history.
     fn adopt(&mut self) {
         let latest = self.log.latest_submissions();
+        let unended = self.log.unended_submissions();
+        let open: HashSet<&str> = unended.iter().map(|(_, s)| s.job.as_str()).collect();
         let mut candidates = BTreeMap::new();
         for &i in self.selected.iter().filter(|&&i| !self.twins.is_twin(i)) {
             if let Some(s) = latest.get(&self.plan.steps[i].spec.key) {
-                candidates.insert(i, s.clone());
+                if open.contains(s.job.as_str()) {
+                    candidates.insert(i, s.clone());
+                } else {
+                    // A head saw it end (failed, or cancelled by that head): submitted
+                    // again, as the next attempt, with nothing to report.
+                    self.next_attempt.insert(i, s.attempt + 1);
+                }
             }
         }
         // Jobs an earlier run left for keys this plan does not have (the manifest was
@@ -345,9 +353,7 @@ impl<'a> Head<'a> {
         let planned: HashSet<Key> = self.plan.steps.iter().map(|s| s.spec.key).collect();
         // The newest few whose end no head saw, with the job name that tells them from
         // a job that took the same id later.
-        let elsewhere: Vec<Submitted> = self
-            .log
-            .unended_submissions()
+        let elsewhere: Vec<Submitted> = unended
             .into_iter()
             .filter(|(k, s)| !planned.contains(k) && !s.name.is_empty() && !self.store.object_dir(k).exists())
             .map(|(_, s)| s)
@@ -406,7 +412,7 @@ impl<'a> Head<'a> {
                 .iter()
                 .any(|j| !matches!(self.st.get(j), Some(St::InFlight(_))));
             if orphan {
-                stale_children.push(job.clone());
+                stale_children.push((i, job.clone()));
                 self.next_attempt.insert(i, attempt + 1);
                 continue;
             }
@@ -434,9 +440,7 @@ impl<'a> Head<'a> {
                 );
             }
         }
-        if !stale_children.is_empty() {
-            let _ = self.sched.cancel(&stale_children);
-        }
+        let _ = self.cancel_logged(&stale_children);
         let live: Vec<&str> = elsewhere
             .iter()
             .filter(|sub| {
@@ -562,6 +566,28 @@ impl<'a> Head<'a> {
             state: state.into(),
             unix: now_unix(),
         }]);
+    }
+
+    /// Cancels the jobs of steps `(i, job)` and records their end in the run log, so
+    /// that a later head neither reports them as ended unwatched nor names them as
+    /// left over.
+    fn cancel_logged(&self, jobs: &[(usize, String)]) -> Result<(), super::scheduler::SchedError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<String> = jobs.iter().map(|(_, j)| j.clone()).collect();
+        let done = self.sched.cancel(&refs);
+        let ends: Vec<Record> = jobs
+            .iter()
+            .map(|(i, job)| Record::End {
+                key: self.plan.steps[*i].spec.key,
+                job: job.clone(),
+                state: End::Cancelled.label().into(),
+                unix: now_unix(),
+            })
+            .collect();
+        let _ = self.log.append(&ends);
+        done
     }
 
     /// A queued job's pending reason: shown when it changes; a reason that never
@@ -891,7 +917,7 @@ impl<'a> Head<'a> {
                 };
                 if let Some(msg) = crate::exec::run::refusal(self.plan, self.store, self.registry, c, p) {
                     if let Some(job) = queued {
-                        let _ = self.sched.cancel(&[job]);
+                        let _ = self.cancel_logged(&[(c, job)]);
                     }
                     self.fail(c, msg);
                 }
@@ -932,14 +958,12 @@ impl<'a> Head<'a> {
         let mut orphans = vec![];
         while let Some(c) = stack.pop() {
             if let Some(St::InFlight(j)) = self.st.get(&c) {
-                orphans.push(j.job.clone());
+                orphans.push((c, j.job.clone()));
                 self.st.insert(c, St::Waiting);
                 stack.extend(self.dependents(c));
             }
         }
-        if !orphans.is_empty() {
-            let _ = self.sched.cancel(&orphans);
-        }
+        let _ = self.cancel_logged(&orphans);
     }
 
     fn fail(&mut self, i: usize, msg: String) {
@@ -956,7 +980,7 @@ impl<'a> Head<'a> {
         while let Some(c) = stack.pop() {
             match self.st.get(&c) {
                 Some(St::Waiting) => {}
-                Some(St::InFlight(j)) => queued.push(j.job.clone()),
+                Some(St::InFlight(j)) => queued.push((c, j.job.clone())),
                 _ => continue,
             }
             self.bars.remove(&c);
@@ -970,14 +994,12 @@ impl<'a> Head<'a> {
             // cancelled, running ones finish (their work is kept).
             for (c, j) in self.in_flight() {
                 if j.started.is_none() {
-                    queued.push(j.job.clone());
+                    queued.push((c, j.job.clone()));
                     self.st.insert(c, St::NotRun);
                 }
             }
         }
-        if !queued.is_empty() {
-            let _ = self.sched.cancel(&queued);
-        }
+        let _ = self.cancel_logged(&queued);
     }
 
     fn interrupted(&mut self) {
@@ -1005,7 +1027,8 @@ impl<'a> Head<'a> {
             }
         };
         if cancel {
-            match self.sched.cancel(&refs) {
+            let jobs: Vec<(usize, String)> = flying.iter().map(|(i, j)| (*i, j.job.clone())).collect();
+            match self.cancel_logged(&jobs) {
                 Ok(()) => self
                     .reporter
                     .note(&format!("cancelled job(s) {}", refs.join(" "))),
