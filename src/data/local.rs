@@ -31,14 +31,20 @@ pub fn text_of(v: &serde_json::Value) -> Option<String> {
 pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
     let get = |field: &str| -> Result<String, String> {
         let v = obj.get(field).ok_or_else(|| {
-            let mut has: Vec<&str> = obj.keys().map(String::as_str).collect();
+            let mut has: Vec<String> = obj.keys().map(|k| format!("{k:?}")).collect();
             has.truncate(12);
             let has = if has.is_empty() {
                 "it has no fields".to_string()
             } else {
                 format!("it has {}", has.join(", "))
             };
-            format!("no field \"{field}\" ({has}; set input-field= / target-field= on the dataset)")
+            // A .csv whose columns are tab-separated reads as one column.
+            let tabs = if obj.keys().any(|k| k.contains('\t')) {
+                "; its columns look tab-separated: name the file .tsv"
+            } else {
+                ""
+            };
+            format!("no field \"{field}\" ({has}; set input-field= / target-field= on the dataset{tabs})")
         })?;
         text_of(v).ok_or_else(|| {
             let kind = match v {
@@ -163,8 +169,16 @@ mod tests {
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
         assert!(
             err.ends_with(
-                "d.jsonl:3: no field \"a\" (it has q; set input-field= / target-field= on the dataset)"
+                "d.jsonl:3: no field \"a\" (it has \"q\"; set input-field= / target-field= on the dataset)"
             ),
+            "{err}"
+        );
+        // One column whose name holds tabs: a tab-separated file named .csv.
+        let mut row = Row::new();
+        row.insert("q\ta".into(), serde_json::json!("x\ty"));
+        let err = map_row(&row, &f).unwrap_err();
+        assert!(
+            err.ends_with("its columns look tab-separated: name the file .tsv)"),
             "{err}"
         );
         std::fs::write(&p, "{\"q\": \"2+2\", \"a\": 4, \"opts\": [\"3\", \"4\"]}\n").unwrap();
