@@ -8,7 +8,7 @@ use std::path::Path;
 
 use miette::{Report, miette};
 
-use super::{existing_store, not_built, plan_in_store};
+use super::{existing_store, not_built, plan_in_store, stale_reasons};
 use crate::artifact_files::RESULTS_JSON;
 use crate::eval::Results;
 use crate::eval::predictions::{PREDICTIONS_JSON, Predictions, Selection, ran, render, selected};
@@ -76,22 +76,15 @@ pub fn examples(
         let id = &s.spec.id;
         let files = store.files_dir(&s.spec.key);
         if store.meta(&s.spec.key).is_none() {
-            let reasons: Vec<String> = plan
-                .index
-                .get(id)
-                .map(|&i| status.states[i].reasons().iter().map(|r| r.describe()).collect())
-                .unwrap_or_default();
-            not_built(&mut std::io::stderr(), id, &reasons.join("; "), path, &store.root);
+            let reasons = stale_reasons(&plan, &status, id);
+            not_built(&mut std::io::stderr(), id, &reasons, path, &store.root);
             missing = true;
             continue;
         }
         // Re-hashed as `report` does: a damaged file is never shown.
-        store.verify(&s.spec.key).map_err(|e| {
-            miette!(
-                help = "`goosepipe verify` moves it aside; a run rebuilds it",
-                "{id}: {e}"
-            )
-        })?;
+        store
+            .verify(&s.spec.key)
+            .map_err(|e| miette!(help = crate::store::CORRUPT_HELP, "{id}: {e}"))?;
         let bytes = std::fs::read(files.join(PREDICTIONS_JSON))
             .map_err(|e| miette!("{id}: {PREDICTIONS_JSON}: {e}"))?;
         let mut p: Predictions = serde_json::from_slice(&bytes)

@@ -686,16 +686,7 @@ pub fn report(
     // yet) has a provisional key; its results are most likely those under the key the
     // lockfile's last pin of that dataset's output gives, shown with a note.
     let likely = likely_plan(&plan, registry, &store.hash_cache(), &store, &lock)?;
-    // Why a result is not in the store, as `plan` says it (new, an edit, gc'd).
-    let why = |id: &str| -> String {
-        plan.index
-            .get(id)
-            .map(|&i| {
-                let reasons: Vec<String> = status.states[i].reasons().iter().map(|r| r.describe()).collect();
-                reasons.join("; ")
-            })
-            .unwrap_or_default()
-    };
+    let why = |id: &str| stale_reasons(&plan, &status, id);
     let mut any = false;
     // A corrupt result is moved aside and said; the exit code says it too (scripts).
     let mut corrupt = false;
@@ -788,21 +779,20 @@ pub fn report(
             }
             continue;
         }
+        // Read once: the table, and the held-in comparison below it.
+        let results = eval_results(&files, &order).map_err(|e| miette!("{}: {e}", s.spec.id))?;
         let text = match format {
             // Long records under one header (evals differ in their methods), each
             // starting with its eval's step id.
-            "csv" => eval_results(&files, &order)
-                .map_err(|e| miette!("{}: {e}", s.spec.id))?
-                .map(|r| {
-                    let head = if any {
-                        String::new()
-                    } else {
-                        format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
-                    };
-                    format!("{head}{}", r.csv_long(&s.spec.id).trim_end())
-                }),
-            _ => headed_markdown(&files, &s.spec.kind, &s.spec.name, &order)
-                .map_err(|e| miette!("{}: {e}", s.spec.id))?,
+            "csv" => results.as_ref().map(|r| {
+                let head = if any {
+                    String::new()
+                } else {
+                    format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
+                };
+                format!("{head}{}", r.csv_long(&s.spec.id).trim_end())
+            }),
+            _ => results.as_ref().map(|r| r.markdown(&s.spec.name)),
         };
         let Some(text) = text else {
             not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root);
@@ -813,10 +803,9 @@ pub fn report(
         if machine {
             continue;
         }
-        if let Some((tasks, rows)) = eval_results(&files, &order)
-            .ok()
-            .flatten()
-            .and_then(|r| crate::eval::held_in::against_own(&r, &owners))
+        if let Some((tasks, rows)) = results
+            .as_ref()
+            .and_then(|r| crate::eval::held_in::against_own(r, &owners))
         {
             let _ = writeln!(
                 out,
@@ -948,6 +937,17 @@ fn read_record<T: serde::de::DeserializeOwned>(files: &Path, file: &str) -> Resu
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| format!("unreadable {file}: {e}"))
+}
+
+/// Why step `id`'s result is not in the store, as `plan` says it (new, an edit, gc'd).
+fn stale_reasons(plan: &Plan, status: &Status, id: &str) -> String {
+    plan.index
+        .get(id)
+        .map(|&i| {
+            let reasons: Vec<String> = status.states[i].reasons().iter().map(|r| r.describe()).collect();
+            reasons.join("; ")
+        })
+        .unwrap_or_default()
 }
 
 /// Says that step `id`'s result is not in the store, why (`plan`'s reasons), and the

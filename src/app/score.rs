@@ -588,7 +588,7 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
                 "{id}: its artifact {} is no longer in the store (collected by gc?); run its manifest again",
                 key.short()
             ),
-            _ => format!("{id}: {e}; `goosepipe verify` moves it aside and a run rebuilds it"),
+            _ => format!("{id}: {e}; {}", crate::store::CORRUPT_HELP),
         })?;
         Ok(store.files_dir(&key))
     };
