@@ -252,3 +252,36 @@ fn shipped_pipelines_keep_their_keys() {
     // in place of its unknown output), which still move with every ingredient.
     insta::assert_debug_snapshot!(all);
 }
+
+/// Every node that leaves a group unwritten shares one filled-in copy of it; a node
+/// that writes the group gets its own, and the two never leak into each other: each
+/// value says where it came from, as written, from `defaults` or from the schema.
+#[test]
+fn groups_written_on_one_node_stay_on_it_and_defaults_reach_the_rest() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(&BASE.replace(
+        "expert \"b\" model=\"base\" dataset=\"b\"",
+        "expert \"b\" model=\"base\" dataset=\"b\" {\n    train lr=0.001\n}",
+    ));
+    let (plan, status) = p.status(&reg);
+    let explain = |id: &str| {
+        let i = plan.steps.iter().position(|s| s.spec.id == id).unwrap();
+        goosepipe::plan::render::explain(&plan, &status, i)
+    };
+    let line = |text: &str, param: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(param))
+            .unwrap_or_else(|| panic!("no {param} in\n{text}"))
+            .to_string()
+    };
+    let (a, b) = (explain("expert:a"), explain("expert:b"));
+    assert!(line(&b, "train.lr ").contains("set at"), "{b}");
+    assert!(line(&a, "train.lr ").contains("schema default"), "{a}");
+    for text in [&a, &b] {
+        assert!(line(text, "train.steps ").contains("from `defaults`"), "{text}");
+        assert!(line(text, "lora.rank ").contains("schema default"), "{text}");
+    }
+    let lr = |s: &str| plan.steps.iter().find(|x| x.spec.id == s).unwrap().spec.params["train"]["lr"].clone();
+    assert_eq!(lr("expert:b"), serde_json::json!(0.001));
+    assert_ne!(lr("expert:a"), lr("expert:b"));
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::source::{Loc, Sources};
 use super::value::Value;
@@ -39,8 +40,10 @@ pub struct Block {
     pub name: String,
     pub loc: Loc,
     pub arg: Option<Field>,
-    pub props: BTreeMap<String, Field>,
-    pub children: BTreeMap<String, Child>,
+    /// Shared, copy-on-write: every node that leaves a group unwritten holds the same
+    /// filled-in group (10,000 experts would otherwise copy every default 10,000 times).
+    pub props: Arc<BTreeMap<String, Field>>,
+    pub children: Arc<BTreeMap<String, Child>>,
 }
 
 impl Block {

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use kdl::{KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
@@ -436,8 +437,9 @@ impl Validator {
         } = top;
         let defaults = self.merge_defaults(defaults);
         // Inherit `defaults` groups, then the schema's defaults.
+        let mut templates = GroupTemplates::default();
         for e in &mut entities {
-            apply_defaults(self.schema, &mut e.block, defaults.as_ref());
+            apply_defaults(self.schema, &mut e.block, defaults.as_ref(), &mut templates);
         }
         self.check_refs(&entities);
         self.check_pools(&entities, &index);
@@ -484,7 +486,7 @@ impl Validator {
                 .iter()
                 .map(|(k, f)| (String::new(), k.clone(), f.loc))
                 .collect();
-            for (g, c) in &b.children {
+            for (g, c) in b.children.iter() {
                 match c {
                     Child::Group(gb) => {
                         out.extend(gb.props.iter().map(|(k, f)| (g.clone(), k.clone(), f.loc)))
@@ -504,15 +506,16 @@ impl Validator {
             for (g, k, loc) in entries(&layer) {
                 note(&g, &k, depth, loc);
             }
-            merged.props.extend(layer.props);
-            for (name, child) in layer.children {
-                match (merged.children.get_mut(&name), child) {
+            Arc::make_mut(&mut merged.props).extend(Arc::unwrap_or_clone(layer.props));
+            let merged_children = Arc::make_mut(&mut merged.children);
+            for (name, child) in Arc::unwrap_or_clone(layer.children) {
+                match (merged_children.get_mut(&name), child) {
                     (Some(Child::Group(into)), Child::Group(from)) => {
-                        into.props.extend(from.props);
-                        into.children.extend(from.children);
+                        Arc::make_mut(&mut into.props).extend(Arc::unwrap_or_clone(from.props));
+                        Arc::make_mut(&mut into.children).extend(Arc::unwrap_or_clone(from.children));
                     }
                     (_, child) => {
-                        merged.children.insert(name, child);
+                        merged_children.insert(name, child);
                     }
                 }
             }
@@ -693,8 +696,8 @@ impl Validator {
             name: spec.name.clone(),
             loc,
             arg: None,
-            props: BTreeMap::new(),
-            children: BTreeMap::new(),
+            props: Default::default(),
+            children: Default::default(),
         };
         let mut given_bad: Vec<String> = vec![];
         let (props_ok, args) = self.props(file, node, spec, &mut block, &mut given_bad);
@@ -756,7 +759,7 @@ impl Validator {
                         continue;
                     }
                     if let Some(v) = self.typed(entry.value(), pspec, vloc, &spec.name) {
-                        block.props.insert(
+                        Arc::make_mut(&mut block.props).insert(
                             key.to_string(),
                             Field {
                                 value: v,
@@ -988,7 +991,7 @@ impl Validator {
             );
             ok = false;
         }
-        block.children.insert(cname.to_string(), Child::List(items));
+        Arc::make_mut(&mut block.children).insert(cname.to_string(), Child::List(items));
         ok
     }
 
@@ -1008,11 +1011,10 @@ impl Validator {
         let inner_spec = schema.child_block(cspec).expect("schema checked");
         let (b, ok) = self.block(file, c, inner_spec, in_defaults);
         if !cspec.repeat {
-            block.children.insert(cname.to_string(), Child::Group(b));
+            Arc::make_mut(&mut block.children).insert(cname.to_string(), Child::Group(b));
             return ok;
         }
-        let recs = block
-            .children
+        let recs = Arc::make_mut(&mut block.children)
             .entry(cname.to_string())
             .or_insert_with(|| Child::Records(vec![]));
         let Child::Records(r) = recs else {
@@ -1439,13 +1441,12 @@ fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String,
             .map(|d| d.loc)
             .unwrap_or(Loc::new(0, SourceSpan::from(0..0))),
         arg: None,
-        props: BTreeMap::new(),
-        children: BTreeMap::new(),
+        props: Default::default(),
+        children: Default::default(),
     };
     // `fill` inherits from `defaults` into the groups of a block, then the schema.
-    fill(schema, &mut block, spec, defaults);
-    block
-        .children
+    fill(schema, &mut block, spec, defaults, &mut GroupTemplates::default());
+    Arc::unwrap_or_clone(block.children)
         .into_iter()
         .filter_map(|(name, child)| match child {
             Child::Group(g) => Some((name, g)),
@@ -1455,26 +1456,50 @@ fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String,
 }
 
 /// Fills every group a node accepts: first from `defaults`, then from the schema.
-fn apply_defaults(schema: &Schema, block: &mut Block, defaults: Option<&Block>) {
+fn apply_defaults(
+    schema: &Schema,
+    block: &mut Block,
+    defaults: Option<&Block>,
+    templates: &mut GroupTemplates,
+) {
     let name = block.name.clone();
     if let Some(spec) = schema.node(&name) {
-        fill(schema, block, spec, defaults);
+        fill(schema, block, spec, defaults, templates);
     }
 }
 
-fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&Block>) {
-    for p in &spec.props {
-        if !block.props.contains_key(&p.name)
-            && let Some(d) = &p.default
-        {
-            block.props.insert(
-                p.name.clone(),
-                Field {
-                    value: d.clone(),
-                    loc: None,
-                    origin: Origin::Schema,
-                },
-            );
+/// The filled-in form of each group a node leaves unwritten, made once per manifest
+/// and shared by every such node: its content depends only on the schema and on the
+/// `defaults` group it inherits, if any (keyed by group name and that group's address).
+#[derive(Default)]
+struct GroupTemplates(HashMap<(String, Option<usize>), Block>);
+
+fn fill(
+    schema: &Schema,
+    block: &mut Block,
+    spec: &BlockSpec,
+    defaults: Option<&Block>,
+    templates: &mut GroupTemplates,
+) {
+    let missing = spec
+        .props
+        .iter()
+        .any(|p| p.default.is_some() && !block.props.contains_key(&p.name));
+    if missing {
+        let props = Arc::make_mut(&mut block.props);
+        for p in &spec.props {
+            if !props.contains_key(&p.name)
+                && let Some(d) = &p.default
+            {
+                props.insert(
+                    p.name.clone(),
+                    Field {
+                        value: d.clone(),
+                        loc: None,
+                        origin: Origin::Schema,
+                    },
+                );
+            }
         }
     }
     for c in &spec.children {
@@ -1482,35 +1507,33 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
             ChildKind::Group(gname) => {
                 let gspec = schema.group(gname).expect("schema checked");
                 let inherited = defaults.and_then(|d| d.group(&c.name));
-                let entry = block.children.entry(c.name.clone()).or_insert_with(|| {
-                    Child::Group(Block {
-                        name: gname.clone(),
+                if !block.children.contains_key(&c.name) {
+                    // Unwritten: the shared template, which differs from a written
+                    // group filled the same way only in where it points (the node).
+                    let from = inherited.map(|b| b as *const Block as usize);
+                    let template = templates.0.entry((gname.clone(), from)).or_insert_with(|| {
+                        let mut g = empty_group(gname, block.loc);
+                        inherit(&mut g, inherited);
+                        fill(schema, &mut g, gspec, None, &mut GroupTemplates::default());
+                        g
+                    });
+                    let group = Block {
                         loc: block.loc,
-                        arg: None,
-                        props: BTreeMap::new(),
-                        children: BTreeMap::new(),
-                    })
-                });
-                if let Child::Group(g) = entry {
-                    if let Some(inh) = inherited {
-                        for (k, f) in &inh.props {
-                            g.props.entry(k.clone()).or_insert_with(|| Field {
-                                origin: Origin::Defaults,
-                                ..f.clone()
-                            });
-                        }
-                        for (k, ch) in &inh.children {
-                            g.children.entry(k.clone()).or_insert_with(|| ch.clone());
-                        }
-                    }
-                    fill(schema, g, gspec, None);
+                        ..template.clone()
+                    };
+                    Arc::make_mut(&mut block.children).insert(c.name.clone(), Child::Group(group));
+                    continue;
+                }
+                if let Some(Child::Group(g)) = Arc::make_mut(&mut block.children).get_mut(&c.name) {
+                    inherit(g, inherited);
+                    fill(schema, g, gspec, None, templates);
                 }
             }
             ChildKind::List(l) => {
                 if !block.children.contains_key(&c.name)
                     && let Some(d) = &l.default
                 {
-                    block.children.insert(
+                    Arc::make_mut(&mut block.children).insert(
                         c.name.clone(),
                         Child::List(
                             d.iter()
@@ -1525,15 +1548,48 @@ fn fill(schema: &Schema, block: &mut Block, spec: &BlockSpec, defaults: Option<&
                 }
             }
             ChildKind::Block(inner) => {
-                if let Some(Child::Records(rs)) = block.children.get_mut(&c.name) {
-                    for r in rs {
-                        fill(schema, r, inner, None);
+                if !block.children.contains_key(&c.name) {
+                    continue;
+                }
+                match Arc::make_mut(&mut block.children).get_mut(&c.name) {
+                    Some(Child::Records(rs)) => {
+                        for r in rs {
+                            fill(schema, r, inner, None, templates);
+                        }
                     }
-                } else if let Some(Child::Group(g)) = block.children.get_mut(&c.name) {
-                    fill(schema, g, inner, None);
+                    Some(Child::Group(g)) => fill(schema, g, inner, None, templates),
+                    _ => {}
                 }
             }
         }
+    }
+}
+
+fn empty_group(name: &str, loc: Loc) -> Block {
+    Block {
+        name: name.to_string(),
+        loc,
+        arg: None,
+        props: Default::default(),
+        children: Default::default(),
+    }
+}
+
+/// What the `defaults` node sets in a group, under what the node itself writes.
+fn inherit(group: &mut Block, inherited: Option<&Block>) {
+    let Some(inh) = inherited else {
+        return;
+    };
+    let props = Arc::make_mut(&mut group.props);
+    for (k, f) in inh.props.iter() {
+        props.entry(k.clone()).or_insert_with(|| Field {
+            origin: Origin::Defaults,
+            ..f.clone()
+        });
+    }
+    let children = Arc::make_mut(&mut group.children);
+    for (k, ch) in inh.children.iter() {
+        children.entry(k.clone()).or_insert_with(|| ch.clone());
     }
 }
 

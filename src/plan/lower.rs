@@ -481,7 +481,6 @@ fn build_step(i: usize, p: Proto, e: &Earlier) -> Step {
             inputs,
             externals,
         },
-        params,
         loc: p.loc,
         origins: p.origins,
         waits_for: waits_for.into_iter().collect(),

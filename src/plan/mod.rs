@@ -27,7 +27,6 @@ pub use status::{Reason, State, Status};
 #[derive(Debug, Clone)]
 pub struct Step {
     pub spec: StepSpec,
-    pub params: Value,
     /// The manifest node this step comes from (for diagnostics and explain).
     pub loc: Option<Loc>,
     /// Where each param value came from.
@@ -44,6 +43,13 @@ pub struct Step {
 impl Step {
     pub fn id(&self) -> &str {
         &self.spec.id
+    }
+
+    /// The keyed parameters as manifest values (what `explain` shows). Read back from
+    /// the spec's JSON, not kept beside it: a plan of 10,000 experts would hold every
+    /// parameter twice.
+    pub fn params(&self) -> Value {
+        Value::from_json(&self.spec.params).unwrap_or_else(|| Value::Map(Default::default()))
     }
 
     /// Under early cutoff, for a step whose readers key on its content: that content

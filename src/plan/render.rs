@@ -322,9 +322,10 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
         "  kind     {} (implementation version {})",
         s.spec.kind, s.spec.version
     );
-    let _ = writeln!(out, "  params   {}", s.params.canonical());
+    let params = s.params();
+    let _ = writeln!(out, "  params   {}", params.canonical());
     let mut flat = vec![];
-    flatten_value("", &s.params, &mut flat);
+    flatten_value("", &params, &mut flat);
     for (path, v) in flat {
         // file:line of a value's field (in an included file, that file).
         let at = |loc: &crate::manifest::Loc| {
