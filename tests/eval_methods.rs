@@ -636,6 +636,21 @@ eval "e" pool="p" {{
             s.meta(&plan.get("expert:alpha").unwrap().spec.key).is_none(),
             "early cutoff {early_cutoff}: the expert must not train\n{out}"
         );
+        // Run again: the dataset is cached now, and the eval refuses it before
+        // anything starts, not after the expert has trained.
+        let (code, again) = support::run_product(&manifest, &store);
+        assert_eq!(code, 1, "{again}");
+        assert!(
+            again.contains("eval:e: task \"t\": an example of dataset:plain has no answer choices")
+                && again.contains(
+                    "(found in dataset:plain, built by an earlier run, before this run started anything)"
+                ),
+            "early cutoff {early_cutoff}: {again}"
+        );
+        assert!(
+            s.meta(&plan.get("expert:alpha").unwrap().spec.key).is_none(),
+            "early cutoff {early_cutoff}: the expert must not train on the second run\n{again}"
+        );
     }
 }
 

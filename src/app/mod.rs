@@ -376,7 +376,21 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let mut failed_first: BTreeSet<String> = BTreeSet::new();
     let mut planned_again_for_cached = false;
     let mut stopped = false;
-    loop {
+    // Fail fast on what earlier runs built: a step this run wants that refuses a
+    // cached input fails now, before anything else starts.
+    let wanted_now = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
+    let refused = exec::run::refusals_of_cached(&plan, &status, &store, req.registry, &wanted_now);
+    if !refused.is_empty() {
+        let mut report = exec::RunReport::default();
+        for (id, why) in refused {
+            reporter.finished(&id, exec::Outcome::Failed, 0.0, &why);
+            failed_first.extend(exec::run::same_key(&plan, &id));
+            report.failed.push((id, why));
+        }
+        earlier = Some(report);
+        stopped = !opts.keep_going;
+    }
+    while !stopped {
         if req.cancel.is_cancelled() {
             stopped = true;
             break;

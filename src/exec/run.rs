@@ -528,6 +528,36 @@ pub fn refusals(
         .collect()
 }
 
+/// Fail fast before a run starts: of `chosen`, the steps that refuse an input an
+/// earlier run built (cached now), with why. Without this, a reader whose data was
+/// already in the store would find out only at its turn, after every step before it
+/// (hours of training) had run.
+pub fn refusals_of_cached(
+    plan: &Plan,
+    status: &Status,
+    store: &Store,
+    registry: &Registry,
+    chosen: &[usize],
+) -> Vec<(String, String)> {
+    chosen
+        .iter()
+        .filter_map(|&r| {
+            let why = plan
+                .inputs_of(r)
+                .into_iter()
+                .filter(|&b| matches!(status.states[b], crate::plan::State::Cached))
+                .find_map(|b| {
+                    let why = refused_input(plan, store, registry, r, b)?;
+                    Some(format!(
+                        "{why} (found in {}, built by an earlier run, before this run started anything)",
+                        plan.steps[b].id()
+                    ))
+                })?;
+            Some((plan.steps[r].id().to_string(), why))
+        })
+        .collect()
+}
+
 /// The steps of this run that read `i` and refuse what it published, with why.
 fn refused_by_readers(cx: &RunContext, frontier: &Frontier, i: usize) -> Vec<(usize, String)> {
     cx.plan
@@ -549,20 +579,32 @@ pub fn refusal(
     reader: usize,
     published: usize,
 ) -> Option<String> {
-    let input = &plan.steps[published].spec;
+    let why = refused_input(plan, store, registry, reader, published)?;
+    Some(format!(
+        "{why} (found when {} was built, before {} could start)",
+        plan.steps[published].id(),
+        plan.steps[reader].id()
+    ))
+}
+
+/// Why step `reader` refuses the published artifact of its input `input`, or None.
+fn refused_input(
+    plan: &Plan,
+    store: &Store,
+    registry: &Registry,
+    reader: usize,
+    input: usize,
+) -> Option<String> {
+    let input = &plan.steps[input].spec;
     let spec = &plan.steps[reader].spec;
     let runner = registry.get(&spec.kind)?;
     let files = store.files_dir(&input.key);
-    let why = spec.inputs.iter().filter(|i| i.id == input.id).find_map(|i| {
+    spec.inputs.iter().filter(|i| i.id == input.id).find_map(|i| {
         match runner.check_input(spec, &i.role, &files) {
             Err(StepError::Failed(m)) => Some(m),
             _ => None,
         }
-    })?;
-    Some(format!(
-        "{why} (found when {} was built, before {} could start)",
-        input.id, spec.id
-    ))
+    })
 }
 
 /// Every selected step's kind has a runner in this build.
