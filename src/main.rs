@@ -86,6 +86,10 @@ enum Command {
         /// List what would be deleted, with sizes, and delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Keep only what the given manifests reach: also collect what other manifests
+        /// that ran on this store pin in their lockfiles (kept by default, and named).
+        #[arg(long)]
+        only_given: bool,
     },
     /// Re-hash artifacts against the digests recorded when they were published; move
     /// corrupt ones aside (the next run rebuilds them). Exit 1 if any was corrupt.
@@ -430,7 +434,11 @@ fn main() -> ExitCode {
         Command::Explain { file, step, device } => {
             app::explain(&file, &step, &store, &registry, &device, &mut out)
         }
-        Command::Gc { files, dry_run } => app::gc(&files, &store, &registry, dry_run, &mut out),
+        Command::Gc {
+            files,
+            dry_run,
+            only_given,
+        } => app::gc(&files, &store, &registry, dry_run, only_given, &mut out),
         Command::Show {
             what,
             manifest,

@@ -503,7 +503,7 @@ fn gc_keeps_what_the_next_run_finds_after_a_data_file_is_saved_again() {
     let (log, reg, p) = built(true);
     save_again(&p);
     let mut out = Vec::new();
-    let code = goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, &mut out).unwrap();
+    let code = goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut out).unwrap();
     assert_eq!(code, 0);
     // Only the dataset's old artifact went; the run finds everything after it.
     let (code, out) = p.run(&reg, &RunOptions::default());

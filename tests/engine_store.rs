@@ -88,7 +88,7 @@ fn kill_dash_nine_leaves_no_partial_artifact() {
     assert_eq!(code, 0);
     assert!(store.verify(&kb).is_ok());
     let mut out = Vec::new();
-    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, &mut out).unwrap();
+    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut out).unwrap();
     let leftovers = store.gc_candidates(&p.plan(&reg).steps.iter().map(|s| s.spec.key).collect());
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -633,19 +633,19 @@ fn gc_deletes_only_unreachable_entries() {
     );
     p.run(&reg, &RunOptions::default());
     let mut out = Vec::new();
-    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, true, &mut out).unwrap();
+    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, true, false, &mut out).unwrap();
     let listing = String::from_utf8(out).unwrap();
     assert!(
         listing.contains(&kb.hex()) && listing.contains(&old_pool.hex()),
         "{listing}"
     );
     assert!(
-        listing.contains("unreachable artifact") && listing.contains("would free"),
+        listing.contains("(unreachable artifact: expert:b)") && listing.contains("would free"),
         "{listing}"
     );
     assert!(store.object_dir(&kb).exists(), "dry run deletes nothing");
     let mut out = Vec::new();
-    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, &mut out).unwrap();
+    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut out).unwrap();
     assert!(!store.object_dir(&kb).exists());
     let reachable: std::collections::HashSet<Key> = p.plan(&reg).steps.iter().map(|s| s.spec.key).collect();
     assert_eq!(
@@ -692,18 +692,34 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     std::fs::write(p.dir.path().join("empty.kdl"), "").unwrap();
     let empty = p.dir.path().join("empty.kdl");
     let mut out = Vec::new();
-    let err =
-        goosepipe::app::gc(std::slice::from_ref(&empty), &p.store(), &reg, false, &mut out).unwrap_err();
+    let err = goosepipe::app::gc(
+        std::slice::from_ref(&empty),
+        &p.store(),
+        &reg,
+        false,
+        false,
+        &mut out,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("a run is using the store"), "{err}");
     assert_eq!(store.keys(), before, "gc deleted nothing");
     // A dry run only lists: it may run beside a run.
     let mut out = Vec::new();
-    goosepipe::app::gc(std::slice::from_ref(&empty), &p.store(), &reg, true, &mut out).unwrap();
+    goosepipe::app::gc(
+        std::slice::from_ref(&empty),
+        &p.store(),
+        &reg,
+        true,
+        false,
+        &mut out,
+    )
+    .unwrap();
     cancel.cancel();
     let (code, text) = run.join().unwrap();
     assert_eq!(code, goosepipe::app::EXIT_INTERRUPTED, "{text}");
     let mut out = Vec::new();
-    goosepipe::app::gc(&[empty], &p.store(), &reg, false, &mut out).unwrap();
+    // Only what the empty manifest reaches (the run's own manifest pins the rest).
+    goosepipe::app::gc(&[empty], &p.store(), &reg, false, true, &mut out).unwrap();
     assert!(store.keys().is_empty(), "{}", String::from_utf8(out).unwrap());
 }
 
@@ -801,4 +817,84 @@ fn the_device_is_checked_before_anything_runs_and_only_then() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = p.run(&reg, &cuda);
     assert_eq!(code, 0, "a run with nothing to do needs no device: {out}");
+}
+
+/// Two manifests share one store: a gc given one of them keeps what the other's
+/// lockfile pins, and says so (it used to delete the other's work silently);
+/// `--only-given` collects it; once the other manifest is gone, so is its claim.
+#[test]
+fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    let sibling = p.dir.path().join("sibling.kdl");
+    std::fs::write(&sibling, BASE.replace("config=\"b\"", "config=\"other\"")).unwrap();
+    p.run(&reg, &RunOptions::default());
+    let (code, out) = run_manifest(
+        &sibling,
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        &CancelFlag::new(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let store = Store::open(p.store()).unwrap();
+    let sibling_plan = support::plan_of(&sibling, &reg);
+    let theirs = sibling_plan.get("expert:b").unwrap().spec.key;
+    assert_ne!(theirs, key_of(&p, &reg, "expert:b"));
+
+    let gc = |dry_run: bool, only_given: bool| {
+        let mut out = Vec::new();
+        goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, dry_run, only_given, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let said = gc(false, false);
+    assert!(
+        said.contains("keeping ") && said.contains("sibling.kdl pins") && said.contains("--only-given"),
+        "{said}"
+    );
+    assert!(store.object_dir(&theirs).exists(), "{said}");
+    let (code, out) = run_manifest(
+        &sibling,
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        &CancelFlag::new(),
+    );
+    assert!(code == 0 && out.contains("nothing to do"), "{out}");
+
+    let listing = gc(true, true);
+    assert!(
+        listing.contains("collecting ") && listing.contains("(unreachable artifact: expert:b)"),
+        "{listing}"
+    );
+    assert!(store.object_dir(&theirs).exists(), "dry run deletes nothing");
+    gc(false, true);
+    assert!(!store.object_dir(&theirs).exists());
+    assert!(
+        p.stale(&reg).is_empty(),
+        "the given manifest keeps everything it needs"
+    );
+
+    // A manifest that no longer exists is forgotten: nothing is kept for it.
+    let (code, _) = run_manifest(
+        &sibling,
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        &CancelFlag::new(),
+    );
+    assert_eq!(code, 0);
+    std::fs::remove_file(&sibling).unwrap();
+    let said = gc(false, false);
+    assert!(
+        said.contains("sibling.kdl ran on this store and no longer exists"),
+        "{said}"
+    );
+    assert!(!store.object_dir(&theirs).exists(), "{said}");
+    assert!(
+        store
+            .recorded_manifests()
+            .iter()
+            .all(|m| !m.ends_with("sibling.kdl"))
+    );
 }

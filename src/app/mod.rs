@@ -352,6 +352,13 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         }
     }
     check_device(req, &status)?;
+    // For `gc` of another manifest on this store: this one's lockfile pins its work.
+    if read_only.is_none()
+        && let Ok(abs) = std::fs::canonicalize(path)
+        && let Err(e) = store.record_manifest(&abs)
+    {
+        let _ = writeln!(out, "note: {e}");
+    }
     let reporter = exec::reporter_for_stderr(req.quiet);
     let execute = |plan: &Plan, status: &Status, opts: &RunOptions| {
         req.executor
@@ -1116,6 +1123,7 @@ pub fn gc(
     store_root: &Path,
     registry: &Registry,
     dry_run: bool,
+    only_given: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     // A mistyped --store is said, not created empty and found to hold nothing.
@@ -1145,16 +1153,35 @@ pub fn gc(
         }
     }
     hashes.save();
+    others_on_store(&store, manifests, only_given, dry_run, &mut reachable, out)?;
     let entries = store.gc_candidates(&reachable);
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    for e in &entries {
+    // Artifacts and leftovers one per line, named by their step where the recipe
+    // says it; the bookkeeping of those steps (recipes, locks, name records) as a count.
+    let (books, items): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|e| e.reason == crate::store::gc::GcReason::Bookkeeping);
+    for e in &items {
         let rel = e.path.strip_prefix(&store.root).unwrap_or(&e.path);
+        let step = e
+            .key
+            .and_then(|k| store.recipe(&k))
+            .map(|spec| format!(": {}", spec.id))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:>10}  {}  ({})",
+            "{:>10}  {}  ({}{step})",
             human_size(e.size),
             rel.display(),
             e.reason.label()
+        );
+    }
+    if !books.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>10}  {} recipe, lock and name record(s) of steps no manifest reaches",
+            human_size(books.iter().map(|e| e.size).sum()),
+            books.len()
         );
     }
     if dry_run {
@@ -1169,6 +1196,67 @@ pub fn gc(
         let _ = writeln!(out, "freed {} in {} entries", human_size(freed), entries.len());
     }
     Ok(EXIT_OK)
+}
+
+/// The other manifests that ran on this store (its record, `runs/manifests/`): what
+/// their lockfiles pin is kept (unless `only_given`), and said, so that a gc of one
+/// project's manifest never deletes a sibling's work silently. A recorded manifest
+/// that no longer exists is forgotten, and its artifacts go.
+fn others_on_store(
+    store: &Store,
+    given: &[PathBuf],
+    only_given: bool,
+    dry_run: bool,
+    reachable: &mut HashSet<crate::store::Key>,
+    out: &mut dyn Write,
+) -> Result<(), Report> {
+    let given: HashSet<PathBuf> = given
+        .iter()
+        .filter_map(|m| std::fs::canonicalize(m).ok())
+        .collect();
+    for m in store.recorded_manifests() {
+        if given.contains(&m) {
+            continue;
+        }
+        if !m.is_file() {
+            let _ = writeln!(
+                out,
+                "{} ran on this store and no longer exists: what only it pinned is collected",
+                m.display()
+            );
+            if !dry_run {
+                store.forget_manifest(&m);
+            }
+            continue;
+        }
+        let lock = read_lock(&m)?;
+        let pinned: HashSet<crate::store::Key> = lock
+            .steps
+            .values()
+            .map(|l| l.key)
+            .filter(|k| !reachable.contains(k) && store.meta(k).is_some())
+            .collect();
+        if pinned.is_empty() {
+            continue;
+        }
+        if only_given {
+            let _ = writeln!(
+                out,
+                "collecting {} artifact(s) that {} (which also ran on this store) pins: --only-given",
+                pinned.len(),
+                m.display()
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "keeping {} artifact(s) that {} pins (it also ran on this store; give it to gc to keep exactly what it reaches, or pass --only-given to collect them)",
+                pinned.len(),
+                m.display()
+            );
+            reachable.extend(pinned);
+        }
+    }
+    Ok(())
 }
 
 /// `goosepipe verify`: re-hashes artifacts against the digests recorded when they were

@@ -12,7 +12,8 @@
 //!                                  twins and renamed steps find theirs here)
 //! locks/<key>.lock                 per-key lock (fcntl OFD)
 //! hashcache.json                   stat cache of hashed local files
-//! runs/                            run logs
+//! runs/                            run logs; runs/manifests/<blake3(path)>: each manifest
+//!                                  that ran here (what `gc` keeps for the others)
 //! ```
 //! Invariant: anything under `objects/` is complete. Publishing is rename of a fully
 //! written, fsynced staging folder, so a kill -9 at any moment leaves either no object
@@ -25,6 +26,7 @@ pub mod hashing;
 pub mod key;
 pub mod lock;
 pub mod lockfile;
+pub mod manifests;
 pub mod spec;
 
 use std::collections::BTreeMap;
