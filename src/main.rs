@@ -93,6 +93,7 @@ enum Command {
     },
     /// Re-hash artifacts against the digests recorded when they were published; move
     /// corrupt ones aside (the next run rebuilds them). Exit 1 if any was corrupt.
+    #[command(override_usage = "goosepipe verify <FILES>...\n       goosepipe verify --all")]
     Verify {
         /// Manifests whose artifacts to verify.
         #[arg(required_unless_present = "all")]
@@ -222,6 +223,9 @@ struct RunArgs {
     executor: ExecutorArg,
     #[command(flatten)]
     slurm: SlurmArgs,
+    /// Not a flag of `run` (hidden): answered with where a dry run is, `plan`.
+    #[arg(long, hide = true)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -509,6 +513,15 @@ fn main() -> ExitCode {
 
 /// `goosepipe run`: Ctrl-C handling and the executor around the app's run.
 fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdout) -> miette::Result<i32> {
+    if args.dry_run {
+        return Err(miette::miette!(
+            help = format!(
+                "`goosepipe plan {}` says what would run and why, and runs nothing",
+                args.file.display()
+            ),
+            "`run` has no --dry-run"
+        ));
+    }
     let cancel = CancelFlag::new();
     let c = cancel.clone();
     // First Ctrl-C: stop cleanly (running steps checkpoint and stop). Second: now.

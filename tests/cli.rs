@@ -174,6 +174,20 @@ fn bad_flags_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // A dry run is `plan`, said where a user looks for it.
+    let out = goosepipe(&["run", GOLDEN, "--dry-run"], t.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("`run` has no --dry-run") && text(&out.stderr).contains("goosepipe plan"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = goosepipe(&["verify"], t.path());
+    assert!(
+        text(&out.stderr).contains("goosepipe verify --all"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = goosepipe(&["explain", GOLDEN, "expert:zz"], t.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -200,6 +214,13 @@ fn bad_flags_are_clear_errors() {
     let out = goosepipe(&["explain", GOLDEN, "exprt:a"], t.path());
     assert!(
         text(&out.stderr).contains("did you mean expert:a?"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A kind alone suggests its steps.
+    let out = goosepipe(&["explain", GOLDEN, "pool"], t.path());
+    assert!(
+        text(&out.stderr).contains("did you mean pool:p?"),
         "{}",
         text(&out.stderr)
     );

@@ -535,6 +535,14 @@ fn local_field_settings_that_match_nothing_are_said_at_the_data() {
         6
     );
     assert!(!files.join("train.jsonl").exists(), "the examples all train");
+    // Provenance counts the rows of both files (a JSONL file said 0 rows).
+    let data: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files.join("data.json")).unwrap()).unwrap();
+    assert_eq!(
+        (data["rows"].as_u64(), data["examples"].as_u64()),
+        (Some(7), Some(6)),
+        "{data}"
+    );
     // A spreadsheet's CSV export: the same fields, answer choices as a JSON list.
     std::fs::write(
         t.path().join("d.csv"),

@@ -50,6 +50,12 @@ golden!(
     "manifest::unknown-property",
     "manifest::unknown-property"
 );
+// A group's setting written on the node is pointed to its group.
+golden!(
+    group_setting_on_node,
+    "manifest::unknown-property",
+    "manifest::unknown-property"
+);
 golden!(wrong_type, "manifest::wrong-type", "manifest::wrong-type");
 golden!(
     out_of_range,

@@ -785,7 +785,39 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         err.contains("no eval that scores \"sort\" ran method \"merged\""),
         "{err}"
     );
+    let (code, _, err) = cli(&["report", m, "--examples", "sort", "--wrong", "expert:srot"]);
+    assert_eq!(code, Some(1));
+    let err = err
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        err.contains(
+            "did you mean \"expert:sort\"? --wrong takes one of the eval's methods: base, expert:sort"
+        ),
+        "{err}"
+    );
     let (code, _, err) = cli(&["report", m, "--examples", "sort", "--format", "csv"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("has no CSV form"), "{err}");
+
+    // After an edit, before the run: the last run's tables and answers, said to be
+    // from before the edit (report refused them all: "run the pipeline first").
+    let edited = std::fs::read_to_string(m)
+        .unwrap()
+        .replace("gate steps=1 ", "gate steps=2 ");
+    std::fs::write(m, edited).unwrap();
+    let (code, again, err) = cli(&["report", m]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(again, table, "the same tables as before the edit");
+    assert!(
+        err.contains("eval:good: the results of its last run (")
+            && err.contains("from before the manifest changed (input changed: gate:sort, pool:p)"),
+        "{err}"
+    );
+    let (code, shown, err) = cli(&["report", m, "--examples", "sort", "--limit", "100"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(shown, all);
+    assert!(err.contains("eval:good: the answers of its last run ("), "{err}");
 }

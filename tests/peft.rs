@@ -819,7 +819,8 @@ expert "sort" model="t" dataset="sort" {
     unknown.experts = vec!["expert:sorted".into()];
     let err = goosepipe::app::score::resolve_step_ids(&mut unknown, &store).unwrap_err();
     assert!(
-        err.starts_with("expert:sorted is in no run of the store at"),
+        err.starts_with("expert:sorted is in no run of the store at")
+            && err.contains("; did you mean expert:sort? (run its manifest first"),
         "{err}"
     );
 

@@ -104,6 +104,21 @@ fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
         assert_eq!(study["per_replicate"][m].as_array().unwrap().len(), 2);
     }
     assert_eq!(study["differences"].as_object().unwrap().len(), 4);
+    // The base is one artifact for both replicates: noted, as its interval is over
+    // the examples alone; the routed methods vary with the seeds, and are not.
+    assert!(
+        study["notes"]["base"]
+            .as_str()
+            .is_some_and(|n| n.contains(goosepipe::eval::study::SAME_IN_EVERY_REPLICATE)),
+        "{study}"
+    );
+    assert!(
+        !study["notes"]["phatgoose"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(goosepipe::eval::study::SAME_IN_EVERY_REPLICATE),
+        "{study}"
+    );
     assert_eq!(study["examples"]["arrange"], 24);
 
     // Per-example scores: one per example and method, the mean is the table's score.
@@ -172,5 +187,35 @@ fn a_study_of_evals_that_are_not_replicates_is_refused() {
         err.errors[0]
             .message
             .contains("eval \"e2\" is not a replicate of eval \"e1\"")
+    );
+    // The help names the difference, not both designs whole.
+    let help = err.errors[0].help.clone().unwrap_or_default();
+    assert!(
+        help.ends_with("against \"e1\", \"e2\" lacks task \"sort\""),
+        "{help}"
+    );
+
+    // A task on other data, and a method left out, are named as such.
+    std::fs::write(
+        d.path().join("m.kdl"),
+        manifest("    task \"arrange\" dataset=\"arrange\"\n    task \"sort\" dataset=\"shift\"\n").replacen(
+            "eval \"e2\" pool=\"p2\" {\n    methods \"phatgoose\" \"base\" \"merged\" \"arrow\" \"oracle\"",
+            "eval \"e2\" pool=\"p2\" {\n    methods \"phatgoose\" \"base\" \"merged\" \"oracle\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let err = goosepipe::plan::load(
+        &d.path().join("m.kdl"),
+        &goosepipe::steps::registry(),
+        &goosepipe::store::HashCache::in_memory(),
+    )
+    .unwrap_err();
+    let help = err.errors[0].help.clone().unwrap_or_default();
+    assert!(
+        help.ends_with(
+            "\"e2\" has task sort=shift/rank-classification (dataset/metric) where it has sort=sort/rank-classification; has methods phatgoose, base, merged, oracle where it has phatgoose, base, merged, arrow, oracle"
+        ),
+        "{help}"
     );
 }

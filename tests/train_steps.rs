@@ -463,3 +463,54 @@ fn an_eval_cuts_inputs_and_choices_to_its_length_limits() {
     }
     assert_eq!(per.len(), 3, "{per:?}");
 }
+
+/// Targets longer than `max-target-len` are cut for training, and the step says so;
+/// the validation metric that picks the checkpoint scores answers against the whole
+/// target, so a model that learnt the cut answer is not scored 100 (it was: the
+/// metric compared with the cut targets, while the eval then gave 0).
+#[test]
+fn cut_targets_are_said_and_never_scored_as_right_answers() {
+    let d = tempfile::tempdir().unwrap();
+    let rows: String = (0..64)
+        .map(|i| {
+            format!(
+                "{{\"q\": \"sort alphabetically : d c b a {}\", \"a\": \"a b c d\"}}\n",
+                ["a", "b", "c", "d"][i % 4]
+            )
+        })
+        .collect();
+    std::fs::write(d.path().join("long.jsonl"), rows).unwrap();
+    let manifest = MICRO
+        .replace(
+            "dataset \"sort\" { synthetic task=\"sort\" format=\"choice\" examples=64; }",
+            "dataset \"sort\" path=\"long.jsonl\" input-field=\"q\" target-field=\"a\"",
+        )
+        .replace(
+            "expert \"sort\" model=\"t\" dataset=\"sort\"",
+            "expert \"sort\" model=\"t\" dataset=\"sort\" { train steps=40 lr=0.05 max-target-len=3 eval-every=40; }",
+        );
+    std::fs::write(d.path().join("micro.kdl"), manifest).unwrap();
+    // The binary: a step's warnings go to the run's log on stderr.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "micro.kdl", "--store", "store", "--until", "expert:sort"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stderr).to_string() + &String::from_utf8_lossy(&run.stdout);
+    let code = run.status.code().unwrap_or(-1);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("expert:sort: warning: 58 of 58 training targets are longer than max-target-len=3 tokens (the longest has 5, EOS included) and are cut"),
+        "{out}"
+    );
+    let (store, plan) = store_and_plan(d.path());
+    let k = plan.get("expert:sort").unwrap().spec.key;
+    let metrics = std::fs::read_to_string(store.files_dir(&k).join("metrics.jsonl")).unwrap();
+    let last = metrics.lines().rfind(|l| l.contains("\"val_metric\"")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(row["val_metric"].as_f64(), Some(0.0), "{metrics}");
+    assert!(
+        row["val_loss"].as_f64().unwrap() < 0.5,
+        "the cut answer was learnt: {metrics}"
+    );
+}

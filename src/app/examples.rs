@@ -67,6 +67,31 @@ pub fn examples(
             path.display()
         ));
     }
+    // A method no eval of the task lists: said before anything is read, with the
+    // methods there are (and the nearest, for a typo).
+    if let Some(m) = req.select.wrong {
+        let mut methods: Vec<&str> = scoring
+            .iter()
+            .filter_map(|s| s.spec.params["methods"].as_array())
+            .flatten()
+            .filter_map(|m| m.as_str())
+            .collect();
+        methods.sort_unstable();
+        methods.dedup();
+        if !methods.contains(&m) {
+            let near = crate::manifest::diag::did_you_mean(m, methods.iter().copied())
+                .map(|n| format!("did you mean {n:?}? "))
+                .unwrap_or_default();
+            return Err(miette!(
+                help = format!(
+                    "{near}--wrong takes one of the eval's methods: {}",
+                    methods.join(", ")
+                ),
+                "no eval that scores {:?} ran method {m:?}",
+                req.task
+            ));
+        }
+    }
     let mut shown = vec![];
     let mut missing = false;
     // Evals that did not run the method `--wrong` names: left out, said at the end.
@@ -74,8 +99,18 @@ pub fn examples(
     let scoring_count = scoring.len();
     for s in scoring {
         let id = &s.spec.id;
-        let files = store.files_dir(&s.spec.key);
-        if store.meta(&s.spec.key).is_none() {
+        let earlier = super::last_built(&store, s);
+        let key = earlier.as_ref().map_or(s.spec.key, |m| m.key);
+        let files = store.files_dir(&key);
+        if let Some(m) = &earlier {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{id}: the answers of its last run ({}), from before the manifest changed ({}); `{}` brings them up to date",
+                m.key.short(),
+                stale_reasons(&plan, &status, id),
+                super::run_command(path, &store.root)
+            );
+        } else if store.meta(&key).is_none() {
             let reasons = stale_reasons(&plan, &status, id);
             not_built(&mut std::io::stderr(), id, &reasons, path, &store.root);
             missing = true;
@@ -83,7 +118,7 @@ pub fn examples(
         }
         // Re-hashed as `report` does: a damaged file is never shown.
         store
-            .verify(&s.spec.key)
+            .verify(&key)
             .map_err(|e| miette!(help = crate::store::CORRUPT_HELP, "{id}: {e}"))?;
         let bytes = std::fs::read(files.join(PREDICTIONS_JSON))
             .map_err(|e| miette!("{id}: {PREDICTIONS_JSON}: {e}"))?;

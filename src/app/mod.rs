@@ -725,7 +725,8 @@ pub fn report(
         .filter(|s| s.spec.kind == "eval" || s.spec.kind == "study")
     {
         let notes: &mut dyn Write = &mut stderr;
-        let s = match likely.as_ref().and_then(|l| l.get(&s.spec.id)) {
+        let earlier;
+        let spec: &crate::store::StepSpec = match likely.as_ref().and_then(|l| l.get(&s.spec.id)) {
             Some(l) if !s.waits_for.is_empty() && store.meta(&l.spec.key).is_some() => {
                 let _ = writeln!(
                     notes,
@@ -734,14 +735,30 @@ pub fn report(
                     s.waits_for.join(", "),
                     run_command(path, &store.root)
                 );
-                l
+                &l.spec
             }
-            _ => s,
+            _ => match last_built(&store, s) {
+                // Edited since its last run: that run's results, said to be so.
+                Some(m) => {
+                    let _ = writeln!(
+                        notes,
+                        "{}: the results of its last run ({}, built {}), from before the manifest changed ({}); `{}` brings them up to date",
+                        s.spec.id,
+                        m.key.short(),
+                        crate::store::artifact::format_unix(m.started_unix),
+                        why(&s.spec.id),
+                        run_command(path, &store.root)
+                    );
+                    earlier = m.spec;
+                    &earlier
+                }
+                None => &s.spec,
+            },
         };
         // Results are small: re-hash them, so a damaged table is never printed.
-        if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&s.spec.key)
-            && !matches!(store.presence(&s.spec.key), crate::store::Presence::Missing)
-            && let Ok(Some(reason)) = store.quarantine_if_corrupt(&s.spec.key)
+        if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&spec.key)
+            && !matches!(store.presence(&spec.key), crate::store::Presence::Missing)
+            && let Ok(Some(reason)) = store.quarantine_if_corrupt(&spec.key)
         {
             let _ = writeln!(
                 notes,
@@ -752,7 +769,7 @@ pub fn report(
             corrupt = true;
             continue;
         }
-        let files = store.files_dir(&s.spec.key);
+        let files = store.files_dir(&spec.key);
         // A JSON record of this step, or None when not built; it names its step.
         let with_step = |v: Result<Option<serde_json::Value>, String>| -> Result<_, Report> {
             Ok(v.map_err(|e| miette!("{}: {e}", s.spec.id))?.map(|mut v| {
@@ -789,7 +806,7 @@ pub fn report(
         if let Some(dir) = plots {
             draw_plots(&files, dir, &s.spec.name, &s.spec.id, notes)?;
         }
-        let owners = task_owners(&s.spec.params);
+        let owners = task_owners(&spec.params);
         if format == "json" {
             match with_step(named_results_json(&files, &s.spec.name, &order, &owners))? {
                 Some(v) => {
@@ -837,7 +854,7 @@ pub fn report(
         if let Ok(bytes) = std::fs::read(files.join(crate::eval::routing_quality::QUALITY_JSON)) {
             let mut q: crate::eval::routing_quality::RoutingQuality = serde_json::from_slice(&bytes)
                 .map_err(|e| miette!("{}: unreadable routing-quality record: {e}", s.spec.id))?;
-            let pool = s.spec.inputs.iter().find(|i| i.role == "pool").map(|i| i.key);
+            let pool = spec.inputs.iter().find(|i| i.role == "pool").map(|i| i.key);
             if !pool.is_some_and(|k| pools_shown.insert(k)) {
                 q.gates = None;
             }
@@ -973,6 +990,20 @@ fn stale_reasons(plan: &Plan, status: &Status, id: &str) -> String {
 
 /// Says that step `id`'s result is not in the store, why (`plan`'s reasons), and the
 /// command that builds it.
+/// What a run last built for step `s` (the names index), when the manifest's key of
+/// it is not built: its artifact, named for the step as the manifest has it now. None
+/// when there is none, or it is the manifest's.
+fn last_built(store: &Store, s: &crate::plan::Step) -> Option<crate::store::ArtifactMeta> {
+    if store.meta(&s.spec.key).is_some() {
+        return None;
+    }
+    let key = store.named(&s.spec.id).filter(|k| *k != s.spec.key)?;
+    let mut meta = store.meta(&key)?;
+    meta.spec.id = s.spec.id.clone();
+    meta.spec.name = s.spec.name.clone();
+    Some(meta)
+}
+
 fn not_built(out: &mut dyn Write, id: &str, why: &str, manifest: &Path, store: &Path) {
     let why = if why.is_empty() || why == "new" {
         "not built yet".to_string()

@@ -578,8 +578,12 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
     let built = |id: &str| -> Option<crate::store::Key> { store.named(id) };
     let files = |id: &str| -> std::result::Result<PathBuf, String> {
         let key = built(id).ok_or_else(|| {
+            let ids = store.named_ids();
+            let near = crate::manifest::diag::did_you_mean(id, ids.iter().map(String::as_str))
+                .map(|n| format!("; did you mean {n}?"))
+                .unwrap_or_default();
             format!(
-                "{id} is in no run of the store at {} (run its manifest first, or give a path)",
+                "{id} is in no run of the store at {}{near} (run its manifest first, or give a path)",
                 store_root.display()
             )
         })?;

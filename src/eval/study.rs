@@ -354,9 +354,36 @@ pub fn merge_notes(names: &[String], notes: &[BTreeMap<String, String>]) -> BTre
         .collect()
 }
 
+/// What the study notes on a method whose results are one artifact in every
+/// replicate (the base; multitask, whose training reads none of the pool's seeds):
+/// its interval measures the examples and nothing else.
+pub const SAME_IN_EVERY_REPLICATE: &str = "one result in every replicate (nothing it reads varies between them): its interval is over the examples alone";
+
+/// Adds [`SAME_IN_EVERY_REPLICATE`] to the notes of `methods`.
+pub fn note_same_in_every_replicate<'a>(
+    notes: &mut BTreeMap<String, String>,
+    methods: impl IntoIterator<Item = &'a String>,
+) {
+    for m in methods {
+        let note = notes.entry(m.clone()).or_default();
+        if !note.is_empty() {
+            note.push_str("; ");
+        }
+        note.push_str(SAME_IN_EVERY_REPLICATE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_with_one_result_for_every_replicate_are_noted() {
+        let mut notes = BTreeMap::from([("base".to_string(), "no adapters".to_string())]);
+        note_same_in_every_replicate(&mut notes, &["base".to_string(), "multitask".to_string()]);
+        assert_eq!(notes["base"], format!("no adapters; {SAME_IN_EVERY_REPLICATE}"));
+        assert_eq!(notes["multitask"], SAME_IN_EVERY_REPLICATE);
+    }
 
     fn rep(rows: &[(&str, &str, Vec<f64>)]) -> Replicate {
         let mut r = Replicate::new();

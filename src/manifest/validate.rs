@@ -730,12 +730,34 @@ impl Validator {
                     let vloc = value_loc(&self.sources, file, entry);
                     let Some(pspec) = spec.prop(key) else {
                         let names: Vec<&str> = spec.props.iter().map(|p| p.name.as_str()).collect();
-                        let help = match did_you_mean(key, names.iter().copied()) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None if names.is_empty() => {
+                        // A group's setting written on the node (`expert ... steps=100`).
+                        let groups: Vec<&str> = spec
+                            .children
+                            .iter()
+                            .filter(|c| match &c.kind {
+                                ChildKind::Group(g) => {
+                                    self.schema.group(g).is_some_and(|g| g.prop(key).is_some())
+                                }
+                                _ => false,
+                            })
+                            .map(|c| c.name.as_str())
+                            .collect();
+                        let help = match (did_you_mean(key, names.iter().copied()), groups.first()) {
+                            (None, Some(first)) => format!(
+                                "`{key}` is a setting of the {} group{}: write it in a block, `{} ... {{ {first} {key}=... }}`",
+                                groups
+                                    .iter()
+                                    .map(|g| format!("`{g}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(" or "),
+                                if groups.len() > 1 { "s" } else { "" },
+                                spec.name
+                            ),
+                            (Some(s), _) => format!("did you mean `{s}`?"),
+                            (None, None) if names.is_empty() => {
                                 format!("`{}` takes no properties", spec.name)
                             }
-                            None => format!("`{}` accepts: {}", spec.name, names.join(", ")),
+                            (None, None) => format!("`{}` accepts: {}", spec.name, names.join(", ")),
                         };
                         self.err(
                             "manifest::unknown-property",

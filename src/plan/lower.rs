@@ -1221,7 +1221,7 @@ impl Lowerer<'_> {
         let c = self.collect(e, Some(&["compare", "samples", "seed"]));
         let mut p = Proto::new("study", &e.name, Some(e.name_loc));
         p.absorb(c);
-        let mut first: Option<(&str, String)> = None;
+        let mut first: Option<(&str, Design)> = None;
         let mut names = vec![];
         for f in e.block.list("evals") {
             let Some(name) = f.value.as_str() else { continue };
@@ -1266,17 +1266,25 @@ impl Lowerer<'_> {
                     )
                 })
                 .join(", ");
-            let design = format!(
-                "tasks {} | methods {} | {sampling} | {limits}",
-                tasks.join(", "),
-                methods.join(", ")
-            );
+            let design = Design {
+                tasks,
+                methods: methods.iter().map(|m| m.to_string()).collect(),
+                sampling,
+                limits,
+            };
             match &first {
                 None => first = Some((name, design)),
                 Some((fname, fdesign)) if *fdesign != design => {
-                    self.error("manifest::study-mismatch", f.loc.unwrap_or(e.name_loc), format!("eval \"{name}\" is not a replicate of eval \"{fname}\""), "different design", format!(
-                            "a study's evals must have the same tasks (name, dataset, metric), methods, example sampling and length limits; \"{fname}\" has {fdesign}; \"{name}\" has {design}"
-                        ));
+                    self.error(
+                        "manifest::study-mismatch",
+                        f.loc.unwrap_or(e.name_loc),
+                        format!("eval \"{name}\" is not a replicate of eval \"{fname}\""),
+                        "different design",
+                        format!(
+                            "a study's evals must have the same tasks (name, dataset, metric), methods, example sampling and length limits; against \"{fname}\", \"{name}\" {}",
+                            fdesign.differences(&design).join("; ")
+                        ),
+                    );
                 }
                 _ => {}
             }
@@ -1625,6 +1633,10 @@ impl Lowerer<'_> {
                 let spec = self.schema.group(g).expect("schema group");
                 let c = params::collect(self.schema, b, spec, None);
                 a.params.insert(g.into(), Value::Map(c.keyed));
+                // `explain` says where each value comes from: the `defaults` node or
+                // the schema (a pooled step belongs to no node of its own).
+                a.origins
+                    .extend(c.origins.into_iter().map(|(path, o)| (format!("{g}.{path}"), o)));
             }
         }
         a.inputs.push(("model".into(), step_id("model", n.model)));
@@ -1637,6 +1649,85 @@ impl Lowerer<'_> {
         }
         let id = self.push(a, &n.eval.name);
         v.inputs.push(((*kind).into(), id));
+    }
+}
+
+/// What makes evals replicates of each other (a study's evals must share it).
+#[derive(PartialEq)]
+struct Design {
+    /// `name=dataset/metric`, in the manifest's order.
+    tasks: Vec<String>,
+    methods: Vec<String>,
+    sampling: String,
+    limits: String,
+}
+
+impl Design {
+    /// How `other` differs from this design, each difference said once.
+    fn differences(&self, other: &Design) -> Vec<String> {
+        let task_name = |t: &String| t.split_once('=').map_or(t.clone(), |(n, _)| n.to_string());
+        let names = |d: &Design| d.tasks.iter().map(task_name).collect::<Vec<_>>();
+        let (mine, theirs) = (names(self), names(other));
+        let mut out = vec![];
+        let lacks: Vec<String> = mine
+            .iter()
+            .filter(|t| !theirs.contains(t))
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        if !lacks.is_empty() {
+            out.push(format!("lacks task {}", lacks.join(", ")));
+        }
+        let adds: Vec<String> = theirs
+            .iter()
+            .filter(|t| !mine.contains(t))
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        if !adds.is_empty() {
+            out.push(format!("adds task {}", adds.join(", ")));
+        }
+        for t in other.tasks.iter().filter(|t| !self.tasks.contains(t)) {
+            if let Some(was) = self.tasks.iter().find(|m| task_name(m) == task_name(t)) {
+                out.push(format!("has task {t} (dataset/metric) where it has {was}"));
+            }
+        }
+        if out.is_empty() && mine != theirs {
+            out.push(format!(
+                "lists the tasks as {} (not {})",
+                theirs.join(", "),
+                mine.join(", ")
+            ));
+        }
+        if self.methods != other.methods {
+            let missing: Vec<&String> = self
+                .methods
+                .iter()
+                .filter(|m| !other.methods.contains(m))
+                .collect();
+            let extra: Vec<&String> = other
+                .methods
+                .iter()
+                .filter(|m| !self.methods.contains(m))
+                .collect();
+            out.push(match (missing.is_empty(), extra.is_empty()) {
+                (true, true) => format!(
+                    "lists the methods as {} (not {})",
+                    other.methods.join(", "),
+                    self.methods.join(", ")
+                ),
+                _ => format!(
+                    "has methods {} where it has {}",
+                    other.methods.join(", "),
+                    self.methods.join(", ")
+                ),
+            });
+        }
+        if self.sampling != other.sampling {
+            out.push(format!("samples {} (not {})", other.sampling, self.sampling));
+        }
+        if self.limits != other.limits {
+            out.push(format!("cuts at {} (not {})", other.limits, self.limits));
+        }
+        out
     }
 }
 

@@ -202,6 +202,22 @@ impl Plan {
                         crate::manifest::diag::did_you_mean(what, self.steps.iter().map(|s| s.id()))
                             .map(str::to_string)
                     }
+                    // A kind alone (`eval`): its steps' ids.
+                    None if self.steps.iter().any(|s| s.spec.kind == what) => {
+                        let ids: Vec<&str> = self
+                            .steps
+                            .iter()
+                            .filter(|s| s.spec.kind == what)
+                            .map(|s| s.id())
+                            .collect();
+                        Some(match ids.as_slice() {
+                            [one] => one.to_string(),
+                            [first, second, third, rest @ ..] if !rest.is_empty() => {
+                                format!("one of {first}, {second}, {third} (and {} more)", rest.len())
+                            }
+                            many => format!("one of {}", many.join(", ")),
+                        })
+                    }
                     // A bare name several steps share is suggested as their ids (the
                     // name alone would be refused as ambiguous).
                     None => near(what, None).map(|n| {

@@ -25,12 +25,13 @@ use crate::store::External;
 
 /// Rendering up to 500,000 templated pairs is CPU work. Version 3: a local JSONL file
 /// honours `keep-field`/`keep-values` and `drop-empty` (version 2 ignored them there).
+/// Version 4: `data.json` counts the rows of a local JSONL file (it said 0).
 pub const KIND: Kind = Kind {
     review: review_letters,
     // Readers open the examples, never `data.json` (where the rows came from, which
     // changes with a file's name or a hub revision when the rows do not).
     content: Some(&[DATA_JSON]),
-    ..Kind::new("dataset", 3, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
+    ..Kind::new("dataset", 4, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
 };
 
 /// A synthetic dataset's `letters=` must name letters of the suite.
@@ -488,8 +489,10 @@ impl StepRunner for DatasetStep {
                     Some("jsonl") | Some("ndjson")
                 );
                 let examples = if is_jsonl && !p.shapes_rows() {
-                    // Line-accurate errors for the common case.
-                    read_jsonl_mapped(file, &fields(&p)).map_err(fail)?
+                    // Line-accurate errors for the common case; one example per row.
+                    let examples = read_jsonl_mapped(file, &fields(&p)).map_err(fail)?;
+                    prov.rows += examples.len();
+                    examples
                 } else {
                     let rows = read_rows(file).map_err(fail)?;
                     examples_of(ctx, &p, path, rows, &mut prov)?
@@ -524,11 +527,20 @@ impl StepRunner for DatasetStep {
         };
         prov.examples = examples.len();
         prov.validation = validation.len();
-        ctx.progress.log(&format!(
-            "{} examples, {} for validation",
-            examples.len(),
-            validation.len()
-        ));
+        // An eval scores every example; only a trainer holds the slice back.
+        ctx.progress.log(&match &train {
+            Some(_) => format!(
+                "{} examples (a training step holds back {} of them for validation; an eval scores all {})",
+                examples.len(),
+                validation.len(),
+                examples.len()
+            ),
+            None => format!(
+                "{} examples, and {} validation examples of their own",
+                examples.len(),
+                validation.len()
+            ),
+        });
         let w = |name: &str, ex: &[Example]| write_jsonl(&ctx.out.join(name), ex).map_err(fail);
         w(EXAMPLES, &examples)?;
         if let Some(t) = &train {

@@ -30,10 +30,14 @@ pub use crate::artifact_files::GATES_FILE;
 /// match of greedy generation for the others.
 pub struct AdaptedModel<'a> {
     pub model: &'a T5Model,
-    /// The validation pairs (as the trainer truncated them) with their choices, if any.
+    /// The validation pairs (inputs cut as the trainer cuts them, targets whole) with
+    /// their choices, if any.
     pub validation: Vec<(Pair, Option<TokenChoices>)>,
     /// Examples per scoring batch.
     pub batch: usize,
+    /// The most tokens a generated answer may have (the training's max-target-len):
+    /// a longer target is never matched, as the model never learnt it whole.
+    pub max_new_tokens: usize,
 }
 
 impl AdaptedModel<'_> {
@@ -63,7 +67,12 @@ impl AdaptedModel<'_> {
         }
         for chunk in generate.chunks(self.batch.max(1)) {
             let inputs: Vec<Vec<u32>> = chunk.iter().map(|(_, (p, _))| p.input.clone()).collect();
-            let longest = chunk.iter().map(|(_, (p, _))| p.target.len()).max().unwrap_or(1);
+            let longest = chunk
+                .iter()
+                .map(|(_, (p, _))| p.target.len())
+                .max()
+                .unwrap_or(1)
+                .min(self.max_new_tokens.max(1));
             let outs = self.model.generate_greedy(&inputs, longest)?;
             for ((i, (p, _)), out) in chunk.iter().zip(&outs) {
                 let target = p.target.strip_suffix(&[eos]).unwrap_or(&p.target);
@@ -108,6 +117,51 @@ impl Objective for AdaptedModel<'_> {
     }
 }
 
+/// How many training pairs the length limits cut, said once per step: a cut target
+/// teaches a cut answer, which nothing else would show (the tokenize step cannot
+/// know the limits of the steps that read it).
+#[derive(Default)]
+struct CutPairs {
+    pairs: usize,
+    inputs: usize,
+    targets: usize,
+    longest_input: usize,
+    longest_target: usize,
+}
+
+impl CutPairs {
+    fn count(&mut self, pairs: &[crate::data::tokens::TokenPair], cfg: &TrainConfig) {
+        for p in pairs {
+            self.pairs += 1;
+            if p.input.len() > cfg.max_input_len {
+                self.inputs += 1;
+                self.longest_input = self.longest_input.max(p.input.len());
+            }
+            if p.target.len() > cfg.max_target_len {
+                self.targets += 1;
+                self.longest_target = self.longest_target.max(p.target.len());
+            }
+        }
+    }
+
+    fn describe(&self, cfg: &TrainConfig, group: &str) -> Option<String> {
+        let mut parts = vec![];
+        if self.targets > 0 {
+            parts.push(format!(
+                "{} of {} training targets are longer than max-target-len={} tokens (the longest has {}, EOS included) and are cut: the model learns the cut answers; raise `{group} max-target-len`",
+                self.targets, self.pairs, cfg.max_target_len, self.longest_target
+            ));
+        }
+        if self.inputs > 0 {
+            parts.push(format!(
+                "{} of {} training inputs are longer than max-input-len={} tokens (the longest has {}) and are cut; raise `{group} max-input-len` to keep them whole",
+                self.inputs, self.pairs, cfg.max_input_len, self.longest_input
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 /// Which adapted linears a `lora.targets` list selects.
 pub fn target_filter(targets: &[String]) -> impl Fn(&str) -> bool + '_ {
     move |module: &str| {
@@ -145,6 +199,7 @@ fn fit(
     base: &mut Base,
     vars: &[(String, Var)],
     cfg: &TrainConfig,
+    group: &str,
 ) -> Result<crate::train::TrainOutcome, StepError> {
     // Token ids come from the datasets' `tokenize` steps; each trainer truncates them to
     // its own length limits.
@@ -160,7 +215,21 @@ fn fit(
             eos,
         )
     };
-    let (mut tp, mut vp, mut vc) = (vec![], vec![], vec![]);
+    // Validation's metric scores answers against the whole target: one cut to
+    // max-target-len would count a cut answer as right.
+    let whole_target = |p: crate::data::tokens::TokenPair| {
+        crate::train::batches::truncate(
+            Pair {
+                input: p.input,
+                target: p.target,
+            },
+            cfg.max_input_len,
+            usize::MAX,
+            eos,
+        )
+    };
+    let (mut tp, mut vp, mut vc, mut vwhole) = (vec![], vec![], vec![], vec![]);
+    let mut cut_said = CutPairs::default();
     for inp in ctx
         .inputs
         .iter()
@@ -182,8 +251,13 @@ fn fit(
             }
             None => vc.extend(std::iter::repeat_n(None, v.len())),
         }
+        cut_said.count(&t, cfg);
         tp.extend(t.into_iter().map(cut));
+        vwhole.extend(v.iter().cloned().map(whole_target));
         vp.extend(v.into_iter().map(cut));
+    }
+    if let Some(said) = cut_said.describe(cfg, group) {
+        ctx.progress.log(&format!("warning: {said}"));
     }
     // Dropout as the paper's code trains (train mode); the trainer reseeds it per
     // micro-step and turns it off to validate.
@@ -192,8 +266,9 @@ fn fit(
     }
     let mut obj = AdaptedModel {
         model: &base.model,
-        validation: vp.iter().cloned().zip(vc).collect(),
+        validation: vwhole.into_iter().zip(vc).collect(),
         batch: cfg.micro_batch.max(1),
+        max_new_tokens: cfg.max_target_len,
     };
     let outcome = train(&mut obj, vars, &tp, &vp, cfg, &ctx.work, &CtxMonitor(ctx)).map_err(train_err)?;
     // Load the kept (best) weights back into the vars before snapshotting.
@@ -234,7 +309,9 @@ const IMPORT_JOB: JobDefaults = JobDefaults::new(0, 1, "8G", "0:30:00");
 /// where it applies (the same gradients as candle's autograd, rounded differently);
 /// 7: the pass runs a micro-batch as two halves side by side and sums their
 /// gradients (rounded differently again); 8: the file no longer records the step's
-/// name (an artifact's bytes depend on its key alone).
+/// name (an artifact's bytes depend on its key alone); 9: the validation metric that
+/// picks the kept checkpoint scores answers against whole targets, not targets cut to
+/// max-target-len (a cut answer was scored right).
 pub const EXPERT: Kind = Kind {
     resources: crate::exec::kind::JobResources::ByParams(|p| {
         if imports(p) {
@@ -244,7 +321,7 @@ pub const EXPERT: Kind = Kind {
         }
     }),
     review: review_batches,
-    ..Kind::new("expert", 8, 3, JobDefaults::OTHER)
+    ..Kind::new("expert", 9, 3, JobDefaults::OTHER)
 };
 /// The gate vectors of one expert, everything else frozen; or the gate an imported
 /// adapter ships, read (`peft-gate=#true`: minutes of reading, no GPU). Version 6:
@@ -262,10 +339,10 @@ pub const GATE: Kind = Kind {
 };
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
 /// Versions 6 and 7: the hand-written backward pass, as `expert`; 8: unnamed, as
-/// `expert`.
+/// `expert`; 9: validated against whole targets, as `expert`.
 pub const MULTITASK: Kind = Kind {
     needed: Some(Needed::Pooled),
-    ..Kind::new("multitask", 8, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
+    ..Kind::new("multitask", 9, 7, JobDefaults::new(1, 4, "32G", "8:00:00"))
 };
 
 /// A `batch` that `micro-batch` does not divide: the trainer accumulates whole
@@ -355,7 +432,7 @@ impl StepRunner for ExpertStep {
         .map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        let outcome = fit(ctx, &mut base, &vars, &cfg)?;
+        let outcome = fit(ctx, &mut base, &vars, &cfg, "train")?;
         if outcome.best_step == 0 && cfg.steps > 0 {
             // Its LoRA's B is still zero: the expert is the base, and its gate will
             // have nothing to learn. Said, not hidden in summary.json.
@@ -413,7 +490,7 @@ impl StepRunner for GateStep {
         let adapters = new_trainable_gates(&expert, &varmap, &dev, DType::F32).map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        let outcome = fit(ctx, &mut base, &vars, &cfg)?;
+        let outcome = fit(ctx, &mut base, &vars, &cfg, "gate")?;
         let gates = gates_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
         summary(ctx, &outcome)

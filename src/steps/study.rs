@@ -7,7 +7,7 @@
 
 use super::common::fail;
 use super::eval::PER_EXAMPLE_JSON;
-use crate::eval::study::{Replicate, bootstrap, markdown, merge_notes};
+use crate::eval::study::{Replicate, bootstrap, markdown, merge_notes, note_same_in_every_replicate};
 use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 
 pub use crate::artifact_files::STUDY_JSON;
@@ -16,8 +16,56 @@ pub use crate::artifact_files::STUDY_MD;
 /// Bootstraps over the replicates' per-example scores: seconds on one CPU. Version 2:
 /// `study.md` is headed without the step's name. Version 3: `study.md` escapes `|` and
 /// line breaks in names and says "1 replicate". Version 4: the evals' notes on each
-/// method (test labels, not post-hoc) under the tables.
-pub const KIND: Kind = Kind::new("study", 4, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
+/// method (test labels, not post-hoc) under the tables. Version 5: methods whose
+/// results are one artifact in every replicate are noted as such.
+pub const KIND: Kind = Kind::new("study", 5, 10, JobDefaults::new(0, 1, "4G", "2:00:00"));
+
+/// The methods whose every task's result is one part in every replicate (an eval's
+/// parts are keyed by what each reads, so a shared part file is one artifact), from
+/// the evals' `parts/` folders: only the shared parts are read, for their method.
+fn one_result_for_all(
+    part_dirs: &[std::path::PathBuf],
+    tasks: usize,
+) -> Result<std::collections::BTreeSet<String>, String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut out = BTreeSet::new();
+    if part_dirs.len() < 2 {
+        return Ok(out);
+    }
+    let names = |dir: &std::path::Path| -> BTreeSet<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect()
+    };
+    let mut shared = names(&part_dirs[0]);
+    for d in &part_dirs[1..] {
+        let here = names(d);
+        shared.retain(|n| here.contains(n));
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        method: String,
+        task: String,
+    }
+    let mut per_method: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for n in shared {
+        let path = part_dirs[0].join(&n);
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let head: Head = serde_json::from_reader(std::io::BufReader::new(file))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        per_method.entry(head.method).or_default().insert(head.task);
+    }
+    out.extend(
+        per_method
+            .into_iter()
+            .filter(|(_, t)| t.len() >= tasks)
+            .map(|(m, _)| m),
+    );
+    Ok(out)
+}
 
 /// A study step's parameters (the schema's `study` node, defaults filled).
 #[derive(Debug, serde::Deserialize)]
@@ -46,8 +94,10 @@ impl StepRunner for StudyStep {
         let mut replicates: Vec<Replicate> = vec![];
         let mut methods: Vec<String> = vec![];
         let mut notes = vec![];
+        let mut part_dirs = vec![];
         for name in &names {
             let inp = ctx.input(&format!("eval:{name}"))?;
+            part_dirs.push(inp.files.join(crate::artifact_files::EVAL_PARTS_DIR));
             let path = inp.files.join(PER_EXAMPLE_JSON);
             let bytes = std::fs::read(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
             let r: Replicate =
@@ -72,6 +122,8 @@ impl StepRunner for StudyStep {
         let mut result = bootstrap(&names, &replicates, &methods, compare, samples, seed).map_err(fail)?;
         result.notes = merge_notes(&names, &notes);
         result.notes.retain(|m, _| methods.contains(m));
+        let shared = one_result_for_all(&part_dirs, result.tasks.len()).map_err(fail)?;
+        note_same_in_every_replicate(&mut result.notes, methods.iter().filter(|m| shared.contains(*m)));
         std::fs::write(
             ctx.out.join(STUDY_JSON),
             serde_json::to_vec_pretty(&result).expect("json"),

@@ -475,6 +475,18 @@ impl Store {
         (recorded == id).then_some(key)
     }
 
+    /// Every step id a run recorded in the `names/` index (for suggestions).
+    pub fn named_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.root.join("names"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| read_name_record(&e.path()).map(|(id, _)| id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// How many artifacts other than `key` were built by step `id` (earlier settings
     /// of the step, kept until gc): `show` and `export` say so when they resolved an id
     /// through the last run, which may not be what the manifest has now.
