@@ -574,6 +574,31 @@ fn an_expert_in_no_pool_is_a_warning() {
     assert!(!r.unwrap().contains("unread-expert"));
 }
 
+/// An eval task on the very dataset a pool member trains on scores memory: a warning
+/// at its `dataset`; on a test split of its own, none.
+#[test]
+fn an_eval_on_a_members_training_data_is_a_warning() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100 format=\"choice\"; }\n\
+                dataset \"t\" split=\"test\" { synthetic task=\"sort\" examples=100 seed=2 format=\"choice\"; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                pool \"p\" { experts \"a\"; }\n\
+                eval \"e\" pool=\"p\" { methods \"base\"; task \"sort\" dataset=\"d\"; }\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = one_line(&r.unwrap());
+    assert!(
+        out.contains("plan::eval-on-training-data")
+            && out.contains("task \"sort\" scores dataset \"d\", which expert \"a\" trains on")
+            && out.contains("m.kdl:6:"),
+        "{out}"
+    );
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        &text.replace("task \"sort\" dataset=\"d\"", "task \"sort\" dataset=\"t\""),
+    )]);
+    assert!(!r.unwrap().contains("eval-on-training-data"));
+}
+
 /// A data file included by mistake is one error at the include, not thousands of
 /// syntax errors from parsing CSV as KDL.
 #[test]

@@ -42,8 +42,8 @@ dataset "arrange" split="test" { synthetic task="arrange" format="choice" exampl
         r#"
 eval "e1" pool="p1" {
     methods "phatgoose" "base" "merged" "arrow" "oracle"
-    task "arrange" dataset="arrange"
     task "sort" dataset="sort"
+    task "arrange" dataset="arrange"
 }
 "#,
     );
@@ -54,7 +54,7 @@ eval "e1" pool="p1" {
     m
 }
 
-const SAME: &str = "    task \"arrange\" dataset=\"arrange\"\n    task \"sort\" dataset=\"sort\"\n";
+const SAME: &str = "    task \"sort\" dataset=\"sort\"\n    task \"arrange\" dataset=\"arrange\"\n";
 
 fn run(dir: &Path) -> (i32, String) {
     let reg = goosepipe::steps::registry();
@@ -161,6 +161,8 @@ fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
         rep.contains("### study z") && rep.contains("routing to each task's own expert"),
         "{rep}"
     );
+    // The study's rows in the manifest's task order, as the evals' tables.
+    assert!(rep.contains("| method | sort | arrange |"), "{rep}");
 }
 
 #[test]

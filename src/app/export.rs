@@ -311,14 +311,28 @@ pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exporte
     }
     let gates = GateVectors::load_beside(file, &cfg, &dev, DType::F32).map_err(|e| e.to_string())?;
     super::score::check_store_base(model, std::slice::from_ref(&expert)).map_err(|e| e.to_string())?;
-    let base = std::path::absolute(model)
+    // The base as a clean absolute path (`a/../b` left as written confuses readers).
+    let base = std::fs::canonicalize(model)
+        .or_else(|_| std::path::absolute(model))
         .unwrap_or(model.to_path_buf())
         .display()
         .to_string();
     let files = peft::export(&expert, gates.as_ref(), &cfg, Some(&base), out).map_err(|e| e.to_string())?;
+    let notes = if gates.is_none() {
+        let beside = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.strip_suffix(".safetensors").unwrap_or(n))
+            .unwrap_or("expert");
+        vec![format!(
+            "no gate: none beside the file ({beside}.gates.safetensors); the adapter goes without one (export the step, expert:NAME, to take its gate from the store)"
+        )]
+    } else {
+        vec![]
+    };
     Ok(Exported {
         step: file.display().to_string(),
         files,
-        notes: vec![],
+        notes,
     })
 }

@@ -81,7 +81,7 @@ fn existing_store(root: &Path) -> Result<Store, Report> {
             "nothing was ever built there"
         };
         return Err(miette!(
-            help = "pass --store DIR or set GOOSEPIPE_STORE to the store your runs used",
+            help = "pass --store DIR or set GOOSEPIPE_STORE to the store your runs used; if nothing has run yet, `goosepipe run FILE` builds into this one",
             "no store at {}: {why}",
             root.display()
         ));
@@ -790,15 +790,17 @@ pub fn report(
                         s.spec.id
                     );
                 }
-                _ => match headed_markdown(&files, &s.spec.kind, &s.spec.name, &[])
-                    .map_err(|e| miette!("{}: {e}", s.spec.id))?
-                {
-                    Some(text) => {
-                        any = true;
-                        let _ = writeln!(out, "{text}");
+                _ => {
+                    match headed_markdown(&files, &s.spec.kind, &s.spec.name, &study_task_order(&plan, spec))
+                        .map_err(|e| miette!("{}: {e}", s.spec.id))?
+                    {
+                        Some(text) => {
+                            any = true;
+                            let _ = writeln!(out, "{text}");
+                        }
+                        None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                     }
-                    None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
-                },
+                }
             }
             continue;
         }
@@ -898,8 +900,13 @@ pub fn report(
 fn headed_markdown(files: &Path, kind: &str, name: &str, order: &[String]) -> Result<Option<String>, String> {
     Ok(match kind {
         "eval" => eval_results(files, order)?.map(|r| r.markdown(name)),
-        "study" => read_record(files, crate::steps::study::STUDY_JSON)?
-            .map(|r| crate::eval::study::markdown(&format!("study {name}"), &r)),
+        "study" => read_record::<crate::eval::study::StudyResult>(files, crate::steps::study::STUDY_JSON)?
+            .map(|mut r| {
+                // Rows in the manifest's task order (the artifact sorts them).
+                r.tasks
+                    .sort_by_key(|t| order.iter().position(|o| o == t).unwrap_or(usize::MAX));
+                crate::eval::study::markdown(&format!("study {name}"), &r)
+            }),
         _ => None,
     })
 }
@@ -924,6 +931,16 @@ fn task_owners(params: &serde_json::Value) -> BTreeMap<String, String> {
                 .filter_map(|(t, v)| Some((t.clone(), v["expert"].as_str()?.to_string())))
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+/// The tasks of a study in the order the manifest lists them in its first eval.
+fn study_task_order(plan: &Plan, spec: &crate::store::StepSpec) -> Vec<String> {
+    spec.params["evals"]
+        .as_array()
+        .and_then(|e| e.first())
+        .and_then(|e| e.as_str())
+        .map(|first| task_order(plan, first))
         .unwrap_or_default()
 }
 
@@ -1116,7 +1133,7 @@ pub fn export(
     let done = if as_file.is_file() {
         let model = model.ok_or_else(|| {
             miette!(
-                help = "give the base model folder it was trained on, e.g. --model tests/fixtures/t5/v1_1",
+                help = "give the base model folder it was trained on: an HF checkpoint folder, or a model step's, `--model \"$(goosepipe show model:NAME --path)/model\"`",
                 "{what} is an expert file: export needs --model"
             )
         })?;
@@ -1439,7 +1456,7 @@ fn last_run_note(store: &Store, what: &str, meta: &crate::store::artifact::Artif
     let others = store.others_of(&meta.spec.id, &meta.key);
     (others > 0).then(|| {
         format!(
-            "the store holds {others} other artifact(s) of {} (earlier settings); this is the one the last `run` found, which may not be what the manifest has now: --manifest FILE takes the manifest's",
+            "{others} other artifact(s) of {} with earlier settings are in the store (until gc); this is the one the last run built or found (--manifest FILE takes what a manifest has now)",
             meta.spec.id
         )
     })

@@ -1348,6 +1348,40 @@ impl Lowerer<'_> {
             let Some(Value::Map(params)) = tasks.get_mut(name) else {
                 continue;
             };
+            // Scoring what a member trained on measures memory, not generalisation:
+            // almost always a test split forgotten.
+            let data = t.str("dataset").unwrap_or_default();
+            let trained: Vec<&str> = members
+                .iter()
+                .filter(|m| m.block.str("dataset") == Some(data))
+                .map(|m| m.name.as_str())
+                .collect();
+            if let Some(first) = trained.first() {
+                let loc = t.props.get("dataset").and_then(|f| f.loc).unwrap_or(e.name_loc);
+                let who = if trained.len() == 1 {
+                    format!("expert \"{first}\" trains")
+                } else {
+                    format!(
+                        "experts {} train",
+                        trained
+                            .iter()
+                            .map(|n| format!("\"{n}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                self.warnings.push(
+                    ManifestError::new(
+                        &self.manifest.sources,
+                        "plan::eval-on-training-data",
+                        loc,
+                        format!("task \"{name}\" scores dataset \"{data}\", which {who} on"),
+                        "training data",
+                        )
+                    .help("its score counts examples the expert has seen (all but the held-back slice): score data of its own, e.g. a dataset with `split=\"test\"` or a test file")
+                    .as_warning(),
+                );
+            }
             match t.props.get("expert") {
                 Some(f) => {
                     let owner = f.value.as_str().unwrap_or_default();
