@@ -829,13 +829,16 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     let sibling = p.dir.path().join("sibling.kdl");
     std::fs::write(&sibling, BASE.replace("config=\"b\"", "config=\"other\"")).unwrap();
     p.run(&reg, &RunOptions::default());
-    let (code, out) = run_manifest(
-        &sibling,
-        &p.store(),
-        &reg,
-        &RunOptions::default(),
-        &CancelFlag::new(),
-    );
+    let run_sibling = || {
+        run_manifest(
+            &sibling,
+            &p.store(),
+            &reg,
+            &RunOptions::default(),
+            &CancelFlag::new(),
+        )
+    };
+    let (code, out) = run_sibling();
     assert_eq!(code, 0, "{out}");
     let store = Store::open(p.store()).unwrap();
     let sibling_plan = support::plan_of(&sibling, &reg);
@@ -849,18 +852,30 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     };
     let said = gc(false, false);
     assert!(
-        said.contains("keeping ") && said.contains("sibling.kdl pins") && said.contains("--only-given"),
+        said.contains("keeping ") && said.contains("sibling.kdl reaches") && said.contains("--only-given"),
         "{said}"
     );
     assert!(store.object_dir(&theirs).exists(), "{said}");
-    let (code, out) = run_manifest(
-        &sibling,
-        &p.store(),
-        &reg,
-        &RunOptions::default(),
-        &CancelFlag::new(),
-    );
+    let (code, out) = run_sibling();
     assert!(code == 0 && out.contains("nothing to do"), "{out}");
+
+    // Without its lockfile the sibling is planned: still kept. With a damaged one,
+    // gc cannot tell what it needs and says so (unless --only-given).
+    let sibling_lock = goosepipe::store::lockfile::lock_path(&sibling);
+    let pins = std::fs::read(&sibling_lock).unwrap();
+    std::fs::remove_file(&sibling_lock).unwrap();
+    gc(false, false);
+    assert!(store.object_dir(&theirs).exists());
+    std::fs::write(&sibling_lock, "<<<<<<< HEAD\n").unwrap();
+    let mut out = Vec::new();
+    let err = goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut out).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sibling.kdl ran on this store, and gc cannot tell what it needs"),
+        "{err:?}"
+    );
+    assert!(store.object_dir(&theirs).exists());
+    std::fs::write(&sibling_lock, pins).unwrap();
 
     let listing = gc(true, true);
     assert!(
@@ -876,13 +891,7 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     );
 
     // A manifest that no longer exists is forgotten: nothing is kept for it.
-    let (code, _) = run_manifest(
-        &sibling,
-        &p.store(),
-        &reg,
-        &RunOptions::default(),
-        &CancelFlag::new(),
-    );
+    let (code, _) = run_sibling();
     assert_eq!(code, 0);
     std::fs::remove_file(&sibling).unwrap();
     let said = gc(false, false);
@@ -897,4 +906,27 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
             .iter()
             .all(|m| !m.ends_with("sibling.kdl"))
     );
+
+    // Run through a symlink: its lockfile lies beside the link, and gc reads it there.
+    let real = p.dir.path().join("real.kdl");
+    std::fs::write(&real, BASE.replace("config=\"b\"", "config=\"linked\"")).unwrap();
+    let link = p.dir.path().join("links");
+    std::fs::create_dir(&link).unwrap();
+    std::os::unix::fs::symlink(&real, link.join("current.kdl")).unwrap();
+    let (code, out) = run_manifest(
+        &link.join("current.kdl"),
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        &CancelFlag::new(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(link.join("current.kdl.lock").is_file());
+    let linked = support::plan_of(&real, &reg).get("expert:b").unwrap().spec.key;
+    // Planned through the link's lockfile: the edit below leaves the pinned expert
+    // reachable only through that lockfile.
+    std::fs::write(&real, BASE.replace("config=\"b\"", "config=\"edited\"")).unwrap();
+    let said = gc(false, false);
+    assert!(said.contains("current.kdl reaches"), "{said}");
+    assert!(store.object_dir(&linked).exists(), "{said}");
 }

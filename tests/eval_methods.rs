@@ -812,12 +812,17 @@ fn report_examples_shows_each_methods_answers_as_scored() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(again, table, "the same tables as before the edit");
     assert!(
-        err.contains("eval:good: the results of its last run (")
-            && err.contains("from before the manifest changed (input changed: gate:sort, pool:p)"),
+        err.contains("eval:good: the results of an earlier run (")
+            && err.contains("stale now (input changed: gate:sort, pool:p)"),
         "{err}"
     );
     let (code, shown, err) = cli(&["report", m, "--examples", "sort", "--limit", "100"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(shown, all);
-    assert!(err.contains("eval:good: the answers of its last run ("), "{err}");
+    assert!(err.contains("eval:good: the answers of an earlier run ("), "{err}");
+    // In json, the record says it too (a script reading the file cannot see stderr).
+    let (_, json, _) = cli(&["report", m, "--format", "json"]);
+    let records: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let good = records.as_array().unwrap().iter().find(|r| r["step"] == "eval:good").unwrap();
+    assert_eq!(good["earlier_run"]["stale"], "input changed: gate:sort, pool:p", "{good}");
 }

@@ -503,6 +503,17 @@ fn cut_targets_are_said_and_never_scored_as_right_answers() {
         out.contains("expert:sort: warning: 58 of 58 training targets are longer than max-target-len=3 tokens (the longest has 5, EOS included) and are cut"),
         "{out}"
     );
+    // Kept with the expert: `show` says it to whoever finds it in the store later.
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["show", "expert:sort", "--store", "store"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains("warning  58 of 58 training targets are longer than max-target-len=3 tokens"),
+        "{shown}"
+    );
     let (store, plan) = store_and_plan(d.path());
     let k = plan.get("expert:sort").unwrap().spec.key;
     let metrics = std::fs::read_to_string(store.files_dir(&k).join("metrics.jsonl")).unwrap();

@@ -33,7 +33,7 @@ pub fn examples(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let store = existing_store(store_root)?;
-    let (plan, status, _) = plan_in_store(path, &store, registry, false)?;
+    let (plan, status, lock) = plan_in_store(path, &store, registry, false)?;
     let evals: Vec<_> = plan.steps.iter().filter(|s| s.spec.kind == "eval").collect();
     if let Some(name) = req.eval
         && !evals.iter().any(|s| s.spec.name == name)
@@ -99,17 +99,18 @@ pub fn examples(
     let scoring_count = scoring.len();
     for s in scoring {
         let id = &s.spec.id;
-        let earlier = super::last_built(&store, s);
+        let earlier = super::last_built(&store, &lock, s);
         let key = earlier.as_ref().map_or(s.spec.key, |m| m.key);
         let files = store.files_dir(&key);
         if let Some(m) = &earlier {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{id}: the answers of its last run ({}), from before the manifest changed ({}); `{}` brings them up to date",
-                m.key.short(),
-                stale_reasons(&plan, &status, id),
-                super::run_command(path, &store.root)
+            let note = super::earlier_run_note(
+                id,
+                "answers",
+                m,
+                &stale_reasons(&plan, &status, id),
+                &super::run_command(path, &store.root),
             );
+            let _ = writeln!(std::io::stderr(), "{note}");
         } else if store.meta(&key).is_none() {
             let reasons = stale_reasons(&plan, &status, id);
             not_built(&mut std::io::stderr(), id, &reasons, path, &store.root);
@@ -125,6 +126,13 @@ pub fn examples(
         let mut p: Predictions = serde_json::from_slice(&bytes)
             .map_err(|e| miette!("{id}: unreadable {PREDICTIONS_JSON}: {e}"))?;
         let Some(task) = p.tasks.remove(req.task) else {
+            // A task added since the earlier run shown: not scored yet, not damage.
+            if earlier.is_some() {
+                let reasons = stale_reasons(&plan, &status, id);
+                not_built(&mut std::io::stderr(), id, &reasons, path, &store.root);
+                missing = true;
+                continue;
+            }
             return Err(miette!("{id}: its {PREDICTIONS_JSON} has no task {:?}", req.task));
         };
         if let Some(m) = req.select.wrong

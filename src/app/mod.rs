@@ -353,8 +353,9 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     }
     check_device(req, &status)?;
     // For `gc` of another manifest on this store: this one's lockfile pins its work.
+    // As given, made absolute but not resolved: its lockfile lies beside this path.
     if read_only.is_none()
-        && let Ok(abs) = std::fs::canonicalize(path)
+        && let Ok(abs) = std::path::absolute(path)
         && let Err(e) = store.record_manifest(&abs)
     {
         let _ = writeln!(out, "note: {e}");
@@ -387,13 +388,21 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     // cached input fails now, before anything else starts.
     let wanted_now = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
     let refused = exec::run::refusals_of_cached(&plan, &status, &store, req.registry, &wanted_now);
-    if !refused.is_empty() {
-        let mut report = exec::RunReport::default();
+    // A refused step fails as a step would (said, reported, held back under
+    // every id of its key, with what reads it).
+    let fail_refused = |refused: Vec<(String, String)>,
+                        plan: &Plan,
+                        report: &mut exec::RunReport,
+                        failed_first: &mut BTreeSet<String>| {
         for (id, why) in refused {
             reporter.finished(&id, exec::Outcome::Failed, 0.0, &why);
-            failed_first.extend(exec::run::same_key(&plan, &id));
+            failed_first.extend(exec::run::same_key(plan, &id));
             report.failed.push((id, why));
         }
+    };
+    if !refused.is_empty() {
+        let mut report = exec::RunReport::default();
+        fail_refused(refused, &plan, &mut report, &mut failed_first);
         earlier = Some(report);
         stopped = !opts.keep_going;
     }
@@ -449,12 +458,9 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             // just built check it now, not when their turn comes (the part that built
             // it held none of them).
             let wanted_now = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
-            for (id, why) in exec::run::refusals(&plan, &store, req.registry, &wanted_now, &built_now) {
-                reporter.finished(&id, exec::Outcome::Failed, 0.0, &why);
-                failed_first.extend(exec::run::same_key(&plan, &id));
-                report.failed.push((id, why));
-                failed = true;
-            }
+            let refused = exec::run::refusals(&plan, &store, req.registry, &wanted_now, &built_now);
+            failed |= !refused.is_empty();
+            fail_refused(refused, &plan, &mut report, &mut failed_first);
         }
         earlier = Some(match earlier {
             Some(e) => e.then(report),
@@ -726,6 +732,7 @@ pub fn report(
     {
         let notes: &mut dyn Write = &mut stderr;
         let earlier;
+        let mut earlier_run: Option<serde_json::Value> = None;
         let spec: &crate::store::StepSpec = match likely.as_ref().and_then(|l| l.get(&s.spec.id)) {
             Some(l) if !s.waits_for.is_empty() && store.meta(&l.spec.key).is_some() => {
                 let _ = writeln!(
@@ -737,18 +744,21 @@ pub fn report(
                 );
                 &l.spec
             }
-            _ => match last_built(&store, s) {
-                // Edited since its last run: that run's results, said to be so.
+            _ => match last_built(&store, &lock, s) {
+                // Stale since its last run (an edit, new data): that run's results,
+                // said to be so (in json, in the record too).
                 Some(m) => {
+                    let why = why(&s.spec.id);
                     let _ = writeln!(
                         notes,
-                        "{}: the results of its last run ({}, built {}), from before the manifest changed ({}); `{}` brings them up to date",
-                        s.spec.id,
-                        m.key.short(),
-                        crate::store::artifact::format_unix(m.started_unix),
-                        why(&s.spec.id),
-                        run_command(path, &store.root)
+                        "{}",
+                        earlier_run_note(&s.spec.id, "results", &m, &why, &run_command(path, &store.root))
                     );
+                    earlier_run = Some(serde_json::json!({
+                        "key": m.key.hex(),
+                        "built": crate::store::artifact::format_unix(m.started_unix),
+                        "stale": why,
+                    }));
                     earlier = m.spec;
                     &earlier
                 }
@@ -774,6 +784,9 @@ pub fn report(
         let with_step = |v: Result<Option<serde_json::Value>, String>| -> Result<_, Report> {
             Ok(v.map_err(|e| miette!("{}: {e}", s.spec.id))?.map(|mut v| {
                 v["step"] = serde_json::json!(s.spec.id);
+                if let Some(e) = &earlier_run {
+                    v["earlier_run"] = e.clone();
+                }
                 v
             }))
         };
@@ -1005,22 +1018,36 @@ fn stale_reasons(plan: &Plan, status: &Status, id: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Says that step `id`'s result is not in the store, why (`plan`'s reasons), and the
-/// command that builds it.
-/// What a run last built for step `s` (the names index), when the manifest's key of
-/// it is not built: its artifact, named for the step as the manifest has it now. None
-/// when there is none, or it is the manifest's.
-fn last_built(store: &Store, s: &crate::plan::Step) -> Option<crate::store::ArtifactMeta> {
+/// What this manifest's last run built for step `s` (its lockfile's pin: never another
+/// manifest's step of the same id), when the key the manifest has now is not built:
+/// that artifact, named for the step as the manifest has it now. None when there is
+/// none, or it is the current key.
+fn last_built(store: &Store, lock: &Lockfile, s: &crate::plan::Step) -> Option<crate::store::ArtifactMeta> {
     if store.meta(&s.spec.key).is_some() {
         return None;
     }
-    let key = store.named(&s.spec.id).filter(|k| *k != s.spec.key)?;
+    let key = lock
+        .steps
+        .get(&s.spec.id)
+        .map(|l| l.key)
+        .filter(|k| *k != s.spec.key)?;
     let mut meta = store.meta(&key)?;
     meta.spec.id = s.spec.id.clone();
     meta.spec.name = s.spec.name.clone();
     Some(meta)
 }
 
+/// The note shown with an earlier run's `what` (results, answers) of step `id`.
+fn earlier_run_note(id: &str, what: &str, meta: &crate::store::ArtifactMeta, why: &str, run: &str) -> String {
+    format!(
+        "{id}: the {what} of an earlier run ({}, built {}); stale now ({why}): `{run}` brings them up to date",
+        meta.key.short(),
+        crate::store::artifact::format_unix(meta.started_unix),
+    )
+}
+
+/// Says that step `id`'s result is not in the store, why (`plan`'s reasons), and the
+/// command that builds it.
 fn not_built(out: &mut dyn Write, id: &str, why: &str, manifest: &Path, store: &Path) {
     let why = if why.is_empty() || why == "new" {
         "not built yet".to_string()
@@ -1194,6 +1221,9 @@ pub fn gc(
         let lock = read_lock(m)?;
         let plan = load_plan_in(m, registry, &hashes, &store, &lock)?;
         reachable.extend(plan.steps.iter().map(|s| s.spec.key));
+        // What its last run built stays until a run moves the pins on: after an edit,
+        // `report` shows those results (and a revert needs nothing rebuilt).
+        reachable.extend(lock.steps.values().map(|l| l.key));
         // Early cutoff: the next run most likely finds the artifacts after an edited,
         // unbuilt dataset under the keys its last pinned output gives.
         if let Some(likely) = likely_plan(&plan, registry, &hashes, &store, &lock)? {
@@ -1201,7 +1231,15 @@ pub fn gc(
         }
     }
     hashes.save();
-    others_on_store(&store, manifests, only_given, dry_run, &mut reachable, out)?;
+    others_on_store(
+        &store,
+        registry,
+        manifests,
+        only_given,
+        dry_run,
+        &mut reachable,
+        out,
+    )?;
     let entries = store.gc_candidates(&reachable);
     let total: u64 = entries.iter().map(|e| e.size).sum();
     // Artifacts and leftovers one per line, named by their step where the recipe
@@ -1247,11 +1285,15 @@ pub fn gc(
 }
 
 /// The other manifests that ran on this store (its record, `runs/manifests/`): what
-/// their lockfiles pin is kept (unless `only_given`), and said, so that a gc of one
-/// project's manifest never deletes a sibling's work silently. A recorded manifest
-/// that no longer exists is forgotten, and its artifacts go.
+/// each reaches is kept (unless `only_given`), planned as a given manifest is (its
+/// unfinished work and what its lockfile pins included), and said, so that a gc of
+/// one project's manifest never deletes a sibling's work silently. A recorded
+/// manifest that no longer exists is forgotten, and what only it reached goes; one
+/// that cannot be read (permissions, an unmounted share) stops gc, as it cannot tell
+/// what that manifest needs.
 fn others_on_store(
     store: &Store,
+    registry: &Registry,
     given: &[PathBuf],
     only_given: bool,
     dry_run: bool,
@@ -1262,49 +1304,88 @@ fn others_on_store(
         .iter()
         .filter_map(|m| std::fs::canonicalize(m).ok())
         .collect();
+    let hashes = store.hash_cache();
     for m in store.recorded_manifests() {
-        if given.contains(&m) {
-            continue;
-        }
-        if !m.is_file() {
-            let _ = writeln!(
-                out,
-                "{} ran on this store and no longer exists: what only it pinned is collected",
-                m.display()
-            );
-            if !dry_run {
-                store.forget_manifest(&m);
+        // Recorded as run (a symlink not resolved: its lockfile is beside that path).
+        match std::fs::canonicalize(&m) {
+            Ok(real) if given.contains(&real) => continue,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = writeln!(
+                    out,
+                    "{} ran on this store and no longer exists: what only it reached is collected",
+                    m.display()
+                );
+                if !dry_run {
+                    store.forget_manifest(&m);
+                }
+                continue;
             }
-            continue;
-        }
-        let lock = read_lock(&m)?;
-        let pinned: HashSet<crate::store::Key> = lock
-            .steps
-            .values()
-            .map(|l| l.key)
-            .filter(|k| !reachable.contains(k) && store.meta(k).is_some())
-            .collect();
-        if pinned.is_empty() {
-            continue;
+            Err(e) if only_given => {
+                let _ = writeln!(
+                    out,
+                    "{} ran on this store and cannot be read ({e}): --only-given",
+                    m.display()
+                );
+                continue;
+            }
+            Err(e) => {
+                return Err(miette!(
+                    help = "make it readable, give it to gc too, or pass --only-given to keep only what the given manifests reach",
+                    "{} ran on this store and cannot be read ({e}): gc cannot tell what it needs",
+                    m.display()
+                ));
+            }
         }
         if only_given {
             let _ = writeln!(
                 out,
-                "collecting {} artifact(s) that {} (which also ran on this store) pins: --only-given",
-                pinned.len(),
+                "collecting what {} (which also ran on this store) reaches: --only-given",
                 m.display()
             );
-        } else {
+            continue;
+        }
+        let theirs = sibling_keys(&m, registry, &hashes, store).map_err(|e| {
+            miette!(
+                help = "fix it, or pass --only-given to keep only what the given manifests reach",
+                "{} ran on this store, and gc cannot tell what it needs: {e}",
+                m.display()
+            )
+        })?;
+        let kept = theirs
+            .iter()
+            .filter(|k| !reachable.contains(*k) && store.meta(k).is_some())
+            .count();
+        reachable.extend(theirs);
+        if kept > 0 {
             let _ = writeln!(
                 out,
-                "keeping {} artifact(s) that {} pins (it also ran on this store; give it to gc to keep exactly what it reaches, or pass --only-given to collect them)",
-                pinned.len(),
+                "keeping {kept} artifact(s) that {} reaches (it also ran on this store; pass --only-given to collect them)",
                 m.display()
             );
-            reachable.extend(pinned);
         }
     }
     Ok(())
+}
+
+/// The keys another manifest reaches: its plan (with early cutoff's likely keys) and
+/// every key its lockfile pins; its lockfile's pins alone when it does not plan now
+/// (an edit left it broken: what it last built is kept).
+fn sibling_keys(
+    manifest: &Path,
+    registry: &Registry,
+    hashes: &HashCache,
+    store: &Store,
+) -> Result<HashSet<crate::store::Key>, String> {
+    let lock = Lockfile::read(&lock_path(manifest)).map_err(|e| e.to_string())?;
+    let mut keys: HashSet<crate::store::Key> = lock.steps.values().map(|l| l.key).collect();
+    if let Ok(plan) = load_plan_in(manifest, registry, hashes, store, &lock) {
+        keys.extend(plan.steps.iter().map(|s| s.spec.key));
+        if let Ok(Some(likely)) = likely_plan(&plan, registry, hashes, store, &lock) {
+            keys.extend(likely.steps.iter().map(|s| s.spec.key));
+        }
+    }
+    Ok(keys)
 }
 
 /// `goosepipe verify`: re-hashes artifacts against the digests recorded when they were
@@ -1524,6 +1605,20 @@ pub fn show(
         meta.tool_version
     );
     let _ = writeln!(out, "params   {}", s.params);
+    // What its run warned of (a training step's summary): said to whoever finds it.
+    if let Some(warnings) = std::fs::read(
+        store
+            .files_dir(&meta.key)
+            .join(crate::artifact_files::SUMMARY_JSON),
+    )
+    .ok()
+    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    .and_then(|v| v["warnings"].as_array().cloned())
+    {
+        for w in warnings.iter().filter_map(|w| w.as_str()) {
+            let _ = writeln!(out, "warning  {w}");
+        }
+    }
     if s.settings.as_object().is_some_and(|o| !o.is_empty()) {
         let _ = writeln!(out, "settings {}", s.settings);
     }

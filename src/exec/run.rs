@@ -548,6 +548,10 @@ pub fn refusals_of_cached(
                 .filter(|&b| matches!(status.states[b], crate::plan::State::Cached))
                 .find_map(|b| {
                     let why = refused_input(plan, store, registry, r, b)?;
+                    // A damaged artifact is the run's to find and rebuild (it
+                    // re-hashes what it reads), not a reason to refuse: re-hashed
+                    // before it is refused.
+                    store.verify(&plan.steps[b].spec.key).ok()?;
                     Some(format!(
                         "{why} (found in {}, built by an earlier run, before this run started anything)",
                         plan.steps[b].id()

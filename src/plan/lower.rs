@@ -1378,7 +1378,7 @@ impl Lowerer<'_> {
                         format!("task \"{name}\" scores dataset \"{data}\", which {who} on"),
                         "training data",
                         )
-                    .help("its score counts examples the expert has seen (all but the held-back slice): score data of its own, e.g. a dataset with `split=\"test\"` or a test file")
+                    .help("its score counts examples the expert has seen (all but the held-back slice): score data of its own (a dataset with `split=\"test\"`, or a test file), and name the task's owner with `expert=NAME`")
                     .as_warning(),
                 );
             }
@@ -1400,13 +1400,7 @@ impl Lowerer<'_> {
                     }
                 }
                 None => {
-                    let data = t.str("dataset").unwrap_or_default();
-                    let owners: Vec<&str> = members
-                        .iter()
-                        .filter(|m| m.block.str("dataset") == Some(data))
-                        .map(|m| m.name.as_str())
-                        .collect();
-                    if let [owner] = owners.as_slice() {
+                    if let [owner] = trained.as_slice() {
                         params.insert("expert".into(), Value::Str(owner.to_string()));
                     }
                 }

@@ -148,17 +148,34 @@ impl CutPairs {
         let mut parts = vec![];
         if self.targets > 0 {
             parts.push(format!(
-                "{} of {} training targets are longer than max-target-len={} tokens (the longest has {}, EOS included) and are cut: the model learns the cut answers; raise `{group} max-target-len`",
-                self.targets, self.pairs, cfg.max_target_len, self.longest_target
+                "{} of {} training targets are longer than max-target-len={} tokens (the longest has {}, EOS included) and are cut: the model learns the cut answers; raise {}",
+                self.targets,
+                self.pairs,
+                cfg.max_target_len,
+                self.longest_target,
+                setting(group, "max-target-len")
             ));
         }
         if self.inputs > 0 {
             parts.push(format!(
-                "{} of {} training inputs are longer than max-input-len={} tokens (the longest has {}) and are cut; raise `{group} max-input-len` to keep them whole",
-                self.inputs, self.pairs, cfg.max_input_len, self.longest_input
+                "{} of {} training inputs are longer than max-input-len={} tokens (the longest has {}) and are cut; raise {} to keep them whole",
+                self.inputs,
+                self.pairs,
+                cfg.max_input_len,
+                self.longest_input,
+                setting(group, "max-input-len")
             ));
         }
         (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// A setting of `group` as a manifest writes it (`train max-target-len`; a multitask
+/// step's group is `defaults { train`).
+fn setting(group: &str, name: &str) -> String {
+    match group.strip_prefix("defaults { ") {
+        Some(inner) => format!("`defaults {{ {inner} {name}=... }}`"),
+        None => format!("`{group} {name}`"),
     }
 }
 
@@ -200,34 +217,25 @@ fn fit(
     vars: &[(String, Var)],
     cfg: &TrainConfig,
     group: &str,
-) -> Result<crate::train::TrainOutcome, StepError> {
+) -> Result<(crate::train::TrainOutcome, Vec<String>), StepError> {
     // Token ids come from the datasets' `tokenize` steps; each trainer truncates them to
     // its own length limits.
     let eos = base.config().eos_token_id;
-    let cut = |p: crate::data::tokens::TokenPair| {
+    let cut_to = |p: crate::data::tokens::TokenPair, max_target: usize| {
         crate::train::batches::truncate(
             Pair {
                 input: p.input,
                 target: p.target,
             },
             cfg.max_input_len,
-            cfg.max_target_len,
+            max_target,
             eos,
         )
     };
+    let cut = |p| cut_to(p, cfg.max_target_len);
     // Validation's metric scores answers against the whole target: one cut to
     // max-target-len would count a cut answer as right.
-    let whole_target = |p: crate::data::tokens::TokenPair| {
-        crate::train::batches::truncate(
-            Pair {
-                input: p.input,
-                target: p.target,
-            },
-            cfg.max_input_len,
-            usize::MAX,
-            eos,
-        )
-    };
+    let whole_target = |p| cut_to(p, usize::MAX);
     let (mut tp, mut vp, mut vc, mut vwhole) = (vec![], vec![], vec![], vec![]);
     let mut cut_said = CutPairs::default();
     for inp in ctx
@@ -256,7 +264,8 @@ fn fit(
         vwhole.extend(v.iter().cloned().map(whole_target));
         vp.extend(v.into_iter().map(cut));
     }
-    if let Some(said) = cut_said.describe(cfg, group) {
+    let warnings: Vec<String> = cut_said.describe(cfg, group).into_iter().collect();
+    for said in &warnings {
         ctx.progress.log(&format!("warning: {said}"));
     }
     // Dropout as the paper's code trains (train mode); the trainer reseeds it per
@@ -277,10 +286,17 @@ fn fit(
             v.set(t).map_err(fail)?;
         }
     }
-    Ok(outcome)
+    Ok((outcome, warnings))
 }
 
-fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<(), StepError> {
+/// `summary.json`: the kept step, the last validation loss, and what the run warned
+/// of (inputs or targets cut to the length limits: `show` says it to whoever finds
+/// the artifact later; absent when there was nothing).
+fn summary(
+    ctx: &StepContext,
+    outcome: &crate::train::TrainOutcome,
+    warnings: &[String],
+) -> Result<(), StepError> {
     write_metrics(&ctx.out, &outcome.metrics)?;
     let last_val = outcome
         .metrics
@@ -288,7 +304,10 @@ fn summary(ctx: &StepContext, outcome: &crate::train::TrainOutcome) -> Result<()
         .rev()
         .find_map(|m| m.get("val_loss").and_then(|v| v.as_f64()));
     // Not whether it was resumed: a resumed run must produce the same bytes.
-    let s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val});
+    let mut s = serde_json::json!({"best_step": outcome.best_step, "last_val_loss": last_val});
+    if !warnings.is_empty() {
+        s["warnings"] = serde_json::json!(warnings);
+    }
     std::fs::write(
         ctx.out.join(crate::artifact_files::SUMMARY_JSON),
         serde_json::to_vec_pretty(&s).expect("json"),
@@ -432,19 +451,27 @@ impl StepRunner for ExpertStep {
         .map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        let outcome = fit(ctx, &mut base, &vars, &cfg, "train")?;
+        // A multitask step has no node of its own: its settings are `defaults`'.
+        let group = if ctx.spec.kind == "multitask" {
+            "defaults { train"
+        } else {
+            "train"
+        };
+        let (outcome, mut warnings) = fit(ctx, &mut base, &vars, &cfg, group)?;
         if outcome.best_step == 0 && cfg.steps > 0 {
             // Its LoRA's B is still zero: the expert is the base, and its gate will
-            // have nothing to learn. Said, not hidden in summary.json.
-            ctx.progress.log(&format!(
-                "warning: no validation after step 0 beat the untrained start, so the best checkpoint kept is step 0 of {}: this expert changes nothing (its LoRA is zero); train longer, change lr, or check its data",
+            // have nothing to learn. Said, and kept in summary.json for `show`.
+            let said = format!(
+                "no validation after step 0 beat the untrained start, so the best checkpoint kept is step 0 of {}: this expert changes nothing (its LoRA is zero); train longer, change lr, or check its data",
                 cfg.steps
-            ));
+            );
+            ctx.progress.log(&format!("warning: {said}"));
+            warnings.push(said);
         }
         // Unnamed: the artifact belongs to a key, not to this step's name (META_NAME).
         let expert = lora_expert_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         expert.save(&ctx.out.join(EXPERT_FILE)).map_err(fail)?;
-        summary(ctx, &outcome)
+        summary(ctx, &outcome, &warnings)
     }
     /// Only an interrupted run leaves a saved state to tell of.
     fn previews(&self, interrupted: bool) -> bool {
@@ -490,10 +517,11 @@ impl StepRunner for GateStep {
         let adapters = new_trainable_gates(&expert, &varmap, &dev, DType::F32).map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        let outcome = fit(ctx, &mut base, &vars, &cfg, "gate")?;
+        // The gate's warnings go to the log only: its version (so its bytes) stays.
+        let (outcome, _) = fit(ctx, &mut base, &vars, &cfg, "gate")?;
         let gates = gates_from(&adapters, "", Some(base_identity(ctx)?)).map_err(fail)?;
         gates.save(&ctx.out.join(GATES_FILE)).map_err(fail)?;
-        summary(ctx, &outcome)
+        summary(ctx, &outcome, &[])
     }
     /// Only an interrupted run leaves a saved state to tell of.
     fn previews(&self, interrupted: bool) -> bool {
