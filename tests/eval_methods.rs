@@ -651,6 +651,28 @@ eval "e" pool="p" {{
             s.meta(&plan.get("expert:alpha").unwrap().spec.key).is_none(),
             "early cutoff {early_cutoff}: the expert must not train on the second run\n{again}"
         );
+        // `plan` says so before anyone runs it.
+        let mut shown = Vec::new();
+        goosepipe::app::plan_cmd(
+            &manifest,
+            &store,
+            &goosepipe::steps::registry(),
+            &goosepipe::app::PlanOptions {
+                json: false,
+                check_cached: false,
+                verify: false,
+                device: "cpu".into(),
+            },
+            &mut shown,
+        )
+        .unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(
+            shown.contains(
+                "would fail at once: task \"t\": an example of dataset:plain has no answer choices"
+            ),
+            "early cutoff {early_cutoff}: {shown}"
+        );
     }
 }
 
@@ -819,10 +841,21 @@ fn report_examples_shows_each_methods_answers_as_scored() {
     let (code, shown, err) = cli(&["report", m, "--examples", "sort", "--limit", "100"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(shown, all);
-    assert!(err.contains("eval:good: the answers of an earlier run ("), "{err}");
+    assert!(
+        err.contains("eval:good: the answers of an earlier run ("),
+        "{err}"
+    );
     // In json, the record says it too (a script reading the file cannot see stderr).
     let (_, json, _) = cli(&["report", m, "--format", "json"]);
     let records: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let good = records.as_array().unwrap().iter().find(|r| r["step"] == "eval:good").unwrap();
-    assert_eq!(good["earlier_run"]["stale"], "input changed: gate:sort, pool:p", "{good}");
+    let good = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["step"] == "eval:good")
+        .unwrap();
+    assert_eq!(
+        good["earlier_run"]["stale"], "input changed: gate:sort, pool:p",
+        "{good}"
+    );
 }

@@ -1537,7 +1537,7 @@ fn last_run_note(store: &Store, what: &str, meta: &crate::store::artifact::Artif
     let others = store.others_of(&meta.spec.id, &meta.key);
     (others > 0).then(|| {
         format!(
-            "{others} other artifact(s) of {} with earlier settings are in the store (until gc); this is the one the last run built or found (--manifest FILE takes what a manifest has now)",
+            "{others} other artifact(s) of {} are in the store (earlier settings, or another manifest's step of that id; until gc); this is the one the last run built or found (--manifest FILE takes what a manifest has now)",
             meta.spec.id
         )
     })

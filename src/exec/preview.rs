@@ -43,6 +43,16 @@ pub fn previews(
             status.previews.insert(i, p);
         }
     }
+    // What a run would refuse at once (data an earlier run built that a step cannot
+    // use), said by `plan` before anyone runs it.
+    let stale: Vec<usize> = (0..plan.steps.len().min(last.saturating_add(1)))
+        .filter(|&i| status.states[i].will_run() && plan.steps[i].waits_for.is_empty())
+        .collect();
+    for (id, why) in super::run::refusals_of_cached(plan, status, store, registry, &stale) {
+        if let Some(&i) = plan.index.get(&id) {
+            status.previews.insert(i, format!("would fail at once: {why}"));
+        }
+    }
 }
 
 /// One step's preview; None when its runner has nothing to say (an input it needs
