@@ -858,4 +858,24 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         good["earlier_run"]["stale"], "input changed: gate:sort, pool:p",
         "{good}"
     );
+    // An edit that drops a method: the earlier run's answers of it are still shown.
+    let edited = std::fs::read_to_string(m)
+        .unwrap()
+        .replace("methods \"base\" \"expert:sort\"", "methods \"base\"");
+    std::fs::write(m, edited).unwrap();
+    let (code, wrong_then, err) = cli(&[
+        "report",
+        m,
+        "--examples",
+        "sort",
+        "--wrong",
+        "expert:sort",
+        "--limit",
+        "100",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        wrong_then.contains("examples expert:sort got wrong"),
+        "{wrong_then}"
+    );
 }

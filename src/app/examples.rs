@@ -45,16 +45,29 @@ pub fn examples(
             path.display()
         ));
     }
-    let scoring: Vec<_> = evals
+    // Each eval with what is shown of it: what its manifest's last run built when the
+    // key it has now is not built (an edit since), with that run's tasks and methods.
+    let shown: Vec<_> = evals
         .iter()
         .filter(|s| req.eval.is_none_or(|n| s.spec.name == n))
-        .filter(|s| s.spec.params["task"].get(req.task).is_some())
+        .map(|s| (*s, super::last_built(&store, &lock, s)))
+        .collect();
+    let params_of =
+        |(s, earlier): &(&crate::plan::Step, Option<crate::store::ArtifactMeta>)| -> serde_json::Value {
+            earlier
+                .as_ref()
+                .map_or(&s.spec.params, |m| &m.spec.params)
+                .clone()
+        };
+    let scoring: Vec<_> = shown
+        .iter()
+        .filter(|e| params_of(e)["task"].get(req.task).is_some())
         .collect();
     if scoring.is_empty() {
-        let mut tasks: Vec<&str> = evals
+        let all: Vec<serde_json::Value> = shown.iter().map(params_of).collect();
+        let mut tasks: Vec<&str> = all
             .iter()
-            .filter(|s| req.eval.is_none_or(|n| s.spec.name == n))
-            .filter_map(|s| s.spec.params["task"].as_object())
+            .filter_map(|p| p["task"].as_object())
             .flat_map(|t| t.keys().map(String::as_str))
             .collect();
         tasks.sort_unstable();
@@ -70,9 +83,10 @@ pub fn examples(
     // A method no eval of the task lists: said before anything is read, with the
     // methods there are (and the nearest, for a typo).
     if let Some(m) = req.select.wrong {
-        let mut methods: Vec<&str> = scoring
+        let params: Vec<serde_json::Value> = scoring.iter().map(|e| params_of(e)).collect();
+        let mut methods: Vec<&str> = params
             .iter()
-            .filter_map(|s| s.spec.params["methods"].as_array())
+            .filter_map(|p| p["methods"].as_array())
             .flatten()
             .filter_map(|m| m.as_str())
             .collect();
@@ -97,9 +111,10 @@ pub fn examples(
     // Evals that did not run the method `--wrong` names: left out, said at the end.
     let mut without = vec![];
     let scoring_count = scoring.len();
-    for s in scoring {
+    for e in scoring {
+        let shown_params = params_of(e);
+        let (s, earlier) = e;
         let id = &s.spec.id;
-        let earlier = super::last_built(&store, &lock, s);
         let key = earlier.as_ref().map_or(s.spec.key, |m| m.key);
         let files = store.files_dir(&key);
         if let Some(m) = &earlier {
@@ -145,7 +160,7 @@ pub fn examples(
             .ok()
             .and_then(|b| serde_json::from_slice::<Results>(&b).ok())
             .and_then(|r| r.task_notes.get(req.task).cloned());
-        let order: Vec<String> = s.spec.params["methods"]
+        let order: Vec<String> = shown_params["methods"]
             .as_array()
             .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
