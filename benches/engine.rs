@@ -54,6 +54,8 @@ fn registry() -> Registry {
 }
 
 fn plan_10k(c: &mut Criterion) {
+    // As `goosepipe plan` runs (its `main`): no transparent huge pages.
+    goosepipe::process::alloc::without_huge_pages();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.kdl");
     std::fs::write(&path, manifest(10_000)).unwrap();

@@ -404,6 +404,13 @@ fn main() -> ExitCode {
     // SAFETY: first thing in main, before any thread exists.
     unsafe { goosepipe::process::threads::pin_thread_count() };
     let cli = Cli::parse();
+    // Commands that do no tensor work: no huge pages (see the function).
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Exec(_) | Command::Score(_) | Command::Export { .. }
+    ) {
+        goosepipe::process::alloc::without_huge_pages();
+    }
     let store = Store::resolve_root(cli.store.as_deref());
     let registry = goosepipe::steps::registry();
     let mut out = std::io::stdout();
