@@ -403,7 +403,15 @@ enum ReportFormat {
 fn main() -> ExitCode {
     // SAFETY: first thing in main, before any thread exists.
     unsafe { goosepipe::process::threads::pin_thread_count() };
-    let cli = Cli::parse();
+    // A usage error exits EXIT_USAGE, never 2: a CI guard reads 2 from `plan
+    // --check-cached` as "something would run".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { app::EXIT_USAGE as u8 } else { 0 });
+        }
+    };
     // Commands that do no tensor work: no huge pages (see the function).
     if !matches!(
         cli.command,

@@ -165,8 +165,11 @@ fn graph_explain_schema_and_show() {
 #[test]
 fn bad_flags_are_clear_errors() {
     let t = tempfile::tempdir().unwrap();
+    // A usage error is 64, never 2 (`plan --check-cached`'s "something would run").
     let out = goosepipe(&["plan"], t.path());
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE));
+    let out = goosepipe(&["plan", GOLDEN, "--check-cahced"], t.path());
+    assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE));
     assert!(text(&out.stderr).contains("<FILE>"), "{}", text(&out.stderr));
     let out = goosepipe(&["run", GOLDEN, "--only", "x", "--until", "y"], t.path());
     assert!(
@@ -249,7 +252,7 @@ fn bad_flags_are_clear_errors() {
         ),
     ] {
         let out = goosepipe(args, t.path());
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE), "{args:?}");
         assert!(
             text(&out.stderr).contains(says),
             "{args:?}: {}",

@@ -519,6 +519,27 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
         lock_text,
         "--locked never writes the lockfile"
     );
+    // A merge that left both sides in is said as such.
+    let lock_file = p.dir.path().join("pipeline.kdl.lock");
+    std::fs::write(
+        &lock_file,
+        format!("<<<<<<< HEAD\n{lock_text}=======\n{lock_text}>>>>>>> b\n"),
+    )
+    .unwrap();
+    let locked = RunOptions {
+        locked: true,
+        ..Default::default()
+    };
+    let err = p.refused(&reg, &locked);
+    assert!(err.contains("it has merge-conflict markers (line 1)"), "{err}");
+    // No lockfile at all: one line that says so, not every step "not in the lockfile".
+    std::fs::remove_file(&lock_file).unwrap();
+    let err = p.refused(&reg, &locked);
+    assert!(
+        err.contains("--locked: there is no lockfile to hold the run to")
+            && !err.contains("not in the lockfile"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -692,7 +713,7 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     std::fs::write(p.dir.path().join("empty.kdl"), "").unwrap();
     let empty = p.dir.path().join("empty.kdl");
     let mut out = Vec::new();
-    let err = goosepipe::app::gc(
+    let code = goosepipe::app::gc(
         std::slice::from_ref(&empty),
         &p.store(),
         &reg,
@@ -700,8 +721,12 @@ fn gc_refuses_while_a_run_is_using_the_store() {
         false,
         &mut out,
     )
-    .unwrap_err();
-    assert!(err.to_string().contains("a run is using the store"), "{err}");
+    .unwrap();
+    assert_eq!(
+        code,
+        goosepipe::app::EXIT_BUSY,
+        "busy, not failed: a cron job tries again"
+    );
     assert_eq!(store.keys(), before, "gc deleted nothing");
     // A dry run only lists: it may run beside a run.
     let mut out = Vec::new();

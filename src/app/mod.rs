@@ -21,6 +21,11 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 /// `plan --check-cached`: something would run.
 pub const EXIT_PENDING: i32 = 2;
+/// The command line itself is wrong (an unknown flag, a missing argument): not 2,
+/// which `plan --check-cached` gives for "something would run" (sysexits' EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// The store is in use by a run (gc): try again later (sysexits' EX_TEMPFAIL).
+pub const EXIT_BUSY: i32 = 75;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Loads, validates and plans a manifest (no store needed; under early cutoff the
@@ -206,6 +211,14 @@ pub fn plan_cmd(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, opts.verify)?;
+    // A mistyped --store or GOOSEPIPE_STORE would read as "rebuild everything".
+    if !store.root.is_dir() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: no store at {}: nothing was built there, so every step is stale (--store DIR or GOOSEPIPE_STORE names another)",
+            store.root.display()
+        );
+    }
     exec::previews(
         &plan,
         &mut status,
@@ -352,6 +365,15 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         }
     }
     check_device(req, &status)?;
+    // --locked without a lockfile: said as that, not as every step "not in the
+    // lockfile" (most often it was never committed, or is git-ignored).
+    if opts.locked && !lock_path(path).exists() {
+        return Err(miette!(
+            help = "run once without --locked to write it, and commit it beside the manifest",
+            "--locked: there is no lockfile to hold the run to ({} does not exist)",
+            lock_path(path).display()
+        ));
+    }
     // For `gc` of another manifest on this store: this one's lockfile pins its work.
     // As given, made absolute but not resolved: its lockfile lies beside this path.
     if read_only.is_none()
@@ -1207,13 +1229,19 @@ pub fn gc(
     let _alone = if dry_run {
         None
     } else {
-        Some(store.alone().map_err(|e| miette!("{e}"))?.ok_or_else(|| {
-            miette!(
-                help = "run gc again when they have finished (`gc --dry-run` lists what it would delete now)",
-                "a run is using the store {} right now (goosepipe run, a cluster job's goosepipe exec, or another gc); gc could delete what it has built or is about to read",
-                store.root.display()
-            )
-        })?)
+        match store.alone().map_err(|e| miette!("{e}"))? {
+            Some(lock) => Some(lock),
+            // Busy, not failed: its own exit code, for a cron job to try again.
+            None => {
+                let busy = miette!(
+                    help = "run gc again when they have finished (`gc --dry-run` lists what it would delete now)",
+                    "a run is using the store {} right now (goosepipe run, a cluster job's goosepipe exec, or another gc); gc could delete what it has built or is about to read",
+                    store.root.display()
+                );
+                let _ = writeln!(std::io::stderr(), "{busy:?}");
+                return Ok(EXIT_BUSY);
+            }
+        }
     };
     let hashes = store.hash_cache();
     let mut reachable = HashSet::new();
@@ -1410,14 +1438,41 @@ pub fn verify(
     let store = existing_store(store_root)?;
     let mut keys: Vec<crate::store::Key> = if all { store.keys() } else { vec![] };
     let hashes = store.hash_cache();
+    // Artifacts moved aside earlier (by a verify, a report, a run) and not rebuilt yet:
+    // still a damaged store, said every time until a run rebuilds them.
+    let mut aside: BTreeMap<crate::store::Key, String> = BTreeMap::new();
     for m in manifests {
         let plan = load_plan_in(m, registry, &hashes, &store, &read_lock(m)?)?;
-        keys.extend(
-            plan.steps
-                .iter()
-                .map(|s| s.spec.key)
-                .filter(|k| !matches!(store.presence(k), crate::store::Presence::Missing)),
-        );
+        for s in &plan.steps {
+            match store.presence(&s.spec.key) {
+                crate::store::Presence::Missing => {
+                    if store.was_quarantined(&s.spec.key) {
+                        aside.insert(s.spec.key, s.spec.id.clone());
+                    }
+                }
+                _ => keys.push(s.spec.key),
+            }
+        }
+    }
+    if all {
+        for e in std::fs::read_dir(store.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(key) = name
+                .strip_prefix("corrupt.")
+                .and_then(|rest| rest.get(..64))
+                .and_then(|hex| hex.parse::<crate::store::Key>().ok())
+                && matches!(store.presence(&key), crate::store::Presence::Missing)
+            {
+                let id = store
+                    .recipe(&key)
+                    .map_or_else(|| "(unknown step)".into(), |r| r.id);
+                aside.entry(key).or_insert(id);
+            }
+        }
     }
     hashes.save();
     keys.sort();
@@ -1463,14 +1518,30 @@ pub fn verify(
             }
         }
     }
+    for (key, id) in &aside {
+        let _ = writeln!(
+            out,
+            "missing  {id} {}: moved aside as corrupt earlier and not rebuilt yet; `goosepipe run` rebuilds it",
+            key.short()
+        );
+    }
     let _ = writeln!(
         out,
-        "verified {} artifact(s): {} ok ({}), {corrupt} corrupt",
+        "verified {} artifact(s): {} ok ({}), {corrupt} corrupt{}",
         keys.len(),
         keys.len() - corrupt,
-        human_size(bytes)
+        human_size(bytes),
+        if aside.is_empty() {
+            String::new()
+        } else {
+            format!(", {} moved aside earlier and not rebuilt", aside.len())
+        }
     );
-    Ok(if corrupt > 0 { EXIT_ERROR } else { EXIT_OK })
+    Ok(if corrupt > 0 || !aside.is_empty() {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    })
 }
 
 /// What `show` and `export` look up: `what` itself, or with `--manifest FILE` the key

@@ -73,6 +73,15 @@ impl Lockfile {
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!("line {line}, column {column}")
         };
+        // A merge left both sides in: said as that, not as a syntax error.
+        if let Some(n) = text.lines().position(|l| {
+            l.starts_with("<<<<<<< ") || l.starts_with(">>>>>>> ") || l == "<<<<<<<" || l == "======="
+        }) {
+            return Err(bad(format!(
+                "it has merge-conflict markers (line {}): keep one side of each conflict, then run the manifest to re-pin what changed",
+                n + 1
+            )));
+        }
         let doc: KdlDocument = text.parse().map_err(|e: kdl::KdlError| {
             let first = e.diagnostics.first();
             let msg = first
