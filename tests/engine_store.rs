@@ -728,6 +728,14 @@ fn gc_refuses_while_a_run_is_using_the_store() {
         "busy, not failed: a cron job tries again"
     );
     assert_eq!(store.keys(), before, "gc deleted nothing");
+    // `plan` beside the run: a step with saved progress whose key the run holds is
+    // being built, not "interrupted".
+    let kb = key_of(&p, &reg, "expert:b");
+    std::fs::create_dir_all(store.work_dir(&kb)).unwrap();
+    std::fs::write(store.work_dir(&kb).join("checkpoint.bin"), b"saved").unwrap();
+    let (plan, status) = p.status(&reg);
+    let i = plan.index["expert:b"];
+    assert_eq!(status.states[i].reasons(), [goosepipe::plan::Reason::Building]);
     // A dry run only lists: it may run beside a run.
     let mut out = Vec::new();
     goosepipe::app::gc(
@@ -742,6 +750,12 @@ fn gc_refuses_while_a_run_is_using_the_store() {
     cancel.cancel();
     let (code, text) = run.join().unwrap();
     assert_eq!(code, goosepipe::app::EXIT_INTERRUPTED, "{text}");
+    let (plan, status) = p.status(&reg);
+    assert_eq!(
+        status.states[plan.index["expert:b"]].reasons(),
+        [goosepipe::plan::Reason::Interrupted],
+        "the run ended: its saved progress is an interrupted run's"
+    );
     let mut out = Vec::new();
     // Only what the empty manifest reaches (the run's own manifest pins the rest).
     goosepipe::app::gc(&[empty], &p.store(), &reg, false, true, &mut out).unwrap();

@@ -134,6 +134,7 @@ fn every_reason() -> Vec<Reason> {
             inputs: vec!["a".into()],
         },
         Reason::NeverBuilt,
+        Reason::Building,
         Reason::SameArtifact { with: "a".into() },
         Reason::CutoffChanged { on: true },
         Reason::AwaitsOutput { of: vec!["a".into()] },
@@ -143,6 +144,7 @@ fn every_reason() -> Vec<Reason> {
             Reason::New
             | Reason::Missing
             | Reason::Interrupted
+            | Reason::Building
             | Reason::Corrupt { .. }
             | Reason::ParamsChanged { .. }
             | Reason::InputChanged { .. }

@@ -23,6 +23,8 @@ pub enum Reason {
     /// Started by an earlier run that was interrupted; its saved progress is kept, so
     /// it resumes.
     Interrupted,
+    /// A run holds its key's lock right now: being built (with its saved progress).
+    Building,
     /// The stored artifact failed its check.
     Corrupt {
         detail: String,
@@ -89,6 +91,7 @@ impl Reason {
             Reason::New => "new".into(),
             Reason::Missing => "artifact missing from this store (the lockfile says it was built)".into(),
             Reason::Interrupted => "interrupted in an earlier run; resumes from its saved progress".into(),
+            Reason::Building => "being built by a run right now (its key is locked)".into(),
             Reason::Corrupt { detail } => format!("artifact corrupt ({detail})"),
             Reason::ParamsChanged { changes } => format!(
                 "parameters changed: {}",
@@ -429,10 +432,19 @@ fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
     // Saved progress says more than the lockfile: this store's run of the step was
     // interrupted (the lockfile may come from a run on another store, or pin the key
     // the step had before an edit).
-    if has_progress(store, spec) {
+    // Saved progress whose key a run holds locked is being built now, not
+    // "interrupted" (asked only where there is progress: a syscall per such step).
+    let progress = has_progress(store, spec).then(|| {
+        if crate::store::KeyLock::is_held(&store.lock_path(&spec.key)).unwrap_or(false) {
+            Reason::Building
+        } else {
+            Reason::Interrupted
+        }
+    });
+    if let Some(r) = progress {
         match reasons.as_slice() {
-            [Reason::New | Reason::Missing | Reason::NeverBuilt] => reasons = vec![Reason::Interrupted],
-            _ => reasons.push(Reason::Interrupted),
+            [Reason::New | Reason::Missing | Reason::NeverBuilt] => reasons = vec![r],
+            _ => reasons.push(r),
         }
     }
     reasons
