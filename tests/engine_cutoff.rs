@@ -117,7 +117,7 @@ fn before_its_datasets_are_built_a_step_waits_for_them_and_says_so() {
     // explain names a waiting input's key as pending too.
     let explained = goosepipe::plan::render::explain(&plan, &status, plan.index["expert:a"]);
     assert!(explained.contains("tokenize:a pending"), "{explained}");
-    let json = goosepipe::plan::render::plan_json(&plan, &status);
+    let json = goosepipe::plan::render::plan_json(&plan, &status, &p.store());
     let eval = json["steps"]
         .as_array()
         .unwrap()

@@ -608,7 +608,7 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
         ),
         "{text}"
     );
-    let json = goosepipe::plan::render::plan_json(&plan, &status);
+    let json = goosepipe::plan::render::plan_json(&plan, &status, &p.store());
     assert_eq!(
         json["lockfile_outdated"],
         serde_json::json!(["gate:b", "pool:p", "eval:e"])

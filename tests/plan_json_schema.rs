@@ -58,10 +58,15 @@ fn plan_json_names_exactly_the_fields_its_schema_documents() {
             ),
     );
     let (plan, status) = p.status(&reg);
-    let json = plan_json(&plan, &status);
+    let json = plan_json(&plan, &status, &p.store());
 
     // Top level and summary: every field documented, none documented and absent.
     assert_eq!(names(&json), names(&schema["properties"]));
+    assert_eq!(
+        names(&json["store"]),
+        names(&schema["properties"]["store"]["properties"])
+    );
+    assert_eq!(json["store"]["exists"], p.store().is_dir(), "{}", json["store"]);
     assert_eq!(json["format"], schema["properties"]["format"]["const"]);
     let summary = &schema["properties"]["summary"];
     assert_eq!(names(&json["summary"]), names(&summary["properties"]));

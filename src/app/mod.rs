@@ -233,7 +233,7 @@ pub fn plan_cmd(
         let _ = writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&render::plan_json(&plan, &status)).expect("json")
+            serde_json::to_string_pretty(&render::plan_json(&plan, &status, &store.root)).expect("json")
         );
     } else {
         let _ = write!(out, "{}", render::plan_text(&plan, &status));

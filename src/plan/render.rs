@@ -142,7 +142,9 @@ pub const PLAN_JSON_VERSION: u32 = 1;
 /// The JSON Schema of `plan --json` (schemas/plan.schema.json).
 pub const PLAN_JSON_SCHEMA: &str = include_str!("../../schemas/plan.schema.json");
 
-pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
+/// `store`: the store folder the status was read from (a mistyped one reads as
+/// "rebuild everything": the JSON names it, and whether it exists).
+pub fn plan_json(plan: &Plan, status: &Status, store: &std::path::Path) -> serde_json::Value {
     let steps: Vec<_> = plan
         .steps
         .iter()
@@ -182,6 +184,10 @@ pub fn plan_json(plan: &Plan, status: &Status) -> serde_json::Value {
         "format_version": PLAN_JSON_VERSION,
         "pipeline": pipeline_name(plan),
         "manifest": plan.manifest.path.display().to_string(),
+        "store": {
+            "path": std::path::absolute(store).unwrap_or(store.to_path_buf()).display().to_string(),
+            "exists": store.is_dir(),
+        },
         "summary": {
             "steps": plan.steps.len(),
             "to_run": status.stale_count(),
