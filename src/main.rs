@@ -87,7 +87,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Keep only what the given manifests reach: also collect what other manifests
-        /// that ran on this store pin in their lockfiles (kept by default, and named).
+        /// that ran on this store reach (kept by default, and named).
         #[arg(long)]
         only_given: bool,
     },

@@ -25,6 +25,13 @@ pub struct ExamplesRequest<'a> {
     pub format: &'a str,
 }
 
+/// The parameters of what is shown of an eval: its earlier run's, when that is shown.
+fn params_of<'a>(
+    (s, earlier): &'a (&crate::plan::Step, Option<crate::store::ArtifactMeta>),
+) -> &'a serde_json::Value {
+    earlier.as_ref().map_or(&s.spec.params, |m| &m.spec.params)
+}
+
 pub fn examples(
     path: &Path,
     store_root: &Path,
@@ -52,22 +59,14 @@ pub fn examples(
         .filter(|s| req.eval.is_none_or(|n| s.spec.name == n))
         .map(|s| (*s, super::last_built(&store, &lock, s)))
         .collect();
-    let params_of =
-        |(s, earlier): &(&crate::plan::Step, Option<crate::store::ArtifactMeta>)| -> serde_json::Value {
-            earlier
-                .as_ref()
-                .map_or(&s.spec.params, |m| &m.spec.params)
-                .clone()
-        };
     let scoring: Vec<_> = shown
         .iter()
         .filter(|e| params_of(e)["task"].get(req.task).is_some())
         .collect();
     if scoring.is_empty() {
-        let all: Vec<serde_json::Value> = shown.iter().map(params_of).collect();
-        let mut tasks: Vec<&str> = all
+        let mut tasks: Vec<&str> = shown
             .iter()
-            .filter_map(|p| p["task"].as_object())
+            .filter_map(|e| params_of(e)["task"].as_object())
             .flat_map(|t| t.keys().map(String::as_str))
             .collect();
         tasks.sort_unstable();
@@ -83,10 +82,9 @@ pub fn examples(
     // A method no eval of the task lists: said before anything is read, with the
     // methods there are (and the nearest, for a typo).
     if let Some(m) = req.select.wrong {
-        let params: Vec<serde_json::Value> = scoring.iter().map(|e| params_of(e)).collect();
-        let mut methods: Vec<&str> = params
+        let mut methods: Vec<&str> = scoring
             .iter()
-            .filter_map(|p| p["methods"].as_array())
+            .filter_map(|e| params_of(e)["methods"].as_array())
             .flatten()
             .filter_map(|m| m.as_str())
             .collect();
@@ -112,7 +110,6 @@ pub fn examples(
     let mut without = vec![];
     let scoring_count = scoring.len();
     for e in scoring {
-        let shown_params = params_of(e);
         let (s, earlier) = e;
         let id = &s.spec.id;
         let key = earlier.as_ref().map_or(s.spec.key, |m| m.key);
@@ -160,7 +157,7 @@ pub fn examples(
             .ok()
             .and_then(|b| serde_json::from_slice::<Results>(&b).ok())
             .and_then(|r| r.task_notes.get(req.task).cloned());
-        let order: Vec<String> = shown_params["methods"]
+        let order: Vec<String> = params_of(e)["methods"]
             .as_array()
             .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
             .unwrap_or_default();

@@ -319,13 +319,12 @@ pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exporte
         .to_string();
     let files = peft::export(&expert, gates.as_ref(), &cfg, Some(&base), out).map_err(|e| e.to_string())?;
     let notes = if gates.is_none() {
-        let beside = file
+        let beside = GateVectors::path_beside(file);
+        let beside = beside
             .file_name()
-            .and_then(|n| n.to_str())
-            .map(|n| n.strip_suffix(".safetensors").unwrap_or(n))
-            .unwrap_or("expert");
+            .map_or_else(Default::default, |n| n.to_string_lossy());
         vec![format!(
-            "no gate: none beside the file ({beside}.gates.safetensors); the adapter goes without one (export the step, expert:NAME, to take its gate from the store)"
+            "no gate: none beside the file ({beside}); the adapter goes without one (export the step, expert:NAME, to take its gate from the store)"
         )]
     } else {
         vec![]

@@ -1247,16 +1247,7 @@ pub fn gc(
     let mut reachable = HashSet::new();
     for m in manifests {
         let lock = read_lock(m)?;
-        let plan = load_plan_in(m, registry, &hashes, &store, &lock)?;
-        reachable.extend(plan.steps.iter().map(|s| s.spec.key));
-        // What its last run built stays until a run moves the pins on: after an edit,
-        // `report` shows those results (and a revert needs nothing rebuilt).
-        reachable.extend(lock.steps.values().map(|l| l.key));
-        // Early cutoff: the next run most likely finds the artifacts after an edited,
-        // unbuilt dataset under the keys its last pinned output gives.
-        if let Some(likely) = likely_plan(&plan, registry, &hashes, &store, &lock)? {
-            reachable.extend(likely.steps.iter().map(|s| s.spec.key));
-        }
+        reachable.extend(reached_keys(m, &lock, registry, &hashes, &store)?);
     }
     hashes.save();
     others_on_store(
@@ -1373,13 +1364,16 @@ fn others_on_store(
             );
             continue;
         }
-        let theirs = sibling_keys(&m, registry, &hashes, store).map_err(|e| {
+        let lock = Lockfile::read(&lock_path(&m)).map_err(|e| {
             miette!(
                 help = "fix it, or pass --only-given to keep only what the given manifests reach",
                 "{} ran on this store, and gc cannot tell what it needs: {e}",
                 m.display()
             )
         })?;
+        // One that does not plan now (an edit left it broken): what it last built.
+        let theirs = reached_keys(&m, &lock, registry, &hashes, store)
+            .unwrap_or_else(|_| lock.steps.values().map(|l| l.key).collect());
         let kept = theirs
             .iter()
             .filter(|k| !reachable.contains(*k) && store.meta(k).is_some())
@@ -1396,22 +1390,23 @@ fn others_on_store(
     Ok(())
 }
 
-/// The keys another manifest reaches: its plan (with early cutoff's likely keys) and
-/// every key its lockfile pins; its lockfile's pins alone when it does not plan now
-/// (an edit left it broken: what it last built is kept).
-fn sibling_keys(
+/// The keys a manifest reaches, for gc: its plan's; early cutoff's likely keys (the
+/// next run most likely finds the artifacts after an edited, unbuilt dataset under
+/// the keys its last pinned output gives); and what its lockfile pins, which stays
+/// until a run moves the pins on (after an edit, `report` shows those results, and
+/// a revert needs nothing rebuilt).
+fn reached_keys(
     manifest: &Path,
+    lock: &Lockfile,
     registry: &Registry,
     hashes: &HashCache,
     store: &Store,
-) -> Result<HashSet<crate::store::Key>, String> {
-    let lock = Lockfile::read(&lock_path(manifest)).map_err(|e| e.to_string())?;
-    let mut keys: HashSet<crate::store::Key> = lock.steps.values().map(|l| l.key).collect();
-    if let Ok(plan) = load_plan_in(manifest, registry, hashes, store, &lock) {
-        keys.extend(plan.steps.iter().map(|s| s.spec.key));
-        if let Ok(Some(likely)) = likely_plan(&plan, registry, hashes, store, &lock) {
-            keys.extend(likely.steps.iter().map(|s| s.spec.key));
-        }
+) -> Result<HashSet<crate::store::Key>, Report> {
+    let plan = load_plan_in(manifest, registry, hashes, store, lock)?;
+    let mut keys: HashSet<crate::store::Key> = plan.steps.iter().map(|s| s.spec.key).collect();
+    keys.extend(lock.steps.values().map(|l| l.key));
+    if let Some(likely) = likely_plan(&plan, registry, hashes, store, lock)? {
+        keys.extend(likely.steps.iter().map(|s| s.spec.key));
     }
     Ok(keys)
 }
@@ -1455,18 +1450,8 @@ pub fn verify(
         }
     }
     if all {
-        for e in std::fs::read_dir(store.root.join("tmp"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().to_string();
-            if let Some(key) = name
-                .strip_prefix("corrupt.")
-                .and_then(|rest| rest.get(..64))
-                .and_then(|hex| hex.parse::<crate::store::Key>().ok())
-                && matches!(store.presence(&key), crate::store::Presence::Missing)
-            {
+        for key in store.quarantined() {
+            if matches!(store.presence(&key), crate::store::Presence::Missing) {
                 let id = store
                     .recipe(&key)
                     .map_or_else(|| "(unknown step)".into(), |r| r.id);

@@ -1457,15 +1457,10 @@ fn collect_refs(schema: &Schema, block: &Block, spec: &BlockSpec, out: &mut Vec<
 /// The `defaults` node's groups, each filled with the schema's defaults.
 fn default_groups(schema: &Schema, defaults: Option<&Block>) -> BTreeMap<String, Block> {
     let spec = schema.node("defaults").expect("schema has defaults");
-    let mut block = Block {
-        name: "defaults".into(),
-        loc: defaults
-            .map(|d| d.loc)
-            .unwrap_or(Loc::new(0, SourceSpan::from(0..0))),
-        arg: None,
-        props: Default::default(),
-        children: Default::default(),
-    };
+    let loc = defaults
+        .map(|d| d.loc)
+        .unwrap_or(Loc::new(0, SourceSpan::from(0..0)));
+    let mut block = empty_group("defaults", loc);
     // `fill` inherits from `defaults` into the groups of a block, then the schema.
     fill(schema, &mut block, spec, defaults, &mut GroupTemplates::default());
     Arc::unwrap_or_clone(block.children)
@@ -1587,6 +1582,7 @@ fn fill(
     }
 }
 
+/// A block with nothing in it yet (a group to fill, the `defaults` node's stand-in).
 fn empty_group(name: &str, loc: Loc) -> Block {
     Block {
         name: name.to_string(),

@@ -1229,16 +1229,22 @@ impl Lowerer<'_> {
                 continue;
             };
             // The design: tasks with their datasets and metrics, and the methods.
-            let tasks: Vec<String> = ev
+            let tasks: Vec<(String, String)> = ev
                 .block
                 .records("task")
                 .iter()
                 .map(|t| {
-                    format!(
-                        "{}={}/{}",
-                        t.arg.as_ref().and_then(|a| a.value.as_str()).unwrap_or_default(),
-                        t.str("dataset").unwrap_or_default(),
-                        t.str("metric").unwrap_or_default()
+                    (
+                        t.arg
+                            .as_ref()
+                            .and_then(|a| a.value.as_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                        format!(
+                            "{}/{}",
+                            t.str("dataset").unwrap_or_default(),
+                            t.str("metric").unwrap_or_default()
+                        ),
                     )
                 })
                 .collect();
@@ -1683,39 +1689,42 @@ impl Lowerer<'_> {
 /// What makes evals replicates of each other (a study's evals must share it).
 #[derive(PartialEq)]
 struct Design {
-    /// `name=dataset/metric`, in the manifest's order.
-    tasks: Vec<String>,
+    /// (name, `dataset/metric`), in the manifest's order.
+    tasks: Vec<(String, String)>,
     methods: Vec<String>,
     sampling: String,
     limits: String,
 }
 
+/// The items of `a` that `b` lacks.
+fn only_in<'a>(a: &'a [String], b: &[String]) -> Vec<&'a String> {
+    a.iter().filter(|x| !b.contains(x)).collect()
+}
+
 impl Design {
     /// How `other` differs from this design, each difference said once.
     fn differences(&self, other: &Design) -> Vec<String> {
-        let task_name = |t: &String| t.split_once('=').map_or(t.clone(), |(n, _)| n.to_string());
-        let names = |d: &Design| d.tasks.iter().map(task_name).collect::<Vec<_>>();
+        let names = |d: &Design| d.tasks.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
         let (mine, theirs) = (names(self), names(other));
+        let quoted = |v: Vec<&String>| {
+            v.iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut out = vec![];
-        let lacks: Vec<String> = mine
-            .iter()
-            .filter(|t| !theirs.contains(t))
-            .map(|t| format!("\"{t}\""))
-            .collect();
+        let (lacks, adds) = (only_in(&mine, &theirs), only_in(&theirs, &mine));
         if !lacks.is_empty() {
-            out.push(format!("lacks task {}", lacks.join(", ")));
+            out.push(format!("lacks task {}", quoted(lacks)));
         }
-        let adds: Vec<String> = theirs
-            .iter()
-            .filter(|t| !mine.contains(t))
-            .map(|t| format!("\"{t}\""))
-            .collect();
         if !adds.is_empty() {
-            out.push(format!("adds task {}", adds.join(", ")));
+            out.push(format!("adds task {}", quoted(adds)));
         }
-        for t in other.tasks.iter().filter(|t| !self.tasks.contains(t)) {
-            if let Some(was) = self.tasks.iter().find(|m| task_name(m) == task_name(t)) {
-                out.push(format!("has task {t} (dataset/metric) where it has {was}"));
+        for (name, data) in other.tasks.iter().filter(|t| !self.tasks.contains(t)) {
+            if let Some((_, was)) = self.tasks.iter().find(|(n, _)| n == name) {
+                out.push(format!(
+                    "has task {name}={data} (dataset/metric) where it has {name}={was}"
+                ));
             }
         }
         if out.is_empty() && mine != theirs {
@@ -1726,27 +1735,13 @@ impl Design {
             ));
         }
         if self.methods != other.methods {
-            let missing: Vec<&String> = self
-                .methods
-                .iter()
-                .filter(|m| !other.methods.contains(m))
-                .collect();
-            let extra: Vec<&String> = other
-                .methods
-                .iter()
-                .filter(|m| !self.methods.contains(m))
-                .collect();
-            out.push(match (missing.is_empty(), extra.is_empty()) {
-                (true, true) => format!(
-                    "lists the methods as {} (not {})",
-                    other.methods.join(", "),
-                    self.methods.join(", ")
-                ),
-                _ => format!(
-                    "has methods {} where it has {}",
-                    other.methods.join(", "),
-                    self.methods.join(", ")
-                ),
+            let same_set = only_in(&self.methods, &other.methods).is_empty()
+                && only_in(&other.methods, &self.methods).is_empty();
+            let (theirs, mine) = (other.methods.join(", "), self.methods.join(", "));
+            out.push(if same_set {
+                format!("lists the methods as {theirs} (not {mine})")
+            } else {
+                format!("has methods {theirs} where it has {mine}")
             });
         }
         if self.sampling != other.sampling {

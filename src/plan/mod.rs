@@ -204,18 +204,15 @@ impl Plan {
                     }
                     // A kind alone (`eval`): its steps' ids.
                     None if self.steps.iter().any(|s| s.spec.kind == what) => {
-                        let ids: Vec<&str> = self
+                        let ids: Vec<String> = self
                             .steps
                             .iter()
                             .filter(|s| s.spec.kind == what)
-                            .map(|s| s.id())
+                            .map(|s| s.id().to_string())
                             .collect();
                         Some(match ids.as_slice() {
-                            [one] => one.to_string(),
-                            [first, second, third, rest @ ..] if !rest.is_empty() => {
-                                format!("one of {first}, {second}, {third} (and {} more)", rest.len())
-                            }
-                            many => format!("one of {}", many.join(", ")),
+                            [one] => one.clone(),
+                            many => format!("one of {}", listing::first_few(many, 3)),
                         })
                     }
                     // A bare name several steps share is suggested as their ids (the

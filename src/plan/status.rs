@@ -431,9 +431,8 @@ fn why_missing(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason> {
     let mut reasons = why_not_built(spec, store, lock);
     // Saved progress says more than the lockfile: this store's run of the step was
     // interrupted (the lockfile may come from a run on another store, or pin the key
-    // the step had before an edit).
-    // Saved progress whose key a run holds locked is being built now, not
-    // "interrupted" (asked only where there is progress: a syscall per such step).
+    // the step had before an edit), or, when a run holds its key locked, is being
+    // built now (the lock is asked only where there is progress: a syscall each).
     let progress = has_progress(store, spec).then(|| {
         if crate::store::KeyLock::is_held(&store.lock_path(&spec.key)).unwrap_or(false) {
             Reason::Building

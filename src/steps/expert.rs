@@ -144,7 +144,7 @@ impl CutPairs {
         }
     }
 
-    fn describe(&self, cfg: &TrainConfig, group: &str) -> Option<String> {
+    fn describe(&self, cfg: &TrainConfig, group: &str, in_defaults: bool) -> Option<String> {
         let mut parts = vec![];
         if self.targets > 0 {
             parts.push(format!(
@@ -153,7 +153,7 @@ impl CutPairs {
                 self.pairs,
                 cfg.max_target_len,
                 self.longest_target,
-                setting(group, "max-target-len")
+                setting(group, "max-target-len", in_defaults)
             ));
         }
         if self.inputs > 0 {
@@ -163,19 +163,20 @@ impl CutPairs {
                 self.pairs,
                 cfg.max_input_len,
                 self.longest_input,
-                setting(group, "max-input-len")
+                setting(group, "max-input-len", in_defaults)
             ));
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
-/// A setting of `group` as a manifest writes it (`train max-target-len`; a multitask
-/// step's group is `defaults { train`).
-fn setting(group: &str, name: &str) -> String {
-    match group.strip_prefix("defaults { ") {
-        Some(inner) => format!("`defaults {{ {inner} {name}=... }}`"),
-        None => format!("`{group} {name}`"),
+/// A setting of `group` as a manifest writes it: `train max-target-len`, or inside
+/// `defaults` for a step that has no node of its own (multitask).
+fn setting(group: &str, name: &str, in_defaults: bool) -> String {
+    if in_defaults {
+        format!("`defaults {{ {group} {name}=... }}`")
+    } else {
+        format!("`{group} {name}`")
     }
 }
 
@@ -264,7 +265,9 @@ fn fit(
         vwhole.extend(v.iter().cloned().map(whole_target));
         vp.extend(v.into_iter().map(cut));
     }
-    let warnings: Vec<String> = cut_said.describe(cfg, group).into_iter().collect();
+    // A multitask step has no node of its own: its settings are `defaults`'.
+    let in_defaults = ctx.spec.kind == "multitask";
+    let warnings: Vec<String> = cut_said.describe(cfg, group, in_defaults).into_iter().collect();
     for said in &warnings {
         ctx.progress.log(&format!("warning: {said}"));
     }
@@ -451,13 +454,7 @@ impl StepRunner for ExpertStep {
         .map_err(fail)?;
         base.model.set_adapters(adapters.clone()).map_err(fail)?;
         let vars = vars_sorted(&varmap);
-        // A multitask step has no node of its own: its settings are `defaults`'.
-        let group = if ctx.spec.kind == "multitask" {
-            "defaults { train"
-        } else {
-            "train"
-        };
-        let (outcome, mut warnings) = fit(ctx, &mut base, &vars, &cfg, group)?;
+        let (outcome, mut warnings) = fit(ctx, &mut base, &vars, &cfg, "train")?;
         if outcome.best_step == 0 && cfg.steps > 0 {
             // Its LoRA's B is still zero: the expert is the base, and its gate will
             // have nothing to learn. Said, and kept in summary.json for `show`.

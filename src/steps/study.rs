@@ -45,18 +45,13 @@ fn one_result_for_all(
         let here = names(d);
         shared.retain(|n| here.contains(n));
     }
-    #[derive(serde::Deserialize)]
-    struct Head {
-        method: String,
-        task: String,
-    }
     let mut per_method: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for n in shared {
         let path = part_dirs[0].join(&n);
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let head: Head = serde_json::from_reader(std::io::BufReader::new(file))
+        let part: super::eval_parts::Finished = serde_json::from_reader(std::io::BufReader::new(file))
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        per_method.entry(head.method).or_default().insert(head.task);
+        per_method.entry(part.method).or_default().insert(part.task);
     }
     out.extend(
         per_method

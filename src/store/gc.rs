@@ -97,7 +97,7 @@ impl Store {
         };
         for (p, name) in list("tmp") {
             if name.starts_with("corrupt.") {
-                let key = name.get(8..).and_then(key_prefix);
+                let key = super::quarantined_key(&name);
                 // A manifest still needs it and it is not rebuilt yet: the quarantined
                 // copy is what tells the next run to rebuild it (even where nothing
                 // downstream needs it now), as `verify` promised. Kept until then.

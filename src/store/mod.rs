@@ -316,11 +316,17 @@ impl Store {
     /// Whether a corrupt artifact of `key` was moved aside (and gc has not yet deleted
     /// it): the step is then rebuilt even if nothing needs it, so the store is whole again.
     pub fn was_quarantined(&self, key: &Key) -> bool {
-        let prefix = format!("corrupt.{}.", key.hex());
-        std::fs::read_dir(self.root.join("tmp")).is_ok_and(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        })
+        self.quarantined().contains(key)
+    }
+
+    /// The keys of every quarantined copy in `tmp/` (gc has not deleted it yet).
+    pub fn quarantined(&self) -> Vec<Key> {
+        std::fs::read_dir(self.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| quarantined_key(&e.file_name().to_string_lossy()))
+            .collect()
     }
 
     /// A fresh staging folder for building `key`.
@@ -637,6 +643,11 @@ pub fn step_name_of_file(file: &Path) -> Option<String> {
 }
 
 /// A `names/` record: the step id and the key written by [`Store::record_name`].
+/// The key of a quarantined copy's name in `tmp/` (`corrupt.KEY.NANOS`), or None.
+pub(crate) fn quarantined_key(name: &str) -> Option<Key> {
+    name.strip_prefix("corrupt.")?.get(..64)?.parse().ok()
+}
+
 pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key)> {
     let text = std::fs::read_to_string(path).ok()?;
     let (id, key) = text.trim_end().split_once('\n')?;

@@ -227,13 +227,19 @@ impl GateVectors {
     /// The gate file kept beside an expert file: `NAME.gates.safetensors` for
     /// `NAME.safetensors`, loaded when it exists.
     pub fn load_beside(expert: &Path, cfg: &T5Config, device: &Device, dtype: DType) -> Result<Option<Self>> {
-        let name = expert.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
-        let stem = name.strip_suffix(".safetensors").unwrap_or(name);
-        let path = expert.with_file_name(format!("{stem}.gates.safetensors"));
+        let path = Self::path_beside(expert);
         if !path.is_file() {
             return Ok(None);
         }
         Self::load(&path, cfg, device, dtype).map(Some)
+    }
+
+    /// Where the gates of expert file `NAME.safetensors` lie: `NAME.gates.safetensors`
+    /// beside it.
+    pub fn path_beside(expert: &Path) -> std::path::PathBuf {
+        let name = expert.file_name().and_then(|s| s.to_str()).unwrap_or("expert");
+        let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+        expert.with_file_name(format!("{stem}.gates.safetensors"))
     }
 
     /// Loads and validates a gate file against the base `cfg`.
