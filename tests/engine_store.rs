@@ -930,8 +930,8 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     );
 
     // A manifest that no longer exists is forgotten: nothing is kept for it.
-    let (code, _) = run_sibling();
-    assert_eq!(code, 0);
+    let (code, out) = run_sibling();
+    assert_eq!(code, 0, "{out}");
     std::fs::remove_file(&sibling).unwrap();
     let said = gc(false, false);
     assert!(

@@ -830,8 +830,10 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         .unwrap()
         .replace("gate steps=1 ", "gate steps=2 ");
     std::fs::write(m, edited).unwrap();
+    // Exit 2, as `plan --check-cached`: a script that publishes the tables learns
+    // they are not this manifest's own.
     let (code, again, err) = cli(&["report", m]);
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert_eq!(again, table, "the same tables as before the edit");
     assert!(
         err.contains("eval:good: the results of an earlier run (")
@@ -839,7 +841,7 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         "{err}"
     );
     let (code, shown, err) = cli(&["report", m, "--examples", "sort", "--limit", "100"]);
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert_eq!(shown, all);
     assert!(
         err.contains("eval:good: the answers of an earlier run ("),
@@ -858,6 +860,14 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         good["earlier_run"]["stale"], "input changed: gate:sort, pool:p",
         "{good}"
     );
+    // And so does every CSV record, in its `current` column.
+    let (code, csv, _) = cli(&["report", m, "--format", "csv"]);
+    assert_eq!(code, Some(2));
+    let good_rows: Vec<&str> = csv.lines().filter(|l| l.starts_with("eval:good,")).collect();
+    assert!(
+        !good_rows.is_empty() && good_rows.iter().all(|l| l.ends_with(",false")),
+        "{csv}"
+    );
     // An edit that drops a method: the earlier run's answers of it are still shown.
     let edited = std::fs::read_to_string(m)
         .unwrap()
@@ -873,7 +883,7 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         "--limit",
         "100",
     ]);
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         wrong_then.contains("examples expert:sort got wrong"),
         "{wrong_then}"

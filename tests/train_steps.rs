@@ -189,13 +189,17 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     // Long records under one header, so any CSV reader gets the columns right
     // (a header per eval, each with its methods, was misread).
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("step,task,metric,method,score"), "{csv}");
+    assert_eq!(
+        lines.next(),
+        Some("step,task,metric,method,score,current"),
+        "{csv}"
+    );
     let records: Vec<&str> = lines.collect();
     assert!(!records.is_empty(), "{csv}");
     assert!(
         records
             .iter()
-            .all(|l| l.starts_with("eval:held-out,") && l.split(',').count() == 5),
+            .all(|l| l.starts_with("eval:held-out,") && l.ends_with(",true") && l.split(',').count() == 6),
         "{csv}"
     );
     assert!(

@@ -105,6 +105,7 @@ pub fn examples(
         }
     }
     let mut shown = vec![];
+    // Answers missing, or shown from before an edit: exit 2, as `report`.
     let mut missing = false;
     // Evals that did not run the method `--wrong` names: left out, said at the end.
     let mut without = vec![];
@@ -123,6 +124,7 @@ pub fn examples(
                 &super::run_command(path, &store.root),
             );
             let _ = writeln!(std::io::stderr(), "{note}");
+            missing = true;
         } else if store.meta(&key).is_none() {
             let reasons = stale_reasons(&plan, &status, id);
             not_built(&mut std::io::stderr(), id, &reasons, path, &store.root);
@@ -201,7 +203,7 @@ pub fn examples(
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&shown).expect("json"));
     }
     Ok(if missing {
-        super::EXIT_ERROR
+        super::EXIT_PENDING
     } else {
         super::EXIT_OK
     })

@@ -739,6 +739,10 @@ pub fn report(
     let mut any = false;
     // A corrupt result is moved aside and said; the exit code says it too (scripts).
     let mut corrupt = false;
+    // Results missing, or shown from before an edit: said on stderr per step, and by
+    // the exit code (2, as `plan --check-cached`: a run has something to do), so a
+    // script that publishes the tables can tell they are not the manifest's own.
+    let mut not_current = false;
     // What is said about missing or corrupt results (and plots written) goes to
     // stderr: `report > results.md` keeps the tables alone. json is one array of
     // records, each with its step.
@@ -755,6 +759,13 @@ pub fn report(
         let notes: &mut dyn Write = &mut stderr;
         let earlier;
         let mut earlier_run: Option<serde_json::Value> = None;
+        if plan
+            .index
+            .get(s.spec.id.as_str())
+            .is_some_and(|&i| status.states[i].will_run())
+        {
+            not_current = true;
+        }
         let spec: &crate::store::StepSpec = match likely.as_ref().and_then(|l| l.get(&s.spec.id)) {
             Some(l) if !s.waits_for.is_empty() && store.meta(&l.spec.key).is_some() => {
                 let _ = writeln!(
@@ -865,7 +876,10 @@ pub fn report(
                 } else {
                     format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
                 };
-                format!("{head}{}", r.csv_long(&s.spec.id).trim_end())
+                format!(
+                    "{head}{}",
+                    r.csv_long(&s.spec.id, spec.key == s.spec.key).trim_end()
+                )
             }),
             _ => results.as_ref().map(|r| r.markdown(&s.spec.name)),
         };
@@ -926,7 +940,13 @@ pub fn report(
             path.display()
         ));
     }
-    Ok(if corrupt { EXIT_ERROR } else { EXIT_OK })
+    Ok(if corrupt {
+        EXIT_ERROR
+    } else if not_current {
+        EXIT_PENDING
+    } else {
+        EXIT_OK
+    })
 }
 
 /// An eval's or study's tables as markdown, headed with the step's name (its artifact

@@ -134,12 +134,14 @@ impl Results {
     /// The scores as long records under [`LONG_CSV_HEADER`], one per (task, method)
     /// scored, then one per method for the mean (task `mean`, metric [`MEAN_METRIC`],
     /// which no task has, so a task named `mean` stays apart): the evals of a manifest
-    /// have different methods, so one header fits them all only this way.
-    pub fn csv_long(&self, step: &str) -> String {
+    /// have different methods, so one header fits them all only this way. `current`
+    /// is false for results of an earlier run (the manifest changed since): a CSV
+    /// reader cannot see report's note on stderr.
+    pub fn csv_long(&self, step: &str, current: bool) -> String {
         let mut out = String::new();
         let mut record = |task: &str, metric: &str, method: &str, score: f64| {
             let fields = [step, task, metric, method].map(csv_field);
-            let _ = writeln!(out, "{},{score:.6}", fields.join(","));
+            let _ = writeln!(out, "{},{score:.6},{current}", fields.join(","));
         };
         for t in &self.tasks {
             let metric = self.metrics.get(t).map(String::as_str).unwrap_or("");
@@ -162,7 +164,7 @@ impl Results {
 pub const MEAN_METRIC: &str = "mean over tasks";
 
 /// The columns of [`Results::csv_long`].
-pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score";
+pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score,current";
 
 /// A CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a
 /// comma, a quote or a line break; as it is otherwise, so plain names read the same.
@@ -244,8 +246,8 @@ mod tests {
             .insert("two\nlines".into(), BTreeMap::from([("base".into(), 0.5)]));
         // Every record starts with the step, the quoted field keeps its line break.
         assert_eq!(
-            r.csv_long("eval:e"),
-            "eval:e,\"two\nlines\",,base,0.500000\neval:e,mean,mean over tasks,base,0.500000\n"
+            r.csv_long("eval:e", true),
+            "eval:e,\"two\nlines\",,base,0.500000,true\neval:e,mean,mean over tasks,base,0.500000,true\n"
         );
         let md = r.markdown("e");
         assert!(md.contains("| two lines | **50.0** |"), "{md}");
@@ -264,14 +266,14 @@ mod tests {
             .insert("mean".into(), BTreeMap::from([("base".into(), 0.25)]));
         r.scores
             .insert("other".into(), BTreeMap::from([("base".into(), 0.75)]));
-        let csv = r.csv_long("eval:e");
+        let csv = r.csv_long("eval:e", false);
         let rows: Vec<&str> = csv.lines().collect();
         assert_eq!(
             rows,
             [
-                "eval:e,mean,exact-match,base,0.250000",
-                "eval:e,other,,base,0.750000",
-                "eval:e,mean,mean over tasks,base,0.500000",
+                "eval:e,mean,exact-match,base,0.250000,false",
+                "eval:e,other,,base,0.750000,false",
+                "eval:e,mean,mean over tasks,base,0.500000,false",
             ]
         );
     }
