@@ -45,7 +45,8 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Exit with code 2 if anything would run (CI guard).
+        /// Exit with code 2 if anything would run or the lockfile would change (CI
+        /// guard: passes exactly when `run --locked` would do nothing).
         #[arg(long)]
         check_cached: bool,
         /// Re-hash every cached artifact against its recorded digests first; corrupt

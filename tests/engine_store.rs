@@ -613,6 +613,16 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
         json["lockfile_outdated"],
         serde_json::json!(["gate:b", "pool:p", "eval:e"])
     );
+    // A CI guard fails on it: `run --locked` would refuse, though nothing would run.
+    let check = |out: &mut Vec<u8>| {
+        let opts = goosepipe::app::PlanOptions {
+            check_cached: true,
+            device: "cpu".into(),
+            ..Default::default()
+        };
+        goosepipe::app::plan_cmd(&p.manifest(), &p.store(), &reg, &opts, out).unwrap()
+    };
+    assert_eq!(check(&mut Vec::new()), goosepipe::app::EXIT_PENDING);
     // With no lockfile at all (a manifest that shares a store but never ran), the
     // note says the lockfile is yet to be written.
     let saved = std::fs::read(&lock_path).unwrap();
@@ -632,6 +642,7 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
     );
     assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), pinned);
     assert!(p.status(&reg).1.lock_drift.is_empty());
+    assert_eq!(check(&mut Vec::new()), goosepipe::app::EXIT_OK);
     // An eval taken out of the manifest: the lockfile still pins it (run --locked
     // refuses), and plan says so.
     p.write(&BASE.replace("eval \"e\" pool=\"p\" {\n    methods \"phatgoose\" \"base\"\n    task \"h\" dataset=\"heldout\"\n}\n", ""));

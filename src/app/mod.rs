@@ -194,7 +194,8 @@ fn plan_in_store_quietly(
 pub struct PlanOptions {
     /// Machine-readable output.
     pub json: bool,
-    /// Exit with [`EXIT_PENDING`] if anything would run.
+    /// Exit with [`EXIT_PENDING`] if anything would run, or the lockfile would be
+    /// rewritten: passes exactly when `run --locked` would do nothing and succeed.
     pub check_cached: bool,
     /// Re-hash cached artifacts first.
     pub verify: bool,
@@ -238,7 +239,7 @@ pub fn plan_cmd(
     } else {
         let _ = write!(out, "{}", render::plan_text(&plan, &status));
     }
-    let code = if check_cached && status.stale_count() > 0 {
+    let code = if check_cached && (status.stale_count() > 0 || !status.lock_drift.is_empty()) {
         EXIT_PENDING
     } else {
         EXIT_OK
