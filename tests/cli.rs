@@ -102,7 +102,9 @@ fn graph_explain_schema_and_show() {
     );
 
     // Names are text: a quote or markup in one never breaks a graph or renders.
-    let odd = t.path().join("odd.kdl");
+    // Beside, not in, the store folder: a folder of other files is no store.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let odd = elsewhere.path().join("odd.kdl");
     std::fs::write(
         &odd,
         "pipeline \"p\\\"q\"\ndataset \"a\\\"b<i>&c#\" { synthetic task=\"corpus\" examples=10; }\n",

@@ -366,7 +366,11 @@ fn cancelled_step_resumes_from_its_checkpoint() {
     let part = store.work_dir(&k).join("eval-progress").join(".p.json.tmp-1-2");
     std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, "{").unwrap();
-    let record = p.store().join("names").join("abc.tmp-77");
+    // (As goosepipe names them: gc deletes no name it does not write.)
+    let record = p
+        .store()
+        .join("names")
+        .join(format!("{}.tmp-77", "ab".repeat(16)));
     std::fs::write(&record, format!("expert:a\n{}\n", k.hex())).unwrap();
     let found = store.gc_candidates(&plan.steps.iter().map(|s| s.spec.key).collect());
     for leftover in [&part, &record] {
@@ -979,4 +983,95 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     let said = gc(false, false);
     assert!(said.contains("current.kdl reaches"), "{said}");
     assert!(store.object_dir(&linked).exists(), "{said}");
+}
+
+/// `--store DIR` on a folder of the user's own files: refused before anything is
+/// written (it was taken as a store, and gc then deleted the user's files under its
+/// tmp/, work/, names/ and locks/ as leftovers). In a real store, gc deletes only
+/// names goosepipe writes; a store of a goosepipe from before the marker still opens.
+#[test]
+fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    // A user's folder that happens to have a `work` folder.
+    let theirs = p.dir.path().join("mine");
+    p.file("mine/work/thesis.tex", "precious");
+    p.file("mine/notes.txt", "mine");
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &theirs,
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err}").contains(
+            "is not a goosepipe store: it holds notes.txt, and a store is made only in a new or empty folder"
+        ),
+        "{err:?}"
+    );
+    let mut gc_out = Vec::new();
+    let err = goosepipe::app::gc(&[p.manifest()], &theirs, &reg, false, false, &mut gc_out).unwrap_err();
+    assert!(format!("{err}").contains("is not a goosepipe store"), "{err}");
+    let mut names: Vec<_> = std::fs::read_dir(&theirs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["notes.txt", "work"], "nothing was written there");
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("work/thesis.tex")).unwrap(),
+        "precious"
+    );
+    // plan says so, and leaves no hash cache there.
+    let opts = goosepipe::app::PlanOptions {
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    goosepipe::app::plan_cmd(&p.manifest(), &theirs, &reg, &opts, &mut Vec::new()).unwrap();
+    assert!(!theirs.join("hashcache.json").exists());
+
+    // A real store: files put into its folders by hand are not gc's to delete.
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert!(p.store().join(goosepipe::store::identity::MARKER).is_file());
+    for f in [
+        "tmp/notes.txt",
+        "work/draft",
+        "names/list.txt",
+        "locks/todo",
+        "recipes/x.json",
+    ] {
+        p.file(&format!(".goosepipe/{f}"), "mine");
+    }
+    let junk_key = "0".repeat(64);
+    p.file(
+        &format!(".goosepipe/work/{junk_key}/ckpt"),
+        "scratch of a step gone",
+    );
+    p.file(".goosepipe/tmp/gc.123", "a gc's leftover");
+    let mut said = Vec::new();
+    goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut said).unwrap();
+    for f in [
+        "tmp/notes.txt",
+        "work/draft",
+        "names/list.txt",
+        "locks/todo",
+        "recipes/x.json",
+    ] {
+        assert!(p.store().join(f).exists(), "gc deleted {f}");
+    }
+    assert!(!p.store().join("work").join(&junk_key).exists());
+    assert!(!p.store().join("tmp/gc.123").exists());
+
+    // A store laid out by a goosepipe from before the marker opens, and gets it.
+    std::fs::remove_file(p.store().join(goosepipe::store::identity::MARKER)).unwrap();
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing to do"), "{out}");
+    assert!(p.store().join(goosepipe::store::identity::MARKER).is_file());
 }

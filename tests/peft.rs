@@ -837,6 +837,18 @@ expert "sort" model="t" dataset="sort" {
         serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
     );
 
+    // Into the store's own folder (as `show --path` prints it), even with --force:
+    // refused before a byte is written (the published config.json was emptied).
+    let own = s.files_dir(&s.named("model:t").unwrap()).join("model");
+    let before = std::fs::read(own.join("config.json")).unwrap();
+    let err = goosepipe::app::export("model:t", None, &own, &store, true, &mut Vec::new()).unwrap_err();
+    assert!(
+        format!("{err}").contains("is inside the goosepipe store at"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(own.join("config.json")).unwrap(), before);
+    assert!(s.verify(&s.named("model:t").unwrap()).is_ok());
+
     // A file where the base model goes is said, not met with the OS's "File exists".
     let blocked = dir.path().join("blocked");
     std::fs::create_dir(&blocked).unwrap();

@@ -112,6 +112,15 @@ fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
             sources.push(dir.join(name));
         }
     }
+    // Copying a file onto itself empties it: exporting a model into its own folder.
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(dir), std::fs::canonicalize(out))
+        && a == b
+    {
+        return Err(format!(
+            "{} is the model's own folder: exporting it there would overwrite the files it reads; export into another folder",
+            out.display()
+        ));
+    }
     let mut written = vec![];
     for src in sources {
         let to = out.join(src.file_name().expect("a file"));
@@ -334,4 +343,28 @@ pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exporte
         files,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model step of `path=` points at the user's own folder: exporting it there
+    /// copied each file onto itself, which empties it.
+    #[test]
+    fn a_model_is_not_exported_into_its_own_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5/v1_1");
+        let model = t.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        for e in std::fs::read_dir(&fixture).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+        let before = std::fs::read(model.join("config.json")).unwrap();
+        let err = write_base(&model, &t.path().join("model/../model")).unwrap_err();
+        assert!(err.contains("is the model's own folder"), "{err}");
+        assert_eq!(std::fs::read(model.join("config.json")).unwrap(), before);
+        assert!(write_base(&model, &t.path().join("out")).is_ok());
+    }
 }

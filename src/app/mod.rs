@@ -67,11 +67,18 @@ fn likely_plan(
 }
 
 fn open_store(root: &Path) -> Result<Store, Report> {
-    Store::open(root).map_err(|e| {
-        miette!(
+    Store::open(root).map_err(|e| match e {
+        crate::store::StoreError::NotAStore { .. } => miette!(
+            help = format!(
+                "pass --store a new or empty folder (for example {}), or the store your runs used",
+                root.join(crate::store::DEFAULT_STORE).display()
+            ),
+            "{e}"
+        ),
+        e => miette!(
             help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
             "cannot open the store: {e}"
-        )
+        ),
     })
 }
 
@@ -170,7 +177,9 @@ fn plan_in_store_quietly(
     registry: &Registry,
     verify: bool,
 ) -> Result<(Plan, Status, Lockfile), Report> {
-    let hashes = if store.root.is_dir() {
+    // Only a store keeps a hash cache: a --store folder of someone's own files gets
+    // no file from a dry run.
+    let hashes = if crate::store::identity::is_store(&store.root) {
         store.hash_cache()
     } else {
         HashCache::in_memory()
@@ -217,6 +226,12 @@ pub fn plan_cmd(
         let _ = writeln!(
             std::io::stderr(),
             "note: no store at {}: nothing was built there, so every step is stale (--store DIR or GOOSEPIPE_STORE names another)",
+            store.root.display()
+        );
+    } else if !crate::store::identity::foreign_entries(&store.root).is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {} is not a goosepipe store (a folder of other files), so every step is stale, and `run` refuses it: --store DIR or GOOSEPIPE_STORE names another",
             store.root.display()
         );
     }
@@ -1180,6 +1195,16 @@ pub fn export(
         return Err(miette!(
             "export {what}: {} exists and is not a folder; give a folder to export into",
             dir.display()
+        ));
+    }
+    // Into a store's own folders (`show --path` of an artifact), --force wrote over
+    // the published files it was reading: a good artifact destroyed.
+    if let Some(store) = crate::store::identity::store_around(dir) {
+        return Err(miette!(
+            help = "export into a folder outside the store",
+            "export {what}: {} is inside the goosepipe store at {}, whose files only runs write",
+            dir.display(),
+            store.display()
         ));
     }
     // Another adapter (or anything else) already there would be replaced file by file,

@@ -72,6 +72,29 @@ fn key_prefix(name: &str) -> Option<Key> {
     name.get(..64)?.parse().ok()
 }
 
+/// Whether a name in a store folder is one goosepipe writes there: gc never deletes
+/// anything else (a file put there by hand is not a leftover of ours).
+fn written_by_us(sub: &str, name: &str) -> bool {
+    match sub {
+        // Staging folders (KEY.pid.nanos), quarantined copies, a gc's renamed object.
+        "tmp" => {
+            key_prefix(name).is_some()
+                || super::quarantined_key(name).is_some()
+                || name
+                    .strip_prefix("gc.")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        }
+        // Name records: 32 hex digits of the id's hash (and their partial writes).
+        "names" => {
+            name.get(..32)
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                && (name.len() == 32 || super::fsutil::is_partial_write(name))
+        }
+        // work/KEY, recipes/KEY.json, locks/KEY.lock.
+        _ => key_prefix(name).is_some(),
+    }
+}
+
 impl Store {
     /// Whether a run holds the lock of this key right now (its files are in use).
     fn held_by_live_run(&self, key: Option<Key>) -> bool {
@@ -91,6 +114,7 @@ impl Store {
                 .map(|rd| {
                     rd.flatten()
                         .map(|e| (e.path(), e.file_name().to_string_lossy().to_string()))
+                        .filter(|(_, name)| written_by_us(sub, name))
                         .collect()
                 })
                 .unwrap_or_default()

@@ -23,6 +23,7 @@ pub mod artifact;
 pub mod fsutil;
 pub mod gc;
 pub mod hashing;
+pub mod identity;
 pub mod key;
 pub mod lock;
 pub mod lockfile;
@@ -45,7 +46,7 @@ use fsutil::{nanos, sync_dir, sync_tree, write_atomic};
 pub const STORE_ENV: &str = "GOOSEPIPE_STORE";
 pub const DEFAULT_STORE: &str = ".goosepipe";
 /// The store-wide lock of [`Store::in_use`] and [`Store::alone`].
-const IN_USE_LOCK: &str = "in-use.lock";
+pub(crate) const IN_USE_LOCK: &str = "in-use.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +58,12 @@ pub enum StoreError {
     },
     #[error("artifact {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A folder with files of its own, given as a store: taking it would let `gc`
+    /// delete them.
+    #[error(
+        "{path} is not a goosepipe store: it holds {holds}, and a store is made only in a new or empty folder"
+    )]
+    NotAStore { path: PathBuf, holds: String },
 }
 
 impl StoreError {
@@ -100,10 +107,12 @@ pub struct Staging {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`; refuses a folder that holds
+    /// anything but a store ([`identity::claim`]).
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        for sub in ["objects", "tmp", "work", "recipes", "locks", "runs", "names"] {
+        identity::claim(&root)?;
+        for sub in identity::SUBFOLDERS {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }

@@ -1,0 +1,89 @@
+//! What makes a folder a store: a marker file written when the store is created.
+//!
+//! `run --store DIR` used to take any folder as a store, and `gc` then deleted the
+//! user's own files under `DIR/tmp` or `DIR/work` as leftovers of interrupted runs. A
+//! store is now made only in a new or empty folder (or one an earlier goosepipe laid
+//! out as a store); any other folder is refused, naming what is in it.
+
+use std::path::Path;
+
+use super::{StoreError, io_err};
+
+/// The marker file at the store's root.
+pub const MARKER: &str = "goosepipe.store";
+
+const MARKER_TEXT: &str = "This folder is a goosepipe store (format 1): goosepipe manages everything in it, and `goosepipe gc` deletes what no manifest needs.\n";
+
+/// The folders of a store, made when it is opened.
+pub const SUBFOLDERS: [&str; 7] = ["objects", "tmp", "work", "recipes", "locks", "runs", "names"];
+
+/// Whether `root` is a store: it has the marker, or the layout a goosepipe from
+/// before the marker made (its bookkeeping folders, all of them).
+pub fn is_store(root: &Path) -> bool {
+    root.join(MARKER).is_file() || laid_out_as_store(root)
+}
+
+/// The store that `path` is in (or is), if any: its nearest existing folder and
+/// every folder above it are looked at, links resolved.
+pub fn store_around(path: &Path) -> Option<std::path::PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let existing = absolute.ancestors().find(|a| a.exists())?;
+    let real = std::fs::canonicalize(existing).ok()?;
+    real.ancestors().find(|a| is_store(a)).map(Path::to_path_buf)
+}
+
+/// The names in `root` that a store does not make, sorted: a folder with any is
+/// someone's own, not a store to be (empty when `root` is a store, empty, or absent).
+pub fn foreign_entries(root: &Path) -> Vec<String> {
+    if is_store(root) {
+        return vec![];
+    }
+    let ours = |n: &str| SUBFOLDERS.contains(&n) || n == super::IN_USE_LOCK || n == "hashcache.json";
+    let mut found: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !ours(n))
+        .collect();
+    found.sort();
+    found
+}
+
+fn laid_out_as_store(root: &Path) -> bool {
+    ["objects", "recipes", "names", "runs"]
+        .iter()
+        .all(|s| root.join(s).is_dir())
+}
+
+/// Makes `root` a store, or checks that it is one. A folder that does not exist or
+/// is empty becomes one; a store of an earlier goosepipe gets its marker (where the
+/// folder can be written: a read-only store stays readable); any other folder is
+/// refused with [`StoreError::NotAStore`].
+pub fn claim(root: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(root).map_err(io_err(root))?;
+    let marker = root.join(MARKER);
+    if marker.is_file() {
+        return Ok(());
+    }
+    if laid_out_as_store(root) {
+        let _ = std::fs::write(&marker, MARKER_TEXT);
+        return Ok(());
+    }
+    std::fs::read_dir(root).map_err(io_err(root))?;
+    let found = foreign_entries(root);
+    // The marker goes first (before the folders): a second process opening the
+    // same new store at once finds it, not a half-made layout it would refuse.
+    // Writing it twice writes the same bytes.
+    if found.is_empty() {
+        return std::fs::write(&marker, MARKER_TEXT).map_err(io_err(&marker));
+    }
+    let mut holds = found.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if found.len() > 3 {
+        holds.push_str(&format!(", and {} more", found.len() - 3));
+    }
+    Err(StoreError::NotAStore {
+        path: root.to_path_buf(),
+        holds,
+    })
+}
