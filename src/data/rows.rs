@@ -261,14 +261,12 @@ fn arrow_batches_rows(
     Ok(out)
 }
 
-/// All rows of a CSV (or, with `delimiter` b'\t', TSV) file with a header line: each
+/// All rows of a CSV file with a header line: each
 /// record an object of its columns' text (answer choices in one column as a JSON
 /// list, `["a", "b"]`, are read as a list by the field mapping). Errors name the line.
-pub fn read_csv_rows(path: &Path, delimiter: u8) -> Result<Vec<Row>, DataError> {
+pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .from_reader(std::io::BufReader::new(file));
+    let mut reader = csv::ReaderBuilder::new().from_reader(std::io::BufReader::new(file));
     let at = |e: csv::Error| {
         let line = e.position().map(|p| format!(":{}", p.line())).unwrap_or_default();
         let why = match e.kind() {
@@ -312,14 +310,91 @@ pub fn read_csv_rows(path: &Path, delimiter: u8) -> Result<Vec<Row>, DataError> 
     Ok(out)
 }
 
+/// All rows of a TSV file with a header line, one record per line. A field may be
+/// quoted as pandas and spreadsheets write TSV (`"..."`, inner quotes doubled), and is
+/// then unquoted; a field that starts with a quote mark and is not one quoted field is
+/// refused with its line. (Read with CSV's rules, a stray quote at the start of a field
+/// opened a quoted field that ran on to the next quote mark, lines further down,
+/// merging the rows between into one example without a word.) So a TSV field holds no
+/// tab and no line break: such text goes in a .jsonl or .csv file.
+pub fn read_tsv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let at = |line: usize, why: String| DataError::Other(format!("{}:{line}: {why}", path.display()));
+    let mut headers: Option<Vec<String>> = None;
+    let mut out = vec![];
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = i + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.is_empty() {
+            continue;
+        }
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| at(line, "not UTF-8 text; save the file as UTF-8".into()))?;
+        // A spreadsheet's byte-order mark is not part of the first column's name.
+        let text = if headers.is_none() {
+            text.trim_start_matches('\u{feff}')
+        } else {
+            text
+        };
+        let fields = text
+            .split('\t')
+            .map(|f| unquote_tsv_field(f).map_err(|why| at(line, why)))
+            .collect::<Result<Vec<String>, DataError>>()?;
+        let Some(headers) = &headers else {
+            let names = fields;
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = names.iter().find(|h| !seen.insert(h.as_str())) {
+                return Err(at(
+                    line,
+                    format!("the header names column {twice:?} twice; rename one of them"),
+                ));
+            }
+            headers = Some(names);
+            continue;
+        };
+        if fields.len() != headers.len() {
+            return Err(at(
+                line,
+                format!(
+                    "{} tab-separated fields where the header has {}",
+                    fields.len(),
+                    headers.len()
+                ),
+            ));
+        }
+        let row: Row = headers
+            .iter()
+            .cloned()
+            .zip(fields.into_iter().map(serde_json::Value::String))
+            .collect();
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// A TSV field as its text: unquoted when it is one quoted field (`"a ""b"""` is
+/// `a "b"`); an error when it starts with a quote mark and is not.
+fn unquote_tsv_field(f: &str) -> Result<String, String> {
+    if !f.starts_with('"') {
+        return Ok(f.to_string());
+    }
+    if f.len() >= 2 && f.ends_with('"') && !f[1..f.len() - 1].replace("\"\"", "").contains('"') {
+        return Ok(f[1..f.len() - 1].replace("\"\"", "\""));
+    }
+    let shown: String = f.chars().take(40).collect();
+    Err(format!(
+        "the field {shown:?} starts with a quote mark but is not one quoted field (\"...\", any quote inside doubled): a field that starts with a quote is read as quoted, as pandas writes TSV; quote the whole field and double its quote marks, or use a .jsonl file (a TSV field also holds no tab and no line break)"
+    ))
+}
+
 /// Rows of a data file, by extension (.jsonl / .ndjson, .parquet, .arrow, .csv, .tsv).
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("parquet") => read_parquet_rows(path),
         Some("arrow") => read_arrow_rows(path),
         Some("jsonl") | Some("ndjson") => read_jsonl_rows(path),
-        Some("csv") => read_csv_rows(path, b','),
-        Some("tsv") => read_csv_rows(path, b'\t'),
+        Some("csv") => read_csv_rows(path),
+        Some("tsv") => read_tsv_rows(path),
         _ => Err(DataError::Other(format!(
             "{}: unknown data file type (expected .jsonl, .parquet, .arrow, .csv or .tsv)",
             path.display()
@@ -412,6 +487,52 @@ mod tests {
         std::fs::write(&csv, b"q,a\nx,y\ncaf\xe9,z\n").unwrap();
         let err = read_rows(&csv).unwrap_err().to_string();
         assert!(err.contains("d.csv:3: not UTF-8 text"), "{err}");
+    }
+
+    /// A stray quote mark at the start of a TSV field opened a CSV-quoted field that
+    /// ran to the next quote, lines down: 20 rows were read as 13 without a word.
+    #[test]
+    fn a_tsv_field_that_starts_with_a_quote_is_quoted_whole_or_refused_by_its_line() {
+        let t = tempfile::tempdir().unwrap();
+        let tsv = t.path().join("d.tsv");
+        let mut text = String::from("input\ttarget\n");
+        for i in 0..20 {
+            let input = match i {
+                5 => "\"Hello : w5".to_string(),
+                12 => "a 12\" pipe : w12".to_string(),
+                _ => format!("copy : w{i}"),
+            };
+            text.push_str(&format!("{input}\tw{i}\n"));
+        }
+        std::fs::write(&tsv, &text).unwrap();
+        let err = read_rows(&tsv).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "d.tsv:7: the field \"\\\"Hello : w5\" starts with a quote mark but is not one quoted field"
+            ),
+            "{err}"
+        );
+        std::fs::write(&tsv, "input\ttarget\n\"Stop\", she said\tx\n").unwrap();
+        assert!(read_rows(&tsv).unwrap_err().to_string().contains("d.tsv:2: "));
+        // A quote inside a field is text; a whole quoted field (as pandas writes one)
+        // is unquoted; a BOM and CRLF line ends are read past; blank lines skipped.
+        std::fs::write(
+            &tsv,
+            "\u{feff}\"input\"\ttarget\r\na 12\" pipe\t\"say \"\"hi\"\"\"\r\n\r\n\"\"\tb\r\n",
+        )
+        .unwrap();
+        let rows = read_rows(&tsv).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["input"], "a 12\" pipe");
+        assert_eq!(rows[0]["target"], "say \"hi\"");
+        assert_eq!(rows[1]["input"], "");
+        // Another number of fields names its line.
+        std::fs::write(&tsv, "q\ta\nx\ty\nonly-one\n").unwrap();
+        let err = read_rows(&tsv).unwrap_err().to_string();
+        assert!(
+            err.contains("d.tsv:3: 1 tab-separated fields where the header has 2"),
+            "{err}"
+        );
     }
 
     #[test]
