@@ -11,6 +11,7 @@ pub mod eval;
 pub mod exec;
 pub mod faults;
 pub mod hub;
+pub mod kdl_text;
 pub mod kernels;
 pub mod manifest;
 pub mod model;

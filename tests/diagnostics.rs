@@ -162,7 +162,7 @@ fn check_text(files: &[(&str, &str)]) -> (Result<String, String>, tempfile::Temp
 #[test]
 fn nesting_one_level_too_deep_is_a_diagnostic_and_any_depth_is_safe() {
     let nest = |n: usize| "x {".repeat(n) + &"}".repeat(n);
-    let limit = goosepipe::manifest::parse::MAX_DEPTH;
+    let limit = goosepipe::kdl_text::MAX_DEPTH;
     // At the limit the parser runs (and the schema rejects `x`), just over it and far
     // over it (1,281 levels overflowed the stack before) it is refused unparsed.
     let (r, _d) = check_text(&[("m.kdl", &nest(limit))]);

@@ -224,11 +224,11 @@ impl Validator {
         self.include_stack.push(path.clone());
         self.depths.insert(id, self.include_stack.len());
         let text = self.sources.get(id).text.clone();
-        if let Some(at) = super::parse::too_deep(&text) {
+        if let Some(at) = crate::kdl_text::too_deep(&text) {
             self.err(
                 "manifest::too-deep",
                 Loc::new(id, SourceSpan::from(at..at + 1)),
-                format!("blocks nest deeper than {} levels", super::parse::MAX_DEPTH),
+                format!("blocks nest deeper than {} levels", crate::kdl_text::MAX_DEPTH),
                 "this block is one level too deep",
                 "goosepipe manifests nest at most three levels (node { group { ... } }); close the open blocks",
             );

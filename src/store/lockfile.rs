@@ -82,6 +82,15 @@ impl Lockfile {
                 n + 1
             )));
         }
+        // A lockfile nests no block; one nested thousands deep overflowed the parser's
+        // stack (an abort, whatever was running).
+        if let Some(offset) = crate::kdl_text::too_deep(&text) {
+            return Err(bad(format!(
+                "{}: blocks nest deeper than {} levels",
+                at(offset),
+                crate::kdl_text::MAX_DEPTH
+            )));
+        }
         let doc: KdlDocument = text.parse().map_err(|e: kdl::KdlError| {
             let first = e.diagnostics.first();
             let msg = first
@@ -228,6 +237,17 @@ mod tests {
         ));
         assert!(
             e.contains("line 2, column 1: step dataset:x has content=\"pending:"),
+            "{e}"
+        );
+        // Nested past any sense: an error, not a stack overflow (run and plan aborted).
+        let deep = format!(
+            "lockfile version=1\n{}{}",
+            "a {".repeat(200_000),
+            "}".repeat(200_000)
+        );
+        let e = err(&deep);
+        assert!(
+            e.contains("line 2, column 195: blocks nest deeper than 64 levels"),
             "{e}"
         );
     }
