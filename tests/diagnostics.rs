@@ -176,6 +176,23 @@ fn nesting_one_level_too_deep_is_a_diagnostic_and_any_depth_is_safe() {
     assert!(r.unwrap_err().contains("blocks nest deeper than"));
 }
 
+/// A batch past any sense is out of range at once: a prime one near 10^15 with a
+/// micro-batch just below it hung `check` (the uneven-batch hint searched every
+/// number below it for a divisor).
+#[test]
+fn batch_sizes_have_a_bound() {
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        "defaults {\n    train batch=1000000000000037 micro-batch=1000000000000036\n}\n",
+    )]);
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("`batch` = 1000000000000037 is out of range")
+            && err.contains("must be between 1 and 1048576"),
+        "{err}"
+    );
+}
+
 #[test]
 fn include_chains_are_bounded() {
     let files: Vec<(String, String)> = (0..40)

@@ -150,7 +150,9 @@ pub fn read_parquet_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     let bad = |e| parquet_error(path, e);
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let reader = SerializedFileReader::new(file).map_err(bad)?;
-    let n = reader.metadata().file_metadata().num_rows().max(0) as usize;
+    // The footer's count is a hint, not a promise: a damaged one (i64::MAX) must not
+    // size an allocation; the rows themselves are the count.
+    let n = reader.metadata().file_metadata().num_rows().clamp(0, 1 << 16) as usize;
     let mut out = Vec::with_capacity(n);
     for row in reader.get_row_iter(None).map_err(bad)? {
         match row.map_err(bad)?.to_json_value() {

@@ -212,6 +212,13 @@ pub fn denoise(tokens: &[u32], sentinel_ids: &[u32], eos: u32, rng: &mut ChaCha8
 /// replaced by sentinels in the input; the target lists each sentinel with its span.
 pub fn span_corrupt(tokens: &[u32], sentinel_ids: &[u32], eos: u32, rng: &mut ChaCha8Rng) -> Pair {
     let n = tokens.len();
+    // An empty text (a corpus row with an empty input) has nothing to mask.
+    if n == 0 {
+        return Pair {
+            input: vec![eos],
+            target: vec![eos],
+        };
+    }
     let mut noise = vec![false; n];
     let budget = ((n as f64) * 0.15).round().max(1.0) as usize;
     let mut masked = 0;
@@ -435,5 +442,16 @@ mod tests {
         }
         assert_eq!(rebuilt, toks);
         assert!(p.target.len() > 2 && p.input.len() < toks.len() + 1);
+    }
+
+    /// A corpus row with an empty input panicked pretraining ("cannot sample empty
+    /// range"): it is EOS in, EOS out.
+    #[test]
+    fn an_empty_text_is_corrupted_to_itself() {
+        let rng = &mut ChaCha8Rng::seed_from_u64(3);
+        let p = span_corrupt(&[], &[100, 101], 1, rng);
+        assert_eq!((p.input, p.target), (vec![1], vec![1]));
+        let p = denoise(&[], &[100, 101], 1, rng);
+        assert_eq!((p.input, p.target), (vec![1], vec![1]));
     }
 }

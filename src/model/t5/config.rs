@@ -191,8 +191,11 @@ impl T5Config {
                 .as_f64()
                 .ok_or_else(|| bad(format!("`layer_norm_epsilon` must be a number, got {x}")))?,
         };
+        // Not cut to 32 bits: 2^32 would read as id 0 and pass the vocabulary check.
         let id = |key: &str, default: u32| -> Result<u32> {
-            Ok(usize_of(key)?.map(|n| n as u32).unwrap_or(default))
+            usize_of(key)?.map_or(Ok(default), |n| {
+                u32::try_from(n).map_err(|_| bad(format!("`{key}` {n} is outside any vocabulary")))
+            })
         };
         let pad_token_id = id("pad_token_id", 0)?;
         let cfg = T5Config {
@@ -243,6 +246,36 @@ impl T5Config {
         if self.relative_attention_num_buckets < 4 {
             return Err("`relative_attention_num_buckets` must be at least 4".into());
         }
+        // Far above any T5 (XXL: 24 layers, 64 heads, d_ff 10240; mT5's vocabulary
+        // 250,112): a config.json past them is damaged, and loading it would allocate
+        // by these numbers before any tensor is read (a layer count of 10^12 ran the
+        // machine out of memory).
+        let at_most = [
+            ("num_layers", self.num_layers, 1024),
+            ("num_decoder_layers", self.num_decoder_layers, 1024),
+            ("num_heads", self.num_heads, 4096),
+            ("d_model", self.d_model, 1 << 17),
+            ("d_kv", self.d_kv, 1 << 16),
+            ("d_ff", self.d_ff, 1 << 20),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                1 << 16,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+                1 << 24,
+            ),
+        ];
+        for (k, n, max) in at_most {
+            if n > max {
+                return Err(format!(
+                    "`{k}` {n} is more than any T5 has (at most {max} is read)"
+                ));
+            }
+        }
         if self.relative_attention_max_distance * 2 <= self.relative_attention_num_buckets {
             return Err("`relative_attention_max_distance` must exceed half the bucket count".into());
         }
@@ -289,5 +322,36 @@ impl T5Config {
             "scale_decoder_outputs": self.scale_decoder_outputs,
             "is_encoder_decoder": true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(edit: impl Fn(&mut serde_json::Value)) -> std::result::Result<T5Config, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5/v1_1/config.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut v);
+        T5Config::from_json_str(&v.to_string(), &path, None).map_err(|e| e.to_string())
+    }
+
+    /// A damaged config.json is refused by its field, before loading allocates by it
+    /// (10^12 layers ran out of memory) or cuts a token id to 32 bits (2^32 read as 0).
+    #[test]
+    fn sizes_past_any_t5_and_ids_past_32_bits_are_refused_by_name() {
+        assert!(parsed(|_| {}).is_ok());
+        let err = parsed(|v| v["num_layers"] = 1_000_000_000_000u64.into()).unwrap_err();
+        assert!(
+            err.contains("`num_layers` 1000000000000 is more than any T5 has"),
+            "{err}"
+        );
+        let err = parsed(|v| v["eos_token_id"] = 4_294_967_297u64.into()).unwrap_err();
+        assert!(
+            err.contains("`eos_token_id` 4294967297 is outside any vocabulary"),
+            "{err}"
+        );
+        let err = parsed(|v| v["relative_attention_max_distance"] = (1u64 << 63).into()).unwrap_err();
+        assert!(err.contains("`relative_attention_max_distance`"), "{err}");
     }
 }
