@@ -223,7 +223,27 @@ fn snapshot(vars: &[(String, Var)]) -> ModelResult<HashMap<String, Tensor>> {
 
 /// Whether a verified checkpoint belongs to this run: every variable (and moment, and
 /// best weight, where present) with the variable's shape, and a step within the run.
-fn check_state(s: &checkpoint::TrainState, vars: &[(String, Var)], cfg: &TrainConfig) -> Result<(), String> {
+/// A work folder's own name (the step's key), as a checkpoint records it.
+fn folder_name(work: &Path) -> Option<String> {
+    work.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+fn check_state(
+    s: &checkpoint::TrainState,
+    vars: &[(String, Var)],
+    cfg: &TrainConfig,
+    work: &Path,
+) -> Result<(), String> {
+    // A state copied over from another step's work folder (same shapes: another
+    // expert) would publish weights trained partly on the other's data under this
+    // step's key. States from before this record was kept have none.
+    if let (Some(saved), Some(here)) = (s.meta["work"].as_str(), folder_name(work))
+        && saved != here
+    {
+        return Err(format!(
+            "it was saved by the step whose work folder is {saved}, not this one's ({here})"
+        ));
+    }
     let step = s.meta["step"].as_u64().ok_or("its bookkeeping has no step")? as usize;
     if step > cfg.steps {
         return Err(format!(
@@ -461,7 +481,7 @@ impl RunState {
             best: None,
             metrics: vec![],
         };
-        let loaded = checkpoint::load(work, &device, |s| check_state(s, vars, cfg));
+        let loaded = checkpoint::load(work, &device, |s| check_state(s, vars, cfg, work));
         let fallback = if loaded.state.is_some() {
             "training resumes from the previous checkpoint"
         } else {
@@ -523,6 +543,8 @@ impl RunState {
             "best_score": self.best.as_ref().map(|b| b.0),
             "best_step": self.best.as_ref().map(|b| b.1),
             "metrics": self.metrics,
+            // The step it belongs to (its work folder is named by the step's key).
+            "work": folder_name(work),
         });
         checkpoint::save(work, &checkpoint::TrainState { tensors: t, meta }).map_err(|message| {
             TrainError::Checkpoint {
@@ -760,6 +782,66 @@ mod tests {
                 want.weights["x"].to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    /// A checkpoint copied into another step's work folder (same shapes) is not
+    /// resumed there: it starts from scratch, with a warning, and ends as a run that
+    /// was never interrupted does.
+    #[test]
+    fn a_checkpoint_from_another_steps_work_folder_is_not_resumed() {
+        let (want, _) = fit(true);
+        let root = tempfile::tempdir().unwrap();
+        let (theirs, ours) = (root.path().join("a".repeat(64)), root.path().join("b".repeat(64)));
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::create_dir_all(&ours).unwrap();
+        let data = vec![Pair {
+            input: vec![1],
+            target: vec![1],
+        }];
+        let x = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let vars = [("x".to_string(), x.clone())];
+        let toy = || Toy {
+            x: x.clone(),
+            seeds: vec![],
+            metric: true,
+        };
+        let stop = CancelAt(std::cell::Cell::new(vec![13]), std::cell::Cell::new(0));
+        let cancelled = train(&mut toy(), &vars, &data, &data, &config(), &theirs, &stop);
+        assert!(matches!(cancelled, Err(TrainError::Cancelled { .. })));
+        std::fs::copy(theirs.join(checkpoint::STATE), ours.join(checkpoint::STATE)).unwrap();
+        struct Logged(std::cell::RefCell<Vec<String>>);
+        impl Monitor for Logged {
+            fn start(&self, _: usize) {}
+            fn step(&self, _: usize, _: &str) {}
+            fn log(&self, m: &str) {
+                self.0.borrow_mut().push(m.to_string());
+            }
+            fn cancelled(&self) -> bool {
+                false
+            }
+        }
+        let logged = Logged(Default::default());
+        x.set(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let out = train(&mut toy(), &vars, &data, &data, &config(), &ours, &logged).unwrap();
+        let said = logged.0.borrow().join("\n");
+        assert!(
+            said.contains("was saved by the step whose work folder is aaaa")
+                && said.contains("training starts from scratch")
+                && !said.contains("resumed from"),
+            "{said}"
+        );
+        assert_eq!(out.metrics, want.metrics);
+        // In its own folder, it resumes.
+        let logged = Logged(Default::default());
+        train(&mut toy(), &vars, &data, &data, &config(), &theirs, &logged).unwrap();
+        assert!(
+            logged
+                .0
+                .borrow()
+                .iter()
+                .any(|m| m.contains("resumed from the checkpoint at step 13"))
+        );
     }
 
     #[test]
