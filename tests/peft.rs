@@ -289,6 +289,22 @@ fn unsupported_configurations_are_refused_naming_the_field() {
             Box::new(|c| c["target_modules"] = serde_json::json!(["q"])),
             &["`target_modules`", "does not select"],
         ),
+        (
+            "target_modules of another type (it selected every module)",
+            Box::new(|c| c["target_modules"] = serde_json::json!(5)),
+            &[
+                "`target_modules`",
+                "5 is neither a list of module names nor a regex",
+            ],
+        ),
+        (
+            "lora_alpha that overflows B (the expert held inf, blamed on the store)",
+            Box::new(|c| c["lora_alpha"] = serde_json::json!(1e308)),
+            &[
+                "`lora_alpha` in adapter_config.json is too large for these weights",
+                "in 32-bit floats",
+            ],
+        ),
     ];
     for (what, edit, needles) in cases {
         let dir = edited(edit);

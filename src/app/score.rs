@@ -492,6 +492,14 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         .next()
         .and_then(|v| v.into_iter().next())
         .ok_or_else(|| ModelError::Input("scoring returned nothing".into()))?;
+    // NaN scores printed with exit 0 read as a result.
+    if let Some(i) = s.logprobs.iter().position(|lp| !lp.is_finite()) {
+        return Err(ModelError::Input(format!(
+            "the log-probability of target token {} is {}: the model's or the experts' weights overflow (an imported adapter's lora_alpha, a run that diverged)",
+            i + 1,
+            s.logprobs[i]
+        )));
+    }
     let tokens = s
         .token_ids
         .iter()

@@ -92,8 +92,10 @@ struct Config {
 fn read_config(dir: &Path) -> Result<Config> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    // An editor's byte-order mark is not part of the JSON (serde_json stops at it).
+    let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&text);
     let v: Value =
-        serde_json::from_slice(&text).map_err(|e| bad(dir, CONFIG_FILE, format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(text).map_err(|e| bad(dir, CONFIG_FILE, format!("not valid JSON: {e}")))?;
     let obj = v
         .as_object()
         .ok_or_else(|| bad(dir, CONFIG_FILE, "not a JSON object"))?;
@@ -173,6 +175,17 @@ fn read_config(dir: &Path) -> Result<Config> {
             .filter(|a| a.is_finite())
             .ok_or_else(|| refuse("lora_alpha", format!("{a} is not a number")))?,
     };
+    // Anything else selected every module (a number, a boolean, an object).
+    match obj.get("target_modules") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(Value::Array(list)) if list.iter().all(Value::is_string) => {}
+        Some(other) => {
+            return Err(refuse(
+                "target_modules",
+                format!("{other} is neither a list of module names nor a regex string"),
+            ));
+        }
+    }
     Ok(Config {
         r,
         lora_alpha,
@@ -436,6 +449,22 @@ impl Reading<'_> {
             return Err(shape_err("lora_B", vec![site.d_out, r], b.dims()));
         }
         let b = (b * fold)?;
+        // Finite before, not after: a huge lora_alpha overflows the folded B to inf,
+        // which the gate step then blamed on a damaged store file.
+        let values = b
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            return Err(bad(
+                dir,
+                file,
+                format!(
+                    "`{module}.lora_B` scaled by `lora_alpha` {:e} (folded into B as {fold:e}) is {v} in 32-bit floats: `lora_alpha` in {CONFIG_FILE} is too large for these weights",
+                    self.conf.lora_alpha
+                ),
+            ));
+        }
         LoraWeights::new(module, a, b, site.d_in, site.d_out)
     }
 }
