@@ -1075,3 +1075,34 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
     assert!(out.contains("nothing to do"), "{out}");
     assert!(p.store().join(goosepipe::store::identity::MARKER).is_file());
 }
+
+/// An artifact deleted while everything after it is cached is not rebuilt (nothing
+/// that runs needs it); the run said "all 12 steps are cached", and nothing said how
+/// to get it back. It now names it and the command that rebuilds it, which does.
+#[test]
+fn a_run_names_an_artifact_it_leaves_out_as_not_needed_and_how_to_rebuild_it() {
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let store = Store::open(p.store()).unwrap();
+    std::fs::remove_dir_all(store.object_dir(&key_of(&p, &reg, "expert:b"))).unwrap();
+    log.take();
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    assert!(log.take().is_empty(), "nothing needed it: nothing ran");
+    assert!(
+        out.contains("nothing to do: 11 steps are cached; 1 not needed, not rebuilt (artifact gone, and nothing that runs reads it: expert:b)")
+            && out.contains("--only expert:b` rebuilds it"),
+        "{out}"
+    );
+    let (code, out) = p.run(
+        &reg,
+        &RunOptions {
+            only: vec!["expert:b".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(store.meta(&key_of(&p, &reg, "expert:b")).is_some(), "{out}");
+}

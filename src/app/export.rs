@@ -252,8 +252,8 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
                 .ok_or_else(|| format!("{} has no expert input", meta.spec.id))?;
             let expert = store.meta(&input.key).ok_or_else(|| {
                 format!(
-                    "the expert of {} ({}) is not in the store",
-                    meta.spec.id, input.id
+                    "the expert of {} ({}) is not in the store; `goosepipe run MANIFEST --only {}` rebuilds it",
+                    meta.spec.id, input.id, input.id
                 )
             })?;
             verified(store, &expert)?;

@@ -634,11 +634,33 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
                 status.lock_drift.len()
             )
         };
-        let _ = writeln!(
-            out,
-            "nothing to do: all {} steps are cached{rewritten}",
-            plan.steps.len()
-        );
+        // A step whose artifact is gone while everything after it is cached is not
+        // rebuilt (nothing needs it): "all cached" was false, and `score` or `export`
+        // of it kept failing with nothing to say how to get it back.
+        let unneeded: Vec<String> = plan
+            .steps
+            .iter()
+            .zip(&status.states)
+            .filter(|(_, st)| matches!(st, crate::plan::status::State::Unneeded { .. }))
+            .map(|(s, _)| s.spec.id.clone())
+            .collect();
+        if unneeded.is_empty() {
+            let _ = writeln!(
+                out,
+                "nothing to do: all {} steps are cached{rewritten}",
+                plan.steps.len()
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "nothing to do: {} steps are cached{rewritten}; {} not needed, not rebuilt (artifact gone, and nothing that runs reads it: {}); `{} --only {}` rebuilds it",
+                plan.steps.len() - unneeded.len(),
+                unneeded.len(),
+                crate::plan::listing::first_few(&unneeded, 3),
+                run_command(path, &store.root),
+                unneeded[0]
+            );
+        }
     } else {
         // A step another run built while this one waited for it is not ours to claim.
         let by_other = if report.reused.is_empty() {
@@ -1595,15 +1617,19 @@ pub fn lookup(
     let store = existing_store(store_root)?;
     let (plan, _, _) = plan_in_store_quietly(path, &store, registry, false)?;
     let mut step = &plan.steps[plan.resolve(what).map_err(|e| miette!("{e}"))?];
+    // The gate carries its expert along; an expert that is gone is said as itself.
     if with_gate
         && step.spec.kind == "expert"
+        && store.meta(&step.spec.key).is_some()
         && let Some(gate) = plan.get(&crate::store::spec::step_id("gate", &step.spec.name))
     {
         step = gate;
     }
     let id = step.id();
     let file = path.display();
-    let builds_it = format!("`{}` builds it", run_command(path, &store.root));
+    // With --only: a plain run leaves out a step whose artifact is gone while
+    // everything after it is cached.
+    let builds_it = format!("`{} --only {id}` builds it", run_command(path, &store.root));
     if !step.waits_for.is_empty() {
         return Err(miette!(
             help = builds_it,
