@@ -1106,3 +1106,49 @@ fn a_run_names_an_artifact_it_leaves_out_as_not_needed_and_how_to_rebuild_it() {
     assert_eq!(code, 0, "{out}");
     assert!(store.meta(&key_of(&p, &reg, "expert:b")).is_some(), "{out}");
 }
+
+/// A file this user may not read (a shared store, another user's umask) is not
+/// damage: `verify` says it apart and moves nothing, and a run that reads it stops
+/// naming the file instead of moving the intact artifact aside to rebuild it. (As
+/// root every file reads, so there is nothing to see: the test says so and returns.)
+#[test]
+fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("skipped: root reads every file");
+        return;
+    }
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let store = Store::open(p.store()).unwrap();
+    let key = key_of(&p, &reg, "expert:b");
+    let meta = store.meta(&key).unwrap();
+    let file = store.files_dir(&key).join(&meta.files[0].path);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut out = Vec::new();
+    let code = goosepipe::app::verify(&[p.manifest()], false, &p.store(), &reg, &mut out).unwrap();
+    let said = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        said.contains("0 corrupt, 1 unreadable by this user (not checked, nothing moved)"),
+        "{said}"
+    );
+    assert!(store.object_dir(&key).exists());
+    // A run that must read it (its gate is stale) stops on it.
+    p.write(&BASE.replace("gate steps=5", "gate steps=6"));
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = format!("{:?}", err.unwrap_err());
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(store.verify(&key).is_ok(), "left where it was, intact");
+}

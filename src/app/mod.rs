@@ -1531,7 +1531,7 @@ pub fn verify(
     keys.sort();
     keys.dedup();
     let results: Vec<_> = keys.par_iter().map(|k| (*k, store.verify(k))).collect();
-    let (mut bytes, mut corrupt) = (0u64, 0usize);
+    let (mut bytes, mut corrupt, mut unreadable) = (0u64, 0usize, 0usize);
     for (key, r) in results {
         let id = store
             .recipe(&key)
@@ -1565,8 +1565,9 @@ pub fn verify(
                     let _ = writeln!(out, "corrupt  {id} {}: could not move it aside: {e}", key.short());
                 }
             },
+            // Not damage (permissions): said apart, nothing moved.
             Err(e) => {
-                corrupt += 1;
+                unreadable += 1;
                 let _ = writeln!(out, "unreadable  {id} {}: {e}", key.short());
             }
         }
@@ -1580,17 +1581,22 @@ pub fn verify(
     }
     let _ = writeln!(
         out,
-        "verified {} artifact(s): {} ok ({}), {corrupt} corrupt{}",
+        "verified {} artifact(s): {} ok ({}), {corrupt} corrupt{}{}",
         keys.len(),
-        keys.len() - corrupt,
+        keys.len() - corrupt - unreadable,
         human_size(bytes),
+        if unreadable == 0 {
+            String::new()
+        } else {
+            format!(", {unreadable} unreadable by this user (not checked, nothing moved)")
+        },
         if aside.is_empty() {
             String::new()
         } else {
             format!(", {} moved aside earlier and not rebuilt", aside.len())
         }
     );
-    Ok(if corrupt > 0 || !aside.is_empty() {
+    Ok(if corrupt > 0 || unreadable > 0 || !aside.is_empty() {
         EXIT_ERROR
     } else {
         EXIT_OK
@@ -1684,14 +1690,19 @@ pub fn show(
     // The payload is re-hashed: a flipped byte of the same size is only seen this way.
     let integrity = match store.verify(&meta.key) {
         Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
-        Err(e) if path => {
+        Err(e @ crate::store::StoreError::Corrupt { .. }) if path => {
             return Err(miette!(
                 "{} is corrupt: {e}; {}",
                 meta.spec.id,
                 crate::store::CORRUPT_HELP
             ));
         }
-        Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
+        Err(e) if path => return Err(miette!("{} cannot be checked: {e}", meta.spec.id)),
+        Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+            format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP)
+        }
+        // Not damage: a file this user may not read. Nothing to rebuild.
+        Err(e) => format!("UNREADABLE, not checked: {e}"),
     };
     // Shown either way (what it was is worth seeing); a corrupt one exits 1.
     let verified = integrity.starts_with("ok");

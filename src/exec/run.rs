@@ -271,6 +271,12 @@ pub(crate) fn verify_inputs(
                 }
                 let key = plan.steps[j].spec.key;
                 if let Err(e) = store.verify(&key) {
+                    // A file this user may not read (a shared store, another user's
+                    // umask) is not damage: moving an intact artifact aside and
+                    // rebuilding it would be wrong; the run stops, naming the file.
+                    if !matches!(e, crate::store::StoreError::Corrupt { .. }) {
+                        return Err(RunError::Store(e));
+                    }
                     reporter.note(&format!("{}: {e}; it will be rebuilt", plan.steps[j].id()));
                     store.quarantine(&key)?;
                     status.states[j] = crate::plan::State::Stale {

@@ -397,13 +397,10 @@ fn presence_outcome(
                     ),
                 }
             }
-            // Unreadable is not corrupt: stale, but nothing is moved.
-            Err(e) => (
-                false,
-                vec![Reason::Corrupt {
-                    detail: e.to_string(),
-                }],
-            ),
+            // Unreadable by this user (permissions) is not corrupt: nothing to move or
+            // rebuild (a rebuild found the intact artifact and was said to be another
+            // run's). `verify` says it; a run that reads it stops, naming the file.
+            Err(_) => (true, vec![]),
         },
         Presence::Present(_) => (true, vec![]),
         Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
