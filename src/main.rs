@@ -300,7 +300,7 @@ enum ExecutorArg {
     Slurm,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum InterruptArg {
     Ask,
     Cancel,
@@ -318,23 +318,23 @@ struct SlurmArgs {
     #[arg(long)]
     no_arrays: bool,
     /// At most N tasks of one job array run at once (--array=...%N).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one, allow_negative_numbers = true)]
     array_throttle: Option<usize>,
     /// Largest array to submit [default: the cluster's MaxArraySize]; bigger batches are split.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one, allow_negative_numbers = true)]
     max_array_size: Option<usize>,
     /// At most N jobs (array tasks count one each) queued or running at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one, allow_negative_numbers = true)]
     max_jobs: Option<usize>,
     /// Resubmissions of a job that ended TIMEOUT, OUT_OF_MEMORY, NODE_FAIL or PREEMPTED.
     #[arg(long, default_value_t = 1, value_name = "N")]
     retries: u32,
     /// Longest wait between two polls of the scheduler, in seconds (the wait starts at
     /// half a second and grows while nothing changes).
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = seconds_flag, allow_negative_numbers = true)]
     poll_max: f64,
     /// How long a finished job's artifact may take to show up on the shared file system.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = seconds_flag, allow_negative_numbers = true)]
     latency_wait: f64,
     /// An extra sbatch flag for every job (repeatable), e.g. --sbatch-arg=--qos=high.
     #[arg(long = "sbatch-arg", value_name = "FLAG", allow_hyphen_values = true)]
@@ -342,7 +342,7 @@ struct SlurmArgs {
     /// How long a job may pend for a reason that never clears by itself
     /// (PartitionConfig, PartitionTimeLimit, InvalidAccount, ...) before its step fails
     /// and the job is cancelled.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = seconds_flag, allow_negative_numbers = true)]
     pending_grace: f64,
     /// On Ctrl-C: ask whether to scancel the submitted jobs (on a terminal; otherwise
     /// they are left running), cancel them, or leave them running for the next run to adopt.
@@ -350,17 +350,42 @@ struct SlurmArgs {
     on_interrupt: InterruptArg,
 }
 
-/// A seconds flag as a duration: negative or NaN is zero, and anything beyond a year is
-/// a year (Duration::from_secs_f64 would panic on infinity).
+/// A seconds flag: a number from 0 to a year (NaN and negatives became 0 silently;
+/// infinity would panic Duration::from_secs_f64).
+fn seconds_flag(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=365.0 * 86400.0).contains(&x) {
+        return Err("must be a number of seconds from 0 to a year".into());
+    }
+    Ok(x)
+}
+
 fn seconds(x: f64) -> std::time::Duration {
-    std::time::Duration::from_secs_f64(if x.is_nan() {
-        0.0
-    } else {
-        x.clamp(0.0, 365.0 * 86400.0)
-    })
+    std::time::Duration::from_secs_f64(x)
 }
 
 impl SlurmArgs {
+    /// The Slurm flags given other than their defaults (the local executor says it
+    /// ignores them, rather than ignoring them silently).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--submit-all", self.submit_all),
+            ("--no-arrays", self.no_arrays),
+            ("--array-throttle", self.array_throttle.is_some()),
+            ("--max-array-size", self.max_array_size.is_some()),
+            ("--max-jobs", self.max_jobs.is_some()),
+            ("--retries", self.retries != 1),
+            ("--poll-max", self.poll_max != 30.0),
+            ("--latency-wait", self.latency_wait != 10.0),
+            ("--sbatch-arg", !self.sbatch_args.is_empty()),
+            ("--pending-grace", self.pending_grace != 10.0),
+            ("--on-interrupt", self.on_interrupt != InterruptArg::Ask),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
     fn options(&self) -> goosepipe::exec::slurm::SlurmOptions {
         use goosepipe::exec::slurm::{OnInterrupt, RetryPolicy, SlurmOptions};
         let d = SlurmOptions::default();
@@ -369,7 +394,7 @@ impl SlurmArgs {
             arrays: !self.no_arrays,
             throttle: self.array_throttle,
             max_array: self.max_array_size,
-            max_jobs: self.max_jobs.map(|n| n.max(1)),
+            max_jobs: self.max_jobs,
             retry: RetryPolicy {
                 max_retries: self.retries,
                 ..Default::default()
@@ -563,7 +588,19 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
     let cli = goosepipe::exec::slurm::SlurmCli::new();
     let slurm_executor;
     let executor: &dyn goosepipe::exec::Executor = match args.executor {
-        ExecutorArg::Local => &goosepipe::exec::Local,
+        ExecutorArg::Local => {
+            let ignored = args.slurm.given();
+            if !ignored.is_empty() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: {} {} to --executor slurm only; this run uses the local executor and ignores {}",
+                    ignored.join(", "),
+                    if ignored.len() == 1 { "applies" } else { "apply" },
+                    if ignored.len() == 1 { "it" } else { "them" }
+                );
+            }
+            &goosepipe::exec::Local
+        }
         ExecutorArg::Slurm => {
             slurm_executor = goosepipe::exec::slurm::Slurm {
                 opts: args.slurm.options(),

@@ -179,6 +179,21 @@ fn bad_flags_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // Slurm flags with values no scheduler takes are refused before anything runs
+    // (NaN and negative seconds became 0, --max-jobs 0 became 1, --array-throttle 0
+    // reached sbatch as %0).
+    for (flag, value, says) in [
+        ("--poll-max", "nan", "from 0 to a year"),
+        ("--latency-wait", "-1", "from 0 to a year"),
+        ("--pending-grace", "inf", "from 0 to a year"),
+        ("--max-jobs", "0", "must be at least 1"),
+        ("--array-throttle", "0", "must be at least 1"),
+        ("--max-array-size", "-3", "must be at least 1"),
+    ] {
+        let out = goosepipe(&["run", GOLDEN, flag, value], t.path());
+        assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE), "{flag}");
+        assert!(text(&out.stderr).contains(says), "{flag}: {}", text(&out.stderr));
+    }
     // A dry run is `plan`, said where a user looks for it.
     let out = goosepipe(&["run", GOLDEN, "--dry-run"], t.path());
     assert_eq!(out.status.code(), Some(1));

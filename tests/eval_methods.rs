@@ -706,8 +706,13 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         (o.status.code(), text(&o.stdout), text(&o.stderr))
     };
     let m = m.to_str().unwrap();
-    let (code, _, err) = cli(&["run", m, "-q"]);
+    // A Slurm flag on a local run is said to be ignored (it was, silently).
+    let (code, _, err) = cli(&["run", m, "-q", "--max-jobs", "4"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("note: --max-jobs applies to --executor slurm only; this run uses the local executor and ignores it"),
+        "{err}"
+    );
     let (code, all, err) = cli(&["report", m, "--examples", "sort", "--limit", "100"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
