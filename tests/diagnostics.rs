@@ -193,6 +193,40 @@ fn batch_sizes_have_a_bound() {
     );
 }
 
+/// A memory or time limit sbatch cannot read is an error of `check`, once, where it
+/// is written (it passed, and failed at submission mid-run).
+#[test]
+fn resources_sbatch_cannot_read_are_errors_where_they_are_written() {
+    let text = "defaults {\n    resources memory=\"lots\" time=\"forever\"\n    train steps=10\n}\ndataset \"c\" { synthetic task=\"corpus\" examples=50; }\nmodel \"t\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\ndataset \"s\" { synthetic task=\"sort\" examples=50; }\ndataset \"r\" { synthetic task=\"reverse\" examples=50; }\nexpert \"s\" model=\"t\" dataset=\"s\"\nexpert \"r\" model=\"t\" dataset=\"r\"\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let err = r.unwrap_err();
+    assert!(err.contains("2 errors in manifest"), "{err}");
+    assert!(
+        err.contains("memory=\"lots\" is not a size sbatch reads")
+            && err.contains("time=\"forever\" is not a time limit sbatch reads")
+            && err.contains("m.kdl:2:"),
+        "{err}"
+    );
+    let fine = text.replace(
+        "memory=\"lots\" time=\"forever\"",
+        "memory=\"32G\" time=\"1-12:00\"",
+    );
+    let (r, _d) = check_text(&[("m.kdl", &fine)]);
+    assert!(r.is_ok(), "{r:?}");
+}
+
+/// An empty `targets` list adapted nothing: every expert failed at run time, with
+/// no line to look at.
+#[test]
+fn an_empty_lora_targets_list_is_an_error_of_check() {
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        "defaults {\n    lora rank=4 {\n        targets\n    }\n}\n",
+    )]);
+    let err = r.unwrap_err();
+    assert!(err.contains("targets") && err.contains("m.kdl:3:"), "{err}");
+}
+
 #[test]
 fn include_chains_are_bounded() {
     let files: Vec<(String, String)> = (0..40)

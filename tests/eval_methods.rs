@@ -613,7 +613,7 @@ eval "e" pool="p" {{
         let (code, out) = support::run_product(&manifest, &store);
         assert_eq!(code, 1, "{out}");
         assert!(
-            out.contains("eval:e: task \"t\": an example of dataset:plain has no answer choices")
+            out.contains("eval:e: task \"t\": 6 of the 6 examples of dataset:plain have no answer choices (the first: line 1 of its examples.jsonl")
                 && out.contains("(found when dataset:plain was built, before eval:e could start)"),
             "early cutoff {early_cutoff}: {out}"
         );
@@ -641,7 +641,7 @@ eval "e" pool="p" {{
         let (code, again) = support::run_product(&manifest, &store);
         assert_eq!(code, 1, "{again}");
         assert!(
-            again.contains("eval:e: task \"t\": an example of dataset:plain has no answer choices")
+            again.contains("eval:e: task \"t\": 6 of the 6 examples of dataset:plain have no answer choices")
                 && again.contains(
                     "(found in dataset:plain, built by an earlier run, before this run started anything)"
                 ),
@@ -669,7 +669,7 @@ eval "e" pool="p" {{
         let shown = String::from_utf8(shown).unwrap();
         assert!(
             shown.contains(
-                "would fail at once: task \"t\": an example of dataset:plain has no answer choices"
+                "would fail at once: task \"t\": 6 of the 6 examples of dataset:plain have no answer choices"
             ),
             "early cutoff {early_cutoff}: {shown}"
         );

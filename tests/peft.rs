@@ -831,6 +831,18 @@ expert "sort" model="t" dataset="sort" {
         "{err}"
     );
     std::fs::rename(&aside, s.object_dir(&gate_key)).unwrap();
+    // Another kind of step where the model goes (it was called a malformed hub id),
+    // and one expert twice (it was blamed on gate files).
+    let mut expert_as_model = goosepipe::app::score::ScoreRequest::new("expert:sort", "b a c", "a b c");
+    let err = goosepipe::app::score::resolve_step_ids(&mut expert_as_model, &store).unwrap_err();
+    assert_eq!(
+        err,
+        "--model expert:sort: a model step is given as model:NAME, not expert:NAME; experts go in --experts"
+    );
+    let mut twice = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    twice.experts = vec!["expert:sort".into(), "expert:sort".into()];
+    let err = goosepipe::app::score::resolve_step_ids(&mut twice, &store).unwrap_err();
+    assert_eq!(err, "--experts names expert:sort twice");
     let mut unknown = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
     unknown.experts = vec!["expert:sorted".into()];
     let err = goosepipe::app::score::resolve_step_ids(&mut unknown, &store).unwrap_err();

@@ -340,7 +340,7 @@ fn an_eval_refuses_its_task_data_when_the_dataset_job_ends_and_is_never_submitte
     let (code, out) = p.run(&["--keep-going"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("an example of dataset:plain has no answer choices")
+        out.contains("examples of dataset:plain have no answer choices")
             && out.contains("(found when dataset:plain was built, before eval:e could start)"),
         "{out}"
     );

@@ -568,6 +568,28 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
             m = req.model
         ));
     }
+    // A step of another kind where a model goes (`--model expert:sort`) was taken
+    // for a malformed hub repo id.
+    if let Some((kind, _)) = req.model.split_once(':')
+        && !req.model.contains('/')
+        && !Path::new(&req.model).exists()
+        && kind != "model"
+    {
+        let hint = if kind == "expert" || kind == "gate" {
+            format!("; {kind}s go in --{kind}s")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "--model {}: a model step is given as model:NAME, not {kind}:NAME{hint}",
+            req.model
+        ));
+    }
+    // One expert twice would route between two copies of itself.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = req.experts.iter().find(|e| !seen.insert(*e)) {
+        return Err(format!("--experts names {} twice", twice.display()));
+    }
     let wanted = is_id(&req.model, "model")
         || req.experts.iter().any(|e| is_id(&e.to_string_lossy(), "expert"))
         || req.gates.iter().any(|g| is_id(&g.to_string_lossy(), "gate"));

@@ -326,11 +326,46 @@ impl crate::plan::Catalog for Registry {
         self.methods.clone()
     }
     fn review(&self, kind: &str, name: &str, params: &serde_json::Value) -> Vec<Review> {
-        self.kinds
+        let mut found = self
+            .kinds
             .get(kind)
             .map(|k| (k.review)(name, params))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        found.extend(review_resources(params));
+        found
     }
+}
+
+/// A `resources` memory or time that sbatch could not read either: said by `check`,
+/// not by the head mid-run (it passed as given and failed at submission).
+fn review_resources(params: &serde_json::Value) -> Vec<Review> {
+    let r = &params["resources"];
+    let mut found = vec![];
+    if let Some(m) = r["memory"].as_str()
+        && super::slurm::fit::memory_mb(m).is_none()
+    {
+        found.push(Review {
+            at: "resources.memory".into(),
+            code: "manifest::wrong-value",
+            message: format!("memory={m:?} is not a size sbatch reads"),
+            label: "not a size".into(),
+            help: "a number with an optional unit K, M (the default), G or T, e.g. 32G".into(),
+            warning: false,
+        });
+    }
+    if let Some(t) = r["time"].as_str()
+        && super::slurm::fit::minutes(t).is_none()
+    {
+        found.push(Review {
+            at: "resources.time".into(),
+            code: "manifest::wrong-value",
+            message: format!("time={t:?} is not a time limit sbatch reads"),
+            label: "not a time limit".into(),
+            help: "minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S or unlimited, e.g. 4:00:00".into(),
+            warning: false,
+        });
+    }
+    found
 }
 
 #[cfg(test)]

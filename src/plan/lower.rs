@@ -775,10 +775,25 @@ impl Lowerer<'_> {
 
     /// The catalog's findings about a node's step, placed at the fields they name.
     fn review(&mut self, e: &Entity, p: &Proto) {
-        let params = Value::Map(p.params.clone()).to_json();
+        // Settings outside the key (resources) are reviewed too: a time limit sbatch
+        // cannot read is a manifest error, whatever the key.
+        let mut all = p.params.clone();
+        all.extend(p.settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let params = Value::Map(all).to_json();
         for r in self.catalog.review(&p.kind, &e.name, &params) {
-            let loc = field_loc(&e.block, &r.at).unwrap_or(e.name_loc);
+            let placed = field_loc(&e.block, &r.at);
+            let loc = placed.unwrap_or(e.name_loc);
             let d = ManifestError::new(&self.manifest.sources, r.code, loc, r.message, r.label).help(r.help);
+            // Inherited (from `defaults`): said once, not for every step it reaches.
+            let same = |x: &ManifestError| {
+                x.code == d.code
+                    && x.message == d.message
+                    && (placed.is_none()
+                        || x.labels.first().map(|l| l.offset()) == d.labels.first().map(|l| l.offset()))
+            };
+            if !r.warning && self.errors.iter().any(same) {
+                continue;
+            }
             if r.warning {
                 // A setting in `defaults` reaches every expert: said once, where it is
                 // (by code and message: a schema default has no field to point at, and

@@ -77,15 +77,28 @@ struct Task {
 }
 
 /// A rank-classification task needs answer choices on every example it scores.
-fn check_choices(name: &str, task: &TaskParams, examples: &[Example], data: &str) -> Result<(), StepError> {
+/// `all`: the dataset's examples in file order, where the first one without choices
+/// is found, for a line a user can open (several rows may share an input).
+fn check_choices(
+    name: &str,
+    task: &TaskParams,
+    examples: &[Example],
+    all: &[Example],
+    data: &str,
+) -> Result<(), StepError> {
     if task.metric == "rank-classification"
         && let Some(e) = examples.iter().find(|e| e.choices.is_empty())
     {
+        let without = examples.iter().filter(|e| e.choices.is_empty()).count();
+        let i = all.iter().position(|x| x == e).unwrap_or(0);
         let shown: String = e.input.chars().take(80).collect();
         return Err(fail(format!(
-            "task {name:?}: an example of {data} has no answer choices (input {shown:?}), \
-             and the task is scored by rank classification; give every example \
-             choices, or set the task's metric= to exact-match or rouge-l"
+            "task {name:?}: {without} of the {} examples of {data} have no answer choices \
+             (the first: line {} of its examples.jsonl, input {shown:?}), and the task is \
+             scored by rank classification; give every example choices, or set the task's \
+             metric= to exact-match or rouge-l",
+            examples.len(),
+            i + 1
         )));
     }
     Ok(())
@@ -464,7 +477,13 @@ impl StepRunner for EvalStep {
         }
         let ex = read_jsonl(&files.join(EXAMPLES)).map_err(fail)?;
         let data = spec.input(role).map_or(role, |i| i.id.as_str());
-        check_choices(name, task, &sample(ex, params.max_examples, params.seed), data)
+        check_choices(
+            name,
+            task,
+            &sample(ex.clone(), params.max_examples, params.seed),
+            &ex,
+            data,
+        )
     }
 
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
@@ -587,9 +606,9 @@ impl<'a> EvalRun<'a> {
         for (name, p) in &params.task {
             let data = ctx.input(&format!("task:{name}"))?;
             let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
-            let examples = sample(ex, params.max_examples, params.seed);
             // Checked before anything is scored, not at the first batch that has one.
-            check_choices(name, p, &examples, &data.id)?;
+            let examples = sample(ex.clone(), params.max_examples, params.seed);
+            check_choices(name, p, &examples, &ex, &data.id)?;
             tasks.push(Task {
                 name: name.clone(),
                 metric: p.metric.clone(),

@@ -327,7 +327,10 @@ impl T5Config {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // By its full path: `super::*` reads as an import of the t5 module, which
+    // imports this one (tests/layers.rs sees a circle).
+    use crate::model::t5::config::T5Config;
+    use std::path::Path;
 
     fn parsed(edit: impl Fn(&mut serde_json::Value)) -> std::result::Result<T5Config, String> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5/v1_1/config.json");
