@@ -704,7 +704,8 @@ expert "sort" model="t" dataset="sort" {
     goosepipe::app::export("expert:sort", None, &to, &store, false, &mut said).unwrap();
     let said = String::from_utf8(said).unwrap();
     assert!(
-        said.contains("the base model was built by the pipeline"),
+        said.contains("the base model was built by the pipeline")
+            && said.contains("exported expert:sort with its gate gate:sort to "),
         "{said}"
     );
     // The base travels along as an HF folder that loads, and the adapter names it.

@@ -278,6 +278,7 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
     .map_err(|e| e.to_string())?;
     expert.name = expert_meta.spec.name.clone();
     let gates = gate_meta
+        .as_ref()
         .map(|g| GateVectors::load(&store.files_dir(&g.key).join(GATES_FILE), &cfg, &dev, DType::F32))
         .transpose()
         .map_err(|e| e.to_string())?;
@@ -301,8 +302,13 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
     let mut written =
         peft::export(&expert, gates.as_ref(), &cfg, base_name.as_deref(), out).map_err(|e| e.to_string())?;
     written.append(&mut files);
+    // Named with its gate: `export gate:sort` said "exported expert:sort" alone.
+    let step = match &gate_meta {
+        Some(g) => format!("{} with its gate {}", expert_meta.spec.id, g.spec.id),
+        None => expert_meta.spec.id.clone(),
+    };
     Ok(Exported {
-        step: expert_meta.spec.id.clone(),
+        step,
         files: written,
         notes,
     })
