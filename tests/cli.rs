@@ -61,6 +61,18 @@ fn plan_json_and_check_cached_for_ci() {
     let explained = goosepipe(&["explain", GOLDEN, "eval:e"], &store);
     assert_eq!(explained.status.code(), Some(0), "{}", text(&explained.stderr));
     assert!(!store.exists(), "plan and explain created the store folder");
+    // A file given as the store: every step new, said once (each step read
+    // "artifact corrupt (meta.json unreadable: Not a directory)").
+    let file = t.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = goosepipe(&["plan", GOLDEN, "--json"], &file);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["steps"][0]["reasons"][0]["reason"], "new");
+    assert!(
+        text(&out.stderr).contains("is a file, not a store folder"),
+        "{}",
+        text(&out.stderr)
+    );
     // A mistyped store is an error for verify and gc (verify passed, finding nothing),
     // and even a dry run of gc created the folder.
     for args in [

@@ -222,7 +222,13 @@ pub fn plan_cmd(
 ) -> Result<i32, Report> {
     let (plan, mut status, store, lock) = plan_with_status(path, store_root, registry, opts.verify)?;
     // A mistyped --store or GOOSEPIPE_STORE would read as "rebuild everything".
-    if !store.root.is_dir() {
+    if store.root.exists() && !store.root.is_dir() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {} is a file, not a store folder, so every step is stale and `run` refuses it (--store DIR or GOOSEPIPE_STORE names another)",
+            store.root.display()
+        );
+    } else if !store.root.is_dir() {
         let _ = writeln!(
             std::io::stderr(),
             "note: no store at {}: nothing was built there, so every step is stale (--store DIR or GOOSEPIPE_STORE names another)",

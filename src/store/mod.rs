@@ -201,8 +201,9 @@ impl Store {
         let meta_path = dir.join("meta.json");
         let bytes = match std::fs::read(&meta_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return if dir.exists() {
+            // A store path that is a file (`plan --store FILE`) holds nothing either.
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+                return if dir.is_dir() {
                     Presence::Corrupt("meta.json is missing".into())
                 } else {
                     Presence::Missing
