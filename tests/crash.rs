@@ -438,7 +438,7 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
     // Why the result is missing, as plan says it, and a command to copy: it names
     // the store this report read.
     let hint = format!(
-        "eval:e: not in the store: artifact corrupt (found corrupt and moved aside) (run `goosepipe run crash.kdl --store {}`)",
+        "eval:e: not in the store: artifact corrupt (found corrupt and moved aside) (run `goosepipe run crash.kdl --store {} --until eval:e`)",
         d.path().join("store").display()
     );
     assert!(rep.text.contains(&hint), "{}", rep.text);

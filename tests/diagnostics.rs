@@ -207,6 +207,17 @@ fn resources_sbatch_cannot_read_are_errors_where_they_are_written() {
             && err.contains("m.kdl:2:"),
         "{err}"
     );
+    // On an eval node (the steps its methods need ask the same), too.
+    let on_eval = format!(
+        "{}pool \"p\" {{ experts \"s\" \"r\"; }}\neval \"e\" pool=\"p\" {{\n    methods \"merged\"\n    task \"t\" dataset=\"s\"\n    resources time=\"1h\"\n}}\n",
+        text.replace("    resources memory=\"lots\" time=\"forever\"\n", "")
+    );
+    let (r, _d) = check_text(&[("m.kdl", &on_eval)]);
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("time=\"1h\" is not a time limit sbatch reads"),
+        "{err}"
+    );
     let fine = text.replace(
         "memory=\"lots\" time=\"forever\"",
         "memory=\"32G\" time=\"1-12:00\"",

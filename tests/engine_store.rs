@@ -1027,12 +1027,15 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
         std::fs::read_to_string(theirs.join("work/thesis.tex")).unwrap(),
         "precious"
     );
-    // plan says so, and leaves no hash cache there.
+    // plan refuses it as run does (it read the objects/ there as artifacts, and
+    // --check-cached passed), and leaves no hash cache there.
     let opts = goosepipe::app::PlanOptions {
+        check_cached: true,
         device: "cpu".into(),
         ..Default::default()
     };
-    goosepipe::app::plan_cmd(&p.manifest(), &theirs, &reg, &opts, &mut Vec::new()).unwrap();
+    let err = goosepipe::app::plan_cmd(&p.manifest(), &theirs, &reg, &opts, &mut Vec::new()).unwrap_err();
+    assert!(format!("{err}").contains("is not a goosepipe store"), "{err}");
     assert!(!theirs.join("hashcache.json").exists());
 
     // A real store: files put into its folders by hand are not gc's to delete.
@@ -1093,13 +1096,15 @@ fn a_run_names_an_artifact_it_leaves_out_as_not_needed_and_how_to_rebuild_it() {
     assert!(log.take().is_empty(), "nothing needed it: nothing ran");
     assert!(
         out.contains("nothing to do: 11 steps are cached; 1 not needed, not rebuilt (artifact gone, and nothing that runs reads it: expert:b)")
-            && out.contains("--only expert:b` rebuilds it"),
+            && out.contains("--until expert:b` rebuilds it"),
         "{out}"
     );
+    // Also when what it needs is gone too (--only refused that).
+    std::fs::remove_dir_all(store.object_dir(&key_of(&p, &reg, "dataset:b"))).unwrap();
     let (code, out) = p.run(
         &reg,
         &RunOptions {
-            only: vec!["expert:b".into()],
+            until: Some("expert:b".into()),
             ..Default::default()
         },
     );

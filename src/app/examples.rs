@@ -105,8 +105,10 @@ pub fn examples(
         }
     }
     let mut shown = vec![];
-    // Answers missing, or shown from before an edit: exit 2, as `report`.
+    // Answers missing, or shown from before an edit: exit 2, as `report`; nothing
+    // shown at all: 1.
     let mut missing = false;
+    let mut any = false;
     // Evals that did not run the method `--wrong` names: left out, said at the end.
     let mut without = vec![];
     let scoring_count = scoring.len();
@@ -171,6 +173,7 @@ pub fn examples(
                 v["note"] = serde_json::json!(n);
             }
             shown.push(v);
+            any = true;
         } else {
             let text = render(
                 &format!("{id}, task {:?}", req.task),
@@ -181,6 +184,7 @@ pub fn examples(
             )
             .map_err(|e| miette!("{id}: {e}"))?;
             let _ = writeln!(out, "{text}\n");
+            any = true;
         }
     }
     if let Some(m) = req.select.wrong
@@ -202,7 +206,9 @@ pub fn examples(
     if req.format == "json" {
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&shown).expect("json"));
     }
-    Ok(if missing {
+    Ok(if !any {
+        super::EXIT_ERROR
+    } else if missing {
         super::EXIT_PENDING
     } else {
         super::EXIT_OK

@@ -252,7 +252,7 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
                 .ok_or_else(|| format!("{} has no expert input", meta.spec.id))?;
             let expert = store.meta(&input.key).ok_or_else(|| {
                 format!(
-                    "the expert of {} ({}) is not in the store; `goosepipe run MANIFEST --only {}` rebuilds it",
+                    "the expert of {} ({}) is not in the store; `goosepipe run MANIFEST --until {}` rebuilds it",
                     meta.spec.id, input.id, input.id
                 )
             })?;

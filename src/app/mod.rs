@@ -67,7 +67,15 @@ fn likely_plan(
 }
 
 fn open_store(root: &Path) -> Result<Store, Report> {
-    Store::open(root).map_err(|e| match e {
+    Store::open(root).map_err(store_error)
+}
+
+fn store_error(e: crate::store::StoreError) -> Report {
+    let root = match &e {
+        crate::store::StoreError::NotAStore { path, .. } => path.clone(),
+        _ => PathBuf::new(),
+    };
+    match e {
         crate::store::StoreError::NotAStore { .. } => miette!(
             help = format!(
                 "pass --store a new or empty folder (for example {}), or the store your runs used",
@@ -79,7 +87,7 @@ fn open_store(root: &Path) -> Result<Store, Report> {
             help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
             "cannot open the store: {e}"
         ),
-    })
+    }
 }
 
 /// The store, for commands that read or tidy what is there (show, export, report,
@@ -150,6 +158,12 @@ fn plan_with_status(
     let store = if verify {
         open_store(store_root)?
     } else {
+        // A folder of other files is refused as `run` refuses it (plan read the
+        // objects/ there as artifacts, and --check-cached passed where run failed).
+        let foreign = crate::store::identity::foreign_entries(store_root);
+        if !foreign.is_empty() {
+            return Err(store_error(crate::store::identity::refusal(store_root, &foreign)));
+        }
         Store::at(store_root)
     };
     let (plan, status, lock) = plan_in_store(path, &store, registry, verify)?;
@@ -232,12 +246,6 @@ pub fn plan_cmd(
         let _ = writeln!(
             std::io::stderr(),
             "note: no store at {}: nothing was built there, so every step is stale (--store DIR or GOOSEPIPE_STORE names another)",
-            store.root.display()
-        );
-    } else if !crate::store::identity::foreign_entries(&store.root).is_empty() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: {} is not a goosepipe store (a folder of other files), so every step is stale, and `run` refuses it: --store DIR or GOOSEPIPE_STORE names another",
             store.root.display()
         );
     }
@@ -659,12 +667,21 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         } else {
             let _ = writeln!(
                 out,
-                "nothing to do: {} steps are cached{rewritten}; {} not needed, not rebuilt (artifact gone, and nothing that runs reads it: {}); `{} --only {}` rebuilds it",
+                "nothing to do: {} steps are cached{rewritten}; {} not needed, not rebuilt (artifact gone, and nothing that runs reads it: {}); `{} --until {}` rebuilds {}",
                 plan.steps.len() - unneeded.len(),
                 unneeded.len(),
                 crate::plan::listing::first_few(&unneeded, 3),
                 run_command(path, &store.root),
-                unneeded[0]
+                if unneeded.len() == 1 {
+                    unneeded[0].as_str()
+                } else {
+                    "ID"
+                },
+                if unneeded.len() == 1 {
+                    "it"
+                } else {
+                    "one, with what it needs"
+                }
             );
         }
     } else {
@@ -803,10 +820,12 @@ pub fn report(
         let notes: &mut dyn Write = &mut stderr;
         let earlier;
         let mut earlier_run: Option<serde_json::Value> = None;
+        // Stale, or not needed (gone while what reads it is cached): either way
+        // what is shown, if anything, is not this manifest's own result now.
         if plan
             .index
             .get(s.spec.id.as_str())
-            .is_some_and(|&i| status.states[i].will_run())
+            .is_some_and(|&i| !matches!(status.states[i], crate::plan::State::Cached))
         {
             not_current = true;
         }
@@ -1140,7 +1159,12 @@ fn not_built(out: &mut dyn Write, id: &str, why: &str, manifest: &Path, store: &
     } else {
         format!("not in the store: {why}")
     };
-    let _ = writeln!(out, "{id}: {why} (run `{}`)", run_command(manifest, store));
+    // --until: a plain run leaves out an eval that is gone while its study is cached.
+    let _ = writeln!(
+        out,
+        "{id}: {why} (run `{} --until {id}`)",
+        run_command(manifest, store)
+    );
 }
 
 /// The `goosepipe run` command that builds `manifest` into the store at `store`, to
@@ -1572,8 +1596,12 @@ pub fn verify(
                 }
             },
             // Not damage (permissions): said apart, nothing moved.
-            Err(e) => {
+            Err(e) if e.is_permission_denied() => {
                 unreadable += 1;
+                let _ = writeln!(out, "unreadable  {id} {}: {e}", key.short());
+            }
+            Err(e) => {
+                corrupt += 1;
                 let _ = writeln!(out, "unreadable  {id} {}: {e}", key.short());
             }
         }
@@ -1639,9 +1667,9 @@ pub fn lookup(
     }
     let id = step.id();
     let file = path.display();
-    // With --only: a plain run leaves out a step whose artifact is gone while
-    // everything after it is cached.
-    let builds_it = format!("`{} --only {id}` builds it", run_command(path, &store.root));
+    // With --until (the step and what it needs): a plain run leaves out a step whose
+    // artifact is gone while everything after it is cached.
+    let builds_it = format!("`{} --until {id}` builds it", run_command(path, &store.root));
     if !step.waits_for.is_empty() {
         return Err(miette!(
             help = builds_it,
@@ -1696,19 +1724,19 @@ pub fn show(
     // The payload is re-hashed: a flipped byte of the same size is only seen this way.
     let integrity = match store.verify(&meta.key) {
         Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
-        Err(e @ crate::store::StoreError::Corrupt { .. }) if path => {
+        Err(e) if path && e.is_permission_denied() => {
+            return Err(miette!("{} cannot be checked: {e}", meta.spec.id));
+        }
+        Err(e) if path => {
             return Err(miette!(
                 "{} is corrupt: {e}; {}",
                 meta.spec.id,
                 crate::store::CORRUPT_HELP
             ));
         }
-        Err(e) if path => return Err(miette!("{} cannot be checked: {e}", meta.spec.id)),
-        Err(e @ crate::store::StoreError::Corrupt { .. }) => {
-            format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP)
-        }
         // Not damage: a file this user may not read. Nothing to rebuild.
-        Err(e) => format!("UNREADABLE, not checked: {e}"),
+        Err(e) if e.is_permission_denied() => format!("UNREADABLE, not checked: {e}"),
+        Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
     };
     // Shown either way (what it was is worth seeing); a corrupt one exits 1.
     let verified = integrity.starts_with("ok");

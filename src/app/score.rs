@@ -619,7 +619,7 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
         })?;
         store.verify(&key).map_err(|e| match store.presence(&key) {
             crate::store::Presence::Missing => format!(
-                "{id}: its artifact {} is no longer in the store (collected by gc, or deleted); `goosepipe run MANIFEST --only {id}` rebuilds it (a plain run leaves it out while nothing that runs reads it)",
+                "{id}: its artifact {} is no longer in the store (collected by gc, or deleted); `goosepipe run MANIFEST --until {id}` rebuilds it (a plain run leaves it out while nothing that runs reads it)",
                 key.short()
             ),
             _ => format!("{id}: {e}; {}", crate::store::CORRUPT_HELP),

@@ -312,48 +312,39 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     Ok(out)
 }
 
-/// All rows of a TSV file with a header line, one record per line. A field may be
-/// quoted as pandas and spreadsheets write TSV (`"..."`, inner quotes doubled), and is
-/// then unquoted; a field that starts with a quote mark and is not one quoted field is
-/// refused with its line. (Read with CSV's rules, a stray quote at the start of a field
-/// opened a quoted field that ran on to the next quote mark, lines further down,
-/// merging the rows between into one example without a word.) So a TSV field holds no
-/// tab and no line break: such text goes in a .jsonl or .csv file.
+/// All rows of a TSV file with a header line. Quoting is read as pandas and Python's
+/// csv module write it: a field that starts with a quote mark runs to the quote mark
+/// that ends it (inner quotes doubled), and may then hold tabs and line breaks. A
+/// quote that ends no field there (`"Hello ... 12" pipe`, `"Stop", she said`) is an
+/// error at the line where the field opened: read with CSV's lenient rules, a stray
+/// leading quote ran on to the next quote mark, lines further down, and merged every
+/// row between into one example without a word. Lines end with LF, CRLF or a bare CR.
 pub fn read_tsv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        DataError::Other(format!(
+            "{}:{line}: not UTF-8 text; save the file as UTF-8",
+            path.display()
+        ))
+    })?;
+    // A spreadsheet's byte-order mark is not part of the first column's name.
+    let text = text.trim_start_matches('\u{feff}');
     let at = |line: usize, why: String| DataError::Other(format!("{}:{line}: {why}", path.display()));
-    let mut headers: Option<Vec<String>> = None;
+    let records = tsv_records(text).map_err(|(line, why)| at(line, why))?;
+    let mut records = records.into_iter();
+    let Some((_, headers)) = records.next() else {
+        return Ok(vec![]);
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = headers.iter().find(|h| !seen.insert(h.as_str())) {
+        return Err(at(
+            1,
+            format!("the header names column {twice:?} twice; rename one of them"),
+        ));
+    }
     let mut out = vec![];
-    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-        let line = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.is_empty() {
-            continue;
-        }
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| at(line, "not UTF-8 text; save the file as UTF-8".into()))?;
-        // A spreadsheet's byte-order mark is not part of the first column's name.
-        let text = if headers.is_none() {
-            text.trim_start_matches('\u{feff}')
-        } else {
-            text
-        };
-        let fields = text
-            .split('\t')
-            .map(|f| unquote_tsv_field(f).map_err(|why| at(line, why)))
-            .collect::<Result<Vec<String>, DataError>>()?;
-        let Some(headers) = &headers else {
-            let names = fields;
-            let mut seen = std::collections::HashSet::new();
-            if let Some(twice) = names.iter().find(|h| !seen.insert(h.as_str())) {
-                return Err(at(
-                    line,
-                    format!("the header names column {twice:?} twice; rename one of them"),
-                ));
-            }
-            headers = Some(names);
-            continue;
-        };
+    for (line, fields) in records {
         if fields.len() != headers.len() {
             return Err(at(
                 line,
@@ -364,29 +355,104 @@ pub fn read_tsv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
                 ),
             ));
         }
-        let row: Row = headers
-            .iter()
-            .cloned()
-            .zip(fields.into_iter().map(serde_json::Value::String))
-            .collect();
-        out.push(row);
+        out.push(
+            headers
+                .iter()
+                .cloned()
+                .zip(fields.into_iter().map(serde_json::Value::String))
+                .collect(),
+        );
     }
     Ok(out)
 }
 
-/// A TSV field as its text: unquoted when it is one quoted field (`"a ""b"""` is
-/// `a "b"`); an error when it starts with a quote mark and is not.
-fn unquote_tsv_field(f: &str) -> Result<String, String> {
-    if !f.starts_with('"') {
-        return Ok(f.to_string());
+/// A record's fields, with the line it starts on.
+type TsvRecord = (usize, Vec<String>);
+
+/// A TSV text's records; blank lines are skipped. An error is (line, why).
+fn tsv_records(text: &str) -> Result<Vec<TsvRecord>, (usize, String)> {
+    let mut records = vec![];
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    // A line end: LF, CRLF or a bare CR, counted as one line.
+    let line_end = |c: char, chars: &mut std::iter::Peekable<std::str::Chars>| {
+        if c == '\r' && chars.peek() == Some(&'\n') {
+            chars.next();
+        }
+    };
+    while chars.peek().is_some() {
+        let start = line;
+        let mut fields = vec![];
+        let mut field = String::new();
+        let mut at_field_start = true;
+        loop {
+            let Some(c) = chars.next() else {
+                fields.push(std::mem::take(&mut field));
+                break;
+            };
+            if at_field_start && c == '"' {
+                // A quoted field: to the quote that ends it.
+                let opened = line;
+                loop {
+                    match chars.next() {
+                        None => {
+                            return Err((
+                                opened,
+                                "a field opens a quote mark that never closes: a field that starts with a quote is read as quoted (as pandas writes TSV), to a closing quote followed by a tab or the line's end; double the quote marks inside it, or use a .jsonl file".into(),
+                            ));
+                        }
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            field.push('"');
+                        }
+                        Some('"') => match chars.peek() {
+                            None | Some('\t') | Some('\n') | Some('\r') => break,
+                            Some(_) => {
+                                let shown: String = field.chars().take(40).collect();
+                                let shown = format!("{shown:?}");
+                                let shown = shown.trim_end_matches('"');
+                                return Err((
+                                    opened,
+                                    format!(
+                                        "the field that starts {shown}...\" opens a quote mark that closes on line {line} with more text after it: a field that starts with a quote is read as quoted (as pandas writes TSV), to a closing quote followed by a tab or the line's end; quote the whole field and double its quote marks, or use a .jsonl file"
+                                    ),
+                                ));
+                            }
+                        },
+                        Some(c) => {
+                            if c == '\n' || (c == '\r' && chars.peek() != Some(&'\n')) {
+                                line += 1;
+                            }
+                            field.push(c);
+                        }
+                    }
+                }
+                at_field_start = false;
+                continue;
+            }
+            match c {
+                '\t' => {
+                    fields.push(std::mem::take(&mut field));
+                    at_field_start = true;
+                }
+                '\n' | '\r' => {
+                    line_end(c, &mut chars);
+                    line += 1;
+                    fields.push(std::mem::take(&mut field));
+                    break;
+                }
+                c => {
+                    field.push(c);
+                    at_field_start = false;
+                }
+            }
+        }
+        // A blank line is no record.
+        if !(fields.len() == 1 && fields[0].is_empty()) {
+            records.push((start, fields));
+        }
     }
-    if f.len() >= 2 && f.ends_with('"') && !f[1..f.len() - 1].replace("\"\"", "").contains('"') {
-        return Ok(f[1..f.len() - 1].replace("\"\"", "\""));
-    }
-    let shown: String = f.chars().take(40).collect();
-    Err(format!(
-        "the field {shown:?} starts with a quote mark but is not one quoted field (\"...\", any quote inside doubled): a field that starts with a quote is read as quoted, as pandas writes TSV; quote the whole field and double its quote marks, or use a .jsonl file (a TSV field also holds no tab and no line break)"
-    ))
+    Ok(records)
 }
 
 /// Rows of a data file, by extension (.jsonl / .ndjson, .parquet, .arrow, .csv, .tsv).
@@ -509,25 +575,45 @@ mod tests {
         std::fs::write(&tsv, &text).unwrap();
         let err = read_rows(&tsv).unwrap_err().to_string();
         assert!(
-            err.contains(
-                "d.tsv:7: the field \"\\\"Hello : w5\" starts with a quote mark but is not one quoted field"
-            ),
+            err.contains("d.tsv:7: the field that starts \"Hello : w5\\tw5\\ncopy")
+                && err.contains("closes on line 14 with more text after it"),
             "{err}"
         );
         std::fs::write(&tsv, "input\ttarget\n\"Stop\", she said\tx\n").unwrap();
         assert!(read_rows(&tsv).unwrap_err().to_string().contains("d.tsv:2: "));
-        // A quote inside a field is text; a whole quoted field (as pandas writes one)
-        // is unquoted; a BOM and CRLF line ends are read past; blank lines skipped.
+        std::fs::write(&tsv, "input\ttarget\nx\t\"never closed\n").unwrap();
+        let err = read_rows(&tsv).unwrap_err().to_string();
+        assert!(
+            err.contains("d.tsv:2: a field opens a quote mark that never closes"),
+            "{err}"
+        );
+        // As pandas and Python's csv module write TSV: a field with a tab, a line
+        // break or a quote is quoted whole, inner quotes doubled. A quote inside an
+        // unquoted field is text; a BOM and CRLF line ends are read past; blank
+        // lines skipped.
         std::fs::write(
             &tsv,
-            "\u{feff}\"input\"\ttarget\r\na 12\" pipe\t\"say \"\"hi\"\"\"\r\n\r\n\"\"\tb\r\n",
+            "\u{feff}\"input\"\ttarget\r\na 12\" pipe\t\"say \"\"hi\"\"\"\r\n\r\n\"\"\tb\r\n\"tab\there\"\t\"two\r\nlines\"\r\nlast\tone\r\n",
         )
         .unwrap();
         let rows = read_rows(&tsv).unwrap();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 4);
         assert_eq!(rows[0]["input"], "a 12\" pipe");
         assert_eq!(rows[0]["target"], "say \"hi\"");
         assert_eq!(rows[1]["input"], "");
+        assert_eq!(rows[2]["input"], "tab\there");
+        assert_eq!(rows[2]["target"], "two\r\nlines");
+        assert_eq!(rows[3]["target"], "one");
+        // Old Mac line ends (a bare CR), as Excel for Mac saves tab-delimited text;
+        // a record's line is counted past a quoted line break.
+        std::fs::write(&tsv, "q\ta\rx\ty\r\"a\rb\"\tz\rbad\r").unwrap();
+        let err = read_rows(&tsv).unwrap_err().to_string();
+        assert!(
+            err.contains("d.tsv:5: 1 tab-separated fields where the header has 2"),
+            "{err}"
+        );
+        std::fs::write(&tsv, "q\ta\rx\ty\r").unwrap();
+        assert_eq!(read_rows(&tsv).unwrap()[0]["a"], "y");
         // Another number of fields names its line.
         std::fs::write(&tsv, "q\ta\nx\ty\nonly-one\n").unwrap();
         let err = read_rows(&tsv).unwrap_err().to_string();

@@ -274,7 +274,7 @@ pub(crate) fn verify_inputs(
                     // A file this user may not read (a shared store, another user's
                     // umask) is not damage: moving an intact artifact aside and
                     // rebuilding it would be wrong; the run stops, naming the file.
-                    if !matches!(e, crate::store::StoreError::Corrupt { .. }) {
+                    if e.is_permission_denied() {
                         return Err(RunError::Store(e));
                     }
                     reporter.note(&format!("{}: {e}; it will be rebuilt", plan.steps[j].id()));

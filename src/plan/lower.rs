@@ -1555,6 +1555,8 @@ impl Lowerer<'_> {
                 }
             }
         }
+        // Its resources too (the steps its methods need ask the same of Slurm).
+        self.review(e, &v);
         self.push(v, &e.name);
     }
 

@@ -400,7 +400,13 @@ fn presence_outcome(
             // Unreadable by this user (permissions) is not corrupt: nothing to move or
             // rebuild (a rebuild found the intact artifact and was said to be another
             // run's). `verify` says it; a run that reads it stops, naming the file.
-            Err(_) => (true, vec![]),
+            Err(e) if e.is_permission_denied() => (true, vec![]),
+            Err(e) => (
+                false,
+                vec![Reason::Corrupt {
+                    detail: e.to_string(),
+                }],
+            ),
         },
         Presence::Present(_) => (true, vec![]),
         Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),

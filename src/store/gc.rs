@@ -90,8 +90,13 @@ fn written_by_us(sub: &str, name: &str) -> bool {
                 .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 && (name.len() == 32 || super::fsutil::is_partial_write(name))
         }
-        // work/KEY, recipes/KEY.json, locks/KEY.lock.
-        _ => key_prefix(name).is_some(),
+        // work/KEY, recipes/KEY.json, locks/KEY.lock, and a write of one cut short
+        // (`write_atomic`'s `.KEY.json.tmp-PID-N`).
+        _ => {
+            key_prefix(name).is_some()
+                || (super::fsutil::is_partial_write(name)
+                    && name.strip_prefix('.').and_then(key_prefix).is_some())
+        }
     }
 }
 

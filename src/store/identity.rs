@@ -18,7 +18,7 @@ const MARKER_TEXT: &str = "This folder is a goosepipe store (format 1): goosepip
 pub const SUBFOLDERS: [&str; 7] = ["objects", "tmp", "work", "recipes", "locks", "runs", "names"];
 
 /// Whether `root` is a store: it has the marker, or the layout a goosepipe from
-/// before the marker made (its bookkeeping folders, all of them).
+/// before the marker made (its `objects/` and `recipes/`).
 pub fn is_store(root: &Path) -> bool {
     root.join(MARKER).is_file() || laid_out_as_store(root)
 }
@@ -51,9 +51,8 @@ pub fn foreign_entries(root: &Path) -> Vec<String> {
 }
 
 fn laid_out_as_store(root: &Path) -> bool {
-    ["objects", "recipes", "names", "runs"]
-        .iter()
-        .all(|s| root.join(s).is_dir())
+    // The two folders every goosepipe has made (`names/` and `runs/` came later).
+    ["objects", "recipes"].iter().all(|s| root.join(s).is_dir())
 }
 
 /// Makes `root` a store, or checks that it is one. A folder that does not exist or
@@ -78,12 +77,17 @@ pub fn claim(root: &Path) -> Result<(), StoreError> {
     if found.is_empty() {
         return std::fs::write(&marker, MARKER_TEXT).map_err(io_err(&marker));
     }
+    Err(refusal(root, &found))
+}
+
+/// The error for a folder that holds `found` (its [`foreign_entries`]).
+pub fn refusal(root: &Path, found: &[String]) -> StoreError {
     let mut holds = found.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
     if found.len() > 3 {
         holds.push_str(&format!(", and {} more", found.len() - 3));
     }
-    Err(StoreError::NotAStore {
+    StoreError::NotAStore {
         path: root.to_path_buf(),
         holds,
-    })
+    }
 }

@@ -67,6 +67,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A file this user may not read (a shared store, another user's umask): not
+    /// damage, nothing to move aside or rebuild.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
+    }
+
     /// The store may not be written here (permissions, a read-only mount).
     pub fn is_read_only(&self) -> bool {
         matches!(self, StoreError::Io { source, .. }

@@ -209,6 +209,9 @@ pub fn saved_step(work: &Path) -> Option<usize> {
         .find_map(|name| header_step(&work.join(name)))
 }
 
+/// The step a state file's header records, if it is a state of ours saved in this
+/// folder (one copied in from another step's work folder is discarded on resume,
+/// so it is no saved progress: `plan` must not say it resumes).
 fn header_step(path: &Path) -> Option<usize> {
     use std::io::Read;
     let mut f = File::open(path).ok()?;
@@ -228,6 +231,14 @@ fn header_step(path: &Path) -> Option<usize> {
         return None;
     }
     let meta: serde_json::Value = serde_json::from_str(metadata.get("meta")?.as_str()?).ok()?;
+    let here = path.parent()?.file_name()?.to_string_lossy();
+    if meta
+        .get("work")
+        .and_then(|w| w.as_str())
+        .is_some_and(|w| w != here)
+    {
+        return None;
+    }
     usize::try_from(meta.get("step")?.as_u64()?).ok()
 }
 

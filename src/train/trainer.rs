@@ -832,6 +832,10 @@ mod tests {
             "{said}"
         );
         assert_eq!(out.metrics, want.metrics);
+        // Nor does plan count it as saved progress there.
+        std::fs::copy(theirs.join(checkpoint::STATE), ours.join(checkpoint::STATE)).unwrap();
+        assert_eq!(checkpoint::saved_step(&ours), None);
+        assert_eq!(checkpoint::saved_step(&theirs), Some(13));
         // In its own folder, it resumes.
         let logged = Logged(Default::default());
         train(&mut toy(), &vars, &data, &data, &config(), &theirs, &logged).unwrap();

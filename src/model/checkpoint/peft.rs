@@ -449,8 +449,9 @@ impl Reading<'_> {
             return Err(shape_err("lora_B", vec![site.d_out, r], b.dims()));
         }
         let b = (b * fold)?;
-        // Finite before, not after: a huge lora_alpha overflows the folded B to inf,
-        // which the gate step then blamed on a damaged store file.
+        // Checked again once folded: A and B were finite as read, but a huge
+        // lora_alpha overflows B to inf, which the gate step then blamed on a damaged
+        // store file.
         let values = b
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
