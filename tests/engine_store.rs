@@ -1042,13 +1042,14 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
     let (code, out) = p.run(&reg, &RunOptions::default());
     assert_eq!(code, 0, "{out}");
     assert!(p.store().join(goosepipe::store::identity::MARKER).is_file());
-    for f in [
+    let by_hand = [
         "tmp/notes.txt",
         "work/draft",
         "names/list.txt",
         "locks/todo",
         "recipes/x.json",
-    ] {
+    ];
+    for f in by_hand {
         p.file(&format!(".goosepipe/{f}"), "mine");
     }
     let junk_key = "0".repeat(64);
@@ -1059,13 +1060,7 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
     p.file(".goosepipe/tmp/gc.123", "a gc's leftover");
     let mut said = Vec::new();
     goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut said).unwrap();
-    for f in [
-        "tmp/notes.txt",
-        "work/draft",
-        "names/list.txt",
-        "locks/todo",
-        "recipes/x.json",
-    ] {
+    for f in by_hand {
         assert!(p.store().join(f).exists(), "gc deleted {f}");
     }
     assert!(!p.store().join("work").join(&junk_key).exists());

@@ -340,32 +340,34 @@ impl crate::plan::Catalog for Registry {
 /// not by the head mid-run (it passed as given and failed at submission).
 fn review_resources(params: &serde_json::Value) -> Vec<Review> {
     let r = &params["resources"];
-    let mut found = vec![];
-    if let Some(m) = r["memory"].as_str()
-        && super::slurm::fit::memory_mb(m).is_none()
-    {
-        found.push(Review {
-            at: "resources.memory".into(),
+    let unread = |field: &str, what: &str, readable: fn(&str) -> bool, help: &str| {
+        let v = r[field].as_str().filter(|v| !readable(v))?;
+        Some(Review {
+            at: format!("resources.{field}"),
             code: "manifest::wrong-value",
-            message: format!("memory={m:?} is not a size sbatch reads"),
-            label: "not a size".into(),
-            help: "a number with an optional unit K, M (the default), G or T, e.g. 32G".into(),
+            message: format!("{field}={v:?} is not a {what} sbatch reads"),
+            label: format!("not a {what}"),
+            help: help.into(),
             warning: false,
-        });
-    }
-    if let Some(t) = r["time"].as_str()
-        && super::slurm::fit::minutes(t).is_none()
-    {
-        found.push(Review {
-            at: "resources.time".into(),
-            code: "manifest::wrong-value",
-            message: format!("time={t:?} is not a time limit sbatch reads"),
-            label: "not a time limit".into(),
-            help: "minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S or unlimited, e.g. 4:00:00".into(),
-            warning: false,
-        });
-    }
-    found
+        })
+    };
+    [
+        unread(
+            "memory",
+            "size",
+            |v| super::slurm::fit::memory_mb(v).is_some(),
+            "a number with an optional unit K, M (the default), G or T, e.g. 32G",
+        ),
+        unread(
+            "time",
+            "time limit",
+            |v| super::slurm::fit::minutes(v).is_some(),
+            "minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S or unlimited, e.g. 4:00:00",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[cfg(test)]
