@@ -560,6 +560,40 @@ fn local_field_settings_that_match_nothing_are_said_at_the_data() {
         (rows[0].input.as_str(), rows[0].choices.clone()),
         ("x, 0", vec!["a".to_string(), "b".into()])
     );
+    // The same rows as TSV (a quoted field, as pandas writes it), end to end; the
+    // reader's version is in its key (the first reader merged rows after a stray
+    // quote: such datasets are read again), and in no other dataset's.
+    std::fs::write(
+        t.path().join("d.tsv"),
+        "input\ttarget\topts\n\"x\t0\"\tb\t\"[\"\"a\"\", \"\"b\"\"]\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("f.kdl"),
+        "dataset \"d\" path=\"d.tsv\" choices-field=\"opts\"\ndataset \"c\" path=\"d.csv\" choices-field=\"opts\"\n",
+    )
+    .unwrap();
+    let files = built_dataset(t.path(), "f.kdl", &cache, "dataset:d");
+    let rows = goosepipe::data::read_jsonl(&files.join("examples.jsonl")).unwrap();
+    assert_eq!(
+        (rows[0].input.as_str(), rows[0].choices.clone()),
+        ("x\t0", vec!["a".to_string(), "b".into()])
+    );
+    let plan = goosepipe::app::load_plan(
+        &t.path().join("f.kdl"),
+        &goosepipe::steps::registry(),
+        &goosepipe::store::hashing::HashCache::in_memory(),
+    )
+    .unwrap();
+    assert_eq!(plan.get("dataset:d").unwrap().spec.params["tsv-reader"], 2);
+    assert!(
+        plan.get("dataset:c")
+            .unwrap()
+            .spec
+            .params
+            .get("tsv-reader")
+            .is_none()
+    );
     // Half a row filter, or a validation file without a data file, is refused at check.
     for (manifest, said) in [
         (
