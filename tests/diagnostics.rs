@@ -226,6 +226,23 @@ fn resources_sbatch_cannot_read_are_errors_where_they_are_written() {
     assert!(r.is_ok(), "{r:?}");
 }
 
+/// A LoRA rank above the width of a model the pipeline builds adds parameters and
+/// no rank: a warning, once, where the rank is written.
+#[test]
+fn a_lora_rank_above_the_models_width_is_a_warning() {
+    let text = "defaults {\n    lora rank=64\n}\ndataset \"c\" { synthetic task=\"corpus\" examples=50; }\nmodel \"t\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\ndataset \"s\" { synthetic task=\"sort\" examples=50; }\ndataset \"r\" { synthetic task=\"reverse\" examples=50; }\nexpert \"s\" model=\"t\" dataset=\"s\"\nexpert \"r\" model=\"t\" dataset=\"r\"\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = r.unwrap();
+    assert_eq!(
+        out.matches("lora rank=64 is above the d-model (16) of model \"t\"")
+            .count(),
+        1,
+        "{out}"
+    );
+    let (r, _d) = check_text(&[("m.kdl", &text.replace("rank=64", "rank=16"))]);
+    assert!(!r.unwrap().contains("rank-above-width"));
+}
+
 /// An empty `targets` list adapted nothing: every expert failed at run time, with
 /// no line to look at.
 #[test]

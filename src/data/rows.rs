@@ -322,7 +322,14 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
 pub fn read_tsv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        // Line ends as the records count them: LF, CRLF or a bare CR.
+        let before = &bytes[..e.valid_up_to()];
+        let bare_cr = before
+            .iter()
+            .enumerate()
+            .filter(|&(i, b)| *b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+            .count();
+        let line = before.iter().filter(|b| **b == b'\n').count() + bare_cr + 1;
         DataError::Other(format!(
             "{}:{line}: not UTF-8 text; save the file as UTF-8",
             path.display()
@@ -614,6 +621,9 @@ mod tests {
         );
         std::fs::write(&tsv, "q\ta\rx\ty\r").unwrap();
         assert_eq!(read_rows(&tsv).unwrap()[0]["a"], "y");
+        std::fs::write(&tsv, b"input\ttarget\r\"a\rb\"\tc\r\xff\td\r").unwrap();
+        let err = read_rows(&tsv).unwrap_err().to_string();
+        assert!(err.contains("d.tsv:4: not UTF-8 text"), "{err}");
         // Another number of fields names its line.
         std::fs::write(&tsv, "q\ta\nx\ty\nonly-one\n").unwrap();
         let err = read_rows(&tsv).unwrap_err().to_string();

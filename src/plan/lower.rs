@@ -665,6 +665,43 @@ impl Lowerer<'_> {
     }
 
     /// A warning at `loc`: reported with the plan, it stops nothing.
+    /// A LoRA rank above the width of a model the pipeline builds (`init d-model=`):
+    /// every adapted linear has d_model on one side, so the update's rank is at most
+    /// that; the rest is parameters and memory for nothing. (A hub or folder model's
+    /// width is not known before it is read.) Said once where the rank is written.
+    fn rank_above_width(&mut self, e: &Entity) {
+        let Some(lora) = e.block.group("lora") else {
+            return;
+        };
+        let Some(rank) = lora.get("rank").and_then(Value::as_int) else {
+            return;
+        };
+        let model = e.block.str("model").unwrap_or_default();
+        let width = self
+            .manifest
+            .entities
+            .iter()
+            .find(|m| m.kind == "model" && m.name == model)
+            .and_then(|m| m.block.group("init"))
+            .and_then(|i| i.get("d-model"))
+            .and_then(Value::as_int);
+        let Some(width) = width.filter(|w| rank > *w) else {
+            return;
+        };
+        let loc = lora.props.get("rank").and_then(|f| f.loc).unwrap_or(e.name_loc);
+        let message = format!("lora rank={rank} is above the d-model ({width}) of model \"{model}\"");
+        if self.warnings.iter().any(|w| w.message == message) {
+            return;
+        }
+        self.warn(
+            "plan::rank-above-width",
+            loc,
+            message,
+            "more than the model's width",
+            "an adapted linear's update has rank at most min(d_in, d_out), and every one has d_model on a side: a higher rank only adds parameters; the paper's is 16",
+        );
+    }
+
     fn warn(&mut self, code: &'static str, loc: Loc, message: String, label: &str, help: &str) {
         let w = ManifestError::new(&self.manifest.sources, code, loc, message, label)
             .help(help)
@@ -1000,6 +1037,7 @@ impl Lowerer<'_> {
             let data = data.clone().expect("a trained expert has its data");
             x.inputs = vec![("model".into(), model.clone()), ("data".into(), data)];
             self.review(e, &x);
+            self.rank_above_width(e);
         }
         // Read from the same adapter as the expert: its content (or hub commit).
         let adapter = x.externals.clone();
