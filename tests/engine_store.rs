@@ -1151,4 +1151,34 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
     let err = format!("{:?}", err.unwrap_err());
     assert!(err.contains("Permission denied"), "{err}");
     assert!(store.verify(&key).is_ok(), "left where it was, intact");
+    // Its metadata unreadable (another user's umask on the whole artifact): the
+    // same, not "meta.json unreadable: corrupt", moved aside and rebuilt.
+    let meta = store.object_dir(&key).join("meta.json");
+    std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut out = Vec::new();
+    let code = goosepipe::app::verify(&[p.manifest()], false, &p.store(), &reg, &mut out).unwrap();
+    let said = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1);
+    assert!(said.contains("1 unreadable by this user"), "{said}");
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &p.store(),
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    );
+    let said = String::from_utf8_lossy(&out).to_string();
+    std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = match err {
+        Ok(_) => said,
+        Err(e) => format!("{e:?}{said}"),
+    };
+    assert!(
+        text.contains("ermission denied") || text.contains("may not read"),
+        "{text}"
+    );
+    assert!(store.verify(&key).is_ok(), "left where it was, intact: {text}");
 }

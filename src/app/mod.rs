@@ -1578,6 +1578,16 @@ pub fn verify(
                     );
                 }
             }
+            // Its folder or meta.json this user may not read: not damage.
+            Err(_) if store.denied(&key).is_some() => {
+                unreadable += 1;
+                let _ = writeln!(
+                    out,
+                    "unreadable  {id} {}: {}",
+                    key.short(),
+                    store.denied(&key).unwrap_or_default()
+                );
+            }
             // Moved aside only if still corrupt with its lock held (a run may be
             // rebuilding it right now).
             Err(crate::store::StoreError::Corrupt { .. }) => match store.quarantine_if_corrupt(&key) {

@@ -277,6 +277,13 @@ pub(crate) fn verify_inputs(
                     if e.is_permission_denied() {
                         return Err(RunError::Store(e));
                     }
+                    if store.denied(&key).is_some() {
+                        let meta = store.object_dir(&key).join("meta.json");
+                        return Err(RunError::Store(StoreError::Io {
+                            path: meta,
+                            source: std::io::ErrorKind::PermissionDenied.into(),
+                        }));
+                    }
                     reporter.note(&format!("{}: {e}; it will be rebuilt", plan.steps[j].id()));
                     store.quarantine(&key)?;
                     status.states[j] = crate::plan::State::Stale {
@@ -715,6 +722,12 @@ pub fn execute(
     match store.presence(&spec.key) {
         Presence::Present(_) => return Ok(Outcome::Reused),
         Presence::Corrupt(why) => {
+            // Another user's artifact this user may not read is not moved aside.
+            if let Some(denied) = store.denied(&spec.key) {
+                return Err(StepError::msg(format!(
+                    "its artifact is in the store but this user may not read it ({denied}); nothing was moved or rebuilt"
+                )));
+            }
             reporter.note(&format!(
                 "{}: stored artifact is corrupt ({why}); rebuilding",
                 spec.id
@@ -736,6 +749,14 @@ pub fn execute(
                     "input {} ({}) is not in the store (removed by gc, or never built); run again to build it",
                     inp.id,
                     inp.key.short()
+                )));
+            }
+            Err(e) if e.is_permission_denied() || store.denied(&inp.key).is_some() => {
+                return Err(StepError::msg(format!(
+                    "input {} ({}) cannot be read by this user: {}; nothing was moved or rebuilt",
+                    inp.id,
+                    inp.key.short(),
+                    store.denied(&inp.key).unwrap_or_else(|| e.to_string())
                 )));
             }
             Err(e) => {

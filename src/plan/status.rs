@@ -409,6 +409,8 @@ fn presence_outcome(
             ),
         },
         Presence::Present(_) => (true, vec![]),
+        // This user may not read it: not damage (a run that reads it says so).
+        Presence::Corrupt(_) if store.denied(&step.spec.key).is_some() => (true, vec![]),
         Presence::Corrupt(detail) => (false, vec![Reason::Corrupt { detail }]),
         Presence::Missing if store.was_quarantined(&step.spec.key) => (
             false,

@@ -245,6 +245,17 @@ impl Store {
         Presence::Present(Box::new(meta))
     }
 
+    /// Why this user may not read `key`'s artifact (its folder or meta.json: a shared
+    /// store, another user's umask), if that is why [`Store::presence`] calls it
+    /// corrupt: not damage, so nothing is to be moved aside or rebuilt.
+    pub fn denied(&self, key: &Key) -> Option<String> {
+        let meta = self.object_dir(key).join("meta.json");
+        match std::fs::File::open(&meta) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Some(format!("{}: {e}", meta.display())),
+            _ => None,
+        }
+    }
+
     /// Re-hashes every payload file against the recorded digests: the check done before
     /// an artifact is used as an input, so a flipped bit is rebuilt, never consumed.
     pub fn verify(&self, key: &Key) -> Result<ArtifactMeta, StoreError> {
@@ -320,6 +331,10 @@ impl Store {
         let Some(_lock) = self.try_lock(key)? else {
             return Ok(None);
         };
+        // Not readable by this user is not corrupt: left where it is.
+        if self.denied(key).is_some() {
+            return Ok(None);
+        }
         match self.verify(key) {
             Err(StoreError::Corrupt { reason, .. }) => {
                 self.quarantine(key)?;
