@@ -1137,18 +1137,22 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
     assert!(store.object_dir(&key).exists());
     // A run that must read it (its gate is stale) stops on it.
     p.write(&BASE.replace("gate steps=5", "gate steps=6"));
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store(),
-        &reg,
-        &RunOptions::default(),
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    );
+    let run_now = || {
+        let mut out = Vec::new();
+        let r = goosepipe::app::run(
+            &p.manifest(),
+            &p.store(),
+            &reg,
+            &RunOptions::default(),
+            true,
+            &CancelFlag::new(),
+            &mut out,
+        );
+        (r, String::from_utf8_lossy(&out).to_string())
+    };
+    let (err, said) = run_now();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = format!("{:?}", err.unwrap_err());
+    let err = format!("{:?}{said}", err.unwrap_err());
     assert!(err.contains("Permission denied"), "{err}");
     assert!(store.verify(&key).is_ok(), "left where it was, intact");
     // Its metadata unreadable (another user's umask on the whole artifact): the
@@ -1160,17 +1164,7 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
     let said = String::from_utf8(out).unwrap();
     assert_eq!(code, 1);
     assert!(said.contains("1 unreadable by this user"), "{said}");
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store(),
-        &reg,
-        &RunOptions::default(),
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    );
-    let said = String::from_utf8_lossy(&out).to_string();
+    let (err, said) = run_now();
     std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o644)).unwrap();
     let text = match err {
         Ok(_) => said,

@@ -38,7 +38,10 @@ pub fn foreign_entries(root: &Path) -> Vec<String> {
     if is_store(root) {
         return vec![];
     }
-    let ours = |n: &str| SUBFOLDERS.contains(&n) || n == super::IN_USE_LOCK || n == "hashcache.json";
+    // The marker too: another process may write it between the check above and
+    // this listing (two runs on a new store at once; one refused the other's store).
+    let ours =
+        |n: &str| n == MARKER || SUBFOLDERS.contains(&n) || n == super::IN_USE_LOCK || n == "hashcache.json";
     let mut found: Vec<String> = std::fs::read_dir(root)
         .into_iter()
         .flatten()
