@@ -337,3 +337,31 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
         "{err}"
     );
 }
+
+/// An expert whose weights are finite but overflow the forward pass (a diverged run,
+/// an adapter scaled past reason) printed NaN log-probabilities with exit 0.
+#[test]
+fn score_refuses_log_probabilities_that_are_not_finite() {
+    let dir = fixture("v1_1");
+    let cfg = goosepipe::model::T5Config::from_file(&dir.join("config.json"), None).unwrap();
+    let mut expert = goosepipe::model::LoraExpert::load(
+        &dir.join("expert_a.safetensors"),
+        &cfg,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    for m in expert.modules.values_mut() {
+        m.b = (&m.b * 1e37).unwrap();
+    }
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("huge.safetensors");
+    expert.save(&file).unwrap();
+    let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
+    req.experts = vec![file];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("the model's or the experts' weights overflow"),
+        "{err}"
+    );
+}
