@@ -3,6 +3,7 @@
 use std::io::{Stdout, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use goosepipe::app;
@@ -360,10 +361,6 @@ fn seconds_flag(s: &str) -> Result<f64, String> {
     Ok(x)
 }
 
-fn seconds(x: f64) -> std::time::Duration {
-    std::time::Duration::from_secs_f64(x)
-}
-
 impl SlurmArgs {
     /// The Slurm flags given other than their defaults (the local executor says it
     /// ignores them, rather than ignoring them silently).
@@ -399,10 +396,10 @@ impl SlurmArgs {
                 max_retries: self.retries,
                 ..Default::default()
             },
-            poll_max: seconds(self.poll_max).max(std::time::Duration::from_millis(100)),
-            latency_wait: seconds(self.latency_wait),
+            poll_max: Duration::from_secs_f64(self.poll_max).max(Duration::from_millis(100)),
+            latency_wait: Duration::from_secs_f64(self.latency_wait),
             extra_sbatch: self.sbatch_args.clone(),
-            pending_grace: seconds(self.pending_grace),
+            pending_grace: Duration::from_secs_f64(self.pending_grace),
             on_interrupt: match self.on_interrupt {
                 InterruptArg::Ask => OnInterrupt::Ask,
                 InterruptArg::Cancel => OnInterrupt::Cancel,

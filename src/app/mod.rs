@@ -71,19 +71,15 @@ fn open_store(root: &Path) -> Result<Store, Report> {
 }
 
 fn store_error(e: crate::store::StoreError) -> Report {
-    let root = match &e {
-        crate::store::StoreError::NotAStore { path, .. } => path.clone(),
-        _ => PathBuf::new(),
-    };
-    match e {
-        crate::store::StoreError::NotAStore { .. } => miette!(
+    match &e {
+        crate::store::StoreError::NotAStore { path, .. } => miette!(
             help = format!(
                 "pass --store a new or empty folder (for example {}), or the store your runs used",
-                root.join(crate::store::DEFAULT_STORE).display()
+                path.join(crate::store::DEFAULT_STORE).display()
             ),
             "{e}"
         ),
-        e => miette!(
+        _ => miette!(
             help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
             "cannot open the store: {e}"
         ),
@@ -665,23 +661,17 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
                 plan.steps.len()
             );
         } else {
+            let (step, which) = match unneeded.as_slice() {
+                [one] => (one.as_str(), "it"),
+                _ => ("ID", "one, with what it needs"),
+            };
             let _ = writeln!(
                 out,
-                "nothing to do: {} steps are cached{rewritten}; {} not needed, not rebuilt (artifact gone, and nothing that runs reads it: {}); `{} --until {}` rebuilds {}",
+                "nothing to do: {} steps are cached{rewritten}; {} not needed, not rebuilt (artifact gone, and nothing that runs reads it: {}); `{} --until {step}` rebuilds {which}",
                 plan.steps.len() - unneeded.len(),
                 unneeded.len(),
                 crate::plan::listing::first_few(&unneeded, 3),
                 run_command(path, &store.root),
-                if unneeded.len() == 1 {
-                    unneeded[0].as_str()
-                } else {
-                    "ID"
-                },
-                if unneeded.len() == 1 {
-                    "it"
-                } else {
-                    "one, with what it needs"
-                }
             );
         }
     } else {
@@ -1577,16 +1567,6 @@ pub fn verify(
                         key.short()
                     );
                 }
-            }
-            // Its folder or meta.json this user may not read: not damage.
-            Err(_) if store.denied(&key).is_some() => {
-                unreadable += 1;
-                let _ = writeln!(
-                    out,
-                    "unreadable  {id} {}: {}",
-                    key.short(),
-                    store.denied(&key).unwrap_or_default()
-                );
             }
             // Moved aside only if still corrupt with its lock held (a run may be
             // rebuilding it right now).

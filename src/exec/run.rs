@@ -277,13 +277,6 @@ pub(crate) fn verify_inputs(
                     if e.is_permission_denied() {
                         return Err(RunError::Store(e));
                     }
-                    if store.denied(&key).is_some() {
-                        let meta = store.object_dir(&key).join("meta.json");
-                        return Err(RunError::Store(StoreError::Io {
-                            path: meta,
-                            source: std::io::ErrorKind::PermissionDenied.into(),
-                        }));
-                    }
                     reporter.note(&format!("{}: {e}; it will be rebuilt", plan.steps[j].id()));
                     store.quarantine(&key)?;
                     status.states[j] = crate::plan::State::Stale {
@@ -751,12 +744,11 @@ pub fn execute(
                     inp.key.short()
                 )));
             }
-            Err(e) if e.is_permission_denied() || store.denied(&inp.key).is_some() => {
+            Err(e) if e.is_permission_denied() => {
                 return Err(StepError::msg(format!(
-                    "input {} ({}) cannot be read by this user: {}; nothing was moved or rebuilt",
+                    "input {} ({}) cannot be read by this user: {e}; nothing was moved or rebuilt",
                     inp.id,
-                    inp.key.short(),
-                    store.denied(&inp.key).unwrap_or_else(|| e.to_string())
+                    inp.key.short()
                 )));
             }
             Err(e) => {

@@ -664,7 +664,6 @@ impl Lowerer<'_> {
         self.errors.push(e);
     }
 
-    /// A warning at `loc`: reported with the plan, it stops nothing.
     /// A LoRA rank above the width of a model the pipeline builds (`init d-model=`):
     /// every adapted linear has d_model on one side, so the update's rank is at most
     /// that; the rest is parameters and memory for nothing. (A hub or folder model's
@@ -702,6 +701,7 @@ impl Lowerer<'_> {
         );
     }
 
+    /// A warning at `loc`: reported with the plan, it stops nothing.
     fn warn(&mut self, code: &'static str, loc: Loc, message: String, label: &str, help: &str) {
         let w = ManifestError::new(&self.manifest.sources, code, loc, message, label)
             .help(help)

@@ -7,6 +7,7 @@
 //! greedy generation) and logs the token routers' choices for `report --plots`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use candle_core::DType;
 use rand::SeedableRng;
@@ -77,20 +78,24 @@ struct Task {
 }
 
 /// A rank-classification task needs answer choices on every example it scores.
-/// `all`: the dataset's examples in file order, where the first one without choices
-/// is found, for a line a user can open (several rows may share an input).
+/// `file`: the dataset's examples.jsonl, where the first one without choices is
+/// found, for a line a user can open (several rows may share an input).
 fn check_choices(
     name: &str,
     task: &TaskParams,
     examples: &[Example],
-    all: &[Example],
+    file: &Path,
     data: &str,
 ) -> Result<(), StepError> {
     if task.metric == "rank-classification"
         && let Some(e) = examples.iter().find(|e| e.choices.is_empty())
     {
         let without = examples.iter().filter(|e| e.choices.is_empty()).count();
-        let i = all.iter().position(|x| x == e).unwrap_or(0);
+        // Its line in the file, read again only here (the examples were sampled).
+        let i = read_jsonl(file)
+            .ok()
+            .and_then(|all| all.iter().position(|x| x == e))
+            .unwrap_or(0);
         let shown: String = e.input.chars().take(80).collect();
         return Err(fail(format!(
             "task {name:?}: {without} of the {} examples of {data} have no answer choices \
@@ -475,13 +480,14 @@ impl StepRunner for EvalStep {
         if task.metric != "rank-classification" {
             return Ok(());
         }
-        let ex = read_jsonl(&files.join(EXAMPLES)).map_err(fail)?;
+        let file = files.join(EXAMPLES);
+        let ex = read_jsonl(&file).map_err(fail)?;
         let data = spec.input(role).map_or(role, |i| i.id.as_str());
         check_choices(
             name,
             task,
-            &sample(ex.clone(), params.max_examples, params.seed),
-            &ex,
+            &sample(ex, params.max_examples, params.seed),
+            &file,
             data,
         )
     }
@@ -605,10 +611,11 @@ impl<'a> EvalRun<'a> {
         let mut tasks = vec![];
         for (name, p) in &params.task {
             let data = ctx.input(&format!("task:{name}"))?;
-            let ex = read_jsonl(&data.files.join(EXAMPLES)).map_err(fail)?;
+            let file = data.files.join(EXAMPLES);
+            let ex = read_jsonl(&file).map_err(fail)?;
             // Checked before anything is scored, not at the first batch that has one.
-            let examples = sample(ex.clone(), params.max_examples, params.seed);
-            check_choices(name, p, &examples, &ex, &data.id)?;
+            let examples = sample(ex, params.max_examples, params.seed);
+            check_choices(name, p, &examples, &file, &data.id)?;
             tasks.push(Task {
                 name: name.clone(),
                 metric: p.metric.clone(),

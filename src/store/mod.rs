@@ -245,13 +245,16 @@ impl Store {
         Presence::Present(Box::new(meta))
     }
 
-    /// Why this user may not read `key`'s artifact (its folder or meta.json: a shared
-    /// store, another user's umask), if that is why [`Store::presence`] calls it
-    /// corrupt: not damage, so nothing is to be moved aside or rebuilt.
-    pub fn denied(&self, key: &Key) -> Option<String> {
+    /// The permission error, if this user may not read `key`'s artifact (its folder or
+    /// meta.json: a shared store, another user's umask) and that is why
+    /// [`Store::presence`] calls it corrupt: not damage, so nothing is to be moved
+    /// aside or rebuilt ([`StoreError::is_permission_denied`]).
+    pub fn denied(&self, key: &Key) -> Option<StoreError> {
         let meta = self.object_dir(key).join("meta.json");
         match std::fs::File::open(&meta) {
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Some(format!("{}: {e}", meta.display())),
+            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+                Some(StoreError::Io { path: meta, source })
+            }
             _ => None,
         }
     }
@@ -267,11 +270,12 @@ impl Store {
                     reason: "not in the store".into(),
                 });
             }
+            // Unreadable by this user is said as that, as a payload file's is below.
             Presence::Corrupt(reason) => {
-                return Err(StoreError::Corrupt {
+                return Err(self.denied(key).unwrap_or(StoreError::Corrupt {
                     key: key.hex(),
                     reason,
-                });
+                }));
             }
         };
         let files = self.files_dir(key);
@@ -331,10 +335,6 @@ impl Store {
         let Some(_lock) = self.try_lock(key)? else {
             return Ok(None);
         };
-        // Not readable by this user is not corrupt: left where it is.
-        if self.denied(key).is_some() {
-            return Ok(None);
-        }
         match self.verify(key) {
             Err(StoreError::Corrupt { reason, .. }) => {
                 self.quarantine(key)?;

@@ -452,11 +452,7 @@ impl Reading<'_> {
         // Checked again once folded: A and B were finite as read, but a huge
         // lora_alpha overflows B to inf, which the gate step then blamed on a damaged
         // store file.
-        let values = b
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
-        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        if let Some((_, v)) = super::tensor_store::first_non_finite(&b)? {
             return Err(bad(
                 dir,
                 file,

@@ -10,6 +10,13 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::error::{ModelError, Result};
 
+/// The first element of `t` that is NaN or infinite, with its index, if any (read on
+/// the host as f32).
+pub fn first_non_finite(t: &Tensor) -> Result<Option<(usize, f32)>> {
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(values.into_iter().enumerate().find(|(_, v)| !v.is_finite()))
+}
+
 pub enum TensorStore {
     Mmap {
         label: String,
@@ -126,11 +133,9 @@ impl TensorStore {
                 t.dtype()
             )));
         }
-        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        if let Some((i, v)) = first_non_finite(&t)? {
             return Err(bad(format!(
-                "tensor `{name}` holds {} at element {i} (the file is damaged, or came from a run that diverged)",
-                values[i]
+                "tensor `{name}` holds {v} at element {i} (the file is damaged, or came from a run that diverged)"
             )));
         }
         Ok(Some(t.to_device(device)?))
