@@ -546,6 +546,140 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
     );
 }
 
+/// The lockfile records on what numerics each pin was built (`process::numerics`), and
+/// an eval's results tables. `--locked` on a machine of other numerics takes other last
+/// bits under the pinned keys as a note, and holds the run to the pinned tables; on the
+/// same numerics another digest is a build that is not reproducible, and the run stops
+/// at the first such step instead of building everything after it.
+#[test]
+fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes() {
+    let here = goosepipe::process::numerics::numerics("cpu");
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let lock_path = p.dir.path().join("pipeline.kdl.lock");
+    let pinned = std::fs::read_to_string(&lock_path).unwrap();
+    let line_of = |text: &str, id: &str| -> String {
+        text.lines()
+            .find(|l| l.contains(&format!("step \"{id}\"")))
+            .unwrap_or_else(|| panic!("{id}: {text}"))
+            .to_string()
+    };
+    assert!(
+        line_of(&pinned, "expert:a").ends_with(&format!(" numerics=\"{here}\"")),
+        "{pinned}"
+    );
+    let tables = blake3::hash(b"| task | phatgoose |\n| h | 50.0 |\n")
+        .to_hex()
+        .to_string();
+    assert!(
+        line_of(&pinned, "eval:e").contains(&format!(" tables=\"{tables}\"")),
+        "{pinned}"
+    );
+    assert!(!line_of(&pinned, "expert:a").contains("tables="), "{pinned}");
+    let digest_of = |line: &str| line.split("digest=\"").nth(1).unwrap()[..64].to_string();
+    // `pins`: (step, digest, tables) pinned as if built on `numerics`, on a fresh store.
+    let locked_run = |numerics: &str, pins: &[(&str, String, Option<&str>)]| {
+        let mut text = pinned.clone();
+        for (id, digest, tabled) in pins {
+            let old = line_of(&text, id);
+            let mut new = old.replace(&digest_of(&old), digest).replace(&here, numerics);
+            if let Some(t) = tabled {
+                new = new.replace(&tables, t);
+            }
+            text = text.replace(&old, &new);
+        }
+        std::fs::write(&lock_path, &text).unwrap();
+        let _ = std::fs::remove_dir_all(p.store());
+        let log = Log::default();
+        let reg = registry(&log, &Behaviour::default());
+        let mut out = Vec::new();
+        let result = goosepipe::app::run(
+            &p.manifest(),
+            &p.store(),
+            &reg,
+            &RunOptions {
+                locked: true,
+                ..Default::default()
+            },
+            true,
+            &CancelFlag::new(),
+            &mut out,
+        );
+        assert_eq!(
+            std::fs::read_to_string(&lock_path).unwrap(),
+            text,
+            "--locked never writes"
+        );
+        let said = String::from_utf8_lossy(&out).to_string();
+        let built = log.0.lock().unwrap().clone();
+        (result.map_err(|e| format!("{e:?}")), said, built)
+    };
+    let other = "f".repeat(64);
+    // Pinned on other numerics with other last bits: the same keys, the same tables.
+    let (result, said, _) = locked_run(
+        "cpu elsewhere",
+        &[("expert:a", other.clone(), None), ("eval:e", other.clone(), None)],
+    );
+    assert_eq!(result, Ok(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "note: 2 artifact(s) differ from their pins in the last bits: built on {here}, pinned on cpu elsewhere"
+        )) && said.contains("note: the results tables are the pinned ones, to the digit: eval:e"),
+        "{said}"
+    );
+    // `plan` says the same of that store: nothing drifted (`--check-cached` passes, as
+    // `run --locked` does), two steps differ in their last bits.
+    let (_, status) = p.status(&reg);
+    assert!(status.lock_drift.is_empty(), "{:?}", status.lock_drift);
+    let mut other_bits = status.lock_other_bits.clone();
+    other_bits.sort();
+    assert_eq!(other_bits, ["eval:e", "expert:a"]);
+    // ... but other tables are another result.
+    let (result, said, _) = locked_run(
+        "cpu elsewhere",
+        &[("eval:e", other.clone(), Some(&"0".repeat(64)))],
+    );
+    let err = format!("{result:?}{said}");
+    assert!(
+        err.contains(&format!(
+            "eval:e: built with digest {}, the lockfile pins ffffffffffff and its results tables differ (pinned on cpu elsewhere, built on {here}); `--locked` stops here",
+            &digest_of(&line_of(&pinned, "eval:e"))[..12]
+        )),
+        "{err}"
+    );
+    // The same numerics, other bytes: not reproducible, and nothing after it is built.
+    let (result, said, built) = locked_run(&here.clone(), &[("expert:a", other.clone(), None)]);
+    let err = format!("{result:?}{said}");
+    assert!(
+        err.contains(&format!(
+            "the lockfile pins ffffffffffff (not reproducible: both built on {here})"
+        )),
+        "{err}"
+    );
+    assert!(built.contains(&"expert:a".to_string()), "{built:?}");
+    assert!(
+        !built.contains(&"gate:a".to_string()) && !built.contains(&"eval:e".to_string()),
+        "{built:?}"
+    );
+    // A plain run re-pins, and says so rather than leaving a hex diff to find.
+    std::fs::write(
+        &lock_path,
+        pinned
+            .replace(&digest_of(&line_of(&pinned, "expert:a")), &other)
+            .replace(&here, "cpu elsewhere"),
+    )
+    .unwrap();
+    let (code, said) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains(&format!(
+            "note: the lockfile now pins 1 step(s) at other digests under the same keys (expert:a): built on {here}, pinned on cpu elsewhere"
+        )),
+        "{said}"
+    );
+}
+
 #[test]
 fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build() {
     let reg = registry(&Log::default(), &Behaviour::default());
@@ -1109,13 +1243,32 @@ fn a_run_names_an_artifact_it_leaves_out_as_not_needed_and_how_to_rebuild_it() {
 
 /// A file this user may not read (a shared store, another user's umask) is not
 /// damage: `verify` says it apart and moves nothing, and a run that reads it stops
-/// naming the file instead of moving the intact artifact aside to rebuild it. (As
-/// root every file reads, so there is nothing to see: the test says so and returns.)
+/// naming the file instead of moving the intact artifact aside to rebuild it. (Root
+/// reads every file: as root the test runs itself again without the capabilities
+/// that let it, so CI, which runs as root, sees it too.)
 #[test]
 fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
     use std::os::unix::fs::PermissionsExt;
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!("skipped: root reads every file");
+    const AGAIN: &str = "GOOSEPIPE_TEST_WITHOUT_DAC";
+    if unsafe { libc::geteuid() } == 0 && std::env::var_os(AGAIN).is_none() {
+        let name = "an_unreadable_artifact_is_not_taken_for_a_corrupt_one";
+        let run = std::process::Command::new("setpriv")
+            .arg("--bounding-set=-dac_override,-dac_read_search")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(AGAIN, "1")
+            .output();
+        match run {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("skipped: root reads every file, and there is no setpriv to stop it");
+            }
+            Err(e) => panic!("setpriv: {e}"),
+            Ok(out) => {
+                let said =
+                    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success() && said.contains("1 passed"), "{said}");
+            }
+        }
         return;
     }
     let reg = registry(&Log::default(), &Behaviour::default());

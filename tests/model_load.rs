@@ -73,6 +73,19 @@ fn sharded_safetensors_with_index_load_and_match_transformers() {
         .unwrap()
         .to_string();
     assert!(err.contains("outside"), "{err}");
+
+    // So is one whose shards are not safetensors files (a local model folder's key
+    // covers its `*.safetensors`: a shard by another name would change no key).
+    let bad = serde_json::json!({ "weight_map": { "shared.weight": "weights-1.bin" } });
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), bad.to_string()).unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("names `weights-1.bin`, not a .safetensors file"),
+        "{err}"
+    );
 }
 
 #[test]

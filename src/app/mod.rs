@@ -315,6 +315,46 @@ pub fn explain(
     Ok(EXIT_OK)
 }
 
+/// What a run that rewrote the lockfile says of the steps it pinned at other digests
+/// under the keys they had (a diff of the lockfile would show only hex): the same
+/// recipe rebuilt to other bytes, by other numerics or not. None when there are none.
+fn repinned(new: &Lockfile, old: &Lockfile) -> Option<String> {
+    use crate::store::lockfile::LockedStep;
+    let moved: Vec<(&String, &LockedStep, &LockedStep)> = new
+        .steps
+        .iter()
+        .filter_map(|(id, s)| {
+            let pin = old.steps.get(id).filter(|p| p.key == s.key)?;
+            (pin.digest.is_some() && s.digest.is_some() && pin.digest != s.digest).then_some((id, pin, s))
+        })
+        .collect();
+    if moved.is_empty() {
+        return None;
+    }
+    let distinct = |mut v: Vec<String>| {
+        v.sort();
+        v.dedup();
+        v.join("; ")
+    };
+    let here = distinct(
+        moved
+            .iter()
+            .map(|(_, _, s)| {
+                s.numerics
+                    .clone()
+                    .unwrap_or_else(|| "numerics not recorded".into())
+            })
+            .collect(),
+    );
+    let before = distinct(moved.iter().map(|(_, pin, _)| pin.pinned_on()).collect());
+    let ids: Vec<&String> = moved.iter().map(|(id, _, _)| *id).collect();
+    Some(format!(
+        "the lockfile now pins {} step(s) at other digests under the same keys ({}): built on {here}, {before}; `run --locked` checks a build against the pins instead of rewriting them",
+        moved.len(),
+        crate::plan::listing::first_few(ids, 4),
+    ))
+}
+
 /// `goosepipe run` (local executor).
 pub fn run(
     path: &Path,
@@ -574,11 +614,25 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     if opts.locked {
-        exec::run::check_locked_digests(&new_lock, &old_lock).map_err(|e| miette!("{e}"))?;
+        match exec::run::check_locked_digests(&new_lock, &old_lock) {
+            Ok(notes) => {
+                for note in notes {
+                    let _ = writeln!(out, "note: {note}");
+                }
+            }
+            // Said with the failures below (a step `--locked` stopped among them).
+            Err(e) if !report.failed.is_empty() => {
+                let _ = writeln!(out, "{e}");
+            }
+            Err(e) => return Err(miette!("{e}")),
+        }
     } else if new_lock != old_lock || !lock_file.exists() {
         new_lock
             .write(&lock_file, &manifest_name)
             .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
+        if let Some(note) = repinned(&new_lock, &old_lock) {
+            let _ = writeln!(out, "note: {note}");
+        }
     }
     let built = report.built.len() + report.reused.len() + report.shared.len();
     if !report.cancelled.is_empty() || !report.left_running.is_empty() || interrupted_between {
@@ -710,13 +764,23 @@ fn print_finished_results(plan: &Plan, store: &Store, report: &exec::RunReport, 
         .chain(&report.shared)
         .chain(&report.reused)
         .collect();
+    let mut evals = false;
     for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
         let order = task_order(plan, &s.spec.name);
         if let Ok(Some(md)) =
             headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name, &order)
         {
             let _ = writeln!(out, "\n{md}");
+            evals |= s.spec.kind == "eval";
         }
+    }
+    // The results tables are not the whole report: say where the rest is.
+    if evals {
+        let _ = writeln!(
+            out,
+            "\n(results tables only: `{}` adds each method's held-in mean against the own experts', routing quality and gate correlation)",
+            command_line("report", &plan.manifest.path, &store.root)
+        );
     }
 }
 
@@ -1759,9 +1823,13 @@ pub fn show(
     }
     let _ = writeln!(out, "digest   {}", meta.digest);
     let _ = writeln!(out, "status   {integrity}");
+    let numerics = meta
+        .numerics
+        .as_deref()
+        .map_or(String::new(), |n| format!(" ({n})"));
     let _ = writeln!(
         out,
-        "built    {} on {} in {:.1}s by goosepipe {}",
+        "built    {} on {}{numerics} in {:.1}s by goosepipe {}",
         crate::store::artifact::format_unix(meta.started_unix),
         meta.host,
         meta.seconds(),

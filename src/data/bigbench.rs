@@ -34,6 +34,12 @@ fn read_json(file: &Path) -> Result<Value, DataError> {
         .map_err(|e| DataError::Other(format!("{}: not a BIG-bench task.json: {e}", file.display())))
 }
 
+/// Whether the task at `file` lists examples itself (a parent task has only sub-task
+/// folders).
+pub fn has_own_examples(file: &Path) -> Result<bool, DataError> {
+    Ok(read_json(file)?.get("examples").is_some())
+}
+
 /// Every example of the task at `file` (a `task.json`), sub-tasks included.
 pub fn read_task(file: &Path) -> Result<Vec<Example>, DataError> {
     let task = read_json(file)?;

@@ -27,6 +27,10 @@ pub struct Kind {
     /// kind's artifact are keyed by its content, the files of it but these (provenance
     /// no reader opens). None: keyed by its key, always.
     pub content: Option<&'static [&'static str]>,
+    /// The file of its artifact that holds its results as a person reads them (rounded
+    /// tables): the lockfile pins its blake3 as `tables=`, which a machine of other
+    /// numerics can reproduce where the artifact's last bits differ.
+    pub tables: Option<&'static str>,
 }
 
 impl Kind {
@@ -40,6 +44,15 @@ impl Kind {
             needed: None,
             review: no_review,
             content: None,
+            tables: None,
+        }
+    }
+
+    /// This kind with its results tables in `file` (see [`Kind::tables`]).
+    pub const fn with_tables(self, file: &'static str) -> Kind {
+        Kind {
+            tables: Some(file),
+            ..self
         }
     }
 

@@ -15,7 +15,7 @@ use super::step::{CancelFlag, InputArtifact, Registry, StepContext, StepError};
 use crate::plan::{Plan, Status, Twins};
 use crate::store::artifact::content_digest;
 use crate::store::artifact::now_unix;
-use crate::store::lockfile::{LockedStep, Lockfile};
+use crate::store::lockfile::{LockedStep, Lockfile, Reproduction};
 use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
 
 /// Which steps this run builds, in plan order: what the options ask for ([`wanted`])
@@ -187,18 +187,25 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
             )),
             // Already in the store: its digest (and under early cutoff a dataset's
             // content) is known now, before anything runs.
-            Some(LockedStep {
-                digest: Some(pinned),
-                content,
-                ..
-            }) => {
+            Some(
+                pin @ LockedStep {
+                    digest: Some(pinned),
+                    content,
+                    ..
+                },
+            ) => {
                 if let Some(m) = store.meta(&s.spec.key) {
-                    if m.digest != *pinned {
+                    // Another digest from other numerics is last bits, unless its
+                    // tables differ too (said after the run, with the others).
+                    let found =
+                        pin.reproduced_by(&m.digest, m.numerics.as_deref(), s.tables_of(&m).as_deref());
+                    if found.refused() {
                         problems.push(format!(
-                            "{} is in the store with digest {}, the lockfile pins {}",
+                            "{} is in the store with digest {}, the lockfile pins {}{}",
                             s.spec.id,
                             &m.digest[..12.min(m.digest.len())],
-                            &pinned[..12.min(pinned.len())]
+                            &pinned[..12.min(pinned.len())],
+                            not_reproduced_why(&found, pin, m.numerics.as_deref())
                         ));
                     }
                     if let Some(found) = s.content_of(&m)
@@ -796,8 +803,14 @@ pub fn execute(
     drop(progress);
     match result {
         Ok(()) => {
-            store.publish(staging, spec, pins, started).map_err(store_err)?;
+            let numerics = Some(crate::process::numerics::numerics(&opts.device));
+            let meta = store
+                .publish(staging, spec, pins, numerics, started)
+                .map_err(store_err)?;
             let _ = std::fs::remove_dir_all(&work);
+            if opts.locked {
+                not_the_pinned(spec, &meta, registry, lock)?;
+            }
             Ok(Outcome::Built)
         }
         Err(e) => {
@@ -864,6 +877,8 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
                         key: s.spec.key,
                         digest: Some(meta.digest.clone()),
                         content: s.content_of(&meta),
+                        numerics: meta.numerics.clone(),
+                        tables: s.tables_of(&meta),
                     },
                 );
                 for (k, v) in meta.pins {
@@ -879,14 +894,8 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
                 if let Some(l) = old.steps.get(&s.spec.id) {
                     lock.steps.insert(s.spec.id.clone(), l.clone());
                 } else if !provisional {
-                    lock.steps.insert(
-                        s.spec.id.clone(),
-                        LockedStep {
-                            key: s.spec.key,
-                            digest: None,
-                            content: None,
-                        },
-                    );
+                    lock.steps
+                        .insert(s.spec.id.clone(), LockedStep::key_only(s.spec.key));
                 }
             }
         }
@@ -918,19 +927,71 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
     lock
 }
 
-/// After a `--locked` run: rebuilt artifacts must have the digests the lockfile pins.
-pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<(), RunError> {
+/// Under `--locked`, as soon as a step is built: an artifact that is not the one the
+/// lockfile pins for its key (the same numerics gave other bytes, or other numerics
+/// other tables) fails the step, so the run stops there rather than after building
+/// everything else. The artifact stays published: it is what its key builds here.
+fn not_the_pinned(
+    spec: &StepSpec,
+    meta: &ArtifactMeta,
+    registry: &Registry,
+    lock: &Lockfile,
+) -> Result<(), StepError> {
+    let Some(pin) = lock.steps.get(&spec.id).filter(|p| p.key == spec.key) else {
+        return Ok(());
+    };
+    let tables = crate::plan::Catalog::tables_file(registry, &spec.kind)
+        .and_then(|file| meta.files.iter().find(|f| f.path == file))
+        .map(|f| f.blake3.as_str());
+    let found = pin.reproduced_by(&meta.digest, meta.numerics.as_deref(), tables);
+    if !found.refused() {
+        return Ok(());
+    }
+    Err(StepError::msg(format!(
+        "built with digest {}, the lockfile pins {}{}; `--locked` stops here",
+        &meta.digest[..12.min(meta.digest.len())],
+        pin.digest.as_deref().map_or("", |p| &p[..12.min(p.len())]),
+        not_reproduced_why(&found, pin, meta.numerics.as_deref())
+    )))
+}
+
+/// Why an artifact is not the one pinned, after its digest (see [`Reproduction`]).
+fn not_reproduced_why(found: &Reproduction, pin: &LockedStep, numerics: Option<&str>) -> String {
+    match found {
+        Reproduction::Differs => format!(
+            " (not reproducible: both built on {})",
+            numerics.unwrap_or("the same numerics")
+        ),
+        _ => format!(
+            " and its results tables differ ({}, built on {})",
+            pin.pinned_on(),
+            numerics.unwrap_or("numerics it does not record")
+        ),
+    }
+}
+
+/// After a `--locked` run: rebuilt artifacts must have the digests the lockfile pins,
+/// or, built on other numerics (`process::numerics`), the pinned results tables. Those
+/// last are returned, to be said: the same keys, other last bits.
+pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<Vec<String>, RunError> {
     let mut problems = vec![];
+    let mut other_bits = vec![];
+    let mut same_tables = vec![];
     for (id, s) in &new.steps {
-        if let (Some(o), Some(d)) = (old.steps.get(id), &s.digest)
-            && let Some(od) = &o.digest
-            && od != d
-        {
-            problems.push(format!(
-                "{id} was rebuilt with digest {}, the lockfile pins {} (not reproducible)",
-                &d[..12],
-                &od[..12.min(od.len())]
-            ));
+        let (Some(pin), Some(d)) = (old.steps.get(id), &s.digest) else {
+            continue;
+        };
+        let found = pin.reproduced_by(d, s.numerics.as_deref(), s.tables.as_deref());
+        match found {
+            Reproduction::Same => {}
+            Reproduction::OtherNumerics { tables: Some(true) } => same_tables.push(id.as_str()),
+            Reproduction::OtherNumerics { tables: None } => other_bits.push((id.as_str(), pin)),
+            _ => problems.push(format!(
+                "{id} was rebuilt with digest {}, the lockfile pins {}{}",
+                &d[..12.min(d.len())],
+                pin.digest.as_deref().map_or("", |p| &p[..12.min(p.len())]),
+                not_reproduced_why(&found, pin, s.numerics.as_deref())
+            )),
         }
     }
     for (name, v) in &new.externals {
@@ -938,9 +999,36 @@ pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<(), RunErr
             problems.push(format!("{name} resolved differently"));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(RunError::Locked(problems.join("\n  ")))
+    if !problems.is_empty() {
+        return Err(RunError::Locked(problems.join("\n  ")));
     }
+    let mut notes = vec![];
+    if !other_bits.is_empty() || !same_tables.is_empty() {
+        let here = new
+            .steps
+            .values()
+            .find_map(|s| s.numerics.clone())
+            .unwrap_or_else(|| "numerics it does not record".into());
+        let mut pinned_on: Vec<String> = other_bits.iter().map(|(_, pin)| pin.pinned_on()).collect();
+        pinned_on.extend(
+            same_tables
+                .iter()
+                .filter_map(|id| old.steps.get(*id))
+                .map(LockedStep::pinned_on),
+        );
+        pinned_on.sort();
+        pinned_on.dedup();
+        notes.push(format!(
+            "{} artifact(s) differ from their pins in the last bits: built on {here}, {} (the keys are the pinned ones; only a machine of the same numerics reproduces the bytes)",
+            other_bits.len() + same_tables.len(),
+            pinned_on.join("; ")
+        ));
+        if !same_tables.is_empty() {
+            notes.push(format!(
+                "the results tables are the pinned ones, to the digit: {}",
+                same_tables.join(", ")
+            ));
+        }
+    }
+    Ok(notes)
 }

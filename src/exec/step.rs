@@ -322,6 +322,9 @@ impl crate::plan::Catalog for Registry {
     fn content_keyed(&self, kind: &str) -> Option<&'static [&'static str]> {
         self.kinds.get(kind).and_then(|k| k.content)
     }
+    fn tables_file(&self, kind: &str) -> Option<&'static str> {
+        self.kinds.get(kind).and_then(|k| k.tables)
+    }
     fn methods(&self) -> Vec<MethodInfo> {
         self.methods.clone()
     }

@@ -36,6 +36,14 @@ pub fn shard_names(index_path: &Path) -> Result<Vec<String>> {
                 "weight_map entry `{name}` points outside the folder: `{f}`"
             )));
         }
+        // A shard's name says what it is; the content key of a local model folder
+        // covers its `*.safetensors` files (and an index naming another kind of file
+        // could not be memory-mapped as safetensors anyway).
+        if !f.ends_with(".safetensors") {
+            return Err(bad(format!(
+                "weight_map entry `{name}` names `{f}`, not a .safetensors file"
+            )));
+        }
         files.insert(f.to_owned());
     }
     if files.is_empty() {

@@ -81,6 +81,31 @@ pub struct PathRule {
     /// Files a folder must hold: each entry is one file, or alternatives (`a|b`), any
     /// one of which will do. Found at check, not when the step that reads it fails.
     pub holds: Vec<Vec<String>>,
+    /// The files of a folder that enter its key (`keys="config.json *.safetensors
+    /// */task.json"`: names relative to the folder, `*` any run of characters within
+    /// one name); empty: every file. What the step reads, so a README, a `.git` or a
+    /// training log beside it changes no key.
+    pub keys: Vec<String>,
+}
+
+/// `pattern` (where `*` is any run of characters) against the whole of `name`.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,10 +132,41 @@ impl PathRule {
                     .collect()
             })
             .unwrap_or_default();
+        let keys: Vec<String> = str_prop(node, "keys")
+            .map(|k| k.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        if let Some(bad) = keys.iter().find(|k| {
+            k.split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        }) {
+            return Err(format!("keys: `{bad}` is not a file name inside the folder"));
+        }
         Ok(PathRule {
             is,
             extensions,
             holds,
+            keys,
+        })
+    }
+
+    /// Whether the entry at `rel` (relative to the folder; a folder when `is_dir`)
+    /// is keyed: a file matching one of `keys`, or a folder that may hold one.
+    pub fn keys_entry(&self, rel: &std::path::Path, is_dir: bool) -> bool {
+        if self.keys.is_empty() {
+            return true;
+        }
+        let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+        if parts.len() != rel.iter().count() {
+            return false;
+        }
+        self.keys.iter().any(|k| {
+            let pattern: Vec<&str> = k.split('/').collect();
+            let fits = |n: usize| parts.iter().zip(&pattern[..n]).all(|(p, g)| glob_matches(g, p));
+            if is_dir {
+                pattern.len() > parts.len() && fits(parts.len())
+            } else {
+                pattern.len() == parts.len() && fits(parts.len())
+            }
         })
     }
 
@@ -487,5 +543,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_folders_keys_cover_every_file_it_must_hold() {
+        let s = Schema::parse(SCHEMA_TEXT).unwrap();
+        let mut keyed = 0;
+        for b in s.nodes.iter().chain(s.groups.values()) {
+            for p in &b.props {
+                let rule = &p.path_rule;
+                if rule.keys.is_empty() {
+                    continue;
+                }
+                keyed += 1;
+                for file in rule.holds.iter().flatten() {
+                    assert!(
+                        rule.keys_entry(std::path::Path::new(file), false),
+                        "{}.{}: holds {file} but leaves it out of the key",
+                        b.name,
+                        p.name
+                    );
+                }
+            }
+        }
+        assert_eq!(keyed, 2, "model path= and expert peft= name their keyed files");
+    }
+
+    #[test]
+    fn keys_match_names_by_pattern_and_depth() {
+        let rule = PathRule {
+            keys: vec!["config.json".into(), "*.safetensors".into(), "*/task.json".into()],
+            ..PathRule::default()
+        };
+        let file = |p: &str| rule.keys_entry(std::path::Path::new(p), false);
+        let dir = |p: &str| rule.keys_entry(std::path::Path::new(p), true);
+        assert!(file("config.json") && file("model-00001-of-00002.safetensors") && file(".safetensors"));
+        assert!(file("sub/task.json") && dir("sub") && dir(".git"));
+        assert!(!file("README.md") && !file("config.json.bak") && !file("a/config.json"));
+        assert!(!file("task.json") && !file("a/b/task.json") && !dir("a/b"));
+        assert!(!file("model.safetensors.index.json"));
+        assert!(PathRule::default().keys_entry(std::path::Path::new("anything/at/all"), false));
+        assert!(
+            glob_matches("a*b*c", "aXbYc") && !glob_matches("a*b*c", "aXc") && !glob_matches("ab*b", "ab")
+        );
     }
 }

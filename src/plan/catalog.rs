@@ -23,6 +23,11 @@ pub trait Catalog {
     fn content_keyed(&self, _kind: &str) -> Option<&'static [&'static str]> {
         None
     }
+    /// The file of a kind's artifact that holds its results as a person reads them
+    /// (pinned as `tables=` in the lockfile). None: it has none.
+    fn tables_file(&self, _kind: &str) -> Option<&'static str> {
+        None
+    }
     /// The evaluation methods a manifest may list, in the order help texts name them.
     fn methods(&self) -> Vec<MethodInfo> {
         vec![]

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use super::params::{self, Collected};
 use super::{Catalog, KnownOutputs, MemberData, MethodInfo, Needed, Plan, Step, key};
 use crate::manifest::diag::did_you_mean;
-use crate::manifest::schema::Schema;
+use crate::manifest::schema::{PathRule, Schema};
 use crate::manifest::source::Sources;
 use crate::manifest::{Entity, Loc, Manifest, ManifestError, ManifestErrors, Origin, Value};
 use crate::store::spec::{member_role, step_id};
@@ -485,6 +485,7 @@ fn build_step(i: usize, p: Proto, e: &Earlier) -> Step {
         origins: p.origins,
         waits_for: waits_for.into_iter().collect(),
         content_keyed,
+        tables_file: None,
     }
 }
 
@@ -588,7 +589,8 @@ fn finish(
     let mut steps = Vec::with_capacity(built.len());
     let mut index = HashMap::new();
     for n in order {
-        let step = built[g[n]].take().expect("built above");
+        let mut step = built[g[n]].take().expect("built above");
+        step.tables_file = catalog.tables_file(&step.spec.kind);
         index.insert(step.spec.id.clone(), steps.len());
         steps.push(step);
     }
@@ -770,7 +772,10 @@ impl Lowerer<'_> {
                 );
                 continue;
             }
-            match self.hashes.path(&abs) {
+            match self
+                .hashes
+                .path_selected(&abs, &|rel, is_dir| u.rule.keys_entry(rel, is_dir))
+            {
                 Ok(h) => {
                     let display = abs
                         .strip_prefix(&self.manifest.root)
@@ -1140,7 +1145,11 @@ impl Lowerer<'_> {
             ));
             return None;
         }
-        match self.hashes.path(&abs) {
+        let rule = embedder_files();
+        match self
+            .hashes
+            .path_selected(&abs, &|rel, is_dir| rule.keys_entry(rel, is_dir))
+        {
             Ok(h) => Some(External::Path {
                 role: "embedder".into(),
                 path: abs.display().to_string(),
@@ -1827,6 +1836,25 @@ struct Needs<'a> {
 }
 
 /// The diagnostic for a local path that leaves the project folder.
+/// The files of a local embedder folder that the embedder reads, and so its key: a
+/// sentence-transformers folder also holds modules.json, pooling folders, ONNX and
+/// OpenVINO exports, a README, which change nothing it computes.
+fn embedder_files() -> PathRule {
+    PathRule {
+        keys: [
+            "config.json",
+            "tokenizer.json",
+            "sentence_bert_config.json",
+            "*.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..PathRule::default()
+    }
+}
+
 fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str) -> ManifestError {
     ManifestError::new(
         sources,

@@ -38,6 +38,9 @@ pub struct Step {
     /// Under early cutoff, for a step whose readers key on its content (a dataset):
     /// the files of its artifact left out of that content. None otherwise.
     pub content_keyed: Option<&'static [&'static str]>,
+    /// The file of its artifact that holds its results as a person reads them
+    /// (`Catalog::tables_file`): pinned as the lockfile's `tables=`.
+    pub tables_file: Option<&'static str>,
 }
 
 impl Step {
@@ -50,6 +53,16 @@ impl Step {
     /// parameter twice.
     pub fn params(&self) -> Value {
         Value::from_json(&self.spec.params).unwrap_or_else(|| Value::Map(Default::default()))
+    }
+
+    /// The blake3 of its results tables in its artifact `meta` (what the lockfile pins
+    /// as `tables=`). None for a kind without tables.
+    pub fn tables_of(&self, meta: &crate::store::ArtifactMeta) -> Option<String> {
+        let file = self.tables_file?;
+        meta.files
+            .iter()
+            .find(|f| f.path == file)
+            .map(|f| f.blake3.clone())
     }
 
     /// Under early cutoff, for a step whose readers key on its content: that content

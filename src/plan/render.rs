@@ -99,6 +99,14 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
     if let Some(note) = lock_drift_note(plan, status) {
         let _ = writeln!(out, "{note}");
     }
+    if !status.lock_other_bits.is_empty() {
+        let _ = writeln!(
+            out,
+            "lockfile: {} cached step(s) differ from their pins in the last bits only ({}): built on other numerics than the lockfile records, under the pinned keys and with the pinned results tables where it pins some; `run --locked` accepts them, `goosepipe run` re-pins them",
+            status.lock_other_bits.len(),
+            super::listing::first_few(&status.lock_other_bits, 5)
+        );
+    }
     out
 }
 
@@ -196,6 +204,7 @@ pub fn plan_json(plan: &Plan, status: &Status, store: &std::path::Path) -> serde
         },
         "steps": steps,
         "lockfile_outdated": status.lock_drift,
+        "lockfile_other_bits": status.lock_other_bits,
     })
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::Plan;
 use crate::manifest::Value;
-use crate::store::lockfile::Lockfile;
+use crate::store::lockfile::{Lockfile, Reproduction};
 use crate::store::{Key, Presence, StepSpec, Store};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -233,6 +233,11 @@ pub struct Status {
     /// run of another version of the manifest, and the next `run` rewrites it (`run
     /// --locked` refuses).
     pub lock_drift: Vec<String>,
+    /// Cached steps whose artifacts have other digests than the lockfile pins under
+    /// the same keys, from other numerics and with the pinned tables where it pins
+    /// some: what `run --locked` accepts (the last bits of another machine), and a
+    /// plain `run` re-pins.
+    pub lock_other_bits: Vec<String>,
 }
 
 impl Status {
@@ -280,8 +285,8 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     // One stat (and for missing steps a lockfile lookup) per step, independent of each
     // other: in parallel, which matters for plans of tens of thousands of steps.
     type Outcome = (bool, Vec<Reason>);
-    // Per step in the store: its digest, and under early cutoff a dataset's content.
-    type Pinned = Option<(String, Option<String>)>;
+    // Per step in the store: what the lockfile pins of it.
+    type Pinned = Option<Built>;
     let (outcomes, digests): (Vec<Outcome>, Vec<Pinned>) = plan
         .steps
         .par_iter()
@@ -295,7 +300,12 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             }
             let presence = store.presence(&step.spec.key);
             let digest = match &presence {
-                Presence::Present(m) => Some((m.digest.clone(), step.content_of(m))),
+                Presence::Present(m) => Some(Built {
+                    digest: m.digest.clone(),
+                    content: step.content_of(m),
+                    numerics: m.numerics.clone(),
+                    tables: step.tables_of(m),
+                }),
                 _ => None,
             };
             (presence_outcome(step, presence, store, lock, verify), digest)
@@ -303,7 +313,10 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         .unzip();
     let (built, mut reasons): (Vec<bool>, Vec<Vec<Reason>>) = outcomes.into_iter().unzip();
     // Cached steps the lockfile pins otherwise (another key, another digest, or not
-    // at all): a run of another version of the manifest wrote it.
+    // at all): a run of another version of the manifest wrote it. Another digest
+    // under the pinned key from other numerics, with the pinned tables, is apart:
+    // `run --locked` accepts it.
+    let mut lock_other_bits = vec![];
     let lock_drift = plan
         .steps
         .iter()
@@ -313,12 +326,20 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             **built
                 && match lock.steps.get(&s.spec.id) {
                     None => true,
+                    Some(l) if l.key != s.spec.key => true,
                     Some(l) => {
-                        let (digest, content) =
-                            d.as_ref().map(|(d, c)| (Some(d), c.as_ref())).unwrap_or_default();
-                        l.key != s.spec.key
-                            || l.digest.as_ref() != digest && l.digest.is_some()
-                            || content.is_some() && l.content.as_ref() != content
+                        let Some(d) = d else { return false };
+                        if d.content.is_some() && l.content != d.content {
+                            return true;
+                        }
+                        match l.reproduced_by(&d.digest, d.numerics.as_deref(), d.tables.as_deref()) {
+                            Reproduction::Same => false,
+                            r if r.refused() => true,
+                            _ => {
+                                lock_other_bits.push(s.spec.id.clone());
+                                false
+                            }
+                        }
                     }
                 }
         })
@@ -370,7 +391,16 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         states,
         previews: BTreeMap::new(),
         lock_drift,
+        lock_other_bits,
     }
+}
+
+/// What the store holds for a cached step, as the lockfile pins it.
+struct Built {
+    digest: String,
+    content: Option<String>,
+    numerics: Option<String>,
+    tables: Option<String>,
 }
 
 /// Whether a step's artifact is there to use, and if not, why.

@@ -3,4 +3,5 @@
 //! work starts. The lowest layer: anything may use it, it uses nothing of ours.
 
 pub mod alloc;
+pub mod numerics;
 pub mod threads;

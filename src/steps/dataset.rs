@@ -465,7 +465,17 @@ impl StepRunner for DatasetStep {
         } else if let Some(External::Path { path, display, .. }) = ext("bigbench") {
             prov.source = "bigbench".into();
             prov.files.push(display.clone());
-            (bigbench::read_task(&task_json(path)).map_err(fail)?, None)
+            let file = task_json(path);
+            // A parent task.json reads the sub-task folders beside it, which only a
+            // folder's key covers: named as a file, edits to them would change no key.
+            if !Path::new(path).is_dir() && !bigbench::has_own_examples(&file).map_err(fail)? {
+                let folder = Path::new(display.as_str()).parent().unwrap_or(Path::new("."));
+                return Err(fail(format!(
+                    "bigbench \"{display}\" is a parent task: its examples are in the sub-task folders beside it, whose content a file's key does not cover; name the folder instead (bigbench=\"{}\")",
+                    folder.display()
+                )));
+            }
+            (bigbench::read_task(&file).map_err(fail)?, None)
         } else if let Some(h) = ext("hub") {
             prov.source = format!("hub:{}", h.identity());
             let rows = hub_rows(ctx, &p, h, split, &mut prov)?;

@@ -51,7 +51,8 @@ use crate::store::{Key, StepSpec};
 ///
 /// Bump `eval_parts::PART_FORMAT` as well when a change alters any (method, task)
 /// result: scores, routing records, or what a part file holds.
-pub const KIND: Kind = Kind::new("eval", 17, 9, JobDefaults::new(1, 4, "32G", "8:00:00"));
+pub const KIND: Kind = Kind::new("eval", 17, 9, JobDefaults::new(1, 4, "32G", "8:00:00"))
+    .with_tables(crate::artifact_files::RESULTS_MD);
 
 pub struct EvalStep {
     /// The methods it can run (`route::METHODS` in the product).

@@ -671,7 +671,9 @@ mod tests {
         let staging = store.begin(&other.key).unwrap();
         std::fs::create_dir_all(staging.files.join(EVAL_PARTS_DIR)).unwrap();
         std::fs::write(staging.files.join(EVAL_PARTS_DIR).join("p.json"), part.bytes()).unwrap();
-        store.publish(staging, &other, BTreeMap::new(), 0.0).unwrap();
+        store
+            .publish(staging, &other, BTreeMap::new(), None, 0.0)
+            .unwrap();
         std::fs::remove_dir_all(store.work_dir(&other.key)).unwrap();
         let reused = parts.find("p", "merged", "sort", 2).map(|(_, how)| how);
         assert!(

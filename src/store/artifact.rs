@@ -28,6 +28,11 @@ pub struct ArtifactMeta {
     pub digest: String,
     /// External identities resolved while running (e.g. hub revision -> commit).
     pub pins: BTreeMap<String, String>,
+    /// What set the last bits of its floating-point results (`process::numerics`: the
+    /// device and the CPU's vector level). None in artifacts built before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numerics: Option<String>,
     pub tool_version: String,
     pub host: String,
     pub started_unix: f64,

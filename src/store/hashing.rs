@@ -18,14 +18,25 @@ pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
     Ok(h.finalize())
 }
 
-/// blake3 of a folder: every regular file, by sorted relative path, as
+/// Which entries of a folder its hash covers: called with each entry's path relative
+/// to the folder and whether it is a folder (walked into only when this says yes).
+pub type Select<'a> = &'a dyn Fn(&Path, bool) -> bool;
+
+/// Every entry: the whole folder.
+pub fn every_entry(_: &Path, _: bool) -> bool {
+    true
+}
+
+/// blake3 of a folder: every regular file `select` keeps, by sorted relative path, as
 /// `path NUL size NUL hash NL` lines; symlinks are followed, other entries skipped.
+/// A folder that holds only the files `select` keeps hashes as the whole folder does.
 pub fn hash_dir_with(
     path: &Path,
+    select: Select<'_>,
     mut file_hash: impl FnMut(&Path) -> io::Result<blake3::Hash>,
 ) -> io::Result<blake3::Hash> {
     let mut files = vec![];
-    walk(path, path, &mut files, &mut vec![])?;
+    walk(path, path, select, &mut files, &mut vec![])?;
     files.sort();
     let mut h = blake3::Hasher::new();
     h.update(b"goosepipe-dir-v1\n");
@@ -49,7 +60,13 @@ const MAX_DIR_DEPTH: usize = 256;
 
 /// `ancestors`: (device, inode) of the folders being walked, so a symlink back to one
 /// of them is reported instead of recursing forever.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<(u64, u64)>) -> io::Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    select: Select<'_>,
+    out: &mut Vec<PathBuf>,
+    ancestors: &mut Vec<(u64, u64)>,
+) -> io::Result<()> {
     let md = std::fs::metadata(dir)?;
     let id = (md.dev(), md.ino());
     if ancestors.contains(&id) {
@@ -68,11 +85,26 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<(u6
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let p = entry.path();
+        let rel = p.strip_prefix(root).unwrap_or(&p);
+        // Entries left out are not even looked at: an unreadable or looping folder
+        // the key does not cover (a `.git`) cannot fail the hash.
+        let kind = entry.file_type()?;
+        let wanted = if kind.is_symlink() {
+            select(rel, true) || select(rel, false)
+        } else {
+            select(rel, kind.is_dir())
+        };
+        if !wanted {
+            continue;
+        }
         let md = std::fs::metadata(&p)?;
+        if kind.is_symlink() && !select(rel, md.is_dir()) {
+            continue;
+        }
         if md.is_dir() {
-            walk(root, &p, out, ancestors)?;
+            walk(root, &p, select, out, ancestors)?;
         } else if md.is_file() {
-            out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
+            out.push(rel.to_path_buf());
         }
     }
     ancestors.pop();
@@ -162,17 +194,22 @@ impl HashCache {
         Ok(h)
     }
 
-    pub fn dir(&self, path: &Path) -> io::Result<blake3::Hash> {
-        hash_dir_with(path, |f| self.file(f))
+    pub fn dir(&self, path: &Path, select: Select<'_>) -> io::Result<blake3::Hash> {
+        hash_dir_with(path, select, |f| self.file(f))
     }
 
-    /// A file or a folder.
+    /// A file or a folder (all of it).
+    pub fn path(&self, path: &Path) -> io::Result<blake3::Hash> {
+        self.path_selected(path, &every_entry)
+    }
+
+    /// A file, or of a folder the entries `select` keeps.
     /// FIFOs, sockets and devices are refused: reading one would block (or, for
     /// /dev/zero, never end).
-    pub fn path(&self, path: &Path) -> io::Result<blake3::Hash> {
+    pub fn path_selected(&self, path: &Path, select: Select<'_>) -> io::Result<blake3::Hash> {
         let md = std::fs::metadata(path)?;
         if md.is_dir() {
-            self.dir(path)
+            self.dir(path, select)
         } else if md.is_file() {
             self.file(path)
         } else {
@@ -212,7 +249,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir(t.path().join("sub")).unwrap();
         std::os::unix::fs::symlink(t.path(), t.path().join("sub/up")).unwrap();
-        let e = HashCache::in_memory().dir(t.path()).unwrap_err();
+        let e = HashCache::in_memory().dir(t.path(), &every_entry).unwrap_err();
         assert!(e.to_string().contains("symlink loop"), "{e}");
         let e = HashCache::in_memory().path(Path::new("/dev/zero")).unwrap_err();
         assert!(e.to_string().contains("character device"), "{e}");
@@ -225,11 +262,30 @@ mod tests {
         std::fs::create_dir(t.path().join("sub")).unwrap();
         std::fs::write(t.path().join("sub/b"), b"2").unwrap();
         let c = HashCache::in_memory();
-        let h1 = c.dir(t.path()).unwrap();
+        let h1 = c.dir(t.path(), &every_entry).unwrap();
         std::fs::write(t.path().join("sub/b"), b"3").unwrap();
-        let h2 = c.dir(t.path()).unwrap();
+        let h2 = c.dir(t.path(), &every_entry).unwrap();
         assert_ne!(h1, h2);
         std::fs::rename(t.path().join("a"), t.path().join("c")).unwrap();
-        assert_ne!(c.dir(t.path()).unwrap(), h2);
+        assert_ne!(c.dir(t.path(), &every_entry).unwrap(), h2);
+    }
+
+    #[test]
+    fn a_selected_hash_ignores_what_it_leaves_out_and_equals_the_whole_folders_when_nothing_is() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("config.json"), b"{}").unwrap();
+        let top_json = |rel: &Path, is_dir: bool| !is_dir && rel.extension().is_some_and(|e| e == "json");
+        let c = HashCache::in_memory();
+        let whole = c.dir(t.path(), &every_entry).unwrap();
+        assert_eq!(c.dir(t.path(), &top_json).unwrap(), whole);
+        // A .git folder with a loop and an unreadable link in it, and a README: all
+        // left out, so none of them is read or can fail the hash.
+        std::fs::create_dir(t.path().join(".git")).unwrap();
+        std::os::unix::fs::symlink(t.path(), t.path().join(".git/up")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", t.path().join(".git/gone")).unwrap();
+        std::fs::write(t.path().join("README.md"), b"notes").unwrap();
+        assert_eq!(c.dir(t.path(), &top_json).unwrap(), whole);
+        std::fs::write(t.path().join("config.json"), b"{\"a\": 1}").unwrap();
+        assert_ne!(c.dir(t.path(), &top_json).unwrap(), whole);
     }
 }

@@ -21,6 +21,73 @@ pub struct LockedStep {
     /// its output, which its consumers' keys are computed from. With it, `plan` knows
     /// those keys on a store that has not built the step yet.
     pub content: Option<String>,
+    /// What set the last bits of the pinned artifact (`process::numerics`, recorded by
+    /// the step that built it): a rebuild on other numerics may differ in its digest
+    /// and still be the same result.
+    pub numerics: Option<String>,
+    /// For a kind with results tables (an eval, a study): the blake3 of those tables as
+    /// a person reads them (rounded), which other numerics reproduce where the digest
+    /// does not.
+    pub tables: Option<String>,
+}
+
+/// How an artifact of a pinned key compares with the pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reproduction {
+    /// The pinned digest, or nothing pinned to compare.
+    Same,
+    /// Another digest from other numerics (or numerics one side does not record):
+    /// last bits, expected. `tables`: whether its results tables are the pinned ones
+    /// (None: no tables pinned, or none of this kind).
+    OtherNumerics { tables: Option<bool> },
+    /// Another digest from the same numerics: the build is not reproducible.
+    Differs,
+}
+
+impl Reproduction {
+    /// Whether `--locked` must refuse it: the same numerics gave other bytes, or
+    /// other numerics gave other tables.
+    pub fn refused(&self) -> bool {
+        matches!(
+            self,
+            Reproduction::Differs | Reproduction::OtherNumerics { tables: Some(false) }
+        )
+    }
+}
+
+impl LockedStep {
+    /// An artifact of this key with `digest`, built on `numerics`, whose results
+    /// tables (if its kind has them) hash to `tables`, against this pin.
+    pub fn reproduced_by(&self, digest: &str, numerics: Option<&str>, tables: Option<&str>) -> Reproduction {
+        match &self.digest {
+            None => Reproduction::Same,
+            Some(pinned) if pinned == digest => Reproduction::Same,
+            Some(_) if numerics.is_some() && self.numerics.as_deref() == numerics => Reproduction::Differs,
+            Some(_) => Reproduction::OtherNumerics {
+                tables: self.tables.as_deref().zip(tables).map(|(a, b)| a == b),
+            },
+        }
+    }
+
+    /// What the pin says about where it was made, for messages: `on NUMERICS`, or
+    /// that it does not say.
+    pub fn pinned_on(&self) -> String {
+        match &self.numerics {
+            Some(n) => format!("pinned on {n}"),
+            None => "pinned where the lockfile does not record the numerics".to_string(),
+        }
+    }
+
+    /// A step pinned by its key alone (not built yet).
+    pub fn key_only(key: Key) -> LockedStep {
+        LockedStep {
+            key,
+            digest: None,
+            content: None,
+            numerics: None,
+            tables: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,6 +213,8 @@ impl Lockfile {
                             key,
                             digest: s("digest"),
                             content,
+                            numerics: s("numerics"),
+                            tables: s("tables"),
                         },
                     );
                 }
@@ -173,6 +242,12 @@ impl Lockfile {
             if let Some(c) = &s.content {
                 let _ = write!(out, " content={}", q(c));
             }
+            if let Some(t) = &s.tables {
+                let _ = write!(out, " tables={}", q(t));
+            }
+            if let Some(n) = &s.numerics {
+                let _ = write!(out, " numerics={}", q(n));
+            }
             out.push('\n');
         }
         out
@@ -198,6 +273,8 @@ mod tests {
                 key: Key([7; 32]),
                 digest: Some("d".into()),
                 content: None,
+                numerics: Some("cpu x86_64 fma".into()),
+                tables: Some("t".into()),
             },
         );
         l.steps.insert(
@@ -206,12 +283,46 @@ mod tests {
                 key: Key([8; 32]),
                 digest: Some("e".into()),
                 content: Some("c".repeat(64)),
+                numerics: None,
+                tables: None,
             },
         );
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("m.kdl.lock");
         l.write(&p, "m.kdl").unwrap();
         assert_eq!(Lockfile::read(&p).unwrap(), l);
+    }
+
+    #[test]
+    fn a_digest_from_other_numerics_is_judged_by_its_tables() {
+        let pin = LockedStep {
+            digest: Some("d".into()),
+            numerics: Some("cpu x86_64 avx512f".into()),
+            tables: Some("t".into()),
+            ..LockedStep::key_only(Key([1; 32]))
+        };
+        let avx512 = Some("cpu x86_64 avx512f");
+        assert_eq!(
+            pin.reproduced_by("d", Some("cpu x86_64 fma"), None),
+            Reproduction::Same
+        );
+        assert_eq!(pin.reproduced_by("e", avx512, Some("t")), Reproduction::Differs);
+        let other = pin.reproduced_by("e", Some("cpu x86_64 fma"), Some("t"));
+        assert_eq!(other, Reproduction::OtherNumerics { tables: Some(true) });
+        assert!(!other.refused());
+        let other = pin.reproduced_by("e", Some("cpu x86_64 fma"), Some("u"));
+        assert!(other.refused(), "other tables are another result");
+        // A pin that records no numerics cannot tell a last bit from a bug: not refused.
+        let old = LockedStep {
+            numerics: None,
+            tables: None,
+            ..pin.clone()
+        };
+        assert_eq!(
+            old.reproduced_by("e", avx512, None),
+            Reproduction::OtherNumerics { tables: None }
+        );
+        assert!(Reproduction::Differs.refused());
     }
 
     #[test]

@@ -378,12 +378,14 @@ impl Store {
     /// Publishes a staging folder as the artifact for its key: hashes and fsyncs the
     /// payload, writes meta.json, and renames the folder into `objects/`. If another run
     /// published the same key first, its artifact wins and ours is discarded (same key,
-    /// same content by construction).
+    /// same content by construction). `numerics`: what set the last bits of its results
+    /// (`process::numerics`), recorded in its metadata.
     pub fn publish(
         &self,
         staging: Staging,
         spec: &StepSpec,
         pins: BTreeMap<String, String>,
+        numerics: Option<String>,
         started_unix: f64,
     ) -> Result<ArtifactMeta, StoreError> {
         let files = artifact::scan_files(&staging.files).map_err(io_err(&staging.files))?;
@@ -394,6 +396,7 @@ impl Store {
             digest: artifact::digest_of(&files),
             files,
             pins,
+            numerics,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             host: hostname(),
             started_unix,

@@ -1,0 +1,191 @@
+//! A local folder's key covers what goosepipe reads from it: a README, a `.git`, a
+//! training log or an optimizer state beside a model, a PEFT adapter or a retrieval
+//! embedder changes no key (a `git status` that rewrites `.git/index` would otherwise
+//! retrain every expert), while an edit to a file that is read changes the key of the
+//! step that reads it. A BIG-bench parent task is named by its folder, whose key covers
+//! its sub-tasks.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use goosepipe::store::HashCache;
+
+const MANIFEST: &str = r#"
+model "t" path="base"
+dataset "d" bigbench="bb"
+expert "e" model="t" dataset="d" peft="adapter"
+pool "p" { experts "e"; }
+eval "x" pool="p" {
+    methods "retrieval"
+    task "d" dataset="d"
+    routing embedder="./emb"
+}
+"#;
+
+/// Every step's key, by id.
+fn keys(dir: &Path) -> BTreeMap<String, String> {
+    let plan = goosepipe::app::load_plan(
+        &dir.join("f.kdl"),
+        &goosepipe::steps::registry(),
+        &HashCache::in_memory(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    plan.steps
+        .iter()
+        .map(|s| (s.id().to_string(), s.spec.key.to_string()))
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The manifest above with its folders: the tiny T5.1.1 (its config, weights and
+/// tokenizer), a PEFT adapter, a BIG-bench parent task and an embedder folder (only
+/// hashed here, never loaded).
+fn project() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let root = support::repo_root();
+    let base = t.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(support::t5_fixture("v1_1").join(f), base.join(f)).unwrap();
+    }
+    copy_dir(&root.join("tests/fixtures/peft/alpha"), &t.path().join("adapter"));
+    copy_dir(
+        &root.join("tests/fixtures/bigbench/deduction"),
+        &t.path().join("bb"),
+    );
+    let emb = t.path().join("emb");
+    std::fs::create_dir(&emb).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::write(emb.join(f), f).unwrap();
+    }
+    std::fs::write(t.path().join("f.kdl"), MANIFEST).unwrap();
+    t
+}
+
+/// The steps whose keys differ between two plans.
+fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(id, k)| after.get(*id) != Some(k))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[test]
+fn files_a_folder_holds_beside_what_is_read_change_no_key() {
+    let t = project();
+    let dir = t.path();
+    let before = keys(dir);
+    assert!(
+        before.contains_key("model:t") && before.contains_key("expert:e"),
+        "{before:?}"
+    );
+    // A git clone's metadata (with a symlink that leads nowhere), a model card, a
+    // trainer's leftovers, a sentence-transformers pooling folder.
+    for folder in ["base", "adapter", "emb"] {
+        let f = dir.join(folder);
+        std::fs::create_dir_all(f.join(".git/lfs/objects")).unwrap();
+        std::fs::write(f.join(".git/index"), b"index").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", f.join(".git/broken")).unwrap();
+        std::fs::write(f.join("README.md"), b"# card").unwrap();
+    }
+    std::fs::write(dir.join("base/training_args.bin"), b"args").unwrap();
+    std::fs::write(dir.join("base/generation_config.json"), b"{}").unwrap();
+    // A trainer's checkpoint below the model (weights by the same names, not read).
+    std::fs::create_dir(dir.join("base/checkpoint-100")).unwrap();
+    std::fs::write(dir.join("base/checkpoint-100/model.safetensors"), b"older").unwrap();
+    std::fs::write(dir.join("base/checkpoint-100/config.json"), b"{}").unwrap();
+    std::fs::write(dir.join("adapter/optimizer.pt"), b"state").unwrap();
+    // The base model folder `goosepipe export` writes beside an exported adapter.
+    std::fs::create_dir(dir.join("adapter/base-model")).unwrap();
+    std::fs::write(dir.join("adapter/base-model/config.json"), b"{}").unwrap();
+    std::fs::create_dir(dir.join("emb/1_Pooling")).unwrap();
+    std::fs::write(dir.join("emb/1_Pooling/config.json"), b"{}").unwrap();
+    std::fs::write(dir.join("emb/modules.json"), b"[]").unwrap();
+    assert_eq!(changed(&before, &keys(dir)), Vec::<String>::new());
+    // The same edits to the .git index again, as `git status` makes them.
+    std::fs::write(dir.join("base/.git/index"), b"index, refreshed").unwrap();
+    assert_eq!(changed(&before, &keys(dir)), Vec::<String>::new());
+}
+
+#[test]
+fn an_edit_to_a_file_that_is_read_changes_the_key_of_its_reader() {
+    for (file, reader) in [
+        ("base/config.json", "model:t"),
+        ("base/tokenizer.json", "model:t"),
+        ("adapter/adapter_config.json", "expert:e"),
+        ("adapter/phatgoose.json", "expert:e"),
+        ("emb/sentence_bert_config.json", "retrieval-index:e"),
+        ("bb/three_objects/task.json", "dataset:d"),
+    ] {
+        let t = project();
+        let before = keys(t.path());
+        let path = t.path().join(file);
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        bytes.extend_from_slice(b" ");
+        std::fs::write(&path, bytes).unwrap();
+        let after = keys(t.path());
+        let moved = changed(&before, &after);
+        assert!(moved.contains(&reader.to_string()), "{file}: {moved:?}");
+    }
+}
+
+/// `goosepipe run f.kdl --until dataset:d` in `dir`.
+fn build_dataset(dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["run", "f.kdl", "--until", "dataset:d"])
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("GOOSEPIPE_NO_SLURM", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_bigbench_parent_task_is_named_by_its_folder() {
+    let t = project();
+    let dir = t.path();
+    // Named as a file, its sub-tasks would be read but not keyed: refused, naming
+    // the folder to give.
+    std::fs::write(
+        dir.join("f.kdl"),
+        MANIFEST.replace("bigbench=\"bb\"", "bigbench=\"bb/task.json\""),
+    )
+    .unwrap();
+    let out = build_dataset(dir);
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bigbench \"bb/task.json\" is a parent task") && err.contains("bigbench=\"bb\""),
+        "{err}"
+    );
+    // A sub-task's own task.json, and the parent's folder, read.
+    for source in ["bb/three_objects/task.json", "bb"] {
+        std::fs::write(
+            dir.join("f.kdl"),
+            MANIFEST.replace("bigbench=\"bb\"", &format!("bigbench=\"{source}\"")),
+        )
+        .unwrap();
+        let out = build_dataset(dir);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
