@@ -244,7 +244,9 @@ struct ExecArgs {
     /// The manifest's lockfile (pinned hub resolutions).
     #[arg(long)]
     lockfile: Option<PathBuf>,
-    /// Fail if an external resolves differently from the lockfile.
+    /// Fail if an external resolves differently from the lockfile, or the artifact is
+    /// not the one it pins (another digest on the pinned numerics, other results tables
+    /// on other numerics).
     #[arg(long)]
     locked: bool,
     /// Compute device: cpu, cuda or cuda:N.

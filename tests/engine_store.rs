@@ -546,6 +546,14 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
     );
 }
 
+/// The line of a lockfile's `text` that pins step `id`.
+fn line_of(text: &str, id: &str) -> String {
+    text.lines()
+        .find(|l| l.contains(&format!("step \"{id}\"")))
+        .unwrap_or_else(|| panic!("{id}: {text}"))
+        .to_string()
+}
+
 /// The lockfile records on what numerics each pin was built (`process::numerics`), and
 /// an eval's results tables. `--locked` on a machine of other numerics takes other last
 /// bits under the pinned keys as a note, and holds the run to the pinned tables; on the
@@ -559,12 +567,6 @@ fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes(
     assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
     let lock_path = p.dir.path().join("pipeline.kdl.lock");
     let pinned = std::fs::read_to_string(&lock_path).unwrap();
-    let line_of = |text: &str, id: &str| -> String {
-        text.lines()
-            .find(|l| l.contains(&format!("step \"{id}\"")))
-            .unwrap_or_else(|| panic!("{id}: {text}"))
-            .to_string()
-    };
     assert!(
         line_of(&pinned, "expert:a").ends_with(&format!(" numerics=\"{here}\"")),
         "{pinned}"
@@ -583,7 +585,12 @@ fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes(
         let mut text = pinned.clone();
         for (id, digest, tabled) in pins {
             let old = line_of(&text, id);
-            let mut new = old.replace(&digest_of(&old), digest).replace(&here, numerics);
+            // No numerics: the pin as a lockfile from before they were recorded has it.
+            let mut new = match numerics {
+                "" => old.replace(&format!(" numerics=\"{here}\""), ""),
+                _ => old.replace(&here, numerics),
+            }
+            .replace(&digest_of(&old), digest);
             if let Some(t) = tabled {
                 new = new.replace(&tables, t);
             }
@@ -662,6 +669,22 @@ fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes(
         !built.contains(&"gate:a".to_string()) && !built.contains(&"eval:e".to_string()),
         "{built:?}"
     );
+    // A pin from before numerics were recorded holds the digest, as it did then.
+    let (result, said, _) = locked_run("", &[("expert:a", other.clone(), None)]);
+    let err = format!("{result:?}{said}");
+    assert!(
+        err.contains("the lockfile does not record the numerics of its pin") && err.contains("re-pin"),
+        "{err}"
+    );
+    // Data is exact: a dataset carries no numerics of its own; a pool, its members'.
+    assert!(
+        line_of(&pinned, "dataset:a").ends_with(" numerics=\"exact\""),
+        "{pinned}"
+    );
+    assert!(
+        line_of(&pinned, "pool:p").contains(&format!(" numerics=\"{here}\"")),
+        "{pinned}"
+    );
     // A plain run re-pins, and says so rather than leaving a hex diff to find.
     std::fs::write(
         &lock_path,
@@ -687,12 +710,6 @@ fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build(
     assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
     let lock_path = p.dir.path().join("pipeline.kdl.lock");
     let pinned = std::fs::read_to_string(&lock_path).unwrap();
-    let line_of = |text: &str, id: &str| -> String {
-        text.lines()
-            .find(|l| l.contains(&format!("step \"{id}\"")))
-            .unwrap_or_else(|| panic!("{id}: {text}"))
-            .to_string()
-    };
     p.write(&BASE.replace(
         "expert \"b\" model=\"base\" dataset=\"b\"",
         "expert \"b\" model=\"base\" dataset=\"b\" {\n    gate steps=6\n}",

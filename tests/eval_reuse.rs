@@ -294,21 +294,24 @@ fn set_writable(dir: &Path, file: &Path) {
     }
 }
 
-/// Arrow's temperature keys arrow's results alone: PHATGOOSE, a token router too,
-/// is reused when only the temperature moves.
-#[test]
-fn the_arrow_temperature_rescores_arrow_alone() {
-    let eval = |temperature: &str| {
-        format!(
-            r#"
+/// An eval of PHATGOOSE and arrow on one task, at an arrow temperature.
+fn arrow_eval(temperature: &str) -> String {
+    format!(
+        r#"
 eval "e" pool="p" {{
     methods "phatgoose" "arrow"
     routing arrow-temperature={temperature}
     task "arrange" dataset="arrange"
 }}
 "#
-        )
-    };
+    )
+}
+
+/// Arrow's temperature keys arrow's results alone: PHATGOOSE, a token router too,
+/// is reused when only the temperature moves.
+#[test]
+fn the_arrow_temperature_rescores_arrow_alone() {
+    let eval = arrow_eval;
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     write(d.path(), &eval("10.0"));
@@ -317,6 +320,36 @@ eval "e" pool="p" {{
     let text = run(d.path(), &store);
     assert_eq!(reused(&text), 1, "{text}");
     assert_eq!(eval_digest(d.path(), &store), fresh_digest(&eval("2.0")));
+}
+
+/// A published eval built on other numerics (a store shared with a machine of another
+/// CPU vector level) lends no parts: its last bits would make the new eval one that a
+/// build here does not reproduce. `plan` counts the same.
+#[test]
+fn parts_of_an_eval_built_on_other_numerics_are_not_reused() {
+    let eval = arrow_eval;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), &eval("10.0"));
+    run(d.path(), &store);
+    let plan = support::plan_of(&d.path().join("reuse.kdl"), &goosepipe::steps::registry());
+    let meta_path = Store::open(&store)
+        .unwrap()
+        .object_dir(&plan.get("eval:e").unwrap().spec.key)
+        .join("meta.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let here = goosepipe::process::numerics::numerics("cpu");
+    assert_eq!(meta["numerics"], here.as_str());
+    meta["numerics"] = "cpu x86_64 elsewhere".into();
+    set_writable(meta_path.parent().unwrap(), &meta_path);
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    write(d.path(), &eval("2.0"));
+    assert!(
+        !plan_says(d.path(), &store, "eval:e").contains("reused"),
+        "plan counts none"
+    );
+    let text = run(d.path(), &store);
+    assert_eq!(reused(&text), 0, "{text}");
 }
 
 /// An eval that stopped part-way (or is still running: a second job, another node)

@@ -331,25 +331,10 @@ fn repinned(new: &Lockfile, old: &Lockfile) -> Option<String> {
     if moved.is_empty() {
         return None;
     }
-    let distinct = |mut v: Vec<String>| {
-        v.sort();
-        v.dedup();
-        v.join("; ")
-    };
-    let here = distinct(
-        moved
-            .iter()
-            .map(|(_, _, s)| {
-                s.numerics
-                    .clone()
-                    .unwrap_or_else(|| "numerics not recorded".into())
-            })
-            .collect(),
-    );
-    let before = distinct(moved.iter().map(|(_, pin, _)| pin.pinned_on()).collect());
+    let on = crate::store::lockfile::built_and_pinned_on(moved.iter().map(|(_, pin, s)| (*pin, *s)));
     let ids: Vec<&String> = moved.iter().map(|(id, _, _)| *id).collect();
     Some(format!(
-        "the lockfile now pins {} step(s) at other digests under the same keys ({}): built on {here}, {before}; `run --locked` checks a build against the pins instead of rewriting them",
+        "the lockfile now pins {} step(s) at other digests under the same keys ({}): {on}; `run --locked` checks a build against the pins instead of rewriting them",
         moved.len(),
         crate::plan::listing::first_few(ids, 4),
     ))
@@ -652,7 +637,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     }
     if !report.failed.is_empty() {
         // What finished (with --keep-going, evals beside the failure) is shown first.
-        print_finished_results(&plan, &store, &report, out);
+        print_finished_results(path, &plan, &store, &report, out);
         let _ = writeln!(out, "{} step(s) failed:", report.failed.len());
         for (id, msg) in &report.failed {
             let _ = writeln!(out, "  {id}: {msg}");
@@ -750,14 +735,20 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             report.built.len(),
             report.cached
         );
-        print_finished_results(&plan, &store, &report, out);
+        print_finished_results(path, &plan, &store, &report, out);
     }
     Ok(EXIT_OK)
 }
 
 /// The results of every evaluation and study that ran (also of those whose artifact
 /// another step or run built meanwhile), as the last thing the user sees.
-fn print_finished_results(plan: &Plan, store: &Store, report: &exec::RunReport, out: &mut dyn Write) {
+fn print_finished_results(
+    path: &Path,
+    plan: &Plan,
+    store: &Store,
+    report: &exec::RunReport,
+    out: &mut dyn Write,
+) {
     let finished: HashSet<&String> = report
         .built
         .iter()
@@ -779,7 +770,7 @@ fn print_finished_results(plan: &Plan, store: &Store, report: &exec::RunReport, 
         let _ = writeln!(
             out,
             "\n(results tables only: `{}` adds each method's held-in mean against the own experts', routing quality and gate correlation)",
-            command_line("report", &plan.manifest.path, &store.root)
+            command_line("report", path, &store.root)
         );
     }
 }

@@ -31,6 +31,10 @@ pub struct Kind {
     /// tables): the lockfile pins its blake3 as `tables=`, which a machine of other
     /// numerics can reproduce where the artifact's last bits differ.
     pub tables: Option<&'static str>,
+    /// Its bytes follow from its inputs and parameters with no floating-point
+    /// arithmetic whose last bits the machine sets (data, token ids, a member list): its
+    /// artifact's numerics label is its inputs' (`process::numerics::combined`).
+    pub exact: bool,
 }
 
 impl Kind {
@@ -45,7 +49,13 @@ impl Kind {
             review: no_review,
             content: None,
             tables: None,
+            exact: false,
         }
+    }
+
+    /// This kind, declared exact (see [`Kind::exact`]).
+    pub const fn exact(self) -> Kind {
+        Kind { exact: true, ..self }
     }
 
     /// This kind with its results tables in `file` (see [`Kind::tables`]).

@@ -71,7 +71,7 @@ pub fn preview(
     // The published inputs (metadata only: `plan` has checked the sizes; a run
     // re-hashes). The others are still to be built: a runner knows their keys from
     // the recipe, and whether it can tell anything without their files.
-    let inputs = spec
+    let inputs: Vec<InputArtifact> = spec
         .inputs
         .iter()
         .filter_map(|inp| {
@@ -85,6 +85,8 @@ pub fn preview(
         })
         .collect();
     let cancel = CancelFlag::new();
+    // The inputs still to be built will be built here.
+    let numerics = super::run::numerics_of(spec, registry, device, &inputs);
     let ctx = StepContext {
         spec,
         inputs,
@@ -99,6 +101,7 @@ pub fn preview(
         pins: Mutex::new(BTreeMap::new()),
         strict: false,
         planned: Some(planned),
+        numerics,
     };
     // A preview that panics is a bug, but not a reason for `plan` to fail: the run
     // reports it as the step's internal error.

@@ -189,33 +189,33 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
             // content) is known now, before anything runs.
             Some(
                 pin @ LockedStep {
-                    digest: Some(pinned),
-                    content,
-                    ..
+                    digest: Some(pinned), ..
                 },
             ) => {
                 if let Some(m) = store.meta(&s.spec.key) {
                     // Another digest from other numerics is last bits, unless its
                     // tables differ too (said after the run, with the others).
-                    let found =
-                        pin.reproduced_by(&m.digest, m.numerics.as_deref(), s.tables_of(&m).as_deref());
-                    if found.refused() {
+                    let content = s.content_of(&m);
+                    let found = pin.reproduced_by(
+                        &m.digest,
+                        m.numerics.as_deref(),
+                        s.tables_of(&m).as_deref(),
+                        content.as_deref(),
+                    );
+                    if let (Reproduction::Content, Some(found)) = (&found, &content) {
+                        problems.push(format!(
+                            "{} is in the store with content {}, the lockfile pins {}",
+                            s.spec.id,
+                            &found[..12.min(found.len())],
+                            pin.content.as_deref().map_or("none", |c| &c[..12.min(c.len())])
+                        ));
+                    } else if found.refused() {
                         problems.push(format!(
                             "{} is in the store with digest {}, the lockfile pins {}{}",
                             s.spec.id,
                             &m.digest[..12.min(m.digest.len())],
                             &pinned[..12.min(pinned.len())],
                             not_reproduced_why(&found, pin, m.numerics.as_deref())
-                        ));
-                    }
-                    if let Some(found) = s.content_of(&m)
-                        && content.as_ref() != Some(&found)
-                    {
-                        problems.push(format!(
-                            "{} is in the store with content {}, the lockfile pins {}",
-                            s.spec.id,
-                            &found[..12],
-                            content.as_deref().map_or("none", |c| &c[..12.min(c.len())])
                         ));
                     }
                 }
@@ -778,6 +778,7 @@ pub fn execute(
             meta,
         });
     }
+    let numerics_label = numerics_of(spec, registry, &opts.device, &inputs);
     let staging = store.begin(&spec.key).map_err(store_err)?;
     let work = store.work_dir(&spec.key);
     std::fs::create_dir_all(&work)?;
@@ -795,6 +796,7 @@ pub fn execute(
         pins: Mutex::new(BTreeMap::new()),
         strict: opts.locked,
         planned: None,
+        numerics: numerics_label.clone(),
     };
     let started = now_unix();
     let result = runner.run(&ctx);
@@ -803,9 +805,8 @@ pub fn execute(
     drop(progress);
     match result {
         Ok(()) => {
-            let numerics = Some(crate::process::numerics::numerics(&opts.device));
             let meta = store
-                .publish(staging, spec, pins, numerics, started)
+                .publish(staging, spec, pins, Some(numerics_label), started)
                 .map_err(store_err)?;
             let _ = std::fs::remove_dir_all(&work);
             if opts.locked {
@@ -927,6 +928,19 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
     lock
 }
 
+/// What sets the last bits of the artifact a step builds here from `inputs`: this
+/// machine's arithmetic (none for an exact kind) and what its inputs were built with.
+pub(crate) fn numerics_of(
+    spec: &StepSpec,
+    registry: &Registry,
+    device: &str,
+    inputs: &[InputArtifact],
+) -> String {
+    let own = (!registry.kind(&spec.kind).is_some_and(|k| k.exact))
+        .then(|| crate::process::numerics::numerics(device));
+    crate::process::numerics::combined(own.as_deref(), inputs.iter().map(|i| i.meta.numerics.as_deref()))
+}
+
 /// Under `--locked`, as soon as a step is built: an artifact that is not the one the
 /// lockfile pins for its key (the same numerics gave other bytes, or other numerics
 /// other tables) fails the step, so the run stops there rather than after building
@@ -943,7 +957,12 @@ fn not_the_pinned(
     let tables = crate::plan::Catalog::tables_file(registry, &spec.kind)
         .and_then(|file| meta.files.iter().find(|f| f.path == file))
         .map(|f| f.blake3.as_str());
-    let found = pin.reproduced_by(&meta.digest, meta.numerics.as_deref(), tables);
+    // Under early cutoff the pin holds its content too (exact data on every machine).
+    let content = pin.content.as_ref().map(|_| {
+        let leave_out = crate::plan::Catalog::content_keyed(registry, &spec.kind).unwrap_or(&[]);
+        content_digest(&meta.files, leave_out)
+    });
+    let found = pin.reproduced_by(&meta.digest, meta.numerics.as_deref(), tables, content.as_deref());
     if !found.refused() {
         return Ok(());
     }
@@ -958,6 +977,14 @@ fn not_the_pinned(
 /// Why an artifact is not the one pinned, after its digest (see [`Reproduction`]).
 fn not_reproduced_why(found: &Reproduction, pin: &LockedStep, numerics: Option<&str>) -> String {
     match found {
+        Reproduction::Content => {
+            " and other content, by which the steps after it are keyed (data is the same on every machine)"
+                .to_string()
+        }
+        Reproduction::Differs if pin.numerics.is_none() => format!(
+            " (built on {}; the lockfile does not record the numerics of its pin, so other last bits cannot be told from another result: run without --locked to re-pin it)",
+            numerics.unwrap_or("numerics it does not record")
+        ),
         Reproduction::Differs => format!(
             " (not reproducible: both built on {})",
             numerics.unwrap_or("the same numerics")
@@ -981,11 +1008,16 @@ pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<Vec<String
         let (Some(pin), Some(d)) = (old.steps.get(id), &s.digest) else {
             continue;
         };
-        let found = pin.reproduced_by(d, s.numerics.as_deref(), s.tables.as_deref());
+        let found = pin.reproduced_by(
+            d,
+            s.numerics.as_deref(),
+            s.tables.as_deref(),
+            s.content.as_deref(),
+        );
         match found {
             Reproduction::Same => {}
-            Reproduction::OtherNumerics { tables: Some(true) } => same_tables.push(id.as_str()),
-            Reproduction::OtherNumerics { tables: None } => other_bits.push((id.as_str(), pin)),
+            Reproduction::OtherNumerics { tables: Some(true) } => same_tables.push((id.as_str(), pin, s)),
+            Reproduction::OtherNumerics { tables: None } => other_bits.push((id.as_str(), pin, s)),
             _ => problems.push(format!(
                 "{id} was rebuilt with digest {}, the lockfile pins {}{}",
                 &d[..12.min(d.len())],
@@ -1004,29 +1036,17 @@ pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<Vec<String
     }
     let mut notes = vec![];
     if !other_bits.is_empty() || !same_tables.is_empty() {
-        let here = new
-            .steps
-            .values()
-            .find_map(|s| s.numerics.clone())
-            .unwrap_or_else(|| "numerics it does not record".into());
-        let mut pinned_on: Vec<String> = other_bits.iter().map(|(_, pin)| pin.pinned_on()).collect();
-        pinned_on.extend(
-            same_tables
-                .iter()
-                .filter_map(|id| old.steps.get(*id))
-                .map(LockedStep::pinned_on),
-        );
-        pinned_on.sort();
-        pinned_on.dedup();
+        let moved: Vec<&(&str, &LockedStep, &LockedStep)> = other_bits.iter().chain(&same_tables).collect();
+        let on = crate::store::lockfile::built_and_pinned_on(moved.iter().map(|(_, pin, s)| (*pin, *s)));
         notes.push(format!(
-            "{} artifact(s) differ from their pins in the last bits: built on {here}, {} (the keys are the pinned ones; only a machine of the same numerics reproduces the bytes)",
-            other_bits.len() + same_tables.len(),
-            pinned_on.join("; ")
+            "{} artifact(s) differ from their pins in the last bits: {on} (the keys are the pinned ones; only a machine of the same numerics reproduces the bytes)",
+            moved.len(),
         ));
         if !same_tables.is_empty() {
+            let ids: Vec<&str> = same_tables.iter().map(|(id, _, _)| *id).collect();
             notes.push(format!(
                 "the results tables are the pinned ones, to the digit: {}",
-                same_tables.join(", ")
+                ids.join(", ")
             ));
         }
     }

@@ -166,6 +166,9 @@ pub struct StepContext<'a> {
     pub(crate) strict: bool,
     /// In a preview: the work earlier steps of the plan have counted (None in a run).
     pub planned: Option<&'a PlannedWork>,
+    /// The numerics label its artifact will record (`process::numerics::combined`):
+    /// what it reuses of another artifact must have been computed alike.
+    pub numerics: String,
 }
 
 impl StepContext<'_> {

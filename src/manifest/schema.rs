@@ -88,8 +88,13 @@ pub struct PathRule {
     pub keys: Vec<String>,
 }
 
-/// `pattern` (where `*` is any run of characters) against the whole of `name`.
+/// `pattern` (where `*` is any run of characters) against the whole of `name`,
+/// ignoring ASCII case: on a case-insensitive file system a `Config.json` is what a
+/// loader opening `config.json` reads, so it must be keyed (keying a file on Linux
+/// that is not read costs nothing).
 fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    let name = name.as_str();
     let mut pieces = pattern.split('*');
     let first = pieces.next().unwrap_or("");
     let Some(mut rest) = name.strip_prefix(first) else {
@@ -585,6 +590,10 @@ mod tests {
         assert!(PathRule::default().keys_entry(std::path::Path::new("anything/at/all"), false));
         assert!(
             glob_matches("a*b*c", "aXbYc") && !glob_matches("a*b*c", "aXc") && !glob_matches("ab*b", "ab")
+        );
+        assert!(
+            file("Config.JSON") && file("MODEL.SafeTensors"),
+            "case-insensitive file systems"
         );
     }
 }

@@ -1835,7 +1835,6 @@ struct Needs<'a> {
     model: &'a str,
 }
 
-/// The diagnostic for a local path that leaves the project folder.
 /// The files of a local embedder folder that the embedder reads, and so its key: a
 /// sentence-transformers folder also holds modules.json, pooling folders, ONNX and
 /// OpenVINO exports, a README, which change nothing it computes.
@@ -1855,6 +1854,7 @@ fn embedder_files() -> PathRule {
     }
 }
 
+/// The diagnostic for a local path that leaves the project folder.
 fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str) -> ManifestError {
     ManifestError::new(
         sources,

@@ -329,10 +329,15 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
                     Some(l) if l.key != s.spec.key => true,
                     Some(l) => {
                         let Some(d) = d else { return false };
-                        if d.content.is_some() && l.content != d.content {
+                        if d.content.is_some() && l.content.is_none() {
                             return true;
                         }
-                        match l.reproduced_by(&d.digest, d.numerics.as_deref(), d.tables.as_deref()) {
+                        match l.reproduced_by(
+                            &d.digest,
+                            d.numerics.as_deref(),
+                            d.tables.as_deref(),
+                            d.content.as_deref(),
+                        ) {
                             Reproduction::Same => false,
                             r if r.refused() => true,
                             _ => {

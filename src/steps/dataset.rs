@@ -31,6 +31,7 @@ pub const KIND: Kind = Kind {
     // Readers open the examples, never `data.json` (where the rows came from, which
     // changes with a file's name or a hub revision when the rows do not).
     content: Some(&[DATA_JSON]),
+    exact: true,
     ..Kind::new("dataset", 4, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
 };
 
@@ -469,7 +470,10 @@ impl StepRunner for DatasetStep {
             // A parent task.json reads the sub-task folders beside it, which only a
             // folder's key covers: named as a file, edits to them would change no key.
             if !Path::new(path).is_dir() && !bigbench::has_own_examples(&file).map_err(fail)? {
-                let folder = Path::new(display.as_str()).parent().unwrap_or(Path::new("."));
+                let folder = Path::new(display.as_str())
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 return Err(fail(format!(
                     "bigbench \"{display}\" is a parent task: its examples are in the sub-task folders beside it, whose content a file's key does not cover; name the folder instead (bigbench=\"{}\")",
                     folder.display()

@@ -431,7 +431,11 @@ impl<'a> Parts<'a> {
     }
 
     /// Part `part` of the published artifact `key`, if its bytes are those the
-    /// artifact recorded (a damaged or edited part is never reused).
+    /// artifact recorded (a damaged or edited part is never reused) and were computed
+    /// with the numerics this eval's own are (a store shared by machines of other CPU
+    /// vector levels: reused, their last bits would make this eval's digest one that
+    /// a build here does not reproduce; an artifact that records none is taken as
+    /// before).
     fn published_bytes(&self, key: &Key, part: &str) -> Option<Vec<u8>> {
         let rel = format!("{EVAL_PARTS_DIR}/{part}.json");
         let (size, hash) = {
@@ -439,7 +443,10 @@ impl<'a> Parts<'a> {
             let files = recorded.entry(*key).or_insert_with(|| {
                 // Read once per artifact: an eval with a large pool looks up
                 // thousands of parts, each artifact holding as many.
-                self.ctx.store.meta(key).map(|m| {
+                let alike = |m: &crate::store::ArtifactMeta| {
+                    m.numerics.as_deref().is_none_or(|n| n == self.ctx.numerics)
+                };
+                self.ctx.store.meta(key).filter(alike).map(|m| {
                     m.files
                         .into_iter()
                         .filter(|f| f.path.starts_with(EVAL_PARTS_DIR))
@@ -576,6 +583,7 @@ mod tests {
             pins: Mutex::new(BTreeMap::new()),
             strict: false,
             planned: None,
+            numerics: "cpu".into(),
         }
     }
 

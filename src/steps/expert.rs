@@ -398,7 +398,7 @@ fn review_batches(_name: &str, params: &serde_json::Value) -> Vec<Review> {
         .collect()
 }
 /// A pool's member list. Version 2: without the pool's own name.
-pub const POOL: Kind = Kind::new("pool", 2, 8, JobDefaults::new(0, 1, "1G", "0:10:00"));
+pub const POOL: Kind = Kind::new("pool", 2, 8, JobDefaults::new(0, 1, "1G", "0:10:00")).exact();
 
 /// An expert or multitask step's parameters: its adapter's shape and its training.
 #[derive(Debug, serde::Deserialize)]

@@ -18,8 +18,9 @@ pub use crate::artifact_files::STUDY_MD;
 /// line breaks in names and says "1 replicate". Version 4: the evals' notes on each
 /// method (test labels, not post-hoc) under the tables. Version 5: methods whose
 /// results are one artifact in every replicate are noted as such.
-pub const KIND: Kind =
-    Kind::new("study", 5, 10, JobDefaults::new(0, 1, "4G", "2:00:00")).with_tables(STUDY_MD);
+pub const KIND: Kind = Kind::new("study", 5, 10, JobDefaults::new(0, 1, "4G", "2:00:00"))
+    .with_tables(STUDY_MD)
+    .exact();
 
 /// The methods whose every task's result is one part in every replicate (an eval's
 /// parts are keyed by what each reads, so a shared part file is one artifact), from

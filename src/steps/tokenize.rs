@@ -14,7 +14,7 @@ use crate::data::unknown_words::{UnknownWords, unknown_id};
 use crate::exec::{InputArtifact, JobDefaults, Kind, StepContext, StepError, StepRunner};
 
 /// One per (dataset, model tokenizer): token ids for every trainer of that dataset.
-pub const KIND: Kind = Kind::new("tokenize", 2, 2, JobDefaults::new(0, 2, "8G", "2:00:00"));
+pub const KIND: Kind = Kind::new("tokenize", 2, 2, JobDefaults::new(0, 2, "8G", "2:00:00")).exact();
 
 pub struct TokenizeStep;
 

@@ -36,12 +36,17 @@ pub struct LockedStep {
 pub enum Reproduction {
     /// The pinned digest, or nothing pinned to compare.
     Same,
-    /// Another digest from other numerics (or numerics one side does not record):
-    /// last bits, expected. `tables`: whether its results tables are the pinned ones
-    /// (None: no tables pinned, or none of this kind).
+    /// Another digest from other numerics (or numerics that do not fix the bytes: a
+    /// GPU, a mixture): last bits, expected. `tables`: whether its results tables are
+    /// the pinned ones (None: no tables pinned, or none of this kind).
     OtherNumerics { tables: Option<bool> },
-    /// Another digest from the same numerics: the build is not reproducible.
+    /// Another digest from the same numerics, or against a pin that records none (a
+    /// lockfile written before they were: as then, the digest must match): the build
+    /// did not reproduce.
     Differs,
+    /// Under early cutoff, another content than the pinned one: the steps after it
+    /// are keyed by it, and data is exact on every machine.
+    Content,
 }
 
 impl Reproduction {
@@ -50,21 +55,61 @@ impl Reproduction {
     pub fn refused(&self) -> bool {
         matches!(
             self,
-            Reproduction::Differs | Reproduction::OtherNumerics { tables: Some(false) }
+            Reproduction::Differs
+                | Reproduction::Content
+                | Reproduction::OtherNumerics { tables: Some(false) }
         )
     }
 }
 
+/// "built on X, pinned on Y" for artifacts (`built`) that differ from their pins,
+/// each label once: what a message about other last bits says of where they came from.
+pub fn built_and_pinned_on<'a>(pairs: impl IntoIterator<Item = (&'a LockedStep, &'a LockedStep)>) -> String {
+    let (mut here, mut before): (Vec<String>, Vec<String>) = pairs
+        .into_iter()
+        .map(|(pin, built)| {
+            let on = built
+                .numerics
+                .clone()
+                .unwrap_or_else(|| "numerics not recorded".into());
+            (on, pin.pinned_on())
+        })
+        .unzip();
+    for v in [&mut here, &mut before] {
+        v.sort();
+        v.dedup();
+    }
+    format!("built on {}, {}", here.join("; "), before.join("; "))
+}
+
 impl LockedStep {
     /// An artifact of this key with `digest`, built on `numerics`, whose results
-    /// tables (if its kind has them) hash to `tables`, against this pin.
-    pub fn reproduced_by(&self, digest: &str, numerics: Option<&str>, tables: Option<&str>) -> Reproduction {
+    /// tables (if its kind has them) hash to `tables` and whose content (under early
+    /// cutoff) is `content`, against this pin.
+    pub fn reproduced_by(
+        &self,
+        digest: &str,
+        numerics: Option<&str>,
+        tables: Option<&str>,
+        content: Option<&str>,
+    ) -> Reproduction {
+        use crate::process::numerics::reproducible;
+        // Under early cutoff the content comes first: the steps after it are keyed by
+        // the pinned one, whatever the digest says.
+        if self.content.is_some() && content.is_some() && self.content.as_deref() != content {
+            return Reproduction::Content;
+        }
         match &self.digest {
             None => Reproduction::Same,
             Some(pinned) if pinned == digest => Reproduction::Same,
-            Some(_) if numerics.is_some() && self.numerics.as_deref() == numerics => Reproduction::Differs,
-            Some(_) => Reproduction::OtherNumerics {
-                tables: self.tables.as_deref().zip(tables).map(|(a, b)| a == b),
+            Some(_) => match (self.numerics.as_deref(), numerics) {
+                (None, _) => Reproduction::Differs,
+                (Some(pinned), Some(built)) if pinned == built && reproducible(built) => {
+                    Reproduction::Differs
+                }
+                _ => Reproduction::OtherNumerics {
+                    tables: self.tables.as_deref().zip(tables).map(|(a, b)| a == b),
+                },
             },
         }
     }
@@ -302,27 +347,55 @@ mod tests {
             ..LockedStep::key_only(Key([1; 32]))
         };
         let avx512 = Some("cpu x86_64 avx512f");
+        let fma = Some("cpu x86_64 fma");
+        assert_eq!(pin.reproduced_by("d", fma, None, None), Reproduction::Same);
         assert_eq!(
-            pin.reproduced_by("d", Some("cpu x86_64 fma"), None),
-            Reproduction::Same
+            pin.reproduced_by("e", avx512, Some("t"), None),
+            Reproduction::Differs
         );
-        assert_eq!(pin.reproduced_by("e", avx512, Some("t")), Reproduction::Differs);
-        let other = pin.reproduced_by("e", Some("cpu x86_64 fma"), Some("t"));
+        let other = pin.reproduced_by("e", fma, Some("t"), None);
         assert_eq!(other, Reproduction::OtherNumerics { tables: Some(true) });
         assert!(!other.refused());
-        let other = pin.reproduced_by("e", Some("cpu x86_64 fma"), Some("u"));
+        let other = pin.reproduced_by("e", fma, Some("u"), None);
         assert!(other.refused(), "other tables are another result");
-        // A pin that records no numerics cannot tell a last bit from a bug: not refused.
+        // A GPU or a mixture does not fix the bytes: judged by the tables.
+        for label in ["cuda", "mixed: cpu x86_64 avx512f; cpu x86_64 fma"] {
+            let on = LockedStep {
+                numerics: Some(label.into()),
+                ..pin.clone()
+            };
+            assert_eq!(
+                on.reproduced_by("e", Some(label), Some("t"), None),
+                Reproduction::OtherNumerics { tables: Some(true) },
+                "{label}"
+            );
+        }
+        // An exact kind must match everywhere; so must a pin that records no numerics
+        // (a lockfile from before they were recorded), as it had to then.
+        let exact = LockedStep {
+            numerics: Some("exact".into()),
+            ..pin.clone()
+        };
+        assert_eq!(
+            exact.reproduced_by("e", Some("exact"), None, None),
+            Reproduction::Differs
+        );
         let old = LockedStep {
             numerics: None,
             tables: None,
             ..pin.clone()
         };
+        assert_eq!(old.reproduced_by("e", avx512, None, None), Reproduction::Differs);
+        // Under early cutoff, another content is refused whatever the numerics.
+        let data = LockedStep {
+            content: Some("c".into()),
+            ..pin.clone()
+        };
         assert_eq!(
-            old.reproduced_by("e", avx512, None),
-            Reproduction::OtherNumerics { tables: None }
+            data.reproduced_by("e", fma, None, Some("x")),
+            Reproduction::Content
         );
-        assert!(Reproduction::Differs.refused());
+        assert!(Reproduction::Differs.refused() && Reproduction::Content.refused());
     }
 
     #[test]
