@@ -15,6 +15,7 @@ use super::step::{CancelFlag, InputArtifact, Registry, StepContext, StepError};
 use crate::plan::{Plan, Status, Twins};
 use crate::store::artifact::content_digest;
 use crate::store::artifact::now_unix;
+use crate::store::key::short_hex;
 use crate::store::lockfile::{LockedStep, Lockfile, Reproduction};
 use crate::store::{ArtifactMeta, External, Presence, StepSpec, Store, StoreError};
 
@@ -187,35 +188,24 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
             )),
             // Already in the store: its digest (and under early cutoff a dataset's
             // content) is known now, before anything runs.
-            Some(
-                pin @ LockedStep {
-                    digest: Some(pinned), ..
-                },
-            ) => {
+            Some(pin @ LockedStep { digest: Some(_), .. }) => {
                 if let Some(m) = store.meta(&s.spec.key) {
                     // Another digest from other numerics is last bits, unless its
                     // tables differ too (said after the run, with the others).
-                    let content = s.content_of(&m);
-                    let found = pin.reproduced_by(
-                        &m.digest,
-                        m.numerics.as_deref(),
-                        s.tables_of(&m).as_deref(),
-                        content.as_deref(),
-                    );
-                    if let (Reproduction::Content, Some(found)) = (&found, &content) {
+                    let built = s.pinned_as(&m);
+                    let found = pin.reproduced_by(&built);
+                    if let (Reproduction::Content, Some(content)) = (&found, &built.content) {
                         problems.push(format!(
                             "{} is in the store with content {}, the lockfile pins {}",
                             s.spec.id,
-                            &found[..12.min(found.len())],
-                            pin.content.as_deref().map_or("none", |c| &c[..12.min(c.len())])
+                            short_hex(content),
+                            pin.content.as_deref().map_or("none", short_hex)
                         ));
                     } else if found.refused() {
                         problems.push(format!(
-                            "{} is in the store with digest {}, the lockfile pins {}{}",
+                            "{} is in the store with {}",
                             s.spec.id,
-                            &m.digest[..12.min(m.digest.len())],
-                            &pinned[..12.min(pinned.len())],
-                            not_reproduced_why(&found, pin, m.numerics.as_deref())
+                            not_the_pin(&built, pin, &found)
                         ));
                     }
                 }
@@ -229,8 +219,8 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
                     Some(v) if v == blake3 => {}
                     Some(v) => problems.push(format!(
                         "{name} changed (blake3 {}, locked {})",
-                        &blake3[..12],
-                        &v[..12.min(v.len())]
+                        short_hex(blake3),
+                        short_hex(v)
                     )),
                     None => problems.push(format!("{name} is not in the lockfile")),
                 }
@@ -841,17 +831,23 @@ fn check_content(
             spec.id, inp.id
         )));
     }
-    let leave_out = crate::plan::Catalog::content_keyed(registry, &meta.spec.kind).unwrap_or(&[]);
-    let found = content_digest(&meta.files, leave_out);
+    let found = content_in(meta, registry);
     if found != *expected {
         return Err(StepError::msg(format!(
             "{} was built with content {}, but this step's key was computed from content {} (what the lockfile pinned, or the store held, when the run planned): run again to key this step on the output that was built (`--locked` will refuse it)",
             inp.id,
-            &found[..12.min(found.len())],
-            &expected[..12.min(expected.len())],
+            short_hex(&found),
+            short_hex(expected),
         )));
     }
     Ok(())
+}
+
+/// Under early cutoff, the content of an artifact its readers key on: its files but
+/// the provenance its kind leaves out.
+fn content_in(meta: &ArtifactMeta, registry: &Registry) -> String {
+    let leave_out = crate::plan::Catalog::content_keyed(registry, &meta.spec.kind).unwrap_or(&[]);
+    content_digest(&meta.files, leave_out)
 }
 
 /// The lockfile after a run: every step of the plan that is in the store, every local
@@ -872,16 +868,7 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
         let built = meta.is_some();
         match meta {
             Some(meta) => {
-                lock.steps.insert(
-                    s.spec.id.clone(),
-                    LockedStep {
-                        key: s.spec.key,
-                        digest: Some(meta.digest.clone()),
-                        content: s.content_of(&meta),
-                        numerics: meta.numerics.clone(),
-                        tables: s.tables_of(&meta),
-                    },
-                );
+                lock.steps.insert(s.spec.id.clone(), s.pinned_as(&meta));
                 for (k, v) in meta.pins {
                     lock.externals.insert(k, v);
                 }
@@ -954,29 +941,32 @@ fn not_the_pinned(
     let Some(pin) = lock.steps.get(&spec.id).filter(|p| p.key == spec.key) else {
         return Ok(());
     };
-    let tables = crate::plan::Catalog::tables_file(registry, &spec.kind)
-        .and_then(|file| meta.files.iter().find(|f| f.path == file))
-        .map(|f| f.blake3.as_str());
-    // Under early cutoff the pin holds its content too (exact data on every machine).
-    let content = pin.content.as_ref().map(|_| {
-        let leave_out = crate::plan::Catalog::content_keyed(registry, &spec.kind).unwrap_or(&[]);
-        content_digest(&meta.files, leave_out)
-    });
-    let found = pin.reproduced_by(&meta.digest, meta.numerics.as_deref(), tables, content.as_deref());
+    // As `Step::pinned_as` pins it, from the kind's declarations (a worker has no
+    // plan); under early cutoff the pin holds its content too.
+    let built = LockedStep {
+        key: spec.key,
+        digest: Some(meta.digest.clone()),
+        content: pin.content.as_ref().map(|_| content_in(meta, registry)),
+        numerics: meta.numerics.clone(),
+        tables: crate::plan::Catalog::tables_file(registry, &spec.kind)
+            .and_then(|file| meta.file_blake3(file))
+            .map(str::to_string),
+    };
+    let found = pin.reproduced_by(&built);
     if !found.refused() {
         return Ok(());
     }
     Err(StepError::msg(format!(
-        "built with digest {}, the lockfile pins {}{}; `--locked` stops here",
-        &meta.digest[..12.min(meta.digest.len())],
-        pin.digest.as_deref().map_or("", |p| &p[..12.min(p.len())]),
-        not_reproduced_why(&found, pin, meta.numerics.as_deref())
+        "built with {}; `--locked` stops here",
+        not_the_pin(&built, pin, &found)
     )))
 }
 
-/// Why an artifact is not the one pinned, after its digest (see [`Reproduction`]).
-fn not_reproduced_why(found: &Reproduction, pin: &LockedStep, numerics: Option<&str>) -> String {
-    match found {
+/// "digest X, the lockfile pins Y" and why that is refused (see [`Reproduction`]), of
+/// an artifact as a run would pin it (`built`).
+fn not_the_pin(built: &LockedStep, pin: &LockedStep, found: &Reproduction) -> String {
+    let numerics = built.numerics.as_deref();
+    let why = match found {
         Reproduction::Content => {
             " and other content, by which the steps after it are keyed (data is the same on every machine)"
                 .to_string()
@@ -994,7 +984,12 @@ fn not_reproduced_why(found: &Reproduction, pin: &LockedStep, numerics: Option<&
             pin.pinned_on(),
             numerics.unwrap_or("numerics it does not record")
         ),
-    }
+    };
+    format!(
+        "digest {}, the lockfile pins {}{why}",
+        built.digest.as_deref().map_or("", short_hex),
+        pin.digest.as_deref().map_or("", short_hex)
+    )
 }
 
 /// After a `--locked` run: rebuilt artifacts must have the digests the lockfile pins,
@@ -1005,25 +1000,15 @@ pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<Vec<String
     let mut other_bits = vec![];
     let mut same_tables = vec![];
     for (id, s) in &new.steps {
-        let (Some(pin), Some(d)) = (old.steps.get(id), &s.digest) else {
+        let Some(pin) = old.steps.get(id) else {
             continue;
         };
-        let found = pin.reproduced_by(
-            d,
-            s.numerics.as_deref(),
-            s.tables.as_deref(),
-            s.content.as_deref(),
-        );
+        let found = pin.reproduced_by(s);
         match found {
             Reproduction::Same => {}
             Reproduction::OtherNumerics { tables: Some(true) } => same_tables.push((id.as_str(), pin, s)),
             Reproduction::OtherNumerics { tables: None } => other_bits.push((id.as_str(), pin, s)),
-            _ => problems.push(format!(
-                "{id} was rebuilt with digest {}, the lockfile pins {}{}",
-                &d[..12.min(d.len())],
-                pin.digest.as_deref().map_or("", |p| &p[..12.min(p.len())]),
-                not_reproduced_why(&found, pin, s.numerics.as_deref())
-            )),
+            _ => problems.push(format!("{id} was rebuilt with {}", not_the_pin(s, pin, &found))),
         }
     }
     for (name, v) in &new.externals {

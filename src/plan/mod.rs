@@ -55,14 +55,20 @@ impl Step {
         Value::from_json(&self.spec.params).unwrap_or_else(|| Value::Map(Default::default()))
     }
 
-    /// The blake3 of its results tables in its artifact `meta` (what the lockfile pins
-    /// as `tables=`). None for a kind without tables.
-    pub fn tables_of(&self, meta: &crate::store::ArtifactMeta) -> Option<String> {
-        let file = self.tables_file?;
-        meta.files
-            .iter()
-            .find(|f| f.path == file)
-            .map(|f| f.blake3.clone())
+    /// Its artifact `meta` as the lockfile pins it: key, digest, content (under early
+    /// cutoff), numerics and results tables. What `run` writes, and what `--locked`
+    /// and `plan` hold against the pin there.
+    pub fn pinned_as(&self, meta: &crate::store::ArtifactMeta) -> crate::store::lockfile::LockedStep {
+        crate::store::lockfile::LockedStep {
+            key: self.spec.key,
+            digest: Some(meta.digest.clone()),
+            content: self.content_of(meta),
+            numerics: meta.numerics.clone(),
+            tables: self
+                .tables_file
+                .and_then(|file| meta.file_blake3(file))
+                .map(str::to_string),
+        }
     }
 
     /// Under early cutoff, for a step whose readers key on its content: that content

@@ -379,7 +379,10 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
             let by = match &inp.digest {
                 None => String::new(),
                 Some(_) if inp.pending() => ", keyed by its output: not built yet".into(),
-                Some(d) => format!(", keyed by its output: content {}", &d[..12.min(d.len())]),
+                Some(d) => format!(
+                    ", keyed by its output: content {}",
+                    crate::store::key::short_hex(d)
+                ),
             };
             let key = match plan.get(&inp.id) {
                 Some(p) => shown_key(p),

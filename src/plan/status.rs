@@ -285,8 +285,8 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     // One stat (and for missing steps a lockfile lookup) per step, independent of each
     // other: in parallel, which matters for plans of tens of thousands of steps.
     type Outcome = (bool, Vec<Reason>);
-    // Per step in the store: what the lockfile pins of it.
-    type Pinned = Option<Built>;
+    // Per step in the store: its artifact as the lockfile pins it.
+    type Pinned = Option<crate::store::lockfile::LockedStep>;
     let (outcomes, digests): (Vec<Outcome>, Vec<Pinned>) = plan
         .steps
         .par_iter()
@@ -300,12 +300,7 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
             }
             let presence = store.presence(&step.spec.key);
             let digest = match &presence {
-                Presence::Present(m) => Some(Built {
-                    digest: m.digest.clone(),
-                    content: step.content_of(m),
-                    numerics: m.numerics.clone(),
-                    tables: step.tables_of(m),
-                }),
+                Presence::Present(m) => Some(step.pinned_as(m)),
                 _ => None,
             };
             (presence_outcome(step, presence, store, lock, verify), digest)
@@ -329,15 +324,7 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
                     Some(l) if l.key != s.spec.key => true,
                     Some(l) => {
                         let Some(d) = d else { return false };
-                        if d.content.is_some() && l.content.is_none() {
-                            return true;
-                        }
-                        match l.reproduced_by(
-                            &d.digest,
-                            d.numerics.as_deref(),
-                            d.tables.as_deref(),
-                            d.content.as_deref(),
-                        ) {
+                        match l.reproduced_by(d) {
                             Reproduction::Same => false,
                             r if r.refused() => true,
                             _ => {
@@ -398,14 +385,6 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         lock_drift,
         lock_other_bits,
     }
-}
-
-/// What the store holds for a cached step, as the lockfile pins it.
-struct Built {
-    digest: String,
-    content: Option<String>,
-    numerics: Option<String>,
-    tables: Option<String>,
 }
 
 /// Whether a step's artifact is there to use, and if not, why.

@@ -40,6 +40,14 @@ pub struct ArtifactMeta {
 }
 
 impl ArtifactMeta {
+    /// The recorded blake3 of the artifact's file `path` (relative to `files/`).
+    pub fn file_blake3(&self, path: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.blake3.as_str())
+    }
+
     pub fn seconds(&self) -> f64 {
         self.finished_unix - self.started_unix
     }

@@ -18,8 +18,15 @@ impl Key {
     /// The 12-character prefix shown in tables (48 bits: collisions are not a concern
     /// at the scale of one store, and `show` accepts any unique prefix anyway).
     pub fn short(&self) -> String {
-        self.hex()[..12].to_string()
+        short_hex(&self.hex()).to_string()
     }
+}
+
+/// The first 12 characters of a hex digest (a key's, an artifact's, a content's), as
+/// messages and [`Key::short`] show them; a shorter or hand-edited one (a
+/// lockfile is text) is shown whole up to a character boundary, never cut inside one.
+pub fn short_hex(hex: &str) -> &str {
+    hex.char_indices().nth(12).map_or(hex, |(end, _)| &hex[..end])
 }
 
 impl fmt::Display for Key {
@@ -66,5 +73,19 @@ impl<'de> serde::Deserialize<'de> for Key {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_digest_is_twelve_characters_and_never_cuts_one() {
+        let key = Key([0xab; 32]);
+        assert_eq!(key.short(), "abababababab");
+        assert_eq!(short_hex("abc"), "abc");
+        // A hand-edited lockfile's digest may hold anything: slicing bytes panicked.
+        assert_eq!(short_hex(&"é".repeat(13)), "é".repeat(12));
     }
 }

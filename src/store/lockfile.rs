@@ -83,32 +83,27 @@ pub fn built_and_pinned_on<'a>(pairs: impl IntoIterator<Item = (&'a LockedStep, 
 }
 
 impl LockedStep {
-    /// An artifact of this key with `digest`, built on `numerics`, whose results
-    /// tables (if its kind has them) hash to `tables` and whose content (under early
-    /// cutoff) is `content`, against this pin.
-    pub fn reproduced_by(
-        &self,
-        digest: &str,
-        numerics: Option<&str>,
-        tables: Option<&str>,
-        content: Option<&str>,
-    ) -> Reproduction {
+    /// An artifact of this key, as a run would pin it (`built`: its digest, numerics,
+    /// results tables and, under early cutoff, content), against this pin.
+    pub fn reproduced_by(&self, built: &LockedStep) -> Reproduction {
         use crate::process::numerics::reproducible;
         // Under early cutoff the content comes first: the steps after it are keyed by
-        // the pinned one, whatever the digest says.
-        if self.content.is_some() && content.is_some() && self.content.as_deref() != content {
+        // the pinned one (or by none, if the pin has none), whatever the digest says.
+        if built.content.is_some() && self.content != built.content {
             return Reproduction::Content;
         }
-        match &self.digest {
-            None => Reproduction::Same,
-            Some(pinned) if pinned == digest => Reproduction::Same,
-            Some(_) => match (self.numerics.as_deref(), numerics) {
+        match (&self.digest, &built.digest) {
+            (None, _) | (_, None) => Reproduction::Same,
+            (Some(pinned), Some(digest)) if pinned == digest => Reproduction::Same,
+            _ => match (self.numerics.as_deref(), built.numerics.as_deref()) {
                 (None, _) => Reproduction::Differs,
-                (Some(pinned), Some(built)) if pinned == built && reproducible(built) => {
-                    Reproduction::Differs
-                }
+                (Some(pinned), Some(on)) if pinned == on && reproducible(on) => Reproduction::Differs,
                 _ => Reproduction::OtherNumerics {
-                    tables: self.tables.as_deref().zip(tables).map(|(a, b)| a == b),
+                    tables: self
+                        .tables
+                        .as_ref()
+                        .zip(built.tables.as_ref())
+                        .map(|(a, b)| a == b),
                 },
             },
         }
@@ -346,17 +341,29 @@ mod tests {
             tables: Some("t".into()),
             ..LockedStep::key_only(Key([1; 32]))
         };
+        // An artifact as a run pins it.
+        let built =
+            |digest: &str, numerics: Option<&str>, tables: Option<&str>, content: Option<&str>| LockedStep {
+                digest: Some(digest.into()),
+                numerics: numerics.map(String::from),
+                tables: tables.map(String::from),
+                content: content.map(String::from),
+                ..LockedStep::key_only(Key([1; 32]))
+            };
         let avx512 = Some("cpu x86_64 avx512f");
         let fma = Some("cpu x86_64 fma");
-        assert_eq!(pin.reproduced_by("d", fma, None, None), Reproduction::Same);
         assert_eq!(
-            pin.reproduced_by("e", avx512, Some("t"), None),
+            pin.reproduced_by(&built("d", fma, None, None)),
+            Reproduction::Same
+        );
+        assert_eq!(
+            pin.reproduced_by(&built("e", avx512, Some("t"), None)),
             Reproduction::Differs
         );
-        let other = pin.reproduced_by("e", fma, Some("t"), None);
+        let other = pin.reproduced_by(&built("e", fma, Some("t"), None));
         assert_eq!(other, Reproduction::OtherNumerics { tables: Some(true) });
         assert!(!other.refused());
-        let other = pin.reproduced_by("e", fma, Some("u"), None);
+        let other = pin.reproduced_by(&built("e", fma, Some("u"), None));
         assert!(other.refused(), "other tables are another result");
         // A GPU or a mixture does not fix the bytes: judged by the tables.
         for label in ["cuda", "mixed: cpu x86_64 avx512f; cpu x86_64 fma"] {
@@ -365,7 +372,7 @@ mod tests {
                 ..pin.clone()
             };
             assert_eq!(
-                on.reproduced_by("e", Some(label), Some("t"), None),
+                on.reproduced_by(&built("e", Some(label), Some("t"), None)),
                 Reproduction::OtherNumerics { tables: Some(true) },
                 "{label}"
             );
@@ -377,7 +384,7 @@ mod tests {
             ..pin.clone()
         };
         assert_eq!(
-            exact.reproduced_by("e", Some("exact"), None, None),
+            exact.reproduced_by(&built("e", Some("exact"), None, None)),
             Reproduction::Differs
         );
         let old = LockedStep {
@@ -385,14 +392,22 @@ mod tests {
             tables: None,
             ..pin.clone()
         };
-        assert_eq!(old.reproduced_by("e", avx512, None, None), Reproduction::Differs);
-        // Under early cutoff, another content is refused whatever the numerics.
+        assert_eq!(
+            old.reproduced_by(&built("e", avx512, None, None)),
+            Reproduction::Differs
+        );
+        // Under early cutoff, another content is refused whatever the numerics, and so
+        // is content the pin does not hold (written before early cutoff was on).
         let data = LockedStep {
             content: Some("c".into()),
             ..pin.clone()
         };
         assert_eq!(
-            data.reproduced_by("e", fma, None, Some("x")),
+            data.reproduced_by(&built("e", fma, None, Some("x"))),
+            Reproduction::Content
+        );
+        assert_eq!(
+            pin.reproduced_by(&built("d", fma, None, Some("x"))),
             Reproduction::Content
         );
         assert!(Reproduction::Differs.refused() && Reproduction::Content.refused());
