@@ -144,10 +144,10 @@ fn an_edit_to_a_file_that_is_read_changes_the_key_of_its_reader() {
     }
 }
 
-/// `goosepipe run f.kdl --until dataset:d` in `dir`.
-fn build_dataset(dir: &Path) -> std::process::Output {
+/// `goosepipe ARGS` in `dir`.
+fn goosepipe(dir: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["run", "f.kdl", "--until", "dataset:d"])
+        .args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env("GOOSEPIPE_NO_SLURM", "1")
@@ -155,24 +155,102 @@ fn build_dataset(dir: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `goosepipe run f.kdl --until dataset:d` in `dir`.
+fn build_dataset(dir: &Path) -> std::process::Output {
+    goosepipe(dir, &["run", "f.kdl", "--until", "dataset:d"])
+}
+
+#[test]
+fn plan_names_the_files_of_a_folder_that_changed() {
+    let t = project();
+    let dir = t.path();
+    let base = dir.join("base");
+    std::fs::write(base.join("pytorch_model.bin"), "older weights").unwrap();
+    let out = goosepipe(dir, &["run", "f.kdl", "--only", "model:t"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One file read is edited, one comes, one goes; a README (not read) comes too.
+    let mut config = std::fs::read_to_string(base.join("config.json")).unwrap();
+    config.push('\n');
+    std::fs::write(base.join("config.json"), config).unwrap();
+    std::fs::copy(base.join("model.safetensors"), base.join("more.safetensors")).unwrap();
+    std::fs::remove_file(base.join("pytorch_model.bin")).unwrap();
+    std::fs::write(base.join("README.md"), "# card").unwrap();
+    let out = goosepipe(dir, &["plan", "f.kdl"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("model "))
+        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        line.contains(
+            "external input changed: path:base (config.json changed, more.safetensors added, \
+             pytorch_model.bin removed)"
+        ),
+        "{text}"
+    );
+    // As data in plan --json.
+    let out = goosepipe(dir, &["plan", "f.kdl", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "model:t")
+        .unwrap();
+    let files: Vec<String> = step["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "external-changed")
+        .flat_map(|r| r["files"].as_array().unwrap().clone())
+        .map(|f| {
+            format!(
+                "{} {} {}",
+                f["external"].as_str().unwrap(),
+                f["file"].as_str().unwrap(),
+                f["change"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "path:base config.json changed",
+            "path:base more.safetensors added",
+            "path:base pytorch_model.bin removed",
+        ]
+    );
+}
+
 #[test]
 fn a_bigbench_parent_task_is_named_by_its_folder() {
     let t = project();
     let dir = t.path();
-    // Named as a file, its sub-tasks would be read but not keyed: refused, naming
-    // the folder to give.
+    // Named as a file, its sub-tasks would be read but not keyed: refused by `check`
+    // and before a run builds anything, at the setting, naming the folder to give.
     std::fs::write(
         dir.join("f.kdl"),
         MANIFEST.replace("bigbench=\"bb\"", "bigbench=\"bb/task.json\""),
     )
     .unwrap();
-    let out = build_dataset(dir);
-    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("bigbench \"bb/task.json\" is a parent task") && err.contains("bigbench=\"bb\""),
-        "{err}"
-    );
+    for out in [goosepipe(dir, &["check", "f.kdl"]), build_dataset(dir)] {
+        let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("bigbench \"bb/task.json\" is a parent task")
+                && err.contains("(bigbench=\"bb\")")
+                && err.contains("f.kdl:3:22"),
+            "{err}"
+        );
+    }
+    let objects = dir.join(".goosepipe/objects");
+    let built = std::fs::read_dir(&objects).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(built, 0, "nothing was built");
     // A sub-task's own task.json, and the parent's folder, read.
     for source in ["bb/three_objects/task.json", "bb"] {
         std::fs::write(

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use goosepipe::exec::RunOptions;
 use goosepipe::plan::render::{PLAN_JSON_SCHEMA, PLAN_JSON_VERSION, plan_json};
-use goosepipe::plan::status::{ParamChange, Reason};
+use goosepipe::plan::status::{Change, FileChange, ParamChange, Reason};
 use serde_json::Value;
 use support::{BASE, Behaviour, Log, Project, registry};
 
@@ -101,6 +101,9 @@ fn plan_json_names_exactly_the_fields_its_schema_documents() {
         for change in v["changes"].as_array().into_iter().flatten() {
             conforms(change, &reason_spec["properties"]["changes"]["items"], "change");
         }
+        for file in v["files"].as_array().into_iter().flatten() {
+            conforms(file, &reason_spec["properties"]["files"]["items"], "file change");
+        }
         serialized.insert(v["reason"].as_str().unwrap().to_string());
     }
     assert_eq!(serialized, documented);
@@ -131,7 +134,12 @@ fn every_reason() -> Vec<Reason> {
             inputs: vec!["a".into()],
         },
         Reason::ExternalChanged {
-            externals: vec!["a".into()],
+            externals: vec!["path:m".into()],
+            files: vec![FileChange {
+                external: "path:m".into(),
+                file: "config.json".into(),
+                change: Change::Changed,
+            }],
         },
         Reason::VersionChanged { old: 1, new: 2 },
         Reason::KeyChanged { old: "abc".into() },

@@ -529,3 +529,37 @@ fn cut_targets_are_said_and_never_scored_as_right_answers() {
         "the cut answer was learnt: {metrics}"
     );
 }
+
+/// A batch that asks for more examples than the dataset has trains each step on all of
+/// them, a smaller batch than the manifest says: the run says so, and `show` keeps it.
+#[test]
+fn a_batch_above_the_training_examples_is_said() {
+    let d = tempfile::tempdir().unwrap();
+    let manifest = MICRO.replace(
+        "expert \"sort\" model=\"t\" dataset=\"sort\"",
+        "expert \"sort\" model=\"t\" dataset=\"sort\" { train steps=2 batch=100 micro-batch=100 eval-every=2; }",
+    );
+    std::fs::write(d.path().join("micro.kdl"), manifest).unwrap();
+    let goosepipe = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(args)
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
+    };
+    let said =
+        "`train batch` is 100, more than the 64 training examples: each step trains on 64 sequences, not 100";
+    let out = goosepipe(&["run", "micro.kdl", "--store", "store", "--until", "expert:sort"]);
+    assert!(out.contains(&format!("expert:sort: warning: {said}")), "{out}");
+    // The pretraining (batch 8 of a 200-row corpus) and the other expert say nothing.
+    assert_eq!(out.matches("more than the").count(), 1, "{out}");
+    let shown = goosepipe(&["show", "expert:sort", "--store", "store"]);
+    assert!(shown.contains(said), "{shown}");
+}

@@ -4,7 +4,7 @@
 
 use serde_json::Value as Json;
 
-use crate::plan::{Needed, Review};
+use crate::plan::{LocalPaths, Needed, Review};
 
 /// A step kind's declaration.
 #[derive(Clone, Copy)]
@@ -21,8 +21,9 @@ pub struct Kind {
     pub resources: JobResources,
     /// How an eval lowers this kind when one of its methods needs it.
     pub needed: Option<Needed>,
-    /// Checks of a step's parameters that only this kind can make (step name, params).
-    pub review: fn(&str, &Json) -> Vec<Review>,
+    /// Checks of a step's parameters and local paths that only this kind can make
+    /// (step name, params, paths).
+    pub review: fn(&str, &Json, &LocalPaths) -> Vec<Review>,
     /// Under early cutoff (`pipeline ... early-cutoff=#true`), the steps that read this
     /// kind's artifact are keyed by its content, the files of it but these (provenance
     /// no reader opens). None: keyed by its key, always.
@@ -95,7 +96,7 @@ impl std::fmt::Debug for Kind {
     }
 }
 
-fn no_review(_: &str, _: &Json) -> Vec<Review> {
+fn no_review(_: &str, _: &Json, _: &LocalPaths) -> Vec<Review> {
     vec![]
 }
 

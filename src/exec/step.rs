@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::plan::{MethodInfo, Needed, Review};
+use crate::plan::{LocalPaths, MethodInfo, Needed, Review};
 use crate::store::{ArtifactMeta, Key, StepSpec, Store};
 
 use super::kind::Kind;
@@ -331,11 +331,11 @@ impl crate::plan::Catalog for Registry {
     fn methods(&self) -> Vec<MethodInfo> {
         self.methods.clone()
     }
-    fn review(&self, kind: &str, name: &str, params: &serde_json::Value) -> Vec<Review> {
+    fn review(&self, kind: &str, name: &str, params: &serde_json::Value, paths: &LocalPaths) -> Vec<Review> {
         let mut found = self
             .kinds
             .get(kind)
-            .map(|k| (k.review)(name, params))
+            .map(|k| (k.review)(name, params, paths))
             .unwrap_or_default();
         found.extend(review_resources(params));
         found

@@ -33,10 +33,29 @@ pub trait Catalog {
         vec![]
     }
     /// What is wrong (or worth a warning) with the canonical parameters of step
-    /// `name` (a model or dataset node's), as only its kind can tell (a synthetic letters spec, a model too large to train).
-    fn review(&self, _kind: &str, _name: &str, _params: &serde_json::Value) -> Vec<Review> {
+    /// `name` (a model or dataset node's), and of the local files it reads, as only its
+    /// kind can tell (a synthetic letters spec, a model too large to train, a BIG-bench
+    /// parent task named by its file).
+    fn review(
+        &self,
+        _kind: &str,
+        _name: &str,
+        _params: &serde_json::Value,
+        _paths: &LocalPaths,
+    ) -> Vec<Review> {
         vec![]
     }
+}
+
+/// The local files and folders a step reads, by the setting that names them (`path`,
+/// `bigbench`): what a review may open to judge them.
+pub type LocalPaths = std::collections::BTreeMap<String, LocalPath>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPath {
+    pub abs: std::path::PathBuf,
+    /// As the lockfile names it: relative to the project folder when inside it.
+    pub display: String,
 }
 
 /// An evaluation method as the planner sees it.

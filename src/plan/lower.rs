@@ -22,7 +22,7 @@ use petgraph::graph::DiGraph;
 use rayon::prelude::*;
 
 use super::params::{self, Collected};
-use super::{Catalog, KnownOutputs, MemberData, MethodInfo, Needed, Plan, Step, key};
+use super::{Catalog, KnownOutputs, LocalPath, LocalPaths, MemberData, MethodInfo, Needed, Plan, Step, key};
 use crate::manifest::diag::did_you_mean;
 use crate::manifest::schema::{PathRule, Schema};
 use crate::manifest::source::Sources;
@@ -785,7 +785,8 @@ impl Lowerer<'_> {
                         role: u.path.clone(),
                         path: abs.display().to_string(),
                         display,
-                        blake3: h.to_hex().to_string(),
+                        blake3: h.hash.to_hex().to_string(),
+                        files: h.files,
                     });
                 }
                 Err(e) => {
@@ -822,7 +823,23 @@ impl Lowerer<'_> {
         let mut all = p.params.clone();
         all.extend(p.settings.iter().map(|(k, v)| (k.clone(), v.clone())));
         let params = Value::Map(all).to_json();
-        for r in self.catalog.review(&p.kind, &e.name, &params) {
+        let paths: LocalPaths = p
+            .externals
+            .iter()
+            .filter_map(|x| match x {
+                External::Path {
+                    role, path, display, ..
+                } => Some((
+                    role.clone(),
+                    LocalPath {
+                        abs: PathBuf::from(path),
+                        display: display.clone(),
+                    },
+                )),
+                External::Hub { .. } => None,
+            })
+            .collect();
+        for r in self.catalog.review(&p.kind, &e.name, &params, &paths) {
             let placed = field_loc(&e.block, &r.at);
             let loc = placed.unwrap_or(e.name_loc);
             let d = ManifestError::new(&self.manifest.sources, r.code, loc, r.message, r.label).help(r.help);
@@ -1154,7 +1171,8 @@ impl Lowerer<'_> {
                 role: "embedder".into(),
                 path: abs.display().to_string(),
                 display: spec.into(),
-                blake3: h.to_hex().to_string(),
+                blake3: h.hash.to_hex().to_string(),
+                files: h.files,
             }),
             Err(e) => {
                 let loc = loc.unwrap_or(Loc::new(0, (0..0).into()));

@@ -19,7 +19,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::manifest::{Loc, Manifest, Origin, Value};
 use crate::store::StepSpec;
 
-pub use catalog::{Catalog, MemberData, MethodInfo, Needed, Review};
+pub use catalog::{Catalog, LocalPath, LocalPaths, MemberData, MethodInfo, Needed, Review};
 pub use lower::{build, build_with, load, load_with};
 pub use outputs::KnownOutputs;
 pub use status::{Reason, State, Status};

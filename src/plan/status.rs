@@ -43,6 +43,10 @@ pub enum Reason {
     },
     ExternalChanged {
         externals: Vec<String>,
+        /// The files that changed within the folders among them, where both recipes
+        /// list them (see `External::Path::files`).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FileChange>,
     },
     VersionChanged {
         old: u32,
@@ -109,8 +113,23 @@ impl Reason {
             }
             Reason::InputsAdded { inputs } => format!("inputs added: {}", inputs.join(", ")),
             Reason::InputsRemoved { inputs } => format!("inputs removed: {}", inputs.join(", ")),
-            Reason::ExternalChanged { externals } => {
-                format!("external input changed: {}", externals.join(", "))
+            Reason::ExternalChanged { externals, files } => {
+                let named: Vec<String> = externals
+                    .iter()
+                    .map(|e| {
+                        let within: Vec<String> = files
+                            .iter()
+                            .filter(|f| &f.external == e)
+                            .map(|f| format!("{} {}", f.file, f.change.word()))
+                            .collect();
+                        if within.is_empty() {
+                            e.clone()
+                        } else {
+                            format!("{e} ({})", super::listing::first_few(&within, 4))
+                        }
+                    })
+                    .collect();
+                format!("external input changed: {}", named.join(", "))
             }
             Reason::VersionChanged { old, new } => {
                 format!("implementation version changed: {old} -> {new}")
@@ -587,7 +606,7 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
     if !changed.is_empty() {
         out.push(Reason::InputChanged { inputs: changed });
     }
-    let ext: Vec<String> = new
+    let moved: Vec<&crate::store::spec::External> = new
         .externals
         .iter()
         .filter(|e| {
@@ -595,15 +614,81 @@ pub fn diff(old: &StepSpec, new: &StepSpec) -> Vec<Reason> {
                 .iter()
                 .any(|o| o.role() == e.role() && o.identity() == e.identity())
         })
-        .map(|e| e.lock_name())
         .collect();
-    if !ext.is_empty() {
-        out.push(Reason::ExternalChanged { externals: ext });
+    if !moved.is_empty() {
+        let files = moved
+            .iter()
+            .filter_map(|e| {
+                let was = old.externals.iter().find(|o| o.role() == e.role())?;
+                Some(folder_changes(was, e))
+            })
+            .flatten()
+            .collect();
+        out.push(Reason::ExternalChanged {
+            externals: moved.iter().map(|e| e.lock_name()).collect(),
+            files,
+        });
     }
     if out.is_empty() {
         out.push(Reason::KeyChanged { old: old.key.short() });
     }
     out
+}
+
+/// One file of a folder input that changed between two recipes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileChange {
+    /// The folder, as the lockfile names it (`path:models/t5`).
+    pub external: String,
+    /// The file, relative to the folder.
+    pub file: String,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Changed,
+    Added,
+    Removed,
+}
+
+impl Change {
+    fn word(self) -> &'static str {
+        match self {
+            Change::Changed => "changed",
+            Change::Added => "added",
+            Change::Removed => "removed",
+        }
+    }
+}
+
+/// The files that differ between the same folder input of two recipes, when both list
+/// their files (a recipe from before the listing, or of a file or a very large folder,
+/// does not: then the folder alone is named).
+fn folder_changes(old: &crate::store::spec::External, new: &crate::store::spec::External) -> Vec<FileChange> {
+    use crate::store::spec::External::Path;
+    let (Path { files: Some(was), .. }, Path { files: Some(is), .. }) = (old, new) else {
+        return vec![];
+    };
+    let external = new.lock_name();
+    let names: BTreeSet<&String> = was.keys().chain(is.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|f| {
+            let change = match (was.get(f), is.get(f)) {
+                (Some(a), Some(b)) if a != b => Change::Changed,
+                (None, Some(_)) => Change::Added,
+                (Some(_), None) => Change::Removed,
+                _ => return None,
+            };
+            Some(FileChange {
+                external: external.clone(),
+                file: f.clone(),
+                change,
+            })
+        })
+        .collect()
 }
 
 /// The parameters that differ, by dotted path (`{"train":{"lr":0.005}}` ->

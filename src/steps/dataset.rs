@@ -20,14 +20,14 @@ use crate::data::rows::{Row, read_rows};
 use crate::data::{Example, bigbench, synthetic, write_jsonl};
 use crate::exec::{JobDefaults, Kind, StepContext, StepError, StepRunner};
 use crate::hub::{HubOptions, dataset as hub};
-use crate::plan::Review;
+use crate::plan::{LocalPath, LocalPaths, Review};
 use crate::store::External;
 
 /// Rendering up to 500,000 templated pairs is CPU work. Version 3: a local JSONL file
 /// honours `keep-field`/`keep-values` and `drop-empty` (version 2 ignored them there).
 /// Version 4: `data.json` counts the rows of a local JSONL file (it said 0).
 pub const KIND: Kind = Kind {
-    review: review_letters,
+    review,
     // Readers open the examples, never `data.json` (where the rows came from, which
     // changes with a file's name or a hub revision when the rows do not).
     content: Some(&[DATA_JSON]),
@@ -35,8 +35,48 @@ pub const KIND: Kind = Kind {
     ..Kind::new("dataset", 4, 1, JobDefaults::new(0, 2, "8G", "2:00:00"))
 };
 
+fn review(_name: &str, params: &serde_json::Value, paths: &LocalPaths) -> Vec<Review> {
+    let mut found = review_letters(params);
+    found.extend(paths.get("bigbench").and_then(review_bigbench_file));
+    found
+}
+
+/// A BIG-bench parent task named by its task.json reads the sub-task folders beside
+/// it, which only the folder's key covers: edits to them would change no key. Said by
+/// `check` and `plan`; the dataset step refuses it too (a recipe planned before).
+fn review_bigbench_file(path: &LocalPath) -> Option<Review> {
+    let message = parent_task_file(&path.abs, &path.display)?;
+    Some(Review {
+        at: "bigbench".into(),
+        code: "manifest::wrong-path",
+        message,
+        label: "a parent task's file".into(),
+        help:
+            "a file's key covers that file only, not the sub-task folders it reads; the folder's covers them"
+                .into(),
+        warning: false,
+    })
+}
+
+/// Why `path`, a BIG-bench task named by its file, is refused: it is a parent task's
+/// (its examples are in the sub-task folders beside it). None for a folder, a task with
+/// examples of its own, or a file that cannot be read (the step says why).
+fn parent_task_file(path: &Path, display: &str) -> Option<String> {
+    if path.is_dir() || !bigbench::has_own_examples(path).is_ok_and(|own| !own) {
+        return None;
+    }
+    let folder = Path::new(display)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(format!(
+        "bigbench \"{display}\" is a parent task: its examples are in the sub-task folders beside it; name the folder instead (bigbench=\"{}\")",
+        folder.display()
+    ))
+}
+
 /// A synthetic dataset's `letters=` must name letters of the suite.
-fn review_letters(_name: &str, params: &serde_json::Value) -> Vec<Review> {
+fn review_letters(params: &serde_json::Value) -> Vec<Review> {
     let Some(letters) = params.pointer("/synthetic/letters").and_then(|v| v.as_str()) else {
         return vec![];
     };
@@ -468,16 +508,9 @@ impl StepRunner for DatasetStep {
             prov.files.push(display.clone());
             let file = task_json(path);
             // A parent task.json reads the sub-task folders beside it, which only a
-            // folder's key covers: named as a file, edits to them would change no key.
-            if !Path::new(path).is_dir() && !bigbench::has_own_examples(&file).map_err(fail)? {
-                let folder = Path::new(display.as_str())
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                return Err(fail(format!(
-                    "bigbench \"{display}\" is a parent task: its examples are in the sub-task folders beside it, whose content a file's key does not cover; name the folder instead (bigbench=\"{}\")",
-                    folder.display()
-                )));
+            // folder's key covers (`plan` refuses it; a recipe planned before may not).
+            if let Some(why) = parent_task_file(Path::new(path), display) {
+                return Err(fail(why));
             }
             (bigbench::read_task(&file).map_err(fail)?, None)
         } else if let Some(h) = ext("hub") {

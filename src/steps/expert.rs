@@ -18,7 +18,7 @@ use crate::model::adapter::trainable::{
 };
 use crate::model::{ChoiceItem, LoraExpert, Seq2SeqBatch, T5Model, predict};
 use crate::plan::Needed;
-use crate::plan::Review;
+use crate::plan::{LocalPaths, Review};
 use crate::train::batches::seq2seq_batch;
 use crate::train::{GateParams, Objective, Pair, TrainConfig, train};
 
@@ -267,7 +267,15 @@ fn fit(
     }
     // A multitask step has no node of its own: its settings are `defaults`'.
     let in_defaults = ctx.spec.kind == "multitask";
-    let warnings: Vec<String> = cut_said.describe(cfg, group, in_defaults).into_iter().collect();
+    let (batch, micro) = (
+        setting(group, "batch", in_defaults),
+        setting(group, "micro-batch", in_defaults),
+    );
+    let warnings: Vec<String> = cut_said
+        .describe(cfg, group, in_defaults)
+        .into_iter()
+        .chain(cfg.short_batches(tp.len(), (&batch, &micro)))
+        .collect();
     for said in &warnings {
         ctx.progress.log(&format!("warning: {said}"));
     }
@@ -369,7 +377,7 @@ pub const MULTITASK: Kind = Kind {
 
 /// A `batch` that `micro-batch` does not divide: the trainer accumulates whole
 /// micro-batches, so each step sees more sequences than `batch` says (10 of 4: 12).
-fn review_batches(_name: &str, params: &serde_json::Value) -> Vec<Review> {
+fn review_batches(_name: &str, params: &serde_json::Value, _: &LocalPaths) -> Vec<Review> {
     ["train", "gate"]
         .into_iter()
         .filter_map(|group| {

@@ -20,7 +20,7 @@ use crate::data::tokenizer::{save as save_tokenizer, sentinel, train_word_level}
 use crate::exec::{JobDefaults, JobResources, Kind, StepContext, StepError, StepRunner};
 use crate::hub::resolve_model_reporting;
 use crate::model::{FeedForward, T5Config, T5Model, T5Weights, TensorStore};
-use crate::plan::Review;
+use crate::plan::{LocalPaths, Review};
 use crate::store::External;
 use crate::train::{Objective, Pair, Schedule, TrainConfig, train};
 
@@ -43,7 +43,7 @@ fn pretrains(params: &serde_json::Value) -> bool {
 
 /// Warns when a model the pipeline builds cannot be trained in this machine's memory
 /// (its step refuses it then, instead of aborting in the allocator).
-fn review_size(name: &str, params: &serde_json::Value) -> Vec<Review> {
+fn review_size(name: &str, params: &serde_json::Value, _: &LocalPaths) -> Vec<Review> {
     let Ok(ModelParams { init: Some(init) }) = ModelParams::deserialize(params) else {
         return vec![];
     };
@@ -371,6 +371,9 @@ fn init_and_pretrain(
             // Pretraining is goosepipe's own (no reference to follow): least padding.
             batches: crate::train::batches::Batching::ByLength,
         };
+        if let Some(said) = tcfg.short_batches(train_pairs.len(), ("`init batch`", "`init batch`")) {
+            ctx.progress.log(&format!("warning: {said}"));
+        }
         let model = FullModel::build(&cfg, &vars, &dev).map_err(fail)?;
         let mut obj = FullModel {
             config: cfg.clone(),

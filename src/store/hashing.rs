@@ -33,17 +33,36 @@ pub fn every_entry(_: &Path, _: bool) -> bool {
 pub fn hash_dir_with(
     path: &Path,
     select: Select<'_>,
-    mut file_hash: impl FnMut(&Path) -> io::Result<blake3::Hash>,
+    file_hash: impl FnMut(&Path) -> io::Result<blake3::Hash>,
 ) -> io::Result<blake3::Hash> {
+    Ok(digest_listing(&list_dir_with(path, select, file_hash)?))
+}
+
+/// The files of a folder that `select` keeps, by sorted relative path, with each
+/// one's size and blake3: what [`hash_dir_with`] digests.
+fn list_dir_with(
+    path: &Path,
+    select: Select<'_>,
+    mut file_hash: impl FnMut(&Path) -> io::Result<blake3::Hash>,
+) -> io::Result<Vec<(PathBuf, u64, blake3::Hash)>> {
     let mut files = vec![];
     walk(path, path, select, &mut files, &mut vec![])?;
     files.sort();
+    files
+        .into_iter()
+        .map(|rel| {
+            let full = path.join(&rel);
+            let size = std::fs::metadata(&full)?.len();
+            let fh = file_hash(&full)?;
+            Ok((rel, size, fh))
+        })
+        .collect()
+}
+
+fn digest_listing(files: &[(PathBuf, u64, blake3::Hash)]) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(b"goosepipe-dir-v1\n");
-    for rel in files {
-        let full = path.join(&rel);
-        let size = std::fs::metadata(&full)?.len();
-        let fh = file_hash(&full)?;
+    for (rel, size, fh) in files {
         h.update(rel.to_string_lossy().as_bytes());
         h.update(b"\0");
         h.update(size.to_string().as_bytes());
@@ -51,8 +70,20 @@ pub fn hash_dir_with(
         h.update(fh.to_hex().as_bytes());
         h.update(b"\n");
     }
-    Ok(h.finalize())
+    h.finalize()
 }
+
+/// What a file or folder hashed to. For a folder, also the files its hash covers, each
+/// with its blake3, so that `plan` can say which of them changed; left out (`None`) for
+/// a file, and for a folder of more than [`MAX_LISTED_FILES`] (a recipe stays small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
+    pub hash: blake3::Hash,
+    pub files: Option<BTreeMap<String, String>>,
+}
+
+/// The most files of a folder a recipe lists by name.
+pub const MAX_LISTED_FILES: usize = 1000;
 
 /// Folders deeper than this below a hashed folder are refused (a path of one-letter
 /// folders hits the OS path limit long before).
@@ -200,18 +231,31 @@ impl HashCache {
 
     /// A file or a folder (all of it).
     pub fn path(&self, path: &Path) -> io::Result<blake3::Hash> {
-        self.path_selected(path, &every_entry)
+        Ok(self.path_selected(path, &every_entry)?.hash)
     }
 
-    /// A file, or of a folder the entries `select` keeps.
+    /// A file, or of a folder the entries `select` keeps (listed, see [`Hashed`]).
     /// FIFOs, sockets and devices are refused: reading one would block (or, for
     /// /dev/zero, never end).
-    pub fn path_selected(&self, path: &Path, select: Select<'_>) -> io::Result<blake3::Hash> {
+    pub fn path_selected(&self, path: &Path, select: Select<'_>) -> io::Result<Hashed> {
         let md = std::fs::metadata(path)?;
         if md.is_dir() {
-            self.dir(path, select)
+            let listing = list_dir_with(path, select, |f| self.file(f))?;
+            let files = (listing.len() <= MAX_LISTED_FILES).then(|| {
+                listing
+                    .iter()
+                    .map(|(rel, _, h)| (rel.to_string_lossy().into_owned(), h.to_hex().to_string()))
+                    .collect()
+            });
+            Ok(Hashed {
+                hash: digest_listing(&listing),
+                files,
+            })
         } else if md.is_file() {
-            self.file(path)
+            Ok(Hashed {
+                hash: self.file(path)?,
+                files: None,
+            })
         } else {
             Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

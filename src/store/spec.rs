@@ -80,6 +80,11 @@ pub enum External {
         /// The path as the lockfile names it: relative to the project when inside it.
         display: String,
         blake3: String,
+        /// For a folder, the files its blake3 covers, each with its own (see
+        /// `hashing::Hashed`): not in the key, which `blake3` already settles; kept so
+        /// that `plan` can name the files that changed since this recipe.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        files: Option<std::collections::BTreeMap<String, String>>,
     },
     /// A hub repository at a revision; the lockfile pins what the revision resolved to.
     Hub {

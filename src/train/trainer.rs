@@ -124,6 +124,25 @@ impl TrainConfig {
     fn micro(&self) -> usize {
         self.micro_batch.min(self.batch)
     }
+
+    /// What a run on `examples` training pairs gets short of its batch, when a
+    /// micro-batch asks for more pairs than there are: each then holds all of them, so
+    /// a step trains on fewer sequences than `batch` (a larger batch that a micro-batch
+    /// fits in wraps into the next epoch instead, and is as asked). `settings`: how the
+    /// manifest writes them (`train batch`/`train micro-batch`).
+    pub fn short_batches(&self, examples: usize, settings: (&str, &str)) -> Option<String> {
+        let micro = self.micro();
+        if examples == 0 || micro <= examples {
+            return None;
+        }
+        let per_step = examples * self.accumulation();
+        let (batch, micro_batch) = settings;
+        let asked = if micro == self.batch { batch } else { micro_batch };
+        Some(format!(
+            "{asked} is {micro}, more than the {examples} training examples: each step trains on {per_step} sequences, not {}; lower it to at most {examples}, or give more examples",
+            self.batch
+        ))
+    }
 }
 
 /// Micro-batches per optimizer step of `batch` sequences in micro-batches of `micro`
@@ -700,6 +719,30 @@ mod tests {
             checkpoint_every: 1000,
             seed: 42,
         }
+    }
+
+    /// Short only where a micro-batch cannot be filled: a batch that accumulates
+    /// micro-batches the data fills wraps into the next epoch and is as asked.
+    #[test]
+    fn short_batches_are_those_a_micro_batch_cannot_fill() {
+        let with = |batch, micro_batch| TrainConfig {
+            batch,
+            micro_batch,
+            ..config()
+        };
+        let names = ("`train batch`", "`train micro-batch`");
+        assert_eq!(with(32, 8).short_batches(10, names), None);
+        assert_eq!(with(8, 8).short_batches(8, names), None);
+        assert_eq!(
+            with(32, 16).short_batches(10, names).unwrap(),
+            "`train micro-batch` is 16, more than the 10 training examples: each step trains on 20 sequences, not 32; lower it to at most 10, or give more examples"
+        );
+        assert!(
+            with(12, 64)
+                .short_batches(10, names)
+                .unwrap()
+                .starts_with("`train batch` is 12,")
+        );
     }
 
     fn fit(metric: bool) -> (TrainOutcome, Vec<Option<u64>>) {
