@@ -1082,6 +1082,33 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     assert!(store.object_dir(&theirs).exists());
     std::fs::write(&sibling_lock, pins).unwrap();
 
+    // Its record in the store emptied (a full disk, a stray edit): not taken for a
+    // manifest that is gone (gc deleted its work), but said, naming the record.
+    let record = std::fs::read_dir(p.store().join("runs/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|r| std::fs::read_to_string(r).unwrap().ends_with("sibling.kdl\n"))
+        .unwrap();
+    std::fs::write(&record, "").unwrap();
+    let mut out = Vec::new();
+    let err = goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut out).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "{} records a manifest that ran on this store, and names none (not one path and a newline)",
+            record.display()
+        )),
+        "{err:?}"
+    );
+    assert!(store.object_dir(&theirs).exists());
+    let (code, out) = run_sibling();
+    assert!(code == 0 && out.contains("nothing to do"), "{out}");
+    assert!(
+        std::fs::read_to_string(&record)
+            .unwrap()
+            .ends_with("sibling.kdl\n"),
+        "the next run writes it again"
+    );
+
     let listing = gc(true, true);
     assert!(
         listing.contains("collecting ") && listing.contains("(unreachable artifact: expert:b)"),
@@ -1108,6 +1135,7 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
     assert!(
         store
             .recorded_manifests()
+            .0
             .iter()
             .all(|m| !m.ends_with("sibling.kdl"))
     );

@@ -1452,7 +1452,8 @@ pub fn gc(
 /// one project's manifest never deletes a sibling's work silently. A recorded
 /// manifest that no longer exists is forgotten, and what only it reached goes; one
 /// that cannot be read (permissions, an unmounted share) stops gc, as it cannot tell
-/// what that manifest needs.
+/// what that manifest needs; so does a record that names no manifest (emptied or
+/// overwritten: whose work it kept cannot be told), unless `only_given`.
 fn others_on_store(
     store: &Store,
     registry: &Registry,
@@ -1467,7 +1468,26 @@ fn others_on_store(
         .filter_map(|m| std::fs::canonicalize(m).ok())
         .collect();
     let hashes = store.hash_cache();
-    for m in store.recorded_manifests() {
+    let (recorded, damaged) = store.recorded_manifests();
+    for d in &damaged {
+        let record = &d.path;
+        if only_given {
+            let _ = writeln!(
+                out,
+                "{} names no manifest ({}): --only-given",
+                record.display(),
+                d.why
+            );
+            continue;
+        }
+        return Err(miette!(
+            help = "if the manifest it named is gone, delete the record; else give that manifest to gc too (its next run writes the record again), or pass --only-given to keep only what the given manifests reach",
+            "{} records a manifest that ran on this store, and names none ({}): gc cannot tell what that manifest needs",
+            record.display(),
+            d.why
+        ));
+    }
+    for m in recorded {
         // Recorded as run (a symlink not resolved: its lockfile is beside that path).
         match std::fs::canonicalize(&m) {
             Ok(real) if given.contains(&real) => continue,

@@ -146,6 +146,26 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> DataError {
 /// All rows of a parquet file, columns by name (nested groups become objects, lists
 /// become arrays).
 pub fn read_parquet_rows(path: &Path) -> Result<Vec<Row>, DataError> {
+    decoded(path, "parquet file", || parquet_rows(path))
+}
+
+/// What a third-party decoder read, or that it could not: some malformed files make
+/// the Arrow and parquet readers panic instead of returning an error, which for a
+/// user's data file is bad input (`process::contain`).
+fn decoded(
+    path: &Path,
+    what: &str,
+    read: impl FnOnce() -> Result<Vec<Row>, DataError>,
+) -> Result<Vec<Row>, DataError> {
+    crate::process::contain::contain(read).unwrap_or_else(|why| {
+        Err(DataError::Other(format!(
+            "{}: not a readable {what}: its reader stopped at malformed content ({why}); is the file damaged or cut short?",
+            path.display()
+        )))
+    })
+}
+
+fn parquet_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let bad = |e| parquet_error(path, e);
     let file = std::fs::File::open(path).map_err(io_err(path))?;
@@ -224,6 +244,10 @@ fn arrow_value(col: &dyn arrow_array::Array, i: usize) -> Result<serde_json::Val
 /// writes it (`data-00000-of-00001.arrow`), or the file format (`ARROW1` magic:
 /// `pyarrow.feather.write_feather`, `pyarrow.ipc.new_file`).
 pub fn read_arrow_rows(path: &Path) -> Result<Vec<Row>, DataError> {
+    decoded(path, "Arrow file", || arrow_rows(path))
+}
+
+fn arrow_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut magic = [0u8; 6];
@@ -673,5 +697,29 @@ mod tests {
         std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
         let err = read_arrow_rows(&file).unwrap_err().to_string();
         assert!(err.contains("file.arrow: not a readable Arrow file"), "{err}");
+    }
+
+    /// One byte changed in a real file: the Arrow reader slices a buffer past its end,
+    /// the parquet reader meets a negative column offset; both asserted (panicked).
+    /// Found by flipping bytes of the fixtures; now bad input, naming the file.
+    #[test]
+    fn a_data_file_that_makes_its_decoder_panic_is_said_as_damaged() {
+        let t = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data");
+        for (name, at, byte, what) in [
+            ("flan-data.arrow", 2373, 0xEE, "Arrow file"),
+            ("rte-validation.parquet", 895, 0x47, "parquet file"),
+        ] {
+            let mut bytes = std::fs::read(fixtures.join(name)).unwrap();
+            bytes[at] = byte;
+            let damaged = t.path().join(name);
+            std::fs::write(&damaged, bytes).unwrap();
+            let err = read_rows(&damaged).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{}: not a readable {what}: ", damaged.display()))
+                    && err.ends_with("is the file damaged or cut short?"),
+                "{err}"
+            );
+        }
     }
 }

@@ -650,11 +650,7 @@ fn execute_caught(cx: &RunContext, i: usize) -> Done {
             Done::Err(i, Outcome::Failed, secs, super::step::with_full_disk_hint(m))
         }
         Err(p) => {
-            let what = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let what = crate::process::contain::panic_message(p.as_ref());
             Done::Err(
                 i,
                 Outcome::Failed,

@@ -3,5 +3,6 @@
 //! work starts. The lowest layer: anything may use it, it uses nothing of ours.
 
 pub mod alloc;
+pub mod contain;
 pub mod numerics;
 pub mod threads;

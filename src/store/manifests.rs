@@ -13,8 +13,7 @@ impl Store {
     }
 
     fn manifest_record(&self, manifest: &Path) -> PathBuf {
-        let hash = blake3::hash(manifest.as_os_str().as_encoded_bytes()).to_hex();
-        self.manifests_dir().join(&hash.as_str()[..32])
+        self.manifests_dir().join(record_name(manifest))
     }
 
     /// Notes that `manifest` (an absolute path) runs on this store; written once per
@@ -30,26 +29,74 @@ impl Store {
         write_atomic(&p, line.as_bytes()).map_err(io_err(&p))
     }
 
-    /// Every manifest recorded as having run on this store, in path order.
-    pub fn recorded_manifests(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = std::fs::read_dir(self.manifests_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| !is_partial_write(&e.file_name().to_string_lossy()))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .filter_map(|s| s.strip_suffix('\n').map(PathBuf::from))
-            .filter(|p| p.is_absolute())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+    /// Every manifest recorded as having run on this store, in path order, and the
+    /// records that do not name one (emptied, cut short, overwritten, unreadable):
+    /// whose work such a record kept cannot be told, so gc must not take its manifest
+    /// for gone.
+    pub fn recorded_manifests(&self) -> (Vec<PathBuf>, Vec<DamagedRecord>) {
+        let (mut found, mut damaged) = (vec![], vec![]);
+        for entry in std::fs::read_dir(self.manifests_dir()).into_iter().flatten() {
+            let path = match entry {
+                Ok(e) if is_partial_write(&e.file_name().to_string_lossy()) => continue,
+                Ok(e) => e.path(),
+                Err(e) => {
+                    damaged.push(DamagedRecord {
+                        path: self.manifests_dir(),
+                        why: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match read_record(&path) {
+                Ok(m) => found.push(m),
+                Err(why) => damaged.push(DamagedRecord { path, why }),
+            }
+        }
+        found.sort();
+        found.dedup();
+        damaged.sort_by(|a, b| a.path.cmp(&b.path));
+        (found, damaged)
     }
 
     /// Forgets `manifest` (it no longer exists): its artifacts are no one's now.
     pub fn forget_manifest(&self, manifest: &Path) {
         let _ = std::fs::remove_file(self.manifest_record(manifest));
     }
+}
+
+/// A record under `runs/manifests/` that names no manifest, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// A record's file name: the first 32 hex digits of the blake3 of the manifest's path.
+fn record_name(manifest: &Path) -> String {
+    let hash = blake3::hash(manifest.as_os_str().as_encoded_bytes()).to_hex();
+    hash.as_str()[..32].to_string()
+}
+
+/// The manifest a record names: one absolute path and a newline, under the name
+/// [`record_name`] gives it.
+fn read_record(path: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let line = text
+        .strip_suffix('\n')
+        .filter(|l| !l.is_empty() && !l.contains('\n'))
+        .ok_or("not one path and a newline")?;
+    let manifest = PathBuf::from(line);
+    if !manifest.is_absolute() {
+        return Err(format!("\"{line}\" is not an absolute path"));
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    if name.as_deref() != Some(record_name(&manifest).as_str()) {
+        return Err(format!(
+            "it names {line}, whose record has another name ({})",
+            record_name(&manifest)
+        ));
+    }
+    Ok(manifest)
 }
 
 #[cfg(test)]
@@ -60,13 +107,42 @@ mod tests {
     fn records_each_manifest_once_and_forgets_it() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path().join("s")).unwrap();
-        assert!(store.recorded_manifests().is_empty());
+        assert_eq!(store.recorded_manifests(), (vec![], vec![]));
         let (a, b) = (t.path().join("a.kdl"), t.path().join("b.kdl"));
         store.record_manifest(&b).unwrap();
         store.record_manifest(&a).unwrap();
         store.record_manifest(&a).unwrap();
-        assert_eq!(store.recorded_manifests(), vec![a.clone(), b.clone()]);
+        assert_eq!(store.recorded_manifests(), (vec![a.clone(), b.clone()], vec![]));
         store.forget_manifest(&a);
-        assert_eq!(store.recorded_manifests(), vec![b]);
+        assert_eq!(store.recorded_manifests(), (vec![b], vec![]));
+    }
+
+    /// A record emptied, cut short, overwritten or copied under another name names no
+    /// manifest: said, never read as "no manifest".
+    #[test]
+    fn a_damaged_record_is_said_with_its_cause() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("s")).unwrap();
+        let (a, b) = (t.path().join("a.kdl"), t.path().join("b.kdl"));
+        store.record_manifest(&a).unwrap();
+        store.record_manifest(&b).unwrap();
+        let record = store.manifest_record(&b);
+        for (bytes, why) in [
+            (&b""[..], "not one path and a newline"),
+            (&b"\0\0\0"[..], "not one path and a newline"),
+            (&b"relative.kdl\n"[..], "\"relative.kdl\" is not an absolute path"),
+            (
+                format!("{}\n", a.display()).as_bytes(),
+                "whose record has another name",
+            ),
+            (&b"\xff\xfe\n"[..], "valid UTF-8"),
+        ] {
+            std::fs::write(&record, bytes).unwrap();
+            let (found, damaged) = store.recorded_manifests();
+            assert_eq!(found, vec![a.clone()]);
+            assert_eq!(damaged.len(), 1);
+            assert_eq!(damaged[0].path, record);
+            assert!(damaged[0].why.contains(why), "{:?}: {}", bytes, damaged[0].why);
+        }
     }
 }
