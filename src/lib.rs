@@ -10,6 +10,7 @@ pub mod embed;
 pub mod eval;
 pub mod exec;
 pub mod faults;
+pub mod file_kind;
 pub mod hub;
 pub mod kdl_text;
 pub mod kernels;

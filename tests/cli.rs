@@ -343,3 +343,16 @@ fn a_closed_pipe_does_not_turn_an_error_into_a_panic() {
         assert_eq!(code, Some(want), "{args:?}");
     }
 }
+
+/// `exec --keys-file /dev/zero` read until memory ran out: refused, saying what it is.
+#[test]
+fn exec_refuses_a_key_list_that_is_no_file() {
+    let t = tempfile::tempdir().unwrap();
+    let out = goosepipe(&["exec", "--keys-file", "/dev/zero", "--index", "0"], t.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot read the key list /dev/zero: it is a character device"),
+        "{}",
+        text(&out.stderr)
+    );
+}

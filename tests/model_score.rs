@@ -365,3 +365,31 @@ fn score_refuses_log_probabilities_that_are_not_finite() {
         "{err}"
     );
 }
+
+/// A FIFO given as an expert or a gate file blocked `score` for ever (the open waits
+/// for a writer): refused, saying what it is.
+#[test]
+fn special_files_given_as_experts_or_gates_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let fifo = t.path().join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir = fixture("v1_1");
+    let mut req = ScoreRequest::new(dir.to_str().unwrap(), "x", "y");
+    req.experts = vec![fifo.clone()];
+    let Err(err) = score(&req) else { panic!("refused") };
+    let err = err.to_string();
+    assert!(err.contains("pipe: it is a FIFO, not a regular file"), "{err}");
+    req.experts = vec![std::path::PathBuf::from("/dev/zero")];
+    let Err(err) = score(&req) else { panic!("refused") };
+    let err = err.to_string();
+    assert!(
+        err.contains("it is a character device, not a regular file"),
+        "{err}"
+    );
+}

@@ -371,6 +371,24 @@ fn report_draws_routing_heatmaps_and_score_charts() {
         "{bars:?}"
     );
     assert!(plots.join("e/scores.png").is_file());
+
+    // Into the store's own folders: refused, nothing written there.
+    let inside = t.path().join("store/objects");
+    let err = goosepipe::app::report(
+        &t.path().join("micro.kdl"),
+        &t.path().join("store"),
+        &reg,
+        "md",
+        Some(&inside),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("report --plots: ")
+            && err.to_string().contains("is inside the goosepipe store at"),
+        "{err}"
+    );
+    assert!(!inside.join("e").exists());
 }
 
 /// The text labels of an SVG (what `<text>` elements hold).

@@ -836,6 +836,18 @@ pub fn report(
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
     let store = existing_store(store_root)?;
+    // Plots in a store's folders would be files no step made, which gc and verify
+    // neither know nor tidy (and `--plots .goosepipe/objects` reads as a store path).
+    if let Some(dir) = plots
+        && let Some(inside) = crate::store::identity::store_around(dir)
+    {
+        return Err(miette!(
+            help = "give a folder outside the store",
+            "report --plots: {} is inside the goosepipe store at {}, whose files only runs write",
+            dir.display(),
+            inside.display()
+        ));
+    }
     let (plan, status, lock) = plan_in_store(path, &store, registry, false)?;
     // Early cutoff: an eval after a dataset edited since the last run (not rebuilt
     // yet) has a provisional key; its results are most likely those under the key the

@@ -21,7 +21,8 @@ pub enum ExecError {
 /// The key at line `index` (0-based) of a key list file (one hex key per line): how a
 /// task of a job array finds its step.
 pub fn key_from_list(path: &Path, index: usize) -> Result<Key, ExecError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::file_kind::regular_file(path)
+        .and_then(|()| std::fs::read_to_string(path))
         .map_err(|e| ExecError::Usage(format!("cannot read the key list {}: {e}", path.display())))?;
     let line = text.lines().nth(index).ok_or_else(|| {
         ExecError::Usage(format!(

@@ -58,27 +58,7 @@ pub fn sync_tree(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// What kind of file system entry `md` describes, in words (for refusals of FIFOs and
-/// devices, which a read would block on or never finish).
-pub fn file_kind(md: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = md.file_type();
-    if t.is_file() {
-        "regular file"
-    } else if t.is_dir() {
-        "folder"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
-    } else if t.is_socket() {
-        "socket"
-    } else {
-        "special file"
-    }
-}
+pub use crate::file_kind::file_kind;
 
 pub fn nanos() -> u128 {
     std::time::SystemTime::now()

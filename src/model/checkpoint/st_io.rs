@@ -58,6 +58,8 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         file: label.clone(),
         message,
     };
+    // A FIFO would block the open until a writer came.
+    crate::file_kind::regular_file(path).map_err(|e| ModelError::io(path, e))?;
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)

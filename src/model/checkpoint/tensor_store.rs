@@ -40,12 +40,7 @@ impl TensorStore {
             .collect::<Vec<_>>()
             .join(", ");
         for p in paths {
-            if !p.is_file() {
-                return Err(ModelError::io(
-                    p,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
-                ));
-            }
+            crate::file_kind::regular_file(p).map_err(|e| ModelError::io(p, e))?;
         }
         // SAFETY: see the doc comment; the mapping is read-only.
         let st = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::BadFile {

@@ -1,0 +1,82 @@
+//! What a file system entry is, in words, and the refusal of the entries a read would
+//! block on or never finish (a FIFO waits for a writer, /dev/zero never ends) where a
+//! file is to be read: a path given on the command line, in an environment variable,
+//! or inside a model folder. Below every layer: it uses nothing of ours.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// What kind of file system entry `md` describes, in words (for refusals of FIFOs and
+/// devices, which a read would block on or never finish).
+pub fn file_kind(md: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "folder"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// `path` (symlinks followed) is a regular file; else an error that says what it is
+/// (`InvalidInput`), or the `NotFound` of a missing one.
+pub fn regular_file(path: &Path) -> io::Result<()> {
+    let md = fs::metadata(path)?;
+    if md.is_file() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("it is a {}, not a regular file", file_kind(&md)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_files_are_named_and_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        regular_file(&file).unwrap();
+        let fifo = t.path().join("p");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for (path, said) in [
+            (fifo.as_path(), "it is a FIFO, not a regular file"),
+            (
+                Path::new("/dev/zero"),
+                "it is a character device, not a regular file",
+            ),
+            (t.path(), "it is a folder, not a regular file"),
+        ] {
+            let e = regular_file(path).unwrap_err();
+            assert_eq!(
+                (e.kind(), e.to_string()),
+                (io::ErrorKind::InvalidInput, said.to_string())
+            );
+        }
+        assert_eq!(
+            regular_file(&t.path().join("gone")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+}
