@@ -229,34 +229,41 @@ impl Lockfile {
                 },
                 "external" => {
                     let v = s("resolved").ok_or_else(|| bad(format!("external {name} has no resolved=")))?;
-                    lock.externals.insert(name, v);
+                    if lock.externals.insert(name.clone(), v).is_some() {
+                        return Err(bad(format!(
+                            "external {name} is pinned twice: keep one line (a merge that kept both sides?)"
+                        )));
+                    }
                 }
                 "step" => {
                     let key = s("key")
                         .ok_or_else(|| bad(format!("step {name} has no key=")))?
                         .parse()
                         .map_err(bad)?;
-                    // A content pin keys every step after the dataset: anything but
-                    // a blake3 hex digest (a hand edit, a provisional marker) is refused
-                    // here rather than trusted.
-                    let content = s("content");
-                    if let Some(c) = &content
-                        && !(c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
-                    {
+                    // Each pin is a blake3 hex digest: anything else (a hand edit, a
+                    // provisional marker) is refused here rather than trusted. (A
+                    // content pin keys every step after the dataset; a digest that is
+                    // no digest made --locked call a faithful build "not reproducible".)
+                    let digest = |attr: &str| match s(attr) {
+                        Some(d) if !(d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())) => {
+                            Err(bad(format!(
+                                "step {name} has {attr}={d:?}, which is not a blake3 digest (64 hex digits)"
+                            )))
+                        }
+                        d => Ok(d),
+                    };
+                    let pinned = LockedStep {
+                        key,
+                        digest: digest("digest")?,
+                        content: digest("content")?,
+                        numerics: s("numerics"),
+                        tables: digest("tables")?,
+                    };
+                    if lock.steps.insert(name.clone(), pinned).is_some() {
                         return Err(bad(format!(
-                            "step {name} has content={c:?}, which is not a blake3 digest (64 hex digits)"
+                            "step {name} is pinned twice: keep one line (a merge that kept both sides?)"
                         )));
                     }
-                    lock.steps.insert(
-                        name,
-                        LockedStep {
-                            key,
-                            digest: s("digest"),
-                            content,
-                            numerics: s("numerics"),
-                            tables: s("tables"),
-                        },
-                    );
                 }
                 other => return Err(bad(format!("unknown lockfile node {other}"))),
             }
@@ -311,17 +318,17 @@ mod tests {
             "expert:x".into(),
             LockedStep {
                 key: Key([7; 32]),
-                digest: Some("d".into()),
+                digest: Some("d".repeat(64)),
                 content: None,
                 numerics: Some("cpu x86_64 fma".into()),
-                tables: Some("t".into()),
+                tables: Some("e".repeat(64)),
             },
         );
         l.steps.insert(
             "dataset:x".into(),
             LockedStep {
                 key: Key([8; 32]),
-                digest: Some("e".into()),
+                digest: Some("f".repeat(64)),
                 content: Some("c".repeat(64)),
                 numerics: None,
                 tables: None,
@@ -436,6 +443,33 @@ mod tests {
         ));
         assert!(
             e.contains("line 2, column 1: step dataset:x has content=\"pending:"),
+            "{e}"
+        );
+        // A digest or tables pin that is no digest (`run --locked` called the build
+        // that reproduced everything else "not reproducible"), and a step or an
+        // external pinned twice (the last line won, unsaid).
+        for attr in ["digest", "tables"] {
+            let e = err(&format!(
+                "lockfile version=1\nstep \"expert:x\" key=\"{key}\" {attr}=\"\"\n"
+            ));
+            assert!(
+                e.contains(&format!(
+                    "line 2, column 1: step expert:x has {attr}=\"\", which is not a blake3 digest"
+                )),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            "lockfile version=1\nstep \"expert:x\" key=\"{key}\"\nstep \"expert:x\" key=\"{key}\"\n"
+        ));
+        assert!(
+            e.contains("line 3, column 1: step expert:x is pinned twice"),
+            "{e}"
+        );
+        let e =
+            err("lockfile version=1\nexternal \"hub:a\" resolved=\"x\"\nexternal \"hub:a\" resolved=\"y\"\n");
+        assert!(
+            e.contains("line 3, column 1: external hub:a is pinned twice"),
             "{e}"
         );
         // Nested past any sense: an error, not a stack overflow (run and plan aborted).
