@@ -327,6 +327,31 @@ fn plan_says_where_an_interrupted_training_step_resumes() {
         .find(|l| l.trim_start().starts_with("model"))
         .unwrap();
     assert!(model.ends_with("  cached"), "the model is published: {model}");
+
+    // Its saved states emptied (a full disk): plan promised a resume the run then
+    // did not make; it says that the run starts afresh, as the run does.
+    let work: Vec<std::path::PathBuf> = std::fs::read_dir(d.path().join("store/work"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("train-state.safetensors").is_file())
+        .collect();
+    assert_eq!(work.len(), 1, "{work:?}");
+    for name in ["train-state.safetensors", "train-state.prev.safetensors"] {
+        std::fs::write(work[0].join(name), b"").unwrap();
+    }
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]).text;
+    let expert = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("expert") && l.contains("interrupted"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(
+        expert
+            .ends_with("; but its saved state cannot be used (cut short (0 bytes)): a run starts it afresh"),
+        "{expert}"
+    );
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert!(r.text.contains("training starts from scratch"), "{}", r.text);
 }
 
 /// A kill between publishing and removing the work folder leaves the folder of a

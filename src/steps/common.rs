@@ -121,10 +121,19 @@ impl Base {
 }
 
 /// A training step's preview (`plan`): the step its saved state has reached, when an
-/// interrupted run left one.
+/// interrupted run left one, or that what it left cannot be resumed from.
 pub fn training_preview(ctx: &StepContext, steps: usize) -> Option<String> {
-    let at = crate::train::checkpoint::saved_step(&ctx.work)?;
-    Some(format!("its saved state is at step {at} of {steps}"))
+    use crate::train::checkpoint::{Saved, saved_state};
+    match saved_state(&ctx.work) {
+        Saved::Nothing => None,
+        Saved::At(at) if at <= steps => Some(format!("its saved state is at step {at} of {steps}")),
+        Saved::At(at) => Some(format!(
+            "but its saved state is at step {at}, past the {steps} asked: a run starts it afresh"
+        )),
+        Saved::Unusable(why) => Some(format!(
+            "but its saved state cannot be used ({why}): a run starts it afresh"
+        )),
+    }
 }
 
 /// The tokenizer of a model artifact and its EOS id, without its weights.

@@ -199,47 +199,104 @@ pub fn load(work: &Path, device: &Device, check: impl Fn(&TrainState) -> Result<
     }
 }
 
-/// The step of the state a resumed run would start from (the current state, else the
-/// previous one), read from the file's header alone: what `plan` says of an
-/// interrupted training step. Not verified (a run verifies what it loads, and may
-/// find this state damaged and start from the previous one or afresh).
-pub fn saved_step(work: &Path) -> Option<usize> {
-    [STATE, PREVIOUS]
-        .iter()
-        .find_map(|name| header_step(&work.join(name)))
+/// What a resumed run would start from, as `plan` says it: judged from the state
+/// files' headers and sizes alone (a run verifies the digest of what it loads, and may
+/// still find a state damaged and start from the previous one or afresh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// No state file.
+    Nothing,
+    /// The step of the newest usable state.
+    At(usize),
+    /// State files, none usable: why the newest is not.
+    Unusable(String),
 }
 
-/// The step a state file's header records, if it is a state of ours saved in this
-/// folder (one copied in from another step's work folder is discarded on resume,
-/// so it is no saved progress: `plan` must not say it resumes).
-fn header_step(path: &Path) -> Option<usize> {
+/// The state a resumed run would start from: the current one, else the previous one.
+pub fn saved_state(work: &Path) -> Saved {
+    let mut first_why = None;
+    for name in [STATE, PREVIOUS] {
+        let path = work.join(name);
+        if !path.exists() {
+            continue;
+        }
+        match header_step(&path) {
+            Ok(step) => return Saved::At(step),
+            Err(why) => {
+                first_why.get_or_insert(why);
+            }
+        }
+    }
+    first_why.map_or(Saved::Nothing, Saved::Unusable)
+}
+
+/// The step a state file's header records, if it is a whole state of ours saved in
+/// this folder (cut short or padded, it fails its digest; copied in from another
+/// step's work folder, it is discarded on resume: no saved progress either way).
+fn header_step(path: &Path) -> Result<usize, String> {
     use std::io::Read;
-    let mut f = File::open(path).ok()?;
+    let not_ours = || "not a training state of goosepipe's".to_string();
+    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    let size = f.metadata().map_err(|e| e.to_string())?.len();
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
+    f.read_exact(&mut len)
+        .map_err(|_| format!("cut short ({size} bytes)"))?;
     // A state's header lists its tensors and the loop's metrics: well under this
     // (T5-XL's LoRA: about half a megabyte). Anything larger is not a state of ours.
     let len = u64::from_le_bytes(len);
     if len > 64 << 20 {
-        return None;
+        return Err(not_ours());
     }
     let mut header = Vec::new();
-    f.take(len).read_to_end(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let metadata = header.get("__metadata__")?;
-    if metadata.get("format")?.as_str()? != FORMAT {
-        return None;
+    f.take(len).read_to_end(&mut header).map_err(|e| e.to_string())?;
+    if (header.len() as u64) < len {
+        return Err(format!("cut short ({size} bytes)"));
     }
-    let meta: serde_json::Value = serde_json::from_str(metadata.get("meta")?.as_str()?).ok()?;
-    let here = path.parent()?.file_name()?.to_string_lossy();
-    if meta
-        .get("work")
-        .and_then(|w| w.as_str())
-        .is_some_and(|w| w != here)
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|_| not_ours())?;
+    // The data ends where the last tensor does: a file of another length was cut
+    // short (a full disk) or written over.
+    let data_end = header
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| *k != "__metadata__")
+                .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .ok_or_else(not_ours)?;
+    let expected = 8 + len + data_end;
+    if size != expected {
+        return Err(format!(
+            "{size} bytes where its header describes {expected}: cut short or written over"
+        ));
+    }
+    let metadata = header.get("__metadata__").ok_or_else(not_ours)?;
+    if metadata.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(not_ours());
+    }
+    let meta: serde_json::Value = metadata
+        .get("meta")
+        .and_then(|m| m.as_str())
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(not_ours)?;
+    let here = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(w) = meta.get("work").and_then(|w| w.as_str())
+        && w != here
     {
-        return None;
+        return Err(format!(
+            "saved by the step whose work folder is {}",
+            crate::store::key::short_hex(w)
+        ));
     }
-    usize::try_from(meta.get("step")?.as_u64()?).ok()
+    meta.get("step")
+        .and_then(|s| s.as_u64())
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or_else(not_ours)
 }
 
 #[cfg(test)]
@@ -269,22 +326,38 @@ mod tests {
     #[test]
     fn the_saved_step_is_read_from_the_newest_state_header() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(saved_step(dir.path()), None, "nothing saved");
+        assert_eq!(saved_state(dir.path()), Saved::Nothing, "nothing saved");
         save(dir.path(), &state(1.5, 4)).unwrap();
         let older = std::fs::read(dir.path().join(STATE)).unwrap();
         save(dir.path(), &state(2.5, 8)).unwrap();
-        assert_eq!(saved_step(dir.path()), Some(8));
+        assert_eq!(saved_state(dir.path()), Saved::At(8));
         // Killed after the current state was moved aside: the previous one is it.
         std::fs::rename(dir.path().join(STATE), dir.path().join("moved")).unwrap();
-        std::fs::write(dir.path().join(PREVIOUS), older).unwrap();
-        assert_eq!(saved_step(dir.path()), Some(4));
-        // A file that is not a state of ours says nothing.
-        std::fs::write(
-            dir.path().join(PREVIOUS),
-            b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header",
-        )
-        .unwrap();
-        assert_eq!(saved_step(dir.path()), None);
+        std::fs::write(dir.path().join(PREVIOUS), &older).unwrap();
+        assert_eq!(saved_state(dir.path()), Saved::At(4));
+        // A current state that is damaged: the previous one, as a run would.
+        std::fs::write(dir.path().join(STATE), b"").unwrap();
+        assert_eq!(saved_state(dir.path()), Saved::At(4));
+        std::fs::remove_file(dir.path().join(STATE)).unwrap();
+        // A file that is no whole state of ours is no saved progress, and says why.
+        for (bytes, why) in [
+            (&b""[..], "cut short (0 bytes)".to_string()),
+            (
+                &b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header"[..],
+                "not a training state of goosepipe's".into(),
+            ),
+            (
+                &older[..older.len() - 1],
+                format!(
+                    "{} bytes where its header describes {}: cut short or written over",
+                    older.len() - 1,
+                    older.len()
+                ),
+            ),
+        ] {
+            std::fs::write(dir.path().join(PREVIOUS), bytes).unwrap();
+            assert_eq!(saved_state(dir.path()), Saved::Unusable(why));
+        }
     }
 
     #[test]

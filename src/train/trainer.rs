@@ -877,8 +877,11 @@ mod tests {
         assert_eq!(out.metrics, want.metrics);
         // Nor does plan count it as saved progress there.
         std::fs::copy(theirs.join(checkpoint::STATE), ours.join(checkpoint::STATE)).unwrap();
-        assert_eq!(checkpoint::saved_step(&ours), None);
-        assert_eq!(checkpoint::saved_step(&theirs), Some(13));
+        assert_eq!(
+            checkpoint::saved_state(&ours),
+            checkpoint::Saved::Unusable("saved by the step whose work folder is aaaaaaaaaaaa".into())
+        );
+        assert_eq!(checkpoint::saved_state(&theirs), checkpoint::Saved::At(13));
         // In its own folder, it resumes.
         let logged = Logged(Default::default());
         train(&mut toy(), &vars, &data, &data, &config(), &theirs, &logged).unwrap();
