@@ -819,6 +819,16 @@ expert "sort" model="t" dataset="sort" {
         goosepipe::app::score::score(&by_id).unwrap().total,
         from_export.total
     );
+    // Its record in the store's names/ index emptied (the next run writes it again):
+    // found by its metadata, as `show` finds it (it was "in no run of the store").
+    let record = store
+        .join("names")
+        .join(&blake3::hash(b"expert:sort").to_hex()[..32]);
+    std::fs::write(&record, "").unwrap();
+    let mut unrecorded = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    unrecorded.experts = vec!["expert:sort".into()];
+    goosepipe::app::score::resolve_step_ids(&mut unrecorded, &store).unwrap();
+    assert_eq!(unrecorded.experts, by_id.experts);
     // A gate gone from the store (gc) is said as such, not as a file not found.
     let gate_key = s.find("gate:sort").unwrap().key;
     let aside = dir.path().join("gate-aside");

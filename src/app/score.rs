@@ -605,10 +605,25 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
     let store = crate::store::Store::at(store_root);
     // Re-hashed as `export` and `show` do: a damaged or collected artifact is said,
     // not read.
-    let built = |id: &str| -> Option<crate::store::Key> { store.named(id) };
+    // The names/ index first; without a record for the id (lost, damaged: the next run
+    // writes it again), the artifacts' own metadata, as `show` finds them.
+    let built = |id: &str| -> Option<crate::store::Key> {
+        store
+            .named(id)
+            .or_else(|| store.find(id).ok().filter(|m| m.spec.id == id).map(|m| m.key))
+    };
     let files = |id: &str| -> std::result::Result<PathBuf, String> {
         let key = built(id).ok_or_else(|| {
-            let ids = store.named_ids();
+            // Suggested from the index and, for ids whose record is lost, the artifacts'.
+            let mut ids = store.named_ids();
+            ids.extend(
+                store
+                    .keys()
+                    .iter()
+                    .filter_map(|k| store.meta(k).map(|m| m.spec.id)),
+            );
+            ids.sort_unstable();
+            ids.dedup();
             let near = crate::manifest::diag::did_you_mean(id, ids.iter().map(String::as_str))
                 .map(|n| format!("; did you mean {n}?"))
                 .unwrap_or_default();
