@@ -1245,6 +1245,32 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
     assert!(!p.store().join("work").join(&junk_key).exists());
     assert!(!p.store().join("tmp/gc.123").exists());
 
+    // A folder inside the store given as --store: the store is named, not a new store
+    // inside it suggested.
+    let mut out = Vec::new();
+    let err = goosepipe::app::run(
+        &p.manifest(),
+        &p.store().join("objects"),
+        &reg,
+        &RunOptions::default(),
+        true,
+        &CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap_err();
+    let store_real = std::fs::canonicalize(p.store()).unwrap();
+    assert!(
+        format!("{err}").contains(&format!(
+            "it is inside the goosepipe store at {}",
+            store_real.display()
+        )),
+        "{err:?}"
+    );
+    assert!(
+        format!("{err:?}").contains(&format!("pass --store {}", store_real.display())),
+        "{err:?}"
+    );
+
     // A store laid out by a goosepipe from before the marker opens, and gets it.
     std::fs::remove_file(p.store().join(goosepipe::store::identity::MARKER)).unwrap();
     let (code, out) = p.run(&reg, &RunOptions::default());
@@ -1373,4 +1399,25 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
         "{text}"
     );
     assert!(store.verify(&key).is_ok(), "left where it was, intact: {text}");
+}
+
+/// What a meta.json says reaches `show`'s terminal as text: an edited host with
+/// escape sequences (a colour, a window title) is shown escaped, never interpreted.
+#[test]
+fn show_escapes_control_characters_read_from_an_artifact() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let store = Store::open(p.store()).unwrap();
+    let key = store.find("pool:p").unwrap().key;
+    let meta_file = store.object_dir(&key).join("meta.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
+    meta["host"] = serde_json::json!("box\u{1b}[31m\u{1b}]0;owned\u{7}");
+    std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let mut out = Vec::new();
+    goosepipe::app::show("pool:p", &p.store(), false, false, &mut out).unwrap();
+    let shown = String::from_utf8(out).unwrap();
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+    assert!(shown.contains(r"box\u{1b}[31m\u{1b}]0;owned\u{7}"), "{shown}");
 }

@@ -305,6 +305,11 @@ fn unsupported_configurations_are_refused_naming_the_field() {
                 "in 32-bit floats",
             ],
         ),
+        (
+            "lora_alpha 0 (imported as an expert that changes nothing)",
+            Box::new(|c| c["lora_alpha"] = serde_json::json!(0)),
+            &["`lora_alpha`: 0 scales every update to nothing"],
+        ),
     ];
     for (what, edit, needles) in cases {
         let dir = edited(edit);

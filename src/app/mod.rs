@@ -72,13 +72,24 @@ fn open_store(root: &Path) -> Result<Store, Report> {
 
 fn store_error(e: crate::store::StoreError) -> Report {
     match &e {
-        crate::store::StoreError::NotAStore { path, .. } => miette!(
-            help = format!(
-                "pass --store a new or empty folder (for example {}), or the store your runs used",
-                path.join(crate::store::DEFAULT_STORE).display()
-            ),
-            "{e}"
-        ),
+        // A folder inside a store (`--store .goosepipe/objects`): the store itself is
+        // what was meant, not a new store within it.
+        crate::store::StoreError::NotAStore { path, .. } => {
+            match crate::store::identity::store_around(path) {
+                Some(store) => miette!(
+                    help = format!("pass --store {} (the store this folder is in)", store.display()),
+                    "{e}; it is inside the goosepipe store at {}",
+                    store.display()
+                ),
+                None => miette!(
+                    help = format!(
+                        "pass --store a new or empty folder (for example {}), or the store your runs used",
+                        path.join(crate::store::DEFAULT_STORE).display()
+                    ),
+                    "{e}"
+                ),
+            }
+        }
         _ => miette!(
             help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
             "cannot open the store: {e}"
@@ -1829,6 +1840,11 @@ pub fn show(
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(shown);
     }
+    // Written to a terminal: what a meta.json says (an edited host, a name) must not
+    // carry terminal escape sequences there; they are shown escaped.
+    let terminal = out;
+    let mut text = Vec::new();
+    let out: &mut dyn Write = &mut text;
     let s = &meta.spec;
     let _ = writeln!(
         out,
@@ -1894,7 +1910,23 @@ pub fn show(
     for (size, name) in file_rows(&meta.files) {
         let _ = writeln!(out, "  {:>10}  {name}", human_size(size));
     }
+    let _ = terminal.write_all(without_controls(&String::from_utf8_lossy(&text)).as_bytes());
     Ok(shown)
+}
+
+/// `text` with every control character but newline and tab written as its escape
+/// (`\u{1b}`), so that text read from a file cannot move a terminal's cursor,
+/// recolour it or retitle its window.
+fn without_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `show`'s file list: one row per file, but a folder of more than

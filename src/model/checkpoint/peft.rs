@@ -175,6 +175,14 @@ fn read_config(dir: &Path) -> Result<Config> {
             .filter(|a| a.is_finite())
             .ok_or_else(|| refuse("lora_alpha", format!("{a} is not a number")))?,
     };
+    // Scaling by 0 imports an expert that changes no output: every method would
+    // score it as the base, unsaid.
+    if lora_alpha == 0.0 {
+        return Err(refuse(
+            "lora_alpha",
+            "0 scales every update to nothing: the adapter would change no output".into(),
+        ));
+    }
     // Anything else selected every module (a number, a boolean, an object).
     match obj.get("target_modules") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
