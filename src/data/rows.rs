@@ -292,7 +292,11 @@ fn arrow_batches_rows(
 /// list, `["a", "b"]`, are read as a list by the field mapping). Errors name the line.
 pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut reader = csv::ReaderBuilder::new().from_reader(std::io::BufReader::new(file));
+    // Flexible: a record of another length is judged here, where it can be told apart
+    // from a quote left open (which reads the rest of the file as one field).
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(std::io::BufReader::new(file));
     let at = |e: csv::Error| {
         let line = e.position().map(|p| format!(":{}", p.line())).unwrap_or_default();
         let why = match e.kind() {
@@ -327,6 +331,26 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     let mut out = vec![];
     for record in reader.records() {
         let record = record.map_err(at)?;
+        if record.len() != headers.len() {
+            let line = record.position().map_or(0, |p| p.line());
+            // Lines the record spans past its first (a newline that ends the file is
+            // no further line).
+            let joined = record.iter().collect::<Vec<_>>().join(",");
+            let spans = joined.trim_end_matches(['\n', '\r']).matches('\n').count();
+            let why = if spans > 0 && record.len() < headers.len() {
+                format!(
+                    "a quoted field opened here runs on to line {}: its closing quote is missing (a quote inside a quoted field is written twice: \"\")",
+                    line as usize + spans
+                )
+            } else {
+                format!(
+                    "this record has {} fields, the header {}",
+                    record.len(),
+                    headers.len()
+                )
+            };
+            return Err(DataError::Other(format!("{}:{line}: {why}", path.display())));
+        }
         let mut row = Row::new();
         for (h, cell) in headers.iter().zip(record.iter()) {
             row.insert(h.clone(), serde_json::Value::String(cell.to_string()));
@@ -582,7 +606,20 @@ mod tests {
         );
         std::fs::write(&csv, "q,a\nx,y\nonly-one\n").unwrap();
         let err = read_rows(&csv).unwrap_err().to_string();
-        assert!(err.contains("d.csv:3:"), "{err}");
+        assert!(
+            err.contains("d.csv:3: this record has 1 fields, the header 2"),
+            "{err}"
+        );
+        // A quote left open reads the rest of the file as one field: said as that (it
+        // was "found record with 1 fields, but the previous record has 2").
+        std::fs::write(&csv, "q,a\nx,y\n\"open,z\nw,v\nu,t\n").unwrap();
+        let err = read_rows(&csv).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "d.csv:3: a quoted field opened here runs on to line 5: its closing quote is missing"
+            ),
+            "{err}"
+        );
         std::fs::write(&csv, b"q,a\nx,y\ncaf\xe9,z\n").unwrap();
         let err = read_rows(&csv).unwrap_err().to_string();
         assert!(err.contains("d.csv:3: not UTF-8 text"), "{err}");
