@@ -1100,6 +1100,17 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
         "{err:?}"
     );
     assert!(store.object_dir(&theirs).exists());
+    // Given to gc itself, its damaged record costs nothing: what it reaches is kept.
+    goosepipe::app::gc(
+        &[p.manifest(), sibling.clone()],
+        &p.store(),
+        &reg,
+        false,
+        false,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert!(store.object_dir(&theirs).exists());
     let (code, out) = run_sibling();
     assert!(code == 0 && out.contains("nothing to do"), "{out}");
     assert!(
@@ -1176,17 +1187,20 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
     let theirs = p.dir.path().join("mine");
     p.file("mine/work/thesis.tex", "precious");
     p.file("mine/notes.txt", "mine");
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &theirs,
-        &reg,
-        &RunOptions::default(),
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_err();
+    // A run on `store`, which refuses it.
+    let refused = |store: &std::path::Path| {
+        goosepipe::app::run(
+            &p.manifest(),
+            store,
+            &reg,
+            &RunOptions::default(),
+            true,
+            &CancelFlag::new(),
+            &mut Vec::new(),
+        )
+        .unwrap_err()
+    };
+    let err = refused(&theirs);
     assert!(
         format!("{err}").contains(
             "is not a goosepipe store: it holds notes.txt, and a store is made only in a new or empty folder"
@@ -1247,29 +1261,22 @@ fn a_folder_of_ones_own_files_is_never_taken_as_a_store_nor_tidied_by_gc() {
 
     // A folder inside the store given as --store: the store is named, not a new store
     // inside it suggested.
-    let mut out = Vec::new();
-    let err = goosepipe::app::run(
-        &p.manifest(),
-        &p.store().join("objects"),
-        &reg,
-        &RunOptions::default(),
-        true,
-        &CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap_err();
     let store_real = std::fs::canonicalize(p.store()).unwrap();
-    assert!(
-        format!("{err}").contains(&format!(
-            "it is inside the goosepipe store at {}",
-            store_real.display()
-        )),
-        "{err:?}"
-    );
-    assert!(
-        format!("{err:?}").contains(&format!("pass --store {}", store_real.display())),
-        "{err:?}"
-    );
+    for inside in ["objects", "tmp", "new"] {
+        let err = refused(&p.store().join(inside));
+        assert!(
+            format!("{err}").contains(&format!(
+                "is inside the goosepipe store at {}: a store is never made inside another",
+                store_real.display()
+            )),
+            "{inside}: {err:?}"
+        );
+        assert!(
+            format!("{err:?}").contains(&format!("pass --store {}", store_real.display())),
+            "{err:?}"
+        );
+    }
+    assert!(!p.store().join("new").exists(), "nothing made there");
 
     // A store laid out by a goosepipe from before the marker opens, and gets it.
     std::fs::remove_file(p.store().join(goosepipe::store::identity::MARKER)).unwrap();

@@ -225,6 +225,24 @@ fn plan_names_the_files_of_a_folder_that_changed() {
             "path:base pytorch_model.bin removed",
         ]
     );
+    // Another folder in its place: named as the input that changed, not as edits to
+    // the new folder's files.
+    copy_dir(&base, &dir.join("other"));
+    std::fs::write(
+        dir.join("f.kdl"),
+        MANIFEST.replace("path=\"base\"", "path=\"other\""),
+    )
+    .unwrap();
+    let out = goosepipe(dir, &["plan", "f.kdl"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("model "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.ends_with("stale: external input changed: path:other"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -572,8 +572,7 @@ fn a_batch_above_the_training_examples_is_said() {
         );
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
     };
-    let said =
-        "`train batch` is 100, more than the 64 training examples: each step trains on 64 sequences, not 100";
+    let said = "`train batch` is 100, more than the 64 training examples: each step trains on 64 sequences; set it to at most 64 (and `train micro-batch` at most that)";
     let out = goosepipe(&["run", "micro.kdl", "--store", "store", "--until", "expert:sort"]);
     assert!(out.contains(&format!("expert:sort: warning: {said}")), "{out}");
     // The pretraining (batch 8 of a 200-row corpus) and the other expert say nothing.

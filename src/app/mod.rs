@@ -72,24 +72,18 @@ fn open_store(root: &Path) -> Result<Store, Report> {
 
 fn store_error(e: crate::store::StoreError) -> Report {
     match &e {
-        // A folder inside a store (`--store .goosepipe/objects`): the store itself is
-        // what was meant, not a new store within it.
-        crate::store::StoreError::NotAStore { path, .. } => {
-            match crate::store::identity::store_around(path) {
-                Some(store) => miette!(
-                    help = format!("pass --store {} (the store this folder is in)", store.display()),
-                    "{e}; it is inside the goosepipe store at {}",
-                    store.display()
-                ),
-                None => miette!(
-                    help = format!(
-                        "pass --store a new or empty folder (for example {}), or the store your runs used",
-                        path.join(crate::store::DEFAULT_STORE).display()
-                    ),
-                    "{e}"
-                ),
-            }
-        }
+        crate::store::StoreError::NotAStore { path, .. } => miette!(
+            help = format!(
+                "pass --store a new or empty folder (for example {}), or the store your runs used",
+                path.join(crate::store::DEFAULT_STORE).display()
+            ),
+            "{e}"
+        ),
+        // A folder inside a store: the store itself is what was meant.
+        crate::store::StoreError::InsideStore { store, .. } => miette!(
+            help = format!("pass --store {} (the store this folder is in)", store.display()),
+            "{e}"
+        ),
         _ => miette!(
             help = "pass --store DIR or set GOOSEPIPE_STORE to a writable folder",
             "cannot open the store: {e}"
@@ -1486,13 +1480,20 @@ fn others_on_store(
     reachable: &mut HashSet<crate::store::Key>,
     out: &mut dyn Write,
 ) -> Result<(), Report> {
+    // A given manifest's own record, damaged, costs nothing: what that manifest
+    // reaches is kept anyway, and its next run writes the record again. (Recorded as
+    // run: made absolute, not resolved.)
+    let given_as_run: Vec<PathBuf> = given.iter().filter_map(|m| std::path::absolute(m).ok()).collect();
     let given: HashSet<PathBuf> = given
         .iter()
         .filter_map(|m| std::fs::canonicalize(m).ok())
         .collect();
     let hashes = store.hash_cache();
     let (recorded, damaged) = store.recorded_manifests();
-    for d in &damaged {
+    for d in damaged
+        .iter()
+        .filter(|d| !given_as_run.iter().any(|m| store.is_record_of(&d.path, m)))
+    {
         let record = &d.path;
         if only_given {
             let _ = writeln!(
@@ -1504,7 +1505,7 @@ fn others_on_store(
             continue;
         }
         return Err(miette!(
-            help = "if the manifest it named is gone, delete the record; else give that manifest to gc too (its next run writes the record again), or pass --only-given to keep only what the given manifests reach",
+            help = "if the manifest it named is gone, delete the record; else run that manifest (which writes its record again) or give it to gc too, or pass --only-given to keep only what the given manifests reach",
             "{} records a manifest that ran on this store, and names none ({}): gc cannot tell what that manifest needs",
             record.display(),
             d.why

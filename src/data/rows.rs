@@ -329,7 +329,8 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
         )));
     }
     let mut out = vec![];
-    for record in reader.records() {
+    let mut records = reader.records().peekable();
+    while let Some(record) = records.next() {
         let record = record.map_err(at)?;
         if record.len() != headers.len() {
             let line = record.position().map_or(0, |p| p.line());
@@ -337,7 +338,9 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
             // no further line).
             let joined = record.iter().collect::<Vec<_>>().join(",");
             let spans = joined.trim_end_matches(['\n', '\r']).matches('\n').count();
-            let why = if spans > 0 && record.len() < headers.len() {
+            // A quote left open reads to the end of the file: the last record, short,
+            // spanning lines. (A short record whose quoted field closes is counted.)
+            let why = if spans > 0 && record.len() < headers.len() && records.peek().is_none() {
                 format!(
                     "a quoted field opened here runs on to line {}: its closing quote is missing (a quote inside a quoted field is written twice: \"\")",
                     line as usize + spans
@@ -608,6 +611,13 @@ mod tests {
         let err = read_rows(&csv).unwrap_err().to_string();
         assert!(
             err.contains("d.csv:3: this record has 1 fields, the header 2"),
+            "{err}"
+        );
+        // A short record whose quoted field spans lines and closes is counted.
+        std::fs::write(&csv, "q,a,b\n\"x\ny\",z\nu,v,w\n").unwrap();
+        let err = read_rows(&csv).unwrap_err().to_string();
+        assert!(
+            err.contains("d.csv:2: this record has 2 fields, the header 3"),
             "{err}"
         );
         // A quote left open reads the rest of the file as one field: said as that (it

@@ -665,12 +665,30 @@ impl Change {
 
 /// The files that differ between the same folder input of two recipes, when both list
 /// their files (a recipe from before the listing, or of a file or a very large folder,
-/// does not: then the folder alone is named).
+/// does not: then the folder alone is named, as it is when the setting now names
+/// another folder).
 fn folder_changes(old: &crate::store::spec::External, new: &crate::store::spec::External) -> Vec<FileChange> {
     use crate::store::spec::External::Path;
-    let (Path { files: Some(was), .. }, Path { files: Some(is), .. }) = (old, new) else {
+    // The same folder on both sides: another one in its place is named as the
+    // external that changed, not as edits to its files.
+    let (
+        Path {
+            files: Some(was),
+            path: was_at,
+            ..
+        },
+        Path {
+            files: Some(is),
+            path: is_at,
+            ..
+        },
+    ) = (old, new)
+    else {
         return vec![];
     };
+    if was_at != is_at {
+        return vec![];
+    }
     let external = new.lock_name();
     let names: BTreeSet<&String> = was.keys().chain(is.keys()).collect();
     names

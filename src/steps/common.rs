@@ -124,12 +124,9 @@ impl Base {
 /// interrupted run left one, or that what it left cannot be resumed from.
 pub fn training_preview(ctx: &StepContext, steps: usize) -> Option<String> {
     use crate::train::checkpoint::{Saved, saved_state};
-    match saved_state(&ctx.work) {
+    match saved_state(&ctx.work, steps) {
         Saved::Nothing => None,
-        Saved::At(at) if at <= steps => Some(format!("its saved state is at step {at} of {steps}")),
-        Saved::At(at) => Some(format!(
-            "but its saved state is at step {at}, past the {steps} asked: a run starts it afresh"
-        )),
+        Saved::At(at) => Some(format!("its saved state is at step {at} of {steps}")),
         Saved::Unusable(why) => Some(format!(
             "but its saved state cannot be used ({why}): a run starts it afresh"
         )),

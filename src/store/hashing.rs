@@ -83,7 +83,7 @@ pub struct Hashed {
 }
 
 /// The most files of a folder a recipe lists by name.
-pub const MAX_LISTED_FILES: usize = 1000;
+pub const MAX_LISTED_FILES: usize = 256;
 
 /// Folders deeper than this below a hashed folder are refused (a path of one-letter
 /// folders hits the OS path limit long before).
@@ -331,5 +331,27 @@ mod tests {
         assert_eq!(c.dir(t.path(), &top_json).unwrap(), whole);
         std::fs::write(t.path().join("config.json"), b"{\"a\": 1}").unwrap();
         assert_ne!(c.dir(t.path(), &top_json).unwrap(), whole);
+    }
+
+    /// A folder's files are listed with their blake3 (what `plan` names when one
+    /// changes), up to [`MAX_LISTED_FILES`]; a file, or a larger folder, lists none.
+    #[test]
+    fn a_folder_lists_its_files_up_to_a_bound() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"1").unwrap();
+        let c = HashCache::in_memory();
+        let listed = c.path_selected(t.path(), &every_entry).unwrap();
+        assert_eq!(listed.hash, c.dir(t.path(), &every_entry).unwrap());
+        let files = listed.files.unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(files["a"], blake3::hash(b"1").to_hex().to_string());
+        assert_eq!(
+            c.path_selected(&t.path().join("a"), &every_entry).unwrap().files,
+            None
+        );
+        for i in 0..MAX_LISTED_FILES {
+            std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        assert_eq!(c.path_selected(t.path(), &every_entry).unwrap().files, None);
     }
 }

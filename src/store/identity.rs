@@ -32,6 +32,23 @@ pub fn store_around(path: &Path) -> Option<std::path::PathBuf> {
     real.ancestors().find(|a| is_store(a)).map(Path::to_path_buf)
 }
 
+/// The marked store that `root` is inside (not `root` itself), if any.
+fn marked_store_above(root: &Path) -> Option<std::path::PathBuf> {
+    let absolute = std::path::absolute(root).ok()?;
+    let existing = absolute.ancestors().find(|a| a.exists())?;
+    let real = std::fs::canonicalize(existing).ok()?;
+    // `root` itself, when it exists, is no store above it.
+    let start = if existing == absolute.as_path() {
+        real.parent()?.to_path_buf()
+    } else {
+        real
+    };
+    start
+        .ancestors()
+        .find(|a| a.join(MARKER).is_file())
+        .map(Path::to_path_buf)
+}
+
 /// The names in `root` that a store does not make, sorted: a folder with any is
 /// someone's own, not a store to be (empty when `root` is a store, empty, or absent).
 pub fn foreign_entries(root: &Path) -> Vec<String> {
@@ -63,6 +80,15 @@ fn laid_out_as_store(root: &Path) -> bool {
 /// folder can be written: a read-only store stays readable); any other folder is
 /// refused with [`StoreError::NotAStore`].
 pub fn claim(root: &Path) -> Result<(), StoreError> {
+    // A folder inside a store (`--store .goosepipe/objects`, or a new one there) is a
+    // mistyped --store, not a store to make inside the other. Only a marked store
+    // counts here: a project's own `objects/` and `recipes/` folders are no store.
+    if let Some(store) = marked_store_above(root) {
+        return Err(StoreError::InsideStore {
+            path: root.to_path_buf(),
+            store,
+        });
+    }
     std::fs::create_dir_all(root).map_err(io_err(root))?;
     let marker = root.join(MARKER);
     if marker.is_file() {

@@ -16,17 +16,25 @@ impl Store {
         self.manifests_dir().join(record_name(manifest))
     }
 
+    /// Whether `path` is where `manifest`'s record is (damaged or not): a damaged record
+    /// of a manifest gc was given costs nothing, as gc keeps what that one reaches.
+    pub fn is_record_of(&self, path: &Path, manifest: &Path) -> bool {
+        path == self.manifest_record(manifest)
+    }
+
     /// Notes that `manifest` (an absolute path) runs on this store; written once per
     /// manifest.
     pub fn record_manifest(&self, manifest: &Path) -> Result<(), StoreError> {
         let p = self.manifest_record(manifest);
-        let line = format!("{}\n", manifest.display());
-        if std::fs::read_to_string(&p).is_ok_and(|s| s == line) {
+        // The path's own bytes: one that is not UTF-8 must read back as itself.
+        let mut line = manifest.as_os_str().as_encoded_bytes().to_vec();
+        line.push(b'\n');
+        if std::fs::read(&p).is_ok_and(|s| s == line) {
             return Ok(());
         }
         let dir = self.manifests_dir();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        write_atomic(&p, line.as_bytes()).map_err(io_err(&p))
+        write_atomic(&p, &line).map_err(io_err(&p))
     }
 
     /// Every manifest recorded as having run on this store, in path order, and the
@@ -35,7 +43,19 @@ impl Store {
     /// for gone.
     pub fn recorded_manifests(&self) -> (Vec<PathBuf>, Vec<DamagedRecord>) {
         let (mut found, mut damaged) = (vec![], vec![]);
-        for entry in std::fs::read_dir(self.manifests_dir()).into_iter().flatten() {
+        let entries = match std::fs::read_dir(self.manifests_dir()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (found, damaged),
+            // Unlistable (permissions): every record in it is unknown, not absent.
+            Err(e) => {
+                damaged.push(DamagedRecord {
+                    path: self.manifests_dir(),
+                    why: e.to_string(),
+                });
+                return (found, damaged);
+            }
+        };
+        for entry in entries {
             let path = match entry {
                 Ok(e) if is_partial_write(&e.file_name().to_string_lossy()) => continue,
                 Ok(e) => e.path(),
@@ -80,12 +100,14 @@ fn record_name(manifest: &Path) -> String {
 /// The manifest a record names: one absolute path and a newline, under the name
 /// [`record_name`] gives it.
 fn read_record(path: &Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let line = text
-        .strip_suffix('\n')
-        .filter(|l| !l.is_empty() && !l.contains('\n'))
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let raw = bytes
+        .strip_suffix(b"\n")
+        .filter(|l| !l.is_empty() && !l.contains(&b'\n') && !l.contains(&0))
         .ok_or("not one path and a newline")?;
-    let manifest = PathBuf::from(line);
+    let manifest = PathBuf::from(std::ffi::OsStr::from_bytes(raw));
+    let line = manifest.display();
     if !manifest.is_absolute() {
         return Err(format!("\"{line}\" is not an absolute path"));
     }
@@ -135,7 +157,7 @@ mod tests {
                 format!("{}\n", a.display()).as_bytes(),
                 "whose record has another name",
             ),
-            (&b"\xff\xfe\n"[..], "valid UTF-8"),
+            (&b"\xff\xfe\n"[..], "is not an absolute path"),
         ] {
             std::fs::write(&record, bytes).unwrap();
             let (found, damaged) = store.recorded_manifests();
@@ -144,5 +166,22 @@ mod tests {
             assert_eq!(damaged[0].path, record);
             assert!(damaged[0].why.contains(why), "{:?}: {}", bytes, damaged[0].why);
         }
+        // A path that is not UTF-8 is recorded as its bytes and read back as itself
+        // (written lossily, it read back under another name: damaged).
+        use std::os::unix::ffi::OsStrExt;
+        let odd = t.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.kdl"));
+        std::fs::remove_file(&record).unwrap();
+        store.record_manifest(&odd).unwrap();
+        assert_eq!(
+            store.recorded_manifests(),
+            (
+                vec![a.clone(), odd]
+                    .into_iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                vec![]
+            )
+        );
     }
 }

@@ -212,15 +212,23 @@ pub enum Saved {
     Unusable(String),
 }
 
-/// The state a resumed run would start from: the current one, else the previous one.
-pub fn saved_state(work: &Path) -> Saved {
+/// The state a resumed run of `steps` steps would start from: the current one, else
+/// the previous one (a state past `steps` is discarded on resume, as the trainer's
+/// check does).
+pub fn saved_state(work: &Path, steps: usize) -> Saved {
     let mut first_why = None;
     for name in [STATE, PREVIOUS] {
         let path = work.join(name);
         if !path.exists() {
             continue;
         }
-        match header_step(&path) {
+        match header_step(&path).and_then(|step| {
+            if step <= steps {
+                Ok(step)
+            } else {
+                Err(format!("at step {step}, past the {steps} asked"))
+            }
+        }) {
             Ok(step) => return Saved::At(step),
             Err(why) => {
                 first_why.get_or_insert(why);
@@ -326,18 +334,26 @@ mod tests {
     #[test]
     fn the_saved_step_is_read_from_the_newest_state_header() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(saved_state(dir.path()), Saved::Nothing, "nothing saved");
+        assert_eq!(saved_state(dir.path(), 100), Saved::Nothing, "nothing saved");
         save(dir.path(), &state(1.5, 4)).unwrap();
         let older = std::fs::read(dir.path().join(STATE)).unwrap();
         save(dir.path(), &state(2.5, 8)).unwrap();
-        assert_eq!(saved_state(dir.path()), Saved::At(8));
+        assert_eq!(saved_state(dir.path(), 100), Saved::At(8));
         // Killed after the current state was moved aside: the previous one is it.
         std::fs::rename(dir.path().join(STATE), dir.path().join("moved")).unwrap();
         std::fs::write(dir.path().join(PREVIOUS), &older).unwrap();
-        assert_eq!(saved_state(dir.path()), Saved::At(4));
+        assert_eq!(saved_state(dir.path(), 100), Saved::At(4));
         // A current state that is damaged: the previous one, as a run would.
         std::fs::write(dir.path().join(STATE), b"").unwrap();
-        assert_eq!(saved_state(dir.path()), Saved::At(4));
+        assert_eq!(saved_state(dir.path(), 100), Saved::At(4));
+        // One past the steps asked (the run asks fewer now): the previous one.
+        save(dir.path(), &state(2.5, 8)).unwrap();
+        std::fs::write(dir.path().join(PREVIOUS), &older).unwrap();
+        assert_eq!(saved_state(dir.path(), 6), Saved::At(4));
+        assert_eq!(
+            saved_state(dir.path(), 3),
+            Saved::Unusable("at step 8, past the 3 asked".into())
+        );
         std::fs::remove_file(dir.path().join(STATE)).unwrap();
         // A file that is no whole state of ours is no saved progress, and says why.
         for (bytes, why) in [
@@ -356,7 +372,7 @@ mod tests {
             ),
         ] {
             std::fs::write(dir.path().join(PREVIOUS), bytes).unwrap();
-            assert_eq!(saved_state(dir.path()), Saved::Unusable(why));
+            assert_eq!(saved_state(dir.path(), 100), Saved::Unusable(why));
         }
     }
 

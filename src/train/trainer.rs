@@ -125,21 +125,38 @@ impl TrainConfig {
         self.micro_batch.min(self.batch)
     }
 
-    /// What a run on `examples` training pairs gets short of its batch, when a
-    /// micro-batch asks for more pairs than there are: each then holds all of them, so
-    /// a step trains on fewer sequences than `batch` (a larger batch that a micro-batch
-    /// fits in wraps into the next epoch instead, and is as asked). `settings`: how the
-    /// manifest writes them (`train batch`/`train micro-batch`).
+    /// What a step trains on when the batch asks for more sequences than the
+    /// `examples` training pairs: an epoch is cut into micro-batches of at most
+    /// `micro` (the last one short), so a step takes fewer sequences than `batch`, or
+    /// the same examples more than once. `settings`: how the manifest writes the batch
+    /// and micro-batch (`train batch`, `train micro-batch`; the same for pretraining).
     pub fn short_batches(&self, examples: usize, settings: (&str, &str)) -> Option<String> {
-        let micro = self.micro();
-        if examples == 0 || micro <= examples {
+        if examples == 0 || examples >= self.batch {
             return None;
         }
-        let per_step = examples * self.accumulation();
         let (batch, micro_batch) = settings;
-        let asked = if micro == self.batch { batch } else { micro_batch };
+        let chunks = examples.div_ceil(self.micro());
+        let accumulation = self.accumulation();
+        // Each step takes `accumulation` of an epoch's `chunks` micro-batches; exact
+        // when a step covers whole epochs.
+        let per_step = accumulation * examples / chunks;
+        let about = if accumulation.is_multiple_of(chunks) {
+            ""
+        } else {
+            "about "
+        };
+        let repeats = if accumulation > chunks {
+            ", the same examples more than once"
+        } else {
+            ""
+        };
+        let with_micro = if micro_batch == batch {
+            String::new()
+        } else {
+            format!(" (and {micro_batch} at most that)")
+        };
         Some(format!(
-            "{asked} is {micro}, more than the {examples} training examples: each step trains on {per_step} sequences, not {}; lower it to at most {examples}, or give more examples",
+            "{batch} is {}, more than the {examples} training examples: each step trains on {about}{per_step} sequences{repeats}; set it to at most {examples}{with_micro}, or give more examples",
             self.batch
         ))
     }
@@ -721,27 +738,46 @@ mod tests {
         }
     }
 
-    /// Short only where a micro-batch cannot be filled: a batch that accumulates
-    /// micro-batches the data fills wraps into the next epoch and is as asked.
+    /// A batch above the training examples: what a step then takes, said with the
+    /// micro-batches an epoch is cut into (the last one short).
     #[test]
-    fn short_batches_are_those_a_micro_batch_cannot_fill() {
+    fn short_batches_say_what_a_step_takes() {
         let with = |batch, micro_batch| TrainConfig {
             batch,
             micro_batch,
             ..config()
         };
         let names = ("`train batch`", "`train micro-batch`");
-        assert_eq!(with(32, 8).short_batches(10, names), None);
-        assert_eq!(with(8, 8).short_batches(8, names), None);
+        let said = |batch, micro, n| with(batch, micro).short_batches(n, names);
+        assert_eq!(said(8, 8, 8), None);
+        assert_eq!(said(32, 8, 40), None);
+        // 8 + 2 per epoch, four micro-batches a step: two epochs.
         assert_eq!(
-            with(32, 16).short_batches(10, names).unwrap(),
-            "`train micro-batch` is 16, more than the 10 training examples: each step trains on 20 sequences, not 32; lower it to at most 10, or give more examples"
+            said(32, 8, 10).unwrap(),
+            "`train batch` is 32, more than the 10 training examples: each step trains on 20 sequences, the same examples more than once; set it to at most 10 (and `train micro-batch` at most that), or give more examples"
         );
         assert!(
-            with(12, 64)
-                .short_batches(10, names)
+            said(32, 16, 10)
                 .unwrap()
-                .starts_with("`train batch` is 12,")
+                .contains("each step trains on 20 sequences, the same")
+        );
+        assert!(
+            said(12, 64, 10)
+                .unwrap()
+                .contains("each step trains on 10 sequences; set it to at most 10")
+        );
+        // 8 + 8 + 4 per epoch, four a step: not whole epochs.
+        assert!(
+            said(32, 8, 20)
+                .unwrap()
+                .contains("each step trains on about 26 sequences")
+        );
+        let pretraining = with(100, 100)
+            .short_batches(64, ("`init batch`", "`init batch`"))
+            .unwrap();
+        assert!(
+            pretraining.ends_with("set it to at most 64, or give more examples"),
+            "{pretraining}"
         );
     }
 
@@ -878,10 +914,10 @@ mod tests {
         // Nor does plan count it as saved progress there.
         std::fs::copy(theirs.join(checkpoint::STATE), ours.join(checkpoint::STATE)).unwrap();
         assert_eq!(
-            checkpoint::saved_state(&ours),
+            checkpoint::saved_state(&ours, 1000),
             checkpoint::Saved::Unusable("saved by the step whose work folder is aaaaaaaaaaaa".into())
         );
-        assert_eq!(checkpoint::saved_state(&theirs), checkpoint::Saved::At(13));
+        assert_eq!(checkpoint::saved_state(&theirs, 1000), checkpoint::Saved::At(13));
         // In its own folder, it resumes.
         let logged = Logged(Default::default());
         train(&mut toy(), &vars, &data, &data, &config(), &theirs, &logged).unwrap();
