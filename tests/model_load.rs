@@ -104,6 +104,17 @@ fn folders_without_weights_or_config_give_clear_errors() {
     let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32).err().unwrap();
     assert!(matches!(err, ModelError::NoWeights { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"));
+    // Weights that are a link to a device: said as that (it was "no weights found").
+    std::os::unix::fs::symlink("/dev/zero", tmp.path().join("model.safetensors")).unwrap();
+    let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("it is a character device, not a regular file"),
+        "{err}"
+    );
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
     std::fs::write(tmp.path().join("model.safetensors"), b"garbage").unwrap();
     let err = T5Model::load(tmp.path(), &Device::Cpu, DType::F32)
         .err()

@@ -37,8 +37,17 @@ pub fn locate(dir: &Path) -> Result<ModelFiles> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
         ));
     }
+    // A model file there that is no regular file (a FIFO, a link to a device) is said
+    // as what it is, not as missing.
+    let present = |p: &Path| -> Result<bool> {
+        if !p.exists() {
+            return Ok(false);
+        }
+        crate::file_kind::regular_file(p).map_err(|e| ModelError::io(p, e))?;
+        Ok(true)
+    };
     let config = dir.join("config.json");
-    if !config.is_file() {
+    if !present(&config)? {
         return Err(ModelError::io(
             &config,
             std::io::Error::new(
@@ -47,12 +56,12 @@ pub fn locate(dir: &Path) -> Result<ModelFiles> {
             ),
         ));
     }
-    let weights = if dir.join(SAFETENSORS).is_file() {
+    let weights = if present(&dir.join(SAFETENSORS))? {
         WeightFiles::Safetensors(vec![dir.join(SAFETENSORS)])
-    } else if dir.join(SAFETENSORS_INDEX).is_file() {
+    } else if present(&dir.join(SAFETENSORS_INDEX))? {
         let shards = shard_names(&dir.join(SAFETENSORS_INDEX))?;
         WeightFiles::Safetensors(shards.iter().map(|s| dir.join(s)).collect())
-    } else if dir.join(PICKLE).is_file() {
+    } else if present(&dir.join(PICKLE))? {
         WeightFiles::Pickle(dir.join(PICKLE))
     } else {
         return Err(ModelError::NoWeights {
@@ -64,7 +73,7 @@ pub fn locate(dir: &Path) -> Result<ModelFiles> {
         dir: dir.to_path_buf(),
         config,
         weights,
-        tokenizer: tok.is_file().then_some(tok),
+        tokenizer: present(&tok)?.then_some(tok),
     })
 }
 
