@@ -637,3 +637,29 @@ fn the_schema_knows_every_synthetic_task_and_no_other() {
     suite.sort();
     assert_eq!(listed, suite);
 }
+
+/// A damaged Arrow file that makes its decoder panic fails its dataset step with the
+/// file named, as bad input: no panic message on stderr, no "internal error".
+#[test]
+fn a_data_file_whose_decoder_panics_fails_its_step_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(support::repo_root().join("tests/fixtures/data/flan-data.arrow")).unwrap();
+    bytes[2373] = 0xEE;
+    std::fs::write(d.path().join("bad.arrow"), bytes).unwrap();
+    std::fs::write(
+        d.path().join("p.kdl"),
+        "dataset \"x\" path=\"bad.arrow\" input-field=\"inputs\" target-field=\"targets\"\n",
+    )
+    .unwrap();
+    let out = run_offline(d.path(), "p.kdl", &d.path().join("cache"), false);
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("bad.arrow: not a readable Arrow file: its reader stopped at malformed content"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("panicked") && !said.contains("internal error"),
+        "{said}"
+    );
+}
