@@ -26,27 +26,30 @@ pub fn is_store(root: &Path) -> bool {
 /// The store that `path` is in (or is), if any: its nearest existing folder and
 /// every folder above it are looked at, links resolved.
 pub fn store_around(path: &Path) -> Option<std::path::PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
-    let existing = absolute.ancestors().find(|a| a.exists())?;
-    let real = std::fs::canonicalize(existing).ok()?;
+    let (real, _) = nearest_existing(path)?;
     real.ancestors().find(|a| is_store(a)).map(Path::to_path_buf)
 }
 
 /// The marked store that `root` is inside (not `root` itself), if any.
 fn marked_store_above(root: &Path) -> Option<std::path::PathBuf> {
-    let absolute = std::path::absolute(root).ok()?;
-    let existing = absolute.ancestors().find(|a| a.exists())?;
-    let real = std::fs::canonicalize(existing).ok()?;
+    let (real, itself) = nearest_existing(root)?;
     // `root` itself, when it exists, is no store above it.
-    let start = if existing == absolute.as_path() {
-        real.parent()?.to_path_buf()
-    } else {
-        real
-    };
+    let start = if itself { real.parent()? } else { real.as_path() };
     start
         .ancestors()
         .find(|a| a.join(MARKER).is_file())
         .map(Path::to_path_buf)
+}
+
+/// Where `path` lies on disk: its nearest existing folder (itself, or the deepest one
+/// above it), links resolved, and whether that is `path` itself.
+fn nearest_existing(path: &Path) -> Option<(std::path::PathBuf, bool)> {
+    let absolute = std::path::absolute(path).ok()?;
+    let existing = absolute.ancestors().find(|a| a.exists())?;
+    Some((
+        std::fs::canonicalize(existing).ok()?,
+        existing == absolute.as_path(),
+    ))
 }
 
 /// The names in `root` that a store does not make, sorted: a folder with any is

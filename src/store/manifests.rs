@@ -111,11 +111,10 @@ fn read_record(path: &Path) -> Result<PathBuf, String> {
     if !manifest.is_absolute() {
         return Err(format!("\"{line}\" is not an absolute path"));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    if name.as_deref() != Some(record_name(&manifest).as_str()) {
+    let expected = record_name(&manifest);
+    if path.file_name() != Some(std::ffi::OsStr::new(&expected)) {
         return Err(format!(
-            "it names {line}, whose record has another name ({})",
-            record_name(&manifest)
+            "it names {line}, whose record has another name ({expected})"
         ));
     }
     Ok(manifest)
