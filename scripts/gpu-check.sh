@@ -25,7 +25,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KIT=.gpu-kit
-TESTS=(model_parity model_inference model_grad)
+# The integration tests are one binary (tests/integration.rs); its GPU parts by module.
+TESTS=(integration)
+GPU_TESTS=(model_parity model_inference model_grad)
 BENCHES=(routed_ratio model_forward train_step)
 
 # Builds the named test or bench targets (KIND test|bench) with --features cuda and
@@ -123,7 +125,7 @@ device() {
   local bin=$BIN
   export GOOSEPIPE_REPO=$PWD GOOSEPIPE_TEST_DEVICE=cuda:0 GOOSEPIPE_BENCH_DEVICE=cuda:0
   local t
-  for t in "${TESTS[@]}"; do part "test $t" 90 "$bin/$t" --test-threads 1; done
+  for t in "${GPU_TESTS[@]}"; do part "test $t" 90 "$bin/integration" "$t::" --test-threads 1; done
   local fx=tests/fixtures/t5/v1_1
   local experts=(--experts "$fx/expert_a.safetensors" "$fx/expert_b.safetensors" "$fx/expert_c.safetensors" --router phatgoose --top-k 2)
   local d

@@ -42,6 +42,13 @@ pub fn regular_file(path: &Path) -> io::Result<()> {
     ))
 }
 
+/// The bytes of `path` once [`regular_file`] has passed it: a file named by a user (a
+/// key list, a font) that a plain read would block on or never finish is refused.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    regular_file(path)?;
+    fs::read(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -682,7 +682,11 @@ fn score_command(args: ScoreArgs, store: &Path, out: &mut Stdout) -> miette::Res
             req.top_k = top_k;
             req.device = device;
             req.max_len = max_len;
-            goosepipe::app::score::resolve_step_ids(&mut req, store).map_err(|e| miette::miette!("{e}"))?;
+            let notes = goosepipe::app::score::resolve_step_ids(&mut req, store)
+                .map_err(|e| miette::miette!("{e}"))?;
+            for note in notes {
+                eprintln!("note: {note}");
+            }
             app::score(&req, json, out)
         }
     }

@@ -1,7 +1,7 @@
 //! Dataset sources against real third-party files: promptsource 0.2.3's templates and
 //! BIG-bench 1.0.0's task.json files (fetched from PyPI by scripts/fetch-test-data.sh).
 
-mod support;
+use crate::support;
 
 use goosepipe::data::bigbench::read_task;
 use goosepipe::data::promptsource::{Renderer, Selection, find_root, load, templates_file};

@@ -3,7 +3,7 @@
 //! exactly what reads it; the lockfile pins outputs so a fresh store plans exact keys;
 //! a pinned output that a build does not reproduce never publishes under a wrong key.
 
-mod support;
+use crate::support;
 
 use goosepipe::exec::RunOptions;
 use goosepipe::store::lockfile::{Lockfile, lock_path};

@@ -1,7 +1,7 @@
 //! The headline behaviour: growing a pool runs exactly the new expert's work, the
 //! pool and the evals that read it; an immediate re-run does nothing.
 
-mod support;
+use crate::support;
 
 use goosepipe::exec::RunOptions;
 use support::{BASE, Behaviour, Log, Project, TWINS, registry, with_twins};

@@ -1,7 +1,7 @@
 //! Content keys: stable under formatting, reordering and comments; a parameter change
 //! moves exactly that step and its dependents; versions are part of keys.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

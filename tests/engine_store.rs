@@ -2,7 +2,7 @@
 //! artifacts, failures with and without --keep-going, Ctrl-C and resume, gc, the
 //! lockfile and --locked, sub-DAG selection.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ fn crash_child() {
 fn kill_dash_nine_leaves_no_partial_artifact() {
     let p = Project::new(BASE);
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+        .args(["--exact", "engine_store::crash_child", "--ignored", "--nocapture"])
         .env("GOOSEPIPE_CRASH_DIR", p.dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -1329,7 +1329,7 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
     use std::os::unix::fs::PermissionsExt;
     const AGAIN: &str = "GOOSEPIPE_TEST_WITHOUT_DAC";
     if unsafe { libc::geteuid() } == 0 && std::env::var_os(AGAIN).is_none() {
-        let name = "an_unreadable_artifact_is_not_taken_for_a_corrupt_one";
+        let name = "engine_store::an_unreadable_artifact_is_not_taken_for_a_corrupt_one";
         let run = std::process::Command::new("setpriv")
             .arg("--bounding-set=-dac_override,-dac_read_search")
             .arg(std::env::current_exe().unwrap())
@@ -1421,10 +1421,38 @@ fn show_escapes_control_characters_read_from_an_artifact() {
     let meta_file = store.object_dir(&key).join("meta.json");
     let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
     meta["host"] = serde_json::json!("box\u{1b}[31m\u{1b}]0;owned\u{7}");
+    // And a build that ends before it starts (a clock set back): no negative time.
+    meta["finished_unix"] = serde_json::json!(meta["started_unix"].as_f64().unwrap() - 5.0);
     std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
     let mut out = Vec::new();
     goosepipe::app::show("pool:p", &p.store(), false, false, &mut out).unwrap();
     let shown = String::from_utf8(out).unwrap();
+    assert!(
+        shown.contains("in an unknown time (its recorded end is before its start"),
+        "{shown}"
+    );
+    assert!(!shown.contains("in -"), "{shown}");
     assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
     assert!(shown.contains(r"box\u{1b}[31m\u{1b}]0;owned\u{7}"), "{shown}");
+}
+
+/// A meta.json of another format (edited, or from a version that lays artifacts out
+/// otherwise) is not read as ours: `verify` says which format, and moves it aside.
+#[test]
+fn an_artifact_of_another_metadata_format_is_not_taken() {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let store = Store::open(p.store()).unwrap();
+    let key = store.find("pool:p").unwrap().key;
+    let meta_file = store.object_dir(&key).join("meta.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
+    meta["format"] = serde_json::json!(99);
+    std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let err = store.verify(&key).unwrap_err().to_string();
+    assert!(
+        err.contains("meta.json is in format 99, and this goosepipe reads format 1"),
+        "{err}"
+    );
 }

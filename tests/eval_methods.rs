@@ -3,7 +3,7 @@
 //! average-activation vectors against an independent computation, and both
 //! methods end to end on a micro pipeline (seconds).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

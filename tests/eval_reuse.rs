@@ -3,7 +3,7 @@
 //! recorded, and the artifact is byte-identical to one scored from scratch.
 //! Runs the real binary on a micro pipeline (seconds).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

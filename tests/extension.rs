@@ -14,12 +14,6 @@ use goosepipe::plan::{MemberData, Needed};
 use goosepipe::route::{METHODS, Method, Pool};
 use goosepipe::store::Store;
 
-/// The allocator the goosepipe binary runs with (its `main.rs`): these tests run the
-/// product in-process, and glibc's malloc returns freed tensor pages to the system,
-/// which makes training several times slower.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The new step kind: one per pool member, reading its expert.
 const TOY_NORM: Kind = Kind {
     needed: Some(Needed::PerMember {

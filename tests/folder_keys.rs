@@ -5,7 +5,7 @@
 //! step that reads it. A BIG-bench parent task is named by its folder, whose key covers
 //! its sub-tasks.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Adapter plumbing: routing records, tie-breaking, Arrow scoring, O(k)
 //! routed compute, per-example mixtures, expert-file validation, seeded init.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

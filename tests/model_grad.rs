@@ -7,7 +7,7 @@
 //! runs on the device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default), so
 //! a CUDA build checks the GPU's training gradients the same way.
 
-mod support;
+use crate::support;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;

@@ -2,7 +2,7 @@
 //! against transformers' `generate` and reference logits from the fixtures,
 //! on the device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

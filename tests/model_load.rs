@@ -1,7 +1,7 @@
 //! The model-folder loader: single safetensors (covered by model_parity),
 //! sharded safetensors with an index, PyTorch pickle, and clear errors.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

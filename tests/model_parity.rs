@@ -6,7 +6,7 @@
 //! device `GOOSEPIPE_TEST_DEVICE` names (the CPU by default), so a CUDA build
 //! checks the GPU against the same references (scripts/gpu-check.sh).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! The library side of `goosepipe score`: tokenizer + model (+ experts) to
 //! per-token log-probabilities, as a struct, JSON and text.
 
-mod support;
+use crate::support;
 
 use candle_core::{DType, Device};
 use goosepipe::app::score::RouterChoice;

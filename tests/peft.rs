@@ -4,7 +4,7 @@
 //! a PEFT folder and imported again must give exactly its own outputs; unsupported
 //! configurations are refused with the field's name.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -832,8 +832,32 @@ expert "sort" model="t" dataset="sort" {
     std::fs::write(&record, "").unwrap();
     let mut unrecorded = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
     unrecorded.experts = vec!["expert:sort".into()];
-    goosepipe::app::score::resolve_step_ids(&mut unrecorded, &store).unwrap();
+    let notes = goosepipe::app::score::resolve_step_ids(&mut unrecorded, &store).unwrap();
     assert_eq!(unrecorded.experts, by_id.experts);
+    assert!(notes.is_empty(), "one build of expert:sort: {notes:?}");
+    // The gate's record lost too, with two builds of gate:sort in the store: the
+    // newest is taken, and said to be a pick among several (as `show` says it).
+    let gate_record = store
+        .join("names")
+        .join(&blake3::hash(b"gate:sort").to_hex()[..32]);
+    let kept = std::fs::read(&gate_record).unwrap();
+    std::fs::write(&gate_record, "").unwrap();
+    let mut newest = goosepipe::app::score::ScoreRequest::new("model:t", "b a c", "a b c");
+    newest.experts = vec!["expert:sort".into()];
+    newest.router = goosepipe::app::score::RouterChoice::Gated;
+    let notes = goosepipe::app::score::resolve_step_ids(&mut newest, &store).unwrap();
+    assert_eq!(
+        newest.gates,
+        vec![s.files_dir(&second).join(goosepipe::artifact_files::GATES_FILE)]
+    );
+    assert_eq!(
+        notes,
+        vec![format!(
+            "1 other artifact(s) of gate:sort are in the store, and its record in names/ (which one the last run used) is lost or damaged (the next run writes it again): took the newest, {}",
+            second.short()
+        )]
+    );
+    std::fs::write(&gate_record, kept).unwrap();
     // A gate gone from the store (gc) is said as such, not as a file not found.
     let gate_key = s.find("gate:sort").unwrap().key;
     let aside = dir.path().join("gate-aside");

@@ -2,7 +2,7 @@
 //! schemas/plan.schema.json, and this test keeps the output and the document naming
 //! the same fields (a field added to one and not the other fails here).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

@@ -13,12 +13,6 @@ use goosepipe::eval::routing_quality::RoutingQuality;
 use goosepipe::exec::{CancelFlag, RunOptions};
 use goosepipe::store::Store;
 
-/// The allocator the goosepipe binary runs with (its `main.rs`): these tests run the
-/// product in-process, and glibc's malloc returns freed tensor pages to the system,
-/// which makes training several times slower.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn run(manifest: &Path, store: &Path) -> (i32, String) {
     let reg = goosepipe::steps::registry();
     let mut out = Vec::new();

@@ -2,7 +2,7 @@
 //! with the test step kinds: retries, keep-going, adoption after a head dies, array
 //! splitting, submit-all chains, Ctrl-C. Fast (no Slurm); tests/slurm.rs covers the real one.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;

@@ -7,12 +7,6 @@ use std::path::Path;
 use goosepipe::exec::{CancelFlag, RunOptions};
 use goosepipe::store::Store;
 
-/// The allocator the goosepipe binary runs with (its `main.rs`): these tests run the
-/// product in-process, and glibc's malloc returns freed tensor pages to the system,
-/// which makes training several times slower.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const MICRO: &str = r#"
 pipeline "micro"
 dataset "corpus" { synthetic task="corpus" examples=200 seed=1; }

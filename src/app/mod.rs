@@ -1867,12 +1867,16 @@ pub fn show(
         .numerics
         .as_deref()
         .map_or(String::new(), |n| format!(" ({n})"));
+    // A clock set back during the build (or an edit) records an end before the start.
+    let took = match meta.seconds() {
+        t if t.is_finite() && t >= 0.0 => format!("{t:.1}s"),
+        _ => "an unknown time (its recorded end is before its start: a clock set back, or an edit)".into(),
+    };
     let _ = writeln!(
         out,
-        "built    {} on {}{numerics} in {:.1}s by goosepipe {}",
+        "built    {} on {}{numerics} in {took} by goosepipe {}",
         crate::store::artifact::format_unix(meta.started_unix),
         meta.host,
-        meta.seconds(),
         meta.tool_version
     );
     let _ = writeln!(out, "params   {}", s.params);

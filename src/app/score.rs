@@ -557,7 +557,10 @@ pub fn render_text(r: &ScoreReport) -> String {
 /// (`gate:NAME`, where built) to a router that reads gates, when no `--gates` are
 /// given. A value that is an
 /// existing path is left as it is.
-pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::result::Result<(), String> {
+pub fn resolve_step_ids(
+    req: &mut ScoreRequest,
+    store_root: &Path,
+) -> std::result::Result<Vec<String>, String> {
     use crate::artifact_files::{EXPERT_FILE, GATES_FILE};
     use crate::store::spec::{member_of, step_id};
     let is_id = |value: &str, kind: &str| member_of(value, kind).is_some() && !Path::new(value).exists();
@@ -594,7 +597,7 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
         || req.experts.iter().any(|e| is_id(&e.to_string_lossy(), "expert"))
         || req.gates.iter().any(|g| is_id(&g.to_string_lossy(), "gate"));
     if !wanted {
-        return Ok(());
+        return Ok(vec![]);
     }
     if !store_root.is_dir() {
         return Err(format!(
@@ -607,10 +610,22 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
     // not read.
     // The names/ index first; without a record for the id (lost, damaged: the next run
     // writes it again), the artifacts' own metadata, as `show` finds them.
+    // Taken by metadata where the store holds several builds of the id (earlier
+    // settings): the newest, said in a note as `show` says it.
+    let notes = std::cell::RefCell::new(Vec::new());
     let built = |id: &str| -> Option<crate::store::Key> {
-        store
-            .named(id)
-            .or_else(|| store.find(id).ok().filter(|m| m.spec.id == id).map(|m| m.key))
+        store.named(id).or_else(|| {
+            let m = store.find(id).ok().filter(|m| m.spec.id == id)?;
+            let others = store.others_of(id, &m.key);
+            let note = format!(
+                "{others} other artifact(s) of {id} are in the store, and its record in names/ (which one the last run used) is lost or damaged (the next run writes it again): took the newest, {}",
+                m.key.short()
+            );
+            if others > 0 && !notes.borrow().contains(&note) {
+                notes.borrow_mut().push(note);
+            }
+            Some(m.key)
+        })
     };
     let files = |id: &str| -> std::result::Result<PathBuf, String> {
         let key = built(id).ok_or_else(|| {
@@ -669,5 +684,5 @@ pub fn resolve_step_ids(req: &mut ScoreRequest, store_root: &Path) -> std::resul
             }
         }
     }
-    Ok(())
+    Ok(notes.into_inner())
 }

@@ -256,9 +256,7 @@ pub fn png_font() -> Result<Option<&'static Path>, String> {
     static FONT: std::sync::OnceLock<Result<Option<PathBuf>, String>> = std::sync::OnceLock::new();
     let found = FONT.get_or_init(|| {
         let register = |p: &Path| -> Result<(), String> {
-            let bytes = crate::file_kind::regular_file(p)
-                .and_then(|()| std::fs::read(p))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+            let bytes = crate::file_kind::read_regular(p).map_err(|e| format!("{}: {e}", p.display()))?;
             // plotters keeps fonts for the life of the process.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)

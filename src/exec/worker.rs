@@ -21,8 +21,11 @@ pub enum ExecError {
 /// The key at line `index` (0-based) of a key list file (one hex key per line): how a
 /// task of a job array finds its step.
 pub fn key_from_list(path: &Path, index: usize) -> Result<Key, ExecError> {
-    let text = crate::file_kind::regular_file(path)
-        .and_then(|()| std::fs::read_to_string(path))
+    let text = crate::file_kind::read_regular(path)
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"))
+        })
         .map_err(|e| ExecError::Usage(format!("cannot read the key list {}: {e}", path.display())))?;
     let line = text.lines().nth(index).ok_or_else(|| {
         ExecError::Usage(format!(

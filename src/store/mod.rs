@@ -223,6 +223,15 @@ impl Store {
             Ok(m) => m,
             Err(e) => return Presence::Corrupt(format!("meta.json does not parse: {e}")),
         };
+        // Every goosepipe so far writes format 1: another number is an edit, or a
+        // layout this version would misread.
+        if meta.format != artifact::META_FORMAT {
+            return Presence::Corrupt(format!(
+                "meta.json is in format {}, and this goosepipe reads format {} (edited, or written by another version)",
+                meta.format,
+                artifact::META_FORMAT
+            ));
+        }
         if meta.key != *key {
             return Presence::Corrupt(format!("meta.json names key {}", meta.key.short()));
         }

@@ -222,13 +222,7 @@ pub fn saved_state(work: &Path, steps: usize) -> Saved {
         if !path.exists() {
             continue;
         }
-        match header_step(&path).and_then(|step| {
-            if step <= steps {
-                Ok(step)
-            } else {
-                Err(format!("at step {step}, past the {steps} asked"))
-            }
-        }) {
+        match header_step(&path, steps) {
             Ok(step) => return Saved::At(step),
             Err(why) => {
                 first_why.get_or_insert(why);
@@ -241,7 +235,7 @@ pub fn saved_state(work: &Path, steps: usize) -> Saved {
 /// The step a state file's header records, if it is a whole state of ours saved in
 /// this folder (cut short or padded, it fails its digest; copied in from another
 /// step's work folder, it is discarded on resume: no saved progress either way).
-fn header_step(path: &Path) -> Result<usize, String> {
+fn header_step(path: &Path, steps: usize) -> Result<usize, String> {
     use std::io::Read;
     let not_ours = || "not a training state of goosepipe's".to_string();
     let mut f = File::open(path).map_err(|e| e.to_string())?;
@@ -288,23 +282,56 @@ fn header_step(path: &Path) -> Result<usize, String> {
         .and_then(|m| m.as_str())
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(not_ours)?;
-    let here = path
-        .parent()
-        .and_then(|p| p.file_name())
+    match placement(&meta, path.parent().unwrap_or(Path::new("")), steps) {
+        Placement::Fits(step) => Ok(step),
+        Placement::OtherFolder { saved, .. } => Err(format!(
+            "saved by the step whose work folder is {}",
+            crate::store::key::short_hex(&saved)
+        )),
+        Placement::PastSteps(step) => Err(format!("at step {step}, past the {steps} asked")),
+        Placement::NoStep => Err(not_ours()),
+    }
+}
+
+/// Whether a state's bookkeeping belongs to a run of `steps` steps in `work`: the one
+/// judgement that `plan`'s preview ([`saved_state`]) and the trainer's resume share,
+/// each wording it its own way.
+#[derive(Debug, PartialEq)]
+pub enum Placement {
+    /// Saved here, at this step (at most `steps`).
+    Fits(usize),
+    /// Saved by another step (same shapes: another expert): resuming would publish
+    /// weights trained partly on the other's data under this step's key. States from
+    /// before the work folder was recorded have none and pass.
+    OtherFolder { saved: String, here: String },
+    /// Saved past the steps this run asks (the setting was lowered).
+    PastSteps(usize),
+    /// No step recorded: not a state of ours.
+    NoStep,
+}
+
+pub fn placement(meta: &serde_json::Value, work: &Path, steps: usize) -> Placement {
+    let here = work
+        .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if let Some(w) = meta.get("work").and_then(|w| w.as_str())
-        && w != here
+    if let Some(saved) = meta.get("work").and_then(|w| w.as_str())
+        && saved != here
     {
-        return Err(format!(
-            "saved by the step whose work folder is {}",
-            crate::store::key::short_hex(w)
-        ));
+        return Placement::OtherFolder {
+            saved: saved.to_string(),
+            here,
+        };
     }
-    meta.get("step")
+    match meta
+        .get("step")
         .and_then(|s| s.as_u64())
         .and_then(|s| usize::try_from(s).ok())
-        .ok_or_else(not_ours)
+    {
+        None => Placement::NoStep,
+        Some(step) if step > steps => Placement::PastSteps(step),
+        Some(step) => Placement::Fits(step),
+    }
 }
 
 #[cfg(test)]

@@ -270,22 +270,20 @@ fn check_state(
     cfg: &TrainConfig,
     work: &Path,
 ) -> Result<(), String> {
-    // A state copied over from another step's work folder (same shapes: another
-    // expert) would publish weights trained partly on the other's data under this
-    // step's key. States from before this record was kept have none.
-    if let (Some(saved), Some(here)) = (s.meta["work"].as_str(), folder_name(work))
-        && saved != here
-    {
-        return Err(format!(
-            "it was saved by the step whose work folder is {saved}, not this one's ({here})"
-        ));
-    }
-    let step = s.meta["step"].as_u64().ok_or("its bookkeeping has no step")? as usize;
-    if step > cfg.steps {
-        return Err(format!(
-            "it is at step {step}, past this run's {} steps",
-            cfg.steps
-        ));
+    match checkpoint::placement(&s.meta, work, cfg.steps) {
+        checkpoint::Placement::Fits(_) => {}
+        checkpoint::Placement::OtherFolder { saved, here } => {
+            return Err(format!(
+                "it was saved by the step whose work folder is {saved}, not this one's ({here})"
+            ));
+        }
+        checkpoint::Placement::PastSteps(step) => {
+            return Err(format!(
+                "it is at step {step}, past this run's {} steps",
+                cfg.steps
+            ));
+        }
+        checkpoint::Placement::NoStep => return Err("its bookkeeping has no step".into()),
     }
     if !s.meta["metrics"].is_array() {
         return Err("its bookkeeping has no metrics".into());
