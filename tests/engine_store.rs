@@ -1412,18 +1412,11 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
 /// escape sequences (a colour, a window title) is shown escaped, never interpreted.
 #[test]
 fn show_escapes_control_characters_read_from_an_artifact() {
-    let reg = registry(&Log::default(), &Behaviour::default());
-    let p = Project::new(BASE);
-    let (code, out) = p.run(&reg, &RunOptions::default());
-    assert_eq!(code, 0, "{out}");
-    let store = Store::open(p.store()).unwrap();
-    let key = store.find("pool:p").unwrap().key;
-    let meta_file = store.object_dir(&key).join("meta.json");
-    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
-    meta["host"] = serde_json::json!("box\u{1b}[31m\u{1b}]0;owned\u{7}");
-    // And a build that ends before it starts (a clock set back): no negative time.
-    meta["finished_unix"] = serde_json::json!(meta["started_unix"].as_f64().unwrap() - 5.0);
-    std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let (p, _, _) = pool_with_edited_meta(|meta| {
+        meta["host"] = serde_json::json!("box\u{1b}[31m\u{1b}]0;owned\u{7}");
+        // And a build that ends before it starts (a clock set back): no negative time.
+        meta["finished_unix"] = serde_json::json!(meta["started_unix"].as_f64().unwrap() - 5.0);
+    });
     let mut out = Vec::new();
     goosepipe::app::show("pool:p", &p.store(), false, false, &mut out).unwrap();
     let shown = String::from_utf8(out).unwrap();
@@ -1437,9 +1430,21 @@ fn show_escapes_control_characters_read_from_an_artifact() {
 }
 
 /// A meta.json of another format (edited, or from a version that lays artifacts out
-/// otherwise) is not read as ours: `verify` says which format, and moves it aside.
+/// otherwise) is not read as ours: the store's check says which format.
 #[test]
 fn an_artifact_of_another_metadata_format_is_not_taken() {
+    let (_p, store, key) = pool_with_edited_meta(|meta| meta["format"] = serde_json::json!(99));
+    let err = store.verify(&key).unwrap_err().to_string();
+    assert!(
+        err.contains("meta.json is in format 99, and this goosepipe reads format 1"),
+        "{err}"
+    );
+}
+
+/// A built project whose `pool:p` artifact has its meta.json edited by `edit`.
+fn pool_with_edited_meta(
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (Project, Store, goosepipe::store::Key) {
     let reg = registry(&Log::default(), &Behaviour::default());
     let p = Project::new(BASE);
     let (code, out) = p.run(&reg, &RunOptions::default());
@@ -1448,11 +1453,7 @@ fn an_artifact_of_another_metadata_format_is_not_taken() {
     let key = store.find("pool:p").unwrap().key;
     let meta_file = store.object_dir(&key).join("meta.json");
     let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
-    meta["format"] = serde_json::json!(99);
+    edit(&mut meta);
     std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
-    let err = store.verify(&key).unwrap_err().to_string();
-    assert!(
-        err.contains("meta.json is in format 99, and this goosepipe reads format 1"),
-        "{err}"
-    );
+    (p, store, key)
 }
