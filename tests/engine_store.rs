@@ -1457,3 +1457,23 @@ fn pool_with_edited_meta(
     std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
     (p, store, key)
 }
+
+/// An artifact whose meta.json records another step than the one its key was made from
+/// (its kind edited by hand; every file intact) is not taken for that step: `verify`
+/// says so and moves it aside, and a run rebuilds it.
+#[test]
+fn verify_finds_an_artifact_whose_recorded_step_was_edited() {
+    let (p, store, key) = pool_with_edited_meta(|meta| meta["spec"]["kind"] = serde_json::json!("eval"));
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let mut out = Vec::new();
+    let code = goosepipe::app::verify(&[p.manifest()], false, &p.store(), &reg, &mut out).unwrap();
+    let said = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("does not hash to its key (edited by hand?); moved aside, `goosepipe run` rebuilds it"),
+        "{said}"
+    );
+    assert!(store.meta(&key).is_none(), "moved aside");
+    // The rest of the store hashes to its keys: nothing else was said.
+    assert!(said.contains(", 1 corrupt"), "{said}");
+}

@@ -562,7 +562,7 @@ fn exec_builds_a_step_from_its_recipe_alone_and_exits_at_once_when_published() {
     // The manifest is gone: a job only has the store.
     std::fs::remove_file(p.manifest()).unwrap();
     let target = app::ExecTarget::Key(spec.key.hex());
-    let exec = || {
+    let try_exec = || {
         app::exec_cmd(
             &p.store(),
             &target,
@@ -571,8 +571,20 @@ fn exec_builds_a_step_from_its_recipe_alone_and_exits_at_once_when_published() {
             &reg,
             &CancelFlag::new(),
         )
-        .unwrap()
     };
+    let exec = || try_exec().unwrap();
+    // A recipe edited by hand (a parameter changed, the key kept) is refused: it
+    // would publish another step's output under this key.
+    let mut edited = spec.clone();
+    edited.params["rows"] = serde_json::json!(99);
+    store.save_recipe(&edited).unwrap();
+    let err = try_exec().unwrap_err().to_string();
+    assert!(
+        err.contains("does not hash to its key (edited by hand?)"),
+        "{err}"
+    );
+    assert!(log.take().is_empty(), "nothing built from an edited recipe");
+    store.save_recipe(spec).unwrap();
     assert_eq!(exec(), 0);
     assert_eq!(log.take(), ["dataset:a"]);
     assert!(store.meta(&spec.key).is_some());

@@ -1657,6 +1657,25 @@ pub fn verify(
             .map(|r| r.id)
             .unwrap_or_else(|| "(unknown step)".into());
         match r {
+            // Its files match their digests, but the step its metadata records was
+            // edited: what readers take it for is not what the key was made from.
+            Ok(meta) if crate::plan::key::of_spec(&meta.spec) != Some(key) => {
+                corrupt += 1;
+                let moved = match store.try_lock(&key) {
+                    Ok(Some(_held)) => store.quarantine(&key).map_err(|e| e.to_string()),
+                    Ok(None) => Err("a run holds it".into()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = writeln!(
+                    out,
+                    "corrupt  {id} {}: its meta.json records a step that does not hash to its key (edited by hand?); {}",
+                    key.short(),
+                    match moved {
+                        Ok(()) => "moved aside, `goosepipe run` rebuilds it".to_string(),
+                        Err(e) => format!("could not move it aside: {e}"),
+                    }
+                );
+            }
             Ok(meta) => {
                 bytes += meta.files.iter().map(|f| f.size).sum::<u64>();
                 for extra in store.unrecorded(&meta) {

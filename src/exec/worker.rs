@@ -72,6 +72,14 @@ pub fn exec_key(
             spec.key.short()
         )));
     }
+    // What the recipe says must be what the key was made from: an edited recipe would
+    // publish another step's output under this key.
+    if crate::plan::key::of_spec(&spec) != Some(*key) {
+        return Err(ExecError::Usage(format!(
+            "recipes/{}.json does not hash to its key (edited by hand?): run the manifest again to write it anew",
+            key.hex()
+        )));
+    }
     let t0 = std::time::Instant::now();
     let result = execute(&spec, store, registry, lock, opts, reporter, cancel);
     let secs = t0.elapsed().as_secs_f64();

@@ -6,7 +6,7 @@
 //! concatenation. Changing anything here changes every key: bump `KEY_FORMAT`.
 
 use crate::manifest::Value;
-use crate::store::{External, Key, SpecInput};
+use crate::store::{External, Key, SpecInput, StepSpec};
 
 pub const KEY_FORMAT: &str = "goosepipe-key-v1";
 
@@ -46,4 +46,19 @@ pub fn compute(
         }
     }
     h.finalize().into()
+}
+
+/// The key a frozen spec (a recipe, an artifact's `meta.json`) hashes to, computed again
+/// from what it records: a spec edited by hand (its kind, a parameter) no longer gives
+/// the key it is filed under. `None` where its parameters are not a manifest value
+/// (a JSON null).
+pub fn of_spec(spec: &StepSpec) -> Option<Key> {
+    let params = Value::from_json(&spec.params)?;
+    Some(compute(
+        &spec.kind,
+        spec.version,
+        &params,
+        &spec.externals,
+        &spec.inputs,
+    ))
 }
