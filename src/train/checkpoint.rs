@@ -293,6 +293,12 @@ fn header_step(path: &Path, steps: usize) -> Result<usize, String> {
     }
 }
 
+/// The name a state records of its work folder (`"work"` in its bookkeeping), which
+/// [`placement`] compares with the folder it is found in: written and read the same way.
+pub fn work_folder_name(work: &Path) -> Option<String> {
+    work.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
 /// Whether a state's bookkeeping belongs to a run of `steps` steps in `work`: the one
 /// judgement that `plan`'s preview ([`saved_state`]) and the trainer's resume share,
 /// each wording it its own way.
@@ -311,10 +317,7 @@ pub enum Placement {
 }
 
 pub fn placement(meta: &serde_json::Value, work: &Path, steps: usize) -> Placement {
-    let here = work
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let here = work_folder_name(work).unwrap_or_default();
     if let Some(saved) = meta.get("work").and_then(|w| w.as_str())
         && saved != here
     {

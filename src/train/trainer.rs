@@ -260,10 +260,6 @@ fn snapshot(vars: &[(String, Var)]) -> ModelResult<HashMap<String, Tensor>> {
 /// Whether a verified checkpoint belongs to this run: every variable (and moment, and
 /// best weight, where present) with the variable's shape, and a step within the run.
 /// A work folder's own name (the step's key), as a checkpoint records it.
-fn folder_name(work: &Path) -> Option<String> {
-    work.file_name().map(|n| n.to_string_lossy().into_owned())
-}
-
 fn check_state(
     s: &checkpoint::TrainState,
     vars: &[(String, Var)],
@@ -578,7 +574,7 @@ impl RunState {
             "best_step": self.best.as_ref().map(|b| b.1),
             "metrics": self.metrics,
             // The step it belongs to (its work folder is named by the step's key).
-            "work": folder_name(work),
+            "work": checkpoint::work_folder_name(work),
         });
         checkpoint::save(work, &checkpoint::TrainState { tensors: t, meta }).map_err(|message| {
             TrainError::Checkpoint {
