@@ -1441,6 +1441,37 @@ fn an_artifact_of_another_metadata_format_is_not_taken() {
     );
 }
 
+/// Every reader holds a step's record to its key as `verify` does: `show` says the
+/// edited artifact is corrupt instead of describing another step, and `run --verify`
+/// rebuilds it (and only it) instead of keeping it.
+#[test]
+fn show_and_run_verify_do_not_take_an_edited_record_for_its_key() {
+    let (p, store, key) = pool_with_edited_meta(|meta| meta["spec"]["params"]["top-k"] = serde_json::json!(5));
+    let mut out = Vec::new();
+    let code = goosepipe::app::show("pool:p", &p.store(), false, false, &mut out).unwrap();
+    let shown = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains("CORRUPT: ") && shown.contains("does not hash to its key (edited by hand?)"),
+        "{shown}"
+    );
+    let log = Log::default();
+    let reg = registry(&log, &Behaviour::default());
+    let (code, out) = p.run(
+        &reg,
+        &RunOptions {
+            verify: true,
+            ..RunOptions::default()
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(log.take(), vec!["pool:p".to_string()], "{out}");
+    assert!(
+        goosepipe::plan::integrity::verify(&store, &key).is_ok(),
+        "rebuilt under its key, its record as the key was made"
+    );
+}
+
 /// A built project whose `pool:p` artifact has its meta.json edited by `edit`.
 fn pool_with_edited_meta(
     edit: impl FnOnce(&mut serde_json::Value),

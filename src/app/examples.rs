@@ -134,8 +134,7 @@ pub fn examples(
             continue;
         }
         // Re-hashed as `report` does: a damaged file is never shown.
-        store
-            .verify(&key)
+        crate::plan::integrity::verify(&store, &key)
             .map_err(|e| miette!(help = crate::store::CORRUPT_HELP, "{id}: {e}"))?;
         let bytes = std::fs::read(files.join(PREDICTIONS_JSON))
             .map_err(|e| miette!("{id}: {PREDICTIONS_JSON}: {e}"))?;

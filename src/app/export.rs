@@ -61,13 +61,15 @@ fn base_of(store: &Store, meta: &ArtifactMeta) -> Result<BaseModel, String> {
 /// Every artifact an export reads is re-hashed first: a flipped byte of the same size
 /// would otherwise leave the store as a PEFT folder that loads and is wrong.
 fn verified(store: &Store, meta: &ArtifactMeta) -> Result<(), String> {
-    store.verify(&meta.key).map(drop).map_err(|e| {
-        format!(
-            "{} is corrupt, nothing was exported: {e}; {}",
-            meta.spec.id,
-            crate::store::CORRUPT_HELP
-        )
-    })
+    crate::plan::integrity::verify(store, &meta.key)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "{} is corrupt, nothing was exported: {e}; {}",
+                meta.spec.id,
+                crate::store::CORRUPT_HELP
+            )
+        })
 }
 
 fn pointer_of(store: &Store, model: &ArtifactMeta) -> Result<BaseModel, String> {

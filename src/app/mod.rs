@@ -924,9 +924,10 @@ pub fn report(
             },
         };
         // Results are small: re-hash them, so a damaged table is never printed.
-        if let Err(crate::store::StoreError::Corrupt { .. }) = store.verify(&spec.key)
+        if let Err(crate::store::StoreError::Corrupt { .. }) =
+            crate::plan::integrity::verify(&store, &spec.key)
             && !matches!(store.presence(&spec.key), crate::store::Presence::Missing)
-            && let Ok(Some(reason)) = store.quarantine_if_corrupt(&spec.key)
+            && let Ok(Some(reason)) = crate::plan::integrity::quarantine_if_corrupt(&store, &spec.key)
         {
             let _ = writeln!(
                 notes,
@@ -1649,7 +1650,10 @@ pub fn verify(
     hashes.save();
     keys.sort();
     keys.dedup();
-    let results: Vec<_> = keys.par_iter().map(|k| (*k, store.verify(k))).collect();
+    let results: Vec<_> = keys
+        .par_iter()
+        .map(|k| (*k, crate::plan::integrity::verify(&store, k)))
+        .collect();
     let (mut bytes, mut corrupt, mut unreadable) = (0u64, 0usize, 0usize);
     for (key, r) in results {
         let id = store
@@ -1657,25 +1661,6 @@ pub fn verify(
             .map(|r| r.id)
             .unwrap_or_else(|| "(unknown step)".into());
         match r {
-            // Its files match their digests, but the step its metadata records was
-            // edited: what readers take it for is not what the key was made from.
-            Ok(meta) if crate::plan::key::of_spec(&meta.spec) != Some(key) => {
-                corrupt += 1;
-                let moved = match store.try_lock(&key) {
-                    Ok(Some(_held)) => store.quarantine(&key).map_err(|e| e.to_string()),
-                    Ok(None) => Err("a run holds it".into()),
-                    Err(e) => Err(e.to_string()),
-                };
-                let _ = writeln!(
-                    out,
-                    "corrupt  {id} {}: its meta.json records a step that does not hash to its key (edited by hand?); {}",
-                    key.short(),
-                    match moved {
-                        Ok(()) => "moved aside, `goosepipe run` rebuilds it".to_string(),
-                        Err(e) => format!("could not move it aside: {e}"),
-                    }
-                );
-            }
             Ok(meta) => {
                 bytes += meta.files.iter().map(|f| f.size).sum::<u64>();
                 for extra in store.unrecorded(&meta) {
@@ -1688,21 +1673,23 @@ pub fn verify(
             }
             // Moved aside only if still corrupt with its lock held (a run may be
             // rebuilding it right now).
-            Err(crate::store::StoreError::Corrupt { .. }) => match store.quarantine_if_corrupt(&key) {
-                Ok(Some(reason)) => {
-                    corrupt += 1;
-                    let _ = writeln!(
-                        out,
-                        "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
-                        key.short()
-                    );
+            Err(crate::store::StoreError::Corrupt { .. }) => {
+                match crate::plan::integrity::quarantine_if_corrupt(&store, &key) {
+                    Ok(Some(reason)) => {
+                        corrupt += 1;
+                        let _ = writeln!(
+                            out,
+                            "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
+                            key.short()
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        corrupt += 1;
+                        let _ = writeln!(out, "corrupt  {id} {}: could not move it aside: {e}", key.short());
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    corrupt += 1;
-                    let _ = writeln!(out, "corrupt  {id} {}: could not move it aside: {e}", key.short());
-                }
-            },
+            }
             // Not damage (permissions): said apart, nothing moved.
             Err(e) if e.is_permission_denied() => {
                 unreadable += 1;
@@ -1830,8 +1817,10 @@ pub fn show(
     let store = existing_store(store_root)?;
     let meta = store.find(what).map_err(|e| miette!("{e}"))?;
     // The payload is re-hashed: a flipped byte of the same size is only seen this way.
-    let integrity = match store.verify(&meta.key) {
-        Ok(_) => "ok (every file matches its recorded blake3)".to_string(),
+    let integrity = match crate::plan::integrity::verify(&store, &meta.key) {
+        Ok(_) => {
+            "ok (every file matches its recorded blake3; its recorded step hashes to its key)".to_string()
+        }
         Err(e) if path && e.is_permission_denied() => {
             return Err(miette!("{} cannot be checked: {e}", meta.spec.id));
         }

@@ -647,7 +647,7 @@ pub fn resolve_step_ids(
                 store_root.display()
             )
         })?;
-        store.verify(&key).map_err(|e| match store.presence(&key) {
+        crate::plan::integrity::verify(&store, &key).map_err(|e| match store.presence(&key) {
             crate::store::Presence::Missing => format!(
                 "{id}: its artifact {} is no longer in the store (collected by gc, or deleted); `goosepipe run MANIFEST --until {id}` rebuilds it (a plain run leaves it out while nothing that runs reads it)",
                 key.short()

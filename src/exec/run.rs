@@ -267,7 +267,7 @@ pub(crate) fn verify_inputs(
                     continue;
                 }
                 let key = plan.steps[j].spec.key;
-                if let Err(e) = store.verify(&key) {
+                if let Err(e) = crate::plan::integrity::verify(store, &key) {
                     // A file this user may not read (a shared store, another user's
                     // umask) is not damage: moving an intact artifact aside and
                     // rebuilding it would be wrong; the run stops, naming the file.
@@ -554,7 +554,7 @@ pub fn refusals_of_cached(
                     // A damaged artifact is the run's to find and rebuild (it
                     // re-hashes what it reads), not a reason to refuse: re-hashed
                     // before it is refused.
-                    store.verify(&plan.steps[b].spec.key).ok()?;
+                    crate::plan::integrity::verify(store, &plan.steps[b].spec.key).ok()?;
                     Some(format!(
                         "{why} (found in {}, built by an earlier run, before this run started anything)",
                         plan.steps[b].id()
@@ -727,7 +727,7 @@ pub fn execute(
         .ok_or_else(|| StepError::msg(format!("no runner for step kind `{}` in this build", spec.kind)))?;
     let mut inputs = vec![];
     for inp in &spec.inputs {
-        let meta: ArtifactMeta = match store.verify(&inp.key) {
+        let meta: ArtifactMeta = match crate::plan::integrity::verify(store, &inp.key) {
             Ok(m) => m,
             // Not there at all (a gc, or never built) is not corruption: said so.
             Err(_) if matches!(store.presence(&inp.key), Presence::Missing) => {

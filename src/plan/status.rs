@@ -415,10 +415,10 @@ fn presence_outcome(
     verify: bool,
 ) -> (bool, Vec<Reason>) {
     match presence {
-        Presence::Present(_) if verify => match store.verify(&step.spec.key) {
+        Presence::Present(_) if verify => match crate::plan::integrity::verify(store, &step.spec.key) {
             Ok(_) => (true, vec![]),
             Err(crate::store::StoreError::Corrupt { .. }) => {
-                match store.quarantine_if_corrupt(&step.spec.key) {
+                match crate::plan::integrity::quarantine_if_corrupt(store, &step.spec.key) {
                     Ok(Some(detail)) => (false, vec![Reason::Corrupt { detail }]),
                     // Fine on a second read, or being rebuilt by a run right now.
                     Ok(None) => (true, vec![]),

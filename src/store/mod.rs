@@ -338,15 +338,19 @@ impl Store {
         std::fs::rename(&dir, &to).map_err(io_err(&dir))
     }
 
-    /// Re-verifies `key` holding its lock and moves it aside only if it is still
-    /// corrupt, returning why. A key a run holds right now (it is rebuilding or
-    /// publishing it) is left alone, and an artifact that reads fine the second time
-    /// is kept: None.
-    pub fn quarantine_if_corrupt(&self, key: &Key) -> Result<Option<String>, StoreError> {
+    /// Checks `key` again with `check` (the store's [`Store::verify`], or a caller's
+    /// stricter one) holding its lock, and moves it aside only if it is still corrupt,
+    /// returning why. A key a run holds right now (it is rebuilding or publishing it)
+    /// is left alone, and an artifact that reads fine the second time is kept: None.
+    pub fn quarantine_if_corrupt(
+        &self,
+        key: &Key,
+        check: impl Fn(&Key) -> Result<ArtifactMeta, StoreError>,
+    ) -> Result<Option<String>, StoreError> {
         let Some(_lock) = self.try_lock(key)? else {
             return Ok(None);
         };
-        match self.verify(key) {
+        match check(key) {
             Err(StoreError::Corrupt { reason, .. }) => {
                 self.quarantine(key)?;
                 Ok(Some(reason))
