@@ -356,3 +356,29 @@ fn exec_refuses_a_key_list_that_is_no_file() {
         text(&out.stderr)
     );
 }
+
+/// `show` of a dataset prints the settings its source reads, and names apart the keyed
+/// defaults it does not (a synthetic task reads no field mapping).
+#[test]
+fn show_of_a_dataset_names_apart_the_settings_its_source_does_not_read() {
+    let t = tempfile::tempdir().unwrap();
+    let m = t.path().join("m.kdl");
+    std::fs::write(&m, "dataset \"d\" { synthetic task=\"sort\" examples=40; }\n").unwrap();
+    let run = goosepipe(&["run", m.to_str().unwrap()], &t.path().join("store"));
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let show = goosepipe(&["show", "dataset:d"], &t.path().join("store"));
+    let shown = text(&show.stdout);
+    assert_eq!(show.status.code(), Some(0), "{shown}");
+    let params = shown.lines().find(|l| l.starts_with("params")).unwrap();
+    assert!(
+        params.contains("\"task\":\"sort\"") && params.contains("\"split\":\"train\""),
+        "{shown}"
+    );
+    assert!(!params.contains("input-field"), "{shown}");
+    assert!(
+        shown.contains(
+            "(also keyed, and not read for a synthetic task: choices-field, drop-empty, holdout, input-field, revision, target-field, templates)"
+        ),
+        "{shown}"
+    );
+}

@@ -424,6 +424,39 @@ fn split_settings_on_a_local_file_are_a_warning() {
     assert!(!r.unwrap().contains("ignored-settings"));
 }
 
+/// A setting the dataset's source does not read (a field mapping on a synthetic task,
+/// a hub revision on a BIG-bench task) is a warning at the setting; the ones it reads
+/// (a synthetic task's split, which seeds it; max-examples) say nothing.
+#[test]
+fn settings_a_dataset_source_does_not_read_are_a_warning() {
+    let (r, _d) = check_text(&[
+        (
+            "m.kdl",
+            "dataset \"s\" input-field=\"q\" split=\"test\" max-examples=10 {\n    synthetic task=\"sort\"\n    templates name=\"super_glue/rte\"\n}\n\
+         dataset \"b\" bigbench=\"task.json\" revision=\"v2\" holdout=\"flan\"\n",
+        ),
+        (
+            "task.json",
+            "{\"examples\": [{\"input\": \"a\", \"target\": \"b\"}]}\n",
+        ),
+    ]);
+    let out = r.unwrap();
+    assert_eq!(out.matches("plan::ignored-settings").count(), 3, "{out}");
+    assert!(
+        out.contains("dataset \"s\" is a synthetic task: `input-field` is not used"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dataset \"s\" is a synthetic task: `templates` is not used"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dataset \"b\" reads a BIG-bench task: `revision` is not used"),
+        "{out}"
+    );
+    assert!(out.contains("m.kdl:1:"), "placed at the setting: {out}");
+}
+
 #[test]
 fn a_top_k_above_the_pool_size_is_a_warning() {
     let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\

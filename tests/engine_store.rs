@@ -1446,7 +1446,8 @@ fn an_artifact_of_another_metadata_format_is_not_taken() {
 /// rebuilds it (and only it) instead of keeping it.
 #[test]
 fn show_and_run_verify_do_not_take_an_edited_record_for_its_key() {
-    let (p, store, key) = pool_with_edited_meta(|meta| meta["spec"]["params"]["top-k"] = serde_json::json!(5));
+    let (p, store, key) =
+        pool_with_edited_meta(|meta| meta["spec"]["params"]["top-k"] = serde_json::json!(5));
     let mut out = Vec::new();
     let code = goosepipe::app::show("pool:p", &p.store(), false, false, &mut out).unwrap();
     let shown = String::from_utf8(out).unwrap();

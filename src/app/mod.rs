@@ -1806,6 +1806,34 @@ fn last_run_note(store: &Store, what: &str, meta: &crate::store::artifact::Artif
     })
 }
 
+/// A step's parameters as `show` prints them: a dataset's without the settings its
+/// source does not read (the schema fills and keys them all; `check` warns where one
+/// is written), which are named apart.
+fn shown_params(spec: &crate::store::StepSpec) -> String {
+    use crate::plan::dataset_sources::Source;
+    let roles: Vec<&str> = spec.externals.iter().map(|e| e.role()).collect();
+    let source = (spec.kind == "dataset")
+        .then(|| Source::of_spec(&roles, &spec.params))
+        .flatten();
+    let (Some(source), Some(map)) = (source, spec.params.as_object()) else {
+        return spec.params.to_string();
+    };
+    let unread = source.unread();
+    let (left_out, read): (Vec<_>, Vec<_>) = map.iter().partition(|(k, _)| unread.contains(&k.as_str()));
+    let read: serde_json::Map<String, serde_json::Value> =
+        read.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut shown = serde_json::Value::Object(read).to_string();
+    if !left_out.is_empty() {
+        let names: Vec<&str> = left_out.iter().map(|(k, _)| k.as_str()).collect();
+        shown.push_str(&format!(
+            "\n         (also keyed, and not read for {}: {})",
+            source.noun(),
+            names.join(", ")
+        ));
+    }
+    shown
+}
+
 /// `goosepipe show`.
 pub fn show(
     what: &str,
@@ -1887,7 +1915,7 @@ pub fn show(
         meta.host,
         meta.tool_version
     );
-    let _ = writeln!(out, "params   {}", s.params);
+    let _ = writeln!(out, "params   {}", shown_params(s));
     // What its run warned of (a training step's summary): said to whoever finds it.
     if let Some(warnings) = std::fs::read(
         store

@@ -944,17 +944,21 @@ impl Lowerer<'_> {
                 "give a file of held-back examples, or leave validation-path out (training then holds back 10% of path= for validation)",
             );
         }
-        // A local file is one split: these say nothing there (evals score all of it,
-        // training holds back 10% for validation), which is worth saying.
-        if e.block.props.contains_key("path") {
-            for prop in ["split", "validation-split"] {
-                if let Some(f) = e.block.props.get(prop).filter(|f| f.origin != Origin::Schema) {
+        // A setting its source does not read (a split of a local file, a field
+        // mapping on a synthetic task) would change the key and nothing else.
+        if let Some(source) = dataset_source(&e.block) {
+            for setting in source.unread() {
+                if let Some(loc) = written(&e.block, setting) {
                     self.warn(
                         "plan::ignored-settings",
-                        f.loc.unwrap_or(e.name_loc),
-                        format!("dataset \"{}\" reads a local file: `{prop}` is not used", e.name),
+                        loc.unwrap_or(e.name_loc),
+                        format!(
+                            "dataset \"{}\" {}: `{setting}` is not used",
+                            e.name,
+                            source.phrase()
+                        ),
                         "ignored",
-                        "a local file is one split: an eval scores all of it, training holds back 10% of it for validation; give another file for another split (validation-path= for validation)",
+                        source.why_unread(),
                     );
                 }
             }
@@ -1888,6 +1892,42 @@ fn escape_error(sources: &Sources, loc: Loc, what: &str, value: &str, why: &str)
 }
 
 /// Where the field at `path` ("group.prop", "group" or "prop") of a node is written.
+/// A dataset node's source, as the schema's one-of has it written.
+fn dataset_source(block: &crate::manifest::Block) -> Option<super::dataset_sources::Source> {
+    use super::dataset_sources::Source;
+    let set = |p: &str| block.props.get(p).is_some_and(|f| f.origin != Origin::Schema);
+    if written(block, "synthetic").is_some() {
+        Some(Source::Synthetic)
+    } else if set("bigbench") {
+        Some(Source::BigBench)
+    } else if set("hub") {
+        Some(Source::Hub)
+    } else if set("path") {
+        Some(Source::Path)
+    } else {
+        None
+    }
+}
+
+/// Where a setting of `block` is written (a property, a list or a group), or inherited
+/// from `defaults`: None where only the schema's default fills it. The inner Option is
+/// the location, when known.
+fn written(block: &crate::manifest::Block, setting: &str) -> Option<Option<Loc>> {
+    use crate::manifest::model::Child;
+    if let Some(f) = block.props.get(setting) {
+        return (f.origin != Origin::Schema).then_some(f.loc);
+    }
+    match block.children.get(setting)? {
+        Child::List(l) => l.first().map(|f| f.loc),
+        Child::Records(r) => r.first().map(|b| Some(b.loc)),
+        Child::Group(g) => g
+            .props
+            .values()
+            .any(|f| f.origin != Origin::Schema)
+            .then_some(Some(g.loc)),
+    }
+}
+
 fn field_loc(block: &crate::manifest::Block, path: &str) -> Option<Loc> {
     match path.split_once('.') {
         Some((group, prop)) => block.group(group)?.props.get(prop)?.loc,

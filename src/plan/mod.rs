@@ -4,6 +4,7 @@
 //! downloads, never trains, and reads local files only to hash them.
 
 pub mod catalog;
+pub mod dataset_sources;
 pub mod integrity;
 pub mod key;
 pub mod listing;
