@@ -586,6 +586,7 @@ fn local_field_settings_that_match_nothing_are_said_at_the_data() {
     )
     .unwrap();
     assert_eq!(plan.get("dataset:d").unwrap().spec.params["tsv-reader"], 2);
+    assert_eq!(plan.get("dataset:c").unwrap().spec.params["path-format"], "csv");
     assert!(
         plan.get("dataset:c")
             .unwrap()
@@ -662,4 +663,36 @@ fn a_data_file_whose_decoder_panics_fails_its_step_quietly() {
         !said.contains("panicked") && !said.contains("internal error"),
         "{said}"
     );
+}
+
+/// The same bytes saved as JSON Lines and as CSV are two datasets (their readers
+/// differ): two keys, never one artifact for both whichever a store built first.
+#[test]
+fn the_same_bytes_in_two_file_formats_are_two_keys() {
+    let t = tempfile::tempdir().unwrap();
+    let rows = "{\"input\":\"q1\",\"target\":\"a1\"}\n";
+    for f in ["d.jsonl", "d.ndjson", "d.csv", "d.parquet", "d.arrow"] {
+        std::fs::write(t.path().join(f), rows).unwrap();
+    }
+    std::fs::write(
+        t.path().join("f.kdl"),
+        "dataset \"j\" path=\"d.jsonl\"\ndataset \"n\" path=\"d.ndjson\"\ndataset \"c\" path=\"d.csv\"\n\
+         dataset \"p\" path=\"d.parquet\"\ndataset \"a\" path=\"d.arrow\"\n\
+         dataset \"v\" path=\"d.jsonl\" validation-path=\"d.csv\"\n",
+    )
+    .unwrap();
+    let plan = goosepipe::app::load_plan(
+        &t.path().join("f.kdl"),
+        &goosepipe::steps::registry(),
+        &goosepipe::store::hashing::HashCache::in_memory(),
+    )
+    .unwrap();
+    let key = |id: &str| plan.get(id).unwrap().spec.key;
+    // .jsonl and .ndjson are read alike: one dataset.
+    assert_eq!(key("dataset:j"), key("dataset:n"));
+    let keys: std::collections::BTreeSet<_> = ["j", "c", "p", "a", "v"]
+        .iter()
+        .map(|n| key(&format!("dataset:{n}")))
+        .collect();
+    assert_eq!(keys.len(), 5, "one key per reader");
 }

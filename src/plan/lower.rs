@@ -972,6 +972,20 @@ impl Lowerer<'_> {
         if tsv {
             p.params.insert("tsv-reader".into(), Value::Int(2));
         }
+        // A file's reader is chosen by its extension, not its bytes: the same bytes
+        // saved as .jsonl and as .csv are two datasets, and must be two keys (one
+        // store held the other's examples under the first's key). A CSV, Parquet or
+        // Arrow file's format is an ingredient; JSON Lines (by far the most common)
+        // and TSV (keyed by its reader's version above) keep the keys they had.
+        for role in ["path", "validation-path"] {
+            let format = local(role).and_then(|f| {
+                let ext = Path::new(&f).extension()?.to_str()?.to_ascii_lowercase();
+                ["csv", "parquet", "arrow"].contains(&ext.as_str()).then_some(ext)
+            });
+            if let Some(format) = format {
+                p.params.insert(format!("{role}-format"), Value::Str(format));
+            }
+        }
         if let Some(f) = e.block.props.get("validation-path")
             && !e.block.props.contains_key("path")
         {
