@@ -450,6 +450,25 @@ fn local_jsonl_rows_are_filtered_like_hub_rows() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(err.contains("no row has kind in [\"none\"]"), "{err}");
+    // drop-empty leaving nothing is refused, not published empty (every method would
+    // score 0 on it and the mean count it).
+    std::fs::write(
+        t.path().join("e.jsonl"),
+        "{\"input\": \"\", \"target\": \"\"}\n{\"input\": \"x\", \"target\": \" \"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("f.kdl"),
+        "dataset \"e\" path=\"e.jsonl\" drop-empty=#true\n",
+    )
+    .unwrap();
+    let out = run_offline(t.path(), "f.kdl", &cache, false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("e.jsonl: drop-empty=#true dropped all 2 examples (each has a blank input or target)"),
+        "{err}"
+    );
 }
 
 /// Mistakes in a local file's field settings are said by the dataset step (or by

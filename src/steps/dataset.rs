@@ -322,7 +322,15 @@ fn examples_of(
         None => map_rows(label, &rows, &fields(p)).map_err(fail)?,
     };
     if p.drop_empty {
+        let read = ex.len();
         ex.retain(|e| !e.input.trim().is_empty() && !e.target.trim().is_empty());
+        // Published empty, it would be scored as 0 by every method, counted in the
+        // means, and fail only at training, far from its cause.
+        if ex.is_empty() {
+            return Err(StepError::msg(format!(
+                "{label}: drop-empty=#true dropped all {read} examples (each has a blank input or target); check the field mapping (input-field=, target-field=) or leave drop-empty out"
+            )));
+        }
     }
     Ok(ex)
 }

@@ -614,6 +614,13 @@ impl<'a> EvalRun<'a> {
             let data = ctx.input(&format!("task:{name}"))?;
             let file = data.files.join(EXAMPLES);
             let ex = read_jsonl(&file).map_err(fail)?;
+            // A score over no example would be a 0 in every method's mean.
+            if ex.is_empty() {
+                return Err(StepError::msg(format!(
+                    "task \"{name}\": {} has no examples to score (its row filters or drop-empty left none); change the dataset's settings",
+                    data.id
+                )));
+            }
             // Checked before anything is scored, not at the first batch that has one.
             let examples = sample(ex, params.max_examples, params.seed);
             check_choices(name, p, &examples, &file, &data.id)?;
