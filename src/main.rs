@@ -46,8 +46,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Exit with code 2 if anything would run or the lockfile would change (CI
-        /// guard: passes exactly when `run --locked` would do nothing).
+        /// Exit with code 2 if anything would run or the lockfile pins anything else
+        /// (CI guard: passes exactly when `run --locked` would build nothing and
+        /// refuse nothing).
         #[arg(long)]
         check_cached: bool,
         /// Re-hash every cached artifact against its recorded digests first; corrupt
@@ -206,7 +207,9 @@ struct RunArgs {
     /// Keep running independent steps after a failure.
     #[arg(long)]
     keep_going: bool,
-    /// Fail if the lockfile would change (external resolutions, keys, digests).
+    /// Fail if the lockfile would pin anything else (external resolutions, keys,
+    /// digests); other last bits from other numerics, with the pinned results tables,
+    /// are accepted and said, and so are pins that lack the numerics they were built on.
     #[arg(long)]
     locked: bool,
     /// Re-hash every cached artifact of the manifest before running; corrupt ones

@@ -482,6 +482,42 @@ fn lockfile_records_keys_and_locked_refuses_changes() {
         },
     );
     assert_eq!(code, 0);
+    // Pins without the numerics their artifacts record (an earlier goosepipe's
+    // lockfile): the pins hold, and `plan` and `--locked` say what a run would add.
+    assert!(lock_text.contains(" numerics="), "{lock_text}");
+    let bare: String = lock_text
+        .lines()
+        .map(|l| match l.find(" numerics=\"") {
+            Some(at) => {
+                let end = at + 12 + l[at + 12..].find('"').unwrap() + 1;
+                format!("{}{}\n", &l[..at], &l[end..])
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert!(!bare.contains("numerics="), "{bare}");
+    std::fs::write(p.dir.path().join("pipeline.kdl.lock"), &bare).unwrap();
+    let (_, st) = p.status(&reg);
+    assert!(
+        st.lock_unrecorded.contains(&"pool:p".to_string()),
+        "{:?}",
+        st.lock_unrecorded
+    );
+    assert!(
+        st.lock_drift.is_empty() && st.stale_count() == 0,
+        "{:?}",
+        st.lock_drift
+    );
+    let (code, out) = p.run(
+        &reg,
+        &RunOptions {
+            locked: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("`goosepipe run` records the rest"), "{out}");
+    std::fs::write(p.dir.path().join("pipeline.kdl.lock"), &lock_text).unwrap();
     // A pinned digest the store's artifact does not have: refused before anything
     // runs, and not called a rebuild (nothing was rebuilt).
     let pool = plan.get("pool:p").unwrap().spec.key;

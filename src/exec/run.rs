@@ -995,12 +995,14 @@ pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<Vec<String
     let mut problems = vec![];
     let mut other_bits = vec![];
     let mut same_tables = vec![];
+    let mut unrecorded = vec![];
     for (id, s) in &new.steps {
         let Some(pin) = old.steps.get(id) else {
             continue;
         };
         let found = pin.reproduced_by(s);
         match found {
+            Reproduction::Same if pin.records_less_than(s) => unrecorded.push(id.clone()),
             Reproduction::Same => {}
             Reproduction::OtherNumerics { tables: Some(true) } => same_tables.push((id.as_str(), pin, s)),
             Reproduction::OtherNumerics { tables: None } => other_bits.push((id.as_str(), pin, s)),
@@ -1016,6 +1018,9 @@ pub fn check_locked_digests(new: &Lockfile, old: &Lockfile) -> Result<Vec<String
         return Err(RunError::Locked(problems.join("\n  ")));
     }
     let mut notes = vec![];
+    if !unrecorded.is_empty() {
+        notes.push(crate::plan::render::unrecorded_note(&unrecorded));
+    }
     if !other_bits.is_empty() || !same_tables.is_empty() {
         let moved: Vec<&(&str, &LockedStep, &LockedStep)> = other_bits.iter().chain(&same_tables).collect();
         let on = crate::store::lockfile::built_and_pinned_on(moved.iter().map(|(_, pin, s)| (*pin, *s)));

@@ -107,7 +107,21 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
             super::listing::first_few(&status.lock_other_bits, 5)
         );
     }
+    if !status.lock_unrecorded.is_empty() {
+        let _ = writeln!(out, "{}", unrecorded_note(&status.lock_unrecorded));
+    }
     out
+}
+
+/// Pins of the right digest that leave out the numerics or results tables their
+/// artifacts record: said by `plan` and `run --locked` (which accept them: the pins
+/// are the same), recorded by the next plain run.
+pub fn unrecorded_note(ids: &[String]) -> String {
+    format!(
+        "lockfile: {} pin(s) do not record the numerics or results tables their artifacts record ({}): written by an earlier goosepipe, or edited; the pins themselves hold (`run --locked` accepts them), and `goosepipe run` records the rest",
+        ids.len(),
+        super::listing::first_few(ids, 5)
+    )
 }
 
 /// A step's short key, or `pending` while it is provisional (early cutoff).
@@ -205,6 +219,7 @@ pub fn plan_json(plan: &Plan, status: &Status, store: &std::path::Path) -> serde
         "steps": steps,
         "lockfile_outdated": status.lock_drift,
         "lockfile_other_bits": status.lock_other_bits,
+        "lockfile_unrecorded": status.lock_unrecorded,
     })
 }
 

@@ -257,6 +257,10 @@ pub struct Status {
     /// some: what `run --locked` accepts (the last bits of another machine), and a
     /// plain `run` re-pins.
     pub lock_other_bits: Vec<String>,
+    /// Cached steps pinned with their artifacts' digests, but without the numerics
+    /// or results tables those record (see `LockedStep::records_less_than`): the pins
+    /// hold, and a plain `run` records the rest.
+    pub lock_unrecorded: Vec<String>,
 }
 
 impl Status {
@@ -331,6 +335,7 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
     // under the pinned key from other numerics, with the pinned tables, is apart:
     // `run --locked` accepts it.
     let mut lock_other_bits = vec![];
+    let mut lock_unrecorded = vec![];
     let lock_drift = plan
         .steps
         .iter()
@@ -344,7 +349,12 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
                     Some(l) => {
                         let Some(d) = d else { return false };
                         match l.reproduced_by(d) {
-                            Reproduction::Same => false,
+                            Reproduction::Same => {
+                                if l.records_less_than(d) {
+                                    lock_unrecorded.push(s.spec.id.clone());
+                                }
+                                false
+                            }
                             r if r.refused() => true,
                             _ => {
                                 lock_other_bits.push(s.spec.id.clone());
@@ -403,6 +413,7 @@ fn status_with(plan: &Plan, store: &Store, lock: &Lockfile, verify: bool) -> Sta
         previews: BTreeMap::new(),
         lock_drift,
         lock_other_bits,
+        lock_unrecorded,
     }
 }
 

@@ -109,6 +109,15 @@ impl LockedStep {
         }
     }
 
+    /// Whether this pin leaves out what the artifact `built` (of the pinned digest)
+    /// records: its numerics or results tables (a lockfile written before they were
+    /// recorded, or edited). Not another pin: `--locked` accepts it, and says so; a
+    /// plain run records them.
+    pub fn records_less_than(&self, built: &LockedStep) -> bool {
+        (self.numerics.is_none() && built.numerics.is_some())
+            || (self.tables.is_none() && built.tables.is_some())
+    }
+
     /// What the pin says about where it was made, for messages: `on NUMERICS`, or
     /// that it does not say.
     pub fn pinned_on(&self) -> String {
