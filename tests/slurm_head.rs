@@ -584,7 +584,32 @@ fn exec_builds_a_step_from_its_recipe_alone_and_exits_at_once_when_published() {
         "{err}"
     );
     assert!(log.take().is_empty(), "nothing built from an edited recipe");
+    // A damaged recipe is said to be damaged, not missing (it is there).
+    let recipe_file = p.store().join("recipes").join(format!("{}.json", spec.key.hex()));
+    std::fs::write(&recipe_file, "{\"oops\":").unwrap();
+    let err = try_exec().unwrap_err().to_string();
+    assert!(
+        err.contains("is damaged: ") && err.contains("not a recipe") && !err.contains("has no recipe"),
+        "{err}"
+    );
     store.save_recipe(spec).unwrap();
+    // Held to a lockfile that is not there: refused, not built unchecked.
+    let missing = p.dir.path().join("no-such.lock");
+    let err = app::exec_cmd(
+        &p.store(),
+        &target,
+        Some(&missing),
+        &RunOptions {
+            locked: true,
+            ..RunOptions::default()
+        },
+        &reg,
+        &CancelFlag::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no-such.lock: no such file"), "{err}");
+    assert!(log.take().is_empty(), "{err}");
     assert_eq!(exec(), 0);
     assert_eq!(log.take(), ["dataset:a"]);
     assert!(store.meta(&spec.key).is_some());

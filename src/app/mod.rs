@@ -819,6 +819,15 @@ pub fn exec_cmd(
         }
     };
     let lock = match lockfile {
+        // Without it a job builds with no pins (a manifest's first run has none);
+        // under --locked a mistyped path would build unchecked.
+        Some(p) if opts.locked && !p.exists() => {
+            return Err(miette!(
+                help = "--locked holds the job to the manifest's FILE.lock: give its path as the job sees it",
+                "--lockfile {}: no such file",
+                p.display()
+            ));
+        }
         Some(p) => Lockfile::read(p).map_err(|e| miette!("{e}"))?,
         None => Lockfile::default(),
     };

@@ -57,7 +57,13 @@ pub fn exec_key(
         ));
         return Ok(Outcome::Reused);
     }
-    let spec = store.recipe(key).ok_or_else(|| {
+    let recipe = store.read_recipe(key).map_err(|why| {
+        ExecError::Usage(format!(
+            "the recipe for key {} is damaged: {why}; run the manifest again to write it anew",
+            key.short()
+        ))
+    })?;
+    let spec = recipe.ok_or_else(|| {
         ExecError::Usage(format!(
             "the store {} has no recipe for key {} (recipes/{}.json); the head writes it before submitting",
             store.root.display(),

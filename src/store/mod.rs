@@ -461,9 +461,25 @@ impl Store {
         write_atomic(&p, &bytes).map_err(io_err(&p))
     }
 
+    /// The recipe of `key`, None where there is none or it cannot be read (see
+    /// [`Store::read_recipe`] for why).
     pub fn recipe(&self, key: &Key) -> Option<StepSpec> {
+        self.read_recipe(key).ok().flatten()
+    }
+
+    /// The recipe of `key`: None where the store has none, an error saying why where
+    /// one is there and cannot be read (truncated, edited, not a file), which a job
+    /// must not take for a missing one.
+    pub fn read_recipe(&self, key: &Key) -> Result<Option<StepSpec>, String> {
         let p = self.root.join("recipes").join(format!("{}.json", key.hex()));
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: not a recipe ({e})", p.display()))
     }
 
     /// Every published key (for gc and `show`).
