@@ -339,10 +339,13 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
             let joined = record.iter().collect::<Vec<_>>().join(",");
             let spans = joined.trim_end_matches(['\n', '\r']).matches('\n').count();
             // A quote left open reads to the end of the file: the last record, short,
-            // spanning lines. (A short record whose quoted field closes is counted.)
-            let why = if spans > 0 && record.len() < headers.len() && records.peek().is_none() {
+            // spanning lines, or ending in the file's final line break (which only an
+            // open quote takes into a field). A short record whose quoted field
+            // closes is counted.
+            let open = spans > 0 || record.iter().last().is_some_and(|f| f.ends_with(['\n', '\r']));
+            let why = if open && record.len() < headers.len() && records.peek().is_none() {
                 format!(
-                    "a quoted field opened here runs on to line {}: its closing quote is missing (a quote inside a quoted field is written twice: \"\")",
+                    "a quoted field opened here runs on to the end of the file (line {}): its closing quote is missing (a quote inside a quoted field is written twice: \"\")",
                     line as usize + spans
                 )
             } else {
@@ -626,8 +629,15 @@ mod tests {
         let err = read_rows(&csv).unwrap_err().to_string();
         assert!(
             err.contains(
-                "d.csv:3: a quoted field opened here runs on to line 5: its closing quote is missing"
+                "d.csv:3: a quoted field opened here runs on to the end of the file (line 5): its closing quote is missing"
             ),
+            "{err}"
+        );
+        // On the last line, it takes the file's final line break.
+        std::fs::write(&csv, "q,a\n\"x,y\n").unwrap();
+        let err = read_rows(&csv).unwrap_err().to_string();
+        assert!(
+            err.contains("d.csv:2: a quoted field opened here runs on to the end of the file (line 2)"),
             "{err}"
         );
         std::fs::write(&csv, b"q,a\nx,y\ncaf\xe9,z\n").unwrap();
