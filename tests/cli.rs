@@ -158,6 +158,17 @@ fn graph_explain_schema_and_show() {
         "{}",
         text(&out.stderr)
     );
+    // A file given as the store is said to be one (it was "File exists (os error 17)").
+    let elsewhere = tempfile::tempdir().unwrap();
+    let store_file = elsewhere.path().join("a-file");
+    std::fs::write(&store_file, "").unwrap();
+    let run = goosepipe(&["run", GOLDEN], &store_file);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("a-file is a file, not a store folder"),
+        "{}",
+        text(&run.stderr)
+    );
     // A mistyped store is said to be one, and not created empty.
     let typo = t.path().join("no-such-store");
     for args in [

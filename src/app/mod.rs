@@ -79,6 +79,10 @@ fn store_error(e: crate::store::StoreError) -> Report {
             ),
             "{e}"
         ),
+        crate::store::StoreError::NotAFolder { .. } => miette!(
+            help = "pass --store a folder (new, empty, or the store your runs used), or set GOOSEPIPE_STORE to one",
+            "{e}"
+        ),
         // A folder inside a store: the store itself is what was meant.
         crate::store::StoreError::InsideStore { store, .. } => miette!(
             help = format!("pass --store {} (the store this folder is in)", store.display()),

@@ -92,6 +92,11 @@ pub fn claim(root: &Path) -> Result<(), StoreError> {
             store,
         });
     }
+    if root.exists() && !root.is_dir() {
+        return Err(StoreError::NotAFolder {
+            path: root.to_path_buf(),
+        });
+    }
     std::fs::create_dir_all(root).map_err(io_err(root))?;
     let marker = root.join(MARKER);
     if marker.is_file() {

@@ -64,6 +64,9 @@ pub enum StoreError {
         "{path} is not a goosepipe store: it holds {holds}, and a store is made only in a new or empty folder"
     )]
     NotAStore { path: PathBuf, holds: String },
+    /// A file (not a folder) given as a store.
+    #[error("{path} is a file, not a store folder")]
+    NotAFolder { path: PathBuf },
     #[error("{path} is inside the goosepipe store at {store}: a store is never made inside another")]
     InsideStore { path: PathBuf, store: PathBuf },
 }
