@@ -34,7 +34,14 @@ pub fn key_from_list(path: &Path, index: usize) -> Result<Key, ExecError> {
             text.lines().count()
         ))
     })?;
-    line.trim().parse().map_err(ExecError::Usage)
+    // Line `index` is the array task's index (from 0); a person counts from 1.
+    line.trim().parse().map_err(|e: String| {
+        ExecError::Usage(format!(
+            "the key list {}, line {} (index {index}): {e}",
+            path.display(),
+            index + 1
+        ))
+    })
 }
 
 /// Builds `key` unless it is already published. Idempotent: a job that finds its key
@@ -128,6 +135,10 @@ mod tests {
                 .to_string()
                 .contains("no line 2")
         );
+        // A line that is no key names the file and the line.
+        std::fs::write(&p, format!("{}\nzz\n", a.hex())).unwrap();
+        let err = key_from_list(&p, 1).unwrap_err().to_string();
+        assert!(err.contains("k, line 2 (index 1): not a 64-digit hex key: \"zz\""), "{err}");
     }
 
     #[test]
