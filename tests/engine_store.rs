@@ -992,6 +992,10 @@ fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
     let three = Store::open(p.store()).unwrap().find("pool:p").unwrap().key.hex()[..3].to_string();
     let err = show(&three).unwrap_err();
     assert!(err.contains("a key prefix needs at least 4 hex digits"), "{err}");
+    // A prefix copied in upper case is the same key (exec takes it so too).
+    let upper = Store::open(p.store()).unwrap().find("pool:p").unwrap().key.hex()[..20].to_ascii_uppercase();
+    assert!(upper.bytes().any(|b| b.is_ascii_alphabetic()), "{upper}");
+    assert_eq!(show(&upper).unwrap(), show("pool:p").unwrap());
 
     // A name made of hex digits may also start a key: refused, naming both (it showed
     // the artifact of the key, silently).

@@ -138,7 +138,10 @@ mod tests {
         // A line that is no key names the file and the line.
         std::fs::write(&p, format!("{}\nzz\n", a.hex())).unwrap();
         let err = key_from_list(&p, 1).unwrap_err().to_string();
-        assert!(err.contains("k, line 2 (index 1): not a 64-digit hex key: \"zz\""), "{err}");
+        assert!(
+            err.contains("k, line 2 (index 1): not a 64-digit hex key: \"zz\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -583,7 +583,9 @@ impl Store {
         }
         let keys = self.keys();
         if what.len() >= 4 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<&Key> = keys.iter().filter(|k| k.hex().starts_with(what)).collect();
+            // Keys are written in lower case; a prefix copied in upper case is one too.
+            let prefix = what.to_ascii_lowercase();
+            let matches: Vec<&Key> = keys.iter().filter(|k| k.hex().starts_with(&prefix)).collect();
             match matches.as_slice() {
                 [k] => {
                     // A name may be hex too (`cafe`, `added`): then it is not for us to
