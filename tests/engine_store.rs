@@ -173,12 +173,23 @@ fn truncated_artifact_is_stale_and_rebuilt() {
     let store = Store::open(p.store()).unwrap();
     let k = key_of(&p, &reg, "expert:a");
     std::fs::write(store.files_dir(&k).join("output.txt"), "x").unwrap();
+    // A file replaced by a folder is said as that (not by the folder's size).
+    let kb = key_of(&p, &reg, "expert:b");
+    let file_b = store.files_dir(&kb).join("output.txt");
+    std::fs::remove_file(&file_b).unwrap();
+    std::fs::create_dir(&file_b).unwrap();
     let (plan, status) = p.status(&reg);
     let text = goosepipe::plan::render::plan_text(&plan, &status);
     assert!(text.contains("artifact corrupt"), "{text}");
+    assert!(
+        text.contains("output.txt is not a file (a folder, or another special file)"),
+        "{text}"
+    );
     p.run(&reg, &RunOptions::default());
-    assert_eq!(log.take(), vec!["expert:a"]);
-    assert!(store.verify(&k).is_ok());
+    let mut ran = log.take();
+    ran.sort();
+    assert_eq!(ran, vec!["expert:a", "expert:b"]);
+    assert!(store.verify(&k).is_ok() && store.verify(&kb).is_ok());
 }
 
 #[test]

@@ -244,6 +244,13 @@ impl Store {
         let files = dir.join("files");
         for f in &meta.files {
             match std::fs::metadata(files.join(&f.path)) {
+                // A folder's size is its file system's, not the file's: said as what it is.
+                Ok(md) if !md.is_file() => {
+                    return Presence::Corrupt(format!(
+                        "{} is not a file (a folder, or another special file)",
+                        f.path
+                    ));
+                }
                 Ok(md) if md.len() == f.size => {}
                 Ok(md) => {
                     return Presence::Corrupt(format!(
