@@ -926,6 +926,14 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
         err.contains("peft \"adapter\": it holds no adapter_config.json"),
         "{err}"
     );
+    // A folder under the weights' name is said as that, not as nothing there.
+    std::fs::create_dir_all(d.path().join("base/model.safetensors")).unwrap();
+    let mut out = Vec::new();
+    let err =
+        goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap_err();
+    let err = one_line(&format!("{err:?}"));
+    assert!(err.contains("path \"base\": its model.safetensors is not a file"), "{err}");
+    std::fs::remove_dir(d.path().join("base/model.safetensors")).unwrap();
     // With the files there, the manifest is valid.
     std::fs::write(d.path().join("adapter/adapter_config.json"), "{}").unwrap();
     std::fs::write(d.path().join("base/pytorch_model.bin"), "").unwrap();

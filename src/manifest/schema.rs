@@ -194,6 +194,10 @@ impl PathRule {
                 .iter()
                 .find(|alts| !alts.iter().any(|f| path.join(f).is_file()))
         {
+            // One there under the name, but not a file (a folder of that name).
+            if let Some(odd) = missing.iter().find(|f| path.join(f).exists()) {
+                return Some(format!("its {odd} is not a file"));
+            }
             return Some(match missing.split_last() {
                 Some((last, rest)) if !rest.is_empty() => {
                     format!("it holds none of {} or {last}", rest.join(", "))
