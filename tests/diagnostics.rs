@@ -128,7 +128,8 @@ golden!(
     bad_name,
     "manifest::bad-name",
     "manifest::bad-name",
-    "manifest::undefined-reference"
+    "manifest::undefined-reference",
+    "manifest::bad-name"
 );
 golden!(path_escapes, "manifest::path-escapes", "manifest::path-escapes");
 golden!(
@@ -932,7 +933,10 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
     let err =
         goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap_err();
     let err = one_line(&format!("{err:?}"));
-    assert!(err.contains("path \"base\": its model.safetensors is not a file"), "{err}");
+    assert!(
+        err.contains("path \"base\": its model.safetensors is not a file"),
+        "{err}"
+    );
     std::fs::remove_dir(d.path().join("base/model.safetensors")).unwrap();
     // With the files there, the manifest is valid.
     std::fs::write(d.path().join("adapter/adapter_config.json"), "{}").unwrap();

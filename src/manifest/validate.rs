@@ -1203,7 +1203,7 @@ impl Validator {
                         loc,
                         format!("\"{}\" cannot be a name", s.escape_debug()),
                         why,
-                        "names become folder and file names (report --plots, exports): no `/`, `\\`, control characters or leading `.`, at most 200 bytes",
+                        "names become step ids (KIND:NAME) and folder and file names (report --plots, exports): no `:`, `/`, `\\`, control characters or leading `.`, at most 200 bytes",
                     );
                     return None;
                 }
@@ -1616,6 +1616,10 @@ fn inherit(group: &mut Block, inherited: Option<&Block>) {
 fn unfit_name(name: &str) -> Option<&'static str> {
     if name.contains(['/', '\\']) {
         Some("contains a path separator")
+    } else if name.contains(':') {
+        // Step ids are KIND:NAME: `dataset "expert:x"` would be `dataset:expert:x`,
+        // and `expert:x` on a command line would find it where no expert x exists.
+        Some("contains `:`, which separates a step's kind from its name")
     } else if name.chars().any(char::is_control) {
         Some("contains a control character")
     } else if name.starts_with('.') {
