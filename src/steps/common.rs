@@ -165,7 +165,16 @@ pub fn examples(input: &InputArtifact) -> Result<(Vec<Example>, Vec<Example>), S
     } else {
         EXAMPLES
     };
-    Ok((r(train)?, r(VALIDATION)?))
+    let (train, valid) = (r(train)?, r(VALIDATION)?);
+    // Said here, naming the dataset: the trainer knows no dataset.
+    if train.is_empty() {
+        return Err(fail(format!(
+            "{} has no training examples ({} validation examples); give it more rows",
+            input.id,
+            valid.len()
+        )));
+    }
+    Ok((train, valid))
 }
 
 /// Token ids of `text` with the tokenizer's post-processing (T5: EOS appended).
