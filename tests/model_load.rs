@@ -177,6 +177,21 @@ fn a_local_model_step_refuses_a_folder_with_damaged_weights() {
     let (code, out) = support::run_product(&manifest, &tmp.path().join("store"));
     assert_eq!(code, 0, "{out}");
 
+    // A config.json that disagrees with the weights (another d_model): refused by the
+    // model step from the headers, not published for the first expert to fail on.
+    let config_file = folder.join("config.json");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(&config).unwrap();
+    c["d_model"] = serde_json::json!(c["d_model"].as_u64().unwrap() * 2);
+    std::fs::write(&config_file, c.to_string()).unwrap();
+    let (code, out) = support::run_product(&manifest, &tmp.path().join("store"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("model:t: ") && out.contains("has shape") && out.contains("(in the folder path= names)"),
+        "{out}"
+    );
+    std::fs::write(&config_file, &config).unwrap();
+
     // Cut short: the header promises more bytes than the file has.
     let weights = folder.join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();

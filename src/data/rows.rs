@@ -342,7 +342,11 @@ pub fn read_csv_rows(path: &Path) -> Result<Vec<Row>, DataError> {
             // spanning lines, or ending in the file's final line break (which only an
             // open quote takes into a field). A short record whose quoted field
             // closes is counted.
-            let open = spans > 0 || record.iter().next_back().is_some_and(|f| f.ends_with(['\n', '\r']));
+            let open = spans > 0
+                || record
+                    .iter()
+                    .next_back()
+                    .is_some_and(|f| f.ends_with(['\n', '\r']));
             let why = if open && record.len() < headers.len() && records.peek().is_none() {
                 format!(
                     "a quoted field opened here runs on to the end of the file (line {}): its closing quote is missing (a quote inside a quoted field is written twice: \"\")",

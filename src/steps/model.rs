@@ -87,11 +87,17 @@ fn check_folder(dir: &std::path::Path) -> Result<(), StepError> {
     use crate::model::checkpoint::load::{WeightFiles, locate, open_store};
     let broken = |e: crate::model::ModelError| fail(format!("{e} (in the folder path= names)"));
     let files = locate(dir).map_err(broken)?;
-    T5Config::from_file(&files.config, None).map_err(broken)?;
-    if matches!(files.weights, WeightFiles::Safetensors(_)) {
-        open_store(&files).map_err(broken)?;
+    // Safetensors: their headers give every shape without reading the weights, so
+    // a config.json that disagrees with them is refused here. A pickle is read
+    // whole, by the first step that loads it; its config is only parsed.
+    if !matches!(files.weights, WeightFiles::Safetensors(_)) {
+        T5Config::from_file(&files.config, None).map_err(broken)?;
+        return Ok(());
     }
-    Ok(())
+    let store = open_store(&files).map_err(broken)?;
+    let config =
+        T5Config::from_file(&files.config, Some(store.contains("lm_head.weight"))).map_err(broken)?;
+    crate::model::checkpoint::weights::check_shapes(&config, &store).map_err(broken)
 }
 
 impl StepRunner for ModelStep {

@@ -136,6 +136,18 @@ impl TensorStore {
         Ok(Some(t.to_device(device)?))
     }
 
+    /// The stored shape of tensor `name`, read from the file's header (no data is
+    /// read), if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            TensorStore::Mmap { st, names, .. } => names
+                .contains(name)
+                .then(|| st.get(name).ok().map(|v| v.shape().to_vec()))
+                .flatten(),
+            TensorStore::Memory { tensors, .. } => tensors.get(name).map(|t| t.dims().to_vec()),
+        }
+    }
+
     /// The tensor `name` in its stored shape and dtype, if present.
     pub fn get_any(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
         match self {

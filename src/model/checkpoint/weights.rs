@@ -15,6 +15,33 @@ use crate::rng::SeededRng;
 
 /// Every tensor a T5 checkpoint must hold, with its torch-layout shape.
 /// `lm_head.weight` is listed only for untied models.
+/// Whether `store` holds every tensor `cfg` asks for, in its shape: the first one
+/// missing or misshaped is the error. Shapes come from the headers, so a model folder
+/// whose config.json disagrees with its weights is refused where it is named, not by
+/// the first step that loads it.
+pub fn check_shapes(cfg: &T5Config, store: &super::tensor_store::TensorStore) -> crate::model::Result<()> {
+    for (name, expected) in expected_tensors(cfg) {
+        match store.shape(&name) {
+            None => {
+                return Err(crate::model::ModelError::MissingTensor {
+                    file: store.label().to_owned(),
+                    name,
+                });
+            }
+            Some(actual) if actual != expected => {
+                return Err(crate::model::ModelError::ShapeMismatch {
+                    file: store.label().to_owned(),
+                    name,
+                    expected,
+                    actual,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn expected_tensors(cfg: &T5Config) -> Vec<(String, Vec<usize>)> {
     let mut out = vec![("shared.weight".to_owned(), vec![cfg.vocab_size, cfg.d_model])];
     for site in adapted_linears(cfg) {
