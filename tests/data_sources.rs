@@ -269,6 +269,14 @@ fn built_dataset(
     st.files_dir(&plan.get(id).unwrap().spec.key)
 }
 
+/// The output of a run of `manifest` (written to f.kdl in `dir`) that must fail.
+fn failed_run(dir: &std::path::Path, manifest: &str, cache: &std::path::Path) -> String {
+    std::fs::write(dir.join("f.kdl"), manifest).unwrap();
+    let out = run_offline(dir, "f.kdl", cache, false);
+    assert_eq!(out.status.code(), Some(1), "{manifest}");
+    String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
+}
+
 /// Lays out `files` (repo path -> bytes) as the HF cache holds a dataset repo at a
 /// commit that `revision` points to: refs/, snapshots/COMMIT/ symlinks, blobs/.
 fn hf_cache_dataset(
@@ -445,10 +453,7 @@ fn local_jsonl_rows_are_filtered_like_hub_rows() {
     // Five rows of kind zs (0, 2, 4, 6, 8), one of them (4) with an empty target.
     let inputs: Vec<&str> = all.iter().map(|e| e.input.as_str()).collect();
     assert_eq!(inputs, vec!["x 0", "x 2", "x 6", "x 8"]);
-    std::fs::write(t.path().join("f.kdl"), manifest("\"none\"")).unwrap();
-    let out = run_offline(t.path(), "f.kdl", &cache, false);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let err = failed_run(t.path(), &manifest("\"none\""), &cache);
     assert!(err.contains("no row has kind in [\"none\"]"), "{err}");
     // drop-empty leaving nothing is refused, not published empty (every method would
     // score 0 on it and the mean count it).
@@ -457,14 +462,11 @@ fn local_jsonl_rows_are_filtered_like_hub_rows() {
         "{\"input\": \"\", \"target\": \"\"}\n{\"input\": \"x\", \"target\": \" \"}\n",
     )
     .unwrap();
-    std::fs::write(
-        t.path().join("f.kdl"),
+    let err = failed_run(
+        t.path(),
         "dataset \"e\" path=\"e.jsonl\" drop-empty=#true\n",
-    )
-    .unwrap();
-    let out = run_offline(t.path(), "f.kdl", &cache, false);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        &cache,
+    );
     assert!(
         err.contains("e.jsonl: drop-empty=#true dropped all 2 examples (each has a blank input or target)"),
         "{err}"
@@ -486,12 +488,7 @@ fn local_field_settings_that_match_nothing_are_said_at_the_data() {
         .collect();
     std::fs::write(t.path().join("d.jsonl"), rows).unwrap();
     let cache = t.path().join("hf");
-    let failure = |manifest: &str| -> String {
-        std::fs::write(t.path().join("f.kdl"), manifest).unwrap();
-        let out = run_offline(t.path(), "f.kdl", &cache, false);
-        assert_ne!(out.status.code(), Some(0), "{manifest}");
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
-    };
+    let failure = |manifest: &str| failed_run(t.path(), manifest, &cache);
     // An integer column is kept by the value as written (no row matched "0").
     std::fs::write(
         t.path().join("f.kdl"),

@@ -114,8 +114,12 @@ impl LockedStep {
     /// recorded, or edited). Not another pin: `--locked` accepts it, and says so; a
     /// plain run records them.
     pub fn records_less_than(&self, built: &LockedStep) -> bool {
-        (self.numerics.is_none() && built.numerics.is_some())
-            || (self.tables.is_none() && built.tables.is_some())
+        // A pin of its key alone (a step a partial run did not build) pins no
+        // artifact: nothing it records could be less.
+        self.digest.is_some()
+            && self.digest == built.digest
+            && ((self.numerics.is_none() && built.numerics.is_some())
+                || (self.tables.is_none() && built.tables.is_some()))
     }
 
     /// What the pin says about where it was made, for messages: `on NUMERICS`, or
