@@ -174,18 +174,93 @@ fn parquet_rows(path: &Path) -> Result<Vec<Row>, DataError> {
     // size an allocation; the rows themselves are the count.
     let n = reader.metadata().file_metadata().num_rows().clamp(0, 1 << 16) as usize;
     let mut out = Vec::with_capacity(n);
-    for row in reader.get_row_iter(None).map_err(bad)? {
-        match row.map_err(bad)?.to_json_value() {
-            serde_json::Value::Object(m) => out.push(m),
-            other => {
-                return Err(DataError::Other(format!(
-                    "{}: a row is not a record: {other}",
-                    path.display()
-                )));
-            }
+    for (i, row) in reader.get_row_iter(None).map_err(bad)?.enumerate() {
+        let mut m = Row::new();
+        for (name, field) in row.map_err(bad)?.get_column_iter() {
+            let v = parquet_value(field).map_err(|why| {
+                DataError::Other(format!("{}: row {}, column {name}: {why}", path.display(), i + 1))
+            })?;
+            m.insert(name.clone(), v);
         }
+        out.push(m);
     }
     Ok(out)
+}
+
+/// One parquet value as JSON, by the rules [`arrow_value`] reads an Arrow file with:
+/// binary as the UTF-8 text many writers store strings as (base64 of it, the parquet
+/// crate's rendering, would have been trained on as text), or refused; a float32 by
+/// its shortest decimal. Dates, times and decimals as the parquet crate writes them.
+fn parquet_value(f: &parquet::record::Field) -> Result<serde_json::Value, String> {
+    use parquet::record::Field as F;
+    use serde_json::Value as J;
+    Ok(match f {
+        F::Bytes(b) => J::from(utf8_text(b.data())?),
+        F::Float(x) => shortest_f32(*x),
+        F::Group(row) => J::Object(
+            row.get_column_iter()
+                .map(|(k, v)| Ok((k.clone(), parquet_value(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        F::ListInternal(l) => J::Array(l.elements().iter().map(parquet_value).collect::<Result<_, _>>()?),
+        other => other.to_json_value(),
+    })
+}
+
+/// The key of row `i` of a dictionary column (one value read, not the whole column).
+fn dictionary_key(col: &dyn arrow_array::Array, i: usize) -> Option<usize> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    let key = |v: Option<i64>| v.and_then(|k| usize::try_from(k).ok());
+    key(col
+        .as_dictionary_opt::<Int8Type>()
+        .map(|d| d.keys().value(i) as i64))
+    .or_else(|| {
+        key(col
+            .as_dictionary_opt::<Int16Type>()
+            .map(|d| d.keys().value(i) as i64))
+    })
+    .or_else(|| {
+        key(col
+            .as_dictionary_opt::<Int32Type>()
+            .map(|d| d.keys().value(i) as i64))
+    })
+    .or_else(|| key(col.as_dictionary_opt::<Int64Type>().map(|d| d.keys().value(i))))
+    .or_else(|| {
+        key(col
+            .as_dictionary_opt::<UInt8Type>()
+            .map(|d| d.keys().value(i) as i64))
+    })
+    .or_else(|| {
+        key(col
+            .as_dictionary_opt::<UInt16Type>()
+            .map(|d| d.keys().value(i) as i64))
+    })
+    .or_else(|| {
+        key(col
+            .as_dictionary_opt::<UInt32Type>()
+            .map(|d| d.keys().value(i) as i64))
+    })
+    .or_else(|| {
+        col.as_dictionary_opt::<UInt64Type>()
+            .and_then(|d| usize::try_from(d.keys().value(i)).ok())
+    })
+}
+
+/// Bytes of a binary column as text, if they are UTF-8.
+fn utf8_text(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes)
+        .map_err(|e| format!("binary data that is not UTF-8 text ({e}); store text columns as strings"))
+}
+
+/// A float32 by its shortest decimal (0.1, not 0.10000000149011612 as widened to
+/// f64): what the file's writer wrote, as text reads it. Not finite: null.
+fn shortest_f32(x: f32) -> serde_json::Value {
+    format!("{x}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 /// One value of an Arrow column as JSON (the types datasets' files hold).
@@ -210,7 +285,15 @@ fn arrow_value(col: &dyn arrow_array::Array, i: usize) -> Result<serde_json::Val
         T::UInt16 => J::from(col.as_primitive::<UInt16Type>().value(i)),
         T::UInt32 => J::from(col.as_primitive::<UInt32Type>().value(i)),
         T::UInt64 => J::from(col.as_primitive::<UInt64Type>().value(i)),
-        T::Float32 => J::from(col.as_primitive::<Float32Type>().value(i) as f64),
+        T::Float32 => shortest_f32(col.as_primitive::<Float32Type>().value(i)),
+        T::Binary => J::from(utf8_text(col.as_binary::<i32>().value(i))?),
+        T::LargeBinary => J::from(utf8_text(col.as_binary::<i64>().value(i))?),
+        T::BinaryView => J::from(utf8_text(col.as_binary_view().value(i))?),
+        // Categories (pandas' categoricals): the value its key points at.
+        T::Dictionary(_, _) => {
+            let k = dictionary_key(col, i).ok_or("a dictionary column with keys that are not integers")?;
+            arrow_value(col.as_any_dictionary().values().as_ref(), k)?
+        }
         T::Float64 => J::from(col.as_primitive::<Float64Type>().value(i)),
         T::List(_) => {
             let l = col.as_list::<i32>().value(i);
@@ -782,5 +865,83 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Binary columns (how many writers store strings) are read as their UTF-8 text
+    /// in both formats, or refused by row and column; they were base64 in parquet
+    /// (and trained on as text). Float32 keeps its shortest decimal, and a
+    /// dictionary (categorical) column in Arrow is read as its values.
+    #[test]
+    fn binary_float32_and_dictionary_columns_read_alike_in_parquet_and_arrow() {
+        use arrow_array::{BinaryArray, DictionaryArray, Float32Array, types::Int32Type};
+        use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
+        use parquet::file::writer::SerializedFileWriter;
+        let t = tempfile::tempdir().unwrap();
+        let write_parquet = |name: &str, texts: &[&[u8]]| {
+            let path = t.path().join(name);
+            let schema = Arc::new(
+                parquet::schema::parser::parse_message_type(
+                    "message m { REQUIRED BYTE_ARRAY input; REQUIRED FLOAT score; }",
+                )
+                .unwrap(),
+            );
+            let mut w =
+                SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, Default::default())
+                    .unwrap();
+            let mut rg = w.next_row_group().unwrap();
+            let values: Vec<ByteArray> = texts.iter().map(|b| ByteArray::from(b.to_vec())).collect();
+            let mut col = rg.next_column().unwrap().unwrap();
+            col.typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            col.close().unwrap();
+            let mut col = rg.next_column().unwrap().unwrap();
+            let scores = vec![0.1f32; texts.len()];
+            col.typed::<FloatType>().write_batch(&scores, None, None).unwrap();
+            col.close().unwrap();
+            rg.close().unwrap();
+            w.close().unwrap();
+            path
+        };
+        let good = write_parquet("good.parquet", &[b"alpha", "caf\u{e9}".as_bytes()]);
+        let rows = read_rows(&good).unwrap();
+        assert_eq!(rows[0]["input"], "alpha");
+        assert_eq!(rows[1]["input"], "caf\u{e9}");
+        assert_eq!(rows[0]["score"].to_string(), "0.1");
+        let bad = write_parquet("bad.parquet", &[b"alpha", b"\xff\xfe"]);
+        let err = read_rows(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.parquet: row 2, column input: binary data that is not UTF-8 text"),
+            "{err}"
+        );
+
+        // The same in an Arrow file, compressed as pyarrow writes by default (LZ4).
+        let input: ArrayRef = Arc::new(BinaryArray::from(vec![b"alpha".as_ref(), "caf\u{e9}".as_bytes()]));
+        let score: ArrayRef = Arc::new(Float32Array::from(vec![0.1f32, 0.1]));
+        let kind: ArrayRef = Arc::new(vec!["x", "y"].into_iter().collect::<DictionaryArray<Int32Type>>());
+        let b = RecordBatch::try_from_iter([("input", input), ("score", score), ("kind", kind)]).unwrap();
+        let file = t.path().join("file.arrow");
+        let options = arrow_ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(arrow_ipc::CompressionType::LZ4_FRAME))
+            .unwrap();
+        let mut w = arrow_ipc::writer::FileWriter::try_new_with_options(
+            std::fs::File::create(&file).unwrap(),
+            &b.schema(),
+            options,
+        )
+        .unwrap();
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        let arrow = read_rows(&file).unwrap();
+        assert_eq!(arrow[1]["input"], "caf\u{e9}");
+        assert_eq!(arrow[0]["score"].to_string(), "0.1");
+        assert_eq!(
+            (arrow[0]["kind"].as_str(), arrow[1]["kind"].as_str()),
+            (Some("x"), Some("y"))
+        );
+        assert_eq!(
+            (&arrow[0]["input"], &arrow[0]["score"]),
+            (&rows[0]["input"], &rows[0]["score"])
+        );
     }
 }
