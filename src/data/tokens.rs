@@ -89,8 +89,12 @@ pub fn write(
                 .map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
         })
         .collect::<Result<_, _>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
+    // Serialized, then written as every artifact file is: `serialize_to_file` makes
+    // its file through a private temporary (mode 0600, whatever the umask), which
+    // other users of a shared store then could not read.
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| DataError::Other(format!("{}: {e}", path.display())))?;
+    std::fs::write(path, bytes).map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
 }
 
 fn seqs(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Vec<Vec<u32>>, DataError> {
@@ -229,5 +233,15 @@ mod tests {
         assert!(read(&f, "test").is_err());
         assert_eq!(read_choices(&f, "train").unwrap(), Some(c));
         assert_eq!(read_choices(&f, "validation").unwrap(), None);
+        // Made with the mode of every other artifact file (the umask's), not 0600:
+        // a shared store's other users read it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let sibling = t.path().join("sibling");
+            std::fs::write(&sibling, b"x").unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&f), mode(&sibling));
+        }
     }
 }
