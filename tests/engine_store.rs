@@ -1445,6 +1445,14 @@ fn an_unreadable_artifact_is_not_taken_for_a_corrupt_one() {
     let said = String::from_utf8(out).unwrap();
     assert_eq!(code, 1);
     assert!(said.contains("1 unreadable by this user"), "{said}");
+    // `show` says so too, and does not advise moving it aside.
+    let shown = goosepipe::app::show("expert:b", &p.store(), false, false, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.contains("cannot be read by this user") && !shown.contains("moves it aside"),
+        "{shown}"
+    );
     let (err, said) = run_now();
     std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o644)).unwrap();
     let text = match err {

@@ -670,6 +670,14 @@ impl Store {
             None => by_name.into_values().next(),
         };
         if let (None, Some((k, reason))) = (&best, corrupt) {
+            // Not damage: this user may not read it (a shared store). Nothing to move
+            // aside or rebuild, as `verify` says too.
+            if let Some(denied) = self.denied(&k) {
+                return Err(format!(
+                    "the artifact of {what} ({}) cannot be read by this user: {denied}; it is not damaged (ask its owner, or use a store of your own)",
+                    k.short()
+                ));
+            }
             return Err(format!(
                 "the artifact of {what} ({}) is corrupt: {reason}; {CORRUPT_HELP}",
                 k.short()
