@@ -107,13 +107,69 @@ fn is_commit(rev: &str) -> bool {
 }
 
 /// Lists the split's files in the cached snapshot of `revision`, if there is one.
-fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split: &str) -> Option<SplitFiles> {
+/// Shards a split's files name but the cache does not hold: for each family of
+/// `NAME-00000-of-00002.parquet` files, the indexes below the count that are absent,
+/// and files that are links to a blob not there (an interrupted copy of a cache).
+/// A split read without them would be part of its data, pinned as the whole.
+fn missing_shards(snap: &Path, files: &[String]) -> Vec<String> {
+    let mut families: std::collections::BTreeMap<
+        (String, String, String, usize),
+        std::collections::BTreeSet<usize>,
+    > = Default::default();
+    let mut out = vec![];
+    for rel in files {
+        if !snap.join(rel).exists() {
+            out.push(format!("{rel} (a link to a file that is not in the cache)"));
+        }
+        let Some((stem, ext)) = rel.rsplit_once('.') else {
+            continue;
+        };
+        let Some((head, total)) = stem.rsplit_once("-of-") else {
+            continue;
+        };
+        let Some((name, index)) = head.rsplit_once('-') else {
+            continue;
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if let (true, true, Ok(i), Ok(n)) = (digits(index), digits(total), index.parse(), total.parse()) {
+            families
+                .entry((name.to_string(), ext.to_string(), total.to_string(), n))
+                .or_default()
+                .insert(i);
+        }
+    }
+    for ((name, ext, total, n), have) in families {
+        let width = total.len();
+        // At most a few named: a family of thousands would say too much.
+        let absent: Vec<usize> = (0..n).filter(|i| !have.contains(i)).collect();
+        for i in absent.iter().take(3) {
+            out.push(format!("{name}-{i:0width$}-of-{total}.{ext}"));
+        }
+        if absent.len() > 3 {
+            out.push(format!(
+                "and {} more of {name}-*-of-{total}.{ext}",
+                absent.len() - 3
+            ));
+        }
+    }
+    out
+}
+
+/// The split's files in the cache, or (Err) what is missing from it: the shards its
+/// files' names call for (see [`missing_shards`]); empty where nothing is there.
+fn cached_or_gaps(
+    cache: &Path,
+    repo: &str,
+    revision: &str,
+    config: Option<&str>,
+    split: &str,
+) -> Result<SplitFiles, Vec<String>> {
     let folder = repo_folder(cache, repo);
     let commit = if is_commit(revision) {
         revision.to_string()
     } else {
         std::fs::read_to_string(folder.join("refs").join(revision))
-            .ok()?
+            .map_err(|_| vec![])?
             .trim()
             .to_string()
     };
@@ -121,7 +177,7 @@ fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split:
     let mut all = vec![];
     let mut stack = vec![snap.clone()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
+        for e in std::fs::read_dir(&d).map_err(|_| vec![])?.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
@@ -130,8 +186,13 @@ fn cached(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split:
             }
         }
     }
-    let files: Vec<PathBuf> = select(&all, config, split).iter().map(|r| snap.join(r)).collect();
-    (!files.is_empty()).then_some(SplitFiles { commit, files })
+    let selected = select(&all, config, split);
+    let gaps = missing_shards(&snap, &selected);
+    if selected.is_empty() || !gaps.is_empty() {
+        return Err(gaps);
+    }
+    let files: Vec<PathBuf> = selected.iter().map(|r| snap.join(r)).collect();
+    Ok(SplitFiles { commit, files })
 }
 
 /// Marks a split whose download is under way: written before its first file
@@ -169,16 +230,20 @@ pub fn split_files_reporting(
     let cache = cache_dir(opts)?;
     let pending = pending_marker(&cache, repo, revision, config, split);
     let interrupted = pending.exists();
-    if !interrupted && let Some(found) = cached(&cache, repo, revision, config, split) {
-        return Ok(found);
-    }
+    let gaps = match cached_or_gaps(&cache, repo, revision, config, split) {
+        Ok(found) if !interrupted => return Ok(found),
+        Ok(_) => vec![],
+        Err(gaps) => gaps,
+    };
     let what = format!(
         "split `{split}`{} has {} in the cache at {}",
         config.map(|c| format!(" of config `{c}`")).unwrap_or_default(),
         if interrupted {
-            "only part of its data files (an earlier download was interrupted)"
+            "only part of its data files (an earlier download was interrupted)".to_string()
+        } else if !gaps.is_empty() {
+            format!("only part of its data files (missing: {})", gaps.join(", "))
         } else {
-            "no data files"
+            "no data files".to_string()
         },
         repo_folder(&cache, repo).display()
     );
@@ -266,8 +331,19 @@ pub fn split_files_reporting(
         got.map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
         ds = back;
     }
-    let found = cached(&cache, repo, revision, config, split)
-        .ok_or_else(|| err(repo, revision, "downloaded files did not appear in the cache"))?;
+    let found = cached_or_gaps(&cache, repo, revision, config, split).map_err(|gaps| {
+        err(
+            repo,
+            revision,
+            if gaps.is_empty() {
+                "downloaded files did not appear in the cache".to_string()
+            } else {
+                // The repo itself lacks shards its file names count (or a download
+                // left a link without its file).
+                format!("after the download the split still lacks: {}", gaps.join(", "))
+            },
+        )
+    })?;
     match std::fs::remove_file(&pending) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => mark(Err(e))?,
         _ => {}
@@ -352,5 +428,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("offline") && e.contains("datasets--org--ds"), "{e}");
+    }
+
+    /// A split whose shards the cache holds only some of (an interrupted copy) is not
+    /// read as the split: offline, the error names what is missing.
+    #[test]
+    fn a_split_with_a_shard_missing_from_the_cache_is_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("datasets--org--ds3");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        let snap = repo.join("snapshots").join(commit).join("data");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs/a"), b"PAR1").unwrap();
+        std::os::unix::fs::symlink("../../../blobs/a", snap.join("train-00000-of-00002.parquet")).unwrap();
+        let opts = HubOptions {
+            cache_dir: Some(t.path().to_path_buf()),
+            offline: true,
+            ..Default::default()
+        };
+        let e = split_files("org/ds3", "main", None, "train", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("only part of its data files (missing: data/train-00001-of-00002.parquet)"),
+            "{e}"
+        );
+        // Its link there, but to a blob the copy left out: missing too.
+        std::os::unix::fs::symlink("../../../blobs/b", snap.join("train-00001-of-00002.parquet")).unwrap();
+        let e = split_files("org/ds3", "main", None, "train", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data/train-00001-of-00002.parquet (a link to a file that is not in the cache)"),
+            "{e}"
+        );
+        std::fs::write(repo.join("blobs/b"), b"PAR1").unwrap();
+        assert_eq!(
+            split_files("org/ds3", "main", None, "train", &opts)
+                .unwrap()
+                .files
+                .len(),
+            2
+        );
     }
 }
