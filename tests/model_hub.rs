@@ -221,4 +221,35 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
         g.gates.values().map(|t| t.to_vec1::<f32>().unwrap()).collect()
     };
     assert_eq!(values(&read), values(&gates));
+
+    // A cached model without tokenizer.json fails as the model step, saying so (it
+    // was published, and the tokenize step after it failed on a missing file).
+    cache_repo(
+        &cache,
+        "models--goosepipe--notok",
+        &fixture("v1_1"),
+        &["config.json", "model.safetensors"],
+    );
+    std::fs::write(
+        project.join("notok.kdl"),
+        "model \"t\" hub=\"goosepipe/notok\"\ndataset \"d\" path=\"d.jsonl\" input-field=\"q\" target-field=\"a\"\nexpert \"x\" model=\"t\" dataset=\"d\"\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let code = goosepipe::app::run(
+        &project.join("notok.kdl"),
+        &project.join("store"),
+        &goosepipe::steps::registry(),
+        &goosepipe::exec::RunOptions::default(),
+        true,
+        &goosepipe::exec::CancelFlag::new(),
+        &mut out,
+    )
+    .unwrap();
+    let said = String::from_utf8_lossy(&out);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("model:t: ") && said.contains("has no tokenizer.json in the local cache (offline)"),
+        "{said}"
+    );
 }

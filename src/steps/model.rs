@@ -115,6 +115,18 @@ impl StepRunner for ModelStep {
         match source(ctx) {
             Some(e @ External::Hub { repo, .. }) => {
                 let (dir, commit) = super::common::resolve_pinned(ctx, e, resolve_model_reporting)?;
+                // Every step that uses a model tokenizes with its tokenizer.json: one
+                // without it would fail at its first reader, far from the cause.
+                if !dir.join("tokenizer.json").is_file() {
+                    return Err(fail(format!(
+                        "hub model {repo} (commit {commit}) has no tokenizer.json {}; goosepipe reads a model's tokenizer from it (transformers' `AutoTokenizer.from_pretrained(\"{repo}\").save_pretrained(DIR)` writes one: put the model and it in a folder and use path=DIR)",
+                        if crate::hub::HubOptions::default().offline {
+                            "in the local cache (offline)"
+                        } else {
+                            "in the repo or the local cache"
+                        }
+                    )));
+                }
                 return pointer(&ModelPointer {
                     source: format!("hub:{repo}"),
                     dir,
