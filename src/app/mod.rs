@@ -982,6 +982,9 @@ pub fn report(
                         Some(text) => {
                             any = true;
                             let _ = writeln!(out, "{text}");
+                            if let Some(e) = &earlier_run {
+                                let _ = writeln!(out, "{}", not_current_markdown(e));
+                            }
                         }
                         None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                     }
@@ -1030,6 +1033,11 @@ pub fn report(
         let _ = writeln!(out, "{text}");
         if machine {
             continue;
+        }
+        // In the document itself, not only on stderr: a table pasted into notes
+        // must not pass for the manifest's current results.
+        if let Some(e) = &earlier_run {
+            let _ = writeln!(out, "{}", not_current_markdown(e));
         }
         if let Some((tasks, rows)) = results
             .as_ref()
@@ -1216,6 +1224,17 @@ fn last_built(store: &Store, lock: &Lockfile, s: &crate::plan::Step) -> Option<c
     meta.spec.id = s.spec.id.clone();
     meta.spec.name = s.spec.name.clone();
     Some(meta)
+}
+
+/// Under a markdown table of an earlier run (`earlier`: its key, build time and why
+/// it is stale, as the JSON form records them): that it is not the current result.
+fn not_current_markdown(earlier: &serde_json::Value) -> String {
+    format!(
+        "> **Not current**: the results of an earlier run ({}, built {}); the manifest changed since ({}).\n",
+        earlier["key"].as_str().map_or("", |k| &k[..k.len().min(12)]),
+        earlier["built"].as_str().unwrap_or("at an unknown time"),
+        earlier["stale"].as_str().unwrap_or("see `goosepipe plan`")
+    )
 }
 
 /// The note shown with an earlier run's `what` (results, answers) of step `id`.
