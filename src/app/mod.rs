@@ -621,9 +621,27 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
             Err(e) => return Err(miette!("{e}")),
         }
     } else if new_lock != old_lock || !lock_file.exists() {
-        new_lock
-            .write(&lock_file, &manifest_name)
-            .map_err(|e| miette!("cannot write the lockfile {}: {e}", lock_file.display()))?;
+        new_lock.write(&lock_file, &manifest_name).map_err(|e| {
+            // Written through a temporary file beside it: the folder must be
+            // writable, which a writable lockfile does not make it.
+            let folder = lock_file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    " (it is replaced through a new file beside it: its folder {} must be writable)",
+                    folder.display()
+                )
+            } else {
+                String::new()
+            };
+            miette!(
+                help = "every step built is in the store: once the lockfile can be written, `goosepipe run` writes it without building anything",
+                "cannot write the lockfile {}: {e}{why}",
+                lock_file.display()
+            )
+        })?;
         if let Some(note) = repinned(&new_lock, &old_lock) {
             let _ = writeln!(out, "note: {note}");
         }
