@@ -140,7 +140,7 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
     )
     .unwrap();
     unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
-    let run = |manifest: &str| {
+    let run_code = |manifest: &str| {
         let mut out = Vec::new();
         let code = goosepipe::app::run(
             &project.join(manifest),
@@ -152,7 +152,11 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
             &mut out,
         )
         .unwrap();
-        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+        (code, String::from_utf8_lossy(&out).to_string())
+    };
+    let run = |manifest: &str| {
+        let (code, said) = run_code(manifest);
+        assert_eq!(code, 0, "{said}");
     };
     run("hub.kdl");
     let lock = std::fs::read_to_string(project.join("hub.kdl.lock")).unwrap_or_else(|_| {
@@ -235,18 +239,7 @@ expert "x" model="t" dataset="d" peft-hub="goosepipe/tiny-peft" {
         "model \"t\" hub=\"goosepipe/notok\"\ndataset \"d\" path=\"d.jsonl\" input-field=\"q\" target-field=\"a\"\nexpert \"x\" model=\"t\" dataset=\"d\"\n",
     )
     .unwrap();
-    let mut out = Vec::new();
-    let code = goosepipe::app::run(
-        &project.join("notok.kdl"),
-        &project.join("store"),
-        &goosepipe::steps::registry(),
-        &goosepipe::exec::RunOptions::default(),
-        true,
-        &goosepipe::exec::CancelFlag::new(),
-        &mut out,
-    )
-    .unwrap();
-    let said = String::from_utf8_lossy(&out);
+    let (code, said) = run_code("notok.kdl");
     assert_eq!(code, 1, "{said}");
     assert!(
         said.contains("model:t: ") && said.contains("has no tokenizer.json in the local cache (offline)"),

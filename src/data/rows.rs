@@ -209,42 +209,24 @@ fn parquet_value(f: &parquet::record::Field) -> Result<serde_json::Value, String
 
 /// The key of row `i` of a dictionary column (one value read, not the whole column).
 fn dictionary_key(col: &dyn arrow_array::Array, i: usize) -> Option<usize> {
-    use arrow_array::cast::AsArray;
     use arrow_array::types::*;
-    let key = |v: Option<i64>| v.and_then(|k| usize::try_from(k).ok());
-    key(col
-        .as_dictionary_opt::<Int8Type>()
-        .map(|d| d.keys().value(i) as i64))
-    .or_else(|| {
-        key(col
-            .as_dictionary_opt::<Int16Type>()
-            .map(|d| d.keys().value(i) as i64))
-    })
-    .or_else(|| {
-        key(col
-            .as_dictionary_opt::<Int32Type>()
-            .map(|d| d.keys().value(i) as i64))
-    })
-    .or_else(|| key(col.as_dictionary_opt::<Int64Type>().map(|d| d.keys().value(i))))
-    .or_else(|| {
-        key(col
-            .as_dictionary_opt::<UInt8Type>()
-            .map(|d| d.keys().value(i) as i64))
-    })
-    .or_else(|| {
-        key(col
-            .as_dictionary_opt::<UInt16Type>()
-            .map(|d| d.keys().value(i) as i64))
-    })
-    .or_else(|| {
-        key(col
-            .as_dictionary_opt::<UInt32Type>()
-            .map(|d| d.keys().value(i) as i64))
-    })
-    .or_else(|| {
-        col.as_dictionary_opt::<UInt64Type>()
-            .and_then(|d| usize::try_from(d.keys().value(i)).ok())
-    })
+    key_as::<Int32Type>(col, i)
+        .or_else(|| key_as::<Int8Type>(col, i))
+        .or_else(|| key_as::<Int16Type>(col, i))
+        .or_else(|| key_as::<Int64Type>(col, i))
+        .or_else(|| key_as::<UInt8Type>(col, i))
+        .or_else(|| key_as::<UInt16Type>(col, i))
+        .or_else(|| key_as::<UInt32Type>(col, i))
+        .or_else(|| key_as::<UInt64Type>(col, i))
+}
+
+/// Row `i`'s key, if `col` is a dictionary keyed by `K`.
+fn key_as<K: arrow_array::types::ArrowDictionaryKeyType>(
+    col: &dyn arrow_array::Array,
+    i: usize,
+) -> Option<usize> {
+    use arrow_array::cast::AsArray;
+    col.as_dictionary_opt::<K>()?.key(i)
 }
 
 /// Bytes of a binary column as text, if they are UTF-8.

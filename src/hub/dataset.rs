@@ -402,24 +402,40 @@ mod tests {
         );
     }
 
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// The HF cache's layout of dataset `repo` (org--name) in `cache`, its ref
+    /// `reference` at [`COMMIT`]: the repo's folder and the snapshot's `folder`, made
+    /// empty, and offline options that read this cache.
+    fn cached_repo(
+        cache: &Path,
+        repo: &str,
+        reference: &str,
+        folder: &str,
+    ) -> (PathBuf, PathBuf, HubOptions) {
+        let dir = cache.join(format!("datasets--{repo}"));
+        let ref_file = dir.join("refs").join(reference);
+        std::fs::create_dir_all(ref_file.parent().unwrap()).unwrap();
+        std::fs::write(ref_file, COMMIT).unwrap();
+        let snap = dir.join("snapshots").join(COMMIT).join(folder);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(dir.join("blobs")).unwrap();
+        let opts = HubOptions {
+            cache_dir: Some(cache.to_path_buf()),
+            offline: true,
+            ..Default::default()
+        };
+        (dir, snap, opts)
+    }
+
     /// A folder laid out as the HF cache (refs, snapshots, blobs) is read offline.
     #[test]
     fn reads_an_offline_cache() {
         let t = tempfile::tempdir().unwrap();
-        let repo = t.path().join("datasets--org--ds");
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        std::fs::create_dir_all(repo.join("refs/refs/convert")).unwrap();
-        std::fs::write(repo.join("refs/refs/convert/parquet"), commit).unwrap();
-        let snap = repo.join("snapshots").join(commit).join("cfg/train");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        let (repo, snap, opts) = cached_repo(t.path(), "org--ds", "refs/convert/parquet", "cfg/train");
+        let commit = COMMIT;
         std::fs::write(repo.join("blobs/abc"), b"PAR1").unwrap();
         std::os::unix::fs::symlink("../../../../blobs/abc", snap.join("0000.parquet")).unwrap();
-        let opts = HubOptions {
-            cache_dir: Some(t.path().to_path_buf()),
-            offline: true,
-            ..Default::default()
-        };
         let f = split_files("org/ds", "refs/convert/parquet", Some("cfg"), "train", &opts).unwrap();
         assert_eq!(f.commit, commit);
         assert_eq!(f.files.len(), 1);
@@ -435,20 +451,9 @@ mod tests {
     #[test]
     fn a_split_with_a_shard_missing_from_the_cache_is_not_read() {
         let t = tempfile::tempdir().unwrap();
-        let repo = t.path().join("datasets--org--ds3");
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), commit).unwrap();
-        let snap = repo.join("snapshots").join(commit).join("data");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        let (repo, snap, opts) = cached_repo(t.path(), "org--ds3", "main", "data");
         std::fs::write(repo.join("blobs/a"), b"PAR1").unwrap();
         std::os::unix::fs::symlink("../../../blobs/a", snap.join("train-00000-of-00002.parquet")).unwrap();
-        let opts = HubOptions {
-            cache_dir: Some(t.path().to_path_buf()),
-            offline: true,
-            ..Default::default()
-        };
         let e = split_files("org/ds3", "main", None, "train", &opts)
             .unwrap_err()
             .to_string();
