@@ -195,6 +195,73 @@ fn cached_or_gaps(
     Ok(SplitFiles { commit, files })
 }
 
+/// Offline, why a split is not in the cache and what to do: the repo, the ref or the
+/// commit's snapshot is not there (a download brings them), or the snapshot is and
+/// holds no files of the split (a download would not help: the split's name, config
+/// or revision is wrong), naming what it does hold.
+fn absent_why(cache: &Path, repo: &str, revision: &str) -> String {
+    let folder = repo_folder(cache, repo);
+    let fetch = "run once with network access, or copy the HF cache here";
+    if !folder.is_dir() {
+        return format!("the repo is not in the cache; {fetch}");
+    }
+    let commit = if is_commit(revision) {
+        revision.to_string()
+    } else {
+        match std::fs::read_to_string(folder.join("refs").join(revision)) {
+            Ok(c) => c.trim().to_string(),
+            Err(_) => {
+                let mut refs: Vec<String> = std::fs::read_dir(folder.join("refs"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                refs.sort();
+                return format!(
+                    "the cache has no ref `{revision}` (it has: {}); {fetch}",
+                    if refs.is_empty() {
+                        "none".to_string()
+                    } else {
+                        refs.join(", ")
+                    }
+                );
+            }
+        }
+    };
+    let snap = folder.join("snapshots").join(&commit);
+    if !snap.is_dir() {
+        return format!("the snapshot of commit {commit} is not in the cache; {fetch}");
+    }
+    let mut held = vec![];
+    let mut stack = vec![snap.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(&snap) {
+                held.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    held.sort();
+    let shown: Vec<&str> = held.iter().take(6).map(String::as_str).collect();
+    format!(
+        "its snapshot {commit} holds {} file(s), none of this split{}: check the split, config and revision names, or {fetch}",
+        held.len(),
+        if shown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({}{})",
+                shown.join(", "),
+                if held.len() > 6 { ", ..." } else { "" }
+            )
+        }
+    )
+}
+
 /// Marks a split whose download is under way: written before its first file
 /// is fetched, removed after the last. A split cached with its marker still
 /// there is what an interrupted download left (some files missing), not the
@@ -251,7 +318,14 @@ pub fn split_files_reporting(
         return Err(err(
             repo,
             revision,
-            format!("{what} (offline; run once with network access, or copy the HF cache here)"),
+            format!(
+                "{what} (offline: {})",
+                if interrupted || !gaps.is_empty() {
+                    "run once with network access, or copy the HF cache here".to_string()
+                } else {
+                    absent_why(&cache, repo, revision)
+                }
+            ),
         ));
     }
     let Some((org, name)) = repo.split_once('/').map(|(o, n)| (o.to_string(), n.to_string())) else {
@@ -444,6 +518,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("offline") && e.contains("datasets--org--ds"), "{e}");
+        // Offline errors say which of the cache's layers is missing, and a split the
+        // snapshot does not hold is not sent to the network.
+        assert!(e.contains("the cache has no ref `main` (it has: refs)"), "{e}");
+        let e = split_files("org/ds", "refs/convert/parquet", Some("cfg"), "test", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("holds 1 file(s), none of this split (cfg/train/0000.parquet): check the split"),
+            "{e}"
+        );
+        let e = split_files("org/none", "main", None, "train", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the repo is not in the cache"), "{e}");
+        let e = split_files(
+            "org/ds",
+            "fedcba9876543210fedcba9876543210fedcba98",
+            Some("cfg"),
+            "train",
+            &opts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("the snapshot of commit fedcba98"), "{e}");
     }
 
     /// A split whose shards the cache holds only some of (an interrupted copy) is not
