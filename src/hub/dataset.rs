@@ -165,27 +165,9 @@ fn cached_or_gaps(
     split: &str,
 ) -> Result<SplitFiles, Vec<String>> {
     let folder = repo_folder(cache, repo);
-    let commit = if is_commit(revision) {
-        revision.to_string()
-    } else {
-        std::fs::read_to_string(folder.join("refs").join(revision))
-            .map_err(|_| vec![])?
-            .trim()
-            .to_string()
-    };
+    let commit = cached_commit(&folder, revision).ok_or_else(Vec::new)?;
     let snap = folder.join("snapshots").join(&commit);
-    let mut all = vec![];
-    let mut stack = vec![snap.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|_| vec![])?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(&snap) {
-                all.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
+    let all = snapshot_files(&snap).ok_or_else(Vec::new)?;
     let selected = select(&all, config, split);
     let gaps = missing_shards(&snap, &selected);
     if selected.is_empty() || !gaps.is_empty() {
@@ -193,6 +175,34 @@ fn cached_or_gaps(
     }
     let files: Vec<PathBuf> = selected.iter().map(|r| snap.join(r)).collect();
     Ok(SplitFiles { commit, files })
+}
+
+/// The commit `revision` names in a cached repo's `folder`: itself when it is one,
+/// else what its ref file holds (None where the cache has no such ref).
+fn cached_commit(folder: &Path, revision: &str) -> Option<String> {
+    if is_commit(revision) {
+        return Some(revision.to_string());
+    }
+    let c = std::fs::read_to_string(folder.join("refs").join(revision)).ok()?;
+    Some(c.trim().to_string())
+}
+
+/// Every file under a snapshot folder, by its path from there with `/` separators
+/// (None where the snapshot, or a folder in it, cannot be read).
+fn snapshot_files(snap: &Path) -> Option<Vec<String>> {
+    let mut all = vec![];
+    let mut stack = vec![snap.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(snap) {
+                all.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    Some(all)
 }
 
 /// Offline, why a split is not in the cache and what to do: the repo, the ref or the
@@ -205,46 +215,25 @@ fn absent_why(cache: &Path, repo: &str, revision: &str) -> String {
     if !folder.is_dir() {
         return format!("the repo is not in the cache; {fetch}");
     }
-    let commit = if is_commit(revision) {
-        revision.to_string()
-    } else {
-        match std::fs::read_to_string(folder.join("refs").join(revision)) {
-            Ok(c) => c.trim().to_string(),
-            Err(_) => {
-                let mut refs: Vec<String> = std::fs::read_dir(folder.join("refs"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
-                refs.sort();
-                return format!(
-                    "the cache has no ref `{revision}` (it has: {}); {fetch}",
-                    if refs.is_empty() {
-                        "none".to_string()
-                    } else {
-                        refs.join(", ")
-                    }
-                );
-            }
-        }
+    let Some(commit) = cached_commit(&folder, revision) else {
+        let mut refs: Vec<String> = std::fs::read_dir(folder.join("refs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        refs.sort();
+        let refs = if refs.is_empty() {
+            "none".to_string()
+        } else {
+            refs.join(", ")
+        };
+        return format!("the cache has no ref `{revision}` (it has: {refs}); {fetch}");
     };
     let snap = folder.join("snapshots").join(&commit);
-    if !snap.is_dir() {
+    let Some(mut held) = snapshot_files(&snap) else {
         return format!("the snapshot of commit {commit} is not in the cache; {fetch}");
-    }
-    let mut held = vec![];
-    let mut stack = vec![snap.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(&snap) {
-                held.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
+    };
     held.sort();
     let shown: Vec<&str> = held.iter().take(6).map(String::as_str).collect();
     format!(

@@ -149,13 +149,8 @@ impl StepRunner for RetrievalIndexStep {
             .and_then(|v| v.as_str())
             .unwrap_or(DEFAULT_EMBEDDER)
             .to_string();
+        // `examples` refuses a dataset without training examples, naming it.
         let (mut train, _) = examples(ctx.input("data")?)?;
-        if train.is_empty() {
-            return Err(fail(format!(
-                "`{}`: the dataset has no training examples",
-                ctx.spec.name
-            )));
-        }
         if train.len() > n {
             train.shuffle(&mut ChaCha8Rng::seed_from_u64(SEED));
             train.truncate(n);
