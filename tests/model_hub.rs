@@ -97,7 +97,39 @@ fn hub_resolution_uses_the_hf_cache_and_fails_fast_without_network() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("goosepipe/absent") && err.contains("not in the local cache"),
+        err.contains("goosepipe/absent")
+            && err.contains("not in the local cache at")
+            && err.contains("(offline: the repo is not in the cache; run once with network access"),
+        "{err}"
+    );
+    // Offline errors name the layer of the cache that is missing: the ref, the
+    // commit's snapshot, or the file in a snapshot that holds others.
+    let err = resolve_model("goosepipe/tiny-t5", "v2", &offline)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the cache has no ref `v2` (it has: main)"), "{err}");
+    let other = "fedcba9876543210fedcba9876543210fedcba98";
+    let err = resolve_model("goosepipe/tiny-t5", other, &offline)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("the snapshot of commit {other} is not in the cache")),
+        "{err}"
+    );
+    cache_repo(
+        &cache,
+        "models--goosepipe--half-t5",
+        &fixture("v1_1"),
+        &["config.json", "tokenizer.json"],
+    );
+    let err = resolve_model("goosepipe/half-t5", "main", &offline)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no model.safetensors, model.safetensors.index.json or pytorch_model.bin found at")
+            && err.contains(&format!(
+                "its snapshot {SHA} holds 2 file(s), none of the weights (config.json, tokenizer.json)"
+            )),
         "{err}"
     );
 

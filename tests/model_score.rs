@@ -149,7 +149,7 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
     req.model = "models/t5-nowhere".into();
     let err = score(&req).unwrap_err().to_string();
     assert!(
-        err.contains("not in the local cache (offline)")
+        err.contains("(offline: the repo is not in the cache;")
             && err.contains("nor is there a folder models/t5-nowhere here"),
         "{err}"
     );

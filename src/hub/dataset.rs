@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::HFError;
 
+use super::cache_layout::{RepoKind, absent_why, cache_dir, cached_commit, repo_folder, snapshot_files};
 use super::error::HubError;
 use super::options::{HubOptions, client};
 use super::watch::{DownloadReport, watched};
@@ -89,23 +90,6 @@ fn split_config<'a>(path: &'a str, split: &str) -> Option<Vec<&'a str>> {
     })
 }
 
-/// The cache folder of a dataset repo, as huggingface_hub names it.
-fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
-    cache.join(format!("datasets--{}", repo.replace('/', "--")))
-}
-
-fn cache_dir(opts: &HubOptions) -> Result<PathBuf, HubError> {
-    if let Some(d) = &opts.cache_dir {
-        return Ok(d.clone());
-    }
-    Ok(hf_hub::resolve_cache_dir())
-}
-
-/// A revision that is already a full commit sha.
-fn is_commit(rev: &str) -> bool {
-    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Lists the split's files in the cached snapshot of `revision`, if there is one.
 /// Shards a split's files name but the cache does not hold: for each family of
 /// `NAME-00000-of-00002.parquet` files, the indexes below the count that are absent,
@@ -164,7 +148,7 @@ fn cached_or_gaps(
     config: Option<&str>,
     split: &str,
 ) -> Result<SplitFiles, Vec<String>> {
-    let folder = repo_folder(cache, repo);
+    let folder = repo_folder(cache, RepoKind::Dataset, repo);
     let commit = cached_commit(&folder, revision).ok_or_else(Vec::new)?;
     let snap = folder.join("snapshots").join(&commit);
     let all = snapshot_files(&snap).ok_or_else(Vec::new)?;
@@ -177,87 +161,13 @@ fn cached_or_gaps(
     Ok(SplitFiles { commit, files })
 }
 
-/// The commit `revision` names in a cached repo's `folder`: itself when it is one,
-/// else what its ref file holds (None where the cache has no such ref).
-fn cached_commit(folder: &Path, revision: &str) -> Option<String> {
-    if is_commit(revision) {
-        return Some(revision.to_string());
-    }
-    let c = std::fs::read_to_string(folder.join("refs").join(revision)).ok()?;
-    Some(c.trim().to_string())
-}
-
-/// Every file under a snapshot folder, by its path from there with `/` separators
-/// (None where the snapshot, or a folder in it, cannot be read).
-fn snapshot_files(snap: &Path) -> Option<Vec<String>> {
-    let mut all = vec![];
-    let mut stack = vec![snap.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(snap) {
-                all.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
-    Some(all)
-}
-
-/// Offline, why a split is not in the cache and what to do: the repo, the ref or the
-/// commit's snapshot is not there (a download brings them), or the snapshot is and
-/// holds no files of the split (a download would not help: the split's name, config
-/// or revision is wrong), naming what it does hold.
-fn absent_why(cache: &Path, repo: &str, revision: &str) -> String {
-    let folder = repo_folder(cache, repo);
-    let fetch = "run once with network access, or copy the HF cache here";
-    if !folder.is_dir() {
-        return format!("the repo is not in the cache; {fetch}");
-    }
-    let Some(commit) = cached_commit(&folder, revision) else {
-        let mut refs: Vec<String> = std::fs::read_dir(folder.join("refs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        refs.sort();
-        let refs = if refs.is_empty() {
-            "none".to_string()
-        } else {
-            refs.join(", ")
-        };
-        return format!("the cache has no ref `{revision}` (it has: {refs}); {fetch}");
-    };
-    let snap = folder.join("snapshots").join(&commit);
-    let Some(mut held) = snapshot_files(&snap) else {
-        return format!("the snapshot of commit {commit} is not in the cache; {fetch}");
-    };
-    held.sort();
-    let shown: Vec<&str> = held.iter().take(6).map(String::as_str).collect();
-    format!(
-        "its snapshot {commit} holds {} file(s), none of this split{}: check the split, config and revision names, or {fetch}",
-        held.len(),
-        if shown.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({}{})",
-                shown.join(", "),
-                if held.len() > 6 { ", ..." } else { "" }
-            )
-        }
-    )
-}
-
 /// Marks a split whose download is under way: written before its first file
 /// is fetched, removed after the last. A split cached with its marker still
 /// there is what an interrupted download left (some files missing), not the
 /// split, so it is fetched again.
 fn pending_marker(cache: &Path, repo: &str, revision: &str, config: Option<&str>, split: &str) -> PathBuf {
     let id = format!("{revision}\n{}\n{split}", config.unwrap_or(""));
-    repo_folder(cache, repo)
+    repo_folder(cache, RepoKind::Dataset, repo)
         .join(".goosepipe-pending")
         .join(&blake3::hash(id.as_bytes()).to_hex()[..16])
 }
@@ -301,7 +211,7 @@ pub fn split_files_reporting(
         } else {
             "no data files".to_string()
         },
-        repo_folder(&cache, repo).display()
+        repo_folder(&cache, RepoKind::Dataset, repo).display()
     );
     if opts.offline {
         return Err(err(
@@ -312,7 +222,14 @@ pub fn split_files_reporting(
                 if interrupted || !gaps.is_empty() {
                     "run once with network access, or copy the HF cache here".to_string()
                 } else {
-                    absent_why(&cache, repo, revision)
+                    absent_why(
+                        &cache,
+                        RepoKind::Dataset,
+                        repo,
+                        revision,
+                        "none of this split",
+                        "check the split, config and revision names",
+                    )
                 }
             ),
         ));

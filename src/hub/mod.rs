@@ -5,6 +5,7 @@
 //! request tries the local cache first, so cached repos work offline. Used
 //! by model, data and steps; uses nothing of theirs.
 
+mod cache_layout;
 pub mod dataset;
 pub mod error;
 pub mod model;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::HFError;
 
+use super::cache_layout::{RepoKind, absent_why, cache_dir};
 use super::error::{HubError, Result};
 use super::options::{HubOptions, client, parse_repo_id};
 use super::watch::{DownloadReport, watched};
@@ -93,12 +94,29 @@ impl Repo<'_> {
                 self.id,
                 self.revision,
                 if opts.offline {
-                    " (offline)"
+                    self.offline_gap(opts, &format!("not `{file}`"))
                 } else {
-                    " nor on the hub"
+                    " nor on the hub".to_string()
                 }
             ))),
         }
+    }
+
+    /// Offline, which layer of the cache lacks what was looked for (the repo, the
+    /// ref, the commit's snapshot, or the file in it), as ` at CACHE (offline: ...)`.
+    fn offline_gap(&self, opts: &HubOptions, lacking: &str) -> String {
+        let Ok(cache) = cache_dir(opts) else {
+            return " (offline)".to_string();
+        };
+        let why = absent_why(
+            &cache,
+            RepoKind::Model,
+            self.id,
+            self.revision,
+            lacking,
+            "the repo may not have it at this revision",
+        );
+        format!(" at {} (offline: {why})", cache.display())
     }
 
     /// Looks for single, sharded or pickle weights with `pass`'s network policy;
@@ -159,7 +177,12 @@ pub fn resolve_model_reporting(
     let found = repo.find_weights(&offline, opts)? || (!opts.offline && repo.find_weights(opts, opts)?);
     if !found {
         return Err(HubError::Request(format!(
-            "{repo_id}@{revision}: no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE} found"
+            "{repo_id}@{revision}: no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE} found{}",
+            if opts.offline {
+                repo.offline_gap(opts, "none of the weights")
+            } else {
+                String::new()
+            }
         )));
     }
     // The tokenizer is optional (training from scratch has none).
@@ -211,9 +234,9 @@ pub fn resolve_adapter_with(
     Err(HubError::Request(format!(
         "{repo_id}@{revision}: {ADAPTER_CONFIG} but no {ADAPTER_SAFETENSORS} or {ADAPTER_PICKLE}{}",
         if opts.offline {
-            " in the local cache (offline)"
+            repo.offline_gap(opts, "none of the adapter's weights")
         } else {
-            ""
+            String::new()
         }
     )))
 }
