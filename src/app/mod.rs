@@ -1131,14 +1131,23 @@ fn headed_markdown(files: &Path, kind: &str, name: &str, order: &[String]) -> Re
     })
 }
 
-/// An eval's results with its rows in the manifest's task order.
+/// An eval's results with its rows in the manifest's task order, and how many
+/// examples each task scored (from its per-example scores, where it has them).
 fn eval_results(files: &Path, order: &[String]) -> Result<Option<crate::eval::Results>, String> {
-    Ok(
-        read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)?.map(|mut r| {
-            r.order_tasks(order);
-            r
-        }),
-    )
+    let Some(mut r) = read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)? else {
+        return Ok(None);
+    };
+    r.order_tasks(order);
+    type PerExample = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+    if let Some(per) = read_record::<PerExample>(files, crate::artifact_files::PER_EXAMPLE_JSON)? {
+        for tasks in per.values() {
+            for (t, rows) in tasks {
+                let n = r.examples.entry(t.clone()).or_default();
+                *n = (*n).max(rows.len());
+            }
+        }
+    }
+    Ok(Some(r))
 }
 
 /// Each task of an eval's parameters that an expert owns, with its owner's name.

@@ -24,6 +24,12 @@ pub struct Results {
     /// may run), per task.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_notes: BTreeMap<String, String>,
+    /// How many examples each task's scores are means over: `report` fills it from the
+    /// eval's per-example scores (a score over 20 examples is not one over 2000). The
+    /// eval step leaves it empty, so its stored tables, and their pinned digest, are
+    /// what they were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub examples: BTreeMap<String, usize>,
 }
 
 impl Results {
@@ -41,9 +47,17 @@ impl Results {
             .tasks
             .iter()
             .map(|t| {
-                let label = match self.metrics.get(t) {
-                    Some(m) => format!("{t} ({m})"),
-                    None => t.clone(),
+                let about: Vec<String> = self
+                    .metrics
+                    .get(t)
+                    .cloned()
+                    .into_iter()
+                    .chain(self.examples.get(t).map(|n| format!("n={n}")))
+                    .collect();
+                let label = if about.is_empty() {
+                    t.clone()
+                } else {
+                    format!("{t} ({})", about.join(", "))
                 };
                 (
                     label,
@@ -139,21 +153,28 @@ impl Results {
     /// reader cannot see report's note on stderr.
     pub fn csv_long(&self, step: &str, current: bool) -> String {
         let mut out = String::new();
-        let mut record = |task: &str, metric: &str, method: &str, score: f64| {
+        let mut record = |task: &str, metric: &str, method: &str, score: f64, n: Option<usize>| {
             let fields = [step, task, metric, method].map(csv_field);
-            let _ = writeln!(out, "{},{score:.6},{current}", fields.join(","));
+            let n = n.map(|n| n.to_string()).unwrap_or_default();
+            let _ = writeln!(out, "{},{score:.6},{current},{n}", fields.join(","));
         };
         for t in &self.tasks {
             let metric = self.metrics.get(t).map(String::as_str).unwrap_or("");
             for m in &self.methods {
                 if let Some(&x) = self.scores.get(t).and_then(|s| s.get(m)) {
-                    record(t, metric, m, x);
+                    record(t, metric, m, x, self.examples.get(t).copied());
                 }
             }
         }
+        // The mean's count: every task's examples (the mean itself weighs tasks alike).
+        let total = self
+            .tasks
+            .iter()
+            .map(|t| self.examples.get(t))
+            .sum::<Option<usize>>();
         for m in &self.methods {
             if let Some(x) = self.mean(m) {
-                record("mean", MEAN_METRIC, m, x);
+                record("mean", MEAN_METRIC, m, x, total);
             }
         }
         out
@@ -163,8 +184,8 @@ impl Results {
 /// The metric of [`Results::csv_long`]'s mean records: not a task metric's name.
 pub const MEAN_METRIC: &str = "mean over tasks";
 
-/// The columns of [`Results::csv_long`].
-pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score,current";
+/// The columns of [`Results::csv_long`] (`examples` empty where not known).
+pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score,current,examples";
 
 /// A CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a
 /// comma, a quote or a line break; as it is otherwise, so plain names read the same.
@@ -211,6 +232,24 @@ mod tests {
             r.csv(),
             "task,base,phatgoose\na,0.250000,0.750000\nb,0.500000,0.500000\nmean,0.375000,0.625000\n"
         );
+        // How many examples a score is a mean over, where report knows it: beside the
+        // task's metric, and in a last CSV column (the mean's: every task's).
+        r.metrics.insert("a".into(), "accuracy".into());
+        r.examples = BTreeMap::from([("a".into(), 20), ("b".into(), 2000)]);
+        let md = r.markdown("held-out");
+        assert!(
+            md.contains("| a (accuracy, n=20) | 25.0 | **75.0** |\n| b (n=2000) |"),
+            "{md}"
+        );
+        let csv = r.csv_long("eval:e", true);
+        assert!(
+            csv.starts_with("eval:e,a,accuracy,base,0.250000,true,20\n"),
+            "{csv}"
+        );
+        assert!(
+            csv.ends_with("eval:e,mean,mean over tasks,phatgoose,0.625000,true,2020\n"),
+            "{csv}"
+        );
     }
 
     #[test]
@@ -247,7 +286,7 @@ mod tests {
         // Every record starts with the step, the quoted field keeps its line break.
         assert_eq!(
             r.csv_long("eval:e", true),
-            "eval:e,\"two\nlines\",,base,0.500000,true\neval:e,mean,mean over tasks,base,0.500000,true\n"
+            "eval:e,\"two\nlines\",,base,0.500000,true,\neval:e,mean,mean over tasks,base,0.500000,true,\n"
         );
         let md = r.markdown("e");
         assert!(md.contains("| two lines | **50.0** |"), "{md}");
@@ -271,9 +310,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "eval:e,mean,exact-match,base,0.250000,false",
-                "eval:e,other,,base,0.750000,false",
-                "eval:e,mean,mean over tasks,base,0.500000,false",
+                "eval:e,mean,exact-match,base,0.250000,false,",
+                "eval:e,other,,base,0.750000,false,",
+                "eval:e,mean,mean over tasks,base,0.500000,false,",
             ]
         );
     }
