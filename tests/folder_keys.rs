@@ -144,6 +144,57 @@ fn an_edit_to_a_file_that_is_read_changes_the_key_of_its_reader() {
     }
 }
 
+/// A local file edited while a run reads it is not built under the key of the content
+/// it had when the run planned: the step that reads it fails (nothing published), and
+/// the next run keys it on what it holds.
+#[test]
+fn a_file_edited_during_a_run_is_not_published_under_its_old_key() {
+    let opts = goosepipe::exec::RunOptions {
+        jobs: Some(1),
+        ..Default::default()
+    };
+    for (editor, file, reader, when) in [
+        // The step reading the file edits it: changed while it read it.
+        ("model:t", "base/config.json", "model:t", "while the step read it"),
+        // An earlier step edits a later step's file: changed before that one started.
+        (
+            "model:t",
+            "adapter/adapter_config.json",
+            "expert:e",
+            "since the run planned",
+        ),
+    ] {
+        let t = project();
+        let path = t.path().join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push('\n');
+        let log = support::Log::default();
+        let behaviour = support::Behaviour {
+            edits: vec![(editor.to_string(), path.clone(), text)],
+            ..Default::default()
+        };
+        let reg = support::registry(&log, &behaviour);
+        let manifest = t.path().join("f.kdl");
+        let store = t.path().join(".goosepipe");
+        let planned = support::plan_of(&manifest, &reg);
+        let old_key = planned.get(reader).unwrap().spec.key;
+        let (code, out) = support::run_manifest(&manifest, &store, &reg, &opts, &Default::default());
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            out.contains(&format!("{file} (now ")) && out.contains(&format!("changed {when}")),
+            "{file}: {out}"
+        );
+        let s = goosepipe::store::Store::at(&store);
+        assert!(s.meta(&old_key).is_none(), "{reader} published under the old key");
+        // The next run keys the step on the edited file, and builds it.
+        let (code, out) = support::run_manifest(&manifest, &store, &reg, &opts, &Default::default());
+        assert_eq!(code, 0, "{out}");
+        let now = support::plan_of(&manifest, &reg).get(reader).unwrap().spec.key;
+        assert_ne!(now, old_key);
+        assert!(s.meta(&now).is_some());
+    }
+}
+
 /// `goosepipe ARGS` in `dir`.
 fn goosepipe(dir: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))

@@ -765,6 +765,7 @@ pub fn execute(
         });
     }
     let numerics_label = numerics_of(spec, registry, &opts.device, &inputs);
+    local_files_as_keyed(spec, store, "since the run planned")?;
     let staging = store.begin(&spec.key).map_err(store_err)?;
     let work = store.work_dir(&spec.key);
     std::fs::create_dir_all(&work)?;
@@ -789,6 +790,9 @@ pub fn execute(
     let pins = ctx.take_pins();
     drop(ctx);
     drop(progress);
+    // What the step read must still be what its key names: an edit while it ran
+    // would publish one content's output under the other's key.
+    let result = result.and_then(|()| local_files_as_keyed(spec, store, "while the step read it"));
     match result {
         Ok(()) => {
             let meta = store
@@ -805,6 +809,60 @@ pub fn execute(
             Err(e)
         }
     }
+}
+
+/// The local files and folders a step reads (data, a model or adapter folder) have
+/// the content its key was computed from: the plan hashed them, the step reads them
+/// later, and an edit in between (`when`) would otherwise be built, and published,
+/// under the old content's key. Files go through the store's hash cache (unchanged
+/// files are not read again); a folder's files are those its recipe lists (a folder
+/// of more than `MAX_LISTED_FILES` is not listed, and not checked here).
+fn local_files_as_keyed(spec: &StepSpec, store: &Store, when: &str) -> Result<(), StepError> {
+    let hashes = store.hash_cache();
+    for e in &spec.externals {
+        let External::Path {
+            path,
+            display,
+            blake3,
+            files,
+            ..
+        } = e
+        else {
+            continue;
+        };
+        let root = std::path::Path::new(path);
+        let changed: Vec<(String, String)> = match files {
+            Some(files) => files
+                .iter()
+                .filter_map(|(rel, want)| {
+                    let now = hashes.file(&root.join(rel)).map(|h| h.to_hex().to_string());
+                    match now {
+                        Ok(h) if h == *want => None,
+                        Ok(h) => Some((format!("{display}/{rel}"), short_hex(&h).to_string())),
+                        Err(e) => Some((format!("{display}/{rel}"), format!("unreadable: {e}"))),
+                    }
+                })
+                .collect(),
+            None if root.is_dir() => vec![],
+            None => match hashes.file(root).map(|h| h.to_hex().to_string()) {
+                Ok(h) if h == *blake3 => vec![],
+                Ok(h) => vec![(display.clone(), short_hex(&h).to_string())],
+                Err(e) => vec![(display.clone(), format!("unreadable: {e}"))],
+            },
+        };
+        if !changed.is_empty() {
+            let what: Vec<String> = changed
+                .iter()
+                .map(|(f, now)| format!("{f} (now {now})"))
+                .collect();
+            return Err(StepError::msg(format!(
+                "{} changed {when}: the step's key names the content it had when the run planned (blake3 {}); run again to key the step on what it holds now (nothing was published)",
+                what.join(", "),
+                short_hex(blake3)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Early cutoff's guard: an input that entered this step's key by its content must

@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub resumable: Option<(String, u64, Option<u64>)>,
     /// Steps running right now and the most that ever ran at once.
     pub running: Arc<Running>,
+    /// (step id, file, text): the step, when it runs, writes the text to the file (a
+    /// user editing a project file while a run reads it).
+    pub edits: Vec<(String, PathBuf, String)>,
 }
 
 #[derive(Default)]
@@ -87,6 +90,11 @@ impl StepRunner for Fake {
         std::thread::sleep(self.behaviour.delay);
         if self.behaviour.fail.contains(&id) {
             return Err(StepError::msg(format!("{id} failed on purpose")));
+        }
+        for (step, file, text) in &self.behaviour.edits {
+            if *step == id {
+                std::fs::write(file, text)?;
+            }
         }
         let mut lines = vec![format!("kind={} params={}", ctx.spec.kind, ctx.spec.params)];
         for i in &ctx.inputs {
