@@ -49,6 +49,18 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     fs::read(path)
 }
 
+/// Before a file is written where one may already be (an export into a folder again,
+/// `--force`): a symbolic link there is removed, so the write makes a file of its own
+/// instead of writing through the link into whatever it points at (another export, a
+/// store's artifact, the very file being copied, which a copy onto itself empties).
+/// Anything else, or nothing, is left for the write to replace.
+pub fn unlink_symlink(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => fs::remove_file(path),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +97,21 @@ mod tests {
             regular_file(&t.path().join("gone")).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn a_link_is_removed_and_its_target_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("target");
+        fs::write(&target, b"kept").unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        unlink_symlink(&link).unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"kept");
+        // A plain file, and nothing at all, are left as they are.
+        unlink_symlink(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"kept");
+        unlink_symlink(&t.path().join("none")).unwrap();
     }
 }

@@ -928,6 +928,42 @@ expert "sort" model="t" dataset="sort" {
         "{err}"
     );
 
+    // Links in a folder exported into again (--force) are replaced, never written
+    // through: here into another expert's artifact, and the base model's own weights
+    // (a copy onto itself emptied them), and a base-model folder that is a link into
+    // another artifact (the base's files landed in it).
+    let linked = dir.path().join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    let other = s
+        .files_dir(&s.find("expert:sort").unwrap().key)
+        .join(goosepipe::artifact_files::EXPERT_FILE);
+    std::os::unix::fs::symlink(&other, linked.join("adapter_model.safetensors")).unwrap();
+    let model_files = s.files_dir(&s.named("model:t").unwrap());
+    std::os::unix::fs::symlink(&model_files, linked.join("base-model")).unwrap();
+    let before: Vec<_> = s.keys().into_iter().map(|k| (k, s.verify(&k).is_ok())).collect();
+    goosepipe::app::export("expert:sort", None, &linked, &store, true, &mut Vec::new()).unwrap();
+    let after: Vec<_> = s.keys().into_iter().map(|k| (k, s.verify(&k).is_ok())).collect();
+    assert_eq!(before, after, "an artifact changed");
+    assert!(
+        !std::fs::symlink_metadata(linked.join("base-model"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(T5Model::load(&linked.join("base-model"), &Device::Cpu, DType::F32).is_ok());
+    let mut base_link = dir.path().join("base-link");
+    std::fs::create_dir_all(base_link.join("base-model")).unwrap();
+    let weights = model_files.join("model/model.safetensors");
+    assert!(weights.is_file(), "{}", weights.display());
+    std::os::unix::fs::symlink(&weights, base_link.join("base-model/model.safetensors")).unwrap();
+    goosepipe::app::export("expert:sort", None, &base_link, &store, true, &mut Vec::new()).unwrap();
+    assert!(s.verify(&s.named("model:t").unwrap()).is_ok());
+    base_link.push("base-model/model.safetensors");
+    assert_eq!(
+        std::fs::read(&base_link).unwrap(),
+        std::fs::read(&weights).unwrap()
+    );
+
     // Imported again on a base of the same shapes and other weights (another seed),
     // the adapter says it was made for another base (the scores just dropped); on its
     // own base it says nothing.

@@ -89,7 +89,13 @@ fn config_of(dir: &Path) -> Result<T5Config, String> {
 /// Copies a model folder's config, weights and tokenizer into `out` as an HF checkpoint.
 fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     let files = locate(dir).map_err(|e| e.to_string())?;
-    if out.exists() && !out.is_dir() {
+    // A link where the base model's folder goes (an earlier export's, made by hand)
+    // would have the files written into whatever it points at (a store's artifact):
+    // the link is replaced by a folder of the export's own.
+    let is_link = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        crate::file_kind::unlink_symlink(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    } else if out.exists() && !out.is_dir() {
         return Err(format!(
             "{} exists and is not a folder: the base model is written there; move it away or export into another folder",
             out.display()
@@ -126,6 +132,8 @@ fn write_base(dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     let mut written = vec![];
     for src in sources {
         let to = out.join(src.file_name().expect("a file"));
+        // A link there (to this very file, or a store's) is replaced, not written through.
+        crate::file_kind::unlink_symlink(&to).map_err(|e| format!("{}: {e}", to.display()))?;
         std::fs::copy(&src, &to)
             .map_err(|e| format!("copying {} to {}: {e}", src.display(), to.display()))?;
         written.push(to);
@@ -159,6 +167,7 @@ fn write_tokenizer_config(tokenizer: &Path, out: &Path) -> Result<PathBuf, Strin
         }
     }
     let to = out.join(TOKENIZER_CONFIG);
+    crate::file_kind::unlink_symlink(&to).map_err(|e| format!("{}: {e}", to.display()))?;
     std::fs::write(&to, serde_json::to_vec_pretty(&config).expect("json"))
         .map_err(|e| format!("{}: {e}", to.display()))?;
     Ok(to)

@@ -536,7 +536,11 @@ pub fn export(
         "revision": null,
     });
     let mut written = vec![];
+    // A file of an earlier export may be a link (to a store's artifact, say): each
+    // write replaces the link, never what it points at.
+    let fresh = |path: &Path| crate::file_kind::unlink_symlink(path).map_err(|e| ModelError::io(path, e));
     let config_path = dir.join(CONFIG_FILE);
+    fresh(&config_path)?;
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("json"))
         .map_err(|e| ModelError::io(&config_path, e))?;
     written.push(config_path);
@@ -546,6 +550,7 @@ pub fn export(
         tensors.push((format!("{PREFIX}{m}.lora_B.weight"), l.b.to_dtype(DType::F32)?));
     }
     let weights = dir.join(WEIGHTS_SAFETENSORS);
+    fresh(&weights)?;
     // The expert's name in the weights' metadata (PEFT reads only `format`): a gate
     // file copied in from another export is then found out (`recorded_expert`).
     let mut meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
@@ -577,6 +582,7 @@ pub fn export(
         g.name = expert.name.clone();
         g.base_model = None;
         let gates_path = dir.join(GATES_FILE);
+        fresh(&gates_path)?;
         g.save(&gates_path)?;
         written.push(gates_path);
         let router = serde_json::json!({
@@ -594,6 +600,7 @@ pub fn export(
             },
         });
         let router_path = dir.join(ROUTER_FILE);
+        fresh(&router_path)?;
         std::fs::write(&router_path, serde_json::to_vec_pretty(&router).expect("json"))
             .map_err(|e| ModelError::io(&router_path, e))?;
         written.push(router_path);
