@@ -310,6 +310,21 @@ fn unsupported_configurations_are_refused_naming_the_field() {
             Box::new(|c| c["lora_alpha"] = serde_json::json!(0)),
             &["`lora_alpha`: 0 scales every update to nothing"],
         ),
+        (
+            "lora_alpha so small B underflows to zeros (the same, unsaid)",
+            Box::new(|c| c["lora_alpha"] = serde_json::json!(1e-300)),
+            &["is all zeros in 32-bit floats: the adapter would change no output"],
+        ),
+        (
+            "a flag as a string (PEFT reads \"true\" as true; it was read as false)",
+            Box::new(|c| c["use_rslora"] = "true".into()),
+            &["`use_rslora`: \"true\" is not true or false"],
+        ),
+        (
+            "exclude_modules (the excluded modules' tensors were used)",
+            Box::new(|c| c["exclude_modules"] = serde_json::json!(["q"])),
+            &["`exclude_modules`"],
+        ),
     ];
     for (what, edit, needles) in cases {
         let dir = edited(edit);
@@ -344,6 +359,23 @@ fn unsupported_configurations_are_refused_naming_the_field() {
     candle_core::safetensors::save(&t, dir.path().join("adapter_model.safetensors")).unwrap();
     let e = import_err(dir.path(), &m);
     assert!(e.contains("DoRA magnitude"), "{e}");
+    // One module's A twice, with and without PEFT's prefix: the later name replaced
+    // the first, unsaid.
+    let dir = edited(|_| {});
+    let mut t: HashMap<String, Tensor> = load_st(dir.path().join("adapter_model.safetensors"));
+    let (name, a) = t
+        .iter()
+        .find(|(n, _)| n.ends_with(".lora_A.weight"))
+        .map(|(n, a)| (n.clone(), a.zeros_like().unwrap()))
+        .unwrap();
+    let bare = name.strip_prefix("base_model.model.").unwrap().to_string();
+    t.insert(bare.clone(), a);
+    candle_core::safetensors::save(&t, dir.path().join("adapter_model.safetensors")).unwrap();
+    let e = import_err(dir.path(), &m);
+    assert!(
+        e.contains(&format!("tensors `{name}` and `{bare}` are both the lora_A of")),
+        "{e}"
+    );
 }
 
 // ---- imported experts in a pipeline ----

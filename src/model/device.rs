@@ -9,10 +9,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
     let cuda = |n: usize| {
         Device::new_cuda(n).map_err(|e| {
             // candle attaches a backtrace to driver errors; the cause is enough here.
-            let cause = match e {
-                candle_core::Error::WithBacktrace { inner, .. } => *inner,
-                e => e,
-            };
+            let cause = super::error::without_backtrace(e);
             let hint = if cfg!(feature = "cuda") {
                 "is a GPU visible and the NVIDIA driver loaded?"
             } else {

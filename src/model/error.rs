@@ -67,3 +67,12 @@ impl ModelError {
         }
     }
 }
+
+/// A candle error without the backtrace candle attaches when `RUST_BACKTRACE` is set
+/// (dozens of lines of frames inside a one-line message about a user's file).
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        e => e,
+    }
+}

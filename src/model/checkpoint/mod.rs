@@ -6,6 +6,7 @@
 pub mod expert_file;
 pub mod load;
 pub mod peft;
+mod pickle_scan;
 pub mod st_io;
 pub mod tensor_store;
 pub mod weights;

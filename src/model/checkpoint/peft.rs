@@ -112,7 +112,13 @@ fn read_config(dir: &Path) -> Result<Config> {
         }
         None => return Err(refuse("peft_type", "missing; expected \"LORA\"".into())),
     }
-    let truthy = |f: &str| obj.get(f).and_then(Value::as_bool).unwrap_or(false);
+    // A flag is true or false: PEFT reads the string "true" (or "false", a non-empty
+    // string) as true, which would change the scaling here unsaid.
+    let truthy = |f: &str| match obj.get(f) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(refuse(f, format!("{other} is not true or false"))),
+    };
     let non_empty = |f: &str| match obj.get(f) {
         None | Some(Value::Null) => false,
         Some(Value::Array(a)) => !a.is_empty(),
@@ -120,7 +126,7 @@ fn read_config(dir: &Path) -> Result<Config> {
         Some(Value::String(s)) => !s.is_empty(),
         Some(_) => true,
     };
-    if truthy("use_dora") {
+    if truthy("use_dora")? {
         return Err(refuse(
             "use_dora",
             "DoRA adapters (a learned magnitude per output) are not supported; only plain LoRA".into(),
@@ -134,7 +140,7 @@ fn read_config(dir: &Path) -> Result<Config> {
             format!("\"{b}\" trains biases of the base model; only \"none\" is supported"),
         ));
     }
-    if truthy("lora_bias") {
+    if truthy("lora_bias")? {
         return Err(refuse("lora_bias", "a bias on lora_B is not supported".into()));
     }
     for (field, why) in [
@@ -147,6 +153,10 @@ fn read_config(dir: &Path) -> Result<Config> {
             "adapters on a subset of layers by index are not supported",
         ),
         ("rank_pattern", "per-module ranks are not supported"),
+        (
+            "exclude_modules",
+            "modules excluded from `target_modules` are not supported: list the targets alone",
+        ),
         ("alpha_pattern", "per-module alphas are not supported"),
         ("layer_replication", "replicated layers change the base model"),
         (
@@ -197,7 +207,7 @@ fn read_config(dir: &Path) -> Result<Config> {
     Ok(Config {
         r,
         lora_alpha,
-        use_rslora: truthy("use_rslora"),
+        use_rslora: truthy("use_rslora")?,
         target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
         base: obj
             .get("base_model_name_or_path")
@@ -363,6 +373,11 @@ impl Reading<'_> {
         let (dir, file) = (self.dir, self.file);
         let mut pairs = Pairs::new();
         let mut adapter_names = BTreeSet::new();
+        // Which tensor was read as each module's A and B: a second one for the same
+        // (with and without the `base_model.model.` prefix, or the adapter name) would
+        // silently replace the first, where PEFT loads one by its own rules.
+        let mut read_as: HashMap<(String, &str), String> = HashMap::new();
+        let mut twice = None;
         let mut names = store.names();
         names.sort();
         for tensor in &names {
@@ -392,6 +407,11 @@ impl Reading<'_> {
             if let Some(a) = adapter {
                 adapter_names.insert(a.to_owned());
             }
+            if let Some(first) = read_as.insert((module.to_owned(), part), tensor.clone()) {
+                twice.get_or_insert(format!(
+                    "tensors `{first}` and `{tensor}` are both the {part} of `{module}`: keep one (which one PEFT would load depends on its version)"
+                ));
+            }
             let t = store
                 .get_finite(tensor, device)?
                 .ok_or_else(|| ModelError::MissingTensor {
@@ -412,6 +432,9 @@ impl Reading<'_> {
                 file,
                 format!("the file holds several adapters ({adapter_names:?}); save one adapter per folder"),
             ));
+        }
+        if let Some(why) = twice {
+            return Err(bad(dir, file, why));
         }
         if pairs.is_empty() {
             return Err(bad(dir, file, "no LoRA weights in the file"));
@@ -456,7 +479,20 @@ impl Reading<'_> {
         if b.dims() != [site.d_out, r] {
             return Err(shape_err("lora_B", vec![site.d_out, r], b.dims()));
         }
+        let held = b.abs()?.max_all()?.to_scalar::<f32>()?;
         let b = (b * fold)?;
+        // A tiny lora_alpha underflows B to zeros in 32-bit floats: an expert that
+        // changes no output, scored as the base by every method, unsaid.
+        if held > 0.0 && b.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
+            return Err(bad(
+                dir,
+                file,
+                format!(
+                    "`{module}.lora_B` scaled by `lora_alpha` {:e} (folded into B as {fold:e}) is all zeros in 32-bit floats: the adapter would change no output; `lora_alpha` in {CONFIG_FILE} is too small",
+                    self.conf.lora_alpha
+                ),
+            ));
+        }
         // Checked again once folded: A and B were finite as read, but a huge
         // lora_alpha overflows B to inf, which the gate step then blamed on a damaged
         // store file.
