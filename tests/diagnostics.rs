@@ -938,11 +938,31 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
         "{err}"
     );
     std::fs::remove_dir(d.path().join("base/model.safetensors")).unwrap();
-    // With the files there, the manifest is valid.
+    // With the files there but the gate peft-gate=#true reads: that is said at check
+    // (it was the gate step's failure, after the other steps ran).
     std::fs::write(d.path().join("adapter/adapter_config.json"), "{}").unwrap();
     std::fs::write(d.path().join("base/pytorch_model.bin"), "").unwrap();
-    let mut out = Vec::new();
-    goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap();
+    let gate = d.path().join("adapter/phatgoose_gates.safetensors");
+    std::fs::create_dir(&gate).unwrap();
+    let check = || {
+        let mut out = Vec::new();
+        goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out)
+            .map_err(|e| one_line(&format!("{e:?}")))
+    };
+    let err = check().unwrap_err();
+    assert!(
+        err.contains("expert \"e\" uses the gate its adapter ships, but in the folder \"adapter\" phatgoose_gates.safetensors is a folder, not a file"),
+        "{err}"
+    );
+    std::fs::remove_dir(&gate).unwrap();
+    let err = check().unwrap_err();
+    assert!(
+        err.contains("but in the folder \"adapter\" there is no phatgoose_gates.safetensors"),
+        "{err}"
+    );
+    // With everything there, the manifest is valid.
+    std::fs::write(&gate, "").unwrap();
+    check().unwrap();
 }
 
 /// One fixed answer choice is an error at the manifest's `choices`, not at every row

@@ -674,17 +674,16 @@ fn an_imported_adapter_with_its_shipped_gate_pools_without_its_data() {
         "\"phatgoose\"",
     ));
     assert!(err.contains("sets peft-gate but imports no adapter"), "{err}");
-    // An adapter without a gate file: the gate step says so.
+    // An adapter without a gate file: the plan says so, before any step runs.
     let bare = format!(
         "expert \"shared\" model=\"t\" peft=\"{}\" peft-gate=#true",
         peft_fixture("alpha").display()
     );
-    std::fs::write(&m, with(&bare, "\"phatgoose\"")).unwrap();
-    let (code, out) = support::run_product(&m, &store_dir);
-    assert_ne!(code, 0, "{out}");
+    let err = plan_err(with(&bare, "\"phatgoose\""));
     assert!(
-        out.contains("ships no gate: there is no phatgoose_gates.safetensors in it"),
-        "{out}"
+        err.contains("expert \"shared\" uses the gate its adapter ships, but in the folder")
+            && err.contains("there is no phatgoose_gates.safetensors"),
+        "{err}"
     );
 }
 

@@ -1093,6 +1093,7 @@ impl Lowerer<'_> {
             _ => {
                 g.params.insert("import".into(), Value::Str("peft".into()));
                 g.externals = adapter;
+                self.review(e, &g);
                 self.warn_unused_group(
                     e,
                     "gate",

@@ -364,9 +364,37 @@ pub const GATE: Kind = Kind {
             JobDefaults::new(1, 4, "32G", "4:00:00")
         }
     }),
-    review: review_batches,
+    review: review_gate,
     ..Kind::new("gate", 6, 4, JobDefaults::OTHER)
 };
+
+/// A gate step: its batches, or, for the gate an imported adapter ships
+/// (`peft-gate=#true`), that the adapter folder has it as a file: said by `check` and
+/// `plan`, not by the run's gate step after the others have run.
+fn review_gate(name: &str, params: &serde_json::Value, paths: &LocalPaths) -> Vec<Review> {
+    let mut found = review_batches(name, params, paths);
+    let Some(dir) = paths.get("peft").filter(|_| imports(params)) else {
+        return found;
+    };
+    let file = crate::model::checkpoint::peft::GATES_FILE;
+    let why = match std::fs::metadata(dir.abs.join(file)) {
+        Ok(m) if m.is_file() => return found,
+        Ok(m) => format!("{file} is a {}, not a file", crate::file_kind::file_kind(&m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("there is no {file}"),
+        Err(e) => format!("{file} cannot be read: {e}"),
+    };
+    found.push(Review {
+        at: "peft-gate".into(),
+        code: "manifest::missing-file",
+        message: format!("expert \"{name}\" uses the gate its adapter ships, but in the folder \"{}\" {why}", dir.display),
+        label: "no gate to read".into(),
+        help: format!(
+            "an adapter ships its gate as {file} (`goosepipe export` writes it); remove peft-gate=#true to train a gate on the expert's dataset"
+        ),
+        warning: false,
+    });
+    found
+}
 /// One LoRA on the union of a pool's datasets, lowered for the methods that need it.
 /// Versions 6 and 7: the hand-written backward pass, as `expert`; 8: unnamed, as
 /// `expert`; 9: validated against whole targets, as `expert`.
