@@ -1560,8 +1560,21 @@ fn verify_finds_an_artifact_whose_recorded_step_was_edited() {
     let said = String::from_utf8(out).unwrap();
     assert_eq!(code, 1, "{said}");
     assert!(
-        said.contains("does not hash to its key (edited by hand?); moved aside, `goosepipe run` rebuilds it"),
+        said.contains(&format!(
+            "does not hash to its key (edited by hand?); moved aside, `goosepipe run {} --store {}` rebuilds it",
+            p.manifest().display(),
+            p.store().display()
+        )),
         "{said}"
+    );
+    // With --all, the hint names no manifest of its own, and still the store.
+    let hint = goosepipe::store::corrupt_help(&p.store());
+    assert_eq!(
+        hint,
+        format!(
+            "`goosepipe verify --all --store {0}` moves it aside, `goosepipe run MANIFEST --store {0}` rebuilds it",
+            p.store().display()
+        )
     );
     assert!(store.meta(&key).is_none(), "moved aside");
     // The rest of the store hashes to its keys: nothing else was said.

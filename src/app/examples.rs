@@ -135,7 +135,7 @@ pub fn examples(
         }
         // Re-hashed as `report` does: a damaged file is never shown.
         crate::plan::integrity::verify(&store, &key)
-            .map_err(|e| miette!(help = crate::store::CORRUPT_HELP, "{id}: {e}"))?;
+            .map_err(|e| miette!(help = crate::store::corrupt_help(&store.root), "{id}: {e}"))?;
         let bytes = std::fs::read(files.join(PREDICTIONS_JSON))
             .map_err(|e| miette!("{id}: {PREDICTIONS_JSON}: {e}"))?;
         let mut p: Predictions = serde_json::from_slice(&bytes)

@@ -67,7 +67,7 @@ fn verified(store: &Store, meta: &ArtifactMeta) -> Result<(), String> {
             format!(
                 "{} is corrupt, nothing was exported: {e}; {}",
                 meta.spec.id,
-                crate::store::CORRUPT_HELP
+                crate::store::corrupt_help(&store.root)
             )
         })
 }

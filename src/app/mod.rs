@@ -15,7 +15,7 @@ use crate::exec::{self, CancelFlag, Registry, RunOptions};
 use crate::plan::{self, Plan, Status, render};
 use crate::store::fsutil::human_size;
 use crate::store::lockfile::{Lockfile, lock_path};
-use crate::store::{DEFAULT_STORE, HashCache, Store};
+use crate::store::{HashCache, Store};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -1297,27 +1297,11 @@ fn run_command(manifest: &Path, store: &Path) -> String {
 
 /// `goosepipe SUBCOMMAND MANIFEST` against the store at `store`, as [`run_command`].
 fn command_line(subcommand: &str, manifest: &Path, store: &Path) -> String {
-    let default = std::env::var_os("GOOSEPIPE_STORE")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_STORE.into());
-    let mut cmd = format!("goosepipe {subcommand} {}", shell_word(manifest));
-    if store != Path::new(&default) {
-        cmd.push_str(&format!(" --store {}", shell_word(store)));
-    }
-    cmd
-}
-
-/// A path as one shell word: quoted when it holds anything but plain characters.
-fn shell_word(p: &Path) -> String {
-    let s = p.display().to_string();
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
-    {
-        s
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    format!(
+        "goosepipe {subcommand} {}{}",
+        crate::store::shell_word(manifest),
+        crate::store::store_flag(store)
+    )
 }
 
 /// `report --plots`: an eval's routing heatmaps and score chart into DIR/EVAL/; the
@@ -1402,7 +1386,10 @@ pub fn export(
     let done = if as_file.is_file() {
         let model = model.ok_or_else(|| {
             miette!(
-                help = "give the base model folder it was trained on: an HF checkpoint folder, or a model step's, `--model \"$(goosepipe show model:NAME --path)/model\"`",
+                help = format!(
+                    "give the base model folder it was trained on: an HF checkpoint folder, or a model step's, `--model \"$(goosepipe show model:NAME --path{})/model\"`",
+                    crate::store::store_flag(store_root)
+                ),
                 "{what} is an expert file: export needs --model"
             )
         })?;
@@ -1683,9 +1670,15 @@ pub fn verify(
     // Artifacts moved aside earlier (by a verify, a report, a run) and not rebuilt yet:
     // still a damaged store, said every time until a run rebuilds them.
     let mut aside: BTreeMap<crate::store::Key, String> = BTreeMap::new();
+    // The manifest that reaches each key: its `run` command rebuilds what is moved
+    // aside (a key `--all` finds is said with MANIFEST).
+    let mut rebuilt_by: BTreeMap<crate::store::Key, String> = BTreeMap::new();
     for m in manifests {
         let plan = load_plan_in(m, registry, &hashes, &store, &read_lock(m)?)?;
         for s in &plan.steps {
+            rebuilt_by
+                .entry(s.spec.key)
+                .or_insert_with(|| run_command(m, &store.root));
             match store.presence(&s.spec.key) {
                 crate::store::Presence::Missing => {
                     if store.was_quarantined(&s.spec.key) {
@@ -1709,6 +1702,12 @@ pub fn verify(
     hashes.save();
     keys.sort();
     keys.dedup();
+    let rebuild = |key: &crate::store::Key| {
+        rebuilt_by
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| format!("goosepipe run MANIFEST{}", crate::store::store_flag(&store.root)))
+    };
     let results: Vec<_> = keys
         .par_iter()
         .map(|k| (*k, crate::plan::integrity::verify(&store, k)))
@@ -1738,8 +1737,9 @@ pub fn verify(
                         corrupt += 1;
                         let _ = writeln!(
                             out,
-                            "corrupt  {id} {}: {reason}; moved aside, `goosepipe run` rebuilds it",
-                            key.short()
+                            "corrupt  {id} {}: {reason}; moved aside, `{}` rebuilds it",
+                            key.short(),
+                            rebuild(&key)
                         );
                     }
                     Ok(None) => {}
@@ -1763,8 +1763,9 @@ pub fn verify(
     for (key, id) in &aside {
         let _ = writeln!(
             out,
-            "missing  {id} {}: moved aside as corrupt earlier and not rebuilt yet; `goosepipe run` rebuilds it",
-            key.short()
+            "missing  {id} {}: moved aside as corrupt earlier and not rebuilt yet; `{}` rebuilds it",
+            key.short(),
+            rebuild(key)
         );
     }
     let _ = writeln!(
@@ -1915,12 +1916,12 @@ pub fn show(
             return Err(miette!(
                 "{} is corrupt: {e}; {}",
                 meta.spec.id,
-                crate::store::CORRUPT_HELP
+                crate::store::corrupt_help(&store.root)
             ));
         }
         // Not damage: a file this user may not read. Nothing to rebuild.
         Err(e) if e.is_permission_denied() => format!("UNREADABLE, not checked: {e}"),
-        Err(e) => format!("CORRUPT: {e}; {}", crate::store::CORRUPT_HELP),
+        Err(e) => format!("CORRUPT: {e}; {}", crate::store::corrupt_help(&store.root)),
     };
     // Shown either way (what it was is worth seeing); a corrupt one exits 1.
     let verified = integrity.starts_with("ok");

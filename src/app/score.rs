@@ -652,7 +652,7 @@ pub fn resolve_step_ids(
                 "{id}: its artifact {} is no longer in the store (collected by gc, or deleted); `goosepipe run MANIFEST --until {id}` rebuilds it (a plain run leaves it out while nothing that runs reads it)",
                 key.short()
             ),
-            _ => format!("{id}: {e}; {}", crate::store::CORRUPT_HELP),
+            _ => format!("{id}: {e}; {}", crate::store::corrupt_help(&store.root)),
         })?;
         Ok(store.files_dir(&key))
     };

@@ -86,8 +86,39 @@ impl StoreError {
     }
 }
 
-/// What a user does about a corrupt artifact.
-pub const CORRUPT_HELP: &str = "`goosepipe verify --all` moves it aside, `goosepipe run` rebuilds it";
+/// What a user does about a corrupt artifact of the store at `root`, as commands to
+/// copy (with `--store` where a bare command would look elsewhere).
+pub fn corrupt_help(root: &Path) -> String {
+    let flag = store_flag(root);
+    format!("`goosepipe verify --all{flag}` moves it aside, `goosepipe run MANIFEST{flag}` rebuilds it")
+}
+
+/// ` --store DIR` for a command a hint prints, or nothing where DIR is the store a bare
+/// command uses (`GOOSEPIPE_STORE`, else `.goosepipe`): a hint copied as printed must
+/// act on the store the user meant.
+pub fn store_flag(root: &Path) -> String {
+    let default = std::env::var_os("GOOSEPIPE_STORE")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_STORE.into());
+    if root == Path::new(&default) {
+        String::new()
+    } else {
+        format!(" --store {}", shell_word(root))
+    }
+}
+
+/// A path as one shell word: quoted when it holds anything but plain characters.
+pub fn shell_word(p: &Path) -> String {
+    let s = p.display().to_string();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
 
 pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -612,8 +643,9 @@ impl Store {
                     return match self.presence(k) {
                         Presence::Present(m) => Ok(*m),
                         Presence::Corrupt(reason) => Err(format!(
-                            "artifact {} is corrupt: {reason}; {CORRUPT_HELP}",
-                            k.short()
+                            "artifact {} is corrupt: {reason}; {}",
+                            k.short(),
+                            corrupt_help(&self.root)
                         )),
                         Presence::Missing => Err(format!("artifact {} vanished", k.short())),
                     };
@@ -679,8 +711,9 @@ impl Store {
                 ));
             }
             return Err(format!(
-                "the artifact of {what} ({}) is corrupt: {reason}; {CORRUPT_HELP}",
-                k.short()
+                "the artifact of {what} ({}) is corrupt: {reason}; {}",
+                k.short(),
+                corrupt_help(&self.root)
             ));
         }
         best.ok_or_else(|| {
