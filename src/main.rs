@@ -61,6 +61,7 @@ enum Command {
         device: String,
     },
     /// Run the stale steps in dependency order and update the lockfile.
+    #[command(override_usage = "goosepipe run <FILE> [OPTIONS]")]
     Run(RunArgs),
     /// Build one step from its recipe in the store, as a cluster job does (the manifest
     /// is not read). Exits 0 at once if the key is already published.
@@ -194,7 +195,8 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    file: PathBuf,
+    /// The manifest (before `--only`, which takes every word after it).
+    file: Option<PathBuf>,
     /// Steps run in parallel (default: the manifest's `pipeline jobs=`, else 1).
     #[arg(short = 'j', long, value_parser = at_least_one, allow_negative_numbers = true)]
     jobs: Option<usize>,
@@ -517,9 +519,9 @@ fn main() -> ExitCode {
                 ReportFormat::Json => "json",
             };
             match examples {
-                Some(task) if f == "csv" => Err(miette::miette!(
-                    help = "use --format md or json",
-                    "report --examples {task} has no CSV form"
+                Some(task) if f == "csv" => Err(app::usage(
+                    format!("report --examples {task} has no CSV form"),
+                    Some("use --format md or json".into()),
                 )),
                 Some(task) => {
                     let req = app::examples::ExamplesRequest {
@@ -549,20 +551,36 @@ fn main() -> ExitCode {
             // writeln!, not eprintln!: a closed stderr (`2>&1 | head`) must not turn
             // an error into a panic's exit code.
             let _ = writeln!(std::io::stderr(), "{report:?}");
-            ExitCode::from(app::EXIT_ERROR as u8)
+            let code = if report.downcast_ref::<app::UsageError>().is_some() {
+                app::EXIT_USAGE
+            } else {
+                app::EXIT_ERROR
+            };
+            ExitCode::from(code as u8)
         }
     }
 }
 
 /// `goosepipe run`: Ctrl-C handling and the executor around the app's run.
 fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdout) -> miette::Result<i32> {
-    if args.dry_run {
-        return Err(miette::miette!(
-            help = format!(
-                "`goosepipe plan {}` says what would run and why, and runs nothing",
-                args.file.display()
+    let Some(file) = args.file else {
+        // `--only` takes every word after it, the manifest's name too.
+        let hint = match args.only.last() {
+            Some(last) if last.ends_with(".kdl") || Path::new(last).is_file() => format!(
+                "--only took `{last}` as a step: put the manifest first, `goosepipe run {last} --only {}`",
+                args.only[..args.only.len() - 1].join(" ")
             ),
-            "`run` has no --dry-run"
+            _ => "goosepipe run FILE (the manifest, e.g. pipelines/quickstart.kdl)".into(),
+        };
+        return Err(app::usage("run needs the manifest FILE", Some(hint)));
+    };
+    if args.dry_run {
+        return Err(app::usage(
+            "`run` has no --dry-run",
+            Some(format!(
+                "`goosepipe plan {}` says what would run and why, and runs nothing",
+                file.display()
+            )),
         ));
     }
     let cancel = CancelFlag::new();
@@ -612,7 +630,7 @@ fn run_command(args: RunArgs, store: &Path, registry: &Registry, out: &mut Stdou
         }
     };
     let req = app::RunRequest {
-        manifest: &args.file,
+        manifest: &file,
         store,
         registry,
         opts: &opts,
@@ -642,14 +660,17 @@ fn exec_command(args: ExecArgs, store: &Path, registry: &Registry) -> miette::Re
         (Some(k), _) => app::ExecTarget::Key(k),
         (None, Some(file)) => app::ExecTarget::List {
             index: index.ok_or_else(|| {
-                miette::miette!(
-                    "exec --keys-file {} needs --index N, or SLURM_ARRAY_TASK_ID set (as in a job array task)",
-                    file.display()
+                app::usage(
+                    format!(
+                        "exec --keys-file {} needs --index N, or SLURM_ARRAY_TASK_ID set (as in a job array task)",
+                        file.display()
+                    ),
+                    None,
                 )
             })?,
             file,
         },
-        (None, None) => return Err(miette::miette!("exec needs --key KEY or --keys-file FILE")),
+        (None, None) => return Err(app::usage("exec needs --key KEY or --keys-file FILE", None)),
     };
     let opts = RunOptions {
         locked,
@@ -675,8 +696,11 @@ fn score_command(args: ScoreArgs, store: &Path, out: &mut Stdout) -> miette::Res
         json,
     } = args;
     match goosepipe::app::score::RouterChoice::parse(&router) {
-        Err(e) => Err(miette::miette!("--router: {e}")),
+        Err(e) => Err(app::usage(format!("--router: {e}"), None)),
         Ok(router) => {
+            router
+                .takes(experts.len(), gates.len())
+                .map_err(|e| app::usage(e, None))?;
             let mut req = goosepipe::app::score::ScoreRequest::new(model, input, target);
             req.revision = revision;
             req.experts = experts;

@@ -219,12 +219,63 @@ fn bad_flags_are_clear_errors() {
     }
     // A dry run is `plan`, said where a user looks for it.
     let out = goosepipe(&["run", GOLDEN, "--dry-run"], t.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE));
     assert!(
         text(&out.stderr).contains("`run` has no --dry-run") && text(&out.stderr).contains("goosepipe plan"),
         "{}",
         text(&out.stderr)
     );
+    // Flag combinations found wrong after parsing are usage errors too (they exited
+    // 1, as a failed run does).
+    for (args, says) in [
+        (&["run", "--only", "expert:a", GOLDEN][..], "--only took `"),
+        (
+            &["report", GOLDEN, "--examples", "t", "--format", "csv"][..],
+            "has no CSV form",
+        ),
+        (
+            &[
+                "score",
+                "--model",
+                "m",
+                "--input",
+                "a",
+                "--target",
+                "b",
+                "--router",
+                "retrieval",
+            ][..],
+            "unknown router `retrieval`",
+        ),
+        (
+            &[
+                "score",
+                "--model",
+                "m",
+                "--experts",
+                "a",
+                "b",
+                "--input",
+                "a",
+                "--target",
+                "b",
+            ][..],
+            "--router single runs one expert's LoRA alone, and 2 experts were given",
+        ),
+    ] {
+        let out = goosepipe(args, t.path());
+        assert_eq!(
+            out.status.code(),
+            Some(goosepipe::app::EXIT_USAGE),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     let out = goosepipe(&["verify"], t.path());
     assert!(
         text(&out.stderr).contains("goosepipe verify --all"),
@@ -316,7 +367,7 @@ fn bad_flags_are_clear_errors() {
         .env_remove("SLURM_ARRAY_TASK_ID")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE));
     assert!(
         text(&out.stderr).contains("needs --index N"),
         "{}",

@@ -110,6 +110,7 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
         err.contains("--router single runs one expert's LoRA alone, and 3 experts were given"),
         "{err}"
     );
+    req.router = RouterChoice::parse("merged").unwrap();
     // Experts without their gates (copied away from them): PHATGOOSE says which one
     // has none and how to give it.
     let alone = tempfile::tempdir().unwrap();

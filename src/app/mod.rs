@@ -28,6 +28,25 @@ pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_BUSY: i32 = 75;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// A command line that parses but cannot run as given (flags that do not go together,
+/// a value only known to be wrong after parsing): exits [`EXIT_USAGE`], as the
+/// parser's own errors do.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+pub struct UsageError {
+    pub message: String,
+    #[help]
+    pub help: Option<String>,
+}
+
+/// A [`UsageError`] as a report.
+pub fn usage(message: impl Into<String>, help: Option<String>) -> Report {
+    Report::new(UsageError {
+        message: message.into(),
+        help,
+    })
+}
+
 /// Loads, validates and plans a manifest (no store needed; under early cutoff the
 /// steps after an unbuilt dataset have provisional keys).
 pub fn load_plan(path: &Path, registry: &Registry, hashes: &HashCache) -> Result<Plan, Report> {

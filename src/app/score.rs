@@ -62,6 +62,24 @@ impl RouterChoice {
         }
     }
 
+    /// Whether this router can take `experts` experts and `gates` gate files given by
+    /// hand: a flag combination that cannot run, said before anything is loaded (a
+    /// usage error of the command line).
+    pub fn takes(&self, experts: usize, gates: usize) -> std::result::Result<(), String> {
+        match (self, experts) {
+            (RouterChoice::Single, _) if gates > 0 => Err(
+                "--gates given, and --router single runs each expert's LoRA alone (a gate is a router, never applied): pass --router gated, or a routed method such as phatgoose".into(),
+            ),
+            (RouterChoice::Single, n) if n > 1 => Err(format!(
+                "--router single runs one expert's LoRA alone, and {n} experts were given; pass a router that combines them (--router phatgoose, merged or arrow), or one expert"
+            )),
+            (RouterChoice::Gated, n) if n > 1 => Err(format!(
+                "--router gated takes one expert, {n} were given; pass --router phatgoose or merged"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             RouterChoice::Single => "single",
@@ -269,12 +287,11 @@ pub fn adapters_for(
                 experts[0].name
             ))),
         },
-        (RouterChoice::Single, n) => Err(ModelError::Input(format!(
-            "--router single runs one expert's LoRA alone, and {n} experts were given; pass a router that combines them (--router phatgoose, merged or arrow), or one expert"
-        ))),
-        (RouterChoice::Gated, n) => Err(ModelError::Input(format!(
-            "--router gated takes one expert, {n} were given; pass --router phatgoose or merged"
-        ))),
+        (RouterChoice::Single | RouterChoice::Gated, n) => {
+            Err(ModelError::Input(router.takes(n, 0).err().unwrap_or_else(|| {
+                format!("--router {} takes one expert, {n} were given", router.name())
+            })))
+        }
         (RouterChoice::Method(m), _)
             if m.uses_gates()
                 && let Some(e) = experts.iter().find(|e| !gates.iter().any(|g| g.name == e.name)) =>
@@ -412,12 +429,11 @@ fn pair_gates(
 }
 
 pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
-    // Gate files given by hand and then not used would be a silent no-op.
-    if req.router == RouterChoice::Single && !req.gates.is_empty() {
-        return Err(ModelError::Input(
-            "--gates given, and --router single runs each expert's LoRA alone (a gate is a router, never applied): pass --router gated, or a routed method such as phatgoose".into(),
-        ));
-    }
+    // Gate files given by hand and then not used would be a silent no-op; several
+    // experts for a router of one, an error after loading them all.
+    req.router
+        .takes(req.experts.len(), req.gates.len())
+        .map_err(ModelError::Input)?;
     let device = parse_device(&req.device)?;
     let given = Path::new(&req.model);
     let artifact = store_model_files(given);
