@@ -358,6 +358,11 @@ fn bad_flags_are_clear_errors() {
             "{}",
             text(&out.stderr)
         );
+        // Into a store not made yet: refused before it is made.
+        let fresh = t.path().join("fresh-store");
+        let out = goosepipe(&["run", GOLDEN, "--device", "cuda"], &fresh);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(!fresh.exists(), "the refused run made a store");
     }
     let built = std::fs::read_dir(t.path().join("objects")).map_or(0, |d| d.count());
     assert_eq!(built, 0, "nothing ran");

@@ -410,6 +410,11 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let (path, opts) = (req.manifest, req.opts);
     // From the status check to the last publish, no gc may delete what this run found
     // or built (it waits for a gc that is under way).
+    // Into a store not made yet every step would run: a device that cannot open is
+    // said before the store is made (a mistyped --store left an empty one behind).
+    if !crate::store::identity::is_store(req.store) {
+        device_opens(req)?;
+    }
     let store = open_store(req.store)?;
     let mut read_only = None;
     let _in_use = match store.try_in_use() {
@@ -826,8 +831,16 @@ fn print_finished_results(
 /// model step after the data steps. A run with nothing to do needs no device. Cluster
 /// jobs open theirs on their nodes (the head may run where there is no GPU).
 fn check_device(req: &RunRequest, status: &Status) -> Result<(), Report> {
+    if !status.states.iter().any(|s| s.will_run()) {
+        return Ok(());
+    }
+    device_opens(req)
+}
+
+/// The run's device opens here (the CPU always does; cluster jobs open theirs).
+fn device_opens(req: &RunRequest) -> Result<(), Report> {
     let device = &req.opts.device;
-    if device == "cpu" || !req.executor.runs_steps_here() || !status.states.iter().any(|s| s.will_run()) {
+    if device == "cpu" || !req.executor.runs_steps_here() {
         return Ok(());
     }
     crate::model::device::parse_device(device).map_err(|e| miette!("--device {device}: {e}"))?;
