@@ -834,6 +834,11 @@ expert "sort" model="t" dataset="sort" {
     let mut req = goosepipe::app::score::ScoreRequest::new(base_dir.to_str().unwrap(), "b a c", "a b c");
     req.experts = vec![expert_file];
     let from_export = goosepipe::app::score::score(&req).unwrap();
+    // An exported folder is named by the expert its export recorded, not by the
+    // folder (`sort-peft-KEY` here), as `score --experts DIR` says.
+    let mut named = goosepipe::app::score::ScoreRequest::new(base_dir.to_str().unwrap(), "b a c", "a b c");
+    named.experts = vec![dir.path().join(format!("sort-peft-{}", first.short()))];
+    assert_eq!(goosepipe::app::score::score(&named).unwrap().experts, ["sort"]);
     for folder in [s.files_dir(&model_key), s.object_dir(&model_key)] {
         req.model = folder.to_str().unwrap().to_owned();
         let from_store = goosepipe::app::score::score(&req).unwrap();

@@ -167,15 +167,18 @@ pub struct ScoreReport {
 }
 
 /// An expert given on the command line: a goosepipe expert file (its gates beside it
-/// as `NAME.gates.safetensors`, if there) or a PEFT adapter folder (named after the
-/// folder; gates exported beside it, if there).
+/// as `NAME.gates.safetensors`, if there) or a PEFT adapter folder (named as its
+/// export recorded, else after the folder; gates exported beside it, if there).
 fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::Device) -> Result<Loaded> {
     if peft::is_peft_dir(path) {
-        let name = path
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("adapter")
-            .to_owned();
+        // The expert an export recorded (its phatgoose.json, its weights' metadata),
+        // else the folder's name.
+        let name = peft::recorded_expert(path).unwrap_or_else(|| {
+            path.file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("adapter")
+                .to_owned()
+        });
         let imported = peft::import(path, &name, cfg, device)?;
         let gates = peft::import_gates(path, &name, cfg, device)?;
         return Ok(Loaded {
@@ -262,6 +265,17 @@ fn load_recorded_pool(
         .iter()
         .map(|p| load_expert(p, cfg, device))
         .collect::<Result<Vec<_>>>()?;
+    // Experts are told apart by name (gates are matched to them by it).
+    for (i, a) in loaded.iter().enumerate() {
+        if let Some(j) = loaded[..i].iter().position(|b| b.expert.name == a.expert.name) {
+            return Err(ModelError::Input(format!(
+                "--experts {} and {} are both named `{}` (an expert file's or store step's name, or for an adapter folder the expert its export recorded, else the folder's name): give experts of different names, or copy one to a folder of another name",
+                paths[j].display(),
+                paths[i].display(),
+                a.expert.name
+            )));
+        }
+    }
     let gates = loaded.iter().filter_map(|l| l.gates.clone()).collect();
     let recorded = loaded.iter().map(|l| l.recorded.clone()).collect();
     Ok((loaded.into_iter().map(|l| l.expert).collect(), gates, recorded))
