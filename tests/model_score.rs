@@ -393,4 +393,46 @@ fn special_files_given_as_experts_or_gates_are_refused() {
         err.contains("it is a character device, not a regular file"),
         "{err}"
     );
+    // Inside an adapter folder: a config, weights or gate that is no file is said as
+    // what it is (it was "a folder without adapter_config.json", or no gate at all).
+    let peft = t.path().join("adapter");
+    std::fs::create_dir(&peft).unwrap();
+    std::fs::create_dir(peft.join("adapter_config.json")).unwrap();
+    req.experts = vec![peft.clone()];
+    let err = score(&req).err().expect("refused").to_string();
+    assert!(
+        err.contains("its adapter_config.json is a folder, not a file"),
+        "{err}"
+    );
+    std::fs::remove_dir(peft.join("adapter_config.json")).unwrap();
+    let alpha = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft/alpha");
+    std::fs::copy(
+        alpha.join("adapter_config.json"),
+        peft.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&fifo, peft.join("adapter_model.safetensors")).unwrap();
+    let err = score(&req).err().expect("refused").to_string();
+    assert!(
+        err.contains(
+            "adapter_model.safetensors: it is a FIFO, not a file: the adapter's weights are read from it"
+        ),
+        "{err}"
+    );
+    std::fs::remove_file(peft.join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        alpha.join("adapter_model.safetensors"),
+        peft.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "phatgoose_gates.safetensors",
+        peft.join("phatgoose_gates.safetensors"),
+    )
+    .unwrap();
+    let err = score(&req).err().expect("refused").to_string();
+    assert!(
+        err.contains("phatgoose_gates.safetensors: it is a link that cannot be followed"),
+        "{err}"
+    );
 }

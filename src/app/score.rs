@@ -188,6 +188,13 @@ fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::
         });
     }
     if path.is_dir() {
+        if let Some(why) = peft::not_a_file(&path.join(peft::CONFIG_FILE)) {
+            return Err(ModelError::Input(format!(
+                "{}: its {} {why}",
+                path.display(),
+                peft::CONFIG_FILE
+            )));
+        }
         return Err(ModelError::Input(format!(
             "{} is a folder without {}: an expert is a goosepipe expert file or a PEFT adapter folder",
             path.display(),
