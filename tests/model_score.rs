@@ -393,13 +393,24 @@ fn special_files_given_as_experts_or_gates_are_refused() {
         err.contains("it is a character device, not a regular file"),
         "{err}"
     );
+    // An empty text is not scored (it was: the end-of-sequence token alone).
+    for (input, target) in [("", "y"), ("x", " ")] {
+        let Err(err) = score(&ScoreRequest::new(dir.to_str().unwrap(), input, target)) else {
+            panic!("scored")
+        };
+        assert!(
+            err.to_string().contains("is empty: give the text to score"),
+            "{err}"
+        );
+    }
     // Inside an adapter folder: a config, weights or gate that is no file is said as
     // what it is (it was "a folder without adapter_config.json", or no gate at all).
     let peft = t.path().join("adapter");
     std::fs::create_dir(&peft).unwrap();
     std::fs::create_dir(peft.join("adapter_config.json")).unwrap();
     req.experts = vec![peft.clone()];
-    let err = score(&req).err().expect("refused").to_string();
+    let Err(err) = score(&req) else { panic!("refused") };
+    let err = err.to_string();
     assert!(
         err.contains("its adapter_config.json is a folder, not a file"),
         "{err}"
@@ -412,7 +423,8 @@ fn special_files_given_as_experts_or_gates_are_refused() {
     )
     .unwrap();
     std::os::unix::fs::symlink(&fifo, peft.join("adapter_model.safetensors")).unwrap();
-    let err = score(&req).err().expect("refused").to_string();
+    let Err(err) = score(&req) else { panic!("refused") };
+    let err = err.to_string();
     assert!(
         err.contains(
             "adapter_model.safetensors: it is a FIFO, not a file: the adapter's weights are read from it"
@@ -430,7 +442,8 @@ fn special_files_given_as_experts_or_gates_are_refused() {
         peft.join("phatgoose_gates.safetensors"),
     )
     .unwrap();
-    let err = score(&req).err().expect("refused").to_string();
+    let Err(err) = score(&req) else { panic!("refused") };
+    let err = err.to_string();
     assert!(
         err.contains("phatgoose_gates.safetensors: it is a link that cannot be followed"),
         "{err}"

@@ -450,6 +450,15 @@ fn pair_gates(
 }
 
 pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
+    // An empty text encodes to the end-of-sequence token alone: scored, it reads as
+    // a result about nothing.
+    for (flag, text) in [("--input", &req.input), ("--target", &req.target)] {
+        if text.trim().is_empty() {
+            return Err(ModelError::Input(format!(
+                "{flag} is empty: give the text to score"
+            )));
+        }
+    }
     // Gate files given by hand and then not used would be a silent no-op; several
     // experts for a router of one, an error after loading them all.
     req.router
