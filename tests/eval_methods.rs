@@ -826,7 +826,7 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         "{err}"
     );
     let (code, _, err) = cli(&["report", m, "--examples", "sort", "--format", "csv"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(goosepipe::app::EXIT_USAGE));
     assert!(err.contains("has no CSV form"), "{err}");
 
     // After an edit, before the run: the last run's tables and answers, said to be

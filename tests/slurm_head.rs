@@ -49,6 +49,9 @@ struct FakeSlurm {
     limit: Option<usize>,
     /// The most tasks ever alive at once.
     max_alive: AtomicUsize,
+    /// No controller answers: every submission fails so (counted).
+    unreachable: bool,
+    tried: AtomicUsize,
     /// What `sinfo` would say (None: the scheduler cannot tell).
     partitions: Option<Vec<Partition>>,
     /// Per step id: the pending reason its job is held with, for this many polls.
@@ -71,6 +74,8 @@ impl FakeSlurm {
             polls: AtomicUsize::new(0),
             limit: None,
             max_alive: AtomicUsize::new(0),
+            unreachable: false,
+            tried: AtomicUsize::new(0),
             partitions: None,
             reasons: Mutex::new(HashMap::new()),
         }
@@ -174,6 +179,12 @@ impl FakeSlurm {
 
 impl Scheduler for FakeSlurm {
     fn submit(&self, sub: &Submission) -> Result<String, SchedError> {
+        self.tried.fetch_add(1, Ordering::SeqCst);
+        if self.unreachable {
+            return Err(SchedError::Unreachable(
+                "sbatch cannot reach a Slurm controller: sbatch: fatal: Could not establish a configuration source".into(),
+            ));
+        }
         let mut tasks = self.tasks.lock().unwrap();
         let alive = tasks.values().filter(|t| t.state.alive()).count();
         if self.limit.is_some_and(|l| alive + sub.keys.len() > l) {
@@ -641,6 +652,28 @@ fn max_jobs_caps_what_is_queued_and_a_submit_limit_is_waited_out() {
     assert_eq!(code, 0, "{out}");
     assert!(p.stale(&reg).is_empty());
     assert!(fake.max_alive.load(Ordering::SeqCst) <= 3);
+}
+
+/// A head with no controller to reach says so once, and submits nothing more: it
+/// repeated sbatch's fatal error for every step the run had.
+#[test]
+fn an_unreachable_controller_is_said_once_and_nothing_more_is_submitted() {
+    let (p, reg, _) = setup();
+    let mut fake = FakeSlurm::new(&p, &reg);
+    fake.unreachable = true;
+    let s = SlurmOptions {
+        arrays: false,
+        ..sopts()
+    };
+    let (code, out) = run(&p, &reg, &fake, &RunOptions::default(), s);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fake.tried.load(Ordering::SeqCst), 1, "{out}");
+    assert_eq!(
+        out.matches("Could not establish a configuration source").count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains("nothing more is submitted in this run"), "{out}");
 }
 
 fn node(cpus: u64, memory_mb: u64, gpus: u64) -> NodeShape {

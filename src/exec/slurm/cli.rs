@@ -48,6 +48,20 @@ fn transient(stderr: &str) -> bool {
     .any(|w| s.contains(w))
 }
 
+/// Errors that mean no sbatch here can reach a controller: none configured, or none
+/// answering (still so after the retries of [`transient`]).
+fn unreachable(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "could not establish a configuration source",
+        "unable to contact slurm controller",
+        "unable to establish a connection",
+        "slurm_load_ctl_conf",
+    ]
+    .iter()
+    .any(|w| s.contains(w))
+}
+
 /// Refusals that mean "too many jobs of yours are queued": wait for some to end.
 fn submit_limit(stderr: &str) -> bool {
     ["MaxSubmitJob", "SubmitJobLimit", "job submit limit"]
@@ -270,6 +284,11 @@ impl Scheduler for SlurmCli {
             if !transient(&last) {
                 break;
             }
+        }
+        if unreachable(&last) {
+            return Err(SchedError::Unreachable(format!(
+                "sbatch cannot reach a Slurm controller: {last}"
+            )));
         }
         Err(SchedError::Command(format!("sbatch {}: {last}", args.join(" "))))
     }

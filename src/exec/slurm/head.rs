@@ -148,6 +148,8 @@ struct Head<'a> {
     stop: bool,
     /// The scheduler refused a submission for a per-user limit: no more until a job ends.
     busy: bool,
+    /// Why no controller answers a submission (said once): nothing more is submitted.
+    unreachable: Option<String>,
     counter: usize,
     /// A queued job's pending reason and since when Slurm has given it.
     pending: HashMap<usize, (String, Instant)>,
@@ -262,6 +264,7 @@ pub fn run_slurm(
         },
         stop: false,
         busy: false,
+        unreachable: None,
         counter: 0,
         pending: HashMap::new(),
     };
@@ -668,8 +671,28 @@ impl<'a> Head<'a> {
             throttle: self.sopts.throttle.filter(|_| members.len() > 1),
             extra: self.sopts.extra_sbatch.clone(),
         };
+        if let Some(why) = &self.unreachable {
+            let msg = format!("not submitted: the Slurm controller could not be reached ({why})");
+            for &i in members {
+                self.fail(i, msg.clone());
+            }
+            return;
+        }
         let job = match self.sched.submit(&sub) {
             Ok(j) => j,
+            Err(SchedError::Unreachable(why)) => {
+                // Said once in full, with the first step; what would be submitted
+                // after it is not tried.
+                let first = self.id(members[0]).to_string();
+                self.unreachable = Some(format!("as for {first}"));
+                let msg = format!(
+                    "{why}; nothing more is submitted in this run: check that this machine is a Slurm submit host (SLURM_CONF, `sinfo`), or run with --executor local"
+                );
+                for &i in members {
+                    self.fail(i, msg.clone());
+                }
+                return;
+            }
             Err(SchedError::Busy(why)) if !self.in_flight().is_empty() => {
                 // Our own jobs fill the site's quota: submit again when one ends.
                 self.reporter.note(&format!(

@@ -251,6 +251,10 @@ pub enum SchedError {
     /// The site refuses more jobs for now (MaxSubmitJobs and the like): try later.
     #[error("{0}")]
     Busy(String),
+    /// The controller cannot be reached or configured (after retries): no submission
+    /// will get through, so the head submits nothing more.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 pub trait Scheduler: Send + Sync {
