@@ -1023,6 +1023,21 @@ fn show_by_a_bare_name_refuses_when_several_steps_have_it() {
         "{err}"
     );
     assert!(show(&format!("dataset:{pool}")).is_ok());
+    // So is one whose step shares another's artifact (a twin: the artifact records the
+    // other's name, so only the run's record of names knows it).
+    let seven = store.find("pool:p").unwrap().key.hex()[..7].to_string();
+    p.write(&format!(
+        "{BASE}
+dataset \"{pool}\" hub=\"org/data\" config=\"x\"\ndataset \"{seven}\" hub=\"org/data\" config=\"a\"\n"
+    ));
+    let (code, out) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{out}");
+    let err = show(&seven).unwrap_err();
+    assert!(
+        err.contains(&format!("{seven:?} is both the start of the key"))
+            && err.contains(&format!("the name of dataset:{seven}")),
+        "{err}"
+    );
 }
 
 /// A run started while a gc holds the store waits for the gc, says so, then runs.

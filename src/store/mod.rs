@@ -628,12 +628,22 @@ impl Store {
                 [k] => {
                     // A name may be hex too (`cafe`, `added`): then it is not for us to
                     // pick which was meant.
-                    // Metadata alone (no file sizes checked): only names are compared.
-                    let named = keys.iter().filter(|other| *other != *k).find_map(|other| {
-                        self.meta(other)
-                            .filter(|m| m.spec.name == what)
-                            .map(|m| m.spec.id)
-                    });
+                    // Metadata alone (no file sizes checked): only names are compared;
+                    // then the names a run recorded (a twin or a renamed step is
+                    // there under its own name, not in the artifact's metadata).
+                    let named = keys
+                        .iter()
+                        .filter(|other| *other != *k)
+                        .find_map(|other| {
+                            self.meta(other)
+                                .filter(|m| m.spec.name == what)
+                                .map(|m| m.spec.id)
+                        })
+                        .or_else(|| {
+                            self.named_ids()
+                                .into_iter()
+                                .find(|id| id.split_once(':').is_some_and(|(_, name)| name == what))
+                        });
                     if let Some(id) = named {
                         return Err(format!(
                             "{what:?} is both the start of the key {} and the name of {id}; give the step id ({id}) or more digits of the key",
