@@ -149,28 +149,19 @@ pub fn scan(pickle: &[u8]) -> Result<Scanned, String> {
                 r.line()?;
                 m.push(Item::leaf())?;
             }
-            b'J' => {
-                r.take(4)?;
+            // Integers, floats and extension codes of a fixed width.
+            b'J' | b'K' | b'M' | b'G' | 0x82 | 0x83 | 0x84 => {
+                r.take(match op {
+                    b'K' | 0x82 => 1,
+                    b'M' | 0x83 => 2,
+                    b'J' | 0x84 => 4,
+                    _ => 8,
+                })?;
                 m.push(Item::leaf())?;
             }
-            b'K' => {
-                r.take(1)?;
-                m.push(Item::leaf())?;
-            }
-            b'M' => {
-                r.take(2)?;
-                m.push(Item::leaf())?;
-            }
-            b'G' => {
-                r.take(8)?;
-                m.push(Item::leaf())?;
-            }
-            0x8a => {
-                r.counted(1)?;
-                m.push(Item::leaf())?;
-            }
-            0x8b => {
-                r.counted(4)?;
+            // Long integers of a counted length.
+            0x8a | 0x8b => {
+                r.counted(if op == 0x8a { 1 } else { 4 })?;
                 m.push(Item::leaf())?;
             }
             b'S' | b'V' => {
@@ -298,18 +289,6 @@ pub fn scan(pickle: &[u8]) -> Result<Scanned, String> {
                     .cloned()
                     .ok_or_else(|| format!("reads memo entry {id}, which was never stored"))?;
                 m.push(item)?;
-            }
-            0x82 => {
-                r.take(1)?;
-                m.push(Item::leaf())?;
-            }
-            0x83 => {
-                r.take(2)?;
-                m.push(Item::leaf())?;
-            }
-            0x84 => {
-                r.take(4)?;
-                m.push(Item::leaf())?;
             }
             0x80 => {
                 r.take(1)?;
