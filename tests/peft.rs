@@ -679,7 +679,12 @@ fn an_imported_adapter_with_its_shipped_gate_pools_without_its_data() {
         "expert \"shared\" model=\"t\" peft=\"{}\" peft-gate=#true",
         peft_fixture("alpha").display()
     );
-    let err = plan_err(with(&bare, "\"phatgoose\""));
+    // As one line: the report wraps its message at the terminal's width.
+    let err = plan_err(with(&bare, "\"phatgoose\""))
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(
         err.contains("expert \"shared\" uses the gate its adapter ships, but in the folder")
             && err.contains("there is no phatgoose_gates.safetensors"),
