@@ -111,7 +111,7 @@ fn concurrent_runs_on_one_store_build_each_step_once() {
         let b = s.spawn(|| p.run(&reg, &opts));
         (a.join().unwrap(), b.join().unwrap())
     });
-    assert_eq!((a.0, b.0), (0, 0));
+    assert_eq!((a.0, b.0), (0, 0), "{}\n{}", a.1, b.1);
     // Each run claims only what it built; what it waited for is said to be the other's.
     let built = |out: &str| -> usize {
         match out.lines().find(|l| l.starts_with("done: ")) {

@@ -17,7 +17,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), nanos()));
+    let tmp = dir.join(format!(".{name}.tmp-{}", unique_suffix()));
     // A write cut short (a full disk) leaves no partial file behind.
     let written = (|| {
         let mut f = File::create(&tmp)?;
@@ -33,7 +33,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Whether a file name is a partial write: a checkpoint's `NAME.tmp`,
-/// [`write_atomic`]'s `.NAME.tmp-PID-N` or a name record's `NAME.tmp-PID`, left by a
+/// [`write_atomic`]'s `.NAME.tmp-PID-N-T` or a name record's `NAME.tmp-PID-N-T`, left by a
 /// kill or a full disk.
 pub fn is_partial_write(name: &str) -> bool {
     name.ends_with(".tmp") || name.contains(".tmp-")
@@ -59,6 +59,16 @@ pub fn sync_tree(dir: &Path) -> io::Result<()> {
 }
 
 pub use crate::file_kind::file_kind;
+
+/// A temporary file's suffix no other writer uses at the same time: the process, a
+/// counter of this process's writes, the time. Two threads of one process (two runs
+/// of the library at once) wrote the same `NAME.tmp-PID`, and one's rename found the
+/// other's file gone.
+pub fn unique_suffix() -> String {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}-{}", std::process::id(), nanos())
+}
 
 pub fn nanos() -> u128 {
     std::time::SystemTime::now()

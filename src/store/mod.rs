@@ -571,7 +571,7 @@ impl Store {
         // Renamed into place (never read torn) but not fsynced: an index, rebuilt by
         // the next run; a record lost or damaged by a crash only sends `find` to the
         // metadata scan.
-        let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = p.with_extension(format!("tmp-{}", fsutil::unique_suffix()));
         std::fs::write(&tmp, line.as_bytes())
             .and_then(|()| std::fs::rename(&tmp, &p))
             .inspect_err(|_| {
@@ -785,6 +785,26 @@ pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two runs in one process (threads of a library user, the engine tests) record
+    /// the same names at once: each write has a temporary file of its own (they shared
+    /// `NAME.tmp-PID`, and one's rename found the other's file gone: a failed run).
+    #[test]
+    fn threads_of_one_process_record_one_name_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("s")).unwrap();
+        let keys: Vec<Key> = ["1", "2"].iter().map(|d| d.repeat(64).parse().unwrap()).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for i in 0..300 {
+                        store.record_name("expert:a", &keys[i % 2]).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(store.named("expert:a").is_some());
+    }
 
     #[test]
     fn a_key_s_newest_recipe_replaces_the_one_there() {
