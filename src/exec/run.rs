@@ -818,46 +818,49 @@ pub fn execute(
 /// files are not read again); a folder's files are those its recipe lists (a folder
 /// of more than `MAX_LISTED_FILES` is not listed, and not checked here).
 fn local_files_as_keyed(spec: &StepSpec, store: &Store, when: &str) -> Result<(), StepError> {
+    let locals: Vec<_> = spec
+        .externals
+        .iter()
+        .filter_map(|e| match e {
+            External::Path {
+                path,
+                display,
+                blake3,
+                files,
+                ..
+            } => Some((path, display, blake3, files)),
+            External::Hub { .. } => None,
+        })
+        .collect();
+    // Most steps read no local file: the hash cache is not even opened for them.
+    if locals.is_empty() {
+        return Ok(());
+    }
     let hashes = store.hash_cache();
-    for e in &spec.externals {
-        let External::Path {
-            path,
-            display,
-            blake3,
-            files,
-            ..
-        } = e
-        else {
-            continue;
-        };
+    for (path, display, blake3, files) in locals {
         let root = std::path::Path::new(path);
-        let changed: Vec<(String, String)> = match files {
+        // (file, label, the blake3 the key was computed from): a folder's listed
+        // files, or the file itself (a folder too large to be listed is not checked).
+        let wanted: Vec<(std::path::PathBuf, String, &String)> = match files {
             Some(files) => files
                 .iter()
-                .filter_map(|(rel, want)| {
-                    let now = hashes.file(&root.join(rel)).map(|h| h.to_hex().to_string());
-                    match now {
-                        Ok(h) if h == *want => None,
-                        Ok(h) => Some((format!("{display}/{rel}"), short_hex(&h).to_string())),
-                        Err(e) => Some((format!("{display}/{rel}"), format!("unreadable: {e}"))),
-                    }
-                })
+                .map(|(rel, want)| (root.join(rel), format!("{display}/{rel}"), want))
                 .collect(),
             None if root.is_dir() => vec![],
-            None => match hashes.file(root).map(|h| h.to_hex().to_string()) {
-                Ok(h) if h == *blake3 => vec![],
-                Ok(h) => vec![(display.clone(), short_hex(&h).to_string())],
-                Err(e) => vec![(display.clone(), format!("unreadable: {e}"))],
-            },
+            None => vec![(root.to_path_buf(), display.clone(), blake3)],
         };
+        let changed: Vec<String> = wanted
+            .into_iter()
+            .filter_map(|(file, label, want)| match hashes.file(&file) {
+                Ok(h) if h.to_hex().as_str() == want.as_str() => None,
+                Ok(h) => Some(format!("{label} (now {})", short_hex(h.to_hex().as_str()))),
+                Err(e) => Some(format!("{label} (now unreadable: {e})")),
+            })
+            .collect();
         if !changed.is_empty() {
-            let what: Vec<String> = changed
-                .iter()
-                .map(|(f, now)| format!("{f} (now {now})"))
-                .collect();
             return Err(StepError::msg(format!(
                 "{} changed {when}: the step's key names the content it had when the run planned (blake3 {}); run again to key the step on what it holds now (nothing was published)",
-                what.join(", "),
+                changed.join(", "),
                 short_hex(blake3)
             )));
         }
