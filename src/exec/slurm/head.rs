@@ -632,6 +632,15 @@ impl<'a> Head<'a> {
     }
 
     fn submit(&mut self, members: &[usize], after: &[String]) {
+        // No controller answered an earlier submission: no script is written, no
+        // sbatch tried.
+        if let Some(why) = &self.unreachable {
+            let msg = format!("not submitted: the Slurm controller could not be reached ({why})");
+            for &i in members {
+                self.fail(i, msg.clone());
+            }
+            return;
+        }
         let first = &self.plan.steps[members[0]].spec;
         self.counter += 1;
         let name = if members.len() > 1 {
@@ -671,13 +680,6 @@ impl<'a> Head<'a> {
             throttle: self.sopts.throttle.filter(|_| members.len() > 1),
             extra: self.sopts.extra_sbatch.clone(),
         };
-        if let Some(why) = &self.unreachable {
-            let msg = format!("not submitted: the Slurm controller could not be reached ({why})");
-            for &i in members {
-                self.fail(i, msg.clone());
-            }
-            return;
-        }
         let job = match self.sched.submit(&sub) {
             Ok(j) => j,
             Err(SchedError::Unreachable(why)) => {
