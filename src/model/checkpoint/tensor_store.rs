@@ -62,12 +62,13 @@ impl TensorStore {
             message,
         };
         crate::file_kind::regular_file(path).map_err(|e| ModelError::io(path, e))?;
-        let open = || -> std::result::Result<_, String> {
-            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-            zip::ZipArchive::new(std::io::BufReader::new(file))
-                .map_err(|e| format!("not a PyTorch checkpoint (a zip archive): {e}"))
-        };
-        let mut zip = open().map_err(bad)?;
+        let mut zip = std::fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|file| {
+                zip::ZipArchive::new(std::io::BufReader::new(file))
+                    .map_err(|e| format!("not a PyTorch checkpoint (a zip archive): {e}"))
+            })
+            .map_err(bad)?;
         let pickles: Vec<String> = zip
             .file_names()
             .filter_map(|n| n.ok().map(|n| n.into_owned()))
@@ -105,7 +106,6 @@ impl TensorStore {
             }
             // A tensor claims no more data than its storage holds: a shape of 2^60
             // elements was an allocation that aborted the process.
-            let mut zip = open()?;
             let mut names: Vec<&String> = infos.keys().collect();
             names.sort();
             for name in &names {
