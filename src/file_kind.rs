@@ -49,6 +49,19 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     fs::read(path)
 }
 
+/// What is at `path` when something is there but no regular file a reader can open (a
+/// folder, a FIFO, a link that leads nowhere or in a loop), in words; None when it is a
+/// file, or when nothing is there.
+pub fn not_a_file(path: &Path) -> Option<String> {
+    let link = fs::symlink_metadata(path).ok()?;
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) => Some(format!("is a {}, not a file", file_kind(&m))),
+        Err(e) if link.file_type().is_symlink() => Some(format!("is a link that cannot be followed ({e})")),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
 /// Before a file is written where one may already be (an export into a folder again,
 /// `--force`): a symbolic link there is removed, so the write makes a file of its own
 /// instead of writing through the link into whatever it points at (another export, a

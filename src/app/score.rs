@@ -188,7 +188,7 @@ fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::
         });
     }
     if path.is_dir() {
-        if let Some(why) = peft::not_a_file(&path.join(peft::CONFIG_FILE)) {
+        if let Some(why) = crate::file_kind::not_a_file(&path.join(peft::CONFIG_FILE)) {
             return Err(ModelError::Input(format!(
                 "{}: its {} {why}",
                 path.display(),

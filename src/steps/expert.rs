@@ -377,11 +377,11 @@ fn review_gate(name: &str, params: &serde_json::Value, paths: &LocalPaths) -> Ve
         return found;
     };
     let file = crate::model::checkpoint::peft::GATES_FILE;
-    let why = match std::fs::metadata(dir.abs.join(file)) {
-        Ok(m) if m.is_file() => return found,
-        Ok(m) => format!("{file} is a {}, not a file", crate::file_kind::file_kind(&m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("there is no {file}"),
-        Err(e) => format!("{file} cannot be read: {e}"),
+    let gate = dir.abs.join(file);
+    let why = match crate::file_kind::not_a_file(&gate) {
+        Some(why) => format!("{file} {why}"),
+        None if gate.is_file() => return found,
+        None => format!("there is no {file}"),
     };
     found.push(Review {
         at: "peft-gate".into(),

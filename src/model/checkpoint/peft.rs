@@ -48,19 +48,6 @@ pub fn is_peft_dir(dir: &Path) -> bool {
     dir.is_dir() && dir.join(CONFIG_FILE).is_file()
 }
 
-/// What is at `path` when something is there but no regular file a reader can open (a
-/// folder, a FIFO, a link that leads nowhere or in a loop), in words; None when it is a
-/// file, or when nothing is there.
-pub fn not_a_file(path: &Path) -> Option<String> {
-    let link = std::fs::symlink_metadata(path).ok()?;
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => None,
-        Ok(m) => Some(format!("is a {}, not a file", crate::file_kind::file_kind(&m))),
-        Err(e) if link.file_type().is_symlink() => Some(format!("is a link that cannot be followed ({e})")),
-        Err(e) => Some(format!("cannot be read ({e})")),
-    }
-}
-
 /// What an import read: recorded in the importing step's summary, so a user can see
 /// which configuration the expert came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -276,7 +263,7 @@ fn weights_store(dir: &Path) -> Result<(TensorStore, &'static str)> {
         Ok((TensorStore::pickle(&dir.join(WEIGHTS_PICKLE))?, WEIGHTS_PICKLE))
     } else if let Some((file, why)) = [WEIGHTS_SAFETENSORS, WEIGHTS_PICKLE]
         .into_iter()
-        .find_map(|f| Some((f, not_a_file(&dir.join(f))?)))
+        .find_map(|f| Some((f, crate::file_kind::not_a_file(&dir.join(f))?)))
     {
         Err(bad(
             dir,
@@ -670,7 +657,7 @@ pub fn export(
 pub fn import_gates(dir: &Path, name: &str, cfg: &T5Config, device: &Device) -> Result<Option<GateVectors>> {
     let path = dir.join(GATES_FILE);
     // A gate file that cannot be opened is said, not taken for no gate.
-    if let Some(why) = not_a_file(&path) {
+    if let Some(why) = crate::file_kind::not_a_file(&path) {
         return Err(bad(
             dir,
             GATES_FILE,
