@@ -408,14 +408,14 @@ pub struct RunRequest<'a> {
 /// `goosepipe run --executor ...`.
 pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let (path, opts) = (req.manifest, req.opts);
-    // From the status check to the last publish, no gc may delete what this run found
-    // or built (it waits for a gc that is under way).
     // Into a store not made yet every step would run: a device that cannot open is
     // said before the store is made (a mistyped --store left an empty one behind).
     if !crate::store::identity::is_store(req.store) {
         device_opens(req)?;
     }
     let store = open_store(req.store)?;
+    // From the status check to the last publish, no gc may delete what this run found
+    // or built (it waits for a gc that is under way).
     let mut read_only = None;
     let _in_use = match store.try_in_use() {
         Ok(Some(lock)) => Some(lock),

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::HubError;
 use super::options::HubOptions;
 
 /// The two kinds of repo the cache holds, as its folder names spell them.
@@ -25,11 +24,8 @@ pub(crate) fn repo_folder(cache: &Path, kind: RepoKind, repo: &str) -> PathBuf {
 }
 
 /// The cache folder the options read: theirs, else the hub client's default.
-pub(crate) fn cache_dir(opts: &HubOptions) -> Result<PathBuf, HubError> {
-    if let Some(d) = &opts.cache_dir {
-        return Ok(d.clone());
-    }
-    Ok(hf_hub::resolve_cache_dir())
+pub(crate) fn cache_dir(opts: &HubOptions) -> PathBuf {
+    opts.cache_dir.clone().unwrap_or_else(hf_hub::resolve_cache_dir)
 }
 
 /// A revision that is already a full commit sha.

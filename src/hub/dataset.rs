@@ -193,7 +193,7 @@ pub fn split_files_reporting(
     opts: &HubOptions,
     report: Option<&DownloadReport<'_>>,
 ) -> Result<SplitFiles, HubError> {
-    let cache = cache_dir(opts)?;
+    let cache = cache_dir(opts);
     let pending = pending_marker(&cache, repo, revision, config, split);
     let interrupted = pending.exists();
     let gaps = match cached_or_gaps(&cache, repo, revision, config, split) {

@@ -96,18 +96,20 @@ impl Repo<'_> {
                 if opts.offline {
                     self.offline_gap(opts, &format!("not `{file}`"))
                 } else {
-                    " nor on the hub".to_string()
+                    " nor on the hub".into()
                 }
             ))),
         }
     }
 
     /// Offline, which layer of the cache lacks what was looked for (the repo, the
-    /// ref, the commit's snapshot, or the file in it), as ` at CACHE (offline: ...)`.
+    /// ref, the commit's snapshot, or the file in it), as ` at CACHE (offline: ...)`;
+    /// nothing when the hub was asked too.
     fn offline_gap(&self, opts: &HubOptions, lacking: &str) -> String {
-        let Ok(cache) = cache_dir(opts) else {
-            return " (offline)".to_string();
-        };
+        if !opts.offline {
+            return String::new();
+        }
+        let cache = cache_dir(opts);
         let why = absent_why(
             &cache,
             RepoKind::Model,
@@ -178,11 +180,7 @@ pub fn resolve_model_reporting(
     if !found {
         return Err(HubError::Request(format!(
             "{repo_id}@{revision}: no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE} found{}",
-            if opts.offline {
-                repo.offline_gap(opts, "none of the weights")
-            } else {
-                String::new()
-            }
+            repo.offline_gap(opts, "none of the weights")
         )));
     }
     // The tokenizer is optional (training from scratch has none).
@@ -233,11 +231,7 @@ pub fn resolve_adapter_with(
     }
     Err(HubError::Request(format!(
         "{repo_id}@{revision}: {ADAPTER_CONFIG} but no {ADAPTER_SAFETENSORS} or {ADAPTER_PICKLE}{}",
-        if opts.offline {
-            repo.offline_gap(opts, "none of the adapter's weights")
-        } else {
-            String::new()
-        }
+        repo.offline_gap(opts, "none of the adapter's weights")
     )))
 }
 
