@@ -1170,8 +1170,10 @@ fn eval_results(files: &Path, order: &[String]) -> Result<Option<crate::eval::Re
         return Ok(None);
     };
     r.order_tasks(order);
-    type PerExample = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
-    if let Some(per) = read_record::<PerExample>(files, crate::artifact_files::PER_EXAMPLE_JSON)? {
+    // Per method, per task, the examples' scores (what a study resamples).
+    if let Some(per) =
+        read_record::<crate::eval::study::Replicate>(files, crate::artifact_files::PER_EXAMPLE_JSON)?
+    {
         for tasks in per.values() {
             for (t, rows) in tasks {
                 let n = r.examples.entry(t.clone()).or_default();

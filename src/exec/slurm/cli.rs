@@ -36,30 +36,36 @@ fn text(b: &[u8]) -> String {
 
 /// Errors worth another try: slurmctld busy or restarting.
 fn transient(stderr: &str) -> bool {
-    let s = stderr.to_ascii_lowercase();
-    [
-        "socket timed out",
-        "temporarily unavailable",
-        "unable to contact slurm controller",
-        "slurm_persist_conn",
-        "connection refused",
-    ]
-    .iter()
-    .any(|w| s.contains(w))
+    mentions_any(
+        stderr,
+        &[
+            "socket timed out",
+            "temporarily unavailable",
+            "unable to contact slurm controller",
+            "slurm_persist_conn",
+            "connection refused",
+        ],
+    )
 }
 
 /// Errors that mean no sbatch here can reach a controller: none configured, or none
 /// answering (still so after the retries of [`transient`]).
 fn unreachable(stderr: &str) -> bool {
+    mentions_any(
+        stderr,
+        &[
+            "could not establish a configuration source",
+            "unable to contact slurm controller",
+            "unable to establish a connection",
+            "slurm_load_ctl_conf",
+        ],
+    )
+}
+
+/// Whether a Slurm command's message holds any of `words` (lower case), in any case.
+fn mentions_any(stderr: &str, words: &[&str]) -> bool {
     let s = stderr.to_ascii_lowercase();
-    [
-        "could not establish a configuration source",
-        "unable to contact slurm controller",
-        "unable to establish a connection",
-        "slurm_load_ctl_conf",
-    ]
-    .iter()
-    .any(|w| s.contains(w))
+    words.iter().any(|w| s.contains(w))
 }
 
 /// Refusals that mean "too many jobs of yours are queued": wait for some to end.
