@@ -157,6 +157,72 @@ fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
     );
     // The study's rows in the manifest's task order, as the evals' tables.
     assert!(rep.contains("| method | sort | arrange |"), "{rep}");
+
+    // CSV: the study's records after the evals', under the one header, each mean and
+    // difference with the interval the markdown shows.
+    let mut csv = Vec::new();
+    goosepipe::app::report(
+        &d.path().join("m.kdl"),
+        &d.path().join("store"),
+        &reg,
+        "csv",
+        None,
+        &mut csv,
+    )
+    .unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "step", "task", "metric", "method", "score", "current", "examples", "lo", "hi"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let study_rows: Vec<&csv::StringRecord> = rows.iter().filter(|r| &r[0] == "study:z").collect();
+    // 5 methods x 2 tasks, 5 means, 4 differences.
+    assert_eq!(study_rows.len(), 19, "{csv}");
+    let f = |r: &csv::StringRecord, i: usize| r[i].parse::<f64>().unwrap();
+    for m in ["phatgoose", "base", "merged", "arrow", "oracle"] {
+        let mean = study_rows
+            .iter()
+            .find(|r| &r[1] == "mean" && &r[2] == "mean over tasks and replicates" && &r[3] == m)
+            .unwrap_or_else(|| panic!("{m}: {csv}"));
+        let i = &study["methods"][m];
+        assert!((f(mean, 4) - i["mean"].as_f64().unwrap()).abs() < 1e-6, "{csv}");
+        assert!((f(mean, 7) - i["lo"].as_f64().unwrap()).abs() < 1e-6, "{csv}");
+        assert!((f(mean, 8) - i["hi"].as_f64().unwrap()).abs() < 1e-6, "{csv}");
+        let total: u64 = study["examples"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(mean[6], total.to_string(), "{csv}");
+        let per_task = study_rows
+            .iter()
+            .find(|r| &r[1] == "arrange" && &r[2] == "mean over replicates" && &r[3] == m)
+            .unwrap();
+        assert!((f(per_task, 4) - study["per_task"][m]["arrange"].as_f64().unwrap()).abs() < 1e-6);
+        assert_eq!((&per_task[6], &per_task[7], &per_task[8]), ("24", "", ""));
+        let diff = study_rows
+            .iter()
+            .find(|r| &r[2] == "phatgoose minus" && &r[3] == m);
+        match study["differences"].get(m) {
+            Some(d) => {
+                let diff = diff.unwrap_or_else(|| panic!("{m}: {csv}"));
+                assert!((f(diff, 4) - d["mean"].as_f64().unwrap()).abs() < 1e-6, "{csv}");
+                assert!(f(diff, 7) <= f(diff, 4) && f(diff, 4) <= f(diff, 8), "{csv}");
+            }
+            None => assert!(diff.is_none(), "{csv}"),
+        }
+    }
+    // The evals' records leave the interval empty.
+    assert!(
+        rows.iter()
+            .filter(|r| &r[0] == "eval:e1")
+            .all(|r| r[7].is_empty() && r[8].is_empty())
+    );
 }
 
 #[test]

@@ -185,15 +185,16 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("step,task,metric,method,score,current,examples"),
+        Some("step,task,metric,method,score,current,examples,lo,hi"),
         "{csv}"
     );
     let records: Vec<&str> = lines.collect();
     assert!(!records.is_empty(), "{csv}");
     assert!(
-        records
-            .iter()
-            .all(|l| l.starts_with("eval:held-out,") && l.contains(",true,") && l.split(',').count() == 7),
+        records.iter().all(|l| l.starts_with("eval:held-out,")
+            && l.contains(",true,")
+            && l.ends_with(",,")
+            && l.split(',').count() == 9),
         "{csv}"
     );
     assert!(

@@ -1018,13 +1018,27 @@ pub fn report(
                     Some(v) => json_items.push(v),
                     None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                 },
-                "csv" => {
-                    let _ = writeln!(
-                        notes,
-                        "{}: a study has no CSV form (use --format md or json)",
-                        s.spec.id
-                    );
-                }
+                "csv" => match read_record::<crate::eval::study::StudyResult>(
+                    &files,
+                    crate::steps::study::STUDY_JSON,
+                )
+                .map_err(|e| miette!("{}: {e}", s.spec.id))?
+                {
+                    Some(r) => {
+                        let head = if any {
+                            String::new()
+                        } else {
+                            format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
+                        };
+                        any = true;
+                        let _ = writeln!(
+                            out,
+                            "{head}{}",
+                            r.csv_long(&s.spec.id, spec.key == s.spec.key).trim_end()
+                        );
+                    }
+                    None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
+                },
                 _ => {
                     match headed_markdown(&files, &s.spec.kind, &s.spec.name, &study_task_order(&plan, spec))
                         .map_err(|e| miette!("{}: {e}", s.spec.id))?

@@ -250,6 +250,57 @@ fn resample(scores: &Scores, methods: usize, samples: usize, seed: u64) -> Vec<V
     draws
 }
 
+/// The metric of [`StudyResult::csv_long`]'s per-task records.
+pub const PER_TASK_METRIC: &str = "mean over replicates";
+/// The metric of its mean records (with their interval).
+pub const MEAN_METRIC: &str = "mean over tasks and replicates";
+
+impl StudyResult {
+    /// The study as long records under the report's CSV header
+    /// (`eval::table::LONG_CSV_HEADER`): each method's mean over replicates per task,
+    /// its mean over tasks and replicates with the 95% interval, and the paired
+    /// difference `compare` minus it (metric `COMPARE minus`, the markdown table's
+    /// heading) with its interval. Scores are fractions, as the evals' records. The
+    /// per-replicate means are the replicate evals' own `mean` records.
+    pub fn csv_long(&self, step: &str, current: bool) -> String {
+        use crate::eval::table::csv_field;
+        let mut out = String::new();
+        let mut record =
+            |task: &str, metric: &str, method: &str, score: f64, n: Option<usize>, ci: Option<&Interval>| {
+                let fields = [step, task, metric, method].map(csv_field);
+                let n = n.map(|n| n.to_string()).unwrap_or_default();
+                let ci = ci
+                    .map(|i| format!("{:.6},{:.6}", i.lo, i.hi))
+                    .unwrap_or_else(|| ",".into());
+                let _ = writeln!(out, "{},{score:.6},{current},{n},{ci}", fields.join(","));
+            };
+        for t in &self.tasks {
+            for m in &self.order {
+                if let Some(&x) = self.per_task.get(m).and_then(|p| p.get(t)) {
+                    record(t, PER_TASK_METRIC, m, x, self.examples.get(t).copied(), None);
+                }
+            }
+        }
+        let total = self
+            .tasks
+            .iter()
+            .map(|t| self.examples.get(t))
+            .sum::<Option<usize>>();
+        for m in &self.order {
+            if let Some(i) = self.methods.get(m) {
+                record("mean", MEAN_METRIC, m, i.mean, total, Some(i));
+            }
+        }
+        let minus = format!("{} minus", self.compare);
+        for m in &self.order {
+            if let Some(d) = self.differences.get(m) {
+                record("mean", &minus, m, d.mean, total, Some(d));
+            }
+        }
+        out
+    }
+}
+
 /// The study as markdown (scores in percent).
 pub fn markdown(title: &str, r: &StudyResult) -> String {
     let mut out = String::new();

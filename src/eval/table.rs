@@ -156,7 +156,7 @@ impl Results {
         let mut record = |task: &str, metric: &str, method: &str, score: f64, n: Option<usize>| {
             let fields = [step, task, metric, method].map(csv_field);
             let n = n.map(|n| n.to_string()).unwrap_or_default();
-            let _ = writeln!(out, "{},{score:.6},{current},{n}", fields.join(","));
+            let _ = writeln!(out, "{},{score:.6},{current},{n},,", fields.join(","));
         };
         for t in &self.tasks {
             let metric = self.metrics.get(t).map(String::as_str).unwrap_or("");
@@ -184,8 +184,10 @@ impl Results {
 /// The metric of [`Results::csv_long`]'s mean records: not a task metric's name.
 pub const MEAN_METRIC: &str = "mean over tasks";
 
-/// The columns of [`Results::csv_long`] (`examples` empty where not known).
-pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score,current,examples";
+/// The columns of [`Results::csv_long`] (`examples` empty where not known) and of a
+/// study's (`eval::study::StudyResult::csv_long`): `lo` and `hi`, a 95% interval, only
+/// a study's records fill; an eval's leave them empty.
+pub const LONG_CSV_HEADER: &str = "step,task,metric,method,score,current,examples,lo,hi";
 
 /// A CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a
 /// comma, a quote or a line break; as it is otherwise, so plain names read the same.
