@@ -154,6 +154,16 @@ fn an_adapter_on_a_subset_exports_a_regex_that_selects_exactly_it() {
     assert_eq!(config["target_modules"], serde_json::json!(["q", "v"]));
     let back = peft::import(dir.path(), "attention", &cfg, &Device::Cpu).unwrap();
     assert_eq!(back.expert.modules.len(), 12);
+    // Without `target_modules` PEFT adapts T5's q and v: such a config reads the same.
+    let mut unset = config.clone();
+    unset.as_object_mut().unwrap().remove("target_modules");
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        serde_json::to_vec(&unset).unwrap(),
+    )
+    .unwrap();
+    let same = peft::import(dir.path(), "attention", &cfg, &Device::Cpu).unwrap();
+    assert_eq!(same.expert.modules.len(), 12);
     let a = with_adapters(AdapterSet::from_lora(&imp.expert));
     let b = with_adapters(AdapterSet::from_lora(&back.expert));
     assert!(max_abs_diff(&a, &b) < 1e-6);
@@ -288,6 +298,13 @@ fn unsupported_configurations_are_refused_naming_the_field() {
             "target_modules",
             Box::new(|c| c["target_modules"] = serde_json::json!(["q"])),
             &["`target_modules`", "does not select"],
+        ),
+        (
+            "target_modules not set (it selected every module; PEFT's T5 default is q and v)",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("target_modules");
+            }),
+            &["`target_modules` (not set, so PEFT's default for T5: [\"q\",\"v\"]) does not select"],
         ),
         (
             "target_modules of another type (it selected every module)",

@@ -216,11 +216,30 @@ fn read_config(dir: &Path) -> Result<Config> {
     })
 }
 
+/// PEFT's `target_modules` for a T5 when a config does not set it
+/// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING["t5"]`).
+const T5_DEFAULT_TARGETS: [&str; 2] = ["q", "v"];
+
+/// `target_modules` as an error says it.
+fn targets_said(target_modules: &Value) -> String {
+    match target_modules {
+        Value::Null => format!(
+            "not set, so PEFT's default for T5: {}",
+            serde_json::json!(T5_DEFAULT_TARGETS)
+        ),
+        v => v.to_string(),
+    }
+}
+
 /// Whether PEFT's `target_modules` selects `module` (a list: the name or its last
 /// segments; a string: a regex that must match the whole name; `all-linear`: every
 /// linear but the output layer).
 fn targets(target_modules: &Value, module: &str, regex: &Option<regex::Regex>) -> bool {
     match target_modules {
+        // Not set: PEFT takes its default for the model type, for T5 (and mT5) q and v.
+        Value::Null => T5_DEFAULT_TARGETS
+            .iter()
+            .any(|t| module.ends_with(&format!(".{t}"))),
         Value::Array(list) => list
             .iter()
             .filter_map(Value::as_str)
@@ -409,7 +428,7 @@ impl Reading<'_> {
                     file,
                     format!(
                         "tensor `{tensor}` adapts `{module}`, which `target_modules` ({}) does not select",
-                        self.conf.target_modules
+                        targets_said(&self.conf.target_modules)
                     ),
                 ));
             }
