@@ -62,6 +62,17 @@ pub fn not_a_file(path: &Path) -> Option<String> {
     }
 }
 
+/// Where a folder is to be made at `dir` (an export, plots): the nearest of `dir` and
+/// the folders above it that exists and is no folder (a file, a FIFO), with what it
+/// is, so the refusal names it rather than the folder below it that could not be made.
+pub fn not_a_folder_on_the_way(dir: &Path) -> Option<(&Path, &'static str)> {
+    dir.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find_map(|a| fs::metadata(a).ok().map(|m| (a, m)))
+        .filter(|(_, m)| !m.is_dir())
+        .map(|(a, m)| (a, file_kind(&m)))
+}
+
 /// Before a file is written where one may already be (an export into a folder again,
 /// `--force`): a symbolic link there is removed, so the write makes a file of its own
 /// instead of writing through the link into whatever it points at (another export, a
@@ -77,6 +88,26 @@ pub fn unlink_symlink(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_in_the_way_of_a_folder_is_the_one_named() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("afile");
+        fs::write(&file, "").unwrap();
+        assert_eq!(
+            not_a_folder_on_the_way(&file.join("sub/deeper")),
+            Some((file.as_path(), "regular file"))
+        );
+        assert_eq!(
+            not_a_folder_on_the_way(&file),
+            Some((file.as_path(), "regular file"))
+        );
+        assert_eq!(not_a_folder_on_the_way(&d.path().join("new/sub")), None);
+        assert_eq!(
+            not_a_folder_on_the_way(Path::new("relative-that-is-not-here")),
+            None
+        );
+    }
 
     #[test]
     fn special_files_are_named_and_refused() {

@@ -950,6 +950,71 @@ expert "sort" model="t" dataset="sort" {
         "{err}"
     );
 
+    // A file named as a step id in the working folder does not take the step's place
+    // (it did: `export expert:sort` read the file as an expert file and asked for
+    // --model; `score` scored it): the id is read, and the file said.
+    std::fs::write(dir.path().join("expert:sort"), "not an expert").unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(args)
+            .args(["--store", "store"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        // One line: miette wraps reports at the terminal's width.
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+        (out.status.code(), said)
+    };
+    let (code, said) = cli(&["export", "expert:sort", "shadowed"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("exported expert:sort with its gate gate:sort")
+            && said.contains(
+                "expert:sort was read as a step id; the regular file of that name here is ./expert:sort"
+            ),
+        "{said}"
+    );
+    let (code, said) = cli(&[
+        "score",
+        "--model",
+        "model:t",
+        "--experts",
+        "expert:sort",
+        "--input",
+        "b a c",
+        "--target",
+        "a b c",
+    ]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(
+            "expert:sort was read as a step id; the regular file of that name here is ./expert:sort"
+        ),
+        "{said}"
+    );
+    // A file where the export's folder would go is named (it was the base-model
+    // folder below it, "Not a directory").
+    let (code, said) = cli(&["export", "expert:sort", "expert:sort/sub"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(
+            "export expert:sort: expert:sort is a regular file, not a folder; give a folder to export into"
+        ),
+        "{said}"
+    );
+    // Given as ./expert:sort it is the file, and said as what it is not.
+    let (code, said) = cli(&["export", "./expert:sort", "as-file"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("is an expert file: export needs --model"), "{said}");
+
     // A model step exports as an HF checkpoint folder.
     let m = dir.path().join("model");
     goosepipe::app::export("model:t", None, &m, &store, false, &mut Vec::new()).unwrap();

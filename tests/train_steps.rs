@@ -330,6 +330,26 @@ fn report_draws_routing_heatmaps_and_score_charts() {
     }
     assert!(routing.get("merged").is_none() && routing.get("base").is_none());
 
+    // A file where the plots' folder would go is named, not the folder below it.
+    let in_the_way = t.path().join("a-file");
+    std::fs::write(&in_the_way, "").unwrap();
+    let err = goosepipe::app::report(
+        &t.path().join("micro.kdl"),
+        &t.path().join("store"),
+        &reg,
+        "md",
+        Some(&in_the_way.join("plots")),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "report --plots: {} is a regular file, not a folder; give a folder to draw the plots into",
+            in_the_way.display()
+        )
+    );
+
     let plots = t.path().join("plots");
     let mut out = Vec::new();
     let code = goosepipe::app::report(

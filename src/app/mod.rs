@@ -916,6 +916,14 @@ pub fn report(
             inside.display()
         ));
     }
+    if let Some(dir) = plots
+        && let Some((there, kind)) = crate::file_kind::not_a_folder_on_the_way(dir)
+    {
+        return Err(miette!(
+            "report --plots: {} is a {kind}, not a folder; give a folder to draw the plots into",
+            there.display()
+        ));
+    }
     let (plan, status, lock) = plan_in_store(path, &store, registry, false)?;
     // Early cutoff: an eval after a dataset edited since the last run (not rebuilt
     // yet) has a provisional key; its results are most likely those under the key the
@@ -1397,10 +1405,10 @@ pub fn export(
     force: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Report> {
-    if dir.exists() && !dir.is_dir() {
+    if let Some((there, kind)) = crate::file_kind::not_a_folder_on_the_way(dir) {
         return Err(miette!(
-            "export {what}: {} exists and is not a folder; give a folder to export into",
-            dir.display()
+            "export {what}: {} is a {kind}, not a folder; give a folder to export into",
+            there.display()
         ));
     }
     // Into a store's own folders (`show --path` of an artifact), --force wrote over
@@ -1431,7 +1439,13 @@ pub fn export(
         }
     }
     let as_file = Path::new(what);
-    let done = if as_file.is_file() {
+    // `KIND:NAME` is a step id, even where a file of that name is here (it is
+    // `./KIND:NAME`): which one a command reads must not depend on the working folder.
+    let id_form = ["expert", "gate", "model"]
+        .iter()
+        .any(|k| crate::store::spec::member_of(what, k).is_some());
+    let shadowed = id_form && as_file.exists();
+    let done = if as_file.is_file() && !id_form {
         let model = model.ok_or_else(|| {
             miette!(
                 help = format!(
@@ -1454,6 +1468,12 @@ pub fn export(
                 && let Some(note) = last_run_note(&store, what, &meta)
             {
                 done.notes.push(note);
+            }
+            if shadowed {
+                done.notes.push(format!(
+                    "{what} was read as a step id; the {} of that name here is ./{what}",
+                    std::fs::metadata(as_file).map_or("entry", |m| crate::file_kind::file_kind(&m))
+                ));
             }
             done
         })

@@ -609,7 +609,9 @@ pub fn resolve_step_ids(
 ) -> std::result::Result<Vec<String>, String> {
     use crate::artifact_files::{EXPERT_FILE, GATES_FILE};
     use crate::store::spec::{member_of, step_id};
-    let is_id = |value: &str, kind: &str| member_of(value, kind).is_some() && !Path::new(value).exists();
+    // `KIND:NAME` is a step id, even where a file of that name is here (it is
+    // `./KIND:NAME`): which one is scored must not depend on the working folder.
+    let is_id = |value: &str, kind: &str| member_of(value, kind).is_some();
     // Neither a folder nor `org/name` nor a step id: most often a model step's bare name.
     if !req.model.contains(['/', ':']) && !Path::new(&req.model).exists() {
         return Err(format!(
@@ -659,6 +661,27 @@ pub fn resolve_step_ids(
     // Taken by metadata where the store holds several builds of the id (earlier
     // settings): the newest, said in a note as `show` says it.
     let notes = std::cell::RefCell::new(Vec::new());
+    for (value, kind) in std::iter::once((req.model.clone(), "model"))
+        .chain(
+            req.experts
+                .iter()
+                .map(|e| (e.to_string_lossy().into_owned(), "expert")),
+        )
+        .chain(
+            req.gates
+                .iter()
+                .map(|g| (g.to_string_lossy().into_owned(), "gate")),
+        )
+    {
+        if is_id(&value, kind)
+            && let Ok(m) = std::fs::metadata(&value)
+        {
+            notes.borrow_mut().push(format!(
+                "{value} was read as a step id; the {} of that name here is ./{value}",
+                crate::file_kind::file_kind(&m)
+            ));
+        }
+    }
     let built = |id: &str| -> Option<crate::store::Key> {
         store.named(id).or_else(|| {
             let m = store.find(id).ok().filter(|m| m.spec.id == id)?;
