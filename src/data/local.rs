@@ -48,7 +48,9 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
         })?;
         text_of(v).ok_or_else(|| {
             let kind = match v {
-                serde_json::Value::Null => "null",
+                // JSON's null, an empty parquet/Arrow cell, and a float NaN (pandas'
+                // missing value, which JSON cannot hold) all read as null.
+                serde_json::Value::Null => "empty (null, a missing value, or a float NaN)",
                 serde_json::Value::Array(_) => "a list",
                 serde_json::Value::Object(_) => "an object",
                 _ => "not text",
@@ -180,6 +182,14 @@ mod tests {
         assert!(
             err.ends_with("its columns look tab-separated: name the file .tsv)"),
             "{err}"
+        );
+        // A missing value (null; a float NaN of a parquet file reads so) is said as one.
+        let mut row = Row::new();
+        row.insert("q".into(), serde_json::json!("x"));
+        row.insert("a".into(), serde_json::json!(f64::NAN));
+        assert_eq!(
+            map_row(&row, &f).unwrap_err(),
+            "field \"a\" is empty (null, a missing value, or a float NaN), not text"
         );
         std::fs::write(&p, "{\"q\": \"2+2\", \"a\": 4, \"opts\": [\"3\", \"4\"]}\n").unwrap();
         let ex = read_jsonl_mapped(&p, &f).unwrap();
