@@ -197,6 +197,13 @@ fn parquet_value(f: &parquet::record::Field) -> Result<serde_json::Value, String
     Ok(match f {
         F::Bytes(b) => J::from(utf8_text(b.data())?),
         F::Float(x) => shortest_f32(*x),
+        // Dates and times in the parquet crate's own text, checked (its rendering
+        // panics on a date or instant outside chrono's range).
+        F::Date(d) => J::from(date_text(i64::from(*d))?),
+        F::TimestampMillis(t) => J::from(instant_text(*t, Unit::Milli)?),
+        F::TimestampMicros(t) => J::from(instant_text(*t, Unit::Micro)?),
+        F::TimeMillis(t) => J::from(time_of_day_text(i64::from(*t), Unit::Milli)?),
+        F::TimeMicros(t) => J::from(time_of_day_text(*t, Unit::Micro)?),
         F::Group(row) => J::Object(
             row.get_column_iter()
                 .map(|(k, v)| Ok((k.clone(), parquet_value(v)?)))
@@ -205,6 +212,95 @@ fn parquet_value(f: &parquet::record::Field) -> Result<serde_json::Value, String
         F::ListInternal(l) => J::Array(l.elements().iter().map(parquet_value).collect::<Result<_, _>>()?),
         other => other.to_json_value(),
     })
+}
+
+/// The unit of a time value, with how many decimals of a second its text shows (the
+/// parquet crate's: 3 for milliseconds, 6 for microseconds; seconds as milliseconds).
+#[derive(Clone, Copy)]
+enum Unit {
+    Second,
+    Milli,
+    Micro,
+    Nano,
+}
+
+impl Unit {
+    fn per_second(self) -> i64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Milli => 1_000,
+            Unit::Micro => 1_000_000,
+            Unit::Nano => 1_000_000_000,
+        }
+    }
+
+    fn decimals(self) -> usize {
+        match self {
+            Unit::Second | Unit::Milli => 3,
+            Unit::Micro => 6,
+            Unit::Nano => 9,
+        }
+    }
+
+    fn of(unit: &arrow_schema::TimeUnit) -> Unit {
+        match unit {
+            arrow_schema::TimeUnit::Second => Unit::Second,
+            arrow_schema::TimeUnit::Millisecond => Unit::Milli,
+            arrow_schema::TimeUnit::Microsecond => Unit::Micro,
+            arrow_schema::TimeUnit::Nanosecond => Unit::Nano,
+        }
+    }
+}
+
+/// Days since 1970-01-01 as `YYYY-MM-DD`.
+fn date_text(days: i64) -> Result<String, String> {
+    days.checked_mul(86_400)
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .ok_or_else(|| {
+            format!("a date {days} days from 1970-01-01, outside the calendar dates can be written in")
+        })
+}
+
+/// An instant since the epoch, in UTC, as `YYYY-MM-DD HH:MM:SS.fff +00:00`.
+fn instant_text(value: i64, unit: Unit) -> Result<String, String> {
+    let per = unit.per_second();
+    let (secs, frac) = (value.div_euclid(per), value.rem_euclid(per));
+    let nanos = frac * (1_000_000_000 / per);
+    chrono::DateTime::from_timestamp(secs, nanos as u32)
+        .map(|t| {
+            let fraction = format!("{:09}", t.timestamp_subsec_nanos());
+            format!(
+                "{}.{} +00:00",
+                t.format("%Y-%m-%d %H:%M:%S"),
+                &fraction[..unit.decimals()]
+            )
+        })
+        .ok_or_else(|| {
+            format!(
+                "a timestamp {value} ({} per second) outside the dates that can be written",
+                per
+            )
+        })
+}
+
+/// A time since midnight as `HH:MM:SS.fff`.
+fn time_of_day_text(value: i64, unit: Unit) -> Result<String, String> {
+    let per = unit.per_second();
+    if !(0..86_400 * per).contains(&value) {
+        return Err(format!(
+            "a time of day {value} ({per} per second) that is not within one day"
+        ));
+    }
+    let secs = value / per;
+    let fraction = format!("{:09}", (value % per) * (1_000_000_000 / per));
+    Ok(format!(
+        "{:02}:{:02}:{:02}.{}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        &fraction[..unit.decimals()]
+    ))
 }
 
 /// The key of row `i` of a dictionary column (one value read, not the whole column).
@@ -277,6 +373,42 @@ fn arrow_value(col: &dyn arrow_array::Array, i: usize) -> Result<serde_json::Val
             arrow_value(col.as_any_dictionary().values().as_ref(), k)?
         }
         T::Float64 => J::from(col.as_primitive::<Float64Type>().value(i)),
+        T::Float16 => shortest_f32(col.as_primitive::<Float16Type>().value(i).to_f32()),
+        // Dates, times and decimals as text, as the parquet reader gives them, so one
+        // table as .parquet and as .arrow gives the same examples.
+        T::Date32 => J::from(date_text(i64::from(col.as_primitive::<Date32Type>().value(i)))?),
+        T::Date64 => J::from(date_text(
+            col.as_primitive::<Date64Type>().value(i).div_euclid(86_400_000),
+        )?),
+        T::Timestamp(unit, _) => {
+            let v = match unit {
+                arrow_schema::TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(i),
+                arrow_schema::TimeUnit::Millisecond => {
+                    col.as_primitive::<TimestampMillisecondType>().value(i)
+                }
+                arrow_schema::TimeUnit::Microsecond => {
+                    col.as_primitive::<TimestampMicrosecondType>().value(i)
+                }
+                arrow_schema::TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(i),
+            };
+            J::from(instant_text(v, Unit::of(unit))?)
+        }
+        T::Time32(unit) => {
+            let v = match unit {
+                arrow_schema::TimeUnit::Second => col.as_primitive::<Time32SecondType>().value(i),
+                _ => col.as_primitive::<Time32MillisecondType>().value(i),
+            };
+            J::from(time_of_day_text(i64::from(v), Unit::of(unit))?)
+        }
+        T::Time64(unit) => {
+            let v = match unit {
+                arrow_schema::TimeUnit::Microsecond => col.as_primitive::<Time64MicrosecondType>().value(i),
+                _ => col.as_primitive::<Time64NanosecondType>().value(i),
+            };
+            J::from(time_of_day_text(v, Unit::of(unit))?)
+        }
+        T::Decimal128(_, _) => J::from(col.as_primitive::<Decimal128Type>().value_as_string(i)),
+        T::Decimal256(_, _) => J::from(col.as_primitive::<Decimal256Type>().value_as_string(i)),
         T::List(_) => {
             let l = col.as_list::<i32>().value(i);
             J::Array(
@@ -847,6 +979,95 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Dates, instants, times of day and decimals read as the same text from parquet
+    /// and from Arrow (Arrow refused them: "unsupported Arrow column type"), and a
+    /// date outside the calendar is refused by row and column (the parquet crate's
+    /// own rendering panicked on it, said as a damaged file).
+    #[test]
+    fn dates_times_and_decimals_read_alike_in_parquet_and_arrow() {
+        use arrow_array::{
+            Date32Array, Decimal128Array, Float16Array, Time64MicrosecondArray, TimestampMillisecondArray,
+        };
+        use parquet::data_type::{Int32Type as P32, Int64Type as P64};
+        use parquet::file::writer::SerializedFileWriter;
+        let t = tempfile::tempdir().unwrap();
+        // 2021-03-04, 2021-03-04 05:06:07.089 UTC, 01:02:03.000004, 123.45
+        let (day, instant, time, cents) = (18_690i32, 1_614_834_367_089i64, 3_723_000_004i64, 12_345i32);
+        let write_parquet = |name: &str, day: i32| {
+            let path = t.path().join(name);
+            let schema = Arc::new(
+                parquet::schema::parser::parse_message_type(
+                    "message m { REQUIRED INT32 d (DATE); REQUIRED INT64 ts (TIMESTAMP_MILLIS); REQUIRED INT64 t (TIME_MICROS); REQUIRED INT32 x (DECIMAL(5,2)); }",
+                )
+                .unwrap(),
+            );
+            let mut w =
+                SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, Default::default())
+                    .unwrap();
+            let mut rg = w.next_row_group().unwrap();
+            for col in 0..4 {
+                let mut c = rg.next_column().unwrap().unwrap();
+                match col {
+                    0 => c.typed::<P32>().write_batch(&[day], None, None),
+                    1 => c.typed::<P64>().write_batch(&[instant], None, None),
+                    2 => c.typed::<P64>().write_batch(&[time], None, None),
+                    _ => c.typed::<P32>().write_batch(&[cents], None, None),
+                }
+                .unwrap();
+                c.close().unwrap();
+            }
+            rg.close().unwrap();
+            w.close().unwrap();
+            path
+        };
+        let from_parquet = read_rows(&write_parquet("d.parquet", day)).unwrap();
+        assert_eq!(from_parquet[0]["d"], "2021-03-04");
+        assert_eq!(from_parquet[0]["ts"], "2021-03-04 05:06:07.089 +00:00");
+        assert_eq!(from_parquet[0]["t"], "01:02:03.000004");
+        assert_eq!(from_parquet[0]["x"], "123.45");
+
+        let cols: [(&str, ArrayRef); 5] = [
+            ("d", Arc::new(Date32Array::from(vec![day]))),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![instant]).with_timezone("Europe/Paris")),
+            ),
+            ("t", Arc::new(Time64MicrosecondArray::from(vec![time]))),
+            (
+                "x",
+                Arc::new(
+                    Decimal128Array::from(vec![i128::from(cents)])
+                        .with_precision_and_scale(5, 2)
+                        .unwrap(),
+                ),
+            ),
+            ("h", Arc::new(Float16Array::from(vec![half_of(0.5)]))),
+        ];
+        let b = RecordBatch::try_from_iter(cols).unwrap();
+        let file = t.path().join("d.arrow");
+        let mut w =
+            arrow_ipc::writer::StreamWriter::try_new(std::fs::File::create(&file).unwrap(), &b.schema())
+                .unwrap();
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        let mut from_arrow = read_rows(&file).unwrap();
+        assert_eq!(from_arrow[0].remove("h").unwrap().to_string(), "0.5");
+        assert_eq!(from_arrow, from_parquet);
+
+        // A date past what the calendar holds: said by row and column, not a panic.
+        let err = read_rows(&write_parquet("far.parquet", i32::MAX))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("far.parquet: row 1, column d: a date 2147483647 days from 1970-01-01, outside"),
+            "{err}"
+        );
+    }
+
+    fn half_of(x: f32) -> <arrow_array::types::Float16Type as arrow_array::ArrowPrimitiveType>::Native {
+        <arrow_array::types::Float16Type as arrow_array::ArrowPrimitiveType>::Native::from_f32(x)
     }
 
     /// Binary columns (how many writers store strings) are read as their UTF-8 text
