@@ -217,6 +217,14 @@ fn a_study_ranks_methods_with_intervals_and_the_report_prints_it() {
             None => assert!(diff.is_none(), "{csv}"),
         }
     }
+    // Tasks in the manifest's order, as the markdown (the artifact sorts them).
+    let tasks: Vec<&str> = study_rows
+        .iter()
+        .map(|r| &r[1])
+        .filter(|t| *t != "mean")
+        .collect();
+    assert_eq!(tasks.first(), Some(&"sort"), "{csv}");
+    assert_eq!(tasks.last(), Some(&"arrange"), "{csv}");
     // The evals' records leave the interval empty.
     assert!(
         rows.iter()

@@ -1026,11 +1026,8 @@ pub fn report(
                     Some(v) => json_items.push(v),
                     None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                 },
-                "csv" => match read_record::<crate::eval::study::StudyResult>(
-                    &files,
-                    crate::steps::study::STUDY_JSON,
-                )
-                .map_err(|e| miette!("{}: {e}", s.spec.id))?
+                "csv" => match study_result(&files, &study_task_order(&plan, spec))
+                    .map_err(|e| miette!("{}: {e}", s.spec.id))?
                 {
                     Some(r) => {
                         let head = if any {
@@ -1174,15 +1171,25 @@ pub fn report(
 fn headed_markdown(files: &Path, kind: &str, name: &str, order: &[String]) -> Result<Option<String>, String> {
     Ok(match kind {
         "eval" => eval_results(files, order)?.map(|r| r.markdown(name)),
-        "study" => read_record::<crate::eval::study::StudyResult>(files, crate::steps::study::STUDY_JSON)?
-            .map(|mut r| {
-                // Rows in the manifest's task order (the artifact sorts them).
-                r.tasks
-                    .sort_by_key(|t| order.iter().position(|o| o == t).unwrap_or(usize::MAX));
-                crate::eval::study::markdown(&format!("study {name}"), &r)
-            }),
+        "study" => {
+            study_result(files, order)?.map(|r| crate::eval::study::markdown(&format!("study {name}"), &r))
+        }
         _ => None,
     })
+}
+
+/// A study's result with its tasks in the manifest's order (the artifact sorts them),
+/// as its markdown and CSV show them. None when not built.
+fn study_result(files: &Path, order: &[String]) -> Result<Option<crate::eval::study::StudyResult>, String> {
+    Ok(
+        read_record::<crate::eval::study::StudyResult>(files, crate::steps::study::STUDY_JSON)?.map(
+            |mut r| {
+                r.tasks
+                    .sort_by_key(|t| order.iter().position(|o| o == t).unwrap_or(usize::MAX));
+                r
+            },
+        ),
+    )
 }
 
 /// An eval's results with its rows in the manifest's task order, and how many

@@ -263,16 +263,11 @@ impl StudyResult {
     /// heading) with its interval. Scores are fractions, as the evals' records. The
     /// per-replicate means are the replicate evals' own `mean` records.
     pub fn csv_long(&self, step: &str, current: bool) -> String {
-        use crate::eval::table::csv_field;
         let mut out = String::new();
         let mut record =
             |task: &str, metric: &str, method: &str, score: f64, n: Option<usize>, ci: Option<&Interval>| {
-                let fields = [step, task, metric, method].map(csv_field);
-                let n = n.map(|n| n.to_string()).unwrap_or_default();
-                let ci = ci
-                    .map(|i| format!("{:.6},{:.6}", i.lo, i.hi))
-                    .unwrap_or_else(|| ",".into());
-                let _ = writeln!(out, "{},{score:.6},{current},{n},{ci}", fields.join(","));
+                let ci = ci.map(|i| (i.lo, i.hi));
+                crate::eval::table::long_record(&mut out, [step, task, metric, method], score, current, n, ci)
             };
         for t in &self.tasks {
             for m in &self.order {

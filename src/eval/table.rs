@@ -154,9 +154,7 @@ impl Results {
     pub fn csv_long(&self, step: &str, current: bool) -> String {
         let mut out = String::new();
         let mut record = |task: &str, metric: &str, method: &str, score: f64, n: Option<usize>| {
-            let fields = [step, task, metric, method].map(csv_field);
-            let n = n.map(|n| n.to_string()).unwrap_or_default();
-            let _ = writeln!(out, "{},{score:.6},{current},{n},,", fields.join(","));
+            long_record(&mut out, [step, task, metric, method], score, current, n, None)
         };
         for t in &self.tasks {
             let metric = self.metrics.get(t).map(String::as_str).unwrap_or("");
@@ -179,6 +177,27 @@ impl Results {
         }
         out
     }
+}
+
+/// One record under [`LONG_CSV_HEADER`]: `names` are step, task, metric and method;
+/// `interval` a study's 95% interval (lo, hi), empty for an eval's.
+pub fn long_record(
+    out: &mut String,
+    names: [&str; 4],
+    score: f64,
+    current: bool,
+    examples: Option<usize>,
+    interval: Option<(f64, f64)>,
+) {
+    let n = examples.map(|n| n.to_string()).unwrap_or_default();
+    let ci = interval
+        .map(|(lo, hi)| format!("{lo:.6},{hi:.6}"))
+        .unwrap_or_else(|| ",".into());
+    let _ = writeln!(
+        out,
+        "{},{score:.6},{current},{n},{ci}",
+        names.map(csv_field).join(",")
+    );
 }
 
 /// The metric of [`Results::csv_long`]'s mean records: not a task metric's name.
@@ -245,11 +264,11 @@ mod tests {
         );
         let csv = r.csv_long("eval:e", true);
         assert!(
-            csv.starts_with("eval:e,a,accuracy,base,0.250000,true,20\n"),
+            csv.starts_with("eval:e,a,accuracy,base,0.250000,true,20,,\n"),
             "{csv}"
         );
         assert!(
-            csv.ends_with("eval:e,mean,mean over tasks,phatgoose,0.625000,true,2020\n"),
+            csv.ends_with("eval:e,mean,mean over tasks,phatgoose,0.625000,true,2020,,\n"),
             "{csv}"
         );
     }
@@ -288,7 +307,7 @@ mod tests {
         // Every record starts with the step, the quoted field keeps its line break.
         assert_eq!(
             r.csv_long("eval:e", true),
-            "eval:e,\"two\nlines\",,base,0.500000,true,\neval:e,mean,mean over tasks,base,0.500000,true,\n"
+            "eval:e,\"two\nlines\",,base,0.500000,true,,,\neval:e,mean,mean over tasks,base,0.500000,true,,,\n"
         );
         let md = r.markdown("e");
         assert!(md.contains("| two lines | **50.0** |"), "{md}");
@@ -312,9 +331,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "eval:e,mean,exact-match,base,0.250000,false,",
-                "eval:e,other,,base,0.750000,false,",
-                "eval:e,mean,mean over tasks,base,0.500000,false,",
+                "eval:e,mean,exact-match,base,0.250000,false,,,",
+                "eval:e,other,,base,0.750000,false,,,",
+                "eval:e,mean,mean over tasks,base,0.500000,false,,,",
             ]
         );
     }
