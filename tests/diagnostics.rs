@@ -863,6 +863,18 @@ fn an_included_file_s_defaults_are_overridden_by_the_including_file() {
             && err.contains("sets train.steps in two files included at the same depth"),
         "{err}"
     );
+    // The first setting is in the other file: named by file, line and column, not
+    // drawn on this file's text at that file's offset (it underlined an unrelated line).
+    let one_line = err
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        one_line.contains("same depth (first set here: base.kdl:2:17)") && err.contains("set again here"),
+        "{err}"
+    );
+    assert!(!err.contains("╰── first set here"), "{err}");
     // The including file settles it: its setting overrides both.
     w(
         "m.kdl",

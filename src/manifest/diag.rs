@@ -173,10 +173,27 @@ impl ManifestError {
         self
     }
 
-    /// A secondary label in the same file (e.g. "first defined here"). When it is too
-    /// far from the others to share one excerpt, its line is named in the message.
-    pub fn also(mut self, loc: Loc, label: impl Into<String>) -> Self {
+    /// A secondary label (e.g. "first defined here"). When it is too far from the
+    /// others to share one excerpt, its line is named in the message; when it is in
+    /// another file than the error (a setting of an included file), its file, line
+    /// and column are (a label is drawn on the error's own file's text only).
+    pub fn also(mut self, sources: &Sources, loc: Loc, label: impl Into<String>) -> Self {
         let label = label.into();
+        let file = sources.get(loc.file);
+        if file.display != self.src.name {
+            let lines = file.line_starts();
+            let at = loc.span.offset().min(file.text.len());
+            let line = lines.partition_point(|&s| s <= at).saturating_sub(1);
+            let col = file.text.get(lines[line]..at).map_or(0, |t| t.chars().count());
+            self.message = format!(
+                "{} ({label}: {}:{}:{})",
+                self.message,
+                file.display,
+                line + 1,
+                col + 1
+            );
+            return self;
+        }
         let span = bounded(loc.span);
         let from = self
             .labels

@@ -544,7 +544,7 @@ impl Validator {
                     format!("`defaults` sets {shown} in two files included at the same depth"),
                     "set again here",
                 )
-                .also(*first, "first set here")
+                .also(&self.sources, *first, "first set here")
                 .help("set it in one of them, or in a file nearer the manifest (the including file's defaults override theirs)"),
             );
         }
@@ -606,7 +606,7 @@ impl Validator {
                     format!("a manifest has at most one `{kind}` node")
                 });
                 if prev.file == nloc.file {
-                    e = e.also(prev, "first one here");
+                    e = e.also(&self.sources, prev, "first one here");
                 }
                 self.errors.push(e);
                 return;
@@ -666,7 +666,7 @@ impl Validator {
             );
             if prev.name_loc.file == name_loc.file {
                 e = e
-                    .also(prev.name_loc, "first defined here")
+                    .also(&self.sources, prev.name_loc, "first defined here")
                     .help(format!("rename one of them; {kind} names must be unique"));
             } else {
                 e = e.help(format!(
@@ -1064,7 +1064,7 @@ impl Validator {
         )
         .help(format!("each `{cname}` needs its own name"));
         if let Some(pl) = prev_loc {
-            e = e.also(pl, "first given here");
+            e = e.also(&self.sources, pl, "first given here");
         }
         self.errors.push(e);
         false
