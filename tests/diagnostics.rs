@@ -385,6 +385,59 @@ fn a_model_too_large_for_this_machine_is_a_warning_at_check() {
     );
 }
 
+/// The multitask baseline takes its training from `defaults`: where the pool's experts
+/// set theirs each on their own, it trained silently with the schema's (1000 steps of
+/// 1024 at rank 16 beside experts of 4 steps at rank 2). Said at the eval's method;
+/// seeds that differ between experts, or settings in `defaults`, are not.
+#[test]
+fn a_multitask_baseline_trained_otherwise_than_its_experts_is_a_warning() {
+    let text = |each: &str, lora: &str, defaults: &str| {
+        format!(
+            "dataset \"c\" {{ synthetic task=\"corpus\" examples=100; }}\n\
+             model \"m\" {{ init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }}\n\
+             dataset \"r\" {{ synthetic task=\"reverse\" format=\"choice\" examples=50; }}\n\
+             dataset \"s\" {{ synthetic task=\"sort\" format=\"choice\" examples=50; }}\n\
+             {defaults}\n\
+             expert \"r\" model=\"m\" dataset=\"r\" {{ train {each} seed=1; {lora} }}\n\
+             expert \"s\" model=\"m\" dataset=\"s\" {{ train {each} seed=2; {lora} }}\n\
+             pool \"p\" {{ experts \"r\" \"s\"; }}\n\
+             eval \"e\" pool=\"p\" {{\n    methods \"phatgoose\" \"multitask\"\n    task \"t\" dataset=\"s\"\n}}\n"
+        )
+    };
+    let warnings = |text: String| {
+        let (r, d) = check_text(&[("m.kdl", &text)]);
+        r.unwrap();
+        goosepipe::app::load_plan(
+            &d.path().join("m.kdl"),
+            &goosepipe::steps::registry(),
+            &goosepipe::store::HashCache::in_memory(),
+        )
+        .unwrap()
+        .warnings
+    };
+    let w = warnings(text("steps=4 batch=8 micro-batch=8", "lora rank=2;", ""));
+    let w: Vec<_> = w
+        .iter()
+        .filter(|w| w.code == "plan::multitask-unlike-experts")
+        .collect();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        w[0].message,
+        "eval \"e\": the multitask baseline of pool \"p\" trains otherwise than its experts: train.batch 1024 (theirs 8), train.steps 1000 (theirs 4), lora.rank 16 (theirs 2)"
+    );
+    assert!(w[0].warning);
+    // The same settings in `defaults`: both train alike, nothing said.
+    let w = warnings(text(
+        "",
+        "",
+        "defaults { train steps=4 batch=8 micro-batch=8; lora rank=2; }",
+    ));
+    assert!(
+        w.iter().all(|w| w.code != "plan::multitask-unlike-experts"),
+        "{w:?}"
+    );
+}
+
 /// An included file may not name the pipeline (nor, through it, let the project read
 /// outside its folder).
 #[test]

@@ -220,6 +220,7 @@ pub fn build_with(
     let mut plan = finish(manifest, protos, catalog, outputs)?;
     warnings.extend(same_pool_replicates(&plan));
     warnings.extend(unread_experts(&plan));
+    warnings.extend(multitask_unlike_its_experts(&plan));
     plan.warnings = warnings;
     Ok(plan)
 }
@@ -256,6 +257,84 @@ fn unread_experts(plan: &Plan) -> Vec<ManifestError> {
                 "read by nothing",
             )
             .help("list it in a pool's `experts` (or remove it)")
+            .as_warning(),
+        );
+    }
+    out
+}
+
+/// The multitask baseline has no node of its own: its `lora` and `train` settings are
+/// `defaults`' (else the schema's). Where its pool's experts set theirs on each expert
+/// instead, it trained silently with other settings (1000 steps of 1024 at rank 16
+/// beside experts of 4 steps at rank 2), and a comparison with it meant little. Said
+/// at the eval's `methods` where every trained expert of the pool agrees on a setting
+/// the baseline has otherwise (their seeds are theirs to differ in).
+fn multitask_unlike_its_experts(plan: &Plan) -> Vec<ManifestError> {
+    use crate::store::spec::{member_of, step_id};
+    let mut out = vec![];
+    for mt in plan.steps.iter().filter(|s| s.spec.kind == "multitask") {
+        let Some(pool) = plan.get(&step_id("pool", &mt.spec.name)) else {
+            continue;
+        };
+        let experts: Vec<&serde_json::Value> = pool
+            .spec
+            .inputs
+            .iter()
+            .filter(|i| member_of(&i.role, "expert").is_some())
+            .filter_map(|i| plan.get(&i.id))
+            .map(|e| &e.spec.params)
+            .filter(|p| p.get("train").is_some())
+            .collect();
+        let Some(first) = experts.first() else { continue };
+        let mut unlike = vec![];
+        for group in ["train", "lora"] {
+            let Some(theirs) = first.get(group).and_then(|g| g.as_object()) else {
+                continue;
+            };
+            for (name, value) in theirs {
+                if name == "seed" || experts.iter().any(|e| e[group].get(name) != Some(value)) {
+                    continue;
+                }
+                let own = &mt.spec.params[group][name];
+                if own != value {
+                    unlike.push(format!("{group}.{name} {own} (theirs {value})"));
+                }
+            }
+        }
+        if unlike.is_empty() {
+            continue;
+        }
+        // Said once per pool, at the first eval whose `methods` asks for it.
+        let Some((eval, loc)) = plan
+            .steps
+            .iter()
+            .filter(|s| s.spec.kind == "eval")
+            .find_map(|ev| {
+                ev.spec.inputs.iter().any(|i| i.id == mt.spec.id).then_some(())?;
+                let e = plan.manifest.entity("eval", &ev.spec.name)?;
+                let loc = e
+                    .block
+                    .list("methods")
+                    .iter()
+                    .find_map(|f| (f.value.as_str() == Some("multitask")).then_some(f.loc).flatten());
+                Some((ev.spec.name.clone(), loc.unwrap_or(e.name_loc)))
+            })
+        else {
+            continue;
+        };
+        let shown = crate::plan::listing::first_few(&unlike, 6);
+        out.push(
+            ManifestError::new(
+                &plan.manifest.sources,
+                "plan::multitask-unlike-experts",
+                loc,
+                format!(
+                    "eval \"{eval}\": the multitask baseline of pool \"{}\" trains otherwise than its experts: {shown}",
+                    mt.spec.name
+                ),
+                "trained with `defaults`' settings",
+            )
+            .help("the multitask baseline has no node of its own and takes `lora` and `train` from `defaults` (else the schema's): set what the experts share in `defaults { train ...; lora ... }` instead of on each expert")
             .as_warning(),
         );
     }
