@@ -385,6 +385,61 @@ fn a_model_too_large_for_this_machine_is_a_warning_at_check() {
     );
 }
 
+/// Names that read as another name (blank, white space at an end, bidirectional text
+/// controls that display them reordered) are refused at their node.
+#[test]
+fn names_that_read_as_other_names_are_refused() {
+    for (name, why) in [
+        (" ", "is blank"),
+        ("sort ", "starts or ends with white space"),
+        ("a\\u{202e}b", "contains a bidirectional text control character"),
+    ] {
+        let text = format!("dataset \"{name}\" {{ synthetic task=\"sort\"; }}\n");
+        let (r, _d) = check_text(&[("m.kdl", &text)]);
+        let err = r.unwrap_err();
+        assert!(
+            err.contains("manifest::bad-name") && err.contains(why),
+            "{name:?}: {err}"
+        );
+    }
+}
+
+/// A child of a `defaults` group (`lora { targets ... }`) is said by `explain` to come
+/// from `defaults`, as the group's own settings are (it said "set at" its line, as if
+/// written on the expert).
+#[test]
+fn explain_says_an_inherited_child_setting_comes_from_defaults() {
+    let text = "dataset \"c\" { synthetic task=\"corpus\" examples=100; }\n\
+                model \"m\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\n\
+                dataset \"r\" { synthetic task=\"reverse\" examples=50; }\n\
+                defaults {\n    lora rank=2 {\n        targets \"ffn\"\n    }\n}\n\
+                expert \"r\" model=\"m\" dataset=\"r\"\n";
+    let (r, d) = check_text(&[("m.kdl", text)]);
+    r.unwrap();
+    let mut out = Vec::new();
+    goosepipe::app::explain(
+        &d.path().join("m.kdl"),
+        "expert:r",
+        &d.path().join("store"),
+        &goosepipe::steps::registry(),
+        "cpu",
+        &mut out,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    let line = |p: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("lora.targets").ends_with("from `defaults` at m.kdl:6"),
+        "{out}"
+    );
+    assert!(line("lora.rank").ends_with("from `defaults` at m.kdl:5"), "{out}");
+}
+
 /// The multitask baseline takes its training from `defaults`: where the pool's experts
 /// set theirs each on their own, it trained silently with the schema's (1000 steps of
 /// 1024 at rank 16 beside experts of 4 steps at rank 2). Said at the eval's method;

@@ -1607,8 +1607,34 @@ fn inherit(group: &mut Block, inherited: Option<&Block>) {
     }
     let children = Arc::make_mut(&mut group.children);
     for (k, ch) in inh.children.iter() {
-        children.entry(k.clone()).or_insert_with(|| ch.clone());
+        children.entry(k.clone()).or_insert_with(|| inherited_child(ch));
     }
+}
+
+/// A child of a `defaults` group as a node inherits it: every value in it marked as
+/// from `defaults` (`explain` said "set at" the defaults' line, as if written on the
+/// node, for `lora { targets ... }`).
+fn inherited_child(ch: &Child) -> Child {
+    let mark = |f: &Field| Field {
+        origin: Origin::Defaults,
+        ..f.clone()
+    };
+    match ch {
+        Child::List(items) => Child::List(items.iter().map(mark).collect()),
+        Child::Group(g) => Child::Group(inherited_block(g)),
+        Child::Records(rs) => Child::Records(rs.iter().map(inherited_block).collect()),
+    }
+}
+
+fn inherited_block(b: &Block) -> Block {
+    let mut b = b.clone();
+    for f in Arc::make_mut(&mut b.props).values_mut() {
+        f.origin = Origin::Defaults;
+    }
+    for ch in Arc::make_mut(&mut b.children).values_mut() {
+        *ch = inherited_child(ch);
+    }
+    b
 }
 
 /// Why `name` cannot be used as a name (every name may end up as a file or folder
@@ -1622,6 +1648,17 @@ fn unfit_name(name: &str) -> Option<&'static str> {
         Some("contains `:`, which separates a step's kind from its name")
     } else if name.chars().any(char::is_control) {
         Some("contains a control character")
+    } else if name.trim().is_empty() {
+        Some("is blank")
+    } else if name.trim() != name {
+        // `expert "sort "` beside `expert "sort"`: two steps that read as one.
+        Some("starts or ends with white space")
+    } else if name
+        .chars()
+        .any(|c| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}'))
+    {
+        // Shown reordered on a terminal: the name read is not the name written.
+        Some("contains a bidirectional text control character")
     } else if name.starts_with('.') {
         Some("starts with `.`")
     } else if name.len() > 200 {
