@@ -288,4 +288,31 @@ fn a_study_of_evals_that_are_not_replicates_is_refused() {
         ),
         "{help}"
     );
+
+    // Another top-k, and a pool of another size: another method, not a replicate
+    // (both passed).
+    std::fs::write(
+        d.path().join("m.kdl"),
+        manifest(&format!("    routing top-k=1\n{SAME}")).replacen(
+            "pool \"p2\" { experts \"sort-2\" \"shift-2\"; }",
+            "pool \"p2\" { experts \"sort-2\"; }",
+            1,
+        ),
+    )
+    .unwrap();
+    let err = goosepipe::plan::load(
+        &d.path().join("m.kdl"),
+        &goosepipe::steps::registry(),
+        &goosepipe::store::HashCache::in_memory(),
+    )
+    .unwrap_err();
+    assert_eq!(err.codes(), vec!["manifest::study-mismatch"], "{err:?}");
+    let help = err.errors[0].help.clone().unwrap_or_default();
+    assert!(
+        help.contains("\"e2\" routes with ")
+            && help.contains("top-k=1")
+            && help.contains("top-k=2")
+            && help.ends_with("reads a pool of 1 experts (not 2)"),
+        "{help}"
+    );
 }

@@ -1459,11 +1459,25 @@ impl Lowerer<'_> {
                     )
                 })
                 .join(", ");
+            // And how the routed methods route (a top-k of 1 against 2 is another
+            // method), over a pool of as many experts.
+            let mut routing: Vec<String> = ev
+                .block
+                .group("routing")
+                .map(|g| g.props.iter().map(|(k, f)| format!("{k}={}", f.value)).collect())
+                .unwrap_or_default();
+            routing.sort();
+            let experts = ev
+                .block
+                .str("pool")
+                .map_or(0, |pool| members_of(self.manifest, pool).len());
             let design = Design {
                 tasks,
                 methods: methods.iter().map(|m| m.to_string()).collect(),
                 sampling,
                 limits,
+                routing: routing.join(" "),
+                experts,
             };
             match &first {
                 None => first = Some((name, design)),
@@ -1474,7 +1488,7 @@ impl Lowerer<'_> {
                         format!("eval \"{name}\" is not a replicate of eval \"{fname}\""),
                         "different design",
                         format!(
-                            "a study's evals must have the same tasks (name, dataset, metric), methods, example sampling and length limits; against \"{fname}\", \"{name}\" {}",
+                            "a study's evals must have the same tasks (name, dataset, metric), methods, example sampling, length limits, routing settings and pool size; against \"{fname}\", \"{name}\" {}",
                             fdesign.differences(&design).join("; ")
                         ),
                     );
@@ -1883,6 +1897,10 @@ struct Design {
     methods: Vec<String>,
     sampling: String,
     limits: String,
+    /// The eval's `routing` settings, `name=value` sorted.
+    routing: String,
+    /// How many experts its pool has.
+    experts: usize,
 }
 
 /// The items of `a` that `b` lacks.
@@ -1935,6 +1953,15 @@ impl Design {
         }
         if self.sampling != other.sampling {
             out.push(format!("samples {} (not {})", other.sampling, self.sampling));
+        }
+        if self.routing != other.routing {
+            out.push(format!("routes with {} (not {})", other.routing, self.routing));
+        }
+        if self.experts != other.experts {
+            out.push(format!(
+                "reads a pool of {} experts (not {})",
+                other.experts, self.experts
+            ));
         }
         if self.limits != other.limits {
             out.push(format!("cuts at {} (not {})", other.limits, self.limits));
