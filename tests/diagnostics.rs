@@ -404,6 +404,23 @@ fn names_that_read_as_other_names_are_refused() {
     }
 }
 
+/// A revision of a model that reads nothing from the hub is refused, as an expert's
+/// without peft-hub= is (it was keyed, read by nothing, and rebuilt every step after).
+#[test]
+fn a_model_revision_without_hub_is_refused() {
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        "dataset \"c\" { synthetic task=\"corpus\"; }\n\
+         model \"m\" revision=\"v2\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\n",
+    )]);
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("manifest::revision-without-hub")
+            && err.contains("model \"m\" sets revision= but reads nothing from the hub"),
+        "{err}"
+    );
+}
+
 /// A child of a `defaults` group (`lora { targets ... }`) is said by `explain` to come
 /// from `defaults`, as the group's own settings are (it said "set at" its line, as if
 /// written on the expert).

@@ -991,6 +991,23 @@ impl Lowerer<'_> {
             p.inputs.push((r.path.clone(), step_id(&r.kind, &r.name)));
         }
         self.hub(e, "hub", "model", &mut p);
+        // A revision of nothing from the hub: in the key, read by nothing (every step
+        // after the model rebuilt for it), as an expert's without peft-hub= is refused.
+        if e.block.props.get("hub").is_none()
+            && let Some(f) = e
+                .block
+                .props
+                .get("revision")
+                .filter(|f| f.origin != Origin::Schema)
+        {
+            self.error(
+                "manifest::revision-without-hub",
+                f.loc.unwrap_or(e.name_loc),
+                format!("model \"{}\" sets revision= but reads nothing from the hub", e.name),
+                "only with hub=",
+                "revision= picks the commit of a hub= model; a local folder (path=) or a model the pipeline builds (init) has none: remove it",
+            );
+        }
         p.absorb(c);
         self.review(e, &p);
         self.push(p, &e.name);
