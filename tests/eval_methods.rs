@@ -676,6 +676,53 @@ eval "e" pool="p" {{
     }
 }
 
+/// Inputs and answer choices cut by the eval's length limits are said under the
+/// table (a cut input was silent; choices that read alike only once cut were blamed
+/// on the tokenizer).
+#[test]
+fn cuts_by_the_eval_s_length_limits_are_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.kdl");
+    let cut = ONE_EXPERT.replace(
+        "eval \"good\" pool=\"p\" {",
+        "eval \"good\" pool=\"p\" max-input-len=3 max-target-len=2 {",
+    );
+    assert_ne!(cut, ONE_EXPERT);
+    std::fs::write(&m, cut).unwrap();
+    std::fs::write(
+        dir.path().join("broken.jsonl"),
+        "{\"q\": \"x y\", \"a\": \"y\"}\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(args)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let m = m.to_str().unwrap();
+    let (code, out) = run(&["run", m, "--until", "eval:good", "-q"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (_, table) = run(&["report", m]);
+    assert!(
+        table.contains("8 of 8 examples have inputs longer than max-input-len=3 tokens: they are cut, their end unread (raise max-input-len)"),
+        "{table}"
+    );
+    // Sorted letters start alike: once cut to one token, some choices are one.
+    assert!(
+        table.contains("examples have answer choices that read alike once cut to max-target-len=2 tokens")
+            || table.contains("examples have answer choices longer than max-target-len=2 tokens: each is scored on its first 1"),
+        "{table}"
+    );
+    assert!(!table.contains("read alike to the tokenizer"), "{table}");
+}
+
 /// `report --examples TASK` shows what each method answered, example by example:
 /// the choice it picked (rank classification) or the text it generated, marked as
 /// the eval scored it, so that the count of "right" answers is the table's score.

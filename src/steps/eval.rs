@@ -48,10 +48,12 @@ use crate::store::{Key, StepSpec};
 /// the pool's gate correlation, counting them (they read as correlation 0).
 /// Version 17: `predictions.json`, every example with each method's answer (the
 /// choice picked, the text generated), read by `report --examples`.
+/// Version 18: task notes on inputs cut to `max-input-len`, choices cut to
+/// `max-target-len`, and choices that read alike only once cut (said as the cut's).
 ///
 /// Bump `eval_parts::PART_FORMAT` as well when a change alters any (method, task)
 /// result: scores, routing records, or what a part file holds.
-pub const KIND: Kind = Kind::new("eval", 17, 9, JobDefaults::new(1, 4, "32G", "8:00:00"))
+pub const KIND: Kind = Kind::new("eval", 18, 9, JobDefaults::new(1, 4, "32G", "8:00:00"))
     .with_tables(crate::artifact_files::RESULTS_MD);
 
 pub struct EvalStep {
@@ -685,9 +687,14 @@ impl<'a> EvalRun<'a> {
         let mut notes = BTreeMap::new();
         for t in &self.tasks {
             let (mut unknown, mut alike, mut long) = (UnknownWords::default(), 0, 0);
+            // Inputs cut to max-input-len; choices cut to max-target-len, and those
+            // that read alike only once cut (the cut, not the tokenizer, is the cause).
+            let (mut cut_inputs, mut cut_choices, mut alike_by_cut) = (0, 0, 0);
             for e in &t.examples {
+                let input = encode(tok, &e.input)?;
+                cut_inputs += usize::from(input.len() > t.max_input_len.max(1));
                 if let Some(unk) = unk {
-                    unknown.count(tok, unk, &e.input, &encode(tok, &e.input)?);
+                    unknown.count(tok, unk, &e.input, &input);
                     for c in &e.choices {
                         unknown.count(tok, unk, c, &encode(tok, c)?);
                     }
@@ -696,9 +703,16 @@ impl<'a> EvalRun<'a> {
                     // As scored (cut to max-target-len): two different choices with
                     // the same ids.
                     let ids = t.choice_ids(tok, e, eos)?;
-                    let tied = (0..ids.len())
-                        .any(|i| (0..i).any(|j| ids[i] == ids[j] && e.choices[i] != e.choices[j]));
-                    alike += usize::from(tied);
+                    let whole = encode_choices(tok, &e.choices, eos)?;
+                    let alike_in = |ids: &[Vec<u32>]| {
+                        (0..ids.len())
+                            .any(|i| (0..i).any(|j| ids[i] == ids[j] && e.choices[i] != e.choices[j]))
+                    };
+                    let tied = alike_in(&ids);
+                    let tied_whole = alike_in(&whole);
+                    alike += usize::from(tied && tied_whole);
+                    alike_by_cut += usize::from(tied && !tied_whole);
+                    cut_choices += usize::from(ids.iter().zip(&whole).any(|(c, w)| c.len() < w.len()));
                 } else if t.metric == "exact-match" {
                     let fits = e.accepted().iter().any(|a| {
                         encode(tok, a).is_ok_and(|mut ids| {
@@ -718,9 +732,28 @@ impl<'a> EvalRun<'a> {
             {
                 said.push(u);
             }
+            if cut_inputs > 0 {
+                said.push(format!(
+                    "{cut_inputs} of {n} examples have inputs longer than max-input-len={} tokens: they are cut, their end unread (raise max-input-len)",
+                    t.max_input_len
+                ));
+            }
             if alike > 0 {
                 said.push(format!(
                     "{alike} of {n} examples have answer choices that read alike to the tokenizer (the same token ids): rank classification cannot tell them apart and picks the first listed"
+                ));
+            }
+            if alike_by_cut > 0 {
+                said.push(format!(
+                    "{alike_by_cut} of {n} examples have answer choices that read alike once cut to max-target-len={} tokens: rank classification cannot tell them apart and picks the first listed (raise max-target-len)",
+                    t.max_target_len
+                ));
+            }
+            if cut_choices > alike_by_cut {
+                said.push(format!(
+                    "{cut_choices} of {n} examples have answer choices longer than max-target-len={} tokens: each is scored on its first {} (raise max-target-len)",
+                    t.max_target_len,
+                    t.max_target_len.saturating_sub(1)
                 ));
             }
             if long > 0 {
