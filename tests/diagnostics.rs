@@ -404,6 +404,35 @@ fn names_that_read_as_other_names_are_refused() {
     }
 }
 
+/// A syntax error in an included file is the error said: the references to what that
+/// file defines are not each called undefined ("this manifest defines no dataset; add
+/// `dataset ...`"), which buried it.
+#[test]
+fn a_syntax_error_in_an_included_file_is_not_followed_by_undefined_names() {
+    let (r, _d) = check_text(&[
+        (
+            "m.kdl",
+            "include \"data.kdl\"\n\
+             model \"m\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\n\
+             expert \"r\" model=\"m\" dataset=\"r\"\n\
+             expert \"s\" model=\"m\" dataset=\"nowhere\"\n",
+        ),
+        (
+            "data.kdl",
+            "dataset \"c\" { synthetic task=\"corpus\"; }\ndataset \"r\" { synthetic task=\"reverse\" \n",
+        ),
+    ]);
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("manifest::syntax") && err.contains("data.kdl"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("undefined-reference") && !err.contains("defines no"),
+        "{err}"
+    );
+}
+
 /// A revision of a model that reads nothing from the hub is refused, as an expert's
 /// without peft-hub= is (it was keyed, read by nothing, and rebuilt every step after).
 #[test]

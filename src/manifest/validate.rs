@@ -64,6 +64,7 @@ pub fn load_lenient(path: &Path) -> Result<(Manifest, Vec<ManifestError>), Manif
         include_stack: vec![],
         depths: HashMap::new(),
         refused_names: Default::default(),
+        unparsed: vec![],
     };
     let name = abs
         .file_name()
@@ -204,6 +205,9 @@ struct Validator {
     /// reference to one is not a second error (the node is defined; its name is what
     /// is wrong).
     refused_names: std::collections::HashSet<(String, String)>,
+    /// Included files that could not be parsed: what they define is unknown, so a
+    /// reference to something undefined may be defined there (not a second error).
+    unparsed: Vec<String>,
 }
 
 impl Validator {
@@ -239,6 +243,9 @@ impl Validator {
             Ok(d) => d,
             Err(e) => {
                 self.syntax_errors(id, &e);
+                if self.include_stack.len() > 1 {
+                    self.unparsed.push(self.sources.get(id).display.clone());
+                }
                 self.include_stack.pop();
                 return;
             }
@@ -1267,6 +1274,12 @@ impl Validator {
         for e in entities {
             let spec = self.schema.node(&e.kind).expect("validated kind");
             collect_refs(self.schema, &e.block, spec, &mut refs);
+        }
+        // An included file with syntax errors defines what it defines unseen: a name
+        // not found may be one of them, and "add `dataset ...`" would mislead. Its
+        // syntax errors say what to fix first.
+        if !self.unparsed.is_empty() {
+            return;
         }
         for (kind, name, loc) in refs {
             let known_set = names.get(kind.as_str());
