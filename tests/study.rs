@@ -266,22 +266,24 @@ fn a_study_of_evals_that_are_not_replicates_is_refused() {
     );
 
     // A task on other data, and a method left out, are named as such.
-    std::fs::write(
-        d.path().join("m.kdl"),
+    let refused = |text: String| {
+        std::fs::write(d.path().join("m.kdl"), text).unwrap();
+        let err = goosepipe::plan::load(
+            &d.path().join("m.kdl"),
+            &goosepipe::steps::registry(),
+            &goosepipe::store::HashCache::in_memory(),
+        )
+        .unwrap_err();
+        assert_eq!(err.codes(), vec!["manifest::study-mismatch"], "{err:?}");
+        err.errors[0].help.clone().unwrap_or_default()
+    };
+    let help = refused(
         manifest("    task \"arrange\" dataset=\"arrange\"\n    task \"sort\" dataset=\"shift\"\n").replacen(
             "eval \"e2\" pool=\"p2\" {\n    methods \"phatgoose\" \"base\" \"merged\" \"arrow\" \"oracle\"",
             "eval \"e2\" pool=\"p2\" {\n    methods \"phatgoose\" \"base\" \"merged\" \"oracle\"",
             1,
         ),
-    )
-    .unwrap();
-    let err = goosepipe::plan::load(
-        &d.path().join("m.kdl"),
-        &goosepipe::steps::registry(),
-        &goosepipe::store::HashCache::in_memory(),
-    )
-    .unwrap_err();
-    let help = err.errors[0].help.clone().unwrap_or_default();
+    );
     assert!(
         help.ends_with(
             "\"e2\" has task sort=shift/rank-classification (dataset/metric) where it has sort=sort/rank-classification; has methods phatgoose, base, merged, oracle where it has phatgoose, base, merged, arrow, oracle"
@@ -291,23 +293,11 @@ fn a_study_of_evals_that_are_not_replicates_is_refused() {
 
     // Another top-k, and a pool of another size: another method, not a replicate
     // (both passed).
-    std::fs::write(
-        d.path().join("m.kdl"),
-        manifest(&format!("    routing top-k=1\n{SAME}")).replacen(
-            "pool \"p2\" { experts \"sort-2\" \"shift-2\"; }",
-            "pool \"p2\" { experts \"sort-2\"; }",
-            1,
-        ),
-    )
-    .unwrap();
-    let err = goosepipe::plan::load(
-        &d.path().join("m.kdl"),
-        &goosepipe::steps::registry(),
-        &goosepipe::store::HashCache::in_memory(),
-    )
-    .unwrap_err();
-    assert_eq!(err.codes(), vec!["manifest::study-mismatch"], "{err:?}");
-    let help = err.errors[0].help.clone().unwrap_or_default();
+    let help = refused(manifest(&format!("    routing top-k=1\n{SAME}")).replacen(
+        "pool \"p2\" { experts \"sort-2\" \"shift-2\"; }",
+        "pool \"p2\" { experts \"sort-2\"; }",
+        1,
+    ));
     assert!(
         help.contains("\"e2\" routes with ")
             && help.contains("top-k=1")
