@@ -1030,17 +1030,9 @@ pub fn report(
                     .map_err(|e| miette!("{}: {e}", s.spec.id))?
                 {
                     Some(r) => {
-                        let head = if any {
-                            String::new()
-                        } else {
-                            format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
-                        };
+                        let records = r.csv_long(&s.spec.id, spec.key == s.spec.key);
+                        let _ = writeln!(out, "{}", csv_records(!any, &records));
                         any = true;
-                        let _ = writeln!(
-                            out,
-                            "{head}{}",
-                            r.csv_long(&s.spec.id, spec.key == s.spec.key).trim_end()
-                        );
                     }
                     None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                 },
@@ -1081,17 +1073,9 @@ pub fn report(
         let text = match format {
             // Long records under one header (evals differ in their methods), each
             // starting with its eval's step id.
-            "csv" => results.as_ref().map(|r| {
-                let head = if any {
-                    String::new()
-                } else {
-                    format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
-                };
-                format!(
-                    "{head}{}",
-                    r.csv_long(&s.spec.id, spec.key == s.spec.key).trim_end()
-                )
-            }),
+            "csv" => results
+                .as_ref()
+                .map(|r| csv_records(!any, &r.csv_long(&s.spec.id, spec.key == s.spec.key))),
             _ => results.as_ref().map(|r| r.markdown(&s.spec.name)),
         };
         let Some(text) = text else {
@@ -1176,6 +1160,28 @@ fn headed_markdown(files: &Path, kind: &str, name: &str, order: &[String]) -> Re
         }
         _ => None,
     })
+}
+
+/// `KIND:NAME` on a command line is a step id even where a file or folder of that name
+/// is in the working folder (which one is read must not depend on the folder): the
+/// note that says so, where one is there. The entry itself is `./KIND:NAME`.
+pub(crate) fn shadowed_id_note(id: &str) -> Option<String> {
+    let m = std::fs::metadata(id).ok()?;
+    Some(format!(
+        "{id} was read as a step id; the {} of that name here is ./{id}",
+        crate::file_kind::file_kind(&m)
+    ))
+}
+
+/// A step's long CSV records as `report` prints them: under the one header when they
+/// are the first printed (evals and studies share it).
+fn csv_records(first: bool, records: &str) -> String {
+    let head = if first {
+        format!("{}\n", crate::eval::table::LONG_CSV_HEADER)
+    } else {
+        String::new()
+    };
+    format!("{head}{}", records.trim_end())
 }
 
 /// A study's result with its tasks in the manifest's order (the artifact sorts them),
@@ -1451,7 +1457,7 @@ pub fn export(
     let id_form = ["expert", "gate", "model"]
         .iter()
         .any(|k| crate::store::spec::member_of(what, k).is_some());
-    let shadowed = id_form && as_file.exists();
+    let shadowed = id_form.then(|| shadowed_id_note(what)).flatten();
     let done = if as_file.is_file() && !id_form {
         let model = model.ok_or_else(|| {
             miette!(
@@ -1476,12 +1482,7 @@ pub fn export(
             {
                 done.notes.push(note);
             }
-            if shadowed {
-                done.notes.push(format!(
-                    "{what} was read as a step id; the {} of that name here is ./{what}",
-                    std::fs::metadata(as_file).map_or("entry", |m| crate::file_kind::file_kind(&m))
-                ));
-            }
+            done.notes.extend(shadowed);
             done
         })
     }

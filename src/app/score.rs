@@ -673,13 +673,8 @@ pub fn resolve_step_ids(
                 .map(|g| (g.to_string_lossy().into_owned(), "gate")),
         )
     {
-        if is_id(&value, kind)
-            && let Ok(m) = std::fs::metadata(&value)
-        {
-            notes.borrow_mut().push(format!(
-                "{value} was read as a step id; the {} of that name here is ./{value}",
-                crate::file_kind::file_kind(&m)
-            ));
+        if is_id(&value, kind) {
+            notes.borrow_mut().extend(super::shadowed_id_note(&value));
         }
     }
     let built = |id: &str| -> Option<crate::store::Key> {

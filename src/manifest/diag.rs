@@ -181,17 +181,8 @@ impl ManifestError {
         let label = label.into();
         let file = sources.get(loc.file);
         if file.display != self.src.name {
-            let lines = file.line_starts();
-            let at = loc.span.offset().min(file.text.len());
-            let line = lines.partition_point(|&s| s <= at).saturating_sub(1);
-            let col = file.text.get(lines[line]..at).map_or(0, |t| t.chars().count());
-            self.message = format!(
-                "{} ({label}: {}:{}:{})",
-                self.message,
-                file.display,
-                line + 1,
-                col + 1
-            );
+            let (line, col) = file.line_col(loc.span.offset());
+            self.message = format!("{} ({label}: {}:{line}:{col})", self.message, file.display);
             return self;
         }
         let span = bounded(loc.span);

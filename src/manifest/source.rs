@@ -39,6 +39,16 @@ impl SourceFile {
             .get_or_init(|| Arc::new(line_starts(&self.text)))
             .clone()
     }
+
+    /// The 1-based line and column (in characters) of byte `offset`, as an editor
+    /// counts them.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let lines = self.line_starts();
+        let at = offset.min(self.text.len());
+        let line = lines.partition_point(|&s| s <= at).saturating_sub(1);
+        let col = self.text.get(lines[line]..at).map_or(0, |t| t.chars().count());
+        (line + 1, col + 1)
+    }
 }
 
 /// Byte offsets of the starts of the lines of `text`.

@@ -360,11 +360,7 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
         // file:line of a value's field (in an included file, that file).
         let at = |loc: &crate::manifest::Loc| {
             let f = plan.manifest.sources.get(loc.file);
-            let line = f.text[..loc.span.offset().min(f.text.len())]
-                .matches('\n')
-                .count()
-                + 1;
-            format!("{}:{line}", f.display)
+            format!("{}:{}", f.display, f.line_col(loc.span.offset()).0)
         };
         let origin = match s.origins.get(&path) {
             Some((Origin::Explicit, Some(loc))) => format!("set at {}", at(loc)),

@@ -209,12 +209,16 @@ impl Task {
     /// when cut, as training cuts them.
     fn input_ids(&self, tok: &tokenizers::Tokenizer, e: &Example, eos: u32) -> Result<Vec<u32>, StepError> {
         let mut ids = encode(tok, &e.input)?;
-        let max = self.max_input_len.max(1);
-        if ids.len() > max {
-            ids.truncate(max - 1);
+        if self.cuts_input(ids.len()) {
+            ids.truncate(self.max_input_len.max(1) - 1);
             ids.push(eos);
         }
         Ok(ids)
+    }
+
+    /// Whether an input of `len` tokens is cut to `max_input_len`.
+    fn cuts_input(&self, len: usize) -> bool {
+        len > self.max_input_len.max(1)
     }
 
     /// An example's answer choices as scored, without the EOS scoring appends: cut so
@@ -225,14 +229,14 @@ impl Task {
         e: &Example,
         eos: u32,
     ) -> Result<Vec<Vec<u32>>, StepError> {
+        Ok(self.cut_choices(&encode_choices(tok, &e.choices, eos)?))
+    }
+
+    /// Encoded answer choices (without EOS) as scored: cut so that with EOS they hold
+    /// `max_target_len` tokens.
+    fn cut_choices(&self, whole: &[Vec<u32>]) -> Vec<Vec<u32>> {
         let limit = self.max_target_len.saturating_sub(1);
-        Ok(encode_choices(tok, &e.choices, eos)?
-            .into_iter()
-            .map(|mut c| {
-                c.truncate(limit);
-                c
-            })
-            .collect())
+        whole.iter().map(|c| c[..c.len().min(limit)].to_vec()).collect()
     }
 }
 
@@ -692,7 +696,7 @@ impl<'a> EvalRun<'a> {
             let (mut cut_inputs, mut cut_choices, mut alike_by_cut) = (0, 0, 0);
             for e in &t.examples {
                 let input = encode(tok, &e.input)?;
-                cut_inputs += usize::from(input.len() > t.max_input_len.max(1));
+                cut_inputs += usize::from(t.cuts_input(input.len()));
                 if let Some(unk) = unk {
                     unknown.count(tok, unk, &e.input, &input);
                     for c in &e.choices {
@@ -702,16 +706,16 @@ impl<'a> EvalRun<'a> {
                 if t.metric == "rank-classification" {
                     // As scored (cut to max-target-len): two different choices with
                     // the same ids.
-                    let ids = t.choice_ids(tok, e, eos)?;
                     let whole = encode_choices(tok, &e.choices, eos)?;
+                    let ids = t.cut_choices(&whole);
                     let alike_in = |ids: &[Vec<u32>]| {
                         (0..ids.len())
                             .any(|i| (0..i).any(|j| ids[i] == ids[j] && e.choices[i] != e.choices[j]))
                     };
-                    let tied = alike_in(&ids);
+                    // Alike whole is alike cut too; alike only once cut is the cut's.
                     let tied_whole = alike_in(&whole);
-                    alike += usize::from(tied && tied_whole);
-                    alike_by_cut += usize::from(tied && !tied_whole);
+                    alike += usize::from(tied_whole);
+                    alike_by_cut += usize::from(!tied_whole && alike_in(&ids));
                     cut_choices += usize::from(ids.iter().zip(&whole).any(|(c, w)| c.len() < w.len()));
                 } else if t.metric == "exact-match" {
                     let fits = e.accepted().iter().any(|a| {
