@@ -941,6 +941,7 @@ golden!(
     "manifest::wrong-type",
     "manifest::undefined-reference",
     "manifest::undefined-reference",
+    "manifest::undefined-reference",
     "manifest::out-of-range",
     "manifest::wrong-value"
 );
@@ -1146,5 +1147,36 @@ fn one_fixed_choice_is_an_error_at_the_manifest() {
             && err.contains("1 given")
             && err.contains("m.kdl:2:5"),
         "{err}"
+    );
+}
+
+/// Two tasks of one eval that score the same thing (one dataset and metric, and for
+/// generation one length limit) count twice in the mean over tasks: a warning at the
+/// second one's name; the same dataset under another metric or length limit, none.
+#[test]
+fn a_task_that_scores_what_another_scores_is_a_warning() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100; }\n\
+                dataset \"t\" split=\"test\" { synthetic task=\"sort\" examples=20 format=\"choice\"; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                pool \"p\" { experts \"a\"; }\n\
+                eval \"e\" pool=\"p\" {\n    methods \"base\"\n    task \"one\" dataset=\"t\"\n    task \"two\" dataset=\"t\"\n    \
+                task \"gen\" dataset=\"t\" metric=\"exact-match\" max-new-tokens=8\n    \
+                task \"gen-longer\" dataset=\"t\" metric=\"exact-match\" max-new-tokens=16\n}\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::duplicate-task").count(), 1, "{out}");
+    assert!(
+        out.contains("task \"two\" of eval \"e\" scores what task \"one\" scores (dataset \"t\",")
+            && out.contains("m.kdl:9:10"),
+        "{out}"
+    );
+    let twice = text.replace("max-new-tokens=16", "max-new-tokens=8");
+    let (r, _d) = check_text(&[("m.kdl", &twice)]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::duplicate-task").count(), 2, "{out}");
+    assert!(
+        out.contains("task \"gen-longer\" of eval \"e\" scores what task \"gen\" scores"),
+        "{out}"
     );
 }

@@ -1328,7 +1328,12 @@ impl Validator {
                 else {
                     continue;
                 };
-                let Some(model) = exp.block.str("model") else {
+                // An undefined model is said once, as such, not also as a mix.
+                let Some(model) = exp
+                    .block
+                    .str("model")
+                    .filter(|m| index.contains_key(&("model".to_string(), m.to_string())))
+                else {
                     continue;
                 };
                 match first {

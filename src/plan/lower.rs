@@ -1107,7 +1107,9 @@ impl Lowerer<'_> {
                     "add `keep-values \"A\" \"B\"` inside the node: the values of the field that are kept",
                 )
             };
-            let loc = keep_field.and_then(|f| f.loc).unwrap_or(e.name_loc);
+            // Underlined where the half that is written stands (the list's first value).
+            let written = keep_field.or_else(|| e.block.list("keep-values").first());
+            let loc = written.and_then(|f| f.loc).unwrap_or(e.name_loc);
             self.error(
                 "manifest::keep-field-alone",
                 loc,
@@ -1364,6 +1366,34 @@ impl Lowerer<'_> {
                     "nothing is generated when answer choices are ranked; remove it (changing it still re-scores the task), or set metric=\"exact-match\"",
                 );
             }
+        }
+    }
+
+    /// Two tasks of one eval that score the same thing (one dataset, one metric, and
+    /// for generation one length limit) under two names: the eval scores it twice and
+    /// the mean over tasks counts it twice. Said at the second one.
+    fn duplicate_tasks(&mut self, e: &Entity) {
+        let mut seen: HashMap<(&str, &str, Option<i64>), &str> = HashMap::new();
+        for t in e.block.records("task") {
+            let (Some(data), Some(metric)) = (t.str("dataset"), t.str("metric")) else {
+                continue;
+            };
+            let name = t.arg.as_ref().and_then(|a| a.value.as_str()).unwrap_or_default();
+            let limit = (metric != "rank-classification")
+                .then(|| t.get("max-new-tokens").and_then(Value::as_int))
+                .flatten();
+            let Some(first) = seen.get(&(data, metric, limit)).copied() else {
+                seen.insert((data, metric, limit), name);
+                continue;
+            };
+            let loc = t.arg.as_ref().and_then(|a| a.loc).unwrap_or(e.name_loc);
+            self.warn(
+                "plan::duplicate-task",
+                loc,
+                format!("task \"{name}\" of eval \"{}\" scores what task \"{first}\" scores (dataset \"{data}\", {metric})", e.name),
+                "scored twice",
+                "the mean over tasks counts it twice; remove one, or give it another dataset or metric",
+            );
         }
     }
 
@@ -1680,6 +1710,7 @@ impl Lowerer<'_> {
         }
         self.choice_tasks_have_choices(e);
         self.generation_settings_on_ranked_tasks(e);
+        self.duplicate_tasks(e);
         let methods = self.catalog.methods();
         // A top-k above the pool's size is not an error (every token takes all the
         // experts) but is rarely meant; said where a listed method reads it.
