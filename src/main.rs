@@ -298,6 +298,10 @@ struct ScoreArgs {
     /// Longest input or target scored, in tokens (memory grows with its square).
     #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     max_len: usize,
+    /// Also show where each token is routed: per input token and decoder position,
+    /// the weight each expert gets, averaged over the modules (phatgoose, arrow).
+    #[arg(long)]
+    routing: bool,
     #[arg(long)]
     json: bool,
 }
@@ -693,6 +697,7 @@ fn score_command(args: ScoreArgs, store: &Path, out: &mut Stdout) -> miette::Res
         target,
         device,
         max_len,
+        routing,
         json,
     } = args;
     match goosepipe::app::score::RouterChoice::parse(&router) {
@@ -701,6 +706,9 @@ fn score_command(args: ScoreArgs, store: &Path, out: &mut Stdout) -> miette::Res
             router
                 .takes(experts.len(), gates.len())
                 .map_err(|e| app::usage(e, None))?;
+            if routing {
+                router.traces().map_err(|e| app::usage(e, None))?;
+            }
             let mut req = goosepipe::app::score::ScoreRequest::new(model, input, target);
             req.revision = revision;
             req.experts = experts;
@@ -709,6 +717,7 @@ fn score_command(args: ScoreArgs, store: &Path, out: &mut Stdout) -> miette::Res
             req.top_k = top_k;
             req.device = device;
             req.max_len = max_len;
+            req.routing = routing;
             let notes = goosepipe::app::score::resolve_step_ids(&mut req, store)
                 .map_err(|e| miette::miette!("{e}"))?;
             for note in notes {

@@ -449,3 +449,73 @@ fn special_files_given_as_experts_or_gates_are_refused() {
         "{err}"
     );
 }
+
+/// `score --routing`: each input token and decoder position with the weight every
+/// expert gets, averaged over the modules of its side; the scores themselves are the
+/// same as without it, and a router that routes no token is refused.
+#[test]
+fn score_with_routing_shows_where_each_token_goes() {
+    let dir = fixture("v1_1");
+    let mut req = ScoreRequest::new(dir.to_str().unwrap(), "the cat sat on the mat", "a dog ran");
+    req.experts = ["expert_c", "expert_a", "expert_b"]
+        .iter()
+        .map(|e| dir.join(format!("{e}.safetensors")))
+        .collect();
+    req.router = RouterChoice::parse("phatgoose").unwrap();
+    let plain = score(&req).unwrap();
+    assert!(plain.routing.is_none());
+    req.routing = true;
+    let r = score(&req).unwrap();
+    assert_eq!(
+        (r.total, &r.tokens),
+        (plain.total, &plain.tokens),
+        "logging changes no score"
+    );
+    let t = r.routing.as_ref().expect("a trace");
+    assert_eq!(t.experts, ["expert_a", "expert_b", "expert_c"]);
+    assert_eq!(t.input.len(), r.input_ids.len());
+    assert_eq!(t.target.len(), r.tokens.len());
+    assert!(t.encoder_modules > 0 && t.decoder_modules > 0);
+    // Top-2 weights are renormalised to 1 at every module: so is their mean.
+    for row in t.input.iter().chain(&t.target) {
+        let sum: f64 = row.weights.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{row:?}");
+        assert_eq!(
+            row.weights.iter().filter(|w| **w > 0.0).count().min(2),
+            2,
+            "{row:?}"
+        );
+    }
+    assert_eq!(t.target.last().unwrap().piece, "</s>");
+    // Top-1: one expert per token and module, so each weight counts modules.
+    req.top_k = 1;
+    let one = score(&req).unwrap();
+    let t1 = one.routing.unwrap();
+    for (rows, n) in [(&t1.input, t1.encoder_modules), (&t1.target, t1.decoder_modules)] {
+        for row in rows {
+            for w in &row.weights {
+                let modules = w * n as f64;
+                assert!((modules - modules.round()).abs() < 1e-4, "{row:?}");
+            }
+        }
+    }
+    let text = render_text(&r);
+    assert!(
+        text.contains("routing (phatgoose, top-2)") && text.contains("(mean)") && text.contains("predicting"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["routing"]["input"].as_array().unwrap().len(),
+        r.input_ids.len()
+    );
+    req.top_k = 2;
+    req.router = RouterChoice::parse("arrow").unwrap();
+    assert!(score(&req).unwrap().routing.is_some());
+    req.router = RouterChoice::parse("merged").unwrap();
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("--routing shows where each token is routed, and --router merged routes no token"),
+        "{err}"
+    );
+}

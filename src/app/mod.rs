@@ -4,6 +4,7 @@
 pub mod examples;
 pub mod export;
 pub mod score;
+pub mod token_routing;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;

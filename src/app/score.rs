@@ -20,6 +20,8 @@ use crate::model::t5::T5Model;
 use crate::model::t5::generate::ChoiceItem;
 use crate::route::{self, Method, Scoring};
 
+use super::token_routing::RoutingTrace;
+
 /// How several experts are combined: a method of the evaluation list that runs
 /// with adapters and needs no steps of its own (`phatgoose`, `merged`, `arrow`,
 /// `base`), or none.
@@ -80,6 +82,23 @@ impl RouterChoice {
         }
     }
 
+    /// Whether `--routing` can show this router's per-token routing: only a method
+    /// that routes each token among the experts has any.
+    pub fn traces(&self) -> std::result::Result<(), String> {
+        match self {
+            RouterChoice::Method(m) if m.routes_tokens() => Ok(()),
+            other => Err(format!(
+                "--routing shows where each token is routed, and --router {} routes no token (it {}); pass --router phatgoose or arrow",
+                other.name(),
+                match other {
+                    RouterChoice::Single => "runs one expert's LoRA alone",
+                    RouterChoice::Gated => "runs one expert with its gate",
+                    RouterChoice::Method(_) => "gives every token the same adapters",
+                }
+            )),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             RouterChoice::Single => "single",
@@ -127,6 +146,8 @@ pub struct ScoreRequest {
     /// Longest input or target scored, in tokens: memory grows with the square of
     /// the length, so a longer text is refused rather than exhausting it.
     pub max_len: usize,
+    /// Also record where each token is routed (a router that routes tokens only).
+    pub routing: bool,
 }
 
 impl ScoreRequest {
@@ -143,6 +164,7 @@ impl ScoreRequest {
             device: "cpu".into(),
             hub: HubOptions::default(),
             max_len: 512,
+            routing: false,
         }
     }
 }
@@ -164,6 +186,9 @@ pub struct ScoreReport {
     pub tokens: Vec<ScoredToken>,
     pub total: f64,
     pub mean: f64,
+    /// Where each token went, when asked (`--routing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingTrace>,
 }
 
 /// An expert given on the command line: a goosepipe expert file (its gates beside it
@@ -464,6 +489,9 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
     req.router
         .takes(req.experts.len(), req.gates.len())
         .map_err(ModelError::Input)?;
+    if req.routing {
+        req.router.traces().map_err(ModelError::Input)?;
+    }
     let device = parse_device(&req.device)?;
     let given = Path::new(&req.model);
     let artifact = store_model_files(given);
@@ -532,7 +560,11 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         input: input_ids.clone(),
         choices: vec![target],
     };
+    if req.routing {
+        model.start_routing_log(true);
+    }
     let scores = model.score_choices(&[item], 1)?;
+    let log = model.take_routing_log();
     let s = scores
         .into_iter()
         .next()
@@ -546,16 +578,24 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
             s.logprobs[i]
         )));
     }
-    let tokens = s
+    let piece = |id: u32| tok.id_to_token(id).unwrap_or_else(|| format!("<id {id}>"));
+    let tokens: Vec<ScoredToken> = s
         .token_ids
         .iter()
         .zip(&s.logprobs)
         .map(|(&id, &lp)| ScoredToken {
             id,
-            piece: tok.id_to_token(id).unwrap_or_else(|| format!("<id {id}>")),
+            piece: piece(id),
             logprob: lp,
         })
         .collect();
+    let routing = log
+        .map(|log| {
+            let input: Vec<String> = input_ids.iter().map(|&id| piece(id)).collect();
+            let target: Vec<String> = tokens.iter().map(|t| t.piece.clone()).collect();
+            RoutingTrace::from_log(&log, req.top_k, &input, &target).map_err(ModelError::Input)
+        })
+        .transpose()?;
     let mut names: Vec<String> = experts.iter().map(|e| e.name.clone()).collect();
     names.sort();
     Ok(ScoreReport {
@@ -566,6 +606,7 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         tokens,
         total: s.sum,
         mean: s.mean,
+        routing,
     })
 }
 
@@ -594,6 +635,9 @@ pub fn render_text(r: &ScoreReport) -> String {
         r.mean,
         r.tokens.len()
     );
+    if let Some(trace) = &r.routing {
+        let _ = write!(out, "\n{}", trace.render(r.router.name()));
+    }
     out
 }
 

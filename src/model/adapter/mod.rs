@@ -390,7 +390,9 @@ pub struct AdapterCtx<'a> {
     pub dropout: Option<&'a crate::model::t5::dropout::Dropout>,
 }
 
-fn is_encoder_side(module: &str) -> bool {
+/// Whether a module reads encoder-side rows (the encoder's modules, and the decoder's
+/// cross-attention keys and values, computed from the encoder's output).
+pub fn is_encoder_side(module: &str) -> bool {
     module.starts_with("encoder.")
         || module.ends_with("EncDecAttention.k")
         || module.ends_with("EncDecAttention.v")
