@@ -471,3 +471,72 @@ fn plan_counts_a_part_two_evals_need_once() {
         "nothing to score: 4 (method, task) results, 4 scored by another eval of this plan"
     );
 }
+
+fn sampled_eval(settings: &str) -> String {
+    // `routing` is keyed by the eval and read by no method here: a setting that
+    // makes the last eval another step with the same parts.
+    let (settings, routing) = match settings.split_once(" | ") {
+        Some((s, r)) => (s, r),
+        None => (settings, ""),
+    };
+    format!(
+        r#"
+eval "e" pool="p" {settings} {{
+    methods "merged"
+    task "arrange" dataset="arrange"
+    {routing}
+}}
+"#
+    )
+}
+
+/// An eval's `seed` and `max-examples` key its results by the sample they draw: a
+/// seed or a cap that cuts nothing (the task has 12 examples) scores what no cap
+/// scores, and is reused; a cap that cuts is scored, once per seed (and reused by an
+/// eval that draws the same sample).
+#[test]
+fn a_seed_or_cap_that_cuts_nothing_rescores_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let mut reuses = vec![];
+    for settings in [
+        "",
+        "seed=7",
+        "max-examples=12",
+        "max-examples=500 seed=3",
+        "max-examples=5 seed=7",
+        "max-examples=5 seed=8",
+        "max-examples=5 seed=7 | routing top-k=1",
+    ] {
+        write(d.path(), &sampled_eval(settings));
+        reuses.push((settings, reused(&run(d.path(), &store))));
+    }
+    assert_eq!(
+        reuses,
+        [
+            ("", 0),
+            ("seed=7", 1),
+            ("max-examples=12", 1),
+            ("max-examples=500 seed=3", 1),
+            ("max-examples=5 seed=7", 0),
+            ("max-examples=5 seed=8", 0),
+            ("max-examples=5 seed=7 | routing top-k=1", 1),
+        ]
+    );
+}
+
+/// A task no cap cut is keyed with the schema's default seed (what every key said
+/// before the sample was keyed): the two must agree.
+#[test]
+fn the_unsampled_seed_is_the_schemas_default() {
+    use goosepipe::manifest::value::Value;
+    let schema = goosepipe::manifest::schema::Schema::embedded();
+    let seed = schema
+        .node("eval")
+        .and_then(|n| n.prop("seed"))
+        .expect("eval seed");
+    assert_eq!(
+        seed.default,
+        Some(Value::Int(goosepipe::steps::eval::UNSAMPLED_SEED as i64))
+    );
+}

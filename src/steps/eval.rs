@@ -78,6 +78,8 @@ struct Task {
     /// eval records.
     owner: Option<String>,
     examples: Vec<Example>,
+    /// The cap and seed that sampled `examples`, None when every example is scored.
+    cut: Option<(usize, u64)>,
 }
 
 /// A rank-classification task needs answer choices on every example it scores.
@@ -112,15 +114,29 @@ fn check_choices(
     Ok(())
 }
 
-fn sample(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
+fn sample(ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
+    sampled(ex, cap, seed).0
+}
+
+/// A task's examples under `max-examples` and the eval's `seed`, and the sample that
+/// cut them (cap and seed), None where the cap took every example: then neither
+/// setting changed what is scored.
+fn sampled(mut ex: Vec<Example>, cap: Option<usize>, seed: u64) -> (Vec<Example>, Option<(usize, u64)>) {
     if let Some(n) = cap
         && ex.len() > n
     {
         ex.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         ex.truncate(n);
+        return (ex, Some((n, seed)));
     }
-    ex
+    (ex, None)
 }
+
+/// What a part's key says of a task that no cap cut: no `max-examples` and the
+/// schema's default seed, as every part key said before the sample was keyed by
+/// whether it happened (so those keys stand, and an eval whose seed or cap cuts
+/// nothing reuses their parts). Equal to the schema's default by a test.
+pub const UNSAMPLED_SEED: u64 = 42;
 
 /// What a method answered on a task's examples, in example order.
 #[derive(Default)]
@@ -338,6 +354,7 @@ impl Retrieval {
                 max_new_tokens: t.max_new_tokens,
                 owner: t.owner.clone(),
                 examples: group,
+                cut: t.cut,
             };
             base.model.set_adapters(AdapterSet::from_lora(e)).map_err(fail)?;
             let answered = score_task(ctx, base, &sub, batch, done)?;
@@ -628,7 +645,7 @@ impl<'a> EvalRun<'a> {
                 )));
             }
             // Checked before anything is scored, not at the first batch that has one.
-            let examples = sample(ex, params.max_examples, params.seed);
+            let (examples, cut) = sampled(ex, params.max_examples, params.seed);
             check_choices(name, p, &examples, &file, &data.id)?;
             tasks.push(Task {
                 name: name.clone(),
@@ -638,6 +655,7 @@ impl<'a> EvalRun<'a> {
                 max_new_tokens: p.max_new_tokens,
                 owner: p.expert.clone(),
                 examples,
+                cut,
             });
         }
         // From the recipe: a preview reads the eval before every member is built.
@@ -891,8 +909,10 @@ impl<'a> EvalRun<'a> {
             .add_u64("batch", p.batch as u64)
             .add_u64("max-input-len", p.max_input_len as u64)
             .add_u64("max-target-len", p.max_target_len as u64)
-            .add_str("max-examples", &format!("{:?}", p.max_examples))
-            .add_u64("seed", p.seed);
+            // The sample, not the settings: a seed or a cap that cuts nothing scores
+            // what no cap scores.
+            .add_str("max-examples", &format!("{:?}", t.cut.map(|(n, _)| n)))
+            .add_u64("seed", t.cut.map_or(UNSAMPLED_SEED, |(_, seed)| seed));
         let method = match self.chosen(m)? {
             Chosen::Expert(name) => {
                 if !self.names.iter().any(|n| n == name) {
