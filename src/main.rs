@@ -59,6 +59,12 @@ enum Command {
         /// scored on the same kind of device only, and the plan counts those.
         #[arg(long, default_value = "cpu", value_parser = device_name)]
         device: String,
+        /// What `run --only` with these steps would run (refused as run refuses it).
+        #[arg(long, num_args = 1..)]
+        only: Vec<String>,
+        /// What `run --until` this step would run.
+        #[arg(long, conflicts_with = "only")]
+        until: Option<String>,
     },
     /// Run the stale steps in dependency order and update the lockfile.
     #[command(override_usage = "goosepipe run <FILE> [OPTIONS]")]
@@ -464,12 +470,16 @@ fn main() -> ExitCode {
             check_cached,
             verify,
             device,
+            only,
+            until,
         } => {
             let opts = app::PlanOptions {
                 json,
                 check_cached,
                 verify,
                 device,
+                only,
+                until,
             };
             app::plan_cmd(&file, &store, &registry, &opts, &mut out)
         }

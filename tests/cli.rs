@@ -453,3 +453,82 @@ fn show_of_a_dataset_names_apart_the_settings_its_source_does_not_read() {
         "{shown}"
     );
 }
+
+/// `plan --until STEP` / `--only STEP...` preview what `run` with that selection
+/// would run: the same steps (the rest marked as staying stale, in text and JSON),
+/// the same refusals, and `--check-cached` about the selection alone.
+#[test]
+fn plan_previews_a_runs_selection() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let out = goosepipe(&["plan", GOLDEN, "--until", "gate:a", "--json"], &store);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs: Vec<&str> = j["selection"]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        ["model:base", "dataset:a", "tokenize:a", "expert:a", "gate:a"]
+    );
+    assert_eq!(j["selection"]["flag"], "--until gate:a");
+    for step in j["steps"].as_array().unwrap() {
+        let id = step["id"].as_str().unwrap();
+        assert_eq!(step["selected"], runs.contains(&id), "{id}");
+        assert_eq!(step["will_run"], true, "{id}: nothing is built");
+    }
+    let out = goosepipe(&["plan", GOLDEN, "--until", "gate:a"], &store);
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains("--until gate:a runs 5 of them; the 12 other stale step(s) stay stale"),
+        "{plan}"
+    );
+    let row = |id: &str| {
+        let (kind, name) = id.split_once(':').unwrap();
+        plan.lines()
+            .find(|l| l.split_whitespace().take(2).eq([kind, name]))
+            .unwrap_or_else(|| panic!("no row {id}: {plan}"))
+            .to_string()
+    };
+    assert!(
+        row("gate:b").contains("stale, not run by --until gate:a: new"),
+        "{plan}"
+    );
+    assert!(
+        row("gate:a").contains("stale: new") && !row("gate:a").contains("not run"),
+        "{plan}"
+    );
+    // Without a selection every step is selected.
+    let out = goosepipe(&["plan", GOLDEN, "--json"], &store);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["selection"].is_null());
+    assert!(
+        j["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["selected"] == s["will_run"])
+    );
+    // Refused as run refuses it: --only a step whose inputs are not built.
+    let out = goosepipe(&["plan", GOLDEN, "--only", "gate:a"], &store);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("gate:a needs tokenize:a, which is not built"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = goosepipe(&["plan", GOLDEN, "--only", "x", "--until", "y"], &store);
+    assert_eq!(out.status.code(), Some(goosepipe::app::EXIT_USAGE));
+    let out = goosepipe(&["plan", GOLDEN, "--until", "gate:zz"], &store);
+    assert!(
+        text(&out.stderr).contains("no step named \"gate:zz\""),
+        "{}",
+        text(&out.stderr)
+    );
+    // --check-cached about the selection: work pending exits 2.
+    let out = goosepipe(&["plan", GOLDEN, "--until", "gate:a", "--check-cached"], &store);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -662,6 +662,8 @@ eval "e" pool="p" {{
                 check_cached: false,
                 verify: false,
                 device: "cpu".into(),
+                only: vec![],
+                until: None,
             },
             &mut shown,
         )

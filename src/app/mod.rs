@@ -249,6 +249,10 @@ pub struct PlanOptions {
     pub verify: bool,
     /// The device the run will use: an eval reuses results of the same kind of device.
     pub device: String,
+    /// A run's selection (`--only` steps, or `--until` one): the plan says which of
+    /// the stale steps that run would run.
+    pub only: Vec<String>,
+    pub until: Option<String>,
 }
 
 /// `goosepipe plan`.
@@ -283,17 +287,32 @@ pub fn plan_cmd(
         &opts.device,
         usize::MAX,
     );
+    let selection = selection_of(&plan, &status, opts)?;
     let (json, check_cached) = (opts.json, opts.check_cached);
     if json {
         let _ = writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&render::plan_json(&plan, &status, &store.root)).expect("json")
+            serde_json::to_string_pretty(&render::plan_json_of(
+                &plan,
+                &status,
+                &store.root,
+                selection.as_ref()
+            ))
+            .expect("json")
         );
     } else {
-        let _ = write!(out, "{}", render::plan_text(&plan, &status));
+        let _ = write!(
+            out,
+            "{}",
+            render::plan_text_of(&plan, &status, selection.as_ref())
+        );
     }
-    let code = if check_cached && (status.stale_count() > 0 || !status.lock_drift.is_empty()) {
+    let would_run = match &selection {
+        Some(s) => !s.steps.is_empty(),
+        None => status.stale_count() > 0,
+    };
+    let code = if check_cached && (would_run || !status.lock_drift.is_empty()) {
         EXIT_PENDING
     } else {
         EXIT_OK
@@ -302,6 +321,30 @@ pub fn plan_cmd(
     // experts; the answer is out, so let that happen off the caller's path.
     std::thread::spawn(move || drop((plan, status)));
     Ok(code)
+}
+
+/// The steps `run` with `opts`' selection would run, as `run` selects them (and
+/// refuses a selection it would refuse); None without a selection.
+fn selection_of(
+    plan: &Plan,
+    status: &Status,
+    opts: &PlanOptions,
+) -> Result<Option<render::Selection>, Report> {
+    let flag = match (&opts.until, opts.only.is_empty()) {
+        (Some(t), _) => format!("--until {t}"),
+        (None, false) => format!("--only {}", opts.only.join(" ")),
+        (None, true) => return Ok(None),
+    };
+    let run_opts = RunOptions {
+        only: opts.only.clone(),
+        until: opts.until.clone(),
+        ..RunOptions::default()
+    };
+    let steps = exec::run::wanted(plan, status, &run_opts).map_err(|e| miette!("{e}"))?;
+    Ok(Some(render::Selection {
+        flag,
+        steps: steps.into_iter().collect(),
+    }))
 }
 
 /// `goosepipe graph`.

@@ -19,8 +19,22 @@ fn pipeline_name(plan: &Plan) -> String {
     })
 }
 
+/// A run's selection (`--only`, `--until`) as `plan` previews it: the steps that run
+/// would run (plan indices), and the flag that says so.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub flag: String,
+    pub steps: std::collections::BTreeSet<usize>,
+}
+
 /// The `goosepipe plan` table.
 pub fn plan_text(plan: &Plan, status: &Status) -> String {
+    plan_text_of(plan, status, None)
+}
+
+/// The `goosepipe plan` table; with a selection, the stale steps outside it are
+/// marked as not run.
+pub fn plan_text_of(plan: &Plan, status: &Status, selection: Option<&Selection>) -> String {
     let mut out = String::new();
     let stale = status.stale_count();
     let cached = status
@@ -50,6 +64,15 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         stale,
         cached
     );
+    if let Some(sel) = selection {
+        let outside = status.stale_count().saturating_sub(sel.steps.len());
+        let runs = match sel.steps.len() {
+            0 => "runs nothing: what it selects is cached".to_string(),
+            n if outside == 0 => format!("runs all {n}"),
+            n => format!("runs {n} of them; the {outside} other stale step(s) stay stale"),
+        };
+        let _ = writeln!(out, "{} {runs}", sel.flag);
+    }
     let wk = plan
         .steps
         .iter()
@@ -57,10 +80,19 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
         .max()
         .unwrap_or(4)
         .max(4);
+    // A step's name as the table shows it: its id's name part (`count@held-in` for
+    // an eval's per-member step), which can be longer than the entity's name.
+    let shown_name = |s: &super::Step| {
+        if s.spec.id == crate::store::spec::step_id(&s.spec.kind, &s.spec.name) {
+            s.spec.name.clone()
+        } else {
+            s.spec.id[s.spec.kind.len() + 1..].to_string()
+        }
+    };
     let wn = plan
         .steps
         .iter()
-        .map(|s| s.spec.name.len())
+        .map(|s| shown_name(s).chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -68,16 +100,22 @@ pub fn plan_text(plan: &Plan, status: &Status) -> String {
     for (i, (s, st)) in plan.steps.iter().zip(&status.states).enumerate() {
         let mut reasons: Vec<String> = st.reasons().iter().map(|r| r.describe()).collect();
         reasons.extend(status.previews.get(&i).cloned());
-        let state = if reasons.is_empty() {
+        let outside = selection.is_some_and(|sel| st.will_run() && !sel.steps.contains(&i));
+        let label = if outside {
+            format!(
+                "{}, not run by {}",
+                st.label(),
+                selection.map_or("", |s| s.flag.as_str())
+            )
+        } else {
             st.label().to_string()
-        } else {
-            format!("{}: {}", st.label(), reasons.join("; "))
         };
-        let name = if s.spec.id == crate::store::spec::step_id(&s.spec.kind, &s.spec.name) {
-            s.spec.name.clone()
+        let state = if reasons.is_empty() {
+            label
         } else {
-            s.spec.id[s.spec.kind.len() + 1..].to_string()
+            format!("{label}: {}", reasons.join("; "))
         };
+        let name = shown_name(s);
         let _ = writeln!(
             out,
             "  {:wk$}  {:wn$}  {:12}  {}",
@@ -167,6 +205,17 @@ pub const PLAN_JSON_SCHEMA: &str = include_str!("../../schemas/plan.schema.json"
 /// `store`: the store folder the status was read from (a mistyped one reads as
 /// "rebuild everything": the JSON names it, and whether it exists).
 pub fn plan_json(plan: &Plan, status: &Status, store: &std::path::Path) -> serde_json::Value {
+    plan_json_of(plan, status, store, None)
+}
+
+/// [`plan_json`] with a run's selection: `selection` names the flag and the steps it
+/// would run, and each step says whether it is one of them.
+pub fn plan_json_of(
+    plan: &Plan,
+    status: &Status,
+    store: &std::path::Path,
+    selection: Option<&Selection>,
+) -> serde_json::Value {
     let steps: Vec<_> = plan
         .steps
         .iter()
@@ -183,6 +232,7 @@ pub fn plan_json(plan: &Plan, status: &Status, store: &std::path::Path) -> serde
                 "short_key": s.waits_for.is_empty().then(|| s.spec.key.short()),
                 "state": st.label(),
                 "will_run": st.will_run(),
+                "selected": selection.map_or(st.will_run(), |sel| sel.steps.contains(&i)),
                 "reasons": st.reasons(),
                 "reasons_text": st.reasons().iter().map(|r| r.describe()).collect::<Vec<_>>(),
                 "preview": status.previews.get(&i),
@@ -220,6 +270,10 @@ pub fn plan_json(plan: &Plan, status: &Status, store: &std::path::Path) -> serde
         "lockfile_outdated": status.lock_drift,
         "lockfile_other_bits": status.lock_other_bits,
         "lockfile_unrecorded": status.lock_unrecorded,
+        "selection": selection.map(|sel| json!({
+            "flag": sel.flag,
+            "runs": sel.steps.iter().map(|&i| plan.steps[i].id()).collect::<Vec<_>>(),
+        })),
     })
 }
 
