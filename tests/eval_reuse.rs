@@ -540,3 +540,23 @@ fn the_unsampled_seed_is_the_schemas_default() {
         Some(Value::Int(goosepipe::steps::eval::UNSAMPLED_SEED as i64))
     );
 }
+
+/// Before a task's dataset is built, `plan` cannot count an eval's parts (they are
+/// keyed by its examples): it says what they wait for instead of saying nothing.
+#[test]
+fn plan_says_what_an_eval_s_count_waits_for() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), EVAL_A);
+    run(d.path(), &store);
+    let m = d.path().join("reuse.kdl");
+    let text = std::fs::read_to_string(&m).unwrap().replace(
+        "task=\"arrange\" format=\"choice\" examples=12 seed=5",
+        "task=\"arrange\" format=\"choice\" examples=13 seed=5",
+    );
+    std::fs::write(&m, text).unwrap();
+    assert_eq!(
+        plan_says(d.path(), &store, "eval:e"),
+        "(method, task) results to score counted once dataset:arrange is built"
+    );
+}

@@ -517,6 +517,25 @@ impl StepRunner for EvalStep {
     }
 
     fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        // The parts are keyed by the tasks' examples and the tokenizer: counted once
+        // those are built (said, not left out: the line read as if nothing was known).
+        let mut unbuilt: Vec<String> = ctx
+            .spec
+            .inputs
+            .iter()
+            .filter(|i| i.role == "model" || i.role.starts_with("task:"))
+            .filter(|i| !ctx.inputs.iter().any(|a| a.role == i.role))
+            .map(|i| i.id.clone())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        unbuilt.retain(|id| seen.insert(id.clone()));
+        if !unbuilt.is_empty() {
+            return Ok(Some(format!(
+                "(method, task) results to score counted once {} {} built",
+                crate::plan::listing::first_few(&unbuilt, 3),
+                if unbuilt.len() == 1 { "is" } else { "are" }
+            )));
+        }
         let (tok, eos) = load_tokenizer_and_eos(ctx.input("model")?)?;
         let run = EvalRun::read(ctx, &self.methods)?;
         let distinct = run.distinct_tokens(&tok, eos)?;
