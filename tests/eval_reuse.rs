@@ -120,6 +120,14 @@ fn plan_says(dir: &Path, store: &Path, id: &str) -> String {
 
 /// [`plan_says`] for a run on `device`.
 fn plan_on(dir: &Path, store: &Path, id: &str, device: &str) -> String {
+    plan_step(dir, store, id, device)["preview"]
+        .as_str()
+        .unwrap_or("(none)")
+        .to_string()
+}
+
+/// Step `id` of `plan --json` for a run on `device`.
+fn plan_step(dir: &Path, store: &Path, id: &str, device: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
         .args(["plan", "reuse.kdl", "--json", "--device", device, "--store"])
         .arg(store)
@@ -132,8 +140,9 @@ fn plan_on(dir: &Path, store: &Path, id: &str, device: &str) -> String {
         .unwrap()
         .iter()
         .find(|s| s["id"] == id)
-        .expect("the step");
-    step["preview"].as_str().unwrap_or("(none)").to_string()
+        .expect("the step")
+        .clone();
+    step
 }
 
 /// The count in "reused: N (method, task) result(s)", or 0 when nothing was.
@@ -449,6 +458,11 @@ pool "p3" { experts "sort" "shift" "dedup"; }
     assert_eq!(
         plan_says(d.path(), &store, "eval:e"),
         "2 of 6 (method, task) results to score, 4 reused from earlier evals"
+    );
+    // The same counts as data, for scripts.
+    assert_eq!(
+        plan_step(d.path(), &store, "eval:e", "cpu")["preview_counts"],
+        serde_json::json!({"results": 6, "to_score": 2, "reused": 4, "shared": 0, "resumed": 0, "planned": 0})
     );
     assert_eq!(reused(&run(d.path(), &store)), 4);
 }

@@ -50,7 +50,9 @@ pub fn previews(
         .collect();
     for (id, why) in super::run::refusals_of_cached(plan, status, store, registry, &stale) {
         if let Some(&i) = plan.index.get(&id) {
-            status.previews.insert(i, format!("would fail at once: {why}"));
+            status
+                .previews
+                .insert(i, format!("would fail at once: {why}").into());
         }
     }
 }
@@ -65,7 +67,7 @@ pub fn preview(
     lock: &Lockfile,
     device: &str,
     planned: &PlannedWork,
-) -> Option<String> {
+) -> Option<crate::plan::status::Preview> {
     let interrupted = store.work_dir(&spec.key).is_dir();
     let runner = registry.get(&spec.kind).filter(|r| r.previews(interrupted))?;
     // The published inputs (metadata only: `plan` has checked the sizes; a run

@@ -33,7 +33,7 @@ pub trait StepRunner: Send + Sync {
     /// What a run would do, told from the published inputs without computing it
     /// (`plan` shows it beside the stale step), or None. It must only read: `ctx.out`
     /// does not exist, and nothing may be written to `ctx.work`.
-    fn preview(&self, _ctx: &StepContext) -> Result<Option<String>, StepError> {
+    fn preview(&self, _ctx: &StepContext) -> Result<Option<crate::plan::status::Preview>, StepError> {
         Ok(None)
     }
     /// A check of one input (`role`, its published files in `files`) as soon as that

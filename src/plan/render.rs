@@ -99,7 +99,7 @@ pub fn plan_text_of(plan: &Plan, status: &Status, selection: Option<&Selection>)
     let _ = writeln!(out, "  {:wk$}  {:wn$}  {:12}  STATE", "KIND", "NAME", "KEY");
     for (i, (s, st)) in plan.steps.iter().zip(&status.states).enumerate() {
         let mut reasons: Vec<String> = st.reasons().iter().map(|r| r.describe()).collect();
-        reasons.extend(status.previews.get(&i).cloned());
+        reasons.extend(status.previews.get(&i).map(|p| p.text.clone()));
         let outside = selection.is_some_and(|sel| st.will_run() && !sel.steps.contains(&i));
         let label = if outside {
             format!(
@@ -235,7 +235,8 @@ pub fn plan_json_of(
                 "selected": selection.map_or(st.will_run(), |sel| sel.steps.contains(&i)),
                 "reasons": st.reasons(),
                 "reasons_text": st.reasons().iter().map(|r| r.describe()).collect::<Vec<_>>(),
-                "preview": status.previews.get(&i),
+                "preview": status.previews.get(&i).map(|p| &p.text),
+                "preview_counts": status.previews.get(&i).filter(|p| !p.counts.is_empty()).map(|p| &p.counts),
                 "inputs": s.spec.inputs.iter().map(|i| {
                     let provisional = plan.get(&i.id).is_some_and(|p| !p.waits_for.is_empty());
                     let key = (!provisional).then(|| i.key.hex());

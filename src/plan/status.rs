@@ -246,7 +246,7 @@ pub struct Status {
     pub states: Vec<State>,
     /// By step index, what running a stale step would do, as its runner tells from
     /// its published inputs (filled by the exec layer's `previews`; empty otherwise).
-    pub previews: BTreeMap<usize, String>,
+    pub previews: BTreeMap<usize, Preview>,
     /// Cached steps that the lockfile pins otherwise (another key or digest, or not at
     /// all), and steps it pins that the manifest no longer has: it was written by a
     /// run of another version of the manifest, and the next `run` rewrites it (`run
@@ -746,5 +746,31 @@ fn param_changes(
             old: old.cloned(),
             new: new.cloned(),
         });
+    }
+}
+
+/// What running a stale step would do, as `plan` shows it beside the step: a line of
+/// text, and the counts behind it for scripts (`plan --json`'s `preview_counts`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Preview {
+    pub text: String,
+    /// An eval's (method, task) results: `results`, `to_score`, `reused`, `shared`,
+    /// `resumed`, `planned`; a training step's saved state: `saved_step`, `steps`.
+    /// Empty where the text tells of no count.
+    pub counts: BTreeMap<&'static str, u64>,
+}
+
+impl From<String> for Preview {
+    fn from(text: String) -> Preview {
+        Preview {
+            text,
+            counts: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Preview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }

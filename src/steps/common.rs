@@ -122,14 +122,17 @@ impl Base {
 
 /// A training step's preview (`plan`): the step its saved state has reached, when an
 /// interrupted run left one, or that what it left cannot be resumed from.
-pub fn training_preview(ctx: &StepContext, steps: usize) -> Option<String> {
+pub fn training_preview(ctx: &StepContext, steps: usize) -> Option<crate::plan::status::Preview> {
     use crate::train::checkpoint::{Saved, saved_state};
     match saved_state(&ctx.work, steps) {
         Saved::Nothing => None,
-        Saved::At(at) => Some(format!("its saved state is at step {at} of {steps}")),
-        Saved::Unusable(why) => Some(format!(
-            "but its saved state cannot be used ({why}): a run starts it afresh"
-        )),
+        Saved::At(at) => Some(crate::plan::status::Preview {
+            text: format!("its saved state is at step {at} of {steps}"),
+            counts: [("saved_step", at as u64), ("steps", steps as u64)].into(),
+        }),
+        Saved::Unusable(why) => {
+            Some(format!("but its saved state cannot be used ({why}): a run starts it afresh").into())
+        }
     }
 }
 

@@ -516,7 +516,7 @@ impl StepRunner for EvalStep {
         )
     }
 
-    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+    fn preview(&self, ctx: &StepContext) -> Result<Option<crate::plan::status::Preview>, StepError> {
         // The parts are keyed by the tasks' examples and the tokenizer: counted once
         // those are built (said, not left out: the line read as if nothing was known).
         let mut unbuilt: Vec<String> = ctx
@@ -530,11 +530,14 @@ impl StepRunner for EvalStep {
         let mut seen = std::collections::HashSet::new();
         unbuilt.retain(|id| seen.insert(id.clone()));
         if !unbuilt.is_empty() {
-            return Ok(Some(format!(
-                "(method, task) results to score counted once {} {} built",
-                crate::plan::listing::first_few(&unbuilt, 3),
-                if unbuilt.len() == 1 { "is" } else { "are" }
-            )));
+            return Ok(Some(
+                format!(
+                    "(method, task) results to score counted once {} {} built",
+                    crate::plan::listing::first_few(&unbuilt, 3),
+                    if unbuilt.len() == 1 { "is" } else { "are" }
+                )
+                .into(),
+            ));
         }
         let (tok, eos) = load_tokenizer_and_eos(ctx.input("model")?)?;
         let run = EvalRun::read(ctx, &self.methods)?;

@@ -217,9 +217,27 @@ impl Tally {
 
     /// `plan`'s account, before the run: "6 of 9 (method, task) results to score,
     /// 3 reused from earlier evals".
-    pub fn preview(&self) -> String {
+    pub fn preview(&self) -> crate::plan::status::Preview {
         let total = self.total;
         let to_score = total - self.resumed - self.reused - self.shared - self.planned;
+        let counts = [
+            ("results", total),
+            ("to_score", to_score),
+            ("reused", self.reused),
+            ("shared", self.shared),
+            ("resumed", self.resumed),
+            ("planned", self.planned),
+        ]
+        .map(|(k, v)| (k, v as u64))
+        .into();
+        crate::plan::status::Preview {
+            text: self.preview_text(to_score),
+            counts,
+        }
+    }
+
+    fn preview_text(&self, to_score: usize) -> String {
+        let total = self.total;
         let results = if total == 1 { "result" } else { "results" };
         let mut found = vec![];
         if self.reused > 0 {

@@ -510,7 +510,7 @@ impl StepRunner for ExpertStep {
     fn previews(&self, interrupted: bool) -> bool {
         interrupted
     }
-    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+    fn preview(&self, ctx: &StepContext) -> Result<Option<crate::plan::status::Preview>, StepError> {
         if imports(&ctx.spec.params) {
             return Ok(None);
         }
@@ -560,7 +560,7 @@ impl StepRunner for GateStep {
     fn previews(&self, interrupted: bool) -> bool {
         interrupted
     }
-    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+    fn preview(&self, ctx: &StepContext) -> Result<Option<crate::plan::status::Preview>, StepError> {
         if imports(&ctx.spec.params) {
             return Ok(None);
         }

@@ -156,7 +156,7 @@ impl StepRunner for ModelStep {
         interrupted
     }
     /// Pretraining's saved state (a hub or local model has nothing to resume).
-    fn preview(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+    fn preview(&self, ctx: &StepContext) -> Result<Option<crate::plan::status::Preview>, StepError> {
         Ok(match ctx.params::<ModelParams>()?.init {
             Some(init) if source(ctx).is_none() => super::common::training_preview(ctx, init.pretrain_steps),
             _ => None,
