@@ -135,14 +135,13 @@ fn plan_step(dir: &Path, store: &Path, id: &str, device: &str) -> serde_json::Va
         .output()
         .expect("the goosepipe binary runs");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --json");
-    let step = plan["steps"]
+    plan["steps"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["id"] == id)
         .expect("the step")
-        .clone();
-    step
+        .clone()
 }
 
 /// The count in "reused: N (method, task) result(s)", or 0 when nothing was.
