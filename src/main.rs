@@ -41,6 +41,7 @@ enum Command {
     /// Parse and validate a manifest; report every error at once.
     Check { file: PathBuf },
     /// Dry run: every step with its key and state, and why stale steps would run.
+    #[command(override_usage = "goosepipe plan <FILE> [OPTIONS]")]
     Plan {
         file: PathBuf,
         /// Machine-readable output.

@@ -483,7 +483,7 @@ fn plan_previews_a_runs_selection() {
     let out = goosepipe(&["plan", GOLDEN, "--until", "gate:a"], &store);
     let plan = text(&out.stdout);
     assert!(
-        plan.contains("--until gate:a runs 5 of them; the 12 other stale step(s) stay stale"),
+        plan.contains("--until gate:a runs 5 step(s); the 12 other stale step(s) stay stale"),
         "{plan}"
     );
     let row = |id: &str| {

@@ -1176,7 +1176,8 @@ fn a_task_that_scores_what_another_scores_is_a_warning() {
     let out = one_line(&r.unwrap());
     assert_eq!(out.matches("plan::duplicate-task").count(), 2, "{out}");
     assert!(
-        out.contains("task \"gen-longer\" of eval \"e\" scores what task \"gen\" scores"),
+        out.contains("task \"gen-longer\" of eval \"e\" scores what task \"gen\" scores (dataset \"t\", exact-match, max-new-tokens 8)")
+            && out.contains("another dataset, metric or max-new-tokens"),
         "{out}"
     );
 }

@@ -483,6 +483,32 @@ fn plan_counts_a_part_two_evals_need_once() {
         plan_says(d.path(), &store, "eval:f"),
         "nothing to score: 4 (method, task) results, 4 scored by another eval of this plan"
     );
+    // A run of f alone (`plan --until eval:f` previews it) scores them itself: the
+    // eval outside the selection scores nothing for it.
+    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["plan", "reuse.kdl", "--until", "eval:f", "--store"])
+        .arg(&store)
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().take(2).eq(id.split(':')))
+            .unwrap_or_else(|| panic!("{id}: {text}"))
+    };
+    assert!(
+        row("eval:f").ends_with("stale: new; 4 (method, task) results to score"),
+        "{text}"
+    );
+    assert!(
+        row("eval:e").contains("stale, not run by --until eval:f"),
+        "{text}"
+    );
+    assert!(
+        !row("eval:e").contains("to score"),
+        "no preview outside the selection: {text}"
+    );
 }
 
 fn sampled_eval(settings: &str) -> String {
@@ -572,4 +598,30 @@ fn plan_says_what_an_eval_s_count_waits_for() {
         plan_says(d.path(), &store, "eval:e"),
         "(method, task) results to score counted once dataset:arrange is built"
     );
+}
+
+/// A selection may run a step a plain run would not (one no stale step needs, whose
+/// artifact left the store): `plan --until` says it runs it, and counts it.
+#[test]
+fn plan_says_a_selection_runs_a_step_not_needed_otherwise() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    write(d.path(), EVAL_A);
+    run(d.path(), &store);
+    let plan = support::plan_of(&d.path().join("reuse.kdl"), &goosepipe::steps::registry());
+    let key = plan.get("tokenize:sort").unwrap().spec.key;
+    std::fs::remove_dir_all(Store::open(&store).unwrap().object_dir(&key)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["plan", "reuse.kdl", "--until", "tokenize:sort", "--store"])
+        .arg(&store)
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--until tokenize:sort runs 1 step(s)\n"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq(["tokenize", "sort"]))
+        .unwrap();
+    assert!(row.contains("not needed, run by --until tokenize:sort"), "{text}");
 }

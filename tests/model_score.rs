@@ -509,9 +509,22 @@ fn score_with_routing_shows_where_each_token_goes() {
         json["routing"]["input"].as_array().unwrap().len(),
         r.input_ids.len()
     );
+    // A k above the pool is the pool: said as the k used.
+    req.top_k = 10;
+    let all = score(&req).unwrap();
+    let t3 = all.routing.unwrap();
+    assert_eq!(t3.top_k, 3);
+    assert!(t3.input.iter().all(|r| r.weights.iter().all(|w| *w > 0.0)));
     req.top_k = 2;
     req.router = RouterChoice::parse("arrow").unwrap();
     assert!(score(&req).unwrap().routing.is_some());
+    req.router = RouterChoice::parse("base").unwrap();
+    req.experts.clear();
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("--router base routes no token (it applies no adapter)"),
+        "{err}"
+    );
     req.router = RouterChoice::parse("merged").unwrap();
     let err = score(&req).unwrap_err().to_string();
     assert!(

@@ -278,7 +278,8 @@ pub fn plan_cmd(
             store.root.display()
         );
     }
-    exec::previews(
+    let selection = selection_of(&plan, &status, opts)?;
+    exec::previews_of(
         &plan,
         &mut status,
         &store,
@@ -286,8 +287,8 @@ pub fn plan_cmd(
         &lock,
         &opts.device,
         usize::MAX,
+        selection.as_ref().map(|s| &s.steps),
     );
-    let selection = selection_of(&plan, &status, opts)?;
     let (json, check_cached) = (opts.json, opts.check_cached);
     if json {
         let _ = writeln!(

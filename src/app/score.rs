@@ -93,6 +93,7 @@ impl RouterChoice {
                 match other {
                     RouterChoice::Single => "runs one expert's LoRA alone",
                     RouterChoice::Gated => "runs one expert with its gate",
+                    RouterChoice::Method(m) if m.name() == "base" => "applies no adapter",
                     RouterChoice::Method(_) => "gives every token the same adapters",
                 }
             )),
@@ -593,7 +594,9 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         .map(|log| {
             let input: Vec<String> = input_ids.iter().map(|&id| piece(id)).collect();
             let target: Vec<String> = tokens.iter().map(|t| t.piece.clone()).collect();
-            RoutingTrace::from_log(&log, req.top_k, &input, &target).map_err(ModelError::Input)
+            // The router keeps at most the pool: the k that was used, not the one asked.
+            let k = req.top_k.min(experts.len());
+            RoutingTrace::from_log(&log, k, &input, &target).map_err(ModelError::Input)
         })
         .transpose()?;
     let mut names: Vec<String> = experts.iter().map(|e| e.name.clone()).collect();

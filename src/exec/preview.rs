@@ -28,15 +28,36 @@ pub fn previews(
     device: &str,
     last: usize,
 ) {
+    previews_of(plan, status, store, registry, lock, device, last, None);
+}
+
+/// [`previews`] of the steps a run's selection would run (`plan --until/--only`):
+/// only those, so that the work of a step outside it (another eval scoring the same
+/// parts) is not counted as done for the ones inside.
+#[allow(clippy::too_many_arguments)]
+pub fn previews_of(
+    plan: &Plan,
+    status: &mut Status,
+    store: &Store,
+    registry: &Registry,
+    lock: &Lockfile,
+    device: &str,
+    last: usize,
+    selected: Option<&std::collections::BTreeSet<usize>>,
+) {
     if !store.root.is_dir() {
         return;
     }
     let planned = PlannedWork::default();
+    let runs = |i: usize, state: &crate::plan::State| match selected {
+        Some(s) => s.contains(&i),
+        None => state.will_run(),
+    };
     let upto = plan.steps.iter().zip(&status.states).take(last.saturating_add(1));
     for (i, (step, state)) in upto.enumerate() {
         // A provisional key (early cutoff) previews nothing true: the step may stay
         // cached once its datasets are built.
-        if !state.will_run() || !step.waits_for.is_empty() {
+        if !runs(i, state) || !step.waits_for.is_empty() {
             continue;
         }
         if let Some(p) = preview(&step.spec, store, registry, lock, device, &planned) {
@@ -46,7 +67,7 @@ pub fn previews(
     // What a run would refuse at once (data an earlier run built that a step cannot
     // use), said by `plan` before anyone runs it.
     let stale: Vec<usize> = (0..plan.steps.len().min(last.saturating_add(1)))
-        .filter(|&i| status.states[i].will_run() && plan.steps[i].waits_for.is_empty())
+        .filter(|&i| runs(i, &status.states[i]) && plan.steps[i].waits_for.is_empty())
         .collect();
     for (id, why) in super::run::refusals_of_cached(plan, status, store, registry, &stale) {
         if let Some(&i) = plan.index.get(&id) {

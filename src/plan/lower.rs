@@ -1387,12 +1387,16 @@ impl Lowerer<'_> {
                 continue;
             };
             let loc = t.arg.as_ref().and_then(|a| a.loc).unwrap_or(e.name_loc);
+            let (limit, or) = match limit {
+                Some(n) => (format!(", max-new-tokens {n}"), ", metric or max-new-tokens"),
+                None => (String::new(), " or metric"),
+            };
             self.warn(
                 "plan::duplicate-task",
                 loc,
-                format!("task \"{name}\" of eval \"{}\" scores what task \"{first}\" scores (dataset \"{data}\", {metric})", e.name),
+                format!("task \"{name}\" of eval \"{}\" scores what task \"{first}\" scores (dataset \"{data}\", {metric}{limit})", e.name),
                 "scored twice",
-                "the mean over tasks counts it twice; remove one, or give it another dataset or metric",
+                &format!("the mean over tasks counts it twice; remove one, or give it another dataset{or}"),
             );
         }
     }

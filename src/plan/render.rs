@@ -65,11 +65,16 @@ pub fn plan_text_of(plan: &Plan, status: &Status, selection: Option<&Selection>)
         cached
     );
     if let Some(sel) = selection {
-        let outside = status.stale_count().saturating_sub(sel.steps.len());
+        let outside = (0..plan.steps.len())
+            .filter(|&i| status.states[i].will_run() && !sel.steps.contains(&i))
+            .count();
         let runs = match sel.steps.len() {
             0 => "runs nothing: what it selects is cached".to_string(),
-            n if outside == 0 => format!("runs all {n}"),
-            n => format!("runs {n} of them; the {outside} other stale step(s) stay stale"),
+            n => format!("runs {n} step(s)"),
+        };
+        let runs = match outside {
+            0 => runs,
+            m => format!("{runs}; the {m} other stale step(s) stay stale"),
         };
         let _ = writeln!(out, "{} {runs}", sel.flag);
     }
@@ -100,15 +105,16 @@ pub fn plan_text_of(plan: &Plan, status: &Status, selection: Option<&Selection>)
     for (i, (s, st)) in plan.steps.iter().zip(&status.states).enumerate() {
         let mut reasons: Vec<String> = st.reasons().iter().map(|r| r.describe()).collect();
         reasons.extend(status.previews.get(&i).map(|p| p.text.clone()));
-        let outside = selection.is_some_and(|sel| st.will_run() && !sel.steps.contains(&i));
-        let label = if outside {
-            format!(
-                "{}, not run by {}",
-                st.label(),
-                selection.map_or("", |s| s.flag.as_str())
-            )
-        } else {
-            st.label().to_string()
+        // With a selection: stale steps outside it stay so; a step inside it that a
+        // plain run would not run (not needed) is run by it.
+        let label = match selection {
+            Some(sel) if st.will_run() && !sel.steps.contains(&i) => {
+                format!("{}, not run by {}", st.label(), sel.flag)
+            }
+            Some(sel) if !st.will_run() && sel.steps.contains(&i) => {
+                format!("{}, run by {}", st.label(), sel.flag)
+            }
+            _ => st.label().to_string(),
         };
         let state = if reasons.is_empty() {
             label
