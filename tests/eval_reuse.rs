@@ -485,18 +485,8 @@ fn plan_counts_a_part_two_evals_need_once() {
     );
     // A run of f alone (`plan --until eval:f` previews it) scores them itself: the
     // eval outside the selection scores nothing for it.
-    let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["plan", "reuse.kdl", "--until", "eval:f", "--store"])
-        .arg(&store)
-        .current_dir(d.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let row = |id: &str| {
-        text.lines()
-            .find(|l| l.split_whitespace().take(2).eq(id.split(':')))
-            .unwrap_or_else(|| panic!("{id}: {text}"))
-    };
+    let text = plan_until(d.path(), &store, "eval:f");
+    let row = |id: &str| row_of(&text, id);
     assert!(
         row("eval:f").ends_with("stale: new; 4 (method, task) results to score"),
         "{text}"
@@ -611,17 +601,27 @@ fn plan_says_a_selection_runs_a_step_not_needed_otherwise() {
     let plan = support::plan_of(&d.path().join("reuse.kdl"), &goosepipe::steps::registry());
     let key = plan.get("tokenize:sort").unwrap().spec.key;
     std::fs::remove_dir_all(Store::open(&store).unwrap().object_dir(&key)).unwrap();
+    let text = plan_until(d.path(), &store, "tokenize:sort");
+    assert!(text.contains("--until tokenize:sort runs 1 step(s)\n"), "{text}");
+    let row = row_of(&text, "tokenize:sort");
+    assert!(row.contains("not needed, run by --until tokenize:sort"), "{text}");
+}
+
+/// `plan --until STEP` of the manifest in `dir`: its table.
+fn plan_until(dir: &Path, store: &Path, step: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
-        .args(["plan", "reuse.kdl", "--until", "tokenize:sort", "--store"])
-        .arg(&store)
-        .current_dir(d.path())
+        .args(["plan", "reuse.kdl", "--until", step, "--store"])
+        .arg(store)
+        .current_dir(dir)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("--until tokenize:sort runs 1 step(s)\n"), "{text}");
-    let row = text
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The row of step `id` (`KIND:NAME`) in a plan table.
+fn row_of<'t>(table: &'t str, id: &str) -> &'t str {
+    table
         .lines()
-        .find(|l| l.split_whitespace().take(2).eq(["tokenize", "sort"]))
-        .unwrap();
-    assert!(row.contains("not needed, run by --until tokenize:sort"), "{text}");
+        .find(|l| l.split_whitespace().take(2).eq(id.split(':')))
+        .unwrap_or_else(|| panic!("no row {id}: {table}"))
 }

@@ -279,7 +279,7 @@ pub fn plan_cmd(
         );
     }
     let selection = selection_of(&plan, &status, opts)?;
-    exec::previews_of(
+    exec::previews(
         &plan,
         &mut status,
         &store,
@@ -383,7 +383,7 @@ pub fn explain(
     let i = plan.resolve(step).map_err(|e| miette!("{e}"))?;
     // As `plan` gives them: a step's count leaves out what steps before it in the
     // plan will do, so theirs are computed too (not those after it).
-    exec::previews(&plan, &mut status, &store, registry, &lock, device, i);
+    exec::previews(&plan, &mut status, &store, registry, &lock, device, i, None);
     let _ = write!(out, "{}", render::explain(&plan, &status, i));
     Ok(EXIT_OK)
 }

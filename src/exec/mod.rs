@@ -13,7 +13,7 @@ pub mod worker;
 
 pub use executor::{Executor, Local, RunContext};
 pub use kind::{JobDefaults, JobResources, Kind};
-pub use preview::{preview, previews, previews_of};
+pub use preview::{preview, previews};
 pub use progress::{Outcome, PlainReporter, Reporter, Silent, StepProgress, reporter_for_stderr};
 pub use run::{RunError, RunOptions, RunReport, execute, run, select, updated_lock};
 pub use step::{CancelFlag, InputArtifact, PlannedWork, Registry, StepContext, StepError, StepRunner};

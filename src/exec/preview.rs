@@ -19,23 +19,11 @@ use super::step::{CancelFlag, InputArtifact, PlannedWork, Registry, StepContext}
 /// (`explain` needs its step's and those before it: a step's count leaves out what
 /// earlier steps of the plan will do), on `device` (the device a run would use:
 /// results scored on another kind of device are not reused), in plan order.
-pub fn previews(
-    plan: &Plan,
-    status: &mut Status,
-    store: &Store,
-    registry: &Registry,
-    lock: &Lockfile,
-    device: &str,
-    last: usize,
-) {
-    previews_of(plan, status, store, registry, lock, device, last, None);
-}
-
-/// [`previews`] of the steps a run's selection would run (`plan --until/--only`):
-/// only those, so that the work of a step outside it (another eval scoring the same
-/// parts) is not counted as done for the ones inside.
+/// With `selected` (the steps a run's selection would run: `plan --until/--only`),
+/// only those: the work of a step outside it (another eval scoring the same parts) is
+/// not counted as done for the ones inside.
 #[allow(clippy::too_many_arguments)]
-pub fn previews_of(
+pub fn previews(
     plan: &Plan,
     status: &mut Status,
     store: &Store,
