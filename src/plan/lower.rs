@@ -993,16 +993,9 @@ impl Lowerer<'_> {
         self.hub(e, "hub", "model", &mut p);
         // A revision of nothing from the hub: in the key, read by nothing (every step
         // after the model rebuilt for it), as an expert's without peft-hub= is refused.
-        if e.block.props.get("hub").is_none()
-            && let Some(f) = e
-                .block
-                .props
-                .get("revision")
-                .filter(|f| f.origin != Origin::Schema)
-        {
-            self.error(
-                "manifest::revision-without-hub",
-                f.loc.unwrap_or(e.name_loc),
+        if e.block.props.get("hub").is_none() {
+            self.revision_without_hub(
+                e,
                 format!("model \"{}\" sets revision= but reads nothing from the hub", e.name),
                 "only with hub=",
                 "revision= picks the commit of a hub= model; a local folder (path=) or a model the pipeline builds (init) has none: remove it",
@@ -1011,6 +1004,21 @@ impl Lowerer<'_> {
         p.absorb(c);
         self.review(e, &p);
         self.push(p, &e.name);
+    }
+
+    /// A `revision=` written on `e`, which reads nothing from the hub: in the key and
+    /// read by nothing, so refused at the setting (a model without hub=, a trained
+    /// expert).
+    fn revision_without_hub(&mut self, e: &Entity, message: String, label: &str, help: &str) {
+        if let Some(f) = e
+            .block
+            .props
+            .get("revision")
+            .filter(|f| f.origin != Origin::Schema)
+        {
+            let loc = f.loc.unwrap_or(e.name_loc);
+            self.error("manifest::revision-without-hub", loc, message, label, help);
+        }
     }
 
     fn dataset(&mut self, e: &Entity, c: Collected) {
@@ -1153,24 +1161,15 @@ impl Lowerer<'_> {
             x.params.insert("import".into(), Value::Str("peft".into()));
             x.inputs = vec![("model".into(), model.clone())];
         } else {
-            if let Some(f) = e
-                .block
-                .props
-                .get("revision")
-                .filter(|f| f.origin != Origin::Schema)
-            {
-                let loc = f.loc.unwrap_or(e.name_loc);
-                self.error(
-                    "manifest::revision-without-hub",
-                    loc,
-                    format!(
-                        "expert \"{}\" sets revision= but imports nothing from the hub",
-                        e.name
-                    ),
-                    "only with peft-hub=",
-                    "add peft-hub=\"org/name\" to import a PEFT adapter, or remove revision=",
-                );
-            }
+            self.revision_without_hub(
+                e,
+                format!(
+                    "expert \"{}\" sets revision= but imports nothing from the hub",
+                    e.name
+                ),
+                "only with peft-hub=",
+                "add peft-hub=\"org/name\" to import a PEFT adapter, or remove revision=",
+            );
             x.absorb(cx);
             let data = data.clone().expect("a trained expert has its data");
             x.inputs = vec![("model".into(), model.clone()), ("data".into(), data)];

@@ -114,10 +114,6 @@ fn check_choices(
     Ok(())
 }
 
-fn sample(ex: Vec<Example>, cap: Option<usize>, seed: u64) -> Vec<Example> {
-    sampled(ex, cap, seed).0
-}
-
 /// A task's examples under `max-examples` and the eval's `seed`, and the sample that
 /// cut them (cap and seed), None where the cap took every example: then neither
 /// setting changed what is scored.
@@ -510,7 +506,7 @@ impl StepRunner for EvalStep {
         check_choices(
             name,
             task,
-            &sample(ex, params.max_examples, params.seed),
+            &sampled(ex, params.max_examples, params.seed).0,
             &file,
             data,
         )
