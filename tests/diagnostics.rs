@@ -440,12 +440,15 @@ fn a_model_revision_without_hub_is_refused() {
     let (r, _d) = check_text(&[(
         "m.kdl",
         "dataset \"c\" { synthetic task=\"corpus\"; }\n\
-         model \"m\" revision=\"v2\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\n",
+         model \"m\" revision=\"v2\" { init corpus=\"c\" d-model=16 d-ff=32 d-kv=8 heads=2 layers=1; }\n\
+         dataset \"d\" { synthetic task=\"sort\"; }\n\
+         expert \"x\" model=\"m\" dataset=\"d\" revision=\"v1\"\n",
     )]);
     let err = r.unwrap_err();
+    assert_eq!(err.matches("manifest::revision-without-hub").count(), 2, "{err}");
     assert!(
-        err.contains("manifest::revision-without-hub")
-            && err.contains("model \"m\" sets revision= but reads nothing from the hub"),
+        err.contains("model \"m\" sets revision= but reads nothing from the hub")
+            && err.contains("expert \"x\" sets revision= but imports nothing from the hub"),
         "{err}"
     );
 }
