@@ -194,6 +194,14 @@ fn a_changed_eval_scores_only_the_parts_that_changed() {
         second.contains("eval:e 72/72 examples") && !second.contains("/108 examples"),
         "{second}"
     );
+    // From its first line on, not shrinking as the walk comes to the reused parts.
+    let totals: std::collections::BTreeSet<&str> = second
+        .lines()
+        .filter_map(|l| l.split("eval:e ").nth(1))
+        .filter(|rest| rest.contains(" examples"))
+        .filter_map(|rest| rest.split_whitespace().next()?.split('/').nth(1))
+        .collect();
+    assert_eq!(totals, std::collections::BTreeSet::from(["72"]), "{second}");
     assert!(
         second.contains("(method, task) result(s) unchanged since an earlier eval (artifact "),
         "{second}"

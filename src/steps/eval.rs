@@ -1028,12 +1028,39 @@ impl<'a> EvalRun<'a> {
         }
         let parts = Parts::new(ctx);
         let distinct = self.distinct_tokens(&base.tokenizer, base.config().eos_token_id)?;
-        let mut pending = self.parts(&distinct)?;
+        // The parts found already are looked for first and left out of the total
+        // from the start, so it does not shrink as the walk comes to them; only a
+        // part another eval finishes meanwhile still takes its examples off.
+        let mut pending: Vec<_> = self
+            .parts(&distinct)?
+            .into_iter()
+            .map(|(m, t, part)| {
+                let found = parts.find(&part, &m, &t.name, t.examples.len());
+                (m, t, part, found)
+            })
+            .collect();
+        let found_first: u64 = pending
+            .iter()
+            .filter(|p| p.3.is_some())
+            .map(|p| p.1.examples.len() as u64)
+            .sum();
+        scorer.total = scorer.total.saturating_sub(found_first);
+        ctx.progress.set_total(scorer.total, "examples");
         // Twice at most: the second time, nothing is left for later.
         for last in [false, true] {
             let mut later = vec![];
-            for (m, t, part) in pending {
-                let found = parts.find(&part, &m, &t.name, t.examples.len());
+            for (m, t, part, found_first) in pending {
+                let found = match found_first {
+                    Some(f) => Some(f),
+                    None => {
+                        let found = parts.find(&part, &m, &t.name, t.examples.len());
+                        if found.is_some() {
+                            scorer.total = scorer.total.saturating_sub(t.examples.len() as u64);
+                            ctx.progress.set_total(scorer.total, "examples");
+                        }
+                        found
+                    }
+                };
                 // A part to score is marked first; one a running eval is scoring
                 // (or marked at the same moment, with a key that sorts first) waits.
                 let wait = match found {
@@ -1042,7 +1069,7 @@ impl<'a> EvalRun<'a> {
                     None => !parts.claim(&part)? && !last,
                 };
                 if wait {
-                    later.push((m, t, part));
+                    later.push((m, t, part, None));
                     continue;
                 }
                 let job = (&m, t, part.as_str());
@@ -1083,8 +1110,6 @@ impl<'a> EvalRun<'a> {
         scored.found.count(found.as_ref().map(|(_, how)| how));
         let (f, bytes) = match found {
             Some((f, _)) => {
-                scorer.total = scorer.total.saturating_sub(t.examples.len() as u64);
-                ctx.progress.set_total(scorer.total, "examples");
                 // Written as this build writes it, whatever formatting the file
                 // found had.
                 let bytes = f.bytes();
