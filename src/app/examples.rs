@@ -8,7 +8,8 @@ use std::path::Path;
 
 use miette::{Report, miette};
 
-use super::{existing_store, not_built, plan_in_store, stale_reasons};
+use super::report::{not_built, stale_reasons};
+use super::{existing_store, plan_in_store};
 use crate::artifact_files::RESULTS_JSON;
 use crate::eval::Results;
 use crate::eval::predictions::{PREDICTIONS_JSON, Predictions, Selection, ran, render, selected};
@@ -57,7 +58,7 @@ pub fn examples(
     let shown: Vec<_> = evals
         .iter()
         .filter(|s| req.eval.is_none_or(|n| s.spec.name == n))
-        .map(|s| (*s, super::last_built(&store, &lock, s)))
+        .map(|s| (*s, super::report::last_built(&store, &lock, s)))
         .collect();
     let scoring: Vec<_> = shown
         .iter()
@@ -118,7 +119,7 @@ pub fn examples(
         let key = earlier.as_ref().map_or(s.spec.key, |m| m.key);
         let files = store.files_dir(&key);
         if let Some(m) = &earlier {
-            let note = super::earlier_run_note(
+            let note = super::report::earlier_run_note(
                 id,
                 "answers",
                 m,
