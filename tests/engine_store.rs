@@ -1145,6 +1145,33 @@ fn gc_of_one_manifest_keeps_a_sibling_manifests_work_unless_told() {
         "{err:?}"
     );
     assert!(store.object_dir(&theirs).exists());
+    std::fs::write(&sibling_lock, &pins).unwrap();
+
+    // Left broken by an edit (a half-typed node), it does not plan: what its lockfile
+    // pins is kept, and said; without a lockfile gc cannot tell what it needs and
+    // stops (it used to collect the sibling's whole work without a word).
+    let text = std::fs::read_to_string(&sibling).unwrap();
+    std::fs::write(&sibling, format!("{text}\ndataset \"oops\" {{\n")).unwrap();
+    let said = gc(true, false);
+    assert!(
+        said.contains("sibling.kdl ran on this store and does not plan now (")
+            && said.contains("): keeping what its lockfile pins"),
+        "{said}"
+    );
+    assert!(!said.contains("expert:b)"), "{said}");
+    std::fs::remove_file(&sibling_lock).unwrap();
+    let err =
+        goosepipe::app::gc(&[p.manifest()], &p.store(), &reg, false, false, &mut Vec::new()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sibling.kdl ran on this store and does not plan now (")
+            && err
+                .to_string()
+                .contains("no lockfile beside it pins what it built: gc cannot tell what it needs"),
+        "{err:?}"
+    );
+    assert!(store.object_dir(&theirs).exists());
+    std::fs::write(&sibling, text).unwrap();
     std::fs::write(&sibling_lock, pins).unwrap();
 
     // Its record in the store emptied (a full disk, a stray edit): not taken for a

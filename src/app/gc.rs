@@ -198,9 +198,31 @@ fn others_on_store(
                 m.display()
             )
         })?;
-        // One that does not plan now (an edit left it broken): what it last built.
-        let theirs = reached_keys(&m, &lock, registry, &hashes, store)
-            .unwrap_or_else(|_| lock.steps.values().map(|l| l.key).collect());
+        // One that does not plan now (an edit left it broken): what it last built, as
+        // its lockfile pins it, said; without a lockfile nothing says what it needs.
+        let theirs = match reached_keys(&m, &lock, registry, &hashes, store) {
+            Ok(keys) => keys,
+            Err(e) if lock.steps.is_empty() => {
+                return Err(miette!(
+                    help = format!(
+                        "fix it (`goosepipe check {}` shows where), give it to gc too, or pass --only-given to keep only what the given manifests reach",
+                        crate::store::shell_word(&m)
+                    ),
+                    "{} ran on this store and does not plan now ({}), and no lockfile beside it pins what it built: gc cannot tell what it needs",
+                    m.display(),
+                    first_line(&e)
+                ));
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "{} ran on this store and does not plan now ({}): keeping what its lockfile pins",
+                    m.display(),
+                    first_line(&e)
+                );
+                lock.steps.values().map(|l| l.key).collect()
+            }
+        };
         let kept = theirs
             .iter()
             .filter(|k| !reachable.contains(*k) && store.meta(k).is_some())
@@ -236,4 +258,14 @@ fn reached_keys(
         keys.extend(likely.steps.iter().map(|s| s.spec.key));
     }
     Ok(keys)
+}
+
+/// A planning error's first line, to name it inside a sentence of gc's.
+fn first_line(e: &Report) -> String {
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_string()
 }
