@@ -362,7 +362,21 @@ fn score_refuses_log_probabilities_that_are_not_finite() {
     req.experts = vec![file];
     let err = score(&req).unwrap_err().to_string();
     assert!(
-        err.contains("the model's or the experts' weights overflow"),
+        err.starts_with("the log-probability of token 1 of an answer choice is NaN: the model's or the experts' weights overflow"),
+        "{err}"
+    );
+    // Greedy generation from NaN logits still picks tokens (an argmax is always
+    // there): refused too, as text scored as an answer would read as a result.
+    let mut model = T5Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    model
+        .set_adapters(goosepipe::model::AdapterSet::from_lora(&expert))
+        .unwrap();
+    let err = model
+        .generate_greedy(&[vec![5, 6, 1], vec![7, 1]], 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("the logits of generated token 1 of input 1 are not finite: the model's or the experts' weights overflow"),
         "{err}"
     );
 }

@@ -455,6 +455,39 @@ expert "trained" model="t" dataset="two""#,
     )
 }
 
+/// An adapter whose finite weights overflow the forward pass (its `lora_alpha`
+/// scaled past reason) gave NaN log-probabilities, which rank classification read
+/// as ties (the first choice): an accuracy, with exit 0. The eval fails, naming the
+/// method and the task.
+#[test]
+fn an_eval_fails_on_scores_that_are_not_finite_naming_method_and_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = pipeline(dir.path(), &experts_block("alpha"));
+    let store_dir = dir.path().join("store");
+    let (code, out) = support::run_product(&first, &store_dir);
+    assert_eq!(code, 0, "{out}");
+    let shipped = dir.path().join("alpha-peft");
+    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, false, &mut Vec::new()).unwrap();
+    let config = shipped.join("adapter_config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["lora_alpha"] = serde_json::json!(1e30);
+    std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
+    let m = dir.path().join("huge.kdl");
+    let text = std::fs::read_to_string(&first).unwrap()
+        + &format!(
+            "expert \"huge\" model=\"t\" peft=\"{}\" peft-gate=#true\npool \"h\" {{ experts \"huge\" \"bin\"; }}\neval \"h\" pool=\"h\" {{ methods \"merged\"; task \"test\" dataset=\"test\"; }}\n",
+            shipped.display()
+        );
+    std::fs::write(&m, text).unwrap();
+    let (code, out) = support::run_product(&m, &store_dir);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("eval:h: merged on task test: the log-probability of token ")
+            && out.contains("weights overflow"),
+        "{out}"
+    );
+}
+
 #[test]
 fn imported_adapters_pool_with_trained_experts_and_export_again() {
     use goosepipe::store::Store;

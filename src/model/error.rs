@@ -46,6 +46,12 @@ pub enum ModelError {
     #[error("invalid input: {0}")]
     Input(String),
 
+    /// The forward pass gave NaN or infinite numbers: the weights, not the input.
+    #[error(
+        "{0}: the model's or the experts' weights overflow (an imported adapter's lora_alpha, a run that diverged)"
+    )]
+    NotFinite(String),
+
     #[error("adapter for module `{module}`: {message}")]
     Adapter { module: String, message: String },
 }

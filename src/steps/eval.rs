@@ -166,10 +166,9 @@ fn score_task(
                 .zip(&inputs)
                 .map(|(e, inp)| {
                     if e.choices.is_empty() {
-                        return Err(fail(format!(
-                            "task {}: rank classification needs answer choices, and an example has none",
-                            task.name
-                        )));
+                        return Err(fail(
+                            "rank classification needs answer choices, and an example has none",
+                        ));
                     }
                     Ok(ChoiceItem {
                         input: inp.clone(),
@@ -1117,7 +1116,13 @@ impl<'a> EvalRun<'a> {
             }
             None => {
                 ctx.cancel.check()?;
-                let f = self.score_part(base, scorer, m, t, distinct.get(&t.name))?;
+                // Which (method, task) failed: a model error names neither.
+                let f = self
+                    .score_part(base, scorer, m, t, distinct.get(&t.name))
+                    .map_err(|e| match e {
+                        StepError::Failed(msg) => StepError::Failed(format!("{m} on task {}: {msg}", t.name)),
+                        e => e,
+                    })?;
                 let bytes = f.bytes();
                 parts.save_progress(part, &bytes)?;
                 (f, bytes)

@@ -92,8 +92,18 @@ impl T5Model {
             let step = Tensor::from_vec(next.clone(), (b, 1), self.device())?;
             // Rows that finished feed padding: not tokens the router should count.
             self.set_decoder_rows(Some(done.iter().map(|d| !d).collect()));
-            let logits = self.decode_step(&step, &mut cache)?; // [B, 1, V]
-            let best: Vec<u32> = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+            let logits = self.decode_step(&step, &mut cache)?.squeeze(1)?; // [B, V]
+            let best: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+            // NaN logits still have an argmax: text generated from them would be
+            // scored as an answer. A row's sum is NaN or infinite when any logit is.
+            let sums: Vec<f32> = logits.sum(D::Minus1)?.to_dtype(DType::F32)?.to_vec1()?;
+            if let Some(i) = (0..b).find(|&i| !done[i] && !sums[i].is_finite()) {
+                return Err(ModelError::NotFinite(format!(
+                    "the logits of generated token {} of input {} are not finite",
+                    out[i].len() + 1,
+                    i + 1
+                )));
+            }
             for i in 0..b {
                 if done[i] {
                     // HF feeds pad after EOS; the value does not affect live rows.
@@ -172,6 +182,15 @@ impl T5Model {
             let nll: Vec<Vec<f64>> = nll.to_dtype(DType::F64)?.to_vec2()?;
             for ((_, t), row) in chunk.iter().zip(nll) {
                 let logprobs: Vec<f64> = row[..t.len()].iter().map(|x| -x).collect();
+                // NaN scores would rank as any other (ties go to the first choice):
+                // an accuracy that reads as a result.
+                if let Some(j) = logprobs.iter().position(|lp| !lp.is_finite()) {
+                    return Err(ModelError::NotFinite(format!(
+                        "the log-probability of token {} of an answer choice is {}",
+                        j + 1,
+                        logprobs[j]
+                    )));
+                }
                 let sum: f64 = logprobs.iter().sum();
                 scores.push(ChoiceScore {
                     token_ids: t.clone(),
