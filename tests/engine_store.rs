@@ -1066,6 +1066,38 @@ fn a_run_waits_for_a_gc_under_way() {
     assert!(!store.keys().is_empty());
 }
 
+/// A run that waits for another run building the same key stops at Ctrl-C, at
+/// once: it waited until the other run let go (hours, for a training step) and only
+/// then stopped.
+#[test]
+fn a_run_waiting_for_another_runs_key_stops_when_cancelled() {
+    let p = Project::new(BASE);
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let store = Store::open(p.store()).unwrap();
+    let held = store.lock(&key_of(&p, &reg, "expert:a")).unwrap();
+    let cancel = CancelFlag::new();
+    let run = {
+        let (manifest, root, reg, cancel) = (p.manifest(), p.store(), reg.clone(), cancel.clone());
+        std::thread::spawn(move || run_manifest(&manifest, &root, &reg, &RunOptions::default(), &cancel))
+    };
+    let waiting = Instant::now();
+    while !run.is_finished() && waiting.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!run.is_finished(), "the run must wait while the key is held");
+    cancel.cancel();
+    let asked = Instant::now();
+    while !run.is_finished() && asked.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(run.is_finished(), "still waiting 10 s after Ctrl-C");
+    let (code, out) = run.join().unwrap();
+    assert_eq!(code, 130, "{out}");
+    assert!(out.contains("interrupted:"), "{out}");
+    assert!(!store.object_dir(&key_of(&p, &reg, "expert:a")).exists());
+    drop(held);
+}
+
 /// A device other than the CPU is opened before any step runs (a build without CUDA
 /// says so at once, building nothing), and only when something will run.
 #[test]

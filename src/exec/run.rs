@@ -702,7 +702,16 @@ pub fn execute(
                 "{}: another run is building this key; waiting for it",
                 spec.id
             ));
-            store.lock(&spec.key).map_err(store_err)?
+            // Asked again and again rather than blocked on: Ctrl-C stops the wait
+            // (a training step may hold the key for hours, and this run has nothing
+            // of its own to save).
+            loop {
+                cancel.check()?;
+                if let Some(g) = store.try_lock(&spec.key).map_err(store_err)? {
+                    break g;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
         }
     };
     match store.presence(&spec.key) {
