@@ -160,6 +160,27 @@ fn check_text(files: &[(&str, &str)]) -> (Result<String, String>, tempfile::Temp
     )
 }
 
+/// A value out of range beside values sbatch could not read, in one `resources`:
+/// every one is said at once (the range error hid the other two: fix it, check
+/// again, find the next).
+#[test]
+fn every_wrong_resource_is_said_beside_an_out_of_range_one() {
+    let qs = std::fs::read_to_string("pipelines/quickstart.kdl").unwrap();
+    let good = "resources cpus=2 memory=\"4G\" time=\"1:00:00\"";
+    assert!(qs.contains(good));
+    let bad = qs.replace(good, "resources cpus=0 memory=\"lots\" time=\"forever\"");
+    let (r, _d) = check_text(&[("m.kdl", &bad)]);
+    let err = r.unwrap_err();
+    assert!(err.contains("3 errors in manifest"), "{err}");
+    for said in [
+        "`cpus` = 0 is out of range",
+        "memory=\"lots\" is not a size sbatch reads",
+        "time=\"forever\" is not a time limit sbatch reads",
+    ] {
+        assert!(err.contains(said), "{said}: {err}");
+    }
+}
+
 #[test]
 fn nesting_one_level_too_deep_is_a_diagnostic_and_any_depth_is_safe() {
     let nest = |n: usize| "x {".repeat(n) + &"}".repeat(n);

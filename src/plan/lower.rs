@@ -130,8 +130,9 @@ pub fn load_with(
 
 /// Codes of lowering errors that judge a value as the manifest writes it, whatever
 /// else is wrong around it.
-const VERBATIM: [&str; 4] = [
+const VERBATIM: [&str; 5] = [
     "manifest::missing-file",
+    "manifest::wrong-value",
     "manifest::wrong-path",
     "manifest::unknown-method",
     "plan::unknown-step-kind",
