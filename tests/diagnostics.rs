@@ -1111,7 +1111,7 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
         goosepipe::app::check(&d.path().join("m.kdl"), &goosepipe::steps::registry(), &mut out).unwrap_err();
     let err = one_line(&format!("{err:?}"));
     assert!(
-        err.contains("path \"base\": it holds none of model.safetensors, model.safetensors.index.json or pytorch_model.bin"),
+        err.contains("path \"base\": it holds no tokenizer.json, and none of model.safetensors, model.safetensors.index.json or pytorch_model.bin"),
         "{err}"
     );
     assert!(
@@ -1133,6 +1133,7 @@ fn folders_missing_the_files_their_setting_reads_are_errors_at_check() {
     // (it was the gate step's failure, after the other steps ran).
     std::fs::write(d.path().join("adapter/adapter_config.json"), "{}").unwrap();
     std::fs::write(d.path().join("base/pytorch_model.bin"), "").unwrap();
+    std::fs::write(d.path().join("base/tokenizer.json"), "{}").unwrap();
     let gate = d.path().join("adapter/phatgoose_gates.safetensors");
     std::fs::create_dir(&gate).unwrap();
     let check = || {

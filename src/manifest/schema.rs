@@ -188,22 +188,34 @@ impl PathRule {
             Some(PathIs::Folder) if !is_dir => return Some("it is a file; expected a folder".into()),
             _ => {}
         }
-        if is_dir
-            && let Some(missing) = self
-                .holds
+        // Every file it lacks at once: one fixed, the next found at the next check.
+        let missing: Vec<&Vec<String>> = if is_dir {
+            self.holds
                 .iter()
-                .find(|alts| !alts.iter().any(|f| path.join(f).is_file()))
-        {
+                .filter(|alts| !alts.iter().any(|f| path.join(f).is_file()))
+                .collect()
+        } else {
+            vec![]
+        };
+        if !missing.is_empty() {
             // One there under the name, but not a file (a folder of that name).
-            if let Some(odd) = missing.iter().find(|f| path.join(f).exists()) {
+            if let Some(odd) = missing
+                .iter()
+                .flat_map(|m| m.iter())
+                .find(|f| path.join(f).exists())
+            {
                 return Some(format!("its {odd} is not a file"));
             }
-            return Some(match missing.split_last() {
-                Some((last, rest)) if !rest.is_empty() => {
-                    format!("it holds none of {} or {last}", rest.join(", "))
-                }
-                _ => format!("it holds no {}", missing.join("")),
-            });
+            let said: Vec<String> = missing
+                .iter()
+                .map(|alts| match alts.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("none of {} or {last}", rest.join(", "))
+                    }
+                    _ => format!("no {}", alts.join("")),
+                })
+                .collect();
+            return Some(format!("it holds {}", said.join(", and ")));
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !is_dir && !self.extensions.is_empty() && !self.extensions.iter().any(|x| x == ext) {

@@ -87,6 +87,13 @@ fn check_folder(dir: &std::path::Path) -> Result<(), StepError> {
     use crate::model::checkpoint::load::{WeightFiles, locate, open_store};
     let broken = |e: crate::model::ModelError| fail(format!("{e} (in the folder path= names)"));
     let files = locate(dir).map_err(broken)?;
+    // Every step that reads the model tokenizes with it (as for a hub model).
+    if files.tokenizer.is_none() {
+        return Err(fail(format!(
+            "{} has no tokenizer.json (in the folder path= names); goosepipe reads a model's tokenizer from it (transformers' `AutoTokenizer.from_pretrained(...).save_pretrained(DIR)` writes one)",
+            dir.display()
+        )));
+    }
     // Safetensors: their headers give every shape without reading the weights, so
     // a config.json that disagrees with them is refused here. A pickle is read
     // whole, by the first step that loads it; its config is only parsed.
