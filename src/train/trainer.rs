@@ -230,6 +230,11 @@ pub enum TrainError {
     Config(String),
     #[error("training diverged at step {step} (loss {loss}); lower the learning rate or raise grad clipping")]
     Diverged { step: usize, loss: f64 },
+    /// Before any update (no learning rate can be the cause).
+    #[error(
+        "the loss is {loss} before any training step changed a weight: the base model's weights (or, for a gate, its expert's) or the data give it, not the learning rate; `goosepipe score --model ...` on one example shows whether the model alone does"
+    )]
+    NotFiniteAtStart { loss: f64 },
     #[error("cancelled at step {step}; the checkpoint is kept")]
     Cancelled { step: usize },
     #[error("checkpoint {path}: {message}")]
@@ -405,7 +410,12 @@ pub fn train(
         st.step += 1;
         let step = st.step;
         if !loss.is_finite() {
-            return Err(TrainError::Diverged { step, loss });
+            // Its loss was computed before this step's update.
+            return Err(if step == 1 {
+                TrainError::NotFiniteAtStart { loss }
+            } else {
+                TrainError::Diverged { step, loss }
+            });
         }
         st.metrics
             .push(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm}));
@@ -597,7 +607,11 @@ impl RunState {
         let step = self.step;
         let v = validation(obj, valid, cfg.micro(), cfg.eval_examples)?;
         if !v.loss.is_finite() {
-            return Err(TrainError::Diverged { step, loss: v.loss });
+            return Err(if step == 0 {
+                TrainError::NotFiniteAtStart { loss: v.loss }
+            } else {
+                TrainError::Diverged { step, loss: v.loss }
+            });
         }
         let score = v.score();
         // `>=`: ties go to the later checkpoint.
@@ -772,6 +786,72 @@ mod tests {
         assert!(
             pretraining.ends_with("set it to at most 64, or give more examples"),
             "{pretraining}"
+        );
+    }
+
+    /// (x - 3)^2 plus `offset`: NaN from the start when the offset is NaN.
+    struct Offset {
+        x: Var,
+        offset: f32,
+    }
+
+    impl Objective for Offset {
+        fn loss(&mut self, _batch: &[&Pair]) -> ModelResult<Tensor> {
+            Ok(((self.x.as_tensor() - 3.0)?.sqr()? + f64::from(self.offset))?.sum_all()?)
+        }
+    }
+
+    /// A loss that is NaN before any update is not blamed on the learning rate (a
+    /// base model with NaN weights was told to lower it); one that blows up later is.
+    #[test]
+    fn a_loss_not_finite_at_the_start_is_told_apart_from_divergence() {
+        let data = vec![Pair {
+            input: vec![1],
+            target: vec![1],
+        }];
+        let run = |offset: f32, cfg: TrainConfig| {
+            let x = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
+            let mut obj = Offset { x: x.clone(), offset };
+            let work = tempfile::tempdir().unwrap();
+            match train(
+                &mut obj,
+                &[("x".into(), x)],
+                &data,
+                &data,
+                &cfg,
+                work.path(),
+                &Quiet,
+            ) {
+                Ok(_) => panic!("trained"),
+                Err(e) => e.to_string(),
+            }
+        };
+        for eval_every in [Some(5), None] {
+            let e = run(
+                f32::NAN,
+                TrainConfig {
+                    eval_every,
+                    ..config()
+                },
+            );
+            assert!(
+                e.starts_with("the loss is NaN before any training step changed a weight")
+                    && e.contains("not the learning rate"),
+                "{eval_every:?}: {e}"
+            );
+        }
+        let e = run(
+            0.0,
+            TrainConfig {
+                lr: 1e30,
+                dropout: 0.0,
+                eval_every: None,
+                ..config()
+            },
+        );
+        assert!(
+            e.starts_with("training diverged at step ") && !e.starts_with("training diverged at step 1 "),
+            "{e}"
         );
     }
 
