@@ -266,6 +266,28 @@ fn bad_flags_are_clear_errors() {
             ][..],
             "--router single runs one expert's LoRA alone, and 2 experts were given",
         ),
+        // Gates without their experts were blamed on the default router; a router that
+        // combines experts, given none, scored the base model as if asked.
+        (
+            &[
+                "score", "--model", "m", "--gates", "g", "--input", "a", "--target", "b",
+            ][..],
+            "--gates given without --experts",
+        ),
+        (
+            &[
+                "score",
+                "--model",
+                "m",
+                "--router",
+                "phatgoose",
+                "--input",
+                "a",
+                "--target",
+                "b",
+            ][..],
+            "--router phatgoose combines experts, and none was given",
+        ),
     ] {
         let out = goosepipe(args, t.path());
         assert_eq!(

@@ -459,6 +459,17 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
             v.text
         );
     }
+    // `show` says where it went (it said no artifact matched, as for a typo).
+    let show = goosepipe(d.path(), None, &["show", "eval:e"]);
+    assert_eq!(show.code, Some(1), "{}", show.text);
+    assert!(
+        crate::support::one_line(&show.text).contains("the artifact of eval:e (")
+            && crate::support::one_line(&show.text).contains(
+                "was moved aside as corrupt (by a verify, a report or a run) and is not rebuilt yet"
+            ),
+        "{}",
+        show.text
+    );
     let rep = goosepipe(d.path(), None, &["report", "crash.kdl"]);
     // Why the result is missing, as plan says it, and a command to copy: it names
     // the store this report read.

@@ -21,15 +21,7 @@ fn render(name: &str) -> (String, Vec<&'static str>) {
     (out, err.codes())
 }
 
-/// A rendered diagnostic as one line: the renderer wraps long messages and marks
-/// continued lines with `│`.
-fn one_line(rendered: &str) -> String {
-    rendered
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use crate::support::one_line;
 
 macro_rules! golden {
     ($name:ident, $($code:literal),+) => {

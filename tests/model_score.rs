@@ -330,7 +330,42 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
     std::fs::write(&data, "{\"input\": \"a\", \"target\": \"b\"}\n".repeat(50)).unwrap();
     req.experts = vec![data];
     let err = score(&req).unwrap_err().to_string();
-    assert!(err.contains("rows.jsonl is not an expert file"), "{err}");
+    assert!(err.contains("rows.jsonl is not a safetensors file"), "{err}");
+    // A PEFT adapter's weights file (its folder is the adapter), a model's weights,
+    // and an expert of a base of other depth: each said as what it is.
+    let peft_weights = out.path().join("adapter_model.safetensors");
+    let mut lora: std::collections::HashMap<String, candle_core::Tensor> = std::collections::HashMap::new();
+    for (name, shape) in [("lora_A", (4, 32)), ("lora_B", (32, 4))] {
+        lora.insert(
+            format!("base_model.model.encoder.block.0.layer.0.SelfAttention.q.{name}.weight"),
+            candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+        );
+    }
+    candle_core::safetensors::save(&lora, &peft_weights).unwrap();
+    req.experts = vec![peft_weights];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("adapter_model.safetensors holds a PEFT adapter's weights, not a goosepipe expert: give the adapter's folder"),
+        "{err}"
+    );
+    req.experts = vec![dir.join("model.safetensors")];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors is not an expert file ("), "{err}");
+    let mut deeper = std::collections::HashMap::new();
+    for (name, shape) in [("lora_A", (4, 32)), ("lora_B", (32, 4))] {
+        deeper.insert(
+            format!("encoder.block.99.layer.0.SelfAttention.q.{name}"),
+            candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+        );
+    }
+    let other_base = out.path().join("deeper.safetensors");
+    candle_core::safetensors::save(&deeper, &other_base).unwrap();
+    req.experts = vec![other_base];
+    let err = score(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("deeper.safetensors is an expert of another base model: it adapts module `encoder.block.99.layer.0.SelfAttention.q`, which this base model does not have"),
+        "{err}"
+    );
     req.experts = vec!["expert:sort".into()];
     let err = score(&req).unwrap_err().to_string();
     assert!(
@@ -533,12 +568,13 @@ fn score_with_routing_shows_where_each_token_goes() {
     req.router = RouterChoice::parse("arrow").unwrap();
     assert!(score(&req).unwrap().routing.is_some());
     req.router = RouterChoice::parse("base").unwrap();
-    req.experts.clear();
+    let experts = std::mem::take(&mut req.experts);
     let err = score(&req).unwrap_err().to_string();
     assert!(
         err.contains("--router base routes no token (it applies no adapter)"),
         "{err}"
     );
+    req.experts = experts;
     req.router = RouterChoice::parse("merged").unwrap();
     let err = score(&req).unwrap_err().to_string();
     assert!(

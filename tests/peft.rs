@@ -602,6 +602,33 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
     let err = goosepipe::app::export("dataset:one", None, &exported, &store_dir, true, &mut Vec::new())
         .unwrap_err();
     assert!(err.to_string().contains("export takes an expert"), "{err}");
+    // --model with what is not an expert file: said as what was given (a missing
+    // file and a PEFT folder were both called a store artifact).
+    let base_dir = t5_fixture("v1_1");
+    let other = dir.path().join("other-export");
+    for (what, says) in [
+        (
+            dir.path().join("nope.safetensors"),
+            "nope.safetensors does not exist",
+        ),
+        (exported.clone(), "alpha-peft is a PEFT adapter folder already"),
+    ] {
+        let err = goosepipe::app::export(
+            what.to_str().unwrap(),
+            Some(&base_dir),
+            &other,
+            &store_dir,
+            false,
+            &mut Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("--model goes with an expert file given by path (expert.safetensors), and ")
+                && err.contains(says),
+            "{err}"
+        );
+    }
 
     // A folder with files in it is not written into unless asked (--force).
     let err = goosepipe::app::export(

@@ -349,8 +349,20 @@ pub fn export(
         export::export_peft_file(as_file, model, dir)
     } else {
         if model.is_some() {
+            // Not a store artifact by intent: what was given is said as what it is.
+            let given = if id_form {
+                "a store artifact knows its base".to_string()
+            } else if crate::model::checkpoint::peft::is_peft_dir(as_file) {
+                format!("{what} is a PEFT adapter folder already")
+            } else if as_file.is_dir() {
+                format!("{what} is a folder")
+            } else if !as_file.exists() {
+                format!("{what} does not exist")
+            } else {
+                format!("{what} is not a regular file")
+            };
             return Err(miette!(
-                "--model is only for an expert file given by path; a store artifact knows its base"
+                "--model goes with an expert file given by path (expert.safetensors), and {given}"
             ));
         }
         let store = existing_store(store_root)?;

@@ -69,6 +69,17 @@ impl RouterChoice {
     /// usage error of the command line).
     pub fn takes(&self, experts: usize, gates: usize) -> std::result::Result<(), String> {
         match (self, experts) {
+            (_, 0) if gates > 0 => Err(
+                "--gates given without --experts: a gate routes the expert it was trained for; give the experts the gates belong to (--experts FILE, PEFT_DIR or expert:NAME)".into(),
+            ),
+            (RouterChoice::Gated, 0) => Err(
+                "--router gated runs one expert with its gate, and no expert was given: give one with --experts".into(),
+            ),
+            // Without experts it scored the base model, as if that had been asked.
+            (RouterChoice::Method(m), 0) if m.name() != "base" => Err(format!(
+                "--router {} combines experts, and none was given: give them with --experts, or leave --router out to score the model alone",
+                m.name()
+            )),
             (RouterChoice::Single, _) if gates > 0 => Err(
                 "--gates given, and --router single runs each expert's LoRA alone (a gate is a router, never applied): pass --router gated, or a routed method such as phatgoose".into(),
             ),
@@ -244,8 +255,8 @@ fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::
     let mut expert = LoraExpert::load(path, cfg, device, DType::F32).map_err(|e| match e {
         // A data file or anything else given by mistake: say what an expert is.
         ModelError::Candle(_) | ModelError::BadFile { .. } => ModelError::Input(format!(
-            "--experts: {} is not an expert file ({e}); an expert is a goosepipe expert file (expert.safetensors in a store folder) or a PEFT adapter folder",
-            path.display()
+            "--experts: {}; an expert is a goosepipe expert file (expert.safetensors in a store folder) or a PEFT adapter folder",
+            crate::model::checkpoint::expert_file::not_an_expert(path, cfg, &e)
         )),
         e => e,
     })?;

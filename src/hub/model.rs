@@ -242,7 +242,8 @@ pub fn resolve_model_dir(model: &str, revision: &str, hub: &HubOptions) -> Resul
         return Ok(p.to_path_buf());
     }
     // Spelled as a path (a hub id is `org/name`, never absolute or dotted): say so.
-    let path_like = model.starts_with(['/', '.', '~']) || model.matches('/').count() > 1;
+    // A file or anything else here under that name is what was meant, too.
+    let path_like = model.starts_with(['/', '.', '~']) || model.matches('/').count() > 1 || p.exists();
     if path_like {
         let what = if p.exists() {
             "is not a folder"
@@ -264,4 +265,23 @@ pub fn resolve_model_dir(model: &str, revision: &str, hub: &HubOptions) -> Resul
         )),
         e => e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file here under a bare name was taken for a malformed hub id (`org/name`);
+    /// it is said as the file it is. (Tests run in the package root.)
+    #[test]
+    fn a_file_here_given_as_the_model_is_said_as_a_file() {
+        let hub = HubOptions {
+            offline: true,
+            ..HubOptions::default()
+        };
+        let e = resolve_model_dir("Cargo.toml", "main", &hub)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model folder Cargo.toml is not a folder"), "{e}");
+    }
 }

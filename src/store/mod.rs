@@ -726,6 +726,15 @@ impl Store {
                 corrupt_help(&self.root)
             ));
         }
+        if best.is_none()
+            && let Some(k) = self.named(what)
+            && self.was_quarantined(&k)
+        {
+            return Err(format!(
+                "the artifact of {what} ({}) was moved aside as corrupt (by a verify, a report or a run) and is not rebuilt yet: the next `goosepipe run` of its manifest rebuilds it",
+                k.short()
+            ));
+        }
         best.ok_or_else(|| {
             let short = if !what.is_empty() && what.len() < 4 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
                 "; a key prefix needs at least 4 hex digits"

@@ -412,3 +412,13 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// A rendered diagnostic as one line: the renderer wraps long messages and marks
+/// continued lines with `│`.
+pub fn one_line(rendered: &str) -> String {
+    rendered
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}

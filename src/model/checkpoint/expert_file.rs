@@ -105,6 +105,43 @@ fn split_name<'a>(
     Ok((module, suffix))
 }
 
+/// What a file that did not load as an expert is, said for the person who gave it
+/// (`err`: what loading said): not a safetensors file, a PEFT adapter's weights (the
+/// adapter is their folder), an expert of another base model, or else no expert file.
+pub fn not_an_expert(path: &Path, cfg: &T5Config, err: &ModelError) -> String {
+    let shown = path.display();
+    let Ok(store) = TensorStore::mmap(&[path.to_path_buf()]) else {
+        return format!("{shown} is not a safetensors file ({err})");
+    };
+    let names = store.names();
+    if names
+        .iter()
+        .any(|n| n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight"))
+    {
+        return format!(
+            "{shown} holds a PEFT adapter's weights, not a goosepipe expert: give the adapter's folder (with its adapter_config.json)"
+        );
+    }
+    let lora = |n: &str| {
+        n.rsplit_once('.')
+            .filter(|(_, s)| *s == "lora_A" || *s == "lora_B")
+            .map(|(m, _)| m.to_string())
+    };
+    let sites = sites_by_name(cfg);
+    if !names.is_empty()
+        && names.iter().all(|n| lora(n).is_some())
+        && let Some(m) = names
+            .iter()
+            .filter_map(|n| lora(n))
+            .find(|m| !sites.contains_key(m))
+    {
+        return format!(
+            "{shown} is an expert of another base model: it adapts module `{m}`, which this base model does not have"
+        );
+    }
+    format!("{shown} is not an expert file ({err})")
+}
+
 impl LoraExpert {
     /// Loads and validates an expert file against the base `cfg`.
     pub fn load(path: &Path, cfg: &T5Config, device: &Device, dtype: DType) -> Result<Self> {
