@@ -190,6 +190,23 @@ fn a_local_model_step_refuses_a_folder_with_damaged_weights() {
         out.contains("model:t: ") && out.contains("has shape") && out.contains("(in the folder path= names)"),
         "{out}"
     );
+    // Fewer layers than the weights hold: the rest were left unread, the model
+    // loaded as another one.
+    let mut c: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let layers = c["num_layers"].as_u64().unwrap();
+    assert!(layers >= 2, "the fixture has layers to drop");
+    c["num_layers"] = serde_json::json!(layers - 1);
+    std::fs::write(&config_file, c.to_string()).unwrap();
+    let (code, out) = support::run_product(&manifest, &tmp.path().join("store"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "is of encoder layer {}, and config.json says num_layers={}: the config and the weights are of different models",
+            layers - 1,
+            layers - 1
+        )),
+        "{out}"
+    );
     std::fs::write(&config_file, &config).unwrap();
 
     // Cut short: the header promises more bytes than the file has.

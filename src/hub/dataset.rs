@@ -272,7 +272,10 @@ pub fn split_files_reporting(
         e => err(
             repo,
             revision,
-            format!("{what}, and listing the repo failed: {e}"),
+            format!(
+                "{what}, and listing the repo failed: {}",
+                super::error::with_causes(&e)
+            ),
         ),
     })?;
     if names.is_empty() {
@@ -308,7 +311,13 @@ pub fn split_files_reporting(
                 format!("downloading `{n}`: {}", silence.explain()),
             )
         })?;
-        got.map_err(|e| err(repo, revision, format!("downloading `{n}` failed: {e}")))?;
+        got.map_err(|e| {
+            err(
+                repo,
+                revision,
+                format!("downloading `{n}` failed: {}", super::error::with_causes(&e)),
+            )
+        })?;
         ds = back;
     }
     let found = cached_or_gaps(&cache, repo, revision, config, split).map_err(|gaps| {

@@ -29,3 +29,44 @@ pub enum HubError {
 }
 
 pub type Result<T, E = HubError> = std::result::Result<T, E>;
+
+/// An error with its causes, each not already in the message before it: the
+/// client's own message stops at "error sending request for url (...)", and the
+/// cause that tells a proxy from a DNS failure from a refused connection is below it.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request for url (https://huggingface.co/x)")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_is_said_with_its_causes() {
+        let e = Outer(Middle(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        )));
+        assert_eq!(
+            with_causes(&e),
+            "error sending request for url (https://huggingface.co/x): client error (Connect): Connection refused"
+        );
+    }
+}

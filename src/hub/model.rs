@@ -73,7 +73,7 @@ impl Repo<'_> {
                 {
                     Ok(p) => Ok(Fetch::Found(p)),
                     Err(HFError::EntryNotFound { .. }) => Ok(Fetch::Absent),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(super::error::with_causes(&e)),
                 }
             })
         });

@@ -39,6 +39,30 @@ pub fn check_shapes(cfg: &T5Config, store: &super::tensor_store::TensorStore) ->
             Some(_) => {}
         }
     }
+    // Layers the config does not have would be left unread: a config of fewer layers
+    // than its weights (another model's, or edited) loads as a different model.
+    for name in store.names() {
+        for (stack, layers, setting) in [
+            ("encoder", cfg.num_layers, "num_layers"),
+            ("decoder", cfg.num_decoder_layers, "num_decoder_layers"),
+        ] {
+            let block = name
+                .strip_prefix(stack)
+                .and_then(|r| r.strip_prefix(".block."))
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            if let Some(i) = block
+                && i >= layers
+            {
+                return Err(crate::model::ModelError::BadFile {
+                    file: store.label().to_owned(),
+                    message: format!(
+                        "tensor `{name}` is of {stack} layer {i}, and config.json says {setting}={layers}: the config and the weights are of different models"
+                    ),
+                });
+            }
+        }
+    }
     Ok(())
 }
 

@@ -143,6 +143,15 @@ impl T5Config {
             message,
         };
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        // Another architecture's config whose field names happen to be there (or be
+        // defaulted) would load as a T5 that is no model at all.
+        if let Some(kind) = field(&v, "model_type")
+            && !matches!(kind.as_str(), Some("t5" | "mt5"))
+        {
+            return Err(bad(format!(
+                "model_type is {kind}: goosepipe runs T5 models (model_type \"t5\" or \"mt5\")"
+            )));
+        }
         let usize_of = |key: &str| -> Result<Option<usize>> {
             match field(&v, key) {
                 None => Ok(None),
@@ -233,6 +242,8 @@ impl T5Config {
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
             ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.num_decoder_layers),
             (
                 "relative_attention_num_buckets",
                 self.relative_attention_num_buckets,
@@ -356,5 +367,19 @@ mod tests {
         );
         let err = parsed(|v| v["relative_attention_max_distance"] = (1u64 << 63).into()).unwrap_err();
         assert!(err.contains("`relative_attention_max_distance`"), "{err}");
+    }
+
+    /// Another architecture's config, or a T5 of no layers, loaded as a T5 (what the
+    /// weights held beyond it was left unread).
+    #[test]
+    fn other_architectures_and_empty_stacks_are_refused() {
+        let err = parsed(|v| v["model_type"] = "bert".into()).unwrap_err();
+        assert!(
+            err.contains("model_type is \"bert\": goosepipe runs T5 models"),
+            "{err}"
+        );
+        assert!(parsed(|v| v["model_type"] = "mt5".into()).is_ok());
+        let err = parsed(|v| v["num_layers"] = 0.into()).unwrap_err();
+        assert!(err.contains("`num_layers` must be positive"), "{err}");
     }
 }
