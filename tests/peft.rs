@@ -455,6 +455,18 @@ expert "trained" model="t" dataset="two""#,
     )
 }
 
+/// The imports pipeline run in `dir`, and its trained `alpha` exported (with its
+/// gate) as a PEFT folder: (manifest, store, exported folder).
+fn alpha_shipped(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let first = pipeline(dir, &experts_block("alpha"));
+    let store_dir = dir.join("store");
+    let (code, out) = support::run_product(&first, &store_dir);
+    assert_eq!(code, 0, "{out}");
+    let shipped = dir.join("alpha-peft");
+    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, false, &mut Vec::new()).unwrap();
+    (first, store_dir, shipped)
+}
+
 /// An adapter whose finite weights overflow the forward pass (its `lora_alpha`
 /// scaled past reason) gave NaN log-probabilities, which rank classification read
 /// as ties (the first choice): an accuracy, with exit 0. The eval fails, naming the
@@ -462,12 +474,7 @@ expert "trained" model="t" dataset="two""#,
 #[test]
 fn an_eval_fails_on_scores_that_are_not_finite_naming_method_and_task() {
     let dir = tempfile::tempdir().unwrap();
-    let first = pipeline(dir.path(), &experts_block("alpha"));
-    let store_dir = dir.path().join("store");
-    let (code, out) = support::run_product(&first, &store_dir);
-    assert_eq!(code, 0, "{out}");
-    let shipped = dir.path().join("alpha-peft");
-    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, false, &mut Vec::new()).unwrap();
+    let (first, store_dir, shipped) = alpha_shipped(dir.path());
     let config = shipped.join("adapter_config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     c["lora_alpha"] = serde_json::json!(1e30);
@@ -672,12 +679,7 @@ fn imported_adapters_pool_with_trained_experts_and_export_again() {
 fn an_imported_adapter_with_its_shipped_gate_pools_without_its_data() {
     use goosepipe::store::Store;
     let dir = tempfile::tempdir().unwrap();
-    let first = pipeline(dir.path(), &experts_block("alpha"));
-    let store_dir = dir.path().join("store");
-    let (code, out) = support::run_product(&first, &store_dir);
-    assert_eq!(code, 0, "{out}");
-    let shipped = dir.path().join("alpha-peft");
-    goosepipe::app::export("expert:alpha", None, &shipped, &store_dir, false, &mut Vec::new()).unwrap();
+    let (first, store_dir, shipped) = alpha_shipped(dir.path());
 
     let text = std::fs::read_to_string(&first).unwrap();
     let alpha_line = text
