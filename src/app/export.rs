@@ -330,12 +330,13 @@ pub fn export_peft(store: &Store, what: &str, out: &Path) -> Result<Exported, St
 pub fn export_peft_file(file: &Path, model: &Path, out: &Path) -> Result<Exported, String> {
     let cfg = config_of(model)?;
     let dev = Device::Cpu;
-    let mut expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| match e {
-        crate::model::ModelError::Candle(_) | crate::model::ModelError::BadFile { .. } => format!(
-            "{}; with --model, export takes a goosepipe expert file (expert.safetensors in a store folder)",
-            crate::model::checkpoint::expert_file::not_an_expert(file, &cfg, &e)
-        ),
-        e => e.to_string(),
+    let mut expert = LoraExpert::load(file, &cfg, &dev, DType::F32).map_err(|e| {
+        match crate::model::checkpoint::expert_file::not_an_expert(file, &cfg, &e) {
+            Some(why) => format!(
+                "{why}; with --model, export takes a goosepipe expert file (expert.safetensors in a store folder)"
+            ),
+            None => e.to_string(),
+        }
     })?;
     // A file taken from a store is named by the step that built it.
     if let Some(name) = crate::store::step_name_of_file(file) {

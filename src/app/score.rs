@@ -252,13 +252,14 @@ fn load_expert(path: &Path, cfg: &crate::model::T5Config, device: &candle_core::
             path.display()
         )));
     }
-    let mut expert = LoraExpert::load(path, cfg, device, DType::F32).map_err(|e| match e {
+    let mut expert = LoraExpert::load(path, cfg, device, DType::F32).map_err(|e| {
         // A data file or anything else given by mistake: say what an expert is.
-        ModelError::Candle(_) | ModelError::BadFile { .. } => ModelError::Input(format!(
-            "--experts: {}; an expert is a goosepipe expert file (expert.safetensors in a store folder) or a PEFT adapter folder",
-            crate::model::checkpoint::expert_file::not_an_expert(path, cfg, &e)
-        )),
-        e => e,
+        match crate::model::checkpoint::expert_file::not_an_expert(path, cfg, &e) {
+            Some(why) => ModelError::Input(format!(
+                "--experts: {why}; an expert is a goosepipe expert file (expert.safetensors in a store folder) or a PEFT adapter folder"
+            )),
+            None => e,
+        }
     })?;
     let mut gates = GateVectors::load_beside(path, cfg, device, DType::F32)?;
     // A file taken from a store is named by the step that built it.

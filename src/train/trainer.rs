@@ -241,6 +241,18 @@ pub enum TrainError {
     Checkpoint { path: String, message: String },
 }
 
+impl TrainError {
+    /// A loss that is not finite at `step`, computed after `updates` optimizer
+    /// updates: with none, no learning rate can be the cause.
+    fn not_finite(step: usize, updates: usize, loss: f64) -> TrainError {
+        if updates == 0 {
+            TrainError::NotFiniteAtStart { loss }
+        } else {
+            TrainError::Diverged { step, loss }
+        }
+    }
+}
+
 impl From<candle_core::Error> for TrainError {
     fn from(e: candle_core::Error) -> Self {
         TrainError::Model(ModelError::from(e))
@@ -411,11 +423,7 @@ pub fn train(
         let step = st.step;
         if !loss.is_finite() {
             // Its loss was computed before this step's update.
-            return Err(if step == 1 {
-                TrainError::NotFiniteAtStart { loss }
-            } else {
-                TrainError::Diverged { step, loss }
-            });
+            return Err(TrainError::not_finite(step, step - 1, loss));
         }
         st.metrics
             .push(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm}));
@@ -607,11 +615,7 @@ impl RunState {
         let step = self.step;
         let v = validation(obj, valid, cfg.micro(), cfg.eval_examples)?;
         if !v.loss.is_finite() {
-            return Err(if step == 0 {
-                TrainError::NotFiniteAtStart { loss: v.loss }
-            } else {
-                TrainError::Diverged { step, loss: v.loss }
-            });
+            return Err(TrainError::not_finite(step, step, v.loss));
         }
         let score = v.score();
         // `>=`: ties go to the later checkpoint.

@@ -108,19 +108,23 @@ fn split_name<'a>(
 /// What a file that did not load as an expert is, said for the person who gave it
 /// (`err`: what loading said): not a safetensors file, a PEFT adapter's weights (the
 /// adapter is their folder), an expert of another base model, or else no expert file.
-pub fn not_an_expert(path: &Path, cfg: &T5Config, err: &ModelError) -> String {
+/// None when `err` is not about the file's content (it could not be read, say).
+pub fn not_an_expert(path: &Path, cfg: &T5Config, err: &ModelError) -> Option<String> {
+    if !matches!(err, ModelError::Candle(_) | ModelError::BadFile { .. }) {
+        return None;
+    }
     let shown = path.display();
     let Ok(store) = TensorStore::mmap(&[path.to_path_buf()]) else {
-        return format!("{shown} is not a safetensors file ({err})");
+        return Some(format!("{shown} is not a safetensors file ({err})"));
     };
     let names = store.names();
     if names
         .iter()
         .any(|n| n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight"))
     {
-        return format!(
+        return Some(format!(
             "{shown} holds a PEFT adapter's weights, not a goosepipe expert: give the adapter's folder (with its adapter_config.json)"
-        );
+        ));
     }
     let lora = |n: &str| {
         n.rsplit_once('.')
@@ -135,11 +139,11 @@ pub fn not_an_expert(path: &Path, cfg: &T5Config, err: &ModelError) -> String {
             .filter_map(|n| lora(n))
             .find(|m| !sites.contains_key(m))
     {
-        return format!(
+        return Some(format!(
             "{shown} is an expert of another base model: it adapts module `{m}`, which this base model does not have"
-        );
+        ));
     }
-    format!("{shown} is not an expert file ({err})")
+    Some(format!("{shown} is not an expert file ({err})"))
 }
 
 impl LoraExpert {
