@@ -333,15 +333,25 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
     assert!(err.contains("rows.jsonl is not a safetensors file"), "{err}");
     // A PEFT adapter's weights file (its folder is the adapter), a model's weights,
     // and an expert of a base of other depth: each said as what it is.
-    let peft_weights = out.path().join("adapter_model.safetensors");
-    let mut lora: std::collections::HashMap<String, candle_core::Tensor> = std::collections::HashMap::new();
-    for (name, shape) in [("lora_A", (4, 32)), ("lora_B", (32, 4))] {
-        lora.insert(
-            format!("base_model.model.encoder.block.0.layer.0.SelfAttention.q.{name}.weight"),
-            candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
-        );
-    }
-    candle_core::safetensors::save(&lora, &peft_weights).unwrap();
+    // One module's zero LoRA pair, its tensors named `{prefix}lora_A{suffix}` and B.
+    let lora_file = |file: &str, prefix: &str, suffix: &str| {
+        let mut t = std::collections::HashMap::new();
+        for (name, shape) in [("lora_A", (4, 32)), ("lora_B", (32, 4))] {
+            t.insert(
+                format!("{prefix}{name}{suffix}"),
+                candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu)
+                    .unwrap(),
+            );
+        }
+        let path = out.path().join(file);
+        candle_core::safetensors::save(&t, &path).unwrap();
+        path
+    };
+    let peft_weights = lora_file(
+        "adapter_model.safetensors",
+        "base_model.model.encoder.block.0.layer.0.SelfAttention.q.",
+        ".weight",
+    );
     req.experts = vec![peft_weights];
     let err = score(&req).unwrap_err().to_string();
     assert!(
@@ -351,15 +361,11 @@ fn score_takes_peft_adapter_folders_with_their_gates() {
     req.experts = vec![dir.join("model.safetensors")];
     let err = score(&req).unwrap_err().to_string();
     assert!(err.contains("model.safetensors is not an expert file ("), "{err}");
-    let mut deeper = std::collections::HashMap::new();
-    for (name, shape) in [("lora_A", (4, 32)), ("lora_B", (32, 4))] {
-        deeper.insert(
-            format!("encoder.block.99.layer.0.SelfAttention.q.{name}"),
-            candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
-        );
-    }
-    let other_base = out.path().join("deeper.safetensors");
-    candle_core::safetensors::save(&deeper, &other_base).unwrap();
+    let other_base = lora_file(
+        "deeper.safetensors",
+        "encoder.block.99.layer.0.SelfAttention.q.",
+        "",
+    );
     req.experts = vec![other_base];
     let err = score(&req).unwrap_err().to_string();
     assert!(
