@@ -230,6 +230,13 @@ impl Lockfile {
                 Some(KdlValue::String(s)) => Some(s.clone()),
                 _ => None,
             };
+            check_entries(node).map_err(|(offset, reason)| {
+                let place = at(offset);
+                LockfileError {
+                    path: path.into(),
+                    reason: format!("{place}: {reason}"),
+                }
+            })?;
             match node.name().value() {
                 "lockfile" => match node.get("version") {
                     Some(KdlValue::Integer(v)) if *v as i64 == LOCK_VERSION => {}
@@ -316,6 +323,111 @@ impl Lockfile {
     pub fn write(&self, path: &Path, manifest_name: &str) -> std::io::Result<()> {
         write_atomic(path, self.render(manifest_name).as_bytes())
     }
+}
+
+/// The properties each lockfile node may carry, and whether it names something (its one
+/// argument). `render` writes exactly these: anything else is a hand edit or a typo
+/// (`digset=`) that would otherwise be dropped unsaid, the pin read as if it lacked it.
+fn known_entries(node: &str) -> Option<(bool, &'static [&'static str])> {
+    match node {
+        "lockfile" => Some((false, &["version"])),
+        "external" => Some((true, &["resolved"])),
+        "step" => Some((true, &["key", "digest", "content", "tables", "numerics"])),
+        _ => None,
+    }
+}
+
+/// A node's entries held to `known_entries`: an unknown property, a property given twice, a
+/// value of another type than a string where one is read, a stray argument or a block, each
+/// refused at its place (a byte offset).
+fn check_entries(node: &kdl::KdlNode) -> Result<(), (usize, String)> {
+    let kind = node.name().value();
+    let Some((named, props)) = known_entries(kind) else {
+        return Ok(()); // said by the caller, with the node's name
+    };
+    let what = match node.get(0) {
+        Some(KdlValue::String(s)) if named => format!("{kind} {s}"),
+        _ => kind.to_string(),
+    };
+    if node.children().is_some() {
+        return Err((
+            node.span().offset(),
+            format!("{what} has a block {{ ... }}; lockfile lines have none"),
+        ));
+    }
+    let mut seen = Vec::new();
+    let mut args = 0;
+    // As written: a string quoted, so `"x"` and `x` are told apart.
+    let shown = |v: &KdlValue| match v {
+        KdlValue::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    let a = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    for entry in node.entries() {
+        let offset = entry.span().offset();
+        match entry.name() {
+            None => {
+                args += 1;
+                let wanted = usize::from(named);
+                if args > wanted || !matches!(entry.value(), KdlValue::String(_)) {
+                    return Err((
+                        offset,
+                        if named {
+                            format!(
+                                "{what} has a stray value {}: {a} {kind} line names one (a string) and then has properties",
+                                shown(entry.value())
+                            )
+                        } else {
+                            format!(
+                                "{what} has a stray value {}: it has properties only",
+                                shown(entry.value())
+                            )
+                        },
+                    ));
+                }
+            }
+            Some(name) => {
+                let name = name.value();
+                if !props.contains(&name) {
+                    return Err((
+                        offset,
+                        format!(
+                            "{what} has an unknown property {name}= ({a} {kind} line has {})",
+                            props
+                                .iter()
+                                .map(|p| format!("{p}="))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                if seen.contains(&name) {
+                    return Err((offset, format!("{what} has {name}= twice")));
+                }
+                seen.push(name);
+                if name != "version" && !matches!(entry.value(), KdlValue::String(_)) {
+                    return Err((
+                        offset,
+                        format!(
+                            "{what} has {name}={}, which is not a string",
+                            shown(entry.value())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if named && args == 0 {
+        return Err((
+            node.span().offset(),
+            format!("{a} {kind} line names nothing: it starts {kind} \"NAME\""),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -485,6 +597,38 @@ mod tests {
             e.contains("line 3, column 1: external hub:a is pinned twice"),
             "{e}"
         );
+        // A property render never writes (a typo: the pin was read as lacking it), one
+        // given twice, a number where a string is read, a stray value, a block: each
+        // refused at its place rather than dropped unsaid.
+        for (line, said) in [
+            (
+                format!("step \"expert:x\" key=\"{key}\" digset=\"{key}\""),
+                "line 2, column 88: step expert:x has an unknown property digset= (a step line has key=, digest=, content=, tables=, numerics=)",
+            ),
+            (
+                format!("step \"expert:x\" key=\"{key}\" key=\"{key}\""),
+                "line 2, column 88: step expert:x has key= twice",
+            ),
+            (
+                "step \"expert:x\" key=5".to_string(),
+                "line 2, column 17: step expert:x has key=5, which is not a string",
+            ),
+            (
+                "external \"hub:a\" \"hub:b\" resolved=\"x\"".to_string(),
+                "line 2, column 18: external hub:a has a stray value \"hub:b\"",
+            ),
+            (
+                format!("step key=\"{key}\""),
+                "line 2, column 1: a step line names nothing",
+            ),
+            (
+                format!("step \"expert:x\" key=\"{key}\" {{ digest \"{key}\" }}"),
+                "line 2, column 1: step expert:x has a block { ... }",
+            ),
+        ] {
+            let e = err(&format!("lockfile version=1\n{line}\n"));
+            assert!(e.contains(said), "{line}\n{e}");
+        }
         // Nested past any sense: an error, not a stack overflow (run and plan aborted).
         let deep = format!(
             "lockfile version=1\n{}{}",
