@@ -801,6 +801,28 @@ fn a_batch_the_micro_batch_does_not_divide_is_a_warning_said_once() {
     );
 }
 
+/// A micro-batch above its batch trains as one of the batch's size, under another key:
+/// a warning where it is written, none for the schema's default above a small batch.
+#[test]
+fn a_micro_batch_above_the_batch_is_a_warning_where_written() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\" { train batch=4 micro-batch=16; }\n\
+                expert \"b\" model=\"t5\" dataset=\"d\" { gate batch=12 micro-batch=32; }\n\
+                expert \"c\" model=\"t5\" dataset=\"d\" { train batch=4; }\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::micro-batch-above-batch").count(), 2, "{out}");
+    assert!(
+        out.contains("train micro-batch=16 is above batch=4: each pass takes the batch's 4 sequences, so this trains as micro-batch=4 does (under another key)")
+            && out.contains("write micro-batch=4, or leave it out (the default, 8, also takes the whole batch)")
+            && out.contains("gate micro-batch=32 is above batch=12")
+            && out.contains("write micro-batch=12"),
+        "{out}"
+    );
+    assert_eq!(out.matches("or leave it out").count(), 1, "{out}");
+}
+
 /// Replicates whose evals score one pool (seeds left alike) measure no training
 /// variation: a warning at the study's `evals`; pools of experts trained with another
 /// seed are replicates.

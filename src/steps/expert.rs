@@ -404,7 +404,9 @@ pub const MULTITASK: Kind = Kind {
 };
 
 /// A `batch` that `micro-batch` does not divide: the trainer accumulates whole
-/// micro-batches, so each step sees more sequences than `batch` says (10 of 4: 12).
+/// micro-batches, so each step sees more sequences than `batch` says (10 of 4: 12). A
+/// `micro-batch` above `batch`: a pass takes the batch, no more, so the setting changes
+/// nothing but the key (a run with it retrains what `micro-batch=BATCH` built).
 fn review_batches(_name: &str, params: &serde_json::Value, _: &LocalPaths) -> Vec<Review> {
     ["train", "gate"]
         .into_iter()
@@ -412,6 +414,33 @@ fn review_batches(_name: &str, params: &serde_json::Value, _: &LocalPaths) -> Ve
             let g = params.get(group)?;
             let batch = g.get("batch")?.as_u64()? as usize;
             let micro = g.get("micro-batch")?.as_u64()? as usize;
+            // The schema's micro-batch, unwritten, is no choice of the user's: it keys
+            // as every manifest that leaves it out does.
+            let default = crate::manifest::schema::Schema::embedded()
+                .group(group)
+                .and_then(|g| g.prop("micro-batch"))
+                .and_then(|p| match p.default {
+                    Some(crate::manifest::Value::Int(d)) => usize::try_from(d).ok(),
+                    _ => None,
+                });
+            if micro > batch && Some(micro) != default {
+                let help = match default {
+                    Some(d) if d >= batch => format!(
+                        "write micro-batch={batch}, or leave it out (the default, {d}, also takes the whole batch)"
+                    ),
+                    _ => format!("write micro-batch={batch}"),
+                };
+                return Some(Review {
+                    at: format!("{group}.micro-batch"),
+                    code: "plan::micro-batch-above-batch",
+                    message: format!(
+                        "{group} micro-batch={micro} is above batch={batch}: each pass takes the batch's {batch} sequences, so this trains as micro-batch={batch} does (under another key)"
+                    ),
+                    label: "above the batch".into(),
+                    help,
+                    warning: true,
+                });
+            }
             (micro > 0 && micro < batch && !batch.is_multiple_of(micro)).then(|| {
                 // As the trainer counts them.
                 let passes = crate::train::trainer::micro_batches(batch, micro);
