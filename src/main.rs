@@ -293,7 +293,7 @@ struct ScoreArgs {
     #[arg(long, default_value = "single")]
     router: String,
     /// Experts kept per token and module by a routed method.
-    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    #[arg(long, default_value_t = goosepipe::app::score::ScoreRequest::DEFAULT_TOP_K, value_parser = at_least_one)]
     top_k: usize,
     #[arg(long)]
     input: String,

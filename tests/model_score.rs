@@ -100,8 +100,29 @@ fn score_with_routed_experts_finds_gate_files_beside_the_experts() {
     let err = score(&req).unwrap_err().to_string();
     assert!(err.contains("has 0 gate files by name"), "{err}");
     req.gates.clear();
+    assert!(routed.notes.is_empty(), "{:?}", routed.notes);
+    // A top k above the pool takes every expert, as k = 3 does; said in a note.
+    req.top_k = 5;
+    let all = score(&req).unwrap();
+    req.top_k = 3;
+    assert_eq!(all.total, score(&req).unwrap().total);
+    assert_eq!(
+        all.notes,
+        ["--top-k 5 is more than the 3 expert(s) given: each token is routed to all 3"]
+    );
+    assert!(
+        render_text(&all)
+            .ends_with("note: --top-k 5 is more than the 3 expert(s) given: each token is routed to all 3\n")
+    );
     req.router = RouterChoice::parse("merged").unwrap();
+    // ... and one that keeps no top k does nothing with it.
+    assert_eq!(
+        score(&req).unwrap().notes,
+        ["--top-k 3 does nothing here: --router merged keeps no top k per token (phatgoose does)"]
+    );
+    req.top_k = ScoreRequest::DEFAULT_TOP_K;
     let merged = score(&req).unwrap();
+    assert!(merged.notes.is_empty());
     assert!((merged.total - routed.total).abs() > 1e-6);
 
     req.router = RouterChoice::Single;
@@ -586,5 +607,31 @@ fn score_with_routing_shows_where_each_token_goes() {
     assert!(
         err.contains("--routing shows where each token is routed, and --router merged routes no token"),
         "{err}"
+    );
+}
+
+/// A text that --max-len lets through but this process cannot hold the attention of
+/// is refused up front with the sizes and what limits it (here `ulimit -v`); the
+/// allocator aborted the process before.
+#[test]
+fn a_text_too_long_for_the_memory_it_may_use_is_refused_with_sizes() {
+    let dir = fixture("v1_1");
+    let input = "the cat sat on the mat ".repeat(1000);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_goosepipe"))
+        .args(["score", "--model"])
+        .arg(&dir)
+        .args(["--max-len", "1000000", "--target", "a dog", "--input", &input])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let said = support::one_line(&err);
+    assert!(
+        said.contains("-token input with a ")
+            && said.contains("(attention grows with the square of the length), more than its address-space limit (ulimit -v) (4.0 GiB); shorten the input"),
+        "{said}"
     );
 }

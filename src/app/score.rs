@@ -163,6 +163,9 @@ pub struct ScoreRequest {
 }
 
 impl ScoreRequest {
+    /// Experts kept per token by a routed method, unless asked otherwise (the paper's).
+    pub const DEFAULT_TOP_K: usize = 2;
+
     pub fn new(model: impl Into<String>, input: impl Into<String>, target: impl Into<String>) -> Self {
         ScoreRequest {
             model: model.into(),
@@ -170,7 +173,7 @@ impl ScoreRequest {
             experts: Vec::new(),
             gates: Vec::new(),
             router: RouterChoice::Single,
-            top_k: 2,
+            top_k: Self::DEFAULT_TOP_K,
             input: input.into(),
             target: target.into(),
             device: "cpu".into(),
@@ -201,6 +204,10 @@ pub struct ScoreReport {
     /// Where each token went, when asked (`--routing`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<RoutingTrace>,
+    /// What was asked that the scoring could not do as written (`--top-k` above the
+    /// experts given, or for a router that keeps no top k).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// An expert given on the command line: a goosepipe expert file (its gates beside it
@@ -569,6 +576,22 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
             )));
         }
     }
+    // A length --max-len lets through can still be more than this process may hold:
+    // refused here with the sizes, rather than aborted by the allocator.
+    let need = cfg.scoring_bytes(input_ids.len(), target.len() + 1);
+    if let Some((limit, what)) = crate::process::alloc::memory_limit()
+        && need > u128::from(limit)
+    {
+        let size = |b: u128| crate::store::fsutil::human_size(b.min(u128::from(u64::MAX)) as u64);
+        return Err(ModelError::Input(format!(
+            "scoring a {}-token input with a {}-token target needs at least {} (attention grows with the square of the length), more than {} ({}); shorten the input",
+            input_ids.len(),
+            target.len() + 1,
+            size(need),
+            what,
+            size(u128::from(limit))
+        )));
+    }
     let item = ChoiceItem {
         input: input_ids.clone(),
         choices: vec![target],
@@ -607,6 +630,7 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         .transpose()?;
     let mut names: Vec<String> = experts.iter().map(|e| e.name.clone()).collect();
     names.sort();
+    let notes = top_k_notes(req.router, req.top_k, experts.len());
     Ok(ScoreReport {
         model_dir: dir,
         experts: names,
@@ -616,7 +640,27 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         total: s.sum,
         mean: s.mean,
         routing,
+        notes,
     })
+}
+
+/// `--top-k` where it does not do what it says: above the experts given (each token
+/// takes all of them), or given to a router that keeps no top k (its default, 2, is
+/// no request and draws nothing).
+fn top_k_notes(router: RouterChoice, top_k: usize, experts: usize) -> Vec<String> {
+    let routes = matches!(router, RouterChoice::Method(m) if m.routes_tokens());
+    if routes && top_k > experts {
+        vec![format!(
+            "--top-k {top_k} is more than the {experts} expert(s) given: each token is routed to all {experts}"
+        )]
+    } else if !routes && top_k != ScoreRequest::DEFAULT_TOP_K {
+        vec![format!(
+            "--top-k {top_k} does nothing here: --router {} keeps no top k per token (phatgoose does)",
+            router.name()
+        )]
+    } else {
+        vec![]
+    }
 }
 
 /// A plain-text table of the report.
@@ -646,6 +690,9 @@ pub fn render_text(r: &ScoreReport) -> String {
     );
     if let Some(trace) = &r.routing {
         let _ = write!(out, "\n{}", trace.render(r.router.name()));
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
     }
     out
 }

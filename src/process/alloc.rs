@@ -70,6 +70,55 @@ pub fn memory_total() -> Option<u64> {
     meminfo("MemTotal:")
 }
 
+/// The most memory this process can have, in bytes, and what sets it: the machine's
+/// memory, a cgroup's `memory.max` (a container, a Slurm job) or the address-space
+/// limit (`ulimit -v`), whichever is least. Past it an allocation aborts the process
+/// (or the kernel kills it), so work that can say its size up front is refused below it.
+pub fn memory_limit() -> Option<(u64, &'static str)> {
+    let mut limits: Vec<(u64, &'static str)> = vec![];
+    if let Some(total) = memory_total() {
+        limits.push((total, "this machine's memory"));
+    }
+    if let Some(cgroup) = cgroup_memory_max() {
+        limits.push((cgroup, "its cgroup's memory.max"));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0 && lim.rlim_cur != libc::RLIM_INFINITY {
+            limits.push((lim.rlim_cur, "its address-space limit (ulimit -v)"));
+        }
+    }
+    limits.into_iter().min_by_key(|(bytes, _)| *bytes)
+}
+
+/// The memory limit of this process's cgroup, where one is set: v2's `memory.max`, or
+/// v1's `memory.limit_in_bytes` (a huge number when unset, which the minimum ignores).
+fn cgroup_memory_max() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |file: std::path::PathBuf| std::fs::read_to_string(file).ok()?.trim().parse::<u64>().ok();
+    let under = |root: &str, group: &str, file: &str| {
+        std::path::Path::new(root)
+            .join(group.trim_start_matches('/'))
+            .join(file)
+    };
+    own.lines().find_map(|l| {
+        if let Some(group) = l.strip_prefix("0::") {
+            read(under("/sys/fs/cgroup", group, "memory.max"))
+        } else {
+            let group = l
+                .split(':')
+                .nth(2)
+                .filter(|_| l.split(':').nth(1) == Some("memory"))?;
+            read(under("/sys/fs/cgroup/memory", group, "memory.limit_in_bytes"))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

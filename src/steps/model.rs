@@ -338,14 +338,15 @@ fn init_and_pretrain(
         cfg.d_model, cfg.num_layers, cfg.feed_forward
     ));
     // Refuse a model this machine cannot hold instead of aborting in the allocator.
-    if let Some(total) = crate::process::alloc::memory_total()
-        && cfg.training_bytes() > total as u128
+    // The least of the machine's memory, a job's cgroup and `ulimit -v`.
+    if let Some((limit, what)) = crate::process::alloc::memory_limit()
+        && cfg.training_bytes() > limit as u128
     {
         return Err(fail(format!(
-            "a T5 of this size has {} parameters and needs at least {} to pretrain (weights, gradients, AdamW moments); this machine has {} of memory. Lower init d-model, d-ff, layers or vocab",
+            "a T5 of this size has {} parameters and needs at least {} to pretrain (weights, gradients, AdamW moments), more than {what} ({}). Lower init d-model, d-ff, layers or vocab",
             cfg.parameter_count(),
             crate::store::fsutil::human_size(cfg.training_bytes().min(u64::MAX as u128) as u64),
-            crate::store::fsutil::human_size(total)
+            crate::store::fsutil::human_size(limit)
         )));
     }
     let weights = T5Weights::init_random(&cfg, seed).map_err(fail)?;

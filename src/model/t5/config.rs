@@ -129,6 +129,18 @@ impl T5Config {
         (1 + head) * self.vocab_size as u128 * d + encoder + decoder
     }
 
+    /// Bytes that scoring one pair of `input` and `target` tokens in f32 holds at least:
+    /// the weights, and one layer's attention at a time, whose score matrices grow with
+    /// the square of the length (the scores, their softmax and the position bias held
+    /// together: three per head). Activations of width d_model and d_ff are small
+    /// beside them at the lengths where this matters.
+    pub fn scoring_bytes(&self, input: usize, target: usize) -> u128 {
+        let (i, t, h) = (input as u128, target as u128, self.num_heads as u128);
+        let attention = 3 * h * (i * i + t * t + i * t);
+        let activations = (i + t) * (self.d_model as u128 * 4 + self.d_ff as u128 * 2);
+        4 * (self.parameter_count() + attention + activations)
+    }
+
     /// Bytes that training every parameter in f32 holds at least: weights, gradients
     /// and AdamW's two moments (activations come on top).
     pub fn training_bytes(&self) -> u128 {
