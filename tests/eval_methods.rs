@@ -939,6 +939,31 @@ fn report_examples_shows_each_methods_answers_as_scored() {
         !good_rows.is_empty() && good_rows.iter().all(|l| l.contains(",false,")),
         "{csv}"
     );
+    // A pin edited by hand to another kind's artifact (the expert's key under the
+    // eval's id) is no earlier run of the eval: it was read as one, its tables missing.
+    let lock_path = format!("{m}.lock");
+    let lock = std::fs::read_to_string(&lock_path).unwrap();
+    let key_of = |id: &str| {
+        let line = lock
+            .lines()
+            .find(|l| l.starts_with(&format!("step \"{id}\" ")))
+            .unwrap();
+        line.split("key=\"").nth(1).unwrap()[..64].to_string()
+    };
+    std::fs::write(
+        &lock_path,
+        lock.replace(&key_of("eval:good"), &key_of("expert:sort")),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["report", m]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("eval:good: not in the store: ")
+            && !err.contains("eval:good: the results of an earlier run")
+            && !err.contains("implementation version changed"),
+        "{err}"
+    );
+    std::fs::write(&lock_path, &lock).unwrap();
     // An edit that drops a method: the earlier run's answers of it are still shown.
     let edited = std::fs::read_to_string(m)
         .unwrap()

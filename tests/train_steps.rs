@@ -349,6 +349,24 @@ fn report_draws_routing_heatmaps_and_score_charts() {
             in_the_way.display()
         )
     );
+    // A folder that cannot be made is named as given, before any table is printed
+    // (it was named as its eval's subfolder, after them).
+    let mut printed = Vec::new();
+    let err = goosepipe::app::report(
+        &t.path().join("micro.kdl"),
+        &t.path().join("store"),
+        &reg,
+        "md",
+        Some(std::path::Path::new("/proc/goosepipe-plots")),
+        &mut printed,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("report --plots: /proc/goosepipe-plots: "),
+        "{err}"
+    );
+    assert!(printed.is_empty());
 
     let plots = t.path().join("plots");
     let mut out = Vec::new();

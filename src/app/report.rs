@@ -45,6 +45,18 @@ pub fn report(
             there.display()
         ));
     }
+    // Made (or found writable) before any eval's subfolder is: a folder that cannot be
+    // made is named as given (`/proc/plots`), not as `/proc/plots/EVAL` after the
+    // tables were printed.
+    if let Some(dir) = plots {
+        writable_folder(dir).map_err(|e| {
+            miette!(
+                help = "give a folder you can write to",
+                "report --plots: {}: {e}",
+                dir.display()
+            )
+        })?;
+    }
     let (plan, status, lock) = plan_in_store(path, &store, registry, false)?;
     // Early cutoff: an eval after a dataset edited since the last run (not rebuilt
     // yet) has a provisional key; its results are most likely those under the key the
@@ -435,7 +447,10 @@ pub(super) fn last_built(
         .get(&s.spec.id)
         .map(|l| l.key)
         .filter(|k| *k != s.spec.key)?;
-    let mut meta = store.meta(&key)?;
+    // A pin edited by hand to another kind's artifact (an expert's key under an eval's
+    // id) is no earlier run of this step. (Of the same kind, the recorded id may differ
+    // rightly: twins share a key, recorded under the id that built it first.)
+    let mut meta = store.meta(&key).filter(|m| m.spec.kind == s.spec.kind)?;
     meta.spec.id = s.spec.id.clone();
     meta.spec.name = s.spec.name.clone();
     Some(meta)
@@ -504,4 +519,16 @@ fn draw_plots(files: &Path, dir: &Path, name: &str, id: &str, notes: &mut dyn Wr
         let _ = writeln!(notes, "wrote {}", f.display());
     }
     Ok(())
+}
+
+/// Makes `dir` (and its parents) and checks that a file can be made in it, by making
+/// one and removing it: permissions, a read-only mount and procfs all say no here.
+fn writable_folder(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".goosepipe-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
 }

@@ -510,9 +510,12 @@ fn why_not_built(spec: &StepSpec, store: &Store, lock: &Lockfile) -> Vec<Reason>
             Reason::NeverBuilt
         }];
     }
+    // A recipe of another kind (a pin edited by hand to another step's key) is no
+    // earlier version of this step: its diff would list every ingredient as changed.
     let old = store
         .recipe(&locked.key)
-        .or_else(|| store.meta(&locked.key).map(|m| m.spec));
+        .or_else(|| store.meta(&locked.key).map(|m| m.spec))
+        .filter(|old| old.kind == spec.kind);
     match old {
         Some(old) => diff(&old, spec),
         // Without the old recipe, the lockfile still says which inputs moved.
