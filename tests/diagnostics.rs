@@ -593,6 +593,27 @@ fn split_settings_on_a_local_file_are_a_warning() {
         ("d.jsonl", "{\"input\": \"a\", \"target\": \"b\"}\n"),
     ]);
     assert!(!r.unwrap().contains("ignored-settings"));
+    // How validation is held back, beside a validation file of its own (and a hub
+    // split beside its validation split): nothing is held back.
+    let (r, _d) = check_text(&[
+        (
+            "m.kdl",
+            "dataset \"d\" path=\"d.jsonl\" validation-path=\"d.jsonl\" holdout=\"flan\"\n\
+             dataset \"h\" hub=\"org/data\" validation-split=\"dev\" holdout=\"flan\"\n\
+             dataset \"k\" hub=\"org/data\" holdout=\"flan\"\n",
+        ),
+        ("d.jsonl", "{\"input\": \"a\", \"target\": \"b\"}\n"),
+    ]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::ignored-settings").count(), 2, "{out}");
+    assert!(
+        out.contains(
+            "dataset \"d\" has validation examples of its own (validation-path=): `holdout` is not used"
+        ) && out.contains(
+            "dataset \"h\" has validation examples of its own (validation-split=): `holdout` is not used"
+        ),
+        "{out}"
+    );
 }
 
 /// A setting the dataset's source does not read (a field mapping on a synthetic task,
@@ -752,6 +773,16 @@ fn one_replicate_studies_and_one_letter_suites_are_warnings() {
     // Counting still asks something of its own on one letter (the length).
     let (r, _d) = check_text(&[("m.kdl", &text.replace("task=\"sort\"", "task=\"count\""))]);
     assert!(!r.unwrap().contains("few-letters"));
+    // A letter written twice counts once: the draws of the letters without it, under
+    // another key.
+    let (r, _d) = check_text(&[("m.kdl", &text.replace("letters=\"aa\"", "letters=\"abca\""))]);
+    let out = one_line(&r.unwrap());
+    assert!(
+        out.contains("plan::repeated-letters")
+            && out.contains("synthetic letters=\"abca\" repeats a letter: it counts once, so this draws what letters=\"abc\" draws (under another key)")
+            && !out.contains("few-letters"),
+        "{out}"
+    );
 }
 
 /// A batch its micro-batch does not divide trains on more sequences than it says:

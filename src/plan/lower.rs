@@ -1067,6 +1067,27 @@ impl Lowerer<'_> {
                     );
                 }
             }
+            // With validation of its own nothing is held back, so how is moot.
+            let own = match source {
+                super::dataset_sources::Source::Path => Some("validation-path"),
+                super::dataset_sources::Source::Hub => Some("validation-split"),
+                _ => None,
+            };
+            if let Some(own) = own
+                && written(&e.block, own).is_some()
+                && let Some(loc) = written(&e.block, "holdout")
+            {
+                self.warn(
+                    "plan::ignored-settings",
+                    loc.unwrap_or(e.name_loc),
+                    format!(
+                        "dataset \"{}\" has validation examples of its own ({own}=): `holdout` is not used",
+                        e.name
+                    ),
+                    "ignored",
+                    "holdout= says how validation is held back from the examples when the dataset has none of its own; remove it, or remove the validation to hold some back",
+                );
+            }
         }
         // A TSV file's rows depend on the reader: the first one merged rows after a
         // stray leading quote. Its version is an ingredient of a TSV dataset's key

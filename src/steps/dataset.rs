@@ -93,6 +93,21 @@ fn review_letters(params: &serde_json::Value) -> Vec<Review> {
             help: "reversing or sorting such a sequence gives it back and deduplicating leaves one letter, so this task asks what others do; give two or more".into(),
             warning: true,
         }],
+        // A letter written twice counts once: the same draws as without the repeat,
+        // under another key.
+        Ok(l) if l.len() < letters.chars().count() => {
+            let once: String = l.iter().filter_map(|s| s.chars().next()).collect();
+            vec![Review {
+                at: "synthetic.letters".into(),
+                code: "plan::repeated-letters",
+                message: format!(
+                    "synthetic letters=\"{letters}\" repeats a letter: it counts once, so this draws what letters=\"{once}\" draws (under another key)"
+                ),
+                label: "a letter written twice".into(),
+                help: format!("write letters=\"{once}\""),
+                warning: true,
+            }]
+        }
         Ok(_) => vec![],
         Err(why) => vec![Review {
             at: "synthetic.letters".into(),
