@@ -614,6 +614,18 @@ fn split_settings_on_a_local_file_are_a_warning() {
         ),
         "{out}"
     );
+    // A field mapping beside templates, which write the whole example from the row.
+    let (r, _d) = check_text(&[(
+        "m.kdl",
+        "dataset \"h\" hub=\"super_glue\" config=\"rte\" input-field=\"premise\" {\n    choices \"yes\" \"no\"\n    templates name=\"super_glue/rte\"\n}\n",
+    )]);
+    let out = one_line(&r.unwrap());
+    assert_eq!(out.matches("plan::ignored-settings").count(), 2, "{out}");
+    assert!(
+        out.contains("dataset \"h\" renders its rows with templates: `input-field` is not used")
+            && out.contains("dataset \"h\" renders its rows with templates: `choices` is not used"),
+        "{out}"
+    );
 }
 
 /// A setting the dataset's source does not read (a field mapping on a synthetic task,

@@ -14,6 +14,15 @@ pub enum Source {
     Synthetic,
 }
 
+/// How a row becomes an example without templates (which write all of it themselves).
+pub const FIELD_MAPPING: [&str; 5] = [
+    "input-field",
+    "target-field",
+    "choices-field",
+    "input-suffix",
+    "choices",
+];
+
 /// The field mapping and row shaping that only rows (hub and local files) go through.
 const ROW_SETTINGS: [&str; 9] = [
     "input-field",

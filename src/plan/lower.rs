@@ -1067,7 +1067,8 @@ impl Lowerer<'_> {
                     );
                 }
             }
-            // With validation of its own nothing is held back, so how is moot.
+            // With validation of its own nothing is held back, so how is moot. (Only
+            // the sources with rows have their own; the others were said above.)
             let own = match source {
                 super::dataset_sources::Source::Path => Some("validation-path"),
                 super::dataset_sources::Source::Hub => Some("validation-split"),
@@ -1087,6 +1088,25 @@ impl Lowerer<'_> {
                     "ignored",
                     "holdout= says how validation is held back from the examples when the dataset has none of its own; remove it, or remove the validation to hold some back",
                 );
+            }
+            // Templates make each example from a row themselves: the field mapping
+            // (rows of a source that has rows; the others were said above) is not read.
+            let has_rows = own.is_some();
+            if has_rows && written(&e.block, "templates").is_some() {
+                for setting in super::dataset_sources::FIELD_MAPPING {
+                    if let Some(loc) = written(&e.block, setting) {
+                        self.warn(
+                            "plan::ignored-settings",
+                            loc.unwrap_or(e.name_loc),
+                            format!(
+                                "dataset \"{}\" renders its rows with templates: `{setting}` is not used",
+                                e.name
+                            ),
+                            "ignored",
+                            "a template writes each example's input, target and answer choices from the row; the field mapping is for rows without templates",
+                        );
+                    }
+                }
             }
         }
         // A TSV file's rows depend on the reader: the first one merged rows after a
