@@ -577,9 +577,11 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         }
     }
     // A length --max-len lets through can still be more than this process may hold:
-    // refused here with the sizes, rather than aborted by the allocator.
+    // refused here with the sizes, rather than aborted by the allocator. (A GPU's
+    // memory is its own, and running out of it is an error candle returns.)
     let need = cfg.scoring_bytes(input_ids.len(), target.len() + 1);
-    if let Some((limit, what)) = crate::process::alloc::memory_limit()
+    if device.is_cpu()
+        && let Some((limit, what)) = crate::process::alloc::memory_limit()
         && need > u128::from(limit)
     {
         let size = |b: u128| crate::store::fsutil::human_size(b.min(u128::from(u64::MAX)) as u64);
