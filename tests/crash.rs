@@ -354,6 +354,56 @@ fn plan_says_where_an_interrupted_training_step_resumes() {
     assert!(r.text.contains("training starts from scratch"), "{}", r.text);
 }
 
+/// `checkpoint-every` changes no result, so no key: an expert interrupted under one
+/// value is still interrupted (not stale) after an edit to another, resumes from its
+/// saved state, checkpoints at the new value's steps, and publishes the bytes an
+/// uninterrupted run under the old value does.
+#[test]
+fn checkpoint_every_is_no_key_and_an_edit_resumes_under_the_new_value() {
+    let want = reference();
+    let d = setup();
+    let saved_state = |d: &Path| -> String {
+        let plan = goosepipe(d, None, &["plan", "crash.kdl"]).text;
+        plan.lines()
+            .find(|l| l.trim_start().starts_with("expert") && l.contains("interrupted"))
+            .unwrap_or_else(|| panic!("no interrupted expert: {plan}"))
+            .to_string()
+    };
+    // The third checkpoint written: the model's at 100, the first expert's at 4, 8.
+    let r = run(d.path(), Some("checkpoint.replaced:3"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    let line = saved_state(d.path());
+    assert!(line.ends_with("; its saved state is at step 8 of 12"), "{line}");
+    let m = d.path().join("crash.kdl");
+    let edited = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("checkpoint-every=4", "checkpoint-every=3");
+    std::fs::write(&m, edited).unwrap();
+    // The same key: still the interrupted step, nothing else stale.
+    let line = saved_state(d.path());
+    assert!(line.ends_with("; its saved state is at step 8 of 12"), "{line}");
+    // The new value is the one read: the next checkpoint written is at a multiple of
+    // 3 that 4 does not divide (the other expert's 3, or this one's 9, whichever the
+    // run starts first).
+    let r = run(d.path(), Some("checkpoint.replaced:1"));
+    assert_ne!(r.code, Some(0), "{}", r.text);
+    let plan = goosepipe(d.path(), None, &["plan", "crash.kdl"]).text;
+    assert!(
+        plan.lines().any(|l| l.trim_start().starts_with("expert")
+            && (l.ends_with("its saved state is at step 3 of 12")
+                || l.ends_with("its saved state is at step 9 of 12"))),
+        "{plan}"
+    );
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    assert!(
+        r.text.contains(": resumed from the checkpoint at step"),
+        "{}",
+        r.text
+    );
+    assert_eq!(digests(d.path()), want);
+}
+
 /// A kill between publishing and removing the work folder leaves the folder of a
 /// published key (a cached step is not run again, so nothing else removes it); gc does.
 #[test]

@@ -222,8 +222,14 @@ impl StepContext<'_> {
     /// fills in every default before a key is computed, so the struct needs none of
     /// its own; a recipe that does not fit (written by another build) is an error
     /// naming the field.
+    /// The step's parameters, with the values of unkeyed props (whose default the key
+    /// took: the schema's `keyed=#false`) laid over them from its settings.
     pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, StepError> {
-        T::deserialize(&self.spec.params).map_err(|e| {
+        let mut params = std::borrow::Cow::Borrowed(&self.spec.params);
+        if self.spec.settings.as_object().is_some_and(|s| !s.is_empty()) {
+            overlay_settings(params.to_mut(), &self.spec.settings);
+        }
+        T::deserialize(params.as_ref()).map_err(|e| {
             StepError::msg(format!(
                 "{}: its parameters do not fit a `{}` step: {e}",
                 self.spec.id, self.spec.kind
@@ -374,6 +380,22 @@ fn review_resources(params: &serde_json::Value) -> Vec<Review> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// `settings` laid over `params` where `params` holds the same path: the unkeyed
+/// props, which the key holds at their default. Settings that are no parameter
+/// (`resources`) are left out.
+pub fn overlay_settings(params: &mut serde_json::Value, settings: &serde_json::Value) {
+    let (Some(p), Some(s)) = (params.as_object_mut(), settings.as_object()) else {
+        return;
+    };
+    for (name, value) in s {
+        match p.get_mut(name) {
+            Some(slot) if slot.is_object() && value.is_object() => overlay_settings(slot, value),
+            Some(slot) if !slot.is_object() && !value.is_object() => *slot = value.clone(),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,12 @@ pub struct PropSpec {
     /// so adding it invalidates no artifact. The step's typed struct defaults the
     /// absent value to the same (a test keeps the two equal).
     pub keyless_default: bool,
+    /// Whether the value enters content keys. A prop with `keyed=#false` changes how a
+    /// step runs, never what it publishes (how often a resumable checkpoint is
+    /// written): the key takes its default whatever is written, so keys published
+    /// before it was unkeyed stand, and the written value travels in the step's
+    /// settings (`StepSpec::settings`), which its parameters are read through.
+    pub keyed: bool,
     /// What a `path` must name, checked when the plan reads it.
     pub path_rule: PathRule,
 }
@@ -460,9 +466,16 @@ fn parse_prop(node: &KdlNode) -> Result<PropSpec, String> {
     if keyless_default && default.is_none() {
         return Err(format!("{name}: keyless-default needs a default"));
     }
+    let keyed = !matches!(node.get("keyed"), Some(KdlValue::Bool(false)));
+    if !keyed && default.is_none() {
+        return Err(format!(
+            "{name}: keyed=#false needs a default (what the key takes)"
+        ));
+    }
     Ok(PropSpec {
         default,
         keyless_default,
+        keyed,
         required: bool_prop(node, "required"),
         min: num_prop(node, "min"),
         max: num_prop(node, "max"),
@@ -588,6 +601,26 @@ mod tests {
             }
         }
         assert_eq!(keyed, 2, "model path= and expert peft= name their keyed files");
+    }
+
+    /// The unkeyed props are exactly the ones that change no output, each with the
+    /// default its key takes; one without a default is a schema error.
+    #[test]
+    fn unkeyed_props_have_a_default_for_the_key() {
+        let s = Schema::parse(SCHEMA_TEXT).unwrap();
+        let mut unkeyed = vec![];
+        for b in s.nodes.iter().chain(s.groups.values()) {
+            for p in b.props.iter().filter(|p| !p.keyed) {
+                assert!(p.default.is_some(), "{}.{}", b.name, p.name);
+                unkeyed.push(format!("{}.{}", b.name, p.name));
+            }
+        }
+        assert_eq!(unkeyed, ["train.checkpoint-every"]);
+        let err = Schema::parse(
+            "schema version=1\nnode \"x\" {\n    doc \"d\"\n    prop \"n\" type=\"integer\" keyed=#false doc=\"d\"\n}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("n: keyed=#false needs a default"), "{err}");
     }
 
     #[test]

@@ -960,6 +960,7 @@ impl Validator {
             above: None,
             doc: cspec.doc.clone(),
             keyless_default: false,
+            keyed: true,
             path_rule: Default::default(),
         };
         for e in c.entries() {

@@ -900,8 +900,20 @@ impl Lowerer<'_> {
     fn review(&mut self, e: &Entity, p: &Proto) {
         // Settings outside the key (resources) are reviewed too: a time limit sbatch
         // cannot read is a manifest error, whatever the key.
+        // Merged deep: an unkeyed prop's value (`train.checkpoint-every`) replaces the
+        // default its group's keyed params hold, and the rest of the group stays.
+        fn merge(into: &mut BTreeMap<String, Value>, from: &BTreeMap<String, Value>) {
+            for (k, v) in from {
+                match (into.get_mut(k), v) {
+                    (Some(Value::Map(a)), Value::Map(b)) => merge(a, b),
+                    _ => {
+                        into.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
         let mut all = p.params.clone();
-        all.extend(p.settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+        merge(&mut all, &p.settings);
         let params = Value::Map(all).to_json();
         let paths: LocalPaths = p
             .externals
@@ -1962,6 +1974,9 @@ impl Lowerer<'_> {
             if let Some(b) = self.manifest.default_groups.get(g) {
                 let spec = self.schema.group(g).expect("schema group");
                 let c = params::collect(self.schema, b, spec, None);
+                if !c.settings.is_empty() {
+                    a.settings.insert(g.into(), Value::Map(c.settings));
+                }
                 a.params.insert(g.into(), Value::Map(c.keyed));
                 // `explain` says where each value comes from: the `defaults` node or
                 // the schema (a pooled step belongs to no node of its own).

@@ -150,6 +150,17 @@ fn walk_props(
             Type::Name => {}
             // A keyless default stays out of the key, written or filled in alike.
             _ if p.keyless_default && p.default.as_ref() == Some(&f.value) => {}
+            // Unkeyed: the key takes the default (the schema requires one), the step
+            // the value, through its settings (when it is another).
+            _ if !p.keyed => {
+                c.origins.insert(path.clone(), (f.origin, f.loc));
+                if let Some(d) = &p.default {
+                    out.target(at.keyed).insert(p.name.clone(), d.clone());
+                    if *d != f.value {
+                        out.settings.insert(p.name.clone(), f.value.clone());
+                    }
+                }
+            }
             _ => {
                 c.origins.insert(path.clone(), (f.origin, f.loc));
                 out.target(at.keyed).insert(p.name.clone(), f.value.clone());

@@ -417,6 +417,12 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
     let _ = writeln!(out, "  params   {}", params.canonical());
     let mut flat = vec![];
     flatten_value("", &params, &mut flat);
+    // Unkeyed props written otherwise than their default: the key holds the default,
+    // the step runs with the settings' value.
+    let mut runs_with = vec![];
+    if let Some(settings) = Value::from_json(&s.spec.settings) {
+        flatten_value("", &settings, &mut runs_with);
+    }
     for (path, v) in flat {
         // file:line of a value's field (in an included file, that file).
         let at = |loc: &crate::manifest::Loc| {
@@ -430,6 +436,12 @@ pub fn explain(plan: &Plan, status: &Status, i: usize) -> String {
             Some((Origin::Defaults, None)) => "from `defaults`".into(),
             Some((Origin::Schema, _)) => "schema default".into(),
             None => "derived".into(),
+        };
+        let origin = match runs_with.iter().find(|(p, _)| *p == path) {
+            Some((_, actual)) => {
+                format!("not keyed (the key holds the default): runs with {actual}, {origin}")
+            }
+            None => origin,
         };
         let _ = writeln!(out, "    {path:28} = {v:<24} {origin}");
     }
