@@ -1064,60 +1064,49 @@ impl Lowerer<'_> {
         // A setting its source does not read (a split of a local file, a field
         // mapping on a synthetic task) would change the key and nothing else.
         if let Some(source) = dataset_source(&e.block) {
-            for setting in source.unread() {
-                if let Some(loc) = written(&e.block, setting) {
-                    self.warn(
-                        "plan::ignored-settings",
-                        loc.unwrap_or(e.name_loc),
-                        format!(
-                            "dataset \"{}\" {}: `{setting}` is not used",
-                            e.name,
-                            source.phrase()
-                        ),
-                        "ignored",
-                        source.why_unread(),
-                    );
-                }
-            }
+            use super::dataset_sources::{FIELD_MAPPING, Source};
+            // (setting, why it is not read, help)
+            let mut unread: Vec<(&str, String, &str)> = source
+                .unread()
+                .into_iter()
+                .map(|setting| (setting, source.phrase(), source.why_unread()))
+                .collect();
             // With validation of its own nothing is held back, so how is moot. (Only
             // the sources with rows have their own; the others were said above.)
             let own = match source {
-                super::dataset_sources::Source::Path => Some("validation-path"),
-                super::dataset_sources::Source::Hub => Some("validation-split"),
+                Source::Path => Some("validation-path"),
+                Source::Hub => Some("validation-split"),
                 _ => None,
             };
             if let Some(own) = own
                 && written(&e.block, own).is_some()
-                && let Some(loc) = written(&e.block, "holdout")
             {
-                self.warn(
-                    "plan::ignored-settings",
-                    loc.unwrap_or(e.name_loc),
-                    format!(
-                        "dataset \"{}\" has validation examples of its own ({own}=): `holdout` is not used",
-                        e.name
-                    ),
-                    "ignored",
+                unread.push((
+                    "holdout",
+                    format!("has validation examples of its own ({own}=)"),
                     "holdout= says how validation is held back from the examples when the dataset has none of its own; remove it, or remove the validation to hold some back",
-                );
+                ));
             }
             // Templates make each example from a row themselves: the field mapping
-            // (rows of a source that has rows; the others were said above) is not read.
-            let has_rows = own.is_some();
-            if has_rows && written(&e.block, "templates").is_some() {
-                for setting in super::dataset_sources::FIELD_MAPPING {
-                    if let Some(loc) = written(&e.block, setting) {
-                        self.warn(
-                            "plan::ignored-settings",
-                            loc.unwrap_or(e.name_loc),
-                            format!(
-                                "dataset \"{}\" renders its rows with templates: `{setting}` is not used",
-                                e.name
-                            ),
-                            "ignored",
-                            "a template writes each example's input, target and answer choices from the row; the field mapping is for rows without templates",
-                        );
-                    }
+            // (of a source with rows, again) is not read.
+            if own.is_some() && written(&e.block, "templates").is_some() {
+                unread.extend(FIELD_MAPPING.map(|setting| {
+                    (
+                        setting,
+                        "renders its rows with templates".to_string(),
+                        "a template writes each example's input, target and answer choices from the row; the field mapping is for rows without templates",
+                    )
+                }));
+            }
+            for (setting, why, help) in unread {
+                if let Some(loc) = written(&e.block, setting) {
+                    self.warn(
+                        "plan::ignored-settings",
+                        loc.unwrap_or(e.name_loc),
+                        format!("dataset \"{}\" {why}: `{setting}` is not used", e.name),
+                        "ignored",
+                        help,
+                    );
                 }
             }
         }
