@@ -139,9 +139,9 @@ pub fn examples(
             .map_err(|e| miette!(help = crate::store::corrupt_help(&store.root), "{id}: {e}"))?;
         let bytes = std::fs::read(files.join(PREDICTIONS_JSON))
             .map_err(|e| miette!("{id}: {PREDICTIONS_JSON}: {e}"))?;
-        let mut p: Predictions = serde_json::from_slice(&bytes)
+        let task = Predictions::one_task(&bytes, req.task)
             .map_err(|e| miette!("{id}: unreadable {PREDICTIONS_JSON}: {e}"))?;
-        let Some(task) = p.tasks.remove(req.task) else {
+        let Some(task) = task else {
             // A task added since the earlier run shown: not scored yet, not damage.
             if earlier.is_some() {
                 let reasons = stale_reasons(&plan, &status, id);

@@ -14,6 +14,66 @@ pub struct Predictions {
     pub tasks: BTreeMap<String, TaskPredictions>,
 }
 
+impl Predictions {
+    /// One task of a `predictions.json` (`None` when it has none of that name), parsed
+    /// alone: the others are skipped unbuilt, so showing one task of a large eval holds
+    /// that task in memory, not every task's examples and answers.
+    pub fn one_task(json: &[u8], task: &str) -> serde_json::Result<Option<TaskPredictions>> {
+        use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+        struct Tasks<'a>(&'a str);
+        impl<'de> Visitor<'de> for Tasks<'_> {
+            type Value = Option<TaskPredictions>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of tasks")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == self.0 {
+                        found = Some(map.next_value::<TaskPredictions>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(found)
+            }
+        }
+        impl<'de> DeserializeSeed<'de> for Tasks<'_> {
+            type Value = Option<TaskPredictions>;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+        struct Top<'a>(&'a str);
+        impl<'de> Visitor<'de> for Top<'_> {
+            type Value = Option<TaskPredictions>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an eval's predictions")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                let mut tasks = false;
+                while let Some(field) = map.next_key::<String>()? {
+                    if field == "tasks" {
+                        found = map.next_value_seed(Tasks(self.0))?;
+                        tasks = true;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if !tasks {
+                    return Err(serde::de::Error::missing_field("tasks"));
+                }
+                Ok(found)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let found = (&mut de).deserialize_map(Top(task))?;
+        de.end()?;
+        Ok(found)
+    }
+}
+
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TaskPredictions {
     pub metric: String,
@@ -221,6 +281,31 @@ mod tests {
                 ("merged".into(), answers(&["a b c", "a b"], &[1.0, 1.0])),
             ]),
         }
+    }
+
+    /// One task read out of a file of several is the task as written; a name it does
+    /// not hold is none; a damaged file is an error, not a task.
+    #[test]
+    fn one_task_is_read_alone() {
+        let mut other = task();
+        other.metric = "exact-match".into();
+        let all = Predictions {
+            tasks: BTreeMap::from([("a".to_string(), other), ("b".to_string(), task())]),
+        };
+        let json = serde_json::to_vec(&all).unwrap();
+        let b = Predictions::one_task(&json, "b").unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_value(&b).unwrap(),
+            serde_json::to_value(task()).unwrap()
+        );
+        assert_eq!(
+            Predictions::one_task(&json, "a").unwrap().unwrap().metric,
+            "exact-match"
+        );
+        assert!(Predictions::one_task(&json, "c").unwrap().is_none());
+        assert!(Predictions::one_task(&json[..json.len() - 2], "b").is_err());
+        assert!(Predictions::one_task(b"{\"tasks\": {}} x", "b").is_err());
+        assert!(Predictions::one_task(b"{}", "b").is_err());
     }
 
     #[test]
