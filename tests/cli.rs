@@ -90,6 +90,25 @@ fn plan_json_and_check_cached_for_ci() {
         );
     }
     assert!(!store.exists(), "verify or gc created the store folder");
+    // An empty folder is no store: read, it is left empty (report and show made it one).
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for args in [
+        &["report", GOLDEN][..],
+        &["show", "expert:a"],
+        &["verify", GOLDEN],
+        &["gc", "--dry-run", GOLDEN],
+    ] {
+        let out = goosepipe(args, &empty);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            crate::support::one_line(&text(&out.stderr))
+                .contains("the folder is empty, nothing was ever built there"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{args:?}");
+    }
     let table = text(&guard.stdout);
     assert!(
         table
@@ -144,8 +163,10 @@ fn graph_explain_schema_and_show() {
 
     let show = goosepipe(&["show", "expert:a"], t.path());
     assert_eq!(show.status.code(), Some(1));
+    // An empty folder given as the store is said as that (it was made a store, then
+    // searched: "no artifact in").
     assert!(
-        text(&show.stderr).contains("no artifact in"),
+        text(&show.stderr).contains("the folder is empty"),
         "{}",
         text(&show.stderr)
     );

@@ -397,7 +397,7 @@ fn after_a_reverted_edit_show_says_so_and_manifest_takes_the_current_artifact() 
     let by_id = shown("expert:a");
     assert!(by_id.contains(&second.hex()), "{by_id}");
     assert!(
-        by_id.contains("note     1 other artifact(s) of expert:a are in the store (earlier settings, or another manifest's step of that id; until gc); this is the one the last run built or found"),
+        by_id.contains(&format!("note     1 other artifact(s) of expert:a are in the store (earlier settings, or another manifest's step of that id; until gc); this is the one the last run, of {}, built or found", std::path::absolute(p.manifest()).unwrap().display())),
         "{by_id}"
     );
     let manifest = p.manifest();

@@ -130,8 +130,16 @@ fn store_error(e: crate::store::StoreError) -> Report {
 /// verify, gc): a folder that does not exist is a mistyped --store, not a store to
 /// create empty.
 fn existing_store(root: &Path) -> Result<Store, Report> {
-    if !root.is_dir() {
-        let why = if root.exists() {
+    // An empty folder is no store either: opened, it would be made one (a `report`
+    // that runs nothing left a store's folders behind).
+    let empty = || {
+        !crate::store::identity::is_store(root)
+            && std::fs::read_dir(root).is_ok_and(|mut entries| entries.next().is_none())
+    };
+    if !root.is_dir() || empty() {
+        let why = if root.is_dir() {
+            "the folder is empty, nothing was ever built there"
+        } else if root.exists() {
             "it is not a folder"
         } else {
             "nothing was ever built there"

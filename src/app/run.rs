@@ -84,7 +84,8 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     let (path, opts) = (req.manifest, req.opts);
     // Into a store not made yet every step would run: a device that cannot open is
     // said before the store is made (a mistyped --store left an empty one behind).
-    if !crate::store::identity::is_store(req.store) {
+    let new_store = !crate::store::identity::is_store(req.store);
+    if new_store {
         device_opens(req)?;
     }
     let store = open_store(req.store)?;
@@ -111,6 +112,9 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
         Err(e) => return Err(miette!("{e}")),
     };
     let (mut plan, mut status, old_lock) = plan_in_store(path, &store, req.registry, opts.verify)?;
+    if new_store && old_lock.steps.values().any(|pin| pin.digest.is_some()) {
+        let _ = writeln!(out, "{}", new_store_note(path, &store.root));
+    }
     if let Some(e) = &read_only {
         let chosen = exec::run::wanted(&plan, &status, opts).map_err(|e| miette!("{e}"))?;
         if !chosen.is_empty() {
@@ -294,7 +298,7 @@ pub fn run_with(req: &RunRequest, out: &mut dyn Write) -> Result<i32, Report> {
     // only its builder's id. An index, not a result: a failure to write it is said.
     for (id, l) in &new_lock.steps {
         if l.digest.is_some()
-            && let Err(e) = store.record_name(id, &l.key)
+            && let Err(e) = store.record_name(id, &l.key, path)
         {
             let _ = writeln!(out, "note: {e}");
             break;
@@ -564,5 +568,29 @@ pub fn exec_cmd(
         Ok(_) => Ok(EXIT_OK),
         Err(exec::worker::ExecError::Step(exec::StepError::Cancelled)) => Ok(EXIT_INTERRUPTED),
         Err(e) => Err(miette!("{e}")),
+    }
+}
+
+/// A run into a store it just made, of a manifest whose lockfile says its steps were
+/// built: most often another working folder than the last run's (the default store is
+/// `.goosepipe` in the current folder), which would rebuild everything unsaid. Said
+/// with the store beside the manifest, where there is one.
+fn new_store_note(manifest: &Path, store: &Path) -> String {
+    let beside = manifest
+        .parent()
+        .map(|d| d.join(crate::store::DEFAULT_STORE))
+        .filter(|b| crate::store::identity::is_store(b))
+        .filter(|b| std::fs::canonicalize(b).ok() != std::fs::canonicalize(store).ok());
+    match beside {
+        Some(b) => format!(
+            "note: no store was at {} before this run, so every step is built into it, though the lockfile says they were built; a store is beside the manifest at {} (Ctrl-C, then --store {} to use it)",
+            store.display(),
+            b.display(),
+            b.display()
+        ),
+        None => format!(
+            "note: no store was at {} before this run, so every step is built into it, though the lockfile says they were built elsewhere (--store DIR or GOOSEPIPE_STORE names another store)",
+            store.display()
+        ),
     }
 }

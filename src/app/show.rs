@@ -83,9 +83,13 @@ pub(super) fn last_run_note(
         return None;
     }
     let others = store.others_of(&meta.spec.id, &meta.key);
+    let last_run = match store.named_by(what) {
+        Some(m) => format!("the last run, of {},", m.display()),
+        None => "the last run".into(),
+    };
     (others > 0).then(|| {
         format!(
-            "{others} other artifact(s) of {} are in the store (earlier settings, or another manifest's step of that id; until gc); this is the one the last run built or found (--manifest FILE takes what a manifest has now)",
+            "{others} other artifact(s) of {} are in the store (earlier settings, or another manifest's step of that id; until gc); this is the one {last_run} built or found (--manifest FILE takes what a manifest has now)",
             meta.spec.id
         )
     })

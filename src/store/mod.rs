@@ -560,11 +560,16 @@ impl Store {
             .join(&blake3::hash(id.as_bytes()).to_hex()[..32])
     }
 
-    /// Records that step `id` has its artifact at `key` (written by `run` for every
-    /// step it finds published; unchanged records are not rewritten).
-    pub fn record_name(&self, id: &str, key: &Key) -> Result<(), StoreError> {
+    /// Records that step `id` has its artifact at `key`, as the run of `manifest` found
+    /// it (written by `run` for every step it finds published; unchanged records are
+    /// not rewritten). The manifest is said by `show` and `export`, which follow the
+    /// last run of any manifest.
+    pub fn record_name(&self, id: &str, key: &Key, manifest: &Path) -> Result<(), StoreError> {
         let p = self.name_path(id);
-        let line = format!("{id}\n{}\n", key.hex());
+        let manifest = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+        // A manifest path with a line break cannot be a third line: left out.
+        let manifest = manifest.to_str().filter(|m| !m.contains('\n')).unwrap_or("");
+        let line = format!("{id}\n{}\n{manifest}\n", key.hex());
         if std::fs::read_to_string(&p).is_ok_and(|s| s == line) {
             return Ok(());
         }
@@ -585,6 +590,16 @@ impl Store {
     pub fn named(&self, id: &str) -> Option<Key> {
         let (recorded, key) = read_name_record(&self.name_path(id))?;
         (recorded == id).then_some(key)
+    }
+
+    /// The manifest whose run recorded step `id` last (None for a record written
+    /// before manifests were recorded).
+    pub fn named_by(&self, id: &str) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.name_path(id)).ok()?;
+        let mut lines = text.lines();
+        (lines.next()? == id).then_some(())?;
+        lines.next()?;
+        lines.next().filter(|m| !m.is_empty()).map(PathBuf::from)
     }
 
     /// Every step id a run recorded in the `names/` index (for suggestions).
@@ -787,8 +802,11 @@ pub(crate) fn quarantined_key(name: &str) -> Option<Key> {
 
 pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key)> {
     let text = std::fs::read_to_string(path).ok()?;
-    let (id, key) = text.trim_end().split_once('\n')?;
-    Some((id.to_string(), key.parse().ok()?))
+    // Step id, key, and (since manifests are recorded) the manifest.
+    let mut lines = text.lines();
+    let id = lines.next()?;
+    let key = lines.next()?.parse().ok()?;
+    Some((id.to_string(), key))
 }
 
 #[cfg(test)]
@@ -807,7 +825,9 @@ mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for i in 0..300 {
-                        store.record_name("expert:a", &keys[i % 2]).unwrap();
+                        store
+                            .record_name("expert:a", &keys[i % 2], Path::new("m.kdl"))
+                            .unwrap();
                     }
                 });
             }
