@@ -30,6 +30,8 @@ pub const POINTS: &[&str] = &[
     // renamed into objects/ (before the step's work folder is removed).
     "publish.meta-written",
     "publish.renamed",
+    // gc (store/gc.rs): one unreachable artifact deleted.
+    "gc.deleted",
 ];
 
 struct Armed {

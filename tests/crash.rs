@@ -543,3 +543,87 @@ fn same_size_corruption_is_found_quarantined_and_rebuilt() {
     let v = goosepipe(d.path(), None, &["verify"]);
     assert_ne!(v.code, Some(0), "verify needs manifests or --all");
 }
+
+/// A run into a store it had to make, of a manifest whose lockfile says its steps were
+/// built (most often: started from another folder, `.goosepipe` being the current
+/// folder's), says so before it rebuilds everything, naming the store beside the
+/// manifest.
+#[test]
+fn a_run_into_a_new_store_of_a_built_manifest_says_so() {
+    let d = setup();
+    let project = d.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::rename(d.path().join("crash.kdl"), project.join("crash.kdl")).unwrap();
+    let run_in = |cwd: &Path, manifest: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_goosepipe"))
+            .args(["run", manifest, "--until", "dataset:sort"])
+            .current_dir(cwd)
+            .env_remove("GOOSEPIPE_STORE")
+            .env_remove("GOOSEPIPE_FAULT")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run_in(&project, "crash.kdl");
+    assert!(!first.contains("no store was at"), "{first}");
+    let elsewhere = run_in(d.path(), "project/crash.kdl");
+    assert!(
+        elsewhere.contains("note: no store was at .goosepipe before this run, so every step is built into it, though the lockfile says they were built; a store is beside the manifest at project/.goosepipe"),
+        "{elsewhere}"
+    );
+    // Run again there: the store is its own now, nothing to say.
+    let again = run_in(d.path(), "project/crash.kdl");
+    assert!(!again.contains("no store was at"), "{again}");
+}
+
+/// A gc killed between two deletions leaves nothing a run would skip: objects go
+/// before the objects they read, so what is left is inputs whose readers are gone,
+/// which a run rebuilds. (In key order a kill left an expert's published gate, pool
+/// and evals reading an expert and dataset gc had deleted, and the run called those
+/// "not needed" and left them unbuilt.)
+#[test]
+fn a_gc_cut_short_leaves_only_what_a_run_rebuilds() {
+    let d = setup();
+    let r = run(d.path(), None);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    let want = digests(d.path());
+    // A manifest that reaches the base model alone: gc deletes everything else.
+    let base: String = MANIFEST
+        .lines()
+        .take_while(|l| !l.starts_with("defaults"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(d.path().join("base.kdl"), base).unwrap();
+    // Cut after each of the twelve objects it deletes in turn.
+    for n in 1..=12 {
+        let gc = goosepipe(
+            d.path(),
+            Some(&format!("gc.deleted:{n}")),
+            &["gc", "base.kdl", "--only-given"],
+        );
+        assert!(gc.text.contains("fault injected"), "{n}: {}", gc.text);
+        // No artifact left whose input is gone.
+        let store = Store::open(d.path().join("store")).unwrap();
+        for k in store.keys() {
+            let meta = store.meta(&k).unwrap();
+            for i in &meta.spec.inputs {
+                assert!(
+                    store.object_dir(&i.key).exists(),
+                    "gc killed at deletion {n} left {} without its input {}",
+                    meta.spec.id,
+                    i.id
+                );
+            }
+        }
+        let r = run(d.path(), None);
+        assert_eq!(r.code, Some(0), "{n}: {}", r.text);
+        assert!(!r.text.contains("not needed"), "{n}: {}", r.text);
+        assert_eq!(digests(d.path()), want, "after a gc killed at deletion {n}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Garbage collection: delete what no given manifest reaches, and leftovers of
 //! interrupted runs. Anything locked by a live run is left alone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use super::fsutil::disk_size;
@@ -190,7 +190,7 @@ impl Store {
     /// of `objects/` so a concurrent reader never sees it half-deleted.
     pub fn gc_delete(&self, entries: &[GcEntry]) -> std::io::Result<u64> {
         let mut freed = 0;
-        for e in entries {
+        for e in self.consumers_first(entries) {
             if e.reason == GcReason::Unreachable {
                 let aside = self
                     .root
@@ -198,6 +198,7 @@ impl Store {
                     .join(format!("gc.{}", super::fsutil::nanos()));
                 std::fs::rename(&e.path, &aside)?;
                 std::fs::remove_dir_all(&aside)?;
+                crate::faults::point("gc.deleted");
             } else if e.path.is_dir() {
                 std::fs::remove_dir_all(&e.path)?;
             } else if e.path.exists() {
@@ -206,5 +207,70 @@ impl Store {
             freed += e.size;
         }
         Ok(freed)
+    }
+
+    /// The entries in the order gc deletes them: objects before the objects they read,
+    /// so that a gc cut short (a kill, a full disk) never leaves a published artifact
+    /// whose input is gone (a run then took the input for "not needed" and left it
+    /// unbuilt); the rest after, as given.
+    fn consumers_first<'e>(&self, entries: &'e [GcEntry]) -> Vec<&'e GcEntry> {
+        let objects: HashMap<Key, &GcEntry> = entries
+            .iter()
+            .filter(|e| e.reason == GcReason::Unreachable)
+            .filter_map(|e| Some((e.key?, e)))
+            .collect();
+        // Each object's inputs among the deleted, and how many deleted objects read each.
+        let inputs: HashMap<Key, Vec<Key>> = objects
+            .keys()
+            .map(|k| {
+                let read = self.meta(k).map_or_else(Vec::new, |m| {
+                    m.spec
+                        .inputs
+                        .iter()
+                        .map(|i| i.key)
+                        .filter(|i| objects.contains_key(i) && i != k)
+                        .collect()
+                });
+                (*k, read)
+            })
+            .collect();
+        let mut readers: HashMap<Key, usize> = objects.keys().map(|k| (*k, 0)).collect();
+        for read in inputs.values() {
+            for i in read {
+                *readers.get_mut(i).expect("an object") += 1;
+            }
+        }
+        // Kahn's order, unread objects first (in the given order, for a stable run).
+        let mut ready: Vec<Key> = entries
+            .iter()
+            .filter_map(|e| e.key.filter(|k| readers.get(k) == Some(&0)))
+            .filter(|k| objects.contains_key(k))
+            .collect();
+        ready.dedup();
+        let mut order: Vec<&GcEntry> = vec![];
+        let mut done: HashSet<Key> = HashSet::new();
+        while let Some(k) = ready.pop() {
+            if !done.insert(k) {
+                continue;
+            }
+            order.push(objects[&k]);
+            for i in &inputs[&k] {
+                let n = readers.get_mut(i).expect("an object");
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(*i);
+                }
+            }
+        }
+        // Keys are content addresses, so no cycle can hold an object back; whatever
+        // did (a damaged meta.json naming itself) goes last rather than never.
+        order.extend(
+            entries
+                .iter()
+                .filter(|e| e.reason == GcReason::Unreachable)
+                .filter(|e| e.key.is_none_or(|k| !done.contains(&k))),
+        );
+        order.extend(entries.iter().filter(|e| e.reason != GcReason::Unreachable));
+        order
     }
 }
