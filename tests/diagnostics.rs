@@ -1027,6 +1027,25 @@ golden!(
     "manifest::wrong-value"
 );
 
+/// A misspelt `dataset=` on a pool member is its error alone: the eval two names away
+/// whose method reads every member's data did not say "one has no dataset" besides
+/// (the eval names the pool, which names the expert).
+#[test]
+fn a_members_misspelt_dataset_is_not_followed_by_the_evals_method_error() {
+    let text = "model \"t5\" hub=\"google/t5-small-lm-adapt\"\n\
+                dataset \"d\" { synthetic task=\"sort\" examples=100; }\n\
+                expert \"a\" model=\"t5\" dataset=\"d\"\n\
+                expert \"b\" model=\"t5\" datset=\"d\"\n\
+                pool \"p\" { experts \"a\" \"b\"; }\n\
+                eval \"e\" pool=\"p\" {\n    methods \"average-activation\"\n    task \"t\" dataset=\"d\" expert=\"zzz\"\n}\n";
+    let (r, _d) = check_text(&[("m.kdl", text)]);
+    let out = one_line(&r.unwrap_err());
+    assert!(out.contains("unknown property `datset` on `expert`"), "{out}");
+    assert!(!out.contains("method-needs-data"), "{out}");
+    // The eval's own names are still judged (zzz is no expert of the pool).
+    assert!(out.contains("zzz"), "{out}");
+}
+
 // The planner's errors in source order too.
 golden!(
     planner_order,

@@ -138,6 +138,11 @@ const VERBATIM: [&str; 5] = [
     "plan::unknown-step-kind",
 ];
 
+/// Codes of lowering errors about what the members of an eval's pool hold (their
+/// datasets), not about the eval's own names: they follow from an error in any node
+/// down the chain of names.
+const THROUGH_MEMBERS: [&str; 1] = ["manifest::method-needs-data"];
+
 /// Of lowering's errors `more`, those that cannot be consequences of validation's
 /// `errors` (see [`load`]).
 fn independent_errors(
@@ -166,14 +171,42 @@ fn independent_errors(
                     .any(|n| troubled.contains(n))
         })
         .collect();
+    // The same through any chain of names, for the errors that read what the named
+    // nodes name (an eval's pool's experts: a misspelt `dataset=` on one made the
+    // eval's "one expert has no dataset" follow from it).
+    let named: Vec<Vec<usize>> = manifest
+        .entities
+        .iter()
+        .map(|e| {
+            crate::manifest::validate::references(e)
+                .into_iter()
+                .filter_map(|kind_name| manifest.index.get(&kind_name).copied())
+                .collect()
+        })
+        .collect();
+    let mut deep = troubled.clone();
+    loop {
+        let more: Vec<usize> = (0..named.len())
+            .filter(|n| !deep.contains(n) && named[*n].iter().any(|m| deep.contains(m)))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        deep.extend(more);
+    }
     more.into_iter()
         .filter(|e| {
             let Some(place) = at(e) else { return true };
             if flagged.contains(&place) {
                 return false;
             }
+            let taint = if THROUGH_MEMBERS.contains(&e.code) {
+                &deep
+            } else {
+                &tainted
+            };
             VERBATIM.contains(&e.code)
-                || !(settings_troubled || node_of(&place).is_some_and(|n| tainted.contains(&n)))
+                || !(settings_troubled || node_of(&place).is_some_and(|n| taint.contains(&n)))
         })
         .collect()
 }
