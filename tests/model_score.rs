@@ -55,6 +55,20 @@ fn score_reports_per_token_logprobs_that_sum_to_the_total() {
     assert_eq!(json["tokens"].as_array().unwrap().len(), r.tokens.len());
     let text = render_text(&r);
     assert!(text.contains("total") && text.contains("</s>"), "{text}");
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+
+    // Words the tokenizer reads as <unk> are said, as the tokenize step and an eval
+    // say them of their data (they all read alike to the model).
+    let unknown = score(&ScoreRequest::new(
+        dir.to_str().unwrap(),
+        "is the sky blue today",
+        "the answer is zzq",
+    ))
+    .unwrap();
+    assert_eq!(
+        unknown.notes,
+        ["the target: 1 of 11 tokens (9.1%) are <unk>, words its tokenizer does not know: \"zzq\" 1"]
+    );
 }
 
 #[test]

@@ -594,6 +594,13 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
             size(u128::from(limit))
         )));
     }
+    let mut notes = unknown_word_notes(
+        &tok,
+        [
+            ("input", &req.input, &input_ids),
+            ("target", &req.target, &target),
+        ],
+    );
     let item = ChoiceItem {
         input: input_ids.clone(),
         choices: vec![target],
@@ -632,7 +639,7 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         .transpose()?;
     let mut names: Vec<String> = experts.iter().map(|e| e.name.clone()).collect();
     names.sort();
-    let notes = top_k_notes(req.router, req.top_k, experts.len());
+    notes.extend(top_k_notes(req.router, req.top_k, experts.len()));
     Ok(ScoreReport {
         model_dir: dir,
         experts: names,
@@ -644,6 +651,27 @@ pub fn score(req: &ScoreRequest) -> Result<ScoreReport> {
         routing,
         notes,
     })
+}
+
+/// Words of the input or target the tokenizer reads as `<unk>` (a pipeline-built
+/// tokenizer is word-level): they all read alike to the model, as the tokenize step and
+/// an eval say of their data.
+fn unknown_word_notes<'a>(
+    tok: &tokenizers::Tokenizer,
+    texts: impl IntoIterator<Item = (&'a str, &'a String, &'a Vec<u32>)>,
+) -> Vec<String> {
+    use crate::data::unknown_words::{UnknownWords, unknown_id};
+    let Some(unk) = unknown_id(tok) else {
+        return vec![];
+    };
+    texts
+        .into_iter()
+        .filter_map(|(what, text, ids)| {
+            let mut words = UnknownWords::default();
+            words.count(tok, unk, text, ids);
+            words.describe(5).map(|d| format!("the {what}: {d}"))
+        })
+        .collect()
 }
 
 /// `--top-k` where it does not do what it says: above the experts given (each token
