@@ -231,7 +231,7 @@ fn others_on_store(
         if kept > 0 {
             let _ = writeln!(
                 out,
-                "keeping {kept} artifact(s) that {} reaches (it also ran on this store; pass --only-given to collect them)",
+                "keeping {kept} more artifact(s) that {} reaches, which nothing listed before it keeps (it also ran on this store; pass --only-given to collect them)",
                 m.display()
             );
         }

@@ -253,7 +253,7 @@ pub fn markdown(title: &str, q: &RoutingQuality, order: &[String]) -> String {
         }
         let _ = writeln!(
             out,
-            "\nChance is 1/N of the weight with N experts. Distinct tokens occur in this task's examples and no other owned task's. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner. A module never reaching the owner is one where no token of the task had its own expert in the top-k."
+            "\nWeight share: the own expert's share of the routing weight, over the task's real tokens (padding never counts) and the modules; top-k hit: the fraction of those tokens whose top-k holds the own expert. Chance is 1/N of the weight with N experts. Distinct tokens occur in this task's examples and no other owned task's. Retrieval picks one expert per example: its share is the fraction of examples sent to the owner. A module never reaching the owner is one where no token of the task had its own expert in the top-k."
         );
     }
     if let Some(g) = &q.gates {
@@ -268,7 +268,7 @@ pub fn markdown(title: &str, q: &RoutingQuality, order: &[String]) -> String {
             (Some(mean), Some(max)) => {
                 let _ = writeln!(
                     out,
-                    "\nGate vectors of the pool ({} experts, {} modules): mean off-diagonal correlation {mean:.2} after standardization (max {max:.2}); gates that tell experts apart correlate little.{untrained}",
+                    "\nGate vectors of the pool ({} experts, {} modules): mean off-diagonal correlation {mean:.2} after standardization (the most alike pair at one module: {max:.3}); gates that tell experts apart correlate little.{untrained}",
                     g.experts, g.modules
                 );
             }

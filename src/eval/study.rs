@@ -302,11 +302,12 @@ pub fn markdown(title: &str, r: &StudyResult) -> String {
     let n: Vec<String> = r.tasks.iter().map(|t| format!("{t} {}", r.examples[t])).collect();
     let _ = writeln!(
         out,
-        "### {title}: {} replicate{} ({}), {} tasks (examples: {})\n",
+        "### {title}: {} replicate{} ({}), {} task{} (examples: {})\n",
         r.replicates.len(),
         if r.replicates.len() == 1 { "" } else { "s" },
         r.replicates.join(", "),
         r.tasks.len(),
+        if r.tasks.len() == 1 { "" } else { "s" },
         n.join(", ")
     );
     let _ = writeln!(
