@@ -613,7 +613,7 @@ eval "e" pool="p" {{
         let (code, out) = support::run_product(&manifest, &store);
         assert_eq!(code, 1, "{out}");
         assert!(
-            out.contains("eval:e: task \"t\": 6 of the 6 examples of dataset:plain have no answer choices (the first: line 1 of its examples.jsonl")
+            out.contains("eval:e: task \"t\": 6 of the 6 examples of dataset:plain have no answer choices (the first: example 1 of the dataset, made from plain.jsonl; input")
                 && out.contains("(found when dataset:plain was built, before eval:e could start)"),
             "early cutoff {early_cutoff}: {out}"
         );
@@ -651,9 +651,10 @@ eval "e" pool="p" {{
             s.meta(&plan.get("expert:alpha").unwrap().spec.key).is_none(),
             "early cutoff {early_cutoff}: the expert must not train on the second run\n{again}"
         );
-        // `plan` says so before anyone runs it.
+        // `plan` says so before anyone runs it, and fails as the run would (it said so
+        // and exited 0: CI's plan passed a run that could not).
         let mut shown = Vec::new();
-        goosepipe::app::plan_cmd(
+        let code = goosepipe::app::plan_cmd(
             &manifest,
             &store,
             &goosepipe::steps::registry(),
@@ -668,6 +669,7 @@ eval "e" pool="p" {{
             &mut shown,
         )
         .unwrap();
+        assert_eq!(code, goosepipe::app::EXIT_ERROR);
         let shown = String::from_utf8(shown).unwrap();
         assert!(
             shown.contains(

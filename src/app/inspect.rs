@@ -9,7 +9,7 @@ use miette::{Report, miette};
 use crate::exec::{self, Registry, RunOptions};
 use crate::plan::{Plan, Status, render};
 
-use super::{EXIT_OK, EXIT_PENDING, plan_with_status};
+use super::{EXIT_ERROR, EXIT_OK, EXIT_PENDING, plan_with_status};
 
 /// How `goosepipe plan` answers.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,18 @@ pub fn plan_cmd(
         Some(s) => !s.steps.is_empty(),
         None => status.stale_count() > 0,
     };
-    let code = if check_cached && (would_run || !status.lock_drift.is_empty()) {
+    // A run would stop at these: said as an error, so that CI's `plan` fails where
+    // the run would (the step's line says why).
+    let refused = status.previews.values().filter(|p| p.refused).count();
+    if refused > 0 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: {refused} step(s) would fail at once (their lines say why): a run stops there"
+        );
+    }
+    let code = if refused > 0 {
+        EXIT_ERROR
+    } else if check_cached && (would_run || !status.lock_drift.is_empty()) {
         EXIT_PENDING
     } else {
         EXIT_OK

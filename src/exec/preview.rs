@@ -59,9 +59,13 @@ pub fn previews(
         .collect();
     for (id, why) in super::run::refusals_of_cached(plan, status, store, registry, &stale) {
         if let Some(&i) = plan.index.get(&id) {
-            status
-                .previews
-                .insert(i, format!("would fail at once: {why}").into());
+            status.previews.insert(
+                i,
+                crate::plan::status::Preview {
+                    refused: true,
+                    ..format!("would fail at once: {why}").into()
+                },
+            );
         }
     }
 }

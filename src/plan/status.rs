@@ -761,6 +761,9 @@ pub struct Preview {
     /// `resumed`, `planned`; a training step's saved state: `saved_step`, `steps`.
     /// Empty where the text tells of no count.
     pub counts: BTreeMap<&'static str, u64>,
+    /// A run would refuse the step at once (data an earlier run built that it cannot
+    /// use): `plan` exits 1, as the run would.
+    pub refused: bool,
 }
 
 impl From<String> for Preview {
@@ -768,6 +771,7 @@ impl From<String> for Preview {
         Preview {
             text,
             counts: BTreeMap::new(),
+            refused: false,
         }
     }
 }

@@ -128,6 +128,7 @@ pub fn training_preview(ctx: &StepContext, steps: usize) -> Option<crate::plan::
         Saved::Nothing => None,
         Saved::At(at) => Some(crate::plan::status::Preview {
             text: format!("its saved state is at step {at} of {steps}"),
+            refused: false,
             counts: [("saved_step", at as u64), ("steps", steps as u64)].into(),
         }),
         Saved::Unusable(why) => {

@@ -102,9 +102,25 @@ fn check_choices(
             .and_then(|all| all.iter().position(|x| x == e))
             .unwrap_or(0);
         let shown: String = e.input.chars().take(80).collect();
+        // The files the dataset was made from (its provenance), which a user can open;
+        // the example's number is its place among the dataset's examples, the rows of
+        // those files in order less any the dataset dropped.
+        let made_from = std::fs::read(file.with_file_name(crate::artifact_files::DATA_JSON))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                let files: Vec<String> = v["files"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect();
+                (!files.is_empty())
+                    .then(|| format!(", made from {}", crate::plan::listing::first_few(&files, 3)))
+            })
+            .unwrap_or_default();
         return Err(fail(format!(
             "task {name:?}: {without} of the {} examples of {data} have no answer choices \
-             (the first: line {} of its examples.jsonl, input {shown:?}), and the task is \
+             (the first: example {} of the dataset{made_from}; input {shown:?}), and the task is \
              scored by rank classification; give every example choices, or set the task's \
              metric= to exact-match or rouge-l",
             examples.len(),

@@ -233,6 +233,7 @@ impl Tally {
         crate::plan::status::Preview {
             text: self.preview_text(to_score),
             counts,
+            refused: false,
         }
     }
 
