@@ -124,8 +124,15 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     assert_eq!(code, 0, "{out_a}");
     let (code, out_b) = run(b.path(), &CancelFlag::new());
     assert_eq!(code, 0, "{out_b}");
-    assert!(out_a.contains("### e (pool of 2 experts)"), "{out_a}");
-    assert!(out_b.contains("### held-out (pool of 2 experts)"), "{out_b}");
+    // The heading says the pool and the routing setting the numbers depend on.
+    assert!(
+        out_a.contains("### e (pool of 2 experts; top-2 routing)"),
+        "{out_a}"
+    );
+    assert!(
+        out_b.contains("### held-out (pool of 2 experts; top-2 routing)"),
+        "{out_b}"
+    );
     assert!(
         out_b.contains("sharing the artifact of one of them (same key)"),
         "{out_b}"
@@ -166,7 +173,10 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     let parsed: Vec<serde_json::Value> =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!(parsed.len(), 1, "{json}");
-    assert_eq!(parsed[0]["title"], "held-out (pool of 2 experts)", "{json}");
+    assert_eq!(
+        parsed[0]["title"], "held-out (pool of 2 experts; top-2 routing)",
+        "{json}"
+    );
     assert_eq!(parsed[0]["step"], "eval:held-out", "{json}");
     // CSV rows name their eval's step in a first column.
     let mut csv = Vec::new();

@@ -170,7 +170,7 @@ pub fn report(
                     None => not_built(notes, &s.spec.id, &why(&s.spec.id), path, &store.root),
                 },
                 _ => {
-                    match headed_markdown(&files, &s.spec.kind, &s.spec.name, &study_task_order(&plan, spec))
+                    match headed_markdown(&files, spec, &study_task_order(&plan, spec))
                         .map_err(|e| miette!("{}: {e}", s.spec.id))?
                     {
                         Some(text) => {
@@ -192,7 +192,13 @@ pub fn report(
         }
         let owners = task_owners(&spec.params);
         if format == "json" {
-            match with_step(named_results_json(&files, &s.spec.name, &order, &owners))? {
+            match with_step(named_results_json(
+                &files,
+                &s.spec.name,
+                &order,
+                &owners,
+                &spec.params,
+            ))? {
                 Some(v) => {
                     any = true;
                     json_items.push(v);
@@ -202,7 +208,8 @@ pub fn report(
             continue;
         }
         // Read once: the table, and the held-in comparison below it.
-        let results = eval_results(&files, &order).map_err(|e| miette!("{}: {e}", s.spec.id))?;
+        let results =
+            eval_results(&files, &order, &spec.params).map_err(|e| miette!("{}: {e}", s.spec.id))?;
         let text = match format {
             // Long records under one header (evals differ in their methods), each
             // starting with its eval's step id.
@@ -287,12 +294,12 @@ pub fn report(
 /// no record to read (not built); an error when the record is unreadable.
 pub(super) fn headed_markdown(
     files: &Path,
-    kind: &str,
-    name: &str,
+    spec: &crate::store::StepSpec,
     order: &[String],
 ) -> Result<Option<String>, String> {
-    Ok(match kind {
-        "eval" => eval_results(files, order)?.map(|r| r.markdown(name)),
+    let name = &spec.name;
+    Ok(match spec.kind.as_str() {
+        "eval" => eval_results(files, order, &spec.params)?.map(|r| r.markdown(name)),
         "study" => {
             study_result(files, order)?.map(|r| crate::eval::study::markdown(&format!("study {name}"), &r))
         }
@@ -327,11 +334,20 @@ fn study_result(files: &Path, order: &[String]) -> Result<Option<crate::eval::st
 
 /// An eval's results with its rows in the manifest's task order, and how many
 /// examples each task scored (from its per-example scores, where it has them).
-fn eval_results(files: &Path, order: &[String]) -> Result<Option<crate::eval::Results>, String> {
+fn eval_results(
+    files: &Path,
+    order: &[String],
+    params: &serde_json::Value,
+) -> Result<Option<crate::eval::Results>, String> {
     let Some(mut r) = read_record::<crate::eval::Results>(files, crate::artifact_files::RESULTS_JSON)? else {
         return Ok(None);
     };
     r.order_tasks(order);
+    // The routing setting the numbers depend on, beside the pool (the stored title
+    // says the pool only: a top-k edit changed the numbers and nothing else shown).
+    if let Some(routing) = routing_setting(params) {
+        r.title = format!("{}; {routing}", r.title);
+    }
     // Per method, per task, the examples' scores (what a study resamples).
     if let Some(per) =
         read_record::<crate::eval::study::Replicate>(files, crate::artifact_files::PER_EXAMPLE_JSON)?
@@ -344,6 +360,17 @@ fn eval_results(files: &Path, order: &[String]) -> Result<Option<crate::eval::Re
         }
     }
     Ok(Some(r))
+}
+
+/// "top-2 routing" where an eval runs a method that keeps the top k experts per token.
+fn routing_setting(params: &serde_json::Value) -> Option<String> {
+    let routes = params["methods"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.as_str())
+        .any(|m| crate::route::parse(crate::route::METHODS, m).is_some_and(|c| c.routes_tokens()));
+    let k = params["routing"]["top-k"].as_u64()?;
+    routes.then(|| format!("top-{k} routing"))
 }
 
 /// Each task of an eval's parameters that an expert owns, with its owner's name.
@@ -390,9 +417,10 @@ fn named_results_json(
     name: &str,
     order: &[String],
     owners: &BTreeMap<String, String>,
+    params: &serde_json::Value,
 ) -> Result<Option<serde_json::Value>, String> {
     let quality = read_record::<serde_json::Value>(files, crate::eval::routing_quality::QUALITY_JSON)?;
-    Ok(eval_results(files, order)?.map(|mut r| {
+    Ok(eval_results(files, order, params)?.map(|mut r| {
         let held_in = crate::eval::held_in::against_own(&r, owners);
         r.title = format!("{name} ({})", r.title);
         let mut v = serde_json::to_value(&r).expect("json");

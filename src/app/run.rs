@@ -487,9 +487,7 @@ fn print_finished_results(
     let mut evals = false;
     for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
         let order = report::task_order(plan, &s.spec.name);
-        if let Ok(Some(md)) =
-            report::headed_markdown(&store.files_dir(&s.spec.key), &s.spec.kind, &s.spec.name, &order)
-        {
+        if let Ok(Some(md)) = report::headed_markdown(&store.files_dir(&s.spec.key), &s.spec, &order) {
             let _ = writeln!(out, "\n{md}");
             evals |= s.spec.kind == "eval";
         }
