@@ -62,12 +62,14 @@ fn quickstart_end_to_end() {
 
     let (code, out) = run(&manifest, &store);
     assert_eq!(code, 0, "{out}");
-    // The run ends with the results tables.
+    // The run ends with the results tables, and says what `report` adds: with tasks
+    // that name their experts, the held-in comparison and routing quality.
     assert!(
         out.contains("### held-out")
             && out.contains(
                 "| task | phatgoose | base | merged | arrow | average-activation | retrieval | multitask | best-individual | oracle |"
-            ),
+            )
+            && out.contains("adds each method's held-in mean against the own experts', routing quality and gate correlation)"),
         "{out}"
     );
 

@@ -124,6 +124,12 @@ fn renamed_steps_keep_their_keys_and_their_artifacts_bytes() {
     assert_eq!(code, 0, "{out_a}");
     let (code, out_b) = run(b.path(), &CancelFlag::new());
     assert_eq!(code, 0, "{out_b}");
+    // No task names its expert: `report` adds no held-in table, and the run says so
+    // (it promised one regardless).
+    assert!(
+        out_a.contains("adds each pool's gate correlation; a task that names the expert trained for it, `task ... expert=NAME`, also gets"),
+        "{out_a}"
+    );
     // The heading says the pool and the routing setting the numbers depend on.
     assert!(
         out_a.contains("### e (pool of 2 experts; top-2 routing)"),

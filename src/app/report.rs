@@ -374,7 +374,7 @@ fn routing_setting(params: &serde_json::Value) -> Option<String> {
 }
 
 /// Each task of an eval's parameters that an expert owns, with its owner's name.
-fn task_owners(params: &serde_json::Value) -> BTreeMap<String, String> {
+pub(super) fn task_owners(params: &serde_json::Value) -> BTreeMap<String, String> {
     params["task"]
         .as_object()
         .map(|tasks| {

@@ -484,21 +484,30 @@ fn print_finished_results(
         .chain(&report.shared)
         .chain(&report.reused)
         .collect();
-    let mut evals = false;
+    let (mut evals, mut owned) = (false, false);
     for s in plan.steps.iter().filter(|s| finished.contains(&s.spec.id)) {
         let order = report::task_order(plan, &s.spec.name);
         if let Ok(Some(md)) = report::headed_markdown(&store.files_dir(&s.spec.key), &s.spec, &order) {
             let _ = writeln!(out, "\n{md}");
             evals |= s.spec.kind == "eval";
+            owned |= s.spec.kind == "eval" && !report::task_owners(&s.spec.params).is_empty();
         }
     }
-    // The results tables are not the whole report: say where the rest is.
+    // The results tables are not the whole report: say where the rest is, and what
+    // it lacks without tasks that name their experts (it was promised regardless).
     if evals {
-        let _ = writeln!(
-            out,
-            "\n(results tables only: `{}` adds each method's held-in mean against the own experts', routing quality and gate correlation)",
-            command_line("report", path, &store.root)
-        );
+        let report = command_line("report", path, &store.root);
+        let _ = if owned {
+            writeln!(
+                out,
+                "\n(results tables only: `{report}` adds each method's held-in mean against the own experts', routing quality and gate correlation)"
+            )
+        } else {
+            writeln!(
+                out,
+                "\n(results tables only: `{report}` adds each pool's gate correlation; a task that names the expert trained for it, `task ... expert=NAME`, also gets each method's mean against the own experts' and routing quality)"
+            )
+        };
     }
 }
 

@@ -29,6 +29,12 @@ pub fn text_of(v: &serde_json::Value) -> Option<String> {
 
 /// Maps one row to an example; the error is the reason, without the location.
 pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
+    map_row_after(obj, f, 0)
+}
+
+/// [`map_row`] of a row that `mapped` rows before it passed: a field missing from it
+/// alone is this row's fault, not the mapping's (which the hint names otherwise).
+fn map_row_after(obj: &Row, f: &Fields<'_>, mapped: usize) -> Result<Example, String> {
     let get = |field: &str| -> Result<String, String> {
         let v = obj.get(field).ok_or_else(|| {
             let mut has: Vec<String> = obj.keys().map(|k| format!("{k:?}")).collect();
@@ -44,6 +50,11 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
             } else {
                 ""
             };
+            if mapped > 0 {
+                return format!(
+                    "no field \"{field}\" ({has}; the {mapped} row(s) before it have it: fix or remove this row)"
+                );
+            }
             format!("no field \"{field}\" ({has}; set input-field= / target-field= on the dataset{tabs})")
         })?;
         text_of(v).ok_or_else(|| {
@@ -125,7 +136,7 @@ pub fn map_row(obj: &Row, f: &Fields<'_>) -> Result<Example, String> {
 pub fn read_jsonl_mapped(path: &Path, f: &Fields<'_>) -> Result<Vec<Example>, DataError> {
     let mut out = vec![];
     visit_jsonl_rows(path, |row| {
-        out.push(map_row(&row, f)?);
+        out.push(map_row_after(&row, f, out.len())?);
         Ok(())
     })?;
     if out.is_empty() {
@@ -140,7 +151,8 @@ pub fn map_rows(source: &str, rows: &[Row], f: &Fields<'_>) -> Result<Vec<Exampl
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            map_row(r, f).map_err(|reason| DataError::Other(format!("{source}: row {}: {reason}", i + 1)))
+            map_row_after(r, f, i)
+                .map_err(|reason| DataError::Other(format!("{source}: row {}: {reason}", i + 1)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if out.is_empty() {
@@ -168,10 +180,20 @@ mod tests {
             choices: "opts",
             ..Default::default()
         };
+        // Rows before it had the field: this row's fault, not the mapping's.
         let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
         assert!(
             err.ends_with(
-                "d.jsonl:3: no field \"a\" (it has \"q\"; set input-field= / target-field= on the dataset)"
+                "d.jsonl:3: no field \"a\" (it has \"q\"; the 1 row(s) before it have it: fix or remove this row)"
+            ),
+            "{err}"
+        );
+        // The first row without it: the mapping is what to check.
+        std::fs::write(&p, "{\"q\": \"x\"}\n{\"q\": \"2+2\", \"a\": 4}\n").unwrap();
+        let err = read_jsonl_mapped(&p, &f).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "d.jsonl:1: no field \"a\" (it has \"q\"; set input-field= / target-field= on the dataset)"
             ),
             "{err}"
         );
