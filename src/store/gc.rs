@@ -247,6 +247,7 @@ impl Store {
             .filter(|k| objects.contains_key(k))
             .collect();
         ready.dedup();
+        ready.reverse(); // popped from the end: the given order first
         let mut order: Vec<&GcEntry> = vec![];
         let mut done: HashSet<Key> = HashSet::new();
         while let Some(k) = ready.pop() {
