@@ -19,58 +19,39 @@ impl Predictions {
     /// alone: the others are skipped unbuilt, so showing one task of a large eval holds
     /// that task in memory, not every task's examples and answers.
     pub fn one_task(json: &[u8], task: &str) -> serde_json::Result<Option<TaskPredictions>> {
-        use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-        struct Tasks<'a>(&'a str);
-        impl<'de> Visitor<'de> for Tasks<'_> {
-            type Value = Option<TaskPredictions>;
+        use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
+        use std::marker::PhantomData;
+        /// The value under key `.0` of a map, read by seed `.1` (None when the map has no
+        /// such key); every other entry is skipped unbuilt.
+        struct Entry<'a, S>(&'a str, S);
+        impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Entry<'_, S> {
+            type Value = Option<S::Value>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of tasks")
+                write!(f, "a map that may hold {:?}", self.0)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut found = None;
+                let (key, mut seed, mut found) = (self.0, Some(self.1), None);
                 while let Some(name) = map.next_key::<String>()? {
-                    if name == self.0 {
-                        found = Some(map.next_value::<TaskPredictions>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                    match seed.take_if(|_| name == key) {
+                        Some(s) => found = Some(map.next_value_seed(s)?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
                 Ok(found)
             }
         }
-        impl<'de> DeserializeSeed<'de> for Tasks<'_> {
-            type Value = Option<TaskPredictions>;
+        impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Entry<'_, S> {
+            type Value = Option<S::Value>;
             fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
                 d.deserialize_map(self)
             }
         }
-        struct Top<'a>(&'a str);
-        impl<'de> Visitor<'de> for Top<'_> {
-            type Value = Option<TaskPredictions>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an eval's predictions")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut found = None;
-                let mut tasks = false;
-                while let Some(field) = map.next_key::<String>()? {
-                    if field == "tasks" {
-                        found = map.next_value_seed(Tasks(self.0))?;
-                        tasks = true;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                if !tasks {
-                    return Err(serde::de::Error::missing_field("tasks"));
-                }
-                Ok(found)
-            }
-        }
         let mut de = serde_json::Deserializer::from_slice(json);
-        let found = (&mut de).deserialize_map(Top(task))?;
+        let tasks = Entry("tasks", Entry(task, PhantomData::<TaskPredictions>)).deserialize(&mut de)?;
         de.end()?;
-        Ok(found)
+        tasks.ok_or_else(|| serde_json::Error::missing_field("tasks"))
     }
 }
 

@@ -161,19 +161,7 @@ fn independent_errors(
         .iter()
         .any(|place| manifest.settings_locs.iter().any(|l| inside(l, place)));
     let troubled: std::collections::HashSet<usize> = flagged.iter().filter_map(node_of).collect();
-    // Nodes with errors, and the nodes that name one.
-    let tainted: std::collections::HashSet<usize> = (0..manifest.entities.len())
-        .filter(|node| {
-            troubled.contains(node)
-                || crate::manifest::validate::references(&manifest.entities[*node])
-                    .into_iter()
-                    .filter_map(|kind_name| manifest.index.get(&kind_name))
-                    .any(|n| troubled.contains(n))
-        })
-        .collect();
-    // The same through any chain of names, for the errors that read what the named
-    // nodes name (an eval's pool's experts: a misspelt `dataset=` on one made the
-    // eval's "one expert has no dataset" follow from it).
+    // Each node -> the nodes it names.
     let named: Vec<Vec<usize>> = manifest
         .entities
         .iter()
@@ -184,15 +172,24 @@ fn independent_errors(
                 .collect()
         })
         .collect();
-    let mut deep = troubled.clone();
+    // `set`, with the nodes that name one of it.
+    let naming = |set: &std::collections::HashSet<usize>| -> std::collections::HashSet<usize> {
+        (0..named.len())
+            .filter(|n| set.contains(n) || named[*n].iter().any(|m| set.contains(m)))
+            .collect()
+    };
+    // Nodes with errors, and the nodes that name one.
+    let tainted = naming(&troubled);
+    // The same through any chain of names, for the errors that read what the named
+    // nodes name (an eval's pool's experts: a misspelt `dataset=` on one made the
+    // eval's "one expert has no dataset" follow from it).
+    let mut deep = tainted.clone();
     loop {
-        let more: Vec<usize> = (0..named.len())
-            .filter(|n| !deep.contains(n) && named[*n].iter().any(|m| deep.contains(m)))
-            .collect();
-        if more.is_empty() {
+        let wider = naming(&deep);
+        if wider.len() == deep.len() {
             break;
         }
-        deep.extend(more);
+        deep = wider;
     }
     more.into_iter()
         .filter(|e| {

@@ -110,10 +110,9 @@ fn cgroup_memory_max() -> Option<u64> {
         if let Some(group) = l.strip_prefix("0::") {
             read(under("/sys/fs/cgroup", group, "memory.max"))
         } else {
-            let group = l
-                .split(':')
-                .nth(2)
-                .filter(|_| l.split(':').nth(1) == Some("memory"))?;
+            // v1: "N:CONTROLLERS:/path", the memory controller's line.
+            let (_, rest) = l.split_once(':')?;
+            let group = rest.strip_prefix("memory:")?;
             read(under("/sys/fs/cgroup/memory", group, "memory.limit_in_bytes"))
         }
     })

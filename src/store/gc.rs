@@ -177,7 +177,7 @@ impl Store {
                 out.push(GcEntry::new(p, None, GcReason::InterruptedStaging));
                 continue;
             }
-            let key = super::read_name_record(&p).map(|(_, k)| k);
+            let key = super::read_name_record(&p).map(|(_, k, _)| k);
             if !key.is_some_and(|k| reachable.contains(&k)) {
                 out.push(GcEntry::new(p, key, GcReason::Bookkeeping));
             }
@@ -243,10 +243,9 @@ impl Store {
         // Kahn's order, unread objects first (in the given order, for a stable run).
         let mut ready: Vec<Key> = entries
             .iter()
-            .filter_map(|e| e.key.filter(|k| readers.get(k) == Some(&0)))
-            .filter(|k| objects.contains_key(k))
+            .filter(|e| e.reason == GcReason::Unreachable)
+            .filter_map(|e| e.key.filter(|k| readers[k] == 0))
             .collect();
-        ready.dedup();
         ready.reverse(); // popped from the end: the given order first
         let mut order: Vec<&GcEntry> = vec![];
         let mut done: HashSet<Key> = HashSet::new();

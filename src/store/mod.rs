@@ -588,18 +588,15 @@ impl Store {
 
     /// The key recorded for step `id` by the last run that found it published.
     pub fn named(&self, id: &str) -> Option<Key> {
-        let (recorded, key) = read_name_record(&self.name_path(id))?;
+        let (recorded, key, _) = read_name_record(&self.name_path(id))?;
         (recorded == id).then_some(key)
     }
 
     /// The manifest whose run recorded step `id` last (None for a record written
     /// before manifests were recorded).
     pub fn named_by(&self, id: &str) -> Option<PathBuf> {
-        let text = std::fs::read_to_string(self.name_path(id)).ok()?;
-        let mut lines = text.lines();
-        (lines.next()? == id).then_some(())?;
-        lines.next()?;
-        lines.next().filter(|m| !m.is_empty()).map(PathBuf::from)
+        let (recorded, _, manifest) = read_name_record(&self.name_path(id))?;
+        manifest.filter(|_| recorded == id)
     }
 
     /// Every step id a run recorded in the `names/` index (for suggestions).
@@ -608,7 +605,7 @@ impl Store {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| read_name_record(&e.path()).map(|(id, _)| id))
+            .filter_map(|e| read_name_record(&e.path()).map(|(id, ..)| id))
             .collect();
         ids.sort_unstable();
         ids
@@ -800,13 +797,15 @@ pub(crate) fn quarantined_key(name: &str) -> Option<Key> {
     name.strip_prefix("corrupt.")?.get(..64)?.parse().ok()
 }
 
-pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key)> {
+/// A `names/` record as [`Store::record_name`] writes it: the step id, its key, and the
+/// manifest whose run recorded it (None in a record from before manifests were).
+pub(crate) fn read_name_record(path: &Path) -> Option<(String, Key, Option<PathBuf>)> {
     let text = std::fs::read_to_string(path).ok()?;
-    // Step id, key, and (since manifests are recorded) the manifest.
     let mut lines = text.lines();
     let id = lines.next()?;
     let key = lines.next()?.parse().ok()?;
-    Some((id.to_string(), key))
+    let manifest = lines.next().filter(|m| !m.is_empty()).map(PathBuf::from);
+    Some((id.to_string(), key, manifest))
 }
 
 #[cfg(test)]
