@@ -11,6 +11,7 @@ use goosepipe::model::{
     AdapterSet, GateVectors, LoraExpert, LoraWeights, MixWeights, ModelError, Seq2SeqBatch, T5Config,
     T5Model, T5Weights,
 };
+use goosepipe::process::numerics::Vectors;
 use support::{fixture_pool, max_abs_diff as max_diff, t5_fixture as fixture};
 
 fn v1_1() -> (T5Model, Vec<LoraExpert>, Vec<GateVectors>) {
@@ -551,6 +552,16 @@ fn mean_activations_are_per_example_masked_means() {
 /// (k+1)-th expert are within f32 rounding of each other either choice is
 /// right; those near-ties are counted and must stay rare.
 fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bool, k: usize) -> Router {
+    assert_cpu_routing_matches_reference_with(n, scoring, outliers, k, Vectors::Avx512)
+}
+
+fn assert_cpu_routing_matches_reference_with(
+    n: usize,
+    scoring: Scoring,
+    outliers: bool,
+    k: usize,
+    vectors: Vectors,
+) -> Router {
     use goosepipe::rng::SeededRng;
     let d = 256;
     let mut rng = SeededRng::new(n as u64);
@@ -567,7 +578,7 @@ fn assert_cpu_routing_matches_reference(n: usize, scoring: Scoring, outliers: bo
             .broadcast_mul(&Tensor::from_vec(scale, d, &Device::Cpu).unwrap())
             .unwrap();
     }
-    let r = Router::new("m", &emb, scoring, k).unwrap();
+    let r = Router::with_vectors("m", &emb, scoring, k, vectors).unwrap();
     let fast = r.route(&u).unwrap();
     let r64 = Router::new("m", &emb.to_dtype(DType::F64).unwrap(), scoring, k).unwrap();
     let u64 = u.to_dtype(DType::F64).unwrap();
@@ -632,4 +643,19 @@ fn cpu_routing_equals_the_reference_with_and_without_int8_screening() {
     assert!(!r.screens(), "top-9 is scored exactly");
     let r = assert_cpu_routing_matches_reference(8, Scoring::Standardized, false, 2);
     assert!(!r.screens(), "a few experts are scored exactly");
+    // The portable kernels never screen: what they compute is the same on every CPU.
+    let r = assert_cpu_routing_matches_reference_with(166, Scoring::Standardized, true, 2, Vectors::Portable);
+    assert!(!r.screens(), "only AVX-512 kernels screen");
+    let built = Router::new(
+        "m",
+        &Tensor::ones((166, 256), DType::F32, &Device::Cpu).unwrap(),
+        Scoring::Standardized,
+        2,
+    )
+    .unwrap();
+    assert_eq!(
+        built.screens(),
+        vnni && Vectors::of_build() == Vectors::Avx512,
+        "a router takes this build's kernels"
+    );
 }

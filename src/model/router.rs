@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ModelError, Result};
 pub use crate::kernels::router::Routing;
 use crate::kernels::router::{CpuRouter, LN_EPS, RENORM_EPS, ScoreFn};
+use crate::process::numerics::Vectors;
 
 /// How a token activation `u` is scored against an expert embedding `v`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,8 +46,22 @@ pub struct Router {
 
 impl Router {
     /// `embeddings`: `[N, d]`, row z is expert z's vector (experts sorted by name
-    /// by the caller, so that index order breaks ties).
+    /// by the caller, so that index order breaks ties). The CPU path uses this build's
+    /// vector kernels ([`Vectors::of_build`]).
     pub fn new(module: &str, embeddings: &Tensor, scoring: Scoring, top_k: usize) -> Result<Self> {
+        Self::with_vectors(module, embeddings, scoring, top_k, Vectors::of_build())
+    }
+
+    /// [`Router::new`] with the CPU path's vector kernels chosen: [`Vectors::Avx512`]
+    /// screens many experts in int8 where the CPU has AVX-512 VNNI, whatever the build
+    /// (how the tests reach the screen in a default build).
+    pub fn with_vectors(
+        module: &str,
+        embeddings: &Tensor,
+        scoring: Scoring,
+        top_k: usize,
+        vectors: Vectors,
+    ) -> Result<Self> {
         let (n, d) = embeddings.dims2().map_err(|_| {
             ModelError::adapter(
                 module,
@@ -87,7 +102,7 @@ impl Router {
                 };
                 let w = e.flatten_all()?.to_vec1::<f32>()?;
                 let scale = 1.0 / (d as f64).sqrt() / temperature;
-                Some(CpuRouter::new(w, n, d, top_k, score_fn, scale))
+                Some(CpuRouter::new(w, (n, d), top_k, (score_fn, scale), vectors))
             }
             _ => None,
         };

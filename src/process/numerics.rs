@@ -1,9 +1,12 @@
 //! What sets the last bits of a floating-point result: the device and, on a CPU, the
-//! widest vector kernels the matrix products dispatch to at run time (gemm takes
-//! AVX-512 where the CPU has it, else FMA; this crate's own AVX-512 kernels follow the
-//! same line). Every artifact records a label: the same inputs give the same bytes on
-//! two CPUs of one label; on others, results agree to rounding only, so an artifact's
-//! digest differs while its tables may not.
+//! widest vector kernels the matrix products dispatch to at run time. gemm's FMA kernels
+//! run on every x86-64 CPU with FMA; its AVX-512 kernels, and this crate's own AVX-512
+//! routing kernels, only in a build with the `avx512` feature on a CPU that has them
+//! ([`Vectors`]). So by default an AVX-512 machine computes what an AVX2 + FMA one does,
+//! bit for bit, and a lockfile pinned on either reproduces on both. Every artifact
+//! records a label: the same inputs give the same bytes on two CPUs of one label; on
+//! others, results agree to rounding only, so an artifact's digest differs while its
+//! tables may not (a near-tie in an evaluation can flip).
 //!
 //! An artifact's label covers what it was built from, not only the machine that built
 //! it: a step whose inputs carry other labels than its own is `mixed`, and a kind whose
@@ -60,15 +63,37 @@ pub fn reproducible(label: &str) -> bool {
     label == EXACT || label.starts_with("cpu ") && !label.contains("; ")
 }
 
+/// Which vector kernels the CPU arithmetic may dispatch to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vectors {
+    /// What every x86-64 CPU with FMA computes alike (gemm's FMA kernels, this crate's
+    /// portable paths): the default build, whatever the CPU.
+    Portable,
+    /// AVX-512 where the CPU has it: gemm's x86-v4 kernels, the int8 routing screen,
+    /// the routed LoRA's register kernels. Other last bits than [`Vectors::Portable`].
+    Avx512,
+}
+
+impl Vectors {
+    /// This build's on this CPU: AVX-512 only with the `avx512` feature and a CPU
+    /// that has AVX-512F.
+    pub fn of_build() -> Vectors {
+        #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Vectors::Avx512;
+        }
+        Vectors::Portable
+    }
+}
+
 /// The vector extension gemm's f32 kernels pick on this CPU, where there is a choice.
 fn vector_level() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
+        if Vectors::of_build() == Vectors::Avx512 {
             return Some("avx512f");
         }
-        if has!("fma") {
+        if std::arch::is_x86_feature_detected!("fma") {
             return Some("fma");
         }
     }
@@ -87,10 +112,18 @@ mod tests {
             cpu.starts_with(&format!("cpu {}", std::env::consts::ARCH)),
             "{cpu}"
         );
+        // AVX-512 only where the build asks for it: the default build labels an
+        // AVX-512 CPU as it does an FMA one, for it computes the same bits.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
             cpu.ends_with("avx512f"),
-            std::arch::is_x86_feature_detected!("avx512f"),
+            cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f"),
+            "{cpu}"
+        );
+        #[cfg(all(target_arch = "x86_64", not(feature = "avx512")))]
+        assert_eq!(
+            cpu.ends_with("fma"),
+            std::arch::is_x86_feature_detected!("fma"),
             "{cpu}"
         );
     }

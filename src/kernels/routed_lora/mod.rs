@@ -15,6 +15,8 @@ mod avx512;
 use super::fused::F32Data;
 use super::fused::gemm::gemm_f32;
 
+#[cfg(target_arch = "x86_64")]
+use crate::process::numerics::Vectors;
 use crate::process::threads::map_on_pool;
 use candle_core::Result;
 
@@ -53,8 +55,10 @@ pub fn routed_delta(u: &Tensor, at: &Tensor, bt: &Tensor, g: &Groups<'_>) -> Res
         r,
         d_out,
     };
+    // The register kernels sum in another order than gemm: AVX-512 builds only
+    // (process::numerics), so the default build's bits do not depend on the CPU.
     #[cfg(target_arch = "x86_64")]
-    if avx512::applies(r, d_out) {
+    if Vectors::of_build() == Vectors::Avx512 && avx512::applies(r, d_out) {
         let prefetch = crate::kernels::routed_lora::avx512::Prefetch::for_this_cpu();
         return Tensor::from_vec(direct(&s, g, &used, prefetch), (n, d_out), &Device::Cpu);
     }

@@ -44,6 +44,7 @@ pub use shared::{LN_EPS, RENORM_EPS, Routing};
 
 use super::fused::fast_exp;
 use super::fused::gemm::gemm_f32;
+use crate::process::numerics::Vectors;
 use crate::process::threads::map_on_pool;
 
 /// The screened path keeps at most this many experts per token.
@@ -172,10 +173,22 @@ fn sum_exp(a: &[f32], score: impl Fn(f32) -> f32, c: f32, m: f32) -> f64 {
 impl CpuRouter {
     /// `w`: `[N, d]` row-major embeddings, already standardised for
     /// [`ScoreFn::Standardized`]; `logit_scale` multiplies scores before the softmax.
-    pub fn new(w: Vec<f32>, n: usize, d: usize, top_k: usize, score_fn: ScoreFn, logit_scale: f64) -> Self {
+    /// `vectors`: the int8 screen runs only for [`Vectors::Avx512`] (its weights
+    /// agree with exact scoring to rounding, not to the bit).
+    pub fn new(
+        w: Vec<f32>,
+        (n, d): (usize, usize),
+        top_k: usize,
+        (score_fn, logit_scale): (ScoreFn, f64),
+        vectors: Vectors,
+    ) -> Self {
         // The AVX-512 row kernels work on whole vectors of 16 floats.
-        let screen = (n >= SCREEN_FROM && d.is_multiple_of(16) && top_k <= MAX_SCREEN_K && vnni_available())
-            .then(|| Int8Screen::new(&w, n, d, true));
+        let screen = (vectors == Vectors::Avx512
+            && n >= SCREEN_FROM
+            && d.is_multiple_of(16)
+            && top_k <= MAX_SCREEN_K
+            && vnni_available())
+        .then(|| Int8Screen::new(&w, n, d, true));
         CpuRouter {
             n,
             d,
@@ -703,7 +716,8 @@ mod tests {
             for row in u.chunks_exact_mut(d) {
                 row[5] *= 40.0;
             }
-            let amx = CpuRouter::new(w.clone(), n, d, k, ScoreFn::Standardized, 1.0 / (d as f64).sqrt());
+            let scores = (ScoreFn::Standardized, 1.0 / (d as f64).sqrt());
+            let amx = CpuRouter::new(w.clone(), (n, d), k, scores, Vectors::Avx512);
             let mut vnni = amx.clone();
             vnni.screen = Some(Int8Screen::new(&w, n, d, false));
             assert!(
