@@ -88,6 +88,7 @@ fn two_clean_runs_give_bitwise_identical_artifacts() {
     let (da, db) = (digests(a.path()), digests(b.path()));
     assert_eq!(da.len(), 14);
     assert_eq!(da, db);
+    assert_fma_bits(&da);
     // Training steps keep their loss curve and validation results.
     let (store, plan) = store_and_plan(a.path());
     let k = plan.get("expert:sort").unwrap().spec.key;
@@ -96,6 +97,95 @@ fn two_clean_runs_give_bitwise_identical_artifacts() {
         metrics.lines().any(|l| l.contains("\"val_loss\""))
             && metrics.lines().filter(|l| l.contains("\"loss\"")).count() == 12,
         "{metrics}"
+    );
+}
+
+/// Every artifact's digest of [`MICRO`] as the default build computes it on any x86-64
+/// CPU with FMA, AVX-512 or not (`process::numerics`): what lets a lockfile pinned on one
+/// machine reproduce on another. An AVX-512 kernel that slipped into the default build,
+/// or a kernel that sums in another order, moves these; then, if knowingly, update them
+/// and re-pin the shipped lockfiles (pipelines/*.lock) on such a CPU.
+const MICRO_FMA_DIGESTS: &[(&str, &str)] = &[
+    (
+        "dataset:arrange",
+        "506b8024ae6dc7e3f576fa31854bfa920e9a54f5fc659cc9017f65fce2e118e3",
+    ),
+    (
+        "dataset:corpus",
+        "ddde874ccfe276af628cbfe1efd165069093c9b8931c24e67c43876af4496650",
+    ),
+    (
+        "dataset:shift",
+        "458ed02fec70b60ec13103b73127abc48af58407aecebe5d545f9bada3e296dd",
+    ),
+    (
+        "dataset:sort",
+        "cb301b80df9a1fa10038b080c318851f69c7933930fa2c2aaca0f75e8732b716",
+    ),
+    (
+        "eval:e",
+        "ba4c7f297705910714d4ee9924d2ddd3b9a8a0da257bb0d91cf126b076d69c87",
+    ),
+    (
+        "expert:shift",
+        "e4667edb435f70468d67dba0aa249a3fede88c4f58530abf1524746c4e9e14dc",
+    ),
+    (
+        "expert:sort",
+        "0e7a440259286d18a779610792df8d9ec25e15dcb2f2581bf493d1ac6e2d98bb",
+    ),
+    (
+        "gate:shift",
+        "85daf685d94ea44e4682ff06fec6d0ccafdbe4ba7e574c0f1f042865f0474060",
+    ),
+    (
+        "gate:sort",
+        "8609797c898ddc1fe5f0c8e6485a409d6160fd91a7b5768157900a004320c4c1",
+    ),
+    (
+        "model:t",
+        "8f9c704ddf5f71dd57538dc2b827d0925e8db73ec36f22bfe56640beeaafc391",
+    ),
+    (
+        "multitask:p",
+        "0b35c3ec6dc7234d8140b4f02b449216b87f6c99f8cf9425369a1834cf86f08f",
+    ),
+    (
+        "pool:p",
+        "73130584ec531ab9babf143ccbef45322a02862b64c7cc3cce53c79d9368332c",
+    ),
+    (
+        "tokenize:shift",
+        "e78adae9f1c47ce99489753f13a5ce206bda1701e62cfa41d68037a90d864ea0",
+    ),
+    (
+        "tokenize:sort",
+        "9fb2f28c2fa8e49d215e4900d6ea03feced46482403072799d776a7f6045ae6d",
+    ),
+];
+
+fn assert_fma_bits(digests: &BTreeMap<String, String>) {
+    let label = goosepipe::process::numerics::numerics("cpu");
+    if label != "cpu x86_64 fma" {
+        eprintln!("skipped: the pinned bits are of cpu x86_64 fma, this build computes {label}");
+        return;
+    }
+    let moved: Vec<String> = MICRO_FMA_DIGESTS
+        .iter()
+        .filter(|(id, d)| digests.get(*id).map(String::as_str) != Some(*d))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let now: Vec<String> = digests
+        .iter()
+        .map(|(id, d)| format!("    ({id:?}, {d:?}),"))
+        .collect();
+    assert!(
+        moved.is_empty() && digests.len() == MICRO_FMA_DIGESTS.len(),
+        "the default build's bits moved ({} of {}: {}); if knowingly, pin them anew:\n{}",
+        moved.len(),
+        MICRO_FMA_DIGESTS.len(),
+        moved.join(", "),
+        now.join("\n")
     );
 }
 

@@ -283,4 +283,56 @@ mod tests {
             );
         }
     }
+
+    /// The default build takes the gemm path whatever the CPU, so its bits are the
+    /// same on AVX-512 and FMA machines (`process::numerics`); an `avx512` build on
+    /// such a CPU takes the register kernels.
+    #[test]
+    fn routed_delta_takes_the_builds_kernels() {
+        let mut rng = SeededRng::new(5);
+        let (n, n_exp, d_in, r, d_out) = (9, 3, 32, 16, 48);
+        let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() as f32 - 0.5).collect() };
+        let (us, ats, bts) = (draw(n * d_in), draw(n_exp * d_in * r), draw(n_exp * r * d_out));
+        // Token t goes to experts t % 3 and (t + 1) % 3.
+        let (mut perm, mut weights, mut offsets) = (vec![], vec![], vec![0usize]);
+        for z in 0..n_exp {
+            for t in (0..n).filter(|t| t % 3 == z || (t + 1) % 3 == z) {
+                perm.push(t as u32);
+                weights.push(0.25 + 0.05 * t as f64);
+            }
+            offsets.push(perm.len());
+        }
+        let g = Groups {
+            perm: &perm,
+            weights: &weights,
+            offsets: &offsets,
+        };
+        let dev = Device::Cpu;
+        let got = routed_delta(
+            &Tensor::from_vec(us.clone(), (n, d_in), &dev).unwrap(),
+            &Tensor::from_vec(ats.clone(), (n_exp, d_in, r), &dev).unwrap(),
+            &Tensor::from_vec(bts.clone(), (n_exp, r, d_out), &dev).unwrap(),
+            &g,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        let s = Stacks {
+            u: &us,
+            at: &ats,
+            bt: &bts,
+            d_in,
+            r,
+            d_out,
+        };
+        let used: Vec<usize> = (0..n_exp).collect();
+        let want = if Vectors::of_build() == Vectors::Avx512 && avx512::applies(r, d_out) {
+            direct(&s, &g, &used, avx512::Prefetch(false))
+        } else {
+            grouped_gemm(&s, &g, &used)
+        };
+        assert_eq!(got, want, "bit for bit the path this build takes");
+    }
 }
