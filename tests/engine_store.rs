@@ -749,6 +749,76 @@ fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes(
     );
 }
 
+/// A store built on other numerics than the pins (another build, an earlier goosepipe:
+/// before 2026-12-08 an AVX-512 CPU computed `avx512f` by default), pins of the numerics
+/// this run computes: re-pinning is not the remedy `--locked` names, a new store is.
+/// Where the pins are of other numerics than this run's, re-pinning stays the remedy.
+#[test]
+fn locked_names_a_new_store_when_this_run_computes_the_pins_numerics() {
+    let here = goosepipe::process::numerics::numerics("cpu");
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let lock_path = p.dir.path().join("pipeline.kdl.lock");
+    let pinned = std::fs::read_to_string(&lock_path).unwrap();
+    // The eval's artifact in the store, as if built elsewhere with other tables.
+    let store = Store::open(p.store()).unwrap();
+    let key = store
+        .keys()
+        .into_iter()
+        .find(|k| store.meta(k).unwrap().spec.id == "eval:e")
+        .unwrap();
+    let meta = store.files_dir(&key).parent().unwrap().join("meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let quoted = format!("\"numerics\": \"{here}\"");
+    assert!(text.contains(&quoted), "{text}");
+    std::fs::write(&meta, text.replace(&quoted, "\"numerics\": \"cpu elsewhere\"")).unwrap();
+    let field = |name: &str| {
+        line_of(&pinned, "eval:e")
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .unwrap()[..64]
+            .to_string()
+    };
+    // Another digest and other tables pinned for the eval.
+    let pinned = pinned
+        .replace(&field("digest"), &"f".repeat(64))
+        .replace(&field("tables"), &"0".repeat(64));
+    let locked = |lockfile: &str| {
+        std::fs::write(&lock_path, lockfile).unwrap();
+        let mut out = Vec::new();
+        let result = goosepipe::app::run(
+            &p.manifest(),
+            &p.store(),
+            &reg,
+            &RunOptions {
+                locked: true,
+                ..Default::default()
+            },
+            true,
+            &CancelFlag::new(),
+            &mut out,
+        );
+        support::one_line(&format!("{result:?}{}", String::from_utf8_lossy(&out)))
+    };
+    let err = locked(&pinned);
+    assert!(
+        err.contains(&format!("its results tables differ (pinned on {here}, built on cpu elsewhere)"))
+            && err.contains(&format!(
+                "(this goosepipe computes {here}, the numerics of those pins, and the store's artifacts were built on others, by another build or an earlier goosepipe: `run --locked --store NEW_DIR` builds them here to check the pins; a run without --locked re-pins the lockfile to this store)"
+            )),
+        "{err}"
+    );
+    // Pins of other numerics than this run's: a new store here would not give them.
+    let err = locked(&pinned.replace(&format!("numerics=\"{here}\""), "numerics=\"cpu third\""));
+    assert!(
+        err.contains("(pinned on cpu third, built on cpu elsewhere)")
+            && err.contains("(run without --locked to update it)")
+            && !err.contains("NEW_DIR"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_partial_run_after_an_edit_keeps_the_lockfile_pins_of_what_it_did_not_build() {
     let reg = registry(&Log::default(), &Behaviour::default());

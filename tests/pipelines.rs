@@ -224,7 +224,7 @@ fn committed_lockfiles_pin_todays_keys() {
         };
         let lock = goosepipe::store::lockfile::Lockfile::read(&path).unwrap();
         let p = plan(&manifest);
-        if let Err(e) = goosepipe::exec::run::check_locked(&p, &store, &lock) {
+        if let Err(e) = goosepipe::exec::run::check_locked(&p, &store, &lock, None) {
             panic!(
                 "{}: {e}\n(run `goosepipe run {manifest}` and commit the lockfile)",
                 path.display()

@@ -163,9 +163,13 @@ pub fn waits_on_cached(plan: &Plan, status: &Status, opts: &RunOptions) -> Resul
 }
 
 /// Checks, before anything runs, that `--locked` can hold: every step and local file
-/// must be exactly as the lockfile says.
-pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), RunError> {
+/// must be exactly as the lockfile says. `here`: the numerics this run's steps compute,
+/// where it knows them (not a Slurm head's: its nodes may be other CPUs).
+pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile, here: Option<&str>) -> Result<(), RunError> {
     let mut problems = vec![];
+    // Cached artifacts refused for tables built on other numerics than pins this
+    // process computes: built again here, they would be the pins.
+    let mut rebuild_here = false;
     for s in &plan.steps {
         match lock.steps.get(&s.spec.id) {
             // A provisional key (early cutoff): the lockfile would have let the plan
@@ -207,6 +211,14 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
                             s.spec.id,
                             not_the_pin(&built, pin, &found)
                         ));
+                        if matches!(found, Reproduction::OtherNumerics { .. })
+                            && here.is_some_and(|h| {
+                                pin.numerics.as_deref() == Some(h)
+                                    && crate::process::numerics::reproducible(h)
+                            })
+                        {
+                            rebuild_here = true;
+                        }
                     }
                 }
             }
@@ -240,8 +252,17 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile) -> Result<(), R
         // Once each (many steps wait for one dataset), in the order found.
         let mut seen = BTreeSet::new();
         problems.retain(|p| seen.insert(p.clone()));
+        // The store was built by another goosepipe or build (before 2026-12-08 an
+        // AVX-512 CPU computed `avx512f` by default): re-pinning would be wrong, a
+        // store of this build's artifacts reproduces the pins.
+        let remedy = match here.filter(|_| rebuild_here) {
+            None => "(run without --locked to update it)".to_string(),
+            Some(h) => format!(
+                "(this goosepipe computes {h}, the numerics of those pins, and the store's artifacts were built on others, by another build or an earlier goosepipe: `run --locked --store NEW_DIR` builds them here to check the pins; a run without --locked re-pins the lockfile to this store)"
+            ),
+        };
         Err(RunError::Locked(format!(
-            "the lockfile would change:\n  {}\n(run without --locked to update it)",
+            "the lockfile would change:\n  {}\n{remedy}",
             problems.join("\n  ")
         )))
     }
@@ -317,7 +338,8 @@ pub fn run(cx: &RunContext) -> Result<RunReport, RunError> {
         ..
     } = *cx;
     if opts.locked {
-        check_locked(plan, store, lock)?;
+        let here = crate::process::numerics::numerics(&opts.device);
+        check_locked(plan, store, lock, Some(&here))?;
     }
     let status = &verify_inputs(plan, status, store, opts, reporter)?;
     let selected = select(plan, status, opts)?;

@@ -193,7 +193,8 @@ pub fn run_slurm(
         ..
     } = *cx;
     if opts.locked {
-        check_locked(plan, store, lock)?;
+        // The nodes may compute other numerics than this head.
+        check_locked(plan, store, lock, None)?;
     }
     // One head per store: two heads would each adopt or submit the same steps.
     let head_lock_path = store.root.join("runs").join("slurm.head.lock");
