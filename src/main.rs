@@ -20,6 +20,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "goosepipe",
     version,
+    long_version = long_version(),
     about = "Declarative, content-addressed PHATGOOSE pipelines: recycle LoRA experts for zero-shot generalization"
 )]
 struct Cli {
@@ -28,6 +29,17 @@ struct Cli {
     store: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--version`'s text: the crate's version, then what sets this binary's numerics
+/// (`-V` prints the version alone).
+fn long_version() -> &'static str {
+    let text = format!(
+        "{}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        goosepipe::process::numerics::build_summary()
+    );
+    Box::leak(text.into_boxed_str())
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -212,6 +212,31 @@ fn graph_explain_schema_and_show() {
     }
 }
 
+/// `--version` says what sets this binary's numerics, the labels a lockfile pins; `-V`
+/// is the version alone.
+#[test]
+fn version_says_the_numerics_this_build_computes() {
+    let t = tempfile::tempdir().unwrap();
+    let out = goosepipe(&["--version"], t.path());
+    assert!(out.status.success());
+    let here = goosepipe::process::numerics::numerics("cpu");
+    let on = |yes: bool| if yes { "on" } else { "off" };
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "goosepipe {}\nnumerics on this CPU: {here}\nbuild features: avx512 {}, cuda {}\n",
+            env!("CARGO_PKG_VERSION"),
+            on(cfg!(feature = "avx512")),
+            on(cfg!(feature = "cuda"))
+        )
+    );
+    let short = goosepipe(&["-V"], t.path());
+    assert_eq!(
+        text(&short.stdout),
+        format!("goosepipe {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[test]
 fn bad_flags_are_clear_errors() {
     let t = tempfile::tempdir().unwrap();

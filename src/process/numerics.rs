@@ -86,6 +86,19 @@ impl Vectors {
     }
 }
 
+/// What `goosepipe --version` adds: the numerics this build computes on this CPU and
+/// the build features that change them, so that a lockfile's labels can be read
+/// against the binary at hand.
+pub fn build_summary() -> String {
+    let on = |yes: bool| if yes { "on" } else { "off" };
+    format!(
+        "numerics on this CPU: {}\nbuild features: avx512 {}, cuda {}",
+        numerics("cpu"),
+        on(cfg!(feature = "avx512")),
+        on(cfg!(feature = "cuda"))
+    )
+}
+
 /// The vector extension gemm's f32 kernels pick on this CPU, where there is a choice.
 fn vector_level() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
