@@ -805,7 +805,7 @@ fn locked_names_a_new_store_when_this_run_computes_the_pins_numerics() {
     assert!(
         err.contains(&format!("its results tables differ (pinned on {here}, built on cpu elsewhere)"))
             && err.contains(&format!(
-                "(this goosepipe computes {here}, the numerics of those pins, and the store's artifacts were built on others, by another build or an earlier goosepipe: `run --locked --store NEW_DIR` builds them here to check the pins; a run without --locked re-pins the lockfile to this store)"
+                "(this goosepipe computes {here}, the numerics of those pins, and the store's were built on others (another machine, an `avx512` build, an earlier goosepipe): `run --locked --store NEW_DIR` builds them here to check the pins; a run without --locked updates the lockfile to this store)"
             )),
         "{err}"
     );
@@ -817,6 +817,27 @@ fn locked_names_a_new_store_when_this_run_computes_the_pins_numerics() {
             && !err.contains("NEW_DIR"),
         "{err}"
     );
+}
+
+/// Pins of the very bytes a run finds, recorded on another label (a CPU whose gemm
+/// splits long products elsewhere computes the same bytes for short ones): a plain
+/// run leaves them as written, so running the shipped pipelines on such a CPU does not
+/// rewrite their lockfiles.
+#[test]
+fn a_run_keeps_pins_of_the_same_bytes_recorded_on_another_label() {
+    let here = goosepipe::process::numerics::numerics("cpu");
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let lock_path = p.dir.path().join("pipeline.kdl.lock");
+    let elsewhere = std::fs::read_to_string(&lock_path)
+        .unwrap()
+        .replace(&format!("numerics=\"{here}\""), "numerics=\"cpu elsewhere\"");
+    assert!(elsewhere.contains("cpu elsewhere"), "{elsewhere}");
+    std::fs::write(&lock_path, &elsewhere).unwrap();
+    let (code, said) = p.run(&reg, &RunOptions::default());
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), elsewhere);
 }
 
 #[test]

@@ -252,13 +252,13 @@ pub fn check_locked(plan: &Plan, store: &Store, lock: &Lockfile, here: Option<&s
         // Once each (many steps wait for one dataset), in the order found.
         let mut seen = BTreeSet::new();
         problems.retain(|p| seen.insert(p.clone()));
-        // The store was built by another goosepipe or build (before 2026-12-08 an
-        // AVX-512 CPU computed `avx512f` by default): re-pinning would be wrong, a
-        // store of this build's artifacts reproduces the pins.
+        // The store was built on other numerics than pins this run computes (another
+        // machine, another build; before 2026-12-08 an AVX-512 CPU computed `avx512f`
+        // by default): the check of the pins is a store of this run's artifacts.
         let remedy = match here.filter(|_| rebuild_here) {
             None => "(run without --locked to update it)".to_string(),
             Some(h) => format!(
-                "(this goosepipe computes {h}, the numerics of those pins, and the store's artifacts were built on others, by another build or an earlier goosepipe: `run --locked --store NEW_DIR` builds them here to check the pins; a run without --locked re-pins the lockfile to this store)"
+                "(this goosepipe computes {h}, the numerics of those pins, and the store's were built on others (another machine, an `avx512` build, an earlier goosepipe): `run --locked --store NEW_DIR` builds them here to check the pins; a run without --locked updates the lockfile to this store)"
             ),
         };
         Err(RunError::Locked(format!(
@@ -956,7 +956,24 @@ pub fn updated_lock(plan: &Plan, store: &Store, old: &Lockfile) -> Lockfile {
         let built = meta.is_some();
         match meta {
             Some(meta) => {
-                lock.steps.insert(s.spec.id.clone(), s.pinned_as(&meta));
+                // The same bytes as pinned, under the same key: the pin stands as
+                // written, its numerics label too, which was as true of these bytes (a
+                // CPU of another label can compute the same ones: gemm's k-block splits
+                // only long products), so that running where they reproduce leaves
+                // the lockfile alone. A pin that records less is completed.
+                let built = s.pinned_as(&meta);
+                let pin = match old.steps.get(&s.spec.id) {
+                    Some(l)
+                        if l.key == built.key
+                            && matches!(l.reproduced_by(&built), Reproduction::Same)
+                            && l.digest.is_some()
+                            && !l.records_less_than(&built) =>
+                    {
+                        l.clone()
+                    }
+                    _ => built,
+                };
+                lock.steps.insert(s.spec.id.clone(), pin);
                 for (k, v) in meta.pins {
                     lock.externals.insert(k, v);
                 }

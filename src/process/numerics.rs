@@ -3,7 +3,12 @@
 //! run on every x86-64 CPU with FMA; its AVX-512 kernels, and this crate's own AVX-512
 //! routing kernels, only in a build with the `avx512` feature on a CPU that has them
 //! ([`Vectors`]). So by default an AVX-512 machine computes what an AVX2 + FMA one does,
-//! bit for bit, and a lockfile pinned on either reproduces on both. Every artifact
+//! bit for bit, and a lockfile pinned on either reproduces on both, with one more
+//! condition: gemm sums a product's inner dimension in blocks whose length its cache
+//! model derives from the L1 cache (at least 512; 1024 for the FMA kernels on a 48 KiB
+//! 12-way L1 such as Zen 5's, 512 on a 32 KiB 8-way one), so products with more than
+//! 512 terms give other last bits on CPUs of other blocks. The label names a block (kc)
+//! other than 512 (`cpu x86_64 fma kc1024`). Every artifact
 //! records a label: the same inputs give the same bytes on two CPUs of one label; on
 //! others, results agree to rounding only, so an artifact's digest differs while its
 //! tables may not (a near-tie in an evaluation can flip).
@@ -19,17 +24,32 @@ pub const EXACT: &str = "exact";
 pub const UNRECORDED: &str = "unrecorded";
 const MIXED: &str = "mixed: ";
 
-/// `cpu x86_64 avx512f`, `cpu x86_64 fma`, `cpu x86_64`, `cpu aarch64`, ...; `cuda`
-/// for a GPU device (`cuda`, `cuda:N`).
+/// `cpu x86_64 avx512f`, `cpu x86_64 fma`, `cpu x86_64 fma kc1024`, `cpu x86_64`,
+/// `cpu aarch64`, ...; `cuda` for a GPU device (`cuda`, `cuda:N`).
 pub fn numerics(device: &str) -> String {
     if device.starts_with("cuda") {
         return "cuda".to_string();
     }
     let arch = std::env::consts::ARCH;
     match vector_level() {
-        Some(level) => format!("cpu {arch} {level}"),
+        Some(level) => match k_block(level) {
+            512 => format!("cpu {arch} {level}"),
+            kc => format!("cpu {arch} {level} kc{kc}"),
+        },
         None => format!("cpu {arch}"),
     }
+}
+
+/// The longest run of a product's inner dimension that gemm's f32 kernels of this
+/// vector level sum in one block on this CPU, as its cache model derives it (the
+/// very function gemm calls, so the label cannot disagree with it): a longer inner
+/// dimension is summed block by block, and the blocks' boundaries set the last bits.
+fn k_block(level: &str) -> usize {
+    // gemm-f32 0.19's register tiles: 2 vectors of 8 by 6 for FMA, 4 of 16 by 6 for
+    // AVX-512. The block is the same for every product longer than it.
+    let mr = if level == "avx512f" { 64 } else { 16 };
+    const LONG: usize = 1 << 16;
+    gemm_common::cache::kernel_params(LONG, LONG, LONG, mr, 6, std::mem::size_of::<f32>()).kc
 }
 
 /// The label of an artifact: its own arithmetic (`None` for an exact kind) with the
@@ -129,16 +149,23 @@ mod tests {
         // AVX-512 CPU as it does an FMA one, for it computes the same bits.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
-            cpu.ends_with("avx512f"),
+            cpu.contains(" avx512f"),
             cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f"),
             "{cpu}"
         );
         #[cfg(all(target_arch = "x86_64", not(feature = "avx512")))]
         assert_eq!(
-            cpu.ends_with("fma"),
+            cpu.contains(" fma"),
             std::arch::is_x86_feature_detected!("fma"),
             "{cpu}"
         );
+        // The k-block is named where it is not 512, and agrees with gemm's cache model.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(level) = vector_level() {
+            let kc = k_block(level);
+            assert!(kc >= 512, "{kc}");
+            assert_eq!(cpu.ends_with(&format!(" kc{kc}")), kc != 512, "{cpu}");
+        }
     }
 
     #[test]
