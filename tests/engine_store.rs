@@ -600,6 +600,15 @@ fn line_of(text: &str, id: &str) -> String {
         .to_string()
 }
 
+/// The base project built once, with its registry and the lockfile that run wrote.
+fn built_base() -> (Project, goosepipe::exec::Registry, std::path::PathBuf) {
+    let reg = registry(&Log::default(), &Behaviour::default());
+    let p = Project::new(BASE);
+    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
+    let lock_path = p.dir.path().join("pipeline.kdl.lock");
+    (p, reg, lock_path)
+}
+
 /// The lockfile records on what numerics each pin was built (`process::numerics`), and
 /// an eval's results tables. `--locked` on a machine of other numerics takes other last
 /// bits under the pinned keys as a note, and holds the run to the pinned tables; on the
@@ -607,11 +616,8 @@ fn line_of(text: &str, id: &str) -> String {
 /// at the first such step instead of building everything after it.
 #[test]
 fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes() {
+    let (p, reg, lock_path) = built_base();
     let here = goosepipe::process::numerics::numerics("cpu");
-    let reg = registry(&Log::default(), &Behaviour::default());
-    let p = Project::new(BASE);
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    let lock_path = p.dir.path().join("pipeline.kdl.lock");
     let pinned = std::fs::read_to_string(&lock_path).unwrap();
     assert!(
         line_of(&pinned, "expert:a").ends_with(&format!(" numerics=\"{here}\"")),
@@ -755,11 +761,8 @@ fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes(
 /// Where the pins are of other numerics than this run's, re-pinning stays the remedy.
 #[test]
 fn locked_names_a_new_store_when_this_run_computes_the_pins_numerics() {
+    let (p, reg, lock_path) = built_base();
     let here = goosepipe::process::numerics::numerics("cpu");
-    let reg = registry(&Log::default(), &Behaviour::default());
-    let p = Project::new(BASE);
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    let lock_path = p.dir.path().join("pipeline.kdl.lock");
     let pinned = std::fs::read_to_string(&lock_path).unwrap();
     // The eval's artifact in the store, as if built elsewhere with other tables.
     let store = Store::open(p.store()).unwrap();
@@ -825,11 +828,8 @@ fn locked_names_a_new_store_when_this_run_computes_the_pins_numerics() {
 /// rewrite their lockfiles.
 #[test]
 fn a_run_keeps_pins_of_the_same_bytes_recorded_on_another_label() {
+    let (p, reg, lock_path) = built_base();
     let here = goosepipe::process::numerics::numerics("cpu");
-    let reg = registry(&Log::default(), &Behaviour::default());
-    let p = Project::new(BASE);
-    assert_eq!(p.run(&reg, &RunOptions::default()).0, 0);
-    let lock_path = p.dir.path().join("pipeline.kdl.lock");
     let elsewhere = std::fs::read_to_string(&lock_path)
         .unwrap()
         .replace(&format!("numerics=\"{here}\""), "numerics=\"cpu elsewhere\"");
