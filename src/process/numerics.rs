@@ -24,7 +24,7 @@ pub const EXACT: &str = "exact";
 pub const UNRECORDED: &str = "unrecorded";
 const MIXED: &str = "mixed: ";
 
-/// `cpu x86_64 avx512f`, `cpu x86_64 fma`, `cpu x86_64 fma kc1024`, `cpu x86_64`,
+/// `cpu x86_64 avx512f vnni`, `cpu x86_64 avx512f`, `cpu x86_64 fma`, `cpu x86_64 fma kc1024`, `cpu x86_64`,
 /// `cpu aarch64`, ...; `cuda` for a GPU device (`cuda`, `cuda:N`).
 pub fn numerics(device: &str) -> String {
     if device.starts_with("cuda") {
@@ -47,7 +47,7 @@ pub fn numerics(device: &str) -> String {
 fn k_block(level: &str) -> usize {
     // gemm-f32 0.19's register tiles: 2 vectors of 8 by 6 for FMA, 4 of 16 by 6 for
     // AVX-512. The block is the same for every product longer than it.
-    let mr = if level == "avx512f" { 64 } else { 16 };
+    let mr = if level.starts_with("avx512f") { 64 } else { 16 };
     const LONG: usize = 1 << 16;
     gemm_common::cache::kernel_params(LONG, LONG, LONG, mr, 6, std::mem::size_of::<f32>()).kc
 }
@@ -119,12 +119,33 @@ pub fn build_summary() -> String {
     )
 }
 
+/// Whether this CPU runs the AVX-512 VNNI kernels of the router's int8 screen (which
+/// an `avx512` build dispatches to; `kernels::router`).
+pub fn avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512dq")
+            && has!("avx512vnni")
+            && has!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The vector extension gemm's f32 kernels pick on this CPU, where there is a choice.
 fn vector_level() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
+        // The int8 routing screen runs only with VNNI, and its weights differ from
+        // exact scoring's in the last bits: a CPU without it is other numerics.
         if Vectors::of_build() == Vectors::Avx512 {
-            return Some("avx512f");
+            return Some(if avx512_vnni() { "avx512f vnni" } else { "avx512f" });
         }
         if std::arch::is_x86_feature_detected!("fma") {
             return Some("fma");
@@ -157,6 +178,13 @@ mod tests {
         assert_eq!(
             cpu.contains(" fma"),
             std::arch::is_x86_feature_detected!("fma"),
+            "{cpu}"
+        );
+        // An AVX-512 build says whether the int8 screen runs here.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            cpu.contains(" avx512f vnni"),
+            cfg!(feature = "avx512") && avx512_vnni(),
             "{cpu}"
         );
         // The k-block is named where it is not 512, and agrees with gemm's cache model.

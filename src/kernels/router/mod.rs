@@ -86,20 +86,7 @@ pub struct CpuRouter {
 
 /// Whether this CPU can run the int8 screen.
 fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx512f")
-            && has!("avx512bw")
-            && has!("avx512vl")
-            && has!("avx512dq")
-            && has!("avx512vnni")
-            && has!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::process::numerics::avx512_vnni()
 }
 
 /// Whether the int8 screen of width `d` can run on AMX tiles here.
