@@ -600,6 +600,11 @@ fn line_of(text: &str, id: &str) -> String {
         .to_string()
 }
 
+/// The 64-hex value of a property (`digest=`, `tables=`) on a lockfile line.
+fn pin_field(line: &str, name: &str) -> String {
+    line.split(&format!("{name}=\"")).nth(1).unwrap()[..64].to_string()
+}
+
 /// The base project built once, with its registry and the lockfile that run wrote.
 fn built_base() -> (Project, goosepipe::exec::Registry, std::path::PathBuf) {
     let reg = registry(&Log::default(), &Behaviour::default());
@@ -631,7 +636,7 @@ fn locked_holds_other_numerics_to_the_tables_and_the_same_numerics_to_the_bytes(
         "{pinned}"
     );
     assert!(!line_of(&pinned, "expert:a").contains("tables="), "{pinned}");
-    let digest_of = |line: &str| line.split("digest=\"").nth(1).unwrap()[..64].to_string();
+    let digest_of = |line: &str| pin_field(line, "digest");
     // `pins`: (step, digest, tables) pinned as if built on `numerics`, on a fresh store.
     let locked_run = |numerics: &str, pins: &[(&str, String, Option<&str>)]| {
         let mut text = pinned.clone();
@@ -776,33 +781,17 @@ fn locked_names_a_new_store_when_this_run_computes_the_pins_numerics() {
     let quoted = format!("\"numerics\": \"{here}\"");
     assert!(text.contains(&quoted), "{text}");
     std::fs::write(&meta, text.replace(&quoted, "\"numerics\": \"cpu elsewhere\"")).unwrap();
-    let field = |name: &str| {
-        line_of(&pinned, "eval:e")
-            .split(&format!("{name}=\""))
-            .nth(1)
-            .unwrap()[..64]
-            .to_string()
-    };
     // Another digest and other tables pinned for the eval.
     let pinned = pinned
-        .replace(&field("digest"), &"f".repeat(64))
-        .replace(&field("tables"), &"0".repeat(64));
+        .replace(&pin_field(&line_of(&pinned, "eval:e"), "digest"), &"f".repeat(64))
+        .replace(&pin_field(&line_of(&pinned, "eval:e"), "tables"), &"0".repeat(64));
     let locked = |lockfile: &str| {
         std::fs::write(&lock_path, lockfile).unwrap();
-        let mut out = Vec::new();
-        let result = goosepipe::app::run(
-            &p.manifest(),
-            &p.store(),
-            &reg,
-            &RunOptions {
-                locked: true,
-                ..Default::default()
-            },
-            true,
-            &CancelFlag::new(),
-            &mut out,
-        );
-        support::one_line(&format!("{result:?}{}", String::from_utf8_lossy(&out)))
+        let opts = RunOptions {
+            locked: true,
+            ..Default::default()
+        };
+        p.refused(&reg, &opts)
     };
     let err = locked(&pinned);
     assert!(

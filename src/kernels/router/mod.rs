@@ -44,7 +44,7 @@ pub use shared::{LN_EPS, RENORM_EPS, Routing};
 
 use super::fused::fast_exp;
 use super::fused::gemm::gemm_f32;
-use crate::process::numerics::Vectors;
+use crate::process::numerics::{Vectors, avx512_vnni};
 use crate::process::threads::map_on_pool;
 
 /// The screened path keeps at most this many experts per token.
@@ -82,11 +82,6 @@ pub struct CpuRouter {
     /// `[N, d]`, already standardised for [`ScoreFn::Standardized`].
     w: Vec<f32>,
     screen: Option<Int8Screen>,
-}
-
-/// Whether this CPU can run the int8 screen.
-fn vnni_available() -> bool {
-    crate::process::numerics::avx512_vnni()
 }
 
 /// Whether the int8 screen of width `d` can run on AMX tiles here.
@@ -174,7 +169,7 @@ impl CpuRouter {
             && n >= SCREEN_FROM
             && d.is_multiple_of(16)
             && top_k <= MAX_SCREEN_K
-            && vnni_available())
+            && avx512_vnni())
         .then(|| Int8Screen::new(&w, n, d, true));
         CpuRouter {
             n,
@@ -202,7 +197,7 @@ impl CpuRouter {
             );
             match &self.screen {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: a screen exists only where vnni_available() held.
+                // SAFETY: a screen exists only where avx512_vnni() held.
                 Some(screen) => unsafe { self.route_screened(screen, rows, &mut out) },
                 _ => self.route_exact(rows, &mut out),
             }
@@ -686,7 +681,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn amx_and_vnni_screens_route_identically() {
-        if !(vnni_available() && amx_usable(256)) {
+        if !(avx512_vnni() && amx_usable(256)) {
             eprintln!("skipped: this CPU has no AMX-INT8 (or no VNNI) to compare");
             return;
         }
@@ -723,7 +718,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn kth_of_levels_equals_the_scalar_selection() {
-        if !vnni_available() {
+        if !avx512_vnni() {
             return;
         }
         fn check<const K: usize>(rng: &mut SeededRng) {
@@ -765,7 +760,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp_swap_sum_matches_libm() {
-        if !vnni_available() {
+        if !avx512_vnni() {
             return;
         }
         let mut rng = SeededRng::new(8);
